@@ -1,0 +1,45 @@
+/*
+ * error.h — dspex error codes.
+ *
+ * One X-macro table makes the dx_err enum, dx_strerror() and dx_err_name().
+ * DX_OK is 0; every failure is negative. Numbers are never reused: new codes
+ * are appended at the end of the table. Rich detail (which field, which
+ * provider, which line) travels beside the code in the API that produced it.
+ */
+#ifndef DSPEX_ERROR_H
+#define DSPEX_ERROR_H
+
+#include "export.h"
+
+#define DX_ERRNO_MAP(X)                                                        \
+    X(ENOMEM, -1, "out of memory")                                             \
+    X(EINVAL, -2, "invalid argument")                                          \
+    X(ENOPROC, -3, "no such process")                                          \
+    X(ETIMEDOUT, -4, "timed out")                                              \
+    X(ENOTPROC, -5, "not called from a dspex process")                         \
+    X(EEXIST, -6, "already exists")                                            \
+    X(ENOENT, -7, "not found")                                                 \
+    X(ESTATE, -8, "runtime is not in the required state")                      \
+    X(EDOWN, -9, "the process went down during the call")                      \
+    X(EDEADLK, -10, "a process cannot call itself")                            \
+    X(ELIMIT, -11, "a configured limit was reached")                           \
+    X(ESYS, -12, "system call failed")                                         \
+    X(EINIT, -13, "initialisation failed")                                     \
+    X(ENOTSUP, -14, "not supported")
+
+typedef enum dx_err {
+    DX_OK = 0,
+#define DX__ERR_ENUM(name, val, msg) DX_##name = (val),
+    DX_ERRNO_MAP(DX__ERR_ENUM)
+#undef DX__ERR_ENUM
+} dx_err;
+
+/* Human-readable message for an error code; never NULL (unknown codes get a
+ * generic text). The string is static. Any thread. */
+DX_API const char *dx_strerror(int err);
+
+/* The code's name without the DX_ prefix, e.g. "ENOPROC"; "UNKNOWN" for an
+ * unknown code. Static string. Any thread. */
+DX_API const char *dx_err_name(int err);
+
+#endif

@@ -1,0 +1,378 @@
+/*
+ * dx_internal.h — the runtime's umbrella internal header: the process
+ * control block, schedulers, queues, timers and the helpers the runtime's
+ * files share. Nothing here is public; public headers never include it.
+ *
+ * Ownership in one paragraph: a process control block (dx__proc) is owned by
+ * its home scheduler thread from spawn until it is retired; senders on other
+ * threads only push onto its mailbox and flip its state word. Retired blocks
+ * are freed after every scheduler has passed a quiescent point (QSBR), so a
+ * sender that looked the pid up just before the process died never touches
+ * freed memory. See docs/internals/runtime.md.
+ */
+#ifndef DX_INTERNAL_H
+#define DX_INTERNAL_H
+
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dx_config.h"
+#include "dspex/runtime.h"
+#include "dspex/server.h"
+
+#define dx__container_of(ptr, type, member)                                    \
+    ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
+
+/* ---- context switching (ctx.c) ---- */
+
+#if defined(__x86_64__)
+#define DX_CTX_ASM 1
+typedef struct dx__ctx {
+    void *sp;
+} dx__ctx;
+#else
+#include <ucontext.h>
+#define DX_CTX_ASM 0
+typedef struct dx__ctx {
+    ucontext_t uc;
+} dx__ctx;
+#endif
+
+/* Copy-stack parking needs the assembly switch; elsewhere every process has
+ * its own stack. */
+#if DX_STACK_COPY && DX_CTX_ASM
+#define DX_COPY_STACK 1
+#else
+#define DX_COPY_STACK 0
+#endif
+
+/* Prepare ctx to start running dx__proc_entry() on the stack whose highest
+ * address is top (stack grows down from it). */
+void dx__ctx_make(dx__ctx *ctx, void *stack_lo, size_t size);
+/* Save the current context into from and resume to. */
+void dx__ctx_swap(dx__ctx *from, dx__ctx *to);
+/* The first function every process runs (proc.c); never returns. */
+void dx__proc_entry(void);
+
+/* ---- intrusive multi-producer single-consumer queue (mailbox.c) ---- */
+
+typedef struct dx__mpsc {
+    _Atomic(struct dx__node *) head; /* producers swap themselves in here */
+    struct dx__node *tail;           /* consumer end */
+    struct dx__node stub;
+} dx__mpsc;
+
+void dx__mpsc_init(dx__mpsc *q);
+/* Any thread. Lock-free: one atomic exchange. */
+void dx__mpsc_push(dx__mpsc *q, struct dx__node *n);
+/* Consumer only. NULL when empty or while a producer is mid-push. */
+struct dx__node *dx__mpsc_pop(dx__mpsc *q);
+/* Consumer only: anything pushed (possibly still being linked)? */
+int dx__mpsc_nonempty(dx__mpsc *q);
+
+/* ---- signals carried in dx_msg.dx__signal ---- */
+
+enum {
+    DX__SIG_MSG = 0,   /* an ordinary message */
+    DX__SIG_EXIT,      /* exit signal: from, term = reason, tag = flags */
+    DX__SIG_LINK,      /* from wants a link */
+    DX__SIG_UNLINK,    /* from dropped the link */
+    DX__SIG_MONITOR,   /* from monitors us with ref */
+    DX__SIG_DEMONITOR, /* monitor ref removed */
+    DX__SIG_DOWN,      /* monitored process from ended: ref, term = reason */
+};
+
+/* Flags of an exit signal (in its tag field). */
+#define DX__EXIT_LINK 1  /* caused by a linked process's exit */
+#define DX__EXIT_KILL 2  /* untrappable (dx_kill, runtime shutdown) */
+
+/* ---- timers (timer.c) ---- */
+
+enum { DX__TIMER_RECV = 1, DX__TIMER_SEND };
+
+typedef struct dx__timer {
+    int64_t deadline_ns;
+    uint32_t heap_idx; /* position in the heap, UINT32_MAX when not in it */
+    uint8_t kind;
+    uint8_t cancelled;
+    /* DX__TIMER_SEND only: */
+    dx_ref ref;
+    dx_pid to;
+    dx_msg *msg;
+    struct dx__sched *sched;
+    struct dx__timer *map_next;
+} dx__timer;
+
+typedef struct dx__timer_heap {
+    pthread_mutex_t mu;
+    dx__timer **items;
+    uint32_t len, cap;
+    _Atomic uint32_t count; /* len, readable without the lock */
+} dx__timer_heap;
+
+int64_t dx__now_ns(void);
+void dx__timer_heap_init(dx__timer_heap *h);
+void dx__timer_heap_destroy(dx__timer_heap *h);
+int dx__timer_add(dx__timer_heap *h, dx__timer *t);
+void dx__timer_remove(dx__timer_heap *h, dx__timer *t);
+/* Fire due timers of scheduler s; returns the next deadline or INT64_MAX. */
+int64_t dx__timers_run(struct dx__sched *s);
+void dx__timers_shutdown(void);
+/* Earliest deadline in s's heap (locked read), INT64_MAX if none. */
+int64_t dx__timers_peek(struct dx__sched *s);
+
+/* ---- processes ---- */
+
+enum {
+    DX__RUNNABLE = 0,
+    DX__RUNNING = 1,
+    DX__WAITING = 2,
+    DX__EXITING = 3,
+};
+
+/* Why a process handed control back to its scheduler. */
+enum { DX__YIELD = 1, DX__PARK, DX__EXIT };
+
+typedef struct dx__link_set {
+    dx_pid *pids;
+    uint32_t len, cap;
+} dx__link_set;
+
+typedef struct dx__mon {
+    dx_ref ref;
+    dx_pid pid;
+} dx__mon;
+
+typedef struct dx__mon_set {
+    dx__mon *items;
+    uint32_t len, cap;
+} dx__mon_set;
+
+typedef struct dx__palloc_hdr dx__palloc_hdr;
+
+typedef struct dx__proc dx__proc;
+struct dx__proc {
+    /* Written by senders on any thread. */
+    dx__mpsc mailbox;
+    _Atomic uint32_t state;
+    _Atomic uint64_t sent;
+
+    /* Owned by the home scheduler thread. */
+    struct dx__node run_node; /* run-queue link */
+    dx_pid pid;
+    struct dx__sched *home;
+    dx__ctx ctx;
+    uint8_t yield_reason;
+    uint8_t started;
+    uint8_t trap_exit;
+    uint8_t hidden;   /* runtime-internal helper, not counted */
+    uint8_t tmo_fired;
+    int budget;
+    int in_runtime; /* >0 while runtime code runs on this process's stack */
+
+    dx_msg *q_first, *q_last; /* received but not yet taken, in order */
+    _Atomic uint64_t taken;   /* messages drained from the mailbox */
+    _Atomic uint64_t handled; /* messages handed to the process */
+    _Atomic uint64_t reductions;
+    _Atomic size_t q_len;
+    dx_ref awaiting_reply;
+
+    dx__timer tmo; /* receive timeout */
+
+#if DX_COPY_STACK
+    char *stack_save;
+    size_t stack_len, stack_cap;
+#else
+    void *stack_lo;
+    size_t stack_size;
+    void *san_fiber; /* TSan fiber / ASan fake-stack bookkeeping */
+#endif
+
+    dx_proc_fn fn;
+    void *arg;
+    void (*arg_free)(void *arg);
+
+    dx__link_set links;
+    dx__mon_set monitors;     /* monitors this process holds on others */
+    dx__mon_set monitored_by; /* who monitors this process */
+
+    dx_term *exit_reason;
+    char *name;  /* registered name (registry lock) */
+    char *label; /* registry lock */
+
+    dx__palloc_hdr *palloc;
+    _Atomic size_t mem_bytes; /* saved stack + dx_palloc */
+
+    dx__proc *limbo_next;
+    uint64_t retire_epoch;
+};
+
+/* ---- schedulers (sched.c) ---- */
+
+typedef struct dx__runq {
+    dx__proc **items;
+    uint32_t head, len, cap;
+} dx__runq;
+
+typedef struct dx__sched {
+    int index;
+    pthread_t thread;
+    dx__ctx ctx; /* the scheduler loop's own context */
+    dx__proc *current;
+
+    dx__runq runq;   /* owner thread only */
+    dx__mpsc inject; /* processes woken from other threads */
+
+    pthread_mutex_t fresh_mu; /* processes that never ran: stealable */
+    dx__runq fresh;
+    _Atomic uint32_t fresh_len;
+
+    pthread_mutex_t sleep_mu;
+    pthread_cond_t sleep_cv;
+    _Atomic int sleeping;
+
+    dx__timer_heap timers;
+
+    _Atomic uint64_t seen_epoch; /* QSBR: UINT64_MAX when offline */
+    dx__proc *limbo_head, *limbo_tail;
+
+    uint32_t *free_idx; /* released pid-table slots, reused here */
+    uint32_t free_len, free_cap;
+
+    uint64_t ref_counter;
+    uint64_t rng; /* deterministic mode */
+    uint32_t picks;
+
+#if DX_COPY_STACK
+    char *stack_map; /* mapping: guard pages then the shared stack */
+    size_t stack_map_size;
+    char *stack_lo, *stack_hi;
+    dx__proc *stack_owner; /* whose frames are live on the shared stack */
+#endif
+    void *altstack;
+    size_t altstack_size;
+    sigjmp_buf fault_jmp;
+    volatile sig_atomic_t fault_sig;
+    void *volatile fault_addr;
+    void *san_fiber;
+} dx__sched;
+
+typedef struct dx__runtime {
+    _Atomic int running;
+    _Atomic int stopping;
+    _Atomic int quit;
+    int nsched;
+    bool deterministic;
+    size_t stack_size;
+    int budget;
+    bool fault_isolation;
+    dx__sched *scheds;
+
+    _Atomic uint64_t epoch;
+    pthread_mutex_t ext_mu; /* one host thread at a time inside the runtime */
+    _Atomic uint64_t ext_seen;
+    _Atomic uint32_t ext_rr;
+
+    _Atomic size_t live; /* live, non-hidden processes */
+    _Atomic size_t live_all;
+    pthread_mutex_t live_mu;
+    pthread_cond_t live_cv;
+
+    _Atomic uint32_t next_fresh_idx;
+    uint32_t *ext_free_idx;
+    uint32_t ext_free_len, ext_free_cap;
+    _Atomic uint64_t ext_ref_counter;
+} dx__runtime;
+
+extern dx__runtime dx__rt;
+extern _Thread_local dx__sched *dx__tls_sched;
+
+/* The process running on this thread, or NULL on host threads. */
+static inline dx__proc *dx__self_proc(void)
+{
+    dx__sched *s = dx__tls_sched;
+    return s ? s->current : NULL;
+}
+
+/* Host-thread access bracket: keeps process blocks alive while a host
+ * thread looks at them (see QSBR above). Returns DX_ESTATE when the runtime
+ * is not running. Nestable only via the `entered` flag it sets. */
+int dx__ext_enter(int *entered);
+void dx__ext_leave(int entered);
+
+/* Pid table. */
+dx__proc *dx__lookup(dx_pid pid);
+int dx__pid_alloc(dx__proc *p);
+void dx__pid_release(dx__proc *p);
+uint32_t dx__pid_table_size(void);
+dx__proc *dx__slot_proc(uint32_t idx);
+
+/* Make p runnable on its home scheduler (p's state must already have been
+ * moved to RUNNABLE by the caller that won the wake-up). */
+void dx__enqueue(dx__proc *p);
+/* Queue a new process where it may be stolen before it first runs. */
+int dx__enqueue_fresh(dx__proc *p);
+/* Release a process's stack (saved copy or own mapping). */
+void dx__proc_stack_free(dx__proc *p);
+/* Whether a fault address lies in the guard below the running stack. */
+int dx__is_guard_hit(dx__sched *s, dx__proc *p, void *addr);
+/* Wake p if it is waiting. */
+void dx__wake(dx__proc *p);
+/* Hand control to the scheduler; returns when the process runs again. */
+void dx__switch_out(dx__proc *p, int reason);
+void dx__sched_notify(dx__sched *s);
+/* Charge one reduction; may preempt. */
+void dx__tick(dx__proc *p);
+
+/* Process life (proc.c). */
+int dx__spawn(dx_proc_fn fn, void *arg, const dx_spawn_opts *opts,
+              bool hidden, dx_pid *pid_out, dx_ref *mon_out);
+void dx__proc_finish(dx__sched *s, dx__proc *p);
+void dx__proc_reclaim(dx__proc *p);
+/* Queue a finished process for freeing after a grace period (sched.c). */
+void dx__retire(dx__sched *s, dx__proc *p);
+/* Deliver a signal/message: the node is pushed and the target woken.
+ * Takes m in every case; DX_ENOPROC if the target is dead. */
+int dx__deliver(dx_pid to, dx_msg *m);
+/* Move mailbox contents into the private queue, acting on signals; may end
+ * the process (never returns then). */
+void dx__drain(dx__proc *p);
+DX_NORETURN void dx__die(dx__proc *p, dx_term *reason);
+int dx__receive_after(dx__proc *p, const dx_match *match, dx_msg *after,
+                      int64_t timeout_ms, dx_msg **out);
+dx_msg *dx__signal_new(uint32_t sig, dx_pid from, dx_ref ref, int64_t tag,
+                       dx_term *term);
+void dx__free_msg_list(dx_msg *m);
+
+/* Registry (registry.c). */
+void dx__registry_init(void);
+void dx__registry_destroy(void);
+void dx__registry_drop(dx__proc *p);
+/* Register p under name; DX_EEXIST, DX_ENOPROC (exiting), DX_EINVAL. */
+int dx__registry_add(dx__proc *p, const char *name);
+void dx__registry_lock(void);
+void dx__registry_unlock(void);
+
+/* Faults (fault.c). */
+int dx__fault_install(void);
+void dx__fault_uninstall(void);
+int dx__fault_thread_init(dx__sched *s);
+void dx__fault_thread_fini(dx__sched *s);
+dx_term *dx__fault_reason(dx__sched *s, dx__proc *p);
+
+/* Frequently used atoms, interned at start. */
+extern dx_term *dx__a_normal, *dx__a_kill, *dx__a_killed, *dx__a_shutdown,
+    *dx__a_noproc, *dx__a_bad_call;
+
+/* Runtime-allocated memory block of a process (dx_palloc). */
+struct dx__palloc_hdr {
+    dx__palloc_hdr *prev, *next;
+    size_t size;
+    size_t pad; /* keeps the payload 16-byte aligned */
+};
+
+#endif

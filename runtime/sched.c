@@ -1,0 +1,1047 @@
+/*
+ * sched.c — scheduler threads, run queues, work stealing, the pid table,
+ * memory reclamation and the runtime's start/stop.
+ *
+ * Each scheduler thread loops: fire due timers, take woken processes from
+ * its inject queue, run the next runnable process until it parks, yields or
+ * exits, and pass a quiescent point. Processes that have never run sit in a
+ * "fresh" queue that idle schedulers steal from; once a process has run, its
+ * stack frames hold addresses inside its scheduler's stack, so it stays on
+ * that scheduler (docs/internals/runtime.md explains the trade-off).
+ *
+ * Copy-stack mode: all processes of a scheduler run on one shared stack.
+ * When a different process is about to run, the frames of the one that
+ * parked last are copied out to a buffer sized to what it used; the new
+ * one's frames are copied back in. An idle process therefore costs its
+ * control block plus the few hundred bytes of stack it really used.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dx_internal.h"
+
+#if DX_SANITIZE_ADDRESS
+#include <sanitizer/common_interface_defs.h>
+#endif
+#if DX_SANITIZE_THREAD
+#include <sanitizer/tsan_interface.h>
+#endif
+
+dx__runtime dx__rt;
+_Thread_local dx__sched *dx__tls_sched;
+
+dx_term *dx__a_normal, *dx__a_kill, *dx__a_killed, *dx__a_shutdown,
+    *dx__a_noproc, *dx__a_bad_call;
+
+#define OFFLINE UINT64_MAX
+#define SPIN_NS 20000 /* how long an idle scheduler polls before sleeping */
+
+/* ------------------------------------------------------------------ */
+/* Run queue: a ring of process pointers (owner thread only)          */
+/* ------------------------------------------------------------------ */
+
+static int runq_push(dx__runq *q, dx__proc *p)
+{
+    if (q->len == q->cap) {
+        uint32_t ncap = q->cap ? q->cap * 2 : 256;
+        dx__proc **n = dx_malloc(sizeof(*n) * ncap);
+        if (n == NULL)
+            return DX_ENOMEM;
+        for (uint32_t i = 0; i < q->len; i++)
+            n[i] = q->items[(q->head + i) % q->cap];
+        dx_free(q->items);
+        q->items = n;
+        q->head = 0;
+        q->cap = ncap;
+    }
+    q->items[(q->head + q->len) % q->cap] = p;
+    q->len++;
+    return DX_OK;
+}
+
+static dx__proc *runq_pop(dx__runq *q)
+{
+    if (q->len == 0)
+        return NULL;
+    dx__proc *p = q->items[q->head];
+    q->head = (q->head + 1) % q->cap;
+    q->len--;
+    return p;
+}
+
+/* Remove and return the entry at logical position i (deterministic mode). */
+static dx__proc *runq_take_at(dx__runq *q, uint32_t i)
+{
+    uint32_t at = (q->head + i) % q->cap;
+    dx__proc *p = q->items[at];
+    q->items[at] = q->items[q->head];
+    q->head = (q->head + 1) % q->cap;
+    q->len--;
+    return p;
+}
+
+static dx__proc *runq_pop_back(dx__runq *q)
+{
+    if (q->len == 0)
+        return NULL;
+    q->len--;
+    return q->items[(q->head + q->len) % q->cap];
+}
+
+/* Queue growth failing means the runtime cannot keep its promises any
+ * more; this is one of the documented unrecoverable faults. */
+static void runq_push_or_die(dx__runq *q, dx__proc *p)
+{
+    if (runq_push(q, p) != DX_OK) {
+        static const char msg[] = "dspex: out of memory growing a run queue\n";
+        (void)!write(2, msg, sizeof msg - 1);
+        abort();
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Clock                                                               */
+/* ------------------------------------------------------------------ */
+
+int64_t dx__now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t dx_now_ms(void)
+{
+    return dx__now_ns() / 1000000;
+}
+
+/* ------------------------------------------------------------------ */
+/* Pid table: two levels so it grows without moving                   */
+/* ------------------------------------------------------------------ */
+
+#define SLOT_BITS 12
+#define SLOTS_PER_CHUNK (1u << SLOT_BITS)
+#define MAX_CHUNKS (1u << 16)
+#define GEN_MASK 0xFFFFFu
+
+typedef struct pid_slot {
+    _Atomic(dx__proc *) proc;
+    uint32_t gen;
+} pid_slot;
+
+static _Atomic(pid_slot *) pid_chunks[MAX_CHUNKS];
+static pthread_mutex_t chunk_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static pid_slot *slot_at(uint32_t idx, bool create)
+{
+    uint32_t c = idx >> SLOT_BITS;
+    if (c >= MAX_CHUNKS)
+        return NULL;
+    pid_slot *chunk = atomic_load_explicit(&pid_chunks[c], memory_order_acquire);
+    if (chunk == NULL && create) {
+        pthread_mutex_lock(&chunk_mu);
+        chunk = atomic_load_explicit(&pid_chunks[c], memory_order_acquire);
+        if (chunk == NULL) {
+            chunk = dx_calloc(SLOTS_PER_CHUNK, sizeof(pid_slot));
+            if (chunk != NULL)
+                atomic_store_explicit(&pid_chunks[c], chunk, memory_order_release);
+        }
+        pthread_mutex_unlock(&chunk_mu);
+    }
+    return chunk ? &chunk[idx & (SLOTS_PER_CHUNK - 1)] : NULL;
+}
+
+static inline uint32_t pid_index(dx_pid pid) { return (uint32_t)pid.id; }
+
+dx__proc *dx__lookup(dx_pid pid)
+{
+    if (pid.id == 0 || (pid.id >> 52) != 0) /* remote pids: later issue */
+        return NULL;
+    pid_slot *sl = slot_at(pid_index(pid), false);
+    if (sl == NULL)
+        return NULL;
+    dx__proc *p = atomic_load_explicit(&sl->proc, memory_order_acquire);
+    if (p == NULL || p->pid.id != pid.id)
+        return NULL;
+    return p;
+}
+
+uint32_t dx__pid_table_size(void)
+{
+    return atomic_load(&dx__rt.next_fresh_idx);
+}
+
+dx__proc *dx__slot_proc(uint32_t idx)
+{
+    pid_slot *sl = slot_at(idx, false);
+    return sl ? atomic_load_explicit(&sl->proc, memory_order_acquire) : NULL;
+}
+
+static int free_push(uint32_t **arr, uint32_t *len, uint32_t *cap, uint32_t v)
+{
+    if (*len == *cap) {
+        uint32_t ncap = *cap ? *cap * 2 : 1024;
+        uint32_t *n = dx_realloc(*arr, sizeof(uint32_t) * ncap);
+        if (n == NULL)
+            return DX_ENOMEM;
+        *arr = n;
+        *cap = ncap;
+    }
+    (*arr)[(*len)++] = v;
+    return DX_OK;
+}
+
+int dx__pid_alloc(dx__proc *p)
+{
+    dx__sched *s = dx__tls_sched;
+    uint32_t idx;
+    if (s != NULL && s->free_len > 0)
+        idx = s->free_idx[--s->free_len];
+    else if (s == NULL && dx__rt.ext_free_len > 0) /* ext_mu held */
+        idx = dx__rt.ext_free_idx[--dx__rt.ext_free_len];
+    else
+        idx = atomic_fetch_add(&dx__rt.next_fresh_idx, 1);
+    pid_slot *sl = slot_at(idx, true);
+    if (sl == NULL) {
+        if (idx < atomic_load(&dx__rt.next_fresh_idx) - 1 ||
+            s == NULL) { /* give a recycled index back */
+            if (s != NULL)
+                s->free_len++;
+            else
+                dx__rt.ext_free_len++;
+        }
+        return DX_ENOMEM;
+    }
+    if (sl->gen == 0)
+        sl->gen = 1;
+    p->pid.id = (uint64_t)idx | ((uint64_t)sl->gen << 32);
+    atomic_store_explicit(&sl->proc, p, memory_order_release);
+    return DX_OK;
+}
+
+/* Unpublish p: from now on lookups of its pid fail. The slot can be reused
+ * at once (the generation changes); p's memory waits for reclamation. */
+void dx__pid_release(dx__proc *p)
+{
+    uint32_t idx = pid_index(p->pid);
+    pid_slot *sl = slot_at(idx, false);
+    atomic_store(&sl->proc, NULL);
+    sl->gen = (sl->gen + 1) & GEN_MASK;
+    if (sl->gen == 0)
+        sl->gen = 1;
+    dx__sched *s = dx__tls_sched;
+    int rc = s ? free_push(&s->free_idx, &s->free_len, &s->free_cap, idx)
+               : free_push(&dx__rt.ext_free_idx, &dx__rt.ext_free_len,
+                           &dx__rt.ext_free_cap, idx);
+    (void)rc; /* on OOM the index is simply never reused */
+}
+
+/* ------------------------------------------------------------------ */
+/* Host-thread bracket and quiescent-state reclamation                 */
+/* ------------------------------------------------------------------ */
+
+int dx__ext_enter(int *entered)
+{
+    *entered = 0;
+    if (dx__tls_sched != NULL)
+        return DX_OK; /* scheduler threads are always inside */
+    if (!atomic_load(&dx__rt.running))
+        return DX_ESTATE;
+    pthread_mutex_lock(&dx__rt.ext_mu);
+    if (!atomic_load(&dx__rt.running)) {
+        pthread_mutex_unlock(&dx__rt.ext_mu);
+        return DX_ESTATE;
+    }
+    atomic_store(&dx__rt.ext_seen, atomic_load(&dx__rt.epoch));
+    *entered = 1;
+    return DX_OK;
+}
+
+void dx__ext_leave(int entered)
+{
+    if (!entered)
+        return;
+    atomic_store(&dx__rt.ext_seen, OFFLINE);
+    pthread_mutex_unlock(&dx__rt.ext_mu);
+}
+
+void dx__retire(dx__sched *s, dx__proc *p)
+{
+    p->retire_epoch = atomic_load(&dx__rt.epoch);
+    p->limbo_next = NULL;
+    if (s->limbo_tail)
+        s->limbo_tail->limbo_next = p;
+    else
+        s->limbo_head = p;
+    s->limbo_tail = p;
+}
+
+static void quiescent(dx__sched *s)
+{
+    uint64_t e = atomic_load(&dx__rt.epoch);
+    atomic_store_explicit(&s->seen_epoch, e, memory_order_seq_cst);
+    if (s->limbo_head == NULL)
+        return;
+    /* Blocks retired in the current epoch need the epoch to move on before
+     * anyone can be seen past it. */
+    if (s->limbo_tail->retire_epoch == e)
+        atomic_compare_exchange_strong(&dx__rt.epoch, &e, e + 1);
+    uint64_t min = atomic_load(&dx__rt.ext_seen);
+    for (int i = 0; i < dx__rt.nsched; i++) {
+        uint64_t v = atomic_load(&dx__rt.scheds[i].seen_epoch);
+        if (v < min)
+            min = v;
+    }
+    while (s->limbo_head && s->limbo_head->retire_epoch < min) {
+        dx__proc *p = s->limbo_head;
+        s->limbo_head = p->limbo_next;
+        if (s->limbo_head == NULL)
+            s->limbo_tail = NULL;
+        dx__proc_reclaim(p);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Waking and queueing                                                 */
+/* ------------------------------------------------------------------ */
+
+void dx__sched_notify(dx__sched *s)
+{
+    if (atomic_load(&s->sleeping)) {
+        pthread_mutex_lock(&s->sleep_mu);
+        pthread_cond_signal(&s->sleep_cv);
+        pthread_mutex_unlock(&s->sleep_mu);
+    }
+}
+
+void dx__enqueue(dx__proc *p)
+{
+    dx__sched *home = p->home;
+    if (dx__tls_sched == home) {
+        runq_push_or_die(&home->runq, p);
+        return;
+    }
+    dx__mpsc_push(&home->inject, &p->run_node);
+    dx__sched_notify(home);
+}
+
+void dx__wake(dx__proc *p)
+{
+    uint32_t expect = DX__WAITING;
+    if (atomic_load(&p->state) == DX__WAITING &&
+        atomic_compare_exchange_strong(&p->state, &expect, DX__RUNNABLE))
+        dx__enqueue(p);
+}
+
+static void wake_idle_sibling(dx__sched *self)
+{
+    for (int i = 0; i < dx__rt.nsched; i++) {
+        dx__sched *o = &dx__rt.scheds[i];
+        if (o != self && atomic_load(&o->sleeping)) {
+            dx__sched_notify(o);
+            return;
+        }
+    }
+}
+
+/* A new process goes to the fresh queue of the spawning scheduler (or of
+ * one picked round-robin for host threads), where idle schedulers may take
+ * it before it first runs. */
+int dx__enqueue_fresh(dx__proc *p)
+{
+    dx__sched *s = dx__tls_sched;
+    if (s == NULL)
+        s = &dx__rt.scheds[atomic_fetch_add(&dx__rt.ext_rr, 1) %
+                           (uint32_t)dx__rt.nsched];
+    p->home = s;
+    if (dx__rt.deterministic && s == dx__tls_sched)
+        return runq_push(&s->runq, p);
+    pthread_mutex_lock(&s->fresh_mu);
+    int rc = runq_push(&s->fresh, p);
+    uint32_t n = s->fresh.len;
+    atomic_store(&s->fresh_len, n);
+    pthread_mutex_unlock(&s->fresh_mu);
+    if (rc != DX_OK)
+        return rc;
+    if (s != dx__tls_sched)
+        dx__sched_notify(s);
+    else if (n >= 2 && dx__rt.nsched > 1)
+        wake_idle_sibling(s);
+    return DX_OK;
+}
+
+static dx__proc *take_fresh(dx__sched *s)
+{
+    if (atomic_load_explicit(&s->fresh_len, memory_order_relaxed) == 0)
+        return NULL;
+    pthread_mutex_lock(&s->fresh_mu);
+    dx__proc *p = runq_pop(&s->fresh);
+    atomic_store(&s->fresh_len, s->fresh.len);
+    pthread_mutex_unlock(&s->fresh_mu);
+    return p;
+}
+
+/* Take half of another scheduler's never-run processes. Only victims with
+ * at least two waiting are robbed: a single fresh process is usually the
+ * partner its spawner is about to talk to, and moving it would turn every
+ * message between them into a cross-thread wake-up. */
+static int steal(dx__sched *s)
+{
+    int got = 0;
+    for (int k = 1; k < dx__rt.nsched && !got; k++) {
+        dx__sched *v = &dx__rt.scheds[(s->index + k) % dx__rt.nsched];
+        if (atomic_load_explicit(&v->fresh_len, memory_order_relaxed) < 2)
+            continue;
+        pthread_mutex_lock(&v->fresh_mu);
+        uint32_t take = v->fresh.len / 2;
+        for (uint32_t i = 0; i < take; i++) {
+            dx__proc *p = runq_pop_back(&v->fresh);
+            p->home = s;
+            runq_push_or_die(&s->runq, p);
+            got++;
+        }
+        atomic_store(&v->fresh_len, v->fresh.len);
+        pthread_mutex_unlock(&v->fresh_mu);
+    }
+    return got;
+}
+
+static void drain_inject(dx__sched *s)
+{
+    struct dx__node *n;
+    while ((n = dx__mpsc_pop(&s->inject)) != NULL)
+        runq_push_or_die(&s->runq,
+                         dx__container_of(n, dx__proc, run_node));
+}
+
+static uint64_t rng_next(uint64_t *x)
+{
+    /* xorshift64*: small, fast and good enough to pick the next process */
+    *x ^= *x >> 12;
+    *x ^= *x << 25;
+    *x ^= *x >> 27;
+    return *x * 0x2545F4914F6CDD1Dull;
+}
+
+static dx__proc *next_runnable(dx__sched *s)
+{
+    if (dx__rt.deterministic) {
+        if (s->runq.len == 0) {
+            dx__proc *f = take_fresh(s); /* spawned from a host thread */
+            if (f != NULL)
+                runq_push_or_die(&s->runq, f);
+        }
+        if (s->runq.len == 0)
+            return NULL;
+        return runq_take_at(&s->runq, (uint32_t)(rng_next(&s->rng) % s->runq.len));
+    }
+    /* Every 16th pick looks at fresh processes first, so a scheduler busy
+     * with running processes still starts new ones. */
+    if ((++s->picks & 15) == 0) {
+        dx__proc *f = take_fresh(s);
+        if (f != NULL)
+            return f;
+    }
+    dx__proc *p = runq_pop(&s->runq);
+    if (p != NULL)
+        return p;
+    return take_fresh(s);
+}
+
+/* ------------------------------------------------------------------ */
+/* Stacks                                                              */
+/* ------------------------------------------------------------------ */
+
+static size_t page_size(void)
+{
+    static size_t ps;
+    if (ps == 0)
+        ps = (size_t)sysconf(_SC_PAGESIZE);
+    return ps;
+}
+
+#define GUARD_BYTES (64 * 1024)
+
+#if DX_COPY_STACK
+
+static int stack_init(dx__sched *s)
+{
+    size_t size = (dx__rt.stack_size + page_size() - 1) & ~(page_size() - 1);
+    s->stack_map_size = size + GUARD_BYTES;
+    void *m = mmap(NULL, s->stack_map_size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED)
+        return DX_ESYS;
+    if (mprotect(m, GUARD_BYTES, PROT_NONE) != 0) {
+        munmap(m, s->stack_map_size);
+        return DX_ESYS;
+    }
+    s->stack_map = m;
+    s->stack_lo = (char *)m + GUARD_BYTES;
+    s->stack_hi = s->stack_lo + size;
+    return DX_OK;
+}
+
+static void stack_fini(dx__sched *s)
+{
+    if (s->stack_map)
+        munmap(s->stack_map, s->stack_map_size);
+}
+
+/* Copy the frames of the process that parked last out of the shared stack. */
+static void save_owner(dx__sched *s)
+{
+    dx__proc *o = s->stack_owner;
+    if (o == NULL)
+        return;
+    size_t used = (size_t)(s->stack_hi - (char *)o->ctx.sp);
+    if (used > o->stack_cap) {
+        size_t cap = (used + 127) & ~(size_t)127;
+        char *b = dx_realloc(o->stack_save, cap);
+        if (b == NULL) {
+            static const char msg[] = "dspex: out of memory saving a stack\n";
+            (void)!write(2, msg, sizeof msg - 1);
+            abort();
+        }
+        atomic_fetch_add_explicit(&o->mem_bytes, cap - o->stack_cap,
+                                  memory_order_relaxed);
+        o->stack_save = b;
+        o->stack_cap = cap;
+    }
+    memcpy(o->stack_save, o->ctx.sp, used);
+    o->stack_len = used;
+    s->stack_owner = NULL;
+}
+
+static void prepare_stack(dx__sched *s, dx__proc *p)
+{
+    if (s->stack_owner == p)
+        return; /* its frames are still in place */
+    save_owner(s);
+    if (!p->started) {
+        dx__ctx_make(&p->ctx, s->stack_lo, (size_t)(s->stack_hi - s->stack_lo));
+        p->started = 1;
+    } else {
+        memcpy(p->ctx.sp, p->stack_save, p->stack_len);
+    }
+}
+
+void dx__proc_stack_free(dx__proc *p)
+{
+    dx__sched *s = p->home;
+    if (s && s->stack_owner == p)
+        s->stack_owner = NULL;
+    dx_free(p->stack_save);
+    p->stack_save = NULL;
+    p->stack_cap = p->stack_len = 0;
+}
+
+#else /* a stack of its own for every process */
+
+static int stack_init(dx__sched *s)
+{
+    (void)s;
+    return DX_OK;
+}
+
+static void stack_fini(dx__sched *s)
+{
+    (void)s;
+}
+
+static int prepare_stack(dx__sched *s, dx__proc *p)
+{
+    (void)s;
+    if (p->started)
+        return DX_OK;
+    size_t size = (dx__rt.stack_size + page_size() - 1) & ~(page_size() - 1);
+    char *m = mmap(NULL, size + GUARD_BYTES, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED)
+        return DX_ESYS;
+    if (mprotect(m, GUARD_BYTES, PROT_NONE) != 0) {
+        munmap(m, size + GUARD_BYTES);
+        return DX_ESYS;
+    }
+    p->stack_lo = m + GUARD_BYTES;
+    p->stack_size = size;
+    dx__ctx_make(&p->ctx, p->stack_lo, size);
+#if DX_SANITIZE_THREAD
+    p->san_fiber = __tsan_create_fiber(0);
+#endif
+    p->started = 1;
+    return DX_OK;
+}
+
+void dx__proc_stack_free(dx__proc *p)
+{
+#if DX_SANITIZE_THREAD
+    if (p->san_fiber)
+        __tsan_destroy_fiber(p->san_fiber);
+    p->san_fiber = NULL;
+#endif
+    if (p->stack_lo)
+        munmap((char *)p->stack_lo - GUARD_BYTES, p->stack_size + GUARD_BYTES);
+    p->stack_lo = NULL;
+}
+
+#endif
+
+/* Where a fault at addr would have hit the guard below the running stack. */
+int dx__is_guard_hit(dx__sched *s, dx__proc *p, void *addr)
+{
+    char *a = addr;
+#if DX_COPY_STACK
+    (void)p;
+    return a >= s->stack_map && a < s->stack_lo;
+#else
+    (void)s;
+    char *lo = p->stack_lo;
+    return lo != NULL && a >= lo - GUARD_BYTES && a < lo;
+#endif
+}
+
+/* ------------------------------------------------------------------ */
+/* Switching                                                           */
+/* ------------------------------------------------------------------ */
+
+static void switch_to_proc(dx__sched *s, dx__proc *p)
+{
+#if DX_SANITIZE_ADDRESS && !DX_COPY_STACK
+    void *fake = NULL;
+    __sanitizer_start_switch_fiber(&fake, p->stack_lo, p->stack_size);
+#endif
+#if DX_SANITIZE_THREAD && !DX_COPY_STACK
+    __tsan_switch_to_fiber(p->san_fiber, 0);
+#endif
+    dx__ctx_swap(&s->ctx, &p->ctx);
+#if DX_SANITIZE_ADDRESS && !DX_COPY_STACK
+    __sanitizer_finish_switch_fiber(fake, NULL, NULL);
+#endif
+}
+
+void dx__switch_out(dx__proc *p, int reason)
+{
+    dx__sched *s = p->home;
+    p->yield_reason = (uint8_t)reason;
+#if DX_SANITIZE_ADDRESS && !DX_COPY_STACK
+    void *fake = NULL;
+    /* Exiting processes never come back: tell ASan to drop the fiber. */
+    __sanitizer_start_switch_fiber(reason == DX__EXIT ? NULL : &fake, NULL, 0);
+#endif
+#if DX_SANITIZE_THREAD && !DX_COPY_STACK
+    __tsan_switch_to_fiber(s->san_fiber, 0);
+#endif
+    dx__ctx_swap(&p->ctx, &s->ctx);
+#if DX_SANITIZE_ADDRESS && !DX_COPY_STACK
+    __sanitizer_finish_switch_fiber(fake, NULL, NULL);
+#endif
+}
+
+void dx__tick(dx__proc *p)
+{
+    atomic_fetch_add_explicit(&p->reductions, 1, memory_order_relaxed);
+    if (--p->budget > 0)
+        return;
+    p->budget = dx__rt.budget;
+    dx__switch_out(p, DX__YIELD);
+    dx__drain(p); /* act on exit signals that came while we were away */
+}
+
+int dx_yield(void)
+{
+    dx__proc *p = dx__self_proc();
+    if (p == NULL)
+        return DX_ENOTPROC;
+    atomic_fetch_add_explicit(&p->reductions, 1, memory_order_relaxed);
+    p->budget = dx__rt.budget;
+    dx__switch_out(p, DX__YIELD);
+    dx__drain(p);
+    return DX_OK;
+}
+
+/* Run p until it hands control back, then act on why it did. */
+static void run_proc(dx__sched *s, dx__proc *p)
+{
+    atomic_store_explicit(&p->state, DX__RUNNING, memory_order_relaxed);
+    p->budget = dx__rt.budget;
+#if DX_COPY_STACK
+    prepare_stack(s, p);
+#else
+    if (prepare_stack(s, p) != DX_OK) {
+        p->exit_reason = dx_tuple(2, dx_atom("spawn_failed"), dx_atom("no_stack"));
+        dx__proc_finish(s, p);
+        return;
+    }
+#endif
+    s->current = p;
+    switch_to_proc(s, p);
+    s->current = NULL;
+#if DX_COPY_STACK
+    s->stack_owner = p;
+#endif
+    switch (p->yield_reason) {
+    case DX__YIELD:
+        atomic_store(&p->state, DX__RUNNABLE);
+        runq_push_or_die(&s->runq, p);
+        break;
+    case DX__PARK:
+        /* Publish WAITING, then look at the mailbox once more: a sender
+         * that pushed before seeing WAITING is caught here, one that sees
+         * WAITING wakes the process itself (seq_cst on both sides). */
+        atomic_store(&p->state, DX__WAITING);
+        if (dx__mpsc_nonempty(&p->mailbox) || p->tmo_fired) {
+            uint32_t expect = DX__WAITING;
+            if (atomic_compare_exchange_strong(&p->state, &expect, DX__RUNNABLE))
+                runq_push_or_die(&s->runq, p);
+        }
+        break;
+    case DX__EXIT:
+        dx__proc_finish(s, p);
+        break;
+    }
+}
+
+/* A fault inside process code jumps back here (fault.c). */
+static void recover_fault(dx__sched *s)
+{
+    dx__proc *p = s->current;
+    s->current = NULL;
+#if DX_COPY_STACK
+    s->stack_owner = NULL; /* its frames are garbage now */
+#endif
+    p->exit_reason = dx__fault_reason(s, p);
+    dx__proc_finish(s, p);
+}
+
+static bool has_work(dx__sched *s)
+{
+    return s->runq.len > 0 || dx__mpsc_nonempty(&s->inject) ||
+           atomic_load(&s->fresh_len) > 0;
+}
+
+static void idle(dx__sched *s, int64_t next_deadline)
+{
+    if (!dx__rt.deterministic) {
+        int64_t spin_until = dx__now_ns() + SPIN_NS;
+        if (next_deadline < spin_until)
+            spin_until = next_deadline;
+        while (dx__now_ns() < spin_until) {
+            if (has_work(s) || steal(s) > 0 || atomic_load(&dx__rt.quit))
+                return;
+            for (int i = 0; i < 64; i++)
+                __asm__ volatile("" ::: "memory");
+        }
+    }
+    pthread_mutex_lock(&s->sleep_mu);
+    atomic_store(&s->sleeping, 1);
+    atomic_store(&s->seen_epoch, OFFLINE);
+    /* A timer added from another thread just before `sleeping` was set
+     * did not notify us: look at the heap again now that it is set. */
+    int64_t peek = dx__timers_peek(s);
+    if (peek < next_deadline)
+        next_deadline = peek;
+    if (!has_work(s) && !atomic_load(&dx__rt.quit)) {
+        if (next_deadline == INT64_MAX) {
+            pthread_cond_wait(&s->sleep_cv, &s->sleep_mu);
+        } else {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            int64_t wait = next_deadline - dx__now_ns();
+            if (wait > 0) {
+                int64_t ns = ts.tv_nsec + wait % 1000000000;
+                ts.tv_sec += (time_t)(wait / 1000000000 + ns / 1000000000);
+                ts.tv_nsec = (long)(ns % 1000000000);
+                pthread_cond_timedwait(&s->sleep_cv, &s->sleep_mu, &ts);
+            }
+        }
+    }
+    atomic_store(&s->sleeping, 0);
+    atomic_store(&s->seen_epoch, atomic_load(&dx__rt.epoch));
+    pthread_mutex_unlock(&s->sleep_mu);
+}
+
+static void sched_loop(dx__sched *s)
+{
+    /* Faults in process code land here; the loop state lives in *s. */
+    if (sigsetjmp(s->fault_jmp, 0) != 0)
+        recover_fault(s);
+    for (;;) {
+        quiescent(s);
+        int64_t next = dx__timers_run(s);
+        drain_inject(s);
+        dx__proc *p = next_runnable(s);
+        if (p != NULL) {
+            run_proc(s, p);
+            continue;
+        }
+        if (atomic_load(&dx__rt.quit))
+            break;
+        if (steal(s) > 0)
+            continue;
+        idle(s, next);
+    }
+}
+
+static void *sched_thread(void *arg)
+{
+    dx__sched *s = arg;
+    dx__tls_sched = s;
+    char name[16];
+    snprintf(name, sizeof name, "dx-sched-%d", s->index);
+    pthread_setname_np(pthread_self(), name);
+#if DX_SANITIZE_THREAD
+    s->san_fiber = __tsan_get_current_fiber();
+#endif
+    if (dx__rt.fault_isolation)
+        dx__fault_thread_init(s);
+    atomic_store(&s->seen_epoch, atomic_load(&dx__rt.epoch));
+    sched_loop(s);
+    atomic_store(&s->seen_epoch, OFFLINE);
+    if (dx__rt.fault_isolation)
+        dx__fault_thread_fini(s);
+    dx__tls_sched = NULL;
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Runtime start / stop                                                */
+/* ------------------------------------------------------------------ */
+
+static int env_schedulers(void)
+{
+    const char *e = getenv("DX_SCHEDULERS");
+    if (e != NULL && *e) {
+        char *end;
+        long v = strtol(e, &end, 10);
+        if (*end == '\0' && v > 0 && v <= 1024)
+            return (int)v;
+    }
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+static int intern_atoms(void)
+{
+    dx__a_normal = dx_atom("normal");
+    dx__a_kill = dx_atom("kill");
+    dx__a_killed = dx_atom("killed");
+    dx__a_shutdown = dx_atom("shutdown");
+    dx__a_noproc = dx_atom("noproc");
+    dx__a_bad_call = dx_atom("bad_call");
+    return dx__a_normal && dx__a_kill && dx__a_killed && dx__a_shutdown &&
+                   dx__a_noproc && dx__a_bad_call
+               ? DX_OK
+               : DX_ENOMEM;
+}
+
+static void sched_destroy(dx__sched *s)
+{
+    stack_fini(s);
+    dx__timer_heap_destroy(&s->timers);
+    dx_free(s->runq.items);
+    dx_free(s->fresh.items);
+    dx_free(s->free_idx);
+    pthread_mutex_destroy(&s->fresh_mu);
+    pthread_mutex_destroy(&s->sleep_mu);
+    pthread_cond_destroy(&s->sleep_cv);
+}
+
+static void free_runtime(int nstarted)
+{
+    for (int i = 0; i < dx__rt.nsched; i++) {
+        dx__sched *s = &dx__rt.scheds[i];
+        while (s->limbo_head) {
+            dx__proc *p = s->limbo_head;
+            s->limbo_head = p->limbo_next;
+            dx__proc_reclaim(p);
+        }
+        s->limbo_tail = NULL;
+    }
+    (void)nstarted;
+    dx__timers_shutdown();
+    for (int i = 0; i < dx__rt.nsched; i++)
+        sched_destroy(&dx__rt.scheds[i]);
+    dx_free(dx__rt.scheds);
+    dx__rt.scheds = NULL;
+    for (uint32_t c = 0; c < MAX_CHUNKS; c++) {
+        pid_slot *chunk = atomic_load(&pid_chunks[c]);
+        if (chunk == NULL)
+            break;
+        dx_free(chunk);
+        atomic_store(&pid_chunks[c], NULL);
+    }
+    dx_free(dx__rt.ext_free_idx);
+    dx__rt.ext_free_idx = NULL;
+    dx__rt.ext_free_len = dx__rt.ext_free_cap = 0;
+    dx__registry_destroy();
+    if (dx__rt.fault_isolation)
+        dx__fault_uninstall();
+    pthread_mutex_destroy(&dx__rt.ext_mu);
+    pthread_mutex_destroy(&dx__rt.live_mu);
+    pthread_cond_destroy(&dx__rt.live_cv);
+}
+
+int dx_runtime_start(const dx_runtime_opts *opts)
+{
+    dx_runtime_opts o = {0};
+    if (opts != NULL)
+        o = *opts;
+    if (atomic_load(&dx__rt.running))
+        return DX_ESTATE;
+    if (o.schedulers < 0 || o.budget < 0)
+        return DX_EINVAL;
+    if (intern_atoms() != DX_OK)
+        return DX_ENOMEM;
+
+    memset(&dx__rt, 0, sizeof dx__rt);
+    dx__rt.deterministic = o.deterministic;
+    dx__rt.nsched = o.deterministic ? 1 : (o.schedulers ? o.schedulers : env_schedulers());
+    dx__rt.stack_size = o.stack_size ? o.stack_size : (size_t)1 << 20;
+    if (dx__rt.stack_size < 16 * 1024)
+        dx__rt.stack_size = 16 * 1024;
+    dx__rt.budget = o.budget ? o.budget : 2000;
+    dx__rt.fault_isolation = !o.disable_fault_isolation;
+    atomic_store(&dx__rt.epoch, 1);
+    atomic_store(&dx__rt.ext_seen, OFFLINE);
+    atomic_store(&dx__rt.next_fresh_idx, 1); /* index 0 is never a pid */
+    pthread_mutex_init(&dx__rt.ext_mu, NULL);
+    pthread_mutex_init(&dx__rt.live_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&dx__rt.live_cv, &ca);
+    dx__registry_init();
+
+    dx__rt.scheds = dx_calloc((size_t)dx__rt.nsched, sizeof(dx__sched));
+    if (dx__rt.scheds == NULL) {
+        pthread_condattr_destroy(&ca);
+        free_runtime(0);
+        return DX_ENOMEM;
+    }
+    int rc = DX_OK;
+    for (int i = 0; i < dx__rt.nsched; i++) {
+        dx__sched *s = &dx__rt.scheds[i];
+        s->index = i;
+        s->rng = o.seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull + (uint64_t)i;
+        if (s->rng == 0)
+            s->rng = 1;
+        dx__mpsc_init(&s->inject);
+        pthread_mutex_init(&s->fresh_mu, NULL);
+        pthread_mutex_init(&s->sleep_mu, NULL);
+        pthread_cond_init(&s->sleep_cv, &ca);
+        dx__timer_heap_init(&s->timers);
+        atomic_store(&s->seen_epoch, OFFLINE);
+        if (rc == DX_OK)
+            rc = stack_init(s);
+    }
+    pthread_condattr_destroy(&ca);
+    if (rc == DX_OK && dx__rt.fault_isolation)
+        rc = dx__fault_install();
+    if (rc != DX_OK) {
+        dx__rt.fault_isolation = false;
+        free_runtime(0);
+        return rc;
+    }
+    atomic_store(&dx__rt.running, 1);
+    int started = 0;
+    for (; started < dx__rt.nsched; started++) {
+        if (pthread_create(&dx__rt.scheds[started].thread, NULL, sched_thread,
+                           &dx__rt.scheds[started]) != 0)
+            break;
+    }
+    if (started < dx__rt.nsched) {
+        atomic_store(&dx__rt.quit, 1);
+        for (int i = 0; i < started; i++) {
+            dx__sched_notify(&dx__rt.scheds[i]);
+            pthread_join(dx__rt.scheds[i].thread, NULL);
+        }
+        atomic_store(&dx__rt.running, 0);
+        free_runtime(started);
+        return DX_ESYS;
+    }
+    return DX_OK;
+}
+
+bool dx_runtime_running(void)
+{
+    return atomic_load(&dx__rt.running) && !atomic_load(&dx__rt.stopping);
+}
+
+int dx_runtime_schedulers(void)
+{
+    return atomic_load(&dx__rt.running) ? dx__rt.nsched : 0;
+}
+
+/* Send every live process an untrappable `shutdown`. */
+static void kill_all(void)
+{
+    int entered;
+    if (dx__ext_enter(&entered) != DX_OK)
+        return;
+    uint32_t n = dx__pid_table_size();
+    for (uint32_t i = 1; i < n; i++) {
+        dx__proc *p = dx__slot_proc(i);
+        if (p == NULL)
+            continue;
+        dx_msg *m = dx__signal_new(DX__SIG_EXIT, DX_NOPID, DX_NOREF,
+                                   DX__EXIT_KILL, dx__a_shutdown);
+        if (m != NULL)
+            dx__deliver(p->pid, m);
+    }
+    dx__ext_leave(entered);
+}
+
+int dx_runtime_stop(void)
+{
+    if (dx__tls_sched != NULL)
+        return DX_ESTATE; /* a process cannot wait for its own end */
+    if (!atomic_load(&dx__rt.running))
+        return DX_ESTATE;
+    int expect = 0;
+    if (!atomic_compare_exchange_strong(&dx__rt.stopping, &expect, 1))
+        return DX_ESTATE;
+    /* Signals to processes spawned while we kill are caught by repeating
+     * until nothing is alive. */
+    pthread_mutex_lock(&dx__rt.live_mu);
+    while (atomic_load(&dx__rt.live_all) > 0) {
+        pthread_mutex_unlock(&dx__rt.live_mu);
+        kill_all();
+        pthread_mutex_lock(&dx__rt.live_mu);
+        if (atomic_load(&dx__rt.live_all) == 0)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += 50 * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&dx__rt.live_cv, &dx__rt.live_mu, &ts);
+    }
+    pthread_mutex_unlock(&dx__rt.live_mu);
+
+    atomic_store(&dx__rt.quit, 1);
+    for (int i = 0; i < dx__rt.nsched; i++)
+        dx__sched_notify(&dx__rt.scheds[i]);
+    for (int i = 0; i < dx__rt.nsched; i++) {
+        /* a scheduler might be between has_work() and sleeping */
+        while (pthread_tryjoin_np(dx__rt.scheds[i].thread, NULL) == EBUSY) {
+            dx__sched_notify(&dx__rt.scheds[i]);
+            usleep(1000);
+        }
+    }
+    pthread_mutex_lock(&dx__rt.ext_mu);
+    atomic_store(&dx__rt.running, 0);
+    pthread_mutex_unlock(&dx__rt.ext_mu);
+    free_runtime(dx__rt.nsched);
+    atomic_store(&dx__rt.stopping, 0);
+    atomic_store(&dx__rt.quit, 0);
+    return DX_OK;
+}
