@@ -244,6 +244,8 @@ typedef struct dx__sched {
     uint32_t free_len, free_cap;
 
     uint64_t ref_counter;
+    dx_msg *msg_cache; /* freed messages kept for reuse by this thread */
+    uint32_t msg_cache_len;
     uint64_t rng; /* deterministic mode */
     uint32_t picks;
 
@@ -290,6 +292,14 @@ typedef struct dx__runtime {
 
 extern dx__runtime dx__rt;
 extern _Thread_local dx__sched *dx__tls_sched;
+
+/* Add one to a counter only its owner thread writes (others read it for
+ * introspection): no locked instruction needed. */
+#define DX__OWNER_INC(counter)                                                 \
+    atomic_store_explicit(                                                     \
+        &(counter),                                                            \
+        atomic_load_explicit(&(counter), memory_order_relaxed) + 1,            \
+        memory_order_relaxed)
 
 /* The process running on this thread, or NULL on host threads. */
 static inline dx__proc *dx__self_proc(void)
@@ -347,6 +357,8 @@ int dx__receive_after(dx__proc *p, const dx_match *match, dx_msg *after,
 dx_msg *dx__signal_new(uint32_t sig, dx_pid from, dx_ref ref, int64_t tag,
                        dx_term *term);
 void dx__free_msg_list(dx_msg *m);
+/* Free scheduler s's cache of reusable messages (at stop). */
+void dx__msg_cache_free(dx__sched *s);
 
 /* Registry (registry.c). */
 void dx__registry_init(void);

@@ -33,9 +33,51 @@ static inline dx_msg *msg_next(dx_msg *m)
 /* Messages                                                            */
 /* ------------------------------------------------------------------ */
 
+/* Messages are the most frequent allocation; each scheduler thread keeps a
+ * bounded stack of freed ones to reuse (blocks still come from dx_malloc
+ * and go back to dx_free when the cache is full or the runtime stops). */
+#define MSG_CACHE_MAX 4096
+
+static dx_msg *msg_alloc(void)
+{
+    dx__sched *s = dx__tls_sched;
+    if (s != NULL && s->msg_cache != NULL) {
+        dx_msg *m = s->msg_cache;
+        s->msg_cache = msg_next(m);
+        s->msg_cache_len--;
+        memset(m, 0, sizeof *m);
+        return m;
+    }
+    return dx_calloc(1, sizeof(dx_msg));
+}
+
+static void msg_release(dx_msg *m)
+{
+    dx__sched *s = dx__tls_sched;
+    if (s != NULL && s->msg_cache_len < MSG_CACHE_MAX) {
+        m->dx__node.next = s->msg_cache ? &s->msg_cache->dx__node : NULL;
+        s->msg_cache = m;
+        s->msg_cache_len++;
+        return;
+    }
+    dx_free(m);
+}
+
+void dx__msg_cache_free(dx__sched *s)
+{
+    dx_msg *m = s->msg_cache;
+    while (m != NULL) {
+        dx_msg *next = msg_next(m);
+        dx_free(m);
+        m = next;
+    }
+    s->msg_cache = NULL;
+    s->msg_cache_len = 0;
+}
+
 dx_msg *dx_msg_new(int64_t tag)
 {
-    dx_msg *m = dx_calloc(1, sizeof *m);
+    dx_msg *m = msg_alloc();
     if (m != NULL)
         m->tag = tag;
     return m;
@@ -48,7 +90,7 @@ void dx_msg_free(dx_msg *m)
     dx_term_free(m->term);
     if (m->ptr != NULL && m->ptr_free != NULL)
         m->ptr_free(m->ptr);
-    dx_free(m);
+    msg_release(m);
 }
 
 dx_term *dx_msg_take_term(dx_msg *m)
@@ -82,7 +124,7 @@ void dx__free_msg_list(dx_msg *m)
 dx_msg *dx__signal_new(uint32_t sig, dx_pid from, dx_ref ref, int64_t tag,
                        dx_term *term)
 {
-    dx_msg *m = dx_calloc(1, sizeof *m);
+    dx_msg *m = msg_alloc();
     if (m == NULL) {
         dx_term_free(term);
         return NULL;
@@ -327,9 +369,7 @@ void dx__drain(dx__proc *p)
     p->in_runtime++; /* faults from here on are the runtime's, not p's */
     while ((n = dx__mpsc_pop(&p->mailbox)) != NULL) {
         dx_msg *m = msg_of(n);
-        atomic_store_explicit(&p->taken,
-                              atomic_load_explicit(&p->taken, memory_order_relaxed) + 1,
-                              memory_order_relaxed);
+        DX__OWNER_INC(p->taken);
         switch (m->dx__signal) {
         case DX__SIG_MSG:
             /* A reply nobody waits for any more (its call timed out) is
@@ -422,7 +462,7 @@ int dx__receive_after(dx__proc *p, const dx_match *match, dx_msg *after,
                 q_unlink(p, prev, m);
                 if (armed)
                     disarm(p);
-                atomic_fetch_add_explicit(&p->handled, 1, memory_order_relaxed);
+                DX__OWNER_INC(p->handled);
                 *out = m;
                 return DX_OK;
             }

@@ -41,6 +41,10 @@ dx_term *dx__a_normal, *dx__a_kill, *dx__a_killed, *dx__a_shutdown,
 
 #define OFFLINE UINT64_MAX
 #define SPIN_NS 20000 /* how long an idle scheduler polls before sleeping */
+/* Fresh processes waiting on one scheduler before a sleeping sibling is
+ * woken to take some: waking costs a system call on both sides, worth it
+ * only for a real backlog. An awake sibling steals from 2 up. */
+#define STEAL_WAKE_THRESHOLD 64
 
 /* ------------------------------------------------------------------ */
 /* Run queue: a ring of process pointers (owner thread only)          */
@@ -284,8 +288,10 @@ void dx__retire(dx__sched *s, dx__proc *p)
 
 static void quiescent(dx__sched *s)
 {
-    uint64_t e = atomic_load(&dx__rt.epoch);
-    atomic_store_explicit(&s->seen_epoch, e, memory_order_seq_cst);
+    uint64_t e = atomic_load_explicit(&dx__rt.epoch, memory_order_acquire);
+    /* Release is enough: it orders every earlier access to a retired block
+     * before the announcement that we are past it. */
+    atomic_store_explicit(&s->seen_epoch, e, memory_order_release);
     if (s->limbo_head == NULL)
         return;
     /* Blocks retired in the current epoch need the epoch to move on before
@@ -313,7 +319,9 @@ static void quiescent(dx__sched *s)
 
 void dx__sched_notify(dx__sched *s)
 {
-    if (atomic_load(&s->sleeping)) {
+    /* The first waker clears the flag and pays for the system call; the
+     * others see 0 and go on. */
+    if (atomic_load(&s->sleeping) && atomic_exchange(&s->sleeping, 0) == 1) {
         pthread_mutex_lock(&s->sleep_mu);
         pthread_cond_signal(&s->sleep_cv);
         pthread_mutex_unlock(&s->sleep_mu);
@@ -371,7 +379,7 @@ int dx__enqueue_fresh(dx__proc *p)
         return rc;
     if (s != dx__tls_sched)
         dx__sched_notify(s);
-    else if (n >= 2 && dx__rt.nsched > 1)
+    else if (n >= STEAL_WAKE_THRESHOLD && dx__rt.nsched > 1)
         wake_idle_sibling(s);
     return DX_OK;
 }
@@ -398,7 +406,9 @@ static int steal(dx__sched *s)
         dx__sched *v = &dx__rt.scheds[(s->index + k) % dx__rt.nsched];
         if (atomic_load_explicit(&v->fresh_len, memory_order_relaxed) < 2)
             continue;
-        pthread_mutex_lock(&v->fresh_mu);
+        /* Never make the victim's spawn path wait for a thief. */
+        if (pthread_mutex_trylock(&v->fresh_mu) != 0)
+            continue;
         uint32_t take = v->fresh.len / 2;
         for (uint32_t i = 0; i < take; i++) {
             dx__proc *p = runq_pop_back(&v->fresh);
@@ -502,7 +512,7 @@ static void save_owner(dx__sched *s)
         return;
     size_t used = (size_t)(s->stack_hi - (char *)o->ctx.sp);
     if (used > o->stack_cap) {
-        size_t cap = (used + 127) & ~(size_t)127;
+        size_t cap = (used + 31) & ~(size_t)31;
         char *b = dx_realloc(o->stack_save, cap);
         if (b == NULL) {
             static const char msg[] = "dspex: out of memory saving a stack\n";
@@ -646,7 +656,7 @@ void dx__switch_out(dx__proc *p, int reason)
 
 void dx__tick(dx__proc *p)
 {
-    atomic_fetch_add_explicit(&p->reductions, 1, memory_order_relaxed);
+    DX__OWNER_INC(p->reductions);
     if (--p->budget > 0)
         return;
     p->budget = dx__rt.budget;
@@ -659,7 +669,7 @@ int dx_yield(void)
     dx__proc *p = dx__self_proc();
     if (p == NULL)
         return DX_ENOTPROC;
-    atomic_fetch_add_explicit(&p->reductions, 1, memory_order_relaxed);
+    DX__OWNER_INC(p->reductions);
     p->budget = dx__rt.budget;
     dx__switch_out(p, DX__YIELD);
     dx__drain(p);
@@ -732,12 +742,16 @@ static void idle(dx__sched *s, int64_t next_deadline)
         int64_t spin_until = dx__now_ns() + SPIN_NS;
         if (next_deadline < spin_until)
             spin_until = next_deadline;
-        while (dx__now_ns() < spin_until) {
-            if (has_work(s) || steal(s) > 0 || atomic_load(&dx__rt.quit))
+        do {
+            for (int i = 0; i < 32; i++) {
+                if (has_work(s) || atomic_load(&dx__rt.quit))
+                    return;
+                for (int k = 0; k < 16; k++)
+                    __asm__ volatile("" ::: "memory");
+            }
+            if (steal(s) > 0)
                 return;
-            for (int i = 0; i < 64; i++)
-                __asm__ volatile("" ::: "memory");
-        }
+        } while (dx__now_ns() < spin_until);
     }
     pthread_mutex_lock(&s->sleep_mu);
     atomic_store(&s->sleeping, 1);
@@ -748,17 +762,18 @@ static void idle(dx__sched *s, int64_t next_deadline)
     if (peek < next_deadline)
         next_deadline = peek;
     if (!has_work(s) && !atomic_load(&dx__rt.quit)) {
-        if (next_deadline == INT64_MAX) {
-            pthread_cond_wait(&s->sleep_cv, &s->sleep_mu);
-        } else {
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            int64_t wait = next_deadline - dx__now_ns();
-            if (wait > 0) {
-                int64_t ns = ts.tv_nsec + wait % 1000000000;
-                ts.tv_sec += (time_t)(wait / 1000000000 + ns / 1000000000);
-                ts.tv_nsec = (long)(ns % 1000000000);
-                pthread_cond_timedwait(&s->sleep_cv, &s->sleep_mu, &ts);
+        struct timespec ts;
+        if (next_deadline != INT64_MAX) {
+            ts.tv_sec = (time_t)(next_deadline / 1000000000);
+            ts.tv_nsec = (long)(next_deadline % 1000000000);
+        }
+        /* A notifier clears `sleeping` before signalling; spurious wake-ups
+         * and early signals both end up re-checking it. */
+        while (atomic_load(&s->sleeping)) {
+            if (next_deadline == INT64_MAX) {
+                pthread_cond_wait(&s->sleep_cv, &s->sleep_mu);
+            } else if (pthread_cond_timedwait(&s->sleep_cv, &s->sleep_mu, &ts) != 0) {
+                break;
             }
         }
     }
@@ -843,6 +858,7 @@ static int intern_atoms(void)
 
 static void sched_destroy(dx__sched *s)
 {
+    dx__msg_cache_free(s);
     stack_fini(s);
     dx__timer_heap_destroy(&s->timers);
     dx_free(s->runq.items);
