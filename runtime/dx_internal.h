@@ -231,6 +231,10 @@ typedef struct dx__sched {
     dx__runq fresh;
     _Atomic uint32_t fresh_len;
 
+    /* When the owner last took a fresh process, or the queue last became
+     * non-empty (ns): an old stamp with work waiting means "overloaded". */
+    _Atomic int64_t fresh_stamp;
+
     pthread_mutex_t sleep_mu;
     pthread_cond_t sleep_cv;
     _Atomic int sleeping;

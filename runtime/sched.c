@@ -41,9 +41,14 @@ dx_term *dx__a_normal, *dx__a_kill, *dx__a_killed, *dx__a_shutdown,
 
 #define OFFLINE UINT64_MAX
 #define SPIN_NS 20000 /* how long an idle scheduler polls before sleeping */
-/* Fresh processes waiting on one scheduler before a sleeping sibling is
- * woken to take some: waking costs a system call on both sides, worth it
- * only for a real backlog. An awake sibling steals from 2 up. */
+/* Work is stolen only from a scheduler whose fresh processes have waited
+ * this long without it taking one. Messages between processes on one
+ * scheduler cost about a third of what they cost across threads, so short
+ * bursts (a ring being built, a worker pool being started) stay together,
+ * and only a scheduler that cannot keep up is relieved. */
+#define STEAL_AFTER_NS 1000000
+/* Fresh processes waiting on a busy scheduler before a sleeping sibling is
+ * woken to take some (waking costs a system call on both sides). */
 #define STEAL_WAKE_THRESHOLD 64
 
 /* ------------------------------------------------------------------ */
@@ -347,6 +352,8 @@ void dx__wake(dx__proc *p)
         dx__enqueue(p);
 }
 
+static bool long_busy(dx__sched *v, int64_t now);
+
 static void wake_idle_sibling(dx__sched *self)
 {
     for (int i = 0; i < dx__rt.nsched; i++) {
@@ -371,6 +378,8 @@ int dx__enqueue_fresh(dx__proc *p)
     if (dx__rt.deterministic && s == dx__tls_sched)
         return runq_push(&s->runq, p);
     pthread_mutex_lock(&s->fresh_mu);
+    if (s->fresh.len == 0)
+        atomic_store_explicit(&s->fresh_stamp, dx__now_ns(), memory_order_relaxed);
     int rc = runq_push(&s->fresh, p);
     uint32_t n = s->fresh.len;
     atomic_store(&s->fresh_len, n);
@@ -379,7 +388,8 @@ int dx__enqueue_fresh(dx__proc *p)
         return rc;
     if (s != dx__tls_sched)
         dx__sched_notify(s);
-    else if (n >= STEAL_WAKE_THRESHOLD && dx__rt.nsched > 1)
+    else if (n >= STEAL_WAKE_THRESHOLD && dx__rt.nsched > 1 &&
+             long_busy(s, dx__now_ns()))
         wake_idle_sibling(s);
     return DX_OK;
 }
@@ -391,6 +401,8 @@ static dx__proc *take_fresh(dx__sched *s)
     pthread_mutex_lock(&s->fresh_mu);
     dx__proc *p = runq_pop(&s->fresh);
     atomic_store(&s->fresh_len, s->fresh.len);
+    if (s->fresh.len > 0)
+        atomic_store_explicit(&s->fresh_stamp, dx__now_ns(), memory_order_relaxed);
     pthread_mutex_unlock(&s->fresh_mu);
     return p;
 }
@@ -399,12 +411,24 @@ static dx__proc *take_fresh(dx__sched *s)
  * at least two waiting are robbed: a single fresh process is usually the
  * partner its spawner is about to talk to, and moving it would turn every
  * message between them into a cross-thread wake-up. */
+static bool long_busy(dx__sched *v, int64_t now)
+{
+    return now - atomic_load_explicit(&v->fresh_stamp, memory_order_relaxed) >=
+           STEAL_AFTER_NS;
+}
+
 static int steal(dx__sched *s)
 {
     int got = 0;
+    int64_t now = 0;
     for (int k = 1; k < dx__rt.nsched && !got; k++) {
         dx__sched *v = &dx__rt.scheds[(s->index + k) % dx__rt.nsched];
-        if (atomic_load_explicit(&v->fresh_len, memory_order_relaxed) < 2)
+        if (atomic_load_explicit(&v->fresh_len, memory_order_relaxed) < 2 ||
+            atomic_load_explicit(&v->sleeping, memory_order_relaxed))
+            continue;
+        if (now == 0)
+            now = dx__now_ns();
+        if (!long_busy(v, now))
             continue;
         /* Never make the victim's spawn path wait for a thief. */
         if (pthread_mutex_trylock(&v->fresh_mu) != 0)
@@ -451,9 +475,10 @@ static dx__proc *next_runnable(dx__sched *s)
             return NULL;
         return runq_take_at(&s->runq, (uint32_t)(rng_next(&s->rng) % s->runq.len));
     }
-    /* Every 16th pick looks at fresh processes first, so a scheduler busy
-     * with running processes still starts new ones. */
-    if ((++s->picks & 15) == 0) {
+    /* New processes take turns with runnable ones, so a spawner that keeps
+     * its budget busy still lets its children start (much as Erlang puts a
+     * new process at the back of the run queue). */
+    if ((++s->picks & 1) || s->runq.len == 0) {
         dx__proc *f = take_fresh(s);
         if (f != NULL)
             return f;
