@@ -274,6 +274,7 @@ typedef struct dx__runtime {
     int nsched;
     bool deterministic;
     size_t stack_size;
+    size_t page_size;
     int budget;
     bool fault_isolation;
     dx__sched *scheds;
@@ -339,6 +340,8 @@ void dx__wake(dx__proc *p);
 /* Hand control to the scheduler; returns when the process runs again. */
 void dx__switch_out(dx__proc *p, int reason);
 void dx__sched_notify(dx__sched *s);
+/* First thing a new process does (sanitizer fiber bookkeeping). */
+void dx__fiber_started(void);
 /* Charge one reduction; may preempt. */
 void dx__tick(dx__proc *p);
 

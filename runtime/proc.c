@@ -653,6 +653,7 @@ int dx_spawn_monitor(dx_proc_fn fn, void *arg, dx_pid *pid_out, dx_ref *mon_out)
 
 void dx__proc_entry(void)
 {
+    dx__fiber_started();
     dx__proc *p = dx__self_proc();
     dx__drain(p); /* killed before it ever ran? */
     p->fn(p->arg);

@@ -495,10 +495,7 @@ static dx__proc *next_runnable(dx__sched *s)
 
 static size_t page_size(void)
 {
-    static size_t ps;
-    if (ps == 0)
-        ps = (size_t)sysconf(_SC_PAGESIZE);
-    return ps;
+    return dx__rt.page_size;
 }
 
 #define GUARD_BYTES (64 * 1024)
@@ -658,6 +655,15 @@ static void switch_to_proc(dx__sched *s, dx__proc *p)
     dx__ctx_swap(&s->ctx, &p->ctx);
 #if DX_SANITIZE_ADDRESS && !DX_COPY_STACK
     __sanitizer_finish_switch_fiber(fake, NULL, NULL);
+#endif
+}
+
+void dx__fiber_started(void)
+{
+#if DX_SANITIZE_ADDRESS && !DX_COPY_STACK
+    /* The first switch into a process lands in dx__proc_entry, not after
+     * a dx__ctx_swap call: complete ASan's switch bookkeeping there. */
+    __sanitizer_finish_switch_fiber(NULL, NULL, NULL);
 #endif
 }
 
@@ -942,13 +948,16 @@ int dx_runtime_start(const dx_runtime_opts *opts)
         return DX_ENOMEM;
 
     memset(&dx__rt, 0, sizeof dx__rt);
+    dx__rt.page_size = (size_t)sysconf(_SC_PAGESIZE);
     dx__rt.deterministic = o.deterministic;
     dx__rt.nsched = o.deterministic ? 1 : (o.schedulers ? o.schedulers : env_schedulers());
     dx__rt.stack_size = o.stack_size ? o.stack_size : (size_t)1 << 20;
     if (dx__rt.stack_size < 16 * 1024)
         dx__rt.stack_size = 16 * 1024;
     dx__rt.budget = o.budget ? o.budget : 2000;
-    dx__rt.fault_isolation = !o.disable_fault_isolation;
+    /* ThreadSanitizer cannot follow a jump out of a signal handler from one
+     * fiber to another, so TSan builds let faults end the OS process. */
+    dx__rt.fault_isolation = !o.disable_fault_isolation && !DX_SANITIZE_THREAD;
     atomic_store(&dx__rt.epoch, 1);
     atomic_store(&dx__rt.ext_seen, OFFLINE);
     atomic_store(&dx__rt.next_fresh_idx, 1); /* index 0 is never a pid */

@@ -309,16 +309,17 @@ typedef enum dx_proc_status {
 
 typedef struct dx_proc_info {
     dx_pid pid;
-    char name[64];  /* registered name or "" */
-    char label[64]; /* behaviour/label ("dx_server:cache", ...) or entry symbol */
+    char name[64]; /* registered name or "" */
+    /* behaviour/label ("dx_server:cache", ...) or entry symbol */
+    char label[64];
     dx_proc_status status;
-    int scheduler;            /* home scheduler index */
-    size_t mailbox_len;       /* messages waiting (approximate while running) */
-    size_t memory_bytes;      /* control block + saved stack + dx_palloc */
+    int scheduler;       /* home scheduler index */
+    size_t mailbox_len;  /* messages waiting (approximate while running) */
+    size_t memory_bytes; /* control block + saved stack + dx_palloc */
     uint64_t messages_handled;
-    uint64_t reductions;      /* runtime calls made */
+    uint64_t reductions; /* runtime calls made */
     size_t links;
-    size_t monitors;          /* monitors held by this process */
+    size_t monitors; /* monitors held by this process */
     bool trap_exit;
 } dx_proc_info;
 

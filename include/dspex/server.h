@@ -21,7 +21,7 @@ typedef struct dx_from {
 
 typedef enum dx_srv_ret {
     DX_SRV_REPLY = 0, /* handle_call: *reply is sent to the caller */
-    DX_SRV_NOREPLY,   /* no reply now (handle_call: reply later with dx_reply) */
+    DX_SRV_NOREPLY,   /* no reply now (handle_call: reply later, dx_reply) */
     DX_SRV_STOP,      /* stop the server with *stop_reason (NULL = normal);
                          handle_call may also set *reply, sent before stopping */
 } dx_srv_ret;

@@ -42,9 +42,20 @@ typedef struct dx_ref {
 #define DX_NOPID ((dx_pid){0})
 #define DX_NOREF ((dx_ref){0})
 
-static inline bool dx_pid_eq(dx_pid a, dx_pid b) { return a.id == b.id; }
-static inline bool dx_pid_is_none(dx_pid a) { return a.id == 0; }
-static inline bool dx_ref_eq(dx_ref a, dx_ref b) { return a.id == b.id; }
+static inline bool dx_pid_eq(dx_pid a, dx_pid b)
+{
+    return a.id == b.id;
+}
+
+static inline bool dx_pid_is_none(dx_pid a)
+{
+    return a.id == 0;
+}
+
+static inline bool dx_ref_eq(dx_ref a, dx_ref b)
+{
+    return a.id == b.id;
+}
 
 typedef struct dx_term dx_term;
 
