@@ -92,6 +92,8 @@ enum {
 
 /* ---- timers (timer.c) ---- */
 
+struct dx__sched;
+
 enum { DX__TIMER_RECV = 1, DX__TIMER_SEND };
 
 typedef struct dx__timer {
@@ -99,12 +101,6 @@ typedef struct dx__timer {
     uint32_t heap_idx; /* position in the heap, UINT32_MAX when not in it */
     uint8_t kind;
     uint8_t cancelled;
-    /* DX__TIMER_SEND only: */
-    dx_ref ref;
-    dx_pid to;
-    dx_msg *msg;
-    struct dx__sched *sched;
-    struct dx__timer *map_next;
 } dx__timer;
 
 typedef struct dx__timer_heap {

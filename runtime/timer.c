@@ -12,8 +12,18 @@
 #define NO_IDX UINT32_MAX
 #define BUCKETS 1024
 
+/* A dx_send_after timer: the heap entry plus what it delivers. */
+typedef struct send_timer {
+    dx__timer base;
+    dx_ref ref;
+    dx_pid to;
+    dx_msg *msg;
+    dx__sched *sched;
+    struct send_timer *map_next;
+} send_timer;
+
 static pthread_mutex_t table_mu = PTHREAD_MUTEX_INITIALIZER;
-static dx__timer *table[BUCKETS];
+static send_timer *table[BUCKETS];
 
 void dx__timer_heap_init(dx__timer_heap *h)
 {
@@ -111,9 +121,9 @@ void dx__timer_remove(dx__timer_heap *h, dx__timer *t)
 static uint32_t bucket(dx_ref r) { return (uint32_t)(r.id * 0x9E3779B97F4A7C15ull >> 54) % BUCKETS; }
 
 /* Unlink t from the cancel table; table_mu held. */
-static bool table_unlink(dx__timer *t)
+static bool table_unlink(send_timer *t)
 {
-    dx__timer **pp = &table[bucket(t->ref)];
+    send_timer **pp = &table[bucket(t->ref)];
     while (*pp && *pp != t)
         pp = &(*pp)->map_next;
     if (*pp == NULL)
@@ -149,16 +159,17 @@ int64_t dx__timers_run(dx__sched *s)
             dx__wake(p);
             continue;
         }
+        send_timer *st = dx__container_of(t, send_timer, base);
         pthread_mutex_lock(&table_mu);
         bool cancelled = t->cancelled;
         if (!cancelled)
-            table_unlink(t);
+            table_unlink(st);
         pthread_mutex_unlock(&table_mu);
         if (!cancelled)
-            dx__deliver(t->to, t->msg);
+            dx__deliver(st->to, st->msg);
         else
-            dx_msg_free(t->msg);
-        dx_free(t);
+            dx_msg_free(st->msg);
+        dx_free(st);
     }
 }
 
@@ -187,7 +198,7 @@ int dx_send_after(int64_t ms, dx_pid to, dx_msg *m, dx_ref *tref)
         dx_msg_free(m);
         return rc;
     }
-    dx__timer *t = dx_calloc(1, sizeof *t);
+    send_timer *t = dx_calloc(1, sizeof *t);
     if (t == NULL) {
         dx__ext_leave(entered);
         dx_msg_free(m);
@@ -196,18 +207,18 @@ int dx_send_after(int64_t ms, dx_pid to, dx_msg *m, dx_ref *tref)
     dx__proc *self = dx__self_proc();
     m->from = self ? self->pid : DX_NOPID;
     m->kind = DX_MSG_PLAIN;
-    t->kind = DX__TIMER_SEND;
-    t->deadline_ns = dx__now_ns() + ms * 1000000;
+    t->base.kind = DX__TIMER_SEND;
+    t->base.deadline_ns = dx__now_ns() + ms * 1000000;
     t->ref = dx_make_ref();
     t->to = to;
     t->msg = m;
-    t->heap_idx = NO_IDX;
+    t->base.heap_idx = NO_IDX;
     t->sched = dx__tls_sched ? dx__tls_sched : &dx__rt.scheds[0];
     pthread_mutex_lock(&table_mu);
     uint32_t b = bucket(t->ref);
     t->map_next = table[b];
     table[b] = t;
-    rc = dx__timer_add(&t->sched->timers, t);
+    rc = dx__timer_add(&t->sched->timers, &t->base);
     if (rc != DX_OK)
         table_unlink(t);
     pthread_mutex_unlock(&table_mu);
@@ -231,7 +242,7 @@ int dx_cancel_timer(dx_ref tref)
     if (rc != DX_OK)
         return rc;
     pthread_mutex_lock(&table_mu);
-    dx__timer *t = table[bucket(tref)];
+    send_timer *t = table[bucket(tref)];
     while (t && !dx_ref_eq(t->ref, tref))
         t = t->map_next;
     if (t == NULL) {
@@ -242,11 +253,11 @@ int dx_cancel_timer(dx_ref tref)
     table_unlink(t);
     dx__timer_heap *h = &t->sched->timers;
     pthread_mutex_lock(&h->mu);
-    bool in_heap = t->heap_idx != NO_IDX;
+    bool in_heap = t->base.heap_idx != NO_IDX;
     if (in_heap)
-        heap_remove_at(h, t->heap_idx);
+        heap_remove_at(h, t->base.heap_idx);
     else
-        t->cancelled = 1; /* popped and about to fire: the firer frees it */
+        t->base.cancelled = 1; /* popped and about to fire: the firer frees it */
     pthread_mutex_unlock(&h->mu);
     pthread_mutex_unlock(&table_mu);
     if (in_heap) {
@@ -262,9 +273,9 @@ void dx__timers_shutdown(void)
 {
     pthread_mutex_lock(&table_mu);
     for (int b = 0; b < BUCKETS; b++) {
-        dx__timer *t = table[b];
+        send_timer *t = table[b];
         while (t) {
-            dx__timer *next = t->map_next;
+            send_timer *next = t->map_next;
             dx_msg_free(t->msg);
             dx_free(t);
             t = next;
