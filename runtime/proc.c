@@ -862,6 +862,16 @@ void dx__proc_finish(dx__sched *s, dx__proc *p)
         dx__timer_remove(&s->timers, &p->tmo);
     drain_dead(p, false);
 
+    /* Free what the process owned before anyone hears of its end, so a
+     * DOWN or EXIT means its resources are already gone. */
+    dx__free_msg_list(p->q_first);
+    p->q_first = p->q_last = NULL;
+    palloc_free_all(p);
+    dx__proc_stack_free(p);
+    if (p->arg_free != NULL)
+        p->arg_free(p->arg);
+    p->arg_free = NULL;
+
     dx_term *reason = p->exit_reason ? p->exit_reason : dx__a_normal;
     p->exit_reason = NULL;
     /* Links see `killed` for a process that died of `kill`, as in Erlang. */
@@ -877,19 +887,12 @@ void dx__proc_finish(dx__sched *s, dx__proc *p)
                   p->monitors.items[i].ref, 0, NULL);
     dx_term_free(reason);
 
-    dx__free_msg_list(p->q_first);
-    p->q_first = p->q_last = NULL;
-    palloc_free_all(p);
-    dx__proc_stack_free(p);
     dx_free(p->links.pids);
     dx_free(p->monitors.items);
     dx_free(p->monitored_by.items);
     p->links = (dx__link_set){0};
     p->monitors = (dx__mon_set){0};
     p->monitored_by = (dx__mon_set){0};
-    if (p->arg_free != NULL)
-        p->arg_free(p->arg);
-    p->arg_free = NULL;
 
     if (!p->hidden)
         atomic_fetch_sub(&dx__rt.live, 1);
@@ -1159,6 +1162,8 @@ typedef struct waiter {
     int rc;
     dx_term *reason;
     dx_pid target;
+    dx_proc_fn main_fn; /* dx_run: spawn this monitored, then wait for it */
+    void *main_arg;
     _Atomic int refs;
 } waiter;
 
@@ -1190,8 +1195,13 @@ static void waiter_main(void *arg)
 {
     waiter *w = arg;
     dx_ref ref;
-    if (dx_monitor(w->target, &ref) != DX_OK)
+    int rc = w->main_fn != NULL
+                 ? dx_spawn_monitor(w->main_fn, w->main_arg, &w->target, &ref)
+                 : dx_monitor(w->target, &ref);
+    if (rc != DX_OK) {
+        waiter_finish(w, rc, NULL);
         return;
+    }
     dx_match mt = {.fields = DX_MATCH_REF | DX_MATCH_TAG, .tag = DX_TAG_DOWN, .ref = ref};
     dx_msg *m;
     if (dx_receive(&mt, DX_INFINITY, &m) != DX_OK)
@@ -1208,7 +1218,11 @@ static void waiter_arg_free(void *arg)
     waiter_release(w);
 }
 
-int dx_wait_exit(dx_pid pid, int64_t timeout_ms, dx_term **reason)
+/* Wait on a host thread for pid to exit, or (main_fn set) for a process
+ * spawned for the purpose; spawning from the waiter means its monitor
+ * exists before the process can run, so a quick exit is not "noproc". */
+static int wait_exit(dx_pid pid, dx_proc_fn main_fn, void *main_arg,
+                     int64_t timeout_ms, dx_term **reason)
 {
     if (reason)
         *reason = NULL;
@@ -1224,6 +1238,8 @@ int dx_wait_exit(dx_pid pid, int64_t timeout_ms, dx_term **reason)
     pthread_cond_init(&w->cv, &ca);
     pthread_condattr_destroy(&ca);
     w->target = pid;
+    w->main_fn = main_fn;
+    w->main_arg = main_arg;
     atomic_store(&w->refs, 2);
     dx_spawn_opts o = {.arg_free = waiter_arg_free, .label = "dx_wait_exit"};
     dx_pid wpid;
@@ -1261,18 +1277,22 @@ int dx_wait_exit(dx_pid pid, int64_t timeout_ms, dx_term **reason)
     return rc;
 }
 
+int dx_wait_exit(dx_pid pid, int64_t timeout_ms, dx_term **reason)
+{
+    return wait_exit(pid, NULL, NULL, timeout_ms, reason);
+}
+
 int dx_run(const dx_runtime_opts *opts, dx_proc_fn main_fn, void *arg,
            dx_term **exit_reason)
 {
     if (exit_reason)
         *exit_reason = NULL;
+    if (main_fn == NULL)
+        return DX_EINVAL;
     int rc = dx_runtime_start(opts);
     if (rc != DX_OK)
         return rc;
-    dx_pid pid;
-    rc = dx_spawn(main_fn, arg, &pid);
-    if (rc == DX_OK)
-        rc = dx_wait_exit(pid, DX_INFINITY, exit_reason);
+    rc = wait_exit(DX_NOPID, main_fn, arg, DX_INFINITY, exit_reason);
     int src = dx_runtime_stop();
     return rc != DX_OK ? rc : src;
 }

@@ -47,9 +47,6 @@ dx_term *dx__a_normal, *dx__a_kill, *dx__a_killed, *dx__a_shutdown,
  * bursts (a ring being built, a worker pool being started) stay together,
  * and only a scheduler that cannot keep up is relieved. */
 #define STEAL_AFTER_NS 1000000
-/* Fresh processes waiting on a busy scheduler before a sleeping sibling is
- * woken to take some (waking costs a system call on both sides). */
-#define STEAL_WAKE_THRESHOLD 64
 
 /* ------------------------------------------------------------------ */
 /* Run queue: a ring of process pointers (owner thread only)          */
@@ -386,11 +383,9 @@ int dx__enqueue_fresh(dx__proc *p)
     pthread_mutex_unlock(&s->fresh_mu);
     if (rc != DX_OK)
         return rc;
+    (void)n;
     if (s != dx__tls_sched)
         dx__sched_notify(s);
-    else if (n >= STEAL_WAKE_THRESHOLD && dx__rt.nsched > 1 &&
-             long_busy(s, dx__now_ns()))
-        wake_idle_sibling(s);
     return DX_OK;
 }
 
@@ -825,6 +820,12 @@ static void sched_loop(dx__sched *s)
         dx__proc *p = next_runnable(s);
         if (p != NULL) {
             run_proc(s, p);
+            /* Falling behind on new processes while a sibling sleeps: wake
+             * it to take some (only reads a counter in the common case). */
+            if (dx__rt.nsched > 1 &&
+                atomic_load_explicit(&s->fresh_len, memory_order_relaxed) >= 2 &&
+                long_busy(s, dx__now_ns()))
+                wake_idle_sibling(s);
             continue;
         }
         if (atomic_load(&dx__rt.quit))
@@ -1029,16 +1030,19 @@ int dx_runtime_schedulers(void)
     return atomic_load(&dx__rt.running) ? dx__rt.nsched : 0;
 }
 
-/* Send every live process an untrappable `shutdown`. */
+/* Send every live process an untrappable `shutdown`. Runtime helpers
+ * (hidden processes such as dx_wait_exit's waiters) are spared until the
+ * user's processes are gone, so they can still report those exits. */
 static void kill_all(void)
 {
+    bool include_hidden = atomic_load(&dx__rt.live) == 0;
     int entered;
     if (dx__ext_enter(&entered) != DX_OK)
         return;
     uint32_t n = dx__pid_table_size();
     for (uint32_t i = 1; i < n; i++) {
         dx__proc *p = dx__slot_proc(i);
-        if (p == NULL)
+        if (p == NULL || (p->hidden && !include_hidden))
             continue;
         dx_msg *m = dx__signal_new(DX__SIG_EXIT, DX_NOPID, DX_NOREF,
                                    DX__EXIT_KILL, dx__a_shutdown);
