@@ -171,6 +171,7 @@ struct dx__proc {
     int in_runtime; /* >0 while runtime code runs on this process's stack */
 
     dx_msg *q_first, *q_last; /* received but not yet taken, in order */
+    dx_msg *held;             /* taken by dx_receive and not yet freed */
     _Atomic uint64_t taken;   /* messages drained from the mailbox */
     _Atomic uint64_t handled; /* messages handed to the process */
     _Atomic uint64_t reductions;
@@ -360,6 +361,8 @@ int dx__receive_after(dx__proc *p, const dx_match *match, dx_msg *after,
 dx_msg *dx__signal_new(uint32_t sig, dx_pid from, dx_ref ref, int64_t tag,
                        dx_term *term);
 void dx__free_msg_list(dx_msg *m);
+/* A held message changes hands (sent on) or is freed: forget its owner. */
+void dx__msg_unhold(dx_msg *m);
 /* Free scheduler s's cache of reusable messages (at stop). */
 void dx__msg_cache_free(dx__sched *s);
 

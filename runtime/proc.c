@@ -83,10 +83,38 @@ dx_msg *dx_msg_new(int64_t tag)
     return m;
 }
 
+void dx__msg_unhold(dx_msg *m)
+{
+    dx__proc *p = m->dx__owner;
+    if (p == NULL)
+        return;
+    dx_msg *next = m->dx__node.next ? msg_of(m->dx__node.next) : NULL;
+    if (m->dx__held_prev)
+        m->dx__held_prev->dx__node.next = m->dx__node.next;
+    else
+        p->held = next;
+    if (next)
+        next->dx__held_prev = m->dx__held_prev;
+    m->dx__node.next = NULL;
+    m->dx__held_prev = NULL;
+    m->dx__owner = NULL;
+}
+
+static void msg_hold(dx__proc *p, dx_msg *m)
+{
+    m->dx__owner = p;
+    m->dx__held_prev = NULL;
+    m->dx__node.next = p->held ? &p->held->dx__node : NULL;
+    if (p->held)
+        p->held->dx__held_prev = m;
+    p->held = m;
+}
+
 void dx_msg_free(dx_msg *m)
 {
     if (m == NULL)
         return;
+    dx__msg_unhold(m);
     dx_term_free(m->term);
     if (m->ptr != NULL && m->ptr_free != NULL)
         m->ptr_free(m->ptr);
@@ -142,6 +170,7 @@ int dx__deliver(dx_pid to, dx_msg *m)
     dx__proc *self = dx__self_proc();
     if (self)
         self->in_runtime++;
+    dx__msg_unhold(m);
     dx__proc *p = dx__lookup(to);
     int rc = DX_OK;
     if (p == NULL) {
@@ -463,6 +492,7 @@ int dx__receive_after(dx__proc *p, const dx_match *match, dx_msg *after,
                 if (armed)
                     disarm(p);
                 DX__OWNER_INC(p->handled);
+                msg_hold(p, m);
                 *out = m;
                 return DX_OK;
             }
@@ -866,6 +896,8 @@ void dx__proc_finish(dx__sched *s, dx__proc *p)
      * DOWN or EXIT means its resources are already gone. */
     dx__free_msg_list(p->q_first);
     p->q_first = p->q_last = NULL;
+    while (p->held != NULL)
+        dx_msg_free(p->held); /* received, never freed: the crash case */
     palloc_free_all(p);
     dx__proc_stack_free(p);
     if (p->arg_free != NULL)

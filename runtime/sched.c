@@ -27,6 +27,7 @@
 #include "dx_internal.h"
 
 #if DX_SANITIZE_ADDRESS
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 #if DX_SANITIZE_THREAD
@@ -608,6 +609,12 @@ static int prepare_stack(dx__sched *s, dx__proc *p)
 
 void dx__proc_stack_free(dx__proc *p)
 {
+#if DX_SANITIZE_ADDRESS
+    /* An exited process never unwound its frames: clear their redzones so
+     * a later mapping at this address does not inherit them. */
+    if (p->stack_lo)
+        __asan_unpoison_memory_region(p->stack_lo, p->stack_size);
+#endif
 #if DX_SANITIZE_THREAD
     if (p->san_fiber)
         __tsan_destroy_fiber(p->san_fiber);

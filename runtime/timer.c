@@ -205,6 +205,7 @@ int dx_send_after(int64_t ms, dx_pid to, dx_msg *m, dx_ref *tref)
         return DX_ENOMEM;
     }
     dx__proc *self = dx__self_proc();
+    dx__msg_unhold(m); /* the timer owns it now */
     m->from = self ? self->pid : DX_NOPID;
     m->kind = DX_MSG_PLAIN;
     t->base.kind = DX__TIMER_SEND;

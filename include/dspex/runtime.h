@@ -116,6 +116,8 @@ struct dx_msg {
     /* Runtime-owned: do not touch. */
     struct dx__node dx__node;
     uint32_t dx__signal;
+    void *dx__owner;      /* process holding it after dx_receive */
+    dx_msg *dx__held_prev;
     /* Visible to the receiver. */
     uint32_t kind; /* dx_msg_kind */
     int64_t tag;
@@ -130,7 +132,10 @@ struct dx_msg {
  * and/or ptr+ptr_free before sending. Any thread. */
 DX_API dx_msg *dx_msg_new(int64_t tag);
 /* Free a message and its payloads (dx_term_free(term), ptr_free(ptr)).
- * NULL is a no-op. Any thread. */
+ * NULL is a no-op. A message a process received belongs to that process
+ * until it frees or sends it; if the process exits first (for any reason,
+ * crashes included) the runtime frees it. Any thread for messages nobody
+ * received; the receiving process for received ones. */
 DX_API void dx_msg_free(dx_msg *m);
 /* Detach and return the term payload (caller owns it). */
 DX_API dx_term *dx_msg_take_term(dx_msg *m);

@@ -1,0 +1,233 @@
+/*
+ * test_timer.c — timers: dx_send_after delivers once, not before its time
+ * and in deadline order; cancel before firing returns DX_OK and the message
+ * never comes (and is freed); cancel after firing or of an unknown ref
+ * returns DX_ENOENT; messages for dead targets and pending timers at stop
+ * are freed; the monotonic clock.
+ */
+#include "kernel_test_util.h"
+
+static atomic_int ptr_frees;
+
+static void count_ptr_free(void *p)
+{
+    atomic_fetch_add(&ptr_frees, 1);
+    dx_free(p);
+}
+
+static dx_msg *counted_msg(int64_t tag)
+{
+    dx_msg *m = dx_msg_new(tag);
+    if (m != NULL) {
+        m->ptr = dx_malloc(8);
+        m->ptr_free = count_ptr_free;
+    }
+    return m;
+}
+
+static void deliver_body(void *arg)
+{
+    (void)arg;
+    int64_t t0 = dx_now_ms();
+    dx_ref tref = DX_NOREF;
+    KT_CHECK_RC(dx_send_after(40, dx_self(), dx_msg_new(7), &tref), DX_OK);
+    KT_CHECK(tref.id != 0);
+    dx_msg *m = NULL;
+    if (KT_CHECK_RC(dx_receive_tag(7, 10000, &m), DX_OK)) {
+        KT_CHECK(dx_now_ms() - t0 >= 40);
+        dx_msg_free(m);
+    }
+    KT_CHECK_RC(dx_receive_tag(7, 60, &m), DX_ETIMEDOUT);
+    /* Fired: it can no longer be cancelled. */
+    KT_CHECK_RC(dx_cancel_timer(tref), DX_ENOENT);
+}
+
+Test(timer, send_after_delivers_once_after_the_delay, .timeout = 30)
+{
+    kt_body_test(2, deliver_body, NULL);
+}
+
+static void cancel_body(void *arg)
+{
+    (void)arg;
+    dx_ref tref;
+    KT_CHECK_RC(dx_send_after(50, dx_self(), counted_msg(8), &tref), DX_OK);
+    KT_CHECK_RC(dx_cancel_timer(tref), DX_OK);
+    KT_CHECK_EQ(atomic_load(&ptr_frees), 1);
+    dx_msg *m = NULL;
+    KT_CHECK_RC(dx_receive_tag(8, 150, &m), DX_ETIMEDOUT);
+    KT_CHECK_RC(dx_cancel_timer(tref), DX_ENOENT);
+    KT_CHECK_RC(dx_cancel_timer(dx_make_ref()), DX_ENOENT);
+    KT_CHECK_RC(dx_cancel_timer(DX_NOREF), DX_ENOENT);
+}
+
+Test(timer, cancel_before_firing_returns_ok_and_no_message_comes, .timeout = 30)
+{
+    kt_body_test(2, cancel_body, NULL);
+    cr_expect_eq(atomic_load(&ptr_frees), 1);
+}
+
+static void order_body(void *arg)
+{
+    (void)arg;
+    int64_t delays[] = {60, 20, 40, 0, 30};
+    for (int i = 0; i < 5; i++) {
+        dx_msg *m = dx_msg_new(1);
+        m->term = dx_int(delays[i]);
+        KT_CHECK_RC(dx_send_after(delays[i], dx_self(), m, NULL), DX_OK);
+    }
+    int64_t prev = -1;
+    for (int i = 0; i < 5; i++) {
+        dx_msg *m = NULL;
+        if (!KT_CHECK_RC(dx_receive_tag(1, 10000, &m), DX_OK))
+            return;
+        int64_t v = -1;
+        dx_int_value(m->term, &v);
+        KT_CHECK(v > prev);
+        prev = v;
+        dx_msg_free(m);
+    }
+}
+
+Test(timer, timers_fire_in_deadline_order, .timeout = 30)
+{
+    kt_body_test(1, order_body, NULL);
+}
+
+enum { MANY = 1000 };
+static unsigned char seen[MANY];
+
+static void many_body(void *arg)
+{
+    (void)arg;
+    uint64_t x = 88172645463325252ull;
+    for (int i = 0; i < MANY; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        dx_msg *m = dx_msg_new(2);
+        m->term = dx_int(i);
+        KT_CHECK_RC(dx_send_after((int64_t)(x % 50), dx_self(), m, NULL),
+                    DX_OK);
+    }
+    for (int i = 0; i < MANY; i++) {
+        dx_msg *m = NULL;
+        if (!KT_CHECK_RC(dx_receive_tag(2, 10000, &m), DX_OK))
+            return;
+        int64_t v = -1;
+        if (KT_CHECK(dx_int_value(m->term, &v) && v >= 0 && v < MANY))
+            seen[v]++;
+        dx_msg_free(m);
+    }
+    dx_msg *m = NULL;
+    KT_CHECK_RC(dx_receive_tag(2, 60, &m), DX_ETIMEDOUT);
+}
+
+Test(timer, a_thousand_timers_each_deliver_exactly_once, .timeout = 30)
+{
+    kt_body_test(2, many_body, NULL);
+    for (int i = 0; i < MANY; i++)
+        cr_expect_eq(seen[i], 1, "timer %d delivered %d times", i, seen[i]);
+}
+
+/* A cancel that races the firing: exactly one of "cancelled" and
+ * "delivered" happens for each timer. */
+static void race_body(void *arg)
+{
+    (void)arg;
+    int delivered = 0, cancelled = 0;
+    enum { N = 300 };
+    static dx_ref trefs[N];
+    for (int i = 0; i < N; i++)
+        KT_CHECK_RC(dx_send_after(i % 3, dx_self(), dx_msg_new(3), &trefs[i]),
+                    DX_OK);
+    dx_sleep(1);
+    for (int i = 0; i < N; i++) {
+        int rc = dx_cancel_timer(trefs[i]);
+        if (rc == DX_OK)
+            cancelled++;
+        else
+            KT_CHECK_RC(rc, DX_ENOENT);
+    }
+    dx_msg *m = NULL;
+    while (dx_receive_tag(3, 100, &m) == DX_OK) {
+        delivered++;
+        dx_msg_free(m);
+    }
+    KT_CHECK_EQ(delivered + cancelled, N);
+}
+
+Test(timer, cancel_racing_the_firing_gives_exactly_one_outcome, .timeout = 30)
+{
+    kt_body_test(2, race_body, NULL);
+}
+
+Test(timer, send_after_works_from_a_host_thread, .timeout = 30)
+{
+    kt_start(1);
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(kt_wait_msg_fn, NULL, &pid), DX_OK);
+    dx_ref tref;
+    cr_expect_eq(dx_send_after(10, pid, dx_msg_new(1), &tref), DX_OK);
+    kt_host_join(pid);
+    cr_expect_eq(dx_cancel_timer(tref), DX_ENOENT);
+    kt_stop();
+}
+
+Test(timer, a_timer_for_a_dead_process_frees_its_message, .timeout = 30)
+{
+    kt_start(1);
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(kt_park_fn, NULL, &pid), DX_OK);
+    cr_expect_eq(dx_send_after(20, pid, counted_msg(1), NULL), DX_OK);
+    cr_assert_eq(dx_kill(pid), DX_OK);
+    kt_host_join(pid);
+    KT_HOST_WAIT_UNTIL(atomic_load(&ptr_frees) == 1, 5000);
+    cr_expect_eq(atomic_load(&ptr_frees), 1);
+    /* To a pid already dead when the timer is set: freed as well, whether
+     * at once (an error) or when it fires. */
+    int rc = dx_send_after(5, pid, counted_msg(1), NULL);
+    cr_expect(rc == DX_OK || rc == DX_ENOPROC, "rc %s", dx_err_name(rc));
+    KT_HOST_WAIT_UNTIL(atomic_load(&ptr_frees) == 2, 5000);
+    cr_expect_eq(atomic_load(&ptr_frees), 2);
+    kt_stop();
+    cr_expect_eq(atomic_load(&ptr_frees), 2);
+}
+
+Test(timer, pending_timers_are_freed_at_stop, .timeout = 30)
+{
+    kt_start(1);
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(kt_park_fn, NULL, &pid), DX_OK);
+    for (int i = 0; i < 10; i++)
+        cr_expect_eq(dx_send_after(600000, pid, counted_msg(1), NULL), DX_OK);
+    kt_stop();
+    cr_expect_eq(atomic_load(&ptr_frees), 10);
+}
+
+Test(timer, a_timer_to_a_process_in_receive_wakes_it, .timeout = 30)
+{
+    kt_start(2);
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(kt_park_fn, NULL, &pid), DX_OK);
+    dx_msg *m = dx_msg_new(INT64_MAX); /* the tag kt_park_fn waits for */
+    cr_assert_eq(dx_send_after(30, pid, m, NULL), DX_OK);
+    dx_proc_info info;
+    KT_HOST_WAIT_UNTIL(dx_process_info(pid, &info) == DX_OK &&
+                           info.messages_handled >= 1,
+                       10000);
+    cr_assert_eq(dx_process_info(pid, &info), DX_OK);
+    cr_expect_geq(info.messages_handled, 1);
+    cr_expect_eq(info.mailbox_len, 0);
+    kt_stop();
+}
+
+Test(timer, now_ms_is_monotonic, .timeout = 30)
+{
+    int64_t prev = dx_now_ms();
+    for (int i = 0; i < 100000; i++) {
+        int64_t t = dx_now_ms();
+        cr_assert_geq(t, prev);
+        prev = t;
+    }
+}
