@@ -904,6 +904,12 @@ void dx__proc_finish(dx__sched *s, dx__proc *p)
         p->arg_free(p->arg);
     p->arg_free = NULL;
 
+    /* Uncounted before anyone is told, so a watcher that got the DOWN
+     * never still sees the process in dx_process_count(). */
+    if (!p->hidden)
+        atomic_fetch_sub(&dx__rt.live, 1);
+    bool last = atomic_fetch_sub(&dx__rt.live_all, 1) == 1;
+
     dx_term *reason = p->exit_reason ? p->exit_reason : dx__a_normal;
     p->exit_reason = NULL;
     /* Links see `killed` for a process that died of `kill`, as in Erlang. */
@@ -925,14 +931,12 @@ void dx__proc_finish(dx__sched *s, dx__proc *p)
     p->links = (dx__link_set){0};
     p->monitors = (dx__mon_set){0};
     p->monitored_by = (dx__mon_set){0};
-
-    if (!p->hidden)
-        atomic_fetch_sub(&dx__rt.live, 1);
-    if (atomic_fetch_sub(&dx__rt.live_all, 1) == 1 && atomic_load(&dx__rt.stopping)) {
+    if (last && atomic_load(&dx__rt.stopping)) {
         pthread_mutex_lock(&dx__rt.live_mu);
         pthread_cond_broadcast(&dx__rt.live_cv);
         pthread_mutex_unlock(&dx__rt.live_mu);
     }
+
     dx__retire(s, p);
 }
 

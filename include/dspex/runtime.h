@@ -82,8 +82,11 @@ DX_API int dx_run(const dx_runtime_opts *opts, dx_proc_fn main, void *arg,
 
 /* Block the calling host thread until `pid` exits or timeout_ms passes
  * (negative = forever). On DX_OK *reason (if non-NULL) gets the exit reason
- * (caller frees). DX_ENOPROC if the pid was already dead (reason noproc).
- * Host thread only. */
+ * (caller frees). DX_ENOPROC if the pid was already dead (reason noproc):
+ * a process spawned from a host thread may end before this call begins, so
+ * to learn a quick process's reason, spawn it from a process that monitors
+ * it (or use dx_run). DX_ESTATE when called from a process or when the
+ * runtime stops first. Host thread only. */
 DX_API int dx_wait_exit(dx_pid pid, int64_t timeout_ms, dx_term **reason);
 
 /* ------------------------------------------------------------------ */
@@ -241,7 +244,7 @@ DX_API bool dx_trap_exit(bool on);
 
 /* Monitor pid: exactly one DX_TAG_DOWN message (ref, from = pid, term =
  * reason) arrives when it exits — at once with reason `noproc` if it is
- * already dead. Process. */
+ * already dead (the call still returns DX_OK with a ref). Process. */
 DX_API int dx_monitor(dx_pid pid, dx_ref *ref_out);
 /* Remove a monitor. With flush, a DOWN already in the mailbox is removed
  * too; without, a DOWN that arrives after this call is dropped anyway.
@@ -259,6 +262,7 @@ DX_API dx_ref dx_make_ref(void);
  * name is taken or the process already has a name; DX_ENOPROC if pid is
  * dead. Any thread. */
 DX_API int dx_register(const char *name, dx_pid pid);
+/* Remove a name; DX_ENOENT if nothing is registered under it. */
 DX_API int dx_unregister(const char *name);
 /* Pid registered under name, or DX_NOPID. Any thread. */
 DX_API dx_pid dx_whereis(const char *name);
