@@ -178,7 +178,8 @@ struct dx__proc {
     _Atomic size_t q_len;
     dx_ref awaiting_reply;
 
-    dx__timer tmo; /* receive timeout */
+    dx__timer tmo;    /* receive timeout (lazily re-filed, see proc.c) */
+    int64_t tmo_want; /* deadline the current receive wants, 0 = none */
 
 #if DX_COPY_STACK
     char *stack_save;
@@ -249,6 +250,7 @@ typedef struct dx__sched {
     uint32_t msg_cache_len;
     uint64_t rng; /* deterministic mode */
     uint32_t picks;
+    uint32_t loops;
 
 #if DX_COPY_STACK
     char *stack_map; /* mapping: guard pages then the shared stack */

@@ -467,10 +467,27 @@ static bool matches(const dx_msg *m, const dx_match *mt)
     return mt->pred == NULL || mt->pred(m, mt->ud);
 }
 
+/* Receive timeouts are lazy: disarming only forgets the wanted deadline and
+ * leaves the heap entry where it is; when that entry comes due, the
+ * scheduler re-files it for the deadline now wanted, or drops it if none
+ * is (timer.c). A process that receives with a timeout over and over
+ * therefore touches the heap about once per timeout period, not twice per
+ * message. */
+static int arm(dx__proc *p, int64_t deadline)
+{
+    p->tmo_want = deadline;
+    if (p->tmo.heap_idx != NO_IDX) {
+        if (p->tmo.deadline_ns <= deadline)
+            return DX_OK; /* fires early, then moves to tmo_want */
+        dx__timer_remove(&p->home->timers, &p->tmo);
+    }
+    p->tmo.deadline_ns = deadline;
+    return dx__timer_add(&p->home->timers, &p->tmo);
+}
+
 static void disarm(dx__proc *p)
 {
-    if (p->tmo.heap_idx != NO_IDX)
-        dx__timer_remove(&p->home->timers, &p->tmo);
+    p->tmo_want = 0;
     p->tmo_fired = 0;
 }
 
@@ -479,9 +496,8 @@ int dx__receive_after(dx__proc *p, const dx_match *match, dx_msg *after,
 {
     *out = NULL;
     dx__tick(p);
-    int64_t deadline = timeout_ms > 0 ? dx__now_ns() + timeout_ms * 1000000 : 0;
+    int64_t deadline = 0; /* set when we first have to wait */
     dx_msg *prev = after;
-    bool armed = false;
     p->tmo_fired = 0;
     for (;;) {
         dx__drain(p);
@@ -489,7 +505,7 @@ int dx__receive_after(dx__proc *p, const dx_match *match, dx_msg *after,
         while (m != NULL) {
             if (matches(m, match)) {
                 q_unlink(p, prev, m);
-                if (armed)
+                if (deadline != 0)
                     disarm(p);
                 DX__OWNER_INC(p->handled);
                 msg_hold(p, m);
@@ -502,15 +518,13 @@ int dx__receive_after(dx__proc *p, const dx_match *match, dx_msg *after,
         if (timeout_ms == 0)
             return DX_ETIMEDOUT;
         if (timeout_ms > 0) {
-            if (p->tmo_fired || dx__now_ns() >= deadline) {
+            if (deadline == 0) {
+                deadline = dx__now_ns() + timeout_ms * 1000000;
+                if (arm(p, deadline) != DX_OK)
+                    return DX_ENOMEM;
+            } else if (p->tmo_fired || dx__now_ns() >= deadline) {
                 disarm(p);
                 return DX_ETIMEDOUT;
-            }
-            if (!armed) {
-                p->tmo.deadline_ns = deadline;
-                if (dx__timer_add(&p->home->timers, &p->tmo) != DX_OK)
-                    return DX_ENOMEM;
-                armed = true;
             }
         }
         dx__switch_out(p, DX__PARK);

@@ -822,24 +822,33 @@ static void sched_loop(dx__sched *s)
         recover_fault(s);
     for (;;) {
         quiescent(s);
-        int64_t next = dx__timers_run(s);
+        /* Timers are looked at every 16th turn and before going idle: a
+         * clock read per process switch would cost more than the switch. */
+        if ((++s->loops & 15) == 0)
+            dx__timers_run(s);
         drain_inject(s);
         dx__proc *p = next_runnable(s);
-        if (p != NULL) {
-            run_proc(s, p);
-            /* Falling behind on new processes while a sibling sleeps: wake
-             * it to take some (only reads a counter in the common case). */
-            if (dx__rt.nsched > 1 &&
-                atomic_load_explicit(&s->fresh_len, memory_order_relaxed) >= 2 &&
-                long_busy(s, dx__now_ns()))
-                wake_idle_sibling(s);
-            continue;
+        if (p == NULL) {
+            /* Due timers may wake someone; otherwise sleep until the next. */
+            int64_t next = dx__timers_run(s);
+            drain_inject(s);
+            p = next_runnable(s);
+            if (p == NULL) {
+                if (atomic_load(&dx__rt.quit))
+                    break;
+                if (steal(s) > 0)
+                    continue;
+                idle(s, next);
+                continue;
+            }
         }
-        if (atomic_load(&dx__rt.quit))
-            break;
-        if (steal(s) > 0)
-            continue;
-        idle(s, next);
+        run_proc(s, p);
+        /* Falling behind on new processes while a sibling sleeps: wake it
+         * to take some (only reads a counter in the common case). */
+        if (dx__rt.nsched > 1 &&
+            atomic_load_explicit(&s->fresh_len, memory_order_relaxed) >= 2 &&
+            long_busy(s, dx__now_ns()))
+            wake_idle_sibling(s);
     }
 }
 

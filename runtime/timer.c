@@ -154,7 +154,16 @@ int64_t dx__timers_run(dx__sched *s)
         heap_remove_at(h, 0);
         pthread_mutex_unlock(&h->mu);
         if (t->kind == DX__TIMER_RECV) {
+            /* The process lives on this scheduler, so its fields are ours
+             * to read here. */
             dx__proc *p = dx__container_of(t, dx__proc, tmo);
+            if (p->tmo_want == 0)
+                continue; /* that receive ended long ago */
+            if (p->tmo_want > now) {
+                t->deadline_ns = p->tmo_want; /* a later receive's deadline */
+                if (dx__timer_add(h, t) == DX_OK)
+                    continue;
+            }
             p->tmo_fired = 1;
             dx__wake(p);
             continue;
