@@ -45,7 +45,7 @@
 /* Pair positions are stored as uint32 in the index, cap doubles, and the
  * keys+values block (4 * pairs pointers at most) must fit in a size_t. */
 #define MAP_MAX_PAIRS                                                          \
-    (SIZE_MAX / 4 / sizeof(dx_term *) < ((size_t)1 << 30)                     \
+    (SIZE_MAX / 4 / sizeof(dx_term *) < ((size_t)1 << 30)                      \
          ? SIZE_MAX / 4 / sizeof(dx_term *)                                    \
          : ((size_t)1 << 30))
 
@@ -208,8 +208,8 @@ static const atom_rec *atom_rec_at(size_t index)
 {
     if (index >= ATOM_LIMIT)
         return NULL;
-    atom_rec **chunk = atomic_load_explicit(&atom_chunks[index >> ATOM_CHUNK_BITS],
-                                            memory_order_acquire);
+    atom_rec **chunk = atomic_load_explicit(
+        &atom_chunks[index >> ATOM_CHUNK_BITS], memory_order_acquire);
     return chunk ? chunk[index & (ATOM_CHUNK_LEN - 1)] : NULL;
 }
 
@@ -222,8 +222,7 @@ static dx_term *atom_probe(atom_table *tab, uint32_t h, const char *name,
                            size_t len)
 {
     for (size_t i = h & tab->mask;; i = (i + 1) & tab->mask) {
-        uint64_t s =
-            atomic_load_explicit(&tab->slots[i], memory_order_acquire);
+        uint64_t s = atomic_load_explicit(&tab->slots[i], memory_order_acquire);
         if (s == 0)
             return NULL;
         if ((uint32_t)(s >> 32) != h)
@@ -798,8 +797,7 @@ const char *dx_binary_data(const dx_term *t, size_t *len)
 
 static bool is_seq(const dx_term *t)
 {
-    return is_node(t) &&
-           (t->type == DX_TERM_TUPLE || t->type == DX_TERM_LIST);
+    return is_node(t) && (t->type == DX_TERM_TUPLE || t->type == DX_TERM_LIST);
 }
 
 size_t dx_term_size(const dx_term *t)
@@ -819,13 +817,13 @@ const dx_term *dx_term_at(const dx_term *t, size_t i)
 const dx_term *dx_map_key_at(const dx_term *map, size_t i)
 {
     return node_is(map, DX_TERM_MAP) && i < map->u.map.n ? map_keys(map)[i]
-                                                          : NULL;
+                                                         : NULL;
 }
 
 const dx_term *dx_map_value_at(const dx_term *map, size_t i)
 {
     return node_is(map, DX_TERM_MAP) && i < map->u.map.n ? map_vals(map)[i]
-                                                          : NULL;
+                                                         : NULL;
 }
 
 static const dx_term *map_lookup(const dx_term *map, const dx_term *key)
@@ -1102,7 +1100,7 @@ static int float_cmp(double x, double y)
     bool xn = isnan(x), yn = isnan(y);
     if (xn || yn)
         return sign3(yn && !xn, xn && !yn);
-    return sign3(x < y, x > y);
+    return sign3(x<y, x> y);
 }
 
 /* Key for the IEEE total order: -0.0 before 0.0. */
@@ -1121,7 +1119,7 @@ static int int_float_cmp(int64_t i, double d)
         return 1;
     int64_t t = (int64_t)d; /* truncates; exact in this range */
     if (i != t)
-        return sign3(i < t, i > t);
+        return sign3(i<t, i> t);
     double frac = d - (double)t; /* exact */
     return sign3(frac > 0, frac < 0);
 }
@@ -1131,13 +1129,13 @@ static int num_cmp(const dx_term *a, const dx_term *b, bool exact)
     int64_t ia, ib;
     bool a_int = dx_int_value(a, &ia), b_int = dx_int_value(b, &ib);
     if (a_int && b_int)
-        return sign3(ia < ib, ia > ib);
+        return sign3(ia<ib, ia> ib);
     if (!a_int && !b_int) {
         int c = float_cmp(a->u.f, b->u.f);
         if (c == 0 && exact) {
             uint64_t ka = float_total_key(a->u.f);
             uint64_t kb = float_total_key(b->u.f);
-            c = sign3(ka < kb, ka > kb);
+            c = sign3(ka<kb, ka> kb);
         }
         return c;
     }
@@ -1153,17 +1151,17 @@ static int bytes_cmp(const char *a, size_t alen, const char *b, size_t blen)
     int c = n ? memcmp(a, b, n) : 0;
     if (c != 0)
         return c < 0 ? -1 : 1;
-    return sign3(alen < blen, alen > blen);
+    return sign3(alen<blen, alen> blen);
 }
 
-static void sift_down(dx_term *const *keys, size_t *ix, size_t root,
-                      size_t n)
+static void sift_down(dx_term *const *keys, size_t *ix, size_t root, size_t n)
 {
     for (;;) {
         size_t child = 2 * root + 1;
         if (child >= n)
             return;
-        if (child + 1 < n && cmp(keys[ix[child]], keys[ix[child + 1]], true) < 0)
+        if (child + 1 < n &&
+            cmp(keys[ix[child]], keys[ix[child + 1]], true) < 0)
             child++;
         if (cmp(keys[ix[root]], keys[ix[child]], true) >= 0)
             return;
@@ -1215,9 +1213,8 @@ static int map_cmp_slow(const dx_term *a, const dx_term *b, bool exact)
         for (size_t k = 0; k < n; k++) {
             pa = next_key(a, pa);
             pb = next_key(b, pb);
-            int c = pass == 0
-                        ? cmp(map_keys(a)[pa], map_keys(b)[pb], true)
-                        : cmp(map_vals(a)[pa], map_vals(b)[pb], exact);
+            int c = pass == 0 ? cmp(map_keys(a)[pa], map_keys(b)[pb], true)
+                              : cmp(map_vals(a)[pa], map_vals(b)[pb], exact);
             if (c != 0)
                 return c;
         }
@@ -1233,7 +1230,7 @@ static int map_cmp(const dx_term *a, const dx_term *b, bool exact)
 {
     size_t n = a->u.map.n;
     if (n != b->u.map.n)
-        return sign3(n < b->u.map.n, n > b->u.map.n);
+        return sign3(n<b->u.map.n, n> b->u.map.n);
     if (n == 0)
         return 0;
     size_t stack[2 * MAP_CMP_STACK];
@@ -1261,7 +1258,7 @@ static int cmp(const dx_term *a, const dx_term *b, bool exact)
         return 0;
     int ra = rank(a), rb = rank(b);
     if (ra != rb)
-        return sign3(ra < rb, ra > rb);
+        return sign3(ra<rb, ra> rb);
     switch (dx_term_type_of(a)) {
     case DX_TERM_INT:
     case DX_TERM_FLOAT:
@@ -1272,10 +1269,10 @@ static int cmp(const dx_term *a, const dx_term *b, bool exact)
     }
     case DX_TERM_REF:
     case DX_TERM_PID:
-        return sign3(a->u.id < b->u.id, a->u.id > b->u.id);
+        return sign3(a->u.id<b->u.id, a->u.id> b->u.id);
     case DX_TERM_TUPLE:
         if (a->u.seq.n != b->u.seq.n)
-            return sign3(a->u.seq.n < b->u.seq.n, a->u.seq.n > b->u.seq.n);
+            return sign3(a->u.seq.n<b->u.seq.n, a->u.seq.n> b->u.seq.n);
         for (size_t i = 0; i < a->u.seq.n; i++) {
             int c = cmp(a->u.seq.items[i], b->u.seq.items[i], exact);
             if (c != 0)
@@ -1289,7 +1286,7 @@ static int cmp(const dx_term *a, const dx_term *b, bool exact)
             if (c != 0)
                 return c;
         }
-        return sign3(a->u.seq.n < b->u.seq.n, a->u.seq.n > b->u.seq.n);
+        return sign3(a->u.seq.n<b->u.seq.n, a->u.seq.n> b->u.seq.n);
     }
     case DX_TERM_MAP:
         return map_cmp(a, b, exact);
@@ -1371,11 +1368,11 @@ static void put_escaped(out *o, unsigned char c, char quote)
 static bool atom_is_bare(const char *s, size_t len)
 {
     static const char *const reserved[] = {
-        "after", "and",   "andalso", "band",  "begin",   "bnot",  "bor",
-        "bsl",   "bsr",   "bxor",    "case",  "catch",   "cond",  "div",
-        "else",  "end",   "fun",     "if",    "let",     "maybe", "not",
-        "of",    "or",    "orelse",  "query", "receive", "rem",   "try",
-        "when",  "xor",
+        "after", "and",     "andalso", "band", "begin", "bnot",
+        "bor",   "bsl",     "bsr",     "bxor", "case",  "catch",
+        "cond",  "div",     "else",    "end",  "fun",   "if",
+        "let",   "maybe",   "not",     "of",   "or",    "orelse",
+        "query", "receive", "rem",     "try",  "when",  "xor",
     };
     if (len == 0 || s[0] < 'a' || s[0] > 'z')
         return false;
@@ -1532,8 +1529,9 @@ static void fmt_float(out *o, double d)
         nd--;
 
     size_t sci_len = 2 + (nd > 1 ? nd - 1 : 1) + 1 + digit_count(exp);
-    size_t dec_len = exp >= 0 ? ((size_t)exp + 1 >= nd ? (size_t)exp + 3 : nd + 1)
-                              : 2 + (size_t)(-exp - 1) + nd;
+    size_t dec_len = exp >= 0
+                         ? ((size_t)exp + 1 >= nd ? (size_t)exp + 3 : nd + 1)
+                         : 2 + (size_t)(-exp - 1) + nd;
     if (d >= 9007199254740992.0 || sci_len < dec_len) {
         putch(o, digits[0]);
         putch(o, '.');

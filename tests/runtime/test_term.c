@@ -159,10 +159,17 @@ Test(term, integers_are_immediate_up_to_61_bits_and_boxed_beyond, .timeout = 10)
         int64_t v;
         bool immediate;
     } cases[] = {
-        {0, true},           {1, true},           {-1, true},
-        {p60 - 1, true},     {-p60, true},        {p60, false},
-        {-p60 - 1, false},   {INT64_MAX, false},  {INT64_MIN, false},
-        {INT64_MAX - 1, false}, {INT64_MIN + 1, false},
+        {0, true},
+        {1, true},
+        {-1, true},
+        {p60 - 1, true},
+        {-p60, true},
+        {p60, false},
+        {-p60 - 1, false},
+        {INT64_MAX, false},
+        {INT64_MIN, false},
+        {INT64_MAX - 1, false},
+        {INT64_MIN + 1, false},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         dx_term *t = dx_int(cases[i].v);
@@ -371,8 +378,7 @@ Test(term, map_put_refuses_non_maps_and_null_parts, .timeout = 10)
     dx_term *m = dx_map_new();
     dx_term *l = dx_nil();
     cr_expect_eq(dx_map_put(l, dx_str("k"), dx_str("v")), DX_EINVAL);
-    cr_expect_eq(dx_map_put(dx_atom("m"), dx_str("k"), dx_str("v")),
-                 DX_EINVAL);
+    cr_expect_eq(dx_map_put(dx_atom("m"), dx_str("k"), dx_str("v")), DX_EINVAL);
     cr_expect_eq(dx_map_put(NULL, dx_str("k"), dx_str("v")), DX_EINVAL);
     cr_expect_eq(dx_map_put(m, NULL, dx_str("v")), DX_EINVAL);
     cr_expect_eq(dx_map_put(m, dx_str("k"), NULL), DX_EINVAL);
@@ -390,8 +396,7 @@ Test(term, map_get_str_tries_the_atom_key_then_the_binary_key, .timeout = 10)
     cr_assert_eq(dx_map_put(m, dx_str("model"), dx_str("bin")), DX_OK);
     cr_expect_str_eq(dx_binary_data(dx_map_get_str(m, "model"), NULL), "bin");
     cr_assert_eq(dx_map_put(m, dx_atom("model"), dx_str("atom")), DX_OK);
-    cr_expect_str_eq(dx_binary_data(dx_map_get_str(m, "model"), NULL),
-                     "atom");
+    cr_expect_str_eq(dx_binary_data(dx_map_get_str(m, "model"), NULL), "atom");
     cr_assert_eq(dx_map_put(m, dx_atom("only_atom"), dx_int(1)), DX_OK);
     cr_expect_not_null(dx_map_get_str(m, "only_atom"));
     cr_expect_null(dx_map_get_str(m, "never_seen_anywhere"));
@@ -479,8 +484,8 @@ Test(term, copy_is_deep_and_equal, .timeout = 10)
     cr_expect(dx_term_equal(c, t));
     cr_expect_eq(dx_term_compare(c, t), 0);
     for (size_t i = 1; i < dx_term_size(t); i++)
-        cr_expect_neq(dx_term_at(c, i), dx_term_at(t, i),
-                      "item %zu is shared", i);
+        cr_expect_neq(dx_term_at(c, i), dx_term_at(t, i), "item %zu is shared",
+                      i);
     dx_term_free(t);
     char after[256];
     dx_term_format(c, after, sizeof after);
@@ -490,8 +495,7 @@ Test(term, copy_is_deep_and_equal, .timeout = 10)
     dx_term_free(NULL);
 }
 
-Test(term, equality_is_exact_but_order_compares_numbers_by_value,
-     .timeout = 10)
+Test(term, equality_is_exact_but_order_compares_numbers_by_value, .timeout = 10)
 {
     dx_term *one = dx_int(1), *onef = dx_float(1.0);
     cr_expect_not(dx_term_equal(one, onef));
@@ -608,8 +612,7 @@ Test(term, sorting_follows_erlang_standard_order, .timeout = 10)
         cr_expect(dx_term_equal(shuffled[i], want[i]),
                   "position %zu: got %s, want %s", i, got, exp);
         if (i > 0)
-            cr_expect_lt(dx_term_compare(want[i - 1], want[i]), 0,
-                         "%zu", i);
+            cr_expect_lt(dx_term_compare(want[i - 1], want[i]), 0, "%zu", i);
     }
     for (size_t i = 0; i < N; i++)
         dx_term_free(want[i]);
@@ -716,8 +719,7 @@ Test(term, format_prints_each_type_in_erlang_syntax, .timeout = 10)
     cr_expect_str_eq(buf, "<invalid>");
 }
 
-Test(term, format_prints_floats_in_the_shortest_round_trip_form,
-     .timeout = 10)
+Test(term, format_prints_floats_in_the_shortest_round_trip_form, .timeout = 10)
 {
     const struct {
         double v;
