@@ -45,7 +45,10 @@ static dx_msg *msg_alloc(void)
         dx_msg *m = s->msg_cache;
         s->msg_cache = msg_next(m);
         s->msg_cache_len--;
-        memset(m, 0, sizeof *m);
+        /* A structure copy, not memset: memset of this size becomes
+         * `rep stos`, whose start-up cost dominated message allocation. */
+        static const dx_msg blank;
+        *m = blank;
         return m;
     }
     return dx_calloc(1, sizeof(dx_msg));

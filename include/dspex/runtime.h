@@ -118,9 +118,9 @@ typedef struct dx_msg dx_msg;
 struct dx_msg {
     /* Runtime-owned: do not touch. */
     struct dx__node dx__node;
-    uint32_t dx__signal;
-    void *dx__owner;      /* process holding it after dx_receive */
+    void *dx__owner; /* process holding it after dx_receive */
     dx_msg *dx__held_prev;
+    uint32_t dx__signal;
     /* Visible to the receiver. */
     uint32_t kind; /* dx_msg_kind */
     int64_t tag;
