@@ -224,6 +224,8 @@ int dx_send_after(int64_t ms, dx_pid to, dx_msg *m, dx_ref *tref)
     t->msg = m;
     t->base.heap_idx = NO_IDX;
     t->sched = dx__tls_sched ? dx__tls_sched : &dx__rt.scheds[0];
+    dx_ref ref = t->ref;
+    dx__sched *sched = t->sched;
     pthread_mutex_lock(&table_mu);
     uint32_t b = bucket(t->ref);
     t->map_next = table[b];
@@ -236,10 +238,11 @@ int dx_send_after(int64_t ms, dx_pid to, dx_msg *m, dx_ref *tref)
         dx_free(t);
         dx_msg_free(m);
     } else {
+        /* t may have fired and been freed already: use the copies. */
         if (tref)
-            *tref = t->ref;
-        if (t->sched != dx__tls_sched)
-            dx__sched_notify(t->sched); /* it may sleep past the new deadline */
+            *tref = ref;
+        if (sched != dx__tls_sched)
+            dx__sched_notify(sched); /* it may sleep past the new deadline */
     }
     dx__ext_leave(entered);
     return rc;
