@@ -1068,6 +1068,9 @@ static int sign3(bool lt, bool gt)
     return lt ? -1 : gt ? 1 : 0;
 }
 
+/* -1, 0 or 1 as a is below, equal to or above b (plain C comparison). */
+#define ORD(a, b) (((a) > (b)) - ((a) < (b)))
+
 static int rank(const dx_term *t)
 {
     switch (dx_term_type_of(t)) {
@@ -1100,7 +1103,7 @@ static int float_cmp(double x, double y)
     bool xn = isnan(x), yn = isnan(y);
     if (xn || yn)
         return sign3(yn && !xn, xn && !yn);
-    return sign3(x<y, x> y);
+    return ORD(x, y);
 }
 
 /* Key for the IEEE total order: -0.0 before 0.0. */
@@ -1119,7 +1122,7 @@ static int int_float_cmp(int64_t i, double d)
         return 1;
     int64_t t = (int64_t)d; /* truncates; exact in this range */
     if (i != t)
-        return sign3(i<t, i> t);
+        return ORD(i, t);
     double frac = d - (double)t; /* exact */
     return sign3(frac > 0, frac < 0);
 }
@@ -1129,13 +1132,13 @@ static int num_cmp(const dx_term *a, const dx_term *b, bool exact)
     int64_t ia, ib;
     bool a_int = dx_int_value(a, &ia), b_int = dx_int_value(b, &ib);
     if (a_int && b_int)
-        return sign3(ia<ib, ia> ib);
+        return ORD(ia, ib);
     if (!a_int && !b_int) {
         int c = float_cmp(a->u.f, b->u.f);
         if (c == 0 && exact) {
             uint64_t ka = float_total_key(a->u.f);
             uint64_t kb = float_total_key(b->u.f);
-            c = sign3(ka<kb, ka> kb);
+            c = ORD(ka, kb);
         }
         return c;
     }
@@ -1151,7 +1154,7 @@ static int bytes_cmp(const char *a, size_t alen, const char *b, size_t blen)
     int c = n ? memcmp(a, b, n) : 0;
     if (c != 0)
         return c < 0 ? -1 : 1;
-    return sign3(alen<blen, alen> blen);
+    return ORD(alen, blen);
 }
 
 static void sift_down(dx_term *const *keys, size_t *ix, size_t root, size_t n)
@@ -1230,7 +1233,7 @@ static int map_cmp(const dx_term *a, const dx_term *b, bool exact)
 {
     size_t n = a->u.map.n;
     if (n != b->u.map.n)
-        return sign3(n<b->u.map.n, n> b->u.map.n);
+        return ORD(n, b->u.map.n);
     if (n == 0)
         return 0;
     size_t stack[2 * MAP_CMP_STACK];
@@ -1258,7 +1261,7 @@ static int cmp(const dx_term *a, const dx_term *b, bool exact)
         return 0;
     int ra = rank(a), rb = rank(b);
     if (ra != rb)
-        return sign3(ra<rb, ra> rb);
+        return ORD(ra, rb);
     switch (dx_term_type_of(a)) {
     case DX_TERM_INT:
     case DX_TERM_FLOAT:
@@ -1269,10 +1272,10 @@ static int cmp(const dx_term *a, const dx_term *b, bool exact)
     }
     case DX_TERM_REF:
     case DX_TERM_PID:
-        return sign3(a->u.id<b->u.id, a->u.id> b->u.id);
+        return ORD(a->u.id, b->u.id);
     case DX_TERM_TUPLE:
         if (a->u.seq.n != b->u.seq.n)
-            return sign3(a->u.seq.n<b->u.seq.n, a->u.seq.n> b->u.seq.n);
+            return ORD(a->u.seq.n, b->u.seq.n);
         for (size_t i = 0; i < a->u.seq.n; i++) {
             int c = cmp(a->u.seq.items[i], b->u.seq.items[i], exact);
             if (c != 0)
@@ -1286,7 +1289,7 @@ static int cmp(const dx_term *a, const dx_term *b, bool exact)
             if (c != 0)
                 return c;
         }
-        return sign3(a->u.seq.n<b->u.seq.n, a->u.seq.n> b->u.seq.n);
+        return ORD(a->u.seq.n, b->u.seq.n);
     }
     case DX_TERM_MAP:
         return map_cmp(a, b, exact);

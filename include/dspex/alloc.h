@@ -24,8 +24,10 @@ typedef struct dx_allocator {
 } dx_allocator;
 
 /* Replace the allocator. Must be called before dx_runtime_start() and while
- * no dspex object allocated with the previous allocator is alive. NULL
- * restores the C library's malloc/realloc/free. */
+ * no dspex object allocated with the previous allocator is alive, atoms
+ * excepted: atoms are never freed, so memory the previous allocator gave the
+ * atom table must stay valid. NULL restores the C library's
+ * malloc/realloc/free. */
 DX_API void dx_set_allocator(const dx_allocator *a);
 
 /* malloc/calloc/realloc/free through the current allocator. They return NULL

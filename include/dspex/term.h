@@ -6,8 +6,9 @@
  * boundaries when a payload must be printable, comparable or (later) encoded
  * in the Erlang external term format for distribution.
  *
- * Representation: atoms and integers that fit in 60 bits are immediates (the
- * pointer value itself carries them; copying or freeing them costs nothing).
+ * Representation: atoms and 61-bit signed integers (-2^60 .. 2^60-1) are
+ * immediates (the pointer value itself carries them; copying or freeing
+ * them costs nothing).
  * Everything else is one heap node allocated with dx_malloc. Lists are
  * proper lists stored as arrays; maps keep insertion order and unique keys.
  *
@@ -78,8 +79,9 @@ typedef enum dx_term_type {
 /* ---- construction ---- */
 
 /* Intern an atom. Atoms live for the life of the OS process (like Erlang's
- * atom table). NULL if name is NULL, longer than DX_ATOM_MAX_LEN, or on OOM.
- * Any thread. */
+ * atom table). NULL if name is NULL, longer than DX_ATOM_MAX_LEN, on OOM,
+ * or when the table is full (1,048,576 atoms, Erlang's default). Any
+ * thread. */
 DX_API dx_term *dx_atom(const char *name);
 DX_API dx_term *dx_atom_n(const char *name, size_t len);
 DX_API dx_term *dx_int(int64_t v);
@@ -147,8 +149,10 @@ DX_API bool dx_term_equal(const dx_term *a, const dx_term *b);
  * list < binary; returns <0, 0, >0. NULL sorts first. */
 DX_API int dx_term_compare(const dx_term *a, const dx_term *b);
 /* Print in Erlang syntax ({ok,42}, <<"text">>, #{a => 1}, <0.12.3>, ...).
- * Writes at most cap bytes including the NUL (truncating like snprintf) and
- * returns the length the full text needs. */
+ * NULL prints as <invalid>; non-finite floats as nan, inf and -inf (not
+ * Erlang syntax: Erlang has no such floats). Writes at most cap bytes
+ * including the NUL (truncating like snprintf) and returns the length the
+ * full text needs. */
 DX_API size_t dx_term_format(const dx_term *t, char *buf, size_t cap);
 /* Same, into a new string (dx_free it); NULL on OOM. */
 DX_API char *dx_term_to_string(const dx_term *t);

@@ -251,8 +251,8 @@ static void intern_atoms_outside_the_count(void)
 
 /* Run step with allocation n failing, for n = 1.. until step succeeds. Each
  * failed run must leave cnt.live where it was; a successful one must have
- * made no failing attempt (a failure must never be swallowed). Returns how
- * many allocations the successful run made. */
+ * made no failing attempt (a failure must never be swallowed); check runs
+ * on a successful result r, release on every result. */
 #define OOM_LOOP(what, stay_down, result_t, step, check, release)              \
     do {                                                                       \
         long n = 1;                                                            \
