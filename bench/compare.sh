@@ -8,8 +8,11 @@
 # hits both alike; medians, not means, go into the table; both systems get the
 # same number of scheduler threads (DX_SCHEDULERS, else all online CPUs).
 #
-# usage: bench/compare.sh [-k K] [-B builddir] [-o file] [bench[=n] ...]
+# usage: bench/compare.sh [-k K] [-w W] [-B builddir] [-o file] [bench[=n] ...]
 #   -k K        runs per system and benchmark (default 3)
+#   -w W        unrecorded warm-up runs per system and benchmark before those
+#               (default 0; on a VM that backs memory lazily, the first runs
+#               of spawn and skynet pay for first-touch page faults)
 #   -B dir      meson build directory holding bench/runtime-bench
 #               (default: $BUILD, else build)
 #   -o file     also append the raw RESULT lines and the SUMMARY lines to file
@@ -20,11 +23,13 @@
 set -eu
 
 K=3
+W=0
 BUILD=${BUILD:-build}
 OUT=
-while getopts k:B:o:h opt; do
+while getopts k:w:B:o:h opt; do
     case $opt in
     k) K=$OPTARG ;;
+    w) W=$OPTARG ;;
     B) BUILD=$OPTARG ;;
     o) OUT=$OPTARG ;;
     *) sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
@@ -32,6 +37,7 @@ while getopts k:B:o:h opt; do
 done
 shift $((OPTIND - 1))
 case $K in '' | *[!0-9]* | 0) echo "compare.sh: -k wants a positive integer" >&2; exit 2 ;; esac
+case $W in '' | *[!0-9]*) echo "compare.sh: -w wants a number" >&2; exit 2 ;; esac
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
@@ -66,7 +72,8 @@ trap 'rm -rf "$WORK"' EXIT INT TERM
 "$ERLC" -o "$WORK" "$ROOT/bench/erlang/runtime_bench.erl"
 RAW=$WORK/raw
 
-# One run: append its RESULT line (or a FAIL line) to $RAW.
+# One run: append its RESULT line (or a FAIL line) to $RAW, or to
+# $WORK/warmup when $WARM is set.
 run_one() { # sys bench n
     if [ "$1" = dspex ]; then
         set -- "$1" "$2" "$3" "$BIN" "$2" "$3"
@@ -77,15 +84,17 @@ run_one() { # sys bench n
     fi
     sys=$1 bench=$2 n=$3
     shift 3
-    printf '  %-5s %-8s n=%-8s ' "$sys" "$bench" "$n" >&2
+    dest=$RAW
+    [ -z "${WARM:-}" ] || dest=$WORK/warmup
+    printf '  %-5s %-8s n=%-8s %s' "$sys" "$bench" "$n" "${WARM:+(warm-up) }" >&2
     rc=0
     timeout "$TIMEOUT" "$@" >"$WORK/out" 2>"$WORK/err" || rc=$?
     line=$(grep '^RESULT ' "$WORK/out" | head -n 1 || true)
     if [ "$rc" -eq 0 ] && [ -n "$line" ]; then
-        echo "$line" >>"$RAW"
+        echo "$line" >>"$dest"
         echo "$line" | sed 's/.* time_s=\([^ ]*\).*/time_s=\1/; t; s/.*\(p50_us=[^ ]*\).*/\1/' >&2
     else
-        echo "FAIL sys=$sys bench=$bench n=$n rc=$rc" >>"$RAW"
+        echo "FAIL sys=$sys bench=$bench n=$n rc=$rc" >>"$dest"
         echo "FAILED (exit $rc)" >&2
         sed 's/^/    | /' "$WORK/err" | tail -n 5 >&2
     fi
@@ -100,6 +109,14 @@ echo "compare: dspex $REV, $K runs per system, $SCHED scheduler threads," \
 for spec in "$@"; do
     bench=${spec%%=*}
     if [ "$bench" = "$spec" ]; then n=$(default_n "$bench"); else n=${spec#*=}; fi
+    WARM=1
+    i=0
+    while [ $i -lt "$W" ]; do
+        run_one dspex "$bench" "$n"
+        run_one beam "$bench" "$n"
+        i=$((i + 1))
+    done
+    WARM=
     i=0
     while [ $i -lt "$K" ]; do
         run_one dspex "$bench" "$n"
@@ -187,11 +204,11 @@ END {
 cat "$WORK/table"
 if [ -n "$OUT" ]; then
     {
-        echo "# compare.sh $DATE rev=$REV k=$K sched=$SCHED host=$(uname -n)" \
+        echo "# compare.sh $DATE rev=$REV k=$K w=$W sched=$SCHED host=$(uname -n)" \
             "load_start=\"$LOAD0\" load_end=\"$LOAD1\""
         cat "$RAW"
         grep '^SUMMARY ' "$WORK/table"
     } >>"$OUT"
 fi
 # Non-zero when any run failed, so a broken kernel cannot look like a slow one.
-if grep -q '^FAIL ' "$RAW"; then exit 1; fi
+if cat "$RAW" "$WORK/warmup" 2>/dev/null | grep -q '^FAIL '; then exit 1; fi

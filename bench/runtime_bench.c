@@ -56,8 +56,7 @@ static struct {
     const char *bench;
     bench_fn fn;
     long n;
-    int status;    /* process exit code */
-    bool finished; /* the driver returned from its benchmark */
+    int status; /* process exit code */
     struct timespec t_main;
     /* Tables and text live here, not in driver frames: a parked driver's
      * frames are copied out, so big locals would be timed too. */
@@ -436,7 +435,6 @@ static void driver(void *arg)
     (void)arg;
     g.driver = dx_self();
     g.status = g.fn(g.n);
-    g.finished = true;
 }
 
 static int usage(void)
@@ -471,17 +469,6 @@ int main(int argc, char **argv)
     dx_runtime_opts opts = {0};
     dx_term *reason = NULL;
     int rc = dx_run(&opts, driver, NULL, &reason);
-    if (rc == DX_ENOPROC && g.finished) {
-        /* dx_run loses main's exit when main ends before dx_run starts
-         * watching it; the measurement itself is complete, so keep it and
-         * say so rather than fail the run. */
-        fprintf(stderr,
-                "runtime-bench: %s: warning: dx_run returned ENOPROC "
-                "after the driver finished\n",
-                g.bench);
-        dx_term_free(reason);
-        return g.status;
-    }
     if (rc != DX_OK) {
         fprintf(stderr, "runtime-bench: %s: dx_run: %s (%s)\n", g.bench,
                 dx_err_name(rc), dx_strerror(rc));

@@ -63,10 +63,10 @@ void dx__ctx_make(dx__ctx *ctx, void *stack_lo, size_t size)
     uint16_t fpucw;
     __asm__ volatile("stmxcsr %0" : "=m"(mxcsr));
     __asm__ volatile("fnstcw %0" : "=m"(fpucw));
-    *--sp = 0;                           /* padding: keeps the layout even */
+    *--sp = 0; /* padding: keeps the layout even */
     *--sp = (uint64_t)(uintptr_t)dx__ctx_start; /* popped by ret */
     for (int i = 0; i < 6; i++)
-        *--sp = 0;                       /* rbp rbx r12 r13 r14 r15 */
+        *--sp = 0; /* rbp rbx r12 r13 r14 r15 */
     *--sp = (uint64_t)mxcsr | ((uint64_t)fpucw << 32);
     ctx->sp = sp;
 }

@@ -87,8 +87,8 @@ enum {
 };
 
 /* Flags of an exit signal (in its tag field). */
-#define DX__EXIT_LINK 1  /* caused by a linked process's exit */
-#define DX__EXIT_KILL 2  /* untrappable (dx_kill, runtime shutdown) */
+#define DX__EXIT_LINK 1 /* caused by a linked process's exit */
+#define DX__EXIT_KILL 2 /* untrappable (dx_kill, runtime shutdown) */
 
 /* ---- timers (timer.c) ---- */
 
@@ -165,7 +165,7 @@ struct dx__proc {
     uint8_t yield_reason;
     uint8_t started;
     uint8_t trap_exit;
-    uint8_t hidden;   /* runtime-internal helper, not counted */
+    uint8_t hidden; /* runtime-internal helper, not counted */
     uint8_t tmo_fired;
     int budget;
     int in_runtime; /* >0 while runtime code runs on this process's stack */
@@ -216,42 +216,30 @@ typedef struct dx__runq {
     uint32_t head, len, cap;
 } dx__runq;
 
+#define DX__CACHE_LINE 64
+
+/* Fields are grouped by who touches them, each group on its own cache
+ * lines, so another thread waking, robbing or reading this scheduler does
+ * not slow the owner's hot path (and vice versa). Allocated 64-aligned. */
 typedef struct dx__sched {
+    /* Owner thread only. */
     int index;
     pthread_t thread;
     dx__ctx ctx; /* the scheduler loop's own context */
     dx__proc *current;
-
-    dx__runq runq;   /* owner thread only */
-    dx__mpsc inject; /* processes woken from other threads */
-
-    pthread_mutex_t fresh_mu; /* processes that never ran: stealable */
-    dx__runq fresh;
-    _Atomic uint32_t fresh_len;
-
-    /* When the owner last took a fresh process, or the queue last became
-     * non-empty (ns): an old stamp with work waiting means "overloaded". */
-    _Atomic int64_t fresh_stamp;
-
-    pthread_mutex_t sleep_mu;
-    pthread_cond_t sleep_cv;
-    _Atomic int sleeping;
-
-    dx__timer_heap timers;
-
-    _Atomic uint64_t seen_epoch; /* QSBR: UINT64_MAX when offline */
+    dx__runq runq;
     dx__proc *limbo_head, *limbo_tail;
-
     uint32_t *free_idx; /* released pid-table slots, reused here */
     uint32_t free_len, free_cap;
-
+    uint32_t idx_next, idx_end; /* never-used slots reserved for us */
     uint64_t ref_counter;
     dx_msg *msg_cache; /* freed messages kept for reuse by this thread */
     uint32_t msg_cache_len;
+    dx__proc *proc_cache; /* reclaimed control blocks kept for reuse */
+    uint32_t proc_cache_len;
     uint64_t rng; /* deterministic mode */
     uint32_t picks;
     uint32_t loops;
-
 #if DX_COPY_STACK
     char *stack_map; /* mapping: guard pages then the shared stack */
     size_t stack_map_size;
@@ -264,8 +252,35 @@ typedef struct dx__sched {
     volatile sig_atomic_t fault_sig;
     void *volatile fault_addr;
     void *san_fiber;
+
+    /* Pushed to by any thread that wakes one of our processes. */
+    _Alignas(DX__CACHE_LINE) dx__mpsc inject;
+
+    /* Processes that never ran: taken by thieves too. */
+    _Alignas(DX__CACHE_LINE) pthread_mutex_t fresh_mu;
+    dx__runq fresh;
+    _Atomic uint32_t fresh_len;
+    /* When the owner last took a fresh process, or the queue last became
+     * non-empty (ns): an old stamp with work waiting means "overloaded". */
+    _Atomic int64_t fresh_stamp;
+    /* Set by the owner when it wakes a sibling to take fresh processes:
+     * the sibling then takes some whatever the stamp says. */
+    _Atomic int want_help;
+
+    /* Sleeping and being woken. */
+    _Alignas(DX__CACHE_LINE) pthread_mutex_t sleep_mu;
+    pthread_cond_t sleep_cv;
+    _Atomic int sleeping;
+
+    /* Read by every scheduler's reclamation. */
+    _Alignas(DX__CACHE_LINE) _Atomic uint64_t
+        seen_epoch; /* UINT64_MAX: offline */
+
+    _Alignas(DX__CACHE_LINE) dx__timer_heap timers;
 } dx__sched;
 
+/* Read-mostly settings first; every counter that threads write often sits
+ * on a cache line of its own. */
 typedef struct dx__runtime {
     _Atomic int running;
     _Atomic int stopping;
@@ -277,20 +292,19 @@ typedef struct dx__runtime {
     int budget;
     bool fault_isolation;
     dx__sched *scheds;
-
-    _Atomic uint64_t epoch;
+    void *scheds_mem;       /* unaligned block behind scheds */
     pthread_mutex_t ext_mu; /* one host thread at a time inside the runtime */
-    _Atomic uint64_t ext_seen;
-    _Atomic uint32_t ext_rr;
-
-    _Atomic size_t live; /* live, non-hidden processes */
-    _Atomic size_t live_all;
     pthread_mutex_t live_mu;
     pthread_cond_t live_cv;
-
-    _Atomic uint32_t next_fresh_idx;
     uint32_t *ext_free_idx;
     uint32_t ext_free_len, ext_free_cap;
+
+    _Alignas(DX__CACHE_LINE) _Atomic uint64_t epoch;
+    _Alignas(DX__CACHE_LINE) _Atomic uint64_t ext_seen;
+    _Alignas(DX__CACHE_LINE) _Atomic size_t live; /* non-hidden processes */
+    _Alignas(DX__CACHE_LINE) _Atomic size_t live_all;
+    _Alignas(DX__CACHE_LINE) _Atomic uint32_t next_fresh_idx;
+    _Alignas(DX__CACHE_LINE) _Atomic uint32_t ext_rr;
     _Atomic uint64_t ext_ref_counter;
 } dx__runtime;
 
@@ -320,7 +334,9 @@ void dx__ext_leave(int entered);
 
 /* Pid table. */
 dx__proc *dx__lookup(dx_pid pid);
+/* Reserve a slot and set p->pid; lookups find p only after publish. */
 int dx__pid_alloc(dx__proc *p);
+void dx__pid_publish(dx__proc *p);
 void dx__pid_release(dx__proc *p);
 uint32_t dx__pid_table_size(void);
 dx__proc *dx__slot_proc(uint32_t idx);
@@ -345,10 +361,15 @@ void dx__fiber_started(void);
 void dx__tick(dx__proc *p);
 
 /* Process life (proc.c). */
-int dx__spawn(dx_proc_fn fn, void *arg, const dx_spawn_opts *opts,
-              bool hidden, dx_pid *pid_out, dx_ref *mon_out);
+int dx__spawn(dx_proc_fn fn, void *arg, const dx_spawn_opts *opts, bool hidden,
+              dx_pid *pid_out, dx_ref *mon_out);
 void dx__proc_finish(dx__sched *s, dx__proc *p);
 void dx__proc_reclaim(dx__proc *p);
+/* A zeroed control block, reused from this scheduler's cache if it can
+ * be; dx__proc_block_free gives one back (or frees it). */
+dx__proc *dx__proc_block_alloc(void);
+void dx__proc_block_free(dx__proc *p);
+size_t dx__proc_block_size(const dx__proc *p);
 /* Queue a finished process for freeing after a grace period (sched.c). */
 void dx__retire(dx__sched *s, dx__proc *p);
 /* Deliver a signal/message: the node is pushed and the target woken.

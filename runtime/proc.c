@@ -340,8 +340,9 @@ static void q_append(dx__proc *p, dx_msg *m)
     else
         p->q_first = m;
     p->q_last = m;
-    atomic_store_explicit(&p->q_len, atomic_load_explicit(&p->q_len, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
+    atomic_store_explicit(
+        &p->q_len, atomic_load_explicit(&p->q_len, memory_order_relaxed) + 1,
+        memory_order_relaxed);
 }
 
 static void q_unlink(dx__proc *p, dx_msg *prev, dx_msg *m)
@@ -354,8 +355,9 @@ static void q_unlink(dx__proc *p, dx_msg *prev, dx_msg *m)
     if (p->q_last == m)
         p->q_last = prev;
     m->dx__node.next = NULL;
-    atomic_store_explicit(&p->q_len, atomic_load_explicit(&p->q_len, memory_order_relaxed) - 1,
-                          memory_order_relaxed);
+    atomic_store_explicit(
+        &p->q_len, atomic_load_explicit(&p->q_len, memory_order_relaxed) - 1,
+        memory_order_relaxed);
 }
 
 DX_NORETURN void dx__die(dx__proc *p, dx_term *reason)
@@ -580,8 +582,8 @@ int dx_sleep(int64_t ms)
 /* Spawn, entry, exit                                                  */
 /* ------------------------------------------------------------------ */
 
-int dx__spawn(dx_proc_fn fn, void *arg, const dx_spawn_opts *opts,
-              bool hidden, dx_pid *pid_out, dx_ref *mon_out)
+int dx__spawn(dx_proc_fn fn, void *arg, const dx_spawn_opts *opts, bool hidden,
+              dx_pid *pid_out, dx_ref *mon_out)
 {
     static const dx_spawn_opts none;
     if (opts == NULL)
@@ -602,7 +604,7 @@ int dx__spawn(dx_proc_fn fn, void *arg, const dx_spawn_opts *opts,
     if (rc != DX_OK)
         return rc;
 
-    dx__proc *p = dx_calloc(1, sizeof *p);
+    dx__proc *p = dx__proc_block_alloc();
     if (p == NULL) {
         dx__ext_leave(entered);
         return DX_ENOMEM;
@@ -616,15 +618,16 @@ int dx__spawn(dx_proc_fn fn, void *arg, const dx_spawn_opts *opts,
     p->hidden = hidden;
     p->tmo.kind = DX__TIMER_RECV;
     p->tmo.heap_idx = NO_IDX;
-    atomic_store_explicit(&p->mem_bytes, sizeof *p, memory_order_relaxed);
+    atomic_store_explicit(&p->mem_bytes, dx__proc_block_size(p),
+                          memory_order_relaxed);
     if (opts->label != NULL && (p->label = dx_strdup(opts->label)) == NULL) {
-        dx_free(p);
+        dx__proc_block_free(p);
         dx__ext_leave(entered);
         return DX_ENOMEM;
     }
     if ((rc = dx__pid_alloc(p)) != DX_OK) {
         dx_free(p->label);
-        dx_free(p);
+        dx__proc_block_free(p);
         dx__ext_leave(entered);
         return rc;
     }
@@ -636,7 +639,8 @@ int dx__spawn(dx_proc_fn fn, void *arg, const dx_spawn_opts *opts,
     if (rc == DX_OK && opts->monitor) {
         mref = dx_make_ref();
         rc = mon_add(&self->monitors, mref, p->pid);
-        if (rc == DX_OK && (rc = mon_add(&p->monitored_by, mref, self->pid)) != DX_OK)
+        if (rc == DX_OK &&
+            (rc = mon_add(&p->monitored_by, mref, self->pid)) != DX_OK)
             mon_remove(&self->monitors, mref, NULL);
     }
     if (rc == DX_OK && opts->name != NULL)
@@ -650,10 +654,11 @@ int dx__spawn(dx_proc_fn fn, void *arg, const dx_spawn_opts *opts,
         dx_free(p->links.pids);
         dx_free(p->monitored_by.items);
         dx_free(p->label);
-        dx_free(p); /* never visible to a sender: its pid was not handed out */
+        dx__proc_block_free(p); /* never published: nobody can see it */
         dx__ext_leave(entered);
         return rc;
     }
+    dx__pid_publish(p);
     atomic_fetch_add(&dx__rt.live_all, 1);
     if (!hidden)
         atomic_fetch_add(&dx__rt.live, 1);
@@ -728,7 +733,8 @@ void dx_exit_self(dx_term *reason)
 {
     dx__proc *p = dx__self_proc();
     if (p == NULL) {
-        static const char msg[] = "dspex: dx_exit_self called outside a process\n";
+        static const char msg[] =
+            "dspex: dx_exit_self called outside a process\n";
         (void)!write(2, msg, sizeof msg - 1);
         abort();
     }
@@ -888,7 +894,8 @@ static void drain_dead(dx__proc *p, bool late)
                           DX__EXIT_LINK, dx__a_noproc);
         } else if (m->dx__signal == DX__SIG_MONITOR) {
             if (late || mon_add(&p->monitored_by, m->ref, m->from) != DX_OK)
-                signal_to(m->from, DX__SIG_DOWN, p->pid, m->ref, 0, dx__a_noproc);
+                signal_to(m->from, DX__SIG_DOWN, p->pid, m->ref, 0,
+                          dx__a_noproc);
         } else if (m->dx__signal == DX__SIG_UNLINK) {
             link_remove(&p->links, m->from);
         } else if (m->dx__signal == DX__SIG_DEMONITOR) {
@@ -903,14 +910,9 @@ static void palloc_free_all(dx__proc *p);
 void dx__proc_finish(dx__sched *s, dx__proc *p)
 {
     atomic_store(&p->state, DX__EXITING);
-    dx__registry_drop(p);
-    dx__pid_release(p);
-    if (p->tmo.heap_idx != NO_IDX)
-        dx__timer_remove(&s->timers, &p->tmo);
-    drain_dead(p, false);
-
-    /* Free what the process owned before anyone hears of its end, so a
-     * DOWN or EXIT means its resources are already gone. */
+    /* Free what the process owned before anyone can learn of its end (a
+     * DOWN, an EXIT, or a lookup failing with noproc once the pid is
+     * unpublished below): whoever hears of it may rely on that. */
     dx__free_msg_list(p->q_first);
     p->q_first = p->q_last = NULL;
     while (p->held != NULL)
@@ -920,12 +922,16 @@ void dx__proc_finish(dx__sched *s, dx__proc *p)
     if (p->arg_free != NULL)
         p->arg_free(p->arg);
     p->arg_free = NULL;
-
-    /* Uncounted before anyone is told, so a watcher that got the DOWN
-     * never still sees the process in dx_process_count(). */
+    /* Uncounted before anyone is told, for the same reason. */
     if (!p->hidden)
         atomic_fetch_sub(&dx__rt.live, 1);
     bool last = atomic_fetch_sub(&dx__rt.live_all, 1) == 1;
+
+    dx__registry_drop(p);
+    dx__pid_release(p);
+    if (p->tmo.heap_idx != NO_IDX)
+        dx__timer_remove(&s->timers, &p->tmo);
+    drain_dead(p, false);
 
     dx_term *reason = p->exit_reason ? p->exit_reason : dx__a_normal;
     p->exit_reason = NULL;
@@ -960,7 +966,7 @@ void dx__proc_finish(dx__sched *s, dx__proc *p)
 void dx__proc_reclaim(dx__proc *p)
 {
     drain_dead(p, true);
-    dx_free(p);
+    dx__proc_block_free(p);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1110,9 +1116,11 @@ static void fill_info(dx__proc *p, dx_proc_info *o)
     }
     uint64_t sent = atomic_load_explicit(&p->sent, memory_order_relaxed);
     uint64_t taken = atomic_load_explicit(&p->taken, memory_order_relaxed);
-    o->mailbox_len = (size_t)(sent - taken) + atomic_load_explicit(&p->q_len, memory_order_relaxed);
+    o->mailbox_len = (size_t)(sent - taken) +
+                     atomic_load_explicit(&p->q_len, memory_order_relaxed);
     o->memory_bytes = atomic_load_explicit(&p->mem_bytes, memory_order_relaxed);
-    o->messages_handled = atomic_load_explicit(&p->handled, memory_order_relaxed);
+    o->messages_handled =
+        atomic_load_explicit(&p->handled, memory_order_relaxed);
     o->reductions = atomic_load_explicit(&p->reductions, memory_order_relaxed);
     o->links = __atomic_load_n(&p->links.len, __ATOMIC_RELAXED);
     o->monitors = __atomic_load_n(&p->monitors.len, __ATOMIC_RELAXED);
@@ -1255,7 +1263,8 @@ static void waiter_main(void *arg)
         waiter_finish(w, rc, NULL);
         return;
     }
-    dx_match mt = {.fields = DX_MATCH_REF | DX_MATCH_TAG, .tag = DX_TAG_DOWN, .ref = ref};
+    dx_match mt = {
+        .fields = DX_MATCH_REF | DX_MATCH_TAG, .tag = DX_TAG_DOWN, .ref = ref};
     dx_msg *m;
     if (dx_receive(&mt, DX_INFINITY, &m) != DX_OK)
         return;

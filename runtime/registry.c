@@ -33,8 +33,14 @@ static uint64_t hash_name(const char *s)
     return h;
 }
 
-void dx__registry_lock(void) { pthread_mutex_lock(&reg_mu); }
-void dx__registry_unlock(void) { pthread_mutex_unlock(&reg_mu); }
+void dx__registry_lock(void)
+{
+    pthread_mutex_lock(&reg_mu);
+}
+void dx__registry_unlock(void)
+{
+    pthread_mutex_unlock(&reg_mu);
+}
 
 void dx__registry_init(void)
 {
@@ -122,7 +128,8 @@ int dx__registry_add(dx__proc *p, const char *name)
             e->next = buckets[b];
             buckets[b] = e;
             nentries++;
-            p->name = copy;
+            /* seq_cst pairs with the exiting side (dx__registry_drop). */
+            __atomic_store_n(&p->name, copy, __ATOMIC_SEQ_CST);
         }
     }
     pthread_mutex_unlock(&reg_mu);
@@ -131,6 +138,12 @@ int dx__registry_add(dx__proc *p, const char *name)
 
 void dx__registry_drop(dx__proc *p)
 {
+    /* Most processes have neither a name nor a label: skip the global lock.
+     * The exiting process stored EXITING (seq_cst) before this load, and a
+     * registration checks EXITING before its seq_cst store of the name, so
+     * one of the two sees the other. The label is written only by p. */
+    if (__atomic_load_n(&p->name, __ATOMIC_SEQ_CST) == NULL && p->label == NULL)
+        return;
     pthread_mutex_lock(&reg_mu);
     if (p->name != NULL) {
         entry **pp = find(p->name);
@@ -141,7 +154,7 @@ void dx__registry_drop(dx__proc *p)
             dx_free(e);
             nentries--;
         }
-        p->name = NULL;
+        __atomic_store_n(&p->name, NULL, __ATOMIC_SEQ_CST);
     }
     dx_free(p->label);
     p->label = NULL;
@@ -178,7 +191,7 @@ int dx_unregister(const char *name)
         nentries--;
         dx__proc *p = dx__lookup(e->pid);
         if (p != NULL && p->name == e->name)
-            p->name = NULL;
+            __atomic_store_n(&p->name, NULL, __ATOMIC_SEQ_CST);
         dx_free(e->name);
         dx_free(e);
     }

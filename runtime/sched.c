@@ -136,6 +136,7 @@ int64_t dx_now_ms(void)
 #define SLOTS_PER_CHUNK (1u << SLOT_BITS)
 #define MAX_CHUNKS (1u << 16)
 #define GEN_MASK 0xFFFFFu
+#define IDX_BLOCK 256u
 
 typedef struct pid_slot {
     _Atomic(dx__proc *) proc;
@@ -150,21 +151,26 @@ static pid_slot *slot_at(uint32_t idx, bool create)
     uint32_t c = idx >> SLOT_BITS;
     if (c >= MAX_CHUNKS)
         return NULL;
-    pid_slot *chunk = atomic_load_explicit(&pid_chunks[c], memory_order_acquire);
+    pid_slot *chunk =
+        atomic_load_explicit(&pid_chunks[c], memory_order_acquire);
     if (chunk == NULL && create) {
         pthread_mutex_lock(&chunk_mu);
         chunk = atomic_load_explicit(&pid_chunks[c], memory_order_acquire);
         if (chunk == NULL) {
             chunk = dx_calloc(SLOTS_PER_CHUNK, sizeof(pid_slot));
             if (chunk != NULL)
-                atomic_store_explicit(&pid_chunks[c], chunk, memory_order_release);
+                atomic_store_explicit(&pid_chunks[c], chunk,
+                                      memory_order_release);
         }
         pthread_mutex_unlock(&chunk_mu);
     }
     return chunk ? &chunk[idx & (SLOTS_PER_CHUNK - 1)] : NULL;
 }
 
-static inline uint32_t pid_index(dx_pid pid) { return (uint32_t)pid.id; }
+static inline uint32_t pid_index(dx_pid pid)
+{
+    return (uint32_t)pid.id;
+}
 
 dx__proc *dx__lookup(dx_pid pid)
 {
@@ -208,28 +214,40 @@ int dx__pid_alloc(dx__proc *p)
 {
     dx__sched *s = dx__tls_sched;
     uint32_t idx;
-    if (s != NULL && s->free_len > 0)
+    if (s != NULL && s->free_len > 0) {
         idx = s->free_idx[--s->free_len];
-    else if (s == NULL && dx__rt.ext_free_len > 0) /* ext_mu held */
+    } else if (s != NULL) {
+        /* Reserve never-used slots in blocks: one shared increment per
+         * IDX_BLOCK spawns instead of one per spawn. */
+        if (s->idx_next == s->idx_end) {
+            s->idx_next = atomic_fetch_add(&dx__rt.next_fresh_idx, IDX_BLOCK);
+            s->idx_end = s->idx_next + IDX_BLOCK;
+        }
+        idx = s->idx_next++;
+    } else if (dx__rt.ext_free_len > 0) { /* ext_mu held */
         idx = dx__rt.ext_free_idx[--dx__rt.ext_free_len];
-    else
+    } else {
         idx = atomic_fetch_add(&dx__rt.next_fresh_idx, 1);
+    }
     pid_slot *sl = slot_at(idx, true);
     if (sl == NULL) {
-        if (idx < atomic_load(&dx__rt.next_fresh_idx) - 1 ||
-            s == NULL) { /* give a recycled index back */
-            if (s != NULL)
-                s->free_len++;
-            else
-                dx__rt.ext_free_len++;
-        }
+        /* Keep the index for later: its chunk could not be allocated. */
+        int rc = s ? free_push(&s->free_idx, &s->free_len, &s->free_cap, idx)
+                   : free_push(&dx__rt.ext_free_idx, &dx__rt.ext_free_len,
+                               &dx__rt.ext_free_cap, idx);
+        (void)rc;
         return DX_ENOMEM;
     }
     if (sl->gen == 0)
         sl->gen = 1;
     p->pid.id = (uint64_t)idx | ((uint64_t)sl->gen << 32);
-    atomic_store_explicit(&sl->proc, p, memory_order_release);
     return DX_OK;
+}
+
+void dx__pid_publish(dx__proc *p)
+{
+    pid_slot *sl = slot_at(pid_index(p->pid), false);
+    atomic_store_explicit(&sl->proc, p, memory_order_release);
 }
 
 /* Unpublish p: from now on lookups of its pid fail. The slot can be reused
@@ -247,6 +265,75 @@ void dx__pid_release(dx__proc *p)
                : free_push(&dx__rt.ext_free_idx, &dx__rt.ext_free_len,
                            &dx__rt.ext_free_cap, idx);
     (void)rc; /* on OOM the index is simply never reused */
+}
+
+/* ------------------------------------------------------------------ */
+/* Control blocks: reclaimed ones are kept per scheduler for reuse,    */
+/* with their saved-stack buffer, so a spawn after an exit costs no    */
+/* allocation at all.                                                  */
+/* ------------------------------------------------------------------ */
+
+#define PROC_CACHE_MAX 4096
+
+dx__proc *dx__proc_block_alloc(void)
+{
+    dx__sched *s = dx__tls_sched;
+    if (s == NULL || s->proc_cache == NULL)
+        return dx_calloc(1, sizeof(dx__proc));
+    dx__proc *p = s->proc_cache;
+    s->proc_cache = p->limbo_next;
+    s->proc_cache_len--;
+#if DX_COPY_STACK
+    char *save = p->stack_save;
+    size_t cap = p->stack_cap;
+#endif
+    static const dx__proc blank;
+    *p = blank;
+#if DX_COPY_STACK
+    p->stack_save = save;
+    p->stack_cap = cap;
+#endif
+    return p;
+}
+
+/* Size the block accounts for itself (its saved-stack buffer included). */
+size_t dx__proc_block_size(const dx__proc *p)
+{
+#if DX_COPY_STACK
+    return sizeof *p + p->stack_cap;
+#else
+    return sizeof *p;
+#endif
+}
+
+static void proc_block_destroy(dx__proc *p)
+{
+#if DX_COPY_STACK
+    dx_free(p->stack_save);
+#endif
+    dx_free(p);
+}
+
+void dx__proc_block_free(dx__proc *p)
+{
+    dx__sched *s = dx__tls_sched;
+    if (s != NULL && s->proc_cache_len < PROC_CACHE_MAX) {
+        p->limbo_next = s->proc_cache;
+        s->proc_cache = p;
+        s->proc_cache_len++;
+        return;
+    }
+    proc_block_destroy(p);
+}
+
+static void proc_cache_free(dx__sched *s)
+{
+    while (s->proc_cache != NULL) {
+        dx__proc *p = s->proc_cache;
+        s->proc_cache = p->limbo_next;
+        proc_block_destroy(p);
+    }
+    s->proc_cache_len = 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -289,13 +376,16 @@ void dx__retire(dx__sched *s, dx__proc *p)
     s->limbo_tail = p;
 }
 
-static void quiescent(dx__sched *s)
+/* Announce a quiescent point; every 32nd turn (or when `force`), also move
+ * the epoch on and free what every scheduler has passed. Doing the second
+ * part every turn made the shared epoch counter a hot cache line. */
+static void quiescent(dx__sched *s, bool force)
 {
     uint64_t e = atomic_load_explicit(&dx__rt.epoch, memory_order_acquire);
     /* Release is enough: it orders every earlier access to a retired block
      * before the announcement that we are past it. */
     atomic_store_explicit(&s->seen_epoch, e, memory_order_release);
-    if (s->limbo_head == NULL)
+    if (s->limbo_head == NULL || (!force && (s->loops & 31) != 0))
         return;
     /* Blocks retired in the current epoch need the epoch to move on before
      * anyone can be seen past it. */
@@ -377,7 +467,8 @@ int dx__enqueue_fresh(dx__proc *p)
         return runq_push(&s->runq, p);
     pthread_mutex_lock(&s->fresh_mu);
     if (s->fresh.len == 0)
-        atomic_store_explicit(&s->fresh_stamp, dx__now_ns(), memory_order_relaxed);
+        atomic_store_explicit(&s->fresh_stamp, dx__now_ns(),
+                              memory_order_relaxed);
     int rc = runq_push(&s->fresh, p);
     uint32_t n = s->fresh.len;
     atomic_store(&s->fresh_len, n);
@@ -398,7 +489,8 @@ static dx__proc *take_fresh(dx__sched *s)
     dx__proc *p = runq_pop(&s->fresh);
     atomic_store(&s->fresh_len, s->fresh.len);
     if (s->fresh.len > 0)
-        atomic_store_explicit(&s->fresh_stamp, dx__now_ns(), memory_order_relaxed);
+        atomic_store_explicit(&s->fresh_stamp, dx__now_ns(),
+                              memory_order_relaxed);
     pthread_mutex_unlock(&s->fresh_mu);
     return p;
 }
@@ -422,10 +514,12 @@ static int steal(dx__sched *s)
         if (atomic_load_explicit(&v->fresh_len, memory_order_relaxed) < 2 ||
             atomic_load_explicit(&v->sleeping, memory_order_relaxed))
             continue;
-        if (now == 0)
-            now = dx__now_ns();
-        if (!long_busy(v, now))
-            continue;
+        if (!atomic_load_explicit(&v->want_help, memory_order_relaxed)) {
+            if (now == 0)
+                now = dx__now_ns();
+            if (!long_busy(v, now))
+                continue;
+        }
         /* Never make the victim's spawn path wait for a thief. */
         if (pthread_mutex_trylock(&v->fresh_mu) != 0)
             continue;
@@ -437,6 +531,7 @@ static int steal(dx__sched *s)
             got++;
         }
         atomic_store(&v->fresh_len, v->fresh.len);
+        atomic_store_explicit(&v->want_help, 0, memory_order_relaxed);
         pthread_mutex_unlock(&v->fresh_mu);
     }
     return got;
@@ -446,8 +541,7 @@ static void drain_inject(dx__sched *s)
 {
     struct dx__node *n;
     while ((n = dx__mpsc_pop(&s->inject)) != NULL)
-        runq_push_or_die(&s->runq,
-                         dx__container_of(n, dx__proc, run_node));
+        runq_push_or_die(&s->runq, dx__container_of(n, dx__proc, run_node));
 }
 
 static uint64_t rng_next(uint64_t *x)
@@ -469,7 +563,8 @@ static dx__proc *next_runnable(dx__sched *s)
         }
         if (s->runq.len == 0)
             return NULL;
-        return runq_take_at(&s->runq, (uint32_t)(rng_next(&s->rng) % s->runq.len));
+        return runq_take_at(&s->runq,
+                            (uint32_t)(rng_next(&s->rng) % s->runq.len));
     }
     /* New processes take turns with runnable ones, so a spawner that keeps
      * its budget busy still lets its children start (much as Erlang puts a
@@ -565,9 +660,9 @@ void dx__proc_stack_free(dx__proc *p)
     dx__sched *s = p->home;
     if (s && s->stack_owner == p)
         s->stack_owner = NULL;
-    dx_free(p->stack_save);
-    p->stack_save = NULL;
-    p->stack_cap = p->stack_len = 0;
+    /* The buffer stays with the control block, which is reused (see
+     * dx__proc_block_alloc) or freed with it. */
+    p->stack_len = 0;
 }
 
 #else /* a stack of its own for every process */
@@ -718,7 +813,8 @@ static void run_proc(dx__sched *s, dx__proc *p)
     prepare_stack(s, p);
 #else
     if (prepare_stack(s, p) != DX_OK) {
-        p->exit_reason = dx_tuple(2, dx_atom("spawn_failed"), dx_atom("no_stack"));
+        p->exit_reason =
+            dx_tuple(2, dx_atom("spawn_failed"), dx_atom("no_stack"));
         dx__proc_finish(s, p);
         return;
     }
@@ -741,7 +837,8 @@ static void run_proc(dx__sched *s, dx__proc *p)
         atomic_store(&p->state, DX__WAITING);
         if (dx__mpsc_nonempty(&p->mailbox) || p->tmo_fired) {
             uint32_t expect = DX__WAITING;
-            if (atomic_compare_exchange_strong(&p->state, &expect, DX__RUNNABLE))
+            if (atomic_compare_exchange_strong(&p->state, &expect,
+                                               DX__RUNNABLE))
                 runq_push_or_die(&s->runq, p);
         }
         break;
@@ -805,7 +902,8 @@ static void idle(dx__sched *s, int64_t next_deadline)
         while (atomic_load(&s->sleeping)) {
             if (next_deadline == INT64_MAX) {
                 pthread_cond_wait(&s->sleep_cv, &s->sleep_mu);
-            } else if (pthread_cond_timedwait(&s->sleep_cv, &s->sleep_mu, &ts) != 0) {
+            } else if (pthread_cond_timedwait(&s->sleep_cv, &s->sleep_mu,
+                                              &ts) != 0) {
                 break;
             }
         }
@@ -821,7 +919,7 @@ static void sched_loop(dx__sched *s)
     if (sigsetjmp(s->fault_jmp, 0) != 0)
         recover_fault(s);
     for (;;) {
-        quiescent(s);
+        quiescent(s, false);
         /* Timers are looked at every 16th turn and before going idle: a
          * clock read per process switch would cost more than the switch. */
         if ((++s->loops & 15) == 0)
@@ -838,6 +936,7 @@ static void sched_loop(dx__sched *s)
                     break;
                 if (steal(s) > 0)
                     continue;
+                quiescent(s, true); /* free what we can before sleeping */
                 idle(s, next);
                 continue;
             }
@@ -847,8 +946,12 @@ static void sched_loop(dx__sched *s)
          * to take some (only reads a counter in the common case). */
         if (dx__rt.nsched > 1 &&
             atomic_load_explicit(&s->fresh_len, memory_order_relaxed) >= 2 &&
-            long_busy(s, dx__now_ns()))
+            long_busy(s, dx__now_ns())) {
+            /* The owner pops fresh processes as it goes, which keeps the
+             * stamp young: say plainly that help is wanted. */
+            atomic_store(&s->want_help, 1);
             wake_idle_sibling(s);
+        }
     }
 }
 
@@ -907,6 +1010,7 @@ static int intern_atoms(void)
 static void sched_destroy(dx__sched *s)
 {
     dx__msg_cache_free(s);
+    proc_cache_free(s);
     stack_fini(s);
     dx__timer_heap_destroy(&s->timers);
     dx_free(s->runq.items);
@@ -932,7 +1036,8 @@ static void free_runtime(int nstarted)
     dx__timers_shutdown();
     for (int i = 0; i < dx__rt.nsched; i++)
         sched_destroy(&dx__rt.scheds[i]);
-    dx_free(dx__rt.scheds);
+    dx_free(dx__rt.scheds_mem);
+    dx__rt.scheds_mem = NULL;
     dx__rt.scheds = NULL;
     for (uint32_t c = 0; c < MAX_CHUNKS; c++) {
         pid_slot *chunk = atomic_load(&pid_chunks[c]);
@@ -967,7 +1072,8 @@ int dx_runtime_start(const dx_runtime_opts *opts)
     memset(&dx__rt, 0, sizeof dx__rt);
     dx__rt.page_size = (size_t)sysconf(_SC_PAGESIZE);
     dx__rt.deterministic = o.deterministic;
-    dx__rt.nsched = o.deterministic ? 1 : (o.schedulers ? o.schedulers : env_schedulers());
+    dx__rt.nsched =
+        o.deterministic ? 1 : (o.schedulers ? o.schedulers : env_schedulers());
     dx__rt.stack_size = o.stack_size ? o.stack_size : (size_t)1 << 20;
     if (dx__rt.stack_size < 16 * 1024)
         dx__rt.stack_size = 16 * 1024;
@@ -986,7 +1092,14 @@ int dx_runtime_start(const dx_runtime_opts *opts)
     pthread_cond_init(&dx__rt.live_cv, &ca);
     dx__registry_init();
 
-    dx__rt.scheds = dx_calloc((size_t)dx__rt.nsched, sizeof(dx__sched));
+    /* dx_malloc promises only malloc's alignment; the struct wants 64. */
+    dx__rt.scheds_mem = dx_calloc(1, (size_t)dx__rt.nsched * sizeof(dx__sched) +
+                                         DX__CACHE_LINE);
+    dx__rt.scheds = dx__rt.scheds_mem
+                        ? (dx__sched *)(((uintptr_t)dx__rt.scheds_mem +
+                                         DX__CACHE_LINE - 1) &
+                                        ~(uintptr_t)(DX__CACHE_LINE - 1))
+                        : NULL;
     if (dx__rt.scheds == NULL) {
         pthread_condattr_destroy(&ca);
         free_runtime(0);
@@ -996,7 +1109,8 @@ int dx_runtime_start(const dx_runtime_opts *opts)
     for (int i = 0; i < dx__rt.nsched; i++) {
         dx__sched *s = &dx__rt.scheds[i];
         s->index = i;
-        s->rng = o.seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull + (uint64_t)i;
+        s->rng = o.seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull +
+                 (uint64_t)i;
         if (s->rng == 0)
             s->rng = 1;
         dx__mpsc_init(&s->inject);

@@ -338,7 +338,8 @@ int dx_server_stop(dx_pid server, dx_term *reason, int64_t timeout_ms)
         dx_demonitor(ref, true);
         return DX_ENOPROC;
     }
-    dx_match mt = {.fields = DX_MATCH_REF | DX_MATCH_TAG, .tag = DX_TAG_DOWN, .ref = ref};
+    dx_match mt = {
+        .fields = DX_MATCH_REF | DX_MATCH_TAG, .tag = DX_TAG_DOWN, .ref = ref};
     dx_msg *down;
     rc = dx_receive(&mt, timeout_ms, &down);
     if (rc != DX_OK) {

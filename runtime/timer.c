@@ -66,7 +66,8 @@ static void sift_down(dx__timer_heap *h, uint32_t i)
         uint32_t c = 2 * i + 1;
         if (c >= h->len)
             break;
-        if (c + 1 < h->len && h->items[c + 1]->deadline_ns < h->items[c]->deadline_ns)
+        if (c + 1 < h->len &&
+            h->items[c + 1]->deadline_ns < h->items[c]->deadline_ns)
             c++;
         if (h->items[c]->deadline_ns >= t->deadline_ns)
             break;
@@ -118,7 +119,10 @@ void dx__timer_remove(dx__timer_heap *h, dx__timer *t)
     pthread_mutex_unlock(&h->mu);
 }
 
-static uint32_t bucket(dx_ref r) { return (uint32_t)(r.id * 0x9E3779B97F4A7C15ull >> 54) % BUCKETS; }
+static uint32_t bucket(dx_ref r)
+{
+    return (uint32_t)(r.id * 0x9E3779B97F4A7C15ull >> 54) % BUCKETS;
+}
 
 /* Unlink t from the cancel table; table_mu held. */
 static bool table_unlink(send_timer *t)
@@ -270,7 +274,8 @@ int dx_cancel_timer(dx_ref tref)
     if (in_heap)
         heap_remove_at(h, t->base.heap_idx);
     else
-        t->base.cancelled = 1; /* popped and about to fire: the firer frees it */
+        t->base.cancelled =
+            1; /* popped and about to fire: the firer frees it */
     pthread_mutex_unlock(&h->mu);
     pthread_mutex_unlock(&table_mu);
     if (in_heap) {

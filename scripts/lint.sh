@@ -36,7 +36,13 @@ status=0
 # that says "never sprintf" is not a hit. snprintf, vsnprintf, fgets and
 # strtok_r do not match: the name must start at a word boundary and be
 # followed by "(".
-banned=$(awk '
+banned_calls="strcpy|strcat|sprintf|vsprintf|atoi|atol|atoll|strtok|gets"
+banned=$(awk -v names="$banned_calls" '
+BEGIN {
+    # A member named like a banned function (s.gets(), p->atoi()) is not
+    # the C library call.
+    re = "(^|[^A-Za-z0-9_.>])(" names ")[ \t]*\\("
+}
 FNR == 1 { incomment = 0 }
 {
     line = $0; out = ""; i = 1; n = length(line)
@@ -61,9 +67,6 @@ FNR == 1 { incomment = 0 }
         }
         out = out c; i++
     }
-    # A member named like a banned function (s.gets(), p->atoi()) is not
-    # the C library call.
-    re = "(^|[^A-Za-z0-9_.>])(strcpy|strcat|sprintf|vsprintf|atoi|atol|atoll|strtok|gets)[ \t]*\\("
     hits = ""
     while (match(out, re)) {
         hit = substr(out, RSTART, RLENGTH)

@@ -6,7 +6,8 @@
 #   asan  clang with AddressSanitizer + UndefinedBehaviorSanitizer, build-asan/
 #   tsan  clang with ThreadSanitizer, build-tsan/
 # Every stage runs even after an earlier one failed, so one run shows all
-# the failures; the exit status is non-zero if any stage failed.
+# the failures; the exit status is non-zero if any stage failed. The last
+# line counts the test executables of all stages ("tests: N passed, ...").
 #
 # Knobs, for developers:
 #   DX_TEST_SETUPS  which builds to run (default "gcc asan tsan")
@@ -31,6 +32,20 @@ total_skip=0
 elapsed()
 {
     echo "$(($(date +%s) - $1))s"
+}
+
+# Add a summary line: stage, PASS or FAIL, step, start time, detail.
+record()
+{
+    local line
+    line=$(printf '%-5s %s  %-10s %s' "$1" "$2" "$3" "$(elapsed "$4")")
+    if [ -n "${5:-}" ]; then
+        line+="  ($5)"
+    fi
+    summary+=("$line")
+    if [ "$2" != PASS ]; then
+        failed=1
+    fi
 }
 
 # Configure dir (if it is not configured yet) with CC=$1 and the given meson
@@ -84,32 +99,29 @@ run_setup()
     echo
     echo "==> $name: $cc build in $dir/"
     if ! configure "$cc" "$dir" "$@"; then
-        summary+=("$(printf '%-5s FAIL  configure  %s' "$name" "$(elapsed "$t0")")")
-        failed=1
+        record "$name" FAIL configure "$t0"
         return
     fi
     if ! ninja -C "$dir" -j "$jobs"; then
-        summary+=("$(printf '%-5s FAIL  build      %s' "$name" "$(elapsed "$t0")")")
-        failed=1
+        record "$name" FAIL build "$t0"
         return
     fi
     rm -f "$dir/meson-logs/testlog.json"
     meson test -C "$dir" --print-errorlogs "${test_args[@]}" || rc=$?
-    local pass fail skip
-    read -r pass fail skip < <(count_results "$dir")
+    local pass=0 fail=0 skip=0
+    read -r pass fail skip < <(count_results "$dir") || true
+    pass=${pass:-0} fail=${fail:-0} skip=${skip:-0}
     total_pass=$((total_pass + pass))
     total_fail=$((total_fail + fail))
     total_skip=$((total_skip + skip))
     what="$pass passed, $fail failed, $skip skipped"
     if [ "$rc" -ne 0 ] || [ "$fail" -ne 0 ]; then
-        summary+=("$(printf '%-5s FAIL  tests      %s  (%s)' "$name" "$(elapsed "$t0")" "$what")")
-        failed=1
+        record "$name" FAIL tests "$t0" "$what"
     elif [ "$pass" -eq 0 ]; then
         # A test command that runs no test is a defect, not a success.
-        summary+=("$(printf '%-5s FAIL  no tests   %s' "$name" "$(elapsed "$t0")")")
-        failed=1
+        record "$name" FAIL "no tests" "$t0"
     else
-        summary+=("$(printf '%-5s PASS  tests      %s  (%s)' "$name" "$(elapsed "$t0")" "$what")")
+        record "$name" PASS tests "$t0" "$what"
     fi
 }
 
@@ -118,10 +130,9 @@ test_args=("$@")
 t0=$(date +%s)
 echo "==> lint"
 if "$root/scripts/lint.sh"; then
-    summary+=("$(printf '%-5s PASS  lint       %s' lint "$(elapsed "$t0")")")
+    record lint PASS lint "$t0"
 else
-    summary+=("$(printf '%-5s FAIL  lint       %s' lint "$(elapsed "$t0")")")
-    failed=1
+    record lint FAIL lint "$t0"
 fi
 
 # b_lundef=false: the sanitizer runtimes are linked into executables only,
@@ -136,14 +147,27 @@ for setup in $setups; do
             -Db_sanitize=address,undefined -Db_lundef=false
         ;;
     tsan)
+        # Sanitizer builds give every process its own mapped stack (two
+        # mappings) and TSan adds a shadow stack per process; the suites
+        # keep 10,000+ processes alive, past Linux's default limit of
+        # 65,530 mappings. Raise it when we may (root), else say why.
+        maps=$(cat /proc/sys/vm/max_map_count 2>/dev/null || echo 0)
+        if [ "$maps" -lt 262144 ]; then
+            if [ "$(id -u)" -eq 0 ]; then
+                sysctl -q -w vm.max_map_count=262144 ||
+                    echo "test.sh: could not raise vm.max_map_count" >&2
+            else
+                echo "test.sh: vm.max_map_count is $maps; the tsan stage's" \
+                    "10,000-process tests may fail (raise it as root)" >&2
+            fi
+        fi
         run_setup tsan clang build-tsan \
             -Db_sanitize=thread -Db_lundef=false
         ;;
     *)
         echo "test.sh: unknown setup '$setup' in DX_TEST_SETUPS" \
             "(known: gcc asan tsan)" >&2
-        summary+=("$(printf '%-5s FAIL  unknown setup' "$setup")")
-        failed=1
+        record "$setup" FAIL "unknown" "$(date +%s)"
         ;;
     esac
 done

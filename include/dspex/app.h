@@ -51,7 +51,8 @@ DX_API int dx_app_stop(dx_app *app, dx_term **reason);
  * NULL), start the application, run main(arg) in a process and wait for it
  * to return, then stop the application and the runtime. With main NULL it
  * waits until the application ends by itself. *exit_reason (optional) gets
- * main's exit reason (or the root's when main is NULL). Host thread. */
+ * main's exit reason (or the root's when main is NULL). Host thread
+ * (DX_ESTATE from a process). */
 DX_API int dx_app_run(const dx_runtime_opts *opts, const dx_sup_spec *root,
                       dx_proc_fn main, void *arg, dx_term **exit_reason);
 

@@ -213,7 +213,9 @@ typedef struct dx_sup_child {
     dx_sup_child_status status;
     dx_sup_child_type type;
     dx_sup_restart restart;
-    uint64_t restarts; /* times the supervisor restarted this child */
+    /* times the supervisor restarted this child after it ended (a
+     * dx_sup_restart_child on request does not count) */
+    uint64_t restarts;
 } dx_sup_child;
 
 /* Snapshot of the children: static ones in start order, dynamic ones in no
