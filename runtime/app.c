@@ -18,6 +18,7 @@
 #include "dspex/alloc.h"
 #include "dspex/app.h"
 #include "dspex/log.h"
+#include "dx_internal.h"
 
 /* Messages between a caller and the master. */
 enum { TAG_APP_STARTED = 0x41505001, TAG_APP_STOP };
@@ -28,10 +29,7 @@ struct dx_app {
 
     /* The root spec, deep-copied: the master reads it while the caller
      * waits, and a waiting process's stack is not readable. */
-    dx_sup_spec spec;
-    dx_child_spec *children;
-    char *ids;
-    char *name;
+    dx__spec_copy copy;
     char label[64];
 
     dx_pid master;
@@ -54,9 +52,7 @@ static void app_free(dx_app *a)
     pthread_cond_destroy(&a->cv);
     dx_term_free(a->start_error);
     dx_term_free(a->final_reason);
-    dx_free(a->children);
-    dx_free(a->ids);
-    dx_free(a->name);
+    dx__spec_copy_fini(&a->copy);
     dx_free(a);
 }
 
@@ -72,39 +68,10 @@ static dx_app *app_new(const dx_sup_spec *spec)
     pthread_cond_init(&a->cv, &ca);
     pthread_condattr_destroy(&ca);
 
-    a->spec = *spec;
-    size_t idlen = 1;
-    for (size_t i = 0; i < spec->nchildren; i++)
-        if (spec->children[i].id != NULL)
-            idlen += strnlen(spec->children[i].id, DX_SUP_ID_MAX + 1) + 1;
-    if (spec->nchildren > 0) {
-        a->children = dx_calloc(spec->nchildren, sizeof *a->children);
-        a->ids = dx_malloc(idlen);
-        if (a->children == NULL || a->ids == NULL)
-            goto oom;
-        char *p = a->ids;
-        for (size_t i = 0; i < spec->nchildren; i++) {
-            a->children[i] = spec->children[i];
-            const char *id = spec->children[i].id;
-            if (id != NULL) {
-                /* Over-long ids are cut one byte past the limit, so the
-                 * supervisor still rejects them. */
-                size_t n = strnlen(id, DX_SUP_ID_MAX + 1);
-                memcpy(p, id, n);
-                p[n] = '\0';
-                a->children[i].id = p;
-                p += n + 1;
-            }
-        }
-    }
-    a->spec.children = a->children;
-    if (spec->name != NULL) {
-        a->name = dx_strdup(spec->name);
-        if (a->name == NULL)
-            goto oom;
-    }
-    a->spec.name = a->name;
-    snprintf(a->label, sizeof a->label, "%s", a->name ? a->name : "app");
+    if (dx__spec_copy_init(&a->copy, spec) != DX_OK)
+        goto oom;
+    snprintf(a->label, sizeof a->label, "%s",
+             a->copy.name ? a->copy.name : "app");
     return a;
 oom:
     app_free(a);
@@ -131,7 +98,7 @@ static void master(void *arg)
 
     dx_pid root = DX_NOPID;
     dx_term *err = NULL;
-    int rc = dx_sup_start_link(&a->spec, &root, &err);
+    int rc = dx_sup_start_link(&a->copy.spec, &root, &err);
 
     pthread_mutex_lock(&a->mu);
     a->started = true;

@@ -23,6 +23,7 @@
 #include "dx_config.h"
 #include "dspex/runtime.h"
 #include "dspex/server.h"
+#include "dspex/supervisor.h"
 
 #define dx__container_of(ptr, type, member)                                    \
     ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
@@ -397,6 +398,20 @@ void dx__registry_drop(dx__proc *p);
 int dx__registry_add(dx__proc *p, const char *name);
 void dx__registry_lock(void);
 void dx__registry_unlock(void);
+
+/* A supervisor spec copied with everything it points to (the children, their
+ * ids, the name), so it outlives the caller's memory (supervisor.c). Ids
+ * longer than DX_SUP_ID_MAX are cut one byte past the limit, so the copy
+ * is still rejected as the original would be. */
+typedef struct dx__spec_copy {
+    dx_sup_spec spec; /* points into the fields below */
+    dx_child_spec *children;
+    char *ids; /* all ids, NUL-separated */
+    char *name;
+} dx__spec_copy;
+
+int dx__spec_copy_init(dx__spec_copy *c, const dx_sup_spec *spec);
+void dx__spec_copy_fini(dx__spec_copy *c);
 
 /* Faults (fault.c). */
 int dx__fault_install(void);

@@ -20,6 +20,7 @@
 #include "dspex/log.h"
 #include "dspex/server.h"
 #include "dspex/supervisor.h"
+#include "dx_internal.h"
 
 /* Default shutdown time of a worker, in ms (OTP's 5000). */
 #define WORKER_SHUTDOWN_MS 5000
@@ -99,10 +100,7 @@ typedef struct sup {
 /* What dx_sup_start_link hands to init: a heap copy of the spec (the
  * caller's stack is not readable from the supervisor process). */
 typedef struct start_arg {
-    dx_sup_spec spec;
-    dx_child_spec *children;
-    char *name;
-    char *ids; /* all ids, NUL-separated */
+    dx__spec_copy copy;
     dx_pid parent;
 } start_arg;
 
@@ -821,7 +819,7 @@ static dx_term *failed_to_start(const char *id, int rc)
 static int sup_init(void *arg, void **state, dx_term **stop_reason)
 {
     const start_arg *a = arg;
-    const dx_sup_spec *spec = &a->spec;
+    const dx_sup_spec *spec = &a->copy.spec;
     sup *s = dx_pcalloc(1, sizeof *s);
     if (s == NULL)
         return DX_ENOMEM;
@@ -838,8 +836,8 @@ static int sup_init(void *arg, void **state, dx_term **stop_reason)
             (int64_t)(spec->period_s ? spec->period_s : DEFAULT_PERIOD_S) *
             1000;
     }
-    if (a->name != NULL) {
-        snprintf(s->label, sizeof s->label, "%s", a->name);
+    if (a->copy.name != NULL) {
+        snprintf(s->label, sizeof s->label, "%s", a->copy.name);
     } else {
         dx_term *t = dx_pid_term(s->self);
         if (t != NULL)
@@ -1188,13 +1186,58 @@ static const dx_server_ops sup_ops = {
 
 /* ---- client side ------------------------------------------------------------- */
 
+int dx__spec_copy_init(dx__spec_copy *c, const dx_sup_spec *spec)
+{
+    memset(c, 0, sizeof *c);
+    c->spec = *spec;
+    size_t idlen = 1;
+    for (size_t i = 0; i < spec->nchildren; i++)
+        if (spec->children[i].id != NULL)
+            idlen += strnlen(spec->children[i].id, DX_SUP_ID_MAX + 1) + 1;
+    if (spec->nchildren > 0) {
+        c->children = dx_calloc(spec->nchildren, sizeof *c->children);
+        c->ids = dx_malloc(idlen);
+        if (c->children == NULL || c->ids == NULL)
+            goto oom;
+        char *p = c->ids;
+        for (size_t i = 0; i < spec->nchildren; i++) {
+            c->children[i] = spec->children[i];
+            const char *id = spec->children[i].id;
+            if (id != NULL) {
+                size_t n = strnlen(id, DX_SUP_ID_MAX + 1);
+                memcpy(p, id, n);
+                p[n] = '\0';
+                c->children[i].id = p;
+                p += n + 1;
+            }
+        }
+    }
+    c->spec.children = c->children;
+    if (spec->name != NULL) {
+        c->name = dx_strdup(spec->name);
+        if (c->name == NULL)
+            goto oom;
+    }
+    c->spec.name = c->name;
+    return DX_OK;
+oom:
+    dx__spec_copy_fini(c);
+    return DX_ENOMEM;
+}
+
+void dx__spec_copy_fini(dx__spec_copy *c)
+{
+    dx_free(c->children);
+    dx_free(c->ids);
+    dx_free(c->name);
+    memset(c, 0, sizeof *c);
+}
+
 static void start_arg_free(start_arg *a)
 {
     if (a == NULL)
         return;
-    dx_free(a->children);
-    dx_free(a->name);
-    dx_free(a->ids);
+    dx__spec_copy_fini(&a->copy);
     dx_free(a);
 }
 
@@ -1203,39 +1246,12 @@ static start_arg *start_arg_new(const dx_sup_spec *spec)
     start_arg *a = dx_calloc(1, sizeof *a);
     if (a == NULL)
         return NULL;
-    a->spec = *spec;
+    if (dx__spec_copy_init(&a->copy, spec) != DX_OK) {
+        dx_free(a);
+        return NULL;
+    }
     a->parent = dx_self();
-    size_t idlen = 0;
-    for (size_t i = 0; i < spec->nchildren; i++)
-        if (spec->children[i].id != NULL)
-            idlen += strlen(spec->children[i].id) + 1;
-    if (spec->nchildren > 0) {
-        a->children = dx_calloc(spec->nchildren, sizeof *a->children);
-        a->ids = dx_malloc(idlen ? idlen : 1);
-        if (a->children == NULL || a->ids == NULL)
-            goto oom;
-        char *p = a->ids;
-        for (size_t i = 0; i < spec->nchildren; i++) {
-            a->children[i] = spec->children[i];
-            if (spec->children[i].id != NULL) {
-                size_t n = strlen(spec->children[i].id) + 1;
-                memcpy(p, spec->children[i].id, n);
-                a->children[i].id = p;
-                p += n;
-            }
-        }
-    }
-    a->spec.children = a->children;
-    if (spec->name != NULL) {
-        a->name = dx_strdup(spec->name);
-        if (a->name == NULL)
-            goto oom;
-    }
-    a->spec.name = a->name;
     return a;
-oom:
-    start_arg_free(a);
-    return NULL;
 }
 
 int dx_sup_start_link(const dx_sup_spec *spec, dx_pid *pid_out, dx_term **error)
@@ -1253,7 +1269,7 @@ int dx_sup_start_link(const dx_sup_spec *spec, dx_pid *pid_out, dx_term **error)
     if (a == NULL)
         return DX_ENOMEM;
     dx_server_opts o = {.link = true,
-                        .name = a->name,
+                        .name = a->copy.name,
                         .timeout_ms = DX_INFINITY,
                         .trap_exit = true};
     dx_pid pid = DX_NOPID;
