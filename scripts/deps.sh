@@ -22,6 +22,7 @@ DX_PACKAGES=(
     libuv1-dev
     libcurl4-openssl-dev
     libcjson-dev
+    libhttp-parser-dev
     libcriterion-dev
     valgrind
     clang-format
