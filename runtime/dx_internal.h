@@ -189,6 +189,7 @@ struct dx__proc {
     void *stack_lo;
     size_t stack_size;
     void *san_fiber; /* TSan fiber / ASan fake-stack bookkeeping */
+    unsigned valgrind_stack;
 #endif
 
     dx_proc_fn fn;
@@ -246,6 +247,7 @@ typedef struct dx__sched {
     size_t stack_map_size;
     char *stack_lo, *stack_hi;
     dx__proc *stack_owner; /* whose frames are live on the shared stack */
+    unsigned valgrind_stack;
 #endif
     void *altstack;
     size_t altstack_size;

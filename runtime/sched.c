@@ -34,6 +34,25 @@
 #include <sanitizer/tsan_interface.h>
 #endif
 
+/* Under valgrind, memcheck must be told about process stacks: which ranges
+ * are stacks (so a switch is not taken for a huge frame) and, in copy-stack
+ * mode, that frames copied back below the scheduler's view of the stack
+ * pointer are live memory again. The requests cost a few instructions
+ * outside valgrind. */
+#if defined(__has_include)
+#if __has_include(<valgrind/memcheck.h>)
+#include <valgrind/memcheck.h>
+#include <valgrind/valgrind.h>
+#define DX_VALGRIND 1
+#endif
+#endif
+#ifndef DX_VALGRIND
+#define DX_VALGRIND 0
+#define VALGRIND_STACK_REGISTER(lo, hi) 0u
+#define VALGRIND_STACK_DEREGISTER(id) ((void)(id))
+#define VALGRIND_MAKE_MEM_UNDEFINED(addr, len) ((void)(addr), (void)(len))
+#endif
+
 dx__runtime dx__rt;
 _Thread_local dx__sched *dx__tls_sched;
 
@@ -608,13 +627,16 @@ static int stack_init(dx__sched *s)
     s->stack_map = m;
     s->stack_lo = (char *)m + GUARD_BYTES;
     s->stack_hi = s->stack_lo + size;
+    s->valgrind_stack = VALGRIND_STACK_REGISTER(s->stack_lo, s->stack_hi);
     return DX_OK;
 }
 
 static void stack_fini(dx__sched *s)
 {
-    if (s->stack_map)
+    if (s->stack_map) {
+        VALGRIND_STACK_DEREGISTER(s->valgrind_stack);
         munmap(s->stack_map, s->stack_map_size);
+    }
 }
 
 /* Copy the frames of the process that parked last out of the shared stack. */
@@ -648,9 +670,11 @@ static void prepare_stack(dx__sched *s, dx__proc *p)
         return; /* its frames are still in place */
     save_owner(s);
     if (!p->started) {
+        VALGRIND_MAKE_MEM_UNDEFINED(s->stack_hi - 128, 128);
         dx__ctx_make(&p->ctx, s->stack_lo, (size_t)(s->stack_hi - s->stack_lo));
         p->started = 1;
     } else {
+        VALGRIND_MAKE_MEM_UNDEFINED(p->ctx.sp, p->stack_len);
         memcpy(p->ctx.sp, p->stack_save, p->stack_len);
     }
 }
@@ -694,6 +718,8 @@ static int prepare_stack(dx__sched *s, dx__proc *p)
     }
     p->stack_lo = m + GUARD_BYTES;
     p->stack_size = size;
+    p->valgrind_stack =
+        VALGRIND_STACK_REGISTER(p->stack_lo, (char *)p->stack_lo + size);
     dx__ctx_make(&p->ctx, p->stack_lo, size);
 #if DX_SANITIZE_THREAD
     p->san_fiber = __tsan_create_fiber(0);
@@ -715,8 +741,10 @@ void dx__proc_stack_free(dx__proc *p)
         __tsan_destroy_fiber(p->san_fiber);
     p->san_fiber = NULL;
 #endif
-    if (p->stack_lo)
+    if (p->stack_lo) {
+        VALGRIND_STACK_DEREGISTER(p->valgrind_stack);
         munmap((char *)p->stack_lo - GUARD_BYTES, p->stack_size + GUARD_BYTES);
+    }
     p->stack_lo = NULL;
 }
 

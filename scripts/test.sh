@@ -5,12 +5,13 @@
 #   gcc   gcc, debugoptimized, in build/
 #   asan  clang with AddressSanitizer + UndefinedBehaviorSanitizer, build-asan/
 #   tsan  clang with ThreadSanitizer, build-tsan/
+#   valgrind  the gcc build's kernel suites under valgrind memcheck
 # Every stage runs even after an earlier one failed, so one run shows all
 # the failures; the exit status is non-zero if any stage failed. The last
 # line counts the test executables of all stages ("tests: N passed, ...").
 #
 # Knobs, for developers:
-#   DX_TEST_SETUPS  which builds to run (default "gcc asan tsan")
+#   DX_TEST_SETUPS  which builds to run (default "gcc asan tsan valgrind")
 #   DX_JOBS         parallel compile jobs (default 2)
 #   Extra arguments go to every `meson test` (e.g. a test name, --suite unit).
 # A build directory is configured once; later runs only rebuild (ninja reruns
@@ -21,7 +22,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 "$root/scripts/deps.sh"
 
-setups=${DX_TEST_SETUPS:-gcc asan tsan}
+setups=${DX_TEST_SETUPS:-gcc asan tsan valgrind}
 jobs=${DX_JOBS:-2}
 summary=()
 failed=0
@@ -107,7 +108,8 @@ run_setup()
         return
     fi
     rm -f "$dir/meson-logs/testlog.json"
-    meson test -C "$dir" --print-errorlogs "${test_args[@]}" || rc=$?
+    meson test -C "$dir" --print-errorlogs "${setup_args[@]}" \
+        "${test_args[@]}" || rc=$?
     local pass=0 fail=0 skip=0
     read -r pass fail skip < <(count_results "$dir") || true
     pass=${pass:-0} fail=${fail:-0} skip=${skip:-0}
@@ -126,6 +128,12 @@ run_setup()
 }
 
 test_args=("$@")
+setup_args=()
+# The suites valgrind's memcheck runs over: the kernel's. The crash suite
+# faults on purpose and the supervisor suites are long; the sanitizer
+# builds cover those.
+valgrind_suites=(alloc term proc mailbox links monitor registry timer server
+    sched shutdown log app)
 
 t0=$(date +%s)
 echo "==> lint"
@@ -141,6 +149,17 @@ for setup in $setups; do
     case $setup in
     gcc)
         run_setup gcc gcc build
+        ;;
+    valgrind)
+        # The gcc build again, each test binary under memcheck (meson's
+        # `valgrind` test setup in meson.build).
+        if [ ${#test_args[@]} -eq 0 ]; then
+            setup_args=(--setup valgrind --num-processes 2 "${valgrind_suites[@]}")
+        else
+            setup_args=(--setup valgrind --num-processes 2)
+        fi
+        run_setup valgrind gcc build
+        setup_args=()
         ;;
     asan)
         run_setup asan clang build-asan \
@@ -166,7 +185,7 @@ for setup in $setups; do
         ;;
     *)
         echo "test.sh: unknown setup '$setup' in DX_TEST_SETUPS" \
-            "(known: gcc asan tsan)" >&2
+            "(known: gcc asan tsan valgrind)" >&2
         record "$setup" FAIL "unknown" "$(date +%s)"
         ;;
     esac
