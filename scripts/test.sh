@@ -69,11 +69,15 @@ configure()
 # print "pass fail skip".
 count_results()
 {
-    python3 - "$1/meson-logs/testlog.json" <<'EOF'
-import json, sys
+    python3 - "$1/meson-logs" <<'EOF'
+import glob, json, os, sys
 counts = {"pass": 0, "fail": 0, "skip": 0}
+# meson names the log after the test setup: testlog.json, testlog-valgrind.json
+logs = glob.glob(os.path.join(sys.argv[1], "testlog*.json"))
 try:
-    with open(sys.argv[1]) as f:
+    if not logs:
+        raise FileNotFoundError
+    with open(max(logs, key=os.path.getmtime)) as f:
         for line in f:
             if not line.strip():
                 continue
@@ -107,7 +111,7 @@ run_setup()
         record "$name" FAIL build "$t0"
         return
     fi
-    rm -f "$dir/meson-logs/testlog.json"
+    rm -f "$dir"/meson-logs/testlog*.json
     meson test -C "$dir" --print-errorlogs "${setup_args[@]}" \
         "${test_args[@]}" || rc=$?
     local pass=0 fail=0 skip=0
