@@ -25,7 +25,13 @@
     X(ELIMIT, -11, "a configured limit was reached")                           \
     X(ESYS, -12, "system call failed")                                         \
     X(EINIT, -13, "initialisation failed")                                     \
-    X(ENOTSUP, -14, "not supported")
+    X(ENOTSUP, -14, "not supported")                                           \
+    X(ECONNECT, -15, "could not connect to the server")                        \
+    X(ERESET, -16, "connection closed or reset before the response ended")     \
+    X(ECANCELED, -17, "the operation was cancelled")                           \
+    X(EHTTP, -18, "the HTTP transfer failed")                                  \
+    X(EPROVIDER, -20, "the LM provider call failed (see dx_lm_error)")         \
+    X(ENOKEY, -21, "no API key configured for the LM provider")
 
 typedef enum dx_err {
     DX_OK = 0,

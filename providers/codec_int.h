@@ -1,0 +1,104 @@
+/*
+ * codec_int.h — what the provider codecs share inside providers/: a bounded
+ * growable buffer, cJSON set-up and small JSON helpers, error shortcuts and
+ * the building of encoded requests. Not installed; codecs outside dspex use
+ * only provider.h.
+ */
+#ifndef DSPEX_CODEC_INT_H
+#define DSPEX_CODEC_INT_H
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dspex/export.h"
+#include "dspex/provider.h"
+
+/* A growable byte buffer that refuses to grow past max (DX_ELIMIT). p is
+ * NULL until the first append. */
+typedef struct dx__buf {
+    char *p;
+    size_t len;
+    size_t cap;
+    size_t max;
+} dx__buf;
+
+void dx__buf_init(dx__buf *b, size_t max);
+void dx__buf_free(dx__buf *b);
+int dx__buf_append(dx__buf *b, const void *s, size_t n);
+/* Make p a NUL-terminated string (the NUL is not counted in len). */
+int dx__buf_terminate(dx__buf *b);
+
+/* Route cJSON's allocations through dx_malloc/dx_free. cJSON keeps its hooks
+ * in one global, so this is the only place that sets them; every entry
+ * point of the codecs calls it (once-only, thread-safe). */
+void dx__json_init(void);
+
+/* Object member of the given type, or NULL. */
+const cJSON *dx__jobj(const cJSON *o, const char *key);
+const cJSON *dx__jarr(const cJSON *o, const char *key);
+const char *dx__jstr(const cJSON *o, const char *key);
+/* Integer member (a JSON number), or dflt. */
+int64_t dx__jint(const cJSON *o, const char *key, int64_t dflt);
+/* Unformatted JSON text of item, allocated with dx_malloc; NULL on OOM. */
+char *dx__jprint(const cJSON *item);
+/* Parse JSON text (dx_malloc'd tree); NULL if not JSON. */
+cJSON *dx__jparse(const char *s, size_t n);
+
+/* Set err to malformed_response "<prov>: <what>" and return DX_EPROVIDER. */
+int dx__bad(dx_lm_error *err, const char *prov, const char *fmt, ...)
+    DX_PRINTF(3, 4);
+/* Set err to bad_request and return code (DX_EINVAL / DX_ENOTSUP). */
+int dx__reject(dx_lm_error *err, int code, const char *prov, const char *fmt,
+               ...) DX_PRINTF(4, 5);
+/* Set err for an allocation failure and return DX_ENOMEM. */
+int dx__oom(dx_lm_error *err, const char *prov);
+
+/* Fill out: POST path (a printf format), body printed from json. Adds
+ * "Content-Type: application/json". DX_OK or DX_ENOMEM (out zeroed). */
+int dx__http_post(dx_lm_http *out, const cJSON *body, const char *path_fmt, ...)
+    DX_PRINTF(3, 4);
+/* Append a "name: value" header line. */
+int dx__http_header(dx_lm_http *out, const char *name, const char *value);
+
+/* Role/text of request messages, joined for providers that take the system
+ * prompt apart: all DX_LM_SYSTEM contents joined by "\n\n" (dx_malloc'd,
+ * NULL when there are none or on OOM: check *oom). */
+char *dx__system_text(const dx_lm_request *r, bool *oom);
+
+/* cJSON helpers that report allocation failure through a flag, so encoders
+ * can build a whole tree and check once. */
+typedef struct dx__jb {
+    bool oom;
+} dx__jb;
+cJSON *dx__jadd_obj(dx__jb *b, cJSON *parent, const char *key);
+cJSON *dx__jadd_arr(dx__jb *b, cJSON *parent, const char *key);
+void dx__jadd_str(dx__jb *b, cJSON *parent, const char *key, const char *v);
+void dx__jadd_num(dx__jb *b, cJSON *parent, const char *key, double v);
+void dx__jadd_bool(dx__jb *b, cJSON *parent, const char *key, bool v);
+/* Add parsed JSON text (already validated by the request setters); a text
+ * that does not parse adds nothing and returns false. */
+bool dx__jadd_raw(dx__jb *b, cJSON *parent, const char *key, const char *json);
+/* Push to an array (key NULL) or add to an object. */
+void dx__jadd_item(dx__jb *b, cJSON *parent, const char *key, cJSON *item);
+
+/* The config a stream decodes for (its provider name goes in errors). */
+const dx_lm_config *dx__stream_config(const dx_lm_stream *s);
+
+/* Store row `row` of n embedding vectors from a JSON array of numbers
+ * (the first row fixes the dimension; later rows must match). DX_OK,
+ * DX_ENOMEM, DX_EPROVIDER (malformed, err says where). */
+int dx__embed_row(dx_lm_embeddings *e, size_t n, size_t row,
+                  const cJSON *values, dx_lm_error *err, const char *prov,
+                  const char *where);
+
+/* Map a finish string through a table {raw, kind}; DX_LM_FINISH_OTHER for
+ * strings not in it. */
+typedef struct dx__finish_map {
+    const char *raw;
+    dx_lm_finish finish;
+} dx__finish_map;
+dx_lm_finish dx__finish_lookup(const dx__finish_map *m, const char *raw);
+
+#endif

@@ -1,0 +1,338 @@
+/*
+ * test_provider.c — the common LM model: model-string parsing and keys,
+ * the registry, request builders, status and retry-after mapping, redacted
+ * rendering, and allocation failure in decoding (every failing allocation
+ * is reported as DX_ENOMEM and leaks nothing).
+ */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dspex/alloc.h"
+#include "dspex/error.h"
+#include "dspex/provider.h"
+
+Test(provider, model_strings_pick_the_provider_and_defaults, .timeout = 10)
+{
+    dx_lm_config *c = NULL;
+    cr_assert_eq(dx_lm_config_new("openai/gpt-4o-mini", NULL, "k-1234", &c),
+                 DX_OK);
+    cr_assert_eq(c->provider, &dx_lm_provider_openai);
+    cr_assert_str_eq(c->model, "gpt-4o-mini");
+    cr_assert_str_eq(c->base_url, "https://api.openai.com/v1");
+    dx_lm_config_free(c);
+    cr_assert_eq(dx_lm_config_new("anthropic/claude-3-5-haiku-latest", NULL,
+                                  "k-1234", &c),
+                 DX_OK);
+    cr_assert_str_eq(c->base_url, "https://api.anthropic.com");
+    dx_lm_config_free(c);
+    cr_assert_eq(dx_lm_config_new("gemini/gemini-2.0-flash",
+                                  "http://127.0.0.1:9/v1beta/", "k-1234", &c),
+                 DX_OK);
+    cr_assert_str_eq(c->base_url, "http://127.0.0.1:9/v1beta");
+    dx_lm_config_free(c);
+}
+
+Test(provider, bad_model_strings_are_refused, .timeout = 10)
+{
+    dx_lm_config *c = NULL;
+    cr_assert_eq(dx_lm_config_new("gpt-4o", NULL, "k", &c), DX_EINVAL);
+    cr_assert_eq(dx_lm_config_new("openai/", NULL, "k", &c), DX_EINVAL);
+    cr_assert_eq(dx_lm_config_new("/x", NULL, "k", &c), DX_EINVAL);
+    cr_assert_eq(dx_lm_config_new("mistral/x", NULL, "k", &c), DX_ENOENT);
+    cr_assert_eq(dx_lm_config_new("gemini/a?key=b", NULL, "k", &c), DX_EINVAL);
+    cr_assert_eq(dx_lm_config_new("gemini/../x", NULL, "k", &c), DX_EINVAL);
+    cr_assert_eq(dx_lm_config_new("openai-compatible/x", NULL, NULL, &c),
+                 DX_EINVAL, "compatible servers need a base_url");
+    cr_assert_eq(dx_lm_config_new("openai/x", "ftp://h", "k", &c), DX_EINVAL);
+    cr_assert_eq(dx_lm_config_new("openai/x", NULL, "a\r\nb", &c), DX_EINVAL);
+    cr_assert_null(c);
+}
+
+Test(provider, keys_come_from_the_argument_then_the_environment, .timeout = 10)
+{
+    dx_lm_config *c = NULL;
+    unsetenv("ANTHROPIC_API_KEY");
+    cr_assert_eq(dx_lm_config_new("anthropic/m", NULL, NULL, &c), DX_ENOKEY);
+    setenv("ANTHROPIC_API_KEY", "env-key-1", 1);
+    cr_assert_eq(dx_lm_config_new("anthropic/m", NULL, NULL, &c), DX_OK);
+    cr_assert_str_eq(c->api_key, "env-key-1");
+    dx_lm_config_free(c);
+    cr_assert_eq(dx_lm_config_new("anthropic/m", NULL, "arg-key", &c), DX_OK);
+    cr_assert_str_eq(c->api_key, "arg-key");
+    dx_lm_config_free(c);
+    /* a compatible server never gets OPENAI_API_KEY by accident */
+    setenv("OPENAI_API_KEY", "real-openai-key", 1);
+    cr_assert_eq(
+        dx_lm_config_new("openai-compatible/m", "http://h/v1", NULL, &c),
+        DX_OK);
+    cr_assert_null(c->api_key);
+    dx_lm_config_free(c);
+    unsetenv("OPENAI_API_KEY");
+    unsetenv("ANTHROPIC_API_KEY");
+}
+
+static int fake_encode(const dx_lm_config *c, const dx_lm_request *r,
+                       dx_lm_http *o, dx_lm_error *e)
+{
+    (void)c, (void)r, (void)o, (void)e;
+    return DX_ENOTSUP;
+}
+
+static int fake_decode(const dx_lm_config *c, const void *j, dx_lm_stream *s,
+                       dx_lm_error *e)
+{
+    (void)c, (void)j, (void)s, (void)e;
+    return DX_ENOTSUP;
+}
+
+static const dx_lm_provider fake = {
+    .name = "fake",
+    .version = DX_LM_PROVIDER_VERSION,
+    .default_base_url = "http://localhost",
+    .encode = fake_encode,
+    .decode = fake_decode,
+};
+
+Test(provider, registry_finds_builtins_and_registered_codecs, .timeout = 10)
+{
+    cr_assert_eq(dx_lm_provider_find("gemini"), &dx_lm_provider_gemini);
+    cr_assert_eq(dx_lm_provider_find("openai-compatible"),
+                 &dx_lm_provider_openai_compatible);
+    cr_assert_null(dx_lm_provider_find("fake"));
+    cr_assert_eq(dx_lm_provider_register(&fake), DX_OK);
+    cr_assert_eq(dx_lm_provider_find("fake"), &fake);
+    cr_assert_eq(dx_lm_provider_register(&fake), DX_EEXIST);
+    cr_assert_eq(dx_lm_provider_register(&dx_lm_provider_openai), DX_EEXIST);
+    dx_lm_provider old = fake;
+    old.name = "old";
+    old.version = 99;
+    cr_assert_eq(dx_lm_provider_register(&old), DX_EINVAL);
+    cr_assert(dx_lm_provider_gemini.caps & DX_LM_CAP_EMBED);
+    cr_assert_eq(dx_lm_provider_anthropic.caps & DX_LM_CAP_N, 0);
+}
+
+Test(provider, request_builders_validate_their_input, .timeout = 10)
+{
+    dx_lm_request *r = dx_lm_request_new("m");
+    cr_assert_eq(dx_lm_request_add_message(r, DX_LM_TOOL, "x"), DX_EINVAL);
+    cr_assert_eq(dx_lm_request_add_message(r, DX_LM_USER, NULL), DX_EINVAL);
+    cr_assert_eq(dx_lm_request_add_tool_call(r, "i", "n", "{}"), DX_EINVAL,
+                 "no assistant message to attach to");
+    cr_assert_eq(dx_lm_request_add_message(r, DX_LM_ASSISTANT, ""), DX_OK);
+    cr_assert_eq(dx_lm_request_add_tool_call(r, "i", "n", "[1]"), DX_EINVAL);
+    cr_assert_eq(dx_lm_request_add_tool_call(r, "i", "n", "{\"a\":1}"), DX_OK);
+    cr_assert_eq(dx_lm_request_add_tool(r, "t", NULL, "{oops"), DX_EINVAL);
+    cr_assert_eq(dx_lm_request_set_schema(r, "s", "not json", false),
+                 DX_EINVAL);
+    cr_assert_eq(r->format, DX_LM_FORMAT_TEXT);
+    cr_assert_eq(dx_lm_request_add_stop(r, ""), DX_EINVAL);
+    dx_lm_request_free(r);
+    dx_lm_request_free(NULL);
+}
+
+Test(provider, empty_requests_are_refused_by_every_codec, .timeout = 10)
+{
+    const char *models[] = {"openai/m", "anthropic/m", "gemini/m"};
+    for (size_t i = 0; i < 3; i++) {
+        dx_lm_config *c = NULL;
+        cr_assert_eq(dx_lm_config_new(models[i], NULL, "key-1", &c), DX_OK);
+        dx_lm_request *r = dx_lm_request_new(NULL);
+        dx_lm_http h;
+        dx_lm_error err;
+        cr_assert_eq(dx_lm_encode(c, r, &h, &err), DX_EINVAL);
+        cr_assert_eq(err.kind, DX_LM_ERR_BAD_REQUEST);
+        cr_assert(strstr(err.message, "no messages"), "%s", err.message);
+        dx_lm_request_free(r);
+        dx_lm_config_free(c);
+    }
+}
+
+Test(provider, statuses_map_to_the_error_taxonomy, .timeout = 10)
+{
+    cr_assert_eq(dx_lm_error_kind_for_status(401), DX_LM_ERR_AUTH);
+    cr_assert_eq(dx_lm_error_kind_for_status(403), DX_LM_ERR_AUTH);
+    cr_assert_eq(dx_lm_error_kind_for_status(400), DX_LM_ERR_BAD_REQUEST);
+    cr_assert_eq(dx_lm_error_kind_for_status(422), DX_LM_ERR_BAD_REQUEST);
+    cr_assert_eq(dx_lm_error_kind_for_status(418), DX_LM_ERR_BAD_REQUEST);
+    cr_assert_eq(dx_lm_error_kind_for_status(404), DX_LM_ERR_NOT_FOUND);
+    cr_assert_eq(dx_lm_error_kind_for_status(408), DX_LM_ERR_TIMEOUT);
+    cr_assert_eq(dx_lm_error_kind_for_status(409), DX_LM_ERR_CONFLICT);
+    cr_assert_eq(dx_lm_error_kind_for_status(429), DX_LM_ERR_RATE_LIMITED);
+    cr_assert_eq(dx_lm_error_kind_for_status(503), DX_LM_ERR_OVERLOADED);
+    cr_assert_eq(dx_lm_error_kind_for_status(529), DX_LM_ERR_OVERLOADED);
+    cr_assert_eq(dx_lm_error_kind_for_status(500), DX_LM_ERR_SERVER_ERROR);
+    cr_assert_eq(dx_lm_error_kind_for_status(302),
+                 DX_LM_ERR_MALFORMED_RESPONSE);
+    cr_assert_str_eq(dx_lm_error_kind_name(DX_LM_ERR_RATE_LIMITED),
+                     "rate_limited");
+    cr_assert_str_eq(dx_lm_error_kind_name((dx_lm_error_kind)99), "unknown");
+    cr_assert(dx_lm_error_retryable(DX_LM_ERR_OVERLOADED));
+    cr_assert(!dx_lm_error_retryable(DX_LM_ERR_AUTH));
+    cr_assert_str_eq(dx_strerror(DX_EPROVIDER),
+                     "the LM provider call failed (see dx_lm_error)");
+    cr_assert_str_eq(dx_err_name(DX_ENOKEY), "ENOKEY");
+}
+
+Test(provider, retry_after_reads_ms_seconds_and_http_dates, .timeout = 10)
+{
+    cr_assert_eq(dx_lm_retry_after_ms("250.5", "9", NULL), 250);
+    cr_assert_eq(dx_lm_retry_after_ms(NULL, "2", NULL), 2000);
+    cr_assert_eq(dx_lm_retry_after_ms(NULL, "0.5", NULL), 500);
+    cr_assert_eq(dx_lm_retry_after_ms("junk", "1", NULL), 1000);
+    cr_assert_eq(dx_lm_retry_after_ms(NULL, "Wed, 21 Oct 2015 07:28:30 GMT",
+                                      "Wed, 21 Oct 2015 07:28:00 GMT"),
+                 30000);
+    cr_assert_eq(dx_lm_retry_after_ms(NULL, "Wed, 21 Oct 2015 07:28:00 GMT",
+                                      "Wed, 21 Oct 2015 07:29:00 GMT"),
+                 0, "a date in the past means now");
+    cr_assert_eq(dx_lm_retry_after_ms(NULL, "soon", NULL), -1);
+    cr_assert_eq(dx_lm_retry_after_ms(NULL, "-3", NULL), -1);
+    cr_assert_eq(dx_lm_retry_after_ms(NULL, NULL, NULL), -1);
+}
+
+Test(provider, rendering_for_logs_redacts_keys, .timeout = 10)
+{
+    const char *models[] = {"openai/m", "anthropic/m", "gemini/m"};
+    const char *key = "sk-secret-XYZ-9876";
+    for (size_t i = 0; i < 3; i++) {
+        dx_lm_config *c = NULL;
+        cr_assert_eq(dx_lm_config_new(models[i], NULL, key, &c), DX_OK);
+        dx_lm_request *r = dx_lm_request_new(NULL);
+        /* even a prompt that quotes the key is scrubbed in the log */
+        dx_lm_request_add_message(r, DX_LM_USER,
+                                  "my key is sk-secret-XYZ-9876");
+        dx_lm_http h;
+        dx_lm_error err;
+        cr_assert_eq(dx_lm_encode(c, r, &h, &err), DX_OK);
+        bool in_headers = false;
+        for (size_t k = 0; k < h.n_headers; k++)
+            in_headers = in_headers || strstr(h.headers[k], key);
+        cr_assert(in_headers, "the key is sent in a header");
+        cr_assert_null(strstr(h.path, key), "never in the URL");
+        char buf[2048];
+        size_t n = dx_lm_http_render(c, &h, buf, sizeof buf);
+        cr_assert_lt(n, sizeof buf);
+        cr_assert_null(strstr(buf, key), "%s", buf);
+        cr_assert(strstr(buf, "[redacted]"), "%s", buf);
+        cr_assert(strstr(buf, "POST https://"), "%s", buf);
+        /* truncation keeps the buffer terminated */
+        char small[16];
+        cr_assert_gt(dx_lm_http_render(c, &h, small, sizeof small), 15);
+        cr_assert_eq(strlen(small), 15);
+        dx_lm_http_free(&h);
+        dx_lm_request_free(r);
+        dx_lm_config_free(c);
+    }
+}
+
+/* ---- allocation failure ---- */
+
+static long calls, fail_at;
+
+static void *f_malloc(size_t n, void *ud)
+{
+    (void)ud;
+    return ++calls == fail_at ? NULL : malloc(n);
+}
+
+static void *f_realloc(void *p, size_t n, void *ud)
+{
+    (void)ud;
+    return ++calls == fail_at ? NULL : realloc(p, n);
+}
+
+static void f_free(void *p, void *ud)
+{
+    (void)ud;
+    free(p);
+}
+
+static const dx_allocator failing = {f_malloc, f_realloc, f_free, NULL};
+
+static const char *anthropic_reply =
+    "{\"id\":\"m\",\"model\":\"x\",\"content\":[{\"type\":\"text\",\"text\":"
+    "\"hi\"},{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"f\",\"input\":{"
+    "\"a\":[1,2]}}],\"stop_reason\":\"tool_use\",\"usage\":{"
+    "\"input_tokens\":1,\"output_tokens\":2}}";
+
+Test(provider, every_failed_allocation_in_decode_is_reported_cleanly,
+     .timeout = 20)
+{
+    dx_lm_config *c = NULL;
+    cr_assert_eq(dx_lm_config_new("anthropic/m", NULL, "key-1", &c), DX_OK);
+    dx_lm_header h[] = {{"content-type", "application/json"},
+                        {"request-id", "r"}};
+    dx_lm_reply rep = {200, h, 2, anthropic_reply, strlen(anthropic_reply)};
+    dx_set_allocator(&failing);
+    int rc = DX_ENOMEM;
+    long n;
+    for (n = 1; n < 500 && rc != DX_OK; n++) {
+        calls = 0;
+        fail_at = n;
+        dx_lm_response *r = NULL;
+        dx_lm_error err;
+        rc = dx_lm_decode(c, &rep, &r, &err);
+        /* cJSON reports its own allocation failures as a parse failure */
+        cr_assert(rc == DX_OK || rc == DX_ENOMEM ||
+                      (rc == DX_EPROVIDER &&
+                       err.kind == DX_LM_ERR_MALFORMED_RESPONSE),
+                  "fail at %ld: rc %d", n, rc);
+        if (rc == DX_OK) {
+            cr_assert_str_eq(r->choices[0].tool_calls[0].arguments,
+                             "{\"a\":[1,2]}");
+            dx_lm_response_free(r);
+        } else {
+            cr_assert_null(r);
+        }
+    }
+    fail_at = 0;
+    dx_set_allocator(NULL);
+    cr_assert_eq(rc, DX_OK, "decode never succeeded");
+    cr_assert_gt(n, 5, "allocations were not routed through dx_malloc");
+    dx_lm_config_free(c);
+}
+
+Test(provider, every_failed_allocation_in_a_stream_is_reported_cleanly,
+     .timeout = 20)
+{
+    dx_lm_config *c = NULL;
+    cr_assert_eq(dx_lm_config_new("openai/m", NULL, "key-1", &c), DX_OK);
+    const char *sse =
+        "data: {\"id\":\"a\",\"choices\":[{\"index\":0,\"delta\":{"
+        "\"content\":\"Hel\"}}]}\n\n"
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},"
+        "\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+    dx_lm_header h[] = {{"content-type", "text/event-stream"}};
+    dx_lm_reply head = {200, h, 1, NULL, 0};
+    dx_set_allocator(&failing);
+    int rc = DX_ENOMEM;
+    for (long n = 1; n < 500 && rc != DX_OK; n++) {
+        calls = 0;
+        fail_at = n;
+        dx_lm_stream *s = NULL;
+        dx_lm_error err;
+        dx_lm_response *r = NULL;
+        rc = dx_lm_stream_new(c, NULL, NULL, &s);
+        if (rc == DX_OK) {
+            rc = dx_lm_stream_begin(s, &head, &err);
+            size_t len = strlen(sse);
+            for (size_t i = 0; rc == DX_OK && i < len; i += 10)
+                rc = dx_lm_stream_feed(s, sse + i, len - i < 10 ? len - i : 10,
+                                       &err);
+            if (rc == DX_OK)
+                rc = dx_lm_stream_finish(s, &r, &err);
+        }
+        cr_assert(rc == DX_OK || rc == DX_ENOMEM || rc == DX_EPROVIDER,
+                  "fail at %ld: rc %d", n, rc);
+        if (rc == DX_OK) {
+            cr_assert_str_eq(r->choices[0].text, "Hello");
+            dx_lm_response_free(r);
+        }
+        dx_lm_stream_free(s);
+    }
+    fail_at = 0;
+    dx_set_allocator(NULL);
+    cr_assert_eq(rc, DX_OK);
+    dx_lm_config_free(c);
+}
