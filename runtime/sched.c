@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dspex/io.h"
 #include "dx_internal.h"
 
 #if DX_SANITIZE_ADDRESS
@@ -1219,6 +1220,9 @@ int dx_runtime_stop(void)
     int expect = 0;
     if (!atomic_compare_exchange_strong(&dx__rt.stopping, &expect, 1))
         return DX_ESTATE;
+    /* The I/O loop first: open transfers then complete (cancelled) while
+     * the processes waiting for them are still alive to be told. */
+    dx_io_stop();
     /* Signals to processes spawned while we kill are caught by repeating
      * until nothing is alive. */
     pthread_mutex_lock(&dx__rt.live_mu);

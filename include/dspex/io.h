@@ -1,0 +1,64 @@
+/*
+ * io.h — the I/O loop bridge: one libuv loop on one thread of its own.
+ *
+ * Processes never touch libuv: code that needs the loop (the HTTP transport)
+ * hands it a function with dx_io_call(), which may be called from any thread;
+ * the function then runs on the I/O thread, where it may create and use libuv
+ * handles on dx_io_loop(). Results go back to processes as messages
+ * (dx_send works from the I/O thread). Functions run one at a time, in the
+ * order they were submitted (one FIFO queue for all submitters).
+ *
+ * The thread starts on first use (dx_io_call or dx_io_start) and runs until
+ * dx_io_stop(). Stop the loop before dx_runtime_stop(): work still in flight
+ * then reports to live processes. docs/internals/http.md describes the
+ * design.
+ */
+#ifndef DSPEX_IO_H
+#define DSPEX_IO_H
+
+#include <stdbool.h>
+
+#include "export.h"
+
+struct uv_loop_s;
+
+/* Start the I/O thread if it is not running. DX_OK if it runs afterwards
+ * (also when it already ran); DX_ESTATE while a dx_io_stop() is under way;
+ * DX_ESYS/DX_ENOMEM if the loop or thread cannot be made (nothing is left
+ * behind). Any thread except the I/O thread. */
+DX_API int dx_io_start(void);
+
+/* Stop the I/O thread: work already submitted runs first, then the stop
+ * hooks (dx_io_at_stop) run in reverse order of registration and close
+ * their handles (any handle still open after them is closed by the loop),
+ * then the loop is closed and the thread joined. Blocks until
+ * done. DX_OK also when it was not running (idempotent). DX_ESTATE when
+ * called on the I/O thread itself. Any other thread, processes included
+ * (the calling process's scheduler thread blocks for the duration). */
+DX_API int dx_io_stop(void);
+
+/* Whether the I/O thread runs right now (racy by nature). Any thread. */
+DX_API bool dx_io_running(void);
+
+/* Run fn(arg) on the I/O thread, starting the thread if needed. On DX_OK fn
+ * runs exactly once, before dx_io_stop() returns; on any error it never
+ * runs and the caller keeps arg. DX_ESTATE while a stop is under way,
+ * DX_ENOMEM, or what dx_io_start() returns. fn must not block: every other
+ * I/O waits behind it. Any thread; from the I/O thread itself fn runs on a
+ * later turn of the loop, never re-entrantly. */
+DX_API int dx_io_call(void (*fn)(void *arg), void *arg);
+
+/* The loop. Only meaningful on the I/O thread (NULL elsewhere). */
+DX_API struct uv_loop_s *dx_io_loop(void);
+
+/* Whether the caller runs on the I/O thread. Any thread. */
+DX_API bool dx_io_on_loop_thread(void);
+
+/* Register fn(arg) to run on the I/O thread when the loop stops, after the
+ * last queued work and before the loop is closed. fn must close every libuv
+ * handle its module still holds. A hook is registered for one life of the
+ * loop: a module that sets itself up again after a restart registers again.
+ * DX_ENOMEM, or DX_ESTATE when not called on the I/O thread. I/O thread. */
+DX_API int dx_io_at_stop(void (*fn)(void *arg), void *arg);
+
+#endif

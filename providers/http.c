@@ -1,0 +1,1035 @@
+/*
+ * http.c — the HTTP transport: one curl multi handle driven by the I/O loop
+ * (CURLMOPT_SOCKETFUNCTION → one uv_poll per socket, CURLMOPT_TIMERFUNCTION →
+ * one uv_timer, curl_multi_socket_action from their callbacks), the table of
+ * running transfers keyed by request ref and by requester pid, and the
+ * watcher process that tells the loop when a requester dies.
+ *
+ * Threads: dx_http_submit builds the curl easy handle on the caller's thread
+ * (nothing shared is touched) and hands it to the loop with dx_io_call; from
+ * then on the transfer, the multi handle and every table here belong to the
+ * I/O thread alone. Only the two counters are read elsewhere.
+ *
+ * Requester death: the loop cannot monitor (monitors are for processes), so
+ * one dspex process, the watcher, monitors each requester on the loop's
+ * behalf — once per requester pid, not per request — and on DOWN posts a
+ * cancel-all-for-pid to the loop. docs/internals/http.md has the details.
+ */
+#include "dspex/http.h"
+
+#include <curl/curl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <uv.h>
+
+#include "dspex/alloc.h"
+#include "dspex/error.h"
+#include "dspex/io.h"
+
+/* Watcher message tags (private to this file; user tags are >= 0 too, but
+ * nobody else sends to the watcher). */
+enum { W_WATCH = 1, W_STOP = 2 };
+
+/* ------------------------------------------------------------------ */
+/* A small intrusive hash table keyed by uint64                         */
+/* ------------------------------------------------------------------ */
+
+typedef struct hnode {
+    struct hnode *next;
+    uint64_t key;
+} hnode;
+
+typedef struct htab {
+    hnode **b;
+    size_t nb; /* power of two, or 0 */
+    size_t n;
+} htab;
+
+static size_t hidx(const htab *t, uint64_t key)
+{
+    key ^= key >> 33;
+    key *= 0xff51afd7ed558ccdULL;
+    key ^= key >> 33;
+    return (size_t)(key & (t->nb - 1));
+}
+
+static hnode *hfind(const htab *t, uint64_t key)
+{
+    if (t->nb == 0)
+        return NULL;
+    for (hnode *n = t->b[hidx(t, key)]; n != NULL; n = n->next)
+        if (n->key == key)
+            return n;
+    return NULL;
+}
+
+/* Growing is best effort: if it fails the chains just get longer. */
+static void hgrow(htab *t)
+{
+    size_t nb = t->nb ? t->nb * 2 : 64;
+    hnode **b = dx_calloc(nb, sizeof *b);
+    if (b == NULL)
+        return;
+    htab nt = {b, nb, t->n};
+    for (size_t i = 0; i < t->nb; i++) {
+        hnode *n = t->b[i];
+        while (n != NULL) {
+            hnode *next = n->next;
+            size_t j = hidx(&nt, n->key);
+            n->next = b[j];
+            b[j] = n;
+            n = next;
+        }
+    }
+    dx_free(t->b);
+    *t = nt;
+}
+
+static bool hput(htab *t, hnode *n)
+{
+    if (t->n >= t->nb)
+        hgrow(t);
+    if (t->nb == 0)
+        return false;
+    size_t i = hidx(t, n->key);
+    n->next = t->b[i];
+    t->b[i] = n;
+    t->n++;
+    return true;
+}
+
+static void hdel(htab *t, hnode *n)
+{
+    hnode **p = &t->b[hidx(t, n->key)];
+    while (*p != n)
+        p = &(*p)->next;
+    *p = n->next;
+    t->n--;
+}
+
+static hnode *hany(const htab *t)
+{
+    for (size_t i = 0; i < t->nb; i++)
+        if (t->b[i] != NULL)
+            return t->b[i];
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Transfers                                                            */
+/* ------------------------------------------------------------------ */
+
+typedef struct requester requester;
+
+typedef struct xfer {
+    hnode h; /* first: key = ref id (by_ref) */
+    struct xfer *rprev, *rnext;
+    requester *owner;
+    CURL *easy;
+    struct curl_slist *hdrs;
+    char *body_copy;
+    dx_pid reply_to;
+    int64_t tag;
+    dx_ref ref;
+    bool stream;
+    bool added;
+    bool too_large;
+    bool headers_over;
+    bool requester_gone;
+    long status; /* from the latest status line */
+    size_t max_body;
+    size_t body_cap;
+    size_t hdr_cap;
+    size_t hdr_bytes;
+    dx_http_response *resp;
+    char errbuf[CURL_ERROR_SIZE];
+} xfer;
+
+struct requester {
+    hnode h; /* first: key = pid id (by_pid) */
+    xfer *xfers;
+    bool watched;
+};
+
+typedef struct sockctx {
+    uv_poll_t poll;
+    curl_socket_t fd;
+    struct sockctx *prev, *next;
+} sockctx;
+
+/* Loop-thread state; reset when the loop stops. */
+static struct {
+    bool ready;
+    bool tearing_down;
+    CURLM *multi;
+    uv_timer_t *timer; /* heap: it outlives L's reset while closing */
+    htab by_ref;
+    htab by_pid;
+    sockctx *socks;
+    dx_pid watcher;
+} L;
+
+/* Loop thread only; survives restarts of the loop. */
+static dx_http_limits cur_limits = {256, 0, 0};
+
+static atomic_size_t n_in_flight;
+static atomic_uint_least64_t n_connections;
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_rc;
+
+static void curl_init(void)
+{
+    curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+static void resp_free_cb(void *p)
+{
+    dx_http_response_free(p);
+}
+
+static void chunk_free_cb(void *p)
+{
+    dx_free(p);
+}
+
+void dx_http_response_free(dx_http_response *r)
+{
+    if (r == NULL)
+        return;
+    for (size_t i = 0; i < r->nheaders; i++) {
+        dx_free(r->headers[i].name);
+        dx_free(r->headers[i].value);
+    }
+    dx_free(r->headers);
+    dx_free(r->body);
+    dx_free(r);
+}
+
+dx_http_response *dx_http_msg_response(const dx_msg *m)
+{
+    return m != NULL && m->ptr != NULL && m->ptr_free == resp_free_cb ? m->ptr
+                                                                      : NULL;
+}
+
+const dx_http_chunk *dx_http_msg_chunk(const dx_msg *m)
+{
+    return m != NULL && m->ptr != NULL && m->ptr_free == chunk_free_cb ? m->ptr
+                                                                       : NULL;
+}
+
+const char *dx_http_response_header(const dx_http_response *r, const char *name)
+{
+    if (r == NULL || name == NULL)
+        return NULL;
+    for (size_t i = r->nheaders; i-- > 0;)
+        if (strcasecmp(r->headers[i].name, name) == 0)
+            return r->headers[i].value;
+    return NULL;
+}
+
+size_t dx_http_in_flight(void)
+{
+    return atomic_load(&n_in_flight);
+}
+
+uint64_t dx_http_connections_opened(void)
+{
+    return atomic_load(&n_connections);
+}
+
+static void xfer_free(xfer *x)
+{
+    if (x->easy != NULL)
+        curl_easy_cleanup(x->easy);
+    curl_slist_free_all(x->hdrs);
+    dx_free(x->body_copy);
+    dx_http_response_free(x->resp);
+    dx_free(x);
+}
+
+static void clear_headers(dx_http_response *r)
+{
+    for (size_t i = 0; i < r->nheaders; i++) {
+        dx_free(r->headers[i].name);
+        dx_free(r->headers[i].value);
+    }
+    r->nheaders = 0;
+}
+
+static char *dup_n(const char *s, size_t n)
+{
+    char *d = dx_malloc(n + 1);
+    if (d != NULL) {
+        memcpy(d, s, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
+static bool is_blank(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *ud)
+{
+    xfer *x = ud;
+    dx_http_response *r = x->resp;
+    size_t len = size * n;
+    if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
+        /* A new response begins (after 1xx): only the last one counts. */
+        clear_headers(r);
+        x->hdr_bytes = 0;
+        const char *sp = memchr(p, ' ', len);
+        long st = 0;
+        if (sp != NULL)
+            for (sp++; sp < p + len && *sp >= '0' && *sp <= '9'; sp++)
+                st = st * 10 + (*sp - '0');
+        x->status = st;
+        return len;
+    }
+    x->hdr_bytes += len;
+    if (x->hdr_bytes > DX_HTTP_MAX_HEADER_BYTES) {
+        x->headers_over = true;
+        return 0;
+    }
+    const char *colon = memchr(p, ':', len);
+    if (colon == NULL)
+        return len; /* the blank line that ends the headers */
+    if (r->nheaders == DX_HTTP_MAX_HEADERS) {
+        x->headers_over = true;
+        return 0;
+    }
+    if (r->nheaders == x->hdr_cap) {
+        size_t cap = x->hdr_cap ? x->hdr_cap * 2 : 16;
+        dx_http_header *h = dx_realloc(r->headers, cap * sizeof *h);
+        if (h == NULL)
+            return 0;
+        r->headers = h;
+        x->hdr_cap = cap;
+    }
+    const char *v = colon + 1, *e = p + len;
+    while (v < e && is_blank(*v))
+        v++;
+    while (e > v && is_blank(e[-1]))
+        e--;
+    char *name = dup_n(p, (size_t)(colon - p));
+    char *value = dup_n(v, (size_t)(e - v));
+    if (name == NULL || value == NULL) {
+        dx_free(name);
+        dx_free(value);
+        return 0;
+    }
+    r->headers[r->nheaders].name = name;
+    r->headers[r->nheaders].value = value;
+    r->nheaders++;
+    return len;
+}
+
+static size_t on_body(char *p, size_t size, size_t n, void *ud)
+{
+    xfer *x = ud;
+    dx_http_response *r = x->resp;
+    size_t len = size * n;
+    if (x->stream && x->status >= 200 && x->status < 300) {
+        if (len > x->max_body - r->streamed_bytes) {
+            x->too_large = true;
+            return 0;
+        }
+        dx_http_chunk *c = dx_malloc(sizeof *c + len + 1);
+        dx_msg *m = dx_msg_new(x->tag);
+        if (c == NULL || m == NULL) {
+            dx_free(c);
+            dx_msg_free(m);
+            return 0;
+        }
+        c->len = len;
+        memcpy(c->data, p, len);
+        c->data[len] = '\0';
+        m->ref = x->ref;
+        m->ptr = c;
+        m->ptr_free = chunk_free_cb;
+        if (dx_send(x->reply_to, m) != DX_OK) {
+            /* Nobody will read the rest: stop the transfer now. */
+            x->requester_gone = true;
+            return 0;
+        }
+        r->streamed_bytes += len;
+        return len;
+    }
+    if (len > x->max_body - r->body_len) {
+        x->too_large = true;
+        return 0;
+    }
+    if (r->body_len + len + 1 > x->body_cap) {
+        size_t cap = x->body_cap * 2;
+        if (cap < r->body_len + len + 1)
+            cap = r->body_len + len + 1;
+        if (cap > x->max_body + 1)
+            cap = x->max_body + 1;
+        char *b = dx_realloc(r->body, cap);
+        if (b == NULL)
+            return 0;
+        r->body = b;
+        x->body_cap = cap;
+    }
+    memcpy(r->body + r->body_len, p, len);
+    r->body_len += len;
+    r->body[r->body_len] = '\0';
+    return len;
+}
+
+static void set_error(dx_http_response *r, int err, const char *what,
+                      const char *detail)
+{
+    /* "what: detail", cut to fit (curl's detail can fill its own buffer). */
+    r->err = err;
+    size_t cap = sizeof r->message - 1, n = strlen(what);
+    if (n > cap)
+        n = cap;
+    memcpy(r->message, what, n);
+    if (detail != NULL && detail[0] != '\0' && n + 2 < cap) {
+        memcpy(r->message + n, ": ", 2);
+        n += 2;
+        size_t d = strlen(detail);
+        while (d > 0 && is_blank(detail[d - 1]))
+            d--; /* curl ends some messages with a newline */
+        if (d > cap - n)
+            d = cap - n;
+        memcpy(r->message + n, detail, d);
+        n += d;
+    }
+    r->message[n] = '\0';
+}
+
+static void map_result(xfer *x, CURLcode rc)
+{
+    dx_http_response *r = x->resp;
+    const char *detail = x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc);
+    if (rc == CURLE_OK)
+        return;
+    if (x->too_large) {
+        char what[96];
+        snprintf(what, sizeof what, "response body over the limit of %zu bytes",
+                 x->max_body);
+        set_error(r, DX_ELIMIT, what, NULL);
+        return;
+    }
+    if (x->headers_over) {
+        set_error(r, DX_ELIMIT, "response headers over the limit", NULL);
+        return;
+    }
+    if (x->requester_gone) {
+        set_error(r, DX_ECANCELED, "the requesting process is gone", NULL);
+        return;
+    }
+    switch (rc) {
+    case CURLE_OPERATION_TIMEDOUT:
+        if (r->connect_us == 0)
+            set_error(r, DX_ECONNECT, "no connection in time", detail);
+        else
+            set_error(r, DX_ETIMEDOUT, "request timed out", detail);
+        break;
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+        set_error(r, DX_ECONNECT, "could not connect", detail);
+        break;
+    case CURLE_PARTIAL_FILE:
+    case CURLE_RECV_ERROR:
+    case CURLE_SEND_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+        set_error(r, DX_ERESET, "connection broke", detail);
+        break;
+    case CURLE_URL_MALFORMAT:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+        set_error(r, DX_EINVAL, "bad URL", detail);
+        break;
+    case CURLE_OUT_OF_MEMORY:
+        set_error(r, DX_ENOMEM, "out of memory", NULL);
+        break;
+    default:
+        set_error(r, DX_EHTTP, "HTTP transfer failed", detail);
+        break;
+    }
+}
+
+static int64_t info_us(CURL *e, CURLINFO what)
+{
+    curl_off_t v = 0;
+    if (curl_easy_getinfo(e, what, &v) != CURLE_OK)
+        return 0;
+    return (int64_t)v;
+}
+
+static void record_info(xfer *x)
+{
+    dx_http_response *r = x->resp;
+    long v = 0;
+    r->status = x->status;
+    if (curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &v) == CURLE_OK &&
+        v != 0)
+        r->status = v;
+    r->total_us = info_us(x->easy, CURLINFO_TOTAL_TIME_T);
+    r->connect_us = info_us(x->easy, CURLINFO_CONNECT_TIME_T);
+    r->ttfb_us = info_us(x->easy, CURLINFO_STARTTRANSFER_TIME_T);
+    v = 0;
+    curl_easy_getinfo(x->easy, CURLINFO_HTTP_VERSION, &v);
+    r->http_version = v == CURL_HTTP_VERSION_1_0   ? 10
+                      : v == CURL_HTTP_VERSION_1_1 ? 11
+                      : v == CURL_HTTP_VERSION_2_0 ? 20
+                      : v == CURL_HTTP_VERSION_3   ? 30
+                                                   : 0;
+    v = 0;
+    if (curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &v) == CURLE_OK &&
+        v > 0)
+        atomic_fetch_add(&n_connections, (uint64_t)v);
+}
+
+static void requester_drop(requester *q)
+{
+    hdel(&L.by_pid, &q->h);
+    dx_free(q);
+}
+
+/* End a transfer: take it off the multi handle and the tables, and send its
+ * completion. err != DX_OK forces that outcome (cancel, stop); otherwise the
+ * curl result decides. The completion of a dead requester is freed by
+ * dx_send. */
+static void finish(xfer *x, CURLcode rc, int err, const char *why)
+{
+    if (x->added) {
+        record_info(x);
+        curl_multi_remove_handle(L.multi, x->easy);
+        atomic_fetch_sub(&n_in_flight, 1);
+        hdel(&L.by_ref, &x->h);
+    }
+    requester *q = x->owner;
+    if (q != NULL) {
+        if (x->rprev != NULL)
+            x->rprev->rnext = x->rnext;
+        else
+            q->xfers = x->rnext;
+        if (x->rnext != NULL)
+            x->rnext->rprev = x->rprev;
+        /* A requester nobody watches would never be removed by a DOWN. */
+        if (q->xfers == NULL && !q->watched)
+            requester_drop(q);
+    }
+    if (err != DX_OK)
+        set_error(x->resp, err, why, NULL);
+    else
+        map_result(x, rc);
+
+    dx_msg *m = dx_msg_new(x->tag);
+    if (m != NULL) {
+        m->ref = x->ref;
+        m->ptr = x->resp;
+        m->ptr_free = resp_free_cb;
+        x->resp = NULL;
+        dx_send(x->reply_to, m);
+    }
+    xfer_free(x);
+}
+
+static void drain_done(void)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(L.multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        CURL *e = msg->easy_handle;
+        CURLcode rc = msg->data.result;
+        char *priv = NULL;
+        curl_easy_getinfo(e, CURLINFO_PRIVATE, &priv);
+        if (priv != NULL)
+            finish((xfer *)(void *)priv, rc, DX_OK, NULL);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* curl ⇄ libuv                                                          */
+/* ------------------------------------------------------------------ */
+
+static void sock_closed(uv_handle_t *h)
+{
+    dx_free(h->data);
+}
+
+static void handle_freed(uv_handle_t *h)
+{
+    dx_free(h);
+}
+
+static void sock_close(sockctx *c)
+{
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        L.socks = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    uv_close((uv_handle_t *)&c->poll, sock_closed);
+}
+
+static void on_poll(uv_poll_t *p, int status, int events)
+{
+    sockctx *c = p->data;
+    int flags = 0;
+    if (status < 0)
+        flags = CURL_CSELECT_ERR;
+    if (events & UV_READABLE)
+        flags |= CURL_CSELECT_IN;
+    if (events & UV_WRITABLE)
+        flags |= CURL_CSELECT_OUT;
+    int running;
+    curl_multi_socket_action(L.multi, c->fd, flags, &running);
+    drain_done();
+}
+
+static int on_socket(CURL *e, curl_socket_t s, int what, void *ud, void *sp)
+{
+    (void)e;
+    (void)ud;
+    if (L.tearing_down)
+        return 0;
+    sockctx *c = sp;
+    if (what == CURL_POLL_REMOVE) {
+        if (c != NULL) {
+            curl_multi_assign(L.multi, s, NULL);
+            sock_close(c);
+        }
+        return 0;
+    }
+    if (c == NULL) {
+        c = dx_calloc(1, sizeof *c);
+        if (c == NULL)
+            return -1;
+        if (uv_poll_init_socket(dx_io_loop(), &c->poll, s) != 0) {
+            dx_free(c);
+            return -1;
+        }
+        c->poll.data = c;
+        c->fd = s;
+        c->next = L.socks;
+        if (L.socks != NULL)
+            L.socks->prev = c;
+        L.socks = c;
+        curl_multi_assign(L.multi, s, c);
+    }
+    int ev = 0;
+    if (what & CURL_POLL_IN)
+        ev |= UV_READABLE;
+    if (what & CURL_POLL_OUT)
+        ev |= UV_WRITABLE;
+    return uv_poll_start(&c->poll, ev, on_poll) == 0 ? 0 : -1;
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    (void)t;
+    int running;
+    curl_multi_socket_action(L.multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    drain_done();
+}
+
+static int on_curl_timer(CURLM *m, long timeout_ms, void *ud)
+{
+    (void)m;
+    (void)ud;
+    if (L.tearing_down)
+        return 0;
+    if (timeout_ms < 0)
+        uv_timer_stop(L.timer);
+    else
+        uv_timer_start(L.timer, on_timer, (uint64_t)timeout_ms, 0);
+    return 0;
+}
+
+static void apply_limits(void)
+{
+    curl_multi_setopt(L.multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+                      cur_limits.max_host_connections);
+    curl_multi_setopt(L.multi, CURLMOPT_MAX_TOTAL_CONNECTIONS,
+                      cur_limits.max_total_connections);
+    if (cur_limits.max_idle_connections > 0)
+        curl_multi_setopt(L.multi, CURLMOPT_MAXCONNECTS,
+                          cur_limits.max_idle_connections);
+}
+
+/* ------------------------------------------------------------------ */
+/* The watcher process                                                  */
+/* ------------------------------------------------------------------ */
+
+static void pid_down(void *arg);
+
+static void watcher_main(void *arg)
+{
+    (void)arg;
+    dx_set_label("dx_http:watcher");
+    for (;;) {
+        dx_msg *m;
+        if (dx_receive_any(DX_INFINITY, &m) != DX_OK)
+            continue;
+        if (m->tag == W_STOP) {
+            dx_msg_free(m);
+            return;
+        }
+        if (m->tag == W_WATCH) {
+            dx_pid p;
+            dx_ref mon;
+            if (m->term != NULL && dx_pid_value(m->term, &p))
+                dx_monitor(p, &mon);
+        } else if (m->tag == DX_TAG_DOWN) {
+            uint64_t *box = dx_malloc(sizeof *box);
+            if (box != NULL) {
+                *box = m->from.id;
+                if (dx_io_call(pid_down, box) != DX_OK)
+                    dx_free(box);
+            }
+        }
+        dx_msg_free(m);
+    }
+}
+
+static bool send_watch(dx_pid pid)
+{
+    dx_term *t = dx_pid_term(pid);
+    return t != NULL && dx_send_term(L.watcher, W_WATCH, t) == DX_OK;
+}
+
+/* Ask the watcher to monitor q. A watcher that died (someone killed it) is
+ * replaced, and the new one is told about every requester. */
+static void watch(requester *q)
+{
+    dx_pid pid = {q->h.key};
+    if (!dx_pid_is_none(L.watcher) && send_watch(pid)) {
+        q->watched = true;
+        return;
+    }
+    L.watcher = DX_NOPID;
+    dx_spawn_opts o = {.label = "dx_http:watcher"};
+    if (dx_spawn_opt(watcher_main, NULL, &o, &L.watcher, NULL) != DX_OK) {
+        L.watcher = DX_NOPID;
+        q->watched = false;
+        return;
+    }
+    for (size_t i = 0; i < L.by_pid.nb; i++)
+        for (hnode *n = L.by_pid.b[i]; n != NULL; n = n->next) {
+            requester *r = (requester *)n;
+            r->watched = send_watch((dx_pid){n->key});
+        }
+}
+
+/* ------------------------------------------------------------------ */
+/* Work run on the loop                                                 */
+/* ------------------------------------------------------------------ */
+
+static void teardown(void *arg);
+
+static bool ensure_ready(void)
+{
+    if (L.ready)
+        return true;
+    L.timer = dx_malloc(sizeof *L.timer);
+    L.multi = curl_multi_init();
+    if (L.timer == NULL || L.multi == NULL ||
+        dx_io_at_stop(teardown, NULL) != DX_OK) {
+        if (L.multi != NULL)
+            curl_multi_cleanup(L.multi);
+        dx_free(L.timer);
+        memset(&L, 0, sizeof L);
+        return false;
+    }
+    uv_timer_init(dx_io_loop(), L.timer);
+    curl_multi_setopt(L.multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(L.multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+    curl_multi_setopt(L.multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    apply_limits();
+    L.ready = true;
+    return true;
+}
+
+static void start_xfer(void *arg)
+{
+    xfer *x = arg;
+    if (!ensure_ready()) {
+        finish(x, CURLE_OK, DX_ENOMEM, "could not set up the transport");
+        return;
+    }
+    requester *q = (requester *)hfind(&L.by_pid, x->reply_to.id);
+    if (q == NULL) {
+        q = dx_calloc(1, sizeof *q);
+        if (q == NULL) {
+            finish(x, CURLE_OK, DX_ENOMEM, "out of memory");
+            return;
+        }
+        q->h.key = x->reply_to.id;
+        if (!hput(&L.by_pid, &q->h)) {
+            dx_free(q);
+            finish(x, CURLE_OK, DX_ENOMEM, "out of memory");
+            return;
+        }
+        watch(q);
+    }
+    x->owner = q;
+    x->rnext = q->xfers;
+    if (q->xfers != NULL)
+        q->xfers->rprev = x;
+    q->xfers = x;
+    if (!hput(&L.by_ref, &x->h)) {
+        finish(x, CURLE_OK, DX_ENOMEM, "out of memory");
+        return;
+    }
+    if (curl_multi_add_handle(L.multi, x->easy) != CURLM_OK) {
+        hdel(&L.by_ref, &x->h);
+        finish(x, CURLE_OK, DX_ENOMEM, "could not start the transfer");
+        return;
+    }
+    x->added = true;
+    atomic_fetch_add(&n_in_flight, 1);
+}
+
+static void cancel_ref(void *arg)
+{
+    uint64_t id = *(uint64_t *)arg;
+    dx_free(arg);
+    xfer *x = (xfer *)hfind(&L.by_ref, id);
+    if (x != NULL)
+        finish(x, CURLE_OK, DX_ECANCELED, "cancelled by dx_http_cancel");
+}
+
+static void pid_down(void *arg)
+{
+    uint64_t id = *(uint64_t *)arg;
+    dx_free(arg);
+    requester *q = (requester *)hfind(&L.by_pid, id);
+    if (q == NULL)
+        return;
+    q->watched = false; /* so the last finish drops it */
+    while (q->xfers != NULL) {
+        bool last = q->xfers->rnext == NULL;
+        finish(q->xfers, CURLE_OK, DX_ECANCELED,
+               "the requesting process is gone");
+        if (last)
+            return; /* finish dropped q with its last transfer */
+    }
+    requester_drop(q);
+}
+
+static void set_limits(void *arg)
+{
+    cur_limits = *(dx_http_limits *)arg;
+    dx_free(arg);
+    if (L.ready)
+        apply_limits();
+}
+
+/* Stop hook: every open transfer completes with DX_ECANCELED, then the
+ * sockets, the timer and the multi handle go. */
+static void teardown(void *arg)
+{
+    (void)arg;
+    hnode *n;
+    while ((n = hany(&L.by_ref)) != NULL)
+        finish((xfer *)n, CURLE_OK, DX_ECANCELED, "the I/O loop stopped");
+    while ((n = hany(&L.by_pid)) != NULL)
+        requester_drop((requester *)n);
+    if (!dx_pid_is_none(L.watcher))
+        dx_send_tag(L.watcher, W_STOP);
+    /* Close our poll handles before curl closes its idle connections, and
+     * keep curl's callbacks from touching them while it does. */
+    L.tearing_down = true;
+    while (L.socks != NULL)
+        sock_close(L.socks);
+    curl_multi_cleanup(L.multi);
+    uv_close((uv_handle_t *)L.timer, handle_freed);
+    dx_free(L.by_ref.b);
+    dx_free(L.by_pid.b);
+    memset(&L, 0, sizeof L);
+}
+
+/* ------------------------------------------------------------------ */
+/* Public entry points                                                  */
+/* ------------------------------------------------------------------ */
+
+static bool has_crlf(const char *s)
+{
+    return strpbrk(s, "\r\n") != NULL;
+}
+
+static bool valid_method(const char *m)
+{
+    size_t n = strlen(m);
+    if (n == 0 || n > 16)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!(m[i] >= 'A' && m[i] <= 'Z'))
+            return false;
+    return true;
+}
+
+static long clamp_ms(int64_t v, long dflt)
+{
+    if (v == 0)
+        return dflt;
+    if (v < 0)
+        return 0; /* curl: 0 = no timeout */
+    return v > LONG_MAX ? LONG_MAX : (long)v;
+}
+
+int dx_http_submit(const dx_http_request *req, dx_pid reply_to, int64_t tag,
+                   dx_ref *ref_out)
+{
+    if (req == NULL || req->url == NULL || req->url[0] == '\0' || tag < 0 ||
+        dx_pid_is_none(reply_to) ||
+        req->nheaders > DX_HTTP_MAX_REQUEST_HEADERS ||
+        (req->nheaders > 0 && req->headers == NULL) ||
+        (req->body_len > 0 && req->body == NULL) || has_crlf(req->url))
+        return DX_EINVAL;
+    const char *method =
+        req->method ? req->method : (req->body_len > 0 ? "POST" : "GET");
+    if (!valid_method(method))
+        return DX_EINVAL;
+    bool user_expect = false;
+    for (size_t i = 0; i < req->nheaders; i++) {
+        if (req->headers[i] == NULL || has_crlf(req->headers[i]))
+            return DX_EINVAL;
+        if (strncasecmp(req->headers[i], "expect:", 7) == 0)
+            user_expect = true;
+    }
+    pthread_once(&curl_once, curl_init);
+    if (curl_init_rc != CURLE_OK)
+        return DX_EINIT;
+
+    int err = DX_ENOMEM;
+    xfer *x = dx_calloc(1, sizeof *x);
+    if (x == NULL)
+        return DX_ENOMEM;
+    x->resp = dx_calloc(1, sizeof *x->resp);
+    x->body_copy = dx_malloc(req->body_len + 1);
+    x->easy = curl_easy_init();
+    if (x->resp == NULL || x->body_copy == NULL || x->easy == NULL)
+        goto fail;
+    x->resp->body = dx_malloc(1);
+    if (x->resp->body == NULL)
+        goto fail;
+    x->resp->body[0] = '\0';
+    x->body_cap = 1;
+    if (req->body_len > 0)
+        memcpy(x->body_copy, req->body, req->body_len);
+    x->body_copy[req->body_len] = '\0';
+    x->reply_to = reply_to;
+    x->tag = tag;
+    x->stream = req->stream;
+    x->max_body = req->max_response_bytes ? req->max_response_bytes
+                                          : DX_HTTP_DEFAULT_MAX_RESPONSE;
+
+    for (size_t i = 0; i < req->nheaders; i++) {
+        struct curl_slist *s = curl_slist_append(x->hdrs, req->headers[i]);
+        if (s == NULL)
+            goto fail;
+        x->hdrs = s;
+    }
+    if (!user_expect) {
+        /* No 100-continue round trip before a POST body. */
+        struct curl_slist *s = curl_slist_append(x->hdrs, "Expect:");
+        if (s == NULL)
+            goto fail;
+        x->hdrs = s;
+    }
+
+    CURL *e = x->easy;
+    CURLcode rc = CURLE_OK;
+#define SET(opt, val)                                                          \
+    do {                                                                       \
+        if (rc == CURLE_OK)                                                    \
+            rc = curl_easy_setopt(e, opt, val);                                \
+    } while (0)
+    SET(CURLOPT_URL, req->url);
+    SET(CURLOPT_PROTOCOLS_STR, "http,https");
+    SET(CURLOPT_PRIVATE, (char *)x);
+    SET(CURLOPT_NOSIGNAL, 1L);
+    SET(CURLOPT_TCP_KEEPALIVE, 1L);
+    SET(CURLOPT_ERRORBUFFER, x->errbuf);
+    SET(CURLOPT_HEADERFUNCTION, on_header);
+    SET(CURLOPT_HEADERDATA, (void *)x);
+    SET(CURLOPT_WRITEFUNCTION, on_body);
+    SET(CURLOPT_WRITEDATA, (void *)x);
+    SET(CURLOPT_HTTPHEADER, x->hdrs);
+    SET(CURLOPT_TIMEOUT_MS,
+        clamp_ms(req->timeout_ms, DX_HTTP_DEFAULT_TIMEOUT_MS));
+    SET(CURLOPT_CONNECTTIMEOUT_MS,
+        clamp_ms(req->connect_timeout_ms, DX_HTTP_DEFAULT_CONNECT_TIMEOUT_MS));
+    if (strncasecmp(req->url, "https:", 6) == 0)
+        /* Over TLS, wait to multiplex on a connection being set up (HTTP/2)
+         * rather than open one more. */
+        SET(CURLOPT_PIPEWAIT, 1L);
+    bool has_body = req->body_len > 0 || strcmp(method, "POST") == 0;
+    if (strcmp(method, "HEAD") == 0) {
+        SET(CURLOPT_NOBODY, 1L);
+    } else if (has_body) {
+        SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+        SET(CURLOPT_POSTFIELDS, x->body_copy);
+        if (strcmp(method, "POST") != 0)
+            SET(CURLOPT_CUSTOMREQUEST, method);
+    } else if (strcmp(method, "GET") != 0) {
+        SET(CURLOPT_CUSTOMREQUEST, method);
+    }
+#undef SET
+    if (rc != CURLE_OK) {
+        err = rc == CURLE_OUT_OF_MEMORY ? DX_ENOMEM : DX_EINVAL;
+        goto fail;
+    }
+
+    x->ref = dx_make_ref();
+    x->h.key = x->ref.id;
+    dx_ref ref = x->ref;
+    err = dx_io_call(start_xfer, x);
+    if (err != DX_OK)
+        goto fail;
+    if (ref_out != NULL)
+        *ref_out = ref;
+    return DX_OK;
+
+fail:
+    xfer_free(x);
+    return err;
+}
+
+int dx_http_cancel(dx_ref ref)
+{
+    if (ref.id == 0)
+        return DX_EINVAL;
+    uint64_t *box = dx_malloc(sizeof *box);
+    if (box == NULL)
+        return DX_ENOMEM;
+    *box = ref.id;
+    int rc = dx_io_call(cancel_ref, box);
+    if (rc != DX_OK)
+        dx_free(box);
+    return rc;
+}
+
+int dx_http_set_limits(const dx_http_limits *limits)
+{
+    if (limits == NULL || limits->max_host_connections < 0 ||
+        limits->max_total_connections < 0 || limits->max_idle_connections < 0)
+        return DX_EINVAL;
+    dx_http_limits *box = dx_malloc(sizeof *box);
+    if (box == NULL)
+        return DX_ENOMEM;
+    *box = *limits;
+    int rc = dx_io_call(set_limits, box);
+    if (rc != DX_OK)
+        dx_free(box);
+    return rc;
+}

@@ -1,0 +1,945 @@
+/*
+ * test_http.c — the HTTP transport against a small HTTP/1.1 server that runs
+ * in this test on a thread of its own (one epoll loop, so it adds exactly
+ * one thread however many connections it holds). The server's paths pick a
+ * behaviour: echo, a given status, slow, never answer, reset mid-body, a big
+ * body, a chunked stream; it counts accepted connections, requests, and
+ * connections closed by the client before their answer was complete.
+ *
+ * Requests are made from dspex processes; results are recorded with
+ * KT_CHECK* and asserted on the host thread afterwards.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "../runtime/kernel_test_util.h"
+#include "dspex/alloc.h"
+#include "dspex/http.h"
+#include "dspex/io.h"
+
+/* ------------------------------------------------------------------ */
+/* The test server                                                      */
+/* ------------------------------------------------------------------ */
+
+#define SRV_MAX_FD 8192
+#define SRV_IN_CAP 65536
+
+enum { ACT_NONE, ACT_SLOW, ACT_HANG, ACT_STREAM };
+
+typedef struct conn {
+    int fd;
+    char in[SRV_IN_CAP];
+    size_t in_len;
+    char *out;
+    size_t out_len, out_off, out_cap;
+    int action;
+    int64_t due_ms;
+    int stream_left, stream_i, stream_gap;
+    bool close_after;
+    bool busy; /* answer not yet complete */
+} conn;
+
+static struct {
+    int lfd, ep, wake;
+    int port;
+    pthread_t th;
+    conn *conns[SRV_MAX_FD];
+    atomic_int accepted;
+    atomic_int requests;
+    atomic_int closed_early;
+    atomic_int open_conns;
+} S;
+
+static void out_add(conn *c, const char *p, size_t n)
+{
+    if (c->out_len + n > c->out_cap) {
+        size_t cap = c->out_cap ? c->out_cap : 4096;
+        while (cap < c->out_len + n)
+            cap *= 2;
+        char *o = dx_realloc(c->out, cap);
+        if (o == NULL)
+            abort();
+        c->out = o;
+        c->out_cap = cap;
+    }
+    memcpy(c->out + c->out_len, p, n);
+    c->out_len += n;
+}
+
+static void out_fmt(conn *c, const char *fmt, ...) DX_PRINTF(2, 3);
+static void out_fmt(conn *c, const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        out_add(c, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+}
+
+static void conn_close(conn *c)
+{
+    if (c->busy)
+        atomic_fetch_add(&S.closed_early, 1);
+    epoll_ctl(S.ep, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    S.conns[c->fd] = NULL;
+    atomic_fetch_sub(&S.open_conns, 1);
+    dx_free(c->out);
+    dx_free(c);
+}
+
+/* Write what is pending; false if the connection is gone. */
+static bool flush(conn *c)
+{
+    while (c->out_off < c->out_len) {
+        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off,
+                         MSG_NOSIGNAL);
+        if (n < 0 && errno == EAGAIN) {
+            struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT,
+                                     .data.fd = c->fd};
+            epoll_ctl(S.ep, EPOLL_CTL_MOD, c->fd, &ev);
+            return true;
+        }
+        if (n <= 0) {
+            conn_close(c);
+            return false;
+        }
+        c->out_off += (size_t)n;
+    }
+    c->out_off = c->out_len = 0;
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = c->fd};
+    epoll_ctl(S.ep, EPOLL_CTL_MOD, c->fd, &ev);
+    if (!c->busy && c->close_after) {
+        conn_close(c);
+        return false;
+    }
+    return true;
+}
+
+static void respond(conn *c, int status, const char *extra, const char *body,
+                    size_t len)
+{
+    out_fmt(c,
+            "HTTP/1.1 %d X\r\nContent-Length: %zu\r\n"
+            "Content-Type: application/json\r\n%s\r\n",
+            status, len, extra ? extra : "");
+    out_add(c, body, len);
+    c->busy = false;
+}
+
+static const char *hdr_value(const char *head, const char *name, size_t *len)
+{
+    size_t nl = strlen(name);
+    for (const char *p = strstr(head, "\r\n"); p != NULL;
+         p = strstr(p + 2, "\r\n")) {
+        if (strncasecmp(p + 2, name, nl) == 0 && p[2 + nl] == ':') {
+            const char *v = p + 3 + nl;
+            while (*v == ' ')
+                v++;
+            const char *e = strstr(v, "\r\n");
+            *len = e ? (size_t)(e - v) : strlen(v);
+            return v;
+        }
+    }
+    return NULL;
+}
+
+/* One complete request is in c->in[0..hlen+blen): answer it. */
+static void handle(conn *c, char *head, const char *body, size_t blen)
+{
+    atomic_fetch_add(&S.requests, 1);
+    c->busy = true;
+    char method[16] = "", path[256] = "";
+    const char *sp = strchr(head, ' ');
+    if (sp != NULL && (size_t)(sp - head) < sizeof method) {
+        memcpy(method, head, (size_t)(sp - head));
+        method[sp - head] = '\0';
+        const char *sp2 = strchr(sp + 1, ' ');
+        if (sp2 != NULL && (size_t)(sp2 - sp - 1) < sizeof path) {
+            memcpy(path, sp + 1, (size_t)(sp2 - sp - 1));
+            path[sp2 - sp - 1] = '\0';
+        }
+    }
+    size_t tl = 0;
+    const char *tv = hdr_value(head, "X-Test", &tl);
+    size_t cl = 0;
+    const char *cv = hdr_value(head, "Connection", &cl);
+    c->close_after = cv != NULL && cl == 5 && strncasecmp(cv, "close", 5) == 0;
+
+    if (strcmp(path, "/echo") == 0) {
+        char extra[512];
+        snprintf(extra, sizeof extra,
+                 "X-Method: %s\r\nX-Echo-Test: %.*s\r\nX-Request-Id: "
+                 "req-123\r\nRetry-After: 3\r\n",
+                 method, (int)tl, tv ? tv : "");
+        respond(c, 200, extra, body, blen);
+    } else if (strncmp(path, "/status/", 8) == 0) {
+        int st = (int)strtol(path + 8, NULL, 10);
+        const char *b = "{\"error\":\"scripted\"}";
+        respond(c, st, "Retry-After: 7\r\n", b, strlen(b));
+    } else if (strncmp(path, "/slow/", 6) == 0) {
+        c->action = ACT_SLOW;
+        c->due_ms = dx_now_ms() + strtol(path + 6, NULL, 10);
+    } else if (strcmp(path, "/hang") == 0) {
+        c->action = ACT_HANG;
+    } else if (strcmp(path, "/reset") == 0 || strcmp(path, "/cut") == 0) {
+        /* /reset ends with RST (the client may lose what was in flight),
+         * /cut with an orderly close after part of the body. */
+        const char *h =
+            "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial";
+        send(c->fd, h, strlen(h), MSG_NOSIGNAL);
+        if (path[1] == 'r') {
+            struct linger lg = {1, 0};
+            setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        }
+        c->busy = false;
+        conn_close(c);
+        return;
+    } else if (strncmp(path, "/big/", 5) == 0) {
+        size_t n = (size_t)strtol(path + 5, NULL, 10);
+        char *b = dx_malloc(n + 1);
+        memset(b, 'x', n);
+        respond(c, 200, NULL, b, n);
+        dx_free(b);
+    } else if (strncmp(path, "/stream/", 8) == 0) {
+        char *end;
+        c->stream_left = (int)strtol(path + 8, &end, 10);
+        c->stream_gap = *end == '/' ? (int)strtol(end + 1, NULL, 10) : 0;
+        c->stream_i = 0;
+        c->action = ACT_STREAM;
+        c->due_ms = dx_now_ms();
+        out_fmt(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                   "Transfer-Encoding: chunked\r\n\r\n");
+    } else {
+        respond(c, 404, NULL, "", 0);
+    }
+    flush(c);
+}
+
+/* Take complete requests out of the input buffer while idle. */
+static void parse(conn *c)
+{
+    while (c->action == ACT_NONE && S.conns[c->fd] == c) {
+        char *end = memmem(c->in, c->in_len, "\r\n\r\n", 4);
+        if (end == NULL)
+            return;
+        size_t hlen = (size_t)(end - c->in) + 4;
+        end[2] = '\0'; /* headers become one C string */
+        size_t cll = 0;
+        const char *clv = hdr_value(c->in, "Content-Length", &cll);
+        size_t blen = clv ? (size_t)strtol(clv, NULL, 10) : 0;
+        if (hlen + blen > c->in_len) {
+            end[2] = '\r';
+            return;
+        }
+        char body[SRV_IN_CAP];
+        memcpy(body, c->in + hlen, blen);
+        char head[8192];
+        size_t hc = hlen < sizeof head ? hlen : sizeof head - 1;
+        memcpy(head, c->in, hc);
+        head[hc] = '\0';
+        memmove(c->in, c->in + hlen + blen, c->in_len - hlen - blen);
+        c->in_len -= hlen + blen;
+        int fd = c->fd;
+        handle(c, head, body, blen);
+        if (S.conns[fd] != c)
+            return; /* closed */
+    }
+}
+
+static void on_due(conn *c, int64_t now)
+{
+    if (c->action == ACT_SLOW) {
+        c->action = ACT_NONE;
+        respond(c, 200, NULL, "slow", 4);
+        if (flush(c))
+            parse(c);
+    } else if (c->action == ACT_STREAM) {
+        if (c->stream_i < c->stream_left) {
+            char ev[64];
+            int n = snprintf(ev, sizeof ev, "data: %d\n\n", c->stream_i++);
+            out_fmt(c, "%x\r\n%s\r\n", n, ev);
+            c->due_ms = now + c->stream_gap;
+        } else {
+            out_fmt(c, "0\r\n\r\n");
+            c->action = ACT_NONE;
+            c->busy = false;
+        }
+        if (flush(c) && c->action == ACT_NONE)
+            parse(c);
+    }
+}
+
+static void *srv_main(void *arg)
+{
+    (void)arg;
+    struct epoll_event evs[256];
+    for (;;) {
+        int64_t now = dx_now_ms(), next = -1;
+        for (int fd = 0; fd < SRV_MAX_FD; fd++) {
+            conn *c = S.conns[fd];
+            if (c == NULL || (c->action != ACT_SLOW && c->action != ACT_STREAM))
+                continue;
+            if (c->due_ms <= now) {
+                on_due(c, now);
+                c = S.conns[fd];
+                if (c == NULL ||
+                    (c->action != ACT_SLOW && c->action != ACT_STREAM))
+                    continue;
+            }
+            int64_t w = c->due_ms - now;
+            if (w < 0)
+                w = 0;
+            if (next < 0 || w < next)
+                next = w;
+        }
+        int n = epoll_wait(S.ep, evs, 256, (int)next);
+        for (int i = 0; i < n; i++) {
+            int fd = evs[i].data.fd;
+            if (fd == S.wake)
+                return NULL;
+            if (fd == S.lfd) {
+                for (;;) {
+                    int cfd = accept4(S.lfd, NULL, NULL, SOCK_NONBLOCK);
+                    if (cfd < 0)
+                        break;
+                    if (cfd >= SRV_MAX_FD) {
+                        close(cfd);
+                        continue;
+                    }
+                    int one = 1;
+                    setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                    conn *c = dx_calloc(1, sizeof *c);
+                    c->fd = cfd;
+                    S.conns[cfd] = c;
+                    atomic_fetch_add(&S.accepted, 1);
+                    atomic_fetch_add(&S.open_conns, 1);
+                    struct epoll_event ev = {.events = EPOLLIN, .data.fd = cfd};
+                    epoll_ctl(S.ep, EPOLL_CTL_ADD, cfd, &ev);
+                }
+                continue;
+            }
+            conn *c = S.conns[fd];
+            if (c == NULL)
+                continue;
+            if (evs[i].events & EPOLLOUT) {
+                if (!flush(c))
+                    continue;
+            }
+            if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+                ssize_t r =
+                    recv(fd, c->in + c->in_len, SRV_IN_CAP - c->in_len, 0);
+                if (r == 0 || (r < 0 && errno != EAGAIN)) {
+                    conn_close(c);
+                    continue;
+                }
+                if (r > 0) {
+                    c->in_len += (size_t)r;
+                    parse(c);
+                }
+            }
+        }
+    }
+}
+
+static void srv_start(void)
+{
+    memset(&S, 0, sizeof S);
+    S.lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    cr_assert_geq(S.lfd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(bind(S.lfd, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(listen(S.lfd, 4096), 0);
+    socklen_t al = sizeof a;
+    getsockname(S.lfd, (struct sockaddr *)&a, &al);
+    S.port = ntohs(a.sin_port);
+    S.ep = epoll_create1(0);
+    S.wake = eventfd(0, EFD_NONBLOCK);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = S.lfd};
+    epoll_ctl(S.ep, EPOLL_CTL_ADD, S.lfd, &ev);
+    ev.data.fd = S.wake;
+    epoll_ctl(S.ep, EPOLL_CTL_ADD, S.wake, &ev);
+    cr_assert_eq(pthread_create(&S.th, NULL, srv_main, NULL), 0);
+}
+
+static void srv_stop(void)
+{
+    uint64_t one = 1;
+    ssize_t w = write(S.wake, &one, sizeof one);
+    (void)w;
+    pthread_join(S.th, NULL);
+    for (int fd = 0; fd < SRV_MAX_FD; fd++)
+        if (S.conns[fd] != NULL)
+            conn_close(S.conns[fd]);
+    close(S.lfd);
+    close(S.ep);
+    close(S.wake);
+}
+
+/* A ring of buffers per scheduler thread: dx_http_submit copies the URL
+ * before the calling process can be switched out, so a process only needs
+ * its buffer until then, and threads never share one. */
+static char *url(const char *path)
+{
+    static _Thread_local char buf[8][128];
+    static _Thread_local unsigned k;
+    char *b = buf[k++ & 7];
+    snprintf(b, sizeof buf[0], "http://127.0.0.1:%d%s", S.port, path);
+    return b;
+}
+
+static int threads_now(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f == NULL)
+        return -1;
+    char line[256];
+    int n = -1;
+    while (fgets(line, sizeof line, f) != NULL)
+        if (strncmp(line, "Threads:", 8) == 0)
+            n = (int)strtol(line + 8, NULL, 10);
+    fclose(f);
+    return n;
+}
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static void setup(void)
+{
+    raise_nofile();
+    srv_start();
+    kt_start(2);
+}
+
+static void teardown(void)
+{
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    kt_stop();
+    srv_stop();
+    kt_assert_clean();
+}
+
+TestSuite(http, .init = setup, .fini = teardown, .timeout = 30);
+
+/* Process: wait for the completion of ref (chunks before it are counted
+ * into *chunks when non-NULL, else left alone). Returns the response (owned)
+ * or NULL if none came in timeout_ms. */
+static dx_http_response *await(dx_ref ref, int64_t timeout_ms)
+{
+    dx_match m = {.fields = DX_MATCH_REF, .ref = ref};
+    int64_t deadline = dx_now_ms() + timeout_ms;
+    for (;;) {
+        dx_msg *msg;
+        int64_t left = deadline - dx_now_ms();
+        if (dx_receive(&m, left > 0 ? left : 0, &msg) != DX_OK)
+            return NULL;
+        dx_http_response *r = dx_http_msg_response(msg);
+        if (r != NULL) {
+            r = dx_msg_take_ptr(msg);
+            dx_msg_free(msg);
+            return r;
+        }
+        dx_msg_free(msg);
+    }
+}
+
+static dx_http_response *fetch(const dx_http_request *req)
+{
+    dx_ref ref;
+    int rc = dx_http_submit(req, dx_self(), 7, &ref);
+    if (!KT_CHECK_RC(rc, DX_OK))
+        return NULL;
+    dx_http_response *r = await(ref, 10000);
+    KT_CHECK(r != NULL);
+    return r;
+}
+
+/* ---- round trips ---- */
+
+static void post_round_trip(void *arg)
+{
+    (void)arg;
+    const char *hdrs[] = {"X-Test: hello there", "Content-Type: text/plain"};
+    const char body[] = "a\0b body";
+    dx_http_request req = {.method = "POST",
+                           .url = url("/echo"),
+                           .headers = hdrs,
+                           .nheaders = 2,
+                           .body = body,
+                           .body_len = sizeof body - 1};
+    dx_ref ref;
+    KT_CHECK_RC(dx_http_submit(&req, dx_self(), 42, &ref), DX_OK);
+    dx_match m = {.fields = DX_MATCH_TAG, .tag = 42};
+    dx_msg *msg = NULL;
+    if (!KT_CHECK_RC(dx_receive(&m, 10000, &msg), DX_OK))
+        return;
+    KT_CHECK(dx_ref_eq(msg->ref, ref));
+    KT_CHECK(dx_http_msg_chunk(msg) == NULL);
+    dx_http_response *r = dx_http_msg_response(msg);
+    if (KT_CHECK(r != NULL)) {
+        KT_CHECK_RC(r->err, DX_OK);
+        KT_CHECK_EQ(r->status, 200);
+        KT_CHECK_EQ(r->body_len, sizeof body - 1);
+        KT_CHECK(memcmp(r->body, body, sizeof body - 1) == 0);
+        KT_CHECK(r->body[r->body_len] == '\0');
+        const char *v = dx_http_response_header(r, "x-echo-test");
+        KT_CHECK(v != NULL && strcmp(v, "hello there") == 0);
+        v = dx_http_response_header(r, "X-METHOD");
+        KT_CHECK(v != NULL && strcmp(v, "POST") == 0);
+        v = dx_http_response_header(r, "x-request-id");
+        KT_CHECK(v != NULL && strcmp(v, "req-123") == 0);
+        v = dx_http_response_header(r, "retry-after");
+        KT_CHECK(v != NULL && strcmp(v, "3") == 0);
+        v = dx_http_response_header(r, "content-type");
+        KT_CHECK(v != NULL && strcmp(v, "application/json") == 0);
+        KT_CHECK(dx_http_response_header(r, "x-absent") == NULL);
+        KT_CHECK(r->http_version == 11);
+        KT_CHECK(r->total_us > 0 && r->ttfb_us > 0 && r->connect_us > 0);
+        KT_CHECK(r->ttfb_us <= r->total_us);
+        KT_CHECK(r->message[0] == '\0');
+    }
+    dx_msg_free(msg);
+
+    /* GET: no body sent, method passed */
+    dx_http_request get = {.url = url("/echo")};
+    r = fetch(&get);
+    if (r != NULL) {
+        KT_CHECK_RC(r->err, DX_OK);
+        KT_CHECK_EQ(r->body_len, 0);
+        const char *v = dx_http_response_header(r, "x-method");
+        KT_CHECK(v != NULL && strcmp(v, "GET") == 0);
+    }
+    dx_http_response_free(r);
+
+    /* other methods go through as given */
+    dx_http_request put = {
+        .method = "PUT", .url = url("/echo"), .body = "x", .body_len = 1};
+    r = fetch(&put);
+    if (r != NULL) {
+        const char *v = dx_http_response_header(r, "x-method");
+        KT_CHECK(v != NULL && strcmp(v, "PUT") == 0);
+        KT_CHECK_EQ(r->body_len, 1);
+    }
+    dx_http_response_free(r);
+}
+
+Test(http, post_and_get_round_trip_headers_and_body)
+{
+    kt_run(post_round_trip, NULL);
+}
+
+static void statuses(void *arg)
+{
+    (void)arg;
+    static const int codes[] = {201, 400, 401, 429, 500, 503, 529};
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+        char path[32];
+        snprintf(path, sizeof path, "/status/%d", codes[i]);
+        dx_http_request req = {.url = url(path)};
+        dx_http_response *r = fetch(&req);
+        if (r == NULL)
+            continue;
+        KT_CHECK_RC(r->err, DX_OK);
+        KT_CHECK_EQ(r->status, codes[i]);
+        KT_CHECK(strcmp(r->body, "{\"error\":\"scripted\"}") == 0);
+        const char *v = dx_http_response_header(r, "Retry-After");
+        KT_CHECK(v != NULL && strcmp(v, "7") == 0);
+        dx_http_response_free(r);
+    }
+}
+
+Test(http, status_codes_are_passed_through_not_errors)
+{
+    kt_run(statuses, NULL);
+}
+
+/* ---- failures ---- */
+
+static void timeout_body(void *arg)
+{
+    (void)arg;
+    dx_http_request req = {.url = url("/slow/5000"), .timeout_ms = 150};
+    dx_http_response *r = fetch(&req);
+    if (r != NULL) {
+        KT_CHECK_RC(r->err, DX_ETIMEDOUT);
+        KT_CHECK(r->message[0] != '\0');
+        KT_CHECK_EQ(r->status, 0);
+    }
+    dx_http_response_free(r);
+}
+
+Test(http, total_timeout_gives_etimedout)
+{
+    kt_run(timeout_body, NULL);
+    /* the server saw the client give up */
+    KT_HOST_WAIT_UNTIL(atomic_load(&S.closed_early) >= 1, 5000);
+    cr_assert_eq(atomic_load(&S.closed_early), 1);
+}
+
+static void refused_body(void *arg)
+{
+    (void)arg;
+    /* a port that was just free: bind, read it, close */
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    bind(s, (struct sockaddr *)&a, sizeof a);
+    socklen_t al = sizeof a;
+    getsockname(s, (struct sockaddr *)&a, &al);
+    close(s);
+    char u[64];
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/x", ntohs(a.sin_port));
+    dx_http_request req = {.url = u, .timeout_ms = 5000};
+    dx_http_response *r = fetch(&req);
+    if (r != NULL) {
+        KT_CHECK_RC(r->err, DX_ECONNECT);
+        KT_CHECK(strstr(r->message, "connect") != NULL);
+        KT_CHECK_EQ(r->status, 0);
+    }
+    dx_http_response_free(r);
+}
+
+Test(http, closed_port_gives_econnect)
+{
+    kt_run(refused_body, NULL);
+}
+
+static void reset_body(void *arg)
+{
+    (void)arg;
+    dx_http_request req = {.url = url("/reset")};
+    dx_http_response *r = fetch(&req);
+    if (r != NULL)
+        KT_CHECK_RC(r->err, DX_ERESET);
+    dx_http_response_free(r);
+    dx_http_request cut = {.url = url("/cut")};
+    r = fetch(&cut);
+    if (r != NULL) {
+        KT_CHECK_RC(r->err, DX_ERESET);
+        KT_CHECK_EQ(r->status, 200);
+        KT_CHECK(r->message[0] != '\0');
+    }
+    dx_http_response_free(r);
+}
+
+Test(http, reset_or_close_mid_body_gives_ereset)
+{
+    kt_run(reset_body, NULL);
+}
+
+static void too_big_body(void *arg)
+{
+    (void)arg;
+    dx_http_request req = {.url = url("/big/5000"), .max_response_bytes = 1000};
+    dx_http_response *r = fetch(&req);
+    if (r != NULL) {
+        KT_CHECK_RC(r->err, DX_ELIMIT);
+        KT_CHECK(r->body_len <= 1000);
+        KT_CHECK(strstr(r->message, "1000") != NULL);
+    }
+    dx_http_response_free(r);
+    /* exactly at the limit is fine */
+    dx_http_request ok = {.url = url("/big/1000"), .max_response_bytes = 1000};
+    r = fetch(&ok);
+    if (r != NULL) {
+        KT_CHECK_RC(r->err, DX_OK);
+        KT_CHECK_EQ(r->body_len, 1000);
+    }
+    dx_http_response_free(r);
+    /* streamed bytes count too */
+    dx_http_request st = {
+        .url = url("/stream/50/0"), .stream = true, .max_response_bytes = 40};
+    r = fetch(&st);
+    if (r != NULL) {
+        KT_CHECK_RC(r->err, DX_ELIMIT);
+        KT_CHECK(r->streamed_bytes <= 40);
+    }
+    dx_http_response_free(r);
+}
+
+Test(http, max_response_bytes_exceeded_gives_elimit)
+{
+    kt_run(too_big_body, NULL);
+}
+
+static void bad_requests(void *arg)
+{
+    (void)arg;
+    dx_ref ref;
+    const char *crlf[] = {"X-Evil: a\r\nInjected: b"};
+    dx_http_request r1 = {.url = url("/echo"), .headers = crlf, .nheaders = 1};
+    KT_CHECK_RC(dx_http_submit(&r1, dx_self(), 1, &ref), DX_EINVAL);
+    dx_http_request r2 = {.url = NULL};
+    KT_CHECK_RC(dx_http_submit(&r2, dx_self(), 1, &ref), DX_EINVAL);
+    dx_http_request r3 = {.url = url("/echo")};
+    KT_CHECK_RC(dx_http_submit(&r3, dx_self(), -1, &ref), DX_EINVAL);
+    KT_CHECK_RC(dx_http_submit(&r3, DX_NOPID, 1, &ref), DX_EINVAL);
+    dx_http_request r4 = {.method = "get me", .url = url("/echo")};
+    KT_CHECK_RC(dx_http_submit(&r4, dx_self(), 1, &ref), DX_EINVAL);
+    dx_http_request r5 = {.url = url("/echo"), .body_len = 3};
+    KT_CHECK_RC(dx_http_submit(&r5, dx_self(), 1, &ref), DX_EINVAL);
+    /* refused submissions send nothing */
+    dx_msg *m;
+    KT_CHECK_RC(dx_receive_any(50, &m), DX_ETIMEDOUT);
+    /* a scheme curl could speak but we do not */
+    dx_http_request r6 = {.url = "file:///etc/passwd"};
+    dx_http_response *r = fetch(&r6);
+    if (r != NULL) {
+        KT_CHECK_RC(r->err, DX_EINVAL);
+        KT_CHECK_EQ(r->body_len, 0);
+    }
+    dx_http_response_free(r);
+}
+
+Test(http, invalid_requests_are_refused_and_send_nothing)
+{
+    kt_run(bad_requests, NULL);
+}
+
+/* ---- streaming ---- */
+
+static void stream_body(void *arg)
+{
+    (void)arg;
+    dx_http_request req = {.url = url("/stream/20/2"), .stream = true};
+    dx_ref ref;
+    if (!KT_CHECK_RC(dx_http_submit(&req, dx_self(), 9, &ref), DX_OK))
+        return;
+    /* reassemble and check the events arrive in order */
+    char all[1024];
+    size_t n = 0;
+    int chunks = 0;
+    dx_http_response *done = NULL;
+    dx_match m = {.fields = DX_MATCH_REF | DX_MATCH_TAG, .ref = ref, .tag = 9};
+    while (done == NULL) {
+        dx_msg *msg;
+        if (!KT_CHECK_RC(dx_receive(&m, 10000, &msg), DX_OK))
+            return;
+        const dx_http_chunk *c = dx_http_msg_chunk(msg);
+        if (c != NULL) {
+            chunks++;
+            KT_CHECK(c->data[c->len] == '\0');
+            if (n + c->len < sizeof all) {
+                memcpy(all + n, c->data, c->len);
+                n += c->len;
+            }
+        } else {
+            done = dx_msg_take_ptr(msg);
+        }
+        dx_msg_free(msg);
+    }
+    all[n] = '\0';
+    KT_CHECK(chunks >= 1);
+    KT_CHECK_RC(done->err, DX_OK);
+    KT_CHECK_EQ(done->status, 200);
+    KT_CHECK_EQ(done->body_len, 0);
+    KT_CHECK_EQ(done->streamed_bytes, n);
+    const char *ct = dx_http_response_header(done, "content-type");
+    KT_CHECK(ct != NULL && strcmp(ct, "text/event-stream") == 0);
+    char want[1024];
+    size_t w = 0;
+    for (int i = 0; i < 20; i++)
+        w += (size_t)snprintf(want + w, sizeof want - w, "data: %d\n\n", i);
+    KT_CHECK(strcmp(all, want) == 0);
+    dx_http_response_free(done);
+
+    /* a non-2xx answer is collected, not streamed */
+    dx_http_request bad = {.url = url("/status/429"), .stream = true};
+    dx_http_response *r = fetch(&bad);
+    if (r != NULL) {
+        KT_CHECK_EQ(r->status, 429);
+        KT_CHECK_EQ(r->streamed_bytes, 0);
+        KT_CHECK(strcmp(r->body, "{\"error\":\"scripted\"}") == 0);
+    }
+    dx_http_response_free(r);
+}
+
+Test(http, streamed_chunks_arrive_in_order_then_the_completion)
+{
+    kt_run(stream_body, NULL);
+}
+
+/* ---- cancellation ---- */
+
+static void cancel_body(void *arg)
+{
+    (void)arg;
+    dx_http_request req = {.url = url("/hang")};
+    dx_ref ref;
+    if (!KT_CHECK_RC(dx_http_submit(&req, dx_self(), 3, &ref), DX_OK))
+        return;
+    /* let it reach the server */
+    for (int i = 0; i < 5000 && atomic_load(&S.requests) < 1; i++)
+        dx_sleep(1);
+    KT_CHECK_EQ(atomic_load(&S.requests), 1);
+    KT_CHECK_RC(dx_http_cancel(ref), DX_OK);
+    dx_http_response *r = await(ref, 5000);
+    if (KT_CHECK(r != NULL)) {
+        KT_CHECK_RC(r->err, DX_ECANCELED);
+        KT_CHECK(r->message[0] != '\0');
+    }
+    dx_http_response_free(r);
+    /* exactly one completion: a second cancel and a late one do nothing */
+    KT_CHECK_RC(dx_http_cancel(ref), DX_OK);
+    dx_msg *m;
+    KT_CHECK_RC(dx_receive_any(100, &m), DX_ETIMEDOUT);
+}
+
+Test(http, cancel_stops_the_transfer_with_ecanceled)
+{
+    kt_run(cancel_body, NULL);
+    KT_HOST_WAIT_UNTIL(atomic_load(&S.closed_early) >= 1, 5000);
+    cr_assert_eq(atomic_load(&S.closed_early), 1,
+                 "the server saw the connection close before its answer");
+    cr_assert_eq(dx_http_in_flight(), 0);
+}
+
+static void doomed(void *arg)
+{
+    int n = (int)(intptr_t)arg;
+    for (int i = 0; i < n; i++) {
+        dx_http_request req = {.url = url(i % 2 ? "/hang" : "/stream/1000/20"),
+                               .stream = true};
+        KT_CHECK_RC(dx_http_submit(&req, dx_self(), 3, NULL), DX_OK);
+    }
+    for (int i = 0; i < 5000 && atomic_load(&S.requests) < n; i++)
+        dx_sleep(1);
+    /* die with transfers open: a crash, not a clean return */
+    dx_exit_self(dx_atom("boom"));
+}
+
+Test(http, a_dead_requester_cancels_its_transfers)
+{
+    dx_term *why = kt_run_reason(doomed, (void *)(intptr_t)4);
+    cr_assert(dx_is_atom(why, "boom"));
+    dx_term_free(why);
+    KT_HOST_WAIT_UNTIL(atomic_load(&S.closed_early) >= 4, 5000);
+    cr_assert_eq(atomic_load(&S.requests), 4);
+    cr_assert_eq(atomic_load(&S.closed_early), 4,
+                 "every connection closed before its answer ended");
+    KT_HOST_WAIT_UNTIL(dx_http_in_flight() == 0, 5000);
+    cr_assert_eq(dx_http_in_flight(), 0);
+}
+
+static void submit_and_wait_for_nothing(void *arg)
+{
+    (void)arg;
+    dx_http_request req = {.url = url("/hang")};
+    KT_CHECK_RC(dx_http_submit(&req, dx_self(), 3, NULL), DX_OK);
+    dx_msg *m;
+    dx_receive_any(DX_INFINITY, &m);
+}
+
+Test(http, stopping_the_io_loop_completes_open_transfers)
+{
+    dx_pid p;
+    cr_assert_eq(dx_spawn(submit_and_wait_for_nothing, NULL, &p), DX_OK);
+    KT_HOST_WAIT_UNTIL(atomic_load(&S.requests) >= 1, 5000);
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    /* the process got its ECANCELED completion and returned */
+    kt_host_join(p);
+    cr_assert_eq(dx_http_in_flight(), 0);
+    KT_HOST_WAIT_UNTIL(atomic_load(&S.closed_early) >= 1, 5000);
+    cr_assert_eq(atomic_load(&S.closed_early), 1);
+}
+
+/* ---- connection reuse ---- */
+
+static void sequential(void *arg)
+{
+    int n = (int)(intptr_t)arg;
+    for (int i = 0; i < n; i++) {
+        dx_http_request req = {
+            .url = url("/echo"), .body = "ping", .body_len = 4};
+        dx_http_response *r = fetch(&req);
+        if (r != NULL) {
+            KT_CHECK_RC(r->err, DX_OK);
+            KT_CHECK_EQ(r->body_len, 4);
+        }
+        dx_http_response_free(r);
+    }
+}
+
+Test(http, keep_alive_reuses_one_connection)
+{
+    uint64_t before = dx_http_connections_opened();
+    kt_run(sequential, (void *)(intptr_t)20);
+    cr_assert_eq(atomic_load(&S.requests), 20);
+    cr_assert_eq(atomic_load(&S.accepted), 1,
+                 "20 sequential requests used %d connections",
+                 atomic_load(&S.accepted));
+    cr_assert_eq(dx_http_connections_opened() - before, 1);
+}
+
+/* ---- many at once ---- */
+
+#define N_PROCS 100
+#define N_EACH 10
+static atomic_int answered;
+
+static void many_worker(void *arg)
+{
+    (void)arg;
+    dx_ref refs[N_EACH];
+    for (int i = 0; i < N_EACH; i++) {
+        dx_http_request req = {.url = url("/slow/300")};
+        KT_CHECK_RC(dx_http_submit(&req, dx_self(), 5, &refs[i]), DX_OK);
+    }
+    for (int i = 0; i < N_EACH; i++) {
+        dx_match m = {.fields = DX_MATCH_TAG, .tag = 5};
+        dx_msg *msg;
+        if (!KT_CHECK_RC(dx_receive(&m, 20000, &msg), DX_OK))
+            return;
+        dx_http_response *r = dx_http_msg_response(msg);
+        if (KT_CHECK(r != NULL)) {
+            KT_CHECK_RC(r->err, DX_OK);
+            KT_CHECK_EQ(r->status, 200);
+            KT_CHECK(strcmp(r->body, "slow") == 0);
+            atomic_fetch_add(&answered, 1);
+        }
+        dx_msg_free(msg);
+    }
+}
+
+Test(http, a_thousand_concurrent_requests_from_a_hundred_processes,
+     .timeout = 60)
+{
+    atomic_store(&answered, 0);
+    /* the loop and the watcher exist before we count threads */
+    dx_http_limits lim = {.max_host_connections = 200};
+    cr_assert_eq(dx_http_set_limits(&lim), DX_OK);
+    int before = threads_now();
+    dx_pid pids[N_PROCS];
+    for (int i = 0; i < N_PROCS; i++)
+        cr_assert_eq(dx_spawn(many_worker, NULL, &pids[i]), DX_OK);
+    KT_HOST_WAIT_UNTIL(dx_http_in_flight() >= N_PROCS * N_EACH, 10000);
+    size_t peak = dx_http_in_flight();
+    int during = threads_now();
+    for (int i = 0; i < N_PROCS; i++)
+        kt_host_join(pids[i]);
+    cr_assert_eq(atomic_load(&answered), N_PROCS * N_EACH);
+    cr_assert_eq(peak, (size_t)N_PROCS * N_EACH, "all were in flight at once");
+    cr_assert_eq(during, before, "threads: %d before, %d with %zu in flight",
+                 before, during, peak);
+    /* 1,000 requests over at most 200 connections */
+    cr_assert_leq(atomic_load(&S.accepted), 200);
+    cr_assert_eq(atomic_load(&S.requests), N_PROCS * N_EACH);
+}

@@ -1,0 +1,235 @@
+/*
+ * test_io.c — the I/O loop bridge: work handed over with dx_io_call runs on
+ * the I/O thread, once, in submission order, before dx_io_stop returns; stop
+ * hooks run in reverse order and close their handles; start and stop are
+ * idempotent and the loop starts again lazily after a stop.
+ *
+ * The bridge does not need the actor runtime, so these tests use host
+ * threads only.
+ */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
+#include <uv.h>
+
+#include "dspex/alloc.h"
+#include "dspex/error.h"
+#include "dspex/io.h"
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+/* ---- order and thread ---- */
+
+#define N_ORDER 200
+static int order_seen[N_ORDER];
+static atomic_int order_n;
+static atomic_int off_loop;
+
+static void record(void *arg)
+{
+    int i = (int)(intptr_t)arg;
+    if (!dx_io_on_loop_thread() || dx_io_loop() == NULL)
+        atomic_fetch_add(&off_loop, 1);
+    int k = atomic_fetch_add(&order_n, 1);
+    if (k < N_ORDER)
+        order_seen[k] = i;
+}
+
+Test(io, calls_run_on_the_loop_thread_in_submission_order, .timeout = 20)
+{
+    atomic_store(&order_n, 0);
+    atomic_store(&off_loop, 0);
+    cr_assert_null(dx_io_loop(), "no loop off the I/O thread");
+    cr_assert_not(dx_io_on_loop_thread());
+    for (int i = 0; i < N_ORDER; i++)
+        cr_assert_eq(dx_io_call(record, (void *)(intptr_t)i), DX_OK);
+    cr_assert(dx_io_running(), "the first call starts the loop");
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    /* stop runs everything already queued before it returns */
+    cr_assert_eq(atomic_load(&order_n), N_ORDER);
+    cr_assert_eq(atomic_load(&off_loop), 0);
+    for (int i = 0; i < N_ORDER; i++)
+        cr_assert_eq(order_seen[i], i, "call %d ran out of order", i);
+    cr_assert_not(dx_io_running());
+}
+
+Test(io, call_rejects_a_null_function, .timeout = 20)
+{
+    cr_assert_eq(dx_io_call(NULL, NULL), DX_EINVAL);
+    cr_assert_not(dx_io_running(), "a refused call starts nothing");
+}
+
+/* ---- many submitting threads ---- */
+
+#define N_THREADS 4
+#define N_PER 2000
+static atomic_int per_thread_last[N_THREADS];
+static atomic_int disorder;
+static atomic_int total;
+
+static void counted(void *arg)
+{
+    intptr_t v = (intptr_t)arg;
+    int t = (int)(v / N_PER), i = (int)(v % N_PER);
+    if (atomic_load(&per_thread_last[t]) != i - 1)
+        atomic_fetch_add(&disorder, 1);
+    atomic_store(&per_thread_last[t], i);
+    atomic_fetch_add(&total, 1);
+}
+
+static void *submitter(void *arg)
+{
+    intptr_t t = (intptr_t)arg;
+    for (int i = 0; i < N_PER; i++)
+        while (dx_io_call(counted, (void *)(t * N_PER + i)) != DX_OK)
+            sleep_ms(1);
+    return NULL;
+}
+
+Test(io, calls_from_many_threads_all_run_in_each_threads_order, .timeout = 30)
+{
+    for (int t = 0; t < N_THREADS; t++)
+        atomic_store(&per_thread_last[t], -1);
+    atomic_store(&disorder, 0);
+    atomic_store(&total, 0);
+    cr_assert_eq(dx_io_start(), DX_OK);
+    pthread_t th[N_THREADS];
+    for (intptr_t t = 0; t < N_THREADS; t++)
+        cr_assert_eq(pthread_create(&th[t], NULL, submitter, (void *)t), 0);
+    for (int t = 0; t < N_THREADS; t++)
+        pthread_join(th[t], NULL);
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    cr_assert_eq(atomic_load(&total), N_THREADS * N_PER);
+    cr_assert_eq(atomic_load(&disorder), 0);
+}
+
+/* ---- lifecycle ---- */
+
+Test(io, start_and_stop_are_idempotent_and_the_loop_restarts, .timeout = 20)
+{
+    cr_assert_eq(dx_io_stop(), DX_OK, "stop when stopped is fine");
+    cr_assert_eq(dx_io_start(), DX_OK);
+    cr_assert_eq(dx_io_start(), DX_OK, "start when running is fine");
+    cr_assert(dx_io_running());
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    cr_assert_not(dx_io_running());
+    atomic_store(&order_n, 0);
+    cr_assert_eq(dx_io_call(record, (void *)(intptr_t)0), DX_OK);
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    cr_assert_eq(atomic_load(&order_n), 1, "the loop came back lazily");
+}
+
+Test(io, at_stop_is_refused_off_the_loop_thread, .timeout = 20)
+{
+    cr_assert_eq(dx_io_at_stop(record, NULL), DX_ESTATE);
+}
+
+/* ---- stop hooks and libuv handles ---- */
+
+static int hook_order[3];
+static atomic_int hook_n;
+static atomic_int timer_fired;
+static atomic_int timer_closed;
+static atomic_int nested_ran;
+static atomic_int nested_reentrant;
+static atomic_int in_call;
+static uv_timer_t timer;
+
+static void hook(void *arg)
+{
+    int k = atomic_fetch_add(&hook_n, 1);
+    if (k < 3)
+        hook_order[k] = (int)(intptr_t)arg;
+}
+
+static void timer_closed_cb(uv_handle_t *h)
+{
+    (void)h;
+    atomic_store(&timer_closed, 1);
+}
+
+static void close_timer_hook(void *arg)
+{
+    hook(arg);
+    uv_close((uv_handle_t *)&timer, timer_closed_cb);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    (void)t;
+    atomic_fetch_add(&timer_fired, 1);
+}
+
+static void nested(void *arg)
+{
+    (void)arg;
+    if (atomic_load(&in_call))
+        atomic_store(&nested_reentrant, 1);
+    atomic_store(&nested_ran, 1);
+}
+
+static void setup_on_loop(void *arg)
+{
+    (void)arg;
+    atomic_store(&in_call, 1);
+    uv_timer_init(dx_io_loop(), &timer);
+    uv_timer_start(&timer, on_tick, 5, 5);
+    dx_io_at_stop(hook, (void *)(intptr_t)1);
+    dx_io_at_stop(close_timer_hook, (void *)(intptr_t)2);
+    dx_io_at_stop(hook, (void *)(intptr_t)3);
+    /* From the loop thread: queued for later, never run re-entrantly. */
+    dx_io_call(nested, NULL);
+    atomic_store(&in_call, 0);
+}
+
+Test(io, stop_hooks_run_in_reverse_order_and_close_handles, .timeout = 20)
+{
+    atomic_store(&hook_n, 0);
+    atomic_store(&timer_fired, 0);
+    atomic_store(&timer_closed, 0);
+    atomic_store(&nested_ran, 0);
+    atomic_store(&nested_reentrant, 0);
+    cr_assert_eq(dx_io_call(setup_on_loop, NULL), DX_OK);
+    for (int i = 0; i < 2000 && atomic_load(&timer_fired) < 3; i++)
+        sleep_ms(1);
+    cr_assert_geq(atomic_load(&timer_fired), 3, "libuv timers run");
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    cr_assert_eq(atomic_load(&hook_n), 3);
+    cr_assert_eq(hook_order[0], 3);
+    cr_assert_eq(hook_order[1], 2);
+    cr_assert_eq(hook_order[2], 1);
+    cr_assert_eq(atomic_load(&timer_closed), 1);
+    cr_assert_eq(atomic_load(&nested_ran), 1);
+    cr_assert_eq(atomic_load(&nested_reentrant), 0);
+
+    /* Hooks belong to one life of the loop: a restart runs none. */
+    atomic_store(&hook_n, 0);
+    cr_assert_eq(dx_io_start(), DX_OK);
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    cr_assert_eq(atomic_load(&hook_n), 0);
+}
+
+/* A handle a module forgot to close is closed at stop, not leaked (the
+ * ASan build checks that nothing leaks). */
+static uv_timer_t forgotten;
+
+static void forget_a_timer(void *arg)
+{
+    (void)arg;
+    uv_timer_init(dx_io_loop(), &forgotten);
+    uv_timer_start(&forgotten, on_tick, 100000, 0);
+}
+
+Test(io, stop_closes_handles_left_open, .timeout = 20)
+{
+    cr_assert_eq(dx_io_call(forget_a_timer, NULL), DX_OK);
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    cr_assert_not(dx_io_running());
+}
