@@ -1,0 +1,965 @@
+/*
+ * lmserver.c — the LM server's HTTP/1.1 core: its thread and libuv loop,
+ * accepting, parsing with http_parser, per-connection state, keep-alive,
+ * pipelined requests answered strictly in order, request size limits, the
+ * framing of each response (Content-Length, chunked SSE, or close-delimited)
+ * and the timing side of faults (delay, stall, reset, truncated close). It
+ * also owns the thread-safe reply and fault queues. What to answer is
+ * decided in lmserver_wire.c.
+ *
+ * Each connection owes its responses in a FIFO; only the head is ever being
+ * delayed or written, so a slow or stalled answer holds back the ones
+ * pipelined behind it, as HTTP/1.1 requires. Whenever the connection is
+ * closed by us on purpose we half-close first and keep draining input for a
+ * moment, so a client still sending does not turn our last response into a
+ * reset.
+ */
+#include <errno.h>
+#include <http_parser.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <uv.h>
+
+#include "dspex/alloc.h"
+#include "dspex/error.h"
+#include "lmserver_int.h"
+
+#define MAX_URL 8192
+#define MAX_HEADER_BYTES (64u * 1024u)
+#define MAX_HEADERS 128
+/* Responses owed before we stop reading from a pipelining client. */
+#define MAX_QUEUED 32
+#define LINGER_MS 1000
+#define LINGER_MAX_BYTES (64u * 1024u * 1024u)
+#define READ_BUF 65536
+
+/* ---- bounded buffer ---------------------------------------------------- */
+
+int dx__lms_buf_add(dx__lms_buf *b, const void *data, size_t n)
+{
+    size_t max = b->max ? b->max : SIZE_MAX / 2;
+    if (n > max || b->len > max - n)
+        return DX_ELIMIT;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = dx_realloc(b->p, cap);
+        if (p == NULL)
+            return DX_ENOMEM;
+        b->p = p;
+        b->cap = cap;
+    }
+    if (n > 0)
+        memcpy(b->p + b->len, data, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return DX_OK;
+}
+
+int dx__lms_buf_str(dx__lms_buf *b, const char *s)
+{
+    return dx__lms_buf_add(b, s, strlen(s));
+}
+
+int dx__lms_buf_fmt(dx__lms_buf *b, const char *fmt, ...)
+{
+    char small[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(small, sizeof small, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return DX_EINVAL;
+    if ((size_t)n < sizeof small)
+        return dx__lms_buf_add(b, small, (size_t)n);
+    char *big = dx_malloc((size_t)n + 1);
+    if (big == NULL)
+        return DX_ENOMEM;
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    int rc = dx__lms_buf_add(b, big, (size_t)n);
+    dx_free(big);
+    return rc;
+}
+
+void dx__lms_buf_free(dx__lms_buf *b)
+{
+    dx_free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
+/* ---- state ------------------------------------------------------------- */
+
+typedef struct owed {
+    struct owed *next;
+    char *data;
+    size_t send_len; /* bytes of data to send (less than all for faults) */
+    uint64_t delay_ms;
+    bool stall, reset, close_after, faulted;
+} owed;
+
+typedef struct reply_item {
+    struct reply_item *next;
+    char *text;
+} reply_item;
+
+typedef struct fault_item {
+    struct fault_item *next;
+    char spec[DX_LMSERVER_MAX_FAULT_SPEC];
+    unsigned left;
+} fault_item;
+
+typedef struct conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_write_t wreq;
+    uv_shutdown_t sreq;
+    dx_lmserver *srv;
+    struct conn *prev, *next;
+    http_parser parser;
+    /* The request being parsed. */
+    dx__lms_buf url, hdrs, body;
+    size_t hname[MAX_HEADERS], hval[MAX_HEADERS];
+    size_t nh;
+    bool last_was_value;
+    bool in_message;
+    int reject_status; /* set by a callback that refuses the request */
+    dx__lms_header harr[MAX_HEADERS];
+    /* Responses owed, in request order. */
+    owed *head, *tail;
+    size_t nowed;
+    size_t lingered;
+    int handles; /* open libuv handles; the conn is freed at 0 */
+    bool writing, reading, broken, closing, lingering, timer_delay;
+} conn;
+
+struct dx_lmserver {
+    uv_loop_t loop;
+    uv_tcp_t listener;
+    uv_async_t async;
+    pthread_t thread;
+    int port;
+    size_t max_body;
+    unsigned max_conns;
+    unsigned nopen; /* loop thread only */
+    conn *conns;    /* loop thread only */
+    char rbuf[READ_BUF];
+    pthread_mutex_t mu; /* guards the two queues */
+    reply_item *replies, *replies_tail;
+    fault_item *faults, *faults_tail;
+    atomic_uint_fast64_t st_requests, st_accepted, st_open, st_early, st_faults,
+        ids;
+};
+
+/* ---- queues (any thread) ----------------------------------------------- */
+
+char *dx__lms_take_reply(dx_lmserver *srv)
+{
+    char *text = NULL;
+    pthread_mutex_lock(&srv->mu);
+    reply_item *r = srv->replies;
+    if (r != NULL) {
+        srv->replies = r->next;
+        if (srv->replies == NULL)
+            srv->replies_tail = NULL;
+        text = r->text;
+    }
+    pthread_mutex_unlock(&srv->mu);
+    dx_free(r);
+    return text;
+}
+
+bool dx__lms_take_fault(dx_lmserver *srv, char *spec, size_t size)
+{
+    fault_item *done = NULL;
+    bool found = false;
+    pthread_mutex_lock(&srv->mu);
+    fault_item *f = srv->faults;
+    if (f != NULL) {
+        snprintf(spec, size, "%s", f->spec);
+        found = true;
+        if (--f->left == 0) {
+            srv->faults = f->next;
+            if (srv->faults == NULL)
+                srv->faults_tail = NULL;
+            done = f;
+        }
+    }
+    pthread_mutex_unlock(&srv->mu);
+    dx_free(done);
+    return found;
+}
+
+uint64_t dx__lms_next_id(dx_lmserver *srv)
+{
+    return atomic_fetch_add(&srv->ids, 1) + 1;
+}
+
+int dx_lmserver_push_reply(dx_lmserver *srv, const char *text)
+{
+    if (srv == NULL || text == NULL || strlen(text) > DX_LMSERVER_MAX_REPLY)
+        return DX_EINVAL;
+    reply_item *r = dx_malloc(sizeof *r);
+    char *copy = dx_strdup(text);
+    if (r == NULL || copy == NULL) {
+        dx_free(r);
+        dx_free(copy);
+        return DX_ENOMEM;
+    }
+    r->text = copy;
+    r->next = NULL;
+    pthread_mutex_lock(&srv->mu);
+    if (srv->replies_tail != NULL)
+        srv->replies_tail->next = r;
+    else
+        srv->replies = r;
+    srv->replies_tail = r;
+    pthread_mutex_unlock(&srv->mu);
+    return DX_OK;
+}
+
+int dx_lmserver_inject(dx_lmserver *srv, const char *spec, unsigned count)
+{
+    if (srv == NULL || spec == NULL || count == 0 ||
+        strlen(spec) >= DX_LMSERVER_MAX_FAULT_SPEC ||
+        !dx__lms_fault_valid(spec))
+        return DX_EINVAL;
+    fault_item *f = dx_malloc(sizeof *f);
+    if (f == NULL)
+        return DX_ENOMEM;
+    snprintf(f->spec, sizeof f->spec, "%s", spec);
+    f->left = count;
+    f->next = NULL;
+    pthread_mutex_lock(&srv->mu);
+    if (srv->faults_tail != NULL)
+        srv->faults_tail->next = f;
+    else
+        srv->faults = f;
+    srv->faults_tail = f;
+    pthread_mutex_unlock(&srv->mu);
+    return DX_OK;
+}
+
+int dx_lmserver_port(const dx_lmserver *srv)
+{
+    return srv ? srv->port : 0;
+}
+
+void dx_lmserver_stats_get(const dx_lmserver *srv, dx_lmserver_stats *out)
+{
+    dx_lmserver *s = (dx_lmserver *)srv; /* atomics loads need non-const */
+    out->requests = atomic_load(&s->st_requests);
+    out->connections_accepted = atomic_load(&s->st_accepted);
+    out->connections_open = atomic_load(&s->st_open);
+    out->connections_closed_early = atomic_load(&s->st_early);
+    out->faults_applied = atomic_load(&s->st_faults);
+}
+
+/* ---- connection lifetime ----------------------------------------------- */
+
+static void free_owed(owed *o)
+{
+    if (o != NULL) {
+        dx_free(o->data);
+        dx_free(o);
+    }
+}
+
+static void reset_request(conn *c)
+{
+    c->url.len = c->hdrs.len = c->body.len = 0;
+    c->nh = 0;
+    c->last_was_value = false;
+    c->reject_status = 0;
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    conn *c = h->data;
+    if (--c->handles > 0)
+        return;
+    while (c->head != NULL) {
+        owed *o = c->head;
+        c->head = o->next;
+        free_owed(o);
+    }
+    dx__lms_buf_free(&c->url);
+    dx__lms_buf_free(&c->hdrs);
+    dx__lms_buf_free(&c->body);
+    dx_free(c);
+}
+
+static void unlink_conn(conn *c)
+{
+    dx_lmserver *srv = c->srv;
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        srv->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    srv->nopen--;
+    atomic_fetch_sub(&srv->st_open, 1);
+}
+
+/* Close now. With hard = true the peer gets a RST instead of a FIN. */
+static void close_conn(conn *c, bool hard)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    unlink_conn(c);
+    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+    if (hard && uv_tcp_close_reset(&c->tcp, on_handle_closed) == 0)
+        return;
+    uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+}
+
+static void kick(conn *c);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    (void)hint;
+    conn *c = h->data;
+    /* One loop thread consumes each read before the next alloc. */
+    *buf = uv_buf_init(c->srv->rbuf, READ_BUF);
+}
+
+static void set_reading(conn *c, bool on)
+{
+    if (c->closing || on == c->reading)
+        return;
+    if (on)
+        c->reading =
+            uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0;
+    else {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    conn *c = t->data;
+    if (c->lingering) {
+        close_conn(c, false);
+        return;
+    }
+    c->timer_delay = false;
+    if (c->head != NULL)
+        c->head->delay_ms = 0;
+    kick(c);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    conn *c = req->data;
+    if (c->closing)
+        return;
+    if (status < 0) {
+        close_conn(c, false);
+        return;
+    }
+    /* Drain what the client still sends, so our answer is not lost to a
+     * reset, but not forever. */
+    c->lingering = true;
+    set_reading(c, true);
+    uv_timer_start(&c->timer, on_timer, LINGER_MS, 0);
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    conn *c = req->data;
+    c->writing = false;
+    if (c->closing)
+        return; /* the owed list is freed with the conn */
+    owed *o = c->head;
+    c->head = o->next;
+    if (c->head == NULL)
+        c->tail = NULL;
+    c->nowed--;
+    bool reset = o->reset, close_after = o->close_after;
+    free_owed(o);
+    if (status < 0) {
+        close_conn(c, false);
+        return;
+    }
+    if (reset) {
+        close_conn(c, true);
+        return;
+    }
+    if (close_after) {
+        c->broken = true;
+        c->sreq.data = c;
+        if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) != 0)
+            close_conn(c, false);
+        return;
+    }
+    if (!c->broken && c->nowed < MAX_QUEUED)
+        set_reading(c, true);
+    kick(c);
+}
+
+/* Start on the head response if nothing is in progress. */
+static void kick(conn *c)
+{
+    owed *o = c->head;
+    if (c->closing || c->writing || c->timer_delay || o == NULL || o->stall)
+        return;
+    if (o->delay_ms > 0) {
+        /* The loop clock is cached from before this read and counts whole
+         * milliseconds; refresh it and round up so the delay is never
+         * shorter than asked. */
+        c->timer_delay = true;
+        uv_update_time(&c->srv->loop);
+        uv_timer_start(&c->timer, on_timer, o->delay_ms + 1, 0);
+        return;
+    }
+    uv_buf_t b = uv_buf_init(o->data, (unsigned)o->send_len);
+    c->wreq.data = c;
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write) != 0) {
+        close_conn(c, false);
+        return;
+    }
+    c->writing = true;
+}
+
+/* ---- response framing -------------------------------------------------- */
+
+static const char *reason(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 413:
+        return "Payload Too Large";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 529:
+        return "Site Overloaded";
+    default:
+        return status < 300   ? "OK"
+               : status < 500 ? "Client Error"
+                              : "Server Error";
+    }
+}
+
+/* How many SSE events a reset or truncated stream still gets. */
+static size_t events_kept(const dx__lms_response *rs)
+{
+    return rs->nevents >= 2 ? rs->nevents / 2 : 0;
+}
+
+/* Turn rs into bytes and queue them. close_after: the request asked for
+ * Connection: close (or the parser cannot go on). */
+static int queue_response(conn *c, dx__lms_response *rs, bool close_after)
+{
+    dx__lms_buf out = {0};
+    bool truncate = rs->truncate;
+    bool chunked = rs->sse && !truncate;
+    if (truncate)
+        close_after = true;
+    int rc =
+        dx__lms_buf_fmt(&out, "HTTP/1.1 %d %s\r\nServer: dspex-lmserver\r\n",
+                        rs->status, reason(rs->status));
+    if (rc == 0 && rs->ctype != NULL)
+        rc = dx__lms_buf_fmt(&out, "Content-Type: %s\r\n", rs->ctype);
+    if (rc == 0 && rs->headers.len > 0)
+        rc = dx__lms_buf_add(&out, rs->headers.p, rs->headers.len);
+    if (rc == 0 && chunked)
+        rc = dx__lms_buf_str(&out, "Transfer-Encoding: chunked\r\n");
+    else if (rc == 0 && !truncate)
+        rc = dx__lms_buf_fmt(&out, "Content-Length: %zu\r\n", rs->body.len);
+    if (rc == 0)
+        rc = dx__lms_buf_fmt(&out, "Connection: %s\r\n\r\n",
+                             close_after ? "close" : "keep-alive");
+    size_t send_len = out.len;
+    const char *body = rs->body.p ? rs->body.p : "";
+    bool partial = truncate || rs->reset_mid;
+    if (rc == 0 && rs->sse) {
+        size_t keep = partial ? events_kept(rs) : rs->nevents;
+        size_t start = 0;
+        for (size_t i = 0; rc == 0 && i < rs->nevents; i++) {
+            size_t n = rs->event_end[i] - start;
+            if (chunked)
+                rc = dx__lms_buf_fmt(&out, "%zx\r\n", n);
+            if (rc == 0)
+                rc = dx__lms_buf_add(&out, body + start, n);
+            if (rc == 0 && chunked)
+                rc = dx__lms_buf_str(&out, "\r\n");
+            if (i < keep)
+                send_len = out.len;
+            start = rs->event_end[i];
+        }
+        if (rc == 0 && chunked)
+            rc = dx__lms_buf_str(&out, "0\r\n\r\n");
+        if (!partial)
+            send_len = out.len;
+    } else if (rc == 0) {
+        size_t head = out.len;
+        rc = dx__lms_buf_add(&out, body, rs->body.len);
+        send_len = partial ? head + rs->body.len / 2 : out.len;
+    }
+    owed *o = rc == 0 ? dx_calloc(1, sizeof *o) : NULL;
+    if (o == NULL) {
+        dx__lms_buf_free(&out);
+        return rc ? rc : DX_ENOMEM;
+    }
+    o->data = out.p;
+    o->send_len = send_len;
+    o->delay_ms = rs->delay_ms;
+    o->stall = rs->stall;
+    o->reset = rs->reset_mid;
+    o->close_after = close_after;
+    o->faulted = rs->faulted;
+    if (c->tail != NULL)
+        c->tail->next = o;
+    else
+        c->head = o;
+    c->tail = o;
+    c->nowed++;
+    if (rs->faulted)
+        atomic_fetch_add(&c->srv->st_faults, 1);
+    return DX_OK;
+}
+
+static void free_response(dx__lms_response *rs)
+{
+    dx__lms_buf_free(&rs->headers);
+    dx__lms_buf_free(&rs->body);
+}
+
+/* The parser cannot continue: answer once, then close. Input that still
+ * arrives is read and dropped (see on_read). */
+static void fail_conn(conn *c, int status, const char *msg)
+{
+    c->broken = true;
+    dx__lms_response *rs = dx_calloc(1, sizeof *rs);
+    int rc = DX_ENOMEM;
+    if (rs != NULL) {
+        dx__lms_core_error(c->url.p ? c->url.p : "", status, msg, rs);
+        rc = queue_response(c, rs, true);
+        free_response(rs);
+        dx_free(rs);
+    }
+    if (rc != 0) {
+        close_conn(c, false);
+        return;
+    }
+    kick(c);
+}
+
+/* ---- parser callbacks -------------------------------------------------- */
+
+static int on_message_begin(http_parser *p)
+{
+    conn *c = p->data;
+    reset_request(c);
+    c->in_message = true;
+    return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t n)
+{
+    conn *c = p->data;
+    c->url.max = MAX_URL;
+    if (dx__lms_buf_add(&c->url, at, n) != 0) {
+        c->reject_status = 431;
+        return -1;
+    }
+    return 0;
+}
+
+static int add_header_part(conn *c, const char *at, size_t n, bool value)
+{
+    c->hdrs.max = MAX_HEADER_BYTES;
+    if (value != c->last_was_value || c->nh == 0) {
+        /* a new field starts, or a field's value starts */
+        if (!value) {
+            if (c->nh == MAX_HEADERS)
+                goto reject;
+            if (c->nh > 0 && dx__lms_buf_add(&c->hdrs, "", 1) != 0)
+                goto reject; /* ends the previous value */
+            c->hname[c->nh++] = c->hdrs.len;
+        } else {
+            if (c->nh == 0 || dx__lms_buf_add(&c->hdrs, "", 1) != 0)
+                goto reject; /* ends the name */
+            c->hval[c->nh - 1] = c->hdrs.len;
+        }
+        c->last_was_value = value;
+    }
+    if (dx__lms_buf_add(&c->hdrs, at, n) != 0)
+        goto reject;
+    return 0;
+reject:
+    c->reject_status = 431;
+    return -1;
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t n)
+{
+    return add_header_part(p->data, at, n, false);
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t n)
+{
+    return add_header_part(p->data, at, n, true);
+}
+
+static int on_headers_complete(http_parser *p)
+{
+    conn *c = p->data;
+    /* A field without a value ("Name:" then CRLF) never called on_header_value. */
+    if (c->nh > 0 && !c->last_was_value) {
+        if (dx__lms_buf_add(&c->hdrs, "", 1) != 0) {
+            c->reject_status = 431;
+            return -1;
+        }
+        c->hval[c->nh - 1] = c->hdrs.len;
+        c->last_was_value = true;
+    }
+    if ((p->flags & F_CONTENTLENGTH) && p->content_length > c->srv->max_body) {
+        c->reject_status = 413;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t n)
+{
+    conn *c = p->data;
+    c->body.max = c->srv->max_body;
+    int rc = dx__lms_buf_add(&c->body, at, n);
+    if (rc != 0) {
+        c->reject_status = rc == DX_ELIMIT ? 413 : 500;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_message_complete(http_parser *p)
+{
+    conn *c = p->data;
+    dx_lmserver *srv = c->srv;
+    c->in_message = false;
+    atomic_fetch_add(&srv->st_requests, 1);
+    if (dx__lms_buf_add(&c->url, "", 0) != 0 ||
+        dx__lms_buf_add(&c->body, "", 0) != 0 ||
+        dx__lms_buf_add(&c->hdrs, "", 0) != 0) {
+        c->reject_status = 500;
+        return -1;
+    }
+    /* url is "path?query", or absolute-form "http://host/path?query". */
+    char *path = c->url.p;
+    if (strncasecmp(path, "http://", 7) == 0) {
+        char *slash = strchr(path + 7, '/');
+        path = slash ? slash : (char *)"/";
+    }
+    char *q = strchr(path, '?');
+    const char *query = "";
+    if (q != NULL) {
+        *q = '\0';
+        query = q + 1;
+    }
+    for (size_t i = 0; i < c->nh; i++) {
+        c->harr[i].name = c->hdrs.p + c->hname[i];
+        c->harr[i].value = c->hdrs.p + c->hval[i];
+    }
+    dx__lms_request rq = {
+        .method = http_method_str((enum http_method)p->method),
+        .path = path,
+        .query = query,
+        .headers = c->harr,
+        .nheaders = c->nh,
+        .body = c->body.p,
+        .body_len = c->body.len,
+    };
+    dx__lms_response *rs = dx_calloc(1, sizeof *rs);
+    if (rs == NULL) {
+        c->reject_status = 500;
+        return -1;
+    }
+    dx__lms_handle(srv, &rq, rs);
+    bool keep = http_should_keep_alive(p) != 0;
+    int rc = queue_response(c, rs, !keep);
+    free_response(rs);
+    dx_free(rs);
+    if (rc != 0) {
+        c->reject_status = 500;
+        return -1;
+    }
+    if (!keep) {
+        /* Whatever follows a "Connection: close" request goes unanswered. */
+        c->broken = true;
+        http_parser_pause(p, 1);
+    }
+    return 0;
+}
+
+static const http_parser_settings settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    conn *c = s->data;
+    dx_lmserver *srv = c->srv;
+    if (nread < 0) {
+        if (!c->lingering && (c->in_message || c->head != NULL))
+            atomic_fetch_add(&srv->st_early, 1);
+        close_conn(c, false);
+        return;
+    }
+    if (nread == 0)
+        return;
+    if (c->lingering) {
+        c->lingered += (size_t)nread;
+        if (c->lingered > LINGER_MAX_BYTES)
+            close_conn(c, false);
+        return;
+    }
+    if (c->broken)
+        return; /* still reading, to notice the client leaving */
+    size_t done =
+        http_parser_execute(&c->parser, &settings, buf->base, (size_t)nread);
+    enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
+    if (c->broken) {
+        /* after Connection: close; the rest is ignored */
+    } else if (e != HPE_OK) {
+        int status = c->reject_status           ? c->reject_status
+                     : e == HPE_HEADER_OVERFLOW ? 431
+                                                : 400;
+        char msg[160];
+        snprintf(msg, sizeof msg, "malformed HTTP request: %s",
+                 http_errno_description(e));
+        if (status == 413)
+            snprintf(msg, sizeof msg, "request body is larger than %zu bytes",
+                     srv->max_body);
+        else if (status == 431)
+            snprintf(msg, sizeof msg, "request line or headers are too large");
+        else if (status == 500)
+            snprintf(msg, sizeof msg, "out of memory");
+        fail_conn(c, status, msg);
+        return;
+    } else if (done != (size_t)nread || c->parser.upgrade) {
+        fail_conn(c, 400, "protocol upgrades are not supported");
+        return;
+    } else if (c->nowed >= MAX_QUEUED) {
+        set_reading(c, false);
+    }
+    kick(c);
+}
+
+/* ---- accept, thread, start/stop ---------------------------------------- */
+
+static void free_handle(uv_handle_t *h)
+{
+    dx_free(h);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    dx_lmserver *srv = server->data;
+    if (status < 0)
+        return;
+    conn *c = dx_calloc(1, sizeof *c);
+    if (c == NULL || uv_tcp_init(&srv->loop, &c->tcp) != 0) {
+        /* Take the connection off the backlog anyway, or it would spin. */
+        uv_tcp_t *tmp = dx_malloc(sizeof *tmp);
+        if (tmp != NULL && uv_tcp_init(&srv->loop, tmp) == 0) {
+            uv_accept(server, (uv_stream_t *)tmp);
+            uv_close((uv_handle_t *)tmp, free_handle);
+        } else {
+            dx_free(tmp);
+        }
+        dx_free(c);
+        return;
+    }
+    c->srv = srv;
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->handles = 2;
+    uv_timer_init(&srv->loop, &c->timer);
+    c->next = srv->conns;
+    if (srv->conns != NULL)
+        srv->conns->prev = c;
+    srv->conns = c;
+    srv->nopen++;
+    atomic_fetch_add(&srv->st_open, 1);
+    atomic_fetch_add(&srv->st_accepted, 1);
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 ||
+        srv->nopen > srv->max_conns) {
+        close_conn(c, false);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    http_parser_init(&c->parser, HTTP_REQUEST);
+    c->parser.data = c;
+    set_reading(c, true);
+}
+
+static void close_if_open(uv_handle_t *h)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void on_stop(uv_async_t *a)
+{
+    dx_lmserver *srv = a->data;
+    close_if_open((uv_handle_t *)&srv->listener);
+    close_if_open((uv_handle_t *)&srv->async);
+    while (srv->conns != NULL)
+        close_conn(srv->conns, false);
+}
+
+static void *server_main(void *arg)
+{
+    dx_lmserver *srv = arg;
+    /* Signals belong to the embedding program's threads; a write to a
+     * vanished peer must give EPIPE here, not kill the process. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+#ifdef __linux__
+    pthread_setname_np(pthread_self(), "dx-lmserver");
+#endif
+    uv_run(&srv->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+static void walk_close(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    close_if_open(h);
+}
+
+static void drain_and_close_loop(dx_lmserver *srv)
+{
+    uv_walk(&srv->loop, walk_close, NULL);
+    uv_run(&srv->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&srv->loop);
+}
+
+static void free_queues(dx_lmserver *srv)
+{
+    while (srv->replies != NULL) {
+        reply_item *r = srv->replies;
+        srv->replies = r->next;
+        dx_free(r->text);
+        dx_free(r);
+    }
+    while (srv->faults != NULL) {
+        fault_item *f = srv->faults;
+        srv->faults = f->next;
+        dx_free(f);
+    }
+}
+
+int dx_lmserver_start(const dx_lmserver_opts *opts, dx_lmserver **out)
+{
+    if (out == NULL)
+        return DX_EINVAL;
+    *out = NULL;
+    dx_lmserver_opts o = {0};
+    if (opts != NULL)
+        o = *opts;
+    if (o.port < 0 || o.port > 65535)
+        return DX_EINVAL;
+    const char *host = o.host ? o.host : "127.0.0.1";
+    struct sockaddr_storage addr;
+    if (uv_ip4_addr(host, o.port, (struct sockaddr_in *)&addr) != 0 &&
+        uv_ip6_addr(host, o.port, (struct sockaddr_in6 *)&addr) != 0)
+        return DX_EINVAL;
+    dx_lmserver *srv = dx_calloc(1, sizeof *srv);
+    if (srv == NULL)
+        return DX_ENOMEM;
+    srv->max_body =
+        o.max_body_bytes ? o.max_body_bytes : DX_LMSERVER_DEFAULT_MAX_BODY;
+    srv->max_conns = o.max_connections ? o.max_connections
+                                       : DX_LMSERVER_DEFAULT_MAX_CONNECTIONS;
+    if (uv_loop_init(&srv->loop) != 0) {
+        dx_free(srv);
+        return DX_ESYS;
+    }
+    pthread_mutex_init(&srv->mu, NULL);
+    uv_tcp_init(&srv->loop, &srv->listener);
+    srv->listener.data = srv;
+    int rc = uv_tcp_bind(&srv->listener, (const struct sockaddr *)&addr, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection);
+    struct sockaddr_storage bound;
+    int blen = sizeof bound;
+    if (rc == 0)
+        rc = uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound,
+                                &blen);
+    if (rc == 0)
+        rc = uv_async_init(&srv->loop, &srv->async, on_stop);
+    if (rc == 0) {
+        srv->async.data = srv;
+        srv->port = bound.ss_family == AF_INET6
+                        ? ntohs(((struct sockaddr_in6 *)&bound)->sin6_port)
+                        : ntohs(((struct sockaddr_in *)&bound)->sin_port);
+        rc = pthread_create(&srv->thread, NULL, server_main, srv) == 0 ? 0 : -1;
+    }
+    if (rc != 0) {
+        drain_and_close_loop(srv);
+        pthread_mutex_destroy(&srv->mu);
+        dx_free(srv);
+        return DX_ESYS;
+    }
+    *out = srv;
+    return DX_OK;
+}
+
+void dx_lmserver_stop_free(dx_lmserver *srv)
+{
+    if (srv == NULL)
+        return;
+    uv_async_send(&srv->async);
+    pthread_join(srv->thread, NULL);
+    /* Anything still open (none expected) is closed before the loop goes. */
+    drain_and_close_loop(srv);
+    free_queues(srv);
+    pthread_mutex_destroy(&srv->mu);
+    dx_free(srv);
+}

@@ -1,0 +1,84 @@
+/*
+ * lmserver_int.h — the seam between the LM server's HTTP core
+ * (lmserver.c: sockets, parsing, framing, fault timing) and its wire layer
+ * (lmserver_wire.c: routing, the three provider formats, answers, fault
+ * specs). The core hands over one parsed request and gets back one response
+ * description; the wire layer never touches sockets.
+ */
+#ifndef DSPEX_LMSERVER_INT_H
+#define DSPEX_LMSERVER_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dspex/lmserver.h"
+
+/* A bounded byte buffer: appending past max is an error, never a bigger
+ * buffer. Always NUL-terminated when p != NULL. */
+typedef struct dx__lms_buf {
+    char *p;
+    size_t len, cap, max;
+} dx__lms_buf;
+
+int dx__lms_buf_add(dx__lms_buf *b, const void *data, size_t n);
+int dx__lms_buf_str(dx__lms_buf *b, const char *s);
+int dx__lms_buf_fmt(dx__lms_buf *b, const char *fmt, ...) DX_PRINTF(2, 3);
+void dx__lms_buf_free(dx__lms_buf *b);
+
+typedef struct dx__lms_header {
+    const char *name; /* as sent; compare case-insensitively */
+    const char *value;
+} dx__lms_header;
+
+typedef struct dx__lms_request {
+    const char *method; /* "GET", "POST", ... */
+    const char *path;   /* URL path, no query */
+    const char *query;  /* after '?', "" if none */
+    const dx__lms_header *headers;
+    size_t nheaders;
+    const char *body; /* NUL-terminated, body_len bytes before the NUL */
+    size_t body_len;
+} dx__lms_request;
+
+/* What the core must send. The wire layer fills status, ctype, extra
+ * header lines ("Name: value\r\n" each) and the body; for a stream, the
+ * body is the SSE events back to back and event_end[i] is where event i
+ * ends. The fault fields tell the core how to misbehave. */
+#define DX__LMS_MAX_EVENTS 512
+typedef struct dx__lms_response {
+    int status;
+    const char *ctype; /* static string */
+    dx__lms_buf headers;
+    dx__lms_buf body;
+    bool sse;
+    size_t nevents;
+    size_t event_end[DX__LMS_MAX_EVENTS];
+    /* Faults. */
+    bool faulted; /* counts in faults_applied */
+    uint64_t delay_ms;
+    bool stall;
+    bool reset_mid; /* send part of the body, then RST */
+    bool truncate;  /* send part of the body, then a clean close */
+} dx__lms_response;
+
+/* Route and answer one request; never fails (out of memory becomes a 500
+ * with whatever could be built). rs is zeroed by the caller. Server
+ * thread. */
+void dx__lms_handle(dx_lmserver *srv, const dx__lms_request *rq,
+                    dx__lms_response *rs);
+
+/* An error the core detects before routing (413, 431, 400 for bad HTTP),
+ * shaped like the provider the path belongs to. path may be "". */
+void dx__lms_core_error(const char *path, int status, const char *msg,
+                        dx__lms_response *rs);
+
+/* Parse a fault spec (as in dx_lmserver_inject); true if valid. */
+bool dx__lms_fault_valid(const char *spec);
+
+/* Server state the wire layer reads (lmserver.c). Any thread. */
+char *dx__lms_take_reply(dx_lmserver *srv); /* dx_free it; NULL if none */
+bool dx__lms_take_fault(dx_lmserver *srv, char *spec, size_t size);
+uint64_t dx__lms_next_id(dx_lmserver *srv);
+
+#endif
