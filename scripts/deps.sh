@@ -23,6 +23,7 @@ DX_PACKAGES=(
     libcurl4-openssl-dev
     libcjson-dev
     libhttp-parser-dev
+    libsqlite3-dev
     libcriterion-dev
     valgrind
     clang-format
