@@ -31,7 +31,10 @@
     X(ECANCELED, -17, "the operation was cancelled")                           \
     X(EHTTP, -18, "the HTTP transfer failed")                                  \
     X(EPROVIDER, -20, "the LM provider call failed (see dx_lm_error)")         \
-    X(ENOKEY, -21, "no API key configured for the LM provider")
+    X(ENOKEY, -21, "no API key configured for the LM provider")                \
+    X(ECACHEFILE, -35, "the cache file is unusable; caching in memory only")   \
+    X(EBUSY, -30, "the call must wait for a rate limit or concurrency slot")   \
+    X(EOPEN, -31, "the circuit breaker is open: the endpoint is failing")
 
 typedef enum dx_err {
     DX_OK = 0,
