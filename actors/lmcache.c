@@ -1,0 +1,846 @@
+/*
+ * lmcache.c — the LM response cache: canonical request keys (SHA-256 of the
+ * "dxc1" form described in lmcache.h), the in-memory LRU tier, the SQLite
+ * file tier, and the JSON → dx_lm_response decoder the two tiers share
+ * (both keep the response as the text of dx_lm_response_to_json, so a hit
+ * always hands out a fresh copy the caller cannot share by mistake).
+ */
+#include "dspex/lmcache.h"
+
+#include <inttypes.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "codec_int.h"
+#include "dspex/alloc.h"
+#include "dspex/error.h"
+
+#define DEFAULT_ENTRIES 10000
+#define DEFAULT_BYTES ((size_t)64 << 20)
+#define DEFAULT_BUSY_MS 5000
+#define FORMAT_VERSION 1
+/* Canonical forms and responses beyond this are refused rather than grown
+ * without bound. */
+#define MAX_TEXT ((size_t)256 << 20)
+
+/* ---- SHA-256 (FIPS 180-4) ------------------------------------------------ */
+
+typedef struct sha256 {
+    uint32_t h[8];
+    uint64_t len;
+    unsigned char buf[64];
+    size_t fill;
+} sha256;
+
+static const uint32_t K[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1,
+    0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3,
+    0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
+    0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147,
+    0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
+    0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
+    0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208,
+    0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+
+static uint32_t ror(uint32_t x, int n)
+{
+    return (x >> n) | (x << (32 - n));
+}
+
+static void sha_block(sha256 *s, const unsigned char *p)
+{
+    uint32_t w[64];
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+               (uint32_t)p[4 * i + 2] << 8 | (uint32_t)p[4 * i + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = ror(w[i - 15], 7) ^ ror(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = ror(w[i - 2], 17) ^ ror(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = s->h[0], b = s->h[1], c = s->h[2], d = s->h[3];
+    uint32_t e = s->h[4], f = s->h[5], g = s->h[6], h = s->h[7];
+    for (int i = 0; i < 64; i++) {
+        uint32_t t1 = h + (ror(e, 6) ^ ror(e, 11) ^ ror(e, 25)) +
+                      ((e & f) ^ (~e & g)) + K[i] + w[i];
+        uint32_t t2 = (ror(a, 2) ^ ror(a, 13) ^ ror(a, 22)) +
+                      ((a & b) ^ (a & c) ^ (b & c));
+        h = g;
+        g = f;
+        f = e;
+        e = d + t1;
+        d = c;
+        c = b;
+        b = a;
+        a = t1 + t2;
+    }
+    s->h[0] += a;
+    s->h[1] += b;
+    s->h[2] += c;
+    s->h[3] += d;
+    s->h[4] += e;
+    s->h[5] += f;
+    s->h[6] += g;
+    s->h[7] += h;
+}
+
+static void sha_init(sha256 *s)
+{
+    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372,
+                                   0xa54ff53a, 0x510e527f, 0x9b05688c,
+                                   0x1f83d9ab, 0x5be0cd19};
+    memcpy(s->h, iv, sizeof iv);
+    s->len = 0;
+    s->fill = 0;
+}
+
+static void sha_update(sha256 *s, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    s->len += n;
+    while (n) {
+        size_t take = 64 - s->fill < n ? 64 - s->fill : n;
+        memcpy(s->buf + s->fill, p, take);
+        s->fill += take;
+        p += take;
+        n -= take;
+        if (s->fill == 64) {
+            sha_block(s, s->buf);
+            s->fill = 0;
+        }
+    }
+}
+
+static void sha_hex(sha256 *s, char hex[DX_LMCACHE_KEY_HEX + 1])
+{
+    uint64_t bits = s->len * 8;
+    unsigned char pad = 0x80;
+    sha_update(s, &pad, 1);
+    pad = 0;
+    while (s->fill != 56)
+        sha_update(s, &pad, 1);
+    unsigned char lenb[8];
+    for (int i = 0; i < 8; i++)
+        lenb[i] = (unsigned char)(bits >> (56 - 8 * i));
+    sha_update(s, lenb, 8);
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 0; i < 8; i++)
+        for (int j = 0; j < 4; j++) {
+            unsigned v = (s->h[i] >> (24 - 8 * j)) & 0xff;
+            hex[8 * i + 2 * j] = digits[v >> 4];
+            hex[8 * i + 2 * j + 1] = digits[v & 15];
+        }
+    hex[DX_LMCACHE_KEY_HEX] = '\0';
+}
+
+/* ---- canonical form ------------------------------------------------------ */
+
+static int put_raw(dx__buf *b, const char *s)
+{
+    return dx__buf_append(b, s, strlen(s));
+}
+
+static int put_str(dx__buf *b, const char *tag, const char *v)
+{
+    char head[64];
+    int n = v ? snprintf(head, sizeof head, "%s=%zu:", tag, strlen(v))
+              : snprintf(head, sizeof head, "%s=~\n", tag);
+    int rc = dx__buf_append(b, head, (size_t)n);
+    if (rc == DX_OK && v) {
+        rc = put_raw(b, v);
+        if (rc == DX_OK)
+            rc = dx__buf_append(b, "\n", 1);
+    }
+    return rc;
+}
+
+static int put_int(dx__buf *b, const char *tag, int64_t v)
+{
+    char line[64];
+    int n = snprintf(line, sizeof line, "%s=%" PRId64 "\n", tag, v);
+    return dx__buf_append(b, line, (size_t)n);
+}
+
+static int canon_calls(dx__buf *b, const dx_lm_tool_call *tc, size_t n)
+{
+    int rc = put_int(b, "calls", (int64_t)n);
+    for (size_t i = 0; rc == DX_OK && i < n; i++) {
+        rc = put_str(b, "call.id", tc[i].id);
+        if (rc == DX_OK)
+            rc = put_str(b, "call.name", tc[i].name);
+        if (rc == DX_OK)
+            rc = put_str(b, "call.args", tc[i].arguments);
+    }
+    return rc;
+}
+
+static int canonical(dx__buf *b, const dx_lm_request *r, const char *model,
+                     const char *ns)
+{
+    int rc = put_raw(b, "dxc1\n");
+#define STEP(x)                                                                \
+    do {                                                                       \
+        if (rc == DX_OK)                                                       \
+            rc = (x);                                                          \
+    } while (0)
+    STEP(put_str(b, "ns", ns && *ns ? ns : NULL));
+    STEP(put_str(b, "model", model ? model : r->model));
+    STEP(put_int(b, "messages", (int64_t)r->n_messages));
+    for (size_t i = 0; rc == DX_OK && i < r->n_messages; i++) {
+        const dx_lm_message *m = &r->messages[i];
+        STEP(put_int(b, "role", (int64_t)m->role));
+        STEP(put_str(b, "content", m->content));
+        STEP(put_str(b, "tool_call_id", m->tool_call_id));
+        STEP(canon_calls(b, m->tool_calls, m->n_tool_calls));
+    }
+    if (r->has_temperature) {
+        char t[40];
+        snprintf(t, sizeof t, "%.17g", r->temperature);
+        STEP(put_str(b, "temperature", t));
+    } else {
+        STEP(put_str(b, "temperature", NULL));
+    }
+    STEP(put_int(b, "max_tokens", r->max_tokens));
+    /* 0 and 1 both ask for one choice. */
+    STEP(put_int(b, "n", r->n <= 1 ? 1 : r->n));
+    STEP(put_int(b, "stop", (int64_t)r->n_stop));
+    for (size_t i = 0; rc == DX_OK && i < r->n_stop; i++)
+        STEP(put_str(b, "stop.s", r->stop[i]));
+    if (r->has_seed)
+        STEP(put_int(b, "seed", r->seed));
+    else
+        STEP(put_str(b, "seed", NULL));
+    STEP(put_int(b, "format", (int64_t)r->format));
+    if (r->format == DX_LM_FORMAT_JSON_SCHEMA) {
+        STEP(put_str(b, "schema_name", r->schema_name));
+        STEP(put_str(b, "schema", r->schema));
+        STEP(put_int(b, "schema_strict", r->schema_strict));
+    }
+    STEP(put_int(b, "tools", (int64_t)r->n_tools));
+    for (size_t i = 0; rc == DX_OK && i < r->n_tools; i++) {
+        STEP(put_str(b, "tool.name", r->tools[i].name));
+        STEP(put_str(b, "tool.desc", r->tools[i].description));
+        STEP(put_str(b, "tool.params", r->tools[i].parameters));
+    }
+    STEP(put_int(b, "tool_choice", (int64_t)r->tool_choice));
+    if (r->tool_choice == DX_LM_TOOL_CHOICE_NAMED)
+        STEP(put_str(b, "tool_choice_name", r->tool_choice_name));
+#undef STEP
+    return rc;
+}
+
+static void hash_text(const char *s, size_t n, char hex[DX_LMCACHE_KEY_HEX + 1])
+{
+    sha256 st;
+    sha_init(&st);
+    sha_update(&st, s, n);
+    sha_hex(&st, hex);
+}
+
+int dx_lmcache_key_make(const dx_lm_request *req, const char *model,
+                        const char *ns, dx_lmcache_key *key)
+{
+    if (!key)
+        return DX_EINVAL;
+    memset(key, 0, sizeof *key);
+    if (!req)
+        return DX_EINVAL;
+    dx__buf b;
+    dx__buf_init(&b, MAX_TEXT);
+    int rc = canonical(&b, req, model, ns);
+    if (rc == DX_OK)
+        rc = dx__buf_terminate(&b);
+    if (rc != DX_OK) {
+        dx__buf_free(&b);
+        return rc == DX_ELIMIT ? DX_EINVAL : rc;
+    }
+    key->canonical = b.p;
+    key->len = b.len;
+    key->mode = DX_LMCACHE_USE;
+    hash_text(key->canonical, key->len, key->hex);
+    return DX_OK;
+}
+
+void dx_lmcache_key_clear(dx_lmcache_key *key)
+{
+    if (!key)
+        return;
+    dx_free(key->canonical);
+    memset(key, 0, sizeof *key);
+}
+
+/* ---- response from JSON -------------------------------------------------- */
+
+static int dup_opt(const cJSON *o, const char *name, char **out)
+{
+    const char *s = dx__jstr(o, name);
+    *out = NULL;
+    if (!s)
+        return DX_OK;
+    *out = dx_strdup(s);
+    return *out ? DX_OK : DX_ENOMEM;
+}
+
+static int parse_choice(const cJSON *o, dx_lm_choice *c)
+{
+    const char *text = dx__jstr(o, "text");
+    const char *fin = dx__jstr(o, "finish");
+    if (!cJSON_IsObject(o) || !text || !fin)
+        return DX_EINVAL;
+    c->finish = DX_LM_FINISH_OTHER;
+    for (int f = DX_LM_FINISH_NONE; f <= DX_LM_FINISH_OTHER; f++)
+        if (strcmp(fin, dx_lm_finish_name((dx_lm_finish)f)) == 0)
+            c->finish = (dx_lm_finish)f;
+    c->text = dx_strdup(text);
+    if (!c->text)
+        return DX_ENOMEM;
+    int rc = dup_opt(o, "finish_raw", &c->finish_raw);
+    const cJSON *tcs = cJSON_GetObjectItemCaseSensitive(o, "tool_calls");
+    if (rc != DX_OK || !tcs)
+        return rc;
+    if (!cJSON_IsArray(tcs))
+        return DX_EINVAL;
+    size_t n = (size_t)cJSON_GetArraySize(tcs);
+    if (n == 0)
+        return DX_OK;
+    c->tool_calls = dx_calloc(n, sizeof *c->tool_calls);
+    if (!c->tool_calls)
+        return DX_ENOMEM;
+    const cJSON *t;
+    cJSON_ArrayForEach(t, tcs)
+    {
+        dx_lm_tool_call *k = &c->tool_calls[c->n_tool_calls++];
+        if (!dx__jstr(t, "id") || !dx__jstr(t, "name") ||
+            !dx__jstr(t, "arguments"))
+            return DX_EINVAL;
+        if (dup_opt(t, "id", &k->id) || dup_opt(t, "name", &k->name) ||
+            dup_opt(t, "arguments", &k->arguments))
+            return DX_ENOMEM;
+    }
+    return DX_OK;
+}
+
+int dx_lm_response_from_json(const char *json, size_t len, dx_lm_response **out)
+{
+    if (!out)
+        return DX_EINVAL;
+    *out = NULL;
+    cJSON *root = dx__jparse(json, len);
+    if (!root)
+        return DX_EINVAL; /* dx__jparse cannot tell OOM from bad text */
+    dx_lm_response *r = dx_calloc(1, sizeof *r);
+    int rc = r ? DX_OK : DX_ENOMEM;
+    const cJSON *chs = dx__jarr(root, "choices");
+    if (rc == DX_OK && !chs)
+        rc = DX_EINVAL;
+    if (rc == DX_OK)
+        rc = dup_opt(root, "id", &r->id);
+    if (rc == DX_OK)
+        rc = dup_opt(root, "model", &r->model);
+    if (rc == DX_OK)
+        rc = dup_opt(root, "request_id", &r->request_id);
+    size_t n = chs ? (size_t)cJSON_GetArraySize(chs) : 0;
+    if (rc == DX_OK && n) {
+        r->choices = dx_calloc(n, sizeof *r->choices);
+        if (!r->choices)
+            rc = DX_ENOMEM;
+    }
+    const cJSON *o;
+    if (rc == DX_OK) {
+        cJSON_ArrayForEach(o, chs)
+        {
+            rc = parse_choice(o, &r->choices[r->n_choices++]);
+            if (rc != DX_OK)
+                break;
+        }
+    }
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(root, "usage");
+    if (rc == DX_OK && u) {
+        if (!cJSON_IsObject(u)) {
+            rc = DX_EINVAL;
+        } else {
+            r->has_usage = true;
+            r->usage.input_tokens = dx__jint(u, "input_tokens", 0);
+            r->usage.output_tokens = dx__jint(u, "output_tokens", 0);
+            r->usage.total_tokens = dx__jint(u, "total_tokens", 0);
+            r->usage.cached_tokens = dx__jint(u, "cached_tokens", 0);
+        }
+    }
+    cJSON_Delete(root);
+    if (rc != DX_OK) {
+        dx_lm_response_free(r);
+        return rc;
+    }
+    *out = r;
+    return DX_OK;
+}
+
+/* ---- the memory tier ----------------------------------------------------- */
+
+typedef struct entry {
+    char hex[DX_LMCACHE_KEY_HEX + 1];
+    char *canonical;
+    size_t canon_len;
+    char *json;
+    size_t json_len;
+    size_t bytes;
+    struct entry *prev, *next; /* LRU list: head is the most recent */
+    struct entry *chain;       /* hash bucket */
+} entry;
+
+struct dx_lmcache {
+    dx_lmcache_limits lim;
+    entry **buckets;
+    size_t n_buckets; /* a power of two */
+    entry *head, *tail;
+    dx_lmcache_stats st;
+    sqlite3 *db;
+    sqlite3_stmt *get_stmt;
+    sqlite3_stmt *put_stmt;
+    char *path;
+    char err[512];
+};
+
+static size_t bucket_of(const dx_lmcache *c, const char *hex)
+{
+    uint64_t h = 0;
+    /* The key is already a uniform hash: its first 16 hex digits do. */
+    for (int i = 0; i < 16; i++)
+        h = h << 4 |
+            (uint64_t)(hex[i] <= '9' ? hex[i] - '0' : hex[i] - 'a' + 10);
+    return (size_t)(h & (c->n_buckets - 1));
+}
+
+static entry *find(const dx_lmcache *c, const char *hex)
+{
+    for (entry *e = c->buckets[bucket_of(c, hex)]; e; e = e->chain)
+        if (memcmp(e->hex, hex, DX_LMCACHE_KEY_HEX) == 0)
+            return e;
+    return NULL;
+}
+
+static void lru_unlink(dx_lmcache *c, entry *e)
+{
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        c->head = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    else
+        c->tail = e->prev;
+    e->prev = e->next = NULL;
+}
+
+static void lru_front(dx_lmcache *c, entry *e)
+{
+    e->next = c->head;
+    e->prev = NULL;
+    if (c->head)
+        c->head->prev = e;
+    c->head = e;
+    if (!c->tail)
+        c->tail = e;
+}
+
+static void remove_entry(dx_lmcache *c, entry *e)
+{
+    entry **pp = &c->buckets[bucket_of(c, e->hex)];
+    while (*pp != e)
+        pp = &(*pp)->chain;
+    *pp = e->chain;
+    lru_unlink(c, e);
+    c->st.entries--;
+    c->st.bytes -= e->bytes;
+    dx_free(e->canonical);
+    dx_free(e->json);
+    dx_free(e);
+}
+
+/* Double the bucket array when chains would grow past one on average; a
+ * failed grow only makes chains longer. */
+static void maybe_grow(dx_lmcache *c)
+{
+    if (c->st.entries < c->n_buckets)
+        return;
+    size_t n = c->n_buckets * 2;
+    entry **nb = dx_calloc(n, sizeof *nb);
+    if (!nb)
+        return;
+    entry **old = c->buckets;
+    size_t old_n = c->n_buckets;
+    c->buckets = nb;
+    c->n_buckets = n;
+    for (size_t i = 0; i < old_n; i++) {
+        entry *e = old[i];
+        while (e) {
+            entry *next = e->chain;
+            size_t k = bucket_of(c, e->hex);
+            e->chain = nb[k];
+            nb[k] = e;
+            e = next;
+        }
+    }
+    dx_free(old);
+}
+
+/* Insert or replace the memory entry for hex, then evict from the tail
+ * until both bounds hold. An entry alone over max_bytes is not kept. */
+static int mem_put(dx_lmcache *c, const char *hex, const char *canon,
+                   size_t canon_len, const char *json, size_t json_len)
+{
+    entry *old = find(c, hex);
+    if (old)
+        remove_entry(c, old);
+    size_t bytes = sizeof(entry) + canon_len + json_len + 2;
+    if (bytes > c->lim.max_bytes)
+        return DX_OK;
+    entry *e = dx_calloc(1, sizeof *e);
+    if (!e)
+        return DX_ENOMEM;
+    e->canonical = dx_malloc(canon_len + 1);
+    e->json = dx_malloc(json_len + 1);
+    if (!e->canonical || !e->json) {
+        dx_free(e->canonical);
+        dx_free(e->json);
+        dx_free(e);
+        return DX_ENOMEM;
+    }
+    memcpy(e->hex, hex, DX_LMCACHE_KEY_HEX + 1);
+    memcpy(e->canonical, canon, canon_len);
+    e->canonical[canon_len] = '\0';
+    e->canon_len = canon_len;
+    memcpy(e->json, json, json_len);
+    e->json[json_len] = '\0';
+    e->json_len = json_len;
+    e->bytes = bytes;
+    size_t k = bucket_of(c, hex);
+    e->chain = c->buckets[k];
+    c->buckets[k] = e;
+    lru_front(c, e);
+    c->st.entries++;
+    c->st.bytes += bytes;
+    while (c->tail != e && (c->st.entries > c->lim.max_entries ||
+                            c->st.bytes > c->lim.max_bytes)) {
+        remove_entry(c, c->tail);
+        c->st.evictions++;
+    }
+    maybe_grow(c);
+    return DX_OK;
+}
+
+/* ---- the file tier ------------------------------------------------------- */
+
+static void set_err(dx_lmcache *c, const char *what)
+{
+    snprintf(c->err, sizeof c->err, "lmcache: cache file '%s': %s: %s",
+             c->path ? c->path : "?", what,
+             c->db ? sqlite3_errmsg(c->db) : "cannot open");
+}
+
+static void db_close(dx_lmcache *c)
+{
+    sqlite3_finalize(c->get_stmt);
+    sqlite3_finalize(c->put_stmt);
+    sqlite3_close(c->db);
+    c->get_stmt = c->put_stmt = NULL;
+    c->db = NULL;
+}
+
+static int exec(dx_lmcache *c, const char *sql, const char *what)
+{
+    if (sqlite3_exec(c->db, sql, NULL, NULL, NULL) != SQLITE_OK) {
+        set_err(c, what);
+        return DX_ECACHEFILE;
+    }
+    return DX_OK;
+}
+
+static int user_version(dx_lmcache *c, int *v)
+{
+    sqlite3_stmt *s = NULL;
+    int rc = sqlite3_prepare_v2(c->db, "PRAGMA user_version", -1, &s, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(s);
+    if (rc != SQLITE_ROW) {
+        set_err(c, "reading the format version");
+        sqlite3_finalize(s);
+        return DX_ECACHEFILE;
+    }
+    *v = sqlite3_column_int(s, 0);
+    sqlite3_finalize(s);
+    return DX_OK;
+}
+
+static int db_open(dx_lmcache *c)
+{
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+    if (sqlite3_open_v2(c->path, &c->db, flags, NULL) != SQLITE_OK) {
+        set_err(c, "cannot open");
+        return DX_ECACHEFILE;
+    }
+    sqlite3_busy_timeout(c->db, c->lim.busy_timeout_ms);
+    /* The first read of the header is where "not a database" shows. */
+    int v = 0;
+    int rc = user_version(c, &v);
+    if (rc == DX_OK && v != 0 && v != FORMAT_VERSION) {
+        snprintf(c->err, sizeof c->err,
+                 "lmcache: cache file '%s': format version %d, expected %d",
+                 c->path, v, FORMAT_VERSION);
+        return DX_ECACHEFILE;
+    }
+    if (rc == DX_OK)
+        rc = exec(c, "PRAGMA journal_mode=WAL", "enabling WAL");
+    if (rc == DX_OK)
+        rc = exec(c, "PRAGMA synchronous=NORMAL", "setting synchronous");
+    if (rc == DX_OK)
+        rc = exec(c,
+                  "CREATE TABLE IF NOT EXISTS lm_cache ("
+                  " key TEXT PRIMARY KEY,"
+                  " request BLOB NOT NULL,"
+                  " response TEXT NOT NULL,"
+                  " created_at INTEGER NOT NULL);"
+                  "PRAGMA user_version=1;",
+                  "creating the table");
+    /* Damage deeper in the file shows later, per lookup, as a disk error
+     * and a miss; a full check here would read the whole file at open. */
+    if (rc == DX_OK &&
+        sqlite3_prepare_v2(c->db,
+                           "SELECT request, response FROM lm_cache "
+                           "WHERE key = ?1",
+                           -1, &c->get_stmt, NULL) != SQLITE_OK) {
+        set_err(c, "preparing the lookup");
+        rc = DX_ECACHEFILE;
+    }
+    if (rc == DX_OK &&
+        sqlite3_prepare_v2(c->db,
+                           "INSERT OR REPLACE INTO lm_cache "
+                           "(key, request, response, created_at) "
+                           "VALUES (?1, ?2, ?3, ?4)",
+                           -1, &c->put_stmt, NULL) != SQLITE_OK) {
+        set_err(c, "preparing the insert");
+        rc = DX_ECACHEFILE;
+    }
+    return rc;
+}
+
+/* DX_OK with *json (dx_malloc'd) on a hit; DX_ENOENT on a miss or a
+ * collision; DX_ECACHEFILE on a read error; DX_ENOMEM. */
+static int db_get(dx_lmcache *c, const dx_lmcache_key *k, char **json,
+                  size_t *json_len)
+{
+    sqlite3_stmt *s = c->get_stmt;
+    int rc = DX_ENOENT;
+    sqlite3_reset(s);
+    if (sqlite3_bind_text(s, 1, k->hex, DX_LMCACHE_KEY_HEX, SQLITE_STATIC)) {
+        set_err(c, "binding the lookup");
+        return DX_ECACHEFILE;
+    }
+    int step = sqlite3_step(s);
+    if (step == SQLITE_ROW) {
+        const void *req = sqlite3_column_blob(s, 0);
+        size_t req_len = (size_t)sqlite3_column_bytes(s, 0);
+        const unsigned char *resp = sqlite3_column_text(s, 1);
+        size_t resp_len = (size_t)sqlite3_column_bytes(s, 1);
+        if (req_len != k->len ||
+            (req_len && memcmp(req, k->canonical, req_len))) {
+            c->st.collisions++;
+        } else if (!resp) {
+            set_err(c, "reading a response");
+            rc = DX_ECACHEFILE;
+        } else {
+            *json = dx_malloc(resp_len + 1);
+            if (!*json) {
+                rc = DX_ENOMEM;
+            } else {
+                memcpy(*json, resp, resp_len);
+                (*json)[resp_len] = '\0';
+                *json_len = resp_len;
+                rc = DX_OK;
+            }
+        }
+    } else if (step != SQLITE_DONE) {
+        set_err(c, "looking a key up");
+        rc = DX_ECACHEFILE;
+    }
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return rc;
+}
+
+static int db_put(dx_lmcache *c, const dx_lmcache_key *k, const char *json,
+                  size_t json_len, int64_t now_ms)
+{
+    sqlite3_stmt *s = c->put_stmt;
+    sqlite3_reset(s);
+    int rc = sqlite3_bind_text(s, 1, k->hex, DX_LMCACHE_KEY_HEX, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_blob(s, 2, k->canonical, (int)k->len, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text(s, 3, json, (int)json_len, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(s, 4, now_ms);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+    if (rc != SQLITE_OK)
+        set_err(c, "writing an entry");
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return rc == SQLITE_OK ? DX_OK : DX_ECACHEFILE;
+}
+
+/* ---- the API ------------------------------------------------------------- */
+
+int dx_lmcache_open(const char *path, const dx_lmcache_limits *limits,
+                    dx_lmcache **out)
+{
+    if (!out)
+        return DX_EINVAL;
+    *out = NULL;
+    dx_lmcache *c = dx_calloc(1, sizeof *c);
+    if (!c)
+        return DX_ENOMEM;
+    if (limits)
+        c->lim = *limits;
+    if (!c->lim.max_entries)
+        c->lim.max_entries = DEFAULT_ENTRIES;
+    if (!c->lim.max_bytes)
+        c->lim.max_bytes = DEFAULT_BYTES;
+    if (c->lim.busy_timeout_ms <= 0)
+        c->lim.busy_timeout_ms = DEFAULT_BUSY_MS;
+    c->n_buckets = 64;
+    c->buckets = dx_calloc(c->n_buckets, sizeof *c->buckets);
+    if (!c->buckets || (path && !(c->path = dx_strdup(path)))) {
+        dx_free(c->buckets);
+        dx_free(c);
+        return DX_ENOMEM;
+    }
+    int rc = DX_OK;
+    if (path) {
+        rc = db_open(c);
+        if (rc != DX_OK)
+            db_close(c);
+    }
+    c->st.disk = c->db != NULL;
+    *out = c;
+    return rc;
+}
+
+void dx_lmcache_close(dx_lmcache *c)
+{
+    if (!c)
+        return;
+    while (c->head)
+        remove_entry(c, c->head);
+    db_close(c);
+    dx_free(c->buckets);
+    dx_free(c->path);
+    dx_free(c);
+}
+
+static bool key_ok(const dx_lmcache_key *k)
+{
+    return k && k->canonical && k->hex[DX_LMCACHE_KEY_HEX] == '\0' &&
+           strlen(k->hex) == DX_LMCACHE_KEY_HEX;
+}
+
+int dx_lmcache_get(dx_lmcache *c, const dx_lmcache_key *key,
+                   dx_lm_response **out)
+{
+    if (!out)
+        return DX_EINVAL;
+    *out = NULL;
+    if (!c || !key_ok(key))
+        return DX_EINVAL;
+    if (key->mode != DX_LMCACHE_USE) {
+        c->st.bypassed++;
+        return DX_ENOENT;
+    }
+    entry *e = find(c, key->hex);
+    if (e) {
+        if (e->canon_len == key->len &&
+            memcmp(e->canonical, key->canonical, key->len) == 0) {
+            int rc = dx_lm_response_from_json(e->json, e->json_len, out);
+            if (rc != DX_OK)
+                return rc == DX_EINVAL ? DX_ENOMEM : rc;
+            lru_unlink(c, e);
+            lru_front(c, e);
+            c->st.hits_memory++;
+            return DX_OK;
+        }
+        c->st.collisions++;
+        c->st.misses++;
+        return DX_ENOENT;
+    }
+    if (c->db) {
+        char *json = NULL;
+        size_t json_len = 0;
+        int rc = db_get(c, key, &json, &json_len);
+        if (rc == DX_ENOMEM)
+            return rc;
+        if (rc == DX_OK) {
+            rc = dx_lm_response_from_json(json, json_len, out);
+            if (rc == DX_OK) {
+                /* Promotion is best effort: the answer is already in hand. */
+                (void)mem_put(c, key->hex, key->canonical, key->len, json,
+                              json_len);
+                c->st.hits_disk++;
+                dx_free(json);
+                return DX_OK;
+            }
+            dx_free(json);
+            if (rc == DX_ENOMEM)
+                return rc;
+            snprintf(c->err, sizeof c->err,
+                     "lmcache: cache file '%s': entry %s holds an unreadable "
+                     "response",
+                     c->path, key->hex);
+            rc = DX_ECACHEFILE;
+        }
+        if (rc == DX_ECACHEFILE)
+            c->st.disk_errors++;
+    }
+    c->st.misses++;
+    return DX_ENOENT;
+}
+
+int dx_lmcache_put(dx_lmcache *c, const dx_lmcache_key *key,
+                   const dx_lm_response *resp, int64_t now_ms)
+{
+    if (!c || !key_ok(key) || !resp)
+        return DX_EINVAL;
+    if (key->mode == DX_LMCACHE_BYPASS)
+        return DX_OK;
+    char *json = NULL;
+    int rc = dx_lm_response_to_json(resp, &json);
+    if (rc != DX_OK)
+        return rc;
+    size_t json_len = strlen(json);
+    rc = mem_put(c, key->hex, key->canonical, key->len, json, json_len);
+    if (rc == DX_OK && c->db && db_put(c, key, json, json_len, now_ms)) {
+        c->st.disk_errors++;
+        rc = DX_ECACHEFILE;
+    }
+    if (rc != DX_ENOMEM)
+        c->st.puts++;
+    dx_free(json);
+    return rc;
+}
+
+void dx_lmcache_stats_get(const dx_lmcache *c, dx_lmcache_stats *out)
+{
+    if (!out)
+        return;
+    memset(out, 0, sizeof *out);
+    if (c)
+        *out = c->st;
+}
+
+const char *dx_lmcache_error(const dx_lmcache *c)
+{
+    return c ? c->err : "";
+}

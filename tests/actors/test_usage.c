@@ -1,0 +1,203 @@
+/*
+ * test_usage.c — prices, the cost of a call, JSON price overrides with
+ * their error messages, and the usage accumulators.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <string.h>
+
+#include "dspex/error.h"
+#include "dspex/usage.h"
+
+static dx_usage_prices *defaults(void)
+{
+    dx_usage_prices *p = NULL;
+    cr_assert_eq(dx_usage_prices_new(false, &p), DX_OK);
+    return p;
+}
+
+static void assert_usd(double got, double want)
+{
+    cr_assert(fabs(got - want) < 1e-12, "cost %.15g, expected %.15g", got,
+              want);
+}
+
+Test(usage, cost_splits_uncached_cached_and_output_tokens, .timeout = 10)
+{
+    dx_usage_prices *p = NULL;
+    cr_assert_eq(dx_usage_prices_new(true, &p), DX_OK);
+    cr_assert_eq(dx_usage_prices_set(p, "m", (dx_usage_price){2.0, 8.0, 0.5}),
+                 DX_OK);
+    dx_lm_usage u = {.input_tokens = 1000000,
+                     .output_tokens = 500000,
+                     .cached_tokens = 200000};
+    bool known = false;
+    /* 800k * 2 + 200k * 0.5 + 500k * 8, per million */
+    assert_usd(dx_usage_cost(p, "m", &u, &known), 1.6 + 0.1 + 4.0);
+    cr_assert(known);
+    /* Cached beyond input is clamped to input. */
+    u = (dx_lm_usage){.input_tokens = 10, .cached_tokens = 50};
+    assert_usd(dx_usage_cost(p, "m", &u, NULL), 10 * 0.5 / 1e6);
+    dx_lm_usage zero = {0};
+    assert_usd(dx_usage_cost(p, "m", &zero, &known), 0);
+    cr_assert(known);
+    dx_usage_prices_free(p);
+}
+
+Test(usage, defaults_and_model_name_lookup, .timeout = 10)
+{
+    dx_usage_prices *p = defaults();
+    const dx_usage_price *mini = dx_usage_prices_find(p, "gpt-4o-mini");
+    cr_assert_not_null(mini);
+    cr_assert_eq(dx_usage_prices_find(p, "openai/gpt-4o-mini"), mini);
+    /* A dated variant takes the longest matching family, not gpt-4o. */
+    cr_assert_eq(dx_usage_prices_find(p, "gpt-4o-mini-2024-07-18"), mini);
+    cr_assert_eq(dx_usage_prices_find(p, "openai/gpt-4o-2024-08-06"),
+                 dx_usage_prices_find(p, "gpt-4o"));
+    cr_assert_neq(dx_usage_prices_find(p, "gpt-4o"), mini);
+    cr_assert_not_null(dx_usage_prices_find(p, "anthropic/claude-3-5-haiku"));
+    /* Not a dated variant: no "-" after the prefix. */
+    cr_assert_null(dx_usage_prices_find(p, "gpt-4ox"));
+    cr_assert_null(dx_usage_prices_find(p, NULL));
+    dx_usage_prices_free(p);
+}
+
+Test(usage, unknown_model_costs_zero_and_says_so, .timeout = 10)
+{
+    dx_usage_prices *p = defaults();
+    dx_lm_usage u = {.input_tokens = 100, .output_tokens = 100};
+    bool known = true;
+    assert_usd(dx_usage_cost(p, "openai-compatible/llama-3", &u, &known), 0);
+    cr_assert_not(known);
+    known = true;
+    assert_usd(dx_usage_cost(NULL, "gpt-4o", &u, &known), 0);
+    cr_assert_not(known);
+    dx_usage_prices_free(p);
+}
+
+Test(usage, set_refuses_bad_prices_and_names, .timeout = 10)
+{
+    dx_usage_prices *p = defaults();
+    cr_assert_eq(dx_usage_prices_set(p, "", (dx_usage_price){1, 1, 1}),
+                 DX_EINVAL);
+    cr_assert_eq(dx_usage_prices_set(p, "m", (dx_usage_price){-1, 1, 1}),
+                 DX_EINVAL);
+    cr_assert_eq(dx_usage_prices_set(p, "m", (dx_usage_price){1, NAN, 1}),
+                 DX_EINVAL);
+    char longname[DX_USAGE_MODEL_MAX + 1];
+    memset(longname, 'a', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    cr_assert_eq(dx_usage_prices_set(p, longname, (dx_usage_price){1, 1, 1}),
+                 DX_EINVAL);
+    cr_assert_null(dx_usage_prices_find(p, "m"));
+    dx_usage_prices_free(p);
+}
+
+Test(usage, json_overrides_and_adds_prices, .timeout = 10)
+{
+    dx_usage_prices *p = defaults();
+    char err[256];
+    cr_assert_eq(dx_usage_prices_load_json(
+                     p,
+                     "{\"gpt-4o\": {\"input\": 1, \"output\": 2, "
+                     "\"cached_input\": 0.25},"
+                     " \"my-local\": {\"input\": 0, \"output\": 0.5}}",
+                     err, sizeof err),
+                 DX_OK, "%s", err);
+    cr_assert_str_eq(err, "");
+    const dx_usage_price *g = dx_usage_prices_find(p, "gpt-4o");
+    cr_assert_eq(g->input, 1);
+    cr_assert_eq(g->output, 2);
+    cr_assert_eq(g->cached_input, 0.25);
+    const dx_usage_price *l = dx_usage_prices_find(p, "my-local");
+    cr_assert_not_null(l);
+    cr_assert_eq(l->cached_input, 0); /* defaults to input */
+    cr_assert_not_null(dx_usage_prices_find(p, "gpt-4o-mini"), "kept");
+    dx_usage_prices_free(p);
+}
+
+Test(usage, bad_json_names_the_entry_and_changes_nothing, .timeout = 10)
+{
+    static const struct {
+        const char *json;
+        const char *msg;
+    } cases[] = {
+        {"{not json", "not valid JSON"},
+        {"[1,2]", "must be a JSON object"},
+        {"{\"a\": 3}", "\"a\": must be an object"},
+        {"{\"ok\": {\"input\":1,\"output\":1}, \"b\": {\"input\": 1}}",
+         "\"b\": missing \"output\""},
+        {"{\"c\": {\"input\": -1, \"output\": 1}}",
+         "\"c\": \"input\" must be a number >= 0"},
+        {"{\"d\": {\"input\": 1, \"output\": \"2\"}}",
+         "\"d\": \"output\" must be a number >= 0"},
+        {"{\"e\": {\"input\": 1, \"output\": 1, \"inptu\": 1}}",
+         "\"e\": unknown field \"inptu\""},
+        {"{\"\": {\"input\": 1, \"output\": 1}}", "model name must be"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        dx_usage_prices *p = defaults();
+        const dx_usage_price before = *dx_usage_prices_find(p, "gpt-4o");
+        char err[256];
+        cr_assert_eq(
+            dx_usage_prices_load_json(p, cases[i].json, err, sizeof err),
+            DX_EINVAL, "%s", cases[i].json);
+        cr_assert_not_null(strstr(err, cases[i].msg), "%s: got '%s'",
+                           cases[i].json, err);
+        cr_assert_null(dx_usage_prices_find(p, "ok"), "partially applied");
+        cr_assert_eq(dx_usage_prices_find(p, "gpt-4o")->input, before.input);
+        dx_usage_prices_free(p);
+    }
+    /* A NULL error buffer is allowed. */
+    dx_usage_prices *p = defaults();
+    cr_assert_eq(dx_usage_prices_load_json(p, "{", NULL, 0), DX_EINVAL);
+    dx_usage_prices_free(p);
+}
+
+Test(usage, accumulators_add_merge_and_reset, .timeout = 10)
+{
+    dx_usage_prices *p = NULL;
+    cr_assert_eq(dx_usage_prices_new(true, &p), DX_OK);
+    cr_assert_eq(dx_usage_prices_set(p, "m", (dx_usage_price){1, 2, 0.5}),
+                 DX_OK);
+    dx_usage_acc run, opt;
+    dx_usage_acc_init(&run, "program-run");
+    dx_usage_acc_init(&opt, "optimization");
+    dx_lm_usage u = {.input_tokens = 1000,
+                     .output_tokens = 100,
+                     .total_tokens = 1100,
+                     .cached_tokens = 400};
+    double c1 = dx_usage_acc_add(&run, p, "m", &u, false);
+    assert_usd(c1, (600 * 1 + 400 * 0.5 + 100 * 2) / 1e6);
+    /* A cache hit counts as a call but bills nothing. */
+    assert_usd(dx_usage_acc_add(&run, p, "m", &u, true), 0);
+    /* An unpriced model: tokens counted, cost 0, flagged. */
+    assert_usd(dx_usage_acc_add(&run, p, "other", &u, false), 0);
+    cr_assert_eq(run.calls, 3);
+    cr_assert_eq(run.cached_calls, 1);
+    cr_assert_eq(run.unpriced_calls, 1);
+    cr_assert_eq(run.input_tokens, 2000);
+    cr_assert_eq(run.output_tokens, 200);
+    cr_assert_eq(run.cached_tokens, 800);
+    assert_usd(run.cost_usd, c1);
+
+    dx_usage_acc_add(&opt, p, "m", &u, false);
+    dx_usage_acc_merge(&opt, &run);
+    cr_assert_str_eq(opt.name, "optimization");
+    cr_assert_eq(opt.calls, 4);
+    cr_assert_eq(opt.cached_calls, 1);
+    cr_assert_eq(opt.input_tokens, 3000);
+    assert_usd(opt.cost_usd, 2 * c1);
+
+    dx_usage_acc_reset(&run);
+    cr_assert_str_eq(run.name, "program-run");
+    cr_assert_eq(run.calls, 0);
+    cr_assert_eq(run.cost_usd, 0);
+
+    char longname[100];
+    memset(longname, 'n', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    dx_usage_acc_init(&run, longname);
+    cr_assert_eq(strlen(run.name), DX_USAGE_NAME_MAX - 1);
+    dx_usage_prices_free(p);
+}
