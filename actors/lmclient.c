@@ -1,0 +1,768 @@
+/*
+ * lmclient.c — the LM client actor (lm.h): a dx_server that owns the cache,
+ * one circuit breaker per endpoint and the table of requests in flight, and
+ * the worker processes that make the upstream calls with retries.
+ *
+ * The server keeps every piece of shared state; a worker gets its own copy
+ * of the request and of the endpoint's config (so nothing it reads can be
+ * freed under it when the server stops) and reports one outcome message.
+ * Callers are replied to later (deferred dx_reply), so the mailbox keeps
+ * moving while upstream calls run.
+ */
+#include "dspex/lm.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "dspex/alloc.h"
+#include "dspex/error.h"
+#include "dspex/lm_call.h"
+#include "dspex/runtime.h"
+
+enum {
+    TAG_COMPLETE = 0x4c4d01, /* call: ptr = dx_lm_request copy */
+    TAG_STATS,               /* call: no payload */
+    TAG_REPLY,               /* reply: ptr = answer */
+    TAG_DONE,                /* worker → server: ptr = outcome */
+};
+
+/* ---- request copies ------------------------------------------------------ */
+
+static void req_free_ptr(void *p)
+{
+    dx_lm_request_free(p);
+}
+
+/* A deep copy through the request's own builders, so the copy obeys the
+ * same ownership rules as any request. NULL on OOM. */
+static dx_lm_request *req_copy(const dx_lm_request *r)
+{
+    dx_lm_request *c = dx_lm_request_new(r->model);
+    if (!c)
+        return NULL;
+    for (size_t i = 0; i < r->n_messages; i++) {
+        const dx_lm_message *m = &r->messages[i];
+        int rc;
+        if (m->role == DX_LM_TOOL)
+            rc = dx_lm_request_add_tool_result(
+                c, m->tool_call_id ? m->tool_call_id : "", m->content);
+        else
+            rc = dx_lm_request_add_message(c, m->role, m->content);
+        for (size_t k = 0; rc == DX_OK && k < m->n_tool_calls; k++)
+            rc = dx_lm_request_add_tool_call(c, m->tool_calls[k].id,
+                                             m->tool_calls[k].name,
+                                             m->tool_calls[k].arguments);
+        if (rc != DX_OK)
+            goto fail;
+    }
+    for (size_t i = 0; i < r->n_stop; i++)
+        if (dx_lm_request_add_stop(c, r->stop[i]) != DX_OK)
+            goto fail;
+    for (size_t i = 0; i < r->n_tools; i++)
+        if (dx_lm_request_add_tool(c, r->tools[i].name, r->tools[i].description,
+                                   r->tools[i].parameters) != DX_OK)
+            goto fail;
+    if (r->schema &&
+        dx_lm_request_set_schema(c, r->schema_name ? r->schema_name : "",
+                                 r->schema, r->schema_strict) != DX_OK)
+        goto fail;
+    if (r->tool_choice_name &&
+        dx_lm_request_set_tool_choice_name(c, r->tool_choice_name) != DX_OK)
+        goto fail;
+    c->has_temperature = r->has_temperature;
+    c->temperature = r->temperature;
+    c->max_tokens = r->max_tokens;
+    c->n = r->n;
+    c->has_seed = r->has_seed;
+    c->seed = r->seed;
+    c->format = r->format;
+    c->schema_strict = r->schema_strict;
+    c->tool_choice = r->tool_choice;
+    c->stream = r->stream;
+    return c;
+fail:
+    dx_lm_request_free(c);
+    return NULL;
+}
+
+/* A response copy for the second and later waiters of a coalesced call,
+ * through the JSON form the cache already round-trips. */
+static dx_lm_response *resp_copy(const dx_lm_response *r)
+{
+    char *json = NULL;
+    dx_lm_response *out = NULL;
+    if (dx_lm_response_to_json(r, &json) != DX_OK)
+        return NULL;
+    if (dx_lm_response_from_json(json, strlen(json), &out) != DX_OK)
+        out = NULL;
+    dx_free(json);
+    if (out)
+        out->latency_ms = r->latency_ms;
+    return out;
+}
+
+void dx_lm_result_free(dx_lm_result *r)
+{
+    if (!r)
+        return;
+    dx_lm_response_free(r->response);
+    dx_free(r->model_used);
+    dx_free(r);
+}
+
+/* ---- messages ------------------------------------------------------------- */
+
+/* The reply to TAG_COMPLETE / TAG_STATS. */
+typedef struct answer {
+    int rc;
+    dx_lm_error err;
+    dx_lm_result *result;
+    dx_lm_client_stats stats;
+} answer;
+
+static void answer_free(void *p)
+{
+    answer *a = p;
+    if (a)
+        dx_lm_result_free(a->result);
+    dx_free(a);
+}
+
+/* What a worker sends back: its flight, how it ended, the answer. */
+typedef struct outcome {
+    uint64_t flight;
+    int rc;
+    int attempts;
+    dx_lm_error err;
+    dx_lm_response *response;
+} outcome;
+
+static void outcome_free(void *p)
+{
+    outcome *o = p;
+    if (o)
+        dx_lm_response_free(o->response);
+    dx_free(o);
+}
+
+/* ---- endpoints ------------------------------------------------------------ */
+
+typedef struct endpoint {
+    char *model;
+    char *base_url;
+    char *api_key;
+    dx_breaker *breaker;
+} endpoint;
+
+static void endpoint_clear(endpoint *e)
+{
+    dx_free(e->model);
+    dx_free(e->base_url);
+    dx_free(e->api_key);
+    dx_breaker_free(e->breaker);
+    memset(e, 0, sizeof *e);
+}
+
+static char *dup_or_null(const char *s, bool *oom)
+{
+    if (!s)
+        return NULL;
+    char *d = dx_strdup(s);
+    if (!d)
+        *oom = true;
+    return d;
+}
+
+/* Copy an endpoint and check its config can be built. */
+static int endpoint_init(endpoint *e, const dx_lm_endpoint *src,
+                         const dx_breaker_config *bc)
+{
+    if (!src->model)
+        return DX_EINVAL;
+    dx_lm_config *probe = NULL;
+    int rc = dx_lm_config_new(src->model, src->base_url, src->api_key, &probe);
+    if (rc != DX_OK)
+        return rc;
+    dx_lm_config_free(probe);
+    bool oom = false;
+    e->model = dup_or_null(src->model, &oom);
+    e->base_url = dup_or_null(src->base_url, &oom);
+    e->api_key = dup_or_null(src->api_key, &oom);
+    if (oom)
+        return DX_ENOMEM;
+    return dx_breaker_new(bc, &e->breaker);
+}
+
+/* ---- server state --------------------------------------------------------- */
+
+/* One distinct request being worked on, and everyone waiting for it. */
+typedef struct flight {
+    struct flight *next;
+    uint64_t id;
+    dx_lmcache_key key;
+    dx_lm_request *req;
+    dx_from *waiters;
+    size_t n_waiters, cap_waiters;
+    size_t ep; /* endpoint the current worker uses */
+    dx_pid worker;
+    dx_ref mon;
+    int attempts;
+    bool fell_back;
+} flight;
+
+typedef struct state {
+    endpoint eps[1 + DX_LM_CLIENT_MAX_FALLBACKS];
+    size_t n_eps;
+    dx_retry_policy policy;
+    int64_t attempt_timeout_ms;
+    uint64_t seed;
+    dx_lmcache *cache;
+    flight *flights;
+    uint64_t next_flight;
+    dx_lm_client_stats stats;
+} state;
+
+static void flight_free(flight *f)
+{
+    dx_lmcache_key_clear(&f->key);
+    dx_lm_request_free(f->req);
+    dx_free(f->waiters);
+    dx_free(f);
+}
+
+static void state_free(state *s)
+{
+    if (!s)
+        return;
+    while (s->flights) {
+        flight *f = s->flights;
+        s->flights = f->next;
+        /* Workers are linked only through the monitor: end them so no
+         * upstream call outlives its client. */
+        dx_demonitor(f->mon, true);
+        dx_kill(f->worker);
+        flight_free(f);
+    }
+    for (size_t i = 0; i < s->n_eps; i++)
+        endpoint_clear(&s->eps[i]);
+    dx_lmcache_close(s->cache);
+    dx_free(s);
+}
+
+/* ---- the worker ------------------------------------------------------------ */
+
+typedef struct job {
+    char *model, *base_url, *api_key;
+    dx_lm_request *req;
+    dx_retry_policy policy;
+    int64_t attempt_timeout_ms;
+    uint64_t seed;
+    uint64_t flight;
+    dx_pid server;
+    /* Held here, not on the worker's stack, so a worker killed mid-call
+     * (its client stopped) still frees them through arg_free. */
+    dx_lm_config *cfg;
+    outcome *out;
+} job;
+
+static void job_free(void *p)
+{
+    job *j = p;
+    if (!j)
+        return;
+    dx_free(j->model);
+    dx_free(j->base_url);
+    dx_free(j->api_key);
+    dx_lm_request_free(j->req);
+    dx_lm_config_free(j->cfg);
+    outcome_free(j->out);
+    dx_free(j);
+}
+
+/* Call one endpoint until it answers or the policy gives up, then report. */
+static void worker_main(void *arg)
+{
+    job *j = arg;
+    outcome *o = j->out = dx_calloc(1, sizeof *o);
+    if (!o)
+        dx_exit_self(dx_atom("enomem"));
+    o->flight = j->flight;
+    dx_lm_error_clear(&o->err);
+    o->rc = dx_lm_config_new(j->model, j->base_url, j->api_key, &j->cfg);
+    if (o->rc == DX_OK) {
+        dx_lm_call_opts co = {.timeout_ms = j->attempt_timeout_ms};
+        dx_retry_state rs;
+        dx_retry_state_init(&rs, 0, j->seed);
+        for (;;) {
+            o->attempts++;
+            dx_lm_error_clear(&o->err);
+            o->rc = dx_lm_call(j->cfg, j->req, &co, &o->response, &o->err);
+            if (o->rc != DX_EPROVIDER)
+                break;
+            int64_t d = dx_retry_next_delay_ms(&j->policy, &rs, &o->err,
+                                               dx_now_ms(), NULL);
+            if (d < 0)
+                break;
+            if (d > 0)
+                dx_sleep(d);
+        }
+    }
+    j->out = NULL;
+    dx_send_ptr(j->server, TAG_DONE, o, outcome_free);
+}
+
+/* Start a worker for f on endpoint ep. */
+static int spawn_worker(state *s, flight *f, size_t ep)
+{
+    job *j = dx_calloc(1, sizeof *j);
+    if (!j)
+        return DX_ENOMEM;
+    bool oom = false;
+    j->model = dup_or_null(s->eps[ep].model, &oom);
+    j->base_url = dup_or_null(s->eps[ep].base_url, &oom);
+    j->api_key = dup_or_null(s->eps[ep].api_key, &oom);
+    j->req = req_copy(f->req);
+    if (oom || !j->req) {
+        job_free(j);
+        return DX_ENOMEM;
+    }
+    j->policy = s->policy;
+    j->attempt_timeout_ms = s->attempt_timeout_ms;
+    j->seed = s->seed + f->id * 0x9e3779b97f4a7c15ull + ep;
+    j->flight = f->id;
+    j->server = dx_self();
+    dx_spawn_opts so = {
+        .monitor = true, .label = "dx_lm_client:worker", .arg_free = job_free};
+    int rc = dx_spawn_opt(worker_main, j, &so, &f->worker, &f->mon);
+    if (rc != DX_OK) {
+        job_free(j);
+        return rc;
+    }
+    f->ep = ep;
+    s->stats.workers++;
+    return DX_OK;
+}
+
+/* The first endpoint from `from` on whose breaker lets a call through. */
+static bool pick_endpoint(state *s, size_t from, size_t *ep)
+{
+    int64_t now = dx_now_ms();
+    for (size_t i = from; i < s->n_eps; i++)
+        if (dx_breaker_allow(s->eps[i].breaker, now, NULL)) {
+            *ep = i;
+            return true;
+        }
+    return false;
+}
+
+/* ---- replies ---------------------------------------------------------------- */
+
+static dx_msg *answer_msg(answer *a)
+{
+    dx_msg *m = dx_msg_new(TAG_REPLY);
+    if (!m) {
+        answer_free(a);
+        return NULL;
+    }
+    m->ptr = a;
+    m->ptr_free = answer_free;
+    return m;
+}
+
+static dx_msg *error_msg(int rc, const dx_lm_error *err)
+{
+    answer *a = dx_calloc(1, sizeof *a);
+    if (!a)
+        return NULL;
+    a->rc = rc;
+    if (err)
+        a->err = *err;
+    else
+        dx_lm_error_clear(&a->err);
+    return answer_msg(a);
+}
+
+/* A result owning resp (freed on failure). */
+static dx_msg *result_msg(dx_lm_response *resp, const char *model, bool cached,
+                          int attempts)
+{
+    answer *a = dx_calloc(1, sizeof *a);
+    dx_lm_result *r = dx_calloc(1, sizeof *r);
+    char *m = dx_strdup(model);
+    if (!a || !r || !m) {
+        dx_free(a);
+        dx_free(r);
+        dx_free(m);
+        dx_lm_response_free(resp);
+        return error_msg(DX_ENOMEM, NULL);
+    }
+    r->response = resp;
+    r->model_used = m;
+    r->cached = cached;
+    r->attempts = attempts;
+    a->rc = DX_OK;
+    dx_lm_error_clear(&a->err);
+    a->result = r;
+    return answer_msg(a);
+}
+
+static void reply_to(dx_from from, dx_msg *m)
+{
+    if (m)
+        dx_reply(from, m);
+    /* With no memory for an answer the caller is left to its timeout; the
+     * server keeps going. */
+}
+
+static void unlink_flight(state *s, flight *f)
+{
+    for (flight **p = &s->flights; *p; p = &(*p)->next)
+        if (*p == f) {
+            *p = f->next;
+            return;
+        }
+}
+
+/* Answer every waiter of f with an error and drop it. */
+static void fail_flight(state *s, flight *f, int rc, const dx_lm_error *err)
+{
+    for (size_t i = 0; i < f->n_waiters; i++) {
+        s->stats.failures++;
+        reply_to(f->waiters[i], error_msg(rc, err));
+    }
+    unlink_flight(s, f);
+    flight_free(f);
+    s->stats.in_flight--;
+}
+
+/* ---- callbacks -------------------------------------------------------------- */
+
+typedef struct handoff {
+    state *st;
+    bool taken;
+} handoff;
+
+static int srv_init(void *arg, void **st, dx_term **stop_reason)
+{
+    (void)stop_reason;
+    handoff *h = arg;
+    h->taken = true;
+    *st = h->st;
+    return DX_OK;
+}
+
+static int add_waiter(flight *f, dx_from from)
+{
+    if (f->n_waiters == f->cap_waiters) {
+        size_t cap = f->cap_waiters ? f->cap_waiters * 2 : 4;
+        dx_from *w = dx_realloc(f->waiters, cap * sizeof *w);
+        if (!w)
+            return DX_ENOMEM;
+        f->waiters = w;
+        f->cap_waiters = cap;
+    }
+    f->waiters[f->n_waiters++] = from;
+    return DX_OK;
+}
+
+static flight *find_flight(state *s, const dx_lmcache_key *k)
+{
+    for (flight *f = s->flights; f; f = f->next)
+        if (strcmp(f->key.hex, k->hex) == 0 && f->key.len == k->len &&
+            memcmp(f->key.canonical, k->canonical, k->len) == 0)
+            return f;
+    return NULL;
+}
+
+static dx_srv_ret handle_complete(state *s, dx_msg *request, dx_from from,
+                                  dx_msg **reply)
+{
+    s->stats.requests++;
+    dx_lm_request *req = dx_msg_take_ptr(request);
+    if (!req) {
+        *reply = error_msg(DX_EINVAL, NULL);
+        return DX_SRV_REPLY;
+    }
+    dx_lmcache_key key;
+    int rc = dx_lmcache_key_make(req, s->eps[0].model, NULL, &key);
+    if (rc != DX_OK) {
+        dx_lm_request_free(req);
+        *reply = error_msg(rc, NULL);
+        return DX_SRV_REPLY;
+    }
+    dx_lm_response *hit = NULL;
+    if (dx_lmcache_get(s->cache, &key, &hit) == DX_OK) {
+        s->stats.cache_hits++;
+        dx_lmcache_key_clear(&key);
+        dx_lm_request_free(req);
+        *reply = result_msg(hit, s->eps[0].model, true, 0);
+        return DX_SRV_REPLY;
+    }
+    flight *f = find_flight(s, &key);
+    if (f) {
+        dx_lmcache_key_clear(&key);
+        dx_lm_request_free(req);
+        if (add_waiter(f, from) != DX_OK) {
+            *reply = error_msg(DX_ENOMEM, NULL);
+            return DX_SRV_REPLY;
+        }
+        s->stats.coalesced++;
+        return DX_SRV_NOREPLY;
+    }
+    size_t ep;
+    if (!pick_endpoint(s, 0, &ep)) {
+        dx_lmcache_key_clear(&key);
+        dx_lm_request_free(req);
+        s->stats.failures++;
+        *reply = error_msg(DX_EOPEN, NULL);
+        return DX_SRV_REPLY;
+    }
+    f = dx_calloc(1, sizeof *f);
+    if (!f || add_waiter(f, from) != DX_OK) {
+        dx_free(f);
+        dx_breaker_record_ignored(s->eps[ep].breaker);
+        dx_lmcache_key_clear(&key);
+        dx_lm_request_free(req);
+        *reply = error_msg(DX_ENOMEM, NULL);
+        return DX_SRV_REPLY;
+    }
+    f->id = ++s->next_flight;
+    f->key = key;
+    f->req = req;
+    f->fell_back = ep > 0;
+    if (ep > 0)
+        s->stats.fallbacks++;
+    rc = spawn_worker(s, f, ep);
+    if (rc != DX_OK) {
+        dx_breaker_record_ignored(s->eps[ep].breaker);
+        flight_free(f);
+        *reply = error_msg(rc, NULL);
+        return DX_SRV_REPLY;
+    }
+    f->next = s->flights;
+    s->flights = f;
+    s->stats.in_flight++;
+    return DX_SRV_NOREPLY;
+}
+
+static dx_srv_ret srv_call(void *st, dx_msg *request, dx_from from,
+                           dx_msg **reply, dx_term **stop_reason)
+{
+    (void)stop_reason;
+    state *s = st;
+    if (request->tag == TAG_COMPLETE)
+        return handle_complete(s, request, from, reply);
+    if (request->tag == TAG_STATS) {
+        answer *a = dx_calloc(1, sizeof *a);
+        if (a)
+            a->stats = s->stats;
+        *reply = a ? answer_msg(a) : NULL;
+        return DX_SRV_REPLY;
+    }
+    *reply = error_msg(DX_EINVAL, NULL);
+    return DX_SRV_REPLY;
+}
+
+static flight *flight_by_id(state *s, uint64_t id)
+{
+    for (flight *f = s->flights; f; f = f->next)
+        if (f->id == id)
+            return f;
+    return NULL;
+}
+
+/* A worker reported: record it, then answer everyone or fall back. */
+static void on_done(state *s, outcome *o)
+{
+    flight *f = flight_by_id(s, o->flight);
+    if (!f)
+        return;
+    dx_demonitor(f->mon, true);
+    f->attempts += o->attempts;
+    endpoint *e = &s->eps[f->ep];
+    int64_t now = dx_now_ms();
+    if (o->rc == DX_OK) {
+        dx_breaker_record(e->breaker, false, now);
+        /* A cache that cannot store is not the caller's failure. */
+        (void)dx_lmcache_put(s->cache, &f->key, o->response, now);
+        for (size_t i = 0; i < f->n_waiters; i++) {
+            dx_lm_response *r =
+                i + 1 == f->n_waiters ? o->response : resp_copy(o->response);
+            if (i + 1 == f->n_waiters)
+                o->response = NULL;
+            if (!r) {
+                s->stats.failures++;
+                reply_to(f->waiters[i], error_msg(DX_ENOMEM, NULL));
+                continue;
+            }
+            reply_to(f->waiters[i],
+                     result_msg(r, e->model, false, f->attempts));
+        }
+        unlink_flight(s, f);
+        flight_free(f);
+        s->stats.in_flight--;
+        return;
+    }
+    if (o->rc == DX_EPROVIDER)
+        dx_breaker_record_error(e->breaker, &o->err, now);
+    else
+        dx_breaker_record_ignored(e->breaker);
+    size_t next;
+    if (pick_endpoint(s, f->ep + 1, &next)) {
+        s->stats.fallbacks++;
+        if (spawn_worker(s, f, next) == DX_OK)
+            return;
+        dx_breaker_record_ignored(s->eps[next].breaker);
+    }
+    fail_flight(s, f, o->rc, &o->err);
+}
+
+static dx_srv_ret srv_info(void *st, dx_msg *msg, dx_term **stop_reason)
+{
+    (void)stop_reason;
+    state *s = st;
+    if (msg->tag == TAG_DONE) {
+        outcome *o = msg->ptr;
+        if (o)
+            on_done(s, o);
+        return DX_SRV_NOREPLY;
+    }
+    if (msg->tag == DX_TAG_DOWN) {
+        /* A worker died without reporting (it crashed or was killed). */
+        for (flight *f = s->flights; f; f = f->next)
+            if (dx_ref_eq(f->mon, msg->ref)) {
+                dx_breaker_record_ignored(s->eps[f->ep].breaker);
+                fail_flight(s, f, DX_EDOWN, NULL);
+                break;
+            }
+    }
+    return DX_SRV_NOREPLY;
+}
+
+static void srv_terminate(void *st, const dx_term *reason)
+{
+    (void)reason;
+    state_free(st);
+}
+
+static const dx_server_ops client_ops = {
+    .name = "dx_lm_client",
+    .init = srv_init,
+    .handle_call = srv_call,
+    .handle_info = srv_info,
+    .terminate = srv_terminate,
+};
+
+/* ---- public API ---------------------------------------------------------------- */
+
+int dx_lm_client_start(const dx_lm_client_opts *opts,
+                       const dx_server_opts *sopts, dx_pid *pid)
+{
+    if (!opts || !opts->primary.model ||
+        opts->n_fallbacks > DX_LM_CLIENT_MAX_FALLBACKS ||
+        (opts->n_fallbacks > 0 && !opts->fallbacks))
+        return DX_EINVAL;
+    state *s = dx_calloc(1, sizeof *s);
+    if (!s)
+        return DX_ENOMEM;
+    dx_breaker_config bc;
+    if (opts->breaker)
+        bc = *opts->breaker;
+    else
+        dx_breaker_config_default(&bc);
+    if (opts->retry)
+        s->policy = *opts->retry;
+    else
+        dx_retry_policy_default(&s->policy);
+    int rc = DX_OK;
+    if (s->policy.max_attempts < 1)
+        rc = DX_EINVAL;
+    for (size_t i = 0; rc == DX_OK && i <= opts->n_fallbacks; i++) {
+        const dx_lm_endpoint *src =
+            i == 0 ? &opts->primary : &opts->fallbacks[i - 1];
+        rc = endpoint_init(&s->eps[i], src, &bc);
+        s->n_eps = i + 1;
+    }
+    if (rc == DX_OK) {
+        rc = dx_lmcache_open(opts->cache_path, opts->cache_limits, &s->cache);
+        if (rc == DX_ECACHEFILE)
+            rc = DX_OK;
+    }
+    if (rc != DX_OK) {
+        state_free(s);
+        return rc;
+    }
+    s->attempt_timeout_ms = opts->attempt_timeout_ms;
+    s->seed = opts->seed;
+    handoff *h = dx_calloc(1, sizeof *h);
+    if (!h) {
+        state_free(s);
+        return DX_ENOMEM;
+    }
+    h->st = s;
+    dx_server_opts so = sopts ? *sopts : (dx_server_opts){0};
+    rc = dx_server_start(&client_ops, h, &so, pid, NULL);
+    if (rc != DX_OK && !h->taken)
+        state_free(s);
+    dx_free(h);
+    return rc;
+}
+
+int dx_lm_client_complete(dx_pid client, const dx_lm_request *req,
+                          int64_t timeout_ms, dx_lm_result **out,
+                          dx_lm_error *err)
+{
+    if (err)
+        dx_lm_error_clear(err);
+    if (!out)
+        return DX_EINVAL;
+    *out = NULL;
+    if (!req)
+        return DX_EINVAL;
+    dx_lm_request *copy = req_copy(req);
+    dx_msg *m = copy ? dx_msg_new(TAG_COMPLETE) : NULL;
+    if (!m) {
+        dx_lm_request_free(copy);
+        return DX_ENOMEM;
+    }
+    m->ptr = copy;
+    m->ptr_free = req_free_ptr;
+    dx_msg *reply = NULL;
+    int rc = dx_call(client, m, timeout_ms, &reply);
+    if (rc != DX_OK)
+        return rc;
+    answer *a = reply->ptr;
+    if (!a) {
+        dx_msg_free(reply);
+        return DX_ENOMEM;
+    }
+    rc = a->rc;
+    if (err)
+        *err = a->err;
+    if (rc == DX_OK) {
+        *out = a->result;
+        a->result = NULL;
+    }
+    dx_msg_free(reply);
+    return rc;
+}
+
+int dx_lm_client_stats_get(dx_pid client, dx_lm_client_stats *out)
+{
+    if (!out)
+        return DX_EINVAL;
+    dx_msg *m = dx_msg_new(TAG_STATS);
+    if (!m)
+        return DX_ENOMEM;
+    dx_msg *reply = NULL;
+    int rc = dx_call(client, m, 5000, &reply);
+    if (rc != DX_OK)
+        return rc;
+    answer *a = reply->ptr;
+    if (a)
+        *out = a->stats;
+    else
+        rc = DX_ENOMEM;
+    dx_msg_free(reply);
+    return rc;
+}

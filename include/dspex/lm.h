@@ -1,0 +1,125 @@
+/*
+ * lm.h — the LM client actor: one server process per configured model that
+ * puts the cache, the circuit breakers, the retry policy and the fallback
+ * models around dx_lm_call.
+ *
+ * The server never blocks its mailbox on an LM call. For each request it
+ * looks in the cache (a hit is answered at once); otherwise it picks the
+ * first endpoint (the primary model, then the fallbacks in order) whose
+ * breaker lets a call through and spawns a monitored worker process that
+ * runs dx_lm_call with the retry policy (dx_retry_next_delay_ms, sleeping
+ * between attempts). When the worker's retries on an endpoint are used up
+ * (or the error is not retried) it reports the failure; the server records
+ * it in that endpoint's breaker and, if a later endpoint's breaker allows,
+ * starts a worker on it. A success is recorded, stored in the cache (under
+ * the primary model's key, whichever endpoint answered) and replied to
+ * every caller. Stopping the client kills its workers, cancelling their
+ * transfers; callers still waiting get DX_EDOWN.
+ *
+ * Identical requests (same cache key) that arrive while one is in flight
+ * wait on the same worker: one upstream call, every caller gets a copy of
+ * the answer. Callers in REFRESH/BYPASS cache mode are not supported yet;
+ * every request uses the cache.
+ *
+ * Not yet here: rate limiting, call history and telemetry (usage.h, the
+ * ratelimit.h limiter) — the options carry no fields for them.
+ */
+#ifndef DSPEX_LM_H
+#define DSPEX_LM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "breaker.h"
+#include "export.h"
+#include "lmcache.h"
+#include "provider.h"
+#include "retry.h"
+#include "server.h"
+
+#define DX_LM_CLIENT_MAX_FALLBACKS 8
+
+/* An endpoint: a model string ("openai/gpt-4o-mini") with its base URL and
+ * key (either may be NULL: the provider's defaults, see dx_lm_config_new). */
+typedef struct dx_lm_endpoint {
+    const char *model;
+    const char *base_url;
+    const char *api_key;
+} dx_lm_endpoint;
+
+/* Options of a client. Everything is copied by dx_lm_client_start. */
+typedef struct dx_lm_client_opts {
+    dx_lm_endpoint primary;
+    /* Tried in order when the endpoint before fails (any error, once its
+     * retries are used up) or its breaker is open. At most
+     * DX_LM_CLIENT_MAX_FALLBACKS. */
+    const dx_lm_endpoint *fallbacks;
+    size_t n_fallbacks;
+    /* NULL = dx_retry_policy_default. */
+    const dx_retry_policy *retry;
+    /* NULL = dx_breaker_config_default (one breaker per endpoint; on_event
+     * runs in the server process). */
+    const dx_breaker_config *breaker;
+    /* SQLite cache file; NULL = memory only. An unusable file is not an
+     * error: the client caches in memory. */
+    const char *cache_path;
+    /* NULL = dx_lmcache defaults. */
+    const dx_lmcache_limits *cache_limits;
+    /* Per attempt (dx_lm_call_opts.timeout_ms); 0 = dx_lm_call's default. */
+    int64_t attempt_timeout_ms;
+    /* Seed of the retry jitter generator (a schedule replays from it). */
+    uint64_t seed;
+} dx_lm_client_opts;
+
+/* What a completed call gives back. Free with dx_lm_result_free. */
+typedef struct dx_lm_result {
+    dx_lm_response *response;
+    /* The model string of the endpoint that answered; for a cache hit the
+     * primary's (the cache is keyed by the primary model). */
+    char *model_used;
+    bool cached;  /* answered from the cache (no upstream call) */
+    int attempts; /* upstream attempts made for this answer, all
+                         endpoints; 0 when cached */
+} dx_lm_result;
+
+DX_API void dx_lm_result_free(dx_lm_result *r);
+
+/* Start a client server. sopts may be NULL (not linked, not registered).
+ * DX_OK: *pid is the server. DX_EINVAL (no primary model, too many
+ * fallbacks, a bad policy/breaker config); an endpoint that
+ * dx_lm_config_new refuses fails the start with its code (DX_EINVAL,
+ * DX_ENOENT, DX_ENOKEY); DX_ENOMEM. Process. */
+DX_API int dx_lm_client_start(const dx_lm_client_opts *opts,
+                              const dx_server_opts *sopts, dx_pid *pid);
+
+/* Complete req (copied into the message; the caller keeps req) through the
+ * client, waiting up to timeout_ms (DX_INFINITY = forever).
+ *   DX_OK: *out is the caller's (dx_lm_result_free).
+ *   DX_EPROVIDER: every endpoint failed; err (may be NULL) holds the last
+ *     endpoint's error.
+ *   DX_EOPEN: every endpoint's breaker is open; no call was made.
+ *   DX_ETIMEDOUT: no answer in time (the work goes on; its answer is
+ *     cached).
+ *   DX_ENOPROC / DX_EDOWN: the client is not alive / died.
+ *   DX_EINVAL, DX_ENOMEM.
+ * On any failure *out is NULL. Process. */
+DX_API int dx_lm_client_complete(dx_pid client, const dx_lm_request *req,
+                                 int64_t timeout_ms, dx_lm_result **out,
+                                 dx_lm_error *err);
+
+/* Counters of a client, for tests and introspection. */
+typedef struct dx_lm_client_stats {
+    uint64_t requests;   /* completes received */
+    uint64_t cache_hits; /* answered from the cache */
+    uint64_t coalesced;  /* joined an identical request in flight */
+    uint64_t workers;    /* workers spawned (one per endpoint tried) */
+    uint64_t fallbacks;  /* times a later endpoint was tried */
+    uint64_t failures;   /* completes answered with an error */
+    size_t in_flight;    /* distinct requests being worked on now */
+} dx_lm_client_stats;
+
+/* Snapshot of the counters. DX_ENOPROC, DX_ETIMEDOUT. Process. */
+DX_API int dx_lm_client_stats_get(dx_pid client, dx_lm_client_stats *out);
+
+#endif

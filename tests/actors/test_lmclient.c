@@ -1,0 +1,382 @@
+/*
+ * test_lmclient.c — the LM client actor against the local LM server: a plain
+ * answer, a retry after a server error, fallback to a second endpoint when
+ * the first cannot be reached, cache hits without upstream calls, 100
+ * identical concurrent requests coalesced into one upstream call, a caller
+ * timeout, every endpoint failing, and an open breaker refusing at once.
+ *
+ * Each scenario runs in a dspex process and only records what it saw; the
+ * assertions run on the test's host thread afterwards.
+ */
+#include <criterion/criterion.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "dspex/lm.h"
+#include "dspex/lmserver.h"
+#include "dspex/runtime.h"
+
+static dx_lmserver *srv;
+static char live_url[128];
+/* Port 1 on loopback: nothing listens there, so connecting fails at once. */
+static const char dead_url[] = "http://127.0.0.1:1/v1";
+
+static void setup(void)
+{
+    cr_assert_eq(dx_lmserver_start(NULL, &srv), DX_OK);
+    snprintf(live_url, sizeof live_url, "http://127.0.0.1:%d/v1",
+             dx_lmserver_port(srv));
+    cr_assert_eq(dx_runtime_start(&(dx_runtime_opts){.schedulers = 2}), DX_OK);
+}
+
+static void teardown(void)
+{
+    cr_assert_eq(dx_runtime_stop(), DX_OK);
+    dx_lmserver_stop_free(srv);
+    srv = NULL;
+}
+
+static uint64_t upstream_requests(void)
+{
+    dx_lmserver_stats st;
+    dx_lmserver_stats_get(srv, &st);
+    return st.requests;
+}
+
+/* Quick retries so the tests never wait long. */
+static const dx_retry_policy quick = {
+    .max_attempts = 2,
+    .initial_delay_ms = 5,
+    .max_delay_ms = 10,
+    .jitter = 0,
+    .max_retry_after_ms = 1000,
+};
+
+/* One completed call, as seen by the caller. */
+typedef struct seen {
+    int rc;
+    dx_lm_error err;
+    char text[256];
+    char model[128];
+    bool cached;
+    int attempts;
+} seen;
+
+static void complete_into(dx_pid client, const char *question,
+                          int64_t timeout_ms, seen *out)
+{
+    dx_lm_request *req = dx_lm_request_new(NULL);
+    if (!req || dx_lm_request_add_message(req, DX_LM_USER, question) != DX_OK) {
+        out->rc = DX_ENOMEM;
+        dx_lm_request_free(req);
+        return;
+    }
+    dx_lm_result *res = NULL;
+    out->rc = dx_lm_client_complete(client, req, timeout_ms, &res, &out->err);
+    dx_lm_request_free(req);
+    if (out->rc == DX_OK) {
+        if (res->response->n_choices > 0)
+            snprintf(out->text, sizeof out->text, "%s",
+                     res->response->choices[0].text);
+        snprintf(out->model, sizeof out->model, "%s", res->model_used);
+        out->cached = res->cached;
+        out->attempts = res->attempts;
+    } else if (res != NULL) {
+        out->rc = DX_EINVAL; /* a failed call must not hand out a result */
+    }
+    dx_lm_result_free(res);
+}
+
+/* ---- running a scenario in a process -------------------------------------- */
+
+typedef struct scenario {
+    dx_lm_client_opts opts;
+    int start_rc;
+    int stop_rc;
+    seen calls[4];
+    dx_lm_client_stats stats;
+    void (*body)(struct scenario *sc, dx_pid client);
+    _Atomic int done;
+} scenario;
+
+static void scenario_main(void *arg)
+{
+    scenario *sc = arg;
+    dx_pid client;
+    sc->start_rc = dx_lm_client_start(&sc->opts, NULL, &client);
+    if (sc->start_rc == DX_OK) {
+        sc->body(sc, client);
+        dx_lm_client_stats_get(client, &sc->stats);
+        sc->stop_rc = dx_server_stop(client, NULL, 5000);
+    }
+    atomic_store(&sc->done, 1);
+}
+
+static void run(scenario *sc)
+{
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(scenario_main, sc, &pid), DX_OK);
+    int rc = dx_wait_exit(pid, 60000, NULL);
+    cr_assert(rc == DX_OK || rc == DX_ENOPROC, "%s", dx_err_name(rc));
+    cr_assert(atomic_load(&sc->done));
+    cr_assert_eq(sc->start_rc, DX_OK, "start: %s", dx_err_name(sc->start_rc));
+    cr_assert_eq(sc->stop_rc, DX_OK, "stop: %s", dx_err_name(sc->stop_rc));
+}
+
+static scenario sc; /* criterion runs each test in its own process */
+
+static void live_only(void)
+{
+    sc.opts.primary =
+        (dx_lm_endpoint){"openai-compatible/live-model", live_url, "sk-test"};
+    sc.opts.retry = &quick;
+}
+
+static void one_call(scenario *s, dx_pid client)
+{
+    complete_into(client, "What is 2+2?", 10000, &s->calls[0]);
+}
+
+static void two_calls(scenario *s, dx_pid client)
+{
+    complete_into(client, "What is 2+2?", 10000, &s->calls[0]);
+    complete_into(client, "What is 2+2?", 10000, &s->calls[1]);
+}
+
+/* ---- tests ------------------------------------------------------------------ */
+
+TestSuite(lmclient, .init = setup, .fini = teardown, .timeout = 60);
+
+Test(lmclient, answers_from_the_primary_model)
+{
+    live_only();
+    sc.body = one_call;
+    run(&sc);
+    cr_assert_eq(sc.calls[0].rc, DX_OK, "%s: %s %d %s",
+                 dx_err_name(sc.calls[0].rc),
+                 dx_lm_error_kind_name(sc.calls[0].err.kind),
+                 sc.calls[0].err.status, sc.calls[0].err.message);
+    cr_assert_str_eq(sc.calls[0].text, "answer: What is 2+2?");
+    cr_assert_str_eq(sc.calls[0].model, "openai-compatible/live-model");
+    cr_assert_not(sc.calls[0].cached);
+    cr_assert_eq(sc.calls[0].attempts, 1);
+    cr_assert_eq(upstream_requests(), 1);
+}
+
+Test(lmclient, retries_a_server_error_then_succeeds)
+{
+    live_only();
+    cr_assert_eq(dx_lmserver_inject(srv, "server_error", 1), DX_OK);
+    sc.body = one_call;
+    run(&sc);
+    cr_assert_eq(sc.calls[0].rc, DX_OK, "%s: %s %d %s",
+                 dx_err_name(sc.calls[0].rc),
+                 dx_lm_error_kind_name(sc.calls[0].err.kind),
+                 sc.calls[0].err.status, sc.calls[0].err.message);
+    cr_assert_str_eq(sc.calls[0].text, "answer: What is 2+2?");
+    cr_assert_eq(sc.calls[0].attempts, 2);
+    cr_assert_eq(upstream_requests(), 2);
+    cr_assert_eq(sc.stats.fallbacks, 0);
+}
+
+Test(lmclient, falls_back_when_the_primary_cannot_be_reached)
+{
+    /* Read by the scenario process while this host thread waits. */
+    dx_lm_endpoint live = {"openai-compatible/backup-model", live_url,
+                           "sk-test"};
+    sc.opts.primary =
+        (dx_lm_endpoint){"openai-compatible/dead-model", dead_url, "sk-test"};
+    sc.opts.fallbacks = &live;
+    sc.opts.n_fallbacks = 1;
+    sc.opts.retry = &quick;
+    sc.body = one_call;
+    run(&sc);
+    cr_assert_eq(sc.calls[0].rc, DX_OK, "%s: %s %d %s",
+                 dx_err_name(sc.calls[0].rc),
+                 dx_lm_error_kind_name(sc.calls[0].err.kind),
+                 sc.calls[0].err.status, sc.calls[0].err.message);
+    cr_assert_str_eq(sc.calls[0].model, "openai-compatible/backup-model");
+    /* Both attempts on the dead endpoint, then one on the live one. */
+    cr_assert_eq(sc.calls[0].attempts, 3);
+    cr_assert_eq(sc.stats.fallbacks, 1);
+    cr_assert_eq(sc.stats.workers, 2);
+    cr_assert_eq(upstream_requests(), 1);
+}
+
+Test(lmclient, fails_with_the_last_error_when_every_endpoint_fails)
+{
+    sc.opts.primary =
+        (dx_lm_endpoint){"openai-compatible/dead-model", dead_url, "sk-test"};
+    sc.opts.retry = &quick;
+    sc.body = one_call;
+    run(&sc);
+    cr_assert_eq(sc.calls[0].rc, DX_EPROVIDER, "%s",
+                 dx_err_name(sc.calls[0].rc));
+    cr_assert_eq(sc.calls[0].err.kind, DX_LM_ERR_CONNECTION, "%s",
+                 dx_lm_error_kind_name(sc.calls[0].err.kind));
+    cr_assert_eq(sc.stats.failures, 1);
+    cr_assert_eq(sc.stats.in_flight, 0);
+}
+
+Test(lmclient, an_open_breaker_refuses_without_calling)
+{
+    dx_breaker_config bc;
+    dx_breaker_config_default(&bc);
+    bc.window = 1;
+    bc.min_calls = 1;
+    bc.failure_threshold = 1.0;
+    bc.open_ms = 60000;
+    sc.opts.primary =
+        (dx_lm_endpoint){"openai-compatible/dead-model", dead_url, "sk-test"};
+    sc.opts.retry = &quick;
+    sc.opts.breaker = &bc;
+    sc.body = two_calls;
+    run(&sc);
+    cr_assert_eq(sc.calls[0].rc, DX_EPROVIDER);
+    cr_assert_eq(sc.calls[1].rc, DX_EOPEN, "%s", dx_err_name(sc.calls[1].rc));
+    cr_assert_eq(sc.stats.workers, 1);
+}
+
+Test(lmclient, an_identical_second_call_is_served_from_the_cache)
+{
+    live_only();
+    sc.body = two_calls;
+    run(&sc);
+    cr_assert_eq(sc.calls[0].rc, DX_OK);
+    cr_assert_eq(sc.calls[1].rc, DX_OK);
+    cr_assert_not(sc.calls[0].cached);
+    cr_assert(sc.calls[1].cached);
+    cr_assert_eq(sc.calls[1].attempts, 0);
+    cr_assert_str_eq(sc.calls[1].text, sc.calls[0].text);
+    cr_assert_eq(upstream_requests(), 1);
+    cr_assert_eq(sc.stats.cache_hits, 1);
+}
+
+#define CROWD 100
+static seen crowd[CROWD];
+static _Atomic int crowd_done;
+static dx_pid crowd_client;
+
+static void crowd_member(void *arg)
+{
+    seen *s = arg;
+    complete_into(crowd_client, "Same question for all", 20000, s);
+    atomic_fetch_add(&crowd_done, 1);
+}
+
+static void crowd_body(scenario *s, dx_pid client)
+{
+    (void)s;
+    crowd_client = client;
+    for (int i = 0; i < CROWD; i++)
+        if (dx_spawn(crowd_member, &crowd[i], NULL) != DX_OK) {
+            crowd[i].rc = DX_ENOMEM;
+            atomic_fetch_add(&crowd_done, 1);
+        }
+    for (int waited = 0; atomic_load(&crowd_done) < CROWD && waited < 30000;
+         waited += 10)
+        dx_sleep(10);
+}
+
+Test(lmclient, identical_concurrent_requests_make_one_upstream_call)
+{
+    live_only();
+    /* The upstream answer is slow, so all 100 arrive while it is in flight. */
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:500", 1), DX_OK);
+    sc.body = crowd_body;
+    run(&sc);
+    cr_assert_eq(atomic_load(&crowd_done), CROWD);
+    for (int i = 0; i < CROWD; i++) {
+        cr_assert_eq(crowd[i].rc, DX_OK, "caller %d: %s", i,
+                     dx_err_name(crowd[i].rc));
+        cr_assert_str_eq(crowd[i].text, "answer: Same question for all");
+    }
+    cr_assert_eq(upstream_requests(), 1);
+    cr_assert_eq(sc.stats.workers, 1);
+    cr_assert_eq(sc.stats.coalesced + sc.stats.cache_hits, CROWD - 1);
+}
+
+static void impatient(scenario *s, dx_pid client)
+{
+    complete_into(client, "Take your time", 100, &s->calls[0]);
+}
+
+Test(lmclient, a_caller_that_times_out_gets_etimedout)
+{
+    live_only();
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:2000", 1), DX_OK);
+    sc.body = impatient;
+    run(&sc);
+    cr_assert_eq(sc.calls[0].rc, DX_ETIMEDOUT, "%s",
+                 dx_err_name(sc.calls[0].rc));
+    /* The client stayed responsive: the stats call after it was answered
+     * while the upstream call was still running. */
+    cr_assert_eq(sc.stats.in_flight, 1);
+}
+
+Test(lmclient, start_refuses_a_bad_model_string)
+{
+    sc.opts.primary = (dx_lm_endpoint){"no-provider-here", live_url, "sk-test"};
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(scenario_main, &sc, &pid), DX_OK);
+    int rc = dx_wait_exit(pid, 10000, NULL);
+    cr_assert(rc == DX_OK || rc == DX_ENOPROC);
+    cr_assert(atomic_load(&sc.done));
+    cr_assert_eq(sc.start_rc, DX_EINVAL, "%s", dx_err_name(sc.start_rc));
+}
+
+static void restart_and_ask(scenario *s, dx_pid client)
+{
+    complete_into(client, "Remember me", 10000, &s->calls[0]);
+    /* A second client on the same file: the answer is already there. */
+    dx_pid again;
+    if (dx_server_stop(client, NULL, 5000) != DX_OK ||
+        dx_lm_client_start(&s->opts, NULL, &again) != DX_OK) {
+        s->calls[1].rc = DX_ESTATE;
+        return;
+    }
+    complete_into(again, "Remember me", 10000, &s->calls[1]);
+    dx_server_stop(again, NULL, 5000);
+}
+
+static void scenario_restart(void *arg)
+{
+    scenario *s = arg;
+    dx_pid client;
+    s->start_rc = dx_lm_client_start(&s->opts, NULL, &client);
+    if (s->start_rc == DX_OK)
+        restart_and_ask(s, client);
+    atomic_store(&s->done, 1);
+}
+
+Test(lmclient, a_cache_file_answers_a_restarted_client)
+{
+    char dir[] = "/tmp/dx_lmclient_XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char path[64];
+    snprintf(path, sizeof path, "%s/cache.db", dir);
+    live_only();
+    sc.opts.cache_path = path;
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(scenario_restart, &sc, &pid), DX_OK);
+    int rc = dx_wait_exit(pid, 30000, NULL);
+    cr_assert(rc == DX_OK || rc == DX_ENOPROC);
+    cr_assert(atomic_load(&sc.done));
+    cr_assert_eq(sc.start_rc, DX_OK);
+    cr_assert_eq(sc.calls[0].rc, DX_OK);
+    cr_assert_eq(sc.calls[1].rc, DX_OK, "%s", dx_err_name(sc.calls[1].rc));
+    cr_assert_not(sc.calls[0].cached);
+    cr_assert(sc.calls[1].cached);
+    cr_assert_str_eq(sc.calls[1].text, "answer: Remember me");
+    cr_assert_eq(upstream_requests(), 1);
+    char wal[80], shm[80];
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    snprintf(shm, sizeof shm, "%s-shm", path);
+    remove(wal);
+    remove(shm);
+    remove(path);
+    rmdir(dir);
+}
