@@ -7,10 +7,13 @@
  * of the request and of the endpoint's config (so nothing it reads can be
  * freed under it when the server stops) and reports one outcome message.
  * Callers are replied to later (deferred dx_reply), so the mailbox keeps
- * moving while upstream calls run.
+ * moving while upstream calls run. With a rate limit, a flight the limiter
+ * cannot admit yet is itself the limiter's waiter: it sits in s->flights
+ * without a worker until pump() admits or expires it.
  */
 #include "dspex/lm.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -20,17 +23,41 @@
 #include "dspex/runtime.h"
 
 enum {
-    TAG_COMPLETE = 0x4c4d01, /* call: ptr = dx_lm_request copy */
+    TAG_COMPLETE = 0x4c4d01, /* call: ptr = creq */
     TAG_STATS,               /* call: no payload */
     TAG_REPLY,               /* reply: ptr = answer */
     TAG_DONE,                /* worker → server: ptr = outcome */
+    TAG_TICK,                /* timer → server: look at the limiter queue */
 };
 
 /* ---- request copies ------------------------------------------------------ */
 
-static void req_free_ptr(void *p)
+/* A complete call: the request and the caller's absolute deadline (0 =
+ * none), which the server needs while the request waits for the limiter. */
+typedef struct creq {
+    dx_lm_request *req;
+    int64_t deadline_ms;
+} creq;
+
+static void creq_free(void *p)
 {
-    dx_lm_request_free(p);
+    creq *c = p;
+    if (c)
+        dx_lm_request_free(c->req);
+    dx_free(c);
+}
+
+/* What the limiter charges up front: about four characters per prompt
+ * token, plus the answer's cap. Corrected from the usage at release. */
+static int64_t estimate_tokens(const dx_lm_request *r)
+{
+    int64_t chars = 0;
+    for (size_t i = 0; i < r->n_messages; i++)
+        chars += (int64_t)strlen(r->messages[i].content);
+    int64_t est = chars / 4 + 1;
+    if (r->max_tokens > 0)
+        est += r->max_tokens;
+    return est < DX_RATELIMIT_MAX ? est : DX_RATELIMIT_MAX;
 }
 
 /* A deep copy through the request's own builders, so the copy obeys the
@@ -135,6 +162,7 @@ typedef struct outcome {
     int attempts;
     dx_lm_error err;
     dx_lm_response *response;
+    int64_t usage_tokens; /* from the response's usage; -1 unknown */
 } outcome;
 
 static void outcome_free(void *p)
@@ -208,6 +236,10 @@ typedef struct flight {
     dx_ref mon;
     int attempts;
     bool fell_back;
+    bool running;  /* a worker is out (else: queued for the limiter) */
+    bool admitted; /* holds a limiter slot */
+    int64_t est_tokens;
+    int64_t deadline_ms;
 } flight;
 
 typedef struct state {
@@ -220,7 +252,25 @@ typedef struct state {
     flight *flights;
     uint64_t next_flight;
     dx_lm_client_stats stats;
+    dx_ratelimit *rl; /* NULL: unlimited */
+    bool timer_armed;
+    int64_t timer_due;
+    dx_ref timer;
+    struct janitor_box *box; /* NULL if no janitor could start */
 } state;
+
+/* A killed server runs no terminate, so its state would leak and its
+ * workers run on: a janitor process monitors the server and, when it is
+ * gone without having freed the state, frees it and ends the workers. The
+ * server's exit happens before the DOWN, so the two never touch the state
+ * at once. */
+typedef struct janitor_box {
+    _Atomic(struct state *) st; /* NULL once terminate freed it */
+    dx_pid server;
+} janitor_box;
+
+static void janitor_main(void *arg);
+static void box_free(void *p);
 
 static void flight_free(flight *f)
 {
@@ -230,7 +280,8 @@ static void flight_free(flight *f)
     dx_free(f);
 }
 
-static void state_free(state *s)
+/* owner: called by the server itself (its monitors are its own). */
+static void state_free(state *s, bool owner)
 {
     if (!s)
         return;
@@ -239,10 +290,17 @@ static void state_free(state *s)
         s->flights = f->next;
         /* Workers are linked only through the monitor: end them so no
          * upstream call outlives its client. */
-        dx_demonitor(f->mon, true);
-        dx_kill(f->worker);
+        if (f->running) {
+            if (owner)
+                dx_demonitor(f->mon, true);
+            dx_kill(f->worker);
+        }
         flight_free(f);
     }
+    /* The queued flights were freed above: forget them, don't touch them. */
+    dx_ratelimit_free(s->rl);
+    if (s->timer_armed)
+        dx_cancel_timer(s->timer);
     for (size_t i = 0; i < s->n_eps; i++)
         endpoint_clear(&s->eps[i]);
     dx_lmcache_close(s->cache);
@@ -307,6 +365,9 @@ static void worker_main(void *arg)
                 dx_sleep(d);
         }
     }
+    o->usage_tokens = o->rc == DX_OK && o->response && o->response->has_usage
+                          ? o->response->usage.total_tokens
+                          : -1;
     j->out = NULL;
     dx_send_ptr(j->server, TAG_DONE, o, outcome_free);
 }
@@ -339,6 +400,7 @@ static int spawn_worker(state *s, flight *f, size_t ep)
         return rc;
     }
     f->ep = ep;
+    f->running = true;
     s->stats.workers++;
     return DX_OK;
 }
@@ -423,6 +485,17 @@ static void unlink_flight(state *s, flight *f)
         }
 }
 
+/* f is over: give back its limiter slot, correcting the token charge
+ * (actual < 0: unknown), and drop it. */
+static void end_flight(state *s, flight *f, int64_t actual_tokens)
+{
+    if (f->admitted)
+        dx_ratelimit_release(s->rl, f->est_tokens, actual_tokens, dx_now_ms());
+    unlink_flight(s, f);
+    flight_free(f);
+    s->stats.in_flight--;
+}
+
 /* Answer every waiter of f with an error and drop it. */
 static void fail_flight(state *s, flight *f, int rc, const dx_lm_error *err)
 {
@@ -430,9 +503,7 @@ static void fail_flight(state *s, flight *f, int rc, const dx_lm_error *err)
         s->stats.failures++;
         reply_to(f->waiters[i], error_msg(rc, err));
     }
-    unlink_flight(s, f);
-    flight_free(f);
-    s->stats.in_flight--;
+    end_flight(s, f, -1);
 }
 
 /* ---- callbacks -------------------------------------------------------------- */
@@ -448,6 +519,17 @@ static int srv_init(void *arg, void **st, dx_term **stop_reason)
     handoff *h = arg;
     h->taken = true;
     *st = h->st;
+    janitor_box *b = dx_calloc(1, sizeof *b);
+    if (b) {
+        atomic_init(&b->st, h->st);
+        b->server = dx_self();
+        dx_spawn_opts so = {.label = "dx_lm_client:janitor",
+                            .arg_free = box_free};
+        if (dx_spawn_opt(janitor_main, b, &so, NULL, NULL) == DX_OK)
+            h->st->box = b;
+        else
+            dx_free(b); /* without a janitor a kill leaks the state */
+    }
     return DX_OK;
 }
 
@@ -474,11 +556,32 @@ static flight *find_flight(state *s, const dx_lmcache_key *k)
     return NULL;
 }
 
+/* Pick f's first endpoint and start its worker. DX_EOPEN when every
+ * breaker refuses; else the spawn's code. */
+static int begin_flight(state *s, flight *f)
+{
+    size_t ep;
+    if (!pick_endpoint(s, 0, &ep))
+        return DX_EOPEN;
+    f->fell_back = ep > 0;
+    int rc = spawn_worker(s, f, ep);
+    if (rc != DX_OK) {
+        dx_breaker_record_ignored(s->eps[ep].breaker);
+        return rc;
+    }
+    if (ep > 0)
+        s->stats.fallbacks++;
+    return DX_OK;
+}
+
 static dx_srv_ret handle_complete(state *s, dx_msg *request, dx_from from,
                                   dx_msg **reply)
 {
     s->stats.requests++;
-    dx_lm_request *req = dx_msg_take_ptr(request);
+    creq *c = dx_msg_take_ptr(request);
+    dx_lm_request *req = c ? c->req : NULL;
+    int64_t deadline = c ? c->deadline_ms : 0;
+    dx_free(c);
     if (!req) {
         *reply = error_msg(DX_EINVAL, NULL);
         return DX_SRV_REPLY;
@@ -500,6 +603,7 @@ static dx_srv_ret handle_complete(state *s, dx_msg *request, dx_from from,
     }
     flight *f = find_flight(s, &key);
     if (f) {
+        /* Joining costs no admission, queued or running. */
         dx_lmcache_key_clear(&key);
         dx_lm_request_free(req);
         if (add_waiter(f, from) != DX_OK) {
@@ -509,18 +613,9 @@ static dx_srv_ret handle_complete(state *s, dx_msg *request, dx_from from,
         s->stats.coalesced++;
         return DX_SRV_NOREPLY;
     }
-    size_t ep;
-    if (!pick_endpoint(s, 0, &ep)) {
-        dx_lmcache_key_clear(&key);
-        dx_lm_request_free(req);
-        s->stats.failures++;
-        *reply = error_msg(DX_EOPEN, NULL);
-        return DX_SRV_REPLY;
-    }
     f = dx_calloc(1, sizeof *f);
     if (!f || add_waiter(f, from) != DX_OK) {
         dx_free(f);
-        dx_breaker_record_ignored(s->eps[ep].breaker);
         dx_lmcache_key_clear(&key);
         dx_lm_request_free(req);
         *reply = error_msg(DX_ENOMEM, NULL);
@@ -529,20 +624,93 @@ static dx_srv_ret handle_complete(state *s, dx_msg *request, dx_from from,
     f->id = ++s->next_flight;
     f->key = key;
     f->req = req;
-    f->fell_back = ep > 0;
-    if (ep > 0)
-        s->stats.fallbacks++;
-    rc = spawn_worker(s, f, ep);
-    if (rc != DX_OK) {
-        dx_breaker_record_ignored(s->eps[ep].breaker);
-        flight_free(f);
-        *reply = error_msg(rc, NULL);
-        return DX_SRV_REPLY;
+    f->deadline_ms = deadline;
+    f->est_tokens = estimate_tokens(req);
+    if (s->rl) {
+        rc = dx_ratelimit_try_admit(s->rl, f->est_tokens, dx_now_ms(), NULL);
+        if (rc == DX_EBUSY) {
+            rc = dx_ratelimit_enqueue(s->rl, f, f->est_tokens, deadline);
+            if (rc == DX_OK) {
+                f->next = s->flights;
+                s->flights = f;
+                s->stats.in_flight++;
+                s->stats.rate_waits++;
+                return DX_SRV_NOREPLY; /* pump() arms the timer */
+            }
+        }
+        if (rc != DX_OK) {
+            flight_free(f);
+            s->stats.failures++;
+            if (rc == DX_ELIMIT)
+                s->stats.rate_rejected++;
+            *reply = error_msg(rc, NULL);
+            return DX_SRV_REPLY;
+        }
+        f->admitted = true;
     }
     f->next = s->flights;
     s->flights = f;
     s->stats.in_flight++;
+    rc = begin_flight(s, f);
+    if (rc != DX_OK) {
+        /* Refused before any upstream call: no tokens were spent. */
+        end_flight(s, f, 0);
+        s->stats.failures++;
+        *reply = error_msg(rc, NULL);
+        return DX_SRV_REPLY;
+    }
     return DX_SRV_NOREPLY;
+}
+
+/* ---- the limiter queue ------------------------------------------------------- */
+
+static void expire_one(dx_ratelimit *rl, void *waiter, void *ud)
+{
+    (void)rl;
+    state *s = ud;
+    s->stats.rate_expired++;
+    fail_flight(s, waiter, DX_ETIMEDOUT, NULL); /* not admitted: no release */
+}
+
+/* Expire the queued flights past their deadline, start those the limiter
+ * admits now, and arm one timer for the next moment either can happen. */
+static void pump(state *s)
+{
+    if (!s->rl)
+        return;
+    int64_t now = dx_now_ms();
+    dx_ratelimit_expire(s->rl, now, expire_one, s);
+    int64_t wait = -1;
+    flight *f;
+    while ((f = dx_ratelimit_next_ready(s->rl, now, &wait)) != NULL) {
+        f->admitted = true;
+        int rc = begin_flight(s, f);
+        if (rc != DX_OK)
+            fail_flight(s, f, rc, NULL);
+    }
+    int64_t due = wait >= 0 ? now + (wait > 0 ? wait : 1) : -1;
+    int64_t dl = dx_ratelimit_next_deadline(s->rl);
+    if (dl > 0 && (due < 0 || dl < due))
+        due = dl > now ? dl : now + 1;
+    if (due < 0 || (s->timer_armed && s->timer_due <= due))
+        return;
+    if (s->timer_armed)
+        dx_cancel_timer(s->timer);
+    s->timer_armed = false;
+    dx_msg *m = dx_msg_new(TAG_TICK);
+    /* Without a timer the queue still moves on the next message. */
+    if (m && dx_send_after(due - now, dx_self(), m, &s->timer) == DX_OK) {
+        s->timer_armed = true;
+        s->timer_due = due;
+    }
+}
+
+static size_t count_queued(const state *s)
+{
+    size_t n = 0;
+    for (const flight *f = s->flights; f; f = f->next)
+        n += !f->running;
+    return n;
 }
 
 static dx_srv_ret srv_call(void *st, dx_msg *request, dx_from from,
@@ -550,12 +718,19 @@ static dx_srv_ret srv_call(void *st, dx_msg *request, dx_from from,
 {
     (void)stop_reason;
     state *s = st;
-    if (request->tag == TAG_COMPLETE)
-        return handle_complete(s, request, from, reply);
+    if (request->tag == TAG_COMPLETE) {
+        dx_srv_ret r = handle_complete(s, request, from, reply);
+        pump(s);
+        return r;
+    }
     if (request->tag == TAG_STATS) {
         answer *a = dx_calloc(1, sizeof *a);
-        if (a)
+        if (a) {
             a->stats = s->stats;
+            a->stats.queued = count_queued(s);
+            for (size_t i = 0; i < s->n_eps; i++)
+                a->stats.breakers[i] = dx_breaker_get_state(s->eps[i].breaker);
+        }
         *reply = a ? answer_msg(a) : NULL;
         return DX_SRV_REPLY;
     }
@@ -579,6 +754,7 @@ static void on_done(state *s, outcome *o)
         return;
     dx_demonitor(f->mon, true);
     f->attempts += o->attempts;
+    f->running = false;
     endpoint *e = &s->eps[f->ep];
     int64_t now = dx_now_ms();
     if (o->rc == DX_OK) {
@@ -598,17 +774,20 @@ static void on_done(state *s, outcome *o)
             reply_to(f->waiters[i],
                      result_msg(r, e->model, false, f->attempts));
         }
-        unlink_flight(s, f);
-        flight_free(f);
-        s->stats.in_flight--;
+        end_flight(s, f, o->usage_tokens);
         return;
     }
     if (o->rc == DX_EPROVIDER)
         dx_breaker_record_error(e->breaker, &o->err, now);
     else
         dx_breaker_record_ignored(e->breaker);
+    /* Fallback policy (lm.h): move on only from a failure another endpoint
+     * might not share. */
+    bool move_on =
+        (o->rc == DX_EPROVIDER && dx_retry_is_retryable(&s->policy, &o->err)) ||
+        dx_breaker_get_state(e->breaker) == DX_BREAKER_OPEN;
     size_t next;
-    if (pick_endpoint(s, f->ep + 1, &next)) {
+    if (move_on && pick_endpoint(s, f->ep + 1, &next)) {
         s->stats.fallbacks++;
         if (spawn_worker(s, f, next) == DX_OK)
             return;
@@ -625,16 +804,24 @@ static dx_srv_ret srv_info(void *st, dx_msg *msg, dx_term **stop_reason)
         outcome *o = msg->ptr;
         if (o)
             on_done(s, o);
+        pump(s);
+        return DX_SRV_NOREPLY;
+    }
+    if (msg->tag == TAG_TICK) {
+        if (s->timer_armed && dx_now_ms() >= s->timer_due)
+            s->timer_armed = false;
+        pump(s);
         return DX_SRV_NOREPLY;
     }
     if (msg->tag == DX_TAG_DOWN) {
         /* A worker died without reporting (it crashed or was killed). */
         for (flight *f = s->flights; f; f = f->next)
-            if (dx_ref_eq(f->mon, msg->ref)) {
+            if (f->running && dx_ref_eq(f->mon, msg->ref)) {
                 dx_breaker_record_ignored(s->eps[f->ep].breaker);
                 fail_flight(s, f, DX_EDOWN, NULL);
                 break;
             }
+        pump(s);
     }
     return DX_SRV_NOREPLY;
 }
@@ -642,7 +829,31 @@ static dx_srv_ret srv_info(void *st, dx_msg *msg, dx_term **stop_reason)
 static void srv_terminate(void *st, const dx_term *reason)
 {
     (void)reason;
-    state_free(st);
+    state *s = st;
+    if (s->box)
+        atomic_store(&s->box->st, NULL);
+    state_free(s, true);
+}
+
+static void janitor_main(void *arg)
+{
+    janitor_box *b = arg;
+    dx_ref mon;
+    if (dx_monitor(b->server, &mon) != DX_OK)
+        return;
+    dx_msg *m = NULL;
+    while (dx_receive_tag(DX_TAG_DOWN, DX_INFINITY, &m) == DX_OK) {
+        bool ours = dx_ref_eq(m->ref, mon);
+        dx_msg_free(m);
+        if (ours)
+            break;
+    }
+    state_free(atomic_exchange(&b->st, NULL), false);
+}
+
+static void box_free(void *p)
+{
+    dx_free(p);
 }
 
 static const dx_server_ops client_ops = {
@@ -683,27 +894,29 @@ int dx_lm_client_start(const dx_lm_client_opts *opts,
         rc = endpoint_init(&s->eps[i], src, &bc);
         s->n_eps = i + 1;
     }
+    if (rc == DX_OK && opts->ratelimit)
+        rc = dx_ratelimit_new(opts->ratelimit, dx_now_ms(), &s->rl);
     if (rc == DX_OK) {
         rc = dx_lmcache_open(opts->cache_path, opts->cache_limits, &s->cache);
         if (rc == DX_ECACHEFILE)
             rc = DX_OK;
     }
     if (rc != DX_OK) {
-        state_free(s);
+        state_free(s, true);
         return rc;
     }
     s->attempt_timeout_ms = opts->attempt_timeout_ms;
     s->seed = opts->seed;
     handoff *h = dx_calloc(1, sizeof *h);
     if (!h) {
-        state_free(s);
+        state_free(s, true);
         return DX_ENOMEM;
     }
     h->st = s;
     dx_server_opts so = sopts ? *sopts : (dx_server_opts){0};
     rc = dx_server_start(&client_ops, h, &so, pid, NULL);
     if (rc != DX_OK && !h->taken)
-        state_free(s);
+        state_free(s, true);
     dx_free(h);
     return rc;
 }
@@ -719,14 +932,17 @@ int dx_lm_client_complete(dx_pid client, const dx_lm_request *req,
     *out = NULL;
     if (!req)
         return DX_EINVAL;
-    dx_lm_request *copy = req_copy(req);
-    dx_msg *m = copy ? dx_msg_new(TAG_COMPLETE) : NULL;
+    creq *c = dx_calloc(1, sizeof *c);
+    if (c)
+        c->req = req_copy(req);
+    dx_msg *m = c && c->req ? dx_msg_new(TAG_COMPLETE) : NULL;
     if (!m) {
-        dx_lm_request_free(copy);
+        creq_free(c);
         return DX_ENOMEM;
     }
-    m->ptr = copy;
-    m->ptr_free = req_free_ptr;
+    c->deadline_ms = timeout_ms >= 0 ? dx_now_ms() + timeout_ms : 0;
+    m->ptr = c;
+    m->ptr_free = creq_free;
     dx_msg *reply = NULL;
     int rc = dx_call(client, m, timeout_ms, &reply);
     if (rc != DX_OK)

@@ -10,19 +10,38 @@
  * runs dx_lm_call with the retry policy (dx_retry_next_delay_ms, sleeping
  * between attempts). When the worker's retries on an endpoint are used up
  * (or the error is not retried) it reports the failure; the server records
- * it in that endpoint's breaker and, if a later endpoint's breaker allows,
- * starts a worker on it. A success is recorded, stored in the cache (under
+ * it in that endpoint's breaker and, if the failure is one another endpoint
+ * might not share, starts a worker on the next endpoint whose breaker
+ * allows. Fallback policy: only a retryable-kind error (dx_retry_is_retryable
+ * with the client's policy: rate limits, overload, server errors, timeouts,
+ * connection failures...) or an endpoint whose breaker is now open moves the
+ * call on. auth, bad_request and not_found are the caller's fault — every
+ * endpoint would refuse the same request the same way — so they are
+ * answered at once with that error. A success is recorded, stored in the cache (under
  * the primary model's key, whichever endpoint answered) and replied to
  * every caller. Stopping the client kills its workers, cancelling their
- * transfers; callers still waiting get DX_EDOWN.
+ * transfers; callers still waiting get DX_EDOWN. Killing it (dx_kill, a
+ * crash) does the same: each client has a small janitor process that, when
+ * the server dies without terminating, frees its state and ends its
+ * workers.
  *
  * Identical requests (same cache key) that arrive while one is in flight
  * wait on the same worker: one upstream call, every caller gets a copy of
  * the answer. Callers in REFRESH/BYPASS cache mode are not supported yet;
  * every request uses the cache.
  *
- * Not yet here: rate limiting, call history and telemetry (usage.h, the
- * ratelimit.h limiter) — the options carry no fields for them.
+ * Rate limiting (opts.ratelimit, a ratelimit.h limiter owned by the
+ * server): admission happens in the server before a worker starts, once per
+ * distinct request (its retries and fallbacks run under that one admission;
+ * coalesced callers take none). A request the limiter refuses now waits in
+ * the limiter's bounded FIFO with the caller's deadline (its timeout_ms); a
+ * timer wakes the server when the head may go or a deadline passes. A
+ * waiter past its deadline gets DX_ETIMEDOUT; a full queue (or a request
+ * whose token estimate exceeds tpm) gets DX_ELIMIT at once. The slot is
+ * released when the request ends, and the token charge corrected from the
+ * estimate (prompt characters / 4 + max_tokens) to the response's usage.
+ *
+ * Not yet here: call history and telemetry (usage.h).
  */
 #ifndef DSPEX_LM_H
 #define DSPEX_LM_H
@@ -35,6 +54,7 @@
 #include "export.h"
 #include "lmcache.h"
 #include "provider.h"
+#include "ratelimit.h"
 #include "retry.h"
 #include "server.h"
 
@@ -51,8 +71,9 @@ typedef struct dx_lm_endpoint {
 /* Options of a client. Everything is copied by dx_lm_client_start. */
 typedef struct dx_lm_client_opts {
     dx_lm_endpoint primary;
-    /* Tried in order when the endpoint before fails (any error, once its
-     * retries are used up) or its breaker is open. At most
+    /* Tried in order when the endpoint before fails with a retryable-kind
+     * error (once its retries are used up) or its breaker is open; see the
+     * fallback policy above. At most
      * DX_LM_CLIENT_MAX_FALLBACKS. */
     const dx_lm_endpoint *fallbacks;
     size_t n_fallbacks;
@@ -70,6 +91,8 @@ typedef struct dx_lm_client_opts {
     int64_t attempt_timeout_ms;
     /* Seed of the retry jitter generator (a schedule replays from it). */
     uint64_t seed;
+    /* NULL = unlimited. Copied; validated by dx_ratelimit_new. */
+    const dx_ratelimit_config *ratelimit;
 } dx_lm_client_opts;
 
 /* What a completed call gives back. Free with dx_lm_result_free. */
@@ -87,7 +110,7 @@ DX_API void dx_lm_result_free(dx_lm_result *r);
 
 /* Start a client server. sopts may be NULL (not linked, not registered).
  * DX_OK: *pid is the server. DX_EINVAL (no primary model, too many
- * fallbacks, a bad policy/breaker config); an endpoint that
+ * fallbacks, a bad policy/breaker/rate limit config); an endpoint that
  * dx_lm_config_new refuses fails the start with its code (DX_EINVAL,
  * DX_ENOENT, DX_ENOKEY); DX_ENOMEM. Process. */
 DX_API int dx_lm_client_start(const dx_lm_client_opts *opts,
@@ -100,7 +123,10 @@ DX_API int dx_lm_client_start(const dx_lm_client_opts *opts,
  *     endpoint's error.
  *   DX_EOPEN: every endpoint's breaker is open; no call was made.
  *   DX_ETIMEDOUT: no answer in time (the work goes on; its answer is
- *     cached).
+ *     cached), or the request was still queued by the rate limiter at its
+ *     deadline (then no work was done).
+ *   DX_ELIMIT: the rate limiter's queue is full, or the request's token
+ *     estimate exceeds the configured tpm.
  *   DX_ENOPROC / DX_EDOWN: the client is not alive / died.
  *   DX_EINVAL, DX_ENOMEM.
  * On any failure *out is NULL. Process. */
@@ -110,13 +136,19 @@ DX_API int dx_lm_client_complete(dx_pid client, const dx_lm_request *req,
 
 /* Counters of a client, for tests and introspection. */
 typedef struct dx_lm_client_stats {
-    uint64_t requests;   /* completes received */
-    uint64_t cache_hits; /* answered from the cache */
-    uint64_t coalesced;  /* joined an identical request in flight */
-    uint64_t workers;    /* workers spawned (one per endpoint tried) */
-    uint64_t fallbacks;  /* times a later endpoint was tried */
-    uint64_t failures;   /* completes answered with an error */
-    size_t in_flight;    /* distinct requests being worked on now */
+    uint64_t requests;      /* completes received */
+    uint64_t cache_hits;    /* answered from the cache */
+    uint64_t coalesced;     /* joined an identical request in flight */
+    uint64_t workers;       /* workers spawned (one per endpoint tried) */
+    uint64_t fallbacks;     /* times a later endpoint was tried */
+    uint64_t failures;      /* completes answered with an error */
+    uint64_t rate_waits;    /* requests that had to queue for the limiter */
+    uint64_t rate_expired;  /* queued requests that reached their deadline */
+    uint64_t rate_rejected; /* refused by the limiter (DX_ELIMIT) */
+    size_t in_flight;       /* distinct requests being worked on or queued */
+    size_t queued;          /* of those, waiting for the limiter */
+    /* Breaker state per endpoint, primary first (CLOSED past the last). */
+    dx_breaker_state breakers[1 + DX_LM_CLIENT_MAX_FALLBACKS];
 } dx_lm_client_stats;
 
 /* Snapshot of the counters. DX_ENOPROC, DX_ETIMEDOUT. Process. */

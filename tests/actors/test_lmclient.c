@@ -3,7 +3,13 @@
  * answer, a retry after a server error, fallback to a second endpoint when
  * the first cannot be reached, cache hits without upstream calls, 100
  * identical concurrent requests coalesced into one upstream call, a caller
- * timeout, every endpoint failing, and an open breaker refusing at once.
+ * timeout, every endpoint failing, and an open breaker refusing at once;
+ * no fallback for a caller's-fault error; Retry-After honoured; a breaker
+ * opening, refusing, probing and closing; the rate limiter holding 200
+ * callers to its rate, expiring a queued caller at its deadline and refusing
+ * one over its queue bound, callers joining a queued request without
+ * taking admissions, a bad limiter config refused at start; and every
+ * caller getting DX_EDOWN when the client is killed mid-flight.
  *
  * Each scenario runs in a dspex process and only records what it saw; the
  * assertions run on the test's host thread afterwards.
@@ -379,4 +385,393 @@ Test(lmclient, a_cache_file_answers_a_restarted_client)
     remove(shm);
     remove(path);
     rmdir(dir);
+}
+
+/* ---- fallback policy, Retry-After, breaker lifecycle ----------------------- */
+
+Test(lmclient, a_callers_fault_error_does_not_fall_back)
+{
+    dx_lm_endpoint backup = {"openai-compatible/backup-model", live_url,
+                             "sk-test"};
+    live_only();
+    sc.opts.fallbacks = &backup;
+    sc.opts.n_fallbacks = 1;
+    /* Only the first request is refused: a fallback would succeed. */
+    cr_assert_eq(dx_lmserver_inject(srv, "auth", 1), DX_OK);
+    sc.body = one_call;
+    run(&sc);
+    cr_assert_eq(sc.calls[0].rc, DX_EPROVIDER, "%s",
+                 dx_err_name(sc.calls[0].rc));
+    cr_assert_eq(sc.calls[0].err.kind, DX_LM_ERR_AUTH, "%s",
+                 dx_lm_error_kind_name(sc.calls[0].err.kind));
+    cr_assert_eq(sc.stats.fallbacks, 0);
+    cr_assert_eq(sc.stats.workers, 1);
+    cr_assert_eq(upstream_requests(), 1);
+}
+
+static const dx_retry_policy patient = {
+    .max_attempts = 2,
+    .initial_delay_ms = 5,
+    .max_delay_ms = 10,
+    .jitter = 0,
+    .max_retry_after_ms = 5000,
+};
+
+static int64_t elapsed_ms;
+
+static void timed_call(scenario *s, dx_pid client)
+{
+    int64_t t0 = dx_now_ms();
+    complete_into(client, "After the limit", 10000, &s->calls[0]);
+    elapsed_ms = dx_now_ms() - t0;
+}
+
+Test(lmclient, waits_out_retry_after_before_retrying)
+{
+    live_only();
+    sc.opts.retry = &patient;
+    cr_assert_eq(dx_lmserver_inject(srv, "rate_limit:1", 1), DX_OK);
+    sc.body = timed_call;
+    run(&sc);
+    cr_assert_eq(sc.calls[0].rc, DX_OK, "%s: %s", dx_err_name(sc.calls[0].rc),
+                 sc.calls[0].err.message);
+    cr_assert_eq(sc.calls[0].attempts, 2);
+    cr_assert_eq(upstream_requests(), 2);
+    /* The backoff alone would be 5 ms; Retry-After said one second. */
+    cr_assert_geq(elapsed_ms, 1000, "retried after %lld ms",
+                  (long long)elapsed_ms);
+}
+
+static dx_lm_client_stats mid_stats[2];
+
+static void breaker_cycle(scenario *s, dx_pid client)
+{
+    complete_into(client, "fail one", 10000, &s->calls[0]);
+    complete_into(client, "fail two", 10000, &s->calls[1]);
+    complete_into(client, "refused", 10000, &s->calls[2]);
+    dx_lm_client_stats_get(client, &mid_stats[0]);
+    dx_sleep(350); /* open_ms: the next call is the half-open probe */
+    complete_into(client, "probe", 10000, &s->calls[3]);
+    dx_lm_client_stats_get(client, &mid_stats[1]);
+}
+
+Test(lmclient, a_breaker_opens_refuses_probes_and_closes)
+{
+    dx_breaker_config bc;
+    dx_breaker_config_default(&bc);
+    bc.window = 2;
+    bc.min_calls = 2;
+    bc.failure_threshold = 0.5;
+    bc.open_ms = 300;
+    bc.half_open_calls = 1;
+    static const dx_retry_policy once = {.max_attempts = 1};
+    live_only();
+    sc.opts.retry = &once;
+    sc.opts.breaker = &bc;
+    cr_assert_eq(dx_lmserver_inject(srv, "server_error", 2), DX_OK);
+    sc.body = breaker_cycle;
+    run(&sc);
+    cr_assert_eq(sc.calls[0].rc, DX_EPROVIDER);
+    cr_assert_eq(sc.calls[1].rc, DX_EPROVIDER);
+    cr_assert_eq(sc.calls[2].rc, DX_EOPEN, "%s", dx_err_name(sc.calls[2].rc));
+    cr_assert_eq(mid_stats[0].breakers[0], DX_BREAKER_OPEN);
+    cr_assert_eq(mid_stats[0].workers, 2);
+    cr_assert_eq(sc.calls[3].rc, DX_OK, "%s", dx_err_name(sc.calls[3].rc));
+    cr_assert_eq(mid_stats[1].breakers[0], DX_BREAKER_CLOSED);
+    /* The refused call never reached the server. */
+    cr_assert_eq(upstream_requests(), 3);
+}
+
+/* ---- rate limiting --------------------------------------------------------- */
+
+#define RATE_CALLERS 200
+#define RATE_GAP_MS 10 /* 6000 per minute, burst 1 */
+static seen rate_seen[RATE_CALLERS];
+static _Atomic int rate_done;
+static dx_pid rate_client;
+static _Atomic int rate_violations;
+static int64_t rate_worst; /* the sample closest to breaking the rate */
+
+static void rate_member(void *arg)
+{
+    seen *s = arg;
+    char q[64];
+    snprintf(q, sizeof q, "question %d", (int)(s - rate_seen));
+    complete_into(rate_client, q, 20000, s);
+    atomic_fetch_add(&rate_done, 1);
+}
+
+static void rate_body(scenario *s, dx_pid client)
+{
+    (void)s;
+    int64_t t0 = dx_now_ms() - 1; /* the client (its full bucket) is older */
+    rate_client = client;
+    for (int i = 0; i < RATE_CALLERS; i++)
+        if (dx_spawn(rate_member, &rate_seen[i], NULL) != DX_OK) {
+            rate_seen[i].rc = DX_ENOMEM;
+            atomic_fetch_add(&rate_done, 1);
+        }
+    /* The n-th upstream request cannot start before (n - 1) gaps have
+     * passed since the client started with one request in its bucket. */
+    rate_worst = INT64_MAX;
+    for (int waited = 0;
+         atomic_load(&rate_done) < RATE_CALLERS && waited < 30000;
+         waited += 25) {
+        uint64_t n = upstream_requests();
+        int64_t el = dx_now_ms() - t0 + 1;
+        int64_t slack = el - ((int64_t)n - 1) * RATE_GAP_MS;
+        if (slack < 0)
+            atomic_fetch_add(&rate_violations, 1);
+        if (slack < rate_worst)
+            rate_worst = slack;
+        dx_sleep(25);
+    }
+    elapsed_ms = dx_now_ms() - t0;
+}
+
+Test(lmclient, the_rate_limit_holds_200_concurrent_callers_to_its_rate)
+{
+    dx_ratelimit_config rl = {
+        .rpm = 60000 / RATE_GAP_MS, .rpm_burst = 1, .max_waiters = 256};
+    live_only();
+    sc.opts.ratelimit = &rl;
+    sc.body = rate_body;
+    run(&sc);
+    cr_assert_eq(atomic_load(&rate_done), RATE_CALLERS);
+    for (int i = 0; i < RATE_CALLERS; i++)
+        cr_assert_eq(rate_seen[i].rc, DX_OK, "caller %d: %s", i,
+                     dx_err_name(rate_seen[i].rc));
+    cr_assert_eq(upstream_requests(), RATE_CALLERS);
+    cr_assert_eq(atomic_load(&rate_violations), 0, "worst slack %lld ms",
+                 (long long)rate_worst);
+    /* 200 starts with a bucket of one take at least 199 gaps. */
+    cr_assert_geq(elapsed_ms, (RATE_CALLERS - 1) * RATE_GAP_MS);
+    cr_assert_gt(sc.stats.rate_waits, 0);
+    cr_assert_eq(sc.stats.in_flight, 0);
+    cr_assert_eq(sc.stats.queued, 0);
+}
+
+static dx_pid bg_client;
+static seen bg_seen[2];
+static _Atomic int bg_done;
+
+static void bg_slow(void *arg)
+{
+    (void)arg;
+    complete_into(bg_client, "slow one", 10000, &bg_seen[0]);
+    atomic_fetch_add(&bg_done, 1);
+}
+
+static void bg_short(void *arg)
+{
+    (void)arg;
+    complete_into(bg_client, "short deadline", 200, &bg_seen[1]);
+    atomic_fetch_add(&bg_done, 1);
+}
+
+/* Wait (bounded) until the client's stats satisfy want. */
+static bool wait_stats(dx_pid client, bool (*want)(const dx_lm_client_stats *))
+{
+    dx_lm_client_stats st;
+    for (int i = 0; i < 1000; i++) {
+        if (dx_lm_client_stats_get(client, &st) == DX_OK && want(&st))
+            return true;
+        dx_sleep(5);
+    }
+    return false;
+}
+
+static bool one_running(const dx_lm_client_stats *st)
+{
+    return st->in_flight == 1 && st->queued == 0;
+}
+
+static bool one_queued(const dx_lm_client_stats *st)
+{
+    return st->queued == 1;
+}
+
+static void queue_body(scenario *s, dx_pid client)
+{
+    bg_client = client;
+    if (dx_spawn(bg_slow, NULL, NULL) != DX_OK ||
+        !wait_stats(client, one_running) ||
+        dx_spawn(bg_short, NULL, NULL) != DX_OK ||
+        !wait_stats(client, one_queued)) {
+        s->calls[0].rc = DX_ESTATE;
+        return;
+    }
+    /* The queue (one place) is full: refused at once. */
+    complete_into(client, "no room", 10000, &s->calls[0]);
+    while (atomic_load(&bg_done) < 2)
+        dx_sleep(10);
+}
+
+Test(lmclient, the_limiter_queue_expires_late_waiters_and_refuses_when_full)
+{
+    dx_ratelimit_config rl = {.max_concurrency = 1, .max_waiters = 1};
+    live_only();
+    sc.opts.ratelimit = &rl;
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:1000", 1), DX_OK);
+    sc.body = queue_body;
+    run(&sc);
+    cr_assert_eq(sc.calls[0].rc, DX_ELIMIT, "%s", dx_err_name(sc.calls[0].rc));
+    cr_assert_eq(bg_seen[0].rc, DX_OK, "%s", dx_err_name(bg_seen[0].rc));
+    cr_assert_eq(bg_seen[1].rc, DX_ETIMEDOUT, "%s", dx_err_name(bg_seen[1].rc));
+    cr_assert_eq(sc.stats.rate_expired, 1);
+    cr_assert_eq(sc.stats.rate_rejected, 1);
+    /* The expired waiter never went upstream. */
+    cr_assert_eq(upstream_requests(), 1);
+    cr_assert_eq(sc.stats.in_flight, 0);
+}
+
+/* ---- killing the client mid-flight ----------------------------------------- */
+
+#define KILL_CALLERS 6
+static seen kill_seen[KILL_CALLERS];
+static int64_t kill_returned_ms[KILL_CALLERS];
+static _Atomic int kill_done;
+static dx_pid kill_client;
+static int64_t kill_at;
+static int kill_rc = DX_ESTATE;
+static uint64_t kill_closed;
+
+static void kill_member(void *arg)
+{
+    seen *s = arg;
+    int i = (int)(s - kill_seen);
+    char q[64];
+    snprintf(q, sizeof q, "slow question %d", i);
+    complete_into(kill_client, q, 30000, s);
+    kill_returned_ms[i] = dx_now_ms();
+    atomic_fetch_add(&kill_done, 1);
+}
+
+static bool all_in(const dx_lm_client_stats *st)
+{
+    return st->in_flight == KILL_CALLERS;
+}
+
+static void kill_main(void *arg)
+{
+    scenario *s = arg;
+    s->start_rc = dx_lm_client_start(&s->opts, NULL, &kill_client);
+    if (s->start_rc == DX_OK) {
+        for (int i = 0; i < KILL_CALLERS; i++)
+            if (dx_spawn(kill_member, &kill_seen[i], NULL) != DX_OK) {
+                kill_seen[i].rc = DX_ENOMEM;
+                atomic_fetch_add(&kill_done, 1);
+            }
+        if (wait_stats(kill_client, all_in)) {
+            kill_at = dx_now_ms();
+            kill_rc = dx_kill(kill_client);
+        }
+        for (int i = 0; i < 3000 && atomic_load(&kill_done) < KILL_CALLERS; i++)
+            dx_sleep(10);
+        /* The dead client's running calls are cancelled too: the server
+         * sees their connections close before it answered. */
+        for (int i = 0; i < 500 && kill_closed < 2; i++) {
+            dx_lmserver_stats st;
+            dx_lmserver_stats_get(srv, &st);
+            kill_closed = st.connections_closed_early;
+            if (kill_closed < 2)
+                dx_sleep(10);
+        }
+    }
+    atomic_store(&s->done, 1);
+}
+
+Test(lmclient, killing_the_client_answers_every_caller_with_edown)
+{
+    /* Two calls running (slow upstream), the rest queued by the limiter. */
+    dx_ratelimit_config rl = {.max_concurrency = 2, .max_waiters = 16};
+    live_only();
+    sc.opts.ratelimit = &rl;
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:2000", KILL_CALLERS), DX_OK);
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(kill_main, &sc, &pid), DX_OK);
+    int rc = dx_wait_exit(pid, 60000, NULL);
+    cr_assert(rc == DX_OK || rc == DX_ENOPROC);
+    cr_assert(atomic_load(&sc.done));
+    cr_assert_eq(sc.start_rc, DX_OK);
+    cr_assert_eq(kill_rc, DX_OK, "%s", dx_err_name(kill_rc));
+    cr_assert_eq(atomic_load(&kill_done), KILL_CALLERS);
+    for (int i = 0; i < KILL_CALLERS; i++) {
+        cr_assert_eq(kill_seen[i].rc, DX_EDOWN, "caller %d: %s", i,
+                     dx_err_name(kill_seen[i].rc));
+        /* Answered by the kill, not by the slow upstream or a deadline. */
+        cr_assert_lt(kill_returned_ms[i] - kill_at, 15000,
+                     "caller %d returned %lld ms after the kill", i,
+                     (long long)(kill_returned_ms[i] - kill_at));
+    }
+    cr_assert_geq(kill_closed, 2, "upstream calls still open after the kill");
+}
+
+Test(lmclient, start_refuses_a_bad_rate_limit)
+{
+    dx_ratelimit_config rl = {.rpm = 10, .rpm_burst = 20};
+    live_only();
+    sc.opts.ratelimit = &rl;
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(scenario_main, &sc, &pid), DX_OK);
+    int rc = dx_wait_exit(pid, 10000, NULL);
+    cr_assert(rc == DX_OK || rc == DX_ENOPROC);
+    cr_assert(atomic_load(&sc.done));
+    cr_assert_eq(sc.start_rc, DX_EINVAL, "%s", dx_err_name(sc.start_rc));
+}
+
+#define JOINERS 5
+static seen join_seen[JOINERS];
+static _Atomic int join_done;
+
+static void join_member(void *arg)
+{
+    complete_into(bg_client, "queued together", 10000, arg);
+    atomic_fetch_add(&join_done, 1);
+}
+
+static bool joined(const dx_lm_client_stats *st)
+{
+    return st->queued == 1 && st->coalesced == JOINERS - 1;
+}
+
+static void join_body(scenario *s, dx_pid client)
+{
+    bg_client = client;
+    if (dx_spawn(bg_slow, NULL, NULL) != DX_OK ||
+        !wait_stats(client, one_running)) {
+        s->calls[0].rc = DX_ESTATE;
+        return;
+    }
+    for (int i = 0; i < JOINERS; i++)
+        if (dx_spawn(join_member, &join_seen[i], NULL) != DX_OK) {
+            join_seen[i].rc = DX_ENOMEM;
+            atomic_fetch_add(&join_done, 1);
+        }
+    /* One queue place, yet all five wait: four joined the queued one. */
+    s->calls[0].rc = wait_stats(client, joined) ? DX_OK : DX_ETIMEDOUT;
+    for (int i = 0; i < 1000 && (atomic_load(&join_done) < JOINERS ||
+                                 atomic_load(&bg_done) < 1);
+         i++)
+        dx_sleep(10);
+}
+
+Test(lmclient, callers_joining_a_queued_request_take_no_admission)
+{
+    dx_ratelimit_config rl = {.max_concurrency = 1, .max_waiters = 1};
+    live_only();
+    sc.opts.ratelimit = &rl;
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:1000", 1), DX_OK);
+    sc.body = join_body;
+    run(&sc);
+    cr_assert_eq(sc.calls[0].rc, DX_OK, "%s", dx_err_name(sc.calls[0].rc));
+    cr_assert_eq(bg_seen[0].rc, DX_OK);
+    for (int i = 0; i < JOINERS; i++) {
+        cr_assert_eq(join_seen[i].rc, DX_OK, "caller %d: %s", i,
+                     dx_err_name(join_seen[i].rc));
+        cr_assert_str_eq(join_seen[i].text, "answer: queued together");
+    }
+    cr_assert_eq(sc.stats.rate_rejected, 0);
+    cr_assert_eq(sc.stats.rate_waits, 1);
+    cr_assert_eq(upstream_requests(), 2);
 }
