@@ -1,13 +1,13 @@
 /*
  * lmcache.c — the LM response cache: canonical request keys (SHA-256 of the
  * "dxc1" form described in lmcache.h), the in-memory LRU tier, the SQLite
- * file tier, and the JSON → dx_lm_response decoder the two tiers share
- * (both keep the response as the text of dx_lm_response_to_json, so a hit
- * always hands out a fresh copy the caller cannot share by mistake).
+ * file tier, and the JSON → dx_lm_response decoder of the file tier. The
+ * memory tier keeps each response decoded, so a hit is a deep copy rather
+ * than a parse; the file keeps the text of dx_lm_response_to_json. Either
+ * way a hit hands out a fresh copy the caller cannot share by mistake.
  */
 #include "dspex/lmcache.h"
 
-#include <inttypes.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
@@ -102,31 +102,40 @@ static void sha_update(sha256 *s, const void *data, size_t n)
 {
     const unsigned char *p = data;
     s->len += n;
-    while (n) {
+    if (s->fill) {
         size_t take = 64 - s->fill < n ? 64 - s->fill : n;
         memcpy(s->buf + s->fill, p, take);
         s->fill += take;
         p += take;
         n -= take;
-        if (s->fill == 64) {
-            sha_block(s, s->buf);
-            s->fill = 0;
-        }
+        if (s->fill < 64)
+            return;
+        sha_block(s, s->buf);
+        s->fill = 0;
     }
+    /* Whole blocks straight from the input, no staging copy. */
+    for (; n >= 64; p += 64, n -= 64)
+        sha_block(s, p);
+    if (n)
+        memcpy(s->buf, p, n);
+    s->fill = n;
 }
 
 static void sha_hex(sha256 *s, char hex[DX_LMCACHE_KEY_HEX + 1])
 {
     uint64_t bits = s->len * 8;
-    unsigned char pad = 0x80;
-    sha_update(s, &pad, 1);
-    pad = 0;
-    while (s->fill != 56)
-        sha_update(s, &pad, 1);
-    unsigned char lenb[8];
+    /* Padding written in place: 0x80, zeros to byte 56 (spilling into one
+     * more block when fewer than 9 bytes are left), then the bit length. */
+    s->buf[s->fill++] = 0x80;
+    if (s->fill > 56) {
+        memset(s->buf + s->fill, 0, 64 - s->fill);
+        sha_block(s, s->buf);
+        s->fill = 0;
+    }
+    memset(s->buf + s->fill, 0, 56 - s->fill);
     for (int i = 0; i < 8; i++)
-        lenb[i] = (unsigned char)(bits >> (56 - 8 * i));
-    sha_update(s, lenb, 8);
+        s->buf[56 + i] = (unsigned char)(bits >> (56 - 8 * i));
+    sha_block(s, s->buf);
     static const char digits[] = "0123456789abcdef";
     for (int i = 0; i < 8; i++)
         for (int j = 0; j < 4; j++) {
@@ -139,99 +148,158 @@ static void sha_hex(sha256 *s, char hex[DX_LMCACHE_KEY_HEX + 1])
 
 /* ---- canonical form ------------------------------------------------------ */
 
-static int put_raw(dx__buf *b, const char *s)
-{
-    return dx__buf_append(b, s, strlen(s));
-}
+/* An append buffer with a sticky error: the canonical text is built with
+ * plain copies (no per-field formatting), and a failure anywhere is checked
+ * once at the end. */
+typedef struct cbuf {
+    char *p;
+    size_t len;
+    size_t cap;
+    int rc;
+} cbuf;
 
-static int put_str(dx__buf *b, const char *tag, const char *v)
+static bool reserve(cbuf *b, size_t n)
 {
-    char head[64];
-    int n = v ? snprintf(head, sizeof head, "%s=%zu:", tag, strlen(v))
-              : snprintf(head, sizeof head, "%s=~\n", tag);
-    int rc = dx__buf_append(b, head, (size_t)n);
-    if (rc == DX_OK && v) {
-        rc = put_raw(b, v);
-        if (rc == DX_OK)
-            rc = dx__buf_append(b, "\n", 1);
+    if (b->rc != DX_OK)
+        return false;
+    if (n > MAX_TEXT || b->len > MAX_TEXT - n) {
+        b->rc = DX_EINVAL;
+        return false;
     }
-    return rc;
-}
-
-static int put_int(dx__buf *b, const char *tag, int64_t v)
-{
-    char line[64];
-    int n = snprintf(line, sizeof line, "%s=%" PRId64 "\n", tag, v);
-    return dx__buf_append(b, line, (size_t)n);
-}
-
-static int canon_calls(dx__buf *b, const dx_lm_tool_call *tc, size_t n)
-{
-    int rc = put_int(b, "calls", (int64_t)n);
-    for (size_t i = 0; rc == DX_OK && i < n; i++) {
-        rc = put_str(b, "call.id", tc[i].id);
-        if (rc == DX_OK)
-            rc = put_str(b, "call.name", tc[i].name);
-        if (rc == DX_OK)
-            rc = put_str(b, "call.args", tc[i].arguments);
+    size_t want = b->len + n + 1; /* room for the final NUL */
+    if (want <= b->cap)
+        return true;
+    size_t cap = b->cap ? b->cap : 512;
+    while (cap < want)
+        cap *= 2;
+    char *p = dx_realloc(b->p, cap);
+    if (!p) {
+        b->rc = DX_ENOMEM;
+        return false;
     }
-    return rc;
+    b->p = p;
+    b->cap = cap;
+    return true;
 }
 
-static int canonical(dx__buf *b, const dx_lm_request *r, const char *model,
-                     const char *ns)
+static void put(cbuf *b, const char *s, size_t n)
 {
-    int rc = put_raw(b, "dxc1\n");
-#define STEP(x)                                                                \
-    do {                                                                       \
-        if (rc == DX_OK)                                                       \
-            rc = (x);                                                          \
-    } while (0)
-    STEP(put_str(b, "ns", ns && *ns ? ns : NULL));
-    STEP(put_str(b, "model", model ? model : r->model));
-    STEP(put_int(b, "messages", (int64_t)r->n_messages));
-    for (size_t i = 0; rc == DX_OK && i < r->n_messages; i++) {
+    if (n && reserve(b, n)) {
+        memcpy(b->p + b->len, s, n);
+        b->len += n;
+    }
+}
+
+/* Decimal digits of v into out (at least 20 bytes); returns their count. */
+static size_t udec(char *out, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}
+
+/* tag includes its '=' (tl bytes), so each line is one or two copies. */
+static void put_str(cbuf *b, const char *tag, size_t tl, const char *v)
+{
+    if (!v) {
+        put(b, tag, tl);
+        put(b, "~\n", 2);
+        return;
+    }
+    size_t vl = strlen(v);
+    char num[24];
+    size_t nl = udec(num, vl);
+    num[nl++] = ':';
+    put(b, tag, tl);
+    put(b, num, nl);
+    put(b, v, vl);
+    put(b, "\n", 1);
+}
+
+static void put_int(cbuf *b, const char *tag, size_t tl, int64_t v)
+{
+    char num[24];
+    size_t nl = 0;
+    uint64_t u = (uint64_t)v;
+    if (v < 0) {
+        num[nl++] = '-';
+        u = (uint64_t)0 - u;
+    }
+    nl += udec(num + nl, u);
+    num[nl++] = '\n';
+    put(b, tag, tl);
+    put(b, num, nl);
+}
+
+#define PUT_STR(b, tag, v) put_str(b, tag "=", sizeof tag, v)
+#define PUT_INT(b, tag, v) put_int(b, tag "=", sizeof tag, (int64_t)(v))
+
+static void canon_calls(cbuf *b, const dx_lm_tool_call *tc, size_t n)
+{
+    PUT_INT(b, "calls", n);
+    for (size_t i = 0; b->rc == DX_OK && i < n; i++) {
+        PUT_STR(b, "call.id", tc[i].id);
+        PUT_STR(b, "call.name", tc[i].name);
+        PUT_STR(b, "call.args", tc[i].arguments);
+    }
+}
+
+static void canonical(cbuf *b, const dx_lm_request *r, const char *model,
+                      const char *ns)
+{
+    put(b, "dxc1\n", 5);
+    PUT_STR(b, "ns", ns && *ns ? ns : NULL);
+    PUT_STR(b, "model", model ? model : r->model);
+    PUT_INT(b, "messages", r->n_messages);
+    for (size_t i = 0; b->rc == DX_OK && i < r->n_messages; i++) {
         const dx_lm_message *m = &r->messages[i];
-        STEP(put_int(b, "role", (int64_t)m->role));
-        STEP(put_str(b, "content", m->content));
-        STEP(put_str(b, "tool_call_id", m->tool_call_id));
-        STEP(canon_calls(b, m->tool_calls, m->n_tool_calls));
+        PUT_INT(b, "role", m->role);
+        PUT_STR(b, "content", m->content);
+        PUT_STR(b, "tool_call_id", m->tool_call_id);
+        canon_calls(b, m->tool_calls, m->n_tool_calls);
     }
     if (r->has_temperature) {
         char t[40];
         snprintf(t, sizeof t, "%.17g", r->temperature);
-        STEP(put_str(b, "temperature", t));
+        PUT_STR(b, "temperature", t);
     } else {
-        STEP(put_str(b, "temperature", NULL));
+        PUT_STR(b, "temperature", NULL);
     }
-    STEP(put_int(b, "max_tokens", r->max_tokens));
+    PUT_INT(b, "max_tokens", r->max_tokens);
     /* 0 and 1 both ask for one choice. */
-    STEP(put_int(b, "n", r->n <= 1 ? 1 : r->n));
-    STEP(put_int(b, "stop", (int64_t)r->n_stop));
-    for (size_t i = 0; rc == DX_OK && i < r->n_stop; i++)
-        STEP(put_str(b, "stop.s", r->stop[i]));
+    PUT_INT(b, "n", r->n <= 1 ? 1 : r->n);
+    PUT_INT(b, "stop", r->n_stop);
+    for (size_t i = 0; b->rc == DX_OK && i < r->n_stop; i++)
+        PUT_STR(b, "stop.s", r->stop[i]);
     if (r->has_seed)
-        STEP(put_int(b, "seed", r->seed));
+        PUT_INT(b, "seed", r->seed);
     else
-        STEP(put_str(b, "seed", NULL));
-    STEP(put_int(b, "format", (int64_t)r->format));
+        PUT_STR(b, "seed", NULL);
+    PUT_INT(b, "format", r->format);
     if (r->format == DX_LM_FORMAT_JSON_SCHEMA) {
-        STEP(put_str(b, "schema_name", r->schema_name));
-        STEP(put_str(b, "schema", r->schema));
-        STEP(put_int(b, "schema_strict", r->schema_strict));
+        PUT_STR(b, "schema_name", r->schema_name);
+        PUT_STR(b, "schema", r->schema);
+        PUT_INT(b, "schema_strict", r->schema_strict);
     }
-    STEP(put_int(b, "tools", (int64_t)r->n_tools));
-    for (size_t i = 0; rc == DX_OK && i < r->n_tools; i++) {
-        STEP(put_str(b, "tool.name", r->tools[i].name));
-        STEP(put_str(b, "tool.desc", r->tools[i].description));
-        STEP(put_str(b, "tool.params", r->tools[i].parameters));
+    PUT_INT(b, "tools", r->n_tools);
+    for (size_t i = 0; b->rc == DX_OK && i < r->n_tools; i++) {
+        PUT_STR(b, "tool.name", r->tools[i].name);
+        PUT_STR(b, "tool.desc", r->tools[i].description);
+        PUT_STR(b, "tool.params", r->tools[i].parameters);
     }
-    STEP(put_int(b, "tool_choice", (int64_t)r->tool_choice));
+    PUT_INT(b, "tool_choice", r->tool_choice);
     if (r->tool_choice == DX_LM_TOOL_CHOICE_NAMED)
-        STEP(put_str(b, "tool_choice_name", r->tool_choice_name));
-#undef STEP
-    return rc;
+        PUT_STR(b, "tool_choice_name", r->tool_choice_name);
 }
+
+#undef PUT_STR
+#undef PUT_INT
 
 static void hash_text(const char *s, size_t n, char hex[DX_LMCACHE_KEY_HEX + 1])
 {
@@ -249,15 +317,15 @@ int dx_lmcache_key_make(const dx_lm_request *req, const char *model,
     memset(key, 0, sizeof *key);
     if (!req)
         return DX_EINVAL;
-    dx__buf b;
-    dx__buf_init(&b, MAX_TEXT);
-    int rc = canonical(&b, req, model, ns);
-    if (rc == DX_OK)
-        rc = dx__buf_terminate(&b);
-    if (rc != DX_OK) {
-        dx__buf_free(&b);
-        return rc == DX_ELIMIT ? DX_EINVAL : rc;
+    cbuf b = {NULL, 0, 0, DX_OK};
+    canonical(&b, req, model, ns);
+    if (b.rc == DX_OK)
+        reserve(&b, 0); /* an empty text still gets its NUL */
+    if (b.rc != DX_OK) {
+        dx_free(b.p);
+        return b.rc;
     }
+    b.p[b.len] = '\0';
     key->canonical = b.p;
     key->len = b.len;
     key->mode = DX_LMCACHE_USE;
@@ -385,8 +453,7 @@ typedef struct entry {
     char hex[DX_LMCACHE_KEY_HEX + 1];
     char *canonical;
     size_t canon_len;
-    char *json;
-    size_t json_len;
+    dx_lm_response *resp; /* decoded once: a hit is a copy, not a parse */
     size_t bytes;
     struct entry *prev, *next; /* LRU list: head is the most recent */
     struct entry *chain;       /* hash bucket */
@@ -457,7 +524,7 @@ static void remove_entry(dx_lmcache *c, entry *e)
     c->st.entries--;
     c->st.bytes -= e->bytes;
     dx_free(e->canonical);
-    dx_free(e->json);
+    dx_lm_response_free(e->resp);
     dx_free(e);
 }
 
@@ -488,25 +555,114 @@ static void maybe_grow(dx_lmcache *c)
     dx_free(old);
 }
 
-/* Insert or replace the memory entry for hex, then evict from the tail
- * until both bounds hold. An entry alone over max_bytes is not kept. */
+/* A deep copy of a response as the cache hands it out: normalised the way
+ * a trip through dx_lm_response_to_json / _from_json would (latency 0, no
+ * usage numbers without has_usage, a NULL text as "", an unknown finish as
+ * OTHER), so memory and disk hits look alike. */
+static int dup_or_null(const char *s, char **out)
+{
+    *out = NULL;
+    if (!s)
+        return DX_OK;
+    size_t n = strlen(s) + 1;
+    *out = dx_malloc(n);
+    if (!*out)
+        return DX_ENOMEM;
+    memcpy(*out, s, n);
+    return DX_OK;
+}
+
+static int copy_choice(const dx_lm_choice *s, dx_lm_choice *d)
+{
+    d->finish = (unsigned)s->finish <= DX_LM_FINISH_OTHER ? s->finish
+                                                          : DX_LM_FINISH_OTHER;
+    if (dup_or_null(s->text ? s->text : "", &d->text) ||
+        dup_or_null(s->finish_raw, &d->finish_raw))
+        return DX_ENOMEM;
+    if (!s->n_tool_calls)
+        return DX_OK;
+    d->tool_calls = dx_calloc(s->n_tool_calls, sizeof *d->tool_calls);
+    if (!d->tool_calls)
+        return DX_ENOMEM;
+    for (size_t k = 0; k < s->n_tool_calls; k++) {
+        const dx_lm_tool_call *a = &s->tool_calls[k];
+        dx_lm_tool_call *b = &d->tool_calls[d->n_tool_calls++];
+        if (dup_or_null(a->id, &b->id) || dup_or_null(a->name, &b->name) ||
+            dup_or_null(a->arguments, &b->arguments))
+            return DX_ENOMEM;
+    }
+    return DX_OK;
+}
+
+static int resp_copy(const dx_lm_response *s, dx_lm_response **out)
+{
+    *out = NULL;
+    dx_lm_response *r = dx_calloc(1, sizeof *r);
+    if (!r)
+        return DX_ENOMEM;
+    int rc = DX_OK;
+    if (dup_or_null(s->id, &r->id) || dup_or_null(s->model, &r->model) ||
+        dup_or_null(s->request_id, &r->request_id))
+        rc = DX_ENOMEM;
+    if (rc == DX_OK && s->n_choices) {
+        r->choices = dx_calloc(s->n_choices, sizeof *r->choices);
+        if (!r->choices)
+            rc = DX_ENOMEM;
+    }
+    /* n_choices counts the slots started, so a partial copy frees whole. */
+    for (size_t i = 0; rc == DX_OK && i < s->n_choices; i++)
+        rc = copy_choice(&s->choices[i], &r->choices[r->n_choices++]);
+    r->has_usage = s->has_usage;
+    if (s->has_usage)
+        r->usage = s->usage;
+    if (rc != DX_OK) {
+        dx_lm_response_free(r);
+        return rc;
+    }
+    *out = r;
+    return DX_OK;
+}
+
+static size_t str_bytes(const char *s)
+{
+    return s ? strlen(s) + 1 : 0;
+}
+
+/* What an entry holds, near enough: its structs and every string. */
+static size_t resp_bytes(const dx_lm_response *r)
+{
+    size_t n = sizeof *r + str_bytes(r->id) + str_bytes(r->model) +
+               str_bytes(r->request_id) + r->n_choices * sizeof *r->choices;
+    for (size_t i = 0; i < r->n_choices; i++) {
+        const dx_lm_choice *c = &r->choices[i];
+        n += str_bytes(c->text ? c->text : "") + str_bytes(c->finish_raw) +
+             c->n_tool_calls * sizeof *c->tool_calls;
+        for (size_t k = 0; k < c->n_tool_calls; k++)
+            n += str_bytes(c->tool_calls[k].id) +
+                 str_bytes(c->tool_calls[k].name) +
+                 str_bytes(c->tool_calls[k].arguments);
+    }
+    return n;
+}
+
+/* Insert or replace the memory entry for hex (resp is copied), then evict
+ * from the tail until both bounds hold. An entry alone over max_bytes is
+ * not kept. */
 static int mem_put(dx_lmcache *c, const char *hex, const char *canon,
-                   size_t canon_len, const char *json, size_t json_len)
+                   size_t canon_len, const dx_lm_response *resp)
 {
     entry *old = find(c, hex);
     if (old)
         remove_entry(c, old);
-    size_t bytes = sizeof(entry) + canon_len + json_len + 2;
+    size_t bytes = sizeof(entry) + canon_len + 1 + resp_bytes(resp);
     if (bytes > c->lim.max_bytes)
         return DX_OK;
     entry *e = dx_calloc(1, sizeof *e);
     if (!e)
         return DX_ENOMEM;
     e->canonical = dx_malloc(canon_len + 1);
-    e->json = dx_malloc(json_len + 1);
-    if (!e->canonical || !e->json) {
+    if (!e->canonical || resp_copy(resp, &e->resp) != DX_OK) {
         dx_free(e->canonical);
-        dx_free(e->json);
         dx_free(e);
         return DX_ENOMEM;
     }
@@ -514,9 +670,6 @@ static int mem_put(dx_lmcache *c, const char *hex, const char *canon,
     memcpy(e->canonical, canon, canon_len);
     e->canonical[canon_len] = '\0';
     e->canon_len = canon_len;
-    memcpy(e->json, json, json_len);
-    e->json[json_len] = '\0';
-    e->json_len = json_len;
     e->bytes = bytes;
     size_t k = bucket_of(c, hex);
     e->chain = c->buckets[k];
@@ -764,9 +917,9 @@ int dx_lmcache_get(dx_lmcache *c, const dx_lmcache_key *key,
     if (e) {
         if (e->canon_len == key->len &&
             memcmp(e->canonical, key->canonical, key->len) == 0) {
-            int rc = dx_lm_response_from_json(e->json, e->json_len, out);
+            int rc = resp_copy(e->resp, out);
             if (rc != DX_OK)
-                return rc == DX_EINVAL ? DX_ENOMEM : rc;
+                return rc;
             lru_unlink(c, e);
             lru_front(c, e);
             c->st.hits_memory++;
@@ -786,8 +939,7 @@ int dx_lmcache_get(dx_lmcache *c, const dx_lmcache_key *key,
             rc = dx_lm_response_from_json(json, json_len, out);
             if (rc == DX_OK) {
                 /* Promotion is best effort: the answer is already in hand. */
-                (void)mem_put(c, key->hex, key->canonical, key->len, json,
-                              json_len);
+                (void)mem_put(c, key->hex, key->canonical, key->len, *out);
                 c->st.hits_disk++;
                 dx_free(json);
                 return DX_OK;
@@ -815,13 +967,13 @@ int dx_lmcache_put(dx_lmcache *c, const dx_lmcache_key *key,
         return DX_EINVAL;
     if (key->mode == DX_LMCACHE_BYPASS)
         return DX_OK;
+    /* The file keeps JSON; a memory-only cache never renders it. */
     char *json = NULL;
-    int rc = dx_lm_response_to_json(resp, &json);
+    int rc = c->db ? dx_lm_response_to_json(resp, &json) : DX_OK;
     if (rc != DX_OK)
         return rc;
-    size_t json_len = strlen(json);
-    rc = mem_put(c, key->hex, key->canonical, key->len, json, json_len);
-    if (rc == DX_OK && c->db && db_put(c, key, json, json_len, now_ms)) {
+    rc = mem_put(c, key->hex, key->canonical, key->len, resp);
+    if (rc == DX_OK && c->db && db_put(c, key, json, strlen(json), now_ms)) {
         c->st.disk_errors++;
         rc = DX_ECACHEFILE;
     }

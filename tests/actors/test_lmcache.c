@@ -725,3 +725,149 @@ Test(lmcache, damaged_database_pages_give_memory_only, .timeout = 20,
     assert_memory_only_works(c);
     dx_lmcache_close(c);
 }
+
+/* The padding has two shapes (the length fits in the last block or spills
+ * into one more); walking the text length over a whole block meets every
+ * remainder mod 64, each checked against the independent tool. */
+Test(lmcache, key_hash_is_right_at_every_block_remainder, .timeout = 20)
+{
+    bool seen[64] = {false};
+    char content[200];
+    for (size_t n = 0; n < 80; n++) {
+        memset(content, 'x', n);
+        content[n] = '\0';
+        dx_lm_request *r = dx_lm_request_new(NULL);
+        cr_assert_eq(dx_lm_request_add_message(r, DX_LM_USER, content), DX_OK);
+        dx_lmcache_key k;
+        cr_assert_eq(dx_lmcache_key_make(r, "m", NULL, &k), DX_OK);
+        seen[k.len % 64] = true;
+        char want[65];
+        sha256_by_tool(k.canonical, k.len, want);
+        cr_assert_str_eq(k.hex, want, "canonical length %zu", k.len);
+        dx_lmcache_key_clear(&k);
+        dx_lm_request_free(r);
+    }
+    for (int i = 0; i < 64; i++)
+        cr_assert(seen[i], "no text of length %d mod 64", i);
+}
+
+/* Negative and extreme integers keep their decimal spelling in the key. */
+Test(lmcache, key_spells_negative_and_extreme_integers, .timeout = 10)
+{
+    dx_lm_request *r = base_request();
+    r->has_seed = true;
+    r->seed = INT64_MIN;
+    r->max_tokens = INT64_MAX;
+    dx_lmcache_key k;
+    key_of(r, NULL, &k);
+    cr_assert_not_null(strstr(k.canonical, "\nseed=-9223372036854775808\n"),
+                       "%s", k.canonical);
+    cr_assert_not_null(
+        strstr(k.canonical, "\nmax_tokens=9223372036854775807\n"), "%s",
+        k.canonical);
+    cr_assert_not_null(strstr(k.canonical, "\ntemperature=1:0\n"), "%s",
+                       k.canonical);
+    cr_assert_not_null(strstr(k.canonical, "\ncontent=4:2+2?\n"), "%s",
+                       k.canonical);
+    char want[65];
+    sha256_by_tool(k.canonical, k.len, want);
+    cr_assert_str_eq(k.hex, want);
+    dx_lmcache_key_clear(&k);
+    dx_lm_request_free(r);
+}
+
+/* A memory hit is the caller's own deep copy: every field survives, the
+ * caller may change or free it without touching the cache, and it looks
+ * exactly like a hit from the file (latency 0, no usage numbers without
+ * has_usage). */
+Test(lmcache, a_memory_hit_is_a_private_copy_like_a_disk_hit, .timeout = 20,
+     .init = make_tmpdir, .fini = remove_tmpdir)
+{
+    char path[300];
+    db_path(path, sizeof path);
+    dx_lmcache *c = NULL;
+    cr_assert_eq(dx_lmcache_open(path, NULL, &c), DX_OK);
+    dx_lm_request *r = base_request();
+    dx_lmcache_key k;
+    key_of(r, NULL, &k);
+
+    dx_lm_response *resp = make_response("4");
+    resp->request_id = dx_strdup("req-9");
+    resp->latency_ms = 123.0;
+    dx_lm_choice *more = dx_calloc(2, sizeof *more);
+    cr_assert_not_null(more);
+    more[0] = resp->choices[0];
+    more[1].text = dx_strdup("four");
+    more[1].finish = DX_LM_FINISH_LENGTH;
+    dx_free(resp->choices);
+    resp->choices = more;
+    resp->n_choices = 2;
+    char *want = NULL;
+    cr_assert_eq(dx_lm_response_to_json(resp, &want), DX_OK);
+    cr_assert_eq(dx_lmcache_put(c, &k, resp, 1000), DX_OK);
+    dx_lm_response_free(resp); /* the cache kept its own copy */
+
+    dx_lm_response *got = NULL;
+    cr_assert_eq(dx_lmcache_get(c, &k, &got), DX_OK);
+    char *js = NULL;
+    cr_assert_eq(dx_lm_response_to_json(got, &js), DX_OK);
+    cr_assert_str_eq(js, want);
+    dx_free(js);
+    cr_assert_eq(got->latency_ms, 0.0);
+    cr_assert_str_eq(got->request_id, "req-9");
+    cr_assert_str_eq(got->choices[0].tool_calls[0].arguments,
+                     "{\"a\":2,\"b\":2}");
+    cr_assert_null(got->choices[1].finish_raw);
+    cr_assert_eq(got->choices[1].n_tool_calls, 0);
+    cr_assert_eq(got->usage.cached_tokens, 4);
+    got->choices[0].text[0] = 'X';
+    got->choices[0].tool_calls[0].name[0] = 'X';
+    dx_lm_response_free(got);
+
+    cr_assert_eq(dx_lmcache_get(c, &k, &got), DX_OK);
+    cr_assert_eq(dx_lm_response_to_json(got, &js), DX_OK);
+    cr_assert_str_eq(js, want);
+    dx_free(js);
+    dx_lm_response_free(got);
+    dx_lmcache_stats st;
+    dx_lmcache_stats_get(c, &st);
+    cr_assert_eq(st.hits_memory, 2);
+
+    /* Usage numbers without has_usage are not handed out by either tier. */
+    dx_lmcache_key k2;
+    key_of(r, "other", &k2);
+    resp = make_response("5");
+    resp->has_usage = false;
+    cr_assert_eq(dx_lmcache_put(c, &k2, resp, 1000), DX_OK);
+    dx_lm_response_free(resp);
+    cr_assert_eq(dx_lmcache_get(c, &k2, &got), DX_OK);
+    cr_assert_not(got->has_usage);
+    cr_assert_eq(got->usage.input_tokens, 0);
+    char *mem2 = NULL;
+    cr_assert_eq(dx_lm_response_to_json(got, &mem2), DX_OK);
+    dx_lm_response_free(got);
+    dx_lmcache_close(c);
+
+    /* The same entries from the file alone. */
+    cr_assert_eq(dx_lmcache_open(path, NULL, &c), DX_OK);
+    cr_assert_eq(dx_lmcache_get(c, &k, &got), DX_OK);
+    cr_assert_eq(dx_lm_response_to_json(got, &js), DX_OK);
+    cr_assert_str_eq(js, want);
+    dx_free(js);
+    dx_lm_response_free(got);
+    cr_assert_eq(dx_lmcache_get(c, &k2, &got), DX_OK);
+    cr_assert_eq(dx_lm_response_to_json(got, &js), DX_OK);
+    cr_assert_str_eq(js, mem2);
+    cr_assert_eq(got->usage.input_tokens, 0);
+    dx_free(js);
+    dx_lm_response_free(got);
+    dx_lmcache_stats_get(c, &st);
+    cr_assert_eq(st.hits_disk, 2);
+    dx_lmcache_close(c);
+
+    dx_free(mem2);
+    dx_free(want);
+    dx_lmcache_key_clear(&k);
+    dx_lmcache_key_clear(&k2);
+    dx_lm_request_free(r);
+}

@@ -924,7 +924,7 @@ static resp faulted(const char *path, const char *const *auth, const char *body,
     char h[128];
     snprintf(h, sizeof h, "x-dx-fault: %s", spec);
     const char *hdrs[4] = {h, NULL, NULL, NULL};
-    for (int i = 0; auth[i] && i < 2; i++)
+    for (int i = 0; i < 2 && auth[i]; i++)
         hdrs[i + 1] = auth[i];
     return request_t(path, hdrs, body, 5000);
 }
