@@ -10,17 +10,26 @@
  * moving while upstream calls run. With a rate limit, a flight the limiter
  * cannot admit yet is itself the limiter's waiter: it sits in s->flights
  * without a worker until pump() admits or expires it.
+ *
+ * Every finished distinct request (a cache hit, or a flight however it
+ * ended) is noted once: a history entry, the usage totals (answered calls
+ * only) and a telemetry stop/exception paired with the start emitted when
+ * it began.
  */
 #include "dspex/lm.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "dspex/alloc.h"
 #include "dspex/error.h"
 #include "dspex/lm_call.h"
+#include "dspex/lmhistory.h"
 #include "dspex/runtime.h"
+#include "dspex/telemetry.h"
+#include "dspex/usage.h"
 
 enum {
     TAG_COMPLETE = 0x4c4d01, /* call: ptr = creq */
@@ -28,7 +37,11 @@ enum {
     TAG_REPLY,               /* reply: ptr = answer */
     TAG_DONE,                /* worker → server: ptr = outcome */
     TAG_TICK,                /* timer → server: look at the limiter queue */
+    TAG_HISTORY,             /* call: ptr = size_t n */
+    TAG_USAGE,               /* call: no payload */
 };
+
+#define DEFAULT_HISTORY 100
 
 /* ---- request copies ------------------------------------------------------ */
 
@@ -37,13 +50,17 @@ enum {
 typedef struct creq {
     dx_lm_request *req;
     int64_t deadline_ms;
+    char *ns; /* cache namespace; NULL = none */
+    dx_lmcache_mode mode;
 } creq;
 
 static void creq_free(void *p)
 {
     creq *c = p;
-    if (c)
+    if (c) {
         dx_lm_request_free(c->req);
+        dx_free(c->ns);
+    }
     dx_free(c);
 }
 
@@ -145,13 +162,17 @@ typedef struct answer {
     dx_lm_error err;
     dx_lm_result *result;
     dx_lm_client_stats stats;
+    dx_usage_acc usage;
+    char *text; /* inspect_history */
 } answer;
 
 static void answer_free(void *p)
 {
     answer *a = p;
-    if (a)
+    if (a) {
         dx_lm_result_free(a->result);
+        dx_free(a->text);
+    }
     dx_free(a);
 }
 
@@ -240,6 +261,8 @@ typedef struct flight {
     bool admitted; /* holds a limiter slot */
     int64_t est_tokens;
     int64_t deadline_ms;
+    int64_t t0_us; /* when it began, for latency and telemetry */
+    dx_ref tel;    /* ties its telemetry start to its stop */
 } flight;
 
 typedef struct state {
@@ -257,6 +280,9 @@ typedef struct state {
     int64_t timer_due;
     dx_ref timer;
     struct janitor_box *box; /* NULL if no janitor could start */
+    dx_lmhistory *hist;
+    dx_usage_prices *prices;
+    dx_usage_acc usage;
 } state;
 
 /* A killed server runs no terminate, so its state would leak and its
@@ -304,6 +330,8 @@ static void state_free(state *s, bool owner)
     for (size_t i = 0; i < s->n_eps; i++)
         endpoint_clear(&s->eps[i]);
     dx_lmcache_close(s->cache);
+    dx_lmhistory_free(s->hist);
+    dx_usage_prices_free(s->prices);
     dx_free(s);
 }
 
@@ -417,6 +445,111 @@ static bool pick_endpoint(state *s, size_t from, size_t *ep)
     return false;
 }
 
+/* ---- history, usage, telemetry ------------------------------------------------ */
+
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void tel_start(const char *model, dx_ref ref)
+{
+    dx_telemetry_event e = {0};
+    dx_telemetry_event_set(&e, DX_TELEMETRY_START, "lm.call", model);
+    e.ref = ref;
+    (void)dx_telemetry_emit(&e); /* observers missing an event is not fatal */
+}
+
+/* What one finished request was, for note(). */
+typedef struct ending {
+    const dx_lm_request *req;
+    int64_t t0_us;
+    dx_ref tel;
+    const char *model;
+    const dx_lm_response *resp; /* NULL unless rc is DX_OK */
+    bool cached;
+    int attempts;
+    int rc;
+    const dx_lm_error *err;
+} ending;
+
+/* Record a finished request in the history, the usage totals (answered
+ * calls only: a failure's spend is unknown) and telemetry. A failure the
+ * provider did not type (an open breaker, the limiter, a dead worker) is
+ * recorded as a timeout or a cancellation naming the dspex code. */
+static void note(state *s, const ending *d)
+{
+    int64_t dur_us = mono_us() - d->t0_us;
+    dx_lm_error e;
+    dx_lm_error_clear(&e);
+    if (d->rc != DX_OK) {
+        if (d->err && d->err->kind != DX_LM_ERR_NONE) {
+            e = *d->err;
+        } else {
+            e.kind =
+                d->rc == DX_ETIMEDOUT ? DX_LM_ERR_TIMEOUT : DX_LM_ERR_CANCELLED;
+            snprintf(e.message, sizeof e.message, "dspex: %s",
+                     dx_err_name(d->rc));
+        }
+    }
+    const dx_lm_usage *u =
+        d->resp && d->resp->has_usage ? &d->resp->usage : NULL;
+    dx_lmhistory_record rec = {
+        .timestamp_ms = wall_ms(),
+        .model = d->model,
+        .request = d->req,
+        .response = d->resp,
+        .latency_ms = (double)dur_us / 1000.0,
+        .cached = d->cached,
+        .attempts = d->attempts,
+        .error = d->rc != DX_OK ? &e : NULL,
+    };
+    if (u)
+        rec.usage = *u;
+    /* A history that cannot grow just misses this entry. */
+    (void)dx_lmhistory_add(s->hist, &rec);
+    if (d->rc == DX_OK)
+        dx_usage_acc_add(&s->usage, s->prices, d->model, u, d->cached);
+    dx_telemetry_event ev = {0};
+    dx_telemetry_event_set(
+        &ev, d->rc == DX_OK ? DX_TELEMETRY_STOP : DX_TELEMETRY_EXCEPTION,
+        "lm.call", d->model);
+    ev.duration_us = dur_us;
+    if (u && !d->cached) {
+        ev.input_tokens = u->input_tokens;
+        ev.output_tokens = u->output_tokens;
+    }
+    ev.cache_hit = d->cached;
+    ev.retries = d->attempts > 1 ? d->attempts - 1 : 0;
+    ev.error_kind = e.kind;
+    ev.ref = d->tel;
+    (void)dx_telemetry_emit(&ev);
+}
+
+static void note_flight(state *s, const flight *f, const char *model,
+                        const dx_lm_response *resp, int rc,
+                        const dx_lm_error *err)
+{
+    ending d = {.req = f->req,
+                .t0_us = f->t0_us,
+                .tel = f->tel,
+                .model = model,
+                .resp = resp,
+                .attempts = f->attempts,
+                .rc = rc,
+                .err = err};
+    note(s, &d);
+}
+
 /* ---- replies ---------------------------------------------------------------- */
 
 static dx_msg *answer_msg(answer *a)
@@ -499,6 +632,7 @@ static void end_flight(state *s, flight *f, int64_t actual_tokens)
 /* Answer every waiter of f with an error and drop it. */
 static void fail_flight(state *s, flight *f, int rc, const dx_lm_error *err)
 {
+    note_flight(s, f, s->eps[f->ep].model, NULL, rc, err);
     for (size_t i = 0; i < f->n_waiters; i++) {
         s->stats.failures++;
         reply_to(f->waiters[i], error_msg(rc, err));
@@ -547,10 +681,16 @@ static int add_waiter(flight *f, dx_from from)
     return DX_OK;
 }
 
+/* Only cache-using requests join: BYPASS and REFRESH callers asked for a
+ * fresh answer, and a USE caller must not wait on a BYPASS flight whose
+ * answer will not be stored. */
 static flight *find_flight(state *s, const dx_lmcache_key *k)
 {
+    if (k->mode != DX_LMCACHE_USE)
+        return NULL;
     for (flight *f = s->flights; f; f = f->next)
-        if (strcmp(f->key.hex, k->hex) == 0 && f->key.len == k->len &&
+        if (f->key.mode == DX_LMCACHE_USE && strcmp(f->key.hex, k->hex) == 0 &&
+            f->key.len == k->len &&
             memcmp(f->key.canonical, k->canonical, k->len) == 0)
             return f;
     return NULL;
@@ -578,16 +718,18 @@ static dx_srv_ret handle_complete(state *s, dx_msg *request, dx_from from,
                                   dx_msg **reply)
 {
     s->stats.requests++;
+    int64_t t0 = mono_us();
     creq *c = dx_msg_take_ptr(request);
     dx_lm_request *req = c ? c->req : NULL;
     int64_t deadline = c ? c->deadline_ms : 0;
-    dx_free(c);
-    if (!req) {
-        *reply = error_msg(DX_EINVAL, NULL);
-        return DX_SRV_REPLY;
-    }
     dx_lmcache_key key;
-    int rc = dx_lmcache_key_make(req, s->eps[0].model, NULL, &key);
+    int rc = req ? dx_lmcache_key_make(req, s->eps[0].model, c->ns, &key)
+                 : DX_EINVAL;
+    if (rc == DX_OK)
+        key.mode = c->mode;
+    if (c)
+        dx_free(c->ns);
+    dx_free(c);
     if (rc != DX_OK) {
         dx_lm_request_free(req);
         *reply = error_msg(rc, NULL);
@@ -597,6 +739,15 @@ static dx_srv_ret handle_complete(state *s, dx_msg *request, dx_from from,
     if (dx_lmcache_get(s->cache, &key, &hit) == DX_OK) {
         s->stats.cache_hits++;
         dx_lmcache_key_clear(&key);
+        ending d = {.req = req,
+                    .t0_us = t0,
+                    .tel = dx_make_ref(),
+                    .model = s->eps[0].model,
+                    .resp = hit,
+                    .cached = true,
+                    .rc = DX_OK};
+        tel_start(d.model, d.tel);
+        note(s, &d);
         dx_lm_request_free(req);
         *reply = result_msg(hit, s->eps[0].model, true, 0);
         return DX_SRV_REPLY;
@@ -626,6 +777,9 @@ static dx_srv_ret handle_complete(state *s, dx_msg *request, dx_from from,
     f->req = req;
     f->deadline_ms = deadline;
     f->est_tokens = estimate_tokens(req);
+    f->t0_us = t0;
+    f->tel = dx_make_ref();
+    tel_start(s->eps[0].model, f->tel);
     if (s->rl) {
         rc = dx_ratelimit_try_admit(s->rl, f->est_tokens, dx_now_ms(), NULL);
         if (rc == DX_EBUSY) {
@@ -639,6 +793,7 @@ static dx_srv_ret handle_complete(state *s, dx_msg *request, dx_from from,
             }
         }
         if (rc != DX_OK) {
+            note_flight(s, f, s->eps[0].model, NULL, rc, NULL);
             flight_free(f);
             s->stats.failures++;
             if (rc == DX_ELIMIT)
@@ -654,6 +809,7 @@ static dx_srv_ret handle_complete(state *s, dx_msg *request, dx_from from,
     rc = begin_flight(s, f);
     if (rc != DX_OK) {
         /* Refused before any upstream call: no tokens were spent. */
+        note_flight(s, f, s->eps[0].model, NULL, rc, NULL);
         end_flight(s, f, 0);
         s->stats.failures++;
         *reply = error_msg(rc, NULL);
@@ -734,6 +890,31 @@ static dx_srv_ret srv_call(void *st, dx_msg *request, dx_from from,
         *reply = a ? answer_msg(a) : NULL;
         return DX_SRV_REPLY;
     }
+    if (request->tag == TAG_USAGE) {
+        answer *a = dx_calloc(1, sizeof *a);
+        if (a)
+            a->usage = s->usage;
+        *reply = a ? answer_msg(a) : NULL;
+        return DX_SRV_REPLY;
+    }
+    if (request->tag == TAG_HISTORY) {
+        size_t n = request->ptr ? *(size_t *)request->ptr : 0;
+        char probe[1];
+        size_t len = dx_lmhistory_inspect(s->hist, n, probe, sizeof probe);
+        answer *a = dx_calloc(1, sizeof *a);
+        char *text = dx_malloc(len + 1);
+        if (!a || !text) {
+            dx_free(a);
+            dx_free(text);
+            *reply = error_msg(DX_ENOMEM, NULL);
+            return DX_SRV_REPLY;
+        }
+        dx_lmhistory_inspect(s->hist, n, text, len + 1);
+        a->rc = DX_OK;
+        a->text = text;
+        *reply = answer_msg(a);
+        return DX_SRV_REPLY;
+    }
     *reply = error_msg(DX_EINVAL, NULL);
     return DX_SRV_REPLY;
 }
@@ -761,6 +942,7 @@ static void on_done(state *s, outcome *o)
         dx_breaker_record(e->breaker, false, now);
         /* A cache that cannot store is not the caller's failure. */
         (void)dx_lmcache_put(s->cache, &f->key, o->response, now);
+        note_flight(s, f, e->model, o->response, DX_OK, NULL);
         for (size_t i = 0; i < f->n_waiters; i++) {
             dx_lm_response *r =
                 i + 1 == f->n_waiters ? o->response : resp_copy(o->response);
@@ -896,6 +1078,16 @@ int dx_lm_client_start(const dx_lm_client_opts *opts,
     }
     if (rc == DX_OK && opts->ratelimit)
         rc = dx_ratelimit_new(opts->ratelimit, dx_now_ms(), &s->rl);
+    if (rc == DX_OK)
+        rc = dx_lmhistory_new(opts->history_size ? opts->history_size
+                                                 : DEFAULT_HISTORY,
+                              &s->hist);
+    if (rc == DX_OK)
+        rc = dx_usage_prices_new(false, &s->prices);
+    if (rc == DX_OK && opts->prices)
+        rc = dx_usage_prices_load_json(s->prices, opts->prices, NULL, 0);
+    if (rc == DX_OK)
+        dx_usage_acc_init(&s->usage, opts->primary.model);
     if (rc == DX_OK) {
         rc = dx_lmcache_open(opts->cache_path, opts->cache_limits, &s->cache);
         if (rc == DX_ECACHEFILE)
@@ -925,6 +1117,14 @@ int dx_lm_client_complete(dx_pid client, const dx_lm_request *req,
                           int64_t timeout_ms, dx_lm_result **out,
                           dx_lm_error *err)
 {
+    return dx_lm_client_complete_opt(client, req, NULL, timeout_ms, out, err);
+}
+
+int dx_lm_client_complete_opt(dx_pid client, const dx_lm_request *req,
+                              const dx_lm_client_call_opts *copts,
+                              int64_t timeout_ms, dx_lm_result **out,
+                              dx_lm_error *err)
+{
     if (err)
         dx_lm_error_clear(err);
     if (!out)
@@ -932,10 +1132,19 @@ int dx_lm_client_complete(dx_pid client, const dx_lm_request *req,
     *out = NULL;
     if (!req)
         return DX_EINVAL;
+    dx_lmcache_mode mode = copts ? copts->cache_mode : DX_LMCACHE_USE;
+    if (mode != DX_LMCACHE_USE && mode != DX_LMCACHE_BYPASS &&
+        mode != DX_LMCACHE_REFRESH)
+        return DX_EINVAL;
+    const char *ns = copts && copts->ns && copts->ns[0] ? copts->ns : NULL;
     creq *c = dx_calloc(1, sizeof *c);
-    if (c)
+    bool oom = !c;
+    if (c) {
         c->req = req_copy(req);
-    dx_msg *m = c && c->req ? dx_msg_new(TAG_COMPLETE) : NULL;
+        c->ns = dup_or_null(ns, &oom);
+        c->mode = mode;
+    }
+    dx_msg *m = !oom && c->req ? dx_msg_new(TAG_COMPLETE) : NULL;
     if (!m) {
         creq_free(c);
         return DX_ENOMEM;
@@ -979,6 +1188,55 @@ int dx_lm_client_stats_get(dx_pid client, dx_lm_client_stats *out)
         *out = a->stats;
     else
         rc = DX_ENOMEM;
+    dx_msg_free(reply);
+    return rc;
+}
+
+int dx_lm_client_usage(dx_pid client, dx_usage_acc *out)
+{
+    if (!out)
+        return DX_EINVAL;
+    dx_msg *m = dx_msg_new(TAG_USAGE);
+    if (!m)
+        return DX_ENOMEM;
+    dx_msg *reply = NULL;
+    int rc = dx_call(client, m, 5000, &reply);
+    if (rc != DX_OK)
+        return rc;
+    answer *a = reply->ptr;
+    if (a)
+        *out = a->usage;
+    else
+        rc = DX_ENOMEM;
+    dx_msg_free(reply);
+    return rc;
+}
+
+int dx_lm_client_inspect_history(dx_pid client, size_t n, char **text_out)
+{
+    if (!text_out)
+        return DX_EINVAL;
+    *text_out = NULL;
+    dx_msg *m = dx_msg_new(TAG_HISTORY);
+    size_t *np = dx_malloc(sizeof *np);
+    if (!m || !np) {
+        dx_msg_free(m);
+        dx_free(np);
+        return DX_ENOMEM;
+    }
+    *np = n;
+    m->ptr = np;
+    m->ptr_free = dx_free;
+    dx_msg *reply = NULL;
+    int rc = dx_call(client, m, 5000, &reply);
+    if (rc != DX_OK)
+        return rc;
+    answer *a = reply->ptr;
+    rc = a ? a->rc : DX_ENOMEM;
+    if (rc == DX_OK) {
+        *text_out = a->text;
+        a->text = NULL;
+    }
     dx_msg_free(reply);
     return rc;
 }

@@ -27,8 +27,12 @@
  *
  * Identical requests (same cache key) that arrive while one is in flight
  * wait on the same worker: one upstream call, every caller gets a copy of
- * the answer. Callers in REFRESH/BYPASS cache mode are not supported yet;
- * every request uses the cache.
+ * the answer. Per call (dx_lm_client_complete_opt) a caller may give a
+ * cache namespace (a rollout id: the same request under another namespace
+ * is a different key, so a fresh sample) and a cache mode: USE reads and
+ * writes; BYPASS neither reads nor writes; REFRESH skips the read but
+ * stores the fresh answer. BYPASS and REFRESH callers never join a flight
+ * in progress, and USE callers never join theirs.
  *
  * Rate limiting (opts.ratelimit, a ratelimit.h limiter owned by the
  * server): admission happens in the server before a worker starts, once per
@@ -41,7 +45,19 @@
  * released when the request ends, and the token charge corrected from the
  * estimate (prompt characters / 4 + max_tokens) to the response's usage.
  *
- * Not yet here: call history and telemetry (usage.h).
+ * History, usage and telemetry: every finished distinct request is noted
+ * once (coalesced callers share their flight's note) — a cache hit, an
+ * answer, or a failure (an untyped one, such as an open breaker or the
+ * limiter's refusal, as kind timeout for DX_ETIMEDOUT and cancelled
+ * otherwise, its message naming the dspex code). The note is a
+ * dx_lmhistory entry (the last opts.history_size), a dx_usage_acc count
+ * (answered requests only: a cache hit as a cached call without tokens)
+ * priced from opts.prices over the built-in defaults, and a telemetry
+ * "lm.call" STOP or EXCEPTION (model, duration since the request arrived,
+ * tokens of upstream answers, cache_hit, retries = attempts - 1, error
+ * kind) sharing its ref with the START emitted when the request began (a
+ * cache hit emits both at once). Events are emitted from the server
+ * process.
  */
 #ifndef DSPEX_LM_H
 #define DSPEX_LM_H
@@ -57,6 +73,7 @@
 #include "ratelimit.h"
 #include "retry.h"
 #include "server.h"
+#include "usage.h"
 
 #define DX_LM_CLIENT_MAX_FALLBACKS 8
 
@@ -93,6 +110,12 @@ typedef struct dx_lm_client_opts {
     uint64_t seed;
     /* NULL = unlimited. Copied; validated by dx_ratelimit_new. */
     const dx_ratelimit_config *ratelimit;
+    /* Calls kept for dx_lm_client_inspect_history; 0 = 100, at most
+     * DX_LMHISTORY_MAX_CAPACITY (else DX_EINVAL). */
+    size_t history_size;
+    /* JSON price overrides (dx_usage_prices_load_json) over the built-in
+     * defaults; NULL = defaults. Bad JSON fails the start (DX_EINVAL). */
+    const char *prices;
 } dx_lm_client_opts;
 
 /* What a completed call gives back. Free with dx_lm_result_free. */
@@ -133,6 +156,30 @@ DX_API int dx_lm_client_start(const dx_lm_client_opts *opts,
 DX_API int dx_lm_client_complete(dx_pid client, const dx_lm_request *req,
                                  int64_t timeout_ms, dx_lm_result **out,
                                  dx_lm_error *err);
+
+/* Per-call cache control. ns: the cache namespace (a rollout id); NULL or
+ * "" = none. cache_mode: see the top of this file. */
+typedef struct dx_lm_client_call_opts {
+    const char *ns;
+    dx_lmcache_mode cache_mode;
+} dx_lm_client_call_opts;
+
+/* dx_lm_client_complete with per-call options (copied; NULL = no namespace,
+ * DX_LMCACHE_USE). Same results; DX_EINVAL for an unknown cache_mode. */
+DX_API int dx_lm_client_complete_opt(dx_pid client, const dx_lm_request *req,
+                                     const dx_lm_client_call_opts *copts,
+                                     int64_t timeout_ms, dx_lm_result **out,
+                                     dx_lm_error *err);
+
+/* The client's usage totals so far (its name is the primary model).
+ * DX_OK, DX_EINVAL (NULL out), DX_ENOPROC, DX_ETIMEDOUT. Process. */
+DX_API int dx_lm_client_usage(dx_pid client, dx_usage_acc *out);
+
+/* The last n calls (all when 0) as dx_lmhistory_inspect text, oldest first:
+ * *text_out is the caller's (dx_free). DX_OK, DX_EINVAL, DX_ENOMEM,
+ * DX_ENOPROC, DX_ETIMEDOUT. Process. */
+DX_API int dx_lm_client_inspect_history(dx_pid client, size_t n,
+                                        char **text_out);
 
 /* Counters of a client, for tests and introspection. */
 typedef struct dx_lm_client_stats {

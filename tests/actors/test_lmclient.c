@@ -9,7 +9,9 @@
  * callers to its rate, expiring a queued caller at its deadline and refusing
  * one over its queue bound, callers joining a queued request without
  * taking admissions, a bad limiter config refused at start; and every
- * caller getting DX_EDOWN when the client is killed mid-flight.
+ * caller getting DX_EDOWN when the client is killed mid-flight; the call
+ * history in order, usage totals with prices and cache hits, telemetry
+ * start/stop events, and per-call cache namespaces and modes.
  *
  * Each scenario runs in a dspex process and only records what it saw; the
  * assertions run on the test's host thread afterwards.
@@ -21,9 +23,12 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "dspex/alloc.h"
 #include "dspex/lm.h"
+#include "dspex/lmhistory.h"
 #include "dspex/lmserver.h"
 #include "dspex/runtime.h"
+#include "dspex/telemetry.h"
 
 static dx_lmserver *srv;
 static char live_url[128];
@@ -41,6 +46,7 @@ static void setup(void)
 static void teardown(void)
 {
     cr_assert_eq(dx_runtime_stop(), DX_OK);
+    dx_telemetry_reset();
     dx_lmserver_stop_free(srv);
     srv = NULL;
 }
@@ -69,10 +75,12 @@ typedef struct seen {
     char model[128];
     bool cached;
     int attempts;
+    int64_t input_tokens, output_tokens;
 } seen;
 
-static void complete_into(dx_pid client, const char *question,
-                          int64_t timeout_ms, seen *out)
+static void complete_opt_into(dx_pid client, const char *question,
+                              const dx_lm_client_call_opts *copts,
+                              int64_t timeout_ms, seen *out)
 {
     dx_lm_request *req = dx_lm_request_new(NULL);
     if (!req || dx_lm_request_add_message(req, DX_LM_USER, question) != DX_OK) {
@@ -81,9 +89,16 @@ static void complete_into(dx_pid client, const char *question,
         return;
     }
     dx_lm_result *res = NULL;
-    out->rc = dx_lm_client_complete(client, req, timeout_ms, &res, &out->err);
+    out->rc =
+        copts ? dx_lm_client_complete_opt(client, req, copts, timeout_ms, &res,
+                                          &out->err)
+              : dx_lm_client_complete(client, req, timeout_ms, &res, &out->err);
     dx_lm_request_free(req);
     if (out->rc == DX_OK) {
+        if (res->response->has_usage) {
+            out->input_tokens = res->response->usage.input_tokens;
+            out->output_tokens = res->response->usage.output_tokens;
+        }
         if (res->response->n_choices > 0)
             snprintf(out->text, sizeof out->text, "%s",
                      res->response->choices[0].text);
@@ -96,14 +111,27 @@ static void complete_into(dx_pid client, const char *question,
     dx_lm_result_free(res);
 }
 
+static void complete_into(dx_pid client, const char *question,
+                          int64_t timeout_ms, seen *out)
+{
+    complete_opt_into(client, question, NULL, timeout_ms, out);
+}
+
 /* ---- running a scenario in a process -------------------------------------- */
 
 typedef struct scenario {
     dx_lm_client_opts opts;
     int start_rc;
     int stop_rc;
-    seen calls[4];
+    seen calls[10];
     dx_lm_client_stats stats;
+    char history[4096];
+    char history_last[4096];
+    int history_rc;
+    dx_usage_acc usage;
+    int usage_rc;
+    dx_telemetry_event events[8];
+    int n_events;
     void (*body)(struct scenario *sc, dx_pid client);
     _Atomic int done;
 } scenario;
@@ -774,4 +802,254 @@ Test(lmclient, callers_joining_a_queued_request_take_no_admission)
     cr_assert_eq(sc.stats.rate_rejected, 0);
     cr_assert_eq(sc.stats.rate_waits, 1);
     cr_assert_eq(upstream_requests(), 2);
+}
+
+/* ---- history, usage, telemetry, per-call cache control ---------------------- */
+
+static void copy_history(dx_pid client, size_t n, char *buf, size_t cap,
+                         int *rc)
+{
+    char *text = NULL;
+    *rc = dx_lm_client_inspect_history(client, n, &text);
+    if (*rc == DX_OK)
+        snprintf(buf, cap, "%s", text);
+    dx_free(text);
+}
+
+static void two_questions(scenario *s, dx_pid client)
+{
+    complete_into(client, "What is 2+2?", 10000, &s->calls[0]);
+    complete_into(client, "Name a colour", 10000, &s->calls[1]);
+    copy_history(client, 0, s->history, sizeof s->history, &s->history_rc);
+    int rc;
+    copy_history(client, 1, s->history_last, sizeof s->history_last, &rc);
+    if (s->history_rc == DX_OK)
+        s->history_rc = rc;
+}
+
+Test(lmclient, the_history_holds_every_call_in_order)
+{
+    live_only();
+    sc.body = two_questions;
+    run(&sc);
+    cr_assert_eq(sc.calls[0].rc, DX_OK);
+    cr_assert_eq(sc.calls[1].rc, DX_OK);
+    cr_assert_eq(sc.history_rc, DX_OK, "%s", dx_err_name(sc.history_rc));
+    const char *a = strstr(sc.history, "answer: What is 2+2?");
+    const char *b = strstr(sc.history, "answer: Name a colour");
+    cr_assert(a && b && a < b, "%s", sc.history);
+    cr_assert(strstr(sc.history, "openai-compatible/live-model"));
+    /* n = 1: only the latest call. */
+    cr_assert_null(strstr(sc.history_last, "answer: What is 2+2?"), "%s",
+                   sc.history_last);
+    cr_assert(strstr(sc.history_last, "answer: Name a colour"));
+}
+
+static void failing_call_then_history(scenario *s, dx_pid client)
+{
+    complete_into(client, "What is 2+2?", 10000, &s->calls[0]);
+    copy_history(client, 0, s->history, sizeof s->history, &s->history_rc);
+}
+
+Test(lmclient, the_history_records_a_failed_call_with_its_error)
+{
+    live_only();
+    cr_assert_eq(dx_lmserver_inject(srv, "auth", 1), DX_OK);
+    sc.body = failing_call_then_history;
+    run(&sc);
+    cr_assert_eq(sc.calls[0].rc, DX_EPROVIDER, "%s",
+                 dx_err_name(sc.calls[0].rc));
+    cr_assert_eq(sc.history_rc, DX_OK);
+    cr_assert(strstr(sc.history, "Error: auth"), "%s", sc.history);
+    cr_assert_null(strstr(sc.history, "Response:"), "%s", sc.history);
+}
+
+static void usage_calls(scenario *s, dx_pid client)
+{
+    complete_into(client, "What is 2+2?", 10000, &s->calls[0]);
+    complete_into(client, "Name a colour", 10000, &s->calls[1]);
+    complete_into(client, "What is 2+2?", 10000, &s->calls[2]); /* a hit */
+    s->usage_rc = dx_lm_client_usage(client, &s->usage);
+}
+
+Test(lmclient, usage_adds_up_tokens_and_counts_a_cache_hit_as_free)
+{
+    live_only();
+    /* One dollar per input token, output free: cost = input tokens. */
+    sc.opts.prices = "{\"live-model\": {\"input\": 1000000, \"output\": 0}}";
+    sc.body = usage_calls;
+    run(&sc);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(sc.calls[i].rc, DX_OK);
+    cr_assert(sc.calls[2].cached);
+    cr_assert_eq(sc.usage_rc, DX_OK);
+    cr_assert_eq(sc.usage.calls, 3);
+    cr_assert_eq(sc.usage.cached_calls, 1);
+    cr_assert_eq(sc.usage.unpriced_calls, 0);
+    int64_t in = sc.calls[0].input_tokens + sc.calls[1].input_tokens;
+    int64_t out = sc.calls[0].output_tokens + sc.calls[1].output_tokens;
+    cr_assert_gt(sc.calls[0].input_tokens, 0);
+    cr_assert_gt(sc.calls[1].output_tokens, 0);
+    cr_assert_eq(sc.usage.input_tokens, in);
+    cr_assert_eq(sc.usage.output_tokens, out);
+    cr_assert_float_eq(sc.usage.cost_usd, (double)in, 1e-6);
+}
+
+Test(lmclient, start_refuses_bad_prices)
+{
+    live_only();
+    sc.opts.prices = "{\"live-model\": {\"input\": -1, \"output\": 0}}";
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(scenario_main, &sc, &pid), DX_OK);
+    int rc = dx_wait_exit(pid, 10000, NULL);
+    cr_assert(rc == DX_OK || rc == DX_ENOPROC);
+    cr_assert(atomic_load(&sc.done));
+    cr_assert_eq(sc.start_rc, DX_EINVAL, "%s", dx_err_name(sc.start_rc));
+}
+
+/* The scenario process subscribes itself, calls, then drains its events:
+ * the server emits each stop before it replies, so they are all there. */
+static void watched_calls(scenario *s, dx_pid client)
+{
+    if (dx_telemetry_subscribe(dx_self(), "lm.") != DX_OK)
+        return;
+    two_calls(s, client);
+    dx_msg *m = NULL;
+    while (s->n_events < 8 &&
+           dx_receive_tag(DX_TELEMETRY_TAG, 200, &m) == DX_OK) {
+        if (m->ptr)
+            s->events[s->n_events++] = *(dx_telemetry_event *)m->ptr;
+        dx_msg_free(m);
+    }
+}
+
+Test(lmclient, telemetry_sees_start_and_stop_and_a_cache_hit)
+{
+    live_only();
+    sc.body = watched_calls;
+    run(&sc);
+    cr_assert_eq(sc.calls[0].rc, DX_OK);
+    cr_assert(sc.calls[1].cached);
+    cr_assert_eq(sc.n_events, 4);
+    const dx_telemetry_event *e = sc.events;
+    cr_assert_eq(e[0].kind, DX_TELEMETRY_START);
+    cr_assert_eq(e[1].kind, DX_TELEMETRY_STOP);
+    cr_assert(dx_ref_eq(e[0].ref, e[1].ref));
+    cr_assert_str_eq(e[1].name, "lm.call");
+    cr_assert_str_eq(e[1].model, "openai-compatible/live-model");
+    cr_assert_not(e[1].cache_hit);
+    cr_assert_eq(e[1].input_tokens, sc.calls[0].input_tokens);
+    cr_assert_eq(e[1].output_tokens, sc.calls[0].output_tokens);
+    cr_assert_eq(e[1].retries, 0);
+    cr_assert_geq(e[1].duration_us, 0);
+    cr_assert_eq(e[2].kind, DX_TELEMETRY_START);
+    cr_assert_eq(e[3].kind, DX_TELEMETRY_STOP);
+    cr_assert(dx_ref_eq(e[2].ref, e[3].ref));
+    cr_assert_not(dx_ref_eq(e[0].ref, e[2].ref));
+    cr_assert(e[3].cache_hit);
+    cr_assert_eq(e[3].input_tokens, 0);
+}
+
+static void watched_failure(scenario *s, dx_pid client)
+{
+    if (dx_telemetry_subscribe(dx_self(), "lm.call") != DX_OK)
+        return;
+    one_call(s, client);
+    dx_msg *m = NULL;
+    while (s->n_events < 8 &&
+           dx_receive_tag(DX_TELEMETRY_TAG, 200, &m) == DX_OK) {
+        if (m->ptr)
+            s->events[s->n_events++] = *(dx_telemetry_event *)m->ptr;
+        dx_msg_free(m);
+    }
+}
+
+Test(lmclient, telemetry_reports_a_failed_call_as_an_exception)
+{
+    live_only();
+    cr_assert_eq(dx_lmserver_inject(srv, "server_error", 2), DX_OK);
+    sc.body = watched_failure;
+    run(&sc);
+    cr_assert_eq(sc.calls[0].rc, DX_EPROVIDER);
+    cr_assert_eq(sc.n_events, 2);
+    cr_assert_eq(sc.events[0].kind, DX_TELEMETRY_START);
+    cr_assert_eq(sc.events[1].kind, DX_TELEMETRY_EXCEPTION);
+    cr_assert_eq(sc.events[1].error_kind, DX_LM_ERR_SERVER_ERROR);
+    cr_assert_eq(sc.events[1].retries, 1);
+    cr_assert(dx_ref_eq(sc.events[0].ref, sc.events[1].ref));
+}
+
+static void cache_modes(scenario *s, dx_pid client)
+{
+    static const struct {
+        const char *ns;
+        int mode;
+    } plan[] = {
+        {"a", DX_LMCACHE_USE},     {"b", DX_LMCACHE_USE},
+        {"a", DX_LMCACHE_USE},     {"a", DX_LMCACHE_BYPASS},
+        {"e", DX_LMCACHE_BYPASS},  {"e", DX_LMCACHE_USE},
+        {"a", DX_LMCACHE_REFRESH}, {"d", DX_LMCACHE_REFRESH},
+        {"d", DX_LMCACHE_USE},     {"a", 42},
+    };
+    for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++) {
+        dx_lm_client_call_opts co = {
+            .ns = plan[i].ns, .cache_mode = (dx_lmcache_mode)plan[i].mode};
+        complete_opt_into(client, "What is 2+2?", &co, 10000, &s->calls[i]);
+    }
+}
+
+Test(lmclient, per_call_namespaces_and_cache_modes)
+{
+    live_only();
+    sc.body = cache_modes;
+    run(&sc);
+    for (int i = 0; i < 9; i++)
+        cr_assert_eq(sc.calls[i].rc, DX_OK, "call %d: %s", i,
+                     dx_err_name(sc.calls[i].rc));
+    cr_assert_not(sc.calls[0].cached);
+    cr_assert_not(sc.calls[1].cached, "another namespace misses");
+    cr_assert(sc.calls[2].cached, "the same namespace hits");
+    cr_assert_not(sc.calls[3].cached, "BYPASS never reads");
+    cr_assert_not(sc.calls[4].cached);
+    cr_assert_not(sc.calls[5].cached, "BYPASS never writes");
+    cr_assert_not(sc.calls[6].cached, "REFRESH skips the read");
+    cr_assert_not(sc.calls[7].cached);
+    cr_assert(sc.calls[8].cached, "REFRESH writes");
+    cr_assert_eq(sc.calls[9].rc, DX_EINVAL, "%s", dx_err_name(sc.calls[9].rc));
+    cr_assert_eq(upstream_requests(), 7);
+}
+
+static void two_questions_then_a_hit(scenario *s, dx_pid client)
+{
+    complete_into(client, "What is 2+2?", 10000, &s->calls[0]);
+    complete_into(client, "Name a colour", 10000, &s->calls[1]);
+    complete_into(client, "Name a colour", 10000, &s->calls[2]);
+    copy_history(client, 0, s->history, sizeof s->history, &s->history_rc);
+}
+
+Test(lmclient, history_size_bounds_the_history_and_marks_cache_hits)
+{
+    live_only();
+    sc.opts.history_size = 2;
+    sc.body = two_questions_then_a_hit;
+    run(&sc);
+    cr_assert(sc.calls[2].cached);
+    cr_assert_eq(sc.history_rc, DX_OK);
+    cr_assert_null(strstr(sc.history, "What is 2+2?"), "%s", sc.history);
+    const char *first = strstr(sc.history, "answer: Name a colour");
+    cr_assert(first, "%s", sc.history);
+    cr_assert(strstr(first + 1, "answer: Name a colour"), "%s", sc.history);
+    cr_assert(strstr(sc.history, ", cached)"), "%s", sc.history);
+}
+
+Test(lmclient, start_refuses_a_history_size_over_the_maximum)
+{
+    live_only();
+    sc.opts.history_size = DX_LMHISTORY_MAX_CAPACITY + 1;
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(scenario_main, &sc, &pid), DX_OK);
+    int rc = dx_wait_exit(pid, 10000, NULL);
+    cr_assert(rc == DX_OK || rc == DX_ENOPROC);
+    cr_assert(atomic_load(&sc.done));
+    cr_assert_eq(sc.start_rc, DX_EINVAL, "%s", dx_err_name(sc.start_rc));
 }
