@@ -559,67 +559,18 @@ static void maybe_grow(dx_lmcache *c)
  * a trip through dx_lm_response_to_json / _from_json would (latency 0, no
  * usage numbers without has_usage, a NULL text as "", an unknown finish as
  * OTHER), so memory and disk hits look alike. */
-static int dup_or_null(const char *s, char **out)
-{
-    *out = NULL;
-    if (!s)
-        return DX_OK;
-    size_t n = strlen(s) + 1;
-    *out = dx_malloc(n);
-    if (!*out)
-        return DX_ENOMEM;
-    memcpy(*out, s, n);
-    return DX_OK;
-}
-
-static int copy_choice(const dx_lm_choice *s, dx_lm_choice *d)
-{
-    d->finish = (unsigned)s->finish <= DX_LM_FINISH_OTHER ? s->finish
-                                                          : DX_LM_FINISH_OTHER;
-    if (dup_or_null(s->text ? s->text : "", &d->text) ||
-        dup_or_null(s->finish_raw, &d->finish_raw))
-        return DX_ENOMEM;
-    if (!s->n_tool_calls)
-        return DX_OK;
-    d->tool_calls = dx_calloc(s->n_tool_calls, sizeof *d->tool_calls);
-    if (!d->tool_calls)
-        return DX_ENOMEM;
-    for (size_t k = 0; k < s->n_tool_calls; k++) {
-        const dx_lm_tool_call *a = &s->tool_calls[k];
-        dx_lm_tool_call *b = &d->tool_calls[d->n_tool_calls++];
-        if (dup_or_null(a->id, &b->id) || dup_or_null(a->name, &b->name) ||
-            dup_or_null(a->arguments, &b->arguments))
-            return DX_ENOMEM;
-    }
-    return DX_OK;
-}
-
 static int resp_copy(const dx_lm_response *s, dx_lm_response **out)
 {
-    *out = NULL;
-    dx_lm_response *r = dx_calloc(1, sizeof *r);
-    if (!r)
-        return DX_ENOMEM;
-    int rc = DX_OK;
-    if (dup_or_null(s->id, &r->id) || dup_or_null(s->model, &r->model) ||
-        dup_or_null(s->request_id, &r->request_id))
-        rc = DX_ENOMEM;
-    if (rc == DX_OK && s->n_choices) {
-        r->choices = dx_calloc(s->n_choices, sizeof *r->choices);
-        if (!r->choices)
-            rc = DX_ENOMEM;
-    }
-    /* n_choices counts the slots started, so a partial copy frees whole. */
-    for (size_t i = 0; rc == DX_OK && i < s->n_choices; i++)
-        rc = copy_choice(&s->choices[i], &r->choices[r->n_choices++]);
-    r->has_usage = s->has_usage;
-    if (s->has_usage)
-        r->usage = s->usage;
-    if (rc != DX_OK) {
-        dx_lm_response_free(r);
+    int rc = dx_lm_response_copy(s, out);
+    if (rc != DX_OK)
         return rc;
-    }
-    *out = r;
+    dx_lm_response *r = *out;
+    r->latency_ms = 0; /* a hit costs no upstream time */
+    if (!r->has_usage)
+        memset(&r->usage, 0, sizeof r->usage);
+    for (size_t i = 0; i < r->n_choices; i++)
+        if ((unsigned)r->choices[i].finish > DX_LM_FINISH_OTHER)
+            r->choices[i].finish = DX_LM_FINISH_OTHER;
     return DX_OK;
 }
 

@@ -129,20 +129,11 @@ fail:
     return NULL;
 }
 
-/* A response copy for the second and later waiters of a coalesced call,
- * through the JSON form the cache already round-trips. */
+/* A response copy for the second and later waiters of a coalesced call. */
 static dx_lm_response *resp_copy(const dx_lm_response *r)
 {
-    char *json = NULL;
     dx_lm_response *out = NULL;
-    if (dx_lm_response_to_json(r, &json) != DX_OK)
-        return NULL;
-    if (dx_lm_response_from_json(json, strlen(json), &out) != DX_OK)
-        out = NULL;
-    dx_free(json);
-    if (out)
-        out->latency_ms = r->latency_ms;
-    return out;
+    return dx_lm_response_copy(r, &out) == DX_OK ? out : NULL;
 }
 
 void dx_lm_result_free(dx_lm_result *r)

@@ -94,44 +94,6 @@ static dx_lm_message *copy_messages(const dx_lm_message *src, size_t n,
     return m;
 }
 
-/* A deep copy with dx_lm_response_free as its destructor; NULL on OOM. */
-static dx_lm_response *copy_response(const dx_lm_response *src)
-{
-    dx_lm_response *r = dx_calloc(1, sizeof *r);
-    if (r == NULL)
-        return NULL;
-    bool ok = true;
-    r->id = dup_opt(src->id, &ok);
-    r->model = dup_opt(src->model, &ok);
-    r->request_id = dup_opt(src->request_id, &ok);
-    r->has_usage = src->has_usage;
-    r->usage = src->usage;
-    r->latency_ms = src->latency_ms;
-    if (src->n_choices > 0) {
-        r->choices = dx_calloc(src->n_choices, sizeof *r->choices);
-        if (r->choices == NULL) {
-            ok = false;
-        } else {
-            r->n_choices = src->n_choices;
-            for (size_t i = 0; i < src->n_choices; i++) {
-                const dx_lm_choice *s = &src->choices[i];
-                dx_lm_choice *d = &r->choices[i];
-                d->text = dup_opt(s->text ? s->text : "", &ok);
-                d->tool_calls = copy_calls(s->tool_calls, s->n_tool_calls, &ok);
-                if (d->tool_calls != NULL)
-                    d->n_tool_calls = s->n_tool_calls;
-                d->finish = s->finish;
-                d->finish_raw = dup_opt(s->finish_raw, &ok);
-            }
-        }
-    }
-    if (!ok) {
-        dx_lm_response_free(r);
-        return NULL;
-    }
-    return r;
-}
-
 static void entry_clear(dx_lmhistory_entry *e)
 {
     dx_free(e->model);
@@ -197,8 +159,7 @@ int dx_lmhistory_add(dx_lmhistory *h, const dx_lmhistory_record *rec)
             e.n_messages = rec->request->n_messages;
     }
     if (rec->response != NULL) {
-        e.response = copy_response(rec->response);
-        if (e.response == NULL)
+        if (dx_lm_response_copy(rec->response, &e.response) != DX_OK)
             ok = false;
     }
     e.usage = rec->usage;

@@ -637,6 +637,69 @@ void dx_lm_response_free(dx_lm_response *r)
     dx_free(r);
 }
 
+static int dup_field(const char *s, char **out)
+{
+    *out = NULL;
+    if (s == NULL)
+        return DX_OK;
+    *out = dx_strdup(s);
+    return *out ? DX_OK : DX_ENOMEM;
+}
+
+static int copy_choice(const dx_lm_choice *s, dx_lm_choice *d)
+{
+    d->finish = s->finish;
+    if (dup_field(s->text ? s->text : "", &d->text) ||
+        dup_field(s->finish_raw, &d->finish_raw))
+        return DX_ENOMEM;
+    if (s->n_tool_calls == 0)
+        return DX_OK;
+    d->tool_calls = dx_calloc(s->n_tool_calls, sizeof *d->tool_calls);
+    if (d->tool_calls == NULL)
+        return DX_ENOMEM;
+    /* n_tool_calls counts the calls started, so a partial copy frees whole */
+    for (size_t k = 0; k < s->n_tool_calls; k++) {
+        const dx_lm_tool_call *a = &s->tool_calls[k];
+        dx_lm_tool_call *b = &d->tool_calls[d->n_tool_calls++];
+        if (dup_field(a->id, &b->id) || dup_field(a->name, &b->name) ||
+            dup_field(a->arguments, &b->arguments))
+            return DX_ENOMEM;
+    }
+    return DX_OK;
+}
+
+int dx_lm_response_copy(const dx_lm_response *src, dx_lm_response **out)
+{
+    if (out == NULL)
+        return DX_EINVAL;
+    *out = NULL;
+    if (src == NULL)
+        return DX_EINVAL;
+    dx_lm_response *r = dx_calloc(1, sizeof *r);
+    if (r == NULL)
+        return DX_ENOMEM;
+    int rc = DX_OK;
+    if (dup_field(src->id, &r->id) || dup_field(src->model, &r->model) ||
+        dup_field(src->request_id, &r->request_id))
+        rc = DX_ENOMEM;
+    if (rc == DX_OK && src->n_choices > 0) {
+        r->choices = dx_calloc(src->n_choices, sizeof *r->choices);
+        if (r->choices == NULL)
+            rc = DX_ENOMEM;
+    }
+    for (size_t i = 0; rc == DX_OK && i < src->n_choices; i++)
+        rc = copy_choice(&src->choices[i], &r->choices[r->n_choices++]);
+    r->has_usage = src->has_usage;
+    r->usage = src->usage;
+    r->latency_ms = src->latency_ms;
+    if (rc != DX_OK) {
+        dx_lm_response_free(r);
+        return rc;
+    }
+    *out = r;
+    return DX_OK;
+}
+
 static const char *const finish_names[] = {
     "none", "stop", "length", "tool_calls", "content_filter", "other"};
 

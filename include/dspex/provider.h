@@ -177,6 +177,10 @@ typedef struct dx_lm_response {
 } dx_lm_response;
 
 DX_API void dx_lm_response_free(dx_lm_response *r);
+/* Deep copy of src (every string, choice and tool call; latency too).
+ * DX_OK with *out the caller's (dx_lm_response_free), DX_ENOMEM (*out
+ * NULL, nothing left allocated), DX_EINVAL for NULL arguments. */
+DX_API int dx_lm_response_copy(const dx_lm_response *src, dx_lm_response **out);
 
 /* Render a response as JSON text (for history, caches and tests):
  * {"id","model","request_id","choices":[{"text","tool_calls":[{"id","name",
