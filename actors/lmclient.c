@@ -192,7 +192,27 @@ typedef struct endpoint {
     char *base_url;
     char *api_key;
     dx_breaker *breaker;
+    /* The user's breaker callback, called after the telemetry event. */
+    dx_breaker_event_fn user_fn;
+    void *user_ud;
 } endpoint;
+
+/* Every state change of an endpoint's breaker is an "lm.breaker" event, so
+ * a dashboard sees outages without polling the client. Runs in the server
+ * process, inside dx_breaker_allow/record. */
+static void breaker_changed(dx_breaker *b, const dx_breaker_event *ev, void *ud)
+{
+    endpoint *e = ud;
+    dx_telemetry_event t = {0};
+    dx_telemetry_event_set(&t, DX_TELEMETRY_EVENT, "lm.breaker", e->model);
+    t.state = (int)ev->to;
+    t.from_state = (int)ev->from;
+    t.failure_rate = ev->failure_rate;
+    t.calls = ev->calls;
+    (void)dx_telemetry_emit(&t); /* observers missing an event is not fatal */
+    if (e->user_fn)
+        e->user_fn(b, ev, e->user_ud);
+}
 
 static void endpoint_clear(endpoint *e)
 {
@@ -230,7 +250,13 @@ static int endpoint_init(endpoint *e, const dx_lm_endpoint *src,
     e->api_key = dup_or_null(src->api_key, &oom);
     if (oom)
         return DX_ENOMEM;
-    return dx_breaker_new(bc, &e->breaker);
+    /* e lives in the server's heap-held state, so it outlives the breaker. */
+    dx_breaker_config mine = *bc;
+    e->user_fn = bc->on_event;
+    e->user_ud = bc->ud;
+    mine.on_event = breaker_changed;
+    mine.ud = e;
+    return dx_breaker_new(&mine, &e->breaker);
 }
 
 /* ---- server state --------------------------------------------------------- */
@@ -1230,4 +1256,136 @@ int dx_lm_client_inspect_history(dx_pid client, size_t n, char **text_out)
     }
     dx_msg_free(reply);
     return rc;
+}
+
+/* ---- supervision ------------------------------------------------------------ */
+
+#define NAME_MAX_BYTES 255 /* the registry's limit (runtime.h) */
+
+/* A deep copy of a client's options, for a child spec: the supervisor
+ * passes it to every (re)start, long after the caller's opts are gone. */
+typedef struct held_opts {
+    dx_lm_client_opts opts;
+    dx_lm_endpoint fallbacks[DX_LM_CLIENT_MAX_FALLBACKS];
+    dx_retry_policy retry;
+    dx_breaker_config breaker;
+    dx_lmcache_limits cache_limits;
+    dx_ratelimit_config ratelimit;
+    char *name;
+    /* Every string above, to free. */
+    char *owned[3 * (1 + DX_LM_CLIENT_MAX_FALLBACKS) + 3];
+    size_t n_owned;
+    bool oom;
+} held_opts;
+
+static char *hold(held_opts *h, const char *str)
+{
+    if (!str)
+        return NULL;
+    char *d = dx_strdup(str);
+    if (!d) {
+        h->oom = true;
+        return NULL;
+    }
+    h->owned[h->n_owned++] = d;
+    return d;
+}
+
+static void held_free(held_opts *h)
+{
+    if (!h)
+        return;
+    for (size_t i = 0; i < h->n_owned; i++)
+        dx_free(h->owned[i]);
+    dx_free(h);
+}
+
+static dx_lm_endpoint hold_endpoint(held_opts *h, const dx_lm_endpoint *e)
+{
+    return (dx_lm_endpoint){hold(h, e->model), hold(h, e->base_url),
+                            hold(h, e->api_key)};
+}
+
+/* The child spec's start function: arg is a held_opts. */
+static int start_child(void *arg, void *extra, dx_pid *pid_out)
+{
+    (void)extra;
+    const held_opts *h = arg;
+    dx_server_opts so = {.link = true, .name = h->name, .trap_exit = true};
+    return dx_lm_client_start(&h->opts, &so, pid_out);
+}
+
+int dx_lm_client_child_spec(dx_child_spec *spec, const char *id,
+                            const dx_lm_client_opts *opts, const char *name)
+{
+    if (!spec)
+        return DX_EINVAL;
+    memset(spec, 0, sizeof *spec);
+    if (!opts || !opts->primary.model ||
+        opts->n_fallbacks > DX_LM_CLIENT_MAX_FALLBACKS ||
+        (opts->n_fallbacks > 0 && !opts->fallbacks) ||
+        (name && strlen(name) > NAME_MAX_BYTES))
+        return DX_EINVAL;
+    held_opts *h = dx_calloc(1, sizeof *h);
+    if (!h)
+        return DX_ENOMEM;
+    h->opts = *opts;
+    h->opts.primary = hold_endpoint(h, &opts->primary);
+    for (size_t i = 0; i < opts->n_fallbacks; i++)
+        h->fallbacks[i] = hold_endpoint(h, &opts->fallbacks[i]);
+    h->opts.fallbacks = opts->n_fallbacks > 0 ? h->fallbacks : NULL;
+    if (opts->retry) {
+        h->retry = *opts->retry;
+        h->opts.retry = &h->retry;
+    }
+    if (opts->breaker) {
+        h->breaker = *opts->breaker;
+        h->opts.breaker = &h->breaker;
+    }
+    if (opts->cache_limits) {
+        h->cache_limits = *opts->cache_limits;
+        h->opts.cache_limits = &h->cache_limits;
+    }
+    if (opts->ratelimit) {
+        h->ratelimit = *opts->ratelimit;
+        h->opts.ratelimit = &h->ratelimit;
+    }
+    h->opts.cache_path = hold(h, opts->cache_path);
+    h->opts.prices = hold(h, opts->prices);
+    h->name = hold(h, name);
+    if (h->oom) {
+        held_free(h);
+        return DX_ENOMEM;
+    }
+    spec->id = id;
+    spec->start = start_child;
+    spec->arg = h;
+    spec->restart = DX_SUP_PERMANENT;
+    spec->shutdown_ms = DX_SUP_SHUTDOWN_DEFAULT;
+    spec->type = DX_SUP_WORKER;
+    return DX_OK;
+}
+
+void dx_lm_client_child_spec_free(dx_child_spec *spec)
+{
+    if (!spec || !spec->arg)
+        return;
+    held_free(spec->arg);
+    spec->arg = NULL;
+}
+
+int dx_lm_client_complete_named(const char *name, const dx_lm_request *req,
+                                int64_t timeout_ms, dx_lm_result **out,
+                                dx_lm_error *err)
+{
+    if (err)
+        dx_lm_error_clear(err);
+    if (out)
+        *out = NULL;
+    if (!name || !out)
+        return DX_EINVAL;
+    dx_pid pid = dx_whereis(name);
+    if (dx_pid_is_none(pid))
+        return DX_ENOPROC;
+    return dx_lm_client_complete(pid, req, timeout_ms, out, err);
 }

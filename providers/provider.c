@@ -766,6 +766,115 @@ int dx_lm_response_to_json(const dx_lm_response *r, char **out)
     return DX_OK;
 }
 
+/* ---- response from JSON ------------------------------------------------ */
+
+/* The inverse of dx_lm_response_to_json: the SQLite cache tier stores that
+ * text and decodes it on a disk hit. */
+
+static int jdup_opt(const cJSON *o, const char *name, char **out)
+{
+    const char *s = dx__jstr(o, name);
+    *out = NULL;
+    if (!s)
+        return DX_OK;
+    *out = dx_strdup(s);
+    return *out ? DX_OK : DX_ENOMEM;
+}
+
+static int jparse_choice(const cJSON *o, dx_lm_choice *c)
+{
+    const char *text = dx__jstr(o, "text");
+    const char *fin = dx__jstr(o, "finish");
+    if (!cJSON_IsObject(o) || !text || !fin)
+        return DX_EINVAL;
+    c->finish = DX_LM_FINISH_OTHER;
+    for (int f = DX_LM_FINISH_NONE; f <= DX_LM_FINISH_OTHER; f++)
+        if (strcmp(fin, dx_lm_finish_name((dx_lm_finish)f)) == 0)
+            c->finish = (dx_lm_finish)f;
+    c->text = dx_strdup(text);
+    if (!c->text)
+        return DX_ENOMEM;
+    int rc = jdup_opt(o, "finish_raw", &c->finish_raw);
+    const cJSON *tcs = cJSON_GetObjectItemCaseSensitive(o, "tool_calls");
+    if (rc != DX_OK || !tcs)
+        return rc;
+    if (!cJSON_IsArray(tcs))
+        return DX_EINVAL;
+    size_t n = (size_t)cJSON_GetArraySize(tcs);
+    if (n == 0)
+        return DX_OK;
+    c->tool_calls = dx_calloc(n, sizeof *c->tool_calls);
+    if (!c->tool_calls)
+        return DX_ENOMEM;
+    const cJSON *t;
+    cJSON_ArrayForEach(t, tcs)
+    {
+        dx_lm_tool_call *k = &c->tool_calls[c->n_tool_calls++];
+        if (!dx__jstr(t, "id") || !dx__jstr(t, "name") ||
+            !dx__jstr(t, "arguments"))
+            return DX_EINVAL;
+        if (jdup_opt(t, "id", &k->id) || jdup_opt(t, "name", &k->name) ||
+            jdup_opt(t, "arguments", &k->arguments))
+            return DX_ENOMEM;
+    }
+    return DX_OK;
+}
+
+int dx_lm_response_from_json(const char *json, size_t len, dx_lm_response **out)
+{
+    if (!out)
+        return DX_EINVAL;
+    *out = NULL;
+    cJSON *root = dx__jparse(json, len);
+    if (!root)
+        return DX_EINVAL; /* dx__jparse cannot tell OOM from bad text */
+    dx_lm_response *r = dx_calloc(1, sizeof *r);
+    int rc = r ? DX_OK : DX_ENOMEM;
+    const cJSON *chs = dx__jarr(root, "choices");
+    if (rc == DX_OK && !chs)
+        rc = DX_EINVAL;
+    if (rc == DX_OK)
+        rc = jdup_opt(root, "id", &r->id);
+    if (rc == DX_OK)
+        rc = jdup_opt(root, "model", &r->model);
+    if (rc == DX_OK)
+        rc = jdup_opt(root, "request_id", &r->request_id);
+    size_t n = chs ? (size_t)cJSON_GetArraySize(chs) : 0;
+    if (rc == DX_OK && n) {
+        r->choices = dx_calloc(n, sizeof *r->choices);
+        if (!r->choices)
+            rc = DX_ENOMEM;
+    }
+    const cJSON *o;
+    if (rc == DX_OK) {
+        cJSON_ArrayForEach(o, chs)
+        {
+            rc = jparse_choice(o, &r->choices[r->n_choices++]);
+            if (rc != DX_OK)
+                break;
+        }
+    }
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(root, "usage");
+    if (rc == DX_OK && u) {
+        if (!cJSON_IsObject(u)) {
+            rc = DX_EINVAL;
+        } else {
+            r->has_usage = true;
+            r->usage.input_tokens = dx__jint(u, "input_tokens", 0);
+            r->usage.output_tokens = dx__jint(u, "output_tokens", 0);
+            r->usage.total_tokens = dx__jint(u, "total_tokens", 0);
+            r->usage.cached_tokens = dx__jint(u, "cached_tokens", 0);
+        }
+    }
+    cJSON_Delete(root);
+    if (rc != DX_OK) {
+        dx_lm_response_free(r);
+        return rc;
+    }
+    *out = r;
+    return DX_OK;
+}
+
 /* ---- registry ------------------------------------------------------------ */
 
 #define MAX_REGISTERED 16

@@ -73,6 +73,7 @@
 #include "ratelimit.h"
 #include "retry.h"
 #include "server.h"
+#include "supervisor.h"
 #include "usage.h"
 
 #define DX_LM_CLIENT_MAX_FALLBACKS 8
@@ -96,8 +97,12 @@ typedef struct dx_lm_client_opts {
     size_t n_fallbacks;
     /* NULL = dx_retry_policy_default. */
     const dx_retry_policy *retry;
-    /* NULL = dx_breaker_config_default (one breaker per endpoint; on_event
-     * runs in the server process). */
+    /* NULL = dx_breaker_config_default (one breaker per endpoint). Every
+     * state change of every endpoint's breaker is emitted as a telemetry
+     * event (kind DX_TELEMETRY_EVENT, name "lm.breaker", model = the
+     * endpoint's model, state / from_state / failure_rate / calls from the
+     * dx_breaker_event); then on_event, if set, is called with its ud. Both
+     * run in the server process. */
     const dx_breaker_config *breaker;
     /* SQLite cache file; NULL = memory only. An unusable file is not an
      * error: the client caches in memory. */
@@ -200,5 +205,47 @@ typedef struct dx_lm_client_stats {
 
 /* Snapshot of the counters. DX_ENOPROC, DX_ETIMEDOUT. Process. */
 DX_API int dx_lm_client_stats_get(dx_pid client, dx_lm_client_stats *out);
+
+/* ---- a client under a supervisor ----------------------------------------
+ *
+ * Fill *spec so a supervisor (supervisor.h) starts the client as a child:
+ * permanent, a worker, the default shutdown, with a start function that
+ * runs dx_lm_client_start linked to the supervisor, trapping exits (so a
+ * supervisor shutdown runs the client's terminate) and registered under
+ * `name` (NULL: not registered). Callers find the current client with
+ * dx_whereis(name) — or dx_lm_client_complete_named — so after a restart
+ * they reach the new one; a call in flight when the client dies gets
+ * DX_EDOWN (never a hang), and a restarted client with a cache_path
+ * answers what the dead one stored.
+ *
+ * Ownership: spec->arg is a deep copy of opts and name, allocated here and
+ * owned by the caller of this function. It must stay valid while any
+ * supervisor holding the spec lives (each restart reads it), so free it
+ * with dx_lm_client_child_spec_free only after that supervisor has exited
+ * (or if it was never started). id is borrowed, as in dx_child_spec (the
+ * supervisor copies it at start). The breaker's ud is copied as a pointer:
+ * what it points to must outlive the supervisor too. Fields may be changed
+ * after the call (restart, shutdown_ms, ...), except start and arg.
+ *
+ * DX_OK; DX_EINVAL (NULL spec or opts, no primary model, too many
+ * fallbacks, a name longer than 255 bytes); DX_ENOMEM (*spec zeroed).
+ * Whether the endpoints and configs are valid is found out at start, as
+ * with dx_lm_client_start. Any thread. */
+DX_API int dx_lm_client_child_spec(dx_child_spec *spec, const char *id,
+                                   const dx_lm_client_opts *opts,
+                                   const char *name);
+
+/* Free the options copy held by a spec from dx_lm_client_child_spec and
+ * clear spec->arg. NULL spec or arg: no-op. */
+DX_API void dx_lm_client_child_spec_free(dx_child_spec *spec);
+
+/* dx_lm_client_complete to the client registered under name, as it is at
+ * the moment of the call. DX_ENOPROC when no process has that name (e.g.
+ * while its supervisor restarts it); otherwise as dx_lm_client_complete.
+ * Process. */
+DX_API int dx_lm_client_complete_named(const char *name,
+                                       const dx_lm_request *req,
+                                       int64_t timeout_ms, dx_lm_result **out,
+                                       dx_lm_error *err);
 
 #endif

@@ -128,9 +128,4 @@ DX_API void dx_lmcache_stats_get(const dx_lmcache *c, dx_lmcache_stats *out);
 /* The last file problem ("" when none): static until the next call on c. */
 DX_API const char *dx_lmcache_error(const dx_lmcache *c);
 
-/* Parse the JSON of dx_lm_response_to_json back into a response. DX_OK
- * (*out the caller's), DX_EINVAL (not that JSON; *out NULL), DX_ENOMEM. */
-DX_API int dx_lm_response_from_json(const char *json, size_t len,
-                                    dx_lm_response **out);
-
 #endif

@@ -188,6 +188,15 @@ DX_API int dx_lm_response_copy(const dx_lm_response *src, dx_lm_response **out);
  * left out. *out is the caller's to dx_free. DX_OK or DX_ENOMEM. */
 DX_API int dx_lm_response_to_json(const dx_lm_response *r, char **out);
 
+/* Parse the JSON of dx_lm_response_to_json (len bytes of json) back into a
+ * response; latency_ms, which the JSON does not carry, is 0. DX_OK (*out
+ * the caller's, dx_lm_response_free), DX_EINVAL (NULL out, or not that JSON:
+ * no "choices" array, a choice without "text" or "finish", a tool call
+ * missing a field, a non-object "usage"; *out NULL), DX_ENOMEM. An unknown
+ * "finish" name decodes as DX_LM_FINISH_OTHER. */
+DX_API int dx_lm_response_from_json(const char *json, size_t len,
+                                    dx_lm_response **out);
+
 DX_API const char *dx_lm_finish_name(dx_lm_finish f);
 
 /* ---- errors ------------------------------------------------------------ */

@@ -3,11 +3,12 @@
  * can subscribe to.
  *
  * An event is a fixed-size struct (strings are truncated, never allocated)
- * saying that something named like "lm.call" started, stopped or failed,
- * with its model, duration, tokens, cache hit, retries, error kind and a
- * correlation reference. dx_telemetry_emit copies it to every subscriber
- * whose prefix the name starts with, as a message tagged DX_TELEMETRY_TAG
- * whose ptr is a dx_telemetry_event (freed with the message).
+ * saying that something named like "lm.call" started, stopped or failed
+ * (or, kind EVENT, just happened: "lm.breaker"), with its model, duration,
+ * tokens, cache hit, retries, error kind and a correlation reference.
+ * dx_telemetry_emit copies it to every subscriber whose prefix the name
+ * starts with, as a message tagged DX_TELEMETRY_TAG whose ptr is a
+ * dx_telemetry_event (freed with the message).
  *
  * Events from one emitter reach a subscriber in the order emitted.
  * Subscribers that have died are dropped when an emit finds them gone.
@@ -37,6 +38,9 @@ typedef enum dx_telemetry_kind {
     DX_TELEMETRY_START,
     DX_TELEMETRY_STOP,
     DX_TELEMETRY_EXCEPTION,
+    /* Something happened at one moment, with no start to pair with (e.g.
+     * "lm.breaker", a circuit breaker changing state). */
+    DX_TELEMETRY_EVENT,
 } dx_telemetry_kind;
 
 typedef struct dx_telemetry_event {
@@ -50,6 +54,14 @@ typedef struct dx_telemetry_event {
     int retries;
     dx_lm_error_kind error_kind; /* EXCEPTION; DX_LM_ERR_NONE otherwise */
     dx_ref ref;                  /* ties a start to its stop/exception */
+    /* "lm.breaker" (kind EVENT): the endpoint's breaker went from
+     * from_state to state (dx_breaker_state values, breaker.h);
+     * failure_rate (0..1) and calls describe the window or probes that
+     * caused it (both 0 for open -> half-open). 0 for other events. */
+    int state;
+    int from_state;
+    double failure_rate;
+    uint32_t calls;
 } dx_telemetry_event;
 
 /* Set e->name and e->model from strings (truncated to fit; model may be

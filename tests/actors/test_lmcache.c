@@ -675,33 +675,6 @@ Test(lmcache, a_corrupt_row_is_a_miss_not_a_crash, .timeout = 20,
     dx_lmcache_close(c);
 }
 
-Test(lmcache, response_json_round_trips_and_bad_json_is_refused, .timeout = 10)
-{
-    dx_lm_response *resp = make_response("t"), *back = NULL;
-    char *json = NULL;
-    cr_assert_eq(dx_lm_response_to_json(resp, &json), DX_OK);
-    cr_assert_eq(dx_lm_response_from_json(json, strlen(json), &back), DX_OK);
-    cr_assert_eq(back->choices[0].finish, DX_LM_FINISH_TOOL_CALLS);
-    cr_assert(back->has_usage);
-    assert_same_response(resp, back);
-    dx_lm_response_free(back);
-    dx_free(json);
-    static const char *const bad[] = {
-        "",
-        "[]",
-        "{}",
-        "{\"choices\":[{}]}",
-        ("{\"choices\":[{\"text\":\"a\",\"finish\":\"stop\",\"tool_calls\":[{"
-         "\"id\":\"x\"}]}]}"),
-        "{\"choices\":[],\"usage\":3}"};
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        cr_assert_eq(dx_lm_response_from_json(bad[i], strlen(bad[i]), &back),
-                     DX_EINVAL, "%s", bad[i]);
-        cr_assert_null(back);
-    }
-    dx_lm_response_free(resp);
-}
-
 Test(lmcache, damaged_database_pages_give_memory_only, .timeout = 20,
      .init = make_tmpdir, .fini = remove_tmpdir)
 {

@@ -11,7 +11,13 @@
  * taking admissions, a bad limiter config refused at start; and every
  * caller getting DX_EDOWN when the client is killed mid-flight; the call
  * history in order, usage totals with prices and cache hits, telemetry
- * start/stop events, and per-call cache namespaces and modes.
+ * start/stop events, and per-call cache namespaces and modes; breaker
+ * state changes as "lm.breaker" telemetry events (and the user's callback);
+ * fallback when the primary answers 503 to every attempt; the cache file
+ * answering after a full runtime restart; a client under a supervisor,
+ * restarted under its name after a kill (callers in flight get DX_EDOWN,
+ * the new one answers from the file), and child specs refusing bad
+ * options.
  *
  * Each scenario runs in a dspex process and only records what it saw; the
  * assertions run on the test's host thread afterwards.
@@ -28,6 +34,7 @@
 #include "dspex/lmhistory.h"
 #include "dspex/lmserver.h"
 #include "dspex/runtime.h"
+#include "dspex/supervisor.h"
 #include "dspex/telemetry.h"
 
 static dx_lmserver *srv;
@@ -240,6 +247,41 @@ Test(lmclient, falls_back_when_the_primary_cannot_be_reached)
     cr_assert_eq(upstream_requests(), 1);
 }
 
+Test(lmclient, falls_back_when_the_primary_answers_503_to_every_attempt)
+{
+    dx_lmserver *second = NULL;
+    cr_assert_eq(dx_lmserver_start(NULL, &second), DX_OK);
+    char second_url[128];
+    snprintf(second_url, sizeof second_url, "http://127.0.0.1:%d/v1",
+             dx_lmserver_port(second));
+    dx_lm_endpoint backup = {"openai-compatible/backup-model", second_url,
+                             "sk-test"};
+    live_only();
+    sc.opts.fallbacks = &backup;
+    sc.opts.n_fallbacks = 1;
+    /* More 503s queued than the policy's attempts: one attempt too many
+     * would also fail, and show in the count. */
+    cr_assert_eq(dx_lmserver_inject(srv, "server_error:503", 10), DX_OK);
+    sc.body = one_call;
+    run(&sc);
+    dx_lmserver_stats first_st, second_st;
+    dx_lmserver_stats_get(srv, &first_st);
+    dx_lmserver_stats_get(second, &second_st);
+    dx_lmserver_stop_free(second);
+    cr_assert_eq(sc.calls[0].rc, DX_OK, "%s: %s %d %s",
+                 dx_err_name(sc.calls[0].rc),
+                 dx_lm_error_kind_name(sc.calls[0].err.kind),
+                 sc.calls[0].err.status, sc.calls[0].err.message);
+    cr_assert_str_eq(sc.calls[0].model, "openai-compatible/backup-model");
+    cr_assert_str_eq(sc.calls[0].text, "answer: What is 2+2?");
+    cr_assert_eq(sc.calls[0].attempts, quick.max_attempts + 1);
+    cr_assert_eq(first_st.requests, (uint64_t)quick.max_attempts);
+    cr_assert_eq(first_st.faults_applied, (uint64_t)quick.max_attempts);
+    cr_assert_eq(second_st.requests, 1);
+    cr_assert_eq(sc.stats.fallbacks, 1);
+    cr_assert_eq(sc.stats.workers, 2);
+}
+
 Test(lmclient, fails_with_the_last_error_when_every_endpoint_fails)
 {
     sc.opts.primary =
@@ -415,6 +457,49 @@ Test(lmclient, a_cache_file_answers_a_restarted_client)
     rmdir(dir);
 }
 
+static scenario sc_after; /* the client of the restarted runtime */
+
+Test(lmclient, a_cache_file_answers_after_a_runtime_restart)
+{
+    char dir[] = "/tmp/dx_lmclient_XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char path[64];
+    snprintf(path, sizeof path, "%s/cache.db", dir);
+    live_only();
+    sc.opts.cache_path = path;
+    sc.body = one_call;
+    run(&sc); /* answers, then stops its client */
+    cr_assert_eq(sc.calls[0].rc, DX_OK, "%s", dx_err_name(sc.calls[0].rc));
+    cr_assert_not(sc.calls[0].cached);
+    cr_assert_eq(upstream_requests(), 1);
+
+    /* Every process, memory tier included, is gone; only the file stays.
+     * The suite's fini stops the runtime started here. */
+    cr_assert_eq(dx_runtime_stop(), DX_OK);
+    dx_telemetry_reset();
+    cr_assert_not(dx_runtime_running());
+    cr_assert_eq(dx_runtime_start(&(dx_runtime_opts){.schedulers = 2}), DX_OK);
+
+    sc_after.opts = sc.opts;
+    sc_after.body = one_call;
+    run(&sc_after);
+    cr_assert_eq(sc_after.calls[0].rc, DX_OK, "%s",
+                 dx_err_name(sc_after.calls[0].rc));
+    cr_assert(sc_after.calls[0].cached);
+    cr_assert_eq(sc_after.calls[0].attempts, 0);
+    cr_assert_str_eq(sc_after.calls[0].text, "answer: What is 2+2?");
+    cr_assert_str_eq(sc_after.calls[0].model, "openai-compatible/live-model");
+    cr_assert_eq(sc_after.stats.cache_hits, 1);
+    cr_assert_eq(upstream_requests(), 1, "the restarted client went upstream");
+    char wal[80], shm[80];
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    snprintf(shm, sizeof shm, "%s-shm", path);
+    remove(wal);
+    remove(shm);
+    remove(path);
+    rmdir(dir);
+}
+
 /* ---- fallback policy, Retry-After, breaker lifecycle ----------------------- */
 
 Test(lmclient, a_callers_fault_error_does_not_fall_back)
@@ -508,6 +593,82 @@ Test(lmclient, a_breaker_opens_refuses_probes_and_closes)
     cr_assert_eq(mid_stats[1].breakers[0], DX_BREAKER_CLOSED);
     /* The refused call never reached the server. */
     cr_assert_eq(upstream_requests(), 3);
+}
+
+/* The user's own breaker callback, run in the server process. */
+static dx_breaker_state user_to[8];
+static _Atomic int user_n;
+
+static void user_breaker_fn(dx_breaker *b, const dx_breaker_event *ev, void *ud)
+{
+    (void)b;
+    int i = atomic_fetch_add(&user_n, 1);
+    if (i < 8)
+        user_to[i] = ev->to;
+    atomic_fetch_add((_Atomic int *)ud, 1);
+}
+
+static _Atomic int user_ud_hits;
+
+static void watched_breaker_cycle(scenario *s, dx_pid client)
+{
+    if (dx_telemetry_subscribe(dx_self(), "lm.breaker") != DX_OK)
+        return;
+    breaker_cycle(s, client);
+    dx_msg *m = NULL;
+    while (s->n_events < 8 &&
+           dx_receive_tag(DX_TELEMETRY_TAG, 200, &m) == DX_OK) {
+        if (m->ptr)
+            s->events[s->n_events++] = *(dx_telemetry_event *)m->ptr;
+        dx_msg_free(m);
+    }
+}
+
+Test(lmclient, breaker_state_changes_are_telemetry_events)
+{
+    dx_breaker_config bc;
+    dx_breaker_config_default(&bc);
+    bc.window = 2;
+    bc.min_calls = 2;
+    bc.failure_threshold = 0.5;
+    bc.open_ms = 300;
+    bc.half_open_calls = 1;
+    bc.on_event = user_breaker_fn;
+    bc.ud = &user_ud_hits;
+    static const dx_retry_policy once = {.max_attempts = 1};
+    live_only();
+    sc.opts.retry = &once;
+    sc.opts.breaker = &bc;
+    cr_assert_eq(dx_lmserver_inject(srv, "server_error", 2), DX_OK);
+    sc.body = watched_breaker_cycle;
+    run(&sc);
+    cr_assert_eq(sc.calls[2].rc, DX_EOPEN, "%s", dx_err_name(sc.calls[2].rc));
+    cr_assert_eq(sc.calls[3].rc, DX_OK, "%s", dx_err_name(sc.calls[3].rc));
+    static const dx_breaker_state from[] = {DX_BREAKER_CLOSED, DX_BREAKER_OPEN,
+                                            DX_BREAKER_HALF_OPEN};
+    static const dx_breaker_state to[] = {DX_BREAKER_OPEN, DX_BREAKER_HALF_OPEN,
+                                          DX_BREAKER_CLOSED};
+    cr_assert_eq(sc.n_events, 3, "%d events", sc.n_events);
+    for (int i = 0; i < 3; i++) {
+        const dx_telemetry_event *e = &sc.events[i];
+        cr_assert_eq(e->kind, DX_TELEMETRY_EVENT, "event %d", i);
+        cr_assert_str_eq(e->name, "lm.breaker");
+        cr_assert_str_eq(e->model, "openai-compatible/live-model");
+        cr_assert_eq(e->from_state, (int)from[i], "event %d from %d", i,
+                     e->from_state);
+        cr_assert_eq(e->state, (int)to[i], "event %d to %d", i, e->state);
+    }
+    /* Opened by a window of two failures; closed by one good probe. */
+    cr_assert_float_eq(sc.events[0].failure_rate, 1.0, 1e-9);
+    cr_assert_eq(sc.events[0].calls, 2);
+    cr_assert_eq(sc.events[1].calls, 0);
+    cr_assert_float_eq(sc.events[2].failure_rate, 0.0, 1e-9);
+    cr_assert_eq(sc.events[2].calls, 1);
+    /* The user's callback saw the same changes, with its own ud. */
+    cr_assert_eq(atomic_load(&user_n), 3);
+    cr_assert_eq(atomic_load(&user_ud_hits), 3);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(user_to[i], to[i], "user event %d", i);
 }
 
 /* ---- rate limiting --------------------------------------------------------- */
@@ -1052,4 +1213,184 @@ Test(lmclient, start_refuses_a_history_size_over_the_maximum)
     cr_assert(rc == DX_OK || rc == DX_ENOPROC);
     cr_assert(atomic_load(&sc.done));
     cr_assert_eq(sc.start_rc, DX_EINVAL, "%s", dx_err_name(sc.start_rc));
+}
+
+/* ---- a client under a supervisor --------------------------------------------- */
+
+#define SUP_NAME "lm.supervised"
+#define SUP_CALLERS 3
+static seen sup_seen[SUP_CALLERS];
+static _Atomic int sup_done;
+
+typedef struct sup_run {
+    dx_child_spec spec;
+    int spec_rc, sup_rc, stop_rc, kill_rc;
+    seen before, cached_after, fresh_after;
+    bool all_in, restarted;
+    dx_pid first, second;
+    uint64_t upstream_before_cached, upstream_after_cached;
+    uint64_t restarts;
+    _Atomic int done;
+} sup_run;
+
+static sup_run sr;
+
+static void named_into(const char *question, int64_t timeout_ms, seen *out)
+{
+    dx_lm_request *req = dx_lm_request_new(NULL);
+    if (!req || dx_lm_request_add_message(req, DX_LM_USER, question) != DX_OK) {
+        out->rc = DX_ENOMEM;
+        dx_lm_request_free(req);
+        return;
+    }
+    dx_lm_result *res = NULL;
+    out->rc =
+        dx_lm_client_complete_named(SUP_NAME, req, timeout_ms, &res, &out->err);
+    dx_lm_request_free(req);
+    if (out->rc == DX_OK) {
+        snprintf(out->text, sizeof out->text, "%s",
+                 res->response->choices[0].text);
+        out->cached = res->cached;
+    }
+    dx_lm_result_free(res);
+}
+
+static void sup_member(void *arg)
+{
+    seen *s = arg;
+    char q[64];
+    snprintf(q, sizeof q, "slow question %d", (int)(s - sup_seen));
+    named_into(q, 20000, s);
+    atomic_fetch_add(&sup_done, 1);
+}
+
+static bool all_sup_in(const dx_lm_client_stats *st)
+{
+    return st->in_flight == SUP_CALLERS;
+}
+
+static void sup_main(void *arg)
+{
+    sup_run *r = arg;
+    dx_pid sup = DX_NOPID;
+    r->sup_rc = dx_sup_start_link(&(dx_sup_spec){.strategy = DX_SUP_ONE_FOR_ONE,
+                                                 .intensity = 3,
+                                                 .period_s = 5,
+                                                 .children = &r->spec,
+                                                 .nchildren = 1},
+                                  &sup, NULL);
+    if (r->sup_rc != DX_OK)
+        goto out;
+    r->first = dx_whereis(SUP_NAME);
+    named_into("Remember me", 10000, &r->before);
+    if (dx_lmserver_inject(srv, "slow:3000", SUP_CALLERS) != DX_OK)
+        goto stop;
+    for (int i = 0; i < SUP_CALLERS; i++)
+        if (dx_spawn(sup_member, &sup_seen[i], NULL) != DX_OK) {
+            sup_seen[i].rc = DX_ENOMEM;
+            atomic_fetch_add(&sup_done, 1);
+        }
+    r->all_in = wait_stats(r->first, all_sup_in);
+    r->kill_rc = dx_kill(r->first);
+    for (int i = 0; i < 1000 && atomic_load(&sup_done) < SUP_CALLERS; i++)
+        dx_sleep(10);
+    /* The supervisor registers the new client under the same name. */
+    for (int i = 0; i < 1000; i++) {
+        r->second = dx_whereis(SUP_NAME);
+        if (!dx_pid_is_none(r->second) && !dx_pid_eq(r->second, r->first))
+            break;
+        dx_sleep(5);
+    }
+    r->restarted =
+        !dx_pid_is_none(r->second) && !dx_pid_eq(r->second, r->first);
+    r->upstream_before_cached = upstream_requests();
+    named_into("Remember me", 10000, &r->cached_after);
+    r->upstream_after_cached = upstream_requests();
+    named_into("A new question", 10000, &r->fresh_after);
+    dx_sup_child *kids = NULL;
+    size_t n = 0;
+    if (dx_sup_which_children(sup, &kids, &n) == DX_OK && n == 1)
+        r->restarts = kids[0].restarts;
+    dx_free(kids);
+stop:
+    r->stop_rc = dx_sup_stop(sup, NULL, 10000);
+out:
+    atomic_store(&r->done, 1);
+}
+
+Test(lmclient, a_supervised_client_is_restarted_under_its_name)
+{
+    char dir[] = "/tmp/dx_lmclient_XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char path[64];
+    snprintf(path, sizeof path, "%s/cache.db", dir);
+    live_only();
+    sc.opts.cache_path = path;
+    sr.spec_rc = dx_lm_client_child_spec(&sr.spec, "lm", &sc.opts, SUP_NAME);
+    cr_assert_eq(sr.spec_rc, DX_OK);
+    /* The spec holds its own copy: the caller's options may go now. */
+    memset(&sc.opts, 0, sizeof sc.opts);
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(sup_main, &sr, &pid), DX_OK);
+    int rc = dx_wait_exit(pid, 60000, NULL);
+    cr_assert(rc == DX_OK || rc == DX_ENOPROC, "%s", dx_err_name(rc));
+    cr_assert(atomic_load(&sr.done));
+    dx_lm_client_child_spec_free(&sr.spec);
+    cr_assert_null(sr.spec.arg);
+    cr_assert_eq(sr.sup_rc, DX_OK, "%s", dx_err_name(sr.sup_rc));
+    cr_assert_eq(sr.stop_rc, DX_OK, "%s", dx_err_name(sr.stop_rc));
+    cr_assert_eq(sr.before.rc, DX_OK, "%s", dx_err_name(sr.before.rc));
+    cr_assert_not(sr.before.cached);
+    cr_assert(sr.all_in, "the slow calls never were all in flight");
+    cr_assert_eq(sr.kill_rc, DX_OK);
+    cr_assert_eq(atomic_load(&sup_done), SUP_CALLERS);
+    for (int i = 0; i < SUP_CALLERS; i++)
+        cr_assert_eq(sup_seen[i].rc, DX_EDOWN, "caller %d: %s", i,
+                     dx_err_name(sup_seen[i].rc));
+    cr_assert(sr.restarted, "no new client under the name");
+    cr_assert_eq(sr.restarts, 1);
+    /* The restarted client's memory tier is empty: the file answered. */
+    cr_assert_eq(sr.cached_after.rc, DX_OK, "%s",
+                 dx_err_name(sr.cached_after.rc));
+    cr_assert(sr.cached_after.cached);
+    cr_assert_str_eq(sr.cached_after.text, "answer: Remember me");
+    cr_assert_eq(sr.upstream_after_cached, sr.upstream_before_cached);
+    cr_assert_eq(sr.fresh_after.rc, DX_OK, "%s",
+                 dx_err_name(sr.fresh_after.rc));
+    cr_assert_not(sr.fresh_after.cached);
+    cr_assert_str_eq(sr.fresh_after.text, "answer: A new question");
+    /* Stopped with its supervisor: nobody holds the name any more. */
+    cr_assert(dx_pid_is_none(dx_whereis(SUP_NAME)));
+    char wal[80], shm[80];
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    snprintf(shm, sizeof shm, "%s-shm", path);
+    remove(wal);
+    remove(shm);
+    remove(path);
+    rmdir(dir);
+}
+
+Test(lmclient, a_child_spec_refuses_bad_options)
+{
+    dx_child_spec spec;
+    dx_lm_client_opts none = {0};
+    cr_assert_eq(dx_lm_client_child_spec(&spec, "lm", NULL, NULL), DX_EINVAL);
+    cr_assert_eq(dx_lm_client_child_spec(&spec, "lm", &none, NULL), DX_EINVAL);
+    cr_assert_null(spec.arg);
+    live_only();
+    sc.opts.n_fallbacks = 1; /* but no array */
+    cr_assert_eq(dx_lm_client_child_spec(&spec, "lm", &sc.opts, NULL),
+                 DX_EINVAL);
+    sc.opts.n_fallbacks = 0;
+    char long_name[300];
+    memset(long_name, 'x', sizeof long_name - 1);
+    long_name[sizeof long_name - 1] = '\0';
+    cr_assert_eq(dx_lm_client_child_spec(&spec, "lm", &sc.opts, long_name),
+                 DX_EINVAL);
+    cr_assert_eq(dx_lm_client_child_spec(&spec, "lm", &sc.opts, NULL), DX_OK);
+    cr_assert_not_null(spec.arg);
+    cr_assert_str_eq(spec.id, "lm");
+    dx_lm_client_child_spec_free(&spec);
+    dx_lm_client_child_spec_free(&spec); /* arg cleared: a no-op */
+    dx_lm_client_child_spec_free(NULL);
 }

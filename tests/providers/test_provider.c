@@ -1,8 +1,9 @@
 /*
  * test_provider.c — the common LM model: model-string parsing and keys,
  * the registry, request builders, status and retry-after mapping, redacted
- * rendering, and allocation failure in decoding (every failing allocation
- * is reported as DX_ENOMEM and leaks nothing).
+ * rendering, a response's JSON form there and back, and allocation failure
+ * in decoding (every failing allocation is reported as DX_ENOMEM and leaks
+ * nothing).
  */
 #include <criterion/criterion.h>
 #include <stdlib.h>
@@ -226,6 +227,139 @@ Test(provider, rendering_for_logs_redacts_keys, .timeout = 10)
     }
 }
 
+/* ---- a response as JSON and back ---- */
+
+static char *dup_s(const char *s)
+{
+    char *d = dx_strdup(s);
+    cr_assert_not_null(d);
+    return d;
+}
+
+/* Two choices (one with two tool calls and a raw finish), usage. */
+static dx_lm_response *full_response(void)
+{
+    dx_lm_response *r = dx_calloc(1, sizeof *r);
+    cr_assert_not_null(r);
+    r->id = dup_s("chatcmpl-1");
+    r->model = dup_s("gpt-4o-mini");
+    r->request_id = dup_s("req-9");
+    r->choices = dx_calloc(2, sizeof *r->choices);
+    cr_assert_not_null(r->choices);
+    r->n_choices = 2;
+    r->choices[0].text = dup_s("line one\nline \"two\" \u00e9");
+    r->choices[0].finish = DX_LM_FINISH_STOP;
+    dx_lm_choice *c = &r->choices[1];
+    c->text = dup_s("");
+    c->finish = DX_LM_FINISH_TOOL_CALLS;
+    c->finish_raw = dup_s("tool_use");
+    c->tool_calls = dx_calloc(2, sizeof *c->tool_calls);
+    cr_assert_not_null(c->tool_calls);
+    c->n_tool_calls = 2;
+    c->tool_calls[0] = (dx_lm_tool_call){dup_s("call_1"), dup_s("search"),
+                                         dup_s("{\"q\":\"cats\"}")};
+    c->tool_calls[1] =
+        (dx_lm_tool_call){dup_s("call_2"), dup_s("noop"), dup_s("{}")};
+    r->has_usage = true;
+    r->usage = (dx_lm_usage){.input_tokens = 12,
+                             .output_tokens = 7,
+                             .total_tokens = 19,
+                             .cached_tokens = 4};
+    r->latency_ms = 3.5;
+    return r;
+}
+
+static void assert_opt_str(const char *a, const char *b)
+{
+    if (!a || !b)
+        cr_assert(a == b, "%s vs %s", a ? a : "(null)", b ? b : "(null)");
+    else
+        cr_assert_str_eq(a, b);
+}
+
+Test(provider, a_response_round_trips_through_json, .timeout = 10)
+{
+    dx_lm_response *r = full_response(), *back = NULL;
+    char *json = NULL, *again = NULL;
+    cr_assert_eq(dx_lm_response_to_json(r, &json), DX_OK);
+    cr_assert_eq(dx_lm_response_from_json(json, strlen(json), &back), DX_OK);
+    cr_assert_not_null(back);
+    assert_opt_str(back->id, r->id);
+    assert_opt_str(back->model, r->model);
+    assert_opt_str(back->request_id, r->request_id);
+    cr_assert_eq(back->n_choices, 2);
+    for (size_t i = 0; i < 2; i++) {
+        const dx_lm_choice *a = &r->choices[i], *b = &back->choices[i];
+        cr_assert_str_eq(b->text, a->text);
+        cr_assert_eq(b->finish, a->finish, "choice %zu", i);
+        assert_opt_str(b->finish_raw, a->finish_raw);
+        cr_assert_eq(b->n_tool_calls, a->n_tool_calls);
+        for (size_t k = 0; k < a->n_tool_calls; k++) {
+            cr_assert_str_eq(b->tool_calls[k].id, a->tool_calls[k].id);
+            cr_assert_str_eq(b->tool_calls[k].name, a->tool_calls[k].name);
+            cr_assert_str_eq(b->tool_calls[k].arguments,
+                             a->tool_calls[k].arguments);
+        }
+    }
+    cr_assert(back->has_usage);
+    cr_assert_eq(back->usage.input_tokens, 12);
+    cr_assert_eq(back->usage.output_tokens, 7);
+    cr_assert_eq(back->usage.total_tokens, 19);
+    cr_assert_eq(back->usage.cached_tokens, 4);
+    /* Not carried by the JSON. */
+    cr_assert_float_eq(back->latency_ms, 0.0, 1e-12);
+    /* And the decoded response renders to the very same text. */
+    cr_assert_eq(dx_lm_response_to_json(back, &again), DX_OK);
+    cr_assert_str_eq(again, json);
+    dx_free(again);
+    dx_lm_response_free(back);
+    dx_free(json);
+    dx_lm_response_free(r);
+}
+
+Test(provider, response_json_without_optional_fields_decodes, .timeout = 10)
+{
+    const char *j = "{\"choices\":[{\"text\":\"hi\",\"finish\":\"mystery\"}]}";
+    dx_lm_response *r = NULL;
+    cr_assert_eq(dx_lm_response_from_json(j, strlen(j), &r), DX_OK);
+    cr_assert_null(r->id);
+    cr_assert_null(r->model);
+    cr_assert_not(r->has_usage);
+    cr_assert_eq(r->n_choices, 1);
+    cr_assert_str_eq(r->choices[0].text, "hi");
+    cr_assert_eq(r->choices[0].finish, DX_LM_FINISH_OTHER);
+    cr_assert_eq(r->choices[0].n_tool_calls, 0);
+    dx_lm_response_free(r);
+    /* len bounds the text: the same JSON cut short is not a response. */
+    cr_assert_eq(dx_lm_response_from_json(j, strlen(j) - 1, &r), DX_EINVAL);
+    cr_assert_null(r);
+}
+
+Test(provider, response_json_that_is_not_a_response_is_refused, .timeout = 10)
+{
+    static const char *const bad[] = {
+        "",
+        "not json",
+        "[]",
+        "{}",
+        "{\"choices\":{}}",
+        "{\"choices\":[{}]}",
+        "{\"choices\":[{\"text\":\"a\"}]}",
+        "{\"choices\":[{\"finish\":\"stop\"}]}",
+        ("{\"choices\":[{\"text\":\"a\",\"finish\":\"stop\",\"tool_calls\":[{"
+         "\"id\":\"x\"}]}]}"),
+        ("{\"choices\":[{\"text\":\"a\",\"finish\":\"stop\","
+         "\"tool_calls\":3}]}"),
+        "{\"choices\":[],\"usage\":3}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        dx_lm_response *back = (dx_lm_response *)&back; /* not NULL */
+        cr_assert_eq(dx_lm_response_from_json(bad[i], strlen(bad[i]), &back),
+                     DX_EINVAL, "%s", bad[i]);
+        cr_assert_null(back, "%s", bad[i]);
+    }
+    cr_assert_eq(dx_lm_response_from_json("{}", 2, NULL), DX_EINVAL);
+}
+
 /* ---- allocation failure ---- */
 
 static long calls, fail_at;
@@ -335,4 +469,37 @@ Test(provider, every_failed_allocation_in_a_stream_is_reported_cleanly,
     dx_set_allocator(NULL);
     cr_assert_eq(rc, DX_OK);
     dx_lm_config_free(c);
+}
+
+Test(provider, every_failed_allocation_in_from_json_is_reported_cleanly,
+     .timeout = 20)
+{
+    dx_lm_response *r = full_response();
+    char *json = NULL;
+    cr_assert_eq(dx_lm_response_to_json(r, &json), DX_OK);
+    dx_lm_response_free(r);
+    size_t len = strlen(json);
+    dx_set_allocator(&failing);
+    int rc = DX_ENOMEM;
+    long n;
+    for (n = 1; n < 500 && rc != DX_OK; n++) {
+        calls = 0;
+        fail_at = n;
+        dx_lm_response *back = NULL;
+        rc = dx_lm_response_from_json(json, len, &back);
+        /* cJSON reports its own allocation failures as a parse failure */
+        cr_assert(rc == DX_OK || rc == DX_ENOMEM || rc == DX_EINVAL,
+                  "fail at %ld: rc %d", n, rc);
+        if (rc == DX_OK) {
+            cr_assert_str_eq(back->choices[1].tool_calls[1].name, "noop");
+            dx_lm_response_free(back);
+        } else {
+            cr_assert_null(back);
+        }
+    }
+    fail_at = 0;
+    dx_set_allocator(NULL);
+    cr_assert_eq(rc, DX_OK, "from_json never succeeded");
+    cr_assert_gt(n, 5, "allocations were not routed through dx_malloc");
+    dx_free(json);
 }
