@@ -34,7 +34,12 @@
     X(ENOKEY, -21, "no API key configured for the LM provider")                \
     X(ECACHEFILE, -35, "the cache file is unusable; caching in memory only")   \
     X(EBUSY, -30, "the call must wait for a rate limit or concurrency slot")   \
-    X(EOPEN, -31, "the circuit breaker is open: the endpoint is failing")
+    X(EOPEN, -31, "the circuit breaker is open: the endpoint is failing")      \
+    X(ESYNTAX, -40, "syntax error in user input (see the diagnostic)")         \
+    X(EPARSE, -41, "the LM answer could not be parsed into the outputs")       \
+    X(ETYPE, -42, "a value does not convert to its field's type")              \
+    X(ENOLM, -43, "no LM client configured for the predictor")                 \
+    X(EIO, -44, "reading or writing a file failed")
 
 typedef enum dx_err {
     DX_OK = 0,

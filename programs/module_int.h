@@ -1,0 +1,82 @@
+/*
+ * module_int.h — the insides of modules, predictions and runs, shared by
+ * module.c (the tree), predict.c (running it) and state.c (save/load).
+ * Not installed.
+ */
+#ifndef DSPEX_MODULE_INT_H
+#define DSPEX_MODULE_INT_H
+
+#include <cjson/cJSON.h>
+
+#include "dspex/lm.h"
+#include "dspex/module.h"
+
+typedef enum dx__mod_kind {
+    DX__MOD_PREDICT,
+    DX__MOD_COT,
+    DX__MOD_USER,
+} dx__mod_kind;
+
+struct dx_module {
+    dx__mod_kind kind;
+    char *type_name;
+    dx_module *parent;
+    char *name; /* in the parent; NULL at the root */
+    char *path; /* DSPy parameter path, kept current by dx_module_add */
+
+    char **child_names;
+    dx_module **children;
+    size_t n_children, cap_children;
+
+    /* DX__MOD_USER */
+    dx_forward_fn forward;
+    void *ud;
+    void (*ud_free)(void *);
+    void *(*ud_copy)(const void *);
+
+    /* DX__MOD_PREDICT */
+    dx_signature *sig;
+    dx_example **demos;
+    size_t n_demos, cap_demos;
+    dx_predict_opts opts; /* lm_name owned */
+    cJSON *lm_state;      /* DSPy "lm" state as loaded/saved; NULL = null */
+    /* The model of a loaded "lm" state: used when a client is registered
+     * under that name, else the call's LM answers (see state.c). */
+    char *state_model;
+    cJSON *traces; /* DSPy "traces" / "train", kept for round trips */
+    cJSON *train;
+};
+
+struct dx_prediction {
+    dx_example *fields;
+    dx_example **completions; /* all of them when n > 1, else NULL */
+    size_t n_completions;
+    dx_usage_acc usage;
+    char *model;
+};
+
+struct dx_ctx {
+    dx_pid lm;
+    const char *lm_name;
+    dx_adapter_kind adapter;
+    bool no_json_fallback;
+    int64_t deadline_ms;
+    const char *rollout_id;
+    dx_lmcache_mode cache_mode;
+    const dx_usage_prices *prices;
+    dx_trace *trace; /* NULL: not traced */
+    dx_usage_acc usage;
+    dx_diag diag;
+};
+
+/* Recompute the paths of m's subtree (after it moved). */
+int dx__module_repath(dx_module *m);
+
+/* The Predict's forward (predict.c). */
+int dx__predict_forward(dx_ctx *ctx, const dx_module *p,
+                        const dx_example *inputs, dx_prediction **out);
+
+/* The built-in price table (created once). */
+const dx_usage_prices *dx__default_prices(void);
+
+#endif

@@ -1,0 +1,580 @@
+/*
+ * predict.c — running programs: a call in a process of its own
+ * (dx_module_call), the run that carries its settings, trace and usage,
+ * dx_forward, and the Predict step itself: format with the adapter, call
+ * the LM client, parse (with DSPy's one-time JSONAdapter fallback), record
+ * usage and the trace (see module.h).
+ */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "dspex/alloc.h"
+#include "dspex/error.h"
+#include "module_int.h"
+#include "pyjson.h"
+
+#define DEFAULT_CALL_TIMEOUT_MS 120000
+
+/* ---- prices ------------------------------------------------------------ */
+
+static pthread_once_t prices_once = PTHREAD_ONCE_INIT;
+static dx_usage_prices *default_prices;
+
+static void make_prices(void)
+{
+    /* Lives for the process: every run may price from it. */
+    if (dx_usage_prices_new(false, &default_prices) != DX_OK)
+        default_prices = NULL;
+}
+
+const dx_usage_prices *dx__default_prices(void)
+{
+    pthread_once(&prices_once, make_prices);
+    return default_prices;
+}
+
+/* ---- runs -------------------------------------------------------------- */
+
+int dx_ctx_fail(dx_ctx *ctx, int code, const char *fmt, ...)
+{
+    if (!ctx)
+        return code;
+    va_list ap;
+    va_start(ap, fmt);
+    dx_diag_vset(&ctx->diag, code, 0, 0, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+const dx_diag *dx_ctx_diag(const dx_ctx *ctx)
+{
+    return ctx ? &ctx->diag : NULL;
+}
+
+const dx_usage_acc *dx_ctx_usage(const dx_ctx *ctx)
+{
+    return ctx ? &ctx->usage : NULL;
+}
+
+int64_t dx_ctx_remaining_ms(const dx_ctx *ctx)
+{
+    if (!ctx)
+        return 0;
+    int64_t left = ctx->deadline_ms - dx_now_ms();
+    return left > 0 ? left : 0;
+}
+
+void dx_trace_free(dx_trace *t)
+{
+    if (!t)
+        return;
+    for (size_t i = 0; i < t->n; i++) {
+        dx_free(t->steps[i].path);
+        dx_signature_unref(t->steps[i].signature);
+        dx_example_free(t->steps[i].inputs);
+        dx_example_free(t->steps[i].outputs);
+    }
+    dx_free(t->steps);
+    t->steps = NULL;
+    t->n = t->cap = 0;
+}
+
+/* Append a step; past DX_TRACE_MAX_STEPS the oldest is dropped, as DSPy's
+ * max_trace_size. A trace that cannot grow loses the step, not the call. */
+static void trace_add(dx_trace *t, const dx_module *p, const dx_example *in,
+                      const dx_prediction *pred, const dx_lm_usage *u,
+                      bool cached)
+{
+    if (t->n == DX_TRACE_MAX_STEPS) {
+        dx_trace_step *old = &t->steps[0];
+        dx_free(old->path);
+        dx_signature_unref(old->signature);
+        dx_example_free(old->inputs);
+        dx_example_free(old->outputs);
+        memmove(t->steps, t->steps + 1, (t->n - 1) * sizeof *t->steps);
+        t->n--;
+    }
+    if (t->n == t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 8;
+        dx_trace_step *v = dx_realloc(t->steps, cap * sizeof *v);
+        if (!v)
+            return;
+        t->steps = v;
+        t->cap = cap;
+    }
+    dx_trace_step st = {
+        .path = dx_strdup(p->path),
+        .signature = dx_signature_ref(p->sig),
+        .inputs = dx_example_copy(in),
+        .outputs = dx_example_copy(pred->fields),
+        .usage = u ? *u : (dx_lm_usage){0},
+        .cached = cached,
+    };
+    if (!st.path || !st.inputs || !st.outputs) {
+        dx_free(st.path);
+        dx_signature_unref(st.signature);
+        dx_example_free(st.inputs);
+        dx_example_free(st.outputs);
+        return;
+    }
+    t->steps[t->n++] = st;
+}
+
+int dx_forward(dx_ctx *ctx, const dx_module *m, const dx_example *inputs,
+               dx_prediction **out)
+{
+    if (!ctx || !out)
+        return DX_EINVAL;
+    *out = NULL;
+    if (!m)
+        return dx_ctx_fail(ctx, DX_EINVAL,
+                           "forward: no module (a missing "
+                           "child?)");
+    if (!inputs)
+        return dx_ctx_fail(ctx, DX_EINVAL, "%s: no inputs", m->path);
+    if (dx_now_ms() >= ctx->deadline_ms)
+        return dx_ctx_fail(ctx, DX_ETIMEDOUT,
+                           "%s: the call's deadline passed before this step",
+                           m->path);
+    if (m->kind == DX__MOD_PREDICT)
+        return dx__predict_forward(ctx, m, inputs, out);
+    int rc = m->forward(ctx, m, inputs, out);
+    if (rc == DX_OK && !*out)
+        return dx_ctx_fail(ctx, DX_EINVAL,
+                           "%s (%s): forward returned no prediction", m->path,
+                           m->type_name);
+    if (rc != DX_OK && ctx->diag.code == 0)
+        dx_ctx_fail(ctx, rc, "%s (%s): forward failed: %s", m->path,
+                    m->type_name, dx_strerror(rc));
+    return rc;
+}
+
+/* ---- the Predict step -------------------------------------------------- */
+
+/* The inputs with the signature's input defaults filled in (a new example,
+ * or NULL in *filled when nothing was missing). */
+static int fill_defaults(const dx_signature *s, const dx_example *in,
+                         dx_example **filled)
+{
+    *filled = NULL;
+    for (size_t i = 0; i < dx_signature_n_inputs(s); i++) {
+        const dx_field *f = dx_signature_input(s, i);
+        if (!f->default_value || dx_example_has(in, f->name))
+            continue;
+        if (!*filled) {
+            *filled = dx_example_copy(in);
+            if (!*filled)
+                return DX_ENOMEM;
+        }
+        int rc = dx_example_set_value(*filled, f->name, f->default_value);
+        if (rc != DX_OK) {
+            dx_example_free(*filled);
+            *filled = NULL;
+            return rc;
+        }
+    }
+    return DX_OK;
+}
+
+static dx_pid resolve_lm(dx_ctx *ctx, const dx_module *p, const char **which)
+{
+    if (p->opts.lm_name) {
+        *which = p->opts.lm_name;
+        return dx_whereis(p->opts.lm_name);
+    }
+    if (p->state_model) {
+        dx_pid pid = dx_whereis(p->state_model);
+        if (!dx_pid_is_none(pid)) {
+            *which = p->state_model;
+            return pid;
+        }
+    }
+    if (!dx_pid_is_none(ctx->lm)) {
+        *which = "the call's LM client";
+        return ctx->lm;
+    }
+    *which = ctx->lm_name ? ctx->lm_name : "lm";
+    return dx_whereis(*which);
+}
+
+/* One LM call through adapter kind: format, complete, parse every choice.
+ * On success *parsed holds n_choices examples. */
+static int attempt(dx_ctx *ctx, const dx_module *p, dx_adapter_kind kind,
+                   dx_pid lm, const dx_example *in, dx_lm_result **res_out,
+                   dx_example ***parsed, size_t *n_parsed)
+{
+    const dx_signature *s = p->sig;
+    *res_out = NULL;
+    *parsed = NULL;
+    *n_parsed = 0;
+    dx_lm_request *req = dx_lm_request_new(NULL);
+    if (!req)
+        return dx_ctx_fail(ctx, DX_ENOMEM, "%s: out of memory", p->path);
+    int rc = dx_adapter_format(kind, s, (const dx_example *const *)p->demos,
+                               p->n_demos, in, req, &ctx->diag);
+    if (rc != DX_OK) {
+        dx_lm_request_free(req);
+        dx_diag_prefix(&ctx->diag, "%s", p->path);
+        return rc;
+    }
+    const dx_predict_opts *o = &p->opts;
+    int n = o->n > 1 ? o->n : 1;
+    if (o->has_temperature) {
+        req->has_temperature = true;
+        req->temperature = o->temperature;
+    }
+    /* DSPy: several completions at a near-zero temperature would be
+     * copies of one another. */
+    if (n > 1 && (!o->has_temperature || o->temperature <= 0.15)) {
+        req->has_temperature = true;
+        req->temperature = 0.7;
+    }
+    req->n = n > 1 ? n : 0;
+    req->max_tokens = o->max_tokens;
+
+    dx_lm_client_call_opts copts = {
+        .ns = ctx->rollout_id,
+        .cache_mode = ctx->cache_mode,
+    };
+    dx_lm_error err = {0};
+    dx_lm_result *res = NULL;
+    int64_t left = dx_ctx_remaining_ms(ctx);
+    rc = left > 0 ? dx_lm_client_complete_opt(lm, req, &copts, left, &res, &err)
+                  : DX_ETIMEDOUT;
+    dx_lm_request_free(req);
+    if (rc != DX_OK) {
+        if (rc == DX_EPROVIDER)
+            dx_ctx_fail(ctx, rc, "%s: LM call failed: %s: %s", p->path,
+                        dx_lm_error_kind_name(err.kind), err.message);
+        else
+            dx_ctx_fail(ctx, rc, "%s: LM call failed: %s", p->path,
+                        dx_strerror(rc));
+        dx_lm_error_clear(&err);
+        return rc;
+    }
+    dx_lm_error_clear(&err);
+    *res_out = res;
+    size_t nc = res->response ? res->response->n_choices : 0;
+    if (nc == 0)
+        return dx_ctx_fail(ctx, DX_EPARSE, "%s: %s: the LM returned no choices",
+                           p->path, dx_adapter_name(kind));
+    dx_example **v = dx_calloc(nc, sizeof *v);
+    if (!v)
+        return dx_ctx_fail(ctx, DX_ENOMEM, "%s: out of memory", p->path);
+    for (size_t i = 0; i < nc; i++) {
+        const char *text = res->response->choices[i].text;
+        rc = dx_adapter_parse(kind, s, text, strlen(text), &v[i], &ctx->diag);
+        if (rc != DX_OK) {
+            dx_diag_prefix(&ctx->diag, "%s", p->path);
+            for (size_t k = 0; k < i; k++)
+                dx_example_free(v[k]);
+            dx_free(v);
+            return rc;
+        }
+    }
+    *parsed = v;
+    *n_parsed = nc;
+    return DX_OK;
+}
+
+static void free_parsed(dx_example **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dx_example_free(v[i]);
+    dx_free(v);
+}
+
+/* Count an LM result in the prediction's and the run's usage. */
+static void count_usage(dx_ctx *ctx, dx_prediction *pred,
+                        const dx_lm_result *res)
+{
+    const dx_lm_usage *u = res->response && res->response->has_usage
+                               ? &res->response->usage
+                               : NULL;
+    const char *model = res->model_used ? res->model_used : "";
+    dx_usage_acc_add(&pred->usage, ctx->prices, model, u, res->cached);
+    dx_usage_acc_add(&ctx->usage, ctx->prices, model, u, res->cached);
+}
+
+int dx__predict_forward(dx_ctx *ctx, const dx_module *p,
+                        const dx_example *inputs, dx_prediction **out)
+{
+    dx_example *filled = NULL;
+    int rc = fill_defaults(p->sig, inputs, &filled);
+    if (rc != DX_OK)
+        return dx_ctx_fail(ctx, rc, "%s: out of memory", p->path);
+    const dx_example *in = filled ? filled : inputs;
+
+    const char *which = NULL;
+    dx_pid lm = resolve_lm(ctx, p, &which);
+    if (dx_pid_is_none(lm)) {
+        dx_example_free(filled);
+        return dx_ctx_fail(ctx, DX_ENOLM,
+                           "%s: no LM client: nothing is registered as \"%s\" "
+                           "(start one with dx_lm_client_start and register "
+                           "it, or pass dx_call_opts.lm)",
+                           p->path, which);
+    }
+
+    dx_prediction *pred = dx_prediction_new();
+    if (!pred) {
+        dx_example_free(filled);
+        return dx_ctx_fail(ctx, DX_ENOMEM, "%s: out of memory", p->path);
+    }
+    dx_lm_result *res = NULL;
+    dx_example **parsed = NULL;
+    size_t n_parsed = 0;
+    rc = attempt(ctx, p, ctx->adapter, lm, in, &res, &parsed, &n_parsed);
+    bool cached = res && res->cached;
+    dx_lm_usage usage = {0};
+    if (res) {
+        count_usage(ctx, pred, res);
+        if (res->response && res->response->has_usage)
+            usage = res->response->usage;
+    }
+    /* DSPy's fallback: an answer the ChatAdapter cannot read is asked for
+     * once more in JSON (never for LM errors: those are the client's). */
+    if ((rc == DX_EPARSE || rc == DX_ETYPE) &&
+        ctx->adapter == DX_ADAPTER_CHAT && !ctx->no_json_fallback) {
+        dx_diag first = ctx->diag;
+        dx_lm_result_free(res);
+        res = NULL;
+        rc = attempt(ctx, p, DX_ADAPTER_JSON, lm, in, &res, &parsed, &n_parsed);
+        if (res) {
+            count_usage(ctx, pred, res);
+            cached = res->cached;
+            if (res->response && res->response->has_usage)
+                usage = res->response->usage;
+        }
+        if (rc != DX_OK && (rc == DX_EPARSE || rc == DX_ETYPE)) {
+            char second[DX_DIAG_MAX];
+            memcpy(second, ctx->diag.msg, sizeof second);
+            dx_ctx_fail(ctx, rc, "%s; then, with the JSONAdapter fallback: %s",
+                        first.msg, second);
+        }
+    }
+    if (rc != DX_OK) {
+        dx_lm_result_free(res);
+        dx_prediction_free(pred);
+        dx_example_free(filled);
+        return rc;
+    }
+    /* The first completion is the prediction's fields; all are kept when
+     * there are several. */
+    dx_example_free(pred->fields);
+    pred->fields = parsed[0];
+    if (n_parsed > 1) {
+        pred->completions = dx_calloc(n_parsed, sizeof *pred->completions);
+        if (!pred->completions) {
+            parsed[0] = NULL;
+            free_parsed(parsed, n_parsed);
+            dx_lm_result_free(res);
+            dx_prediction_free(pred);
+            dx_example_free(filled);
+            return dx_ctx_fail(ctx, DX_ENOMEM, "%s: out of memory", p->path);
+        }
+        pred->completions[0] = dx_example_copy(parsed[0]);
+        for (size_t i = 1; i < n_parsed; i++)
+            pred->completions[i] = parsed[i];
+        pred->n_completions = n_parsed;
+        if (!pred->completions[0]) {
+            pred->completions[0] = dx_example_new();
+        }
+    }
+    dx_free(parsed);
+    if (res->model_used)
+        pred->model = dx_strdup(res->model_used);
+    dx_lm_result_free(res);
+    if (ctx->trace)
+        trace_add(ctx->trace, p, in, pred, &usage, cached);
+    dx_example_free(filled);
+    *out = pred;
+    return DX_OK;
+}
+
+/* ---- calls in a process of their own ------------------------------------ */
+
+/* What the caller and the program's process share. Two references: the
+ * caller's, and the process's (dropped by arg_free however it exits). */
+typedef struct call_slot {
+    atomic_int refs;
+    atomic_bool done;
+    const dx_module *module;
+    dx_example *inputs;
+    dx_pid lm;
+    char *lm_name;
+    char *rollout_id;
+    dx_call_opts opts;
+    int64_t deadline_ms;
+    int rc;
+    dx_diag diag;
+    dx_prediction *pred;
+    dx_trace trace;
+} call_slot;
+
+static void slot_unref(void *arg)
+{
+    call_slot *s = arg;
+    if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    dx_example_free(s->inputs);
+    dx_free(s->lm_name);
+    dx_free(s->rollout_id);
+    dx_prediction_free(s->pred);
+    dx_trace_free(&s->trace);
+    dx_free(s);
+}
+
+static void call_proc(void *arg)
+{
+    call_slot *s = arg;
+    dx_set_label("dspex.program");
+    dx_ctx ctx = {
+        .lm = s->lm,
+        .lm_name = s->lm_name,
+        .adapter = s->opts.adapter,
+        .no_json_fallback = s->opts.no_json_fallback,
+        .deadline_ms = s->deadline_ms,
+        .rollout_id = s->rollout_id,
+        .cache_mode = s->opts.cache_mode,
+        .prices = s->opts.prices ? s->opts.prices : dx__default_prices(),
+        .trace = s->opts.trace ? &s->trace : NULL,
+    };
+    dx_usage_acc_init(&ctx.usage, "run");
+    dx_prediction *pred = NULL;
+    int rc = dx_forward(&ctx, s->module, s->inputs, &pred);
+    if (rc == DX_OK) {
+        /* The call's prediction reports every LM call of the run. */
+        pred->usage = ctx.usage;
+        s->pred = pred;
+    } else {
+        dx_prediction_free(pred);
+    }
+    s->rc = rc;
+    s->diag = ctx.diag;
+    atomic_store_explicit(&s->done, true, memory_order_release);
+}
+
+static void describe_crash(dx_diag *diag, const dx_module *m,
+                           const dx_term *reason)
+{
+    char text[256] = "unknown";
+    if (reason)
+        dx_term_format(reason, text, sizeof text);
+    dx_diag_set(diag, DX_EDOWN, 0, 0, "%s (%s): the program's process died: %s",
+                m->path, m->type_name, text);
+}
+
+int dx_module_call(const dx_module *m, const dx_example *inputs,
+                   const dx_call_opts *opts, dx_prediction **out,
+                   dx_trace *trace_out, dx_diag *diag)
+{
+    if (out)
+        *out = NULL;
+    if (trace_out)
+        *trace_out = (dx_trace){0};
+    if (!m || !inputs || !out)
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "dx_module_call: NULL module, inputs or out");
+    if (!dx_runtime_running())
+        return dx_diag_set(diag, DX_ESTATE, 0, 0,
+                           "dx_module_call: the runtime is not running");
+    dx_call_opts o = opts ? *opts : (dx_call_opts){.lm = DX_NOPID};
+    int64_t timeout = o.timeout_ms > 0 ? o.timeout_ms : DEFAULT_CALL_TIMEOUT_MS;
+
+    call_slot *s = dx_calloc(1, sizeof *s);
+    if (!s)
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    atomic_init(&s->refs, 2);
+    atomic_init(&s->done, false);
+    s->module = m;
+    s->opts = o;
+    s->lm = o.lm;
+    s->deadline_ms = dx_now_ms() + timeout;
+    s->inputs = dx_example_copy(inputs);
+    s->lm_name = o.lm_name ? dx_strdup(o.lm_name) : NULL;
+    s->rollout_id = o.rollout_id ? dx_strdup(o.rollout_id) : NULL;
+    if (!s->inputs || (o.lm_name && !s->lm_name) ||
+        (o.rollout_id && !s->rollout_id)) {
+        atomic_store(&s->refs, 1);
+        slot_unref(s);
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    }
+
+    bool in_process = !dx_pid_is_none(dx_self());
+    dx_ref mon = DX_NOREF;
+    dx_pid pid = {0};
+    dx_spawn_opts so = {
+        .monitor = in_process,
+        .arg_free = slot_unref,
+    };
+    int rc = dx_spawn_opt(call_proc, s, &so, &pid, in_process ? &mon : NULL);
+    if (rc != DX_OK) {
+        atomic_store(&s->refs, 1);
+        slot_unref(s);
+        return dx_diag_set(diag, rc, 0, 0, "dx_module_call: spawn failed: %s",
+                           dx_strerror(rc));
+    }
+
+    /* Wait for the process to end, however it ends; its result is in the
+     * slot when `done` is set. */
+    dx_term *reason = NULL;
+    bool timed_out = false;
+    if (in_process) {
+        dx_msg *down = NULL;
+        dx_match match = {.fields = DX_MATCH_TAG | DX_MATCH_REF,
+                          .tag = DX_TAG_DOWN,
+                          .ref = mon};
+        rc = dx_receive(&match, timeout + 1000, &down);
+        if (rc == DX_ETIMEDOUT) {
+            timed_out = true;
+            dx_kill(pid);
+            dx_receive(&match, DX_INFINITY, &down);
+        }
+        if (down) {
+            reason = dx_msg_take_term(down);
+            dx_msg_free(down);
+        }
+    } else {
+        rc = dx_wait_exit(pid, timeout + 1000, &reason);
+        if (rc == DX_ETIMEDOUT) {
+            timed_out = true;
+            dx_kill(pid);
+            dx_term_free(reason);
+            reason = NULL;
+            dx_wait_exit(pid, DX_INFINITY, &reason);
+        }
+    }
+
+    int result;
+    if (atomic_load_explicit(&s->done, memory_order_acquire)) {
+        result = s->rc;
+        if (result == DX_OK) {
+            *out = s->pred;
+            s->pred = NULL;
+            if (trace_out) {
+                *trace_out = s->trace;
+                s->trace = (dx_trace){0};
+            }
+        } else if (diag) {
+            *diag = s->diag;
+            if (diag->code == 0)
+                dx_diag_set(diag, result, 0, 0, "%s: %s", m->path,
+                            dx_strerror(result));
+        }
+    } else if (timed_out) {
+        result = dx_diag_set(diag, DX_ETIMEDOUT, 0, 0,
+                             "%s (%s): no result within %" PRId64 " ms",
+                             m->path, m->type_name, timeout);
+    } else {
+        describe_crash(diag, m, reason);
+        result = DX_EDOWN;
+    }
+    dx_term_free(reason);
+    slot_unref(s);
+    return result;
+}

@@ -1,0 +1,103 @@
+/*
+ * pyjson.h — JSON the way Python DSPy writes and reads it, inside programs/.
+ *
+ * Prompts must match Python DSPy byte for byte, and DSPy renders values with
+ * Python: `json.dumps(v, ensure_ascii=False)` (separators ", " and ": ",
+ * non-ASCII kept, floats in Python's repr), `json.dumps(v, indent=2)`, and
+ * `str(v)` for scalars (True/False/None, 1.0, 1e-05). LM answers are read
+ * the way DSPy's json_repair does: code fences, Python literals, single
+ * quotes and trailing commas are tolerated. Not installed.
+ *
+ * Every function allocates through dx_malloc (cJSON's hooks included).
+ */
+#ifndef DSPEX_PYJSON_H
+#define DSPEX_PYJSON_H
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+/* A growable string. p is NUL-terminated whenever len > 0 or after
+ * dx__sb_cstr. Appends fail only on OOM; after a failure `oom` is set and
+ * later appends do nothing, so a whole rendering is checked once. */
+typedef struct dx__sb {
+    char *p;
+    size_t len;
+    size_t cap;
+    bool oom;
+} dx__sb;
+
+void dx__sb_init(dx__sb *b);
+void dx__sb_free(dx__sb *b);
+void dx__sb_put(dx__sb *b, const char *s, size_t n);
+void dx__sb_puts(dx__sb *b, const char *s);
+void dx__sb_putc(dx__sb *b, char c);
+void dx__sb_printf(dx__sb *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* The NUL-terminated text ("" when empty; NULL after OOM). */
+const char *dx__sb_cstr(dx__sb *b);
+/* Hand the buffer over (dx_free it); b is reset. NULL after OOM (b freed). */
+char *dx__sb_take(dx__sb *b);
+
+/* cJSON allocation hooks → dx_malloc (once; any thread). Call before any
+ * cJSON use in programs/. */
+void dx__pyjson_init(void);
+
+/* Python repr() of a float: shortest text that reads back to v, "1.0" for
+ * integral values, exponent form "1e-05" / "1e+16" where Python uses it
+ * (exponent < -4 or >= 16), "inf", "-inf", "nan". buf of 32 bytes. */
+void dx__pyfloat_repr(double v, char buf[32]);
+
+/* cJSON keeps no int/float distinction, but Python prints 1 and 1.0
+ * differently. Numbers that were written as floats (with '.', 'e' or 'E' in
+ * the JSON text, or made as floats in C) carry this bit in cJSON's `type`
+ * (cJSON itself only looks at the low 8 bits and copies the rest in
+ * cJSON_Duplicate). dx__json_parse and dx__json_repair set it. */
+#define DX__JSON_FLOAT (1 << 14)
+
+/* Is this JSON number an integer as Python's json would have read it?
+ * No DX__JSON_FLOAT bit, integral, and |v| < 2^63. */
+bool dx__json_is_int(const cJSON *num);
+
+/* json.dumps(v, ensure_ascii=False) with indent < 0 (", " / ": "
+ * separators), or json.dumps(v, indent=indent, ensure_ascii=False) with
+ * indent >= 0 ("," at line ends, ": "). Numbers: integers as integers,
+ * others by dx__pyfloat_repr (NaN/Infinity as Python writes them). Strings
+ * escaped as json.dumps does: \" \\ \n \r \t \b \f, other control bytes as
+ * \u00XX, everything else (UTF-8) raw. */
+void dx__pyjson_dump(dx__sb *b, const cJSON *v, int indent);
+/* json.dumps(v, indent=indent, separators=(item_sep, key_sep),
+ * ensure_ascii=False); e.g. "," and ":" for the tightest text. */
+void dx__pyjson_dump_sep(dx__sb *b, const cJSON *v, int indent,
+                         const char *item_sep, const char *key_sep);
+/* s[0..n) as a JSON string literal, quotes included, escaped as above. */
+void dx__pyjson_str(dx__sb *b, const char *s, size_t n);
+
+/* Python str() of a JSON value: a string as-is, true/false as True/False,
+ * null as None, numbers as int or float repr; lists and objects as
+ * dx__pyjson_dump with indent -1. */
+void dx__pystr(dx__sb *b, const cJSON *v);
+
+/* Parse an LM's JSON-ish text tolerantly, in this order: strict JSON of the
+ * whole (trimmed) text; the same with a ```json ... ``` (or ``` ... ```)
+ * fence removed; a lenient parse that accepts single-quoted strings,
+ * True/False/None, trailing commas, and stops at the end of the first
+ * complete value (so trailing prose is ignored); finally the first
+ * balanced {...} (when want_object) or [...] found anywhere in the text.
+ * NULL when nothing parses (or on OOM). want_object only affects the
+ * balanced-brace search. */
+cJSON *dx__json_repair(const char *text, size_t len, bool want_object);
+
+/* Strict JSON parse of exactly len bytes (dx_malloc'd tree); NULL if not
+ * JSON. When it fails and line/column are not NULL they receive the
+ * 1-based position of the error. */
+cJSON *dx__json_parse(const char *text, size_t len, int *line, int *column);
+/* The same, and on failure *what (when not NULL) is a static text saying
+ * what was wrong where reading stopped: "expected ',' or '}'", "expected a
+ * value", "unterminated string", "unexpected text after the JSON value".
+ * Accepts what Python's json.loads does (NaN, Infinity, -Infinity too);
+ * a repeated key keeps its first place and its last value, as in Python. */
+cJSON *dx__json_parse_msg(const char *text, size_t len, int *line, int *column,
+                          const char **what);
+
+#endif

@@ -1,0 +1,413 @@
+/*
+ * test_module.c — programs end to end against the local LM server through
+ * a real LM client: Predict and ChainOfThought answers, typed outputs, n
+ * completions, the JSONAdapter fallback after an unreadable answer (two LM
+ * calls), no fallback when turned off, a three-step composed program with
+ * its trace and usage per run, a crashing user forward costing only its
+ * call, a missing LM client named in the error, predictor paths, copies and
+ * reset copies.
+ */
+#include <criterion/criterion.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "dspex/alloc.h"
+#include "dspex/lm.h"
+#include "dspex/lmserver.h"
+#include "dspex/module.h"
+#include "dspex/runtime.h"
+
+static dx_lmserver *srv;
+static char url[128];
+
+static uint64_t upstream(void)
+{
+    dx_lmserver_stats st;
+    dx_lmserver_stats_get(srv, &st);
+    return st.requests;
+}
+
+/* Start the LM client registered as "lm" from a short-lived process (the
+ * client is not linked to it, so it stays). */
+static _Atomic int client_rc = 1;
+
+static void start_client(void *arg)
+{
+    (void)arg;
+    dx_lm_client_opts o = {
+        .primary = {"openai-compatible/test-model", url, "sk-test"},
+    };
+    dx_server_opts so = {.name = "lm"};
+    dx_pid pid;
+    atomic_store(&client_rc, dx_lm_client_start(&o, &so, &pid));
+}
+
+static void host_sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void setup(void)
+{
+    cr_assert_eq(dx_lmserver_start(NULL, &srv), DX_OK);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/v1", dx_lmserver_port(srv));
+    cr_assert_eq(dx_runtime_start(&(dx_runtime_opts){.schedulers = 2}), DX_OK);
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(start_client, NULL, &pid), DX_OK);
+    for (int i = 0; i < 500 && atomic_load(&client_rc) == 1; i++)
+        host_sleep_ms(10);
+    cr_assert_eq(atomic_load(&client_rc), DX_OK);
+    while (dx_pid_is_none(dx_whereis("lm")))
+        host_sleep_ms(1);
+}
+
+static void teardown(void)
+{
+    cr_assert_eq(dx_runtime_stop(), DX_OK);
+    dx_lmserver_stop_free(srv);
+}
+
+TestSuite(module, .init = setup, .fini = teardown, .timeout = 60);
+
+static dx_signature *sig(const char *text)
+{
+    dx_signature *s = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_signature_parse(text, NULL, NULL, 0, &s, &d), DX_OK, "%s",
+                 d.msg);
+    return s;
+}
+
+static dx_example *inputs1(const char *key, const char *value)
+{
+    dx_example *ex = dx_example_new();
+    cr_assert_eq(dx_example_set_str(ex, key, value), DX_OK);
+    return ex;
+}
+
+Test(module, predict_answers_through_the_lm_client)
+{
+    dx_signature *s = sig("question -> answer, confidence: float");
+    dx_module *p = dx_predict_new(s, NULL);
+    dx_signature_unref(s);
+    dx_lmserver_push_reply(srv, "[[ ## answer ## ]]\nParis\n\n"
+                                "[[ ## confidence ## ]]\n0.9\n\n"
+                                "[[ ## completed ## ]]");
+    dx_example *in = inputs1("question", "Capital of France?");
+    dx_prediction *pred = NULL;
+    dx_diag d = {0};
+    int rc = dx_module_call(p, in, NULL, &pred, NULL, &d);
+    cr_assert_eq(rc, DX_OK, "%s: %s", dx_err_name(rc), d.msg);
+    cr_assert_str_eq(dx_prediction_get_str(pred, "answer", ""), "Paris");
+    cr_assert_eq(
+        dx_example_get_num(dx_prediction_fields(pred), "confidence", -1), 0.9);
+    const dx_usage_acc *u = dx_prediction_usage(pred);
+    cr_assert_eq(u->calls, 1);
+    cr_assert_gt(u->input_tokens, 0);
+    cr_assert_str_eq(dx_prediction_model(pred), "openai-compatible/test-model");
+    dx_prediction_free(pred);
+
+    /* The same call again is answered by the client's cache. */
+    uint64_t before = upstream();
+    cr_assert_eq(dx_module_call(p, in, NULL, &pred, NULL, &d), DX_OK, "%s",
+                 d.msg);
+    cr_assert_eq(upstream(), before);
+    cr_assert_eq(dx_prediction_usage(pred)->cached_calls, 1);
+    dx_prediction_free(pred);
+    dx_example_free(in);
+    dx_module_free(p);
+}
+
+Test(module, chain_of_thought_adds_reasoning_first)
+{
+    dx_signature *s = sig("question -> answer");
+    dx_module *cot = dx_chain_of_thought_new(s, NULL);
+    dx_signature_unref(s);
+    dx_module *inner = dx_module_child(cot, "predict");
+    cr_assert(dx_module_is_predict(inner));
+    cr_assert_str_eq(dx_predict_path(inner), "predict");
+    const dx_signature *ext = dx_predict_signature(inner);
+    cr_assert_str_eq(dx_signature_output(ext, 0)->name, "reasoning");
+    cr_assert_str_eq(dx_signature_output(ext, 1)->name, "answer");
+    cr_assert_str_eq(dx_signature_output(ext, 0)->prefix, "Reasoning:");
+
+    dx_lmserver_push_reply(srv, "[[ ## reasoning ## ]]\nFrance's capital is "
+                                "Paris.\n\n[[ ## answer ## ]]\nParis\n\n"
+                                "[[ ## completed ## ]]");
+    dx_example *in = inputs1("question", "Capital of France?");
+    dx_prediction *pred = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_module_call(cot, in, NULL, &pred, NULL, &d), DX_OK, "%s",
+                 d.msg);
+    cr_assert_str_eq(dx_prediction_get_str(pred, "reasoning", ""),
+                     "France's capital is Paris.");
+    cr_assert_str_eq(dx_prediction_get_str(pred, "answer", ""), "Paris");
+    dx_prediction_free(pred);
+    dx_example_free(in);
+    dx_module_free(cot);
+}
+
+Test(module, an_unreadable_answer_falls_back_to_the_json_adapter_once)
+{
+    dx_signature *s = sig("question -> answer");
+    dx_module *p = dx_predict_new(s, NULL);
+    dx_signature_unref(s);
+    /* First answer has no markers; the JSONAdapter retry gets JSON. */
+    dx_lmserver_push_reply(srv, "Paris, obviously.");
+    dx_lmserver_push_reply(srv, "{\"answer\": \"Paris\"}");
+    uint64_t before = upstream();
+    dx_example *in = inputs1("question", "Capital of France?");
+    dx_prediction *pred = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_module_call(p, in, NULL, &pred, NULL, &d), DX_OK, "%s",
+                 d.msg);
+    cr_assert_str_eq(dx_prediction_get_str(pred, "answer", ""), "Paris");
+    cr_assert_eq(upstream() - before, 2, "one ChatAdapter + one JSON call");
+    cr_assert_eq(dx_prediction_usage(pred)->calls, 2);
+    dx_prediction_free(pred);
+
+    /* With the fallback off, the parse error is the call's error. */
+    dx_lmserver_push_reply(srv, "no markers here");
+    dx_example_set_str(in, "question", "Capital of Spain?");
+    dx_call_opts o = {.no_json_fallback = true};
+    int rc = dx_module_call(p, in, &o, &pred, NULL, &d);
+    cr_assert_eq(rc, DX_EPARSE);
+    cr_assert_null(pred);
+    cr_assert(strstr(d.msg, "answer"), "%s", d.msg);
+    cr_assert(strstr(d.msg, "self"), "the predictor path: %s", d.msg);
+    dx_example_free(in);
+    dx_module_free(p);
+}
+
+Test(module, n_completions_are_all_kept)
+{
+    dx_predict_opts po = {.n = 2};
+    dx_signature *s = sig("question -> answer");
+    dx_module *p = dx_predict_new(s, &po);
+    dx_signature_unref(s);
+    dx_example *in = inputs1("question", "Pick a colour");
+    /* The local server's default answers are not in ChatAdapter format, so
+     * this also runs the JSON fallback with n = 2. */
+    dx_prediction *pred = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_module_call(p, in, NULL, &pred, NULL, &d), DX_OK, "%s",
+                 d.msg);
+    cr_assert_eq(dx_prediction_n_completions(pred), 2);
+    cr_assert(
+        dx_example_get_str(dx_prediction_completion(pred, 1), "answer", NULL));
+    dx_prediction_free(pred);
+    dx_example_free(in);
+    dx_module_free(p);
+}
+
+/* ---- a composed program ------------------------------------------------- */
+
+/* Three steps in straight-line code: write a search query, "retrieve"
+ * (a C function), answer from the passages. */
+static int rag_forward(dx_ctx *ctx, const dx_module *self, const dx_example *in,
+                       dx_prediction **out)
+{
+    dx_prediction *q = NULL, *summary = NULL;
+    DX_TRY(dx_forward(ctx, dx_module_child(self, "generate_query"), in, &q));
+
+    dx_example *step = dx_example_new();
+    dx_example_set_str(step, "question",
+                       dx_example_get_str(in, "question", ""));
+    cJSON *passages = cJSON_CreateArray();
+    cJSON_AddItemToArray(passages, cJSON_CreateString("Paris is in France."));
+    cJSON_AddItemToArray(
+        passages, cJSON_CreateString(dx_prediction_get_str(q, "query", "")));
+    dx_example_set_value(step, "context", passages);
+    cJSON_Delete(passages);
+    dx_prediction_free(q);
+
+    int rc =
+        dx_forward(ctx, dx_module_child(self, "summarize"), step, &summary);
+    if (rc == DX_OK) {
+        dx_example_set_str(step, "summary",
+                           dx_prediction_get_str(summary, "summary", ""));
+        dx_prediction_free(summary);
+        rc = dx_forward(ctx, dx_module_child(self, "answer"), step, out);
+    }
+    dx_example_free(step);
+    return rc;
+}
+
+static dx_module *rag_program(void)
+{
+    dx_module *m = dx_module_new("RAG", rag_forward, NULL, NULL, NULL);
+    dx_signature *s = sig("question -> query");
+    cr_assert_eq(dx_module_add(m, "generate_query", dx_predict_new(s, NULL)),
+                 DX_OK);
+    dx_signature_unref(s);
+    s = sig("question, context: list[str] -> summary");
+    cr_assert_eq(dx_module_add(m, "summarize", dx_predict_new(s, NULL)), DX_OK);
+    dx_signature_unref(s);
+    s = sig("question, context: list[str], summary -> answer");
+    cr_assert_eq(dx_module_add(m, "answer", dx_chain_of_thought_new(s, NULL)),
+                 DX_OK);
+    dx_signature_unref(s);
+    return m;
+}
+
+Test(module, a_three_step_program_runs_traces_and_counts_usage)
+{
+    dx_module *m = rag_program();
+    dx_named_predictor *preds = NULL;
+    size_t n = 0;
+    cr_assert_eq(dx_module_predictors(m, &preds, &n), DX_OK);
+    cr_assert_eq(n, 3);
+    cr_assert_str_eq(preds[0].path, "generate_query");
+    cr_assert_str_eq(preds[1].path, "summarize");
+    cr_assert_str_eq(preds[2].path, "answer.predict");
+    dx_free(preds);
+
+    dx_lmserver_push_reply(srv, "[[ ## query ## ]]\ncapital of France\n\n"
+                                "[[ ## completed ## ]]");
+    dx_lmserver_push_reply(srv, "[[ ## summary ## ]]\nParis is the capital."
+                                "\n\n[[ ## completed ## ]]");
+    dx_lmserver_push_reply(srv, "[[ ## reasoning ## ]]\nThe summary says "
+                                "so.\n\n[[ ## answer ## ]]\nParis\n\n"
+                                "[[ ## completed ## ]]");
+    dx_example *in = inputs1("question", "What is the capital of France?");
+    dx_prediction *pred = NULL;
+    dx_trace trace = {0};
+    dx_call_opts o = {.trace = true};
+    dx_diag d = {0};
+    cr_assert_eq(dx_module_call(m, in, &o, &pred, &trace, &d), DX_OK, "%s",
+                 d.msg);
+    cr_assert_str_eq(dx_prediction_get_str(pred, "answer", ""), "Paris");
+    /* Usage of the whole run: three LM calls. */
+    cr_assert_eq(dx_prediction_usage(pred)->calls, 3);
+    cr_assert_eq(trace.n, 3);
+    cr_assert_str_eq(trace.steps[0].path, "generate_query");
+    cr_assert_str_eq(trace.steps[1].path, "summarize");
+    cr_assert_str_eq(trace.steps[2].path, "answer.predict");
+    cr_assert_str_eq(dx_example_get_str(trace.steps[0].outputs, "query", ""),
+                     "capital of France");
+    cr_assert_eq(
+        cJSON_GetArraySize(dx_example_get(trace.steps[1].inputs, "context")),
+        2);
+    cr_assert_str_eq(
+        dx_example_get_str(trace.steps[2].outputs, "reasoning", ""),
+        "The summary says so.");
+    dx_trace_free(&trace);
+    dx_prediction_free(pred);
+    dx_example_free(in);
+    dx_module_free(m);
+}
+
+/* ---- failures ------------------------------------------------------------ */
+
+static int crashing_forward(dx_ctx *ctx, const dx_module *self,
+                            const dx_example *in, dx_prediction **out)
+{
+    (void)ctx;
+    (void)self;
+    (void)out;
+    if (strcmp(dx_example_get_str(in, "mode", ""), "crash") == 0) {
+        volatile int *nowhere = NULL;
+        *nowhere = 1;
+    }
+    if (strcmp(dx_example_get_str(in, "mode", ""), "fail") == 0)
+        return dx_ctx_fail(ctx, DX_EINVAL, "bad mode for this program");
+    *out = dx_prediction_new();
+    dx_example_set_str(dx_prediction_fields_mut(*out), "ok", "yes");
+    return DX_OK;
+}
+
+Test(module, a_crashing_forward_costs_only_its_own_call)
+{
+    dx_module *m = dx_module_new("Fragile", crashing_forward, NULL, NULL, NULL);
+    dx_example *crash = inputs1("mode", "crash");
+    dx_example *fine = inputs1("mode", "fine");
+    dx_prediction *pred = NULL;
+    dx_diag d = {0};
+    int rc = dx_module_call(m, crash, NULL, &pred, NULL, &d);
+    cr_assert_eq(rc, DX_EDOWN, "%s", dx_err_name(rc));
+    cr_assert(strstr(d.msg, "died"), "%s", d.msg);
+    /* The runtime, the LM client and later calls are unaffected. */
+    cr_assert_eq(dx_module_call(m, fine, NULL, &pred, NULL, &d), DX_OK);
+    cr_assert_str_eq(dx_prediction_get_str(pred, "ok", ""), "yes");
+    dx_prediction_free(pred);
+    cr_assert(!dx_pid_is_none(dx_whereis("lm")));
+
+    dx_example *fail = inputs1("mode", "fail");
+    cr_assert_eq(dx_module_call(m, fail, NULL, &pred, NULL, &d), DX_EINVAL);
+    cr_assert(strstr(d.msg, "bad mode"), "%s", d.msg);
+    dx_example_free(fail);
+    dx_example_free(crash);
+    dx_example_free(fine);
+    dx_module_free(m);
+}
+
+Test(module, a_missing_lm_client_is_named)
+{
+    dx_predict_opts po = {.lm_name = "no-such-client"};
+    dx_signature *s = sig("question -> answer");
+    dx_module *p = dx_predict_new(s, &po);
+    dx_signature_unref(s);
+    dx_example *in = inputs1("question", "?");
+    dx_prediction *pred = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_module_call(p, in, NULL, &pred, NULL, &d), DX_ENOLM);
+    cr_assert(strstr(d.msg, "no-such-client"), "%s", d.msg);
+    dx_example_free(in);
+    dx_module_free(p);
+}
+
+Test(module, a_call_past_its_timeout_is_cut_off)
+{
+    dx_signature *s = sig("question -> answer");
+    dx_module *p = dx_predict_new(s, NULL);
+    dx_signature_unref(s);
+    dx_lmserver_inject(srv, "slow:3000", 1);
+    dx_example *in = inputs1("question", "slow one");
+    dx_prediction *pred = NULL;
+    dx_diag d = {0};
+    dx_call_opts o = {.timeout_ms = 200};
+    int rc = dx_module_call(p, in, &o, &pred, NULL, &d);
+    cr_assert_eq(rc, DX_ETIMEDOUT, "%s: %s", dx_err_name(rc), d.msg);
+    cr_assert_null(pred);
+    dx_example_free(in);
+    dx_module_free(p);
+}
+
+Test(module, copies_are_deep_and_reset_copies_drop_demos)
+{
+    dx_module *m = rag_program();
+    dx_module *gq = dx_module_child(m, "generate_query");
+    dx_example *demo = inputs1("question", "Q");
+    dx_example_set_str(demo, "query", "q");
+    cr_assert_eq(dx_predict_add_demo(gq, demo), DX_OK);
+    dx_module *c = dx_module_copy(m);
+    dx_module *r = dx_module_reset_copy(m);
+    cr_assert_eq(dx_predict_n_demos(dx_module_child(c, "generate_query")), 1);
+    cr_assert_eq(dx_predict_n_demos(dx_module_child(r, "generate_query")), 0);
+    /* Changing the copy leaves the original alone. */
+    cr_assert_eq(
+        dx_predict_add_demo(dx_module_child(c, "generate_query"), demo), DX_OK);
+    cr_assert_eq(dx_predict_n_demos(gq), 1);
+    cr_assert_str_eq(dx_predict_path(dx_module_child(
+                         dx_module_child(c, "answer"), "predict")),
+                     "answer.predict");
+    dx_example_free(demo);
+    dx_module_free(c);
+    dx_module_free(r);
+    dx_module_free(m);
+}
+
+Test(module, children_names_are_checked)
+{
+    dx_module *m = rag_program();
+    dx_signature *s = sig("a -> b");
+    cr_assert_eq(dx_module_add(m, "summarize", dx_predict_new(s, NULL)),
+                 DX_EEXIST);
+    cr_assert_eq(dx_module_add(m, "9bad", dx_predict_new(s, NULL)), DX_EINVAL);
+    cr_assert_eq(dx_module_add(m, "items[0]", dx_predict_new(s, NULL)), DX_OK);
+    dx_signature_unref(s);
+    dx_module_free(m);
+}
