@@ -271,12 +271,24 @@ static void put_literal_string(dx__sb *b, const char *s)
 static void put_name(dx__sb *b, const dx_type *t)
 {
     switch (t->kind) {
-    case DX_TYPE_STR: dx__sb_puts(b, "str"); return;
-    case DX_TYPE_INT: dx__sb_puts(b, "int"); return;
-    case DX_TYPE_FLOAT: dx__sb_puts(b, "float"); return;
-    case DX_TYPE_BOOL: dx__sb_puts(b, "bool"); return;
-    case DX_TYPE_ANY: dx__sb_puts(b, "Any"); return;
-    case DX_TYPE_OBJECT: dx__sb_puts(b, t->name); return;
+    case DX_TYPE_STR:
+        dx__sb_puts(b, "str");
+        return;
+    case DX_TYPE_INT:
+        dx__sb_puts(b, "int");
+        return;
+    case DX_TYPE_FLOAT:
+        dx__sb_puts(b, "float");
+        return;
+    case DX_TYPE_BOOL:
+        dx__sb_puts(b, "bool");
+        return;
+    case DX_TYPE_ANY:
+        dx__sb_puts(b, "Any");
+        return;
+    case DX_TYPE_OBJECT:
+        dx__sb_puts(b, t->name);
+        return;
     case DX_TYPE_LIST:
     case DX_TYPE_DICT:
         dx__sb_puts(b, t->kind == DX_TYPE_LIST ? "list" : "dict");
@@ -369,10 +381,10 @@ static cJSON *gen_literal(const dx_type *t)
     const char *kind = NULL;
     bool same = true;
     for (const cJSON *c = t->choices->child; c; c = c->next) {
-        const char *k = cJSON_IsString(c)   ? "string"
-                        : cJSON_IsBool(c)   ? "boolean"
+        const char *k = cJSON_IsString(c)    ? "string"
+                        : cJSON_IsBool(c)    ? "boolean"
                         : dx__json_is_int(c) ? "integer"
-                                            : "number";
+                                             : "number";
         if (kind && strcmp(kind, k) != 0)
             same = false;
         kind = k;
@@ -491,19 +503,27 @@ fail:
 static cJSON *gen(const dx_type *t, cJSON **defs, bool top)
 {
     switch (t->kind) {
-    case DX_TYPE_STR: return type_only("string");
-    case DX_TYPE_INT: return type_only("integer");
-    case DX_TYPE_FLOAT: return type_only("number");
-    case DX_TYPE_BOOL: return type_only("boolean");
-    case DX_TYPE_ANY: return cJSON_CreateObject();
-    case DX_TYPE_LITERAL: return gen_literal(t);
-    case DX_TYPE_DICT: return gen_dict(t, defs);
+    case DX_TYPE_STR:
+        return type_only("string");
+    case DX_TYPE_INT:
+        return type_only("integer");
+    case DX_TYPE_FLOAT:
+        return type_only("number");
+    case DX_TYPE_BOOL:
+        return type_only("boolean");
+    case DX_TYPE_ANY:
+        return cJSON_CreateObject();
+    case DX_TYPE_LITERAL:
+        return gen_literal(t);
+    case DX_TYPE_DICT:
+        return gen_dict(t, defs);
     case DX_TYPE_OBJECT:
         return top ? cJSON_Duplicate(t->schema, true) : gen_object_ref(t, defs);
     case DX_TYPE_LIST: {
         cJSON *o = type_only("array");
-        if (!o || !add(o, "items", t->n_args ? gen(t->args[0], defs, false)
-                                             : cJSON_CreateObject())) {
+        if (!o || !add(o, "items",
+                       t->n_args ? gen(t->args[0], defs, false)
+                                 : cJSON_CreateObject())) {
             cJSON_Delete(o);
             return NULL;
         }
@@ -675,8 +695,20 @@ static bool name_is(const char *s, size_t n, const char *w)
 }
 
 typedef enum base {
-    B_STR, B_INT, B_FLOAT, B_BOOL, B_ANY, B_LIST, B_DICT, B_LITERAL,
-    B_OPTIONAL, B_UNION, B_NONE, B_CUSTOM, B_UNSUPPORTED, B_UNKNOWN,
+    B_STR,
+    B_INT,
+    B_FLOAT,
+    B_BOOL,
+    B_ANY,
+    B_LIST,
+    B_DICT,
+    B_LITERAL,
+    B_OPTIONAL,
+    B_UNION,
+    B_NONE,
+    B_CUSTOM,
+    B_UNSUPPORTED,
+    B_UNKNOWN,
 } base;
 
 /* What a name stands for, as DSPy resolves it: custom types first (they
@@ -701,21 +733,32 @@ static base resolve(rd *r, const char *s, size_t n, size_t *custom,
         base b;
         bool typing;
     } names[] = {
-        {"List", B_LIST, true},         {"Dict", B_DICT, true},
-        {"Optional", B_OPTIONAL, true}, {"Union", B_UNION, true},
-        {"Literal", B_LITERAL, true},   {"Any", B_ANY, true},
-        {"Text", B_STR, true},          {"Tuple", B_UNSUPPORTED, true},
-        {"Set", B_UNSUPPORTED, true},   {"FrozenSet", B_UNSUPPORTED, true},
+        {"List", B_LIST, true},
+        {"Dict", B_DICT, true},
+        {"Optional", B_OPTIONAL, true},
+        {"Union", B_UNION, true},
+        {"Literal", B_LITERAL, true},
+        {"Any", B_ANY, true},
+        {"Text", B_STR, true},
+        {"Tuple", B_UNSUPPORTED, true},
+        {"Set", B_UNSUPPORTED, true},
+        {"FrozenSet", B_UNSUPPORTED, true},
         {"Sequence", B_UNSUPPORTED, true},
         {"Mapping", B_UNSUPPORTED, true},
         {"Callable", B_UNSUPPORTED, true},
         {"Annotated", B_UNSUPPORTED, true},
-        {"Type", B_UNSUPPORTED, true},  {"str", B_STR, false},
-        {"int", B_INT, false},          {"float", B_FLOAT, false},
-        {"bool", B_BOOL, false},        {"list", B_LIST, false},
-        {"dict", B_DICT, false},        {"None", B_NONE, false},
-        {"NoneType", B_NONE, false},    {"tuple", B_UNSUPPORTED, false},
-        {"set", B_UNSUPPORTED, false},  {"frozenset", B_UNSUPPORTED, false},
+        {"Type", B_UNSUPPORTED, true},
+        {"str", B_STR, false},
+        {"int", B_INT, false},
+        {"float", B_FLOAT, false},
+        {"bool", B_BOOL, false},
+        {"list", B_LIST, false},
+        {"dict", B_DICT, false},
+        {"None", B_NONE, false},
+        {"NoneType", B_NONE, false},
+        {"tuple", B_UNSUPPORTED, false},
+        {"set", B_UNSUPPORTED, false},
+        {"frozenset", B_UNSUPPORTED, false},
         {"complex", B_UNSUPPORTED, false},
         {"bytes", B_UNSUPPORTED, false},
         {"bytearray", B_UNSUPPORTED, false},
@@ -830,23 +873,46 @@ static int read_pystring(rd *r, char **out)
         char e = r->s[r->pos++];
         int hexn = 0;
         switch (e) {
-        case 'n': dx__sb_putc(&b, '\n'); break;
-        case 't': dx__sb_putc(&b, '\t'); break;
-        case 'r': dx__sb_putc(&b, '\r'); break;
-        case 'a': dx__sb_putc(&b, '\a'); break;
-        case 'b': dx__sb_putc(&b, '\b'); break;
-        case 'f': dx__sb_putc(&b, '\f'); break;
-        case 'v': dx__sb_putc(&b, '\v'); break;
+        case 'n':
+            dx__sb_putc(&b, '\n');
+            break;
+        case 't':
+            dx__sb_putc(&b, '\t');
+            break;
+        case 'r':
+            dx__sb_putc(&b, '\r');
+            break;
+        case 'a':
+            dx__sb_putc(&b, '\a');
+            break;
+        case 'b':
+            dx__sb_putc(&b, '\b');
+            break;
+        case 'f':
+            dx__sb_putc(&b, '\f');
+            break;
+        case 'v':
+            dx__sb_putc(&b, '\v');
+            break;
         case '0': /* NUL, which a C string cannot hold */
             dx__sb_free(&b);
             return perr(r, r->pos - 2, "a NUL character is not allowed");
         case '\\':
         case '\'':
-        case '"': dx__sb_putc(&b, e); break;
-        case '\n': break; /* line continuation */
-        case 'x': hexn = 2; break;
-        case 'u': hexn = 4; break;
-        case 'U': hexn = 8; break;
+        case '"':
+            dx__sb_putc(&b, e);
+            break;
+        case '\n':
+            break; /* line continuation */
+        case 'x':
+            hexn = 2;
+            break;
+        case 'u':
+            hexn = 4;
+            break;
+        case 'U':
+            hexn = 8;
+            break;
         default: /* Python keeps unknown escapes as written */
             dx__sb_putc(&b, '\\');
             dx__sb_putc(&b, e);
@@ -1060,8 +1126,7 @@ static int parse_named(rd *r, dx_type **out)
     if (b == B_UNKNOWN)
         return perr(r, at, "unknown type \"%.*s\"", (int)n, nm);
     if (b == B_UNSUPPORTED)
-        return perr(r, at, "type \"%.*s\" is not supported yet", (int)n,
-                    nm);
+        return perr(r, at, "type \"%.*s\" is not supported yet", (int)n, nm);
     r->pos += n;
     size_t after = r->pos;
     skip_ws(r);
@@ -1071,18 +1136,28 @@ static int parse_named(rd *r, dx_type **out)
     bool generic = b == B_LIST || b == B_DICT || b == B_LITERAL ||
                    b == B_OPTIONAL || b == B_UNION;
     if (sub && !generic)
-        return perr(r, r->pos, "type \"%.*s\" takes no arguments", (int)n,
-                    nm);
+        return perr(r, r->pos, "type \"%.*s\" takes no arguments", (int)n, nm);
     if (!sub && (b == B_LITERAL || b == B_OPTIONAL || b == B_UNION))
         return perr(r, at, "\"%.*s\" needs arguments in [...]", (int)n, nm);
     *out = NULL;
     switch (b) {
-    case B_NONE: return DX_OK;
-    case B_STR: *out = type_alloc(DX_TYPE_STR); break;
-    case B_INT: *out = type_alloc(DX_TYPE_INT); break;
-    case B_FLOAT: *out = type_alloc(DX_TYPE_FLOAT); break;
-    case B_BOOL: *out = type_alloc(DX_TYPE_BOOL); break;
-    case B_ANY: *out = type_alloc(DX_TYPE_ANY); break;
+    case B_NONE:
+        return DX_OK;
+    case B_STR:
+        *out = type_alloc(DX_TYPE_STR);
+        break;
+    case B_INT:
+        *out = type_alloc(DX_TYPE_INT);
+        break;
+    case B_FLOAT:
+        *out = type_alloc(DX_TYPE_FLOAT);
+        break;
+    case B_BOOL:
+        *out = type_alloc(DX_TYPE_BOOL);
+        break;
+    case B_ANY:
+        *out = type_alloc(DX_TYPE_ANY);
+        break;
     case B_CUSTOM: {
         dx__pyjson_init();
         cJSON *schema = parse_schema(r->customs[custom].schema_json);
@@ -1122,13 +1197,14 @@ static int parse_named(rd *r, dx_type **out)
             if (b == B_LIST || b == B_DICT) {
                 size_t want = b == B_LIST ? 1 : 2;
                 if ((rc = no_none(r, &it, b == B_LIST ? "list" : "dict")) ==
-                    DX_OK &&
+                        DX_OK &&
                     it.n != want)
-                    rc = perr(r, open, "%.*s takes %zu type argument%s, not %zu",
-                              (int)n, nm, want, want == 1 ? "" : "s", it.n);
+                    rc =
+                        perr(r, open, "%.*s takes %zu type argument%s, not %zu",
+                             (int)n, nm, want, want == 1 ? "" : "s", it.n);
                 if (rc == DX_OK) {
-                    dx_type *t = type_alloc(b == B_LIST ? DX_TYPE_LIST
-                                                        : DX_TYPE_DICT);
+                    dx_type *t =
+                        type_alloc(b == B_LIST ? DX_TYPE_LIST : DX_TYPE_DICT);
                     dx_type *a[2] = {it.v[0].t, want == 2 ? it.v[1].t : NULL};
                     if (!t) {
                         rc = nomem(r->diag, r->what);
@@ -1146,7 +1222,9 @@ static int parse_named(rd *r, dx_type **out)
                 rc = perr(r, open, "Optional takes exactly one type argument");
             } else if (b == B_OPTIONAL && !it.v[0].t) {
                 rc = perr(r, it.v[0].at, "Optional[None] is not a type");
-            } else {
+            } else if (b == B_OPTIONAL && !items_push(&it, NULL, open)) {
+                rc = nomem(r->diag, r->what);
+            } else { /* Optional[T] is Union[T, None] */
                 rc = unite(r, &it, open, out);
             }
         }
@@ -1157,7 +1235,8 @@ static int parse_named(rd *r, dx_type **out)
         size_t open = r->pos++;
         return parse_choices(r, open, out);
     }
-    default: break;
+    default:
+        break;
     }
     return *out ? DX_OK : nomem(r->diag, r->what);
 }
@@ -1259,8 +1338,7 @@ int dx_type_parse(const char *text, const dx_custom_type *customs,
     skip_ws(&r);
     if (r.pos < r.end) {
         dx_type_free(t);
-        return perr(&r, r.pos, "unexpected \"%c\" after the type",
-                    r.s[r.pos]);
+        return perr(&r, r.pos, "unexpected \"%c\" after the type", r.s[r.pos]);
     }
     *out = t;
     return DX_OK;
@@ -1268,10 +1346,22 @@ int dx_type_parse(const char *text, const dx_custom_type *customs,
 
 /* ---- infer_prefix and instructions text ------------------------------- */
 
-static bool up(char c) { return c >= 'A' && c <= 'Z'; }
-static bool low(char c) { return c >= 'a' && c <= 'z'; }
-static bool dig(char c) { return c >= '0' && c <= '9'; }
-static bool alpha(char c) { return up(c) || low(c); }
+static bool up(char c)
+{
+    return c >= 'A' && c <= 'Z';
+}
+static bool low(char c)
+{
+    return c >= 'a' && c <= 'z';
+}
+static bool dig(char c)
+{
+    return c >= '0' && c <= '9';
+}
+static bool alpha(char c)
+{
+    return up(c) || low(c);
+}
 
 /* re.sub("(.)([A-Z][a-z]+)", r"\1_\2", s) */
 static void split_words(dx__sb *o, const char *s, size_t n)
@@ -1293,8 +1383,8 @@ static void split_words(dx__sb *o, const char *s, size_t n)
 }
 
 /* re.sub("(A)(B)", r"\1_\2", s) for one-character classes A and B. */
-static void split_pairs(dx__sb *o, const char *s, size_t n,
-                        bool (*a)(char), bool (*b)(char))
+static void split_pairs(dx__sb *o, const char *s, size_t n, bool (*a)(char),
+                        bool (*b)(char))
 {
     size_t i = 0;
     while (i < n) {
@@ -1309,7 +1399,10 @@ static void split_pairs(dx__sb *o, const char *s, size_t n,
     }
 }
 
-static bool low_or_dig(char c) { return low(c) || dig(c); }
+static bool low_or_dig(char c)
+{
+    return low(c) || dig(c);
+}
 
 /* Empty the builder but keep its memory (a stage's output buffer). */
 static void sb_reset(dx__sb *b)
@@ -1391,7 +1484,7 @@ static bool py_space(const char *s, size_t l)
     if (l == 1)
         return u[0] == ' ' || (u[0] >= 0x09 && u[0] <= 0x0D) ||
                (u[0] >= 0x1C && u[0] <= 0x1F);
-    unsigned long cp = l == 2 ? ((u[0] & 0x1FUL) << 6) | (u[1] & 0x3F)
+    unsigned long cp = l == 2   ? ((u[0] & 0x1FUL) << 6) | (u[1] & 0x3F)
                        : l == 3 ? ((u[0] & 0x0FUL) << 12) |
                                       ((u[1] & 0x3FUL) << 6) | (u[2] & 0x3F)
                                 : 0;
@@ -1518,7 +1611,8 @@ static bool field_copy(dx_field *d, const dx_field *s)
     d->role = s->role;
     d->type_undefined = s->type_undefined;
     if (!(d->name = dx_strdup(s->name)) || !(d->type = dx_type_copy(s->type)) ||
-        !(d->desc = dx_strdup(s->desc)) || !(d->prefix = dx_strdup(s->prefix)) ||
+        !(d->desc = dx_strdup(s->desc)) ||
+        !(d->prefix = dx_strdup(s->prefix)) ||
         (s->constraints && !(d->constraints = dx_strdup(s->constraints))) ||
         (s->default_value &&
          !(d->default_value = cJSON_Duplicate(s->default_value, true)))) {
@@ -1562,8 +1656,7 @@ static int default_prefix(const char *name, char **out)
 }
 
 /* A field from a spec (everything copied); defaults filled in. */
-static int field_from_spec(dx_field *f, const dx_field_spec *sp,
-                           dx_diag *diag)
+static int field_from_spec(dx_field *f, const dx_field_spec *sp, dx_diag *diag)
 {
     memset(f, 0, sizeof *f);
     if (!valid_name(sp->name))
@@ -1578,9 +1671,8 @@ static int field_from_spec(dx_field *f, const dx_field_spec *sp,
     if (sp->default_json) {
         dx__pyjson_init();
         int line = 0, col = 0;
-        f->default_value = dx__json_parse(sp->default_json,
-                                          strlen(sp->default_json), &line,
-                                          &col);
+        f->default_value = dx__json_parse(
+            sp->default_json, strlen(sp->default_json), &line, &col);
         if (!f->default_value)
             return dx_diag_set(diag, DX_EINVAL, 0, col,
                                "signature: the default of field \"%s\" is "
@@ -1640,8 +1732,8 @@ static int sig_make(dx_field *fields, size_t n, const char *instructions,
     dx_signature *s = dx_calloc(1, sizeof *s);
     if (!s)
         goto fail;
-    s->instructions = instructions ? cleandoc(instructions)
-                                   : default_instructions(fields, n);
+    s->instructions =
+        instructions ? cleandoc(instructions) : default_instructions(fields, n);
     if (!s->instructions)
         goto fail;
     atomic_init(&s->refs, 1);
@@ -1690,8 +1782,8 @@ static const dx_field *find(const dx_signature *s, const char *name)
 /* Copies of s's fields, with room for `extra` more. */
 static dx_field *fields_dup(const dx_signature *s, size_t extra)
 {
-    dx_field *v = dx_calloc(s->n_fields + extra ? s->n_fields + extra : 1,
-                            sizeof *v);
+    dx_field *v =
+        dx_calloc(s->n_fields + extra ? s->n_fields + extra : 1, sizeof *v);
     if (!v)
         return NULL;
     for (size_t i = 0; i < s->n_fields; i++) {
@@ -1707,11 +1799,12 @@ static dx_field *fields_dup(const dx_signature *s, size_t extra)
 static bool py_keyword(const char *s, size_t n)
 {
     static const char *const kw[] = {
-        "False", "None", "True", "and", "as", "assert", "async", "await",
-        "break", "class", "continue", "def", "del", "elif", "else", "except",
-        "finally", "for", "from", "global", "if", "import", "in", "is",
-        "lambda", "nonlocal", "not", "or", "pass", "raise", "return", "try",
-        "while", "with", "yield"};
+        "False",  "None",     "True",  "and",    "as",       "assert",
+        "async",  "await",    "break", "class",  "continue", "def",
+        "del",    "elif",     "else",  "except", "finally",  "for",
+        "from",   "global",   "if",    "import", "in",       "is",
+        "lambda", "nonlocal", "not",   "or",     "pass",     "raise",
+        "return", "try",      "while", "with",   "yield"};
     for (size_t i = 0; i < sizeof kw / sizeof kw[0]; i++)
         if (name_is(s, n, kw[i]))
             return true;
@@ -1750,7 +1843,8 @@ static int parse_side(rd *r, pfields *out)
             return perr(r, at, "\"%.*s\" is a Python keyword, not a field name",
                         (int)n, r->s + at);
         for (size_t i = 0; i < out->n; i++)
-            if (out->v[i].len == n && !memcmp(r->s + out->v[i].at, r->s + at, n))
+            if (out->v[i].len == n &&
+                !memcmp(r->s + out->v[i].at, r->s + at, n))
                 return perr(r, at, "duplicate field \"%.*s\"", (int)n,
                             r->s + at);
         r->pos += n;
@@ -1777,10 +1871,11 @@ static int parse_side(rd *r, pfields *out)
         if (r->pos >= r->end)
             break;
         if (!at_char(r, ','))
-            return perr(r, r->pos, t ? "expected \",\" after the type of "
-                                       "field \"%.*s\""
-                                     : "expected \",\" or \":\" after field "
-                                       "\"%.*s\"",
+            return perr(r, r->pos,
+                        t ? "expected \",\" after the type of "
+                            "field \"%.*s\""
+                          : "expected \",\" or \":\" after field "
+                            "\"%.*s\"",
                         (int)n, r->s + at);
         r->pos++;
         skip_ws(r);
@@ -1830,8 +1925,8 @@ int dx_signature_parse(const char *text, const char *instructions,
                            "another at column %d",
                            col);
     }
-    rd r = {text, 0, (size_t)(arrow - text), "signature", customs, n_customs,
-            diag};
+    rd r = {text,      0,   (size_t)(arrow - text), "signature", customs,
+            n_customs, diag};
     pfields in = {0}, outs = {0};
     dx_field *fields = NULL;
     size_t nf = 0;
@@ -2042,8 +2137,7 @@ int dx_signature_delete(const dx_signature *s, const char *name,
 }
 
 int dx_signature_with_instructions(const dx_signature *s,
-                                   const char *instructions,
-                                   dx_signature **out)
+                                   const char *instructions, dx_signature **out)
 {
     if (!s || !out)
         return DX_EINVAL;
@@ -2178,8 +2272,7 @@ int dx_signature_load_state(const dx_signature *s, const cJSON *state,
     int i = 0;
     for (const cJSON *f = fl->child; f; f = f->next, i++) {
         if (!cJSON_IsString(cJSON_GetObjectItemCaseSensitive(f, "prefix")) ||
-            !cJSON_IsString(
-                cJSON_GetObjectItemCaseSensitive(f, "description")))
+            !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(f, "description")))
             return dx_diag_set(diag, DX_ESYNTAX, 0, 0,
                                "signature state: fields[%d] needs string "
                                "\"prefix\" and \"description\"",
@@ -2215,8 +2308,7 @@ int dx_signature_load_state(const dx_signature *s, const cJSON *state,
 /* The slot is published with one compare-and-swap: racing makers may both
  * compute, the loser frees its copy, and every caller sees the winner's. */
 const char *dx_signature_cached(const dx_signature *s, unsigned slot,
-                                char *(*make)(const dx_signature *s,
-                                              void *ud),
+                                char *(*make)(const dx_signature *s, void *ud),
                                 void *ud)
 {
     if (!s || slot >= DX_SIGNATURE_CACHE_SLOTS || !make)
@@ -2230,9 +2322,8 @@ const char *dx_signature_cached(const dx_signature *s, unsigned slot,
     if (!mine)
         return NULL;
     char *expected = NULL;
-    if (atomic_compare_exchange_strong_explicit(c, &expected, mine,
-                                                memory_order_acq_rel,
-                                                memory_order_acquire))
+    if (atomic_compare_exchange_strong_explicit(
+            c, &expected, mine, memory_order_acq_rel, memory_order_acquire))
         return mine;
     dx_free(mine);
     return expected;

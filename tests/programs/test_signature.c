@@ -1,0 +1,890 @@
+/*
+ * test_signature.c — signatures and field types (signature.h): the string
+ * form and every parse error with its column, type names and JSON schemas
+ * as DSPy renders them (expected texts produced with DSPy's own
+ * get_annotation_name / _get_json_schema and pydantic 2), infer_prefix,
+ * the immutable derivations, equality, dump/load of state, and the cache
+ * of renderings shared between threads.
+ */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "dspex/alloc.h"
+#include "dspex/error.h"
+#include "dspex/signature.h"
+
+static dx_signature *parse_ok(const char *text, const char *instr)
+{
+    dx_signature *s = NULL;
+    dx_diag d = {0};
+    int rc = dx_signature_parse(text, instr, NULL, 0, &s, &d);
+    cr_assert_eq(rc, DX_OK, "parse \"%s\": %s", text, d.msg);
+    cr_assert_not_null(s);
+    return s;
+}
+
+static char *type_name_of(const dx_type *t)
+{
+    char *n = NULL;
+    cr_assert_eq(dx_type_name(t, &n), DX_OK);
+    return n;
+}
+
+/* ---- the string form -------------------------------------------------- */
+
+Test(signature, parses_typed_fields_with_dspy_defaults, .timeout = 10)
+{
+    dx_signature *s = parse_ok(
+        "context: list[str], question -> answer, confidence: float", NULL);
+    cr_assert_eq(dx_signature_n_inputs(s), 2);
+    cr_assert_eq(dx_signature_n_outputs(s), 2);
+    cr_assert_eq(dx_signature_n_fields(s), 4);
+    const dx_field *c = dx_signature_input(s, 0);
+    cr_assert_str_eq(c->name, "context");
+    cr_assert_eq(c->role, DX_FIELD_INPUT);
+    cr_assert_eq(c->type->kind, DX_TYPE_LIST);
+    cr_assert_eq(c->type->args[0]->kind, DX_TYPE_STR);
+    cr_assert_not(c->type_undefined);
+    cr_assert_str_eq(c->desc, "${context}");
+    cr_assert_str_eq(c->prefix, "Context:");
+    const dx_field *q = dx_signature_input(s, 1);
+    cr_assert_eq(q->type->kind, DX_TYPE_STR);
+    cr_assert(q->type_undefined, "an untyped input is marked");
+    const dx_field *a = dx_signature_output(s, 0);
+    cr_assert_eq(a->role, DX_FIELD_OUTPUT);
+    cr_assert_eq(a->type->kind, DX_TYPE_STR);
+    cr_assert_not(a->type_undefined, "DSPy marks untyped inputs only");
+    cr_assert_eq(dx_signature_output(s, 1)->type->kind, DX_TYPE_FLOAT);
+    cr_assert_null(dx_signature_output(s, 2));
+    cr_assert_null(dx_signature_field(s, 4));
+    cr_assert_eq(dx_signature_find(s, "answer"), a);
+    cr_assert_null(dx_signature_find(s, "nope"));
+    cr_assert_str_eq(dx_signature_instructions(s),
+                     "Given the fields `context`, `question`, produce the "
+                     "fields `answer`, `confidence`.");
+    char *str = NULL;
+    cr_assert_eq(dx_signature_string(s, &str), DX_OK);
+    cr_assert_str_eq(str, "context, question -> answer, confidence");
+    dx_free(str);
+    dx_signature_unref(s);
+}
+
+Test(signature, accepts_whitespace_newlines_trailing_comma_and_empty_sides,
+     .timeout = 10)
+{
+    dx_signature *s = parse_ok("\n  a :\tdict[ str ,\n int ] ,b, ->c", NULL);
+    cr_assert_eq(dx_signature_n_inputs(s), 2);
+    cr_assert_str_eq(dx_signature_input(s, 1)->name, "b");
+    char *n = type_name_of(dx_signature_input(s, 0)->type);
+    cr_assert_str_eq(n, "dict[str, int]");
+    dx_free(n);
+    dx_signature_unref(s);
+
+    s = parse_ok("-> answer", NULL);
+    cr_assert_eq(dx_signature_n_inputs(s), 0);
+    cr_assert_eq(dx_signature_n_outputs(s), 1);
+    cr_assert_str_eq(dx_signature_instructions(s),
+                     "Given the fields , produce the fields `answer`.");
+    char *str = NULL;
+    cr_assert_eq(dx_signature_string(s, &str), DX_OK);
+    cr_assert_str_eq(str, " -> answer");
+    dx_free(str);
+    dx_signature_unref(s);
+
+    s = parse_ok("question ->", "Explicit.");
+    cr_assert_eq(dx_signature_n_outputs(s), 0);
+    cr_assert_str_eq(dx_signature_instructions(s), "Explicit.");
+    dx_signature_unref(s);
+}
+
+typedef struct bad_case {
+    const char *text;
+    const char *msg;
+    int column;
+} bad_case;
+
+Test(signature, every_parse_error_names_what_and_where, .timeout = 10)
+{
+    static const bad_case cases[] = {
+        {"question answer", "signature: expected \"->\" at column 16", 16},
+        {"", "signature: expected \"->\" at column 1", 1},
+        {"a -> b -> c",
+         "signature: expected exactly one \"->\", found another at column 8",
+         8},
+        {"1a -> b", "signature: expected a field name at column 1", 1},
+        {"a,, b -> c", "signature: expected a field name at column 3", 3},
+        {"a -> b, -c", "signature: expected a field name at column 9", 9},
+        {"question: lst -> answer",
+         "signature: unknown type \"lst\" at column 11", 11},
+        {"a: list[str -> b", "signature: unbalanced \"[\" at column 8", 8},
+        {"a: (int -> b", "signature: unbalanced \"(\" at column 4", 4},
+        {"a: dict[str, int) -> b",
+         "signature: expected \",\" or \"]\" at column 17", 17},
+        {"a, b, a -> c", "signature: duplicate field \"a\" at column 7", 7},
+        {"a -> a", "signature: field \"a\" is both an input and an output", 6},
+        {"a: tuple[int, str] -> b",
+         "signature: type \"tuple\" is not supported yet at column 4", 4},
+        {"a: typing.Set[int] -> b",
+         "signature: type \"typing.Set\" is not supported yet at column 4", 4},
+        {"a: Union[int, str] -> b",
+         "signature: only Optional unions are supported (T | None, "
+         "Optional[T], Union[T, None]) at column 15",
+         15},
+        {"a: int | str -> b",
+         "signature: only Optional unions are supported (T | None, "
+         "Optional[T], Union[T, None]) at column 10",
+         10},
+        {"a: Optional[None] -> b",
+         "signature: Optional[None] is not a type at column 13", 13},
+        {"a: Optional[int, str] -> b",
+         "signature: Optional takes exactly one type argument at column 12",
+         12},
+        {"a: str[int] -> b",
+         "signature: type \"str\" takes no arguments at column 7", 7},
+        {"a: Literal -> b",
+         "signature: \"Literal\" needs arguments in [...] at column 4", 4},
+        {"a: Literal[x] -> b",
+         "signature: Literal choices must be strings, numbers, True or "
+         "False, not \"x\" at column 12",
+         12},
+        {"a: Literal['x -> b", "signature: unterminated string at column 12",
+         12},
+        {"a: None -> b",
+         "signature: None is only allowed in Optional or Union, not as a "
+         "type by itself at column 4",
+         4},
+        {"a: list[None] -> b",
+         "signature: None is only allowed in Optional or Union, not in list "
+         "at column 9",
+         9},
+        {"a: list[str, int] -> b",
+         "signature: list takes 1 type argument, not 2 at column 8", 8},
+        {"a: dict[str] -> b",
+         "signature: dict takes 2 type arguments, not 1 at column 8", 8},
+        {"a: -> b", "signature: expected a type at column 4", 4},
+        {"class -> b",
+         "signature: \"class\" is a Python keyword, not a field name at "
+         "column 1",
+         1},
+        {"a: int b -> c",
+         "signature: expected \",\" after the type of field \"a\" at column 8",
+         8},
+        {"a b -> c",
+         "signature: expected \",\" or \":\" after field \"a\" at column 3", 3},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        dx_signature *s = (dx_signature *)0x1;
+        dx_diag d = {0};
+        int rc = dx_signature_parse(cases[i].text, NULL, NULL, 0, &s, &d);
+        cr_assert_eq(rc, DX_ESYNTAX, "\"%s\" gave %d", cases[i].text, rc);
+        cr_assert_eq(d.code, DX_ESYNTAX);
+        cr_assert_str_eq(d.msg, cases[i].msg, "\"%s\"", cases[i].text);
+        cr_assert_eq(d.column, cases[i].column, "\"%s\": column %d",
+                     cases[i].text, d.column);
+        cr_assert_eq(s, (dx_signature *)0x1, "*out untouched on failure");
+    }
+}
+
+Test(signature, custom_type_with_bad_schema_is_an_error, .timeout = 10)
+{
+    dx_custom_type ct[] = {{"Thing", "[1, 2]"}, {"Other", "{not json"}};
+    dx_signature *s = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_signature_parse("a: Thing -> b", NULL, ct, 2, &s, &d),
+                 DX_ESYNTAX);
+    cr_assert_str_eq(d.msg, "signature: the schema of type \"Thing\" is not "
+                            "a JSON object at column 4");
+    cr_assert_eq(dx_signature_parse("a -> b: list[Other]", NULL, ct, 2, &s, &d),
+                 DX_ESYNTAX);
+    cr_assert_eq(d.column, 14);
+    cr_assert_null(s);
+}
+
+Test(signature, null_arguments_are_einval, .timeout = 10)
+{
+    dx_signature *s = NULL;
+    cr_assert_eq(dx_signature_parse(NULL, NULL, NULL, 0, &s, NULL), DX_EINVAL);
+    cr_assert_eq(dx_signature_parse("a -> b", NULL, NULL, 0, NULL, NULL),
+                 DX_EINVAL);
+    cr_assert_eq(dx_signature_parse("a -> b", NULL, NULL, 2, &s, NULL),
+                 DX_EINVAL);
+    dx_type *t = NULL;
+    cr_assert_eq(dx_type_parse(NULL, NULL, 0, &t, NULL), DX_EINVAL);
+}
+
+/* ---- types ------------------------------------------------------------ */
+
+typedef struct type_case {
+    const char *text, *name, *schema;
+} type_case;
+
+/* Expected name and schema: DSPy's get_annotation_name and _get_json_schema
+ * of the type its string parser makes (Python 3.11, pydantic 2.13). */
+static const type_case type_cases[] = {
+    {"str", "str", "{\"type\": \"string\"}"},
+    {"int", "int", "{\"type\": \"integer\"}"},
+    {"float", "float", "{\"type\": \"number\"}"},
+    {"bool", "bool", "{\"type\": \"boolean\"}"},
+    {"Any", "Any", "{}"},
+    {"list", "list", "{\"type\": \"array\", \"items\": {}}"},
+    {"List", "list[]", "{\"type\": \"array\", \"items\": {}}"},
+    {"list[str]", "list[str]",
+     "{\"type\": \"array\", \"items\": {\"type\": \"string\"}}"},
+    {"List[int]", "list[int]",
+     "{\"type\": \"array\", \"items\": {\"type\": \"integer\"}}"},
+    {"typing.List[str]", "list[str]",
+     "{\"type\": \"array\", \"items\": {\"type\": \"string\"}}"},
+    {"dict", "dict", "{\"type\": \"object\", \"additionalProperties\": true}"},
+    {"Dict", "dict[]",
+     "{\"type\": \"object\", \"additionalProperties\": true}"},
+    {"dict[str, int]", "dict[str, int]",
+     "{\"type\": \"object\", \"additionalProperties\": {\"type\": "
+     "\"integer\"}}"},
+    {"Dict[str, Any]", "dict[str, Any]",
+     "{\"type\": \"object\", \"additionalProperties\": true}"},
+    {"dict[str, list[int]]", "dict[str, list[int]]",
+     "{\"type\": \"object\", \"additionalProperties\": {\"type\": \"array\", "
+     "\"items\": {\"type\": \"integer\"}}}"},
+    {"Literal['a']", "Literal['a']",
+     "{\"type\": \"string\", \"const\": \"a\"}"},
+    {"Literal['a', 'b']", "Literal['a', 'b']",
+     "{\"type\": \"string\", \"enum\": [\"a\", \"b\"]}"},
+    {"Literal['a', 1, True]", "Literal['a', 1, True]",
+     "{\"enum\": [\"a\", 1, true]}"},
+    {"Literal[1, 2]", "Literal[1, 2]",
+     "{\"type\": \"integer\", \"enum\": [1, 2]}"},
+    {"Literal[True]", "Literal[True]",
+     "{\"type\": \"boolean\", \"const\": true}"},
+    {"Literal[1.5, 2.0]", "Literal[1.5, 2.0]",
+     "{\"type\": \"number\", \"enum\": [1.5, 2.0]}"},
+    {"Literal[\"it's\", 'say \"hi\"', 'both \\' \"']",
+     "Literal[\"it's\", 'say \"hi\"', 'both \\' \"']",
+     "{\"type\": \"string\", \"enum\": [\"it's\", \"say \\\"hi\\\"\", "
+     "\"both ' \\\"\"]}"},
+    {"Optional[int]", "Union[int, NoneType]",
+     "{\"anyOf\": [{\"type\": \"integer\"}, {\"type\": \"null\"}]}"},
+    {"Union[int, None]", "Union[int, NoneType]",
+     "{\"anyOf\": [{\"type\": \"integer\"}, {\"type\": \"null\"}]}"},
+    {"Union[None, int]", "Union[NoneType, int]",
+     "{\"anyOf\": [{\"type\": \"integer\"}, {\"type\": \"null\"}]}"},
+    {"int | None", "Union[int, NoneType]",
+     "{\"anyOf\": [{\"type\": \"integer\"}, {\"type\": \"null\"}]}"},
+    {"None | int", "Union[NoneType, int]",
+     "{\"anyOf\": [{\"type\": \"integer\"}, {\"type\": \"null\"}]}"},
+    {"typing.Optional[str]", "Union[str, NoneType]",
+     "{\"anyOf\": [{\"type\": \"string\"}, {\"type\": \"null\"}]}"},
+    {"Optional[Optional[int]]", "Union[int, NoneType]",
+     "{\"anyOf\": [{\"type\": \"integer\"}, {\"type\": \"null\"}]}"},
+    {"Union[int]", "int", "{\"type\": \"integer\"}"},
+    {"Optional[list[str]]", "Union[list[str], NoneType]",
+     "{\"anyOf\": [{\"type\": \"array\", \"items\": {\"type\": \"string\"}}, "
+     "{\"type\": \"null\"}]}"},
+    {"list[Optional[int]]", "list[Union[int, NoneType]]",
+     "{\"type\": \"array\", \"items\": {\"anyOf\": [{\"type\": \"integer\"}, "
+     "{\"type\": \"null\"}]}}"},
+    {"dict[Literal['a', 'b'], int]", "dict[Literal['a', 'b'], int]",
+     "{\"type\": \"object\", \"additionalProperties\": {\"type\": "
+     "\"integer\"}, \"propertyNames\": {\"enum\": [\"a\", \"b\"]}}"},
+    {"Optional[Any]", "Union[Any, NoneType]",
+     "{\"anyOf\": [{}, {\"type\": \"null\"}]}"},
+    {"Text", "str", "{\"type\": \"string\"}"},
+    {"Literal['a', 'a']", "Literal['a']",
+     "{\"type\": \"string\", \"const\": \"a\"}"},
+    {"Literal[1, True]", "Literal[1, True]", "{\"enum\": [1, true]}"},
+    {"list[ dict[ str , float ] ]", "list[dict[str, float]]",
+     "{\"type\": \"array\", \"items\": {\"type\": \"object\", "
+     "\"additionalProperties\": {\"type\": \"number\"}}}"},
+    {"(int | None)", "Union[int, NoneType]",
+     "{\"anyOf\": [{\"type\": \"integer\"}, {\"type\": \"null\"}]}"},
+};
+
+Test(signature, type_names_and_schemas_match_dspy, .timeout = 10)
+{
+    for (size_t i = 0; i < sizeof type_cases / sizeof type_cases[0]; i++) {
+        const type_case *c = &type_cases[i];
+        dx_type *t = NULL;
+        dx_diag d = {0};
+        cr_assert_eq(dx_type_parse(c->text, NULL, 0, &t, &d), DX_OK, "%s: %s",
+                     c->text, d.msg);
+        char *name = NULL, *schema = NULL;
+        cr_assert_eq(dx_type_name(t, &name), DX_OK);
+        cr_assert_eq(dx_type_schema(t, &schema), DX_OK);
+        cr_assert_str_eq(name, c->name, "name of %s", c->text);
+        cr_assert_str_eq(schema, c->schema, "schema of %s", c->text);
+        dx_type *cp = dx_type_copy(t);
+        cr_assert(dx_type_equal(t, cp));
+        dx_free(name);
+        dx_free(schema);
+        dx_type_free(cp);
+        dx_type_free(t);
+    }
+}
+
+/* pydantic's model_json_schema() of
+ *   class Inner(BaseModel): z: int; a: str = "x"
+ *   class Answer(BaseModel): type: str; value: float; inner: Inner;
+ *                            tags: list[str] = []
+ *   class Rec(BaseModel): kids: list["Rec"] = []                         */
+static const char ANSWER_SCHEMA[] =
+    "{\"$defs\": {\"Inner\": {\"properties\": {\"z\": {\"title\": \"Z\", "
+    "\"type\": \"integer\"}, \"a\": {\"default\": \"x\", \"title\": \"A\", "
+    "\"type\": \"string\"}}, \"required\": [\"z\"], \"title\": \"Inner\", "
+    "\"type\": \"object\"}}, \"properties\": {\"type\": {\"title\": "
+    "\"Type\", \"type\": \"string\"}, \"value\": {\"title\": \"Value\", "
+    "\"type\": \"number\"}, \"inner\": {\"$ref\": \"#/$defs/Inner\"}, "
+    "\"tags\": {\"default\": [], \"items\": {\"type\": \"string\"}, "
+    "\"title\": \"Tags\", \"type\": \"array\"}}, \"required\": [\"type\", "
+    "\"value\", \"inner\"], \"title\": \"Answer\", \"type\": \"object\"}";
+static const char REC_SCHEMA[] =
+    "{\"$defs\": {\"Rec\": {\"properties\": {\"kids\": {\"default\": [], "
+    "\"items\": {\"$ref\": \"#/$defs/Rec\"}, \"title\": \"Kids\", \"type\": "
+    "\"array\"}}, \"title\": \"Rec\", \"type\": \"object\"}}, \"$ref\": "
+    "\"#/$defs/Rec\"}";
+
+#define ANSWER_BODY                                                            \
+    "{\"type\": \"object\", \"properties\": {\"type\": {\"type\": "            \
+    "\"string\", \"title\": \"Type\"}, \"inner\": {\"$ref\": "                 \
+    "\"#/$defs/Inner\"}, \"tags\": {\"type\": \"array\", \"default\": [], "    \
+    "\"items\": {\"type\": \"string\"}, \"title\": \"Tags\"}, \"value\": "     \
+    "{\"type\": \"number\", \"title\": \"Value\"}}, \"required\": "            \
+    "[\"type\", \"value\", \"inner\"], \"title\": \"Answer\"}"
+#define INNER_BODY                                                             \
+    "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"string\", "   \
+    "\"default\": \"x\", \"title\": \"A\"}, \"z\": {\"type\": \"integer\", "   \
+    "\"title\": \"Z\"}}, \"required\": [\"z\"], \"title\": \"Inner\"}"
+#define REC_BODY                                                               \
+    "{\"type\": \"object\", \"properties\": {\"kids\": {\"type\": "            \
+    "\"array\", \"default\": [], \"items\": {\"$ref\": \"#/$defs/Rec\"}, "     \
+    "\"title\": \"Kids\"}}, \"title\": \"Rec\"}"
+
+static const type_case object_cases[] = {
+    {"Answer", "Answer",
+     "{\"type\": \"object\", \"$defs\": {\"Inner\": " INNER_BODY "}, "
+     "\"properties\": {\"type\": {\"type\": \"string\", \"title\": "
+     "\"Type\"}, \"inner\": {\"$ref\": \"#/$defs/Inner\"}, \"tags\": "
+     "{\"type\": \"array\", \"default\": [], \"items\": {\"type\": "
+     "\"string\"}, \"title\": \"Tags\"}, \"value\": {\"type\": \"number\", "
+     "\"title\": \"Value\"}}, \"required\": [\"type\", \"value\", "
+     "\"inner\"], \"title\": \"Answer\"}"},
+    {"list[Answer]", "list[Answer]",
+     "{\"type\": \"array\", \"$defs\": {\"Answer\": " ANSWER_BODY
+     ", \"Inner\": " INNER_BODY "}, \"items\": {\"$ref\": "
+     "\"#/$defs/Answer\"}}"},
+    {"Optional[Answer]", "Union[Answer, NoneType]",
+     "{\"$defs\": {\"Answer\": " ANSWER_BODY ", \"Inner\": " INNER_BODY
+     "}, \"anyOf\": [{\"$ref\": \"#/$defs/Answer\"}, {\"type\": "
+     "\"null\"}]}"},
+    {"dict[str, Answer]", "dict[str, Answer]",
+     "{\"type\": \"object\", \"$defs\": {\"Answer\": " ANSWER_BODY
+     ", \"Inner\": " INNER_BODY "}, \"additionalProperties\": {\"$ref\": "
+     "\"#/$defs/Answer\"}}"},
+    {"Rec", "Rec",
+     "{\"$defs\": {\"Rec\": " REC_BODY "}, \"$ref\": \"#/$defs/Rec\"}"},
+    {"list[Rec]", "list[Rec]",
+     "{\"type\": \"array\", \"$defs\": {\"Rec\": " REC_BODY
+     "}, \"items\": {\"$ref\": \"#/$defs/Rec\"}}"},
+};
+
+Test(signature, object_types_render_like_pydantic_models, .timeout = 10)
+{
+    dx_custom_type ct[] = {{"Answer", ANSWER_SCHEMA}, {"Rec", REC_SCHEMA}};
+    for (size_t i = 0; i < sizeof object_cases / sizeof object_cases[0]; i++) {
+        const type_case *c = &object_cases[i];
+        dx_type *t = NULL;
+        dx_diag d = {0};
+        cr_assert_eq(dx_type_parse(c->text, ct, 2, &t, &d), DX_OK, "%s: %s",
+                     c->text, d.msg);
+        char *name = NULL, *schema = NULL;
+        cr_assert_eq(dx_type_name(t, &name), DX_OK);
+        cr_assert_eq(dx_type_schema(t, &schema), DX_OK);
+        cr_assert_str_eq(name, c->name);
+        cr_assert_str_eq(schema, c->schema, "schema of %s", c->text);
+        dx_free(name);
+        dx_free(schema);
+        dx_type_free(t);
+    }
+    /* A custom name shadows a builtin one, as in DSPy's name table. */
+    dx_custom_type shadow[] = {{"str", "{\"type\": \"object\"}"}};
+    dx_type *t = NULL;
+    cr_assert_eq(dx_type_parse("str", shadow, 1, &t, NULL), DX_OK);
+    cr_assert_eq(t->kind, DX_TYPE_OBJECT);
+    dx_type_free(t);
+}
+
+Test(signature, types_made_in_c, .timeout = 10)
+{
+    dx_type *l = dx_type_list_of(dx_type_new(DX_TYPE_INT));
+    char *n = type_name_of(l);
+    cr_assert_str_eq(n, "list[int]");
+    dx_free(n);
+    dx_type *o = dx_type_optional_of(l);
+    n = type_name_of(o);
+    cr_assert_str_eq(n, "Union[list[int], NoneType]");
+    dx_free(n);
+    o->pep604 = true; /* DSPy's class-based `list[int] | None` */
+    n = type_name_of(o);
+    cr_assert_str_eq(n, "UnionType[list[int], NoneType]");
+    dx_free(n);
+    cr_assert_eq(dx_type_optional_of(o), o, "Optional of Optional flattens");
+    dx_type_free(o);
+
+    const char *ch[] = {"yes", "no", "yes"};
+    dx_type *lit = dx_type_literal(ch, 3);
+    n = type_name_of(lit);
+    cr_assert_str_eq(n, "Literal['yes', 'no']");
+    dx_free(n);
+    dx_type *parsed = NULL;
+    cr_assert_eq(dx_type_parse("Literal['no', 'yes']", NULL, 0, &parsed, NULL),
+                 DX_OK);
+    cr_assert(dx_type_equal(lit, parsed), "choice order does not count");
+    dx_type *other = NULL;
+    cr_assert_eq(dx_type_parse("Literal['no', 'maybe']", NULL, 0, &other, NULL),
+                 DX_OK);
+    cr_assert_not(dx_type_equal(lit, other));
+    dx_type_free(other);
+    dx_type_free(parsed);
+    dx_type_free(lit);
+
+    cr_assert_null(dx_type_object("Bad", "[1]"));
+    cr_assert_null(dx_type_object("Bad", "{oops"));
+    cr_assert_null(dx_type_new(DX_TYPE_LITERAL));
+    dx_type *obj = dx_type_object("Point", "{\"type\": \"object\", "
+                                           "\"title\": \"Point\"}");
+    cr_assert_not_null(obj);
+    n = type_name_of(obj);
+    cr_assert_str_eq(n, "Point");
+    dx_free(n);
+    dx_type_free(obj);
+    dx_type_free(NULL);
+}
+
+Test(signature, type_parse_rejects_trailing_text, .timeout = 10)
+{
+    dx_type *t = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_type_parse("list[str] x", NULL, 0, &t, &d), DX_ESYNTAX);
+    cr_assert_str_eq(d.msg, "type: unexpected \"x\" after the type at column "
+                            "11");
+    cr_assert_null(t);
+}
+
+/* ---- infer_prefix ----------------------------------------------------- */
+
+Test(signature, infer_prefix_matches_dspy, .timeout = 10)
+{
+    static const char *const cases[][2] = {
+        {"someAttributeName42IsCool", "Some Attribute Name 42 Is Cool"},
+        {"version2Update", "Version 2 Update"},
+        {"modelT45Enhanced", "Model T 45 Enhanced"},
+        {"someAttributeName", "Some Attribute Name"},
+        {"some_attribute_name", "Some Attribute Name"},
+        {"URLAddress", "URL Address"},
+        {"isHTTPSecure", "Is HTTP Secure"},
+        {"isHTTPSSecure123", "Is HTTPS Secure 123"},
+        {"text2number", "Text 2 Number"},
+        {"camelCaseText", "Camel Case Text"},
+        {"snake_case_text", "Snake Case Text"},
+        {"HTMLParser", "HTML Parser"},
+        {"question", "Question"},
+        {"_private", " Private"},
+        {"a__b", "A  B"},
+        {"x", "X"},
+        {"ABC", "ABC"},
+        {"2text", "2 Text"},
+        {"MIXEDcase", "MIXE Dcase"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *p = NULL;
+        cr_assert_eq(dx_infer_prefix(cases[i][0], &p), DX_OK);
+        cr_assert_str_eq(p, cases[i][1], "infer_prefix(%s)", cases[i][0]);
+        dx_free(p);
+    }
+}
+
+/* ---- derivations ------------------------------------------------------ */
+
+static void assert_names(const dx_signature *s, const char *want)
+{
+    char *str = NULL;
+    cr_assert_eq(dx_signature_string(s, &str), DX_OK);
+    cr_assert_str_eq(str, want);
+    dx_free(str);
+}
+
+Test(signature, insert_at_positive_and_negative_positions, .timeout = 10)
+{
+    dx_signature *s = parse_ok("a, b -> x, y", "Keep me.");
+    struct {
+        long index;
+        dx_field_role role;
+        const char *want;
+    } cases[] = {
+        {0, DX_FIELD_INPUT, "n, a, b -> x, y"},
+        {1, DX_FIELD_INPUT, "a, n, b -> x, y"},
+        {2, DX_FIELD_INPUT, "a, b, n -> x, y"},
+        {-1, DX_FIELD_INPUT, "a, b, n -> x, y"},
+        {-2, DX_FIELD_INPUT, "a, n, b -> x, y"},
+        {-3, DX_FIELD_INPUT, "n, a, b -> x, y"},
+        {0, DX_FIELD_OUTPUT, "a, b -> n, x, y"},
+        {-1, DX_FIELD_OUTPUT, "a, b -> x, y, n"},
+        {-2, DX_FIELD_OUTPUT, "a, b -> x, n, y"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        dx_field_spec f = {.name = "n", .role = cases[i].role};
+        dx_signature *t = NULL;
+        cr_assert_eq(dx_signature_insert(s, cases[i].index, &f, &t, NULL),
+                     DX_OK);
+        assert_names(t, cases[i].want);
+        cr_assert_str_eq(dx_signature_instructions(t), "Keep me.");
+        const dx_field *n = dx_signature_find(t, "n");
+        cr_assert_str_eq(n->prefix, "N:");
+        cr_assert_str_eq(n->desc, "${n}");
+        cr_assert(n->type_undefined);
+        dx_signature_unref(t);
+    }
+    assert_names(s, "a, b -> x, y"); /* the old one is unchanged */
+
+    dx_field_spec f = {.name = "n", .role = DX_FIELD_INPUT};
+    dx_signature *t = (dx_signature *)0x1;
+    dx_diag d = {0};
+    cr_assert_eq(dx_signature_insert(s, 3, &f, &t, &d), DX_EINVAL);
+    cr_assert_str_eq(d.msg, "signature: cannot insert input field \"n\" at "
+                            "index 3 (valid: -3 to 2)");
+    cr_assert_eq(dx_signature_insert(s, -4, &f, &t, &d), DX_EINVAL);
+    f.name = "x";
+    cr_assert_eq(dx_signature_prepend(s, &f, &t, &d), DX_EINVAL);
+    cr_assert_str_eq(d.msg, "signature: field \"x\" already exists");
+    f.name = "not valid";
+    cr_assert_eq(dx_signature_append(s, &f, &t, &d), DX_EINVAL);
+    cr_assert_eq(t, (dx_signature *)0x1);
+    dx_signature_unref(s);
+}
+
+Test(signature, prepend_keeps_typed_spec_and_old_signature, .timeout = 10)
+{
+    dx_signature *s = parse_ok("question -> answer", NULL);
+    dx_type *str = dx_type_new(DX_TYPE_STR);
+    dx_field_spec r = {.name = "reasoning",
+                       .role = DX_FIELD_OUTPUT,
+                       .type = str,
+                       .desc = "${reasoning}",
+                       .prefix = "Reasoning: Let's think step by step in "
+                                 "order to"};
+    dx_signature *c = NULL;
+    cr_assert_eq(dx_signature_prepend(s, &r, &c, NULL), DX_OK);
+    dx_type_free(str);
+    assert_names(c, "question -> reasoning, answer");
+    const dx_field *f = dx_signature_output(c, 0);
+    cr_assert_not(f->type_undefined);
+    cr_assert_str_eq(f->prefix,
+                     "Reasoning: Let's think step by step in order to");
+    /* Instructions are carried, not recomputed (as DSPy). */
+    cr_assert_str_eq(dx_signature_instructions(c),
+                     "Given the fields `question`, produce the fields "
+                     "`answer`.");
+    cr_assert_eq(dx_signature_n_outputs(s), 1);
+    dx_signature_unref(s);
+    /* c owns its own copies. */
+    cr_assert_str_eq(dx_signature_input(c, 0)->name, "question");
+    dx_signature_unref(c);
+}
+
+Test(signature, delete_and_text_changes_return_new_signatures, .timeout = 10)
+{
+    dx_signature *s = parse_ok("a, b -> c", "Do it.");
+    dx_signature *t = NULL;
+    cr_assert_eq(dx_signature_delete(s, "b", &t), DX_OK);
+    assert_names(t, "a -> c");
+    assert_names(s, "a, b -> c");
+    dx_signature_unref(t);
+    cr_assert_eq(dx_signature_delete(s, "zzz", &t), DX_OK);
+    cr_assert(dx_signature_equal(s, t));
+    dx_signature_unref(t);
+
+    cr_assert_eq(dx_signature_with_instructions(s, "New.", &t), DX_OK);
+    cr_assert_str_eq(dx_signature_instructions(t), "New.");
+    cr_assert_str_eq(dx_signature_instructions(s), "Do it.");
+    dx_signature_unref(t);
+    cr_assert_eq(dx_signature_with_instructions(s, NULL, &t), DX_OK);
+    cr_assert_str_eq(dx_signature_instructions(t),
+                     "Given the fields `a`, `b`, produce the fields `c`.");
+    dx_signature_unref(t);
+
+    dx_signature *u = NULL;
+    cr_assert_eq(dx_signature_append_instructions(s, "Step one.", &t), DX_OK);
+    cr_assert_eq(dx_signature_append_instructions(t, "Step two.", &u), DX_OK);
+    cr_assert_str_eq(dx_signature_instructions(u),
+                     "Do it.\n\nStep one.\n\nStep two.");
+    dx_signature_unref(t);
+    dx_signature_unref(u);
+
+    cr_assert_eq(dx_signature_with_field_text(s, "a", "the a", NULL, &t),
+                 DX_OK);
+    cr_assert_str_eq(dx_signature_find(t, "a")->desc, "the a");
+    cr_assert_str_eq(dx_signature_find(t, "a")->prefix, "A:");
+    cr_assert_str_eq(dx_signature_find(s, "a")->desc, "${a}");
+    dx_signature_unref(t);
+    cr_assert_eq(dx_signature_with_field_text(s, "q", "x", "y", &t), DX_ENOENT);
+    dx_signature_unref(s);
+}
+
+Test(signature, instructions_are_cleaned_like_inspect_cleandoc, .timeout = 10)
+{
+    dx_signature *s = parse_ok(
+        "a -> b", "   First line\n        Second line\n            Third\n\n");
+    cr_assert_str_eq(dx_signature_instructions(s),
+                     "First line\nSecond line\n    Third");
+    dx_signature_unref(s);
+    /* A leading newline makes the first text line count for the margin. */
+    s = parse_ok("a -> b",
+                 "\n   First line\n        Second line\n            Third");
+    cr_assert_str_eq(dx_signature_instructions(s),
+                     "First line\n     Second line\n         Third");
+    dx_signature_unref(s);
+    s = parse_ok("a -> b", "a\n  \n    b\n   ");
+    cr_assert_str_eq(dx_signature_instructions(s), "a\n\nb");
+    dx_signature_unref(s);
+    s = parse_ok("a -> b", "x\n\ty");
+    cr_assert_str_eq(dx_signature_instructions(s), "x\ny");
+    dx_signature_unref(s);
+    s = parse_ok("a -> b", "");
+    cr_assert_str_eq(dx_signature_instructions(s), "");
+    dx_signature_unref(s);
+    s = parse_ok("a -> b", "keep\n  this\n    indent");
+    cr_assert_str_eq(dx_signature_instructions(s), "keep\nthis\n  indent");
+    dx_signature_unref(s);
+}
+
+/* ---- building, equality, copies --------------------------------------- */
+
+Test(signature, build_orders_inputs_first_and_checks_names, .timeout = 10)
+{
+    dx_type *i = dx_type_new(DX_TYPE_INT);
+    dx_field_spec f[] = {
+        {.name = "answer",
+         .role = DX_FIELD_OUTPUT,
+         .type = i,
+         .constraints = "greater than: 0",
+         .default_json = "0"},
+        {.name = "question", .role = DX_FIELD_INPUT, .desc = "a question"},
+        {.name = "context",
+         .role = DX_FIELD_INPUT,
+         .default_json = "[\"x\", 1.0]"},
+    };
+    dx_signature *s = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_signature_build(f, 3, "Answer.", &s, &d), DX_OK, "%s",
+                 d.msg);
+    dx_type_free(i);
+    assert_names(s, "question, context -> answer");
+    const dx_field *a = dx_signature_find(s, "answer");
+    cr_assert_eq(a->type->kind, DX_TYPE_INT);
+    cr_assert_str_eq(a->constraints, "greater than: 0");
+    cr_assert(cJSON_IsNumber(a->default_value));
+    cr_assert_str_eq(dx_signature_find(s, "question")->desc, "a question");
+    cr_assert(cJSON_IsArray(dx_signature_find(s, "context")->default_value));
+
+    dx_signature *c = NULL;
+    cr_assert_eq(dx_signature_copy(s, &c), DX_OK);
+    cr_assert_neq(c, s);
+    cr_assert(dx_signature_equal(s, c));
+    cr_assert_neq(dx_signature_find(c, "answer"), a, "not shared");
+    dx_signature_unref(c);
+    dx_signature_unref(s);
+
+    dx_field_spec dup[] = {{.name = "a", .role = DX_FIELD_INPUT},
+                           {.name = "a", .role = DX_FIELD_OUTPUT}};
+    s = (dx_signature *)0x1;
+    cr_assert_eq(dx_signature_build(dup, 2, NULL, &s, &d), DX_EINVAL);
+    cr_assert_str_eq(d.msg, "signature: duplicate field \"a\"");
+    dx_field_spec bad[] = {{.name = "9lives", .role = DX_FIELD_INPUT}};
+    cr_assert_eq(dx_signature_build(bad, 1, NULL, &s, &d), DX_EINVAL);
+    cr_assert_str_eq(d.msg, "signature: \"9lives\" is not a valid field name");
+    dx_field_spec badj[] = {
+        {.name = "a", .role = DX_FIELD_INPUT, .default_json = "{x"}};
+    cr_assert_eq(dx_signature_build(badj, 1, NULL, &s, &d), DX_EINVAL);
+    cr_assert(strstr(d.msg, "the default of field \"a\" is not JSON"));
+    cr_assert_eq(s, (dx_signature *)0x1);
+}
+
+Test(signature, equality_follows_dspy_equals, .timeout = 10)
+{
+    dx_signature *a = parse_ok("input: str | None -> output: int", "Same.");
+    dx_signature *b = parse_ok("input: Optional[str] -> output: int", "Same.");
+    cr_assert(dx_signature_equal(a, b), "T | None equals Optional[T]");
+    dx_signature *c =
+        parse_ok("input: Optional[str] -> output: float", "Same.");
+    cr_assert_not(dx_signature_equal(a, c), "types differ");
+    dx_signature *d = parse_ok("input: Optional[str] -> output: int", "Other.");
+    cr_assert_not(dx_signature_equal(a, d), "instructions differ");
+    dx_signature *e = NULL;
+    cr_assert_eq(dx_signature_with_field_text(a, "output", NULL, "Out:", &e),
+                 DX_OK);
+    cr_assert_not(dx_signature_equal(a, e), "prefix differs");
+    dx_signature *f = parse_ok("x, y -> z", "I.");
+    dx_signature *g = parse_ok("y, x -> z", "I.");
+    cr_assert(dx_signature_equal(f, g), "fields are matched by name");
+    dx_signature *h = parse_ok("x: str, y -> z", "I.");
+    cr_assert_not(dx_signature_equal(f, h), "type_undefined mark differs");
+    dx_signature *k = parse_ok("x -> y, z", "I.");
+    cr_assert_not(dx_signature_equal(f, k), "roles differ");
+    dx_signature *all[] = {a, b, c, d, e, f, g, h, k};
+    for (size_t i = 0; i < 9; i++)
+        dx_signature_unref(all[i]);
+}
+
+Test(signature, ref_keeps_it_alive_until_last_unref, .timeout = 10)
+{
+    dx_signature *s = parse_ok("a -> b", NULL);
+    cr_assert_eq(dx_signature_ref(s), s);
+    dx_signature_unref(s);
+    cr_assert_str_eq(dx_signature_input(s, 0)->name, "a");
+    dx_signature_unref(s);
+    dx_signature_unref(NULL);
+}
+
+/* ---- state ------------------------------------------------------------ */
+
+Test(signature, dump_and_load_state_like_dspy, .timeout = 10)
+{
+    dx_signature *s =
+        parse_ok("sentence -> sentiment", "I am just an instruction.");
+    dx_signature *s1 = NULL;
+    cr_assert_eq(dx_signature_with_field_text(
+                     s, "sentence", "I am an innocent input!", NULL, &s1),
+                 DX_OK);
+    cJSON *st = dx_signature_dump_state(s1);
+    char *text = cJSON_PrintUnformatted(st);
+    cr_assert_str_eq(text,
+                     "{\"instructions\":\"I am just an instruction.\","
+                     "\"fields\":[{\"prefix\":\"Sentence:\",\"description\":"
+                     "\"I am an innocent input!\"},{\"prefix\":\"Sentiment:\","
+                     "\"description\":\"${sentiment}\"}]}");
+    cJSON_free(text);
+
+    dx_signature *m =
+        parse_ok("sentence -> sentiment", "I am a malicious instruction.");
+    dx_signature *loaded = NULL;
+    cr_assert_eq(dx_signature_load_state(m, st, &loaded, NULL), DX_OK);
+    cr_assert_str_eq(dx_signature_instructions(loaded),
+                     "I am just an instruction.");
+    cr_assert(dx_signature_equal(loaded, s1), "round trip");
+    cr_assert_str_eq(dx_signature_instructions(m),
+                     "I am a malicious instruction.");
+    cr_assert_str_eq(dx_signature_find(m, "sentence")->desc, "${sentence}");
+    dx_signature_unref(loaded);
+
+    /* By position, strict=False: fewer saved fields leave the rest. */
+    cJSON_DeleteItemFromArray(cJSON_GetObjectItem(st, "fields"), 1);
+    dx_signature *w = parse_ok("p, q -> r", NULL);
+    cr_assert_eq(dx_signature_load_state(w, st, &loaded, NULL), DX_OK);
+    cr_assert_str_eq(dx_signature_find(loaded, "p")->prefix, "Sentence:");
+    cr_assert_str_eq(dx_signature_find(loaded, "q")->prefix, "Q:");
+    cr_assert_str_eq(dx_signature_find(loaded, "r")->desc, "${r}");
+    dx_signature_unref(loaded);
+    cJSON_Delete(st);
+
+    dx_diag d = {0};
+    cJSON *bad = cJSON_Parse("{\"instructions\": \"x\", \"fields\": "
+                             "[{\"prefix\": \"P:\"}]}");
+    loaded = (dx_signature *)0x1;
+    cr_assert_eq(dx_signature_load_state(w, bad, &loaded, &d), DX_ESYNTAX);
+    cr_assert_str_eq(d.msg, "signature state: fields[0] needs string "
+                            "\"prefix\" and \"description\"");
+    cJSON_Delete(bad);
+    bad = cJSON_Parse("{\"fields\": []}");
+    cr_assert_eq(dx_signature_load_state(w, bad, &loaded, &d), DX_ESYNTAX);
+    cr_assert_str_eq(d.msg,
+                     "signature state: \"instructions\" must be a string");
+    cJSON_Delete(bad);
+    cr_assert_eq(dx_signature_load_state(w, NULL, &loaded, &d), DX_ESYNTAX);
+    cr_assert_eq(loaded, (dx_signature *)0x1);
+    dx_signature_unref(w);
+    dx_signature_unref(m);
+    dx_signature_unref(s1);
+    dx_signature_unref(s);
+}
+
+/* ---- cache ------------------------------------------------------------ */
+
+static atomic_int made;
+
+static char *make_text(const dx_signature *s, void *ud)
+{
+    (void)ud;
+    atomic_fetch_add(&made, 1);
+    char *str = NULL;
+    if (dx_signature_string(s, &str) != DX_OK)
+        return NULL;
+    return str;
+}
+
+Test(signature, cached_slot_is_computed_once_per_signature, .timeout = 10)
+{
+    atomic_store(&made, 0);
+    dx_signature *s = parse_ok("a -> b", NULL);
+    const char *p = dx_signature_cached(s, 0, make_text, NULL);
+    cr_assert_str_eq(p, "a -> b");
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(dx_signature_cached(s, 0, make_text, NULL), p);
+    cr_assert_eq(atomic_load(&made), 1);
+    const char *q = dx_signature_cached(s, 3, make_text, NULL);
+    cr_assert_neq(q, p, "slots are separate");
+    cr_assert_eq(atomic_load(&made), 2);
+    cr_assert_null(
+        dx_signature_cached(s, DX_SIGNATURE_CACHE_SLOTS, make_text, NULL));
+    /* A derived signature has its own cache. */
+    dx_signature *t = NULL;
+    cr_assert_eq(dx_signature_with_instructions(s, "x", &t), DX_OK);
+    cr_assert_neq(dx_signature_cached(t, 0, make_text, NULL), p);
+    cr_assert_eq(atomic_load(&made), 3);
+    dx_signature_unref(t);
+    dx_signature_unref(s);
+}
+
+#define NTHREADS 8
+
+typedef struct race {
+    dx_signature *s;
+    pthread_barrier_t *go;
+    const char *got;
+} race;
+
+static void *racer(void *arg)
+{
+    race *r = arg;
+    pthread_barrier_wait(r->go);
+    r->got = dx_signature_cached(r->s, 1, make_text, NULL);
+    return NULL;
+}
+
+Test(signature, cached_slot_is_shared_across_threads, .timeout = 20)
+{
+    for (int round = 0; round < 20; round++) {
+        atomic_store(&made, 0);
+        dx_signature *s = parse_ok("x, y -> z", NULL);
+        pthread_barrier_t go;
+        pthread_barrier_init(&go, NULL, NTHREADS);
+        pthread_t th[NTHREADS];
+        race r[NTHREADS];
+        for (int i = 0; i < NTHREADS; i++) {
+            r[i] = (race){s, &go, NULL};
+            cr_assert_eq(pthread_create(&th[i], NULL, racer, &r[i]), 0);
+        }
+        for (int i = 0; i < NTHREADS; i++)
+            pthread_join(th[i], NULL);
+        pthread_barrier_destroy(&go);
+        for (int i = 0; i < NTHREADS; i++) {
+            cr_assert_not_null(r[i].got);
+            cr_assert_eq(r[i].got, r[0].got, "every thread sees one string");
+        }
+        cr_assert_str_eq(r[0].got, "x, y -> z");
+        cr_assert_eq(dx_signature_cached(s, 1, make_text, NULL), r[0].got);
+        int n = atomic_load(&made);
+        cr_assert(n >= 1 && n <= NTHREADS);
+        dx_signature_unref(s); /* losers' copies were freed (ASan checks) */
+    }
+}
