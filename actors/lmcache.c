@@ -8,6 +8,8 @@
  */
 #include "dspex/lmcache.h"
 
+#include <openssl/evp.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
@@ -23,126 +25,20 @@
  * without bound. */
 #define MAX_TEXT ((size_t)256 << 20)
 
-/* ---- SHA-256 (FIPS 180-4) ------------------------------------------------ */
+/* ---- SHA-256 ---------------------------------------------------------------
+ *
+ * libcrypto's SHA-256 (the SHA extensions of the CPU where it has them): a
+ * key hashes the whole canonical request — the system prompt included — on
+ * every call, so this is most of a cache hit's cost. The digest
+ * implementation is fetched once and kept for the life of the process.
+ */
 
-typedef struct sha256 {
-    uint32_t h[8];
-    uint64_t len;
-    unsigned char buf[64];
-    size_t fill;
-} sha256;
+static pthread_once_t sha_once = PTHREAD_ONCE_INIT;
+static EVP_MD *sha_md;
 
-static const uint32_t K[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1,
-    0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3,
-    0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
-    0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147,
-    0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
-    0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
-    0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208,
-    0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
-
-static uint32_t ror(uint32_t x, int n)
+static void sha_fetch(void)
 {
-    return (x >> n) | (x << (32 - n));
-}
-
-static void sha_block(sha256 *s, const unsigned char *p)
-{
-    uint32_t w[64];
-    for (int i = 0; i < 16; i++)
-        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
-               (uint32_t)p[4 * i + 2] << 8 | (uint32_t)p[4 * i + 3];
-    for (int i = 16; i < 64; i++) {
-        uint32_t s0 = ror(w[i - 15], 7) ^ ror(w[i - 15], 18) ^ (w[i - 15] >> 3);
-        uint32_t s1 = ror(w[i - 2], 17) ^ ror(w[i - 2], 19) ^ (w[i - 2] >> 10);
-        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-    }
-    uint32_t a = s->h[0], b = s->h[1], c = s->h[2], d = s->h[3];
-    uint32_t e = s->h[4], f = s->h[5], g = s->h[6], h = s->h[7];
-    for (int i = 0; i < 64; i++) {
-        uint32_t t1 = h + (ror(e, 6) ^ ror(e, 11) ^ ror(e, 25)) +
-                      ((e & f) ^ (~e & g)) + K[i] + w[i];
-        uint32_t t2 = (ror(a, 2) ^ ror(a, 13) ^ ror(a, 22)) +
-                      ((a & b) ^ (a & c) ^ (b & c));
-        h = g;
-        g = f;
-        f = e;
-        e = d + t1;
-        d = c;
-        c = b;
-        b = a;
-        a = t1 + t2;
-    }
-    s->h[0] += a;
-    s->h[1] += b;
-    s->h[2] += c;
-    s->h[3] += d;
-    s->h[4] += e;
-    s->h[5] += f;
-    s->h[6] += g;
-    s->h[7] += h;
-}
-
-static void sha_init(sha256 *s)
-{
-    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372,
-                                   0xa54ff53a, 0x510e527f, 0x9b05688c,
-                                   0x1f83d9ab, 0x5be0cd19};
-    memcpy(s->h, iv, sizeof iv);
-    s->len = 0;
-    s->fill = 0;
-}
-
-static void sha_update(sha256 *s, const void *data, size_t n)
-{
-    const unsigned char *p = data;
-    s->len += n;
-    if (s->fill) {
-        size_t take = 64 - s->fill < n ? 64 - s->fill : n;
-        memcpy(s->buf + s->fill, p, take);
-        s->fill += take;
-        p += take;
-        n -= take;
-        if (s->fill < 64)
-            return;
-        sha_block(s, s->buf);
-        s->fill = 0;
-    }
-    /* Whole blocks straight from the input, no staging copy. */
-    for (; n >= 64; p += 64, n -= 64)
-        sha_block(s, p);
-    if (n)
-        memcpy(s->buf, p, n);
-    s->fill = n;
-}
-
-static void sha_hex(sha256 *s, char hex[DX_LMCACHE_KEY_HEX + 1])
-{
-    uint64_t bits = s->len * 8;
-    /* Padding written in place: 0x80, zeros to byte 56 (spilling into one
-     * more block when fewer than 9 bytes are left), then the bit length. */
-    s->buf[s->fill++] = 0x80;
-    if (s->fill > 56) {
-        memset(s->buf + s->fill, 0, 64 - s->fill);
-        sha_block(s, s->buf);
-        s->fill = 0;
-    }
-    memset(s->buf + s->fill, 0, 56 - s->fill);
-    for (int i = 0; i < 8; i++)
-        s->buf[56 + i] = (unsigned char)(bits >> (56 - 8 * i));
-    sha_block(s, s->buf);
-    static const char digits[] = "0123456789abcdef";
-    for (int i = 0; i < 8; i++)
-        for (int j = 0; j < 4; j++) {
-            unsigned v = (s->h[i] >> (24 - 8 * j)) & 0xff;
-            hex[8 * i + 2 * j] = digits[v >> 4];
-            hex[8 * i + 2 * j + 1] = digits[v & 15];
-        }
-    hex[DX_LMCACHE_KEY_HEX] = '\0';
+    sha_md = EVP_MD_fetch(NULL, "SHA256", NULL);
 }
 
 /* ---- canonical form ------------------------------------------------------ */
@@ -300,12 +196,21 @@ static void canonical(cbuf *b, const dx_lm_request *r, const char *model,
 #undef PUT_STR
 #undef PUT_INT
 
-static void hash_text(const char *s, size_t n, char hex[DX_LMCACHE_KEY_HEX + 1])
+static int hash_text(const char *s, size_t n, char hex[DX_LMCACHE_KEY_HEX + 1])
 {
-    sha256 st;
-    sha_init(&st);
-    sha_update(&st, s, n);
-    sha_hex(&st, hex);
+    pthread_once(&sha_once, sha_fetch);
+    unsigned char md[32];
+    unsigned int md_len = 0;
+    if (!sha_md || !EVP_Digest(s, n, md, &md_len, sha_md, NULL) ||
+        md_len != sizeof md)
+        return DX_EINIT;
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < sizeof md; i++) {
+        hex[2 * i] = digits[md[i] >> 4];
+        hex[2 * i + 1] = digits[md[i] & 15];
+    }
+    hex[2 * sizeof md] = '\0';
+    return DX_OK;
 }
 
 int dx_lmcache_key_make(const dx_lm_request *req, const char *model,
@@ -328,8 +233,10 @@ int dx_lmcache_key_make(const dx_lm_request *req, const char *model,
     key->canonical = b.p;
     key->len = b.len;
     key->mode = DX_LMCACHE_USE;
-    hash_text(key->canonical, key->len, key->hex);
-    return DX_OK;
+    int rc = hash_text(key->canonical, key->len, key->hex);
+    if (rc != DX_OK)
+        dx_lmcache_key_clear(key);
+    return rc;
 }
 
 void dx_lmcache_key_clear(dx_lmcache_key *key)

@@ -67,7 +67,8 @@ static int loop_forward(dx_ctx *ctx, const dx_module *self,
                         const dx_example *in, dx_prediction **out)
 {
     loop_ud *ud = dx_module_ud(self);
-    double w0 = clock_s(CLOCK_MONOTONIC), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+    double w0 = clock_s(CLOCK_MONOTONIC),
+           c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
     for (long i = 0; i < ud->n; i++) {
         dx_prediction *p = NULL;
         int rc = dx_forward(ctx, ud->inner, in, &p);
@@ -89,12 +90,13 @@ static dx_module *make_program(bool cot)
 {
     dx_signature *s = NULL;
     dx_diag d = {0};
-    if (dx_signature_parse("question -> answer", NULL, NULL, 0, &s, &d) != DX_OK) {
+    if (dx_signature_parse("question -> answer", NULL, NULL, 0, &s, &d) !=
+        DX_OK) {
         fprintf(stderr, "signature: %s\n", d.msg);
         exit(1);
     }
-    dx_module *m = cot ? dx_chain_of_thought_new(s, NULL)
-                       : dx_predict_new(s, NULL);
+    dx_module *m =
+        cot ? dx_chain_of_thought_new(s, NULL) : dx_predict_new(s, NULL);
     dx_signature_unref(s);
     return m;
 }
@@ -128,7 +130,10 @@ static void bench_main(void *arg)
     dx_prediction_free(p);
 
     if (B.mode == MODE_PREDICT || B.mode == MODE_COT) {
-        loop_ud ud = {prog, B.n};
+        /* Not on this process's stack: the loop runs in another process
+         * (stacks are shared and copied in copy-stack mode). */
+        static loop_ud ud;
+        ud = (loop_ud){prog, B.n};
         dx_module *loop = dx_module_new("Loop", loop_forward, &ud, NULL, NULL);
         if (dx_module_call(loop, in, &co, &p, NULL, &d) != DX_OK)
             snprintf(B.first_error, sizeof B.first_error, "%s", d.msg);
@@ -162,7 +167,8 @@ static void bench_format(void)
     dx_example *in = dx_example_new();
     dx_example_set_str(in, "question", "What is the capital of France?");
     const char *answer = "[[ ## answer ## ]]\nParis\n\n[[ ## completed ## ]]";
-    double w0 = clock_s(CLOCK_MONOTONIC), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+    double w0 = clock_s(CLOCK_MONOTONIC),
+           c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
     for (long i = 0; i < B.n; i++) {
         dx_lm_request *req = dx_lm_request_new(NULL);
         dx_example *out = NULL;
@@ -183,8 +189,9 @@ static void bench_format(void)
 int main(int argc, char **argv)
 {
     if (argc != 3) {
-        fprintf(stderr, "usage: %s predict|cot|predict_call|cot_call|format "
-                        "<n>\n",
+        fprintf(stderr,
+                "usage: %s predict|cot|predict_call|cot_call|format "
+                "<n>\n",
                 argv[0]);
         return 2;
     }
@@ -210,12 +217,13 @@ int main(int argc, char **argv)
                  dx_lmserver_port(srv));
         /* The first (warm-up) answer in ChatAdapter form; later calls are
          * cache hits. */
-        dx_lmserver_push_reply(srv, B.mode == MODE_COT || B.mode == MODE_COT_CALL
-                                        ? "[[ ## reasoning ## ]]\nIt is well "
-                                          "known.\n\n[[ ## answer ## ]]\nParis"
-                                          "\n\n[[ ## completed ## ]]"
-                                        : "[[ ## answer ## ]]\nParis\n\n"
-                                          "[[ ## completed ## ]]");
+        dx_lmserver_push_reply(srv,
+                               B.mode == MODE_COT || B.mode == MODE_COT_CALL
+                                   ? "[[ ## reasoning ## ]]\nIt is well "
+                                     "known.\n\n[[ ## answer ## ]]\nParis"
+                                     "\n\n[[ ## completed ## ]]"
+                                   : "[[ ## answer ## ]]\nParis\n\n"
+                                     "[[ ## completed ## ]]");
         dx_pid pid;
         if (dx_runtime_start(&(dx_runtime_opts){.schedulers = 2}) != DX_OK ||
             dx_spawn(bench_main, NULL, &pid) != DX_OK)

@@ -24,6 +24,7 @@ DX_PACKAGES=(
     libcjson-dev
     libhttp-parser-dev
     libsqlite3-dev
+    libssl-dev
     sqlite3
     libcriterion-dev
     valgrind
