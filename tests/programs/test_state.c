@@ -94,11 +94,14 @@ static char *prompt_of(const dx_module *p, const dx_example *in)
     for (size_t i = 0; i < req->n_messages; i++)
         len += strlen(req->messages[i].content) + 16;
     char *all = calloc(1, len);
+    size_t at = 0;
     for (size_t i = 0; i < req->n_messages; i++) {
-        strcat(all, req->messages[i].role == DX_LM_SYSTEM      ? "<system>"
-                    : req->messages[i].role == DX_LM_ASSISTANT ? "<assistant>"
-                                                               : "<user>");
-        strcat(all, req->messages[i].content);
+        const char *tag = req->messages[i].role == DX_LM_SYSTEM ? "<system>"
+                          : req->messages[i].role == DX_LM_ASSISTANT
+                              ? "<assistant>"
+                              : "<user>";
+        at += (size_t)snprintf(all + at, len - at, "%s%s", tag,
+                               req->messages[i].content);
     }
     dx_lm_request_free(req);
     return all;
