@@ -76,6 +76,14 @@ int dx__module_repath(dx_module *m);
 int dx__predict_forward(dx_ctx *ctx, const dx_module *p,
                         const dx_example *inputs, dx_prediction **out);
 
+/* Run m on inputs in the calling process with o's settings (o->timeout_ms
+ * is ignored: deadline_ms is absolute, dx_now_ms based). On DX_OK *out is
+ * the caller's and carries the run's usage; otherwise diag (may be NULL)
+ * gets the run's diagnostic. trace may be NULL. Process. */
+int dx__run_program(const dx_module *m, const dx_example *inputs,
+                    const dx_call_opts *o, int64_t deadline_ms,
+                    dx_prediction **out, dx_trace *trace, dx_diag *diag);
+
 /* The built-in price table (created once). */
 const dx_usage_prices *dx__default_prices(void);
 

@@ -405,7 +405,6 @@ typedef struct call_slot {
     atomic_bool done;
     const dx_module *module;
     dx_example *inputs;
-    dx_pid lm;
     char *lm_name;
     char *rollout_id;
     dx_call_opts opts;
@@ -429,33 +428,46 @@ static void slot_unref(void *arg)
     dx_free(s);
 }
 
+int dx__run_program(const dx_module *m, const dx_example *inputs,
+                    const dx_call_opts *o, int64_t deadline_ms,
+                    dx_prediction **out, dx_trace *trace, dx_diag *diag)
+{
+    dx_ctx ctx = {
+        .lm = o->lm,
+        .lm_name = o->lm_name,
+        .adapter = o->adapter,
+        .no_json_fallback = o->no_json_fallback,
+        .deadline_ms = deadline_ms,
+        .rollout_id = o->rollout_id,
+        .cache_mode = o->cache_mode,
+        .prices = o->prices ? o->prices : dx__default_prices(),
+        .trace = trace,
+    };
+    dx_usage_acc_init(&ctx.usage, "run");
+    dx_prediction *pred = NULL;
+    int rc = dx_forward(&ctx, m, inputs, &pred);
+    if (rc == DX_OK) {
+        /* The call's prediction reports every LM call of the run. */
+        pred->usage = ctx.usage;
+        *out = pred;
+    } else {
+        dx_prediction_free(pred);
+        *out = NULL;
+        if (diag)
+            *diag = ctx.diag;
+    }
+    return rc;
+}
+
 static void call_proc(void *arg)
 {
     call_slot *s = arg;
     dx_set_label("dspex.program");
-    dx_ctx ctx = {
-        .lm = s->lm,
-        .lm_name = s->lm_name,
-        .adapter = s->opts.adapter,
-        .no_json_fallback = s->opts.no_json_fallback,
-        .deadline_ms = s->deadline_ms,
-        .rollout_id = s->rollout_id,
-        .cache_mode = s->opts.cache_mode,
-        .prices = s->opts.prices ? s->opts.prices : dx__default_prices(),
-        .trace = s->opts.trace ? &s->trace : NULL,
-    };
-    dx_usage_acc_init(&ctx.usage, "run");
-    dx_prediction *pred = NULL;
-    int rc = dx_forward(&ctx, s->module, s->inputs, &pred);
-    if (rc == DX_OK) {
-        /* The call's prediction reports every LM call of the run. */
-        pred->usage = ctx.usage;
-        s->pred = pred;
-    } else {
-        dx_prediction_free(pred);
-    }
-    s->rc = rc;
-    s->diag = ctx.diag;
+    dx_call_opts o = s->opts;
+    o.lm_name = s->lm_name;
+    o.rollout_id = s->rollout_id;
+    s->rc = dx__run_program(s->module, s->inputs, &o, s->deadline_ms, &s->pred,
+                            s->opts.trace ? &s->trace : NULL, &s->diag);
     atomic_store_explicit(&s->done, true, memory_order_release);
 }
 
@@ -493,7 +505,6 @@ int dx_module_call(const dx_module *m, const dx_example *inputs,
     atomic_init(&s->done, false);
     s->module = m;
     s->opts = o;
-    s->lm = o.lm;
     s->deadline_ms = dx_now_ms() + timeout;
     s->inputs = dx_example_copy(inputs);
     s->lm_name = o.lm_name ? dx_strdup(o.lm_name) : NULL;

@@ -158,6 +158,9 @@ struct dx_lmserver {
     fault_item *faults, *faults_tail;
     atomic_uint_fast64_t st_requests, st_accepted, st_open, st_early, st_faults,
         ids;
+    /* Responses owed (queued, not yet written) now and at most. */
+    atomic_uint_fast64_t st_owed, st_owed_max;
+    uint64_t latency_ms; /* added to every response's delay */
 };
 
 /* ---- queues (any thread) ----------------------------------------------- */
@@ -262,13 +265,15 @@ void dx_lmserver_stats_get(const dx_lmserver *srv, dx_lmserver_stats *out)
     out->connections_open = atomic_load(&s->st_open);
     out->connections_closed_early = atomic_load(&s->st_early);
     out->faults_applied = atomic_load(&s->st_faults);
+    out->max_in_flight = atomic_load(&s->st_owed_max);
 }
 
 /* ---- connection lifetime ----------------------------------------------- */
 
-static void free_owed(owed *o)
+static void free_owed(dx_lmserver *srv, owed *o)
 {
     if (o != NULL) {
+        atomic_fetch_sub(&srv->st_owed, 1);
         dx_free(o->data);
         dx_free(o);
     }
@@ -290,7 +295,7 @@ static void on_handle_closed(uv_handle_t *h)
     while (c->head != NULL) {
         owed *o = c->head;
         c->head = o->next;
-        free_owed(o);
+        free_owed(c->srv, o);
     }
     dx__lms_buf_free(&c->url);
     dx__lms_buf_free(&c->hdrs);
@@ -389,7 +394,7 @@ static void on_write(uv_write_t *req, int status)
         c->tail = NULL;
     c->nowed--;
     bool reset = o->reset, close_after = o->close_after;
-    free_owed(o);
+    free_owed(c->srv, o);
     if (status < 0) {
         close_conn(c, false);
         return;
@@ -537,7 +542,7 @@ static int queue_response(conn *c, dx__lms_response *rs, bool close_after)
     }
     o->data = out.p;
     o->send_len = send_len;
-    o->delay_ms = rs->delay_ms;
+    o->delay_ms = rs->delay_ms + c->srv->latency_ms;
     o->stall = rs->stall;
     o->reset = rs->reset_mid;
     o->close_after = close_after;
@@ -548,6 +553,12 @@ static int queue_response(conn *c, dx__lms_response *rs, bool close_after)
         c->head = o;
     c->tail = o;
     c->nowed++;
+    uint64_t owed_now = atomic_fetch_add(&c->srv->st_owed, 1) + 1;
+    uint64_t owed_max = atomic_load(&c->srv->st_owed_max);
+    while (owed_now > owed_max &&
+           !atomic_compare_exchange_weak(&c->srv->st_owed_max, &owed_max,
+                                         owed_now))
+        ;
     if (rs->faulted)
         atomic_fetch_add(&c->srv->st_faults, 1);
     return DX_OK;
@@ -917,6 +928,7 @@ int dx_lmserver_start(const dx_lmserver_opts *opts, dx_lmserver **out)
         o.max_body_bytes ? o.max_body_bytes : DX_LMSERVER_DEFAULT_MAX_BODY;
     srv->max_conns = o.max_connections ? o.max_connections
                                        : DX_LMSERVER_DEFAULT_MAX_CONNECTIONS;
+    srv->latency_ms = o.latency_ms;
     if (uv_loop_init(&srv->loop) != 0) {
         dx_free(srv);
         return DX_ESYS;

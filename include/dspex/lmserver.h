@@ -38,6 +38,9 @@ typedef struct dx_lmserver_opts {
     /* Connections open at once; one more is accepted and closed at once.
      * 0 = default. */
     unsigned max_connections;
+    /* Every response is held back this long (a model's latency, for
+     * benchmarks); faults' own delays add to it. 0 = none. */
+    uint64_t latency_ms;
 } dx_lmserver_opts;
 
 typedef struct dx_lmserver_stats {
@@ -48,6 +51,9 @@ typedef struct dx_lmserver_stats {
      * response was still owed to it. */
     uint64_t connections_closed_early;
     uint64_t faults_applied; /* requests answered with a fault */
+    /* Most requests owed an answer at once (parsed, answer not yet fully
+     * written): the concurrency clients achieved. */
+    uint64_t max_in_flight;
 } dx_lmserver_stats;
 
 /* Bind, listen and start the server thread. opts may be NULL (all

@@ -18,59 +18,10 @@
 #include "dspex/lmserver.h"
 #include "dspex/module.h"
 #include "dspex/runtime.h"
+#include "lm_fixture.h"
 
-static dx_lmserver *srv;
-static char url[128];
-
-static uint64_t upstream(void)
-{
-    dx_lmserver_stats st;
-    dx_lmserver_stats_get(srv, &st);
-    return st.requests;
-}
-
-/* Start the LM client registered as "lm" from a short-lived process (the
- * client is not linked to it, so it stays). */
-static _Atomic int client_rc = 1;
-
-static void start_client(void *arg)
-{
-    (void)arg;
-    dx_lm_client_opts o = {
-        .primary = {"openai-compatible/test-model", url, "sk-test"},
-    };
-    dx_server_opts so = {.name = "lm"};
-    dx_pid pid;
-    atomic_store(&client_rc, dx_lm_client_start(&o, &so, &pid));
-}
-
-static void host_sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static void setup(void)
-{
-    cr_assert_eq(dx_lmserver_start(NULL, &srv), DX_OK);
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/v1", dx_lmserver_port(srv));
-    cr_assert_eq(dx_runtime_start(&(dx_runtime_opts){.schedulers = 2}), DX_OK);
-    dx_pid pid;
-    cr_assert_eq(dx_spawn(start_client, NULL, &pid), DX_OK);
-    for (int i = 0; i < 500 && atomic_load(&client_rc) == 1; i++)
-        host_sleep_ms(10);
-    cr_assert_eq(atomic_load(&client_rc), DX_OK);
-    while (dx_pid_is_none(dx_whereis("lm")))
-        host_sleep_ms(1);
-}
-
-static void teardown(void)
-{
-    cr_assert_eq(dx_runtime_stop(), DX_OK);
-    dx_lmserver_stop_free(srv);
-}
-
-TestSuite(module, .init = setup, .fini = teardown, .timeout = 60);
+TestSuite(module, .init = fixture_setup, .fini = fixture_teardown,
+          .timeout = 60);
 
 static dx_signature *sig(const char *text)
 {
@@ -111,10 +62,10 @@ Test(module, predict_answers_through_the_lm_client)
     dx_prediction_free(pred);
 
     /* The same call again is answered by the client's cache. */
-    uint64_t before = upstream();
+    uint64_t before = upstream_requests();
     cr_assert_eq(dx_module_call(p, in, NULL, &pred, NULL, &d), DX_OK, "%s",
                  d.msg);
-    cr_assert_eq(upstream(), before);
+    cr_assert_eq(upstream_requests(), before);
     cr_assert_eq(dx_prediction_usage(pred)->cached_calls, 1);
     dx_prediction_free(pred);
     dx_example_free(in);
@@ -158,14 +109,15 @@ Test(module, an_unreadable_answer_falls_back_to_the_json_adapter_once)
     /* First answer has no markers; the JSONAdapter retry gets JSON. */
     dx_lmserver_push_reply(srv, "Paris, obviously.");
     dx_lmserver_push_reply(srv, "{\"answer\": \"Paris\"}");
-    uint64_t before = upstream();
+    uint64_t before = upstream_requests();
     dx_example *in = inputs1("question", "Capital of France?");
     dx_prediction *pred = NULL;
     dx_diag d = {0};
     cr_assert_eq(dx_module_call(p, in, NULL, &pred, NULL, &d), DX_OK, "%s",
                  d.msg);
     cr_assert_str_eq(dx_prediction_get_str(pred, "answer", ""), "Paris");
-    cr_assert_eq(upstream() - before, 2, "one ChatAdapter + one JSON call");
+    cr_assert_eq(upstream_requests() - before, 2,
+                 "one ChatAdapter + one JSON call");
     cr_assert_eq(dx_prediction_usage(pred)->calls, 2);
     dx_prediction_free(pred);
 
@@ -308,10 +260,8 @@ static int crashing_forward(dx_ctx *ctx, const dx_module *self,
     (void)ctx;
     (void)self;
     (void)out;
-    if (strcmp(dx_example_get_str(in, "mode", ""), "crash") == 0) {
-        volatile int *nowhere = NULL;
-        *nowhere = 1;
-    }
+    if (strcmp(dx_example_get_str(in, "mode", ""), "crash") == 0)
+        crash_now();
     if (strcmp(dx_example_get_str(in, "mode", ""), "fail") == 0)
         return dx_ctx_fail(ctx, DX_EINVAL, "bad mode for this program");
     *out = dx_prediction_new();

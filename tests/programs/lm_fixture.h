@@ -1,0 +1,97 @@
+/*
+ * lm_fixture.h — what the program suites share: the local LM server, the
+ * runtime and an LM client registered as "lm" (started before each test,
+ * stopped after it, so nothing leaks), and a way to crash a process that
+ * works in every build.
+ */
+#ifndef DSPEX_TEST_LM_FIXTURE_H
+#define DSPEX_TEST_LM_FIXTURE_H
+
+#include <criterion/criterion.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <time.h>
+
+#include "dspex/lm.h"
+#include "dspex/lmserver.h"
+#include "dspex/runtime.h"
+#include "dx_config.h"
+
+static dx_lmserver *srv;
+static char url[128];
+static _Atomic int fixture_rc;
+
+static void host_sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Start the client from a short-lived process (not linked to it, so the
+ * client stays), registered as "lm". */
+static void fixture_start_client(void *arg)
+{
+    (void)arg;
+    dx_lm_client_opts o = {
+        .primary = {"openai-compatible/test-model", url, "sk-test"},
+    };
+    dx_server_opts so = {.name = "lm"};
+    atomic_store(&fixture_rc, dx_lm_client_start(&o, &so, NULL));
+}
+
+static void fixture_stop_client(void *arg)
+{
+    (void)arg;
+    dx_pid lm = dx_whereis("lm");
+    atomic_store(&fixture_rc,
+                 dx_pid_is_none(lm) ? DX_OK : dx_server_stop(lm, NULL, 5000));
+}
+
+static void fixture_run(dx_proc_fn fn)
+{
+    atomic_store(&fixture_rc, 1);
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(fn, NULL, &pid), DX_OK);
+    for (int i = 0; i < 1000 && atomic_load(&fixture_rc) == 1; i++)
+        host_sleep_ms(5);
+    cr_assert_eq(atomic_load(&fixture_rc), DX_OK, "%s",
+                 dx_err_name(atomic_load(&fixture_rc)));
+}
+
+static void fixture_setup(void)
+{
+    cr_assert_eq(dx_lmserver_start(NULL, &srv), DX_OK);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/v1", dx_lmserver_port(srv));
+    cr_assert_eq(dx_runtime_start(&(dx_runtime_opts){.schedulers = 2}), DX_OK);
+    fixture_run(fixture_start_client);
+}
+
+static void fixture_teardown(void)
+{
+    fixture_run(fixture_stop_client);
+    cr_assert_eq(dx_runtime_stop(), DX_OK);
+    dx_lmserver_stop_free(srv);
+}
+
+static inline uint64_t upstream_requests(void)
+{
+    dx_lmserver_stats st;
+    dx_lmserver_stats_get(srv, &st);
+    return st.requests;
+}
+
+/* End the calling process abnormally. A null write where the runtime
+ * isolates faults; under ThreadSanitizer (no fault isolation there, see
+ * docs/internals/runtime.md) an exit with a non-normal reason, which the
+ * caller sees the same way: the process died. */
+static void crash_now(void)
+{
+#if DX_SANITIZE_THREAD
+    dx_exit_self(dx_atom("crashed"));
+#else
+    volatile int *nowhere = NULL;
+    *nowhere = 1;
+#endif
+}
+
+#endif
