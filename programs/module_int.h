@@ -84,6 +84,12 @@ int dx__run_program(const dx_module *m, const dx_example *inputs,
                     const dx_call_opts *o, int64_t deadline_ms,
                     dx_prediction **out, dx_trace *trace, dx_diag *diag);
 
+/* Run fn(arg) in a dspex process: the calling one when there is one,
+ * else a new process while this host thread waits for it. Returns DX_OK
+ * when fn returned, DX_EDOWN when the process died first, or the spawn's
+ * error. */
+int dx__in_process(void (*fn)(void *), void *arg);
+
 /* The built-in price table (created once). */
 const dx_usage_prices *dx__default_prices(void);
 

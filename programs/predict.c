@@ -396,6 +396,49 @@ int dx__predict_forward(dx_ctx *ctx, const dx_module *p,
     return DX_OK;
 }
 
+/* ---- running somewhere that can receive --------------------------------- */
+
+typedef struct in_proc {
+    void (*fn)(void *);
+    void *arg;
+    atomic_bool returned;
+} in_proc;
+
+static void in_proc_main(void *arg)
+{
+    in_proc *ip = arg;
+    ip->fn(ip->arg);
+    atomic_store_explicit(&ip->returned, true, memory_order_release);
+}
+
+int dx__in_process(void (*fn)(void *), void *arg)
+{
+    if (!dx_pid_is_none(dx_self())) {
+        fn(arg);
+        return DX_OK;
+    }
+    /* Heap, not this thread's stack: the process reads it. */
+    in_proc *ip = dx_calloc(1, sizeof *ip);
+    if (!ip)
+        return DX_ENOMEM;
+    ip->fn = fn;
+    ip->arg = arg;
+    atomic_init(&ip->returned, false);
+    dx_pid pid;
+    int rc = dx_spawn(in_proc_main, ip, &pid);
+    if (rc != DX_OK) {
+        dx_free(ip);
+        return rc;
+    }
+    dx_term *reason = NULL;
+    dx_wait_exit(pid, DX_INFINITY, &reason);
+    dx_term_free(reason);
+    rc = atomic_load_explicit(&ip->returned, memory_order_acquire) ? DX_OK
+                                                                   : DX_EDOWN;
+    dx_free(ip);
+    return rc;
+}
+
 /* ---- calls in a process of their own ------------------------------------ */
 
 /* What the caller and the program's process share. Two references: the

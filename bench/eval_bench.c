@@ -1,0 +1,207 @@
+/*
+ * eval_bench.c — Evaluate against the local LM server with a fixed latency
+ * per request: wall time against the ideal ceil(N/C) x latency, and CPU per
+ * example beyond the HTTP exchange.
+ *
+ *   eval-bench <n> <latency_ms> <concurrency>...
+ *
+ * For each concurrency C: dx_evaluate of a Predict ("question -> answer",
+ * JSONAdapter so each example is exactly one LM call, the client's cache
+ * bypassed) over n distinct questions. Then the baseline: the same n
+ * requests as plain dx_lm_call from C processes at once (no program, no
+ * client), whose CPU is the HTTP exchange and the server's share; the
+ * difference per example is what Evaluate, the program and the LM client
+ * add. CPU is the whole OS process's (the server thread included, in both).
+ *
+ * Prints per C:
+ *   RESULT sys=dspex bench=evaluate n=.. latency_ms=.. concurrency=..
+ *   wall_s=.. ideal_s=.. ratio=.. cpu_us_per_example=..
+ *   baseline_cpu_us_per_example=.. overhead_us=..
+ */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dspex/evaluate.h"
+#include "dspex/lm.h"
+#include "dspex/lm_call.h"
+#include "dspex/lmserver.h"
+#include "dspex/runtime.h"
+
+static char url[128];
+static long N;
+static long latency_ms;
+
+static double clock_s(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- baseline: plain dx_lm_call from C processes ----------------------- */
+
+typedef struct base_job {
+    dx_lm_config *cfg;
+    atomic_long next;
+    atomic_long left;
+    long errors;
+} base_job;
+
+static base_job BJ;
+
+static void base_worker(void *arg)
+{
+    (void)arg;
+    long i;
+    while ((i = atomic_fetch_add(&BJ.next, 1)) < N) {
+        char q[64];
+        snprintf(q, sizeof q, "baseline question %ld", i);
+        dx_lm_request *req = dx_lm_request_new(NULL);
+        dx_lm_request_add_message(req, DX_LM_SYSTEM, "Answer in JSON.");
+        dx_lm_request_add_message(req, DX_LM_USER, q);
+        req->format = DX_LM_FORMAT_JSON_OBJECT;
+        dx_lm_response *res = NULL;
+        dx_lm_error err = {0};
+        if (dx_lm_call(BJ.cfg, req, NULL, &res, &err) != DX_OK)
+            BJ.errors++;
+        dx_lm_response_free(res);
+        dx_lm_request_free(req);
+    }
+    atomic_fetch_sub(&BJ.left, 1);
+}
+
+/* ---- the run ----------------------------------------------------------- */
+
+typedef struct bench {
+    long conc[8];
+    int nconc;
+    double wall[8], cpu[8], base_cpu[8];
+    long errors;
+    char first_error[DX_DIAG_MAX + 64];
+    _Atomic int done;
+} bench;
+
+static bench B;
+
+static void bench_main(void *arg)
+{
+    (void)arg;
+    dx_lm_client_opts co = {
+        .primary = {"openai-compatible/bench-model", url, "sk-bench"},
+    };
+    dx_pid client;
+    if (dx_lm_client_start(&co, NULL, &client) != DX_OK) {
+        B.errors = 1;
+        atomic_store(&B.done, 1);
+        return;
+    }
+    dx_signature *s = NULL;
+    dx_signature_parse("question -> answer", NULL, NULL, 0, &s, NULL);
+    dx_module *prog = dx_predict_new(s, NULL);
+    dx_signature_unref(s);
+    dx_dataset *ds = dx_dataset_new();
+    const char *in[] = {"question"};
+    for (long i = 0; i < N; i++) {
+        dx_example *ex = dx_example_new();
+        char q[64];
+        snprintf(q, sizeof q, "evaluation question number %ld", i);
+        dx_example_set_str(ex, "question", q);
+        dx_example_set_str(ex, "answer", "x");
+        dx_example_with_inputs(ex, in, 1);
+        dx_dataset_append(ds, ex);
+    }
+    dx_lm_config_new("openai-compatible/bench-model", url, "sk-bench", &BJ.cfg);
+
+    for (int k = 0; k < B.nconc; k++) {
+        dx_eval_opts o = {
+            .metric = {.kind = DX_METRIC_EXACT_MATCH},
+            .concurrency = (size_t)B.conc[k],
+            .progress = DX_EVAL_PROGRESS_OFF,
+            .call = {.lm = client,
+                     .adapter = DX_ADAPTER_JSON,
+                     .cache_mode = DX_LMCACHE_BYPASS},
+        };
+        dx_eval_result *r = NULL;
+        dx_diag d = {0};
+        double w0 = clock_s(CLOCK_MONOTONIC);
+        double c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+        int rc = dx_evaluate(prog, ds, &o, &r, &d);
+        B.cpu[k] = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
+        B.wall[k] = clock_s(CLOCK_MONOTONIC) - w0;
+        if (rc != DX_OK || r->n_errors) {
+            if (B.errors++ == 0)
+                snprintf(B.first_error, sizeof B.first_error, "%s",
+                         rc != DX_OK ? d.msg : r->rows[0].error_msg);
+        }
+        dx_eval_result_free(r);
+
+        /* Baseline with the same concurrency. */
+        atomic_store(&BJ.next, 0);
+        atomic_store(&BJ.left, B.conc[k]);
+        c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+        for (long p = 0; p < B.conc[k]; p++) {
+            dx_pid pid;
+            dx_spawn(base_worker, NULL, &pid);
+        }
+        while (atomic_load(&BJ.left) > 0)
+            dx_sleep(2);
+        B.base_cpu[k] = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
+    }
+    dx_lm_config_free(BJ.cfg);
+    dx_dataset_free(ds);
+    dx_module_free(prog);
+    dx_server_stop(client, NULL, 5000);
+    atomic_store(&B.done, 1);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 4) {
+        fprintf(stderr, "usage: %s <n> <latency_ms> <concurrency>...\n",
+                argv[0]);
+        return 2;
+    }
+    N = strtol(argv[1], NULL, 10);
+    latency_ms = strtol(argv[2], NULL, 10);
+    for (int i = 3; i < argc && B.nconc < 8; i++)
+        B.conc[B.nconc++] = strtol(argv[i], NULL, 10);
+    if (N <= 0 || latency_ms < 0 || B.nconc == 0) {
+        fprintf(stderr, "bad arguments\n");
+        return 2;
+    }
+    dx_lmserver *srv = NULL;
+    dx_lmserver_opts so = {.latency_ms = (uint64_t)latency_ms,
+                           .max_connections = 8192};
+    if (dx_lmserver_start(&so, &srv) != DX_OK)
+        return 1;
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/v1", dx_lmserver_port(srv));
+    dx_pid pid;
+    if (dx_runtime_start(&(dx_runtime_opts){.schedulers = 2}) != DX_OK ||
+        dx_spawn(bench_main, NULL, &pid) != DX_OK)
+        return 1;
+    while (!atomic_load(&B.done)) {
+        struct timespec ts = {0, 20000000};
+        nanosleep(&ts, NULL);
+    }
+    dx_runtime_stop();
+    dx_lmserver_stop_free(srv);
+    if (B.errors || BJ.errors)
+        fprintf(stderr, "errors: %ld evaluate, %ld baseline (first: %s)\n",
+                B.errors, BJ.errors, B.first_error);
+    for (int k = 0; k < B.nconc; k++) {
+        long c = B.conc[k];
+        double ideal = (double)((N + c - 1) / c) * (double)latency_ms / 1000.0;
+        double cpu_us = B.cpu[k] * 1e6 / (double)N;
+        double base_us = B.base_cpu[k] * 1e6 / (double)N;
+        printf("RESULT sys=dspex bench=evaluate n=%ld latency_ms=%ld "
+               "concurrency=%ld wall_s=%.3f ideal_s=%.3f ratio=%.4f "
+               "cpu_us_per_example=%.1f baseline_cpu_us_per_example=%.1f "
+               "overhead_us=%.1f\n",
+               N, latency_ms, c, B.wall[k], ideal, B.wall[k] / ideal, cpu_us,
+               base_us, cpu_us - base_us);
+    }
+    return B.errors || BJ.errors ? 1 : 0;
+}

@@ -1,0 +1,162 @@
+/*
+ * evaluate.h — evaluating a program over a dataset with a metric: every
+ * example in its own process, a bounded number in flight, errors isolated
+ * and recorded, results in dataset order.
+ *
+ * An example whose program fails (crash, timeout, parse error, LM error)
+ * or whose metric crashes is recorded with its error and scores 0
+ * (failure_score); evaluation stops early only once more than max_errors
+ * examples have failed. A crash never takes another example with it: the
+ * program and the metric run in the example's own process.
+ *
+ * Metrics: DSPy's answer_exact_match (normalised exact match, list answers
+ * allowed), token F1, answer_passage_match, or a C function returning a
+ * float in [0, 1] (a bool is 0/1) that may look at the run's trace.
+ *
+ * Results: overall score (percent, as DSPy), a row per example (inputs,
+ * prediction, score, error, latency, tokens, cost), latency percentiles,
+ * totals; written as JSONL and shown as a table. Progress: a live bar on a
+ * terminal, plain periodic lines otherwise.
+ *
+ * Cancellation: dx_evaluate_cancel_all (any thread, or a SIGINT handler)
+ * stops starting new examples, kills those in flight and returns
+ * what finished (cancelled = true).
+ */
+#ifndef DSPEX_EVALUATE_H
+#define DSPEX_EVALUATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "diag.h"
+#include "example.h"
+#include "export.h"
+#include "module.h"
+
+/* ---- metrics ---------------------------------------------------------- */
+
+/* DSPy's normalize_text: NFD unicode normalisation is approximated by
+ * lower-casing (ASCII and Latin-1/Latin Extended-A letters), removing
+ * punctuation (ASCII punctuation and common Unicode punctuation), the
+ * articles a/an/the, and collapsing whitespace. *out is the caller's. */
+DX_API int dx_metric_normalize(const char *text, char **out);
+/* Normalised exact match of prediction against answer. */
+DX_API bool dx_metric_em(const char *prediction, const char *answer);
+/* Token-level F1 (SQuAD / DSPy's F1) of prediction against answer. */
+DX_API double dx_metric_f1(const char *prediction, const char *answer);
+/* Does any passage contain the normalised answer? */
+DX_API bool dx_metric_passage_has_answer(const char *const *passages, size_t n,
+                                         const char *answer);
+
+/* A metric: score for (example, prediction); trace may be NULL (NULL when
+ * the evaluation does not keep traces). Runs in the example's process. */
+typedef double (*dx_metric_fn)(const dx_example *example,
+                               const dx_prediction *pred, const dx_trace *trace,
+                               void *ud);
+
+typedef enum dx_metric_kind {
+    DX_METRIC_EXACT_MATCH,   /* answer_exact_match on `field` */
+    DX_METRIC_F1,            /* token F1 on `field` (max over list answers) */
+    DX_METRIC_PASSAGE_MATCH, /* answer_passage_match: the prediction's
+                                `passages_field` contains the answer */
+    DX_METRIC_CUSTOM,
+} dx_metric_kind;
+
+typedef struct dx_metric {
+    dx_metric_kind kind;
+    /* The label / output field compared (default "answer"). The example's
+     * value may be a string or a list of strings (any one matching). */
+    const char *field;
+    const char *passages_field; /* default "context" */
+    dx_metric_fn fn;            /* DX_METRIC_CUSTOM */
+    void *ud;
+} dx_metric;
+
+/* Score with a built-in metric (or call fn). Any thread or process. */
+DX_API double dx_metric_score(const dx_metric *m, const dx_example *example,
+                              const dx_prediction *pred, const dx_trace *trace);
+/* "exact_match", "f1", "passage_match" → kind; DX_ENOENT otherwise. */
+DX_API int dx_metric_from_name(const char *name, dx_metric_kind *out);
+
+/* ---- evaluation ------------------------------------------------------- */
+
+typedef enum dx_eval_progress_mode {
+    DX_EVAL_PROGRESS_AUTO, /* a bar when `progress_out` is a TTY, else lines */
+    DX_EVAL_PROGRESS_OFF,
+    DX_EVAL_PROGRESS_BAR,
+    DX_EVAL_PROGRESS_LINES,
+} dx_eval_progress_mode;
+
+typedef struct dx_eval_opts {
+    dx_metric metric;
+    /* Examples in flight at once; 0 = 16. */
+    size_t concurrency;
+    /* Stop after more than this many failed examples; 0 = never stop. */
+    size_t max_errors;
+    /* Per example (program + metric); 0 = 120,000 ms. */
+    int64_t example_timeout_ms;
+    double failure_score; /* default 0 */
+    /* Passed to every dx_module_call (LM client, adapter, rollout id...);
+     * timeout_ms there is replaced by example_timeout_ms. */
+    dx_call_opts call;
+    /* Keep traces for the metric (and the rows). */
+    bool trace;
+    dx_eval_progress_mode progress;
+    FILE *progress_out; /* default stderr */
+    /* Seconds between plain progress lines (0 = 2 s). */
+    double progress_interval_s;
+} dx_eval_opts;
+
+typedef struct dx_eval_row {
+    size_t index;        /* in the dataset */
+    dx_example *example; /* the dataset's example (copy) */
+    dx_prediction *pred; /* NULL when it failed */
+    double score;
+    int error;       /* DX_OK or the failure's code */
+    char *error_msg; /* NULL when ok */
+    double latency_ms;
+    dx_usage_acc usage; /* the example's LM usage (program run) */
+    bool done;          /* false: not run (stopped early / cancelled) */
+} dx_eval_row;
+
+typedef struct dx_eval_result {
+    double score;  /* percent: 100 * sum(scores) / n_done, 2 decimals */
+    size_t n;      /* examples in the dataset */
+    size_t n_done; /* examples that finished (ok or failed) */
+    size_t n_errors;
+    bool stopped_early; /* max_errors reached */
+    bool cancelled;
+    double wall_s;
+    double latency_p50_ms, latency_p95_ms, latency_p99_ms;
+    dx_usage_acc usage; /* all examples */
+    dx_eval_row *rows;  /* n rows, dataset order */
+} dx_eval_result;
+
+typedef struct dx_eval dx_eval;
+
+/* Evaluate m over ds. Blocks until done, stopped or cancelled. Works from
+ * a host thread or a process. DX_OK with *out the caller's
+ * (dx_eval_result_free) — also when stopped early or cancelled (see the
+ * flags); DX_EINVAL, DX_ESTATE (runtime not running), DX_ENOMEM. */
+DX_API int dx_evaluate(const dx_module *m, const dx_dataset *ds,
+                       const dx_eval_opts *opts, dx_eval_result **out,
+                       dx_diag *diag);
+/* Cancel every evaluation running now: they stop starting examples, kill
+ * those in flight and return what finished (cancelled = true). Safe from
+ * any thread and from a signal handler (it only bumps an atomic counter).
+ */
+DX_API void dx_evaluate_cancel_all(void);
+
+DX_API void dx_eval_result_free(dx_eval_result *r);
+/* One JSON object per row: {"index", "example", "prediction", "score",
+ * "error", "latency_ms", "input_tokens", "output_tokens", "cost_usd",
+ * "cached"}. DX_OK, DX_EIO (diag), DX_ENOMEM. */
+DX_API int dx_eval_result_write_jsonl(const dx_eval_result *r, const char *path,
+                                      dx_diag *diag);
+/* A summary and the first max_rows rows (0 = all) as a text table. */
+DX_API void dx_eval_result_print(const dx_eval_result *r, FILE *f,
+                                 size_t max_rows);
+
+#endif

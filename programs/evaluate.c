@@ -1,0 +1,416 @@
+/*
+ * evaluate.c — the evaluation engine (see evaluate.h): a coordinator that
+ * keeps up to `concurrency` example processes in flight, each running the
+ * program and the metric, and collects their results in dataset order.
+ *
+ * The coordinator is a dspex process (the caller's own when dx_evaluate is
+ * called from one, else one spawned for the purpose). It monitors every
+ * example process, so a crash, a kill at the example's deadline or a
+ * cancellation all arrive the same way: a DOWN message. What the example
+ * achieved before it ended is in its slot, shared by reference count with
+ * the process (the process's reference is dropped by arg_free however it
+ * exits).
+ */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "dspex/alloc.h"
+#include "dspex/error.h"
+#include "eval_int.h"
+#include "module_int.h"
+#include "pyjson.h"
+
+#define DEFAULT_CONCURRENCY 16
+#define DEFAULT_EXAMPLE_TIMEOUT_MS 120000
+/* How often the coordinator wakes without news: progress, deadlines,
+ * cancellation. */
+#define TICK_MS 100
+
+static atomic_uint_fast64_t cancel_generation;
+
+void dx_evaluate_cancel_all(void)
+{
+    atomic_fetch_add(&cancel_generation, 1);
+}
+
+/* ---- one example ------------------------------------------------------ */
+
+typedef struct ex_slot {
+    atomic_int refs;
+    atomic_bool done;
+    /* in: read-only for the process */
+    const dx_module *module;
+    const dx_metric *metric;
+    const dx_call_opts *call;
+    const dx_example *example; /* the dataset's (read-only) */
+    dx_example *inputs;
+    int64_t deadline_ms;
+    bool trace;
+    /* out */
+    int rc;
+    dx_diag diag;
+    dx_prediction *pred;
+    double score;
+    double latency_ms;
+    /* coordinator's bookkeeping */
+    size_t index;
+    dx_pid pid;
+    dx_ref mon;
+} ex_slot;
+
+static void slot_unref(void *arg)
+{
+    ex_slot *s = arg;
+    if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    dx_example_free(s->inputs);
+    dx_prediction_free(s->pred);
+    dx_free(s);
+}
+
+static void example_proc(void *arg)
+{
+    ex_slot *s = arg;
+    dx_set_label("dspex.evaluate.example");
+    int64_t t0 = dx_now_ms();
+    dx_trace trace = {0};
+    dx_prediction *pred = NULL;
+    s->rc = dx__run_program(s->module, s->inputs, s->call, s->deadline_ms,
+                            &pred, s->trace ? &trace : NULL, &s->diag);
+    s->latency_ms = (double)(dx_now_ms() - t0);
+    if (s->rc == DX_OK) {
+        /* The metric runs here too: if it crashes, this example fails and
+         * nothing else does. */
+        double score = dx_metric_score(s->metric, s->example, pred,
+                                       s->trace ? &trace : NULL);
+        if (isnan(score)) {
+            s->rc = dx_diag_set(&s->diag, DX_EINVAL, 0, 0,
+                                "the metric returned NaN");
+        } else {
+            s->score = score;
+        }
+        s->pred = pred;
+    }
+    dx_trace_free(&trace);
+    atomic_store_explicit(&s->done, true, memory_order_release);
+}
+
+/* ---- the coordinator -------------------------------------------------- */
+
+typedef struct eval_job {
+    const dx_module *module;
+    const dx_dataset *ds;
+    dx_eval_opts opts;
+    dx_eval_result *res;
+    int rc;
+    dx_diag diag;
+    atomic_bool finished;
+} eval_job;
+
+static void record(eval_job *j, ex_slot *s, const dx_term *reason,
+                   bool killed_for_time, bool killed_for_stop)
+{
+    dx_eval_row *row = &j->res->rows[s->index];
+    row->done = true;
+    row->latency_ms = s->latency_ms;
+    if (atomic_load_explicit(&s->done, memory_order_acquire) &&
+        s->rc == DX_OK) {
+        row->pred = s->pred;
+        s->pred = NULL;
+        row->score = s->score;
+        row->error = DX_OK;
+        row->usage = row->pred->usage;
+        return;
+    }
+    row->score = j->opts.failure_score;
+    char text[DX_DIAG_MAX + 64];
+    if (atomic_load_explicit(&s->done, memory_order_acquire)) {
+        row->error = s->rc;
+        snprintf(text, sizeof text, "%s",
+                 s->diag.msg[0] ? s->diag.msg : dx_strerror(s->rc));
+    } else if (killed_for_time) {
+        row->error = DX_ETIMEDOUT;
+        snprintf(text, sizeof text, "no result within %lld ms",
+                 (long long)j->opts.example_timeout_ms);
+    } else if (killed_for_stop) {
+        row->done = false; /* not finished: stopped or cancelled */
+        return;
+    } else {
+        row->error = DX_EDOWN;
+        char why[256] = "unknown";
+        if (reason)
+            dx_term_format(reason, why, sizeof why);
+        snprintf(text, sizeof text, "the example's process died: %s", why);
+    }
+    row->error_msg = dx_strdup(text);
+    j->res->n_errors++;
+}
+
+static int start_example(eval_job *j, size_t index, ex_slot **out)
+{
+    const dx_example *ex = j->ds->items[index];
+    ex_slot *s = dx_calloc(1, sizeof *s);
+    if (!s)
+        return DX_ENOMEM;
+    atomic_init(&s->refs, 2);
+    atomic_init(&s->done, false);
+    s->module = j->module;
+    s->metric = &j->opts.metric;
+    s->call = &j->opts.call;
+    s->example = ex;
+    s->trace = j->opts.trace;
+    s->index = index;
+    s->deadline_ms = dx_now_ms() + j->opts.example_timeout_ms;
+    dx_diag d = {0};
+    int rc = dx_example_has_inputs(ex) ? dx_example_inputs(ex, &s->inputs, &d)
+                                       : DX_ESTATE;
+    if (rc != DX_OK) {
+        atomic_store(&s->refs, 1);
+        slot_unref(s);
+        return rc;
+    }
+    dx_spawn_opts so = {.monitor = true, .arg_free = slot_unref};
+    rc = dx_spawn_opt(example_proc, s, &so, &s->pid, &s->mon);
+    if (rc != DX_OK) {
+        atomic_store(&s->refs, 1);
+        slot_unref(s);
+        return rc;
+    }
+    *out = s;
+    return DX_OK;
+}
+
+static void coordinate(eval_job *j)
+{
+    dx_eval_result *res = j->res;
+    const dx_eval_opts *o = &j->opts;
+    size_t n = j->ds->n;
+    size_t conc = o->concurrency;
+    ex_slot **flight = dx_calloc(conc, sizeof *flight);
+    if (!flight) {
+        j->rc = dx_diag_set(&j->diag, DX_ENOMEM, 0, 0, "out of memory");
+        return;
+    }
+    uint64_t gen = atomic_load(&cancel_generation);
+    dx__progress *prog = dx__progress_new(
+        o->progress_out ? o->progress_out : stderr, o->progress, n,
+        o->progress_interval_s > 0 ? o->progress_interval_s : 2.0);
+    int64_t t0 = dx_now_ms();
+    size_t next = 0, in_flight = 0;
+    double score_sum = 0;
+    bool stopping = false;
+
+    while (next < n || in_flight > 0) {
+        if (!stopping && atomic_load(&cancel_generation) != gen) {
+            res->cancelled = true;
+            stopping = true;
+        }
+        if (!stopping && o->max_errors > 0 && res->n_errors > o->max_errors) {
+            res->stopped_early = true;
+            stopping = true;
+        }
+        if (stopping) {
+            for (size_t i = 0; i < conc; i++)
+                if (flight[i])
+                    dx_kill(flight[i]->pid);
+            next = n; /* start nothing more */
+        }
+        /* Fill free places. */
+        while (!stopping && next < n && in_flight < conc) {
+            size_t place = 0;
+            while (flight[place])
+                place++;
+            ex_slot *s = NULL;
+            int rc = start_example(j, next, &s);
+            if (rc != DX_OK) {
+                /* An example that cannot even start (no input
+                 * designation, no memory) is a failed example. */
+                dx_eval_row *row = &res->rows[next];
+                row->done = true;
+                row->score = o->failure_score;
+                row->error = rc;
+                row->error_msg = dx_strdup(
+                    rc == DX_ESTATE ? "the example has no input designation "
+                                      "(with_inputs / --inputs)"
+                                    : dx_strerror(rc));
+                res->n_errors++;
+                res->n_done++;
+                score_sum += row->score;
+                next++;
+                continue;
+            }
+            flight[place] = s;
+            in_flight++;
+            next++;
+        }
+        if (in_flight == 0)
+            break;
+
+        /* Wait for an example to end, or the next deadline / tick. */
+        int64_t now = dx_now_ms();
+        int64_t wait = TICK_MS;
+        for (size_t i = 0; i < conc; i++)
+            if (flight[i] && flight[i]->deadline_ms - now < wait)
+                wait = flight[i]->deadline_ms - now;
+        if (wait < 0)
+            wait = 0;
+        dx_msg *m = NULL;
+        dx_match match = {.fields = DX_MATCH_TAG, .tag = DX_TAG_DOWN};
+        if (dx_receive(&match, wait, &m) == DX_OK && m) {
+            for (size_t i = 0; i < conc; i++) {
+                ex_slot *s = flight[i];
+                if (!s || !dx_pid_eq(s->pid, m->from))
+                    continue;
+                dx_term *reason = dx_msg_take_term(m);
+                bool late =
+                    !atomic_load(&s->done) && dx_now_ms() >= s->deadline_ms;
+                record(j, s, reason, late, stopping);
+                dx_term_free(reason);
+                if (res->rows[s->index].done) {
+                    res->n_done++;
+                    score_sum += res->rows[s->index].score;
+                    dx_usage_acc_merge(&res->usage, &res->rows[s->index].usage);
+                }
+                flight[i] = NULL;
+                in_flight--;
+                slot_unref(s);
+                break;
+            }
+            dx_msg_free(m);
+        }
+        /* Kill examples past their deadline; their DOWN comes next. */
+        now = dx_now_ms();
+        for (size_t i = 0; i < conc; i++)
+            if (flight[i] && now >= flight[i]->deadline_ms)
+                dx_kill(flight[i]->pid);
+        dx__progress_update(prog, res->n_done, res->n_errors, score_sum,
+                            (double)(dx_now_ms() - t0) / 1000.0);
+    }
+    res->wall_s = (double)(dx_now_ms() - t0) / 1000.0;
+    dx__progress_finish(prog, res->n_done, res->n_errors, score_sum,
+                        res->wall_s, res->stopped_early || res->cancelled);
+    dx__progress_free(prog);
+    dx_free(flight);
+
+    res->score = res->n_done
+                     ? round(10000.0 * score_sum / (double)res->n_done) / 100.0
+                     : 0.0;
+    double *lat = dx_calloc(n ? n : 1, sizeof *lat);
+    size_t k = 0;
+    for (size_t i = 0; lat && i < n; i++)
+        if (res->rows[i].done && res->rows[i].error == DX_OK)
+            lat[k++] = res->rows[i].latency_ms;
+    if (lat) {
+        res->latency_p50_ms = dx__percentile(lat, k, 50);
+        res->latency_p95_ms = dx__percentile(lat, k, 95);
+        res->latency_p99_ms = dx__percentile(lat, k, 99);
+    }
+    dx_free(lat);
+    j->rc = DX_OK;
+}
+
+static void coordinator_proc(void *arg)
+{
+    eval_job *j = arg;
+    dx_set_label("dspex.evaluate");
+    coordinate(j);
+    atomic_store_explicit(&j->finished, true, memory_order_release);
+}
+
+void dx_eval_result_free(dx_eval_result *r)
+{
+    if (!r)
+        return;
+    for (size_t i = 0; r->rows && i < r->n; i++) {
+        dx_example_free(r->rows[i].example);
+        dx_prediction_free(r->rows[i].pred);
+        dx_free(r->rows[i].error_msg);
+    }
+    dx_free(r->rows);
+    dx_free(r);
+}
+
+int dx_evaluate(const dx_module *m, const dx_dataset *ds,
+                const dx_eval_opts *opts, dx_eval_result **out, dx_diag *diag)
+{
+    if (out)
+        *out = NULL;
+    if (!m || !ds || !opts || !out)
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "evaluate: NULL module, dataset, options or out");
+    if (opts->metric.kind == DX_METRIC_CUSTOM && !opts->metric.fn)
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "evaluate: a custom metric needs a function");
+    if (!dx_runtime_running())
+        return dx_diag_set(diag, DX_ESTATE, 0, 0,
+                           "evaluate: the runtime is not running");
+    dx__pyjson_init();
+    eval_job *j = dx_calloc(1, sizeof *j);
+    dx_eval_result *res = dx_calloc(1, sizeof *res);
+    if (res)
+        res->rows = dx_calloc(ds->n ? ds->n : 1, sizeof *res->rows);
+    if (!j || !res || !res->rows) {
+        dx_free(j);
+        dx_eval_result_free(res);
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    }
+    res->n = ds->n;
+    dx_usage_acc_init(&res->usage, "evaluate");
+    for (size_t i = 0; i < ds->n; i++) {
+        res->rows[i].index = i;
+        res->rows[i].example = dx_example_copy(ds->items[i]);
+        dx_usage_acc_init(&res->rows[i].usage, "example");
+        if (!res->rows[i].example) {
+            dx_free(j);
+            dx_eval_result_free(res);
+            return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+        }
+    }
+    j->module = m;
+    j->ds = ds;
+    j->opts = *opts;
+    if (j->opts.concurrency == 0)
+        j->opts.concurrency = DEFAULT_CONCURRENCY;
+    if (j->opts.example_timeout_ms <= 0)
+        j->opts.example_timeout_ms = DEFAULT_EXAMPLE_TIMEOUT_MS;
+    j->res = res;
+    atomic_init(&j->finished, false);
+
+    if (!dx_pid_is_none(dx_self())) {
+        coordinate(j);
+    } else {
+        /* A host thread cannot receive DOWN messages: the coordinator is a
+         * process of its own, and this thread waits for it. */
+        dx_pid pid;
+        int rc = dx_spawn(coordinator_proc, j, &pid);
+        if (rc != DX_OK) {
+            dx_free(j);
+            dx_eval_result_free(res);
+            return dx_diag_set(diag, rc, 0, 0, "evaluate: spawn failed: %s",
+                               dx_strerror(rc));
+        }
+        dx_term *reason = NULL;
+        rc = dx_wait_exit(pid, DX_INFINITY, &reason);
+        dx_term_free(reason);
+        if (!atomic_load_explicit(&j->finished, memory_order_acquire)) {
+            /* The coordinator itself died: a bug, not an example's fault.
+             * Its examples are monitored by it and end on their own. */
+            dx_free(j);
+            dx_eval_result_free(res);
+            return dx_diag_set(diag, DX_EDOWN, 0, 0,
+                               "evaluate: the coordinator process died");
+        }
+    }
+    int rc = j->rc;
+    if (rc != DX_OK) {
+        if (diag)
+            *diag = j->diag;
+        dx_eval_result_free(res);
+    } else {
+        *out = res;
+    }
+    dx_free(j);
+    return rc;
+}

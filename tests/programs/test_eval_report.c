@@ -1,0 +1,372 @@
+/*
+ * test_eval_report.c — what an evaluation shows and writes: latency
+ * percentiles as numpy computes them, the progress bar (redrawn in place,
+ * throttled) and the plain progress lines (one per interval), both captured
+ * in memory with the clock driven by hand, the results as JSONL read back
+ * as a dataset, and the text table with an ok, a failed and a not-run row.
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dspex/alloc.h"
+#include "dspex/error.h"
+#include "dspex/evaluate.h"
+#include "eval_int.h"
+
+/* ---- percentiles ------------------------------------------------------- */
+
+Test(eval_report, percentile_interpolates_between_closest_ranks,
+     .timeout = 10)
+{
+    double v[] = {50, 15, 40, 20, 35};
+    cr_expect_float_eq(dx__percentile(v, 5, 40), 29.0, 1e-9);
+    cr_expect_float_eq(v[0], 15.0, 0); /* sorted in place */
+    cr_expect_float_eq(v[4], 50.0, 0);
+    cr_expect_float_eq(dx__percentile(v, 5, 0), 15.0, 1e-9);
+    cr_expect_float_eq(dx__percentile(v, 5, 100), 50.0, 1e-9);
+    cr_expect_float_eq(dx__percentile(v, 5, 50), 35.0, 1e-9);
+
+    double w[100];
+    for (int i = 0; i < 100; i++)
+        w[i] = 100 - i; /* 100 .. 1 */
+    cr_expect_float_eq(dx__percentile(w, 100, 50), 50.5, 1e-9);
+    cr_expect_float_eq(dx__percentile(w, 100, 95), 95.05, 1e-9);
+    cr_expect_float_eq(dx__percentile(w, 100, 99), 99.01, 1e-9);
+
+    double one = 7;
+    cr_expect_float_eq(dx__percentile(&one, 1, 99), 7.0, 0);
+    cr_expect_float_eq(dx__percentile(NULL, 0, 50), 0.0, 0);
+}
+
+/* ---- progress ---------------------------------------------------------- */
+
+typedef struct capture {
+    FILE *f;
+    char *buf;
+    size_t len;
+} capture;
+
+static void cap_open(capture *c)
+{
+    memset(c, 0, sizeof *c);
+    c->f = open_memstream(&c->buf, &c->len);
+    cr_assert_not_null(c->f);
+}
+
+/* What was written since the last call (the stream stays open). */
+static char *cap_take(capture *c)
+{
+    fflush(c->f);
+    char *s = strndup(c->buf ? c->buf : "", c->len);
+    cr_assert_not_null(s);
+    rewind(c->f);
+    return s;
+}
+
+static void cap_close(capture *c)
+{
+    fclose(c->f);
+    free(c->buf);
+}
+
+static void expect_out(capture *c, const char *want)
+{
+    char *s = cap_take(c);
+    cr_expect_str_eq(s, want);
+    free(s);
+}
+
+Test(eval_report, lines_print_once_per_interval_and_a_final_line,
+     .timeout = 10)
+{
+    capture c;
+    cap_open(&c);
+    dx__progress *p = dx__progress_new(c.f, DX_EVAL_PROGRESS_LINES, 100, 2.0);
+    cr_assert_not_null(p);
+    dx__progress_update(p, 10, 0, 10, 0.5);
+    dx__progress_update(p, 40, 0, 25, 1.9);
+    expect_out(&c, "");
+    dx__progress_update(p, 45, 1, 28, 2.0);
+    expect_out(&c, "evaluate: 45/100 done, score 62.22%, 1 error, 2.0s "
+                   "elapsed, ETA 2.4s\n");
+    dx__progress_update(p, 60, 1, 40, 3.9);
+    expect_out(&c, "");
+    dx__progress_update(p, 80, 2, 50, 4.1);
+    expect_out(&c, "evaluate: 80/100 done, score 62.50%, 2 errors, 4.1s "
+                   "elapsed, ETA 1.0s\n");
+    dx__progress_finish(p, 100, 2, 62, 4.5, false);
+    expect_out(&c, "evaluate: 100/100 done, score 62.00%, 2 errors, 4.5s "
+                   "elapsed\n");
+    dx__progress_free(p);
+    cap_close(&c);
+}
+
+Test(eval_report, lines_say_when_stopped_and_format_long_times,
+     .timeout = 10)
+{
+    capture c;
+    cap_open(&c);
+    dx__progress *p = dx__progress_new(c.f, DX_EVAL_PROGRESS_LINES, 1000, 60);
+    cr_assert_not_null(p);
+    dx__progress_update(p, 0, 0, 0, 61);
+    expect_out(&c, "evaluate: 0/1000 done, score 0.00%, 0 errors, 1m01s "
+                   "elapsed, ETA ?\n");
+    dx__progress_finish(p, 500, 12, 100, 7325, true);
+    expect_out(&c, "evaluate: 500/1000 done, score 20.00%, 12 errors, 2h02m "
+                   "elapsed, stopped\n");
+    dx__progress_free(p);
+    cap_close(&c);
+}
+
+Test(eval_report, bar_redraws_in_place_at_most_ten_times_a_second,
+     .timeout = 10)
+{
+    capture c;
+    cap_open(&c);
+    dx__progress *p = dx__progress_new(c.f, DX_EVAL_PROGRESS_BAR, 100, 0);
+    cr_assert_not_null(p);
+    dx__progress_update(p, 45, 1, 28, 2.3);
+    expect_out(&c, "\rEvaluating [#########-----------]  45/100  score 62.22%"
+                   "  errors 1  2.3s  ETA 2.8s\x1b[K");
+    dx__progress_update(p, 46, 1, 29, 2.35);
+    expect_out(&c, "");
+    dx__progress_update(p, 50, 1, 30, 2.45);
+    expect_out(&c, "\rEvaluating [##########----------]  50/100  score 60.00%"
+                   "  errors 1  2.5s  ETA 2.5s\x1b[K");
+    dx__progress_finish(p, 100, 1, 62, 4.0, false);
+    expect_out(&c, "\rEvaluating [####################] 100/100  score 62.00%"
+                   "  errors 1  4.0s\x1b[K\n");
+    dx__progress_free(p);
+    cap_close(&c);
+}
+
+Test(eval_report, off_prints_nothing_and_auto_on_a_file_prints_lines,
+     .timeout = 10)
+{
+    capture c;
+    cap_open(&c);
+    dx__progress *p = dx__progress_new(c.f, DX_EVAL_PROGRESS_OFF, 10, 1);
+    cr_assert_not_null(p);
+    dx__progress_update(p, 5, 0, 5, 3);
+    dx__progress_finish(p, 10, 0, 10, 4, false);
+    dx__progress_free(p);
+    expect_out(&c, "");
+
+    p = dx__progress_new(c.f, DX_EVAL_PROGRESS_AUTO, 10, 1);
+    cr_assert_not_null(p);
+    dx__progress_finish(p, 10, 0, 10, 4, false);
+    dx__progress_free(p);
+    expect_out(&c, "evaluate: 10/10 done, score 100.00%, 0 errors, 4.0s "
+                   "elapsed\n");
+    dx__progress_update(NULL, 1, 1, 1, 1); /* no-ops */
+    dx__progress_finish(NULL, 1, 1, 1, 1, false);
+    dx__progress_free(NULL);
+    cap_close(&c);
+}
+
+/* ---- results ----------------------------------------------------------- */
+
+static dx_example *ex_json(const char *json)
+{
+    dx_example *ex = NULL;
+    cr_assert_eq(dx_example_from_json(json, strlen(json), &ex, NULL), DX_OK,
+                 "%s", json);
+    return ex;
+}
+
+/* Three rows as an evaluation stopped after two would leave them: one ok,
+ * one timed out, one not run. */
+static dx_eval_result *sample_result(const char *long_question)
+{
+    dx_eval_result *r = dx_calloc(1, sizeof *r);
+    cr_assert_not_null(r);
+    r->n = 3;
+    r->rows = dx_calloc(3, sizeof *r->rows);
+    cr_assert_not_null(r->rows);
+    const char *keys[] = {"question"};
+    for (size_t i = 0; i < 3; i++) {
+        r->rows[i].index = i;
+        r->rows[i].example = ex_json(i == 1 && long_question
+                                         ? "{\"question\": \"x\"}"
+                                         : "{\"question\": \"2+2?\", "
+                                           "\"answer\": \"4\"}");
+        cr_assert_eq(dx_example_with_inputs(r->rows[i].example, keys, 1),
+                     DX_OK);
+        dx_usage_acc_init(&r->rows[i].usage, "example");
+    }
+    if (long_question)
+        cr_assert_eq(dx_example_set_str(r->rows[1].example, "question",
+                                        long_question),
+                     DX_OK);
+
+    dx_eval_row *ok = &r->rows[0];
+    ok->done = true;
+    ok->score = 1.0;
+    ok->latency_ms = 12.5;
+    ok->pred = dx_prediction_new();
+    cr_assert_not_null(ok->pred);
+    dx_example *f = dx_prediction_fields_mut(ok->pred);
+    cr_assert_eq(dx_example_set_str(f, "reasoning", "two and two"), DX_OK);
+    cr_assert_eq(dx_example_set_str(f, "answer", "4"), DX_OK);
+    ok->usage.calls = 1;
+    ok->usage.input_tokens = 10;
+    ok->usage.output_tokens = 2;
+    ok->usage.cost_usd = 0.0001;
+
+    dx_eval_row *bad = &r->rows[1];
+    bad->done = true;
+    bad->score = 0;
+    bad->error = DX_ETIMEDOUT;
+    bad->error_msg = dx_strdup("example took longer than 100 ms");
+    cr_assert_not_null(bad->error_msg);
+    bad->latency_ms = 100.25;
+
+    r->n_done = 2;
+    r->n_errors = 1;
+    r->stopped_early = true;
+    r->score = 50.0;
+    r->wall_s = 0.2;
+    r->latency_p50_ms = 12.5;
+    r->latency_p95_ms = 12.5;
+    r->latency_p99_ms = 12.5;
+    dx_usage_acc_init(&r->usage, "evaluate");
+    dx_usage_acc_merge(&r->usage, &ok->usage);
+    return r;
+}
+
+static char *tmp_path(const char *tag)
+{
+    char *p = malloc(256);
+    cr_assert_not_null(p);
+    snprintf(p, 256, "/tmp/dspex_test_evrep_%ld_%s.jsonl", (long)getpid(), tag);
+    return p;
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "%s", path);
+    char *s = calloc(1, 65536);
+    cr_assert_not_null(s);
+    size_t n = fread(s, 1, 65535, f);
+    s[n] = '\0';
+    fclose(f);
+    return s;
+}
+
+Test(eval_report, jsonl_has_one_object_per_finished_row, .timeout = 10)
+{
+    dx_eval_result *r = sample_result(NULL);
+    char *path = tmp_path("rows");
+    dx_diag d = {0};
+    cr_assert_eq(dx_eval_result_write_jsonl(r, path, &d), DX_OK, "%s", d.msg);
+
+    char *text = slurp(path);
+    const char *first =
+        "{\"index\":0,\"example\":{\"question\":\"2+2?\",\"answer\":\"4\"},"
+        "\"prediction\":{\"reasoning\":\"two and two\",\"answer\":\"4\"},"
+        "\"score\":1.0,\"error\":null,\"latency_ms\":12.5,\"input_tokens\":10,"
+        "\"output_tokens\":2,\"cost_usd\":0.0001,\"cached\":false}\n";
+    cr_expect(strncmp(text, first, strlen(first)) == 0, "got %s", text);
+    free(text);
+
+    dx_dataset *ds = NULL;
+    cr_assert_eq(dx_dataset_load(path, NULL, 0, &ds, &d), DX_OK, "%s", d.msg);
+    cr_assert_eq(ds->n, 2); /* the row that never ran is left out */
+    dx_example *row = ds->items[1];
+    cr_expect_float_eq(dx_example_get_num(row, "index", -1), 1.0, 0);
+    cr_expect_str_eq(dx_example_get_str(row, "error", ""),
+                     "example took longer than 100 ms");
+    cr_expect(cJSON_IsNull(dx_example_get(row, "prediction")));
+    cr_expect_float_eq(dx_example_get_num(row, "score", -1), 0.0, 0);
+    cr_expect_float_eq(dx_example_get_num(row, "latency_ms", -1), 100.25, 0);
+    cr_expect_float_eq(dx_example_get_num(row, "input_tokens", -1), 0.0, 0);
+    const cJSON *ex = dx_example_get(row, "example");
+    cr_assert(cJSON_IsObject(ex));
+    cr_expect_str_eq(cJSON_GetObjectItem(ex, "question")->valuestring, "2+2?");
+    dx_dataset_free(ds);
+    unlink(path);
+    free(path);
+    dx_eval_result_free(r);
+}
+
+Test(eval_report, jsonl_marks_all_cached_rows_and_names_unwritable_paths,
+     .timeout = 10)
+{
+    dx_eval_result *r = sample_result(NULL);
+    r->rows[0].usage.cached_calls = 1;
+    r->rows[1].error_msg[0] = '\0'; /* no message: the code's text */
+    char *path = tmp_path("cached");
+    dx_diag d = {0};
+    cr_assert_eq(dx_eval_result_write_jsonl(r, path, &d), DX_OK, "%s", d.msg);
+    dx_dataset *ds = NULL;
+    cr_assert_eq(dx_dataset_load(path, NULL, 0, &ds, &d), DX_OK, "%s", d.msg);
+    cr_assert_eq(ds->n, 2);
+    cr_expect(cJSON_IsTrue(dx_example_get(ds->items[0], "cached")));
+    cr_expect(cJSON_IsFalse(dx_example_get(ds->items[1], "cached")));
+    cr_expect_str_eq(dx_example_get_str(ds->items[1], "error", ""),
+                     dx_strerror(DX_ETIMEDOUT));
+    dx_dataset_free(ds);
+    unlink(path);
+    free(path);
+
+    d = (dx_diag){0};
+    cr_expect_eq(dx_eval_result_write_jsonl(r, "/nonexistent-dir/x.jsonl", &d),
+                 DX_EIO);
+    cr_expect(strstr(d.msg, "/nonexistent-dir/x.jsonl") != NULL, "%s", d.msg);
+    cr_expect_eq(dx_eval_result_write_jsonl(NULL, "x", &d), DX_EINVAL);
+    dx_eval_result_free(r);
+}
+
+Test(eval_report, table_shows_summary_and_ok_failed_and_not_run_rows,
+     .timeout = 10)
+{
+    /* 50 "é": two bytes each, cut at a character with "…". */
+    char longq[128] = "";
+    for (int i = 0; i < 50; i++)
+        memcpy(longq + 2 * i, "\xc3\xa9", 2);
+    dx_eval_result *r = sample_result(longq);
+    capture c;
+    cap_open(&c);
+    dx_eval_result_print(r, c.f, 0);
+    char *s = cap_take(&c);
+    cr_expect(strstr(s, "score     50.00%\n") != NULL, "%s", s);
+    cr_expect(strstr(s, "done      2/3, 1 error, stopped early") != NULL,
+              "%s", s);
+    cr_expect(strstr(s, "latency   p50 12.5 ms  p95 12.5 ms  p99 12.5 ms\n") !=
+                  NULL,
+              "%s", s);
+    cr_expect(strstr(s, "tokens    10 in, 2 out, 1 LM calls (0 cached)\n") !=
+                  NULL,
+              "%s", s);
+    cr_expect(strstr(s, "cost      $0.0001\n") != NULL, "%s", s);
+    /* The input column is padded to 40 characters. */
+    cr_expect(strstr(s, "     0   1.00       12.5ms  2+2?                    "
+                        "                 → 4\n") != NULL,
+              "%s", s);
+    char want[256];
+    char cut[128] = "";
+    for (int i = 0; i < 39; i++)
+        memcpy(cut + 2 * i, "\xc3\xa9", 2);
+    snprintf(want, sizeof want,
+             "     1   0.00      100.2ms  %s… → error ETIMEDOUT: example "
+             "took longer than 100 ms\n",
+             cut);
+    cr_expect(strstr(s, want) != NULL, "%s", s);
+    cr_expect(strstr(s, "     2      -            -  2+2?                    "
+                        "                 → (not run)\n") != NULL,
+              "%s", s);
+    free(s);
+
+    dx_eval_result_print(r, c.f, 1);
+    s = cap_take(&c);
+    cr_expect(strstr(s, "     0   1.00") != NULL, "%s", s);
+    cr_expect(strstr(s, "     1   0.00") == NULL, "%s", s);
+    cr_expect(strstr(s, "… 2 more rows\n") != NULL, "%s", s);
+    free(s);
+    cap_close(&c);
+    dx_eval_result_free(r);
+}

@@ -1,0 +1,326 @@
+/*
+ * test_evaluate.c — the evaluation engine: a known program on a known
+ * dataset through the local LM server; 1,000 examples with one crashing
+ * and one hanging → 998 scored and 2 errors with reasons; max_errors
+ * stopping early; the concurrency bound; dataset order whatever the
+ * completion order; a crashing metric; examples without inputs;
+ * cancellation from another thread.
+ */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dspex/alloc.h"
+#include "dspex/evaluate.h"
+#include "dspex/lm.h"
+#include "dspex/lmserver.h"
+#include "dspex/runtime.h"
+#include "lm_fixture.h"
+
+TestSuite(evaluate, .init = fixture_setup, .fini = fixture_teardown,
+          .timeout = 120);
+
+static dx_dataset *dataset(size_t n, const char *(*answer)(size_t i))
+{
+    dx_dataset *ds = dx_dataset_new();
+    const char *in[] = {"question"};
+    for (size_t i = 0; i < n; i++) {
+        dx_example *ex = dx_example_new();
+        char q[32];
+        snprintf(q, sizeof q, "q%zu", i);
+        dx_example_set_str(ex, "question", q);
+        dx_example_set_str(ex, "answer", answer ? answer(i) : q);
+        dx_example_with_inputs(ex, in, 1);
+        cr_assert_eq(dx_dataset_append(ds, ex), DX_OK);
+    }
+    return ds;
+}
+
+/* ---- a known program against the LM server ---------------------------- */
+
+static const char *even_right(size_t i)
+{
+    return i % 2 == 0 ? "RIGHT" : "WRONG";
+}
+
+/* The local server answers "answer: <last user message>" (in JSON once
+ * the ChatAdapter's answer fails to parse), so the prediction contains
+ * the question. The metric is 1 when the prediction contains the label's
+ * question for "RIGHT" examples: a known 50%. */
+static double contains_metric(const dx_example *ex, const dx_prediction *p,
+                              const dx_trace *t, void *ud)
+{
+    (void)t;
+    (void)ud;
+    const char *label = dx_example_get_str(ex, "answer", "");
+    const char *q = dx_example_get_str(ex, "question", "");
+    const char *got = dx_prediction_get_str(p, "answer", "");
+    return strcmp(label, "RIGHT") == 0 && strstr(got, q) ? 1.0 : 0.0;
+}
+
+Test(evaluate, scores_a_known_program_through_the_lm_server)
+{
+    dx_signature *s = NULL;
+    cr_assert_eq(
+        dx_signature_parse("question -> answer", NULL, NULL, 0, &s, NULL),
+        DX_OK);
+    dx_module *p = dx_predict_new(s, NULL);
+    dx_signature_unref(s);
+    dx_dataset *ds = dataset(20, even_right);
+    /* Slow answers, so up to `concurrency` requests overlap. */
+    dx_lmserver_inject(srv, "slow:30", 40);
+    dx_eval_opts o = {
+        .metric = {.kind = DX_METRIC_CUSTOM, .fn = contains_metric},
+        .concurrency = 4,
+        .progress = DX_EVAL_PROGRESS_OFF,
+    };
+    dx_eval_result *r = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_evaluate(p, ds, &o, &r, &d), DX_OK, "%s", d.msg);
+    cr_assert_eq(r->n_done, 20);
+    cr_assert_eq(r->n_errors, 0, "%s", r->rows[0].error_msg);
+    cr_assert_float_eq(r->score, 50.0, 1e-9);
+    /* The concurrency bound, counted by the server. */
+    dx_lmserver_stats st;
+    dx_lmserver_stats_get(srv, &st);
+    cr_assert_leq(st.max_in_flight, 4, "%llu in flight",
+                  (unsigned long long)st.max_in_flight);
+    cr_assert_geq(st.max_in_flight, 2);
+    /* Two LM calls per example (ChatAdapter, then the JSON fallback). */
+    cr_assert_eq(r->usage.calls, 40);
+    cr_assert_gt(r->usage.input_tokens, 0);
+    cr_assert_gt(r->latency_p50_ms, 0);
+    cr_assert_geq(r->latency_p99_ms, r->latency_p50_ms);
+
+    /* The same inputs with the cached LM give the same score. */
+    dx_eval_result *again = NULL;
+    cr_assert_eq(dx_evaluate(p, ds, &o, &again, &d), DX_OK);
+    cr_assert_float_eq(again->score, r->score, 1e-9);
+    cr_assert_eq(again->usage.cached_calls, again->usage.calls);
+    dx_eval_result_free(again);
+    dx_eval_result_free(r);
+    dx_dataset_free(ds);
+    dx_module_free(p);
+}
+
+/* ---- failures among many ---------------------------------------------- */
+
+static atomic_int running, max_running;
+
+static int fragile_forward(dx_ctx *ctx, const dx_module *self,
+                           const dx_example *in, dx_prediction **out)
+{
+    (void)self;
+    (void)ctx;
+    const char *q = dx_example_get_str(in, "question", "");
+    if (strcmp(q, "q17") == 0)
+        crash_now();
+    if (strcmp(q, "q500") == 0) {
+        dx_msg *never = NULL; /* hang until killed */
+        dx_receive_tag(0x68616e67, DX_INFINITY, &never);
+        dx_msg_free(never);
+    }
+    int now = atomic_fetch_add(&running, 1) + 1;
+    int seen = atomic_load(&max_running);
+    while (now > seen &&
+           !atomic_compare_exchange_weak(&max_running, &seen, now))
+        ;
+    /* Finish in an order unlike the dataset's. */
+    long idx = strtol(q + 1, NULL, 10);
+    if (idx < 40)
+        dx_sleep((40 - idx) % 7);
+    atomic_fetch_sub(&running, 1);
+    *out = dx_prediction_new();
+    dx_example_set_str(dx_prediction_fields_mut(*out), "answer", q);
+    return DX_OK;
+}
+
+Test(evaluate, a_crash_and_a_hang_among_1000_cost_two_examples)
+{
+    dx_module *m = dx_module_new("Fragile", fragile_forward, NULL, NULL, NULL);
+    dx_dataset *ds = dataset(1000, NULL);
+    dx_eval_opts o = {
+        .metric = {.kind = DX_METRIC_EXACT_MATCH},
+        .concurrency = 64,
+        .example_timeout_ms = 300,
+        .progress = DX_EVAL_PROGRESS_OFF,
+    };
+    dx_eval_result *r = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_evaluate(m, ds, &o, &r, &d), DX_OK, "%s", d.msg);
+    cr_assert_eq(r->n_done, 1000);
+    cr_assert_eq(r->n_errors, 2, "%zu errors; row 0: %s", r->n_errors,
+                 r->rows[0].error_msg ? r->rows[0].error_msg : "ok");
+    cr_assert_float_eq(r->score, 99.8, 1e-9);
+    cr_assert_eq(r->rows[17].error, DX_EDOWN);
+    cr_assert(strstr(r->rows[17].error_msg, "died"), "%s",
+              r->rows[17].error_msg);
+    cr_assert_eq(r->rows[500].error, DX_ETIMEDOUT);
+    cr_assert(strstr(r->rows[500].error_msg, "300 ms"), "%s",
+              r->rows[500].error_msg);
+    cr_assert_eq(r->rows[17].score, 0);
+    /* Dataset order, whatever order they finished in. */
+    for (size_t i = 0; i < 1000; i++) {
+        cr_assert_eq(r->rows[i].index, i);
+        if (i == 17 || i == 500)
+            continue;
+        char q[32];
+        snprintf(q, sizeof q, "q%zu", i);
+        cr_assert_str_eq(dx_prediction_get_str(r->rows[i].pred, "answer", ""),
+                         q);
+        cr_assert_eq(r->rows[i].score, 1.0);
+    }
+    cr_assert_leq(atomic_load(&max_running), 64, "concurrency bound: %d",
+                  atomic_load(&max_running));
+    cr_assert_gt(atomic_load(&max_running), 1);
+    dx_eval_result_free(r);
+    dx_dataset_free(ds);
+    dx_module_free(m);
+}
+
+static int failing_forward(dx_ctx *ctx, const dx_module *self,
+                           const dx_example *in, dx_prediction **out)
+{
+    (void)self;
+    (void)in;
+    (void)out;
+    return dx_ctx_fail(ctx, DX_EPARSE, "this program never parses");
+}
+
+Test(evaluate, stops_early_past_max_errors)
+{
+    dx_module *m = dx_module_new("Failing", failing_forward, NULL, NULL, NULL);
+    dx_dataset *ds = dataset(200, NULL);
+    dx_eval_opts o = {
+        .metric = {.kind = DX_METRIC_EXACT_MATCH},
+        .concurrency = 2,
+        .max_errors = 5,
+        .progress = DX_EVAL_PROGRESS_OFF,
+    };
+    dx_eval_result *r = NULL;
+    cr_assert_eq(dx_evaluate(m, ds, &o, &r, NULL), DX_OK);
+    cr_assert(r->stopped_early);
+    cr_assert_gt(r->n_errors, 5);
+    cr_assert_lt(r->n_done, 200);
+    cr_assert_eq(r->rows[0].error, DX_EPARSE);
+    cr_assert(strstr(r->rows[0].error_msg, "never parses"));
+    cr_assert(!r->rows[199].done, "never started");
+    dx_eval_result_free(r);
+    dx_dataset_free(ds);
+    dx_module_free(m);
+}
+
+static int echo_forward(dx_ctx *ctx, const dx_module *self,
+                        const dx_example *in, dx_prediction **out)
+{
+    (void)self;
+    (void)ctx;
+    *out = dx_prediction_new();
+    dx_example_set_str(dx_prediction_fields_mut(*out), "answer",
+                       dx_example_get_str(in, "question", ""));
+    return DX_OK;
+}
+
+static double crashing_metric(const dx_example *ex, const dx_prediction *p,
+                              const dx_trace *t, void *ud)
+{
+    (void)p;
+    (void)t;
+    (void)ud;
+    if (strcmp(dx_example_get_str(ex, "question", ""), "q3") == 0)
+        crash_now();
+    return 1.0;
+}
+
+Test(evaluate, a_crashing_metric_fails_only_its_example)
+{
+    dx_module *m = dx_module_new("Echo", echo_forward, NULL, NULL, NULL);
+    dx_dataset *ds = dataset(10, NULL);
+    dx_eval_opts o = {
+        .metric = {.kind = DX_METRIC_CUSTOM, .fn = crashing_metric},
+        .progress = DX_EVAL_PROGRESS_OFF,
+    };
+    dx_eval_result *r = NULL;
+    cr_assert_eq(dx_evaluate(m, ds, &o, &r, NULL), DX_OK);
+    cr_assert_eq(r->n_errors, 1);
+    cr_assert_eq(r->rows[3].error, DX_EDOWN);
+    cr_assert_float_eq(r->score, 90.0, 1e-9);
+    dx_eval_result_free(r);
+    dx_dataset_free(ds);
+    dx_module_free(m);
+}
+
+Test(evaluate, examples_without_inputs_are_errors_that_say_so)
+{
+    dx_module *m = dx_module_new("Echo", echo_forward, NULL, NULL, NULL);
+    dx_dataset *ds = dx_dataset_new();
+    dx_example *ex = dx_example_new();
+    dx_example_set_str(ex, "question", "q");
+    dx_dataset_append(ds, ex);
+    dx_eval_opts o = {.progress = DX_EVAL_PROGRESS_OFF};
+    dx_eval_result *r = NULL;
+    cr_assert_eq(dx_evaluate(m, ds, &o, &r, NULL), DX_OK);
+    cr_assert_eq(r->n_errors, 1);
+    cr_assert(strstr(r->rows[0].error_msg, "input"), "%s",
+              r->rows[0].error_msg);
+    dx_eval_result_free(r);
+    dx_dataset_free(ds);
+    dx_module_free(m);
+}
+
+/* ---- cancellation ------------------------------------------------------- */
+
+static int slow_forward(dx_ctx *ctx, const dx_module *self,
+                        const dx_example *in, dx_prediction **out)
+{
+    dx_sleep(20);
+    return echo_forward(ctx, self, in, out);
+}
+
+typedef struct eval_thread {
+    dx_module *m;
+    dx_dataset *ds;
+    dx_eval_result *r;
+    int rc;
+} eval_thread;
+
+static void *run_eval(void *arg)
+{
+    eval_thread *t = arg;
+    dx_eval_opts o = {
+        .metric = {.kind = DX_METRIC_EXACT_MATCH},
+        .concurrency = 4,
+        .progress = DX_EVAL_PROGRESS_OFF,
+    };
+    t->rc = dx_evaluate(t->m, t->ds, &o, &t->r, NULL);
+    return NULL;
+}
+
+Test(evaluate, cancellation_stops_cleanly_and_reports_what_finished)
+{
+    eval_thread t = {
+        .m = dx_module_new("Slow", slow_forward, NULL, NULL, NULL),
+        .ds = dataset(400, NULL),
+    };
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, run_eval, &t), 0);
+    host_sleep_ms(200);
+    dx_evaluate_cancel_all();
+    pthread_join(th, NULL);
+    cr_assert_eq(t.rc, DX_OK);
+    cr_assert(t.r->cancelled);
+    cr_assert_gt(t.r->n_done, 0);
+    cr_assert_lt(t.r->n_done, 400);
+    size_t done = 0;
+    for (size_t i = 0; i < 400; i++)
+        done += t.r->rows[i].done;
+    cr_assert_eq(done, t.r->n_done);
+    cr_assert_float_eq(t.r->score, 100.0, 1e-9, "only finished examples count");
+    dx_eval_result_free(t.r);
+    dx_dataset_free(t.ds);
+    dx_module_free(t.m);
+}

@@ -1,0 +1,276 @@
+/*
+ * test_metrics.c — the built-in metrics against what Python DSPy computes:
+ * normalize_text (NFD, lower-case, ASCII punctuation, articles, whitespace)
+ * on ASCII and Unicode text, exact match, token F1 with exact values,
+ * passage match as DSPy's DPR tokenizer sees it, and dx_metric_score on
+ * examples and predictions (list answers, non-string values, missing
+ * fields, custom metrics). Expected values were computed with DSPy 3.3's
+ * dspy/evaluate/metrics.py under Python 3 (Unicode 14).
+ */
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include "dspex/alloc.h"
+#include "dspex/error.h"
+#include "dspex/evaluate.h"
+
+static void expect_norm(const char *in, const char *want)
+{
+    char *out = NULL;
+    cr_assert_eq(dx_metric_normalize(in, &out), DX_OK, "%s", in);
+    cr_expect_str_eq(out, want, "normalize(\"%s\")", in);
+    dx_free(out);
+}
+
+Test(metrics, normalize_strips_case_punctuation_articles_and_spaces,
+     .timeout = 10)
+{
+    expect_norm("The,  Eiffel  Tower!", "eiffel tower");
+    expect_norm("", "");
+    expect_norm("  \t\n ", "");
+    expect_norm("A an THE", "");
+    expect_norm("the_cat", "thecat"); /* '_' is punctuation, then no article */
+    expect_norm("the.the", "thethe");
+    expect_norm("an-apple", "anapple");
+    expect_norm("apple's pie", "apples pie");
+    expect_norm("a1-b2", "a1b2");
+    expect_norm("tab\tnew\nline", "tab new line");
+    expect_norm("«the» end", "« » end");
+}
+
+Test(metrics, normalize_keeps_combining_marks_as_nfd_does, .timeout = 10)
+{
+    /* NFD splits é into e + U+0301 and nothing removes the mark. */
+    expect_norm("Café", "cafe\xcc\x81");
+    expect_norm("CAFÉ", "cafe\xcc\x81");
+    expect_norm("naïve façade", "nai\xcc\x88ve fac\xcc\xa7" "ade");
+    /* The mark is not a word character, so NFD "à"'s "a" is an article. */
+    expect_norm("à la carte", "\xcc\x80 la carte");
+    expect_norm("İstanbul", "i\xcc\x87stanbul");
+    expect_norm("Ёлка Йод", "е\xcc\x88лка и\xcc\x86од");
+}
+
+Test(metrics, normalize_lowercases_beyond_ascii_and_keeps_unicode_punctuation,
+     .timeout = 10)
+{
+    expect_norm("Hello—world", "hello—world");
+    expect_norm("l’été", "l’e\xcc\x81te\xcc\x81");
+    expect_norm("Ǆ DŽ", "ǆ dz\xcc\x8c");
+    expect_norm("ΣΊΣΥΦΟΣ", "σι\xcc\x81συφος"); /* final sigma at the end */
+    expect_norm("Straße", "straße");
+    expect_norm("ẞ", "ß");
+    expect_norm("ＡＢＣ", "ａｂｃ");
+    expect_norm("Ⅻ", "ⅻ");
+    expect_norm("ﬁne", "ﬁne"); /* a compatibility form: NFD keeps it */
+    expect_norm("½ cup", "½ cup");
+    expect_norm("×÷", "×÷");
+    expect_norm("x\xc2\xa0y\xe3\x80\x80z", "x y z"); /* NBSP, ideographic */
+    expect_norm("한국어", "\xe1\x84\x92\xe1\x85\xa1\xe1\x86\xab"
+                        "\xe1\x84\x80\xe1\x85\xae\xe1\x86\xa8"
+                        "\xe1\x84\x8b\xe1\x85\xa5");
+    expect_norm("𝒜bc", "𝒜bc");
+}
+
+Test(metrics, normalize_passes_invalid_utf8_through, .timeout = 10)
+{
+    expect_norm("ab\xff" "C", "ab\xff" "c");
+    expect_norm("\xc3", "\xc3"); /* a truncated sequence */
+    char *out = (char *)1;
+    cr_expect_eq(dx_metric_normalize("x", NULL), DX_EINVAL);
+    cr_expect_eq(dx_metric_normalize(NULL, &out), DX_OK);
+    cr_expect_str_eq(out, "");
+    dx_free(out);
+}
+
+Test(metrics, exact_match_compares_normalised_text, .timeout = 10)
+{
+    cr_expect(dx_metric_em("The Eiffel Tower", "Eiffel Tower"));
+    cr_expect(dx_metric_em("paris", "Paris"));
+    cr_expect(dx_metric_em("  Paris.  ", "paris"));
+    cr_expect_not(dx_metric_em("paris", "Paris, France"));
+    cr_expect(dx_metric_em("", ""));
+    cr_expect(dx_metric_em("the", "")); /* only an article: empty */
+    cr_expect_not(dx_metric_em("x", ""));
+    cr_expect_not(dx_metric_em("Café", "Cafe")); /* the mark stays */
+    cr_expect(dx_metric_em("CAFÉ", "café"));
+}
+
+Test(metrics, f1_counts_overlapping_tokens, .timeout = 10)
+{
+    cr_expect_float_eq(dx_metric_f1("Eiffel Tower is in Paris", "Paris"),
+                       0.33333333333333337, 1e-12);
+    cr_expect_float_eq(
+        dx_metric_f1("the cat sat on the mat", "the cat on a mat"),
+        0.8571428571428571, 1e-12);
+    /* Repeated tokens count as often as both sides have them. */
+    cr_expect_float_eq(dx_metric_f1("a b b c", "b b b d"), 0.5714285714285715,
+                       1e-12);
+    cr_expect_float_eq(dx_metric_f1("The Eiffel Tower", "eiffel tower"), 1.0,
+                       1e-12);
+    cr_expect_float_eq(dx_metric_f1("", ""), 0.0, 1e-12); /* as DSPy */
+    cr_expect_float_eq(dx_metric_f1("x", ""), 0.0, 1e-12);
+    cr_expect_float_eq(dx_metric_f1("berlin", "paris"), 0.0, 1e-12);
+}
+
+Test(metrics, passage_match_finds_answer_tokens_in_order, .timeout = 10)
+{
+    const char *p1[] = {"Nothing here.", "The Eiffel Tower is in Paris."};
+    cr_expect(dx_metric_passage_has_answer(p1, 2, "eiffel tower"));
+    cr_expect_not(dx_metric_passage_has_answer(p1, 1, "eiffel tower"));
+    const char *p2[] = {"Eiffel-Towers are tall"};
+    cr_expect_not(dx_metric_passage_has_answer(p2, 1, "eiffel tower"));
+    const char *p3[] = {"l’été est chaud"};
+    cr_expect(dx_metric_passage_has_answer(p3, 1, "été"));
+    const char *p4[] = {"Café au lait"};
+    cr_expect_not(dx_metric_passage_has_answer(p4, 1, "cafe"));
+    const char *p5[] = {"abc"};
+    cr_expect(dx_metric_passage_has_answer(p5, 1, "")); /* as DSPy */
+    cr_expect_not(dx_metric_passage_has_answer(NULL, 0, "abc"));
+    /* Whole tokens only: "tow" is not in "tower". */
+    cr_expect_not(dx_metric_passage_has_answer(p1, 2, "eiffel tow"));
+}
+
+static dx_example *ex_json(const char *json)
+{
+    dx_example *ex = NULL;
+    cr_assert_eq(dx_example_from_json(json, strlen(json), &ex, NULL), DX_OK,
+                 "%s", json);
+    return ex;
+}
+
+static dx_prediction *pred_json(const char *json)
+{
+    dx_prediction *p = dx_prediction_new();
+    cr_assert_not_null(p);
+    dx_example *f = ex_json(json);
+    for (size_t i = 0; i < dx_example_len(f); i++)
+        cr_assert_eq(dx_example_set_value(dx_prediction_fields_mut(p),
+                                          dx_example_key(f, i),
+                                          dx_example_value(f, i)),
+                     DX_OK);
+    dx_example_free(f);
+    return p;
+}
+
+static double score(dx_metric_kind kind, const char *field, const char *ex,
+                    const char *pred)
+{
+    dx_metric m = {.kind = kind, .field = field};
+    dx_example *e = ex_json(ex);
+    dx_prediction *p = pred_json(pred);
+    double s = dx_metric_score(&m, e, p, NULL);
+    dx_example_free(e);
+    dx_prediction_free(p);
+    return s;
+}
+
+Test(metrics, score_exact_match_takes_string_or_list_answers, .timeout = 10)
+{
+    cr_expect_float_eq(score(DX_METRIC_EXACT_MATCH, NULL,
+                             "{\"answer\": \"Eiffel Tower\"}",
+                             "{\"answer\": \"the eiffel tower.\"}"),
+                       1.0, 1e-12);
+    cr_expect_float_eq(score(DX_METRIC_EXACT_MATCH, NULL,
+                             "{\"answer\": [\"Louvre\", \"Eiffel Tower\"]}",
+                             "{\"answer\": \"The Eiffel Tower\"}"),
+                       1.0, 1e-12);
+    cr_expect_float_eq(score(DX_METRIC_EXACT_MATCH, NULL,
+                             "{\"answer\": [\"Louvre\", \"Orsay\"]}",
+                             "{\"answer\": \"The Eiffel Tower\"}"),
+                       0.0, 1e-12);
+    cr_expect_float_eq(score(DX_METRIC_EXACT_MATCH, NULL,
+                             "{\"answer\": []}", "{\"answer\": \"\"}"),
+                       0.0, 1e-12);
+    /* A non-string value compares as its JSON text. */
+    cr_expect_float_eq(score(DX_METRIC_EXACT_MATCH, NULL, "{\"answer\": \"4\"}",
+                             "{\"answer\": 4}"),
+                       1.0, 1e-12);
+    cr_expect_float_eq(score(DX_METRIC_EXACT_MATCH, "label",
+                             "{\"label\": \"Yes\", \"answer\": \"no\"}",
+                             "{\"label\": \"yes\", \"answer\": \"x\"}"),
+                       1.0, 1e-12);
+}
+
+Test(metrics, score_is_zero_when_a_field_is_missing, .timeout = 10)
+{
+    cr_expect_float_eq(score(DX_METRIC_EXACT_MATCH, NULL,
+                             "{\"answer\": \"\"}", "{\"other\": \"\"}"),
+                       0.0, 1e-12);
+    cr_expect_float_eq(score(DX_METRIC_F1, NULL, "{\"other\": \"x\"}",
+                             "{\"answer\": \"x\"}"),
+                       0.0, 1e-12);
+    dx_metric m = {.kind = DX_METRIC_EXACT_MATCH};
+    cr_expect_float_eq(dx_metric_score(&m, NULL, NULL, NULL), 0.0, 1e-12);
+    cr_expect_float_eq(dx_metric_score(NULL, NULL, NULL, NULL), 0.0, 1e-12);
+}
+
+Test(metrics, score_f1_is_the_best_over_list_answers, .timeout = 10)
+{
+    cr_expect_float_eq(score(DX_METRIC_F1, NULL,
+                             "{\"answer\": [\"Paris\", \"in Paris France\"]}",
+                             "{\"answer\": \"Eiffel Tower is in Paris\"}"),
+                       0.5, 1e-12);
+}
+
+Test(metrics, score_passage_match_reads_the_passages_field, .timeout = 10)
+{
+    const char *ex = "{\"answer\": [\"Louvre\", \"Eiffel Tower\"]}";
+    const char *pred = "{\"context\": [\"Nothing.\", \"The Eiffel Tower!\"],"
+                       " \"docs\": [\"nope\"]}";
+    cr_expect_float_eq(score(DX_METRIC_PASSAGE_MATCH, NULL, ex, pred), 1.0,
+                       1e-12);
+    dx_metric m = {.kind = DX_METRIC_PASSAGE_MATCH, .passages_field = "docs"};
+    dx_example *e = ex_json(ex);
+    dx_prediction *p = pred_json(pred);
+    cr_expect_float_eq(dx_metric_score(&m, e, p, NULL), 0.0, 1e-12);
+    m.passages_field = "missing";
+    cr_expect_float_eq(dx_metric_score(&m, e, p, NULL), 0.0, 1e-12);
+    dx_example_free(e);
+    dx_prediction_free(p);
+    /* A single string is one passage. */
+    cr_expect_float_eq(score(DX_METRIC_PASSAGE_MATCH, NULL, ex,
+                             "{\"context\": \"at the Louvre museum\"}"),
+                       1.0, 1e-12);
+}
+
+static double half_if_long(const dx_example *ex, const dx_prediction *pred,
+                           const dx_trace *trace, void *ud)
+{
+    (void)ex;
+    (void)trace;
+    int *calls = ud;
+    (*calls)++;
+    return strlen(dx_prediction_get_str(pred, "answer", "")) > 3 ? 0.5 : 1.0;
+}
+
+Test(metrics, score_custom_calls_the_function_with_its_data, .timeout = 10)
+{
+    int calls = 0;
+    dx_metric m = {.kind = DX_METRIC_CUSTOM, .fn = half_if_long, .ud = &calls};
+    dx_example *e = ex_json("{\"answer\": \"x\"}");
+    dx_prediction *p = pred_json("{\"answer\": \"long one\"}");
+    double s = dx_metric_score(&m, e, p, NULL);
+    cr_expect_float_eq(s, 0.5, 1e-12);
+    cr_expect_eq(calls, 1);
+    m.fn = NULL;
+    cr_expect_float_eq(dx_metric_score(&m, e, p, NULL), 0.0, 1e-12);
+    dx_example_free(e);
+    dx_prediction_free(p);
+}
+
+Test(metrics, from_name_knows_the_built_in_metrics, .timeout = 10)
+{
+    dx_metric_kind k = DX_METRIC_CUSTOM;
+    cr_expect_eq(dx_metric_from_name("exact_match", &k), DX_OK);
+    cr_expect_eq(k, DX_METRIC_EXACT_MATCH);
+    cr_expect_eq(dx_metric_from_name("f1", &k), DX_OK);
+    cr_expect_eq(k, DX_METRIC_F1);
+    cr_expect_eq(dx_metric_from_name("passage_match", &k), DX_OK);
+    cr_expect_eq(k, DX_METRIC_PASSAGE_MATCH);
+    cr_expect_eq(dx_metric_from_name("answer_exact_match", &k), DX_OK);
+    cr_expect_eq(k, DX_METRIC_EXACT_MATCH);
+    k = DX_METRIC_F1;
+    cr_expect_eq(dx_metric_from_name("bleu", &k), DX_ENOENT);
+    cr_expect_eq(k, DX_METRIC_F1);
+    cr_expect_eq(dx_metric_from_name(NULL, &k), DX_EINVAL);
+}
