@@ -37,10 +37,10 @@
 
 /* ---- metrics ---------------------------------------------------------- */
 
-/* DSPy's normalize_text: NFD unicode normalisation is approximated by
- * lower-casing (ASCII and Latin-1/Latin Extended-A letters), removing
- * punctuation (ASCII punctuation and common Unicode punctuation), the
- * articles a/an/the, and collapsing whitespace. *out is the caller's. */
+/* DSPy's normalize_text: NFD (Latin, Greek, Cyrillic and Hangul
+ * decompositions), lower-case, remove ASCII punctuation
+ * (string.punctuation), remove the articles a/an/the, collapse whitespace.
+ * *out is the caller's. */
 DX_API int dx_metric_normalize(const char *text, char **out);
 /* Normalised exact match of prediction against answer. */
 DX_API bool dx_metric_em(const char *prediction, const char *answer);

@@ -62,6 +62,11 @@ typedef struct dx_telemetry_event {
     int from_state;
     double failure_rate;
     uint32_t calls;
+    /* "optimize.trial" / "optimize.best": the trial's id (a candidate
+     * seed, a train example index) and its score (percent); model holds
+     * the optimizer's name. 0 for other events. */
+    int64_t trial;
+    double score;
 } dx_telemetry_event;
 
 /* Set e->name and e->model from strings (truncated to fit; model may be

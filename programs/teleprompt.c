@@ -1,0 +1,1093 @@
+/*
+ * teleprompt.c — LabeledFewShot, BootstrapFewShot and
+ * BootstrapFewShotWithRandomSearch (see teleprompt.h), with SQLite
+ * checkpoints of every trial, telemetry progress events and an HTML report.
+ *
+ * BootstrapFewShot is DSPy's algorithm with the teacher runs fanned out:
+ * a coordinator keeps up to `concurrency` example processes in flight (each
+ * copies the teacher, drops the example itself from the demos, runs it with
+ * a trace and scores it with the metric) and accepts their results strictly
+ * in trainset order, stopping once max_bootstrapped_demos examples were
+ * accepted, so the outcome is the sequential one. Results that arrive for
+ * examples past the stopping point are discarded.
+ */
+#include <math.h>
+#include <openssl/evp.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "dspex/alloc.h"
+#include "dspex/error.h"
+#include "dspex/telemetry.h"
+#include "dspex/teleprompt.h"
+#include "module_int.h"
+#include "pyjson.h"
+#include "pyrandom.h"
+
+#define DEFAULT_MAX_BOOTSTRAPPED 4
+#define DEFAULT_MAX_LABELED 16
+#define DEFAULT_MAX_ERRORS 10
+#define DEFAULT_CANDIDATES 16
+#define DEFAULT_CONCURRENCY 16
+#define DEFAULT_TIMEOUT_MS 120000
+#define TICK_MS 100
+
+/* ---- options ------------------------------------------------------------ */
+
+static dx_tp_opts normalized(const dx_tp_opts *in)
+{
+    dx_tp_opts o = *in;
+    if (!o.max_bootstrapped_demos)
+        o.max_bootstrapped_demos = DEFAULT_MAX_BOOTSTRAPPED;
+    if (!o.max_labeled_demos && !o.labeled_none)
+        o.max_labeled_demos = DEFAULT_MAX_LABELED;
+    if (!o.max_rounds)
+        o.max_rounds = 1;
+    if (!o.max_errors)
+        o.max_errors = DEFAULT_MAX_ERRORS;
+    if (!o.num_candidates)
+        o.num_candidates = DEFAULT_CANDIDATES;
+    if (!o.concurrency)
+        o.concurrency = DEFAULT_CONCURRENCY;
+    if (o.example_timeout_ms <= 0)
+        o.example_timeout_ms = DEFAULT_TIMEOUT_MS;
+    return o;
+}
+
+/* ---- results ------------------------------------------------------------ */
+
+void dx_tp_result_free(dx_tp_result *r)
+{
+    if (!r)
+        return;
+    dx_module_free(r->program);
+    dx_free(r->trials);
+    dx_free(r);
+}
+
+static dx_tp_result *result_new(void)
+{
+    dx_tp_result *r = dx_calloc(1, sizeof *r);
+    if (r) {
+        r->score = -1;
+        dx_usage_acc_init(&r->usage, "optimize");
+    }
+    return r;
+}
+
+static int add_trial(dx_tp_result *r, const dx_tp_trial *t)
+{
+    dx_tp_trial *v = dx_realloc(r->trials, (r->n_trials + 1) * sizeof *v);
+    if (!v)
+        return DX_ENOMEM;
+    r->trials = v;
+    r->trials[r->n_trials++] = *t;
+    dx_usage_acc_merge(&r->usage, &t->usage);
+    return DX_OK;
+}
+
+static void emit(const char *name, dx_telemetry_kind kind,
+                 const char *optimizer, int64_t trial, double score)
+{
+    dx_telemetry_event e = {0};
+    dx_telemetry_event_set(&e, kind, name, optimizer);
+    e.trial = trial;
+    e.score = score;
+    dx_telemetry_emit(&e);
+}
+
+/* ---- LabeledFewShot ---------------------------------------------------- */
+
+int dx_labeled_fewshot(const dx_module *student, const dx_dataset *trainset,
+                       size_t k, bool sample, dx_module **out)
+{
+    if (!student || !trainset || !out)
+        return DX_EINVAL;
+    *out = NULL;
+    dx_module *prog = dx_module_reset_copy(student);
+    if (!prog)
+        return DX_ENOMEM;
+    if (trainset->n == 0 || k == 0) {
+        *out = prog;
+        return DX_OK;
+    }
+    dx_named_predictor *preds = NULL;
+    size_t np = 0;
+    int rc = dx_module_predictors(prog, &preds, &np);
+    size_t take = k < trainset->n ? k : trainset->n;
+    size_t *idx = dx_calloc(take, sizeof *idx);
+    const dx_example **demos = dx_calloc(take, sizeof *demos);
+    if (rc == DX_OK && (!idx || !demos))
+        rc = DX_ENOMEM;
+    /* One generator for all predictors, as DSPy. */
+    dx__pyrand rng;
+    dx__pyrand_seed(&rng, 0);
+    for (size_t p = 0; rc == DX_OK && p < np; p++) {
+        if (sample) {
+            rc = dx__pyrand_sample(&rng, trainset->n, take, idx);
+        } else {
+            for (size_t i = 0; i < take; i++)
+                idx[i] = i;
+        }
+        for (size_t i = 0; rc == DX_OK && i < take; i++)
+            demos[i] = trainset->items[idx[i]];
+        if (rc == DX_OK)
+            rc = dx_predict_set_demos(preds[p].predict, demos, take);
+    }
+    dx_free(idx);
+    dx_free(demos);
+    dx_free(preds);
+    if (rc != DX_OK) {
+        dx_module_free(prog);
+        return rc;
+    }
+    *out = prog;
+    return DX_OK;
+}
+
+/* ---- checkpoints ------------------------------------------------------- */
+
+typedef struct ckpt {
+    sqlite3 *db;
+    char run[65]; /* hex SHA-256 of the run's inputs */
+} ckpt;
+
+static int ckpt_open(ckpt *c, const char *path, const char *kind,
+                     const dx_module *student, const dx_module *teacher,
+                     const dx_dataset *train, const dx_dataset *val,
+                     const dx_tp_opts *o, int64_t salt, dx_diag *diag)
+{
+    memset(c, 0, sizeof *c);
+    if (!path)
+        return DX_OK;
+    /* The run key: everything that decides the result. */
+    dx__sb b;
+    dx__sb_init(&b);
+    dx__sb_printf(&b, "%s|%lld|%zu|%zu|%zu|%zu|%.17g|%d|%s|%s|", kind,
+                  (long long)salt, o->max_bootstrapped_demos,
+                  o->max_labeled_demos, o->max_rounds, o->num_candidates,
+                  o->metric_threshold, (int)o->metric.kind,
+                  o->metric.field ? o->metric.field : "",
+                  o->call.rollout_id ? o->call.rollout_id : "");
+    cJSON *st = dx_module_dump_state(student);
+    if (st)
+        dx__pyjson_dump(&b, st, -1);
+    cJSON_Delete(st);
+    if (teacher) {
+        st = dx_module_dump_state(teacher);
+        if (st)
+            dx__pyjson_dump(&b, st, -1);
+        cJSON_Delete(st);
+    }
+    const dx_dataset *sets[2] = {train, val};
+    for (int k = 0; k < 2; k++) {
+        dx__sb_puts(&b, "|");
+        for (size_t i = 0; sets[k] && i < sets[k]->n; i++) {
+            char *j = NULL;
+            if (dx_example_to_json(sets[k]->items[i], &j) == DX_OK) {
+                dx__sb_puts(&b, j);
+                dx__sb_putc(&b, '\n');
+            }
+            dx_free(j);
+        }
+    }
+    const char *text = dx__sb_cstr(&b);
+    unsigned char md[32];
+    unsigned int mdl = 0;
+    bool ok = text && EVP_Digest(text, b.len, md, &mdl, EVP_sha256(), NULL);
+    dx__sb_free(&b);
+    if (!ok)
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "checkpoint: out of memory");
+    for (int i = 0; i < 32; i++)
+        snprintf(c->run + 2 * i, 3, "%02x", md[i]);
+    if (sqlite3_open(path, &c->db) != SQLITE_OK ||
+        sqlite3_exec(c->db,
+                     "PRAGMA journal_mode=WAL;"
+                     "CREATE TABLE IF NOT EXISTS dspex_trials ("
+                     " run TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT "
+                     "NULL, PRIMARY KEY (run, key));",
+                     NULL, NULL, NULL) != SQLITE_OK) {
+        int rc = dx_diag_set(diag, DX_EIO, 0, 0, "checkpoint %s: %s", path,
+                             c->db ? sqlite3_errmsg(c->db) : "cannot open");
+        sqlite3_close(c->db);
+        c->db = NULL;
+        return rc;
+    }
+    sqlite3_busy_timeout(c->db, 5000);
+    return DX_OK;
+}
+
+static void ckpt_close(ckpt *c)
+{
+    if (c->db)
+        sqlite3_close(c->db);
+    c->db = NULL;
+}
+
+/* The stored value of key, parsed; NULL when absent. */
+static cJSON *ckpt_get(ckpt *c, const char *key)
+{
+    if (!c->db)
+        return NULL;
+    sqlite3_stmt *st = NULL;
+    cJSON *v = NULL;
+    if (sqlite3_prepare_v2(c->db,
+                           "SELECT value FROM dspex_trials WHERE run=? AND "
+                           "key=?",
+                           -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, c->run, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            const char *t = (const char *)sqlite3_column_text(st, 0);
+            int n = sqlite3_column_bytes(st, 0);
+            if (t)
+                v = dx__json_parse(t, (size_t)n, NULL, NULL);
+        }
+    }
+    sqlite3_finalize(st);
+    return v;
+}
+
+static void ckpt_put(ckpt *c, const char *key, const cJSON *value)
+{
+    if (!c->db)
+        return;
+    dx__sb b;
+    dx__sb_init(&b);
+    dx__pyjson_dump(&b, value, -1);
+    const char *text = dx__sb_cstr(&b);
+    sqlite3_stmt *st = NULL;
+    if (text && sqlite3_prepare_v2(c->db,
+                                   "INSERT OR REPLACE INTO dspex_trials "
+                                   "(run, key, value) VALUES (?, ?, ?)",
+                                   -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, c->run, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, text, (int)b.len, SQLITE_STATIC);
+        sqlite3_step(st); /* a lost checkpoint only costs a rerun */
+    }
+    sqlite3_finalize(st);
+    dx__sb_free(&b);
+}
+
+/* ---- one teacher run ---------------------------------------------------- */
+
+typedef struct boot_slot {
+    atomic_int refs;
+    atomic_bool done;
+    const dx_module *teacher;
+    const dx_example *example;
+    const dx_tp_opts *opts;
+    int64_t deadline_ms;
+    /* out */
+    bool success;
+    int rc;
+    char error[DX_DIAG_MAX];
+    cJSON *demos; /* {"<path>": demo} when successful */
+    dx_usage_acc usage;
+    /* coordinator */
+    size_t index;
+    dx_pid pid;
+    dx_ref mon;
+} boot_slot;
+
+static void boot_unref(void *arg)
+{
+    boot_slot *s = arg;
+    if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    cJSON_Delete(s->demos);
+    dx_free(s);
+}
+
+/* A demo from a trace step: augmented, then the step's inputs, then its
+ * outputs (DSPy's Example(augmented=True, **inputs, **outputs)). */
+static cJSON *step_demo(const dx_trace_step *st)
+{
+    cJSON *d = cJSON_CreateObject();
+    if (!d || !cJSON_AddTrueToObject(d, "augmented")) {
+        cJSON_Delete(d);
+        return NULL;
+    }
+    const dx_example *parts[2] = {st->inputs, st->outputs};
+    for (int k = 0; k < 2; k++)
+        for (size_t i = 0; i < dx_example_len(parts[k]); i++) {
+            const char *key = dx_example_key(parts[k], i);
+            cJSON *v = cJSON_Duplicate(dx_example_value(parts[k], i), true);
+            if (!v) {
+                cJSON_Delete(d);
+                return NULL;
+            }
+            cJSON_DeleteItemFromObjectCaseSensitive(d, key);
+            cJSON_AddItemToObject(d, key, v);
+        }
+    return d;
+}
+
+static void boot_proc(void *arg)
+{
+    boot_slot *s = arg;
+    dx_set_label("dspex.bootstrap.example");
+    const dx_tp_opts *o = s->opts;
+    dx_usage_acc_init(&s->usage, "example");
+    /* The teacher, without the example itself among its demos. */
+    dx_module *t = dx_module_copy(s->teacher);
+    dx_named_predictor *preds = NULL;
+    size_t np = 0;
+    dx_example *in = NULL;
+    if (!t || dx_module_predictors(t, &preds, &np) != DX_OK ||
+        dx_example_inputs(s->example, &in, NULL) != DX_OK) {
+        s->rc = DX_ENOMEM;
+        snprintf(s->error, sizeof s->error, "cannot prepare the teacher run");
+        goto out;
+    }
+    for (size_t p = 0; p < np; p++) {
+        size_t nd = dx_predict_n_demos(preds[p].predict);
+        const dx_example **keep = dx_calloc(nd ? nd : 1, sizeof *keep);
+        size_t nk = 0;
+        for (size_t i = 0; keep && i < nd; i++) {
+            const dx_example *d = dx_predict_demo(preds[p].predict, i);
+            if (!dx_example_equal(d, s->example))
+                keep[nk++] = d;
+        }
+        if (keep && nk != nd) {
+            /* set_demos copies, so keep's pointers stay valid until then */
+            dx_example **copies = dx_calloc(nk ? nk : 1, sizeof *copies);
+            for (size_t i = 0; copies && i < nk; i++)
+                copies[i] = dx_example_copy(keep[i]);
+            if (copies)
+                dx_predict_set_demos(preds[p].predict,
+                                     (const dx_example *const *)copies, nk);
+            for (size_t i = 0; copies && i < nk; i++)
+                dx_example_free(copies[i]);
+            dx_free(copies);
+        }
+        dx_free(keep);
+    }
+    for (size_t round = 0; round < o->max_rounds && !s->success; round++) {
+        dx_call_opts call = o->call;
+        char ns[64];
+        if (round > 0) {
+            /* A fresh sample: another cache namespace, temperature 1.0. */
+            snprintf(ns, sizeof ns, "%s%sbootstrap-round-%zu",
+                     call.rollout_id ? call.rollout_id : "",
+                     call.rollout_id ? "/" : "", round);
+            call.rollout_id = ns;
+            for (size_t p = 0; p < np; p++) {
+                dx_predict_opts po = *dx_predict_get_opts(preds[p].predict);
+                po.has_temperature = true;
+                po.temperature = 1.0;
+                dx_predict_set_opts(preds[p].predict, &po);
+            }
+        }
+        dx_trace trace = {0};
+        dx_prediction *pred = NULL;
+        dx_diag d = {0};
+        s->rc =
+            dx__run_program(t, in, &call, s->deadline_ms, &pred, &trace, &d);
+        if (s->rc != DX_OK) {
+            snprintf(s->error, sizeof s->error, "%s", d.msg);
+            dx_trace_free(&trace);
+            break;
+        }
+        dx_usage_acc_merge(&s->usage, &pred->usage);
+        double score = dx_metric_score(&o->metric, s->example, pred, &trace);
+        bool pass =
+            o->metric_threshold > 0 ? score >= o->metric_threshold : score > 0;
+        if (pass) {
+            s->demos = cJSON_CreateObject();
+            /* The last step of each predictor (DSPy picks one at random
+             * when a predictor ran several times). */
+            for (size_t i = 0; s->demos && i < trace.n; i++) {
+                cJSON *demo = step_demo(&trace.steps[i]);
+                if (!demo)
+                    continue;
+                cJSON_DeleteItemFromObjectCaseSensitive(s->demos,
+                                                        trace.steps[i].path);
+                cJSON_AddItemToObject(s->demos, trace.steps[i].path, demo);
+            }
+            s->success = s->demos != NULL;
+        }
+        dx_prediction_free(pred);
+        dx_trace_free(&trace);
+    }
+out:
+    dx_example_free(in);
+    dx_free(preds);
+    dx_module_free(t);
+    atomic_store_explicit(&s->done, true, memory_order_release);
+}
+
+/* ---- BootstrapFewShot ---------------------------------------------------- */
+
+typedef struct ex_result {
+    bool known; /* finished (or from the checkpoint) */
+    bool success;
+    int rc;
+    cJSON *demos; /* owned */
+    dx_usage_acc usage;
+    bool from_checkpoint;
+} ex_result;
+
+typedef struct boot_job {
+    const dx_module *student;
+    const dx_module *teacher_in;
+    const dx_dataset *train;
+    dx_tp_opts o;
+    int64_t salt; /* random search candidate seed, for the checkpoint key */
+    dx_tp_result *res;
+    int rc;
+    dx_diag diag;
+} boot_job;
+
+static int make_teacher(boot_job *j, dx_module **out)
+{
+    if (j->teacher_in) {
+        *out = dx_module_copy(j->teacher_in);
+        return *out ? DX_OK : DX_ENOMEM;
+    }
+    if (j->o.max_labeled_demos == 0) {
+        *out = dx_module_copy(j->student);
+        return *out ? DX_OK : DX_ENOMEM;
+    }
+    return dx_labeled_fewshot(j->student, j->train, j->o.max_labeled_demos,
+                              true, out);
+}
+
+static bool same_structure(const dx_module *a, const dx_module *b)
+{
+    dx_named_predictor *pa = NULL, *pb = NULL;
+    size_t na = 0, nb = 0;
+    bool same = dx_module_predictors(a, &pa, &na) == DX_OK &&
+                dx_module_predictors(b, &pb, &nb) == DX_OK && na == nb;
+    for (size_t i = 0; same && i < na; i++)
+        same = strcmp(pa[i].path, pb[i].path) == 0;
+    dx_free(pa);
+    dx_free(pb);
+    return same;
+}
+
+static void bootstrap_run(void *arg)
+{
+    boot_job *j = arg;
+    const dx_tp_opts *o = &j->o;
+    const dx_dataset *train = j->train;
+    size_t n = train->n;
+    dx_module *teacher = NULL;
+    ex_result *ex = dx_calloc(n ? n : 1, sizeof *ex);
+    boot_slot **flight = dx_calloc(o->concurrency, sizeof *flight);
+    ckpt ck;
+    j->rc = ckpt_open(&ck, o->checkpoint_path, "bootstrap", j->student,
+                      j->teacher_in, train, NULL, o, j->salt, &j->diag);
+    if (j->rc != DX_OK)
+        goto done;
+    if (!ex || !flight) {
+        j->rc = dx_diag_set(&j->diag, DX_ENOMEM, 0, 0, "out of memory");
+        goto done;
+    }
+    j->rc = make_teacher(j, &teacher);
+    if (j->rc != DX_OK) {
+        dx_diag_set(&j->diag, j->rc, 0, 0,
+                    "bootstrap: cannot make the teacher");
+        goto done;
+    }
+    if (!same_structure(j->student, teacher)) {
+        j->rc = dx_diag_set(&j->diag, DX_EINVAL, 0, 0,
+                            "bootstrap: the student and the teacher must have "
+                            "the same predictors");
+        goto done;
+    }
+
+    int64_t t0 = dx_now_ms();
+    size_t next = 0, accept = 0, in_flight = 0, bootstrapped = 0, errors = 0;
+    /* LM calls of the runs finished so far (the trials' usage reaches the
+     * result only when accepted, in order). */
+    int64_t live_calls = 0;
+    bool stop = false;
+    while (!stop && (accept < n)) {
+        /* Start runs for the next examples (window ahead of `accept`). */
+        while (next < n && in_flight < o->concurrency &&
+               next < accept + o->concurrency * 2) {
+            char key[48];
+            snprintf(key, sizeof key, "example/%zu", next);
+            cJSON *cv = ckpt_get(&ck, key);
+            if (cv) {
+                ex[next].known = true;
+                ex[next].from_checkpoint = true;
+                ex[next].success =
+                    cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(cv, "ok"));
+                ex[next].rc = (int)cJSON_GetNumberValue(
+                    cJSON_GetObjectItemCaseSensitive(cv, "rc"));
+                cJSON *d = cJSON_DetachItemFromObjectCaseSensitive(cv, "demos");
+                ex[next].demos = d;
+                dx_usage_acc_init(&ex[next].usage, "example");
+                cJSON_Delete(cv);
+                next++;
+                continue;
+            }
+            if (o->max_lm_calls > 0 && live_calls >= o->max_lm_calls)
+                break;
+            boot_slot *s = dx_calloc(1, sizeof *s);
+            if (!s)
+                break;
+            atomic_init(&s->refs, 2);
+            atomic_init(&s->done, false);
+            s->teacher = teacher;
+            s->example = train->items[next];
+            s->opts = o;
+            s->index = next;
+            s->deadline_ms = dx_now_ms() + o->example_timeout_ms;
+            dx_spawn_opts so = {.monitor = true, .arg_free = boot_unref};
+            if (dx_spawn_opt(boot_proc, s, &so, &s->pid, &s->mon) != DX_OK) {
+                dx_free(s);
+                break;
+            }
+            for (size_t p = 0; p < o->concurrency; p++)
+                if (!flight[p]) {
+                    flight[p] = s;
+                    break;
+                }
+            in_flight++;
+            emit("optimize.trial", DX_TELEMETRY_START, "bootstrap",
+                 (int64_t)next, 0);
+            next++;
+        }
+        /* Accept finished examples in trainset order. */
+        while (accept < n && ex[accept].known) {
+            ex_result *r = &ex[accept];
+            dx_tp_trial t = {.id = (int64_t)accept,
+                             .score = r->success ? 100 : 0,
+                             .from_checkpoint = r->from_checkpoint,
+                             .usage = r->usage};
+            snprintf(t.kind, sizeof t.kind, "bootstrap_example");
+            add_trial(j->res, &t);
+            if (r->success) {
+                bootstrapped++;
+            } else if (r->rc != DX_OK && ++errors >= o->max_errors) {
+                j->rc = dx_diag_set(&j->diag, DX_ELIMIT, 0, 0,
+                                    "bootstrap: %zu teacher runs failed "
+                                    "(max_errors %zu); the last: example %zu",
+                                    errors, o->max_errors, accept);
+                stop = true;
+                break;
+            }
+            accept++;
+            if (bootstrapped >= o->max_bootstrapped_demos) {
+                stop = true;
+                break;
+            }
+        }
+        if (stop || accept >= n)
+            break;
+        if (in_flight == 0) {
+            /* Nothing running and the next example to accept is not
+             * known: it could not be started (out of budget, or a spawn
+             * failure). */
+            if (accept < n && !ex[accept].known)
+                break;
+            continue;
+        }
+        dx_msg *m = NULL;
+        dx_match match = {.fields = DX_MATCH_TAG, .tag = DX_TAG_DOWN};
+        if (dx_receive(&match, TICK_MS, &m) == DX_OK && m) {
+            for (size_t p = 0; p < o->concurrency; p++) {
+                boot_slot *s = flight[p];
+                if (!s || !dx_pid_eq(s->pid, m->from))
+                    continue;
+                ex_result *r = &ex[s->index];
+                r->known = true;
+                dx_usage_acc_init(&r->usage, "example");
+                if (atomic_load_explicit(&s->done, memory_order_acquire)) {
+                    r->success = s->success;
+                    r->rc = s->rc;
+                    r->demos = s->demos;
+                    s->demos = NULL;
+                    r->usage = s->usage;
+                } else {
+                    r->rc = DX_EDOWN; /* crashed or killed at its deadline */
+                }
+                live_calls += r->usage.calls;
+                cJSON *cv = cJSON_CreateObject();
+                if (cv) {
+                    cJSON_AddBoolToObject(cv, "ok", r->success);
+                    cJSON_AddNumberToObject(cv, "rc", r->rc);
+                    if (r->demos)
+                        cJSON_AddItemToObject(cv, "demos",
+                                              cJSON_Duplicate(r->demos, true));
+                    char key[48];
+                    snprintf(key, sizeof key, "example/%zu", s->index);
+                    ckpt_put(&ck, key, cv);
+                    cJSON_Delete(cv);
+                }
+                emit("optimize.trial", DX_TELEMETRY_STOP, "bootstrap",
+                     (int64_t)s->index, r->success ? 100 : 0);
+                flight[p] = NULL;
+                in_flight--;
+                boot_unref(s);
+                break;
+            }
+            dx_msg_free(m);
+        }
+        int64_t now = dx_now_ms();
+        for (size_t p = 0; p < o->concurrency; p++)
+            if (flight[p] && now >= flight[p]->deadline_ms)
+                dx_kill(flight[p]->pid);
+    }
+    /* Runs past the stopping point are not needed. */
+    for (size_t p = 0; p < o->concurrency; p++)
+        if (flight[p]) {
+            dx_kill(flight[p]->pid);
+            dx_demonitor(flight[p]->mon, true);
+            boot_unref(flight[p]);
+            flight[p] = NULL;
+        }
+    if (j->rc != DX_OK)
+        goto done;
+
+    /* DSPy's _train: demos per predictor = bootstrapped traces, then raw
+     * examples sampled from the ones not bootstrapped (shuffled with
+     * Random(0)). */
+    {
+        dx_module *prog = dx_module_reset_copy(j->student);
+        dx_named_predictor *preds = NULL;
+        size_t np = 0;
+        size_t nval = 0;
+        const dx_example **val = dx_calloc(n ? n : 1, sizeof *val);
+        if (!prog || !val || dx_module_predictors(prog, &preds, &np) != DX_OK) {
+            j->rc = dx_diag_set(&j->diag, DX_ENOMEM, 0, 0, "out of memory");
+            dx_module_free(prog);
+            dx_free(val);
+            goto done;
+        }
+        for (size_t i = 0; i < n; i++)
+            /* Bootstrapped = accepted (index < accept) and successful;
+             * every other example, tried or not, is raw material. */
+            if (!(i < accept && ex[i].success))
+                val[nval++] = train->items[i];
+        dx__pyrand rng;
+        dx__pyrand_seed(&rng, 0);
+        dx__pyrand_shuffle_n(&rng, (void *)val, nval, sizeof *val);
+        dx__pyrand_seed(&rng, 0);
+        for (size_t p = 0; p < np && j->rc == DX_OK; p++) {
+            size_t nb = 0;
+            dx_example **demos =
+                dx_calloc(o->max_bootstrapped_demos + nval + 1, sizeof *demos);
+            for (size_t i = 0;
+                 demos && i < accept && nb < o->max_bootstrapped_demos; i++) {
+                if (!ex[i].success)
+                    continue;
+                const cJSON *d = cJSON_GetObjectItemCaseSensitive(
+                    ex[i].demos, preds[p].path);
+                if (!d)
+                    continue;
+                char *text = cJSON_PrintUnformatted(d);
+                if (text && dx_example_from_json(text, strlen(text), &demos[nb],
+                                                 NULL) == DX_OK)
+                    nb++;
+                cJSON_free(text);
+            }
+            size_t want =
+                o->max_labeled_demos > nb ? o->max_labeled_demos - nb : 0;
+            size_t take = want < nval ? want : nval;
+            size_t *idx = dx_calloc(take ? take : 1, sizeof *idx);
+            if (demos && idx &&
+                dx__pyrand_sample(&rng, nval, take, idx) == DX_OK) {
+                /* DSPy narrows the raw pool to the sample for the next
+                 * predictor. */
+                const dx_example **narrowed =
+                    dx_calloc(take ? take : 1, sizeof *narrowed);
+                for (size_t i = 0; narrowed && i < take; i++) {
+                    narrowed[i] = val[idx[i]];
+                    demos[nb + i] = dx_example_copy(val[idx[i]]);
+                }
+                if (narrowed) {
+                    memcpy(val, narrowed, take * sizeof *val);
+                    nval = take;
+                }
+                dx_free(narrowed);
+                j->rc = dx_predict_set_demos(preds[p].predict,
+                                             (const dx_example *const *)demos,
+                                             nb + take);
+            } else {
+                j->rc = DX_ENOMEM;
+            }
+            for (size_t i = 0; demos && i < nb + take; i++)
+                dx_example_free(demos[i]);
+            dx_free(demos);
+            dx_free(idx);
+        }
+        dx_free(preds);
+        dx_free(val);
+        if (j->rc != DX_OK) {
+            dx_module_free(prog);
+            dx_diag_set(&j->diag, j->rc, 0, 0, "bootstrap: out of memory");
+            goto done;
+        }
+        j->res->program = prog;
+        j->res->n_bootstrapped = bootstrapped;
+        j->res->wall_s = (double)(dx_now_ms() - t0) / 1000.0;
+    }
+done:
+    for (size_t i = 0; ex && i < n; i++)
+        cJSON_Delete(ex[i].demos);
+    dx_free(ex);
+    dx_free(flight);
+    dx_module_free(teacher);
+    ckpt_close(&ck);
+}
+
+static int check_opts(const dx_module *student, const dx_dataset *train,
+                      const dx_tp_opts *opts, dx_tp_result **out, dx_diag *diag)
+{
+    if (out)
+        *out = NULL;
+    if (!student || !train || !opts || !out)
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "optimize: NULL student, trainset, options or out");
+    if (opts->metric.kind == DX_METRIC_CUSTOM && !opts->metric.fn)
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "optimize: a custom metric needs a function");
+    if (!dx_runtime_running())
+        return dx_diag_set(diag, DX_ESTATE, 0, 0,
+                           "optimize: the runtime is not running");
+    for (size_t i = 0; i < train->n; i++)
+        if (!dx_example_has_inputs(train->items[i]))
+            return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                               "optimize: trainset example %zu has no input "
+                               "designation",
+                               i);
+    dx__pyjson_init();
+    return DX_OK;
+}
+
+static int bootstrap_with(const dx_module *student, const dx_module *teacher,
+                          const dx_dataset *train, const dx_tp_opts *o,
+                          int64_t salt, dx_tp_result **out, dx_diag *diag)
+{
+    boot_job *j = dx_calloc(1, sizeof *j);
+    dx_tp_result *res = result_new();
+    if (!j || !res) {
+        dx_free(j);
+        dx_tp_result_free(res);
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    }
+    j->student = student;
+    j->teacher_in = teacher;
+    j->train = train;
+    j->o = *o;
+    j->salt = salt;
+    j->res = res;
+    int rc = dx__in_process(bootstrap_run, j);
+    if (rc == DX_OK)
+        rc = j->rc;
+    else
+        dx_diag_set(&j->diag, rc, 0, 0, "bootstrap: the optimizer died");
+    if (rc != DX_OK) {
+        if (diag)
+            *diag = j->diag;
+        dx_tp_result_free(res);
+    } else {
+        *out = res;
+    }
+    dx_free(j);
+    return rc;
+}
+
+int dx_bootstrap_fewshot(const dx_module *student, const dx_module *teacher,
+                         const dx_dataset *trainset, const dx_tp_opts *opts,
+                         dx_tp_result **out, dx_diag *diag)
+{
+    int rc = check_opts(student, trainset, opts, out, diag);
+    if (rc != DX_OK)
+        return rc;
+    dx_tp_opts o = normalized(opts);
+    rc = bootstrap_with(student, teacher, trainset, &o, INT64_MIN, out, diag);
+    if (rc == DX_OK && o.report_path)
+        dx_tp_write_report(*out, "BootstrapFewShot", o.report_path, NULL);
+    return rc;
+}
+
+/* ---- random search ------------------------------------------------------ */
+
+static int evaluate_on(const dx_module *prog, const dx_dataset *val,
+                       const dx_tp_opts *o, double *score, dx_usage_acc *usage,
+                       dx_diag *diag)
+{
+    dx_eval_opts eo = {
+        .metric = o->metric,
+        .concurrency = o->concurrency,
+        .max_errors = 0,
+        .example_timeout_ms = o->example_timeout_ms,
+        .call = o->call,
+        .progress = o->progress,
+        .progress_out = o->progress_out,
+    };
+    dx_eval_result *r = NULL;
+    int rc = dx_evaluate(prog, val, &eo, &r, diag);
+    if (rc != DX_OK)
+        return rc;
+    *score = r->score;
+    dx_usage_acc_merge(usage, &r->usage);
+    dx_eval_result_free(r);
+    return DX_OK;
+}
+
+int dx_random_search(const dx_module *student, const dx_module *teacher,
+                     const dx_dataset *trainset, const dx_dataset *valset,
+                     const dx_tp_opts *opts, dx_tp_result **out, dx_diag *diag)
+{
+    int rc = check_opts(student, trainset, opts, out, diag);
+    if (rc != DX_OK)
+        return rc;
+    dx_tp_opts o = normalized(opts);
+    const dx_dataset *val = valset ? valset : trainset;
+    ckpt ck;
+    rc = ckpt_open(&ck, o.checkpoint_path, "random_search", student, teacher,
+                   trainset, val, &o, 0, diag);
+    if (rc != DX_OK)
+        return rc;
+    dx_tp_result *res = result_new();
+    if (!res) {
+        ckpt_close(&ck);
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    }
+    int64_t t0 = dx_now_ms();
+    double best = -1;
+    for (int64_t seed = -3; seed < (int64_t)o.num_candidates && rc == DX_OK;
+         seed++) {
+        if (o.max_lm_calls > 0 && res->usage.calls >= o.max_lm_calls)
+            break;
+        dx_tp_trial t = {.id = seed};
+        dx_usage_acc_init(&t.usage, "candidate");
+        int64_t c0 = dx_now_ms();
+        char key[48];
+        snprintf(key, sizeof key, "candidate/%lld", (long long)seed);
+        dx_module *prog = NULL;
+        cJSON *cv = ckpt_get(&ck, key);
+        emit("optimize.trial", DX_TELEMETRY_START, "random_search", seed, 0);
+        if (cv) {
+            /* Finished before a restart: its program and score. */
+            prog = dx_module_reset_copy(student);
+            const cJSON *st = cJSON_GetObjectItemCaseSensitive(cv, "state");
+            const cJSON *sc = cJSON_GetObjectItemCaseSensitive(cv, "score");
+            const cJSON *kd = cJSON_GetObjectItemCaseSensitive(cv, "kind");
+            if (!prog || !st || !cJSON_IsNumber(sc) ||
+                dx_module_load_state(prog, st, NULL) != DX_OK) {
+                dx_module_free(prog);
+                prog = NULL; /* unusable: recompute */
+            } else {
+                t.score = sc->valuedouble;
+                t.from_checkpoint = true;
+                snprintf(t.kind, sizeof t.kind, "%s",
+                         cJSON_IsString(kd) ? kd->valuestring : "");
+            }
+            cJSON_Delete(cv);
+        }
+        if (!prog) {
+            dx_tp_result *sub = NULL;
+            if (seed == -3) {
+                snprintf(t.kind, sizeof t.kind, "zero_shot");
+                prog = dx_module_reset_copy(student);
+                rc = prog ? DX_OK : DX_ENOMEM;
+            } else if (seed == -2) {
+                snprintf(t.kind, sizeof t.kind, "labeled");
+                rc = dx_labeled_fewshot(student, trainset, o.max_labeled_demos,
+                                        true, &prog);
+            } else {
+                dx_tp_opts bo = o;
+                bo.report_path = NULL;
+                dx_dataset shuffled = {0};
+                const dx_dataset *tr = trainset;
+                if (seed >= 0) {
+                    snprintf(t.kind, sizeof t.kind, "shuffled");
+                    shuffled.n = trainset->n;
+                    shuffled.items = dx_calloc(trainset->n ? trainset->n : 1,
+                                               sizeof *shuffled.items);
+                    if (!shuffled.items) {
+                        rc = DX_ENOMEM;
+                        break;
+                    }
+                    memcpy(shuffled.items, trainset->items,
+                           trainset->n * sizeof *shuffled.items);
+                    dx__pyrand rng;
+                    dx__pyrand_seed(&rng, seed);
+                    dx__pyrand_shuffle_n(&rng, (void *)shuffled.items,
+                                         shuffled.n, sizeof *shuffled.items);
+                    dx__pyrand_seed(&rng, seed);
+                    int64_t size = 1;
+                    dx__pyrand_randint(
+                        &rng, 1, (int64_t)o.max_bootstrapped_demos, &size);
+                    bo.max_bootstrapped_demos = (size_t)size;
+                    tr = &shuffled;
+                } else {
+                    snprintf(t.kind, sizeof t.kind, "bootstrap");
+                }
+                rc =
+                    bootstrap_with(student, teacher, tr, &bo, seed, &sub, diag);
+                dx_free(shuffled.items);
+                if (rc == DX_OK) {
+                    prog = sub->program;
+                    sub->program = NULL;
+                    dx_usage_acc_merge(&t.usage, &sub->usage);
+                }
+                dx_tp_result_free(sub);
+            }
+            if (rc == DX_OK)
+                rc = evaluate_on(prog, val, &o, &t.score, &t.usage, diag);
+            if (rc == DX_OK) {
+                cJSON *v = cJSON_CreateObject();
+                cJSON *st = dx_module_dump_state(prog);
+                if (v && st) {
+                    cJSON_AddNumberToObject(v, "score", t.score);
+                    cJSON_AddStringToObject(v, "kind", t.kind);
+                    cJSON_AddItemToObject(v, "state", st);
+                    st = NULL;
+                    ckpt_put(&ck, key, v);
+                }
+                cJSON_Delete(st);
+                cJSON_Delete(v);
+            }
+        }
+        if (rc != DX_OK) {
+            dx_module_free(prog);
+            break;
+        }
+        t.wall_s = (double)(dx_now_ms() - c0) / 1000.0;
+        add_trial(res, &t);
+        emit("optimize.trial", DX_TELEMETRY_STOP, "random_search", seed,
+             t.score);
+        if (t.score > best) {
+            best = t.score;
+            dx_module_free(res->program);
+            res->program = prog;
+            res->score = t.score;
+            emit("optimize.best", DX_TELEMETRY_STOP, "random_search", seed,
+                 t.score);
+        } else {
+            dx_module_free(prog);
+        }
+        if (o.stop_at_score > 0 && t.score >= o.stop_at_score)
+            break;
+    }
+    ckpt_close(&ck);
+    if (rc != DX_OK || !res->program) {
+        if (rc == DX_OK)
+            rc = dx_diag_set(diag, DX_ELIMIT, 0, 0,
+                             "random search: no candidate was evaluated "
+                             "(budget exhausted?)");
+        dx_tp_result_free(res);
+        return rc;
+    }
+    res->wall_s = (double)(dx_now_ms() - t0) / 1000.0;
+    if (o.report_path)
+        dx_tp_write_report(res, "BootstrapFewShotWithRandomSearch",
+                           o.report_path, NULL);
+    *out = res;
+    return DX_OK;
+}
+
+/* ---- the report ---------------------------------------------------------- */
+
+static void html_escape(dx__sb *b, const char *s)
+{
+    for (; *s; s++) {
+        switch (*s) {
+        case '<':
+            dx__sb_puts(b, "&lt;");
+            break;
+        case '>':
+            dx__sb_puts(b, "&gt;");
+            break;
+        case '&':
+            dx__sb_puts(b, "&amp;");
+            break;
+        case '"':
+            dx__sb_puts(b, "&quot;");
+            break;
+        default:
+            dx__sb_putc(b, *s);
+        }
+    }
+}
+
+int dx_tp_write_report(const dx_tp_result *r, const char *title,
+                       const char *path, dx_diag *diag)
+{
+    if (!r || !path)
+        return dx_diag_set(diag, DX_EINVAL, 0, 0, "report: NULL argument");
+    const double W = 720, H = 320, L = 50, B = 30, T = 20, R = 20;
+    size_t n = r->n_trials;
+    dx__sb b;
+    dx__sb_init(&b);
+    dx__sb_puts(&b, "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+                    "<title>");
+    html_escape(&b, title ? title : "dspex optimization");
+    dx__sb_puts(&b, "</title><style>body{font-family:sans-serif;margin:2em}"
+                    "table{border-collapse:collapse}td,th{padding:2px 8px;"
+                    "border-bottom:1px solid #ddd;text-align:right}"
+                    "</style></head><body>\n<h1>");
+    html_escape(&b, title ? title : "dspex optimization");
+    dx__sb_printf(&b,
+                  "</h1>\n<p>%zu trials, best score %.2f, %lld LM calls "
+                  "(%lld cached), %.1f s</p>\n",
+                  n, r->score, (long long)r->usage.calls,
+                  (long long)r->usage.cached_calls, r->wall_s);
+    dx__sb_printf(&b,
+                  "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" "
+                  "height=\"%.0f\" role=\"img\">\n"
+                  "<rect x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" "
+                  "fill=\"none\" stroke=\"#999\"/>\n",
+                  W, H, L, T, W - L - R, H - T - B);
+    for (int g = 0; g <= 100; g += 25) {
+        double y = T + (H - T - B) * (1 - g / 100.0);
+        dx__sb_printf(&b,
+                      "<text x=\"%.0f\" y=\"%.1f\" font-size=\"11\" "
+                      "text-anchor=\"end\">%d</text>\n",
+                      L - 6, y + 4, g);
+    }
+    double step = n > 1 ? (W - L - R) / (double)(n - 1) : 0;
+    double bestv = -1;
+    dx__sb_puts(&b, "<polyline fill=\"none\" stroke=\"#2a7\" "
+                    "stroke-width=\"2\" points=\"");
+    for (size_t i = 0; i < n; i++) {
+        if (r->trials[i].score > bestv)
+            bestv = r->trials[i].score;
+        dx__sb_printf(&b, "%.1f,%.1f ", L + step * (double)i,
+                      T + (H - T - B) * (1 - bestv / 100.0));
+    }
+    dx__sb_puts(&b, "\"/>\n");
+    for (size_t i = 0; i < n; i++)
+        dx__sb_printf(&b,
+                      "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"#36c\">"
+                      "<title>trial %lld (%s): %.2f</title></circle>\n",
+                      L + step * (double)i,
+                      T + (H - T - B) * (1 - r->trials[i].score / 100.0),
+                      (long long)r->trials[i].id, r->trials[i].kind,
+                      r->trials[i].score);
+    dx__sb_puts(&b, "</svg>\n<p>Blue: each trial's score; green: best so far."
+                    "</p>\n<table><tr><th>#</th><th>id</th><th>kind</th>"
+                    "<th>score</th><th>LM calls</th><th>seconds</th>"
+                    "<th>from checkpoint</th></tr>\n");
+    for (size_t i = 0; i < n; i++)
+        dx__sb_printf(&b,
+                      "<tr><td>%zu</td><td>%lld</td><td>%s</td><td>%.2f</td>"
+                      "<td>%lld</td><td>%.2f</td><td>%s</td></tr>\n",
+                      i, (long long)r->trials[i].id, r->trials[i].kind,
+                      r->trials[i].score, (long long)r->trials[i].usage.calls,
+                      r->trials[i].wall_s,
+                      r->trials[i].from_checkpoint ? "yes" : "");
+    dx__sb_puts(&b, "</table>\n</body></html>\n");
+    const char *text = dx__sb_cstr(&b);
+    int rc = DX_OK;
+    FILE *f = text ? fopen(path, "wb") : NULL;
+    if (!text)
+        rc = dx_diag_set(diag, DX_ENOMEM, 0, 0, "report: out of memory");
+    else if (!f || fwrite(text, 1, b.len, f) != b.len)
+        rc = dx_diag_set(diag, DX_EIO, 0, 0, "report: cannot write %s", path);
+    if (f && fclose(f) != 0 && rc == DX_OK)
+        rc = dx_diag_set(diag, DX_EIO, 0, 0, "report: cannot write %s", path);
+    dx__sb_free(&b);
+    return rc;
+}

@@ -1,0 +1,447 @@
+/*
+ * test_teleprompt.c — optimizers against the local LM server: the demos
+ * LabeledFewShot and BootstrapFewShot choose are the ones Python DSPy
+ * chooses for the same seed and trainset (expected indices computed with
+ * CPython 3.11's random module); bootstrapped demos carry the traces;
+ * determinism; a crashing metric does not stop the optimization; the LM
+ * call budget; random search keeps its best candidate and logs every one;
+ * progress events; the HTML report; and a run killed with SIGKILL resumes
+ * from its checkpoint to the same program and score as an uninterrupted
+ * run.
+ */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "dspex/alloc.h"
+#include "dspex/telemetry.h"
+#include "dspex/teleprompt.h"
+#include "lm_fixture.h"
+
+TestSuite(teleprompt, .init = fixture_setup, .fini = fixture_teardown,
+          .timeout = 120);
+
+static dx_dataset *trainset(size_t n)
+{
+    dx_dataset *ds = dx_dataset_new();
+    const char *in[] = {"question"};
+    for (size_t i = 0; i < n; i++) {
+        dx_example *ex = dx_example_new();
+        char q[32];
+        snprintf(q, sizeof q, "q%zu", i);
+        dx_example_set_str(ex, "question", q);
+        dx_example_set_str(ex, "answer", q);
+        dx_example_with_inputs(ex, in, 1);
+        cr_assert_eq(dx_dataset_append(ds, ex), DX_OK);
+    }
+    return ds;
+}
+
+static dx_module *student(void)
+{
+    dx_signature *s = NULL;
+    cr_assert_eq(
+        dx_signature_parse("question -> answer", NULL, NULL, 0, &s, NULL),
+        DX_OK);
+    dx_module *p = dx_predict_new(s, NULL);
+    dx_signature_unref(s);
+    return p;
+}
+
+static long demo_index(const dx_example *d)
+{
+    return strtol(dx_example_get_str(d, "question", "q-1") + 1, NULL, 10);
+}
+
+Test(teleprompt, labeled_fewshot_samples_like_python_dspy)
+{
+    /* Two predictors share one random.Random(0). */
+    dx_module *m = dx_module_new("Two", NULL, NULL, NULL, NULL);
+    cr_assert_null(m, "a user module needs a forward");
+    dx_module *cot = NULL;
+    dx_signature *s = NULL;
+    dx_signature_parse("question -> answer", NULL, NULL, 0, &s, NULL);
+    cot = dx_chain_of_thought_new(s, NULL);
+    dx_signature_unref(s);
+    dx_module *st = student();
+    dx_dataset *ds = trainset(10);
+
+    dx_module *out = NULL;
+    cr_assert_eq(dx_labeled_fewshot(st, ds, 3, true, &out), DX_OK);
+    /* random.Random(0).sample(range(10), 3) == [6, 9, 0] */
+    cr_assert_eq(dx_predict_n_demos(out), 3);
+    long want[] = {6, 9, 0};
+    for (size_t i = 0; i < 3; i++)
+        cr_assert_eq(demo_index(dx_predict_demo(out, i)), want[i]);
+    cr_assert_eq(dx_predict_n_demos(st), 0, "the student is not changed");
+    dx_module_free(out);
+
+    cr_assert_eq(dx_labeled_fewshot(st, ds, 3, false, &out), DX_OK);
+    for (size_t i = 0; i < 3; i++)
+        cr_assert_eq(demo_index(dx_predict_demo(out, i)), (long)i);
+    dx_module_free(out);
+    dx_module_free(cot);
+    dx_module_free(st);
+    dx_dataset_free(ds);
+}
+
+/* Passes the even-numbered questions. */
+static double even_metric(const dx_example *ex, const dx_prediction *p,
+                          const dx_trace *t, void *ud)
+{
+    (void)p;
+    (void)ud;
+    cr_assert(t && t->n >= 1, "bootstrap metrics see the trace");
+    return demo_index(ex) % 2 == 0 ? 1.0 : 0.0;
+}
+
+Test(teleprompt, bootstrap_picks_the_demos_python_dspy_picks)
+{
+    dx_module *st = student();
+    dx_dataset *ds = trainset(10);
+    dx_tp_opts o = {
+        .metric = {.kind = DX_METRIC_CUSTOM, .fn = even_metric},
+        .max_bootstrapped_demos = 2,
+        .max_labeled_demos = 4,
+        .concurrency = 4,
+    };
+    dx_tp_result *r = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_bootstrap_fewshot(st, NULL, ds, &o, &r, &d), DX_OK, "%s",
+                 d.msg);
+    cr_assert_eq(r->n_bootstrapped, 2);
+    const dx_module *p = r->program;
+    /* Traces of q0 and q2, then random.Random(0).sample of the shuffled
+     * rest: [9, 8]. */
+    cr_assert_eq(dx_predict_n_demos(p), 4);
+    long want[] = {0, 2, 9, 8};
+    for (size_t i = 0; i < 4; i++)
+        cr_assert_eq(demo_index(dx_predict_demo(p, i)), want[i], "demo %zu", i);
+    const dx_example *aug = dx_predict_demo(p, 0);
+    cr_assert(cJSON_IsTrue(dx_example_get(aug, "augmented")));
+    cr_assert_str_eq(dx_example_key(aug, 0), "augmented");
+    cr_assert(strstr(dx_example_get_str(aug, "answer", ""), "q0"),
+              "the demo's answer is the teacher's: %s",
+              dx_example_get_str(aug, "answer", ""));
+    cr_assert_null(dx_example_get(dx_predict_demo(p, 2), "augmented"));
+    cr_assert_gt(r->usage.calls, 0);
+    cr_assert_eq(dx_predict_n_demos(st), 0, "the student is not changed");
+
+    /* Determinism: the same again. */
+    dx_tp_result *r2 = NULL;
+    cr_assert_eq(dx_bootstrap_fewshot(st, NULL, ds, &o, &r2, &d), DX_OK);
+    for (size_t i = 0; i < 4; i++)
+        cr_assert(dx_example_equal(dx_predict_demo(p, i),
+                                   dx_predict_demo(r2->program, i)));
+    dx_tp_result_free(r2);
+    dx_tp_result_free(r);
+    dx_module_free(st);
+    dx_dataset_free(ds);
+}
+
+static double crashing_metric(const dx_example *ex, const dx_prediction *p,
+                              const dx_trace *t, void *ud)
+{
+    (void)p;
+    (void)t;
+    (void)ud;
+    if (demo_index(ex) == 1)
+        crash_now();
+    return 1.0;
+}
+
+Test(teleprompt, a_crashing_metric_does_not_stop_the_optimization)
+{
+    dx_module *st = student();
+    dx_dataset *ds = trainset(6);
+    dx_tp_opts o = {
+        .metric = {.kind = DX_METRIC_CUSTOM, .fn = crashing_metric},
+        .max_bootstrapped_demos = 3,
+        .max_labeled_demos = 3,
+    };
+    dx_tp_result *r = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_bootstrap_fewshot(st, NULL, ds, &o, &r, &d), DX_OK, "%s",
+                 d.msg);
+    cr_assert_eq(r->n_bootstrapped, 3, "q0, q2, q3 (q1's metric crashed)");
+    cr_assert_eq(demo_index(dx_predict_demo(r->program, 1)), 2);
+    dx_tp_result_free(r);
+
+    /* With max_errors 1 the crash is one too many. */
+    o.max_errors = 1;
+    cr_assert_eq(dx_bootstrap_fewshot(st, NULL, ds, &o, &r, &d), DX_ELIMIT);
+    cr_assert(strstr(d.msg, "max_errors"), "%s", d.msg);
+    dx_module_free(st);
+    dx_dataset_free(ds);
+}
+
+Test(teleprompt, the_lm_call_budget_is_respected)
+{
+    dx_module *st = student();
+    dx_dataset *ds = trainset(40);
+    dx_tp_opts o = {
+        .metric = {.kind = DX_METRIC_CUSTOM, .fn = even_metric},
+        .max_bootstrapped_demos = 40,
+        .concurrency = 2,
+        .max_lm_calls = 6,
+    };
+    dx_tp_result *r = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_bootstrap_fewshot(st, NULL, ds, &o, &r, &d), DX_OK, "%s",
+                 d.msg);
+    /* Each run is two calls (chat, then JSON fallback); at most
+     * `concurrency` runs start before the budget is seen spent. */
+    cr_assert_leq(r->usage.calls, 6 + 2 * 2, "%lld calls",
+                  (long long)r->usage.calls);
+    cr_assert_lt(r->n_trials, 40);
+    dx_tp_result_free(r);
+    dx_module_free(st);
+    dx_dataset_free(ds);
+}
+
+/* ---- random search ------------------------------------------------------ */
+
+static _Atomic int trial_events, best_events;
+
+static void listen(void *arg)
+{
+    (void)arg;
+    dx_telemetry_subscribe(dx_self(), "optimize.");
+    for (;;) {
+        dx_msg *m = NULL;
+        if (dx_receive_tag(DX_TELEMETRY_TAG, DX_INFINITY, &m) != DX_OK)
+            return;
+        const dx_telemetry_event *e = m->ptr;
+        if (strcmp(e->name, "optimize.trial") == 0 &&
+            e->kind == DX_TELEMETRY_STOP &&
+            strcmp(e->model, "random_search") == 0)
+            trial_events++;
+        if (strcmp(e->name, "optimize.best") == 0)
+            best_events++;
+        dx_msg_free(m);
+    }
+}
+
+/* A program that reports its demos: it runs its Predict and adds the sum
+ * of the demos' question numbers, so a metric can tell candidates apart. */
+static int probe_forward(dx_ctx *ctx, const dx_module *self,
+                         const dx_example *in, dx_prediction **out)
+{
+    const dx_module *p = dx_module_child(self, "p");
+    DX_TRY(dx_forward(ctx, p, in, out));
+    long sum = 0;
+    for (size_t i = 0; i < dx_predict_n_demos(p); i++)
+        sum += demo_index(dx_predict_demo(p, i)) + 1;
+    dx_example_set_int(dx_prediction_fields_mut(*out), "demo_sum", sum);
+    return DX_OK;
+}
+
+static dx_module *probe_program(void)
+{
+    dx_module *m = dx_module_new("Probe", probe_forward, NULL, NULL, NULL);
+    cr_assert_eq(dx_module_add(m, "p", student()), DX_OK);
+    return m;
+}
+
+static double answer_metric(const dx_example *ex, const dx_prediction *p,
+                            const dx_trace *t, void *ud)
+{
+    (void)t;
+    (void)ud;
+    long sum = (long)dx_example_get_num(dx_prediction_fields(p), "demo_sum", 0);
+    return sum % 7 >= demo_index(ex) ? 1.0 : 0.0;
+}
+
+Test(teleprompt, random_search_keeps_the_best_and_logs_every_candidate)
+{
+    dx_pid listener;
+    cr_assert_eq(dx_spawn(listen, NULL, &listener), DX_OK);
+    host_sleep_ms(20);
+    dx_module *st = probe_program();
+    dx_dataset *train = trainset(8);
+    dx_dataset *val = trainset(6);
+    char report[] = "/tmp/dx_tp_report_XXXXXX";
+    int fd = mkstemp(report);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    dx_tp_opts o = {
+        .metric = {.kind = DX_METRIC_CUSTOM, .fn = answer_metric},
+        .max_bootstrapped_demos = 2,
+        .max_labeled_demos = 3,
+        .num_candidates = 2,
+        .progress = DX_EVAL_PROGRESS_OFF,
+        .report_path = report,
+    };
+    dx_tp_result *r = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_random_search(st, NULL, train, val, &o, &r, &d), DX_OK,
+                 "%s", d.msg);
+    cr_assert_eq(r->n_trials, 5, "seeds -3, -2, -1, 0, 1");
+    const char *kinds[] = {"zero_shot", "labeled", "bootstrap", "shuffled",
+                           "shuffled"};
+    double best = -1;
+    for (size_t i = 0; i < 5; i++) {
+        cr_assert_eq(r->trials[i].id, (int64_t)i - 3);
+        cr_assert_str_eq(r->trials[i].kind, kinds[i]);
+        if (r->trials[i].score > best)
+            best = r->trials[i].score;
+    }
+    cr_assert_float_eq(r->score, best, 1e-9);
+    /* The kept program is the first candidate with the best score. */
+    size_t first_best = 0;
+    while (r->trials[first_best].score < best)
+        first_best++;
+    cr_assert_gt(first_best, 0, "a candidate beat zero-shot");
+    cr_assert_gt(dx_predict_n_demos(dx_module_child(r->program, "p")), 0);
+    dx_eval_opts eo = {.metric = o.metric, .progress = DX_EVAL_PROGRESS_OFF};
+    dx_eval_result *er = NULL;
+    cr_assert_eq(dx_evaluate(r->program, val, &eo, &er, NULL), DX_OK);
+    cr_assert_float_eq(er->score, r->score, 1e-9, "its score is its own");
+    dx_eval_result_free(er);
+    host_sleep_ms(50);
+    cr_assert_eq(atomic_load(&trial_events), 5, "%d",
+                 atomic_load(&trial_events));
+    cr_assert_geq(atomic_load(&best_events), 1);
+    FILE *f = fopen(report, "rb");
+    cr_assert(f);
+    char buf[4096];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    cr_assert(strstr(buf, "<svg"));
+    cr_assert(strstr(buf, "polyline"));
+    unlink(report);
+    dx_kill(listener);
+    dx_tp_result_free(r);
+    dx_module_free(st);
+    dx_dataset_free(train);
+    dx_dataset_free(val);
+}
+
+/* ---- kill -9 and resume ---------------------------------------------------- */
+
+static dx_tp_opts resume_opts(const char *ckpt)
+{
+    dx_tp_opts o = {
+        .metric = {.kind = DX_METRIC_CUSTOM, .fn = answer_metric},
+        .max_bootstrapped_demos = 3,
+        .max_labeled_demos = 4,
+        .num_candidates = 4,
+        .concurrency = 4,
+        .progress = DX_EVAL_PROGRESS_OFF,
+        .checkpoint_path = ckpt,
+    };
+    return o;
+}
+
+static long candidate_rows(const char *path)
+{
+    sqlite3 *db = NULL;
+    long n = 0;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
+        sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(db,
+                               "SELECT count(*) FROM dspex_trials WHERE key "
+                               "LIKE 'candidate/%'",
+                               -1, &st, NULL) == SQLITE_OK &&
+            sqlite3_step(st) == SQLITE_ROW)
+            n = sqlite3_column_int(st, 0);
+        sqlite3_finalize(st);
+    }
+    sqlite3_close(db);
+    return n;
+}
+
+static char *state_text(const dx_module *m)
+{
+    cJSON *st = dx_module_dump_state(m);
+    char *t = cJSON_PrintUnformatted(st);
+    cJSON_Delete(st);
+    return t;
+}
+
+/* The child: everything of its own, slow answers, killed mid-run. */
+static void child_run(const char *ckpt)
+{
+    dx_lmserver_opts so = {.latency_ms = 15};
+    if (dx_lmserver_start(&so, &srv) != DX_OK)
+        _exit(3);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/v1", dx_lmserver_port(srv));
+    dx_runtime_start(&(dx_runtime_opts){.schedulers = 2});
+    fixture_run(fixture_start_client);
+    dx_module *st = probe_program();
+    dx_dataset *train = trainset(12), *val = trainset(6);
+    dx_tp_opts o = resume_opts(ckpt);
+    dx_tp_result *r = NULL;
+    dx_random_search(st, NULL, train, val, &o, &r, NULL);
+    _exit(0); /* finishing is a failure of the test: it should be killed */
+}
+
+TestSuite(teleprompt_resume, .timeout = 180);
+
+Test(teleprompt_resume, a_killed_run_resumes_to_the_same_program_and_score)
+{
+    char ckpt[] = "/tmp/dx_tp_ckpt_XXXXXX";
+    int fd = mkstemp(ckpt);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    unlink(ckpt);
+    pid_t child = fork();
+    cr_assert_geq(child, 0);
+    if (child == 0)
+        child_run(ckpt);
+    /* Kill it once two candidates are checkpointed. */
+    for (int i = 0; i < 3000 && candidate_rows(ckpt) < 2; i++)
+        host_sleep_ms(10);
+    long before_kill = candidate_rows(ckpt);
+    kill(child, SIGKILL);
+    int status = 0;
+    waitpid(child, &status, 0);
+    cr_assert(WIFSIGNALED(status),
+              "the child was killed mid-run (exit status %d, %ld rows)",
+              WIFEXITED(status) ? WEXITSTATUS(status) : -1, before_kill);
+    cr_assert_geq(before_kill, 2);
+    cr_assert_lt(before_kill, 7, "killed before the end");
+
+    fixture_setup();
+    dx_module *st = probe_program();
+    dx_dataset *train = trainset(12), *val = trainset(6);
+    dx_tp_opts o = resume_opts(ckpt);
+    dx_tp_result *resumed = NULL, *fresh = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_random_search(st, NULL, train, val, &o, &resumed, &d),
+                 DX_OK, "%s", d.msg);
+    size_t reused = 0;
+    for (size_t i = 0; i < resumed->n_trials; i++)
+        reused += resumed->trials[i].from_checkpoint;
+    cr_assert_geq(reused, (size_t)before_kill);
+
+    o.checkpoint_path = NULL;
+    cr_assert_eq(dx_random_search(st, NULL, train, val, &o, &fresh, &d), DX_OK,
+                 "%s", d.msg);
+    cr_assert_eq(resumed->n_trials, fresh->n_trials);
+    cr_assert_float_eq(resumed->score, fresh->score, 1e-9);
+    for (size_t i = 0; i < fresh->n_trials; i++)
+        cr_assert_float_eq(resumed->trials[i].score, fresh->trials[i].score,
+                           1e-9, "trial %zu", i);
+    char *a = state_text(resumed->program), *b = state_text(fresh->program);
+    cr_assert_str_eq(a, b);
+    cJSON_free(a);
+    cJSON_free(b);
+    dx_tp_result_free(resumed);
+    dx_tp_result_free(fresh);
+    dx_module_free(st);
+    dx_dataset_free(train);
+    dx_dataset_free(val);
+    fixture_teardown();
+    unlink(ckpt);
+    char aux[64];
+    snprintf(aux, sizeof aux, "%s-wal", ckpt);
+    unlink(aux);
+    snprintf(aux, sizeof aux, "%s-shm", ckpt);
+    unlink(aux);
+}
