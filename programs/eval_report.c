@@ -102,9 +102,9 @@ static void draw_bar(dx__progress *p, size_t done, size_t errors,
                      double score_sum, double now_s, bool final, bool stopped)
 {
     char bar[BAR_WIDTH + 1];
-    size_t fill = p->total ? (done >= p->total ? BAR_WIDTH
-                                               : done * BAR_WIDTH / p->total)
-                           : BAR_WIDTH;
+    size_t fill =
+        p->total ? (done >= p->total ? BAR_WIDTH : done * BAR_WIDTH / p->total)
+                 : BAR_WIDTH;
     memset(bar, '#', fill);
     memset(bar + fill, '-', BAR_WIDTH - fill);
     bar[BAR_WIDTH] = '\0';
@@ -114,8 +114,8 @@ static void draw_bar(dx__progress *p, size_t done, size_t errors,
     /* \r returns to the line's start, ESC[K clears what a longer earlier
      * drawing left behind. */
     fprintf(p->out, "\rEvaluating [%s] %*zu/%zu  score %.2f%%  errors %zu  %s",
-            bar, digits(p->total), done, p->total, pct(score_sum, done),
-            errors, el);
+            bar, digits(p->total), done, p->total, pct(score_sum, done), errors,
+            el);
     if (!final)
         fprintf(p->out, "  ETA %s", eta);
     else if (stopped)
@@ -129,13 +129,13 @@ static void draw_bar(dx__progress *p, size_t done, size_t errors,
 }
 
 static void print_line(dx__progress *p, size_t done, size_t errors,
-                       double score_sum, double now_s, bool final,
-                       bool stopped)
+                       double score_sum, double now_s, bool final, bool stopped)
 {
     char el[32], eta[32];
     fmt_dur(el, sizeof el, now_s);
     fmt_eta(eta, sizeof eta, done, p->total, now_s);
-    fprintf(p->out, "evaluate: %zu/%zu done, score %.2f%%, %zu error%s, %s elapsed",
+    fprintf(p->out,
+            "evaluate: %zu/%zu done, score %.2f%%, %zu error%s, %s elapsed",
             done, p->total, pct(score_sum, done), errors,
             errors == 1 ? "" : "s", el);
     if (!final)
@@ -445,9 +445,8 @@ void dx_eval_result_print(const dx_eval_result *r, FILE *f, size_t max_rows)
     fprintf(f, "latency   p50 %.1f ms  p95 %.1f ms  p99 %.1f ms\n",
             r->latency_p50_ms, r->latency_p95_ms, r->latency_p99_ms);
     fprintf(f, "tokens    %lld in, %lld out, %lld LM calls (%lld cached)\n",
-            (long long)r->usage.input_tokens,
-            (long long)r->usage.output_tokens, (long long)r->usage.calls,
-            (long long)r->usage.cached_calls);
+            (long long)r->usage.input_tokens, (long long)r->usage.output_tokens,
+            (long long)r->usage.calls, (long long)r->usage.cached_calls);
     fprintf(f, "cost      $%.4f\n", r->usage.cost_usd);
     size_t shown = max_rows && max_rows < r->n ? max_rows : r->n;
     if (shown == 0)

@@ -18,8 +18,7 @@
 
 /* ---- percentiles ------------------------------------------------------- */
 
-Test(eval_report, percentile_interpolates_between_closest_ranks,
-     .timeout = 10)
+Test(eval_report, percentile_interpolates_between_closest_ranks, .timeout = 10)
 {
     double v[] = {50, 15, 40, 20, 35};
     cr_expect_float_eq(dx__percentile(v, 5, 40), 29.0, 1e-9);
@@ -79,8 +78,7 @@ static void expect_out(capture *c, const char *want)
     free(s);
 }
 
-Test(eval_report, lines_print_once_per_interval_and_a_final_line,
-     .timeout = 10)
+Test(eval_report, lines_print_once_per_interval_and_a_final_line, .timeout = 10)
 {
     capture c;
     cap_open(&c);
@@ -104,8 +102,7 @@ Test(eval_report, lines_print_once_per_interval_and_a_final_line,
     cap_close(&c);
 }
 
-Test(eval_report, lines_say_when_stopped_and_format_long_times,
-     .timeout = 10)
+Test(eval_report, lines_say_when_stopped_and_format_long_times, .timeout = 10)
 {
     capture c;
     cap_open(&c);
@@ -189,18 +186,18 @@ static dx_eval_result *sample_result(const char *long_question)
     const char *keys[] = {"question"};
     for (size_t i = 0; i < 3; i++) {
         r->rows[i].index = i;
-        r->rows[i].example = ex_json(i == 1 && long_question
-                                         ? "{\"question\": \"x\"}"
-                                         : "{\"question\": \"2+2?\", "
-                                           "\"answer\": \"4\"}");
+        r->rows[i].example =
+            ex_json(i == 1 && long_question ? "{\"question\": \"x\"}"
+                                            : "{\"question\": \"2+2?\", "
+                                              "\"answer\": \"4\"}");
         cr_assert_eq(dx_example_with_inputs(r->rows[i].example, keys, 1),
                      DX_OK);
         dx_usage_acc_init(&r->rows[i].usage, "example");
     }
     if (long_question)
-        cr_assert_eq(dx_example_set_str(r->rows[1].example, "question",
-                                        long_question),
-                     DX_OK);
+        cr_assert_eq(
+            dx_example_set_str(r->rows[1].example, "question", long_question),
+            DX_OK);
 
     dx_eval_row *ok = &r->rows[0];
     ok->done = true;
@@ -334,8 +331,8 @@ Test(eval_report, table_shows_summary_and_ok_failed_and_not_run_rows,
     dx_eval_result_print(r, c.f, 0);
     char *s = cap_take(&c);
     cr_expect(strstr(s, "score     50.00%\n") != NULL, "%s", s);
-    cr_expect(strstr(s, "done      2/3, 1 error, stopped early") != NULL,
-              "%s", s);
+    cr_expect(strstr(s, "done      2/3, 1 error, stopped early") != NULL, "%s",
+              s);
     cr_expect(strstr(s, "latency   p50 12.5 ms  p95 12.5 ms  p99 12.5 ms\n") !=
                   NULL,
               "%s", s);

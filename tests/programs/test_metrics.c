@@ -43,7 +43,8 @@ Test(metrics, normalize_keeps_combining_marks_as_nfd_does, .timeout = 10)
     /* NFD splits é into e + U+0301 and nothing removes the mark. */
     expect_norm("Café", "cafe\xcc\x81");
     expect_norm("CAFÉ", "cafe\xcc\x81");
-    expect_norm("naïve façade", "nai\xcc\x88ve fac\xcc\xa7" "ade");
+    expect_norm("naïve façade", "nai\xcc\x88ve fac\xcc\xa7"
+                                "ade");
     /* The mark is not a word character, so NFD "à"'s "a" is an article. */
     expect_norm("à la carte", "\xcc\x80 la carte");
     expect_norm("İstanbul", "i\xcc\x87stanbul");
@@ -66,14 +67,17 @@ Test(metrics, normalize_lowercases_beyond_ascii_and_keeps_unicode_punctuation,
     expect_norm("×÷", "×÷");
     expect_norm("x\xc2\xa0y\xe3\x80\x80z", "x y z"); /* NBSP, ideographic */
     expect_norm("한국어", "\xe1\x84\x92\xe1\x85\xa1\xe1\x86\xab"
-                        "\xe1\x84\x80\xe1\x85\xae\xe1\x86\xa8"
-                        "\xe1\x84\x8b\xe1\x85\xa5");
+                          "\xe1\x84\x80\xe1\x85\xae\xe1\x86\xa8"
+                          "\xe1\x84\x8b\xe1\x85\xa5");
     expect_norm("𝒜bc", "𝒜bc");
 }
 
 Test(metrics, normalize_passes_invalid_utf8_through, .timeout = 10)
 {
-    expect_norm("ab\xff" "C", "ab\xff" "c");
+    expect_norm("ab\xff"
+                "C",
+                "ab\xff"
+                "c");
     expect_norm("\xc3", "\xc3"); /* a truncated sequence */
     char *out = (char *)1;
     cr_expect_eq(dx_metric_normalize("x", NULL), DX_EINVAL);
@@ -178,8 +182,8 @@ Test(metrics, score_exact_match_takes_string_or_list_answers, .timeout = 10)
                              "{\"answer\": [\"Louvre\", \"Orsay\"]}",
                              "{\"answer\": \"The Eiffel Tower\"}"),
                        0.0, 1e-12);
-    cr_expect_float_eq(score(DX_METRIC_EXACT_MATCH, NULL,
-                             "{\"answer\": []}", "{\"answer\": \"\"}"),
+    cr_expect_float_eq(score(DX_METRIC_EXACT_MATCH, NULL, "{\"answer\": []}",
+                             "{\"answer\": \"\"}"),
                        0.0, 1e-12);
     /* A non-string value compares as its JSON text. */
     cr_expect_float_eq(score(DX_METRIC_EXACT_MATCH, NULL, "{\"answer\": \"4\"}",
@@ -193,12 +197,12 @@ Test(metrics, score_exact_match_takes_string_or_list_answers, .timeout = 10)
 
 Test(metrics, score_is_zero_when_a_field_is_missing, .timeout = 10)
 {
-    cr_expect_float_eq(score(DX_METRIC_EXACT_MATCH, NULL,
-                             "{\"answer\": \"\"}", "{\"other\": \"\"}"),
+    cr_expect_float_eq(score(DX_METRIC_EXACT_MATCH, NULL, "{\"answer\": \"\"}",
+                             "{\"other\": \"\"}"),
                        0.0, 1e-12);
-    cr_expect_float_eq(score(DX_METRIC_F1, NULL, "{\"other\": \"x\"}",
-                             "{\"answer\": \"x\"}"),
-                       0.0, 1e-12);
+    cr_expect_float_eq(
+        score(DX_METRIC_F1, NULL, "{\"other\": \"x\"}", "{\"answer\": \"x\"}"),
+        0.0, 1e-12);
     dx_metric m = {.kind = DX_METRIC_EXACT_MATCH};
     cr_expect_float_eq(dx_metric_score(&m, NULL, NULL, NULL), 0.0, 1e-12);
     cr_expect_float_eq(dx_metric_score(NULL, NULL, NULL, NULL), 0.0, 1e-12);
