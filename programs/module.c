@@ -365,6 +365,7 @@ void dx_module_free(dx_module *m)
     dx_free(m->demos);
     dx_free((char *)m->opts.lm_name);
     cJSON_Delete(m->lm_state);
+    cJSON_Delete(m->decl);
     dx_free(m->state_model);
     cJSON_Delete(m->traces);
     cJSON_Delete(m->train);
@@ -391,6 +392,8 @@ static dx_module *copy_tree(const dx_module *m, bool reset)
             c->ud = m->ud; /* shared, never freed (see module.h) */
         }
     }
+    if (ok && m->decl)
+        ok = (c->decl = cJSON_Duplicate(m->decl, true)) != NULL;
     if (ok && m->kind == DX__MOD_PREDICT) {
         c->sig = dx_signature_ref(m->sig);
         ok = set_opts(c, &m->opts) == DX_OK;

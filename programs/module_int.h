@@ -23,6 +23,9 @@ struct dx_module {
     dx_module *parent;
     char *name; /* in the parent; NULL at the root */
     char *path; /* DSPy parameter path, kept current by dx_module_add */
+    /* The "program" declaration this tree was built from (program.h), on
+     * its root; NULL for trees built in C. */
+    cJSON *decl;
 
     char **child_names;
     dx_module **children;

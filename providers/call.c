@@ -13,6 +13,7 @@
 #include "dspex/http.h"
 #include "dspex/lm_call.h"
 #include "dspex/runtime.h"
+#include "dspex/sim.h"
 
 /* Tag of the transport's messages to us: any value works, the reference
  * is what the receive matches on. */
@@ -137,6 +138,43 @@ static int finish(call *k, const dx_http_response *r, dx_lm_response **out)
     return rc;
 }
 
+/* The simulator answers at once, in this thread: no process, no I/O. A
+ * streamed request still gets its deltas (one text delta per choice, then
+ * the finish and the usage), so streaming callers work unchanged. */
+static int sim_call(const dx_lm_config *c, const dx_lm_request *req,
+                    const dx_lm_call_opts *opts, dx_lm_response **out,
+                    dx_lm_error *err)
+{
+    int rc = dx_sim_complete(req, c->model, out, err);
+    if (rc != DX_OK || !req->stream || !opts->on_delta)
+        return rc;
+    dx_lm_stream *s = NULL;
+    if (dx_lm_stream_new(c, opts->on_delta, opts->ud, &s) != DX_OK) {
+        dx_lm_response_free(*out);
+        *out = NULL;
+        return DX_ENOMEM;
+    }
+    const dx_lm_response *r = *out;
+    for (size_t i = 0; i < r->n_choices; i++) {
+        dx_lm_delta d = {.kind = DX_LM_DELTA_TEXT,
+                         .choice = i,
+                         .text = r->choices[i].text,
+                         .text_len = strlen(r->choices[i].text)};
+        dx_lm_stream_emit(s, &d);
+        dx_lm_delta f = {.kind = DX_LM_DELTA_FINISH,
+                         .choice = i,
+                         .finish = r->choices[i].finish,
+                         .finish_raw = r->choices[i].finish_raw};
+        dx_lm_stream_emit(s, &f);
+    }
+    if (r->has_usage) {
+        dx_lm_delta u = {.kind = DX_LM_DELTA_USAGE, .usage = r->usage};
+        dx_lm_stream_emit(s, &u);
+    }
+    dx_lm_stream_free(s);
+    return DX_OK;
+}
+
 int dx_lm_call(const dx_lm_config *c, const dx_lm_request *req,
                const dx_lm_call_opts *opts, dx_lm_response **out,
                dx_lm_error *err)
@@ -146,6 +184,8 @@ int dx_lm_call(const dx_lm_config *c, const dx_lm_request *req,
         opts = &defaults;
     *out = NULL;
     dx_lm_error_clear(err);
+    if (c->provider == &dx_lm_provider_sim)
+        return sim_call(c, req, opts, out, err);
     if (dx_pid_is_none(dx_self()))
         return DX_ENOTPROC;
 

@@ -883,7 +883,19 @@ static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static const dx_lm_provider *registered[MAX_REGISTERED];
 static size_t n_registered;
 
+/* The offline simulator (sim.h): dx_lm_call answers it in-process, so it
+ * has no codec — only a name, so "sim/<profile>" model strings resolve, and
+ * no key. */
+const dx_lm_provider dx_lm_provider_sim = {
+    .name = "sim",
+    .version = DX_LM_PROVIDER_VERSION,
+    .caps = DX_LM_CAP_STREAM | DX_LM_CAP_JSON_SCHEMA | DX_LM_CAP_JSON_OBJECT |
+            DX_LM_CAP_N | DX_LM_CAP_SEED,
+    .default_base_url = "http://sim.invalid",
+};
+
 static const dx_lm_provider *const builtins[] = {
+    &dx_lm_provider_sim,
     &dx_lm_provider_openai,
     &dx_lm_provider_openai_compatible,
     &dx_lm_provider_anthropic,
@@ -975,10 +987,12 @@ int dx_lm_config_new(const char *model_string, const char *base_url,
     if (!p)
         return DX_ENOENT;
     const char *model = slash + 1;
-    bool compat = p == &dx_lm_provider_openai_compatible;
+    /* Keys and base URLs are optional for these two. */
+    bool compat =
+        p == &dx_lm_provider_openai_compatible || p == &dx_lm_provider_sim;
     if (!model_is_path_safe(model) || strstr(model, ".."))
         return DX_EINVAL;
-    if (compat && (!base_url || !*base_url))
+    if (p == &dx_lm_provider_openai_compatible && (!base_url || !*base_url))
         return DX_EINVAL;
     const char *url = base_url && *base_url ? base_url : p->default_base_url;
     if (!url ||
@@ -1185,6 +1199,10 @@ int dx_lm_encode(const dx_lm_config *c, const dx_lm_request *req,
     memset(out, 0, sizeof *out);
     if (!c || !req)
         return dx__reject(err, DX_EINVAL, "dspex", "no config or request");
+    if (!c->provider->encode)
+        return dx__reject(err, DX_ENOTSUP, c->provider->name,
+                          "this provider is answered in-process, not over "
+                          "HTTP");
     if (!req->n_messages)
         return dx__reject(err, DX_EINVAL, c->provider->name,
                           "request: no messages");

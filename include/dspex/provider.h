@@ -497,6 +497,9 @@ DX_API extern const dx_lm_provider dx_lm_provider_openai;
 DX_API extern const dx_lm_provider dx_lm_provider_openai_compatible;
 DX_API extern const dx_lm_provider dx_lm_provider_anthropic;
 DX_API extern const dx_lm_provider dx_lm_provider_gemini;
+/* The offline simulator "sim/<profile>" (sim.h): no codec; dx_lm_call
+ * answers it in-process. */
+DX_API extern const dx_lm_provider dx_lm_provider_sim;
 
 /* Find a provider by model-string prefix; NULL if none. Any thread. */
 DX_API const dx_lm_provider *dx_lm_provider_find(const char *name);

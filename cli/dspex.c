@@ -1,0 +1,1016 @@
+/*
+ * dspex.c — the `dspex` command: run, evaluate, optimize and inspect the
+ * prompts of declarative programs (program.h), and serve the local LM
+ * server.
+ *
+ *   dspex prompt   PROGRAM.json | --module KIND --signature SIG ...
+ *   dspex run      PROGRAM.json --input k=v ...
+ *   dspex eval     PROGRAM.json DATA.jsonl|.csv --metric NAME ...
+ *   dspex optimize PROGRAM.json TRAIN.jsonl --optimizer NAME -o OUT.json
+ *   dspex lm-server [--port P] [--latency-ms L] [--faults SPEC[:COUNT]]
+ *
+ * Exit codes: 0 success, 1 the work failed (an LM error, a failed
+ * evaluation...), 2 bad usage or bad input (a malformed file, an unknown
+ * metric), with a one-line error naming the file, line and column where
+ * there is one.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dspex/alloc.h"
+#include "dspex/evaluate.h"
+#include "dspex/lm.h"
+#include "dspex/lmserver.h"
+#include "dspex/program.h"
+#include "dspex/runtime.h"
+#include "dspex/teleprompt.h"
+
+#define EXIT_USAGE 2
+
+static const char *prog_name = "dspex";
+
+static int fail_usage(const char *fmt, ...) DX_PRINTF(1, 2);
+static int fail_usage(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: ", prog_name);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return EXIT_USAGE;
+}
+
+/* A diag from loading user input: usage-class errors exit 2, others 1. */
+static int fail_diag(const dx_diag *d, int rc)
+{
+    fprintf(stderr, "%s: %s\n", prog_name,
+            d->msg[0] ? d->msg : dx_strerror(rc));
+    return (rc == DX_ESYNTAX || rc == DX_EINVAL || rc == DX_EIO ||
+            rc == DX_ENOENT)
+               ? EXIT_USAGE
+               : 1;
+}
+
+/* ---- shared options ------------------------------------------------------ */
+
+typedef struct common {
+    const char *model;
+    const char *base_url;
+    const char *api_key;
+    const char *adapter;
+    const char *cache;
+    dx_example *inputs; /* --input k=v */
+    const char *module_kind;
+    const char *signature;
+    const char *instructions;
+    const char *demos;
+    const char *state;
+    bool json;
+    int64_t timeout_ms;
+} common;
+
+static int add_input(common *c, const char *kv, bool as_json)
+{
+    const char *eq = strchr(kv, '=');
+    if (!eq || eq == kv)
+        return fail_usage("--input wants key=value, got \"%s\"", kv);
+    char key[256];
+    size_t kn = (size_t)(eq - kv);
+    if (kn >= sizeof key)
+        return fail_usage("--input: key too long");
+    memcpy(key, kv, kn);
+    key[kn] = '\0';
+    if (!c->inputs)
+        c->inputs = dx_example_new();
+    dx_diag d = {0};
+    int rc = as_json ? dx_example_set_json(c->inputs, key, eq + 1, &d)
+                     : dx_example_set_str(c->inputs, key, eq + 1);
+    if (rc != DX_OK)
+        return fail_usage("--input %s: %s", key,
+                          d.msg[0] ? d.msg : dx_strerror(rc));
+    return 0;
+}
+
+static const char *model_or_default(const common *c)
+{
+    if (c->model)
+        return c->model;
+    const char *env = getenv("DSPEX_MODEL");
+    return env && env[0] ? env : "sim/base";
+}
+
+static dx_adapter_kind adapter_of(const common *c)
+{
+    return c->adapter && strcmp(c->adapter, "json") == 0 ? DX_ADAPTER_JSON
+                                                         : DX_ADAPTER_CHAT;
+}
+
+/* The program: a file, or one inline module; then --state and --demos. */
+static int load_program(const common *c, const char *path, dx_module **out)
+{
+    dx_diag d = {0};
+    int rc;
+    if (path) {
+        rc = dx_program_load(path, out, &d);
+    } else if (c->module_kind && c->signature) {
+        rc = dx_program_single(c->module_kind, c->signature, c->instructions,
+                               out, &d);
+    } else {
+        return fail_usage("give a PROGRAM.json, or --module and --signature");
+    }
+    if (rc != DX_OK)
+        return fail_diag(&d, rc);
+    if (c->state && (rc = dx_module_load(*out, c->state, &d)) != DX_OK) {
+        dx_module_free(*out);
+        return fail_diag(&d, rc);
+    }
+    if (c->demos) {
+        dx_dataset *ds = NULL;
+        if ((rc = dx_dataset_load(c->demos, NULL, 0, &ds, &d)) != DX_OK) {
+            dx_module_free(*out);
+            return fail_diag(&d, rc);
+        }
+        dx_named_predictor *preds = NULL;
+        size_t np = 0;
+        dx_module_predictors(*out, &preds, &np);
+        for (size_t i = 0; i < np; i++)
+            dx_predict_set_demos(preds[i].predict,
+                                 (const dx_example *const *)ds->items, ds->n);
+        dx_free(preds);
+        dx_dataset_free(ds);
+    }
+    return 0;
+}
+
+/* ---- the runtime and the LM client -------------------------------------- */
+
+static _Atomic int client_rc = 1;
+static dx_lm_client_opts client_opts;
+
+static void start_client(void *arg)
+{
+    (void)arg;
+    dx_server_opts so = {.name = "lm"};
+    atomic_store(&client_rc, dx_lm_client_start(&client_opts, &so, NULL));
+}
+
+static void stop_client(void *arg)
+{
+    (void)arg;
+    dx_pid lm = dx_whereis("lm");
+    if (!dx_pid_is_none(lm))
+        dx_server_stop(lm, NULL, 5000);
+    atomic_store(&client_rc, 0);
+}
+
+static void wait_flag(void)
+{
+    while (atomic_load(&client_rc) == 1) {
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static int start_lm(const common *c)
+{
+    if (dx_runtime_start(NULL) != DX_OK)
+        return fail_usage("cannot start the runtime");
+    client_opts = (dx_lm_client_opts){
+        .primary = {model_or_default(c), c->base_url, c->api_key},
+        .cache_path = c->cache,
+    };
+    dx_pid pid;
+    atomic_store(&client_rc, 1);
+    dx_spawn(start_client, NULL, &pid);
+    wait_flag();
+    int rc = atomic_load(&client_rc);
+    if (rc != DX_OK) {
+        dx_runtime_stop();
+        if (rc == DX_ENOKEY)
+            return fail_usage("model %s: no API key (set the provider's key "
+                              "variable or --api-key)",
+                              model_or_default(c));
+        return fail_usage("model %s: %s", model_or_default(c), dx_strerror(rc));
+    }
+    return 0;
+}
+
+static void stop_lm(void)
+{
+    dx_pid pid;
+    atomic_store(&client_rc, 1);
+    if (dx_spawn(stop_client, NULL, &pid) == DX_OK)
+        wait_flag();
+    dx_runtime_stop();
+}
+
+/* ---- options ------------------------------------------------------------ */
+
+enum {
+    OPT_MODEL = 1000,
+    OPT_BASE_URL,
+    OPT_API_KEY,
+    OPT_ADAPTER,
+    OPT_CACHE,
+    OPT_INPUT_JSON,
+    OPT_MODULE,
+    OPT_SIGNATURE,
+    OPT_INSTRUCTIONS,
+    OPT_DEMOS,
+    OPT_STATE,
+    OPT_JSON,
+    OPT_METRIC,
+    OPT_CONCURRENCY,
+    OPT_OUT,
+    OPT_INPUTS,
+    OPT_MAX_ERRORS,
+    OPT_OPTIMIZER,
+    OPT_VALSET,
+    OPT_REPORT,
+    OPT_CHECKPOINT,
+    OPT_PORT,
+    OPT_HOST,
+    OPT_LATENCY,
+    OPT_FAULTS,
+    OPT_TIMEOUT,
+    OPT_CANDIDATES,
+    OPT_MAX_DEMOS,
+    OPT_MAX_LABELED,
+};
+
+static const struct option long_opts[] = {
+    {"help", no_argument, NULL, 'h'},
+    {"model", required_argument, NULL, OPT_MODEL},
+    {"base-url", required_argument, NULL, OPT_BASE_URL},
+    {"api-key", required_argument, NULL, OPT_API_KEY},
+    {"adapter", required_argument, NULL, OPT_ADAPTER},
+    {"cache", required_argument, NULL, OPT_CACHE},
+    {"input", required_argument, NULL, 'i'},
+    {"input-json", required_argument, NULL, OPT_INPUT_JSON},
+    {"module", required_argument, NULL, OPT_MODULE},
+    {"signature", required_argument, NULL, OPT_SIGNATURE},
+    {"instructions", required_argument, NULL, OPT_INSTRUCTIONS},
+    {"demos", required_argument, NULL, OPT_DEMOS},
+    {"state", required_argument, NULL, OPT_STATE},
+    {"json", no_argument, NULL, OPT_JSON},
+    {"metric", required_argument, NULL, OPT_METRIC},
+    {"concurrency", required_argument, NULL, OPT_CONCURRENCY},
+    {"out", required_argument, NULL, OPT_OUT},
+    {"output", required_argument, NULL, 'o'},
+    {"inputs", required_argument, NULL, OPT_INPUTS},
+    {"max-errors", required_argument, NULL, OPT_MAX_ERRORS},
+    {"optimizer", required_argument, NULL, OPT_OPTIMIZER},
+    {"valset", required_argument, NULL, OPT_VALSET},
+    {"report", required_argument, NULL, OPT_REPORT},
+    {"checkpoint", required_argument, NULL, OPT_CHECKPOINT},
+    {"seed", required_argument, NULL, 's'},
+    {"port", required_argument, NULL, OPT_PORT},
+    {"host", required_argument, NULL, OPT_HOST},
+    {"latency-ms", required_argument, NULL, OPT_LATENCY},
+    {"faults", required_argument, NULL, OPT_FAULTS},
+    {"timeout-ms", required_argument, NULL, OPT_TIMEOUT},
+    {"candidates", required_argument, NULL, OPT_CANDIDATES},
+    {"max-demos", required_argument, NULL, OPT_MAX_DEMOS},
+    {"max-labeled", required_argument, NULL, OPT_MAX_LABELED},
+    {NULL, 0, NULL, 0},
+};
+
+typedef struct args {
+    common c;
+    const char *metric;
+    long concurrency;
+    const char *out;
+    const char *output;
+    const char *inputs;
+    long max_errors;
+    const char *optimizer;
+    const char *valset;
+    const char *report;
+    const char *checkpoint;
+    long seed;
+    long port;
+    const char *host;
+    long latency_ms;
+    const char *faults;
+    long candidates;
+    long max_demos;
+    long max_labeled;
+    char *pos[4];
+    int npos;
+} args;
+
+static int parse_long(const char *opt, const char *s, long lo, long hi,
+                      long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || !end || *end || v < lo || v > hi)
+        return fail_usage("%s wants a number in %ld..%ld, got \"%s\"", opt, lo,
+                          hi, s);
+    *out = v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, args *a, void (*help)(void))
+{
+    optind = 1;
+    int ch, rc = 0;
+    while (rc == 0 &&
+           (ch = getopt_long(argc, argv, "hi:o:s:", long_opts, NULL)) != -1) {
+        switch (ch) {
+        case 'h':
+            help();
+            exit(0);
+        case OPT_MODEL:
+            a->c.model = optarg;
+            break;
+        case OPT_BASE_URL:
+            a->c.base_url = optarg;
+            break;
+        case OPT_API_KEY:
+            a->c.api_key = optarg;
+            break;
+        case OPT_ADAPTER:
+            if (strcmp(optarg, "chat") != 0 && strcmp(optarg, "json") != 0)
+                return fail_usage("--adapter wants chat or json");
+            a->c.adapter = optarg;
+            break;
+        case OPT_CACHE:
+            a->c.cache = optarg;
+            break;
+        case 'i':
+            rc = add_input(&a->c, optarg, false);
+            break;
+        case OPT_INPUT_JSON:
+            rc = add_input(&a->c, optarg, true);
+            break;
+        case OPT_MODULE:
+            a->c.module_kind = optarg;
+            break;
+        case OPT_SIGNATURE:
+            a->c.signature = optarg;
+            break;
+        case OPT_INSTRUCTIONS:
+            a->c.instructions = optarg;
+            break;
+        case OPT_DEMOS:
+            a->c.demos = optarg;
+            break;
+        case OPT_STATE:
+            a->c.state = optarg;
+            break;
+        case OPT_JSON:
+            a->c.json = true;
+            break;
+        case OPT_METRIC:
+            a->metric = optarg;
+            break;
+        case OPT_CONCURRENCY:
+            rc =
+                parse_long("--concurrency", optarg, 1, 100000, &a->concurrency);
+            break;
+        case OPT_OUT:
+            a->out = optarg;
+            break;
+        case 'o':
+            a->output = optarg;
+            break;
+        case OPT_INPUTS:
+            a->inputs = optarg;
+            break;
+        case OPT_MAX_ERRORS:
+            rc =
+                parse_long("--max-errors", optarg, 0, 1L << 30, &a->max_errors);
+            break;
+        case OPT_OPTIMIZER:
+            a->optimizer = optarg;
+            break;
+        case OPT_VALSET:
+            a->valset = optarg;
+            break;
+        case OPT_REPORT:
+            a->report = optarg;
+            break;
+        case OPT_CHECKPOINT:
+            a->checkpoint = optarg;
+            break;
+        case 's':
+            rc = parse_long("--seed", optarg, 0, 1L << 30, &a->seed);
+            break;
+        case OPT_PORT:
+            rc = parse_long("--port", optarg, 0, 65535, &a->port);
+            break;
+        case OPT_HOST:
+            a->host = optarg;
+            break;
+        case OPT_LATENCY:
+            rc = parse_long("--latency-ms", optarg, 0, 3600000, &a->latency_ms);
+            break;
+        case OPT_FAULTS:
+            a->faults = optarg;
+            break;
+        case OPT_TIMEOUT: {
+            long v = 0;
+            rc = parse_long("--timeout-ms", optarg, 1, 86400000, &v);
+            a->c.timeout_ms = v;
+            break;
+        }
+        case OPT_CANDIDATES:
+            rc = parse_long("--candidates", optarg, 1, 1000, &a->candidates);
+            break;
+        case OPT_MAX_DEMOS:
+            rc = parse_long("--max-demos", optarg, 1, 1000, &a->max_demos);
+            break;
+        case OPT_MAX_LABELED:
+            rc = parse_long("--max-labeled", optarg, 0, 1000, &a->max_labeled);
+            break;
+        default:
+            return fail_usage("unknown option (see %s --help)", argv[0]);
+        }
+    }
+    for (int i = optind; rc == 0 && i < argc; i++) {
+        if (a->npos == 4)
+            return fail_usage("too many arguments");
+        a->pos[a->npos++] = argv[i];
+    }
+    return rc;
+}
+
+static void print_json_value(FILE *f, const cJSON *v)
+{
+    char *t = cJSON_PrintUnformatted(v);
+    fputs(t ? t : "null", f);
+    cJSON_free(t);
+}
+
+/* ---- prompt --------------------------------------------------------------- */
+
+static void help_prompt(void)
+{
+    puts("usage: dspex prompt PROGRAM.json [--input k=v]... [--adapter "
+         "chat|json]\n"
+         "       dspex prompt --module predict|chain_of_thought --signature "
+         "SIG\n"
+         "                    [--instructions TEXT] [--demos FILE.jsonl]\n"
+         "                    [--state DSPY_STATE.json] [--input k=v]...\n\n"
+         "Print, as JSON, the messages the program's first predictor would "
+         "send\n"
+         "for these inputs, without calling an LM.");
+}
+
+static int cmd_prompt(int argc, char **argv)
+{
+    args a = {0};
+    int rc = parse_args(argc, argv, &a, help_prompt);
+    if (rc)
+        return rc;
+    dx_module *m = NULL;
+    if ((rc = load_program(&a.c, a.npos ? a.pos[0] : NULL, &m)) != 0)
+        return rc;
+    dx_named_predictor *preds = NULL;
+    size_t np = 0;
+    dx_module_predictors(m, &preds, &np);
+    dx_lm_request *req = dx_lm_request_new(NULL);
+    const dx_module *p = preds[0].predict;
+    const dx_example *const *demos = NULL;
+    size_t nd = dx_predict_n_demos(p);
+    const dx_example **dv = dx_calloc(nd ? nd : 1, sizeof *dv);
+    for (size_t i = 0; i < nd; i++)
+        dv[i] = dx_predict_demo(p, i);
+    demos = dv;
+    dx_example *empty = dx_example_new();
+    dx_diag d = {0};
+    rc = dx_adapter_format(adapter_of(&a.c), dx_predict_signature(p), demos, nd,
+                           a.c.inputs ? a.c.inputs : empty, req, &d);
+    if (rc == DX_OK) {
+        static const char *const roles[] = {"system", "user", "assistant",
+                                            "tool"};
+        cJSON *arr = cJSON_CreateArray();
+        for (size_t i = 0; i < req->n_messages; i++) {
+            cJSON *msg = cJSON_CreateObject();
+            cJSON_AddStringToObject(msg, "role", roles[req->messages[i].role]);
+            cJSON_AddStringToObject(msg, "content", req->messages[i].content);
+            cJSON_AddItemToArray(arr, msg);
+        }
+        char *t = cJSON_Print(arr);
+        puts(t);
+        cJSON_free(t);
+        cJSON_Delete(arr);
+    } else {
+        fprintf(stderr, "%s: %s\n", prog_name, d.msg);
+    }
+    dx_free(dv);
+    dx_free(preds);
+    dx_example_free(empty);
+    dx_example_free(a.c.inputs);
+    dx_lm_request_free(req);
+    dx_module_free(m);
+    return rc == DX_OK ? 0 : 1;
+}
+
+/* ---- run ------------------------------------------------------------------ */
+
+static void help_run(void)
+{
+    puts(
+        "usage: dspex run PROGRAM.json --input k=v... [--json] [--model M]\n"
+        "                 [--base-url URL] [--api-key KEY] [--adapter "
+        "chat|json]\n\n"
+        "Run the program once and print its prediction. The model defaults to\n"
+        "$DSPEX_MODEL, else the offline simulator sim/base.");
+}
+
+static int cmd_run(int argc, char **argv)
+{
+    args a = {0};
+    int rc = parse_args(argc, argv, &a, help_run);
+    if (rc)
+        return rc;
+    dx_module *m = NULL;
+    if ((rc = load_program(&a.c, a.npos ? a.pos[0] : NULL, &m)) != 0)
+        return rc;
+    if (!a.c.inputs) {
+        dx_module_free(m);
+        return fail_usage("give the program's inputs with --input k=v");
+    }
+    if ((rc = start_lm(&a.c)) != 0) {
+        dx_module_free(m);
+        return rc;
+    }
+    dx_call_opts co = {.adapter = adapter_of(&a.c),
+                       .timeout_ms = a.c.timeout_ms};
+    dx_prediction *pred = NULL;
+    dx_diag d = {0};
+    rc = dx_module_call(m, a.c.inputs, &co, &pred, NULL, &d);
+    if (rc == DX_OK) {
+        const dx_example *f = dx_prediction_fields(pred);
+        if (a.c.json) {
+            char *t = NULL;
+            dx_example_to_json(f, &t);
+            puts(t ? t : "{}");
+            dx_free(t);
+        } else {
+            for (size_t i = 0; i < dx_example_len(f); i++) {
+                const cJSON *v = dx_example_value(f, i);
+                printf("%s: ", dx_example_key(f, i));
+                if (cJSON_IsString(v))
+                    fputs(v->valuestring, stdout);
+                else
+                    print_json_value(stdout, v);
+                putchar('\n');
+            }
+        }
+    } else {
+        fprintf(stderr, "%s: %s\n", prog_name, d.msg);
+    }
+    dx_prediction_free(pred);
+    stop_lm();
+    dx_example_free(a.c.inputs);
+    dx_module_free(m);
+    return rc == DX_OK ? 0 : 1;
+}
+
+/* ---- datasets --------------------------------------------------------------- */
+
+/* Split "a,b,c" into keys (pointers into a copy the caller frees). */
+static size_t split_keys(const char *s, char **copy, const char **keys,
+                         size_t max)
+{
+    *copy = dx_strdup(s ? s : "");
+    size_t n = 0;
+    char *save = NULL;
+    for (char *t = strtok_r(*copy, ",", &save); t && n < max;
+         t = strtok_r(NULL, ",", &save))
+        keys[n++] = t;
+    return n;
+}
+
+/* One CSV record starting at *p (RFC 4180 quoting); fields appended to
+ * arr as strings. Advances *p past the record's line end. */
+static bool csv_record(const char **p, cJSON *arr)
+{
+    const char *s = *p;
+    if (!*s)
+        return false;
+    for (;;) {
+        char *buf = dx_malloc(strlen(s) + 1);
+        size_t n = 0;
+        if (*s == '"') {
+            s++;
+            for (; *s; s++) {
+                if (*s == '"' && s[1] == '"') {
+                    buf[n++] = '"';
+                    s++;
+                } else if (*s == '"') {
+                    s++;
+                    break;
+                } else {
+                    buf[n++] = *s;
+                }
+            }
+        }
+        while (*s && *s != ',' && *s != '\n' && *s != '\r')
+            buf[n++] = *s++;
+        buf[n] = '\0';
+        cJSON_AddItemToArray(arr, cJSON_CreateString(buf));
+        dx_free(buf);
+        if (*s == ',') {
+            s++;
+            continue;
+        }
+        if (*s == '\r')
+            s++;
+        if (*s == '\n')
+            s++;
+        break;
+    }
+    *p = s;
+    return true;
+}
+
+static int load_csv(const char *path, const char *const *in, size_t nin,
+                    dx_dataset **out)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return fail_usage("%s: %s", path, strerror(errno));
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *text = dx_malloc((size_t)size + 1);
+    size_t got = fread(text, 1, (size_t)size, f);
+    fclose(f);
+    text[got] = '\0';
+    const char *p = text;
+    cJSON *header = cJSON_CreateArray();
+    if (!csv_record(&p, header)) {
+        cJSON_Delete(header);
+        dx_free(text);
+        return fail_usage("%s:1: empty CSV (a header line is required)", path);
+    }
+    dx_dataset *ds = dx_dataset_new();
+    int line = 1;
+    while (*p) {
+        line++;
+        cJSON *row = cJSON_CreateArray();
+        csv_record(&p, row);
+        if (cJSON_GetArraySize(row) == 1 &&
+            cJSON_GetArrayItem(row, 0)->valuestring[0] == '\0') {
+            cJSON_Delete(row);
+            continue; /* blank line */
+        }
+        if (cJSON_GetArraySize(row) != cJSON_GetArraySize(header)) {
+            int got_n = cJSON_GetArraySize(row),
+                want = cJSON_GetArraySize(header);
+            cJSON_Delete(row);
+            cJSON_Delete(header);
+            dx_dataset_free(ds);
+            dx_free(text);
+            return fail_usage("%s:%d: %d fields, the header has %d", path, line,
+                              got_n, want);
+        }
+        dx_example *ex = dx_example_new();
+        for (int i = 0; i < cJSON_GetArraySize(row); i++)
+            dx_example_set_str(ex, cJSON_GetArrayItem(header, i)->valuestring,
+                               cJSON_GetArrayItem(row, i)->valuestring);
+        if (nin)
+            dx_example_with_inputs(ex, in, nin);
+        dx_dataset_append(ds, ex);
+        cJSON_Delete(row);
+    }
+    cJSON_Delete(header);
+    dx_free(text);
+    *out = ds;
+    return 0;
+}
+
+/* Load a dataset with the program's first predictor's inputs (or
+ * --inputs) designated, checking every example has them. */
+static int load_data(const char *path, const char *inputs_opt,
+                     const dx_module *m, dx_dataset **out)
+{
+    const char *keys[64];
+    char *copy = NULL;
+    size_t nk = 0;
+    if (inputs_opt) {
+        nk = split_keys(inputs_opt, &copy, keys, 64);
+    } else {
+        /* The program's inputs: the first predictor's input fields. */
+        dx_named_predictor *preds = NULL;
+        size_t np = 0;
+        dx_module_predictors(m, &preds, &np);
+        const dx_signature *s =
+            np ? dx_predict_signature(preds[0].predict) : NULL;
+        for (size_t i = 0; s && i < dx_signature_n_inputs(s) && nk < 64; i++)
+            keys[nk++] = dx_signature_input(s, i)->name;
+        dx_free(preds);
+    }
+    int rc = 0;
+    size_t plen = strlen(path);
+    if (plen > 4 && strcmp(path + plen - 4, ".csv") == 0) {
+        rc = load_csv(path, keys, nk, out);
+    } else {
+        dx_diag d = {0};
+        int r = dx_dataset_load(path, keys, nk, out, &d);
+        if (r != DX_OK)
+            rc = fail_diag(&d, r);
+    }
+    for (size_t i = 0; rc == 0 && i < (*out)->n; i++)
+        for (size_t k = 0; k < nk; k++)
+            if (!dx_example_has((*out)->items[i], keys[k])) {
+                rc = fail_usage("%s: example %zu has no input field \"%s\"",
+                                path, i + 1, keys[k]);
+                dx_dataset_free(*out);
+                *out = NULL;
+                break;
+            }
+    dx_free(copy);
+    return rc;
+}
+
+static int metric_of(const char *name, dx_metric *m)
+{
+    dx_metric_kind k;
+    if (!name)
+        name = "exact_match";
+    if (dx_metric_from_name(name, &k) != DX_OK)
+        return fail_usage("unknown metric \"%s\" (exact_match, f1, "
+                          "passage_match)",
+                          name);
+    *m = (dx_metric){.kind = k};
+    return 0;
+}
+
+/* ---- eval ------------------------------------------------------------------ */
+
+static void help_eval(void)
+{
+    puts(
+        "usage: dspex eval PROGRAM.json DATA.jsonl|DATA.csv [--metric "
+        "exact_match|f1|\n"
+        "                  passage_match] [--concurrency N] [--inputs a,b]\n"
+        "                  [--out results.jsonl] [--max-errors N] [--model "
+        "M]\n\n"
+        "Evaluate the program on the dataset and print the score and a table.");
+}
+
+static int cmd_eval(int argc, char **argv)
+{
+    args a = {0};
+    int rc = parse_args(argc, argv, &a, help_eval);
+    if (rc)
+        return rc;
+    if (a.npos != 2)
+        return fail_usage("eval wants PROGRAM.json and DATA (see --help)");
+    dx_metric metric;
+    if ((rc = metric_of(a.metric, &metric)) != 0)
+        return rc;
+    dx_module *m = NULL;
+    if ((rc = load_program(&a.c, a.pos[0], &m)) != 0)
+        return rc;
+    dx_dataset *ds = NULL;
+    if ((rc = load_data(a.pos[1], a.inputs, m, &ds)) != 0) {
+        dx_module_free(m);
+        return rc;
+    }
+    if ((rc = start_lm(&a.c)) != 0) {
+        dx_dataset_free(ds);
+        dx_module_free(m);
+        return rc;
+    }
+    dx_eval_opts eo = {
+        .metric = metric,
+        .concurrency = (size_t)a.concurrency,
+        .max_errors = (size_t)a.max_errors,
+        .call = {.adapter = adapter_of(&a.c)},
+        .example_timeout_ms = a.c.timeout_ms,
+    };
+    dx_eval_result *r = NULL;
+    dx_diag d = {0};
+    rc = dx_evaluate(m, ds, &eo, &r, &d);
+    if (rc == DX_OK) {
+        dx_eval_result_print(r, stdout, 20);
+        if (a.out && dx_eval_result_write_jsonl(r, a.out, &d) != DX_OK) {
+            fprintf(stderr, "%s: %s\n", prog_name, d.msg);
+            rc = DX_EIO;
+        }
+    } else {
+        fprintf(stderr, "%s: %s\n", prog_name, d.msg);
+    }
+    dx_eval_result_free(r);
+    stop_lm();
+    dx_dataset_free(ds);
+    dx_module_free(m);
+    return rc == DX_OK ? 0 : 1;
+}
+
+/* ---- optimize --------------------------------------------------------------- */
+
+static void help_optimize(void)
+{
+    puts("usage: dspex optimize PROGRAM.json TRAIN.jsonl --optimizer "
+         "labeled|bootstrap|\n"
+         "                      random-search -o OPTIMIZED.json [--valset "
+         "VAL.jsonl]\n"
+         "                      [--metric NAME] [--seed S] [--candidates N]\n"
+         "                      [--max-demos N] [--max-labeled N] [--report "
+         "R.html]\n"
+         "                      [--checkpoint FILE] [--concurrency N] [--model "
+         "M]\n\n"
+         "Optimize the program's demos and save the result (declaration + "
+         "state).");
+}
+
+static int cmd_optimize(int argc, char **argv)
+{
+    args a = {0};
+    int rc = parse_args(argc, argv, &a, help_optimize);
+    if (rc)
+        return rc;
+    if (a.npos != 2 || !a.optimizer || !a.output)
+        return fail_usage("optimize wants PROGRAM.json TRAIN.jsonl "
+                          "--optimizer NAME -o OUT.json (see --help)");
+    const char *opts[] = {"labeled", "bootstrap", "random-search"};
+    int which = -1;
+    for (int i = 0; i < 3; i++)
+        if (strcmp(a.optimizer, opts[i]) == 0)
+            which = i;
+    if (which < 0)
+        return fail_usage("unknown optimizer \"%s\" (labeled, bootstrap, "
+                          "random-search)",
+                          a.optimizer);
+    dx_metric metric;
+    if ((rc = metric_of(a.metric, &metric)) != 0)
+        return rc;
+    dx_module *m = NULL;
+    if ((rc = load_program(&a.c, a.pos[0], &m)) != 0)
+        return rc;
+    dx_dataset *train = NULL, *val = NULL;
+    if ((rc = load_data(a.pos[1], a.inputs, m, &train)) != 0 ||
+        (a.valset && (rc = load_data(a.valset, a.inputs, m, &val)) != 0)) {
+        dx_dataset_free(train);
+        dx_module_free(m);
+        return rc;
+    }
+    if ((rc = start_lm(&a.c)) != 0) {
+        dx_dataset_free(train);
+        dx_dataset_free(val);
+        dx_module_free(m);
+        return rc;
+    }
+    dx_tp_opts o = {
+        .metric = metric,
+        .max_bootstrapped_demos = (size_t)a.max_demos,
+        .max_labeled_demos = (size_t)a.max_labeled,
+        .num_candidates = (size_t)a.candidates,
+        .concurrency = (size_t)a.concurrency,
+        .call = {.adapter = adapter_of(&a.c), .timeout_ms = a.c.timeout_ms},
+        .checkpoint_path = a.checkpoint,
+        .report_path = a.report,
+    };
+    dx_tp_result *r = NULL;
+    dx_diag d = {0};
+    dx_module *best = NULL;
+    if (which == 0) {
+        rc = dx_labeled_fewshot(
+            m, train, a.max_labeled ? (size_t)a.max_labeled : 16, true, &best);
+    } else if (which == 1) {
+        rc = dx_bootstrap_fewshot(m, NULL, train, &o, &r, &d);
+    } else {
+        rc = dx_random_search(m, NULL, train, val, &o, &r, &d);
+    }
+    if (r) {
+        best = r->program;
+        r->program = NULL;
+        if (r->score >= 0)
+            printf("best score: %.2f\n", r->score);
+        printf("trials: %zu, LM calls: %lld (%lld cached), %.1f s\n",
+               r->n_trials, (long long)r->usage.calls,
+               (long long)r->usage.cached_calls, r->wall_s);
+    }
+    if (rc == DX_OK) {
+        rc = dx_program_save(best, a.output, &d);
+        if (rc == DX_OK)
+            printf("saved %s\n", a.output);
+    }
+    if (rc != DX_OK)
+        fprintf(stderr, "%s: %s\n", prog_name,
+                d.msg[0] ? d.msg : dx_strerror(rc));
+    dx_module_free(best);
+    dx_tp_result_free(r);
+    stop_lm();
+    dx_dataset_free(train);
+    dx_dataset_free(val);
+    dx_module_free(m);
+    return rc == DX_OK ? 0 : 1;
+}
+
+/* ---- lm-server ---------------------------------------------------------------- */
+
+static void help_lm_server(void)
+{
+    puts("usage: dspex lm-server [--port P] [--host ADDR] [--latency-ms L]\n"
+         "                       [--faults SPEC[:COUNT]]\n\n"
+         "Serve the local LM server (OpenAI, Anthropic and Gemini wire "
+         "formats)\n"
+         "until SIGINT/SIGTERM. Prints \"listening on HOST:PORT\" when ready.");
+}
+
+static int cmd_lm_server(int argc, char **argv)
+{
+    args a = {0};
+    int rc = parse_args(argc, argv, &a, help_lm_server);
+    if (rc)
+        return rc;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    dx_lmserver_opts o = {
+        .host = a.host ? a.host : "127.0.0.1",
+        .port = (int)a.port,
+        .latency_ms = (uint64_t)a.latency_ms,
+    };
+    dx_lmserver *srv = NULL;
+    if ((rc = dx_lmserver_start(&o, &srv)) != DX_OK)
+        return fail_usage("cannot listen on %s:%ld: %s", o.host, a.port,
+                          dx_strerror(rc));
+    if (a.faults) {
+        /* SPEC or SPEC@COUNT (COUNT default: every request for a long
+         * time). */
+        char spec[256];
+        snprintf(spec, sizeof spec, "%s", a.faults);
+        unsigned count = 1000000;
+        char *at = strrchr(spec, '@');
+        if (at) {
+            *at = '\0';
+            count = (unsigned)strtoul(at + 1, NULL, 10);
+        }
+        if (dx_lmserver_inject(srv, spec, count) != DX_OK) {
+            dx_lmserver_stop_free(srv);
+            return fail_usage("--faults: unknown fault spec \"%s\"", spec);
+        }
+    }
+    printf("listening on %s:%d\n", o.host, dx_lmserver_port(srv));
+    fflush(stdout);
+    int sig = 0;
+    sigwait(&set, &sig);
+    dx_lmserver_stop_free(srv);
+    return 0;
+}
+
+/* ---- main --------------------------------------------------------------------- */
+
+static void help_main(void)
+{
+    puts(
+        "usage: dspex COMMAND [ARGS]\n\n"
+        "Commands:\n"
+        "  prompt     print the messages a program would send, without an LM\n"
+        "  run        run a program once and print its prediction\n"
+        "  eval       evaluate a program on a dataset\n"
+        "  optimize   optimize a program's demos (labeled, bootstrap,\n"
+        "             random-search) and save it\n"
+        "  lm-server  serve the local LM server\n\n"
+        "`dspex COMMAND --help` for a command's options. Models: --model\n"
+        "openai/..., anthropic/..., gemini/..., openai-compatible/... with\n"
+        "--base-url, or $DSPEX_MODEL; keys from the provider's usual variable\n"
+        "(OPENAI_API_KEY, ...) or --api-key.");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2)
+        return help_main(), EXIT_USAGE;
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 ||
+        strcmp(cmd, "help") == 0) {
+        help_main();
+        return 0;
+    }
+    static const struct {
+        const char *name;
+        int (*fn)(int, char **);
+    } cmds[] = {
+        {"prompt", cmd_prompt},       {"run", cmd_run},
+        {"eval", cmd_eval},           {"optimize", cmd_optimize},
+        {"lm-server", cmd_lm_server},
+    };
+    for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++)
+        if (strcmp(cmd, cmds[i].name) == 0)
+            return cmds[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "%s: unknown command \"%s\" (see dspex --help)\n",
+            prog_name, cmd);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,550 @@
+/*
+ * declarative.c — programs declared in JSON (see program.h): parsing the
+ * "program" member into a module tree, the pipeline module that runs its
+ * steps with their field mappings, and saving declaration + state.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "dspex/alloc.h"
+#include "dspex/error.h"
+#include "dspex/program.h"
+#include "module_int.h"
+#include "pyjson.h"
+
+/* One step: run `module` with inputs taken from the environment. */
+typedef struct step_input {
+    char *field;  /* the module's input field */
+    char *source; /* "field" or "module.field" */
+} step_input;
+
+typedef struct step {
+    char *module;
+    step_input *inputs; /* NULL: every input by its own name */
+    size_t n_inputs;
+} step;
+
+typedef struct pipeline {
+    step *steps;
+    size_t n_steps;
+} pipeline;
+
+static void pipeline_free(void *p_)
+{
+    pipeline *p = p_;
+    if (!p)
+        return;
+    for (size_t i = 0; i < p->n_steps; i++) {
+        dx_free(p->steps[i].module);
+        for (size_t k = 0; k < p->steps[i].n_inputs; k++) {
+            dx_free(p->steps[i].inputs[k].field);
+            dx_free(p->steps[i].inputs[k].source);
+        }
+        dx_free(p->steps[i].inputs);
+    }
+    dx_free(p->steps);
+    dx_free(p);
+}
+
+static void *pipeline_copy(const void *p_)
+{
+    const pipeline *p = p_;
+    pipeline *c = dx_calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->steps = dx_calloc(p->n_steps ? p->n_steps : 1, sizeof *c->steps);
+    if (!c->steps) {
+        dx_free(c);
+        return NULL;
+    }
+    c->n_steps = p->n_steps;
+    bool ok = true;
+    for (size_t i = 0; ok && i < p->n_steps; i++) {
+        step *d = &c->steps[i];
+        const step *s = &p->steps[i];
+        d->module = dx_strdup(s->module);
+        ok = d->module != NULL;
+        if (ok && s->n_inputs) {
+            d->inputs = dx_calloc(s->n_inputs, sizeof *d->inputs);
+            ok = d->inputs != NULL;
+            for (size_t k = 0; ok && k < s->n_inputs; k++) {
+                d->inputs[k].field = dx_strdup(s->inputs[k].field);
+                d->inputs[k].source = dx_strdup(s->inputs[k].source);
+                d->n_inputs = k + 1;
+                ok = d->inputs[k].field && d->inputs[k].source;
+            }
+        }
+    }
+    if (!ok) {
+        pipeline_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* The signature of the Predict behind a declared module. */
+static const dx_signature *module_signature(const dx_module *m)
+{
+    if (dx_module_is_predict(m))
+        return dx_predict_signature(m);
+    return dx_predict_signature(dx_module_child(m, "predict"));
+}
+
+/* Put a step's outputs in the environment as "field" and "module.field". */
+static int env_put(dx_example *env, const char *module, const dx_example *out)
+{
+    for (size_t i = 0; i < dx_example_len(out); i++) {
+        const char *k = dx_example_key(out, i);
+        const cJSON *v = dx_example_value(out, i);
+        char qualified[256];
+        snprintf(qualified, sizeof qualified, "%s.%s", module, k);
+        int rc = dx_example_set_value(env, k, v);
+        if (rc == DX_OK)
+            rc = dx_example_set_value(env, qualified, v);
+        if (rc != DX_OK)
+            return rc;
+    }
+    return DX_OK;
+}
+
+static int pipeline_forward(dx_ctx *ctx, const dx_module *self,
+                            const dx_example *in, dx_prediction **out)
+{
+    const pipeline *p = dx_module_ud(self);
+    dx_example *env = dx_example_copy(in);
+    if (!env)
+        return dx_ctx_fail(ctx, DX_ENOMEM, "out of memory");
+    dx_prediction *last = NULL;
+    int rc = DX_OK;
+    for (size_t i = 0; rc == DX_OK && i < p->n_steps; i++) {
+        const step *st = &p->steps[i];
+        const dx_module *m = dx_module_child(self, st->module);
+        const dx_signature *s = module_signature(m);
+        dx_example *step_in = dx_example_new();
+        if (!step_in) {
+            rc = dx_ctx_fail(ctx, DX_ENOMEM, "out of memory");
+            break;
+        }
+        if (st->n_inputs) {
+            for (size_t k = 0; rc == DX_OK && k < st->n_inputs; k++) {
+                const cJSON *v = dx_example_get(env, st->inputs[k].source);
+                if (v)
+                    rc = dx_example_set_value(step_in, st->inputs[k].field, v);
+            }
+        } else {
+            for (size_t k = 0; rc == DX_OK && k < dx_signature_n_inputs(s);
+                 k++) {
+                const char *name = dx_signature_input(s, k)->name;
+                const cJSON *v = dx_example_get(env, name);
+                if (v)
+                    rc = dx_example_set_value(step_in, name, v);
+            }
+        }
+        dx_prediction *pred = NULL;
+        if (rc == DX_OK)
+            rc = dx_forward(ctx, m, step_in, &pred);
+        dx_example_free(step_in);
+        if (rc == DX_OK)
+            rc = env_put(env, st->module, dx_prediction_fields(pred));
+        if (rc == DX_OK) {
+            dx_prediction_free(last);
+            last = pred;
+        } else {
+            dx_prediction_free(pred);
+        }
+    }
+    dx_example_free(env);
+    if (rc != DX_OK) {
+        dx_prediction_free(last);
+        return rc;
+    }
+    *out = last;
+    return DX_OK;
+}
+
+/* ---- parsing ------------------------------------------------------------ */
+
+static const char *str_member(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static int build_module(const char *name, const cJSON *decl, size_t index,
+                        dx_module **out, dx_diag *diag)
+{
+    const char *kind = str_member(decl, "module");
+    const char *sig_text = str_member(decl, "signature");
+    if (!kind || !sig_text)
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "%s: program.modules[%zu]: \"module\" and "
+                           "\"signature\" (strings) are required",
+                           name, index);
+    dx_signature *s = NULL;
+    dx_diag sd = {0};
+    int rc = dx_signature_parse(sig_text, str_member(decl, "instructions"),
+                                NULL, 0, &s, &sd);
+    if (rc != DX_OK)
+        return dx_diag_set(diag, rc, 0, 0, "%s: program.modules[%zu]: %s", name,
+                           index, sd.msg);
+    dx_predict_opts po = {0};
+    const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(decl, "config");
+    if (cfg && !cJSON_IsObject(cfg)) {
+        dx_signature_unref(s);
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "%s: program.modules[%zu]: \"config\" must be an "
+                           "object",
+                           name, index);
+    }
+    const cJSON *v;
+    if ((v = cJSON_GetObjectItemCaseSensitive(cfg, "temperature")) &&
+        cJSON_IsNumber(v)) {
+        po.has_temperature = true;
+        po.temperature = v->valuedouble;
+    }
+    if ((v = cJSON_GetObjectItemCaseSensitive(cfg, "max_tokens")) &&
+        cJSON_IsNumber(v))
+        po.max_tokens = (int64_t)v->valuedouble;
+    if ((v = cJSON_GetObjectItemCaseSensitive(cfg, "n")) && cJSON_IsNumber(v))
+        po.n = (int)v->valuedouble;
+    po.lm_name = str_member(cfg, "lm");
+    dx_module *m = NULL;
+    if (strcmp(kind, "predict") == 0)
+        m = dx_predict_new(s, &po);
+    else if (strcmp(kind, "chain_of_thought") == 0)
+        m = dx_chain_of_thought_new(s, &po);
+    else {
+        dx_signature_unref(s);
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "%s: program.modules[%zu]: unknown module \"%s\" "
+                           "(predict, chain_of_thought)",
+                           name, index, kind);
+    }
+    dx_signature_unref(s);
+    if (!m)
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    *out = m;
+    return DX_OK;
+}
+
+/* Parse "steps" (or make the default one-per-module list) and check that
+ * every mapped source exists by then. */
+static int build_pipeline(const char *name, const cJSON *prog,
+                          const cJSON *modules, const dx_module *root,
+                          pipeline **out, dx_diag *diag)
+{
+    pipeline *p = dx_calloc(1, sizeof *p);
+    if (!p)
+        return DX_ENOMEM;
+    const cJSON *steps = cJSON_GetObjectItemCaseSensitive(prog, "steps");
+    if (steps && !cJSON_IsArray(steps)) {
+        dx_free(p);
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "%s: program.steps must be a list", name);
+    }
+    size_t n = (size_t)cJSON_GetArraySize(steps ? steps : modules);
+    /* Without steps: one per module, in order, inputs by name. */
+    p->steps = dx_calloc(n ? n : 1, sizeof *p->steps);
+    if (!p->steps) {
+        dx_free(p);
+        return DX_ENOMEM;
+    }
+    int rc = DX_OK;
+    size_t i = 0;
+    const cJSON *list = steps ? steps : modules;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, list)
+    {
+        step *st = &p->steps[i];
+        p->n_steps = i + 1;
+        const char *mod = str_member(it, steps ? "module" : "name");
+        if (!mod || !dx_module_child(root, mod)) {
+            rc = dx_diag_set(diag, DX_EINVAL, 0, 0,
+                             "%s: program.steps[%zu]: unknown module \"%s\"",
+                             name, i, mod ? mod : "(none)");
+            break;
+        }
+        st->module = dx_strdup(mod);
+        const cJSON *ins =
+            steps ? cJSON_GetObjectItemCaseSensitive(it, "inputs") : NULL;
+        if (ins && !cJSON_IsObject(ins)) {
+            rc = dx_diag_set(diag, DX_EINVAL, 0, 0,
+                             "%s: program.steps[%zu]: \"inputs\" must be an "
+                             "object of field: source",
+                             name, i);
+            break;
+        }
+        size_t ni = (size_t)cJSON_GetArraySize(ins);
+        if (ni) {
+            st->inputs = dx_calloc(ni, sizeof *st->inputs);
+            if (!st->inputs) {
+                rc = DX_ENOMEM;
+                break;
+            }
+        }
+        const cJSON *m;
+        cJSON_ArrayForEach(m, ins)
+        {
+            if (!cJSON_IsString(m)) {
+                rc = dx_diag_set(diag, DX_EINVAL, 0, 0,
+                                 "%s: program.steps[%zu]: input \"%s\" must "
+                                 "name a source field",
+                                 name, i, m->string);
+                break;
+            }
+            /* "module.field" must name an earlier step's module. */
+            const char *dot = strchr(m->valuestring, '.');
+            if (dot) {
+                bool earlier = false;
+                for (size_t k = 0; k < i; k++)
+                    if (strlen(p->steps[k].module) ==
+                            (size_t)(dot - m->valuestring) &&
+                        strncmp(p->steps[k].module, m->valuestring,
+                                (size_t)(dot - m->valuestring)) == 0)
+                        earlier = true;
+                if (!earlier) {
+                    rc = dx_diag_set(diag, DX_EINVAL, 0, 0,
+                                     "%s: program.steps[%zu]: input \"%s\" "
+                                     "is not produced before this step",
+                                     name, i, m->valuestring);
+                    break;
+                }
+            }
+            step_input *si = &st->inputs[st->n_inputs++];
+            si->field = dx_strdup(m->string);
+            si->source = dx_strdup(m->valuestring);
+        }
+        if (rc != DX_OK)
+            break;
+        i++;
+    }
+    if (rc != DX_OK) {
+        pipeline_free(p);
+        return rc;
+    }
+    *out = p;
+    return DX_OK;
+}
+
+/* Does the document hold state for any predictor of m? */
+static bool has_state(const cJSON *doc, const dx_module *m)
+{
+    dx_named_predictor *preds = NULL;
+    size_t n = 0;
+    bool any = false;
+    if (dx_module_predictors(m, &preds, &n) == DX_OK)
+        for (size_t i = 0; i < n && !any; i++)
+            any = cJSON_GetObjectItemCaseSensitive(doc, preds[i].path) != NULL;
+    dx_free(preds);
+    return any;
+}
+
+static int from_doc(const cJSON *doc, const char *name, dx_module **out,
+                    dx_diag *diag)
+{
+    const cJSON *prog = cJSON_GetObjectItemCaseSensitive(doc, "program");
+    if (!cJSON_IsObject(prog))
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "%s: no \"program\" object (a declarative program "
+                           "file declares its modules there; a DSPy state "
+                           "file alone needs the program it belongs to)",
+                           name);
+    const cJSON *modules = cJSON_GetObjectItemCaseSensitive(prog, "modules");
+    if (!cJSON_IsArray(modules) || cJSON_GetArraySize(modules) == 0)
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "%s: program.modules must be a non-empty list",
+                           name);
+    const cJSON *steps = cJSON_GetObjectItemCaseSensitive(prog, "steps");
+    dx_module *root = NULL;
+    int rc = DX_OK;
+    if (cJSON_GetArraySize(modules) == 1 && !steps) {
+        /* One module: it is the program (DSPy's paths "self" / "predict"). */
+        rc = build_module(name, cJSON_GetArrayItem(modules, 0), 0, &root, diag);
+    } else {
+        root = dx_module_new("Program", pipeline_forward, NULL, pipeline_free,
+                             pipeline_copy);
+        if (!root)
+            return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+        size_t i = 0;
+        const cJSON *md;
+        cJSON_ArrayForEach(md, modules)
+        {
+            const char *mname = str_member(md, "name");
+            dx_module *m = NULL;
+            if (!mname) {
+                rc = dx_diag_set(diag, DX_EINVAL, 0, 0,
+                                 "%s: program.modules[%zu]: \"name\" is "
+                                 "required",
+                                 name, i);
+                break;
+            }
+            rc = build_module(name, md, i, &m, diag);
+            if (rc != DX_OK)
+                break;
+            rc = dx_module_add(root, mname, m);
+            if (rc != DX_OK) {
+                dx_diag_set(diag, rc, 0, 0,
+                            "%s: program.modules[%zu]: bad or repeated name "
+                            "\"%s\"",
+                            name, i, mname);
+                break;
+            }
+            i++;
+        }
+        pipeline *p = NULL;
+        if (rc == DX_OK)
+            rc = build_pipeline(name, prog, modules, root, &p, diag);
+        if (rc == DX_OK)
+            root->ud = p;
+    }
+    if (rc == DX_OK && !(root->decl = cJSON_Duplicate(prog, true)))
+        rc = dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    if (rc == DX_OK && has_state(doc, root)) {
+        rc = dx_module_load_state(root, doc, diag);
+        if (rc != DX_OK)
+            dx_diag_prefix(diag, "%s", name);
+    }
+    if (rc != DX_OK) {
+        dx_module_free(root);
+        return rc;
+    }
+    *out = root;
+    return DX_OK;
+}
+
+int dx_program_parse(const char *json, size_t len, const char *name,
+                     dx_module **out, dx_diag *diag)
+{
+    if (!json || !out)
+        return dx_diag_set(diag, DX_EINVAL, 0, 0, "program: NULL argument");
+    *out = NULL;
+    dx__pyjson_init();
+    const char *nm = name ? name : "program";
+    int line = 0, col = 0;
+    const char *what = NULL;
+    cJSON *doc = dx__json_parse_msg(json, len, &line, &col, &what);
+    if (!doc)
+        return dx_diag_set(diag, DX_ESYNTAX, line, col, "%s:%d:%d: %s", nm,
+                           line, col, what ? what : "not valid JSON");
+    int rc = cJSON_IsObject(doc)
+                 ? from_doc(doc, nm, out, diag)
+                 : dx_diag_set(diag, DX_ESYNTAX, 1, 1,
+                               "%s: the top level must be an object", nm);
+    cJSON_Delete(doc);
+    return rc;
+}
+
+int dx_program_load(const char *path, dx_module **out, dx_diag *diag)
+{
+    if (!path || !out)
+        return dx_diag_set(diag, DX_EINVAL, 0, 0, "program: NULL argument");
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return dx_diag_set(diag, DX_EIO, 0, 0, "%s: %s", path, strerror(errno));
+    dx__sb b;
+    dx__sb_init(&b);
+    char chunk[16384];
+    size_t got;
+    while ((got = fread(chunk, 1, sizeof chunk, f)) > 0)
+        dx__sb_put(&b, chunk, got);
+    bool bad = ferror(f);
+    fclose(f);
+    if (bad || b.oom) {
+        dx__sb_free(&b);
+        return dx_diag_set(diag, bad ? DX_EIO : DX_ENOMEM, 0, 0,
+                           "%s: read failed", path);
+    }
+    int rc = dx_program_parse(b.p ? b.p : "", b.len, path, out, diag);
+    dx__sb_free(&b);
+    return rc;
+}
+
+int dx_program_single(const char *kind, const char *signature,
+                      const char *instructions, dx_module **out, dx_diag *diag)
+{
+    if (!kind || !signature || !out)
+        return dx_diag_set(diag, DX_EINVAL, 0, 0, "program: NULL argument");
+    dx__pyjson_init();
+    cJSON *doc = cJSON_CreateObject();
+    cJSON *prog = doc ? cJSON_AddObjectToObject(doc, "program") : NULL;
+    cJSON *mods = prog ? cJSON_AddArrayToObject(prog, "modules") : NULL;
+    cJSON *m = cJSON_CreateObject();
+    bool ok = mods && m && cJSON_AddStringToObject(m, "name", "self") &&
+              cJSON_AddStringToObject(m, "module", kind) &&
+              cJSON_AddStringToObject(m, "signature", signature) &&
+              (!instructions ||
+               cJSON_AddStringToObject(m, "instructions", instructions));
+    if (!ok) {
+        cJSON_Delete(m);
+        cJSON_Delete(doc);
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    }
+    cJSON_AddItemToArray(mods, m);
+    int rc = from_doc(doc, "program", out, diag);
+    cJSON_Delete(doc);
+    return rc;
+}
+
+int dx_program_save(const dx_module *m, const char *path, dx_diag *diag)
+{
+    if (!m || !path)
+        return dx_diag_set(diag, DX_EINVAL, 0, 0, "program: NULL argument");
+    if (!m->decl)
+        return dx_module_save(m, path, diag);
+    /* dx_module_save writes state + metadata; the declaration goes first,
+     * so write the whole document here. */
+    cJSON *state = dx_module_dump_state(m);
+    cJSON *doc = cJSON_CreateObject();
+    cJSON *decl = cJSON_Duplicate(m->decl, true);
+    if (!state || !doc || !decl) {
+        cJSON_Delete(state);
+        cJSON_Delete(doc);
+        cJSON_Delete(decl);
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    }
+    cJSON_AddItemToObject(doc, "program", decl);
+    cJSON *it = state->child;
+    while (it) {
+        cJSON *next = it->next;
+        cJSON_AddItemToObject(doc, it->string,
+                              cJSON_DetachItemViaPointer(state, it));
+        it = next;
+    }
+    cJSON_Delete(state);
+    cJSON *meta = cJSON_AddObjectToObject(doc, "metadata");
+    cJSON *deps =
+        meta ? cJSON_AddObjectToObject(meta, "dependency_versions") : NULL;
+    if (deps) {
+        cJSON_AddStringToObject(deps, "python", "3.11");
+        cJSON_AddStringToObject(deps, "dspy", "3.3.1");
+        cJSON_AddStringToObject(deps, "cloudpickle", "3.1");
+        cJSON_AddStringToObject(meta, "dspex_version", "0.1.0");
+    }
+    dx__sb b;
+    dx__sb_init(&b);
+    dx__pyjson_dump(&b, doc, 2);
+    dx__sb_putc(&b, '\n');
+    cJSON_Delete(doc);
+    const char *text = dx__sb_cstr(&b);
+    int rc = DX_OK;
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = text ? fopen(tmp, "wb") : NULL;
+    if (!text)
+        rc = dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    else if (!f)
+        rc = dx_diag_set(diag, DX_EIO, 0, 0, "%s: %s", tmp, strerror(errno));
+    else {
+        bool wrote = fwrite(text, 1, b.len, f) == b.len;
+        if (fclose(f) != 0)
+            wrote = false;
+        if (!wrote || rename(tmp, path) != 0) {
+            rc = dx_diag_set(diag, DX_EIO, 0, 0, "%s: %s", path,
+                             strerror(errno));
+            remove(tmp);
+        }
+    }
+    dx__sb_free(&b);
+    return rc;
+}

@@ -1,0 +1,695 @@
+/*
+ * sim.c — the simulated model: reads a chat request the way an LM would
+ * have to (the system message's output fields, format and objective; the
+ * demos; the inputs of the last user message), recognises and solves the
+ * task (sim_tasks.c), lets the skill model decide whether this answer is
+ * right, and writes it in the requested format.
+ *
+ * The skill model, in numbers (docs/internals/sim.md explains the choices):
+ * p = base[profile][task] + 0.08 per correct demo (at most 4)
+ *     - 0.15 per wrong demo + reasoning bonus (arithmetic 0.35, twohop
+ *     0.10, others 0.03, when a `reasoning` output comes first) + 0.08 per
+ *     task keyword in the instructions (at most 2) + 0.30 per supporting
+ *     twohop fact in the inputs, clamped to [0.02, 0.97]. The answer is
+ * right when a draw u < p. At temperature 0, u depends on the profile and
+ * the inputs only, so the same question meets the same "difficulty" under
+ * every prompt: a better prompt turns wrong answers right, never the
+ * reverse, which keeps an optimizer's measurements clean. At temperature >
+ * 0 the seed (or a hash of the whole request) and the choice index enter u.
+ */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dspex/alloc.h"
+#include "dspex/error.h"
+#include "dspex/sim.h"
+#include "sim_int.h"
+
+#define MAX_FIELDS 16
+#define MAX_CHOICES 16
+#define MAX_OUT (64 * 1024)
+
+typedef struct profile {
+    const char *name;
+    double base[DX_SIM_N_TASKS]; /* arithmetic, capitals, classify, twohop */
+} profile;
+
+static const profile profiles[] = {
+    {"base", {0.30, 0.55, 0.50, 0.15}},
+    {"strong", {0.55, 0.80, 0.75, 0.35}},
+    {"weak", {0.15, 0.35, 0.35, 0.05}},
+};
+
+#define DEMO_BONUS 0.08
+#define DEMO_CAP 4
+#define WRONG_DEMO 0.15
+#define KEYWORD_BONUS 0.08
+#define KEYWORD_CAP 2
+#define SUPPORT_BONUS 0.30
+static const double reasoning_bonus[DX_SIM_N_TASKS] = {0.35, 0.03, 0.03, 0.10};
+
+/* ---- bounded text builder -------------------------------------------- */
+
+typedef struct sb {
+    char *p;
+    size_t len, cap;
+    bool bad; /* out of memory or past MAX_OUT */
+} sb;
+
+static void sb_put(sb *b, const char *s, size_t n)
+{
+    if (b->bad)
+        return;
+    if (b->len + n + 1 > MAX_OUT) {
+        b->bad = true;
+        return;
+    }
+    if (b->len + n + 1 > b->cap) {
+        size_t nc = b->cap ? b->cap * 2 : 256;
+        while (nc < b->len + n + 1)
+            nc *= 2;
+        char *np = dx_realloc(b->p, nc);
+        if (!np) {
+            b->bad = true;
+            return;
+        }
+        b->p = np;
+        b->cap = nc;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void sb_str(sb *b, const char *s)
+{
+    sb_put(b, s, strlen(s));
+}
+
+static void sb_json_str(sb *b, const char *s)
+{
+    sb_put(b, "\"", 1);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        char e[8];
+        if (c == '"' || c == '\\') {
+            e[0] = '\\', e[1] = (char)c;
+            sb_put(b, e, 2);
+        } else if (c == '\n') {
+            sb_put(b, "\\n", 2);
+        } else if (c < 0x20) {
+            snprintf(e, sizeof e, "\\u%04x", c);
+            sb_put(b, e, 6);
+        } else {
+            sb_put(b, s, 1);
+        }
+    }
+    sb_put(b, "\"", 1);
+}
+
+/* ---- reading the prompt ---------------------------------------------- */
+
+typedef struct field {
+    char name[64];
+    char type[96];
+} field;
+
+typedef struct prompt {
+    field out[MAX_FIELDS];
+    size_t n_out;
+    bool json; /* JSONAdapter: answer a JSON object */
+    bool has_system;
+    bool has_completed;    /* the system message shows the completed marker */
+    const char *objective; /* into the system message; NULL if none */
+    size_t n_good_demos, n_bad_demos, n_demos;
+} prompt;
+
+/* Lines "N. `name` (type): desc" after "Your output fields are:". */
+static void read_output_fields(const char *sys, prompt *pr)
+{
+    const char *p = strstr(sys, "Your output fields are:");
+    if (!p)
+        return;
+    const char *end = strstr(p, "All interactions will be structured");
+    for (p = strchr(p, '\n'); p && *p && (!end || p < end);
+         p = strchr(p, '\n')) {
+        p++;
+        const char *q = p;
+        while (isdigit((unsigned char)*q))
+            q++;
+        if (q == p || strncmp(q, ". `", 3) != 0)
+            continue;
+        q += 3;
+        const char *tick = strchr(q, '`');
+        if (!tick || pr->n_out == MAX_FIELDS)
+            continue;
+        field *f = &pr->out[pr->n_out++];
+        snprintf(f->name, sizeof f->name, "%.*s", (int)(tick - q), q);
+        f->type[0] = '\0';
+        if (strncmp(tick, "` (", 3) == 0) {
+            const char *t = tick + 3;
+            int depth = 1;
+            const char *e = t;
+            while (*e && *e != '\n' && depth > 0) {
+                if (*e == '(' || *e == '[')
+                    depth++;
+                else if (*e == ')' || *e == ']')
+                    depth--;
+                if (depth > 0)
+                    e++;
+            }
+            snprintf(f->type, sizeof f->type, "%.*s", (int)(e - t), t);
+        }
+    }
+}
+
+/* Calls fn for each `[[ ## name ## ]]` section of text with its value
+ * (trimmed; the final user message's "Respond with ..." reminder cut). */
+typedef void (*section_fn)(const char *name, size_t nl, const char *val,
+                           size_t vl, void *ud);
+
+static void sections(const char *text, section_fn fn, void *ud)
+{
+    const char *p = text;
+    while ((p = strstr(p, "[[ ## ")) != NULL) {
+        if (p != text && p[-1] != '\n') {
+            p += 6;
+            continue;
+        }
+        const char *name = p + 6;
+        const char *close = strstr(name, " ## ]]");
+        if (!close)
+            return;
+        const char *val = close + 6;
+        const char *next = val;
+        for (;;) {
+            next = strstr(next, "[[ ## ");
+            if (!next || next[-1] == '\n')
+                break;
+            next += 6;
+        }
+        const char *vend = next ? next : val + strlen(val);
+        const char *respond = strstr(val, "\n\nRespond with ");
+        if (respond && respond < vend)
+            vend = respond;
+        while (val < vend && isspace((unsigned char)*val))
+            val++;
+        while (vend > val && isspace((unsigned char)vend[-1]))
+            vend--;
+        fn(name, (size_t)(close - name), val, (size_t)(vend - val), ud);
+        if (!next)
+            return;
+        p = next;
+    }
+}
+
+typedef struct collect {
+    sb text;          /* every section's value, newline separated */
+    const char *want; /* a section to capture */
+    char got[DX__SIM_STEPS_MAX];
+    bool found;
+} collect;
+
+static void collect_fn(const char *name, size_t nl, const char *val, size_t vl,
+                       void *ud)
+{
+    collect *c = ud;
+    if (strncmp(name, "completed", nl) != 0 || nl != 9) {
+        sb_put(&c->text, val, vl);
+        sb_put(&c->text, "\n", 1);
+    }
+    if (c->want && strlen(c->want) == nl && strncmp(name, c->want, nl) == 0 &&
+        !c->found) {
+        snprintf(c->got, sizeof c->got, "%.*s", (int)vl, val);
+        c->found = true;
+    }
+}
+
+/* Lower-case, trimmed of spaces, quotes and a final period; numbers
+ * compare by value ("6" == "6.0"). */
+static bool same_answer(const char *a, const char *b)
+{
+    char x[DX__SIM_ANSWER_MAX], y[DX__SIM_ANSWER_MAX];
+    const char *in[2] = {a, b};
+    char *o[2] = {x, y};
+    for (int k = 0; k < 2; k++) {
+        const char *s = in[k];
+        while (*s && (isspace((unsigned char)*s) || *s == '"' || *s == '\''))
+            s++;
+        size_t n = 0;
+        while (*s && n + 1 < DX__SIM_ANSWER_MAX)
+            o[k][n++] = (char)tolower((unsigned char)*s++);
+        while (n > 0 && (isspace((unsigned char)o[k][n - 1]) ||
+                         strchr("\"'.", o[k][n - 1])))
+            n--;
+        o[k][n] = '\0';
+    }
+    char *e1, *e2;
+    double d1 = strtod(x, &e1), d2 = strtod(y, &e2);
+    if (*x && *y && !*e1 && !*e2)
+        return d1 == d2;
+    return strcmp(x, y) == 0;
+}
+
+/* The field that carries the task's answer: the task's own key when
+ * requested, else the first output that is not a reasoning field. */
+static int answer_field(const prompt *pr, dx_sim_task t)
+{
+    for (size_t i = 0; i < pr->n_out; i++)
+        if (strcmp(pr->out[i].name, dx__sim_output_key(t)) == 0)
+            return (int)i;
+    for (size_t i = 0; i < pr->n_out; i++)
+        if (strcmp(pr->out[i].name, "reasoning") != 0 &&
+            strcmp(pr->out[i].name, "rationale") != 0)
+            return (int)i;
+    return -1;
+}
+
+/* The value of member "name" of the JSON object text, when it is a string
+ * or a number (the JSONAdapter's demo answers): no allocation, so reading a
+ * demo cannot fail. */
+static bool json_member(const char *text, const char *name, char *b, size_t cap)
+{
+    char pat[80];
+    snprintf(pat, sizeof pat, "\"%s\"", name);
+    const char *p = strstr(text, pat);
+    if (!p || cap == 0)
+        return false;
+    p += strlen(pat);
+    while (isspace((unsigned char)*p))
+        p++;
+    if (*p++ != ':')
+        return false;
+    while (isspace((unsigned char)*p))
+        p++;
+    size_t n = 0;
+    if (*p == '"') {
+        for (p++; *p && *p != '"'; p++) {
+            if (*p == '\\' && p[1])
+                p++;
+            if (n + 1 < cap)
+                b[n++] = *p;
+        }
+        if (*p != '"')
+            return false;
+    } else {
+        while (*p && (isdigit((unsigned char)*p) || strchr("+-.eE", *p)))
+            if (n + 1 < cap)
+                b[n++] = *p++;
+            else
+                p++;
+        if (n == 0)
+            return false;
+    }
+    b[n] = '\0';
+    return true;
+}
+
+/* Judge one demo (user inputs, assistant outputs): +1 correct, -1 wrong,
+ * 0 when the sim cannot tell (another task, no answer field), -2 out of
+ * memory. */
+static int judge_demo(const prompt *pr, const char *user, const char *asst)
+{
+    collect in = {0};
+    sections(user, collect_fn, &in);
+    if (in.text.bad) {
+        dx_free(in.text.p);
+        return -2;
+    }
+    if (!in.text.p)
+        return 0;
+    dx__sim_solution sol;
+    bool ok = dx__sim_solve(in.text.p, 0, &sol);
+    dx_free(in.text.p);
+    if (!ok)
+        return 0;
+    int af = answer_field(pr, sol.task);
+    if (af < 0)
+        return 0;
+    const char *name = pr->out[af].name;
+    char given[DX__SIM_ANSWER_MAX];
+    bool have = false;
+    if (pr->json) {
+        have = json_member(asst, name, given, sizeof given);
+    } else {
+        collect out = {.want = name};
+        sections(asst, collect_fn, &out);
+        bool oom = out.text.bad;
+        dx_free(out.text.p);
+        if (oom)
+            return -2;
+        if (out.found) {
+            snprintf(given, sizeof given, "%.*s", (int)sizeof given - 1,
+                     out.got);
+            have = true;
+        }
+    }
+    if (!have)
+        return 0;
+    return same_answer(given, sol.answer) ? 1 : -1;
+}
+
+/* DX_OK or DX_ENOMEM. */
+static int read_prompt(const dx_lm_request *req, prompt *pr, size_t last_user)
+{
+    const char *sys = NULL;
+    if (req->n_messages > 0 && req->messages[0].role == DX_LM_SYSTEM)
+        sys = req->messages[0].content;
+    if (sys) {
+        pr->has_system = true;
+        read_output_fields(sys, pr);
+        pr->json = strstr(sys, "Outputs will be a JSON object") != NULL;
+        pr->has_completed = strstr(sys, "[[ ## completed ## ]]") != NULL;
+        const char *obj = strstr(sys, "your objective is:");
+        pr->objective = obj ? obj + strlen("your objective is:") : NULL;
+    }
+    if (req->format != DX_LM_FORMAT_TEXT)
+        pr->json = true;
+    for (size_t i = sys ? 1 : 0; i + 1 < last_user; i++) {
+        if (req->messages[i].role != DX_LM_USER ||
+            req->messages[i + 1].role != DX_LM_ASSISTANT)
+            continue;
+        pr->n_demos++;
+        int j = judge_demo(pr, req->messages[i].content,
+                           req->messages[i + 1].content);
+        if (j == -2)
+            return DX_ENOMEM;
+        if (j > 0)
+            pr->n_good_demos++;
+        else if (j < 0)
+            pr->n_bad_demos++;
+        i++;
+    }
+    return DX_OK;
+}
+
+static size_t keyword_hits(const char *objective, dx_sim_task t)
+{
+    if (!objective)
+        return 0;
+    char low[2048];
+    size_t n = 0;
+    for (const char *s = objective; *s && n + 1 < sizeof low; s++)
+        low[n++] = (char)tolower((unsigned char)*s);
+    low[n] = '\0';
+    size_t hits = 0;
+    for (const char *const *k = dx__sim_task_keywords(t); *k; k++)
+        hits += strstr(low, *k) != NULL;
+    return hits;
+}
+
+/* ---- answering ------------------------------------------------------- */
+
+static double unit(uint64_t h)
+{
+    return (double)(h >> 11) * (1.0 / 9007199254740992.0);
+}
+
+static bool is_number_type(const char *t)
+{
+    return strcmp(t, "int") == 0 || strcmp(t, "float") == 0;
+}
+
+/* A value for a field the sim has nothing to say about, valid for its
+ * type so that parsing succeeds. */
+static void filler(const field *f, bool json, char *b, size_t cap)
+{
+    const char *t = f->type;
+    if (strcmp(t, "int") == 0)
+        snprintf(b, cap, "0");
+    else if (strcmp(t, "float") == 0)
+        snprintf(b, cap, "0.5");
+    else if (strcmp(t, "bool") == 0)
+        snprintf(b, cap, json ? "false" : "False");
+    else if (strncmp(t, "list", 4) == 0)
+        snprintf(b, cap, "[]");
+    else if (strncmp(t, "dict", 4) == 0)
+        snprintf(b, cap, "{}");
+    else if (strncmp(t, "Literal[", 8) == 0) {
+        /* the first choice, without its quotes */
+        const char *s = t + 8;
+        if (*s == '\'' || *s == '"')
+            s++;
+        size_t n = strcspn(s, "',]\"");
+        snprintf(b, cap, "%.*s", (int)n, s);
+    } else
+        snprintf(b, cap, "Not applicable.");
+}
+
+static bool is_reasoning(const char *name)
+{
+    return strcmp(name, "reasoning") == 0 || strcmp(name, "rationale") == 0;
+}
+
+/* One field's value in the answer; *quoted: a JSON string in JSON mode. */
+static void field_value(const prompt *pr, size_t i, const dx__sim_solution *sol,
+                        bool solved, bool right, int af, char *b, size_t cap,
+                        bool *quoted)
+{
+    const field *f = &pr->out[i];
+    *quoted = true;
+    if (is_reasoning(f->name)) {
+        if (solved)
+            snprintf(b, cap, "%s", right ? sol->steps : sol->wrong_steps);
+        else
+            snprintf(b, cap,
+                     "I do not recognise this task, so I answer as "
+                     "best I can.");
+    } else if (solved && (int)i == af) {
+        snprintf(b, cap, "%s", right ? sol->answer : sol->wrong);
+        if (is_number_type(f->type))
+            *quoted = false;
+    } else {
+        filler(f, pr->json, b, cap);
+        const char *t = f->type;
+        if (is_number_type(t) || strcmp(t, "bool") == 0 ||
+            strncmp(t, "list", 4) == 0 || strncmp(t, "dict", 4) == 0)
+            *quoted = false;
+    }
+    if (pr->json && !*quoted) {
+        /* a number answer that is not a number stays a string */
+        char *e;
+        (void)strtod(b, &e);
+        if (is_number_type(f->type) && (*e || !*b))
+            *quoted = true;
+    }
+}
+
+static void render(const prompt *pr, const dx__sim_solution *sol, bool solved,
+                   bool right, int mode, sb *o)
+{
+    int af = solved ? answer_field(pr, sol->task) : -1;
+    char v[DX__SIM_STEPS_MAX];
+    bool quoted;
+    if (pr->n_out == 0) {
+        /* no adapter prompt: plain text, as a chat model would answer */
+        sb_str(o, solved ? (right ? sol->answer : sol->wrong)
+                         : "I am not sure what is being asked.");
+        return;
+    }
+    if (pr->json) {
+        if (mode == 2)
+            sb_str(o, "```json\n");
+        sb_str(o, "{\n");
+        for (size_t i = 0; i < pr->n_out; i++) {
+            field_value(pr, i, sol, solved, right, af, v, sizeof v, &quoted);
+            sb_str(o, "  ");
+            sb_json_str(o, pr->out[i].name);
+            sb_str(o, ": ");
+            if (quoted)
+                sb_json_str(o, v);
+            else
+                sb_str(o, v);
+            sb_str(o, i + 1 < pr->n_out ? ",\n" : "\n");
+        }
+        sb_str(o, "}");
+        if (mode == 2)
+            sb_str(o, "\n```");
+        return;
+    }
+    for (size_t i = 0; i < pr->n_out; i++) {
+        field_value(pr, i, sol, solved, right, af, v, sizeof v, &quoted);
+        if (mode == 1) {
+            /* format lost: "name: value" lines, no markers */
+            sb_str(o, pr->out[i].name);
+            sb_str(o, ": ");
+        } else {
+            sb_str(o, "[[ ## ");
+            sb_str(o, pr->out[i].name);
+            sb_str(o, " ## ]]\n");
+        }
+        sb_str(o, v);
+        sb_str(o, "\n\n");
+    }
+    if (mode != 1)
+        sb_str(o, "[[ ## completed ## ]]");
+}
+
+static int64_t words(const char *s)
+{
+    int64_t n = 0;
+    bool in = false;
+    for (; *s; s++) {
+        bool w = !isspace((unsigned char)*s);
+        n += w && !in;
+        in = w;
+    }
+    return n;
+}
+
+static int fail(dx_lm_error *err, const char *msg)
+{
+    if (err) {
+        dx_lm_error_clear(err);
+        dx_lm_error_set(err, DX_LM_ERR_BAD_REQUEST, 400, "sim", "sim: %s", msg);
+    }
+    return DX_EPROVIDER;
+}
+
+int dx_sim_complete(const dx_lm_request *req, const char *model,
+                    dx_lm_response **out, dx_lm_error *err)
+{
+    if (!req || !out)
+        return DX_EINVAL;
+    *out = NULL;
+    if (err)
+        dx_lm_error_clear(err);
+    const char *m = model ? model : req->model;
+    if (!m)
+        return fail(err, "no model name");
+    if (strncmp(m, "sim/", 4) == 0)
+        m += 4;
+    const profile *pf = NULL;
+    for (size_t i = 0; i < sizeof profiles / sizeof profiles[0]; i++)
+        if (strcmp(profiles[i].name, m) == 0)
+            pf = &profiles[i];
+    if (!pf) {
+        char msg[160];
+        snprintf(msg, sizeof msg,
+                 "unknown model \"%.80s\" (known: sim/base, "
+                 "sim/strong, sim/weak)",
+                 m);
+        return fail(err, msg);
+    }
+    size_t last_user = req->n_messages;
+    for (size_t i = req->n_messages; i-- > 0;)
+        if (req->messages[i].role == DX_LM_USER) {
+            last_user = i;
+            break;
+        }
+    if (last_user == req->n_messages)
+        return fail(err, "the request has no user message");
+    int n_choices = req->n > 1 ? req->n : 1;
+    if (n_choices > MAX_CHOICES)
+        return fail(err, "at most 16 choices");
+
+    prompt pr = {0};
+    if (read_prompt(req, &pr, last_user) != DX_OK)
+        return DX_ENOMEM;
+
+    /* the inputs: every section of the last user message, or its whole
+     * text when it has none (a plain chat request) */
+    const char *user = req->messages[last_user].content;
+    collect in = {0};
+    sections(user, collect_fn, &in);
+    if (in.text.bad) {
+        dx_free(in.text.p);
+        return DX_ENOMEM;
+    }
+    const char *inputs = in.text.p ? in.text.p : user;
+
+    uint64_t hin = dx__sim_hash_str(dx__sim_hash_str(0, pf->name), inputs);
+    uint64_t hall = hin;
+    for (size_t i = 0; i < req->n_messages; i++)
+        hall = dx__sim_hash_str(hall ^ (uint64_t)req->messages[i].role,
+                                req->messages[i].content);
+    bool hot = req->has_temperature && req->temperature > 0;
+    uint64_t hseed = req->has_seed ? dx__sim_mix((uint64_t)req->seed) : hall;
+
+    dx__sim_solution sol;
+    bool solved = dx__sim_solve(inputs, hin, &sol);
+    double p = 0;
+    if (solved) {
+        /* key the draw on the question alone (see the top of the file) */
+        hin = dx__sim_hash_str(dx__sim_hash_str(0, pf->name), sol.key);
+        dx__sim_solve(inputs, dx__sim_mix(hin ^ 1), &sol);
+        size_t good = pr.n_good_demos < DEMO_CAP ? pr.n_good_demos : DEMO_CAP;
+        size_t kw = keyword_hits(pr.objective, sol.task);
+        if (kw > KEYWORD_CAP)
+            kw = KEYWORD_CAP;
+        p = pf->base[sol.task] + DEMO_BONUS * (double)good -
+            WRONG_DEMO * (double)pr.n_bad_demos + KEYWORD_BONUS * (double)kw +
+            SUPPORT_BONUS * sol.support;
+        if (pr.n_out > 0 && is_reasoning(pr.out[0].name))
+            p += reasoning_bonus[sol.task];
+        p = p < 0.02 ? 0.02 : p > 0.97 ? 0.97 : p;
+    }
+    /* how likely the format is lost: demos show it, the completed marker
+     * describes it; neither means a guess */
+    double p_bad_format = 0;
+    if (pr.json)
+        p_bad_format = pr.n_demos ? 0 : 0.15; /* a code fence, repairable */
+    else if (pr.n_out > 0)
+        p_bad_format = !pr.has_completed ? 0.5 : pr.n_demos ? 0 : 0.10;
+
+    dx_lm_response *r = dx_calloc(1, sizeof *r);
+    sb *texts = dx_calloc((size_t)n_choices, sizeof *texts);
+    int rc = DX_ENOMEM;
+    if (!r || !texts)
+        goto out;
+    r->choices = dx_calloc((size_t)n_choices, sizeof *r->choices);
+    if (!r->choices)
+        goto out;
+    r->n_choices = (size_t)n_choices;
+    int64_t out_words = 0;
+    for (int c = 0; c < n_choices; c++) {
+        uint64_t hc =
+            hot ? dx__sim_mix(hin ^ dx__sim_mix(hseed + (uint64_t)c)) : hin;
+        /* a separate stream (keyed on the whole prompt) for the format */
+        uint64_t hf = dx__sim_mix(hall ^ 0xf0f0f0f0ull ^
+                                  (hot ? dx__sim_mix(hseed + (uint64_t)c) : 0));
+        if (solved && hot)
+            dx__sim_solve(inputs, dx__sim_mix(hc ^ 1), &sol); /* another
+                                                                wrong answer */
+        bool right = solved && unit(hc) < p;
+        int mode = 0;
+        if (unit(hf) < p_bad_format)
+            mode = pr.json ? 2 : 1;
+        render(&pr, &sol, solved, right, mode, &texts[c]);
+        if (texts[c].bad || !texts[c].p)
+            goto out;
+        r->choices[c].text = texts[c].p;
+        texts[c].p = NULL;
+        r->choices[c].finish = DX_LM_FINISH_STOP;
+        if (!(r->choices[c].finish_raw = dx_strdup("stop")))
+            goto out;
+        out_words += words(r->choices[c].text);
+    }
+    int64_t in_words = 0;
+    for (size_t i = 0; i < req->n_messages; i++)
+        in_words += words(req->messages[i].content);
+    char id[40], name[80];
+    snprintf(id, sizeof id, "sim-%016llx", (unsigned long long)hall);
+    snprintf(name, sizeof name, "sim/%s", pf->name);
+    r->id = dx_strdup(id);
+    r->model = dx_strdup(name);
+    if (!r->id || !r->model)
+        goto out;
+    r->has_usage = true;
+    r->usage.input_tokens = in_words;
+    r->usage.output_tokens = out_words;
+    r->usage.total_tokens = in_words + out_words;
+    *out = r;
+    r = NULL;
+    rc = DX_OK;
+out:
+    if (texts)
+        for (int c = 0; c < n_choices; c++)
+            dx_free(texts[c].p);
+    dx_free(texts);
+    dx_free(in.text.p);
+    dx_lm_response_free(r);
+    return rc;
+}

@@ -1,0 +1,270 @@
+/*
+ * test_cli.c — the `dspex` command end to end: each subcommand spawned as
+ * a process (the binary meson built, DX_DSPEX_BIN), its output and exit
+ * code asserted, on the offline sim model; bad input exits 2 with a
+ * one-line error that says where.
+ */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+static char out_buf[1 << 20];
+static char err_buf[1 << 16];
+static char tmpdir[128];
+
+static void setup(void)
+{
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/dx_cli_XXXXXX");
+    cr_assert(mkdtemp(tmpdir));
+}
+
+static void teardown(void)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+TestSuite(cli, .init = setup, .fini = teardown, .timeout = 120);
+
+static void read_all(int fd, char *buf, size_t cap)
+{
+    size_t n = 0;
+    ssize_t got;
+    while (n + 1 < cap && (got = read(fd, buf + n, cap - 1 - n)) > 0)
+        n += (size_t)got;
+    buf[n] = '\0';
+}
+
+/* Run dspex with args (NULL-terminated); stdout/stderr captured; returns
+ * the exit status. */
+static int dspex(const char *const *args)
+{
+    const char *bin = getenv("DX_DSPEX_BIN");
+    cr_assert(bin, "DX_DSPEX_BIN is not set");
+    char out_path[200], err_path[200];
+    snprintf(out_path, sizeof out_path, "%s/stdout", tmpdir);
+    snprintf(err_path, sizeof err_path, "%s/stderr", tmpdir);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        FILE *o = freopen(out_path, "w", stdout);
+        FILE *e = freopen(err_path, "w", stderr);
+        (void)o;
+        (void)e;
+        const char *argv[32] = {bin};
+        int n = 1;
+        for (; args[n - 1] && n < 31; n++)
+            argv[n] = args[n - 1];
+        argv[n] = NULL;
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    FILE *f = fopen(out_path, "r");
+    read_all(fileno(f), out_buf, sizeof out_buf);
+    fclose(f);
+    f = fopen(err_path, "r");
+    read_all(fileno(f), err_buf, sizeof err_buf);
+    fclose(f);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static const char *example(const char *rel)
+{
+    static char path[512];
+    snprintf(path, sizeof path, "%s/../../examples/programs/%s",
+             getenv("DX_FIXTURES"), rel);
+    return path;
+}
+
+static const char *data(const char *rel)
+{
+    static char path[512];
+    snprintf(path, sizeof path, "%s/../../data/sim/%s", getenv("DX_FIXTURES"),
+             rel);
+    return path;
+}
+
+Test(cli, help_and_unknown_commands)
+{
+    cr_assert_eq(dspex((const char *[]){"--help", NULL}), 0);
+    cr_assert(strstr(out_buf, "optimize"), "%s", out_buf);
+    cr_assert_eq(dspex((const char *[]){"eval", "--help", NULL}), 0);
+    cr_assert(strstr(out_buf, "--metric"), "%s", out_buf);
+    cr_assert_eq(dspex((const char *[]){"frobnicate", NULL}), 2);
+    cr_assert(strstr(err_buf, "unknown command"), "%s", err_buf);
+    cr_assert_eq(dspex((const char *[]){NULL}), 2);
+    cr_assert_eq(dspex((const char *[]){"run", "--bogus", NULL}), 2);
+}
+
+Test(cli, prompt_prints_the_exact_messages_without_an_lm)
+{
+    int rc = dspex((const char *[]){
+        "prompt", "--module", "predict", "--signature", "question -> answer",
+        "--instructions", "Answer the question.", "--input",
+        "question=What is the capital of France?", NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    cJSON *msgs = cJSON_Parse(out_buf);
+    cr_assert(cJSON_IsArray(msgs), "%s", out_buf);
+    cr_assert_eq(cJSON_GetArraySize(msgs), 2);
+    /* DSPy's exact simple-signature messages (test_chat_adapter.py). */
+    cr_assert_str_eq(
+        cJSON_GetObjectItem(cJSON_GetArrayItem(msgs, 0), "content")
+            ->valuestring,
+        "Your input fields are:\n1. `question` (str):\nYour output fields "
+        "are:\n1. `answer` (str):\nAll interactions will be structured in the "
+        "following way, with the appropriate values filled in.\n\n[[ ## "
+        "question ## ]]\n{question}\n\n[[ ## answer ## ]]\n{answer}\n\n[[ ## "
+        "completed ## ]]\nIn adhering to this structure, your objective is: "
+        "\n        Answer the question.");
+    cr_assert_str_eq(
+        cJSON_GetObjectItem(cJSON_GetArrayItem(msgs, 1), "role")->valuestring,
+        "user");
+    cJSON_Delete(msgs);
+}
+
+Test(cli, prompt_applies_a_dspy_state_file)
+{
+    char prog[300];
+    snprintf(prog, sizeof prog, "%s/prog.json", tmpdir);
+    FILE *f = fopen(prog, "w");
+    fputs("{\"program\": {\"modules\": [{\"name\": \"generate_query\", "
+          "\"module\": \"predict\", \"signature\": \"question -> query\"}, "
+          "{\"name\": \"answer\", \"module\": \"chain_of_thought\", "
+          "\"signature\": \"question, context: list[str], summary -> "
+          "answer\"}]}}",
+          f);
+    fclose(f);
+    char state[512];
+    snprintf(state, sizeof state, "%s/programs/dspy_saved_program.json",
+             getenv("DX_FIXTURES"));
+    int rc = dspex((const char *[]){"prompt", prog, "--state", state, "--input",
+                                    "question=Who?", NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    cJSON *msgs = cJSON_Parse(out_buf);
+    /* system + 2 demos (4 messages) + the question */
+    cr_assert_eq(cJSON_GetArraySize(msgs), 6, "%s", out_buf);
+    cr_assert(strstr(out_buf, "Write a short web search query"));
+    cJSON_Delete(msgs);
+}
+
+Test(cli, bad_input_exits_2_and_says_where)
+{
+    char prog[300];
+    snprintf(prog, sizeof prog, "%s/broken.json", tmpdir);
+    FILE *f = fopen(prog, "w");
+    fputs("{\n  \"program\": {\n    \"modules\": [,]\n  }\n}\n", f);
+    fclose(f);
+    cr_assert_eq(dspex((const char *[]){"prompt", prog, NULL}), 2);
+    cr_assert(strstr(err_buf, "broken.json:3:"), "%s", err_buf);
+
+    f = fopen(prog, "w");
+    fputs("{\"program\": {\"modules\": [{\"name\": \"x\", \"module\": "
+          "\"react\", \"signature\": \"a -> b\"}]}}",
+          f);
+    fclose(f);
+    cr_assert_eq(dspex((const char *[]){"prompt", prog, NULL}), 2);
+    cr_assert(strstr(err_buf, "unknown module \"react\""), "%s", err_buf);
+
+    cr_assert_eq(
+        dspex((const char *[]){"prompt", "--module", "predict", "--signature",
+                               "question answer", NULL}),
+        2);
+    cr_assert(strstr(err_buf, "->"), "%s", err_buf);
+
+    cr_assert_eq(dspex((const char *[]){"eval", example("capitals.json"),
+                                        data("capitals/dev.jsonl"), "--metric",
+                                        "bleu", NULL}),
+                 2);
+    cr_assert(strstr(err_buf, "unknown metric \"bleu\""), "%s", err_buf);
+
+    cr_assert_eq(dspex((const char *[]){"eval", example("capitals.json"),
+                                        data("classify/dev.jsonl"), NULL}),
+                 2);
+    cr_assert(strstr(err_buf, "no input field \"question\""), "%s", err_buf);
+}
+
+Test(cli, run_prints_a_prediction_from_the_sim_model)
+{
+    int rc = dspex((const char *[]){"run", example("capitals.json"), "--input",
+                                    "question=What is the capital of Norway?",
+                                    NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    cr_assert(strncmp(out_buf, "answer: ", 8) == 0, "%s", out_buf);
+    rc = dspex((const char *[]){"run", example("capitals.json"), "--input",
+                                "question=What is the capital of Norway?",
+                                "--json", NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    cJSON *o = cJSON_Parse(out_buf);
+    cr_assert(cJSON_IsString(cJSON_GetObjectItem(o, "answer")), "%s", out_buf);
+    cJSON_Delete(o);
+}
+
+Test(cli, eval_scores_a_dataset_and_writes_rows)
+{
+    char rows[300];
+    snprintf(rows, sizeof rows, "%s/rows.jsonl", tmpdir);
+    int rc = dspex((const char *[]){
+        "eval", example("capitals.json"), data("capitals/dev.jsonl"),
+        "--metric", "exact_match", "--concurrency", "8", "--out", rows, NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    cr_assert(strstr(out_buf, "score"), "%s", out_buf);
+    FILE *f = fopen(rows, "r");
+    cr_assert(f);
+    int lines = 0, c;
+    while ((c = fgetc(f)) != EOF)
+        lines += c == '\n';
+    fclose(f);
+    cr_assert_eq(lines, 50);
+}
+
+Test(cli, optimize_saves_a_program_that_loads_and_runs)
+{
+    char out[300];
+    snprintf(out, sizeof out, "%s/optimized.json", tmpdir);
+    int rc = dspex((const char *[]){"optimize", example("capitals.json"),
+                                    data("capitals/train.jsonl"), "--optimizer",
+                                    "bootstrap", "--max-demos", "3",
+                                    "--max-labeled", "4", "-o", out, NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    cr_assert(strstr(out_buf, "saved"), "%s", out_buf);
+    rc = dspex((const char *[]){"prompt", out, "--input", "question=Q?", NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    cJSON *msgs = cJSON_Parse(out_buf);
+    cr_assert_eq(cJSON_GetArraySize(msgs), 2 + 2 * 4, "4 demos: %s", out_buf);
+    cJSON_Delete(msgs);
+}
+
+Test(cli, lm_server_listens_and_stops_on_sigterm)
+{
+    const char *bin = getenv("DX_DSPEX_BIN");
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        close(fds[0]);
+        execl(bin, bin, "lm-server", "--port", "0", "--latency-ms", "5",
+              (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    char line[128] = "";
+    ssize_t n = read(fds[0], line, sizeof line - 1);
+    cr_assert_gt(n, 0);
+    line[n] = '\0';
+    cr_assert(strncmp(line, "listening on 127.0.0.1:", 23) == 0, "%s", line);
+    kill(pid, SIGTERM);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    close(fds[0]);
+}
