@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -31,6 +32,7 @@
 #include "dspex/lmserver.h"
 #include "dspex/program.h"
 #include "dspex/runtime.h"
+#include "dspex/sim.h"
 #include "dspex/teleprompt.h"
 
 #define EXIT_USAGE 2
@@ -245,6 +247,7 @@ enum {
     OPT_CANDIDATES,
     OPT_MAX_DEMOS,
     OPT_MAX_LABELED,
+    OPT_TASK,
 };
 
 static const struct option long_opts[] = {
@@ -281,6 +284,7 @@ static const struct option long_opts[] = {
     {"candidates", required_argument, NULL, OPT_CANDIDATES},
     {"max-demos", required_argument, NULL, OPT_MAX_DEMOS},
     {"max-labeled", required_argument, NULL, OPT_MAX_LABELED},
+    {"task", required_argument, NULL, OPT_TASK},
     {NULL, 0, NULL, 0},
 };
 
@@ -304,6 +308,7 @@ typedef struct args {
     long candidates;
     long max_demos;
     long max_labeled;
+    const char *task;
     char *pos[4];
     int npos;
 } args;
@@ -430,6 +435,9 @@ static int parse_args(int argc, char **argv, args *a, void (*help)(void))
             break;
         case OPT_MAX_DEMOS:
             rc = parse_long("--max-demos", optarg, 1, 1000, &a->max_demos);
+            break;
+        case OPT_TASK:
+            a->task = optarg;
             break;
         case OPT_MAX_LABELED:
             rc = parse_long("--max-labeled", optarg, 0, 1000, &a->max_labeled);
@@ -970,6 +978,170 @@ static int cmd_lm_server(int argc, char **argv)
     return 0;
 }
 
+/* ---- demo ------------------------------------------------------------------ */
+
+static void help_demo(void)
+{
+    puts("usage: dspex demo [--task capitals|arithmetic|classify|twohop]\n"
+         "                  [--model M] [--out DIR] [--concurrency N]\n\n"
+         "The main job, end to end: build a program for a bundled task, evaluate\n"
+         "it on the dev split, optimize it (BootstrapFewShot, random search),\n"
+         "evaluate each on the test split, print a before/after table and save\n"
+         "the best program and the optimizer's report. Runs offline on the sim\n"
+         "model (a deterministic simulator, not a language model) unless --model\n"
+         "or $DSPEX_MODEL names a real one.");
+}
+
+/* The program each task starts from. */
+static int demo_program(dx_sim_task t, dx_module **out, dx_diag *d)
+{
+    switch (t) {
+    case DX_SIM_ARITHMETIC:
+        return dx_program_single("chain_of_thought", "question -> answer",
+                                 NULL, out, d);
+    case DX_SIM_CLASSIFY:
+        return dx_program_single(
+            "predict", "text -> label: Literal['positive', 'negative', "
+                       "'neutral']",
+            NULL, out, d);
+    default:
+        return dx_program_single("predict", "question -> answer", NULL, out,
+                                 d);
+    }
+}
+
+static int demo_eval(const dx_module *m, const dx_dataset *ds,
+                     const dx_metric *metric, size_t conc, double *score)
+{
+    dx_eval_opts eo = {.metric = *metric,
+                       .concurrency = conc,
+                       .progress = DX_EVAL_PROGRESS_OFF};
+    dx_eval_result *r = NULL;
+    dx_diag d = {0};
+    int rc = dx_evaluate(m, ds, &eo, &r, &d);
+    if (rc != DX_OK) {
+        fprintf(stderr, "%s: %s\n", prog_name, d.msg);
+        return rc;
+    }
+    *score = r->score;
+    dx_eval_result_free(r);
+    return DX_OK;
+}
+
+static int cmd_demo(int argc, char **argv)
+{
+    args a = {0};
+    int rc = parse_args(argc, argv, &a, help_demo);
+    if (rc)
+        return rc;
+    const char *task_name = a.task ? a.task : "capitals";
+    dx_sim_task task;
+    if (dx_sim_task_from_name(task_name, &task) != DX_OK)
+        return fail_usage("unknown task \"%s\" (capitals, arithmetic, "
+                          "classify, twohop)",
+                          task_name);
+    const char *dir = a.out ? a.out : "dspex-demo";
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return fail_usage("%s: %s", dir, strerror(errno));
+    dx_dataset *train = NULL, *dev = NULL, *test = NULL;
+    if (dx_sim_generate(task, "train", DX_SIM_DEFAULT_SEED, DX_SIM_TRAIN_SIZE,
+                        &train) != DX_OK ||
+        dx_sim_generate(task, "dev", DX_SIM_DEFAULT_SEED, DX_SIM_DEV_SIZE,
+                        &dev) != DX_OK ||
+        dx_sim_generate(task, "test", DX_SIM_DEFAULT_SEED, DX_SIM_TEST_SIZE,
+                        &test) != DX_OK) {
+        dx_dataset_free(train);
+        dx_dataset_free(dev);
+        return fail_usage("cannot generate the %s task's data", task_name);
+    }
+    dx_module *base = NULL;
+    dx_diag d = {0};
+    if ((rc = demo_program(task, &base, &d)) != DX_OK) {
+        dx_dataset_free(train);
+        dx_dataset_free(dev);
+        dx_dataset_free(test);
+        return fail_diag(&d, rc);
+    }
+    if ((rc = start_lm(&a.c)) != 0) {
+        dx_module_free(base);
+        dx_dataset_free(train);
+        dx_dataset_free(dev);
+        dx_dataset_free(test);
+        return rc;
+    }
+    dx_metric metric = {.kind = DX_METRIC_EXACT_MATCH,
+                        .field = task == DX_SIM_CLASSIFY ? "label" : "answer"};
+    size_t conc = a.concurrency ? (size_t)a.concurrency : 16;
+    printf("dspex demo: task %s on %s (train %zu, dev %zu, test %zu)\n",
+           task_name, model_or_default(&a.c), train->n, dev->n, test->n);
+    double t0 = (double)dx_now_ms();
+
+    typedef struct row {
+        const char *name;
+        dx_module *prog;
+        double dev, test;
+    } row;
+    row rows[3] = {{"baseline (zero-shot)", base, 0, 0}};
+    size_t nrows = 1;
+    char report[512];
+    snprintf(report, sizeof report, "%s/report.html", dir);
+    dx_tp_opts o = {
+        .metric = metric,
+        .max_bootstrapped_demos = 4,
+        .max_labeled_demos = 4,
+        .num_candidates = 6,
+        .concurrency = conc,
+        .progress = DX_EVAL_PROGRESS_OFF,
+    };
+    dx_tp_result *r = NULL;
+    rc = dx_bootstrap_fewshot(base, NULL, train, &o, &r, &d);
+    if (rc == DX_OK) {
+        rows[nrows++] = (row){"BootstrapFewShot", r->program, 0, 0};
+        r->program = NULL;
+        dx_tp_result_free(r);
+        r = NULL;
+        o.report_path = report;
+        rc = dx_random_search(base, NULL, train, dev, &o, &r, &d);
+    }
+    if (rc == DX_OK) {
+        rows[nrows++] = (row){"random search (BootstrapFewShot x 9)",
+                              r->program, 0, 0};
+        r->program = NULL;
+        dx_tp_result_free(r);
+    } else {
+        fprintf(stderr, "%s: %s\n", prog_name, d.msg);
+    }
+    for (size_t i = 0; rc == DX_OK && i < nrows; i++) {
+        rc = demo_eval(rows[i].prog, dev, &metric, conc, &rows[i].dev);
+        if (rc == DX_OK)
+            rc = demo_eval(rows[i].prog, test, &metric, conc, &rows[i].test);
+    }
+    if (rc == DX_OK) {
+        size_t best = 0;
+        for (size_t i = 1; i < nrows; i++)
+            if (rows[i].dev > rows[best].dev)
+                best = i;
+        printf("\n%-38s %8s %8s\n", "program", "dev", "test");
+        for (size_t i = 0; i < nrows; i++)
+            printf("%-38s %7.2f%% %7.2f%%%s\n", rows[i].name, rows[i].dev,
+                   rows[i].test, i == best ? "  <- best on dev" : "");
+        char path[512];
+        snprintf(path, sizeof path, "%s/optimized.json", dir);
+        if ((rc = dx_program_save(rows[best].prog, path, &d)) == DX_OK)
+            printf("\nsaved %s and %s (%.1f s)\n", path, report,
+                   ((double)dx_now_ms() - t0) / 1000.0);
+        else
+            fprintf(stderr, "%s: %s\n", prog_name, d.msg);
+    }
+    for (size_t i = 0; i < nrows; i++)
+        dx_module_free(rows[i].prog);
+    stop_lm();
+    dx_dataset_free(train);
+    dx_dataset_free(dev);
+    dx_dataset_free(test);
+    return rc == DX_OK ? 0 : 1;
+}
+
 /* ---- main --------------------------------------------------------------------- */
 
 static void help_main(void)
@@ -982,7 +1154,9 @@ static void help_main(void)
         "  eval       evaluate a program on a dataset\n"
         "  optimize   optimize a program's demos (labeled, bootstrap,\n"
         "             random-search) and save it\n"
-        "  lm-server  serve the local LM server\n\n"
+        "  lm-server  serve the local LM server\n"
+        "  demo       the main job on the offline sim model: baseline,\n"
+        "             optimize, compare on the test split\n\n"
         "`dspex COMMAND --help` for a command's options. Models: --model\n"
         "openai/..., anthropic/..., gemini/..., openai-compatible/... with\n"
         "--base-url, or $DSPEX_MODEL; keys from the provider's usual variable\n"
@@ -1006,6 +1180,7 @@ int main(int argc, char **argv)
         {"prompt", cmd_prompt},       {"run", cmd_run},
         {"eval", cmd_eval},           {"optimize", cmd_optimize},
         {"lm-server", cmd_lm_server},
+        {"demo", cmd_demo},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++)
         if (strcmp(cmd, cmds[i].name) == 0)
