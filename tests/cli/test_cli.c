@@ -268,3 +268,34 @@ Test(cli, lm_server_listens_and_stops_on_sigterm)
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     close(fds[0]);
 }
+
+Test(cli, demo_improves_on_the_baseline_and_saves_its_work)
+{
+    char out[300];
+    snprintf(out, sizeof out, "%s/demo", tmpdir);
+    int rc = dspex(
+        (const char *[]){"demo", "--task", "capitals", "--out", out, NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    double base_dev = -1, base_test = -1, boot_dev = -1, boot_test = -1;
+    const char *b = strstr(out_buf, "baseline (zero-shot)");
+    const char *o = strstr(out_buf, "BootstrapFewShot ");
+    cr_assert(b && o, "%s", out_buf);
+    cr_assert_eq(sscanf(b + strlen("baseline (zero-shot)"), " %lf%% %lf%%",
+                        &base_dev, &base_test),
+                 2);
+    cr_assert_eq(sscanf(o + strlen("BootstrapFewShot"), " %lf%% %lf%%",
+                        &boot_dev, &boot_test),
+                 2);
+    cr_assert_gt(boot_dev, base_dev + 10, "%s", out_buf);
+    cr_assert_gt(boot_test, base_test + 10, "%s", out_buf);
+    char path[400];
+    snprintf(path, sizeof path, "%s/optimized.json", out);
+    cr_assert_eq(access(path, R_OK), 0);
+    snprintf(path, sizeof path, "%s/report.html", out);
+    cr_assert_eq(access(path, R_OK), 0);
+    /* The saved program runs. */
+    snprintf(path, sizeof path, "%s/optimized.json", out);
+    rc = dspex((const char *[]){"run", path, "--input",
+                                "question=What is the capital of Peru?", NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+}
