@@ -21,6 +21,7 @@
 
 #include "dspex/alloc.h"
 #include "dspex/error.h"
+#include "dspex/sim.h"
 #include "lmserver_int.h"
 
 #define MAX_TOOLS 64
@@ -342,6 +343,8 @@ typedef struct convo {
     const cJSON *schema;
     const char *model;
     int n;
+    /* A "sim/..." model: the whole conversation, for dx_sim_complete. */
+    dx_lm_request *sim;
 } convo;
 
 typedef struct answer {
@@ -350,12 +353,44 @@ typedef struct answer {
     cJSON *args;           /* tool arguments */
     char *args_text;       /* args printed (cJSON_free) */
     size_t out_tokens;
+    char sim_error[256]; /* the sim model refused the request (a 400) */
 } answer;
 
 static void convo_free(convo *cv)
 {
     dx__lms_buf_free(&cv->last_user);
     dx__lms_buf_free(&cv->tool_result);
+    dx_lm_request_free(cv->sim);
+}
+
+static int gather_text(dx__lms_buf *out, const cJSON *content);
+
+/* Keep a message for the sim model (nothing for other models). */
+static int sim_note(convo *cv, dx_lm_role role, const cJSON *content)
+{
+    if (!cv->sim)
+        return 0;
+    dx__lms_buf t = {0};
+    int rc = gather_text(&t, content);
+    if (rc == 0)
+        rc = dx_lm_request_add_message(cv->sim, role, t.p ? t.p : "");
+    dx__lms_buf_free(&t);
+    return rc;
+}
+
+/* Sampling settings the sim model looks at. */
+static void sim_settings(convo *cv, const cJSON *temperature, const cJSON *seed)
+{
+    if (!cv->sim)
+        return;
+    if (cJSON_IsNumber(temperature)) {
+        cv->sim->has_temperature = true;
+        cv->sim->temperature = temperature->valuedouble;
+    }
+    if (cJSON_IsNumber(seed)) {
+        cv->sim->has_seed = true;
+        cv->sim->seed = (int64_t)seed->valuedouble;
+    }
 }
 
 static void answer_free(answer *a)
@@ -433,6 +468,13 @@ static const char *read_openai(const cJSON *req, convo *cv)
         if (note_message(cv, get(m, "content"), strcmp(role, "user") == 0,
                          strcmp(role, "tool") == 0) != 0)
             return NULL;
+        if (strcmp(role, "tool") != 0 &&
+            sim_note(cv,
+                     strcmp(role, "user") == 0        ? DX_LM_USER
+                     : strcmp(role, "assistant") == 0 ? DX_LM_ASSISTANT
+                                                      : DX_LM_SYSTEM,
+                     get(m, "content")) != 0)
+            return NULL;
     }
     const cJSON *t;
     cJSON_ArrayForEach(t, get(req, "tools"))
@@ -455,6 +497,7 @@ static const char *read_openai(const cJSON *req, convo *cv)
             return "n: this server supports 1 to 4 choices";
         cv->n = (int)n->valuedouble;
     }
+    sim_settings(cv, get(req, "temperature"), get(req, "seed"));
     return NULL;
 }
 
@@ -470,6 +513,9 @@ static const char *read_anthropic(const cJSON *req, convo *cv)
     if (sys.p != NULL)
         cv->prompt_tokens += count_words(sys.p);
     dx__lms_buf_free(&sys);
+    if (get(req, "system") && sim_note(cv, DX_LM_SYSTEM, get(req, "system")))
+        return NULL;
+    sim_settings(cv, get(req, "temperature"), NULL);
     const cJSON *m;
     cJSON_ArrayForEach(m, msgs)
     {
@@ -488,6 +534,9 @@ static const char *read_anthropic(const cJSON *req, convo *cv)
         }
         if (note_message(cv, tool_block ? get(tool_block, "content") : content,
                          user && !tool_block, user && tool_block) != 0)
+            return NULL;
+        if (!tool_block &&
+            sim_note(cv, user ? DX_LM_USER : DX_LM_ASSISTANT, content) != 0)
             return NULL;
     }
     const cJSON *t;
@@ -512,6 +561,11 @@ static const char *read_gemini(const cJSON *req, convo *cv)
     if (sys.p != NULL)
         cv->prompt_tokens += count_words(sys.p);
     dx__lms_buf_free(&sys);
+    if (get(req, "systemInstruction") &&
+        sim_note(cv, DX_LM_SYSTEM, get(get(req, "systemInstruction"), "parts")))
+        return NULL;
+    sim_settings(cv, get(get(req, "generationConfig"), "temperature"),
+                 get(get(req, "generationConfig"), "seed"));
     const cJSON *c;
     cJSON_ArrayForEach(c, contents)
     {
@@ -532,7 +586,9 @@ static const char *read_gemini(const cJSON *req, convo *cv)
             cJSON_Delete(tmp);
             if (rc != 0)
                 return NULL;
-        } else if (note_message(cv, parts, user, false) != 0) {
+        } else if (note_message(cv, parts, user, false) != 0 ||
+                   sim_note(cv, user ? DX_LM_USER : DX_LM_ASSISTANT, parts) !=
+                       0) {
             return NULL;
         }
     }
@@ -665,9 +721,43 @@ static cJSON *tool_args(const tool *t, const char *rest)
     return args;
 }
 
+/* The sim model's answer (sim.h) to the whole conversation. 1 with
+ * a->text set, or 0 with err_out set to what the sim refused. */
+static int sim_answer(const convo *cv, answer *a, char *err_out, size_t cap)
+{
+    cv->sim->format = cv->json ? (cv->schema ? DX_LM_FORMAT_JSON_SCHEMA
+                                             : DX_LM_FORMAT_JSON_OBJECT)
+                               : DX_LM_FORMAT_TEXT;
+    if (cv->schema) {
+        char *sch = cJSON_PrintUnformatted(cv->schema);
+        if (sch)
+            dx_lm_request_set_schema(cv->sim, "output", sch, false);
+        cJSON_free(sch);
+    }
+    dx_lm_response *r = NULL;
+    dx_lm_error err = {0};
+    const char *profile = cv->model + 4; /* after "sim/" or "sim-" */
+    if (dx_sim_complete(cv->sim, profile, &r, &err) != DX_OK) {
+        const char *why = err.message[0] ? err.message : "sim failed";
+        size_t n = strnlen(why, cap - 1);
+        memcpy(err_out, why, n);
+        err_out[n] = '\0';
+        return 0;
+    }
+    a->text = dx_strdup(r->n_choices ? r->choices[0].text : "");
+    dx_lm_response_free(r);
+    return a->text != NULL;
+}
+
 static int decide(dx_lmserver *srv, const convo *cv, answer *a)
 {
     a->text = dx__lms_take_reply(srv);
+    if (a->text == NULL && cv->sim) {
+        if (!sim_answer(cv, a, a->sim_error, sizeof a->sim_error))
+            return a->sim_error[0] ? DX_EINVAL : DX_ENOMEM;
+        a->out_tokens = count_words(a->text);
+        return DX_OK;
+    }
     if (a->text == NULL && !cv->after_tool && cv->last_user.p != NULL) {
         for (size_t i = 0; i < cv->ntools; i++) {
             const char *rest = find_call(cv->last_user.p, cv->tools[i].name);
@@ -1547,6 +1637,15 @@ static void answer_chat(dx_lmserver *srv, const dx__lms_request *rq, prov p,
 {
     convo cv = {.n = 1};
     const char *bad = NULL;
+    /* "sim/<profile>" — or "sim-<profile>" for Gemini, whose model name
+     * sits in the URL path where "/" cannot. */
+    const char *model = p == P_GEMINI ? gmodel : jstr(req, "model");
+    if (model &&
+        (strncmp(model, "sim/", 4) == 0 || strncmp(model, "sim-", 4) == 0) &&
+        model[4] && !(cv.sim = dx_lm_request_new(NULL))) {
+        set_oom(rs);
+        return;
+    }
     if (p == P_GEMINI) {
         cv.model = gmodel;
         bad = read_gemini(req, &cv);
@@ -1565,7 +1664,10 @@ static void answer_chat(dx_lmserver *srv, const dx__lms_request *rq, prov p,
         return;
     }
     answer a = {0};
-    if (decide(srv, &cv, &a) != 0) {
+    int drc = decide(srv, &cv, &a);
+    if (drc == DX_EINVAL) {
+        send_error(rs, p, 400, a.sim_error);
+    } else if (drc != 0) {
         set_oom(rs);
     } else if (p == P_OPENAI) {
         openai_chat(srv, req, &cv, &a, rs);

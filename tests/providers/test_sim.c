@@ -641,3 +641,91 @@ Test(sim, every_failed_allocation_is_enomem_and_leaks_nothing, .timeout = 30)
     dx_dataset_free(train);
     dx_signature_unref(s);
 }
+
+/* ---- the same answers over the wire and in-process ------------------------ */
+
+#include <stdatomic.h>
+#include <time.h>
+
+#include "dspex/lm_call.h"
+#include "dspex/lmserver.h"
+#include "dspex/runtime.h"
+
+typedef struct wire_case {
+    char model[64];
+    char url[128];
+    char text[2048];
+    int rc;
+    dx_lm_error err;
+    _Atomic int done;
+} wire_case;
+
+static wire_case wc[3];
+static dx_lm_request *wire_req;
+
+static void wire_call(void *arg)
+{
+    wire_case *c = arg;
+    dx_lm_config *cfg = NULL;
+    c->rc = dx_lm_config_new(c->model, c->url, "sk-test", &cfg);
+    dx_lm_response *r = NULL;
+    if (c->rc == DX_OK)
+        c->rc = dx_lm_call(cfg, wire_req, NULL, &r, &c->err);
+    if (c->rc == DX_OK && r->n_choices)
+        snprintf(c->text, sizeof c->text, "%s", r->choices[0].text);
+    dx_lm_response_free(r);
+    dx_lm_config_free(cfg);
+    atomic_store(&c->done, 1);
+}
+
+Test(sim, the_lm_server_answers_sim_models_in_all_three_formats, .timeout = 60)
+{
+    dx_lmserver *srv = NULL;
+    cr_assert_eq(dx_lmserver_start(NULL, &srv), DX_OK);
+    cr_assert_eq(dx_runtime_start(&(dx_runtime_opts){.schedulers = 2}), DX_OK);
+    dx_signature *s = NULL;
+    cr_assert_eq(
+        dx_signature_parse("question -> answer", NULL, NULL, 0, &s, NULL),
+        DX_OK);
+    dx_example *in = dx_example_new();
+    dx_example_set_str(in, "question", "What is the capital of Norway?");
+    wire_req = dx_lm_request_new(NULL);
+    cr_assert_eq(
+        dx_adapter_format(DX_ADAPTER_CHAT, s, NULL, 0, in, wire_req, NULL),
+        DX_OK);
+    wire_req->max_tokens = 256;
+    /* In-process, for reference. */
+    dx_lm_response *ref = NULL;
+    dx_lm_error err = {0};
+    cr_assert_eq(dx_sim_complete(wire_req, "base", &ref, &err), DX_OK, "%s",
+                 err.message);
+    int port = dx_lmserver_port(srv);
+    const char *models[3] = {"openai-compatible/sim/base", "anthropic/sim/base",
+                             "gemini/sim-base"};
+    const char *bases[3] = {"http://127.0.0.1:%d/v1", "http://127.0.0.1:%d",
+                            "http://127.0.0.1:%d/v1beta"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(wc[i].model, sizeof wc[i].model, "%s", models[i]);
+        snprintf(wc[i].url, sizeof wc[i].url, bases[i], port);
+        dx_pid pid;
+        cr_assert_eq(dx_spawn(wire_call, &wc[i], &pid), DX_OK);
+    }
+    for (int i = 0; i < 3; i++) {
+        while (!atomic_load(&wc[i].done)) {
+            struct timespec ts = {0, 2000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    /* Gemini puts the model in the URL path, where the server takes
+     * "sim-base" for "sim/base". */
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(wc[i].rc, DX_OK, "%s: %s", models[i], wc[i].err.message);
+        cr_assert_str_eq(wc[i].text, ref->choices[0].text, "%s", models[i]);
+    }
+    dx_lm_response_free(ref);
+    dx_lm_request_free(wire_req);
+    dx_example_free(in);
+    dx_signature_unref(s);
+    cr_assert_eq(dx_runtime_stop(), DX_OK);
+    dx_lmserver_stop_free(srv);
+}
