@@ -165,12 +165,51 @@ static void start_client(void *arg)
     atomic_store(&client_rc, dx_lm_client_start(&client_opts, &so, NULL));
 }
 
+/* Where `dspex inspect` finds the last command's LM calls. */
+static void history_path(char *out, size_t cap)
+{
+    const char *dir = getenv("DSPEX_HOME");
+    const char *home = getenv("HOME");
+    if (dir && dir[0])
+        snprintf(out, cap, "%s/history.txt", dir);
+    else
+        snprintf(out, cap, "%s/.cache/dspex/history.txt",
+                 home && home[0] ? home : "/tmp");
+}
+
+static void mkdirs_for(const char *path)
+{
+    char d[1024];
+    snprintf(d, sizeof d, "%s", path);
+    for (char *p = d + 1; *p; p++)
+        if (*p == '/') {
+            *p = '\0';
+            mkdir(d, 0755);
+            *p = '/';
+        }
+}
+
 static void stop_client(void *arg)
 {
     (void)arg;
     dx_pid lm = dx_whereis("lm");
-    if (!dx_pid_is_none(lm))
+    if (!dx_pid_is_none(lm)) {
+        /* Keep the calls for `dspex inspect`; losing them is not an
+         * error of the command that made them. */
+        char *text = NULL;
+        if (dx_lm_client_inspect_history(lm, 0, &text) == DX_OK && text) {
+            char path[1024];
+            history_path(path, sizeof path);
+            mkdirs_for(path);
+            FILE *f = fopen(path, "w");
+            if (f) {
+                fputs(text, f);
+                fclose(f);
+            }
+        }
+        dx_free(text);
         dx_server_stop(lm, NULL, 5000);
+    }
     atomic_store(&client_rc, 0);
 }
 
@@ -182,8 +221,18 @@ static void wait_flag(void)
     }
 }
 
+/* Ctrl-C stops evaluations cleanly (they report what finished). */
+static void on_sigint(int sig)
+{
+    (void)sig;
+    dx_evaluate_cancel_all();
+}
+
 static int start_lm(const common *c)
 {
+    struct sigaction sa = {0};
+    sa.sa_handler = on_sigint;
+    sigaction(SIGINT, &sa, NULL);
     if (dx_runtime_start(NULL) != DX_OK)
         return fail_usage("cannot start the runtime");
     client_opts = (dx_lm_client_opts){
@@ -978,18 +1027,86 @@ static int cmd_lm_server(int argc, char **argv)
     return 0;
 }
 
+/* ---- inspect ----------------------------------------------------------------- */
+
+static void help_inspect(void)
+{
+    puts("usage: dspex inspect [--last N]\n\n"
+         "Print the LM calls of the last run, eval, optimize or demo (like "
+         "DSPy's\n"
+         "inspect_history): messages, response, usage, latency, model, cache "
+         "hit.\n"
+         "They are kept in $DSPEX_HOME/history.txt (default\n"
+         "~/.cache/dspex/history.txt).");
+}
+
+static int cmd_inspect(int argc, char **argv)
+{
+    long last = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            help_inspect();
+            return 0;
+        }
+        if (strcmp(argv[i], "--last") == 0 && i + 1 < argc) {
+            int rc = parse_long("--last", argv[++i], 1, 1000000, &last);
+            if (rc)
+                return rc;
+        } else {
+            return fail_usage("inspect: unknown argument \"%s\"", argv[i]);
+        }
+    }
+    char path[1024];
+    history_path(path, sizeof path);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "%s: no LM calls recorded yet (%s)\n", prog_name, path);
+        return 1;
+    }
+    /* Each call starts with a "[<UTC time>] <model>" line
+     * (dx_lmhistory_inspect's format); with --last N print only the last N
+     * of them. */
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *text = dx_malloc((size_t)size + 1);
+    size_t got = text ? fread(text, 1, (size_t)size, f) : 0;
+    fclose(f);
+    if (!text)
+        return 1;
+    text[got] = '\0';
+    const char *start = text;
+    if (last > 0) {
+        long seen = 0;
+        for (const char *p = text + got; p > text; p--) {
+            bool line_start = p - 1 == text || p[-2] == '\n';
+            if (line_start && p[-1] == '[' && p[0] >= '0' && p[0] <= '9' &&
+                ++seen == last) {
+                start = p - 1;
+                break;
+            }
+        }
+    }
+    fputs(start, stdout);
+    dx_free(text);
+    return 0;
+}
+
 /* ---- demo ------------------------------------------------------------------ */
 
 static void help_demo(void)
 {
-    puts("usage: dspex demo [--task capitals|arithmetic|classify|twohop]\n"
-         "                  [--model M] [--out DIR] [--concurrency N]\n\n"
-         "The main job, end to end: build a program for a bundled task, evaluate\n"
-         "it on the dev split, optimize it (BootstrapFewShot, random search),\n"
-         "evaluate each on the test split, print a before/after table and save\n"
-         "the best program and the optimizer's report. Runs offline on the sim\n"
-         "model (a deterministic simulator, not a language model) unless --model\n"
-         "or $DSPEX_MODEL names a real one.");
+    puts(
+        "usage: dspex demo [--task capitals|arithmetic|classify|twohop]\n"
+        "                  [--model M] [--out DIR] [--concurrency N]\n\n"
+        "The main job, end to end: build a program for a bundled task, "
+        "evaluate\n"
+        "it on the dev split, optimize it (BootstrapFewShot, random search),\n"
+        "evaluate each on the test split, print a before/after table and save\n"
+        "the best program and the optimizer's report. Runs offline on the sim\n"
+        "model (a deterministic simulator, not a language model) unless "
+        "--model\n"
+        "or $DSPEX_MODEL names a real one.");
 }
 
 /* The program each task starts from. */
@@ -997,16 +1114,16 @@ static int demo_program(dx_sim_task t, dx_module **out, dx_diag *d)
 {
     switch (t) {
     case DX_SIM_ARITHMETIC:
-        return dx_program_single("chain_of_thought", "question -> answer",
-                                 NULL, out, d);
+        return dx_program_single("chain_of_thought", "question -> answer", NULL,
+                                 out, d);
     case DX_SIM_CLASSIFY:
         return dx_program_single(
-            "predict", "text -> label: Literal['positive', 'negative', "
-                       "'neutral']",
+            "predict",
+            "text -> label: Literal['positive', 'negative', "
+            "'neutral']",
             NULL, out, d);
     default:
-        return dx_program_single("predict", "question -> answer", NULL, out,
-                                 d);
+        return dx_program_single("predict", "question -> answer", NULL, out, d);
     }
 }
 
@@ -1104,8 +1221,8 @@ static int cmd_demo(int argc, char **argv)
         rc = dx_random_search(base, NULL, train, dev, &o, &r, &d);
     }
     if (rc == DX_OK) {
-        rows[nrows++] = (row){"random search (BootstrapFewShot x 9)",
-                              r->program, 0, 0};
+        rows[nrows++] =
+            (row){"random search (BootstrapFewShot x 9)", r->program, 0, 0};
         r->program = NULL;
         dx_tp_result_free(r);
     } else {
@@ -1155,6 +1272,7 @@ static void help_main(void)
         "  optimize   optimize a program's demos (labeled, bootstrap,\n"
         "             random-search) and save it\n"
         "  lm-server  serve the local LM server\n"
+        "  inspect    print the LM calls of the last command\n"
         "  demo       the main job on the offline sim model: baseline,\n"
         "             optimize, compare on the test split\n\n"
         "`dspex COMMAND --help` for a command's options. Models: --model\n"
@@ -1179,8 +1297,8 @@ int main(int argc, char **argv)
     } cmds[] = {
         {"prompt", cmd_prompt},       {"run", cmd_run},
         {"eval", cmd_eval},           {"optimize", cmd_optimize},
-        {"lm-server", cmd_lm_server},
-        {"demo", cmd_demo},
+        {"lm-server", cmd_lm_server}, {"demo", cmd_demo},
+        {"inspect", cmd_inspect},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++)
         if (strcmp(cmd, cmds[i].name) == 0)

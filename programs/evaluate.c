@@ -52,6 +52,7 @@ typedef struct ex_slot {
     int rc;
     dx_diag diag;
     dx_prediction *pred;
+    dx_trace trace_data;
     double score;
     double latency_ms;
     /* coordinator's bookkeeping */
@@ -67,6 +68,7 @@ static void slot_unref(void *arg)
         return;
     dx_example_free(s->inputs);
     dx_prediction_free(s->pred);
+    dx_trace_free(&s->trace_data);
     dx_free(s);
 }
 
@@ -75,25 +77,23 @@ static void example_proc(void *arg)
     ex_slot *s = arg;
     dx_set_label("dspex.evaluate.example");
     int64_t t0 = dx_now_ms();
-    dx_trace trace = {0};
-    dx_prediction *pred = NULL;
-    s->rc = dx__run_program(s->module, s->inputs, s->call, s->deadline_ms,
-                            &pred, s->trace ? &trace : NULL, &s->diag);
+    /* The prediction and the trace belong to the slot from the start, so
+     * a metric that crashes (or a kill) leaks neither. */
+    s->rc =
+        dx__run_program(s->module, s->inputs, s->call, s->deadline_ms, &s->pred,
+                        s->trace ? &s->trace_data : NULL, &s->diag);
     s->latency_ms = (double)(dx_now_ms() - t0);
     if (s->rc == DX_OK) {
         /* The metric runs here too: if it crashes, this example fails and
          * nothing else does. */
-        double score = dx_metric_score(s->metric, s->example, pred,
-                                       s->trace ? &trace : NULL);
-        if (isnan(score)) {
+        double score = dx_metric_score(s->metric, s->example, s->pred,
+                                       s->trace ? &s->trace_data : NULL);
+        if (isnan(score))
             s->rc = dx_diag_set(&s->diag, DX_EINVAL, 0, 0,
                                 "the metric returned NaN");
-        } else {
+        else
             s->score = score;
-        }
-        s->pred = pred;
     }
-    dx_trace_free(&trace);
     atomic_store_explicit(&s->done, true, memory_order_release);
 }
 

@@ -22,6 +22,8 @@ static void setup(void)
 {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/dx_cli_XXXXXX");
     cr_assert(mkdtemp(tmpdir));
+    /* `dspex inspect` reads what the last command kept here. */
+    setenv("DSPEX_HOME", tmpdir, 1);
 }
 
 static void teardown(void)
@@ -298,4 +300,20 @@ Test(cli, demo_improves_on_the_baseline_and_saves_its_work)
     rc = dspex((const char *[]){"run", path, "--input",
                                 "question=What is the capital of Peru?", NULL});
     cr_assert_eq(rc, 0, "%s", err_buf);
+}
+
+Test(cli, inspect_shows_the_last_commands_lm_calls)
+{
+    cr_assert_eq(dspex((const char *[]){"inspect", NULL}), 1,
+                 "nothing recorded yet");
+    int rc =
+        dspex((const char *[]){"run", example("capitals.json"), "--input",
+                               "question=What is the capital of Chile?", NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    rc = dspex((const char *[]){"inspect", "--last", "1", NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    cr_assert(strstr(out_buf, "sim/base"), "%s", out_buf);
+    cr_assert(strstr(out_buf, "What is the capital of Chile?"), "%s", out_buf);
+    cr_assert(strstr(out_buf, "Response:"), "%s", out_buf);
+    cr_assert_eq(dspex((const char *[]){"inspect", "--bogus", NULL}), 2);
 }
