@@ -25,6 +25,7 @@
 #include "module_int.h"
 #include "pyjson.h"
 #include "pyrandom.h"
+#include "teleprompt_int.h"
 
 #define DEFAULT_MAX_BOOTSTRAPPED 4
 #define DEFAULT_MAX_LABELED 16
@@ -36,7 +37,7 @@
 
 /* ---- options ------------------------------------------------------------ */
 
-static dx_tp_opts normalized(const dx_tp_opts *in)
+dx_tp_opts dx__tp_normalized(const dx_tp_opts *in)
 {
     dx_tp_opts o = *in;
     if (!o.max_bootstrapped_demos)
@@ -67,7 +68,7 @@ void dx_tp_result_free(dx_tp_result *r)
     dx_free(r);
 }
 
-static dx_tp_result *result_new(void)
+dx_tp_result *dx__tp_result_new(void)
 {
     dx_tp_result *r = dx_calloc(1, sizeof *r);
     if (r) {
@@ -77,7 +78,7 @@ static dx_tp_result *result_new(void)
     return r;
 }
 
-static int add_trial(dx_tp_result *r, const dx_tp_trial *t)
+int dx__tp_add_trial(dx_tp_result *r, const dx_tp_trial *t)
 {
     dx_tp_trial *v = dx_realloc(r->trials, (r->n_trials + 1) * sizeof *v);
     if (!v)
@@ -88,7 +89,7 @@ static int add_trial(dx_tp_result *r, const dx_tp_trial *t)
     return DX_OK;
 }
 
-static void emit(const char *name, dx_telemetry_kind kind,
+void dx__tp_emit(const char *name, dx_telemetry_kind kind,
                  const char *optimizer, int64_t trial, double score)
 {
     dx_telemetry_event e = {0};
@@ -149,12 +150,7 @@ int dx_labeled_fewshot(const dx_module *student, const dx_dataset *trainset,
 
 /* ---- checkpoints ------------------------------------------------------- */
 
-typedef struct ckpt {
-    sqlite3 *db;
-    char run[65]; /* hex SHA-256 of the run's inputs */
-} ckpt;
-
-static int ckpt_open(ckpt *c, const char *path, const char *kind,
+int dx__tp_ckpt_open(dx__tp_ckpt *c, const char *path, const char *kind,
                      const dx_module *student, const dx_module *teacher,
                      const dx_dataset *train, const dx_dataset *val,
                      const dx_tp_opts *o, int64_t salt, dx_diag *diag)
@@ -219,7 +215,7 @@ static int ckpt_open(ckpt *c, const char *path, const char *kind,
     return DX_OK;
 }
 
-static void ckpt_close(ckpt *c)
+void dx__tp_ckpt_close(dx__tp_ckpt *c)
 {
     if (c->db)
         sqlite3_close(c->db);
@@ -227,7 +223,7 @@ static void ckpt_close(ckpt *c)
 }
 
 /* The stored value of key, parsed; NULL when absent. */
-static cJSON *ckpt_get(ckpt *c, const char *key)
+cJSON *dx__tp_ckpt_get(dx__tp_ckpt *c, const char *key)
 {
     if (!c->db)
         return NULL;
@@ -250,7 +246,7 @@ static cJSON *ckpt_get(ckpt *c, const char *key)
     return v;
 }
 
-static void ckpt_put(ckpt *c, const char *key, const cJSON *value)
+void dx__tp_ckpt_put(dx__tp_ckpt *c, const char *key, const cJSON *value)
 {
     if (!c->db)
         return;
@@ -287,6 +283,13 @@ typedef struct boot_slot {
     char error[DX_DIAG_MAX];
     cJSON *demos; /* {"<path>": demo} when successful */
     dx_usage_acc usage;
+    /* The run's working state, owned by the slot (not the process's
+     * stack), so a metric that crashes leaks nothing. */
+    dx_module *teacher_copy;
+    dx_named_predictor *preds;
+    dx_example *inputs;
+    dx_trace trace;
+    dx_prediction *pred;
     /* coordinator */
     size_t index;
     dx_pid pid;
@@ -299,6 +302,11 @@ static void boot_unref(void *arg)
     if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
         return;
     cJSON_Delete(s->demos);
+    dx_prediction_free(s->pred);
+    dx_trace_free(&s->trace);
+    dx_example_free(s->inputs);
+    dx_free(s->preds);
+    dx_module_free(s->teacher_copy);
     dx_free(s);
 }
 
@@ -333,22 +341,20 @@ static void boot_proc(void *arg)
     const dx_tp_opts *o = s->opts;
     dx_usage_acc_init(&s->usage, "example");
     /* The teacher, without the example itself among its demos. */
-    dx_module *t = dx_module_copy(s->teacher);
-    dx_named_predictor *preds = NULL;
+    dx_module *t = s->teacher_copy = dx_module_copy(s->teacher);
     size_t np = 0;
-    dx_example *in = NULL;
-    if (!t || dx_module_predictors(t, &preds, &np) != DX_OK ||
-        dx_example_inputs(s->example, &in, NULL) != DX_OK) {
+    if (!t || dx_module_predictors(t, &s->preds, &np) != DX_OK ||
+        dx_example_inputs(s->example, &s->inputs, NULL) != DX_OK) {
         s->rc = DX_ENOMEM;
         snprintf(s->error, sizeof s->error, "cannot prepare the teacher run");
         goto out;
     }
     for (size_t p = 0; p < np; p++) {
-        size_t nd = dx_predict_n_demos(preds[p].predict);
+        size_t nd = dx_predict_n_demos(s->preds[p].predict);
         const dx_example **keep = dx_calloc(nd ? nd : 1, sizeof *keep);
         size_t nk = 0;
         for (size_t i = 0; keep && i < nd; i++) {
-            const dx_example *d = dx_predict_demo(preds[p].predict, i);
+            const dx_example *d = dx_predict_demo(s->preds[p].predict, i);
             if (!dx_example_equal(d, s->example))
                 keep[nk++] = d;
         }
@@ -358,7 +364,7 @@ static void boot_proc(void *arg)
             for (size_t i = 0; copies && i < nk; i++)
                 copies[i] = dx_example_copy(keep[i]);
             if (copies)
-                dx_predict_set_demos(preds[p].predict,
+                dx_predict_set_demos(s->preds[p].predict,
                                      (const dx_example *const *)copies, nk);
             for (size_t i = 0; copies && i < nk; i++)
                 dx_example_free(copies[i]);
@@ -376,47 +382,43 @@ static void boot_proc(void *arg)
                      call.rollout_id ? "/" : "", round);
             call.rollout_id = ns;
             for (size_t p = 0; p < np; p++) {
-                dx_predict_opts po = *dx_predict_get_opts(preds[p].predict);
+                dx_predict_opts po = *dx_predict_get_opts(s->preds[p].predict);
                 po.has_temperature = true;
                 po.temperature = 1.0;
-                dx_predict_set_opts(preds[p].predict, &po);
+                dx_predict_set_opts(s->preds[p].predict, &po);
             }
         }
-        dx_trace trace = {0};
-        dx_prediction *pred = NULL;
+        dx_trace_free(&s->trace);
+        dx_prediction_free(s->pred);
+        s->pred = NULL;
         dx_diag d = {0};
-        s->rc =
-            dx__run_program(t, in, &call, s->deadline_ms, &pred, &trace, &d);
+        s->rc = dx__run_program(t, s->inputs, &call, s->deadline_ms, &s->pred,
+                                &s->trace, &d);
         if (s->rc != DX_OK) {
             snprintf(s->error, sizeof s->error, "%s", d.msg);
-            dx_trace_free(&trace);
             break;
         }
-        dx_usage_acc_merge(&s->usage, &pred->usage);
-        double score = dx_metric_score(&o->metric, s->example, pred, &trace);
+        const dx_trace *tr = &s->trace;
+        dx_usage_acc_merge(&s->usage, &s->pred->usage);
+        double score = dx_metric_score(&o->metric, s->example, s->pred, tr);
         bool pass =
             o->metric_threshold > 0 ? score >= o->metric_threshold : score > 0;
         if (pass) {
             s->demos = cJSON_CreateObject();
             /* The last step of each predictor (DSPy picks one at random
              * when a predictor ran several times). */
-            for (size_t i = 0; s->demos && i < trace.n; i++) {
-                cJSON *demo = step_demo(&trace.steps[i]);
+            for (size_t i = 0; s->demos && i < tr->n; i++) {
+                cJSON *demo = step_demo(&tr->steps[i]);
                 if (!demo)
                     continue;
                 cJSON_DeleteItemFromObjectCaseSensitive(s->demos,
-                                                        trace.steps[i].path);
-                cJSON_AddItemToObject(s->demos, trace.steps[i].path, demo);
+                                                        tr->steps[i].path);
+                cJSON_AddItemToObject(s->demos, tr->steps[i].path, demo);
             }
             s->success = s->demos != NULL;
         }
-        dx_prediction_free(pred);
-        dx_trace_free(&trace);
     }
 out:
-    dx_example_free(in);
-    dx_free(preds);
-    dx_module_free(t);
     atomic_store_explicit(&s->done, true, memory_order_release);
 }
 
@@ -478,9 +480,9 @@ static void bootstrap_run(void *arg)
     dx_module *teacher = NULL;
     ex_result *ex = dx_calloc(n ? n : 1, sizeof *ex);
     boot_slot **flight = dx_calloc(o->concurrency, sizeof *flight);
-    ckpt ck;
-    j->rc = ckpt_open(&ck, o->checkpoint_path, "bootstrap", j->student,
-                      j->teacher_in, train, NULL, o, j->salt, &j->diag);
+    dx__tp_ckpt ck;
+    j->rc = dx__tp_ckpt_open(&ck, o->checkpoint_path, "bootstrap", j->student,
+                             j->teacher_in, train, NULL, o, j->salt, &j->diag);
     if (j->rc != DX_OK)
         goto done;
     if (!ex || !flight) {
@@ -512,7 +514,7 @@ static void bootstrap_run(void *arg)
                next < accept + o->concurrency * 2) {
             char key[48];
             snprintf(key, sizeof key, "example/%zu", next);
-            cJSON *cv = ckpt_get(&ck, key);
+            cJSON *cv = dx__tp_ckpt_get(&ck, key);
             if (cv) {
                 ex[next].known = true;
                 ex[next].from_checkpoint = true;
@@ -550,8 +552,8 @@ static void bootstrap_run(void *arg)
                     break;
                 }
             in_flight++;
-            emit("optimize.trial", DX_TELEMETRY_START, "bootstrap",
-                 (int64_t)next, 0);
+            dx__tp_emit("optimize.trial", DX_TELEMETRY_START, "bootstrap",
+                        (int64_t)next, 0);
             next++;
         }
         /* Accept finished examples in trainset order. */
@@ -562,7 +564,7 @@ static void bootstrap_run(void *arg)
                              .from_checkpoint = r->from_checkpoint,
                              .usage = r->usage};
             snprintf(t.kind, sizeof t.kind, "bootstrap_example");
-            add_trial(j->res, &t);
+            dx__tp_add_trial(j->res, &t);
             if (r->success) {
                 bootstrapped++;
             } else if (r->rc != DX_OK && ++errors >= o->max_errors) {
@@ -618,11 +620,11 @@ static void bootstrap_run(void *arg)
                                               cJSON_Duplicate(r->demos, true));
                     char key[48];
                     snprintf(key, sizeof key, "example/%zu", s->index);
-                    ckpt_put(&ck, key, cv);
+                    dx__tp_ckpt_put(&ck, key, cv);
                     cJSON_Delete(cv);
                 }
-                emit("optimize.trial", DX_TELEMETRY_STOP, "bootstrap",
-                     (int64_t)s->index, r->success ? 100 : 0);
+                dx__tp_emit("optimize.trial", DX_TELEMETRY_STOP, "bootstrap",
+                            (int64_t)s->index, r->success ? 100 : 0);
                 flight[p] = NULL;
                 in_flight--;
                 boot_unref(s);
@@ -635,14 +637,27 @@ static void bootstrap_run(void *arg)
             if (flight[p] && now >= flight[p]->deadline_ms)
                 dx_kill(flight[p]->pid);
     }
-    /* Runs past the stopping point are not needed. */
-    for (size_t p = 0; p < o->concurrency; p++)
-        if (flight[p]) {
-            dx_kill(flight[p]->pid);
-            dx_demonitor(flight[p]->mon, true);
-            boot_unref(flight[p]);
-            flight[p] = NULL;
+    /* Runs past the stopping point are not needed, but they are let finish
+     * (their LM calls are made already): killed mid-call, a process would
+     * leave behind what it had allocated. Their deadlines still hold. */
+    while (in_flight > 0) {
+        dx_msg *m = NULL;
+        dx_match match = {.fields = DX_MATCH_TAG, .tag = DX_TAG_DOWN};
+        if (dx_receive(&match, TICK_MS, &m) == DX_OK && m) {
+            for (size_t p = 0; p < o->concurrency; p++)
+                if (flight[p] && dx_pid_eq(flight[p]->pid, m->from)) {
+                    boot_unref(flight[p]);
+                    flight[p] = NULL;
+                    in_flight--;
+                    break;
+                }
+            dx_msg_free(m);
         }
+        int64_t now = dx_now_ms();
+        for (size_t p = 0; p < o->concurrency; p++)
+            if (flight[p] && now >= flight[p]->deadline_ms)
+                dx_kill(flight[p]->pid);
+    }
     if (j->rc != DX_OK)
         goto done;
 
@@ -735,10 +750,10 @@ done:
     dx_free(ex);
     dx_free(flight);
     dx_module_free(teacher);
-    ckpt_close(&ck);
+    dx__tp_ckpt_close(&ck);
 }
 
-static int check_opts(const dx_module *student, const dx_dataset *train,
+int dx__tp_check_opts(const dx_module *student, const dx_dataset *train,
                       const dx_tp_opts *opts, dx_tp_result **out, dx_diag *diag)
 {
     if (out)
@@ -767,7 +782,7 @@ static int bootstrap_with(const dx_module *student, const dx_module *teacher,
                           int64_t salt, dx_tp_result **out, dx_diag *diag)
 {
     boot_job *j = dx_calloc(1, sizeof *j);
-    dx_tp_result *res = result_new();
+    dx_tp_result *res = dx__tp_result_new();
     if (!j || !res) {
         dx_free(j);
         dx_tp_result_free(res);
@@ -799,10 +814,10 @@ int dx_bootstrap_fewshot(const dx_module *student, const dx_module *teacher,
                          const dx_dataset *trainset, const dx_tp_opts *opts,
                          dx_tp_result **out, dx_diag *diag)
 {
-    int rc = check_opts(student, trainset, opts, out, diag);
+    int rc = dx__tp_check_opts(student, trainset, opts, out, diag);
     if (rc != DX_OK)
         return rc;
-    dx_tp_opts o = normalized(opts);
+    dx_tp_opts o = dx__tp_normalized(opts);
     rc = bootstrap_with(student, teacher, trainset, &o, INT64_MIN, out, diag);
     if (rc == DX_OK && o.report_path)
         dx_tp_write_report(*out, "BootstrapFewShot", o.report_path, NULL);
@@ -811,7 +826,7 @@ int dx_bootstrap_fewshot(const dx_module *student, const dx_module *teacher,
 
 /* ---- random search ------------------------------------------------------ */
 
-static int evaluate_on(const dx_module *prog, const dx_dataset *val,
+int dx__tp_evaluate_on(const dx_module *prog, const dx_dataset *val,
                        const dx_tp_opts *o, double *score, dx_usage_acc *usage,
                        dx_diag *diag)
 {
@@ -838,19 +853,19 @@ int dx_random_search(const dx_module *student, const dx_module *teacher,
                      const dx_dataset *trainset, const dx_dataset *valset,
                      const dx_tp_opts *opts, dx_tp_result **out, dx_diag *diag)
 {
-    int rc = check_opts(student, trainset, opts, out, diag);
+    int rc = dx__tp_check_opts(student, trainset, opts, out, diag);
     if (rc != DX_OK)
         return rc;
-    dx_tp_opts o = normalized(opts);
+    dx_tp_opts o = dx__tp_normalized(opts);
     const dx_dataset *val = valset ? valset : trainset;
-    ckpt ck;
-    rc = ckpt_open(&ck, o.checkpoint_path, "random_search", student, teacher,
-                   trainset, val, &o, 0, diag);
+    dx__tp_ckpt ck;
+    rc = dx__tp_ckpt_open(&ck, o.checkpoint_path, "random_search", student,
+                          teacher, trainset, val, &o, 0, diag);
     if (rc != DX_OK)
         return rc;
-    dx_tp_result *res = result_new();
+    dx_tp_result *res = dx__tp_result_new();
     if (!res) {
-        ckpt_close(&ck);
+        dx__tp_ckpt_close(&ck);
         return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
     }
     int64_t t0 = dx_now_ms();
@@ -865,8 +880,9 @@ int dx_random_search(const dx_module *student, const dx_module *teacher,
         char key[48];
         snprintf(key, sizeof key, "candidate/%lld", (long long)seed);
         dx_module *prog = NULL;
-        cJSON *cv = ckpt_get(&ck, key);
-        emit("optimize.trial", DX_TELEMETRY_START, "random_search", seed, 0);
+        cJSON *cv = dx__tp_ckpt_get(&ck, key);
+        dx__tp_emit("optimize.trial", DX_TELEMETRY_START, "random_search", seed,
+                    0);
         if (cv) {
             /* Finished before a restart: its program and score. */
             prog = dx_module_reset_copy(student);
@@ -935,7 +951,8 @@ int dx_random_search(const dx_module *student, const dx_module *teacher,
                 dx_tp_result_free(sub);
             }
             if (rc == DX_OK)
-                rc = evaluate_on(prog, val, &o, &t.score, &t.usage, diag);
+                rc =
+                    dx__tp_evaluate_on(prog, val, &o, &t.score, &t.usage, diag);
             if (rc == DX_OK) {
                 cJSON *v = cJSON_CreateObject();
                 cJSON *st = dx_module_dump_state(prog);
@@ -944,7 +961,7 @@ int dx_random_search(const dx_module *student, const dx_module *teacher,
                     cJSON_AddStringToObject(v, "kind", t.kind);
                     cJSON_AddItemToObject(v, "state", st);
                     st = NULL;
-                    ckpt_put(&ck, key, v);
+                    dx__tp_ckpt_put(&ck, key, v);
                 }
                 cJSON_Delete(st);
                 cJSON_Delete(v);
@@ -955,23 +972,23 @@ int dx_random_search(const dx_module *student, const dx_module *teacher,
             break;
         }
         t.wall_s = (double)(dx_now_ms() - c0) / 1000.0;
-        add_trial(res, &t);
-        emit("optimize.trial", DX_TELEMETRY_STOP, "random_search", seed,
-             t.score);
+        dx__tp_add_trial(res, &t);
+        dx__tp_emit("optimize.trial", DX_TELEMETRY_STOP, "random_search", seed,
+                    t.score);
         if (t.score > best) {
             best = t.score;
             dx_module_free(res->program);
             res->program = prog;
             res->score = t.score;
-            emit("optimize.best", DX_TELEMETRY_STOP, "random_search", seed,
-                 t.score);
+            dx__tp_emit("optimize.best", DX_TELEMETRY_STOP, "random_search",
+                        seed, t.score);
         } else {
             dx_module_free(prog);
         }
         if (o.stop_at_score > 0 && t.score >= o.stop_at_score)
             break;
     }
-    ckpt_close(&ck);
+    dx__tp_ckpt_close(&ck);
     if (rc != DX_OK || !res->program) {
         if (rc == DX_OK)
             rc = dx_diag_set(diag, DX_ELIMIT, 0, 0,

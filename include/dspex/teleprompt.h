@@ -135,4 +135,81 @@ DX_API int dx_random_search(const dx_module *student, const dx_module *teacher,
 DX_API int dx_tp_write_report(const dx_tp_result *r, const char *title,
                               const char *path, dx_diag *diag);
 
+/* ---- instruction optimizers: COPRO and MIPROv2 ------------------------ */
+
+/* DSPy's COPRO: per predictor, the prompt LM proposes breadth-1 new
+ * (instruction, output prefix) pairs (one call with n completions at
+ * init_temperature, DSPy's BasicGenerateInstruction prompt) besides the
+ * current one; every candidate program is evaluated on the trainset; then
+ * depth-1 rounds ask for breadth more given the scored attempts
+ * (GenerateInstructionGivenAttempts). The best candidate over all rounds
+ * and predictors is returned (its score on the trainset). */
+typedef struct dx_copro_opts {
+    size_t breadth;          /* 0 = 10; must be > 1 */
+    size_t depth;            /* 0 = 3 */
+    double init_temperature; /* 0 = 1.4 */
+    /* Registered name of the LM client that writes instructions; NULL:
+     * the run's LM (opts->call). */
+    const char *prompt_lm_name;
+} dx_copro_opts;
+
+/* Uses opts' metric, concurrency, example_timeout_ms, call, max_lm_calls
+ * (no new round or candidate starts once spent), checkpoint_path (every
+ * proposal and every candidate's score) and report_path. copro may be
+ * NULL (defaults). Trials: kind "instruction", id = the candidate's
+ * number in evaluation order. DX_OK with *out the caller's; DX_EINVAL
+ * (breadth 1, no metric...), DX_ESTATE, DX_ENOMEM, DX_EIO, and the prompt
+ * LM's errors (DX_EPROVIDER, DX_EPARSE...) with diag. */
+DX_API int dx_copro(const dx_module *student, const dx_dataset *trainset,
+                    const dx_tp_opts *opts, const dx_copro_opts *copro,
+                    dx_tp_result **out, dx_diag *diag);
+
+typedef enum dx_mipro_auto {
+    DX_MIPRO_AUTO_LIGHT = 0, /* DSPy's default: 6 candidates, valset 100 */
+    DX_MIPRO_AUTO_MEDIUM,    /* 12 candidates, valset 300 */
+    DX_MIPRO_AUTO_HEAVY,     /* 18 candidates, valset 1000 */
+    DX_MIPRO_AUTO_NONE,      /* num_candidates and num_trials given */
+} dx_mipro_auto;
+
+/* DSPy's MIPROv2: (1) num_candidates demo sets per predictor, made as
+ * random search makes its candidates (zero-shot, labeled, bootstrapped,
+ * shuffled bootstraps; opts' max_bootstrapped_demos and max_labeled_demos,
+ * whose MIPRO defaults are 4 and 4); (2) instruction candidates per
+ * predictor from DSPy's grounded proposer (demos of the task, a random
+ * prompting tip), the current instruction first;
+ * (3) num_trials trials of a seeded TPE sampler over (instruction, demo
+ * set) per predictor, each scored on a minibatch of the valset, the
+ * best-averaging untried combination fully evaluated every
+ * minibatch_full_eval_steps trials and at the end. Without minibatches
+ * every trial is a full evaluation. */
+typedef struct dx_mipro_opts {
+    dx_mipro_auto auto_mode;
+    size_t num_candidates; /* AUTO_NONE: demo sets and instructions */
+    size_t num_trials;     /* AUTO_NONE */
+    bool no_minibatch;     /* AUTO_NONE: full evaluations only */
+    size_t minibatch_size; /* 0 = 35 */
+    size_t minibatch_full_eval_steps; /* 0 = 5 */
+    int64_t seed;                     /* DSPy's default 9 when has_seed */
+    bool has_seed;
+    double init_temperature; /* proposer temperature; 0 = 1.0 */
+    /* The proposer's parts DSPy turns on by default. (Not yet done: the
+     * dataset summary and the program-aware description; the proposer
+     * runs as DSPy's does with those switched off.) */
+    bool no_task_demos;
+    bool no_tip;
+    const char *prompt_lm_name; /* NULL: the run's LM */
+    /* Zero-shot: no demo sets (DSPy: both demo limits 0). */
+    bool zero_shot;
+} dx_mipro_opts;
+
+/* trainset and valset (NULL: the last 80% of trainset, as DSPy). Trials:
+ * kind "default" (the student's full evaluation), "minibatch" or "full",
+ * id = DSPy's trial number. The result's score is the best full
+ * evaluation. Same errors as dx_copro, and DX_EINVAL for a minibatch
+ * larger than the valset. */
+DX_API int dx_mipro(const dx_module *student, const dx_dataset *trainset,
+                    const dx_dataset *valset, const dx_tp_opts *opts,
+                    const dx_mipro_opts *mipro, dx_tp_result **out,
+                    dx_diag *diag);
+
 #endif
