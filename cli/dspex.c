@@ -875,17 +875,14 @@ static int cmd_eval(int argc, char **argv)
 
 static void help_optimize(void)
 {
-    puts("usage: dspex optimize PROGRAM.json TRAIN.jsonl --optimizer "
-         "labeled|bootstrap|\n"
-         "                      random-search -o OPTIMIZED.json [--valset "
-         "VAL.jsonl]\n"
-         "                      [--metric NAME] [--seed S] [--candidates N]\n"
-         "                      [--max-demos N] [--max-labeled N] [--report "
-         "R.html]\n"
-         "                      [--checkpoint FILE] [--concurrency N] [--model "
-         "M]\n\n"
-         "Optimize the program's demos and save the result (declaration + "
-         "state).");
+    puts("usage: dspex optimize PROGRAM.json TRAIN.jsonl -o OPTIMIZED.json\n"
+         "           --optimizer labeled|bootstrap|random-search|copro|mipro\n"
+         "           [--valset VAL.jsonl] [--metric NAME] [--seed S]\n"
+         "           [--candidates N] [--max-demos N] [--max-labeled N]\n"
+         "           [--report R.html] [--checkpoint FILE] [--concurrency N]\n"
+         "           [--model M]\n\n"
+         "Optimize the program's demos (and, with copro / mipro, its\n"
+         "instructions) and save the result (declaration + state).");
 }
 
 static int cmd_optimize(int argc, char **argv)
@@ -897,14 +894,15 @@ static int cmd_optimize(int argc, char **argv)
     if (a.npos != 2 || !a.optimizer || !a.output)
         return fail_usage("optimize wants PROGRAM.json TRAIN.jsonl "
                           "--optimizer NAME -o OUT.json (see --help)");
-    const char *opts[] = {"labeled", "bootstrap", "random-search"};
+    const char *opts[] = {"labeled", "bootstrap", "random-search", "copro",
+                          "mipro"};
     int which = -1;
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 5; i++)
         if (strcmp(a.optimizer, opts[i]) == 0)
             which = i;
     if (which < 0)
         return fail_usage("unknown optimizer \"%s\" (labeled, bootstrap, "
-                          "random-search)",
+                          "random-search, copro, mipro)",
                           a.optimizer);
     dx_metric metric;
     if ((rc = metric_of(a.metric, &metric)) != 0)
@@ -943,8 +941,14 @@ static int cmd_optimize(int argc, char **argv)
             m, train, a.max_labeled ? (size_t)a.max_labeled : 16, true, &best);
     } else if (which == 1) {
         rc = dx_bootstrap_fewshot(m, NULL, train, &o, &r, &d);
-    } else {
+    } else if (which == 2) {
         rc = dx_random_search(m, NULL, train, val, &o, &r, &d);
+    } else if (which == 3) {
+        dx_copro_opts cp = {0};
+        rc = dx_copro(m, train, &o, &cp, &r, &d);
+    } else {
+        dx_mipro_opts mp = {.seed = a.seed, .has_seed = a.seed != 0};
+        rc = dx_mipro(m, train, val, &o, &mp, &r, &d);
     }
     if (r) {
         best = r->program;
@@ -1101,7 +1105,8 @@ static void help_demo(void)
         "                  [--model M] [--out DIR] [--concurrency N]\n\n"
         "The main job, end to end: build a program for a bundled task, "
         "evaluate\n"
-        "it on the dev split, optimize it (BootstrapFewShot, random search),\n"
+        "it on the dev split, optimize it (BootstrapFewShot, random search,\n"
+        "MIPROv2),\n"
         "evaluate each on the test split, print a before/after table and save\n"
         "the best program and the optimizer's report. Runs offline on the sim\n"
         "model (a deterministic simulator, not a language model) unless "
@@ -1198,7 +1203,7 @@ static int cmd_demo(int argc, char **argv)
         dx_module *prog;
         double dev, test;
     } row;
-    row rows[3] = {{"baseline (zero-shot)", base, 0, 0}};
+    row rows[4] = {{"baseline (zero-shot)", base, 0, 0}};
     size_t nrows = 1;
     char report[512];
     snprintf(report, sizeof report, "%s/report.html", dir);
@@ -1223,6 +1228,15 @@ static int cmd_demo(int argc, char **argv)
     if (rc == DX_OK) {
         rows[nrows++] =
             (row){"random search (BootstrapFewShot x 9)", r->program, 0, 0};
+        r->program = NULL;
+        dx_tp_result_free(r);
+        r = NULL;
+        dx_mipro_opts mp = {.auto_mode = DX_MIPRO_AUTO_LIGHT};
+        o.report_path = NULL;
+        rc = dx_mipro(base, train, dev, &o, &mp, &r, &d);
+    }
+    if (rc == DX_OK) {
+        rows[nrows++] = (row){"MIPROv2 (light)", r->program, 0, 0};
         r->program = NULL;
         dx_tp_result_free(r);
     } else {
