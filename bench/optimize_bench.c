@@ -27,6 +27,14 @@
 #include "dspex/teleprompt.h"
 
 static char url[128];
+static dx_lmserver *srv;
+
+static int64_t server_requests(void)
+{
+    dx_lmserver_stats st;
+    dx_lmserver_stats_get(srv, &st);
+    return (int64_t)st.requests;
+}
 static long latency_ms, concurrency;
 
 typedef struct bench {
@@ -78,18 +86,20 @@ static void bench_main(void *arg)
     /* Every train example bootstrapped: 200 teacher runs. */
     o.max_bootstrapped_demos = 200;
     double t0 = now_s();
+    int64_t r0 = server_requests();
     if (train && val &&
         dx_bootstrap_fewshot(student, NULL, train, &o, &r, &d) == DX_OK) {
         B.wall[0] = now_s() - t0;
-        B.calls[0] = r->usage.calls;
+        B.calls[0] = server_requests() - r0;
         dx_tp_result_free(r);
         r = NULL;
         o.max_bootstrapped_demos = 4;
         o.num_candidates = 5; /* seeds -3..4: 8 candidates */
         t0 = now_s();
+        r0 = server_requests();
         if (dx_random_search(student, NULL, train, val, &o, &r, &d) == DX_OK) {
             B.wall[1] = now_s() - t0;
-            B.calls[1] = r->usage.calls;
+            B.calls[1] = server_requests() - r0;
             dx_tp_result_free(r);
         } else {
             snprintf(B.error, sizeof B.error, "random search: %s", d.msg);
@@ -114,7 +124,6 @@ int main(int argc, char **argv)
     concurrency = strtol(argv[2], NULL, 10);
     if (latency_ms <= 0 || concurrency <= 0)
         return 2;
-    dx_lmserver *srv = NULL;
     dx_lmserver_opts so = {.latency_ms = (uint64_t)latency_ms};
     if (dx_lmserver_start(&so, &srv) != DX_OK)
         return 1;

@@ -53,6 +53,7 @@ typedef struct ex_slot {
     dx_diag diag;
     dx_prediction *pred;
     dx_trace trace_data;
+    dx_usage_acc usage; /* the run's LM usage, also when it failed */
     double score;
     double latency_ms;
     /* coordinator's bookkeeping */
@@ -81,7 +82,7 @@ static void example_proc(void *arg)
      * a metric that crashes (or a kill) leaks neither. */
     s->rc =
         dx__run_program(s->module, s->inputs, s->call, s->deadline_ms, &s->pred,
-                        s->trace ? &s->trace_data : NULL, &s->diag);
+                        s->trace ? &s->trace_data : NULL, &s->diag, &s->usage);
     s->latency_ms = (double)(dx_now_ms() - t0);
     if (s->rc == DX_OK) {
         /* The metric runs here too: if it crashes, this example fails and
@@ -115,13 +116,14 @@ static void record(eval_job *j, ex_slot *s, const dx_term *reason,
     dx_eval_row *row = &j->res->rows[s->index];
     row->done = true;
     row->latency_ms = s->latency_ms;
+    if (atomic_load_explicit(&s->done, memory_order_acquire))
+        row->usage = s->usage;
     if (atomic_load_explicit(&s->done, memory_order_acquire) &&
         s->rc == DX_OK) {
         row->pred = s->pred;
         s->pred = NULL;
         row->score = s->score;
         row->error = DX_OK;
-        row->usage = row->pred->usage;
         return;
     }
     row->score = j->opts.failure_score;

@@ -82,10 +82,13 @@ int dx__predict_forward(dx_ctx *ctx, const dx_module *p,
 /* Run m on inputs in the calling process with o's settings (o->timeout_ms
  * is ignored: deadline_ms is absolute, dx_now_ms based). On DX_OK *out is
  * the caller's and carries the run's usage; otherwise diag (may be NULL)
- * gets the run's diagnostic. trace may be NULL. Process. */
+ * gets the run's diagnostic. trace may be NULL. usage (may be NULL)
+ * receives the run's LM usage whatever the outcome: a failed run's calls
+ * were made and cost too. Process. */
 int dx__run_program(const dx_module *m, const dx_example *inputs,
                     const dx_call_opts *o, int64_t deadline_ms,
-                    dx_prediction **out, dx_trace *trace, dx_diag *diag);
+                    dx_prediction **out, dx_trace *trace, dx_diag *diag,
+                    dx_usage_acc *usage);
 
 /* Run fn(arg) in a dspex process: the calling one when there is one,
  * else a new process while this host thread waits for it. Returns DX_OK

@@ -473,7 +473,8 @@ static void slot_unref(void *arg)
 
 int dx__run_program(const dx_module *m, const dx_example *inputs,
                     const dx_call_opts *o, int64_t deadline_ms,
-                    dx_prediction **out, dx_trace *trace, dx_diag *diag)
+                    dx_prediction **out, dx_trace *trace, dx_diag *diag,
+                    dx_usage_acc *usage)
 {
     dx_ctx ctx = {
         .lm = o->lm,
@@ -489,6 +490,8 @@ int dx__run_program(const dx_module *m, const dx_example *inputs,
     dx_usage_acc_init(&ctx.usage, "run");
     dx_prediction *pred = NULL;
     int rc = dx_forward(&ctx, m, inputs, &pred);
+    if (usage)
+        *usage = ctx.usage;
     if (rc == DX_OK) {
         /* The call's prediction reports every LM call of the run. */
         pred->usage = ctx.usage;
@@ -510,7 +513,7 @@ static void call_proc(void *arg)
     o.lm_name = s->lm_name;
     o.rollout_id = s->rollout_id;
     s->rc = dx__run_program(s->module, s->inputs, &o, s->deadline_ms, &s->pred,
-                            s->opts.trace ? &s->trace : NULL, &s->diag);
+                            s->opts.trace ? &s->trace : NULL, &s->diag, NULL);
     atomic_store_explicit(&s->done, true, memory_order_release);
 }
 

@@ -392,14 +392,15 @@ static void boot_proc(void *arg)
         dx_prediction_free(s->pred);
         s->pred = NULL;
         dx_diag d = {0};
+        dx_usage_acc run_usage;
         s->rc = dx__run_program(t, s->inputs, &call, s->deadline_ms, &s->pred,
-                                &s->trace, &d);
+                                &s->trace, &d, &run_usage);
+        dx_usage_acc_merge(&s->usage, &run_usage);
         if (s->rc != DX_OK) {
             snprintf(s->error, sizeof s->error, "%s", d.msg);
             break;
         }
         const dx_trace *tr = &s->trace;
-        dx_usage_acc_merge(&s->usage, &s->pred->usage);
         double score = dx_metric_score(&o->metric, s->example, s->pred, tr);
         bool pass =
             o->metric_threshold > 0 ? score >= o->metric_threshold : score > 0;
@@ -849,6 +850,204 @@ int dx__tp_evaluate_on(const dx_module *prog, const dx_dataset *val,
     return DX_OK;
 }
 
+/* One random-search candidate on its way. */
+typedef struct candidate {
+    int64_t seed;
+    dx_module *prog;
+    dx_tp_trial t;
+    bool scored;
+    int64_t started_ms;
+} candidate;
+
+/* Evaluating several candidates as one job: each row is a valset example
+ * tagged with the candidate that runs it, so the examples of all
+ * candidates share one concurrency budget and no candidate's last,
+ * half-empty wave leaves it idle. */
+#define CANDIDATE_KEY "dspex_candidate"
+
+typedef struct multi {
+    candidate *cands;
+    size_t n;
+} multi;
+
+static int multi_forward(dx_ctx *ctx, const dx_module *self,
+                         const dx_example *in, dx_prediction **out)
+{
+    const multi *mu = dx_module_ud(self);
+    size_t k = (size_t)dx_example_get_num(in, CANDIDATE_KEY, -1);
+    if (k >= mu->n)
+        return dx_ctx_fail(ctx, DX_EINVAL, "random search: bad candidate");
+    const char *drop[] = {CANDIDATE_KEY};
+    dx_example *plain = dx_example_without(in, drop, 1);
+    if (!plain)
+        return dx_ctx_fail(ctx, DX_ENOMEM, "out of memory");
+    int rc = dx_forward(ctx, mu->cands[k].prog, plain, out);
+    dx_example_free(plain);
+    return rc;
+}
+
+static int evaluate_together(candidate *c, size_t n, const dx_dataset *val,
+                             const dx_tp_opts *o, dx_diag *diag)
+{
+    multi mu = {c, n};
+    dx_module *m = dx_module_new("Candidates", multi_forward, &mu, NULL, NULL);
+    dx_dataset *rows = dx_dataset_new();
+    int rc = m && rows ? DX_OK : DX_ENOMEM;
+    for (size_t k = 0; rc == DX_OK && k < n; k++)
+        for (size_t i = 0; rc == DX_OK && i < val->n; i++) {
+            dx_example *ex = dx_example_copy(val->items[i]);
+            rc = ex ? dx_example_set_int(ex, CANDIDATE_KEY, (int64_t)k)
+                    : DX_ENOMEM;
+            /* the candidate index is an input too */
+            size_t nin = 0;
+            const char *keys[64];
+            for (size_t f = 0; rc == DX_OK && f < dx_example_len(ex); f++) {
+                const char *key = dx_example_key(ex, f);
+                if ((dx_example_is_input(ex, key) ||
+                     strcmp(key, CANDIDATE_KEY) == 0) &&
+                    nin < 64)
+                    keys[nin++] = key;
+            }
+            if (rc == DX_OK)
+                rc = dx_example_with_inputs(ex, keys, nin);
+            if (rc == DX_OK)
+                rc = dx_dataset_append(rows, ex);
+            else
+                dx_example_free(ex);
+        }
+    dx_eval_result *r = NULL;
+    if (rc == DX_OK) {
+        dx_eval_opts eo = {
+            .metric = o->metric,
+            .concurrency = o->concurrency,
+            .example_timeout_ms = o->example_timeout_ms,
+            .call = o->call,
+            .progress = o->progress,
+            .progress_out = o->progress_out,
+        };
+        rc = dx_evaluate(m, rows, &eo, &r, diag);
+    }
+    if (rc == DX_OK) {
+        /* DSPy's score: 100 * sum / n, rounded to 2 decimals, per
+         * candidate. */
+        for (size_t k = 0; k < n; k++) {
+            double sum = 0;
+            for (size_t i = 0; i < val->n; i++) {
+                const dx_eval_row *row = &r->rows[k * val->n + i];
+                sum += row->score;
+                dx_usage_acc_merge(&c[k].t.usage, &row->usage);
+            }
+            c[k].t.score =
+                val->n ? round(10000.0 * sum / (double)val->n) / 100.0 : 0;
+            c[k].scored = true;
+        }
+    }
+    dx_eval_result_free(r);
+    dx_dataset_free(rows);
+    dx_module_free(m);
+    return rc;
+}
+
+/* Build candidate `seed` (DSPy's seeds: -3 zero-shot, -2 labeled, -1
+ * unshuffled bootstrap, >= 0 shuffled bootstrap of random size). */
+static int build_candidate(candidate *c, const dx_module *student,
+                           const dx_module *teacher, const dx_dataset *trainset,
+                           const dx_tp_opts *o, dx_diag *diag)
+{
+    int64_t seed = c->seed;
+    if (seed == -3) {
+        snprintf(c->t.kind, sizeof c->t.kind, "zero_shot");
+        c->prog = dx_module_reset_copy(student);
+        return c->prog ? DX_OK : DX_ENOMEM;
+    }
+    if (seed == -2) {
+        snprintf(c->t.kind, sizeof c->t.kind, "labeled");
+        return dx_labeled_fewshot(student, trainset, o->max_labeled_demos, true,
+                                  &c->prog);
+    }
+    dx_tp_opts bo = *o;
+    bo.report_path = NULL;
+    dx_dataset shuffled = {0};
+    const dx_dataset *tr = trainset;
+    if (seed >= 0) {
+        snprintf(c->t.kind, sizeof c->t.kind, "shuffled");
+        shuffled.n = trainset->n;
+        shuffled.items =
+            dx_calloc(trainset->n ? trainset->n : 1, sizeof *shuffled.items);
+        if (!shuffled.items)
+            return DX_ENOMEM;
+        memcpy(shuffled.items, trainset->items,
+               trainset->n * sizeof *shuffled.items);
+        dx__pyrand rng;
+        dx__pyrand_seed(&rng, seed);
+        dx__pyrand_shuffle_n(&rng, (void *)shuffled.items, shuffled.n,
+                             sizeof *shuffled.items);
+        dx__pyrand_seed(&rng, seed);
+        int64_t size = 1;
+        dx__pyrand_randint(&rng, 1, (int64_t)o->max_bootstrapped_demos, &size);
+        bo.max_bootstrapped_demos = (size_t)size;
+        tr = &shuffled;
+    } else {
+        snprintf(c->t.kind, sizeof c->t.kind, "bootstrap");
+    }
+    dx_tp_result *sub = NULL;
+    int rc = bootstrap_with(student, teacher, tr, &bo, seed, &sub, diag);
+    dx_free(shuffled.items);
+    if (rc == DX_OK) {
+        c->prog = sub->program;
+        sub->program = NULL;
+        dx_usage_acc_merge(&c->t.usage, &sub->usage);
+    }
+    dx_tp_result_free(sub);
+    return rc;
+}
+
+static void checkpoint_candidate(dx__tp_ckpt *ck, const candidate *c)
+{
+    char key[48];
+    snprintf(key, sizeof key, "candidate/%lld", (long long)c->seed);
+    cJSON *v = cJSON_CreateObject();
+    cJSON *st = dx_module_dump_state(c->prog);
+    if (v && st) {
+        cJSON_AddNumberToObject(v, "score", c->t.score);
+        cJSON_AddStringToObject(v, "kind", c->t.kind);
+        cJSON_AddItemToObject(v, "state", st);
+        st = NULL;
+        dx__tp_ckpt_put(ck, key, v);
+    }
+    cJSON_Delete(st);
+    cJSON_Delete(v);
+}
+
+/* A candidate finished before a restart: its program and score. */
+static bool restore_candidate(dx__tp_ckpt *ck, candidate *c,
+                              const dx_module *student)
+{
+    char key[48];
+    snprintf(key, sizeof key, "candidate/%lld", (long long)c->seed);
+    cJSON *cv = dx__tp_ckpt_get(ck, key);
+    if (!cv)
+        return false;
+    dx_module *prog = dx_module_reset_copy(student);
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(cv, "state");
+    const cJSON *sc = cJSON_GetObjectItemCaseSensitive(cv, "score");
+    const cJSON *kd = cJSON_GetObjectItemCaseSensitive(cv, "kind");
+    bool ok = prog && st && cJSON_IsNumber(sc) &&
+              dx_module_load_state(prog, st, NULL) == DX_OK;
+    if (ok) {
+        c->prog = prog;
+        c->t.score = sc->valuedouble;
+        c->t.from_checkpoint = true;
+        c->scored = true;
+        snprintf(c->t.kind, sizeof c->t.kind, "%s",
+                 cJSON_IsString(kd) ? kd->valuestring : "");
+    } else {
+        dx_module_free(prog); /* unusable: recompute */
+    }
+    cJSON_Delete(cv);
+    return ok;
+}
+
 int dx_random_search(const dx_module *student, const dx_module *teacher,
                      const dx_dataset *trainset, const dx_dataset *valset,
                      const dx_tp_opts *opts, dx_tp_result **out, dx_diag *diag)
@@ -863,131 +1062,101 @@ int dx_random_search(const dx_module *student, const dx_module *teacher,
                           teacher, trainset, val, &o, 0, diag);
     if (rc != DX_OK)
         return rc;
+    size_t ncand = o.num_candidates + 3;
     dx_tp_result *res = dx__tp_result_new();
-    if (!res) {
+    candidate *cands = dx_calloc(ncand, sizeof *cands);
+    if (!res || !cands) {
         dx__tp_ckpt_close(&ck);
+        dx_tp_result_free(res);
+        dx_free(cands);
         return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
     }
+    /* Evaluated one by one only when a candidate's score can stop the
+     * search (stop_at_score) or the budget must be checked between
+     * candidates; otherwise all candidates are built, then evaluated as
+     * one job. The choice of the best is the same either way: the first
+     * candidate, in seed order, with the highest score. */
+    bool one_by_one = o.stop_at_score > 0 || o.max_lm_calls > 0;
     int64_t t0 = dx_now_ms();
-    double best = -1;
-    for (int64_t seed = -3; seed < (int64_t)o.num_candidates && rc == DX_OK;
-         seed++) {
-        if (o.max_lm_calls > 0 && res->usage.calls >= o.max_lm_calls)
+    int64_t used_calls = 0;
+    size_t built = 0;
+    for (size_t k = 0; k < ncand && rc == DX_OK; k++) {
+        candidate *c = &cands[k];
+        c->seed = (int64_t)k - 3;
+        dx_usage_acc_init(&c->t.usage, "candidate");
+        c->t.id = c->seed;
+        c->started_ms = dx_now_ms();
+        if (o.max_lm_calls > 0 && used_calls >= o.max_lm_calls)
             break;
-        dx_tp_trial t = {.id = seed};
-        dx_usage_acc_init(&t.usage, "candidate");
-        int64_t c0 = dx_now_ms();
-        char key[48];
-        snprintf(key, sizeof key, "candidate/%lld", (long long)seed);
-        dx_module *prog = NULL;
-        cJSON *cv = dx__tp_ckpt_get(&ck, key);
-        dx__tp_emit("optimize.trial", DX_TELEMETRY_START, "random_search", seed,
-                    0);
-        if (cv) {
-            /* Finished before a restart: its program and score. */
-            prog = dx_module_reset_copy(student);
-            const cJSON *st = cJSON_GetObjectItemCaseSensitive(cv, "state");
-            const cJSON *sc = cJSON_GetObjectItemCaseSensitive(cv, "score");
-            const cJSON *kd = cJSON_GetObjectItemCaseSensitive(cv, "kind");
-            if (!prog || !st || !cJSON_IsNumber(sc) ||
-                dx_module_load_state(prog, st, NULL) != DX_OK) {
-                dx_module_free(prog);
-                prog = NULL; /* unusable: recompute */
-            } else {
-                t.score = sc->valuedouble;
-                t.from_checkpoint = true;
-                snprintf(t.kind, sizeof t.kind, "%s",
-                         cJSON_IsString(kd) ? kd->valuestring : "");
-            }
-            cJSON_Delete(cv);
-        }
-        if (!prog) {
-            dx_tp_result *sub = NULL;
-            if (seed == -3) {
-                snprintf(t.kind, sizeof t.kind, "zero_shot");
-                prog = dx_module_reset_copy(student);
-                rc = prog ? DX_OK : DX_ENOMEM;
-            } else if (seed == -2) {
-                snprintf(t.kind, sizeof t.kind, "labeled");
-                rc = dx_labeled_fewshot(student, trainset, o.max_labeled_demos,
-                                        true, &prog);
-            } else {
-                dx_tp_opts bo = o;
-                bo.report_path = NULL;
-                dx_dataset shuffled = {0};
-                const dx_dataset *tr = trainset;
-                if (seed >= 0) {
-                    snprintf(t.kind, sizeof t.kind, "shuffled");
-                    shuffled.n = trainset->n;
-                    shuffled.items = dx_calloc(trainset->n ? trainset->n : 1,
-                                               sizeof *shuffled.items);
-                    if (!shuffled.items) {
-                        rc = DX_ENOMEM;
-                        break;
-                    }
-                    memcpy(shuffled.items, trainset->items,
-                           trainset->n * sizeof *shuffled.items);
-                    dx__pyrand rng;
-                    dx__pyrand_seed(&rng, seed);
-                    dx__pyrand_shuffle_n(&rng, (void *)shuffled.items,
-                                         shuffled.n, sizeof *shuffled.items);
-                    dx__pyrand_seed(&rng, seed);
-                    int64_t size = 1;
-                    dx__pyrand_randint(
-                        &rng, 1, (int64_t)o.max_bootstrapped_demos, &size);
-                    bo.max_bootstrapped_demos = (size_t)size;
-                    tr = &shuffled;
-                } else {
-                    snprintf(t.kind, sizeof t.kind, "bootstrap");
-                }
-                rc =
-                    bootstrap_with(student, teacher, tr, &bo, seed, &sub, diag);
-                dx_free(shuffled.items);
-                if (rc == DX_OK) {
-                    prog = sub->program;
-                    sub->program = NULL;
-                    dx_usage_acc_merge(&t.usage, &sub->usage);
-                }
-                dx_tp_result_free(sub);
-            }
-            if (rc == DX_OK)
-                rc =
-                    dx__tp_evaluate_on(prog, val, &o, &t.score, &t.usage, diag);
-            if (rc == DX_OK) {
-                cJSON *v = cJSON_CreateObject();
-                cJSON *st = dx_module_dump_state(prog);
-                if (v && st) {
-                    cJSON_AddNumberToObject(v, "score", t.score);
-                    cJSON_AddStringToObject(v, "kind", t.kind);
-                    cJSON_AddItemToObject(v, "state", st);
-                    st = NULL;
-                    dx__tp_ckpt_put(&ck, key, v);
-                }
-                cJSON_Delete(st);
-                cJSON_Delete(v);
+        dx__tp_emit("optimize.trial", DX_TELEMETRY_START, "random_search",
+                    c->seed, 0);
+        if (!restore_candidate(&ck, c, student)) {
+            rc = build_candidate(c, student, teacher, trainset, &o, diag);
+            if (rc == DX_OK && one_by_one) {
+                rc = dx__tp_evaluate_on(c->prog, val, &o, &c->t.score,
+                                        &c->t.usage, diag);
+                c->scored = rc == DX_OK;
+                if (c->scored)
+                    checkpoint_candidate(&ck, c);
             }
         }
-        if (rc != DX_OK) {
-            dx_module_free(prog);
+        if (rc != DX_OK)
             break;
-        }
-        t.wall_s = (double)(dx_now_ms() - c0) / 1000.0;
-        dx__tp_add_trial(res, &t);
-        dx__tp_emit("optimize.trial", DX_TELEMETRY_STOP, "random_search", seed,
-                    t.score);
-        if (t.score > best) {
-            best = t.score;
-            dx_module_free(res->program);
-            res->program = prog;
-            res->score = t.score;
-            dx__tp_emit("optimize.best", DX_TELEMETRY_STOP, "random_search",
-                        seed, t.score);
-        } else {
-            dx_module_free(prog);
-        }
-        if (o.stop_at_score > 0 && t.score >= o.stop_at_score)
+        built = k + 1;
+        used_calls += c->t.usage.calls;
+        if (one_by_one && c->scored && o.stop_at_score > 0 &&
+            c->t.score >= o.stop_at_score)
             break;
     }
+    /* The candidates not yet scored, evaluated together. */
+    if (rc == DX_OK && !one_by_one) {
+        size_t first = 0;
+        while (first < built && cands[first].scored)
+            first++;
+        /* Candidates restored from the checkpoint keep their scores; the
+         * rest (contiguous or not) are evaluated in one job. */
+        candidate *todo = dx_calloc(built ? built : 1, sizeof *todo);
+        size_t *where = dx_calloc(built ? built : 1, sizeof *where);
+        size_t nt = 0;
+        if (!todo || !where)
+            rc = DX_ENOMEM;
+        for (size_t k = first; rc == DX_OK && k < built; k++)
+            if (!cands[k].scored) {
+                where[nt] = k;
+                todo[nt++] = cands[k];
+            }
+        if (rc == DX_OK && nt)
+            rc = evaluate_together(todo, nt, val, &o, diag);
+        for (size_t i = 0; rc == DX_OK && i < nt; i++) {
+            cands[where[i]] = todo[i];
+            checkpoint_candidate(&ck, &cands[where[i]]);
+        }
+        dx_free(todo);
+        dx_free(where);
+    }
+    /* In seed order: the trial log, the events, the best. */
+    double best = -1;
+    for (size_t k = 0; rc == DX_OK && k < built; k++) {
+        candidate *c = &cands[k];
+        if (!c->scored)
+            continue;
+        c->t.wall_s = (double)(dx_now_ms() - c->started_ms) / 1000.0;
+        dx__tp_add_trial(res, &c->t);
+        dx__tp_emit("optimize.trial", DX_TELEMETRY_STOP, "random_search",
+                    c->seed, c->t.score);
+        if (c->t.score > best) {
+            best = c->t.score;
+            dx_module_free(res->program);
+            res->program = c->prog;
+            c->prog = NULL;
+            res->score = c->t.score;
+            dx__tp_emit("optimize.best", DX_TELEMETRY_STOP, "random_search",
+                        c->seed, c->t.score);
+        }
+    }
+    for (size_t k = 0; k < ncand; k++)
+        dx_module_free(cands[k].prog);
+    dx_free(cands);
     dx__tp_ckpt_close(&ck);
     if (rc != DX_OK || !res->program) {
         if (rc == DX_OK)
