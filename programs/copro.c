@@ -273,7 +273,7 @@ typedef struct copro_run {
 
 static bool spent(const copro_run *r)
 {
-    return r->o.max_lm_calls > 0 && r->res->usage.calls >= r->o.max_lm_calls;
+    return dx__tp_over_budget(&r->o, &r->res->usage);
 }
 
 /* Evaluate clone (with candidate c set on predictor p) and record it in

@@ -322,7 +322,7 @@ typedef struct mipro_run {
 
 static bool spent(const mipro_run *r)
 {
-    return r->o.max_lm_calls > 0 && r->res->usage.calls >= r->o.max_lm_calls;
+    return dx__tp_over_budget(&r->o, &r->res->usage);
 }
 
 /* The task demos text: up to 3 augmented demos of predictor p from set

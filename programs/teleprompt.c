@@ -59,6 +59,12 @@ dx_tp_opts dx__tp_normalized(const dx_tp_opts *in)
 
 /* ---- results ------------------------------------------------------------ */
 
+bool dx__tp_over_budget(const dx_tp_opts *o, const dx_usage_acc *u)
+{
+    return (o->max_lm_calls > 0 && u->calls >= o->max_lm_calls) ||
+           (o->max_cost_usd > 0 && u->cost_usd >= o->max_cost_usd);
+}
+
 void dx_tp_result_free(dx_tp_result *r)
 {
     if (!r)
@@ -507,7 +513,8 @@ static void bootstrap_run(void *arg)
     size_t next = 0, accept = 0, in_flight = 0, bootstrapped = 0, errors = 0;
     /* LM calls of the runs finished so far (the trials' usage reaches the
      * result only when accepted, in order). */
-    int64_t live_calls = 0;
+    dx_usage_acc live;
+    dx_usage_acc_init(&live, "live");
     bool stop = false;
     while (!stop && (accept < n)) {
         /* Start runs for the next examples (window ahead of `accept`). */
@@ -530,7 +537,7 @@ static void bootstrap_run(void *arg)
                 next++;
                 continue;
             }
-            if (o->max_lm_calls > 0 && live_calls >= o->max_lm_calls)
+            if (dx__tp_over_budget(o, &live))
                 break;
             boot_slot *s = dx_calloc(1, sizeof *s);
             if (!s)
@@ -611,7 +618,7 @@ static void bootstrap_run(void *arg)
                 } else {
                     r->rc = DX_EDOWN; /* crashed or killed at its deadline */
                 }
-                live_calls += r->usage.calls;
+                dx_usage_acc_merge(&live, &r->usage);
                 cJSON *cv = cJSON_CreateObject();
                 if (cv) {
                     cJSON_AddBoolToObject(cv, "ok", r->success);
@@ -1076,9 +1083,11 @@ int dx_random_search(const dx_module *student, const dx_module *teacher,
      * candidates; otherwise all candidates are built, then evaluated as
      * one job. The choice of the best is the same either way: the first
      * candidate, in seed order, with the highest score. */
-    bool one_by_one = o.stop_at_score > 0 || o.max_lm_calls > 0;
+    bool one_by_one =
+        o.stop_at_score > 0 || o.max_lm_calls > 0 || o.max_cost_usd > 0;
     int64_t t0 = dx_now_ms();
-    int64_t used_calls = 0;
+    dx_usage_acc used;
+    dx_usage_acc_init(&used, "used");
     size_t built = 0;
     for (size_t k = 0; k < ncand && rc == DX_OK; k++) {
         candidate *c = &cands[k];
@@ -1086,7 +1095,7 @@ int dx_random_search(const dx_module *student, const dx_module *teacher,
         dx_usage_acc_init(&c->t.usage, "candidate");
         c->t.id = c->seed;
         c->started_ms = dx_now_ms();
-        if (o.max_lm_calls > 0 && used_calls >= o.max_lm_calls)
+        if (dx__tp_over_budget(&o, &used))
             break;
         dx__tp_emit("optimize.trial", DX_TELEMETRY_START, "random_search",
                     c->seed, 0);
@@ -1103,7 +1112,7 @@ int dx_random_search(const dx_module *student, const dx_module *teacher,
         if (rc != DX_OK)
             break;
         built = k + 1;
-        used_calls += c->t.usage.calls;
+        dx_usage_acc_merge(&used, &c->t.usage);
         if (one_by_one && c->scored && o.stop_at_score > 0 &&
             c->t.score >= o.stop_at_score)
             break;

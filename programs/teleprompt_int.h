@@ -84,4 +84,7 @@ cJSON *dx__tp_ckpt_get(dx__tp_ckpt *c, const char *key);
 /* Store value under key; a failed write is ignored (it costs a rerun). */
 void dx__tp_ckpt_put(dx__tp_ckpt *c, const char *key, const cJSON *value);
 
+/* Has the budget (max_lm_calls, max_cost_usd) been used up by u? */
+bool dx__tp_over_budget(const dx_tp_opts *o, const dx_usage_acc *u);
+
 #endif

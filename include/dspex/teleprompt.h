@@ -67,9 +67,11 @@ typedef struct dx_tp_opts {
     int64_t example_timeout_ms;
     /* LM client, adapter... for every run (see dx_call_opts). */
     dx_call_opts call;
-    /* Budget: stop starting work once this many LM calls were made (0 =
-     * none). */
+    /* Budget: stop starting work once this many LM calls were made, or
+     * this many US dollars spent (priced by the call's price table; 0 =
+     * no limit). Work in flight finishes, so a run may end slightly over. */
     int64_t max_lm_calls;
+    double max_cost_usd;
     /* SQLite checkpoint file (NULL = none); see the top of this file. */
     const char *checkpoint_path;
     /* HTML report written at the end (NULL = none). */

@@ -445,3 +445,32 @@ Test(teleprompt_resume, a_killed_run_resumes_to_the_same_program_and_score)
     snprintf(aux, sizeof aux, "%s-shm", ckpt);
     unlink(aux);
 }
+
+Test(teleprompt, the_cost_budget_is_respected)
+{
+    dx_module *st = student();
+    dx_dataset *ds = trainset(40);
+    /* $1 per token: the budget is gone after a call or two. */
+    dx_usage_prices *prices = NULL;
+    cr_assert_eq(dx_usage_prices_new(true, &prices), DX_OK);
+    cr_assert_eq(dx_usage_prices_set(prices, "test-model",
+                                     (dx_usage_price){1e6, 1e6, 1e6}),
+                 DX_OK);
+    dx_tp_opts o = {
+        .metric = {.kind = DX_METRIC_CUSTOM, .fn = even_metric},
+        .max_bootstrapped_demos = 40,
+        .concurrency = 2,
+        .max_cost_usd = 50,
+        .call = {.prices = prices},
+    };
+    dx_tp_result *r = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_bootstrap_fewshot(st, NULL, ds, &o, &r, &d), DX_OK, "%s",
+                 d.msg);
+    cr_assert_gt(r->usage.cost_usd, 0);
+    cr_assert_lt(r->n_trials, 40, "stopped early: %zu trials", r->n_trials);
+    dx_tp_result_free(r);
+    dx_usage_prices_free(prices);
+    dx_module_free(st);
+    dx_dataset_free(ds);
+}
