@@ -102,12 +102,77 @@ static int add_input(common *c, const char *kv, bool as_json)
     return 0;
 }
 
+/* The config file: $DSPEX_CONFIG, else ~/.config/dspex/config.json —
+ * {"model": "...", "base_url": "...", "api_key_env": "VAR"}. Read once;
+ * a file that is missing is no error, one that is malformed is. */
+static char cfg_model[256], cfg_base_url[512], cfg_key[512];
+static bool cfg_loaded;
+
+static int load_config(void)
+{
+    if (cfg_loaded)
+        return 0;
+    cfg_loaded = true;
+    char path[1024];
+    const char *env = getenv("DSPEX_CONFIG");
+    const char *home = getenv("HOME");
+    if (env && env[0])
+        snprintf(path, sizeof path, "%s", env);
+    else if (home && home[0])
+        snprintf(path, sizeof path, "%s/.config/dspex/config.json", home);
+    else
+        return 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        if (env && env[0])
+            return fail_usage("%s: %s", path, strerror(errno));
+        return 0;
+    }
+    char buf[8192];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    cJSON *doc = cJSON_ParseWithLength(buf, n);
+    if (!cJSON_IsObject(doc)) {
+        cJSON_Delete(doc);
+        return fail_usage("%s: not a JSON object", path);
+    }
+    static const char *const known[] = {"model", "base_url", "api_key_env"};
+    for (const cJSON *it = doc->child; it; it = it->next) {
+        bool ok = false;
+        for (size_t i = 0; i < 3; i++)
+            ok = ok || strcmp(it->string, known[i]) == 0;
+        if (!ok || !cJSON_IsString(it)) {
+            int rc = fail_usage("%s: \"%s\": expected one of model, "
+                                "base_url, api_key_env, each a string",
+                                path, it->string);
+            cJSON_Delete(doc);
+            return rc;
+        }
+    }
+    const cJSON *v;
+    if ((v = cJSON_GetObjectItemCaseSensitive(doc, "model")))
+        snprintf(cfg_model, sizeof cfg_model, "%s", v->valuestring);
+    if ((v = cJSON_GetObjectItemCaseSensitive(doc, "base_url")))
+        snprintf(cfg_base_url, sizeof cfg_base_url, "%s", v->valuestring);
+    if ((v = cJSON_GetObjectItemCaseSensitive(doc, "api_key_env"))) {
+        const char *key = getenv(v->valuestring);
+        if (key)
+            snprintf(cfg_key, sizeof cfg_key, "%s", key);
+    }
+    cJSON_Delete(doc);
+    return 0;
+}
+
+/* --model, else $DSPEX_MODEL, else the config file, else the simulator. */
 static const char *model_or_default(const common *c)
 {
     if (c->model)
         return c->model;
     const char *env = getenv("DSPEX_MODEL");
-    return env && env[0] ? env : "sim/base";
+    if (env && env[0])
+        return env;
+    return cfg_model[0] ? cfg_model : "sim/base";
 }
 
 static dx_adapter_kind adapter_of(const common *c)
@@ -230,13 +295,22 @@ static void on_sigint(int sig)
 
 static int start_lm(const common *c)
 {
+    int cfg_rc = load_config();
+    if (cfg_rc)
+        return cfg_rc;
     struct sigaction sa = {0};
     sa.sa_handler = on_sigint;
     sigaction(SIGINT, &sa, NULL);
     if (dx_runtime_start(NULL) != DX_OK)
         return fail_usage("cannot start the runtime");
     client_opts = (dx_lm_client_opts){
-        .primary = {model_or_default(c), c->base_url, c->api_key},
+        .primary = {model_or_default(c),
+                    c->base_url                    ? c->base_url
+                    : cfg_base_url[0] && !c->model ? cfg_base_url
+                                                   : NULL,
+                    c->api_key   ? c->api_key
+                    : cfg_key[0] ? cfg_key
+                                 : NULL},
         .cache_path = c->cache,
     };
     dx_pid pid;
@@ -1277,22 +1351,24 @@ static int cmd_demo(int argc, char **argv)
 
 static void help_main(void)
 {
-    puts(
-        "usage: dspex COMMAND [ARGS]\n\n"
-        "Commands:\n"
-        "  prompt     print the messages a program would send, without an LM\n"
-        "  run        run a program once and print its prediction\n"
-        "  eval       evaluate a program on a dataset\n"
-        "  optimize   optimize a program's demos (labeled, bootstrap,\n"
-        "             random-search) and save it\n"
-        "  lm-server  serve the local LM server\n"
-        "  inspect    print the LM calls of the last command\n"
-        "  demo       the main job on the offline sim model: baseline,\n"
-        "             optimize, compare on the test split\n\n"
-        "`dspex COMMAND --help` for a command's options. Models: --model\n"
-        "openai/..., anthropic/..., gemini/..., openai-compatible/... with\n"
-        "--base-url, or $DSPEX_MODEL; keys from the provider's usual variable\n"
-        "(OPENAI_API_KEY, ...) or --api-key.");
+    puts("usage: dspex COMMAND [ARGS]\n\n"
+         "Commands:\n"
+         "  prompt     print the messages a program would send, without an LM\n"
+         "  run        run a program once and print its prediction\n"
+         "  eval       evaluate a program on a dataset\n"
+         "  optimize   optimize a program's demos (labeled, bootstrap,\n"
+         "             random-search) and save it\n"
+         "  lm-server  serve the local LM server\n"
+         "  inspect    print the LM calls of the last command\n"
+         "  demo       the main job on the offline sim model: baseline,\n"
+         "             optimize, compare on the test split\n\n"
+         "`dspex COMMAND --help` for a command's options. Models: --model\n"
+         "openai/..., anthropic/..., gemini/..., openai-compatible/... with\n"
+         "--base-url, or $DSPEX_MODEL, or a config file ($DSPEX_CONFIG, else\n"
+         "~/.config/dspex/config.json: {\"model\", \"base_url\", "
+         "\"api_key_env\"});\n"
+         "keys from the provider's usual variable (OPENAI_API_KEY, ...) or\n"
+         "--api-key.");
 }
 
 int main(int argc, char **argv)

@@ -317,3 +317,33 @@ Test(cli, inspect_shows_the_last_commands_lm_calls)
     cr_assert(strstr(out_buf, "Response:"), "%s", out_buf);
     cr_assert_eq(dspex((const char *[]){"inspect", "--bogus", NULL}), 2);
 }
+
+Test(cli, a_config_file_selects_the_model_and_bad_ones_are_refused)
+{
+    char cfg[300];
+    snprintf(cfg, sizeof cfg, "%s/config.json", tmpdir);
+    setenv("DSPEX_CONFIG", cfg, 1);
+    FILE *f = fopen(cfg, "w");
+    /* Port 1 on loopback: nothing listens, so using it fails at once —
+     * which shows the file's model and base URL were used. */
+    fputs("{\"model\": \"openai-compatible/x\", \"base_url\": "
+          "\"http://127.0.0.1:1/v1\"}",
+          f);
+    fclose(f);
+    int rc = dspex((const char *[]){"run", example("capitals.json"), "--input",
+                                    "question=Hi", NULL});
+    cr_assert_eq(rc, 1, "%s", err_buf);
+    cr_assert(strstr(err_buf, "connect"), "%s", err_buf);
+    /* --model wins over the file. */
+    rc = dspex((const char *[]){"run", example("capitals.json"), "--model",
+                                "sim/base", "--input", "question=Hi", NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    f = fopen(cfg, "w");
+    fputs("{\"modle\": \"sim/base\"}", f);
+    fclose(f);
+    rc = dspex((const char *[]){"run", example("capitals.json"), "--input",
+                                "question=Hi", NULL});
+    cr_assert_eq(rc, 2);
+    cr_assert(strstr(err_buf, "\"modle\""), "%s", err_buf);
+    unsetenv("DSPEX_CONFIG");
+}
