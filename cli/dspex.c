@@ -33,6 +33,7 @@
 #include "dspex/program.h"
 #include "dspex/runtime.h"
 #include "dspex/sim.h"
+#include "dspex/telemetry.h"
 #include "dspex/teleprompt.h"
 
 #define EXIT_USAGE 2
@@ -959,6 +960,43 @@ static void help_optimize(void)
          "instructions) and save the result (declaration + state).");
 }
 
+/* Live progress of an optimization: the optimize.* telemetry events, one
+ * line each on stderr. */
+static void progress_listener(void *arg)
+{
+    (void)arg;
+    dx_telemetry_subscribe(dx_self(), "optimize.");
+    double best = -1;
+    long runs = 0, passed = 0;
+    int64_t last_runs_line = 0;
+    for (;;) {
+        dx_msg *m = NULL;
+        if (dx_receive_tag(DX_TELEMETRY_TAG, DX_INFINITY, &m) != DX_OK)
+            return;
+        const dx_telemetry_event *e = m->ptr;
+        bool trial = strcmp(e->name, "optimize.trial") == 0;
+        if (trial && e->kind == DX_TELEMETRY_STOP &&
+            strcmp(e->model, "bootstrap") == 0) {
+            /* Teacher runs are many and quick: a line every 2 s. */
+            runs++;
+            passed += e->score > 0;
+            if (dx_now_ms() - last_runs_line >= 2000) {
+                last_runs_line = dx_now_ms();
+                fprintf(stderr, "bootstrap: %ld teacher runs, %ld passed\n",
+                        runs, passed);
+            }
+        } else if (trial && e->kind == DX_TELEMETRY_STOP)
+            fprintf(stderr, "%s: trial %lld done, score %.2f\n", e->model,
+                    (long long)e->trial, e->score);
+        else if (!trial && e->score > best) {
+            best = e->score;
+            fprintf(stderr, "%s: best so far %.2f (trial %lld)\n", e->model,
+                    e->score, (long long)e->trial);
+        }
+        dx_msg_free(m);
+    }
+}
+
 static int cmd_optimize(int argc, char **argv)
 {
     args a = {0};
@@ -1010,6 +1048,8 @@ static int cmd_optimize(int argc, char **argv)
     dx_tp_result *r = NULL;
     dx_diag d = {0};
     dx_module *best = NULL;
+    dx_pid listener;
+    dx_spawn(progress_listener, NULL, &listener);
     if (which == 0) {
         rc = dx_labeled_fewshot(
             m, train, a.max_labeled ? (size_t)a.max_labeled : 16, true, &best);
