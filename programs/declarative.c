@@ -3,7 +3,6 @@
  * "program" member into a module tree, the pipeline module that runs its
  * steps with their field mappings, and saving declaration + state.
  */
-#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -439,21 +438,12 @@ int dx_program_load(const char *path, dx_module **out, dx_diag *diag)
 {
     if (!path || !out)
         return dx_diag_set(diag, DX_EINVAL, 0, 0, "program: NULL argument");
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return dx_diag_set(diag, DX_EIO, 0, 0, "%s: %s", path, strerror(errno));
     dx__sb b;
     dx__sb_init(&b);
-    char chunk[16384];
-    size_t got;
-    while ((got = fread(chunk, 1, sizeof chunk, f)) > 0)
-        dx__sb_put(&b, chunk, got);
-    bool bad = ferror(f);
-    fclose(f);
-    if (bad || b.oom) {
+    int rrc = dx__read_file(path, &b, diag);
+    if (rrc != DX_OK) {
         dx__sb_free(&b);
-        return dx_diag_set(diag, bad ? DX_EIO : DX_ENOMEM, 0, 0,
-                           "%s: read failed", path);
+        return rrc;
     }
     int rc = dx_program_parse(b.p ? b.p : "", b.len, path, out, diag);
     dx__sb_free(&b);
@@ -527,24 +517,8 @@ int dx_program_save(const dx_module *m, const char *path, dx_diag *diag)
     dx__sb_putc(&b, '\n');
     cJSON_Delete(doc);
     const char *text = dx__sb_cstr(&b);
-    int rc = DX_OK;
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = text ? fopen(tmp, "wb") : NULL;
-    if (!text)
-        rc = dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
-    else if (!f)
-        rc = dx_diag_set(diag, DX_EIO, 0, 0, "%s: %s", tmp, strerror(errno));
-    else {
-        bool wrote = fwrite(text, 1, b.len, f) == b.len;
-        if (fclose(f) != 0)
-            wrote = false;
-        if (!wrote || rename(tmp, path) != 0) {
-            rc = dx_diag_set(diag, DX_EIO, 0, 0, "%s: %s", path,
-                             strerror(errno));
-            remove(tmp);
-        }
-    }
+    int rc = text ? dx__write_file_atomic(path, text, b.len, diag)
+                  : dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
     dx__sb_free(&b);
     return rc;
 }

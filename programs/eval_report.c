@@ -8,9 +8,7 @@
  * draws two columns wide makes its row a little longer, nothing worse.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -273,7 +271,6 @@ static void put_row(dx__sb *b, const dx_eval_row *row)
 int dx_eval_result_write_jsonl(const dx_eval_result *r, const char *path,
                                dx_diag *diag)
 {
-    static atomic_uint seq;
     if (!r || !path)
         return dx_diag_set(diag, DX_EINVAL, 0, 0, "evaluate: NULL argument");
     dx__pyjson_init();
@@ -286,43 +283,9 @@ int dx_eval_result_write_jsonl(const dx_eval_result *r, const char *path,
         dx__sb_free(&b);
         return dx_diag_set(diag, DX_ENOMEM, 0, 0, "%s: out of memory", path);
     }
-    /* Written beside path and renamed over it: a reader never sees half a
-     * file. */
-    char tmp[4096];
-    int n = snprintf(tmp, sizeof tmp, "%s.tmp.%ld.%u", path, (long)getpid(),
-                     atomic_fetch_add(&seq, 1));
-    if (n < 0 || (size_t)n >= sizeof tmp) {
-        dx__sb_free(&b);
-        return dx_diag_set(diag, DX_EINVAL, 0, 0, "%s: path too long", path);
-    }
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd < 0) {
-        int e = errno;
-        dx__sb_free(&b);
-        return dx_diag_set(diag, DX_EIO, 0, 0, "%s: %s", tmp, strerror(e));
-    }
-    size_t off = 0;
-    int e = 0;
-    while (off < b.len) {
-        ssize_t w = write(fd, b.p + off, b.len - off);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            e = errno;
-            break;
-        }
-        off += (size_t)w;
-    }
+    int rc = dx__write_file_atomic(path, b.p ? b.p : "", b.len, diag);
     dx__sb_free(&b);
-    if (close(fd) != 0 && !e)
-        e = errno;
-    if (!e && rename(tmp, path) != 0)
-        e = errno;
-    if (e) {
-        unlink(tmp);
-        return dx_diag_set(diag, DX_EIO, 0, 0, "%s: %s", path, strerror(e));
-    }
-    return DX_OK;
+    return rc;
 }
 
 /* ---- the table --------------------------------------------------------- */

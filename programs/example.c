@@ -10,13 +10,9 @@
 #include "dspex/example.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "dspex/alloc.h"
 #include "dspex/error.h"
@@ -768,7 +764,6 @@ int dx_dataset_load(const char *path, const char *const *input_keys,
 
 int dx_dataset_save_jsonl(const dx_dataset *ds, const char *path, dx_diag *diag)
 {
-    static atomic_uint seq;
     if (!ds || !path)
         return dx_diag_set(diag, DX_EINVAL, 0, 0, "dataset: NULL argument");
     dx__sb b;
@@ -781,43 +776,7 @@ int dx_dataset_save_jsonl(const dx_dataset *ds, const char *path, dx_diag *diag)
         dx__sb_free(&b);
         return dx_diag_set(diag, DX_ENOMEM, 0, 0, "%s: out of memory", path);
     }
-    /* Same directory as path, so the rename cannot cross file systems; a
-     * reader sees the old file or the new one, never a half-written one. */
-    char tmp[4096];
-    int n = snprintf(tmp, sizeof tmp, "%s.tmp.%ld.%u", path, (long)getpid(),
-                     atomic_fetch_add(&seq, 1));
-    if (n < 0 || (size_t)n >= sizeof tmp) {
-        dx__sb_free(&b);
-        return dx_diag_set(diag, DX_EINVAL, 0, 0, "%s: path too long", path);
-    }
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd < 0) {
-        int e = errno;
-        dx__sb_free(&b);
-        return dx_diag_set(diag, DX_EIO, 0, 0, "%s: %s", tmp, strerror(e));
-    }
-    size_t off = 0;
-    int e = 0;
-    while (off < b.len) {
-        ssize_t w = write(fd, b.p + off, b.len - off);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            e = errno;
-            break;
-        }
-        off += (size_t)w;
-    }
+    int rc = dx__write_file_atomic(path, b.p ? b.p : "", b.len, diag);
     dx__sb_free(&b);
-    if (!e && fsync(fd) != 0)
-        e = errno;
-    if (close(fd) != 0 && !e)
-        e = errno;
-    if (!e && rename(tmp, path) != 0)
-        e = errno;
-    if (e) {
-        unlink(tmp);
-        return dx_diag_set(diag, DX_EIO, 0, 0, "%s: %s", path, strerror(e));
-    }
-    return DX_OK;
+    return rc;
 }

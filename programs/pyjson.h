@@ -100,4 +100,17 @@ cJSON *dx__json_parse(const char *text, size_t len, int *line, int *column);
 cJSON *dx__json_parse_msg(const char *text, size_t len, int *line, int *column,
                           const char **what);
 
+/* ---- files (fileio.c) ---- */
+
+#include "dspex/diag.h"
+
+/* Replace path with data[0..len): written to a temporary file beside it,
+ * synced, then renamed over it, so a reader never sees half a file.
+ * DX_OK; DX_EIO / DX_EINVAL with diag naming the file and the reason. */
+int dx__write_file_atomic(const char *path, const char *data, size_t len,
+                          dx_diag *diag);
+/* Append the whole file to out (NUL-terminated after). DX_OK, DX_EIO,
+ * DX_ENOMEM, with diag naming the file. */
+int dx__read_file(const char *path, dx__sb *out, dx_diag *diag);
+
 #endif

@@ -10,10 +10,8 @@
  * mismatch), so dspex writes the DSPy release it matches there and its own
  * version beside them.
  */
-#include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "dspex/alloc.h"
 #include "dspex/error.h"
@@ -350,36 +348,9 @@ int dx_module_save(const dx_module *m, const char *path, dx_diag *diag)
         return dx_diag_set(diag, DX_ENOMEM, 0, 0, "save: out of memory");
     }
 
-    size_t plen = strlen(path);
-    char *tmp = dx_malloc(plen + 16);
-    if (!tmp) {
-        dx__sb_free(&b);
-        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "save: out of memory");
-    }
-    snprintf(tmp, plen + 16, "%s.tmp%d", path, (int)getpid() % 100000);
-    int rc = DX_OK;
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        rc = dx_diag_set(diag, DX_EIO, 0, 0, "save: cannot write %s: %s", tmp,
-                         strerror(errno));
-    } else {
-        bool wrote = fwrite(text, 1, b.len, f) == b.len;
-        int err = errno;
-        if (fclose(f) != 0 && wrote) {
-            wrote = false;
-            err = errno;
-        }
-        if (!wrote) {
-            rc = dx_diag_set(diag, DX_EIO, 0, 0, "save: writing %s failed: %s",
-                             tmp, strerror(err));
-            unlink(tmp);
-        } else if (rename(tmp, path) != 0) {
-            rc = dx_diag_set(diag, DX_EIO, 0, 0, "save: cannot replace %s: %s",
-                             path, strerror(errno));
-            unlink(tmp);
-        }
-    }
-    dx_free(tmp);
+    int rc = dx__write_file_atomic(path, text, b.len, diag);
+    if (rc != DX_OK)
+        dx_diag_prefix(diag, "save");
     dx__sb_free(&b);
     return rc;
 }
@@ -389,22 +360,13 @@ int dx_module_load(dx_module *m, const char *path, dx_diag *diag)
     if (!m || !path)
         return dx_diag_set(diag, DX_EINVAL, 0, 0, "load: NULL argument");
     dx__pyjson_init();
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return dx_diag_set(diag, DX_EIO, 0, 0, "load: cannot open %s: %s", path,
-                           strerror(errno));
     dx__sb b;
     dx__sb_init(&b);
-    char chunk[16384];
-    size_t got;
-    while ((got = fread(chunk, 1, sizeof chunk, f)) > 0)
-        dx__sb_put(&b, chunk, got);
-    bool read_err = ferror(f);
-    fclose(f);
-    if (read_err || b.oom) {
+    int rrc = dx__read_file(path, &b, diag);
+    if (rrc != DX_OK) {
         dx__sb_free(&b);
-        return dx_diag_set(diag, read_err ? DX_EIO : DX_ENOMEM, 0, 0,
-                           "load: reading %s failed", path);
+        dx_diag_prefix(diag, "load");
+        return rrc;
     }
     int line = 0, col = 0;
     cJSON *state = dx__json_parse(b.p ? b.p : "", b.len, &line, &col);

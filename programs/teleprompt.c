@@ -1275,14 +1275,8 @@ int dx_tp_write_report(const dx_tp_result *r, const char *title,
                       r->trials[i].from_checkpoint ? "yes" : "");
     dx__sb_puts(&b, "</table>\n</body></html>\n");
     const char *text = dx__sb_cstr(&b);
-    int rc = DX_OK;
-    FILE *f = text ? fopen(path, "wb") : NULL;
-    if (!text)
-        rc = dx_diag_set(diag, DX_ENOMEM, 0, 0, "report: out of memory");
-    else if (!f || fwrite(text, 1, b.len, f) != b.len)
-        rc = dx_diag_set(diag, DX_EIO, 0, 0, "report: cannot write %s", path);
-    if (f && fclose(f) != 0 && rc == DX_OK)
-        rc = dx_diag_set(diag, DX_EIO, 0, 0, "report: cannot write %s", path);
+    int rc = text ? dx__write_file_atomic(path, text, b.len, diag)
+                  : dx_diag_set(diag, DX_ENOMEM, 0, 0, "report: out of memory");
     dx__sb_free(&b);
     return rc;
 }
