@@ -78,7 +78,7 @@ static void base_worker(void *arg)
 typedef struct bench {
     long conc[8];
     int nconc;
-    double wall[8], cpu[8], base_cpu[8];
+    double wall[8], cpu[8], base_cpu[8], p50[8], p99[8];
     long errors;
     char first_error[DX_DIAG_MAX + 64];
     _Atomic int done;
@@ -131,6 +131,10 @@ static void bench_main(void *arg)
         int rc = dx_evaluate(prog, ds, &o, &r, &d);
         B.cpu[k] = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
         B.wall[k] = clock_s(CLOCK_MONOTONIC) - w0;
+        if (rc == DX_OK) {
+            B.p50[k] = r->latency_p50_ms;
+            B.p99[k] = r->latency_p99_ms;
+        }
         if (rc != DX_OK || r->n_errors) {
             if (B.errors++ == 0)
                 snprintf(B.first_error, sizeof B.first_error, "%s",
@@ -199,9 +203,9 @@ int main(int argc, char **argv)
         printf("RESULT sys=dspex bench=evaluate n=%ld latency_ms=%ld "
                "concurrency=%ld wall_s=%.3f ideal_s=%.3f ratio=%.4f "
                "cpu_us_per_example=%.1f baseline_cpu_us_per_example=%.1f "
-               "overhead_us=%.1f\n",
+               "overhead_us=%.1f example_p50_ms=%.1f example_p99_ms=%.1f\n",
                N, latency_ms, c, B.wall[k], ideal, B.wall[k] / ideal, cpu_us,
-               base_us, cpu_us - base_us);
+               base_us, cpu_us - base_us, B.p50[k], B.p99[k]);
     }
     return B.errors || BJ.errors ? 1 : 0;
 }
