@@ -21,6 +21,7 @@
 
 #include "dspex/alloc.h"
 #include "dspex/error.h"
+#include "codec_int.h"
 #include "dspex/sim.h"
 #include "lmserver_int.h"
 
@@ -1750,7 +1751,7 @@ void dx__lms_handle(dx_lmserver *srv, const dx__lms_request *rq,
     cJSON *req = NULL;
     if (astatus != 0) {
         send_error(rs, p, astatus, amsg);
-    } else if ((req = cJSON_ParseWithLength(rq->body, rq->body_len)) == NULL ||
+    } else if ((req = dx__jparse(rq->body, rq->body_len)) == NULL ||
                !cJSON_IsObject(req)) {
         send_error(rs, p, 400, bad_json_msg(p));
     } else if (e == E_EMBED) {

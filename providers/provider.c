@@ -152,12 +152,21 @@ char *dx__jprint(const cJSON *item)
     return cJSON_PrintUnformatted(item);
 }
 
+/* cJSON's parse functions record the last error position in a global, on
+ * every call — a data race when schedulers, the I/O thread and the local LM
+ * server parse at once. Every parse in providers/ goes through here, under
+ * one lock (a parse is microseconds; the lock is uncontended in practice). */
+static pthread_mutex_t parse_lock = PTHREAD_MUTEX_INITIALIZER;
+
 cJSON *dx__jparse(const char *s, size_t n)
 {
     dx__json_init();
     if (!s)
         return NULL;
-    return cJSON_ParseWithLength(s, n);
+    pthread_mutex_lock(&parse_lock);
+    cJSON *j = cJSON_ParseWithLength(s, n);
+    pthread_mutex_unlock(&parse_lock);
+    return j;
 }
 
 cJSON *dx__jadd_obj(dx__jb *b, cJSON *parent, const char *key)
