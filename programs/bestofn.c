@@ -91,13 +91,11 @@ static int feedback_signature(dx_signature **out)
     dx_type *list = NULL, *dict = NULL;
     dx_diag d = {0};
     int rc = DX_ENOMEM;
-    if (str && flt &&
-        dx_type_parse("list[str]", NULL, 0, &list, &d) == DX_OK &&
+    if (str && flt && dx_type_parse("list[str]", NULL, 0, &list, &d) == DX_OK &&
         dx_type_parse("dict[str, str]", NULL, 0, &dict, &d) == DX_OK) {
         const dx_field_spec f[] = {
             {"program_code", DX_FIELD_INPUT, str,
-             "The code of the program that we are analyzing", NULL, NULL,
-             NULL},
+             "The code of the program that we are analyzing", NULL, NULL, NULL},
             {"modules_defn", DX_FIELD_INPUT, str,
              "The definition of each module in the program, including its I/O",
              NULL, NULL, NULL},
@@ -172,7 +170,8 @@ static dx_module *make(dx_module *module, const dx_best_of_n_opts *opts,
         dx_module_free(module);
         return NULL;
     }
-    dx_module *m = dx_module_new(refine ? "Refine" : "BestOfN", bon_forward, b, bon_free, bon_copy);
+    dx_module *m = dx_module_new(refine ? "Refine" : "BestOfN", bon_forward, b,
+                                 bon_free, bon_copy);
     if (!m) {
         bon_free(b);
         dx_module_free(module);

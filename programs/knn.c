@@ -92,8 +92,8 @@ static char *example_text(const dx_example *ex, bool all)
     return dx__sb_take(&b);
 }
 
-static int vectorize(const dx_vectorizer *v, const char *const *texts,
-                     size_t n, float *out, size_t dim)
+static int vectorize(const dx_vectorizer *v, const char *const *texts, size_t n,
+                     float *out, size_t dim)
 {
     return v->fn ? v->fn(texts, n, out, dim, v->ud)
                  : dx_knn_bag_of_words(texts, n, out, dim, NULL);
@@ -240,8 +240,7 @@ static int knnfs_forward(dx_ctx *ctx, const dx_module *self,
     int rc = dx_knn_query(s->knn, inputs, idx, &n);
     if (rc != DX_OK) {
         dx_free(idx);
-        return dx_ctx_fail(ctx, rc, "%s: KNN: %s", self->path,
-                           dx_strerror(rc));
+        return dx_ctx_fail(ctx, rc, "%s: KNN: %s", self->path, dx_strerror(rc));
     }
     dx_dataset *near = dx_dataset_new();
     for (size_t i = 0; near && rc == DX_OK && i < n; i++) {
@@ -276,7 +275,8 @@ static int knnfs_forward(dx_ctx *ctx, const dx_module *self,
     rc = dx_bootstrap_fewshot(s->student, s->teacher, near, &o, &res, &d);
     dx_dataset_free(near);
     if (rc != DX_OK)
-        return dx_ctx_fail(ctx, rc, "%s: BootstrapFewShot on the %zu nearest "
+        return dx_ctx_fail(ctx, rc,
+                           "%s: BootstrapFewShot on the %zu nearest "
                            "examples: %s",
                            self->path, n, d.msg);
     dx_usage_acc_merge(&ctx->usage, &res->usage);
@@ -285,10 +285,9 @@ static int knnfs_forward(dx_ctx *ctx, const dx_module *self,
     return rc;
 }
 
-int dx_knn_fewshot(const dx_module *student, const dx_module *teacher,
-                   size_t k, const dx_dataset *trainset,
-                   const dx_vectorizer *vec, const dx_tp_opts *opts,
-                   dx_module **out, dx_diag *diag)
+int dx_knn_fewshot(const dx_module *student, const dx_module *teacher, size_t k,
+                   const dx_dataset *trainset, const dx_vectorizer *vec,
+                   const dx_tp_opts *opts, dx_module **out, dx_diag *diag)
 {
     if (out)
         *out = NULL;

@@ -44,8 +44,8 @@ static void *mcc_copy(const void *p)
 /* Python's s.strip().split("\n")[0].strip() into b. */
 static void first_line(dx__sb *b, const char *s)
 {
-    while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r' ||
-           *s == '\v' || *s == '\f')
+    while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r' || *s == '\v' ||
+           *s == '\f')
         s++;
     size_t n = strcspn(s, "\n");
     while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' ||
@@ -156,8 +156,8 @@ dx_module *dx_multi_chain_comparison_new(dx_signature *s, size_t m,
             .name = "rationale",
             .role = DX_FIELD_OUTPUT,
             .desc = "${corrected reasoning}",
-            .prefix =
-                "Accurate Reasoning: Thank you everyone. Let's now holistically",
+            .prefix = "Accurate Reasoning: Thank you everyone. Let's now "
+                      "holistically",
         };
         dx_signature *next = NULL;
         rc = dx_signature_prepend(cur, &f, &next, NULL);
@@ -174,7 +174,8 @@ dx_module *dx_multi_chain_comparison_new(dx_signature *s, size_t m,
     dx_module *p = dx_predict_new(cur, &po);
     dx_signature_unref(cur);
     mcc *c = dx_calloc(1, sizeof *c);
-    const dx_field *last = dx_signature_output(s, dx_signature_n_outputs(s) - 1);
+    const dx_field *last =
+        dx_signature_output(s, dx_signature_n_outputs(s) - 1);
     if (c)
         c->m = m;
     if (!p || !c || !(c->last_key = dx_strdup(last->name))) {
@@ -182,8 +183,8 @@ dx_module *dx_multi_chain_comparison_new(dx_signature *s, size_t m,
         mcc_free(c);
         return NULL;
     }
-    dx_module *mod =
-        dx_module_new("MultiChainComparison", mcc_forward, c, mcc_free, mcc_copy);
+    dx_module *mod = dx_module_new("MultiChainComparison", mcc_forward, c,
+                                   mcc_free, mcc_copy);
     if (!mod) {
         dx_module_free(p);
         mcc_free(c);

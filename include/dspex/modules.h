@@ -132,7 +132,7 @@ typedef struct dx_parallel_item {
 } dx_parallel_item;
 
 typedef struct dx_parallel_result {
-    size_t n;               /* = the number of inputs */
+    size_t n;                /* = the number of inputs */
     dx_parallel_item *items; /* input order */
     size_t n_errors;
     dx_usage_acc usage; /* every item's LM usage */

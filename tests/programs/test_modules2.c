@@ -107,8 +107,7 @@ Test(modules2, best_of_n_keeps_the_highest_reward_below_the_threshold)
     dx_example *in = question("Q?");
     dx_prediction *p = NULL;
     dx_diag d = {0};
-    cr_assert_eq(dx_module_call(m, in, NULL, &p, NULL, &d), DX_OK, "%s",
-                 d.msg);
+    cr_assert_eq(dx_module_call(m, in, NULL, &p, NULL, &d), DX_OK, "%s", d.msg);
     cr_assert_str_eq(dx_prediction_get_str(p, "answer", ""), "0.9");
     cr_assert_eq(dx_prediction_usage(p)->calls, 3);
     dx_prediction_free(p);
@@ -142,16 +141,14 @@ Test(modules2, best_of_n_failed_attempts_follow_fail_count)
     push_answer("0.1");
     dx_example_free(in);
     in = question("Q2?");
-    cr_assert_eq(dx_module_call(m, in, NULL, &p, NULL, &d), DX_OK, "%s",
-                 d.msg);
+    cr_assert_eq(dx_module_call(m, in, NULL, &p, NULL, &d), DX_OK, "%s", d.msg);
     cr_assert_str_eq(dx_prediction_get_str(p, "answer", ""), "0.3");
     dx_prediction_free(p);
     dx_example_free(in);
     dx_module_free(m);
-    cr_assert_null(dx_best_of_n_new(predict("q -> a"), &(dx_best_of_n_opts){
-                                                           .n = 0,
-                                                           .reward =
-                                                               numeric_reward}));
+    cr_assert_null(dx_best_of_n_new(
+        predict("q -> a"),
+        &(dx_best_of_n_opts){.n = 0, .reward = numeric_reward}));
 }
 
 Test(modules2, refine_gives_the_next_attempt_the_advice_as_hint)
@@ -186,9 +183,9 @@ Test(modules2, refine_gives_the_next_attempt_the_advice_as_hint)
     cr_assert_str_eq(h->name, "hint_");
     cr_assert_str_eq(h->desc, "A hint to the module from an earlier run");
     /* The caller's module is untouched. */
-    cr_assert_eq(
-        dx_signature_n_inputs(dx_predict_signature(dx_module_child(m, "module"))),
-        1);
+    cr_assert_eq(dx_signature_n_inputs(
+                     dx_predict_signature(dx_module_child(m, "module"))),
+                 1);
     dx_trace_free(&tr);
     dx_prediction_free(p);
     dx_example_free(in);
@@ -238,7 +235,8 @@ Test(modules2, multi_chain_comparison_has_dspy_fields_and_attempt_texts)
     cr_assert_str_eq(
         dx_signature_output(ps, 0)->prefix,
         "Accurate Reasoning: Thank you everyone. Let's now holistically");
-    cr_assert_str_eq(dx_signature_output(ps, 0)->desc, "${corrected reasoning}");
+    cr_assert_str_eq(dx_signature_output(ps, 0)->desc,
+                     "${corrected reasoning}");
     cr_assert_str_eq(dx_signature_output(ps, 1)->name, "answer");
     cr_assert(dx_predict_get_opts(inner)->has_temperature);
     cr_assert_eq(dx_predict_get_opts(inner)->temperature, 0.7);
@@ -318,7 +316,8 @@ static int slow_echo(dx_ctx *ctx, const dx_module *self,
     int i = (int)dx_example_get_num(inputs, "i", -1);
     int now = atomic_fetch_add(&running, 1) + 1;
     int seen = atomic_load(&most_running);
-    while (now > seen && !atomic_compare_exchange_weak(&most_running, &seen, now))
+    while (now > seen &&
+           !atomic_compare_exchange_weak(&most_running, &seen, now))
         ;
     dx_sleep(5 * (12 - i));
     atomic_fetch_sub(&running, 1);
