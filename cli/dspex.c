@@ -30,6 +30,7 @@
 #include "dspex/evaluate.h"
 #include "dspex/lm.h"
 #include "dspex/lmserver.h"
+#include "dspex/optimize.h"
 #include "dspex/program.h"
 #include "dspex/runtime.h"
 #include "dspex/sim.h"
@@ -600,12 +601,10 @@ static void help_prompt(void)
          "for these inputs, without calling an LM.");
 }
 
-static int cmd_prompt(int argc, char **argv)
+static int cmd_prompt_body(args *ap)
 {
-    args a = {0};
-    int rc = parse_args(argc, argv, &a, help_prompt);
-    if (rc)
-        return rc;
+    args a = *ap;
+    int rc = 0;
     dx_module *m = NULL;
     if ((rc = load_program(&a.c, a.npos ? a.pos[0] : NULL, &m)) != 0)
         return rc;
@@ -644,10 +643,19 @@ static int cmd_prompt(int argc, char **argv)
     dx_free(dv);
     dx_free(preds);
     dx_example_free(empty);
-    dx_example_free(a.c.inputs);
     dx_lm_request_free(req);
     dx_module_free(m);
     return rc == DX_OK ? 0 : 1;
+}
+
+static int cmd_prompt(int argc, char **argv)
+{
+    args a = {0};
+    int rc = parse_args(argc, argv, &a, help_prompt);
+    if (rc == 0)
+        rc = cmd_prompt_body(&a);
+    dx_example_free(a.c.inputs); /* --input values, whatever happened */
+    return rc;
 }
 
 /* ---- run ------------------------------------------------------------------ */
@@ -662,12 +670,10 @@ static void help_run(void)
         "$DSPEX_MODEL, else the offline simulator sim/base.");
 }
 
-static int cmd_run(int argc, char **argv)
+static int cmd_run_body(args *ap)
 {
-    args a = {0};
-    int rc = parse_args(argc, argv, &a, help_run);
-    if (rc)
-        return rc;
+    args a = *ap;
+    int rc = 0;
     dx_module *m = NULL;
     if ((rc = load_program(&a.c, a.npos ? a.pos[0] : NULL, &m)) != 0)
         return rc;
@@ -707,9 +713,18 @@ static int cmd_run(int argc, char **argv)
     }
     dx_prediction_free(pred);
     stop_lm();
-    dx_example_free(a.c.inputs);
     dx_module_free(m);
     return rc == DX_OK ? 0 : 1;
+}
+
+static int cmd_run(int argc, char **argv)
+{
+    args a = {0};
+    int rc = parse_args(argc, argv, &a, help_run);
+    if (rc == 0)
+        rc = cmd_run_body(&a);
+    dx_example_free(a.c.inputs); /* --input values, whatever happened */
+    return rc;
 }
 
 /* ---- datasets --------------------------------------------------------------- */
@@ -896,12 +911,10 @@ static void help_eval(void)
         "Evaluate the program on the dataset and print the score and a table.");
 }
 
-static int cmd_eval(int argc, char **argv)
+static int cmd_eval_body(args *ap)
 {
-    args a = {0};
-    int rc = parse_args(argc, argv, &a, help_eval);
-    if (rc)
-        return rc;
+    args a = *ap;
+    int rc = 0;
     if (a.npos != 2)
         return fail_usage("eval wants PROGRAM.json and DATA (see --help)");
     dx_metric metric;
@@ -944,6 +957,16 @@ static int cmd_eval(int argc, char **argv)
     dx_dataset_free(ds);
     dx_module_free(m);
     return rc == DX_OK ? 0 : 1;
+}
+
+static int cmd_eval(int argc, char **argv)
+{
+    args a = {0};
+    int rc = parse_args(argc, argv, &a, help_eval);
+    if (rc == 0)
+        rc = cmd_eval_body(&a);
+    dx_example_free(a.c.inputs); /* --input values, whatever happened */
+    return rc;
 }
 
 /* ---- optimize --------------------------------------------------------------- */
@@ -997,12 +1020,10 @@ static void progress_listener(void *arg)
     }
 }
 
-static int cmd_optimize(int argc, char **argv)
+static int cmd_optimize_body(args *ap)
 {
-    args a = {0};
-    int rc = parse_args(argc, argv, &a, help_optimize);
-    if (rc)
-        return rc;
+    args a = *ap;
+    int rc = 0;
     if (a.npos != 2 || !a.optimizer || !a.output)
         return fail_usage("optimize wants PROGRAM.json TRAIN.jsonl "
                           "--optimizer NAME -o OUT.json (see --help)");
@@ -1050,28 +1071,33 @@ static int cmd_optimize(int argc, char **argv)
     dx_module *best = NULL;
     dx_pid listener;
     dx_spawn(progress_listener, NULL, &listener);
-    if (which == 0) {
-        rc = dx_labeled_fewshot(
-            m, train, a.max_labeled ? (size_t)a.max_labeled : 16, true, &best);
-    } else if (which == 1) {
-        rc = dx_bootstrap_fewshot(m, NULL, train, &o, &r, &d);
-    } else if (which == 2) {
-        rc = dx_random_search(m, NULL, train, val, &o, &r, &d);
-    } else if (which == 3) {
-        dx_copro_opts cp = {0};
-        rc = dx_copro(m, train, &o, &cp, &r, &d);
-    } else {
-        dx_mipro_opts mp = {.seed = a.seed, .has_seed = a.seed != 0};
-        rc = dx_mipro(m, train, val, &o, &mp, &r, &d);
-    }
+    /* Supervised: a crash of the optimizer's process is restarted and
+     * resumes from the checkpoint (--checkpoint, else a temporary one). */
+    const dx_optimizer_kind kinds[] = {DX_OPT_LABELED, DX_OPT_BOOTSTRAP,
+                                       DX_OPT_RANDOM_SEARCH, DX_OPT_COPRO,
+                                       DX_OPT_MIPRO};
+    dx_optimize_spec spec = {
+        .kind = kinds[which],
+        .student = m,
+        .trainset = train,
+        .valset = val,
+        .opts = o,
+        .mipro = {.seed = a.seed, .has_seed = a.seed != 0},
+        .labeled_k = (size_t)a.max_labeled,
+    };
+    rc = dx_optimize(&spec, &r, &d);
     if (r) {
         best = r->program;
         r->program = NULL;
         if (r->score >= 0)
             printf("best score: %.2f\n", r->score);
-        printf("trials: %zu, LM calls: %lld (%lld cached), %.1f s\n",
-               r->n_trials, (long long)r->usage.calls,
-               (long long)r->usage.cached_calls, r->wall_s);
+        if (which != 0)
+            printf("trials: %zu, LM calls: %lld (%lld cached), %.1f s\n",
+                   r->n_trials, (long long)r->usage.calls,
+                   (long long)r->usage.cached_calls, r->wall_s);
+        if (r->restarts)
+            printf("the optimizer crashed and was restarted %zu time%s\n",
+                   r->restarts, r->restarts == 1 ? "" : "s");
     }
     if (rc == DX_OK) {
         rc = dx_program_save(best, a.output, &d);
@@ -1090,6 +1116,16 @@ static int cmd_optimize(int argc, char **argv)
     return rc == DX_OK ? 0 : 1;
 }
 
+static int cmd_optimize(int argc, char **argv)
+{
+    args a = {0};
+    int rc = parse_args(argc, argv, &a, help_optimize);
+    if (rc == 0)
+        rc = cmd_optimize_body(&a);
+    dx_example_free(a.c.inputs); /* --input values, whatever happened */
+    return rc;
+}
+
 /* ---- lm-server ---------------------------------------------------------------- */
 
 static void help_lm_server(void)
@@ -1101,12 +1137,10 @@ static void help_lm_server(void)
          "until SIGINT/SIGTERM. Prints \"listening on HOST:PORT\" when ready.");
 }
 
-static int cmd_lm_server(int argc, char **argv)
+static int cmd_lm_server_body(args *ap)
 {
-    args a = {0};
-    int rc = parse_args(argc, argv, &a, help_lm_server);
-    if (rc)
-        return rc;
+    args a = *ap;
+    int rc = 0;
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
@@ -1143,6 +1177,16 @@ static int cmd_lm_server(int argc, char **argv)
     sigwait(&set, &sig);
     dx_lmserver_stop_free(srv);
     return 0;
+}
+
+static int cmd_lm_server(int argc, char **argv)
+{
+    args a = {0};
+    int rc = parse_args(argc, argv, &a, help_lm_server);
+    if (rc == 0)
+        rc = cmd_lm_server_body(&a);
+    dx_example_free(a.c.inputs); /* --input values, whatever happened */
+    return rc;
 }
 
 /* ---- inspect ----------------------------------------------------------------- */
@@ -1264,12 +1308,10 @@ static int demo_eval(const dx_module *m, const dx_dataset *ds,
     return DX_OK;
 }
 
-static int cmd_demo(int argc, char **argv)
+static int cmd_demo_body(args *ap)
 {
-    args a = {0};
-    int rc = parse_args(argc, argv, &a, help_demo);
-    if (rc)
-        return rc;
+    args a = *ap;
+    int rc = 0;
     const char *task_name = a.task ? a.task : "capitals";
     dx_sim_task task;
     if (dx_sim_task_from_name(task_name, &task) != DX_OK)
@@ -1385,6 +1427,16 @@ static int cmd_demo(int argc, char **argv)
     dx_dataset_free(dev);
     dx_dataset_free(test);
     return rc == DX_OK ? 0 : 1;
+}
+
+static int cmd_demo(int argc, char **argv)
+{
+    args a = {0};
+    int rc = parse_args(argc, argv, &a, help_demo);
+    if (rc == 0)
+        rc = cmd_demo_body(&a);
+    dx_example_free(a.c.inputs); /* --input values, whatever happened */
+    return rc;
 }
 
 /* ---- main --------------------------------------------------------------------- */

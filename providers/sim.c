@@ -527,6 +527,283 @@ static void render(const prompt *pr, const dx__sim_solution *sol, bool solved,
         sb_str(o, "[[ ## completed ## ]]");
 }
 
+/* ---- acting as an agent ---------------------------------------------- */
+
+/* The twohop task played as an agent: search for the person, read the city
+ * from what came back, search for the city, read its country, finish. Every
+ * fact is read from the observations (the trajectory, or the tool results
+ * of a native tool-call conversation), never from the sim's own tables, so
+ * a tool that fails or returns garbage leaves the agent searching again
+ * until AGENT_MAX_STEPS, when it gives up and finishes. */
+
+#define AGENT_MAX_TOOLS 16
+#define AGENT_MAX_STEPS 5
+
+typedef struct agent_tools {
+    char name[AGENT_MAX_TOOLS][64];
+    char arg[AGENT_MAX_TOOLS][64]; /* first argument name; "" when none */
+    size_t n;
+} agent_tools;
+
+typedef struct agent_step {
+    char thought[DX__SIM_STEPS_MAX];
+    int tool;       /* index into the tools, -1: finish without a finish tool */
+    char args[256]; /* JSON object text */
+    bool finish;
+} agent_step;
+
+/* The first quoted key after "{" at p (Python repr or JSON quotes) into
+ * b; "" when the object is empty or p has none. */
+static void first_key(const char *p, char *b, size_t cap)
+{
+    b[0] = '\0';
+    if (!p)
+        return;
+    p = strchr(p, '{');
+    if (!p)
+        return;
+    p++;
+    while (isspace((unsigned char)*p))
+        p++;
+    if (*p != '\'' && *p != '"')
+        return;
+    char q = *p++;
+    size_t n = strcspn(p, q == '\'' ? "'" : "\"");
+    snprintf(b, cap, "%.*s", (int)n, p);
+}
+
+/* Tools of a text ReAct prompt: the choices of next_tool_name's Literal
+ * type, each tool's first argument from its "(N) name, whose description
+ * is ... It takes arguments {...}." line in the instructions. */
+static void react_tools(const prompt *pr, const char *sys, agent_tools *t)
+{
+    t->n = 0;
+    for (size_t i = 0; i < pr->n_out; i++) {
+        if (strcmp(pr->out[i].name, "next_tool_name") != 0)
+            continue;
+        const char *s = pr->out[i].type;
+        if (strncmp(s, "Literal[", 8) != 0)
+            return;
+        s += 8;
+        while (*s && *s != ']' && t->n < AGENT_MAX_TOOLS) {
+            while (*s == ' ' || *s == ',')
+                s++;
+            if (*s != '\'' && *s != '"')
+                break;
+            char q = *s++;
+            size_t n = strcspn(s, q == '\'' ? "'" : "\"");
+            snprintf(t->name[t->n], sizeof t->name[0], "%.*s", (int)n, s);
+            t->arg[t->n][0] = '\0';
+            t->n++;
+            s += n;
+            if (*s)
+                s++;
+        }
+    }
+    for (size_t i = 0; i < t->n && sys; i++) {
+        char pat[96];
+        snprintf(pat, sizeof pat, ") %s", t->name[i]);
+        for (const char *p = strstr(sys, pat); p; p = strstr(p + 1, pat)) {
+            char after = p[strlen(pat)];
+            if (after != ',' && after != '.' && after != ' ')
+                continue;
+            const char *line_end = strchr(p, '\n');
+            const char *a = strstr(p, "It takes arguments {");
+            if (a && (!line_end || a < line_end))
+                first_key(a + strlen("It takes arguments "), t->arg[i],
+                          sizeof t->arg[0]);
+            break;
+        }
+    }
+}
+
+/* Tools of a native tool-call request: names and the first property of
+ * each parameters schema. */
+static void native_tools(const dx_lm_request *req, agent_tools *t)
+{
+    t->n = 0;
+    for (size_t i = 0; i < req->n_tools && t->n < AGENT_MAX_TOOLS; i++) {
+        snprintf(t->name[t->n], sizeof t->name[0], "%s", req->tools[i].name);
+        const char *props =
+            req->tools[i].parameters
+                ? strstr(req->tools[i].parameters, "\"properties\"")
+                : NULL;
+        if (props)
+            first_key(props + strlen("\"properties\""), t->arg[t->n],
+                      sizeof t->arg[0]);
+        else
+            t->arg[t->n][0] = '\0';
+        t->n++;
+    }
+}
+
+static int find_tool(const agent_tools *t, const char *name)
+{
+    for (size_t i = 0; i < t->n; i++)
+        if (strcmp(t->name[i], name) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* The tool to search with: one named like a search, else the first that
+ * is not finish; -1 if none. */
+static int search_tool(const agent_tools *t)
+{
+    static const char *const likes[] = {"search", "retriev", "lookup", "wiki"};
+    for (size_t k = 0; k < sizeof likes / sizeof *likes; k++)
+        for (size_t i = 0; i < t->n; i++) {
+            char low[64];
+            size_t n = 0;
+            for (; t->name[i][n] && n + 1 < sizeof low; n++)
+                low[n] = (char)tolower((unsigned char)t->name[i][n]);
+            low[n] = '\0';
+            if (strstr(low, likes[k]))
+                return (int)i;
+        }
+    for (size_t i = 0; i < t->n; i++)
+        if (strcmp(t->name[i], "finish") != 0)
+            return (int)i;
+    return -1;
+}
+
+/* "<subject><link>X." in text: X (up to '.', ',' or a line end). */
+static bool read_fact(const char *text, const char *subject, const char *link,
+                      char *b, size_t cap)
+{
+    char pat[160];
+    snprintf(pat, sizeof pat, "%s%s", subject, link);
+    const char *p = strstr(text, pat);
+    if (!p)
+        return false;
+    p += strlen(pat);
+    size_t n = strcspn(p, ".,\n\"'\xc2");
+    while (n > 0 && p[n - 1] == ' ')
+        n--;
+    if (n == 0 || n >= cap)
+        return false;
+    snprintf(b, cap, "%.*s", (int)n, p);
+    return true;
+}
+
+static void set_args(agent_step *s, const agent_tools *t, int tool,
+                     const char *value)
+{
+    sb a = {0};
+    sb_str(&a, "{");
+    if (t->arg[tool][0]) {
+        sb_json_str(&a, t->arg[tool]);
+        sb_str(&a, ": ");
+        sb_json_str(&a, value);
+    }
+    sb_str(&a, "}");
+    snprintf(s->args, sizeof s->args, "%s", a.p && !a.bad ? a.p : "{}");
+    dx_free(a.p);
+}
+
+/* The next step for question text q given the observations obs after
+ * `steps` tool calls. false when q is no twohop question. */
+static bool agent_decide(const char *q, const char *obs, const agent_tools *t,
+                         size_t steps, agent_step *s)
+{
+    char person[64], city[96], country[96];
+    if (!dx__sim_twohop_person(q, person, sizeof person))
+        return false;
+    memset(s, 0, sizeof *s);
+    snprintf(s->args, sizeof s->args, "{}");
+    bool have_city = read_fact(obs, person, " was born in ", city, sizeof city);
+    bool have_country = have_city && read_fact(obs, city, " is a city in ",
+                                               country, sizeof country);
+    int search = search_tool(t);
+    if (have_country) {
+        snprintf(s->thought, sizeof s->thought,
+                 "%s was born in %s, and %s is a city in %s. I now have "
+                 "everything needed to answer.",
+                 person, city, city, country);
+        s->finish = true;
+    } else if (search < 0 || steps >= AGENT_MAX_STEPS) {
+        snprintf(s->thought, sizeof s->thought,
+                 "I could not find where %s was born and in which "
+                 "country; I finish with what I have.",
+                 person);
+        s->finish = true;
+    } else if (have_city) {
+        snprintf(s->thought, sizeof s->thought,
+                 "%s was born in %s. Next I need the country %s is in, so "
+                 "I search for %s.",
+                 person, city, city, city);
+        s->tool = search;
+        set_args(s, t, search, city);
+    } else {
+        snprintf(s->thought, sizeof s->thought,
+                 "I need to find the city where %s was born, so I search "
+                 "for %s.",
+                 person, person);
+        s->tool = search;
+        set_args(s, t, search, person);
+    }
+    if (s->finish)
+        s->tool = find_tool(t, "finish");
+    return true;
+}
+
+static void count_steps_fn(const char *name, size_t nl, const char *val,
+                           size_t vl, void *ud)
+{
+    (void)val, (void)vl;
+    if (nl > 10 && strncmp(name, "tool_name_", 10) == 0)
+        (*(size_t *)ud)++;
+}
+
+/* A ReAct step answer: next_thought, next_tool_name, next_tool_args in the
+ * prompt's format (other outputs get fillers). */
+static void render_react(const prompt *pr, const agent_tools *t,
+                         const agent_step *s, sb *o)
+{
+    if (pr->json)
+        sb_str(o, "{\n");
+    for (size_t i = 0; i < pr->n_out; i++) {
+        const char *name = pr->out[i].name;
+        char v[DX__SIM_STEPS_MAX];
+        bool quoted = true;
+        if (strcmp(name, "next_thought") == 0)
+            snprintf(v, sizeof v, "%s", s->thought);
+        else if (strcmp(name, "next_tool_name") == 0)
+            snprintf(v, sizeof v, "%s",
+                     s->tool >= 0 ? t->name[s->tool] : "finish");
+        else if (strcmp(name, "next_tool_args") == 0) {
+            snprintf(v, sizeof v, "%s", s->args);
+            quoted = false;
+        } else {
+            filler(&pr->out[i], pr->json, v, sizeof v);
+        }
+        if (pr->json) {
+            sb_str(o, "  ");
+            sb_json_str(o, name);
+            sb_str(o, ": ");
+            if (quoted)
+                sb_json_str(o, v);
+            else
+                sb_str(o, v);
+            sb_str(o, i + 1 < pr->n_out ? ",\n" : "\n");
+        } else {
+            sb_str(o, "[[ ## ");
+            sb_str(o, name);
+            sb_str(o, " ## ]]\n");
+            sb_str(o, v);
+            sb_str(o, "\n\n");
+        }
+    }
+    sb_str(o, pr->json ? "}" : "[[ ## completed ## ]]");
+}
+
+static bool has_output(const prompt *pr, const char *name)
+{
+    for (size_t i = 0; i < pr->n_out; i++)
+        if (strcmp(pr->out[i].name, name) == 0)
+            return true;
+    return false;
+}
+
 static int64_t words(const char *s)
 {
     int64_t n = 0;
@@ -537,6 +814,67 @@ static int64_t words(const char *s)
         in = w;
     }
     return n;
+}
+
+/* A response of n identical choices: text, and when call is set one tool
+ * call (finish reason tool_calls). */
+static int agent_response(const dx_lm_request *req, const profile *pf,
+                          uint64_t hall, int n_choices, const char *text,
+                          const char *call_name, const char *call_args,
+                          dx_lm_response **out)
+{
+    dx_lm_response *r = dx_calloc(1, sizeof *r);
+    if (!r)
+        return DX_ENOMEM;
+    int64_t out_words = 0;
+    r->choices = dx_calloc((size_t)n_choices, sizeof *r->choices);
+    if (!r->choices)
+        goto oom;
+    r->n_choices = (size_t)n_choices;
+    for (int c = 0; c < n_choices; c++) {
+        dx_lm_choice *ch = &r->choices[c];
+        if (!(ch->text = dx_strdup(text)))
+            goto oom;
+        out_words += words(text);
+        ch->finish = call_name ? DX_LM_FINISH_TOOL_CALLS : DX_LM_FINISH_STOP;
+        if (!(ch->finish_raw = dx_strdup(call_name ? "tool_calls" : "stop")))
+            goto oom;
+        if (!call_name)
+            continue;
+        ch->tool_calls = dx_calloc(1, sizeof *ch->tool_calls);
+        if (!ch->tool_calls)
+            goto oom;
+        ch->n_tool_calls = 1;
+        char id[48];
+        snprintf(id, sizeof id, "call_%016llx",
+                 (unsigned long long)dx__sim_mix(hall + (uint64_t)c));
+        ch->tool_calls[0].id = dx_strdup(id);
+        ch->tool_calls[0].name = dx_strdup(call_name);
+        ch->tool_calls[0].arguments = dx_strdup(call_args);
+        if (!ch->tool_calls[0].id || !ch->tool_calls[0].name ||
+            !ch->tool_calls[0].arguments)
+            goto oom;
+        out_words += words(call_args);
+    }
+    int64_t in_words = 0;
+    for (size_t i = 0; i < req->n_messages; i++)
+        in_words += words(req->messages[i].content);
+    char id[40], name[80];
+    snprintf(id, sizeof id, "sim-%016llx", (unsigned long long)hall);
+    snprintf(name, sizeof name, "sim/%s", pf->name);
+    r->id = dx_strdup(id);
+    r->model = dx_strdup(name);
+    if (!r->id || !r->model)
+        goto oom;
+    r->has_usage = true;
+    r->usage.input_tokens = in_words;
+    r->usage.output_tokens = out_words;
+    r->usage.total_tokens = in_words + out_words;
+    *out = r;
+    return DX_OK;
+oom:
+    dx_lm_response_free(r);
+    return DX_ENOMEM;
 }
 
 static int fail(dx_lm_error *err, const char *msg)
@@ -599,6 +937,70 @@ int dx_sim_complete(const dx_lm_request *req, const char *model,
         return DX_ENOMEM;
     }
     const char *inputs = in.text.p ? in.text.p : user;
+
+    /* Agents. Native tool calling (the request offers tools): the tool
+     * results after the last user message are the observations, and once
+     * the sim has what it needs it answers in text (or calls a "finish"
+     * tool when one is offered) from the inputs plus those results. A
+     * ReAct step prompt (output next_tool_name): the trajectory in the
+     * inputs is the observations. */
+    sb obs = {0};
+    agent_tools tools;
+    agent_step step;
+    bool native =
+        req->n_tools > 0 && req->tool_choice != DX_LM_TOOL_CHOICE_NONE;
+    bool answered = false; /* as an agent: arc is the outcome */
+    int arc = DX_OK;
+    uint64_t hagent = dx__sim_hash_str(0, pf->name);
+    for (size_t i = 0; i < req->n_messages; i++)
+        hagent = dx__sim_hash_str(hagent, req->messages[i].content);
+    if (native) {
+        size_t steps = 0;
+        sb_str(&obs, inputs);
+        for (size_t i = last_user + 1; i < req->n_messages; i++) {
+            const dx_lm_message *msg = &req->messages[i];
+            steps += msg->role == DX_LM_ASSISTANT && msg->n_tool_calls > 0;
+            sb_str(&obs, "\n");
+            sb_str(&obs, msg->content);
+        }
+        if (obs.bad) {
+            answered = true;
+            arc = DX_ENOMEM;
+        } else {
+            native_tools(req, &tools);
+            if (agent_decide(inputs, obs.p, &tools, steps, &step) &&
+                step.tool >= 0) {
+                answered = true;
+                arc = agent_response(req, pf, hagent, n_choices, step.thought,
+                                     tools.name[step.tool], step.args, out);
+            }
+            inputs = obs.p;
+        }
+    } else if (has_output(&pr, "next_tool_name")) {
+        size_t steps = 0;
+        sections(user, count_steps_fn, &steps);
+        react_tools(&pr, req->messages[0].content, &tools);
+        if (!agent_decide(inputs, inputs, &tools, steps, &step)) {
+            memset(&step, 0, sizeof step);
+            snprintf(step.thought, sizeof step.thought,
+                     "I do not recognise this task, so I finish.");
+            snprintf(step.args, sizeof step.args, "{}");
+            step.finish = true;
+            step.tool = find_tool(&tools, "finish");
+        }
+        sb text = {0};
+        answered = true;
+        render_react(&pr, &tools, &step, &text);
+        arc = text.bad ? DX_ENOMEM
+                       : agent_response(req, pf, hagent, n_choices, text.p,
+                                        NULL, NULL, out);
+        dx_free(text.p);
+    }
+    if (answered) {
+        dx_free(obs.p);
+        dx_free(in.text.p);
+        return arc;
+    }
 
     uint64_t hin = dx__sim_hash_str(dx__sim_hash_str(0, pf->name), inputs);
     uint64_t hall = hin;
@@ -690,6 +1092,7 @@ out:
             dx_free(texts[c].p);
     dx_free(texts);
     dx_free(in.text.p);
+    dx_free(obs.p);
     dx_lm_response_free(r);
     return rc;
 }

@@ -62,6 +62,10 @@ int dx__sim_jsonl(dx_sim_task t, const dx__sim_item *items, size_t n,
  * h picks among wrong answers. false when no task is recognised. */
 bool dx__sim_solve(const char *text, uint64_t h, dx__sim_solution *out);
 
+/* The person a twohop question in text asks about ("In which country was
+ * NAME born?", NAME one of the task's people) into name; false if none. */
+bool dx__sim_twohop_person(const char *text, char *name, size_t cap);
+
 /* Words that, found in the instructions, tell the sim what the task is. */
 const char *const *dx__sim_task_keywords(dx_sim_task t);
 

@@ -882,6 +882,25 @@ static bool solve_twohop(const char *text, uint64_t h, dx__sim_solution *o)
     return false;
 }
 
+bool dx__sim_twohop_person(const char *text, char *name, size_t cap)
+{
+    static const char pre[] = "In which country was ";
+    for (const char *p = text ? strstr(text, pre) : NULL; p;
+         p = strstr(p + 1, pre)) {
+        const char *q = p + sizeof pre - 1;
+        for (size_t i = 0; i < N_PEOPLE; i++) {
+            char nm[64];
+            person_name(i, nm, sizeof nm);
+            size_t nl = strlen(nm);
+            if (strncmp(q, nm, nl) == 0 && strncmp(q + nl, " born?", 6) == 0) {
+                snprintf(name, cap, "%s", nm);
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
 bool dx__sim_solve(const char *text, uint64_t h, dx__sim_solution *out)
 {
     memset(out, 0, sizeof *out);

@@ -99,6 +99,9 @@ typedef struct dx_tp_result {
     size_t n_bootstrapped; /* examples whose traces became demos */
     dx_usage_acc usage;    /* every LM call the optimizer made */
     double wall_s;
+    /* dx_optimize (optimize.h): times the optimizer's process was
+     * restarted after a crash; 0 from a direct call. */
+    size_t restarts;
 } dx_tp_result;
 
 DX_API void dx_tp_result_free(dx_tp_result *r);
@@ -177,13 +180,31 @@ typedef enum dx_mipro_auto {
  * random search makes its candidates (zero-shot, labeled, bootstrapped,
  * shuffled bootstraps; opts' max_bootstrapped_demos and max_labeled_demos,
  * whose MIPRO defaults are 4 and 4); (2) instruction candidates per
- * predictor from DSPy's grounded proposer (demos of the task, a random
- * prompting tip), the current instruction first;
+ * predictor from DSPy's grounded proposer, the current instruction first.
+ * The proposer is grounded as DSPy's is by default: a dataset summary
+ * (the prompt LM writes observations on the trainset 10 examples at a
+ * time, at most 10 calls, stopping after 5 answers of COMPLETE, then
+ * summarises them), a description of the program and of the predictor
+ * (two calls per proposal), demos of the task and a random prompting tip.
+ * One difference: DSPy shows the LM the program's Python source; dspex
+ * has none, so the "program_code" it shows is the program's structure as
+ * text (its type name, then each predictor's path, signature and
+ * instructions). Examples are shown as DSPy shows them, Python's repr of
+ * the Example objects; see mipro.c for where that rendering differs.
  * (3) num_trials trials of a seeded TPE sampler over (instruction, demo
  * set) per predictor, each scored on a minibatch of the valset, the
  * best-averaging untried combination fully evaluated every
  * minibatch_full_eval_steps trials and at the end. Without minibatches
- * every trial is a full evaluation. */
+ * every trial is a full evaluation.
+ *
+ * Every proposer call goes to the prompt LM at DSPy's temperatures (1.0
+ * for the dataset summary, init_temperature for the rest), counts against
+ * max_lm_calls / max_cost_usd, and is checkpointed (the summary, each
+ * proposal's descriptions and instruction), so a resumed run asks the LM
+ * nothing it already answered. As in DSPy, a summary or description the
+ * LM fails to give is left out (the dataset description field is dropped;
+ * the descriptions read "Not available" / "Not provided") rather than
+ * stopping the run. */
 typedef struct dx_mipro_opts {
     dx_mipro_auto auto_mode;
     size_t num_candidates; /* AUTO_NONE: demo sets and instructions */
@@ -194,14 +215,20 @@ typedef struct dx_mipro_opts {
     int64_t seed;                     /* DSPy's default 9 when has_seed */
     bool has_seed;
     double init_temperature; /* proposer temperature; 0 = 1.0 */
-    /* The proposer's parts DSPy turns on by default. (Not yet done: the
-     * dataset summary and the program-aware description; the proposer
-     * runs as DSPy's does with those switched off.) */
+    /* The proposer's parts DSPy turns on by default (its
+     * fewshot_aware_proposer and tip_aware_proposer; the dataset summary
+     * and the program description are switched off at the end). */
     bool no_task_demos;
     bool no_tip;
     const char *prompt_lm_name; /* NULL: the run's LM */
     /* Zero-shot: no demo sets (DSPy: both demo limits 0). */
     bool zero_shot;
+    /* DSPy's data_aware_proposer=False: no dataset summary (saves up to 11
+     * prompt-LM calls). */
+    bool no_data_summary;
+    /* DSPy's program_aware_proposer=False: no program and predictor
+     * descriptions (saves 2 prompt-LM calls per proposal). */
+    bool no_program_description;
 } dx_mipro_opts;
 
 /* trainset and valset (NULL: the last 80% of trainset, as DSPy). Trials:

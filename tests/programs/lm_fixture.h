@@ -8,6 +8,7 @@
 #define DSPEX_TEST_LM_FIXTURE_H
 
 #include <criterion/criterion.h>
+#include <stdint.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <time.h>
@@ -80,17 +81,20 @@ static inline uint64_t upstream_requests(void)
     return st.requests;
 }
 
-/* End the calling process abnormally. A null write where the runtime
- * isolates faults; under ThreadSanitizer (no fault isolation there, see
+/* End the calling process abnormally. A write to an unmapped address
+ * where the runtime isolates faults (not address 0: a null write is
+ * undefined behaviour that UndefinedBehaviorSanitizer stops at before the
+ * fault); under ThreadSanitizer (no fault isolation there, see
  * docs/internals/runtime.md) an exit with a non-normal reason, which the
  * caller sees the same way: the process died. */
+static volatile uintptr_t crash_address = 64; /* never mapped */
+
 static void crash_now(void)
 {
 #if DX_SANITIZE_THREAD
     dx_exit_self(dx_atom("crashed"));
 #else
-    volatile int *nowhere = NULL;
-    *nowhere = 1;
+    *(volatile int *)crash_address = 1;
 #endif
 }
 

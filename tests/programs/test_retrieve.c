@@ -1,0 +1,700 @@
+/*
+ * test_retrieve.c — retrieval (retrieve.h) and the sim model as an agent:
+ * BM25 scores and order against the formula worked by hand, k, the
+ * tokenizer, corpus errors naming file:line; embeddings retrieval against
+ * the local LM server; RAG over the sim's twohop corpus against a
+ * no-retrieval baseline; the sim answering DSPy ReAct step prompts (built
+ * by the real adapter) and native tool-call requests.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dspex/adapter.h"
+#include "dspex/alloc.h"
+#include "dspex/evaluate.h"
+#include "dspex/lm.h"
+#include "dspex/retrieve.h"
+#include "dspex/runtime.h"
+#include "dspex/sim.h"
+
+/* ---- BM25 ------------------------------------------------------------- */
+
+static dx_bm25 *small_index(void)
+{
+    dx_bm25 *ix = NULL;
+    cr_assert_eq(dx_bm25_new(NULL, &ix), DX_OK);
+    cr_assert_eq(dx_bm25_add(ix, "The cat sat on the mat", "t0", "a"), DX_OK);
+    cr_assert_eq(dx_bm25_add(ix, "the dog sat", NULL, NULL), DX_OK);
+    cr_assert_eq(dx_bm25_add(ix, "Cat, cat; dog!", NULL, "c"), DX_OK);
+    return ix;
+}
+
+/* Okapi BM25 term weight, k1 = 1.2, b = 0.75. */
+static double w(double tf, double dl, double avgdl, double n, double df)
+{
+    double idf = log(1.0 + (n - df + 0.5) / (df + 0.5));
+    return idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * dl / avgdl));
+}
+
+Test(bm25, ranks_by_okapi_score_with_the_documented_formula, .timeout = 10)
+{
+    dx_bm25 *ix = small_index();
+    dx_passages *p = NULL;
+    /* lengths 6, 3, 3: avgdl 4; "cat" in docs 0 (tf 1) and 2 (tf 2) */
+    cr_assert_eq(dx_bm25_search(ix, "CAT", 10, &p), DX_OK);
+    cr_assert_eq(p->n, 2);
+    cr_assert_str_eq(p->items[0].text, "Cat, cat; dog!");
+    cr_assert_str_eq(p->items[0].id, "c");
+    cr_assert_eq(p->items[0].index, 2);
+    cr_assert_float_eq(p->items[0].score, w(2, 3, 4, 3, 2), 1e-12);
+    cr_assert_str_eq(p->items[1].title, "t0");
+    cr_assert_float_eq(p->items[1].score, w(1, 6, 4, 3, 2), 1e-12);
+    dx_passages_free(p);
+
+    /* "dog sat": doc 1 has both, docs 0 and 2 one each */
+    cr_assert_eq(dx_bm25_search(ix, "dog sat", 10, &p), DX_OK);
+    cr_assert_eq(p->n, 3);
+    cr_assert_eq(p->items[0].index, 1);
+    cr_assert_float_eq(p->items[0].score, w(1, 3, 4, 3, 2) * 2, 1e-12);
+    /* doc 2 (dog, length 3) beats doc 0 (sat, length 6) */
+    cr_assert_eq(p->items[1].index, 2);
+    cr_assert_eq(p->items[2].index, 0);
+    dx_passages_free(p);
+
+    /* nothing shared: no passages */
+    cr_assert_eq(dx_bm25_search(ix, "zebra", 10, &p), DX_OK);
+    cr_assert_eq(p->n, 0);
+    dx_passages_free(p);
+    dx_bm25_free(ix);
+}
+
+Test(bm25, k_limits_results_and_ties_keep_corpus_order, .timeout = 10)
+{
+    dx_bm25 *ix = small_index();
+    cr_assert_eq(dx_bm25_add(ix, "the dog sat", NULL, "dup"), DX_OK);
+    dx_passages *p = NULL;
+    cr_assert_eq(dx_bm25_search(ix, "dog sat", 1, &p), DX_OK);
+    cr_assert_eq(p->n, 1);
+    cr_assert_eq(p->items[0].index, 1); /* equal to doc 3; first wins */
+    dx_passages_free(p);
+    cr_assert_eq(dx_bm25_search(ix, "dog sat", 2, &p), DX_OK);
+    cr_assert_eq(p->n, 2);
+    cr_assert_str_eq(p->items[1].id, "dup");
+    cr_assert_float_eq(p->items[0].score, p->items[1].score, 1e-12);
+    dx_passages_free(p);
+    cr_assert_eq(dx_bm25_search(ix, "dog", 0, &p), DX_EINVAL);
+    cr_assert_null(p);
+    dx_bm25_free(ix);
+}
+
+Test(bm25, tokenizer_lowercases_splits_and_drops_stopwords, .timeout = 10)
+{
+    char **t = NULL;
+    size_t n = 0;
+    cr_assert_eq(
+        dx_bm25_tokenize("The Cat's hat, in 2024! caf\xc3\xa9", false, &t, &n),
+        DX_OK);
+    const char *want[] = {"the", "cat",  "s",          "hat",
+                          "in",  "2024", "caf\xc3\xa9"};
+    cr_assert_eq(n, 7);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_str_eq(t[i], want[i]);
+    dx_tokens_free(t, n);
+    cr_assert_eq(dx_bm25_tokenize("The Cat's hat, in 2024!", true, &t, &n),
+                 DX_OK);
+    cr_assert_eq(n, 4);
+    cr_assert_str_eq(t[0], "cat");
+    cr_assert_str_eq(t[3], "2024");
+    dx_tokens_free(t, n);
+
+    /* with stopwords on, "the" neither indexes nor matches */
+    dx_bm25 *ix = NULL;
+    dx_bm25_opts o = DX_BM25_DEFAULTS;
+    o.stopwords = true;
+    cr_assert_eq(dx_bm25_new(&o, &ix), DX_OK);
+    cr_assert_eq(dx_bm25_add(ix, "the end", NULL, NULL), DX_OK);
+    dx_passages *p = NULL;
+    cr_assert_eq(dx_bm25_search(ix, "the", 3, &p), DX_OK);
+    cr_assert_eq(p->n, 0);
+    dx_passages_free(p);
+    dx_bm25_free(ix);
+    o.b = 1.5;
+    cr_assert_eq(dx_bm25_new(&o, &ix), DX_EINVAL);
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+Test(bm25, corpus_files_load_and_errors_name_file_and_line, .timeout = 10)
+{
+    char path[] = "/tmp/dx_corpus_XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    dx_bm25 *ix = NULL;
+    cr_assert_eq(dx_bm25_new(NULL, &ix), DX_OK);
+    dx_diag d = {0};
+
+    write_file(path, "{\"text\": \"alpha beta\", \"id\": 7}\n\n"
+                     "{\"text\": \"gamma\", \"title\": \"G\"}\n");
+    cr_assert_eq(dx_bm25_load(ix, path, &d), DX_OK, "%s", d.msg);
+    cr_assert_eq(dx_bm25_size(ix), 2);
+    dx_passages *p = NULL;
+    cr_assert_eq(dx_bm25_search(ix, "alpha", 1, &p), DX_OK);
+    cr_assert_str_eq(p->items[0].id, "7");
+    dx_passages_free(p);
+
+    static const struct {
+        const char *text;
+        const char *want;
+    } bad[] = {
+        {"{\"text\": \"ok\"}\n\n{\"title\": \"x\"}\n",
+         ":3: \"text\" is missing"},
+        {"{\"text\": \"ok\"}\n{\"text\": 5}\n", ":2: \"text\" is not a string"},
+        {"{\"text\": \"ok\"}\n{\"text\": \"a\",}\n", ":2: "},
+        {"[1]\n", ":1: expected a JSON object"},
+        {"{\"text\": \"a\", \"id\": [1]}\n", ":1: \"id\" is not"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        write_file(path, bad[i].text);
+        dx_diag_clear(&d);
+        cr_assert_eq(dx_bm25_load(ix, path, &d), DX_ESYNTAX, "case %zu", i);
+        char want[256];
+        snprintf(want, sizeof want, "%s%s", path, bad[i].want);
+        cr_assert(strstr(d.msg, want) != NULL, "case %zu: %s", i, d.msg);
+        /* all or nothing: the good first line was not kept */
+        cr_assert_eq(dx_bm25_size(ix), 2);
+    }
+    unlink(path);
+    cr_assert_eq(dx_bm25_load(ix, path, &d), DX_EIO);
+    cr_assert(strstr(d.msg, path) != NULL);
+    dx_bm25_free(ix);
+}
+
+/* ---- a user retriever through the behaviour --------------------------- */
+
+static int fixed_search(void *state, const char *query, size_t k,
+                        dx_passages **out, dx_diag *diag)
+{
+    (void)state, (void)k;
+    if (strcmp(query, "fail") == 0)
+        return dx_diag_set(diag, DX_EIO, 0, 0, "backend down");
+    dx_passages *p = dx_calloc(1, sizeof *p);
+    p->items = dx_calloc(1, sizeof *p->items);
+    p->items[0].text = dx_strdup(query);
+    p->n = 1;
+    *out = p;
+    return DX_OK;
+}
+
+static const dx_retriever_ops fixed_ops = {
+    .name = "echo", .version = DX_RETRIEVER_VERSION, .search = fixed_search};
+
+Test(retriever, user_retrievers_plug_into_the_behaviour, .timeout = 10)
+{
+    dx_retriever *r = NULL;
+    cr_assert_eq(dx_retriever_new(&fixed_ops, NULL, &r), DX_OK);
+    cr_assert_str_eq(dx_retriever_name(r), "echo");
+    dx_passages *p = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_retriever_search(r, "hi", 3, &p, &d), DX_OK);
+    cr_assert_str_eq(p->items[0].text, "hi");
+    dx_passages_free(p);
+    cr_assert_eq(dx_retriever_search(r, "fail", 3, &p, &d), DX_EIO);
+    cr_assert_str_eq(d.msg, "backend down");
+    dx_retriever_unref(r);
+    dx_retriever_ops old = fixed_ops;
+    old.version = 99;
+    cr_assert_eq(dx_retriever_new(&old, NULL, &r), DX_EINVAL);
+}
+
+/* ---- runtime-backed tests --------------------------------------------- */
+
+#include "lm_fixture.h"
+
+/* The fixture's crash helper is for other suites. */
+static void (*const unused_crash)(void) __attribute__((unused)) = crash_now;
+
+static dx_retriever *sim_bm25(void)
+{
+    char **ps = NULL;
+    size_t n = 0;
+    cr_assert_eq(dx_sim_corpus(NULL, 0, &ps, &n), DX_OK);
+    dx_bm25 *ix = NULL;
+    cr_assert_eq(dx_bm25_new(NULL, &ix), DX_OK);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(dx_bm25_add(ix, ps[i], NULL, NULL), DX_OK);
+    dx_sim_corpus_free(ps, n);
+    dx_retriever *r = NULL;
+    cr_assert_eq(dx_bm25_retriever(ix, &r), DX_OK);
+    return r;
+}
+
+static const char *const embed_corpus[] = {
+    "Paris is the capital of France.",
+    "Berlin is the capital of Germany.",
+    "Rome is the capital of Italy.",
+    "Madrid is the capital of Spain.",
+};
+
+typedef struct embed_result {
+    int build_rc, search_rc, bad_rc;
+    size_t top, n;
+    double score, second;
+    char diag[DX_DIAG_MAX];
+} embed_result;
+
+static embed_result er;
+
+static void embed_proc(void *arg)
+{
+    (void)arg;
+    dx_embed_opts o = {.model = "openai-compatible/test-embed",
+                       .base_url = url,
+                       .api_key = "sk-test",
+                       .batch = 3}; /* two requests for four passages */
+    dx_retriever *r = NULL;
+    dx_diag d = {0};
+    er.build_rc = dx_embed_retriever_new(&o, embed_corpus, 4, &r, &d);
+    if (er.build_rc == DX_OK) {
+        dx_passages *p = NULL;
+        er.search_rc = dx_retriever_search(r, embed_corpus[2], 2, &p, &d);
+        if (er.search_rc == DX_OK) {
+            er.n = p->n;
+            er.top = p->items[0].index;
+            er.score = p->items[0].score;
+            er.second = p->items[1].score;
+            dx_passages_free(p);
+        }
+        dx_retriever_unref(r);
+    }
+    if (er.build_rc != DX_OK || er.search_rc != DX_OK) {
+        snprintf(er.diag, sizeof er.diag, "%s", d.msg);
+        atomic_store(&fixture_rc, DX_OK);
+        return;
+    }
+    /* a provider without embeddings */
+    dx_embed_opts a = {
+        .model = "anthropic/claude", .base_url = url, .api_key = "k"};
+    er.bad_rc = dx_embed_retriever_new(&a, embed_corpus, 4, &r, &d);
+    snprintf(er.diag, sizeof er.diag, "%s", d.msg);
+    atomic_store(&fixture_rc, DX_OK);
+}
+
+Test(embeddings, ranks_by_cosine_against_the_local_server,
+     .init = fixture_setup, .fini = fixture_teardown, .timeout = 60)
+{
+    fixture_run(embed_proc);
+    cr_assert_eq(er.build_rc, DX_OK, "%s", er.diag);
+    cr_assert_eq(er.search_rc, DX_OK, "%s", er.diag);
+    cr_assert_eq(er.n, 2);
+    /* equal texts embed to equal vectors: cosine 1 */
+    cr_assert_eq(er.top, 2);
+    cr_assert_float_eq(er.score, 1.0, 1e-5);
+    cr_assert_lt(er.second, 0.999);
+    cr_assert_eq(er.bad_rc, DX_ENOTSUP);
+    cr_assert(strstr(er.diag, "embeddings") != NULL, "%s", er.diag);
+}
+
+Test(embeddings, host_threads_get_enotproc, .timeout = 10)
+{
+    dx_lm_config *c = NULL;
+    cr_assert_eq(
+        dx_lm_config_new("openai-compatible/m", "http://127.0.0.1:9", NULL, &c),
+        DX_OK);
+    const char *t = "x";
+    dx_lm_embeddings *e = NULL;
+    dx_lm_error err;
+    cr_assert_eq(dx_embed_texts(c, &t, 1, 0, 0, &e, &err), DX_ENOTPROC);
+    dx_lm_config_free(c);
+}
+
+/* ---- RAG on the sim's twohop task ------------------------------------- */
+
+static void start_sim_client(void *arg)
+{
+    (void)arg;
+    dx_lm_client_opts o = {.primary = {"sim/base", NULL, NULL}};
+    dx_server_opts so = {.name = "simlm"};
+    atomic_store(&fixture_rc, dx_lm_client_start(&o, &so, NULL));
+}
+
+static void stop_sim_client(void *arg)
+{
+    (void)arg;
+    atomic_store(&fixture_rc, dx_server_stop(dx_whereis("simlm"), NULL, 5000));
+}
+
+static double eval_score(const dx_module *m, const dx_dataset *ds)
+{
+    dx_eval_opts o = {.metric = {.kind = DX_METRIC_EXACT_MATCH},
+                      .concurrency = 4,
+                      .progress = DX_EVAL_PROGRESS_OFF,
+                      .call = {.lm_name = "simlm"}};
+    dx_eval_result *r = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_evaluate(m, ds, &o, &r, &d), DX_OK, "%s", d.msg);
+    cr_assert_eq(r->n_errors, 0, "%s",
+                 r->rows[0].error_msg ? r->rows[0].error_msg : "");
+    double s = r->score;
+    dx_eval_result_free(r);
+    return s;
+}
+
+Test(rag, retrieval_beats_the_no_retrieval_baseline_on_twohop, .timeout = 120)
+{
+    cr_assert_eq(dx_runtime_start(&(dx_runtime_opts){.schedulers = 2}), DX_OK);
+    fixture_run(start_sim_client);
+    dx_dataset *dev = NULL;
+    cr_assert_eq(dx_sim_generate(DX_SIM_TWOHOP, "dev", DX_SIM_DEFAULT_SEED,
+                                 DX_SIM_DEV_SIZE, &dev),
+                 DX_OK);
+    dx_retriever *r = sim_bm25();
+    dx_module *rag = dx_rag_new(r, 3, NULL);
+    dx_retriever_unref(r); /* the module holds its own reference */
+    cr_assert_not_null(rag);
+    cr_assert_not_null(dx_module_child(rag, "retrieve"));
+    dx_named_predictor *np = NULL;
+    size_t nn = 0;
+    cr_assert_eq(dx_module_predictors(rag, &np, &nn), DX_OK);
+    cr_assert_eq(nn, 1);
+    cr_assert_str_eq(np[0].path, "generate_answer.predict");
+    dx_free(np);
+
+    dx_signature *s = NULL;
+    cr_assert_eq(
+        dx_signature_parse("question -> answer", NULL, NULL, 0, &s, NULL),
+        DX_OK);
+    dx_module *base = dx_chain_of_thought_new(s, NULL);
+    dx_signature_unref(s);
+
+    double with = eval_score(rag, dev), without = eval_score(base, dev);
+    cr_log_info("twohop dev: RAG %.1f, CoT %.1f", with, without);
+    cr_assert_gt(with, without + 20.0, "RAG %.1f vs CoT %.1f", with, without);
+
+    /* a copy shares the retriever and still works after the original goes */
+    dx_module *copy = dx_module_copy(rag);
+    dx_module_free(rag);
+    dx_prediction *p = NULL;
+    dx_example *in = dx_example_new();
+    dx_example_set_str(in, "question",
+                       dx_example_get_str(dev->items[0], "question", ""));
+    dx_diag d = {0};
+    dx_call_opts co = {.lm_name = "simlm"};
+    cr_assert_eq(dx_module_call(copy, in, &co, &p, NULL, &d), DX_OK, "%s",
+                 d.msg);
+    cr_assert_not_null(dx_prediction_get_str(p, "answer", NULL));
+    dx_prediction_free(p);
+    /* a missing input fails the call, naming it */
+    dx_example *empty = dx_example_new();
+    dx_example_set_str(empty, "q", "x");
+    cr_assert_eq(dx_module_call(copy, empty, &co, &p, NULL, &d), DX_EINVAL);
+    cr_assert(strstr(d.msg, "question") != NULL, "%s", d.msg);
+    dx_example_free(empty);
+    dx_example_free(in);
+    dx_module_free(copy);
+    dx_module_free(base);
+    dx_dataset_free(dev);
+    fixture_run(stop_sim_client);
+    cr_assert_eq(dx_runtime_stop(), DX_OK);
+}
+
+/* ---- the sim as a ReAct agent ----------------------------------------- */
+
+static const char react_instructions[] =
+    "Given the fields `question`, produce the fields `answer`.\n\n"
+    "You are an Agent. In each episode, you will be given the fields "
+    "`question` as input. And you can see your past trajectory so far.\n"
+    "Your goal is to use one or more of the supplied tools to collect any "
+    "necessary information for producing `answer`.\n\n"
+    "To do this, you will interleave next_thought, next_tool_name, and "
+    "next_tool_args in each turn, and also when finishing the task.\n"
+    "After each tool call, you receive a resulting observation, which gets "
+    "appended to your trajectory.\n\n"
+    "When writing next_thought, you may reason about the current situation "
+    "and plan for future steps.\n"
+    "When selecting the next_tool_name and its next_tool_args, the tool must "
+    "be one of:\n\n"
+    "(1) search, whose description is <desc>Search the corpus for "
+    "passages.</desc>. It takes arguments {'query': {'type': 'string'}}.\n"
+    "(2) finish, whose description is <desc>Marks the task as complete. That "
+    "is, signals that all information for producing the outputs, i.e. "
+    "`answer`, are now available to be extracted.</desc>. It takes arguments "
+    "{}.\n"
+    "When providing `next_tool_args`, the value inside the field must be in "
+    "JSON format";
+
+/* The trajectory as DSPy's _format_trajectory renders it: the adapter's
+ * input blocks of a signature "thought_0, ..., observation_N -> x". */
+static char *format_trajectory(dx_adapter_kind kind, const dx_example *traj)
+{
+    if (dx_example_len(traj) == 0)
+        return dx_strdup("");
+    char sig[2048] = "";
+    size_t at = 0;
+    for (size_t i = 0; i < dx_example_len(traj); i++)
+        at += (size_t)snprintf(sig + at, sizeof sig - at, "%s%s", i ? ", " : "",
+                               dx_example_key(traj, i));
+    snprintf(sig + at, sizeof sig - at, " -> x");
+    dx_signature *s = NULL;
+    cr_assert_eq(dx_signature_parse(sig, NULL, NULL, 0, &s, NULL), DX_OK);
+    char *out = NULL;
+    cr_assert_eq(dx_adapter_user_content(kind, s, traj, NULL, false, &out),
+                 DX_OK);
+    dx_signature_unref(s);
+    return out;
+}
+
+/* One ReAct step: format, answer with the sim, parse. */
+static dx_example *react_step(dx_adapter_kind kind, const dx_signature *s,
+                              const char *question, const dx_example *traj)
+{
+    dx_example *in = dx_example_new();
+    char *t = format_trajectory(kind, traj);
+    dx_example_set_str(in, "question", question);
+    dx_example_set_str(in, "trajectory", t);
+    dx_free(t);
+    dx_lm_request *req = dx_lm_request_new(NULL);
+    cr_assert_eq(dx_adapter_format(kind, s, NULL, 0, in, req, NULL), DX_OK);
+    dx_lm_response *r = NULL;
+    dx_lm_error err;
+    cr_assert_eq(dx_sim_complete(req, "sim/base", &r, &err), DX_OK, "%s",
+                 err.message);
+    dx_example *out = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_adapter_parse(kind, s, r->choices[0].text,
+                                  strlen(r->choices[0].text), &out, &d),
+                 DX_OK, "%s\n%s", d.msg, r->choices[0].text);
+    dx_lm_response_free(r);
+    dx_lm_request_free(req);
+    dx_example_free(in);
+    return out;
+}
+
+static dx_signature *react_signature(void)
+{
+    dx_signature *s = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(
+        dx_signature_parse("question, trajectory: str -> next_thought: str, "
+                           "next_tool_name: Literal['search', 'finish'], "
+                           "next_tool_args: dict[str, Any]",
+                           react_instructions, NULL, 0, &s, &d),
+        DX_OK, "%s", d.msg);
+    return s;
+}
+
+/* Run the search tool: top 3 passages as a list observation, or garbage. */
+static void observe(dx_example *traj, size_t i, const dx_example *step,
+                    const dx_retriever *r, bool broken)
+{
+    char key[32];
+    snprintf(key, sizeof key, "thought_%zu", i);
+    dx_example_set_str(traj, key, dx_example_get_str(step, "next_thought", ""));
+    snprintf(key, sizeof key, "tool_name_%zu", i);
+    dx_example_set_str(traj, key,
+                       dx_example_get_str(step, "next_tool_name", ""));
+    snprintf(key, sizeof key, "tool_args_%zu", i);
+    const cJSON *args = dx_example_get(step, "next_tool_args");
+    dx_example_set_value(traj, key, args);
+    snprintf(key, sizeof key, "observation_%zu", i);
+    if (strcmp(dx_example_get_str(step, "next_tool_name", ""), "finish") == 0) {
+        dx_example_set_str(traj, key, "Completed.");
+        return;
+    }
+    if (broken) {
+        dx_example_set_str(traj, key, "Execution error in search: timed out");
+        return;
+    }
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(args, "query");
+    cr_assert(cJSON_IsString(q));
+    dx_passages *p = NULL;
+    cr_assert_eq(dx_retriever_search(r, q->valuestring, 3, &p, NULL), DX_OK);
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t j = 0; j < p->n; j++)
+        cJSON_AddItemToArray(arr, cJSON_CreateString(p->items[j].text));
+    dx_example_set_value(traj, key, arr);
+    cJSON_Delete(arr);
+    dx_passages_free(p);
+}
+
+static void run_agent(dx_adapter_kind kind)
+{
+    dx_signature *s = react_signature();
+    dx_retriever *r = sim_bm25();
+    dx_dataset *dev = NULL;
+    cr_assert_eq(
+        dx_sim_generate(DX_SIM_TWOHOP, "dev", DX_SIM_DEFAULT_SEED, 5, &dev),
+        DX_OK);
+    for (size_t e = 0; e < dev->n; e++) {
+        const char *q = dx_example_get_str(dev->items[e], "question", "");
+        const char *answer = dx_example_get_str(dev->items[e], "answer", "");
+        char person[64];
+        cr_assert_eq(sscanf(q, "In which country was %63[^?]", person), 1);
+        person[strlen(person) - 5] = '\0'; /* " born" */
+        dx_example *traj = dx_example_new();
+        const char *want_tool[] = {"search", "search", "finish"};
+        for (size_t i = 0; i < 3; i++) {
+            dx_example *step = react_step(kind, s, q, traj);
+            cr_assert_str_eq(dx_example_get_str(step, "next_tool_name", ""),
+                             want_tool[i], "%s step %zu", q, i);
+            const cJSON *a = dx_example_get(step, "next_tool_args");
+            cr_assert(cJSON_IsObject(a));
+            if (i == 0)
+                cr_assert_str_eq(cJSON_GetObjectItem(a, "query")->valuestring,
+                                 person);
+            if (i == 2) {
+                cr_assert_eq(cJSON_GetArraySize(a), 0);
+                cr_assert(strstr(dx_example_get_str(step, "next_thought", ""),
+                                 answer) != NULL);
+            }
+            observe(traj, i, step, r, false);
+            dx_example_free(step);
+        }
+        dx_example_free(traj);
+    }
+    dx_dataset_free(dev);
+    dx_retriever_unref(r);
+    dx_signature_unref(s);
+}
+
+Test(sim_agent, react_steps_search_person_then_city_then_finish, .timeout = 30)
+{
+    run_agent(DX_ADAPTER_CHAT);
+}
+
+Test(sim_agent, react_steps_work_with_the_json_adapter, .timeout = 30)
+{
+    run_agent(DX_ADAPTER_JSON);
+}
+
+Test(sim_agent, failing_tool_makes_it_retry_then_give_up, .timeout = 30)
+{
+    dx_signature *s = react_signature();
+    const char *q = "In which country was Ada Moreau born?";
+    dx_example *traj = dx_example_new();
+    size_t i = 0;
+    for (; i < 10; i++) {
+        dx_example *step = react_step(DX_ADAPTER_CHAT, s, q, traj);
+        const char *tool = dx_example_get_str(step, "next_tool_name", "");
+        bool fin = strcmp(tool, "finish") == 0;
+        if (!fin)
+            cr_assert_str_eq(tool, "search");
+        observe(traj, i, step, NULL, true);
+        dx_example_free(step);
+        if (fin)
+            break;
+    }
+    cr_assert_eq(i, 5, "finished after %zu failed searches", i);
+    dx_example_free(traj);
+    dx_signature_unref(s);
+}
+
+/* ---- native tool calls ------------------------------------------------ */
+
+static dx_lm_response *native(dx_lm_request *req)
+{
+    dx_lm_response *r = NULL;
+    dx_lm_error err;
+    cr_assert_eq(dx_sim_complete(req, "sim/base", &r, &err), DX_OK, "%s",
+                 err.message);
+    return r;
+}
+
+static void native_run(bool with_finish)
+{
+    dx_retriever *ret = sim_bm25();
+    dx_lm_request *req = dx_lm_request_new(NULL);
+    cr_assert_eq(
+        dx_lm_request_add_message(req, DX_LM_SYSTEM, "Answer the question."),
+        DX_OK);
+    cr_assert_eq(dx_lm_request_add_message(
+                     req, DX_LM_USER, "In which country was Ada Moreau born?"),
+                 DX_OK);
+    cr_assert_eq(dx_lm_request_add_tool(
+                     req, "search_corpus", "Search the corpus.",
+                     "{\"type\": \"object\", \"properties\": {\"terms\": "
+                     "{\"type\": \"string\"}}, \"required\": [\"terms\"]}"),
+                 DX_OK);
+    if (with_finish)
+        cr_assert_eq(dx_lm_request_add_tool(req, "finish", "Done.",
+                                            "{\"type\": \"object\", "
+                                            "\"properties\": {}}"),
+                     DX_OK);
+    for (int step = 0; step < 3; step++) {
+        dx_lm_response *r = native(req);
+        const dx_lm_choice *c = &r->choices[0];
+        if (step < 2) {
+            cr_assert_eq(c->n_tool_calls, 1, "step %d: %s", step, c->text);
+            cr_assert_eq(c->finish, DX_LM_FINISH_TOOL_CALLS);
+            cr_assert_str_eq(c->tool_calls[0].name, "search_corpus");
+            cJSON *a = cJSON_Parse(c->tool_calls[0].arguments);
+            const cJSON *t = cJSON_GetObjectItem(a, "terms");
+            cr_assert(cJSON_IsString(t), "%s", c->tool_calls[0].arguments);
+            if (step == 0)
+                cr_assert_str_eq(t->valuestring, "Ada Moreau");
+            dx_passages *p = NULL;
+            cr_assert_eq(dx_retriever_search(ret, t->valuestring, 2, &p, NULL),
+                         DX_OK);
+            char obs[1024];
+            snprintf(obs, sizeof obs, "%s\n%s", p->items[0].text,
+                     p->n > 1 ? p->items[1].text : "");
+            dx_passages_free(p);
+            cJSON_Delete(a);
+            cr_assert_eq(dx_lm_request_add_message(req, DX_LM_ASSISTANT, ""),
+                         DX_OK);
+            cr_assert_eq(dx_lm_request_add_tool_call(
+                             req, c->tool_calls[0].id, c->tool_calls[0].name,
+                             c->tool_calls[0].arguments),
+                         DX_OK);
+            cr_assert_eq(
+                dx_lm_request_add_tool_result(req, c->tool_calls[0].id, obs),
+                DX_OK);
+        } else if (with_finish) {
+            cr_assert_eq(c->n_tool_calls, 1);
+            cr_assert_str_eq(c->tool_calls[0].name, "finish");
+            cr_assert_str_eq(c->tool_calls[0].arguments, "{}");
+        } else {
+            /* enough facts: a text answer, no call */
+            cr_assert_eq(c->n_tool_calls, 0);
+            cr_assert_eq(c->finish, DX_LM_FINISH_STOP);
+            cr_assert_gt(strlen(c->text), 0);
+        }
+        dx_lm_response_free(r);
+    }
+    dx_lm_request_free(req);
+    dx_retriever_unref(ret);
+}
+
+Test(sim_agent, native_tool_calls_search_then_finish, .timeout = 30)
+{
+    native_run(true);
+}
+
+Test(sim_agent, native_tool_calls_end_in_a_text_answer, .timeout = 30)
+{
+    native_run(false);
+}
+
+Test(sim_agent, tool_choice_none_answers_in_text, .timeout = 10)
+{
+    dx_lm_request *req = dx_lm_request_new(NULL);
+    dx_lm_request_add_message(req, DX_LM_USER,
+                              "In which country was Ada Moreau born?");
+    dx_lm_request_add_tool(req, "search", NULL,
+                           "{\"type\": \"object\", \"properties\": {}}");
+    req->tool_choice = DX_LM_TOOL_CHOICE_NONE;
+    dx_lm_response *r = native(req);
+    cr_assert_eq(r->choices[0].n_tool_calls, 0);
+    dx_lm_response_free(r);
+    dx_lm_request_free(req);
+}

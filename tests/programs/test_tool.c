@@ -1,0 +1,360 @@
+/*
+ * test_tool.c — tools: the argument schema and the description DSPy
+ * renders from a C declaration, the provider parameters object, argument
+ * validation with DSPy's messages, calls that crash, hang, fail or return
+ * garbage becoming observations (never the caller's failure), the
+ * calculator, and a module used as a tool.
+ */
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include "dspex/alloc.h"
+#include "dspex/module.h"
+#include "dspex/tool.h"
+#include "lm_fixture.h"
+
+TestSuite(tool, .init = fixture_setup, .fini = fixture_teardown, .timeout = 60);
+
+static int add_fn(const cJSON *args, char **result, void *ud)
+{
+    (void)ud;
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(args, "a");
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(args, "c");
+    char buf[128];
+    snprintf(buf, sizeof buf, "%d %s", (int)a->valuedouble,
+             cJSON_IsString(c) ? c->valuestring : "?");
+    *result = dx_strdup(buf);
+    return DX_OK;
+}
+
+static const dx_tool_param add_params[] = {
+    {.name = "a", .type = "int", .desc = "the first", .required = true},
+    {.name = "b", .type = "list[str]", .required = true},
+    {.name = "c", .type = "str", .default_json = "\"x\""},
+    {.name = "d", .type = "Optional[int]", .required = true},
+};
+
+static dx_tool *add_tool(void)
+{
+    dx_tool *t = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_tool_new("add", "Adds numbers.\nReturns the sum.",
+                             add_params, 4, add_fn, NULL, &t, &d),
+                 DX_OK, "%s", d.msg);
+    return t;
+}
+
+static cJSON *json(const char *text)
+{
+    cJSON *v = cJSON_Parse(text);
+    cr_assert_not_null(v, "bad test JSON %s", text);
+    return v;
+}
+
+Test(tool, description_and_schema_match_dspy)
+{
+    dx_tool *t = add_tool();
+    char *s = NULL;
+    cr_assert_eq(dx_tool_describe(t, &s), DX_OK);
+    cr_assert_str_eq(
+        s, "add, whose description is <desc>Adds numbers.  Returns the "
+           "sum.</desc>. It takes arguments {'a': {'type': 'integer', "
+           "'description': 'the first'}, 'b': {'items': {'type': 'string'}, "
+           "'type': 'array'}, 'c': {'type': 'string', 'default': 'x'}, 'd': "
+           "{'anyOf': [{'type': 'integer'}, {'type': 'null'}]}}.");
+    dx_free(s);
+    cr_assert_eq(dx_tool_parameters_json(t, &s), DX_OK);
+    cr_assert_str_eq(
+        s, "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\","
+           "\"description\":\"the first\"},\"b\":{\"items\":{\"type\":"
+           "\"string\"},\"type\":\"array\"},\"c\":{\"type\":\"string\","
+           "\"default\":\"x\"},\"d\":{\"anyOf\":[{\"type\":\"integer\"},{"
+           "\"type\":\"null\"}]}},\"required\":[\"a\",\"b\",\"d\"]}");
+    dx_free(s);
+    dx_tool_unref(t);
+
+    /* No description, no arguments: DSPy's finish-like rendering. */
+    dx_tool *f = dx_tool_finish_new(NULL);
+    cr_assert_eq(dx_tool_describe(f, &s), DX_OK);
+    cr_assert_str_eq(s, "finish. It takes arguments {}.");
+    dx_free(s);
+    dx_tool_unref(f);
+}
+
+Test(tool, bad_declarations_are_refused_with_the_reason)
+{
+    dx_tool *t = NULL;
+    dx_diag d = {0};
+    dx_tool_param twice[] = {{.name = "a", .type = "int"},
+                             {.name = "a", .type = "str"}};
+    cr_assert_eq(dx_tool_new("t", NULL, twice, 2, add_fn, NULL, &t, &d),
+                 DX_EINVAL);
+    cr_assert(strstr(d.msg, "\"a\" is declared twice"), "%s", d.msg);
+    cr_assert_null(t);
+    dx_tool_param badtype[] = {{.name = "a", .type = "list[str"}};
+    cr_assert_eq(dx_tool_new("t", NULL, badtype, 1, add_fn, NULL, &t, &d),
+                 DX_ESYNTAX);
+    cr_assert(strstr(d.msg, "argument \"a\""), "%s", d.msg);
+    cr_assert_eq(dx_tool_new("no spaces", NULL, NULL, 0, add_fn, NULL, &t, &d),
+                 DX_EINVAL);
+    cr_assert(strstr(d.msg, "tool name"), "%s", d.msg);
+}
+
+Test(tool, bad_arguments_become_observations_without_running_the_tool)
+{
+    dx_tool *t = add_tool();
+    struct {
+        const char *args, *obs;
+    } cases[] = {
+        {"{\"a\": \"1\", \"b\": [], \"d\": null}",
+         "Execution error in add: Arg a is invalid: '1' is not of type "
+         "'integer'"},
+        {"{\"a\": 1, \"b\": [\"x\", 2], \"d\": 1}",
+         "Execution error in add: Arg b is invalid: 2 is not of type "
+         "'string'"},
+        {"{\"a\": 1, \"b\": [], \"d\": \"no\"}",
+         "Execution error in add: Arg d is invalid: 'no' is not valid under "
+         "any of the given schemas"},
+        {"{\"a\": 1, \"b\": [], \"d\": 1, \"e\": 2}",
+         "Execution error in add: Arg e is not in the tool's args."},
+        {"{\"a\": 1, \"d\": 1}",
+         "Execution error in add: add() missing 1 required positional "
+         "argument: 'b'"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        cJSON *a = json(cases[i].args);
+        char *obs = NULL;
+        dx_tool_status st = DX_TOOL_OK;
+        cr_assert_eq(dx_tool_call(t, a, &obs, &st), DX_OK);
+        cr_assert_eq(st, DX_TOOL_BAD_ARGS, "case %zu", i);
+        cr_assert_str_eq(obs, cases[i].obs);
+        dx_free(obs);
+        cJSON_Delete(a);
+    }
+    /* Valid: the default is bound, 3.0 counts as an integer (jsonschema). */
+    cJSON *a = json("{\"a\": 3.0, \"b\": [\"q\"], \"d\": null}");
+    char *obs = NULL;
+    dx_tool_status st = DX_TOOL_FAILED;
+    cr_assert_eq(dx_tool_call(t, a, &obs, &st), DX_OK);
+    cr_assert_eq(st, DX_TOOL_OK);
+    cr_assert_str_eq(obs, "3 x");
+    dx_free(obs);
+    cJSON_Delete(a);
+    dx_tool_unref(t);
+}
+
+/* Tools that misbehave, chosen by the "how" argument. */
+static int bad_fn(const cJSON *args, char **result, void *ud)
+{
+    (void)ud;
+    const char *how =
+        cJSON_GetObjectItemCaseSensitive(args, "how")->valuestring;
+    if (!strcmp(how, "crash"))
+        crash_now();
+    if (!strcmp(how, "hang"))
+        dx_sleep(60000);
+    if (!strcmp(how, "error")) {
+        *result = dx_strdup("the index is gone");
+        return DX_EIO;
+    }
+    if (!strcmp(how, "error_silent"))
+        return DX_EIO;
+    if (!strcmp(how, "nothing"))
+        return DX_OK;
+    if (!strcmp(how, "garbage")) {
+        *result = dx_strdup("ok\xff\xfe\xc3(end");
+        return DX_OK;
+    }
+    if (!strcmp(how, "long")) {
+        char *s = dx_malloc(5001);
+        memset(s, 'z', 5000);
+        s[5000] = 0;
+        *result = s;
+        return DX_OK;
+    }
+    *result = dx_strdup("fine");
+    return DX_OK;
+}
+
+static dx_tool *bad_tool(void)
+{
+    static const dx_tool_param p[] = {
+        {.name = "how", .type = "str", .required = true}};
+    dx_tool *t = NULL;
+    cr_assert_eq(dx_tool_new("flaky", NULL, p, 1, bad_fn, NULL, &t, NULL),
+                 DX_OK);
+    cr_assert_eq(dx_tool_set_timeout(t, 300), DX_OK);
+    cr_assert_eq(dx_tool_set_max_result(t, 100), DX_OK);
+    return t;
+}
+
+static char *call_how(dx_tool *t, const char *how, dx_tool_status *st)
+{
+    cJSON *a = cJSON_CreateObject();
+    cJSON_AddStringToObject(a, "how", how);
+    char *obs = NULL;
+    cr_assert_eq(dx_tool_call(t, a, &obs, st), DX_OK, "%s", how);
+    cJSON_Delete(a);
+    return obs;
+}
+
+Test(tool, crash_hang_error_and_garbage_become_observations)
+{
+    dx_tool *t = bad_tool();
+    dx_tool_status st;
+    char *obs = call_how(t, "crash", &st);
+    cr_assert_eq(st, DX_TOOL_CRASHED);
+    const char *died = "Execution error in flaky: the tool's process died: ";
+    cr_assert(!strncmp(obs, died, strlen(died)) && strlen(obs) > strlen(died),
+              "%s", obs);
+    dx_free(obs);
+
+    obs = call_how(t, "hang", &st);
+    cr_assert_eq(st, DX_TOOL_TIMEOUT);
+    cr_assert_str_eq(obs, "Execution error in flaky: no result within 300 ms "
+                          "(the tool's process was killed)");
+    dx_free(obs);
+
+    obs = call_how(t, "error", &st);
+    cr_assert_eq(st, DX_TOOL_FAILED);
+    cr_assert_str_eq(obs, "Execution error in flaky: the index is gone");
+    dx_free(obs);
+
+    obs = call_how(t, "error_silent", &st);
+    cr_assert_eq(st, DX_TOOL_FAILED);
+    cr_assert(strstr(obs, "(EIO)"), "%s", obs);
+    dx_free(obs);
+
+    obs = call_how(t, "nothing", &st);
+    cr_assert_eq(st, DX_TOOL_NO_RESULT);
+    cr_assert_str_eq(obs, "Execution error in flaky: the tool returned no "
+                          "result");
+    dx_free(obs);
+
+    obs = call_how(t, "garbage", &st);
+    cr_assert_eq(st, DX_TOOL_OK);
+    cr_assert_str_eq(obs, "ok\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD(end");
+    dx_free(obs);
+
+    obs = call_how(t, "long", &st);
+    cr_assert_eq(st, DX_TOOL_OK);
+    cr_assert(!strncmp(obs, "zzzz", 4));
+    cr_assert(strstr(obs, "\n... (cut at 100 of 5000 bytes)"), "%s", obs);
+    cr_assert_lt(strlen(obs), 200);
+    dx_free(obs);
+
+    /* After all that the tool still works. */
+    obs = call_how(t, "fine", &st);
+    cr_assert_eq(st, DX_TOOL_OK);
+    cr_assert_str_eq(obs, "fine");
+    dx_free(obs);
+    dx_tool_unref(t);
+}
+
+/* From inside a process (as an agent calls it), a crash and a timeout
+ * cost the caller nothing either. */
+static _Atomic int in_proc_ok;
+static void call_from_process(void *arg)
+{
+    dx_tool *t = arg;
+    dx_tool_status st1, st2;
+    char *o1 = NULL, *o2 = NULL;
+    cJSON *a = cJSON_CreateObject();
+    cJSON_AddStringToObject(a, "how", "crash");
+    int r1 = dx_tool_call(t, a, &o1, &st1);
+    cJSON_ReplaceItemInObject(a, "how", cJSON_CreateString("hang"));
+    int r2 = dx_tool_call(t, a, &o2, &st2);
+    cJSON_Delete(a);
+    atomic_store(&in_proc_ok, r1 == DX_OK && r2 == DX_OK &&
+                                      st1 == DX_TOOL_CRASHED &&
+                                      st2 == DX_TOOL_TIMEOUT && o1 && o2
+                                  ? 1
+                                  : 2);
+    dx_free(o1);
+    dx_free(o2);
+}
+
+Test(tool, failures_inside_a_process_do_not_reach_the_caller)
+{
+    dx_tool *t = bad_tool();
+    atomic_store(&in_proc_ok, 0);
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(call_from_process, t, &pid), DX_OK);
+    for (int i = 0; i < 1000 && atomic_load(&in_proc_ok) == 0; i++)
+        host_sleep_ms(10);
+    cr_assert_eq(atomic_load(&in_proc_ok), 1);
+    dx_tool_unref(t);
+}
+
+Test(tool, calculator_evaluates_arithmetic_like_python)
+{
+    dx_tool *t = dx_tool_calculator_new();
+    cr_assert_not_null(t);
+    struct {
+        const char *expr, *obs;
+    } cases[] = {
+        {"1 + 2 * 3", "7"},
+        {"(1 + 2) * 3", "9"},
+        {"7 / 2", "3.5"},
+        {"8 / 2", "4.0"},
+        {"7 // 2", "3"},
+        {"-7 // 2", "-4"},
+        {"-7 % 3", "2"},
+        {"2 ** 10", "1024"},
+        {"-2 ** 2", "-4"},
+        {"2 ** -1", "0.5"},
+        {"2 ** 3 ** 2", "512"},
+        {"1.5e3 + 0.25", "1500.25"},
+        {"0.1 + 0.2", "0.30000000000000004"},
+        {"1 / 0", "Execution error in calculator: division by zero"},
+        {"2 ** 100", "Execution error in calculator: integer overflow"},
+        {"__import__('os')",
+         "Execution error in calculator: expected a number at column 1"},
+        {"1 +", "Execution error in calculator: expected a number at column 4"},
+        {"(1", "Execution error in calculator: expected ')' at column 3"},
+        {"1 2", "Execution error in calculator: unexpected '2' at column 3"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        cJSON *a = cJSON_CreateObject();
+        cJSON_AddStringToObject(a, "expression", cases[i].expr);
+        char *obs = NULL;
+        cr_assert_eq(dx_tool_call(t, a, &obs, NULL), DX_OK);
+        cr_assert_str_eq(obs, cases[i].obs, "%s", cases[i].expr);
+        dx_free(obs);
+        cJSON_Delete(a);
+    }
+    dx_tool_unref(t);
+}
+
+Test(tool, a_module_is_a_tool_its_outputs_the_observation)
+{
+    dx_signature *s = NULL;
+    cr_assert_eq(dx_signature_parse("question, n: int -> answer", NULL, NULL, 0,
+                                    &s, NULL),
+                 DX_OK);
+    dx_module *p = dx_predict_new(s, NULL);
+    dx_signature_unref(s);
+    dx_tool *t = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_tool_from_module("ask", "Asks the oracle.", p, NULL, 0,
+                                     NULL, &t, &d),
+                 DX_OK, "%s", d.msg);
+    char *desc = NULL;
+    cr_assert_eq(dx_tool_describe(t, &desc), DX_OK);
+    cr_assert_str_eq(desc, "ask, whose description is <desc>Asks the "
+                           "oracle.</desc>. It takes arguments {'question': "
+                           "{'type': 'string'}, 'n': {'type': 'integer'}}.");
+    dx_free(desc);
+    dx_lmserver_push_reply(srv, "[[ ## answer ## ]]\nForty-two\n\n"
+                                "[[ ## completed ## ]]");
+    cJSON *a = json("{\"question\": \"meaning?\", \"n\": 1}");
+    char *obs = NULL;
+    dx_tool_status st;
+    cr_assert_eq(dx_tool_call(t, a, &obs, &st), DX_OK);
+    cr_assert_eq(st, DX_TOOL_OK, "%s", obs);
+    cr_assert_str_eq(obs, "{\"answer\": \"Forty-two\"}");
+    dx_free(obs);
+    cJSON_Delete(a);
+    dx_tool_unref(t);
+    dx_module_free(p);
+}
