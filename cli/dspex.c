@@ -841,46 +841,61 @@ static int load_csv(const char *path, const char *const *in, size_t nin,
     return 0;
 }
 
-/* Load a dataset with the program's first predictor's inputs (or
- * --inputs) designated, checking every example has them. */
+/* Load a dataset and designate its inputs: --inputs, or else the first
+ * predictor's input fields that the first example has (a ReAct agent's
+ * `trajectory` or a RAG step's `context` are made by the program, not
+ * given). Every example must have them. */
 static int load_data(const char *path, const char *inputs_opt,
                      const dx_module *m, dx_dataset **out)
 {
+    int rc = 0;
+    size_t plen = strlen(path);
+    if (plen > 4 && strcmp(path + plen - 4, ".csv") == 0) {
+        rc = load_csv(path, NULL, 0, out);
+    } else {
+        dx_diag d = {0};
+        int r = dx_dataset_load(path, NULL, 0, out, &d);
+        if (r != DX_OK)
+            rc = fail_diag(&d, r);
+    }
+    if (rc != 0)
+        return rc;
     const char *keys[64];
     char *copy = NULL;
     size_t nk = 0;
     if (inputs_opt) {
         nk = split_keys(inputs_opt, &copy, keys, 64);
     } else {
-        /* The program's inputs: the first predictor's input fields. */
         dx_named_predictor *preds = NULL;
         size_t np = 0;
         dx_module_predictors(m, &preds, &np);
         const dx_signature *s =
             np ? dx_predict_signature(preds[0].predict) : NULL;
-        for (size_t i = 0; s && i < dx_signature_n_inputs(s) && nk < 64; i++)
+        const dx_example *first = (*out)->n ? (*out)->items[0] : NULL;
+        for (size_t i = 0; s && i < dx_signature_n_inputs(s) && nk < 64; i++) {
+            const char *name = dx_signature_input(s, i)->name;
+            if (first && dx_example_has(first, name))
+                keys[nk++] = name;
+        }
+        /* None given at all: name them all in the error below. */
+        for (size_t i = 0; nk == 0 && s && i < dx_signature_n_inputs(s); i++)
             keys[nk++] = dx_signature_input(s, i)->name;
         dx_free(preds);
     }
-    int rc = 0;
-    size_t plen = strlen(path);
-    if (plen > 4 && strcmp(path + plen - 4, ".csv") == 0) {
-        rc = load_csv(path, keys, nk, out);
-    } else {
-        dx_diag d = {0};
-        int r = dx_dataset_load(path, keys, nk, out, &d);
-        if (r != DX_OK)
-            rc = fail_diag(&d, r);
-    }
-    for (size_t i = 0; rc == 0 && i < (*out)->n; i++)
+    for (size_t i = 0; rc == 0 && i < (*out)->n; i++) {
         for (size_t k = 0; k < nk; k++)
             if (!dx_example_has((*out)->items[i], keys[k])) {
                 rc = fail_usage("%s: example %zu has no input field \"%s\"",
                                 path, i + 1, keys[k]);
-                dx_dataset_free(*out);
-                *out = NULL;
                 break;
             }
+        if (rc == 0)
+            dx_example_with_inputs((*out)->items[i], keys, nk);
+    }
+    if (rc != 0) {
+        dx_dataset_free(*out);
+        *out = NULL;
+    }
     dx_free(copy);
     return rc;
 }

@@ -9,6 +9,8 @@
 #include "dspex/alloc.h"
 #include "dspex/error.h"
 #include "dspex/program.h"
+#include "dspex/react.h"
+#include "dspex/retrieve.h"
 #include "module_int.h"
 #include "pyjson.h"
 
@@ -170,11 +172,103 @@ static const char *str_member(const cJSON *o, const char *key)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+/* A corpus path relative to the program file's directory. */
+static void corpus_path(const char *name, const char *corpus, char *out,
+                        size_t cap)
+{
+    const char *slash = strrchr(name, '/');
+    if (corpus[0] == '/' || !slash)
+        snprintf(out, cap, "%s", corpus);
+    else
+        snprintf(out, cap, "%.*s/%s", (int)(slash - name), name, corpus);
+}
+
+/* A BM25 retriever over a JSONL corpus file ({"text": ...} per line). */
+static int corpus_retriever(const char *name, size_t index, const char *where,
+                            const char *corpus, dx_retriever **out,
+                            dx_diag *diag)
+{
+    if (!corpus)
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "%s: program.modules[%zu]%s: \"corpus\" (a JSONL "
+                           "file of {\"text\": ...} passages) is required",
+                           name, index, where);
+    char path[2048];
+    corpus_path(name, corpus, path, sizeof path);
+    dx_bm25 *ix = NULL;
+    int rc = dx_bm25_new(NULL, &ix);
+    if (rc != DX_OK)
+        return dx_diag_set(diag, rc, 0, 0, "out of memory");
+    dx_diag cd = {0};
+    rc = dx_bm25_load(ix, path, &cd);
+    if (rc != DX_OK) {
+        dx_bm25_free(ix);
+        return dx_diag_set(diag, rc, 0, 0, "%s: program.modules[%zu]%s: %s",
+                           name, index, where, cd.msg);
+    }
+    return dx_bm25_retriever(ix, out);
+}
+
+/* The tools of a react module: [{"builtin": "search", "corpus": ...,
+ * "k": 3, "name": "search"}, {"builtin": "calculator"}]. */
+static int build_tools(const char *name, size_t index, const cJSON *list,
+                       dx_tool ***out, size_t *n, dx_diag *diag)
+{
+    size_t cap = (size_t)cJSON_GetArraySize(list);
+    dx_tool **v = dx_calloc(cap ? cap : 1, sizeof *v);
+    if (!v)
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    size_t k = 0;
+    int rc = DX_OK;
+    const cJSON *t;
+    cJSON_ArrayForEach(t, list)
+    {
+        const char *builtin = str_member(t, "builtin");
+        char where[48];
+        snprintf(where, sizeof where, ".tools[%zu]", k);
+        if (builtin && strcmp(builtin, "calculator") == 0) {
+            v[k] = dx_tool_calculator_new();
+            rc = v[k] ? DX_OK : DX_ENOMEM;
+        } else if (builtin && strcmp(builtin, "search") == 0) {
+            dx_retriever *r = NULL;
+            rc = corpus_retriever(name, index, where, str_member(t, "corpus"),
+                                  &r, diag);
+            const cJSON *kk = cJSON_GetObjectItemCaseSensitive(t, "k");
+            if (rc == DX_OK)
+                rc = dx_retriever_tool(r, str_member(t, "name"),
+                                       cJSON_IsNumber(kk) && kk->valuedouble > 0
+                                           ? (size_t)kk->valuedouble
+                                           : 3,
+                                       &v[k], diag);
+            dx_retriever_unref(r);
+        } else {
+            rc = dx_diag_set(diag, DX_EINVAL, 0, 0,
+                             "%s: program.modules[%zu]%s: unknown built-in "
+                             "tool \"%s\" (search, calculator)",
+                             name, index, where, builtin ? builtin : "(none)");
+        }
+        if (rc != DX_OK)
+            break;
+        k++;
+    }
+    if (rc != DX_OK) {
+        for (size_t i = 0; i < k; i++)
+            dx_tool_unref(v[i]);
+        dx_free(v);
+        return rc;
+    }
+    *out = v;
+    *n = k;
+    return DX_OK;
+}
+
 static int build_module(const char *name, const cJSON *decl, size_t index,
                         dx_module **out, dx_diag *diag)
 {
     const char *kind = str_member(decl, "module");
-    const char *sig_text = str_member(decl, "signature");
+    bool rag = kind && strcmp(kind, "rag") == 0;
+    const char *sig_text =
+        rag ? "context, question -> answer" : str_member(decl, "signature");
     if (!kind || !sig_text)
         return dx_diag_set(diag, DX_EINVAL, 0, 0,
                            "%s: program.modules[%zu]: \"module\" and "
@@ -209,15 +303,59 @@ static int build_module(const char *name, const cJSON *decl, size_t index,
         po.n = (int)v->valuedouble;
     po.lm_name = str_member(cfg, "lm");
     dx_module *m = NULL;
-    if (strcmp(kind, "predict") == 0)
+    if (strcmp(kind, "predict") == 0) {
         m = dx_predict_new(s, &po);
-    else if (strcmp(kind, "chain_of_thought") == 0)
+    } else if (strcmp(kind, "chain_of_thought") == 0) {
         m = dx_chain_of_thought_new(s, &po);
-    else {
+    } else if (rag) {
+        dx_retriever *r = NULL;
+        rc = corpus_retriever(name, index, "", str_member(decl, "corpus"), &r,
+                              diag);
+        const cJSON *k = cJSON_GetObjectItemCaseSensitive(decl, "k");
+        if (rc == DX_OK)
+            m = dx_rag_new(r,
+                           cJSON_IsNumber(k) && k->valuedouble > 0
+                               ? (size_t)k->valuedouble
+                               : 3,
+                           &po);
+        dx_retriever_unref(r);
+        if (rc != DX_OK) {
+            dx_signature_unref(s);
+            return rc;
+        }
+    } else if (strcmp(kind, "react") == 0) {
+        dx_tool **tools = NULL;
+        size_t nt = 0;
+        rc = build_tools(name, index,
+                         cJSON_GetObjectItemCaseSensitive(decl, "tools"),
+                         &tools, &nt, diag);
+        if (rc == DX_OK) {
+            const cJSON *mi =
+                cJSON_GetObjectItemCaseSensitive(decl, "max_iters");
+            dx_react_opts ro = {
+                .max_iters = cJSON_IsNumber(mi) ? (int)mi->valuedouble : 0,
+                .native_tools = cJSON_IsTrue(
+                    cJSON_GetObjectItemCaseSensitive(decl, "native_tools")),
+                .predict = &po,
+            };
+            dx_diag rd = {0};
+            rc = dx_react_create(s, tools, nt, &ro, &m, &rd);
+            if (rc != DX_OK)
+                dx_diag_set(diag, rc, 0, 0, "%s: program.modules[%zu]: %s",
+                            name, index, rd.msg);
+            for (size_t i = 0; i < nt; i++)
+                dx_tool_unref(tools[i]);
+            dx_free(tools);
+        }
+        if (rc != DX_OK) {
+            dx_signature_unref(s);
+            return rc;
+        }
+    } else {
         dx_signature_unref(s);
         return dx_diag_set(diag, DX_EINVAL, 0, 0,
                            "%s: program.modules[%zu]: unknown module \"%s\" "
-                           "(predict, chain_of_thought)",
+                           "(predict, chain_of_thought, react, rag)",
                            name, index, kind);
     }
     dx_signature_unref(s);

@@ -1074,3 +1074,70 @@ dx_module *dx_rag_new(dx_retriever *r, size_t k, const dx_predict_opts *opts)
     }
     return m;
 }
+
+/* ---- as a tool ------------------------------------------------------------ */
+
+typedef struct search_tool {
+    dx_retriever *r;
+    size_t k;
+} search_tool;
+
+static int search_tool_fn(const cJSON *args, char **result, void *ud)
+{
+    const search_tool *st = ud;
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(args, "query");
+    if (!cJSON_IsString(q))
+        return DX_EINVAL; /* validated already; kept for safety */
+    dx_passages *p = NULL;
+    dx_diag d = {0};
+    int rc = dx_retriever_search(st->r, q->valuestring, st->k, &p, &d);
+    if (rc != DX_OK) {
+        *result = dx_strdup(d.msg[0] ? d.msg : dx_strerror(rc));
+        return rc;
+    }
+    cJSON *list = cJSON_CreateArray();
+    for (size_t i = 0; list && i < p->n; i++)
+        cJSON_AddItemToArray(list, cJSON_CreateString(p->items[i].text));
+    dx__sb b;
+    dx__sb_init(&b);
+    if (list)
+        dx__pyjson_dump(&b, list, -1);
+    cJSON_Delete(list);
+    dx_passages_free(p);
+    *result = list ? dx__sb_take(&b) : NULL;
+    if (!list)
+        dx__sb_free(&b);
+    return *result ? DX_OK : DX_ENOMEM;
+}
+
+static void search_tool_free(void *ud)
+{
+    search_tool *st = ud;
+    dx_retriever_unref(st->r);
+    dx_free(st);
+}
+
+int dx_retriever_tool(dx_retriever *r, const char *name, size_t k,
+                      dx_tool **out, dx_diag *diag)
+{
+    if (!r || !out)
+        return dx_diag_set(diag, DX_EINVAL, 0, 0, "search tool: NULL argument");
+    search_tool *st = dx_calloc(1, sizeof *st);
+    if (!st)
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    st->r = dx_retriever_ref(r);
+    st->k = k ? k : 3;
+    static const dx_tool_param params[] = {
+        {.name = "query",
+         .type = "str",
+         .desc = "what to search for",
+         .required = true},
+    };
+    char desc[256];
+    snprintf(desc, sizeof desc,
+             "Search the corpus and return the %zu most relevant passages.",
+             st->k);
+    /* The tool owns st (freed with it, or at once if creation fails). */
+    return dx_tool_new_owned(name ? name : "search", desc, params, 1,
+                             search_tool_fn, st, search_tool_free, out, diag);
+}

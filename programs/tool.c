@@ -317,6 +317,14 @@ int dx_tool_new(const char *name, const char *desc, const dx_tool_param *params,
     return tool_make(name, desc, params, n_params, fn, ud, NULL, out, diag);
 }
 
+int dx_tool_new_owned(const char *name, const char *desc,
+                      const dx_tool_param *params, size_t n_params,
+                      dx_tool_fn fn, void *ud, void (*ud_free)(void *),
+                      dx_tool **out, dx_diag *diag)
+{
+    return tool_make(name, desc, params, n_params, fn, ud, ud_free, out, diag);
+}
+
 dx_tool *dx_tool_ref(dx_tool *t)
 {
     if (t)

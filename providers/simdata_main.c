@@ -7,6 +7,7 @@
  *     dspex-simdata [--seed N] DIR
  */
 #include <errno.h>
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,6 +94,30 @@ int main(int argc, char **argv)
             if (bad)
                 return 1;
         }
+    }
+    /* The twohop corpus, one {"text": ...} passage per line, for retrieval
+     * tools and RAG programs (dspex's BM25 loader reads this shape). */
+    char **ps = NULL;
+    size_t n = 0;
+    if (dx_sim_corpus(NULL, 0, &ps, &n) != DX_OK)
+        return 1;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/twohop/corpus.jsonl", dir);
+    FILE *f = fopen(path, "w");
+    for (size_t i = 0; f && i < n; i++) {
+        cJSON *o = cJSON_CreateObject();
+        char *line = NULL;
+        if (o && cJSON_AddStringToObject(o, "text", ps[i]))
+            line = cJSON_PrintUnformatted(o);
+        if (line)
+            fprintf(f, "%s\n", line);
+        cJSON_free(line);
+        cJSON_Delete(o);
+    }
+    dx_sim_corpus_free(ps, n);
+    if (!f || fclose(f) != 0) {
+        fprintf(stderr, "dspex-simdata: %s: write failed\n", path);
+        return 1;
     }
     return 0;
 }

@@ -183,4 +183,16 @@ DX_API dx_module *dx_retrieve_new(dx_retriever *r, size_t k);
 DX_API dx_module *dx_rag_new(dx_retriever *r, size_t k,
                              const dx_predict_opts *opts);
 
+/* ---- as a tool ---------------------------------------------------------- */
+
+#include "tool.h"
+
+/* A tool (tool.h) named name (NULL: "search") with one argument `query`
+ * (str) whose observation is the texts of the top k passages (k 0 = 3) as
+ * a JSON list of strings, best first — what a Python retrieval tool
+ * returning a list puts in a ReAct trajectory. Takes a reference to r.
+ * DX_OK with *out holding one reference; errors as dx_tool_new. */
+DX_API int dx_retriever_tool(dx_retriever *r, const char *name, size_t k,
+                             dx_tool **out, dx_diag *diag);
+
 #endif

@@ -91,6 +91,13 @@ DX_API int dx_tool_new(const char *name, const char *desc,
                        const dx_tool_param *params, size_t n_params,
                        dx_tool_fn fn, void *ud, dx_tool **out, dx_diag *diag);
 
+/* dx_tool_new whose ud is the tool's: ud_free(ud) runs when the last
+ * reference goes (and at once when creation fails). */
+DX_API int dx_tool_new_owned(const char *name, const char *desc,
+                             const dx_tool_param *params, size_t n_params,
+                             dx_tool_fn fn, void *ud, void (*ud_free)(void *),
+                             dx_tool **out, dx_diag *diag);
+
 /* A tool that runs module m (borrowed: it must outlive the tool) with
  * dx_module_call(opts) on the arguments as inputs; the observation is the
  * prediction's fields as a JSON object ({"answer": "..."}). params NULL:

@@ -170,11 +170,11 @@ Test(cli, bad_input_exits_2_and_says_where)
 
     f = fopen(prog, "w");
     fputs("{\"program\": {\"modules\": [{\"name\": \"x\", \"module\": "
-          "\"react\", \"signature\": \"a -> b\"}]}}",
+          "\"teleport\", \"signature\": \"a -> b\"}]}}",
           f);
     fclose(f);
     cr_assert_eq(dspex((const char *[]){"prompt", prog, NULL}), 2);
-    cr_assert(strstr(err_buf, "unknown module \"react\""), "%s", err_buf);
+    cr_assert(strstr(err_buf, "unknown module \"teleport\""), "%s", err_buf);
 
     cr_assert_eq(
         dspex((const char *[]){"prompt", "--module", "predict", "--signature",
@@ -346,4 +346,20 @@ Test(cli, a_config_file_selects_the_model_and_bad_ones_are_refused)
     cr_assert_eq(rc, 2);
     cr_assert(strstr(err_buf, "\"modle\""), "%s", err_buf);
     unsetenv("DSPEX_CONFIG");
+}
+
+Test(cli, agents_and_rag_programs_evaluate_on_the_two_hop_task)
+{
+    int rc = dspex((const char *[]){"eval", example("react_twohop.json"),
+                                    data("twohop/dev.jsonl"), NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    double react = -1, rag = -1;
+    cr_assert_eq(sscanf(out_buf, "score %lf%%", &react), 1, "%s", out_buf);
+    rc = dspex((const char *[]){"eval", example("rag_bm25.json"),
+                                data("twohop/dev.jsonl"), NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    cr_assert_eq(sscanf(out_buf, "score %lf%%", &rag), 1, "%s", out_buf);
+    /* The agent reads both hops; RAG retrieves once. */
+    cr_assert_gt(react, rag, "react %.2f rag %.2f", react, rag);
+    cr_assert_gt(rag, 30, "rag %.2f", rag);
 }
