@@ -9,9 +9,19 @@
  * The search cannot match Optuna's draws (its TPE uses numpy's
  * generator); it follows Optuna's algorithm with CPython's generator.
  *
- * Checkpoints: every proposal and every trial's score are stored; a
- * resumed run makes the same random draws and reuses them, so it ends with
- * the same program and score.
+ * The proposer is DSPy's GroundedProposer with its defaults: a dataset
+ * summary made once (observations on 10 trainset examples at a time,
+ * then a summary), and per proposal a description of the program and of
+ * the predictor, then the instruction itself. Where dspex cannot show what
+ * DSPy shows: the "program_code" is the program's structure as text (no
+ * Python source exists; see program_code()), and the examples' Python
+ * repr is reproduced by examples_repr() and py_repr(), whose comments say
+ * where it differs.
+ *
+ * Checkpoints: the dataset summary, every proposal's descriptions and
+ * instruction and every trial's score are stored; a resumed run makes the
+ * same random draws and reuses them, so it ends with the same program and
+ * score and asks the LM nothing it already answered.
  */
 #include <math.h>
 #include <stdio.h>
@@ -303,6 +313,191 @@ static char *strip_prefix(const char *text)
     return out;
 }
 
+/* ---- Python's repr of examples ------------------------------------------------ */
+
+/* Is code point c one that Python's str.isprintable() rejects (so repr
+ * escapes it)? Exact for ASCII and Latin-1; beyond, the separators,
+ * format characters, private-use planes and noncharacters that text
+ * actually carries. Python also escapes every unassigned code point;
+ * dspex has no Unicode table and prints those as they are. */
+static bool py_unprintable(unsigned long c)
+{
+    if (c < 0x20 || (c >= 0x7f && c <= 0xa0) || c == 0xad)
+        return true;
+    if (c < 0x600)
+        return false;
+    return (c >= 0x600 && c <= 0x605) || c == 0x61c || c == 0x6dd ||
+           c == 0x70f || c == 0x890 || c == 0x891 || c == 0x8e2 ||
+           c == 0x1680 || c == 0x180e || (c >= 0x2000 && c <= 0x200f) ||
+           (c >= 0x2028 && c <= 0x202f) || (c >= 0x205f && c <= 0x206f) ||
+           c == 0x3000 || (c >= 0xd800 && c <= 0xf8ff) || c == 0xfeff ||
+           (c >= 0xfff9 && c <= 0xfffb) || c == 0xfffe || c == 0xffff ||
+           (c >= 0x1d173 && c <= 0x1d17a) || c == 0xe0001 ||
+           (c >= 0xe0020 && c <= 0xe007f) || c >= 0xf0000;
+}
+
+/* The code point of the UTF-8 sequence at s (*len its bytes); 0 with
+ * *len 1 for a byte that starts no valid sequence. */
+static unsigned long utf8_at(const unsigned char *s, size_t *len)
+{
+    unsigned long c;
+    size_t n;
+    if (s[0] < 0x80) {
+        *len = 1;
+        return s[0];
+    } else if ((s[0] & 0xe0) == 0xc0) {
+        c = s[0] & 0x1f;
+        n = 2;
+    } else if ((s[0] & 0xf0) == 0xe0) {
+        c = s[0] & 0x0f;
+        n = 3;
+    } else if ((s[0] & 0xf8) == 0xf0) {
+        c = s[0] & 0x07;
+        n = 4;
+    } else {
+        *len = 1;
+        return 0;
+    }
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80) {
+            *len = 1;
+            return 0;
+        }
+        c = c << 6 | (s[i] & 0x3f);
+    }
+    *len = n;
+    return c;
+}
+
+/* Python's repr of a str: single quotes unless the text has ' and no ",
+ * backslash escapes for \\ \n \r \t and the quote, \xNN / \uNNNN /
+ * \UNNNNNNNN for what is not printable. Bytes that are not UTF-8 (a
+ * Python str cannot hold them) are copied as they are. */
+static void py_str_repr(dx__sb *b, const char *s)
+{
+    char q = strchr(s, '\'') && !strchr(s, '"') ? '"' : '\'';
+    dx__sb_putc(b, q);
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        size_t n = 1;
+        unsigned long c = utf8_at(p, &n);
+        if (c == '\\' || c == (unsigned char)q)
+            dx__sb_printf(b, "\\%c", (char)c);
+        else if (c == '\n')
+            dx__sb_puts(b, "\\n");
+        else if (c == '\r')
+            dx__sb_puts(b, "\\r");
+        else if (c == '\t')
+            dx__sb_puts(b, "\\t");
+        else if (c != 0 && py_unprintable(c))
+            dx__sb_printf(b,
+                          c < 0x100     ? "\\x%02lx"
+                          : c < 0x10000 ? "\\u%04lx"
+                                        : "\\U%08lx",
+                          c);
+        else
+            dx__sb_put(b, (const char *)p, n);
+        p += n;
+    }
+    dx__sb_putc(b, q);
+}
+
+/* Python's repr of a JSON value as DSPy holds it: str, int, float,
+ * True/False/None, list, dict. */
+static void py_repr(dx__sb *b, const cJSON *v)
+{
+    if (cJSON_IsString(v)) {
+        py_str_repr(b, v->valuestring ? v->valuestring : "");
+    } else if (cJSON_IsArray(v) || cJSON_IsObject(v)) {
+        bool obj = cJSON_IsObject(v);
+        dx__sb_putc(b, obj ? '{' : '[');
+        for (const cJSON *c = v->child; c; c = c->next) {
+            if (c != v->child)
+                dx__sb_puts(b, ", ");
+            if (obj) {
+                py_str_repr(b, c->string ? c->string : "");
+                dx__sb_puts(b, ": ");
+            }
+            py_repr(b, c);
+        }
+        dx__sb_putc(b, obj ? '}' : ']');
+    } else {
+        dx__pystr(b, v);
+    }
+}
+
+/* Python's f"{value}": a str as it is, anything else as its repr. */
+static void py_format(dx__sb *b, const cJSON *v)
+{
+    if (v && !cJSON_IsString(v))
+        py_repr(b, v);
+    else
+        dx__pystr(b, v);
+}
+
+static int by_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* DSPy's order_input_keys_in_string(repr(trainset[lo:hi])):
+ * "[Example({'question': '...', 'answer': '...'}) (input_keys={'question'}),
+ * ...]", keys starting with "dspy_" left out, the input keys' reprs sorted
+ * as text. An example without an input designation shows "None", one with
+ * an empty designation "set()". Difference: DSPy lists every designated
+ * input key; dspex can list only the designated keys the example holds. */
+static void examples_repr(dx__sb *b, const dx_dataset *ds, size_t lo, size_t hi)
+{
+    dx__sb_putc(b, '[');
+    for (size_t i = lo; i < hi; i++) {
+        const dx_example *ex = ds->items[i];
+        if (i > lo)
+            dx__sb_puts(b, ", ");
+        dx__sb_puts(b, "Example({");
+        size_t n = dx_example_len(ex), shown = 0, n_in = 0;
+        char **keys = dx_calloc(n ? n : 1, sizeof *keys);
+        for (size_t k = 0; k < n; k++) {
+            const char *key = dx_example_key(ex, k);
+            if (strncmp(key, "dspy_", 5) == 0)
+                continue;
+            if (shown++)
+                dx__sb_puts(b, ", ");
+            py_str_repr(b, key);
+            dx__sb_puts(b, ": ");
+            py_repr(b, dx_example_value(ex, k));
+            if (keys && dx_example_is_input(ex, key)) {
+                dx__sb tmp;
+                dx__sb_init(&tmp);
+                py_str_repr(&tmp, key);
+                char *t = dx__sb_take(&tmp);
+                if (t)
+                    keys[n_in++] = t;
+                else
+                    b->oom = true;
+            }
+        }
+        if (!keys)
+            b->oom = true;
+        dx__sb_puts(b, "}) (input_keys=");
+        if (!dx_example_has_inputs(ex)) {
+            dx__sb_puts(b, "None");
+        } else if (n_in == 0) {
+            dx__sb_puts(b, "set()");
+        } else {
+            qsort(keys, n_in, sizeof *keys, by_str);
+            dx__sb_putc(b, '{');
+            for (size_t k = 0; k < n_in; k++)
+                dx__sb_printf(b, "%s%s", k ? ", " : "", keys[k]);
+            dx__sb_putc(b, '}');
+        }
+        dx__sb_putc(b, ')');
+        for (size_t k = 0; k < n_in; k++)
+            dx_free(keys[k]);
+        dx_free(keys);
+    }
+    dx__sb_putc(b, ']');
+}
+
 typedef struct mipro_run {
     const dx_module *student;
     dx_tp_opts o;
@@ -317,6 +512,8 @@ typedef struct mipro_run {
     size_t n_sets;
     char ***instr; /* [p][i] */
     size_t *n_instr;
+    char *summary;   /* the dataset summary; NULL: none (left out) */
+    char *prog_code; /* the program as text; NULL: not program-aware */
     dx_diag *diag;
 } mipro_run;
 
@@ -351,11 +548,8 @@ static char *task_demos(const mipro_run *r, size_t p, size_t si)
             for (size_t f = 0; f < dx_signature_n_fields(sig); f++) {
                 const dx_field *fd = dx_signature_field(sig, f);
                 dx__sb_printf(&b, "%s%s ", f ? "\n" : "", fd->prefix);
-                const cJSON *v = dx_example_get(d, fd->name);
-                if (v)
-                    dx__pystr(&b, v);
-                else
-                    dx__sb_puts(&b, "None");
+                /* f"{name} {value}", so a list shows as Python's. */
+                py_format(&b, dx_example_get(d, fd->name));
             }
             count++;
         }
@@ -370,9 +564,381 @@ static char *task_demos(const mipro_run *r, size_t p, size_t si)
     return dx__sb_take(&b);
 }
 
+/* ---- the proposer's LM calls ------------------------------------------------- */
+
+/* DSPy's signatures, word for word (their typos included: the prompts
+ * must match). */
+static const char DESCRIBE_DATA[] =
+    "Given several examples from a dataset please write observations about "
+    "trends that hold for most or all of the samples. Some areas you may "
+    "consider in your observations: topics, content, syntax, conciseness, "
+    "etc. It will be useful to make an educated guess as to the nature of "
+    "the task this dataset will enable. Don't be afraid to be creative";
+static const char DESCRIBE_DATA_PRIOR[] =
+    "Given several examples from a dataset please write observations about "
+    "trends that hold for most or all of the samples. I will also provide "
+    "you with a few observations I have already made.  Please add your own "
+    "observations or if you feel the observations are comprehensive say "
+    "'COMPLETE' Some areas you may consider in your observations: topics, "
+    "content, syntax, conciceness, etc. It will be useful to make an "
+    "educated guess as to the nature of the task this dataset will enable. "
+    "Don't be afraid to be creative";
+static const char SUMMARIZE[] =
+    "Given a series of observations I have made about my dataset, please "
+    "summarize them into a brief 2-3 sentence summary which highlights only "
+    "the most important details.";
+static const char DESCRIBE_PROGRAM[] =
+    "Below is some pseudo-code for a pipeline that solves tasks with calls "
+    "to language models. Please describe what type of task this program "
+    "appears to be designed to solve, and how it appears to work.";
+static const char DESCRIBE_MODULE[] =
+    "Below is some pseudo-code for a pipeline that solves tasks with calls "
+    "to language models. Please describe the purpose of one of the "
+    "specified module in this pipeline.";
+
+static const char D_EXAMPLES[] = "Sample data points from the dataset";
+static const char D_PSEUDOCODE[] =
+    "Pseudocode for a language model program designed to solve a particular "
+    "task.";
+static const char D_PROGRAM_EXAMPLE[] = "An example of the program in use.";
+static const char D_PROGRAM_SUMMARY[] =
+    "Summary of the task the program is designed to solve, and how it goes "
+    "about solving it.";
+
+static dx_field_spec in_field(const char *name, const char *desc)
+{
+    return (dx_field_spec){.name = name, .role = DX_FIELD_INPUT, .desc = desc};
+}
+
+static dx_field_spec out_field(const char *name, const char *desc)
+{
+    return (dx_field_spec){.name = name, .role = DX_FIELD_OUTPUT, .desc = desc};
+}
+
+/* One prompt-LM call: a Predict of fields[0..nf) with instructions, the
+ * inputs values[0..n_in) (in field order), temperature and cache
+ * namespace ns (NULL: the run's). *out is the first output field's text
+ * (the caller's). DX_OK; DX_ENOMEM; else the call failed (DX_EPROVIDER,
+ * DX_EPARSE...), which the proposer's callers forgive as DSPy does, so
+ * the reason goes to a diag of our own, not the run's. */
+static int ask_text(mipro_run *r, const dx_field_spec *fields, size_t nf,
+                    const char *instructions, const char *const *values,
+                    size_t n_in, double temperature, const char *ns, char **out)
+{
+    *out = NULL;
+    dx_signature *sig = NULL;
+    dx_example *in = dx_example_new();
+    dx_diag quiet = {0};
+    int rc = in ? dx_signature_build(fields, nf, instructions, &sig, NULL)
+                : DX_ENOMEM;
+    for (size_t i = 0; rc == DX_OK && i < n_in; i++)
+        rc = dx_example_set_str(in, fields[i].name, values[i]);
+    dx_prediction *pred = NULL;
+    if (rc == DX_OK)
+        rc = dx__tp_ask(sig, in, 1, temperature, r->m.prompt_lm_name, ns, &r->o,
+                        &pred, &r->res->usage, &quiet);
+    if (rc == DX_OK) {
+        *out = dx_strdup(dx_prediction_get_str(pred, fields[n_in].name, ""));
+        if (!*out)
+            rc = DX_ENOMEM;
+    }
+    dx_prediction_free(pred);
+    dx_example_free(in);
+    dx_signature_unref(sig);
+    return rc;
+}
+
+/* Store text (NULL: JSON null, "the LM gave none") under key. */
+static void ckpt_put_text(mipro_run *r, const char *key, const char *text)
+{
+    cJSON *v = text ? cJSON_CreateString(text) : cJSON_CreateNull();
+    if (v)
+        dx__tp_ckpt_put(&r->ck, key, v);
+    cJSON_Delete(v);
+}
+
+/* The checkpointed text under key: 1 with *out (the caller's; NULL for
+ * a stored null), 0 when not stored, -1 on OOM. */
+static int ckpt_get_text(mipro_run *r, const char *key, char **out)
+{
+    *out = NULL;
+    cJSON *v = dx__tp_ckpt_get(&r->ck, key);
+    int found = cJSON_IsString(v) || cJSON_IsNull(v);
+    if (cJSON_IsString(v) && !(*out = dx_strdup(v->valuestring)))
+        found = -1;
+    cJSON_Delete(v);
+    return found;
+}
+
+/* Does DSPy read this observation as "COMPLETE"? (Its first 8 characters
+ * upper-cased; ASCII is all that can spell it.) */
+static bool says_complete(const char *s)
+{
+    static const char W[] = "COMPLETE";
+    for (size_t i = 0; i < 8; i++)
+        if (!s[i] || (s[i] >= 'a' && s[i] <= 'z' ? s[i] - 32 : s[i]) != W[i])
+            return false;
+    return true;
+}
+
+#define VIEW_BATCH 10
+#define MAX_SUMMARY_CALLS 10
+#define MAX_COMPLETE 5
+
+/* DSPy's create_dataset_summary over train into r->summary (stays NULL
+ * when the LM gives none or the budget runs out first). Checkpointed
+ * under "data_summary". DX_OK or DX_ENOMEM. */
+static int data_summary(mipro_run *r, const dx_dataset *train)
+{
+    int got = ckpt_get_text(r, "data_summary", &r->summary);
+    if (got != 0)
+        return got < 0 ? dx_diag_set(r->diag, DX_ENOMEM, 0, 0, "out of memory")
+                       : DX_OK;
+    if (spent(r))
+        return DX_OK;
+    dx_field_spec first[] = {
+        in_field("examples", D_EXAMPLES),
+        out_field("observations", "Somethings that holds true for most or "
+                                  "all of the data you observed"),
+    };
+    dx_field_spec more[] = {
+        in_field("examples", D_EXAMPLES),
+        in_field("prior_observations",
+                 "Some prior observations I made about the data"),
+        out_field("observations",
+                  "Somethings that holds true for most or all of the data "
+                  "you observed or COMPLETE if you have nothing to add"),
+    };
+    dx_field_spec sum[] = {
+        in_field("observations", "Observations I have made about my dataset"),
+        out_field("summary", "Two to Three sentence summary of only the most "
+                             "significant highlights of my observations"),
+    };
+    dx__sb obs, view;
+    dx__sb_init(&obs);
+    dx__sb_init(&view);
+    size_t hi = train->n < VIEW_BATCH ? train->n : VIEW_BATCH;
+    examples_repr(&view, train, 0, hi);
+    const char *vals[2] = {dx__sb_cstr(&view), NULL};
+    char *text = NULL, *summary = NULL;
+    int rc = vals[0] ? ask_text(r, first, 2, DESCRIBE_DATA, vals, 1, 1.0, NULL,
+                                &text)
+                     : DX_ENOMEM;
+    bool have = rc == DX_OK;
+    if (have)
+        dx__sb_puts(&obs, text);
+    dx_free(text);
+    /* Later batches; DSPy's loop makes at most 9 of these calls. */
+    size_t calls = 0, skips = 0;
+    for (size_t lo = VIEW_BATCH; have && lo < train->n; lo += VIEW_BATCH) {
+        if (++calls >= MAX_SUMMARY_CALLS || spent(r))
+            break;
+        hi = train->n - lo < VIEW_BATCH ? train->n : lo + VIEW_BATCH;
+        view.len = 0;
+        examples_repr(&view, train, lo, hi);
+        /* Field order: examples, prior_observations (values follow it). */
+        const char *v2[2] = {dx__sb_cstr(&view), dx__sb_cstr(&obs)};
+        if (!v2[0] || !v2[1]) {
+            rc = DX_ENOMEM;
+            break;
+        }
+        rc = ask_text(r, more, 3, DESCRIBE_DATA_PRIOR, v2, 2, 1.0, NULL, &text);
+        if (rc != DX_OK) {
+            /* DSPy: keep the observations so far. */
+            dx_free(text);
+            break;
+        }
+        if (says_complete(text)) {
+            dx_free(text);
+            if (++skips >= MAX_COMPLETE)
+                break;
+            continue;
+        }
+        /* Appended as they come, without a separator, as DSPy does. */
+        dx__sb_puts(&obs, text);
+        dx_free(text);
+    }
+    if (rc == DX_ENOMEM || obs.oom || view.oom) {
+        dx__sb_free(&obs);
+        dx__sb_free(&view);
+        return dx_diag_set(r->diag, DX_ENOMEM, 0, 0, "out of memory");
+    }
+    rc = DX_OK;
+    bool asked = false;
+    if (have && !spent(r)) {
+        const char *v3[1] = {dx__sb_cstr(&obs)};
+        asked = true;
+        rc = v3[0] ? ask_text(r, sum, 2, SUMMARIZE, v3, 1, 1.0, NULL, &text)
+                   : DX_ENOMEM;
+        if (rc == DX_OK) {
+            summary = strip_prefix(text);
+            rc = summary ? DX_OK : DX_ENOMEM;
+        }
+        dx_free(text);
+    }
+    dx__sb_free(&obs);
+    dx__sb_free(&view);
+    if (rc == DX_ENOMEM)
+        return dx_diag_set(r->diag, DX_ENOMEM, 0, 0, "out of memory");
+    /* Stored when the run went without one because the LM failed, so a
+     * resumed run goes without it too; not when the budget stopped it. */
+    if (asked || !have)
+        ckpt_put_text(r, "data_summary", summary);
+    r->summary = summary;
+    return DX_OK;
+}
+
+/* The "program_code" DSPy fills with the program's Python source (each
+ * signature class, then the module class). dspex programs have no
+ * source, so the program is shown as its structure: the type name, then
+ * each predictor's path, signature and instructions (continuation lines
+ * indented), in named_predictors order. NULL on OOM. */
+static char *program_code(const mipro_run *r)
+{
+    dx__sb b;
+    dx__sb_init(&b);
+    dx__sb_printf(&b, "%s, a program of %zu predictor%s:\n",
+                  dx_module_type_name(r->program), r->np,
+                  r->np == 1 ? "" : "s");
+    for (size_t p = 0; p < r->np; p++) {
+        const dx_signature *sig = dx_predict_signature(r->preds[p].predict);
+        char *str = NULL;
+        if (dx_signature_string(sig, &str) != DX_OK)
+            b.oom = true;
+        dx__sb_printf(&b, "\n%s = Predict(\"%s\")\n    instructions: ",
+                      r->preds[p].path, str ? str : "");
+        dx_free(str);
+        for (const char *s = dx_signature_instructions(sig); *s; s++) {
+            dx__sb_putc(&b, *s);
+            if (*s == '\n' && s[1])
+                dx__sb_puts(&b, "    ");
+        }
+        dx__sb_putc(&b, '\n');
+    }
+    return dx__sb_take(&b);
+}
+
+/* DSPy's module string for predictor p: "Predict(in, ...) -> out, ...". */
+static char *module_code(const mipro_run *r, size_t p)
+{
+    const dx_signature *sig = dx_predict_signature(r->preds[p].predict);
+    dx__sb b;
+    dx__sb_init(&b);
+    dx__sb_puts(&b, "Predict(");
+    for (size_t i = 0; i < dx_signature_n_inputs(sig); i++)
+        dx__sb_printf(&b, "%s%s", i ? ", " : "",
+                      dx_signature_input(sig, i)->name);
+    dx__sb_puts(&b, ") -> ");
+    for (size_t i = 0; i < dx_signature_n_outputs(sig); i++)
+        dx__sb_printf(&b, "%s%s", i ? ", " : "",
+                      dx_signature_output(sig, i)->name);
+    return dx__sb_take(&b);
+}
+
+/* What a proposal shows the LM about the program and predictor p. */
+typedef struct described {
+    char *program; /* program_description */
+    char *module;  /* module */
+    char *role;    /* module_description */
+    bool stopped;  /* the budget ran out before all were asked */
+} described;
+
+static void described_free(described *d)
+{
+    dx_free(d->program);
+    dx_free(d->module);
+    dx_free(d->role);
+}
+
+/* DSPy's program-aware step of one proposal: DescribeProgram (its answer
+ * prefix-stripped), then DescribeModule, with the task demos as the
+ * program example, at init_temperature in the proposal's cache
+ * namespace. A failed call leaves DSPy's placeholders. Each answer is
+ * checkpointed under "<what>/<p>/<si>". DX_OK or DX_ENOMEM. */
+static int describe(mipro_run *r, size_t p, size_t si, const char *demos,
+                    const char *ns, described *d)
+{
+    memset(d, 0, sizeof *d);
+    char kp[64], km[64];
+    snprintf(kp, sizeof kp, "program_description/%zu/%zu", p, si);
+    snprintf(km, sizeof km, "module_description/%zu/%zu", p, si);
+    char *text = NULL;
+    int got = ckpt_get_text(r, kp, &text);
+    int rc = got < 0 ? DX_ENOMEM : DX_OK;
+    if (rc == DX_OK && got == 0) {
+        dx_field_spec f[] = {
+            in_field("program_code", D_PSEUDOCODE),
+            in_field("program_example", D_PROGRAM_EXAMPLE),
+            out_field(
+                "program_description",
+                "Describe what task the program is designed to solve, and how "
+                "it goes about solving this task."),
+        };
+        const char *v[] = {r->prog_code, demos};
+        char *raw = NULL;
+        rc = ask_text(r, f, 3, DESCRIBE_PROGRAM, v, 2, r->m.init_temperature,
+                      ns, &raw);
+        if (rc == DX_OK) {
+            text = strip_prefix(raw);
+            rc = text ? DX_OK : DX_ENOMEM;
+        } else if (rc != DX_ENOMEM) {
+            rc = DX_OK;
+        }
+        dx_free(raw);
+        if (rc == DX_OK)
+            ckpt_put_text(r, kp, text);
+    }
+    if (rc == DX_OK && text) {
+        d->program = text;
+        d->module = module_code(r, p);
+        rc = d->module ? DX_OK : DX_ENOMEM;
+        got = rc == DX_OK ? ckpt_get_text(r, km, &d->role) : 0;
+        if (got < 0)
+            rc = DX_ENOMEM;
+        if (rc == DX_OK && got == 0 && spent(r)) {
+            d->stopped = true;
+        } else if (rc == DX_OK && got == 0) {
+            dx_field_spec f[] = {
+                in_field("program_code", D_PSEUDOCODE),
+                in_field("program_example", D_PROGRAM_EXAMPLE),
+                in_field("program_description", D_PROGRAM_SUMMARY),
+                in_field("module", "The module in the program that we want to "
+                                   "describe."),
+                out_field("module_description",
+                          "Description of the module's role in the broader "
+                          "program."),
+            };
+            const char *v[] = {r->prog_code, demos, d->program, d->module};
+            rc = ask_text(r, f, 5, DESCRIBE_MODULE, v, 4, r->m.init_temperature,
+                          ns, &d->role);
+            if (rc != DX_OK && rc != DX_ENOMEM)
+                rc = DX_OK;
+            if (rc == DX_OK)
+                ckpt_put_text(r, km, d->role);
+        }
+    }
+    if (rc == DX_OK && !d->program &&
+        !(d->program = dx_strdup("Not available")))
+        rc = DX_ENOMEM;
+    if (rc == DX_OK && !d->module && !(d->module = dx_strdup("Not provided")))
+        rc = DX_ENOMEM;
+    if (rc == DX_OK && !d->role && !(d->role = dx_strdup("Not provided")))
+        rc = DX_ENOMEM;
+    if (rc != DX_OK) {
+        described_free(d);
+        memset(d, 0, sizeof *d);
+        return dx_diag_set(r->diag, DX_ENOMEM, 0, 0, "out of memory");
+    }
+    return DX_OK;
+}
+
+/* One proposal (DSPy's GenerateModuleInstruction) for predictor p from
+ * demo set si into *out; *out stays NULL when the budget ran out before
+ * its calls were made. */
 static int propose_one(mipro_run *r, size_t p, size_t si, const char *tip,
                        int64_t rollout, char **out)
 {
+    *out = NULL;
     char key[64];
     snprintf(key, sizeof key, "instruction/%zu/%zu", p, si);
     cJSON *cv = dx__tp_ckpt_get(&r->ck, key);
@@ -385,40 +951,65 @@ static int propose_one(mipro_run *r, size_t p, size_t si, const char *tip,
     bool use_demos = !r->m.no_task_demos && r->n_sets > 0;
     bool use_tip = tip && *tip;
     char *demos = use_demos ? task_demos(r, p, si) : NULL;
-    dx_field_spec f[4];
-    size_t nf = 0;
-    f[nf++] = (dx_field_spec){.name = "task_demos",
-                              .role = DX_FIELD_INPUT,
-                              .desc = "Example inputs/outputs of our module."};
-    f[nf++] = (dx_field_spec){.name = "basic_instruction",
-                              .role = DX_FIELD_INPUT,
-                              .desc = "Basic instruction."};
-    if (use_tip)
-        f[nf++] = (dx_field_spec){.name = "tip",
-                                  .role = DX_FIELD_INPUT,
-                                  .desc = "A suggestion for how to go about "
-                                          "generating the new instruction."};
-    f[nf++] = (dx_field_spec){
-        .name = "proposed_instruction",
-        .role = DX_FIELD_OUTPUT,
-        .desc = "Propose an instruction that will be used to prompt a "
-                "Language Model to perform this task."};
-    dx_signature *sig = NULL;
-    dx_example *in = dx_example_new();
-    int rc = in ? dx_signature_build(f, nf, PROPOSE_INSTRUCTIONS, &sig, NULL)
-                : DX_ENOMEM;
-    if (rc == DX_OK)
-        rc = dx_example_set_str(in, "task_demos",
-                                demos ? demos : "No task demos provided.");
-    if (rc == DX_OK)
-        rc = dx_example_set_str(in, "basic_instruction",
-                                dx_signature_instructions(
-                                    dx_predict_signature(r->preds[p].predict)));
-    if (rc == DX_OK && use_tip)
-        rc = dx_example_set_str(in, "tip", tip);
-    dx_prediction *pred = NULL;
+    const char *demo_text = demos ? demos : "No task demos provided.";
     char ns[32];
     snprintf(ns, sizeof ns, "%lld", (long long)rollout);
+    described d = {0};
+    int rc = use_demos && !demos ? DX_ENOMEM : DX_OK;
+    if (rc == DX_OK && r->prog_code)
+        rc = describe(r, p, si, demo_text, ns, &d);
+    if (rc != DX_OK || d.stopped || spent(r)) {
+        described_free(&d);
+        dx_free(demos);
+        return rc == DX_OK ? DX_OK
+                           : dx_diag_set(r->diag, rc, 0, 0, "out of memory");
+    }
+    /* GenerateSingleModuleInstruction's fields in DSPy's order; the
+     * instruction history is off in MIPROv2. */
+    dx_field_spec f[9];
+    const char *v[8];
+    size_t nf = 0;
+    if (r->summary) {
+        v[nf] = r->summary;
+        f[nf++] = in_field("dataset_description",
+                           "A description of the dataset that we are using.");
+    }
+    if (r->prog_code) {
+        v[nf] = r->prog_code;
+        f[nf++] = in_field("program_code", "Language model program designed to "
+                                           "solve a particular task.");
+        v[nf] = d.program;
+        f[nf++] = in_field("program_description", D_PROGRAM_SUMMARY);
+        v[nf] = d.module;
+        f[nf++] =
+            in_field("module", "The module to create an instruction for.");
+        v[nf] = d.role;
+        f[nf++] = in_field("module_description", "Description of the module "
+                                                 "to create an instruction "
+                                                 "for.");
+    }
+    v[nf] = demo_text;
+    f[nf++] = in_field("task_demos", "Example inputs/outputs of our module.");
+    v[nf] =
+        dx_signature_instructions(dx_predict_signature(r->preds[p].predict));
+    f[nf++] = in_field("basic_instruction", "Basic instruction.");
+    if (use_tip) {
+        v[nf] = tip;
+        f[nf++] = in_field("tip", "A suggestion for how to go about "
+                                  "generating the new instruction.");
+    }
+    size_t n_in = nf;
+    f[nf++] = out_field("proposed_instruction",
+                        "Propose an instruction that will be used to "
+                        "prompt a Language Model to perform this "
+                        "task.");
+    dx_signature *sig = NULL;
+    dx_example *in = dx_example_new();
+    rc = in ? dx_signature_build(f, nf, PROPOSE_INSTRUCTIONS, &sig, NULL)
+            : DX_ENOMEM;
+    for (size_t i = 0; rc == DX_OK && i < n_in; i++)
+        rc = dx_example_set_str(in, f[i].name, v[i]);
+    dx_prediction *pred = NULL;
     if (rc == DX_OK)
         rc = dx__tp_ask(sig, in, 1, r->m.init_temperature, r->m.prompt_lm_name,
                         ns, &r->o, &pred, &r->res->usage, r->diag);
@@ -429,14 +1020,15 @@ static int propose_one(mipro_run *r, size_t p, size_t si, const char *tip,
             dx_prediction_get_str(pred, "proposed_instruction", ""));
         if (!*out)
             rc = dx_diag_set(r->diag, DX_ENOMEM, 0, 0, "out of memory");
-        cJSON *v = *out ? cJSON_CreateString(*out) : NULL;
-        if (v)
-            dx__tp_ckpt_put(&r->ck, key, v);
-        cJSON_Delete(v);
+        cJSON *cj = *out ? cJSON_CreateString(*out) : NULL;
+        if (cj)
+            dx__tp_ckpt_put(&r->ck, key, cj);
+        cJSON_Delete(cj);
     }
     dx_prediction_free(pred);
     dx_example_free(in);
     dx_signature_unref(sig);
+    described_free(&d);
     dx_free(demos);
     return rc;
 }
@@ -799,7 +1391,13 @@ static int mipro_body(mipro_run *r, const dx_dataset *train,
     if (rc == DX_OK)
         rc = demo_sets(r, train, n_fewshot, zero_shot ? 3 : max_boot,
                        zero_shot ? 0 : max_lab);
-    /* Step 2: instructions, the current one first. */
+    /* Step 2: instructions, the current one first. DSPy's proposer reads
+     * the program and summarises the trainset once, before proposing. */
+    if (rc == DX_OK && !m->no_program_description &&
+        !(r->prog_code = program_code(r)))
+        rc = dx_diag_set(r->diag, DX_ENOMEM, 0, 0, "out of memory");
+    if (rc == DX_OK && !m->no_data_summary)
+        rc = data_summary(r, train);
     r->instr = rc == DX_OK ? dx_calloc(r->np, sizeof *r->instr) : NULL;
     r->n_instr = rc == DX_OK ? dx_calloc(r->np, sizeof *r->n_instr) : NULL;
     if (rc == DX_OK && (!r->instr || !r->n_instr))
@@ -824,6 +1422,8 @@ static int mipro_body(mipro_run *r, const dx_dataset *train,
                 break;
             rc = propose_one(r, p, i, r->m.no_tip ? NULL : TIPS[tip], rollout,
                              &r->instr[p][i]);
+            if (rc == DX_OK && !r->instr[p][i])
+                break; /* the budget ran out */
             if (rc == DX_OK)
                 r->n_instr[p]++;
         }
@@ -888,15 +1488,16 @@ int dx_mipro(const dx_module *student, const dx_dataset *trainset,
     if (train.n == 0 || val.n == 0)
         return dx_diag_set(diag, DX_EINVAL, 0, 0,
                            "mipro: empty trainset or valset");
-    char kind[200];
+    char kind[400];
     snprintf(kind, sizeof kind,
-             "mipro|%d|%zu|%zu|%d|%zu|%zu|%lld|%d|%.17g|%d%d|%s|%d",
+             "mipro|%d|%zu|%zu|%d|%zu|%zu|%lld|%d|%.17g|%d%d|%s|%d|%d%d",
              (int)r.m.auto_mode, r.m.num_candidates, r.m.num_trials,
              (int)r.m.no_minibatch, r.m.minibatch_size,
              r.m.minibatch_full_eval_steps, (long long)r.m.seed,
              (int)r.m.has_seed, r.m.init_temperature, (int)r.m.no_task_demos,
              (int)r.m.no_tip, r.m.prompt_lm_name ? r.m.prompt_lm_name : "",
-             (int)r.m.zero_shot);
+             (int)r.m.zero_shot, (int)r.m.no_data_summary,
+             (int)r.m.no_program_description);
     rc = dx__tp_ckpt_open(&r.ck, r.o.checkpoint_path, kind, student, NULL,
                           &train, &val, &r.o, 0, diag);
     if (rc != DX_OK)
@@ -921,6 +1522,8 @@ int dx_mipro(const dx_module *student, const dx_dataset *trainset,
     }
     dx_free(r.instr);
     dx_free(r.n_instr);
+    dx_free(r.summary);
+    dx_free(r.prog_code);
     for (size_t s = 0; s < r.n_sets; s++)
         dx_module_free(r.sets[s]);
     dx_free(r.sets);

@@ -5,7 +5,11 @@
  * shows its instructions and demo count, it sets the rewarded instruction
  * (label stripped, as DSPy) and demos and beats the baseline; a seed makes
  * runs repeat; a checkpointed minibatch run replays without the LM; the LM
- * call budget.
+ * call budget. The grounded proposer: the instruction prompt carries the
+ * dataset summary and the program and module descriptions (read back from
+ * the LM client's history), the trainset is shown as Python's repr, the
+ * observations stop at 10 calls or after 5 COMPLETEs, the switches give
+ * the old calls back, and the summary and descriptions are checkpointed.
  */
 #include <criterion/criterion.h>
 #include <string.h>
@@ -130,14 +134,23 @@ static double metric(const dx_example *ex, const dx_prediction *p,
     return s;
 }
 
-static void push_instruction(const char *text)
+/* A ChatAdapter reply giving output field `field` the text. */
+static void push_field(const char *field, const char *text)
 {
     char reply[512];
-    snprintf(reply, sizeof reply,
-             "[[ ## proposed_instruction ## ]]\n%s\n\n[[ ## completed ## ]]",
-             text);
+    snprintf(reply, sizeof reply, "[[ ## %s ## ]]\n%s\n\n[[ ## completed ## ]]",
+             field, text);
     cr_assert_eq(dx_lmserver_push_reply(srv, reply), DX_OK);
 }
+
+static void push_instruction(const char *text)
+{
+    push_field("proposed_instruction", text);
+}
+
+/* The grounded proposer's switches off: DSPy's proposer with
+ * data_aware_proposer and program_aware_proposer False. */
+#define UNGROUNDED .no_data_summary = true, .no_program_description = true
 
 /* Three proposals (the first is replaced by the current instruction). */
 static void push_three(void)
@@ -145,6 +158,74 @@ static void push_three(void)
     push_instruction("Say something.");
     push_instruction("* Proposed Instruction: \"Answer with banana.\"");
     push_instruction("Say cherry.");
+}
+
+/* Descriptions of the program and of its predictor for one proposal. */
+static void push_descriptions(void)
+{
+    push_field("program_description",
+               "Program Description: It answers numeric questions.");
+    push_field("module_description", "It maps a question to an answer.");
+}
+
+/* The replies of a grounded run with 6 train examples and 3 proposals:
+ * one observation, the summary, then per proposal the two descriptions
+ * and the instruction (11 calls). */
+static void push_grounded(void)
+{
+    push_field("observations", "The questions are whole numbers.");
+    push_field("summary", "Summary: The questions are small whole numbers.");
+    const char *instr[] = {"Say something.",
+                           "* Proposed Instruction: \"Answer with banana.\"",
+                           "Say cherry."};
+    for (int i = 0; i < 3; i++) {
+        push_descriptions();
+        push_instruction(instr[i]);
+    }
+}
+
+/* The LM client's history (dx_lm_client_inspect_history, which must run
+ * in a process): every call's messages and response, oldest first. */
+static char *history_text;
+
+static void grab_history(void *arg)
+{
+    (void)arg;
+    dx_free(history_text);
+    history_text = NULL;
+    atomic_store(&fixture_rc, dx_lm_client_inspect_history(dx_whereis("lm"), 0,
+                                                           &history_text));
+}
+
+static const char *lm_history(void)
+{
+    fixture_run(grab_history);
+    cr_assert_not_null(history_text);
+    return history_text;
+}
+
+/* The k-th call (0-based) in the history text; a copy, the caller's. */
+static char *history_call(const char *h, int k)
+{
+    const char *marker = "System message:";
+    const char *p = strstr(h, marker);
+    for (int i = 0; p && i < k; i++)
+        p = strstr(p + 1, marker);
+    cr_assert_not_null(p, "call %d is in the history", k);
+    const char *end = strstr(p + 1, marker);
+    size_t n = end ? (size_t)(end - p) : strlen(p);
+    char *c = dx_malloc(n + 1);
+    memcpy(c, p, n);
+    c[n] = '\0';
+    return c;
+}
+
+static size_t count_of(const char *h, const char *needle)
+{
+    size_t n = 0;
+    for (const char *p = strstr(h, needle); p; p = strstr(p + 1, needle))
+        n++;
+    return n;
 }
 
 static dx_tp_opts opts(void)
@@ -176,7 +257,8 @@ Test(mipro, sets_the_best_instruction_and_demos_and_beats_the_baseline)
     dx_mipro_opts m = {.auto_mode = DX_MIPRO_AUTO_NONE,
                        .num_candidates = 3,
                        .num_trials = 12,
-                       .no_minibatch = true};
+                       .no_minibatch = true,
+                       UNGROUNDED};
     dx_tp_result *r = NULL;
     dx_diag d = {0};
     cr_assert_eq(dx_mipro(st, train, val, &o, &m, &r, &d), DX_OK, "%s", d.msg);
@@ -223,7 +305,7 @@ Test(mipro, minibatch_trials_with_full_evaluations_replay_from_a_checkpoint)
     unlink(ckpt);
     dx_module *st = probe_program();
     dx_dataset *train = dataset(6), *val = dataset(8);
-    push_three();
+    push_grounded();
     dx_tp_opts o = opts();
     o.checkpoint_path = ckpt;
     dx_mipro_opts m = {.auto_mode = DX_MIPRO_AUTO_NONE,
@@ -243,8 +325,10 @@ Test(mipro, minibatch_trials_with_full_evaluations_replay_from_a_checkpoint)
     cr_assert_str_eq(a->trials[3].kind, "full");
     cr_assert_str_eq(a->trials[1].kind, "minibatch");
     uint64_t calls = upstream_requests();
+    cr_assert_eq(calls, 11, "summary, descriptions, proposals");
     cr_assert_eq(dx_mipro(st, train, val, &o, &m, &b, &d), DX_OK, "%s", d.msg);
-    cr_assert_eq(upstream_requests(), calls, "proposals came back");
+    cr_assert_eq(upstream_requests(), calls,
+                 "the summary, descriptions and proposals came back");
     cr_assert_eq(b->n_trials, a->n_trials);
     for (size_t i = 0; i < b->n_trials; i++) {
         cr_assert(b->trials[i].from_checkpoint);
@@ -278,7 +362,8 @@ Test(mipro, the_lm_call_budget_and_bad_options)
     dx_mipro_opts m = {.auto_mode = DX_MIPRO_AUTO_NONE,
                        .num_candidates = 3,
                        .num_trials = 4,
-                       .no_minibatch = true};
+                       .no_minibatch = true,
+                       UNGROUNDED};
     dx_tp_result *r = NULL;
     dx_diag d = {0};
     cr_assert_eq(dx_mipro(st, train, val, &o, &m, &r, &d), DX_ELIMIT, "%s",
@@ -315,11 +400,364 @@ Test(mipro, a_crashing_metric_does_not_stop_it)
     dx_mipro_opts m = {.auto_mode = DX_MIPRO_AUTO_NONE,
                        .num_candidates = 3,
                        .num_trials = 12,
-                       .no_minibatch = true};
+                       .no_minibatch = true,
+                       UNGROUNDED};
     dx_tp_result *r = NULL;
     dx_diag d = {0};
     cr_assert_eq(dx_mipro(st, train, val, &o, &m, &r, &d), DX_OK, "%s", d.msg);
     cr_assert_gt(r->score, 0);
+    dx_tp_result_free(r);
+    dx_module_free(st);
+    dx_dataset_free(train);
+    dx_dataset_free(val);
+}
+
+/* ---- the grounded proposer ------------------------------------------------- */
+
+static void free_history(void)
+{
+    dx_free(history_text);
+    history_text = NULL;
+}
+
+Test(mipro, the_instruction_prompt_holds_the_dataset_summary_and_descriptions)
+{
+    dx_module *st = probe_program();
+    dx_dataset *train = dataset(6), *val = dataset(6);
+    push_grounded();
+    dx_tp_opts o = opts();
+    dx_mipro_opts m = {.auto_mode = DX_MIPRO_AUTO_NONE,
+                       .num_candidates = 3,
+                       .num_trials = 3,
+                       .no_minibatch = true};
+    dx_tp_result *r = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_mipro(st, train, val, &o, &m, &r, &d), DX_OK, "%s", d.msg);
+    cr_assert_eq(upstream_requests(), 11);
+    const char *h = lm_history();
+
+    /* The first call sees the trainset as DSPy's repr of its Examples. */
+    char *c = history_call(h, 0);
+    cr_assert(strstr(c, "[[ ## examples ## ]]\n[Example({'question': 0, "
+                        "'answer': '?'}) (input_keys={'question'}), "
+                        "Example({'question': 1, 'answer': '?'}) "
+                        "(input_keys={'question'}),"),
+              "%s", c);
+    cr_assert(strstr(c, "'answer': '?'}) (input_keys={'question'})]\n"), "%s",
+              c);
+    cr_assert(strstr(c, "observations about trends that hold for most or "
+                        "all of the samples."));
+    dx_free(c);
+    c = history_call(h, 1);
+    cr_assert(strstr(c, "[[ ## observations ## ]]\nThe questions are whole "
+                        "numbers.\n"),
+              "%s", c);
+    dx_free(c);
+
+    /* The describers get the program's structure and the prefix-stripped
+     * program description. */
+    c = history_call(h, 3);
+    cr_assert(strstr(c, "[[ ## program_code ## ]]\nProbe, a program of 1 "
+                        "predictor:\n\np = Predict(\"question -> "
+                        "answer\")\n    instructions: Given the fields "
+                        "`question`, produce the fields `answer`.\n"),
+              "%s", c);
+    cr_assert(strstr(c, "[[ ## program_description ## ]]\nIt answers "
+                        "numeric questions.\n"),
+              "%s", c);
+    cr_assert(strstr(c, "[[ ## module ## ]]\nPredict(question) -> answer\n"),
+              "%s", c);
+    dx_free(c);
+
+    /* Every instruction proposal carries all of it. */
+    for (int k = 4; k < 11; k += 3) {
+        c = history_call(h, k);
+        cr_assert(strstr(c, "`dataset_description` (str): A description of "
+                            "the dataset that we are using."),
+                  "%s", c);
+        cr_assert(strstr(c, "[[ ## dataset_description ## ]]\nThe questions "
+                            "are small whole numbers.\n"),
+                  "summary label stripped: %s", c);
+        cr_assert(strstr(c, "[[ ## program_code ## ]]\nProbe, a program"));
+        cr_assert(strstr(c, "[[ ## program_description ## ]]\nIt answers "
+                            "numeric questions.\n"));
+        cr_assert(strstr(c, "[[ ## module ## ]]\nPredict(question) -> "
+                            "answer\n"));
+        cr_assert(strstr(c, "[[ ## module_description ## ]]\nIt maps a "
+                            "question to an answer.\n"));
+        cr_assert(strstr(c, "[[ ## basic_instruction ## ]]\n"));
+        cr_assert(strstr(c, "[[ ## proposed_instruction ## ]]"));
+        dx_free(c);
+    }
+    cr_assert_str_eq(dx_signature_instructions(dx_predict_signature(
+                         dx_module_child(r->program, "p"))),
+                     "Answer with banana.");
+    free_history();
+    dx_tp_result_free(r);
+    dx_module_free(st);
+    dx_dataset_free(train);
+    dx_dataset_free(val);
+}
+
+Test(mipro, switched_off_the_proposer_makes_only_its_proposals)
+{
+    dx_module *st = probe_program();
+    dx_dataset *train = dataset(30), *val = dataset(6);
+    push_three();
+    dx_tp_opts o = opts();
+    dx_mipro_opts m = {.auto_mode = DX_MIPRO_AUTO_NONE,
+                       .num_candidates = 3,
+                       .num_trials = 3,
+                       .no_minibatch = true,
+                       UNGROUNDED};
+    dx_tp_result *r = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_mipro(st, train, val, &o, &m, &r, &d), DX_OK, "%s", d.msg);
+    cr_assert_eq(upstream_requests(), 3);
+    const char *h = lm_history();
+    cr_assert_eq(count_of(h, "[[ ## proposed_instruction ## ]]\n"), 6,
+                 "3 prompts, 3 replies");
+    cr_assert_null(strstr(h, "dataset_description"));
+    cr_assert_null(strstr(h, "program_code"));
+    cr_assert_null(strstr(h, "module_description"));
+    dx_tp_result_free(r);
+
+    /* Only the summary: one call on 30 examples per batch of 10, then
+     * the summary, and no descriptions. */
+    m.no_data_summary = false;
+    push_field("observations", "Numbers.");
+    push_field("observations", "Still numbers.");
+    push_field("observations", "Only numbers.");
+    push_field("summary", "Whole numbers.");
+    push_three();
+    cr_assert_eq(dx_mipro(st, train, val, &o, &m, &r, &d), DX_OK, "%s", d.msg);
+    cr_assert_eq(upstream_requests(), 3 + 4 + 3);
+    h = lm_history();
+    char *c = history_call(h, 7);
+    cr_assert(strstr(c, "[[ ## dataset_description ## ]]\nWhole numbers.\n"),
+              "%s", c);
+    cr_assert_null(strstr(c, "program_code"));
+    dx_free(c);
+    free_history();
+    dx_tp_result_free(r);
+    dx_module_free(st);
+    dx_dataset_free(train);
+    dx_dataset_free(val);
+}
+
+Test(mipro, observations_stop_after_five_completes_and_at_ten_calls)
+{
+    dx_module *st = probe_program();
+    /* 80 examples: 8 batches, so 7 calls with prior observations at most;
+     * the fifth COMPLETE (any case, anything after it) ends them after 6. */
+    dx_dataset *train = dataset(80), *val = dataset(6);
+    push_field("observations", "First.");
+    push_field("observations", "Second.");
+    push_field("observations", "COMPLETE");
+    push_field("observations", "complete - nothing to add");
+    push_field("observations", "Complete.");
+    push_field("observations", "COMPLETE");
+    push_field("observations", "CoMpLeTe");
+    push_field("summary", "Short.");
+    push_three();
+    dx_tp_opts o = opts();
+    dx_mipro_opts m = {.auto_mode = DX_MIPRO_AUTO_NONE,
+                       .num_candidates = 3,
+                       .num_trials = 3,
+                       .no_minibatch = true,
+                       .no_program_description = true};
+    dx_tp_result *r = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_mipro(st, train, val, &o, &m, &r, &d), DX_OK, "%s", d.msg);
+    cr_assert_eq(upstream_requests(), 1 + 6 + 1 + 3);
+    const char *h = lm_history();
+    /* Observations are appended as they come, COMPLETEs left out. */
+    char *c = history_call(h, 2);
+    cr_assert(strstr(c, "[[ ## prior_observations ## ]]\nFirst.Second.\n"),
+              "%s", c);
+    cr_assert(strstr(c, "(input_keys={'question'})]\n"));
+    cr_assert(strstr(c, "[Example({'question': 20, 'answer': '?'})"), "%s", c);
+    dx_free(c);
+    c = history_call(h, 7);
+    cr_assert(strstr(c, "[[ ## observations ## ]]\nFirst.Second.\n"), "%s", c);
+    cr_assert(strstr(c, "2-3 sentence summary"));
+    dx_free(c);
+    dx_tp_result_free(r);
+
+    /* 120 examples and no COMPLETE: 10 observation calls, not 12. */
+    dx_dataset *big = dataset(120);
+    for (int i = 0; i < 10; i++)
+        push_field("observations", "More.");
+    push_field("summary", "Short.");
+    push_three();
+    uint64_t before = upstream_requests();
+    cr_assert_eq(dx_mipro(st, big, val, &o, &m, &r, &d), DX_OK, "%s", d.msg);
+    cr_assert_eq(upstream_requests() - before, 10 + 1 + 3);
+    h = lm_history();
+    c = history_call(h, 11 + 10);
+    cr_assert(strstr(c, "[[ ## observations ## ]]\nMore.More.More.More.More."
+                        "More.More.More.More.More.\n"),
+              "%s", c);
+    dx_free(c);
+    free_history();
+    dx_tp_result_free(r);
+    dx_dataset_free(big);
+    dx_module_free(st);
+    dx_dataset_free(train);
+    dx_dataset_free(val);
+}
+
+Test(mipro, the_budget_stops_the_summary_and_a_resumed_run_asks_only_the_rest)
+{
+    char ckpt[] = "/tmp/dx_mipro_ground_XXXXXX";
+    int fd = mkstemp(ckpt);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    unlink(ckpt);
+    dx_module *st = probe_program();
+    dx_dataset *train = dataset(6), *val = dataset(6);
+    dx_tp_opts o = opts();
+    dx_mipro_opts m = {.auto_mode = DX_MIPRO_AUTO_NONE,
+                       .num_candidates = 3,
+                       .num_trials = 3,
+                       .no_minibatch = true};
+    dx_tp_result *r = NULL;
+    dx_diag d = {0};
+
+    /* One call allowed: the first observation, then nothing. */
+    o.max_lm_calls = 1;
+    push_field("observations", "The questions are whole numbers.");
+    cr_assert_eq(dx_mipro(st, train, val, &o, &m, &r, &d), DX_ELIMIT, "%s",
+                 d.msg);
+    cr_assert_eq(upstream_requests(), 1);
+
+    /* With a checkpoint, four calls: the summary and the first proposal's
+     * two descriptions; its instruction is not asked. */
+    o.checkpoint_path = ckpt;
+    o.max_lm_calls = 4;
+    push_field("observations", "The questions are whole numbers.");
+    push_field("summary", "Summary: The questions are small whole numbers.");
+    push_descriptions();
+    cr_assert_eq(dx_mipro(st, train, val, &o, &m, &r, &d), DX_ELIMIT, "%s",
+                 d.msg);
+    cr_assert_eq(upstream_requests(), 1 + 4);
+
+    /* Resumed without a budget: the first instruction, then two whole
+     * proposals; the summary and descriptions come from the checkpoint. */
+    o.max_lm_calls = 0;
+    push_instruction("Say something.");
+    push_descriptions();
+    push_instruction("Answer with banana.");
+    push_descriptions();
+    push_instruction("Say cherry.");
+    cr_assert_eq(dx_mipro(st, train, val, &o, &m, &r, &d), DX_OK, "%s", d.msg);
+    cr_assert_eq(upstream_requests(), 1 + 4 + 7);
+    const char *h = lm_history();
+    char *c = history_call(h, 5);
+    cr_assert(strstr(c, "[[ ## dataset_description ## ]]\nThe questions are "
+                        "small whole numbers.\n"),
+              "the stored summary: %s", c);
+    cr_assert(strstr(c, "[[ ## module_description ## ]]\nIt maps a question "
+                        "to an answer.\n"),
+              "the stored description: %s", c);
+    cr_assert(strstr(c, "[[ ## proposed_instruction ## ]]"));
+    dx_free(c);
+    cr_assert_str_eq(dx_signature_instructions(dx_predict_signature(
+                         dx_module_child(r->program, "p"))),
+                     "Answer with banana.");
+    dx_tp_result_free(r);
+
+    /* And once more: nothing is asked. */
+    cr_assert_eq(dx_mipro(st, train, val, &o, &m, &r, &d), DX_OK, "%s", d.msg);
+    cr_assert_eq(upstream_requests(), 1 + 4 + 7);
+    free_history();
+    dx_tp_result_free(r);
+    dx_module_free(st);
+    dx_dataset_free(train);
+    dx_dataset_free(val);
+    unlink(ckpt);
+    char aux[64];
+    snprintf(aux, sizeof aux, "%s-wal", ckpt);
+    unlink(aux);
+    snprintf(aux, sizeof aux, "%s-shm", ckpt);
+    unlink(aux);
+}
+
+Test(mipro, a_failed_summary_is_left_out_as_dspy_does)
+{
+    dx_module *st = probe_program();
+    dx_dataset *train = dataset(6), *val = dataset(6);
+    /* The first observation call fails for good (retries included). */
+    cr_assert_eq(dx_lmserver_inject(srv, "auth", 1), DX_OK);
+    push_three();
+    dx_tp_opts o = opts();
+    dx_mipro_opts m = {.auto_mode = DX_MIPRO_AUTO_NONE,
+                       .num_candidates = 3,
+                       .num_trials = 3,
+                       .no_minibatch = true,
+                       .no_program_description = true};
+    dx_tp_result *r = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_mipro(st, train, val, &o, &m, &r, &d), DX_OK, "%s", d.msg);
+    const char *h = lm_history();
+    cr_assert_eq(count_of(h, "[[ ## proposed_instruction ## ]]\nSay cherry."),
+                 1);
+    char *c = history_call(h, 1);
+    cr_assert_null(strstr(c, "dataset_description"), "%s", c);
+    cr_assert(strstr(c, "[[ ## task_demos ## ]]"));
+    dx_free(c);
+    free_history();
+    dx_tp_result_free(r);
+    dx_module_free(st);
+    dx_dataset_free(train);
+    dx_dataset_free(val);
+}
+
+Test(mipro, the_trainset_is_shown_as_python_reprs_of_its_examples)
+{
+    dx_module *st = probe_program();
+    dx_dataset *train = dx_dataset_new(), *val = dataset(6);
+    const char *in[] = {"question", "context"};
+    dx_example *a = dx_example_new();
+    dx_example_set_str(a, "question", "It's \"x\"\ncaf\xc3\xa9\xc2\xa0!");
+    dx_example_set_str(a, "context", "tab\there");
+    cr_assert_eq(dx_example_set_json(a, "answer", "[1, 2.5, true, null]", NULL),
+                 DX_OK);
+    dx_example_set_str(a, "dspy_split", "train");
+    dx_example_with_inputs(a, in, 2);
+    dx_example *b = dx_example_new();
+    dx_example_set_str(b, "question", "it's");
+    cr_assert_eq(dx_example_set_json(b, "context", "{\"k\": \"v\"}", NULL),
+                 DX_OK);
+    dx_example_set_float(b, "answer", 0.5);
+    dx_example_with_inputs(b, in, 2);
+    cr_assert_eq(dx_dataset_append(train, a), DX_OK);
+    cr_assert_eq(dx_dataset_append(train, b), DX_OK);
+    push_field("observations", "Mixed values.");
+    push_field("summary", "Mixed.");
+    push_three();
+    dx_tp_opts o = opts();
+    dx_mipro_opts m = {.auto_mode = DX_MIPRO_AUTO_NONE,
+                       .num_candidates = 3,
+                       .num_trials = 3,
+                       .no_minibatch = true,
+                       .no_program_description = true};
+    dx_tp_result *r = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_mipro(st, train, val, &o, &m, &r, &d), DX_OK, "%s", d.msg);
+    char *c = history_call(lm_history(), 0);
+    /* Python: repr(trainset[0:2]) with the input keys sorted, dspy_ keys
+     * left out, a non-printable no-break space escaped. */
+    const char *want =
+        "[[ ## examples ## ]]\n"
+        "[Example({'question': 'It\\'s \"x\"\\ncaf\xc3\xa9\\xa0!', "
+        "'context': 'tab\\there', 'answer': [1, 2.5, True, None]}) "
+        "(input_keys={'context', 'question'}), "
+        "Example({'question': \"it's\", 'context': {'k': 'v'}, "
+        "'answer': 0.5}) (input_keys={'context', 'question'})]\n";
+    cr_assert(strstr(c, want), "%s", c);
+    dx_free(c);
+    free_history();
     dx_tp_result_free(r);
     dx_module_free(st);
     dx_dataset_free(train);
