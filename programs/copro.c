@@ -86,9 +86,22 @@ int dx__tp_ask(dx_signature *sig, const dx_example *in, int n,
     call.trace = false;
     if (rollout_id)
         call.rollout_id = rollout_id;
-    int rc = dx_module_call(p, in, &call, out, NULL, diag);
-    if (rc == DX_OK)
-        dx_usage_acc_merge(usage, dx_prediction_usage(*out));
+    int rc;
+    if (!dx_pid_is_none(dx_self())) {
+        /* In the optimizer's process (no user code runs in a Predict, so
+         * nothing to isolate): a failed call's LM usage counts too, which
+         * dx_module_call would not report. */
+        int64_t timeout = call.timeout_ms > 0 ? call.timeout_ms : 120000;
+        dx_usage_acc u;
+        dx_usage_acc_init(&u, "ask");
+        rc = dx__run_program(p, in, &call, dx_now_ms() + timeout, out, NULL,
+                             diag, &u);
+        dx_usage_acc_merge(usage, &u);
+    } else {
+        rc = dx_module_call(p, in, &call, out, NULL, diag);
+        if (rc == DX_OK)
+            dx_usage_acc_merge(usage, dx_prediction_usage(*out));
+    }
     dx_module_free(p);
     return rc;
 }
