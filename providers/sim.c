@@ -9,7 +9,8 @@
  * p = base[profile][task] + 0.08 per correct demo (at most 4)
  *     - 0.15 per wrong demo + reasoning bonus (arithmetic 0.35, twohop
  *     0.10, others 0.03, when a `reasoning` output comes first) + 0.08 per
- *     task keyword in the instructions (at most 2) + 0.30 per supporting
+ *     task keyword in the instructions (at most 2) + 0.05 when they ask
+ *     for care ("careful", "step by step", ...) + 0.30 per supporting
  *     twohop fact in the inputs, clamped to [0.02, 0.97]. The answer is
  * right when a draw u < p. At temperature 0, u depends on the profile and
  * the inputs only, so the same question meets the same "difficulty" under
@@ -28,6 +29,8 @@
 #include "sim_int.h"
 
 #define MAX_FIELDS 16
+/* Instructions asking for care (see diligence_words). */
+#define DILIGENCE_BONUS 0.05
 #define MAX_CHOICES 16
 #define MAX_OUT (64 * 1024)
 
@@ -124,6 +127,11 @@ typedef struct prompt {
     bool has_completed;    /* the system message shows the completed marker */
     const char *objective; /* into the system message; NULL if none */
     size_t n_good_demos, n_bad_demos, n_demos;
+    /* Asked to write instructions (a `proposed_instruction` output, as
+     * COPRO's and MIPRO's proposers ask): the task the prompt is about
+     * (-1: none recognised) and the draw choosing this choice's wording. */
+    int instr_task;
+    uint64_t instr_draw;
 } prompt;
 
 /* Lines "N. `name` (type): desc" after "Your output fields are:". */
@@ -443,6 +451,68 @@ static bool is_reasoning(const char *name)
     return strcmp(name, "reasoning") == 0 || strcmp(name, "rationale") == 0;
 }
 
+/* Instructions that ask for care help a little on every task, as they do
+ * with real models; at most one counts. */
+static const char *const diligence_words[] = {"careful", "step by step",
+                                              "precise", "double-check", NULL};
+
+static bool diligent(const char *objective)
+{
+    if (!objective)
+        return false;
+    char low[2048];
+    size_t n = 0;
+    for (const char *s = objective; *s && n + 1 < sizeof low; s++)
+        low[n++] = (char)tolower((unsigned char)*s);
+    low[n] = '\0';
+    for (const char *const *w = diligence_words; *w; w++)
+        if (strstr(low, *w))
+            return true;
+    return false;
+}
+
+/* The task a whole prompt is about, by its keywords (-1: none). */
+static int prompt_task(const dx_lm_request *req)
+{
+    size_t best = 0;
+    int task = -1;
+    for (int t = 0; t < DX_SIM_N_TASKS; t++) {
+        size_t hits = 0;
+        for (size_t i = 0; i < req->n_messages; i++)
+            hits += keyword_hits(req->messages[i].content, (dx_sim_task)t);
+        if (hits > best) {
+            best = hits;
+            task = t;
+        }
+    }
+    return task;
+}
+
+/* A proposed instruction: one of a few wordings, drawn per choice, some
+ * naming the task's keywords, some asking for care, some neither — so a
+ * proposer's candidates differ in quality and an optimizer has something
+ * to find. */
+static void propose_instruction(const prompt *pr, char *b, size_t cap)
+{
+    static const char *const task_words[DX_SIM_N_TASKS] = {
+        "Work out the arithmetic step by step and give the final number",
+        "Name the capital or currency of the country asked about",
+        "Classify the sentiment of the text as positive, negative or neutral",
+        "Use the passages to find where the person was born and in which "
+        "country that is",
+    };
+    unsigned pick = (unsigned)(pr->instr_draw % 4);
+    if (pr->instr_task >= 0 && pick == 0)
+        snprintf(b, cap, "%s; be careful and precise.",
+                 task_words[pr->instr_task]);
+    else if (pr->instr_task >= 0 && pick == 1)
+        snprintf(b, cap, "%s.", task_words[pr->instr_task]);
+    else if (pick == 2)
+        snprintf(b, cap, "Read the inputs carefully and give only the answer.");
+    else
+        snprintf(b, cap, "Produce the outputs from the inputs.");
+}
+
 /* One field's value in the answer; *quoted: a JSON string in JSON mode. */
 static void field_value(const prompt *pr, size_t i, const dx__sim_solution *sol,
                         bool solved, bool right, int af, char *b, size_t cap,
@@ -457,6 +527,9 @@ static void field_value(const prompt *pr, size_t i, const dx__sim_solution *sol,
             snprintf(b, cap,
                      "I do not recognise this task, so I answer as "
                      "best I can.");
+    } else if (strcmp(f->name, "proposed_instruction") == 0) {
+        /* writing instructions, not answering the examples shown */
+        propose_instruction(pr, b, cap);
     } else if (solved && (int)i == af) {
         snprintf(b, cap, "%s", right ? sol->answer : sol->wrong);
         if (is_number_type(f->type))
@@ -926,6 +999,10 @@ int dx_sim_complete(const dx_lm_request *req, const char *model,
     prompt pr = {0};
     if (read_prompt(req, &pr, last_user) != DX_OK)
         return DX_ENOMEM;
+    pr.instr_task = -1;
+    for (size_t i = 0; i < pr.n_out; i++)
+        if (strcmp(pr.out[i].name, "proposed_instruction") == 0)
+            pr.instr_task = prompt_task(req);
 
     /* the inputs: every section of the last user message, or its whole
      * text when it has none (a plain chat request) */
@@ -1023,6 +1100,7 @@ int dx_sim_complete(const dx_lm_request *req, const char *model,
             kw = KEYWORD_CAP;
         p = pf->base[sol.task] + DEMO_BONUS * (double)good -
             WRONG_DEMO * (double)pr.n_bad_demos + KEYWORD_BONUS * (double)kw +
+            (diligent(pr.objective) ? DILIGENCE_BONUS : 0) +
             SUPPORT_BONUS * sol.support;
         if (pr.n_out > 0 && is_reasoning(pr.out[0].name))
             p += reasoning_bonus[sol.task];
@@ -1059,6 +1137,8 @@ int dx_sim_complete(const dx_lm_request *req, const char *model,
         int mode = 0;
         if (unit(hf) < p_bad_format)
             mode = pr.json ? 2 : 1;
+        pr.instr_draw =
+            dx__sim_mix(hall ^ 0x1257ull ^ dx__sim_mix(hseed + (uint64_t)c));
         render(&pr, &sol, solved, right, mode, &texts[c]);
         if (texts[c].bad || !texts[c].p)
             goto out;

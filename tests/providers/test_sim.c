@@ -729,3 +729,62 @@ Test(sim, the_lm_server_answers_sim_models_in_all_three_formats, .timeout = 60)
     cr_assert_eq(dx_runtime_stop(), DX_OK);
     dx_lmserver_stop_free(srv);
 }
+
+Test(sim, asking_for_care_helps_a_little, .timeout = 60)
+{
+    run_opts o = plain(DX_SIM_CAPITALS);
+    double dflt = run(DX_SIM_CAPITALS, o).acc;
+    o.instructions = "Answer the question carefully.";
+    double careful = run(DX_SIM_CAPITALS, o).acc;
+    cr_expect(careful > dflt, "default %.2f, careful %.2f", dflt, careful);
+    cr_expect(careful <= dflt + 0.10, "a small effect: %.2f vs %.2f", careful,
+              dflt);
+}
+
+/* Asked to propose instructions (COPRO's and MIPRO's proposers), the sim
+ * writes several wordings — naming the task when the prompt shows it — so
+ * instruction optimizers have better and worse candidates to find. */
+Test(sim, proposed_instructions_vary_and_name_the_task_they_see, .timeout = 30)
+{
+    dx_signature *s = NULL;
+    cr_assert_eq(dx_signature_parse("task_examples -> proposed_instruction",
+                                    NULL, NULL, 0, &s, NULL),
+                 DX_OK);
+    dx_example *in = dx_example_new();
+    dx_example_set_str(in, "task_examples",
+                       "What is the capital of Norway? Oslo. What is the "
+                       "currency of Japan? yen.");
+    dx_lm_request *req = dx_lm_request_new(NULL);
+    cr_assert_eq(dx_adapter_format(DX_ADAPTER_CHAT, s, NULL, 0, in, req, NULL),
+                 DX_OK);
+    req->n = 8;
+    req->has_temperature = true;
+    req->temperature = 1.4;
+    dx_lm_response *r = NULL;
+    dx_lm_error err = {0};
+    cr_assert_eq(dx_sim_complete(req, "base", &r, &err), DX_OK, "%s",
+                 err.message);
+    bool named = false, differ = false;
+    char first[512] = "";
+    for (size_t i = 0; i < r->n_choices; i++) {
+        dx_example *out = NULL;
+        /* Without demos the sim sometimes loses the chat format (the JSON
+         * fallback's job); only the readable answers count here. */
+        if (dx_adapter_parse(DX_ADAPTER_CHAT, s, r->choices[i].text,
+                             strlen(r->choices[i].text), &out, NULL) != DX_OK)
+            continue;
+        const char *ins = dx_example_get_str(out, "proposed_instruction", "");
+        named = named || strstr(ins, "capital") != NULL;
+        if (!first[0])
+            snprintf(first, sizeof first, "%s", ins);
+        else if (strcmp(ins, first) != 0)
+            differ = true;
+        dx_example_free(out);
+    }
+    cr_assert(named, "one proposal names the task");
+    cr_assert(differ, "the proposals differ");
+    dx_lm_response_free(r);
+    dx_lm_request_free(req);
+    dx_example_free(in);
+    dx_signature_unref(s);
+}
