@@ -311,15 +311,20 @@ static int evaluate_candidate(copro_run *r, dx_module *clone, dx_module *p,
         strcmp(sp, prefix) == 0) {
         t.score = ss->valuedouble;
         t.from_checkpoint = true;
+        dx__tp_restore_usage(cv, &t.usage);
     } else if (rc == DX_OK) {
-        rc = dx__tp_evaluate_on(clone, r->train, &r->o, &t.score, &t.usage,
-                                r->diag);
+        cJSON *rows = NULL;
+        rc = dx__tp_evaluate_rows(clone, r->train, &r->o, &t.score, &t.usage,
+                                  &rows, r->diag);
         cJSON *v = rc == DX_OK ? cJSON_CreateObject() : NULL;
         if (v) {
             cJSON_AddStringToObject(v, "i", instr);
             cJSON_AddStringToObject(v, "p", prefix);
             cJSON_AddNumberToObject(v, "score", t.score);
+            dx__tp_record(v, &t.usage, rows);
             dx__tp_ckpt_put(&r->ck, key, v);
+        } else {
+            cJSON_Delete(rows);
         }
         cJSON_Delete(v);
     }

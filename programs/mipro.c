@@ -1193,16 +1193,22 @@ static int trial_eval(mipro_run *r, int64_t num, const char *kind,
     if (same) {
         t.score = sc->valuedouble;
         t.from_checkpoint = true;
+        dx__tp_restore_usage(cv, &t.usage);
     } else {
-        rc = dx__tp_evaluate_on(prog, ds, &r->o, &t.score, &t.usage, r->diag);
+        cJSON *rows = NULL;
+        rc = dx__tp_evaluate_rows(prog, ds, &r->o, &t.score, &t.usage, &rows,
+                                  r->diag);
         cJSON *v = rc == DX_OK ? cJSON_CreateObject() : NULL;
         cJSON *arr = v ? cJSON_AddArrayToObject(v, "params") : NULL;
         for (size_t j = 0; arr && j < nparams; j++)
             cJSON_AddItemToArray(arr, cJSON_CreateNumber((double)params[j]));
         if (arr) {
             cJSON_AddNumberToObject(v, "score", t.score);
+            dx__tp_record(v, &t.usage, rows);
+            rows = NULL;
             dx__tp_ckpt_put(&r->ck, key, v);
         }
+        cJSON_Delete(rows);
         cJSON_Delete(v);
     }
     cJSON_Delete(cv);

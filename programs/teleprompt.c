@@ -91,7 +91,10 @@ int dx__tp_add_trial(dx_tp_result *r, const dx_tp_trial *t)
         return DX_ENOMEM;
     r->trials = v;
     r->trials[r->n_trials++] = *t;
-    dx_usage_acc_merge(&r->usage, &t->usage);
+    /* The result's usage is what this run spent: a trial restored from the
+     * checkpoint keeps its own usage in the log but cost nothing now. */
+    if (!t->from_checkpoint)
+        dx_usage_acc_merge(&r->usage, &t->usage);
     return DX_OK;
 }
 
@@ -533,6 +536,7 @@ static void bootstrap_run(void *arg)
                 cJSON *d = cJSON_DetachItemFromObjectCaseSensitive(cv, "demos");
                 ex[next].demos = d;
                 dx_usage_acc_init(&ex[next].usage, "example");
+                dx__tp_restore_usage(cv, &ex[next].usage);
                 cJSON_Delete(cv);
                 next++;
                 continue;
@@ -623,6 +627,7 @@ static void bootstrap_run(void *arg)
                 if (cv) {
                     cJSON_AddBoolToObject(cv, "ok", r->success);
                     cJSON_AddNumberToObject(cv, "rc", r->rc);
+                    dx__tp_record(cv, &r->usage, NULL);
                     if (r->demos)
                         cJSON_AddItemToObject(cv, "demos",
                                               cJSON_Duplicate(r->demos, true));
@@ -834,9 +839,23 @@ int dx_bootstrap_fewshot(const dx_module *student, const dx_module *teacher,
 
 /* ---- random search ------------------------------------------------------ */
 
-int dx__tp_evaluate_on(const dx_module *prog, const dx_dataset *val,
-                       const dx_tp_opts *o, double *score, dx_usage_acc *usage,
-                       dx_diag *diag)
+/* One row of an evaluation as a trial record keeps it: the example's
+ * index, its score and, for a failed example, the error. */
+static cJSON *row_json(const dx_eval_row *row)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (!o)
+        return NULL;
+    cJSON_AddNumberToObject(o, "i", (double)row->index);
+    cJSON_AddNumberToObject(o, "score", row->score);
+    if (row->error_msg)
+        cJSON_AddStringToObject(o, "error", row->error_msg);
+    return o;
+}
+
+int dx__tp_evaluate_rows(const dx_module *prog, const dx_dataset *val,
+                         const dx_tp_opts *o, double *score,
+                         dx_usage_acc *usage, cJSON **rows, dx_diag *diag)
 {
     dx_eval_opts eo = {
         .metric = o->metric,
@@ -853,8 +872,65 @@ int dx__tp_evaluate_on(const dx_module *prog, const dx_dataset *val,
         return rc;
     *score = r->score;
     dx_usage_acc_merge(usage, &r->usage);
+    if (rows) {
+        *rows = cJSON_CreateArray();
+        for (size_t i = 0; *rows && i < r->n; i++)
+            if (r->rows[i].done)
+                cJSON_AddItemToArray(*rows, row_json(&r->rows[i]));
+    }
     dx_eval_result_free(r);
     return DX_OK;
+}
+
+int dx__tp_evaluate_on(const dx_module *prog, const dx_dataset *val,
+                       const dx_tp_opts *o, double *score, dx_usage_acc *usage,
+                       dx_diag *diag)
+{
+    return dx__tp_evaluate_rows(prog, val, o, score, usage, NULL, diag);
+}
+
+void dx__tp_record(cJSON *rec, const dx_usage_acc *u, cJSON *rows)
+{
+    if (!rec) {
+        cJSON_Delete(rows);
+        return;
+    }
+    cJSON *uj = cJSON_AddObjectToObject(rec, "usage");
+    if (uj) {
+        cJSON_AddNumberToObject(uj, "calls", (double)u->calls);
+        cJSON_AddNumberToObject(uj, "cached_calls", (double)u->cached_calls);
+        cJSON_AddNumberToObject(uj, "unpriced_calls",
+                                (double)u->unpriced_calls);
+        cJSON_AddNumberToObject(uj, "input_tokens", (double)u->input_tokens);
+        cJSON_AddNumberToObject(uj, "output_tokens", (double)u->output_tokens);
+        cJSON_AddNumberToObject(uj, "cached_tokens", (double)u->cached_tokens);
+        cJSON_AddNumberToObject(uj, "cost_usd", u->cost_usd);
+    }
+    if (rows)
+        cJSON_AddItemToObject(rec, "rows", rows);
+}
+
+void dx__tp_restore_usage(const cJSON *rec, dx_usage_acc *u)
+{
+    const cJSON *uj = cJSON_GetObjectItemCaseSensitive(rec, "usage");
+    if (!cJSON_IsObject(uj))
+        return;
+#define GET(f)                                                                 \
+    do {                                                                       \
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(uj, #f);             \
+        if (cJSON_IsNumber(v))                                                 \
+            u->f = (int64_t)v->valuedouble;                                    \
+    } while (0)
+    GET(calls);
+    GET(cached_calls);
+    GET(unpriced_calls);
+    GET(input_tokens);
+    GET(output_tokens);
+    GET(cached_tokens);
+#undef GET
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(uj, "cost_usd");
+    if (cJSON_IsNumber(c))
+        u->cost_usd = c->valuedouble;
 }
 
 /* One random-search candidate on its way. */
@@ -862,6 +938,7 @@ typedef struct candidate {
     int64_t seed;
     dx_module *prog;
     dx_tp_trial t;
+    cJSON *rows; /* per-example results, for the checkpoint */
     bool scored;
     int64_t started_ms;
 } candidate;
@@ -939,10 +1016,14 @@ static int evaluate_together(candidate *c, size_t n, const dx_dataset *val,
          * candidate. */
         for (size_t k = 0; k < n; k++) {
             double sum = 0;
+            c[k].rows = cJSON_CreateArray();
             for (size_t i = 0; i < val->n; i++) {
-                const dx_eval_row *row = &r->rows[k * val->n + i];
+                dx_eval_row *row = &r->rows[k * val->n + i];
                 sum += row->score;
                 dx_usage_acc_merge(&c[k].t.usage, &row->usage);
+                row->index = i; /* within the valset, not the joint job */
+                if (c[k].rows)
+                    cJSON_AddItemToArray(c[k].rows, row_json(row));
             }
             c[k].t.score =
                 val->n ? round(10000.0 * sum / (double)val->n) / 100.0 : 0;
@@ -1020,6 +1101,8 @@ static void checkpoint_candidate(dx__tp_ckpt *ck, const candidate *c)
         cJSON_AddStringToObject(v, "kind", c->t.kind);
         cJSON_AddItemToObject(v, "state", st);
         st = NULL;
+        dx__tp_record(v, &c->t.usage,
+                      c->rows ? cJSON_Duplicate(c->rows, true) : NULL);
         dx__tp_ckpt_put(ck, key, v);
     }
     cJSON_Delete(st);
@@ -1046,6 +1129,7 @@ static bool restore_candidate(dx__tp_ckpt *ck, candidate *c,
         c->t.score = sc->valuedouble;
         c->t.from_checkpoint = true;
         c->scored = true;
+        dx__tp_restore_usage(cv, &c->t.usage);
         snprintf(c->t.kind, sizeof c->t.kind, "%s",
                  cJSON_IsString(kd) ? kd->valuestring : "");
     } else {
@@ -1102,8 +1186,8 @@ int dx_random_search(const dx_module *student, const dx_module *teacher,
         if (!restore_candidate(&ck, c, student)) {
             rc = build_candidate(c, student, teacher, trainset, &o, diag);
             if (rc == DX_OK && one_by_one) {
-                rc = dx__tp_evaluate_on(c->prog, val, &o, &c->t.score,
-                                        &c->t.usage, diag);
+                rc = dx__tp_evaluate_rows(c->prog, val, &o, &c->t.score,
+                                          &c->t.usage, &c->rows, diag);
                 c->scored = rc == DX_OK;
                 if (c->scored)
                     checkpoint_candidate(&ck, c);
@@ -1163,8 +1247,10 @@ int dx_random_search(const dx_module *student, const dx_module *teacher,
                         c->seed, c->t.score);
         }
     }
-    for (size_t k = 0; k < ncand; k++)
+    for (size_t k = 0; k < ncand; k++) {
         dx_module_free(cands[k].prog);
+        cJSON_Delete(cands[k].rows);
+    }
     dx_free(cands);
     dx__tp_ckpt_close(&ck);
     if (rc != DX_OK || !res->program) {

@@ -38,6 +38,17 @@ void dx__tp_emit(const char *name, dx_telemetry_kind kind,
 int dx__tp_evaluate_on(const dx_module *prog, const dx_dataset *val,
                        const dx_tp_opts *o, double *score, dx_usage_acc *usage,
                        dx_diag *diag);
+/* The same, and *rows (when not NULL) a new JSON array of the examples'
+ * results, [{"i": index, "score": s, "error": "..."}], for the trial's
+ * checkpoint record. */
+int dx__tp_evaluate_rows(const dx_module *prog, const dx_dataset *val,
+                         const dx_tp_opts *o, double *score,
+                         dx_usage_acc *usage, cJSON **rows, dx_diag *diag);
+/* Put a trial's LM usage and per-example results (rows, taken; may be
+ * NULL) in its checkpoint record rec (NULL: rows is freed); read the usage
+ * back from a restored record. */
+void dx__tp_record(cJSON *rec, const dx_usage_acc *u, cJSON *rows);
+void dx__tp_restore_usage(const cJSON *rec, dx_usage_acc *u);
 
 /* One call of a Predict on sig (a reference is taken) with inputs in, n
  * completions at temperature, on the client registered as lm_name (NULL:

@@ -16,8 +16,10 @@
  * one; random search evaluates each candidate with dx_evaluate.
  *
  * Checkpoints: with checkpoint_path set, every finished trial (a bootstrap
- * attempt, a candidate's evaluation) is stored in that SQLite file under a
- * key made of the run's inputs (student state, datasets, options). A run
+ * attempt, a candidate's evaluation) is stored in that SQLite file — its
+ * score, program state, LM usage and per-example results ({"i", "score",
+ * "error"} per valset example) — under a key made of the run's inputs
+ * (student state, datasets, options). A run
  * killed at any point and started again with the same arguments reuses
  * the stored trials and ends with the same program and score.
  *
@@ -87,6 +89,8 @@ typedef struct dx_tp_trial {
                          "bootstrap_example" */
     double score;  /* percent; bootstrap: 100 accepted / 0 rejected */
     bool from_checkpoint;
+    /* The trial's LM usage (also for one restored from the checkpoint; the
+     * result's usage counts only what this run spent). */
     dx_usage_acc usage;
     double wall_s;
 } dx_tp_trial;

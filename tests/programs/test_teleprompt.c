@@ -474,3 +474,66 @@ Test(teleprompt, the_cost_budget_is_respected)
     dx_module_free(st);
     dx_dataset_free(ds);
 }
+
+Test(teleprompt, checkpointed_trials_keep_their_usage_and_per_example_results)
+{
+    char ckpt[] = "/tmp/dx_tp_rows_XXXXXX";
+    int fd = mkstemp(ckpt);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    unlink(ckpt);
+    dx_module *st = probe_program();
+    dx_dataset *train = trainset(6), *val = trainset(5);
+    dx_tp_opts o = resume_opts(ckpt);
+    o.num_candidates = 1;
+    dx_tp_result *first = NULL, *again = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_random_search(st, NULL, train, val, &o, &first, &d), DX_OK,
+                 "%s", d.msg);
+    cr_assert_eq(dx_random_search(st, NULL, train, val, &o, &again, &d), DX_OK,
+                 "%s", d.msg);
+    cr_assert_eq(again->n_trials, first->n_trials);
+    for (size_t i = 0; i < again->n_trials; i++) {
+        cr_assert(again->trials[i].from_checkpoint);
+        cr_assert_eq(again->trials[i].usage.calls, first->trials[i].usage.calls,
+                     "trial %zu", i);
+    }
+    cr_assert_gt(first->usage.calls, 0);
+    cr_assert_eq(again->usage.calls, 0, "a replay spends nothing");
+
+    /* The record of a candidate holds one result per valset example. */
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open_v2(ckpt, &db, SQLITE_OPEN_READONLY, NULL),
+                 SQLITE_OK);
+    sqlite3_stmt *stmt = NULL;
+    cr_assert_eq(sqlite3_prepare_v2(db,
+                                    "SELECT value FROM dspex_trials WHERE key "
+                                    "= 'candidate/-3'",
+                                    -1, &stmt, NULL),
+                 SQLITE_OK);
+    cr_assert_eq(sqlite3_step(stmt), SQLITE_ROW);
+    cJSON *rec = cJSON_Parse((const char *)sqlite3_column_text(stmt, 0));
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    const cJSON *rows = cJSON_GetObjectItem(rec, "rows");
+    cr_assert_eq(cJSON_GetArraySize(rows), 5);
+    cr_assert(cJSON_IsNumber(
+        cJSON_GetObjectItem(cJSON_GetArrayItem(rows, 4), "score")));
+    cr_assert_eq(
+        cJSON_GetObjectItem(cJSON_GetArrayItem(rows, 4), "i")->valuedouble, 4);
+    cr_assert_gt(cJSON_GetObjectItem(cJSON_GetObjectItem(rec, "usage"), "calls")
+                     ->valuedouble,
+                 0);
+    cJSON_Delete(rec);
+    dx_tp_result_free(first);
+    dx_tp_result_free(again);
+    dx_module_free(st);
+    dx_dataset_free(train);
+    dx_dataset_free(val);
+    char aux[64];
+    unlink(ckpt);
+    snprintf(aux, sizeof aux, "%s-wal", ckpt);
+    unlink(aux);
+    snprintf(aux, sizeof aux, "%s-shm", ckpt);
+    unlink(aux);
+}
