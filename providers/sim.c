@@ -498,8 +498,7 @@ static void propose_instruction(const prompt *pr, char *b, size_t cap)
         "Work out the arithmetic step by step and give the final number",
         "Name the capital or currency of the country asked about",
         "Classify the sentiment of the text as positive, negative or neutral",
-        "Use the passages to find where the person was born and in which "
-        "country that is",
+        "Use the passages to find the country of the person's birthplace",
     };
     unsigned pick = (unsigned)(pr->instr_draw % 4);
     if (pr->instr_task >= 0 && pick == 0)
