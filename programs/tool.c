@@ -17,6 +17,7 @@
 #include "dspex/alloc.h"
 #include "dspex/error.h"
 #include "dspex/runtime.h"
+#include "dspex/server.h"
 #include "dspex/tool.h"
 #include "module_int.h"
 #include "pyjson.h"
@@ -1271,4 +1272,71 @@ int dx_tool_from_module(const char *name, const char *desc, const dx_module *m,
     if (rc == DX_ENOMEM && diag && diag->code != DX_ENOMEM)
         dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
     return rc;
+}
+
+/* ---- tools served by actors ---------------------------------------------- */
+
+static int actor_fn(const cJSON *args, char **result, void *ud)
+{
+    const char *actor = ud;
+    char *json = cJSON_PrintUnformatted(args);
+    dx_msg *req = json ? dx_msg_new(DX_TOOL_CALL_TAG) : NULL;
+    if (req)
+        req->term = dx_binary(json, strlen(json));
+    cJSON_free(json);
+    if (!req || !req->term) {
+        dx_msg_free(req);
+        return DX_ENOMEM;
+    }
+    dx_msg *reply = NULL;
+    /* No deadline here: the tool's own timeout kills this process. */
+    int rc = dx_call_named(actor, req, DX_INFINITY, &reply);
+    if (rc != DX_OK) {
+        char text[256];
+        snprintf(text, sizeof text, "actor \"%s\": %s", actor,
+                 rc == DX_ENOPROC ? "no process is registered under this name"
+                                  : dx_strerror(rc));
+        *result = dx_strdup(text);
+        return rc;
+    }
+    const dx_term *t = reply->term;
+    size_t len = 0;
+    const char *data = NULL;
+    bool error = false;
+    if (t && dx_term_type_of(t) == DX_TERM_TUPLE && dx_term_size(t) == 2 &&
+        dx_is_atom(dx_term_at(t, 0), "error")) {
+        error = true;
+        data = dx_binary_data(dx_term_at(t, 1), &len);
+    } else if (t) {
+        data = dx_binary_data(t, &len);
+    }
+    if (!data) {
+        dx_msg_free(reply);
+        *result = dx_strdup("the actor's reply is not a binary or "
+                            "{error, Binary}");
+        return DX_EPROVIDER;
+    }
+    *result = dx_malloc(len + 1);
+    if (*result) {
+        memcpy(*result, data, len);
+        (*result)[len] = '\0';
+    }
+    dx_msg_free(reply);
+    if (!*result)
+        return DX_ENOMEM;
+    return error ? DX_EPROVIDER : DX_OK;
+}
+
+int dx_tool_from_actor(const char *name, const char *desc,
+                       const dx_tool_param *params, size_t n_params,
+                       const char *actor_name, dx_tool **out, dx_diag *diag)
+{
+    if (!actor_name || !actor_name[0])
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "dx_tool_from_actor: no actor name");
+    char *actor = dx_strdup(actor_name);
+    if (!actor)
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    return tool_make(name, desc, params, n_params, actor_fn, actor, dx_free,
+                     out, diag);
 }

@@ -10,6 +10,7 @@
 
 #include "dspex/alloc.h"
 #include "dspex/module.h"
+#include "dspex/server.h"
 #include "dspex/tool.h"
 #include "lm_fixture.h"
 
@@ -357,4 +358,99 @@ Test(tool, a_module_is_a_tool_its_outputs_the_observation)
     cJSON_Delete(a);
     dx_tool_unref(t);
     dx_module_free(p);
+}
+
+/* An actor as a tool: a server registered as "forecaster" answers
+ * DX_TOOL_CALL_TAG calls with a binary, or {error, Binary}. */
+static dx_srv_ret forecaster_call(void *state, dx_msg *request, dx_from from,
+                                  dx_msg **reply, dx_term **stop_reason)
+{
+    (void)state, (void)from, (void)stop_reason;
+    size_t len = 0;
+    const char *json_args = request->tag == DX_TOOL_CALL_TAG
+                                ? dx_binary_data(request->term, &len)
+                                : NULL;
+    char args[256] = "";
+    if (json_args && len < sizeof args)
+        memcpy(args, json_args, len);
+    cJSON *a = cJSON_Parse(args);
+    const cJSON *city = cJSON_GetObjectItemCaseSensitive(a, "city");
+    *reply = dx_msg_new(0);
+    if (cJSON_IsString(city) && strcmp(city->valuestring, "Atlantis") != 0) {
+        char text[128];
+        snprintf(text, sizeof text, "sunny in %s", city->valuestring);
+        (*reply)->term = dx_str(text);
+    } else {
+        (*reply)->term = dx_tuple(2, dx_atom("error"), dx_str("unknown city"));
+    }
+    cJSON_Delete(a);
+    return DX_SRV_REPLY;
+}
+
+static int forecaster_init(void *arg, void **state, dx_term **stop_reason)
+{
+    (void)arg, (void)stop_reason;
+    *state = NULL;
+    return DX_OK;
+}
+
+static const dx_server_ops forecaster_ops = {
+    .name = "forecaster",
+    .init = forecaster_init,
+    .handle_call = forecaster_call,
+};
+
+static _Atomic int forecaster_started;
+static void start_forecaster(void *arg)
+{
+    (void)arg;
+    dx_server_opts o = {.name = "forecaster"};
+    atomic_store(&forecaster_started,
+                 dx_server_start(&forecaster_ops, NULL, &o, NULL, NULL) == DX_OK
+                     ? 1
+                     : 2);
+}
+
+Test(tool, an_actor_is_a_tool_and_its_absence_an_observation)
+{
+    static const dx_tool_param p[] = {
+        {.name = "city", .type = "str", .required = true}};
+    dx_tool *t = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_tool_from_actor("forecast", "Tells the weather.", p, 1,
+                                    "forecaster", &t, &d),
+                 DX_OK, "%s", d.msg);
+    cr_assert_eq(
+        dx_tool_from_actor("forecast", NULL, p, 1, "", &(dx_tool *){0}, &d),
+        DX_EINVAL);
+
+    /* No process under the name yet: the call is an observation. */
+    cJSON *a = json("{\"city\": \"Lima\"}");
+    char *obs = NULL;
+    dx_tool_status st;
+    cr_assert_eq(dx_tool_call(t, a, &obs, &st), DX_OK);
+    cr_assert_eq(st, DX_TOOL_FAILED, "%s", obs);
+    cr_assert_str_eq(obs, "Execution error in forecast: actor \"forecaster\": "
+                          "no process is registered under this name");
+    dx_free(obs);
+
+    atomic_store(&forecaster_started, 0);
+    cr_assert_eq(dx_spawn(start_forecaster, NULL, NULL), DX_OK);
+    for (int i = 0; i < 500 && atomic_load(&forecaster_started) == 0; i++)
+        host_sleep_ms(10);
+    cr_assert_eq(atomic_load(&forecaster_started), 1);
+
+    cr_assert_eq(dx_tool_call(t, a, &obs, &st), DX_OK);
+    cr_assert_eq(st, DX_TOOL_OK, "%s", obs);
+    cr_assert_str_eq(obs, "sunny in Lima");
+    dx_free(obs);
+    cJSON_Delete(a);
+
+    a = json("{\"city\": \"Atlantis\"}");
+    cr_assert_eq(dx_tool_call(t, a, &obs, &st), DX_OK);
+    cr_assert_eq(st, DX_TOOL_FAILED, "%s", obs);
+    cr_assert_str_eq(obs, "Execution error in forecast: unknown city");
+    dx_free(obs);
+    cJSON_Delete(a);
+    dx_tool_unref(t);
 }
