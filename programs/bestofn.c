@@ -16,6 +16,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "dspex/alloc.h"
@@ -45,8 +46,24 @@ static const char ADVICE_DESC[] =
 
 static const char HINT_DESC[] = "A hint to the module from an earlier run";
 
+/* A reward_ud that belongs to the module, shared by all its copies. */
+typedef struct reward_owner {
+    atomic_size_t refs;
+    void *ud;
+    void (*free)(void *ud);
+} reward_owner;
+
+static void owner_unref(reward_owner *o)
+{
+    if (o && atomic_fetch_sub(&o->refs, 1) == 1) {
+        o->free(o->ud);
+        dx_free(o);
+    }
+}
+
 typedef struct bon {
     dx_best_of_n_opts o; /* program_code / reward_code owned */
+    reward_owner *owner; /* NULL when the caller owns reward_ud */
     bool refine;
     dx_signature *feedback_sig; /* Refine */
 } bon;
@@ -59,6 +76,7 @@ static void bon_free(void *p)
     dx_free((char *)b->o.program_code);
     dx_free((char *)b->o.reward_code);
     dx_signature_unref(b->feedback_sig);
+    owner_unref(b->owner);
     dx_free(b);
 }
 
@@ -72,6 +90,8 @@ static void *bon_copy(const void *p)
     b->o.program_code = NULL;
     b->o.reward_code = NULL;
     b->feedback_sig = NULL;
+    if (b->owner)
+        atomic_fetch_add(&b->owner->refs, 1);
     if ((src->o.program_code &&
          !(b->o.program_code = dx_strdup(src->o.program_code))) ||
         (src->o.reward_code &&
@@ -142,18 +162,28 @@ static int bon_forward(dx_ctx *ctx, const dx_module *self,
 static dx_module *make(dx_module *module, const dx_best_of_n_opts *opts,
                        bool refine)
 {
-    if (!module)
-        return NULL;
-    if (!opts || opts->n == 0 || !opts->reward) {
+    reward_owner *owner = NULL;
+    if (opts && opts->reward_ud_free) {
+        owner = dx_calloc(1, sizeof *owner);
+        if (!owner)
+            opts->reward_ud_free(opts->reward_ud);
+        else
+            *owner = (reward_owner){1, opts->reward_ud, opts->reward_ud_free};
+    }
+    if (!module || !opts || opts->n == 0 || !opts->reward ||
+        (opts->reward_ud_free && !owner)) {
+        owner_unref(owner);
         dx_module_free(module);
         return NULL;
     }
     bon *b = dx_calloc(1, sizeof *b);
     if (!b) {
+        owner_unref(owner);
         dx_module_free(module);
         return NULL;
     }
     b->o = *opts;
+    b->owner = owner;
     b->o.program_code = NULL;
     b->o.reward_code = NULL;
     b->refine = refine;

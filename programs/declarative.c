@@ -13,6 +13,7 @@
 #include "dspex/retrieve.h"
 #include "module_int.h"
 #include "pyjson.h"
+#include "reward_int.h"
 
 /* One step: run `module` with inputs taken from the environment. */
 typedef struct step_input {
@@ -263,9 +264,97 @@ static int build_tools(const char *name, size_t index, const cJSON *list,
 }
 
 static int build_module(const char *name, const cJSON *decl, size_t index,
+                        dx_module **out, dx_diag *diag);
+
+/* A number member: DX_OK with *out, or an error naming the member. */
+static int num_member(const char *name, size_t index, const cJSON *decl,
+                      const char *key, bool required, double min, double *out,
+                      dx_diag *diag)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(decl, key);
+    if (!v && !required)
+        return DX_OK;
+    if (!cJSON_IsNumber(v) || v->valuedouble < min)
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "%s: program.modules[%zu]: \"%s\" must be a "
+                           "number >= %g",
+                           name, index, key, min);
+    *out = v->valuedouble;
+    return DX_OK;
+}
+
+/* best_of_n / refine: the module declared in "wraps", run up to n times
+ * and judged by the declared reward (reward.c). */
+static int build_wrapper(const char *name, const cJSON *decl, size_t index,
+                         bool refine, dx_module **out, dx_diag *diag)
+{
+    const cJSON *wraps = cJSON_GetObjectItemCaseSensitive(decl, "wraps");
+    if (!cJSON_IsObject(wraps))
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "%s: program.modules[%zu]: \"wraps\" (the "
+                           "declaration of the module to run) is required",
+                           name, index);
+    double n = 0, threshold = 0, fail_count = 0;
+    DX_TRY(num_member(name, index, decl, "n", true, 1, &n, diag));
+    DX_TRY(num_member(name, index, decl, "threshold", true, -1e300, &threshold,
+                      diag));
+    DX_TRY(num_member(name, index, decl, "fail_count", false, 1, &fail_count,
+                      diag));
+    const cJSON *reward = cJSON_GetObjectItemCaseSensitive(decl, "reward");
+    if (!reward)
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "%s: program.modules[%zu]: \"reward\" is "
+                           "required",
+                           name, index);
+    /* The wrapped module's signature, to check the reward's fields. */
+    const char *kind = str_member(wraps, "module");
+    const char *sig_text = kind && strcmp(kind, "rag") == 0
+                               ? "context, question -> answer"
+                               : str_member(wraps, "signature");
+    dx_signature *sig = NULL;
+    if (sig_text)
+        (void)dx_signature_parse(sig_text, NULL, NULL, 0, &sig, NULL);
+    char where[160];
+    snprintf(where, sizeof where, "%s: program.modules[%zu].reward", name,
+             index);
+    void *ud = NULL;
+    char *code = NULL;
+    int rc = dx__reward_compile(reward, where, sig, &ud, &code, diag);
+    dx_signature_unref(sig);
+    if (rc != DX_OK)
+        return rc;
+    dx_module *inner = NULL;
+    rc = build_module(name, wraps, index, &inner, diag);
+    if (rc != DX_OK) {
+        dx__reward_free(ud);
+        dx_free(code);
+        return rc;
+    }
+    dx_best_of_n_opts o = {
+        .n = (size_t)n,
+        .reward = dx__reward_call,
+        .reward_ud = ud,
+        .reward_ud_free = dx__reward_free,
+        .threshold = threshold,
+        .fail_count = (size_t)fail_count,
+        .reward_code = code,
+    };
+    /* The constructors take inner and ud in every case. */
+    dx_module *m =
+        refine ? dx_refine_new(inner, &o) : dx_best_of_n_new(inner, &o);
+    dx_free(code);
+    if (!m)
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    *out = m;
+    return DX_OK;
+}
+
+static int build_module(const char *name, const cJSON *decl, size_t index,
                         dx_module **out, dx_diag *diag)
 {
     const char *kind = str_member(decl, "module");
+    if (kind && (strcmp(kind, "best_of_n") == 0 || strcmp(kind, "refine") == 0))
+        return build_wrapper(name, decl, index, kind[0] == 'r', out, diag);
     bool rag = kind && strcmp(kind, "rag") == 0;
     const char *sig_text =
         rag ? "context, question -> answer" : str_member(decl, "signature");
@@ -355,7 +444,8 @@ static int build_module(const char *name, const cJSON *decl, size_t index,
         dx_signature_unref(s);
         return dx_diag_set(diag, DX_EINVAL, 0, 0,
                            "%s: program.modules[%zu]: unknown module \"%s\" "
-                           "(predict, chain_of_thought, react, rag)",
+                           "(predict, chain_of_thought, react, rag, best_of_n, "
+                           "refine)",
                            name, index, kind);
     }
     dx_signature_unref(s);

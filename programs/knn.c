@@ -3,11 +3,9 @@
  * (modules.h): examples embedded as DSPy's "key: value | ..." texts by a
  * vectorizer (the user's, or a built-in hashed bag of words), nearest by
  * dot product, and a program that bootstraps demos from the neighbours of
- * each call's inputs before answering.
- *
- * The providers' embeddings APIs are not reachable from the LM client
- * yet, so embeddings come through the vectorizer callback; a user can
- * plug any embedding service in there.
+ * each call's inputs before answering; and the vectorizer that embeds
+ * through a provider's embeddings API (any other embedding service plugs
+ * in as a user's vectorizer callback).
  */
 #include <ctype.h>
 #include <math.h>
@@ -18,6 +16,7 @@
 #include "dspex/alloc.h"
 #include "dspex/error.h"
 #include "dspex/modules.h"
+#include "dspex/runtime.h"
 #include "module_int.h"
 #include "pyjson.h"
 
@@ -325,4 +324,153 @@ int dx_knn_fewshot(const dx_module *student, const dx_module *teacher, size_t k,
     }
     *out = m;
     return DX_OK;
+}
+
+/* ---- the providers' embeddings as a vectorizer ---------------------------- */
+
+typedef struct embed_vec {
+    dx_lm_config *c;
+    size_t batch;
+    int64_t timeout_ms;
+} embed_vec;
+
+/* One dx_embed_texts call, made where it can run: in the calling process,
+ * or from a host thread in a process of its own that the caller waits
+ * for (the job lives on the heap: process stacks are not shared). */
+typedef struct embed_job {
+    const embed_vec *ev;
+    const char *const *texts;
+    size_t n;
+    dx_lm_embeddings *out;
+    dx_lm_error err;
+    int rc;
+} embed_job;
+
+static void embed_job_run(void *arg)
+{
+    embed_job *j = arg;
+    j->rc = dx_embed_texts(j->ev->c, j->texts, j->n, j->ev->batch,
+                           j->ev->timeout_ms, &j->out, &j->err);
+}
+
+/* Run j and return its code. *abandoned is set when the waiting stopped
+ * before the job's process ended (the runtime is stopping): the job may
+ * still be written to, so the caller must not free it. */
+static int embed_now(embed_job *j, bool *abandoned)
+{
+    *abandoned = false;
+    if (!dx_pid_is_none(dx_self())) {
+        embed_job_run(j);
+        return j->rc;
+    }
+    dx_pid pid;
+    j->rc = DX_EDOWN; /* if the process dies before setting it */
+    int rc = dx_spawn(embed_job_run, j, &pid);
+    if (rc != DX_OK)
+        return rc;
+    rc = dx_wait_exit(pid, DX_INFINITY, NULL);
+    /* DX_ENOPROC: it ended before the wait began. */
+    if (rc != DX_OK && rc != DX_ENOPROC) {
+        *abandoned = true;
+        return rc;
+    }
+    return j->rc;
+}
+
+static int embed_vectorize(const char *const *texts, size_t n, float *vectors,
+                           size_t dim, void *ud)
+{
+    embed_job *j = dx_calloc(1, sizeof *j);
+    if (!j)
+        return DX_ENOMEM;
+    *j = (embed_job){.ev = ud, .texts = texts, .n = n};
+    bool abandoned;
+    int rc = embed_now(j, &abandoned);
+    if (abandoned)
+        return rc;
+    if (rc == DX_OK && j->out->dim != dim)
+        rc = DX_EPROVIDER;
+    if (rc == DX_OK) {
+        memcpy(vectors, j->out->data, n * dim * sizeof *vectors);
+        for (size_t i = 0; i < n; i++) {
+            float *v = vectors + i * dim;
+            double norm = 0;
+            for (size_t d = 0; d < dim; d++)
+                norm += (double)v[d] * v[d];
+            norm = sqrt(norm);
+            for (size_t d = 0; norm > 0 && d < dim; d++)
+                v[d] = (float)(v[d] / norm);
+        }
+    }
+    dx_lm_embeddings_free(j->out);
+    dx_free(j);
+    return rc;
+}
+
+int dx_vectorizer_embeddings(const dx_embed_opts *opts, size_t dim,
+                             dx_vectorizer *out, dx_diag *diag)
+{
+    if (out)
+        *out = (dx_vectorizer){0};
+    if (!opts || !opts->model || !out)
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "embeddings vectorizer: no model or result");
+    embed_vec *ev = dx_calloc(1, sizeof *ev);
+    if (!ev)
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    ev->batch = opts->batch;
+    ev->timeout_ms = opts->timeout_ms;
+    int rc =
+        dx_lm_config_new(opts->model, opts->base_url, opts->api_key, &ev->c);
+    if (rc != DX_OK) {
+        dx_free(ev);
+        return dx_diag_set(diag, rc, 0, 0,
+                           "embeddings vectorizer: model \"%s\": %s",
+                           opts->model, dx_strerror(rc));
+    }
+    if (dim == 0) {
+        /* Ask the model for its dimension count with one short text. */
+        static const char *const probe[] = {"dimension probe"};
+        embed_job *j = dx_calloc(1, sizeof *j);
+        rc = j ? DX_OK : DX_ENOMEM;
+        if (j) {
+            *j = (embed_job){.ev = ev, .texts = probe, .n = 1};
+            bool abandoned;
+            rc = embed_now(j, &abandoned);
+            if (abandoned) /* the runtime is stopping; j may be in use */
+                return dx_diag_set(diag, rc, 0, 0, "embeddings vectorizer: %s",
+                                   dx_strerror(rc));
+            if (rc == DX_OK)
+                dim = j->out->dim;
+            else
+                dx_diag_set(diag, rc, 0, 0,
+                            "embeddings vectorizer: model \"%s\": %s%s%s",
+                            opts->model, dx_strerror(rc),
+                            j->err.message[0] ? ": " : "", j->err.message);
+            dx_lm_embeddings_free(j->out);
+            dx_free(j);
+        }
+        if (rc == DX_OK && dim == 0)
+            rc = dx_diag_set(diag, DX_EPROVIDER, 0, 0,
+                             "embeddings vectorizer: model \"%s\" returned "
+                             "an empty vector",
+                             opts->model);
+        if (rc != DX_OK) {
+            dx_lm_config_free(ev->c);
+            dx_free(ev);
+            return rc;
+        }
+    }
+    *out = (dx_vectorizer){.fn = embed_vectorize, .dim = dim, .ud = ev};
+    return DX_OK;
+}
+
+void dx_vectorizer_embeddings_free(dx_vectorizer *v)
+{
+    if (!v || v->fn != embed_vectorize)
+        return;
+    embed_vec *ev = v->ud;
+    dx_lm_config_free(ev->c);
+    dx_free(ev);
+    *v = (dx_vectorizer){0};
 }

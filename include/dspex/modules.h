@@ -28,6 +28,7 @@
 #include "example.h"
 #include "export.h"
 #include "module.h"
+#include "retrieve.h"
 #include "teleprompt.h"
 
 /* ---- BestOfN and Refine ------------------------------------------------ */
@@ -43,8 +44,13 @@ typedef int (*dx_reward_fn)(const dx_example *inputs, const dx_prediction *pred,
 typedef struct dx_best_of_n_opts {
     size_t n; /* attempts (DSPy's N); must be >= 1 */
     dx_reward_fn reward;
-    /* Passed to reward; must outlive the module and all its copies. */
+    /* Passed to reward; must outlive the module and all its copies, or
+     * be the module's: see reward_ud_free. */
     void *reward_ud;
+    /* If set, reward_ud belongs to the module: reward_ud_free(reward_ud)
+     * runs when the module and all its copies are freed (and at once when
+     * the constructor fails). */
+    void (*reward_ud_free)(void *ud);
     /* An attempt whose reward is >= threshold ends the call at once. */
     double threshold;
     /* Failed attempts tolerated (DSPy's fail_count); 0 = n. DSPy's rule:
@@ -171,6 +177,22 @@ typedef struct dx_vectorizer {
  * cosine similarities of word counts. */
 DX_API int dx_knn_bag_of_words(const char *const *texts, size_t n,
                                float *vectors, size_t dim, void *ud);
+
+/* A vectorizer backed by a provider's embeddings API (retrieve.h
+ * dx_embed_texts: "openai/<model>", "openai-compatible/<model>",
+ * "gemini/<model>"), vectors unit-normalised so dot products are cosine
+ * similarities. dim: the model's dimension count; 0 asks the model once,
+ * now, with a probe text. Embedding needs a process: called from a host
+ * thread, each request runs in a process of its own that the caller waits
+ * for. A request whose vectors are not `dim` long fails with DX_EPROVIDER.
+ * *out holds the configuration (free it with dx_vectorizer_embeddings_free
+ * after every KNN made with it). DX_OK; DX_EINVAL (no model, bad model
+ * string), DX_ENOKEY, DX_ENOTSUP (a provider without embeddings),
+ * DX_EPROVIDER (the probe failed: diag has the provider's error),
+ * DX_ENOMEM. */
+DX_API int dx_vectorizer_embeddings(const dx_embed_opts *opts, size_t dim,
+                                    dx_vectorizer *out, dx_diag *diag);
+DX_API void dx_vectorizer_embeddings_free(dx_vectorizer *v);
 
 typedef struct dx_knn dx_knn;
 

@@ -43,6 +43,30 @@
  * ChainOfThought named answer), so a state saved by Python DSPy for such a
  * program loads into it.
  *
+ * More module kinds: "rag" ({"corpus": "passages.jsonl", "k": 3}: BM25
+ * retrieval over a JSONL corpus, then ChainOfThought), "react"
+ * ({"signature", "tools": [{"builtin": "search", "corpus": ..., "k": 3},
+ * {"builtin": "calculator"}], "max_iters", "native_tools"}), and
+ * "best_of_n" / "refine", which wrap one module declared in "wraps":
+ *
+ *   {"name": "answer", "module": "refine", "n": 3, "threshold": 1.0,
+ *    "fail_count": 3,                                        (optional)
+ *    "reward": {"field": "answer", "max_words": 1},
+ *    "wraps": {"module": "chain_of_thought",
+ *              "signature": "question -> answer"}}
+ *
+ * A reward is 1.0 when its check holds and 0.0 otherwise; the checks, on
+ * one output field: {"max_words": n}, {"min_words": n}, {"max_chars": n},
+ * {"matches": "POSIX extended regex"} (found anywhere), {"one_of":
+ * ["Paris", ...]} (trimmed, case-insensitive), {"not_empty": true}. A
+ * missing output scores 0.0. {"all": [reward, ...]} is the lowest of its
+ * rewards, {"any": [...]} the highest; a string (or {"name": ...}) names a
+ * C reward registered with dx_program_register_reward before loading.
+ * Refine's feedback LM reads the reward as the Python expression a DSPy
+ * user would have written for it. The wrapped module's predictor paths
+ * are DSPy's for BestOfN/Refine ("module.predict" for a wrapped
+ * chain_of_thought that is the whole program).
+ *
  * Errors say where: `prog.json:3:14: expected ',' or '}'`,
  * `prog.json: program.modules[1]: unknown module "react"`,
  * `prog.json: program.steps[0]: input "ctx" is not produced before this
@@ -56,6 +80,7 @@
 #include "diag.h"
 #include "export.h"
 #include "module.h"
+#include "modules.h"
 
 /* Load a declarative program file (with its state, when the file has
  * one). DX_OK with *out the caller's (dx_module_free); DX_EIO, DX_ESYNTAX,
@@ -72,6 +97,14 @@ DX_API int dx_program_parse(const char *json, size_t len, const char *name,
 DX_API int dx_program_single(const char *kind, const char *signature,
                              const char *instructions, dx_module **out,
                              dx_diag *diag);
+/* Make a C reward available to declarations under name (1..63 bytes):
+ * {"reward": "name"}. fn NULL removes it. ud must outlive every program
+ * loaded with it. Any thread. DX_OK; DX_EINVAL (bad name); DX_ENOENT
+ * (removing a name not registered); DX_ELIMIT (64 names registered). The
+ * reward is looked up when a program is loaded. */
+DX_API int dx_program_register_reward(const char *name, dx_reward_fn fn,
+                                      void *ud);
+
 /* Save a program made by dx_program_load / parse / single: its
  * declaration, its state (DSPy's layout) and metadata. A module tree built
  * in C (no declaration) saves its state only, as dx_module_save. */

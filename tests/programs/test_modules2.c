@@ -15,6 +15,7 @@
 
 #include "dspex/alloc.h"
 #include "dspex/modules.h"
+#include "dspex/program.h"
 #include "lm_fixture.h"
 
 TestSuite(modules2, .init = fixture_setup, .fini = fixture_teardown,
@@ -473,4 +474,220 @@ Test(modules2, knn_fewshot_demos_the_nearest_examples)
     dx_module_free(prog);
     dx_module_free(student);
     dx_dataset_free(ds);
+}
+
+/* KNN over the providers' embeddings: the local server's vectors depend
+ * only on the text, so the train example whose text the query repeats is
+ * the nearest (cosine 1) and the rest rank by chance. Called from the
+ * test's host thread: each request runs in a process of its own. */
+Test(modules2, knn_embeds_through_the_providers_embeddings_api)
+{
+    dx_embed_opts o = {.model = "openai-compatible/test-embed",
+                       .base_url = url,
+                       .api_key = "sk-test"};
+    dx_vectorizer v;
+    dx_diag d = {0};
+    dx_lmserver_stats before, after;
+    dx_lmserver_stats_get(srv, &before);
+    cr_assert_eq(dx_vectorizer_embeddings(&o, 0, &v, &d), DX_OK, "%s", d.msg);
+    cr_assert_gt(v.dim, 0);
+    dx_dataset *ds = capitals();
+    dx_knn *knn = NULL;
+    cr_assert_eq(dx_knn_new(2, ds, &v, &knn), DX_OK);
+    dx_example *in = question("Which planet is the largest?");
+    size_t idx[2], n = 0;
+    cr_assert_eq(dx_knn_query(knn, in, idx, &n), DX_OK);
+    cr_assert_eq(n, 2);
+    cr_assert_eq(idx[0], 3);
+    dx_lmserver_stats_get(srv, &after);
+    cr_assert_eq(after.requests - before.requests, 3,
+                 "probe, trainset, query: %llu",
+                 (unsigned long long)(after.requests - before.requests));
+    dx_example_free(in);
+    dx_knn_free(knn);
+
+    /* A dimension the model does not give fails the embedding. */
+    dx_vectorizer wrong = v;
+    wrong.dim = v.dim + 1;
+    cr_assert_eq(dx_knn_new(2, ds, &wrong, &knn), DX_EPROVIDER);
+    dx_vectorizer_embeddings_free(&v);
+    cr_assert_null(v.ud);
+
+    /* A provider without embeddings is refused when probed. */
+    dx_embed_opts a = {
+        .model = "anthropic/claude", .base_url = url, .api_key = "k"};
+    cr_assert_eq(dx_vectorizer_embeddings(&a, 0, &v, &d), DX_ENOTSUP);
+    cr_assert(strstr(d.msg, "anthropic/claude") != NULL, "%s", d.msg);
+    dx_dataset_free(ds);
+}
+
+/* ---- best_of_n and refine declared in a program file ----------------- */
+
+static char *history_text;
+
+/* The last two calls of the LM client's history (must run in a process). */
+static void grab_history(void *arg)
+{
+    (void)arg;
+    atomic_store(&fixture_rc, dx_lm_client_inspect_history(dx_whereis("lm"), 2,
+                                                           &history_text));
+}
+
+static dx_module *declared(const char *json)
+{
+    dx_module *m = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_program_parse(json, strlen(json), "prog.json", &m, &d),
+                 DX_OK, "%s", d.msg);
+    return m;
+}
+
+static const char *call_answer_q(const dx_module *m, const char *q,
+                                 dx_prediction **p)
+{
+    dx_example *in = question(q);
+    dx_diag d = {0};
+    cr_assert_eq(dx_module_call(m, in, NULL, p, NULL, &d), DX_OK, "%s", d.msg);
+    dx_example_free(in);
+    return dx_prediction_get_str(*p, "answer", "");
+}
+
+static const char *call_answer(const dx_module *m, dx_prediction **p)
+{
+    return call_answer_q(m, "Capital of France?", p);
+}
+
+Test(modules2, a_declared_best_of_n_keeps_the_attempt_its_reward_accepts)
+{
+    dx_module *m = declared(
+        "{\"program\": {\"modules\": [{\"name\": \"answer\", \"module\": "
+        "\"best_of_n\", \"n\": 3, \"threshold\": 1.0, \"reward\": "
+        "{\"field\": \"answer\", \"max_words\": 1}, \"wraps\": {\"module\": "
+        "\"predict\", \"signature\": \"question -> answer\"}}]}}");
+    push_answer("It is Paris, of course");
+    push_answer("Paris");
+    push_answer("Lyon");
+    uint64_t before = upstream_requests();
+    dx_prediction *p = NULL;
+    cr_assert_str_eq(call_answer(m, &p), "Paris");
+    cr_assert_eq(upstream_requests() - before, 2, "stops at the threshold");
+    dx_prediction_free(p);
+
+    /* A copy (what optimizers make) shares the compiled reward; it outlives
+     * the original (both attempts come from the client's cache now). */
+    dx_module *c = dx_module_copy(m);
+    dx_module_free(m);
+    cr_assert_str_eq(call_answer(c, &p), "Paris");
+    dx_prediction_free(p);
+    dx_module_free(c);
+}
+
+static int prefers_lyon(const dx_example *in, const dx_prediction *p, void *ud,
+                        double *r)
+{
+    (void)in;
+    (void)ud;
+    *r =
+        strcmp(dx_prediction_get_str(p, "answer", ""), "Lyon") == 0 ? 1.0 : 0.2;
+    return DX_OK;
+}
+
+Test(modules2, a_declared_refine_shows_its_reward_as_python_to_the_feedback)
+{
+    dx_module *m = declared(
+        "{\"program\": {\"modules\": [{\"name\": \"answer\", \"module\": "
+        "\"refine\", \"n\": 2, \"threshold\": 1.0, \"reward\": {\"all\": "
+        "[{\"field\": \"answer\", \"one_of\": [\"Paris\", \" PARIS \"]}, "
+        "{\"field\": \"answer\", \"matches\": \"^[A-Z][a-z]+$\"}]}, "
+        "\"wraps\": {\"module\": \"predict\", \"signature\": "
+        "\"question -> answer\"}}]}}");
+    push_answer("paris.");
+    cr_assert_eq(dx_lmserver_push_reply(
+                     srv, "[[ ## discussion ## ]]\nLower case.\n\n"
+                          "[[ ## advice ## ]]\n{\"module\": \"Capitalise.\"}"
+                          "\n\n[[ ## completed ## ]]"),
+                 DX_OK);
+    push_answer("Paris");
+    dx_prediction *p = NULL;
+    cr_assert_str_eq(call_answer(m, &p), "Paris");
+    dx_prediction_free(p);
+    /* The feedback call (the one before the last) read the reward. */
+    fixture_run(grab_history);
+    cr_assert(strstr(history_text,
+                     "def reward(args, pred):\n    return min((1.0 if "
+                     "pred.answer.strip().lower() in [\"paris\", \"paris\"] "
+                     "else 0.0), (1.0 if re.search(\"^[A-Z][a-z]+$\", "
+                     "pred.answer) else 0.0))") != NULL,
+              "%s", history_text);
+    dx_free(history_text);
+    history_text = NULL;
+    dx_module_free(m);
+
+    /* A registered C reward, by name. */
+    cr_assert_eq(dx_program_register_reward("prefers_lyon", prefers_lyon, NULL),
+                 DX_OK);
+    m = declared("{\"program\": {\"modules\": [{\"name\": \"a\", \"module\": "
+                 "\"best_of_n\", \"n\": 2, \"threshold\": 1.0, \"reward\": "
+                 "\"prefers_lyon\", \"wraps\": {\"module\": \"predict\", "
+                 "\"signature\": \"question -> answer\"}}]}}");
+    push_answer("Paris");
+    push_answer("Lyon");
+    /* (a question of its own: the client's cache keeps earlier answers) */
+    cr_assert_str_eq(call_answer_q(m, "Second city of France?", &p), "Lyon");
+    dx_prediction_free(p);
+    dx_module_free(m);
+    cr_assert_eq(dx_program_register_reward("prefers_lyon", NULL, NULL), DX_OK);
+}
+
+Test(modules2, declared_reward_errors_say_where)
+{
+    static const struct {
+        const char *reward, *expect;
+    } cases[] = {
+        {"{\"field\": \"answer\"}",
+         "prog.json: program.modules[0].reward: no check on \"answer\""},
+        {"{\"field\": \"colour\", \"max_words\": 1}",
+         "prog.json: program.modules[0].reward: \"colour\" is not an output "
+         "of the wrapped module"},
+        {"{\"field\": \"answer\", \"max_words\": 1, \"not_empty\": true}",
+         "one check per reward"},
+        {"{\"field\": \"answer\", \"matches\": \"([a-z\"}",
+         "program.modules[0].reward: \"matches\": "},
+        {"{\"all\": [{\"field\": \"answer\", \"one_of\": [1]}]}",
+         "program.modules[0].reward.all[0]: \"one_of\"[0] is not a string"},
+        {"\"no_such_reward\"", "no reward is registered as \"no_such_reward\""},
+        {"{\"field\": \"answer\", \"max_words\": -1}",
+         "\"max_words\" must be a number >= 0"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char json[512];
+        snprintf(json, sizeof json,
+                 "{\"program\": {\"modules\": [{\"name\": \"a\", \"module\": "
+                 "\"best_of_n\", \"n\": 2, \"threshold\": 1, \"reward\": %s, "
+                 "\"wraps\": {\"module\": \"predict\", \"signature\": "
+                 "\"question -> answer\"}}]}}",
+                 cases[i].reward);
+        dx_module *m = NULL;
+        dx_diag d = {0};
+        cr_assert_neq(dx_program_parse(json, strlen(json), "prog.json", &m, &d),
+                      DX_OK, "case %zu", i);
+        cr_assert_null(m);
+        cr_assert(strstr(d.msg, cases[i].expect) != NULL,
+                  "case %zu: %s\nexpected: %s", i, d.msg, cases[i].expect);
+    }
+    const char *no_wraps = "{\"program\": {\"modules\": [{\"name\": \"a\", "
+                           "\"module\": \"refine\", \"n\": 2, \"threshold\": "
+                           "1, \"reward\": \"x\"}]}}";
+    dx_module *m = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_program_parse(no_wraps, strlen(no_wraps), "p.json", &m, &d),
+                 DX_EINVAL);
+    cr_assert(strstr(d.msg, "\"wraps\"") != NULL, "%s", d.msg);
+    const char *no_n = "{\"program\": {\"modules\": [{\"name\": \"a\", "
+                       "\"module\": \"refine\", \"threshold\": 1, \"reward\": "
+                       "\"x\", \"wraps\": {}}]}}";
+    cr_assert_eq(dx_program_parse(no_n, strlen(no_n), "p.json", &m, &d),
+                 DX_EINVAL);
+    cr_assert(strstr(d.msg, "\"n\" must be a number >= 1") != NULL, "%s",
+              d.msg);
 }
