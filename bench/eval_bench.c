@@ -12,11 +12,14 @@
  * client), whose CPU is the HTTP exchange and the server's share; the
  * difference per example is what Evaluate, the program and the LM client
  * add. CPU is the whole OS process's (the server thread included, in both).
+ * The baseline's wall time against the same ideal shows how much of the
+ * gap is the transport's. Schedulers: DX_SCHEDULERS, else one per CPU.
  *
  * Prints per C:
  *   RESULT sys=dspex bench=evaluate n=.. latency_ms=.. concurrency=..
  *   wall_s=.. ideal_s=.. ratio=.. cpu_us_per_example=..
- *   baseline_cpu_us_per_example=.. overhead_us=..
+ *   baseline_cpu_us_per_example=.. overhead_us=.. example_p50_ms=..
+ *   example_p99_ms=.. baseline_wall_s=.. baseline_ratio=..
  */
 #include <stdatomic.h>
 #include <stdio.h>
@@ -78,7 +81,7 @@ static void base_worker(void *arg)
 typedef struct bench {
     long conc[8];
     int nconc;
-    double wall[8], cpu[8], base_cpu[8], p50[8], p99[8];
+    double wall[8], cpu[8], base_cpu[8], base_wall[8], p50[8], p99[8];
     long errors;
     char first_error[DX_DIAG_MAX + 64];
     _Atomic int done;
@@ -146,6 +149,7 @@ static void bench_main(void *arg)
         atomic_store(&BJ.next, 0);
         atomic_store(&BJ.left, B.conc[k]);
         c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+        w0 = clock_s(CLOCK_MONOTONIC);
         for (long p = 0; p < B.conc[k]; p++) {
             dx_pid pid;
             dx_spawn(base_worker, NULL, &pid);
@@ -153,6 +157,7 @@ static void bench_main(void *arg)
         while (atomic_load(&BJ.left) > 0)
             dx_sleep(2);
         B.base_cpu[k] = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
+        B.base_wall[k] = clock_s(CLOCK_MONOTONIC) - w0;
     }
     dx_lm_config_free(BJ.cfg);
     dx_dataset_free(ds);
@@ -183,7 +188,7 @@ int main(int argc, char **argv)
         return 1;
     snprintf(url, sizeof url, "http://127.0.0.1:%d/v1", dx_lmserver_port(srv));
     dx_pid pid;
-    if (dx_runtime_start(&(dx_runtime_opts){.schedulers = 2}) != DX_OK ||
+    if (dx_runtime_start(&(dx_runtime_opts){.schedulers = 0}) != DX_OK ||
         dx_spawn(bench_main, NULL, &pid) != DX_OK)
         return 1;
     while (!atomic_load(&B.done)) {
@@ -203,9 +208,11 @@ int main(int argc, char **argv)
         printf("RESULT sys=dspex bench=evaluate n=%ld latency_ms=%ld "
                "concurrency=%ld wall_s=%.3f ideal_s=%.3f ratio=%.4f "
                "cpu_us_per_example=%.1f baseline_cpu_us_per_example=%.1f "
-               "overhead_us=%.1f example_p50_ms=%.1f example_p99_ms=%.1f\n",
+               "overhead_us=%.1f example_p50_ms=%.1f example_p99_ms=%.1f "
+               "baseline_wall_s=%.3f baseline_ratio=%.4f\n",
                N, latency_ms, c, B.wall[k], ideal, B.wall[k] / ideal, cpu_us,
-               base_us, cpu_us - base_us, B.p50[k], B.p99[k]);
+               base_us, cpu_us - base_us, B.p50[k], B.p99[k], B.base_wall[k],
+               B.base_wall[k] / ideal);
     }
     return B.errors || BJ.errors ? 1 : 0;
 }
