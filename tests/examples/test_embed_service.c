@@ -1,8 +1,9 @@
 /*
- * test_embed_service.c — smoke test of examples/embed_service: the host
- * program is run as a child process on the sim model, once reading stdin
- * and once serving TCP on 127.0.0.1, and its answer lines are checked;
- * SIGTERM must stop it cleanly (exit 0).
+ * test_embed_service.c — smoke tests of the embedding examples:
+ * examples/embed_service is run as a child process on the sim model, once
+ * reading stdin and once serving TCP on 127.0.0.1, and its answer lines
+ * are checked; SIGTERM must stop it cleanly (exit 0). examples/embed_minimal
+ * runs, and docs/embedding.md shows it byte for byte.
  */
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
@@ -17,22 +18,27 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static const char *service_bin(void)
+static const char *env_path(const char *name)
 {
-    const char *bin = getenv("DX_EMBED_SERVICE_BIN");
-    cr_assert_not_null(bin, "DX_EMBED_SERVICE_BIN is not set");
-    return bin;
+    const char *v = getenv(name);
+    cr_assert_not_null(v, "%s is not set", name);
+    return v;
 }
 
-/* Start the service with args; its stdin, stdout and stderr are pipes. */
-static pid_t start(const char *const *args, int *in_fd, int *out_fd,
-                   int *err_fd)
+static const char *service_bin(void)
+{
+    return env_path("DX_EMBED_SERVICE_BIN");
+}
+
+/* Start bin with args; its stdin, stdout and stderr are pipes. */
+static pid_t start_bin(const char *bin, const char *const *args, int *in_fd,
+                       int *out_fd, int *err_fd)
 {
     int pin[2], pout[2], perr[2];
     cr_assert_eq(pipe(pin), 0);
     cr_assert_eq(pipe(pout), 0);
     cr_assert_eq(pipe(perr), 0);
-    const char *argv[16] = {service_bin()};
+    const char *argv[16] = {bin};
     size_t n = 1;
     for (; args[n - 1] && n < 15; n++)
         argv[n] = args[n - 1];
@@ -58,6 +64,12 @@ static pid_t start(const char *const *args, int *in_fd, int *out_fd,
     *out_fd = pout[0];
     *err_fd = perr[0];
     return pid;
+}
+
+static pid_t start(const char *const *args, int *in_fd, int *out_fd,
+                   int *err_fd)
+{
+    return start_bin(service_bin(), args, in_fd, out_fd, err_fd);
 }
 
 static size_t read_all(int fd, char *buf, size_t cap)
@@ -211,4 +223,60 @@ Test(embed_service, serves_tcp_on_loopback_and_stops_cleanly_on_sigterm,
     close(err);
     cr_expect_eq(wait_exit_code(pid), 0, "stderr: %s", ebuf);
     cr_expect(strstr(ebuf, "stopped (") != NULL, "stderr: %s", ebuf);
+}
+
+Test(embed_minimal, runs_and_answers_blocking_and_async, .timeout = 60)
+{
+    int in, out, err;
+    const char *args[] = {NULL};
+    pid_t pid =
+        start_bin(env_path("DX_EMBED_MINIMAL_BIN"), args, &in, &out, &err);
+    close(in);
+    static char obuf[1 << 14], ebuf[1 << 14];
+    read_all(out, obuf, sizeof obuf);
+    read_all(err, ebuf, sizeof ebuf);
+    close(out);
+    close(err);
+    cr_assert_eq(wait_exit_code(pid), 0, "stderr: %s", ebuf);
+    /* Both calls answered (the sim's answer itself is its business). */
+    const char *sync = strstr(obuf, "answer: ");
+    const char *async = strstr(obuf, "async answer: ");
+    cr_expect(sync == obuf && sync[8] != '\n', "%s", obuf);
+    cr_expect(async != NULL && async[14] != '\n', "%s", obuf);
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "%s", path);
+    static char buf[1 << 17];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *s = strdup(buf);
+    cr_assert_not_null(s);
+    return s;
+}
+
+Test(embed_minimal, the_guide_shows_the_compiled_file_byte_for_byte)
+{
+    char path[1024];
+    const char *root = env_path("DX_SOURCE_ROOT");
+    snprintf(path, sizeof path, "%s/examples/embed_minimal.c", root);
+    char *code = slurp(path);
+    snprintf(path, sizeof path, "%s/docs/embedding.md", root);
+    char *doc = slurp(path);
+    const char *marker = "<!-- snippet: examples/embed_minimal.c -->\n```c\n";
+    char *start = strstr(doc, marker);
+    cr_assert_not_null(start, "docs/embedding.md has no snippet marker");
+    start += strlen(marker);
+    char *end = strstr(start, "```\n");
+    cr_assert_not_null(end);
+    *end = '\0';
+    cr_expect_str_eq(start, code,
+                     "docs/embedding.md's snippet differs from "
+                     "examples/embed_minimal.c: copy the file into the "
+                     "guide");
+    free(code);
+    free(doc);
 }
