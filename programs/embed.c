@@ -529,6 +529,9 @@ static int start_call(dx_embed *e, const dx_module *m, const dx_example *in,
     c->opts = opts ? *opts : (dx_call_opts){.lm = DX_NOPID};
     if (c->opts.timeout_ms <= 0)
         c->opts.timeout_ms = DEFAULT_CALL_TIMEOUT_MS;
+    /* "Forever" as a large timeout must not overflow the deadline sums. */
+    if (c->opts.timeout_ms > INT64_MAX / 4)
+        c->opts.timeout_ms = INT64_MAX / 4;
     c->opts.trace = false;
     c->deadline_ms = dx_now_ms() + c->opts.timeout_ms;
     c->cb = cb;

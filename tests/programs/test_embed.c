@@ -374,6 +374,102 @@ Test(embed, a_runtime_started_by_the_host_keeps_running_after_shutdown)
     dx_module_free(m);
 }
 
+/* ---- races ---------------------------------------------------------------- */
+
+typedef struct canceller {
+    dx_embed *e;
+    const dx_module *m;
+    record *r;
+    int first;
+    int failures;
+} canceller;
+
+/* Start calls and cancel each at once, racing its start and its end. */
+static void *submit_and_cancel(void *arg)
+{
+    canceller *s = arg;
+    for (int i = 0; i < PER_THREAD; i++) {
+        dx_embed_call *c = NULL;
+        if (call(s->e, s->m, s->r, s->first + i, i % 3, false, 0, &c) !=
+            DX_OK) {
+            s->failures++;
+            continue;
+        }
+        int rc = dx_embed_call_cancel(c);
+        if (rc != DX_OK && rc != DX_ENOENT)
+            s->failures++;
+        if (dx_embed_call_wait(c, 20000) != DX_OK)
+            s->failures++;
+        dx_embed_call_release(c);
+    }
+    return NULL;
+}
+
+Test(embed, cancels_racing_starts_and_ends_still_call_back_exactly_once)
+{
+    dx_embed *e = embed_new(0);
+    dx_module *m = echo_module();
+    record *r = record_new();
+    pthread_t th[2];
+    canceller cs[2];
+    for (int t = 0; t < 2; t++) {
+        cs[t] = (canceller){.e = e, .m = m, .r = r, .first = t * PER_THREAD};
+        cr_assert_eq(pthread_create(&th[t], NULL, submit_and_cancel, &cs[t]),
+                     0);
+    }
+    for (int t = 0; t < 2; t++) {
+        pthread_join(th[t], NULL);
+        cr_expect_eq(cs[t].failures, 0);
+    }
+    for (int i = 0; i < 2 * PER_THREAD; i++) {
+        int rc = atomic_load(&r->slot[i].rc);
+        cr_expect_eq(atomic_load(&r->slot[i].calls), 1, "call %d ran %d", i,
+                     atomic_load(&r->slot[i].calls));
+        cr_expect(rc == DX_OK || rc == DX_ECANCELED, "call %d: %s", i,
+                  dx_err_name(rc));
+        if (rc == DX_OK)
+            cr_expect_eq(atomic_load(&r->slot[i].echo), i);
+    }
+    cr_expect_eq(atomic_load(&r->mismatches), 0);
+    cr_assert_eq(dx_embed_shutdown(e, 0, NULL), DX_OK);
+    dx_module_free(m);
+    dx_free(r);
+}
+
+Test(embed, runtime_stopped_under_calls_still_calls_back_with_ecanceled)
+{
+    cr_assert_eq(dx_runtime_start(&(dx_runtime_opts){.schedulers = 2}), DX_OK);
+    dx_embed *e = NULL;
+    cr_assert_eq(dx_embed_start(NULL, &e), DX_OK);
+    dx_module *m = echo_module();
+    record *r = record_new();
+    dx_embed_call *c = NULL;
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(call(e, m, r, i, 60000, false, 0, i == 0 ? &c : NULL),
+                     DX_OK);
+    cr_expect_eq(dx_embed_call_wait(c, 50), DX_ETIMEDOUT);
+    /* The host stops the runtime itself, with the calls in flight. */
+    cr_assert_eq(dx_runtime_stop(), DX_OK);
+    cr_assert_eq(dx_embed_call_wait(c, 20000), DX_OK);
+    dx_embed_call_release(c);
+    for (int i = 0; i < 3; i++) {
+        cr_expect_eq(atomic_load(&r->slot[i].calls), 1);
+        cr_expect_eq(atomic_load(&r->slot[i].rc), DX_ECANCELED, "%s",
+                     r->slot[i].diag);
+    }
+    cr_expect(strstr(r->slot[0].diag, "runtime stopped") != NULL, "%s",
+              r->slot[0].diag);
+    cr_expect_eq(dx_embed_in_flight(e), 0);
+    dx_example *in = echo_inputs(9, 0, false);
+    cr_expect_eq(
+        dx_embed_call_async(e, m, in, NULL, on_done, &r->slot[9], NULL),
+        DX_ESTATE);
+    dx_example_free(in);
+    cr_assert_eq(dx_embed_shutdown(e, 0, NULL), DX_OK);
+    dx_module_free(m);
+    dx_free(r);
+}
+
 /* ---- waiting from the wrong place -------------------------------------- */
 
 static dx_embed_call *proc_call;
