@@ -285,6 +285,16 @@ static void worker_main(void *arg)
 
 enum { ENDED, CANCELLED, TIMED_OUT };
 
+/* OTP's orderly stop reasons: `shutdown` and {shutdown, _}. */
+static bool is_shutdown(const dx_term *reason)
+{
+    if (dx_is_atom(reason, "shutdown"))
+        return true;
+    return reason && dx_term_type_of(reason) == DX_TERM_TUPLE &&
+           dx_term_size(reason) == 2 &&
+           dx_is_atom(dx_term_at(reason, 0), "shutdown");
+}
+
 static void watcher_main(void *arg)
 {
     dx_embed_call *c = arg;
@@ -319,11 +329,15 @@ static void watcher_main(void *arg)
                 left = 0;
         }
         dx_msg *msg = NULL;
-        if (dx_receive_any(left, &msg) == DX_ETIMEDOUT) {
+        int rrc = dx_receive_any(left, &msg);
+        if (rrc == DX_ETIMEDOUT) {
             why = TIMED_OUT;
             dx_kill(w);
             continue;
         }
+        /* Nothing else can fail here; if it did, ending this process
+         * still kills the worker (link) and calls back (watcher_exit). */
+        DX_ASSERT(rrc == DX_OK && msg);
         if (msg->tag == DX_TAG_EXIT && dx_pid_eq(msg->from, w)) {
             reason = dx_msg_take_term(msg);
             dx_msg_free(msg);
@@ -353,6 +367,15 @@ static void watcher_main(void *arg)
                     "%s (%s): no result within %" PRId64 " ms", m->path,
                     m->type_name, c->opts.timeout_ms);
         finish(c, DX_ETIMEDOUT, NULL, &d);
+    } else if (is_shutdown(reason)) {
+        /* Not a crash: the worker was stopped from outside in order — the
+         * runtime stopping under the call, which may reach the worker
+         * before this process. */
+        dx_diag_set(&d, DX_ECANCELED, 0, 0,
+                    "%s (%s): the program was shut down before it finished "
+                    "(the runtime stopped)",
+                    m->path, m->type_name);
+        finish(c, DX_ECANCELED, NULL, &d);
     } else {
         char text[256] = "unknown";
         if (reason)

@@ -22,8 +22,9 @@
  * Callback rule (as libuv's): a function that takes a callback and returns
  * an error never calls it; one that returns DX_OK calls it exactly once —
  * with the program's result, DX_ETIMEDOUT, DX_EDOWN (the program's process
- * crashed), or DX_ECANCELED (dx_embed_call_cancel, or shutdown past its
- * drain deadline).
+ * crashed), or DX_ECANCELED (dx_embed_call_cancel, shutdown past its
+ * drain deadline, or the runtime stopped under the call — the program's
+ * process ending with reason `shutdown` counts as that, not as a crash).
  *
  * The runtime's own threads keep running as before (schedulers and the
  * I/O thread that drives LM transfers); the host loop only receives
