@@ -472,6 +472,107 @@ Test(embed, runtime_stopped_under_calls_still_calls_back_with_ecanceled)
     dx_free(r);
 }
 
+/* ---- out of memory -------------------------------------------------------- */
+
+/* Fails the Nth allocation made on the thread that armed it, so the
+ * runtime's own threads keep working while the host's calls fail. */
+static _Thread_local bool oom_armed;
+static _Thread_local long oom_at, oom_count;
+
+static bool oom_now(void)
+{
+    return oom_armed && oom_count++ == oom_at;
+}
+
+static void *oom_malloc(size_t size, void *ud)
+{
+    (void)ud;
+    return oom_now() ? NULL : malloc(size);
+}
+
+static void *oom_realloc(void *p, size_t size, void *ud)
+{
+    (void)ud;
+    return oom_now() ? NULL : realloc(p, size);
+}
+
+static void oom_free(void *p, void *ud)
+{
+    (void)ud;
+    free(p);
+}
+
+static const dx_allocator oom_allocator = {oom_malloc, oom_realloc, oom_free,
+                                           NULL};
+
+static void oom_arm(long at)
+{
+    oom_at = at;
+    oom_count = 0;
+    oom_armed = true;
+}
+
+Test(embed, out_of_memory_fails_cleanly_and_never_calls_back)
+{
+    dx_set_allocator(&oom_allocator);
+    /* Starting: every failure leaves nothing running. */
+    dx_embed *e = NULL;
+    int rc = DX_ENOMEM;
+    long at;
+    for (at = 0; at < 100000 && rc != DX_OK; at++) {
+        oom_arm(at);
+        rc = dx_embed_start(NULL, &e);
+        oom_armed = false;
+        if (rc != DX_OK) {
+            cr_assert(rc == DX_ENOMEM || rc == DX_ESYS, "%s", dx_err_name(rc));
+            cr_assert_null(e);
+            cr_assert(!dx_runtime_running());
+        }
+    }
+    cr_assert_eq(rc, DX_OK);
+    cr_expect_gt(at, 1, "the start allocates, so some start failed");
+
+    dx_module *m = echo_module();
+    record *r = record_new();
+    /* The runtime aborts when it cannot grow a run queue (not recoverable,
+     * docs/internals/runtime.md): grow the queues first, with a burst. */
+    for (int i = 1; i <= 64; i++)
+        cr_assert_eq(call(e, m, r, i, 0, false, 0, NULL), DX_OK);
+    while (dx_embed_in_flight(e) > 0)
+        host_sleep_ms(1);
+    dx_example *in = echo_inputs(0, 0, false);
+    dx_call_opts o = {.lm_name = "lm", .rollout_id = "r1"};
+    rc = DX_ENOMEM;
+    long failures = 0;
+    for (at = 0; at < 100000 && rc != DX_OK; at++) {
+        dx_embed_call *c = (dx_embed_call *)&c;
+        oom_arm(at);
+        rc = dx_embed_call_async(e, m, in, &o, on_done, &r->slot[0], &c);
+        oom_armed = false;
+        if (rc != DX_OK) {
+            failures++;
+            cr_assert_eq(rc, DX_ENOMEM, "%s", dx_err_name(rc));
+            cr_assert_null(c);
+            cr_assert_eq(dx_embed_in_flight(e), 0);
+        } else {
+            cr_assert_eq(dx_embed_call_wait(c, 20000), DX_OK);
+            dx_embed_call_release(c);
+        }
+    }
+    cr_assert_eq(rc, DX_OK);
+    cr_expect_geq(failures, 4, "copies, names and the spawn allocate");
+    cr_expect_eq(atomic_load(&r->slot[0].calls), 1,
+                 "only the call that "
+                 "started calls back");
+    cr_expect_eq(atomic_load(&r->slot[0].rc), DX_OK, "%s", r->slot[0].diag);
+    dx_example_free(in);
+    cr_assert_eq(dx_embed_shutdown(e, 0, NULL), DX_OK);
+    cr_expect(!dx_runtime_running());
+    dx_set_allocator(NULL);
+    dx_module_free(m);
+    dx_free(r);
+}
+
 /* ---- waiting from the wrong place -------------------------------------- */
 
 static dx_embed_call *proc_call;
