@@ -71,9 +71,10 @@ typedef struct dx_embed_opts {
 } dx_embed_opts;
 
 /* Start an embedding: start the runtime unless it runs (opts may be NULL).
- * On DX_OK *out is the caller's; end it with dx_embed_shutdown. Errors:
- * DX_EINVAL (NULL out), DX_ENOMEM, or dx_runtime_start's (DX_ESYS ...);
- * then nothing is left running. Host thread. */
+ * On DX_OK *out is the caller's; end it with dx_embed_shutdown. Errors
+ * (*out NULL, nothing left running): DX_EINVAL (NULL out), DX_ESTATE from
+ * a process, DX_ENOMEM, DX_ESYS, or another of dx_runtime_start's. Host
+ * thread. */
 DX_API int dx_embed_start(const dx_embed_opts *opts, dx_embed **out);
 
 /* Deliver every later completion callback on `loop`'s thread. Call it on
@@ -82,9 +83,10 @@ DX_API int dx_embed_start(const dx_embed_opts *opts, dx_embed **out);
  * embedding holds a referenced uv_async_t on the loop until
  * dx_embed_shutdown closes it (so uv_run does not return while the
  * embedding lives); run the loop once more after shutdown so libuv can
- * finish closing it, as for any handle. Errors: DX_EINVAL (NULL loop),
- * DX_EEXIST (a loop is already attached), DX_ESTATE (shutting down),
- * DX_ESYS (uv_async_init failed), DX_ENOMEM. Host thread (the loop's). */
+ * finish closing it, as for any handle. Errors: DX_EINVAL (NULL e or
+ * loop), DX_EEXIST (a loop is already attached), DX_ESTATE (shutting down,
+ * or called from a process), DX_ESYS (uv_async_init failed), DX_ENOMEM.
+ * Host thread (the loop's). */
 DX_API int dx_embed_attach_loop(dx_embed *e, struct uv_loop_s *loop);
 
 /* Start an application tree (app.h's dx_app_start: root copied, child
@@ -92,8 +94,9 @@ DX_API int dx_embed_attach_loop(dx_embed *e, struct uv_loop_s *loop);
  * it at shutdown, after the calls are done and in reverse order of
  * starting, so LM clients in it serve the calls being drained. *root_out
  * (optional) gets the root supervisor's pid. Errors as dx_app_start
- * (DX_EINVAL, DX_EEXIST, DX_ENOMEM, DX_EINIT with *error, the caller's),
- * DX_ESTATE when shutting down. Any thread. */
+ * (DX_EINVAL — also for NULL e or root —, DX_EEXIST, DX_ENOMEM, DX_EINIT
+ * with *error, the caller's), DX_ESTATE when shutting down; nothing is
+ * left running. Any thread. */
 DX_API int dx_embed_app_start(dx_embed *e, const dx_sup_spec *root,
                               dx_pid *root_out, dx_term **error);
 
@@ -127,7 +130,8 @@ DX_API int dx_embed_call_async(dx_embed *e, const dx_module *m,
  * what failed: the errors of dx_embed_call_async, then those of the call
  * (the program's code, DX_ETIMEDOUT, DX_EDOWN, DX_ECANCELED). The result
  * is not routed through an attached loop, so this works on the loop's
- * thread too (blocking it). Host thread. */
+ * thread too (blocking it). DX_EINVAL for NULL out; DX_ESTATE from a
+ * process (use dx_module_call there). Host thread. */
 DX_API int dx_embed_call_sync(dx_embed *e, const dx_module *m,
                               const dx_example *inputs,
                               const dx_call_opts *opts, dx_prediction **out,
@@ -137,7 +141,8 @@ DX_API int dx_embed_call_sync(dx_embed *e, const dx_module *m,
  * callback gets DX_ECANCELED — unless the program finished first, in which
  * case the callback gets that result. Returns DX_OK when the request was
  * made (the callback has not run yet), DX_ENOENT when the call has already
- * finished, DX_EINVAL for NULL. Does not wait. Any thread. */
+ * finished (always so inside its own callback), DX_EINVAL for NULL. Does
+ * not wait. Any thread. */
 DX_API int dx_embed_call_cancel(dx_embed_call *call);
 
 /* Wait until the call's callback has returned or timeout_ms passes
@@ -152,7 +157,8 @@ DX_API int dx_embed_call_wait(dx_embed_call *call, int64_t timeout_ms);
  * Any thread. */
 DX_API void dx_embed_call_release(dx_embed_call *call);
 
-/* Calls accepted and whose callback has not returned yet. Any thread. */
+/* Calls accepted and whose callback has not returned yet (0 for NULL).
+ * Any thread. */
 DX_API size_t dx_embed_in_flight(dx_embed *e);
 
 /* What dx_embed_shutdown did. */
