@@ -407,7 +407,7 @@ static int embed_vectorize(const char *const *texts, size_t n, float *vectors,
     return rc;
 }
 
-int dx_vectorizer_embeddings(const dx_embed_opts *opts, size_t dim,
+int dx_vectorizer_embeddings(const dx_embeddings_opts *opts, size_t dim,
                              dx_vectorizer *out, dx_diag *diag)
 {
     if (out)

@@ -883,7 +883,7 @@ static const dx_retriever_ops embed_ops = {
     .free = embed_index_free,
 };
 
-int dx_embed_retriever_new(const dx_embed_opts *opts,
+int dx_embed_retriever_new(const dx_embeddings_opts *opts,
                            const char *const *passages, size_t n,
                            dx_retriever **out, dx_diag *diag)
 {

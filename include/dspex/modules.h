@@ -190,7 +190,7 @@ DX_API int dx_knn_bag_of_words(const char *const *texts, size_t n,
  * string), DX_ENOKEY, DX_ENOTSUP (a provider without embeddings),
  * DX_EPROVIDER (the probe failed: diag has the provider's error),
  * DX_ENOMEM. */
-DX_API int dx_vectorizer_embeddings(const dx_embed_opts *opts, size_t dim,
+DX_API int dx_vectorizer_embeddings(const dx_embeddings_opts *opts, size_t dim,
                                     dx_vectorizer *out, dx_diag *diag);
 DX_API void dx_vectorizer_embeddings_free(dx_vectorizer *v);
 

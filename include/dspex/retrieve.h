@@ -140,7 +140,7 @@ DX_API void dx_tokens_free(char **tokens, size_t n);
 
 /* ---- embeddings ------------------------------------------------------- */
 
-typedef struct dx_embed_opts {
+typedef struct dx_embeddings_opts {
     /* "openai/<model>", "openai-compatible/<model>", "gemini/<model>"
      * (dx_lm_config_new's model strings), base URL and key as there. */
     const char *model;
@@ -148,7 +148,7 @@ typedef struct dx_embed_opts {
     const char *api_key;
     size_t batch;       /* texts per request; 0 = 64 */
     int64_t timeout_ms; /* per request; 0 = 60,000 */
-} dx_embed_opts;
+} dx_embeddings_opts;
 
 /* Embed n texts with one request per batch. Process only (it waits for the
  * I/O loop). DX_OK: *out the caller's (dx_lm_embeddings_free), n rows.
@@ -164,7 +164,7 @@ DX_API int dx_embed_texts(const dx_lm_config *c, const char *const *texts,
  * process; ties in corpus order). Passages are copied. DX_OK; dx_embed_texts'
  * errors with diag saying which; DX_EINVAL (no passages, bad model string);
  * DX_ENOKEY. Searches fail the same way (DX_EPROVIDER with diag). */
-DX_API int dx_embed_retriever_new(const dx_embed_opts *opts,
+DX_API int dx_embed_retriever_new(const dx_embeddings_opts *opts,
                                   const char *const *passages, size_t n,
                                   dx_retriever **out, dx_diag *diag);
 

@@ -482,9 +482,9 @@ Test(modules2, knn_fewshot_demos_the_nearest_examples)
  * test's host thread: each request runs in a process of its own. */
 Test(modules2, knn_embeds_through_the_providers_embeddings_api)
 {
-    dx_embed_opts o = {.model = "openai-compatible/test-embed",
-                       .base_url = url,
-                       .api_key = "sk-test"};
+    dx_embeddings_opts o = {.model = "openai-compatible/test-embed",
+                            .base_url = url,
+                            .api_key = "sk-test"};
     dx_vectorizer v;
     dx_diag d = {0};
     dx_lmserver_stats before, after;
@@ -514,7 +514,7 @@ Test(modules2, knn_embeds_through_the_providers_embeddings_api)
     cr_assert_null(v.ud);
 
     /* A provider without embeddings is refused when probed. */
-    dx_embed_opts a = {
+    dx_embeddings_opts a = {
         .model = "anthropic/claude", .base_url = url, .api_key = "k"};
     cr_assert_eq(dx_vectorizer_embeddings(&a, 0, &v, &d), DX_ENOTSUP);
     cr_assert(strstr(d.msg, "anthropic/claude") != NULL, "%s", d.msg);

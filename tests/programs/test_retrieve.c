@@ -258,10 +258,10 @@ static embed_result er;
 static void embed_proc(void *arg)
 {
     (void)arg;
-    dx_embed_opts o = {.model = "openai-compatible/test-embed",
-                       .base_url = url,
-                       .api_key = "sk-test",
-                       .batch = 3}; /* two requests for four passages */
+    dx_embeddings_opts o = {.model = "openai-compatible/test-embed",
+                            .base_url = url,
+                            .api_key = "sk-test",
+                            .batch = 3}; /* two requests for four passages */
     dx_retriever *r = NULL;
     dx_diag d = {0};
     er.build_rc = dx_embed_retriever_new(&o, embed_corpus, 4, &r, &d);
@@ -283,7 +283,7 @@ static void embed_proc(void *arg)
         return;
     }
     /* a provider without embeddings */
-    dx_embed_opts a = {
+    dx_embeddings_opts a = {
         .model = "anthropic/claude", .base_url = url, .api_key = "k"};
     er.bad_rc = dx_embed_retriever_new(&a, embed_corpus, 4, &r, &d);
     snprintf(er.diag, sizeof er.diag, "%s", d.msg);
