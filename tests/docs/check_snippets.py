@@ -11,12 +11,16 @@ Fence info strings (after ```c or ```sh, space-separated words):
                   public header is included.
   c decls         top-level declarations: compiled after every public header.
   c skip          not compiled (say why in the text around it).
+  expect=TEXT     (runnable) its standard output must contain TEXT (no
+                  spaces; `_` stands for a space).
   file=NAME       also save the block as NAME in the shell blocks' working
                   directory, so a later ```sh testable block can use it.
   sh testable     run with `bash -eo pipefail` in a scratch directory that
-                  holds `build` (the build directory), `examples` and `data`
-                  (the source folders) and the files saved with file=; `dspex`
-                  is on PATH. It must exit 0.
+                  holds `build` (the build directory), `examples`, `data` and
+                  `include` (the source folders) and the files saved with
+                  file=; `dspex` is on PATH. It must exit 0. With `nosan` too,
+                  only in a build without sanitizers (a block that links the
+                  libraries with a plain `cc`).
 Other ``` blocks (text, json, output) are prose.
 
 Usage (from tests/meson.build):
@@ -73,7 +77,7 @@ def main():
     shell_dir = os.path.join(work, "sh")
     os.mkdir(shell_dir)
     os.symlink(build, os.path.join(shell_dir, "build"))
-    for d in ("examples", "data"):
+    for d in ("examples", "data", "include"):
         os.symlink(os.path.join(src, d), os.path.join(shell_dir, d))
     env = dict(os.environ)
     env["PATH"] = os.path.join(build, "cli") + os.pathsep + env.get("PATH", "")
@@ -125,8 +129,18 @@ def main():
                         failures.append("%s: exited %d:\n%s%s" % (
                             where, r.returncode, r.stdout, r.stderr))
                         continue
+                    want = [w.split("=", 1)[1].replace("_", " ")
+                            for w in info if w.startswith("expect=")]
+                    missing = [w for w in want if w not in r.stdout]
+                    if missing:
+                        failures.append("%s: output lacks %r:\n%s" % (
+                            where, missing, r.stdout))
+                        continue
                     counts["ran"] += 1
             elif lang == "sh" and "testable" in words:
+                if "nosan" in words and san:
+                    counts["skipped"] += 1
+                    continue
                 r = subprocess.run(["bash", "-eo", "pipefail", "-c", text],
                                    capture_output=True, text=True, timeout=120,
                                    env=env, cwd=shell_dir)
