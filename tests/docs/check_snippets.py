@@ -104,15 +104,18 @@ def main():
                     counts["skipped"] += 1
                     continue
                 n += 1
+                # Errors point at the Markdown file's own lines.
+                mark = "#line %d \"%s\"\n" % (line + 1, rel)
                 if "fragment" in words:
-                    code = prelude + "void dx_snippet(void);\nvoid dx_snippet(void)\n{\n" + text + "}\n"
+                    code = (prelude + "void dx_snippet(void);\n"
+                            "void dx_snippet(void)\n{\n" + mark + text + "}\n")
                 elif "decls" in words:
-                    code = prelude + text
+                    code = prelude + mark + text
                 else:
-                    code = text
+                    code = mark + text
                 c_path = os.path.join(work, "snippet%d.c" % n)
                 with open(c_path, "w") as f:
-                    f.write("#line 1 \"%s\"\n" % where + code)
+                    f.write(code)
                 runnable = "runnable" in words
                 exe = os.path.join(work, "snippet%d" % n)
                 cmd = [cc] + cflags + [c_path]
