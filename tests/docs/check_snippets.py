@@ -16,8 +16,8 @@ Fence info strings (after ```c or ```sh, space-separated words):
   file=NAME       also save the block as NAME in the shell blocks' working
                   directory, so a later ```sh testable block can use it.
   sh testable     run with `bash -eo pipefail` in a scratch directory that
-                  holds `build` (the build directory), `examples`, `data` and
-                  `include` (the source folders) and the files saved with
+                  holds `build` (the build directory), `examples`, `data`,
+                  `include` and `tests` (the source folders), the files saved with
                   file=; `dspex` is on PATH. It must exit 0. With `nosan` too,
                   only in a build without sanitizers (a block that links the
                   libraries with a plain `cc`).
@@ -77,7 +77,7 @@ def main():
     shell_dir = os.path.join(work, "sh")
     os.mkdir(shell_dir)
     os.symlink(build, os.path.join(shell_dir, "build"))
-    for d in ("examples", "data", "include"):
+    for d in ("examples", "data", "include", "tests"):
         os.symlink(os.path.join(src, d), os.path.join(shell_dir, d))
     env = dict(os.environ)
     env["PATH"] = os.path.join(build, "cli") + os.pathsep + env.get("PATH", "")
