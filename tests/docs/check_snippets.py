@@ -30,6 +30,7 @@ import glob
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -144,12 +145,26 @@ def main():
                 if "nosan" in words and san:
                     counts["skipped"] += 1
                     continue
-                r = subprocess.run(["bash", "-eo", "pipefail", "-c", text],
-                                   capture_output=True, text=True, timeout=120,
-                                   env=env, cwd=shell_dir)
-                if r.returncode != 0:
-                    failures.append("%s: shell block exited %d:\n%s%s" % (
-                        where, r.returncode, r.stdout, r.stderr))
+                # A session of its own, so whatever the block started in
+                # the background is killed with it, even on a timeout.
+                p = subprocess.Popen(["bash", "-eo", "pipefail", "-c", text],
+                                     stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True,
+                                     env=env, cwd=shell_dir,
+                                     start_new_session=True)
+                try:
+                    out, _ = p.communicate(timeout=120)
+                except subprocess.TimeoutExpired:
+                    out = "(timed out after 120 s)"
+                finally:
+                    try:
+                        os.killpg(p.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    p.wait()
+                if p.returncode != 0:
+                    failures.append("%s: shell block exited %d:\n%s" % (
+                        where, p.returncode, out))
                     continue
                 counts["shell"] += 1
     shutil.rmtree(work, ignore_errors=True)
