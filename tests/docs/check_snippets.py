@@ -21,7 +21,8 @@ Fence info strings (after ```c or ```sh, space-separated words):
                   file=; `dspex` is on PATH. It must exit 0. With `nosan` too,
                   only in a build without sanitizers (a block that links the
                   libraries with a plain `cc`).
-Other ``` blocks (text, json, output) are prose.
+Other ``` blocks (text, json, output) are prose. Relative links
+([text](path)) must point at files that exist.
 
 Usage (from tests/meson.build):
   check_snippets.py SRC_ROOT BUILD_ROOT SANITIZE CC [LINK_ARGS...]
@@ -36,6 +37,17 @@ import sys
 import tempfile
 
 FENCE = re.compile(r"^(\s*)```(\S*)\s*(.*)$")
+LINK = re.compile(r"\]\(([^)#\s]+)(#[^)]*)?\)")
+
+
+def broken_links(path):
+    """Relative link targets of path that do not exist."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    base = os.path.dirname(path)
+    return [m.group(1) for m in LINK.finditer(text)
+            if "://" not in m.group(1) and not m.group(1).startswith("mailto:")
+            and not os.path.exists(os.path.join(base, m.group(1)))]
 
 
 def blocks(path):
@@ -91,6 +103,8 @@ def main():
     n = 0
     for doc in docs:
         rel = os.path.relpath(doc, src)
+        for target in broken_links(doc):
+            failures.append("%s: link to a missing file: %s" % (rel, target))
         # Shell blocks of one document share its saved files; a new
         # document starts from a clean directory of saved files.
         for line, lang, info, text in blocks(doc):
