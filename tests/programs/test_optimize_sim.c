@@ -2,7 +2,8 @@
  * test_optimize_sim.c — every optimizer improves a program on the offline
  * sim model's tasks over the unoptimized baseline, and actually sets what
  * it claims to set (demos, instructions). The sim model is deterministic,
- * so these scores are too.
+ * so these scores are too. Random search called from a process scores what
+ * a re-evaluation of its program scores.
  */
 #include <criterion/criterion.h>
 #include <stdatomic.h>
