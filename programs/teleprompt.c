@@ -973,8 +973,14 @@ static int multi_forward(dx_ctx *ctx, const dx_module *self,
 static int evaluate_together(candidate *c, size_t n, const dx_dataset *val,
                              const dx_tp_opts *o, dx_diag *diag)
 {
-    multi mu = {c, n};
-    dx_module *m = dx_module_new("Candidates", multi_forward, &mu, NULL, NULL);
+    /* Heap, not this function's stack: the example processes read it
+     * through the module's ud, and when this function runs in a process
+     * its stack is copied out while it waits in dx_evaluate. */
+    multi *mu = dx_malloc(sizeof *mu);
+    if (mu != NULL)
+        *mu = (multi){c, n};
+    dx_module *m =
+        mu ? dx_module_new("Candidates", multi_forward, mu, NULL, NULL) : NULL;
     dx_dataset *rows = dx_dataset_new();
     int rc = m && rows ? DX_OK : DX_ENOMEM;
     for (size_t k = 0; rc == DX_OK && k < n; k++)
@@ -1033,6 +1039,7 @@ static int evaluate_together(candidate *c, size_t n, const dx_dataset *val,
     dx_eval_result_free(r);
     dx_dataset_free(rows);
     dx_module_free(m);
+    dx_free(mu);
     return rc;
 }
 

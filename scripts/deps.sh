@@ -6,6 +6,8 @@
 # it on every run costs a fraction of a second.
 #
 # Usage: scripts/deps.sh        (exit 0 when everything is installed)
+#        scripts/deps.sh --docs (the optional documentation tools instead:
+#                                doxygen for scripts/apidocs.sh)
 # DX_SKIP_DEPS=1 skips the check, for machines that provide the tools some
 # other way (another distribution, a container built ahead of time).
 set -euo pipefail
@@ -31,10 +33,16 @@ DX_PACKAGES=(
     clang-format
 )
 
+# Optional: only scripts/apidocs.sh needs these (the test suite runs its
+# API-reference check only when doxygen is there).
+DX_DOCS_PACKAGES=(
+    doxygen
+)
+
 missing_packages()
 {
     local pkg status
-    for pkg in "${DX_PACKAGES[@]}"; do
+    for pkg in "${wanted[@]}"; do
         status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null ||
             true)
         # "ii " is installed; anything else (absent, half-installed,
@@ -47,13 +55,17 @@ missing_packages()
 
 main()
 {
+    wanted=("${DX_PACKAGES[@]}")
+    if [ "${1:-}" = --docs ]; then
+        wanted=("${DX_DOCS_PACKAGES[@]}")
+    fi
     if [ "${DX_SKIP_DEPS:-0}" = 1 ]; then
         return 0
     fi
     if ! command -v dpkg-query >/dev/null 2>&1; then
         echo "deps.sh: dpkg-query not found: this script installs Debian" \
             "packages (Debian 12). Install these some other way and rerun" \
-            "with DX_SKIP_DEPS=1: ${DX_PACKAGES[*]}" >&2
+            "with DX_SKIP_DEPS=1: ${wanted[*]}" >&2
         return 1
     fi
 

@@ -2,7 +2,8 @@
  * test_optimize_sim.c — every optimizer improves a program on the offline
  * sim model's tasks over the unoptimized baseline, and actually sets what
  * it claims to set (demos, instructions). The sim model is deterministic,
- * so these scores are too.
+ * so these scores are too. Random search called from a process scores what
+ * a re-evaluation of its program scores.
  */
 #include <criterion/criterion.h>
 #include <stdatomic.h>
@@ -174,4 +175,52 @@ Test(optimize_sim, mipro_sets_demos_and_instructions_and_beats_the_baseline)
     cr_assert_gt(dx_predict_n_demos(r->program), 0);
     cr_assert_gt(r->n_trials, 3);
     dx_tp_result_free(r);
+}
+
+/* Random search called from a process (as dx_optimize and the CLI call
+ * it) on one scheduler: while the caller waits for its candidates'
+ * evaluation, the example processes run on the same scheduler stack the
+ * caller's frames were copied out of, so anything they read from the
+ * caller's stack would be another process's data. The result must be the
+ * one a re-evaluation gives, and no example may fail. */
+static dx_tp_result *proc_result;
+
+static void random_search_in_a_process(void *arg)
+{
+    (void)arg;
+    dx_tp_opts o = opts();
+    atomic_store(&rc_flag, dx_random_search(student, NULL, train, dev, &o,
+                                            &proc_result, NULL));
+}
+
+static void setup_one_scheduler(void)
+{
+    cr_assert_eq(dx_runtime_start(&(dx_runtime_opts){.schedulers = 1}), DX_OK);
+    run(start_client);
+    cr_assert_eq(dx_sim_generate(DX_SIM_CAPITALS, "train", DX_SIM_DEFAULT_SEED,
+                                 DX_SIM_TRAIN_SIZE, &train),
+                 DX_OK);
+    cr_assert_eq(dx_sim_generate(DX_SIM_CAPITALS, "dev", DX_SIM_DEFAULT_SEED,
+                                 DX_SIM_DEV_SIZE, &dev),
+                 DX_OK);
+    dx_signature *s = NULL;
+    cr_assert_eq(
+        dx_signature_parse("question -> answer", NULL, NULL, 0, &s, NULL),
+        DX_OK);
+    student = dx_predict_new(s, NULL);
+    dx_signature_unref(s);
+}
+
+TestSuite(optimize_sim_in_process, .init = setup_one_scheduler,
+          .fini = teardown, .timeout = 120);
+
+Test(optimize_sim_in_process, random_search_scores_what_evaluation_scores)
+{
+    run(random_search_in_a_process);
+    cr_assert_eq(proc_result->n_trials, 6);
+    for (size_t i = 0; i < proc_result->n_trials; i++)
+        cr_assert_gt(proc_result->trials[i].score, 0, "trial %zu scored 0", i);
+    cr_assert_float_eq(score_of(proc_result->program), proc_result->score,
+                       1e-9);
+    dx_tp_result_free(proc_result);
 }
