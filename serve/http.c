@@ -125,6 +125,8 @@ struct dx__conn {
     dx__sreq *head, *tail; /* requests in order, answered or not */
     size_t nreq;
     bool writing, reading, broken, closing;
+    bool dash;     /* a dashboard watcher: gets every snapshot */
+    int dash_left; /* snapshots until the stream ends; 0 = no end */
 };
 
 static char rbuf[READ_BUF]; /* loop thread only: one read at a time */
@@ -348,6 +350,8 @@ static void close_conn(dx__conn *c)
         c->next->prev = c->prev;
     srv->nopen--;
     atomic_store(&srv->st_open, srv->nopen);
+    if (c->dash)
+        atomic_fetch_sub(&srv->dash_subs, 1);
     uv_close((uv_handle_t *)&c->tcp, on_closed);
 }
 
@@ -583,13 +587,16 @@ static int on_message_complete(http_parser *p)
         path = slash ? slash : (char *)"/";
     }
     char *q = strchr(path, '?');
-    if (q != NULL)
+    const char *query = "";
+    if (q != NULL) {
         *q = '\0';
+        query = q + 1;
+    }
     if (srv->draining)
         dx__serve_error(r, 503, "shutting_down", "the server is shutting down");
     else
         dx__serve_route(srv, r, http_method_str((enum http_method)p->method),
-                        path, c->auth.p ? c->auth.p : "");
+                        path, query, c->auth.p ? c->auth.p : "");
     if (r->close_after) {
         /* Whatever follows a "Connection: close" request goes unanswered. */
         c->broken = true;
@@ -650,6 +657,118 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         set_reading(c, false);
     }
     kick(c);
+}
+
+/* ---- dashboard watchers ------------------------------------------------ */
+
+/* A watcher that cannot keep up skips snapshots instead of queueing them. */
+#define DASH_MAX_QUEUED (1u << 20)
+
+typedef struct snap {
+    int refs; /* loop thread only */
+    size_t len;
+    char data[];
+} snap;
+
+typedef struct snap_write {
+    uv_write_t req;
+    snap *s;
+} snap_write;
+
+static void on_snap_written(uv_write_t *req, int status)
+{
+    snap_write *w = (snap_write *)req;
+    if (--w->s->refs == 0)
+        dx_free(w->s);
+    dx__conn *c = req->handle->data;
+    if (status < 0 && !c->closing)
+        close_conn(c);
+    dx_free(w);
+}
+
+void dx__serve_subscribe(dx_serve *srv, dx__sreq *r, int limit)
+{
+    dx__conn *c = r->conn;
+    /* A limited stream asks the browser not to reconnect for an hour, so
+     * a page loaded for a test settles after its last snapshot. */
+    char head[256];
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 200 OK\r\nServer: dspex\r\nContent-Type: "
+                     "text/event-stream\r\nCache-Control: no-cache\r\n"
+                     "Connection: close\r\n\r\n%s",
+                     limit > 0 ? "retry: 3600000\n\n" : "");
+    r->resp = dx_strdup(head);
+    if (r->resp == NULL) {
+        dx__serve_error(r, 500, "internal", "out of memory");
+        return;
+    }
+    r->resp_len = (size_t)n;
+    c->dash_left = limit > 0 ? limit : 0;
+    r->status = 200;
+    /* The stream ends when the client leaves: nothing more is parsed. */
+    c->broken = true;
+    c->dash = true;
+    atomic_fetch_add(&srv->dash_subs, 1);
+    complete(srv, r);
+}
+
+static void broadcast(dx_serve *srv, char *json)
+{
+    size_t n = strlen(json);
+    static const char pre[] = "event: snapshot\ndata: ";
+    snap *s = dx_malloc(sizeof *s + sizeof pre - 1 + n + 2);
+    if (s == NULL) {
+        dx_free(json);
+        return;
+    }
+    memcpy(s->data, pre, sizeof pre - 1);
+    memcpy(s->data + sizeof pre - 1, json, n);
+    memcpy(s->data + sizeof pre - 1 + n, "\n\n", 2);
+    s->len = sizeof pre - 1 + n + 2;
+    s->refs = 1;
+    dx_free(json);
+    for (dx__conn *c = srv->conns; c != NULL; c = c->next) {
+        if (!c->dash || c->closing || c->head != NULL ||
+            uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) >
+                DASH_MAX_QUEUED)
+            continue;
+        snap_write *w = dx_malloc(sizeof *w);
+        if (w == NULL)
+            break;
+        w->s = s;
+        uv_buf_t b = uv_buf_init(s->data, (unsigned)s->len);
+        if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_snap_written) !=
+            0) {
+            dx_free(w);
+            continue;
+        }
+        s->refs++;
+        if (c->dash_left > 0 && --c->dash_left == 0) {
+            /* the last one: end the stream once it is written */
+            c->dash = false;
+            atomic_fetch_sub(&srv->dash_subs, 1);
+            c->sreq.data = c;
+            if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) != 0)
+                close_conn(c);
+        }
+    }
+    if (--s->refs == 0)
+        dx_free(s);
+}
+
+void dx__serve_post_snapshot(dx_serve *srv, char *json)
+{
+    pthread_mutex_lock(&srv->mu);
+    if (srv->loop_gone) {
+        pthread_mutex_unlock(&srv->mu);
+        dx_free(json);
+        return;
+    }
+    char *old = srv->snap_next;
+    srv->snap_next = json;
+    pthread_mutex_unlock(&srv->mu);
+    dx_free(old);
+    uv_async_send(&srv->async);
 }
 
 /* ---- accept, answers, drain, thread ------------------------------------ */
@@ -753,7 +872,11 @@ static void on_async(uv_async_t *a)
     dx__sreq *list = srv->done_head;
     srv->done_head = srv->done_tail = NULL;
     bool stop = srv->stop_asked;
+    char *json = srv->snap_next;
+    srv->snap_next = NULL;
     pthread_mutex_unlock(&srv->mu);
+    if (json != NULL)
+        broadcast(srv, json);
     while (list != NULL) {
         dx__sreq *r = list;
         list = r->qnext;
@@ -873,5 +996,7 @@ int dx__http_stop(dx_serve *srv, int64_t drain_ms)
         list = r->qnext;
         dx__sreq_free(r);
     }
+    dx_free(srv->snap_next);
+    srv->snap_next = NULL;
     return srv->drain_timed_out ? DX_ETIMEDOUT : DX_OK;
 }

@@ -34,7 +34,8 @@
 #define TAG_STOP 2
 
 const char *const dx__route_names[DX__R_COUNT] = {
-    "predict", "batch", "chat", "programs", "healthz", "metrics", "other",
+    "predict", "batch",   "chat",      "programs",
+    "healthz", "metrics", "dashboard", "other",
 };
 
 const double dx__hist_bounds[DX__HIST_BUCKETS - 1] = {
@@ -397,8 +398,34 @@ static void list_programs(dx_serve *srv, dx__sreq *r)
     answer_json(r, 200, root);
 }
 
+/* The value of `token=` in a query string, percent-decoded into buf. */
+static const char *query_token(const char *query, char *buf, size_t cap)
+{
+    const char *p = query;
+    while (p != NULL && *p) {
+        if (strncmp(p, "token=", 6) == 0) {
+            size_t n = 0;
+            for (p += 6; *p && *p != '&' && n + 1 < cap; p++) {
+                unsigned v;
+                if (*p == '%' && sscanf(p + 1, "%2x", &v) == 1) {
+                    buf[n++] = (char)v;
+                    p += 2;
+                } else {
+                    buf[n++] = *p == '+' ? ' ' : *p;
+                }
+            }
+            buf[n] = '\0';
+            return buf;
+        }
+        p = strchr(p, '&');
+        if (p != NULL)
+            p++;
+    }
+    return NULL;
+}
+
 void dx__serve_route(dx_serve *srv, dx__sreq *r, const char *method,
-                     const char *path, const char *auth)
+                     const char *path, const char *query, const char *auth)
 {
     bool get = strcmp(method, "GET") == 0;
     bool post = strcmp(method, "POST") == 0;
@@ -429,7 +456,19 @@ void dx__serve_route(dx_serve *srv, dx__sreq *r, const char *method,
         r->route = DX__R_PROGRAMS;
     else if (strcmp(path, "/metrics") == 0)
         r->route = DX__R_METRICS;
-    else {
+    else if (strcmp(path, "/dashboard") == 0 ||
+             strcmp(path, "/dashboard/events") == 0) {
+        /* Browsers cannot set a header on a page load or an EventSource,
+         * so these two also take the token as ?token=. */
+        r->route = DX__R_DASHBOARD;
+        char qt[512];
+        const char *t = query_token(query, qt, sizeof qt);
+        char hdr[600];
+        if (t != NULL && auth[0] == '\0') {
+            snprintf(hdr, sizeof hdr, "Bearer %s", t);
+            auth = hdr;
+        }
+    } else {
         dx__serve_error(r, 404, "not_found", "no route %s %s", method, path);
         return;
     }
@@ -439,6 +478,22 @@ void dx__serve_route(dx_serve *srv, dx__sreq *r, const char *method,
         return;
     }
     switch (r->route) {
+    case DX__R_DASHBOARD:
+        if (!get) {
+            dx__serve_error(r, 405, "method_not_allowed", "%s wants GET", path);
+            return;
+        }
+        if (strcmp(path, "/dashboard/events") == 0) {
+            const char *lim = strstr(query, "limit=");
+            long limit = lim ? strtol(lim + 6, NULL, 10) : 0;
+            dx__serve_subscribe(srv, r,
+                                limit > 0 && limit < 1000000 ? (int)limit : 0);
+            return;
+        }
+        dx__serve_answer(r, 200, "text/html; charset=utf-8",
+                         "Cache-Control: no-cache\r\n", dx__dashboard_html,
+                         dx__dashboard_html_len);
+        return;
     case DX__R_PROGRAMS:
         if (!get) {
             dx__serve_error(r, 405, "method_not_allowed", "%s wants GET", path);
@@ -552,11 +607,20 @@ static void dispatcher_main(void *arg)
         .extra_free = job_free,
     };
     dx_sup_spec spec = {
+        .name = "dx_serve.requests",
         .strategy = DX_SUP_SIMPLE_ONE_FOR_ONE,
         .children = &tmpl,
         .nchildren = 1,
     };
+    /* The first server of a runtime names its supervisor (observers show
+     * it); another one in the same runtime goes unnamed. */
     int rc = dx_sup_start_link(&spec, &srv->sup, NULL);
+    if (rc == DX_EEXIST) {
+        spec.name = NULL;
+        rc = dx_sup_start_link(&spec, &srv->sup, NULL);
+    }
+    if (rc == DX_OK)
+        rc = dx_spawn_link(dx__observer_main, srv, &srv->observer);
     atomic_store(&start_rc, rc);
     if (rc != DX_OK)
         return;
@@ -580,6 +644,7 @@ static void dispatcher_main(void *arg)
             }
         } else if (m->tag == TAG_STOP) {
             dx_msg_free(m);
+            dx_kill(srv->observer);
             dx_sup_stop(srv->sup, NULL, DX_INFINITY);
             return;
         } else if (m->tag == DX_TAG_EXIT && dx_pid_eq(m->from, srv->sup)) {
@@ -1343,6 +1408,9 @@ int dx_serve_start(const dx_serve_opts *opts, dx_serve **out, dx_diag *diag)
     srv->reload_check_ms =
         opts->reload_check_ms == 0 ? 1000 : opts->reload_check_ms;
     srv->adapter = opts->adapter;
+    srv->dash_interval_ms =
+        opts->dashboard_interval_ms > 0 ? opts->dashboard_interval_ms : 1000;
+    srv->t_start_ms = dx_now_ms();
     snprintf(srv->lm_name, sizeof srv->lm_name, "%s",
              opts->lm_name ? opts->lm_name : "lm");
     srv->rid_prefix = (uint32_t)((uint64_t)time(NULL) * 2654435761u ^

@@ -40,6 +40,7 @@ typedef enum dx__route {
     DX__R_PROGRAMS,
     DX__R_HEALTHZ,
     DX__R_METRICS,
+    DX__R_DASHBOARD,
     DX__R_OTHER,
     DX__R_COUNT,
 } dx__route;
@@ -174,6 +175,13 @@ struct dx_serve {
     bool stop_asked;
     bool loop_gone; /* the loop has ended: answers are freed by stop */
 
+    /* The dashboard: watchers, the observer and its latest snapshot. */
+    atomic_int dash_subs;
+    int64_t dash_interval_ms;
+    int64_t t_start_ms;
+    dx_pid observer;
+    char *snap_next; /* under mu */
+
     atomic_uint_fast64_t st_requests, st_responses, st_busy, st_crashed,
         st_reloads, st_open, st_running, st_waiting;
 };
@@ -181,7 +189,19 @@ struct dx_serve {
 /* Loop thread: route a parsed request (serve.c). Answers at once for the
  * routes that need no process, else dispatches. */
 void dx__serve_route(dx_serve *srv, dx__sreq *r, const char *method,
-                     const char *path, const char *auth);
+                     const char *path, const char *query, const char *auth);
+/* Loop thread: answer r with the head of an event stream and keep its
+ * connection as a dashboard watcher (http.c); the stream ends after limit
+ * snapshots (0: when the client leaves). */
+void dx__serve_subscribe(dx_serve *srv, dx__sreq *r, int limit);
+/* Any thread: a new dashboard snapshot (JSON text, taken) for every
+ * watcher; a snapshot not yet sent is replaced (http.c). */
+void dx__serve_post_snapshot(dx_serve *srv, char *json);
+/* The observer process (observe.c); arg is the server. */
+void dx__observer_main(void *arg);
+/* The embedded page (generated from dashboard.html). */
+extern const char dx__dashboard_html[];
+extern const size_t dx__dashboard_html_len;
 /* Loop thread: run r in a process now or queue it (http.c). */
 void dx__serve_submit(dx_serve *srv, dx__sreq *r);
 /* Loop thread: hand r to the dispatcher (serve.c). */

@@ -18,6 +18,8 @@
  *   GET  /v1/programs                  names and input/output fields
  *   GET  /healthz                      {"status":"ok"} (no auth)
  *   GET  /metrics                      Prometheus text format
+ *   GET  /dashboard                    the observer page (embedded)
+ *   GET  /dashboard/events             its snapshots, server-sent events
  *
  * Backpressure: at most max_concurrency requests run at once; up to
  * queue_bound more wait for a process; past that a request is answered 503
@@ -94,6 +96,8 @@ typedef struct dx_serve_opts {
     /* How often program files are checked for a new mtime; 0 = 1000 ms,
      * negative = never (dx_serve_reload still works). */
     int64_t reload_check_ms;
+    /* How often /dashboard/events sends a snapshot; 0 = 1000 ms. */
+    int64_t dashboard_interval_ms;
 } dx_serve_opts;
 
 /* Load the programs, start the supervisor and the server thread, bind and
