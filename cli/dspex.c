@@ -429,6 +429,7 @@ typedef struct args {
     const char *checkpoint;
     long seed;
     long port;
+    bool port_given;
     const char *host;
     long latency_ms;
     const char *faults;
@@ -541,6 +542,7 @@ static int parse_args(int argc, char **argv, args *a, void (*help)(void))
             break;
         case OPT_PORT:
             rc = parse_long("--port", optarg, 0, 65535, &a->port);
+            a->port_given = true;
             break;
         case OPT_HOST:
             a->host = optarg;
@@ -1468,7 +1470,8 @@ static void help_serve(void)
          "/v1/programs/NAME/predict, /v1/programs/NAME/batch,\n"
          "/v1/chat/completions (model = NAME), GET /v1/programs, /healthz,\n"
          "/metrics. NAME defaults to the file name without .json. Binds\n"
-         "127.0.0.1:8080 unless told otherwise; $DSPEX_SERVE_TOKEN, when set,\n"
+         "127.0.0.1:8080 unless told otherwise (--port 0: any free port); "
+         "$DSPEX_SERVE_TOKEN, when set,\n"
          "is the bearer token every route but /healthz requires. SIGHUP\n"
          "reloads the program files (they are also reloaded when they\n"
          "change); SIGTERM or Ctrl-C stops accepting, finishes the requests\n"
@@ -1514,7 +1517,7 @@ static int cmd_serve_body(args *ap)
     const char *token = getenv("DSPEX_SERVE_TOKEN");
     dx_serve_opts o = {
         .host = a.host ? a.host : "127.0.0.1",
-        .port = a.port ? (int)a.port : 8080,
+        .port = a.port_given ? (int)a.port : 8080,
         .programs = progs,
         .nprograms = (size_t)a.npos,
         .max_concurrency = (unsigned)a.concurrency,

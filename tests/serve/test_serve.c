@@ -4,8 +4,11 @@
  * backpressure, deadlines, graceful stop, reload, and the OpenAI-style
  * chat route called with the exact request curl makes for the OpenAI SDK.
  */
+#include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include "serve_fixture.h"
 
@@ -504,4 +507,89 @@ Test(serve, bad_options_are_refused_with_a_reason)
     cr_assert(strstr(d.msg, "/nonexistent.json") != NULL, "%s", d.msg);
     cr_assert_null(s);
     cr_assert_eq(dx_runtime_stop(), DX_OK);
+}
+
+static void setup_file_watch(void)
+{
+    snprintf(prog_path, sizeof prog_path, "/tmp/dx_serve_watch_%d.json",
+             (int)getpid());
+    write_prog("question -> answer");
+    fx_start_runtime();
+    dx_serve_program p = {.name = "file", .path = prog_path};
+    dx_serve_opts o = {.programs = &p, .nprograms = 1, .reload_check_ms = 20};
+    dx_diag d = {0};
+    cr_assert_eq(dx_serve_start(&o, &fx_srv, &d), DX_OK, "%s", d.msg);
+}
+
+Test(serve, a_changed_program_file_is_picked_up_without_a_signal,
+     .init = setup_file_watch, .fini = teardown_file)
+{
+    write_prog("question -> verdict");
+    /* Make sure the mtime differs even on a coarse clock. */
+    struct timespec ts[2] = {{0, UTIME_NOW}, {time(NULL) + 5, 0}};
+    utimensat(AT_FDCWD, prog_path, ts, 0);
+    dx_serve_stats st = {0};
+    for (int i = 0; i < 400 && st.reloads == 0; i++) {
+        host_sleep_ms(5);
+        dx_serve_stats_get(fx_srv, &st);
+    }
+    cr_assert_eq(st.reloads, 1);
+    hresp r = http1("POST", "/v1/programs/file/predict", NULL,
+                    "{\"inputs\":{\"question\":\"Is it?\"}}");
+    cr_assert_eq(r.status, 200);
+    cr_assert(strstr(r.body, "\"verdict\":") != NULL, "%s", r.body);
+    free(r.body);
+}
+
+/* `dspex serve` as a command: listens, answers, and on SIGTERM finishes
+ * the request in flight and exits 0. */
+Test(serve, the_serve_command_drains_and_exits_0_on_sigterm)
+{
+    const char *bin = getenv("DX_DSPEX_BIN");
+    cr_assert_not_null(bin, "DX_DSPEX_BIN (set by meson)");
+    snprintf(prog_path, sizeof prog_path, "/tmp/dx_serve_cmd_%d.json",
+             (int)getpid());
+    write_prog("question -> answer");
+    int out[2];
+    cr_assert_eq(pipe(out), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        dup2(out[1], 1);
+        close(out[0]);
+        setenv("DSPEX_HOME", "/tmp", 1);
+        execl(bin, bin, "serve", prog_path, "--port", "0", (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]);
+    char line[128] = "";
+    FILE *f = fdopen(out[0], "r");
+    cr_assert_not_null(fgets(line, sizeof line, f), "no output from serve");
+    int port = 0;
+    cr_assert_eq(sscanf(line, "listening on 127.0.0.1:%d", &port), 1, "%s",
+                 line);
+    hconn *c = hc_open(port);
+    hc_send(c, "POST",
+            "/v1/programs/dx_serve_cmd_" /* name from the file */
+            "x/predict",
+            NULL, "{}");
+    hresp r;
+    cr_assert(hc_read(c, &r));
+    cr_assert_eq(r.status, 404);
+    free(r.body);
+    char path[128];
+    snprintf(path, sizeof path, "/v1/programs/dx_serve_cmd_%d/predict",
+             (int)getpid());
+    hc_send(c, "POST", path, NULL, "{\"inputs\":{\"question\":\"Hi?\"}}");
+    cr_assert(hc_read(c, &r));
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    free(r.body);
+    hc_close(c);
+    kill(pid, SIGTERM);
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d",
+              status);
+    fclose(f);
+    unlink(prog_path);
 }
