@@ -181,9 +181,11 @@ static void run_waiting(dx_serve *srv)
 static void complete(dx_serve *srv, dx__sreq *r)
 {
     r->answered = true;
-    atomic_fetch_add(&srv->st_responses, 1);
-    dx__serve_record(srv, r->route, r->status,
-                     (double)(uv_hrtime() - r->t0_ns) / 1e9);
+    if (!r->superseded) {
+        atomic_fetch_add(&srv->st_responses, 1);
+        dx__serve_record(srv, r->route, r->status,
+                         (double)(uv_hrtime() - r->t0_ns) / 1e9);
+    }
     if (r->dispatched) {
         r->dispatched = false;
         srv->nrunning--;
@@ -197,8 +199,89 @@ static void complete(dx_serve *srv, dx__sreq *r)
     check_drained(srv);
 }
 
+/* 504 for r, which is past its deadline. A request still waiting leaves
+ * the queue; one whose process runs is replaced in its connection's order
+ * by a stand-in carrying the 504, and becomes an orphan whose late answer
+ * is dropped. */
+static void expire(dx_serve *srv, dx__conn *c, dx__sreq *prev, dx__sreq *r)
+{
+    char msg[160];
+    snprintf(msg, sizeof msg,
+             "the request did not finish within its deadline of %lld ms",
+             (long long)srv->deadline_ms);
+    if (!r->dispatched) {
+        dx__sreq **pp = &srv->wait_head;
+        dx__sreq *last = NULL;
+        while (*pp != NULL && *pp != r) {
+            last = *pp;
+            pp = &(*pp)->qnext;
+        }
+        if (*pp == r) {
+            *pp = r->qnext;
+            if (srv->wait_tail == r)
+                srv->wait_tail = last;
+            srv->nwaiting--;
+            atomic_store(&srv->st_waiting, srv->nwaiting);
+        }
+        r->qnext = NULL;
+        dx__serve_error(r, 504, "deadline", "%s", msg);
+        return;
+    }
+    dx__sreq *s = dx_calloc(1, sizeof *s);
+    if (s == NULL)
+        return; /* it will answer itself, later */
+    s->srv = srv;
+    s->conn = c;
+    s->seq = r->seq;
+    memcpy(s->rid, r->rid, sizeof s->rid);
+    s->route = r->route;
+    s->close_after = r->close_after;
+    s->t0_ms = r->t0_ms;
+    s->t0_ns = r->t0_ns;
+    s->next = r->next;
+    if (prev != NULL)
+        prev->next = s;
+    else
+        c->head = s;
+    if (c->tail == r)
+        c->tail = s;
+    srv->nowed++;
+    r->next = NULL;
+    r->conn = NULL;
+    r->superseded = true;
+    dx__serve_error(s, 504, "deadline", "%s", msg);
+}
+
+static void on_deadline_timer(uv_timer_t *t)
+{
+    dx_serve *srv = t->data;
+    if (srv->nrunning + srv->nwaiting == 0) {
+        uv_timer_stop(t);
+        return;
+    }
+    int64_t now = dx_now_ms();
+    for (dx__conn *c = srv->conns; c != NULL; c = c->next) {
+        dx__sreq *prev = NULL;
+        for (dx__sreq *r = c->head, *next; r != NULL; r = next) {
+            next = r->next;
+            if (!r->answered && now - r->t0_ms >= srv->deadline_ms) {
+                expire(srv, c, prev, r);
+                /* the stand-in (or r, answered) now sits here */
+                prev = prev ? prev->next : c->head;
+                continue;
+            }
+            prev = r;
+        }
+    }
+}
+
 void dx__serve_submit(dx_serve *srv, dx__sreq *r)
 {
+    if (!uv_is_active((uv_handle_t *)&srv->deadline_timer)) {
+        uint64_t every =
+            srv->deadline_ms >= 400 ? 100 : (uint64_t)srv->deadline_ms / 4 + 1;
+        uv_timer_start(&srv->deadline_timer, on_deadline_timer, every, every);
+    }
     if (srv->nrunning < srv->max_conc) {
         srv->nrunning++;
         atomic_store(&srv->st_running, srv->nrunning);
@@ -829,6 +912,7 @@ static void shut_down(dx_serve *srv)
     close_if_open((uv_handle_t *)&srv->async);
     close_if_open((uv_handle_t *)&srv->reload_timer);
     close_if_open((uv_handle_t *)&srv->drain_timer);
+    close_if_open((uv_handle_t *)&srv->deadline_timer);
     while (srv->wait_head != NULL) {
         dx__sreq *r = srv->wait_head;
         srv->wait_head = r->qnext;
@@ -949,6 +1033,8 @@ int dx__http_start(dx_serve *srv, const char *host, int port)
     srv->reload_timer.data = srv;
     uv_timer_init(&srv->loop, &srv->drain_timer);
     srv->drain_timer.data = srv;
+    uv_timer_init(&srv->loop, &srv->deadline_timer);
+    srv->deadline_timer.data = srv;
     int rc = uv_tcp_bind(&srv->listener, (const struct sockaddr *)&addr, 0);
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection);

@@ -87,6 +87,10 @@ struct dx__sreq {
     /* The answer: the whole HTTP response (status line to body). */
     bool answered;
     bool dispatched;
+    /* Answered 504 by the deadline sweep while its process still ran: a
+     * stand-in took its place in the connection's order, and its own
+     * answer, when it comes, is dropped. */
+    bool superseded;
     int status;
     char *resp;
     size_t resp_len;
@@ -154,6 +158,7 @@ struct dx_serve {
     uv_async_t async; /* answers arrived, or stop asked */
     uv_timer_t reload_timer;
     uv_timer_t drain_timer;
+    uv_timer_t deadline_timer; /* sweeps for requests past their deadline */
     pthread_t thread;
     int port;
     bool listening;
