@@ -583,6 +583,7 @@ static void run_request(job *j);
 static void worker_main(void *arg)
 {
     dx_set_label("dx_serve:request");
+    dx_trap_exit(true);
     run_request(arg);
 }
 
@@ -603,7 +604,11 @@ static void dispatcher_main(void *arg)
         .start = worker_start,
         .arg = srv,
         .restart = DX_SUP_TEMPORARY,
-        .shutdown_ms = DX_SUP_BRUTAL_KILL,
+        /* A request process traps exits and is waited for, never killed:
+         * the program it runs (another process, see dx_module_call) reads
+         * the module, which must outlive it. dx_module_call returns at
+         * most a second past the deadline. */
+        .shutdown_ms = srv->deadline_ms + 2000,
         .extra_free = job_free,
     };
     dx_sup_spec spec = {
@@ -1352,8 +1357,10 @@ static void free_srv(dx_serve *srv)
 
 static void stop_dispatcher(dx_serve *srv)
 {
+    /* Bounded: the supervisor waits for its requests, which end at most
+     * a second past their deadline. */
     if (dx_send_tag(srv->dispatcher, TAG_STOP) == DX_OK)
-        dx_wait_exit(srv->dispatcher, 30000, NULL);
+        dx_wait_exit(srv->dispatcher, -1, NULL);
 }
 
 int dx_serve_start(const dx_serve_opts *opts, dx_serve **out, dx_diag *diag)

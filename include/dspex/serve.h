@@ -137,8 +137,9 @@ DX_API void dx_serve_stats_get(const dx_serve *srv, dx_serve_stats *out);
 /* Graceful stop: stop accepting, answer requests that arrive on open
  * connections with 503, let accepted requests finish and their responses
  * be written (at most drain_ms; negative = as long as it takes), then
- * close every connection, stop the supervisor (killing requests still
- * running past the drain time), join the thread and free everything.
+ * close every connection, stop the supervisor (which waits for requests
+ * still running past the drain time: at most their deadline plus a
+ * second), join the thread and free everything.
  * Returns DX_OK when every accepted request was answered, DX_ETIMEDOUT if
  * the drain time ran out first. NULL is DX_EINVAL. Host thread. */
 DX_API int dx_serve_stop(dx_serve *srv, int64_t drain_ms);

@@ -593,3 +593,24 @@ Test(serve, the_serve_command_drains_and_exits_0_on_sigterm)
     fclose(f);
     unlink(prog_path);
 }
+
+Test(serve, stop_past_its_drain_time_reports_it_and_leaves_nothing_behind,
+     .init = setup_default, .fini = teardown)
+{
+    hconn *c = hc_open(dx_serve_port(fx_srv));
+    hc_send(c, "POST", "/v1/programs/marker/predict", NULL,
+            "{\"inputs\":{\"question\":\"sleep:400\"}}");
+    dx_serve_stats st;
+    for (int i = 0; i < 400; i++) {
+        dx_serve_stats_get(fx_srv, &st);
+        if (st.in_flight == 1)
+            break;
+        host_sleep_ms(5);
+    }
+    cr_assert_eq(st.in_flight, 1);
+    cr_assert_eq(dx_serve_stop(fx_srv, 20), DX_ETIMEDOUT);
+    fx_srv = NULL;
+    hresp r;
+    cr_assert_not(hc_read(c, &r), "the connection closed unanswered");
+    hc_close(c);
+}
