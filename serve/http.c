@@ -109,7 +109,7 @@ void dx__sbuf_free(dx__sbuf *b)
 
 /* ---- state ------------------------------------------------------------- */
 
-typedef enum hdr_kind { H_OTHER, H_AUTH, H_ACCEPT } hdr_kind;
+typedef enum hdr_kind { H_OTHER, H_AUTH, H_ACCEPT, H_EXPECT } hdr_kind;
 
 struct dx__conn {
     uv_tcp_t tcp;
@@ -118,7 +118,7 @@ struct dx__conn {
     dx_serve *srv;
     dx__conn *prev, *next;
     http_parser parser;
-    dx__sbuf url, body, hname, auth, accept;
+    dx__sbuf url, body, hname, auth, accept, expect;
     hdr_kind cur;
     bool last_was_value;
     int reject_status;
@@ -415,6 +415,7 @@ static void on_closed(uv_handle_t *h)
     dx__sbuf_free(&c->hname);
     dx__sbuf_free(&c->auth);
     dx__sbuf_free(&c->accept);
+    dx__sbuf_free(&c->expect);
     dx_free(c);
     check_drained(srv);
 }
@@ -562,7 +563,8 @@ static void fail_conn(dx__conn *c, int status, const char *code,
 static int on_message_begin(http_parser *p)
 {
     dx__conn *c = p->data;
-    c->url.len = c->body.len = c->hname.len = c->auth.len = c->accept.len = 0;
+    c->url.len = c->body.len = c->hname.len = c->auth.len = c->accept.len =
+        c->expect.len = 0;
     c->cur = H_OTHER;
     c->last_was_value = false;
     c->reject_status = 0;
@@ -605,10 +607,13 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
             c->cur = H_AUTH;
         else if (c->hname.p && strcasecmp(c->hname.p, "accept") == 0)
             c->cur = H_ACCEPT;
+        else if (c->hname.p && strcasecmp(c->hname.p, "expect") == 0)
+            c->cur = H_EXPECT;
         c->hname.len = 0;
     }
     dx__sbuf *b = c->cur == H_AUTH     ? &c->auth
                   : c->cur == H_ACCEPT ? &c->accept
+                  : c->cur == H_EXPECT ? &c->expect
                                        : NULL;
     if (b != NULL) {
         b->max = MAX_HEADER_VALUE;
@@ -626,6 +631,15 @@ static int on_headers_complete(http_parser *p)
     if ((p->flags & F_CONTENTLENGTH) && p->content_length > c->srv->max_body) {
         c->reject_status = 413;
         return -1;
+    }
+    /* curl and others wait (a second, for curl) for this before sending a
+     * larger body. Only when nothing is owed on the connection: an interim
+     * response must not overtake the answers to earlier requests. */
+    if (c->expect.p && strcasestr(c->expect.p, "100-continue") != NULL &&
+        c->head == NULL && !c->writing) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        uv_buf_t b = uv_buf_init((char *)cont, sizeof cont - 1);
+        (void)uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
     }
     return 0;
 }

@@ -614,3 +614,35 @@ Test(serve, stop_past_its_drain_time_reports_it_and_leaves_nothing_behind,
     cr_assert_not(hc_read(c, &r), "the connection closed unanswered");
     hc_close(c);
 }
+
+Test(serve, a_client_that_expects_100_continue_gets_it, .init = setup_default,
+     .fini = teardown)
+{
+    /* Clients that send "Expect: 100-continue" (curl with large bodies,
+     * some HTTP libraries) wait for the interim answer before sending the
+     * body. */
+    char body[2100];
+    int n = snprintf(body, sizeof body, "{\"inputs\":{\"question\":\"");
+    memset(body + n, 'x', 2000);
+    snprintf(body + n + 2000, sizeof body - (size_t)n - 2000, "\"}}");
+    char path[] = "/tmp/dx_serve_body_XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, body, strlen(body)), (ssize_t)strlen(body));
+    close(fd);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd,
+             "curl -sS --max-time 20 --expect100-timeout 15 -D - -o /dev/null "
+             "-H 'Content-Type: application/json' -H 'Expect: 100-continue' "
+             "--data-binary @%s "
+             "http://127.0.0.1:%d/v1/programs/qa/predict",
+             path, dx_serve_port(fx_srv));
+    FILE *p = popen(cmd, "r");
+    char out[4096];
+    size_t k = fread(out, 1, sizeof out - 1, p);
+    out[k] = '\0';
+    cr_assert_eq(pclose(p), 0, "%s", out);
+    unlink(path);
+    cr_assert(strstr(out, "HTTP/1.1 100 Continue") != NULL, "%s", out);
+    cr_assert(strstr(out, "HTTP/1.1 200 OK") != NULL, "%s", out);
+}
