@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "dspex/lm.h"
+#include "dspex/lmserver.h"
 #include "dspex/module.h"
 #include "dspex/program.h"
 #include "dspex/runtime.h"

@@ -646,3 +646,97 @@ Test(serve, a_client_that_expects_100_continue_gets_it, .init = setup_default,
     cr_assert(strstr(out, "HTTP/1.1 100 Continue") != NULL, "%s", out);
     cr_assert(strstr(out, "HTTP/1.1 200 OK") != NULL, "%s", out);
 }
+
+/* Reload while a request runs: the LM is the local LM server holding each
+ * answer 300 ms, so the first request is still waiting for its LM call
+ * when the program file changes under it. */
+static dx_lmserver *slow_lm;
+static char slow_url[128];
+
+static void start_slow_client(void *arg)
+{
+    (void)arg;
+    dx_lm_client_opts o = {
+        .primary = {"openai-compatible/test-model", slow_url, "sk-test"}};
+    dx_server_opts so = {.name = "slow_lm"};
+    atomic_store(&fx_rc, dx_lm_client_start(&o, &so, NULL));
+}
+
+static void stop_slow_client(void *arg)
+{
+    (void)arg;
+    atomic_store(&fx_rc, dx_server_stop(dx_whereis("slow_lm"), NULL, 5000));
+}
+
+static void setup_slow_file(void)
+{
+    dx_lmserver_opts lo = {.latency_ms = 300};
+    cr_assert_eq(dx_lmserver_start(&lo, &slow_lm), DX_OK);
+    snprintf(slow_url, sizeof slow_url, "http://127.0.0.1:%d/v1",
+             dx_lmserver_port(slow_lm));
+    snprintf(prog_path, sizeof prog_path, "/tmp/dx_serve_inflight_%d.json",
+             (int)getpid());
+    write_prog("question -> answer");
+    fx_start_runtime();
+    fx_run(start_slow_client);
+    dx_serve_program p = {.name = "file", .path = prog_path};
+    dx_serve_opts o = {.programs = &p,
+                       .nprograms = 1,
+                       .reload_check_ms = -1,
+                       .lm_name = "slow_lm"};
+    dx_diag d = {0};
+    cr_assert_eq(dx_serve_start(&o, &fx_srv, &d), DX_OK, "%s", d.msg);
+}
+
+static void teardown_slow_file(void)
+{
+    dx_serve_stop(fx_srv, 5000);
+    fx_srv = NULL;
+    fx_run(stop_slow_client);
+    fx_stop_all();
+    dx_lmserver_stop_free(slow_lm);
+    unlink(prog_path);
+}
+
+Test(serve, requests_in_flight_finish_on_the_program_they_started_with,
+     .init = setup_slow_file, .fini = teardown_slow_file)
+{
+    cr_assert_eq(
+        dx_lmserver_push_reply(
+            slow_lm, "[[ ## answer ## ]]\nParis\n\n[[ ## completed ## ]]"),
+        DX_OK);
+    cr_assert_eq(
+        dx_lmserver_push_reply(
+            slow_lm, "[[ ## reply ## ]]\nLima\n\n[[ ## completed ## ]]"),
+        DX_OK);
+    hconn *a = hc_open(dx_serve_port(fx_srv));
+    hc_send(a, "POST", "/v1/programs/file/predict", NULL,
+            "{\"inputs\":{\"question\":\"Capital of France?\"}}");
+    /* Wait until its LM call reached the server (so it takes the first
+     * queued reply). */
+    dx_lmserver_stats ls = {0};
+    for (int i = 0; i < 400 && ls.requests == 0; i++) {
+        host_sleep_ms(5);
+        dx_lmserver_stats_get(slow_lm, &ls);
+    }
+    cr_assert_eq(ls.requests, 1);
+    dx_serve_stats st;
+    write_prog("question -> reply");
+    dx_diag d = {0};
+    cr_assert_eq(dx_serve_reload(fx_srv, &d), DX_OK, "%s", d.msg);
+    dx_serve_stats_get(fx_srv, &st);
+    cr_assert_eq(st.in_flight, 1, "the first request is still running");
+    hresp rb = http1("POST", "/v1/programs/file/predict", NULL,
+                     "{\"inputs\":{\"question\":\"Capital of Peru?\"}}");
+    hresp ra;
+    cr_assert(hc_read(a, &ra));
+    hc_close(a);
+    cr_assert_eq(ra.status, 200, "%s", ra.body);
+    cr_assert(strstr(ra.body, "\"outputs\":{\"answer\":\"Paris\"}") != NULL,
+              "%s", ra.body);
+    cr_assert_eq(rb.status, 200, "%s", rb.body);
+    cr_assert(strstr(rb.body, "\"outputs\":{\"reply\":\"Lima\"}") != NULL, "%s",
+              rb.body);
+    free(ra.body);
+    free(rb.body);
+}
