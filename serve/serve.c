@@ -181,6 +181,7 @@ static int reload_one(dx_serve *srv, dx__named_prog *np, dx_diag *diag)
 
 void dx__serve_check_reload(dx_serve *srv)
 {
+    pthread_mutex_lock(&srv->reload_mu);
     for (size_t i = 0; i < srv->nprogs; i++) {
         dx__named_prog *np = &srv->progs[i];
         struct stat st;
@@ -190,12 +191,11 @@ void dx__serve_check_reload(dx_serve *srv)
             (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
         if (m != np->mtime_ns) {
             dx_diag d = {0};
-            pthread_mutex_lock(&srv->prog_mu);
             np->mtime_ns = m; /* a broken file is tried again when it changes */
-            pthread_mutex_unlock(&srv->prog_mu);
             reload_one(srv, np, &d);
         }
     }
+    pthread_mutex_unlock(&srv->reload_mu);
 }
 
 int dx_serve_reload(dx_serve *srv, dx_diag *diag)
@@ -203,6 +203,7 @@ int dx_serve_reload(dx_serve *srv, dx_diag *diag)
     if (srv == NULL)
         return DX_EINVAL;
     int first = DX_OK;
+    pthread_mutex_lock(&srv->reload_mu);
     for (size_t i = 0; i < srv->nprogs; i++) {
         if (srv->progs[i].path == NULL)
             continue;
@@ -214,6 +215,7 @@ int dx_serve_reload(dx_serve *srv, dx_diag *diag)
                 *diag = d;
         }
     }
+    pthread_mutex_unlock(&srv->reload_mu);
     return first;
 }
 
@@ -652,6 +654,14 @@ static void dispatcher_main(void *arg)
             dx_kill(srv->observer);
             dx_sup_stop(srv->sup, NULL, DX_INFINITY);
             return;
+        } else if (m->tag == DX_TAG_EXIT && dx_pid_eq(m->from, srv->observer)) {
+            /* The dashboard's observer died: start another (its state is
+             * only counters; the next snapshot rebuilds the rest). */
+            dx_msg_free(m);
+            dx_logf(DX_LOG_ERROR, "serve: the dashboard observer died; "
+                                  "starting it again");
+            if (dx_spawn_link(dx__observer_main, srv, &srv->observer) != DX_OK)
+                srv->observer = DX_NOPID;
         } else if (m->tag == DX_TAG_EXIT && dx_pid_eq(m->from, srv->sup)) {
             dx_msg_free(m);
             dx_logf(DX_LOG_ERROR,
@@ -1351,6 +1361,7 @@ static void free_srv(dx_serve *srv)
         dx_free(srv->token);
     }
     pthread_mutex_destroy(&srv->prog_mu);
+    pthread_mutex_destroy(&srv->reload_mu);
     pthread_mutex_destroy(&srv->mu);
     dx_free(srv);
 }
@@ -1398,6 +1409,7 @@ int dx_serve_start(const dx_serve_opts *opts, dx_serve **out, dx_diag *diag)
     if (srv == NULL)
         return dx_diag_set(diag, DX_ENOMEM, 0, 0, "serve: out of memory");
     pthread_mutex_init(&srv->prog_mu, NULL);
+    pthread_mutex_init(&srv->reload_mu, NULL);
     pthread_mutex_init(&srv->mu, NULL);
     srv->max_body =
         opts->max_body_bytes ? opts->max_body_bytes : DX_SERVE_DEFAULT_MAX_BODY;

@@ -128,7 +128,7 @@ typedef struct dx__named_prog {
     const dx_module *module; /* C module (borrowed) */
     char **inputs;           /* configured inputs (owned) or NULL */
     _Atomic(dx__prog *) cur; /* swapped under srv->prog_mu */
-    int64_t mtime_ns;
+    int64_t mtime_ns;        /* under srv->reload_mu */
 } dx__named_prog;
 
 struct dx_serve {
@@ -146,6 +146,8 @@ struct dx_serve {
     dx__named_prog progs[DX_SERVE_MAX_PROGRAMS];
     size_t nprogs;
     pthread_mutex_t prog_mu;
+    /* One reload at a time (the loop's mtime check, dx_serve_reload). */
+    pthread_mutex_t reload_mu;
     uint32_t rid_prefix;
 
     /* The runtime side. */
