@@ -152,6 +152,23 @@ Test(serve, oversize_body_is_413_and_auth_needs_the_exact_token,
     cr_assert(strstr(r.head, "s3cret") == NULL &&
               strstr(r.body, "s3cret") == NULL);
     free(r.body);
+    /* the dashboard takes the token in the query too (browsers cannot
+     * set headers on a page load or an EventSource) */
+    r = http1("GET", "/dashboard", NULL, NULL);
+    cr_assert_eq(r.status, 401);
+    free(r.body);
+    r = http1("GET", "/dashboard?token=s3cret-tokex", NULL, NULL);
+    cr_assert_eq(r.status, 401);
+    free(r.body);
+    r = http1("GET", "/dashboard?token=s3cret%2Dtoken", NULL, NULL);
+    cr_assert_eq(r.status, 200);
+    cr_assert(strstr(r.head, "Content-Type: text/html") != NULL);
+    cr_assert(strstr(r.body, "dspex observer") != NULL);
+    cr_assert(strstr(r.body, "s3cret") == NULL);
+    free(r.body);
+    r = http1("GET", "/v1/programs?token=s3cret-token", NULL, NULL);
+    cr_assert_eq(r.status, 401, "other routes want the header");
+    free(r.body);
 }
 
 Test(serve, batch_keeps_order_and_reports_item_errors, .init = setup_default,
