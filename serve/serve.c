@@ -431,6 +431,7 @@ void dx__serve_route(dx_serve *srv, dx__sreq *r, const char *method,
 {
     bool get = strcmp(method, "GET") == 0;
     bool post = strcmp(method, "POST") == 0;
+    char qt[512], hdr[600]; /* the dashboard's ?token=, as a header */
     if (strcmp(path, "/healthz") == 0) {
         r->route = DX__R_HEALTHZ;
         if (!get) {
@@ -463,9 +464,7 @@ void dx__serve_route(dx_serve *srv, dx__sreq *r, const char *method,
         /* Browsers cannot set a header on a page load or an EventSource,
          * so these two also take the token as ?token=. */
         r->route = DX__R_DASHBOARD;
-        char qt[512];
         const char *t = query_token(query, qt, sizeof qt);
-        char hdr[600];
         if (t != NULL && auth[0] == '\0') {
             snprintf(hdr, sizeof hdr, "Bearer %s", t);
             auth = hdr;
