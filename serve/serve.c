@@ -594,8 +594,6 @@ static int worker_start(void *arg, void *extra, dx_pid *pid_out)
     return dx_spawn_link(worker_main, extra, pid_out);
 }
 
-static _Atomic int start_rc;
-
 static void dispatcher_main(void *arg)
 {
     dx_serve *srv = arg;
@@ -627,7 +625,7 @@ static void dispatcher_main(void *arg)
     }
     if (rc == DX_OK)
         rc = dx_spawn_link(dx__observer_main, srv, &srv->observer);
-    atomic_store(&start_rc, rc);
+    atomic_store(&srv->start_rc, rc);
     if (rc != DX_OK)
         return;
     for (;;) {
@@ -1462,14 +1460,14 @@ int dx_serve_start(const dx_serve_opts *opts, dx_serve **out, dx_diag *diag)
         free_srv(srv);
         return rc;
     }
-    atomic_store(&start_rc, 1);
+    atomic_store(&srv->start_rc, 1);
     rc = dx_spawn(dispatcher_main, srv, &srv->dispatcher);
     if (rc == DX_OK) {
-        while (atomic_load(&start_rc) == 1) {
+        while (atomic_load(&srv->start_rc) == 1) {
             struct timespec ts = {0, 1000000};
             nanosleep(&ts, NULL);
         }
-        rc = atomic_load(&start_rc);
+        rc = atomic_load(&srv->start_rc);
         if (rc != DX_OK)
             dx_wait_exit(srv->dispatcher, 5000, NULL);
     }

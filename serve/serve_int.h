@@ -151,6 +151,7 @@ struct dx_serve {
     uint32_t rid_prefix;
 
     /* The runtime side. */
+    atomic_int start_rc; /* the dispatcher's start result; 1 = not yet */
     dx_pid dispatcher;
     dx_pid sup;
 
