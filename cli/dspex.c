@@ -16,6 +16,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -33,6 +34,7 @@
 #include "dspex/optimize.h"
 #include "dspex/program.h"
 #include "dspex/runtime.h"
+#include "dspex/serve.h"
 #include "dspex/sim.h"
 #include "dspex/telemetry.h"
 #include "dspex/teleprompt.h"
@@ -427,6 +429,7 @@ typedef struct args {
     const char *checkpoint;
     long seed;
     long port;
+    bool port_given;
     const char *host;
     long latency_ms;
     const char *faults;
@@ -434,7 +437,7 @@ typedef struct args {
     long max_demos;
     long max_labeled;
     const char *task;
-    char *pos[4];
+    char *pos[16];
     int npos;
 } args;
 
@@ -539,6 +542,7 @@ static int parse_args(int argc, char **argv, args *a, void (*help)(void))
             break;
         case OPT_PORT:
             rc = parse_long("--port", optarg, 0, 65535, &a->port);
+            a->port_given = true;
             break;
         case OPT_HOST:
             a->host = optarg;
@@ -572,7 +576,7 @@ static int parse_args(int argc, char **argv, args *a, void (*help)(void))
         }
     }
     for (int i = optind; rc == 0 && i < argc; i++) {
-        if (a->npos == 4)
+        if (a->npos == (int)(sizeof a->pos / sizeof *a->pos))
             return fail_usage("too many arguments");
         a->pos[a->npos++] = argv[i];
     }
@@ -1454,6 +1458,112 @@ static int cmd_demo(int argc, char **argv)
     return rc;
 }
 
+/* ---- serve ------------------------------------------------------------------ */
+
+static void help_serve(void)
+{
+    puts("usage: dspex serve [NAME=]PROGRAM.json... [--port P] [--host H]\n"
+         "                   [--concurrency N] [--timeout-ms MS] [--model M]\n"
+         "                   [--base-url URL] [--api-key KEY] [--adapter "
+         "chat|json]\n\n"
+         "Serve programs over HTTP (docs/serving.md): POST\n"
+         "/v1/programs/NAME/predict, /v1/programs/NAME/batch,\n"
+         "/v1/chat/completions (model = NAME), GET /v1/programs, /healthz,\n"
+         "/metrics, /dashboard. NAME defaults to the file name without\n"
+         ".json. Binds 127.0.0.1:8080 unless told otherwise (--port 0: any\n"
+         "free port). $DSPEX_SERVE_TOKEN, when set, is the bearer token\n"
+         "every route but /healthz requires. SIGHUP reloads the program\n"
+         "files (they are also reloaded when they change); SIGTERM or\n"
+         "Ctrl-C stops accepting, finishes the requests in flight and exits\n"
+         "0.");
+}
+
+static int cmd_serve_body(args *ap)
+{
+    args a = *ap;
+    if (a.npos == 0)
+        return fail_usage("serve wants at least one PROGRAM.json (see --help)");
+    static char names[16][DX_SERVE_MAX_NAME];
+    dx_serve_program progs[16];
+    memset(progs, 0, sizeof progs);
+    for (int i = 0; i < a.npos; i++) {
+        const char *arg = a.pos[i];
+        const char *eq = strchr(arg, '=');
+        if (eq != NULL) {
+            snprintf(names[i], sizeof names[i], "%.*s", (int)(eq - arg), arg);
+            progs[i].path = eq + 1;
+        } else {
+            const char *base = strrchr(arg, '/');
+            base = base ? base + 1 : arg;
+            size_t n = strlen(base);
+            if (n > 5 && strcmp(base + n - 5, ".json") == 0)
+                n -= 5;
+            snprintf(names[i], sizeof names[i], "%.*s", (int)n, base);
+            progs[i].path = arg;
+        }
+        progs[i].name = names[i];
+    }
+    /* Block the signals before any thread starts, so every thread inherits
+     * the mask and only sigwait below sees them. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    int rc = start_lm(&a.c);
+    if (rc != 0)
+        return rc;
+    const char *token = getenv("DSPEX_SERVE_TOKEN");
+    dx_serve_opts o = {
+        .host = a.host ? a.host : "127.0.0.1",
+        .port = a.port_given ? (int)a.port : 8080,
+        .programs = progs,
+        .nprograms = (size_t)a.npos,
+        .max_concurrency = (unsigned)a.concurrency,
+        .deadline_ms = a.c.timeout_ms,
+        .token = token,
+        .adapter = adapter_of(&a.c),
+    };
+    dx_serve *srv = NULL;
+    dx_diag d = {0};
+    if ((rc = dx_serve_start(&o, &srv, &d)) != DX_OK) {
+        stop_lm();
+        return fail_diag(&d, rc);
+    }
+    printf("listening on %s:%d\n", o.host, dx_serve_port(srv));
+    fflush(stdout);
+    for (;;) {
+        int sig = 0;
+        sigwait(&set, &sig);
+        if (sig != SIGHUP)
+            break;
+        dx_diag rd = {0};
+        if (dx_serve_reload(srv, &rd) != DX_OK)
+            fprintf(stderr, "%s: reload: %s\n", prog_name, rd.msg);
+    }
+    rc = dx_serve_stop(srv, 30000);
+    stop_lm();
+    if (rc != DX_OK) {
+        fprintf(stderr,
+                "%s: serve: requests still running after 30 s were "
+                "cut off\n",
+                prog_name);
+        return 1;
+    }
+    return 0;
+}
+
+static int cmd_serve(int argc, char **argv)
+{
+    args a = {0};
+    int rc = parse_args(argc, argv, &a, help_serve);
+    if (rc == 0)
+        rc = cmd_serve_body(&a);
+    dx_example_free(a.c.inputs); /* --input values, whatever happened */
+    return rc;
+}
+
 /* ---- main --------------------------------------------------------------------- */
 
 static void help_main(void)
@@ -1466,6 +1576,8 @@ static void help_main(void)
          "  optimize   optimize a program's demos (labeled, bootstrap,\n"
          "             random-search) and save it\n"
          "  lm-server  serve the local LM server\n"
+         "  serve      serve programs over HTTP (API, metrics, OpenAI-style "
+         "chat)\n"
          "  inspect    print the LM calls of the last command\n"
          "  demo       the main job on the offline sim model: baseline,\n"
          "             optimize, compare on the test split\n\n"
@@ -1495,7 +1607,7 @@ int main(int argc, char **argv)
         {"prompt", cmd_prompt},       {"run", cmd_run},
         {"eval", cmd_eval},           {"optimize", cmd_optimize},
         {"lm-server", cmd_lm_server}, {"demo", cmd_demo},
-        {"inspect", cmd_inspect},
+        {"inspect", cmd_inspect},     {"serve", cmd_serve},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++)
         if (strcmp(cmd, cmds[i].name) == 0)

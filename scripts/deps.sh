@@ -31,6 +31,12 @@ DX_PACKAGES=(
     libcriterion-dev
     valgrind
     clang-format
+    # serve: curl replays the OpenAI SDK's request in the chat-route test,
+    # chromium loads the dashboard headless in its test, wrk drives
+    # bench/serve_bench.sh.
+    curl
+    chromium
+    wrk
 )
 
 # Optional: only scripts/apidocs.sh needs these (the test suite runs its
