@@ -36,6 +36,7 @@
 #include "dspex/runtime.h"
 #include "dspex/serve.h"
 #include "dspex/sim.h"
+#include "dspex/supervisor.h"
 #include "dspex/telemetry.h"
 #include "dspex/teleprompt.h"
 
@@ -226,12 +227,49 @@ static int load_program(const common *c, const char *path, dx_module **out)
 
 static _Atomic int client_rc = 1;
 static dx_lm_client_opts client_opts;
+/* The LM client runs under a supervisor of its own ("dspex.lm"), which
+ * restarts it under the name "lm" if it crashes, as every LM client of a
+ * dspex application should; the dashboard of `dspex serve` shows it. */
+static dx_child_spec client_spec;
+static dx_pid client_sup;
 
 static void start_client(void *arg)
 {
     (void)arg;
-    dx_server_opts so = {.name = "lm"};
-    atomic_store(&client_rc, dx_lm_client_start(&client_opts, &so, NULL));
+    /* A model string or key the client would refuse is reported plainly,
+     * before a supervisor logs the failed start. */
+    dx_lm_config *check = NULL;
+    int rc = dx_lm_config_new(client_opts.primary.model,
+                              client_opts.primary.base_url,
+                              client_opts.primary.api_key, &check);
+    dx_lm_config_free(check);
+    if (rc == DX_OK)
+        rc = dx_lm_client_child_spec(&client_spec, "lm", &client_opts, "lm");
+    if (rc == DX_OK) {
+        dx_sup_spec sup = {.name = "dspex.lm",
+                           .strategy = DX_SUP_ONE_FOR_ONE,
+                           .intensity = 5,
+                           .period_s = 10,
+                           .children = &client_spec,
+                           .nchildren = 1};
+        rc = dx_sup_start_link(&sup, &client_sup, NULL);
+        /* This starter ends now; its exit must not take the tree along. */
+        if (rc == DX_OK)
+            dx_unlink(client_sup);
+        /* A client that cannot start says why only when started directly
+         * (the supervisor reports DX_EINIT): ask it for the message. */
+        if (rc == DX_EINIT) {
+            dx_pid probe;
+            rc = dx_lm_client_start(&client_opts, NULL, &probe);
+            if (rc == DX_OK) {
+                dx_server_stop(probe, NULL, 5000);
+                rc = DX_EINIT;
+            }
+        }
+        if (rc != DX_OK)
+            dx_lm_client_child_spec_free(&client_spec);
+    }
+    atomic_store(&client_rc, rc);
 }
 
 /* Where `dspex inspect` finds the last command's LM calls. */
@@ -277,8 +315,13 @@ static void stop_client(void *arg)
             }
         }
         dx_free(text);
-        dx_server_stop(lm, NULL, 5000);
     }
+    /* Stopping the supervisor stops the client for good (stopping the
+     * client alone would have it restarted). */
+    if (!dx_pid_is_none(client_sup) &&
+        dx_sup_stop(client_sup, NULL, 10000) == DX_OK)
+        dx_lm_client_child_spec_free(&client_spec);
+    client_sup = DX_NOPID;
     atomic_store(&client_rc, 0);
 }
 
