@@ -778,9 +778,11 @@ static void *conn_main(void *arg)
     if (ok) {
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
         int64_t last_in = now_ms(), last_out = now_ms();
+        int64_t drain_until = 0;
         for (;;) {
             pthread_mutex_lock(&G.mu);
-            bool stop = n->stop || G.stopping;
+            bool stop = n->stop;
+            bool stopping = G.stopping;
             if (cur == NULL && n->q_head) {
                 cur = n->q_head;
                 n->q_head = n->q_tail = NULL;
@@ -789,6 +791,15 @@ static void *conn_main(void *arg)
             pthread_mutex_unlock(&G.mu);
             if (stop)
                 break;
+            if (stopping) {
+                /* Node stop: what is queued (the DOWNs and exits of the
+                 * processes the runtime just ended) still goes out, for
+                 * at most a second. */
+                if (drain_until == 0)
+                    drain_until = now_ms() + 1000;
+                if (cur == NULL || now_ms() > drain_until)
+                    break;
+            }
             int64_t t = now_ms();
             if (cur == NULL && t - last_out >= tick / 4) {
                 frame *f = dx_malloc(sizeof(frame) + 4);

@@ -29,6 +29,11 @@ DX_PACKAGES=(
     libcriterion-dev
     valgrind
     clang-format
+    # Distribution (include/dspex/node.h): erl_interface (ei.h, libei.a)
+    # from erlang-dev; erl, erlc and epmd from erlang-base, which the
+    # distribution tests start to talk to BEAM nodes.
+    erlang-dev
+    erlang-base
 )
 
 missing_packages()

@@ -31,6 +31,10 @@ static int fx_run(char *const argv[])
 {
     pid_t p = fork();
     if (p == 0) {
+        /* Daemons (epmd) must not keep the test's output pipes open. */
+        int devnull = open("/dev/null", O_RDWR);
+        dup2(devnull, 0);
+        dup2(devnull, 1);
         execvp(argv[0], argv);
         _exit(127);
     }
@@ -99,6 +103,21 @@ typedef struct fx_child {
     size_t len;
 } fx_child;
 
+/* Every child started, so teardown can end those a failed test left. */
+#define FX_MAX_CHILDREN 16
+static pid_t fx_children[FX_MAX_CHILDREN];
+
+static void fx_kill_all(void)
+{
+    for (int i = 0; i < FX_MAX_CHILDREN; i++)
+        if (fx_children[i] > 0) {
+            kill(fx_children[i], SIGKILL);
+            int st;
+            waitpid(fx_children[i], &st, 0);
+            fx_children[i] = 0;
+        }
+}
+
 static int fx_spawn(fx_child *c, char *const argv[])
 {
     int fds[2];
@@ -115,6 +134,11 @@ static int fx_spawn(fx_child *c, char *const argv[])
     }
     close(fds[1]);
     c->out = fds[0];
+    for (int i = 0; c->pid > 0 && i < FX_MAX_CHILDREN; i++)
+        if (fx_children[i] == 0) {
+            fx_children[i] = c->pid;
+            break;
+        }
     return c->pid > 0 ? 0 : -1;
 }
 
@@ -161,6 +185,9 @@ static void fx_kill(fx_child *c, int sig)
         kill(c->pid, sig);
         int st;
         waitpid(c->pid, &st, 0);
+        for (int i = 0; i < FX_MAX_CHILDREN; i++)
+            if (fx_children[i] == c->pid)
+                fx_children[i] = 0;
         c->pid = 0;
     }
     if (c->out > 0)
