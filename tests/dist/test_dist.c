@@ -465,6 +465,13 @@ static void start_agent_body(void)
     CHECK(rc == DX_OK, "agent: %s", dx_strerror(rc));
 }
 
+static void stop_agent_body(void)
+{
+    CHECK(dx_server_stop(dx_whereis("qa_agent"), NULL, 5000) == DX_OK,
+          "stop agent");
+    CHECK(dx_server_stop(dx_whereis("lm"), NULL, 5000) == DX_OK, "stop lm");
+}
+
 Test(dist, erl_gen_server_call_gets_the_answer_of_a_dspex_program)
 {
     run_body(start_agent_body, 10000);
@@ -480,5 +487,6 @@ Test(dist, erl_gen_server_call_gets_the_answer_of_a_dspex_program)
     cr_expect_str_eq(line, "RESULT3 'EXIT'");
     fx_kill(&c, SIGKILL);
     remove_ebin();
+    run_body(stop_agent_body, 10000);
     dx_module_free(qa_program);
 }
