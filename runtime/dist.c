@@ -487,8 +487,6 @@ static void ctag_free(ctag *c)
 /* Start a packet: pass-through byte, then the control tuple's header. */
 static int pkt_begin(ei_x_buff *x, long arity, long op)
 {
-    if (getenv("DX_DIST_TRACE"))
-        fprintf(stderr, "dist: out op %ld\n", op);
     if (ei_x_new(x) < 0)
         return DX_ENOMEM;
     static const char hdr[5] = {0, 0, 0, 0, 'p'};
@@ -1327,13 +1325,6 @@ static void handle_packet(node *n, const char *buf, size_t len)
     }
     char name[MAXATOMLEN];
     dx_pid from = DX_NOPID, to = DX_NOPID;
-    if (getenv("DX_DIST_TRACE")) {
-        char *s = NULL;
-        int i2 = idx - 0;
-        (void)i2;
-        fprintf(stderr, "dist: op %ld from %s\n", op, n->name);
-        free(s);
-    }
     switch (op) {
     case OP_SEND:
     case OP_SEND_SENDER: {
@@ -1617,8 +1608,6 @@ int dx_node_start(const dx_node_opts *opts)
     }
     snprintf(G.self, sizeof G.self, "%s", opts->name);
     G.creation = G.ec.creation;
-    if (getenv("DX_DIST_TRACE"))
-        fprintf(stderr, "dist: creation %u\n", G.creation);
     G.ticktime_ms = opts->ticktime_ms > 0 ? opts->ticktime_ms : 60000;
     G.connect_timeout_ms =
         opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 5000;
