@@ -7,14 +7,82 @@
  * answers {ping, From} with {pong, SelfPid}, and on {done, From, K}
  * replies {count, N, Sum, InOrder} and then sends K messages {seq, I} back
  * to From followed by {sent, K}; `idle` only runs the node (for cookie
- * tests). `stop` (an atom sent to `sink`) ends the program.
+ * tests). `stop` (an atom sent to `sink`) ends the program. Beside `sink`,
+ * mode sink runs the server `calc` (below).
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "dspex/node.h"
 #include "dspex/runtime.h"
+#include "dspex/server.h"
+
+/* `calc`: a server that answers a call with tag 7 and integer N with tag 8
+ * and 2N, answers tag 10 with the term of the last cast, and crashes on
+ * tag 9. */
+typedef struct calc {
+    dx_term *last;
+} calc;
+
+static int calc_init(void *arg, void **state, dx_term **reason)
+{
+    (void)arg;
+    (void)reason;
+    calc *c = dx_calloc(1, sizeof(*c));
+    *state = c;
+    return c ? DX_OK : DX_ENOMEM;
+}
+
+static dx_srv_ret calc_call(void *state, dx_msg *req, dx_from from,
+                            dx_msg **reply, dx_term **reason)
+{
+    (void)from;
+    (void)reason;
+    calc *c = state;
+    if (req->tag == 9)
+        dx_exit_self(dx_atom("boom"));
+    int64_t n = 0;
+    *reply = dx_msg_new(req->tag == 10 ? 10 : 8);
+    if (*reply == NULL)
+        return DX_SRV_NOREPLY;
+    if (req->tag == 10)
+        (*reply)->term = c->last ? dx_term_copy(c->last) : NULL;
+    else if (dx_int_value(req->term, &n))
+        (*reply)->term = dx_int(2 * n);
+    return DX_SRV_REPLY;
+}
+
+static dx_srv_ret calc_cast(void *state, dx_msg *m, dx_term **reason)
+{
+    (void)reason;
+    calc *c = state;
+    dx_term_free(c->last);
+    c->last = dx_msg_take_term(m);
+    return DX_SRV_NOREPLY;
+}
+
+static void calc_terminate(void *state, const dx_term *reason)
+{
+    (void)reason;
+    calc *c = state;
+    dx_term_free(c->last);
+    dx_free(c);
+}
+
+static const dx_server_ops calc_ops = {.name = "calc",
+                                       .terminate = calc_terminate,
+                                       .init = calc_init,
+                                       .handle_call = calc_call,
+                                       .handle_cast = calc_cast};
+
+static void start_calc(void *arg)
+{
+    (void)arg;
+    dx_server_start(&calc_ops, NULL, &(dx_server_opts){.name = "calc"}, NULL,
+                    NULL);
+}
 
 static void sink(void *arg)
 {
@@ -86,14 +154,18 @@ int main(int argc, char **argv)
         return 1;
     }
     dx_pid pid = DX_NOPID;
-    if (strcmp(argv[3], "sink") == 0)
+    if (strcmp(argv[3], "sink") == 0) {
         dx_spawn_opt(sink, NULL, &(dx_spawn_opts){.name = "sink"}, &pid, NULL);
+        dx_spawn(start_calc, NULL, NULL);
+        while (dx_whereis("calc").id == 0)
+            nanosleep(&(struct timespec){0, 5000000}, NULL);
+    }
     printf("READY\n");
     if (pid.id != 0) {
         dx_wait_exit(pid, DX_INFINITY, NULL);
     } else {
         for (;;)
-            dx_wait_exit(DX_NOPID, 1000, NULL);
+            nanosleep(&(struct timespec){1, 0}, NULL);
     }
     dx_node_stop();
     dx_runtime_stop();

@@ -490,3 +490,92 @@ Test(dist, erl_gen_server_call_gets_the_answer_of_a_dspex_program)
     run_body(stop_agent_body, 10000);
     dx_module_free(qa_program);
 }
+
+/* ---- dspex to dspex: calls, casts, tags, links ---- */
+
+static void dspex_call_body(void)
+{
+    dx_pid calc = dx_node_name_pid(peer_name, "calc");
+    dx_msg *req = dx_msg_new(7);
+    req->term = dx_int(21);
+    dx_msg *rep;
+    int rc = dx_call(calc, req, 10000, &rep);
+    CHECK(rc == DX_OK, "call: %s", dx_strerror(rc));
+    int64_t v = 0;
+    CHECK(rep->kind == DX_MSG_REPLY && rep->tag == 8 &&
+              dx_int_value(rep->term, &v) && v == 42,
+          "reply tag %lld", (long long)rep->tag);
+    dx_msg_free(rep);
+    /* A cast with a tag and a term, then a call that reads it back. */
+    dx_msg *c = dx_msg_new(3);
+    c->term = dx_tuple(2, dx_atom("set"), dx_str("v"));
+    CHECK(dx_cast(calc, c) == DX_OK, "cast");
+    req = dx_msg_new(10);
+    rc = dx_call(calc, req, 10000, &rep);
+    CHECK(rc == DX_OK && rep->tag == 10, "read back: %s", dx_strerror(rc));
+    dx_term *want = dx_tuple(2, dx_atom("set"), dx_str("v"));
+    bool eq = dx_term_equal(rep->term, want);
+    dx_term_free(want);
+    dx_msg_free(rep);
+    CHECK(eq, "cast term differs");
+    /* Opaque pointers cannot cross. */
+    CHECK(dx_send_ptr(calc, 1, dx_malloc(8), dx_free) == DX_ENOTSUP, "ptr");
+    /* The server dies handling the call: DX_EDOWN at once (monitors work
+     * between dspex nodes). */
+    req = dx_msg_new(9);
+    int64_t t0 = dx_now_ms();
+    rc = dx_call(calc, req, 20000, &rep);
+    CHECK(rc == DX_EDOWN, "crashing call: %s", dx_strerror(rc));
+    CHECK(dx_now_ms() - t0 < 15000, "EDOWN came only with the timeout");
+    /* Now nobody is registered as calc there: DX_ENOPROC. */
+    req = dx_msg_new(7);
+    req->term = dx_int(1);
+    rc = dx_call(calc, req, 20000, &rep);
+    CHECK(rc == DX_ENOPROC, "call to gone server: %s", dx_strerror(rc));
+}
+
+Test(dist, dspex_calls_and_casts_a_server_on_another_dspex_node)
+{
+    fx_child c;
+    spawn_dspex_node(&c, peer_name, COOKIE, "sink");
+    run_body(dspex_call_body, 60000);
+    fx_kill(&c, SIGKILL);
+}
+
+static void link_body(void)
+{
+    CHECK(dx_node_monitor_nodes(true) == DX_OK, "monitor_nodes");
+    dx_trap_exit(true);
+    dx_pid sink = dx_node_name_pid(peer_name, "sink");
+    dx_send_term(sink, DX_TAG_TERM,
+                 dx_tuple(2, dx_atom("ping"), dx_pid_term(dx_self())));
+    dx_msg *m = recv_match("nodeup", 10000);
+    CHECK(m != NULL, "no nodeup");
+    CHECK(strcmp(dx_atom_name(dx_term_at(m->term, 1)), peer_name) == 0,
+          "nodeup names the node");
+    dx_msg_free(m);
+    m = recv_match("pong", 10000);
+    CHECK(m != NULL, "no pong");
+    dx_pid remote;
+    dx_pid_value(dx_term_at(m->term, 1), &remote);
+    dx_msg_free(m);
+    CHECK(dx_link(remote) == DX_OK, "link");
+    /* Round trip so the link is in place before the kill. */
+    dx_send_term(sink, DX_TAG_TERM,
+                 dx_tuple(2, dx_atom("ping"), dx_pid_term(dx_self())));
+    m = recv_match("pong", 10000);
+    CHECK(m != NULL, "no second pong");
+    dx_msg_free(m);
+    kill(killed.pid, SIGKILL);
+    CHECK(dx_receive_tag(DX_TAG_EXIT, 10000, &m) == DX_OK, "no exit signal");
+    CHECK(dx_pid_eq(m->from, remote), "exit from another pid");
+    CHECK(dx_is_atom(m->term, "noconnection"), "exit reason");
+    dx_msg_free(m);
+}
+
+Test(dist, link_to_a_remote_process_delivers_noconnection_on_kill_9)
+{
+    spawn_dspex_node(&killed, peer_name, COOKIE, "sink");
+    run_body(link_body, 40000);
+    fx_kill(&killed, SIGKILL);
+}
