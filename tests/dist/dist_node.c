@@ -10,12 +10,20 @@
  * tests). `stop` (an atom sent to `sink`) ends the program. Beside `sink`,
  * mode sink runs the server `calc` (below).
  */
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "dspex/dist_eval.h"
+#include "dspex/lm.h"
+#include "dspex/module.h"
 #include "dspex/node.h"
+#include "dspex/signature.h"
+#include "dspex/sim.h"
+#include "dist_eval_setup.h"
 #include "dspex/runtime.h"
 #include "dspex/server.h"
 
@@ -137,8 +145,45 @@ static void sink(void *arg)
     }
 }
 
+/* Mode worker: evaluate shards for the coordinator on argv[4] with the
+ * same program and dataset as the test's single-node run (shared with
+ * test_dist.c through dist_eval_setup below); with argv[5] = "die" the
+ * node kills itself with SIGKILL as soon as it holds its first shard. */
+static char **g_argv;
+static int g_argc;
+static _Atomic int worker_rc = 1;
+
+static void on_shard(size_t start, size_t end, void *ud)
+{
+    (void)ud;
+    printf("SHARD %zu %zu\n", start, end);
+    if (g_argc > 5 && strcmp(g_argv[5], "die") == 0)
+        raise(SIGKILL);
+}
+
+static void worker(void *arg)
+{
+    (void)arg;
+    dx_module *prog = NULL;
+    dx_dataset *ds = NULL;
+    int rc = dist_eval_setup(&prog, &ds);
+    if (rc == DX_OK) {
+        dx_eval_opts eo = dist_eval_opts();
+        size_t shards = 0;
+        rc = dx_dist_eval_worker(g_argv[4], NULL, prog, ds, &eo, 30000,
+                                 on_shard, NULL, &shards);
+        printf("WORKER-DONE %zu %s\n", shards, dx_err_name(rc));
+    }
+    dx_module_free(prog);
+    dx_dataset_free(ds);
+    dx_server_stop(dx_whereis("lm"), NULL, 5000);
+    atomic_store(&worker_rc, rc);
+}
+
 int main(int argc, char **argv)
 {
+    g_argv = argv;
+    g_argc = argc;
     if (argc < 4) {
         fprintf(stderr, "usage: dist_node NAME COOKIE sink|idle\n");
         return 2;
@@ -160,6 +205,8 @@ int main(int argc, char **argv)
         while (dx_whereis("calc").id == 0)
             nanosleep(&(struct timespec){0, 5000000}, NULL);
     }
+    if (strcmp(argv[3], "worker") == 0 && argc > 4)
+        dx_spawn(worker, NULL, &pid);
     printf("READY\n");
     if (pid.id != 0) {
         dx_wait_exit(pid, DX_INFINITY, NULL);

@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "dist_eval_setup.h"
 #include "dist_fixture.h"
+#include "dspex/dist_eval.h"
 #include "dspex/module.h"
 #include "dspex/lm.h"
 #include "dspex/node.h"
@@ -578,4 +580,89 @@ Test(dist, link_to_a_remote_process_delivers_noconnection_on_kill_9)
     spawn_dspex_node(&killed, peer_name, COOKIE, "sink");
     run_body(link_body, 40000);
     fx_kill(&killed, SIGKILL);
+}
+
+/* ---- distributed Evaluate ---- */
+
+static dx_dist_eval_result *dres;
+static int dres_rc;
+static dx_eval_result *local_res;
+
+static void coordinator_body(void)
+{
+    dx_dist_eval_opts o = {
+        .shard_size = 4, .min_workers = 3, .timeout_ms = 60000};
+    dres_rc = dx_dist_evaluate(DIST_EVAL_N, &o, &dres);
+}
+
+static void local_eval_body(void)
+{
+    dx_module *prog = NULL;
+    dx_dataset *ds = NULL;
+    int rc = dist_eval_setup(&prog, &ds);
+    CHECK(rc == DX_OK, "setup: %s", dx_strerror(rc));
+    dx_eval_opts eo = dist_eval_opts();
+    rc = dx_evaluate(prog, ds, &eo, &local_res, NULL);
+    dx_module_free(prog);
+    dx_dataset_free(ds);
+    dx_server_stop(dx_whereis("lm"), NULL, 5000);
+    CHECK(rc == DX_OK, "local evaluate: %s", dx_strerror(rc));
+}
+
+Test(dist,
+     evaluate_over_3_worker_nodes_with_one_killed_scores_each_example_once,
+     .timeout = 120)
+{
+    /* The reference: the same program and dataset on this node alone. */
+    run_body(local_eval_body, 60000);
+
+    atomic_store(&body_done, 0);
+    body_fail[0] = '\0';
+    cr_assert_eq(dx_spawn(body_proc, (void *)(uintptr_t)coordinator_body, NULL),
+                 DX_OK);
+    for (int w = 0; dx_whereis("dx_dist_eval").id == 0 && w < 5000; w += 5)
+        fx_sleep_ms(5);
+    cr_assert_neq(dx_whereis("dx_dist_eval").id, 0);
+
+    fx_child ws[3];
+    char names[3][128];
+    const char *alive[3] = {"wa", "wb", "wdie"};
+    for (int i = 0; i < 3; i++) {
+        fx_name(names[i], sizeof names[i], alive[i]);
+        const char *bin = getenv("DX_DIST_NODE_BIN");
+        char *argv[] = {(char *)bin, names[i],  COOKIE,
+                        "worker",    self_name, i == 2 ? "die" : NULL,
+                        NULL};
+        cr_assert_eq(fx_spawn(&ws[i], argv), 0);
+    }
+    for (int w = 0; atomic_load(&body_done) == 0 && w < 90000; w += 10)
+        fx_sleep_ms(10);
+    cr_assert_eq(atomic_load(&body_done), 1, "coordinator did not finish");
+    cr_assert_eq(dres_rc, DX_OK, "%s", dx_strerror(dres_rc));
+    cr_assert_not_null(dres);
+    cr_expect_eq(dres->n, DIST_EVAL_N);
+    cr_expect_eq(dres->n_done, DIST_EVAL_N);
+    cr_expect_eq(dres->workers, 3);
+    cr_expect_geq(dres->requeued, 1,
+                  "the killed worker's shard was not "
+                  "handed out again");
+    for (size_t i = 0; i < DIST_EVAL_N; i++) {
+        cr_expect(dres->done[i], "example %zu not scored", i);
+        cr_expect_eq(dres->errors[i], local_res->rows[i].error, "example %zu",
+                     i);
+        cr_expect_float_eq(dres->scores[i], local_res->rows[i].score, 1e-9,
+                           "example %zu", i);
+    }
+    cr_expect_float_eq(dres->score, local_res->score, 1e-9);
+    /* The two survivors finished cleanly. */
+    char line[256];
+    for (int i = 0; i < 2; i++) {
+        cr_expect_eq(fx_expect(&ws[i], "WORKER-DONE", line, sizeof line, 20000),
+                     0);
+        cr_expect(strstr(line, " OK") != NULL, "%s", line);
+    }
+    dx_dist_eval_result_free(dres);
+    dx_eval_result_free(local_res);
+    for (int i = 0; i < 3; i++)
+        fx_kill(&ws[i], SIGKILL);
 }
