@@ -167,16 +167,19 @@ static bool valid_node_name(const char *s)
 }
 
 /* Deliver to a local process from a node thread (outside the runtime). */
-static void deliver_ext(dx_pid to, dx_msg *m)
+static int deliver_ext(dx_pid to, dx_msg *m)
 {
     int entered;
-    if (dx__ext_enter(&entered) != DX_OK) {
+    int rc = dx__ext_enter(&entered);
+    if (rc != DX_OK) {
         dx_msg_free(m);
-        return;
+        return rc;
     }
-    if (dx__deliver(to, m) != DX_OK)
+    rc = dx__deliver(to, m);
+    if (rc != DX_OK)
         atomic_fetch_add(&G.dropped, 1);
     dx__ext_leave(entered);
+    return rc;
 }
 
 static void signal_ext(dx_pid to, uint32_t sig, dx_pid from, dx_ref ref,
@@ -1261,7 +1264,16 @@ static void incoming_msg(node *n, dx_pid to, dx_pid from, const char *buf,
         m->from = caller;
         set_payload(m, req);
         m->dx__signal = DX__SIG_MSG;
-        deliver_ext(to, m);
+        dx_ref tag = m->ref;
+        if (deliver_ext(to, m) != DX_OK) {
+            /* Nobody there: the caller's own monitor or timeout ends the
+             * call; the tag's slot is not needed. */
+            pthread_mutex_lock(&G.mu);
+            ctag *c = ctag_of(tag);
+            if (c)
+                ctag_free(c);
+            pthread_mutex_unlock(&G.mu);
+        }
         return;
     }
     idx = save;

@@ -27,6 +27,13 @@ main(["call", Node]) ->
 
 echo() ->
     receive
+        {From, weird} when is_pid(From) ->
+            %% Terms a dspex node cannot hold, then one it can.
+            From ! {echo, [a | b]},
+            From ! {echo, 1 bsl 70},
+            From ! {echo, fun() -> ok end},
+            From ! {echo, <<1:3>>},
+            From ! {echo, [1, 1 bsl 40, -(1 bsl 62), "str"]};
         {From, Term} when is_pid(From) -> From ! {echo, Term};
         _ -> ok
     end,

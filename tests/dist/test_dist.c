@@ -353,6 +353,42 @@ static void beam_echo_body(void)
     dx_msg_free(m);
 }
 
+static void beam_ready(fx_child *c);
+
+static void beam_weird_body(void)
+{
+    dx_pid echo = dx_node_name_pid(peer_name, "echo");
+    dx_node_stats before;
+    dx_node_stats_get(&before);
+    dx_send_term(echo, DX_TAG_TERM,
+                 dx_tuple(2, dx_pid_term(dx_self()), dx_atom("weird")));
+    dx_msg *m = recv_match("echo", 10000);
+    CHECK(m != NULL, "no echo");
+    /* The first to arrive is the last one sent: the others were dropped. */
+    dx_term *want = dx_list(4, dx_int(1), dx_int(INT64_C(1) << 40),
+                            dx_int(-(INT64_C(1) << 62)),
+                            dx_list(3, dx_int('s'), dx_int('t'), dx_int('r')));
+    bool eq = dx_term_equal(dx_term_at(m->term, 1), want);
+    char *got = dx_term_to_string(m->term);
+    dx_term_free(want);
+    dx_msg_free(m);
+    CHECK(eq, "got %s", got);
+    dx_free(got);
+    dx_node_stats after;
+    dx_node_stats_get(&after);
+    CHECK(after.dropped - before.dropped == 4, "dropped %llu",
+          (unsigned long long)(after.dropped - before.dropped));
+}
+
+Test(dist, terms_a_dspex_node_cannot_hold_are_dropped_not_misread)
+{
+    fx_child c;
+    beam_ready(&c);
+    run_body(beam_weird_body, 20000);
+    fx_kill(&c, SIGKILL);
+    remove_ebin();
+}
+
 static void beam_ready(fx_child *c)
 {
     compile_peer();
