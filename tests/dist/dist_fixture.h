@@ -61,8 +61,8 @@ static void fx_epmd_start(void)
                     "-relaxed_command_check",
                     NULL};
     fx_run(argv);
-    /* Wait until it answers. */
-    for (int i = 0; i < 100; i++) {
+    /* Wait until it answers (slow on a loaded machine). */
+    for (int i = 0; i < 500; i++) {
         char *names[] = {"epmd", "-port", port, "-names", NULL};
         pid_t p = fork();
         if (p == 0) {

@@ -32,7 +32,13 @@ static void setup(void)
     fx_name(peer_name, sizeof peer_name, "peer");
     dx_node_opts o = {
         .name = self_name, .cookie = COOKIE, .connect_timeout_ms = 5000};
-    int rc = dx_node_start(&o);
+    /* epmd may still be starting on a loaded machine: retry a while. */
+    int rc = DX_ECONNECT;
+    for (int i = 0; i < 100 && rc == DX_ECONNECT; i++) {
+        rc = dx_node_start(&o);
+        if (rc == DX_ECONNECT)
+            fx_sleep_ms(50);
+    }
     cr_assert_eq(rc, DX_OK, "node start: %s", dx_strerror(rc));
 }
 
