@@ -769,6 +769,8 @@ static void *conn_main(void *arg)
     }
     bool ok = n->state == N_UP;
     pthread_mutex_unlock(&G.mu);
+    if (!ok && fd >= 0)
+        close(fd); /* connected while the node was stopping */
     node_event(subs, nsubs, a_nodeup, name);
     dx_free(subs);
 

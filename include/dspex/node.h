@@ -129,7 +129,7 @@ typedef struct dx_node_stats {
     uint64_t msgs_out, msgs_in;   /* messages (not control signals) */
     uint64_t bytes_out, bytes_in; /* on the wire, ticks included */
     uint64_t dropped;             /* undecodable or undeliverable */
-    uint64_t refused;             /* handshakes that failed */
+    uint64_t refused; /* failed handshakes or connects, both directions */
 } dx_node_stats;
 DX_API void dx_node_stats_get(dx_node_stats *out);
 
