@@ -8,7 +8,7 @@
  *
  * and gets {ok, #{<<"answer">> => ...}} or {error, Reason}. See README.md.
  *
- * Usage: qa_agent [NODE_NAME] [COOKIE]   (defaults qa@127.0.0.1, the
+ * Usage: beam_qa_agent [NODE_NAME] [COOKIE]   (defaults qa@127.0.0.1, the
  * cookie in ~/.erlang.cookie); the model is $DX_MODEL or sim/base (offline).
  */
 #include <cjson/cJSON.h>
