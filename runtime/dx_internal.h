@@ -344,6 +344,33 @@ void dx__pid_release(dx__proc *p);
 uint32_t dx__pid_table_size(void);
 dx__proc *dx__slot_proc(uint32_t idx);
 
+/* Pids and refs of other nodes (docs/internals/runtime.md, "Distribution"):
+ * bits 52..63 of a pid's or ref's id hold a node index, 0 for this node.
+ * Local pids keep their slot index in bits 0..31 and generation in 32..51;
+ * local refs stay below 2^52 (a counter shifted by 10 bits would need 2^42
+ * refs to get there). What the low 52 bits of a remote id mean is the
+ * distribution layer's business. */
+#define DX__NODE_SHIFT 52
+static inline uint32_t dx__pid_node(dx_pid pid)
+{
+    return (uint32_t)(pid.id >> DX__NODE_SHIFT);
+}
+static inline uint32_t dx__ref_node(dx_ref ref)
+{
+    return (uint32_t)(ref.id >> DX__NODE_SHIFT);
+}
+
+/* The router for remote pids: the distribution layer installs one (a
+ * static object that outlives every call); without one a remote pid is
+ * unreachable. deliver takes m in every case, like dx__deliver, and is
+ * called on any thread, from inside dx__deliver, so it must never block
+ * nor call back into dx__deliver for a remote pid. */
+typedef struct dx__router {
+    int (*deliver)(dx_pid to, dx_msg *m);
+} dx__router;
+void dx__set_router(const dx__router *r);
+int dx__route_remote(dx_pid to, dx_msg *m);
+
 /* Make p runnable on its home scheduler (p's state must already have been
  * moved to RUNNABLE by the caller that won the wake-up). */
 void dx__enqueue(dx__proc *p);

@@ -168,14 +168,39 @@ dx_msg *dx__signal_new(uint32_t sig, dx_pid from, dx_ref ref, int64_t tag,
     return m;
 }
 
+static _Atomic(const dx__router *) router;
+
+void dx__set_router(const dx__router *r)
+{
+    atomic_store_explicit(&router, r, memory_order_release);
+}
+
+int dx__route_remote(dx_pid to, dx_msg *m)
+{
+    const dx__router *r = atomic_load_explicit(&router, memory_order_acquire);
+    if (r == NULL) {
+        dx_msg_free(m);
+        return DX_ENOPROC;
+    }
+    return r->deliver(to, m);
+}
+
 int dx__deliver(dx_pid to, dx_msg *m)
 {
     dx__proc *self = dx__self_proc();
     if (self)
         self->in_runtime++;
     dx__msg_unhold(m);
-    dx__proc *p = dx__lookup(to);
     int rc = DX_OK;
+    if (dx__pid_node(to) != 0) {
+        /* A pid of another node: the distribution layer encodes and
+         * queues it (or reports the node unreachable). */
+        rc = dx__route_remote(to, m);
+        if (self)
+            self->in_runtime--;
+        return rc;
+    }
+    dx__proc *p = dx__lookup(to);
     if (p == NULL) {
         dx_msg_free(m);
         rc = DX_ENOPROC;

@@ -194,7 +194,7 @@ static inline uint32_t pid_index(dx_pid pid)
 
 dx__proc *dx__lookup(dx_pid pid)
 {
-    if (pid.id == 0 || (pid.id >> 52) != 0) /* remote pids: later issue */
+    if (pid.id == 0 || dx__pid_node(pid) != 0) /* another node's pid */
         return NULL;
     pid_slot *sl = slot_at(pid_index(pid), false);
     if (sl == NULL)

@@ -37,6 +37,11 @@ DX_PACKAGES=(
     curl
     chromium
     wrk
+    # Distribution (include/dspex/node.h): erl_interface (ei.h, libei.a)
+    # from erlang-dev; erl, erlc and epmd from erlang-base, which the
+    # distribution tests start to talk to BEAM nodes.
+    erlang-dev
+    erlang-base
 )
 
 # Optional: only scripts/apidocs.sh needs these (the test suite runs its

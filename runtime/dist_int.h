@@ -1,0 +1,38 @@
+/*
+ * dist_int.h — what the distribution layer's two files share: the term
+ * codec (dist_ext.c: dx_term <-> Erlang external term format, through
+ * erl_interface) and the pid/ref translation it needs from the node table
+ * (dist.c). Internal to the runtime; see include/dspex/node.h.
+ */
+#ifndef DX_DIST_INT_H
+#define DX_DIST_INT_H
+
+#include <ei.h>
+
+#include "dx_internal.h"
+
+/* Bit 51 of a remote pid marks a registered-name handle (dx_node_name_pid);
+ * bit 51 of a remote ref marks the tag of a call that came from another
+ * node. Both stay below the node bits (DX__NODE_SHIFT). */
+#define DX__DIST_NAME_BIT (1ull << 51)
+#define DX__DIST_CALL_BIT (1ull << 51)
+
+/* Encode t (not NULL) onto x. DX_EINVAL for what the format cannot carry
+ * here (a pid of an unknown node, a call tag), DX_ENOMEM. */
+int dx__ext_encode(ei_x_buff *x, const dx_term *t);
+/* Decode one term at buf[*idx] (a version byte already skipped) into *out,
+ * advancing *idx. DX_ENOTSUP for terms dx_term cannot hold (improper
+ * lists, bit strings, ports, funs, integers beyond 64 bits), DX_EINVAL for
+ * malformed input, DX_ELIMIT when nesting exceeds 512 or the ref table is
+ * full, DX_ENOMEM. *out is NULL on failure. */
+int dx__ext_decode(const char *buf, int *idx, dx_term **out);
+
+/* Pid/ref translation (dist.c); the caller holds the node lock. */
+int dx__dist_pid_out(dx_pid pid, erlang_pid *out);
+int dx__dist_pid_in(const erlang_pid *in, dx_pid *out);
+int dx__dist_ref_out(dx_ref ref, erlang_ref *out);
+int dx__dist_ref_in(const erlang_ref *in, dx_ref *out);
+/* A registered-name handle encodes as {Name, Node}: its two parts. */
+int dx__dist_name_of(dx_pid pid, const char **name, const char **node);
+
+#endif

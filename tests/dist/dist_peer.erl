@@ -1,0 +1,46 @@
+%% dist_peer — the BEAM side of the distribution tests. Run as
+%%   erl -name N -setcookie C -noshell -pa DIR -run dist_peer main MODE [ARG]
+%% peer: registers `beam_srv` (a gen_server: {double, N} -> 2N) and `echo`
+%%       (answers {From, Term} with {echo, Term}), prints READY, waits.
+%% call NODE: gen_server:call({qa_agent, NODE}, ...) with a good and a bad
+%%       request; prints RESULT lines, then halts.
+-module(dist_peer).
+-behaviour(gen_server).
+-export([main/1, init/1, handle_call/3, handle_cast/2]).
+
+main(["peer"]) ->
+    {ok, _} = gen_server:start({local, beam_srv}, ?MODULE, [], []),
+    register(echo, spawn(fun echo/0)),
+    io:format("READY~n"),
+    receive stop -> halt(0) end;
+main(["call", Node]) ->
+    N = list_to_atom(Node),
+    R1 = gen_server:call({qa_agent, N},
+                         {predict, #{<<"question">> => <<"What is the capital of France?">>}},
+                         20000),
+    io:format("RESULT1 ~p~n", [R1]),
+    R2 = gen_server:call({qa_agent, N}, {predict, not_a_map}, 20000),
+    io:format("RESULT2 ~p~n", [R2]),
+    R3 = (catch gen_server:call({no_such_name, N}, ping, 5000)),
+    io:format("RESULT3 ~p~n", [element(1, R3)]),
+    halt(0).
+
+echo() ->
+    receive
+        {From, weird} when is_pid(From) ->
+            %% Terms a dspex node cannot hold, then one it can.
+            From ! {echo, [a | b]},
+            From ! {echo, 1 bsl 70},
+            From ! {echo, fun() -> ok end},
+            From ! {echo, <<1:3>>},
+            From ! {echo, [1, 1 bsl 40, -(1 bsl 62), "str"]};
+        {From, Term} when is_pid(From) -> From ! {echo, Term};
+        _ -> ok
+    end,
+    echo().
+
+init([]) -> {ok, #{}}.
+handle_call({double, N}, _From, S) -> {reply, {ok, 2 * N}, S};
+handle_call({crash}, _From, _S) -> exit(crashed);
+handle_call(Other, _From, S) -> {reply, {error, {unknown, Other}}, S}.
+handle_cast(_, S) -> {noreply, S}.
