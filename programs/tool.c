@@ -1276,13 +1276,31 @@ int dx_tool_from_module(const char *name, const char *desc, const dx_module *m,
 
 /* ---- tools served by actors ---------------------------------------------- */
 
+/* Whom an actor tool calls: a registered name here, or a pid. */
+typedef struct actor_ref {
+    char *tool; /* the tool's name, sent in the request */
+    char *name; /* NULL: call pid */
+    dx_pid pid;
+} actor_ref;
+
+static void actor_ref_free(void *p)
+{
+    actor_ref *a = p;
+    if (a) {
+        dx_free(a->tool);
+        dx_free(a->name);
+        dx_free(a);
+    }
+}
+
 static int actor_fn(const cJSON *args, char **result, void *ud)
 {
-    const char *actor = ud;
+    const actor_ref *a = ud;
     char *json = cJSON_PrintUnformatted(args);
-    dx_msg *req = json ? dx_msg_new(DX_TOOL_CALL_TAG) : NULL;
+    dx_msg *req = json ? dx_msg_new(DX_TAG_TERM) : NULL;
     if (req)
-        req->term = dx_binary(json, strlen(json));
+        req->term = dx_tuple(3, dx_atom("tool_call"), dx_str(a->tool),
+                             dx_binary(json, strlen(json)));
     cJSON_free(json);
     if (!req || !req->term) {
         dx_msg_free(req);
@@ -1290,12 +1308,18 @@ static int actor_fn(const cJSON *args, char **result, void *ud)
     }
     dx_msg *reply = NULL;
     /* No deadline here: the tool's own timeout kills this process. */
-    int rc = dx_call_named(actor, req, DX_INFINITY, &reply);
+    int rc = a->name ? dx_call_named(a->name, req, DX_INFINITY, &reply)
+                     : dx_call(a->pid, req, DX_INFINITY, &reply);
     if (rc != DX_OK) {
         char text[256];
-        snprintf(text, sizeof text, "actor \"%s\": %s", actor,
-                 rc == DX_ENOPROC ? "no process is registered under this name"
-                                  : dx_strerror(rc));
+        if (a->name)
+            snprintf(text, sizeof text, "actor \"%s\": %s", a->name,
+                     rc == DX_ENOPROC
+                         ? "no process is registered under this name"
+                         : dx_strerror(rc));
+        else
+            snprintf(text, sizeof text, "the actor: %s",
+                     rc == DX_ENOPROC ? "it is not running" : dx_strerror(rc));
         *result = dx_strdup(text);
         return rc;
     }
@@ -1304,16 +1328,17 @@ static int actor_fn(const cJSON *args, char **result, void *ud)
     const char *data = NULL;
     bool error = false;
     if (t && dx_term_type_of(t) == DX_TERM_TUPLE && dx_term_size(t) == 2 &&
-        dx_is_atom(dx_term_at(t, 0), "error")) {
-        error = true;
+        (dx_is_atom(dx_term_at(t, 0), "error") ||
+         dx_is_atom(dx_term_at(t, 0), "ok"))) {
+        error = dx_is_atom(dx_term_at(t, 0), "error");
         data = dx_binary_data(dx_term_at(t, 1), &len);
     } else if (t) {
         data = dx_binary_data(t, &len);
     }
     if (!data) {
         dx_msg_free(reply);
-        *result = dx_strdup("the actor's reply is not a binary or "
-                            "{error, Binary}");
+        *result = dx_strdup("the actor's reply is not a binary, {ok, Binary} "
+                            "or {error, Binary}");
         return DX_EPROVIDER;
     }
     *result = dx_malloc(len + 1);
@@ -1327,6 +1352,25 @@ static int actor_fn(const cJSON *args, char **result, void *ud)
     return error ? DX_EPROVIDER : DX_OK;
 }
 
+static int actor_tool(const char *name, const char *desc,
+                      const dx_tool_param *params, size_t n_params,
+                      const char *actor_name, dx_pid pid, dx_tool **out,
+                      dx_diag *diag)
+{
+    actor_ref *a = dx_calloc(1, sizeof *a);
+    if (a) {
+        a->tool = dx_strdup(name ? name : "");
+        a->name = actor_name ? dx_strdup(actor_name) : NULL;
+        a->pid = pid;
+    }
+    if (!a || !a->tool || (actor_name && !a->name)) {
+        actor_ref_free(a);
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    }
+    return tool_make(name, desc, params, n_params, actor_fn, a, actor_ref_free,
+                     out, diag);
+}
+
 int dx_tool_from_actor(const char *name, const char *desc,
                        const dx_tool_param *params, size_t n_params,
                        const char *actor_name, dx_tool **out, dx_diag *diag)
@@ -1334,9 +1378,16 @@ int dx_tool_from_actor(const char *name, const char *desc,
     if (!actor_name || !actor_name[0])
         return dx_diag_set(diag, DX_EINVAL, 0, 0,
                            "dx_tool_from_actor: no actor name");
-    char *actor = dx_strdup(actor_name);
-    if (!actor)
-        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
-    return tool_make(name, desc, params, n_params, actor_fn, actor, dx_free,
-                     out, diag);
+    return actor_tool(name, desc, params, n_params, actor_name, DX_NOPID, out,
+                      diag);
+}
+
+int dx_tool_from_pid(const char *name, const char *desc,
+                     const dx_tool_param *params, size_t n_params, dx_pid pid,
+                     dx_tool **out, dx_diag *diag)
+{
+    if (dx_pid_is_none(pid))
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "dx_tool_from_pid: no process");
+    return actor_tool(name, desc, params, n_params, NULL, pid, out, diag);
 }

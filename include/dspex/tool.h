@@ -111,22 +111,32 @@ DX_API int dx_tool_from_module(const char *name, const char *desc,
                                size_t n_params, const dx_call_opts *opts,
                                dx_tool **out, dx_diag *diag);
 
-/* A tool served by an actor: a server (server.h) registered as
- * actor_name that answers calls tagged DX_TOOL_CALL_TAG. The request's
- * term is a binary holding the validated arguments as JSON text; the
- * reply's term is a binary (the result text) or {error, Binary} (the
- * error's text, which becomes the "Execution error" observation). Only
- * terms cross, so the actor may be any process — another agent, a
- * program's server, and (once dspex nodes join a cluster) a process on
- * another node. The name is looked up at each call, so a supervised actor
- * restarted under its name keeps serving. If the actor is not there, or
- * dies during the call, the call is a tool error. Errors as dx_tool_new;
- * DX_EINVAL for a NULL or empty actor_name. */
-#define DX_TOOL_CALL_TAG 0x746f6f6c
+/* A tool served by an actor: a server (server.h) — a dspex process, or a
+ * gen_server on a BEAM node — called with the request term
+ *
+ *     {tool_call, ToolName :: binary, ArgsJSON :: binary}
+ *
+ * (message tag DX_TAG_TERM; ArgsJSON is the validated arguments as JSON
+ * text) that replies with the result text as a binary, {ok, Binary}, or
+ * {error, Binary} (the error's text, which becomes the "Execution error"
+ * observation). Only terms cross, so the actor may be another agent, a
+ * program's server, or a process on another node. If the actor is not
+ * there, or dies during the call, the call is a tool error; the tool's
+ * timeout bounds the call.
+ *
+ * dx_tool_from_actor looks actor_name up in this node's registry at each
+ * call, so a supervised actor restarted under its name keeps serving
+ * (DX_EINVAL for a NULL or empty name). dx_tool_from_pid calls one pid:
+ * a local process, or a remote one such as dx_node_name_pid(node, name)
+ * ({name, node}, resolved on that node at each call; node.h). Errors as
+ * dx_tool_new. */
 DX_API int dx_tool_from_actor(const char *name, const char *desc,
                               const dx_tool_param *params, size_t n_params,
                               const char *actor_name, dx_tool **out,
                               dx_diag *diag);
+DX_API int dx_tool_from_pid(const char *name, const char *desc,
+                            const dx_tool_param *params, size_t n_params,
+                            dx_pid pid, dx_tool **out, dx_diag *diag);
 
 /* The calculator: argument `expression` (str). Numbers (ints, decimals,
  * exponents), + - * / // % ** with Python's precedence and results (int

@@ -1,6 +1,7 @@
 %% dist_peer — the BEAM side of the distribution tests. Run as
 %%   erl -name N -setcookie C -noshell -pa DIR -run dist_peer main MODE [ARG]
-%% peer: registers `beam_srv` (a gen_server: {double, N} -> 2N) and `echo`
+%% peer: registers `beam_srv` (a gen_server: {double, N} -> 2N; a dspex tool
+%%       call {tool_call, <<"weather">>, ArgsJSON} -> {ok, Text}) and `echo`
 %%       (answers {From, Term} with {echo, Term}), prints READY, waits.
 %% call NODE: gen_server:call({qa_agent, NODE}, ...) with a good and a bad
 %%       request; prints RESULT lines, then halts.
@@ -42,5 +43,9 @@ echo() ->
 init([]) -> {ok, #{}}.
 handle_call({double, N}, _From, S) -> {reply, {ok, 2 * N}, S};
 handle_call({crash}, _From, _S) -> exit(crashed);
+handle_call({tool_call, <<"weather">>, Args}, _From, S) when is_binary(Args) ->
+    {reply, {ok, <<"BEAM says sunny for ", Args/binary>>}, S};
+handle_call({tool_call, Tool, _}, _From, S) ->
+    {reply, {error, <<"no tool ", Tool/binary>>}, S};
 handle_call(Other, _From, S) -> {reply, {error, {unknown, Other}}, S}.
 handle_cast(_, S) -> {noreply, S}.

@@ -14,6 +14,7 @@
 #include "dspex/module.h"
 #include "dspex/lm.h"
 #include "dspex/node.h"
+#include "dspex/tool.h"
 #include "dspex/runtime.h"
 #include "dspex/server.h"
 #include "dspex/signature.h"
@@ -439,6 +440,47 @@ Test(dist, dspex_process_calls_a_beam_gen_server)
     fx_child c;
     beam_ready(&c);
     run_body(beam_call_body, 30000);
+    fx_kill(&c, SIGKILL);
+    remove_ebin();
+}
+
+/* A gen_server on a BEAM node as an agent's tool: the observation is its
+ * reply, and its {error, Text} is an execution error, as with any tool. */
+static void beam_tool_body(void)
+{
+    static const dx_tool_param p[] = {
+        {.name = "city", .type = "str", .required = true}};
+    dx_pid srv = dx_node_name_pid(peer_name, "beam_srv");
+    dx_tool *t = NULL, *bad = NULL;
+    dx_diag d = {0};
+    CHECK(dx_tool_from_pid("weather", "Weather from BEAM.", p, 1, srv, &t,
+                           &d) == DX_OK,
+          "tool: %.200s", d.msg);
+    CHECK(dx_tool_from_pid("radar", NULL, p, 1, srv, &bad, &d) == DX_OK,
+          "tool: %.200s", d.msg);
+    cJSON *args = cJSON_Parse("{\"city\": \"Lima\"}");
+    char *obs = NULL;
+    dx_tool_status st;
+    CHECK(dx_tool_call(t, args, &obs, &st) == DX_OK && st == DX_TOOL_OK,
+          "call: %.200s", obs ? obs : "(none)");
+    CHECK(strcmp(obs, "BEAM says sunny for {\"city\":\"Lima\"}") == 0,
+          "observation %.200s", obs);
+    dx_free(obs);
+    CHECK(dx_tool_call(bad, args, &obs, &st) == DX_OK && st == DX_TOOL_FAILED,
+          "bad tool: %.200s", obs ? obs : "(none)");
+    CHECK(strcmp(obs, "Execution error in radar: no tool radar") == 0,
+          "observation %.200s", obs);
+    dx_free(obs);
+    cJSON_Delete(args);
+    dx_tool_unref(t);
+    dx_tool_unref(bad);
+}
+
+Test(dist, a_beam_gen_server_is_an_agents_tool)
+{
+    fx_child c;
+    beam_ready(&c);
+    run_body(beam_tool_body, 30000);
     fx_kill(&c, SIGKILL);
     remove_ebin();
 }

@@ -361,25 +361,29 @@ Test(tool, a_module_is_a_tool_its_outputs_the_observation)
 }
 
 /* An actor as a tool: a server registered as "forecaster" answers
- * DX_TOOL_CALL_TAG calls with a binary, or {error, Binary}. */
+ * {tool_call, Name, ArgsJSON} with a binary, or {error, Binary}. */
 static dx_srv_ret forecaster_call(void *state, dx_msg *request, dx_from from,
                                   dx_msg **reply, dx_term **stop_reason)
 {
     (void)state, (void)from, (void)stop_reason;
-    size_t len = 0;
-    const char *json_args = request->tag == DX_TOOL_CALL_TAG
-                                ? dx_binary_data(request->term, &len)
-                                : NULL;
+    const dx_term *t = request->term;
+    size_t len = 0, tlen = 0;
+    const char *json_args =
+        t && dx_term_size(t) == 3 && dx_is_atom(dx_term_at(t, 0), "tool_call")
+            ? dx_binary_data(dx_term_at(t, 2), &len)
+            : NULL;
+    const char *tool = json_args ? dx_binary_data(dx_term_at(t, 1), &tlen) : "";
     char args[256] = "";
     if (json_args && len < sizeof args)
         memcpy(args, json_args, len);
     cJSON *a = cJSON_Parse(args);
     const cJSON *city = cJSON_GetObjectItemCaseSensitive(a, "city");
-    *reply = dx_msg_new(0);
+    *reply = dx_msg_new(DX_TAG_TERM);
     if (cJSON_IsString(city) && strcmp(city->valuestring, "Atlantis") != 0) {
         char text[128];
-        snprintf(text, sizeof text, "sunny in %s", city->valuestring);
-        (*reply)->term = dx_str(text);
+        snprintf(text, sizeof text, "%.*s: sunny in %s", (int)tlen, tool,
+                 city->valuestring);
+        (*reply)->term = dx_tuple(2, dx_atom("ok"), dx_str(text));
     } else {
         (*reply)->term = dx_tuple(2, dx_atom("error"), dx_str("unknown city"));
     }
@@ -442,8 +446,21 @@ Test(tool, an_actor_is_a_tool_and_its_absence_an_observation)
 
     cr_assert_eq(dx_tool_call(t, a, &obs, &st), DX_OK);
     cr_assert_eq(st, DX_TOOL_OK, "%s", obs);
-    cr_assert_str_eq(obs, "sunny in Lima");
+    cr_assert_str_eq(obs, "forecast: sunny in Lima");
     dx_free(obs);
+    /* The same actor by pid. */
+    dx_tool *tp = NULL;
+    cr_assert_eq(dx_tool_from_pid("forecast", NULL, p, 1,
+                                  dx_whereis("forecaster"), &tp, &d),
+                 DX_OK, "%s", d.msg);
+    cr_assert_eq(dx_tool_call(tp, a, &obs, &st), DX_OK);
+    cr_assert_str_eq(obs, "forecast: sunny in Lima");
+    dx_free(obs);
+    dx_tool_unref(tp);
+    cr_assert_eq(
+        dx_tool_from_pid("forecast", NULL, p, 1, DX_NOPID, &(dx_tool *){0}, &d),
+        DX_EINVAL);
+
     cJSON_Delete(a);
 
     a = json("{\"city\": \"Atlantis\"}");
