@@ -12,6 +12,12 @@
  * head is written as soon as it is answered; a connection that closes
  * early leaves its running requests behind as orphans that are freed when
  * their answer comes.
+ *
+ * A streamed answer (dx__serve_stream_send) is the same request answered
+ * in installments: its process appends chunks (chunked encoding) to the
+ * request's pending bytes under the mutex and queues it; when it is the
+ * head of its connection the loop writes whatever is pending, and the
+ * request is done once its process ended the stream and all is written.
  */
 #include <http_parser.h>
 #include <signal.h>

@@ -12,6 +12,12 @@
  * the answer back with dx__serve_answer. If the child itself dies before
  * answering, the supervisor frees its job and the job's destructor
  * answers 500 for it, so no accepted request goes unanswered.
+ *
+ * A streaming request (SSE /predict, the chat route's "stream") runs its
+ * program with a stream listener (dx_call_opts.on_chunk) that turns each
+ * piece of an output field into an event and sends it at once
+ * (dx__serve_stream_send); the listener's state is in the heap, because
+ * the program's process writes it while the request's process waits.
  */
 #include <cjson/cJSON.h>
 #include <stdarg.h>
