@@ -206,8 +206,7 @@ typedef void (*dx_lm_text_fn)(const char *text, size_t len, void *ud);
  * results and ownership; the callback is not called after the function
  * returns, and on a failure the text it got so far is all there is.
  * Process only (DX_ENOTPROC from a host thread). */
-DX_API int dx_lm_client_complete_stream(dx_pid client,
-                                        const dx_lm_request *req,
+DX_API int dx_lm_client_complete_stream(dx_pid client, const dx_lm_request *req,
                                         const dx_lm_client_call_opts *copts,
                                         int64_t timeout_ms,
                                         dx_lm_text_fn on_text, void *ud,
