@@ -93,7 +93,8 @@ static void body(dx_adapter_stream *st, const char *p, size_t n)
             st->rc = DX_ENOMEM;
             return;
         }
-        memcpy(st->out + st->out_len, st->ws, st->ws_len);
+        if (st->ws_len > 0) /* ws is NULL until the first whitespace */
+            memcpy(st->out + st->out_len, st->ws, st->ws_len);
         st->out_len += st->ws_len;
         st->ws_len = 0;
         st->out[st->out_len++] = (char)c;
