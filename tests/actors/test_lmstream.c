@@ -240,7 +240,11 @@ static void two_at_once(scenario *s, dx_pid client, bool first_streams)
     hs[0] = (helper){client, first_streams, &s->calls[0], &s->helpers_done};
     hs[1] = (helper){client, true, &s->calls[1], &s->helpers_done};
     dx_spawn(helper_main, &hs[0], NULL);
-    dx_sleep(50); /* the first one's flight is out (the server waits 300 ms) */
+    /* The second joins once the first one's flight is out; the server
+     * holds its answer for a second, so the flight is still in progress. */
+    dx_lm_client_stats st = {0};
+    while (dx_lm_client_stats_get(client, &st) == DX_OK && st.in_flight == 0)
+        dx_sleep(5);
     dx_spawn(helper_main, &hs[1], NULL);
     while (atomic_load(&s->helpers_done) < 2)
         dx_sleep(10);
@@ -258,7 +262,7 @@ static void plain_then_streamer(scenario *s, dx_pid client)
 
 static void slow_setup(void)
 {
-    start_with_latency(300);
+    start_with_latency(1000);
 }
 
 Test(lmstream, two_streaming_callers_share_one_upstream_call,
