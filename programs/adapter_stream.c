@@ -12,6 +12,14 @@
  * str.strip() also removes (0x1c-0x1f); lines end at '\n' ('\r' is
  * whitespace). Each feed hands out at most one piece per field section it
  * touched, so a listener sees about as many pieces as the LM sent.
+ *
+ * A JSONAdapter answer is read with a small state machine over the
+ * top-level object: the string value of an output field streams as it is
+ * decoded (escapes, \uXXXX and surrogate pairs to UTF-8), other values
+ * and nested objects are skipped, and text before the first '{' (a code
+ * fence) is ignored. Anything it does not follow (single quotes, a
+ * truncated key) ends the streaming for that answer; the parse at the end
+ * still reads it with repair.
  */
 #include <ctype.h>
 #include <string.h>
@@ -35,6 +43,15 @@ struct dx_adapter_stream {
     bool undecided; /* the current line may still be a marker */
     char line[MAX_MARKER_LINE];
     size_t line_len;
+    /* JSONAdapter: where the reader is (see feed_json). */
+    int js;
+    char key[256];
+    size_t key_len;
+    bool key_over;
+    int esc;        /* in a string: 0, 1 after '\\', 2-5 reading \uXXXX */
+    unsigned u, hi; /* the \u digits so far, a pending high surrogate */
+    int depth;      /* a skipped value: nesting */
+    bool in_str;    /* a skipped value: inside a string */
     /* Held whitespace of cur, then the piece being built. */
     char *ws, *out;
     size_t ws_len, ws_cap, out_len, out_cap;
@@ -179,6 +196,224 @@ static void decide(dx_adapter_stream *st, bool final)
     st->line_len = 0;
 }
 
+/* ---- JSONAdapter ---------------------------------------------------- */
+
+enum {
+    J_SEEK,    /* before the top-level '{' */
+    J_KEYWAIT, /* a key, ',' or '}' */
+    J_KEY,     /* in a key */
+    J_KEYESC,  /* a key's escaped character */
+    J_COLON,   /* after a key */
+    J_VALWAIT, /* a value */
+    J_STR,     /* in a string value */
+    J_AFTER,   /* after a string value: ',' or '}' */
+    J_OTHER,   /* in a value that is not a string (skipped) */
+    J_END,     /* done, or lost: nothing more streams */
+};
+
+static void put(dx_adapter_stream *st, const char *p, size_t n)
+{
+    if (st->cur < 0 || st->rc != DX_OK)
+        return;
+    if (grow(&st->out, &st->out_cap, st->out_len + n + 1) != DX_OK) {
+        st->rc = DX_ENOMEM;
+        return;
+    }
+    memcpy(st->out + st->out_len, p, n);
+    st->out_len += n;
+}
+
+static void put_code_point(dx_adapter_stream *st, unsigned cp)
+{
+    char b[4];
+    size_t n;
+    if (cp < 0x80) {
+        b[0] = (char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        b[0] = (char)(0xC0 | (cp >> 6));
+        b[1] = (char)(0x80 | (cp & 0x3F));
+        n = 2;
+    } else if (cp < 0x10000) {
+        b[0] = (char)(0xE0 | (cp >> 12));
+        b[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        b[2] = (char)(0x80 | (cp & 0x3F));
+        n = 3;
+    } else {
+        b[0] = (char)(0xF0 | (cp >> 18));
+        b[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+        b[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        b[3] = (char)(0x80 | (cp & 0x3F));
+        n = 4;
+    }
+    put(st, b, n);
+}
+
+/* The key just read names the string value that starts: stream it if it
+ * is an output field seen for the first time (cJSON keeps the first). */
+static void json_value_starts(dx_adapter_stream *st)
+{
+    st->cur = -1;
+    if (st->key_over)
+        return;
+    for (size_t i = 0; i < dx_signature_n_outputs(st->sig); i++) {
+        const char *fn = dx_signature_output(st->sig, i)->name;
+        if (strlen(fn) == st->key_len &&
+            memcmp(fn, st->key, st->key_len) == 0) {
+            if (!st->seen[i]) {
+                st->seen[i] = true;
+                st->cur = (int)i;
+            }
+            return;
+        }
+    }
+}
+
+/* A character of a string value. */
+static void json_str(dx_adapter_stream *st, char c)
+{
+    if (st->esc == 0) {
+        if (c == '\\') {
+            st->esc = 1;
+        } else if (c == '"') {
+            flush(st);
+            st->cur = -1;
+            st->js = J_AFTER;
+        } else {
+            put(st, &c, 1);
+        }
+        return;
+    }
+    if (st->esc == 1) {
+        static const char from[] = "nrtbf", to[] = "\n\r\t\b\f";
+        const char *k = c ? strchr(from, c) : NULL;
+        st->esc = 0;
+        if (c == 'u') {
+            st->esc = 2;
+            st->u = 0;
+        } else if (k != NULL) {
+            put(st, &to[k - from], 1);
+        } else {
+            put(st, &c, 1); /* \" \\ \/ and anything else as itself */
+        }
+        return;
+    }
+    int h = isdigit((unsigned char)c) ? c - '0'
+            : (c >= 'a' && c <= 'f')  ? c - 'a' + 10
+            : (c >= 'A' && c <= 'F')  ? c - 'A' + 10
+                                      : -1;
+    if (h < 0) { /* not an escape after all: drop it */
+        st->esc = 0;
+        return;
+    }
+    st->u = st->u * 16 + (unsigned)h;
+    if (++st->esc < 6)
+        return;
+    st->esc = 0;
+    if (st->u >= 0xD800 && st->u < 0xDC00) {
+        st->hi = st->u;
+    } else if (st->u >= 0xDC00 && st->u < 0xE000) {
+        if (st->hi)
+            put_code_point(st, 0x10000 + ((st->hi - 0xD800) << 10) +
+                                   (st->u - 0xDC00));
+        st->hi = 0;
+    } else {
+        put_code_point(st, st->u);
+    }
+}
+
+static void feed_json(dx_adapter_stream *st, const char *text, size_t len)
+{
+    for (size_t i = 0; i < len && st->rc == DX_OK; i++) {
+        char c = text[i];
+        bool ws = is_ws((unsigned char)c);
+        switch (st->js) {
+        case J_SEEK:
+            if (c == '{')
+                st->js = J_KEYWAIT;
+            break;
+        case J_KEYWAIT:
+            if (c == '"') {
+                st->js = J_KEY;
+                st->key_len = 0;
+                st->key_over = false;
+            } else if (!ws && c != ',') {
+                st->js = J_END; /* '}' or something it cannot follow */
+            }
+            break;
+        case J_KEYESC:
+        case J_KEY:
+            if (st->js == J_KEY && c == '"') {
+                st->js = J_COLON;
+                break;
+            }
+            if (st->js == J_KEY && c == '\\') {
+                st->js = J_KEYESC;
+                break;
+            }
+            st->js = J_KEY;
+            if (st->key_len < sizeof st->key)
+                st->key[st->key_len++] = c;
+            else
+                st->key_over = true;
+            break;
+        case J_COLON:
+            if (c == ':')
+                st->js = J_VALWAIT;
+            else if (!ws)
+                st->js = J_END;
+            break;
+        case J_VALWAIT:
+            if (ws)
+                break;
+            if (c == '"') {
+                json_value_starts(st);
+                st->js = J_STR;
+                st->esc = 0;
+                st->hi = 0;
+            } else {
+                st->js = J_OTHER;
+                st->in_str = false;
+                st->esc = 0;
+                st->depth = c == '{' || c == '[' ? 1 : 0;
+            }
+            break;
+        case J_STR:
+            json_str(st, c);
+            break;
+        case J_AFTER:
+            if (c == ',')
+                st->js = J_KEYWAIT;
+            else if (!ws)
+                st->js = J_END;
+            break;
+        case J_OTHER:
+            if (st->in_str) {
+                if (st->esc)
+                    st->esc = 0;
+                else if (c == '\\')
+                    st->esc = 1;
+                else if (c == '"')
+                    st->in_str = false;
+            } else if (c == '"') {
+                st->in_str = true;
+            } else if (c == '{' || c == '[') {
+                st->depth++;
+            } else if (c == '}' || c == ']') {
+                if (st->depth == 0)
+                    st->js = J_END;
+                else
+                    st->depth--;
+            } else if (c == ',' && st->depth == 0) {
+                st->js = J_KEYWAIT;
+            }
+            break;
+        default:
+            return;
+        }
+    }
+}
+
 int dx_adapter_stream_new(dx_adapter_kind kind, const dx_signature *s,
                           dx_adapter_chunk_fn fn, void *ud,
                           dx_adapter_stream **out)
@@ -211,8 +446,14 @@ int dx_adapter_stream_feed(dx_adapter_stream *st, const char *text, size_t len)
 {
     if (!st || (!text && len))
         return DX_EINVAL;
-    if (st->rc != DX_OK || st->kind != DX_ADAPTER_CHAT)
+    if (st->rc != DX_OK)
         return st->rc;
+    if (st->kind == DX_ADAPTER_JSON) {
+        feed_json(st, text, len);
+        if (st->rc == DX_OK)
+            flush(st);
+        return st->rc;
+    }
     size_t i = 0;
     while (i < len && st->rc == DX_OK) {
         if (st->undecided) {
@@ -247,9 +488,9 @@ int dx_adapter_stream_finish(dx_adapter_stream *st)
 {
     if (!st)
         return DX_EINVAL;
-    if (st->rc != DX_OK || st->kind != DX_ADAPTER_CHAT)
+    if (st->rc != DX_OK)
         return st->rc;
-    if (st->undecided && st->line_len > 0)
+    if (st->kind == DX_ADAPTER_CHAT && st->undecided && st->line_len > 0)
         decide(st, true);
     if (st->rc == DX_OK)
         flush(st);

@@ -203,17 +203,26 @@ static dx_pid resolve_lm(dx_ctx *ctx, const dx_module *p, const char **which)
 
 /* ---- streaming to the run's listener --------------------------------- */
 
+/* Output fields past this many are never marked as streamed: with the
+ * JSONAdapter their value is also sent whole at the end. */
+#define MAX_MARKED_FIELDS 64
+
 typedef struct streamer {
     dx_ctx *ctx;
-    const char *path;
+    const dx_module *p;
     dx_adapter_stream *reader;
+    bool streamed[MAX_MARKED_FIELDS]; /* per output field: had pieces */
 } streamer;
 
 static void field_chunk(const char *field, const char *text, size_t len,
                         void *ud)
 {
     streamer *sm = ud;
-    sm->ctx->on_chunk(sm->path, field, text, len, sm->ctx->chunk_ud);
+    size_t n = dx_signature_n_outputs(sm->p->sig);
+    for (size_t i = 0; i < n && i < MAX_MARKED_FIELDS; i++)
+        if (strcmp(dx_signature_output(sm->p->sig, i)->name, field) == 0)
+            sm->streamed[i] = true;
+    sm->ctx->on_chunk(sm->p->path, field, text, len, sm->ctx->chunk_ud);
 }
 
 /* The LM client's text, into the incremental reader. A reader out of
@@ -224,11 +233,14 @@ static void lm_text(const char *text, size_t len, void *ud)
     (void)dx_adapter_stream_feed(sm->reader, text, len);
 }
 
-/* A JSONAdapter answer's fields, whole, once it parsed. */
+/* A JSONAdapter answer's fields that had no pieces (values that are not
+ * strings), whole, once it parsed. */
 static void send_whole_fields(dx_ctx *ctx, const dx_module *p,
-                              const dx_example *ex)
+                              const dx_example *ex, const bool *streamed)
 {
     for (size_t i = 0; i < dx_signature_n_outputs(p->sig); i++) {
+        if (i < MAX_MARKED_FIELDS && streamed[i])
+            continue;
         const char *name = dx_signature_output(p->sig, i)->name;
         const cJSON *v = dx_example_get(ex, name);
         if (!v)
@@ -290,9 +302,10 @@ static int attempt(dx_ctx *ctx, const dx_module *p, dx_adapter_kind kind,
     dx_lm_error err = {0};
     dx_lm_result *res = NULL;
     int64_t left = dx_ctx_remaining_ms(ctx);
-    streamer sm = {.ctx = ctx, .path = p->path};
+    streamer sm = {.ctx = ctx, .p = p};
+    /* Without memory for the reader the call goes on unstreamed. */
     bool incremental =
-        stream && kind == DX_ADAPTER_CHAT &&
+        stream &&
         dx_adapter_stream_new(kind, s, field_chunk, &sm, &sm.reader) == DX_OK;
     if (left <= 0)
         rc = DX_ETIMEDOUT;
@@ -337,8 +350,8 @@ static int attempt(dx_ctx *ctx, const dx_module *p, dx_adapter_kind kind,
     }
     *parsed = v;
     *n_parsed = nc;
-    if (stream && kind == DX_ADAPTER_JSON)
-        send_whole_fields(ctx, p, v[0]);
+    if (incremental && kind == DX_ADAPTER_JSON)
+        send_whole_fields(ctx, p, v[0], sm.streamed);
     return DX_OK;
 }
 

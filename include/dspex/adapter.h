@@ -118,8 +118,12 @@ DX_API int dx_adapter_format_value(const dx_field *f, const cJSON *value,
  * of unknown sections, of the completed marker and before the first
  * marker is dropped. A line that may still become a marker is held back
  * until it is decided (a newline, or text no marker can continue).
- * JSONAdapter answers are not read incrementally: fn is never called for
- * them (callers send the parsed fields whole). fn runs in the feeding
+ * JSONAdapter: the string value of each top-level output field streams
+ * as it is decoded (its pieces add up to the parsed string); values that
+ * are not strings, nested objects and text before the first '{' give no
+ * pieces; an answer it cannot follow (single quotes, say) stops streaming
+ * there, and a key repeated later streams only its first value (the parse
+ * keeps the last). fn runs in the feeding
  * thread, inside feed and finish; field is borrowed for the call (the
  * signature's name). */
 typedef void (*dx_adapter_chunk_fn)(const char *field, const char *text,

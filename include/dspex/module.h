@@ -227,17 +227,18 @@ typedef struct dx_call_opts {
     const dx_usage_prices *prices;
     /* Stream listener, or NULL. Set, every Predict (and ChainOfThought,
      * whose reasoning is an output field) of the run asks its LM client to
-     * stream (dx_lm_client_complete_stream) and, with the ChatAdapter,
-     * reads the answer incrementally (dx_adapter_stream): on_chunk gets
-     * each piece of each output field, never a marker; the pieces of a
-     * field add up to its text before type conversion. A cache hit comes
-     * as one piece per field. With the JSONAdapter each output field comes
-     * whole once the answer parsed (a string as is, another value as
-     * JSON). The ChatAdapter's JSON fallback call (an unreadable answer)
-     * is not streamed, and what its first answer streamed stands. Only the
-     * first completion streams (n > 1). The prediction is the same as
-     * without a listener. Runs in the program's process, inside the LM
-     * call; it must not block for long (the answer waits). */
+     * stream (dx_lm_client_complete_stream) and reads the answer
+     * incrementally (dx_adapter_stream): on_chunk gets each piece of each
+     * output field, never a marker; the pieces of a field add up to its
+     * text before type conversion. A cache hit comes as one piece per
+     * field. With the JSONAdapter a string value streams as it is decoded;
+     * a field whose value is not a string comes whole, as JSON, once the
+     * answer parsed. The ChatAdapter's JSON fallback call (an unreadable
+     * answer) is not streamed, and what its first answer streamed stands.
+     * Only the first completion streams (n > 1); ReAct's own LM calls do
+     * not stream. The prediction is the same as without a listener. Runs
+     * in the program's process, inside the LM call; it must not block for
+     * long (the answer waits). */
     dx_field_chunk_fn on_chunk;
     void *chunk_ud;
 } dx_call_opts;

@@ -124,13 +124,49 @@ Test(adapter_stream, a_last_line_without_newline_is_decided_at_finish)
     dx_signature_unref(s);
 }
 
-Test(adapter_stream, a_json_reader_calls_nothing)
+static const char json_text[] =
+    "Here you go:\n```json\n{\"notes\": {\"answer\": \"nested\", \"x\": [1, "
+    "\"}\"]}, \"reasoning\": \"He said \\\"hi\\\" \\\\ then\\nleft "
+    "\\u00e9\\ud83d\\ude00 \\/\", \"n\": 3, \"answer\": \"4\"}\n```"
+    "\n";
+
+static void check_json(const dx_signature *s, const got *g)
+{
+    dx_example *ex = NULL;
+    cr_assert_eq(dx_adapter_parse(DX_ADAPTER_JSON, s, json_text,
+                                  strlen(json_text), &ex, NULL),
+                 DX_OK);
+    cr_assert_str_eq(g->reasoning, dx_example_get_str(ex, "reasoning", "?"));
+    cr_assert_str_eq(g->answer, dx_example_get_str(ex, "answer", "?"));
+    cr_assert_not(g->other);
+    dx_example_free(ex);
+}
+
+Test(adapter_stream, a_json_answer_streams_its_string_values_decoded)
 {
     dx_signature *s = sig();
+    size_t n = strlen(json_text) - 1;
+    size_t cuts[512];
+    cr_assert_lt(n, 512);
+    for (size_t i = 0; i < n; i++)
+        cuts[i] = i + 1;
     got g = {0};
-    feed_cut(DX_ADAPTER_JSON, s, "{\"reasoning\": \"r\", \"answer\": \"4\"}",
-             NULL, 0, &g);
-    cr_assert_eq(g.pieces, 0);
+    feed_cut(DX_ADAPTER_JSON, s, json_text, cuts, n, &g);
+    check_json(s, &g);
+    cr_assert_str_eq(g.reasoning,
+                     "He said \"hi\" \\ then\nleft \u00e9\U0001F600 /");
+    cr_assert_str_eq(g.answer, "4");
+    for (size_t cut = 0; cut <= strlen(json_text); cut++) {
+        got h = {0};
+        feed_cut(DX_ADAPTER_JSON, s, json_text, &cut, 1, &h);
+        check_json(s, &h);
+    }
+    dx_signature_unref(s);
+}
+
+Test(adapter_stream, a_reader_needs_a_listener)
+{
+    dx_signature *s = sig();
     dx_adapter_stream *st = NULL;
     cr_assert_eq(dx_adapter_stream_new(DX_ADAPTER_CHAT, s, NULL, NULL, &st),
                  DX_EINVAL);
