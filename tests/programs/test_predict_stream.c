@@ -4,9 +4,9 @@
  * fields arrive in several pieces, never with a section marker, adding up
  * to the prediction's text; a ChainOfThought streams its reasoning then its
  * answer under its predictor's path; a cache hit gives one piece per field;
- * a JSONAdapter run gives each field whole; and the prediction is the one
- * a run without a listener gets. (The crash of a run mid-stream is tested
- * through the service, test_serve_stream.c.)
+ * a JSONAdapter run streams a string value and sends a number whole; the
+ * pieces add up to the prediction's fields. (The crash of a run
+ * mid-stream is tested through the service, test_serve_stream.c.)
  */
 #include <criterion/criterion.h>
 #include <string.h>
@@ -145,21 +145,23 @@ Test(predict_stream, chain_of_thought_streams_reasoning_then_answer)
     dx_module_free(m);
 }
 
-Test(predict_stream, a_json_adapter_run_gives_each_field_whole)
+Test(predict_stream, a_json_adapter_run_streams_strings_and_sends_others_whole)
 {
     dx_signature *s = sig("question -> answer, confidence: float");
     dx_module *p = dx_predict_new(s, NULL);
     dx_signature_unref(s);
-    dx_lmserver_push_reply(srv,
-                           "{\"answer\": \"Paris\", \"confidence\": 0.75}");
+    dx_lmserver_push_reply(srv, "{\"answer\": \"Paris, on the Seine\", "
+                                "\"confidence\": 0.75}");
     dx_call_opts o = {.lm = DX_NOPID,
                       .adapter = DX_ADAPTER_JSON,
                       .on_chunk = listen,
                       .chunk_ud = &h};
     dx_prediction *pred = call(p, &o);
-    cr_assert_eq(h.pieces[idx("answer")], 1);
-    cr_assert_str_eq(h.text[idx("answer")], "Paris");
+    cr_assert_geq(h.pieces[idx("answer")], 2, "the string did not stream");
+    cr_assert_str_eq(h.text[idx("answer")], "Paris, on the Seine");
+    cr_assert_eq(h.pieces[idx("confidence")], 1, "a number comes whole");
     cr_assert_str_eq(h.text[idx("confidence")], "0.75");
+    cr_assert_not(h.marker_leaked);
     dx_prediction_free(pred);
     dx_module_free(p);
 }
