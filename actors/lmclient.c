@@ -39,6 +39,8 @@ enum {
     TAG_TICK,                /* timer → server: look at the limiter queue */
     TAG_HISTORY,             /* call: ptr = size_t n */
     TAG_USAGE,               /* call: no payload */
+    TAG_WDELTA,              /* worker → server: ptr = wdelta */
+    TAG_SDELTA,              /* server → streaming caller: ptr = text */
 };
 
 #define DEFAULT_HISTORY 100
@@ -52,6 +54,11 @@ typedef struct creq {
     int64_t deadline_ms;
     char *ns; /* cache namespace; NULL = none */
     dx_lmcache_mode mode;
+    /* A streaming caller casts its request (it must keep receiving while
+     * it waits) and names itself here; the server answers it with
+     * dx_reply(from) as if it had called. */
+    bool stream;
+    dx_from from;
 } creq;
 
 static void creq_free(void *p)
@@ -175,7 +182,15 @@ typedef struct outcome {
     dx_lm_error err;
     dx_lm_response *response;
     int64_t usage_tokens; /* from the response's usage; -1 unknown */
+    bool emitted;         /* text deltas were sent (no retry, no fallback) */
 } outcome;
+
+/* A text delta, worker → server. */
+typedef struct wdelta {
+    uint64_t flight;
+    size_t len;
+    char text[]; /* len bytes, NUL-terminated */
+} wdelta;
 
 static void outcome_free(void *p)
 {
@@ -268,7 +283,13 @@ typedef struct flight {
     dx_lmcache_key key;
     dx_lm_request *req;
     dx_from *waiters;
+    bool *wstream; /* per waiter: a streaming caller */
     size_t n_waiters, cap_waiters;
+    bool streaming; /* its workers stream (its first caller did) */
+    bool emitted;   /* text was forwarded: no retry or fallback now */
+    /* The text forwarded so far, for streaming callers who join late. */
+    char *sofar;
+    size_t sofar_len, sofar_cap;
     size_t ep; /* endpoint the current worker uses */
     dx_pid worker;
     dx_ref mon;
@@ -320,6 +341,8 @@ static void flight_free(flight *f)
     dx_lmcache_key_clear(&f->key);
     dx_lm_request_free(f->req);
     dx_free(f->waiters);
+    dx_free(f->wstream);
+    dx_free(f->sofar);
     dx_free(f);
 }
 
@@ -362,6 +385,7 @@ typedef struct job {
     uint64_t seed;
     uint64_t flight;
     dx_pid server;
+    bool stream; /* stream the upstream call, forwarding text deltas */
     /* Held here, not on the worker's stack, so a worker killed mid-call
      * (its client stopped) still frees them through arg_free. */
     dx_lm_config *cfg;
@@ -382,7 +406,30 @@ static void job_free(void *p)
     dx_free(j);
 }
 
-/* Call one endpoint until it answers or the policy gives up, then report. */
+/* dx_lm_call's delta callback in a streaming worker: forward choice 0's
+ * text to the server. A delta that cannot be sent (no memory) is not lost
+ * for good: the server sends whatever its callers miss when the flight
+ * ends (see on_done). */
+static void worker_delta(dx_lm_stream *st, const dx_lm_delta *d, void *ud)
+{
+    (void)st;
+    job *j = ud;
+    if (d->kind != DX_LM_DELTA_TEXT || d->choice != 0 || d->text_len == 0)
+        return;
+    wdelta *w = dx_malloc(sizeof *w + d->text_len + 1);
+    if (!w)
+        return;
+    w->flight = j->flight;
+    w->len = d->text_len;
+    memcpy(w->text, d->text, d->text_len);
+    w->text[d->text_len] = '\0';
+    j->out->emitted = true;
+    dx_send_ptr(j->server, TAG_WDELTA, w, dx_free);
+}
+
+/* Call one endpoint until it answers or the policy gives up, then report.
+ * A streaming attempt that already forwarded text is not retried: its
+ * callers have that text, and a second attempt would repeat it. */
 static void worker_main(void *arg)
 {
     job *j = arg;
@@ -394,13 +441,18 @@ static void worker_main(void *arg)
     o->rc = dx_lm_config_new(j->model, j->base_url, j->api_key, &j->cfg);
     if (o->rc == DX_OK) {
         dx_lm_call_opts co = {.timeout_ms = j->attempt_timeout_ms};
+        if (j->stream) {
+            j->req->stream = true;
+            co.on_delta = worker_delta;
+            co.ud = j;
+        }
         dx_retry_state rs;
         dx_retry_state_init(&rs, 0, j->seed);
         for (;;) {
             o->attempts++;
             dx_lm_error_clear(&o->err);
             o->rc = dx_lm_call(j->cfg, j->req, &co, &o->response, &o->err);
-            if (o->rc != DX_EPROVIDER)
+            if (o->rc != DX_EPROVIDER || o->emitted)
                 break;
             int64_t d = dx_retry_next_delay_ms(&j->policy, &rs, &o->err,
                                                dx_now_ms(), NULL);
@@ -437,6 +489,7 @@ static int spawn_worker(state *s, flight *f, size_t ep)
     j->seed = s->seed + f->id * 0x9e3779b97f4a7c15ull + ep;
     j->flight = f->id;
     j->server = dx_self();
+    j->stream = f->streaming;
     dx_spawn_opts so = {
         .monitor = true, .label = "dx_lm_client:worker", .arg_free = job_free};
     int rc = dx_spawn_opt(worker_main, j, &so, &f->worker, &f->mon);
@@ -447,6 +500,8 @@ static int spawn_worker(state *s, flight *f, size_t ep)
     f->ep = ep;
     f->running = true;
     s->stats.workers++;
+    if (f->streaming)
+        s->stats.streamed++;
     return DX_OK;
 }
 
@@ -626,6 +681,25 @@ static void reply_to(dx_from from, dx_msg *m)
      * server keeps going. */
 }
 
+/* A streaming caller is not inside dx_call (the runtime drops replies to
+ * a process not waiting in one): its answer is a plain message carrying
+ * its call's reference, after the text it was sent. */
+static void reply_stream(dx_from from, dx_msg *m)
+{
+    if (!m)
+        return;
+    m->ref = from.ref;
+    (void)dx_send(from.pid, m); /* a caller that is gone needs no answer */
+}
+
+static void answer_waiter(const flight *f, size_t i, dx_msg *m)
+{
+    if (f->wstream[i])
+        reply_stream(f->waiters[i], m);
+    else
+        reply_to(f->waiters[i], m);
+}
+
 static void unlink_flight(state *s, flight *f)
 {
     for (flight **p = &s->flights; *p; p = &(*p)->next)
@@ -652,7 +726,7 @@ static void fail_flight(state *s, flight *f, int rc, const dx_lm_error *err)
     note_flight(s, f, s->eps[f->ep].model, NULL, rc, err);
     for (size_t i = 0; i < f->n_waiters; i++) {
         s->stats.failures++;
-        reply_to(f->waiters[i], error_msg(rc, err));
+        answer_waiter(f, i, error_msg(rc, err));
     }
     end_flight(s, f, -1);
 }
@@ -684,7 +758,7 @@ static int srv_init(void *arg, void **st, dx_term **stop_reason)
     return DX_OK;
 }
 
-static int add_waiter(flight *f, dx_from from)
+static int add_waiter(flight *f, dx_from from, bool stream)
 {
     if (f->n_waiters == f->cap_waiters) {
         size_t cap = f->cap_waiters ? f->cap_waiters * 2 : 4;
@@ -692,10 +766,62 @@ static int add_waiter(flight *f, dx_from from)
         if (!w)
             return DX_ENOMEM;
         f->waiters = w;
+        bool *ws = dx_realloc(f->wstream, cap * sizeof *ws);
+        if (!ws)
+            return DX_ENOMEM;
+        f->wstream = ws;
         f->cap_waiters = cap;
     }
+    f->wstream[f->n_waiters] = stream;
     f->waiters[f->n_waiters++] = from;
     return DX_OK;
+}
+
+/* Send len bytes of text to a streaming caller, tagged with its call's
+ * reference so its receive loop picks it out. A piece that cannot be sent
+ * (no memory) is dropped; the caller's final reply is still whole. */
+static void send_text(dx_from to, const char *text, size_t len)
+{
+    if (len == 0)
+        return;
+    char *t = dx_malloc(len + 1);
+    dx_msg *m = t ? dx_msg_new(TAG_SDELTA) : NULL;
+    if (!m) {
+        dx_free(t);
+        return;
+    }
+    memcpy(t, text, len);
+    t[len] = '\0';
+    m->ref = to.ref;
+    m->ptr = t;
+    m->ptr_free = dx_free;
+    (void)dx_send(to.pid, m); /* a caller that is gone needs no text */
+}
+
+/* Keep the forwarded text for late joiners. Without memory for it a late
+ * joiner gets what it missed at the end instead (on_done). */
+static void sofar_add(flight *f, const char *text, size_t len)
+{
+    if (f->sofar_len + len + 1 > f->sofar_cap) {
+        size_t cap = f->sofar_cap ? f->sofar_cap : 256;
+        while (cap < f->sofar_len + len + 1)
+            cap *= 2;
+        char *p = dx_realloc(f->sofar, cap);
+        if (!p)
+            return;
+        f->sofar = p;
+        f->sofar_cap = cap;
+    }
+    memcpy(f->sofar + f->sofar_len, text, len);
+    f->sofar_len += len;
+    f->sofar[f->sofar_len] = '\0';
+}
+
+/* The text of a response's first choice ("" when none). */
+static const char *resp_text(const dx_lm_response *r)
+{
+    return r && r->n_choices > 0 && r->choices[0].text ? r->choices[0].text
+                                                       : "";
 }
 
 /* Only cache-using requests join: BYPASS and REFRESH callers asked for a
@@ -739,6 +865,7 @@ static dx_srv_ret handle_complete(state *s, dx_msg *request, dx_from from,
     creq *c = dx_msg_take_ptr(request);
     dx_lm_request *req = c ? c->req : NULL;
     int64_t deadline = c ? c->deadline_ms : 0;
+    bool stream = c ? c->stream : false;
     dx_lmcache_key key;
     int rc = req ? dx_lmcache_key_make(req, s->eps[0].model, c->ns, &key)
                  : DX_EINVAL;
@@ -766,6 +893,8 @@ static dx_srv_ret handle_complete(state *s, dx_msg *request, dx_from from,
         tel_start(d.model, d.tel);
         note(s, &d);
         dx_lm_request_free(req);
+        if (stream)
+            send_text(from, resp_text(hit), strlen(resp_text(hit)));
         *reply = result_msg(hit, s->eps[0].model, true, 0);
         return DX_SRV_REPLY;
     }
@@ -774,15 +903,21 @@ static dx_srv_ret handle_complete(state *s, dx_msg *request, dx_from from,
         /* Joining costs no admission, queued or running. */
         dx_lmcache_key_clear(&key);
         dx_lm_request_free(req);
-        if (add_waiter(f, from) != DX_OK) {
+        if (add_waiter(f, from, stream) != DX_OK) {
             *reply = error_msg(DX_ENOMEM, NULL);
             return DX_SRV_REPLY;
         }
+        if (stream)
+            send_text(from, f->sofar, f->sofar_len);
         s->stats.coalesced++;
         return DX_SRV_NOREPLY;
     }
     f = dx_calloc(1, sizeof *f);
-    if (!f || add_waiter(f, from) != DX_OK) {
+    if (!f || add_waiter(f, from, stream) != DX_OK) {
+        if (f) {
+            dx_free(f->waiters);
+            dx_free(f->wstream);
+        }
         dx_free(f);
         dx_lmcache_key_clear(&key);
         dx_lm_request_free(req);
@@ -790,6 +925,7 @@ static dx_srv_ret handle_complete(state *s, dx_msg *request, dx_from from,
         return DX_SRV_REPLY;
     }
     f->id = ++s->next_flight;
+    f->streaming = stream;
     f->key = key;
     f->req = req;
     f->deadline_ms = deadline;
@@ -960,6 +1096,16 @@ static void on_done(state *s, outcome *o)
         /* A cache that cannot store is not the caller's failure. */
         (void)dx_lmcache_put(s->cache, &f->key, o->response, now);
         note_flight(s, f, e->model, o->response, DX_OK, NULL);
+        /* Streaming callers get what they have not seen yet: everything
+         * when the flight did not stream, else normally nothing. */
+        const char *text = resp_text(o->response);
+        size_t tlen = strlen(text);
+        if (f->sofar_len <= tlen &&
+            memcmp(text, f->sofar ? f->sofar : "", f->sofar_len) == 0)
+            for (size_t i = 0; i < f->n_waiters; i++)
+                if (f->wstream[i])
+                    send_text(f->waiters[i], text + f->sofar_len,
+                              tlen - f->sofar_len);
         for (size_t i = 0; i < f->n_waiters; i++) {
             dx_lm_response *r =
                 i + 1 == f->n_waiters ? o->response : resp_copy(o->response);
@@ -967,11 +1113,10 @@ static void on_done(state *s, outcome *o)
                 o->response = NULL;
             if (!r) {
                 s->stats.failures++;
-                reply_to(f->waiters[i], error_msg(DX_ENOMEM, NULL));
+                answer_waiter(f, i, error_msg(DX_ENOMEM, NULL));
                 continue;
             }
-            reply_to(f->waiters[i],
-                     result_msg(r, e->model, false, f->attempts));
+            answer_waiter(f, i, result_msg(r, e->model, false, f->attempts));
         }
         end_flight(s, f, o->usage_tokens);
         return;
@@ -982,9 +1127,11 @@ static void on_done(state *s, outcome *o)
         dx_breaker_record_ignored(e->breaker);
     /* Fallback policy (lm.h): move on only from a failure another endpoint
      * might not share. */
-    bool move_on =
-        (o->rc == DX_EPROVIDER && dx_retry_is_retryable(&s->policy, &o->err)) ||
-        dx_breaker_get_state(e->breaker) == DX_BREAKER_OPEN;
+    /* Text already forwarded cannot be taken back: no other endpoint. */
+    bool move_on = !(f->emitted || o->emitted) &&
+                   ((o->rc == DX_EPROVIDER &&
+                     dx_retry_is_retryable(&s->policy, &o->err)) ||
+                    dx_breaker_get_state(e->breaker) == DX_BREAKER_OPEN);
     size_t next;
     if (move_on && pick_endpoint(s, f->ep + 1, &next)) {
         s->stats.fallbacks++;
@@ -1006,6 +1153,18 @@ static dx_srv_ret srv_info(void *st, dx_msg *msg, dx_term **stop_reason)
         pump(s);
         return DX_SRV_NOREPLY;
     }
+    if (msg->tag == TAG_WDELTA) {
+        wdelta *w = msg->ptr;
+        flight *f = w ? flight_by_id(s, w->flight) : NULL;
+        if (f) {
+            f->emitted = true;
+            sofar_add(f, w->text, w->len);
+            for (size_t i = 0; i < f->n_waiters; i++)
+                if (f->wstream[i])
+                    send_text(f->waiters[i], w->text, w->len);
+        }
+        return DX_SRV_NOREPLY;
+    }
     if (msg->tag == TAG_TICK) {
         if (s->timer_armed && dx_now_ms() >= s->timer_due)
             s->timer_armed = false;
@@ -1022,6 +1181,22 @@ static dx_srv_ret srv_info(void *st, dx_msg *msg, dx_term **stop_reason)
             }
         pump(s);
     }
+    return DX_SRV_NOREPLY;
+}
+
+/* A streaming caller's request: answered like a call (see creq). */
+static dx_srv_ret srv_cast(void *st, dx_msg *msg, dx_term **stop_reason)
+{
+    (void)stop_reason;
+    state *s = st;
+    creq *c = msg->tag == TAG_COMPLETE ? msg->ptr : NULL;
+    if (!c)
+        return DX_SRV_NOREPLY;
+    dx_from from = c->from;
+    dx_msg *reply = NULL;
+    if (handle_complete(s, msg, from, &reply) == DX_SRV_REPLY)
+        reply_stream(from, reply);
+    pump(s);
     return DX_SRV_NOREPLY;
 }
 
@@ -1059,6 +1234,7 @@ static const dx_server_ops client_ops = {
     .name = "dx_lm_client",
     .init = srv_init,
     .handle_call = srv_call,
+    .handle_cast = srv_cast,
     .handle_info = srv_info,
     .terminate = srv_terminate,
 };
@@ -1137,11 +1313,13 @@ int dx_lm_client_complete(dx_pid client, const dx_lm_request *req,
     return dx_lm_client_complete_opt(client, req, NULL, timeout_ms, out, err);
 }
 
-int dx_lm_client_complete_opt(dx_pid client, const dx_lm_request *req,
-                              const dx_lm_client_call_opts *copts,
-                              int64_t timeout_ms, dx_lm_result **out,
-                              dx_lm_error *err)
+/* The TAG_COMPLETE message of a call: *m on DX_OK; DX_EINVAL (bad
+ * arguments), DX_ENOMEM. */
+static int complete_msg(const dx_lm_request *req,
+                        const dx_lm_client_call_opts *copts, int64_t timeout_ms,
+                        dx_lm_result **out, dx_lm_error *err, dx_msg **m)
 {
+    *m = NULL;
     if (err)
         dx_lm_error_clear(err);
     if (!out)
@@ -1161,24 +1339,26 @@ int dx_lm_client_complete_opt(dx_pid client, const dx_lm_request *req,
         c->ns = dup_or_null(ns, &oom);
         c->mode = mode;
     }
-    dx_msg *m = !oom && c->req ? dx_msg_new(TAG_COMPLETE) : NULL;
-    if (!m) {
+    *m = !oom && c->req ? dx_msg_new(TAG_COMPLETE) : NULL;
+    if (!*m) {
         creq_free(c);
         return DX_ENOMEM;
     }
     c->deadline_ms = timeout_ms >= 0 ? dx_now_ms() + timeout_ms : 0;
-    m->ptr = c;
-    m->ptr_free = creq_free;
-    dx_msg *reply = NULL;
-    int rc = dx_call(client, m, timeout_ms, &reply);
-    if (rc != DX_OK)
-        return rc;
+    (*m)->ptr = c;
+    (*m)->ptr_free = creq_free;
+    return DX_OK;
+}
+
+/* Unpack a TAG_REPLY (freed here). */
+static int take_answer(dx_msg *reply, dx_lm_result **out, dx_lm_error *err)
+{
     answer *a = reply->ptr;
     if (!a) {
         dx_msg_free(reply);
         return DX_ENOMEM;
     }
-    rc = a->rc;
+    int rc = a->rc;
     if (err)
         *err = a->err;
     if (rc == DX_OK) {
@@ -1187,6 +1367,83 @@ int dx_lm_client_complete_opt(dx_pid client, const dx_lm_request *req,
     }
     dx_msg_free(reply);
     return rc;
+}
+
+int dx_lm_client_complete_opt(dx_pid client, const dx_lm_request *req,
+                              const dx_lm_client_call_opts *copts,
+                              int64_t timeout_ms, dx_lm_result **out,
+                              dx_lm_error *err)
+{
+    dx_msg *m = NULL;
+    int rc = complete_msg(req, copts, timeout_ms, out, err, &m);
+    if (rc != DX_OK)
+        return rc;
+    dx_msg *reply = NULL;
+    rc = dx_call(client, m, timeout_ms, &reply);
+    if (rc != DX_OK)
+        return rc;
+    return take_answer(reply, out, err);
+}
+
+/* The call is a cast naming the caller and a monitor reference (creq), so
+ * this process can run on_text for each TAG_SDELTA carrying that reference
+ * while it waits for the reply, as dx_call would, or for the DOWN. */
+int dx_lm_client_complete_stream(dx_pid client, const dx_lm_request *req,
+                                 const dx_lm_client_call_opts *copts,
+                                 int64_t timeout_ms, dx_lm_text_fn on_text,
+                                 void *ud, dx_lm_result **out, dx_lm_error *err)
+{
+    if (!on_text)
+        return dx_lm_client_complete_opt(client, req, copts, timeout_ms, out,
+                                         err);
+    dx_msg *m = NULL;
+    int rc = complete_msg(req, copts, timeout_ms, out, err, &m);
+    if (rc != DX_OK)
+        return rc;
+    dx_ref ref;
+    rc = dx_monitor(client, &ref);
+    if (rc != DX_OK) {
+        dx_msg_free(m);
+        return rc;
+    }
+    creq *c = m->ptr;
+    c->stream = true;
+    c->from = (dx_from){.pid = dx_self(), .ref = ref};
+    rc = dx_cast(client, m);
+    if (rc != DX_OK) {
+        dx_demonitor(ref, true);
+        return rc;
+    }
+    int64_t deadline = timeout_ms >= 0 ? dx_now_ms() + timeout_ms : -1;
+    dx_match mt = {.fields = DX_MATCH_REF, .ref = ref};
+    for (;;) {
+        int64_t left = DX_INFINITY;
+        if (deadline >= 0) {
+            left = deadline - dx_now_ms();
+            if (left < 0)
+                left = 0;
+        }
+        dx_msg *in = NULL;
+        rc = dx_receive(&mt, left, &in);
+        if (rc != DX_OK) {
+            dx_demonitor(ref, true);
+            return rc;
+        }
+        if (in->tag == TAG_SDELTA) {
+            const char *t = in->ptr;
+            if (t)
+                on_text(t, strlen(t), ud);
+            dx_msg_free(in);
+            continue;
+        }
+        if (in->tag == DX_TAG_DOWN) {
+            rc = dx_is_atom(in->term, "noproc") ? DX_ENOPROC : DX_EDOWN;
+            dx_msg_free(in);
+            return rc;
+        }
+        dx_demonitor(ref, true);
+        return take_answer(in, out, err);
+    }
 }
 
 int dx_lm_client_stats_get(dx_pid client, dx_lm_client_stats *out)

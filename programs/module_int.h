@@ -67,6 +67,8 @@ struct dx_ctx {
     const char *rollout_id;
     dx_lmcache_mode cache_mode;
     const dx_usage_prices *prices;
+    dx_field_chunk_fn on_chunk; /* NULL: no streaming */
+    void *chunk_ud;
     dx_trace *trace; /* NULL: not traced */
     dx_usage_acc usage;
     dx_diag diag;

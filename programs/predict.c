@@ -201,11 +201,70 @@ static dx_pid resolve_lm(dx_ctx *ctx, const dx_module *p, const char **which)
     return dx_whereis(*which);
 }
 
+/* ---- streaming to the run's listener --------------------------------- */
+
+/* Output fields past this many are never marked as streamed: with the
+ * JSONAdapter their value is also sent whole at the end. */
+#define MAX_MARKED_FIELDS 64
+
+typedef struct streamer {
+    dx_ctx *ctx;
+    const dx_module *p;
+    dx_adapter_stream *reader;
+    bool streamed[MAX_MARKED_FIELDS]; /* per output field: had pieces */
+} streamer;
+
+static void field_chunk(const char *field, const char *text, size_t len,
+                        void *ud)
+{
+    streamer *sm = ud;
+    size_t n = dx_signature_n_outputs(sm->p->sig);
+    for (size_t i = 0; i < n && i < MAX_MARKED_FIELDS; i++)
+        if (strcmp(dx_signature_output(sm->p->sig, i)->name, field) == 0)
+            sm->streamed[i] = true;
+    sm->ctx->on_chunk(sm->p->path, field, text, len, sm->ctx->chunk_ud);
+}
+
+/* The LM client's text, into the incremental reader. A reader out of
+ * memory stops streaming; the prediction does not depend on it. */
+static void lm_text(const char *text, size_t len, void *ud)
+{
+    streamer *sm = ud;
+    (void)dx_adapter_stream_feed(sm->reader, text, len);
+}
+
+/* A JSONAdapter answer's fields that had no pieces (values that are not
+ * strings), whole, once it parsed. */
+static void send_whole_fields(dx_ctx *ctx, const dx_module *p,
+                              const dx_example *ex, const bool *streamed)
+{
+    for (size_t i = 0; i < dx_signature_n_outputs(p->sig); i++) {
+        if (i < MAX_MARKED_FIELDS && streamed[i])
+            continue;
+        const char *name = dx_signature_output(p->sig, i)->name;
+        const cJSON *v = dx_example_get(ex, name);
+        if (!v)
+            continue;
+        if (cJSON_IsString(v)) {
+            ctx->on_chunk(p->path, name, v->valuestring, strlen(v->valuestring),
+                          ctx->chunk_ud);
+            continue;
+        }
+        char *js = cJSON_PrintUnformatted(v);
+        if (js) {
+            ctx->on_chunk(p->path, name, js, strlen(js), ctx->chunk_ud);
+            cJSON_free(js);
+        }
+    }
+}
+
 /* One LM call through adapter kind: format, complete, parse every choice.
- * On success *parsed holds n_choices examples. */
+ * On success *parsed holds n_choices examples. stream: hand the answer's
+ * fields to the run's listener (see dx_call_opts.on_chunk). */
 static int attempt(dx_ctx *ctx, const dx_module *p, dx_adapter_kind kind,
-                   dx_pid lm, const dx_example *in, dx_lm_result **res_out,
-                   dx_example ***parsed, size_t *n_parsed)
+                   dx_pid lm, const dx_example *in, bool stream,
+                   dx_lm_result **res_out, dx_example ***parsed,
+                   size_t *n_parsed)
 {
     const dx_signature *s = p->sig;
     *res_out = NULL;
@@ -243,9 +302,22 @@ static int attempt(dx_ctx *ctx, const dx_module *p, dx_adapter_kind kind,
     dx_lm_error err = {0};
     dx_lm_result *res = NULL;
     int64_t left = dx_ctx_remaining_ms(ctx);
-    rc = left > 0 ? dx_lm_client_complete_opt(lm, req, &copts, left, &res, &err)
-                  : DX_ETIMEDOUT;
+    streamer sm = {.ctx = ctx, .p = p};
+    /* Without memory for the reader the call goes on unstreamed. */
+    bool incremental =
+        stream &&
+        dx_adapter_stream_new(kind, s, field_chunk, &sm, &sm.reader) == DX_OK;
+    if (left <= 0)
+        rc = DX_ETIMEDOUT;
+    else if (incremental)
+        rc = dx_lm_client_complete_stream(lm, req, &copts, left, lm_text, &sm,
+                                          &res, &err);
+    else
+        rc = dx_lm_client_complete_opt(lm, req, &copts, left, &res, &err);
     dx_lm_request_free(req);
+    if (incremental && rc == DX_OK)
+        (void)dx_adapter_stream_finish(sm.reader);
+    dx_adapter_stream_free(sm.reader);
     if (rc != DX_OK) {
         if (rc == DX_EPROVIDER)
             dx_ctx_fail(ctx, rc, "%s: LM call failed: %s: %s", p->path,
@@ -278,6 +350,8 @@ static int attempt(dx_ctx *ctx, const dx_module *p, dx_adapter_kind kind,
     }
     *parsed = v;
     *n_parsed = nc;
+    if (incremental && kind == DX_ADAPTER_JSON)
+        send_whole_fields(ctx, p, v[0], sm.streamed);
     return DX_OK;
 }
 
@@ -328,7 +402,8 @@ int dx__predict_forward(dx_ctx *ctx, const dx_module *p,
     dx_lm_result *res = NULL;
     dx_example **parsed = NULL;
     size_t n_parsed = 0;
-    rc = attempt(ctx, p, ctx->adapter, lm, in, &res, &parsed, &n_parsed);
+    rc = attempt(ctx, p, ctx->adapter, lm, in, ctx->on_chunk != NULL, &res,
+                 &parsed, &n_parsed);
     bool cached = res && res->cached;
     dx_lm_usage usage = {0};
     if (res) {
@@ -343,7 +418,8 @@ int dx__predict_forward(dx_ctx *ctx, const dx_module *p,
         dx_diag first = ctx->diag;
         dx_lm_result_free(res);
         res = NULL;
-        rc = attempt(ctx, p, DX_ADAPTER_JSON, lm, in, &res, &parsed, &n_parsed);
+        rc = attempt(ctx, p, DX_ADAPTER_JSON, lm, in, false, &res, &parsed,
+                     &n_parsed);
         if (res) {
             count_usage(ctx, pred, res);
             cached = res->cached;
@@ -485,6 +561,8 @@ int dx__run_program(const dx_module *m, const dx_example *inputs,
         .rollout_id = o->rollout_id,
         .cache_mode = o->cache_mode,
         .prices = o->prices ? o->prices : dx__default_prices(),
+        .on_chunk = o->on_chunk,
+        .chunk_ud = o->chunk_ud,
         .trace = trace,
     };
     dx_usage_acc_init(&ctx.usage, "run");

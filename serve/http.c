@@ -12,6 +12,12 @@
  * head is written as soon as it is answered; a connection that closes
  * early leaves its running requests behind as orphans that are freed when
  * their answer comes.
+ *
+ * A streamed answer (dx__serve_stream_send) is the same request answered
+ * in installments: its process appends chunks (chunked encoding) to the
+ * request's pending bytes under the mutex and queues it; when it is the
+ * head of its connection the loop writes whatever is pending, and the
+ * request is done once its process ended the stream and all is written.
  */
 #include <http_parser.h>
 #include <signal.h>
@@ -127,6 +133,7 @@ struct dx__conn {
     bool writing, reading, broken, closing;
     bool dash;     /* a dashboard watcher: gets every snapshot */
     int dash_left; /* snapshots until the stream ends; 0 = no end */
+    dx__sbuf sout; /* the streamed bytes being written */
 };
 
 static char rbuf[READ_BUF]; /* loop thread only: one read at a time */
@@ -142,6 +149,7 @@ void dx__sreq_free(dx__sreq *r)
     dx_free(r->body);
     dx_free(r->pre);
     dx_free(r->resp);
+    dx__sbuf_free(&r->spend);
     dx_free(r);
 }
 
@@ -264,7 +272,8 @@ static void on_deadline_timer(uv_timer_t *t)
         dx__sreq *prev = NULL;
         for (dx__sreq *r = c->head, *next; r != NULL; r = next) {
             next = r->next;
-            if (!r->answered && now - r->t0_ms >= srv->deadline_ms) {
+            if (!r->answered && !r->stream_seen &&
+                now - r->t0_ms >= srv->deadline_ms) {
                 expire(srv, c, prev, r);
                 /* the stand-in (or r, answered) now sits here */
                 prev = prev ? prev->next : c->head;
@@ -347,6 +356,125 @@ static const char *reason(int status)
     }
 }
 
+/* ---- streamed answers --------------------------------------------------- */
+
+/* Under srv->mu: put r on the answered queue unless it is there. */
+static void post_locked(dx_serve *srv, dx__sreq *r)
+{
+    if (r->s_queued)
+        return;
+    r->s_queued = true;
+    r->qnext = NULL;
+    if (srv->done_tail != NULL)
+        srv->done_tail->qnext = r;
+    else
+        srv->done_head = r;
+    srv->done_tail = r;
+}
+
+int dx__serve_stream_send(dx__sreq *r, const char *ctype,
+                          const char *extra_headers, const char *data,
+                          size_t len)
+{
+    dx_serve *srv = r->srv;
+    pthread_mutex_lock(&srv->mu);
+    if (srv->loop_gone) {
+        pthread_mutex_unlock(&srv->mu);
+        return DX_OK; /* nobody is listening any more */
+    }
+    r->spend.max = DX__STREAM_MAX_PENDING;
+    int rc = 0;
+    if (!r->streaming) {
+        rc = dx__sbuf_fmt(&r->spend,
+                          "HTTP/1.1 200 OK\r\nServer: dspex\r\nContent-Type: "
+                          "%s\r\nTransfer-Encoding: chunked\r\nX-Request-Id: "
+                          "%s\r\nConnection: %s\r\n%s\r\n",
+                          ctype ? ctype : "text/event-stream", r->rid,
+                          r->close_after ? "close" : "keep-alive",
+                          extra_headers ? extra_headers : "");
+        if (rc == 0) {
+            r->streaming = true;
+            r->status = 200;
+        }
+    }
+    /* A chunk goes in whole or not at all. */
+    if (rc == 0 && len > 0 && r->spend.len + len + 32 > r->spend.max)
+        rc = DX_ELIMIT;
+    if (rc == 0 && len > 0) {
+        rc = dx__sbuf_fmt(&r->spend, "%zx\r\n", len);
+        if (rc == 0)
+            rc = dx__sbuf_add(&r->spend, data, len);
+        if (rc == 0)
+            rc = dx__sbuf_str(&r->spend, "\r\n");
+    }
+    if (r->streaming)
+        post_locked(srv, r);
+    pthread_mutex_unlock(&srv->mu);
+    uv_async_send(&srv->async);
+    return rc;
+}
+
+bool dx__serve_stream_begun(dx__sreq *r)
+{
+    pthread_mutex_lock(&r->srv->mu);
+    bool b = r->streaming;
+    pthread_mutex_unlock(&r->srv->mu);
+    return b;
+}
+
+/* Under srv->mu: the last chunk, and r is the loop's again. Returns true
+ * when the caller must free r (the loop is gone and does not hold it). */
+static bool end_locked(dx_serve *srv, dx__sreq *r)
+{
+    r->s_ended = true;
+    if (srv->loop_gone)
+        return !r->s_queued; /* queued: dx__http_stop frees it */
+    /* Without room for the last chunk the client sees the stream cut. */
+    (void)dx__sbuf_str(&r->spend, "0\r\n\r\n");
+    post_locked(srv, r);
+    return false;
+}
+
+void dx__serve_stream_end(dx__sreq *r)
+{
+    dx_serve *srv = r->srv;
+    pthread_mutex_lock(&srv->mu);
+    bool free_it = end_locked(srv, r);
+    pthread_mutex_unlock(&srv->mu);
+    if (free_it)
+        dx__sreq_free(r);
+    else
+        uv_async_send(&srv->async);
+}
+
+/* dx__serve_answer for a request whose stream began (its process died
+ * mid-stream): the answer's body goes out as an error event, then the
+ * stream ends. body: where the answer's body starts, or NULL. True when
+ * it was handled so. */
+static bool stream_failed(dx__sreq *r, const char *body)
+{
+    dx_serve *srv = r->srv;
+    pthread_mutex_lock(&srv->mu);
+    if (!r->streaming) {
+        pthread_mutex_unlock(&srv->mu);
+        return false;
+    }
+    if (!srv->loop_gone && body != NULL) {
+        body += 4;
+        size_t n = strlen(body);
+        r->spend.max = 0; /* the last words always fit */
+        (void)dx__sbuf_fmt(&r->spend, "%zx\r\nevent: error\ndata: %s\n\n\r\n",
+                           n + 21, body);
+    }
+    bool free_it = end_locked(srv, r);
+    pthread_mutex_unlock(&srv->mu);
+    if (free_it)
+        dx__sreq_free(r);
+    else
+        uv_async_send(&srv->async);
+    return true;
+}
+
 void dx__serve_answer(dx__sreq *r, int status, const char *ctype,
                       const char *extra_headers, const char *body,
                       size_t body_len)
@@ -371,6 +499,10 @@ void dx__serve_answer(dx__sreq *r, int status, const char *ctype,
         out.len = out.p ? sizeof oom - 1 : 0;
         r->close_after = true;
         status = 500;
+    }
+    if (stream_failed(r, out.p ? strstr(out.p, "\r\n\r\n") : NULL)) {
+        dx__sbuf_free(&out);
+        return;
     }
     r->status = status;
     r->resp = out.p;
@@ -416,6 +548,7 @@ static void on_closed(uv_handle_t *h)
     dx__sbuf_free(&c->auth);
     dx__sbuf_free(&c->accept);
     dx__sbuf_free(&c->expect);
+    dx__sbuf_free(&c->sout);
     dx_free(c);
     check_drained(srv);
 }
@@ -467,12 +600,9 @@ static void on_shutdown(uv_shutdown_t *req, int status)
     close_conn(req->data);
 }
 
-static void on_write(uv_write_t *req, int status)
+/* The head request's response is all written (status < 0: it failed). */
+static void head_done(dx__conn *c, int status)
 {
-    dx__conn *c = req->data;
-    c->writing = false;
-    if (c->closing)
-        return;
     dx__sreq *r = c->head;
     c->head = r->next;
     if (c->head == NULL)
@@ -497,10 +627,65 @@ static void on_write(uv_write_t *req, int status)
     check_drained(c->srv);
 }
 
+static void on_write(uv_write_t *req, int status)
+{
+    dx__conn *c = req->data;
+    c->writing = false;
+    if (c->closing)
+        return;
+    head_done(c, status);
+}
+
+static void on_stream_write(uv_write_t *req, int status)
+{
+    dx__conn *c = req->data;
+    c->writing = false;
+    c->sout.len = 0;
+    if (c->closing)
+        return;
+    if (status < 0) {
+        close_conn(c);
+        return;
+    }
+    kick(c);
+}
+
+/* The head request streams: write what its process has added, and once
+ * it ended and all is out, it is done. */
+static void kick_stream(dx__conn *c, dx__sreq *r)
+{
+    dx_serve *srv = c->srv;
+    pthread_mutex_lock(&srv->mu);
+    dx__sbuf t = c->sout;
+    c->sout = r->spend;
+    r->spend = t; /* empty, its memory reused */
+    r->spend.max = c->sout.max;
+    pthread_mutex_unlock(&srv->mu);
+    if (c->sout.len > 0) {
+        uv_buf_t b = uv_buf_init(c->sout.p, (unsigned)c->sout.len);
+        c->wreq.data = c;
+        if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1,
+                     on_stream_write) != 0) {
+            close_conn(c);
+            return;
+        }
+        c->writing = true;
+        return;
+    }
+    if (r->answered)
+        head_done(c, 0);
+}
+
 static void kick(dx__conn *c)
 {
     dx__sreq *r = c->head;
-    if (c->closing || c->writing || r == NULL || !r->answered)
+    if (c->closing || c->writing || r == NULL)
+        return;
+    if (r->stream_seen) {
+        kick_stream(c, r);
+        return;
+    }
+    if (!r->answered)
         return;
     uv_buf_t b = uv_buf_init(r->resp, (unsigned)r->resp_len);
     c->wreq.data = c;
@@ -967,7 +1152,18 @@ static void on_async(uv_async_t *a)
 {
     dx_serve *srv = a->data;
     pthread_mutex_lock(&srv->mu);
-    dx__sreq *list = srv->done_head;
+    /* A streaming request's process may queue it again as soon as the
+     * lock is released: the batch is relinked through lnext, and its
+     * stream state read, while the lock is held. */
+    dx__sreq *list = NULL, **tail = &list;
+    for (dx__sreq *r = srv->done_head; r != NULL; r = r->qnext) {
+        r->s_queued = false;
+        r->stream_seen = r->stream_seen || r->streaming;
+        r->s_end_seen = r->s_ended;
+        r->lnext = NULL;
+        *tail = r;
+        tail = &r->lnext;
+    }
     srv->done_head = srv->done_tail = NULL;
     bool stop = srv->stop_asked;
     char *json = srv->snap_next;
@@ -977,8 +1173,12 @@ static void on_async(uv_async_t *a)
         broadcast(srv, json);
     while (list != NULL) {
         dx__sreq *r = list;
-        list = r->qnext;
-        r->qnext = NULL;
+        list = r->lnext;
+        if (r->stream_seen && !r->s_end_seen) {
+            if (r->conn != NULL)
+                kick(r->conn); /* more to write; it goes on */
+            continue;
+        }
         complete(srv, r);
     }
     if (stop && !srv->draining) {
@@ -1086,14 +1286,23 @@ int dx__http_stop(dx_serve *srv, int64_t drain_ms)
     uv_async_send(&srv->async);
     pthread_join(srv->thread, NULL);
     close_loop(srv);
-    /* Answers that arrived after the last turn of the loop. */
+    /* Answers that arrived after the last turn of the loop. A stream
+     * still going is left to its process, which frees it at its end. */
     pthread_mutex_lock(&srv->mu);
-    dx__sreq *list = srv->done_head;
+    dx__sreq *list = NULL;
+    for (dx__sreq *r = srv->done_head, *next; r != NULL; r = next) {
+        next = r->qnext;
+        r->s_queued = false;
+        if (r->streaming && !r->s_ended)
+            continue;
+        r->lnext = list;
+        list = r;
+    }
     srv->done_head = srv->done_tail = NULL;
     pthread_mutex_unlock(&srv->mu);
     while (list != NULL) {
         dx__sreq *r = list;
-        list = r->qnext;
+        list = r->lnext;
         dx__sreq_free(r);
     }
     dx_free(srv->snap_next);

@@ -12,6 +12,12 @@
  * the answer back with dx__serve_answer. If the child itself dies before
  * answering, the supervisor frees its job and the job's destructor
  * answers 500 for it, so no accepted request goes unanswered.
+ *
+ * A streaming request (SSE /predict, the chat route's "stream") runs its
+ * program with a stream listener (dx_call_opts.on_chunk) that turns each
+ * piece of an output field into an event and sends it at once
+ * (dx__serve_stream_send); the listener's state is in the heap, because
+ * the program's process writes it while the request's process waits.
  */
 #include <cjson/cJSON.h>
 #include <stdarg.h>
@@ -785,13 +791,181 @@ typedef struct run_out {
     char model[128];
 } run_out;
 
+/* ---- streaming a run as it goes ---------------------------------------- */
+
+#define MAX_LIVE_FIELDS 64
+
+/* A run's live answer: the stream listener's state. In the heap: the
+ * program's process writes it while the request process waits in
+ * dx_module_call, which returns only once that process is gone. */
+typedef struct live {
+    dx__sreq *r;
+    bool chat;
+    bool failed; /* a piece could not go out: send no more */
+    /* predict: the fields that had pieces (their value is not repeated) */
+    char *fields[MAX_LIVE_FIELDS];
+    size_t nfields;
+    /* chat: the field whose pieces are the message content (the program's
+     * one output; NULL: the content comes whole at the end), the content
+     * sent so far, and the chunk ids. */
+    const char *content_field;
+    dx__sbuf content;
+    char id[64];
+    long long created;
+} live;
+
+static const char predict_ctype[] = "text/event-stream";
+static const char chat_ctype[] = "text/event-stream; charset=utf-8";
+static const char sse_headers[] = "Cache-Control: no-cache\r\n";
+
+static void live_free(live *lv)
+{
+    if (lv == NULL)
+        return;
+    for (size_t i = 0; i < lv->nfields; i++)
+        dx_free(lv->fields[i]);
+    dx__sbuf_free(&lv->content);
+    dx_free(lv);
+}
+
+static void live_send(live *lv, const char *data, size_t len)
+{
+    if (!lv->failed &&
+        dx__serve_stream_send(lv->r, lv->chat ? chat_ctype : predict_ctype,
+                              sse_headers, data, len) != DX_OK)
+        lv->failed = true;
+}
+
+/* One OpenAI chunk: delta {role?, content?}, finish_reason (NULL: null),
+ * or, with usage, the usage chunk (no choices). */
+static char *chat_chunk(const live *lv, const char *model, const char *content,
+                        size_t len, bool role, const char *finish,
+                        const cJSON *usage)
+{
+    cJSON *ch = cJSON_CreateObject();
+    cJSON_AddStringToObject(ch, "id", lv->id);
+    cJSON_AddStringToObject(ch, "object", "chat.completion.chunk");
+    cJSON_AddNumberToObject(ch, "created", (double)lv->created);
+    cJSON_AddStringToObject(ch, "model", model);
+    cJSON *choices = cJSON_AddArrayToObject(ch, "choices");
+    if (usage == NULL) {
+        cJSON *c = cJSON_CreateObject();
+        cJSON_AddNumberToObject(c, "index", 0);
+        cJSON *delta = cJSON_AddObjectToObject(c, "delta");
+        if (role)
+            cJSON_AddStringToObject(delta, "role", "assistant");
+        if (content != NULL) {
+            char *t = dx_malloc(len + 1);
+            if (t != NULL) {
+                memcpy(t, content, len);
+                t[len] = '\0';
+                cJSON_AddStringToObject(delta, "content", t);
+                dx_free(t);
+            }
+        }
+        cJSON_AddNullToObject(c, "logprobs");
+        if (finish != NULL)
+            cJSON_AddStringToObject(c, "finish_reason", finish);
+        else
+            cJSON_AddNullToObject(c, "finish_reason");
+        cJSON_AddItemToArray(choices, c);
+    } else {
+        cJSON_AddItemToObject(ch, "usage", cJSON_Duplicate(usage, true));
+    }
+    char *t = cJSON_PrintUnformatted(ch);
+    cJSON_Delete(ch);
+    if (t == NULL)
+        return NULL;
+    size_t n = strlen(t);
+    char *ev = dx_malloc(n + 9);
+    if (ev != NULL) {
+        memcpy(ev, "data: ", 6);
+        memcpy(ev + 6, t, n);
+        memcpy(ev + 6 + n, "\n\n", 3);
+    }
+    cJSON_free(t);
+    return ev;
+}
+
+static void live_send_str(live *lv, char *ev)
+{
+    if (ev == NULL) {
+        lv->failed = true;
+        return;
+    }
+    live_send(lv, ev, strlen(ev));
+    dx_free(ev);
+}
+
+/* The stream listener (dx_call_opts.on_chunk), in the program's process. */
+static void live_chunk(const char *predictor, const char *field,
+                       const char *text, size_t len, void *ud)
+{
+    live *lv = ud;
+    if (lv->failed)
+        return;
+    if (lv->chat) {
+        if (lv->content_field == NULL || strcmp(field, lv->content_field) != 0)
+            return;
+        if (!dx__serve_stream_begun(lv->r))
+            live_send_str(
+                lv, chat_chunk(lv, lv->r->program, "", 0, true, NULL, NULL));
+        live_send_str(
+            lv, chat_chunk(lv, lv->r->program, text, len, false, NULL, NULL));
+        if (dx__sbuf_add(&lv->content, text, len) != 0)
+            lv->failed = true;
+        return;
+    }
+    bool known = false;
+    for (size_t i = 0; i < lv->nfields && !known; i++)
+        known = strcmp(lv->fields[i], field) == 0;
+    if (!known && lv->nfields < MAX_LIVE_FIELDS &&
+        (lv->fields[lv->nfields] = dx_strdup(field)) != NULL)
+        lv->nfields++;
+    dx__sbuf b = {0};
+    int rc = dx__sbuf_str(&b, "event: field\ndata: {\"field\":");
+    if (rc == 0)
+        rc = dx__sbuf_json_str(&b, field);
+    if (rc == 0)
+        rc = dx__sbuf_str(&b, ",\"predictor\":");
+    if (rc == 0)
+        rc = dx__sbuf_json_str(&b, predictor);
+    if (rc == 0)
+        rc = dx__sbuf_str(&b, ",\"chunk\":");
+    char *t = rc == 0 ? dx_malloc(len + 1) : NULL;
+    if (t != NULL) {
+        memcpy(t, text, len);
+        t[len] = '\0';
+        rc = dx__sbuf_json_str(&b, t);
+        dx_free(t);
+    } else {
+        rc = DX_ENOMEM;
+    }
+    if (rc == 0)
+        rc = dx__sbuf_str(&b, "}\n\n");
+    if (rc == 0)
+        live_send(lv, b.p, b.len);
+    else
+        lv->failed = true;
+    dx__sbuf_free(&b);
+}
+
+static bool live_had(const live *lv, const char *field)
+{
+    for (size_t i = 0; lv != NULL && i < lv->nfields; i++)
+        if (strcmp(lv->fields[i], field) == 0)
+            return true;
+    return false;
+}
+
 static int64_t remaining_ms(const dx__sreq *r)
 {
     return r->srv->deadline_ms - (dx_now_ms() - r->t0_ms);
 }
 
 /* Check and run one inputs object. */
-static void run_one(dx__sreq *r, dx__prog *p, const cJSON *inputs, run_out *o)
+static void run_one(dx__sreq *r, dx__prog *p, const cJSON *inputs, live *lv,
+                    run_out *o)
 {
     memset(o, 0, sizeof *o);
     dx_usage_acc_init(&o->usage, NULL);
@@ -834,6 +1008,8 @@ static void run_one(dx__sreq *r, dx__prog *p, const cJSON *inputs, run_out *o)
         .lm_name = r->srv->lm_name,
         .adapter = r->srv->adapter,
         .timeout_ms = left,
+        .on_chunk = lv ? live_chunk : NULL,
+        .chunk_ud = lv,
     };
     dx_prediction *pred = NULL;
     dx_diag d = {0};
@@ -922,9 +1098,18 @@ static void do_predict(job *j)
         }
     }
     run_out o;
-    run_one(r, r->prog, inputs, &o);
+    bool sse = r->want_sse ||
+               cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "stream"));
+    live *lv = sse ? dx_calloc(1, sizeof *lv) : NULL;
+    if (lv != NULL)
+        lv->r = r;
+    run_one(r, r->prog, inputs, lv, &o);
     cJSON_Delete(root);
+    bool begun = lv != NULL && dx__serve_stream_begun(r);
     if (o.status != 200) {
+        /* Mid-stream, the error answer becomes the stream's last event
+         * ("event: error", dx__serve_answer). */
+        live_free(lv);
         post_error(j, o.status, o.code, "%s", o.msg);
         return;
     }
@@ -935,14 +1120,18 @@ static void do_predict(job *j)
     cJSON_AddItemToObject(out, "usage", usage_json(&o.usage));
     if (o.model[0])
         cJSON_AddStringToObject(out, "model", o.model);
-    if (!r->want_sse) {
+    if (!sse) {
         post_json(j, 200, out);
         return;
     }
-    /* Server-sent events: one event per output field, then the result. */
+    /* Server-sent events: the pieces streamed so far (if any) went out as
+     * "field" events with a "chunk"; now one "field" event with the whole
+     * "value" for each output that had no pieces, then the result. */
     dx__sbuf b = {0};
     int rc = 0;
     for (const cJSON *f = o.outputs->child; rc == 0 && f; f = f->next) {
+        if (live_had(lv, f->string))
+            continue;
         cJSON *ev = cJSON_CreateObject();
         cJSON_AddStringToObject(ev, "field", f->string);
         cJSON_AddItemToObject(ev, "value", cJSON_Duplicate(f, true));
@@ -956,12 +1145,18 @@ static void do_predict(job *j)
         rc = t ? dx__sbuf_fmt(&b, "event: done\ndata: %s\n\n", t) : DX_ENOMEM;
     cJSON_free(t);
     cJSON_Delete(out);
+    live_free(lv);
     j->posted = true;
-    if (rc != 0)
+    if (begun) {
+        if (rc == 0)
+            (void)dx__serve_stream_send(r, predict_ctype, sse_headers, b.p,
+                                        b.len);
+        dx__serve_stream_end(r);
+    } else if (rc != 0) {
         dx__serve_error(r, 500, "internal", "out of memory");
-    else
-        dx__serve_answer(r, 200, "text/event-stream",
-                         "Cache-Control: no-cache\r\n", b.p, b.len);
+    } else {
+        dx__serve_answer(r, 200, predict_ctype, sse_headers, b.p, b.len);
+    }
     dx__sbuf_free(&b);
 }
 
@@ -999,7 +1194,7 @@ static void do_batch(job *j)
     int failed = 0;
     for (const cJSON *it = items->child; it; it = it->next) {
         run_out o;
-        run_one(r, r->prog, it, &o);
+        run_one(r, r->prog, it, NULL, &o);
         dx_usage_acc_merge(&total, &o.usage);
         cJSON *res = cJSON_CreateObject();
         if (o.status == 200) {
@@ -1037,6 +1232,39 @@ static char *content_text(const cJSON *content)
         }
     }
     return b.p ? b.p : dx_strdup("");
+}
+
+/* The end of a chat stream that began: what the content still lacks
+ * (normally nothing: the pieces were the content), the finish chunk, the
+ * usage chunk when asked for, [DONE]. If the pieces are not a prefix of
+ * the content (a program whose several predictors write the output
+ * field), nothing more of the content is sent. */
+static void chat_finish(job *j, live *lv, const char *content,
+                        const dx_usage_acc *u, bool include_usage)
+{
+    dx__sreq *r = j->r;
+    j->posted = true;
+    size_t have = lv->content.len, n = strlen(content);
+    if (have < n &&
+        memcmp(content, lv->content.p ? lv->content.p : "", have) == 0)
+        live_send_str(lv, chat_chunk(lv, r->program, content + have, n - have,
+                                     false, NULL, NULL));
+    live_send_str(lv, chat_chunk(lv, r->program, NULL, 0, false, "stop", NULL));
+    if (include_usage) {
+        cJSON *usage = cJSON_CreateObject();
+        cJSON_AddNumberToObject(usage, "prompt_tokens",
+                                (double)u->input_tokens);
+        cJSON_AddNumberToObject(usage, "completion_tokens",
+                                (double)u->output_tokens);
+        cJSON_AddNumberToObject(usage, "total_tokens",
+                                (double)(u->input_tokens + u->output_tokens));
+        live_send_str(lv,
+                      chat_chunk(lv, r->program, NULL, 0, false, NULL, usage));
+        cJSON_Delete(usage);
+    }
+    static const char done[] = "data: [DONE]\n\n";
+    live_send(lv, done, sizeof done - 1);
+    dx__serve_stream_end(r);
 }
 
 static void do_chat(job *j)
@@ -1112,11 +1340,25 @@ static void do_chat(job *j)
             return;
         }
     }
+    /* Streamed: the pieces of the program's one output are the content
+     * as they come; with several outputs the content (a JSON object of
+     * them) comes whole at the end. */
+    live *lv = stream ? dx_calloc(1, sizeof *lv) : NULL;
+    if (lv != NULL) {
+        lv->r = r;
+        lv->chat = true;
+        lv->content_field = p->noutputs == 1 ? p->outputs[0] : NULL;
+        lv->content.max = DX__STREAM_MAX_PENDING;
+        snprintf(lv->id, sizeof lv->id, "chatcmpl-%s", r->rid);
+        lv->created = (long long)time(NULL);
+    }
     run_out o;
-    run_one(r, p, inputs, &o);
+    run_one(r, p, inputs, lv, &o);
     cJSON_Delete(inputs);
     cJSON_Delete(root);
+    bool begun = lv != NULL && dx__serve_stream_begun(r);
     if (o.status != 200) {
+        live_free(lv); /* mid-stream: an "event: error" ends the stream */
         post_error(j, o.status, o.code, "%s", o.msg);
         return;
     }
@@ -1133,9 +1375,17 @@ static void do_chat(job *j)
     }
     cJSON_Delete(o.outputs);
     if (content == NULL) {
+        live_free(lv);
         post_error(j, 500, "internal", "out of memory");
         return;
     }
+    if (begun) {
+        chat_finish(j, lv, content, &o.usage, include_usage);
+        live_free(lv);
+        dx_free(content);
+        return;
+    }
+    live_free(lv);
     char id[64];
     snprintf(id, sizeof id, "chatcmpl-%s", r->rid);
     long long created = (long long)time(NULL);

@@ -94,6 +94,16 @@ struct dx__sreq {
     int status;
     char *resp;
     size_t resp_len;
+    /* A streamed answer (dx__serve_stream_send): under srv->mu, the bytes
+     * not yet handed to the loop (chunked encoding, head first), whether
+     * it began and ended, and whether r sits on the answered queue. */
+    dx__sbuf spend;
+    bool streaming, s_ended, s_queued;
+    /* Loop thread: it has seen the stream begin (then the deadline sweep
+     * leaves r alone: the run's own deadline ends the stream). */
+    bool stream_seen;
+    bool s_end_seen; /* loop thread: ... and its end */
+    dx__sreq *lnext; /* loop thread: in a batch of answered requests */
 };
 
 /* Build the full HTTP response for r (status line, headers, body) and hand
@@ -103,6 +113,22 @@ struct dx__sreq {
 void dx__serve_answer(dx__sreq *r, int status, const char *ctype,
                       const char *extra_headers, const char *body,
                       size_t body_len);
+/* A streamed answer, from the request's process (or its program's, never
+ * both at once): the first call sends the head (status 200, ctype,
+ * extra_headers, chunked transfer encoding), every call one chunk of data.
+ * DX_OK; DX_ELIMIT when more than DX__STREAM_MAX_PENDING bytes wait for a
+ * slow client (then end the stream); DX_ENOMEM. Any thread. */
+#define DX__STREAM_MAX_PENDING (4u << 20)
+int dx__serve_stream_send(dx__sreq *r, const char *ctype,
+                          const char *extra_headers, const char *data,
+                          size_t len);
+/* Whether r's stream has begun (its answer must go on in the stream). */
+bool dx__serve_stream_begun(dx__sreq *r);
+/* End r's stream; afterwards the caller must not touch r. An answer given
+ * with dx__serve_answer to a request whose stream began (its process died
+ * mid-stream) goes out as an "event: error" with that body, then the end.
+ * Any thread. */
+void dx__serve_stream_end(dx__sreq *r);
 /* An error answer: {"error":{"code","message","request_id"}} (OpenAI's
  * shape for the chat route). */
 void dx__serve_error(dx__sreq *r, int status, const char *code, const char *fmt,

@@ -105,4 +105,46 @@ DX_API int dx_adapter_parse_value(const dx_field *f, const char *text,
 DX_API int dx_adapter_format_value(const dx_field *f, const cJSON *value,
                                    char **out);
 
+/* ---- streaming an answer (DSPy's StreamListener) -----------------------
+ *
+ * An incremental reader of an answer as it arrives: fed the text in any
+ * chunking, it calls fn(field, text, len) with each piece of an output
+ * field's text, never a section marker. ChatAdapter: a section starts at a
+ * line whose stripped text begins with `[[ ## name ## ]]` (as
+ * dx_adapter_parse reads it); the pieces of a field add up to the text
+ * dx_adapter_parse gives that field before type conversion (leading and
+ * trailing whitespace dropped: whitespace is held back until text follows
+ * it), only the first section of each output field is streamed, and text
+ * of unknown sections, of the completed marker and before the first
+ * marker is dropped. A line that may still become a marker is held back
+ * until it is decided (a newline, or text no marker can continue).
+ * JSONAdapter: the string value of each top-level output field streams
+ * as it is decoded (its pieces add up to the parsed string); values that
+ * are not strings, nested objects and text before the first '{' give no
+ * pieces; an answer it cannot follow (single quotes, say) stops streaming
+ * there, and a key repeated later streams only its first value (the parse
+ * keeps the last). fn runs in the feeding
+ * thread, inside feed and finish; field is borrowed for the call (the
+ * signature's name). */
+typedef void (*dx_adapter_chunk_fn)(const char *field, const char *text,
+                                    size_t len, void *ud);
+
+typedef struct dx_adapter_stream dx_adapter_stream;
+
+/* s must outlive the reader. DX_OK: *out is the caller's
+ * (dx_adapter_stream_free). DX_EINVAL (NULL s, fn or out, unknown kind),
+ * DX_ENOMEM. */
+DX_API int dx_adapter_stream_new(dx_adapter_kind kind, const dx_signature *s,
+                                 dx_adapter_chunk_fn fn, void *ud,
+                                 dx_adapter_stream **out);
+/* Feed the next len bytes of the answer. DX_OK, DX_ENOMEM (sticky: later
+ * calls return it and fn is not called again). */
+DX_API int dx_adapter_stream_feed(dx_adapter_stream *st, const char *text,
+                                  size_t len);
+/* The answer is complete: decide a last line still held back. DX_OK,
+ * DX_ENOMEM. */
+DX_API int dx_adapter_stream_finish(dx_adapter_stream *st);
+/* NULL is a no-op. */
+DX_API void dx_adapter_stream_free(dx_adapter_stream *st);
+
 #endif

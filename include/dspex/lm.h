@@ -176,6 +176,42 @@ DX_API int dx_lm_client_complete_opt(dx_pid client, const dx_lm_request *req,
                                      int64_t timeout_ms, dx_lm_result **out,
                                      dx_lm_error *err);
 
+/* ---- streaming ------------------------------------------------------------
+ *
+ * A caller may ask for the answer's text as it arrives. The callback runs
+ * in the calling process, inside dx_lm_client_complete_stream, once per
+ * piece of text of choice 0, in order; the concatenation of what it got
+ * equals the final response's text (choice 0) whenever the call succeeds.
+ * The final reply is then returned as by dx_lm_client_complete_opt.
+ *
+ *   - A cache hit delivers the whole text as one piece.
+ *   - The worker that makes the upstream call streams (request->stream on
+ *     its copy; the cache key ignores it) and sends each text delta to the
+ *     server, which forwards it to every streaming caller of that flight.
+ *   - A streaming caller joining a flight in progress first gets the text
+ *     so far as one piece, then the rest as it comes. A flight started by a
+ *     non-streaming caller is not streamed: a streaming caller joining it
+ *     gets the whole text as one piece when it ends.
+ *   - Retries and fallbacks never duplicate text: once a delta of an
+ *     attempt has been forwarded, that flight is not retried nor moved to
+ *     another endpoint; a failure after it is the call's failure (before
+ *     the first delta the retry policy and the fallbacks apply as usual).
+ *   - Text deltas of a call that timed out on the caller's side stay in
+ *     its mailbox tagged with the call's reference, like a late reply.
+ */
+typedef void (*dx_lm_text_fn)(const char *text, size_t len, void *ud);
+
+/* dx_lm_client_complete_opt with on_text called for each piece of text as
+ * described above (on_text may be NULL: then it is the plain call). Same
+ * results and ownership; the callback is not called after the function
+ * returns, and on a failure the text it got so far is all there is.
+ * Process only (DX_ENOTPROC from a host thread). */
+DX_API int dx_lm_client_complete_stream(dx_pid client, const dx_lm_request *req,
+                                        const dx_lm_client_call_opts *copts,
+                                        int64_t timeout_ms,
+                                        dx_lm_text_fn on_text, void *ud,
+                                        dx_lm_result **out, dx_lm_error *err);
+
 /* The client's usage totals so far (its name is the primary model).
  * DX_OK, DX_EINVAL (NULL out), DX_ENOPROC, DX_ETIMEDOUT. Process. */
 DX_API int dx_lm_client_usage(dx_pid client, dx_usage_acc *out);
@@ -197,6 +233,7 @@ typedef struct dx_lm_client_stats {
     uint64_t rate_waits;    /* requests that had to queue for the limiter */
     uint64_t rate_expired;  /* queued requests that reached their deadline */
     uint64_t rate_rejected; /* refused by the limiter (DX_ELIMIT) */
+    uint64_t streamed;      /* upstream calls made streaming */
     size_t in_flight;       /* distinct requests being worked on or queued */
     size_t queued;          /* of those, waiting for the limiter */
     /* Breaker state per endpoint, primary first (CLOSED past the last). */

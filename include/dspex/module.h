@@ -198,6 +198,13 @@ DX_API void dx_trace_free(dx_trace *t);
 
 #define DX_TRACE_MAX_STEPS 10000
 
+/* A stream listener (DSPy's streamify / StreamListener): a piece of the
+ * text of output field `field` of the predictor at path `predictor`
+ * ("self", "generate.predict", ...), as the LM's answer streams in. Text
+ * and names are borrowed for the call. */
+typedef void (*dx_field_chunk_fn)(const char *predictor, const char *field,
+                                  const char *text, size_t len, void *ud);
+
 typedef struct dx_call_opts {
     /* The LM client for predictors without their own lm_name; or, when
      * DX_NOPID, the client registered as lm_name (NULL: "lm"). */
@@ -218,6 +225,22 @@ typedef struct dx_call_opts {
     /* Prices for the run's usage totals; NULL = built-in defaults. Must
      * outlive the call. */
     const dx_usage_prices *prices;
+    /* Stream listener, or NULL. Set, every Predict (and ChainOfThought,
+     * whose reasoning is an output field) of the run asks its LM client to
+     * stream (dx_lm_client_complete_stream) and reads the answer
+     * incrementally (dx_adapter_stream): on_chunk gets each piece of each
+     * output field, never a marker; the pieces of a field add up to its
+     * text before type conversion. A cache hit comes as one piece per
+     * field. With the JSONAdapter a string value streams as it is decoded;
+     * a field whose value is not a string comes whole, as JSON, once the
+     * answer parsed. The ChatAdapter's JSON fallback call (an unreadable
+     * answer) is not streamed, and what its first answer streamed stands.
+     * Only the first completion streams (n > 1); ReAct's own LM calls do
+     * not stream. The prediction is the same as without a listener. Runs
+     * in the program's process, inside the LM call; it must not block for
+     * long (the answer waits). */
+    dx_field_chunk_fn on_chunk;
+    void *chunk_ud;
 } dx_call_opts;
 
 /* Run m on inputs in a new process and wait for it (timeout_ms of opts).

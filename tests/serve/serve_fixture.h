@@ -214,6 +214,54 @@ static void hc_send(hconn *c, const char *method, const char *path,
         hc_send_raw(c, body, blen);
 }
 
+/* The body of a chunked response (a streamed answer) after its head of
+ * hlen bytes, decoded. */
+static bool hc_read_chunked(hconn *c, hresp *r, size_t hlen)
+{
+    size_t at = hlen;
+    size_t cap = 4096, blen = 0;
+    char *body = malloc(cap);
+    for (;;) {
+        char *eol;
+        while ((c->buf[c->len] = '\0', eol = strstr(c->buf + at, "\r\n")) ==
+               NULL) {
+            ssize_t k =
+                recv(c->fd, c->buf + c->len, sizeof c->buf - 1 - c->len, 0);
+            if (k <= 0) {
+                free(body);
+                return false;
+            }
+            c->len += (size_t)k;
+        }
+        size_t n = strtoul(c->buf + at, NULL, 16);
+        size_t data = (size_t)(eol - c->buf) + 2;
+        while (c->len < data + n + 2) {
+            ssize_t k =
+                recv(c->fd, c->buf + c->len, sizeof c->buf - 1 - c->len, 0);
+            if (k <= 0) {
+                free(body);
+                return false;
+            }
+            c->len += (size_t)k;
+        }
+        if (blen + n + 1 > cap) {
+            cap = (blen + n + 1) * 2;
+            body = realloc(body, cap);
+        }
+        memcpy(body + blen, c->buf + data, n);
+        blen += n;
+        at = data + n + 2;
+        if (n == 0)
+            break;
+    }
+    body[blen] = '\0';
+    r->body = body;
+    r->body_len = blen;
+    memmove(c->buf, c->buf + at, c->len - at);
+    c->len -= at;
+    return true;
+}
+
 /* Read one response; false if the connection closed before a whole one. */
 static bool hc_read(hconn *c, hresp *r)
 {
@@ -233,6 +281,8 @@ static bool hc_read(hconn *c, hresp *r)
     sscanf(r->head, "HTTP/1.1 %d", &r->status);
     const char *cl = strcasestr(r->head, "\r\nContent-Length:");
     size_t blen = cl ? strtoul(cl + 17, NULL, 10) : 0;
+    if (strcasestr(r->head, "\r\nTransfer-Encoding: chunked") != NULL)
+        return hc_read_chunked(c, r, hlen);
     while (c->len < hlen + blen) {
         ssize_t k = recv(c->fd, c->buf + c->len, sizeof c->buf - 1 - c->len, 0);
         if (k <= 0)
