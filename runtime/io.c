@@ -8,6 +8,11 @@
  * takes the whole list at once, so a burst of submissions costs one wake-up.
  * The uv_async_send happens under the same mutex that tells a submitter the
  * loop runs, so no submitter can signal a handle that stop already closed.
+ *
+ * Hosted mode (dx_io_start_hosted): the loop is the host's and its thread
+ * is the host's; there is no I/O thread to start or join, and stop closes
+ * only what dspex opened (the modules' hooks and the async handle), never
+ * the host's own handles.
  */
 #include "dspex/io.h"
 
@@ -37,7 +42,9 @@ static struct {
     work *head;
     work *tail;
     /* Loop thread only. */
-    uv_loop_t loop;
+    uv_loop_t own_loop; /* the I/O thread's */
+    uv_loop_t *loop;    /* &own_loop, or the host's */
+    bool hosted;
     uv_async_t async;
     work *hooks; /* LIFO: the last registered runs first */
     bool closing;
@@ -90,9 +97,14 @@ static void on_async(uv_async_t *h)
     work *hk = g.hooks;
     g.hooks = NULL;
     run_list(hk);
+    if (g.hosted) {
+        /* The other handles on the loop are the host's. */
+        uv_close((uv_handle_t *)&g.async, NULL);
+        return;
+    }
     /* A handle a module left open would keep the loop running forever:
      * close it (this closes the async handle too). */
-    uv_walk(&g.loop, close_any, NULL);
+    uv_walk(g.loop, close_any, NULL);
 }
 
 static void *loop_main(void *arg)
@@ -100,12 +112,12 @@ static void *loop_main(void *arg)
     (void)arg;
     on_loop = true;
     pthread_setname_np(pthread_self(), "dx-io");
-    uv_run(&g.loop, UV_RUN_DEFAULT);
-    if (uv_loop_close(&g.loop) == UV_EBUSY) {
+    uv_run(g.loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(g.loop) == UV_EBUSY) {
         /* A module left a handle open; close it rather than leak the loop. */
-        uv_walk(&g.loop, close_any, NULL);
-        uv_run(&g.loop, UV_RUN_DEFAULT);
-        uv_loop_close(&g.loop);
+        uv_walk(g.loop, close_any, NULL);
+        uv_run(g.loop, UV_RUN_DEFAULT);
+        uv_loop_close(g.loop);
     }
     on_loop = false;
     return NULL;
@@ -131,12 +143,14 @@ int dx_io_start(void)
         pthread_mutex_unlock(&g.life);
         return st == IO_RUNNING ? DX_OK : DX_ESTATE;
     }
-    if (uv_loop_init(&g.loop) != 0) {
+    if (uv_loop_init(&g.own_loop) != 0) {
         pthread_mutex_unlock(&g.life);
         return DX_ESYS;
     }
-    if (uv_async_init(&g.loop, &g.async, on_async) != 0) {
-        uv_loop_close(&g.loop);
+    g.loop = &g.own_loop;
+    g.hosted = false;
+    if (uv_async_init(g.loop, &g.async, on_async) != 0) {
+        uv_loop_close(g.loop);
         pthread_mutex_unlock(&g.life);
         return DX_ESYS;
     }
@@ -159,8 +173,8 @@ int dx_io_start(void)
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
         uv_close((uv_handle_t *)&g.async, NULL);
-        uv_run(&g.loop, UV_RUN_DEFAULT);
-        uv_loop_close(&g.loop);
+        uv_run(g.loop, UV_RUN_DEFAULT);
+        uv_loop_close(g.loop);
         pthread_mutex_unlock(&g.life);
         return DX_ESYS;
     }
@@ -171,11 +185,67 @@ int dx_io_start(void)
     return DX_OK;
 }
 
-int dx_io_stop(void)
+int dx_io_start_hosted(struct uv_loop_s *loop)
 {
+    if (loop == NULL)
+        return DX_EINVAL;
     if (on_loop)
         return DX_ESTATE;
     pthread_mutex_lock(&g.life);
+    pthread_mutex_lock(&g.mu);
+    int st = g.state;
+    pthread_mutex_unlock(&g.mu);
+    if (st != IO_STOPPED) {
+        pthread_mutex_unlock(&g.life);
+        return DX_ESTATE;
+    }
+    if (uv_async_init(loop, &g.async, on_async) != 0) {
+        pthread_mutex_unlock(&g.life);
+        return DX_ESYS;
+    }
+    g.loop = loop;
+    g.hosted = true;
+    g.closing = false;
+    g.hooks = NULL;
+    on_loop = true;
+    pthread_mutex_lock(&g.mu);
+    g.state = IO_RUNNING;
+    pthread_mutex_unlock(&g.mu);
+    pthread_mutex_unlock(&g.life);
+    return DX_OK;
+}
+
+/* Stop in hosted mode, on the host's loop thread: what on_async does when
+ * it sees the stop, done now (queued work, the hooks, closing the async
+ * handle); the closes complete on the host's next turns of its loop. */
+static int stop_hosted(void)
+{
+    pthread_mutex_lock(&g.life);
+    pthread_mutex_lock(&g.mu);
+    g.state = IO_STOPPING;
+    pthread_mutex_unlock(&g.mu);
+    on_async(&g.async);
+    pthread_mutex_lock(&g.mu);
+    g.state = IO_STOPPED;
+    pthread_mutex_unlock(&g.mu);
+    g.hosted = false;
+    on_loop = false;
+    pthread_mutex_unlock(&g.life);
+    return DX_OK;
+}
+
+int dx_io_stop(void)
+{
+    if (on_loop && g.hosted)
+        return stop_hosted();
+    if (on_loop)
+        return DX_ESTATE;
+    pthread_mutex_lock(&g.life);
+    if (g.hosted) {
+        /* Only the host's loop thread may run the stop. */
+        pthread_mutex_unlock(&g.life);
+        return DX_ESTATE;
+    }
     pthread_mutex_lock(&g.mu);
     if (g.state != IO_RUNNING) {
         pthread_mutex_unlock(&g.mu);
@@ -239,7 +309,7 @@ int dx_io_call(void (*fn)(void *arg), void *arg)
 
 struct uv_loop_s *dx_io_loop(void)
 {
-    return on_loop ? &g.loop : NULL;
+    return on_loop ? g.loop : NULL;
 }
 
 bool dx_io_on_loop_thread(void)

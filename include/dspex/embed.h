@@ -26,10 +26,10 @@
  * drain deadline, or the runtime stopped under the call — the program's
  * process ending with reason `shutdown` counts as that, not as a crash).
  *
- * The runtime's own threads keep running as before (schedulers and the
- * I/O thread that drives LM transfers); the host loop only receives
- * completions. docs/embedding.md is the guide; examples/embed_service.c a
- * whole host.
+ * The runtime's scheduler threads keep running as before. LM transfers
+ * run on dspex's I/O thread, or on the host's loop too when the host calls
+ * dx_io_start_hosted (io.h) on it. docs/embedding.md is the guide;
+ * examples/embed_service.c a whole host.
  *
  * Threads: "host thread" functions must not be called from a dspex process
  * (DX_ESTATE), because they block the calling OS thread and a process

@@ -28,13 +28,29 @@ struct uv_loop_s;
  * behind). Any thread except the I/O thread. */
 DX_API int dx_io_start(void);
 
+/* Run the runtime's I/O on the host's libuv loop instead of a thread of
+ * its own ("hosted"): call it on the thread that runs `loop`, after
+ * dx_runtime_start and before anything uses I/O (the first LM call would
+ * otherwise start the I/O thread). From then on every transfer runs on the
+ * host's thread while it runs its loop (uv_run): a host that blocks its
+ * loop thread — a blocking program call on it included — stalls every LM
+ * call. Stop with dx_io_stop (or dx_runtime_stop) on that same thread;
+ * the handles dspex opened then close on the loop's next turns, so run the
+ * loop once more before closing it. The host's own handles are never
+ * touched. DX_OK; DX_EINVAL (NULL loop); DX_ESTATE (the I/O loop already
+ * runs, threaded or hosted); DX_ESYS. Host's loop thread. */
+DX_API int dx_io_start_hosted(struct uv_loop_s *loop);
+
 /* Stop the I/O thread: work already submitted runs first, then the stop
  * hooks (dx_io_at_stop) run in reverse order of registration and close
  * their handles (any handle still open after them is closed by the loop),
  * then the loop is closed and the thread joined. Blocks until
  * done. DX_OK also when it was not running (idempotent). DX_ESTATE when
  * called on the I/O thread itself. Any other thread, processes included
- * (the calling process's scheduler thread blocks for the duration). */
+ * (the calling process's scheduler thread blocks for the duration).
+ * Hosted (dx_io_start_hosted): only on the host's loop thread, where it
+ * runs the queued work and the hooks at once and does not block
+ * (DX_ESTATE elsewhere). */
 DX_API int dx_io_stop(void);
 
 /* Whether the I/O thread runs right now (racy by nature). Any thread. */

@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #include "dspex/embed.h"
+#include "dspex/io.h"
 #include "dspex/lm.h"
 #include "dspex/program.h"
 #include "lm_fixture.h"
@@ -751,5 +752,86 @@ Test(embed, an_application_with_a_sim_lm_client_serves_a_program)
     cr_assert_eq(dx_embed_shutdown(e, 1000, &rep), DX_OK);
     cr_expect_eq(rep.apps, 1);
     dx_lm_client_child_spec_free(&child);
+    dx_module_free(m);
+}
+
+/* ---- the runtime's I/O on the host's loop ------------------------------ */
+
+typedef struct hosted_result {
+    uv_loop_t *loop;
+    pthread_t loop_thread;
+    int rc;
+    bool on_loop;
+    char answer[64];
+} hosted_result;
+
+static void hosted_done(dx_embed_call *call, int rc, dx_prediction *pred,
+                        const dx_diag *diag, void *ud)
+{
+    (void)call;
+    (void)diag;
+    hosted_result *h = ud;
+    h->rc = rc;
+    h->on_loop = pthread_equal(pthread_self(), h->loop_thread);
+    snprintf(h->answer, sizeof h->answer, "%s",
+             pred ? dx_prediction_get_str(pred, "answer", "") : "");
+    dx_prediction_free(pred);
+    uv_stop(h->loop);
+}
+
+/* A host whose one libuv loop runs both the runtime's HTTP transfers
+ * (dx_io_start_hosted) and the completions (dx_embed_attach_loop): a
+ * program call against the local LM server completes with no I/O thread
+ * of dspex's own, and everything dspex opened on the loop is closed at
+ * the end. */
+Test(embed, a_hosts_loop_runs_the_lm_io_and_the_completions)
+{
+    uv_loop_t loop;
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    dx_embed *e = embed_new(0);
+    cr_assert_eq(dx_io_start_hosted(&loop), DX_OK);
+    cr_assert_eq(dx_embed_attach_loop(e, &loop), DX_OK);
+
+    dx_lmserver *ls = NULL;
+    cr_assert_eq(dx_lmserver_start(NULL, &ls), DX_OK);
+    char base[128];
+    snprintf(base, sizeof base, "http://127.0.0.1:%d/v1", dx_lmserver_port(ls));
+    cr_assert_eq(dx_lmserver_push_reply(
+                     ls, "[[ ## answer ## ]]\nLima\n\n[[ ## completed ## ]]"),
+                 DX_OK);
+    dx_lm_client_opts lo = {
+        .primary = {"openai-compatible/test", base, "sk-test"}};
+    dx_child_spec child;
+    cr_assert_eq(dx_lm_client_child_spec(&child, "lm", &lo, "lm"), DX_OK);
+    dx_sup_spec root = {
+        .name = "hosted_io_root", .children = &child, .nchildren = 1};
+    cr_assert_eq(dx_embed_app_start(e, &root, NULL, NULL), DX_OK);
+
+    dx_module *m = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(
+        dx_program_parse(capitals, strlen(capitals), "capitals", &m, &d), DX_OK,
+        "%s", d.msg);
+    dx_example *in = dx_example_new();
+    dx_example_set_str(in, "question", "What is the capital of Peru?");
+    hosted_result h = {.loop = &loop, .loop_thread = pthread_self(), .rc = -1};
+    cr_assert_eq(dx_embed_call_async(e, m, in, NULL, hosted_done, &h, NULL),
+                 DX_OK);
+    dx_example_free(in);
+    cr_assert_eq(uv_run(&loop, UV_RUN_DEFAULT), 1, "stopped by the callback");
+    cr_assert_eq(h.rc, DX_OK);
+    cr_assert(h.on_loop);
+    cr_assert_str_eq(h.answer, "Lima");
+    dx_lmserver_stats st;
+    dx_lmserver_stats_get(ls, &st);
+    cr_assert_eq(st.requests, 1, "the answer came over HTTP");
+    cr_assert(dx_io_on_loop_thread(), "this thread is the I/O loop's");
+
+    cr_assert_eq(dx_embed_shutdown(e, 1000, NULL), DX_OK);
+    dx_lm_client_child_spec_free(&child);
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    cr_assert_eq(uv_run(&loop, UV_RUN_DEFAULT), 0, "dspex left nothing open");
+    cr_assert_eq(uv_loop_close(&loop), 0);
+    dx_lmserver_stop_free(ls);
     dx_module_free(m);
 }

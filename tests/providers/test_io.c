@@ -8,7 +8,10 @@
  * threads only.
  */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <pthread.h>
+#include <stdio.h>
+#include <string.h>
 #include <stdatomic.h>
 #include <time.h>
 #include <uv.h>
@@ -232,4 +235,125 @@ Test(io, stop_closes_handles_left_open, .timeout = 20)
     cr_assert_eq(dx_io_call(forget_a_timer, NULL), DX_OK);
     cr_assert_eq(dx_io_stop(), DX_OK);
     cr_assert_not(dx_io_running());
+}
+
+/* ---- hosted: the host's loop and thread ---- */
+
+/* Whether a thread named dx-io exists in this OS process. */
+static bool io_thread_exists(void)
+{
+    bool found = false;
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL) {
+        char path[300], name[32] = "";
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (f) {
+            if (fgets(name, sizeof name, f) && strncmp(name, "dx-io", 5) == 0)
+                found = true;
+            fclose(f);
+        }
+    }
+    if (d)
+        closedir(d);
+    return found;
+}
+
+static pthread_t host_thread;
+static atomic_int hosted_ran, hosted_off_thread;
+static uv_timer_t module_timer;
+static atomic_int module_timer_closed;
+
+static void module_timer_closed_cb(uv_handle_t *h)
+{
+    (void)h;
+    atomic_store(&module_timer_closed, 1);
+}
+
+static void close_module_timer(void *arg)
+{
+    (void)arg;
+    uv_close((uv_handle_t *)&module_timer, module_timer_closed_cb);
+}
+
+static void hosted_work(void *arg)
+{
+    if (!pthread_equal(pthread_self(), host_thread) || dx_io_loop() != arg)
+        atomic_fetch_add(&hosted_off_thread, 1);
+    if (atomic_fetch_add(&hosted_ran, 1) == 0) {
+        /* A module's handle on the host's loop, closed by its stop hook. */
+        uv_timer_init(dx_io_loop(), &module_timer);
+        uv_timer_start(&module_timer, on_tick, 100000, 0);
+        dx_io_at_stop(close_module_timer, NULL);
+    }
+}
+
+static void *submit_from_thread(void *loop)
+{
+    for (int i = 0; i < 50; i++)
+        dx_io_call(hosted_work, loop);
+    return NULL;
+}
+
+Test(io, hosted_work_runs_on_the_hosts_loop_and_stop_spares_its_handles,
+     .timeout = 20)
+{
+    uv_loop_t loop;
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    uv_timer_t host_timer; /* the host's own handle */
+    uv_timer_init(&loop, &host_timer);
+    uv_timer_start(&host_timer, on_tick, 100000, 0);
+    host_thread = pthread_self();
+    atomic_store(&hosted_ran, 0);
+    atomic_store(&hosted_off_thread, 0);
+    atomic_store(&module_timer_closed, 0);
+    cr_assert_eq(dx_io_start_hosted(NULL), DX_EINVAL);
+    cr_assert_eq(dx_io_start_hosted(&loop), DX_OK);
+    cr_assert_eq(dx_io_start_hosted(&loop), DX_ESTATE);
+    cr_assert(dx_io_on_loop_thread());
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, submit_from_thread, &loop), 0);
+    for (int i = 0; i < 5000 && atomic_load(&hosted_ran) < 50; i++)
+        uv_run(&loop, UV_RUN_NOWAIT), sleep_ms(1);
+    pthread_join(t, NULL);
+    cr_assert_eq(atomic_load(&hosted_ran), 50);
+    cr_assert_eq(atomic_load(&hosted_off_thread), 0);
+    cr_assert_not(io_thread_exists(), "no I/O thread of its own");
+
+    /* Stop on the loop thread runs the hooks and closes what dspex opened,
+     * and nothing of the host's. */
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    cr_assert_not(dx_io_running());
+    cr_assert_not(dx_io_on_loop_thread());
+    cr_assert_not(uv_is_closing((uv_handle_t *)&host_timer));
+    uv_close((uv_handle_t *)&host_timer, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT); /* returns once every handle closed */
+    cr_assert_eq(atomic_load(&module_timer_closed), 1);
+    cr_assert_eq(uv_loop_close(&loop), 0);
+    /* Afterwards the threaded loop starts as before. */
+    cr_assert_eq(dx_io_start(), DX_OK);
+    cr_assert_eq(dx_io_stop(), DX_OK);
+}
+
+static void *stop_from_thread(void *arg)
+{
+    (void)arg;
+    return (void *)(intptr_t)dx_io_stop();
+}
+
+Test(io, a_hosted_loop_is_stopped_only_on_its_thread, .timeout = 20)
+{
+    uv_loop_t loop;
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    cr_assert_eq(dx_io_start_hosted(&loop), DX_OK);
+    pthread_t t;
+    void *rc = NULL;
+    cr_assert_eq(pthread_create(&t, NULL, stop_from_thread, NULL), 0);
+    pthread_join(t, &rc);
+    cr_assert_eq((int)(intptr_t)rc, DX_ESTATE);
+    cr_assert(dx_io_running());
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_assert_eq(uv_loop_close(&loop), 0);
 }
