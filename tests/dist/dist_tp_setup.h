@@ -19,7 +19,7 @@
 #define DIST_TP_VAL 20
 
 static inline int dist_tp_setup(dx_module **student, dx_dataset **train,
-                         dx_dataset **val)
+                                dx_dataset **val)
 {
     dx_lm_client_opts o = {.primary = {"sim/base", NULL, NULL}};
     int rc = dx_lm_client_start(&o, &(dx_server_opts){.name = "lm"}, NULL);

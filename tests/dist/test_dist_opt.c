@@ -116,12 +116,9 @@ static void spawn_workers(fx_child *ws, int n, bool kill_last)
         char name[128], alive[16];
         snprintf(alive, sizeof alive, "tw%d", i);
         fx_name(name, sizeof name, alive);
-        char *argv[] = {(char *)bin,
-                        name,
-                        COOKIE,
-                        "tpworker",
-                        self_name,
-                        kill_last && i == n - 1 ? "die" : NULL,
+        char *argv[] = {(char *)bin, name,
+                        COOKIE,      "tpworker",
+                        self_name,   kill_last && i == n - 1 ? "die" : NULL,
                         NULL};
         cr_assert_eq(fx_spawn(&ws[i], argv), 0);
     }
@@ -162,8 +159,7 @@ static bool is_eval_record(const char *key)
  * trial log, and per record its score, state and per-example rows (LM
  * call counts too; cache hits differ, since the runs share no cache). */
 static void expect_same_runs(const dx_tp_result *a, const dx_tp_result *b,
-                             const char *ck_a, const char *ck_b,
-                             size_t *n_rows)
+                             const char *ck_a, const char *ck_b, size_t *n_rows)
 {
     cr_expect_float_eq(a->score, b->score, 1e-9);
     cJSON *sa = dx_module_dump_state(a->program);
@@ -204,8 +200,8 @@ static void expect_same_runs(const dx_tp_result *a, const dx_tp_result *b,
         }
         *n_rows += (size_t)cJSON_GetArraySize(cJSON_GetObjectItem(x, "rows"));
     }
-    cr_expect_eq(n_a, n_b, "evaluation records: %zu here, %zu distributed",
-                 n_a, n_b);
+    cr_expect_eq(n_a, n_b, "evaluation records: %zu here, %zu distributed", n_a,
+                 n_b);
     cJSON_Delete(ra);
     cJSON_Delete(rb);
 }
@@ -245,8 +241,7 @@ Test(dist_opt,
 
     dx_dist_tp *h = NULL;
     cr_assert_eq(dx_dist_tp_start(
-                     &(dx_dist_tp_opts){.shard_size = 4, .min_workers = 3},
-                     &h),
+                     &(dx_dist_tp_opts){.shard_size = 4, .min_workers = 3}, &h),
                  DX_OK);
     ev = dx_dist_tp_evaluator(h);
     fx_child ws[3];
@@ -306,8 +301,7 @@ static void mipro_both_ways(const char *tag, size_t *jobs)
     run_body(mipro_local_body, 60000);
     dx_dist_tp *h = NULL;
     cr_assert_eq(dx_dist_tp_start(
-                     &(dx_dist_tp_opts){.shard_size = 4, .min_workers = 2},
-                     &h),
+                     &(dx_dist_tp_opts){.shard_size = 4, .min_workers = 2}, &h),
                  DX_OK);
     ev = dx_dist_tp_evaluator(h);
     fx_child ws[2];
@@ -376,9 +370,8 @@ static void no_worker_body(void)
 Test(dist_opt, an_evaluation_no_worker_takes_fails_with_etimedout)
 {
     dx_dist_tp *h = NULL;
-    cr_assert_eq(dx_dist_tp_start(&(dx_dist_tp_opts){.job_timeout_ms = 300},
-                                  &h),
-                 DX_OK);
+    cr_assert_eq(
+        dx_dist_tp_start(&(dx_dist_tp_opts){.job_timeout_ms = 300}, &h), DX_OK);
     ev = dx_dist_tp_evaluator(h);
     run_body(no_worker_body, 30000);
     cr_assert_eq(dx_dist_tp_stop(h), DX_OK);
