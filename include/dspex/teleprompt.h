@@ -13,7 +13,9 @@
  * Work fans out: BootstrapFewShot runs the teacher over up to `concurrency`
  * train examples at once (each in its own process, as Evaluate does) but
  * accepts their traces in trainset order, so the result is the sequential
- * one; random search evaluates each candidate with dx_evaluate.
+ * one; random search evaluates each candidate with dx_evaluate, or through
+ * opts' evaluator when set (as MIPROv2 does its trials): a hook that may
+ * run the evaluations elsewhere, e.g. on other nodes (dist_eval.h).
  *
  * Checkpoints: with checkpoint_path set, every finished trial (a bootstrap
  * attempt, a candidate's evaluation) is stored in that SQLite file — its
