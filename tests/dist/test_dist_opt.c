@@ -213,9 +213,12 @@ static dx_tp_result *res_local, *res_dist;
 static dx_tp_evaluator ev;
 static int dist_rc;
 
+static double stop_at;
+
 static void rs_local_body(void)
 {
     dx_tp_opts o = dist_tp_opts();
+    o.stop_at_score = stop_at;
     o.checkpoint_path = ck_local;
     dx_diag d = {0};
     int rc = dx_random_search(student, NULL, train, val, &o, &res_local, &d);
@@ -225,6 +228,7 @@ static void rs_local_body(void)
 static void rs_dist_body(void)
 {
     dx_tp_opts o = dist_tp_opts();
+    o.stop_at_score = stop_at;
     o.checkpoint_path = ck_dist;
     o.evaluator = &ev;
     dx_diag d = {0};
@@ -268,6 +272,36 @@ Test(dist_opt,
     dx_tp_result_free(res_local);
     dx_tp_result_free(res_dist);
     for (int i = 0; i < 3; i++)
+        fx_kill(&ws[i], SIGKILL);
+}
+
+Test(dist_opt, random_search_one_candidate_at_a_time_over_2_nodes_equals_local)
+{
+    /* stop_at_score makes random search evaluate each candidate on its
+     * own (an evaluation per candidate); 101 is never reached. */
+    stop_at = 101;
+    snprintf(ck_local, sizeof ck_local, "%s/rs1_local.db", tmpdir);
+    snprintf(ck_dist, sizeof ck_dist, "%s/rs1_dist.db", tmpdir);
+    run_body(rs_local_body, 60000);
+    dx_dist_tp *h = NULL;
+    cr_assert_eq(dx_dist_tp_start(
+                     &(dx_dist_tp_opts){.shard_size = 4, .min_workers = 2}, &h),
+                 DX_OK);
+    ev = dx_dist_tp_evaluator(h);
+    fx_child ws[2];
+    spawn_workers(ws, 2, false);
+    run_body(rs_dist_body, 90000);
+    stop_at = 0;
+    dx_dist_tp_stats st;
+    dx_dist_tp_get_stats(h, &st);
+    cr_expect_eq(st.jobs, 6, "one evaluation per candidate");
+    cr_assert_eq(dx_dist_tp_stop(h), DX_OK);
+    size_t n_rows = 0;
+    expect_same_runs(res_local, res_dist, ck_local, ck_dist, &n_rows);
+    cr_expect_eq(n_rows, 6 * DIST_TP_VAL);
+    dx_tp_result_free(res_local);
+    dx_tp_result_free(res_dist);
+    for (int i = 0; i < 2; i++)
         fx_kill(&ws[i], SIGKILL);
 }
 
