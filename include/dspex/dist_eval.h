@@ -82,9 +82,11 @@ DX_API int dx_dist_eval_worker(const char *coord_node, const char *name,
  * its own copy of the valset and reports score, error and LM usage per
  * example. A worker that goes away has its shard handed out again; a
  * (candidate, example) is recorded once. Between evaluations workers wait
- * (their request stays queued). With the same program, valset and LM
- * answers on every node, the optimizer's result, scores and trial records
- * equal a single-node run's. */
+ * (their request stays queued). Workers score with their own evaluation
+ * options (metric, concurrency, LM client): give them the optimizer's.
+ * With the same program, valset, metric and LM answers on every node, the
+ * optimizer's result, scores and trial records equal a single-node run's.
+ */
 typedef struct dx_dist_tp dx_dist_tp;
 
 typedef struct dx_dist_tp_opts {
