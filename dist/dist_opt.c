@@ -184,8 +184,11 @@ static void on_next(coord *c, dx_pid pid)
         w = &c->workers[c->n_workers];
         memset(w, 0, sizeof(*w));
         w->pid = pid;
-        if (dx_monitor(pid, &w->mon) != DX_OK)
+        if (dx_monitor(pid, &w->mon) != DX_OK) {
+            /* Unwatched, its shard could be lost: turn it away. */
+            dx_send_term(pid, DX_TAG_TERM, dx_atom("dx_tp_done"));
             return;
+        }
         c->n_workers++;
         c->seen_workers++;
         atomic_store(&c->h->workers, c->seen_workers);
