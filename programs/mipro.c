@@ -515,6 +515,11 @@ typedef struct mipro_run {
     char *summary;   /* the dataset summary; NULL: none (left out) */
     char *prog_code; /* the program as text; NULL: not program-aware */
     dx_diag *diag;
+    /* The valset as given and, with an auto mode, the positions in it of
+     * the sampled valset (NULL: the same), so evaluations name examples
+     * of the valset the caller (and every node) holds. */
+    const dx_dataset *val_base;
+    size_t *val_map;
 } mipro_run;
 
 static bool spent(const mipro_run *r)
@@ -1035,26 +1040,20 @@ static int propose_one(mipro_run *r, size_t p, size_t si, const char *tip,
 
 /* ---- datasets -------------------------------------------------------------- */
 
-/* A view of n examples of src chosen by rng.sample (DSPy's
- * create_minibatch); items borrowed. */
-static int sample_view(dx__pyrand *rng, const dx_dataset *src, size_t n,
-                       dx_dataset *out)
+/* The indices of n examples of src chosen by rng.sample (DSPy's
+ * create_minibatch); *idx is the caller's (dx_free). */
+static int sample_idx(dx__pyrand *rng, const dx_dataset *src, size_t n,
+                      size_t **idx, size_t *n_out)
 {
     if (n > src->n)
         n = src->n;
-    size_t *idx = dx_calloc(n ? n : 1, sizeof *idx);
-    out->items = dx_calloc(n ? n : 1, sizeof *out->items);
-    out->n = n;
-    if (!idx || !out->items ||
-        dx__pyrand_sample(rng, src->n, n, idx) != DX_OK) {
-        dx_free(idx);
-        dx_free(out->items);
-        out->items = NULL;
+    *idx = dx_calloc(n ? n : 1, sizeof **idx);
+    *n_out = n;
+    if (!*idx || dx__pyrand_sample(rng, src->n, n, *idx) != DX_OK) {
+        dx_free(*idx);
+        *idx = NULL;
         return DX_ENOMEM;
     }
-    for (size_t i = 0; i < n; i++)
-        out->items[i] = src->items[idx[i]];
-    dx_free(idx);
     return DX_OK;
 }
 
@@ -1172,7 +1171,8 @@ static dx_module *build(mipro_run *r, const size_t *params, bool demos)
 /* One evaluation, from the checkpoint when it holds it for these params. */
 static int trial_eval(mipro_run *r, int64_t num, const char *kind,
                       const dx_module *prog, const dx_dataset *ds,
-                      const size_t *params, size_t nparams, double *score)
+                      const size_t *idx, size_t n_idx, const size_t *params,
+                      size_t nparams, double *score)
 {
     dx_tp_trial t = {.id = num};
     snprintf(t.kind, sizeof t.kind, "%s", kind);
@@ -1196,8 +1196,23 @@ static int trial_eval(mipro_run *r, int64_t num, const char *kind,
         dx__tp_restore_usage(cv, &t.usage);
     } else {
         cJSON *rows = NULL;
-        rc = dx__tp_evaluate_rows(prog, ds, &r->o, &t.score, &t.usage, &rows,
-                                  r->diag);
+        /* Name the examples by their place in the caller's valset. */
+        size_t n_ev = idx ? n_idx : ds->n;
+        size_t *ev = NULL;
+        if (r->val_map) {
+            ev = dx_calloc(n_ev ? n_ev : 1, sizeof *ev);
+            for (size_t i = 0; ev && i < n_ev; i++)
+                ev[i] = r->val_map[idx ? idx[i] : i];
+        }
+        if (r->val_map && !ev)
+            rc = dx_diag_set(r->diag, DX_ENOMEM, 0, 0, "out of memory");
+        else if (r->val_map)
+            rc = dx__tp_evaluate_idx(prog, r->val_base, ev, n_ev, &r->o,
+                                     &t.score, &t.usage, &rows, r->diag);
+        else
+            rc = dx__tp_evaluate_idx(prog, ds, idx, n_idx, &r->o, &t.score,
+                                     &t.usage, &rows, r->diag);
+        dx_free(ev);
         cJSON *v = rc == DX_OK ? cJSON_CreateObject() : NULL;
         cJSON *arr = v ? cJSON_AddArrayToObject(v, "params") : NULL;
         for (size_t j = 0; arr && j < nparams; j++)
@@ -1256,8 +1271,8 @@ static int search(mipro_run *r, const dx_dataset *val, size_t num_trials,
     /* The default program, fully evaluated: trial 1. */
     double score = 0;
     if (rc == DX_OK)
-        rc = trial_eval(r, 1, "default", r->program, val, params, nparams,
-                        &score);
+        rc = trial_eval(r, 1, "default", r->program, val, NULL, 0, params,
+                        nparams, &score);
     if (rc == DX_OK)
         rc = keep_best(r, r->program, score, 1);
     if (rc == DX_OK)
@@ -1273,16 +1288,13 @@ static int search(mipro_run *r, const dx_dataset *val, size_t num_trials,
         if (rc == DX_OK && !cand)
             rc = DX_ENOMEM;
         size_t batch = minibatch ? mb_size : val->n;
-        dx_dataset mb = {0};
-        const dx_dataset *ds = val;
-        if (rc == DX_OK && batch < val->n) {
-            rc = sample_view(&r->rng, val, batch, &mb);
-            ds = &mb;
-        }
+        size_t *mb = NULL, n_mb = 0;
+        if (rc == DX_OK && batch < val->n)
+            rc = sample_idx(&r->rng, val, batch, &mb, &n_mb);
         if (rc == DX_OK)
             rc = trial_eval(r, (int64_t)num, minibatch ? "minibatch" : "full",
-                            cand, ds, params, nparams, &score);
-        dx_free(mb.items);
+                            cand, val, mb, n_mb, params, nparams, &score);
+        dx_free(mb);
         in_study++;
         if (rc == DX_OK)
             rc = dx__tpe_add(tpe, params, score);
@@ -1324,8 +1336,8 @@ static int search(mipro_run *r, const dx_dataset *val, size_t num_trials,
             rc = DX_ENOMEM;
             break;
         }
-        rc = trial_eval(r, (int64_t)num + 1, "full", fp, val, top->params,
-                        nparams, &score);
+        rc = trial_eval(r, (int64_t)num + 1, "full", fp, val, NULL, 0,
+                        top->params, nparams, &score);
         in_study++;
         top->full = true;
         if (rc == DX_OK)
@@ -1361,14 +1373,25 @@ static int mipro_body(mipro_run *r, const dx_dataset *train,
     size_t max_lab = r->o.labeled_none ? 0 : r->o.max_labeled_demos;
     bool zero_shot = m->zero_shot;
     dx_dataset val = *val_in, val_view = {0};
+    r->val_base = val_in;
     size_t n_instr, n_fewshot, num_trials;
     bool minibatch = !m->no_minibatch;
     if (m->auto_mode != DX_MIPRO_AUTO_NONE) {
         size_t a = (size_t)m->auto_mode;
         if (a > 2)
             return dx_diag_set(r->diag, DX_EINVAL, 0, 0, "mipro: bad auto");
-        if (sample_view(&r->rng, val_in, AUTO[a].val, &val_view) != DX_OK)
+        size_t nv = 0;
+        if (sample_idx(&r->rng, val_in, AUTO[a].val, &r->val_map, &nv) !=
+                DX_OK ||
+            !(val_view.items =
+                  dx_calloc(nv ? nv : 1, sizeof *val_view.items))) {
+            dx_free(r->val_map);
+            r->val_map = NULL;
             return dx_diag_set(r->diag, DX_ENOMEM, 0, 0, "out of memory");
+        }
+        val_view.n = nv;
+        for (size_t i = 0; i < nv; i++)
+            val_view.items[i] = val_in->items[r->val_map[i]];
         val = val_view;
         minibatch = val.n > 50;
         n_fewshot = AUTO[a].n;
@@ -1455,6 +1478,8 @@ static int mipro_body(mipro_run *r, const dx_dataset *train,
         rc = dx_diag_set(r->diag, DX_ELIMIT, 0, 0,
                          "mipro: nothing was evaluated (budget exhausted?)");
     dx_free(val_view.items);
+    dx_free(r->val_map);
+    r->val_map = NULL;
     return rc;
 }
 

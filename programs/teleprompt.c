@@ -882,6 +882,97 @@ int dx__tp_evaluate_rows(const dx_module *prog, const dx_dataset *val,
     return DX_OK;
 }
 
+/* A candidate evaluator's row as a trial record keeps it (as row_json). */
+static cJSON *hook_row_json(size_t i, const dx_tp_eval_row *row)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (!o)
+        return NULL;
+    cJSON_AddNumberToObject(o, "i", (double)i);
+    cJSON_AddNumberToObject(o, "score", row->score);
+    if (row->error_msg)
+        cJSON_AddStringToObject(o, "error", row->error_msg);
+    return o;
+}
+
+int dx__tp_hook_eval(const dx_module *const *progs, size_t n,
+                     const dx_dataset *val, const size_t *idx, size_t n_idx,
+                     const dx_tp_opts *o, double *scores, dx_usage_acc *usages,
+                     cJSON **rows, dx_diag *diag)
+{
+    size_t *all = NULL;
+    if (!idx) {
+        n_idx = val->n;
+        all = dx_calloc(n_idx ? n_idx : 1, sizeof *all);
+        for (size_t i = 0; all && i < n_idx; i++)
+            all[i] = i;
+        idx = all;
+    }
+    dx_tp_eval_row *r =
+        dx_calloc((n * n_idx) > 0 ? n * n_idx : 1, sizeof(dx_tp_eval_row));
+    int rc = idx && r ? DX_OK : DX_ENOMEM;
+    if (rc == DX_OK)
+        rc = o->evaluator->fn(o->evaluator->ud, progs, n, val, idx, n_idx, o, r,
+                              diag);
+    for (size_t k = 0; rc == DX_OK && k < n * n_idx; k++)
+        if (!r[k].done)
+            rc = dx_diag_set(diag, DX_ESTATE, 0, 0,
+                             "candidate evaluator: example %zu of candidate "
+                             "%zu not scored",
+                             k % n_idx, k / n_idx);
+    for (size_t k = 0; rc == DX_OK && k < n; k++) {
+        /* DSPy's score: 100 * sum / n, rounded to 2 decimals. */
+        double sum = 0;
+        if (rows)
+            rows[k] = cJSON_CreateArray();
+        for (size_t i = 0; i < n_idx; i++) {
+            const dx_tp_eval_row *row = &r[k * n_idx + i];
+            sum += row->score;
+            dx_usage_acc_merge(&usages[k], &row->usage);
+            if (rows && rows[k])
+                cJSON_AddItemToArray(rows[k], hook_row_json(i, row));
+        }
+        scores[k] = n_idx ? round(10000.0 * sum / (double)n_idx) / 100.0 : 0;
+    }
+    for (size_t k = 0; r && k < n * n_idx; k++)
+        dx_free(r[k].error_msg);
+    dx_free(r);
+    dx_free(all);
+    if (rc == DX_ENOMEM)
+        dx_diag_set(diag, rc, 0, 0, "out of memory");
+    return rc;
+}
+
+int dx__tp_evaluate_idx(const dx_module *prog, const dx_dataset *val,
+                        const size_t *idx, size_t n_idx, const dx_tp_opts *o,
+                        double *score, dx_usage_acc *usage, cJSON **rows,
+                        dx_diag *diag)
+{
+    if (o->evaluator && o->evaluator->fn)
+        return dx__tp_hook_eval(&prog, 1, val, idx, n_idx, o, score, usage,
+                                rows, diag);
+    if (!idx)
+        return dx__tp_evaluate_rows(prog, val, o, score, usage, rows, diag);
+    /* A view of the chosen examples (borrowed), on the heap: the example
+     * processes read it while this context may be a process whose stack
+     * is copied out. */
+    dx_dataset *view = dx_malloc(sizeof *view);
+    dx_example **items = dx_calloc(n_idx ? n_idx : 1, sizeof *items);
+    if (!view || !items) {
+        dx_free(view);
+        dx_free(items);
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    }
+    for (size_t i = 0; i < n_idx; i++)
+        items[i] = val->items[idx[i]];
+    view->items = items;
+    view->n = n_idx;
+    int rc = dx__tp_evaluate_rows(prog, view, o, score, usage, rows, diag);
+    dx_free(items);
+    dx_free(view);
+    return rc;
+}
+
 int dx__tp_evaluate_on(const dx_module *prog, const dx_dataset *val,
                        const dx_tp_opts *o, double *score, dx_usage_acc *usage,
                        dx_diag *diag)
@@ -970,9 +1061,43 @@ static int multi_forward(dx_ctx *ctx, const dx_module *self,
     return rc;
 }
 
+/* The candidates handed to opts' evaluator as one job. */
+static int evaluate_with_hook(candidate *c, size_t n, const dx_dataset *val,
+                              const dx_tp_opts *o, dx_diag *diag)
+{
+    const dx_module **progs = dx_calloc(n ? n : 1, sizeof *progs);
+    double *scores = dx_calloc(n ? n : 1, sizeof *scores);
+    dx_usage_acc *usages = dx_calloc(n ? n : 1, sizeof *usages);
+    cJSON **rows = dx_calloc(n ? n : 1, sizeof *rows);
+    int rc = progs && scores && usages && rows ? DX_OK : DX_ENOMEM;
+    for (size_t k = 0; rc == DX_OK && k < n; k++)
+        progs[k] = c[k].prog;
+    if (rc == DX_OK)
+        rc = dx__tp_hook_eval(progs, n, val, NULL, 0, o, scores, usages, rows,
+                              diag);
+    for (size_t k = 0; rc == DX_OK && k < n; k++) {
+        c[k].t.score = scores[k];
+        dx_usage_acc_merge(&c[k].t.usage, &usages[k]);
+        c[k].rows = rows[k];
+        rows[k] = NULL;
+        c[k].scored = true;
+    }
+    for (size_t k = 0; rows && k < n; k++)
+        cJSON_Delete(rows[k]);
+    dx_free(progs);
+    dx_free(scores);
+    dx_free(usages);
+    dx_free(rows);
+    if (rc == DX_ENOMEM)
+        dx_diag_set(diag, rc, 0, 0, "out of memory");
+    return rc;
+}
+
 static int evaluate_together(candidate *c, size_t n, const dx_dataset *val,
                              const dx_tp_opts *o, dx_diag *diag)
 {
+    if (o->evaluator && o->evaluator->fn)
+        return evaluate_with_hook(c, n, val, o, diag);
     /* Heap, not this function's stack: the example processes read it
      * through the module's ud, and when this function runs in a process
      * its stack is copied out while it waits in dx_evaluate. */
@@ -1193,8 +1318,8 @@ int dx_random_search(const dx_module *student, const dx_module *teacher,
         if (!restore_candidate(&ck, c, student)) {
             rc = build_candidate(c, student, teacher, trainset, &o, diag);
             if (rc == DX_OK && one_by_one) {
-                rc = dx__tp_evaluate_rows(c->prog, val, &o, &c->t.score,
-                                          &c->t.usage, &c->rows, diag);
+                rc = dx__tp_evaluate_idx(c->prog, val, NULL, 0, &o, &c->t.score,
+                                         &c->t.usage, &c->rows, diag);
                 c->scored = rc == DX_OK;
                 if (c->scored)
                     checkpoint_candidate(&ck, c);

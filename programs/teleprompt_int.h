@@ -44,6 +44,20 @@ int dx__tp_evaluate_on(const dx_module *prog, const dx_dataset *val,
 int dx__tp_evaluate_rows(const dx_module *prog, const dx_dataset *val,
                          const dx_tp_opts *o, double *score,
                          dx_usage_acc *usage, cJSON **rows, dx_diag *diag);
+/* The same through opts' candidate evaluator when it has one (else
+ * locally): prog scored on val->items[idx[0..n_idx)] (idx NULL: all of
+ * val); rows' "i" is the position in idx. */
+int dx__tp_evaluate_idx(const dx_module *prog, const dx_dataset *val,
+                        const size_t *idx, size_t n_idx, const dx_tp_opts *o,
+                        double *score, dx_usage_acc *usage, cJSON **rows,
+                        dx_diag *diag);
+/* n candidates through o->evaluator (which must be set): per candidate its
+ * score (percent, 2 decimals), usage added to usages[k] and, when rows is
+ * not NULL, rows[k] a new JSON array as dx__tp_evaluate_rows makes. */
+int dx__tp_hook_eval(const dx_module *const *progs, size_t n,
+                     const dx_dataset *val, const size_t *idx, size_t n_idx,
+                     const dx_tp_opts *o, double *scores, dx_usage_acc *usages,
+                     cJSON **rows, dx_diag *diag);
 /* Put a trial's LM usage and per-example results (rows, taken; may be
  * NULL) in its checkpoint record rec (NULL: rows is freed); read the usage
  * back from a restored record. */

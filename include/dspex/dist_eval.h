@@ -22,6 +22,7 @@
 #include "evaluate.h"
 #include "export.h"
 #include "runtime.h"
+#include "teleprompt.h"
 
 typedef struct dx_dist_eval_opts {
     size_t shard_size;  /* examples per shard; 0 = 8 */
@@ -67,5 +68,80 @@ DX_API int dx_dist_eval_worker(const char *coord_node, const char *name,
                                const dx_eval_opts *opts, int64_t timeout_ms,
                                dx_dist_eval_shard_fn on_shard, void *ud,
                                size_t *shards_out);
+
+/* ---- distributed optimization ------------------------------------------ */
+
+/* A candidate evaluator (teleprompt.h's dx_tp_evaluator) that spreads an
+ * optimizer's candidate evaluations over worker nodes. A coordinator
+ * process, registered as `name` while it runs, lives across the
+ * optimizer's evaluations: each evaluation (random search: all candidates
+ * as one job; MIPROv2: each trial's minibatch or full evaluation) is cut
+ * into shards of (candidate state as DSPy-layout JSON, example positions)
+ * that workers pull. A worker loads the state into a reset copy of its own
+ * base program (the same program on every node), evaluates the examples of
+ * its own copy of the valset and reports score, error and LM usage per
+ * example. A worker that goes away has its shard handed out again; a
+ * (candidate, example) is recorded once. Between evaluations workers wait
+ * (their request stays queued). Workers score with their own evaluation
+ * options (metric, concurrency, LM client): give them the optimizer's.
+ * With the same program, valset, metric and LM answers on every node, the
+ * optimizer's result, scores and trial records equal a single-node run's.
+ */
+typedef struct dx_dist_tp dx_dist_tp;
+
+typedef struct dx_dist_tp_opts {
+    size_t shard_size;      /* examples per shard; 0 = 8 */
+    size_t min_workers;     /* hand out nothing before this many asked;
+                               0 = 1 */
+    int64_t job_timeout_ms; /* per evaluation; 0 = 600,000 */
+    const char *name;       /* NULL = "dx_dist_tp" */
+} dx_dist_tp_opts;
+
+typedef struct dx_dist_tp_stats {
+    size_t jobs;     /* evaluations finished */
+    size_t shards;   /* shards cut */
+    size_t requeued; /* shards handed out again */
+    size_t workers;  /* distinct workers that took part */
+} dx_dist_tp_stats;
+
+/* Start the coordinator. On DX_OK *out is the caller's until
+ * dx_dist_tp_stop. DX_EEXIST (name taken), DX_ENOMEM, DX_ESTATE (runtime
+ * not running). Any thread. */
+DX_API int dx_dist_tp_start(const dx_dist_tp_opts *opts, dx_dist_tp **out);
+
+/* The evaluator to put in dx_tp_opts.evaluator (point at a copy that
+ * outlives the optimizer call). The optimizer must then run in a process
+ * (its evaluations return DX_ENOTPROC elsewhere); an evaluation fails
+ * with DX_ETIMEDOUT after job_timeout_ms, DX_EDOWN if the coordinator is
+ * gone. */
+DX_API dx_tp_evaluator dx_dist_tp_evaluator(dx_dist_tp *h);
+
+/* Counts so far (any thread). */
+DX_API void dx_dist_tp_get_stats(const dx_dist_tp *h, dx_dist_tp_stats *out);
+
+/* Tell every known worker it is done, stop the coordinator and free h
+ * (NULL: no-op). Do not call while an evaluation runs. DX_OK. Any thread.
+ */
+DX_API int dx_dist_tp_stop(dx_dist_tp *h);
+
+/* Called by a worker before it evaluates a shard: the candidate's number
+ * in its evaluation and the shard's example count. */
+typedef void (*dx_dist_tp_shard_fn)(size_t cand, size_t n_examples, void *ud);
+
+/* Work for the coordinator registered as `name` (NULL = "dx_dist_tp") on
+ * `coord_node` until it says done: pull a shard, load its candidate state
+ * into a reset copy of base, dx_evaluate the shard's examples of val with
+ * opts, report. *shards_out (optional) counts the shards done. DX_OK when
+ * the coordinator stopped; DX_ETIMEDOUT when nothing came for timeout_ms
+ * (0 = 600,000; between evaluations a worker waits, so allow for the
+ * optimizer's own work); DX_EINVAL (bad arguments, or a shard that names
+ * examples val does not have or a state base cannot load: the worker
+ * stops, and its shard goes to another worker); DX_ENOTPROC; DX_ENOMEM.
+ * Process. */
+DX_API int dx_dist_tp_worker(const char *coord_node, const char *name,
+                             const dx_module *base, const dx_dataset *val,
+                             const dx_eval_opts *opts, int64_t timeout_ms,
+                             dx_dist_tp_shard_fn on_shard, void *ud,
+                             size_t *shards_out);
 
 #endif

@@ -13,7 +13,9 @@
  * Work fans out: BootstrapFewShot runs the teacher over up to `concurrency`
  * train examples at once (each in its own process, as Evaluate does) but
  * accepts their traces in trainset order, so the result is the sequential
- * one; random search evaluates each candidate with dx_evaluate.
+ * one; random search evaluates each candidate with dx_evaluate, or through
+ * opts' evaluator when set (as MIPROv2 does its trials): a hook that may
+ * run the evaluations elsewhere, e.g. on other nodes (dist_eval.h).
  *
  * Checkpoints: with checkpoint_path set, every finished trial (a bootstrap
  * attempt, a candidate's evaluation) is stored in that SQLite file — its
@@ -43,6 +45,8 @@
 #include "example.h"
 #include "export.h"
 #include "module.h"
+
+struct dx_tp_evaluator;
 
 typedef struct dx_tp_opts {
     /* Accepting a bootstrapped trace: metric >= metric_threshold when the
@@ -80,7 +84,39 @@ typedef struct dx_tp_opts {
     const char *report_path;
     dx_eval_progress_mode progress; /* evaluations' progress; default AUTO */
     FILE *progress_out;
+    /* Candidate evaluator (NULL = evaluate here with dx_evaluate): random
+     * search and MIPROv2 hand it their candidate evaluations instead (see
+     * dx_tp_eval_fn); dist_eval.h's dx_dist_tp_eval spreads them over the
+     * nodes of a cluster. */
+    struct dx_tp_evaluator *evaluator;
 } dx_tp_opts;
+
+/* One (candidate, example) result of a candidate evaluator. */
+typedef struct dx_tp_eval_row {
+    double score;
+    int error;          /* DX_OK or the example's failure code */
+    char *error_msg;    /* NULL when ok; dx_malloc'd, freed by the caller */
+    dx_usage_acc usage; /* the example's LM usage */
+    bool done;          /* false: not scored (the evaluation failed) */
+} dx_tp_eval_row;
+
+/* Score n_cands candidate programs, each on the n_idx examples
+ * val->items[idx[0..n_idx)], into rows[k * n_idx + i] (zeroed by the
+ * caller, n_cands * n_idx entries) with opts' metric, as dx_evaluate would
+ * (failed examples score 0). Called by the optimizer in its own context
+ * (a process or a host thread) and must block until done. Candidates are
+ * borrowed for the call. DX_OK when every row is done; any other code
+ * fails the optimizer with it (diag says why). */
+typedef int (*dx_tp_eval_fn)(void *ud, const dx_module *const *cands,
+                             size_t n_cands, const dx_dataset *val,
+                             const size_t *idx, size_t n_idx,
+                             const struct dx_tp_opts *opts,
+                             dx_tp_eval_row *rows, dx_diag *diag);
+
+typedef struct dx_tp_evaluator {
+    dx_tp_eval_fn fn;
+    void *ud;
+} dx_tp_evaluator;
 
 typedef struct dx_tp_trial {
     int64_t id;    /* random search: the candidate seed (-3..n-1);

@@ -8,7 +8,8 @@
  * replies {count, N, Sum, InOrder} and then sends K messages {seq, I} back
  * to From followed by {sent, K}; `idle` only runs the node (for cookie
  * tests). `stop` (an atom sent to `sink`) ends the program. Beside `sink`,
- * mode sink runs the server `calc` (below).
+ * mode sink runs the server `calc` (below). `worker` and `tpworker` work
+ * for a distributed Evaluate / optimization coordinator (below).
  */
 #include <signal.h>
 #include <stdatomic.h>
@@ -24,6 +25,7 @@
 #include "dspex/signature.h"
 #include "dspex/sim.h"
 #include "dist_eval_setup.h"
+#include "dist_tp_setup.h"
 #include "dspex/runtime.h"
 #include "dspex/server.h"
 
@@ -180,6 +182,38 @@ static void worker(void *arg)
     atomic_store(&worker_rc, rc);
 }
 
+/* Mode tpworker: evaluate candidates for the distributed-optimization
+ * coordinator on argv[4] (dist_tp_setup.h's program and valset); with
+ * argv[5] = "die" the node kills itself with SIGKILL as soon as it holds
+ * its first shard. */
+static void on_tp_shard(size_t cand, size_t n, void *ud)
+{
+    (void)ud;
+    printf("TPSHARD %zu %zu\n", cand, n);
+    if (g_argc > 5 && strcmp(g_argv[5], "die") == 0)
+        raise(SIGKILL);
+}
+
+static void tp_worker(void *arg)
+{
+    (void)arg;
+    dx_module *prog = NULL;
+    dx_dataset *train = NULL, *val = NULL;
+    int rc = dist_tp_setup(&prog, &train, &val);
+    if (rc == DX_OK) {
+        dx_eval_opts eo = dist_tp_eval_opts();
+        size_t shards = 0;
+        rc = dx_dist_tp_worker(g_argv[4], NULL, prog, val, &eo, 60000,
+                               on_tp_shard, NULL, &shards);
+        printf("WORKER-DONE %zu %s\n", shards, dx_err_name(rc));
+    }
+    dx_module_free(prog);
+    dx_dataset_free(train);
+    dx_dataset_free(val);
+    dx_server_stop(dx_whereis("lm"), NULL, 5000);
+    atomic_store(&worker_rc, rc);
+}
+
 int main(int argc, char **argv)
 {
     g_argv = argv;
@@ -207,6 +241,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[3], "worker") == 0 && argc > 4)
         dx_spawn(worker, NULL, &pid);
+    if (strcmp(argv[3], "tpworker") == 0 && argc > 4)
+        dx_spawn(tp_worker, NULL, &pid);
     printf("READY\n");
     if (pid.id != 0) {
         dx_wait_exit(pid, DX_INFINITY, NULL);
