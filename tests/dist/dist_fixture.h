@@ -15,6 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -44,26 +47,27 @@ static int fx_run(char *const argv[])
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-/* Start epmd on a port of our own and point ei and erl at it. */
-static void fx_epmd_start(void)
+/* Whether nothing listens on 127.0.0.1:port right now. */
+static bool fx_port_free(int port)
 {
-    fx_epmd_port = 20000 + (int)(getpid() % 20000);
-    char port[16];
-    snprintf(port, sizeof port, "%d", fx_epmd_port);
-    setenv("ERL_EPMD_PORT", port, 1);
-    setenv("ERL_EPMD_ADDRESS", "127.0.0.1", 1);
-    char *argv[] = {"epmd",
-                    "-daemon",
-                    "-address",
-                    "127.0.0.1",
-                    "-port",
-                    port,
-                    "-relaxed_command_check",
-                    NULL};
-    fx_run(argv);
-    /* Wait until it answers (slow on a loaded machine). */
-    for (int i = 0; i < 500; i++) {
-        char *names[] = {"epmd", "-port", port, "-names", NULL};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return false;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    bool ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    close(fd);
+    return ok;
+}
+
+/* Whether the epmd on port answers, polling up to tries x 20 ms. */
+static bool fx_epmd_answers(const char *port, int tries)
+{
+    for (int i = 0; i < tries; i++) {
+        char *names[] = {"epmd", "-port", (char *)port, "-names", NULL};
         pid_t p = fork();
         if (p == 0) {
             int devnull = open("/dev/null", 1);
@@ -75,8 +79,41 @@ static void fx_epmd_start(void)
         int st = 0;
         waitpid(p, &st, 0);
         if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
-            return;
+            return true;
         fx_sleep_ms(20);
+    }
+    return false;
+}
+
+/* Start epmd on a port of our own and point ei and erl at it. Ports are
+ * taken below the kernel's ephemeral range (32768 and up), where a
+ * client socket could hold them, and a port epmd cannot take (a daemon
+ * that fails to bind exits silently) is given up for the next one. */
+static void fx_epmd_start(void)
+{
+    for (int attempt = 0; attempt < 8; attempt++) {
+        int port = 10000 +
+                   (int)(((unsigned)getpid() * 7u + (unsigned)attempt * 1543u) %
+                         20000u);
+        if (!fx_port_free(port))
+            continue;
+        fx_epmd_port = port;
+        char ps[16];
+        snprintf(ps, sizeof ps, "%d", port);
+        setenv("ERL_EPMD_PORT", ps, 1);
+        setenv("ERL_EPMD_ADDRESS", "127.0.0.1", 1);
+        char *argv[] = {"epmd",
+                        "-daemon",
+                        "-address",
+                        "127.0.0.1",
+                        "-port",
+                        ps,
+                        "-relaxed_command_check",
+                        NULL};
+        fx_run(argv);
+        /* Slow to come up on a loaded machine: give it 5 s. */
+        if (fx_epmd_answers(ps, 250))
+            return;
     }
 }
 
