@@ -22,8 +22,7 @@
 static const char *const fuzz_signatures[] = {
     "question -> answer",
     "question, context: list[str] -> reasoning, answer: int",
-    "text -> sentiment: Literal['positive', 'negative', 'neutral'], "
-    "confidence: float",
+    "text -> label: Literal['pos', 'neg', 'neutral'], confidence: float",
     "query -> ok: bool, note: Optional[str], tags: list[str]",
     "doc -> facts: dict[str, int], summary: str, score: float",
 };

@@ -28,8 +28,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             char *json = NULL;
             FUZZ_CHECK(dx_example_to_json(ds->items[i], &json) == DX_OK);
             dx_example *back = NULL;
-            FUZZ_CHECK(dx_example_from_json(json, strlen(json), &back,
-                                            &diag) == DX_OK);
+            FUZZ_CHECK(dx_example_from_json(json, strlen(json), &back, &diag) ==
+                       DX_OK);
             FUZZ_CHECK(dx_example_len(back) == dx_example_len(ds->items[i]));
             dx_example_free(back);
             dx_free(json);

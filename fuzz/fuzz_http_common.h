@@ -51,11 +51,13 @@ static size_t fuzz_http_exchange(int port, const uint8_t *data, size_t size,
         ssize_t n = recv(fd, buf, sizeof buf, 0);
         if (n <= 0)
             break;
-        size_t keep = got < FUZZ_HTTP_KEEP ? FUZZ_HTTP_KEEP - got : 0;
-        if (keep > (size_t)n)
-            keep = (size_t)n;
-        memcpy(head + got, buf, keep);
-        head[got + keep] = '\0';
+        if (got < FUZZ_HTTP_KEEP) {
+            size_t keep = FUZZ_HTTP_KEEP - got;
+            if (keep > (size_t)n)
+                keep = (size_t)n;
+            memcpy(head + got, buf, keep);
+            head[got + keep] = '\0';
+        }
         got += (size_t)n;
     }
     close(fd);

@@ -104,10 +104,13 @@ static int fuzz_provider(const char *model_string, const uint8_t *data,
         dx_lm_header headers[] = {
             {"content-type", "application/json"},
             {"request-id", "req-fuzz"},
-            {"retry-after", (data[1] & 1) ? "2" : "Thu, 01 Jan 1970 00:00:00 GMT"},
+            {"retry-after",
+             (data[1] & 1) ? "2" : "Thu, 01 Jan 1970 00:00:00 GMT"},
         };
         dx_lm_reply reply = {
-            mode == 0 ? 200 : statuses[data[1] % (sizeof statuses / sizeof statuses[0])],
+            mode == 0
+                ? 200
+                : statuses[data[1] % (sizeof statuses / sizeof statuses[0])],
             headers, 3, body, len};
         dx_lm_response *r = NULL;
         int rc = dx_lm_decode(c, &reply, &r, &err);

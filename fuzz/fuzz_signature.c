@@ -26,8 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(dx_signature_parse(str, NULL, NULL, 0, &again, &diag) ==
                    DX_OK);
         FUZZ_CHECK(dx_signature_n_inputs(again) == dx_signature_n_inputs(s));
-        FUZZ_CHECK(dx_signature_n_outputs(again) ==
-                   dx_signature_n_outputs(s));
+        FUZZ_CHECK(dx_signature_n_outputs(again) == dx_signature_n_outputs(s));
         for (size_t i = 0; i < dx_signature_n_fields(s); i++)
             FUZZ_CHECK(strcmp(dx_signature_field(s, i)->name,
                               dx_signature_field(again, i)->name) == 0);

@@ -52,6 +52,8 @@ found=0
 for t in "${targets[@]}"; do
     work="$dir/fuzz-work/$t"
     art="$dir/fuzz-artifacts/$t"
+    # Artifacts of earlier runs were copied out then; start clean.
+    rm -rf "$art"
     mkdir -p "$work" "$art"
     echo "==> fuzz $t for ${seconds}s"
     rc=0
