@@ -11,6 +11,11 @@
 #include "dspex/example.h"
 #include "fuzz.h"
 
+/* The name decides the format: fuzz_dataset_csv.c sets "fuzz.csv". */
+#ifndef FUZZ_DATASET_NAME
+#define FUZZ_DATASET_NAME "fuzz.jsonl"
+#endif
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     /* Not NUL-terminated on purpose: the loader must honour len. */
@@ -21,7 +26,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static const char *const inputs[] = {"question"};
     dx_dataset *ds = NULL;
     dx_diag diag = {0};
-    int rc = dx_dataset_parse(text, size, "fuzz.jsonl", inputs, 1, &ds, &diag);
+    int rc =
+        dx_dataset_parse(text, size, FUZZ_DATASET_NAME, inputs, 1, &ds, &diag);
     if (rc == DX_OK) {
         FUZZ_CHECK(ds != NULL);
         for (size_t i = 0; i < ds->n; i++) {
