@@ -49,6 +49,8 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
 found=0
+clean=0
+bad=0
 for t in "${targets[@]}"; do
     work="$dir/fuzz-work/$t"
     art="$dir/fuzz-artifacts/$t"
@@ -79,6 +81,11 @@ for t in "${targets[@]}"; do
             "and fuzz/crashes/$t/" >&2
         grep -m1 -E 'ERROR: |invariant failed|runtime error' \
             "$dir/fuzz-$t.log" >&2 || true
+        bad=$((bad + 1))
+    else
+        clean=$((clean + 1))
     fi
 done
+# test.sh reads this line.
+echo "fuzz: $clean targets clean, $bad found problems (${seconds}s each)"
 exit "$found"
