@@ -11,7 +11,8 @@
 set -euo pipefail
 
 # gcc/make, the build system, the compilers and sanitizer runtimes, the
-# libraries dspex links, the test framework, valgrind and the formatter.
+# libraries dspex links, the test framework, valgrind, the formatter and
+# gcovr (line/branch coverage per folder, scripts/coverage.sh).
 DX_PACKAGES=(
     build-essential
     meson
@@ -29,6 +30,7 @@ DX_PACKAGES=(
     libcriterion-dev
     valgrind
     clang-format
+    gcovr
 )
 
 missing_packages()
