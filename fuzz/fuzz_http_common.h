@@ -11,8 +11,10 @@
 #define DSPEX_FUZZ_HTTP_COMMON_H
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -21,10 +23,13 @@
 /* Reply bytes kept for the invariant (the rest is read and dropped). */
 #define FUZZ_HTTP_KEEP 64
 
-/* Send data to 127.0.0.1:port and read the reply. Returns the number of
- * reply bytes received; head receives the first of them (NUL-terminated). */
+/* Send data to 127.0.0.1:port and read the reply. With half_close the
+ * write side is shut after the data (the server sees EOF while it may still
+ * owe a response: a path of its own). Returns the number of reply bytes
+ * received; head receives the first of them (NUL-terminated). */
 static size_t fuzz_http_exchange(int port, const uint8_t *data, size_t size,
-                                 int timeout_ms, char head[FUZZ_HTTP_KEEP + 1])
+                                 bool half_close, int timeout_ms,
+                                 char head[FUZZ_HTTP_KEEP + 1])
 {
     head[0] = '\0';
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -33,7 +38,22 @@ static size_t fuzz_http_exchange(int port, const uint8_t *data, size_t size,
     a.sin_family = AF_INET;
     a.sin_port = htons((uint16_t)port);
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    FUZZ_CHECK(connect(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    /* Close with a reset, not a FIN: a client-side TIME_WAIT per input
+     * would use up the ephemeral ports within a minute of fuzzing. */
+    struct linger lg = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    int rc = -1;
+    for (int tries = 0; tries < 100 && rc != 0; tries++) {
+        rc = connect(fd, (struct sockaddr *)&a, sizeof a);
+        if (rc != 0 && errno != EADDRNOTAVAIL && errno != EAGAIN)
+            break;
+        if (rc != 0)
+            usleep(10000);
+    }
+    if (rc != 0) {
+        fprintf(stderr, "fuzz_http_exchange: connect: %s\n", strerror(errno));
+        abort();
+    }
     size_t off = 0;
     while (off < size) {
         ssize_t n = send(fd, data + off, size - off, MSG_NOSIGNAL);
@@ -41,7 +61,8 @@ static size_t fuzz_http_exchange(int port, const uint8_t *data, size_t size,
             break; /* the server closed on a bad request: fine */
         off += (size_t)n;
     }
-    shutdown(fd, SHUT_WR);
+    if (half_close)
+        shutdown(fd, SHUT_WR);
     size_t got = 0;
     char buf[4096];
     for (;;) {
