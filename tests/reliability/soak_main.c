@@ -82,6 +82,15 @@ static void start_client(void *arg)
     atomic_store(&start_rc, dx_lm_client_start(&o, &so, NULL));
 }
 
+/* dx_server_stop is for processes: stop the client from one. */
+static void stop_client(void *arg)
+{
+    (void)arg;
+    dx_pid lm = dx_whereis("lm");
+    atomic_store(&start_rc,
+                 dx_pid_is_none(lm) ? DX_OK : dx_server_stop(lm, NULL, 5000));
+}
+
 static double any_answer(const dx_example *ex, const dx_prediction *p,
                          const dx_trace *t, void *ud)
 {
@@ -178,9 +187,10 @@ int main(int argc, char **argv)
     printf("soak rounds=%ld examples=%ld errors=%ld lost=%ld\n", rounds,
            examples, errors, lost);
     dx_module_free(prog);
-    dx_pid lm = dx_whereis("lm");
-    if (!dx_pid_is_none(lm))
-        dx_server_stop(lm, NULL, 5000);
+    atomic_store(&start_rc, 1);
+    if (dx_spawn(stop_client, NULL, &pid) == DX_OK)
+        for (int i = 0; i < 2000 && atomic_load(&start_rc) == 1; i++)
+            nanosleep(&(struct timespec){0, 5000000}, NULL);
     dx_runtime_stop();
     dx_lmserver_stop_free(srv);
     return lost == 0 ? 0 : 1;

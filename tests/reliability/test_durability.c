@@ -228,6 +228,7 @@ static void ckpt_inputs(void)
         dx_signature_parse("question -> answer", NULL, NULL, 0, &s, NULL),
         DX_OK);
     student = dx_predict_new(s, NULL);
+    dx_signature_unref(s);
     cr_assert_not_null(student);
     train = dx_dataset_new();
     for (int i = 0; i < 4; i++) {
