@@ -9,11 +9,10 @@
  * carries a reason) and the supervision tree must come back to its shape:
  * the same children, all running, "lm" registered again.
  *
- * How many examples fail is logged, not asserted: while a killed LM client
- * is being restarted (about a millisecond) nothing is registered as "lm",
- * an example that starts then fails at once with DX_ENOLM, and the next
- * one starts at once too, so one restart can fail most of the remaining
- * dataset (see docs/reliability.md, "LM client restart").
+ * The program rides out LM client restarts (it retries DX_ENOLM, as
+ * docs/internals/lmclient.md advises callers); Predict alone does not, see
+ * docs/reliability.md, "LM client restart". Failures are then only the
+ * examples a kill hit: one per program kill, those in flight per LM kill.
  */
 #include <criterion/criterion.h>
 #include <stdatomic.h>
@@ -140,7 +139,15 @@ static int chaotic_forward(dx_ctx *ctx, const dx_module *self,
 {
     size_t slot = dx_self().id % 64;
     atomic_store(&running[slot], dx_self().id);
+    /* Ride out an LM client restart, as docs/internals/lmclient.md tells
+     * callers to: while the supervisor restarts it nothing is registered
+     * as "lm" (DX_ENOLM). Without this one restart fails most of the
+     * remaining examples at once (docs/reliability.md). */
     int rc = dx_forward(ctx, dx_module_child(self, "predict"), in, out);
+    for (int i = 0; rc == DX_ENOLM && i < 200; i++) {
+        dx_sleep(5);
+        rc = dx_forward(ctx, dx_module_child(self, "predict"), in, out);
+    }
     atomic_store(&running[slot], 0);
     return rc;
 }
@@ -175,9 +182,12 @@ static void chaos(void *arg)
     (void)arg;
     unsigned seed = 20261126;
     dx_pid root = {atomic_load(&root_pid)};
-    while (!atomic_load(&chaos_stop)) {
+    /* The first four moves are one of each kind, so every kind happens
+     * however soon the evaluation ends; then random ones. */
+    for (unsigned move = 0; !atomic_load(&chaos_stop); move++) {
         seed = seed * 1103515245u + 12345u;
-        unsigned r = (seed >> 16) % 100;
+        unsigned r =
+            move < 4 ? (unsigned[]){70, 80, 90, 0}[move] : (seed >> 16) % 100;
         if (r < 60) { /* a program process: the first running one from a
                          random slot on */
             uint64_t id = 0;
@@ -372,7 +382,7 @@ Test(chaos, an_evaluation_under_random_kills_scores_every_example_once)
     cr_log_info("kills: %d program, %d lm, %d supervisor, %d worker; "
                 "%zu errors of %zu",
                 kp, kl, ks, kw, r->n_errors, r->n);
-    cr_assert_gt(kp + kl + ks + kw, 10, "the chaos did something");
+    cr_assert_gt(kp + kl + ks + kw, 3, "the chaos did something");
     cr_assert_gt(kl, 0);
     cr_assert_gt(ks, 0);
 
@@ -399,6 +409,11 @@ Test(chaos, an_evaluation_under_random_kills_scores_every_example_once)
         }
     }
     cr_assert_eq(ok + r->n_errors, r->n);
+    /* A kill costs at most what it hits: one example for a program
+     * process, the examples in flight for the LM client. */
+    cr_assert_leq(r->n_errors, (size_t)kp + (size_t)kl * CONCURRENCY,
+                  "%zu errors from %d program and %d lm kills", r->n_errors, kp,
+                  kl);
     cr_assert_gt(ok, 0);
 
     assert_shape(root);

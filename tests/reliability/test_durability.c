@@ -93,10 +93,12 @@ static long count_rows(const char *path, const char *table)
     return n;
 }
 
-/* Fork a writer, let it write for a while, SIGKILL it. Asserts that it was
- * the kill that ended it (not a crash or an early exit). */
+/* Fork a writer, wait until it has committed something (so a slow start
+ * on a loaded machine does not make the round empty), let it write a while
+ * longer, SIGKILL it. Asserts that it was the kill that ended it (not a
+ * crash or an early exit). */
 static void run_and_kill(void (*writer)(const char *, long), const char *path,
-                         long first, long delay_ms)
+                         const char *table, long first, long delay_ms)
 {
     fflush(NULL);
     pid_t child = fork();
@@ -105,6 +107,8 @@ static void run_and_kill(void (*writer)(const char *, long), const char *path,
         writer(path, first);
         _exit(0);
     }
+    for (int i = 0; i < 1000 && count_rows(path, table) <= first; i++)
+        sleep_ms(5);
     sleep_ms(delay_ms);
     kill(child, SIGKILL);
     int status = 0;
@@ -170,7 +174,7 @@ Test(durability, an_lm_cache_killed_mid_write_opens_whole_on_the_next_start)
     temp_path(path, sizeof path, "cache");
     long written = 0;
     for (int round = 0; round < ROUNDS; round++) {
-        run_and_kill(cache_writer, path, written, 60 + 37 * round);
+        run_and_kill(cache_writer, path, "lm_cache", written, 20 + 37 * round);
         char verdict[256];
         integrity(path, verdict, sizeof verdict);
         cr_assert_str_eq(verdict, "ok", "round %d: %s", round, verdict);
@@ -286,7 +290,8 @@ Test(durability,
     temp_path(path, sizeof path, "ckpt");
     long written = 0;
     for (int round = 0; round < ROUNDS; round++) {
-        run_and_kill(ckpt_writer, path, written, 60 + 41 * round);
+        run_and_kill(ckpt_writer, path, "dspex_trials", written,
+                     20 + 41 * round);
         char verdict[256];
         integrity(path, verdict, sizeof verdict);
         cr_assert_str_eq(verdict, "ok", "round %d: %s", round, verdict);
