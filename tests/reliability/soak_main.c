@@ -9,14 +9,17 @@
  * the process's resident set size once a second.
  *
  * Output (one line each, machine-readable):
- *   sample <seconds since start> <rss KiB>
+ *   sample <seconds since start> <rss KiB> <malloc'd bytes in use, KiB>
  *   round <n> done=<examples finished> errors=<failed examples>
  *   soak rounds=<n> examples=<n> errors=<n> lost=<n>
  * lost counts examples an evaluation did not finish (must stay 0).
  * Exit status 0 unless setup failed or an example was lost.
+ * DX_SOAK_NO_FAULTS=1 runs the same load without faults.
  */
+#include <malloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,7 +65,11 @@ static void *sampler(void *arg)
 {
     (void)arg;
     while (!atomic_load(&stop_sampler)) {
-        printf("sample %.1f %ld\n", now_s() - t0, rss_kib());
+        /* In-use heap beside RSS: growth of the first is memory held,
+         * growth of the second alone is the allocator's fragmentation. */
+        struct mallinfo2 mi = mallinfo2();
+        printf("sample %.1f %ld %zu\n", now_s() - t0, rss_kib(),
+               mi.uordblks / 1024);
         fflush(stdout);
         struct timespec ts = {1, 0};
         nanosleep(&ts, NULL);
@@ -117,6 +124,9 @@ static const char *const faults[] = {
 int main(int argc, char **argv)
 {
     double seconds = argc > 1 ? strtod(argv[1], NULL) : 600;
+    /* DX_SOAK_NO_FAULTS=1: the same load without faults, to tell growth
+     * that faults cause from growth the load alone causes. */
+    bool no_faults = getenv("DX_SOAK_NO_FAULTS") != NULL;
     t0 = now_s();
     if (dx_lmserver_start(NULL, &srv) != DX_OK)
         return 2;
@@ -153,7 +163,7 @@ int main(int argc, char **argv)
             dx_example_with_inputs(ex, in, 1);
             dx_dataset_append(ds, ex);
         }
-        for (int k = 0; k < 4; k++) {
+        for (int k = 0; k < 4 && !no_faults; k++) {
             seed = seed * 1103515245u + 12345u;
             dx_lmserver_inject(
                 srv, faults[(seed >> 16) % (sizeof faults / sizeof faults[0])],
