@@ -1,7 +1,7 @@
 /*
  * example.c — examples (ordered key → JSON value records with an input
- * designation) and datasets of them, read from and written to JSONL or a
- * JSON array (see example.h).
+ * designation) and datasets of them, read from JSONL, a JSON array or CSV
+ * and written to JSONL (see example.h).
  *
  * An example keeps its entries in a plain array rather than a cJSON object
  * so the i-th key is O(1) for the adapters that walk every field of every
@@ -13,6 +13,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "dspex/alloc.h"
 #include "dspex/error.h"
@@ -688,6 +689,236 @@ static int parse_array(const char *text, size_t len, const char *name,
     return DX_OK;
 }
 
+/* ---- CSV (RFC 4180) ------------------------------------------------------ */
+
+/* One record's fields, NUL-separated in buf (offs[i] is where field i
+ * starts), with the 1-based byte column each began at. */
+typedef struct csv_rec {
+    dx__sb buf;
+    size_t *offs;
+    int *cols;
+    size_t n, cap;
+    int line; /* where the record began */
+} csv_rec;
+
+/* Reading position: pos in text, the current line and where it began. */
+typedef struct csv_pos {
+    const char *t;
+    size_t len, p, lstart;
+    int line;
+    const char *name;
+} csv_pos;
+
+static int csv_col(const csv_pos *c, size_t at)
+{
+    return (int)(at - c->lstart) + 1;
+}
+
+static int csv_err(const csv_pos *c, dx_diag *diag, int line, int col,
+                   const char *what)
+{
+    return dx_diag_set(diag, DX_ESYNTAX, line, col, "%s:%d:%d: %s", c->name,
+                       line, col, what);
+}
+
+static int csv_field_start(csv_rec *r, int col)
+{
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? r->cap * 2 : 16;
+        size_t *o = dx_realloc(r->offs, cap * sizeof *o);
+        if (!o)
+            return DX_ENOMEM;
+        r->offs = o;
+        int *cl = dx_realloc(r->cols, cap * sizeof *cl);
+        if (!cl)
+            return DX_ENOMEM;
+        r->cols = cl;
+        r->cap = cap;
+    }
+    r->offs[r->n] = r->buf.len;
+    r->cols[r->n] = col;
+    r->n++;
+    return DX_OK;
+}
+
+/* After a field: a comma (another field follows: true in *more), a line
+ * end or the end of the text (the record ends). Anything else is an
+ * error. */
+static int csv_after_field(csv_pos *c, bool *more, dx_diag *diag)
+{
+    *more = false;
+    if (c->p >= c->len)
+        return DX_OK;
+    char ch = c->t[c->p];
+    if (ch == ',') {
+        c->p++;
+        *more = true;
+        return DX_OK;
+    }
+    if (ch == '\r' || ch == '\n') {
+        c->p +=
+            ch == '\r' && c->p + 1 < c->len && c->t[c->p + 1] == '\n' ? 2 : 1;
+        c->line++;
+        c->lstart = c->p;
+        return DX_OK;
+    }
+    return csv_err(c, diag, c->line, csv_col(c, c->p),
+                   "expected ',' or the end of the line after a closing "
+                   "quote");
+}
+
+/* Read the next record into r: 1 when one was read, 0 at the end of the
+ * text, or a (negative) error code with diag set. Empty lines are
+ * skipped. */
+static int csv_record(csv_pos *c, csv_rec *r, dx_diag *diag)
+{
+    while (c->p < c->len && (c->t[c->p] == '\n' || c->t[c->p] == '\r')) {
+        c->p +=
+            c->t[c->p] == '\r' && c->p + 1 < c->len && c->t[c->p + 1] == '\n'
+                ? 2
+                : 1;
+        c->line++;
+        c->lstart = c->p;
+    }
+    if (c->p >= c->len)
+        return 0;
+    r->buf.len = 0;
+    r->n = 0;
+    r->line = c->line;
+    bool more = true;
+    while (more) {
+        if (csv_field_start(r, csv_col(c, c->p)) != DX_OK)
+            return DX_ENOMEM;
+        if (c->p < c->len && c->t[c->p] == '"') {
+            int qline = c->line, qcol = csv_col(c, c->p);
+            c->p++;
+            for (;;) {
+                if (c->p >= c->len)
+                    return csv_err(c, diag, qline, qcol,
+                                   "quoted field never closed");
+                char ch = c->t[c->p];
+                if (ch == '"') {
+                    if (c->p + 1 < c->len && c->t[c->p + 1] == '"') {
+                        dx__sb_putc(&r->buf, '"');
+                        c->p += 2;
+                        continue;
+                    }
+                    c->p++;
+                    break;
+                }
+                if (ch == '\0')
+                    return csv_err(c, diag, c->line, csv_col(c, c->p),
+                                   "a NUL byte in a field");
+                dx__sb_putc(&r->buf, ch);
+                c->p++;
+                if (ch == '\n') {
+                    c->line++;
+                    c->lstart = c->p;
+                }
+            }
+        } else {
+            while (c->p < c->len && c->t[c->p] != ',' && c->t[c->p] != '\n' &&
+                   c->t[c->p] != '\r') {
+                char ch = c->t[c->p];
+                if (ch == '"')
+                    return csv_err(c, diag, c->line, csv_col(c, c->p),
+                                   "a quote inside an unquoted field (quote "
+                                   "the whole field and double the quote)");
+                if (ch == '\0')
+                    return csv_err(c, diag, c->line, csv_col(c, c->p),
+                                   "a NUL byte in a field");
+                dx__sb_putc(&r->buf, ch);
+                c->p++;
+            }
+        }
+        dx__sb_putc(&r->buf, '\0');
+        int rc = csv_after_field(c, &more, diag);
+        if (rc)
+            return rc;
+    }
+    return r->buf.oom ? DX_ENOMEM : 1;
+}
+
+static void csv_rec_free(csv_rec *r)
+{
+    dx__sb_free(&r->buf);
+    dx_free(r->offs);
+    dx_free(r->cols);
+}
+
+/* The header row names the columns (non-empty, unique); every later
+ * record has exactly that many fields and becomes an example of string
+ * values, keys in column order. */
+static int parse_csv(const char *text, size_t len, const char *name,
+                     const char *const *in, size_t n_in, dx_dataset *ds,
+                     dx_diag *diag)
+{
+    csv_pos c = {text, len, 0, 0, 1, name};
+    csv_rec head = {0}, r = {0};
+    dx__sb_init(&head.buf);
+    dx__sb_init(&r.buf);
+    int rc = csv_record(&c, &head, diag);
+    if (rc <= 0)
+        goto done; /* an empty file is an empty dataset */
+    for (size_t i = 0; i < head.n; i++) {
+        const char *h = head.buf.p + head.offs[i];
+        if (!h[0]) {
+            rc = csv_err(&c, diag, head.line, head.cols[i],
+                         "empty column name in the header");
+            goto done;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(h, head.buf.p + head.offs[j]) == 0) {
+                rc = dx_diag_set(diag, DX_ESYNTAX, head.line, head.cols[i],
+                                 "%s:%d:%d: column '%s' appears twice in the "
+                                 "header",
+                                 name, head.line, head.cols[i], h);
+                goto done;
+            }
+    }
+    while ((rc = csv_record(&c, &r, diag)) == 1) {
+        if (r.n != head.n) {
+            /* Too many: where the first extra field starts; too few: the
+             * record's first column. */
+            int col = r.n > head.n ? r.cols[head.n] : 1;
+            rc = dx_diag_set(diag, DX_ESYNTAX, r.line, col,
+                             "%s:%d:%d: %zu fields, the header has %zu", name,
+                             r.line, col, r.n, head.n);
+            goto done;
+        }
+        dx_example *ex = dx_example_new();
+        if (!ex) {
+            rc = DX_ENOMEM;
+            goto done;
+        }
+        for (size_t i = 0; i < r.n && rc == 1; i++)
+            if (dx_example_set_str(ex, head.buf.p + head.offs[i],
+                                   r.buf.p + r.offs[i]) != DX_OK)
+                rc = DX_ENOMEM;
+        if (rc == 1 && n_in)
+            rc = dx_example_with_inputs(ex, in, n_in) == DX_OK ? 1 : DX_ENOMEM;
+        if (rc != 1) {
+            dx_example_free(ex);
+            goto done;
+        }
+        if ((rc = dx_dataset_append(ds, ex)) != DX_OK)
+            goto done;
+    }
+done:
+    csv_rec_free(&head);
+    csv_rec_free(&r);
+    if (rc == DX_ENOMEM)
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "%s: out of memory", name);
+    return rc == 1 ? DX_OK : rc; /* 0: the end of the text */
+}
+
+/* CSV when the name ends in ".csv" (any case). */
+static bool is_csv_name(const char *name)
+{
+    size_t n = strlen(name);
+    return n >= 4 && strcasecmp(name + n - 4, ".csv") == 0;
+}
+
 int dx_dataset_parse(const char *text, size_t len, const char *name,
                      const char *const *input_keys, size_t n_inputs,
                      dx_dataset **out, dx_diag *diag)
@@ -713,7 +944,9 @@ int dx_dataset_parse(const char *text, size_t len, const char *name,
     while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\n' ||
                        text[i] == '\r'))
         i++;
-    int rc = i < len && text[i] == '['
+    int rc = is_csv_name(name)
+                 ? parse_csv(text, len, name, input_keys, n_inputs, ds, diag)
+             : i < len && text[i] == '['
                  ? parse_array(text, len, name, input_keys, n_inputs, ds, diag)
                  : parse_jsonl(text, len, name, input_keys, n_inputs, ds, diag);
     if (rc) {

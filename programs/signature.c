@@ -626,7 +626,14 @@ typedef struct rd {
     const dx_custom_type *customs;
     size_t n_customs;
     dx_diag *diag;
+    int depth; /* parse_union calls in progress: the nesting of the type */
 } rd;
+
+/* Deepest type nesting read ("list[list[...]]", "((...))"). The reader
+ * recurses once per level, so without a bound a hostile signature text
+ * overflows the stack (found by fuzz/fuzz_signature.c); real types nest a
+ * handful of levels. */
+#define TYPE_MAX_DEPTH 64
 
 static int perr(rd *r, size_t at, const char *fmt, ...) DX_PRINTF(3, 4);
 static int perr(rd *r, size_t at, const char *fmt, ...)
@@ -1266,8 +1273,23 @@ static int parse_atom(rd *r, dx_type **out)
     return parse_named(r, out);
 }
 
-/* a | b | ...: *out NULL means None. */
+static int union_body(rd *r, dx_type **out);
+
+/* a | b | ...: *out NULL means None. DX_ESYNTAX past TYPE_MAX_DEPTH. */
 static int parse_union(rd *r, dx_type **out)
+{
+    if (r->depth >= TYPE_MAX_DEPTH) {
+        skip_ws(r);
+        return perr(r, r->pos, "types nest deeper than %d levels",
+                    TYPE_MAX_DEPTH);
+    }
+    r->depth++;
+    int rc = union_body(r, out);
+    r->depth--;
+    return rc;
+}
+
+static int union_body(rd *r, dx_type **out)
 {
     skip_ws(r);
     size_t at = r->pos;
@@ -1330,7 +1352,7 @@ int dx_type_parse(const char *text, const dx_custom_type *customs,
 {
     if (!text || !out || (n_customs && !customs))
         return dx_diag_set(diag, DX_EINVAL, 0, 0, "type: invalid argument");
-    rd r = {text, 0, strlen(text), "type", customs, n_customs, diag};
+    rd r = {text, 0, strlen(text), "type", customs, n_customs, diag, 0};
     dx_type *t = NULL;
     int rc = parse_type_at(&r, &t);
     if (rc != DX_OK)
@@ -1925,8 +1947,8 @@ int dx_signature_parse(const char *text, const char *instructions,
                            "another at column %d",
                            col);
     }
-    rd r = {text,      0,   (size_t)(arrow - text), "signature", customs,
-            n_customs, diag};
+    rd r = {text, 0, (size_t)(arrow - text), "signature", customs, n_customs,
+            diag, 0};
     pfields in = {0}, outs = {0};
     dx_field *fields = NULL;
     size_t nf = 0;

@@ -13,7 +13,8 @@
 set -euo pipefail
 
 # gcc/make, the build system, the compilers and sanitizer runtimes, the
-# libraries dspex links, the test framework, valgrind and the formatter.
+# libraries dspex links, the test framework, valgrind, the formatter and
+# gcovr (line/branch coverage per folder, scripts/coverage.sh).
 DX_PACKAGES=(
     build-essential
     meson
@@ -42,6 +43,8 @@ DX_PACKAGES=(
     # distribution tests start to talk to BEAM nodes.
     erlang-dev
     erlang-base
+    # scripts/coverage.sh: line and branch coverage per folder.
+    gcovr
 )
 
 # Optional: only scripts/apidocs.sh needs these (the test suite runs its

@@ -6,12 +6,16 @@
 #   asan  clang with AddressSanitizer + UndefinedBehaviorSanitizer, build-asan/
 #   tsan  clang with ThreadSanitizer, build-tsan/
 #   valgrind  the gcc build's kernel suites under valgrind memcheck
+#   fuzz  every fuzz target under libFuzzer (clang, ASan+UBSan) for
+#         DX_FUZZ_SECONDS each (default 8: with its build the stage stays
+#         under 3 minutes), in build-fuzz/ (scripts/fuzz.sh)
+# Every build's `meson test` also replays the fuzz corpora (suite `fuzz`).
 # Every stage runs even after an earlier one failed, so one run shows all
 # the failures; the exit status is non-zero if any stage failed. The last
 # line counts the test executables of all stages ("tests: N passed, ...").
 #
 # Knobs, for developers:
-#   DX_TEST_SETUPS  which builds to run (default "gcc asan tsan valgrind")
+#   DX_TEST_SETUPS  which builds to run (default "gcc asan tsan valgrind fuzz")
 #   DX_JOBS         parallel compile jobs (default 2)
 #   Extra arguments go to every `meson test` (e.g. a test name, --suite unit).
 # A build directory is configured once; later runs only rebuild (ninja reruns
@@ -22,7 +26,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 "$root/scripts/deps.sh"
 
-setups=${DX_TEST_SETUPS:-gcc asan tsan valgrind}
+setups=${DX_TEST_SETUPS:-gcc asan tsan valgrind fuzz}
 jobs=${DX_JOBS:-2}
 summary=()
 failed=0
@@ -138,6 +142,10 @@ setup_args=()
 # builds cover those.
 valgrind_suites=(alloc term proc mailbox links monitor registry timer server
     sched shutdown log app)
+# ... and the fuzz corpus replays (fuzz_<target>, listed in fuzz/meson.build).
+mapfile -t fuzz_tests < <(sed -n \
+    "/^fuzz_targets = {/,/^}/s/^  '\([a-z_]*\)'.*/fuzz_\1/p" fuzz/meson.build)
+valgrind_suites+=("${fuzz_tests[@]}")
 
 t0=$(date +%s)
 echo "==> lint"
@@ -187,9 +195,33 @@ for setup in $setups; do
         run_setup tsan clang build-tsan \
             -Db_sanitize=thread -Db_lundef=false
         ;;
+    fuzz)
+        # A bounded libFuzzer run of every target (crashes are copied to
+        # fuzz/crashes/); the corpus replays ran in the builds above.
+        t0=$(date +%s)
+        echo
+        echo "==> fuzz: libFuzzer, ${DX_FUZZ_SECONDS:-8}s per target"
+        rc=0
+        flog=$(mktemp)
+        DX_FUZZ_SECONDS=${DX_FUZZ_SECONDS:-8} "$root/scripts/fuzz.sh" |
+            tee "$flog" || rc=$?
+        clean=0 bad=0
+        read -r clean bad < <(sed -n \
+            's/^fuzz: \([0-9]*\) targets clean, \([0-9]*\) found.*/\1 \2/p' \
+            "$flog") || true
+        clean=${clean:-0} bad=${bad:-0}
+        rm -f "$flog"
+        total_pass=$((total_pass + clean))
+        total_fail=$((total_fail + bad))
+        if [ "$rc" -ne 0 ] || [ "$bad" -ne 0 ] || [ "$clean" -eq 0 ]; then
+            record fuzz FAIL fuzz "$t0" "$clean clean, $bad found problems"
+        else
+            record fuzz PASS fuzz "$t0" "$clean targets clean"
+        fi
+        ;;
     *)
         echo "test.sh: unknown setup '$setup' in DX_TEST_SETUPS" \
-            "(known: gcc asan tsan valgrind)" >&2
+            "(known: gcc asan tsan valgrind fuzz)" >&2
         record "$setup" FAIL "unknown" "$(date +%s)"
         ;;
     esac

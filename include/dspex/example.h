@@ -121,14 +121,26 @@ typedef struct dx_dataset {
 } dx_dataset;
 
 /* Load a dataset file: JSONL (one object per non-blank line) or, when the
- * first non-blank byte is '[', a JSON array of objects. input_keys (may be
+ * first non-blank byte is '[', a JSON array of objects; or, when the file
+ * name ends in ".csv" (any case), CSV as RFC 4180 writes it: the first
+ * record is a header naming the columns (non-empty, unique); every later
+ * record has exactly as many fields and becomes an example whose values
+ * are strings (as Python's csv.DictReader gives them), keys in column
+ * order. Fields are separated by ',', records by CRLF or LF; a field in
+ * double quotes may hold commas, line breaks and "" for a quote; empty
+ * lines are skipped. CSV errors are DX_ESYNTAX with diag
+ * `file:line:column: what` (a quote inside an unquoted field, text after
+ * a closing quote, a quoted field never closed, a record with another
+ * field count than the header, an empty or repeated column name, a NUL
+ * byte). input_keys (may be
  * NULL/0) are designated as the inputs of every example. DX_OK with *out
  * the caller's (dx_dataset_free); DX_EIO (cannot read: diag names the file
  * and errno text); DX_ESYNTAX (diag: `path:line: what at column c`);
  * DX_ENOMEM; DX_EINVAL. */
 DX_API int dx_dataset_load(const char *path, const char *const *input_keys,
                            size_t n_inputs, dx_dataset **out, dx_diag *diag);
-/* The same from text in memory; name is used in messages. */
+/* The same from text in memory; name is used in messages and, by its
+ * ".csv" ending, picks CSV. */
 DX_API int dx_dataset_parse(const char *text, size_t len, const char *name,
                             const char *const *input_keys, size_t n_inputs,
                             dx_dataset **out, dx_diag *diag);

@@ -1,8 +1,8 @@
 /*
  * test_example.c — examples and datasets: ordered keys, values in and out,
  * inputs/labels/without/copy/equality as DSPy's Example behaves, JSON text
- * in and out, and datasets from JSONL or a JSON array with errors that name
- * the file, line and column, plus saving and reading back.
+ * in and out, and datasets from JSONL, a JSON array or CSV with errors that
+ * name the file, line and column, plus saving and reading back.
  */
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -458,6 +458,138 @@ Test(example, every_failed_allocation_is_enomem_and_leaks_nothing,
         dx_free(s);
         dx_example_free(in_ex);
         dx_example_free(cp);
+        dx_dataset_free(ds);
+    }
+    dx_set_allocator(NULL);
+    cr_expect(done);
+}
+
+/* ---- CSV ------------------------------------------------------------------ */
+
+static dx_dataset *csv_ok(const char *text)
+{
+    dx_dataset *ds = NULL;
+    dx_diag d = {0};
+    const char *in[] = {"question"};
+    int rc = dx_dataset_parse(text, strlen(text), "data.csv", in, 1, &ds, &d);
+    cr_assert_eq(rc, DX_OK, "%s", d.msg);
+    return ds;
+}
+
+Test(example, csv_rows_become_examples_of_strings_keyed_by_the_header,
+     .timeout = 10)
+{
+    dx_dataset *ds = csv_ok("\xEF\xBB\xBFquestion,answer,note\r\n"
+                            "What is 2+2?,4,\r\n"
+                            "\"Quoted, with comma\",\"He said \"\"hi\"\"\","
+                            "\"two\nlines\"\n"
+                            "\n"
+                            "plain,,last\n");
+    cr_assert_eq(ds->n, 3);
+    expect_json(
+        ds->items[0],
+        "{\"question\":\"What is 2+2?\",\"answer\":\"4\",\"note\":\"\"}");
+    expect_json(ds->items[1],
+                "{\"question\":\"Quoted, with comma\",\"answer\":"
+                "\"He said \\\"hi\\\"\",\"note\":\"two\\nlines\"}");
+    expect_json(ds->items[2],
+                "{\"question\":\"plain\",\"answer\":\"\",\"note\":\"last\"}");
+    cr_expect(dx_example_is_input(ds->items[2], "question"));
+    cr_expect_not(dx_example_is_input(ds->items[2], "answer"));
+    dx_dataset_free(ds);
+
+    /* No final line break; a header alone is an empty dataset. */
+    ds = csv_ok("a,b\n1,2");
+    cr_assert_eq(ds->n, 1);
+    expect_json(ds->items[0], "{\"a\":\"1\",\"b\":\"2\"}");
+    dx_dataset_free(ds);
+    ds = csv_ok("a,b\r\n");
+    cr_expect_eq(ds->n, 0);
+    dx_dataset_free(ds);
+    ds = csv_ok("");
+    cr_expect_eq(ds->n, 0);
+    dx_dataset_free(ds);
+}
+
+Test(example, csv_errors_name_the_file_line_and_column, .timeout = 10)
+{
+    static const struct {
+        const char *text, *msg;
+        int line, col;
+    } cases[] = {
+        {"a,b\n1,2,3\n", "data.csv:2:5: 3 fields, the header has 2", 2, 5},
+        {"a,b\n1\n", "data.csv:2:1: 1 fields, the header has 2", 2, 1},
+        {"a,b\nx,y\"z\n",
+         "data.csv:2:4: a quote inside an unquoted field (quote the whole "
+         "field and double the quote)",
+         2, 4},
+        {"a,b\n\"x\"y,z\n",
+         "data.csv:2:4: expected ',' or the end of the line after a closing "
+         "quote",
+         2, 4},
+        {"a,b\n1,2\n\"open,\nnever closed\n",
+         "data.csv:3:1: quoted field never closed", 3, 1},
+        {"a,,c\n", "data.csv:1:3: empty column name in the header", 1, 3},
+        {"a,b,a\n1,2,3\n",
+         "data.csv:1:5: column 'a' appears twice in the header", 1, 5},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        dx_dataset *ds = (dx_dataset *)1;
+        dx_diag d = {0};
+        int rc = dx_dataset_parse(cases[i].text, strlen(cases[i].text),
+                                  "data.csv", NULL, 0, &ds, &d);
+        cr_expect_eq(rc, DX_ESYNTAX, "case %zu", i);
+        cr_expect_null(ds, "case %zu", i);
+        cr_expect_str_eq(d.msg, cases[i].msg, "case %zu", i);
+        cr_expect_eq(d.line, cases[i].line, "case %zu", i);
+        cr_expect_eq(d.column, cases[i].col, "case %zu", i);
+    }
+    /* A NUL byte cannot become part of a string value. */
+    dx_dataset *ds = NULL;
+    dx_diag d = {0};
+    cr_expect_eq(dx_dataset_parse("a\nx\0y\n", 6, "data.csv", NULL, 0, &ds, &d),
+                 DX_ESYNTAX);
+    cr_expect_str_eq(d.msg, "data.csv:2:2: a NUL byte in a field");
+}
+
+Test(example, a_file_named_csv_loads_as_csv, .timeout = 10)
+{
+    char path[] = "/tmp/dx_csv_XXXXXX.CSV";
+    int fd = mkstemps(path, 4);
+    cr_assert_geq(fd, 0);
+    const char *text = "question,answer\n\"{\"\"not\"\": \"\"json\"\"}\",1\n";
+    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    dx_dataset *ds = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_dataset_load(path, NULL, 0, &ds, &d), DX_OK, "%s", d.msg);
+    cr_assert_eq(ds->n, 1);
+    expect_json(
+        ds->items[0],
+        "{\"question\":\"{\\\"not\\\": \\\"json\\\"}\",\"answer\":\"1\"}");
+    dx_dataset_free(ds);
+    unlink(path);
+}
+
+Test(example, a_failed_allocation_in_csv_is_enomem_and_leaks_nothing,
+     .timeout = 20)
+{
+    const char *text = "q,a\n\"x, y\",1\nz,\"2\"\"\"\n";
+    const char *in[] = {"q"};
+    dx_set_allocator(&failing);
+    bool done = false;
+    for (fail_at = 0; fail_at < 10000 && !done; fail_at++) {
+        n_allocs = 0;
+        dx_dataset *ds = NULL;
+        dx_diag d = {0};
+        int rc = dx_dataset_parse(text, strlen(text), "m.csv", in, 1, &ds, &d);
+        if (rc != DX_OK) {
+            cr_expect_eq(rc, DX_ENOMEM, "fail at %ld: %s", fail_at, d.msg);
+            cr_expect_null(ds);
+            continue;
+        }
+        done = true;
+        cr_expect_eq(ds->n, 2);
         dx_dataset_free(ds);
     }
     dx_set_allocator(NULL);

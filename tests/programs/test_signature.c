@@ -888,3 +888,44 @@ Test(signature, cached_slot_is_shared_across_threads, .timeout = 20)
         dx_signature_unref(s); /* losers' copies were freed (ASan checks) */
     }
 }
+
+/* Regression (fuzz/corpus/signature/regress-deep-nesting): the type reader
+ * recursed once per nesting level without a bound, so 10,000 "(" overflowed
+ * the stack. Now nesting past 64 levels is a syntax error; real types
+ * still parse. */
+Test(signature, types_nested_too_deep_are_a_syntax_error_not_a_crash,
+     .timeout = 10)
+{
+    enum { N = 10000 };
+    char *text = dx_malloc(2 * N + 16);
+    cr_assert_not_null(text);
+    size_t k = 0;
+    k += (size_t)snprintf(text, 16, "a -> b: ");
+    for (int i = 0; i < N; i++)
+        text[k++] = '(';
+    memcpy(text + k, "str", 3);
+    k += 3;
+    for (int i = 0; i < N; i++)
+        text[k++] = ')';
+    text[k] = '\0';
+    dx_signature *s = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_signature_parse(text, NULL, NULL, 0, &s, &d), DX_ESYNTAX);
+    cr_assert_null(s);
+    cr_assert(strstr(d.msg, "nest deeper than 64 levels"), "%s", d.msg);
+
+    /* The same through the type reader, with brackets. */
+    k = 0;
+    for (int i = 0; i < N / 10; i++)
+        k += (size_t)snprintf(text + k, 2 * N + 16 - k, "list[");
+    dx_type *t = NULL;
+    cr_assert_eq(dx_type_parse(text, NULL, 0, &t, &d), DX_ESYNTAX);
+    cr_assert_null(t);
+    dx_free(text);
+
+    /* Deep but reasonable nesting still parses. */
+    cr_assert_eq(dx_type_parse("list[dict[str, list[Optional[((int))]]]]", NULL,
+                               0, &t, &d),
+                 DX_OK, "%s", d.msg);
+    dx_type_free(t);
+}
