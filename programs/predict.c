@@ -258,6 +258,26 @@ static void send_whole_fields(dx_ctx *ctx, const dx_module *p,
     }
 }
 
+/* Objects a Predict holds across its blocking LM call are tied to the
+ * calling process (dx_ptie_new), so a program process killed while it
+ * waits frees them as it ends. */
+static void request_release(void *r)
+{
+    dx_lm_request_free(r);
+}
+static void prediction_release(void *p)
+{
+    dx_prediction_free(p);
+}
+static void example_release(void *e)
+{
+    dx_example_free(e);
+}
+static void reader_release(void *r)
+{
+    dx_adapter_stream_free(r);
+}
+
 /* One LM call through adapter kind: format, complete, parse every choice.
  * On success *parsed holds n_choices examples. stream: hand the answer's
  * fields to the run's listener (see dx_call_opts.on_chunk). */
@@ -307,6 +327,9 @@ static int attempt(dx_ctx *ctx, const dx_module *p, dx_adapter_kind kind,
     bool incremental =
         stream &&
         dx_adapter_stream_new(kind, s, field_chunk, &sm, &sm.reader) == DX_OK;
+    dx_ptie *req_tie = dx_ptie_new(req, request_release);
+    dx_ptie *reader_tie =
+        incremental ? dx_ptie_new(sm.reader, reader_release) : NULL;
     if (left <= 0)
         rc = DX_ETIMEDOUT;
     else if (incremental)
@@ -314,6 +337,8 @@ static int attempt(dx_ctx *ctx, const dx_module *p, dx_adapter_kind kind,
                                           &res, &err);
     else
         rc = dx_lm_client_complete_opt(lm, req, &copts, left, &res, &err);
+    dx_ptie_cut(reader_tie);
+    dx_ptie_cut(req_tie);
     dx_lm_request_free(req);
     if (incremental && rc == DX_OK)
         (void)dx_adapter_stream_finish(sm.reader);
@@ -399,6 +424,8 @@ int dx__predict_forward(dx_ctx *ctx, const dx_module *p,
         dx_example_free(filled);
         return dx_ctx_fail(ctx, DX_ENOMEM, "%s: out of memory", p->path);
     }
+    dx_ptie *pred_tie = dx_ptie_new(pred, prediction_release);
+    dx_ptie *filled_tie = filled ? dx_ptie_new(filled, example_release) : NULL;
     dx_lm_result *res = NULL;
     dx_example **parsed = NULL;
     size_t n_parsed = 0;
@@ -433,6 +460,9 @@ int dx__predict_forward(dx_ctx *ctx, const dx_module *p,
                         first.msg, second);
         }
     }
+    /* No blocking call from here on. */
+    dx_ptie_cut(filled_tie);
+    dx_ptie_cut(pred_tie);
     if (rc != DX_OK) {
         dx_lm_result_free(res);
         dx_prediction_free(pred);

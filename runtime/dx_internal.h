@@ -457,7 +457,10 @@ extern dx_term *dx__a_normal, *dx__a_kill, *dx__a_killed, *dx__a_shutdown,
 struct dx__palloc_hdr {
     dx__palloc_hdr *prev, *next;
     size_t size;
-    size_t pad; /* keeps the payload 16-byte aligned */
+    /* A tie (dx_ptie): run on the payload when the process ends with the
+     * block still held. NULL for plain dx_palloc memory. Also keeps the
+     * payload 16-byte aligned. */
+    void (*on_exit)(void *payload);
 };
 
 #endif

@@ -1007,6 +1007,7 @@ void *dx_palloc(size_t size)
     if (h == NULL)
         return NULL;
     h->size = size;
+    h->on_exit = NULL;
     h->prev = NULL;
     h->next = p->palloc;
     if (p->palloc)
@@ -1070,10 +1071,43 @@ static void palloc_free_all(dx__proc *p)
     dx__palloc_hdr *h = p->palloc;
     while (h) {
         dx__palloc_hdr *next = h->next;
+        if (h->on_exit)
+            h->on_exit(h + 1);
         dx_free(h);
         h = next;
     }
     p->palloc = NULL;
+}
+
+/* A tie is a dx_palloc block holding the object and its free function;
+ * the block's on_exit frees the object when the process ends holding it. */
+struct dx_ptie {
+    void *obj;
+    void (*free_fn)(void *obj);
+};
+
+static void tie_release(void *payload)
+{
+    struct dx_ptie *t = payload;
+    t->free_fn(t->obj);
+}
+
+dx_ptie *dx_ptie_new(void *obj, void (*free_fn)(void *obj))
+{
+    if (obj == NULL || free_fn == NULL)
+        return NULL;
+    struct dx_ptie *t = dx_palloc(sizeof *t);
+    if (t == NULL)
+        return NULL;
+    t->obj = obj;
+    t->free_fn = free_fn;
+    ((dx__palloc_hdr *)t - 1)->on_exit = tie_release;
+    return t;
+}
+
+void dx_ptie_cut(dx_ptie *tie)
+{
+    dx_pfree(tie); /* without running on_exit: the caller has obj back */
 }
 
 /* ------------------------------------------------------------------ */

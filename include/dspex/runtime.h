@@ -294,6 +294,19 @@ DX_API void *dx_pcalloc(size_t n, size_t size);
 DX_API void *dx_prealloc(void *ptr, size_t size);
 DX_API void dx_pfree(void *ptr);
 
+/* Tie a heap object's life to the calling process for a while: if the
+ * process ends — a crash, a kill, an exit — while the tie holds, free_fn(obj)
+ * runs as it ends, so an object held across a blocking call (an LM request
+ * while the reply is awaited) is not lost when the process is killed
+ * there. dx_ptie_cut ends the tie without freeing obj (the code frees or
+ * hands it on itself). free_fn runs on a scheduler thread outside any
+ * process: it may only free memory. NULL (nothing tied) when obj or
+ * free_fn is NULL, on OOM, or off a process. Process. */
+typedef struct dx_ptie dx_ptie;
+DX_API dx_ptie *dx_ptie_new(void *obj, void (*free_fn)(void *obj));
+/* NULL is a no-op. Process (the one that made the tie). */
+DX_API void dx_ptie_cut(dx_ptie *tie);
+
 /* ------------------------------------------------------------------ */
 /* Crashes                                                             */
 /* ------------------------------------------------------------------ */

@@ -310,6 +310,47 @@ Test(crash, palloc_memory_is_released_when_the_process_crashes, .timeout = 60)
     dx_set_allocator(NULL);
 }
 
+/* Ties: an object tied to a process is freed when it dies holding the tie,
+ * and is left alone once the tie is cut. */
+static atomic_int tie_freed;
+static void count_release(void *obj)
+{
+    atomic_fetch_add(&tie_freed, *(int *)obj);
+    free(obj);
+}
+
+static void tie_then_die(void *arg)
+{
+    int *kept = malloc(sizeof *kept), *held = malloc(sizeof *held);
+    *kept = 100;
+    *held = 1;
+    dx_ptie *cut = dx_ptie_new(kept, count_release);
+    dx_ptie *hold = dx_ptie_new(held, count_release);
+    KT_CHECK(cut != NULL && hold != NULL);
+    KT_CHECK(dx_ptie_new(NULL, count_release) == NULL);
+    dx_ptie_cut(cut); /* this one the process frees itself */
+    free(kept);
+    crash_fn(arg);
+}
+
+Test(crash, an_object_tied_to_a_process_is_freed_when_it_dies, .timeout = 60)
+{
+    SKIP_FAULTS_UNDER_TSAN();
+    kt_start(1);
+    for (int k = CRASH_EXIT; k <= CRASH_OVERFLOW; k++) {
+        atomic_store(&tie_freed, 0);
+        dx_term *why = kt_run_reason(tie_then_die, (void *)(intptr_t)k);
+        reason_ok((enum crash_kind)k, why);
+        dx_term_free(why);
+        KT_HOST_WAIT_UNTIL(atomic_load(&tie_freed) != 0, 5000);
+        cr_expect_eq(atomic_load(&tie_freed), 1,
+                     "crash kind %d: only the held object, once", k);
+    }
+    cr_expect_null(dx_ptie_new(&tie_freed, count_release), "off a process");
+    kt_stop();
+    kt_assert_clean();
+}
+
 /* ---- many crashes, many survivors --------------------------------------- */
 
 static void repeated_body(void *arg)
