@@ -44,6 +44,9 @@ enum {
 };
 
 #define DEFAULT_HISTORY 100
+/* Workers that died without a report are replaced this many times per
+ * request. */
+#define MAX_RESPAWNS 1
 
 /* ---- request copies ------------------------------------------------------ */
 
@@ -296,6 +299,7 @@ typedef struct flight {
     int attempts;
     bool fell_back;
     bool running;  /* a worker is out (else: queued for the limiter) */
+    int respawns;  /* workers replaced after dying without a report */
     bool admitted; /* holds a limiter slot */
     int64_t est_tokens;
     int64_t deadline_ms;
@@ -1172,11 +1176,24 @@ static dx_srv_ret srv_info(void *st, dx_msg *msg, dx_term **stop_reason)
         return DX_SRV_NOREPLY;
     }
     if (msg->tag == DX_TAG_DOWN) {
-        /* A worker died without reporting (it crashed or was killed). */
+        /* A worker died without reporting (it crashed or was killed).
+         * Its request never got an answer, and an LM call has no side
+         * effects: a new worker takes it over once — unless text already
+         * went out to streaming callers, or the deadline has passed. */
         for (flight *f = s->flights; f; f = f->next)
             if (f->running && dx_ref_eq(f->mon, msg->ref)) {
                 dx_breaker_record_ignored(s->eps[f->ep].breaker);
-                fail_flight(s, f, DX_EDOWN, NULL);
+                f->running = false;
+                bool again =
+                    !f->emitted && f->respawns < MAX_RESPAWNS &&
+                    (f->deadline_ms == 0 || dx_now_ms() < f->deadline_ms);
+                if (again && spawn_worker(s, f, f->ep) == DX_OK) {
+                    f->respawns++;
+                    s->stats.worker_respawns++;
+                } else {
+                    f->running = true; /* as fail_flight expects it */
+                    fail_flight(s, f, DX_EDOWN, NULL);
+                }
                 break;
             }
         pump(s);

@@ -180,11 +180,32 @@ static int fill_defaults(const dx_signature *s, const dx_example *in,
     return DX_OK;
 }
 
+/* How long a call waits for an LM client's name to be registered again:
+ * a supervisor restarting a crashed client leaves the name free for about
+ * a millisecond, and a call that failed in that window would turn one
+ * restart into a burst of failed calls. */
+#define LM_NAME_WAIT_MS 250
+
+static dx_pid whereis_waiting(dx_ctx *ctx, const char *name)
+{
+    dx_pid pid = dx_whereis(name);
+    int64_t waited = 0;
+    while (dx_pid_is_none(pid) && waited < LM_NAME_WAIT_MS &&
+           dx_ctx_remaining_ms(ctx) > 2) {
+        dx_sleep(2);
+        waited += 2;
+        pid = dx_whereis(name);
+    }
+    return pid;
+}
+
+/* The LM client to call, and whether it was found by name (so a client
+ * that went away during the call may be looked up again). */
 static dx_pid resolve_lm(dx_ctx *ctx, const dx_module *p, const char **which)
 {
     if (p->opts.lm_name) {
         *which = p->opts.lm_name;
-        return dx_whereis(p->opts.lm_name);
+        return whereis_waiting(ctx, p->opts.lm_name);
     }
     if (p->state_model) {
         dx_pid pid = dx_whereis(p->state_model);
@@ -198,7 +219,7 @@ static dx_pid resolve_lm(dx_ctx *ctx, const dx_module *p, const char **which)
         return ctx->lm;
     }
     *which = ctx->lm_name ? ctx->lm_name : "lm";
-    return dx_whereis(*which);
+    return whereis_waiting(ctx, *which);
 }
 
 /* ---- streaming to the run's listener --------------------------------- */
@@ -387,6 +408,29 @@ static void free_parsed(dx_example **v, size_t n)
     dx_free(v);
 }
 
+/* attempt(), and when the LM client itself went away during the call
+ * (killed, or restarting under its supervisor) and was found by name, the
+ * same attempt once more with its successor: an LM call has no side
+ * effects. Not after a streamed call, whose text may have gone out. */
+static int attempt_again(dx_ctx *ctx, const dx_module *p, dx_adapter_kind kind,
+                         dx_pid *lm, const dx_example *in, bool stream,
+                         dx_lm_result **res_out, dx_example ***parsed,
+                         size_t *n_parsed)
+{
+    int rc = attempt(ctx, p, kind, *lm, in, stream, res_out, parsed, n_parsed);
+    if ((rc != DX_EDOWN && rc != DX_ENOPROC) || !dx_pid_is_none(ctx->lm) ||
+        stream)
+        return rc;
+    const char *which = NULL;
+    dx_pid again = resolve_lm(ctx, p, &which);
+    if (dx_pid_is_none(again) || again.id == lm->id)
+        return rc;
+    *lm = again;
+    dx_lm_result_free(*res_out);
+    *res_out = NULL;
+    return attempt(ctx, p, kind, *lm, in, stream, res_out, parsed, n_parsed);
+}
+
 /* Count an LM result in the prediction's and the run's usage. */
 static void count_usage(dx_ctx *ctx, dx_prediction *pred,
                         const dx_lm_result *res)
@@ -429,8 +473,8 @@ int dx__predict_forward(dx_ctx *ctx, const dx_module *p,
     dx_lm_result *res = NULL;
     dx_example **parsed = NULL;
     size_t n_parsed = 0;
-    rc = attempt(ctx, p, ctx->adapter, lm, in, ctx->on_chunk != NULL, &res,
-                 &parsed, &n_parsed);
+    rc = attempt_again(ctx, p, ctx->adapter, &lm, in, ctx->on_chunk != NULL,
+                       &res, &parsed, &n_parsed);
     bool cached = res && res->cached;
     dx_lm_usage usage = {0};
     if (res) {
@@ -445,8 +489,8 @@ int dx__predict_forward(dx_ctx *ctx, const dx_module *p,
         dx_diag first = ctx->diag;
         dx_lm_result_free(res);
         res = NULL;
-        rc = attempt(ctx, p, DX_ADAPTER_JSON, lm, in, false, &res, &parsed,
-                     &n_parsed);
+        rc = attempt_again(ctx, p, DX_ADAPTER_JSON, &lm, in, false, &res,
+                           &parsed, &n_parsed);
         if (res) {
             count_usage(ctx, pred, res);
             cached = res->cached;

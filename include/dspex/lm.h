@@ -234,8 +234,11 @@ typedef struct dx_lm_client_stats {
     uint64_t rate_expired;  /* queued requests that reached their deadline */
     uint64_t rate_rejected; /* refused by the limiter (DX_ELIMIT) */
     uint64_t streamed;      /* upstream calls made streaming */
-    size_t in_flight;       /* distinct requests being worked on or queued */
-    size_t queued;          /* of those, waiting for the limiter */
+    /* workers that died without reporting and were replaced (once per
+     * request, never after streamed text went out) */
+    uint64_t worker_respawns;
+    size_t in_flight; /* distinct requests being worked on or queued */
+    size_t queued;    /* of those, waiting for the limiter */
     /* Breaker state per endpoint, primary first (CLOSED past the last). */
     dx_breaker_state breakers[1 + DX_LM_CLIENT_MAX_FALLBACKS];
 } dx_lm_client_stats;

@@ -1394,3 +1394,44 @@ Test(lmclient, a_child_spec_refuses_bad_options)
     dx_lm_client_child_spec_free(&spec); /* arg cleared: a no-op */
     dx_lm_client_child_spec_free(NULL);
 }
+
+/* A worker killed mid-call (not the client): its request goes to a new
+ * worker once, and the caller gets the answer. */
+static void kill_one_worker(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 2000; i++) {
+        dx_proc_info *ps = NULL;
+        size_t n = 0;
+        dx_pid victim = DX_NOPID;
+        if (dx_process_list(&ps, &n) == DX_OK) {
+            for (size_t k = 0; k < n; k++)
+                if (strcmp(ps[k].label, "dx_lm_client:worker") == 0)
+                    victim = ps[k].pid;
+            dx_free(ps);
+        }
+        if (!dx_pid_is_none(victim)) {
+            dx_kill(victim);
+            return;
+        }
+        dx_sleep(1);
+    }
+}
+
+static void call_while_a_worker_dies(scenario *s, dx_pid client)
+{
+    dx_spawn(kill_one_worker, NULL, NULL);
+    complete_into(client, "What is 2+2?", 10000, &s->calls[0]);
+}
+
+Test(lmclient, a_worker_killed_mid_call_is_replaced_once)
+{
+    live_only();
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:300", 1), DX_OK);
+    sc.body = call_while_a_worker_dies;
+    run(&sc);
+    cr_assert_eq(sc.calls[0].rc, DX_OK, "%s", dx_err_name(sc.calls[0].rc));
+    cr_assert_str_eq(sc.calls[0].text, "answer: What is 2+2?");
+    cr_assert_eq(sc.stats.worker_respawns, 1);
+    cr_assert_eq(sc.stats.workers, 2);
+}

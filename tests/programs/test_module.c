@@ -5,9 +5,11 @@
  * calls), no fallback when turned off, a three-step composed program with
  * its trace and usage per run, a crashing user forward costing only its
  * call, a missing LM client named in the error, predictor paths, copies and
- * reset copies.
+ * reset copies, and a call that rides out its supervised LM client being
+ * killed and restarted.
  */
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -18,6 +20,7 @@
 #include "dspex/lmserver.h"
 #include "dspex/module.h"
 #include "dspex/runtime.h"
+#include "dspex/supervisor.h"
 #include "lm_fixture.h"
 
 TestSuite(module, .init = fixture_setup, .fini = fixture_teardown,
@@ -360,4 +363,97 @@ Test(module, children_names_are_checked)
     cr_assert_eq(dx_module_add(m, "items[0]", dx_predict_new(s, NULL)), DX_OK);
     dx_signature_unref(s);
     dx_module_free(m);
+}
+
+/* ---- an LM client killed and restarted under a call ------------------- */
+
+static dx_child_spec sup_client;
+static _Atomic int tree_rc = 1;
+static atomic_bool tree_stop;
+
+/* Owns a supervisor whose one child is an LM client registered as
+ * "lm_sup", until the test says stop. */
+static void client_tree(void *arg)
+{
+    (void)arg;
+    dx_lm_client_opts o = {
+        .primary = {"openai-compatible/test-model", url, "sk-test"}};
+    int rc = dx_lm_client_child_spec(&sup_client, "lm_sup", &o, "lm_sup");
+    dx_sup_spec spec = {.name = "lm_sup_tree",
+                        .intensity = 10,
+                        .period_s = 5,
+                        .children = &sup_client,
+                        .nchildren = 1};
+    dx_pid sup = DX_NOPID;
+    if (rc == DX_OK)
+        rc = dx_sup_start_link(&spec, &sup, NULL);
+    atomic_store(&tree_rc, rc);
+    while (rc == DX_OK && !atomic_load(&tree_stop))
+        dx_sleep(5);
+    if (rc == DX_OK)
+        dx_sup_stop(sup, NULL, 5000);
+    dx_lm_client_child_spec_free(&sup_client);
+    atomic_store(&tree_rc, 2);
+}
+
+typedef struct killed_call {
+    dx_module *m;
+    int rc;
+    char answer[64];
+    char diag[DX_DIAG_MAX];
+} killed_call;
+
+static void *call_in_thread(void *arg)
+{
+    killed_call *k = arg;
+    dx_example *in = inputs1("question", "Capital of Peru?");
+    dx_prediction *p = NULL;
+    dx_diag d = {0};
+    dx_call_opts o = {.lm_name = "lm_sup", .timeout_ms = 20000};
+    k->rc = dx_module_call(k->m, in, &o, &p, NULL, &d);
+    snprintf(k->answer, sizeof k->answer, "%s",
+             p ? dx_prediction_get_str(p, "answer", "") : "");
+    snprintf(k->diag, sizeof k->diag, "%s", d.msg);
+    dx_prediction_free(p);
+    dx_example_free(in);
+    return NULL;
+}
+
+Test(module, a_call_rides_out_its_lm_client_being_killed_and_restarted)
+{
+    atomic_store(&tree_rc, 1);
+    atomic_store(&tree_stop, false);
+    cr_assert_eq(dx_spawn(client_tree, NULL, NULL), DX_OK);
+    for (int i = 0; i < 1000 && atomic_load(&tree_rc) == 1; i++)
+        host_sleep_ms(2);
+    cr_assert_eq(atomic_load(&tree_rc), DX_OK);
+
+    dx_signature *s = sig("question -> answer");
+    killed_call k = {.m = dx_predict_new(s, NULL)};
+    dx_signature_unref(s);
+    /* The first request is held long enough to kill its client. */
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:400", 1), DX_OK);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(
+            dx_lmserver_push_reply(
+                srv, "[[ ## answer ## ]]\nLima\n\n[[ ## completed ## ]]"),
+            DX_OK);
+    dx_pid first = dx_whereis("lm_sup");
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, call_in_thread, &k), 0);
+    for (int i = 0; i < 1000 && upstream_requests() == 0; i++)
+        host_sleep_ms(2);
+    cr_assert_eq(dx_kill(first), DX_OK);
+    pthread_join(t, NULL);
+    cr_assert_eq(k.rc, DX_OK, "%s", k.diag);
+    cr_assert_str_eq(k.answer, "Lima");
+    dx_pid now = dx_whereis("lm_sup");
+    cr_assert(!dx_pid_is_none(now) && now.id != first.id,
+              "the supervisor restarted the client");
+    cr_assert_geq(upstream_requests(), 2, "asked again");
+
+    atomic_store(&tree_stop, true);
+    for (int i = 0; i < 1000 && atomic_load(&tree_rc) != 2; i++)
+        host_sleep_ms(2);
+    dx_module_free(k.m);
 }

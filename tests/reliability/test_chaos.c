@@ -139,15 +139,9 @@ static int chaotic_forward(dx_ctx *ctx, const dx_module *self,
 {
     size_t slot = dx_self().id % 64;
     atomic_store(&running[slot], dx_self().id);
-    /* Ride out an LM client restart, as docs/internals/lmclient.md tells
-     * callers to: while the supervisor restarts it nothing is registered
-     * as "lm" (DX_ENOLM). Without this one restart fails most of the
-     * remaining examples at once (docs/reliability.md). */
+    /* No retry here: Predict itself waits for the client's name to come
+     * back and asks a restarted client again (programs/predict.c). */
     int rc = dx_forward(ctx, dx_module_child(self, "predict"), in, out);
-    for (int i = 0; rc == DX_ENOLM && i < 200; i++) {
-        dx_sleep(5);
-        rc = dx_forward(ctx, dx_module_child(self, "predict"), in, out);
-    }
     atomic_store(&running[slot], 0);
     return rc;
 }
