@@ -441,6 +441,7 @@ typedef struct ex_result {
     cJSON *demos; /* owned */
     dx_usage_acc usage;
     bool from_checkpoint;
+    char *error; /* why a run failed (owned; NULL when it did not) */
 } ex_result;
 
 typedef struct boot_job {
@@ -582,8 +583,11 @@ static void bootstrap_run(void *arg)
             } else if (r->rc != DX_OK && ++errors >= o->max_errors) {
                 j->rc = dx_diag_set(&j->diag, DX_ELIMIT, 0, 0,
                                     "bootstrap: %zu teacher runs failed "
-                                    "(max_errors %zu); the last: example %zu",
-                                    errors, o->max_errors, accept);
+                                    "(max_errors %zu); the last: example "
+                                    "%zu: %s: %s",
+                                    errors, o->max_errors, accept,
+                                    dx_err_name(r->rc),
+                                    r->error ? r->error : "no reason given");
                 stop = true;
                 break;
             }
@@ -619,11 +623,19 @@ static void bootstrap_run(void *arg)
                     r->demos = s->demos;
                     s->demos = NULL;
                     r->usage = s->usage;
+                    if (r->rc != DX_OK && s->error[0])
+                        r->error = dx_strdup(s->error);
                 } else {
                     r->rc = DX_EDOWN; /* crashed or killed at its deadline */
+                    r->error = dx_strdup("the teacher run's process died or "
+                                         "passed its deadline");
                 }
                 dx_usage_acc_merge(&live, &r->usage);
-                cJSON *cv = cJSON_CreateObject();
+                /* Only an outcome is checkpointed — demos, or the metric's
+                 * no. A run that failed (an LM outage, a crash, its
+                 * deadline) is run again by a resume rather than restored
+                 * as a failure. */
+                cJSON *cv = r->rc == DX_OK ? cJSON_CreateObject() : NULL;
                 if (cv) {
                     cJSON_AddBoolToObject(cv, "ok", r->success);
                     cJSON_AddNumberToObject(cv, "rc", r->rc);
@@ -758,8 +770,10 @@ static void bootstrap_run(void *arg)
         j->res->wall_s = (double)(dx_now_ms() - t0) / 1000.0;
     }
 done:
-    for (size_t i = 0; ex && i < n; i++)
+    for (size_t i = 0; ex && i < n; i++) {
         cJSON_Delete(ex[i].demos);
+        dx_free(ex[i].error);
+    }
     dx_free(ex);
     dx_free(flight);
     dx_module_free(teacher);

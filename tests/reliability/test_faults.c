@@ -296,9 +296,9 @@ static void run_past_the_budget(char *ckpt, size_t size, dx_module *st,
                  "%s", d.msg);
     cr_assert_null(r);
     cr_log_info("stopped: %s", d.msg);
-    /* The message says that the budget ran out and where; it does not yet
-     * carry the last run's own error (here the 401): see
-     * docs/reliability.md. */
+    /* The message says that the budget ran out, where, and why the last
+     * run failed (here the 401). */
+    cr_assert(strstr(d.msg, "Incorrect API key"), "%s", d.msg);
     cr_assert(strstr(d.msg, "teacher runs failed") &&
                   strstr(d.msg, "max_errors 3"),
               "the message says the budget ran out: %s", d.msg);
@@ -318,12 +318,9 @@ Test(faults, faults_past_the_error_budget_stop_with_a_clear_error)
     remove_db(ckpt);
 }
 
-/* Disabled: fails today (docs/reliability.md, "Resume after an outage").
- * The teacher runs that failed because of the outage are checkpointed like
- * finished trials, so the resume restores the same failures and stops with
- * the same DX_ELIMIT without asking the LM again. Enable it with the fix
- * (not checkpointing runs that failed with a provider error). */
-Test(faults, a_resume_after_the_budget_ran_out_finishes, .disabled = true)
+/* The teacher runs that failed because of the outage are not checkpointed
+ * (only outcomes are), so the resume asks the LM again and finishes. */
+Test(faults, a_resume_after_the_budget_ran_out_finishes)
 {
     char ckpt[64];
     dx_module *st = student();
