@@ -494,8 +494,10 @@ static int spawn_worker(state *s, flight *f, size_t ep)
     j->flight = f->id;
     j->server = dx_self();
     j->stream = f->streaming;
-    dx_spawn_opts so = {
-        .monitor = true, .label = "dx_lm_client:worker", .arg_free = job_free};
+    dx_spawn_opts so = {.monitor = true,
+                        .label = "dx_lm_client:worker",
+                        .arg_free = job_free,
+                        .spread = true};
     int rc = dx_spawn_opt(worker_main, j, &so, &f->worker, &f->mon);
     if (rc != DX_OK) {
         job_free(j);

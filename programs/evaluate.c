@@ -173,7 +173,8 @@ static int start_example(eval_job *j, size_t index, ex_slot **out)
         slot_unref(s);
         return rc;
     }
-    dx_spawn_opts so = {.monitor = true, .arg_free = slot_unref};
+    dx_spawn_opts so = {
+        .monitor = true, .arg_free = slot_unref, .spread = true};
     rc = dx_spawn_opt(example_proc, s, &so, &s->pid, &s->mon);
     if (rc != DX_OK) {
         atomic_store(&s->refs, 1);

@@ -301,6 +301,12 @@ typedef struct dx__runtime {
     pthread_cond_t live_cv;
     uint32_t *ext_free_idx;
     uint32_t ext_free_len, ext_free_cap;
+    /* Released pid-table slots a scheduler had more of than it keeps
+     * (sched.c: a slot is released where its process exits, not where the
+     * next spawn happens). */
+    pthread_mutex_t spare_mu;
+    uint32_t *spare_idx;
+    uint32_t spare_len, spare_cap;
 
     _Alignas(DX__CACHE_LINE) _Atomic uint64_t epoch;
     _Alignas(DX__CACHE_LINE) _Atomic uint64_t ext_seen;
@@ -375,7 +381,7 @@ int dx__route_remote(dx_pid to, dx_msg *m);
  * moved to RUNNABLE by the caller that won the wake-up). */
 void dx__enqueue(dx__proc *p);
 /* Queue a new process where it may be stolen before it first runs. */
-int dx__enqueue_fresh(dx__proc *p);
+int dx__enqueue_fresh(dx__proc *p, bool spread);
 /* Release a process's stack (saved copy or own mapping). */
 void dx__proc_stack_free(dx__proc *p);
 /* Whether a fault address lies in the guard below the running stack. */

@@ -693,7 +693,7 @@ int dx__spawn(dx_proc_fn fn, void *arg, const dx_spawn_opts *opts, bool hidden,
         *mon_out = mref;
     dx_pid pid = p->pid;
     (void)pid;
-    rc = dx__enqueue_fresh(p);
+    rc = dx__enqueue_fresh(p, opts->spread);
     dx__ext_leave(entered);
     if (rc != DX_OK) {
         static const char msg[] = "dspex: out of memory queueing a process\n";

@@ -230,10 +230,61 @@ static int free_push(uint32_t **arr, uint32_t *len, uint32_t *cap, uint32_t v)
     return DX_OK;
 }
 
+/* A released slot goes on the free list of the scheduler its process
+ * exited on, but a spawn takes from the spawner's list. When one scheduler
+ * spawns and another runs (spread or stolen work), the first list only
+ * empties and the second only grows, and every spawn would take a
+ * never-used slot: the table and the list grew without bound under a
+ * steady load. So a scheduler keeps at most FREE_LOCAL_MAX released slots
+ * and hands the excess, IDX_BLOCK at a time, to the shared spare list,
+ * which a spawner with an empty list drains before it takes new slots. */
+#define FREE_LOCAL_MAX (2 * IDX_BLOCK)
+
+static uint32_t spare_take(uint32_t *into, uint32_t max)
+{
+    pthread_mutex_lock(&dx__rt.spare_mu);
+    uint32_t n = dx__rt.spare_len < max ? dx__rt.spare_len : max;
+    if (n > 0) { /* the list is NULL until something was given */
+        dx__rt.spare_len -= n;
+        memcpy(into, dx__rt.spare_idx + dx__rt.spare_len, n * sizeof *into);
+    }
+    pthread_mutex_unlock(&dx__rt.spare_mu);
+    return n;
+}
+
+/* Move IDX_BLOCK of s's released slots to the spare list. */
+static void spare_give(dx__sched *s)
+{
+    pthread_mutex_lock(&dx__rt.spare_mu);
+    for (uint32_t i = 0; i < IDX_BLOCK; i++) {
+        uint32_t idx = s->free_idx[s->free_len - 1];
+        if (free_push(&dx__rt.spare_idx, &dx__rt.spare_len, &dx__rt.spare_cap,
+                      idx) != DX_OK)
+            break; /* out of memory: the rest stay here */
+        s->free_len--;
+    }
+    pthread_mutex_unlock(&dx__rt.spare_mu);
+}
+
+/* Refill s's empty free list from the spare list. */
+static void spare_refill(dx__sched *s)
+{
+    if (s->free_cap < IDX_BLOCK) {
+        uint32_t *n = dx_realloc(s->free_idx, IDX_BLOCK * sizeof *n);
+        if (n == NULL)
+            return; /* new slots instead */
+        s->free_idx = n;
+        s->free_cap = IDX_BLOCK;
+    }
+    s->free_len = spare_take(s->free_idx, IDX_BLOCK);
+}
+
 int dx__pid_alloc(dx__proc *p)
 {
     dx__sched *s = dx__tls_sched;
     uint32_t idx;
+    if (s != NULL && s->free_len == 0 && s->idx_next == s->idx_end)
+        spare_refill(s);
     if (s != NULL && s->free_len > 0) {
         idx = s->free_idx[--s->free_len];
     } else if (s != NULL) {
@@ -246,7 +297,7 @@ int dx__pid_alloc(dx__proc *p)
         idx = s->idx_next++;
     } else if (dx__rt.ext_free_len > 0) { /* ext_mu held */
         idx = dx__rt.ext_free_idx[--dx__rt.ext_free_len];
-    } else {
+    } else if (spare_take(&idx, 1) == 0) {
         idx = atomic_fetch_add(&dx__rt.next_fresh_idx, 1);
     }
     pid_slot *sl = slot_at(idx, true);
@@ -285,6 +336,8 @@ void dx__pid_release(dx__proc *p)
                : free_push(&dx__rt.ext_free_idx, &dx__rt.ext_free_len,
                            &dx__rt.ext_free_cap, idx);
     (void)rc; /* on OOM the index is simply never reused */
+    if (s != NULL && s->free_len > FREE_LOCAL_MAX)
+        spare_give(s);
 }
 
 /* ------------------------------------------------------------------ */
@@ -293,7 +346,15 @@ void dx__pid_release(dx__proc *p)
 /* allocation at all.                                                  */
 /* ------------------------------------------------------------------ */
 
-#define PROC_CACHE_MAX 4096
+/* A block goes back to the cache of the scheduler its process exited on,
+ * but is taken from the cache of the one that spawns: when one scheduler
+ * spawns and another runs (work spread or stolen), the runner's cache only
+ * fills and the spawner's only empties. The cap is therefore what a
+ * scheduler may hold for nothing, for as long as the runtime runs: keep it
+ * small (at 4,096 a soak grew by 12 MiB before it levelled off), and do
+ * not keep the saved-stack buffer of a process that ran deep. */
+#define PROC_CACHE_MAX 256
+#define PROC_CACHE_STACK_MAX 4096
 
 dx__proc *dx__proc_block_alloc(void)
 {
@@ -338,6 +399,13 @@ void dx__proc_block_free(dx__proc *p)
 {
     dx__sched *s = dx__tls_sched;
     if (s != NULL && s->proc_cache_len < PROC_CACHE_MAX) {
+#if DX_COPY_STACK
+        if (p->stack_cap > PROC_CACHE_STACK_MAX) {
+            dx_free(p->stack_save);
+            p->stack_save = NULL;
+            p->stack_cap = 0;
+        }
+#endif
         p->limbo_next = s->proc_cache;
         s->proc_cache = p;
         s->proc_cache_len++;
@@ -474,12 +542,12 @@ static void wake_idle_sibling(dx__sched *self)
 }
 
 /* A new process goes to the fresh queue of the spawning scheduler (or of
- * one picked round-robin for host threads), where idle schedulers may take
- * it before it first runs. */
-int dx__enqueue_fresh(dx__proc *p)
+ * one picked round-robin for host threads and spread spawns), where idle
+ * schedulers may take it before it first runs. */
+int dx__enqueue_fresh(dx__proc *p, bool spread)
 {
     dx__sched *s = dx__tls_sched;
-    if (s == NULL)
+    if (s == NULL || (spread && !dx__rt.deterministic))
         s = &dx__rt.scheds[atomic_fetch_add(&dx__rt.ext_rr, 1) %
                            (uint32_t)dx__rt.nsched];
     p->home = s;
@@ -1078,6 +1146,10 @@ static void free_runtime(int nstarted)
     dx_free(dx__rt.ext_free_idx);
     dx__rt.ext_free_idx = NULL;
     dx__rt.ext_free_len = dx__rt.ext_free_cap = 0;
+    dx_free(dx__rt.spare_idx);
+    dx__rt.spare_idx = NULL;
+    dx__rt.spare_len = dx__rt.spare_cap = 0;
+    pthread_mutex_destroy(&dx__rt.spare_mu);
     dx__registry_destroy();
     if (dx__rt.fault_isolation)
         dx__fault_uninstall();
@@ -1114,6 +1186,7 @@ int dx_runtime_start(const dx_runtime_opts *opts)
     atomic_store(&dx__rt.ext_seen, OFFLINE);
     atomic_store(&dx__rt.next_fresh_idx, 1); /* index 0 is never a pid */
     pthread_mutex_init(&dx__rt.ext_mu, NULL);
+    pthread_mutex_init(&dx__rt.spare_mu, NULL);
     pthread_mutex_init(&dx__rt.live_mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);

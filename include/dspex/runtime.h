@@ -202,6 +202,12 @@ typedef struct dx_spawn_opts {
      * reason, even if it never got to run. If spawn fails, the caller
      * keeps arg. */
     void (*arg_free)(void *arg);
+    /* Start on the schedulers in turn rather than on the caller's. For
+     * many independent processes spawned in a burst (one per example, one
+     * per upstream call): they begin on every core at once instead of
+     * queueing behind the spawner until an idle scheduler steals them. A
+     * process that mostly talks to its spawner is better left local. */
+    bool spread;
 } dx_spawn_opts;
 
 /* Spawn a process running fn(arg); returning from fn exits with reason

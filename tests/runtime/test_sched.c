@@ -305,6 +305,95 @@ Test(sched, an_idle_scheduler_takes_unstarted_processes, .timeout = 60)
               counts[0], counts[1]);
 }
 
+/* spread: quick processes that would all run on their spawner's
+ * scheduler (too short-lived for an idle one to steal them) start on the
+ * schedulers in turn. */
+enum { SPREAD = 8 };
+
+static void report_scheduler(void *arg)
+{
+    int i = (int)(intptr_t)arg;
+    dx_proc_info info;
+    ran_on[i] = -1;
+    if (KT_CHECK_RC(dx_process_info(dx_self(), &info), DX_OK))
+        ran_on[i] = info.scheduler;
+}
+
+static void spread_body(void *arg)
+{
+    (void)arg;
+    dx_ref r[SPREAD];
+    for (int i = 0; i < SPREAD; i++) {
+        dx_spawn_opts o = {.monitor = true, .spread = true};
+        KT_CHECK_RC(dx_spawn_opt(report_scheduler, (void *)(intptr_t)i, &o,
+                                 NULL, &r[i]),
+                    DX_OK);
+    }
+    for (int i = 0; i < SPREAD; i++)
+        KT_CHECK_REASON_ATOM(kt_await_down(r[i], 30000), "normal");
+}
+
+Test(sched, spread_spawns_start_on_every_scheduler, .timeout = 60)
+{
+    kt_body_test(2, spread_body, NULL);
+    int counts[2] = {0, 0};
+    for (int i = 0; i < SPREAD; i++) {
+        cr_assert(ran_on[i] == 0 || ran_on[i] == 1, "process %d on %d", i,
+                  ran_on[i]);
+        counts[ran_on[i]]++;
+    }
+    /* Round-robin gives 4 and 4; a steal may move one or two. */
+    cr_expect(counts[0] >= 2 && counts[1] >= 2,
+              "spread spawns ran %d on scheduler 0 and %d on 1", counts[0],
+              counts[1]);
+}
+
+/* Pid slots are released where a process exits and taken where the next
+ * is spawned: with every spawn on one scheduler and half the exits on the
+ * other, slots must still be reused rather than new ones taken forever. */
+enum { REUSE_SPAWNS = 20000, REUSE_WINDOW = 32 };
+static uint32_t reuse_max_index;
+
+static void quick_exit_proc(void *arg)
+{
+    (void)arg;
+}
+
+static void pid_reuse_body(void *arg)
+{
+    (void)arg;
+    dx_ref r[REUSE_WINDOW];
+    uint32_t max_index = 0;
+    for (int i = 0; i < REUSE_SPAWNS; i++) {
+        int k = i % REUSE_WINDOW;
+        if (i >= REUSE_WINDOW &&
+            !KT_CHECK_REASON_ATOM(kt_await_down(r[k], 30000), "normal"))
+            return;
+        dx_spawn_opts o = {.monitor = true, .spread = true};
+        dx_pid pid;
+        if (!KT_CHECK_RC(dx_spawn_opt(quick_exit_proc, NULL, &o, &pid, &r[k]),
+                         DX_OK))
+            return;
+        if ((uint32_t)pid.id > max_index)
+            max_index = (uint32_t)pid.id;
+    }
+    for (int k = 0; k < REUSE_WINDOW; k++)
+        KT_CHECK_REASON_ATOM(kt_await_down(r[k], 30000), "normal");
+    reuse_max_index = max_index;
+}
+
+Test(sched, pid_slots_are_reused_when_processes_exit_on_another_scheduler,
+     .timeout = 120)
+{
+    kt_body_test(2, pid_reuse_body, NULL);
+    /* At most 32 alive at once; each scheduler may keep 512 released slots
+     * and a block of 256 fresh ones. Taking a new slot per spawn would
+     * reach about 10,000. */
+    cr_assert(reuse_max_index > 0 && reuse_max_index < 4096,
+              "%d spawns with %d alive at once used pid-table slot %u",
+              REUSE_SPAWNS, REUSE_WINDOW, reuse_max_index);
+}
+
 enum { PAIRS = 100, ROUNDS = 100 };
 static atomic_int pairs_done;
 
