@@ -15,12 +15,23 @@
  * The baseline's wall time against the same ideal shows how much of the
  * gap is the transport's. Schedulers: DX_SCHEDULERS, else one per CPU.
  *
+ * DX_EVAL_BENCH_WARM=1 first makes max(C) plain calls at once, so the
+ * evaluations start with their connections open (a service that has been
+ * running); by default the first evaluation opens them, as a first run
+ * does. The baseline always finds them open.
+ *
  * Prints per C:
  *   RESULT sys=dspex bench=evaluate n=.. latency_ms=.. concurrency=..
  *   wall_s=.. ideal_s=.. ratio=.. cpu_us_per_example=..
  *   baseline_cpu_us_per_example=.. overhead_us=.. example_p50_ms=..
- *   example_p99_ms=.. baseline_wall_s=.. baseline_ratio=..
+ *   example_p99_ms=.. baseline_wall_s=.. baseline_ratio=.. warm=0|1
+ *   connections=<opened by the evaluation>
+ *   wave_mean_ms=<a>,<b>,.. wave_max_ms=<a>,<b>,..
+ * where wave k is examples k*C .. (k+1)*C-1 in dataset order (the ones
+ * that start k-th on their slot): its mean and slowest latency show
+ * whether the gap is a start-up cost or paid in every wave.
  */
+#include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +39,7 @@
 #include <time.h>
 
 #include "dspex/evaluate.h"
+#include "dspex/http.h"
 #include "dspex/lm.h"
 #include "dspex/lm_call.h"
 #include "dspex/lmserver.h"
@@ -48,6 +60,7 @@ static double clock_s(clockid_t id)
 
 typedef struct base_job {
     dx_lm_config *cfg;
+    long calls; /* requests to make in all */
     atomic_long next;
     atomic_long left;
     long errors;
@@ -59,7 +72,7 @@ static void base_worker(void *arg)
 {
     (void)arg;
     long i;
-    while ((i = atomic_fetch_add(&BJ.next, 1)) < N) {
+    while ((i = atomic_fetch_add(&BJ.next, 1)) < BJ.calls) {
         char q[64];
         snprintf(q, sizeof q, "baseline question %ld", i);
         dx_lm_request *req = dx_lm_request_new(NULL);
@@ -76,13 +89,54 @@ static void base_worker(void *arg)
     atomic_fetch_sub(&BJ.left, 1);
 }
 
+/* calls plain requests from procs processes at once; returns when done. */
+static void run_baseline(long calls, long procs)
+{
+    BJ.calls = calls;
+    atomic_store(&BJ.next, 0);
+    atomic_store(&BJ.left, procs);
+    for (long p = 0; p < procs; p++) {
+        dx_pid pid;
+        dx_spawn(base_worker, NULL, &pid);
+    }
+    while (atomic_load(&BJ.left) > 0)
+        dx_sleep(2);
+}
+
+/* Mean and slowest latency of each wave of c examples, as two fields. */
+static void wave_fields(const dx_eval_result *r, long c, char *out, size_t cap)
+{
+    char means[256] = "", maxes[256] = "";
+    size_t lm = 0, lx = 0;
+    for (size_t w = 0; w * (size_t)c < r->n && w < 16; w++) {
+        double sum = 0, mx = 0;
+        size_t n = 0;
+        for (size_t i = w * (size_t)c; i < r->n && i < (w + 1) * (size_t)c;
+             i++, n++) {
+            sum += r->rows[i].latency_ms;
+            if (r->rows[i].latency_ms > mx)
+                mx = r->rows[i].latency_ms;
+        }
+        lm += (size_t)snprintf(means + lm, sizeof means - lm, "%s%.1f",
+                               w ? "," : "", sum / (double)n);
+        lx += (size_t)snprintf(maxes + lx, sizeof maxes - lx, "%s%.1f",
+                               w ? "," : "", mx);
+        if (lm >= sizeof means || lx >= sizeof maxes)
+            break;
+    }
+    snprintf(out, cap, "wave_mean_ms=%s wave_max_ms=%s", means, maxes);
+}
+
 /* ---- the run ----------------------------------------------------------- */
 
 typedef struct bench {
     long conc[8];
     int nconc;
     double wall[8], cpu[8], base_cpu[8], base_wall[8], p50[8], p99[8];
+    uint64_t conns[8]; /* connections the evaluation opened */
+    char waves[8][512];
     long errors;
+    bool warm; /* DX_EVAL_BENCH_WARM: connections opened before */
     char first_error[DX_DIAG_MAX + 64];
     _Atomic int done;
 } bench;
@@ -118,6 +172,12 @@ static void bench_main(void *arg)
     }
     dx_lm_config_new("openai-compatible/bench-model", url, "sk-bench", &BJ.cfg);
 
+    if (B.warm) {
+        long most = 0;
+        for (int k = 0; k < B.nconc; k++)
+            most = B.conc[k] > most ? B.conc[k] : most;
+        run_baseline(most, most);
+    }
     for (int k = 0; k < B.nconc; k++) {
         dx_eval_opts o = {
             .metric = {.kind = DX_METRIC_EXACT_MATCH},
@@ -129,12 +189,15 @@ static void bench_main(void *arg)
         };
         dx_eval_result *r = NULL;
         dx_diag d = {0};
+        uint64_t conns0 = dx_http_connections_opened();
         double w0 = clock_s(CLOCK_MONOTONIC);
         double c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
         int rc = dx_evaluate(prog, ds, &o, &r, &d);
         B.cpu[k] = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
         B.wall[k] = clock_s(CLOCK_MONOTONIC) - w0;
+        B.conns[k] = dx_http_connections_opened() - conns0;
         if (rc == DX_OK) {
+            wave_fields(r, B.conc[k], B.waves[k], sizeof B.waves[k]);
             B.p50[k] = r->latency_p50_ms;
             B.p99[k] = r->latency_p99_ms;
         }
@@ -146,16 +209,9 @@ static void bench_main(void *arg)
         dx_eval_result_free(r);
 
         /* Baseline with the same concurrency. */
-        atomic_store(&BJ.next, 0);
-        atomic_store(&BJ.left, B.conc[k]);
         c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
         w0 = clock_s(CLOCK_MONOTONIC);
-        for (long p = 0; p < B.conc[k]; p++) {
-            dx_pid pid;
-            dx_spawn(base_worker, NULL, &pid);
-        }
-        while (atomic_load(&BJ.left) > 0)
-            dx_sleep(2);
+        run_baseline(N, B.conc[k]);
         B.base_cpu[k] = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
         B.base_wall[k] = clock_s(CLOCK_MONOTONIC) - w0;
     }
@@ -175,6 +231,8 @@ int main(int argc, char **argv)
     }
     N = strtol(argv[1], NULL, 10);
     latency_ms = strtol(argv[2], NULL, 10);
+    B.warm = getenv("DX_EVAL_BENCH_WARM") != NULL &&
+             strcmp(getenv("DX_EVAL_BENCH_WARM"), "0") != 0;
     for (int i = 3; i < argc && B.nconc < 8; i++)
         B.conc[B.nconc++] = strtol(argv[i], NULL, 10);
     if (N <= 0 || latency_ms < 0 || B.nconc == 0) {
@@ -209,10 +267,11 @@ int main(int argc, char **argv)
                "concurrency=%ld wall_s=%.3f ideal_s=%.3f ratio=%.4f "
                "cpu_us_per_example=%.1f baseline_cpu_us_per_example=%.1f "
                "overhead_us=%.1f example_p50_ms=%.1f example_p99_ms=%.1f "
-               "baseline_wall_s=%.3f baseline_ratio=%.4f\n",
+               "baseline_wall_s=%.3f baseline_ratio=%.4f warm=%d "
+               "connections=%" PRIu64 " %s\n",
                N, latency_ms, c, B.wall[k], ideal, B.wall[k] / ideal, cpu_us,
                base_us, cpu_us - base_us, B.p50[k], B.p99[k], B.base_wall[k],
-               B.base_wall[k] / ideal);
+               B.base_wall[k] / ideal, B.warm ? 1 : 0, B.conns[k], B.waves[k]);
     }
     return B.errors || BJ.errors ? 1 : 0;
 }

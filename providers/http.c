@@ -174,7 +174,7 @@ static struct {
 } L;
 
 /* Loop thread only; survives restarts of the loop. */
-static dx_http_limits cur_limits = {256, 0, 0};
+static dx_http_limits cur_limits = {256, 0, 256};
 
 static atomic_size_t n_in_flight;
 static atomic_uint_least64_t n_connections;

@@ -135,7 +135,11 @@ typedef struct dx_http_limits {
     long max_host_connections;
     /* Connections in all; 0 = no limit. Default 0. */
     long max_total_connections;
-    /* Idle connections kept for reuse; 0 = curl's default. Default 0. */
+    /* Idle connections kept for reuse; 0 = curl's default (four per
+     * transfer running, so the cache shrinks as a burst drains). Default
+     * 256: LM traffic comes in bursts (the waves of an evaluation, the
+     * trials of an optimizer), and each burst would otherwise open most of
+     * its connections again. */
     long max_idle_connections;
 } dx_http_limits;
 

@@ -889,6 +889,52 @@ Test(http, keep_alive_reuses_one_connection)
     cr_assert_eq(dx_http_connections_opened() - before, 1);
 }
 
+/* ---- bursts ---- */
+
+#define BURST 64
+
+static void one_slow_request(void *arg)
+{
+    (void)arg;
+    dx_http_request req = {.url = url("/slow/50")};
+    dx_ref ref;
+    if (!KT_CHECK_RC(dx_http_submit(&req, dx_self(), 6, &ref), DX_OK))
+        return;
+    dx_match m = {.fields = DX_MATCH_TAG, .tag = 6};
+    dx_msg *msg;
+    if (!KT_CHECK_RC(dx_receive(&m, 20000, &msg), DX_OK))
+        return;
+    dx_http_response *r = dx_http_msg_response(msg);
+    if (KT_CHECK(r != NULL))
+        KT_CHECK_EQ(r->status, 200);
+    dx_msg_free(msg);
+}
+
+static void burst(void)
+{
+    dx_pid pids[BURST];
+    for (int i = 0; i < BURST; i++)
+        cr_assert_eq(dx_spawn(one_slow_request, NULL, &pids[i]), DX_OK);
+    for (int i = 0; i < BURST; i++)
+        kt_host_join(pids[i]);
+}
+
+/* An evaluation sends its requests in waves: the connections one wave
+ * opened must still be there for the next, not closed as the wave drained
+ * (curl's own idle limit shrinks with the transfers running). */
+Test(http, connections_of_a_burst_are_kept_for_the_next_one, .timeout = 60)
+{
+    burst();
+    int after_first = atomic_load(&S.accepted);
+    cr_assert_leq(after_first, BURST);
+    burst();
+    burst();
+    cr_assert_eq(atomic_load(&S.accepted), after_first,
+                 "three bursts of %d opened %d connections, the first %d",
+                 BURST, atomic_load(&S.accepted), after_first);
+    cr_assert_eq(atomic_load(&S.requests), 3 * BURST);
+}
+
 /* ---- many at once ---- */
 
 #define N_PROCS 100
