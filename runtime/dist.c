@@ -1184,10 +1184,10 @@ static int dec_pid_locked(const char *buf, int *idx, dx_pid *out)
     return rc;
 }
 
-static int dec_term_locked(const char *buf, int *idx, dx_term **out)
+static int dec_term_locked(const char *buf, int len, int *idx, dx_term **out)
 {
     pthread_mutex_lock(&G.mu);
-    int rc = dx__ext_decode(buf, idx, out);
+    int rc = dx__ext_decode(buf, len, idx, out);
     pthread_mutex_unlock(&G.mu);
     return rc;
 }
@@ -1228,7 +1228,7 @@ static void set_payload(dx_msg *m, dx_term *t)
 /* A message for a local process: classify it (call, cast, reply to one of
  * our calls, plain) and deliver it. */
 static void incoming_msg(node *n, dx_pid to, dx_pid from, const char *buf,
-                         int idx)
+                         int len, int idx)
 {
     atomic_fetch_add_explicit(&G.msgs_in, 1, memory_order_relaxed);
     dx_msg *m = dx_msg_new(DX_TAG_TERM);
@@ -1253,7 +1253,7 @@ static void incoming_msg(node *n, dx_pid to, dx_pid from, const char *buf,
             goto bad;
         int tend = idx;
         dx_term *req;
-        if (dec_term_locked(buf, &idx, &req) != DX_OK)
+        if (dec_term_locked(buf, len, &idx, &req) != DX_OK)
             goto bad;
         pthread_mutex_lock(&G.mu);
         int rc = ctag_add(n->idx, buf + tstart, tend - tstart, &m->ref);
@@ -1280,7 +1280,7 @@ static void incoming_msg(node *n, dx_pid to, dx_pid from, const char *buf,
     }
     idx = save;
     dx_term *t;
-    if (dec_term_locked(buf, &idx, &t) != DX_OK)
+    if (dec_term_locked(buf, len, &idx, &t) != DX_OK)
         goto bad;
     m->kind = DX_MSG_PLAIN;
     if (dx_term_type_of(t) == DX_TERM_TUPLE && dx_term_size(t) == 2) {
@@ -1329,6 +1329,7 @@ static void handle_packet(node *n, const char *buf, size_t len)
         atomic_fetch_add(&G.dropped, 1);
         return;
     }
+    /* len <= MAX_FRAME: it fits erl_interface's int index. */
     int idx = 1, v = 0, arity = 0;
     long op = 0;
     if (ei_decode_version(buf, &idx, &v) < 0 ||
@@ -1354,7 +1355,7 @@ static void handle_packet(node *n, const char *buf, size_t len)
         }
         if (dec_pid_locked(buf, &idx, &to) != DX_OK || dx__pid_node(to) != 0)
             break;
-        incoming_msg(n, to, from, buf, idx);
+        incoming_msg(n, to, from, buf, (int)len, idx);
         return;
     }
     case OP_REG_SEND: {
@@ -1370,7 +1371,7 @@ static void handle_packet(node *n, const char *buf, size_t len)
         ei_skip_term(buf, &idx);
         if (dec_local(buf, &idx, &to, name, sizeof name) != DX_OK || to.id == 0)
             break;
-        incoming_msg(n, to, from, buf, idx);
+        incoming_msg(n, to, from, buf, (int)len, idx);
         return;
     }
     case OP_MONITOR_P:
@@ -1426,7 +1427,7 @@ static void handle_packet(node *n, const char *buf, size_t len)
         if (dec_pid_locked(buf, &idx, &to) != DX_OK ||
             dec_ref_locked(buf, &idx, &ref) != DX_OK)
             break;
-        if (dec_term_locked(buf, &idx, &reason) != DX_OK)
+        if (dec_term_locked(buf, (int)len, &idx, &reason) != DX_OK)
             reason = dx_atom("unknown");
         omon om;
         pthread_mutex_lock(&G.mu);
@@ -1479,7 +1480,7 @@ static void handle_packet(node *n, const char *buf, size_t len)
         if (dec_pid_locked(buf, &idx, &from) != DX_OK ||
             dec_pid_locked(buf, &idx, &to) != DX_OK || dx__pid_node(to))
             break;
-        if (dec_term_locked(buf, &idx, &reason) != DX_OK)
+        if (dec_term_locked(buf, (int)len, &idx, &reason) != DX_OK)
             reason = dx_atom("unknown");
         int64_t flags = op == OP_EXIT ? DX__EXIT_LINK : 0;
         if (op == OP_EXIT2 && reason == a_kill)
@@ -1671,6 +1672,32 @@ int dx_node_stop(void)
     G.self[0] = '\0';
     pthread_mutex_unlock(&G.mu);
     return DX_OK;
+}
+
+int dx__dist_codec_open(const char *self, unsigned creation)
+{
+    if (!valid_node_name(self))
+        return DX_EINVAL;
+    pthread_mutex_lock(&G.mu);
+    if (G.running || G.self[0] != '\0') {
+        pthread_mutex_unlock(&G.mu);
+        return DX_ESTATE;
+    }
+    snprintf(G.self, sizeof G.self, "%s", self);
+    G.creation = creation;
+    G.nnodes = 1;
+    pthread_mutex_unlock(&G.mu);
+    return DX_OK;
+}
+
+void dx__dist_codec_close(void)
+{
+    pthread_mutex_lock(&G.mu);
+    if (!G.running) {
+        free_tables();
+        G.self[0] = '\0';
+    }
+    pthread_mutex_unlock(&G.mu);
 }
 
 bool dx_node_alive(void)

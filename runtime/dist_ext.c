@@ -129,11 +129,182 @@ int dx__ext_encode(ei_x_buff *x, const dx_term *t)
     return enc(x, t, 0);
 }
 
-/* Decode `n` consecutive terms into a new array (dx_malloc'd). */
-static int dec(const char *buf, int *idx, dx_term **out, int depth);
+/* ---- decoding ------------------------------------------------------------
+ * erl_interface's decoders trust their buffer: they follow a length field
+ * wherever it points (a binary's or a string's memmove, a float's sscanf)
+ * and know no end, so a truncated or forged term from another node made
+ * them read past the packet (found by fuzz/fuzz_term_ext.c). Here every
+ * term's own bytes (all of a leaf, the header of a list, tuple or map) are
+ * measured against the end of the buffer before erl_interface sees them,
+ * and a leaf it decoded must end exactly where they do; element counts are
+ * checked against the bytes left before anything is allocated for them.
+ */
 
-static int dec_items(const char *buf, int *idx, size_t n, dx_term ***items,
-                     int depth)
+static uint32_t be16(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 8 | p[1];
+}
+
+static uint32_t be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
+           p[3];
+}
+
+/* Bytes of the atom at b[i] (any of the four atom tags), header included,
+ * or -1 when it is no atom or does not end before len. */
+static int64_t atom_len(const unsigned char *b, int64_t len, int64_t i)
+{
+    int64_t n;
+    if (i >= len)
+        return -1;
+    switch (b[i]) {
+    case ERL_ATOM_EXT:
+    case ERL_ATOM_UTF8_EXT:
+        if (len - i < 3)
+            return -1;
+        n = 3 + (int64_t)be16(b + i + 1);
+        break;
+    case ERL_SMALL_ATOM_EXT:
+    case ERL_SMALL_ATOM_UTF8_EXT:
+        if (len - i < 2)
+            return -1;
+        n = 2 + (int64_t)b[i + 1];
+        break;
+    default:
+        return -1;
+    }
+    return n <= len - i ? n : -1;
+}
+
+/* *n = the bytes erl_interface reads for the term at b[i]: all of a leaf,
+ * the header of a list, tuple or map. DX_EINVAL when they do not all lie
+ * before len, DX_ENOTSUP for a kind of term dx_term cannot hold. */
+static int head_len(const unsigned char *b, int64_t len, int64_t i, int64_t *n)
+{
+    int64_t left = len - i, a;
+    if (left < 1)
+        return DX_EINVAL;
+    switch (b[i]) {
+    case ERL_SMALL_INTEGER_EXT:
+    case ERL_SMALL_TUPLE_EXT:
+        *n = 2;
+        break;
+    case ERL_INTEGER_EXT:
+    case ERL_LIST_EXT:
+    case ERL_LARGE_TUPLE_EXT:
+    case ERL_MAP_EXT:
+        *n = 5;
+        break;
+    case ERL_FLOAT_EXT:
+        *n = 32; /* 31 bytes of text */
+        break;
+    case NEW_FLOAT_EXT:
+        *n = 9;
+        break;
+    case ERL_NIL_EXT:
+        *n = 1;
+        break;
+    case ERL_ATOM_EXT:
+    case ERL_SMALL_ATOM_EXT:
+    case ERL_ATOM_UTF8_EXT:
+    case ERL_SMALL_ATOM_UTF8_EXT:
+        if ((*n = atom_len(b, len, i)) < 0)
+            return DX_EINVAL;
+        break;
+    case ERL_BINARY_EXT:
+        if (left < 5)
+            return DX_EINVAL;
+        *n = 5 + (int64_t)be32(b + i + 1);
+        break;
+    case ERL_STRING_EXT:
+        if (left < 3)
+            return DX_EINVAL;
+        *n = 3 + (int64_t)be16(b + i + 1);
+        break;
+    case ERL_SMALL_BIG_EXT:
+        if (left < 2)
+            return DX_EINVAL;
+        *n = 3 + (int64_t)b[i + 1];
+        break;
+    case ERL_LARGE_BIG_EXT:
+        if (left < 5)
+            return DX_EINVAL;
+        *n = 6 + (int64_t)be32(b + i + 1);
+        break;
+    case ERL_PID_EXT:
+    case ERL_NEW_PID_EXT:
+        if ((a = atom_len(b, len, i + 1)) < 0)
+            return DX_EINVAL;
+        *n = 1 + a + (b[i] == ERL_PID_EXT ? 9 : 12);
+        break;
+    case ERL_REFERENCE_EXT:
+        if ((a = atom_len(b, len, i + 1)) < 0)
+            return DX_EINVAL;
+        *n = 1 + a + 5;
+        break;
+    case ERL_NEW_REFERENCE_EXT:
+    case ERL_NEWER_REFERENCE_EXT: {
+        if (left < 3)
+            return DX_EINVAL;
+        /* erlang_ref has room for 5 words (BEAM sends 3 to 5). */
+        int64_t words = (int64_t)be16(b + i + 1);
+        if (words < 1 || words > 5 || (a = atom_len(b, len, i + 3)) < 0)
+            return DX_EINVAL;
+        *n = 3 + a + (b[i] == ERL_NEW_REFERENCE_EXT ? 1 : 4) + 4 * words;
+        break;
+    }
+    default:
+        return DX_ENOTSUP; /* ports, funs, bit strings, ... */
+    }
+    return *n <= left ? DX_OK : DX_EINVAL;
+}
+
+/* Well-formed UTF-8 (RFC 3629: no overlong forms, surrogates or code
+ * points past U+10FFFF), which BEAM requires of atoms. erl_interface
+ * decodes a UTF-8 atom without looking but will not encode a malformed
+ * one, so without this check a term (an atom, or the node of a pid or
+ * ref) was accepted that could never be sent back (found by
+ * fuzz/fuzz_term_ext.c). */
+static bool utf8_ok(const char *str)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t n = strlen(str);
+    for (size_t i = 0; i < n;) {
+        unsigned c = s[i];
+        size_t k;
+        uint32_t cp, min;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xe0) == 0xc0) {
+            k = 1, cp = c & 0x1f, min = 0x80;
+        } else if ((c & 0xf0) == 0xe0) {
+            k = 2, cp = c & 0x0f, min = 0x800;
+        } else if ((c & 0xf8) == 0xf0) {
+            k = 3, cp = c & 0x07, min = 0x10000;
+        } else {
+            return false;
+        }
+        if (n - i <= k)
+            return false;
+        for (size_t j = 1; j <= k; j++) {
+            if ((s[i + j] & 0xc0) != 0x80)
+                return false;
+            cp = cp << 6 | (s[i + j] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        i += k + 1;
+    }
+    return true;
+}
+
+static int dec(const char *buf, int len, int *idx, dx_term **out, int depth);
+
+/* Decode `n` consecutive terms into a new array (dx_malloc'd). */
+static int dec_items(const char *buf, int len, int *idx, size_t n,
+                     dx_term ***items, int depth)
 {
     *items = NULL;
     if (n == 0)
@@ -142,7 +313,7 @@ static int dec_items(const char *buf, int *idx, size_t n, dx_term ***items,
     if (a == NULL)
         return DX_ENOMEM;
     for (size_t i = 0; i < n; i++) {
-        int rc = dec(buf, idx, &a[i], depth + 1);
+        int rc = dec(buf, len, idx, &a[i], depth + 1);
         if (rc != DX_OK) {
             for (size_t j = 0; j < i; j++)
                 dx_term_free(a[j]);
@@ -154,16 +325,35 @@ static int dec_items(const char *buf, int *idx, size_t n, dx_term ***items,
     return DX_OK;
 }
 
-static int dec(const char *buf, int *idx, dx_term **out, int depth)
+/* An element count read from a header: each element takes a byte at
+ * least, so a count beyond the bytes left is a lie (and must not size an
+ * allocation). per: elements per count (2 for a map's pairs). */
+static bool count_fits(int n, int per, int len, int idx)
+{
+    return n >= 0 && (int64_t)n * per <= (int64_t)len - idx;
+}
+
+static int dec(const char *buf, int len, int *idx, dx_term **out, int depth)
 {
     *out = NULL;
     if (depth > MAX_DEPTH)
         return DX_ELIMIT;
+    const unsigned char *b = (const unsigned char *)buf;
+    int64_t hlen = 0;
+    int rc = head_len(b, len, *idx, &hlen);
+    if (rc != DX_OK)
+        return rc;
+    /* Where a leaf ends (a container's header, for the others). */
+    const int end = *idx + (int)hlen;
+    /* The tag, not ei_get_type's type, which folds some together (a
+     * NEW_FLOAT_EXT is an ERL_FLOAT_EXT to it). */
+    const int tag = b[*idx];
+    bool leaf = true;
     int type = 0, size = 0;
     if (ei_get_type(buf, idx, &type, &size) < 0)
         return DX_EINVAL;
     dx_term *t = NULL;
-    switch (type) {
+    switch (tag) {
     case ERL_SMALL_INTEGER_EXT:
     case ERL_INTEGER_EXT:
     case ERL_SMALL_BIG_EXT:
@@ -174,7 +364,20 @@ static int dec(const char *buf, int *idx, dx_term **out, int depth)
         t = dx_int((int64_t)v);
         break;
     }
-    case ERL_FLOAT_EXT:
+    case ERL_FLOAT_EXT: {
+        /* The old text format, read with sscanf: from a NUL-terminated
+         * copy, so the number cannot run on past its 31 bytes. */
+        char text[33];
+        memcpy(text, buf + *idx, 32);
+        text[32] = '\0';
+        int j = 0;
+        double d;
+        if (ei_decode_double(text, &j, &d) < 0 || j != 32)
+            return DX_EINVAL;
+        *idx += 32;
+        t = dx_float(d);
+        break;
+    }
     case NEW_FLOAT_EXT: {
         double d;
         if (ei_decode_double(buf, idx, &d) < 0)
@@ -186,10 +389,19 @@ static int dec(const char *buf, int *idx, dx_term **out, int depth)
     case ERL_SMALL_ATOM_EXT:
     case ERL_ATOM_UTF8_EXT:
     case ERL_SMALL_ATOM_UTF8_EXT: {
+        /* A NUL would cut the name short (a different atom), and a dx
+         * atom holds 255 bytes where a UTF-8 one may need 1020. */
+        int at =
+            *idx + (tag == ERL_ATOM_EXT || tag == ERL_ATOM_UTF8_EXT ? 3 : 2);
+        if (memchr(buf + at, '\0', (size_t)(end - at)) != NULL)
+            return DX_ENOTSUP;
         char a[MAXATOMLEN_UTF8];
         if (ei_decode_atom_as(buf, idx, a, sizeof a, ERLANG_UTF8, NULL, NULL) <
-            0)
+                0 ||
+            !utf8_ok(a))
             return DX_EINVAL;
+        if (strlen(a) > DX_ATOM_MAX_LEN)
+            return DX_ENOTSUP;
         t = dx_atom(a);
         break;
     }
@@ -197,17 +409,21 @@ static int dec(const char *buf, int *idx, dx_term **out, int depth)
         char *data = dx_malloc((size_t)size + 1);
         if (data == NULL)
             return DX_ENOMEM;
-        long len = 0;
-        if (ei_decode_binary(buf, idx, data, &len) < 0) {
+        long blen = 0;
+        if (ei_decode_binary(buf, idx, data, &blen) < 0) {
             dx_free(data);
             return DX_EINVAL;
         }
-        t = dx_binary(data, (size_t)len);
+        t = dx_binary(data, (size_t)blen);
         dx_free(data);
         break;
     }
     case ERL_STRING_EXT: {
-        /* A list of bytes sent compactly: back to a list of integers. */
+        /* A list of bytes sent compactly: back to a list of integers,
+         * which sit one level deeper than the list (as the encoder counts
+         * them). */
+        if (size > 0 && depth >= MAX_DEPTH)
+            return DX_ELIMIT;
         char *s = dx_malloc((size_t)size + 1);
         if (s == NULL)
             return DX_ENOMEM;
@@ -228,20 +444,21 @@ static int dec(const char *buf, int *idx, dx_term **out, int depth)
     case ERL_NIL_EXT:
     case ERL_LIST_EXT: {
         int n = 0;
-        if (ei_decode_list_header(buf, idx, &n) < 0)
+        if (ei_decode_list_header(buf, idx, &n) < 0 || *idx != end ||
+            !count_fits(n, 1, len, *idx))
             return DX_EINVAL;
+        leaf = false;
         dx_term **items;
-        int rc = dec_items(buf, idx, (size_t)n, &items, depth);
+        rc = dec_items(buf, len, idx, (size_t)n, &items, depth);
         if (rc != DX_OK)
             return rc;
         if (n > 0) {
-            int tt = 0, ts = 0;
-            if (ei_get_type(buf, idx, &tt, &ts) < 0 || tt != ERL_NIL_EXT) {
+            if (*idx >= len)
+                rc = DX_EINVAL; /* the tail is missing */
+            else if (b[*idx] != ERL_NIL_EXT)
                 rc = DX_ENOTSUP; /* improper list */
-            } else {
-                int z = 0;
-                ei_decode_list_header(buf, idx, &z);
-            }
+            else
+                *idx += 1;
             if (rc != DX_OK) {
                 for (int i = 0; i < n; i++)
                     dx_term_free(items[i]);
@@ -256,10 +473,12 @@ static int dec(const char *buf, int *idx, dx_term **out, int depth)
     case ERL_SMALL_TUPLE_EXT:
     case ERL_LARGE_TUPLE_EXT: {
         int n = 0;
-        if (ei_decode_tuple_header(buf, idx, &n) < 0)
+        if (ei_decode_tuple_header(buf, idx, &n) < 0 || *idx != end ||
+            !count_fits(n, 1, len, *idx))
             return DX_EINVAL;
+        leaf = false;
         dx_term **items;
-        int rc = dec_items(buf, idx, (size_t)n, &items, depth);
+        rc = dec_items(buf, len, idx, (size_t)n, &items, depth);
         if (rc != DX_OK)
             return rc;
         t = dx_tuplev((size_t)n, items);
@@ -268,10 +487,12 @@ static int dec(const char *buf, int *idx, dx_term **out, int depth)
     }
     case ERL_MAP_EXT: {
         int n = 0;
-        if (ei_decode_map_header(buf, idx, &n) < 0)
+        if (ei_decode_map_header(buf, idx, &n) < 0 || *idx != end ||
+            !count_fits(n, 2, len, *idx))
             return DX_EINVAL;
+        leaf = false;
         dx_term **items;
-        int rc = dec_items(buf, idx, (size_t)n * 2, &items, depth);
+        rc = dec_items(buf, len, idx, (size_t)n * 2, &items, depth);
         if (rc != DX_OK)
             return rc;
         t = dx_map_new();
@@ -292,10 +513,11 @@ static int dec(const char *buf, int *idx, dx_term **out, int depth)
     case ERL_PID_EXT:
     case ERL_NEW_PID_EXT: {
         erlang_pid ep;
-        if (ei_decode_pid(buf, idx, &ep) < 0)
+        if (ei_decode_pid(buf, idx, &ep) < 0 || *idx != end ||
+            !utf8_ok(ep.node))
             return DX_EINVAL;
         dx_pid pid;
-        int rc = dx__dist_pid_in(&ep, &pid);
+        rc = dx__dist_pid_in(&ep, &pid);
         if (rc != DX_OK)
             return rc;
         t = dx_pid_term(pid);
@@ -305,25 +527,35 @@ static int dec(const char *buf, int *idx, dx_term **out, int depth)
     case ERL_NEW_REFERENCE_EXT:
     case ERL_NEWER_REFERENCE_EXT: {
         erlang_ref er;
-        if (ei_decode_ref(buf, idx, &er) < 0)
+        /* The index check also catches a decoder that reads fewer words
+         * than the count says (the ref table compares er.len of them). */
+        if (ei_decode_ref(buf, idx, &er) < 0 || *idx != end || er.len < 1 ||
+            er.len > 5 || !utf8_ok(er.node))
             return DX_EINVAL;
         dx_ref ref;
-        int rc = dx__dist_ref_in(&er, &ref);
+        rc = dx__dist_ref_in(&er, &ref);
         if (rc != DX_OK)
             return rc;
         t = dx_ref_term(ref);
         break;
     }
     default:
-        return DX_ENOTSUP; /* ports, funs, bit strings */
+        return DX_ENOTSUP; /* not reached: head_len refused it */
     }
     if (t == NULL)
         return DX_ENOMEM;
+    if (leaf && *idx != end) {
+        dx_term_free(t);
+        return DX_EINVAL;
+    }
     *out = t;
     return DX_OK;
 }
 
-int dx__ext_decode(const char *buf, int *idx, dx_term **out)
+int dx__ext_decode(const char *buf, int len, int *idx, dx_term **out)
 {
-    return dec(buf, idx, out, 0);
+    *out = NULL;
+    if (buf == NULL || len < 0 || *idx < 0 || *idx > len)
+        return DX_EINVAL;
+    return dec(buf, len, idx, out, 0);
 }

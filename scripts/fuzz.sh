@@ -11,8 +11,12 @@
 #
 # Usage: scripts/fuzz.sh [-t SECONDS] [TARGET...]
 #   -t SECONDS   time per target (default 30; DX_FUZZ_SECONDS also sets it)
-#   TARGET       signature, sse, openai, ... (default: all in fuzz/meson.build)
-# Exit status: 0 when no target found anything, 1 otherwise.
+#   TARGET       signature, sse, openai, ... (default: all in fuzz/meson.build
+#                that this build has: a target of an optional layer, such as
+#                term_ext of the distribution layer, is skipped, with a
+#                note, where the layer is not built)
+# Exit status: 0 when no target found anything, 1 otherwise (also when a
+# TARGET named on the command line is not in the build).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,11 +29,15 @@ fi
 dir=build-fuzz
 jobs=${DX_JOBS:-2}
 
+named=$#
 if [ "$#" -gt 0 ]; then
     targets=("$@")
 else
-    # The keys of fuzz_targets in fuzz/meson.build, in order.
-    mapfile -t targets < <(sed -n "/^fuzz_targets = {/,/^}/s/^  '\([a-z_]*\)'.*/\1/p" fuzz/meson.build)
+    # The keys of fuzz_targets in fuzz/meson.build, in order: the main
+    # block, then the `fuzz_targets += {...}` blocks of optional layers.
+    mapfile -t targets < <(sed -n \
+        "/^ *fuzz_targets +\{0,1\}= {/,/^ *}/s/^ *'\([a-z_]*\)'.*/\1/p" \
+        fuzz/meson.build)
 fi
 
 if [ ! -f "$dir/build.ninja" ]; then
@@ -41,10 +49,30 @@ if [ ! -f "$dir/build.ninja" ]; then
         -Db_sanitize=address,undefined -Db_lundef=false -Dtests=disabled \
         -Dc_args=-fsanitize=fuzzer-no-link >/dev/null
 fi
+# Regenerate first if a meson.build changed, so the query below sees the
+# targets as they are now.
+ninja -C "$dir" build.ninja >/dev/null
+present=()
+for t in "${targets[@]}"; do
+    if ninja -C "$dir" -t query "fuzz/fuzz_$t" >/dev/null 2>&1; then
+        present+=("$t")
+    elif [ "$named" -gt 0 ]; then
+        echo "fuzz.sh: $t is not a fuzz target of this build" >&2
+        exit 1
+    else
+        echo "==> skip $t: not in this build (its layer is not built)"
+    fi
+done
+if [ "${#present[@]}" -eq 0 ]; then
+    echo "fuzz.sh: no fuzz target in $dir" >&2
+    exit 1
+fi
+targets=("${present[@]}")
 ninja -C "$dir" -j "$jobs" "${targets[@]/#/fuzz/fuzz_}"
 
-# The runtime's own SIGSEGV handler is not in play (no processes run), so
-# ASan reports faults itself; leaks are findings.
+# The runtime's own SIGSEGV handler is not in play (ASan keeps the signal
+# unless allow_user_segv_handler is set), so ASan reports faults itself,
+# also in the processes serve_http runs; leaks are findings.
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 

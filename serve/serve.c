@@ -406,7 +406,23 @@ static void list_programs(dx_serve *srv, dx__sreq *r)
     answer_json(r, 200, root);
 }
 
-/* The value of `token=` in a query string, percent-decoded into buf. */
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* The value of `token=` in a query string, percent-decoded into buf. An
+ * escape is exactly two hex digits: the "%2x" sscanf this replaces also
+ * took one ("%5" at the end of the URL), and the two bytes then skipped
+ * included the terminating NUL, so the loop read on past the URL's end (a
+ * heap-buffer-overflow under ASan; input fuzz/corpus/serve_http/
+ * regress-token-escape). A '%' that starts no escape is kept as it is. */
 static const char *query_token(const char *query, char *buf, size_t cap)
 {
     const char *p = query;
@@ -414,9 +430,10 @@ static const char *query_token(const char *query, char *buf, size_t cap)
         if (strncmp(p, "token=", 6) == 0) {
             size_t n = 0;
             for (p += 6; *p && *p != '&' && n + 1 < cap; p++) {
-                unsigned v;
-                if (*p == '%' && sscanf(p + 1, "%2x", &v) == 1) {
-                    buf[n++] = (char)v;
+                int hi, lo;
+                if (*p == '%' && (hi = hex_digit(p[1])) >= 0 &&
+                    (lo = hex_digit(p[2])) >= 0) {
+                    buf[n++] = (char)(hi << 4 | lo);
                     p += 2;
                 } else {
                     buf[n++] = *p == '+' ? ' ' : *p;

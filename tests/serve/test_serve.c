@@ -171,6 +171,26 @@ Test(serve, oversize_body_is_413_and_auth_needs_the_exact_token,
     free(r.body);
 }
 
+Test(serve, a_cut_percent_escape_in_the_dashboard_token_is_taken_literally,
+     .init = setup_small, .fini = teardown)
+{
+    /* "%5" ending the URL: the decoder took one hex digit, skipped the
+     * URL's terminating NUL and read on past it (a heap-buffer-overflow
+     * under ASan; fuzz/corpus/serve_http/regress-token-escape). */
+    hresp r = http1("GET", "/dashboard?token=%5", NULL, NULL);
+    cr_assert_eq(r.status, 401);
+    free(r.body);
+    r = http1("GET", "/dashboard?token=s3cret-token%", NULL, NULL);
+    cr_assert_eq(r.status, 401, "a lone %% is part of the token");
+    free(r.body);
+    r = http1("GET", "/dashboard?token=s3cret-token%2&x=1", NULL, NULL);
+    cr_assert_eq(r.status, 401, "%%2 is no escape and keeps the &");
+    free(r.body);
+    r = http1("GET", "/dashboard?token=%73%33cret%2dtoken&x=%4", NULL, NULL);
+    cr_assert_eq(r.status, 200, "escapes in either case decode");
+    free(r.body);
+}
+
 Test(serve, batch_keeps_order_and_reports_item_errors, .init = setup_default,
      .fini = teardown)
 {
