@@ -91,6 +91,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int idx;
     dx_term *t = (dx_term *)buf; /* must be set either way */
     int rc = decode(buf, (int)size, &idx, &t);
+    /* The bounds walk that guards a packet's control tuple reads nothing
+     * past the input either, and agrees with the decoder on where a term
+     * it decodes ends. */
+    int cidx = size > 0 && (uint8_t)buf[0] == VERSION_MAGIC ? 1 : 0;
+    int crc = dx__ext_check(buf, (int)size, &cidx);
+    if (rc == DX_OK)
+        FUZZ_CHECK(crc == DX_OK && cidx == idx);
     if (rc != DX_OK) {
         FUZZ_CHECK(t == NULL);
     } else {

@@ -1329,10 +1329,15 @@ static void handle_packet(node *n, const char *buf, size_t len)
         atomic_fetch_add(&G.dropped, 1);
         return;
     }
-    /* len <= MAX_FRAME: it fits erl_interface's int index. */
-    int idx = 1, v = 0, arity = 0;
+    /* len <= MAX_FRAME: it fits erl_interface's int index. The control
+     * tuple is read with erl_interface below, which follows length fields
+     * wherever they point: check it lies within the packet first (the
+     * message after it is decoded by dx__ext_decode, which checks as it
+     * goes). */
+    int idx = 1, v = 0, arity = 0, ctl_end = 2;
     long op = 0;
-    if (ei_decode_version(buf, &idx, &v) < 0 ||
+    if (dx__ext_check(buf, (int)len, &ctl_end) != DX_OK ||
+        ei_decode_version(buf, &idx, &v) < 0 ||
         ei_decode_tuple_header(buf, &idx, &arity) < 0 || arity < 1 ||
         ei_decode_long(buf, &idx, &op) < 0) {
         atomic_fetch_add(&G.dropped, 1);

@@ -559,3 +559,47 @@ int dx__ext_decode(const char *buf, int len, int *idx, dx_term **out)
         return DX_EINVAL;
     return dec(buf, len, idx, out, 0);
 }
+
+/* Walk the term at buf[*idx] without building it: every header and leaf
+ * must end before len. Iterative (a count of terms still to visit), so
+ * nesting costs nothing and needs no limit here. */
+int dx__ext_check(const char *buf, int len, int *idx)
+{
+    if (buf == NULL || len < 0 || *idx < 0 || *idx > len)
+        return DX_EINVAL;
+    const unsigned char *b = (const unsigned char *)buf;
+    int64_t i = *idx, pending = 1;
+    while (pending > 0) {
+        int64_t n;
+        int rc = head_len(b, len, i, &n);
+        if (rc != DX_OK)
+            return rc;
+        int64_t inner = 0;
+        switch (b[i]) {
+        case ERL_SMALL_TUPLE_EXT:
+            inner = b[i + 1];
+            break;
+        case ERL_LARGE_TUPLE_EXT:
+            inner = be32(b + i + 1);
+            break;
+        case ERL_LIST_EXT:
+            /* The elements, then the tail; a header of no elements (BEAM
+             * never sends one) has none, as the decoder reads it. */
+            inner = (int64_t)be32(b + i + 1);
+            inner += inner > 0;
+            break;
+        case ERL_MAP_EXT:
+            inner = 2 * (int64_t)be32(b + i + 1);
+            break;
+        default:
+            break;
+        }
+        i += n;
+        pending += inner - 1;
+        /* Each term still to visit takes a byte at least. */
+        if (pending > len - i)
+            return DX_EINVAL;
+    }
+    *idx = (int)i;
+    return DX_OK;
+}

@@ -30,6 +30,13 @@ int dx__ext_encode(ei_x_buff *x, const dx_term *t);
  * ref table is full, DX_ENOMEM. *out is NULL on failure. */
 int dx__ext_decode(const char *buf, int len, int *idx, dx_term **out);
 
+/* Check that the term at buf[*idx] lies wholly before len, header by
+ * header, and advance *idx past it; builds nothing. A distribution packet's
+ * control tuple is checked so before erl_interface, which trusts every
+ * length field, decodes it. DX_EINVAL (truncated or malformed), DX_ENOTSUP
+ * (a port, fun, bit string or other kind of term dx_term cannot hold). */
+int dx__ext_check(const char *buf, int len, int *idx);
+
 /* Pid/ref translation (dist.c); the caller holds the node lock. */
 int dx__dist_pid_out(dx_pid pid, erlang_pid *out);
 int dx__dist_pid_in(const erlang_pid *in, dx_pid *out);

@@ -236,3 +236,67 @@ Test(dist_ext, refs_of_this_node_and_of_others_round_trip)
     ei_x_free(&x);
     dx_term_free(t);
 }
+
+/* dx__ext_check guards a packet's control tuple, which erl_interface then
+ * reads on trust: it accepts a whole term (and says where it ends) and
+ * refuses every cut of it and a forged length inside it. */
+static int check_n(const void *bytes, size_t len, int *end)
+{
+    char *buf = malloc(len ? len : 1);
+    cr_assert_not_null(buf);
+    memcpy(buf, bytes, len);
+    int idx = 1;
+    int rc = dx__ext_check(buf, (int)len, &idx);
+    free(buf);
+    *end = idx;
+    return rc;
+}
+
+Test(dist_ext, the_control_tuple_check_bounds_every_length)
+{
+    /* {2, '', Pid} as a SEND control tuple, then a payload after it. */
+    static const char ctl[] = "\x83h\x03"
+                              "a\x02"
+                              "d\x00\x00"
+                              "Xv\x00\x0etest@localhost\x00\x00\x00\x01"
+                              "\x00\x00\x00\x00\x00\x00\x00\x01"
+                              "a\x07";
+    size_t whole = sizeof ctl - 1, term_end = whole - 2;
+    int end;
+    cr_assert_eq(check_n(ctl, whole, &end), DX_OK);
+    cr_expect_eq(end, (int)term_end, "the tuple ends before the payload");
+    for (size_t cut = 1; cut < term_end; cut++)
+        cr_expect_eq(check_n(ctl, cut, &end), DX_EINVAL, "cut at %zu", cut);
+    /* A tuple that claims more elements than there are bytes. */
+    cr_expect_eq(check_n("\x83h\xff"
+                         "a\x01",
+                         5, &end),
+                 DX_EINVAL);
+    /* A binary inside a list whose length runs past the packet. */
+    cr_expect_eq(check_n("\x83l\x00\x00\x00\x01m\x00\x00\x6c\x00"
+                         "abj",
+                         14, &end),
+                 DX_EINVAL);
+    /* A fun is no control term. */
+    cr_expect_eq(check_n("\x83p\x00\x00\x00\x05", 6, &end), DX_ENOTSUP);
+}
+
+Test(dist_ext, the_control_tuple_check_walks_deep_nesting_without_recursion)
+{
+    const size_t levels = 100000;
+    size_t len = 1 + levels * 2 + 1;
+    char *buf = malloc(len);
+    cr_assert_not_null(buf);
+    buf[0] = (char)131;
+    for (size_t i = 0; i < levels; i++) {
+        buf[1 + 2 * i] = 'h'; /* SMALL_TUPLE_EXT of one element */
+        buf[2 + 2 * i] = 1;
+    }
+    buf[len - 1] = 'j';
+    int idx = 1;
+    cr_expect_eq(dx__ext_check(buf, (int)len, &idx), DX_OK);
+    cr_expect_eq(idx, (int)len);
+    idx = 1;
+    cr_expect_eq(dx__ext_check(buf, (int)len - 1, &idx), DX_EINVAL);
+    free(buf);
+}
