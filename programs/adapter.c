@@ -457,12 +457,14 @@ static void put_output_skeleton(dx__sb *b, const dx_signature *s)
         const char *text = dx__sb_cstr(&t);
         cJSON *str = text ? cJSON_CreateString(text) : NULL;
         dx__sb_free(&t);
-        if (!str) {
+        /* A field cJSON could not add would be missing from the message
+         * without a word: fail the rendering instead. */
+        if (!str || !cJSON_AddItemToObject(o, f->name, str)) {
+            cJSON_Delete(str);
             b->oom = true;
             cJSON_Delete(o);
             return;
         }
-        cJSON_AddItemToObject(o, f->name, str);
     }
     dx__pyjson_dump(b, o, 2);
     cJSON_Delete(o);
@@ -627,11 +629,11 @@ static void put_assistant_content(dx__sb *b, dx_adapter_kind kind,
             cJSON *item = v ? cJSON_Duplicate(v, true)
                             : (missing ? cJSON_CreateString(missing)
                                        : cJSON_CreateNull());
-            if (!item) {
+            if (!item || !cJSON_AddItemToObject(o, f->name, item)) {
+                cJSON_Delete(item);
                 b->oom = true;
                 break;
             }
-            cJSON_AddItemToObject(o, f->name, item);
         }
         dx__pyjson_dump(b, o, 2);
         cJSON_Delete(o);
@@ -837,7 +839,10 @@ static bool enforce_required(cJSON *sch)
             return false;
         }
         cJSON_DeleteItemFromObjectCaseSensitive(sch, "required");
-        cJSON_AddItemToObject(sch, "required", req);
+        if (!cJSON_AddItemToObject(sch, "required", req)) {
+            cJSON_Delete(req);
+            return false;
+        }
         cJSON_DeleteItemFromObjectCaseSensitive(sch, "additionalProperties");
         if (!cJSON_AddFalseToObject(sch, "additionalProperties"))
             return false;
@@ -1199,10 +1204,13 @@ static cJSON *validate(const dx_type *t, const cJSON *v, const char **why)
                 cJSON_Delete(out);
                 return NULL;
             }
-            if (out)
-                cJSON_AddItemToObject(out, it->string, x);
-            else
+            /* No room for the key: OOM (*why unset), not a dict that
+             * quietly lost a member. */
+            if (!out || !cJSON_AddItemToObject(out, it->string, x)) {
                 cJSON_Delete(x);
+                cJSON_Delete(out);
+                return NULL;
+            }
         }
         return out;
     }
