@@ -457,12 +457,14 @@ static void put_output_skeleton(dx__sb *b, const dx_signature *s)
         const char *text = dx__sb_cstr(&t);
         cJSON *str = text ? cJSON_CreateString(text) : NULL;
         dx__sb_free(&t);
-        if (!str) {
+        /* A field cJSON could not add would be missing from the message
+         * without a word: fail the rendering instead. */
+        if (!str || !cJSON_AddItemToObject(o, f->name, str)) {
+            cJSON_Delete(str);
             b->oom = true;
             cJSON_Delete(o);
             return;
         }
-        cJSON_AddItemToObject(o, f->name, str);
     }
     dx__pyjson_dump(b, o, 2);
     cJSON_Delete(o);
@@ -627,11 +629,11 @@ static void put_assistant_content(dx__sb *b, dx_adapter_kind kind,
             cJSON *item = v ? cJSON_Duplicate(v, true)
                             : (missing ? cJSON_CreateString(missing)
                                        : cJSON_CreateNull());
-            if (!item) {
+            if (!item || !cJSON_AddItemToObject(o, f->name, item)) {
+                cJSON_Delete(item);
                 b->oom = true;
                 break;
             }
-            cJSON_AddItemToObject(o, f->name, item);
         }
         dx__pyjson_dump(b, o, 2);
         cJSON_Delete(o);
@@ -837,7 +839,10 @@ static bool enforce_required(cJSON *sch)
             return false;
         }
         cJSON_DeleteItemFromObjectCaseSensitive(sch, "required");
-        cJSON_AddItemToObject(sch, "required", req);
+        if (!cJSON_AddItemToObject(sch, "required", req)) {
+            cJSON_Delete(req);
+            return false;
+        }
         cJSON_DeleteItemFromObjectCaseSensitive(sch, "additionalProperties");
         if (!cJSON_AddFalseToObject(sch, "additionalProperties"))
             return false;
@@ -887,6 +892,7 @@ static int json_response_format(const dx_signature *s, dx_lm_request *req)
         }
     cJSON *root = cJSON_CreateObject();
     cJSON *props = root ? cJSON_AddObjectToObject(root, "properties") : NULL;
+    cJSON *defs = NULL; /* the object types the fields refer to */
     bool ok = props != NULL;
     for (size_t i = 0; ok && i < n; i++) {
         const dx_field *f = dx_signature_output(s, i);
@@ -901,16 +907,48 @@ static int json_response_format(const dx_signature *s, dx_lm_request *req)
             ok = false;
             break;
         }
+        /* A field's schema keeps the object types it names in its own
+         * "$defs", and its "$ref"s ("#/$defs/Name") are resolved from the
+         * document root. Inside the outputs object that root is the
+         * response schema's: move the definitions there, or the refs
+         * (an Optional or a list of an object type) point at nothing. */
+        cJSON *fdefs = cJSON_DetachItemFromObjectCaseSensitive(sch, "$defs");
+        if (fdefs && !defs && !(defs = cJSON_CreateObject()))
+            ok = false;
+        while (ok && fdefs && fdefs->child) {
+            cJSON *d = cJSON_DetachItemViaPointer(fdefs, fdefs->child);
+            if (cJSON_GetObjectItemCaseSensitive(defs, d->string))
+                cJSON_Delete(d); /* the same type, named by another field */
+            else if (!cJSON_AddItemToObject(defs, d->string, d)) {
+                cJSON_Delete(d);
+                ok = false;
+            }
+        }
+        cJSON_Delete(fdefs);
+        if (!ok) {
+            cJSON_Delete(sch);
+            break;
+        }
         dx__sb t;
         dx__sb_init(&t);
         put_title(&t, f->name);
         const char *title = dx__sb_cstr(&t);
-        if (cJSON_IsObject(sch) && title &&
+        ok = title != NULL;
+        if (ok && cJSON_IsObject(sch) &&
             !cJSON_GetObjectItemCaseSensitive(sch, "title"))
-            cJSON_AddStringToObject(sch, "title", title);
+            ok = cJSON_AddStringToObject(sch, "title", title) != NULL;
         dx__sb_free(&t);
-        cJSON_AddItemToObject(props, f->name, sch);
+        if (!ok || !cJSON_AddItemToObject(props, f->name, sch)) {
+            cJSON_Delete(sch);
+            ok = false;
+        }
     }
+    if (ok && defs) {
+        ok = cJSON_AddItemToObject(root, "$defs", defs);
+        if (ok)
+            defs = NULL;
+    }
+    cJSON_Delete(defs);
     ok = ok && cJSON_AddStringToObject(root, "title", "DSPyProgramOutputs") &&
          cJSON_AddStringToObject(root, "type", "object") &&
          enforce_required(root);
@@ -1017,7 +1055,9 @@ static bool json_equal_choice(const cJSON *a, const cJSON *b)
 }
 
 /* Validate / convert a JSON value against t (pydantic's lax mode, the
- * parts DSPy users meet). Returns a new value or NULL with *why set. */
+ * parts DSPy users meet). Returns a new value, or NULL with *why set to
+ * what is wrong with v, or NULL with *why untouched on OOM (so callers
+ * start with *why NULL). */
 static cJSON *validate(const dx_type *t, const cJSON *v, const char **why);
 
 static cJSON *validate_literal(const dx_type *t, const cJSON *v,
@@ -1052,7 +1092,11 @@ static cJSON *validate_literal(const dx_type *t, const cJSON *v,
             dx__sb_init(&s);
             dx__pystr(&s, c);
             const char *cs = dx__sb_cstr(&s);
-            bool eq = cs && strlen(cs) == n && memcmp(cs, p, n) == 0;
+            if (!cs) { /* OOM: *why stays unset */
+                dx__sb_free(&s);
+                return NULL;
+            }
+            bool eq = strlen(cs) == n && memcmp(cs, p, n) == 0;
             dx__sb_free(&s);
             if (eq)
                 return cJSON_Duplicate(c, true);
@@ -1160,10 +1204,13 @@ static cJSON *validate(const dx_type *t, const cJSON *v, const char **why)
                 cJSON_Delete(out);
                 return NULL;
             }
-            if (out)
-                cJSON_AddItemToObject(out, it->string, x);
-            else
+            /* No room for the key: OOM (*why unset), not a dict that
+             * quietly lost a member. */
+            if (!out || !cJSON_AddItemToObject(out, it->string, x)) {
                 cJSON_Delete(x);
+                cJSON_Delete(out);
+                return NULL;
+            }
         }
         return out;
     }
@@ -1224,19 +1271,24 @@ static int parse_text_value(const dx_field *f, const char *text, size_t len,
         else
             candidate = cJSON_CreateString(stripped);
     } else {
-        candidate = dx__json_repair(stripped, strlen(stripped),
-                                    t->kind == DX_TYPE_OBJECT ||
-                                        t->kind == DX_TYPE_DICT);
-        if (!candidate)
+        bool oom = false;
+        candidate = dx__json_repair_oom(
+            stripped, strlen(stripped),
+            t->kind == DX_TYPE_OBJECT || t->kind == DX_TYPE_DICT, &oom);
+        if (!candidate && !oom)
             candidate = cJSON_CreateString(stripped);
     }
     if (!candidate) {
         dx_free(stripped);
         return DX_ENOMEM;
     }
-    const char *why = "invalid value";
+    const char *why = NULL;
     cJSON *v = validate(t, candidate, &why);
     cJSON_Delete(candidate);
+    if (!v && !why) {
+        dx_free(stripped);
+        return DX_ENOMEM;
+    }
     if (!v) {
         int rc = type_error(diag, f, stripped, strlen(stripped), why);
         dx_free(stripped);
@@ -1278,8 +1330,10 @@ static int parse_json_value(const dx_field *f, const cJSON *v, cJSON **out,
     if (cJSON_IsString(v) && t->kind != DX_TYPE_LITERAL)
         return parse_text_value(f, v->valuestring, strlen(v->valuestring), out,
                                 diag);
-    const char *why = "invalid value";
+    const char *why = NULL;
     cJSON *x = validate(t, v, &why);
+    if (!x && !why)
+        return DX_ENOMEM;
     if (!x) {
         dx__sb b;
         dx__sb_init(&b);
@@ -1452,7 +1506,10 @@ static int parse_chat(const dx_signature *s, const char *text, size_t len,
 static int parse_json(const dx_signature *s, const char *text, size_t len,
                       cJSON **found, dx_diag *diag)
 {
-    cJSON *obj = dx__json_repair(text, len, true);
+    bool oom = false;
+    cJSON *obj = dx__json_repair_oom(text, len, true, &oom);
+    if (oom)
+        return DX_ENOMEM;
     if (!obj || !cJSON_IsObject(obj)) {
         cJSON_Delete(obj);
         int shown = len > 300 ? 300 : (int)len;

@@ -312,8 +312,11 @@ static int build_wrapper(const char *name, const cJSON *decl, size_t index,
                                ? "context, question -> answer"
                                : str_member(wraps, "signature");
     dx_signature *sig = NULL;
-    if (sig_text)
-        (void)dx_signature_parse(sig_text, NULL, NULL, 0, &sig, NULL);
+    /* A bad signature is reported below, where the wrapped module is
+     * built; running out of memory here must not pass for it. */
+    if (sig_text &&
+        dx_signature_parse(sig_text, NULL, NULL, 0, &sig, NULL) == DX_ENOMEM)
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
     char where[160];
     snprintf(where, sizeof where, "%s: program.modules[%zu].reward", name,
              index);
@@ -492,7 +495,10 @@ static int build_pipeline(const char *name, const cJSON *prog,
                              name, i, mod ? mod : "(none)");
             break;
         }
-        st->module = dx_strdup(mod);
+        if (!(st->module = dx_strdup(mod))) {
+            rc = dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+            break;
+        }
         const cJSON *ins =
             steps ? cJSON_GetObjectItemCaseSensitive(it, "inputs") : NULL;
         if (ins && !cJSON_IsObject(ins)) {
@@ -541,6 +547,10 @@ static int build_pipeline(const char *name, const cJSON *prog,
             step_input *si = &st->inputs[st->n_inputs++];
             si->field = dx_strdup(m->string);
             si->source = dx_strdup(m->valuestring);
+            if (!si->field || !si->source) {
+                rc = dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+                break;
+            }
         }
         if (rc != DX_OK)
             break;
@@ -554,17 +564,19 @@ static int build_pipeline(const char *name, const cJSON *prog,
     return DX_OK;
 }
 
-/* Does the document hold state for any predictor of m? */
-static bool has_state(const cJSON *doc, const dx_module *m)
+/* Does the document hold state for any predictor of m? (*any; the
+ * lookup itself can fail for want of memory, and must not read as "no
+ * state": the program would load without its demos.) */
+static int has_state(const cJSON *doc, const dx_module *m, bool *any)
 {
     dx_named_predictor *preds = NULL;
     size_t n = 0;
-    bool any = false;
-    if (dx_module_predictors(m, &preds, &n) == DX_OK)
-        for (size_t i = 0; i < n && !any; i++)
-            any = cJSON_GetObjectItemCaseSensitive(doc, preds[i].path) != NULL;
+    *any = false;
+    int rc = dx_module_predictors(m, &preds, &n);
+    for (size_t i = 0; rc == DX_OK && i < n && !*any; i++)
+        *any = cJSON_GetObjectItemCaseSensitive(doc, preds[i].path) != NULL;
     dx_free(preds);
-    return any;
+    return rc;
 }
 
 static int from_doc(const cJSON *doc, const char *name, dx_module **out,
@@ -627,7 +639,10 @@ static int from_doc(const cJSON *doc, const char *name, dx_module **out,
     }
     if (rc == DX_OK && !(root->decl = cJSON_Duplicate(prog, true)))
         rc = dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
-    if (rc == DX_OK && has_state(doc, root)) {
+    bool any = false;
+    if (rc == DX_OK && (rc = has_state(doc, root, &any)) != DX_OK)
+        dx_diag_set(diag, rc, 0, 0, "%s: %s", name, dx_strerror(rc));
+    if (rc == DX_OK && any) {
         rc = dx_module_load_state(root, doc, diag);
         if (rc != DX_OK)
             dx_diag_prefix(diag, "%s", name);
@@ -651,6 +666,8 @@ int dx_program_parse(const char *json, size_t len, const char *name,
     int line = 0, col = 0;
     const char *what = NULL;
     cJSON *doc = dx__json_parse_msg(json, len, &line, &col, &what);
+    if (!doc && what && strcmp(what, "out of memory") == 0)
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "%s: out of memory", nm);
     if (!doc)
         return dx_diag_set(diag, DX_ESYNTAX, line, col, "%s:%d:%d: %s", nm,
                            line, col, what ? what : "not valid JSON");
@@ -721,23 +738,31 @@ int dx_program_save(const dx_module *m, const char *path, dx_diag *diag)
         cJSON_Delete(decl);
         return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
     }
-    cJSON_AddItemToObject(doc, "program", decl);
+    /* Every member must make it into the file: a failed add (no memory
+     * for its key) fails the save instead of writing a file without it. */
+    bool ok = cJSON_AddItemToObject(doc, "program", decl);
+    if (!ok)
+        cJSON_Delete(decl);
     cJSON *it = state->child;
-    while (it) {
+    while (ok && it) {
         cJSON *next = it->next;
-        cJSON_AddItemToObject(doc, it->string,
-                              cJSON_DetachItemViaPointer(state, it));
+        cJSON *v = cJSON_DetachItemViaPointer(state, it);
+        ok = cJSON_AddItemToObject(doc, v->string, v);
+        if (!ok)
+            cJSON_Delete(v);
         it = next;
     }
     cJSON_Delete(state);
-    cJSON *meta = cJSON_AddObjectToObject(doc, "metadata");
+    cJSON *meta = ok ? cJSON_AddObjectToObject(doc, "metadata") : NULL;
     cJSON *deps =
         meta ? cJSON_AddObjectToObject(meta, "dependency_versions") : NULL;
-    if (deps) {
-        cJSON_AddStringToObject(deps, "python", "3.11");
-        cJSON_AddStringToObject(deps, "dspy", "3.3.1");
-        cJSON_AddStringToObject(deps, "cloudpickle", "3.1");
-        cJSON_AddStringToObject(meta, "dspex_version", "0.1.0");
+    ok = deps && cJSON_AddStringToObject(deps, "python", "3.11") &&
+         cJSON_AddStringToObject(deps, "dspy", "3.3.1") &&
+         cJSON_AddStringToObject(deps, "cloudpickle", "3.1") &&
+         cJSON_AddStringToObject(meta, "dspex_version", "0.1.0");
+    if (!ok) {
+        cJSON_Delete(doc);
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
     }
     dx__sb b;
     dx__sb_init(&b);

@@ -933,10 +933,11 @@ static const char *find(const char *s, size_t n, const char *needle)
     return NULL;
 }
 
-static cJSON *strict(const char *s, size_t n)
+static cJSON *strict(const char *s, size_t n, bool *oom)
 {
     rd r = {.s = s, .n = n};
     cJSON *v = read_value(&r);
+    *oom = *oom || r.oom;
     skip_ws(&r);
     if (v && r.i < r.n) {
         cJSON_Delete(v);
@@ -946,10 +947,12 @@ static cJSON *strict(const char *s, size_t n)
 }
 
 /* The first complete value at the start of s; what follows is ignored. */
-static cJSON *lenient(const char *s, size_t n)
+static cJSON *lenient(const char *s, size_t n, bool *oom)
 {
     rd r = {.s = s, .n = n, .lenient = true};
-    return read_value(&r);
+    cJSON *v = read_value(&r);
+    *oom = *oom || r.oom;
+    return v;
 }
 
 /* Where the bracket opened at s[0] closes (skipping quoted strings), or 0. */
@@ -1003,15 +1006,34 @@ static bool take(cJSON **best, cJSON *v, bool want_object)
 
 cJSON *dx__json_repair(const char *text, size_t len, bool want_object)
 {
+    bool oom = false;
+    return dx__json_repair_oom(text, len, want_object, &oom);
+}
+
+/* A reading that ran out of memory says nothing about the text: stop there
+ * (a later, more lenient reading could find a different value). */
+#define OOM_STOP(best)                                                         \
+    do {                                                                       \
+        if (*oom) {                                                            \
+            cJSON_Delete(best);                                                \
+            return NULL;                                                       \
+        }                                                                      \
+    } while (0)
+
+cJSON *dx__json_repair_oom(const char *text, size_t len, bool want_object,
+                           bool *oom)
+{
     dx__pyjson_init();
+    *oom = false;
     if (!text)
         return NULL;
     const char *s = text;
     size_t n = len;
     trim(&s, &n);
     cJSON *best = NULL;
-    if (take(&best, strict(s, n), want_object))
+    if (take(&best, strict(s, n, oom), want_object))
         return best;
+    OOM_STOP(best);
 
     const char *body = s;
     size_t body_n = n;
@@ -1025,13 +1047,16 @@ cJSON *dx__json_repair(const char *text, size_t len, bool want_object)
         body = p;
         body_n = (size_t)((close ? close : end) - p);
         trim(&body, &body_n);
-        if (take(&best, strict(body, body_n), want_object))
+        if (take(&best, strict(body, body_n, oom), want_object))
             return best;
-        if (take(&best, lenient(body, body_n), want_object))
+        OOM_STOP(best);
+        if (take(&best, lenient(body, body_n, oom), want_object))
             return best;
+        OOM_STOP(best);
     }
-    if (take(&best, lenient(s, n), want_object))
+    if (take(&best, lenient(s, n, oom), want_object))
         return best;
+    OOM_STOP(best);
 
     /* The first balanced {...} / [...] anywhere; a few candidates at most,
      * so text full of stray brackets stays linear. */
@@ -1044,8 +1069,11 @@ cJSON *dx__json_repair(const char *text, size_t len, bool want_object)
         size_t k = balanced(s + i, n - i);
         if (!k)
             continue;
-        if (take(&best, lenient(s + i, k), want_object))
+        if (take(&best, lenient(s + i, k, oom), want_object))
             return best;
+        OOM_STOP(best);
     }
     return best;
 }
+
+#undef OOM_STOP

@@ -87,6 +87,10 @@ void dx__pystr(dx__sb *b, const cJSON *v);
  * NULL when nothing parses (or on OOM). want_object only affects the
  * balanced-brace search. */
 cJSON *dx__json_repair(const char *text, size_t len, bool want_object);
+/* The same; *oom tells a failed allocation (NULL returned) from text that
+ * holds no JSON value. */
+cJSON *dx__json_repair_oom(const char *text, size_t len, bool want_object,
+                           bool *oom);
 
 /* Strict JSON parse of exactly len bytes (dx_malloc'd tree); NULL if not
  * JSON. When it fails and line/column are not NULL they receive the

@@ -488,7 +488,10 @@ int dx_bm25_add_jsonl(dx_bm25 *ix, const char *text, size_t len,
         int rc = DX_OK;
         const char *t, *ti, *id;
         char num[32];
-        if (!o)
+        if (!o && what && strcmp(what, "out of memory") == 0)
+            rc = dx_diag_set(diag, DX_ENOMEM, line, 0, "%s:%d: out of memory",
+                             name, line); /* not a syntax error */
+        else if (!o)
             rc = dx_diag_set(diag, DX_ESYNTAX, line, jc,
                              "%s:%d: %s at column %d", name, line,
                              what ? what : "not JSON", jc);

@@ -220,11 +220,18 @@ fail:
     return NULL;
 }
 
-static cJSON *parse_schema(const char *schema_json)
+/* The schema text as a JSON object; NULL when it is not one, or on OOM
+ * (then *oom is set, when oom is not NULL: a failed allocation must not be
+ * reported as a bad schema). */
+static cJSON *parse_schema(const char *schema_json, bool *oom)
 {
     if (!schema_json)
         return NULL;
-    cJSON *v = dx__json_parse(schema_json, strlen(schema_json), NULL, NULL);
+    const char *what = NULL;
+    cJSON *v =
+        dx__json_parse_msg(schema_json, strlen(schema_json), NULL, NULL, &what);
+    if (!v && oom && what && strcmp(what, "out of memory") == 0)
+        *oom = true;
     if (v && !cJSON_IsObject(v)) {
         cJSON_Delete(v);
         return NULL;
@@ -239,7 +246,7 @@ dx_type *dx_type_object(const char *name, const char *schema_json)
     dx__pyjson_init();
     dx_type *t = type_alloc(DX_TYPE_OBJECT);
     if (!t || !(t->name = dx_strdup(name)) ||
-        !(t->schema = parse_schema(schema_json))) {
+        !(t->schema = parse_schema(schema_json, NULL))) {
         dx_type_free(t);
         return NULL;
     }
@@ -1167,7 +1174,10 @@ static int parse_named(rd *r, dx_type **out)
         break;
     case B_CUSTOM: {
         dx__pyjson_init();
-        cJSON *schema = parse_schema(r->customs[custom].schema_json);
+        bool oom = false;
+        cJSON *schema = parse_schema(r->customs[custom].schema_json, &oom);
+        if (!schema && oom)
+            return nomem(r->diag, r->what);
         if (!schema)
             return perr(r, at,
                         "the schema of type \"%.*s\" is not a JSON object",
@@ -1480,7 +1490,14 @@ int dx_infer_prefix(const char *name, char **out)
         }
         w = i + 1;
     }
+    /* b's OOM flag survives sb_reset: a failed pass above must fail the
+     * call, not yield a prefix made from a cut text. */
+    bool oom = b.oom;
     dx__sb_free(&b);
+    if (oom) {
+        dx__sb_free(&a);
+        return DX_ENOMEM;
+    }
     dx__sb_cstr(&a);
     *out = dx__sb_take(&a);
     return *out ? DX_OK : DX_ENOMEM;
@@ -1551,6 +1568,10 @@ static char *cleandoc(const char *text)
             col = text[i] == '\n' || text[i] == '\r' ? 0 : col + 1;
         }
         i += l;
+    }
+    if (x.oom) { /* not a shorter text: no text */
+        dx__sb_free(&x);
+        return NULL;
     }
     const char *s = x.p ? x.p : "";
     n = x.len;
@@ -1693,8 +1714,12 @@ static int field_from_spec(dx_field *f, const dx_field_spec *sp, dx_diag *diag)
     if (sp->default_json) {
         dx__pyjson_init();
         int line = 0, col = 0;
-        f->default_value = dx__json_parse(
-            sp->default_json, strlen(sp->default_json), &line, &col);
+        const char *what = NULL;
+        f->default_value = dx__json_parse_msg(
+            sp->default_json, strlen(sp->default_json), &line, &col, &what);
+        /* A failed allocation is not a bad default. */
+        if (!f->default_value && what && strcmp(what, "out of memory") == 0)
+            return nomem(diag, "signature");
         if (!f->default_value)
             return dx_diag_set(diag, DX_EINVAL, 0, col,
                                "signature: the default of field \"%s\" is "

@@ -28,18 +28,29 @@
 static const char *const UNSAFE_LM_KEYS[] = {"api_base", "base_url",
                                              "model_list"};
 
+/* Add v to o under key (to the array o when key is NULL); when that
+ * fails (v NULL, or no memory for the key) v is deleted and false
+ * returned, so a state is never written with a member missing. */
+static bool put(cJSON *o, const char *key, cJSON *v)
+{
+    if (v &&
+        (key ? cJSON_AddItemToObject(o, key, v) : cJSON_AddItemToArray(o, v)))
+        return true;
+    cJSON_Delete(v);
+    return false;
+}
+
 static cJSON *example_json(const dx_example *ex)
 {
     cJSON *o = cJSON_CreateObject();
     if (!o)
         return NULL;
     for (size_t i = 0; i < dx_example_len(ex); i++) {
-        cJSON *v = cJSON_Duplicate(dx_example_value(ex, i), true);
-        if (!v) {
+        if (!put(o, dx_example_key(ex, i),
+                 cJSON_Duplicate(dx_example_value(ex, i), true))) {
             cJSON_Delete(o);
             return NULL;
         }
-        cJSON_AddItemToObject(o, dx_example_key(ex, i), v);
     }
     return o;
 }
@@ -59,12 +70,8 @@ static cJSON *predictor_state(const dx_module *p)
     cJSON *lm =
         p->lm_state ? cJSON_Duplicate(p->lm_state, true) : cJSON_CreateNull();
     bool ok = st && traces && train && demos && sig && lm;
-    for (size_t i = 0; ok && i < p->n_demos; i++) {
-        cJSON *d = example_json(p->demos[i]);
-        ok = d != NULL;
-        if (d)
-            cJSON_AddItemToArray(demos, d);
-    }
+    for (size_t i = 0; ok && i < p->n_demos; i++)
+        ok = put(demos, NULL, example_json(p->demos[i]));
     if (!ok) {
         cJSON_Delete(st);
         cJSON_Delete(traces);
@@ -74,11 +81,16 @@ static cJSON *predictor_state(const dx_module *p)
         cJSON_Delete(lm);
         return NULL;
     }
-    cJSON_AddItemToObject(st, "traces", traces);
-    cJSON_AddItemToObject(st, "train", train);
-    cJSON_AddItemToObject(st, "demos", demos);
-    cJSON_AddItemToObject(st, "signature", sig);
-    cJSON_AddItemToObject(st, "lm", lm);
+    /* Each put consumes its value whether it succeeds or not. */
+    ok = put(st, "traces", traces);
+    ok = put(st, "train", train) && ok;
+    ok = put(st, "demos", demos) && ok;
+    ok = put(st, "signature", sig) && ok;
+    ok = put(st, "lm", lm) && ok;
+    if (!ok) {
+        cJSON_Delete(st);
+        return NULL;
+    }
     return st;
 }
 
@@ -93,12 +105,8 @@ cJSON *dx_module_dump_state(const dx_module *m)
         return NULL;
     cJSON *root = cJSON_CreateObject();
     bool ok = root != NULL;
-    for (size_t i = 0; ok && i < n; i++) {
-        cJSON *st = predictor_state(preds[i].predict);
-        ok = st != NULL;
-        if (st)
-            cJSON_AddItemToObject(root, preds[i].path, st);
-    }
+    for (size_t i = 0; ok && i < n; i++)
+        ok = put(root, preds[i].path, predictor_state(preds[i].predict));
     dx_free(preds);
     if (!ok) {
         cJSON_Delete(root);
@@ -331,12 +339,12 @@ int dx_module_save(const dx_module *m, const char *path, dx_diag *diag)
         cJSON_AddStringToObject(deps, "dspy", DSPY_COMPAT_VERSION) &&
         cJSON_AddStringToObject(deps, "cloudpickle", DSPY_COMPAT_CLOUDPICKLE) &&
         cJSON_AddStringToObject(meta, "dspex_version", "0.1.0");
-    if (!ok) {
+    if (!ok || !put(root, "metadata", meta)) {
         cJSON_Delete(root);
-        cJSON_Delete(meta);
+        if (!ok)
+            cJSON_Delete(meta);
         return dx_diag_set(diag, DX_ENOMEM, 0, 0, "save: out of memory");
     }
-    cJSON_AddItemToObject(root, "metadata", meta);
     dx__sb b;
     dx__sb_init(&b);
     dx__pyjson_dump(&b, root, 2);
@@ -369,8 +377,12 @@ int dx_module_load(dx_module *m, const char *path, dx_diag *diag)
         return rrc;
     }
     int line = 0, col = 0;
-    cJSON *state = dx__json_parse(b.p ? b.p : "", b.len, &line, &col);
+    const char *what = NULL;
+    cJSON *state =
+        dx__json_parse_msg(b.p ? b.p : "", b.len, &line, &col, &what);
     dx__sb_free(&b);
+    if (!state && what && strcmp(what, "out of memory") == 0)
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "load: out of memory");
     if (!state)
         return dx_diag_set(diag, DX_ESYNTAX, line, col,
                            "%s:%d: not valid JSON at column %d", path, line,

@@ -173,6 +173,11 @@ Test(breaker, half_open_admits_only_the_probes_then_closes, .timeout = 10)
     cr_assert_not(dx_breaker_allow(b, 1002, &wait), "no third probe");
     cr_assert_eq(wait, 0);
     dx_breaker_record(b, false, 1010);
+    /* While half open the stats count the probes, not the old window. */
+    dx_breaker_stats st = dx_breaker_get_stats(b);
+    cr_assert_eq(st.state, DX_BREAKER_HALF_OPEN);
+    cr_assert_eq(st.calls, 1);
+    cr_assert_eq(st.failures, 0);
     cr_assert_eq(dx_breaker_get_state(b), DX_BREAKER_HALF_OPEN);
     dx_breaker_record(b, false, 1020);
     cr_assert_eq(dx_breaker_get_state(b), DX_BREAKER_CLOSED);
@@ -292,5 +297,8 @@ Test(breaker, failure_kinds_are_configurable, .timeout = 10)
     dx_breaker_record_error(b, &e, 0);
     cr_assert_eq(dx_breaker_get_state(b), DX_BREAKER_OPEN);
     cr_assert_str_eq(dx_breaker_state_name(DX_BREAKER_HALF_OPEN), "half_open");
+    cr_assert_str_eq(dx_breaker_state_name(DX_BREAKER_OPEN), "open");
+    cr_assert_str_eq(dx_breaker_state_name(DX_BREAKER_CLOSED), "closed");
+    cr_assert_str_eq(dx_breaker_state_name((dx_breaker_state)42), "unknown");
     dx_breaker_free(b);
 }

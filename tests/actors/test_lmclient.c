@@ -1395,6 +1395,86 @@ Test(lmclient, a_child_spec_refuses_bad_options)
     dx_lm_client_child_spec_free(NULL);
 }
 
+/* A spec holds its own copy of every option: after the caller's
+ * endpoints, policies and limits are gone, the supervised client still
+ * falls back from the dead primary to the live backup. */
+typedef struct full_spec_run {
+    dx_child_spec spec;
+    int sup_rc, stop_rc;
+    seen call;
+    dx_lm_client_stats stats;
+    _Atomic int done;
+} full_spec_run;
+
+static full_spec_run fs;
+
+static void full_spec_main(void *arg)
+{
+    full_spec_run *r = arg;
+    dx_pid sup = DX_NOPID;
+    r->sup_rc = dx_sup_start_link(&(dx_sup_spec){.strategy = DX_SUP_ONE_FOR_ONE,
+                                                 .intensity = 1,
+                                                 .period_s = 5,
+                                                 .children = &r->spec,
+                                                 .nchildren = 1},
+                                  &sup, NULL);
+    if (r->sup_rc == DX_OK) {
+        named_into("Who backs up?", 10000, &r->call);
+        dx_lm_client_stats_get(dx_whereis(SUP_NAME), &r->stats);
+        r->stop_rc = dx_sup_stop(sup, NULL, 10000);
+    }
+    atomic_store(&r->done, 1);
+}
+
+static int make_full_spec(dx_child_spec *spec)
+{
+    /* Everything below lives on this stack frame only. */
+    char primary_url[64], backup_url[128], backup_model[64];
+    snprintf(primary_url, sizeof primary_url, "%s", dead_url);
+    snprintf(backup_url, sizeof backup_url, "%s", live_url);
+    snprintf(backup_model, sizeof backup_model, "openai-compatible/backup");
+    dx_lm_endpoint backup = {backup_model, backup_url, "sk-test"};
+    dx_retry_policy retry = quick;
+    dx_breaker_config breaker;
+    dx_breaker_config_default(&breaker);
+    dx_lmcache_limits limits = {.max_entries = 10, .max_bytes = 1 << 20};
+    dx_ratelimit_config rl = {
+        .rpm = 600, .max_concurrency = 4, .max_waiters = 8};
+    dx_lm_client_opts o = {
+        .primary = {"openai-compatible/dead", primary_url, "sk-test"},
+        .fallbacks = &backup,
+        .n_fallbacks = 1,
+        .retry = &retry,
+        .breaker = &breaker,
+        .cache_limits = &limits,
+        .ratelimit = &rl,
+    };
+    int rc = dx_lm_client_child_spec(spec, "lm", &o, SUP_NAME);
+    memset(&backup, 0xAB, sizeof backup);
+    memset(backup_url, 0, sizeof backup_url);
+    memset(&o, 0, sizeof o);
+    memset(&rl, 0xFF, sizeof rl);
+    return rc;
+}
+
+Test(lmclient, a_child_spec_keeps_its_own_copy_of_every_option)
+{
+    cr_assert_eq(make_full_spec(&fs.spec), DX_OK);
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(full_spec_main, &fs, &pid), DX_OK);
+    int rc = dx_wait_exit(pid, 60000, NULL);
+    cr_assert(rc == DX_OK || rc == DX_ENOPROC, "%s", dx_err_name(rc));
+    cr_assert(atomic_load(&fs.done));
+    dx_lm_client_child_spec_free(&fs.spec);
+    cr_assert_eq(fs.sup_rc, DX_OK, "%s", dx_err_name(fs.sup_rc));
+    cr_assert_eq(fs.stop_rc, DX_OK, "%s", dx_err_name(fs.stop_rc));
+    cr_assert_eq(fs.call.rc, DX_OK, "%s: %s", dx_err_name(fs.call.rc),
+                 fs.call.err.message);
+    cr_assert_str_eq(fs.call.text, "answer: Who backs up?");
+    cr_assert_eq(fs.stats.fallbacks, 1);
+    cr_assert_eq(fs.stats.workers, 2);
+}
+
 /* A worker killed mid-call (not the client): its request goes to a new
  * worker once, and the caller gets the answer. */
 static void kill_one_worker(void *arg)

@@ -227,5 +227,12 @@ Test(retry, reason_names_are_stable, .timeout = 10)
     cr_assert_str_eq(dx_retry_reason_name(DX_RETRY_BACKOFF), "backoff");
     cr_assert_str_eq(dx_retry_reason_name(DX_RETRY_GIVE_UP_DEADLINE),
                      "deadline");
+    cr_assert_str_eq(dx_retry_reason_name(DX_RETRY_AFTER), "retry_after");
+    cr_assert_str_eq(dx_retry_reason_name(DX_RETRY_GIVE_UP_NOT_RETRYABLE),
+                     "not_retryable");
+    cr_assert_str_eq(dx_retry_reason_name(DX_RETRY_GIVE_UP_EXHAUSTED),
+                     "exhausted");
+    cr_assert_str_eq(dx_retry_reason_name(DX_RETRY_GIVE_UP_RETRY_AFTER),
+                     "retry_after_too_long");
     cr_assert_str_eq(dx_retry_reason_name((dx_retry_reason)99), "unknown");
 }

@@ -3,6 +3,8 @@
  * their error messages, and the usage accumulators.
  */
 #include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <math.h>
 #include <string.h>
 
@@ -151,6 +153,59 @@ Test(usage, bad_json_names_the_entry_and_changes_nothing, .timeout = 10)
     /* A NULL error buffer is allowed. */
     dx_usage_prices *p = defaults();
     cr_assert_eq(dx_usage_prices_load_json(p, "{", NULL, 0), DX_EINVAL);
+    char err[256];
+    cr_assert_eq(dx_usage_prices_load_json(p, NULL, err, sizeof err),
+                 DX_EINVAL);
+    cr_assert_str_eq(err, "prices: no table or no text");
+    dx_usage_prices_free(p);
+}
+
+/* The table is bounded: past 1024 models a load is refused whole, and a
+ * single set too. */
+Test(usage, the_price_table_is_bounded, .timeout = 10)
+{
+    dx_usage_prices *p = NULL;
+    cr_assert_eq(dx_usage_prices_new(true, &p), DX_OK);
+    /* 1000 models in one document: the table grows to hold them. */
+    size_t cap = 64 * 1024;
+    char *json = malloc(cap);
+    cr_assert_not_null(json);
+    size_t n = 0;
+    n += (size_t)snprintf(json + n, cap - n, "{");
+    for (int i = 0; i < 1000; i++)
+        n += (size_t)snprintf(json + n, cap - n,
+                              "%s\"m%d\": {\"input\": 1, \"output\": 2}",
+                              i ? ", " : "", i);
+    snprintf(json + n, cap - n, "}");
+    char err[256];
+    cr_assert_eq(dx_usage_prices_load_json(p, json, err, sizeof err), DX_OK,
+                 "%s", err);
+    cr_assert_not_null(dx_usage_prices_find(p, "m999"));
+    /* 1000 more would pass the bound: nothing of it is kept. */
+    n = 0;
+    n += (size_t)snprintf(json + n, cap - n, "{");
+    for (int i = 0; i < 1000; i++)
+        n += (size_t)snprintf(json + n, cap - n,
+                              "%s\"x%d\": {\"input\": 1, \"output\": 2}",
+                              i ? ", " : "", i);
+    snprintf(json + n, cap - n, "}");
+    cr_assert_eq(dx_usage_prices_load_json(p, json, err, sizeof err),
+                 DX_ELIMIT);
+    cr_assert_str_eq(err, "prices: more than 1024 models");
+    cr_assert_null(dx_usage_prices_find(p, "x0"));
+    free(json);
+    char name[32];
+    dx_usage_price pr = {.input = 1, .output = 1, .cached_input = 1};
+    int rc = DX_OK;
+    for (int i = 0; i < 100 && rc == DX_OK; i++) {
+        snprintf(name, sizeof name, "y%d", i);
+        rc = dx_usage_prices_set(p, name, pr);
+    }
+    cr_assert_eq(rc, DX_ELIMIT, "the 1025th model is refused");
+    cr_assert_null(dx_usage_prices_find(p, "y24"));
+    cr_assert_not_null(dx_usage_prices_find(p, "y23"));
+    /* Changing a known model is still fine at the bound. */
+    cr_assert_eq(dx_usage_prices_set(p, "m5", pr), DX_OK);
     dx_usage_prices_free(p);
 }
 

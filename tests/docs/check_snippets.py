@@ -19,8 +19,8 @@ Fence info strings (after ```c or ```sh, space-separated words):
                   holds `build` (the build directory), `examples`, `data`,
                   `include` and `tests` (the source folders), the files saved with
                   file=; `dspex` is on PATH. It must exit 0. With `nosan` too,
-                  only in a build without sanitizers (a block that links the
-                  libraries with a plain `cc`).
+                  only in a build without sanitizers or coverage counters
+                  (a block that links the libraries with a plain `cc`).
 Other ``` blocks (text, json, output) are prose. Relative links
 ([text](path)) must point at files that exist.
 
@@ -76,6 +76,9 @@ def main():
     src, build, sanitize, cc = sys.argv[1:5]
     link_args = sys.argv[5:]
     san = [] if sanitize in ("", "none") else ["-fsanitize=" + sanitize]
+    # A coverage build's libraries need gcov's runtime (meson passes
+    # -lgcov then), which a plain `cc` line does not link either.
+    instrumented = bool(san) or "-lgcov" in link_args
     cflags = ["-std=c11", "-Wall", "-Wextra", "-Wpedantic", "-Werror",
               "-Wno-unused-function", "-I" + os.path.join(src, "include")] + san
     headers = sorted(os.path.basename(h) for h in
@@ -156,7 +159,7 @@ def main():
                         continue
                     counts["ran"] += 1
             elif lang == "sh" and "testable" in words:
-                if "nosan" in words and san:
+                if "nosan" in words and instrumented:
                     counts["skipped"] += 1
                     continue
                 # A session of its own, so whatever the block started in

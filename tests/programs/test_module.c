@@ -457,3 +457,78 @@ Test(module, a_call_rides_out_its_lm_client_being_killed_and_restarted)
         host_sleep_ms(2);
     dx_module_free(k.m);
 }
+
+Test(module, both_adapters_failing_names_both_reasons)
+{
+    dx_signature *s = sig("question -> answer");
+    dx_module *p = dx_predict_new(s, NULL);
+    dx_signature_unref(s);
+    dx_lmserver_push_reply(srv, "no markers");
+    dx_lmserver_push_reply(srv, "no json either");
+    dx_example *in = inputs1("question", "Capital of Peru?");
+    dx_prediction *pred = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_module_call(p, in, NULL, &pred, NULL, &d), DX_EPARSE);
+    cr_assert_null(pred);
+    cr_assert(strstr(d.msg, "ChatAdapter"), "%s", d.msg);
+    cr_assert(strstr(d.msg, "; then, with the JSONAdapter fallback: "), "%s",
+              d.msg);
+    cr_assert(strstr(d.msg, "JSONAdapter: the LM response is not a JSON "
+                            "object"),
+              "%s", d.msg);
+    dx_example_free(in);
+    dx_module_free(p);
+}
+
+/* A user forward that breaks the contract is named, with its path and
+ * type, and so is a step given nothing to run. */
+static int misbehave(dx_ctx *ctx, const dx_module *self, const dx_example *in,
+                     dx_prediction **out)
+{
+    const char *how = dx_example_get_str(in, "how", "");
+    if (!dx_ctx_diag(ctx) || dx_ctx_diag(ctx)->code != 0 ||
+        !dx_ctx_usage(ctx) || dx_ctx_usage(ctx)->calls != 0 ||
+        dx_ctx_remaining_ms(ctx) <= 0)
+        return dx_ctx_fail(ctx, DX_ESTATE, "the run's context is wrong");
+    if (!strcmp(how, "no_prediction"))
+        return DX_OK;
+    if (!strcmp(how, "silent_error"))
+        return DX_EIO;
+    if (!strcmp(how, "missing_child"))
+        return dx_forward(ctx, dx_module_child(self, "nope"), in, out);
+    if (!strcmp(how, "no_inputs"))
+        return dx_forward(ctx, dx_module_child(self, "inner"), NULL, out);
+    *out = dx_prediction_new();
+    return *out ? DX_OK : DX_ENOMEM;
+}
+
+Test(module, a_forward_that_breaks_the_contract_is_named)
+{
+    dx_module *m = dx_module_new("Wrapper", misbehave, NULL, NULL, NULL);
+    dx_signature *s = sig("question -> answer");
+    cr_assert_eq(dx_module_add(m, "inner", dx_predict_new(s, NULL)), DX_OK);
+    dx_signature_unref(s);
+    static const struct {
+        const char *how;
+        int rc;
+        const char *msg;
+    } cases[] = {
+        {"no_prediction", DX_EINVAL,
+         "self (Wrapper): forward returned no prediction"},
+        {"silent_error", DX_EIO, "self (Wrapper): forward failed: "},
+        {"missing_child", DX_EINVAL, "forward: no module (a missing child?)"},
+        {"no_inputs", DX_EINVAL, "inner: no inputs"},
+        {"fine", DX_OK, ""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        dx_example *in = inputs1("how", cases[i].how);
+        dx_prediction *pred = NULL;
+        dx_diag d = {0};
+        cr_expect_eq(dx_module_call(m, in, NULL, &pred, NULL, &d), cases[i].rc,
+                     "%s: %s", cases[i].how, d.msg);
+        cr_expect(strstr(d.msg, cases[i].msg), "%s: %s", cases[i].how, d.msg);
+        dx_prediction_free(pred);
+        dx_example_free(in);
+    }
+    dx_module_free(m);
+}

@@ -10,6 +10,7 @@
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -178,6 +179,167 @@ Test(bm25, corpus_files_load_and_errors_name_file_and_line, .timeout = 10)
     cr_assert_eq(dx_bm25_load(ix, path, &d), DX_EIO);
     cr_assert(strstr(d.msg, path) != NULL);
     dx_bm25_free(ix);
+}
+
+Test(bm25, jsonl_ids_may_be_numbers_and_errors_name_the_corpus, .timeout = 10)
+{
+    dx_bm25 *ix = NULL;
+    cr_assert_eq(dx_bm25_new(NULL, &ix), DX_OK);
+    dx_diag d = {0};
+    const char *text =
+        "  \t \n{\"text\": \"one\", \"id\": 1.5, \"title\": null}"
+        "\n{\"text\": \"two\", \"id\": -3}";
+    cr_assert_eq(dx_bm25_add_jsonl(ix, text, strlen(text), NULL, &d), DX_OK,
+                 "%s", d.msg);
+    dx_passages *p = NULL;
+    cr_assert_eq(dx_bm25_search(ix, "one two", 5, &p), DX_OK);
+    cr_assert_eq(p->n, 2);
+    cr_expect_str_eq(p->items[p->items[0].index == 0 ? 0 : 1].id, "1.5");
+    cr_expect_str_eq(p->items[p->items[0].index == 1 ? 0 : 1].id, "-3");
+    cr_expect_null(p->items[0].title);
+    dx_passages_free(p);
+    /* Without a name, errors say "corpus". */
+    text = "{\"text\": \"x\", \"title\": 3}";
+    cr_assert_eq(dx_bm25_add_jsonl(ix, text, strlen(text), NULL, &d),
+                 DX_ESYNTAX);
+    cr_expect_str_eq(d.msg, "corpus:1: \"title\" is not a string");
+    text = "{\"text\": \"x\"";
+    cr_assert_eq(dx_bm25_add_jsonl(ix, text, strlen(text), "docs.jsonl", &d),
+                 DX_ESYNTAX);
+    cr_expect(!strncmp(d.msg, "docs.jsonl:1: ", 14), "%s", d.msg);
+    cr_expect_eq(d.line, 1);
+    cr_expect_eq(dx_bm25_size(ix), 2, "nothing of a failed load is kept");
+    /* Nothing to add is fine; bad arguments are not. */
+    cr_expect_eq(dx_bm25_add_jsonl(ix, NULL, 0, NULL, &d), DX_OK);
+    cr_expect_eq(dx_bm25_add_jsonl(ix, NULL, 3, NULL, &d), DX_EINVAL);
+    cr_expect_eq(dx_bm25_add_jsonl(NULL, "", 0, NULL, &d), DX_EINVAL);
+    cr_expect_eq(dx_bm25_add(ix, NULL, NULL, NULL), DX_EINVAL);
+    cr_expect_eq(dx_bm25_load(ix, NULL, &d), DX_EINVAL);
+    cr_expect_eq(dx_bm25_search(NULL, "x", 1, &p), DX_EINVAL);
+    cr_expect_eq(dx_bm25_new(NULL, NULL), DX_EINVAL);
+    dx_retriever *r = NULL;
+    cr_expect_eq(dx_bm25_retriever(NULL, &r), DX_EINVAL);
+    cr_assert_eq(dx_bm25_retriever(ix, &r), DX_OK);
+    cr_expect_eq(dx_retriever_state(r), ix, "the retriever owns the index");
+    cr_expect_null(dx_retriever_state(NULL));
+    cr_expect_eq(dx_retriever_search(r, "one", 0, &p, &d), DX_EINVAL,
+                 "k must be at least 1");
+    dx_retriever_unref(r); /* frees ix */
+}
+
+/* More distinct words than the first term table holds: it grows and every
+ * word is still found. */
+Test(bm25, a_large_vocabulary_is_found_after_the_table_grows, .timeout = 10)
+{
+    dx_bm25 *ix = NULL;
+    cr_assert_eq(dx_bm25_new(NULL, &ix), DX_OK);
+    char doc[64];
+    for (int i = 0; i < 600; i++) {
+        snprintf(doc, sizeof doc, "w%d common", i);
+        cr_assert_eq(dx_bm25_add(ix, doc, NULL, NULL), DX_OK);
+    }
+    for (int i = 0; i < 600; i += 37) {
+        snprintf(doc, sizeof doc, "w%d", i);
+        dx_passages *p = NULL;
+        cr_assert_eq(dx_bm25_search(ix, doc, 2, &p), DX_OK);
+        cr_assert_eq(p->n, 1, "%s", doc);
+        cr_expect_eq(p->items[0].index, (size_t)i);
+        dx_passages_free(p);
+    }
+    dx_bm25_free(ix);
+}
+
+static long fail_at = -1;
+static long n_allocs;
+
+static void *f_malloc(size_t n, void *ud)
+{
+    (void)ud;
+    return n_allocs++ == fail_at ? NULL : malloc(n);
+}
+
+static void *f_realloc(void *p, size_t n, void *ud)
+{
+    (void)ud;
+    return n_allocs++ == fail_at ? NULL : realloc(p, n);
+}
+
+static void f_free(void *p, void *ud)
+{
+    (void)ud;
+    free(p);
+}
+
+static const dx_allocator failing = {f_malloc, f_realloc, f_free, NULL};
+
+/* Build, fill, search and tokenize; the first error ends it. A failed add
+ * leaves the index as it was (checked by the size). */
+static int bm25_work(void)
+{
+    dx_bm25 *ix = NULL;
+    int rc = dx_bm25_new(NULL, &ix);
+    if (rc != DX_OK)
+        return rc;
+    char doc[64];
+    for (int i = 0; i < 220 && rc == DX_OK; i++) {
+        snprintf(doc, sizeof doc, "t%d shared words", i);
+        size_t before = dx_bm25_size(ix);
+        rc = dx_bm25_add(ix, doc, i % 2 ? "title" : NULL, i % 3 ? "id" : NULL);
+        if (rc != DX_OK)
+            cr_expect_eq(dx_bm25_size(ix), before);
+    }
+    const char *jl = "{\"text\": \"alpha beta\", \"id\": 2}\n"
+                     "{\"text\": \"gamma\", \"title\": \"G\"}\n";
+    dx_diag d = {0};
+    if (rc == DX_OK)
+        rc = dx_bm25_add_jsonl(ix, jl, strlen(jl), "c", &d);
+    dx_passages *p = NULL;
+    if (rc == DX_OK && (rc = dx_bm25_search(ix, "t7 alpha", 3, &p)) == DX_OK) {
+        cr_expect_eq(p->n, 2);
+        dx_passages_free(p);
+    }
+    char **t = NULL;
+    size_t n = 0;
+    if (rc == DX_OK && (rc = dx_bm25_tokenize("The quick fox, the end", true,
+                                              &t, &n)) == DX_OK) {
+        cr_expect_eq(n, 3);
+        dx_tokens_free(t, n);
+    }
+    dx_retriever *r = NULL;
+    if (rc == DX_OK) {
+        rc = dx_bm25_retriever(ix, &r);
+        ix = NULL; /* the retriever's now, or freed if that failed */
+    }
+    if (rc == DX_OK) {
+        if ((rc = dx_retriever_search(r, "gamma", 1, &p, &d)) == DX_OK) {
+            cr_expect_str_eq(p->items[0].title, "G");
+            dx_passages_free(p);
+        }
+        dx_retriever_unref(r);
+    }
+    dx_bm25_free(ix);
+    return rc;
+}
+
+Test(bm25, every_failed_allocation_is_enomem_and_leaks_nothing, .timeout = 60)
+{
+    dx_set_allocator(&failing);
+    int rc = -1;
+    long total = 0;
+    for (fail_at = 0; fail_at < 1000000; fail_at++) {
+        n_allocs = 0;
+        rc = bm25_work();
+        if (rc != DX_OK)
+            cr_expect_eq(rc, DX_ENOMEM, "fail at %ld: %s", fail_at,
+                         dx_err_name(rc));
+        if (n_allocs <= fail_at) {
+            total = n_allocs;
+            break;
+        }
+    }
+    dx_set_allocator(NULL);
+    cr_assert_eq(rc, DX_OK);
+    cr_assert_gt(total, 100);
 }
 
 /* ---- a user retriever through the behaviour --------------------------- */
@@ -697,4 +859,186 @@ Test(sim_agent, tool_choice_none_answers_in_text, .timeout = 10)
     cr_assert_eq(r->choices[0].n_tool_calls, 0);
     dx_lm_response_free(r);
     dx_lm_request_free(req);
+}
+
+/* ---- the modules and the tool over a user retriever -------------------- */
+
+static dx_example *ex_of(const char *json)
+{
+    dx_example *e = NULL;
+    cr_assert_eq(dx_example_from_json(json, strlen(json), &e, NULL), DX_OK);
+    return e;
+}
+
+Test(retrieve_module, its_inputs_and_the_retrievers_failures_are_named,
+     .init = fixture_setup, .fini = fixture_teardown, .timeout = 60)
+{
+    dx_retriever *r = NULL;
+    cr_assert_eq(dx_retriever_new(&fixed_ops, NULL, &r), DX_OK);
+    cr_assert_null(dx_retrieve_new(NULL, 3));
+    cr_assert_null(dx_rag_new(NULL, 3, NULL));
+    dx_module *m = dx_retrieve_new(r, 0);
+    cr_assert_not_null(m);
+    dx_prediction *p = NULL;
+    dx_diag d = {0};
+    dx_example *in = ex_of("{\"query\": \"hi\"}");
+    cr_assert_eq(dx_module_call(m, in, NULL, &p, NULL, &d), DX_OK, "%s", d.msg);
+    const cJSON *ps = dx_prediction_get(p, "passages");
+    cr_assert_eq(cJSON_GetArraySize(ps), 1);
+    cr_expect_str_eq(cJSON_GetArrayItem(ps, 0)->valuestring, "hi");
+    dx_prediction_free(p);
+    dx_example_free(in);
+
+    in = ex_of("{\"query\": 3}");
+    cr_assert_eq(dx_module_call(m, in, NULL, &p, NULL, &d), DX_EINVAL);
+    cr_expect(strstr(d.msg, "Retrieve: input \"query\" is missing or not a "
+                            "string"),
+              "%s", d.msg);
+    dx_example_free(in);
+    in = ex_of("{\"query\": \"fail\"}");
+    cr_assert_eq(dx_module_call(m, in, NULL, &p, NULL, &d), DX_EIO);
+    cr_expect(strstr(d.msg, "Retrieve (echo): backend down"), "%s", d.msg);
+    dx_example_free(in);
+    dx_module_free(m);
+
+    /* RAG: the question is checked, and the retriever's failure ends the
+     * run before any LM call. */
+    m = dx_rag_new(r, 2, NULL);
+    cr_assert_not_null(m);
+    in = ex_of("{\"q\": \"x\"}");
+    cr_assert_eq(dx_module_call(m, in, NULL, &p, NULL, &d), DX_EINVAL);
+    cr_expect(strstr(d.msg, "RAG: input \"question\" is missing"), "%s", d.msg);
+    dx_example_free(in);
+    uint64_t before = upstream_requests();
+    in = ex_of("{\"question\": \"fail\"}");
+    cr_assert_eq(dx_module_call(m, in, NULL, &p, NULL, &d), DX_EIO);
+    cr_expect(strstr(d.msg, "backend down"), "%s", d.msg);
+    cr_expect_eq(upstream_requests(), before, "no LM call was made");
+    dx_example_free(in);
+    dx_module_free(m);
+
+    /* As a tool: the passages as a JSON list, the failure as an
+     * observation. */
+    dx_tool *t = NULL;
+    cr_assert_eq(dx_retriever_tool(NULL, NULL, 0, &t, &d), DX_EINVAL);
+    cr_expect_str_eq(d.msg, "search tool: NULL argument");
+    cr_assert_eq(dx_retriever_tool(r, NULL, 0, &t, &d), DX_OK, "%s", d.msg);
+    cr_expect_str_eq(dx_tool_name(t), "search");
+    cr_expect_str_eq(dx_tool_desc(t), "Search the corpus and return the 3 "
+                                      "most relevant passages.");
+    cJSON *a = cJSON_Parse("{\"query\": \"hello\"}");
+    char *obs = NULL;
+    dx_tool_status st;
+    cr_assert_eq(dx_tool_call(t, a, &obs, &st), DX_OK);
+    cr_expect_eq(st, DX_TOOL_OK);
+    cr_expect_str_eq(obs, "[\"hello\"]");
+    dx_free(obs);
+    cJSON_Delete(a);
+    a = cJSON_Parse("{\"query\": \"fail\"}");
+    cr_assert_eq(dx_tool_call(t, a, &obs, &st), DX_OK);
+    cr_expect_eq(st, DX_TOOL_FAILED);
+    cr_expect_str_eq(obs, "Execution error in search: backend down");
+    dx_free(obs);
+    cJSON_Delete(a);
+    dx_tool_unref(t);
+    dx_retriever_unref(r);
+}
+
+/* Embedding failures name the stage and the provider's reason. */
+typedef struct embed_fault {
+    const char *spec;
+    int build_rc, search_rc;
+    char build_msg[DX_DIAG_MAX], search_msg[DX_DIAG_MAX];
+} embed_fault;
+
+static embed_fault ef;
+
+static void embed_fault_proc(void *arg)
+{
+    (void)arg;
+    dx_embeddings_opts o = {.model = "openai-compatible/test-embed",
+                            .base_url = url,
+                            .api_key = "sk-test",
+                            .timeout_ms = 2000};
+    dx_retriever *r = NULL;
+    dx_diag d = {0};
+    /* The corpus request fails. */
+    dx_lmserver_inject(srv, ef.spec, 1);
+    ef.build_rc = dx_embed_retriever_new(&o, embed_corpus, 2, &r, &d);
+    snprintf(ef.build_msg, sizeof ef.build_msg, "%s", d.msg);
+    if (ef.build_rc == DX_OK)
+        dx_retriever_unref(r);
+    /* The corpus is embedded; the query request fails. */
+    dx_diag_clear(&d);
+    ef.search_rc = dx_embed_retriever_new(&o, embed_corpus, 2, &r, &d);
+    if (ef.search_rc == DX_OK) {
+        dx_lmserver_inject(srv, ef.spec, 1);
+        dx_passages *p = NULL;
+        ef.search_rc = dx_retriever_search(r, "capital", 1, &p, &d);
+        if (ef.search_rc == DX_OK)
+            dx_passages_free(p);
+        dx_retriever_unref(r);
+    }
+    snprintf(ef.search_msg, sizeof ef.search_msg, "%s", d.msg);
+    atomic_store(&fixture_rc, DX_OK);
+}
+
+Test(embeddings, provider_failures_name_the_stage_and_the_reason,
+     .init = fixture_setup, .fini = fixture_teardown, .timeout = 60)
+{
+    static const struct {
+        const char *spec, *says;
+    } cases[] = {
+        {"auth", "Incorrect API key provided"},
+        {"server_error:503", "503"},
+        {"malformed_json", "body is not a JSON object"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        memset(&ef, 0, sizeof ef);
+        ef.spec = cases[i].spec;
+        fixture_run(embed_fault_proc);
+        cr_expect_eq(ef.build_rc, DX_EPROVIDER, "%s: %s", ef.spec,
+                     ef.build_msg);
+        cr_expect(strstr(ef.build_msg, "embeddings: corpus: "), "%s: %s",
+                  ef.spec, ef.build_msg);
+        cr_expect(strstr(ef.build_msg, cases[i].says), "%s: %s", ef.spec,
+                  ef.build_msg);
+        cr_expect_eq(ef.search_rc, DX_EPROVIDER, "%s: %s", ef.spec,
+                     ef.search_msg);
+        cr_expect(strstr(ef.search_msg, "embeddings: query: "), "%s: %s",
+                  ef.spec, ef.search_msg);
+    }
+}
+
+static int bad_model_rc;
+static char bad_model_msg[DX_DIAG_MAX];
+
+static void embed_bad_model_proc(void *arg)
+{
+    (void)arg;
+    dx_embeddings_opts o = {.model = "nosuch/thing", .base_url = url};
+    dx_retriever *r = NULL;
+    dx_diag d = {0};
+    bad_model_rc = dx_embed_retriever_new(&o, embed_corpus, 2, &r, &d);
+    snprintf(bad_model_msg, sizeof bad_model_msg, "%s", d.msg);
+    atomic_store(&fixture_rc, DX_OK);
+}
+
+Test(embeddings, an_unknown_model_or_no_passages_is_refused,
+     .init = fixture_setup, .fini = fixture_teardown, .timeout = 30)
+{
+    fixture_run(embed_bad_model_proc);
+    cr_expect_neq(bad_model_rc, DX_OK);
+    cr_expect(strstr(bad_model_msg, "embeddings: model \"nosuch/thing\""), "%s",
+              bad_model_msg);
+    dx_embeddings_opts o = {.model = "openai/x"};
+    dx_retriever *r = NULL;
+    dx_diag d = {0};
+    cr_expect_eq(dx_embed_retriever_new(&o, embed_corpus, 0, &r, &d),
+                 DX_EINVAL);
+    cr_expect_str_eq(d.msg, "embeddings: no model, passages or result");
+    dx_lm_embeddings *e = NULL;
+    dx_lm_error err;
+    cr_expect_eq(dx_embed_texts(NULL, embed_corpus, 1, 0, 0, &e, &err),
+                 DX_EINVAL);
 }

@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "dspex/alloc.h"
@@ -928,4 +929,319 @@ Test(signature, types_nested_too_deep_are_a_syntax_error_not_a_crash,
                                0, &t, &d),
                  DX_OK, "%s", d.msg);
     dx_type_free(t);
+}
+
+/* ---- string literals, numbers and unions in types ---------------------- */
+
+Test(signature, literal_strings_decode_python_escapes, .timeout = 10)
+{
+    dx_type *t = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_type_parse("Literal['a\\nb', '\\t\\r\\a\\b\\f\\v', "
+                               "'\\x41\\u00e9\\u20ac\\U0001F600', '\\q', "
+                               "'x\\\\y', 'it\\'s', \"d\\\"q\", 'ab\\\nc']",
+                               NULL, 0, &t, &d),
+                 DX_OK, "%s", d.msg);
+    cr_assert_eq(t->kind, DX_TYPE_LITERAL);
+    static const char *const want[] = {
+        "a\nb", "\t\r\a\b\f\v", "A\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80",
+        "\\q", /* Python keeps an unknown escape as written */
+        "x\\y", "it's",         "d\"q",
+        "abc", /* a backslash before a line break continues the line */
+    };
+    cr_assert_eq(cJSON_GetArraySize(t->choices), 8);
+    for (int i = 0; i < 8; i++)
+        cr_expect_str_eq(cJSON_GetArrayItem(t->choices, i)->valuestring,
+                         want[i], "choice %d", i);
+    dx_type_free(t);
+
+    /* Numbers: exponents and signs as Python reads them, floats kept
+     * floats in the name. */
+    cr_assert_eq(dx_type_parse("Literal[1e3, -2.5E-2, +4]", NULL, 0, &t, &d),
+                 DX_OK, "%s", d.msg);
+    char *name = type_name_of(t);
+    cr_assert_str_eq(name, "Literal[1000.0, -0.025, 4]");
+    dx_free(name);
+    dx_type_free(t);
+}
+
+Test(signature, bad_literals_and_unions_name_what_and_where, .timeout = 10)
+{
+    static const bad_case cases[] = {
+        {"Literal['''x''']",
+         "type: triple-quoted strings are not supported at column 9", 9},
+        {"Literal['\\0']", "type: a NUL character is not allowed at column 10",
+         10},
+        {"Literal['\\xZZ']", "type: bad \\x escape at column 12", 12},
+        {"Literal['\\x00']", "type: bad \\x escape at column 14", 14},
+        {"Literal['\\u12']", "type: bad \\u escape at column 14", 14},
+        {"Literal['\\U00110000']", "type: bad \\U escape at column 20", 20},
+        {"Literal['abc\\", "type: unterminated string at column 9", 9},
+        {"Literal[", "type: expected a Literal choice at column 9", 9},
+        {"Literal[]",
+         "type: Literal choices must be strings, numbers, True or False at "
+         "column 9",
+         9},
+        {"Literal[-]",
+         "type: Literal choices must be strings, numbers, True or False at "
+         "column 9",
+         9},
+        {"Literal[1e]", "type: expected \",\" or \"]\" at column 10", 10},
+        {"Literal['a'", "type: unbalanced \"[\" at column 8", 8},
+        {"Literal[1234567890123456789012345678901234567890123456789012345678"
+         "901234567890]",
+         "type: number too long at column 9", 9},
+        {"Union[None]", "type: a union needs a type besides None at column 6",
+         6},
+        {"None | None", "type: a union needs a type besides None at column 1",
+         1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        dx_type *t = (dx_type *)0x1;
+        dx_diag d = {0};
+        cr_expect_eq(dx_type_parse(cases[i].text, NULL, 0, &t, &d), DX_ESYNTAX,
+                     "%s", cases[i].text);
+        cr_expect_str_eq(d.msg, cases[i].msg, "%s", cases[i].text);
+        cr_expect_eq(d.column, cases[i].column, "%s: column %d", cases[i].text,
+                     d.column);
+        cr_expect_eq(t, (dx_type *)0x1, "*out untouched on failure");
+    }
+}
+
+Test(signature, type_equality_compares_objects_by_name_and_schema,
+     .timeout = 10)
+{
+    dx_type *a = dx_type_object("Point", "{\"type\": \"object\"}");
+    dx_type *b = dx_type_object("Point", "{\"type\": \"object\"}");
+    dx_type *c = dx_type_object("Place", "{\"type\": \"object\"}");
+    dx_type *e = dx_type_object("Point", "{\"type\": \"object\", \"title\": "
+                                         "\"P\"}");
+    cr_assert(a && b && c && e);
+    cr_expect(dx_type_equal(a, b));
+    cr_expect_not(dx_type_equal(a, c), "another name");
+    cr_expect_not(dx_type_equal(a, e), "another schema");
+    cr_expect_not(dx_type_equal(a, NULL));
+    dx_type *x = NULL, *y = NULL;
+    cr_assert_eq(dx_type_parse("Literal['a', 'b']", NULL, 0, &x, NULL), DX_OK);
+    cr_assert_eq(dx_type_parse("Literal['a', 'c']", NULL, 0, &y, NULL), DX_OK);
+    cr_expect_not(dx_type_equal(x, y), "same count, another choice");
+    dx_type_free(y);
+    cr_assert_eq(dx_type_parse("Literal['a']", NULL, 0, &y, NULL), DX_OK);
+    cr_expect_not(dx_type_equal(x, y), "another count");
+    dx_type_free(y);
+    cr_assert_eq(dx_type_parse("list[int]", NULL, 0, &y, NULL), DX_OK);
+    dx_type *z = NULL;
+    cr_assert_eq(dx_type_parse("list[str]", NULL, 0, &z, NULL), DX_OK);
+    cr_expect_not(dx_type_equal(y, z), "another item type");
+    dx_type_free(x);
+    dx_type_free(y);
+    dx_type_free(z);
+    dx_type_free(a);
+    dx_type_free(b);
+    dx_type_free(c);
+    dx_type_free(e);
+}
+
+/* inspect.cleandoc's str.lstrip and str.isspace know Unicode spaces: a
+ * no-break space, an em space, NEL and an ideographic space are
+ * indentation; an emoji or a stray byte is text. */
+Test(signature, instructions_cleaning_counts_unicode_spaces, .timeout = 10)
+{
+    dx_signature *s = parse_ok("a -> b", "\xE3\x80\x80\xF0\x9F\x98\x80"
+                                         "First\n"
+                                         "\xC2\xA0\xC2\xA0Second\n"
+                                         "\xE2\x80\x83\xC2\xA0\xC2\x85Third\n"
+                                         " \xC3\xA9\n"
+                                         " \xFF\xE2\x80");
+    cr_assert_str_eq(dx_signature_instructions(s),
+                     "\xF0\x9F\x98\x80"
+                     "First\n\xC2\xA0Second\n"
+                     "\xC2\xA0\xC2\x85Third\n\xC3\xA9\n\xFF\xE2\x80");
+    dx_signature_unref(s);
+    char *p = NULL;
+    cr_assert_eq(dx_infer_prefix("a\xC3\xA9"
+                                 "B",
+                                 &p),
+                 DX_OK);
+    cr_assert_str_eq(p,
+                     "A\xC3\xA9"
+                     "b",
+                     "capitalize() of a mixed word");
+    dx_free(p);
+}
+
+Test(signature, derivations_refuse_bad_arguments, .timeout = 10)
+{
+    dx_signature *s = parse_ok("a -> b", "Do it.");
+    dx_signature *o = (dx_signature *)0x1;
+    dx_diag d = {0};
+    dx_field_spec f = {.name = "c", .role = DX_FIELD_OUTPUT};
+    cr_expect_eq(dx_signature_insert(NULL, 0, &f, &o, &d), DX_EINVAL);
+    cr_expect_str_eq(d.msg, "signature: invalid argument");
+    cr_expect_eq(dx_signature_build(NULL, 1, NULL, &o, &d), DX_EINVAL);
+    dx_field_spec norole = {.name = "c", .role = (dx_field_role)7};
+    cr_expect_eq(dx_signature_insert(s, 0, &norole, &o, &d), DX_EINVAL);
+    cr_expect_str_eq(d.msg, "signature: field \"c\" has no valid role");
+    dx_field_spec noname = {.role = DX_FIELD_OUTPUT};
+    cr_expect_eq(dx_signature_append(s, &noname, &o, &d), DX_EINVAL);
+    cr_expect_str_eq(d.msg, "signature: \"(null)\" is not a valid field name");
+    cr_expect_eq(dx_signature_delete(s, NULL, &o), DX_EINVAL);
+    cr_expect_eq(dx_signature_with_instructions(NULL, "x", &o), DX_EINVAL);
+    cr_expect_eq(dx_signature_append_instructions(s, NULL, &o), DX_EINVAL);
+    cr_expect_eq(dx_signature_with_field_text(s, NULL, "d", NULL, &o),
+                 DX_EINVAL);
+    cr_expect_eq(dx_signature_with_field_text(s, "zz", "d", NULL, &o),
+                 DX_ENOENT);
+    cr_expect_eq(dx_signature_copy(NULL, &o), DX_EINVAL);
+    cr_expect_eq(dx_signature_string(s, NULL), DX_EINVAL);
+    cr_expect_eq(dx_signature_load_state(NULL, NULL, &o, &d), DX_EINVAL);
+    cr_expect_eq(o, (dx_signature *)0x1, "*out untouched on failure");
+    char *n = NULL;
+    cr_expect_eq(dx_type_name(NULL, &n), DX_EINVAL);
+    cr_expect_eq(dx_type_schema(NULL, &n), DX_EINVAL);
+    cr_expect_eq(dx_infer_prefix(NULL, &n), DX_EINVAL);
+    cr_expect_null(dx_signature_cached(s, 0, NULL, NULL));
+    cr_expect_null(dx_signature_cached(s, 1000, make_text, NULL));
+    cr_expect_null(dx_signature_dump_state(NULL));
+
+    /* Appending instructions keeps the old ones, a blank line between. */
+    cr_assert_eq(dx_signature_append_instructions(s, "Then stop.", &o), DX_OK);
+    cr_expect_str_eq(dx_signature_instructions(o), "Do it.\n\nThen stop.");
+    dx_signature_unref(o);
+
+    cJSON *st = cJSON_Parse("{\"instructions\": \"x\", \"fields\": 3}");
+    cr_expect_eq(dx_signature_load_state(s, st, &o, &d), DX_ESYNTAX);
+    cr_expect_str_eq(d.msg, "signature state: \"fields\" must be a list");
+    cJSON_Delete(st);
+    st = cJSON_Parse("[1]");
+    cr_expect_eq(dx_signature_load_state(s, st, &o, &d), DX_ESYNTAX);
+    cr_expect_str_eq(d.msg, "signature state: expected an object");
+    cJSON_Delete(st);
+    dx_signature_unref(s);
+}
+
+/* ---- allocation failure: fail the Nth allocation until the call works */
+
+static long fail_at = -1;
+static long n_allocs;
+
+static void *f_malloc(size_t n, void *ud)
+{
+    (void)ud;
+    return n_allocs++ == fail_at ? NULL : malloc(n);
+}
+
+static void *f_realloc(void *p, size_t n, void *ud)
+{
+    (void)ud;
+    return n_allocs++ == fail_at ? NULL : realloc(p, n);
+}
+
+static void f_free(void *p, void *ud)
+{
+    (void)ud;
+    free(p);
+}
+
+static const dx_allocator failing = {f_malloc, f_realloc, f_free, NULL};
+
+/* Everything a program does with a signature, stopping at the first
+ * error; what it makes is checked when it succeeds. */
+static int signature_work(void)
+{
+    static const dx_custom_type ct[] = {
+        {"Point", "{\"type\": \"object\", \"properties\": {\"x\": {\"type\": "
+                  "\"integer\"}}, \"required\": [\"x\"]}"}};
+    dx_signature *s = NULL, *o = NULL;
+    dx_diag d = {0};
+    int rc = dx_signature_parse(
+        "ctx: list[str], q: dict[str, Optional[int]], p: Point -> "
+        "pick: Literal['a', 'b\\n', 1], n: float | None, pts: list[Point], "
+        "m: dict[Literal['x', 'y'], Any]",
+        "  Answer well.\n   Please.", ct, 1, &s, &d);
+    if (rc != DX_OK)
+        return rc;
+    char *text = NULL;
+    for (size_t i = 0; rc == DX_OK && i < dx_signature_n_fields(s); i++) {
+        const dx_type *t = dx_signature_field(s, i)->type;
+        if ((rc = dx_type_name(t, &text)) == DX_OK) {
+            dx_free(text);
+            text = NULL;
+            if ((rc = dx_type_schema(t, &text)) == DX_OK)
+                dx_free(text);
+            text = NULL;
+        }
+        dx_type *cp = rc == DX_OK ? dx_type_copy(t) : NULL;
+        if (rc == DX_OK && !cp)
+            rc = DX_ENOMEM;
+        if (cp)
+            cr_expect(dx_type_equal(cp, t));
+        dx_type_free(cp);
+    }
+    if (rc == DX_OK && (rc = dx_signature_string(s, &text)) == DX_OK) {
+        cr_expect_str_eq(text, "ctx, q, p -> pick, n, pts, m");
+        dx_free(text);
+    }
+    if (rc == DX_OK &&
+        (rc = dx_infer_prefix("someHTTPName2x", &text)) == DX_OK) {
+        cr_expect_str_eq(text, "Some HTTP Name 2 X");
+        dx_free(text);
+    }
+    dx_field_spec f = {.name = "extra",
+                       .role = DX_FIELD_INPUT,
+                       .desc = "more",
+                       .default_json = "[1, 2]"};
+    if (rc == DX_OK && (rc = dx_signature_insert(s, 1, &f, &o, &d)) == DX_OK) {
+        cr_expect_str_eq(dx_signature_input(o, 1)->name, "extra");
+        dx_signature_unref(o);
+    }
+    if (rc == DX_OK && (rc = dx_signature_delete(s, "q", &o)) == DX_OK) {
+        cr_expect_eq(dx_signature_n_inputs(o), 2);
+        dx_signature_unref(o);
+    }
+    if (rc == DX_OK &&
+        (rc = dx_signature_append_instructions(s, "More.", &o)) == DX_OK)
+        dx_signature_unref(o);
+    if (rc == DX_OK && (rc = dx_signature_with_field_text(
+                            s, "pick", "one", "Pick:", &o)) == DX_OK)
+        dx_signature_unref(o);
+    if (rc == DX_OK && (rc = dx_signature_copy(s, &o)) == DX_OK) {
+        cr_expect(dx_signature_equal(o, s));
+        dx_signature_unref(o);
+    }
+    cJSON *st = rc == DX_OK ? dx_signature_dump_state(s) : NULL;
+    if (rc == DX_OK && !st)
+        rc = DX_ENOMEM;
+    if (rc == DX_OK && (rc = dx_signature_load_state(s, st, &o, &d)) == DX_OK) {
+        cr_expect(dx_signature_equal(o, s));
+        dx_signature_unref(o);
+    }
+    cJSON_Delete(st);
+    if (rc == DX_OK) {
+        cr_expect_str_eq(dx_signature_instructions(s), "Answer well.\nPlease.");
+    }
+    dx_signature_unref(s);
+    return rc;
+}
+
+Test(signature, every_failed_allocation_is_enomem_and_leaks_nothing,
+     .timeout = 60)
+{
+    dx_set_allocator(&failing);
+    int rc = -1;
+    long total = 0;
+    for (fail_at = 0; fail_at < 100000; fail_at++) {
+        n_allocs = 0;
+        rc = signature_work();
+        if (rc != DX_OK)
+            cr_expect_eq(rc, DX_ENOMEM, "fail at %ld: %s", fail_at,
+                         dx_err_name(rc));
+        if (n_allocs <= fail_at) { /* nothing failed: every point tried */
+            total = n_allocs;
+            break;
+        }
+    }
+    dx_set_allocator(NULL);
+    cr_assert_eq(rc, DX_OK);
+    cr_assert_gt(total, 100);
 }

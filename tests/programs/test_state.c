@@ -337,3 +337,166 @@ Test(state, broken_files_say_where)
     cr_assert(strstr(d.msg, "missing.json"), "%s", d.msg);
     dx_module_free(m);
 }
+
+/* ---- building and copying programs; allocation failure ---------------- */
+
+Test(state, the_tree_reads_back_by_index_and_name)
+{
+    dx_module *m = program();
+    cr_assert_eq(dx_module_n_children(m), 2);
+    cr_assert_str_eq(dx_module_child_name(m, 1), "answer");
+    cr_assert_eq(dx_module_child_at(m, 0),
+                 dx_module_child(m, "generate_query"));
+    cr_assert_null(dx_module_child_name(m, 2));
+    cr_assert_null(dx_module_child_at(m, 2));
+    cr_assert_eq(dx_module_n_children(NULL), 0);
+    cr_assert_null(dx_module_child_at(NULL, 0));
+    /* Options of a Predict can be replaced; not of another module. */
+    dx_module *p = dx_module_child(m, "generate_query");
+    dx_predict_opts o = {.has_temperature = true,
+                         .temperature = 0.3,
+                         .n = 2,
+                         .lm_name = "other"};
+    cr_assert_eq(dx_predict_set_opts(p, &o), DX_OK);
+    cr_assert_str_eq(dx_predict_get_opts(p)->lm_name, "other");
+    cr_assert_eq(dx_predict_get_opts(p)->n, 2);
+    cr_assert_eq(dx_predict_set_opts(m, &o), DX_EINVAL);
+    cr_assert_eq(dx_predict_set_opts(NULL, &o), DX_EINVAL);
+    /* A copy of a prediction is deep, completions included. */
+    dx_prediction *pr = dx_prediction_new();
+    cr_assert_eq(dx_example_set_str(dx_prediction_fields_mut(pr), "a", "x"),
+                 DX_OK);
+    dx_prediction *cp = dx_prediction_copy(pr);
+    cr_assert_not_null(cp);
+    cr_assert_str_eq(dx_prediction_get_str(cp, "a", ""), "x");
+    cr_assert_eq(dx_prediction_n_completions(cp),
+                 dx_prediction_n_completions(pr));
+    cr_assert_null(dx_prediction_copy(NULL));
+    dx_prediction_free(cp);
+    dx_prediction_free(pr);
+    dx_module_free(m);
+}
+
+static long fail_at = -1;
+static long n_allocs;
+
+static void *f_malloc(size_t n, void *ud)
+{
+    (void)ud;
+    return n_allocs++ == fail_at ? NULL : malloc(n);
+}
+
+static void *f_realloc(void *p, size_t n, void *ud)
+{
+    (void)ud;
+    return n_allocs++ == fail_at ? NULL : realloc(p, n);
+}
+
+static void f_free(void *p, void *ud)
+{
+    (void)ud;
+    free(p);
+}
+
+static const dx_allocator failing = {f_malloc, f_realloc, f_free, NULL};
+
+/* Build a program, give it demos and options, copy it, dump, save, load;
+ * the first error ends it and is returned. */
+static int program_work(void)
+{
+    dx_signature *s1 = NULL, *s2 = NULL;
+    int rc = dx_signature_parse("question -> query", NULL, NULL, 0, &s1, NULL);
+    if (rc == DX_OK)
+        rc = dx_signature_parse("question, context: list[str] -> answer", NULL,
+                                NULL, 0, &s2, NULL);
+    dx_module *m = rc == DX_OK
+                       ? dx_module_new("RAG", never_called, NULL, NULL, NULL)
+                       : NULL;
+    if (rc == DX_OK && !m)
+        rc = DX_ENOMEM;
+    dx_predict_opts o = {.lm_name = "lm", .max_tokens = 50};
+    if (rc == DX_OK) {
+        dx_module *p = dx_predict_new(s1, &o);
+        rc = p ? dx_module_add(m, "generate_query", p) : DX_ENOMEM;
+    }
+    if (rc == DX_OK) {
+        dx_module *c = dx_chain_of_thought_new(s2, NULL);
+        rc = c ? dx_module_add(m, "answer", c) : DX_ENOMEM;
+    }
+    dx_signature_unref(s1);
+    dx_signature_unref(s2);
+    dx_example *d = NULL;
+    const char *dj = "{\"question\": \"q\", \"query\": \"x\", \"augmented\": "
+                     "true}";
+    if (rc == DX_OK)
+        rc = dx_example_from_json(dj, strlen(dj), &d, NULL);
+    dx_named_predictor *np = NULL;
+    size_t n = 0;
+    if (rc == DX_OK && (rc = dx_module_predictors(m, &np, &n)) == DX_OK) {
+        cr_expect_eq(n, 2);
+        if (n == 2) {
+            cr_expect_str_eq(np[1].path, "answer.predict");
+            if ((rc = dx_predict_set_demos(
+                     np[0].predict, (const dx_example *const *)&d, 1)) == DX_OK)
+                rc = dx_predict_add_demo(np[0].predict, d);
+            if (rc == DX_OK)
+                rc = dx_predict_set_opts(np[1].predict, &o);
+        }
+        dx_free(np);
+    }
+    dx_example_free(d);
+    dx_module *c = NULL, *r = NULL;
+    if (rc == DX_OK && !(c = dx_module_copy(m)))
+        rc = DX_ENOMEM;
+    if (rc == DX_OK && !(r = dx_module_reset_copy(m)))
+        rc = DX_ENOMEM;
+    if (rc == DX_OK) {
+        cr_expect_eq(dx_predict_n_demos(dx_module_child(c, "generate_query")),
+                     2);
+        cr_expect_eq(dx_predict_n_demos(dx_module_child(r, "generate_query")),
+                     0);
+    }
+    dx_diag diag = {0};
+    cJSON *st = rc == DX_OK ? dx_module_dump_state(m) : NULL;
+    if (rc == DX_OK && !st)
+        rc = DX_ENOMEM;
+    if (rc == DX_OK)
+        rc = dx_module_load_state(r, st, &diag);
+    if (rc == DX_OK)
+        cr_expect_eq(dx_predict_n_demos(dx_module_child(r, "generate_query")),
+                     2);
+    cJSON_Delete(st);
+    char path[300];
+    snprintf(path, sizeof path, "%s/p.json", tmpdir);
+    if (rc == DX_OK)
+        rc = dx_module_save(m, path, &diag);
+    if (rc == DX_OK)
+        rc = dx_module_load(c, path, &diag);
+    if (rc != DX_OK && rc != DX_ENOMEM)
+        cr_log_error("%s: %s", dx_err_name(rc), diag.msg);
+    dx_module_free(r);
+    dx_module_free(c);
+    dx_module_free(m);
+    return rc;
+}
+
+Test(state, every_failed_allocation_is_enomem_and_leaks_nothing, .timeout = 120)
+{
+    dx_set_allocator(&failing);
+    int rc = -1;
+    long total = 0;
+    for (fail_at = 0; fail_at < 1000000; fail_at++) {
+        n_allocs = 0;
+        rc = program_work();
+        if (rc != DX_OK)
+            cr_expect_eq(rc, DX_ENOMEM, "fail at %ld: %s", fail_at,
+                         dx_err_name(rc));
+        if (n_allocs <= fail_at) {
+            total = n_allocs;
+            break;
+        }
+    }
+    dx_set_allocator(NULL);
+    cr_assert_eq(rc, DX_OK);
+    cr_assert_gt(total, 100);
+}

@@ -144,6 +144,172 @@ Test(tool, bad_arguments_become_observations_without_running_the_tool)
     dx_tool_unref(t);
 }
 
+/* Every type a DSPy string signature names gets pydantic's schema, and a
+ * call is checked against it with jsonschema's messages. */
+Test(tool, typed_arguments_get_pydantic_schemas_and_checks)
+{
+    static const dx_tool_param p[] = {
+        {.name = "x", .type = "float", .required = true},
+        {.name = "flag", .type = "bool"},
+        {.name = "counts", .type = "dict[str, int]"},
+        {.name = "blob", .type = "dict[str, Any]"},
+        {.name = "color", .type = "Literal['red', 'green']"},
+        {.name = "only", .type = "Literal['it']"},
+        {.name = "level", .type = "Literal[1, 2]"},
+        {.name = "mixed", .type = "Literal['a', 1]"},
+        {.name = "free"},
+        {.name = "anything", .type = "Any"},
+    };
+    dx_tool *t = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_tool_new("typed", "Types.", p, 10, add_fn, NULL, &t, &d),
+                 DX_OK, "%s", d.msg);
+    cr_assert_str_eq(dx_tool_name(t), "typed");
+    cr_assert_str_eq(dx_tool_desc(t), "Types.");
+    cr_assert_eq(cJSON_GetArraySize(dx_tool_args(t)), 10);
+    char *s = NULL;
+    cr_assert_eq(dx_tool_parameters_json(t, &s), DX_OK);
+    cr_assert_str_eq(
+        s, "{\"type\":\"object\",\"properties\":{"
+           "\"x\":{\"type\":\"number\"},"
+           "\"flag\":{\"type\":\"boolean\"},"
+           "\"counts\":{\"additionalProperties\":{\"type\":\"integer\"},"
+           "\"type\":\"object\"},"
+           "\"blob\":{\"additionalProperties\":true,\"type\":\"object\"},"
+           "\"color\":{\"enum\":[\"red\",\"green\"],\"type\":\"string\"},"
+           "\"only\":{\"const\":\"it\",\"type\":\"string\"},"
+           "\"level\":{\"enum\":[1,2],\"type\":\"integer\"},"
+           "\"mixed\":{\"enum\":[\"a\",1]},"
+           "\"free\":{},\"anything\":{}},\"required\":[\"x\"]}");
+    dx_free(s);
+
+    struct {
+        const char *args, *msg;
+    } bad[] = {
+        {"{\"x\": \"1\"}", "Arg x is invalid: '1' is not of type 'number'"},
+        {"{\"x\": 1, \"flag\": 1}",
+         "Arg flag is invalid: 1 is not of type 'boolean'"},
+        {"{\"x\": 1, \"counts\": []}",
+         "Arg counts is invalid: [] is not of type 'object'"},
+        {"{\"x\": 1, \"counts\": {\"a\": 1, \"b\": \"two\"}}",
+         "Arg counts is invalid: 'two' is not of type 'integer'"},
+        {"{\"x\": 1, \"color\": \"blue\"}",
+         "Arg color is invalid: 'blue' is not one of ['red', 'green']"},
+        {"{\"x\": 1, \"only\": \"that\"}",
+         "Arg only is invalid: 'it' was expected"},
+        {"{\"x\": 1, \"level\": 3}",
+         "Arg level is invalid: 3 is not one of [1, 2]"},
+        {"{\"flag\": true}",
+         "typed() missing 1 required positional argument: 'x'"},
+        {"[1]", "the arguments must be a JSON object"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        cJSON *a = json(bad[i].args);
+        d = (dx_diag){0};
+        cr_expect_eq(dx_tool_validate(t, a, &d), DX_EINVAL, "%s", bad[i].args);
+        cr_expect_str_eq(d.msg, bad[i].msg);
+        cJSON_Delete(a);
+    }
+    cJSON *a = json("{\"x\": 1.5, \"flag\": false, \"counts\": {\"a\": 2}, "
+                    "\"blob\": {\"k\": [null]}, \"color\": \"green\", "
+                    "\"only\": \"it\", \"level\": 2, \"mixed\": 1, "
+                    "\"free\": [1, \"two\"], \"anything\": null}");
+    cr_assert_eq(dx_tool_validate(t, a, &d), DX_OK, "%s", d.msg);
+    cJSON_Delete(a);
+    /* No arguments at all: only the required one is missing. */
+    cr_assert_eq(dx_tool_validate(t, NULL, &d), DX_EINVAL);
+    cr_assert_str_eq(d.msg,
+                     "typed() missing 1 required positional argument: 'x'");
+    dx_tool_unref(t);
+}
+
+/* Strings in the description are Python reprs: the quote Python picks and
+ * its escapes. */
+Test(tool, the_description_quotes_and_escapes_defaults_like_python)
+{
+    static const dx_tool_param p[] = {
+        {.name = "q1", .type = "str", .default_json = "\"it's\""},
+        {.name = "q2", .type = "str", .default_json = "\"say \\\"hi\\\"\""},
+        {.name = "ctl",
+         .type = "str",
+         .default_json = "\"a\\nb\\tc\\rd\\u0001\""},
+        {.name = "both", .type = "str", .default_json = "\"'\\\"\\\\\""},
+    };
+    dx_tool *t = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_tool_new("q", NULL, p, 4, add_fn, NULL, &t, &d), DX_OK,
+                 "%s", d.msg);
+    char *s = NULL;
+    cr_assert_eq(dx_tool_describe(t, &s), DX_OK);
+    cr_assert_str_eq(s, "q. It takes arguments {'q1': {'type': 'string', "
+                        "'default': \"it's\"}, 'q2': {'type': 'string', "
+                        "'default': 'say \"hi\"'}, 'ctl': {'type': 'string', "
+                        "'default': 'a\\nb\\tc\\rd\\x01'}, 'both': {'type': "
+                        "'string', 'default': '\\'\"\\\\'}}.");
+    dx_free(s);
+    dx_tool_unref(t);
+}
+
+static _Atomic int ud_freed;
+static void count_free(void *ud)
+{
+    (void)ud;
+    atomic_fetch_add(&ud_freed, 1);
+}
+
+Test(tool, a_refused_declaration_frees_the_owned_data_and_says_why)
+{
+    dx_tool *t = NULL;
+    dx_diag d = {0};
+    atomic_store(&ud_freed, 0);
+    cr_assert_eq(dx_tool_new_owned("bad name", NULL, NULL, 0, add_fn, &t,
+                                   count_free, &t, &d),
+                 DX_EINVAL);
+    cr_assert(strstr(d.msg, "tool name \"bad name\""), "%s", d.msg);
+    cr_assert_eq(
+        dx_tool_new_owned("ok", NULL, NULL, 0, NULL, &t, count_free, &t, &d),
+        DX_EINVAL);
+    cr_assert(strstr(d.msg, "NULL out, fn or params"), "%s", d.msg);
+    dx_tool_param noname[] = {{.type = "int"}};
+    cr_assert_eq(dx_tool_new_owned("ok", NULL, noname, 1, add_fn, &t,
+                                   count_free, &t, &d),
+                 DX_EINVAL);
+    cr_assert_str_eq(d.msg, "tool ok: an argument has no name");
+    cr_assert_null(t);
+    cr_assert_eq(atomic_load(&ud_freed), 3, "ud_free runs on every refusal");
+
+    dx_tool_param baddef[] = {
+        {.name = "a", .type = "int", .default_json = "{oops"}};
+    cr_assert_eq(dx_tool_new("t", NULL, baddef, 1, add_fn, NULL, &t, &d),
+                 DX_ESYNTAX);
+    cr_assert_str_eq(d.msg, "tool t: argument \"a\": the default is not JSON: "
+                            "{oops");
+    char long_name[80];
+    memset(long_name, 'n', 65);
+    long_name[65] = 0;
+    cr_assert_eq(dx_tool_new(long_name, NULL, NULL, 0, add_fn, NULL, &t, &d),
+                 DX_EINVAL);
+    cr_assert_eq(dx_tool_new(NULL, NULL, NULL, 0, add_fn, NULL, &t, &d),
+                 DX_EINVAL);
+    cr_assert(strstr(d.msg, "(null)"), "%s", d.msg);
+
+    /* Limits must be positive; NULL tools are refused, not followed. */
+    t = dx_tool_calculator_new();
+    cr_assert_eq(dx_tool_set_timeout(t, 0), DX_EINVAL);
+    cr_assert_eq(dx_tool_set_max_result(t, 0), DX_EINVAL);
+    cr_assert_eq(dx_tool_set_timeout(NULL, 10), DX_EINVAL);
+    char *s = NULL;
+    cr_assert_eq(dx_tool_describe(NULL, &s), DX_EINVAL);
+    cr_assert_eq(dx_tool_parameters_json(t, NULL), DX_EINVAL);
+    cr_assert_eq(dx_tool_add_to_request(t, NULL), DX_EINVAL);
+    cr_assert_eq(dx_tool_validate(NULL, NULL, &d), DX_EINVAL);
+    cr_assert_eq(dx_tool_call(NULL, NULL, &s, NULL), DX_EINVAL);
+    cr_assert_null(dx_tool_name(NULL));
+    cr_assert_null(dx_tool_desc(NULL));
+    cr_assert_null(dx_tool_args(NULL));
+    dx_tool_unref(t);
+}
+
 /* Tools that misbehave, chosen by the "how" argument. */
 static int bad_fn(const cJSON *args, char **result, void *ud)
 {
@@ -164,6 +330,13 @@ static int bad_fn(const cJSON *args, char **result, void *ud)
         return DX_OK;
     if (!strcmp(how, "garbage")) {
         *result = dx_strdup("ok\xff\xfe\xc3(end");
+        return DX_OK;
+    }
+    if (!strcmp(how, "utf8")) {
+        /* Valid 3- and 4-byte sequences; an overlong form, a surrogate
+         * and out-of-range 4-byte forms. */
+        *result = dx_strdup("\xE2\x82\xAC \xF0\x9F\x98\x80 \xE0\x80\x80 "
+                            "\xED\xA0\x80 \xF0\x80\x80\x80 \xF4\x90\x80\x80");
         return DX_OK;
     }
     if (!strcmp(how, "long")) {
@@ -235,6 +408,14 @@ Test(tool, crash_hang_error_and_garbage_become_observations)
     obs = call_how(t, "garbage", &st);
     cr_assert_eq(st, DX_TOOL_OK);
     cr_assert_str_eq(obs, "ok\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD(end");
+    dx_free(obs);
+
+    obs = call_how(t, "utf8", &st);
+    cr_assert_eq(st, DX_TOOL_OK);
+#define R3 "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD"
+    cr_assert_str_eq(obs, "\xE2\x82\xAC \xF0\x9F\x98\x80 " R3 " " R3 " " R3
+                          "\xEF\xBF\xBD " R3 "\xEF\xBF\xBD");
+#undef R3
     dx_free(obs);
 
     obs = call_how(t, "long", &st);
@@ -327,6 +508,96 @@ Test(tool, calculator_evaluates_arithmetic_like_python)
     dx_tool_unref(t);
 }
 
+/* The calculator's edges: Python's results where Python has them, and a
+ * named error (never a wrong number) where a 64-bit integer or a double
+ * cannot hold the result, or the text is not an expression it reads. */
+Test(tool, calculator_edges_are_results_or_named_errors)
+{
+    dx_tool *t = dx_tool_calculator_new();
+    cr_assert_not_null(t);
+    char deep_parens[700], deep_minus[400], long_number[80];
+    memset(deep_parens, '(', 300);
+    deep_parens[300] = '1';
+    memset(deep_parens + 301, ')', 300);
+    deep_parens[601] = 0;
+    memset(deep_minus, '-', 300);
+    deep_minus[300] = '1';
+    deep_minus[301] = 0;
+    memset(long_number, '7', 70);
+    long_number[70] = 0;
+    struct {
+        const char *expr, *obs;
+    } cases[] = {
+        {"2.5 * 2", "5.0"},
+        {"7.5 // 2", "3.0"},
+        {"-7.5 % 2", "0.5"},
+        {"7.5 % -2", "-0.5"},
+        {"-(2.5)", "-2.5"},
+        {"+3", "3"},
+        {"1_000 + 1", "1001"},
+        {"(-1) ** 3", "-1"},
+        {"(-1) ** 4", "1"},
+        {"0 ** 5", "0"},
+        {"4 ** 0.5", "2.0"},
+        {"2.0 ** 3", "8.0"},
+        {"\t1 +\n2", "3"},
+        {"1 % 0", "Execution error in calculator: integer modulo by zero"},
+        {"1 // 0",
+         "Execution error in calculator: integer division or modulo by zero"},
+        {"0 ** -1", "Execution error in calculator: 0.0 cannot be raised to "
+                    "a negative power"},
+        {"(-8) ** 0.5", "Execution error in calculator: math domain error (a "
+                        "negative number to a fractional power)"},
+        {"1e400", "Execution error in calculator: numerical result out of "
+                  "range"},
+        {"1e308 * 10", "Execution error in calculator: numerical result out "
+                       "of range"},
+        {"1e308 + 1e308", "Execution error in calculator: numerical result "
+                          "out of range"},
+        {"10.0 ** 400", "Execution error in calculator: numerical result "
+                        "out of range"},
+        {"99999999999999999999",
+         "Execution error in calculator: integer too large at column 1"},
+        {long_number,
+         "Execution error in calculator: number too long at column 1"},
+        {"9223372036854775807 + 1",
+         "Execution error in calculator: integer overflow"},
+        {"-9223372036854775807 - 2",
+         "Execution error in calculator: integer overflow"},
+        {"3037000500 * 3037000500",
+         "Execution error in calculator: integer overflow"},
+        {"(-9223372036854775807 - 1) // -1",
+         "Execution error in calculator: integer overflow"},
+        {"-(-9223372036854775807 - 1)",
+         "Execution error in calculator: integer overflow"},
+        {deep_parens,
+         "Execution error in calculator: expression nested too deeply"},
+        {deep_minus,
+         "Execution error in calculator: expression nested too deeply"},
+        {"2 *", "Execution error in calculator: expected a number at column 4"},
+        {"1 + (", "Execution error in calculator: expected a number at "
+                  "column 6"},
+        {".", "Execution error in calculator: expected a number at column 1"},
+        {"", "Execution error in calculator: expected a number at column 1"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        cJSON *a = cJSON_CreateObject();
+        cJSON_AddStringToObject(a, "expression", cases[i].expr);
+        char *obs = NULL;
+        dx_tool_status st = DX_TOOL_OK;
+        cr_assert_eq(dx_tool_call(t, a, &obs, &st), DX_OK);
+        cr_expect_str_eq(obs, cases[i].obs, "%.40s", cases[i].expr);
+        cr_expect_eq(st,
+                     strncmp(cases[i].obs, "Execution error", 15) == 0
+                         ? DX_TOOL_FAILED
+                         : DX_TOOL_OK,
+                     "%.40s", cases[i].expr);
+        dx_free(obs);
+        cJSON_Delete(a);
+    }
+    dx_tool_unref(t);
+}
+
 Test(tool, a_module_is_a_tool_its_outputs_the_observation)
 {
     dx_signature *s = NULL;
@@ -379,7 +650,12 @@ static dx_srv_ret forecaster_call(void *state, dx_msg *request, dx_from from,
     cJSON *a = cJSON_Parse(args);
     const cJSON *city = cJSON_GetObjectItemCaseSensitive(a, "city");
     *reply = dx_msg_new(DX_TAG_TERM);
-    if (cJSON_IsString(city) && strcmp(city->valuestring, "Atlantis") != 0) {
+    if (cJSON_IsString(city) && !strcmp(city->valuestring, "Raw")) {
+        (*reply)->term = dx_str("a bare binary");
+    } else if (cJSON_IsString(city) && !strcmp(city->valuestring, "Odd")) {
+        (*reply)->term = dx_tuple(2, dx_atom("maybe"), dx_int(3));
+    } else if (cJSON_IsString(city) &&
+               strcmp(city->valuestring, "Atlantis") != 0) {
         char text[128];
         snprintf(text, sizeof text, "%.*s: sunny in %s", (int)tlen, tool,
                  city->valuestring);
@@ -413,6 +689,13 @@ static void start_forecaster(void *arg)
                  dx_server_start(&forecaster_ops, NULL, &o, NULL, NULL) == DX_OK
                      ? 1
                      : 2);
+}
+
+static dx_pid fixture_stop_pid;
+static void stop_forecaster(void *arg)
+{
+    (void)arg;
+    atomic_store(&fixture_rc, dx_server_stop(fixture_stop_pid, NULL, 5000));
 }
 
 Test(tool, an_actor_is_a_tool_and_its_absence_an_observation)
@@ -469,5 +752,35 @@ Test(tool, an_actor_is_a_tool_and_its_absence_an_observation)
     cr_assert_str_eq(obs, "Execution error in forecast: unknown city");
     dx_free(obs);
     cJSON_Delete(a);
+
+    /* A bare binary is a result too; any other reply is named. */
+    a = json("{\"city\": \"Raw\"}");
+    cr_assert_eq(dx_tool_call(t, a, &obs, &st), DX_OK);
+    cr_assert_eq(st, DX_TOOL_OK, "%s", obs);
+    cr_assert_str_eq(obs, "a bare binary");
+    dx_free(obs);
+    cJSON_Delete(a);
+    a = json("{\"city\": \"Odd\"}");
+    cr_assert_eq(dx_tool_call(t, a, &obs, &st), DX_OK);
+    cr_assert_eq(st, DX_TOOL_FAILED, "%s", obs);
+    cr_assert_str_eq(obs, "Execution error in forecast: the actor's reply is "
+                          "not a binary, {ok, Binary} or {error, Binary}");
+    dx_free(obs);
+    cJSON_Delete(a);
+
+    /* A tool bound to a pid that has ended says so. */
+    dx_pid gone = dx_whereis("forecaster");
+    cr_assert_eq(dx_tool_from_pid("forecast", NULL, p, 1, gone, &tp, &d), DX_OK,
+                 "%s", d.msg);
+    fixture_stop_pid = gone;
+    fixture_run(stop_forecaster);
+    a = json("{\"city\": \"Lima\"}");
+    cr_assert_eq(dx_tool_call(tp, a, &obs, &st), DX_OK);
+    cr_assert_eq(st, DX_TOOL_FAILED, "%s", obs);
+    cr_assert_str_eq(obs, "Execution error in forecast: the actor: it is not "
+                          "running");
+    dx_free(obs);
+    cJSON_Delete(a);
+    dx_tool_unref(tp);
     dx_tool_unref(t);
 }

@@ -169,3 +169,102 @@ Test(anthropic, has_no_embeddings, .timeout = 10)
     cr_assert_eq(dx_lm_embed_encode(c, in, 1, &h, &err), DX_ENOTSUP);
     dx_lm_config_free(c);
 }
+
+/* Each way a 200 body or a stream event can be the wrong shape is named
+ * by where it is. */
+Test(anthropic, odd_shapes_are_named_by_their_place, .timeout = 10)
+{
+    dx_lm_config *c = config("anthropic/claude-3-5-haiku-latest", NULL);
+    static const struct {
+        const char *body, *msg;
+    } cases[] = {
+        {"{\"content\": [{\"text\": \"x\"}]}",
+         "anthropic: response: expected object with a type at content[0]"},
+        {"{\"content\": [{\"type\": \"text\", \"text\": 3}]}",
+         "anthropic: response: expected string at content[0].text"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        dx_lm_reply rep = {200, json_headers, 2, cases[i].body,
+                           strlen(cases[i].body)};
+        dx_lm_response *r = NULL;
+        dx_lm_error err;
+        cr_expect_eq(dx_lm_decode(c, &rep, &r, &err), DX_EPROVIDER, "%s",
+                     cases[i].body);
+        cr_expect_eq(err.kind, DX_LM_ERR_MALFORMED_RESPONSE);
+        cr_expect_str_eq(err.message, cases[i].msg);
+    }
+    static const struct {
+        const char *sse, *msg;
+    } events[] = {
+        {"event: message_start\ndata: {\"type\": \"message_start\"}\n\n",
+         "anthropic: stream: message_start without message"},
+        {"event: content_block_start\ndata: {\"type\": "
+         "\"content_block_start\", \"content_block\": {}}\n\n",
+         "anthropic: stream: content_block_start without a valid index"},
+        {"event: content_block_start\ndata: {\"type\": "
+         "\"content_block_start\", \"index\": 0, \"content_block\": {}}\n\n",
+         "anthropic: stream: expected content_block with a type in "
+         "content_block_start"},
+        {"event: content_block_delta\ndata: {\"type\": "
+         "\"content_block_delta\", \"index\": 0, \"delta\": {}}\n\n",
+         "anthropic: stream: expected delta with a type in "
+         "content_block_delta"},
+        {"event: content_block_delta\ndata: {\"type\": "
+         "\"content_block_delta\", \"index\": 0, \"delta\": {\"type\": "
+         "\"text_delta\"}}\n\n",
+         "anthropic: stream: text_delta without text"},
+        {"event: content_block_delta\ndata: {\"type\": "
+         "\"content_block_delta\", \"index\": 1, \"delta\": {\"type\": "
+         "\"input_json_delta\", \"partial_json\": \"{\"}}\n\n",
+         "anthropic: stream: input_json_delta for content block 1, which is "
+         "not a tool_use block"},
+        {"event: ping\ndata: [1]\n\n",
+         "anthropic: stream: ping event is not a JSON object"},
+    };
+    for (size_t i = 0; i < sizeof events / sizeof *events; i++) {
+        char *got = NULL;
+        dx_lm_error err;
+        int rc = stream_bytes(c, events[i].sse, strlen(events[i].sse), 9, 1,
+                              &got, &err);
+        cr_expect_eq(rc, DX_EPROVIDER, "%s", events[i].sse);
+        cr_expect_str_eq(err.message, events[i].msg);
+        dx_free(got);
+    }
+    dx_lm_config_free(c);
+}
+
+/* A text block may start with its text; thinking deltas are not answer
+ * text. */
+Test(anthropic, a_started_text_block_counts_and_thinking_does_not,
+     .timeout = 10)
+{
+    dx_lm_config *c = config("anthropic/claude-3-5-haiku-latest", NULL);
+    const char *sse =
+        "event: message_start\ndata: {\"type\": \"message_start\", "
+        "\"message\": {\"id\": \"m1\", \"model\": \"claude\", \"usage\": "
+        "{\"input_tokens\": 3}}}\n\n"
+        "event: content_block_start\ndata: {\"type\": \"content_block_start\", "
+        "\"index\": 0, \"content_block\": {\"type\": \"text\", \"text\": "
+        "\"Hel\"}}\n\n"
+        "event: content_block_delta\ndata: {\"type\": \"content_block_delta\", "
+        "\"index\": 0, \"delta\": {\"type\": \"thinking_delta\", \"thinking\": "
+        "\"hmm\"}}\n\n"
+        "event: content_block_delta\ndata: {\"type\": \"content_block_delta\", "
+        "\"index\": 0, \"delta\": {\"type\": \"text_delta\", \"text\": "
+        "\"lo\"}}\n\n"
+        "event: message_delta\ndata: {\"type\": \"message_delta\", \"delta\": "
+        "{\"stop_reason\": \"end_turn\"}, \"usage\": {\"output_tokens\": "
+        "2}}\n\n"
+        "event: message_stop\ndata: {\"type\": \"message_stop\"}\n\n";
+    char *got = NULL;
+    dx_lm_error err;
+    cr_assert_eq(stream_bytes(c, sse, strlen(sse), 0, 3, &got, &err), DX_OK,
+                 "%s", err.message);
+    cJSON *j = cJSON_Parse(got);
+    const cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+    cr_expect_str_eq(cJSON_GetObjectItem(ch, "text")->valuestring, "Hello",
+                     "%s", got);
+    cJSON_Delete(j);
+    dx_free(got);
+    dx_lm_config_free(c);
+}

@@ -202,3 +202,65 @@ Test(gemini, embeddings_single_and_batch, .timeout = 10)
     free(body);
     dx_lm_config_free(c);
 }
+
+/* Each way a 200 body can be the wrong shape is named by where it is. */
+Test(gemini, odd_shapes_are_named_by_their_place, .timeout = 10)
+{
+    dx_lm_config *c = config("gemini/gemini-2.0-flash", NULL);
+    static const struct {
+        const char *body, *msg;
+    } cases[] = {
+        {"{\"candidates\": {}}",
+         "gemini: response: expected array at candidates"},
+        {"{\"candidates\": [1]}",
+         "gemini: response: expected object at candidates[0]"},
+        {"{\"candidates\": [{\"index\": -2}]}",
+         "gemini: response: bad index at candidates[0].index"},
+        {"{\"candidates\": [{\"content\": []}]}",
+         "gemini: response: expected object at candidates[0].content"},
+        {"{\"candidates\": [{\"content\": {\"parts\": {}}}]}",
+         "gemini: response: expected array at candidates[0].content.parts"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        dx_lm_reply rep = {200, json_headers, 2, cases[i].body,
+                           strlen(cases[i].body)};
+        dx_lm_response *r = NULL;
+        dx_lm_error err;
+        cr_expect_eq(dx_lm_decode(c, &rep, &r, &err), DX_EPROVIDER, "%s",
+                     cases[i].body);
+        cr_expect_eq(err.kind, DX_LM_ERR_MALFORMED_RESPONSE);
+        cr_expect_str_eq(err.message, cases[i].msg);
+    }
+    /* An error wrapped in a one-element array, as Gemini sometimes sends. */
+    const char *wrapped = "[{\"error\": {\"code\": 404, \"message\": \"no such "
+                          "model\", \"status\": \"NOT_FOUND\"}}]";
+    dx_lm_header h[] = {{"content-type", "application/json"}};
+    dx_lm_reply rep = {404, h, 1, wrapped, strlen(wrapped)};
+    dx_lm_response *r = NULL;
+    dx_lm_error err;
+    cr_assert_eq(dx_lm_decode(c, &rep, &r, &err), DX_EPROVIDER);
+    cr_expect_eq(err.kind, DX_LM_ERR_NOT_FOUND);
+    cr_expect_str_eq(err.message, "no such model");
+    /* A stream event that is not an object. */
+    const char *sse = "data: [1, 2]\n\n";
+    char *got = NULL;
+    cr_expect_eq(stream_bytes(c, sse, strlen(sse), 4, 1, &got, &err),
+                 DX_EPROVIDER);
+    cr_expect_str_eq(err.message, "gemini: stream: event is not a JSON object");
+    dx_free(got);
+    dx_lm_config_free(c);
+}
+
+Test(gemini, embeddings_of_the_wrong_shape_are_refused, .timeout = 10)
+{
+    dx_lm_config *c = config("gemini/text-embedding-004", NULL);
+    const char *body = "{\"embeddings\": []}";
+    dx_lm_reply rep = {200, json_headers, 2, body, strlen(body)};
+    dx_lm_embeddings *e = NULL;
+    dx_lm_error err;
+    cr_assert_eq(dx_lm_embed_decode(c, &rep, &e, &err), DX_EPROVIDER);
+    cr_expect_str_eq(err.message, "gemini: embeddings: expected object at "
+                                  "embedding or array at embeddings");
+    cr_expect_null(e);
+    dx_lm_config_free(c);
+}

@@ -215,3 +215,129 @@ Test(openai, embeddings_encode_and_decode_in_index_order, .timeout = 10)
     free(body);
     dx_lm_config_free(c);
 }
+
+/* Each way a 200 body can be the wrong shape is named by where it is. */
+Test(openai, odd_shapes_are_named_by_their_place, .timeout = 10)
+{
+    dx_lm_config *c = config("openai/gpt-4o-mini", NULL);
+    static const struct {
+        const char *body, *msg;
+    } cases[] = {
+        {"{\"choices\": {}}", "openai: response: expected array at choices"},
+        {"{\"choices\": [3]}",
+         "openai: response: expected object with a valid index at "
+         "choices[0]"},
+        {"{\"choices\": [{\"index\": -1, \"message\": {}}]}",
+         "openai: response: expected object with a valid index at "
+         "choices[0]"},
+        {"{\"choices\": [{\"message\": {\"content\": 5}}]}",
+         "openai: response: expected string at choices[0].message.content"},
+        {"{\"choices\": [{\"message\": {\"content\": null, \"tool_calls\": "
+         "{}}}]}",
+         "openai: response: expected array at choices[0].message.tool_calls"},
+        {"{\"choices\": [{\"message\": {\"tool_calls\": [{\"function\": "
+         "{\"name\": \"f\"}}]}}]}",
+         "openai: response: expected function with name and arguments at "
+         "choices[0].message.tool_calls[0]"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        dx_lm_reply rep = {200, json_headers, 2, cases[i].body,
+                           strlen(cases[i].body)};
+        dx_lm_response *r = NULL;
+        dx_lm_error err;
+        cr_expect_eq(dx_lm_decode(c, &rep, &r, &err), DX_EPROVIDER, "%s",
+                     cases[i].body);
+        cr_expect_eq(err.kind, DX_LM_ERR_MALFORMED_RESPONSE);
+        cr_expect_str_eq(err.message, cases[i].msg);
+        cr_expect_null(r);
+    }
+    /* A compatible server's {"error": "text"} keeps its text. */
+    const char *flat = "{\"error\": \"model is loading\"}";
+    dx_lm_header h[] = {{"content-type", "application/json"}};
+    dx_lm_reply rep = {503, h, 1, flat, strlen(flat)};
+    dx_lm_response *r = NULL;
+    dx_lm_error err;
+    cr_assert_eq(dx_lm_decode(c, &rep, &r, &err), DX_EPROVIDER);
+    cr_expect_eq(err.kind, DX_LM_ERR_OVERLOADED);
+    cr_expect_str_eq(err.message, "model is loading");
+    dx_lm_config_free(c);
+}
+
+Test(openai, odd_stream_events_are_named_by_their_place, .timeout = 10)
+{
+    dx_lm_config *c = config("openai/gpt-4o-mini", NULL);
+    static const struct {
+        const char *sse, *msg;
+    } cases[] = {
+        {"data: {\"choices\": 3}\n\n",
+         "openai: stream: expected array at choices"},
+        {"data: {\"choices\": [7]}\n\n",
+         "openai: stream: expected object at choices[0]"},
+        {"data: {\"choices\": [{\"delta\": {\"tool_calls\": [\"x\"]}}]}\n\n",
+         "openai: stream: expected object with a valid index at "
+         "choices[0].delta.tool_calls[0]"},
+        {"data: {\"error\": {\"type\": \"invalid_request_error\"}}\n\n",
+         "openai: stream error"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *got = NULL;
+        dx_lm_error err;
+        int rc = stream_bytes(c, cases[i].sse, strlen(cases[i].sse), 5, 1, &got,
+                              &err);
+        cr_expect_eq(rc, DX_EPROVIDER, "%s", cases[i].sse);
+        cr_expect_str_eq(err.message, cases[i].msg);
+        dx_free(got);
+    }
+    dx_lm_config_free(c);
+}
+
+Test(openai, tool_choices_none_and_required_are_encoded, .timeout = 10)
+{
+    dx_lm_config *c = config("openai/gpt-4o-mini", NULL);
+    dx_lm_request *r = case_request("tools");
+    const struct {
+        dx_lm_tool_choice tc;
+        const char *want;
+    } cases[] = {{DX_LM_TOOL_CHOICE_NONE, "\"tool_choice\":\"none\""},
+                 {DX_LM_TOOL_CHOICE_REQUIRED, "\"tool_choice\":\"required\""}};
+    for (size_t i = 0; i < 2; i++) {
+        r->tool_choice = cases[i].tc;
+        dx_lm_http h;
+        dx_lm_error err;
+        cr_assert_eq(dx_lm_encode(c, r, &h, &err), DX_OK, "%s", err.message);
+        cr_expect(strstr(h.body, cases[i].want), "%s", h.body);
+        dx_lm_http_free(&h);
+    }
+    dx_lm_request_free(r);
+    dx_lm_config_free(c);
+}
+
+Test(openai, embeddings_of_the_wrong_shape_are_refused, .timeout = 10)
+{
+    dx_lm_config *c = config("openai/text-embedding-3-small", NULL);
+    static const struct {
+        const char *body, *msg;
+    } cases[] = {
+        {"{\"data\": [{\"index\": 5, \"embedding\": [1, 2]}]}",
+         "openai: embeddings: bad index at data[0]"},
+        {"{\"data\": [{\"index\": 0, \"embedding\": [1, 2]}, {\"index\": 1, "
+         "\"embedding\": [1]}]}",
+         "openai: embeddings: data[1].embedding has 1 values, expected 2"},
+        {"{\"data\": [{\"embedding\": [1, \"x\"]}]}",
+         "openai: embeddings: expected number at data[0].embedding[1]"},
+        {"{\"data\": []}",
+         "openai: embeddings: expected non-empty array at data"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        dx_lm_reply rep = {200, json_headers, 2, cases[i].body,
+                           strlen(cases[i].body)};
+        dx_lm_embeddings *e = NULL;
+        dx_lm_error err;
+        cr_expect_eq(dx_lm_embed_decode(c, &rep, &e, &err), DX_EPROVIDER, "%s",
+                     cases[i].body);
+        cr_expect_eq(err.kind, DX_LM_ERR_MALFORMED_RESPONSE);
+        cr_expect_str_eq(err.message, cases[i].msg);
+        cr_expect_null(e);
+    }
+    dx_lm_config_free(c);
+}
