@@ -216,12 +216,39 @@ static int fx_expect(fx_child *c, const char *prefix, char *line, size_t cap,
     return -1;
 }
 
-static void fx_kill(fx_child *c, int sig)
+static inline void fx_kill(fx_child *c, int sig)
 {
     if (c->pid > 0) {
         kill(c->pid, sig);
         int st;
         waitpid(c->pid, &st, 0);
+        for (int i = 0; i < FX_MAX_CHILDREN; i++)
+            if (fx_children[i] == c->pid)
+                fx_children[i] = 0;
+        c->pid = 0;
+    }
+    if (c->out > 0)
+        close(c->out);
+    c->out = -1;
+}
+
+/* End a child the polite way: SIGTERM, so it stops its node and returns
+ * from main (in a coverage build it writes its counters then); SIGKILL if
+ * it has not exited within 5 s. */
+static inline void fx_stop(fx_child *c)
+{
+    if (c->pid > 0) {
+        kill(c->pid, SIGTERM);
+        int st;
+        for (int waited = 0; waitpid(c->pid, &st, WNOHANG) == 0; waited += 10) {
+            if (waited >= 5000) {
+                kill(c->pid, SIGKILL);
+                waitpid(c->pid, &st, 0);
+                break;
+            }
+            struct timespec ts = {0, 10000000};
+            nanosleep(&ts, NULL);
+        }
         for (int i = 0; i < FX_MAX_CHILDREN; i++)
             if (fx_children[i] == c->pid)
                 fx_children[i] = 0;

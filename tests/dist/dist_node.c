@@ -7,10 +7,14 @@
  * answers {ping, From} with {pong, SelfPid}, and on {done, From, K}
  * replies {count, N, Sum, InOrder} and then sends K messages {seq, I} back
  * to From followed by {sent, K}; `idle` only runs the node (for cookie
- * tests). `stop` (an atom sent to `sink`) ends the program. Beside `sink`,
+ * tests). `stop` (an atom sent to `sink`) ends the program, and so does
+ * SIGTERM: the node stops and the program returns from main, so a coverage
+ * build writes this process's counters too (SIGKILL, which some tests use
+ * on purpose, writes none). Beside `sink`,
  * mode sink runs the server `calc` (below). `worker` and `tpworker` work
  * for a distributed Evaluate / optimization coordinator (below).
  */
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -153,6 +157,25 @@ static void sink(void *arg)
  * node kills itself with SIGKILL as soon as it holds its first shard. */
 static char **g_argv;
 static int g_argc;
+
+/* SIGTERM, taken by a thread of its own (blocked everywhere else): end the
+ * main process (sink or worker), or the idle wait. */
+static sigset_t term_set;
+static _Atomic dx_pid main_pid;
+static atomic_bool term_seen;
+
+static void *term_waiter(void *arg)
+{
+    (void)arg;
+    int sig;
+    if (sigwait(&term_set, &sig) != 0)
+        return NULL;
+    atomic_store(&term_seen, true);
+    dx_pid pid = atomic_load(&main_pid);
+    if (pid.id != 0)
+        dx_exit(pid, dx_atom("kill"));
+    return NULL;
+}
 static _Atomic int worker_rc = 1;
 
 static void on_shard(size_t start, size_t end, void *ud)
@@ -223,6 +246,10 @@ int main(int argc, char **argv)
         return 2;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
+    /* Before any thread starts, so every thread inherits the mask. */
+    sigemptyset(&term_set);
+    sigaddset(&term_set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &term_set, NULL);
     if (dx_runtime_start(&(dx_runtime_opts){.schedulers = 1}) != DX_OK)
         return 1;
     dx_node_opts o = {.name = argv[1], .cookie = argv[2]};
@@ -243,12 +270,16 @@ int main(int argc, char **argv)
         dx_spawn(worker, NULL, &pid);
     if (strcmp(argv[3], "tpworker") == 0 && argc > 4)
         dx_spawn(tp_worker, NULL, &pid);
+    atomic_store(&main_pid, pid);
+    pthread_t tw;
+    pthread_create(&tw, NULL, term_waiter, NULL);
+    pthread_detach(tw);
     printf("READY\n");
     if (pid.id != 0) {
         dx_wait_exit(pid, DX_INFINITY, NULL);
     } else {
-        for (;;)
-            nanosleep(&(struct timespec){1, 0}, NULL);
+        while (!atomic_load(&term_seen))
+            nanosleep(&(struct timespec){0, 20000000}, NULL);
     }
     dx_node_stop();
     dx_runtime_stop();

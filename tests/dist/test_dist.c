@@ -163,7 +163,7 @@ Test(dist, wrong_cookie_is_refused)
     dx_node_stats st;
     dx_node_stats_get(&st);
     cr_expect_geq(st.refused, 1);
-    fx_kill(&c, SIGTERM);
+    fx_stop(&c);
 }
 
 Test(dist, right_cookie_connects_and_lists_the_node)
@@ -177,7 +177,7 @@ Test(dist, right_cookie_connects_and_lists_the_node)
     cr_assert_eq(n, 1);
     cr_expect_str_eq(list[0], peer_name);
     dx_free(list);
-    fx_kill(&c, SIGTERM);
+    fx_stop(&c);
 }
 
 Test(dist, connecting_to_a_node_that_does_not_exist_fails)
@@ -242,7 +242,7 @@ Test(dist, two_dspex_nodes_exchange_100000_messages_both_ways_none_lost,
     cr_expect_geq(st.msgs_out, N_MSGS);
     cr_expect_geq(st.msgs_in, N_MSGS);
     cr_expect_eq(st.dropped, 0);
-    fx_kill(&c, SIGTERM);
+    fx_stop(&c);
 }
 
 /* A DOWN for a monitor of a process on a node killed with -9. */
@@ -328,7 +328,7 @@ Test(dist, monitor_of_a_remote_process_that_exits_gets_its_reason)
     fx_child c;
     spawn_dspex_node(&c, peer_name, COOKIE, "sink");
     run_body(monitor_exit_body, 20000);
-    fx_kill(&c, SIGKILL);
+    fx_stop(&c);
 }
 
 /* ---- BEAM interop ---- */
@@ -392,7 +392,7 @@ Test(dist, terms_a_dspex_node_cannot_hold_are_dropped_not_misread)
     fx_child c;
     beam_ready(&c);
     run_body(beam_weird_body, 20000);
-    fx_kill(&c, SIGKILL);
+    fx_stop(&c);
     remove_ebin();
 }
 
@@ -408,7 +408,7 @@ Test(dist, erl_node_echoes_every_term_type_unchanged)
     fx_child c;
     beam_ready(&c);
     run_body(beam_echo_body, 20000);
-    fx_kill(&c, SIGKILL);
+    fx_stop(&c);
     remove_ebin();
 }
 
@@ -440,7 +440,7 @@ Test(dist, dspex_process_calls_a_beam_gen_server)
     fx_child c;
     beam_ready(&c);
     run_body(beam_call_body, 30000);
-    fx_kill(&c, SIGKILL);
+    fx_stop(&c);
     remove_ebin();
 }
 
@@ -481,7 +481,7 @@ Test(dist, a_beam_gen_server_is_an_agents_tool)
     fx_child c;
     beam_ready(&c);
     run_body(beam_tool_body, 30000);
-    fx_kill(&c, SIGKILL);
+    fx_stop(&c);
     remove_ebin();
 }
 
@@ -571,7 +571,7 @@ Test(dist, erl_gen_server_call_gets_the_answer_of_a_dspex_program)
     cr_expect_str_eq(line, "RESULT2 {error,bad_request}");
     cr_assert_eq(fx_expect(&c, "RESULT3", line, sizeof line, 30000), 0);
     cr_expect_str_eq(line, "RESULT3 'EXIT'");
-    fx_kill(&c, SIGKILL);
+    fx_stop(&c);
     remove_ebin();
     run_body(stop_agent_body, 10000);
     dx_module_free(qa_program);
@@ -625,7 +625,7 @@ Test(dist, dspex_calls_and_casts_a_server_on_another_dspex_node)
     fx_child c;
     spawn_dspex_node(&c, peer_name, COOKIE, "sink");
     run_body(dspex_call_body, 60000);
-    fx_kill(&c, SIGKILL);
+    fx_stop(&c);
 }
 
 static void link_body(void)
@@ -748,5 +748,5 @@ Test(dist,
     dx_dist_eval_result_free(dres);
     dx_eval_result_free(local_res);
     for (int i = 0; i < 3; i++)
-        fx_kill(&ws[i], SIGKILL);
+        fx_stop(&ws[i]);
 }

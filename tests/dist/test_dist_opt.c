@@ -272,7 +272,7 @@ Test(dist_opt,
     dx_tp_result_free(res_local);
     dx_tp_result_free(res_dist);
     for (int i = 0; i < 3; i++)
-        fx_kill(&ws[i], SIGKILL);
+        fx_stop(&ws[i]);
 }
 
 Test(dist_opt, random_search_one_candidate_at_a_time_over_2_nodes_equals_local)
@@ -302,7 +302,7 @@ Test(dist_opt, random_search_one_candidate_at_a_time_over_2_nodes_equals_local)
     dx_tp_result_free(res_local);
     dx_tp_result_free(res_dist);
     for (int i = 0; i < 2; i++)
-        fx_kill(&ws[i], SIGKILL);
+        fx_stop(&ws[i]);
 }
 
 /* ---- MIPROv2 ---- */
@@ -354,7 +354,7 @@ static void mipro_both_ways(const char *tag, size_t *jobs)
         cr_expect_eq(fx_expect(&ws[i], "WORKER-DONE", line, sizeof line, 20000),
                      0);
         cr_expect(strstr(line, " OK") != NULL, "%s", line);
-        fx_kill(&ws[i], SIGKILL);
+        fx_stop(&ws[i]);
     }
 }
 
