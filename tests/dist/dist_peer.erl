@@ -2,7 +2,9 @@
 %%   erl -name N -setcookie C -noshell -pa DIR -run dist_peer main MODE [ARG]
 %% peer: registers `beam_srv` (a gen_server: {double, N} -> 2N; a dspex tool
 %%       call {tool_call, <<"weather">>, ArgsJSON} -> {ok, Text}) and `echo`
-%%       (answers {From, Term} with {echo, Term}), prints READY, waits.
+%%       (answers {From, Term} with {echo, Term}; {From, links} and
+%%       {From, watch} send exit signals to / watch them from From, see
+%%       echo/0), prints READY, waits.
 %% call NODE: gen_server:call({qa_agent, NODE}, ...) with a good and a bad
 %%       request; prints RESULT lines, then halts.
 -module(dist_peer).
@@ -35,10 +37,28 @@ echo() ->
             From ! {echo, fun() -> ok end},
             From ! {echo, <<1:3>>},
             From ! {echo, [1, 1 bsl 40, -(1 bsl 62), "str"]};
+        {From, links} when is_pid(From) ->
+            %% Exit signals into a dspex process: a link taken back before
+            %% its process dies (nothing must arrive), exit/2 from an
+            %% unlinked process, and a linked process that dies.
+            spawn(fun() -> link(From), unlink(From),
+                           From ! {echo, unlinked}, exit(quiet) end),
+            spawn(fun() -> exit(From, {told, 1}) end),
+            spawn(fun() -> link(From), From ! {echo, linked},
+                           exit({died, 2}) end);
+        {From, watch} when is_pid(From) ->
+            %% A trapping process that reports every exit signal it gets.
+            spawn(fun() -> process_flag(trap_exit, true),
+                           From ! {echo, {watcher, self()}},
+                           watch(From) end);
         {From, Term} when is_pid(From) -> From ! {echo, Term};
         _ -> ok
     end,
     echo().
+
+watch(To) ->
+    receive {'EXIT', P, R} -> To ! {echo, {exit, P, R}} end,
+    watch(To).
 
 init([]) -> {ok, #{}}.
 handle_call({double, N}, _From, S) -> {reply, {ok, 2 * N}, S};

@@ -387,6 +387,92 @@ static void beam_weird_body(void)
           (unsigned long long)(after.dropped - before.dropped));
 }
 
+/* Exit signals from BEAM processes into a trapping dspex process. */
+static void beam_links_body(void)
+{
+    dx_trap_exit(true);
+    dx_pid echo = dx_node_name_pid(peer_name, "echo");
+    dx_send_term(echo, DX_TAG_TERM,
+                 dx_tuple(2, dx_pid_term(dx_self()), dx_atom("links")));
+    bool unlinked = false, linked = false, told = false, died = false;
+    int64_t deadline = dx_now_ms() + 10000;
+    while (!(unlinked && linked && told && died)) {
+        dx_msg *m;
+        int64_t left = deadline - dx_now_ms();
+        CHECK(left > 0 && dx_receive_any(left, &m) == DX_OK,
+              "missing: unlinked %d linked %d told %d died %d", unlinked,
+              linked, told, died);
+        if (m->tag == DX_TAG_EXIT) {
+            CHECK(!dx_is_atom(m->term, "quiet"),
+                  "the exit of a link taken back arrived");
+            char *r = dx_term_to_string(m->term);
+            told |= strcmp(r, "{told, 1}") == 0 || strcmp(r, "{told,1}") == 0;
+            died |= strcmp(r, "{died, 2}") == 0 || strcmp(r, "{died,2}") == 0;
+            dx_free(r);
+        } else if (dx_is_atom(dx_term_at(m->term, 0), "echo")) {
+            unlinked |= dx_is_atom(dx_term_at(m->term, 1), "unlinked");
+            linked |= dx_is_atom(dx_term_at(m->term, 1), "linked");
+        }
+        dx_msg_free(m);
+    }
+    /* The unlinked process exited (quiet) before it said so: nothing more
+     * may come. */
+    dx_msg *m;
+    CHECK(dx_receive_tag(DX_TAG_EXIT, 300, &m) == DX_ETIMEDOUT,
+          "an exit signal after the link was taken back");
+}
+
+static dx_pid watcher_pid;
+
+static void linked_child(void *arg)
+{
+    (void)arg;
+    dx_link(watcher_pid);
+    dx_exit_self(dx_atom("child_done"));
+}
+
+/* Exit signals from dspex processes to a trapping BEAM process: exit/2 and
+ * a linked process that ends. */
+static void beam_watch_body(void)
+{
+    dx_pid echo = dx_node_name_pid(peer_name, "echo");
+    dx_send_term(echo, DX_TAG_TERM,
+                 dx_tuple(2, dx_pid_term(dx_self()), dx_atom("watch")));
+    dx_msg *m = recv_match("echo", 10000);
+    CHECK(m != NULL, "no watcher");
+    CHECK(dx_pid_value(dx_term_at(dx_term_at(m->term, 1), 1), &watcher_pid),
+          "watcher pid");
+    dx_msg_free(m);
+    CHECK(dx_exit(watcher_pid, dx_tuple(1, dx_atom("bye"))) == DX_OK, "exit/2");
+    m = recv_match("echo", 10000);
+    CHECK(m != NULL, "the watcher saw no exit/2");
+    char *s = dx_term_to_string(dx_term_at(m->term, 1));
+    CHECK(strstr(s, "exit") && strstr(s, "bye"), "watcher saw %s", s);
+    dx_free(s);
+    dx_msg_free(m);
+    dx_pid child;
+    CHECK(dx_spawn(linked_child, NULL, &child) == DX_OK, "spawn");
+    m = recv_match("echo", 10000);
+    CHECK(m != NULL, "the watcher saw no exit through the link");
+    s = dx_term_to_string(dx_term_at(m->term, 1));
+    CHECK(strstr(s, "child_done") != NULL, "watcher saw %s", s);
+    dx_free(s);
+    dx_pid from;
+    CHECK(dx_pid_value(dx_term_at(dx_term_at(m->term, 1), 1), &from) &&
+              dx_pid_eq(from, child),
+          "the exit names the child");
+    dx_msg_free(m);
+}
+
+Test(dist, exit_signals_cross_to_and_from_beam_processes)
+{
+    fx_child c;
+    beam_ready(&c);
+    run_body(beam_links_body, 20000);
+    run_body(beam_watch_body, 20000);
+    fx_stop(&c);
+}
+
 Test(dist, terms_a_dspex_node_cannot_hold_are_dropped_not_misread)
 {
     fx_child c;
