@@ -467,8 +467,8 @@ void dx__serve_route(dx_serve *srv, dx__sreq *r, const char *method,
             return;
         }
     }
-    const char *pre = "/v1/programs/";
-    size_t plen = strlen(pre);
+    static const char pre[] = "/v1/programs/";
+    const size_t plen = sizeof pre - 1;
     const char *slash = NULL;
     if (strncmp(path, pre, plen) == 0)
         slash = strchr(path + plen, '/');
