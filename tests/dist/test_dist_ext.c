@@ -300,3 +300,29 @@ Test(dist_ext, the_control_tuple_check_walks_deep_nesting_without_recursion)
     cr_expect_eq(dx__ext_check(buf, (int)len - 1, &idx), DX_EINVAL);
     free(buf);
 }
+
+/* The encoder's refusals: nothing, nesting past its bound, a pid or ref
+ * of a node this node does not know. */
+Test(dist_ext, the_encoder_refuses_what_it_cannot_send)
+{
+    ei_x_buff x;
+    cr_assert_eq(ei_x_new_with_version(&x), 0);
+    cr_expect_eq(dx__ext_encode(&x, NULL), DX_EINVAL);
+    dx_term *deep = dx_nil();
+    for (int i = 0; i < 600; i++)
+        deep = dx_list(1, deep);
+    cr_expect_eq(dx__ext_encode(&x, deep), DX_ELIMIT);
+    dx_term_free(deep);
+    ei_x_free(&x);
+
+    /* A pid and a ref of a node index this node never learned. */
+    dx_pid stray = {.id = ((uint64_t)4000 << 52) | 5};
+    dx_ref stray_ref = {.id = ((uint64_t)4000 << 52) | 1};
+    dx_term *tp = dx_pid_term(stray), *tr = dx_ref_term(stray_ref);
+    cr_assert_eq(ei_x_new_with_version(&x), 0);
+    cr_expect_neq(dx__ext_encode(&x, tp), DX_OK);
+    cr_expect_neq(dx__ext_encode(&x, tr), DX_OK);
+    dx_term_free(tp);
+    dx_term_free(tr);
+    ei_x_free(&x);
+}

@@ -212,3 +212,38 @@ Test(registry, whereis_of_an_unknown_name_is_nopid, .timeout = 30)
     cr_expect(dx_pid_is_none(dx_whereis("")));
     kt_stop();
 }
+
+/* Past the registry's first table of 64 buckets every name must still be
+ * found, and names still registered when the runtime stops are released
+ * with it (a later runtime starts with none of them). */
+#define MANY_NAMES 200
+
+Test(registry, hundreds_of_names_survive_the_table_growing_and_a_restart,
+     .timeout = 60)
+{
+    kt_start(1);
+    dx_pid pids[MANY_NAMES];
+    char name[32];
+    for (int i = 0; i < MANY_NAMES; i++) {
+        cr_assert_eq(dx_spawn(kt_wait_msg_fn, NULL, &pids[i]), DX_OK);
+        snprintf(name, sizeof name, "kt_many_%d", i);
+        cr_assert_eq(dx_register(name, pids[i]), DX_OK, "%s", name);
+    }
+    for (int i = 0; i < MANY_NAMES; i++) {
+        snprintf(name, sizeof name, "kt_many_%d", i);
+        cr_expect(dx_pid_eq(dx_whereis(name), pids[i]), "%s", name);
+    }
+    /* Half go away with their processes; the rest stay registered. */
+    for (int i = 0; i < MANY_NAMES; i += 2) {
+        cr_assert_eq(dx_send_tag(pids[i], 1), DX_OK);
+        kt_host_join(pids[i]);
+    }
+    for (int i = 0; i < MANY_NAMES; i++) {
+        snprintf(name, sizeof name, "kt_many_%d", i);
+        cr_expect_eq(dx_pid_is_none(dx_whereis(name)), i % 2 == 0, "%s", name);
+    }
+    kt_stop();
+    kt_start(1);
+    cr_expect(dx_pid_is_none(dx_whereis("kt_many_1")));
+    kt_stop();
+}

@@ -1012,7 +1012,50 @@ static void bad_spec_body(void *arg)
         {.id = "x", .start = w_start, .arg = (void *)&sa, .shutdown_ms = -3}};
     dx_sup_spec s6 = {.children = badshut, .nchildren = 1};
     KT_CHECK_RC(dx_sup_start_link(&s6, &sup, NULL), DX_EINVAL);
+    /* Out-of-range enums, a missing spec or child array, a period below
+     * zero, an empty id, and a simple_one_for_one template with a bad id. */
+    KT_CHECK_RC(dx_sup_start_link(NULL, &sup, NULL), DX_EINVAL);
+    dx_sup_spec s7 = {.strategy = (dx_sup_strategy)99};
+    KT_CHECK_RC(dx_sup_start_link(&s7, &sup, NULL), DX_EINVAL);
+    dx_sup_spec s8 = {.period_s = -1};
+    KT_CHECK_RC(dx_sup_start_link(&s8, &sup, NULL), DX_EINVAL);
+    dx_sup_spec s9 = {.nchildren = 1};
+    KT_CHECK_RC(dx_sup_start_link(&s9, &sup, NULL), DX_EINVAL);
+    dx_child_spec badrestart[] = {{.id = "x",
+                                   .start = w_start,
+                                   .arg = (void *)&sa,
+                                   .restart = (dx_sup_restart)7}};
+    dx_sup_spec s10 = {.children = badrestart, .nchildren = 1};
+    KT_CHECK_RC(dx_sup_start_link(&s10, &sup, NULL), DX_EINVAL);
+    dx_child_spec badtype[] = {{.id = "x",
+                                .start = w_start,
+                                .arg = (void *)&sa,
+                                .type = (dx_sup_child_type)7}};
+    dx_sup_spec s11 = {.children = badtype, .nchildren = 1};
+    KT_CHECK_RC(dx_sup_start_link(&s11, &sup, NULL), DX_EINVAL);
+    dx_child_spec emptyid[] = {
+        {.id = "", .start = w_start, .arg = (void *)&sa}};
+    dx_sup_spec s12 = {.children = emptyid, .nchildren = 1};
+    KT_CHECK_RC(dx_sup_start_link(&s12, &sup, NULL), DX_EINVAL);
+    dx_sup_spec s13 = {.strategy = DX_SUP_SIMPLE_ONE_FOR_ONE,
+                       .children = emptyid,
+                       .nchildren = 1};
+    KT_CHECK_RC(dx_sup_start_link(&s13, &sup, NULL), DX_EINVAL);
     KT_CHECK(EV_EXPECT(""));
+}
+
+Test(supervisor, strategies_and_restart_kinds_have_their_otp_names)
+{
+    cr_expect_str_eq(dx_sup_strategy_name(DX_SUP_ONE_FOR_ONE), "one_for_one");
+    cr_expect_str_eq(dx_sup_strategy_name(DX_SUP_ONE_FOR_ALL), "one_for_all");
+    cr_expect_str_eq(dx_sup_strategy_name(DX_SUP_REST_FOR_ONE), "rest_for_one");
+    cr_expect_str_eq(dx_sup_strategy_name(DX_SUP_SIMPLE_ONE_FOR_ONE),
+                     "simple_one_for_one");
+    cr_expect_str_eq(dx_sup_strategy_name((dx_sup_strategy)42), "?");
+    cr_expect_str_eq(dx_sup_restart_name(DX_SUP_PERMANENT), "permanent");
+    cr_expect_str_eq(dx_sup_restart_name(DX_SUP_TRANSIENT), "transient");
+    cr_expect_str_eq(dx_sup_restart_name(DX_SUP_TEMPORARY), "temporary");
+    cr_expect_str_eq(dx_sup_restart_name((dx_sup_restart)42), "?");
 }
 
 Test(supervisor, invalid_specs_are_rejected_before_anything_starts,
