@@ -470,8 +470,12 @@ void dx__serve_route(dx_serve *srv, dx__sreq *r, const char *method,
     static const char pre[] = "/v1/programs/";
     const size_t plen = sizeof pre - 1;
     const char *slash = NULL;
+    /* A plain loop, not strchr: gcc 12 with ASan at -O2 takes path + plen,
+     * after the prefix compared equal, for a read past the literal. */
     if (strncmp(path, pre, plen) == 0)
-        slash = strchr(path + plen, '/');
+        for (const char *q = path + plen; *q != '\0' && slash == NULL; q++)
+            if (*q == '/')
+                slash = q;
     if (slash != NULL && strcmp(slash, "/predict") == 0)
         r->route = DX__R_PREDICT;
     else if (slash != NULL && strcmp(slash, "/batch") == 0)
