@@ -7,6 +7,8 @@
  */
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "dx_config.h"
 #include "kernel_test_util.h"
@@ -158,6 +160,83 @@ Test(crash, runaway_recursion_ends_the_process_with_stack_overflow,
 {
     SKIP_FAULTS_UNDER_TSAN();
     kt_body_test(2, seen_by_links_body, (void *)(intptr_t)CRASH_OVERFLOW);
+}
+
+/* The other hardware faults are contained the same way and named by
+ * their kind: an integer division by zero, an illegal instruction and a
+ * bus error. */
+static volatile int kt_divisor, kt_quotient;
+
+KT_NO_UBSAN static void divide_by_zero(void)
+{
+    kt_quotient = 7 / kt_divisor;
+}
+
+/* A read of a file mapping past the file's end: the kernel's SIGBUS. */
+static void read_past_a_truncated_mapping(void)
+{
+    char path[] = "/tmp/dx_bus_XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return;
+    unlink(path);
+    char page[4096] = {0};
+    if (write(fd, page, sizeof page) == (ssize_t)sizeof page) {
+        volatile char *m =
+            mmap(NULL, sizeof page, PROT_READ, MAP_SHARED, fd, 0);
+        if (m != MAP_FAILED && ftruncate(fd, 0) == 0)
+            kt_quotient = m[0];
+    }
+    close(fd);
+}
+
+static void fault_fn(void *arg)
+{
+    switch ((int)(intptr_t)arg) {
+    case SIGFPE:
+        divide_by_zero();
+        break;
+    case SIGILL:
+        __builtin_trap();
+    case SIGBUS:
+        read_past_a_truncated_mapping();
+        break;
+    }
+    dx_exit_self(dx_atom("did_not_crash"));
+}
+
+static void other_faults_body(void *arg)
+{
+    (void)arg;
+    static const struct {
+        int sig;
+        const char *tag;
+    } cases[] = {{SIGFPE, "arithmetic_error"},
+                 {SIGILL, "illegal_instruction"},
+                 {SIGBUS, "bus_error"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        dx_ref r;
+        if (!KT_CHECK_RC(dx_spawn_monitor(fault_fn,
+                                          (void *)(intptr_t)cases[i].sig, NULL,
+                                          &r),
+                         DX_OK))
+            return;
+        dx_term *down = kt_await_down(r, 10000);
+        if (!kt_is_tagged_tuple(down, cases[i].tag)) {
+            char got[160], buf[256];
+            kt_fmtbuf(buf, sizeof buf, "want {%s,...}, got %s", cases[i].tag,
+                      kt_fmt(down, got, sizeof got));
+            kt_note(__FILE__, __LINE__, buf);
+        }
+        dx_term_free(down);
+    }
+}
+
+Test(crash, fpe_ill_and_bus_faults_end_only_their_process_with_their_kind,
+     .timeout = 30)
+{
+    SKIP_FAULTS_UNDER_TSAN();
+    kt_body_test(2, other_faults_body, NULL);
 }
 
 Test(crash, a_crash_leaves_unrelated_processes_alive, .timeout = 30)
