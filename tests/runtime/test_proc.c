@@ -650,3 +650,93 @@ Test(proc, a_process_is_gone_when_its_down_arrives, .timeout = 30)
                  "DOWN arrived");
     cr_expect_eq(frees_at_down, 1, "arg_free had not run when DOWN arrived");
 }
+
+/* ---- failure paths of the message API ------------------------------------- */
+
+/* An allocator that fails the next allocation made on one thread (the test
+ * thread), and never another thread's: the runtime keeps running while the
+ * calls under test see their allocation refused. */
+static _Thread_local int fail_next_here;
+
+static void *fail_malloc(size_t size, void *ud)
+{
+    (void)ud;
+    if (fail_next_here) {
+        fail_next_here = 0;
+        return NULL;
+    }
+    return malloc(size);
+}
+
+static void *fail_realloc(void *ptr, size_t size, void *ud)
+{
+    (void)ud;
+    if (fail_next_here) {
+        fail_next_here = 0;
+        return NULL;
+    }
+    return realloc(ptr, size);
+}
+
+static void fail_free(void *ptr, void *ud)
+{
+    (void)ud;
+    free(ptr);
+}
+
+static const dx_allocator thread_failing = {fail_malloc, fail_realloc,
+                                            fail_free, NULL};
+static atomic_int ptr_freed;
+
+static void count_free(void *p)
+{
+    (void)p;
+    atomic_fetch_add(&ptr_freed, 1);
+}
+
+static void restore_allocator(void)
+{
+    dx_set_allocator(NULL);
+}
+
+Test(proc, sends_and_snapshots_fail_cleanly_when_memory_runs_out, .timeout = 30,
+     .fini = restore_allocator)
+{
+    dx_set_allocator(&thread_failing);
+    kt_start(1);
+    dx_pid a;
+    cr_assert_eq(dx_spawn(kt_wait_msg_fn, NULL, &a), DX_OK);
+
+    /* The term and the pointer are the callee's either way. */
+    dx_term *lost = dx_str("lost");
+    fail_next_here = 1;
+    cr_expect_eq(dx_send_term(a, 3, lost), DX_ENOMEM);
+    int x = 0;
+    fail_next_here = 1;
+    cr_expect_eq(dx_send_ptr(a, 3, &x, count_free), DX_ENOMEM);
+    cr_expect_eq(atomic_load(&ptr_freed), 1);
+    dx_proc_info *list = NULL;
+    size_t n = 99;
+    fail_next_here = 1;
+    cr_expect_eq(dx_process_list(&list, &n), DX_ENOMEM);
+    fail_next_here = 1;
+    cr_expect_eq(dx_wait_exit(a, 10, NULL), DX_ENOMEM);
+    fail_next_here = 0;
+
+    /* Nothing was half-done: the process still gets its message. */
+    cr_assert_eq(dx_send_tag(a, 1), DX_OK);
+    kt_host_join(a);
+    kt_stop();
+}
+
+Test(proc, messages_to_nowhere_and_null_messages_are_refused, .timeout = 30)
+{
+    kt_start(1);
+    cr_expect_eq(dx_send(dx_self(), NULL), DX_EINVAL);
+    cr_expect_null(dx_msg_take_term(NULL));
+    cr_expect_null(dx_msg_take_ptr(NULL));
+    /* A pid of another node while this one is not in a cluster. */
+    dx_pid remote = {.id = ((uint64_t)7 << 52) | 1};
+    cr_expect_eq(dx_send_term(remote, 3, dx_atom("hello")), DX_ENOPROC);
+    kt_stop();
+}
