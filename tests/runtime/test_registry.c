@@ -247,3 +247,17 @@ Test(registry, hundreds_of_names_survive_the_table_growing_and_a_restart,
     cr_expect(dx_pid_is_none(dx_whereis("kt_many_1")));
     kt_stop();
 }
+
+Test(registry, calls_without_a_name_or_a_runtime_are_refused, .timeout = 30)
+{
+    kt_start(1);
+    cr_expect_eq(dx_unregister(NULL), DX_EINVAL);
+    cr_expect(dx_pid_is_none(dx_whereis(NULL)));
+    dx_pid a;
+    cr_assert_eq(dx_spawn(kt_wait_msg_fn, NULL, &a), DX_OK);
+    cr_assert_eq(dx_send_tag(a, 1), DX_OK);
+    kt_host_join(a);
+    kt_stop();
+    cr_expect_eq(dx_register("kt_after_stop", a), DX_ESTATE);
+    cr_expect_eq(dx_unregister("kt_after_stop"), DX_ESTATE);
+}

@@ -726,3 +726,16 @@ Test(server, cast_works_from_a_host_thread, .timeout = 30)
     kt_stop();
     kt_assert_clean();
 }
+
+Test(server, a_cast_of_nothing_or_with_a_negative_tag_is_einval, .timeout = 30)
+{
+    kt_start(1);
+    dx_pid a;
+    cr_assert_eq(dx_spawn(kt_wait_msg_fn, NULL, &a), DX_OK);
+    cr_expect_eq(dx_cast(a, NULL), DX_EINVAL);
+    /* Negative tags are the runtime's own; the message is freed. */
+    cr_expect_eq(dx_cast(a, dx_msg_new(-5)), DX_EINVAL);
+    cr_assert_eq(dx_send_tag(a, 1), DX_OK);
+    kt_host_join(a);
+    kt_stop();
+}
