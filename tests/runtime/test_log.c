@@ -422,3 +422,22 @@ Test(log, a_record_names_the_process_that_logged_it, .timeout = 30)
               want);
     cr_expect(strstr(got.lines[0], "who=<") != NULL);
 }
+
+Test(log, level_and_format_names_parse_and_bad_ones_are_refused)
+{
+    dx_log_level lv = DX_LOG_INFO;
+    cr_expect_eq(dx_log_level_parse("OFF", &lv), DX_OK);
+    cr_expect_eq(lv, DX_LOG_NONE);
+    cr_expect_eq(dx_log_level_parse("loud", &lv), DX_EINVAL);
+    cr_expect_eq(dx_log_level_parse(NULL, &lv), DX_EINVAL);
+    dx_log_format f = DX_LOG_JSON;
+    cr_expect_eq(dx_log_format_parse("Text", &f), DX_OK);
+    cr_expect_eq(f, DX_LOG_TEXT);
+    cr_expect_eq(dx_log_format_parse("kv", &f), DX_OK);
+    cr_expect_eq(f, DX_LOG_LOGFMT);
+    cr_expect_eq(dx_log_format_parse("yaml", &f), DX_EINVAL);
+    cr_expect_eq(dx_log_format_parse(NULL, &f), DX_EINVAL);
+    /* A level out of range silences the log rather than opening it. */
+    dx_log_level before = dx_log_set_level((dx_log_level)99);
+    cr_expect_eq(dx_log_set_level(before), DX_LOG_NONE);
+}

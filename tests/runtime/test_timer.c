@@ -231,3 +231,19 @@ Test(timer, now_ms_is_monotonic, .timeout = 30)
         prev = t;
     }
 }
+
+Test(timer, send_after_refuses_nothing_negative_times_and_no_runtime,
+     .timeout = 30)
+{
+    kt_start(1);
+    dx_pid a;
+    cr_assert_eq(dx_spawn(kt_wait_msg_fn, NULL, &a), DX_OK);
+    dx_ref tref = {.id = 42};
+    cr_expect_eq(dx_send_after(10, a, NULL, &tref), DX_EINVAL);
+    cr_expect_eq(tref.id, 0u, "the timer ref is cleared on failure");
+    cr_expect_eq(dx_send_after(-1, a, dx_msg_new(5), &tref), DX_EINVAL);
+    cr_assert_eq(dx_send_tag(a, 1), DX_OK);
+    kt_host_join(a);
+    kt_stop();
+    cr_expect_eq(dx_send_after(10, a, dx_msg_new(5), &tref), DX_ESTATE);
+}
