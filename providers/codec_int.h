@@ -12,23 +12,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "buf_int.h"
 #include "dspex/export.h"
 #include "dspex/provider.h"
-
-/* A growable byte buffer that refuses to grow past max (DX_ELIMIT). p is
- * NULL until the first append. */
-typedef struct dx__buf {
-    char *p;
-    size_t len;
-    size_t cap;
-    size_t max;
-} dx__buf;
-
-void dx__buf_init(dx__buf *b, size_t max);
-void dx__buf_free(dx__buf *b);
-int dx__buf_append(dx__buf *b, const void *s, size_t n);
-/* Make p a NUL-terminated string (the NUL is not counted in len). */
-int dx__buf_terminate(dx__buf *b);
 
 /* Route cJSON's allocations through dx_malloc/dx_free. cJSON keeps its hooks
  * in one global, so this is the only place that sets them; every entry

@@ -39,64 +39,6 @@
 #define LINGER_MAX_BYTES (64u * 1024u * 1024u)
 #define READ_BUF 65536
 
-/* ---- bounded buffer ---------------------------------------------------- */
-
-int dx__lms_buf_add(dx__lms_buf *b, const void *data, size_t n)
-{
-    size_t max = b->max ? b->max : SIZE_MAX / 2;
-    if (n > max || b->len > max - n)
-        return DX_ELIMIT;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = dx_realloc(b->p, cap);
-        if (p == NULL)
-            return DX_ENOMEM;
-        b->p = p;
-        b->cap = cap;
-    }
-    if (n > 0)
-        memcpy(b->p + b->len, data, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return DX_OK;
-}
-
-int dx__lms_buf_str(dx__lms_buf *b, const char *s)
-{
-    return dx__lms_buf_add(b, s, strlen(s));
-}
-
-int dx__lms_buf_fmt(dx__lms_buf *b, const char *fmt, ...)
-{
-    char small[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(small, sizeof small, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return DX_EINVAL;
-    if ((size_t)n < sizeof small)
-        return dx__lms_buf_add(b, small, (size_t)n);
-    char *big = dx_malloc((size_t)n + 1);
-    if (big == NULL)
-        return DX_ENOMEM;
-    va_start(ap, fmt);
-    vsnprintf(big, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    int rc = dx__lms_buf_add(b, big, (size_t)n);
-    dx_free(big);
-    return rc;
-}
-
-void dx__lms_buf_free(dx__lms_buf *b)
-{
-    dx_free(b->p);
-    b->p = NULL;
-    b->len = b->cap = 0;
-}
-
 /* ---- state ------------------------------------------------------------- */
 
 typedef struct owed {
@@ -127,7 +69,7 @@ typedef struct conn {
     struct conn *prev, *next;
     http_parser parser;
     /* The request being parsed. */
-    dx__lms_buf url, hdrs, body;
+    dx__buf url, hdrs, body;
     size_t hname[MAX_HEADERS], hval[MAX_HEADERS];
     size_t nh;
     bool last_was_value;
@@ -297,9 +239,9 @@ static void on_handle_closed(uv_handle_t *h)
         c->head = o->next;
         free_owed(c->srv, o);
     }
-    dx__lms_buf_free(&c->url);
-    dx__lms_buf_free(&c->hdrs);
-    dx__lms_buf_free(&c->body);
+    dx__buf_free(&c->url);
+    dx__buf_free(&c->hdrs);
+    dx__buf_free(&c->body);
     dx_free(c);
 }
 
@@ -489,25 +431,24 @@ static size_t events_kept(const dx__lms_response *rs)
  * Connection: close (or the parser cannot go on). */
 static int queue_response(conn *c, dx__lms_response *rs, bool close_after)
 {
-    dx__lms_buf out = {0};
+    dx__buf out = {0};
     bool truncate = rs->truncate;
     bool chunked = rs->sse && !truncate;
     if (truncate)
         close_after = true;
-    int rc =
-        dx__lms_buf_fmt(&out, "HTTP/1.1 %d %s\r\nServer: dspex-lmserver\r\n",
-                        rs->status, reason(rs->status));
+    int rc = dx__buf_fmt(&out, "HTTP/1.1 %d %s\r\nServer: dspex-lmserver\r\n",
+                         rs->status, reason(rs->status));
     if (rc == 0 && rs->ctype != NULL)
-        rc = dx__lms_buf_fmt(&out, "Content-Type: %s\r\n", rs->ctype);
+        rc = dx__buf_fmt(&out, "Content-Type: %s\r\n", rs->ctype);
     if (rc == 0 && rs->headers.len > 0)
-        rc = dx__lms_buf_add(&out, rs->headers.p, rs->headers.len);
+        rc = dx__buf_append(&out, rs->headers.p, rs->headers.len);
     if (rc == 0 && chunked)
-        rc = dx__lms_buf_str(&out, "Transfer-Encoding: chunked\r\n");
+        rc = dx__buf_str(&out, "Transfer-Encoding: chunked\r\n");
     else if (rc == 0 && !truncate)
-        rc = dx__lms_buf_fmt(&out, "Content-Length: %zu\r\n", rs->body.len);
+        rc = dx__buf_fmt(&out, "Content-Length: %zu\r\n", rs->body.len);
     if (rc == 0)
-        rc = dx__lms_buf_fmt(&out, "Connection: %s\r\n\r\n",
-                             close_after ? "close" : "keep-alive");
+        rc = dx__buf_fmt(&out, "Connection: %s\r\n\r\n",
+                         close_after ? "close" : "keep-alive");
     size_t send_len = out.len;
     const char *body = rs->body.p ? rs->body.p : "";
     bool partial = truncate || rs->reset_mid;
@@ -517,27 +458,27 @@ static int queue_response(conn *c, dx__lms_response *rs, bool close_after)
         for (size_t i = 0; rc == 0 && i < rs->nevents; i++) {
             size_t n = rs->event_end[i] - start;
             if (chunked)
-                rc = dx__lms_buf_fmt(&out, "%zx\r\n", n);
+                rc = dx__buf_fmt(&out, "%zx\r\n", n);
             if (rc == 0)
-                rc = dx__lms_buf_add(&out, body + start, n);
+                rc = dx__buf_append(&out, body + start, n);
             if (rc == 0 && chunked)
-                rc = dx__lms_buf_str(&out, "\r\n");
+                rc = dx__buf_str(&out, "\r\n");
             if (i < keep)
                 send_len = out.len;
             start = rs->event_end[i];
         }
         if (rc == 0 && chunked)
-            rc = dx__lms_buf_str(&out, "0\r\n\r\n");
+            rc = dx__buf_str(&out, "0\r\n\r\n");
         if (!partial)
             send_len = out.len;
     } else if (rc == 0) {
         size_t head = out.len;
-        rc = dx__lms_buf_add(&out, body, rs->body.len);
+        rc = dx__buf_append(&out, body, rs->body.len);
         send_len = partial ? head + rs->body.len / 2 : out.len;
     }
     owed *o = rc == 0 ? dx_calloc(1, sizeof *o) : NULL;
     if (o == NULL) {
-        dx__lms_buf_free(&out);
+        dx__buf_free(&out);
         return rc ? rc : DX_ENOMEM;
     }
     o->data = out.p;
@@ -566,8 +507,8 @@ static int queue_response(conn *c, dx__lms_response *rs, bool close_after)
 
 static void free_response(dx__lms_response *rs)
 {
-    dx__lms_buf_free(&rs->headers);
-    dx__lms_buf_free(&rs->body);
+    dx__buf_free(&rs->headers);
+    dx__buf_free(&rs->body);
 }
 
 /* The parser cannot continue: answer once, then close. Input that still
@@ -604,7 +545,7 @@ static int on_url(http_parser *p, const char *at, size_t n)
 {
     conn *c = p->data;
     c->url.max = MAX_URL;
-    if (dx__lms_buf_add(&c->url, at, n) != 0) {
+    if (dx__buf_append(&c->url, at, n) != 0) {
         c->reject_status = 431;
         return -1;
     }
@@ -619,17 +560,17 @@ static int add_header_part(conn *c, const char *at, size_t n, bool value)
         if (!value) {
             if (c->nh == MAX_HEADERS)
                 goto reject;
-            if (c->nh > 0 && dx__lms_buf_add(&c->hdrs, "", 1) != 0)
+            if (c->nh > 0 && dx__buf_append(&c->hdrs, "", 1) != 0)
                 goto reject; /* ends the previous value */
             c->hname[c->nh++] = c->hdrs.len;
         } else {
-            if (c->nh == 0 || dx__lms_buf_add(&c->hdrs, "", 1) != 0)
+            if (c->nh == 0 || dx__buf_append(&c->hdrs, "", 1) != 0)
                 goto reject; /* ends the name */
             c->hval[c->nh - 1] = c->hdrs.len;
         }
         c->last_was_value = value;
     }
-    if (dx__lms_buf_add(&c->hdrs, at, n) != 0)
+    if (dx__buf_append(&c->hdrs, at, n) != 0)
         goto reject;
     return 0;
 reject:
@@ -652,7 +593,7 @@ static int on_headers_complete(http_parser *p)
     conn *c = p->data;
     /* A field without a value ("Name:" then CRLF) never called on_header_value. */
     if (c->nh > 0 && !c->last_was_value) {
-        if (dx__lms_buf_add(&c->hdrs, "", 1) != 0) {
+        if (dx__buf_append(&c->hdrs, "", 1) != 0) {
             c->reject_status = 431;
             return -1;
         }
@@ -670,7 +611,7 @@ static int on_body(http_parser *p, const char *at, size_t n)
 {
     conn *c = p->data;
     c->body.max = c->srv->max_body;
-    int rc = dx__lms_buf_add(&c->body, at, n);
+    int rc = dx__buf_append(&c->body, at, n);
     if (rc != 0) {
         c->reject_status = rc == DX_ELIMIT ? 413 : 500;
         return -1;
@@ -684,9 +625,9 @@ static int on_message_complete(http_parser *p)
     dx_lmserver *srv = c->srv;
     c->in_message = false;
     atomic_fetch_add(&srv->st_requests, 1);
-    if (dx__lms_buf_add(&c->url, "", 0) != 0 ||
-        dx__lms_buf_add(&c->body, "", 0) != 0 ||
-        dx__lms_buf_add(&c->hdrs, "", 0) != 0) {
+    if (dx__buf_append(&c->url, "", 0) != 0 ||
+        dx__buf_append(&c->body, "", 0) != 0 ||
+        dx__buf_append(&c->hdrs, "", 0) != 0) {
         c->reject_status = 500;
         return -1;
     }

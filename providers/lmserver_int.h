@@ -12,19 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "buf_int.h"
 #include "dspex/lmserver.h"
-
-/* A bounded byte buffer: appending past max is an error, never a bigger
- * buffer. Always NUL-terminated when p != NULL. */
-typedef struct dx__lms_buf {
-    char *p;
-    size_t len, cap, max;
-} dx__lms_buf;
-
-int dx__lms_buf_add(dx__lms_buf *b, const void *data, size_t n);
-int dx__lms_buf_str(dx__lms_buf *b, const char *s);
-int dx__lms_buf_fmt(dx__lms_buf *b, const char *fmt, ...) DX_PRINTF(2, 3);
-void dx__lms_buf_free(dx__lms_buf *b);
 
 typedef struct dx__lms_header {
     const char *name; /* as sent; compare case-insensitively */
@@ -49,8 +38,8 @@ typedef struct dx__lms_request {
 typedef struct dx__lms_response {
     int status;
     const char *ctype; /* static string */
-    dx__lms_buf headers;
-    dx__lms_buf body;
+    dx__buf headers;
+    dx__buf body;
     bool sse;
     size_t nevents;
     size_t event_end[DX__LMS_MAX_EVENTS];

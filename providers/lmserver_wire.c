@@ -140,8 +140,8 @@ static size_t count_words(const char *s)
 
 static void set_oom(dx__lms_response *rs)
 {
-    dx__lms_buf_free(&rs->body);
-    dx__lms_buf_free(&rs->headers);
+    dx__buf_free(&rs->body);
+    dx__buf_free(&rs->headers);
     rs->status = 500;
     rs->sse = false;
     rs->nevents = 0;
@@ -156,7 +156,7 @@ static void send_json(dx__lms_response *rs, int status, cJSON *obj)
     rs->body.len = 0;
     rs->sse = false;
     rs->nevents = 0;
-    if (s == NULL || dx__lms_buf_str(&rs->body, s) != 0) {
+    if (s == NULL || dx__buf_str(&rs->body, s) != 0) {
         cJSON_free(s);
         set_oom(rs);
         return;
@@ -172,9 +172,9 @@ static int add_event(dx__lms_response *rs, const char *name, const char *data)
         return DX_ELIMIT;
     int rc = 0;
     if (name != NULL)
-        rc = dx__lms_buf_fmt(&rs->body, "event: %s\n", name);
+        rc = dx__buf_fmt(&rs->body, "event: %s\n", name);
     if (rc == 0)
-        rc = dx__lms_buf_fmt(&rs->body, "data: %s\n\n", data);
+        rc = dx__buf_fmt(&rs->body, "data: %s\n\n", data);
     if (rc == 0)
         rs->event_end[rs->nevents++] = rs->body.len;
     return rc;
@@ -195,7 +195,7 @@ static void start_stream(dx__lms_response *rs)
     rs->status = 200;
     rs->sse = true;
     rs->ctype = "text/event-stream; charset=utf-8";
-    dx__lms_buf_str(&rs->headers, "Cache-Control: no-cache\r\n");
+    dx__buf_str(&rs->headers, "Cache-Control: no-cache\r\n");
 }
 
 /* ---- provider error bodies ---------------------------------------------- */
@@ -334,8 +334,8 @@ typedef struct tool {
 } tool;
 
 typedef struct convo {
-    dx__lms_buf last_user;
-    dx__lms_buf tool_result;
+    dx__buf last_user;
+    dx__buf tool_result;
     bool after_tool; /* the last message carries a tool result */
     size_t prompt_tokens;
     tool tools[MAX_TOOLS];
@@ -359,23 +359,23 @@ typedef struct answer {
 
 static void convo_free(convo *cv)
 {
-    dx__lms_buf_free(&cv->last_user);
-    dx__lms_buf_free(&cv->tool_result);
+    dx__buf_free(&cv->last_user);
+    dx__buf_free(&cv->tool_result);
     dx_lm_request_free(cv->sim);
 }
 
-static int gather_text(dx__lms_buf *out, const cJSON *content);
+static int gather_text(dx__buf *out, const cJSON *content);
 
 /* Keep a message for the sim model (nothing for other models). */
 static int sim_note(convo *cv, dx_lm_role role, const cJSON *content)
 {
     if (!cv->sim)
         return 0;
-    dx__lms_buf t = {0};
+    dx__buf t = {0};
     int rc = gather_text(&t, content);
     if (rc == 0)
         rc = dx_lm_request_add_message(cv->sim, role, t.p ? t.p : "");
-    dx__lms_buf_free(&t);
+    dx__buf_free(&t);
     return rc;
 }
 
@@ -403,10 +403,10 @@ static void answer_free(answer *a)
 
 /* Append the text of s (string, or array of text blocks / parts) to b,
  * parts joined by a newline. */
-static int gather_text(dx__lms_buf *b, const cJSON *s)
+static int gather_text(dx__buf *b, const cJSON *s)
 {
     if (cJSON_IsString(s))
-        return dx__lms_buf_str(b, s->valuestring);
+        return dx__buf_str(b, s->valuestring);
     const cJSON *part;
     int rc = 0;
     cJSON_ArrayForEach(part, s)
@@ -415,9 +415,9 @@ static int gather_text(dx__lms_buf *b, const cJSON *s)
         if (t == NULL)
             continue;
         if (b->len > 0)
-            rc = dx__lms_buf_str(b, "\n");
+            rc = dx__buf_str(b, "\n");
         if (rc == 0)
-            rc = dx__lms_buf_str(b, t);
+            rc = dx__buf_str(b, t);
         if (rc != 0)
             break;
     }
@@ -427,21 +427,21 @@ static int gather_text(dx__lms_buf *b, const cJSON *s)
 static int note_message(convo *cv, const cJSON *content, bool is_user,
                         bool is_tool)
 {
-    dx__lms_buf t = {0};
+    dx__buf t = {0};
     int rc = gather_text(&t, content);
     if (rc == 0 && t.p != NULL) {
         cv->prompt_tokens += count_words(t.p);
-        dx__lms_buf *dst = is_tool   ? &cv->tool_result
-                           : is_user ? &cv->last_user
-                                     : NULL;
+        dx__buf *dst = is_tool   ? &cv->tool_result
+                       : is_user ? &cv->last_user
+                                 : NULL;
         if (dst != NULL) {
             dst->len = 0;
-            rc = dx__lms_buf_add(dst, t.p, t.len);
+            rc = dx__buf_append(dst, t.p, t.len);
         }
     }
     if (is_tool || is_user)
         cv->after_tool = is_tool;
-    dx__lms_buf_free(&t);
+    dx__buf_free(&t);
     return rc;
 }
 
@@ -509,11 +509,11 @@ static const char *read_anthropic(const cJSON *req, convo *cv)
     const cJSON *msgs = get(req, "messages");
     if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0)
         return "messages: Field required";
-    dx__lms_buf sys = {0};
+    dx__buf sys = {0};
     gather_text(&sys, get(req, "system"));
     if (sys.p != NULL)
         cv->prompt_tokens += count_words(sys.p);
-    dx__lms_buf_free(&sys);
+    dx__buf_free(&sys);
     if (get(req, "system") && sim_note(cv, DX_LM_SYSTEM, get(req, "system")))
         return NULL;
     sim_settings(cv, get(req, "temperature"), NULL);
@@ -557,11 +557,11 @@ static const char *read_gemini(const cJSON *req, convo *cv)
     const cJSON *contents = get(req, "contents");
     if (!cJSON_IsArray(contents) || cJSON_GetArraySize(contents) == 0)
         return "* GenerateContentRequest.contents: contents is not specified";
-    dx__lms_buf sys = {0};
+    dx__buf sys = {0};
     gather_text(&sys, get(get(req, "systemInstruction"), "parts"));
     if (sys.p != NULL)
         cv->prompt_tokens += count_words(sys.p);
-    dx__lms_buf_free(&sys);
+    dx__buf_free(&sys);
     if (get(req, "systemInstruction") &&
         sim_note(cv, DX_LM_SYSTEM, get(get(req, "systemInstruction"), "parts")))
         return NULL;
@@ -774,15 +774,14 @@ static int decide(dx_lmserver *srv, const convo *cv, answer *a)
         }
     }
     if (a->text == NULL) {
-        const dx__lms_buf *src =
-            cv->after_tool ? &cv->tool_result : &cv->last_user;
-        dx__lms_buf t = {0};
-        if (dx__lms_buf_fmt(&t, "answer: %s", src->p ? src->p : "") != 0) {
-            dx__lms_buf_free(&t);
+        const dx__buf *src = cv->after_tool ? &cv->tool_result : &cv->last_user;
+        dx__buf t = {0};
+        if (dx__buf_fmt(&t, "answer: %s", src->p ? src->p : "") != 0) {
+            dx__buf_free(&t);
             return DX_ENOMEM;
         }
         a->text = cv->json ? json_answer(cv, t.p) : dx_strdup(t.p);
-        dx__lms_buf_free(&t);
+        dx__buf_free(&t);
         if (a->text == NULL)
             return DX_ENOMEM;
     }
@@ -798,7 +797,7 @@ static int pieces(const char *text, piece_fn fn, void *ud)
 {
     size_t len = strlen(text);
     size_t target = len / MAX_PIECES + 1;
-    dx__lms_buf b = {0};
+    dx__buf b = {0};
     const char *p = text;
     int rc = 0;
     while (rc == 0 && *p) {
@@ -810,11 +809,11 @@ static int pieces(const char *text, piece_fn fn, void *ud)
         while (*p == ' ')
             p++;
         b.len = 0;
-        rc = dx__lms_buf_add(&b, start, (size_t)(p - start));
+        rc = dx__buf_append(&b, start, (size_t)(p - start));
         if (rc == 0)
             rc = fn(ud, b.p);
     }
-    dx__lms_buf_free(&b);
+    dx__buf_free(&b);
     return rc;
 }
 
@@ -825,11 +824,11 @@ static int halves(const char *text, piece_fn fn, void *ud)
     size_t len = strlen(text), mid = len / 2;
     while (mid < len && ((unsigned char)text[mid] & 0xC0) == 0x80)
         mid++;
-    dx__lms_buf b = {0};
-    int rc = dx__lms_buf_add(&b, text, mid);
+    dx__buf b = {0};
+    int rc = dx__buf_append(&b, text, mid);
     if (rc == 0)
         rc = fn(ud, b.p);
-    dx__lms_buf_free(&b);
+    dx__buf_free(&b);
     if (rc == 0 && mid < len)
         rc = fn(ud, text + mid);
     return rc;
@@ -1360,11 +1359,11 @@ static void gemini_generate(dx_lmserver *srv, bool stream, bool sse,
 
 static void gemini_embed(const cJSON *req, dx__lms_response *rs)
 {
-    dx__lms_buf text = {0};
+    dx__buf text = {0};
     const cJSON *parts = get(get(req, "content"), "parts");
     if (!cJSON_IsArray(parts) || gather_text(&text, parts) != 0 ||
         text.p == NULL) {
-        dx__lms_buf_free(&text);
+        dx__buf_free(&text);
         {
             send_error(
                 rs, P_GEMINI, 400,
@@ -1377,7 +1376,7 @@ static void gemini_embed(const cJSON *req, dx__lms_response *rs)
     if (dj != NULL) {
         if (!cJSON_IsNumber(dj) || dj->valuedouble < 1 ||
             dj->valuedouble > MAX_DIMS) {
-            dx__lms_buf_free(&text);
+            dx__buf_free(&text);
             {
                 send_error(rs, P_GEMINI, 400,
                            "outputDimensionality: expected 1 to 4096");
@@ -1388,7 +1387,7 @@ static void gemini_embed(const cJSON *req, dx__lms_response *rs)
     }
     double *v = dx_malloc((size_t)dims * sizeof *v);
     if (v == NULL) {
-        dx__lms_buf_free(&text);
+        dx__buf_free(&text);
         {
             set_oom(rs);
             return;
@@ -1399,7 +1398,7 @@ static void gemini_embed(const cJSON *req, dx__lms_response *rs)
     cJSON *e = cJSON_AddObjectToObject(o, "embedding");
     cJSON_AddItemToObject(e, "values", cJSON_CreateDoubleArray(v, dims));
     dx_free(v);
-    dx__lms_buf_free(&text);
+    dx__buf_free(&text);
     send_json(rs, 200, o);
 }
 
@@ -1478,9 +1477,8 @@ static bool status_fault(dx_lmserver *srv, const fault *f, prov p,
                  "Rate limit reached (injected). Please try again in %lds.",
                  f->arg);
         send_error(rs, p, 429, msg);
-        dx__lms_buf_fmt(&rs->headers,
-                        "Retry-After: %ld\r\nretry-after-ms: %ld\r\n", f->arg,
-                        f->arg * 1000);
+        dx__buf_fmt(&rs->headers, "Retry-After: %ld\r\nretry-after-ms: %ld\r\n",
+                    f->arg, f->arg * 1000);
         break;
     case F_OVERLOADED:
         send_error(rs, p, p == P_ANTHROPIC ? 529 : 503,
@@ -1516,18 +1514,18 @@ static void malformed(prov p, dx__lms_response *rs)
         rs->body.len = 0;
         rs->status = 200;
         rs->ctype = "application/json";
-        if (dx__lms_buf_str(
-                &rs->body,
-                "{\"id\": \"broken\", \"choices\": [{\"index\": 0, ") != 0)
+        if (dx__buf_str(&rs->body,
+                        "{\"id\": \"broken\", \"choices\": [{\"index\": 0, ") !=
+            0)
             set_oom(rs);
         return;
     }
     /* A stream whose first event does not parse; the rest follows. */
-    dx__lms_buf old = rs->body;
+    dx__buf old = rs->body;
     size_t n = rs->nevents;
     size_t ends[DX__LMS_MAX_EVENTS];
     memcpy(ends, rs->event_end, n * sizeof ends[0]);
-    rs->body = (dx__lms_buf){0};
+    rs->body = (dx__buf){0};
     rs->nevents = 0;
     int rc =
         add_event(rs, p == P_ANTHROPIC ? "message_start" : NULL,
@@ -1535,11 +1533,11 @@ static void malformed(prov p, dx__lms_response *rs)
     size_t start = 0;
     for (size_t i = 0; rc == 0 && i < n && rs->nevents < DX__LMS_MAX_EVENTS;
          i++) {
-        rc = dx__lms_buf_add(&rs->body, old.p + start, ends[i] - start);
+        rc = dx__buf_append(&rs->body, old.p + start, ends[i] - start);
         rs->event_end[rs->nevents++] = rs->body.len;
         start = ends[i];
     }
-    dx__lms_buf_free(&old);
+    dx__buf_free(&old);
     if (rc != 0)
         set_oom(rs);
 }
@@ -1568,10 +1566,10 @@ static void body_fault(const fault *f, prov p, dx__lms_response *rs)
         rs->nevents = 0;
         rs->status = 200;
         rs->ctype = "text/html; charset=utf-8";
-        if (dx__lms_buf_str(&rs->body,
-                            "<!DOCTYPE html><html><head><title>502 Bad Gateway"
-                            "</title></head><body><h1>Bad Gateway</h1></body>"
-                            "</html>\n") != 0)
+        if (dx__buf_str(&rs->body,
+                        "<!DOCTYPE html><html><head><title>502 Bad Gateway"
+                        "</title></head><body><h1>Bad Gateway</h1></body>"
+                        "</html>\n") != 0)
             set_oom(rs);
         break;
     default:
@@ -1721,11 +1719,11 @@ void dx__lms_handle(dx_lmserver *srv, const dx__lms_request *rq,
     }
     uint64_t rid = dx__lms_next_id(srv);
     if (p == P_OPENAI)
-        dx__lms_buf_fmt(&rs->headers, "x-request-id: req_%llu\r\n",
-                        (unsigned long long)rid);
+        dx__buf_fmt(&rs->headers, "x-request-id: req_%llu\r\n",
+                    (unsigned long long)rid);
     else if (p == P_ANTHROPIC)
-        dx__lms_buf_fmt(&rs->headers, "request-id: req_%llu\r\n",
-                        (unsigned long long)rid);
+        dx__buf_fmt(&rs->headers, "request-id: req_%llu\r\n",
+                    (unsigned long long)rid);
 
     fault f = {F_NONE, 0};
     const char *hspec = header(rq, "x-dx-fault");

@@ -34,63 +34,6 @@
 #define MAX_TEXT ((size_t)16 << 20)
 #define MAX_ERROR_BODY ((size_t)64 << 10)
 
-/* ---- dx__buf -------------------------------------------------------------- */
-
-void dx__buf_init(dx__buf *b, size_t max)
-{
-    b->p = NULL;
-    b->len = b->cap = 0;
-    b->max = max;
-}
-
-void dx__buf_free(dx__buf *b)
-{
-    dx_free(b->p);
-    dx__buf_init(b, b->max);
-}
-
-static int buf_reserve(dx__buf *b, size_t need)
-{
-    /* need counts the NUL a later dx__buf_terminate may add */
-    if (need <= b->cap)
-        return DX_OK;
-    if (need > b->max + 1)
-        return DX_ELIMIT;
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap < need)
-        cap = cap > SIZE_MAX / 2 ? need : cap * 2;
-    if (cap > b->max + 1)
-        cap = b->max + 1;
-    char *p = dx_realloc(b->p, cap);
-    if (!p)
-        return DX_ENOMEM;
-    b->p = p;
-    b->cap = cap;
-    return DX_OK;
-}
-
-int dx__buf_append(dx__buf *b, const void *s, size_t n)
-{
-    if (n > b->max || b->len > b->max - n)
-        return DX_ELIMIT;
-    int rc = buf_reserve(b, b->len + n + 1);
-    if (rc)
-        return rc;
-    if (n)
-        memcpy(b->p + b->len, s, n);
-    b->len += n;
-    return DX_OK;
-}
-
-int dx__buf_terminate(dx__buf *b)
-{
-    int rc = buf_reserve(b, b->len + 1);
-    if (rc)
-        return rc;
-    b->p[b->len] = '\0';
-    return DX_OK;
-}
-
 /* ---- cJSON ------------------------------------------------------------- */
 
 static void *json_malloc(size_t n)

@@ -38,81 +38,6 @@
 #define MAX_PIPELINED 32
 #define READ_BUF 65536
 
-/* ---- bounded buffer ---------------------------------------------------- */
-
-int dx__sbuf_add(dx__sbuf *b, const void *data, size_t n)
-{
-    size_t max = b->max ? b->max : SIZE_MAX / 2;
-    if (n > max || b->len > max - n)
-        return DX_ELIMIT;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = dx_realloc(b->p, cap);
-        if (p == NULL)
-            return DX_ENOMEM;
-        b->p = p;
-        b->cap = cap;
-    }
-    if (n > 0)
-        memcpy(b->p + b->len, data, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return DX_OK;
-}
-
-int dx__sbuf_str(dx__sbuf *b, const char *s)
-{
-    return dx__sbuf_add(b, s, strlen(s));
-}
-
-int dx__sbuf_fmt(dx__sbuf *b, const char *fmt, ...)
-{
-    char small[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(small, sizeof small, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return DX_EINVAL;
-    if ((size_t)n < sizeof small)
-        return dx__sbuf_add(b, small, (size_t)n);
-    char *big = dx_malloc((size_t)n + 1);
-    if (big == NULL)
-        return DX_ENOMEM;
-    va_start(ap, fmt);
-    vsnprintf(big, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    int rc = dx__sbuf_add(b, big, (size_t)n);
-    dx_free(big);
-    return rc;
-}
-
-int dx__sbuf_json_str(dx__sbuf *b, const char *s)
-{
-    int rc = dx__sbuf_add(b, "\"", 1);
-    for (const unsigned char *p = (const unsigned char *)s; rc == 0 && *p;
-         p++) {
-        if (*p == '"' || *p == '\\')
-            rc = dx__sbuf_fmt(b, "\\%c", *p);
-        else if (*p == '\n')
-            rc = dx__sbuf_str(b, "\\n");
-        else if (*p < 0x20)
-            rc = dx__sbuf_fmt(b, "\\u%04x", *p);
-        else
-            rc = dx__sbuf_add(b, p, 1);
-    }
-    return rc ? rc : dx__sbuf_add(b, "\"", 1);
-}
-
-void dx__sbuf_free(dx__sbuf *b)
-{
-    dx_free(b->p);
-    b->p = NULL;
-    b->len = b->cap = 0;
-}
-
 /* ---- state ------------------------------------------------------------- */
 
 typedef enum hdr_kind { H_OTHER, H_AUTH, H_ACCEPT, H_EXPECT } hdr_kind;
@@ -124,7 +49,7 @@ struct dx__conn {
     dx_serve *srv;
     dx__conn *prev, *next;
     http_parser parser;
-    dx__sbuf url, body, hname, auth, accept, expect;
+    dx__buf url, body, hname, auth, accept, expect;
     hdr_kind cur;
     bool last_was_value;
     int reject_status;
@@ -133,7 +58,7 @@ struct dx__conn {
     bool writing, reading, broken, closing;
     bool dash;     /* a dashboard watcher: gets every snapshot */
     int dash_left; /* snapshots until the stream ends; 0 = no end */
-    dx__sbuf sout; /* the streamed bytes being written */
+    dx__buf sout;  /* the streamed bytes being written */
 };
 
 static char rbuf[READ_BUF]; /* loop thread only: one read at a time */
@@ -149,7 +74,7 @@ void dx__sreq_free(dx__sreq *r)
     dx_free(r->body);
     dx_free(r->pre);
     dx_free(r->resp);
-    dx__sbuf_free(&r->spend);
+    dx__buf_free(&r->spend);
     dx_free(r);
 }
 
@@ -385,13 +310,13 @@ int dx__serve_stream_send(dx__sreq *r, const char *ctype,
     r->spend.max = DX__STREAM_MAX_PENDING;
     int rc = 0;
     if (!r->streaming) {
-        rc = dx__sbuf_fmt(&r->spend,
-                          "HTTP/1.1 200 OK\r\nServer: dspex\r\nContent-Type: "
-                          "%s\r\nTransfer-Encoding: chunked\r\nX-Request-Id: "
-                          "%s\r\nConnection: %s\r\n%s\r\n",
-                          ctype ? ctype : "text/event-stream", r->rid,
-                          r->close_after ? "close" : "keep-alive",
-                          extra_headers ? extra_headers : "");
+        rc = dx__buf_fmt(&r->spend,
+                         "HTTP/1.1 200 OK\r\nServer: dspex\r\nContent-Type: "
+                         "%s\r\nTransfer-Encoding: chunked\r\nX-Request-Id: "
+                         "%s\r\nConnection: %s\r\n%s\r\n",
+                         ctype ? ctype : "text/event-stream", r->rid,
+                         r->close_after ? "close" : "keep-alive",
+                         extra_headers ? extra_headers : "");
         if (rc == 0) {
             r->streaming = true;
             r->status = 200;
@@ -401,11 +326,11 @@ int dx__serve_stream_send(dx__sreq *r, const char *ctype,
     if (rc == 0 && len > 0 && r->spend.len + len + 32 > r->spend.max)
         rc = DX_ELIMIT;
     if (rc == 0 && len > 0) {
-        rc = dx__sbuf_fmt(&r->spend, "%zx\r\n", len);
+        rc = dx__buf_fmt(&r->spend, "%zx\r\n", len);
         if (rc == 0)
-            rc = dx__sbuf_add(&r->spend, data, len);
+            rc = dx__buf_append(&r->spend, data, len);
         if (rc == 0)
-            rc = dx__sbuf_str(&r->spend, "\r\n");
+            rc = dx__buf_str(&r->spend, "\r\n");
     }
     if (r->streaming)
         post_locked(srv, r);
@@ -430,7 +355,7 @@ static bool end_locked(dx_serve *srv, dx__sreq *r)
     if (srv->loop_gone)
         return !r->s_queued; /* queued: dx__http_stop frees it */
     /* Without room for the last chunk the client sees the stream cut. */
-    (void)dx__sbuf_str(&r->spend, "0\r\n\r\n");
+    (void)dx__buf_str(&r->spend, "0\r\n\r\n");
     post_locked(srv, r);
     return false;
 }
@@ -463,8 +388,8 @@ static bool stream_failed(dx__sreq *r, const char *body)
         body += 4;
         size_t n = strlen(body);
         r->spend.max = 0; /* the last words always fit */
-        (void)dx__sbuf_fmt(&r->spend, "%zx\r\nevent: error\ndata: %s\n\n\r\n",
-                           n + 21, body);
+        (void)dx__buf_fmt(&r->spend, "%zx\r\nevent: error\ndata: %s\n\n\r\n",
+                          n + 21, body);
     }
     bool free_it = end_locked(srv, r);
     pthread_mutex_unlock(&srv->mu);
@@ -480,8 +405,8 @@ void dx__serve_answer(dx__sreq *r, int status, const char *ctype,
                       size_t body_len)
 {
     dx_serve *srv = r->srv;
-    dx__sbuf out = {0};
-    int rc = dx__sbuf_fmt(
+    dx__buf out = {0};
+    int rc = dx__buf_fmt(
         &out,
         "HTTP/1.1 %d %s\r\nServer: dspex\r\nContent-Type: %s\r\n"
         "Content-Length: %zu\r\nX-Request-Id: %s\r\nConnection: %s\r\n%s\r\n",
@@ -489,9 +414,9 @@ void dx__serve_answer(dx__sreq *r, int status, const char *ctype,
         r->rid, r->close_after ? "close" : "keep-alive",
         extra_headers ? extra_headers : "");
     if (rc == 0)
-        rc = dx__sbuf_add(&out, body, body_len);
+        rc = dx__buf_append(&out, body, body_len);
     if (rc != 0) {
-        dx__sbuf_free(&out);
+        dx__buf_free(&out);
         static const char oom[] =
             "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n"
             "Connection: close\r\n\r\n";
@@ -501,7 +426,7 @@ void dx__serve_answer(dx__sreq *r, int status, const char *ctype,
         status = 500;
     }
     if (stream_failed(r, out.p ? strstr(out.p, "\r\n\r\n") : NULL)) {
-        dx__sbuf_free(&out);
+        dx__buf_free(&out);
         return;
     }
     r->status = status;
@@ -542,13 +467,13 @@ static void on_closed(uv_handle_t *h)
         if (r->answered)
             retire(srv, r);
     }
-    dx__sbuf_free(&c->url);
-    dx__sbuf_free(&c->body);
-    dx__sbuf_free(&c->hname);
-    dx__sbuf_free(&c->auth);
-    dx__sbuf_free(&c->accept);
-    dx__sbuf_free(&c->expect);
-    dx__sbuf_free(&c->sout);
+    dx__buf_free(&c->url);
+    dx__buf_free(&c->body);
+    dx__buf_free(&c->hname);
+    dx__buf_free(&c->auth);
+    dx__buf_free(&c->accept);
+    dx__buf_free(&c->expect);
+    dx__buf_free(&c->sout);
     dx_free(c);
     check_drained(srv);
 }
@@ -656,7 +581,7 @@ static void kick_stream(dx__conn *c, dx__sreq *r)
 {
     dx_serve *srv = c->srv;
     pthread_mutex_lock(&srv->mu);
-    dx__sbuf t = c->sout;
+    dx__buf t = c->sout;
     c->sout = r->spend;
     r->spend = t; /* empty, its memory reused */
     r->spend.max = c->sout.max;
@@ -760,7 +685,7 @@ static int on_url(http_parser *p, const char *at, size_t n)
 {
     dx__conn *c = p->data;
     c->url.max = MAX_URL;
-    if (dx__sbuf_add(&c->url, at, n) != 0) {
+    if (dx__buf_append(&c->url, at, n) != 0) {
         c->reject_status = 431;
         return -1;
     }
@@ -775,7 +700,7 @@ static int on_header_field(http_parser *p, const char *at, size_t n)
         c->last_was_value = false;
     }
     c->hname.max = 256;
-    if (dx__sbuf_add(&c->hname, at, n) != 0) {
+    if (dx__buf_append(&c->hname, at, n) != 0) {
         c->reject_status = 431;
         return -1;
     }
@@ -796,13 +721,13 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
             c->cur = H_EXPECT;
         c->hname.len = 0;
     }
-    dx__sbuf *b = c->cur == H_AUTH     ? &c->auth
-                  : c->cur == H_ACCEPT ? &c->accept
-                  : c->cur == H_EXPECT ? &c->expect
-                                       : NULL;
+    dx__buf *b = c->cur == H_AUTH     ? &c->auth
+                 : c->cur == H_ACCEPT ? &c->accept
+                 : c->cur == H_EXPECT ? &c->expect
+                                      : NULL;
     if (b != NULL) {
         b->max = MAX_HEADER_VALUE;
-        if (dx__sbuf_add(b, at, n) != 0) {
+        if (dx__buf_append(b, at, n) != 0) {
             c->reject_status = 431;
             return -1;
         }
@@ -833,7 +758,7 @@ static int on_body(http_parser *p, const char *at, size_t n)
 {
     dx__conn *c = p->data;
     c->body.max = c->srv->max_body;
-    int rc = dx__sbuf_add(&c->body, at, n);
+    int rc = dx__buf_append(&c->body, at, n);
     if (rc != 0) {
         c->reject_status = rc == DX_ELIMIT ? 413 : 500;
         return -1;
@@ -845,8 +770,8 @@ static int on_message_complete(http_parser *p)
 {
     dx__conn *c = p->data;
     dx_serve *srv = c->srv;
-    if (dx__sbuf_add(&c->url, "", 0) != 0 ||
-        dx__sbuf_add(&c->body, "", 0) != 0) {
+    if (dx__buf_append(&c->url, "", 0) != 0 ||
+        dx__buf_append(&c->body, "", 0) != 0) {
         c->reject_status = 500;
         return -1;
     }

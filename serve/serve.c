@@ -235,28 +235,28 @@ void dx__serve_error(dx__sreq *r, int status, const char *code, const char *fmt,
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    dx__sbuf b = {0};
-    int rc = dx__sbuf_str(&b, "{\"error\":{\"message\":");
+    dx__buf b = {0};
+    int rc = dx__buf_str(&b, "{\"error\":{\"message\":");
     if (rc == 0)
-        rc = dx__sbuf_json_str(&b, msg);
+        rc = dx__buf_json_str(&b, msg);
     if (rc == 0 && r->route == DX__R_CHAT)
         /* OpenAI's shape, so its clients show the message */
-        rc = dx__sbuf_fmt(&b,
-                          ",\"type\":\"%s\",\"param\":null,\"code\":\"%s\","
-                          "\"request_id\":\"%s\"}}",
-                          status >= 500 ? "server_error"
-                                        : "invalid_request_error",
-                          code, r->rid);
+        rc = dx__buf_fmt(&b,
+                         ",\"type\":\"%s\",\"param\":null,\"code\":\"%s\","
+                         "\"request_id\":\"%s\"}}",
+                         status >= 500 ? "server_error"
+                                       : "invalid_request_error",
+                         code, r->rid);
     else if (rc == 0)
-        rc = dx__sbuf_fmt(&b, ",\"code\":\"%s\",\"request_id\":\"%s\"}}", code,
-                          r->rid);
+        rc = dx__buf_fmt(&b, ",\"code\":\"%s\",\"request_id\":\"%s\"}}", code,
+                         r->rid);
     const char *extra =
         status == 401 ? "WWW-Authenticate: Bearer realm=\"dspex\"\r\n" : NULL;
     if (rc != 0)
         dx__serve_answer(r, 500, NULL, NULL, "{}", 2);
     else
         dx__serve_answer(r, status, NULL, extra, b.p, b.len);
-    dx__sbuf_free(&b);
+    dx__buf_free(&b);
 }
 
 static void answer_json(dx__sreq *r, int status, cJSON *body)
@@ -293,22 +293,22 @@ void dx__serve_record(dx_serve *srv, dx__route route, int status,
 
 char *dx__serve_metrics_pre(dx_serve *srv)
 {
-    dx__sbuf b = {0};
-    int rc = dx__sbuf_str(
+    dx__buf b = {0};
+    int rc = dx__buf_str(
         &b, "# HELP dspex_http_requests_total HTTP requests answered, by "
             "route and status.\n# TYPE dspex_http_requests_total counter\n");
     for (int r = 0; rc == 0 && r < DX__R_COUNT; r++)
         for (size_t i = 0; rc == 0 && i < srv->rstats[r].nstatus; i++)
-            rc = dx__sbuf_fmt(
+            rc = dx__buf_fmt(
                 &b,
                 "dspex_http_requests_total{route=\"%s\",status=\"%d\"} %llu\n",
                 dx__route_names[r], srv->rstats[r].status[i],
                 (unsigned long long)srv->rstats[r].count[i]);
     if (rc == 0)
-        rc = dx__sbuf_str(&b, "# HELP dspex_http_request_duration_seconds "
-                              "Time from parsed request to queued answer.\n"
-                              "# TYPE dspex_http_request_duration_seconds "
-                              "histogram\n");
+        rc = dx__buf_str(&b, "# HELP dspex_http_request_duration_seconds "
+                             "Time from parsed request to queued answer.\n"
+                             "# TYPE dspex_http_request_duration_seconds "
+                             "histogram\n");
     for (int r = 0; rc == 0 && r < DX__R_COUNT; r++) {
         const dx__route_stats *s = &srv->rstats[r];
         if (s->n == 0)
@@ -317,19 +317,19 @@ char *dx__serve_metrics_pre(dx_serve *srv)
         for (int i = 0; rc == 0 && i < DX__HIST_BUCKETS; i++) {
             cum += s->hist[i];
             if (i < DX__HIST_BUCKETS - 1)
-                rc = dx__sbuf_fmt(&b,
-                                  "dspex_http_request_duration_seconds_bucket{"
-                                  "route=\"%s\",le=\"%g\"} %llu\n",
-                                  dx__route_names[r], dx__hist_bounds[i],
-                                  (unsigned long long)cum);
+                rc = dx__buf_fmt(&b,
+                                 "dspex_http_request_duration_seconds_bucket{"
+                                 "route=\"%s\",le=\"%g\"} %llu\n",
+                                 dx__route_names[r], dx__hist_bounds[i],
+                                 (unsigned long long)cum);
             else
-                rc = dx__sbuf_fmt(&b,
-                                  "dspex_http_request_duration_seconds_bucket{"
-                                  "route=\"%s\",le=\"+Inf\"} %llu\n",
-                                  dx__route_names[r], (unsigned long long)cum);
+                rc = dx__buf_fmt(&b,
+                                 "dspex_http_request_duration_seconds_bucket{"
+                                 "route=\"%s\",le=\"+Inf\"} %llu\n",
+                                 dx__route_names[r], (unsigned long long)cum);
         }
         if (rc == 0)
-            rc = dx__sbuf_fmt(
+            rc = dx__buf_fmt(
                 &b,
                 "dspex_http_request_duration_seconds_sum{route=\"%s\"} %.6f\n"
                 "dspex_http_request_duration_seconds_count{route=\"%s\"} "
@@ -338,25 +338,25 @@ char *dx__serve_metrics_pre(dx_serve *srv)
                 (unsigned long long)s->n);
     }
     if (rc == 0)
-        rc = dx__sbuf_fmt(&b,
-                          "# TYPE dspex_http_connections_open gauge\n"
-                          "dspex_http_connections_open %u\n"
-                          "# TYPE dspex_http_requests_running gauge\n"
-                          "dspex_http_requests_running %u\n"
-                          "# TYPE dspex_http_requests_waiting gauge\n"
-                          "dspex_http_requests_waiting %u\n"
-                          "# TYPE dspex_http_rejected_busy_total counter\n"
-                          "dspex_http_rejected_busy_total %llu\n"
-                          "# TYPE dspex_request_crashes_total counter\n"
-                          "dspex_request_crashes_total %llu\n"
-                          "# TYPE dspex_program_reloads_total counter\n"
-                          "dspex_program_reloads_total %llu\n",
-                          srv->nopen, srv->nrunning, srv->nwaiting,
-                          (unsigned long long)atomic_load(&srv->st_busy),
-                          (unsigned long long)atomic_load(&srv->st_crashed),
-                          (unsigned long long)atomic_load(&srv->st_reloads));
+        rc = dx__buf_fmt(&b,
+                         "# TYPE dspex_http_connections_open gauge\n"
+                         "dspex_http_connections_open %u\n"
+                         "# TYPE dspex_http_requests_running gauge\n"
+                         "dspex_http_requests_running %u\n"
+                         "# TYPE dspex_http_requests_waiting gauge\n"
+                         "dspex_http_requests_waiting %u\n"
+                         "# TYPE dspex_http_rejected_busy_total counter\n"
+                         "dspex_http_rejected_busy_total %llu\n"
+                         "# TYPE dspex_request_crashes_total counter\n"
+                         "dspex_request_crashes_total %llu\n"
+                         "# TYPE dspex_program_reloads_total counter\n"
+                         "dspex_program_reloads_total %llu\n",
+                         srv->nopen, srv->nrunning, srv->nwaiting,
+                         (unsigned long long)atomic_load(&srv->st_busy),
+                         (unsigned long long)atomic_load(&srv->st_crashed),
+                         (unsigned long long)atomic_load(&srv->st_reloads));
     if (rc != 0) {
-        dx__sbuf_free(&b);
+        dx__buf_free(&b);
         return NULL;
     }
     return b.p;
@@ -830,7 +830,7 @@ typedef struct live {
      * one output; NULL: the content comes whole at the end), the content
      * sent so far, and the chunk ids. */
     const char *content_field;
-    dx__sbuf content;
+    dx__buf content;
     char id[64];
     long long created;
 } live;
@@ -845,7 +845,7 @@ static void live_free(live *lv)
         return;
     for (size_t i = 0; i < lv->nfields; i++)
         dx_free(lv->fields[i]);
-    dx__sbuf_free(&lv->content);
+    dx__buf_free(&lv->content);
     dx_free(lv);
 }
 
@@ -933,7 +933,7 @@ static void live_chunk(const char *predictor, const char *field,
                 lv, chat_chunk(lv, lv->r->program, "", 0, true, NULL, NULL));
         live_send_str(
             lv, chat_chunk(lv, lv->r->program, text, len, false, NULL, NULL));
-        if (dx__sbuf_add(&lv->content, text, len) != 0)
+        if (dx__buf_append(&lv->content, text, len) != 0)
             lv->failed = true;
         return;
     }
@@ -943,32 +943,32 @@ static void live_chunk(const char *predictor, const char *field,
     if (!known && lv->nfields < MAX_LIVE_FIELDS &&
         (lv->fields[lv->nfields] = dx_strdup(field)) != NULL)
         lv->nfields++;
-    dx__sbuf b = {0};
-    int rc = dx__sbuf_str(&b, "event: field\ndata: {\"field\":");
+    dx__buf b = {0};
+    int rc = dx__buf_str(&b, "event: field\ndata: {\"field\":");
     if (rc == 0)
-        rc = dx__sbuf_json_str(&b, field);
+        rc = dx__buf_json_str(&b, field);
     if (rc == 0)
-        rc = dx__sbuf_str(&b, ",\"predictor\":");
+        rc = dx__buf_str(&b, ",\"predictor\":");
     if (rc == 0)
-        rc = dx__sbuf_json_str(&b, predictor);
+        rc = dx__buf_json_str(&b, predictor);
     if (rc == 0)
-        rc = dx__sbuf_str(&b, ",\"chunk\":");
+        rc = dx__buf_str(&b, ",\"chunk\":");
     char *t = rc == 0 ? dx_malloc(len + 1) : NULL;
     if (t != NULL) {
         memcpy(t, text, len);
         t[len] = '\0';
-        rc = dx__sbuf_json_str(&b, t);
+        rc = dx__buf_json_str(&b, t);
         dx_free(t);
     } else {
         rc = DX_ENOMEM;
     }
     if (rc == 0)
-        rc = dx__sbuf_str(&b, "}\n\n");
+        rc = dx__buf_str(&b, "}\n\n");
     if (rc == 0)
         live_send(lv, b.p, b.len);
     else
         lv->failed = true;
-    dx__sbuf_free(&b);
+    dx__buf_free(&b);
 }
 
 static bool live_had(const live *lv, const char *field)
@@ -1148,7 +1148,7 @@ static void do_predict(job *j)
     /* Server-sent events: the pieces streamed so far (if any) went out as
      * "field" events with a "chunk"; now one "field" event with the whole
      * "value" for each output that had no pieces, then the result. */
-    dx__sbuf b = {0};
+    dx__buf b = {0};
     int rc = 0;
     for (const cJSON *f = o.outputs->child; rc == 0 && f; f = f->next) {
         if (live_had(lv, f->string))
@@ -1157,13 +1157,13 @@ static void do_predict(job *j)
         cJSON_AddStringToObject(ev, "field", f->string);
         cJSON_AddItemToObject(ev, "value", cJSON_Duplicate(f, true));
         char *t = cJSON_PrintUnformatted(ev);
-        rc = t ? dx__sbuf_fmt(&b, "event: field\ndata: %s\n\n", t) : DX_ENOMEM;
+        rc = t ? dx__buf_fmt(&b, "event: field\ndata: %s\n\n", t) : DX_ENOMEM;
         cJSON_free(t);
         cJSON_Delete(ev);
     }
     char *t = cJSON_PrintUnformatted(out);
     if (rc == 0)
-        rc = t ? dx__sbuf_fmt(&b, "event: done\ndata: %s\n\n", t) : DX_ENOMEM;
+        rc = t ? dx__buf_fmt(&b, "event: done\ndata: %s\n\n", t) : DX_ENOMEM;
     cJSON_free(t);
     cJSON_Delete(out);
     live_free(lv);
@@ -1178,7 +1178,7 @@ static void do_predict(job *j)
     } else {
         dx__serve_answer(r, 200, predict_ctype, sse_headers, b.p, b.len);
     }
-    dx__sbuf_free(&b);
+    dx__buf_free(&b);
 }
 
 static void do_batch(job *j)
@@ -1244,11 +1244,11 @@ static char *content_text(const cJSON *content)
         return dx_strdup(content->valuestring);
     if (!cJSON_IsArray(content))
         return NULL;
-    dx__sbuf b = {0};
+    dx__buf b = {0};
     for (const cJSON *part = content->child; part; part = part->next) {
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
-        if (cJSON_IsString(t) && dx__sbuf_str(&b, t->valuestring) != 0) {
-            dx__sbuf_free(&b);
+        if (cJSON_IsString(t) && dx__buf_str(&b, t->valuestring) != 0) {
+            dx__buf_free(&b);
             return NULL;
         }
     }
@@ -1442,7 +1442,7 @@ static void do_chat(job *j)
     }
     /* OpenAI's stream: a role chunk, the content, a finish chunk, the usage
      * chunk when asked for, then [DONE]. */
-    dx__sbuf b = {0};
+    dx__buf b = {0};
     int rc = 0;
     for (int k = 0; rc == 0 && k < 4; k++) {
         if (k == 3 && !include_usage)
@@ -1473,12 +1473,12 @@ static void do_chat(job *j)
             cJSON_AddItemToObject(ch, "usage", cJSON_Duplicate(usage, true));
         }
         char *t = cJSON_PrintUnformatted(ch);
-        rc = t ? dx__sbuf_fmt(&b, "data: %s\n\n", t) : DX_ENOMEM;
+        rc = t ? dx__buf_fmt(&b, "data: %s\n\n", t) : DX_ENOMEM;
         cJSON_free(t);
         cJSON_Delete(ch);
     }
     if (rc == 0)
-        rc = dx__sbuf_str(&b, "data: [DONE]\n\n");
+        rc = dx__buf_str(&b, "data: [DONE]\n\n");
     cJSON_Delete(usage);
     dx_free(content);
     j->posted = true;
@@ -1487,22 +1487,22 @@ static void do_chat(job *j)
     else
         dx__serve_answer(r, 200, "text/event-stream; charset=utf-8",
                          "Cache-Control: no-cache\r\n", b.p, b.len);
-    dx__sbuf_free(&b);
+    dx__buf_free(&b);
 }
 
 static void do_metrics(job *j)
 {
     dx__sreq *r = j->r;
     dx_serve *srv = r->srv;
-    dx__sbuf b = {0};
-    int rc = dx__sbuf_str(&b, r->pre);
+    dx__buf b = {0};
+    int rc = dx__buf_str(&b, r->pre);
     dx_pid lm = dx_whereis(srv->lm_name);
     dx_lm_client_stats st;
     dx_usage_acc u;
     if (rc == 0 && !dx_pid_is_none(lm) &&
         dx_lm_client_stats_get(lm, &st) == DX_OK &&
         dx_lm_client_usage(lm, &u) == DX_OK) {
-        rc = dx__sbuf_fmt(
+        rc = dx__buf_fmt(
             &b,
             "# TYPE dspex_lm_requests_total counter\n"
             "dspex_lm_requests_total{client=\"%s\"} %llu\n"
@@ -1538,38 +1538,37 @@ static void do_metrics(job *j)
             if (ps[i].mailbox_len > maxq)
                 maxq = ps[i].mailbox_len;
         }
-        rc = dx__sbuf_fmt(&b,
-                          "# TYPE dspex_processes gauge\ndspex_processes %zu\n"
-                          "# TYPE dspex_mailbox_messages gauge\n"
-                          "dspex_mailbox_messages %zu\n"
-                          "# TYPE dspex_mailbox_max gauge\n"
-                          "dspex_mailbox_max %zu\n"
-                          "# TYPE dspex_process_mailbox gauge\n",
-                          np, total, maxq);
+        rc = dx__buf_fmt(&b,
+                         "# TYPE dspex_processes gauge\ndspex_processes %zu\n"
+                         "# TYPE dspex_mailbox_messages gauge\n"
+                         "dspex_mailbox_messages %zu\n"
+                         "# TYPE dspex_mailbox_max gauge\n"
+                         "dspex_mailbox_max %zu\n"
+                         "# TYPE dspex_process_mailbox gauge\n",
+                         np, total, maxq);
         for (size_t i = 0; rc == 0 && i < np; i++)
             if (ps[i].name[0])
-                rc =
-                    dx__sbuf_fmt(&b, "dspex_process_mailbox{name=\"%s\"} %zu\n",
+                rc = dx__buf_fmt(&b, "dspex_process_mailbox{name=\"%s\"} %zu\n",
                                  ps[i].name, ps[i].mailbox_len);
         dx_free(ps);
     }
     dx_sup_counts sc;
     if (rc == 0 && dx_sup_count_children(srv->sup, &sc) == DX_OK)
-        rc = dx__sbuf_fmt(&b,
-                          "# TYPE dspex_supervisor_restarts_total counter\n"
-                          "dspex_supervisor_restarts_total{supervisor="
-                          "\"requests\"} %llu\n"
-                          "# TYPE dspex_supervisor_children gauge\n"
-                          "dspex_supervisor_children{supervisor=\"requests\"} "
-                          "%zu\n",
-                          (unsigned long long)sc.restarts, sc.active);
+        rc = dx__buf_fmt(&b,
+                         "# TYPE dspex_supervisor_restarts_total counter\n"
+                         "dspex_supervisor_restarts_total{supervisor="
+                         "\"requests\"} %llu\n"
+                         "# TYPE dspex_supervisor_children gauge\n"
+                         "dspex_supervisor_children{supervisor=\"requests\"} "
+                         "%zu\n",
+                         (unsigned long long)sc.restarts, sc.active);
     j->posted = true;
     if (rc != 0)
         dx__serve_error(r, 500, "internal", "out of memory");
     else
         dx__serve_answer(r, 200, "text/plain; version=0.0.4; charset=utf-8",
                          NULL, b.p, b.len);
-    dx__sbuf_free(&b);
+    dx__buf_free(&b);
 }
 
 static void run_request(job *j)

@@ -16,21 +16,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "buf_int.h"
 #include "dspex/serve.h"
-
-/* A bounded byte buffer: appending past max is DX_ELIMIT, never a bigger
- * buffer. Always NUL-terminated when p != NULL. */
-typedef struct dx__sbuf {
-    char *p;
-    size_t len, cap, max;
-} dx__sbuf;
-
-int dx__sbuf_add(dx__sbuf *b, const void *data, size_t n);
-int dx__sbuf_str(dx__sbuf *b, const char *s);
-int dx__sbuf_fmt(dx__sbuf *b, const char *fmt, ...) DX_PRINTF(2, 3);
-void dx__sbuf_free(dx__sbuf *b);
-/* Append s as a JSON string literal (quotes and escapes). */
-int dx__sbuf_json_str(dx__sbuf *b, const char *s);
 
 /* Routes, also the label of the metrics. */
 typedef enum dx__route {
@@ -97,7 +84,7 @@ struct dx__sreq {
     /* A streamed answer (dx__serve_stream_send): under srv->mu, the bytes
      * not yet handed to the loop (chunked encoding, head first), whether
      * it began and ended, and whether r sits on the answered queue. */
-    dx__sbuf spend;
+    dx__buf spend;
     bool streaming, s_ended, s_queued;
     /* Loop thread: it has seen the stream begin (then the deadline sweep
      * leaves r alone: the run's own deadline ends the stream). */
