@@ -216,20 +216,26 @@ static int fx_expect(fx_child *c, const char *prefix, char *line, size_t cap,
     return -1;
 }
 
+/* The child is gone (reaped): drop it from the list and close its pipe. */
+static inline void fx_forget(fx_child *c)
+{
+    for (int i = 0; c->pid > 0 && i < FX_MAX_CHILDREN; i++)
+        if (fx_children[i] == c->pid)
+            fx_children[i] = 0;
+    c->pid = 0;
+    if (c->out > 0)
+        close(c->out);
+    c->out = -1;
+}
+
 static inline void fx_kill(fx_child *c, int sig)
 {
     if (c->pid > 0) {
         kill(c->pid, sig);
         int st;
         waitpid(c->pid, &st, 0);
-        for (int i = 0; i < FX_MAX_CHILDREN; i++)
-            if (fx_children[i] == c->pid)
-                fx_children[i] = 0;
-        c->pid = 0;
     }
-    if (c->out > 0)
-        close(c->out);
-    c->out = -1;
+    fx_forget(c);
 }
 
 /* End a child the polite way: SIGTERM, so it stops its node and returns
@@ -242,21 +248,14 @@ static inline void fx_stop(fx_child *c)
         int st;
         for (int waited = 0; waitpid(c->pid, &st, WNOHANG) == 0; waited += 10) {
             if (waited >= 5000) {
-                kill(c->pid, SIGKILL);
-                waitpid(c->pid, &st, 0);
-                break;
+                fx_kill(c, SIGKILL);
+                return;
             }
             struct timespec ts = {0, 10000000};
             nanosleep(&ts, NULL);
         }
-        for (int i = 0; i < FX_MAX_CHILDREN; i++)
-            if (fx_children[i] == c->pid)
-                fx_children[i] = 0;
-        c->pid = 0;
     }
-    if (c->out > 0)
-        close(c->out);
-    c->out = -1;
+    fx_forget(c);
 }
 
 static void fx_name(char *buf, size_t cap, const char *alive)
