@@ -652,18 +652,28 @@ static bool key_ok(const dx_lmcache_key *k)
            strlen(k->hex) == DX_LMCACHE_KEY_HEX;
 }
 
+/* {.mode = DX_LMCACHE_BYPASS} and nothing else: a call that skips the
+ * cache need not pay for hashing its request. */
+static bool is_bare_bypass(const dx_lmcache_key *k)
+{
+    return k->mode == DX_LMCACHE_BYPASS && !k->canonical && k->hex[0] == '\0';
+}
+
 int dx_lmcache_get(dx_lmcache *c, const dx_lmcache_key *key,
                    dx_lm_response **out)
 {
     if (!out)
         return DX_EINVAL;
     *out = NULL;
-    if (!c || !key_ok(key))
+    if (!c || !key)
         return DX_EINVAL;
-    if (key->mode != DX_LMCACHE_USE) {
+    /* Checked before the key: a BYPASS key may carry no hash at all. */
+    if (key->mode != DX_LMCACHE_USE && (key_ok(key) || is_bare_bypass(key))) {
         c->st.bypassed++;
         return DX_ENOENT;
     }
+    if (!key_ok(key))
+        return DX_EINVAL;
     entry *e = find(c, key->hex);
     if (e) {
         if (e->canon_len == key->len &&
@@ -714,10 +724,12 @@ int dx_lmcache_get(dx_lmcache *c, const dx_lmcache_key *key,
 int dx_lmcache_put(dx_lmcache *c, const dx_lmcache_key *key,
                    const dx_lm_response *resp, int64_t now_ms)
 {
-    if (!c || !key_ok(key) || !resp)
+    if (!c || !key || !resp)
         return DX_EINVAL;
-    if (key->mode == DX_LMCACHE_BYPASS)
+    if (key->mode == DX_LMCACHE_BYPASS && (key_ok(key) || is_bare_bypass(key)))
         return DX_OK;
+    if (!key_ok(key))
+        return DX_EINVAL;
     /* The file keeps JSON; a memory-only cache never renders it. */
     char *json = NULL;
     int rc = c->db ? dx_lm_response_to_json(resp, &json) : DX_OK;

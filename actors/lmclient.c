@@ -87,56 +87,11 @@ static int64_t estimate_tokens(const dx_lm_request *r)
     return est < DX_RATELIMIT_MAX ? est : DX_RATELIMIT_MAX;
 }
 
-/* A deep copy through the request's own builders, so the copy obeys the
- * same ownership rules as any request. NULL on OOM. */
+/* A deep copy of a request; NULL on OOM. */
 static dx_lm_request *req_copy(const dx_lm_request *r)
 {
-    dx_lm_request *c = dx_lm_request_new(r->model);
-    if (!c)
-        return NULL;
-    for (size_t i = 0; i < r->n_messages; i++) {
-        const dx_lm_message *m = &r->messages[i];
-        int rc;
-        if (m->role == DX_LM_TOOL)
-            rc = dx_lm_request_add_tool_result(
-                c, m->tool_call_id ? m->tool_call_id : "", m->content);
-        else
-            rc = dx_lm_request_add_message(c, m->role, m->content);
-        for (size_t k = 0; rc == DX_OK && k < m->n_tool_calls; k++)
-            rc = dx_lm_request_add_tool_call(c, m->tool_calls[k].id,
-                                             m->tool_calls[k].name,
-                                             m->tool_calls[k].arguments);
-        if (rc != DX_OK)
-            goto fail;
-    }
-    for (size_t i = 0; i < r->n_stop; i++)
-        if (dx_lm_request_add_stop(c, r->stop[i]) != DX_OK)
-            goto fail;
-    for (size_t i = 0; i < r->n_tools; i++)
-        if (dx_lm_request_add_tool(c, r->tools[i].name, r->tools[i].description,
-                                   r->tools[i].parameters) != DX_OK)
-            goto fail;
-    if (r->schema &&
-        dx_lm_request_set_schema(c, r->schema_name ? r->schema_name : "",
-                                 r->schema, r->schema_strict) != DX_OK)
-        goto fail;
-    if (r->tool_choice_name &&
-        dx_lm_request_set_tool_choice_name(c, r->tool_choice_name) != DX_OK)
-        goto fail;
-    c->has_temperature = r->has_temperature;
-    c->temperature = r->temperature;
-    c->max_tokens = r->max_tokens;
-    c->n = r->n;
-    c->has_seed = r->has_seed;
-    c->seed = r->seed;
-    c->format = r->format;
-    c->schema_strict = r->schema_strict;
-    c->tool_choice = r->tool_choice;
-    c->stream = r->stream;
-    return c;
-fail:
-    dx_lm_request_free(c);
-    return NULL;
+    dx_lm_request *c = NULL;
+    return dx_lm_request_copy(r, &c) == DX_OK ? c : NULL;
 }
 
 /* A response copy for the second and later waiters of a coalesced call. */
@@ -872,9 +827,13 @@ static dx_srv_ret handle_complete(state *s, dx_msg *request, dx_from from,
     dx_lm_request *req = c ? c->req : NULL;
     int64_t deadline = c ? c->deadline_ms : 0;
     bool stream = c ? c->stream : false;
-    dx_lmcache_key key;
-    int rc = req ? dx_lmcache_key_make(req, s->eps[0].model, c->ns, &key)
-                 : DX_EINVAL;
+    /* A BYPASS call neither reads nor stores nor joins a flight, so it
+     * needs no key: hashing the canonical request is the most expensive
+     * step of this (serial) path. */
+    dx_lmcache_key key = {.mode = DX_LMCACHE_BYPASS};
+    int rc = req ? DX_OK : DX_EINVAL;
+    if (req && c->mode != DX_LMCACHE_BYPASS)
+        rc = dx_lmcache_key_make(req, s->eps[0].model, c->ns, &key);
     if (rc == DX_OK)
         key.mode = c->mode;
     if (c)

@@ -62,6 +62,10 @@ cJSON *dx__jadd_obj(dx__jb *b, cJSON *parent, const char *key);
 cJSON *dx__jadd_arr(dx__jb *b, cJSON *parent, const char *key);
 void dx__jadd_str(dx__jb *b, cJSON *parent, const char *key, const char *v);
 void dx__jadd_num(dx__jb *b, cJSON *parent, const char *key, double v);
+/* A number item: whole numbers as raw decimal text (cheap to print), the
+ * rest as cJSON numbers. Only for trees that are printed, not read back:
+ * cJSON_IsNumber is false for the raw form. NULL on OOM. */
+cJSON *dx__json_number(double v);
 void dx__jadd_bool(dx__jb *b, cJSON *parent, const char *key, bool v);
 /* Add parsed JSON text (already validated by the request setters); a text
  * that does not parse adds nothing and returns false. */

@@ -6,14 +6,18 @@
  * watcher process that tells the loop when a requester dies.
  *
  * Threads: dx_http_submit builds the curl easy handle on the caller's thread
- * (nothing shared is touched) and hands it to the loop with dx_io_call; from
- * then on the transfer, the multi handle and every table here belong to the
- * I/O thread alone. Only the two counters are read elsewhere.
+ * (nothing shared is touched) and hands it to one of the I/O lanes (io.h)
+ * with dx_io_call_on, in turn; from then on the transfer belongs to that
+ * lane's thread alone. Each lane has a multi handle (so its own connection
+ * cache), tables and watcher of its own, in `lanes` below; code on a loop
+ * reaches its lane's through L. Only the counters and the limits are
+ * shared, the limits under a mutex.
  *
  * Requester death: the loop cannot monitor (monitors are for processes), so
- * one dspex process, the watcher, monitors each requester on the loop's
- * behalf — once per requester pid, not per request — and on DOWN posts a
- * cancel-all-for-pid to the loop. docs/internals/http.md has the details.
+ * one dspex process per lane, the watcher, monitors each requester on the
+ * lane's behalf — once per requester pid, not per request — and on DOWN
+ * posts a cancel-all-for-pid to the lane. docs/internals/http.md has the
+ * details.
  */
 #include "dspex/http.h"
 
@@ -21,6 +25,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -147,6 +152,7 @@ typedef struct xfer {
     size_t hdr_bytes;
     dx_http_response *resp;
     char errbuf[CURL_ERROR_SIZE];
+    unsigned lane; /* the lane it was handed to */
 } xfer;
 
 struct requester {
@@ -161,20 +167,37 @@ typedef struct sockctx {
     struct sockctx *prev, *next;
 } sockctx;
 
-/* Loop-thread state; reset when the loop stops. */
-static struct {
+/* One lane's state, its loop thread's alone; reset when the loop stops. */
+typedef struct hlane {
     bool ready;
     bool tearing_down;
     CURLM *multi;
-    uv_timer_t *timer; /* heap: it outlives L's reset while closing */
+    uv_timer_t *timer; /* heap: it outlives the lane's reset while closing */
     htab by_ref;
     htab by_pid;
     sockctx *socks;
     dx_pid watcher;
-} L;
+} hlane;
 
-/* Loop thread only; survives restarts of the loop. */
+static hlane lanes[DX_IO_MAX_THREADS];
+
+/* The running lane's state: set on entry to every function the loop calls
+ * (an I/O thread serves one lane for its whole life). */
+static _Thread_local hlane *L;
+
+static void bind_lane(void)
+{
+    L = &lanes[dx_io_lane()];
+}
+
+/* Survives restarts of the loop; shared out across the lanes in use. */
+static pthread_mutex_t limits_mu = PTHREAD_MUTEX_INITIALIZER;
 static dx_http_limits cur_limits = {256, 0, 256};
+
+/* Transfers handed to each lane and not yet finished: a submission goes
+ * to the least loaded lane, so a burst is shared out evenly while calls
+ * one after another keep to lane 0 and its open connection. */
+static atomic_size_t lane_load[DX_IO_MAX_THREADS];
 
 static atomic_size_t n_in_flight;
 static atomic_uint_least64_t n_connections;
@@ -495,7 +518,7 @@ static void record_info(xfer *x)
 
 static void requester_drop(requester *q)
 {
-    hdel(&L.by_pid, &q->h);
+    hdel(&L->by_pid, &q->h);
     dx_free(q);
 }
 
@@ -507,9 +530,9 @@ static void finish(xfer *x, CURLcode rc, int err, const char *why)
 {
     if (x->added) {
         record_info(x);
-        curl_multi_remove_handle(L.multi, x->easy);
+        curl_multi_remove_handle(L->multi, x->easy);
         atomic_fetch_sub(&n_in_flight, 1);
-        hdel(&L.by_ref, &x->h);
+        hdel(&L->by_ref, &x->h);
     }
     requester *q = x->owner;
     if (q != NULL) {
@@ -528,6 +551,9 @@ static void finish(xfer *x, CURLcode rc, int err, const char *why)
     else
         map_result(x, rc);
 
+    /* Before the completion goes out, so a call made on receiving it sees
+     * this lane free again. */
+    atomic_fetch_sub(&lane_load[x->lane], 1);
     dx_msg *m = dx_msg_new(x->tag);
     if (m != NULL) {
         m->ref = x->ref;
@@ -543,7 +569,7 @@ static void drain_done(void)
 {
     CURLMsg *msg;
     int left;
-    while ((msg = curl_multi_info_read(L.multi, &left)) != NULL) {
+    while ((msg = curl_multi_info_read(L->multi, &left)) != NULL) {
         if (msg->msg != CURLMSG_DONE)
             continue;
         CURL *e = msg->easy_handle;
@@ -574,7 +600,7 @@ static void sock_close(sockctx *c)
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
-        L.socks = c->next;
+        L->socks = c->next;
     if (c->next != NULL)
         c->next->prev = c->prev;
     uv_close((uv_handle_t *)&c->poll, sock_closed);
@@ -583,6 +609,7 @@ static void sock_close(sockctx *c)
 static void on_poll(uv_poll_t *p, int status, int events)
 {
     sockctx *c = p->data;
+    bind_lane();
     int flags = 0;
     if (status < 0)
         flags = CURL_CSELECT_ERR;
@@ -591,7 +618,7 @@ static void on_poll(uv_poll_t *p, int status, int events)
     if (events & UV_WRITABLE)
         flags |= CURL_CSELECT_OUT;
     int running;
-    curl_multi_socket_action(L.multi, c->fd, flags, &running);
+    curl_multi_socket_action(L->multi, c->fd, flags, &running);
     drain_done();
 }
 
@@ -599,12 +626,12 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *ud, void *sp)
 {
     (void)e;
     (void)ud;
-    if (L.tearing_down)
+    if (L->tearing_down)
         return 0;
     sockctx *c = sp;
     if (what == CURL_POLL_REMOVE) {
         if (c != NULL) {
-            curl_multi_assign(L.multi, s, NULL);
+            curl_multi_assign(L->multi, s, NULL);
             sock_close(c);
         }
         return 0;
@@ -619,11 +646,11 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *ud, void *sp)
         }
         c->poll.data = c;
         c->fd = s;
-        c->next = L.socks;
-        if (L.socks != NULL)
-            L.socks->prev = c;
-        L.socks = c;
-        curl_multi_assign(L.multi, s, c);
+        c->next = L->socks;
+        if (L->socks != NULL)
+            L->socks->prev = c;
+        L->socks = c;
+        curl_multi_assign(L->multi, s, c);
     }
     int ev = 0;
     if (what & CURL_POLL_IN)
@@ -636,8 +663,9 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *ud, void *sp)
 static void on_timer(uv_timer_t *t)
 {
     (void)t;
+    bind_lane();
     int running;
-    curl_multi_socket_action(L.multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    curl_multi_socket_action(L->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     drain_done();
 }
 
@@ -645,24 +673,54 @@ static int on_curl_timer(CURLM *m, long timeout_ms, void *ud)
 {
     (void)m;
     (void)ud;
-    if (L.tearing_down)
+    if (L->tearing_down)
         return 0;
     if (timeout_ms < 0)
-        uv_timer_stop(L.timer);
+        uv_timer_stop(L->timer);
     else
-        uv_timer_start(L.timer, on_timer, (uint64_t)timeout_ms, 0);
+        uv_timer_start(L->timer, on_timer, (uint64_t)timeout_ms, 0);
     return 0;
+}
+
+/* How many lanes take new transfers: all of them, unless a connection
+ * limit is smaller (every lane in use needs at least one connection). */
+static unsigned lanes_in_use(const dx_http_limits *lim, unsigned n)
+{
+    long fewest = lim->max_host_connections;
+    if (lim->max_total_connections > 0 &&
+        (fewest == 0 || lim->max_total_connections < fewest))
+        fewest = lim->max_total_connections;
+    if (fewest > 0 && (unsigned long)fewest < n)
+        n = (unsigned)fewest;
+    return n > 0 ? n : 1;
+}
+
+/* Lane i's part of a limit v shared by `used` lanes (0 stays "none"): the
+ * parts add up to v exactly; a lane out of use keeps one. */
+static long lane_share(long v, unsigned used, unsigned i)
+{
+    if (v <= 0)
+        return v;
+    if (i >= used)
+        return 1;
+    long part = v / (long)used + ((unsigned long)i < (unsigned long)v % used);
+    return part > 0 ? part : 1;
 }
 
 static void apply_limits(void)
 {
-    curl_multi_setopt(L.multi, CURLMOPT_MAX_HOST_CONNECTIONS,
-                      cur_limits.max_host_connections);
-    curl_multi_setopt(L.multi, CURLMOPT_MAX_TOTAL_CONNECTIONS,
-                      cur_limits.max_total_connections);
-    if (cur_limits.max_idle_connections > 0)
-        curl_multi_setopt(L.multi, CURLMOPT_MAXCONNECTS,
-                          cur_limits.max_idle_connections);
+    pthread_mutex_lock(&limits_mu);
+    dx_http_limits lim = cur_limits;
+    pthread_mutex_unlock(&limits_mu);
+    unsigned n = dx_io_threads(), i = (unsigned)dx_io_lane();
+    unsigned used = lanes_in_use(&lim, n ? n : 1);
+    curl_multi_setopt(L->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+                      lane_share(lim.max_host_connections, used, i));
+    curl_multi_setopt(L->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS,
+                      lane_share(lim.max_total_connections, used, i));
+    if (lim.max_idle_connections > 0)
+        curl_multi_setopt(L->multi, CURLMOPT_MAXCONNECTS,
+                          lane_share(lim.max_idle_connections, used, i));
 }
 
 /* ------------------------------------------------------------------ */
@@ -671,9 +729,10 @@ static void apply_limits(void)
 
 static void pid_down(void *arg);
 
+/* arg: the lane (as an integer) whose requesters it watches. */
 static void watcher_main(void *arg)
 {
-    (void)arg;
+    unsigned lane = (unsigned)(uintptr_t)arg;
     dx_set_label("dx_http:watcher");
     for (;;) {
         dx_msg *m;
@@ -692,7 +751,7 @@ static void watcher_main(void *arg)
             uint64_t *box = dx_malloc(sizeof *box);
             if (box != NULL) {
                 *box = m->from.id;
-                if (dx_io_call(pid_down, box) != DX_OK)
+                if (dx_io_call_on(lane, pid_down, box) != DX_OK)
                     dx_free(box);
             }
         }
@@ -703,7 +762,7 @@ static void watcher_main(void *arg)
 static bool send_watch(dx_pid pid)
 {
     dx_term *t = dx_pid_term(pid);
-    return t != NULL && dx_send_term(L.watcher, W_WATCH, t) == DX_OK;
+    return t != NULL && dx_send_term(L->watcher, W_WATCH, t) == DX_OK;
 }
 
 /* Ask the watcher to monitor q. A watcher that died (someone killed it) is
@@ -711,19 +770,20 @@ static bool send_watch(dx_pid pid)
 static void watch(requester *q)
 {
     dx_pid pid = {q->h.key};
-    if (!dx_pid_is_none(L.watcher) && send_watch(pid)) {
+    if (!dx_pid_is_none(L->watcher) && send_watch(pid)) {
         q->watched = true;
         return;
     }
-    L.watcher = DX_NOPID;
+    L->watcher = DX_NOPID;
     dx_spawn_opts o = {.label = "dx_http:watcher"};
-    if (dx_spawn_opt(watcher_main, NULL, &o, &L.watcher, NULL) != DX_OK) {
-        L.watcher = DX_NOPID;
+    void *lane = (void *)(uintptr_t)dx_io_lane();
+    if (dx_spawn_opt(watcher_main, lane, &o, &L->watcher, NULL) != DX_OK) {
+        L->watcher = DX_NOPID;
         q->watched = false;
         return;
     }
-    for (size_t i = 0; i < L.by_pid.nb; i++)
-        for (hnode *n = L.by_pid.b[i]; n != NULL; n = n->next) {
+    for (size_t i = 0; i < L->by_pid.nb; i++)
+        for (hnode *n = L->by_pid.b[i]; n != NULL; n = n->next) {
             requester *r = (requester *)n;
             r->watched = send_watch((dx_pid){n->key});
         }
@@ -737,35 +797,36 @@ static void teardown(void *arg);
 
 static bool ensure_ready(void)
 {
-    if (L.ready)
+    if (L->ready)
         return true;
-    L.timer = dx_malloc(sizeof *L.timer);
-    L.multi = curl_multi_init();
-    if (L.timer == NULL || L.multi == NULL ||
+    L->timer = dx_malloc(sizeof *L->timer);
+    L->multi = curl_multi_init();
+    if (L->timer == NULL || L->multi == NULL ||
         dx_io_at_stop(teardown, NULL) != DX_OK) {
-        if (L.multi != NULL)
-            curl_multi_cleanup(L.multi);
-        dx_free(L.timer);
-        memset(&L, 0, sizeof L);
+        if (L->multi != NULL)
+            curl_multi_cleanup(L->multi);
+        dx_free(L->timer);
+        memset(L, 0, sizeof *L);
         return false;
     }
-    uv_timer_init(dx_io_loop(), L.timer);
-    curl_multi_setopt(L.multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-    curl_multi_setopt(L.multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
-    curl_multi_setopt(L.multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    uv_timer_init(dx_io_loop(), L->timer);
+    curl_multi_setopt(L->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(L->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+    curl_multi_setopt(L->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
     apply_limits();
-    L.ready = true;
+    L->ready = true;
     return true;
 }
 
 static void start_xfer(void *arg)
 {
     xfer *x = arg;
+    bind_lane();
     if (!ensure_ready()) {
         finish(x, CURLE_OK, DX_ENOMEM, "could not set up the transport");
         return;
     }
-    requester *q = (requester *)hfind(&L.by_pid, x->reply_to.id);
+    requester *q = (requester *)hfind(&L->by_pid, x->reply_to.id);
     if (q == NULL) {
         q = dx_calloc(1, sizeof *q);
         if (q == NULL) {
@@ -773,7 +834,7 @@ static void start_xfer(void *arg)
             return;
         }
         q->h.key = x->reply_to.id;
-        if (!hput(&L.by_pid, &q->h)) {
+        if (!hput(&L->by_pid, &q->h)) {
             dx_free(q);
             finish(x, CURLE_OK, DX_ENOMEM, "out of memory");
             return;
@@ -785,12 +846,12 @@ static void start_xfer(void *arg)
     if (q->xfers != NULL)
         q->xfers->rprev = x;
     q->xfers = x;
-    if (!hput(&L.by_ref, &x->h)) {
+    if (!hput(&L->by_ref, &x->h)) {
         finish(x, CURLE_OK, DX_ENOMEM, "out of memory");
         return;
     }
-    if (curl_multi_add_handle(L.multi, x->easy) != CURLM_OK) {
-        hdel(&L.by_ref, &x->h);
+    if (curl_multi_add_handle(L->multi, x->easy) != CURLM_OK) {
+        hdel(&L->by_ref, &x->h);
         finish(x, CURLE_OK, DX_ENOMEM, "could not start the transfer");
         return;
     }
@@ -802,7 +863,8 @@ static void cancel_ref(void *arg)
 {
     uint64_t id = *(uint64_t *)arg;
     dx_free(arg);
-    xfer *x = (xfer *)hfind(&L.by_ref, id);
+    bind_lane();
+    xfer *x = (xfer *)hfind(&L->by_ref, id);
     if (x != NULL)
         finish(x, CURLE_OK, DX_ECANCELED, "cancelled by dx_http_cancel");
 }
@@ -811,7 +873,8 @@ static void pid_down(void *arg)
 {
     uint64_t id = *(uint64_t *)arg;
     dx_free(arg);
-    requester *q = (requester *)hfind(&L.by_pid, id);
+    bind_lane();
+    requester *q = (requester *)hfind(&L->by_pid, id);
     if (q == NULL)
         return;
     q->watched = false; /* so the last finish drops it */
@@ -825,11 +888,12 @@ static void pid_down(void *arg)
     requester_drop(q);
 }
 
-static void set_limits(void *arg)
+/* Run on every lane after the shared limits changed. */
+static void reapply_limits(void *arg)
 {
-    cur_limits = *(dx_http_limits *)arg;
     dx_free(arg);
-    if (L.ready)
+    bind_lane();
+    if (L->ready)
         apply_limits();
 }
 
@@ -838,23 +902,24 @@ static void set_limits(void *arg)
 static void teardown(void *arg)
 {
     (void)arg;
+    bind_lane();
     hnode *n;
-    while ((n = hany(&L.by_ref)) != NULL)
+    while ((n = hany(&L->by_ref)) != NULL)
         finish((xfer *)n, CURLE_OK, DX_ECANCELED, "the I/O loop stopped");
-    while ((n = hany(&L.by_pid)) != NULL)
+    while ((n = hany(&L->by_pid)) != NULL)
         requester_drop((requester *)n);
-    if (!dx_pid_is_none(L.watcher))
-        dx_send_tag(L.watcher, W_STOP);
+    if (!dx_pid_is_none(L->watcher))
+        dx_send_tag(L->watcher, W_STOP);
     /* Close our poll handles before curl closes its idle connections, and
      * keep curl's callbacks from touching them while it does. */
-    L.tearing_down = true;
-    while (L.socks != NULL)
-        sock_close(L.socks);
-    curl_multi_cleanup(L.multi);
-    uv_close((uv_handle_t *)L.timer, handle_freed);
-    dx_free(L.by_ref.b);
-    dx_free(L.by_pid.b);
-    memset(&L, 0, sizeof L);
+    L->tearing_down = true;
+    while (L->socks != NULL)
+        sock_close(L->socks);
+    curl_multi_cleanup(L->multi);
+    uv_close((uv_handle_t *)L->timer, handle_freed);
+    dx_free(L->by_ref.b);
+    dx_free(L->by_pid.b);
+    memset(L, 0, sizeof *L);
 }
 
 /* ------------------------------------------------------------------ */
@@ -884,6 +949,30 @@ static long clamp_ms(int64_t v, long dflt)
     if (v < 0)
         return 0; /* curl: 0 = no timeout */
     return v > LONG_MAX ? LONG_MAX : (long)v;
+}
+
+/* The least loaded lane in use (the lowest on a tie). Starts the I/O
+ * threads first, so a first burst is shared out too; on an I/O thread
+ * (hosted) the lanes are known already. */
+static unsigned pick_lane(void)
+{
+    if (dx_io_threads() == 0 && !dx_io_on_loop_thread())
+        (void)dx_io_start(); /* dx_io_call_on reports a failure */
+    pthread_mutex_lock(&limits_mu);
+    dx_http_limits lim = cur_limits;
+    pthread_mutex_unlock(&limits_mu);
+    unsigned running = dx_io_threads();
+    unsigned used = lanes_in_use(&lim, running > 0 ? running : 1);
+    unsigned best = 0;
+    size_t least = atomic_load(&lane_load[0]);
+    for (unsigned i = 1; i < used && least > 0; i++) {
+        size_t load = atomic_load(&lane_load[i]);
+        if (load < least) {
+            least = load;
+            best = i;
+        }
+    }
+    return best;
 }
 
 int dx_http_submit(const dx_http_request *req, dx_pid reply_to, int64_t tag,
@@ -993,7 +1082,11 @@ int dx_http_submit(const dx_http_request *req, dx_pid reply_to, int64_t tag,
     x->ref = dx_make_ref();
     x->h.key = x->ref.id;
     dx_ref ref = x->ref;
-    err = dx_io_call(start_xfer, x);
+    x->lane = pick_lane();
+    atomic_fetch_add(&lane_load[x->lane], 1);
+    err = dx_io_call_on(x->lane, start_xfer, x);
+    if (err != DX_OK)
+        atomic_fetch_sub(&lane_load[x->lane], 1);
     if (err != DX_OK)
         goto fail;
     if (ref_out != NULL)
@@ -1005,18 +1098,35 @@ fail:
     return err;
 }
 
+/* Run fn on every lane, each with its own copy of the n bytes at arg (fn
+ * frees it). The first error, after trying every lane. */
+static int call_every_lane(void (*fn)(void *), const void *arg, size_t n)
+{
+    int rc = DX_OK;
+    unsigned lanes_n = dx_io_threads();
+    for (unsigned i = 0; i < lanes_n; i++) {
+        void *box = dx_malloc(n ? n : 1);
+        int r = box != NULL ? DX_OK : DX_ENOMEM;
+        if (box != NULL) {
+            memcpy(box, arg, n);
+            r = dx_io_call_on(i, fn, box);
+            if (r != DX_OK)
+                dx_free(box);
+        }
+        if (rc == DX_OK)
+            rc = r;
+    }
+    return rc;
+}
+
+/* The transfer is on one lane; which one is not recorded, so every lane
+ * looks (a cancel is rare, a lookup cheap). With no lanes running there is
+ * no transfer to cancel. */
 int dx_http_cancel(dx_ref ref)
 {
     if (ref.id == 0)
         return DX_EINVAL;
-    uint64_t *box = dx_malloc(sizeof *box);
-    if (box == NULL)
-        return DX_ENOMEM;
-    *box = ref.id;
-    int rc = dx_io_call(cancel_ref, box);
-    if (rc != DX_OK)
-        dx_free(box);
-    return rc;
+    return call_every_lane(cancel_ref, &ref.id, sizeof ref.id);
 }
 
 int dx_http_set_limits(const dx_http_limits *limits)
@@ -1024,12 +1134,16 @@ int dx_http_set_limits(const dx_http_limits *limits)
     if (limits == NULL || limits->max_host_connections < 0 ||
         limits->max_total_connections < 0 || limits->max_idle_connections < 0)
         return DX_EINVAL;
-    dx_http_limits *box = dx_malloc(sizeof *box);
-    if (box == NULL)
-        return DX_ENOMEM;
-    *box = *limits;
-    int rc = dx_io_call(set_limits, box);
-    if (rc != DX_OK)
-        dx_free(box);
-    return rc;
+    pthread_mutex_lock(&limits_mu);
+    cur_limits = *limits;
+    pthread_mutex_unlock(&limits_mu);
+    /* Started as a first transfer would start them; lanes not yet set up
+     * read the new limits when they are. */
+    if (!dx_io_on_loop_thread()) {
+        int rc = dx_io_start();
+        if (rc != DX_OK)
+            return rc;
+    }
+    char none = 0;
+    return call_every_lane(reapply_limits, &none, 0);
 }

@@ -149,6 +149,15 @@ static void set_oom(dx__lms_response *rs)
 }
 
 /* Print obj (consumed) as the whole body. */
+/* cJSON_AddNumberToObject with the cheap form of whole numbers
+ * (dx__json_number): these trees are only printed. */
+static void add_number(cJSON *obj, const char *key, double v)
+{
+    cJSON *item = dx__json_number(v);
+    if (item != NULL && !cJSON_AddItemToObject(obj, key, item))
+        cJSON_Delete(item);
+}
+
 static void send_json(dx__lms_response *rs, int status, cJSON *obj)
 {
     char *s = obj ? cJSON_PrintUnformatted(obj) : NULL;
@@ -302,7 +311,7 @@ static void send_error(dx__lms_response *rs, prov p, int status,
         cJSON_AddItemToObject(root, "error", err);
         break;
     case P_GEMINI:
-        cJSON_AddNumberToObject(err, "code", status);
+        add_number(err, "code", status);
         cJSON_AddStringToObject(err, "message", msg);
         cJSON_AddStringToObject(err, "status", gemini_status(status));
         cJSON_AddItemToObject(root, "error", err);
@@ -699,7 +708,7 @@ static cJSON *tool_args(const tool *t, const char *rest)
             cJSON_DeleteItemFromObjectCaseSensitive(args, key);
             if ((type_is(ps, "integer") || type_is(ps, "number")) && val[0] &&
                 *num_end == '\0')
-                cJSON_AddNumberToObject(args, key, d);
+                add_number(args, key, d);
             else if (type_is(ps, "boolean") &&
                      (!strcmp(val, "true") || !strcmp(val, "false")))
                 cJSON_AddBoolToObject(args, key, strcmp(val, "true") == 0);
@@ -851,13 +860,13 @@ static cJSON *openai_chunk(const ostream *st, cJSON *delta, const char *finish)
     snprintf(id, sizeof id, "chatcmpl-%llu", (unsigned long long)st->id);
     cJSON_AddStringToObject(o, "id", id);
     cJSON_AddStringToObject(o, "object", "chat.completion.chunk");
-    cJSON_AddNumberToObject(o, "created", (double)time(NULL));
+    add_number(o, "created", (double)time(NULL));
     cJSON_AddStringToObject(o, "model", st->cv->model);
     cJSON_AddStringToObject(o, "system_fingerprint", "fp_dspex");
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
     if (delta != NULL) {
         cJSON *ch = cJSON_CreateObject();
-        cJSON_AddNumberToObject(ch, "index", st->index);
+        add_number(ch, "index", st->index);
         cJSON_AddItemToObject(ch, "delta", delta);
         cJSON_AddNullToObject(ch, "logprobs");
         if (finish)
@@ -885,7 +894,7 @@ static int openai_args_piece(void *ud, const char *piece)
     cJSON *d = cJSON_CreateObject();
     cJSON *calls = cJSON_AddArrayToObject(d, "tool_calls");
     cJSON *call = cJSON_CreateObject();
-    cJSON_AddNumberToObject(call, "index", 0);
+    add_number(call, "index", 0);
     cJSON *fn = cJSON_AddObjectToObject(call, "function");
     cJSON_AddStringToObject(fn, "arguments", piece);
     cJSON_AddItemToArray(calls, call);
@@ -896,10 +905,9 @@ static cJSON *openai_usage(const convo *cv, const answer *a)
 {
     cJSON *u = cJSON_CreateObject();
     size_t out = a->out_tokens * (size_t)cv->n;
-    cJSON_AddNumberToObject(u, "prompt_tokens", (double)cv->prompt_tokens);
-    cJSON_AddNumberToObject(u, "completion_tokens", (double)out);
-    cJSON_AddNumberToObject(u, "total_tokens",
-                            (double)(cv->prompt_tokens + out));
+    add_number(u, "prompt_tokens", (double)cv->prompt_tokens);
+    add_number(u, "completion_tokens", (double)out);
+    add_number(u, "total_tokens", (double)(cv->prompt_tokens + out));
     return u;
 }
 
@@ -940,7 +948,7 @@ static void openai_chat(dx_lmserver *srv, const cJSON *req, const convo *cv,
                 cJSON_AddNullToObject(d, "content");
                 cJSON *calls = cJSON_AddArrayToObject(d, "tool_calls");
                 cJSON *call = openai_tool_call(a, id, false);
-                cJSON_AddNumberToObject(call, "index", 0);
+                add_number(call, "index", 0);
                 cJSON_AddItemToArray(calls, call);
                 rc = emit(rs, NULL, openai_chunk(&st, d, NULL));
                 if (rc == 0)
@@ -967,12 +975,12 @@ static void openai_chat(dx_lmserver *srv, const cJSON *req, const convo *cv,
     snprintf(sid, sizeof sid, "chatcmpl-%llu", (unsigned long long)id);
     cJSON_AddStringToObject(o, "id", sid);
     cJSON_AddStringToObject(o, "object", "chat.completion");
-    cJSON_AddNumberToObject(o, "created", (double)time(NULL));
+    add_number(o, "created", (double)time(NULL));
     cJSON_AddStringToObject(o, "model", cv->model);
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
     for (int i = 0; i < cv->n; i++) {
         cJSON *ch = cJSON_CreateObject();
-        cJSON_AddNumberToObject(ch, "index", i);
+        add_number(ch, "index", i);
         cJSON *m = cJSON_AddObjectToObject(ch, "message");
         cJSON_AddStringToObject(m, "role", "assistant");
         if (a->text) {
@@ -1115,7 +1123,7 @@ static void openai_embeddings(const cJSON *req, dx__lms_response *rs)
         embed(text, dims, v);
         cJSON *e = cJSON_CreateObject();
         cJSON_AddStringToObject(e, "object", "embedding");
-        cJSON_AddNumberToObject(e, "index", i);
+        add_number(e, "index", i);
         cJSON_AddItemToObject(e, "embedding",
                               b64 ? base64_floats(v, dims)
                                   : cJSON_CreateDoubleArray(v, dims));
@@ -1124,8 +1132,8 @@ static void openai_embeddings(const cJSON *req, dx__lms_response *rs)
     dx_free(v);
     cJSON_AddStringToObject(o, "model", model);
     cJSON *u = cJSON_AddObjectToObject(o, "usage");
-    cJSON_AddNumberToObject(u, "prompt_tokens", (double)tokens);
-    cJSON_AddNumberToObject(u, "total_tokens", (double)tokens);
+    add_number(u, "prompt_tokens", (double)tokens);
+    add_number(u, "total_tokens", (double)tokens);
     send_json(rs, 200, o);
 }
 
@@ -1147,7 +1155,7 @@ static int anthropic_piece(void *ud, const char *piece)
 {
     astream *st = ud;
     cJSON *e = typed("content_block_delta");
-    cJSON_AddNumberToObject(e, "index", 0);
+    add_number(e, "index", 0);
     cJSON *d = cJSON_AddObjectToObject(e, "delta");
     cJSON_AddStringToObject(d, "type",
                             st->tool ? "input_json_delta" : "text_delta");
@@ -1194,9 +1202,8 @@ static void anthropic_messages(dx_lmserver *srv, const cJSON *req,
         cJSON_AddStringToObject(msg, "stop_reason", stop);
     cJSON_AddNullToObject(msg, "stop_sequence");
     cJSON *u = cJSON_AddObjectToObject(msg, "usage");
-    cJSON_AddNumberToObject(u, "input_tokens", (double)cv->prompt_tokens);
-    cJSON_AddNumberToObject(u, "output_tokens",
-                            stream ? 1.0 : (double)a->out_tokens);
+    add_number(u, "input_tokens", (double)cv->prompt_tokens);
+    add_number(u, "output_tokens", stream ? 1.0 : (double)a->out_tokens);
     if (!stream) {
         send_json(rs, 200, msg);
         return;
@@ -1207,7 +1214,7 @@ static void anthropic_messages(dx_lmserver *srv, const cJSON *req,
     int rc = emit(rs, "message_start", e);
     if (rc == 0) {
         e = typed("content_block_start");
-        cJSON_AddNumberToObject(e, "index", 0);
+        add_number(e, "index", 0);
         cJSON_AddItemToObject(e, "content_block", anthropic_block(a, id, true));
         rc = emit(rs, "content_block_start", e);
     }
@@ -1219,7 +1226,7 @@ static void anthropic_messages(dx_lmserver *srv, const cJSON *req,
                      : halves(a->args_text, anthropic_piece, &st);
     if (rc == 0) {
         e = typed("content_block_stop");
-        cJSON_AddNumberToObject(e, "index", 0);
+        add_number(e, "index", 0);
         rc = emit(rs, "content_block_stop", e);
     }
     if (rc == 0) {
@@ -1228,7 +1235,7 @@ static void anthropic_messages(dx_lmserver *srv, const cJSON *req,
         cJSON_AddStringToObject(d, "stop_reason", stop);
         cJSON_AddNullToObject(d, "stop_sequence");
         cJSON *du = cJSON_AddObjectToObject(e, "usage");
-        cJSON_AddNumberToObject(du, "output_tokens", (double)a->out_tokens);
+        add_number(du, "output_tokens", (double)a->out_tokens);
         rc = emit(rs, "message_delta", e);
     }
     if (rc == 0)
@@ -1242,11 +1249,10 @@ static void anthropic_messages(dx_lmserver *srv, const cJSON *req,
 static cJSON *gemini_usage(const convo *cv, size_t out)
 {
     cJSON *u = cJSON_CreateObject();
-    cJSON_AddNumberToObject(u, "promptTokenCount", (double)cv->prompt_tokens);
+    add_number(u, "promptTokenCount", (double)cv->prompt_tokens);
     if (out > 0)
-        cJSON_AddNumberToObject(u, "candidatesTokenCount", (double)out);
-    cJSON_AddNumberToObject(u, "totalTokenCount",
-                            (double)(cv->prompt_tokens + out));
+        add_number(u, "candidatesTokenCount", (double)out);
+    add_number(u, "totalTokenCount", (double)(cv->prompt_tokens + out));
     return u;
 }
 
@@ -1261,7 +1267,7 @@ static cJSON *gemini_response(const convo *cv, uint64_t id, cJSON *part,
     cJSON_AddStringToObject(content, "role", "model");
     if (last)
         cJSON_AddStringToObject(cand, "finishReason", "STOP");
-    cJSON_AddNumberToObject(cand, "index", 0);
+    add_number(cand, "index", 0);
     cJSON_AddItemToArray(cJSON_AddArrayToObject(o, "candidates"), cand);
     cJSON_AddItemToObject(o, "usageMetadata", gemini_usage(cv, last ? out : 0));
     cJSON_AddStringToObject(o, "modelVersion", cv->model);

@@ -146,9 +146,33 @@ void dx__jadd_str(dx__jb *b, cJSON *parent, const char *key, const char *v)
     dx__jadd_item(b, parent, key, cJSON_CreateString(v ? v : ""));
 }
 
+/* cJSON prints every number with "%1.15g", reads it back with sscanf and
+ * prints it again with "%1.17g" if that lost anything: a few thousand
+ * instructions per number, a large share of encoding a small request or
+ * answer. Whole numbers (token counts, indices, seeds, timestamps) go in
+ * as raw decimal text instead, the same JSON value. */
+cJSON *dx__json_number(double v)
+{
+    const double exact = 9007199254740992.0; /* 2^53 */
+    if (!(v >= -exact && v <= exact) || v != (double)(long long)v)
+        return cJSON_CreateNumber(v);
+    char buf[24], *p = buf + sizeof buf;
+    long long n = (long long)v;
+    unsigned long long u =
+        n < 0 ? 0ull - (unsigned long long)n : (unsigned long long)n;
+    *--p = '\0';
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (n < 0)
+        *--p = '-';
+    return cJSON_CreateRaw(p);
+}
+
 void dx__jadd_num(dx__jb *b, cJSON *parent, const char *key, double v)
 {
-    dx__jadd_item(b, parent, key, cJSON_CreateNumber(v));
+    dx__jadd_item(b, parent, key, dx__json_number(v));
 }
 
 void dx__jadd_bool(dx__jb *b, cJSON *parent, const char *key, bool v)
@@ -598,25 +622,97 @@ static int dup_field(const char *s, char **out)
     return *out ? DX_OK : DX_ENOMEM;
 }
 
+/* Copy n tool calls into *out / *n_out. *n_out counts the calls started,
+ * so a partial copy is freed whole by the owner's free. */
+static int copy_calls(const dx_lm_tool_call *src, size_t n,
+                      dx_lm_tool_call **out, size_t *n_out)
+{
+    if (n == 0)
+        return DX_OK;
+    *out = dx_calloc(n, sizeof **out);
+    if (*out == NULL)
+        return DX_ENOMEM;
+    for (size_t k = 0; k < n; k++) {
+        const dx_lm_tool_call *a = &src[k];
+        dx_lm_tool_call *b = &(*out)[(*n_out)++];
+        if (dup_field(a->id, &b->id) || dup_field(a->name, &b->name) ||
+            dup_field(a->arguments, &b->arguments))
+            return DX_ENOMEM;
+    }
+    return DX_OK;
+}
+
 static int copy_choice(const dx_lm_choice *s, dx_lm_choice *d)
 {
     d->finish = s->finish;
     if (dup_field(s->text ? s->text : "", &d->text) ||
         dup_field(s->finish_raw, &d->finish_raw))
         return DX_ENOMEM;
-    if (s->n_tool_calls == 0)
-        return DX_OK;
-    d->tool_calls = dx_calloc(s->n_tool_calls, sizeof *d->tool_calls);
-    if (d->tool_calls == NULL)
+    return copy_calls(s->tool_calls, s->n_tool_calls, &d->tool_calls,
+                      &d->n_tool_calls);
+}
+
+/* The copy takes src's fields as they are: src was built through the
+ * checked builders, so its schema and tool parameters are not parsed
+ * again (that parse was most of the cost of a copy). */
+int dx_lm_request_copy(const dx_lm_request *src, dx_lm_request **out)
+{
+    if (out == NULL)
+        return DX_EINVAL;
+    *out = NULL;
+    if (src == NULL)
+        return DX_EINVAL;
+    dx_lm_request *r = dx_calloc(1, sizeof *r);
+    if (r == NULL)
         return DX_ENOMEM;
-    /* n_tool_calls counts the calls started, so a partial copy frees whole */
-    for (size_t k = 0; k < s->n_tool_calls; k++) {
-        const dx_lm_tool_call *a = &s->tool_calls[k];
-        dx_lm_tool_call *b = &d->tool_calls[d->n_tool_calls++];
-        if (dup_field(a->id, &b->id) || dup_field(a->name, &b->name) ||
-            dup_field(a->arguments, &b->arguments))
-            return DX_ENOMEM;
+    /* The scalars come with the struct; every owned pointer is replaced. */
+    *r = *src;
+    r->model = r->schema_name = r->schema = r->tool_choice_name = NULL;
+    r->messages = NULL;
+    r->stop = NULL;
+    r->tools = NULL;
+    r->n_messages = r->n_stop = r->n_tools = 0;
+    int rc = DX_OK;
+    if (dup_field(src->model, &r->model) ||
+        dup_field(src->schema_name, &r->schema_name) ||
+        dup_field(src->schema, &r->schema) ||
+        dup_field(src->tool_choice_name, &r->tool_choice_name))
+        rc = DX_ENOMEM;
+    if (rc == DX_OK && src->n_messages > 0 &&
+        (r->messages = dx_calloc(src->n_messages, sizeof *r->messages)) == NULL)
+        rc = DX_ENOMEM;
+    for (size_t i = 0; rc == DX_OK && i < src->n_messages; i++) {
+        const dx_lm_message *a = &src->messages[i];
+        dx_lm_message *b = &r->messages[r->n_messages++];
+        b->role = a->role;
+        if (dup_field(a->content, &b->content) ||
+            dup_field(a->tool_call_id, &b->tool_call_id))
+            rc = DX_ENOMEM;
+        else
+            rc = copy_calls(a->tool_calls, a->n_tool_calls, &b->tool_calls,
+                            &b->n_tool_calls);
     }
+    if (rc == DX_OK && src->n_stop > 0 &&
+        (r->stop = dx_calloc(src->n_stop, sizeof *r->stop)) == NULL)
+        rc = DX_ENOMEM;
+    for (size_t i = 0; rc == DX_OK && i < src->n_stop; i++)
+        rc = dup_field(src->stop[i], &r->stop[r->n_stop++]);
+    if (rc == DX_OK && src->n_tools > 0 &&
+        (r->tools = dx_calloc(src->n_tools, sizeof *r->tools)) == NULL)
+        rc = DX_ENOMEM;
+    for (size_t i = 0; rc == DX_OK && i < src->n_tools; i++) {
+        const dx_lm_tool *a = &src->tools[i];
+        dx_lm_tool *b = &r->tools[r->n_tools++];
+        if (dup_field(a->name, &b->name) ||
+            dup_field(a->description, &b->description) ||
+            dup_field(a->parameters, &b->parameters))
+            rc = DX_ENOMEM;
+    }
+    if (rc != DX_OK) {
+        dx_lm_request_free(r);
+        return rc;
+    }
+    *out = r;
     return DX_OK;
 }
 

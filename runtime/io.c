@@ -1,16 +1,24 @@
 /*
- * io.c — the I/O loop bridge: owns the I/O thread, its libuv loop, the queue
- * of work other threads hand to it (dx_io_call) and the stop hooks that let
- * modules on the loop close their handles before the loop is closed.
+ * io.c — the I/O loop bridge: owns the I/O threads, one libuv loop each
+ * (the "lanes"), the queue of work other threads hand to each lane
+ * (dx_io_call, dx_io_call_on) and the stop hooks that let modules on a loop
+ * close their handles before it is closed.
  *
- * The queue is a mutex-guarded FIFO list woken by one uv_async_t: a
- * submitter signals only when it made the queue non-empty, and the loop
- * takes the whole list at once, so a burst of submissions costs one wake-up.
- * The uv_async_send happens under the same mutex that tells a submitter the
- * loop runs, so no submitter can signal a handle that stop already closed.
+ * Each lane's queue is a FIFO list under the lane's own mutex, woken by one
+ * uv_async_t: a submitter signals only when it made the queue non-empty,
+ * and the loop takes the whole list at once, so a burst of submissions
+ * costs one wake-up. The uv_async_send happens under the same mutex that
+ * tells a submitter the lane runs, so no submitter can signal a handle that
+ * stop already closed. Lanes share nothing else: a module keeps its loop
+ * state per lane (dx_io_lane() indexes it).
  *
- * Hosted mode (dx_io_start_hosted): the loop is the host's and its thread
- * is the host's; there is no I/O thread to start or join, and stop closes
+ * Why more than one loop: everything the HTTP transport does per request
+ * (curl's request and header handling, connection set-up, TLS) runs on a
+ * loop thread, so one thread caps the calls a process can start at once;
+ * a burst of new connections is set up on every lane in parallel.
+ *
+ * Hosted mode (dx_io_start_hosted): one lane, whose loop and thread are
+ * the host's; there is no I/O thread to start or join, and stop closes
  * only what dspex opened (the modules' hooks and the async handle), never
  * the host's own handles.
  */
@@ -18,8 +26,12 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "dspex/alloc.h"
@@ -27,34 +39,72 @@
 
 enum { IO_STOPPED = 0, IO_RUNNING, IO_STOPPING };
 
+/* Lanes when neither dx_io_set_threads nor DX_IO_THREADS says: one per CPU
+ * up to this many (a loop thread is busy only while requests start or
+ * finish, so a few serve many schedulers). */
+#define DEFAULT_MAX_LANES 4
+
 typedef struct work {
     struct work *next;
     void (*fn)(void *arg);
     void *arg;
 } work;
 
-static struct {
-    /* Serialises start and stop against each other. */
-    pthread_mutex_t life;
+typedef struct lane {
+    unsigned index;
     /* Guards state and the queue. */
     pthread_mutex_t mu;
     int state;
     work *head;
     work *tail;
     /* Loop thread only. */
-    uv_loop_t own_loop; /* the I/O thread's */
+    uv_loop_t own_loop; /* the lane's thread's */
     uv_loop_t *loop;    /* &own_loop, or the host's */
-    bool hosted;
     uv_async_t async;
     work *hooks; /* LIFO: the last registered runs first */
     bool closing;
     pthread_t thread;
+    bool has_thread;
+} lane;
+
+static struct {
+    /* Serialises start and stop against each other, and guards the fields
+     * below it that are not atomic. */
+    pthread_mutex_t life;
+    _Atomic unsigned nlanes; /* while running; 0 when stopped */
+    _Atomic bool hosted;
+    unsigned wanted; /* dx_io_set_threads; 0: default */
+    lane lanes[DX_IO_MAX_THREADS];
 } g = {
     .life = PTHREAD_MUTEX_INITIALIZER,
-    .mu = PTHREAD_MUTEX_INITIALIZER,
 };
 
-static _Thread_local bool on_loop;
+static _Thread_local lane *my_lane;
+
+static pthread_once_t lanes_once = PTHREAD_ONCE_INIT;
+
+static void lanes_init(void)
+{
+    for (unsigned i = 0; i < DX_IO_MAX_THREADS; i++) {
+        g.lanes[i].index = i;
+        pthread_mutex_init(&g.lanes[i].mu, NULL);
+    }
+}
+
+static int lane_state(lane *l)
+{
+    pthread_mutex_lock(&l->mu);
+    int st = l->state;
+    pthread_mutex_unlock(&l->mu);
+    return st;
+}
+
+static void set_lane_state(lane *l, int st)
+{
+    pthread_mutex_lock(&l->mu);
+    l->state = st;
+    pthread_mutex_unlock(&l->mu);
+}
 
 static void run_list(work *w)
 {
@@ -75,16 +125,16 @@ static void close_any(uv_handle_t *h, void *arg)
 
 static void on_async(uv_async_t *h)
 {
-    (void)h;
-    if (g.closing)
+    lane *l = h->data;
+    if (l->closing)
         return;
     bool stopping;
     for (;;) {
-        pthread_mutex_lock(&g.mu);
-        work *w = g.head;
-        g.head = g.tail = NULL;
-        stopping = g.state == IO_STOPPING;
-        pthread_mutex_unlock(&g.mu);
+        pthread_mutex_lock(&l->mu);
+        work *w = l->head;
+        l->head = l->tail = NULL;
+        stopping = l->state == IO_STOPPING;
+        pthread_mutex_unlock(&l->mu);
         if (w == NULL)
             break;
         run_list(w);
@@ -93,74 +143,127 @@ static void on_async(uv_async_t *h)
         return;
     /* No work can be queued any more (submitters see IO_STOPPING), and
      * everything queued before has run: let the modules close up. */
-    g.closing = true;
-    work *hk = g.hooks;
-    g.hooks = NULL;
+    l->closing = true;
+    work *hk = l->hooks;
+    l->hooks = NULL;
     run_list(hk);
-    if (g.hosted) {
+    if (atomic_load(&g.hosted)) {
         /* The other handles on the loop are the host's. */
-        uv_close((uv_handle_t *)&g.async, NULL);
+        uv_close((uv_handle_t *)&l->async, NULL);
         return;
     }
     /* A handle a module left open would keep the loop running forever:
      * close it (this closes the async handle too). */
-    uv_walk(g.loop, close_any, NULL);
+    uv_walk(l->loop, close_any, NULL);
 }
 
 static void *loop_main(void *arg)
 {
-    (void)arg;
-    on_loop = true;
-    pthread_setname_np(pthread_self(), "dx-io");
-    uv_run(g.loop, UV_RUN_DEFAULT);
-    if (uv_loop_close(g.loop) == UV_EBUSY) {
+    lane *l = arg;
+    my_lane = l;
+    char name[16] = "dx-io";
+    if (l->index > 0)
+        snprintf(name, sizeof name, "dx-io-%u", l->index % 100u);
+    pthread_setname_np(pthread_self(), name);
+    uv_run(l->loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(l->loop) == UV_EBUSY) {
         /* A module left a handle open; close it rather than leak the loop. */
-        uv_walk(g.loop, close_any, NULL);
-        uv_run(g.loop, UV_RUN_DEFAULT);
-        uv_loop_close(g.loop);
+        uv_walk(l->loop, close_any, NULL);
+        uv_run(l->loop, UV_RUN_DEFAULT);
+        uv_loop_close(l->loop);
     }
-    on_loop = false;
+    my_lane = NULL;
     return NULL;
+}
+
+/* The loop and async handle of a lane (not its thread). g.life held. */
+static int lane_open(lane *l, uv_loop_t *host)
+{
+    if (host == NULL && uv_loop_init(&l->own_loop) != 0)
+        return DX_ESYS;
+    l->loop = host != NULL ? host : &l->own_loop;
+    l->async.data = l;
+    if (uv_async_init(l->loop, &l->async, on_async) != 0) {
+        if (host == NULL)
+            uv_loop_close(l->loop);
+        return DX_ESYS;
+    }
+    l->async.data = l;
+    l->closing = false;
+    l->hooks = NULL;
+    l->head = l->tail = NULL;
+    l->has_thread = false;
+    return DX_OK;
+}
+
+/* Undo lane_open of a lane whose thread never started. g.life held. */
+static void lane_discard(lane *l)
+{
+    uv_close((uv_handle_t *)&l->async, NULL);
+    uv_run(l->loop, UV_RUN_DEFAULT);
+    uv_loop_close(l->loop);
+}
+
+static unsigned lanes_wanted(void)
+{
+    unsigned n = g.wanted;
+    const char *env = getenv("DX_IO_THREADS");
+    if (n == 0 && env != NULL && *env != '\0') {
+        char *end = NULL;
+        unsigned long v = strtoul(env, &end, 10);
+        if (end != NULL && *end == '\0' && v > 0)
+            n = v > DX_IO_MAX_THREADS ? DX_IO_MAX_THREADS : (unsigned)v;
+    }
+    if (n == 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        n = cpus < 1                   ? 1
+            : cpus > DEFAULT_MAX_LANES ? DEFAULT_MAX_LANES
+                                       : (unsigned)cpus;
+    }
+    return n;
+}
+
+/* Stop and join lanes [0, n) (threads already running). g.life held. */
+static void stop_lanes(unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        lane *l = &g.lanes[i];
+        pthread_mutex_lock(&l->mu);
+        l->state = IO_STOPPING;
+        uv_async_send(&l->async);
+        pthread_mutex_unlock(&l->mu);
+    }
+    for (unsigned i = 0; i < n; i++) {
+        pthread_join(g.lanes[i].thread, NULL);
+        set_lane_state(&g.lanes[i], IO_STOPPED);
+    }
 }
 
 int dx_io_start(void)
 {
-    if (on_loop)
+    if (my_lane != NULL)
         return DX_ESTATE;
-    pthread_mutex_lock(&g.mu);
-    int st = g.state;
-    pthread_mutex_unlock(&g.mu);
+    pthread_once(&lanes_once, lanes_init);
+    int st = lane_state(&g.lanes[0]);
     if (st == IO_STOPPING)
         return DX_ESTATE;
     if (st == IO_RUNNING)
         return DX_OK;
 
     pthread_mutex_lock(&g.life);
-    pthread_mutex_lock(&g.mu);
-    st = g.state;
-    pthread_mutex_unlock(&g.mu);
+    st = lane_state(&g.lanes[0]);
     if (st != IO_STOPPED) {
         pthread_mutex_unlock(&g.life);
         return st == IO_RUNNING ? DX_OK : DX_ESTATE;
     }
-    if (uv_loop_init(&g.own_loop) != 0) {
-        pthread_mutex_unlock(&g.life);
-        return DX_ESYS;
-    }
-    g.loop = &g.own_loop;
-    g.hosted = false;
-    if (uv_async_init(g.loop, &g.async, on_async) != 0) {
-        uv_loop_close(g.loop);
-        pthread_mutex_unlock(&g.life);
-        return DX_ESYS;
-    }
-    g.closing = false;
-    g.hooks = NULL;
+    unsigned n = lanes_wanted();
+    atomic_store(&g.hosted, false);
 
-    /* The I/O thread takes no asynchronous signals: SIGPIPE from a peer that
-     * closed must not end the OS process (curl runs with CURLOPT_NOSIGNAL),
-     * and SIGINT/SIGTERM belong to the application's threads. Faults stay
-     * deliverable. The thread inherits the mask it is created with. */
+    /* The I/O threads take no asynchronous signals: SIGPIPE from a peer
+     * that closed must not end the OS process (curl runs with
+     * CURLOPT_NOSIGNAL), and SIGINT/SIGTERM belong to the application's
+     * threads. Faults stay deliverable. A thread inherits the mask it is
+     * created with. */
     sigset_t all, old;
     sigfillset(&all);
     sigdelset(&all, SIGSEGV);
@@ -168,19 +271,32 @@ int dx_io_start(void)
     sigdelset(&all, SIGFPE);
     sigdelset(&all, SIGILL);
     sigdelset(&all, SIGABRT);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int rc = pthread_create(&g.thread, NULL, loop_main, NULL);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc != 0) {
-        uv_close((uv_handle_t *)&g.async, NULL);
-        uv_run(g.loop, UV_RUN_DEFAULT);
-        uv_loop_close(g.loop);
-        pthread_mutex_unlock(&g.life);
-        return DX_ESYS;
+    unsigned started = 0;
+    int rc = DX_OK;
+    for (; started < n; started++) {
+        lane *l = &g.lanes[started];
+        rc = lane_open(l, NULL);
+        if (rc != DX_OK)
+            break;
+        /* Running before its thread, so stop_lanes can stop it. */
+        set_lane_state(l, IO_RUNNING);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        int prc = pthread_create(&l->thread, NULL, loop_main, l);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (prc != 0) {
+            set_lane_state(l, IO_STOPPED);
+            lane_discard(l);
+            rc = DX_ESYS;
+            break;
+        }
+        l->has_thread = true;
     }
-    pthread_mutex_lock(&g.mu);
-    g.state = IO_RUNNING;
-    pthread_mutex_unlock(&g.mu);
+    if (started == 0) {
+        pthread_mutex_unlock(&g.life);
+        return rc;
+    }
+    /* Fewer lanes than wanted still make a working transport. */
+    atomic_store(&g.nlanes, started);
     pthread_mutex_unlock(&g.life);
     return DX_OK;
 }
@@ -189,28 +305,23 @@ int dx_io_start_hosted(struct uv_loop_s *loop)
 {
     if (loop == NULL)
         return DX_EINVAL;
-    if (on_loop)
+    if (my_lane != NULL)
         return DX_ESTATE;
+    pthread_once(&lanes_once, lanes_init);
     pthread_mutex_lock(&g.life);
-    pthread_mutex_lock(&g.mu);
-    int st = g.state;
-    pthread_mutex_unlock(&g.mu);
-    if (st != IO_STOPPED) {
+    lane *l = &g.lanes[0];
+    if (lane_state(l) != IO_STOPPED) {
         pthread_mutex_unlock(&g.life);
         return DX_ESTATE;
     }
-    if (uv_async_init(loop, &g.async, on_async) != 0) {
+    if (lane_open(l, loop) != DX_OK) {
         pthread_mutex_unlock(&g.life);
         return DX_ESYS;
     }
-    g.loop = loop;
-    g.hosted = true;
-    g.closing = false;
-    g.hooks = NULL;
-    on_loop = true;
-    pthread_mutex_lock(&g.mu);
-    g.state = IO_RUNNING;
-    pthread_mutex_unlock(&g.mu);
+    atomic_store(&g.hosted, true);
+    my_lane = l;
+    set_lane_state(l, IO_RUNNING);
+    atomic_store(&g.nlanes, 1u);
     pthread_mutex_unlock(&g.life);
     return DX_OK;
 }
@@ -220,63 +331,78 @@ int dx_io_start_hosted(struct uv_loop_s *loop)
  * handle); the closes complete on the host's next turns of its loop. */
 static int stop_hosted(void)
 {
+    lane *l = my_lane;
     pthread_mutex_lock(&g.life);
-    pthread_mutex_lock(&g.mu);
-    g.state = IO_STOPPING;
-    pthread_mutex_unlock(&g.mu);
-    on_async(&g.async);
-    pthread_mutex_lock(&g.mu);
-    g.state = IO_STOPPED;
-    pthread_mutex_unlock(&g.mu);
-    g.hosted = false;
-    on_loop = false;
+    set_lane_state(l, IO_STOPPING);
+    on_async(&l->async);
+    set_lane_state(l, IO_STOPPED);
+    atomic_store(&g.nlanes, 0u);
+    atomic_store(&g.hosted, false);
+    my_lane = NULL;
     pthread_mutex_unlock(&g.life);
     return DX_OK;
 }
 
 int dx_io_stop(void)
 {
-    if (on_loop && g.hosted)
+    if (my_lane != NULL && atomic_load(&g.hosted))
         return stop_hosted();
-    if (on_loop)
+    if (my_lane != NULL)
         return DX_ESTATE;
+    pthread_once(&lanes_once, lanes_init);
     pthread_mutex_lock(&g.life);
-    if (g.hosted) {
+    if (atomic_load(&g.hosted)) {
         /* Only the host's loop thread may run the stop. */
         pthread_mutex_unlock(&g.life);
         return DX_ESTATE;
     }
-    pthread_mutex_lock(&g.mu);
-    if (g.state != IO_RUNNING) {
-        pthread_mutex_unlock(&g.mu);
+    unsigned n = atomic_load(&g.nlanes);
+    if (n == 0 || lane_state(&g.lanes[0]) != IO_RUNNING) {
         pthread_mutex_unlock(&g.life);
         return DX_OK;
     }
-    g.state = IO_STOPPING;
-    uv_async_send(&g.async);
-    pthread_mutex_unlock(&g.mu);
-
-    pthread_join(g.thread, NULL);
-
-    pthread_mutex_lock(&g.mu);
-    g.state = IO_STOPPED;
-    pthread_mutex_unlock(&g.mu);
+    stop_lanes(n);
+    atomic_store(&g.nlanes, 0u);
     pthread_mutex_unlock(&g.life);
     return DX_OK;
 }
 
 bool dx_io_running(void)
 {
-    pthread_mutex_lock(&g.mu);
-    bool r = g.state == IO_RUNNING;
-    pthread_mutex_unlock(&g.mu);
-    return r;
+    pthread_once(&lanes_once, lanes_init);
+    return lane_state(&g.lanes[0]) == IO_RUNNING;
 }
 
-int dx_io_call(void (*fn)(void *arg), void *arg)
+int dx_io_set_threads(unsigned n)
+{
+    if (n > DX_IO_MAX_THREADS)
+        return DX_EINVAL;
+    pthread_once(&lanes_once, lanes_init);
+    pthread_mutex_lock(&g.life);
+    int rc = DX_OK;
+    if (atomic_load(&g.nlanes) != 0)
+        rc = DX_ESTATE;
+    else
+        g.wanted = n;
+    pthread_mutex_unlock(&g.life);
+    return rc;
+}
+
+unsigned dx_io_threads(void)
+{
+    return atomic_load(&g.nlanes);
+}
+
+int dx_io_lane(void)
+{
+    return my_lane != NULL ? (int)my_lane->index : -1;
+}
+
+int dx_io_call_on(unsigned index, void (*fn)(void *arg), void *arg)
 {
     if (fn == NULL)
         return DX_EINVAL;
+    pthread_once(&lanes_once, lanes_init);
     work *w = dx_malloc(sizeof *w);
     if (w == NULL)
         return DX_ENOMEM;
@@ -284,21 +410,23 @@ int dx_io_call(void (*fn)(void *arg), void *arg)
     w->fn = fn;
     w->arg = arg;
     for (;;) {
-        pthread_mutex_lock(&g.mu);
-        if (g.state == IO_RUNNING) {
-            bool was_empty = g.head == NULL;
-            if (g.tail != NULL)
-                g.tail->next = w;
+        unsigned n = atomic_load(&g.nlanes);
+        lane *l = &g.lanes[n > 0 ? index % n : 0];
+        pthread_mutex_lock(&l->mu);
+        if (l->state == IO_RUNNING) {
+            bool was_empty = l->head == NULL;
+            if (l->tail != NULL)
+                l->tail->next = w;
             else
-                g.head = w;
-            g.tail = w;
+                l->head = w;
+            l->tail = w;
             if (was_empty)
-                uv_async_send(&g.async);
-            pthread_mutex_unlock(&g.mu);
+                uv_async_send(&l->async);
+            pthread_mutex_unlock(&l->mu);
             return DX_OK;
         }
-        int st = g.state;
-        pthread_mutex_unlock(&g.mu);
+        int st = l->state;
+        pthread_mutex_unlock(&l->mu);
         int rc = st == IO_STOPPING ? DX_ESTATE : dx_io_start();
         if (rc != DX_OK) {
             dx_free(w);
@@ -307,19 +435,25 @@ int dx_io_call(void (*fn)(void *arg), void *arg)
     }
 }
 
+int dx_io_call(void (*fn)(void *arg), void *arg)
+{
+    return dx_io_call_on(0, fn, arg);
+}
+
 struct uv_loop_s *dx_io_loop(void)
 {
-    return on_loop ? g.loop : NULL;
+    return my_lane != NULL ? my_lane->loop : NULL;
 }
 
 bool dx_io_on_loop_thread(void)
 {
-    return on_loop;
+    return my_lane != NULL;
 }
 
 int dx_io_at_stop(void (*fn)(void *arg), void *arg)
 {
-    if (!on_loop || g.closing)
+    lane *l = my_lane;
+    if (l == NULL || l->closing)
         return DX_ESTATE;
     if (fn == NULL)
         return DX_EINVAL;
@@ -328,7 +462,7 @@ int dx_io_at_stop(void (*fn)(void *arg), void *arg)
         return DX_ENOMEM;
     h->fn = fn;
     h->arg = arg;
-    h->next = g.hooks;
-    g.hooks = h;
+    h->next = l->hooks;
+    l->hooks = h;
     return DX_OK;
 }

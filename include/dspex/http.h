@@ -1,8 +1,8 @@
 /*
  * http.h — the HTTP transport: libcurl's multi interface on the I/O loop.
  *
- * A process (or host thread) submits a request; the I/O thread runs it on a
- * shared connection cache (keep-alive reuse per host, HTTP/2 multiplexing
+ * A process (or host thread) submits a request; one of the I/O threads (the
+ * next in turn) runs it on its connection cache (keep-alive reuse per host, HTTP/2 multiplexing
  * over TLS where the server offers it) and the outcome arrives as a message
  * to `reply_to`: tag = the request's tag, ref = the request's ref, ptr = a
  * dx_http_response. With stream = true a 2xx response's body arrives first as
@@ -102,14 +102,15 @@ typedef struct dx_http_chunk {
  * request and exactly one completion message will be sent to reply_to
  * (tag = tag, which must be >= 0). Errors (nothing is sent): DX_EINVAL (no
  * URL, negative tag, no reply_to, a header with CR/LF, too many headers),
- * DX_ENOMEM, DX_ESTATE (I/O loop stopping). Starts the I/O thread if needed.
+ * DX_ENOMEM, DX_ESTATE (I/O loop stopping). Starts the I/O threads if needed.
  * Any thread. */
 DX_API int dx_http_submit(const dx_http_request *req, dx_pid reply_to,
                           int64_t tag, dx_ref *ref_out);
 
 /* Cancel a request: if it has not completed, its transfer stops and the
  * completion carries DX_ECANCELED. A ref that already completed or never
- * existed is ignored. DX_OK when the cancel was handed to the I/O thread.
+ * existed is ignored. DX_OK when the cancel was handed to the I/O threads
+ * (also when none runs: then nothing is in flight).
  * Any thread. */
 DX_API int dx_http_cancel(dx_ref ref);
 
@@ -128,7 +129,11 @@ DX_API void dx_http_response_free(dx_http_response *r);
 DX_API const char *dx_http_response_header(const dx_http_response *r,
                                            const char *name);
 
-/* Connection limits of the shared connection cache. */
+/* Connection limits. Each I/O thread (io.h) has a connection cache of its
+ * own, and a limit is shared out across them so the parts add up to it
+ * exactly: with four threads, max_host_connections 256 lets each open 64.
+ * A limit smaller than the number of threads leaves the extra threads out
+ * of use for new transfers (max_host_connections 1 still means one). */
 typedef struct dx_http_limits {
     /* Connections to one host (queued requests wait); 0 = no limit.
      * Default 256. */
@@ -144,10 +149,12 @@ typedef struct dx_http_limits {
 } dx_http_limits;
 
 /* Set the limits for transfers that start from now on. Copied. DX_EINVAL
- * for a negative field; DX_ENOMEM/DX_ESTATE as dx_io_call. Any thread. */
+ * for a negative field; DX_ENOMEM/DX_ESTATE as dx_io_call (the limits are
+ * stored even then; an I/O thread that could not be told keeps its old
+ * ones until the I/O restarts). Any thread. */
 DX_API int dx_http_set_limits(const dx_http_limits *limits);
 
-/* Transfers running on the I/O thread right now (racy by nature), and how
+/* Transfers running on the I/O threads right now (racy by nature), and how
  * many TCP connections were opened since the loop started. Any thread. */
 DX_API size_t dx_http_in_flight(void);
 DX_API uint64_t dx_http_connections_opened(void);

@@ -1,14 +1,17 @@
 /*
- * io.h — the I/O loop bridge: one libuv loop on one thread of its own.
+ * io.h — the I/O loop bridge: libuv loops on threads of their own, the
+ * "lanes" (one by default per CPU, up to four; dx_io_set_threads).
  *
- * Processes never touch libuv: code that needs the loop (the HTTP transport)
- * hands it a function with dx_io_call(), which may be called from any thread;
- * the function then runs on the I/O thread, where it may create and use libuv
- * handles on dx_io_loop(). Results go back to processes as messages
- * (dx_send works from the I/O thread). Functions run one at a time, in the
- * order they were submitted (one FIFO queue for all submitters).
+ * Processes never touch libuv: code that needs a loop (the HTTP transport)
+ * hands it a function with dx_io_call() or dx_io_call_on(), which may be
+ * called from any thread; the function then runs on that lane's I/O thread,
+ * where it may create and use libuv handles on dx_io_loop(). Results go back
+ * to processes as messages (dx_send works from the I/O threads). On a lane,
+ * functions run one at a time, in the order they were submitted (one FIFO
+ * queue per lane for all submitters); lanes run in parallel and share
+ * nothing, so a module keeps its loop state per lane (dx_io_lane()).
  *
- * The thread starts on first use (dx_io_call or dx_io_start) and runs until
+ * The threads start on first use (dx_io_call or dx_io_start) and run until
  * dx_io_stop(). Stop the loop before dx_runtime_stop(): work still in flight
  * then reports to live processes. docs/internals/http.md describes the
  * design.
@@ -22,7 +25,23 @@
 
 struct uv_loop_s;
 
-/* Start the I/O thread if it is not running. DX_OK if it runs afterwards
+/* The most lanes dx_io_set_threads accepts. */
+#define DX_IO_MAX_THREADS 16
+
+/* How many I/O threads the next start makes: 1..DX_IO_MAX_THREADS, or 0
+ * for the default (the DX_IO_THREADS environment variable, else one per
+ * CPU up to four). DX_OK; DX_EINVAL (over the maximum); DX_ESTATE while
+ * the I/O runs (stop it first). Any thread. */
+DX_API int dx_io_set_threads(unsigned n);
+
+/* How many lanes run now (0 when stopped; 1 when hosted). Any thread. */
+DX_API unsigned dx_io_threads(void);
+
+/* The calling thread's lane, 0..dx_io_threads()-1; -1 off the I/O
+ * threads. Any thread. */
+DX_API int dx_io_lane(void);
+
+/* Start the I/O threads if they are not running. DX_OK if it runs afterwards
  * (also when it already ran); DX_ESTATE while a dx_io_stop() is under way;
  * DX_ESYS/DX_ENOMEM if the loop or thread cannot be made (nothing is left
  * behind). Any thread except the I/O thread. */
@@ -41,10 +60,10 @@ DX_API int dx_io_start(void);
  * runs, threaded or hosted); DX_ESYS. Host's loop thread. */
 DX_API int dx_io_start_hosted(struct uv_loop_s *loop);
 
-/* Stop the I/O thread: work already submitted runs first, then the stop
- * hooks (dx_io_at_stop) run in reverse order of registration and close
- * their handles (any handle still open after them is closed by the loop),
- * then the loop is closed and the thread joined. Blocks until
+/* Stop the I/O threads: on each lane, work already submitted runs first,
+ * then its stop hooks (dx_io_at_stop) run in reverse order of registration
+ * and close their handles (any handle still open after them is closed by
+ * the loop), then the loop is closed and the thread joined. Blocks until
  * done. DX_OK also when it was not running (idempotent). DX_ESTATE when
  * called on the I/O thread itself. Any other thread, processes included
  * (the calling process's scheduler thread blocks for the duration).
@@ -53,28 +72,33 @@ DX_API int dx_io_start_hosted(struct uv_loop_s *loop);
  * (DX_ESTATE elsewhere). */
 DX_API int dx_io_stop(void);
 
-/* Whether the I/O thread runs right now (racy by nature). Any thread. */
+/* Whether the I/O threads run right now (racy by nature). Any thread. */
 DX_API bool dx_io_running(void);
 
-/* Run fn(arg) on the I/O thread, starting the thread if needed. On DX_OK fn
- * runs exactly once, before dx_io_stop() returns; on any error it never
- * runs and the caller keeps arg. DX_ESTATE while a stop is under way,
- * DX_ENOMEM, or what dx_io_start() returns. fn must not block: every other
- * I/O waits behind it. Any thread; from the I/O thread itself fn runs on a
- * later turn of the loop, never re-entrantly. */
+/* Run fn(arg) on lane 0's I/O thread, starting the threads if needed. On
+ * DX_OK fn runs exactly once, before dx_io_stop() returns; on any error it
+ * never runs and the caller keeps arg. DX_ESTATE while a stop is under
+ * way, DX_ENOMEM, or what dx_io_start() returns. fn must not block: every
+ * other I/O of its lane waits behind it. Any thread; from the I/O thread
+ * itself fn runs on a later turn of the loop, never re-entrantly. */
 DX_API int dx_io_call(void (*fn)(void *arg), void *arg);
 
-/* The loop. Only meaningful on the I/O thread (NULL elsewhere). */
+/* dx_io_call on lane (lane % dx_io_threads()): the same lane number always
+ * reaches the same thread while the I/O runs. */
+DX_API int dx_io_call_on(unsigned lane, void (*fn)(void *arg), void *arg);
+
+/* The calling I/O thread's loop (NULL off the I/O threads). */
 DX_API struct uv_loop_s *dx_io_loop(void);
 
-/* Whether the caller runs on the I/O thread. Any thread. */
+/* Whether the caller runs on an I/O thread. Any thread. */
 DX_API bool dx_io_on_loop_thread(void);
 
-/* Register fn(arg) to run on the I/O thread when the loop stops, after the
- * last queued work and before the loop is closed. fn must close every libuv
- * handle its module still holds. A hook is registered for one life of the
- * loop: a module that sets itself up again after a restart registers again.
- * DX_ENOMEM, or DX_ESTATE when not called on the I/O thread. I/O thread. */
+/* Register fn(arg) to run on the calling lane's I/O thread when the loops
+ * stop, after the lane's last queued work and before its loop is closed.
+ * fn must close every libuv handle its module still holds on that loop. A
+ * hook is registered for one life of the loop: a module that sets itself
+ * up again after a restart registers again. DX_ENOMEM, or DX_ESTATE when
+ * not called on an I/O thread. I/O thread. */
 DX_API int dx_io_at_stop(void (*fn)(void *arg), void *arg);
 
 #endif

@@ -47,7 +47,9 @@ typedef enum dx_lmcache_mode {
 
 /* A request's cache key. Built by dx_lmcache_key_make; release with
  * dx_lmcache_key_clear. The fields are public so a caller (or a test) can
- * inspect them; mode may be changed freely between make and get/put. */
+ * inspect them; mode may be changed freely between make and get/put.
+ * A call that skips the cache may instead pass (dx_lmcache_key){.mode =
+ * DX_LMCACHE_BYPASS}, never made: get and put treat it as any BYPASS key. */
 typedef struct dx_lmcache_key {
     char hex[DX_LMCACHE_KEY_HEX + 1];
     char *canonical; /* dx_malloc'd, NUL-terminated, len bytes */

@@ -110,6 +110,10 @@ typedef struct dx_lm_request {
  * dx_lm_request_free. */
 DX_API dx_lm_request *dx_lm_request_new(const char *model);
 DX_API void dx_lm_request_free(dx_lm_request *r);
+/* Deep copy of src (every message, tool call, stop, tool and the schema).
+ * DX_OK with *out the caller's (dx_lm_request_free), DX_ENOMEM (*out NULL,
+ * nothing left allocated), DX_EINVAL for NULL arguments. */
+DX_API int dx_lm_request_copy(const dx_lm_request *src, dx_lm_request **out);
 
 /* Append a message with text content (copied). For DX_LM_TOOL use
  * dx_lm_request_add_tool_result. DX_OK, DX_EINVAL (NULL content, or role

@@ -370,6 +370,29 @@ Test(lmcache, bypass_and_refresh_modes, .timeout = 10)
     dx_lmcache_close(c);
 }
 
+Test(lmcache, a_bare_bypass_key_needs_no_hash, .timeout = 10)
+{
+    dx_lmcache *c = NULL;
+    cr_assert_eq(dx_lmcache_open(NULL, NULL, &c), DX_OK);
+    dx_lm_response *resp = make_response("x"), *got = NULL;
+    dx_lmcache_key bare = {.mode = DX_LMCACHE_BYPASS};
+    cr_assert_eq(dx_lmcache_get(c, &bare, &got), DX_ENOENT);
+    cr_assert_null(got);
+    cr_assert_eq(dx_lmcache_put(c, &bare, resp, 1), DX_OK);
+    /* Only BYPASS may skip the hash: the other modes read or store. */
+    dx_lmcache_key use = {.mode = DX_LMCACHE_USE};
+    cr_assert_eq(dx_lmcache_get(c, &use, &got), DX_EINVAL);
+    dx_lmcache_key refresh = {.mode = DX_LMCACHE_REFRESH};
+    cr_assert_eq(dx_lmcache_put(c, &refresh, resp, 1), DX_EINVAL);
+    dx_lmcache_stats st;
+    dx_lmcache_stats_get(c, &st);
+    cr_assert_eq(st.bypassed, 1);
+    cr_assert_eq(st.entries, 0);
+    dx_lmcache_key_clear(&bare);
+    dx_lm_response_free(resp);
+    dx_lmcache_close(c);
+}
+
 /* Key i: the base request under namespace "i". */
 static void nth_key(size_t i, dx_lmcache_key *k)
 {

@@ -935,6 +935,56 @@ Test(http, connections_of_a_burst_are_kept_for_the_next_one, .timeout = 60)
     cr_assert_eq(atomic_load(&S.requests), 3 * BURST);
 }
 
+/* Each I/O thread keeps connections of its own, so a limit is shared out
+ * across them: the parts add up to the limit, and a limit below the number
+ * of threads keeps the extra ones out of use. */
+static void burst_under_limit(long max_host, int threads)
+{
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    cr_assert_eq(dx_io_set_threads((unsigned)threads), DX_OK);
+    dx_http_limits lim = {.max_host_connections = max_host};
+    cr_assert_eq(dx_http_set_limits(&lim), DX_OK);
+    cr_assert_eq(dx_io_threads(), (unsigned)threads);
+    atomic_store(&S.accepted, 0);
+    burst();
+    cr_assert_leq(atomic_load(&S.accepted), max_host,
+                  "%d connections under a limit of %ld with %d threads",
+                  atomic_load(&S.accepted), max_host, threads);
+    cr_assert_eq(atomic_load(&S.requests), BURST);
+    dx_http_limits dflt = {256, 0, 256};
+    cr_assert_eq(dx_http_set_limits(&dflt), DX_OK);
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    cr_assert_eq(dx_io_set_threads(0), DX_OK);
+}
+
+Test(http, a_connection_limit_holds_across_io_threads, .timeout = 60)
+{
+    burst_under_limit(3, 4);
+}
+
+Test(http, a_limit_of_one_connection_is_one_with_many_io_threads, .timeout = 60)
+{
+    burst_under_limit(1, 4);
+    cr_assert_eq(atomic_load(&S.accepted), 1);
+}
+
+Test(http, a_burst_is_shared_out_across_io_threads, .timeout = 60)
+{
+    cr_assert_eq(dx_io_set_threads(4), DX_OK);
+    burst();
+    /* Every thread opened its own share and each later burst finds them
+     * open: one connection per transfer, none more. */
+    int first = atomic_load(&S.accepted);
+    cr_assert_eq(first, BURST);
+    burst();
+    cr_assert_eq(atomic_load(&S.accepted), first);
+    /* One after another, the calls keep to one thread and connection. */
+    kt_run(sequential, (void *)(intptr_t)5);
+    cr_assert_eq(atomic_load(&S.accepted), first);
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    cr_assert_eq(dx_io_set_threads(0), DX_OK);
+}
+
 /* ---- many at once ---- */
 
 #define N_PROCS 100

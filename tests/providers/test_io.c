@@ -2,7 +2,8 @@
  * test_io.c — the I/O loop bridge: work handed over with dx_io_call runs on
  * the I/O thread, once, in submission order, before dx_io_stop returns; stop
  * hooks run in reverse order and close their handles; start and stop are
- * idempotent and the loop starts again lazily after a stop.
+ * idempotent and the loop starts again lazily after a stop; with several
+ * lanes, each is a thread of its own with its own order and stop hooks.
  *
  * The bridge does not need the actor runtime, so these tests use host
  * threads only.
@@ -127,6 +128,71 @@ Test(io, start_and_stop_are_idempotent_and_the_loop_restarts, .timeout = 20)
     cr_assert_eq(dx_io_call(record, (void *)(intptr_t)0), DX_OK);
     cr_assert_eq(dx_io_stop(), DX_OK);
     cr_assert_eq(atomic_load(&order_n), 1, "the loop came back lazily");
+}
+
+/* ---- lanes ---- */
+
+#define N_LANE_CALLS 60
+static int lane_seen[N_LANE_CALLS];
+static pthread_t lane_thread[N_LANE_CALLS];
+static atomic_int lane_calls;
+static atomic_int lane_hooks;
+static _Atomic int hook_lane[4] = {-2, -2, -2, -2};
+
+static void lane_hook(void *arg)
+{
+    int lane = (int)(intptr_t)arg;
+    if (dx_io_lane() == lane)
+        atomic_store(&hook_lane[lane], lane);
+    atomic_fetch_add(&lane_hooks, 1);
+}
+
+static void note_lane(void *arg)
+{
+    int i = (int)(intptr_t)arg;
+    lane_seen[i] = dx_io_lane();
+    lane_thread[i] = pthread_self();
+    /* Each lane's first call registers a hook on that lane. */
+    if (i < 3)
+        dx_io_at_stop(lane_hook, (void *)(intptr_t)dx_io_lane());
+    atomic_fetch_add(&lane_calls, 1);
+}
+
+Test(io, each_lane_is_a_thread_of_its_own, .timeout = 20)
+{
+    cr_assert_eq(dx_io_set_threads(DX_IO_MAX_THREADS + 1), DX_EINVAL);
+    cr_assert_eq(dx_io_set_threads(3), DX_OK);
+    cr_assert_eq(dx_io_threads(), 0, "nothing runs before the first use");
+    cr_assert_eq(dx_io_lane(), -1);
+    for (int i = 0; i < N_LANE_CALLS; i++)
+        cr_assert_eq(dx_io_call_on((unsigned)i, note_lane, (void *)(intptr_t)i),
+                     DX_OK);
+    cr_assert_eq(dx_io_threads(), 3);
+    cr_assert_eq(dx_io_set_threads(1), DX_ESTATE, "not while running");
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    cr_assert_eq(atomic_load(&lane_calls), N_LANE_CALLS);
+    for (int i = 0; i < N_LANE_CALLS; i++) {
+        cr_assert_eq(lane_seen[i], i % 3, "call %d ran on lane %d", i,
+                     lane_seen[i]);
+        cr_assert(pthread_equal(lane_thread[i], lane_thread[i % 3]),
+                  "one lane, one thread");
+    }
+    cr_assert_not(pthread_equal(lane_thread[0], lane_thread[1]));
+    cr_assert_not(pthread_equal(lane_thread[1], lane_thread[2]));
+    cr_assert_not(pthread_equal(lane_thread[0], lane_thread[2]));
+    cr_assert_eq(atomic_load(&lane_hooks), 3, "every lane ran its hook");
+    for (int l = 0; l < 3; l++)
+        cr_assert_eq(atomic_load(&hook_lane[l]), l, "hook %d off its lane", l);
+    cr_assert_eq(dx_io_threads(), 0);
+
+    /* The default again, and dx_io_call is lane 0. */
+    cr_assert_eq(dx_io_set_threads(0), DX_OK);
+    atomic_store(&lane_calls, 0);
+    lane_seen[10] = -2;
+    cr_assert_eq(dx_io_call(note_lane, (void *)(intptr_t)10), DX_OK);
+    cr_assert_geq(dx_io_threads(), 1);
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    cr_assert_eq(lane_seen[10], 0);
 }
 
 Test(io, at_stop_is_refused_off_the_loop_thread, .timeout = 20)

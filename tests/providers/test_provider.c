@@ -1,9 +1,9 @@
 /*
  * test_provider.c — the common LM model: model-string parsing and keys,
  * the registry, request builders, status and retry-after mapping, redacted
- * rendering, a response's JSON form there and back, and allocation failure
- * in decoding (every failing allocation is reported as DX_ENOMEM and leaks
- * nothing).
+ * rendering, a response's JSON form there and back, a request's deep copy,
+ * and allocation failure in decoding and copying (every failing allocation
+ * is reported as DX_ENOMEM and leaks nothing).
  */
 #include <criterion/criterion.h>
 #include <stdlib.h>
@@ -130,6 +130,88 @@ Test(provider, request_builders_validate_their_input, .timeout = 10)
     cr_assert_eq(dx_lm_request_add_stop(r, ""), DX_EINVAL);
     dx_lm_request_free(r);
     dx_lm_request_free(NULL);
+}
+
+/* A request with one of everything a copy must carry. */
+static dx_lm_request *full_request(void)
+{
+    dx_lm_request *r = dx_lm_request_new("gpt-x");
+    cr_assert_not_null(r);
+    cr_assert_eq(dx_lm_request_add_message(r, DX_LM_SYSTEM, "be brief"), DX_OK);
+    cr_assert_eq(dx_lm_request_add_message(r, DX_LM_USER, "héllo"), DX_OK);
+    cr_assert_eq(dx_lm_request_add_message(r, DX_LM_ASSISTANT, ""), DX_OK);
+    cr_assert_eq(dx_lm_request_add_tool_call(r, "c1", "find", "{\"q\":1}"),
+                 DX_OK);
+    cr_assert_eq(dx_lm_request_add_tool_result(r, "c1", "found"), DX_OK);
+    cr_assert_eq(dx_lm_request_add_stop(r, "END"), DX_OK);
+    cr_assert_eq(
+        dx_lm_request_add_tool(r, "find", NULL, "{\"type\":\"object\"}"),
+        DX_OK);
+    cr_assert_eq(
+        dx_lm_request_set_schema(r, "out", "{\"type\":\"object\"}", true),
+        DX_OK);
+    cr_assert_eq(dx_lm_request_set_tool_choice_name(r, "find"), DX_OK);
+    r->has_temperature = true;
+    r->temperature = 0.25;
+    r->max_tokens = 77;
+    r->has_seed = true;
+    r->seed = 9;
+    r->stream = true;
+    return r;
+}
+
+static void assert_same_request(const dx_lm_request *a, const dx_lm_request *b)
+{
+    cr_assert_str_eq(b->model, a->model);
+    cr_assert_eq(b->n_messages, a->n_messages);
+    for (size_t i = 0; i < a->n_messages; i++) {
+        cr_assert_eq(b->messages[i].role, a->messages[i].role);
+        cr_assert_str_eq(b->messages[i].content, a->messages[i].content);
+        cr_assert_neq(b->messages[i].content, a->messages[i].content);
+        cr_assert_eq(b->messages[i].n_tool_calls, a->messages[i].n_tool_calls);
+    }
+    cr_assert_str_eq(b->messages[2].tool_calls[0].arguments, "{\"q\":1}");
+    cr_assert_str_eq(b->messages[3].tool_call_id, "c1");
+    cr_assert_eq(b->n_stop, 1);
+    cr_assert_str_eq(b->stop[0], "END");
+    cr_assert_eq(b->n_tools, 1);
+    cr_assert_null(b->tools[0].description);
+    cr_assert_str_eq(b->tools[0].parameters, a->tools[0].parameters);
+    cr_assert_str_eq(b->schema_name, "out");
+    cr_assert_str_eq(b->schema, a->schema);
+    cr_assert(b->schema_strict);
+    cr_assert_eq(b->format, DX_LM_FORMAT_JSON_SCHEMA);
+    cr_assert_eq(b->tool_choice, DX_LM_TOOL_CHOICE_NAMED);
+    cr_assert_str_eq(b->tool_choice_name, "find");
+    cr_assert(b->has_temperature && b->temperature == 0.25);
+    cr_assert_eq(b->max_tokens, 77);
+    cr_assert(b->has_seed && b->seed == 9 && b->stream);
+}
+
+Test(provider, a_request_copy_is_deep_and_whole, .timeout = 10)
+{
+    dx_lm_request *r = full_request();
+    dx_lm_request *c = NULL;
+    cr_assert_eq(dx_lm_request_copy(r, &c), DX_OK);
+    assert_same_request(r, c);
+    /* Independent: the original can go first, and grow, untouched. */
+    dx_lm_request_free(r);
+    cr_assert_eq(dx_lm_request_add_message(c, DX_LM_USER, "more"), DX_OK);
+    cr_assert_eq(c->n_messages, 5);
+    dx_lm_request_free(c);
+
+    dx_lm_request *empty = dx_lm_request_new(NULL), *e2 = NULL;
+    cr_assert_eq(dx_lm_request_copy(empty, &e2), DX_OK);
+    cr_assert_null(e2->model);
+    cr_assert_eq(e2->n_messages, 0);
+    cr_assert_null(e2->messages);
+    dx_lm_request_free(empty);
+    dx_lm_request_free(e2);
+
+    cr_assert_eq(dx_lm_request_copy(NULL, &c), DX_EINVAL);
+    cr_assert_null(c);
+    cr_assert_eq(dx_lm_request_copy(r = full_request(), NULL), DX_EINVAL);
+    dx_lm_request_free(r);
 }
 
 Test(provider, empty_requests_are_refused_by_every_codec, .timeout = 10)
@@ -425,6 +507,34 @@ Test(provider, every_failed_allocation_in_decode_is_reported_cleanly,
     cr_assert_eq(rc, DX_OK, "decode never succeeded");
     cr_assert_gt(n, 5, "allocations were not routed through dx_malloc");
     dx_lm_config_free(c);
+}
+
+Test(provider, every_failed_allocation_in_a_request_copy_is_reported_cleanly,
+     .timeout = 20)
+{
+    dx_lm_request *r = full_request();
+    dx_set_allocator(&failing);
+    int rc = DX_ENOMEM;
+    long n;
+    for (n = 1; n < 200 && rc != DX_OK; n++) {
+        calls = 0;
+        fail_at = n;
+        dx_lm_request *c = NULL;
+        rc = dx_lm_request_copy(r, &c);
+        cr_assert(rc == DX_OK || rc == DX_ENOMEM, "fail at %ld: rc %d", n, rc);
+        if (rc == DX_OK) {
+            fail_at = 0;
+            assert_same_request(r, c);
+            dx_lm_request_free(c);
+        } else {
+            cr_assert_null(c);
+        }
+    }
+    fail_at = 0;
+    dx_set_allocator(NULL);
+    cr_assert_eq(rc, DX_OK, "the copy never succeeded");
+    cr_assert_gt(n, 15, "allocations were not routed through dx_malloc");
+    dx_lm_request_free(r);
 }
 
 Test(provider, every_failed_allocation_in_a_stream_is_reported_cleanly,
