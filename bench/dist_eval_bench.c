@@ -21,6 +21,7 @@
 #include "dspex/dist_eval.h"
 #include "dspex/lm.h"
 #include "dspex/lmserver.h"
+#include "bench_server.h"
 #include "dspex/module.h"
 #include "dspex/node.h"
 #include "dspex/signature.h"
@@ -175,7 +176,8 @@ int main(int argc, char **argv)
     waitpid(e, NULL, 0);
     sleep(1);
     dx_lmserver *srv = NULL;
-    dx_lmserver_opts so = {.latency_ms = (uint64_t)latency_ms};
+    dx_lmserver_opts so = {.latency_ms = (uint64_t)latency_ms,
+                           .threads = bench_server_threads()};
     if (dx_lmserver_start(&so, &srv) != DX_OK)
         return 1;
     char url[96];

@@ -43,6 +43,7 @@
 #include "dspex/lm.h"
 #include "dspex/lm_call.h"
 #include "dspex/lmserver.h"
+#include "bench_server.h"
 #include "dspex/runtime.h"
 
 static char url[128];
@@ -241,6 +242,7 @@ int main(int argc, char **argv)
     }
     dx_lmserver *srv = NULL;
     dx_lmserver_opts so = {.latency_ms = (uint64_t)latency_ms,
+                           .threads = bench_server_threads(),
                            .max_connections = 8192};
     if (dx_lmserver_start(&so, &srv) != DX_OK)
         return 1;

@@ -22,6 +22,7 @@
 
 #include "dspex/lm.h"
 #include "dspex/lmserver.h"
+#include "bench_server.h"
 #include "dspex/runtime.h"
 #include "dspex/sim.h"
 #include "dspex/teleprompt.h"
@@ -124,7 +125,8 @@ int main(int argc, char **argv)
     concurrency = strtol(argv[2], NULL, 10);
     if (latency_ms <= 0 || concurrency <= 0)
         return 2;
-    dx_lmserver_opts so = {.latency_ms = (uint64_t)latency_ms};
+    dx_lmserver_opts so = {.latency_ms = (uint64_t)latency_ms,
+                           .threads = bench_server_threads()};
     if (dx_lmserver_start(&so, &srv) != DX_OK)
         return 1;
     snprintf(url, sizeof url, "http://127.0.0.1:%d/v1", dx_lmserver_port(srv));

@@ -1,11 +1,18 @@
 /*
- * lmserver.c — the LM server's HTTP/1.1 core: its thread and libuv loop,
- * accepting, parsing with http_parser, per-connection state, keep-alive,
+ * lmserver.c — the LM server's HTTP/1.1 core: its threads and libuv loops,
+ * accepting and sharing out connections, parsing with http_parser, per-connection state, keep-alive,
  * pipelined requests answered strictly in order, request size limits, the
  * framing of each response (Content-Length, chunked SSE, or close-delimited)
  * and the timing side of faults (delay, stall, reset, truncated close). It
  * also owns the thread-safe reply and fault queues. What to answer is
  * decided in lmserver_wire.c.
+ *
+ * Loop 0 accepts; with several threads (dx_lmserver_opts.threads) it hands
+ * each accepted socket to the loops in turn, which adopt it (uv_tcp_open)
+ * and own the connection from then on. A connection never changes loop,
+ * so everything below about one connection runs on one thread; what loops
+ * share is the reply and fault queues (under mu) and the counters
+ * (atomics).
  *
  * Each connection owes its responses in a FIFO; only the head is ever being
  * delayed or written, so a slow or stalled answer holds back the ones
@@ -15,6 +22,7 @@
  * reset.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <http_parser.h>
 #include <pthread.h>
 #include <signal.h>
@@ -24,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "dspex/alloc.h"
@@ -60,12 +69,15 @@ typedef struct fault_item {
     unsigned left;
 } fault_item;
 
+typedef struct lmloop lmloop;
+
 typedef struct conn {
     uv_tcp_t tcp;
     uv_timer_t timer;
     uv_write_t wreq;
     uv_shutdown_t sreq;
     dx_lmserver *srv;
+    lmloop *lp; /* the loop that owns it */
     struct conn *prev, *next;
     http_parser parser;
     /* The request being parsed. */
@@ -84,18 +96,30 @@ typedef struct conn {
     bool writing, reading, broken, closing, lingering, timer_delay;
 } conn;
 
-struct dx_lmserver {
+/* One server thread: its loop, and the sockets loop 0 accepted for it. */
+struct lmloop {
+    dx_lmserver *srv;
+    unsigned index;
     uv_loop_t loop;
-    uv_tcp_t listener;
-    uv_async_t async;
+    uv_async_t async; /* new sockets to adopt, or stop */
     pthread_t thread;
+    bool started; /* the thread runs (to join) */
+    conn *conns;  /* this loop's thread only */
+    int *adopt;   /* sockets to adopt, under srv->mu */
+    size_t nadopt, adopt_cap;
+    bool stopping; /* under srv->mu */
+    char rbuf[READ_BUF];
+};
+
+struct dx_lmserver {
+    uv_tcp_t listener; /* on loops[0] */
     int port;
     size_t max_body;
     unsigned max_conns;
-    unsigned nopen; /* loop thread only */
-    conn *conns;    /* loop thread only */
-    char rbuf[READ_BUF];
-    pthread_mutex_t mu; /* guards the two queues */
+    unsigned nloops;
+    unsigned next_loop; /* loop 0's thread only */
+    lmloop *loops;
+    pthread_mutex_t mu; /* guards the two queues and the adopt lists */
     reply_item *replies, *replies_tail;
     fault_item *faults, *faults_tail;
     atomic_uint_fast64_t st_requests, st_accepted, st_open, st_early, st_faults,
@@ -251,10 +275,9 @@ static void unlink_conn(conn *c)
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
-        srv->conns = c->next;
+        c->lp->conns = c->next;
     if (c->next != NULL)
         c->next->prev = c->prev;
-    srv->nopen--;
     atomic_fetch_sub(&srv->st_open, 1);
 }
 
@@ -279,7 +302,7 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
     (void)hint;
     conn *c = h->data;
     /* One loop thread consumes each read before the next alloc. */
-    *buf = uv_buf_init(c->srv->rbuf, READ_BUF);
+    *buf = uv_buf_init(c->lp->rbuf, READ_BUF);
 }
 
 static void set_reading(conn *c, bool on)
@@ -368,7 +391,7 @@ static void kick(conn *c)
          * milliseconds; refresh it and round up so the delay is never
          * shorter than asked. */
         c->timer_delay = true;
-        uv_update_time(&c->srv->loop);
+        uv_update_time(&c->lp->loop);
         uv_timer_start(&c->timer, on_timer, o->delay_ms + 1, 0);
         return;
     }
@@ -745,38 +768,29 @@ static void free_handle(uv_handle_t *h)
     dx_free(h);
 }
 
-static void on_connection(uv_stream_t *server, int status)
+/* Close callback of a conn whose tcp handle was set up but never used. */
+static void free_conn_handle(uv_handle_t *h)
 {
-    dx_lmserver *srv = server->data;
-    if (status < 0)
-        return;
-    conn *c = dx_calloc(1, sizeof *c);
-    if (c == NULL || uv_tcp_init(&srv->loop, &c->tcp) != 0) {
-        /* Take the connection off the backlog anyway, or it would spin. */
-        uv_tcp_t *tmp = dx_malloc(sizeof *tmp);
-        if (tmp != NULL && uv_tcp_init(&srv->loop, tmp) == 0) {
-            uv_accept(server, (uv_stream_t *)tmp);
-            uv_close((uv_handle_t *)tmp, free_handle);
-        } else {
-            dx_free(tmp);
-        }
-        dx_free(c);
-        return;
-    }
-    c->srv = srv;
+    dx_free(h->data);
+}
+
+/* A new connection of lp's, on lp's thread: c->tcp already holds the
+ * socket. Counts it, and closes it at once over the limit. */
+static void conn_begin(conn *c)
+{
+    dx_lmserver *srv = c->srv;
+    lmloop *lp = c->lp;
     c->tcp.data = c;
     c->timer.data = c;
     c->handles = 2;
-    uv_timer_init(&srv->loop, &c->timer);
-    c->next = srv->conns;
-    if (srv->conns != NULL)
-        srv->conns->prev = c;
-    srv->conns = c;
-    srv->nopen++;
-    atomic_fetch_add(&srv->st_open, 1);
+    uv_timer_init(&lp->loop, &c->timer);
+    c->next = lp->conns;
+    if (lp->conns != NULL)
+        lp->conns->prev = c;
+    lp->conns = c;
+    uint64_t open = atomic_fetch_add(&srv->st_open, 1) + 1;
     atomic_fetch_add(&srv->st_accepted, 1);
-    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 ||
-        srv->nopen > srv->max_conns) {
+    if (open > srv->max_conns) {
         close_conn(c, false);
         return;
     }
@@ -786,24 +800,137 @@ static void on_connection(uv_stream_t *server, int status)
     set_reading(c, true);
 }
 
+/* Take socket fd on lp's thread; closes it when it cannot. */
+static void adopt_socket(lmloop *lp, int fd)
+{
+    conn *c = dx_calloc(1, sizeof *c);
+    if (c == NULL || uv_tcp_init(&lp->loop, &c->tcp) != 0) {
+        dx_free(c);
+        close(fd);
+        return;
+    }
+    if (uv_tcp_open(&c->tcp, fd) != 0) {
+        /* The handle is initialised: it must be closed, not just freed. */
+        c->tcp.data = c;
+        uv_close((uv_handle_t *)&c->tcp, free_conn_handle);
+        close(fd);
+        return;
+    }
+    c->srv = lp->srv;
+    c->lp = lp;
+    conn_begin(c);
+}
+
+/* Queue fd for loop lp (another thread's) and wake it. false: not queued
+ * (no memory, or the loop stops), the caller closes fd. */
+static bool hand_over(lmloop *lp, int fd)
+{
+    dx_lmserver *srv = lp->srv;
+    bool ok = false;
+    pthread_mutex_lock(&srv->mu);
+    if (!lp->stopping) {
+        if (lp->nadopt == lp->adopt_cap) {
+            size_t cap = lp->adopt_cap ? lp->adopt_cap * 2 : 64;
+            int *a = dx_realloc(lp->adopt, cap * sizeof *a);
+            if (a != NULL) {
+                lp->adopt = a;
+                lp->adopt_cap = cap;
+            }
+        }
+        if (lp->nadopt < lp->adopt_cap) {
+            lp->adopt[lp->nadopt++] = fd;
+            ok = true;
+            if (lp->nadopt == 1)
+                uv_async_send(&lp->async);
+        }
+    }
+    pthread_mutex_unlock(&srv->mu);
+    return ok;
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    dx_lmserver *srv = server->data;
+    if (status < 0)
+        return;
+    lmloop *lp = &srv->loops[srv->next_loop++ % srv->nloops];
+    lmloop *here = &srv->loops[0];
+    conn *c = lp == here ? dx_calloc(1, sizeof *c) : NULL;
+    uv_tcp_t *tmp = c == NULL ? dx_malloc(sizeof *tmp) : NULL;
+    uv_tcp_t *into = c != NULL ? &c->tcp : tmp;
+    if (into == NULL || uv_tcp_init(&here->loop, into) != 0) {
+        /* Take the connection off the backlog anyway, or it would spin. */
+        dx_free(c);
+        dx_free(tmp);
+        uv_tcp_t *drop = dx_malloc(sizeof *drop);
+        if (drop != NULL && uv_tcp_init(&here->loop, drop) == 0) {
+            uv_accept(server, (uv_stream_t *)drop);
+            uv_close((uv_handle_t *)drop, free_handle);
+        } else {
+            dx_free(drop);
+        }
+        return;
+    }
+    if (c != NULL) {
+        c->srv = srv;
+        c->lp = here;
+        if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+            c->tcp.data = c;
+            uv_close((uv_handle_t *)&c->tcp, free_conn_handle);
+            return;
+        }
+        conn_begin(c);
+        return;
+    }
+    /* Another loop's: accept here, pass on a duplicate of the socket (the
+     * handle here owns the original and closes it). */
+    uv_os_fd_t fd = -1;
+    int dup_fd = -1;
+    if (uv_accept(server, (uv_stream_t *)tmp) == 0 &&
+        uv_fileno((uv_handle_t *)tmp, &fd) == 0)
+        dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    uv_close((uv_handle_t *)tmp, free_handle);
+    if (dup_fd >= 0 && !hand_over(lp, dup_fd))
+        close(dup_fd);
+}
+
 static void close_if_open(uv_handle_t *h)
 {
     if (!uv_is_closing(h))
         uv_close(h, NULL);
 }
 
-static void on_stop(uv_async_t *a)
+/* Wake-up of a loop: adopt the sockets handed over, or stop. */
+static void on_async(uv_async_t *a)
 {
-    dx_lmserver *srv = a->data;
-    close_if_open((uv_handle_t *)&srv->listener);
-    close_if_open((uv_handle_t *)&srv->async);
-    while (srv->conns != NULL)
-        close_conn(srv->conns, false);
+    lmloop *lp = a->data;
+    dx_lmserver *srv = lp->srv;
+    pthread_mutex_lock(&srv->mu);
+    bool stopping = lp->stopping;
+    size_t n = lp->nadopt;
+    int *fds = lp->adopt;
+    lp->adopt = NULL;
+    lp->nadopt = lp->adopt_cap = 0;
+    pthread_mutex_unlock(&srv->mu);
+    for (size_t i = 0; i < n; i++) {
+        if (stopping)
+            close(fds[i]);
+        else
+            adopt_socket(lp, fds[i]);
+    }
+    dx_free(fds);
+    if (!stopping)
+        return;
+    if (lp->index == 0)
+        close_if_open((uv_handle_t *)&srv->listener);
+    close_if_open((uv_handle_t *)&lp->async);
+    while (lp->conns != NULL)
+        close_conn(lp->conns, false);
 }
 
 static void *server_main(void *arg)
 {
-    dx_lmserver *srv = arg;
+    lmloop *lp = arg;
     /* Signals belong to the embedding program's threads; a write to a
      * vanished peer must give EPIPE here, not kill the process. */
     sigset_t set;
@@ -813,9 +940,12 @@ static void *server_main(void *arg)
     sigaddset(&set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 #ifdef __linux__
-    pthread_setname_np(pthread_self(), "dx-lmserver");
+    char name[16] = "dx-lmserver";
+    if (lp->index > 0)
+        snprintf(name, sizeof name, "dx-lmserver-%u", lp->index % 10u);
+    pthread_setname_np(pthread_self(), name);
 #endif
-    uv_run(&srv->loop, UV_RUN_DEFAULT);
+    uv_run(&lp->loop, UV_RUN_DEFAULT);
     return NULL;
 }
 
@@ -825,11 +955,11 @@ static void walk_close(uv_handle_t *h, void *arg)
     close_if_open(h);
 }
 
-static void drain_and_close_loop(dx_lmserver *srv)
+static void drain_and_close_loop(lmloop *lp)
 {
-    uv_walk(&srv->loop, walk_close, NULL);
-    uv_run(&srv->loop, UV_RUN_DEFAULT);
-    uv_loop_close(&srv->loop);
+    uv_walk(&lp->loop, walk_close, NULL);
+    uv_run(&lp->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&lp->loop);
 }
 
 static void free_queues(dx_lmserver *srv)
@@ -847,6 +977,36 @@ static void free_queues(dx_lmserver *srv)
     }
 }
 
+/* Stop the loops whose threads run, join them, close every loop and free
+ * the server. The first `inited` loops have a loop and an async handle. */
+static void shut_down(dx_lmserver *srv, unsigned inited)
+{
+    for (unsigned i = 0; i < inited; i++) {
+        lmloop *lp = &srv->loops[i];
+        pthread_mutex_lock(&srv->mu);
+        lp->stopping = true;
+        if (lp->started)
+            uv_async_send(&lp->async);
+        pthread_mutex_unlock(&srv->mu);
+    }
+    for (unsigned i = 0; i < inited; i++)
+        if (srv->loops[i].started)
+            pthread_join(srv->loops[i].thread, NULL);
+    /* Anything still open (none expected after a stop) is closed before
+     * the loop goes; sockets still waiting for adoption are closed. */
+    for (unsigned i = 0; i < inited; i++) {
+        lmloop *lp = &srv->loops[i];
+        drain_and_close_loop(lp);
+        for (size_t k = 0; k < lp->nadopt; k++)
+            close(lp->adopt[k]);
+        dx_free(lp->adopt);
+    }
+    free_queues(srv);
+    pthread_mutex_destroy(&srv->mu);
+    dx_free(srv->loops);
+    dx_free(srv);
+}
+
 int dx_lmserver_start(const dx_lmserver_opts *opts, dx_lmserver **out)
 {
     if (out == NULL)
@@ -855,7 +1015,7 @@ int dx_lmserver_start(const dx_lmserver_opts *opts, dx_lmserver **out)
     dx_lmserver_opts o = {0};
     if (opts != NULL)
         o = *opts;
-    if (o.port < 0 || o.port > 65535)
+    if (o.port < 0 || o.port > 65535 || o.threads > DX_LMSERVER_MAX_THREADS)
         return DX_EINVAL;
     const char *host = o.host ? o.host : "127.0.0.1";
     struct sockaddr_storage addr;
@@ -863,21 +1023,42 @@ int dx_lmserver_start(const dx_lmserver_opts *opts, dx_lmserver **out)
         uv_ip6_addr(host, o.port, (struct sockaddr_in6 *)&addr) != 0)
         return DX_EINVAL;
     dx_lmserver *srv = dx_calloc(1, sizeof *srv);
-    if (srv == NULL)
+    unsigned nloops = o.threads ? o.threads : 1;
+    lmloop *loops = srv ? dx_calloc(nloops, sizeof *loops) : NULL;
+    if (loops == NULL) {
+        dx_free(srv);
         return DX_ENOMEM;
+    }
+    srv->loops = loops;
+    srv->nloops = nloops;
     srv->max_body =
         o.max_body_bytes ? o.max_body_bytes : DX_LMSERVER_DEFAULT_MAX_BODY;
     srv->max_conns = o.max_connections ? o.max_connections
                                        : DX_LMSERVER_DEFAULT_MAX_CONNECTIONS;
     srv->latency_ms = o.latency_ms;
-    if (uv_loop_init(&srv->loop) != 0) {
-        dx_free(srv);
-        return DX_ESYS;
-    }
     pthread_mutex_init(&srv->mu, NULL);
-    uv_tcp_init(&srv->loop, &srv->listener);
-    srv->listener.data = srv;
-    int rc = uv_tcp_bind(&srv->listener, (const struct sockaddr *)&addr, 0);
+    unsigned inited = 0;
+    int rc = 0;
+    for (; inited < nloops; inited++) {
+        lmloop *lp = &loops[inited];
+        lp->srv = srv;
+        lp->index = inited;
+        if (uv_loop_init(&lp->loop) != 0) {
+            rc = -1;
+            break;
+        }
+        if (uv_async_init(&lp->loop, &lp->async, on_async) != 0) {
+            uv_loop_close(&lp->loop);
+            rc = -1;
+            break;
+        }
+        lp->async.data = lp;
+    }
+    if (rc == 0) {
+        uv_tcp_init(&loops[0].loop, &srv->listener);
+        srv->listener.data = srv;
+        rc = uv_tcp_bind(&srv->listener, (const struct sockaddr *)&addr, 0);
+    }
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection);
     struct sockaddr_storage bound;
@@ -886,18 +1067,17 @@ int dx_lmserver_start(const dx_lmserver_opts *opts, dx_lmserver **out)
         rc = uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound,
                                 &blen);
     if (rc == 0)
-        rc = uv_async_init(&srv->loop, &srv->async, on_stop);
-    if (rc == 0) {
-        srv->async.data = srv;
         srv->port = bound.ss_family == AF_INET6
                         ? ntohs(((struct sockaddr_in6 *)&bound)->sin6_port)
                         : ntohs(((struct sockaddr_in *)&bound)->sin_port);
-        rc = pthread_create(&srv->thread, NULL, server_main, srv) == 0 ? 0 : -1;
+    for (unsigned i = 0; rc == 0 && i < nloops; i++) {
+        rc = pthread_create(&loops[i].thread, NULL, server_main, &loops[i]) == 0
+                 ? 0
+                 : -1;
+        loops[i].started = rc == 0;
     }
     if (rc != 0) {
-        drain_and_close_loop(srv);
-        pthread_mutex_destroy(&srv->mu);
-        dx_free(srv);
+        shut_down(srv, inited);
         return DX_ESYS;
     }
     *out = srv;
@@ -908,11 +1088,5 @@ void dx_lmserver_stop_free(dx_lmserver *srv)
 {
     if (srv == NULL)
         return;
-    uv_async_send(&srv->async);
-    pthread_join(srv->thread, NULL);
-    /* Anything still open (none expected) is closed before the loop goes. */
-    drain_and_close_loop(srv);
-    free_queues(srv);
-    pthread_mutex_destroy(&srv->mu);
-    dx_free(srv);
+    shut_down(srv, srv->nloops);
 }

@@ -2,10 +2,13 @@
  * lmserver_main.c — the dspex-lmserver executable: runs the local LM server
  * in the foreground until SIGINT or SIGTERM.
  *
- *   dspex-lmserver [--port N] [--host ADDR] [--script FILE]
+ *   dspex-lmserver [--port N] [--host ADDR] [--script FILE] [--threads N]
+ *                  [--latency-ms MS]
  *
  * --script queues each non-empty line of FILE as an exact reply (FIFO), so
- * a shell test can predict what the server answers. The line
+ * a shell test can predict what the server answers. --threads serves
+ * connections on N threads (default 1), --latency-ms holds every answer
+ * back that long (a model's latency, for load tests). The line
  * "listening on HOST:PORT" on stdout says it is ready.
  */
 #include <errno.h>
@@ -20,7 +23,7 @@
 static int usage(void)
 {
     fprintf(stderr, "usage: dspex-lmserver [--port N] [--host ADDR] "
-                    "[--script FILE]\n");
+                    "[--script FILE] [--threads N] [--latency-ms MS]\n");
     return 2;
 }
 
@@ -63,6 +66,18 @@ int main(int argc, char **argv)
             o.host = argv[++i];
         } else if (strcmp(argv[i], "--script") == 0) {
             script = argv[++i];
+        } else if (strcmp(argv[i], "--threads") == 0) {
+            char *end;
+            long v = strtol(argv[++i], &end, 10);
+            if (*end != '\0' || v < 1 || v > DX_LMSERVER_MAX_THREADS)
+                return usage();
+            o.threads = (unsigned)v;
+        } else if (strcmp(argv[i], "--latency-ms") == 0) {
+            char *end;
+            long long v = strtoll(argv[++i], &end, 10);
+            if (*end != '\0' || v < 0 || v > 3600000)
+                return usage();
+            o.latency_ms = (uint64_t)v;
         } else {
             return usage();
         }

@@ -1,6 +1,6 @@
 /*
  * io.h — the I/O loop bridge: libuv loops on threads of their own, the
- * "lanes" (one by default per CPU, up to four; dx_io_set_threads).
+ * "lanes" (by default two per CPU, up to eight; dx_io_set_threads).
  *
  * Processes never touch libuv: code that needs a loop (the HTTP transport)
  * hands it a function with dx_io_call() or dx_io_call_on(), which may be
@@ -29,8 +29,8 @@ struct uv_loop_s;
 #define DX_IO_MAX_THREADS 16
 
 /* How many I/O threads the next start makes: 1..DX_IO_MAX_THREADS, or 0
- * for the default (the DX_IO_THREADS environment variable, else one per
- * CPU up to four). DX_OK; DX_EINVAL (over the maximum); DX_ESTATE while
+ * for the default (the DX_IO_THREADS environment variable, else two per
+ * CPU up to eight). DX_OK; DX_EINVAL (over the maximum); DX_ESTATE while
  * the I/O runs (stop it first). Any thread. */
 DX_API int dx_io_set_threads(unsigned n);
 

@@ -3,8 +3,8 @@
  * OpenAI, Anthropic and Gemini wire formats (streaming included), answers
  * from a script, and injects faults on demand.
  *
- * It runs on a thread of its own with its own libuv loop, independent of
- * the dspex runtime: tests start it next to a runtime on 127.0.0.1 with an
+ * It runs on threads of its own (one by default) with their own libuv
+ * loops, independent of the dspex runtime: tests start it next to a runtime on 127.0.0.1 with an
  * ephemeral port, and it never shares the runtime's I/O thread.
  *
  * Answers: a queued exact reply (dx_lmserver_push_reply, FIFO) if any, else
@@ -28,6 +28,7 @@
 /* Longest accepted fault spec and queued reply. */
 #define DX_LMSERVER_MAX_FAULT_SPEC 64
 #define DX_LMSERVER_MAX_REPLY (1024u * 1024u)
+#define DX_LMSERVER_MAX_THREADS 16
 
 typedef struct dx_lmserver dx_lmserver;
 
@@ -41,6 +42,11 @@ typedef struct dx_lmserver_opts {
     /* Every response is held back this long (a model's latency, for
      * benchmarks); faults' own delays add to it. 0 = none. */
     uint64_t latency_ms;
+    /* Server threads, each with a loop of its own; the first accepts and
+     * hands connections to them in turn. 0 = 1; at most
+     * DX_LMSERVER_MAX_THREADS. More than one lets a benchmark's server keep
+     * up with many clients at once, as a real provider's would. */
+    unsigned threads;
 } dx_lmserver_opts;
 
 typedef struct dx_lmserver_stats {

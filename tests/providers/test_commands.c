@@ -133,7 +133,8 @@ Test(commands, lmserver_answers_its_script_then_stops_on_sigterm)
     FILE *out = NULL;
     pid_t pid = start(bin("DX_LMSERVER_BIN"),
                       (const char *[]){"--port", "0", "--host", "127.0.0.1",
-                                       "--script", script, NULL},
+                                       "--script", script, "--threads", "2",
+                                       "--latency-ms", "1", NULL},
                       &out);
     /* It says where it listens once it does: no polling needed. */
     char line[256] = "";
@@ -183,6 +184,10 @@ Test(commands, lmserver_refuses_bad_arguments_and_says_why)
         {"--port", "70000", NULL},
         {"--port", "12x", NULL},
         {"--verbose", "yes", NULL},
+        {"--threads", "0", NULL},
+        {"--threads", "17", NULL},
+        {"--latency-ms", "-1", NULL},
+        {"--latency-ms", "soon", NULL},
     };
     for (size_t i = 0; i < sizeof usage / sizeof *usage; i++) {
         cr_expect_eq(run(b, usage[i]), 2, "case %zu", i);

@@ -4,12 +4,15 @@
  * where curl would hide what we check): the three wire formats plain and
  * streamed, scripted replies, keep-alive and pipelining, bad requests in
  * each provider's error shape, every fault, 200 concurrent clients, garbage
- * input, and stopping with clients still connected.
+ * input, and stopping with clients still connected; then the same kinds of
+ * checks on a server with three threads (connections shared out, queues and
+ * the connection limit shared by all).
  */
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <curl/curl.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -1148,7 +1151,8 @@ static void *client_thread(void *arg)
     return NULL;
 }
 
-Test(lmserver, two_hundred_concurrent_clients_are_all_answered)
+/* CLIENTS threads, one request and connection each, all answered 200. */
+static void all_clients_answered(void)
 {
     pthread_t t[CLIENTS];
     long status[CLIENTS];
@@ -1161,6 +1165,12 @@ Test(lmserver, two_hundred_concurrent_clients_are_all_answered)
     dx_lmserver_stats st;
     dx_lmserver_stats_get(srv, &st);
     cr_assert_eq(st.requests, CLIENTS);
+    cr_assert_eq(st.connections_accepted, CLIENTS);
+}
+
+Test(lmserver, two_hundred_concurrent_clients_are_all_answered)
+{
+    all_clients_answered();
 }
 
 static char *raw_exchange(const void *data, size_t n)
@@ -1278,4 +1288,130 @@ Test(lmserver, start_reports_bad_host_and_taken_port)
     cr_assert_eq(dx_lmserver_start(&taken, &other), DX_ESYS);
     cr_assert_null(other);
     dx_lmserver_stop_free(NULL);
+}
+
+/* ---- several server threads ------------------------------------------------ */
+
+static void start_threads(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    dx_lmserver_opts o = {.threads = 3, .max_connections = 300};
+    cr_assert_eq(dx_lmserver_start(&o, &srv), DX_OK);
+    port = dx_lmserver_port(srv);
+    cr_assert_gt(port, 0);
+}
+
+TestSuite(lmserver_threads, .init = start_threads, .fini = stop, .timeout = 60);
+
+Test(lmserver_threads, two_hundred_concurrent_clients_are_all_answered)
+{
+    all_clients_answered();
+}
+
+Test(lmserver_threads, every_connection_keeps_its_order_and_keep_alive)
+{
+    /* Consecutive connections land on different threads; each must still
+     * answer pipelined requests in order and serve a second request. */
+    for (int k = 0; k < 3; k++) {
+        int fd = raw_connect();
+        const char *req =
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nx-dx-fault: slow:30\r\n\r\n"
+            "POST /v1/nope HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        raw_send(fd, req, strlen(req));
+        char *out = raw_read_all(fd, NULL);
+        close(fd);
+        const char *s1 = strstr(out, "HTTP/1.1 200");
+        const char *s2 = strstr(out, "HTTP/1.1 404");
+        cr_assert(s1 && s2 && s1 < s2, "connection %d got: %s", k, out);
+        cr_assert_eq(count_occurrences(out, "HTTP/1.1 200"), 2);
+        free(out);
+    }
+    CURL *easy = curl_easy_init();
+    resp a = request_on(easy, "/v1/chat/completions", oai, OAI_CHAT, 0);
+    resp b = request_on(easy, "/v1/messages", ant, ANT_CHAT, 0);
+    curl_easy_cleanup(easy);
+    cr_assert_eq(a.status, 200);
+    cr_assert_eq(b.status, 200);
+    cr_assert_eq(b.connects, 0, "the second request opened a new connection");
+    resp_free(&a);
+    resp_free(&b);
+}
+
+Test(lmserver_threads, replies_and_faults_are_shared_by_every_thread)
+{
+    cr_assert_eq(dx_lmserver_push_reply(srv, "first"), DX_OK);
+    cr_assert_eq(dx_lmserver_push_reply(srv, "second"), DX_OK);
+    cr_assert_eq(dx_lmserver_inject(srv, "server_error", 1), DX_OK);
+    /* One connection each: the queues are the server's, not a thread's. */
+    resp f = request("/v1/chat/completions", oai, OAI_CHAT);
+    cr_assert_eq(f.status, 500);
+    resp_free(&f);
+    const char *want[] = {"first", "second"};
+    for (int i = 0; i < 2; i++) {
+        resp r = request("/v1/chat/completions", oai, OAI_CHAT);
+        cr_assert_eq(r.status, 200);
+        cJSON *j = parse(&r);
+        cr_assert_str_eq(sget(j, "choices.0.message.content"), want[i]);
+        cJSON_Delete(j);
+        resp_free(&r);
+    }
+}
+
+Test(lmserver_threads, the_connection_limit_counts_every_thread)
+{
+    dx_lmserver_stop_free(srv);
+    dx_lmserver_opts o = {.threads = 3, .max_connections = 4};
+    cr_assert_eq(dx_lmserver_start(&o, &srv), DX_OK);
+    port = dx_lmserver_port(srv);
+    int fds[7];
+    for (int i = 0; i < 7; i++)
+        fds[i] = raw_connect();
+    dx_lmserver_stats s;
+    for (int i = 0; i < 500; i++) {
+        dx_lmserver_stats_get(srv, &s);
+        if (s.connections_accepted == 7)
+            break;
+        usleep(10000);
+    }
+    cr_assert_eq(s.connections_accepted, 7);
+    cr_assert_eq(s.connections_open, 4, "%" PRIu64 " open over a limit of 4",
+                 s.connections_open);
+    for (int i = 0; i < 7; i++)
+        close(fds[i]);
+}
+
+Test(lmserver_threads, stop_with_clients_on_every_thread_frees_everything)
+{
+    int fds[6];
+    const char *stall_req = "POST /v1/chat/completions HTTP/1.1\r\nx-dx-fault: "
+                            "stall\r\nContent-Length: 2\r\n\r\n{}";
+    for (int i = 0; i < 6; i++) {
+        fds[i] = raw_connect();
+        raw_send(fds[i], stall_req, strlen(stall_req));
+    }
+    dx_lmserver_stats s;
+    for (int i = 0; i < 500; i++) {
+        dx_lmserver_stats_get(srv, &s);
+        if (s.requests == 6)
+            break;
+        usleep(10000);
+    }
+    cr_assert_eq(s.requests, 6);
+    dx_lmserver_stop_free(srv);
+    srv = NULL;
+    for (int i = 0; i < 6; i++) {
+        char *out = raw_read_all(fds[i], NULL);
+        cr_assert_str_eq(out, "", "client %d", i);
+        free(out);
+        close(fds[i]);
+    }
+}
+
+Test(lmserver_threads, too_many_threads_are_refused)
+{
+    dx_lmserver *other = NULL;
+    dx_lmserver_opts o = {.threads = DX_LMSERVER_MAX_THREADS + 1};
+    cr_assert_eq(dx_lmserver_start(&o, &other), DX_EINVAL);
+    cr_assert_null(other);
 }
