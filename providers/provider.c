@@ -95,20 +95,19 @@ char *dx__jprint(const cJSON *item)
     return cJSON_PrintUnformatted(item);
 }
 
-/* cJSON's parse functions record the last error position in a global, on
- * every call — a data race when schedulers, the I/O thread and the local LM
- * server parse at once. Every parse in providers/ goes through here, under
- * one lock (a parse is microseconds; the lock is uncontended in practice). */
-static pthread_mutex_t parse_lock = PTHREAD_MUTEX_INITIALIZER;
+/* cJSON's parse functions record the last error position in a global on
+ * every call, which concurrent parses (schedulers, the I/O threads, the
+ * local LM server's threads) write at once. Nothing in dspex reads it
+ * (cJSON_GetErrorPtr is never called; a failed parse is reported from its
+ * NULL result), so parses run unlocked: a process-wide lock here was the
+ * most contended lock of an evaluation at 256 in flight. */
 
 cJSON *dx__jparse(const char *s, size_t n)
 {
     dx__json_init();
     if (!s)
         return NULL;
-    pthread_mutex_lock(&parse_lock);
     cJSON *j = cJSON_ParseWithLength(s, n);
-    pthread_mutex_unlock(&parse_lock);
     return j;
 }
 
@@ -180,12 +179,18 @@ void dx__jadd_bool(dx__jb *b, cJSON *parent, const char *key, bool v)
     dx__jadd_item(b, parent, key, cJSON_CreateBool(v));
 }
 
+static bool is_json_object(const char *s);
+
+/* The texts that come here (a schema, tool parameters, a tool call's
+ * arguments) were checked to be JSON objects when they were put into the
+ * request; they go into the body as they are, checked again (cheaply, see
+ * is_json_object) in case a request was filled in by hand, instead of
+ * being parsed into a tree only to be printed back. */
 bool dx__jadd_raw(dx__jb *b, cJSON *parent, const char *key, const char *json)
 {
-    cJSON *v = json ? dx__jparse(json, strlen(json)) : NULL;
-    if (!v)
+    if (!is_json_object(json))
         return false;
-    dx__jadd_item(b, parent, key, v);
+    dx__jadd_item(b, parent, key, cJSON_CreateRaw(json));
     return true;
 }
 
@@ -375,11 +380,29 @@ int64_t dx_lm_retry_after_ms(const char *retry_after_ms,
 
 /* ---- requests ---------------------------------------------------------- */
 
+/* The last text this thread found to be a JSON object. A program sends
+ * the same schema (and tools) with every call, and the request is checked
+ * where it is built and again where it is encoded: parsing it each time
+ * was a large share of a call's CPU. A fixed buffer, so a thread that ends
+ * leaves nothing behind; longer texts are parsed every time. */
+#define CHECKED_MAX 2048
+static _Thread_local char checked_text[CHECKED_MAX];
+static _Thread_local size_t checked_len;
+
 static bool is_json_object(const char *s)
 {
-    cJSON *j = s ? dx__jparse(s, strlen(s)) : NULL;
+    if (s == NULL)
+        return false;
+    size_t n = strlen(s);
+    if (n > 0 && n == checked_len && memcmp(s, checked_text, n) == 0)
+        return true;
+    cJSON *j = dx__jparse(s, n);
     bool ok = cJSON_IsObject(j);
     cJSON_Delete(j);
+    if (ok && n < CHECKED_MAX) {
+        memcpy(checked_text, s, n);
+        checked_len = n;
+    }
     return ok;
 }
 
