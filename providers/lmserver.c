@@ -32,6 +32,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -94,7 +96,13 @@ typedef struct conn {
     size_t lingered;
     int handles; /* open libuv handles; the conn is freed at 0 */
     bool writing, reading, broken, closing, lingering, timer_delay;
+    /* While the head response is held back: when it is due (uv_hrtime)
+     * and its place in the loop's heap of due answers (NOT_DUE if none). */
+    uint64_t due_ns;
+    size_t due_at;
 } conn;
+
+#define NOT_DUE SIZE_MAX
 
 /* One server thread: its loop, and the sockets loop 0 accepted for it. */
 struct lmloop {
@@ -108,6 +116,15 @@ struct lmloop {
     int *adopt;   /* sockets to adopt, under srv->mu */
     size_t nadopt, adopt_cap;
     bool stopping; /* under srv->mu */
+    /* Answers held back (latency, slow faults), earliest first: a min-heap
+     * of conns on due_ns, and a timerfd set to the earliest. The loop's own
+     * timers count whole milliseconds from a floored clock, which made
+     * every answer about a millisecond late (1 % of a 100 ms latency). */
+    int tfd;
+    uv_poll_t tpoll;
+    conn **due;
+    size_t ndue, due_cap;
+    uint64_t armed_ns; /* what tfd is set to; 0: disarmed */
     char rbuf[READ_BUF];
 };
 
@@ -269,6 +286,117 @@ static void on_handle_closed(uv_handle_t *h)
     dx_free(c);
 }
 
+/* ---- answers held back: the loop's heap of due times ------------------ */
+
+static void due_swap(lmloop *lp, size_t i, size_t j)
+{
+    conn *t = lp->due[i];
+    lp->due[i] = lp->due[j];
+    lp->due[j] = t;
+    lp->due[i]->due_at = i;
+    lp->due[j]->due_at = j;
+}
+
+static void due_up(lmloop *lp, size_t i)
+{
+    while (i > 0 && lp->due[(i - 1) / 2]->due_ns > lp->due[i]->due_ns) {
+        due_swap(lp, i, (i - 1) / 2);
+        i = (i - 1) / 2;
+    }
+}
+
+static void due_down(lmloop *lp, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < lp->ndue && lp->due[l]->due_ns < lp->due[m]->due_ns)
+            m = l;
+        if (r < lp->ndue && lp->due[r]->due_ns < lp->due[m]->due_ns)
+            m = r;
+        if (m == i)
+            return;
+        due_swap(lp, i, m);
+        i = m;
+    }
+}
+
+/* Answers come due in windows of this many ns, released together: one
+ * wake-up per answer (at 256 in flight, thousands a second) cost more CPU
+ * than the ~1 ms of lateness it removed; a quarter millisecond keeps most
+ * of the precision and the batching. */
+#define DUE_WINDOW_NS 250000u
+
+/* Set the timerfd to the end of the earliest answer's window (or disarm
+ * it). */
+static void due_arm(lmloop *lp)
+{
+    uint64_t at = 0;
+    if (lp->ndue > 0)
+        at = (lp->due[0]->due_ns / DUE_WINDOW_NS + 1) * DUE_WINDOW_NS;
+    if (at == lp->armed_ns)
+        return;
+    struct itimerspec its = {0};
+    its.it_value.tv_sec = (time_t)(at / 1000000000u);
+    its.it_value.tv_nsec = (long)(at % 1000000000u);
+    if (timerfd_settime(lp->tfd, TFD_TIMER_ABSTIME, &its, NULL) == 0)
+        lp->armed_ns = at;
+}
+
+static bool due_push(lmloop *lp, conn *c)
+{
+    if (lp->tfd < 0)
+        return false;
+    if (lp->ndue == lp->due_cap) {
+        size_t cap = lp->due_cap ? lp->due_cap * 2 : 64;
+        conn **d = dx_realloc(lp->due, cap * sizeof *d);
+        if (d == NULL)
+            return false;
+        lp->due = d;
+        lp->due_cap = cap;
+    }
+    c->due_at = lp->ndue;
+    lp->due[lp->ndue++] = c;
+    due_up(lp, c->due_at);
+    due_arm(lp);
+    return true;
+}
+
+static void due_remove(lmloop *lp, conn *c)
+{
+    size_t i = c->due_at;
+    if (i == NOT_DUE)
+        return;
+    c->due_at = NOT_DUE;
+    if (i != --lp->ndue) {
+        lp->due[i] = lp->due[lp->ndue];
+        lp->due[i]->due_at = i;
+        due_up(lp, i);
+        due_down(lp, lp->due[i]->due_at);
+    }
+    due_arm(lp);
+}
+
+static void kick(conn *c);
+
+/* The timerfd fired: every answer now due goes out. */
+static void on_due(uv_poll_t *p, int status, int events)
+{
+    (void)status;
+    (void)events;
+    lmloop *lp = p->data;
+    uint64_t fired;
+    (void)!read(lp->tfd, &fired, sizeof fired);
+    lp->armed_ns = 0; /* a one-shot timer that fired is disarmed */
+    uint64_t now = uv_hrtime();
+    while (lp->ndue > 0 && lp->due[0]->due_ns <= now) {
+        conn *c = lp->due[0];
+        due_remove(lp, c);
+        c->timer_delay = false;
+        kick(c);
+    }
+    due_arm(lp);
+}
+
 static void unlink_conn(conn *c)
 {
     dx_lmserver *srv = c->srv;
@@ -288,13 +416,13 @@ static void close_conn(conn *c, bool hard)
         return;
     c->closing = true;
     unlink_conn(c);
+    due_remove(c->lp, c);
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
     if (hard && uv_tcp_close_reset(&c->tcp, on_handle_closed) == 0)
         return;
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
 }
 
-static void kick(conn *c);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
@@ -387,12 +515,17 @@ static void kick(conn *c)
     if (c->closing || c->writing || c->timer_delay || o == NULL || o->stall)
         return;
     if (o->delay_ms > 0) {
-        /* The loop clock is cached from before this read and counts whole
-         * milliseconds; refresh it and round up so the delay is never
-         * shorter than asked. */
         c->timer_delay = true;
+        c->due_ns = uv_hrtime() + o->delay_ms * 1000000u;
+        uint64_t ms = o->delay_ms;
+        o->delay_ms = 0; /* once due, the answer goes */
+        if (due_push(c->lp, c))
+            return;
+        /* No room in the heap: the loop's own timer, whose clock is cached
+         * and counts whole milliseconds; refresh it and round up so the
+         * delay is never shorter than asked. */
         uv_update_time(&c->lp->loop);
-        uv_timer_start(&c->timer, on_timer, o->delay_ms + 1, 0);
+        uv_timer_start(&c->timer, on_timer, ms + 1, 0);
         return;
     }
     uv_buf_t b = uv_buf_init(o->data, (unsigned)o->send_len);
@@ -783,6 +916,7 @@ static void conn_begin(conn *c)
     c->tcp.data = c;
     c->timer.data = c;
     c->handles = 2;
+    c->due_at = NOT_DUE;
     uv_timer_init(&lp->loop, &c->timer);
     c->next = lp->conns;
     if (lp->conns != NULL)
@@ -924,6 +1058,8 @@ static void on_async(uv_async_t *a)
     if (lp->index == 0)
         close_if_open((uv_handle_t *)&srv->listener);
     close_if_open((uv_handle_t *)&lp->async);
+    if (lp->tfd >= 0)
+        close_if_open((uv_handle_t *)&lp->tpoll);
     while (lp->conns != NULL)
         close_conn(lp->conns, false);
 }
@@ -1000,6 +1136,9 @@ static void shut_down(dx_lmserver *srv, unsigned inited)
         for (size_t k = 0; k < lp->nadopt; k++)
             close(lp->adopt[k]);
         dx_free(lp->adopt);
+        if (lp->tfd >= 0)
+            close(lp->tfd);
+        dx_free(lp->due);
     }
     free_queues(srv);
     pthread_mutex_destroy(&srv->mu);
@@ -1043,6 +1182,7 @@ int dx_lmserver_start(const dx_lmserver_opts *opts, dx_lmserver **out)
         lmloop *lp = &loops[inited];
         lp->srv = srv;
         lp->index = inited;
+        lp->tfd = -1;
         if (uv_loop_init(&lp->loop) != 0) {
             rc = -1;
             break;
@@ -1053,6 +1193,15 @@ int dx_lmserver_start(const dx_lmserver_opts *opts, dx_lmserver **out)
             break;
         }
         lp->async.data = lp;
+        /* Without a timerfd, held-back answers use the loop's timers. */
+        lp->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+        if (lp->tfd >= 0 &&
+            (uv_poll_init(&lp->loop, &lp->tpoll, lp->tfd) != 0 ||
+             uv_poll_start(&lp->tpoll, UV_READABLE, on_due) != 0)) {
+            close(lp->tfd);
+            lp->tfd = -1;
+        }
+        lp->tpoll.data = lp;
     }
     if (rc == 0) {
         uv_tcp_init(&loops[0].loop, &srv->listener);

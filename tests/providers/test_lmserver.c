@@ -15,6 +15,7 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1018,6 +1019,49 @@ Test(lmserver, slow_delays_the_response_by_at_least_the_given_ms)
                      "answer: what is two plus two");
     cJSON_Delete(j);
     resp_free(&r);
+}
+
+/* Answers held back on one thread are released earliest first, whatever
+ * order they were asked in, and each no sooner than asked. */
+typedef struct held {
+    const char *spec;
+    double min_secs;
+    double secs;
+    long status;
+    int finished_as;
+} held;
+
+static atomic_int finished;
+
+static void *held_client(void *arg)
+{
+    held *h = arg;
+    resp r = faulted("/v1/chat/completions", oai, OAI_CHAT, h->spec);
+    h->status = r.status;
+    h->secs = r.secs;
+    h->finished_as = atomic_fetch_add(&finished, 1);
+    resp_free(&r);
+    return NULL;
+}
+
+Test(lmserver, held_back_answers_go_out_earliest_first)
+{
+    held hs[] = {{"slow:450", 0.45, 0, 0, 0},
+                 {"slow:50", 0.05, 0, 0, 0},
+                 {"slow:250", 0.25, 0, 0, 0}};
+    pthread_t t[3];
+    atomic_store(&finished, 0);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(pthread_create(&t[i], NULL, held_client, &hs[i]), 0);
+    for (int i = 0; i < 3; i++)
+        pthread_join(t[i], NULL);
+    int want[] = {2, 0, 1};
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(hs[i].status, 200);
+        cr_assert_geq(hs[i].secs, hs[i].min_secs, "%s", hs[i].spec);
+        cr_assert_eq(hs[i].finished_as, want[i], "%s finished as %d",
+                     hs[i].spec, hs[i].finished_as);
+    }
 }
 
 Test(lmserver, stall_never_answers_and_the_server_notices_the_client_leave)
