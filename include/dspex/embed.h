@@ -27,7 +27,7 @@
  * process ending with reason `shutdown` counts as that, not as a crash).
  *
  * The runtime's scheduler threads keep running as before. LM transfers
- * run on dspex's I/O thread, or on the host's loop too when the host calls
+ * run on dspex's I/O threads, or on the host's loop too when the host calls
  * dx_io_start_hosted (io.h) on it. docs/embedding.md is the guide;
  * examples/embed_service.c a whole host.
  *

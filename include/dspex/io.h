@@ -44,13 +44,13 @@ DX_API int dx_io_lane(void);
 /* Start the I/O threads if they are not running. DX_OK if it runs afterwards
  * (also when it already ran); DX_ESTATE while a dx_io_stop() is under way;
  * DX_ESYS/DX_ENOMEM if the loop or thread cannot be made (nothing is left
- * behind). Any thread except the I/O thread. */
+ * behind). Any thread except the I/O threads. */
 DX_API int dx_io_start(void);
 
 /* Run the runtime's I/O on the host's libuv loop instead of a thread of
  * its own ("hosted"): call it on the thread that runs `loop`, after
  * dx_runtime_start and before anything uses I/O (the first LM call would
- * otherwise start the I/O thread). From then on every transfer runs on the
+ * otherwise start the I/O threads). From then on every transfer runs on the
  * host's thread while it runs its loop (uv_run): a host that blocks its
  * loop thread — a blocking program call on it included — stalls every LM
  * call. Stop with dx_io_stop (or dx_runtime_stop) on that same thread;
@@ -65,7 +65,7 @@ DX_API int dx_io_start_hosted(struct uv_loop_s *loop);
  * and close their handles (any handle still open after them is closed by
  * the loop), then the loop is closed and the thread joined. Blocks until
  * done. DX_OK also when it was not running (idempotent). DX_ESTATE when
- * called on the I/O thread itself. Any other thread, processes included
+ * called on an I/O thread itself. Any other thread, processes included
  * (the calling process's scheduler thread blocks for the duration).
  * Hosted (dx_io_start_hosted): only on the host's loop thread, where it
  * runs the queued work and the hooks at once and does not block

@@ -4,8 +4,9 @@
  * from a script, and injects faults on demand.
  *
  * It runs on threads of its own (one by default) with their own libuv
- * loops, independent of the dspex runtime: tests start it next to a runtime on 127.0.0.1 with an
- * ephemeral port, and it never shares the runtime's I/O thread.
+ * loops, independent of the dspex runtime: tests start it next to a
+ * runtime on 127.0.0.1 with an ephemeral port, and it never shares the
+ * runtime's I/O threads.
  *
  * Answers: a queued exact reply (dx_lmserver_push_reply, FIFO) if any, else
  * a deterministic answer derived from the request: "answer: <last user
