@@ -891,7 +891,7 @@ static void pid_down(void *arg)
 /* Run on every lane after the shared limits changed. */
 static void reapply_limits(void *arg)
 {
-    dx_free(arg);
+    (void)arg;
     bind_lane();
     if (L->ready)
         apply_limits();
@@ -1099,16 +1099,18 @@ fail:
 }
 
 /* Run fn on every lane, each with its own copy of the n bytes at arg (fn
- * frees it). The first error, after trying every lane. */
+ * frees it), or with NULL when n is 0. The first error, after trying every
+ * lane. */
 static int call_every_lane(void (*fn)(void *), const void *arg, size_t n)
 {
     int rc = DX_OK;
     unsigned lanes_n = dx_io_threads();
     for (unsigned i = 0; i < lanes_n; i++) {
-        void *box = dx_malloc(n ? n : 1);
-        int r = box != NULL ? DX_OK : DX_ENOMEM;
-        if (box != NULL) {
-            memcpy(box, arg, n);
+        void *box = n > 0 ? dx_malloc(n) : NULL;
+        int r = n > 0 && box == NULL ? DX_ENOMEM : DX_OK;
+        if (r == DX_OK) {
+            if (box != NULL)
+                memcpy(box, arg, n);
             r = dx_io_call_on(i, fn, box);
             if (r != DX_OK)
                 dx_free(box);
@@ -1144,6 +1146,5 @@ int dx_http_set_limits(const dx_http_limits *limits)
         if (rc != DX_OK)
             return rc;
     }
-    char none = 0;
-    return call_every_lane(reapply_limits, &none, 0);
+    return call_every_lane(reapply_limits, NULL, 0);
 }

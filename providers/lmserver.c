@@ -453,9 +453,7 @@ static void on_timer(uv_timer_t *t)
         close_conn(c, false);
         return;
     }
-    c->timer_delay = false;
-    if (c->head != NULL)
-        c->head->delay_ms = 0;
+    c->timer_delay = false; /* kick set the head's delay to 0 already */
     kick(c);
 }
 

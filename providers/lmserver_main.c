@@ -13,6 +13,7 @@
  */
 #include <errno.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +50,19 @@ static int load_script(dx_lmserver *srv, const char *path)
     return rc;
 }
 
+/* A whole decimal number in [lo, hi] into *out; false for anything else
+ * (an empty string included). */
+static bool number_in(const char *s, long long lo, long long hi, long long *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || *end != '\0' || errno != 0 || v < lo || v > hi)
+        return false;
+    *out = v;
+    return true;
+}
+
 int main(int argc, char **argv)
 {
     dx_lmserver_opts o = {.host = "127.0.0.1"};
@@ -56,10 +70,9 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc)
             return usage();
+        long long v;
         if (strcmp(argv[i], "--port") == 0) {
-            char *end;
-            long v = strtol(argv[++i], &end, 10);
-            if (*end != '\0' || v < 0 || v > 65535)
+            if (!number_in(argv[++i], 0, 65535, &v))
                 return usage();
             o.port = (int)v;
         } else if (strcmp(argv[i], "--host") == 0) {
@@ -67,15 +80,11 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[i], "--script") == 0) {
             script = argv[++i];
         } else if (strcmp(argv[i], "--threads") == 0) {
-            char *end;
-            long v = strtol(argv[++i], &end, 10);
-            if (*end != '\0' || v < 1 || v > DX_LMSERVER_MAX_THREADS)
+            if (!number_in(argv[++i], 1, DX_LMSERVER_MAX_THREADS, &v))
                 return usage();
             o.threads = (unsigned)v;
         } else if (strcmp(argv[i], "--latency-ms") == 0) {
-            char *end;
-            long long v = strtoll(argv[++i], &end, 10);
-            if (*end != '\0' || v < 0 || v > 3600000)
+            if (!number_in(argv[++i], 0, 3600000, &v))
                 return usage();
             o.latency_ms = (uint64_t)v;
         } else {

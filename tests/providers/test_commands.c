@@ -185,6 +185,7 @@ Test(commands, lmserver_refuses_bad_arguments_and_says_why)
         {"--port", "12x", NULL},
         {"--verbose", "yes", NULL},
         {"--threads", "0", NULL},
+        {"--threads", "", NULL},
         {"--threads", "17", NULL},
         {"--latency-ms", "-1", NULL},
         {"--latency-ms", "soon", NULL},

@@ -808,7 +808,9 @@ Test(lmserver, pushed_replies_are_used_in_order_then_the_default)
 
 /* ---- HTTP behaviour -------------------------------------------------------- */
 
-Test(lmserver, keep_alive_serves_two_requests_on_one_connection)
+/* Two requests on one curl handle: both answered, the second on the
+ * first one's connection. */
+static void assert_keep_alive(void)
 {
     CURL *easy = curl_easy_init();
     resp a = request_on(easy, "/v1/chat/completions", oai, OAI_CHAT, 0);
@@ -818,22 +820,30 @@ Test(lmserver, keep_alive_serves_two_requests_on_one_connection)
     cr_assert_eq(b.status, 200);
     cr_assert_eq(a.connects, 1);
     cr_assert_eq(b.connects, 0, "the second request opened a new connection");
-    dx_lmserver_stats st;
-    dx_lmserver_stats_get(srv, &st);
-    cr_assert_eq(st.connections_accepted, 1);
-    cr_assert_eq(st.requests, 2);
     resp_free(&a);
     resp_free(&b);
 }
 
-Test(lmserver, pipelined_requests_are_answered_in_order)
+Test(lmserver, keep_alive_serves_two_requests_on_one_connection)
+{
+    assert_keep_alive();
+    dx_lmserver_stats st;
+    dx_lmserver_stats_get(srv, &st);
+    cr_assert_eq(st.connections_accepted, 1);
+    cr_assert_eq(st.requests, 2);
+}
+
+/* Three requests pipelined on a new connection, the first held back by
+ * slow_ms: an out-of-order server would answer the second first. */
+static void assert_pipelined_in_order(int slow_ms)
 {
     int fd = raw_connect();
-    /* The first is slow, so an out-of-order server would answer #2 first. */
-    const char *req =
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nx-dx-fault: slow:50\r\n\r\n"
-        "POST /v1/nope HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    char req[320];
+    snprintf(req, sizeof req,
+             "GET /healthz HTTP/1.1\r\nHost: x\r\nx-dx-fault: slow:%d\r\n\r\n"
+             "POST /v1/nope HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+             "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+             slow_ms);
     raw_send(fd, req, strlen(req));
     char *out = raw_read_all(fd, NULL);
     close(fd);
@@ -844,6 +854,11 @@ Test(lmserver, pipelined_requests_are_answered_in_order)
     cr_assert_eq(count_occurrences(out, "HTTP/1.1 200"), 2);
     cr_assert_lt(s2, strstr(s2, "HTTP/1.1 200"));
     free(out);
+}
+
+Test(lmserver, pipelined_requests_are_answered_in_order)
+{
+    assert_pipelined_in_order(50);
 }
 
 Test(lmserver, bad_requests_get_provider_shaped_errors)
@@ -1356,30 +1371,9 @@ Test(lmserver_threads, every_connection_keeps_its_order_and_keep_alive)
 {
     /* Consecutive connections land on different threads; each must still
      * answer pipelined requests in order and serve a second request. */
-    for (int k = 0; k < 3; k++) {
-        int fd = raw_connect();
-        const char *req =
-            "GET /healthz HTTP/1.1\r\nHost: x\r\nx-dx-fault: slow:30\r\n\r\n"
-            "POST /v1/nope HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
-            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-        raw_send(fd, req, strlen(req));
-        char *out = raw_read_all(fd, NULL);
-        close(fd);
-        const char *s1 = strstr(out, "HTTP/1.1 200");
-        const char *s2 = strstr(out, "HTTP/1.1 404");
-        cr_assert(s1 && s2 && s1 < s2, "connection %d got: %s", k, out);
-        cr_assert_eq(count_occurrences(out, "HTTP/1.1 200"), 2);
-        free(out);
-    }
-    CURL *easy = curl_easy_init();
-    resp a = request_on(easy, "/v1/chat/completions", oai, OAI_CHAT, 0);
-    resp b = request_on(easy, "/v1/messages", ant, ANT_CHAT, 0);
-    curl_easy_cleanup(easy);
-    cr_assert_eq(a.status, 200);
-    cr_assert_eq(b.status, 200);
-    cr_assert_eq(b.connects, 0, "the second request opened a new connection");
-    resp_free(&a);
-    resp_free(&b);
+    for (int k = 0; k < 3; k++)
+        assert_pipelined_in_order(30);
+    assert_keep_alive();
 }
 
 Test(lmserver_threads, replies_and_faults_are_shared_by_every_thread)
