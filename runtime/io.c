@@ -69,7 +69,6 @@ typedef struct lane {
     work *hooks; /* LIFO: the last registered runs first */
     bool closing;
     pthread_t thread;
-    bool has_thread;
 } lane;
 
 static struct {
@@ -197,7 +196,6 @@ static int lane_open(lane *l, uv_loop_t *host)
     l->closing = false;
     l->hooks = NULL;
     l->head = l->tail = NULL;
-    l->has_thread = false;
     return DX_OK;
 }
 
@@ -297,7 +295,6 @@ int dx_io_start(void)
             rc = DX_ESYS;
             break;
         }
-        l->has_thread = true;
     }
     if (started == 0) {
         pthread_mutex_unlock(&g.life);
