@@ -7,11 +7,13 @@
  *
  * For each concurrency C: dx_evaluate of a Predict ("question -> answer",
  * JSONAdapter so each example is exactly one LM call, the client's cache
- * bypassed) over n distinct questions. Then the baseline: the same n
- * requests as plain dx_lm_call from C processes at once (no program, no
- * client), whose CPU is the HTTP exchange and the server's share; the
- * difference per example is what Evaluate, the program and the LM client
- * add. CPU is the whole OS process's (the server thread included, in both).
+ * bypassed) over n distinct questions. Then the baseline: the very requests
+ * the program sends (formatted by the same adapter before the clock starts)
+ * as plain dx_lm_call from C processes at once (no program, no client),
+ * whose CPU is the HTTP exchange: encoding, the transport, the server's
+ * share, decoding. The difference per example is what Evaluate, the
+ * program, the adapter, the LM client and the metric add. CPU is the whole
+ * OS process's (the server threads included, in both).
  * The baseline's wall time against the same ideal shows how much of the
  * gap is the transport's. Schedulers: DX_SCHEDULERS, else one per CPU.
  *
@@ -38,6 +40,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "dspex/adapter.h"
+#include "dspex/alloc.h"
 #include "dspex/evaluate.h"
 #include "dspex/http.h"
 #include "dspex/lm.h"
@@ -61,7 +65,8 @@ static double clock_s(clockid_t id)
 
 typedef struct base_job {
     dx_lm_config *cfg;
-    long calls; /* requests to make in all */
+    dx_lm_request **reqs; /* the program's requests, formatted beforehand */
+    long calls;           /* requests to make in all */
     atomic_long next;
     atomic_long left;
     long errors;
@@ -74,18 +79,12 @@ static void base_worker(void *arg)
     (void)arg;
     long i;
     while ((i = atomic_fetch_add(&BJ.next, 1)) < BJ.calls) {
-        char q[64];
-        snprintf(q, sizeof q, "baseline question %ld", i);
-        dx_lm_request *req = dx_lm_request_new(NULL);
-        dx_lm_request_add_message(req, DX_LM_SYSTEM, "Answer in JSON.");
-        dx_lm_request_add_message(req, DX_LM_USER, q);
-        req->format = DX_LM_FORMAT_JSON_OBJECT;
         dx_lm_response *res = NULL;
         dx_lm_error err = {0};
-        if (dx_lm_call(BJ.cfg, req, NULL, &res, &err) != DX_OK)
+        if (dx_lm_call(BJ.cfg, BJ.reqs[i % N], NULL, &res, &err) != DX_OK)
             BJ.errors++;
         dx_lm_response_free(res);
-        dx_lm_request_free(req);
+        dx_lm_error_clear(&err);
     }
     atomic_fetch_sub(&BJ.left, 1);
 }
@@ -159,7 +158,6 @@ static void bench_main(void *arg)
     dx_signature *s = NULL;
     dx_signature_parse("question -> answer", NULL, NULL, 0, &s, NULL);
     dx_module *prog = dx_predict_new(s, NULL);
-    dx_signature_unref(s);
     dx_dataset *ds = dx_dataset_new();
     const char *in[] = {"question"};
     for (long i = 0; i < N; i++) {
@@ -172,7 +170,26 @@ static void bench_main(void *arg)
         dx_dataset_append(ds, ex);
     }
     dx_lm_config_new("openai-compatible/bench-model", url, "sk-bench", &BJ.cfg);
+    /* The baseline sends what the program sends: the same adapter's
+     * messages and response format for each example's inputs. */
+    BJ.reqs = dx_calloc((size_t)N, sizeof *BJ.reqs);
+    if (BJ.reqs == NULL)
+        B.errors = 1;
+    for (long i = 0; BJ.reqs != NULL && i < N; i++) {
+        BJ.reqs[i] = dx_lm_request_new(NULL);
+        if (BJ.reqs[i] == NULL ||
+            dx_adapter_format(DX_ADAPTER_JSON, s, NULL, 0, ds->items[i],
+                              BJ.reqs[i], NULL) != DX_OK) {
+            B.errors = 1;
+            break;
+        }
+    }
 
+    if (B.errors) {
+        snprintf(B.first_error, sizeof B.first_error,
+                 "could not format the baseline's requests");
+        B.nconc = 0; /* nothing to measure */
+    }
     if (B.warm) {
         long most = 0;
         for (int k = 0; k < B.nconc; k++)
@@ -216,6 +233,10 @@ static void bench_main(void *arg)
         B.base_cpu[k] = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
         B.base_wall[k] = clock_s(CLOCK_MONOTONIC) - w0;
     }
+    for (long i = 0; BJ.reqs != NULL && i < N; i++)
+        dx_lm_request_free(BJ.reqs[i]);
+    dx_free(BJ.reqs);
+    dx_signature_unref(s);
     dx_lm_config_free(BJ.cfg);
     dx_dataset_free(ds);
     dx_module_free(prog);
