@@ -1331,6 +1331,56 @@ static bool is_article(const uint32_t *w, size_t n)
     return n == 3 && w[0] == 't' && w[1] == 'h' && w[2] == 'e';
 }
 
+/* normalize_text of ASCII text, the common case: NFD changes nothing and
+ * lower-casing is a byte, so the text is worked on in place as bytes, in
+ * one buffer no longer than the text. The same steps as below. */
+static int normalize_ascii(const char *text, size_t n, char **out)
+{
+    char *b = dx_malloc(n + 1);
+    if (!b)
+        return DX_ENOMEM;
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (c >= 'A' && c <= 'Z')
+            c = (unsigned char)(c + 0x20);
+        if (!is_ascii_punct(c))
+            b[m++] = (char)c;
+    }
+    size_t w = 0; /* written; never ahead of the read position i */
+    bool pending_space = false;
+    for (size_t i = 0; i < m;) {
+        unsigned char c = (unsigned char)b[i];
+        if (is_space(c)) {
+            pending_space = w > 0;
+            i++;
+            continue;
+        }
+        size_t j = i;
+        while (j < m && is_alnum((unsigned char)b[j]))
+            j++;
+        size_t len = j - i;
+        if ((len == 1 && b[i] == 'a') ||
+            (len == 2 && b[i] == 'a' && b[i + 1] == 'n') ||
+            (len == 3 && memcmp(b + i, "the", 3) == 0)) {
+            pending_space = w > 0;
+            i = j;
+            continue;
+        }
+        if (j == i)
+            j = i + 1; /* a character outside words: kept as it is */
+        if (pending_space)
+            b[w++] = ' '; /* w < i here: a space was skipped to get here */
+        pending_space = false;
+        memmove(b + w, b + i, j - i);
+        w += j - i;
+        i = j;
+    }
+    b[w] = '\0';
+    *out = b;
+    return DX_OK;
+}
+
 int dx_metric_normalize(const char *text, char **out)
 {
     if (!out)
@@ -1339,6 +1389,11 @@ int dx_metric_normalize(const char *text, char **out)
     if (!text)
         text = "";
     size_t n = strlen(text);
+    bool ascii = true;
+    for (size_t i = 0; i < n && ascii; i++)
+        ascii = (unsigned char)text[i] < 0x80;
+    if (ascii)
+        return normalize_ascii(text, n, out);
     if (n > (SIZE_MAX / sizeof(uint32_t) - 1) / 4)
         return DX_ENOMEM;
     /* NFD at most quadruples the code points of this range. */

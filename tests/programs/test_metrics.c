@@ -38,6 +38,31 @@ Test(metrics, normalize_strips_case_punctuation_articles_and_spaces,
     expect_norm("«the» end", "« » end");
 }
 
+/* ASCII text takes a byte-wise path: the same answers as DSPy for every
+ * whitespace str.split() knows, control characters (kept, and a word
+ * boundary for the article rule) and articles inside words. */
+Test(metrics, normalize_ascii_controls_and_every_split_whitespace,
+     .timeout = 10)
+{
+    expect_norm("x\x01"
+                "a\x01"
+                "y",
+                "x\x01 \x01"
+                "y");
+    expect_norm("The\x1c"
+                "End\x1f"
+                "an\x0b"
+                "apple\x0c"
+                "THE\r"
+                "cat",
+                "end apple cat");
+    expect_norm("an\x7fthe", "\x7f");
+    expect_norm("a\x01", "\x01");
+    expect_norm("\x01the\x01", "\x01 \x01");
+    expect_norm("Answer: The Answer (a)", "answer answer");
+    expect_norm("theatre thea an a", "theatre thea");
+}
+
 Test(metrics, normalize_keeps_combining_marks_as_nfd_does, .timeout = 10)
 {
     /* NFD splits é into e + U+0301 and nothing removes the mark. */
