@@ -25,6 +25,8 @@ DX_PACKAGES=(
     libuv1-dev
     libcurl4-openssl-dev
     libcjson-dev
+    # malloc of the programs dspex ships (meson option `allocator`)
+    libmimalloc-dev
     libhttp-parser-dev
     libsqlite3-dev
     libssl-dev
