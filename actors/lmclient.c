@@ -19,6 +19,7 @@
 #include "dspex/lm.h"
 
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -30,6 +31,7 @@
 #include "dspex/runtime.h"
 #include "dspex/telemetry.h"
 #include "dspex/usage.h"
+#include "htab.h"
 
 enum {
     TAG_COMPLETE = 0x4c4d01, /* call: ptr = creq */
@@ -236,7 +238,9 @@ static int endpoint_init(endpoint *e, const dx_lm_endpoint *src,
 
 /* One distinct request being worked on, and everyone waiting for it. */
 typedef struct flight {
-    struct flight *next;
+    struct flight *next, *prev;
+    dx__hnode by_id;  /* key: id */
+    dx__hnode by_key; /* USE flights only: key: the cache key's first bits */
     uint64_t id;
     dx_lmcache_key key;
     dx_lm_request *req;
@@ -269,7 +273,12 @@ typedef struct state {
     int64_t attempt_timeout_ms;
     uint64_t seed;
     dx_lmcache *cache;
+    /* Every flight, newest first; indexed by id (a worker's report) and,
+     * for USE flights, by cache key (callers joining them), so a message
+     * costs the same at 1,000 calls in flight as at one. */
     flight *flights;
+    dx__htab flights_by_id;
+    dx__htab flights_by_key;
     uint64_t next_flight;
     dx_lm_client_stats stats;
     dx_ratelimit *rl; /* NULL: unlimited */
@@ -322,6 +331,8 @@ static void state_free(state *s, bool owner)
         }
         flight_free(f);
     }
+    dx__htab_free(&s->flights_by_id);
+    dx__htab_free(&s->flights_by_key);
     /* The queued flights were freed above: forget them, don't touch them. */
     dx_ratelimit_free(s->rl);
     if (s->timer_armed)
@@ -661,13 +672,53 @@ static void answer_waiter(const flight *f, size_t i, dx_msg *m)
         reply_to(f->waiters[i], m);
 }
 
+/* The table key of a cache key: its hex digest's first 16 digits (a
+ * SHA-256, so as good as any hash of it). */
+static uint64_t key_bits(const dx_lmcache_key *k)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 16 && k->hex[i]; i++) {
+        char c = k->hex[i];
+        v = v << 4 | (uint64_t)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+    }
+    return v;
+}
+
+/* Add f to the flights and their indexes; DX_ENOMEM (f not added) when an
+ * index cannot get its first buckets. */
+static int link_flight(state *s, flight *f)
+{
+    f->by_id.key = f->id;
+    if (!dx__htab_put(&s->flights_by_id, &f->by_id))
+        return DX_ENOMEM;
+    if (f->key.mode == DX_LMCACHE_USE) {
+        f->by_key.key = key_bits(&f->key);
+        if (!dx__htab_put(&s->flights_by_key, &f->by_key)) {
+            dx__htab_del(&s->flights_by_id, &f->by_id);
+            return DX_ENOMEM;
+        }
+    }
+    f->prev = NULL;
+    f->next = s->flights;
+    if (s->flights)
+        s->flights->prev = f;
+    s->flights = f;
+    s->stats.in_flight++;
+    return DX_OK;
+}
+
 static void unlink_flight(state *s, flight *f)
 {
-    for (flight **p = &s->flights; *p; p = &(*p)->next)
-        if (*p == f) {
-            *p = f->next;
-            return;
-        }
+    dx__htab_del(&s->flights_by_id, &f->by_id);
+    if (f->key.mode == DX_LMCACHE_USE)
+        dx__htab_del(&s->flights_by_key, &f->by_key);
+    if (f->prev)
+        f->prev->next = f->next;
+    else
+        s->flights = f->next;
+    if (f->next)
+        f->next->prev = f->prev;
+    s->stats.in_flight--;
 }
 
 /* f is over: give back its limiter slot, correcting the token charge
@@ -678,7 +729,6 @@ static void end_flight(state *s, flight *f, int64_t actual_tokens)
         dx_ratelimit_release(s->rl, f->est_tokens, actual_tokens, dx_now_ms());
     unlink_flight(s, f);
     flight_free(f);
-    s->stats.in_flight--;
 }
 
 /* Answer every waiter of f with an error and drop it. */
@@ -792,11 +842,13 @@ static flight *find_flight(state *s, const dx_lmcache_key *k)
 {
     if (k->mode != DX_LMCACHE_USE)
         return NULL;
-    for (flight *f = s->flights; f; f = f->next)
-        if (f->key.mode == DX_LMCACHE_USE && strcmp(f->key.hex, k->hex) == 0 &&
-            f->key.len == k->len &&
+    for (dx__hnode *n = dx__htab_find(&s->flights_by_key, key_bits(k)); n;
+         n = dx__htab_find_next(n)) {
+        flight *f = (flight *)(void *)((char *)n - offsetof(flight, by_key));
+        if (strcmp(f->key.hex, k->hex) == 0 && f->key.len == k->len &&
             memcmp(f->key.canonical, k->canonical, k->len) == 0)
             return f;
+    }
     return NULL;
 }
 
@@ -901,13 +953,14 @@ static dx_srv_ret handle_complete(state *s, dx_msg *request, dx_from from,
     if (s->rl) {
         rc = dx_ratelimit_try_admit(s->rl, f->est_tokens, dx_now_ms(), NULL);
         if (rc == DX_EBUSY) {
-            rc = dx_ratelimit_enqueue(s->rl, f, f->est_tokens, deadline);
+            rc = link_flight(s, f);
             if (rc == DX_OK) {
-                f->next = s->flights;
-                s->flights = f;
-                s->stats.in_flight++;
-                s->stats.rate_waits++;
-                return DX_SRV_NOREPLY; /* pump() arms the timer */
+                rc = dx_ratelimit_enqueue(s->rl, f, f->est_tokens, deadline);
+                if (rc == DX_OK) {
+                    s->stats.rate_waits++;
+                    return DX_SRV_NOREPLY; /* pump() arms the timer */
+                }
+                unlink_flight(s, f);
             }
         }
         if (rc != DX_OK) {
@@ -921,9 +974,16 @@ static dx_srv_ret handle_complete(state *s, dx_msg *request, dx_from from,
         }
         f->admitted = true;
     }
-    f->next = s->flights;
-    s->flights = f;
-    s->stats.in_flight++;
+    rc = link_flight(s, f);
+    if (rc != DX_OK) {
+        if (f->admitted)
+            dx_ratelimit_release(s->rl, f->est_tokens, 0, dx_now_ms());
+        note_flight(s, f, s->eps[0].model, NULL, rc, NULL);
+        flight_free(f);
+        s->stats.failures++;
+        *reply = error_msg(rc, NULL);
+        return DX_SRV_REPLY;
+    }
     rc = begin_flight(s, f);
     if (rc != DX_OK) {
         /* Refused before any upstream call: no tokens were spent. */
@@ -1039,10 +1099,8 @@ static dx_srv_ret srv_call(void *st, dx_msg *request, dx_from from,
 
 static flight *flight_by_id(state *s, uint64_t id)
 {
-    for (flight *f = s->flights; f; f = f->next)
-        if (f->id == id)
-            return f;
-    return NULL;
+    dx__hnode *n = dx__htab_find(&s->flights_by_id, id);
+    return n ? (flight *)(void *)((char *)n - offsetof(flight, by_id)) : NULL;
 }
 
 /* A worker reported: record it, then answer everyone or fall back. */

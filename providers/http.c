@@ -34,95 +34,11 @@
 #include "dspex/alloc.h"
 #include "dspex/error.h"
 #include "dspex/io.h"
+#include "htab.h"
 
 /* Watcher message tags (private to this file; user tags are >= 0 too, but
  * nobody else sends to the watcher). */
 enum { W_WATCH = 1, W_STOP = 2 };
-
-/* ------------------------------------------------------------------ */
-/* A small intrusive hash table keyed by uint64                         */
-/* ------------------------------------------------------------------ */
-
-typedef struct hnode {
-    struct hnode *next;
-    uint64_t key;
-} hnode;
-
-typedef struct htab {
-    hnode **b;
-    size_t nb; /* power of two, or 0 */
-    size_t n;
-} htab;
-
-static size_t hidx(const htab *t, uint64_t key)
-{
-    key ^= key >> 33;
-    key *= 0xff51afd7ed558ccdULL;
-    key ^= key >> 33;
-    return (size_t)(key & (t->nb - 1));
-}
-
-static hnode *hfind(const htab *t, uint64_t key)
-{
-    if (t->nb == 0)
-        return NULL;
-    for (hnode *n = t->b[hidx(t, key)]; n != NULL; n = n->next)
-        if (n->key == key)
-            return n;
-    return NULL;
-}
-
-/* Growing is best effort: if it fails the chains just get longer. */
-static void hgrow(htab *t)
-{
-    size_t nb = t->nb ? t->nb * 2 : 64;
-    hnode **b = dx_calloc(nb, sizeof *b);
-    if (b == NULL)
-        return;
-    htab nt = {b, nb, t->n};
-    for (size_t i = 0; i < t->nb; i++) {
-        hnode *n = t->b[i];
-        while (n != NULL) {
-            hnode *next = n->next;
-            size_t j = hidx(&nt, n->key);
-            n->next = b[j];
-            b[j] = n;
-            n = next;
-        }
-    }
-    dx_free(t->b);
-    *t = nt;
-}
-
-static bool hput(htab *t, hnode *n)
-{
-    if (t->n >= t->nb)
-        hgrow(t);
-    if (t->nb == 0)
-        return false;
-    size_t i = hidx(t, n->key);
-    n->next = t->b[i];
-    t->b[i] = n;
-    t->n++;
-    return true;
-}
-
-static void hdel(htab *t, hnode *n)
-{
-    hnode **p = &t->b[hidx(t, n->key)];
-    while (*p != n)
-        p = &(*p)->next;
-    *p = n->next;
-    t->n--;
-}
-
-static hnode *hany(const htab *t)
-{
-    for (size_t i = 0; i < t->nb; i++)
-        if (t->b[i] != NULL)
-            return t->b[i];
-    return NULL;
-}
 
 /* ------------------------------------------------------------------ */
 /* Transfers                                                            */
@@ -131,7 +47,7 @@ static hnode *hany(const htab *t)
 typedef struct requester requester;
 
 typedef struct xfer {
-    hnode h; /* first: key = ref id (by_ref) */
+    dx__hnode h; /* first: key = ref id (by_ref) */
     struct xfer *rprev, *rnext;
     requester *owner;
     CURL *easy;
@@ -156,7 +72,7 @@ typedef struct xfer {
 } xfer;
 
 struct requester {
-    hnode h; /* first: key = pid id (by_pid) */
+    dx__hnode h; /* first: key = pid id (by_pid) */
     xfer *xfers;
     bool watched;
 };
@@ -173,8 +89,8 @@ typedef struct hlane {
     bool tearing_down;
     CURLM *multi;
     uv_timer_t *timer; /* heap: it outlives the lane's reset while closing */
-    htab by_ref;
-    htab by_pid;
+    dx__htab by_ref;
+    dx__htab by_pid;
     sockctx *socks;
     dx_pid watcher;
 } hlane;
@@ -518,7 +434,7 @@ static void record_info(xfer *x)
 
 static void requester_drop(requester *q)
 {
-    hdel(&L->by_pid, &q->h);
+    dx__htab_del(&L->by_pid, &q->h);
     dx_free(q);
 }
 
@@ -532,7 +448,7 @@ static void finish(xfer *x, CURLcode rc, int err, const char *why)
         record_info(x);
         curl_multi_remove_handle(L->multi, x->easy);
         atomic_fetch_sub(&n_in_flight, 1);
-        hdel(&L->by_ref, &x->h);
+        dx__htab_del(&L->by_ref, &x->h);
     }
     requester *q = x->owner;
     if (q != NULL) {
@@ -783,7 +699,7 @@ static void watch(requester *q)
         return;
     }
     for (size_t i = 0; i < L->by_pid.nb; i++)
-        for (hnode *n = L->by_pid.b[i]; n != NULL; n = n->next) {
+        for (dx__hnode *n = L->by_pid.b[i]; n != NULL; n = n->next) {
             requester *r = (requester *)n;
             r->watched = send_watch((dx_pid){n->key});
         }
@@ -826,7 +742,7 @@ static void start_xfer(void *arg)
         finish(x, CURLE_OK, DX_ENOMEM, "could not set up the transport");
         return;
     }
-    requester *q = (requester *)hfind(&L->by_pid, x->reply_to.id);
+    requester *q = (requester *)dx__htab_find(&L->by_pid, x->reply_to.id);
     if (q == NULL) {
         q = dx_calloc(1, sizeof *q);
         if (q == NULL) {
@@ -834,7 +750,7 @@ static void start_xfer(void *arg)
             return;
         }
         q->h.key = x->reply_to.id;
-        if (!hput(&L->by_pid, &q->h)) {
+        if (!dx__htab_put(&L->by_pid, &q->h)) {
             dx_free(q);
             finish(x, CURLE_OK, DX_ENOMEM, "out of memory");
             return;
@@ -846,12 +762,12 @@ static void start_xfer(void *arg)
     if (q->xfers != NULL)
         q->xfers->rprev = x;
     q->xfers = x;
-    if (!hput(&L->by_ref, &x->h)) {
+    if (!dx__htab_put(&L->by_ref, &x->h)) {
         finish(x, CURLE_OK, DX_ENOMEM, "out of memory");
         return;
     }
     if (curl_multi_add_handle(L->multi, x->easy) != CURLM_OK) {
-        hdel(&L->by_ref, &x->h);
+        dx__htab_del(&L->by_ref, &x->h);
         finish(x, CURLE_OK, DX_ENOMEM, "could not start the transfer");
         return;
     }
@@ -864,7 +780,7 @@ static void cancel_ref(void *arg)
     uint64_t id = *(uint64_t *)arg;
     dx_free(arg);
     bind_lane();
-    xfer *x = (xfer *)hfind(&L->by_ref, id);
+    xfer *x = (xfer *)dx__htab_find(&L->by_ref, id);
     if (x != NULL)
         finish(x, CURLE_OK, DX_ECANCELED, "cancelled by dx_http_cancel");
 }
@@ -874,7 +790,7 @@ static void pid_down(void *arg)
     uint64_t id = *(uint64_t *)arg;
     dx_free(arg);
     bind_lane();
-    requester *q = (requester *)hfind(&L->by_pid, id);
+    requester *q = (requester *)dx__htab_find(&L->by_pid, id);
     if (q == NULL)
         return;
     q->watched = false; /* so the last finish drops it */
@@ -903,10 +819,10 @@ static void teardown(void *arg)
 {
     (void)arg;
     bind_lane();
-    hnode *n;
-    while ((n = hany(&L->by_ref)) != NULL)
+    dx__hnode *n;
+    while ((n = dx__htab_any(&L->by_ref)) != NULL)
         finish((xfer *)n, CURLE_OK, DX_ECANCELED, "the I/O loop stopped");
-    while ((n = hany(&L->by_pid)) != NULL)
+    while ((n = dx__htab_any(&L->by_pid)) != NULL)
         requester_drop((requester *)n);
     if (!dx_pid_is_none(L->watcher))
         dx_send_tag(L->watcher, W_STOP);
@@ -917,8 +833,8 @@ static void teardown(void *arg)
         sock_close(L->socks);
     curl_multi_cleanup(L->multi);
     uv_close((uv_handle_t *)L->timer, handle_freed);
-    dx_free(L->by_ref.b);
-    dx_free(L->by_pid.b);
+    dx__htab_free(&L->by_ref);
+    dx__htab_free(&L->by_pid);
     memset(L, 0, sizeof *L);
 }
 

@@ -140,7 +140,7 @@ setup_args=()
 # The suites valgrind's memcheck runs over: the kernel's. The crash suite
 # faults on purpose and the supervisor suites are long; the sanitizer
 # builds cover those.
-valgrind_suites=(alloc term proc mailbox links monitor registry timer server
+valgrind_suites=(alloc htab term proc mailbox links monitor registry timer server
     sched shutdown log app)
 # ... and the fuzz corpus replays (fuzz_<target>, listed in fuzz/meson.build;
 # one of a layer this build lacks matches no test and is left out by meson).

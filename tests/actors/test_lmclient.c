@@ -2,7 +2,9 @@
  * test_lmclient.c — the LM client actor against the local LM server: a plain
  * answer, a retry after a server error, fallback to a second endpoint when
  * the first cannot be reached, cache hits without upstream calls, 100
- * identical concurrent requests coalesced into one upstream call, a caller
+ * identical concurrent requests coalesced into one upstream call, 300
+ * different questions in flight at once each answered to its own two
+ * callers (flights found by id and by cache key), a caller
  * timeout, every endpoint failing, and an open breaker refusing at once;
  * no fallback for a caller's-fault error; Retry-After honoured; a breaker
  * opening, refusing, probing and closing; the rate limiter holding 200
@@ -373,6 +375,59 @@ Test(lmclient, identical_concurrent_requests_make_one_upstream_call)
     cr_assert_eq(upstream_requests(), 1);
     cr_assert_eq(sc.stats.workers, 1);
     cr_assert_eq(sc.stats.coalesced + sc.stats.cache_hits, CROWD - 1);
+}
+
+/* Hundreds of different questions in flight at once, each asked by two
+ * callers: the client's flights are found by id and by cache key in
+ * tables, and every caller must get its own question's answer. */
+#define DISTINCT 300
+static seen pair_seen[2 * DISTINCT];
+static _Atomic int pairs_done;
+static dx_pid pairs_client;
+
+static void pair_member(void *arg)
+{
+    seen *s = arg;
+    char q[64];
+    snprintf(q, sizeof q, "Question number %d", (int)(s - pair_seen) / 2);
+    complete_into(pairs_client, q, 30000, s);
+    atomic_fetch_add(&pairs_done, 1);
+}
+
+static void pairs_body(scenario *s, dx_pid client)
+{
+    (void)s;
+    pairs_client = client;
+    for (int i = 0; i < 2 * DISTINCT; i++)
+        if (dx_spawn(pair_member, &pair_seen[i], NULL) != DX_OK) {
+            pair_seen[i].rc = DX_ENOMEM;
+            atomic_fetch_add(&pairs_done, 1);
+        }
+    for (int waited = 0;
+         atomic_load(&pairs_done) < 2 * DISTINCT && waited < 40000;
+         waited += 10)
+        dx_sleep(10);
+}
+
+Test(lmclient, hundreds_of_distinct_flights_each_answer_their_own_callers)
+{
+    live_only();
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:200", DISTINCT), DX_OK);
+    sc.body = pairs_body;
+    run(&sc);
+    cr_assert_eq(atomic_load(&pairs_done), 2 * DISTINCT);
+    for (int i = 0; i < 2 * DISTINCT; i++) {
+        char want[80];
+        snprintf(want, sizeof want, "answer: Question number %d", i / 2);
+        cr_assert_eq(pair_seen[i].rc, DX_OK, "caller %d: %s", i,
+                     dx_err_name(pair_seen[i].rc));
+        cr_assert_str_eq(pair_seen[i].text, want, "caller %d", i);
+    }
+    /* The second caller of each question joined the first's flight or
+     * found its cached answer: one upstream call per question. */
+    cr_assert_eq(upstream_requests(), DISTINCT);
+    cr_assert_eq(sc.stats.coalesced + sc.stats.cache_hits, DISTINCT);
+    cr_assert_eq(sc.stats.in_flight, 0);
 }
 
 static void impatient(scenario *s, dx_pid client)
