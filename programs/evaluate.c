@@ -13,12 +13,14 @@
  */
 #include <math.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "dspex/alloc.h"
 #include "dspex/error.h"
 #include "eval_int.h"
+#include "htab.h"
 #include "module_int.h"
 #include "pyjson.h"
 
@@ -60,6 +62,9 @@ typedef struct ex_slot {
     size_t index;
     dx_pid pid;
     dx_ref mon;
+    dx__hnode by_pid;              /* key: pid.id, for its DOWN */
+    struct ex_slot *older, *newer; /* in start order */
+    bool kill_sent;
 } ex_slot;
 
 static void slot_unref(void *arg)
@@ -185,27 +190,90 @@ static int start_example(eval_job *j, size_t index, ex_slot **out)
     return DX_OK;
 }
 
+/* The examples in flight, oldest first. They all have the same timeout,
+ * so the oldest has the earliest deadline; a pid index finds the one a
+ * DOWN is about. Every step is O(1) (a kill past the deadline O(1) per
+ * example killed), so 10,000 in flight cost no more per example than 10. */
+typedef struct in_flight {
+    ex_slot *oldest, *newest;
+    dx__htab by_pid;
+    size_t n;
+} in_flight;
+
+/* false when the index could not get its first buckets (out of memory). */
+static bool track(in_flight *fl, ex_slot *s)
+{
+    s->by_pid.key = s->pid.id;
+    if (!dx__htab_put(&fl->by_pid, &s->by_pid))
+        return false;
+    s->older = fl->newest;
+    s->newer = NULL;
+    if (fl->newest)
+        fl->newest->newer = s;
+    else
+        fl->oldest = s;
+    fl->newest = s;
+    fl->n++;
+    return true;
+}
+
+static void untrack(in_flight *fl, ex_slot *s)
+{
+    dx__htab_del(&fl->by_pid, &s->by_pid);
+    if (s->older)
+        s->older->newer = s->newer;
+    else
+        fl->oldest = s->newer;
+    if (s->newer)
+        s->newer->older = s->older;
+    else
+        fl->newest = s->older;
+    fl->n--;
+}
+
+static ex_slot *slot_of_pid(const in_flight *fl, dx_pid pid)
+{
+    for (dx__hnode *n = dx__htab_find(&fl->by_pid, pid.id); n;
+         n = dx__htab_find_next(n)) {
+        ex_slot *s = (ex_slot *)(void *)((char *)n - offsetof(ex_slot, by_pid));
+        if (dx_pid_eq(s->pid, pid))
+            return s;
+    }
+    return NULL;
+}
+
+/* An example started but could not be tracked: end it before it can
+ * report, as if it had never started. */
+static void abandon(ex_slot *s)
+{
+    dx_kill(s->pid);
+    dx_msg *m = NULL;
+    dx_match down = {.fields = DX_MATCH_TAG | DX_MATCH_REF,
+                     .tag = DX_TAG_DOWN,
+                     .ref = s->mon};
+    if (dx_receive(&down, -1, &m) == DX_OK)
+        dx_msg_free(m);
+    slot_unref(s);
+}
+
 static void coordinate(eval_job *j)
 {
     dx_eval_result *res = j->res;
     const dx_eval_opts *o = &j->opts;
     size_t n = j->ds->n;
     size_t conc = o->concurrency;
-    ex_slot **flight = dx_calloc(conc, sizeof *flight);
-    if (!flight) {
-        j->rc = dx_diag_set(&j->diag, DX_ENOMEM, 0, 0, "out of memory");
-        return;
-    }
+    in_flight fl = {0};
+    bool killed_all = false;
     uint64_t gen = atomic_load(&cancel_generation);
     dx__progress *prog = dx__progress_new(
         o->progress_out ? o->progress_out : stderr, o->progress, n,
         o->progress_interval_s > 0 ? o->progress_interval_s : 2.0);
     int64_t t0 = dx_now_ms();
-    size_t next = 0, in_flight = 0;
+    size_t next = 0;
     double score_sum = 0;
     bool stopping = false;
 
-    while (next < n || in_flight > 0) {
+    while (next < n || fl.n > 0) {
         if (!stopping && atomic_load(&cancel_generation) != gen) {
             res->cancelled = true;
             stopping = true;
@@ -214,19 +282,20 @@ static void coordinate(eval_job *j)
             res->stopped_early = true;
             stopping = true;
         }
-        if (stopping) {
-            for (size_t i = 0; i < conc; i++)
-                if (flight[i])
-                    dx_kill(flight[i]->pid);
+        if (stopping && !killed_all) {
+            for (ex_slot *s = fl.oldest; s; s = s->newer)
+                dx_kill(s->pid);
+            killed_all = true;
             next = n; /* start nothing more */
         }
         /* Fill free places. */
-        while (!stopping && next < n && in_flight < conc) {
-            size_t place = 0;
-            while (flight[place])
-                place++;
+        while (!stopping && next < n && fl.n < conc) {
             ex_slot *s = NULL;
             int rc = start_example(j, next, &s);
+            if (rc == DX_OK && !track(&fl, s)) {
+                abandon(s);
+                rc = DX_ENOMEM;
+            }
             if (rc != DX_OK) {
                 /* An example that cannot even start (no input
                  * designation, no memory) is a failed example. */
@@ -244,28 +313,26 @@ static void coordinate(eval_job *j)
                 next++;
                 continue;
             }
-            flight[place] = s;
-            in_flight++;
             next++;
         }
-        if (in_flight == 0)
+        if (fl.n == 0)
             break;
 
         /* Wait for an example to end, or the next deadline / tick. */
         int64_t now = dx_now_ms();
         int64_t wait = TICK_MS;
-        for (size_t i = 0; i < conc; i++)
-            if (flight[i] && flight[i]->deadline_ms - now < wait)
-                wait = flight[i]->deadline_ms - now;
+        ex_slot *due = fl.oldest; /* the next deadline not yet acted on */
+        while (due && due->kill_sent)
+            due = due->newer;
+        if (due && due->deadline_ms - now < wait)
+            wait = due->deadline_ms - now;
         if (wait < 0)
             wait = 0;
         dx_msg *m = NULL;
         dx_match match = {.fields = DX_MATCH_TAG, .tag = DX_TAG_DOWN};
         if (dx_receive(&match, wait, &m) == DX_OK && m) {
-            for (size_t i = 0; i < conc; i++) {
-                ex_slot *s = flight[i];
-                if (!s || !dx_pid_eq(s->pid, m->from))
-                    continue;
+            ex_slot *s = slot_of_pid(&fl, m->from);
+            if (s) {
                 dx_term *reason = dx_msg_take_term(m);
                 bool late =
                     !atomic_load(&s->done) && dx_now_ms() >= s->deadline_ms;
@@ -276,18 +343,19 @@ static void coordinate(eval_job *j)
                     score_sum += res->rows[s->index].score;
                     dx_usage_acc_merge(&res->usage, &res->rows[s->index].usage);
                 }
-                flight[i] = NULL;
-                in_flight--;
+                untrack(&fl, s);
                 slot_unref(s);
-                break;
             }
             dx_msg_free(m);
         }
-        /* Kill examples past their deadline; their DOWN comes next. */
+        /* Kill examples past their deadline (the oldest first: the only
+         * ones that can be); their DOWN comes next. */
         now = dx_now_ms();
-        for (size_t i = 0; i < conc; i++)
-            if (flight[i] && now >= flight[i]->deadline_ms)
-                dx_kill(flight[i]->pid);
+        for (ex_slot *s = fl.oldest; s && now >= s->deadline_ms; s = s->newer)
+            if (!s->kill_sent) {
+                dx_kill(s->pid);
+                s->kill_sent = true;
+            }
         dx__progress_update(prog, res->n_done, res->n_errors, score_sum,
                             (double)(dx_now_ms() - t0) / 1000.0);
     }
@@ -295,7 +363,7 @@ static void coordinate(eval_job *j)
     dx__progress_finish(prog, res->n_done, res->n_errors, score_sum,
                         res->wall_s, res->stopped_early || res->cancelled);
     dx__progress_free(prog);
-    dx_free(flight);
+    dx__htab_free(&fl.by_pid);
 
     res->score = res->n_done
                      ? round(10000.0 * score_sum / (double)res->n_done) / 100.0

@@ -182,6 +182,76 @@ Test(evaluate, a_crash_and_a_hang_among_1000_cost_two_examples)
     dx_module_free(m);
 }
 
+/* Hangs on a few questions (until killed), answers the rest at once, and
+ * counts how many run at the same time. */
+static int hang_some_forward(dx_ctx *ctx, const dx_module *self,
+                             const dx_example *in, dx_prediction **out)
+{
+    (void)self;
+    (void)ctx;
+    const char *q = dx_example_get_str(in, "question", "");
+    int now = atomic_fetch_add(&running, 1) + 1;
+    int seen = atomic_load(&max_running);
+    while (now > seen &&
+           !atomic_compare_exchange_weak(&max_running, &seen, now))
+        ;
+    if (strcmp(q, "q5") == 0 || strcmp(q, "q6") == 0 ||
+        strcmp(q, "q2999") == 0) {
+        dx_msg *never = NULL;
+        dx_receive_tag(0x68616e67, DX_INFINITY, &never);
+        dx_msg_free(never);
+    }
+    long idx = strtol(q + 1, NULL, 10);
+    dx_sleep(idx % 5); /* finish out of dataset order */
+    atomic_fetch_sub(&running, 1);
+    *out = dx_prediction_new();
+    dx_example_set_str(dx_prediction_fields_mut(*out), "answer", q);
+    return DX_OK;
+}
+
+/* A thousand in flight at once: the coordinator finds each finished
+ * example among them, kills the hung ones at their deadline (two while
+ * the rest keep finishing around them, one last), and keeps dataset
+ * order. */
+Test(evaluate, a_thousand_in_flight_keep_order_and_kill_every_hang)
+{
+    atomic_store(&running, 0);
+    atomic_store(&max_running, 0);
+    dx_module *m =
+        dx_module_new("HangSome", hang_some_forward, NULL, NULL, NULL);
+    dx_dataset *ds = dataset(3000, NULL);
+    dx_eval_opts o = {
+        .metric = {.kind = DX_METRIC_EXACT_MATCH},
+        .concurrency = 1000,
+        .example_timeout_ms = 2000,
+        .progress = DX_EVAL_PROGRESS_OFF,
+    };
+    dx_eval_result *r = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_evaluate(m, ds, &o, &r, &d), DX_OK, "%s", d.msg);
+    cr_assert_eq(r->n_done, 3000);
+    cr_assert_eq(r->n_errors, 3);
+    for (size_t i = 0; i < 3000; i++) {
+        cr_assert_eq(r->rows[i].index, i);
+        if (i == 5 || i == 6 || i == 2999) {
+            cr_assert_eq(r->rows[i].error, DX_ETIMEDOUT, "row %zu: %s", i,
+                         dx_err_name(r->rows[i].error));
+            continue;
+        }
+        char q[32];
+        snprintf(q, sizeof q, "q%zu", i);
+        cr_assert_eq(r->rows[i].error, DX_OK, "row %zu", i);
+        cr_assert_str_eq(dx_prediction_get_str(r->rows[i].pred, "answer", ""),
+                         q);
+    }
+    cr_assert_leq(atomic_load(&max_running), 1000, "concurrency bound: %d",
+                  atomic_load(&max_running));
+    cr_assert_gt(atomic_load(&max_running), 100);
+    dx_eval_result_free(r);
+    dx_dataset_free(ds);
+    dx_module_free(m);
+}
+
 static int failing_forward(dx_ctx *ctx, const dx_module *self,
                            const dx_example *in, dx_prediction **out)
 {
