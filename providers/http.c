@@ -25,10 +25,12 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "dspex/alloc.h"
@@ -77,9 +79,18 @@ struct requester {
     bool watched;
 };
 
+/* A socket curl opened, watched on the lane's loop. It lives as long as the
+ * socket: when curl stops using a connection (CURL_POLL_REMOVE) the watch
+ * is parked on "readable" instead of torn down, so the connection's next
+ * request costs one epoll change instead of libuv's set-up of a new poll
+ * handle (three epoll_ctl calls and an ioctl); curl's close-socket
+ * callback ends it. */
 typedef struct sockctx {
     uv_poll_t poll;
     curl_socket_t fd;
+    dx__hnode by_fd; /* key: fd */
+    bool parked;     /* curl has no transfer on it */
+    int events;      /* UV_READABLE | UV_WRITABLE being watched, or 0 */
     struct sockctx *prev, *next;
 } sockctx;
 
@@ -91,6 +102,7 @@ typedef struct hlane {
     uv_timer_t *timer; /* heap: it outlives the lane's reset while closing */
     dx__htab by_ref;
     dx__htab by_pid;
+    dx__htab socks_by_fd;
     sockctx *socks;
     dx_pid watcher;
 } hlane;
@@ -513,6 +525,7 @@ static void handle_freed(uv_handle_t *h)
 
 static void sock_close(sockctx *c)
 {
+    dx__htab_del(&L->socks_by_fd, &c->by_fd);
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -522,10 +535,29 @@ static void sock_close(sockctx *c)
     uv_close((uv_handle_t *)&c->poll, sock_closed);
 }
 
+static sockctx *sock_of_fd(curl_socket_t fd)
+{
+    for (dx__hnode *n = dx__htab_find(&L->socks_by_fd, (uint64_t)fd); n;
+         n = dx__htab_find_next(n)) {
+        sockctx *c = (sockctx *)(void *)((char *)n - offsetof(sockctx, by_fd));
+        if (c->fd == fd)
+            return c;
+    }
+    return NULL;
+}
+
 static void on_poll(uv_poll_t *p, int status, int events)
 {
     sockctx *c = p->data;
     bind_lane();
+    if (c->parked) {
+        /* An idle connection became readable: the server closed it (or
+         * sent what nobody asked for). Stop watching; curl finds it dead
+         * when it next looks at it, and closes it. */
+        uv_poll_stop(&c->poll);
+        c->events = 0;
+        return;
+    }
     int flags = 0;
     if (status < 0)
         flags = CURL_CSELECT_ERR;
@@ -538,6 +570,17 @@ static void on_poll(uv_poll_t *p, int status, int events)
     drain_done();
 }
 
+/* Watch c for events, unless it already is: libuv's uv_poll_start takes
+ * the descriptor out of epoll and puts it back even for the same events. */
+static int sock_watch(sockctx *c, int events)
+{
+    if (c->events == events)
+        return 0;
+    int rc = uv_poll_start(&c->poll, events, on_poll);
+    c->events = rc == 0 ? events : 0;
+    return rc;
+}
+
 static int on_socket(CURL *e, curl_socket_t s, int what, void *ud, void *sp)
 {
     (void)e;
@@ -548,10 +591,14 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *ud, void *sp)
     if (what == CURL_POLL_REMOVE) {
         if (c != NULL) {
             curl_multi_assign(L->multi, s, NULL);
-            sock_close(c);
+            c->parked = true;
+            if (sock_watch(c, UV_READABLE) != 0)
+                sock_close(c);
         }
         return 0;
     }
+    if (c == NULL)
+        c = sock_of_fd(s); /* a parked connection back in use */
     if (c == NULL) {
         c = dx_calloc(1, sizeof *c);
         if (c == NULL)
@@ -562,18 +609,39 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *ud, void *sp)
         }
         c->poll.data = c;
         c->fd = s;
+        c->by_fd.key = (uint64_t)s;
+        if (!dx__htab_put(&L->socks_by_fd, &c->by_fd)) {
+            uv_close((uv_handle_t *)&c->poll, sock_closed);
+            return -1;
+        }
         c->next = L->socks;
         if (L->socks != NULL)
             L->socks->prev = c;
         L->socks = c;
-        curl_multi_assign(L->multi, s, c);
     }
+    if (sp == NULL)
+        curl_multi_assign(L->multi, s, c);
+    c->parked = false;
     int ev = 0;
     if (what & CURL_POLL_IN)
         ev |= UV_READABLE;
     if (what & CURL_POLL_OUT)
         ev |= UV_WRITABLE;
-    return uv_poll_start(&c->poll, ev, on_poll) == 0 ? 0 : -1;
+    return sock_watch(c, ev) == 0 ? 0 : -1;
+}
+
+/* curl closes a socket: stop watching it first (a parked one curl no
+ * longer tells about), so its descriptor number can be reused at once. */
+static int on_close_socket(void *clientp, curl_socket_t s)
+{
+    (void)clientp;
+    if (dx_io_lane() >= 0) { /* always, as curl runs only on lanes */
+        bind_lane();
+        sockctx *c = sock_of_fd(s);
+        if (c != NULL)
+            sock_close(c);
+    }
+    return close(s);
 }
 
 static void on_timer(uv_timer_t *t)
@@ -835,6 +903,7 @@ static void teardown(void *arg)
     uv_close((uv_handle_t *)L->timer, handle_freed);
     dx__htab_free(&L->by_ref);
     dx__htab_free(&L->by_pid);
+    dx__htab_free(&L->socks_by_fd);
     memset(L, 0, sizeof *L);
 }
 
@@ -963,6 +1032,7 @@ int dx_http_submit(const dx_http_request *req, dx_pid reply_to, int64_t tag,
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
     SET(CURLOPT_PRIVATE, (char *)x);
     SET(CURLOPT_NOSIGNAL, 1L);
+    SET(CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
     SET(CURLOPT_TCP_KEEPALIVE, 1L);
     SET(CURLOPT_ERRORBUFFER, x->errbuf);
     SET(CURLOPT_HEADERFUNCTION, on_header);

@@ -32,7 +32,8 @@
 #define SRV_MAX_FD 8192
 #define SRV_IN_CAP 65536
 
-enum { ACT_NONE, ACT_SLOW, ACT_HANG, ACT_STREAM };
+/* ACT_IDLE_CLOSE: answered, then closed by the server after due_ms idle. */
+enum { ACT_NONE, ACT_SLOW, ACT_HANG, ACT_STREAM, ACT_IDLE_CLOSE };
 
 typedef struct conn {
     int fd;
@@ -190,6 +191,10 @@ static void handle(conn *c, char *head, const char *body, size_t blen)
     } else if (strncmp(path, "/slow/", 6) == 0) {
         c->action = ACT_SLOW;
         c->due_ms = dx_now_ms() + strtol(path + 6, NULL, 10);
+    } else if (strncmp(path, "/closes-idle/", 13) == 0) {
+        respond(c, 200, NULL, "ok", 2);
+        c->action = ACT_IDLE_CLOSE;
+        c->due_ms = dx_now_ms() + strtol(path + 13, NULL, 10);
     } else if (strcmp(path, "/hang") == 0) {
         c->action = ACT_HANG;
     } else if (strcmp(path, "/reset") == 0 || strcmp(path, "/cut") == 0) {
@@ -257,9 +262,17 @@ static void parse(conn *c)
     }
 }
 
+static bool timed(const conn *c)
+{
+    return c->action == ACT_SLOW || c->action == ACT_STREAM ||
+           c->action == ACT_IDLE_CLOSE;
+}
+
 static void on_due(conn *c, int64_t now)
 {
-    if (c->action == ACT_SLOW) {
+    if (c->action == ACT_IDLE_CLOSE) {
+        conn_close(c);
+    } else if (c->action == ACT_SLOW) {
         c->action = ACT_NONE;
         respond(c, 200, NULL, "slow", 4);
         if (flush(c))
@@ -288,13 +301,12 @@ static void *srv_main(void *arg)
         int64_t now = dx_now_ms(), next = -1;
         for (int fd = 0; fd < SRV_MAX_FD; fd++) {
             conn *c = S.conns[fd];
-            if (c == NULL || (c->action != ACT_SLOW && c->action != ACT_STREAM))
+            if (c == NULL || !timed(c))
                 continue;
             if (c->due_ms <= now) {
                 on_due(c, now);
                 c = S.conns[fd];
-                if (c == NULL ||
-                    (c->action != ACT_SLOW && c->action != ACT_STREAM))
+                if (c == NULL || !timed(c))
                     continue;
             }
             int64_t w = c->due_ms - now;
@@ -882,6 +894,36 @@ static void sequential(void *arg)
         }
         dx_http_response_free(r);
     }
+}
+
+/* The server closes each connection soon after answering on it. The
+ * client notices the idle connection is gone and the next request opens
+ * another, five times over (so descriptor numbers come back), and every
+ * request is answered. */
+static void after_idle_closes(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 5; i++) {
+        dx_http_request req = {.url = url("/closes-idle/20")};
+        dx_http_response *r = fetch(&req);
+        if (KT_CHECK(r != NULL)) {
+            KT_CHECK_RC(r->err, DX_OK);
+            KT_CHECK_EQ(r->status, 200);
+        }
+        dx_http_response_free(r);
+        dx_sleep(150); /* the server has closed it by now */
+    }
+}
+
+Test(http, a_connection_the_server_closed_while_idle_is_replaced)
+{
+    uint64_t before = dx_http_connections_opened();
+    kt_run_clean(after_idle_closes, NULL);
+    cr_assert_eq(atomic_load(&S.requests), 5);
+    cr_assert_eq(atomic_load(&S.accepted), 5);
+    cr_assert_eq(dx_http_connections_opened() - before, 5);
+    KT_HOST_WAIT_UNTIL(atomic_load(&S.open_conns) == 0, 5000);
+    cr_assert_eq(atomic_load(&S.closed_early), 0);
 }
 
 Test(http, keep_alive_reuses_one_connection)
