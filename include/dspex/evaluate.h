@@ -91,7 +91,12 @@ typedef enum dx_eval_progress_mode {
 
 typedef struct dx_eval_opts {
     dx_metric metric;
-    /* Examples in flight at once; 0 = 16. */
+    /* Examples in flight at once; 0 = 16. Each example is a process, so
+     * thousands are fine; their LM calls still go through the HTTP layer,
+     * which opens at most dx_http_limits.max_host_connections (default
+     * 256) connections per host and queues the rest: above that, raise
+     * the limit (dx_http_set_limits) and the process's descriptor limit
+     * for an HTTP/1.1 server, which takes one call per connection. */
     size_t concurrency;
     /* Stop after more than this many failed examples; 0 = never stop. */
     size_t max_errors;
