@@ -79,17 +79,22 @@ struct requester {
     bool watched;
 };
 
-/* A socket curl opened, watched on the lane's loop. It lives as long as the
- * socket: when curl stops using a connection (CURL_POLL_REMOVE) the watch
- * is parked on "readable" instead of torn down, so the connection's next
- * request costs one epoll change instead of libuv's set-up of a new poll
- * handle (three epoll_ctl calls and an ioctl); curl's close-socket
- * callback ends it. */
+/* A socket curl opened, watched on the lane's loop. The poll handle is kept
+ * for the descriptor when curl stops using the connection
+ * (CURL_POLL_REMOVE): it is stopped, not closed, so the connection's next
+ * request does not pay libuv's set-up of a new handle (an epoll_ctl ADD and
+ * DEL to probe the descriptor, an ioctl, an allocation). A stopped handle
+ * is never started again except for a socket curl just handed us: curl
+ * closes some sockets without its close-socket callback (a transfer
+ * removed mid-request), and a watch armed on a closed descriptor makes
+ * libuv abort. So a kept handle may outlive its socket; the next socket
+ * with that number takes it over, and the close-socket callback, when curl
+ * calls it, frees it at once. */
 typedef struct sockctx {
     uv_poll_t poll;
     curl_socket_t fd;
     dx__hnode by_fd; /* key: fd */
-    bool parked;     /* curl has no transfer on it */
+    bool parked;     /* curl has no transfer on it: stopped */
     int events;      /* UV_READABLE | UV_WRITABLE being watched, or 0 */
     struct sockctx *prev, *next;
 } sockctx;
@@ -550,14 +555,8 @@ static void on_poll(uv_poll_t *p, int status, int events)
 {
     sockctx *c = p->data;
     bind_lane();
-    if (c->parked) {
-        /* An idle connection became readable: the server closed it (or
-         * sent what nobody asked for). Stop watching; curl finds it dead
-         * when it next looks at it, and closes it. */
-        uv_poll_stop(&c->poll);
-        c->events = 0;
-        return;
-    }
+    if (c->parked)
+        return; /* stopped: an event of the batch it was stopped in */
     int flags = 0;
     if (status < 0)
         flags = CURL_CSELECT_ERR;
@@ -570,13 +569,15 @@ static void on_poll(uv_poll_t *p, int status, int events)
     drain_done();
 }
 
-/* Watch c for events, unless it already is: libuv's uv_poll_start takes
- * the descriptor out of epoll and puts it back even for the same events. */
+/* Watch c for events (0: stop), unless it already is: libuv's
+ * uv_poll_start takes the descriptor out of epoll and puts it back even for
+ * the same events. */
 static int sock_watch(sockctx *c, int events)
 {
     if (c->events == events)
         return 0;
-    int rc = uv_poll_start(&c->poll, events, on_poll);
+    int rc = events ? uv_poll_start(&c->poll, events, on_poll)
+                    : uv_poll_stop(&c->poll);
     c->events = rc == 0 ? events : 0;
     return rc;
 }
@@ -592,7 +593,7 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *ud, void *sp)
         if (c != NULL) {
             curl_multi_assign(L->multi, s, NULL);
             c->parked = true;
-            if (sock_watch(c, UV_READABLE) != 0)
+            if (sock_watch(c, 0) != 0)
                 sock_close(c);
         }
         return 0;
@@ -630,8 +631,8 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *ud, void *sp)
     return sock_watch(c, ev) == 0 ? 0 : -1;
 }
 
-/* curl closes a socket: stop watching it first (a parked one curl no
- * longer tells about), so its descriptor number can be reused at once. */
+/* curl closes a socket (through this callback most of the time): free its
+ * handle before the descriptor goes. */
 static int on_close_socket(void *clientp, curl_socket_t s)
 {
     (void)clientp;

@@ -10,6 +10,7 @@
  * KT_CHECK* and asserted on the host thread afterwards.
  */
 #include <errno.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -819,6 +820,94 @@ static void cancel_body(void *arg)
     KT_CHECK_RC(dx_http_cancel(ref), DX_OK);
     dx_msg *m;
     KT_CHECK_RC(dx_receive_any(100, &m), DX_ETIMEDOUT);
+}
+
+/* Cancels that land while a transfer is still connecting or sending:
+ * curl closes such a socket itself, and the transport must not watch it
+ * afterwards (libuv aborts the process on a watch of a closed descriptor).
+ * Every cancelled transfer completes once, and requests after them work. */
+static void early_cancels(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 60; i++) {
+        dx_http_request req = {
+            .url = url("/slow/200"), .body = "x", .body_len = 1};
+        dx_ref ref;
+        if (!KT_CHECK_RC(dx_http_submit(&req, dx_self(), 4, &ref), DX_OK))
+            return;
+        if (i % 3 == 1)
+            dx_sleep(1);
+        KT_CHECK_RC(dx_http_cancel(ref), DX_OK);
+        dx_http_response *r = await(ref, 5000);
+        if (KT_CHECK(r != NULL))
+            KT_CHECK(r->err == DX_ECANCELED || r->err == DX_OK);
+        dx_http_response_free(r);
+    }
+    dx_http_request req = {.url = url("/echo"), .body = "ok", .body_len = 2};
+    dx_http_response *r = fetch(&req);
+    if (KT_CHECK(r != NULL)) {
+        KT_CHECK_RC(r->err, DX_OK);
+        KT_CHECK_EQ(r->status, 200);
+    }
+    dx_http_response_free(r);
+}
+
+/* A listener whose accept queue is full: connecting to it stays in
+ * progress (the SYN goes unanswered), so a transfer to it is cancelled
+ * while curl waits for the connection. */
+static int stuck_port;
+
+static void cancel_while_connecting(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 3; i++) {
+        char u[64];
+        snprintf(u, sizeof u, "http://127.0.0.1:%d/never", stuck_port);
+        dx_http_request req = {.url = u, .body = "x", .body_len = 1};
+        dx_ref ref;
+        if (!KT_CHECK_RC(dx_http_submit(&req, dx_self(), 5, &ref), DX_OK))
+            return;
+        dx_sleep(50); /* curl is waiting for the connection now */
+        KT_CHECK_RC(dx_http_cancel(ref), DX_OK);
+        dx_http_response *r = await(ref, 5000);
+        if (KT_CHECK(r != NULL))
+            KT_CHECK_RC(r->err, DX_ECANCELED);
+        dx_http_response_free(r);
+        /* The lane goes on: a request to the live server is answered. */
+        dx_http_request ok = {.url = url("/echo"), .body = "ok", .body_len = 2};
+        dx_http_response *e = fetch(&ok);
+        if (KT_CHECK(e != NULL)) {
+            KT_CHECK_RC(e->err, DX_OK);
+            KT_CHECK_EQ(e->status, 200);
+        }
+        dx_http_response_free(e);
+    }
+}
+
+Test(http, cancels_while_connecting_or_sending_leave_the_transport_working)
+{
+    kt_run_clean(early_cancels, NULL);
+    cr_assert_eq(dx_http_in_flight(), 0);
+
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(listen(lfd, 0), 0);
+    socklen_t al = sizeof a;
+    getsockname(lfd, (struct sockaddr *)&a, &al);
+    stuck_port = ntohs(a.sin_port);
+    int fill[4];
+    for (int i = 0; i < 4; i++) { /* never accepted: the queue fills */
+        fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        connect(fill[i], (struct sockaddr *)&a, sizeof a);
+    }
+    kt_host_sleep_ms(50);
+    kt_run_clean(cancel_while_connecting, NULL);
+    cr_assert_eq(dx_http_in_flight(), 0);
+    for (int i = 0; i < 4; i++)
+        close(fill[i]);
+    close(lfd);
 }
 
 Test(http, cancel_stops_the_transfer_with_ecanceled)
