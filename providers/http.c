@@ -95,7 +95,8 @@ typedef struct sockctx {
     curl_socket_t fd;
     dx__hnode by_fd; /* key: fd */
     bool parked;     /* curl has no transfer on it: stopped */
-    int events;      /* UV_READABLE | UV_WRITABLE being watched, or 0 */
+    int events;      /* UV_READABLE | UV_WRITABLE being watched, or 0;
+                        -1: unknown, start whatever is asked */
     struct sockctx *prev, *next;
 } sockctx;
 
@@ -598,8 +599,14 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *ud, void *sp)
         }
         return 0;
     }
-    if (c == NULL)
-        c = sock_of_fd(s); /* a parked connection back in use */
+    if (c == NULL) {
+        /* A parked connection back in use, or a new socket with the
+         * number of one curl closed behind our back: either way the
+         * descriptor must be (re-)registered, whatever libuv thinks. */
+        c = sock_of_fd(s);
+        if (c != NULL)
+            c->events = -1;
+    }
     if (c == NULL) {
         c = dx_calloc(1, sizeof *c);
         if (c == NULL)
