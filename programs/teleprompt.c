@@ -207,7 +207,11 @@ int dx__tp_ckpt_open(dx__tp_ckpt *c, const char *path, const char *kind,
         return dx_diag_set(diag, DX_ENOMEM, 0, 0, "checkpoint: out of memory");
     for (int i = 0; i < 32; i++)
         snprintf(c->run + 2 * i, 3, "%02x", md[i]);
+    /* The busy timeout first: another process may hold the file (a run
+     * killed mid-write leaves its write-ahead log for the next opener to
+     * recover, a reader may be in it), and the set-up below writes. */
     if (sqlite3_open(path, &c->db) != SQLITE_OK ||
+        sqlite3_busy_timeout(c->db, 5000) != SQLITE_OK ||
         sqlite3_exec(c->db,
                      "PRAGMA journal_mode=WAL;"
                      "CREATE TABLE IF NOT EXISTS dspex_trials ("
@@ -220,7 +224,6 @@ int dx__tp_ckpt_open(dx__tp_ckpt *c, const char *path, const char *kind,
         c->db = NULL;
         return rc;
     }
-    sqlite3_busy_timeout(c->db, 5000);
     return DX_OK;
 }
 

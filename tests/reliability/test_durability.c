@@ -322,3 +322,48 @@ Test(durability,
     }
     remove_db(path);
 }
+
+/* Another process holds the checkpoint file locked for a moment (as one
+ * recovering a killed writer's log does): opening it waits for the lock
+ * instead of failing with "database is locked". */
+Test(durability, a_checkpoint_held_by_another_process_is_waited_for,
+     .init = ckpt_inputs, .fini = ckpt_free_inputs)
+{
+    char path[128];
+    temp_path(path, sizeof path, "ckptlock");
+    dx__tp_ckpt c = {0};
+    cr_assert_eq(ckpt_open(&c, path), DX_OK); /* creates the file */
+    dx__tp_ckpt_close(&c);
+
+    int held[2];
+    cr_assert_eq(pipe(held), 0);
+    fflush(NULL);
+    pid_t child = fork();
+    cr_assert_geq(child, 0);
+    if (child == 0) {
+        sqlite3 *db = NULL;
+        if (sqlite3_open(path, &db) != SQLITE_OK ||
+            sqlite3_exec(db,
+                         "PRAGMA locking_mode=EXCLUSIVE; BEGIN EXCLUSIVE; "
+                         "SELECT count(*) FROM dspex_trials;",
+                         NULL, NULL, NULL) != SQLITE_OK)
+            _exit(2);
+        (void)!write(held[1], "x", 1);
+        sleep_ms(300);
+        sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+        sqlite3_close(db);
+        _exit(0);
+    }
+    char b;
+    cr_assert_eq(read(held[0], &b, 1), 1, "the child took the lock");
+    cr_assert_eq(ckpt_open(&c, path), DX_OK,
+                 "opened while another process held the lock");
+    dx__tp_ckpt_close(&c);
+    int status = 0;
+    cr_assert_eq(waitpid(child, &status, 0), child);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d",
+              status);
+    close(held[0]);
+    close(held[1]);
+    remove_db(path);
+}
