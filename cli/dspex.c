@@ -23,12 +23,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "dspex/alloc.h"
 #include "dspex/evaluate.h"
+#include "dspex/http.h"
 #include "dspex/lm.h"
 #include "dspex/lmserver.h"
 #include "dspex/optimize.h"
@@ -374,6 +376,45 @@ static int start_lm(const common *c)
         return fail_usage("model %s: %s", model_or_default(c), dx_strerror(rc));
     }
     return 0;
+}
+
+/* The HTTP layer opens at most this many connections per host unless told
+ * otherwise (dx_http_limits). */
+#define DEFAULT_HOST_CONNECTIONS 256
+
+/* --concurrency N above the transport's default means N calls at once: an
+ * HTTP/1.1 server (a local one, an OpenAI-compatible proxy) takes one per
+ * connection, so let the transport open that many, and the process hold
+ * that many descriptors, as far as the hard limit allows. */
+static void room_for_calls(long concurrency)
+{
+    if (concurrency <= DEFAULT_HOST_CONNECTIONS)
+        return;
+    long conns = concurrency;
+    struct rlimit rl;
+    const rlim_t spare = 256; /* files, the cache, the server's own */
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        rl.rlim_cur < (rlim_t)conns + spare) {
+        rlim_t want = (rlim_t)conns + spare;
+        if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want)
+            want = rl.rlim_max;
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0 ||
+            getrlimit(RLIMIT_NOFILE, &rl) != 0)
+            rl.rlim_cur = 1024;
+        if (rl.rlim_cur < (rlim_t)conns + spare) {
+            conns = rl.rlim_cur > spare + DEFAULT_HOST_CONNECTIONS
+                        ? (long)(rl.rlim_cur - spare)
+                        : DEFAULT_HOST_CONNECTIONS;
+            fprintf(stderr,
+                    "dspex: at most %ld connections per LM server (the "
+                    "descriptor limit is %llu); calls beyond them queue\n",
+                    conns, (unsigned long long)rl.rlim_cur);
+        }
+    }
+    dx_http_limits lim = {.max_host_connections = conns,
+                          .max_idle_connections = conns};
+    (void)dx_http_set_limits(&lim);
 }
 
 static void stop_lm(void)
@@ -995,6 +1036,7 @@ static int cmd_eval_body(args *ap)
         dx_module_free(m);
         return rc;
     }
+    room_for_calls(a.concurrency);
     dx_eval_opts eo = {
         .metric = metric,
         .concurrency = (size_t)a.concurrency,
@@ -1118,6 +1160,7 @@ static int cmd_optimize_body(args *ap)
         dx_module_free(m);
         return rc;
     }
+    room_for_calls(a.concurrency);
     dx_tp_opts o = {
         .metric = metric,
         .max_bootstrapped_demos = (size_t)a.max_demos,
@@ -1557,6 +1600,7 @@ static int cmd_serve_body(args *ap)
     int rc = start_lm(&a.c);
     if (rc != 0)
         return rc;
+    room_for_calls(a.concurrency);
     const char *token = getenv("DSPEX_SERVE_TOKEN");
     dx_serve_opts o = {
         .host = a.host ? a.host : "127.0.0.1",

@@ -96,7 +96,8 @@ typedef struct dx_eval_opts {
      * which opens at most dx_http_limits.max_host_connections (default
      * 256) connections per host and queues the rest: above that, raise
      * the limit (dx_http_set_limits) and the process's descriptor limit
-     * for an HTTP/1.1 server, which takes one call per connection. */
+     * for an HTTP/1.1 server, which takes one call per connection (the
+     * dspex command does both for --concurrency above 256). */
     size_t concurrency;
     /* Stop after more than this many failed examples; 0 = never stop. */
     size_t max_errors;

@@ -2,7 +2,8 @@
  * test_cli.c — the `dspex` command end to end: each subcommand spawned as
  * a process (the binary meson built, DX_DSPEX_BIN), its output and exit
  * code asserted, on the offline sim model; bad input exits 2 with a
- * one-line error that says where.
+ * one-line error that says where. One test runs `dspex eval` against the
+ * local LM server, to see how many calls reach it at once.
  */
 #include <criterion/criterion.h>
 #include <signal.h>
@@ -13,6 +14,9 @@
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
+
+#include "dspex/error.h"
+#include "dspex/lmserver.h"
 
 static char out_buf[1 << 20];
 static char err_buf[1 << 16];
@@ -362,4 +366,34 @@ Test(cli, agents_and_rag_programs_evaluate_on_the_two_hop_task)
     /* The agent reads both hops; RAG retrieves once. */
     cr_assert_gt(react, rag, "react %.2f rag %.2f", react, rag);
     cr_assert_gt(rag, 30, "rag %.2f", rag);
+}
+
+/* --concurrency above the HTTP layer's default of 256 connections per host
+ * holds against an HTTP/1.1 server, which takes one call per connection:
+ * the local server holds every answer for a while and counts the calls it
+ * owed at once. */
+Test(cli, eval_concurrency_above_256_reaches_an_http_1_1_server)
+{
+    dx_lmserver *srv = NULL;
+    dx_lmserver_opts so = {.latency_ms = 1500, .max_connections = 2048};
+    cr_assert_eq(dx_lmserver_start(&so, &srv), DX_OK);
+    char url[96];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/v1", dx_lmserver_port(srv));
+    char path[200];
+    snprintf(path, sizeof path, "%s/many.jsonl", tmpdir);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    for (int i = 0; i < 400; i++)
+        fprintf(f, "{\"question\": \"Question %d?\", \"answer\": \"x\"}\n", i);
+    fclose(f);
+    int rc = dspex((const char *[]){"eval", example("capitals.json"), path,
+                                    "--model", "openai-compatible/x",
+                                    "--base-url", url, "--api-key", "k",
+                                    "--concurrency", "400", NULL});
+    dx_lmserver_stats st;
+    dx_lmserver_stats_get(srv, &st);
+    dx_lmserver_stop_free(srv);
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    cr_assert_gt(st.max_in_flight, 256, "at most %llu calls at once",
+                 (unsigned long long)st.max_in_flight);
 }
