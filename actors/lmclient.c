@@ -19,7 +19,6 @@
 #include "dspex/lm.h"
 
 #include <stdatomic.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -844,7 +843,7 @@ static flight *find_flight(state *s, const dx_lmcache_key *k)
         return NULL;
     for (dx__hnode *n = dx__htab_find(&s->flights_by_key, key_bits(k)); n;
          n = dx__htab_find_next(n)) {
-        flight *f = (flight *)(void *)((char *)n - offsetof(flight, by_key));
+        flight *f = DX__HTAB_ENTRY(n, flight, by_key);
         if (strcmp(f->key.hex, k->hex) == 0 && f->key.len == k->len &&
             memcmp(f->key.canonical, k->canonical, k->len) == 0)
             return f;
@@ -1099,8 +1098,7 @@ static dx_srv_ret srv_call(void *st, dx_msg *request, dx_from from,
 
 static flight *flight_by_id(state *s, uint64_t id)
 {
-    dx__hnode *n = dx__htab_find(&s->flights_by_id, id);
-    return n ? (flight *)(void *)((char *)n - offsetof(flight, by_id)) : NULL;
+    return DX__HTAB_ENTRY(dx__htab_find(&s->flights_by_id, id), flight, by_id);
 }
 
 /* A worker reported: record it, then answer everyone or fall back. */

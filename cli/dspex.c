@@ -378,34 +378,28 @@ static int start_lm(const common *c)
     return 0;
 }
 
-/* The HTTP layer opens at most this many connections per host unless told
- * otherwise (dx_http_limits). */
-#define DEFAULT_HOST_CONNECTIONS 256
-
 /* --concurrency N above the transport's default means N calls at once: an
  * HTTP/1.1 server (a local one, an OpenAI-compatible proxy) takes one per
  * connection, so let the transport open that many, and the process hold
  * that many descriptors, as far as the hard limit allows. */
 static void room_for_calls(long concurrency)
 {
-    if (concurrency <= DEFAULT_HOST_CONNECTIONS)
+    if (concurrency <= DX_HTTP_DEFAULT_HOST_CONNECTIONS)
         return;
     long conns = concurrency;
-    struct rlimit rl;
     const rlim_t spare = 256; /* files, the cache, the server's own */
+    const rlim_t need = (rlim_t)conns + spare;
+    struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-        rl.rlim_cur < (rlim_t)conns + spare) {
-        rlim_t want = (rlim_t)conns + spare;
-        if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want)
-            want = rl.rlim_max;
-        rl.rlim_cur = want;
-        if (setrlimit(RLIMIT_NOFILE, &rl) != 0 ||
-            getrlimit(RLIMIT_NOFILE, &rl) != 0)
-            rl.rlim_cur = 1024;
-        if (rl.rlim_cur < (rlim_t)conns + spare) {
-            conns = rl.rlim_cur > spare + DEFAULT_HOST_CONNECTIONS
+        rl.rlim_cur < need) {
+        rl.rlim_cur = rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need
+                          ? rl.rlim_max
+                          : need;
+        (void)setrlimit(RLIMIT_NOFILE, &rl);
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < need) {
+            conns = rl.rlim_cur > spare + DX_HTTP_DEFAULT_HOST_CONNECTIONS
                         ? (long)(rl.rlim_cur - spare)
-                        : DEFAULT_HOST_CONNECTIONS;
+                        : DX_HTTP_DEFAULT_HOST_CONNECTIONS;
             fprintf(stderr,
                     "dspex: at most %ld connections per LM server (the "
                     "descriptor limit is %llu); calls beyond them queue\n",

@@ -13,7 +13,6 @@
  */
 #include <math.h>
 #include <stdatomic.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -235,7 +234,7 @@ static ex_slot *slot_of_pid(const in_flight *fl, dx_pid pid)
 {
     for (dx__hnode *n = dx__htab_find(&fl->by_pid, pid.id); n;
          n = dx__htab_find_next(n)) {
-        ex_slot *s = (ex_slot *)(void *)((char *)n - offsetof(ex_slot, by_pid));
+        ex_slot *s = DX__HTAB_ENTRY(n, ex_slot, by_pid);
         if (dx_pid_eq(s->pid, pid))
             return s;
     }

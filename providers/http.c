@@ -25,7 +25,6 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
-#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -94,7 +93,6 @@ typedef struct sockctx {
     uv_poll_t poll;
     curl_socket_t fd;
     dx__hnode by_fd; /* key: fd */
-    bool parked;     /* curl has no transfer on it: stopped */
     int events;      /* UV_READABLE | UV_WRITABLE being watched, or 0;
                         -1: unknown, start whatever is asked */
     struct sockctx *prev, *next;
@@ -126,7 +124,8 @@ static void bind_lane(void)
 
 /* Survives restarts of the loop; shared out across the lanes in use. */
 static pthread_mutex_t limits_mu = PTHREAD_MUTEX_INITIALIZER;
-static dx_http_limits cur_limits = {256, 0, 256};
+static dx_http_limits cur_limits = {DX_HTTP_DEFAULT_HOST_CONNECTIONS, 0,
+                                    DX_HTTP_DEFAULT_IDLE_CONNECTIONS};
 
 /* Transfers handed to each lane and not yet finished: a submission goes
  * to the least loaded lane, so a burst is shared out evenly while calls
@@ -545,7 +544,7 @@ static sockctx *sock_of_fd(curl_socket_t fd)
 {
     for (dx__hnode *n = dx__htab_find(&L->socks_by_fd, (uint64_t)fd); n;
          n = dx__htab_find_next(n)) {
-        sockctx *c = (sockctx *)(void *)((char *)n - offsetof(sockctx, by_fd));
+        sockctx *c = DX__HTAB_ENTRY(n, sockctx, by_fd);
         if (c->fd == fd)
             return c;
     }
@@ -556,8 +555,6 @@ static void on_poll(uv_poll_t *p, int status, int events)
 {
     sockctx *c = p->data;
     bind_lane();
-    if (c->parked)
-        return; /* stopped: an event of the batch it was stopped in */
     int flags = 0;
     if (status < 0)
         flags = CURL_CSELECT_ERR;
@@ -593,14 +590,13 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *ud, void *sp)
     if (what == CURL_POLL_REMOVE) {
         if (c != NULL) {
             curl_multi_assign(L->multi, s, NULL);
-            c->parked = true;
             if (sock_watch(c, 0) != 0)
                 sock_close(c);
         }
         return 0;
     }
     if (c == NULL) {
-        /* A parked connection back in use, or a new socket with the
+        /* A kept connection back in use, or a new socket with the
          * number of one curl closed behind our back: either way the
          * descriptor must be (re-)registered, whatever libuv thinks. */
         c = sock_of_fd(s);
@@ -629,7 +625,6 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *ud, void *sp)
     }
     if (sp == NULL)
         curl_multi_assign(L->multi, s, c);
-    c->parked = false;
     int ev = 0;
     if (what & CURL_POLL_IN)
         ev |= UV_READABLE;

@@ -27,6 +27,10 @@ typedef struct dx__htab {
     size_t n;
 } dx__htab;
 
+/* The struct of type `type` whose `member` is the node n (NULL for NULL). */
+#define DX__HTAB_ENTRY(n, type, member)                                        \
+    ((n) ? (type *)(void *)((char *)(n)-offsetof(type, member)) : NULL)
+
 /* The first node with key, or NULL. */
 dx__hnode *dx__htab_find(const dx__htab *t, uint64_t key);
 /* The next node after n with n's key, or NULL. */

@@ -33,6 +33,9 @@
 #define DX_HTTP_DEFAULT_TIMEOUT_MS 300000
 #define DX_HTTP_DEFAULT_CONNECT_TIMEOUT_MS 10000
 #define DX_HTTP_DEFAULT_MAX_RESPONSE (16u * 1024u * 1024u)
+/* dx_http_limits' defaults (see there). */
+#define DX_HTTP_DEFAULT_HOST_CONNECTIONS 256
+#define DX_HTTP_DEFAULT_IDLE_CONNECTIONS 256
 /* Response header limits: more is DX_ELIMIT. */
 #define DX_HTTP_MAX_HEADERS 128
 #define DX_HTTP_MAX_HEADER_BYTES (64u * 1024u)

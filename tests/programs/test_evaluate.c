@@ -111,6 +111,16 @@ Test(evaluate, scores_a_known_program_through_the_lm_server)
 
 static atomic_int running, max_running;
 
+/* Count one more example running, keeping the most seen at once. */
+static void note_running(void)
+{
+    int now = atomic_fetch_add(&running, 1) + 1;
+    int seen = atomic_load(&max_running);
+    while (now > seen &&
+           !atomic_compare_exchange_weak(&max_running, &seen, now))
+        ;
+}
+
 static int fragile_forward(dx_ctx *ctx, const dx_module *self,
                            const dx_example *in, dx_prediction **out)
 {
@@ -124,11 +134,7 @@ static int fragile_forward(dx_ctx *ctx, const dx_module *self,
         dx_receive_tag(0x68616e67, DX_INFINITY, &never);
         dx_msg_free(never);
     }
-    int now = atomic_fetch_add(&running, 1) + 1;
-    int seen = atomic_load(&max_running);
-    while (now > seen &&
-           !atomic_compare_exchange_weak(&max_running, &seen, now))
-        ;
+    note_running();
     /* Finish in an order unlike the dataset's. */
     long idx = strtol(q + 1, NULL, 10);
     if (idx < 40)
@@ -190,11 +196,7 @@ static int hang_some_forward(dx_ctx *ctx, const dx_module *self,
     (void)self;
     (void)ctx;
     const char *q = dx_example_get_str(in, "question", "");
-    int now = atomic_fetch_add(&running, 1) + 1;
-    int seen = atomic_load(&max_running);
-    while (now > seen &&
-           !atomic_compare_exchange_weak(&max_running, &seen, now))
-        ;
+    note_running();
     if (strcmp(q, "q5") == 0 || strcmp(q, "q6") == 0 ||
         strcmp(q, "q2999") == 0) {
         dx_msg *never = NULL;

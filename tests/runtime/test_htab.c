@@ -17,7 +17,7 @@ typedef struct item {
 
 static item *item_of(dx__hnode *n)
 {
-    return n ? (item *)(void *)((char *)n - offsetof(item, node)) : NULL;
+    return DX__HTAB_ENTRY(n, item, node);
 }
 
 Test(htab, an_empty_table_finds_nothing_and_has_no_buckets, .timeout = 10)
