@@ -35,6 +35,7 @@
 #include "dspex/alloc.h"
 #include "dspex/error.h"
 #include "dspex/io.h"
+#include "dspex/runtime.h"
 #include "htab.h"
 
 /* Watcher message tags (private to this file; user tags are >= 0 too, but
@@ -1128,6 +1129,16 @@ int dx_http_set_limits(const dx_http_limits *limits)
     pthread_mutex_lock(&limits_mu);
     cur_limits = *limits;
     pthread_mutex_unlock(&limits_mu);
+    /* More connections than the runtime made room for: make room for their
+     * descriptors now, not in the burst that opens them (each growth of
+     * the table stalls every thread; dx_reserve_descriptors). */
+    long most = limits->max_host_connections > limits->max_total_connections
+                    ? limits->max_host_connections
+                    : limits->max_total_connections;
+    if (most > DX_HTTP_DEFAULT_HOST_CONNECTIONS)
+        (void)dx_reserve_descriptors(
+            (unsigned)(most < 1L << 24 ? most : 1L << 24) +
+            DX_RUNTIME_DEFAULT_DESCRIPTORS - DX_HTTP_DEFAULT_HOST_CONNECTIONS);
     /* Started as a first transfer would start them; lanes not yet set up
      * read the new limits when they are. */
     if (!dx_io_on_loop_thread()) {

@@ -39,6 +39,7 @@
 
 #include "dspex/alloc.h"
 #include "dspex/error.h"
+#include "dspex/runtime.h"
 #include "lmserver_int.h"
 
 #define MAX_URL 8192
@@ -1217,6 +1218,11 @@ int dx_lmserver_start(const dx_lmserver_opts *opts, dx_lmserver **out)
         srv->port = bound.ss_family == AF_INET6
                         ? ntohs(((struct sockaddr_in6 *)&bound)->sin6_port)
                         : ntohs(((struct sockaddr_in *)&bound)->sin_port);
+    /* Room for every connection (and the duplicate a hand-over holds for a
+     * moment) before the threads start: a growing table would stall them
+     * all in the middle of the first burst (dx_reserve_descriptors). */
+    if (rc == 0)
+        (void)dx_reserve_descriptors(srv->max_conns + 64);
     for (unsigned i = 0; rc == 0 && i < nloops; i++) {
         rc = pthread_create(&loops[i].thread, NULL, server_main, &loops[i]) == 0
                  ? 0

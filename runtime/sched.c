@@ -1169,6 +1169,10 @@ int dx_runtime_start(const dx_runtime_opts *opts)
         return DX_EINVAL;
     if (intern_atoms() != DX_OK)
         return DX_ENOMEM;
+    /* Now, while the process may still have one thread: later, each growth
+     * of the table would stall every thread (descriptors.c). */
+    (void)dx_reserve_descriptors(
+        o.descriptors ? o.descriptors : DX_RUNTIME_DEFAULT_DESCRIPTORS);
 
     memset(&dx__rt, 0, sizeof dx__rt);
     dx__rt.page_size = (size_t)sysconf(_SC_PAGESIZE);

@@ -139,7 +139,8 @@ test_args=("$@")
 setup_args=()
 # The suites valgrind's memcheck runs over: the kernel's. The crash suite
 # faults on purpose and the supervisor suites are long; the sanitizer
-# builds cover those.
+# builds cover those. descriptors measures the kernel's descriptor table,
+# which valgrind has already grown to the limit with descriptors of its own.
 valgrind_suites=(alloc htab term proc mailbox links monitor registry timer server
     sched shutdown log app)
 # ... and the fuzz corpus replays (fuzz_<target>, listed in fuzz/meson.build;

@@ -35,6 +35,8 @@
 /* Runtime lifecycle                                                   */
 /* ------------------------------------------------------------------ */
 
+#define DX_RUNTIME_DEFAULT_DESCRIPTORS 1024u
+
 typedef struct dx_runtime_opts {
     /* Scheduler threads; 0 = env DX_SCHEDULERS, else online CPUs. */
     int schedulers;
@@ -52,6 +54,11 @@ typedef struct dx_runtime_opts {
      * process's own code into that process's exit (default true; the
      * field is "disable" so a zeroed struct means "on"). */
     bool disable_fault_isolation;
+    /* Room made in the process's descriptor table before the scheduler
+     * threads start (dx_reserve_descriptors); 0 =
+     * DX_RUNTIME_DEFAULT_DESCRIPTORS, room for the HTTP layer's default
+     * 256 connections per host and a local server's other ends. */
+    unsigned descriptors;
 } dx_runtime_opts;
 
 /* Start the runtime (one per OS process). opts may be NULL for defaults.
@@ -66,6 +73,19 @@ DX_API int dx_runtime_start(const dx_runtime_opts *opts);
  * see docs/internals/runtime.md. DX_ESTATE if not running. Host thread,
  * never from a process. */
 DX_API int dx_runtime_stop(void);
+
+/* Make room in the process's descriptor table for `count` descriptors now
+ * (capped by the RLIMIT_NOFILE soft limit), so that opening many sockets
+ * later does not stall: Linux grows the table by doubling, and in a process
+ * with threads every doubling waits for an RCU grace period (milliseconds)
+ * while each thread that opens or accepts a descriptor sleeps. The table
+ * never shrinks; the cost is a few bytes per descriptor. dx_runtime_start
+ * makes room for dx_runtime_opts.descriptors before its threads exist,
+ * where it is free. Leaves every open descriptor as it was. Returns the
+ * room the table now has for certain (at least count unless the limit is
+ * lower), 0 if none could be made (no descriptor to duplicate, or the
+ * limit reached). Any thread, also before dx_runtime_start. */
+DX_API unsigned dx_reserve_descriptors(unsigned count);
 
 DX_API bool dx_runtime_running(void);
 /* Number of scheduler threads of the running runtime (0 if stopped). */

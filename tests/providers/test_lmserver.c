@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../fd_table_util.h"
 #include "dspex/error.h"
 #include "dspex/lmserver.h"
 
@@ -1361,6 +1362,13 @@ static void start_threads(void)
 }
 
 TestSuite(lmserver_threads, .init = start_threads, .fini = stop, .timeout = 60);
+
+Test(lmserver_threads, its_descriptor_table_had_room_for_every_connection)
+{
+    /* Made before the first connection (the suite's process starts with 256
+     * slots): growing it later would stall every thread in a burst. */
+    cr_assert_geq(fd_table_size(), 300 + 64, "FDSize %u", fd_table_size());
+}
 
 Test(lmserver_threads, two_hundred_concurrent_clients_are_all_answered)
 {
