@@ -27,8 +27,14 @@ const cJSON *dx__jarr(const cJSON *o, const char *key);
 const char *dx__jstr(const cJSON *o, const char *key);
 /* Integer member (a JSON number), or dflt. */
 int64_t dx__jint(const cJSON *o, const char *key, int64_t dflt);
-/* Unformatted JSON text of item, allocated with dx_malloc; NULL on OOM. */
+/* Unformatted JSON text of item, exactly as cJSON_PrintUnformatted gives
+ * it (jprint.c), allocated with dx_malloc; NULL on OOM or an item cJSON
+ * cannot print either (a raw item without text, an invalid type). _n also
+ * stores its length. */
 char *dx__jprint(const cJSON *item);
+char *dx__jprint_n(const cJSON *item, size_t *len);
+/* The same text appended to b; on failure b is as it was. */
+int dx__jprint_into(dx__buf *b, const cJSON *item);
 /* Parse JSON text (dx_malloc'd tree); NULL if not JSON. */
 cJSON *dx__jparse(const char *s, size_t n);
 

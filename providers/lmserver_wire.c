@@ -160,17 +160,15 @@ static void add_number(cJSON *obj, const char *key, double v)
 
 static void send_json(dx__lms_response *rs, int status, cJSON *obj)
 {
-    char *s = obj ? cJSON_PrintUnformatted(obj) : NULL;
-    cJSON_Delete(obj);
     rs->body.len = 0;
     rs->sse = false;
     rs->nevents = 0;
-    if (s == NULL || dx__buf_str(&rs->body, s) != 0) {
-        cJSON_free(s);
+    int rc = obj ? dx__jprint_into(&rs->body, obj) : DX_ENOMEM;
+    cJSON_Delete(obj);
+    if (rc != 0) {
         set_oom(rs);
         return;
     }
-    cJSON_free(s);
     rs->status = status;
     rs->ctype = "application/json";
 }
@@ -192,10 +190,10 @@ static int add_event(dx__lms_response *rs, const char *name, const char *data)
 /* Emit obj (consumed) as one SSE event. */
 static int emit(dx__lms_response *rs, const char *name, cJSON *obj)
 {
-    char *s = obj ? cJSON_PrintUnformatted(obj) : NULL;
+    char *s = obj ? dx__jprint(obj) : NULL;
     cJSON_Delete(obj);
     int rc = s ? add_event(rs, name, s) : DX_ENOMEM;
-    cJSON_free(s);
+    dx_free(s);
     return rc;
 }
 
@@ -361,7 +359,7 @@ typedef struct answer {
     char *text;            /* dx_malloc'd; NULL for a tool call */
     const char *tool_name; /* borrowed from the request */
     cJSON *args;           /* tool arguments */
-    char *args_text;       /* args printed (cJSON_free) */
+    char *args_text;       /* args printed (dx_free) */
     size_t out_tokens;
     char sim_error[256]; /* the sim model refused the request (a 400) */
 } answer;
@@ -407,7 +405,7 @@ static void answer_free(answer *a)
 {
     dx_free(a->text);
     cJSON_Delete(a->args);
-    cJSON_free(a->args_text);
+    dx_free(a->args_text);
 }
 
 /* Append the text of s (string, or array of text blocks / parts) to b,
@@ -589,9 +587,9 @@ static const char *read_gemini(const cJSON *req, convo *cv)
         }
         bool user = role == NULL || strcmp(role, "user") == 0;
         if (fr != NULL) {
-            char *s = cJSON_PrintUnformatted(get(fr, "response"));
+            char *s = dx__jprint(get(fr, "response"));
             cJSON *tmp = cJSON_CreateString(s ? s : "");
-            cJSON_free(s);
+            dx_free(s);
             int rc = tmp ? note_message(cv, tmp, false, true) : DX_ENOMEM;
             cJSON_Delete(tmp);
             if (rc != 0)
@@ -656,10 +654,8 @@ static char *json_answer(const convo *cv, const char *text)
     } else {
         cJSON_AddStringToObject(obj, "answer", text);
     }
-    char *s = cJSON_PrintUnformatted(obj);
+    char *out = dx__jprint(obj);
     cJSON_Delete(obj);
-    char *out = s ? dx_strdup(s) : NULL;
-    cJSON_free(s);
     return out;
 }
 
@@ -739,10 +735,10 @@ static int sim_answer(const convo *cv, answer *a, char *err_out, size_t cap)
                                              : DX_LM_FORMAT_JSON_OBJECT)
                                : DX_LM_FORMAT_TEXT;
     if (cv->schema) {
-        char *sch = cJSON_PrintUnformatted(cv->schema);
+        char *sch = dx__jprint(cv->schema);
         if (sch)
             dx_lm_request_set_schema(cv->sim, "output", sch, false);
-        cJSON_free(sch);
+        dx_free(sch);
     }
     dx_lm_response *r = NULL;
     dx_lm_error err = {0};
@@ -775,7 +771,7 @@ static int decide(dx_lmserver *srv, const convo *cv, answer *a)
                 continue;
             a->tool_name = cv->tools[i].name;
             a->args = tool_args(&cv->tools[i], rest);
-            a->args_text = a->args ? cJSON_PrintUnformatted(a->args) : NULL;
+            a->args_text = a->args ? dx__jprint(a->args) : NULL;
             if (a->args_text == NULL)
                 return DX_ENOMEM;
             a->out_tokens = count_words(a->args_text) + 1;
@@ -1353,9 +1349,9 @@ static void gemini_generate(dx_lmserver *srv, bool stream, bool sse,
     cJSON_ArrayForEach(r, st.list)
     {
         if (rc == 0) {
-            char *s = cJSON_PrintUnformatted(r);
+            char *s = dx__jprint(r);
             rc = s ? add_event(rs, NULL, s) : DX_ENOMEM;
-            cJSON_free(s);
+            dx_free(s);
         }
     }
     cJSON_Delete(st.list);

@@ -89,12 +89,6 @@ int64_t dx__jint(const cJSON *o, const char *key, int64_t dflt)
     return (int64_t)v->valuedouble;
 }
 
-char *dx__jprint(const cJSON *item)
-{
-    dx__json_init();
-    return cJSON_PrintUnformatted(item);
-}
-
 /* cJSON's parse functions record the last error position in a global on
  * every call, which concurrent parses (schedulers, the I/O threads, the
  * local LM server's threads) write at once. Nothing in dspex reads it
@@ -1143,13 +1137,12 @@ int dx__http_post(dx_lm_http *out, const cJSON *body, const char *path_fmt, ...)
         vsnprintf(out->path, (size_t)n + 1, path_fmt, ap);
         va_end(ap);
     }
-    out->body = body ? dx__jprint(body) : NULL;
+    out->body = body ? dx__jprint_n(body, &out->body_len) : NULL;
     if (!out->path || (body && !out->body) ||
         dx__http_header(out, "Content-Type", "application/json")) {
         dx_lm_http_free(out);
         return DX_ENOMEM;
     }
-    out->body_len = out->body ? strlen(out->body) : 0;
     return DX_OK;
 }
 

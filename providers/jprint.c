@@ -1,0 +1,188 @@
+/*
+ * jprint.c — cJSON trees printed compactly, byte for byte as
+ * cJSON_PrintUnformatted prints them, at a fraction of its cost.
+ *
+ * Every request dspex sends is a printed tree with a few KB of prompt in it,
+ * and so is every answer of the local LM server. cJSON looks at each byte
+ * of a string twice (once to size the output, once to copy it, both through
+ * a switch) and checks its buffer per value; here a string is copied in runs
+ * between the bytes that need escaping, found with one table lookup per
+ * byte, into a buffer that grows by doubling. Same output as cJSON's, so
+ * caches keyed on request bodies and golden files do not move: the escapes
+ * (\" \\ \b \f \n \r \t, \u00xx for the other control bytes, everything
+ * else raw), the numbers (%1.15g unless it does not read back within cJSON's
+ * epsilon, then %1.17g; NaN and infinities as null; -0 as "-0", as cJSON
+ * 1.7.15 prints it) and a NULL string as "". tests/providers/test_jprint.c
+ * holds the two printers to each other.
+ */
+#include <float.h>
+#include <locale.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec_int.h"
+#include "dspex/alloc.h"
+#include "dspex/error.h"
+
+/* Bytes a JSON string cannot hold raw; NUL ends the run loop too. */
+static const unsigned char needs_escape[256] = {
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x00-0x0f */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x10-0x1f */
+    0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* '"' */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /**/
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /**/
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, /* '\\' */
+};
+
+static int put_str(dx__buf *b, const char *s)
+{
+    int rc = dx__buf_append(b, "\"", 1);
+    const unsigned char *p = (const unsigned char *)(s ? s : "");
+    while (rc == 0) {
+        const unsigned char *run = p;
+        while (!needs_escape[*p])
+            p++;
+        if (p > run)
+            rc = dx__buf_append(b, run, (size_t)(p - run));
+        if (rc != 0 || *p == '\0')
+            break;
+        char esc[6] = {'\\', 0, 0, 0, 0, 0};
+        size_t n = 2;
+        switch (*p) {
+        case '"':
+            esc[1] = '"';
+            break;
+        case '\\':
+            esc[1] = '\\';
+            break;
+        case '\b':
+            esc[1] = 'b';
+            break;
+        case '\f':
+            esc[1] = 'f';
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
+        default: {
+            static const char hex[] = "0123456789abcdef";
+            esc[1] = 'u';
+            esc[2] = '0';
+            esc[3] = '0';
+            esc[4] = hex[*p >> 4];
+            esc[5] = hex[*p & 15];
+            n = 6;
+        }
+        }
+        rc = dx__buf_append(b, esc, n);
+        p++;
+    }
+    return rc ? rc : dx__buf_append(b, "\"", 1);
+}
+
+/* cJSON's test of whether %1.15g kept the value. */
+static bool same_double(double a, double b)
+{
+    double most = fabs(a) > fabs(b) ? fabs(a) : fabs(b);
+    return fabs(a - b) <= most * DBL_EPSILON;
+}
+
+static int put_number(dx__buf *b, const cJSON *item)
+{
+    double d = item->valuedouble;
+    char num[32];
+    int n;
+    if (isnan(d) || isinf(d))
+        return dx__buf_append(b, "null", 4);
+    n = snprintf(num, sizeof num, "%1.15g", d);
+    char *end = NULL;
+    double back = strtod(num, &end);
+    if (end == num || !same_double(back, d))
+        n = snprintf(num, sizeof num, "%1.17g", d);
+    if (n < 0 || (size_t)n >= sizeof num)
+        return DX_EINVAL;
+    /* Printed in the C library's locale; JSON's decimal point is '.'. */
+    const char point = localeconv()->decimal_point[0];
+    if (point != '.')
+        for (int i = 0; i < n; i++)
+            if (num[i] == point)
+                num[i] = '.';
+    return dx__buf_append(b, num, (size_t)n);
+}
+
+static int put_value(dx__buf *b, const cJSON *item)
+{
+    switch (item->type & 0xFF) {
+    case cJSON_NULL:
+        return dx__buf_append(b, "null", 4);
+    case cJSON_False:
+        return dx__buf_append(b, "false", 5);
+    case cJSON_True:
+        return dx__buf_append(b, "true", 4);
+    case cJSON_Number:
+        return put_number(b, item);
+    case cJSON_Raw:
+        return item->valuestring ? dx__buf_str(b, item->valuestring)
+                                 : DX_EINVAL;
+    case cJSON_String:
+        return put_str(b, item->valuestring);
+    case cJSON_Array:
+    case cJSON_Object: {
+        bool object = (item->type & 0xFF) == cJSON_Object;
+        int rc = dx__buf_append(b, object ? "{" : "[", 1);
+        for (const cJSON *c = item->child; rc == 0 && c != NULL; c = c->next) {
+            if (object) {
+                rc = put_str(b, c->string);
+                if (rc == 0)
+                    rc = dx__buf_append(b, ":", 1);
+            }
+            if (rc == 0)
+                rc = put_value(b, c);
+            if (rc == 0 && c->next != NULL)
+                rc = dx__buf_append(b, ",", 1);
+        }
+        return rc ? rc : dx__buf_append(b, object ? "}" : "]", 1);
+    }
+    default:
+        return DX_EINVAL;
+    }
+}
+
+int dx__jprint_into(dx__buf *b, const cJSON *item)
+{
+    if (item == NULL)
+        return DX_EINVAL;
+    size_t mark = b->len;
+    int rc = put_value(b, item);
+    if (rc != 0 && b->p != NULL) {
+        b->len = mark;
+        b->p[mark] = '\0';
+    }
+    return rc;
+}
+
+char *dx__jprint_n(const cJSON *item, size_t *len)
+{
+    dx__buf b;
+    dx__buf_init(&b, 0);
+    if (dx__jprint_into(&b, item) != 0) {
+        dx__buf_free(&b);
+        return NULL;
+    }
+    if (len != NULL)
+        *len = b.len;
+    return b.p;
+}
+
+char *dx__jprint(const cJSON *item)
+{
+    return dx__jprint_n(item, NULL);
+}
