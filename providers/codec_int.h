@@ -35,7 +35,10 @@ char *dx__jprint(const cJSON *item);
 char *dx__jprint_n(const cJSON *item, size_t *len);
 /* The same text appended to b; on failure b is as it was. */
 int dx__jprint_into(dx__buf *b, const cJSON *item);
-/* Parse JSON text (dx_malloc'd tree); NULL if not JSON. */
+/* Parse JSON text into the tree cJSON_ParseWithLength gives (jparse.c),
+ * allocated through cJSON's hooks (dx_malloc); NULL if not JSON or out of
+ * memory. Unlike cJSON's parser it keeps no global error position, so
+ * parses on many threads at once share nothing. */
 cJSON *dx__jparse(const char *s, size_t n);
 
 /* Set err to malformed_response "<prov>: <what>" and return DX_EPROVIDER. */

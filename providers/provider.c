@@ -89,22 +89,6 @@ int64_t dx__jint(const cJSON *o, const char *key, int64_t dflt)
     return (int64_t)v->valuedouble;
 }
 
-/* cJSON's parse functions record the last error position in a global on
- * every call, which concurrent parses (schedulers, the I/O threads, the
- * local LM server's threads) write at once. Nothing in dspex reads it
- * (cJSON_GetErrorPtr is never called; a failed parse is reported from its
- * NULL result), so parses run unlocked: a process-wide lock here was the
- * most contended lock of an evaluation at 256 in flight. */
-
-cJSON *dx__jparse(const char *s, size_t n)
-{
-    dx__json_init();
-    if (!s)
-        return NULL;
-    cJSON *j = cJSON_ParseWithLength(s, n);
-    return j;
-}
-
 cJSON *dx__jadd_obj(dx__jb *b, cJSON *parent, const char *key)
 {
     cJSON *o = cJSON_CreateObject();

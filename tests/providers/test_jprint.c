@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "../jcodec_compare.h"
 #include "codec_int.h"
 #include "dspex/alloc.h"
 
@@ -21,10 +22,7 @@ static uint64_t rng = 0x9E3779B97F4A7C15ull;
 
 static uint64_t next(void)
 {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
+    return jc_rand(&rng);
 }
 
 /* Strings that exercise the escapes: runs of plain text, every control
