@@ -36,16 +36,29 @@ static const unsigned char needs_escape[256] = {
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, /* '\\' */
 };
 
+/* dx__buf_append without the call when the bytes fit: a tree is printed
+ * in many short pieces. The buffer's room is within its bound, so fitting
+ * in it is within the bound too. */
+static inline int put(dx__buf *b, const void *s, size_t n)
+{
+    if (n >= b->cap - b->len)
+        return dx__buf_append(b, s, n);
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return 0;
+}
+
 static int put_str(dx__buf *b, const char *s)
 {
-    int rc = dx__buf_append(b, "\"", 1);
+    int rc = put(b, "\"", 1);
     const unsigned char *p = (const unsigned char *)(s ? s : "");
     while (rc == 0) {
         const unsigned char *run = p;
         while (!needs_escape[*p])
             p++;
         if (p > run)
-            rc = dx__buf_append(b, run, (size_t)(p - run));
+            rc = put(b, run, (size_t)(p - run));
         if (rc != 0 || *p == '\0')
             break;
         char esc[6] = {'\\', 0, 0, 0, 0, 0};
@@ -82,10 +95,10 @@ static int put_str(dx__buf *b, const char *s)
             n = 6;
         }
         }
-        rc = dx__buf_append(b, esc, n);
+        rc = put(b, esc, n);
         p++;
     }
-    return rc ? rc : dx__buf_append(b, "\"", 1);
+    return rc ? rc : put(b, "\"", 1);
 }
 
 /* cJSON's test of whether %1.15g kept the value. */
@@ -101,7 +114,7 @@ static int put_number(dx__buf *b, const cJSON *item)
     char num[32];
     int n;
     if (isnan(d) || isinf(d))
-        return dx__buf_append(b, "null", 4);
+        return put(b, "null", 4);
     n = snprintf(num, sizeof num, "%1.15g", d);
     char *end = NULL;
     double back = strtod(num, &end);
@@ -115,41 +128,42 @@ static int put_number(dx__buf *b, const cJSON *item)
         for (int i = 0; i < n; i++)
             if (num[i] == point)
                 num[i] = '.';
-    return dx__buf_append(b, num, (size_t)n);
+    return put(b, num, (size_t)n);
 }
 
 static int put_value(dx__buf *b, const cJSON *item)
 {
     switch (item->type & 0xFF) {
     case cJSON_NULL:
-        return dx__buf_append(b, "null", 4);
+        return put(b, "null", 4);
     case cJSON_False:
-        return dx__buf_append(b, "false", 5);
+        return put(b, "false", 5);
     case cJSON_True:
-        return dx__buf_append(b, "true", 4);
+        return put(b, "true", 4);
     case cJSON_Number:
         return put_number(b, item);
     case cJSON_Raw:
-        return item->valuestring ? dx__buf_str(b, item->valuestring)
-                                 : DX_EINVAL;
+        return item->valuestring
+                   ? put(b, item->valuestring, strlen(item->valuestring))
+                   : DX_EINVAL;
     case cJSON_String:
         return put_str(b, item->valuestring);
     case cJSON_Array:
     case cJSON_Object: {
         bool object = (item->type & 0xFF) == cJSON_Object;
-        int rc = dx__buf_append(b, object ? "{" : "[", 1);
+        int rc = put(b, object ? "{" : "[", 1);
         for (const cJSON *c = item->child; rc == 0 && c != NULL; c = c->next) {
             if (object) {
                 rc = put_str(b, c->string);
                 if (rc == 0)
-                    rc = dx__buf_append(b, ":", 1);
+                    rc = put(b, ":", 1);
             }
             if (rc == 0)
                 rc = put_value(b, c);
             if (rc == 0 && c->next != NULL)
-                rc = dx__buf_append(b, ",", 1);
+                rc = put(b, ",", 1);
         }
-        return rc ? rc : dx__buf_append(b, object ? "}" : "]", 1);
+        return rc ? rc : put(b, object ? "}" : "]", 1);
     }
     default:
         return DX_EINVAL;

@@ -28,6 +28,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -576,6 +577,14 @@ static const char *reason(int status)
     }
 }
 
+dx__lms_response *dx__lms_response_new(void)
+{
+    dx__lms_response *rs = dx_malloc(sizeof *rs);
+    if (rs != NULL)
+        memset(rs, 0, offsetof(dx__lms_response, event_end));
+    return rs;
+}
+
 /* How many SSE events a reset or truncated stream still gets. */
 static size_t events_kept(const dx__lms_response *rs)
 {
@@ -671,7 +680,7 @@ static void free_response(dx__lms_response *rs)
 static void fail_conn(conn *c, int status, const char *msg)
 {
     c->broken = true;
-    dx__lms_response *rs = dx_calloc(1, sizeof *rs);
+    dx__lms_response *rs = dx__lms_response_new();
     int rc = DX_ENOMEM;
     if (rs != NULL) {
         dx__lms_core_error(c->url.p ? c->url.p : "", status, msg, rs);
@@ -811,7 +820,7 @@ static int on_message_complete(http_parser *p)
         .body = c->body.p,
         .body_len = c->body.len,
     };
-    dx__lms_response *rs = dx_calloc(1, sizeof *rs);
+    dx__lms_response *rs = dx__lms_response_new();
     if (rs == NULL) {
         c->reject_status = 500;
         return -1;

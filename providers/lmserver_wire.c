@@ -434,16 +434,26 @@ static int gather_text(dx__buf *b, const cJSON *s)
 static int note_message(convo *cv, const cJSON *content, bool is_user,
                         bool is_tool)
 {
+    /* Plain string content (the common case) is read where it is. */
     dx__buf t = {0};
-    int rc = gather_text(&t, content);
-    if (rc == 0 && t.p != NULL) {
-        cv->prompt_tokens += count_words(t.p);
+    int rc = 0;
+    const char *text = NULL;
+    size_t len = 0;
+    if (cJSON_IsString(content)) {
+        text = content->valuestring;
+        len = strlen(text);
+    } else if ((rc = gather_text(&t, content)) == 0) {
+        text = t.p;
+        len = t.len;
+    }
+    if (rc == 0 && text != NULL) {
+        cv->prompt_tokens += count_words(text);
         dx__buf *dst = is_tool   ? &cv->tool_result
                        : is_user ? &cv->last_user
                                  : NULL;
         if (dst != NULL) {
             dst->len = 0;
-            rc = dx__buf_append(dst, t.p, t.len);
+            rc = dx__buf_append(dst, text, len);
         }
     }
     if (is_tool || is_user)
