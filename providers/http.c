@@ -96,8 +96,14 @@ typedef struct sockctx {
     dx__hnode by_fd; /* key: fd */
     int events;      /* UV_READABLE | UV_WRITABLE being watched, or 0;
                         -1: unknown, start whatever is asked */
+    CURL *easy;      /* the transfer curl last watched it for; NULL once
+                        removed (a kept connection) */
     struct sockctx *prev, *next;
 } sockctx;
+
+/* Sockets curl reported removed while remove_unfinished took a transfer
+ * off (a transfer has one or two). */
+#define MAX_REMOVED 8
 
 /* One lane's state, its loop thread's alone; reset when the loop stops. */
 typedef struct hlane {
@@ -108,6 +114,9 @@ typedef struct hlane {
     dx__htab by_ref;
     dx__htab by_pid;
     dx__htab socks_by_fd;
+    bool removing; /* inside remove_unfinished's curl_multi_remove_handle */
+    size_t nremoved;
+    curl_socket_t removed[MAX_REMOVED];
     sockctx *socks;
     dx_pid watcher;
 } hlane;
@@ -460,11 +469,16 @@ static void requester_drop(requester *q)
  * completion. err != DX_OK forces that outcome (cancel, stop); otherwise the
  * curl result decides. The completion of a dead requester is freed by
  * dx_send. */
+static void remove_unfinished(xfer *x);
+
 static void finish(xfer *x, CURLcode rc, int err, const char *why)
 {
     if (x->added) {
         record_info(x);
-        curl_multi_remove_handle(L->multi, x->easy);
+        if (err != DX_OK) /* taken off before curl was done with it */
+            remove_unfinished(x);
+        else
+            curl_multi_remove_handle(L->multi, x->easy);
         atomic_fetch_sub(&n_in_flight, 1);
         dx__htab_del(&L->by_ref, &x->h);
     }
@@ -581,16 +595,46 @@ static int sock_watch(sockctx *c, int events)
     return rc;
 }
 
+/* A new watch for socket s, known to the lane and to curl; NULL on OOM. */
+static sockctx *sock_new(curl_socket_t s)
+{
+    sockctx *c = dx_calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    if (uv_poll_init_socket(dx_io_loop(), &c->poll, s) != 0) {
+        dx_free(c);
+        return NULL;
+    }
+    c->poll.data = c;
+    c->fd = s;
+    c->by_fd.key = (uint64_t)s;
+    if (!dx__htab_put(&L->socks_by_fd, &c->by_fd)) {
+        uv_close((uv_handle_t *)&c->poll, sock_closed);
+        return NULL;
+    }
+    c->next = L->socks;
+    if (L->socks != NULL)
+        L->socks->prev = c;
+    L->socks = c;
+    curl_multi_assign(L->multi, s, c);
+    return c;
+}
+
 static int on_socket(CURL *e, curl_socket_t s, int what, void *ud, void *sp)
 {
-    (void)e;
     (void)ud;
     if (L->tearing_down)
         return 0;
     sockctx *c = sp;
     if (what == CURL_POLL_REMOVE) {
+        if (L->removing) {
+            if (L->nremoved < MAX_REMOVED)
+                L->removed[L->nremoved] = s;
+            L->nremoved++;
+        }
         if (c != NULL) {
             curl_multi_assign(L->multi, s, NULL);
+            c->easy = NULL;
             if (sock_watch(c, 0) != 0)
                 sock_close(c);
         }
@@ -601,37 +645,64 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *ud, void *sp)
          * number of one curl closed behind our back: either way the
          * descriptor must be (re-)registered, whatever libuv thinks. */
         c = sock_of_fd(s);
-        if (c != NULL)
+        if (c != NULL) {
             c->events = -1;
-    }
-    if (c == NULL) {
-        c = dx_calloc(1, sizeof *c);
-        if (c == NULL)
-            return -1;
-        if (uv_poll_init_socket(dx_io_loop(), &c->poll, s) != 0) {
-            dx_free(c);
-            return -1;
+            curl_multi_assign(L->multi, s, c);
         }
-        c->poll.data = c;
-        c->fd = s;
-        c->by_fd.key = (uint64_t)s;
-        if (!dx__htab_put(&L->socks_by_fd, &c->by_fd)) {
-            uv_close((uv_handle_t *)&c->poll, sock_closed);
-            return -1;
-        }
-        c->next = L->socks;
-        if (L->socks != NULL)
-            L->socks->prev = c;
-        L->socks = c;
     }
-    if (sp == NULL)
-        curl_multi_assign(L->multi, s, c);
+    if (c == NULL && (c = sock_new(s)) == NULL)
+        return -1;
+    c->easy = e;
     int ev = 0;
     if (what & CURL_POLL_IN)
         ev |= UV_READABLE;
     if (what & CURL_POLL_OUT)
         ev |= UV_WRITABLE;
     return sock_watch(c, ev) == 0 ? 0 : -1;
+}
+
+/* Take a transfer that has not finished off the multi handle. curl closes
+ * the sockets of a transfer removed mid-request itself, without the
+ * close-socket callback, and only then reports them removed; by then
+ * another lane's new socket may have the descriptor number, and an epoll
+ * call of ours on the old watch (stopping it, or closing it at teardown)
+ * would land on that lane's socket. So the transfer's watches go first,
+ * while the descriptors are still ours, and a socket curl goes on using
+ * (an HTTP/2 connection with other streams) is watched again after. */
+static void remove_unfinished(xfer *x)
+{
+    struct {
+        curl_socket_t fd;
+        int events;
+    } was[MAX_REMOVED];
+    size_t n = 0;
+    for (sockctx *c = L->socks, *next; c != NULL; c = next) {
+        next = c->next;
+        if (c->easy != x->easy || c->events == 0)
+            continue;
+        if (n < MAX_REMOVED && c->events > 0) {
+            was[n].fd = c->fd;
+            was[n].events = c->events;
+            n++;
+        }
+        curl_multi_assign(L->multi, c->fd, NULL);
+        sock_close(c);
+    }
+    L->removing = true;
+    L->nremoved = 0;
+    curl_multi_remove_handle(L->multi, x->easy);
+    L->removing = false;
+    if (L->nremoved > MAX_REMOVED)
+        return; /* cannot tell which are gone: watch none again */
+    for (size_t i = 0; i < n; i++) {
+        bool gone = false;
+        for (size_t k = 0; k < L->nremoved && !gone; k++)
+            gone = L->removed[k] == was[i].fd;
+        sockctx *c =
+            gone || sock_of_fd(was[i].fd) != NULL ? NULL : sock_new(was[i].fd);
+        if (c != NULL && sock_watch(c, was[i].events) != 0)
+            sock_close(c);
+    }
 }
 
 /* curl closes a socket (through this callback most of the time): free its
