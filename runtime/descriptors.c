@@ -22,6 +22,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -52,6 +53,8 @@ unsigned dx_reserve_descriptors(unsigned count)
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
         (rlim_t)count > rl.rlim_cur)
         count = (unsigned)rl.rlim_cur;
+    if (count > INT_MAX) /* descriptors are ints (Linux stops at 2^20) */
+        count = INT_MAX;
     if (count == 0)
         return 0;
     int fd = dup_high((int)(count - 1));
