@@ -10,6 +10,7 @@
  * run.
  */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdlib.h>
@@ -424,10 +425,26 @@ Test(teleprompt_resume, a_killed_run_resumes_to_the_same_program_and_score)
     cr_assert_lt(resumed->usage.calls, fresh->usage.calls, "%lld vs %lld",
                  (long long)resumed->usage.calls,
                  (long long)fresh->usage.calls);
-    cr_assert_float_eq(resumed->score, fresh->score, 1e-9);
-    for (size_t i = 0; i < fresh->n_trials; i++)
-        cr_assert_float_eq(resumed->trials[i].score, fresh->trials[i].score,
-                           1e-9, "trial %zu", i);
+    /* On a difference, say which trials differ and where each came from. */
+    char log[2048] = "";
+    size_t used = 0;
+    bool same = fabs(resumed->score - fresh->score) <= 1e-9;
+    for (size_t i = 0; i < fresh->n_trials; i++) {
+        const dx_tp_trial *r = &resumed->trials[i], *f = &fresh->trials[i];
+        bool differs = fabs(r->score - f->score) > 1e-9 || r->id != f->id ||
+                       strcmp(r->kind, f->kind) != 0;
+        same = same && !differs;
+        int n =
+            snprintf(log + used, sizeof log - used,
+                     "\n %s trial %zu: %s %lld%s resumed %g, fresh %s %lld %g",
+                     differs ? "**" : "  ", i, r->kind, (long long)r->id,
+                     r->from_checkpoint ? " (checkpoint)" : "", r->score,
+                     f->kind, (long long)f->id, f->score);
+        if (n > 0 && (size_t)n < sizeof log - used)
+            used += (size_t)n;
+    }
+    cr_assert(same, "resumed %g vs fresh %g:%s", resumed->score, fresh->score,
+              log);
     char *a = state_text(resumed->program), *b = state_text(fresh->program);
     cr_assert_str_eq(a, b);
     cJSON_free(a);
