@@ -68,6 +68,9 @@ dx_term *dx__a_normal, *dx__a_kill, *dx__a_killed, *dx__a_shutdown,
  * bursts (a ring being built, a worker pool being started) stay together,
  * and only a scheduler that cannot keep up is relieved. */
 #define STEAL_AFTER_NS 1000000
+/* How long an idle scheduler with processes in limbo sleeps before it looks
+ * again whether it can reclaim them (see idle). */
+#define LIMBO_RETRY_NS 1000000
 
 /* ------------------------------------------------------------------ */
 /* Run queue: a ring of process pointers (owner thread only)          */
@@ -988,6 +991,17 @@ static void idle(dx__sched *s, int64_t next_deadline)
     int64_t peek = dx__timers_peek(s);
     if (peek < next_deadline)
         next_deadline = peek;
+    /* Exited processes wait in this thread's limbo until every scheduler is
+     * past them, and only this thread's quiescent() reclaims them: that is
+     * also when a monitor or link signal that reached one after its exit
+     * is answered (DOWN or EXIT noproc, drain_dead). Sleeping on a
+     * non-empty limbo for good would leave that monitor waiting for as long
+     * as nothing else wakes this thread: look again soon instead. */
+    if (s->limbo_head != NULL) {
+        int64_t retry = dx__now_ns() + LIMBO_RETRY_NS;
+        if (retry < next_deadline)
+            next_deadline = retry;
+    }
     if (!has_work(s) && !atomic_load(&dx__rt.quit)) {
         struct timespec ts;
         if (next_deadline != INT64_MAX) {

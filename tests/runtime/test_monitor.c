@@ -2,6 +2,8 @@
  * test_monitor.c — monitors and references: exactly one DOWN per monitor
  * with ref, pid and reason; an immediate DOWN `noproc` for a dead pid;
  * demonitor with and without flush (a DOWN after demonitor never arrives);
+ * a monitor racing its target's exit gets its DOWN though the runtime is
+ * otherwise idle;
  * monitors do not link; refs are unique across threads.
  */
 #include <stdlib.h>
@@ -166,6 +168,43 @@ static void demonitor_race_body(void *arg)
 Test(monitor, demonitor_racing_the_exit_never_leaks_a_down, .timeout = 60)
 {
     kt_body_test(2, demonitor_race_body, NULL);
+}
+
+/* A monitor set up while its target exits, on another scheduler: the
+ * signal can reach the target after its exit was processed, and is then
+ * answered when the dead process is reclaimed. That happened only when its
+ * scheduler ran again, so with nothing else to do both schedulers slept and
+ * the DOWN never came (seen as dx_wait_exit hanging under TSan). Each
+ * round leaves the runtime idle except for the waiting watcher. */
+static void monitor_exit_race_body(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 20000; i++) {
+        dx_pid t;
+        dx_spawn_opts so = {.spread = true}; /* on the other scheduler */
+        if (!KT_CHECK_RC(dx_spawn_opt(kt_exit_with_fn, "normal", &so, &t, NULL),
+                         DX_OK))
+            break;
+        dx_ref r;
+        if (!KT_CHECK_RC(dx_monitor(t, &r), DX_OK))
+            break;
+        dx_match m = {.fields = DX_MATCH_TAG | DX_MATCH_REF,
+                      .tag = DX_TAG_DOWN,
+                      .ref = r};
+        dx_msg *down = NULL;
+        /* No DOWN within 5 s: the one owed was never sent. */
+        if (!KT_CHECK_RC(dx_receive(&m, 5000, &down), DX_OK))
+            break;
+        KT_CHECK(dx_is_atom(down->term, "normal") ||
+                 dx_is_atom(down->term, "noproc"));
+        dx_msg_free(down);
+    }
+}
+
+Test(monitor, a_monitor_racing_the_exit_gets_its_down_on_an_idle_runtime,
+     .timeout = 120)
+{
+    kt_body_test(2, monitor_exit_race_body, NULL);
 }
 
 static void flush_body(void *arg)
