@@ -475,9 +475,9 @@ static void on_shutdown(uv_shutdown_t *req, int status)
     uv_timer_start(&c->timer, on_timer, LINGER_MS, 0);
 }
 
-static void on_write(uv_write_t *req, int status)
+/* The head answer went out (status 0) or could not be sent. */
+static void wrote(conn *c, int status)
 {
-    conn *c = req->data;
     c->writing = false;
     if (c->closing)
         return; /* the owed list is freed with the conn */
@@ -508,6 +508,11 @@ static void on_write(uv_write_t *req, int status)
     kick(c);
 }
 
+static void on_write(uv_write_t *req, int status)
+{
+    wrote(req->data, status);
+}
+
 /* Start on the head response if nothing is in progress. */
 static void kick(conn *c)
 {
@@ -528,7 +533,23 @@ static void kick(conn *c)
         uv_timer_start(&c->timer, on_timer, ms + 1, 0);
         return;
     }
+    /* Most answers fit the socket's buffer: written at once they need no
+     * write request, whose completion would make libuv re-register the
+     * descriptor with epoll (an epoll_ctl per answer). */
     uv_buf_t b = uv_buf_init(o->data, (unsigned)o->send_len);
+    int sent = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (sent == (int)b.len) {
+        c->writing = true; /* wrote() expects an answer in progress */
+        wrote(c, 0);
+        return;
+    }
+    if (sent > 0) {
+        b.base += sent;
+        b.len -= (size_t)sent;
+    } else if (sent != UV_EAGAIN) {
+        close_conn(c, false);
+        return;
+    }
     c->wreq.data = c;
     if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write) != 0) {
         close_conn(c, false);
@@ -875,7 +896,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     size_t done =
         http_parser_execute(&c->parser, &settings, buf->base, (size_t)nread);
     enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
-    if (c->broken) {
+    if (c->closing) {
+        return;
+    } else if (c->broken) {
         /* after Connection: close; the rest is ignored */
     } else if (e != HPE_OK) {
         int status = c->reject_status           ? c->reject_status
