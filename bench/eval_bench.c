@@ -17,6 +17,13 @@
  * The baseline's wall time against the same ideal shows how much of the
  * gap is the transport's. Schedulers: DX_SCHEDULERS, else one per CPU.
  *
+ * Then the floor (floor_client.h): the same requests, as the bytes the
+ * transport sends, from a bare one-thread epoll client with the runtime
+ * stopped, against the same server. Its wall time is what the server, the
+ * kernel and the machine leave for any client; the gap between it and the
+ * baseline is the transport's, between the baseline and the evaluation
+ * Evaluate's.
+ *
  * DX_EVAL_BENCH_WARM=1 first makes max(C) plain calls at once, so the
  * evaluations start with their connections open (a service that has been
  * running); by default the first evaluation opens them, as a first run
@@ -29,6 +36,8 @@
  *   example_p99_ms=.. baseline_wall_s=.. baseline_ratio=.. warm=0|1
  *   connections=<opened by the evaluation>
  *   wave_mean_ms=<a>,<b>,.. wave_max_ms=<a>,<b>,..
+ *   floor_wall_s=.. floor_ratio=.. floor_cpu_us_per_example=..
+ *   floor_wave_mean_ms=.. floor_wave_max_ms=..
  * where wave k is examples k*C .. (k+1)*C-1 in dataset order (the ones
  * that start k-th on their slot): its mean and slowest latency show
  * whether the gap is a start-up cost or paid in every wave.
@@ -48,6 +57,8 @@
 #include "dspex/lm_call.h"
 #include "dspex/lmserver.h"
 #include "bench_server.h"
+#include "dspex/provider.h"
+#include "floor_client.h"
 #include "dspex/runtime.h"
 
 static char url[128];
@@ -73,6 +84,44 @@ typedef struct base_job {
 } base_job;
 
 static base_job BJ;
+
+/* The baseline's requests as the bytes curl sends, for the floor client. */
+static floor_request *FLOOR;
+static char **floor_bytes;
+
+/* Encode request i as a complete HTTP/1.1 request to url. */
+static bool floor_encode(long i, const dx_lm_request *req)
+{
+    dx_lm_http h;
+    dx_lm_error err = {0};
+    char *full = NULL;
+    if (dx_lm_encode(BJ.cfg, req, &h, &err) != DX_OK) {
+        dx_lm_error_clear(&err);
+        return false;
+    }
+    bool ok = dx_lm_http_url(BJ.cfg, &h, &full) == DX_OK;
+    /* "http://host:port/path": the path starts at the third "/". */
+    const char *path = ok ? strchr(full + strlen("http://"), '/') : NULL;
+    size_t cap = h.body_len + 1024;
+    for (size_t k = 0; k < h.n_headers; k++)
+        cap += strlen(h.headers[k]) + 2;
+    char *b = path != NULL ? dx_malloc(cap) : NULL;
+    if (b != NULL) {
+        size_t len = (size_t)snprintf(
+            b, cap, "%s %s HTTP/1.1\r\nHost: %.*s\r\n", h.method, path,
+            (int)(path - full - strlen("http://")), full + strlen("http://"));
+        for (size_t k = 0; k < h.n_headers; k++)
+            len += (size_t)snprintf(b + len, cap - len, "%s\r\n", h.headers[k]);
+        len += (size_t)snprintf(b + len, cap - len,
+                                "Content-Length: %zu\r\n\r\n", h.body_len);
+        memcpy(b + len, h.body, h.body_len);
+        floor_bytes[i] = b;
+        FLOOR[i] = (floor_request){b, len + h.body_len};
+    }
+    dx_free(full);
+    dx_lm_http_free(&h);
+    return b != NULL;
+}
 
 static void base_worker(void *arg)
 {
@@ -103,28 +152,31 @@ static void run_baseline(long calls, long procs)
         dx_sleep(2);
 }
 
-/* Mean and slowest latency of each wave of c examples, as two fields. */
-static void wave_fields(const dx_eval_result *r, long c, char *out, size_t cap)
+/* Mean and slowest of each wave of c latencies (lat[0..n-1], in dataset
+ * order), as two fields named prefix"wave_mean_ms" and prefix"wave_max_ms". */
+static void wave_fields(const double *lat, size_t n, long c, const char *prefix,
+                        char *out, size_t cap)
 {
     char means[256] = "", maxes[256] = "";
     size_t lm = 0, lx = 0;
-    for (size_t w = 0; w * (size_t)c < r->n && w < 16; w++) {
+    for (size_t w = 0; w * (size_t)c < n && w < 16; w++) {
         double sum = 0, mx = 0;
-        size_t n = 0;
-        for (size_t i = w * (size_t)c; i < r->n && i < (w + 1) * (size_t)c;
-             i++, n++) {
-            sum += r->rows[i].latency_ms;
-            if (r->rows[i].latency_ms > mx)
-                mx = r->rows[i].latency_ms;
+        size_t k = 0;
+        for (size_t i = w * (size_t)c; i < n && i < (w + 1) * (size_t)c;
+             i++, k++) {
+            sum += lat[i];
+            if (lat[i] > mx)
+                mx = lat[i];
         }
         lm += (size_t)snprintf(means + lm, sizeof means - lm, "%s%.1f",
-                               w ? "," : "", sum / (double)n);
+                               w ? "," : "", sum / (double)k);
         lx += (size_t)snprintf(maxes + lx, sizeof maxes - lx, "%s%.1f",
                                w ? "," : "", mx);
         if (lm >= sizeof means || lx >= sizeof maxes)
             break;
     }
-    snprintf(out, cap, "wave_mean_ms=%s wave_max_ms=%s", means, maxes);
+    snprintf(out, cap, "%swave_mean_ms=%s %swave_max_ms=%s", prefix, means,
+             prefix, maxes);
 }
 
 /* ---- the run ----------------------------------------------------------- */
@@ -173,13 +225,16 @@ static void bench_main(void *arg)
     /* The baseline sends what the program sends: the same adapter's
      * messages and response format for each example's inputs. */
     BJ.reqs = dx_calloc((size_t)N, sizeof *BJ.reqs);
-    if (BJ.reqs == NULL)
+    FLOOR = dx_calloc((size_t)N, sizeof *FLOOR);
+    floor_bytes = dx_calloc((size_t)N, sizeof *floor_bytes);
+    if (BJ.reqs == NULL || FLOOR == NULL || floor_bytes == NULL)
         B.errors = 1;
     for (long i = 0; BJ.reqs != NULL && i < N; i++) {
         BJ.reqs[i] = dx_lm_request_new(NULL);
         if (BJ.reqs[i] == NULL ||
             dx_adapter_format(DX_ADAPTER_JSON, s, NULL, 0, ds->items[i],
-                              BJ.reqs[i], NULL) != DX_OK) {
+                              BJ.reqs[i], NULL) != DX_OK ||
+            !floor_encode(i, BJ.reqs[i])) {
             B.errors = 1;
             break;
         }
@@ -214,8 +269,15 @@ static void bench_main(void *arg)
         B.cpu[k] = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
         B.wall[k] = clock_s(CLOCK_MONOTONIC) - w0;
         B.conns[k] = dx_http_connections_opened() - conns0;
+        double *lat = rc == DX_OK ? dx_calloc(r->n + 1, sizeof *lat) : NULL;
+        if (lat != NULL) {
+            for (size_t i = 0; i < r->n; i++)
+                lat[i] = r->rows[i].latency_ms;
+            wave_fields(lat, r->n, B.conc[k], "", B.waves[k],
+                        sizeof B.waves[k]);
+            dx_free(lat);
+        }
         if (rc == DX_OK) {
-            wave_fields(r, B.conc[k], B.waves[k], sizeof B.waves[k]);
             B.p50[k] = r->latency_p50_ms;
             B.p99[k] = r->latency_p99_ms;
         }
@@ -277,6 +339,30 @@ int main(int argc, char **argv)
         nanosleep(&ts, NULL);
     }
     dx_runtime_stop();
+    /* The floor: the same requests from the bare client, the runtime gone,
+     * against the same server (whose connections from the runs above are
+     * closed by now, so it opens its own as a first run does). */
+    floor_result fl[8] = {{0}};
+    char floor_waves[8][512] = {""};
+    double *floor_lat = dx_calloc((size_t)N, sizeof *floor_lat);
+    for (int k = 0; k < B.nconc && FLOOR != NULL && floor_lat && !B.errors;
+         k++) {
+        fl[k].latency_ms = floor_lat;
+        if (floor_run(dx_lmserver_port(srv), FLOOR, (size_t)N, N, B.conc[k],
+                      &fl[k]) != 0 ||
+            fl[k].failed > 0) {
+            fprintf(stderr, "floor client: %ld of %ld requests failed\n",
+                    fl[k].failed, N);
+            B.errors++;
+        }
+        wave_fields(floor_lat, (size_t)N, B.conc[k], "floor_", floor_waves[k],
+                    sizeof floor_waves[k]);
+    }
+    dx_free(floor_lat);
+    for (long i = 0; floor_bytes != NULL && i < N; i++)
+        dx_free(floor_bytes[i]);
+    dx_free(floor_bytes);
+    dx_free(FLOOR);
     dx_lmserver_stop_free(srv);
     if (B.errors || BJ.errors)
         fprintf(stderr, "errors: %ld evaluate, %ld baseline (first: %s)\n",
@@ -291,10 +377,13 @@ int main(int argc, char **argv)
                "cpu_us_per_example=%.1f baseline_cpu_us_per_example=%.1f "
                "overhead_us=%.1f example_p50_ms=%.1f example_p99_ms=%.1f "
                "baseline_wall_s=%.3f baseline_ratio=%.4f warm=%d "
-               "connections=%" PRIu64 " %s\n",
+               "connections=%" PRIu64 " %s floor_wall_s=%.3f "
+               "floor_ratio=%.4f floor_cpu_us_per_example=%.1f %s\n",
                N, latency_ms, c, B.wall[k], ideal, B.wall[k] / ideal, cpu_us,
                base_us, cpu_us - base_us, B.p50[k], B.p99[k], B.base_wall[k],
-               B.base_wall[k] / ideal, B.warm ? 1 : 0, B.conns[k], B.waves[k]);
+               B.base_wall[k] / ideal, B.warm ? 1 : 0, B.conns[k], B.waves[k],
+               fl[k].wall_s, fl[k].wall_s / ideal,
+               fl[k].cpu_s * 1e6 / (double)N, floor_waves[k]);
     }
     return B.errors || BJ.errors ? 1 : 0;
 }
