@@ -270,10 +270,9 @@ typedef struct dx__sched {
      * the sibling then takes some whatever the stamp says. */
     _Atomic int want_help;
 
-    /* Sleeping and being woken. */
-    _Alignas(DX__CACHE_LINE) pthread_mutex_t sleep_mu;
-    pthread_cond_t sleep_cv;
-    _Atomic int sleeping;
+    /* Sleeping and being woken: 1 while the thread sleeps or is about to;
+     * it waits on this word (a futex, sched.c park()). */
+    _Alignas(DX__CACHE_LINE) _Atomic int sleeping;
 
     /* Read by every scheduler's reclamation. */
     _Alignas(DX__CACHE_LINE) _Atomic uint64_t
