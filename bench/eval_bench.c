@@ -22,7 +22,7 @@
  * stopped, against the same server. Its wall time is what the server, the
  * kernel and the machine leave for any client; the gap between it and the
  * baseline is the transport's, between the baseline and the evaluation
- * Evaluate's.
+ * Evaluate's. DX_EVAL_BENCH_FLOOR=0 leaves it out (its fields are then 0).
  *
  * DX_EVAL_BENCH_WARM=1 first makes max(C) plain calls at once, so the
  * evaluations start with their connections open (a service that has been
@@ -345,7 +345,10 @@ int main(int argc, char **argv)
     floor_result fl[8] = {{0}};
     char floor_waves[8][512] = {""};
     double *floor_lat = dx_calloc((size_t)N, sizeof *floor_lat);
-    for (int k = 0; k < B.nconc && FLOOR != NULL && floor_lat && !B.errors;
+    const char *floor_env = getenv("DX_EVAL_BENCH_FLOOR");
+    bool floor_on = floor_env == NULL || strcmp(floor_env, "0") != 0;
+    for (int k = 0;
+         floor_on && k < B.nconc && FLOOR != NULL && floor_lat && !B.errors;
          k++) {
         fl[k].latency_ms = floor_lat;
         if (floor_run(dx_lmserver_port(srv), FLOOR, (size_t)N, N, B.conc[k],
