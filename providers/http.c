@@ -119,6 +119,7 @@ typedef struct hlane {
     curl_socket_t removed[MAX_REMOVED];
     sockctx *socks;
     dx_pid watcher;
+    uint64_t limits_applied; /* limits_gen of the limits in force here */
 } hlane;
 
 static hlane lanes[DX_IO_MAX_THREADS];
@@ -136,6 +137,10 @@ static void bind_lane(void)
 static pthread_mutex_t limits_mu = PTHREAD_MUTEX_INITIALIZER;
 static dx_http_limits cur_limits = {DX_HTTP_DEFAULT_HOST_CONNECTIONS, 0,
                                     DX_HTTP_DEFAULT_IDLE_CONNECTIONS};
+/* Bumped (under limits_mu) by every dx_http_set_limits. A lane compares it
+ * with the one it applied before each transfer starts: nothing has to reach
+ * the lanes when the limits change, so nothing can fail to. */
+static _Atomic uint64_t limits_gen = 1;
 
 /* Transfers handed to each lane and not yet finished: a submission goes
  * to the least loaded lane, so a burst is shared out evenly while calls
@@ -770,6 +775,7 @@ static void apply_limits(void)
 {
     pthread_mutex_lock(&limits_mu);
     dx_http_limits lim = cur_limits;
+    L->limits_applied = atomic_load(&limits_gen);
     pthread_mutex_unlock(&limits_mu);
     unsigned n = dx_io_threads(), i = (unsigned)dx_io_lane();
     unsigned used = lanes_in_use(&lim, n ? n : 1);
@@ -885,6 +891,9 @@ static void start_xfer(void *arg)
         finish(x, CURLE_OK, DX_ENOMEM, "could not set up the transport");
         return;
     }
+    if (atomic_load_explicit(&limits_gen, memory_order_relaxed) !=
+        L->limits_applied)
+        apply_limits();
     requester *q = (requester *)dx__htab_find(&L->by_pid, x->reply_to.id);
     if (q == NULL) {
         q = dx_calloc(1, sizeof *q);
@@ -945,15 +954,6 @@ static void pid_down(void *arg)
             return; /* finish dropped q with its last transfer */
     }
     requester_drop(q);
-}
-
-/* Run on every lane after the shared limits changed. */
-static void reapply_limits(void *arg)
-{
-    (void)arg;
-    bind_lane();
-    if (L->ready)
-        apply_limits();
 }
 
 /* Stop hook: every open transfer completes with DX_ECANCELED, then the
@@ -1199,6 +1199,7 @@ int dx_http_set_limits(const dx_http_limits *limits)
         return DX_EINVAL;
     pthread_mutex_lock(&limits_mu);
     cur_limits = *limits;
+    atomic_fetch_add(&limits_gen, 1);
     pthread_mutex_unlock(&limits_mu);
     /* More connections than the runtime made room for: make room for their
      * descriptors now, not in the burst that opens them (each growth of
@@ -1210,12 +1211,9 @@ int dx_http_set_limits(const dx_http_limits *limits)
         (void)dx_reserve_descriptors(
             (unsigned)(most < 1L << 24 ? most : 1L << 24) +
             DX_RUNTIME_DEFAULT_DESCRIPTORS - DX_HTTP_DEFAULT_HOST_CONNECTIONS);
-    /* Started as a first transfer would start them; lanes not yet set up
-     * read the new limits when they are. */
-    if (!dx_io_on_loop_thread()) {
-        int rc = dx_io_start();
-        if (rc != DX_OK)
-            return rc;
-    }
-    return call_every_lane(reapply_limits, NULL, 0);
+    /* Started as a first transfer would start them. Each lane puts the new
+     * limits in force before its next transfer starts (limits_gen). */
+    if (!dx_io_on_loop_thread())
+        return dx_io_start();
+    return DX_OK;
 }

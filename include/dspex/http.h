@@ -151,10 +151,12 @@ typedef struct dx_http_limits {
     long max_idle_connections;
 } dx_http_limits;
 
-/* Set the limits for transfers that start from now on. Copied. DX_EINVAL
- * for a negative field; DX_ENOMEM/DX_ESTATE as dx_io_call (the limits are
- * stored even then; an I/O thread that could not be told keeps its old
- * ones until the I/O restarts). Any thread. */
+/* Set the limits for transfers that start from now on (each I/O thread
+ * puts them in force before its next transfer starts). A lower limit closes
+ * no connection: idle ones kept from before are still reused. Copied.
+ * Starts the I/O threads if they are not running. DX_OK; DX_EINVAL for a
+ * negative field; DX_ESTATE/DX_ESYS/DX_ENOMEM as dx_io_start (the limits
+ * are stored even then, for when the I/O runs). Any thread. */
 DX_API int dx_http_set_limits(const dx_http_limits *limits);
 
 /* Transfers running on the I/O threads right now (racy by nature), and how

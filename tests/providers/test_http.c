@@ -58,6 +58,7 @@ static struct {
     atomic_int requests;
     atomic_int closed_early;
     atomic_int open_conns;
+    atomic_int busy_max; /* most requests being answered at once */
 } S;
 
 static void out_add(conn *c, const char *p, size_t n)
@@ -161,6 +162,11 @@ static void handle(conn *c, char *head, const char *body, size_t blen)
 {
     atomic_fetch_add(&S.requests, 1);
     c->busy = true;
+    int busy = 0;
+    for (int fd = 0; fd < SRV_MAX_FD; fd++)
+        busy += S.conns[fd] != NULL && S.conns[fd]->busy;
+    if (busy > atomic_load(&S.busy_max))
+        atomic_store(&S.busy_max, busy);
     char method[16] = "", path[256] = "";
     const char *sp = strchr(head, ' ');
     if (sp != NULL && (size_t)(sp - head) < sizeof method) {
@@ -1108,6 +1114,33 @@ Test(http, a_limit_of_one_connection_is_one_with_many_io_threads, .timeout = 60)
 {
     burst_under_limit(1, 4);
     cr_assert_eq(atomic_load(&S.accepted), 1);
+}
+
+/* Limits changed while the I/O thread runs, after it put the old ones in
+ * force, hold for the transfers that start afterwards: a burst under a
+ * limit of one connection is answered one request at a time, and the next
+ * burst, after the limit is raised, all at once. */
+Test(http, limits_changed_while_the_io_runs_hold_for_later_transfers,
+     .timeout = 60)
+{
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    cr_assert_eq(dx_io_set_threads(1), DX_OK);
+    dx_http_limits one = {.max_host_connections = 1};
+    cr_assert_eq(dx_http_set_limits(&one), DX_OK);
+    atomic_store(&S.busy_max, 0);
+    burst();
+    cr_assert_eq(atomic_load(&S.busy_max), 1,
+                 "%d requests answered at once under a limit of one",
+                 atomic_load(&S.busy_max));
+    dx_http_limits dflt = {256, 0, 256};
+    cr_assert_eq(dx_http_set_limits(&dflt), DX_OK);
+    atomic_store(&S.busy_max, 0);
+    burst();
+    cr_assert_gt(atomic_load(&S.busy_max), BURST / 2,
+                 "%d requests of %d answered at once after the limit rose",
+                 atomic_load(&S.busy_max), BURST);
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    cr_assert_eq(dx_io_set_threads(0), DX_OK);
 }
 
 Test(http, a_burst_is_shared_out_across_io_threads, .timeout = 60)
