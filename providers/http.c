@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -81,15 +82,26 @@ struct requester {
 
 /* A socket curl opened, watched on the lane's loop. The poll handle is kept
  * for the descriptor when curl stops using the connection
- * (CURL_POLL_REMOVE): it is stopped, not closed, so the connection's next
- * request does not pay libuv's set-up of a new handle (an epoll_ctl ADD and
- * DEL to probe the descriptor, an ioctl, an allocation). A stopped handle
- * is never started again except for a socket curl just handed us: curl
- * closes some sockets without its close-socket callback (a transfer
- * removed mid-request), and a watch armed on a closed descriptor makes
- * libuv abort. So a kept handle may outlive its socket; the next socket
- * with that number takes it over, and the close-socket callback, when curl
- * calls it, frees it at once. */
+ * (CURL_POLL_REMOVE), so the connection's next request does not pay
+ * libuv's set-up of a new handle (an epoll_ctl ADD and DEL to probe the
+ * descriptor, an ioctl, an allocation).
+ *
+ * A kept connection socket (conn) also stays watched for reading: its next
+ * request wants exactly that, and libuv's uv_poll_start takes a descriptor
+ * out of epoll and puts it back even for the same events, so stopping and
+ * restarting the watch cost three epoll_ctl calls per request. If the idle
+ * socket becomes readable (the server closed it), the watch stops then;
+ * curl finds the connection dead when it next looks. This is safe because
+ * every connection socket comes through open_socket, which retires a watch
+ * left on its number: the number of a conn watch is always its own socket.
+ *
+ * Other sockets (the resolver's) are stopped on CURL_POLL_REMOVE and never
+ * started again except for a socket curl just handed us: curl closes some
+ * sockets without its close-socket callback (a transfer removed
+ * mid-request, the resolver's), and a watch armed on a closed descriptor
+ * makes libuv abort. So a kept handle may outlive its socket; the next
+ * socket with that number takes it over, and the close-socket callback,
+ * when curl calls it, frees it at once. */
 typedef struct sockctx {
     uv_poll_t poll;
     curl_socket_t fd;
@@ -98,6 +110,8 @@ typedef struct sockctx {
                         -1: unknown, start whatever is asked */
     CURL *easy;      /* the transfer curl last watched it for; NULL once
                         removed (a kept connection) */
+    bool conn;       /* a connection socket, opened by open_socket: the
+                        number is this socket's for as long as c lives */
     struct sockctx *prev, *next;
 } sockctx;
 
@@ -571,10 +585,19 @@ static sockctx *sock_of_fd(curl_socket_t fd)
     return NULL;
 }
 
+static int sock_watch(sockctx *c, int events);
+
 static void on_poll(uv_poll_t *p, int status, int events)
 {
     sockctx *c = p->data;
     bind_lane();
+    if (c->easy == NULL) {
+        /* A kept connection nobody uses became readable: the server
+         * closed it (or sent what no request asked for). Stop watching;
+         * curl notices when it next considers the connection. */
+        (void)sock_watch(c, 0);
+        return;
+    }
     int flags = 0;
     if (status < 0)
         flags = CURL_CSELECT_ERR;
@@ -640,18 +663,22 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *ud, void *sp)
         if (c != NULL) {
             curl_multi_assign(L->multi, s, NULL);
             c->easy = NULL;
-            if (sock_watch(c, 0) != 0)
+            /* A kept connection stays watched for reading (see sockctx). */
+            int keep = c->conn && c->events > 0 ? UV_READABLE : 0;
+            if (sock_watch(c, keep) != 0)
                 sock_close(c);
         }
         return 0;
     }
     if (c == NULL) {
-        /* A kept connection back in use, or a new socket with the
-         * number of one curl closed behind our back: either way the
-         * descriptor must be (re-)registered, whatever libuv thinks. */
+        /* A kept connection back in use: its watch is its own (see
+         * sockctx). Any other socket found by number may be a new one
+         * with the number of one curl closed behind our back: it must be
+         * registered again, whatever libuv thinks. */
         c = sock_of_fd(s);
         if (c != NULL) {
-            c->events = -1;
+            if (!c->conn)
+                c->events = -1;
             curl_multi_assign(L->multi, s, c);
         }
     }
@@ -708,6 +735,28 @@ static void remove_unfinished(xfer *x)
         if (c != NULL && sock_watch(c, was[i].events) != 0)
             sock_close(c);
     }
+}
+
+/* curl opens a connection socket. A watch still registered under its
+ * number belonged to a socket curl closed without telling us: retire it,
+ * so that a conn watch always names its own socket. */
+static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose,
+                                    struct curl_sockaddr *a)
+{
+    (void)clientp;
+    curl_socket_t s =
+        socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+    if (s == CURL_SOCKET_BAD || purpose != CURLSOCKTYPE_IPCXN ||
+        dx_io_lane() < 0)
+        return s;
+    bind_lane();
+    sockctx *c = sock_of_fd(s);
+    if (c != NULL)
+        sock_close(c);
+    c = sock_new(s);
+    if (c != NULL)
+        c->conn = true;
+    return s;
 }
 
 /* curl closes a socket (through this callback most of the time): free its
@@ -1107,6 +1156,7 @@ int dx_http_submit(const dx_http_request *req, dx_pid reply_to, int64_t tag,
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
     SET(CURLOPT_PRIVATE, (char *)x);
     SET(CURLOPT_NOSIGNAL, 1L);
+    SET(CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
     SET(CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
     SET(CURLOPT_TCP_KEEPALIVE, 1L);
     SET(CURLOPT_ERRORBUFFER, x->errbuf);
