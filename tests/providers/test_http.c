@@ -10,6 +10,7 @@
  * KT_CHECK* and asserted on the host thread afterwards.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -1018,6 +1019,26 @@ Test(http, a_connection_the_server_closed_while_idle_is_replaced)
     cr_assert_eq(dx_http_connections_opened() - before, 5);
     KT_HOST_WAIT_UNTIL(atomic_load(&S.open_conns) == 0, 5000);
     cr_assert_eq(atomic_load(&S.closed_early), 0);
+}
+
+/* The connections dspex keeps open are closed on exec: a program that
+ * starts other programs does not hand them its LM connections. */
+Test(http, kept_connections_are_not_inherited_by_programs_it_starts)
+{
+    kt_run_clean(sequential, (void *)(intptr_t)2);
+    int ours = 0;
+    for (int fd = 0; fd < 4096; fd++) {
+        struct sockaddr_in peer;
+        socklen_t len = sizeof peer;
+        if (getpeername(fd, (struct sockaddr *)&peer, &len) != 0 ||
+            peer.sin_family != AF_INET || ntohs(peer.sin_port) != S.port)
+            continue;
+        ours++;
+        int flags = fcntl(fd, F_GETFD);
+        cr_assert(flags >= 0 && (flags & FD_CLOEXEC),
+                  "connection descriptor %d is inherited across exec", fd);
+    }
+    cr_assert_eq(ours, 1, "%d connections to the server are open", ours);
 }
 
 Test(http, keep_alive_reuses_one_connection)
