@@ -426,7 +426,7 @@ Test(teleprompt_resume, a_killed_run_resumes_to_the_same_program_and_score)
                  (long long)resumed->usage.calls,
                  (long long)fresh->usage.calls);
     /* On a difference, say which trials differ and where each came from. */
-    char log[2048] = "";
+    char log[4096] = "";
     size_t used = 0;
     bool same = fabs(resumed->score - fresh->score) <= 1e-9;
     for (size_t i = 0; i < fresh->n_trials; i++) {
@@ -434,12 +434,19 @@ Test(teleprompt_resume, a_killed_run_resumes_to_the_same_program_and_score)
         bool differs = fabs(r->score - f->score) > 1e-9 || r->id != f->id ||
                        strcmp(r->kind, f->kind) != 0;
         same = same && !differs;
-        int n =
-            snprintf(log + used, sizeof log - used,
-                     "\n %s trial %zu: %s %lld%s resumed %g, fresh %s %lld %g",
-                     differs ? "**" : "  ", i, r->kind, (long long)r->id,
-                     r->from_checkpoint ? " (checkpoint)" : "", r->score,
-                     f->kind, (long long)f->id, f->score);
+        /* Calls (cache hits) and wall time tell a candidate whose
+         * evaluation failed or timed out from one that was built
+         * differently. */
+        int n = snprintf(
+            log + used, sizeof log - used,
+            "\n %s trial %zu: %s %lld%s resumed %g (%lld calls, %lld cached, "
+            "%.2f s), fresh %s %lld %g (%lld calls, %lld cached, %.2f s)",
+            differs ? "**" : "  ", i, r->kind, (long long)r->id,
+            r->from_checkpoint ? " (checkpoint)" : "", r->score,
+            (long long)r->usage.calls, (long long)r->usage.cached_calls,
+            r->wall_s, f->kind, (long long)f->id, f->score,
+            (long long)f->usage.calls, (long long)f->usage.cached_calls,
+            f->wall_s);
         if (n > 0 && (size_t)n < sizeof log - used)
             used += (size_t)n;
     }
