@@ -524,7 +524,10 @@ static void bootstrap_run(void *arg)
     dx_usage_acc_init(&live, "live");
     bool stop = false;
     while (!stop && (accept < n)) {
-        /* Start runs for the next examples (window ahead of `accept`). */
+        /* Start runs for the next examples (window ahead of `accept`).
+         * blocked: the budget or a failed start stopped it, not the
+         * window or the concurrency. */
+        bool blocked = false;
         while (next < n && in_flight < o->concurrency &&
                next < accept + o->concurrency * 2) {
             char key[48];
@@ -545,11 +548,15 @@ static void bootstrap_run(void *arg)
                 next++;
                 continue;
             }
-            if (dx__tp_over_budget(o, &live))
+            if (dx__tp_over_budget(o, &live)) {
+                blocked = true;
                 break;
+            }
             boot_slot *s = dx_calloc(1, sizeof *s);
-            if (!s)
+            if (!s) {
+                blocked = true;
                 break;
+            }
             atomic_init(&s->refs, 2);
             atomic_init(&s->done, false);
             s->teacher = teacher;
@@ -560,6 +567,7 @@ static void bootstrap_run(void *arg)
             dx_spawn_opts so = {.monitor = true, .arg_free = boot_unref};
             if (dx_spawn_opt(boot_proc, s, &so, &s->pid, &s->mon) != DX_OK) {
                 dx_free(s);
+                blocked = true;
                 break;
             }
             for (size_t p = 0; p < o->concurrency; p++)
@@ -604,9 +612,14 @@ static void bootstrap_run(void *arg)
             break;
         if (in_flight == 0) {
             /* Nothing running and the next example to accept is not
-             * known: it could not be started (out of budget, or a spawn
-             * failure). */
-            if (accept < n && !ex[accept].known)
+             * known. If the budget or a failed start stopped the starting,
+             * or the example was started (it cannot be unknown then), stop
+             * here. If only the window did — the run that ended last was
+             * the one `accept` waited for, and the window had been full
+             * behind it — the next turn starts it, now that `accept` has
+             * moved on. (Stopping there too ended a bootstrap early, with
+             * fewer demos, whenever the oldest run finished last.) */
+            if (accept < n && !ex[accept].known && (blocked || next > accept))
                 break;
             continue;
         }

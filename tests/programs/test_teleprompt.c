@@ -155,6 +155,45 @@ static double crashing_metric(const dx_example *ex, const dx_prediction *p,
     return 1.0;
 }
 
+static double never_metric(const dx_example *ex, const dx_prediction *p,
+                           const dx_trace *t, void *ud)
+{
+    (void)ex;
+    (void)p;
+    (void)t;
+    (void)ud;
+    return 0.0;
+}
+
+/* A teacher run that ends after the runs started behind it must not end
+ * the bootstrap: every example is still tried. The slow run holds `accept`,
+ * the runs behind it fill the window ahead of it, and when it ends last
+ * nothing is running while the next example was never started. */
+Test(teleprompt, a_slow_early_teacher_run_does_not_end_the_bootstrap)
+{
+    dx_module *st = student();
+    dx_dataset *ds = trainset(12);
+    dx_tp_opts o = {
+        .metric = {.kind = DX_METRIC_CUSTOM, .fn = never_metric},
+        .max_bootstrapped_demos = 3,
+        .max_labeled_demos = 3,
+        .concurrency = 2,
+    };
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:400", 1), DX_OK);
+    dx_tp_result *r = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_bootstrap_fewshot(st, NULL, ds, &o, &r, &d), DX_OK, "%s",
+                 d.msg);
+    size_t tried = 0;
+    for (size_t i = 0; i < r->n_trials; i++)
+        tried += strcmp(r->trials[i].kind, "bootstrap_example") == 0;
+    cr_assert_eq(tried, 12, "%zu of 12 examples were tried", tried);
+    cr_assert_eq(r->n_bootstrapped, 0);
+    dx_tp_result_free(r);
+    dx_module_free(st);
+    dx_dataset_free(ds);
+}
+
 Test(teleprompt, a_crashing_metric_does_not_stop_the_optimization)
 {
     dx_module *st = student();
