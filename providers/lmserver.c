@@ -552,7 +552,6 @@ static void kick(conn *c)
     uv_buf_t b = uv_buf_init(o->data, (unsigned)o->send_len);
     int sent = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
     if (sent == (int)b.len) {
-        c->writing = true; /* wrote() expects an answer in progress */
         wrote(c, 0);
         return;
     }
