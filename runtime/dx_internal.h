@@ -242,6 +242,9 @@ typedef struct dx__sched {
     uint64_t rng; /* deterministic mode */
     uint32_t picks;
     uint32_t loops;
+    /* A process the running one just woke: it runs next (see dx__enqueue). */
+    struct dx__proc *run_next;
+    uint32_t run_next_streak; /* run_next picks in a row */
 #if DX_COPY_STACK
     char *stack_map; /* mapping: guard pages then the shared stack */
     size_t stack_map_size;

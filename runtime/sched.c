@@ -63,6 +63,7 @@ dx_term *dx__a_normal, *dx__a_kill, *dx__a_killed, *dx__a_shutdown,
     *dx__a_noproc, *dx__a_bad_call;
 
 #define OFFLINE UINT64_MAX
+#define RUN_NEXT_STREAK 16
 #define SPIN_NS 20000 /* how long an idle scheduler polls before sleeping */
 /* Work is stolen only from a scheduler whose fresh processes have waited
  * this long without it taking one. Messages between processes on one
@@ -540,7 +541,10 @@ void dx__enqueue(dx__proc *p)
 {
     dx__sched *home = p->home;
     if (dx__tls_sched == home) {
-        runq_push_or_die(&home->runq, p);
+        if (home->run_next == NULL && !dx__rt.deterministic)
+            home->run_next = p;
+        else
+            runq_push_or_die(&home->runq, p);
         return;
     }
     dx__mpsc_push(&home->inject, &p->run_node);
@@ -681,6 +685,14 @@ static dx__proc *next_runnable(dx__sched *s)
         return runq_take_at(&s->runq,
                             (uint32_t)(rng_next(&s->rng) % s->runq.len));
     }
+    if (s->run_next != NULL) {
+        dx__proc *p = s->run_next;
+        s->run_next = NULL;
+        if (s->run_next_streak++ < RUN_NEXT_STREAK)
+            return p;
+        runq_push_or_die(&s->runq, p);
+    }
+    s->run_next_streak = 0;
     /* New processes take turns with runnable ones, so a spawner that keeps
      * its budget busy still lets its children start (much as Erlang puts a
      * new process at the back of the run queue). */
@@ -986,8 +998,8 @@ static void recover_fault(dx__sched *s)
 
 static bool has_work(dx__sched *s)
 {
-    return s->runq.len > 0 || dx__mpsc_nonempty(&s->inject) ||
-           atomic_load(&s->fresh_len) > 0;
+    return s->runq.len > 0 || s->run_next != NULL ||
+           dx__mpsc_nonempty(&s->inject) || atomic_load(&s->fresh_len) > 0;
 }
 
 static void idle(dx__sched *s, int64_t next_deadline)

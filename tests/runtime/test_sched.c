@@ -269,6 +269,70 @@ Test(sched, default_budget_preempts_a_send_receive_spinner, .timeout = 60)
     cr_expect_eq(atomic_load(&starved), 0);
 }
 
+/* Two processes that trade a message back and forth: each wake-up makes
+ * the other the scheduler's next process, which must not shut out the
+ * rest of the run queue. */
+static dx_pid pong_pid;
+
+static void pong(void *arg)
+{
+    (void)arg;
+    dx_msg *m = NULL;
+    while (dx_receive_any(DX_INFINITY, &m) == DX_OK) {
+        dx_pid from = m->from;
+        bool stop = m->tag == 3;
+        dx_msg_free(m);
+        if (stop)
+            return;
+        dx_send_tag(from, 2);
+    }
+}
+
+static void ping(void *arg)
+{
+    (void)arg;
+    long n = 0;
+    while (!atomic_load(&flag)) {
+        dx_send_tag(pong_pid, 1);
+        dx_msg *m = NULL;
+        if (dx_receive_tag(2, DX_INFINITY, &m) != DX_OK)
+            break;
+        dx_msg_free(m);
+        if (++n > SPIN_CAP) {
+            atomic_store(&starved, 1);
+            break;
+        }
+    }
+    dx_send_tag(pong_pid, 3); /* stop */
+    atomic_store(&spins, n);
+}
+
+static void ping_pong_body(void *arg)
+{
+    (void)arg;
+    dx_ref a, b, c;
+    KT_CHECK_RC(dx_spawn_monitor(pong, NULL, &pong_pid, &c), DX_OK);
+    KT_CHECK_RC(dx_spawn_monitor(ping, NULL, NULL, &a), DX_OK);
+    dx_yield(); /* let the pair get going first */
+    KT_CHECK_RC(dx_spawn_monitor(set_flag, NULL, NULL, &b), DX_OK);
+    KT_CHECK_REASON_ATOM(kt_await_down(b, 60000), "normal");
+    KT_CHECK_REASON_ATOM(kt_await_down(a, 60000), "normal");
+    KT_CHECK_REASON_ATOM(kt_await_down(c, 60000), "normal");
+}
+
+Test(sched, two_processes_trading_messages_do_not_starve_others, .timeout = 60)
+{
+    kt_start(1);
+    kt_run(ping_pong_body, NULL);
+    kt_stop();
+    kt_assert_clean();
+    cr_expect_eq(atomic_load(&starved), 0,
+                 "the pair traded %d messages without the other running",
+                 SPIN_CAP);
+    cr_log_info("ping-pong: %ld round trips before the flag",
+                atomic_load(&spins));
+}
+
 /* ---- several schedulers ------------------------------------------------- */
 
 enum { STEALERS = 40 };
