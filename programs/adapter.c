@@ -25,6 +25,7 @@
 /* Slots of dx_signature_cached used here. */
 #define SLOT_CHAT_SYSTEM 0
 #define SLOT_JSON_SYSTEM 1
+#define SLOT_JSON_SCHEMA 2 /* "" when the outputs are open (JSON-object mode) */
 
 static const char INCOMPLETE_DEMO_PREFIX[] =
     "This is an example of the task, though some input or output fields are "
@@ -882,14 +883,17 @@ static void put_title(dx__sb *b, const char *name)
     }
 }
 
-static int json_response_format(const dx_signature *s, dx_lm_request *req)
+/* The response schema's text (dx_malloc'd), "" when an output's type is
+ * open; NULL when out of memory. It depends on the signature alone, so the
+ * adapter keeps it in the signature's cache: built per call it was a
+ * tenth of an evaluated example's CPU outside the transport. */
+static char *make_json_schema(const dx_signature *s, void *ud)
 {
+    (void)ud;
     size_t n = dx_signature_n_outputs(s);
     for (size_t i = 0; i < n; i++)
-        if (type_is_open(dx_signature_output(s, i)->type)) {
-            req->format = DX_LM_FORMAT_JSON_OBJECT;
-            return DX_OK;
-        }
+        if (type_is_open(dx_signature_output(s, i)->type))
+            return dx_strdup("");
     cJSON *root = cJSON_CreateObject();
     cJSON *props = root ? cJSON_AddObjectToObject(root, "properties") : NULL;
     cJSON *defs = NULL; /* the object types the fields refer to */
@@ -954,11 +958,22 @@ static int json_response_format(const dx_signature *s, dx_lm_request *req)
          enforce_required(root);
     char *text = ok ? cJSON_PrintUnformatted(root) : NULL;
     cJSON_Delete(root);
+    char *mine = text ? dx_strdup(text) : NULL;
+    cJSON_free(text);
+    return mine;
+}
+
+static int json_response_format(const dx_signature *s, dx_lm_request *req)
+{
+    const char *text =
+        dx_signature_cached(s, SLOT_JSON_SCHEMA, make_json_schema, NULL);
     if (!text)
         return DX_ENOMEM;
-    int rc = dx_lm_request_set_schema(req, "DSPyProgramOutputs", text, true);
-    cJSON_free(text);
-    return rc;
+    if (!*text) {
+        req->format = DX_LM_FORMAT_JSON_OBJECT;
+        return DX_OK;
+    }
+    return dx_lm_request_set_schema(req, "DSPyProgramOutputs", text, true);
 }
 
 /* ---- parsing values ---------------------------------------------------- */
