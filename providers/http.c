@@ -37,6 +37,7 @@
 #include "dspex/error.h"
 #include "dspex/io.h"
 #include "dspex/runtime.h"
+#include "h1_int.h"
 #include "htab.h"
 
 /* Watcher message tags (private to this file; user tags are >= 0 too, but
@@ -72,6 +73,14 @@ typedef struct xfer {
     dx_http_response *resp;
     char errbuf[CURL_ERROR_SIZE];
     unsigned lane; /* the lane it was handed to */
+    /* Plain HTTP to an IP address goes through h1.c instead of curl: */
+    bool h1;      /* this transfer does */
+    bool h1_head; /* a HEAD request */
+    char *h1_req; /* its request bytes until the lane starts it */
+    size_t h1_len;
+    dx__h1_target h1_target;
+    int64_t h1_timeout_ms, h1_connect_timeout_ms; /* <= 0: none */
+    dx__h1_xfer *h1x; /* the exchange while it runs */
 } xfer;
 
 struct requester {
@@ -224,7 +233,7 @@ size_t dx_http_in_flight(void)
 
 uint64_t dx_http_connections_opened(void)
 {
-    return atomic_load(&n_connections);
+    return atomic_load(&n_connections) + dx__h1_connections_opened();
 }
 
 /* Easy handles, reset, kept for the next requests: curl_easy_init and
@@ -276,6 +285,7 @@ static void xfer_free(xfer *x)
 {
     if (x->easy != NULL)
         easy_return(x->easy);
+    dx_free(x->h1_req);
     curl_slist_free_all(x->hdrs);
     dx_free(x->body_copy);
     dx_http_response_free(x->resp);
@@ -437,27 +447,35 @@ static void set_error(dx_http_response *r, int err, const char *what,
     r->message[n] = '\0';
 }
 
-static void map_result(xfer *x, CURLcode rc)
+/* An error the transfer's own checks found (a limit, a dead requester):
+ * set it and say so. */
+static bool map_flags(xfer *x)
 {
     dx_http_response *r = x->resp;
-    const char *detail = x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc);
-    if (rc == CURLE_OK)
-        return;
     if (x->too_large) {
         char what[96];
         snprintf(what, sizeof what, "response body over the limit of %zu bytes",
                  x->max_body);
         set_error(r, DX_ELIMIT, what, NULL);
-        return;
+        return true;
     }
     if (x->headers_over) {
         set_error(r, DX_ELIMIT, "response headers over the limit", NULL);
-        return;
+        return true;
     }
     if (x->requester_gone) {
         set_error(r, DX_ECANCELED, "the requesting process is gone", NULL);
-        return;
+        return true;
     }
+    return false;
+}
+
+static void map_result(xfer *x, CURLcode rc)
+{
+    dx_http_response *r = x->resp;
+    const char *detail = x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc);
+    if (rc == CURLE_OK || map_flags(x))
+        return;
     switch (rc) {
     case CURLE_OPERATION_TIMEDOUT:
         if (r->connect_us == 0)
@@ -478,8 +496,16 @@ static void map_result(xfer *x, CURLcode rc)
     case CURLE_HTTP2_STREAM:
         set_error(r, DX_ERESET, "connection broke", detail);
         break;
-    case CURLE_URL_MALFORMAT:
     case CURLE_UNSUPPORTED_PROTOCOL:
+        /* Also what curl says of an answer that is not HTTP (it takes it
+         * for HTTP/0.9): a fault of the server's, once connected. */
+        if (r->connect_us > 0) {
+            set_error(r, DX_EHTTP, "malformed response", detail);
+            break;
+        }
+        set_error(r, DX_EINVAL, "bad URL", detail);
+        break;
+    case CURLE_URL_MALFORMAT:
         set_error(r, DX_EINVAL, "bad URL", detail);
         break;
     case CURLE_OUT_OF_MEMORY:
@@ -535,6 +561,8 @@ static void requester_drop(requester *q)
  * dx_send. */
 static void remove_unfinished(xfer *x);
 
+static void deliver(xfer *x, CURLcode rc, int err, const char *why);
+
 static void finish(xfer *x, CURLcode rc, int err, const char *why)
 {
     if (x->added) {
@@ -545,7 +573,20 @@ static void finish(xfer *x, CURLcode rc, int err, const char *why)
             curl_multi_remove_handle(L->multi, x->easy);
         atomic_fetch_sub(&n_in_flight, 1);
         dx__htab_del(&L->by_ref, &x->h);
+    } else if (x->h1x != NULL) { /* ended before its exchange did */
+        dx__h1_cancel(x->h1x);
+        x->h1x = NULL;
+        x->resp->status = x->status;
+        atomic_fetch_sub(&n_in_flight, 1);
+        dx__htab_del(&L->by_ref, &x->h);
     }
+    deliver(x, rc, err, why);
+}
+
+/* The rest of ending a transfer, once it is off curl or h1: off its
+ * requester, the result decided, the completion sent, the memory freed. */
+static void deliver(xfer *x, CURLcode rc, int err, const char *why)
+{
     requester *q = x->owner;
     if (q != NULL) {
         if (x->rprev != NULL)
@@ -880,6 +921,9 @@ static void apply_limits(void)
     if (lim.max_idle_connections > 0)
         curl_multi_setopt(L->multi, CURLMOPT_MAXCONNECTS,
                           lane_share(lim.max_idle_connections, used, i));
+    dx__h1_set_limits(lane_share(lim.max_host_connections, used, i),
+                      lane_share(lim.max_total_connections, used, i),
+                      lane_share(lim.max_idle_connections, used, i));
 }
 
 /* ------------------------------------------------------------------ */
@@ -977,6 +1021,43 @@ static bool ensure_ready(void)
     return true;
 }
 
+/* ---- the h1 path: h1.c feeds the same header and body handling ---- */
+
+static bool h1_header(void *ud, const char *line, size_t len)
+{
+    return on_header((char *)line, 1, len, ud) == len;
+}
+
+static bool h1_body(void *ud, const char *data, size_t len)
+{
+    return on_body((char *)data, 1, len, ud) == len;
+}
+
+static bool map_flags(xfer *x);
+
+static void h1_done(void *ud, const dx__h1_result *r)
+{
+    xfer *x = ud;
+    dx_http_response *resp = x->resp;
+    x->h1x = NULL; /* h1.c is done with it */
+    resp->status = x->status;
+    resp->http_version = r->http_version;
+    resp->total_us = r->total_us;
+    resp->connect_us = r->connect_us;
+    resp->ttfb_us = r->ttfb_us;
+    atomic_fetch_sub(&n_in_flight, 1);
+    dx__htab_del(&L->by_ref, &x->h);
+    if (r->err != DX_OK && !map_flags(x)) {
+        if (r->err == DX_ECANCELED) /* a callback stopped it: no memory */
+            set_error(resp, DX_ENOMEM, "out of memory", NULL);
+        else
+            set_error(resp, r->err, r->what, r->detail);
+    }
+    deliver(x, CURLE_OK, DX_OK, NULL);
+}
+
+static const dx__h1_ops h1_ops = {h1_header, h1_body, h1_done};
+
 static void start_xfer(void *arg)
 {
     xfer *x = arg;
@@ -1010,6 +1091,20 @@ static void start_xfer(void *arg)
     q->xfers = x;
     if (!dx__htab_put(&L->by_ref, &x->h)) {
         finish(x, CURLE_OK, DX_ENOMEM, "out of memory");
+        return;
+    }
+    if (x->h1) {
+        char *bytes = x->h1_req;
+        x->h1_req = NULL; /* dx__h1_start takes them */
+        x->h1x = dx__h1_start(&x->h1_target, bytes, x->h1_len, x->h1_head,
+                              x->h1_timeout_ms, x->h1_connect_timeout_ms,
+                              &h1_ops, x);
+        if (x->h1x == NULL) {
+            dx__htab_del(&L->by_ref, &x->h);
+            finish(x, CURLE_OK, DX_ENOMEM, "out of memory");
+            return;
+        }
+        atomic_fetch_add(&n_in_flight, 1);
         return;
     }
     if (curl_multi_add_handle(L->multi, x->easy) != CURLM_OK) {
@@ -1069,6 +1164,7 @@ static void teardown(void *arg)
     while (L->socks != NULL)
         sock_close(L->socks);
     curl_multi_cleanup(L->multi);
+    dx__h1_close_all();
     easy_pool_drain();
     uv_close((uv_handle_t *)L->timer, handle_freed);
     dx__htab_free(&L->by_ref);
@@ -1159,23 +1255,32 @@ int dx_http_submit(const dx_http_request *req, dx_pid reply_to, int64_t tag,
     if (x == NULL)
         return DX_ENOMEM;
     x->resp = dx_calloc(1, sizeof *x->resp);
-    x->body_copy = dx_malloc(req->body_len + 1);
-    x->easy = easy_take();
-    if (x->resp == NULL || x->body_copy == NULL || x->easy == NULL)
-        goto fail;
-    x->resp->body = dx_malloc(1);
-    if (x->resp->body == NULL)
+    if (x->resp == NULL || (x->resp->body = dx_malloc(1)) == NULL)
         goto fail;
     x->resp->body[0] = '\0';
     x->body_cap = 1;
-    if (req->body_len > 0)
-        memcpy(x->body_copy, req->body, req->body_len);
-    x->body_copy[req->body_len] = '\0';
     x->reply_to = reply_to;
     x->tag = tag;
     x->stream = req->stream;
     x->max_body = req->max_response_bytes ? req->max_response_bytes
                                           : DX_HTTP_DEFAULT_MAX_RESPONSE;
+    if (dx__h1_prepare(req, method, &x->h1_target, &x->h1_req, &x->h1_len)) {
+        x->h1 = true;
+        x->h1_head = strcmp(method, "HEAD") == 0;
+        x->h1_timeout_ms =
+            req->timeout_ms ? req->timeout_ms : DX_HTTP_DEFAULT_TIMEOUT_MS;
+        x->h1_connect_timeout_ms = req->connect_timeout_ms
+                                       ? req->connect_timeout_ms
+                                       : DX_HTTP_DEFAULT_CONNECT_TIMEOUT_MS;
+        goto hand_over;
+    }
+    x->body_copy = dx_malloc(req->body_len + 1);
+    x->easy = easy_take();
+    if (x->body_copy == NULL || x->easy == NULL)
+        goto fail;
+    if (req->body_len > 0)
+        memcpy(x->body_copy, req->body, req->body_len);
+    x->body_copy[req->body_len] = '\0';
 
     for (size_t i = 0; i < req->nheaders; i++) {
         struct curl_slist *s = curl_slist_append(x->hdrs, req->headers[i]);
@@ -1236,6 +1341,7 @@ int dx_http_submit(const dx_http_request *req, dx_pid reply_to, int64_t tag,
         goto fail;
     }
 
+hand_over:
     x->ref = dx_make_ref();
     x->h.key = x->ref.id;
     dx_ref ref = x->ref;

@@ -1,5 +1,9 @@
 /*
- * http.h — the HTTP transport: libcurl's multi interface on the I/O loop.
+ * http.h — the HTTP transport on the I/O loop: libcurl's multi interface,
+ * and for plain HTTP to a server named by IP address (a local model
+ * server, the local LM server) dspex's own HTTP/1.1 client, which costs a
+ * fraction of curl's CPU per request. The contract below holds for both;
+ * DX_HTTP_CURL=1 in the environment sends everything through curl.
  *
  * A process (or host thread) submits a request; one of the I/O threads (the
  * next in turn) runs it on its connection cache (keep-alive reuse per host, HTTP/2 multiplexing

@@ -47,7 +47,9 @@ typedef struct conn {
     int64_t due_ms;
     int stream_left, stream_i, stream_gap;
     bool close_after;
-    bool busy; /* answer not yet complete */
+    bool busy;      /* answer not yet complete */
+    bool head;      /* answering HEAD: no body */
+    bool drop_next; /* close at the next request, answering nothing */
 } conn;
 
 static struct {
@@ -137,7 +139,8 @@ static void respond(conn *c, int status, const char *extra, const char *body,
             "HTTP/1.1 %d X\r\nContent-Length: %zu\r\n"
             "Content-Type: application/json\r\n%s\r\n",
             status, len, extra ? extra : "");
-    out_add(c, body, len);
+    if (!c->head)
+        out_add(c, body, len);
     c->busy = false;
 }
 
@@ -162,6 +165,12 @@ static const char *hdr_value(const char *head, const char *name, size_t *len)
 static void handle(conn *c, char *head, const char *body, size_t blen)
 {
     atomic_fetch_add(&S.requests, 1);
+    if (c->drop_next) {
+        /* As if it had closed the kept connection just as the request
+         * came: nothing answered, nothing counted as closed early. */
+        conn_close(c);
+        return;
+    }
     c->busy = true;
     int busy = 0;
     for (int fd = 0; fd < SRV_MAX_FD; fd++)
@@ -184,6 +193,7 @@ static void handle(conn *c, char *head, const char *body, size_t blen)
     size_t cl = 0;
     const char *cv = hdr_value(head, "Connection", &cl);
     c->close_after = cv != NULL && cl == 5 && strncasecmp(cv, "close", 5) == 0;
+    c->head = strcmp(method, "HEAD") == 0;
 
     if (strcmp(path, "/echo") == 0) {
         char extra[512];
@@ -203,6 +213,22 @@ static void handle(conn *c, char *head, const char *body, size_t blen)
         respond(c, 200, NULL, "ok", 2);
         c->action = ACT_IDLE_CLOSE;
         c->due_ms = dx_now_ms() + strtol(path + 13, NULL, 10);
+    } else if (strcmp(path, "/drop-next") == 0) {
+        respond(c, 200, NULL, "ok", 2);
+        c->drop_next = true;
+    } else if (strcmp(path, "/continue") == 0) {
+        out_fmt(c, "HTTP/1.1 100 Continue\r\n\r\n");
+        respond(c, 200, NULL, "after", 5);
+    } else if (strcmp(path, "/eof-body") == 0) {
+        /* HTTP/1.0, no length: the body runs to the close. */
+        out_fmt(c, "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+                   "to the end");
+        c->busy = false;
+        c->close_after = true;
+    } else if (strcmp(path, "/garbage") == 0) {
+        out_fmt(c, "SPLAT\r\n\r\n");
+        c->busy = false;
+        c->close_after = true;
     } else if (strcmp(path, "/hang") == 0) {
         c->action = ACT_HANG;
     } else if (strcmp(path, "/reset") == 0 || strcmp(path, "/cut") == 0) {
@@ -1019,6 +1045,112 @@ Test(http, a_connection_the_server_closed_while_idle_is_replaced)
     cr_assert_eq(dx_http_connections_opened() - before, 5);
     KT_HOST_WAIT_UNTIL(atomic_load(&S.open_conns) == 0, 5000);
     cr_assert_eq(atomic_load(&S.closed_early), 0);
+}
+
+/* The server closes a kept connection just as the next request goes out
+ * on it: that request is tried once more, on a new connection. */
+static void dropped_at_the_next_request(void *arg)
+{
+    (void)arg;
+    const char *paths[] = {"/drop-next", "/echo"};
+    for (int i = 0; i < 2; i++) {
+        dx_http_request req = {.url = url(paths[i])};
+        dx_http_response *r = fetch(&req);
+        if (KT_CHECK(r != NULL)) {
+            KT_CHECK_RC(r->err, DX_OK);
+            KT_CHECK_EQ(r->status, 200);
+        }
+        dx_http_response_free(r);
+    }
+}
+
+Test(http, a_kept_connection_dropped_at_the_next_request_is_retried_once)
+{
+    kt_run_clean(dropped_at_the_next_request, NULL);
+    cr_assert_eq(atomic_load(&S.requests), 3); /* one of them dropped */
+    cr_assert_eq(atomic_load(&S.accepted), 2);
+}
+
+/* Response forms a server may use: an informational answer first, the
+ * head alone for HEAD, a chunked body, a body that runs to the close
+ * (HTTP/1.0), and something that is not HTTP at all. */
+static void response_forms(void *arg)
+{
+    (void)arg;
+    dx_http_request cont = {.url = url("/continue")};
+    dx_http_response *r = fetch(&cont);
+    if (KT_CHECK(r != NULL)) {
+        KT_CHECK_RC(r->err, DX_OK);
+        KT_CHECK_EQ(r->status, 200);
+        KT_CHECK(strcmp(r->body, "after") == 0);
+        KT_CHECK(dx_http_response_header(r, "content-length") != NULL);
+    }
+    dx_http_response_free(r);
+
+    /* HEAD: a Content-Length and no body; the connection goes on. */
+    for (int i = 0; i < 2; i++) {
+        dx_http_request head = {.method = "HEAD", .url = url("/big/100")};
+        r = fetch(&head);
+        if (KT_CHECK(r != NULL)) {
+            KT_CHECK_RC(r->err, DX_OK);
+            KT_CHECK_EQ(r->status, 200);
+            KT_CHECK_EQ(r->body_len, 0);
+            const char *v = dx_http_response_header(r, "content-length");
+            KT_CHECK(v != NULL && strcmp(v, "100") == 0);
+        }
+        dx_http_response_free(r);
+    }
+
+    dx_http_request chunked = {.url = url("/stream/3/0")};
+    r = fetch(&chunked);
+    if (KT_CHECK(r != NULL)) {
+        KT_CHECK_RC(r->err, DX_OK);
+        KT_CHECK(strcmp(r->body, "data: 0\n\ndata: 1\n\ndata: 2\n\n") == 0);
+    }
+    dx_http_response_free(r);
+
+    dx_http_request eof = {.url = url("/eof-body")};
+    r = fetch(&eof);
+    if (KT_CHECK(r != NULL)) {
+        KT_CHECK_RC(r->err, DX_OK);
+        KT_CHECK(strcmp(r->body, "to the end") == 0);
+        KT_CHECK_EQ(r->http_version, 10);
+    }
+    dx_http_response_free(r);
+
+    dx_http_request bad = {.url = url("/garbage")};
+    r = fetch(&bad);
+    if (KT_CHECK(r != NULL)) {
+        KT_CHECK_RC(r->err, DX_EHTTP);
+        KT_CHECK(r->message[0] != '\0');
+    }
+    dx_http_response_free(r);
+}
+
+Test(http, informational_head_chunked_close_delimited_and_broken_answers)
+{
+    kt_run_clean(response_forms, NULL);
+}
+
+/* A server named by host name (resolved, so curl's path). */
+static void by_name(void *arg)
+{
+    (void)arg;
+    char u[128];
+    snprintf(u, sizeof u, "http://localhost:%d/echo", S.port);
+    dx_http_request req = {
+        .method = "POST", .url = u, .body = "n", .body_len = 1};
+    dx_http_response *r = fetch(&req);
+    if (KT_CHECK(r != NULL)) {
+        KT_CHECK_RC(r->err, DX_OK);
+        KT_CHECK(strcmp(r->body, "n") == 0);
+    }
+    dx_http_response_free(r);
+}
+
+Test(http, a_server_named_by_host_name_is_reached)
+{
+    kt_run_clean(by_name, NULL);
 }
 
 /* The connections dspex keeps open are closed on exec: a program that
