@@ -593,15 +593,15 @@ static bool conn_open(dx__h1_xfer *x)
     const dx__h1_target *t = &h->target;
     h1conn *c = dx_calloc(1, sizeof *c);
     uv_poll_t *poll = dx_malloc(sizeof *poll);
-    int fd = -1;
-    if (c == NULL || poll == NULL ||
-        (fd = socket(t->addr.ss_family,
-                     SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0) {
+    bool oom = c == NULL || poll == NULL;
+    int fd = oom ? -1
+                 : socket(t->addr.ss_family,
+                          SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
         int e = errno;
         dx_free(c);
         dx_free(poll);
-        defer_error(x, c == NULL || poll == NULL ? DX_ENOMEM : DX_ECONNECT,
-                    strerror(e));
+        defer_error(x, oom ? DX_ENOMEM : DX_ECONNECT, strerror(e));
         return false;
     }
     int one = 1;
