@@ -45,7 +45,9 @@ static bool env_set(const char *name)
     return v != NULL && v[0] != '\0';
 }
 
-/* Fill t from "host[:port]" (an IP literal, IPv6 in brackets). */
+/* Fill t from "host[:port]": an IP literal (IPv6 in brackets), or
+ * localhost, which is the loopback (RFC 6761): 127.0.0.1, then [::1] if
+ * that refuses. */
 static bool parse_authority(const char *a, size_t n, dx__h1_target *t)
 {
     char host[64];
@@ -90,7 +92,17 @@ static bool parse_authority(const char *a, size_t n, dx__h1_target *t)
     }
     struct sockaddr_in *v4 = (struct sockaddr_in *)&t->addr;
     struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&t->addr;
-    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+    if (strcasecmp(host, "localhost") == 0) {
+        struct sockaddr_in6 *alt = (struct sockaddr_in6 *)&t->alt;
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)pnum);
+        v4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        t->addr_len = sizeof *v4;
+        alt->sin6_family = AF_INET6;
+        alt->sin6_port = htons((uint16_t)pnum);
+        alt->sin6_addr = in6addr_loopback;
+        t->alt_len = sizeof *alt;
+    } else if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
         v4->sin_family = AF_INET;
         v4->sin_port = htons((uint16_t)pnum);
         t->addr_len = sizeof *v4;
@@ -239,6 +251,7 @@ struct dx__h1_xfer {
     bool stopped;    /* a callback said stop */
     bool pending;    /* pending_err waits for the timer to report it */
     bool new_conn;   /* this exchange opened a connection */
+    bool other_addr; /* the host's other address was tried too */
     bool head_done;  /* the status line of this response went out */
     bool in_value;   /* the header line being built has its value */
     int pending_err; /* found in dx__h1_start: told from the timer */
@@ -258,6 +271,7 @@ struct h1conn {
     bool connecting;
     bool reused;
     bool idle;
+    bool alt;   /* connected to the target's alt address */
     int events; /* being watched */
     http_parser parser;
 };
@@ -268,6 +282,7 @@ struct h1host {
     h1conn *idle; /* most recently used first */
     h1conn *busy;
     size_t nconns; /* idle, busy and connecting */
+    bool use_alt;  /* the alt address answered where the first refused */
     dx__h1_xfer *wait, **wait_tail;
     h1host *next;
 };
@@ -587,15 +602,27 @@ static void defer_error(dx__h1_xfer *x, int err, const char *detail)
     uv_timer_start(x->timer, on_timer, 0, 0);
 }
 
+/* After a refused connect: whether x may try the host's other address. */
+static bool try_other(dx__h1_xfer *x)
+{
+    if (x->host->target.alt_len == 0 || x->other_addr)
+        return false;
+    x->other_addr = true;
+    return true;
+}
+
 static bool conn_open(dx__h1_xfer *x)
 {
     h1host *h = x->host;
     const dx__h1_target *t = &h->target;
+    bool alt = t->alt_len != 0 && h->use_alt != x->other_addr;
+    const struct sockaddr_storage *addr = alt ? &t->alt : &t->addr;
+    socklen_t addr_len = alt ? t->alt_len : t->addr_len;
     h1conn *c = dx_calloc(1, sizeof *c);
     uv_poll_t *poll = dx_malloc(sizeof *poll);
     bool oom = c == NULL || poll == NULL;
     int fd = oom ? -1
-                 : socket(t->addr.ss_family,
+                 : socket(addr->ss_family,
                           SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         int e = errno;
@@ -607,16 +634,19 @@ static bool conn_open(dx__h1_xfer *x)
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-    int rc = connect(fd, (const struct sockaddr *)&t->addr, t->addr_len);
+    int rc = connect(fd, (const struct sockaddr *)addr, addr_len);
     if ((rc != 0 && errno != EINPROGRESS) ||
         uv_poll_init_socket(dx_io_loop(), poll, fd) != 0) {
         int e = errno;
         close(fd);
         dx_free(c);
         dx_free(poll);
+        if (try_other(x))
+            return conn_open(x);
         defer_error(x, DX_ECONNECT, strerror(e));
         return false;
     }
+    c->alt = alt;
     atomic_fetch_add(&opened, 1);
     c->fd = fd;
     c->poll = poll;
@@ -766,9 +796,16 @@ static void on_io(uv_poll_t *p, int status, int events)
             err != 0) {
             if (err == 0)
                 err = status < 0 ? ECONNREFUSED : errno;
+            if (try_other(x)) {
+                x->conn = NULL;
+                conn_close(c);
+                conn_open(x);
+                return;
+            }
             fail(x, DX_ECONNECT, "could not connect", strerror(err));
             return;
         }
+        c->host->use_alt = c->alt;
         c->connecting = false;
         x->connected_ns = uv_hrtime();
         arm_timer(x);

@@ -26,13 +26,17 @@
 typedef struct dx__h1_target {
     struct sockaddr_storage addr;
     socklen_t addr_len;
+    /* Another address of the same server, tried when the first refuses
+     * (localhost: [::1] after 127.0.0.1); alt_len 0: none. */
+    struct sockaddr_storage alt;
+    socklen_t alt_len;
     char key[80]; /* "address port" */
 } dx__h1_target;
 
 /* On the submitting thread. True when req can take this path, with *t
  * filled and the whole request (head and body) in *out (dx_malloc'd, owned
  * by the caller, *out_len bytes). False when it cannot — https, a host
- * name, a proxy in the environment, a header this client does not speak
+ * name other than localhost, a proxy in the environment, a header this client does not speak
  * for (Host, Content-Length, Transfer-Encoding, Connection, a "Name;"
  * header), DX_HTTP_CURL set — or when out of memory: curl then takes it. */
 bool dx__h1_prepare(const dx_http_request *req, const char *method,

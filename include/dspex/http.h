@@ -1,7 +1,7 @@
 /*
  * http.h — the HTTP transport on the I/O loop: libcurl's multi interface,
- * and for plain HTTP to a server named by IP address (a local model
- * server, the local LM server) dspex's own HTTP/1.1 client, which costs a
+ * and for plain HTTP to a server named by IP address or localhost (a local
+ * model server, the local LM server) dspex's own HTTP/1.1 client, which costs a
  * fraction of curl's CPU per request. The contract below holds for both;
  * DX_HTTP_CURL=1 in the environment sends everything through curl.
  *

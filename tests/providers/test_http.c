@@ -55,6 +55,7 @@ typedef struct conn {
 static struct {
     int lfd, ep, wake;
     int port;
+    int lfd6, port6; /* also listening on [::1] (-1: no IPv6 here) */
     pthread_t th;
     conn *conns[SRV_MAX_FD];
     atomic_int accepted;
@@ -354,9 +355,9 @@ static void *srv_main(void *arg)
             int fd = evs[i].data.fd;
             if (fd == S.wake)
                 return NULL;
-            if (fd == S.lfd) {
+            if (fd == S.lfd || fd == S.lfd6) {
                 for (;;) {
-                    int cfd = accept4(S.lfd, NULL, NULL, SOCK_NONBLOCK);
+                    int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK);
                     if (cfd < 0)
                         break;
                     if (cfd >= SRV_MAX_FD) {
@@ -416,6 +417,22 @@ static void srv_start(void)
     epoll_ctl(S.ep, EPOLL_CTL_ADD, S.lfd, &ev);
     ev.data.fd = S.wake;
     epoll_ctl(S.ep, EPOLL_CTL_ADD, S.wake, &ev);
+    S.lfd6 = socket(AF_INET6, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    struct sockaddr_in6 a6 = {.sin6_family = AF_INET6,
+                              .sin6_addr = in6addr_loopback};
+    socklen_t al6 = sizeof a6;
+    if (S.lfd6 >= 0 &&
+        (bind(S.lfd6, (struct sockaddr *)&a6, sizeof a6) != 0 ||
+         listen(S.lfd6, 64) != 0 ||
+         getsockname(S.lfd6, (struct sockaddr *)&a6, &al6) != 0)) {
+        close(S.lfd6);
+        S.lfd6 = -1;
+    }
+    if (S.lfd6 >= 0) {
+        S.port6 = ntohs(a6.sin6_port);
+        ev.data.fd = S.lfd6;
+        epoll_ctl(S.ep, EPOLL_CTL_ADD, S.lfd6, &ev);
+    }
     cr_assert_eq(pthread_create(&S.th, NULL, srv_main, NULL), 0);
 }
 
@@ -429,6 +446,8 @@ static void srv_stop(void)
         if (S.conns[fd] != NULL)
             conn_close(S.conns[fd]);
     close(S.lfd);
+    if (S.lfd6 >= 0)
+        close(S.lfd6);
     close(S.ep);
     close(S.wake);
 }
@@ -1132,12 +1151,13 @@ Test(http, informational_head_chunked_close_delimited_and_broken_answers)
     kt_run_clean(response_forms, NULL);
 }
 
-/* A server named by host name (resolved, so curl's path). */
+/* A server named localhost: at 127.0.0.1, and (arg) at [::1] only, which
+ * the client reaches after 127.0.0.1 refuses. */
 static void by_name(void *arg)
 {
-    (void)arg;
     char u[128];
-    snprintf(u, sizeof u, "http://localhost:%d/echo", S.port);
+    snprintf(u, sizeof u, "http://localhost:%d/echo",
+             arg != NULL ? S.port6 : S.port);
     dx_http_request req = {
         .method = "POST", .url = u, .body = "n", .body_len = 1};
     dx_http_response *r = fetch(&req);
@@ -1148,9 +1168,13 @@ static void by_name(void *arg)
     dx_http_response_free(r);
 }
 
-Test(http, a_server_named_by_host_name_is_reached)
+Test(http, a_server_named_localhost_is_reached_over_ipv4_or_ipv6)
 {
     kt_run_clean(by_name, NULL);
+    if (S.lfd6 < 0)
+        cr_skip_test("no IPv6 loopback here");
+    kt_run_clean(by_name, (void *)1);
+    cr_assert_eq(atomic_load(&S.accepted), 2);
 }
 
 /* The connections dspex keeps open are closed on exec: a program that
