@@ -14,6 +14,11 @@
 #include "dspex/error.h"
 
 #define MAX_MODELS 1024
+/* Hash slots of the name index: a power of two, twice MAX_MODELS, so a
+ * probe meets an empty slot soon. The LM client looks a price up on every
+ * answer; scanning rows made an unknown model (a local one) cost a compare
+ * per row per answer, three times over. */
+#define SLOTS 2048
 
 typedef struct row {
     char model[DX_USAGE_MODEL_MAX];
@@ -24,6 +29,7 @@ struct dx_usage_prices {
     row *rows;
     size_t n;
     size_t cap;
+    uint16_t *slots; /* SLOTS: row index + 1 by name hash; 0 = empty */
 };
 
 /* USD per 1M tokens from the providers' public price lists when this was
@@ -46,12 +52,30 @@ static bool price_ok(double v)
     return isfinite(v) && v >= 0;
 }
 
+static size_t name_slot(const char *s, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325u; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 0x100000001b3u;
+    return (size_t)(h ^ (h >> 32)) & (SLOTS - 1);
+}
+
+/* The row named by the first len bytes of model, or NULL. */
+static row *find_n(const dx_usage_prices *p, const char *model, size_t len)
+{
+    for (size_t i = name_slot(model, len);; i = (i + 1) & (SLOTS - 1)) {
+        uint16_t k = p->slots[i];
+        if (k == 0)
+            return NULL;
+        row *r = &p->rows[k - 1];
+        if (strncmp(r->model, model, len) == 0 && r->model[len] == '\0')
+            return r;
+    }
+}
+
 static row *find_exact(const dx_usage_prices *p, const char *model)
 {
-    for (size_t i = 0; i < p->n; i++)
-        if (strcmp(p->rows[i].model, model) == 0)
-            return &p->rows[i];
-    return NULL;
+    return find_n(p, model, strlen(model));
 }
 
 int dx_usage_prices_set(dx_usage_prices *p, const char *model,
@@ -80,6 +104,10 @@ int dx_usage_prices_set(dx_usage_prices *p, const char *model,
     memset(r, 0, sizeof *r);
     memcpy(r->model, model, strlen(model) + 1);
     r->price = price;
+    size_t i = name_slot(model, strlen(model));
+    while (p->slots[i] != 0)
+        i = (i + 1) & (SLOTS - 1);
+    p->slots[i] = (uint16_t)p->n;
     return DX_OK;
 }
 
@@ -89,6 +117,10 @@ int dx_usage_prices_new(bool empty, dx_usage_prices **out)
         return DX_EINVAL;
     *out = NULL;
     dx_usage_prices *p = dx_calloc(1, sizeof *p);
+    if (p && !(p->slots = dx_calloc(SLOTS, sizeof *p->slots))) {
+        dx_free(p);
+        p = NULL;
+    }
     if (!p)
         return DX_ENOMEM;
     for (size_t i = 0; !empty && i < sizeof defaults / sizeof defaults[0];
@@ -108,6 +140,7 @@ void dx_usage_prices_free(dx_usage_prices *p)
     if (!p)
         return;
     dx_free(p->rows);
+    dx_free(p->slots);
     dx_free(p);
 }
 
@@ -235,17 +268,12 @@ const dx_usage_price *dx_usage_prices_find(const dx_usage_prices *p,
     }
     if (r)
         return &r->price;
-    const row *best = NULL;
-    size_t best_len = 0;
-    for (size_t i = 0; i < p->n; i++) {
-        size_t n = strlen(p->rows[i].model);
-        if (n > best_len && strncmp(model, p->rows[i].model, n) == 0 &&
-            model[n] == '-') {
-            best = &p->rows[i];
-            best_len = n;
-        }
-    }
-    return best ? &best->price : NULL;
+    /* The longest known name followed by '-': the name up to each '-',
+     * from the last one back. */
+    for (size_t n = strlen(model); n-- > 0;)
+        if (model[n] == '-' && (r = find_n(p, model, n)) != NULL)
+            return &r->price;
+    return NULL;
 }
 
 double dx_usage_cost(const dx_usage_prices *p, const char *model,

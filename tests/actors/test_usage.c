@@ -209,6 +209,39 @@ Test(usage, the_price_table_is_bounded, .timeout = 10)
     dx_usage_prices_free(p);
 }
 
+/* Lookups go through a hash index of the names: every one of a full
+ * table is found, by its name, after a provider and as a dated variant,
+ * and the longest family wins among nested ones. */
+Test(usage, every_model_of_a_full_table_is_found, .timeout = 10)
+{
+    dx_usage_prices *p = NULL;
+    cr_assert_eq(dx_usage_prices_new(true, &p), DX_OK);
+    char name[64];
+    for (int i = 0; i < 1021; i++) {
+        snprintf(name, sizeof name, "model-%d", i);
+        dx_usage_price pr = {.input = i, .output = i, .cached_input = i};
+        cr_assert_eq(dx_usage_prices_set(p, name, pr), DX_OK);
+    }
+    dx_usage_price one = {1, 1, 1}, two = {2, 2, 2}, three = {3, 3, 3};
+    cr_assert_eq(dx_usage_prices_set(p, "a", one), DX_OK);
+    cr_assert_eq(dx_usage_prices_set(p, "a-b", two), DX_OK);
+    cr_assert_eq(dx_usage_prices_set(p, "a-b-c", three), DX_OK);
+    for (int i = 0; i < 1021; i++) {
+        snprintf(name, sizeof name, "model-%d", i);
+        const dx_usage_price *f = dx_usage_prices_find(p, name);
+        cr_assert(f != NULL && f->input == i, "%s", name);
+        snprintf(name, sizeof name, "prov/model-%d-2025-01-01", i);
+        cr_assert_eq(dx_usage_prices_find(p, name), f, "%s", name);
+    }
+    cr_assert_eq(dx_usage_prices_find(p, "a-b-c-d")->input, 3);
+    cr_assert_eq(dx_usage_prices_find(p, "a-b-x")->input, 2);
+    cr_assert_eq(dx_usage_prices_find(p, "a-x-c")->input, 1);
+    cr_assert_null(dx_usage_prices_find(p, "ab-c"));
+    cr_assert_null(dx_usage_prices_find(p, "model-"));
+    cr_assert_null(dx_usage_prices_find(p, "model-1021"));
+    dx_usage_prices_free(p);
+}
+
 Test(usage, accumulators_add_merge_and_reset, .timeout = 10)
 {
     dx_usage_prices *p = NULL;
