@@ -1,6 +1,6 @@
 /*
  * h1.c — dspex's own HTTP/1.1 client for plain HTTP to servers named by IP
- * address (h1_int.h says when and why). It owns, per lane (thread-local on
+ * address or localhost (h1_int.h says when and why). It owns, per lane (thread-local on
  * the lane's loop thread): the hosts it talks to, their connections (idle,
  * busy, connecting) and the exchanges waiting for a connection; per
  * exchange: the request bytes, its timer and the response parser state.
@@ -188,8 +188,9 @@ bool dx__h1_prepare(const dx_http_request *req, const char *method,
     char clen[48] = "";
     if (has_body)
         snprintf(clen, sizeof clen, "Content-Length: %zu\r\n", req->body_len);
+    bool slash = plen == 0 || path[0] == '?'; /* "/" goes before a query */
     size_t total =
-        strlen(method) + 1 + (plen ? plen : 1) + 11 + 6 + host_len + 2 +
+        strlen(method) + 1 + slash + plen + 11 + 6 + host_len + 2 +
         (user_accept || no_accept ? 0 : sizeof accept - 1) + hbytes +
         (has_body && !user_ctype && !no_ctype ? sizeof form - 1 : 0) +
         strlen(clen) + 2 + (has_body ? req->body_len : 0);
@@ -199,7 +200,7 @@ bool dx__h1_prepare(const dx_http_request *req, const char *method,
     char *p = buf;
     put(&p, method, strlen(method));
     put(&p, " ", 1);
-    if (plen == 0 || path[0] == '?')
+    if (slash)
         put(&p, "/", 1);
     put(&p, path, plen);
     put(&p, " HTTP/1.1\r\nHost: ", 17);
@@ -250,7 +251,6 @@ struct dx__h1_xfer {
     bool complete;   /* the final response is in */
     bool stopped;    /* a callback said stop */
     bool pending;    /* pending_err waits for the timer to report it */
-    bool new_conn;   /* this exchange opened a connection */
     bool other_addr; /* the host's other address was tried too */
     bool head_done;  /* the status line of this response went out */
     bool in_value;   /* the header line being built has its value */
@@ -457,8 +457,7 @@ static void fail(dx__h1_xfer *x, int err, const char *what, const char *detail)
                        .http_version = 0,
                        .total_us = since_us(x->t0, now),
                        .connect_us = since_us(x->t0, x->connected_ns),
-                       .ttfb_us = since_us(x->t0, x->first_byte_ns),
-                       .new_connection = x->new_conn};
+                       .ttfb_us = since_us(x->t0, x->first_byte_ns)};
     snprintf(r.detail, sizeof r.detail, "%s", detail ? detail : "");
     xfer_end(x, &r, false);
 }
@@ -474,8 +473,7 @@ static void succeed(dx__h1_xfer *x, bool keep_conn)
             c->parser.http_major == 1 && c->parser.http_minor == 0 ? 10 : 11,
         .total_us = since_us(x->t0, now),
         .connect_us = since_us(x->t0, x->connected_ns),
-        .ttfb_us = since_us(x->t0, x->first_byte_ns),
-        .new_connection = x->new_conn};
+        .ttfb_us = since_us(x->t0, x->first_byte_ns)};
     if (r.connect_us == 0)
         r.connect_us = 1; /* connected (a kept connection): not "never" */
     xfer_end(x, &r, keep_conn);
@@ -656,7 +654,6 @@ static bool conn_open(dx__h1_xfer *x)
     list_add(&h->busy, c);
     h->nconns++;
     H->nconns++;
-    x->new_conn = true;
     conn_attach(c, x);
     watch(c, UV_WRITABLE);
     return true;

@@ -50,7 +50,6 @@ typedef struct dx__h1_result {
     char detail[96];  /* more about it ("Connection refused"), or "" */
     int http_version; /* 10, 11; 0 if no response */
     int64_t total_us, connect_us, ttfb_us;
-    bool new_connection; /* the exchange opened a connection */
 } dx__h1_result;
 
 typedef struct dx__h1_ops {

@@ -496,15 +496,21 @@ static void map_result(xfer *x, CURLcode rc)
     case CURLE_HTTP2_STREAM:
         set_error(r, DX_ERESET, "connection broke", detail);
         break;
-    case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_UNSUPPORTED_PROTOCOL: {
         /* Also what curl says of an answer that is not HTTP (it takes it
-         * for HTTP/0.9): a fault of the server's, once connected. */
-        if (r->connect_us > 0) {
+         * for HTTP/0.9): a fault of the server's once the request went
+         * out (the connect time says nothing on a reused connection). */
+        long sent = 0;
+        if (x->easy != NULL &&
+            curl_easy_getinfo(x->easy, CURLINFO_REQUEST_SIZE, &sent) ==
+                CURLE_OK &&
+            sent > 0) {
             set_error(r, DX_EHTTP, "malformed response", detail);
             break;
         }
         set_error(r, DX_EINVAL, "bad URL", detail);
         break;
+    }
     case CURLE_URL_MALFORMAT:
         set_error(r, DX_EINVAL, "bad URL", detail);
         break;

@@ -214,6 +214,9 @@ static void handle(conn *c, char *head, const char *body, size_t blen)
         respond(c, 200, NULL, "ok", 2);
         c->action = ACT_IDLE_CLOSE;
         c->due_ms = dx_now_ms() + strtol(path + 13, NULL, 10);
+    } else if (strncmp(path, "/target", 7) == 0 ||
+               strncmp(path, "/?", 2) == 0) {
+        respond(c, 200, NULL, path, strlen(path)); /* the request-target */
     } else if (strcmp(path, "/drop-next") == 0) {
         respond(c, 200, NULL, "ok", 2);
         c->drop_next = true;
@@ -1136,6 +1139,20 @@ static void response_forms(void *arg)
         KT_CHECK_EQ(r->http_version, 10);
     }
     dx_http_response_free(r);
+
+    /* The request-target: the query kept, the fragment not sent, a "/"
+     * before a query that follows the authority directly. */
+    const char *targets[][2] = {{"/target?q=1#frag", "/target?q=1"},
+                                {"?q=2", "/?q=2"}};
+    for (int i = 0; i < 2; i++) {
+        dx_http_request t = {.url = url(targets[i][0])};
+        r = fetch(&t);
+        if (KT_CHECK(r != NULL)) {
+            KT_CHECK_RC(r->err, DX_OK);
+            KT_CHECK(strcmp(r->body, targets[i][1]) == 0);
+        }
+        dx_http_response_free(r);
+    }
 
     dx_http_request bad = {.url = url("/garbage")};
     r = fetch(&bad);
