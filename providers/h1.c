@@ -813,11 +813,8 @@ static void on_io(uv_poll_t *p, int status, int events)
         broken(c, ECONNRESET);
         return;
     }
-    if ((events & UV_WRITABLE) && x->sent < x->req_len) {
+    if ((events & UV_WRITABLE) && x->sent < x->req_len)
         send_more(c);
-        if (c->x != x)
-            return;
-    }
     if (events & UV_READABLE)
         read_some(c);
 }

@@ -73,10 +73,11 @@ typedef struct xfer {
     dx_http_response *resp;
     char errbuf[CURL_ERROR_SIZE];
     unsigned lane; /* the lane it was handed to */
-    /* Plain HTTP to an IP address goes through h1.c instead of curl: */
-    bool h1;      /* this transfer does */
+    /* Plain HTTP to an IP address or localhost goes through h1.c instead of
+     * curl: */
     bool h1_head; /* a HEAD request */
-    char *h1_req; /* its request bytes until the lane starts it */
+    char *h1_req; /* its request bytes until the lane starts it (so
+                     non-NULL, until then, says the transfer goes there) */
     size_t h1_len;
     dx__h1_target h1_target;
     int64_t h1_timeout_ms, h1_connect_timeout_ms; /* <= 0: none */
@@ -569,6 +570,15 @@ static void remove_unfinished(xfer *x);
 
 static void deliver(xfer *x, CURLcode rc, int err, const char *why);
 
+/* A transfer's h1 exchange is over (done or cancelled): off the lane. */
+static void h1_off(xfer *x)
+{
+    x->h1x = NULL;
+    x->resp->status = x->status;
+    atomic_fetch_sub(&n_in_flight, 1);
+    dx__htab_del(&L->by_ref, &x->h);
+}
+
 static void finish(xfer *x, CURLcode rc, int err, const char *why)
 {
     if (x->added) {
@@ -581,10 +591,7 @@ static void finish(xfer *x, CURLcode rc, int err, const char *why)
         dx__htab_del(&L->by_ref, &x->h);
     } else if (x->h1x != NULL) { /* ended before its exchange did */
         dx__h1_cancel(x->h1x);
-        x->h1x = NULL;
-        x->resp->status = x->status;
-        atomic_fetch_sub(&n_in_flight, 1);
-        dx__htab_del(&L->by_ref, &x->h);
+        h1_off(x);
     }
     deliver(x, rc, err, why);
 }
@@ -1039,20 +1046,15 @@ static bool h1_body(void *ud, const char *data, size_t len)
     return on_body((char *)data, 1, len, ud) == len;
 }
 
-static bool map_flags(xfer *x);
-
 static void h1_done(void *ud, const dx__h1_result *r)
 {
     xfer *x = ud;
     dx_http_response *resp = x->resp;
-    x->h1x = NULL; /* h1.c is done with it */
-    resp->status = x->status;
+    h1_off(x);
     resp->http_version = r->http_version;
     resp->total_us = r->total_us;
     resp->connect_us = r->connect_us;
     resp->ttfb_us = r->ttfb_us;
-    atomic_fetch_sub(&n_in_flight, 1);
-    dx__htab_del(&L->by_ref, &x->h);
     if (r->err != DX_OK && !map_flags(x)) {
         if (r->err == DX_ECANCELED) /* a callback stopped it: no memory */
             set_error(resp, DX_ENOMEM, "out of memory", NULL);
@@ -1099,7 +1101,7 @@ static void start_xfer(void *arg)
         finish(x, CURLE_OK, DX_ENOMEM, "out of memory");
         return;
     }
-    if (x->h1) {
+    if (x->h1_req != NULL) {
         char *bytes = x->h1_req;
         x->h1_req = NULL; /* dx__h1_start takes them */
         x->h1x = dx__h1_start(&x->h1_target, bytes, x->h1_len, x->h1_head,
@@ -1271,7 +1273,6 @@ int dx_http_submit(const dx_http_request *req, dx_pid reply_to, int64_t tag,
     x->max_body = req->max_response_bytes ? req->max_response_bytes
                                           : DX_HTTP_DEFAULT_MAX_RESPONSE;
     if (dx__h1_prepare(req, method, &x->h1_target, &x->h1_req, &x->h1_len)) {
-        x->h1 = true;
         x->h1_head = strcmp(method, "HEAD") == 0;
         x->h1_timeout_ms =
             req->timeout_ms ? req->timeout_ms : DX_HTTP_DEFAULT_TIMEOUT_MS;
