@@ -1331,50 +1331,71 @@ static bool is_article(const uint32_t *w, size_t n)
     return n == 3 && w[0] == 't' && w[1] == 'h' && w[2] == 'e';
 }
 
+/* How normalize_ascii treats each byte: dropped (punctuation), a space,
+ * part of a word (lower-cased), or kept on its own (other controls). */
+enum { A_DROP, A_SPACE, A_WORD, A_OTHER };
+
+static unsigned char ascii_class(unsigned char c)
+{
+    if (is_ascii_punct(c))
+        return A_DROP;
+    if (is_space(c))
+        return A_SPACE;
+    return is_alnum(c) ? A_WORD : A_OTHER;
+}
+
 /* normalize_text of ASCII text, the common case: NFD changes nothing and
- * lower-casing is a byte, so the text is worked on in place as bytes, in
- * one buffer no longer than the text. The same steps as below. */
+ * lower-casing is a byte, so the steps below run in one pass over the
+ * bytes into a buffer no longer than the text. Punctuation is dropped
+ * before words are cut (so "a.b" is the word "ab"); a finished word that
+ * is an article is taken back out, leaving a space; runs of spaces become
+ * one, none at either end. */
 static int normalize_ascii(const char *text, size_t n, char **out)
 {
     char *b = dx_malloc(n + 1);
     if (!b)
         return DX_ENOMEM;
-    size_t m = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)text[i];
-        if (c >= 'A' && c <= 'Z')
-            c = (unsigned char)(c + 0x20);
-        if (!is_ascii_punct(c))
-            b[m++] = (char)c;
-    }
-    size_t w = 0; /* written; never ahead of the read position i */
+    size_t w = 0;    /* written */
+    size_t mark = 0; /* w before the current word and its space */
+    size_t word = 0; /* where the current word's letters start */
+    bool in_word = false;
     bool pending_space = false;
-    for (size_t i = 0; i < m;) {
-        unsigned char c = (unsigned char)b[i];
-        if (is_space(c)) {
-            pending_space = w > 0;
-            i++;
+    for (size_t i = 0; i <= n; i++) {
+        unsigned char c = i < n ? (unsigned char)text[i] : ' ';
+        unsigned char k = ascii_class(c);
+        if (k == A_DROP)
+            continue;
+        if (k == A_WORD) {
+            if (!in_word) {
+                mark = w;
+                if (pending_space)
+                    b[w++] = ' ';
+                pending_space = false;
+                word = w;
+                in_word = true;
+            }
+            b[w++] = (char)(c >= 'A' && c <= 'Z' ? c + 0x20 : c);
             continue;
         }
-        size_t j = i;
-        while (j < m && is_alnum((unsigned char)b[j]))
-            j++;
-        size_t len = j - i;
-        if ((len == 1 && b[i] == 'a') ||
-            (len == 2 && b[i] == 'a' && b[i + 1] == 'n') ||
-            (len == 3 && memcmp(b + i, "the", 3) == 0)) {
+        if (in_word) {
+            in_word = false;
+            size_t len = w - word;
+            if ((len == 1 && b[word] == 'a') ||
+                (len == 2 && b[word] == 'a' && b[word + 1] == 'n') ||
+                (len == 3 && memcmp(b + word, "the", 3) == 0)) {
+                w = mark;
+                pending_space = w > 0;
+            }
+        }
+        if (k == A_SPACE) {
             pending_space = w > 0;
-            i = j;
             continue;
         }
-        if (j == i)
-            j = i + 1; /* a character outside words: kept as it is */
+        /* A character outside words: kept as it is. */
         if (pending_space)
-            b[w++] = ' '; /* w < i here: a space was skipped to get here */
+            b[w++] = ' ';
         pending_space = false;
-        memmove(b + w, b + i, j - i);
-        w += j - i;
-        i = j;
+        b[w++] = (char)c;
     }
     b[w] = '\0';
     *out = b;

@@ -74,6 +74,19 @@ int dx__buf_terminate(dx__buf *b)
     return DX_OK;
 }
 
+size_t dx__decimal(char *dst, unsigned long long v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++)
+        dst[i] = tmp[n - 1 - i];
+    return n;
+}
+
 int dx__buf_str(dx__buf *b, const char *s)
 {
     return dx__buf_append(b, s, strlen(s));

@@ -29,5 +29,9 @@ int dx__buf_fmt(dx__buf *b, const char *fmt, ...) DX_PRINTF(2, 3);
 int dx__buf_json_str(dx__buf *b, const char *s);
 /* Make p a NUL-terminated string even when nothing was appended. */
 int dx__buf_terminate(dx__buf *b);
+/* v in decimal at dst, which has room for 20 digits; no NUL. Returns the
+ * digits written. For the numbers of request and response heads, written
+ * per exchange, where printf would be most of the head's cost. */
+size_t dx__decimal(char *dst, unsigned long long v);
 
 #endif

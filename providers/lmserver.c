@@ -633,19 +633,43 @@ static int queue_response(conn *c, dx__lms_response *rs, bool close_after)
     bool chunked = rs->sse && !truncate;
     if (truncate)
         close_after = true;
-    int rc = dx__buf_fmt(&out, "HTTP/1.1 %d %s\r\nServer: dspex-lmserver\r\n",
-                         rs->status, reason(rs->status));
-    if (rc == 0 && rs->ctype != NULL)
-        rc = dx__buf_fmt(&out, "Content-Type: %s\r\n", rs->ctype);
+    /* The head is put together from pieces rather than printed: every
+     * answer has one, and printf was most of its cost. */
+    char num[24];
+    long status = rs->status;
+    size_t sl = status < 0 ? 1 : 0; /* as %d would print it */
+    num[0] = '-';
+    sl += dx__decimal(num + sl, (size_t)(status < 0 ? -status : status));
+    int rc = dx__buf_str(&out, "HTTP/1.1 ");
+    if (rc == 0)
+        rc = dx__buf_append(&out, num, sl);
+    if (rc == 0)
+        rc = dx__buf_str(&out, " ");
+    if (rc == 0)
+        rc = dx__buf_str(&out, reason(rs->status));
+    if (rc == 0)
+        rc = dx__buf_str(&out, "\r\nServer: dspex-lmserver\r\n");
+    if (rc == 0 && rs->ctype != NULL) {
+        rc = dx__buf_str(&out, "Content-Type: ");
+        if (rc == 0)
+            rc = dx__buf_str(&out, rs->ctype);
+        if (rc == 0)
+            rc = dx__buf_str(&out, "\r\n");
+    }
     if (rc == 0 && rs->headers.len > 0)
         rc = dx__buf_append(&out, rs->headers.p, rs->headers.len);
     if (rc == 0 && chunked)
         rc = dx__buf_str(&out, "Transfer-Encoding: chunked\r\n");
-    else if (rc == 0 && !truncate)
-        rc = dx__buf_fmt(&out, "Content-Length: %zu\r\n", rs->body.len);
+    else if (rc == 0 && !truncate) {
+        rc = dx__buf_str(&out, "Content-Length: ");
+        if (rc == 0)
+            rc = dx__buf_append(&out, num, dx__decimal(num, rs->body.len));
+        if (rc == 0)
+            rc = dx__buf_str(&out, "\r\n");
+    }
     if (rc == 0)
-        rc = dx__buf_fmt(&out, "Connection: %s\r\n\r\n",
-                         close_after ? "close" : "keep-alive");
+        rc = dx__buf_str(&out, close_after ? "Connection: close\r\n\r\n"
+                                           : "Connection: keep-alive\r\n\r\n");
     size_t send_len = out.len;
     const char *body = rs->body.p ? rs->body.p : "";
     bool partial = truncate || rs->reset_mid;

@@ -169,8 +169,10 @@ static int encode(const dx_lm_config *c, const dx_lm_request *req,
     if (rc == DX_OK && c->api_key) {
         size_t n = strlen(c->api_key) + 8;
         char *v = dx_malloc(n);
-        if (v)
-            snprintf(v, n, "Bearer %s", c->api_key);
+        if (v) {
+            memcpy(v, "Bearer ", 7);
+            memcpy(v + 7, c->api_key, n - 7);
+        }
         if (!v || dx__http_header(out, "Authorization", v))
             rc = dx__oom(err, prov);
         if (v) {

@@ -8,6 +8,7 @@
  * dspy/evaluate/metrics.py under Python 3 (Unicode 14).
  */
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "dspex/alloc.h"
@@ -61,6 +62,33 @@ Test(metrics, normalize_ascii_controls_and_every_split_whitespace,
     expect_norm("\x01the\x01", "\x01 \x01");
     expect_norm("Answer: The Answer (a)", "answer answer");
     expect_norm("theatre thea an a", "theatre thea");
+}
+
+/* ASCII text takes its own one-pass path; a trailing no-break space (split
+ * whitespace, dropped at the end) sends the same text through the general
+ * Unicode path. The two must agree on every mix of letters, articles,
+ * punctuation, controls and spaces. */
+Test(metrics, normalize_ascii_path_agrees_with_the_unicode_path, .timeout = 30)
+{
+    static const char alphabet[] = "aAnNtThHeE xyz019 .,!_-'\"\t\n\r\v\f"
+                                   "\x01\x1c\x1f\x7f";
+    unsigned state = 12345;
+    char text[40], wide[44];
+    for (int round = 0; round < 20000; round++) {
+        size_t len = round % 24;
+        for (size_t i = 0; i < len; i++) {
+            state = state * 1103515245u + 12345u;
+            text[i] = alphabet[(state >> 16) % (sizeof alphabet - 1)];
+        }
+        text[len] = '\0';
+        snprintf(wide, sizeof wide, "%s\xc2\xa0", text);
+        char *ascii = NULL, *general = NULL;
+        cr_assert_eq(dx_metric_normalize(text, &ascii), DX_OK);
+        cr_assert_eq(dx_metric_normalize(wide, &general), DX_OK);
+        cr_assert_str_eq(ascii, general, "round %d", round);
+        dx_free(ascii);
+        dx_free(general);
+    }
 }
 
 Test(metrics, normalize_keeps_combining_marks_as_nfd_does, .timeout = 10)
