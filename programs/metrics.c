@@ -1335,13 +1335,14 @@ static bool is_article(const uint32_t *w, size_t n)
  * part of a word (lower-cased), or kept on its own (other controls). */
 enum { A_DROP, A_SPACE, A_WORD, A_OTHER };
 
-static unsigned char ascii_class(unsigned char c)
+static inline unsigned char ascii_class(unsigned char c)
 {
-    if (is_ascii_punct(c))
-        return A_DROP;
-    if (is_space(c))
+    /* is_alnum and is_space below 0x80, spelled out so they inline. */
+    if ((c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z'))
+        return A_WORD;
+    if (c == ' ' || (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x1F))
         return A_SPACE;
-    return is_alnum(c) ? A_WORD : A_OTHER;
+    return is_ascii_punct(c) ? A_DROP : A_OTHER;
 }
 
 /* normalize_text of ASCII text, the common case: NFD changes nothing and

@@ -35,6 +35,9 @@ char *dx__jprint(const cJSON *item);
 char *dx__jprint_n(const cJSON *item, size_t *len);
 /* The same text appended to b; on failure b is as it was. */
 int dx__jprint_into(dx__buf *b, const cJSON *item);
+/* s (NULL: "") as the JSON string cJSON would print for it, quotes
+ * included, appended to b: for JSON written without building a tree. */
+int dx__jprint_str(dx__buf *b, const char *s);
 /* Parse JSON text into the tree cJSON_ParseWithLength gives (jparse.c),
  * allocated through cJSON's hooks (dx_malloc); NULL if not JSON or out of
  * memory. Unlike cJSON's parser it keeps no global error position, so

@@ -49,7 +49,7 @@ static inline int put(dx__buf *b, const void *s, size_t n)
     return 0;
 }
 
-static int put_str(dx__buf *b, const char *s)
+int dx__jprint_str(dx__buf *b, const char *s)
 {
     int rc = put(b, "\"", 1);
     const unsigned char *p = (const unsigned char *)(s ? s : "");
@@ -147,14 +147,14 @@ static int put_value(dx__buf *b, const cJSON *item)
                    ? put(b, item->valuestring, strlen(item->valuestring))
                    : DX_EINVAL;
     case cJSON_String:
-        return put_str(b, item->valuestring);
+        return dx__jprint_str(b, item->valuestring);
     case cJSON_Array:
     case cJSON_Object: {
         bool object = (item->type & 0xFF) == cJSON_Object;
         int rc = put(b, object ? "{" : "[", 1);
         for (const cJSON *c = item->child; rc == 0 && c != NULL; c = c->next) {
             if (object) {
-                rc = put_str(b, c->string);
+                rc = dx__jprint_str(b, c->string);
                 if (rc == 0)
                     rc = put(b, ":", 1);
             }

@@ -933,6 +933,91 @@ static cJSON *openai_tool_call(const answer *a, uint64_t id, bool with_args)
     return call;
 }
 
+/* JSON written straight into a body, for the answer asked for most (a
+ * whole chat completion): the bytes the cJSON tree of it would print to,
+ * without building and freeing the tree. rc keeps the first failure. */
+typedef struct jw {
+    dx__buf *b;
+    int rc;
+} jw;
+
+static void jw_raw(jw *w, const char *s)
+{
+    if (w->rc == 0)
+        w->rc = dx__buf_str(w->b, s);
+}
+
+static void jw_num(jw *w, uint64_t v)
+{
+    char d[24];
+    if (w->rc == 0)
+        w->rc = dx__buf_append(w->b, d, dx__decimal(d, v));
+}
+
+/* ,"key":"v" (first: no comma); a NULL v adds nothing, as
+ * cJSON_AddStringToObject adds nothing for it. */
+static void jw_str(jw *w, bool first, const char *key, const char *v)
+{
+    if (v == NULL)
+        return;
+    jw_raw(w, first ? "\"" : ",\"");
+    jw_raw(w, key);
+    jw_raw(w, "\":");
+    if (w->rc == 0)
+        w->rc = dx__jprint_str(w->b, v);
+}
+
+/* openai_chat's unstreamed answer: cv->n choices of a's text or tool
+ * call, and the usage. */
+static void openai_completion(uint64_t id, const convo *cv, const answer *a,
+                              const char *finish, dx__lms_response *rs)
+{
+    rs->body.len = 0;
+    rs->sse = false;
+    rs->nevents = 0;
+    jw w = {&rs->body, 0};
+    jw_raw(&w, "{\"id\":\"chatcmpl-");
+    jw_num(&w, id);
+    jw_raw(&w, "\",\"object\":\"chat.completion\",\"created\":");
+    time_t now = time(NULL);
+    jw_num(&w, now > 0 ? (uint64_t)now : 0);
+    jw_str(&w, false, "model", cv->model);
+    jw_raw(&w, ",\"choices\":[");
+    for (int i = 0; i < cv->n; i++) {
+        jw_raw(&w, i ? ",{\"index\":" : "{\"index\":");
+        jw_num(&w, (uint64_t)i);
+        jw_raw(&w, ",\"message\":{\"role\":\"assistant\"");
+        if (a->text) {
+            jw_str(&w, false, "content", a->text);
+        } else {
+            jw_raw(&w, ",\"content\":null,\"tool_calls\":[{\"id\":\"call_");
+            jw_num(&w, id);
+            jw_raw(&w, "\",\"type\":\"function\",\"function\":{");
+            /* An object with no members yet takes no comma. */
+            jw_str(&w, true, "name", a->tool_name);
+            jw_str(&w, a->tool_name == NULL, "arguments", a->args_text);
+            jw_raw(&w, "}}]");
+        }
+        jw_raw(&w, ",\"refusal\":null},\"logprobs\":null");
+        jw_str(&w, false, "finish_reason", finish);
+        jw_raw(&w, "}");
+    }
+    size_t out = a->out_tokens * (size_t)cv->n;
+    jw_raw(&w, "],\"usage\":{\"prompt_tokens\":");
+    jw_num(&w, cv->prompt_tokens);
+    jw_raw(&w, ",\"completion_tokens\":");
+    jw_num(&w, out);
+    jw_raw(&w, ",\"total_tokens\":");
+    jw_num(&w, cv->prompt_tokens + out);
+    jw_raw(&w, "},\"system_fingerprint\":\"fp_dspex\"}");
+    if (w.rc != 0) {
+        set_oom(rs);
+        return;
+    }
+    rs->status = 200;
+    rs->ctype = "application/json";
+}
+
 static void openai_chat(dx_lmserver *srv, const cJSON *req, const convo *cv,
                         const answer *a, dx__lms_response *rs)
 {
@@ -979,34 +1064,7 @@ static void openai_chat(dx_lmserver *srv, const cJSON *req, const convo *cv,
             set_oom(rs);
         return;
     }
-    cJSON *o = cJSON_CreateObject();
-    char sid[48];
-    snprintf(sid, sizeof sid, "chatcmpl-%llu", (unsigned long long)id);
-    cJSON_AddStringToObject(o, "id", sid);
-    cJSON_AddStringToObject(o, "object", "chat.completion");
-    add_number(o, "created", (double)time(NULL));
-    cJSON_AddStringToObject(o, "model", cv->model);
-    cJSON *choices = cJSON_AddArrayToObject(o, "choices");
-    for (int i = 0; i < cv->n; i++) {
-        cJSON *ch = cJSON_CreateObject();
-        add_number(ch, "index", i);
-        cJSON *m = cJSON_AddObjectToObject(ch, "message");
-        cJSON_AddStringToObject(m, "role", "assistant");
-        if (a->text) {
-            cJSON_AddStringToObject(m, "content", a->text);
-        } else {
-            cJSON_AddNullToObject(m, "content");
-            cJSON_AddItemToArray(cJSON_AddArrayToObject(m, "tool_calls"),
-                                 openai_tool_call(a, id, true));
-        }
-        cJSON_AddNullToObject(m, "refusal");
-        cJSON_AddNullToObject(ch, "logprobs");
-        cJSON_AddStringToObject(ch, "finish_reason", finish);
-        cJSON_AddItemToArray(choices, ch);
-    }
-    cJSON_AddItemToObject(o, "usage", openai_usage(cv, a));
-    cJSON_AddStringToObject(o, "system_fingerprint", "fp_dspex");
-    send_json(rs, 200, o);
+    openai_completion(id, cv, a, finish, rs);
 }
 
 /* ---- embeddings ---------------------------------------------------------- */
