@@ -38,6 +38,37 @@ int dx__jprint_into(dx__buf *b, const cJSON *item);
 /* s (NULL: "") as the JSON string cJSON would print for it, quotes
  * included, appended to b: for JSON written without building a tree. */
 int dx__jprint_str(dx__buf *b, const char *s);
+
+/* JSON written straight into a buffer, as the tree the dx__jadd_* calls
+ * below would build prints (the same bytes, so request caches and golden
+ * files do not move), without allocating a node per value. For bodies
+ * built per request. key is NULL for array elements; the dx__jw_* calls
+ * after a failure do nothing and rc keeps the first code (DX_ENOMEM,
+ * DX_ELIMIT past DX__JW_DEPTH nested containers, DX_EINVAL for an end
+ * without an open container or a NULL raw text). */
+#define DX__JW_DEPTH 16
+typedef struct dx__jw {
+    dx__buf *b;
+    int rc;
+    int depth;
+    bool first[DX__JW_DEPTH]; /* nothing written yet at that depth */
+    char close[DX__JW_DEPTH]; /* its closing bracket */
+} dx__jw;
+void dx__jw_init(dx__jw *w, dx__buf *b);
+void dx__jw_obj(dx__jw *w, const char *key);
+void dx__jw_arr(dx__jw *w, const char *key);
+/* Close the innermost container. */
+void dx__jw_end(dx__jw *w);
+/* v NULL is written as "", as dx__jadd_str does. */
+void dx__jw_str(dx__jw *w, const char *key, const char *v);
+/* Whole numbers as integers, the rest as cJSON prints them (dx__jadd_num). */
+void dx__jw_num(dx__jw *w, const char *key, double v);
+void dx__jw_bool(dx__jw *w, const char *key, bool v);
+void dx__jw_null(dx__jw *w, const char *key);
+/* JSON text written as it is (the caller has checked it). */
+void dx__jw_raw(dx__jw *w, const char *key, const char *json);
+/* Whether s is the text of a JSON object (what dx__jadd_raw accepts). */
+bool dx__json_is_object(const char *s);
 /* Parse JSON text into the tree cJSON_ParseWithLength gives (jparse.c),
  * allocated through cJSON's hooks (dx_malloc); NULL if not JSON or out of
  * memory. Unlike cJSON's parser it keeps no global error position, so
@@ -57,6 +88,9 @@ int dx__oom(dx_lm_error *err, const char *prov);
  * "Content-Type: application/json". DX_OK or DX_ENOMEM (out zeroed). */
 int dx__http_post(dx_lm_http *out, const cJSON *body, const char *path_fmt, ...)
     DX_PRINTF(3, 4);
+/* The same with a body already written (dx__jw): takes body->p, which
+ * leaves body empty, whatever the outcome. */
+int dx__http_post_written(dx_lm_http *out, dx__buf *body, const char *path);
 /* Append a "name: value" header line. */
 int dx__http_header(dx_lm_http *out, const char *name, const char *value);
 

@@ -108,9 +108,8 @@ static bool same_double(double a, double b)
     return fabs(a - b) <= most * DBL_EPSILON;
 }
 
-static int put_number(dx__buf *b, const cJSON *item)
+static int put_double(dx__buf *b, double d)
 {
-    double d = item->valuedouble;
     char num[32];
     int n;
     if (isnan(d) || isinf(d))
@@ -141,7 +140,7 @@ static int put_value(dx__buf *b, const cJSON *item)
     case cJSON_True:
         return put(b, "true", 4);
     case cJSON_Number:
-        return put_number(b, item);
+        return put_double(b, item->valuedouble);
     case cJSON_Raw:
         return item->valuestring
                    ? put(b, item->valuestring, strlen(item->valuestring))
@@ -199,4 +198,112 @@ char *dx__jprint_n(const cJSON *item, size_t *len)
 char *dx__jprint(const cJSON *item)
 {
     return dx__jprint_n(item, NULL);
+}
+
+/* ---- writing without a tree --------------------------------------------- */
+
+void dx__jw_init(dx__jw *w, dx__buf *b)
+{
+    w->b = b;
+    w->rc = 0;
+    w->depth = 0;
+    w->first[0] = true;
+}
+
+/* Before a value: the comma after a sibling, then "key": in an object. */
+static void jw_lead(dx__jw *w, const char *key)
+{
+    if (w->rc != 0)
+        return;
+    if (!w->first[w->depth])
+        w->rc = put(w->b, ",", 1);
+    w->first[w->depth] = false;
+    if (w->rc == 0 && key != NULL)
+        w->rc = dx__jprint_str(w->b, key);
+    if (w->rc == 0 && key != NULL)
+        w->rc = put(w->b, ":", 1);
+}
+
+static void jw_open(dx__jw *w, const char *key, char open, char close)
+{
+    jw_lead(w, key);
+    if (w->rc == 0 && w->depth + 1 >= DX__JW_DEPTH)
+        w->rc = DX_ELIMIT;
+    if (w->rc == 0)
+        w->rc = put(w->b, &open, 1);
+    if (w->rc == 0) {
+        w->depth++;
+        w->first[w->depth] = true;
+        w->close[w->depth] = close;
+    }
+}
+
+void dx__jw_obj(dx__jw *w, const char *key)
+{
+    jw_open(w, key, '{', '}');
+}
+
+void dx__jw_arr(dx__jw *w, const char *key)
+{
+    jw_open(w, key, '[', ']');
+}
+
+void dx__jw_end(dx__jw *w)
+{
+    if (w->rc == 0 && w->depth == 0)
+        w->rc = DX_EINVAL;
+    if (w->rc == 0)
+        w->rc = put(w->b, &w->close[w->depth], 1);
+    if (w->rc == 0)
+        w->depth--;
+}
+
+void dx__jw_str(dx__jw *w, const char *key, const char *v)
+{
+    jw_lead(w, key);
+    if (w->rc == 0)
+        w->rc = dx__jprint_str(w->b, v);
+}
+
+void dx__jw_num(dx__jw *w, const char *key, double v)
+{
+    jw_lead(w, key);
+    if (w->rc != 0)
+        return;
+    /* As dx__json_number puts it in a tree: whole numbers as integers
+     * (-0 too, as "0"), the rest as cJSON prints them. */
+    const double exact = 9007199254740992.0; /* 2^53 */
+    if (!(v >= -exact && v <= exact) || v != (double)(long long)v) {
+        w->rc = put_double(w->b, v);
+        return;
+    }
+    char d[24];
+    size_t n = 0;
+    long long i = (long long)v;
+    if (i < 0)
+        d[n++] = '-';
+    n += dx__decimal(d + n, i < 0 ? 0ull - (unsigned long long)i
+                                  : (unsigned long long)i);
+    w->rc = put(w->b, d, n);
+}
+
+void dx__jw_bool(dx__jw *w, const char *key, bool v)
+{
+    jw_lead(w, key);
+    if (w->rc == 0)
+        w->rc = v ? put(w->b, "true", 4) : put(w->b, "false", 5);
+}
+
+void dx__jw_null(dx__jw *w, const char *key)
+{
+    jw_lead(w, key);
+    if (w->rc == 0)
+        w->rc = put(w->b, "null", 4);
+}
+
+void dx__jw_raw(dx__jw *w, const char *key, const char *json)
+{
+    jw_lead(w, key);
+    if (w->rc == 0)
+        w->rc = json != NULL ? put(w->b, json, strlen(json)) : DX_EINVAL;
 }

@@ -933,83 +933,67 @@ static cJSON *openai_tool_call(const answer *a, uint64_t id, bool with_args)
     return call;
 }
 
-/* JSON written straight into a body, for the answer asked for most (a
- * whole chat completion): the bytes the cJSON tree of it would print to,
- * without building and freeing the tree. rc keeps the first failure. */
-typedef struct jw {
-    dx__buf *b;
-    int rc;
-} jw;
-
-static void jw_raw(jw *w, const char *s)
-{
-    if (w->rc == 0)
-        w->rc = dx__buf_str(w->b, s);
-}
-
-static void jw_num(jw *w, uint64_t v)
-{
-    char d[24];
-    if (w->rc == 0)
-        w->rc = dx__buf_append(w->b, d, dx__decimal(d, v));
-}
-
-/* ,"key":"v" (first: no comma); a NULL v adds nothing, as
- * cJSON_AddStringToObject adds nothing for it. */
-static void jw_str(jw *w, bool first, const char *key, const char *v)
-{
-    if (v == NULL)
-        return;
-    jw_raw(w, first ? "\"" : ",\"");
-    jw_raw(w, key);
-    jw_raw(w, "\":");
-    if (w->rc == 0)
-        w->rc = dx__jprint_str(w->b, v);
-}
-
-/* openai_chat's unstreamed answer: cv->n choices of a's text or tool
- * call, and the usage. */
+/* openai_chat's unstreamed answer, cv->n choices of a's text or tool call
+ * and the usage, written straight into the body (dx__jw): the bytes the
+ * cJSON tree of it would print to, without building and freeing the tree
+ * for every answer. A NULL string leaves its member out, as
+ * cJSON_AddStringToObject does. */
 static void openai_completion(uint64_t id, const convo *cv, const answer *a,
                               const char *finish, dx__lms_response *rs)
 {
     rs->body.len = 0;
     rs->sse = false;
     rs->nevents = 0;
-    jw w = {&rs->body, 0};
-    jw_raw(&w, "{\"id\":\"chatcmpl-");
-    jw_num(&w, id);
-    jw_raw(&w, "\",\"object\":\"chat.completion\",\"created\":");
-    time_t now = time(NULL);
-    jw_num(&w, now > 0 ? (uint64_t)now : 0);
-    jw_str(&w, false, "model", cv->model);
-    jw_raw(&w, ",\"choices\":[");
+    char sid[48];
+    snprintf(sid, sizeof sid, "chatcmpl-%llu", (unsigned long long)id);
+    dx__jw w;
+    dx__jw_init(&w, &rs->body);
+    dx__jw_obj(&w, NULL);
+    dx__jw_str(&w, "id", sid);
+    dx__jw_str(&w, "object", "chat.completion");
+    dx__jw_num(&w, "created", (double)time(NULL));
+    if (cv->model)
+        dx__jw_str(&w, "model", cv->model);
+    dx__jw_arr(&w, "choices");
     for (int i = 0; i < cv->n; i++) {
-        jw_raw(&w, i ? ",{\"index\":" : "{\"index\":");
-        jw_num(&w, (uint64_t)i);
-        jw_raw(&w, ",\"message\":{\"role\":\"assistant\"");
+        dx__jw_obj(&w, NULL);
+        dx__jw_num(&w, "index", i);
+        dx__jw_obj(&w, "message");
+        dx__jw_str(&w, "role", "assistant");
         if (a->text) {
-            jw_str(&w, false, "content", a->text);
+            dx__jw_str(&w, "content", a->text);
         } else {
-            jw_raw(&w, ",\"content\":null,\"tool_calls\":[{\"id\":\"call_");
-            jw_num(&w, id);
-            jw_raw(&w, "\",\"type\":\"function\",\"function\":{");
-            /* An object with no members yet takes no comma. */
-            jw_str(&w, true, "name", a->tool_name);
-            jw_str(&w, a->tool_name == NULL, "arguments", a->args_text);
-            jw_raw(&w, "}}]");
+            char cid[48];
+            snprintf(cid, sizeof cid, "call_%llu", (unsigned long long)id);
+            dx__jw_null(&w, "content");
+            dx__jw_arr(&w, "tool_calls");
+            dx__jw_obj(&w, NULL);
+            dx__jw_str(&w, "id", cid);
+            dx__jw_str(&w, "type", "function");
+            dx__jw_obj(&w, "function");
+            if (a->tool_name)
+                dx__jw_str(&w, "name", a->tool_name);
+            if (a->args_text)
+                dx__jw_str(&w, "arguments", a->args_text);
+            dx__jw_end(&w);
+            dx__jw_end(&w);
+            dx__jw_end(&w);
         }
-        jw_raw(&w, ",\"refusal\":null},\"logprobs\":null");
-        jw_str(&w, false, "finish_reason", finish);
-        jw_raw(&w, "}");
+        dx__jw_null(&w, "refusal");
+        dx__jw_end(&w);
+        dx__jw_null(&w, "logprobs");
+        dx__jw_str(&w, "finish_reason", finish);
+        dx__jw_end(&w);
     }
+    dx__jw_end(&w);
     size_t out = a->out_tokens * (size_t)cv->n;
-    jw_raw(&w, "],\"usage\":{\"prompt_tokens\":");
-    jw_num(&w, cv->prompt_tokens);
-    jw_raw(&w, ",\"completion_tokens\":");
-    jw_num(&w, out);
-    jw_raw(&w, ",\"total_tokens\":");
-    jw_num(&w, cv->prompt_tokens + out);
-    jw_raw(&w, "},\"system_fingerprint\":\"fp_dspex\"}");
+    dx__jw_obj(&w, "usage");
+    dx__jw_num(&w, "prompt_tokens", (double)cv->prompt_tokens);
+    dx__jw_num(&w, "completion_tokens", (double)out);
+    dx__jw_num(&w, "total_tokens", (double)(cv->prompt_tokens + out));
+    dx__jw_end(&w);
+    dx__jw_str(&w, "system_fingerprint", "fp_dspex");
+    dx__jw_end(&w);
     if (w.rc != 0) {
         set_oom(rs);
         return;

@@ -35,137 +35,138 @@ static const char *pname(const dx_lm_config *c)
     return c->provider->name;
 }
 
-static void add_message(dx__jb *b, cJSON *msgs, const dx_lm_message *m)
+static void put_message(dx__jw *w, const dx_lm_message *m)
 {
     static const char *const roles[] = {"system", "user", "assistant", "tool"};
-    cJSON *o = cJSON_CreateObject();
-    dx__jadd_item(b, msgs, NULL, o);
-    if (b->oom)
-        return;
-    dx__jadd_str(b, o, "role", roles[m->role]);
-    if (m->role == DX_LM_ASSISTANT && m->n_tool_calls && !m->content[0])
-        dx__jadd_item(b, o, "content", cJSON_CreateNull());
+    dx__jw_obj(w, NULL);
+    dx__jw_str(w, "role", roles[m->role]);
+    if (m->role == DX_LM_ASSISTANT && m->n_tool_calls &&
+        (!m->content || !m->content[0]))
+        dx__jw_null(w, "content");
     else
-        dx__jadd_str(b, o, "content", m->content);
+        dx__jw_str(w, "content", m->content);
     if (m->role == DX_LM_TOOL)
-        dx__jadd_str(b, o, "tool_call_id", m->tool_call_id);
-    if (m->role != DX_LM_ASSISTANT || !m->n_tool_calls)
-        return;
-    cJSON *tcs = dx__jadd_arr(b, o, "tool_calls");
-    for (size_t k = 0; tcs && k < m->n_tool_calls; k++) {
-        cJSON *t = cJSON_CreateObject();
-        dx__jadd_item(b, tcs, NULL, t);
-        if (b->oom)
-            return;
-        dx__jadd_str(b, t, "id", m->tool_calls[k].id);
-        dx__jadd_str(b, t, "type", "function");
-        cJSON *f = dx__jadd_obj(b, t, "function");
-        if (!f)
-            return;
-        dx__jadd_str(b, f, "name", m->tool_calls[k].name);
-        /* arguments travel as a JSON string holding JSON text */
-        dx__jadd_str(b, f, "arguments", m->tool_calls[k].arguments);
+        dx__jw_str(w, "tool_call_id", m->tool_call_id);
+    if (m->role == DX_LM_ASSISTANT && m->n_tool_calls) {
+        dx__jw_arr(w, "tool_calls");
+        for (size_t k = 0; k < m->n_tool_calls; k++) {
+            dx__jw_obj(w, NULL);
+            dx__jw_str(w, "id", m->tool_calls[k].id);
+            dx__jw_str(w, "type", "function");
+            dx__jw_obj(w, "function");
+            dx__jw_str(w, "name", m->tool_calls[k].name);
+            /* arguments travel as a JSON string holding JSON text */
+            dx__jw_str(w, "arguments", m->tool_calls[k].arguments);
+            dx__jw_end(w);
+            dx__jw_end(w);
+        }
+        dx__jw_end(w);
     }
+    dx__jw_end(w);
 }
 
+/* The body is written as it goes out, member by member (dx__jw), not built
+ * as a tree and printed: this runs for every request. */
 static int encode(const dx_lm_config *c, const dx_lm_request *req,
                   dx_lm_http *out, dx_lm_error *err)
 {
     const char *prov = pname(c);
-    dx__jb b = {false};
-    cJSON *root = cJSON_CreateObject();
-    if (!root)
-        return dx__oom(err, prov);
-    int rc = DX_OK;
-    dx__jadd_str(&b, root, "model", req->model ? req->model : c->model);
-    cJSON *msgs = dx__jadd_arr(&b, root, "messages");
-    for (size_t i = 0; msgs && i < req->n_messages; i++)
-        add_message(&b, msgs, &req->messages[i]);
+    if (req->format == DX_LM_FORMAT_JSON_SCHEMA &&
+        !dx__json_is_object(req->schema))
+        return dx__reject(err, DX_EINVAL, prov, "request: schema is not JSON");
+    for (size_t i = 0; i < req->n_tools; i++)
+        if (!dx__json_is_object(req->tools[i].parameters))
+            return dx__reject(err, DX_EINVAL, prov,
+                              "request: tools[%zu].parameters is not JSON", i);
+    dx__buf body;
+    dx__buf_init(&body, 0);
+    dx__jw w;
+    dx__jw_init(&w, &body);
+    dx__jw_obj(&w, NULL);
+    dx__jw_str(&w, "model", req->model ? req->model : c->model);
+    dx__jw_arr(&w, "messages");
+    for (size_t i = 0; i < req->n_messages; i++)
+        put_message(&w, &req->messages[i]);
+    dx__jw_end(&w);
     if (req->has_temperature)
-        dx__jadd_num(&b, root, "temperature", req->temperature);
+        dx__jw_num(&w, "temperature", req->temperature);
     if (req->max_tokens > 0)
-        dx__jadd_num(&b, root,
-                     c->compat ? "max_tokens" : "max_completion_tokens",
-                     (double)req->max_tokens);
+        dx__jw_num(&w, c->compat ? "max_tokens" : "max_completion_tokens",
+                   (double)req->max_tokens);
     if (req->n > 1)
-        dx__jadd_num(&b, root, "n", req->n);
+        dx__jw_num(&w, "n", req->n);
     if (req->n_stop) {
-        cJSON *st = dx__jadd_arr(&b, root, "stop");
-        for (size_t i = 0; st && i < req->n_stop; i++)
-            dx__jadd_str(&b, st, NULL, req->stop[i]);
+        dx__jw_arr(&w, "stop");
+        for (size_t i = 0; i < req->n_stop; i++)
+            dx__jw_str(&w, NULL, req->stop[i]);
+        dx__jw_end(&w);
     }
     if (req->has_seed)
-        dx__jadd_num(&b, root, "seed", (double)req->seed);
+        dx__jw_num(&w, "seed", (double)req->seed);
     if (req->format == DX_LM_FORMAT_JSON_OBJECT) {
-        cJSON *rf = dx__jadd_obj(&b, root, "response_format");
-        if (rf)
-            dx__jadd_str(&b, rf, "type", "json_object");
+        dx__jw_obj(&w, "response_format");
+        dx__jw_str(&w, "type", "json_object");
+        dx__jw_end(&w);
     } else if (req->format == DX_LM_FORMAT_JSON_SCHEMA) {
-        cJSON *rf = dx__jadd_obj(&b, root, "response_format");
-        cJSON *js = rf ? dx__jadd_obj(&b, rf, "json_schema") : NULL;
-        if (rf)
-            dx__jadd_str(&b, rf, "type", "json_schema");
-        if (js) {
-            dx__jadd_str(&b, js, "name", req->schema_name);
-            if (!dx__jadd_raw(&b, js, "schema", req->schema))
-                rc = dx__reject(err, DX_EINVAL, prov,
-                                "request: schema is not JSON");
-            if (req->schema_strict)
-                dx__jadd_bool(&b, js, "strict", true);
-        }
+        dx__jw_obj(&w, "response_format");
+        dx__jw_obj(&w, "json_schema");
+        dx__jw_str(&w, "name", req->schema_name);
+        dx__jw_raw(&w, "schema", req->schema);
+        if (req->schema_strict)
+            dx__jw_bool(&w, "strict", true);
+        dx__jw_end(&w);
+        dx__jw_str(&w, "type", "json_schema");
+        dx__jw_end(&w);
     }
     if (req->n_tools) {
-        cJSON *tools = dx__jadd_arr(&b, root, "tools");
-        for (size_t i = 0; tools && rc == DX_OK && i < req->n_tools; i++) {
+        dx__jw_arr(&w, "tools");
+        for (size_t i = 0; i < req->n_tools; i++) {
             const dx_lm_tool *t = &req->tools[i];
-            cJSON *o = cJSON_CreateObject();
-            dx__jadd_item(&b, tools, NULL, o);
-            cJSON *f = b.oom ? NULL : dx__jadd_obj(&b, o, "function");
-            if (!f)
-                break;
-            dx__jadd_str(&b, o, "type", "function");
-            dx__jadd_str(&b, f, "name", t->name);
+            dx__jw_obj(&w, NULL);
+            dx__jw_obj(&w, "function");
+            dx__jw_str(&w, "name", t->name);
             if (t->description)
-                dx__jadd_str(&b, f, "description", t->description);
-            if (!dx__jadd_raw(&b, f, "parameters", t->parameters))
-                rc =
-                    dx__reject(err, DX_EINVAL, prov,
-                               "request: tools[%zu].parameters is not JSON", i);
+                dx__jw_str(&w, "description", t->description);
+            dx__jw_raw(&w, "parameters", t->parameters);
+            dx__jw_end(&w);
+            dx__jw_str(&w, "type", "function");
+            dx__jw_end(&w);
         }
+        dx__jw_end(&w);
     }
     switch (req->tool_choice) {
     case DX_LM_TOOL_CHOICE_DEFAULT:
         break;
     case DX_LM_TOOL_CHOICE_AUTO:
-        dx__jadd_str(&b, root, "tool_choice", "auto");
+        dx__jw_str(&w, "tool_choice", "auto");
         break;
     case DX_LM_TOOL_CHOICE_NONE:
-        dx__jadd_str(&b, root, "tool_choice", "none");
+        dx__jw_str(&w, "tool_choice", "none");
         break;
     case DX_LM_TOOL_CHOICE_REQUIRED:
-        dx__jadd_str(&b, root, "tool_choice", "required");
+        dx__jw_str(&w, "tool_choice", "required");
         break;
-    case DX_LM_TOOL_CHOICE_NAMED: {
-        cJSON *tc = dx__jadd_obj(&b, root, "tool_choice");
-        cJSON *f = tc ? dx__jadd_obj(&b, tc, "function") : NULL;
-        if (tc)
-            dx__jadd_str(&b, tc, "type", "function");
-        if (f)
-            dx__jadd_str(&b, f, "name", req->tool_choice_name);
+    case DX_LM_TOOL_CHOICE_NAMED:
+        dx__jw_obj(&w, "tool_choice");
+        dx__jw_obj(&w, "function");
+        dx__jw_str(&w, "name", req->tool_choice_name);
+        dx__jw_end(&w);
+        dx__jw_str(&w, "type", "function");
+        dx__jw_end(&w);
         break;
-    }
     }
     if (req->stream) {
-        dx__jadd_bool(&b, root, "stream", true);
-        cJSON *so = dx__jadd_obj(&b, root, "stream_options");
-        if (so)
-            dx__jadd_bool(&b, so, "include_usage", true);
+        dx__jw_bool(&w, "stream", true);
+        dx__jw_obj(&w, "stream_options");
+        dx__jw_bool(&w, "include_usage", true);
+        dx__jw_end(&w);
     }
-    if (rc == DX_OK && b.oom)
+    dx__jw_end(&w);
+    int rc = DX_OK;
+    if (w.rc != 0 ||
+        dx__http_post_written(out, &body, "/chat/completions") != DX_OK)
         rc = dx__oom(err, prov);
-    if (rc == DX_OK && dx__http_post(out, root, "/chat/completions"))
-        rc = dx__oom(err, prov);
-    cJSON_Delete(root);
+    dx__buf_free(&body);
     if (rc == DX_OK && c->api_key) {
         size_t n = strlen(c->api_key) + 8;
         char *v = dx_malloc(n);

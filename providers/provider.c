@@ -384,6 +384,11 @@ static bool is_json_object(const char *s)
     return ok;
 }
 
+bool dx__json_is_object(const char *s)
+{
+    return is_json_object(s);
+}
+
 dx_lm_request *dx_lm_request_new(const char *model)
 {
     dx_lm_request *r = dx_calloc(1, sizeof *r);
@@ -1132,6 +1137,23 @@ int dx__http_post(dx_lm_http *out, const cJSON *body, const char *path_fmt, ...)
     }
     out->body = body ? dx__jprint_n(body, &out->body_len) : NULL;
     if (!out->path || (body && !out->body) ||
+        dx__http_header(out, "Content-Type", "application/json")) {
+        dx_lm_http_free(out);
+        return DX_ENOMEM;
+    }
+    return DX_OK;
+}
+
+int dx__http_post_written(dx_lm_http *out, dx__buf *body, const char *path)
+{
+    memset(out, 0, sizeof *out);
+    out->method = "POST";
+    out->body = body->p;
+    out->body_len = body->len;
+    body->p = NULL;
+    body->len = body->cap = 0;
+    out->path = dx_strdup(path);
+    if (!out->body || !out->path ||
         dx__http_header(out, "Content-Type", "application/json")) {
         dx_lm_http_free(out);
         return DX_ENOMEM;

@@ -17,6 +17,7 @@
 #include "../jcodec_compare.h"
 #include "codec_int.h"
 #include "dspex/alloc.h"
+#include "dspex/error.h"
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 
@@ -167,6 +168,97 @@ Test(jprint, prints_random_trees_exactly_as_cjson_does, .timeout = 60)
         assert_same(tree, round);
         cJSON_Delete(tree);
     }
+}
+
+/* The tree the dx__jadd_* helpers would build for the same values: whole
+ * numbers go in as raw integer text (dx__json_number), the rest as is. */
+static cJSON *as_added(const cJSON *n)
+{
+    if (cJSON_IsNumber(n))
+        return dx__json_number(n->valuedouble);
+    if (!cJSON_IsArray(n) && !cJSON_IsObject(n))
+        return cJSON_Duplicate(n, false);
+    cJSON *c = cJSON_IsArray(n) ? cJSON_CreateArray() : cJSON_CreateObject();
+    for (const cJSON *k = n->child; k != NULL; k = k->next) {
+        if (cJSON_IsArray(n))
+            cJSON_AddItemToArray(c, as_added(k));
+        else
+            cJSON_AddItemToObject(c, k->string, as_added(k));
+    }
+    return c;
+}
+
+/* Write n through the tree-less writer, member by member. */
+static void replay(dx__jw *w, const char *key, const cJSON *n)
+{
+    if (cJSON_IsNull(n))
+        dx__jw_null(w, key);
+    else if (cJSON_IsBool(n))
+        dx__jw_bool(w, key, cJSON_IsTrue(n));
+    else if (cJSON_IsNumber(n))
+        dx__jw_num(w, key, n->valuedouble);
+    else if (cJSON_IsString(n))
+        dx__jw_str(w, key, n->valuestring);
+    else if (cJSON_IsRaw(n))
+        dx__jw_raw(w, key, n->valuestring);
+    else {
+        bool arr = cJSON_IsArray(n);
+        if (arr)
+            dx__jw_arr(w, key);
+        else
+            dx__jw_obj(w, key);
+        for (const cJSON *k = n->child; k != NULL; k = k->next)
+            replay(w, arr ? NULL : k->string, k);
+        dx__jw_end(w);
+    }
+}
+
+Test(jprint, writes_without_a_tree_what_the_tree_prints, .timeout = 60)
+{
+    dx__json_init();
+    for (int round = 0; round < 20000; round++) {
+        cJSON *tree = random_tree(0);
+        cJSON *added = as_added(tree);
+        cr_assert_not_null(added);
+        char *want = cJSON_PrintUnformatted(added);
+        dx__buf b;
+        dx__buf_init(&b, 0);
+        dx__jw w;
+        dx__jw_init(&w, &b);
+        replay(&w, NULL, tree);
+        cr_assert_eq(w.rc, 0, "round %d", round);
+        cr_assert_eq(w.depth, 0);
+        cr_assert_str_eq(b.p, want, "round %d:\n got %s\nwant %s", round, b.p,
+                         want);
+        cJSON_free(want);
+        dx__buf_free(&b);
+        cJSON_Delete(added);
+        cJSON_Delete(tree);
+    }
+}
+
+Test(jprint, the_writer_refuses_too_deep_nesting_and_a_stray_end, .timeout = 10)
+{
+    dx__buf b;
+    dx__buf_init(&b, 0);
+    dx__jw w;
+    dx__jw_init(&w, &b);
+    for (int i = 0; i < DX__JW_DEPTH - 1; i++)
+        dx__jw_arr(&w, NULL);
+    cr_assert_eq(w.rc, 0);
+    dx__jw_arr(&w, NULL);
+    cr_assert_eq(w.rc, DX_ELIMIT);
+    dx__jw_null(&w, NULL); /* nothing more after a failure */
+    cr_assert_eq(b.len, (size_t)(DX__JW_DEPTH - 1));
+    dx__buf_free(&b);
+
+    dx__jw_init(&w, &b);
+    dx__jw_end(&w);
+    cr_assert_eq(w.rc, DX_EINVAL);
+    dx__jw_init(&w, &b);
+    dx__jw_raw(&w, "k", NULL);
+    cr_assert_eq(w.rc, DX_EINVAL);
+    dx__buf_free(&b);
 }
 
 Test(jprint, prints_every_single_byte_string_as_cjson_does, .timeout = 10)
