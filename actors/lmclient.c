@@ -1,11 +1,14 @@
 /*
  * lmclient.c — the LM client actor (lm.h): a dx_server that owns the cache,
- * one circuit breaker per endpoint and the table of requests in flight, and
- * the worker processes that make the upstream calls with retries.
+ * one circuit breaker per endpoint and the table of requests in flight; the
+ * upstream calls with retries are made by the first caller of each request
+ * itself (it leads the flight) or, for streams, fallbacks and replacements,
+ * by worker processes.
  *
- * The server keeps every piece of shared state; a worker gets its own copy
- * of the request and of the endpoint's config (so nothing it reads can be
- * freed under it when the server stops) and reports one outcome message.
+ * The server keeps every piece of shared state; who makes a call gets a
+ * reference to the endpoint's config (shared, freed by its last holder, so
+ * nothing it reads can be freed under it when the server stops) and
+ * reports one outcome message.
  * Callers are replied to later (deferred dx_reply), so the mailbox keeps
  * moving while upstream calls run. With a rate limit, a flight the limiter
  * cannot admit yet is itself the limiter's waiter: it sits in s->flights
@@ -42,12 +45,19 @@ enum {
     TAG_USAGE,               /* call: no payload */
     TAG_WDELTA,              /* worker → server: ptr = wdelta */
     TAG_SDELTA,              /* server → streaming caller: ptr = text */
+    TAG_LEAD,                /* reply: ptr = lead (run the flight yourself) */
+    TAG_LED,   /* leader → server, cast or call: ptr = outcome */
+    TAG_SWEEP, /* timer → server: look for leads nobody took */
 };
 
 #define DEFAULT_HISTORY 100
 /* Workers that died without a report are replaced this many times per
  * request. */
 #define MAX_RESPAWNS 1
+/* A flight led by its caller whose outcome is this late past the caller's
+ * deadline (which the leader never runs past) had its lead lost: the
+ * caller gave up before the TAG_LEAD reply reached it. */
+#define LEAD_GRACE_MS 2000
 
 /* ---- request copies ------------------------------------------------------ */
 
@@ -136,6 +146,8 @@ static void answer_free(void *p)
 /* What a worker sends back: its flight, how it ended, the answer. */
 typedef struct outcome {
     uint64_t flight;
+    uint64_t token; /* which worker or leader of the flight reports */
+    bool gave_up;   /* a leader stopped at its caller's deadline */
     int rc;
     int attempts;
     dx_lm_error err;
@@ -161,10 +173,33 @@ static void outcome_free(void *p)
 
 /* ---- endpoints ------------------------------------------------------------ */
 
+/* An endpoint's config, built once and shared by all who call it (its
+ * workers and the callers that lead their own flights): a call only reads
+ * it, and the last holder frees it, so it can outlive the server. */
+typedef struct shared_cfg {
+    atomic_int refs;
+    dx_lm_config *cfg;
+} shared_cfg;
+
+static shared_cfg *cfg_ref(shared_cfg *c)
+{
+    atomic_fetch_add(&c->refs, 1);
+    return c;
+}
+
+static void cfg_unref(shared_cfg *c)
+{
+    if (c && atomic_fetch_sub(&c->refs, 1) == 1) {
+        dx_lm_config_free(c->cfg);
+        dx_free(c);
+    }
+}
+
 typedef struct endpoint {
     char *model;
     char *base_url;
     char *api_key;
+    shared_cfg *cfg;
     dx_breaker *breaker;
     /* The user's breaker callback, called after the telemetry event. */
     dx_breaker_event_fn user_fn;
@@ -190,6 +225,7 @@ static void breaker_changed(dx_breaker *b, const dx_breaker_event *ev, void *ud)
 
 static void endpoint_clear(endpoint *e)
 {
+    cfg_unref(e->cfg);
     dx_free(e->model);
     dx_free(e->base_url);
     dx_free(e->api_key);
@@ -213,11 +249,17 @@ static int endpoint_init(endpoint *e, const dx_lm_endpoint *src,
 {
     if (!src->model)
         return DX_EINVAL;
-    dx_lm_config *probe = NULL;
-    int rc = dx_lm_config_new(src->model, src->base_url, src->api_key, &probe);
+    dx_lm_config *cfg = NULL;
+    int rc = dx_lm_config_new(src->model, src->base_url, src->api_key, &cfg);
     if (rc != DX_OK)
         return rc;
-    dx_lm_config_free(probe);
+    e->cfg = dx_calloc(1, sizeof *e->cfg);
+    if (!e->cfg) {
+        dx_lm_config_free(cfg);
+        return DX_ENOMEM;
+    }
+    atomic_init(&e->cfg->refs, 1);
+    e->cfg->cfg = cfg;
     bool oom = false;
     e->model = dup_or_null(src->model, &oom);
     e->base_url = dup_or_null(src->base_url, &oom);
@@ -256,9 +298,13 @@ typedef struct flight {
     dx_ref mon;
     int attempts;
     bool fell_back;
-    bool running;  /* a worker is out (else: queued for the limiter) */
-    int respawns;  /* workers replaced after dying without a report */
-    bool admitted; /* holds a limiter slot */
+    bool running; /* a worker is out (else: queued for the limiter) */
+    int respawns; /* workers replaced after dying without a report */
+    /* Run by its first caller (TAG_LEAD) rather than a worker: worker and
+     * mon are then that caller and the monitor of it. */
+    bool led;
+    uint64_t token; /* of the current worker or leader; reports must match */
+    bool admitted;  /* holds a limiter slot */
     int64_t est_tokens;
     int64_t deadline_ms;
     int64_t t0_us; /* when it began, for latency and telemetry */
@@ -284,6 +330,11 @@ typedef struct state {
     bool timer_armed;
     int64_t timer_due;
     dx_ref timer;
+    /* The sweep for leads nobody took (LEAD_GRACE_MS): armed while a led
+     * flight with a deadline is out. */
+    bool sweep_armed;
+    int64_t sweep_due;
+    dx_ref sweep_timer;
     struct janitor_box *box; /* NULL if no janitor could start */
     dx_lmhistory *hist;
     dx_usage_prices *prices;
@@ -326,7 +377,8 @@ static void state_free(state *s, bool owner)
         if (f->running) {
             if (owner)
                 dx_demonitor(f->mon, true);
-            dx_kill(f->worker);
+            if (!f->led) /* a leader is a caller: it sees the DOWN */
+                dx_kill(f->worker);
         }
         flight_free(f);
     }
@@ -336,6 +388,8 @@ static void state_free(state *s, bool owner)
     dx_ratelimit_free(s->rl);
     if (s->timer_armed)
         dx_cancel_timer(s->timer);
+    if (s->sweep_armed)
+        dx_cancel_timer(s->sweep_timer);
     for (size_t i = 0; i < s->n_eps; i++)
         endpoint_clear(&s->eps[i]);
     dx_lmcache_close(s->cache);
@@ -347,17 +401,17 @@ static void state_free(state *s, bool owner)
 /* ---- the worker ------------------------------------------------------------ */
 
 typedef struct job {
-    char *model, *base_url, *api_key;
+    shared_cfg *cfg; /* a reference */
     dx_lm_request *req;
     dx_retry_policy policy;
     int64_t attempt_timeout_ms;
     uint64_t seed;
     uint64_t flight;
+    uint64_t token;
     dx_pid server;
     bool stream; /* stream the upstream call, forwarding text deltas */
     /* Held here, not on the worker's stack, so a worker killed mid-call
-     * (its client stopped) still frees them through arg_free. */
-    dx_lm_config *cfg;
+     * (its client stopped) still frees it through arg_free. */
     outcome *out;
 } job;
 
@@ -366,13 +420,62 @@ static void job_free(void *p)
     job *j = p;
     if (!j)
         return;
-    dx_free(j->model);
-    dx_free(j->base_url);
-    dx_free(j->api_key);
+    cfg_unref(j->cfg);
     dx_lm_request_free(j->req);
-    dx_lm_config_free(j->cfg);
     outcome_free(j->out);
     dx_free(j);
+}
+
+/* Call cfg with req until it answers or policy gives up, into o (rc,
+ * attempts, err, response, usage_tokens). A streaming attempt that already
+ * forwarded text (o->emitted) is not retried: its callers have that text,
+ * and a second attempt would repeat it. deadline_ms (0: none) bounds the
+ * attempts and the waits between them: past it o->rc is DX_ETIMEDOUT and
+ * o->gave_up set. co carries the stream callback and abort_on_down. */
+static void call_upstream(const dx_lm_config *cfg, const dx_lm_request *req,
+                          const dx_retry_policy *policy,
+                          int64_t attempt_timeout_ms, uint64_t seed,
+                          int64_t deadline_ms, dx_lm_call_opts co, outcome *o)
+{
+    dx_retry_state rs;
+    dx_retry_state_init(&rs, 0, seed);
+    int64_t per_attempt = attempt_timeout_ms > 0 ? attempt_timeout_ms : 600000;
+    for (;;) {
+        int64_t left = deadline_ms > 0 ? deadline_ms - dx_now_ms() : 0;
+        if (deadline_ms > 0 && left <= 0) {
+            o->rc = DX_ETIMEDOUT;
+            o->gave_up = true;
+            break;
+        }
+        co.timeout_ms = attempt_timeout_ms;
+        if (deadline_ms > 0 && left < per_attempt)
+            co.timeout_ms = left;
+        o->attempts++;
+        dx_lm_error_clear(&o->err);
+        o->rc = dx_lm_call(cfg, req, &co, &o->response, &o->err);
+        if (o->rc == DX_EPROVIDER && deadline_ms > 0 &&
+            dx_now_ms() >= deadline_ms) {
+            o->rc = DX_ETIMEDOUT;
+            o->gave_up = true;
+            break;
+        }
+        if (o->rc != DX_EPROVIDER || o->emitted)
+            break;
+        int64_t d =
+            dx_retry_next_delay_ms(policy, &rs, &o->err, dx_now_ms(), NULL);
+        if (d < 0)
+            break;
+        if (deadline_ms > 0 && dx_now_ms() + d >= deadline_ms) {
+            o->rc = DX_ETIMEDOUT;
+            o->gave_up = true;
+            break;
+        }
+        if (d > 0)
+            dx_sleep(d);
+    }
+    o->usage_tokens = o->rc == DX_OK && o->response && o->response->has_usage
+                          ? o->response->usage.total_tokens
+                          : -1;
 }
 
 /* dx_lm_call's delta callback in a streaming worker: forward choice 0's
@@ -396,9 +499,7 @@ static void worker_delta(dx_lm_stream *st, const dx_lm_delta *d, void *ud)
     dx_send_ptr(j->server, TAG_WDELTA, w, dx_free);
 }
 
-/* Call one endpoint until it answers or the policy gives up, then report.
- * A streaming attempt that already forwarded text is not retried: its
- * callers have that text, and a second attempt would repeat it. */
+/* Call one endpoint until it answers or the policy gives up, then report. */
 static void worker_main(void *arg)
 {
     job *j = arg;
@@ -406,34 +507,16 @@ static void worker_main(void *arg)
     if (!o)
         dx_exit_self(dx_atom("enomem"));
     o->flight = j->flight;
+    o->token = j->token;
     dx_lm_error_clear(&o->err);
-    o->rc = dx_lm_config_new(j->model, j->base_url, j->api_key, &j->cfg);
-    if (o->rc == DX_OK) {
-        dx_lm_call_opts co = {.timeout_ms = j->attempt_timeout_ms};
-        if (j->stream) {
-            j->req->stream = true;
-            co.on_delta = worker_delta;
-            co.ud = j;
-        }
-        dx_retry_state rs;
-        dx_retry_state_init(&rs, 0, j->seed);
-        for (;;) {
-            o->attempts++;
-            dx_lm_error_clear(&o->err);
-            o->rc = dx_lm_call(j->cfg, j->req, &co, &o->response, &o->err);
-            if (o->rc != DX_EPROVIDER || o->emitted)
-                break;
-            int64_t d = dx_retry_next_delay_ms(&j->policy, &rs, &o->err,
-                                               dx_now_ms(), NULL);
-            if (d < 0)
-                break;
-            if (d > 0)
-                dx_sleep(d);
-        }
+    dx_lm_call_opts co = {0};
+    if (j->stream) {
+        j->req->stream = true;
+        co.on_delta = worker_delta;
+        co.ud = j;
     }
-    o->usage_tokens = o->rc == DX_OK && o->response && o->response->has_usage
-                          ? o->response->usage.total_tokens
-                          : -1;
+    call_upstream(j->cfg->cfg, j->req, &j->policy, j->attempt_timeout_ms,
+                  j->seed, 0, co, o);
     j->out = NULL;
     dx_send_ptr(j->server, TAG_DONE, o, outcome_free);
 }
@@ -444,12 +527,9 @@ static int spawn_worker(state *s, flight *f, size_t ep)
     job *j = dx_calloc(1, sizeof *j);
     if (!j)
         return DX_ENOMEM;
-    bool oom = false;
-    j->model = dup_or_null(s->eps[ep].model, &oom);
-    j->base_url = dup_or_null(s->eps[ep].base_url, &oom);
-    j->api_key = dup_or_null(s->eps[ep].api_key, &oom);
+    j->cfg = cfg_ref(s->eps[ep].cfg);
     j->req = req_copy(f->req);
-    if (oom || !j->req) {
+    if (!j->req) {
         job_free(j);
         return DX_ENOMEM;
     }
@@ -457,6 +537,7 @@ static int spawn_worker(state *s, flight *f, size_t ep)
     j->attempt_timeout_ms = s->attempt_timeout_ms;
     j->seed = s->seed + f->id * 0x9e3779b97f4a7c15ull + ep;
     j->flight = f->id;
+    j->token = ++f->token;
     j->server = dx_self();
     j->stream = f->streaming;
     dx_spawn_opts so = {.monitor = true,
@@ -470,6 +551,7 @@ static int spawn_worker(state *s, flight *f, size_t ep)
     }
     f->ep = ep;
     f->running = true;
+    f->led = false;
     s->stats.workers++;
     if (f->streaming)
         s->stats.streamed++;
@@ -851,7 +933,150 @@ static flight *find_flight(state *s, const dx_lmcache_key *k)
     return NULL;
 }
 
-/* Pick f's first endpoint and start its worker. DX_EOPEN when every
+/* ---- flights led by their callers --------------------------------------------
+ *
+ * A flight whose first caller waits in a plain call (not streaming) is run
+ * by that caller: the reply to its TAG_COMPLETE is a TAG_LEAD saying which
+ * endpoint to call and how to retry, and the caller makes the upstream call
+ * in its own process, then sends the outcome back (TAG_LED) for the cache,
+ * the history, the usage, the breaker and anyone who joined meanwhile.
+ * That spares each call a worker process and two of its four trips
+ * between processes (eval-bench: docs/benchmarks.md). Everything a worker
+ * would have done stays possible: the caller is monitored, and a leader
+ * that dies, stops at its deadline, or never got its lead (its call timed
+ * out just before the reply came, which the runtime then drops) is
+ * replaced by a worker for the callers who joined, as a dead worker is. A
+ * failure another endpoint may take on is sent as a call, so the leader
+ * waits for the fallback's answer like any joiner. */
+
+/* What a caller needs to run its flight. */
+typedef struct lead {
+    uint64_t flight, token;
+    shared_cfg *cfg; /* a reference */
+    char *model;     /* the endpoint's, for the result */
+    dx_retry_policy policy;
+    int64_t attempt_timeout_ms;
+    uint64_t seed;
+    bool may_fall_back; /* a later endpoint could take a failure on */
+} lead;
+
+static void lead_free(void *p)
+{
+    lead *l = p;
+    if (l) {
+        cfg_unref(l->cfg);
+        dx_free(l->model);
+    }
+    dx_free(l);
+}
+
+/* Make sure a sweep comes by due (ms, monotonic) at the latest. */
+static void arm_sweep(state *s, int64_t due)
+{
+    if (s->sweep_armed && s->sweep_due <= due)
+        return;
+    if (s->sweep_armed)
+        dx_cancel_timer(s->sweep_timer);
+    s->sweep_armed = false;
+    int64_t now = dx_now_ms();
+    dx_msg *m = dx_msg_new(TAG_SWEEP);
+    /* Without a timer a lost lead waits for the next sweep armed. */
+    if (m && dx_send_after(due > now ? due - now : 1, dx_self(), m,
+                           &s->sweep_timer) == DX_OK) {
+        s->sweep_armed = true;
+        s->sweep_due = due;
+    }
+}
+
+/* Hand f to its first caller on endpoint ep. false: not possible (no
+ * memory, or the caller is gone), so a worker should run it. */
+static bool lead_flight(state *s, flight *f, size_t ep)
+{
+    dx_from leader = f->waiters[0];
+    lead *l = dx_calloc(1, sizeof *l);
+    char *model = l ? dx_strdup(s->eps[ep].model) : NULL;
+    dx_msg *m = model ? dx_msg_new(TAG_LEAD) : NULL;
+    dx_ref mon;
+    if (!m || dx_monitor(leader.pid, &mon) != DX_OK) {
+        dx_msg_free(m);
+        dx_free(model);
+        dx_free(l);
+        return false;
+    }
+    l->flight = f->id;
+    l->token = ++f->token;
+    l->cfg = cfg_ref(s->eps[ep].cfg);
+    l->model = model;
+    l->policy = s->policy;
+    l->attempt_timeout_ms = s->attempt_timeout_ms;
+    l->seed = s->seed + f->id * 0x9e3779b97f4a7c15ull + ep;
+    l->may_fall_back = ep + 1 < s->n_eps;
+    m->ptr = l;
+    m->ptr_free = lead_free;
+    /* The leader is no longer one of those waiting for the answer. */
+    f->n_waiters--;
+    memmove(f->waiters, f->waiters + 1, f->n_waiters * sizeof *f->waiters);
+    memmove(f->wstream, f->wstream + 1, f->n_waiters * sizeof *f->wstream);
+    f->worker = leader.pid;
+    f->mon = mon;
+    f->ep = ep;
+    f->running = true;
+    f->led = true;
+    s->stats.workers++;
+    if (f->deadline_ms > 0)
+        arm_sweep(s, f->deadline_ms + LEAD_GRACE_MS);
+    dx_reply(leader, m);
+    return true;
+}
+
+/* f's leader will not report: it died (DX_EDOWN), stopped at its deadline
+ * (DX_ETIMEDOUT), or its lead was lost. The callers who joined get a worker
+ * (after a death only while respawns are left, as for a worker); with none
+ * the flight ends. */
+static void leader_gone(state *s, flight *f, int rc)
+{
+    dx_demonitor(f->mon, true);
+    dx_breaker_record_ignored(s->eps[f->ep].breaker);
+    f->running = false;
+    f->led = false;
+    f->token++; /* a late report from it no longer counts */
+    bool died = rc == DX_EDOWN;
+    if (f->n_waiters > 0 && (!died || f->respawns < MAX_RESPAWNS) &&
+        spawn_worker(s, f, f->ep) == DX_OK) {
+        if (died) {
+            f->respawns++;
+            s->stats.worker_respawns++;
+        }
+        return;
+    }
+    f->running = true; /* as fail_flight expects it */
+    fail_flight(s, f, rc, NULL);
+}
+
+/* Reclaim the led flights whose leader is this far past its deadline
+ * without a word, and arm the next sweep for the rest. */
+static void sweep(state *s)
+{
+    s->sweep_armed = false;
+    int64_t now = dx_now_ms(), next = 0;
+    flight *f = s->flights;
+    while (f) {
+        flight *after = f->next;
+        if (f->led && f->deadline_ms > 0) {
+            int64_t due = f->deadline_ms + LEAD_GRACE_MS;
+            if (now >= due)
+                leader_gone(s, f, DX_ETIMEDOUT);
+            else if (next == 0 || due < next)
+                next = due;
+        }
+        f = after;
+    }
+    if (next > 0)
+        arm_sweep(s, next);
+}
+
+/* Pick f's first endpoint and start it: led by its first caller when that
+ * caller waits in a plain call, else by a worker. DX_EOPEN when every
  * breaker refuses; else the spawn's code. */
 static int begin_flight(state *s, flight *f)
 {
@@ -859,6 +1084,12 @@ static int begin_flight(state *s, flight *f)
     if (!pick_endpoint(s, 0, &ep))
         return DX_EOPEN;
     f->fell_back = ep > 0;
+    if (!f->streaming && f->n_waiters > 0 && !f->wstream[0] &&
+        lead_flight(s, f, ep)) {
+        if (ep > 0)
+            s->stats.fallbacks++;
+        return DX_OK;
+    }
     int rc = spawn_worker(s, f, ep);
     if (rc != DX_OK) {
         dx_breaker_record_ignored(s->eps[ep].breaker);
@@ -1046,6 +1277,9 @@ static size_t count_queued(const state *s)
     return n;
 }
 
+static flight *flight_by_id(state *s, uint64_t id);
+static void on_done(state *s, outcome *o);
+
 static dx_srv_ret srv_call(void *st, dx_msg *request, dx_from from,
                            dx_msg **reply, dx_term **stop_reason)
 {
@@ -1055,6 +1289,21 @@ static dx_srv_ret srv_call(void *st, dx_msg *request, dx_from from,
         dx_srv_ret r = handle_complete(s, request, from, reply);
         pump(s);
         return r;
+    }
+    if (request->tag == TAG_LED) {
+        /* A leader's failure another endpoint may take on: it waits for
+         * the answer as one of the flight's callers. */
+        outcome *o = dx_msg_take_ptr(request);
+        flight *f = o ? flight_by_id(s, o->flight) : NULL;
+        if (!f || o->token != f->token || add_waiter(f, from, false) != DX_OK) {
+            *reply = o ? error_msg(o->rc, &o->err) : error_msg(DX_ENOMEM, NULL);
+            outcome_free(o);
+            return DX_SRV_REPLY;
+        }
+        on_done(s, o);
+        outcome_free(o);
+        pump(s);
+        return DX_SRV_NOREPLY;
     }
     if (request->tag == TAG_STATS) {
         answer *a = dx_calloc(1, sizeof *a);
@@ -1101,12 +1350,13 @@ static flight *flight_by_id(state *s, uint64_t id)
     return DX__HTAB_ENTRY(dx__htab_find(&s->flights_by_id, id), flight, by_id);
 }
 
-/* A worker reported: record it, then answer everyone or fall back. */
+/* A worker or leader reported: record it, then answer everyone or fall
+ * back. */
 static void on_done(state *s, outcome *o)
 {
     flight *f = flight_by_id(s, o->flight);
-    if (!f)
-        return;
+    if (!f || o->token != f->token)
+        return; /* from one replaced since */
     dx_demonitor(f->mon, true);
     f->attempts += o->attempts;
     f->running = false;
@@ -1174,6 +1424,22 @@ static dx_srv_ret srv_info(void *st, dx_msg *msg, dx_term **stop_reason)
         pump(s);
         return DX_SRV_NOREPLY;
     }
+    if (msg->tag == TAG_LED) {
+        outcome *o = msg->ptr;
+        flight *f = o ? flight_by_id(s, o->flight) : NULL;
+        if (f && o->token == f->token && o->rc != DX_OK)
+            s->stats.failures++; /* the leader's own answer */
+        if (f && o->token == f->token && o->gave_up)
+            leader_gone(s, f, DX_ETIMEDOUT);
+        else if (f)
+            on_done(s, o);
+        pump(s);
+        return DX_SRV_NOREPLY;
+    }
+    if (msg->tag == TAG_SWEEP) {
+        sweep(s);
+        return DX_SRV_NOREPLY;
+    }
     if (msg->tag == TAG_WDELTA) {
         wdelta *w = msg->ptr;
         flight *f = w ? flight_by_id(s, w->flight) : NULL;
@@ -1198,7 +1464,10 @@ static dx_srv_ret srv_info(void *st, dx_msg *msg, dx_term **stop_reason)
          * effects: a new worker takes it over once — unless text already
          * went out to streaming callers, or the deadline has passed. */
         for (flight *f = s->flights; f; f = f->next)
-            if (f->running && dx_ref_eq(f->mon, msg->ref)) {
+            if (f->running && f->led && dx_ref_eq(f->mon, msg->ref)) {
+                leader_gone(s, f, DX_EDOWN);
+                break;
+            } else if (f->running && dx_ref_eq(f->mon, msg->ref)) {
                 dx_breaker_record_ignored(s->eps[f->ep].breaker);
                 f->running = false;
                 bool again =
@@ -1403,17 +1672,103 @@ static int take_answer(dx_msg *reply, dx_lm_result **out, dx_lm_error *err)
     return rc;
 }
 
+/* Run the flight the client handed this caller (see "flights led by
+ * their callers"): the upstream call here, watching the client (if it dies
+ * the call is cancelled and the answer is DX_EDOWN, as a call to it would
+ * have been), then the outcome to the client. o is the caller's, given. */
+static int lead_call(dx_pid client, const lead *l, const dx_lm_request *req,
+                     int64_t deadline_ms, outcome *o, dx_ptie *o_tie,
+                     dx_lm_result **out, dx_lm_error *err)
+{
+    dx_ref mon;
+    bool watching = dx_monitor(client, &mon) == DX_OK;
+    dx_lm_call_opts co = {.abort_on_down = watching ? mon : DX_NOREF};
+    o->flight = l->flight;
+    o->token = l->token;
+    dx_lm_error_clear(&o->err);
+    /* Killed during the call, this process still frees the outcome (o_tie,
+     * the answer in it included); the client learns of the death by its
+     * monitor. */
+    call_upstream(l->cfg->cfg, req, &l->policy, l->attempt_timeout_ms, l->seed,
+                  deadline_ms, co, o);
+    dx_ptie_cut(o_tie);
+    if (watching)
+        dx_demonitor(mon, true);
+    if (o->rc == DX_EDOWN) {
+        outcome_free(o);
+        return DX_EDOWN;
+    }
+    if (o->rc == DX_OK) {
+        /* The client keeps a copy (cache, history, joiners); this caller
+         * the answer itself. */
+        dx_lm_response *mine = o->response;
+        dx_lm_result *r = dx_calloc(1, sizeof *r);
+        char *model = r ? dx_strdup(l->model) : NULL;
+        o->response = model ? resp_copy(mine) : NULL;
+        if (!o->response) {
+            o->response = mine; /* the client still gets its answer */
+            dx_free(r);
+            dx_free(model);
+            dx_send_ptr(client, TAG_LED, o, outcome_free);
+            return DX_ENOMEM;
+        }
+        r->response = mine;
+        r->model_used = model;
+        r->attempts = o->attempts;
+        dx_send_ptr(client, TAG_LED, o, outcome_free);
+        *out = r;
+        return DX_OK;
+    }
+    int rc = o->rc;
+    int64_t left = deadline_ms > 0 ? deadline_ms - dx_now_ms() : DX_INFINITY;
+    if (l->may_fall_back && !o->gave_up && left != 0 &&
+        (deadline_ms == 0 || left > 0)) {
+        dx_msg *m = dx_msg_new(TAG_LED);
+        if (m) {
+            m->ptr = o;
+            m->ptr_free = outcome_free;
+            dx_msg *reply = NULL;
+            rc = dx_call(client, m, left, &reply);
+            return rc == DX_OK ? take_answer(reply, out, err) : rc;
+        }
+    }
+    if (err)
+        *err = o->err;
+    dx_send_ptr(client, TAG_LED, o, outcome_free);
+    return rc;
+}
+
 int dx_lm_client_complete_opt(dx_pid client, const dx_lm_request *req,
                               const dx_lm_client_call_opts *copts,
                               int64_t timeout_ms, dx_lm_result **out,
                               dx_lm_error *err)
 {
+    int64_t deadline_ms = timeout_ms >= 0 ? dx_now_ms() + timeout_ms : 0;
     dx_msg *m = NULL;
     int rc = complete_msg(req, copts, timeout_ms, out, err, &m);
     if (rc != DX_OK)
         return rc;
+    /* Ready before asking: a caller handed the lead must be able to report
+     * back whatever happens. */
+    outcome *o = dx_calloc(1, sizeof *o);
+    if (!o) {
+        dx_msg_free(m);
+        return DX_ENOMEM;
+    }
+    dx_ptie *o_tie = dx_ptie_new(o, outcome_free); /* a kill frees it */
     dx_msg *reply = NULL;
     rc = dx_call(client, m, timeout_ms, &reply);
+    if (rc == DX_OK && reply->tag == TAG_LEAD) {
+        lead *l = dx_msg_take_ptr(reply);
+        dx_msg_free(reply);
+        dx_ptie *l_tie = dx_ptie_new(l, lead_free);
+        rc = lead_call(client, l, req, deadline_ms, o, o_tie, out, err);
+        dx_ptie_cut(l_tie);
+        lead_free(l);
+        return rc;
+    }
+    dx_ptie_cut(o_tie);
+    outcome_free(o);
     if (rc != DX_OK)
         return rc;
     return take_answer(reply, out, err);

@@ -175,6 +175,20 @@ static int sim_call(const dx_lm_config *c, const dx_lm_request *req,
     return DX_OK;
 }
 
+/* What a call waits for: its transfer's messages, and with abort_on_down
+ * the DOWN of that monitor. */
+typedef struct call_watch {
+    dx_ref transfer;
+    dx_ref down;
+} call_watch;
+
+static bool transfer_or_down(const dx_msg *m, void *ud)
+{
+    const call_watch *w = ud;
+    return (m->tag == CALL_TAG && dx_ref_eq(m->ref, w->transfer)) ||
+           (m->tag == DX_TAG_DOWN && dx_ref_eq(m->ref, w->down));
+}
+
 int dx_lm_call(const dx_lm_config *c, const dx_lm_request *req,
                const dx_lm_call_opts *opts, dx_lm_response **out,
                dx_lm_error *err)
@@ -230,7 +244,11 @@ int dx_lm_call(const dx_lm_config *c, const dx_lm_request *req,
 
     dx_match mt = {
         .fields = DX_MATCH_REF | DX_MATCH_TAG, .tag = CALL_TAG, .ref = ref};
+    call_watch cw = {ref, opts->abort_on_down};
+    if (opts->abort_on_down.id != 0)
+        mt = (dx_match){.pred = transfer_or_down, .ud = &cw};
     bool cancelled = false;
+    bool aborted = false;
     for (;;) {
         dx_msg *m;
         int64_t wait = timeout < 0 ? DX_INFINITY : timeout + GRACE_MS;
@@ -241,6 +259,17 @@ int dx_lm_call(const dx_lm_config *c, const dx_lm_request *req,
             cancelled = true;
             continue;
         }
+        if (m->tag == DX_TAG_DOWN) {
+            /* The process the call was for is gone: stop; the transfer's
+             * completion (DX_ECANCELED) still comes and ends the loop. */
+            dx_msg_free(m);
+            dx_http_cancel(ref);
+            cancelled = aborted = true;
+            mt = (dx_match){.fields = DX_MATCH_REF | DX_MATCH_TAG,
+                            .tag = CALL_TAG,
+                            .ref = ref};
+            continue;
+        }
         const dx_http_chunk *ch = dx_http_msg_chunk(m);
         if (ch != NULL) {
             feed_chunk(&k, ch);
@@ -248,6 +277,11 @@ int dx_lm_call(const dx_lm_config *c, const dx_lm_request *req,
             continue;
         }
         const dx_http_response *r = dx_http_msg_response(m);
+        if (aborted) {
+            dx_msg_free(m);
+            rc = DX_EDOWN;
+            break;
+        }
         rc = r != NULL ? finish(&k, r, out) : DX_EINVAL;
         if (rc == DX_EPROVIDER && cancelled)
             err->kind = DX_LM_ERR_TIMEOUT;

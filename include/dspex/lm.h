@@ -6,13 +6,19 @@
  * The server never blocks its mailbox on an LM call. For each request it
  * looks in the cache (a hit is answered at once); otherwise it picks the
  * first endpoint (the primary model, then the fallbacks in order) whose
- * breaker lets a call through and spawns a monitored worker process that
- * runs dx_lm_call with the retry policy (dx_retry_next_delay_ms, sleeping
- * between attempts). When the worker's retries on an endpoint are used up
+ * breaker lets a call through, and the upstream call — dx_lm_call with the
+ * retry policy (dx_retry_next_delay_ms, sleeping between attempts) — is
+ * made by the first caller itself, inside dx_lm_client_complete*, which
+ * the server tells which endpoint to use and monitors (it "leads the
+ * flight"; a stream's is made by a monitored worker process). The leader
+ * reports the outcome back; if it dies, stops at its own deadline or never
+ * got its lead, the callers who joined get a worker instead. A leader that
+ * sees the client die cancels its call and returns DX_EDOWN. When the
+ * retries on an endpoint are used up
  * (or the error is not retried) it reports the failure; the server records
  * it in that endpoint's breaker and, if the failure is one another endpoint
  * might not share, starts a worker on the next endpoint whose breaker
- * allows. Fallback policy: only a retryable-kind error (dx_retry_is_retryable
+ * allows (the leader then waits for it like any caller). Fallback policy: only a retryable-kind error (dx_retry_is_retryable
  * with the client's policy: rate limits, overload, server errors, timeouts,
  * connection failures...) or an endpoint whose breaker is now open moves the
  * call on. auth, bad_request and not_found are the caller's fault — every
@@ -20,13 +26,13 @@
  * answered at once with that error. A success is recorded, stored in the cache (under
  * the primary model's key, whichever endpoint answered) and replied to
  * every caller. Stopping the client kills its workers, cancelling their
- * transfers; callers still waiting get DX_EDOWN. Killing it (dx_kill, a
+ * transfers (leaders cancel theirs); callers still waiting get DX_EDOWN. Killing it (dx_kill, a
  * crash) does the same: each client has a small janitor process that, when
  * the server dies without terminating, frees its state and ends its
  * workers.
  *
  * Identical requests (same cache key) that arrive while one is in flight
- * wait on the same worker: one upstream call, every caller gets a copy of
+ * wait on the same upstream call: one call, every caller gets a copy of
  * the answer. Per call (dx_lm_client_complete_opt) a caller may give a
  * cache namespace (a rollout id: the same request under another namespace
  * is a different key, so a fresh sample) and a cache mode: USE reads and
@@ -224,18 +230,21 @@ DX_API int dx_lm_client_inspect_history(dx_pid client, size_t n,
 
 /* Counters of a client, for tests and introspection. */
 typedef struct dx_lm_client_stats {
-    uint64_t requests;      /* completes received */
-    uint64_t cache_hits;    /* answered from the cache */
-    uint64_t coalesced;     /* joined an identical request in flight */
-    uint64_t workers;       /* workers spawned (one per endpoint tried) */
+    uint64_t requests;   /* completes received */
+    uint64_t cache_hits; /* answered from the cache */
+    uint64_t coalesced;  /* joined an identical request in flight */
+    /* upstream calls started, one per endpoint tried: by the caller that
+     * leads its own flight, or by a worker process */
+    uint64_t workers;
     uint64_t fallbacks;     /* times a later endpoint was tried */
     uint64_t failures;      /* completes answered with an error */
     uint64_t rate_waits;    /* requests that had to queue for the limiter */
     uint64_t rate_expired;  /* queued requests that reached their deadline */
     uint64_t rate_rejected; /* refused by the limiter (DX_ELIMIT) */
     uint64_t streamed;      /* upstream calls made streaming */
-    /* workers that died without reporting and were replaced (once per
-     * request, never after streamed text went out) */
+    /* workers or leading callers that died without reporting and were
+     * replaced by a worker (once per request, never after streamed text
+     * went out; a leader only when others joined its flight) */
     uint64_t worker_respawns;
     size_t in_flight; /* distinct requests being worked on or queued */
     size_t queued;    /* of those, waiting for the limiter */

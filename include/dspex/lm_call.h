@@ -16,6 +16,7 @@
 
 #include "export.h"
 #include "provider.h"
+#include "term.h"
 
 typedef struct dx_lm_call_opts {
     /* The whole call, connection included; 0 = 600,000 ms (the official
@@ -29,13 +30,19 @@ typedef struct dx_lm_call_opts {
      * arrives, in the calling process. May be NULL. */
     dx_lm_delta_fn on_delta;
     void *ud;
+    /* A monitor of the calling process (dx_monitor) whose DOWN ends the
+     * call: the transfer is cancelled, the DOWN message taken and the call
+     * returns DX_EDOWN. For a call made on behalf of a process that may
+     * die meanwhile. DX_NOREF (the default): none. */
+    dx_ref abort_on_down;
 } dx_lm_call_opts;
 
 /* Make one call. opts may be NULL. On DX_OK *out is the response (caller
  * frees with dx_lm_response_free) with latency_ms and request_id filled.
  * DX_EPROVIDER: err says what went wrong (HTTP error, transport failure,
  * malformed reply). DX_EINVAL/DX_ENOTSUP: the request cannot be encoded for
- * this provider (err says why). DX_ENOTPROC from a host thread. DX_ENOMEM.
+ * this provider (err says why). DX_EDOWN: opts->abort_on_down fired.
+ * DX_ENOTPROC from a host thread. DX_ENOMEM.
  * If the calling process dies during the call, the transfer is cancelled.
  * Process only. */
 DX_API int dx_lm_call(const dx_lm_config *c, const dx_lm_request *req,

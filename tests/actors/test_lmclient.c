@@ -87,6 +87,11 @@ typedef struct seen {
     int64_t input_tokens, output_tokens;
 } seen;
 
+static void request_free(void *req)
+{
+    dx_lm_request_free(req);
+}
+
 static void complete_opt_into(dx_pid client, const char *question,
                               const dx_lm_client_call_opts *copts,
                               int64_t timeout_ms, seen *out)
@@ -98,10 +103,13 @@ static void complete_opt_into(dx_pid client, const char *question,
         return;
     }
     dx_lm_result *res = NULL;
+    /* Some tests kill the calling process mid-call. */
+    dx_ptie *tie = dx_ptie_new(req, request_free);
     out->rc =
         copts ? dx_lm_client_complete_opt(client, req, copts, timeout_ms, &res,
                                           &out->err)
               : dx_lm_client_complete(client, req, timeout_ms, &res, &out->err);
+    dx_ptie_cut(tie);
     dx_lm_request_free(req);
     if (out->rc == DX_OK) {
         if (res->response->has_usage) {
@@ -430,8 +438,13 @@ Test(lmclient, hundreds_of_distinct_flights_each_answer_their_own_callers)
     cr_assert_eq(sc.stats.in_flight, 0);
 }
 
+static uint64_t closed_early_before;
+
 static void impatient(scenario *s, dx_pid client)
 {
+    dx_lmserver_stats st;
+    dx_lmserver_stats_get(srv, &st);
+    closed_early_before = st.connections_closed_early;
     complete_into(client, "Take your time", 100, &s->calls[0]);
 }
 
@@ -443,9 +456,20 @@ Test(lmclient, a_caller_that_times_out_gets_etimedout)
     run(&sc);
     cr_assert_eq(sc.calls[0].rc, DX_ETIMEDOUT, "%s",
                  dx_err_name(sc.calls[0].rc));
-    /* The client stayed responsive: the stats call after it was answered
-     * while the upstream call was still running. */
-    cr_assert_eq(sc.stats.in_flight, 1);
+    /* The caller ran its own flight and stopped it at its deadline: nothing
+     * runs on for nobody, and the server saw the connection close before
+     * it answered. The client stayed responsive (the stats call after). */
+    cr_assert_eq(sc.stats.in_flight, 0);
+    cr_assert_eq(sc.stats.failures, 1);
+    bool closed = false;
+    for (int i = 0; i < 200 && !closed; i++) {
+        dx_lmserver_stats st;
+        dx_lmserver_stats_get(srv, &st);
+        closed = st.connections_closed_early > closed_early_before;
+        if (!closed)
+            usleep(10000);
+    }
+    cr_assert(closed);
 }
 
 Test(lmclient, start_refuses_a_bad_model_string)
@@ -1548,8 +1572,24 @@ Test(lmclient, a_child_spec_keeps_its_own_copy_of_every_option)
     cr_assert_eq(fs.stats.workers, 2);
 }
 
-/* A worker killed mid-call (not the client): its request goes to a new
- * worker once, and the caller gets the answer. */
+/* The first caller of a question runs the upstream call itself (it leads
+ * the flight). Killed mid-call, the caller who joined its flight gets a
+ * worker for it, once, and the answer; a second death of the one doing the
+ * call fails the flight instead (a worker killed, as here, too). */
+static dx_pid lead_client, lead_pid;
+static seen leader_seen;
+
+static void leading_caller(void *arg)
+{
+    (void)arg;
+    complete_into(lead_client, "What is 2+2?", 10000, &leader_seen);
+}
+
+static bool one_joined(const dx_lm_client_stats *st)
+{
+    return st->coalesced == 1;
+}
+
 static void kill_one_worker(void *arg)
 {
     (void)arg;
@@ -1571,20 +1611,47 @@ static void kill_one_worker(void *arg)
     }
 }
 
-static void call_while_a_worker_dies(scenario *s, dx_pid client)
+static void kill_the_leader(void *arg)
 {
-    dx_spawn(kill_one_worker, NULL, NULL);
+    if (wait_stats(lead_client, one_joined)) {
+        dx_kill(lead_pid);
+        if (arg != NULL)
+            kill_one_worker(NULL);
+    }
+}
+
+static void call_while_the_leader_dies(scenario *s, dx_pid client)
+{
+    lead_client = client;
+    dx_spawn(leading_caller, NULL, &lead_pid);
+    if (!wait_stats(client, one_running))
+        return;
+    dx_spawn(kill_the_leader, s->calls[1].text[0] ? "" : NULL, NULL);
     complete_into(client, "What is 2+2?", 10000, &s->calls[0]);
 }
 
-Test(lmclient, a_worker_killed_mid_call_is_replaced_once)
+Test(lmclient, a_leader_killed_mid_call_is_replaced_by_a_worker_once)
 {
     live_only();
-    cr_assert_eq(dx_lmserver_inject(srv, "slow:300", 1), DX_OK);
-    sc.body = call_while_a_worker_dies;
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:600", 2), DX_OK);
+    sc.body = call_while_the_leader_dies;
     run(&sc);
     cr_assert_eq(sc.calls[0].rc, DX_OK, "%s", dx_err_name(sc.calls[0].rc));
     cr_assert_str_eq(sc.calls[0].text, "answer: What is 2+2?");
+    cr_assert_eq(sc.stats.coalesced, 1);
     cr_assert_eq(sc.stats.worker_respawns, 1);
     cr_assert_eq(sc.stats.workers, 2);
+}
+
+Test(lmclient, a_worker_killed_after_the_leader_fails_the_flight)
+{
+    live_only();
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:600", 2), DX_OK);
+    snprintf(sc.calls[1].text, sizeof sc.calls[1].text, "and the worker");
+    sc.body = call_while_the_leader_dies;
+    run(&sc);
+    cr_assert_eq(sc.calls[0].rc, DX_EDOWN, "%s", dx_err_name(sc.calls[0].rc));
+    cr_assert_eq(sc.stats.worker_respawns, 1);
+    cr_assert_eq(sc.stats.workers, 2);
+    cr_assert_eq(sc.stats.in_flight, 0);
 }
