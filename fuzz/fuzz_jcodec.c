@@ -2,8 +2,9 @@
  * fuzz_jcodec.c — fuzz target for the providers' JSON codec (jparse.c,
  * jprint.c), which stands in for cJSON's parser and printer on the hot
  * paths. The input is JSON text of any bytes.
- * Invariants: dx__jparse accepts exactly what cJSON_ParseWithLength
- * accepts and builds the same tree node for node (keys, strings, both
+ * Invariants: dx__jparse (and dx__jparse_block, its tree in blocks)
+ * accepts exactly what cJSON_ParseWithLength accepts and builds the same
+ * tree node for node (keys, strings, both
  * number fields bit for bit, sibling links); dx__jprint of that tree gives
  * cJSON_PrintUnformatted's exact text; and that text parses back to a tree
  * that prints the same again.
@@ -33,6 +34,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fprintf(stderr, "parsers differ: %s\n", d);
         abort();
     }
+    cJSON *in_block = dx__jparse_block(text, size);
+    d = jc_difference(in_block, want);
+    if (d != NULL) {
+        fprintf(stderr, "block parse differs: %s\n", d);
+        abort();
+    }
+    dx__jfree_block(in_block);
     if (got != NULL) {
         char *ours = dx__jprint(got);
         char *theirs = cJSON_PrintUnformatted(want);

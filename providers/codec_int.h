@@ -74,6 +74,13 @@ bool dx__json_is_object(const char *s);
  * memory. Unlike cJSON's parser it keeps no global error position, so
  * parses on many threads at once share nothing. */
 cJSON *dx__jparse(const char *s, size_t n);
+/* The same tree with its nodes and strings in a few large blocks (usually
+ * one) instead of an allocation each: for a tree read and dropped on the
+ * spot (an answer decoded, a request the local server reads). Free it with
+ * dx__jfree_block, never cJSON_Delete; nothing of it may be detached,
+ * replaced or kept past that. */
+cJSON *dx__jparse_block(const char *s, size_t n);
+void dx__jfree_block(cJSON *root);
 
 /* Set err to malformed_response "<prov>: <what>" and return DX_EPROVIDER. */
 int dx__bad(dx_lm_error *err, const char *prov, const char *fmt, ...)

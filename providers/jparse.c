@@ -25,18 +25,69 @@
  */
 #include <limits.h>
 #include <locale.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "codec_int.h"
+#include "dspex/alloc.h"
 
 #define NESTING_LIMIT 1000 /* cJSON's CJSON_NESTING_LIMIT */
+
+/* dx__jparse_block's memory: blocks chained from the first, whose data
+ * starts with the root node; nodes and strings are carved off in order. */
+typedef struct jblock {
+    struct jblock *next;
+    size_t used, cap; /* bytes of data, which follows (8-aligned) */
+} jblock;
+
+#define JBLOCK_FIRST_MAX 65536
+#define JBLOCK_MAX (1u << 20)
 
 typedef struct reader {
     const unsigned char *p;
     const unsigned char *end;
     int depth;
+    jblock *block; /* the block being filled; NULL: cJSON_malloc */
 } reader;
+
+static jblock *jblock_new(size_t cap)
+{
+    jblock *b = dx_malloc(sizeof *b + cap);
+    if (b != NULL) {
+        b->next = NULL;
+        b->used = 0;
+        b->cap = cap;
+    }
+    return b;
+}
+
+/* n bytes (8-aligned) from the reader's blocks, or cJSON_malloc. */
+static void *take(reader *r, size_t n)
+{
+    if (r->block == NULL)
+        return cJSON_malloc(n);
+    n = (n + 7) & ~(size_t)7;
+    jblock *b = r->block;
+    if (b->cap - b->used < n) {
+        size_t cap = b->cap * 2 < JBLOCK_MAX ? b->cap * 2 : JBLOCK_MAX;
+        jblock *nb = jblock_new(cap > n ? cap : n);
+        if (nb == NULL)
+            return NULL;
+        b->next = nb;
+        r->block = b = nb;
+    }
+    void *p = (char *)(b + 1) + b->used;
+    b->used += n;
+    return p;
+}
+
+/* Give back what take() gave, when the parse fails part way. */
+static void give_back(reader *r, void *p)
+{
+    if (r->block == NULL)
+        cJSON_free(p);
+}
 
 /* Bytes that end a plain run inside a string: the quote and the escape. */
 static const unsigned char string_stop[256] = {['"'] = 1, ['\\'] = 1};
@@ -47,9 +98,9 @@ static void skip_space(reader *r)
         r->p++;
 }
 
-static cJSON *new_item(void)
+static cJSON *new_item(reader *r)
 {
-    cJSON *item = cJSON_malloc(sizeof *item);
+    cJSON *item = take(r, sizeof *item);
     if (item != NULL)
         memset(item, 0, sizeof *item);
     return item;
@@ -137,7 +188,7 @@ static char *read_string(reader *r)
         q += 2; /* the escape and the byte it escapes */
     }
     size_t n = (size_t)(q - start);
-    unsigned char *s = cJSON_malloc(n + 1);
+    unsigned char *s = take(r, n + 1);
     if (s == NULL)
         return NULL;
     if (!escaped) {
@@ -180,14 +231,14 @@ static char *read_string(reader *r)
         case 'u': {
             size_t used = utf16_escape(p, q, &o);
             if (used == 0) {
-                cJSON_free(s);
+                give_back(r, s);
                 return NULL;
             }
             p += used;
             continue;
         }
         default:
-            cJSON_free(s);
+            give_back(r, s);
             return NULL;
         }
         p += 2;
@@ -278,7 +329,7 @@ static bool read_children(reader *r, cJSON *item, bool object)
         return false;
     cJSON *last = NULL;
     for (;;) {
-        cJSON *child = new_item();
+        cJSON *child = new_item(r);
         if (child == NULL)
             return false;
         if (last == NULL) {
@@ -358,22 +409,62 @@ static bool read_value(reader *r, cJSON *item)
     }
 }
 
+static bool parse_into(reader *r, size_t n, cJSON *root)
+{
+    /* cJSON looks for the mark only in texts of five bytes or more. */
+    if (n >= 5 && memcmp(r->p, "\xEF\xBB\xBF", 3) == 0)
+        r->p += 3;
+    skip_space(r);
+    return read_value(r, root);
+}
+
 cJSON *dx__jparse(const char *s, size_t n)
 {
     dx__json_init();
     if (s == NULL || n == 0)
         return NULL;
-    reader r = {(const unsigned char *)s, (const unsigned char *)s + n, 0};
-    /* cJSON looks for the mark only in texts of five bytes or more. */
-    if (n >= 5 && memcmp(s, "\xEF\xBB\xBF", 3) == 0)
-        r.p += 3;
-    skip_space(&r);
-    cJSON *root = new_item();
+    reader r = {(const unsigned char *)s, (const unsigned char *)s + n, 0,
+                NULL};
+    cJSON *root = new_item(&r);
     if (root == NULL)
         return NULL;
-    if (!read_value(&r, root)) {
+    if (!parse_into(&r, n, root)) {
         cJSON_Delete(root);
         return NULL;
     }
     return root;
+}
+
+/* Sized so the tree of a typical request or answer (its strings, which
+ * are never longer than the text, and a node per few dozen bytes) fits
+ * the first block. */
+cJSON *dx__jparse_block(const char *s, size_t n)
+{
+    dx__json_init();
+    if (s == NULL || n == 0)
+        return NULL;
+    size_t first =
+        n < (JBLOCK_FIRST_MAX - 1024) / 2 ? 2 * n + 1024 : JBLOCK_FIRST_MAX;
+    jblock *b = jblock_new(first);
+    if (b == NULL)
+        return NULL;
+    reader r = {(const unsigned char *)s, (const unsigned char *)s + n, 0, b};
+    cJSON *root = new_item(&r); /* at the very start of b's data */
+    if (root == NULL || !parse_into(&r, n, root)) {
+        dx__jfree_block(root != NULL ? root : (cJSON *)(b + 1));
+        return NULL;
+    }
+    return root;
+}
+
+void dx__jfree_block(cJSON *root)
+{
+    if (root == NULL)
+        return;
+    jblock *b = (jblock *)root - 1;
+    while (b != NULL) {
+        jblock *next = b->next;
+        dx_free(b);
+        b = next;
+    }
 }

@@ -1806,7 +1806,7 @@ void dx__lms_handle(dx_lmserver *srv, const dx__lms_request *rq,
     cJSON *req = NULL;
     if (astatus != 0) {
         send_error(rs, p, astatus, amsg);
-    } else if ((req = dx__jparse(rq->body, rq->body_len)) == NULL ||
+    } else if ((req = dx__jparse_block(rq->body, rq->body_len)) == NULL ||
                !cJSON_IsObject(req)) {
         send_error(rs, p, 400, bad_json_msg(p));
     } else if (e == E_EMBED) {
@@ -1816,6 +1816,6 @@ void dx__lms_handle(dx_lmserver *srv, const dx__lms_request *rq,
     } else {
         answer_chat(srv, rq, p, e, req, model, rs);
     }
-    cJSON_Delete(req);
+    dx__jfree_block(req); /* only read while answering, never kept */
     body_fault(&f, p, rs);
 }

@@ -1651,20 +1651,21 @@ int dx_lm_decode(const dx_lm_config *c, const dx_lm_reply *reply,
                        "response: expected content-type application/json, "
                        "got %s",
                        ct ? ct : "none");
-    cJSON *j = dx__jparse(reply->body, reply->body_len);
+    /* Read and dropped here: one block for the whole tree. */
+    cJSON *j = dx__jparse_block(reply->body, reply->body_len);
     if (!j)
         return dx__bad(err, prov,
                        "response: body is not valid JSON (%zu "
                        "bytes)",
                        reply->body_len);
     if (!cJSON_IsObject(j)) {
-        cJSON_Delete(j);
+        dx__jfree_block(j);
         return dx__bad(err, prov, "response: expected a JSON object");
     }
     if (cJSON_GetObjectItemCaseSensitive(j, "error")) {
         /* A 200 that carries an error object (some OpenAI-compatible
          * servers do this). */
-        cJSON_Delete(j);
+        dx__jfree_block(j);
         int rc = http_error(c, reply->status, reply->body, reply->body_len,
                             retry_ms, rid, err);
         if (err->kind == DX_LM_ERR_MALFORMED_RESPONSE)
@@ -1673,12 +1674,12 @@ int dx_lm_decode(const dx_lm_config *c, const dx_lm_reply *reply,
     }
     dx_lm_stream *s;
     if (dx_lm_stream_new(c, NULL, NULL, &s) != DX_OK) {
-        cJSON_Delete(j);
+        dx__jfree_block(j);
         return dx__oom(err, prov);
     }
     copy_str(s->request_id, sizeof s->request_id, rid);
     int rc = c->provider->decode(c, j, s, err);
-    cJSON_Delete(j);
+    dx__jfree_block(j);
     if (rc == DX_OK && (rc = acc_take(s, out)) != DX_OK)
         dx__oom(err, prov);
     else if (rc == DX_ENOMEM)

@@ -6,7 +6,8 @@
  * broken (surrogate pairs, lone halves, bad hex), numbers in every form
  * strtod reads or stops inside, byte order marks, trailing text, and the
  * same texts cut and mutated byte by byte (both parsers refuse, or both give
- * the same tree). Also the nesting limit, lengths that end inside a value,
+ * the same tree), each also through dx__jparse_block (the tree in a few
+ * blocks, freed with dx__jfree_block). Also the nesting limit, lengths that end inside a value,
  * and that cJSON_Delete frees what it built (the sanitizer and valgrind
  * builds check that).
  */
@@ -188,6 +189,12 @@ static void assert_same_parse(const char *s, size_t n, int round)
         cr_assert_fail("round %d: %s\n text %.*s\n  got %s\n want %s", round, d,
                        (int)n, s, g ? g : "(refused)", w ? w : "(refused)");
     }
+    /* The same tree in blocks (dx__jparse_block): the same answer. */
+    cJSON *in_block = dx__jparse_block(s, n);
+    d = jc_difference(in_block, want);
+    if (d != NULL)
+        cr_assert_fail("round %d, block: %s\n text %.*s", round, d, (int)n, s);
+    dx__jfree_block(in_block);
     cJSON_Delete(want);
     cJSON_Delete(got);
 }
