@@ -6,6 +6,7 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -30,7 +31,21 @@ struct dx_usage_prices {
     size_t n;
     size_t cap;
     uint16_t *slots; /* SLOTS: row index + 1 by name hash; 0 = empty */
+    uint64_t id;     /* unique among the tables of this process */
+    uint64_t gen;    /* bumped by every change to the rows */
 };
+
+static atomic_uint_fast64_t next_table_id = 1;
+
+/* The last model looked up on this thread and what it found (row index +
+ * 1, 0 = unknown): every answered call looks its model up once or twice,
+ * nearly always the same one, and an unknown name costs a lookup per '-'
+ * in it. Valid while its table (id) has not changed (gen). */
+static _Thread_local struct {
+    uint64_t id, gen;
+    size_t row;
+    char model[DX_USAGE_MODEL_MAX + 64];
+} last_find;
 
 /* USD per 1M tokens from the providers' public price lists when this was
  * written; deployments override them with dx_usage_prices_load_json. */
@@ -88,7 +103,7 @@ int dx_usage_prices_set(dx_usage_prices *p, const char *model,
     row *r = find_exact(p, model);
     if (r) {
         r->price = price;
-        return DX_OK;
+        return DX_OK; /* the same row: what lookups found still holds */
     }
     if (p->n == MAX_MODELS)
         return DX_ELIMIT;
@@ -100,6 +115,7 @@ int dx_usage_prices_set(dx_usage_prices *p, const char *model,
         p->rows = nr;
         p->cap = cap;
     }
+    p->gen++;
     r = &p->rows[p->n++];
     memset(r, 0, sizeof *r);
     memcpy(r->model, model, strlen(model) + 1);
@@ -123,6 +139,7 @@ int dx_usage_prices_new(bool empty, dx_usage_prices **out)
     }
     if (!p)
         return DX_ENOMEM;
+    p->id = atomic_fetch_add(&next_table_id, 1);
     for (size_t i = 0; !empty && i < sizeof defaults / sizeof defaults[0];
          i++) {
         int rc = dx_usage_prices_set(p, defaults[i].model, defaults[i].price);
@@ -255,11 +272,30 @@ int dx_usage_prices_load_json(dx_usage_prices *p, const char *json,
     return rc;
 }
 
+static const row *find_model(const dx_usage_prices *p, const char *model);
+
 const dx_usage_price *dx_usage_prices_find(const dx_usage_prices *p,
                                            const char *model)
 {
     if (!p || !model)
         return NULL;
+    size_t len = strlen(model);
+    if (last_find.id == p->id && last_find.gen == p->gen &&
+        len < sizeof last_find.model &&
+        memcmp(last_find.model, model, len + 1) == 0)
+        return last_find.row ? &p->rows[last_find.row - 1].price : NULL;
+    const row *r = find_model(p, model);
+    if (len < sizeof last_find.model) {
+        last_find.id = p->id;
+        last_find.gen = p->gen;
+        last_find.row = r ? (size_t)(r - p->rows) + 1 : 0;
+        memcpy(last_find.model, model, len + 1);
+    }
+    return r ? &r->price : NULL;
+}
+
+static const row *find_model(const dx_usage_prices *p, const char *model)
+{
     const row *r = find_exact(p, model);
     const char *slash = strchr(model, '/');
     if (!r && slash) {
@@ -267,12 +303,12 @@ const dx_usage_price *dx_usage_prices_find(const dx_usage_prices *p,
         r = find_exact(p, model);
     }
     if (r)
-        return &r->price;
+        return r;
     /* The longest known name followed by '-': the name up to each '-',
      * from the last one back. */
     for (size_t n = strlen(model); n-- > 0;)
         if (model[n] == '-' && (r = find_n(p, model, n)) != NULL)
-            return &r->price;
+            return r;
     return NULL;
 }
 

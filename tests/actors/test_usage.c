@@ -77,6 +77,34 @@ Test(usage, unknown_model_costs_zero_and_says_so, .timeout = 10)
     dx_usage_prices_free(p);
 }
 
+/* Lookups remember the last model per thread: a price set in between, a
+ * new family or a changed one, and another table are seen at once. */
+Test(usage, a_lookup_sees_prices_set_after_the_last_one, .timeout = 10)
+{
+    dx_usage_prices *p = defaults();
+    cr_assert_null(dx_usage_prices_find(p, "local/my-model-2025"));
+    cr_assert_null(dx_usage_prices_find(p, "local/my-model-2025"));
+    cr_assert_eq(dx_usage_prices_set(p, "my-model", (dx_usage_price){1, 2, 0}),
+                 DX_OK);
+    const dx_usage_price *got = dx_usage_prices_find(p, "local/my-model-2025");
+    cr_assert_not_null(got);
+    cr_assert_float_eq(got->output, 2, 1e-12);
+    cr_assert_eq(dx_usage_prices_set(p, "my-model", (dx_usage_price){1, 5, 0}),
+                 DX_OK);
+    got = dx_usage_prices_find(p, "local/my-model-2025");
+    cr_assert_float_eq(got->output, 5, 1e-12);
+    /* The longer family, added later, now wins. */
+    cr_assert_eq(
+        dx_usage_prices_set(p, "my-model-2025", (dx_usage_price){1, 7, 0}),
+        DX_OK);
+    got = dx_usage_prices_find(p, "local/my-model-2025");
+    cr_assert_float_eq(got->output, 7, 1e-12);
+    dx_usage_prices *q = defaults();
+    cr_assert_null(dx_usage_prices_find(q, "local/my-model-2025"));
+    dx_usage_prices_free(q);
+    dx_usage_prices_free(p);
+}
+
 Test(usage, set_refuses_bad_prices_and_names, .timeout = 10)
 {
     dx_usage_prices *p = defaults();
