@@ -196,9 +196,7 @@ static void cfg_unref(shared_cfg *c)
 }
 
 typedef struct endpoint {
-    char *model;
-    char *base_url;
-    char *api_key;
+    char *model; /* for results, history, usage and telemetry */
     shared_cfg *cfg;
     dx_breaker *breaker;
     /* The user's breaker callback, called after the telemetry event. */
@@ -227,8 +225,6 @@ static void endpoint_clear(endpoint *e)
 {
     cfg_unref(e->cfg);
     dx_free(e->model);
-    dx_free(e->base_url);
-    dx_free(e->api_key);
     dx_breaker_free(e->breaker);
     memset(e, 0, sizeof *e);
 }
@@ -243,7 +239,8 @@ static char *dup_or_null(const char *s, bool *oom)
     return d;
 }
 
-/* Copy an endpoint and check its config can be built. */
+/* Build an endpoint: its config (which checks the model string and URL),
+ * shared from here on, and its model name and breaker. */
 static int endpoint_init(endpoint *e, const dx_lm_endpoint *src,
                          const dx_breaker_config *bc)
 {
@@ -260,11 +257,8 @@ static int endpoint_init(endpoint *e, const dx_lm_endpoint *src,
     }
     atomic_init(&e->cfg->refs, 1);
     e->cfg->cfg = cfg;
-    bool oom = false;
-    e->model = dup_or_null(src->model, &oom);
-    e->base_url = dup_or_null(src->base_url, &oom);
-    e->api_key = dup_or_null(src->api_key, &oom);
-    if (oom)
+    e->model = dx_strdup(src->model);
+    if (!e->model)
         return DX_ENOMEM;
     /* e lives in the server's heap-held state, so it outlives the breaker. */
     dx_breaker_config mine = *bc;
@@ -1463,25 +1457,26 @@ static dx_srv_ret srv_info(void *st, dx_msg *msg, dx_term **stop_reason)
          * Its request never got an answer, and an LM call has no side
          * effects: a new worker takes it over once — unless text already
          * went out to streaming callers, or the deadline has passed. */
-        for (flight *f = s->flights; f; f = f->next)
-            if (f->running && f->led && dx_ref_eq(f->mon, msg->ref)) {
+        for (flight *f = s->flights; f; f = f->next) {
+            if (!f->running || !dx_ref_eq(f->mon, msg->ref))
+                continue;
+            if (f->led) {
                 leader_gone(s, f, DX_EDOWN);
                 break;
-            } else if (f->running && dx_ref_eq(f->mon, msg->ref)) {
-                dx_breaker_record_ignored(s->eps[f->ep].breaker);
-                f->running = false;
-                bool again =
-                    !f->emitted && f->respawns < MAX_RESPAWNS &&
-                    (f->deadline_ms == 0 || dx_now_ms() < f->deadline_ms);
-                if (again && spawn_worker(s, f, f->ep) == DX_OK) {
-                    f->respawns++;
-                    s->stats.worker_respawns++;
-                } else {
-                    f->running = true; /* as fail_flight expects it */
-                    fail_flight(s, f, DX_EDOWN, NULL);
-                }
-                break;
             }
+            dx_breaker_record_ignored(s->eps[f->ep].breaker);
+            f->running = false;
+            bool again = !f->emitted && f->respawns < MAX_RESPAWNS &&
+                         (f->deadline_ms == 0 || dx_now_ms() < f->deadline_ms);
+            if (again && spawn_worker(s, f, f->ep) == DX_OK) {
+                f->respawns++;
+                s->stats.worker_respawns++;
+            } else {
+                f->running = true; /* as fail_flight expects it */
+                fail_flight(s, f, DX_EDOWN, NULL);
+            }
+            break;
+        }
         pump(s);
     }
     return DX_SRV_NOREPLY;
@@ -1616,11 +1611,12 @@ int dx_lm_client_complete(dx_pid client, const dx_lm_request *req,
     return dx_lm_client_complete_opt(client, req, NULL, timeout_ms, out, err);
 }
 
-/* The TAG_COMPLETE message of a call: *m on DX_OK; DX_EINVAL (bad
- * arguments), DX_ENOMEM. */
+/* The TAG_COMPLETE message of a call with its deadline (0: none): *m on
+ * DX_OK; DX_EINVAL (bad arguments), DX_ENOMEM. */
 static int complete_msg(const dx_lm_request *req,
-                        const dx_lm_client_call_opts *copts, int64_t timeout_ms,
-                        dx_lm_result **out, dx_lm_error *err, dx_msg **m)
+                        const dx_lm_client_call_opts *copts,
+                        int64_t deadline_ms, dx_lm_result **out,
+                        dx_lm_error *err, dx_msg **m)
 {
     *m = NULL;
     if (err)
@@ -1647,7 +1643,7 @@ static int complete_msg(const dx_lm_request *req,
         creq_free(c);
         return DX_ENOMEM;
     }
-    c->deadline_ms = timeout_ms >= 0 ? dx_now_ms() + timeout_ms : 0;
+    c->deadline_ms = deadline_ms;
     (*m)->ptr = c;
     (*m)->ptr_free = creq_free;
     return DX_OK;
@@ -1721,8 +1717,7 @@ static int lead_call(dx_pid client, const lead *l, const dx_lm_request *req,
     }
     int rc = o->rc;
     int64_t left = deadline_ms > 0 ? deadline_ms - dx_now_ms() : DX_INFINITY;
-    if (l->may_fall_back && !o->gave_up && left != 0 &&
-        (deadline_ms == 0 || left > 0)) {
+    if (l->may_fall_back && !o->gave_up && (deadline_ms == 0 || left > 0)) {
         dx_msg *m = dx_msg_new(TAG_LED);
         if (m) {
             m->ptr = o;
@@ -1743,9 +1738,11 @@ int dx_lm_client_complete_opt(dx_pid client, const dx_lm_request *req,
                               int64_t timeout_ms, dx_lm_result **out,
                               dx_lm_error *err)
 {
+    /* One deadline for both sides: the client's for the flight, this
+     * caller's if it leads it. */
     int64_t deadline_ms = timeout_ms >= 0 ? dx_now_ms() + timeout_ms : 0;
     dx_msg *m = NULL;
-    int rc = complete_msg(req, copts, timeout_ms, out, err, &m);
+    int rc = complete_msg(req, copts, deadline_ms, out, err, &m);
     if (rc != DX_OK)
         return rc;
     /* Ready before asking: a caller handed the lead must be able to report
@@ -1786,7 +1783,9 @@ int dx_lm_client_complete_stream(dx_pid client, const dx_lm_request *req,
         return dx_lm_client_complete_opt(client, req, copts, timeout_ms, out,
                                          err);
     dx_msg *m = NULL;
-    int rc = complete_msg(req, copts, timeout_ms, out, err, &m);
+    int rc =
+        complete_msg(req, copts, timeout_ms >= 0 ? dx_now_ms() + timeout_ms : 0,
+                     out, err, &m);
     if (rc != DX_OK)
         return rc;
     dx_ref ref;

@@ -920,7 +920,9 @@ static cJSON *openai_usage(const convo *cv, const answer *a)
     return u;
 }
 
-static cJSON *openai_tool_call(const answer *a, uint64_t id, bool with_args)
+/* The first chunk of a streamed tool call: its arguments follow in
+ * pieces. */
+static cJSON *openai_tool_call(const answer *a, uint64_t id)
 {
     cJSON *call = cJSON_CreateObject();
     char cid[48];
@@ -929,7 +931,7 @@ static cJSON *openai_tool_call(const answer *a, uint64_t id, bool with_args)
     cJSON_AddStringToObject(call, "type", "function");
     cJSON *fn = cJSON_AddObjectToObject(call, "function");
     cJSON_AddStringToObject(fn, "name", a->tool_name);
-    cJSON_AddStringToObject(fn, "arguments", with_args ? a->args_text : "");
+    cJSON_AddStringToObject(fn, "arguments", "");
     return call;
 }
 
@@ -1025,7 +1027,7 @@ static void openai_chat(dx_lmserver *srv, const cJSON *req, const convo *cv,
             } else {
                 cJSON_AddNullToObject(d, "content");
                 cJSON *calls = cJSON_AddArrayToObject(d, "tool_calls");
-                cJSON *call = openai_tool_call(a, id, false);
+                cJSON *call = openai_tool_call(a, id);
                 add_number(call, "index", 0);
                 cJSON_AddItemToArray(calls, call);
                 rc = emit(rs, NULL, openai_chunk(&st, d, NULL));
