@@ -6,8 +6,8 @@
  * and so is every answer of the local LM server. cJSON looks at each byte
  * of a string twice (once to size the output, once to copy it, both through
  * a switch) and checks its buffer per value; here a string is copied in runs
- * between the bytes that need escaping, found with one table lookup per
- * byte, into a buffer that grows by doubling. Same output as cJSON's, so
+ * between the bytes that need escaping, found 16 bytes at a time
+ * (jscan_int.h), into a buffer that grows by doubling. Same output as cJSON's, so
  * caches keyed on request bodies and golden files do not move: the escapes
  * (\" \\ \b \f \n \r \t, \u00xx for the other control bytes, everything
  * else raw), the numbers (%1.15g unless it does not read back within cJSON's
@@ -25,16 +25,7 @@
 #include "codec_int.h"
 #include "dspex/alloc.h"
 #include "dspex/error.h"
-
-/* Bytes a JSON string cannot hold raw; NUL ends the run loop too. */
-static const unsigned char needs_escape[256] = {
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x00-0x0f */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x10-0x1f */
-    0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* '"' */
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /**/
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /**/
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, /* '\\' */
-};
+#include "jscan_int.h"
 
 /* dx__buf_append without the call when the bytes fit: a tree is printed
  * in many short pieces. The buffer's room is within its bound, so fitting
@@ -53,13 +44,13 @@ int dx__jprint_str(dx__buf *b, const char *s)
 {
     int rc = put(b, "\"", 1);
     const unsigned char *p = (const unsigned char *)(s ? s : "");
+    const unsigned char *end = p + strlen((const char *)p);
     while (rc == 0) {
         const unsigned char *run = p;
-        while (!needs_escape[*p])
-            p++;
+        p = dx__json_scan_unsafe(p, end);
         if (p > run)
             rc = put(b, run, (size_t)(p - run));
-        if (rc != 0 || *p == '\0')
+        if (rc != 0 || p == end)
             break;
         char esc[6] = {'\\', 0, 0, 0, 0, 0};
         size_t n = 2;

@@ -18,6 +18,9 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "dspex/alloc.h"
 #include "dspex/error.h"
@@ -124,21 +127,46 @@ static const char *jstr(const cJSON *o, const char *k)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
-static size_t count_words(const char *s)
+/* Words in s[0, len): runs of bytes other than ASCII whitespace. Every
+ * prompt of every request is counted, a kilobyte or more each: on x86-64
+ * 16 bytes a step (SSE2), a word starting wherever a non-space byte follows
+ * a space; elsewhere, and for the tail, a table and no branch per byte. */
+static size_t count_words_n(const char *s, size_t len)
 {
-    /* A table and no branch per byte: every prompt of every request is
-     * counted. 1 = the bytes that separate words. */
     static const unsigned char sep[256] = {
         ['\t'] = 1, ['\n'] = 1, ['\v'] = 1, ['\f'] = 1, ['\r'] = 1, [' '] = 1,
     };
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
     size_t n = 0;
     unsigned in = 0; /* 1 inside a word */
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+#if defined(__SSE2__)
+    const __m128i space = _mm_set1_epi8(' ');
+    const __m128i tab = _mm_set1_epi8('\t'); /* \t \n \v \f \r: 9..13 */
+    const __m128i four = _mm_set1_epi8(4);
+    for (; end - p >= 16; p += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+        /* v - 9 <= 4 unsigned: min(v - 9, 4) == v - 9. */
+        __m128i off = _mm_sub_epi8(v, tab);
+        __m128i blank =
+            _mm_or_si128(_mm_cmpeq_epi8(v, space),
+                         _mm_cmpeq_epi8(_mm_min_epu8(off, four), off));
+        unsigned word = ~(unsigned)_mm_movemask_epi8(blank) & 0xFFFFu;
+        unsigned starts = word & ~((word << 1) | in);
+        n += (size_t)__builtin_popcount(starts);
+        in = word >> 15;
+    }
+#endif
+    for (; p < end; p++) {
         unsigned word = sep[*p] ^ 1u;
         n += word & (in ^ 1u);
         in = word;
     }
     return n;
+}
+
+static size_t count_words(const char *s)
+{
+    return count_words_n(s, strlen(s));
 }
 
 static void set_oom(dx__lms_response *rs)
@@ -450,7 +478,7 @@ static int note_message(convo *cv, const cJSON *content, bool is_user,
         len = t.len;
     }
     if (rc == 0 && text != NULL) {
-        cv->prompt_tokens += count_words(text);
+        cv->prompt_tokens += count_words_n(text, len);
         dx__buf *dst = is_tool   ? &cv->tool_result
                        : is_user ? &cv->last_user
                                  : NULL;

@@ -313,6 +313,45 @@ Test(jparse, nests_as_deep_as_cjson_and_no_deeper, .timeout = 10)
     }
 }
 
+/* Strings are scanned 16 bytes a step for their closing quote or an
+ * escape: each at every place in and around the first steps, with raw
+ * control and high bytes on the way. */
+Test(jparse, finds_quotes_and_escapes_at_every_offset_as_cjson_does,
+     .timeout = 30)
+{
+    dx__json_init();
+    static const char *const pieces[] = {"\\\"",     "\\\\",           "\\n",
+                                         "\\u00e9",  "\\ud83d\\ude00", "\x01",
+                                         "\xC3\xA9", "\x7F",           "/"};
+    char s[128];
+    int round = 0;
+    for (size_t len = 0; len < 70; len++) {
+        for (size_t pos = 0; pos <= len; pos++) {
+            for (size_t k = 0; k < sizeof pieces / sizeof *pieces; k++) {
+                size_t n = 0;
+                s[n++] = '"';
+                for (size_t i = 0; i < len; i++) {
+                    if (i == pos) {
+                        size_t m = strlen(pieces[k]);
+                        memcpy(s + n, pieces[k], m);
+                        n += m;
+                    }
+                    s[n++] = (char)('a' + i % 26);
+                }
+                if (pos == len) {
+                    size_t m = strlen(pieces[k]);
+                    memcpy(s + n, pieces[k], m);
+                    n += m;
+                }
+                s[n++] = '"';
+                assert_same_parse(s, n, round);
+                /* Unterminated: refused by both, whatever came before. */
+                assert_same_parse(s, n - 1, round++);
+            }
+        }
+    }
+}
+
 Test(jparse, reads_what_the_printer_wrote, .timeout = 10)
 {
     dx__json_init();

@@ -273,6 +273,33 @@ Test(jprint, prints_every_single_byte_string_as_cjson_does, .timeout = 10)
     }
 }
 
+/* Strings are scanned 16 bytes a step: every byte that needs care, at
+ * every place in and around the first steps, and strings of every length
+ * across the step edges. */
+Test(jprint, prints_each_byte_at_every_offset_of_long_strings_as_cjson_does,
+     .timeout = 30)
+{
+    dx__json_init();
+    static const unsigned char probes[] = {0x01, 0x08, 0x0A, 0x1F, 0x20, '"',
+                                           '\\', '/',  0x7F, 0x80, 0xC3, 0xFF};
+    char s[72];
+    for (size_t len = 1; len < sizeof s; len++) {
+        for (size_t pos = 0; pos < len; pos++) {
+            for (size_t k = 0; k < sizeof probes; k++) {
+                memset(s, 'x', len);
+                s[len] = '\0';
+                s[pos] = (char)probes[k];
+                /* A second one later in the same string, on some rounds. */
+                if (k % 3 == 0 && pos + 17 < len)
+                    s[pos + 17] = '\n';
+                cJSON *str = cJSON_CreateString(s);
+                assert_same(str, (int)(len * 10000 + pos * 100 + k));
+                cJSON_Delete(str);
+            }
+        }
+    }
+}
+
 Test(jprint, prints_deep_nesting_and_large_strings, .timeout = 10)
 {
     dx__json_init();

@@ -578,6 +578,58 @@ Test(lmserver, openai_without_key_is_401_in_openai_shape)
     resp_free(&r);
 }
 
+/* Usage counts a prompt's words (runs of bytes other than ASCII
+ * whitespace) 16 bytes a step: words and every kind of whitespace at every
+ * place in and around the steps, against a count made here byte by byte. */
+Test(lmserver, counts_prompt_words_wherever_the_spaces_fall)
+{
+    static const char *const blanks[] = {" ",       "\\t", "\\n",   "\\r",
+                                         "\\u000b", "\\f", "  \\n "};
+    static const char blank_bytes[][5] = {" ",  "\t", "\n",   "\r",
+                                          "\v", "\f", "  \n "};
+    char body[1024], text[512], json[512];
+    for (size_t len = 1; len < 40; len += 3) {
+        for (size_t b = 0; b < sizeof blanks / sizeof *blanks; b++) {
+            /* Words of len bytes (one in three has a high byte) joined by
+             * the blank; the system prompt counts too ("be terse"). */
+            size_t n = 0, t = 0;
+            for (int w = 0; w < 5; w++) {
+                if (w > 0) {
+                    n += (size_t)snprintf(json + n, sizeof json - n, "%s",
+                                          blanks[b]);
+                    t += (size_t)snprintf(text + t, sizeof text - t, "%s",
+                                          blank_bytes[b]);
+                }
+                for (size_t i = 0; i < len; i++) {
+                    const char *c = (i + (size_t)w) % 3 == 0 ? "\xC3\xA9" : "w";
+                    n += (size_t)snprintf(json + n, sizeof json - n, "%s", c);
+                    t += (size_t)snprintf(text + t, sizeof text - t, "%s", c);
+                }
+            }
+            long want = 2;
+            bool in = false;
+            for (size_t i = 0; i < t; i++) {
+                bool blank = strchr(" \t\n\v\f\r", text[i]) != NULL;
+                want += !blank && !in;
+                in = !blank;
+            }
+            snprintf(body, sizeof body,
+                     "{\"model\":\"m\",\"messages\":[{\"role\":\"system\","
+                     "\"content\":\"be terse\"},{\"role\":\"user\","
+                     "\"content\":\"%s\"}]}",
+                     json);
+            resp r = request("/v1/chat/completions", oai, body);
+            cr_assert_eq(r.status, 200, "%s", body);
+            cJSON *j = parse(&r);
+            cr_assert_eq(nget(j, "usage.prompt_tokens"), want,
+                         "len %zu blank %zu: %ld words, not %g", len, b, want,
+                         nget(j, "usage.prompt_tokens"));
+            cJSON_Delete(j);
+            resp_free(&r);
+        }
+    }
+}
+
 /* ---- Anthropic ------------------------------------------------------------ */
 
 Test(lmserver, anthropic_messages_answers_with_message_shape)
