@@ -1655,3 +1655,73 @@ Test(lmclient, a_worker_killed_after_the_leader_fails_the_flight)
     cr_assert_eq(sc.stats.workers, 2);
     cr_assert_eq(sc.stats.in_flight, 0);
 }
+
+/* ---- a lead nobody took ------------------------------------------------ */
+
+/* A caller whose call times out just before the client's TAG_LEAD reply
+ * reaches it never runs its flight, and the runtime drops the reply; the
+ * process lives on, so no DOWN says so either. Whoever joined that flight
+ * must still be answered: the client's sweep hands it to a worker
+ * LEAD_GRACE_MS (2 s) past the flight's deadline. One scheduler makes the
+ * loss certain: the caller sends its call and finds no reply without the
+ * client running in between. */
+
+static void setup_one_scheduler(void)
+{
+    cr_assert_eq(dx_lmserver_start(NULL, &srv), DX_OK);
+    snprintf(live_url, sizeof live_url, "http://127.0.0.1:%d/v1",
+             dx_lmserver_port(srv));
+    cr_assert_eq(dx_runtime_start(&(dx_runtime_opts){.schedulers = 1}), DX_OK);
+}
+
+enum { TAG_GAVE_UP = 7001, TAG_GO_AWAY = 7002 };
+
+typedef struct giver_up {
+    dx_pid client, tell;
+    seen call;
+} giver_up;
+
+static void caller_that_gives_up_at_once(void *arg)
+{
+    giver_up *g = arg;
+    dx_yield(); /* a full budget: nothing runs between send and give-up */
+    complete_into(g->client, "What is 2+2?", 0, &g->call);
+    dx_send_tag(g->tell, TAG_GAVE_UP);
+    dx_msg *m = NULL; /* alive until told: its death would tell the client */
+    if (dx_receive_tag(TAG_GO_AWAY, 30000, &m) == DX_OK)
+        dx_msg_free(m);
+}
+
+static giver_up lost;
+
+static void join_a_lost_lead(scenario *s, dx_pid client)
+{
+    lost.client = client;
+    lost.tell = dx_self();
+    dx_pid pid;
+    if (dx_spawn(caller_that_gives_up_at_once, &lost, &pid) != DX_OK)
+        return;
+    dx_msg *m = NULL;
+    if (dx_receive_tag(TAG_GAVE_UP, 10000, &m) != DX_OK)
+        return;
+    dx_msg_free(m);
+    complete_into(client, "What is 2+2?", 10000, &s->calls[0]);
+    dx_send_tag(pid, TAG_GO_AWAY);
+}
+
+Test(lmclient_lost_lead, a_flight_whose_lead_was_lost_goes_to_a_worker,
+     .init = setup_one_scheduler, .fini = teardown, .timeout = 60)
+{
+    live_only();
+    sc.body = join_a_lost_lead;
+    run(&sc);
+    cr_assert_eq(lost.call.rc, DX_ETIMEDOUT, "%s", dx_err_name(lost.call.rc));
+    cr_assert_eq(sc.calls[0].rc, DX_OK, "%s", dx_err_name(sc.calls[0].rc));
+    cr_assert_str_eq(sc.calls[0].text, "answer: What is 2+2?");
+    /* It joined the lost flight, which its leader never ran upstream: the
+     * one request the server saw was the worker's. */
+    cr_assert_eq(sc.stats.coalesced, 1);
+    cr_assert_eq(sc.stats.workers, 2);
+    cr_assert_eq(sc.stats.in_flight, 0);
+    cr_assert_eq(upstream_requests(), 1);
+}
