@@ -453,6 +453,7 @@ enum {
     OPT_MAX_DEMOS,
     OPT_MAX_LABELED,
     OPT_TASK,
+    OPT_FRAC,
 };
 
 static const struct option long_opts[] = {
@@ -490,12 +491,14 @@ static const struct option long_opts[] = {
     {"max-demos", required_argument, NULL, OPT_MAX_DEMOS},
     {"max-labeled", required_argument, NULL, OPT_MAX_LABELED},
     {"task", required_argument, NULL, OPT_TASK},
+    {"frac", required_argument, NULL, OPT_FRAC},
     {NULL, 0, NULL, 0},
 };
 
 typedef struct args {
     common c;
     const char *metric;
+    const char *frac; /* --frac, checked with the metric */
     long concurrency;
     const char *out;
     const char *output;
@@ -585,6 +588,9 @@ static int parse_args(int argc, char **argv, args *a, void (*help)(void))
             break;
         case OPT_METRIC:
             a->metric = optarg;
+            break;
+        case OPT_FRAC:
+            a->frac = optarg;
             break;
         case OPT_CONCURRENCY:
             rc =
@@ -982,7 +988,9 @@ static int load_data(const char *path, const char *inputs_opt,
     return rc;
 }
 
-static int metric_of(const char *name, dx_metric *m)
+/* --metric NAME [--frac F]: F is DSPy's answer_exact_match(frac=F), a
+ * match being token F1 >= F, so it belongs to exact_match only. */
+static int metric_of(const char *name, const char *frac, dx_metric *m)
 {
     dx_metric_kind k;
     if (!name)
@@ -992,6 +1000,17 @@ static int metric_of(const char *name, dx_metric *m)
                           "passage_match)",
                           name);
     *m = (dx_metric){.kind = k};
+    if (!frac)
+        return 0;
+    if (k != DX_METRIC_EXACT_MATCH)
+        return fail_usage("--frac goes with --metric exact_match, not %s",
+                          name);
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(frac, &end);
+    if (errno || end == frac || *end || !(v > 0 && v <= 1))
+        return fail_usage("--frac wants a number in (0, 1], got \"%s\"", frac);
+    m->frac = v;
     return 0;
 }
 
@@ -1002,10 +1021,13 @@ static void help_eval(void)
     puts(
         "usage: dspex eval PROGRAM.json DATA.jsonl|DATA.csv [--metric "
         "exact_match|f1|\n"
-        "                  passage_match] [--concurrency N] [--inputs a,b]\n"
-        "                  [--out results.jsonl] [--max-errors N] [--model "
-        "M]\n\n"
-        "Evaluate the program on the dataset and print the score and a table.");
+        "                  passage_match] [--frac F] [--concurrency N]\n"
+        "                  [--inputs a,b] [--out results.jsonl] [--max-errors "
+        "N]\n"
+        "                  [--model M]\n\n"
+        "Evaluate the program on the dataset and print the score and a table.\n"
+        "--frac F (0 < F <= 1): exact_match counts token F1 >= F as a match,\n"
+        "as DSPy's answer_exact_match(frac=F) does.");
 }
 
 static int cmd_eval_body(args *ap)
@@ -1015,7 +1037,7 @@ static int cmd_eval_body(args *ap)
     if (a.npos != 2)
         return fail_usage("eval wants PROGRAM.json and DATA (see --help)");
     dx_metric metric;
-    if ((rc = metric_of(a.metric, &metric)) != 0)
+    if ((rc = metric_of(a.metric, a.frac, &metric)) != 0)
         return rc;
     dx_module *m = NULL;
     if ((rc = load_program(&a.c, a.pos[0], &m)) != 0)
@@ -1073,7 +1095,8 @@ static void help_optimize(void)
 {
     puts("usage: dspex optimize PROGRAM.json TRAIN.jsonl -o OPTIMIZED.json\n"
          "           --optimizer labeled|bootstrap|random-search|copro|mipro\n"
-         "           [--valset VAL.jsonl] [--metric NAME] [--seed S]\n"
+         "           [--valset VAL.jsonl] [--metric NAME] [--frac F] [--seed "
+         "S]\n"
          "           [--candidates N] [--max-demos N] [--max-labeled N]\n"
          "           [--report R.html] [--checkpoint FILE] [--concurrency N]\n"
          "           [--model M]\n\n"
@@ -1136,7 +1159,7 @@ static int cmd_optimize_body(args *ap)
                           "random-search, copro, mipro)",
                           a.optimizer);
     dx_metric metric;
-    if ((rc = metric_of(a.metric, &metric)) != 0)
+    if ((rc = metric_of(a.metric, a.frac, &metric)) != 0)
         return rc;
     dx_module *m = NULL;
     if ((rc = load_program(&a.c, a.pos[0], &m)) != 0)

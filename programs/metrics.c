@@ -1702,14 +1702,22 @@ double dx_metric_score(const dx_metric *m, const dx_example *example,
     }
     char *ptmp;
     const char *p = value_text(dx_prediction_get(pred, field), &ptmp);
+    /* DSPy's _answer_match: frac below 1 is max F1 >= frac, which is the
+     * same as any one answer's F1 reaching it. */
+    bool by_f1 = m->kind == DX_METRIC_F1;
+    bool by_frac =
+        m->kind == DX_METRIC_EXACT_MATCH && m->frac > 0 && m->frac < 1;
     double best = 0;
     for (size_t i = 0, na = n_answers(answers); p && i < na; i++) {
         char *t;
         const char *a = value_text(answer_at(answers, i), &t);
         double s = 0;
-        if (a)
-            s = m->kind == DX_METRIC_F1 ? dx_metric_f1(p, a)
-                                        : (dx_metric_em(p, a) ? 1.0 : 0.0);
+        if (a && by_f1)
+            s = dx_metric_f1(p, a);
+        else if (a && by_frac)
+            s = dx_metric_f1(p, a) >= m->frac ? 1.0 : 0.0;
+        else if (a)
+            s = dx_metric_em(p, a) ? 1.0 : 0.0;
         dx_free(t);
         if (s > best)
             best = s;

@@ -176,6 +176,11 @@ int dx__tp_ckpt_open(dx__tp_ckpt *c, const char *path, const char *kind,
                   o->metric_threshold, (int)o->metric.kind,
                   o->metric.field ? o->metric.field : "",
                   o->call.rollout_id ? o->call.rollout_id : "");
+    /* Only when it changes the metric, so keys of runs without it (and
+     * their checkpoints) stay what they were. */
+    if (o->metric.kind == DX_METRIC_EXACT_MATCH && o->metric.frac > 0 &&
+        o->metric.frac < 1)
+        dx__sb_printf(&b, "frac=%.17g|", o->metric.frac);
     cJSON *st = dx_module_dump_state(student);
     if (st)
         dx__pyjson_dump(&b, st, -1);

@@ -72,6 +72,10 @@ typedef struct dx_metric {
     const char *passages_field; /* default "context" */
     dx_metric_fn fn;            /* DX_METRIC_CUSTOM */
     void *ud;
+    /* DX_METRIC_EXACT_MATCH: DSPy's answer_exact_match(frac=...). Strictly
+     * between 0 and 1: an answer matches when the token F1 against it is at
+     * least frac (score 1, else 0). 0 (unset) or 1 and above: exact match. */
+    double frac;
 } dx_metric;
 
 /* Score with a built-in metric (or call fn). Any thread or process. */

@@ -193,6 +193,19 @@ Test(cli, bad_input_exits_2_and_says_where)
     cr_assert(strstr(err_buf, "unknown metric \"bleu\""), "%s", err_buf);
 
     cr_assert_eq(dspex((const char *[]){"eval", example("capitals.json"),
+                                        data("capitals/dev.jsonl"), "--metric",
+                                        "f1", "--frac", "0.5", NULL}),
+                 2);
+    cr_assert(strstr(err_buf, "--frac goes with --metric exact_match"), "%s",
+              err_buf);
+    cr_assert_eq(dspex((const char *[]){"eval", example("capitals.json"),
+                                        data("capitals/dev.jsonl"), "--frac",
+                                        "1.5", NULL}),
+                 2);
+    cr_assert(strstr(err_buf, "--frac wants a number in (0, 1]"), "%s",
+              err_buf);
+
+    cr_assert_eq(dspex((const char *[]){"eval", example("capitals.json"),
                                         data("classify/dev.jsonl"), NULL}),
                  2);
     cr_assert(strstr(err_buf, "no input field \"question\""), "%s", err_buf);
@@ -230,6 +243,13 @@ Test(cli, eval_scores_a_dataset_and_writes_rows)
         lines += c == '\n';
     fclose(f);
     cr_assert_eq(lines, 50);
+
+    /* DSPy's answer_exact_match(frac=...) from the command line. */
+    rc = dspex((const char *[]){"eval", example("capitals.json"),
+                                data("capitals/dev.jsonl"), "--metric",
+                                "exact_match", "--frac", "0.8", NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    cr_assert(strstr(out_buf, "score"), "%s", out_buf);
 }
 
 Test(cli, optimize_saves_a_program_that_loads_and_runs)

@@ -209,16 +209,20 @@ static dx_prediction *pred_json(const char *json)
     return p;
 }
 
-static double score(dx_metric_kind kind, const char *field, const char *ex,
-                    const char *pred)
+static double score_with(dx_metric m, const char *ex, const char *pred)
 {
-    dx_metric m = {.kind = kind, .field = field};
     dx_example *e = ex_json(ex);
     dx_prediction *p = pred_json(pred);
     double s = dx_metric_score(&m, e, p, NULL);
     dx_example_free(e);
     dx_prediction_free(p);
     return s;
+}
+
+static double score(dx_metric_kind kind, const char *field, const char *ex,
+                    const char *pred)
+{
+    return score_with((dx_metric){.kind = kind, .field = field}, ex, pred);
 }
 
 Test(metrics, score_exact_match_takes_string_or_list_answers, .timeout = 10)
@@ -246,6 +250,44 @@ Test(metrics, score_exact_match_takes_string_or_list_answers, .timeout = 10)
                              "{\"label\": \"Yes\", \"answer\": \"no\"}",
                              "{\"label\": \"yes\", \"answer\": \"x\"}"),
                        1.0, 1e-12);
+}
+
+static double score_frac(double frac, const char *ex, const char *pred)
+{
+    return score_with((dx_metric){.kind = DX_METRIC_EXACT_MATCH, .frac = frac},
+                      ex, pred);
+}
+
+/* DSPy's answer_exact_match(example, pred, frac=F): F < 1 scores
+ * F1(pred, answers) >= F. "Eiffel Tower in Paris" against "the Eiffel
+ * Tower": precision 2/4, recall 2/2, F1 2/3. */
+Test(metrics, exact_match_with_frac_is_token_f1_at_least_frac, .timeout = 10)
+{
+    const char *ex = "{\"answer\": \"the Eiffel Tower\"}";
+    const char *pred = "{\"answer\": \"Eiffel Tower in Paris\"}";
+    cr_expect_float_eq(score_frac(0.6, ex, pred), 1.0, 1e-12);
+    cr_expect_float_eq(score_frac(2.0 / 3.0, ex, pred), 1.0, 1e-12);
+    cr_expect_float_eq(score_frac(0.7, ex, pred), 0.0, 1e-12);
+    /* 1 and above, and 0 (unset): exact match. */
+    cr_expect_float_eq(score_frac(1.0, ex, pred), 0.0, 1e-12);
+    cr_expect_float_eq(score_frac(0.0, ex, pred), 0.0, 1e-12);
+    cr_expect_float_eq(score_frac(1.0, ex, "{\"answer\": \"eiffel tower!\"}"),
+                       1.0, 1e-12);
+    /* Any one of a list of answers. */
+    cr_expect_float_eq(
+        score_frac(0.6, "{\"answer\": [\"Louvre\", \"the Eiffel Tower\"]}",
+                   pred),
+        1.0, 1e-12);
+    cr_expect_float_eq(
+        score_frac(0.6, "{\"answer\": [\"Louvre\", \"Orsay\"]}", pred), 0.0,
+        1e-12);
+    /* Empty against empty: DSPy's F1 is 0 there (its exact match is 1). */
+    cr_expect_float_eq(
+        score_frac(0.5, "{\"answer\": \"\"}", "{\"answer\": \"\"}"), 0.0,
+        1e-12);
+    cr_expect_float_eq(
+        score_frac(0.0, "{\"answer\": \"\"}", "{\"answer\": \"\"}"), 1.0,
+        1e-12);
 }
 
 Test(metrics, score_is_zero_when_a_field_is_missing, .timeout = 10)
