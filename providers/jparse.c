@@ -6,8 +6,8 @@
  * every request (a few KB of prompt each); at hundreds of calls in flight
  * cJSON's parser was a tenth of the instructions of an exchange. It reads
  * each string twice through a per-byte branch, and every number through a
- * copy and strtod. Here a string is one scan for its closing quote (one
- * 16 bytes a step, jscan_int.h) and one memcpy when it has no escapes, and
+ * copy and strtod. Here a string is one scan for its closing quote (16
+ * bytes a step, jscan_int.h) and one memcpy when it has no escapes, and
  * numbers of up to 15 digits without fraction or exponent (ids, counts,
  * token usage) are converted exactly without strtod.
  *
