@@ -10,10 +10,10 @@
  * (jscan_int.h), into a buffer that grows by doubling. Same output as
  * cJSON's, so caches keyed on request bodies and golden files do not move:
  * the escapes (\" \\ \b \f \n \r \t, \u00xx for the other control bytes,
- * everything else raw), the numbers (%1.15g unless it does not read back within cJSON's
- * epsilon, then %1.17g; NaN and infinities as null; -0 as "-0", as cJSON
- * 1.7.15 prints it) and a NULL string as "". tests/providers/test_jprint.c
- * holds the two printers to each other.
+ * everything else raw), the numbers (%1.15g unless it does not read back
+ * within cJSON's epsilon, then %1.17g; NaN and infinities as null; -0 as
+ * "-0", as cJSON 1.7.15 prints it) and a NULL string as "".
+ * tests/providers/test_jprint.c holds the two printers to each other.
  */
 #include <float.h>
 #include <locale.h>
