@@ -127,6 +127,18 @@ static const char *jstr(const cJSON *o, const char *k)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+#if defined(__SSE2__)
+/* Set bits of a 16-bit mask, inline: without -mpopcnt __builtin_popcount
+ * is a call into libgcc. */
+static inline unsigned bits16(unsigned x)
+{
+    x = x - ((x >> 1) & 0x5555u);
+    x = (x & 0x3333u) + ((x >> 2) & 0x3333u);
+    x = (x + (x >> 4)) & 0x0F0Fu;
+    return (x + (x >> 8)) & 0x1Fu;
+}
+#endif
+
 /* Words in s[0, len): runs of bytes other than ASCII whitespace. Every
  * prompt of every request is counted, a kilobyte or more each: on x86-64
  * 16 bytes a step (SSE2), a word starting wherever a non-space byte follows
@@ -152,7 +164,7 @@ static size_t count_words_n(const char *s, size_t len)
                          _mm_cmpeq_epi8(_mm_min_epu8(off, four), off));
         unsigned word = ~(unsigned)_mm_movemask_epi8(blank) & 0xFFFFu;
         unsigned starts = word & ~((word << 1) | in);
-        n += (size_t)__builtin_popcount(starts);
+        n += bits16(starts);
         in = word >> 15;
     }
 #endif
