@@ -515,6 +515,13 @@ static void worker_main(void *arg)
     dx_send_ptr(j->server, TAG_DONE, o, outcome_free);
 }
 
+/* The retry jitter's seed for f on endpoint ep: the same whether a worker
+ * or the leading caller makes the call. */
+static uint64_t flight_seed(const state *s, const flight *f, size_t ep)
+{
+    return s->seed + f->id * 0x9e3779b97f4a7c15ull + ep;
+}
+
 /* Start a worker for f on endpoint ep. */
 static int spawn_worker(state *s, flight *f, size_t ep)
 {
@@ -529,7 +536,7 @@ static int spawn_worker(state *s, flight *f, size_t ep)
     }
     j->policy = s->policy;
     j->attempt_timeout_ms = s->attempt_timeout_ms;
-    j->seed = s->seed + f->id * 0x9e3779b97f4a7c15ull + ep;
+    j->seed = flight_seed(s, f, ep);
     j->flight = f->id;
     j->token = ++f->token;
     j->server = dx_self();
@@ -1003,7 +1010,7 @@ static bool lead_flight(state *s, flight *f, size_t ep)
     l->model = model;
     l->policy = s->policy;
     l->attempt_timeout_ms = s->attempt_timeout_ms;
-    l->seed = s->seed + f->id * 0x9e3779b97f4a7c15ull + ep;
+    l->seed = flight_seed(s, f, ep);
     l->may_fall_back = ep + 1 < s->n_eps;
     m->ptr = l;
     m->ptr_free = lead_free;
@@ -1611,6 +1618,13 @@ int dx_lm_client_complete(dx_pid client, const dx_lm_request *req,
     return dx_lm_client_complete_opt(client, req, NULL, timeout_ms, out, err);
 }
 
+/* The absolute deadline (ms, monotonic) of a call with timeout_ms, or 0
+ * for none (a negative timeout). */
+static int64_t deadline_of(int64_t timeout_ms)
+{
+    return timeout_ms >= 0 ? dx_now_ms() + timeout_ms : 0;
+}
+
 /* The TAG_COMPLETE message of a call with its deadline (0: none): *m on
  * DX_OK; DX_EINVAL (bad arguments), DX_ENOMEM. */
 static int complete_msg(const dx_lm_request *req,
@@ -1740,7 +1754,7 @@ int dx_lm_client_complete_opt(dx_pid client, const dx_lm_request *req,
 {
     /* One deadline for both sides: the client's for the flight, this
      * caller's if it leads it. */
-    int64_t deadline_ms = timeout_ms >= 0 ? dx_now_ms() + timeout_ms : 0;
+    int64_t deadline_ms = deadline_of(timeout_ms);
     dx_msg *m = NULL;
     int rc = complete_msg(req, copts, deadline_ms, out, err, &m);
     if (rc != DX_OK)
@@ -1783,9 +1797,7 @@ int dx_lm_client_complete_stream(dx_pid client, const dx_lm_request *req,
         return dx_lm_client_complete_opt(client, req, copts, timeout_ms, out,
                                          err);
     dx_msg *m = NULL;
-    int rc =
-        complete_msg(req, copts, timeout_ms >= 0 ? dx_now_ms() + timeout_ms : 0,
-                     out, err, &m);
+    int rc = complete_msg(req, copts, deadline_of(timeout_ms), out, err, &m);
     if (rc != DX_OK)
         return rc;
     dx_ref ref;

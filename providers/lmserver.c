@@ -624,6 +624,17 @@ static size_t events_kept(const dx__lms_response *rs)
     return rs->nevents >= 2 ? rs->nevents / 2 : 0;
 }
 
+/* Append the strings up to NULL to b; nothing once *rc is set (the first
+ * failure's code stays there). */
+__attribute__((sentinel)) static void head_put(dx__buf *b, int *rc, ...)
+{
+    va_list ap;
+    va_start(ap, rc);
+    for (const char *s; *rc == 0 && (s = va_arg(ap, const char *)) != NULL;)
+        *rc = dx__buf_str(b, s);
+    va_end(ap);
+}
+
 /* Turn rs into bytes and queue them. close_after: the request asked for
  * Connection: close (or the parser cannot go on). */
 static int queue_response(conn *c, dx__lms_response *rs, bool close_after)
@@ -635,41 +646,25 @@ static int queue_response(conn *c, dx__lms_response *rs, bool close_after)
         close_after = true;
     /* The head is put together from pieces rather than printed: every
      * answer has one, and printf was most of its cost. */
-    char num[24];
-    long status = rs->status;
-    size_t sl = status < 0 ? 1 : 0; /* as %d would print it */
-    num[0] = '-';
-    sl += dx__decimal(num + sl, (size_t)(status < 0 ? -status : status));
-    int rc = dx__buf_str(&out, "HTTP/1.1 ");
-    if (rc == 0)
-        rc = dx__buf_append(&out, num, sl);
-    if (rc == 0)
-        rc = dx__buf_str(&out, " ");
-    if (rc == 0)
-        rc = dx__buf_str(&out, reason(rs->status));
-    if (rc == 0)
-        rc = dx__buf_str(&out, "\r\nServer: dspex-lmserver\r\n");
-    if (rc == 0 && rs->ctype != NULL) {
-        rc = dx__buf_str(&out, "Content-Type: ");
-        if (rc == 0)
-            rc = dx__buf_str(&out, rs->ctype);
-        if (rc == 0)
-            rc = dx__buf_str(&out, "\r\n");
-    }
+    char status[24], clen[24];
+    long st = rs->status;
+    size_t sl = st < 0 ? 1 : 0; /* as %d would print it */
+    status[0] = '-';
+    status[sl + dx__decimal(status + sl, (size_t)(st < 0 ? -st : st))] = '\0';
+    clen[dx__decimal(clen, rs->body.len)] = '\0';
+    int rc = 0;
+    head_put(&out, &rc, "HTTP/1.1 ", status, " ", reason(rs->status),
+             "\r\nServer: dspex-lmserver\r\n", NULL);
+    if (rs->ctype != NULL)
+        head_put(&out, &rc, "Content-Type: ", rs->ctype, "\r\n", NULL);
     if (rc == 0 && rs->headers.len > 0)
         rc = dx__buf_append(&out, rs->headers.p, rs->headers.len);
-    if (rc == 0 && chunked)
-        rc = dx__buf_str(&out, "Transfer-Encoding: chunked\r\n");
-    else if (rc == 0 && !truncate) {
-        rc = dx__buf_str(&out, "Content-Length: ");
-        if (rc == 0)
-            rc = dx__buf_append(&out, num, dx__decimal(num, rs->body.len));
-        if (rc == 0)
-            rc = dx__buf_str(&out, "\r\n");
-    }
-    if (rc == 0)
-        rc = dx__buf_str(&out, close_after ? "Connection: close\r\n\r\n"
-                                           : "Connection: keep-alive\r\n\r\n");
+    if (chunked)
+        head_put(&out, &rc, "Transfer-Encoding: chunked\r\n", NULL);
+    else if (!truncate)
+        head_put(&out, &rc, "Content-Length: ", clen, "\r\n", NULL);
+    head_put(&out, &rc, "Connection: ", close_after ? "close" : "keep-alive",
+             "\r\n\r\n", NULL);
     size_t send_len = out.len;
     const char *body = rs->body.p ? rs->body.p : "";
     bool partial = truncate || rs->reset_mid;

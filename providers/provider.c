@@ -157,16 +157,14 @@ void dx__jadd_bool(dx__jb *b, cJSON *parent, const char *key, bool v)
     dx__jadd_item(b, parent, key, cJSON_CreateBool(v));
 }
 
-static bool is_json_object(const char *s);
-
 /* The texts that come here (a schema, tool parameters, a tool call's
  * arguments) were checked to be JSON objects when they were put into the
  * request; they go into the body as they are, checked again (cheaply, see
- * is_json_object) in case a request was filled in by hand, instead of
+ * dx__json_is_object) in case a request was filled in by hand, instead of
  * being parsed into a tree only to be printed back. */
 bool dx__jadd_raw(dx__jb *b, cJSON *parent, const char *key, const char *json)
 {
-    if (!is_json_object(json))
+    if (!dx__json_is_object(json))
         return false;
     dx__jadd_item(b, parent, key, cJSON_CreateRaw(json));
     return true;
@@ -367,7 +365,7 @@ int64_t dx_lm_retry_after_ms(const char *retry_after_ms,
 static _Thread_local char checked_text[CHECKED_MAX];
 static _Thread_local size_t checked_len;
 
-static bool is_json_object(const char *s)
+bool dx__json_is_object(const char *s)
 {
     if (s == NULL)
         return false;
@@ -382,11 +380,6 @@ static bool is_json_object(const char *s)
         checked_len = n;
     }
     return ok;
-}
-
-bool dx__json_is_object(const char *s)
-{
-    return is_json_object(s);
 }
 
 dx_lm_request *dx_lm_request_new(const char *model)
@@ -488,7 +481,7 @@ int dx_lm_request_add_tool_call(dx_lm_request *r, const char *id,
     if (!r || !id || !name || !r->n_messages ||
         r->messages[r->n_messages - 1].role != DX_LM_ASSISTANT)
         return DX_EINVAL;
-    if (!is_json_object(arguments))
+    if (!dx__json_is_object(arguments))
         return DX_EINVAL;
     dx_lm_message *m = &r->messages[r->n_messages - 1];
     dx_lm_tool_call c = {dx_strdup(id), dx_strdup(name), dx_strdup(arguments)};
@@ -508,7 +501,7 @@ int dx_lm_request_add_tool_call(dx_lm_request *r, const char *id,
 int dx_lm_request_add_tool(dx_lm_request *r, const char *name,
                            const char *description, const char *parameters)
 {
-    if (!r || !name || !*name || !is_json_object(parameters))
+    if (!r || !name || !*name || !dx__json_is_object(parameters))
         return DX_EINVAL;
     dx_lm_tool t = {dx_strdup(name),
                     description ? dx_strdup(description) : NULL,
@@ -545,7 +538,7 @@ int dx_lm_request_add_stop(dx_lm_request *r, const char *stop)
 int dx_lm_request_set_schema(dx_lm_request *r, const char *name,
                              const char *schema, bool strict)
 {
-    if (!r || !name || !*name || !is_json_object(schema))
+    if (!r || !name || !*name || !dx__json_is_object(schema))
         return DX_EINVAL;
     char *n = dx_strdup(name), *s = dx_strdup(schema);
     if (!n || !s) {
