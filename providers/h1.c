@@ -921,6 +921,15 @@ void dx__h1_close_all(void)
     H = NULL;
 }
 
+void dx__h1_close_idle(void)
+{
+    if (H == NULL)
+        return;
+    for (h1host *h = H->hosts; h != NULL; h = h->next)
+        while (h->idle != NULL)
+            conn_close(h->idle);
+}
+
 /* ------------------------------------------------------------------ */
 /* The response head, for http.c a line at a time                       */
 /* ------------------------------------------------------------------ */

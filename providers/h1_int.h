@@ -82,6 +82,10 @@ void dx__h1_cancel(dx__h1_xfer *x);
  * connections 0 = four per exchange running, curl's default). */
 void dx__h1_set_limits(long host_max, long total_max, long idle_max);
 
+/* Close the lane's idle connections (dx_http_close_idle); exchanges
+ * running keep theirs. */
+void dx__h1_close_idle(void);
+
 /* At the lane's teardown, after every exchange has ended: close the
  * connections and free the lane's state. */
 void dx__h1_close_all(void);

@@ -237,6 +237,20 @@ uint64_t dx_http_connections_opened(void)
     return atomic_load(&n_connections) + dx__h1_connections_opened();
 }
 
+static void close_idle(void *arg);
+
+int dx_http_close_idle(void)
+{
+    unsigned n = dx_io_threads();
+    for (unsigned i = 0; i < n; i++) {
+        int rc = dx_io_call_on(i, close_idle, NULL);
+        /* A lane that stopped (or is stopping) closes everything itself. */
+        if (rc != DX_OK && rc != DX_ESTATE)
+            return rc;
+    }
+    return DX_OK;
+}
+
 /* Easy handles, reset, kept for the next requests: curl_easy_init and
  * curl_easy_cleanup were ~10 k instructions a request (callgrind), a reset
  * is a fraction of that. Any thread takes and returns them; they belong to
@@ -1031,12 +1045,39 @@ static void watch(requester *q)
 
 static void teardown(void *arg);
 
+/* The lane's multi handle with our callbacks and limits set; NULL when out
+ * of memory. */
+static CURLM *multi_new(void)
+{
+    CURLM *m = curl_multi_init();
+    if (m == NULL)
+        return NULL;
+    curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+    curl_multi_setopt(m, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    return m;
+}
+
+/* Close curl's connections (every one left is idle when nothing runs) and
+ * our watches of them. The watches go first, and curl's callbacks are kept
+ * off them while it closes: a watch on a descriptor curl has closed could
+ * land on another lane's new socket with the same number. */
+static void multi_close(void)
+{
+    L->tearing_down = true;
+    while (L->socks != NULL)
+        sock_close(L->socks);
+    curl_multi_cleanup(L->multi);
+    L->multi = NULL;
+    L->tearing_down = false;
+}
+
 static bool ensure_ready(void)
 {
     if (L->ready)
         return true;
     L->timer = dx_malloc(sizeof *L->timer);
-    L->multi = curl_multi_init();
+    L->multi = multi_new();
     if (L->timer == NULL || L->multi == NULL ||
         dx_io_at_stop(teardown, NULL) != DX_OK) {
         if (L->multi != NULL)
@@ -1046,12 +1087,39 @@ static bool ensure_ready(void)
         return false;
     }
     uv_timer_init(dx_io_loop(), L->timer);
-    curl_multi_setopt(L->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-    curl_multi_setopt(L->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
-    curl_multi_setopt(L->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
     apply_limits();
     L->ready = true;
     return true;
+}
+
+/* Whether any of the lane's transfers is curl's (on its multi handle). */
+static bool curl_running(void)
+{
+    for (size_t i = 0; i < L->by_ref.nb; i++)
+        for (dx__hnode *n = L->by_ref.b[i]; n != NULL; n = n->next)
+            if (((xfer *)n)->added)
+                return true;
+    return false;
+}
+
+/* Posted to every lane by dx_http_close_idle. curl has no call that closes
+ * only its idle connections, but with none of its transfers running every
+ * connection it keeps is idle, and its multi handle is cheap to replace:
+ * the new one is made first, so running out of memory keeps the old. */
+static void close_idle(void *arg)
+{
+    (void)arg;
+    bind_lane();
+    dx__h1_close_idle();
+    if (!L->ready || curl_running())
+        return;
+    CURLM *fresh = multi_new();
+    if (fresh == NULL)
+        return;
+    multi_close();
+    uv_timer_stop(L->timer);
+    L->multi = fresh;
+    apply_limits();
 }
 
 /* ---- the h1 path: h1.c feeds the same header and body handling ---- */
@@ -1186,12 +1254,7 @@ static void teardown(void *arg)
         requester_drop((requester *)n);
     if (!dx_pid_is_none(L->watcher))
         dx_send_tag(L->watcher, W_STOP);
-    /* Close our poll handles before curl closes its idle connections, and
-     * keep curl's callbacks from touching them while it does. */
-    L->tearing_down = true;
-    while (L->socks != NULL)
-        sock_close(L->socks);
-    curl_multi_cleanup(L->multi);
+    multi_close();
     dx__h1_close_all();
     easy_pool_drain();
     uv_close((uv_handle_t *)L->timer, handle_freed);

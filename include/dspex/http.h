@@ -163,6 +163,19 @@ typedef struct dx_http_limits {
  * are stored even then, for when the I/O runs). Any thread. */
 DX_API int dx_http_set_limits(const dx_http_limits *limits);
 
+/* Close the connections kept idle for reuse, on every I/O thread, so the
+ * next requests open new ones: after a burst, to hand the server back the
+ * connections it holds for us (up to max_idle_connections), or to measure
+ * a first run again. Each I/O thread does it in order with the work handed
+ * to it, so every transfer submitted after this returns finds no idle
+ * connection from before. Transfers running keep their connections, and
+ * their connections are kept when they end. One exception: curl keeps the
+ * connections of a thread on which one of its transfers (https, a proxy,
+ * a host name) is running at the time, as it has no call that closes only
+ * idle ones. DX_OK, also when the I/O threads are not running (nothing is
+ * open); DX_ENOMEM. Any thread. */
+DX_API int dx_http_close_idle(void);
+
 /* Transfers running on the I/O threads right now (racy by nature), and how
  * many TCP connections were opened since the loop started. Any thread. */
 DX_API size_t dx_http_in_flight(void);

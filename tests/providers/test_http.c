@@ -1225,6 +1225,84 @@ Test(http, keep_alive_reuses_one_connection)
     cr_assert_eq(dx_http_connections_opened() - before, 1);
 }
 
+/* Waits (up to 5 s) until the server holds n connections. */
+static bool server_holds(int n)
+{
+    for (int i = 0; i < 500 && atomic_load(&S.open_conns) != n; i++)
+        dx_sleep(10);
+    return atomic_load(&S.open_conns) == n;
+}
+
+static void echo_once(void)
+{
+    dx_http_request req = {.url = url("/echo"), .body = "ping", .body_len = 4};
+    dx_http_response *r = fetch(&req);
+    if (r != NULL)
+        KT_CHECK_RC(r->err, DX_OK);
+    dx_http_response_free(r);
+}
+
+/* dx_http_close_idle closes what is kept for reuse, and the next request
+ * opens a new connection; an exchange running meanwhile keeps its
+ * connection, is answered, and leaves it kept. */
+static void close_idle_between(void *arg)
+{
+    (void)arg;
+    echo_once();
+    KT_CHECK(server_holds(1));
+    KT_CHECK_RC(dx_http_close_idle(), DX_OK);
+    KT_CHECK(server_holds(0));
+    echo_once();
+    KT_CHECK_EQ(atomic_load(&S.accepted), 2);
+
+    /* One connection busy with a slow answer, another idle. */
+    dx_http_request slow = {.url = url("/slow/400")};
+    dx_ref ref;
+    if (!KT_CHECK_RC(dx_http_submit(&slow, dx_self(), 9, &ref), DX_OK))
+        return;
+    echo_once();
+    KT_CHECK_EQ(atomic_load(&S.accepted), 3);
+    KT_CHECK_RC(dx_http_close_idle(), DX_OK);
+    if (getenv("DX_HTTP_CURL") == NULL) {
+        KT_CHECK(server_holds(1));
+    } else {
+        /* curl keeps its cache while one of its transfers runs on the
+         * thread (http.h): the idle connection is still open a while on. */
+        dx_sleep(100);
+        KT_CHECK_EQ(atomic_load(&S.open_conns), 2);
+    }
+    dx_http_response *r = await(ref, 10000);
+    if (KT_CHECK(r != NULL)) {
+        KT_CHECK_RC(r->err, DX_OK);
+        KT_CHECK_EQ(r->status, 200);
+    }
+    dx_http_response_free(r);
+    echo_once(); /* on the slow request's connection, kept */
+    KT_CHECK_EQ(atomic_load(&S.accepted), 3);
+    KT_CHECK_EQ(atomic_load(&S.closed_early), 0);
+}
+
+Test(http, closing_idle_connections_spares_running_exchanges)
+{
+    /* One I/O thread, so both connections are on it. */
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    cr_assert_eq(dx_io_set_threads(1), DX_OK);
+    uint64_t before = dx_http_connections_opened();
+    kt_run_clean(close_idle_between, NULL);
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    cr_assert_eq(dx_io_set_threads(0), DX_OK);
+    cr_assert_eq(dx_http_connections_opened() - before, 3);
+    cr_assert_eq(atomic_load(&S.requests), 5);
+}
+
+/* With the I/O threads stopped nothing is open, and nothing starts them. */
+Test(http, closing_idle_connections_with_the_io_stopped_is_a_no_op)
+{
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    cr_assert_eq(dx_http_close_idle(), DX_OK);
+    cr_assert_not(dx_io_running());
+}
+
 /* ---- bursts ---- */
 
 #define BURST 64
