@@ -1027,7 +1027,25 @@ static void help_eval(void)
         "                  [--model M]\n\n"
         "Evaluate the program on the dataset and print the score and a table.\n"
         "--frac F (0 < F <= 1): exact_match counts token F1 >= F as a match,\n"
-        "as DSPy's answer_exact_match(frac=F) does.");
+        "as DSPy's answer_exact_match(frac=F) does. Exits 1 when every\n"
+        "example that finished failed (the first error on stderr).");
+}
+
+/* true (and why, on stderr) when examples finished and every one failed:
+ * a wrong key, model or URL, or a program that cannot run. The score is
+ * then no measure of the program, whatever max_errors says. */
+static bool all_failed(const dx_eval_result *r)
+{
+    if (r->n_done == 0 || r->n_errors < r->n_done)
+        return false;
+    const char *first = NULL;
+    for (size_t i = 0; i < r->n && first == NULL; i++)
+        if (r->rows[i].done && r->rows[i].error != DX_OK)
+            first = r->rows[i].error_msg ? r->rows[i].error_msg
+                                         : dx_strerror(r->rows[i].error);
+    fprintf(stderr, "%s: every example failed (%zu of %zu); the first: %s\n",
+            prog_name, r->n_errors, r->n_done, first ? first : "?");
+    return true;
 }
 
 static int cmd_eval_body(args *ap)
@@ -1069,6 +1087,8 @@ static int cmd_eval_body(args *ap)
             fprintf(stderr, "%s: %s\n", prog_name, d.msg);
             rc = DX_EIO;
         }
+        if (rc == DX_OK && all_failed(r))
+            rc = DX_EPROVIDER; /* exit 1: a script must not take 0 % */
     } else {
         fprintf(stderr, "%s: %s\n", prog_name, d.msg);
     }

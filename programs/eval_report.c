@@ -405,8 +405,11 @@ void dx_eval_result_print(const dx_eval_result *r, FILE *f, size_t max_rows)
             r->stopped_early ? ", stopped early (max_errors)" : "",
             r->cancelled ? ", cancelled" : "");
     fprintf(f, "wall      %s\n", wall);
-    fprintf(f, "latency   p50 %.1f ms  p95 %.1f ms  p99 %.1f ms\n",
-            r->latency_p50_ms, r->latency_p95_ms, r->latency_p99_ms);
+    if (r->n_done > r->n_errors)
+        fprintf(f, "latency   p50 %.1f ms  p95 %.1f ms  p99 %.1f ms\n",
+                r->latency_p50_ms, r->latency_p95_ms, r->latency_p99_ms);
+    else
+        fprintf(f, "latency   none (no example finished without an error)\n");
     fprintf(f, "tokens    %lld in, %lld out, %lld LM calls (%lld cached)\n",
             (long long)r->usage.input_tokens, (long long)r->usage.output_tokens,
             (long long)r->usage.calls, (long long)r->usage.cached_calls);

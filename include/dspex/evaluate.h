@@ -139,6 +139,7 @@ typedef struct dx_eval_result {
     bool stopped_early; /* max_errors reached */
     bool cancelled;
     double wall_s;
+    /* Of the examples that finished without an error; 0 when none did. */
     double latency_p50_ms, latency_p95_ms, latency_p99_ms;
     dx_usage_acc usage; /* all examples */
     dx_eval_row *rows;  /* n rows, dataset order */

@@ -392,20 +392,30 @@ Test(cli, agents_and_rag_programs_evaluate_on_the_two_hop_task)
  * holds against an HTTP/1.1 server, which takes one call per connection:
  * the local server holds every answer for a while and counts the calls it
  * owed at once. */
-Test(cli, eval_concurrency_above_256_reaches_an_http_1_1_server)
+/* A local LM server started with o, its URL in url, and n questions
+ * ("Question i?", answer "x") written to tmpdir/name, whose path goes in
+ * path. */
+static dx_lmserver *server_and_questions(const dx_lmserver_opts *o,
+                                         char url[96], const char *name, int n,
+                                         char path[200])
 {
     dx_lmserver *srv = NULL;
-    dx_lmserver_opts so = {.latency_ms = 1500, .max_connections = 2048};
-    cr_assert_eq(dx_lmserver_start(&so, &srv), DX_OK);
-    char url[96];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/v1", dx_lmserver_port(srv));
-    char path[200];
-    snprintf(path, sizeof path, "%s/many.jsonl", tmpdir);
+    cr_assert_eq(dx_lmserver_start(o, &srv), DX_OK);
+    snprintf(url, 96, "http://127.0.0.1:%d/v1", dx_lmserver_port(srv));
+    snprintf(path, 200, "%s/%s", tmpdir, name);
     FILE *f = fopen(path, "w");
     cr_assert_not_null(f);
-    for (int i = 0; i < 400; i++)
+    for (int i = 0; i < n; i++)
         fprintf(f, "{\"question\": \"Question %d?\", \"answer\": \"x\"}\n", i);
     fclose(f);
+    return srv;
+}
+
+Test(cli, eval_concurrency_above_256_reaches_an_http_1_1_server)
+{
+    char url[96], path[200];
+    dx_lmserver_opts so = {.latency_ms = 1500, .max_connections = 2048};
+    dx_lmserver *srv = server_and_questions(&so, url, "many.jsonl", 400, path);
     int rc = dspex((const char *[]){"eval", example("capitals.json"), path,
                                     "--model", "openai-compatible/x",
                                     "--base-url", url, "--api-key", "k",
@@ -416,4 +426,32 @@ Test(cli, eval_concurrency_above_256_reaches_an_http_1_1_server)
     cr_assert_eq(rc, 0, "%s", err_buf);
     cr_assert_gt(st.max_in_flight, 256, "at most %llu calls at once",
                  (unsigned long long)st.max_in_flight);
+}
+
+/* A wrong key fails every example: the table still shows them, and the
+ * exit status and stderr say so, so a script does not take 0 % for a
+ * score. With the key, the same run exits 0. */
+Test(cli, eval_exits_1_when_every_example_failed)
+{
+    char url[96], path[200];
+    dx_lmserver *srv = server_and_questions(&(dx_lmserver_opts){0}, url,
+                                            "three.jsonl", 3, path);
+    unsetenv("OPENAI_API_KEY");
+    int rc = dspex((const char *[]){"eval", example("capitals.json"), path,
+                                    "--model", "openai-compatible/x",
+                                    "--base-url", url, NULL});
+    cr_expect_eq(rc, 1, "%s", err_buf);
+    cr_expect(strstr(out_buf, "done      3/3, 3 errors") != NULL, "%s",
+              out_buf);
+    cr_expect(strstr(err_buf, "every example failed (3 of 3); the first: ") !=
+                  NULL,
+              "%s", err_buf);
+    cr_expect(strstr(err_buf, "API key") != NULL, "%s", err_buf);
+    rc = dspex((const char *[]){"eval", example("capitals.json"), path,
+                                "--model", "openai-compatible/x", "--base-url",
+                                url, "--api-key", "k", NULL});
+    cr_expect_eq(rc, 0, "%s", err_buf);
+    cr_expect(strstr(out_buf, "done      3/3, 0 errors") != NULL, "%s",
+              out_buf);
+    dx_lmserver_stop_free(srv);
 }

@@ -364,6 +364,19 @@ Test(eval_report, table_shows_summary_and_ok_failed_and_not_run_rows,
     cr_expect(strstr(s, "     1   0.00") == NULL, "%s", s);
     cr_expect(strstr(s, "… 2 more rows\n") != NULL, "%s", s);
     free(s);
+
+    /* Every example that finished failed: no latency to speak of, rather
+     * than percentiles of nothing printed as 0. */
+    r->rows[0].error = DX_EPROVIDER;
+    r->n_errors = r->n_done;
+    r->latency_p50_ms = r->latency_p95_ms = r->latency_p99_ms = 0;
+    dx_eval_result_print(r, c.f, 0);
+    s = cap_take(&c);
+    cr_expect(strstr(s, "latency   none (no example finished without an "
+                        "error)\n") != NULL,
+              "%s", s);
+    cr_expect(strstr(s, "p50") == NULL, "%s", s);
+    free(s);
     cap_close(&c);
     dx_eval_result_free(r);
 }
