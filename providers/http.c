@@ -88,7 +88,23 @@ struct requester {
     dx__hnode h; /* first: key = pid id (by_pid) */
     xfer *xfers;
     bool watched;
+    /* Not watched yet: in the lane's list of requesters to watch once
+     * their first transfer has run for WATCH_AFTER_NS (see there). */
+    bool pending;
+    uint64_t watch_due_ns;
+    struct requester *pprev, *pnext;
 };
+
+/* How long a requester's first transfer runs before the watcher is asked to
+ * monitor it. Most LM calls from short-lived processes (an evaluated
+ * example, a worker's one request) end sooner, and their requesters are
+ * dropped with the last transfer: no watch message, no monitor, no DOWN
+ * and no post back to the lane — three wake-ups of sleeping threads per
+ * process when the machine is not busy. The price: the transfers of a
+ * requester that dies within this time are cancelled only when it is up
+ * (by an immediate DOWN, as the pid is dead by then), or end on their own
+ * first. */
+#define WATCH_AFTER_NS (250 * 1000000ull)
 
 /* A socket curl opened, watched on the lane's loop. The poll handle is kept
  * for the descriptor when curl stops using the connection
@@ -143,6 +159,8 @@ typedef struct hlane {
     curl_socket_t removed[MAX_REMOVED];
     sockctx *socks;
     dx_pid watcher;
+    requester *pend_head, *pend_tail; /* to watch, oldest (due first) first */
+    uv_timer_t *watch_timer;          /* heap, as timer; due: pend_head */
     uint64_t limits_applied; /* limits_gen of the limits in force here */
 } hlane;
 
@@ -570,8 +588,24 @@ static void record_info(xfer *x)
         atomic_fetch_add(&n_connections, (uint64_t)v);
 }
 
+static void pend_unlink(requester *q)
+{
+    if (q->pprev != NULL)
+        q->pprev->pnext = q->pnext;
+    else
+        L->pend_head = q->pnext;
+    if (q->pnext != NULL)
+        q->pnext->pprev = q->pprev;
+    else
+        L->pend_tail = q->pprev;
+    q->pprev = q->pnext = NULL;
+    q->pending = false;
+}
+
 static void requester_drop(requester *q)
 {
+    if (q->pending)
+        pend_unlink(q);
     dx__htab_del(&L->by_pid, &q->h);
     dx_free(q);
 }
@@ -1035,8 +1069,45 @@ static void watch(requester *q)
     for (size_t i = 0; i < L->by_pid.nb; i++)
         for (dx__hnode *n = L->by_pid.b[i]; n != NULL; n = n->next) {
             requester *r = (requester *)n;
-            r->watched = send_watch((dx_pid){n->key});
+            if (!r->pending) /* those are watched when due */
+                r->watched = send_watch((dx_pid){n->key});
         }
+}
+
+/* The requesters whose time has come are watched; the timer is set for
+ * the next. */
+static void on_watch_due(uv_timer_t *t)
+{
+    (void)t;
+    bind_lane();
+    uint64_t now = uv_hrtime();
+    while (L->pend_head != NULL && L->pend_head->watch_due_ns <= now) {
+        requester *q = L->pend_head;
+        pend_unlink(q);
+        watch(q); /* unwatched if that fails: dropped with its last */
+    }
+    if (L->pend_head != NULL)
+        uv_timer_start(L->watch_timer, on_watch_due,
+                       (L->pend_head->watch_due_ns - now + 999999) / 1000000,
+                       0);
+}
+
+/* A new requester: watched once its first transfer has run a while. */
+static void watch_later(requester *q)
+{
+    q->pending = true;
+    q->watch_due_ns = uv_hrtime() + WATCH_AFTER_NS;
+    q->pnext = NULL;
+    q->pprev = L->pend_tail;
+    if (L->pend_tail != NULL) {
+        L->pend_tail->pnext = q;
+    } else {
+        L->pend_head = q;
+        uv_update_time(dx_io_loop());
+        uv_timer_start(L->watch_timer, on_watch_due,
+                       WATCH_AFTER_NS / 1000000 + 1, 0);
+    }
+    L->pend_tail = q;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1077,16 +1148,19 @@ static bool ensure_ready(void)
     if (L->ready)
         return true;
     L->timer = dx_malloc(sizeof *L->timer);
+    L->watch_timer = dx_malloc(sizeof *L->watch_timer);
     L->multi = multi_new();
-    if (L->timer == NULL || L->multi == NULL ||
+    if (L->timer == NULL || L->watch_timer == NULL || L->multi == NULL ||
         dx_io_at_stop(teardown, NULL) != DX_OK) {
         if (L->multi != NULL)
             curl_multi_cleanup(L->multi);
         dx_free(L->timer);
+        dx_free(L->watch_timer);
         memset(L, 0, sizeof *L);
         return false;
     }
     uv_timer_init(dx_io_loop(), L->timer);
+    uv_timer_init(dx_io_loop(), L->watch_timer);
     apply_limits();
     L->ready = true;
     return true;
@@ -1178,7 +1252,7 @@ static void start_xfer(void *arg)
             finish(x, CURLE_OK, DX_ENOMEM, "out of memory");
             return;
         }
-        watch(q);
+        watch_later(q);
     }
     x->owner = q;
     x->rnext = q->xfers;
@@ -1258,6 +1332,7 @@ static void teardown(void *arg)
     dx__h1_close_all();
     easy_pool_drain();
     uv_close((uv_handle_t *)L->timer, handle_freed);
+    uv_close((uv_handle_t *)L->watch_timer, handle_freed);
     dx__htab_free(&L->by_ref);
     dx__htab_free(&L->by_pid);
     dx__htab_free(&L->socks_by_fd);

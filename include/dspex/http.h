@@ -16,7 +16,10 @@
  *
  * A transfer ends early when dx_http_cancel() is called for its ref (the
  * completion then carries DX_ECANCELED) and when the reply_to process exits:
- * its transfers are cancelled and their connections closed.
+ * its transfers are cancelled and their connections closed — at once if
+ * it had a transfer running for 250 ms or more before, else when its first
+ * transfer has run that long (processes are watched for their exit only
+ * once a transfer of theirs runs that long, so short calls cost nothing).
  *
  * Transport errors are dx_err codes in dx_http_response.err; an HTTP status
  * of 4xx/5xx is not a transport error (err is DX_OK, status says it).

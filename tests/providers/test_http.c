@@ -1303,6 +1303,43 @@ Test(http, closing_idle_connections_with_the_io_stopped_is_a_no_op)
     cr_assert_not(dx_io_running());
 }
 
+/* Live processes labelled "dx_http:watcher". */
+static int watchers(void)
+{
+    dx_proc_info *list = NULL;
+    size_t n = 0;
+    if (!KT_CHECK_RC(dx_process_list(&list, &n), DX_OK))
+        return -1;
+    int found = 0;
+    for (size_t i = 0; i < n; i++)
+        found += strcmp(list[i].label, "dx_http:watcher") == 0;
+    dx_free(list);
+    return found;
+}
+
+static void quick_then_slow(void *arg)
+{
+    (void)arg;
+    echo_once();
+    echo_once();
+    KT_CHECK_EQ(watchers(), 0);
+    dx_http_request req = {.url = url("/slow/600")};
+    dx_http_response *r = fetch(&req);
+    if (KT_CHECK(r != NULL))
+        KT_CHECK_EQ(r->status, 200);
+    dx_http_response_free(r);
+    KT_CHECK_EQ(watchers(), 1);
+}
+
+/* A requester is watched (for its death, to cancel its transfers) only
+ * once a transfer of its has run a while: processes whose calls end sooner
+ * cost the watcher nothing, and the watcher is not even started. */
+Test(http, requesters_are_watched_only_once_a_transfer_runs_a_while)
+{
+    kt_run_clean(quick_then_slow, NULL);
+    cr_assert_eq(atomic_load(&S.requests), 3);
+}
+
 /* ---- bursts ---- */
 
 #define BURST 64
