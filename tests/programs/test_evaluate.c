@@ -284,8 +284,20 @@ Test(evaluate, stops_early_past_max_errors)
     cr_assert(r->stopped_early);
     cr_assert_gt(r->n_errors, 5);
     cr_assert_lt(r->n_done, 200);
-    cr_assert_eq(r->rows[0].error, DX_EPARSE);
-    cr_assert(strstr(r->rows[0].error_msg, "never parses"));
+    /* Which examples ran before the stop depends on timing (one started
+     * on a sleeping scheduler may be killed before it runs); each that
+     * finished failed with its reason. */
+    size_t failed = 0;
+    for (size_t i = 0; i < r->n; i++) {
+        if (!r->rows[i].done || r->rows[i].error == DX_OK)
+            continue;
+        if (r->rows[i].error == DX_EPARSE) {
+            cr_assert(strstr(r->rows[i].error_msg, "never parses"), "%s",
+                      r->rows[i].error_msg);
+            failed++;
+        }
+    }
+    cr_assert_gt(failed, 5);
     cr_assert(!r->rows[199].done, "never started");
     dx_eval_result_free(r);
     dx_dataset_free(ds);
