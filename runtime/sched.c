@@ -482,9 +482,17 @@ static void quiescent(dx__sched *s, bool force)
     if (s->limbo_head == NULL || (!force && (s->loops & 31) != 0))
         return;
     /* Blocks retired in the current epoch need the epoch to move on before
-     * anyone can be seen past it. */
-    if (s->limbo_tail->retire_epoch == e)
-        atomic_compare_exchange_strong(&dx__rt.epoch, &e, e + 1);
+     * anyone can be seen past it. This thread, at a quiescent point, is
+     * past it at once: saying so now lets a scheduler going idle with the
+     * others asleep free its exited processes before it sleeps, instead of
+     * waking LIMBO_RETRY_NS later to do it (one wake-up per process exit
+     * at low load). */
+    if (s->limbo_tail->retire_epoch == e) {
+        uint64_t now = e + 1;
+        if (!atomic_compare_exchange_strong(&dx__rt.epoch, &e, now))
+            now = e; /* another thread moved it on: e is the new epoch */
+        atomic_store_explicit(&s->seen_epoch, now, memory_order_release);
+    }
     uint64_t min = atomic_load(&dx__rt.ext_seen);
     for (int i = 0; i < dx__rt.nsched; i++) {
         uint64_t v = atomic_load(&dx__rt.scheds[i].seen_epoch);
