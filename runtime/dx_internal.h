@@ -119,6 +119,9 @@ void dx__timer_remove(dx__timer_heap *h, dx__timer *t);
 /* Fire due timers of scheduler s; returns the next deadline or INT64_MAX. */
 int64_t dx__timers_run(struct dx__sched *s);
 void dx__timers_shutdown(void);
+/* Before s sleeps: drop or move the receive timeouts at the top of its heap
+ * that no receive wants at their deadline; returns the next deadline. */
+int64_t dx__timers_settle(struct dx__sched *s);
 /* Earliest deadline in s's heap (locked read), INT64_MAX if none. */
 int64_t dx__timers_peek(struct dx__sched *s);
 

@@ -1070,8 +1070,9 @@ static void sched_loop(dx__sched *s)
         drain_inject(s);
         dx__proc *p = next_runnable(s);
         if (p == NULL) {
-            /* Due timers may wake someone; otherwise sleep until the next. */
-            int64_t next = dx__timers_run(s);
+            /* Due timers may wake someone; otherwise sleep until the next
+             * one that will do something. */
+            dx__timers_run(s);
             drain_inject(s);
             p = next_runnable(s);
             if (p == NULL) {
@@ -1080,7 +1081,7 @@ static void sched_loop(dx__sched *s)
                 if (steal(s) > 0)
                     continue;
                 quiescent(s, true); /* free what we can before sleeping */
-                idle(s, next);
+                idle(s, dx__timers_settle(s));
                 continue;
             }
         }

@@ -186,6 +186,39 @@ int64_t dx__timers_run(dx__sched *s)
     }
 }
 
+/* Receive timeouts are disarmed lazily (proc.c): a receive that ended
+ * early leaves its entry in the heap, to be dropped or moved to a later
+ * receive's deadline when it comes due. For a scheduler about to sleep,
+ * coming due means a wake-up for nothing: a process that receives with a
+ * timeout and gets its message first (a coordinator waiting for results
+ * with a periodic tick) cost its scheduler one, or two with the tick
+ * moved on, per message at low load. So before sleeping, the entries at
+ * the top that no receive wants at their deadline are dropped or moved
+ * now, in place (no allocation). Only this scheduler runs the processes
+ * whose timeouts it holds, so their fields are ours to read here. */
+int64_t dx__timers_settle(dx__sched *s)
+{
+    dx__timer_heap *h = &s->timers;
+    if (atomic_load_explicit(&h->count, memory_order_relaxed) == 0)
+        return INT64_MAX;
+    pthread_mutex_lock(&h->mu);
+    while (h->len > 0 && h->items[0]->kind == DX__TIMER_RECV) {
+        dx__timer *t = h->items[0];
+        dx__proc *p = dx__container_of(t, dx__proc, tmo);
+        if (p->tmo_want == t->deadline_ns)
+            break;
+        if (p->tmo_want == 0) {
+            heap_remove_at(h, 0);
+        } else {
+            t->deadline_ns = p->tmo_want; /* later: it sinks */
+            sift_down(h, 0);
+        }
+    }
+    int64_t next = h->len ? h->items[0]->deadline_ns : INT64_MAX;
+    pthread_mutex_unlock(&h->mu);
+    return next;
+}
+
 int64_t dx__timers_peek(dx__sched *s)
 {
     dx__timer_heap *h = &s->timers;

@@ -3,8 +3,11 @@
  * and in deadline order; cancel before firing returns DX_OK and the message
  * never comes (and is freed); cancel after firing or of an unknown ref
  * returns DX_ENOENT; messages for dead targets and pending timers at stop
- * are freed; the monotonic clock.
+ * are freed; the monotonic clock; a receive timeout that is no longer
+ * wanted does not wake its scheduler.
  */
+#include <dirent.h>
+
 #include "kernel_test_util.h"
 
 static atomic_int ptr_frees;
@@ -246,4 +249,76 @@ Test(timer, send_after_refuses_nothing_negative_times_and_no_runtime,
     kt_host_join(a);
     kt_stop();
     cr_expect_eq(dx_send_after(10, a, dx_msg_new(5), &tref), DX_ESTATE);
+}
+
+/* How many times the thread named name has gone to sleep so far (its
+ * voluntary context switches), or -1 if there is no such thread. */
+static long sleeps_of(const char *name)
+{
+    DIR *d = opendir("/proc/self/task");
+    if (d == NULL)
+        return -1;
+    long found = -1;
+    struct dirent *e;
+    while (found < 0 && (e = readdir(d)) != NULL) {
+        char path[300], comm[32] = "", line[128];
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (f == NULL)
+            continue;
+        bool ours = fgets(comm, sizeof comm, f) != NULL &&
+                    strncmp(comm, name, strlen(name)) == 0 &&
+                    comm[strlen(name)] == '\n';
+        fclose(f);
+        snprintf(path, sizeof path, "/proc/self/task/%s/status", e->d_name);
+        if (!ours || (f = fopen(path, "r")) == NULL)
+            continue;
+        while (fgets(line, sizeof line, f) != NULL)
+            if (sscanf(line, "voluntary_ctxt_switches: %ld", &found) == 1)
+                break;
+        fclose(f);
+    }
+    closedir(d);
+    return found;
+}
+
+static atomic_int received_early;
+
+/* Five receives with a 300 ms timeout, each answered 2 ms into its wait,
+ * then a receive without one. */
+static void early_then_park(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 5; i++) {
+        dx_msg *m = NULL;
+        KT_CHECK_RC(dx_send_after(2, dx_self(), dx_msg_new(5), NULL), DX_OK);
+        if (KT_CHECK_RC(dx_receive_tag(5, 300, &m), DX_OK))
+            dx_msg_free(m);
+    }
+    atomic_store(&received_early, 1);
+    dx_msg *m = NULL;
+    if (KT_CHECK_RC(dx_receive_tag(6, DX_INFINITY, &m), DX_OK))
+        dx_msg_free(m);
+}
+
+/* The timeout of those receives is not wanted any more: the scheduler,
+ * with nothing else to do, sleeps through their deadline instead of waking
+ * for it (a wake-up for nothing per such receive at low load). */
+Test(timer, a_timeout_no_receive_wants_does_not_wake_the_scheduler,
+     .timeout = 30)
+{
+    kt_start(1);
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(early_then_park, NULL, &pid), DX_OK);
+    KT_HOST_WAIT_UNTIL(atomic_load(&received_early), 10000);
+    struct timespec settle = {0, 50 * 1000000}, past = {0, 500 * 1000000};
+    nanosleep(&settle, NULL); /* the scheduler is asleep by then */
+    long before = sleeps_of("dx-sched-0");
+    cr_assert_geq(before, 0, "no thread named dx-sched-0");
+    nanosleep(&past, NULL); /* past the 300 ms deadlines */
+    long after = sleeps_of("dx-sched-0");
+    cr_expect_eq(after - before, 0, "the scheduler woke %ld times for nothing",
+                 after - before);
+    cr_assert_eq(dx_send_tag(pid, 6), DX_OK);
+    kt_stop();
 }
