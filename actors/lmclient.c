@@ -1698,12 +1698,14 @@ static int lead_call(dx_pid client, const lead *l, const dx_lm_request *req,
     dx_lm_error_clear(&o->err);
     /* Killed during the call, this process still frees the outcome (o_tie,
      * the answer in it included); the client learns of the death by its
-     * monitor. */
+     * monitor. The tie holds until the demonitor is done too: flushing the
+     * DOWN drains the mailbox, where a kill takes effect (chaos test: the
+     * outcome leaked when a kill landed there). */
     call_upstream(l->cfg->cfg, req, &l->policy, l->attempt_timeout_ms, l->seed,
                   deadline_ms, co, o);
-    dx_ptie_cut(o_tie);
     if (watching)
         dx_demonitor(mon, true);
+    dx_ptie_cut(o_tie);
     if (o->rc == DX_EDOWN) {
         outcome_free(o);
         return DX_EDOWN;
