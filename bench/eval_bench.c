@@ -192,6 +192,14 @@ static void wave_fields(const double *lat, size_t n, long c, const char *prefix,
 
 /* ---- the run ----------------------------------------------------------- */
 
+/* Closes the connections kept for reuse, so the next run opens its own as
+ * a first run does, and gives the server time to see the closes. */
+static void close_connections(void)
+{
+    dx_http_close_idle();
+    dx_sleep(50);
+}
+
 typedef struct bench {
     long conc[8];
     int nconc;
@@ -273,10 +281,8 @@ static void bench_main(void *arg)
         };
         dx_eval_result *r = NULL;
         dx_diag d = {0};
-        if (!B.warm && k > 0) {
-            dx_http_close_idle(); /* the last baseline's */
-            dx_sleep(50);
-        }
+        if (!B.warm && k > 0)
+            close_connections(); /* the last baseline's */
         uint64_t conns0 = dx_http_connections_opened();
         double w0 = clock_s(CLOCK_MONOTONIC);
         double c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
@@ -306,10 +312,8 @@ static void bench_main(void *arg)
         /* Baseline with the same concurrency, on connections of its own
          * when the evaluation opened its own: opening them is part of the
          * HTTP exchange, whose CPU the baseline is there to measure. */
-        if (!B.warm) {
-            dx_http_close_idle();
-            dx_sleep(50); /* the server has seen the closes by now */
-        }
+        if (!B.warm)
+            close_connections();
         c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
         w0 = clock_s(CLOCK_MONOTONIC);
         run_baseline(N, B.conc[k]);
