@@ -22,6 +22,10 @@ dx__progress *dx__progress_new(FILE *out, dx_eval_progress_mode mode,
 /* Report the state now (prints if due). now_s: seconds since start. */
 void dx__progress_update(dx__progress *p, size_t done, size_t errors,
                          double score_sum, double now_s);
+/* When (seconds since start) an update with no news would next print
+ * something: the bar's elapsed time and ETA, the next line. INFINITY when
+ * nothing is shown. The evaluation loop sleeps no longer than this. */
+double dx__progress_next_s(const dx__progress *p);
 /* Final line (always printed unless OFF); ends the bar's line. */
 void dx__progress_finish(dx__progress *p, size_t done, size_t errors,
                          double score_sum, double now_s, bool stopped);

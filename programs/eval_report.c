@@ -161,6 +161,15 @@ void dx__progress_update(dx__progress *p, size_t done, size_t errors,
     }
 }
 
+double dx__progress_next_s(const dx__progress *p)
+{
+    if (!p || p->mode == DX_EVAL_PROGRESS_OFF)
+        return INFINITY;
+    if (p->mode == DX_EVAL_PROGRESS_BAR)
+        return p->drawn ? p->last_s + BAR_REDRAW_S : 0;
+    return p->last_s + p->interval_s;
+}
+
 void dx__progress_finish(dx__progress *p, size_t done, size_t errors,
                          double score_sum, double now_s, bool stopped)
 {

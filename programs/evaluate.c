@@ -11,10 +11,17 @@
  * the process (the process's reference is dropped by arg_free however it
  * exits).
  */
+#include <errno.h>
 #include <math.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include "dspex/alloc.h"
 #include "dspex/error.h"
@@ -25,15 +32,166 @@
 
 #define DEFAULT_CONCURRENCY 16
 #define DEFAULT_EXAMPLE_TIMEOUT_MS 120000
-/* How often the coordinator wakes without news: progress, deadlines,
- * cancellation. */
-#define TICK_MS 100
+/* How often a coordinator looks at the cancellation counter when the
+ * relay below cannot run (no descriptor or thread to be had). */
+#define CANCEL_POLL_MS 100
+/* The relay's wake-up for a coordinator (ref = the coordinator's). */
+#define TAG_CANCEL 0x65766301
+
+/* ---- cancellation ----------------------------------------------------- */
+
+/* dx_evaluate_cancel_all may run in a signal handler, where an atomic and
+ * write(2) are about all there is. It bumps cancel_generation, which each
+ * coordinator compares with the value it started with, and writes to
+ * cancel_fd, an eventfd made once and never closed, so a handler never
+ * writes to a descriptor being closed or reused. While evaluations run, a
+ * relay thread waits on it and sends each running coordinator a wake-up
+ * (TAG_CANCEL), so a coordinator sleeps until an example ends, a deadline
+ * passes, progress is due or it is cancelled: never on a timer of its own.
+ * At one example in flight a 100 ms poll cost about one wake-up of a
+ * sleeping scheduler per example, ~60 us of CPU on a 2-vCPU VM.
+ *
+ * The relay thread starts with the first running evaluation and is joined
+ * when the last one ends. Each relay has its own stop descriptor; one
+ * ending while the next starts may both wait on cancel_fd for a moment,
+ * and whichever reads it wakes every registered coordinator. */
 
 static atomic_uint_fast64_t cancel_generation;
+static atomic_int cancel_fd = -1;
+static pthread_once_t cancel_fd_once = PTHREAD_ONCE_INIT;
+
+typedef struct relay_entry {
+    struct relay_entry *next;
+    dx_pid pid;
+    dx_ref ref;
+} relay_entry;
+
+static struct {
+    pthread_mutex_t mu;
+    relay_entry *running; /* the coordinators to wake */
+    bool on;              /* a relay thread runs for them */
+    pthread_t thread;
+    int stop_fd;
+} relay = {.mu = PTHREAD_MUTEX_INITIALIZER, .stop_fd = -1};
 
 void dx_evaluate_cancel_all(void)
 {
+    int saved = errno; /* a signal handler must leave errno as it was */
     atomic_fetch_add(&cancel_generation, 1);
+    int fd = atomic_load(&cancel_fd);
+    if (fd >= 0) {
+        uint64_t one = 1;
+        /* EAGAIN only if the counter is full: a wake-up is pending. */
+        ssize_t wrote = write(fd, &one, sizeof one);
+        (void)wrote;
+    }
+    errno = saved;
+}
+
+static void make_cancel_fd(void)
+{
+    atomic_store(&cancel_fd, eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+}
+
+/* Wake every registered coordinator. Relay thread. */
+static void relay_wake_all(void)
+{
+    pthread_mutex_lock(&relay.mu);
+    for (relay_entry *e = relay.running; e; e = e->next) {
+        dx_msg *m = dx_msg_new(TAG_CANCEL);
+        if (m) {
+            m->ref = e->ref;
+            dx_send(e->pid, m); /* a dead pid: nothing to wake */
+        }
+    }
+    pthread_mutex_unlock(&relay.mu);
+}
+
+static void *relay_main(void *arg)
+{
+    int stop_fd = (int)(intptr_t)arg;
+    pthread_setname_np(pthread_self(), "dx-eval-cancel");
+    struct pollfd fds[2] = {{.fd = atomic_load(&cancel_fd), .events = POLLIN},
+                            {.fd = stop_fd, .events = POLLIN}};
+    for (;;) {
+        if (poll(fds, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        uint64_t count;
+        /* Another relay may have read it first (EAGAIN): it woke them. */
+        if ((fds[0].revents & POLLIN) &&
+            read(fds[0].fd, &count, sizeof count) == (ssize_t)sizeof count)
+            relay_wake_all();
+        if (fds[1].revents != 0)
+            break;
+    }
+    return NULL;
+}
+
+/* Register a coordinator (pid, ref) with the relay, starting it if need
+ * be; e is the caller's until relay_leave(e). false when the relay cannot
+ * run: the coordinator then polls the counter. */
+static bool relay_join(relay_entry *e, dx_pid pid, dx_ref ref)
+{
+    e->pid = pid;
+    e->ref = ref;
+    pthread_once(&cancel_fd_once, make_cancel_fd);
+    if (atomic_load(&cancel_fd) < 0)
+        return false;
+    pthread_mutex_lock(&relay.mu);
+    if (!relay.on) {
+        int stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        /* The relay takes no asynchronous signals: SIGINT is the
+         * application's, whose handler is what writes to cancel_fd. */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        bool started =
+            stop_fd >= 0 && pthread_create(&relay.thread, NULL, relay_main,
+                                           (void *)(intptr_t)stop_fd) == 0;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (!started) {
+            if (stop_fd >= 0)
+                close(stop_fd);
+            pthread_mutex_unlock(&relay.mu);
+            return false;
+        }
+        relay.stop_fd = stop_fd;
+        relay.on = true;
+    }
+    e->next = relay.running;
+    relay.running = e;
+    pthread_mutex_unlock(&relay.mu);
+    return true;
+}
+
+/* Unregister; the last one out stops the relay and joins it (the calling
+ * scheduler thread waits for a thread that only has to return). */
+static void relay_leave(relay_entry *e)
+{
+    pthread_mutex_lock(&relay.mu);
+    for (relay_entry **p = &relay.running; *p; p = &(*p)->next)
+        if (*p == e) {
+            *p = e->next;
+            break;
+        }
+    bool last = relay.running == NULL && relay.on;
+    pthread_t thread = relay.thread;
+    int stop_fd = relay.stop_fd;
+    if (last) {
+        relay.on = false;
+        relay.stop_fd = -1;
+    }
+    pthread_mutex_unlock(&relay.mu);
+    if (!last)
+        return;
+    uint64_t one = 1;
+    ssize_t wrote = write(stop_fd, &one, sizeof one);
+    (void)wrote;
+    pthread_join(thread, NULL);
+    close(stop_fd);
 }
 
 /* ---- one example ------------------------------------------------------ */
@@ -256,6 +414,47 @@ static void abandon(ex_slot *s)
     slot_unref(s);
 }
 
+/* What the coordinator's receive takes: a DOWN of one of its examples or
+ * its own cancellation wake-up. Other messages (the caller's, when the
+ * coordinator is the caller's process) stay where they are. */
+typedef struct coord_match {
+    const in_flight *fl;
+    dx_ref cancel_ref;
+} coord_match;
+
+static bool is_ours(const dx_msg *m, void *ud)
+{
+    const coord_match *c = ud;
+    if (m->tag == TAG_CANCEL)
+        return dx_ref_eq(m->ref, c->cancel_ref);
+    if (m->tag != DX_TAG_DOWN)
+        return false;
+    const ex_slot *s = slot_of_pid(c->fl, m->from);
+    return s != NULL && dx_ref_eq(s->mon, m->ref);
+}
+
+/* How long to wait for news, in ms (DX_INFINITY: until a message comes):
+ * the earliest of the next deadline not yet acted on, the next progress
+ * report and, without the relay, the next look at the cancel counter. */
+static int64_t wait_ms(const in_flight *fl, const dx__progress *prog,
+                       int64_t t0, bool relayed)
+{
+    int64_t now = dx_now_ms();
+    int64_t wait = relayed ? DX_INFINITY : CANCEL_POLL_MS;
+    const ex_slot *due = fl->oldest;
+    while (due && due->kill_sent)
+        due = due->newer;
+    if (due && (wait == DX_INFINITY || due->deadline_ms - now < wait))
+        wait = due->deadline_ms - now;
+    double next_s = dx__progress_next_s(prog);
+    if (isfinite(next_s)) {
+        int64_t p = (int64_t)ceil(next_s * 1000.0) - (now - t0);
+        if (wait == DX_INFINITY || p < wait)
+            wait = p;
+    }
+    return wait == DX_INFINITY || wait >= 0 ? wait : 0;
+}
+
 static void coordinate(eval_job *j)
 {
     dx_eval_result *res = j->res;
@@ -272,6 +471,11 @@ static void coordinate(eval_job *j)
     size_t next = 0;
     double score_sum = 0;
     bool stopping = false;
+    /* On the heap: the relay thread reads it while this process is parked,
+     * and a parked process's stack is not where it was. */
+    relay_entry *me = dx_malloc(sizeof *me);
+    bool relayed = me != NULL && relay_join(me, dx_self(), dx_make_ref());
+    coord_match ours = {.fl = &fl, .cancel_ref = me ? me->ref : DX_NOREF};
 
     while (next < n || fl.n > 0) {
         if (!stopping && atomic_load(&cancel_generation) != gen) {
@@ -327,20 +531,13 @@ static void coordinate(eval_job *j)
         if (fl.n == 0)
             break;
 
-        /* Wait for an example to end, or the next deadline / tick. */
-        int64_t now = dx_now_ms();
-        int64_t wait = TICK_MS;
-        ex_slot *due = fl.oldest; /* the next deadline not yet acted on */
-        while (due && due->kill_sent)
-            due = due->newer;
-        if (due && due->deadline_ms - now < wait)
-            wait = due->deadline_ms - now;
-        if (wait < 0)
-            wait = 0;
+        /* Wait for an example to end, a deadline, progress or a cancel. */
         dx_msg *m = NULL;
-        dx_match match = {.fields = DX_MATCH_TAG, .tag = DX_TAG_DOWN};
-        if (dx_receive(&match, wait, &m) == DX_OK && m) {
-            ex_slot *s = slot_of_pid(&fl, m->from);
+        dx_match match = {.pred = is_ours, .ud = &ours};
+        if (dx_receive(&match, wait_ms(&fl, prog, t0, relayed), &m) == DX_OK &&
+            m) {
+            ex_slot *s =
+                m->tag == DX_TAG_DOWN ? slot_of_pid(&fl, m->from) : NULL;
             if (s) {
                 dx_term *reason = dx_msg_take_term(m);
                 bool late =
@@ -359,7 +556,7 @@ static void coordinate(eval_job *j)
         }
         /* Kill examples past their deadline (the oldest first: the only
          * ones that can be); their DOWN comes next. */
-        now = dx_now_ms();
+        int64_t now = dx_now_ms();
         for (ex_slot *s = fl.oldest; s && now >= s->deadline_ms; s = s->newer)
             if (!s->kill_sent) {
                 dx_kill(s->pid);
@@ -369,6 +566,18 @@ static void coordinate(eval_job *j)
                             (double)(dx_now_ms() - t0) / 1000.0);
     }
     res->wall_s = (double)(dx_now_ms() - t0) / 1000.0;
+    if (relayed) {
+        relay_leave(me);
+        /* Once out of the relay no wake-up can come: drop those that came
+         * (when this is the caller's process, its mailbox is theirs). */
+        dx_match wakeup = {.fields = DX_MATCH_TAG | DX_MATCH_REF,
+                           .tag = TAG_CANCEL,
+                           .ref = ours.cancel_ref};
+        dx_msg *w = NULL;
+        while (dx_receive(&wakeup, 0, &w) == DX_OK && w)
+            dx_msg_free(w);
+    }
+    dx_free(me);
     dx__progress_finish(prog, res->n_done, res->n_errors, score_sum,
                         res->wall_s, res->stopped_early || res->cancelled);
     dx__progress_free(prog);

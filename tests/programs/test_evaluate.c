@@ -7,7 +7,9 @@
  * cancellation from another thread.
  */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -413,4 +415,171 @@ Test(evaluate, cancellation_stops_cleanly_and_reports_what_finished)
     dx_eval_result_free(t.r);
     dx_dataset_free(t.ds);
     dx_module_free(t.m);
+}
+
+/* Examples that hang far longer than any test: while they run, nothing
+ * but a cancellation can give the coordinator news. */
+static atomic_int hanging_started;
+
+static int hanging_forward(dx_ctx *ctx, const dx_module *self,
+                           const dx_example *in, dx_prediction **out)
+{
+    (void)ctx;
+    (void)self;
+    (void)in;
+    (void)out;
+    atomic_fetch_add(&hanging_started, 1);
+    dx_sleep(600000);
+    return DX_ETIMEDOUT;
+}
+
+static const dx_eval_opts hanging_opts = {
+    .concurrency = 4,
+    .example_timeout_ms = 600000,
+    .progress = DX_EVAL_PROGRESS_OFF,
+};
+
+static void *run_hanging_eval(void *arg)
+{
+    eval_thread *t = arg;
+    t->rc = dx_evaluate(t->m, t->ds, &hanging_opts, &t->r, NULL);
+    return NULL;
+}
+
+static void wait_hanging_started(int n)
+{
+    for (int i = 0; i < 20000 && atomic_load(&hanging_started) < n; i++)
+        host_sleep_ms(1);
+    cr_assert_geq(atomic_load(&hanging_started), n, "the examples started");
+}
+
+/* The bound is not a performance figure: without a wake-up the evaluation
+ * would sit until its examples' 600 s deadline. */
+static bool joined_within(pthread_t th, int seconds)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += seconds;
+    return pthread_timedjoin_np(th, NULL, &ts) == 0;
+}
+
+static void assert_cancelled_with_nothing_done(eval_thread *t)
+{
+    cr_assert_eq(t->rc, DX_OK);
+    cr_assert(t->r->cancelled);
+    cr_assert_eq(t->r->n_done, 0);
+    cr_assert_eq(t->r->n_errors, 0, "a cancelled example is not an error");
+    for (size_t i = 0; i < t->r->n; i++)
+        cr_assert(!t->r->rows[i].done);
+    dx_eval_result_free(t->r);
+    dx_dataset_free(t->ds);
+    dx_module_free(t->m);
+}
+
+/* An evaluation of 8 hanging examples, 4 in flight, on a thread of its
+ * own; returns once those 4 run. */
+static pthread_t start_hanging_eval(eval_thread *t)
+{
+    atomic_store(&hanging_started, 0);
+    t->m = dx_module_new("Hang", hanging_forward, NULL, NULL, NULL);
+    t->ds = dataset(8, NULL);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, run_hanging_eval, t), 0);
+    wait_hanging_started(4);
+    return th;
+}
+
+Test(evaluate, a_cancellation_wakes_an_evaluation_whose_examples_all_hang)
+{
+    eval_thread t = {0};
+    pthread_t th = start_hanging_eval(&t);
+    dx_evaluate_cancel_all();
+    cr_assert(joined_within(th, 30), "the cancellation was not noticed");
+    assert_cancelled_with_nothing_done(&t);
+}
+
+static void cancel_on_sigint(int sig)
+{
+    (void)sig;
+    dx_evaluate_cancel_all();
+}
+
+Test(evaluate, sigint_handled_by_cancel_all_stops_a_hanging_evaluation)
+{
+    struct sigaction sa = {.sa_handler = cancel_on_sigint}, old;
+    sigemptyset(&sa.sa_mask);
+    cr_assert_eq(sigaction(SIGINT, &sa, &old), 0);
+    eval_thread t = {0};
+    pthread_t th = start_hanging_eval(&t);
+    /* Delivered to this thread: the handler runs here, as it would on
+     * whichever thread a terminal's Ctrl-C lands. */
+    errno = EDOM;
+    cr_assert_eq(pthread_kill(pthread_self(), SIGINT), 0);
+    cr_assert_eq(errno, EDOM, "the handler left errno as it was");
+    bool joined = joined_within(th, 30);
+    sigaction(SIGINT, &old, NULL);
+    cr_assert(joined, "the SIGINT was not noticed");
+    assert_cancelled_with_nothing_done(&t);
+}
+
+/* dx_evaluate called from a process coordinates from that process: the
+ * process's own messages, a DOWN of its own monitor included, are still
+ * there afterwards, and nothing of the evaluation's is left behind. */
+#define TAG_MINE 4242
+
+typedef struct in_proc {
+    eval_thread t;
+    bool mine_kept, down_kept, left_over;
+} in_proc;
+
+static void ends_at_once(void *arg)
+{
+    (void)arg;
+}
+
+static void evaluating_proc(void *arg)
+{
+    in_proc *ip = arg;
+    dx_send_tag(dx_self(), TAG_MINE);
+    dx_pid other;
+    dx_ref mon;
+    dx_spawn_opts so = {.monitor = true};
+    dx_spawn_opt(ends_at_once, NULL, &so, &other, &mon);
+    ip->t.rc = dx_evaluate(ip->t.m, ip->t.ds, &hanging_opts, &ip->t.r, NULL);
+    dx_msg *m = NULL;
+    ip->mine_kept = dx_receive_tag(TAG_MINE, 0, &m) == DX_OK;
+    dx_msg_free(m);
+    m = NULL;
+    dx_match down = {
+        .fields = DX_MATCH_TAG | DX_MATCH_REF, .tag = DX_TAG_DOWN, .ref = mon};
+    ip->down_kept = dx_receive(&down, 0, &m) == DX_OK;
+    dx_msg_free(m);
+    m = NULL;
+    ip->left_over = dx_receive_any(0, &m) == DX_OK;
+    dx_msg_free(m);
+}
+
+Test(evaluate, an_evaluation_in_a_process_leaves_its_messages_alone)
+{
+    atomic_store(&hanging_started, 0);
+    in_proc ip = {
+        .t = {
+            .m = dx_module_new("Hang", hanging_forward, NULL, NULL, NULL),
+            .ds = dataset(8, NULL),
+        }};
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(evaluating_proc, &ip, &pid), DX_OK);
+    wait_hanging_started(4);
+    /* Twice: the second wake-up may still be on its way when the
+     * evaluation ends, and must not be left in the mailbox. */
+    dx_evaluate_cancel_all();
+    dx_evaluate_cancel_all();
+    dx_term *why = NULL;
+    cr_assert_eq(dx_wait_exit(pid, 30000, &why), DX_OK,
+                 "the evaluating process did not end");
+    dx_term_free(why);
+    cr_assert(ip.mine_kept, "the process's own message was taken");
+    cr_assert(ip.down_kept, "the DOWN of the process's own monitor was taken");
+    cr_assert(!ip.left_over, "the evaluation left a message behind");
+    assert_cancelled_with_nothing_done(&ip.t);
 }
