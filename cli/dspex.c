@@ -335,10 +335,18 @@ static void wait_flag(void)
     }
 }
 
-/* Ctrl-C stops evaluations cleanly (they report what finished). */
+/* The first Ctrl-C stops evaluations cleanly (they report what finished);
+ * a second one ends the command at once, as Ctrl-C does by default. */
+static volatile sig_atomic_t sigint_seen;
+
 static void on_sigint(int sig)
 {
-    (void)sig;
+    if (sigint_seen) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    sigint_seen = 1;
     dx_evaluate_cancel_all();
 }
 
@@ -1028,7 +1036,10 @@ static void help_eval(void)
         "Evaluate the program on the dataset and print the score and a table.\n"
         "--frac F (0 < F <= 1): exact_match counts token F1 >= F as a match,\n"
         "as DSPy's answer_exact_match(frac=F) does. Exits 1 when every\n"
-        "example that finished failed (the first error on stderr).");
+        "example that finished failed (the first error on stderr).\n"
+        "Ctrl-C stops the evaluation: the examples that finished are shown\n"
+        "and written, and the exit status is 130. A second Ctrl-C ends the\n"
+        "command at once.");
 }
 
 /* true (and why, on stderr) when examples finished and every one failed:
@@ -1092,10 +1103,13 @@ static int cmd_eval_body(args *ap)
     } else {
         fprintf(stderr, "%s: %s\n", prog_name, d.msg);
     }
+    bool cancelled = r != NULL && r->cancelled;
     dx_eval_result_free(r);
     stop_lm();
     dx_dataset_free(ds);
     dx_module_free(m);
+    if (cancelled)
+        return 128 + SIGINT; /* cut short: what a shell reports for Ctrl-C */
     return rc == DX_OK ? 0 : 1;
 }
 

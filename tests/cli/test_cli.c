@@ -48,9 +48,9 @@ static void read_all(int fd, char *buf, size_t cap)
     buf[n] = '\0';
 }
 
-/* Run dspex with args (NULL-terminated); stdout/stderr captured; returns
- * the exit status. */
-static int dspex(const char *const *args)
+/* Start dspex with args (NULL-terminated), stdout and stderr going to
+ * files that dspex_wait reads. */
+static pid_t dspex_start(const char *const *args)
 {
     const char *bin = getenv("DX_DSPEX_BIN");
     cr_assert(bin, "DX_DSPEX_BIN is not set");
@@ -72,6 +72,16 @@ static int dspex(const char *const *args)
         execv(bin, (char *const *)argv);
         _exit(127);
     }
+    return pid;
+}
+
+/* Wait for a dspex_start'ed run: its output in out_buf and err_buf, its
+ * exit status returned (128 + the signal if one ended it). */
+static int dspex_wait(pid_t pid)
+{
+    char out_path[200], err_path[200];
+    snprintf(out_path, sizeof out_path, "%s/stdout", tmpdir);
+    snprintf(err_path, sizeof err_path, "%s/stderr", tmpdir);
     int status = 0;
     waitpid(pid, &status, 0);
     FILE *f = fopen(out_path, "r");
@@ -81,6 +91,13 @@ static int dspex(const char *const *args)
     read_all(fileno(f), err_buf, sizeof err_buf);
     fclose(f);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* Run dspex with args (NULL-terminated); stdout/stderr captured; returns
+ * the exit status. */
+static int dspex(const char *const *args)
+{
+    return dspex_wait(dspex_start(args));
 }
 
 static const char *example(const char *rel)
@@ -426,6 +443,35 @@ Test(cli, eval_concurrency_above_256_reaches_an_http_1_1_server)
     cr_assert_eq(rc, 0, "%s", err_buf);
     cr_assert_gt(st.max_in_flight, 256, "at most %llu calls at once",
                  (unsigned long long)st.max_in_flight);
+}
+
+/* Ctrl-C during an evaluation whose every call hangs: the calls in flight
+ * are cancelled, the table and the rows file are still written, and the
+ * exit status is 130 (128 + SIGINT, as a shell reports it), so a script
+ * does not take a cut-short run for a finished one. */
+Test(cli, eval_stops_on_ctrl_c_and_exits_130)
+{
+    char url[96], path[200], rows[240];
+    dx_lmserver *srv = server_and_questions(
+        &(dx_lmserver_opts){.latency_ms = 600000}, url, "hang.jsonl", 4, path);
+    snprintf(rows, sizeof rows, "%s/rows.jsonl", tmpdir);
+    pid_t pid = dspex_start(
+        (const char *[]){"eval", example("capitals.json"), path, "--model",
+                         "openai-compatible/x", "--base-url", url, "--api-key",
+                         "k", "--out", rows, NULL});
+    dx_lmserver_stats st = {0};
+    for (int i = 0; i < 60000 && st.requests < 4; i++) {
+        usleep(1000);
+        dx_lmserver_stats_get(srv, &st);
+    }
+    cr_assert_eq(st.requests, 4, "the four calls reached the server");
+    kill(pid, SIGINT);
+    int rc = dspex_wait(pid);
+    dx_lmserver_stop_free(srv);
+    cr_expect_eq(rc, 130, "%s", err_buf);
+    cr_expect(strstr(out_buf, "done      0/4, 0 errors, cancelled") != NULL,
+              "%s", out_buf);
+    cr_expect_eq(access(rows, F_OK), 0, "the rows file was written");
 }
 
 /* A wrong key fails every example: the table still shows them, and the
