@@ -33,7 +33,6 @@
 #define DEFAULT_CANDIDATES 16
 #define DEFAULT_CONCURRENCY 16
 #define DEFAULT_TIMEOUT_MS 120000
-#define TICK_MS 100
 
 /* ---- options ------------------------------------------------------------ */
 
@@ -311,7 +310,57 @@ typedef struct boot_slot {
     size_t index;
     dx_pid pid;
     dx_ref mon;
+    bool kill_sent; /* killed at its deadline; its DOWN is on the way */
 } boot_slot;
+
+/* How long the bootstrap may wait for a DOWN: until the earliest deadline
+ * of a run not killed yet (DX_INFINITY: none). It sleeps on nothing else,
+ * so at low concurrency a run costs no wake-ups beyond its own. */
+static int64_t until_next_deadline(boot_slot *const *flight, size_t slots)
+{
+    int64_t now = dx_now_ms(), wait = DX_INFINITY;
+    for (size_t p = 0; p < slots; p++) {
+        if (!flight[p] || flight[p]->kill_sent)
+            continue;
+        int64_t left = flight[p]->deadline_ms - now;
+        if (left < 0)
+            left = 0;
+        if (wait == DX_INFINITY || left < wait)
+            wait = left;
+    }
+    return wait;
+}
+
+/* The runs in flight, for the receive: it takes only their DOWNs. The
+ * bootstrap runs in the caller's process when called from one, whose other
+ * messages (a DOWN of its own monitor included) stay in its mailbox. */
+typedef struct run_slots {
+    boot_slot *const *flight;
+    size_t slots;
+} run_slots;
+
+static bool is_a_runs_down(const dx_msg *m, void *ud)
+{
+    const run_slots *r = ud;
+    if (m->tag != DX_TAG_DOWN)
+        return false;
+    for (size_t p = 0; p < r->slots; p++)
+        if (r->flight[p] && dx_ref_eq(r->flight[p]->mon, m->ref))
+            return true;
+    return false;
+}
+
+/* Kill the runs past their deadline, once each. */
+static void kill_overdue(boot_slot *const *flight, size_t slots)
+{
+    int64_t now = dx_now_ms();
+    for (size_t p = 0; p < slots; p++)
+        if (flight[p] && !flight[p]->kill_sent &&
+            now >= flight[p]->deadline_ms) {
+            dx_kill(flight[p]->pid);
+            flight[p]->kill_sent = true;
+        }
+}
 
 static void boot_unref(void *arg)
 {
@@ -629,8 +678,11 @@ static void bootstrap_run(void *arg)
             continue;
         }
         dx_msg *m = NULL;
-        dx_match match = {.fields = DX_MATCH_TAG, .tag = DX_TAG_DOWN};
-        if (dx_receive(&match, TICK_MS, &m) == DX_OK && m) {
+        run_slots runs = {flight, o->concurrency};
+        dx_match match = {.pred = is_a_runs_down, .ud = &runs};
+        if (dx_receive(&match, until_next_deadline(flight, o->concurrency),
+                       &m) == DX_OK &&
+            m) {
             for (size_t p = 0; p < o->concurrency; p++) {
                 boot_slot *s = flight[p];
                 if (!s || !dx_pid_eq(s->pid, m->from))
@@ -678,18 +730,18 @@ static void bootstrap_run(void *arg)
             }
             dx_msg_free(m);
         }
-        int64_t now = dx_now_ms();
-        for (size_t p = 0; p < o->concurrency; p++)
-            if (flight[p] && now >= flight[p]->deadline_ms)
-                dx_kill(flight[p]->pid);
+        kill_overdue(flight, o->concurrency);
     }
     /* Runs past the stopping point are not needed, but they are let finish
      * (their LM calls are made already): killed mid-call, a process would
      * leave behind what it had allocated. Their deadlines still hold. */
     while (in_flight > 0) {
         dx_msg *m = NULL;
-        dx_match match = {.fields = DX_MATCH_TAG, .tag = DX_TAG_DOWN};
-        if (dx_receive(&match, TICK_MS, &m) == DX_OK && m) {
+        run_slots runs = {flight, o->concurrency};
+        dx_match match = {.pred = is_a_runs_down, .ud = &runs};
+        if (dx_receive(&match, until_next_deadline(flight, o->concurrency),
+                       &m) == DX_OK &&
+            m) {
             for (size_t p = 0; p < o->concurrency; p++)
                 if (flight[p] && dx_pid_eq(flight[p]->pid, m->from)) {
                     boot_unref(flight[p]);
@@ -699,10 +751,7 @@ static void bootstrap_run(void *arg)
                 }
             dx_msg_free(m);
         }
-        int64_t now = dx_now_ms();
-        for (size_t p = 0; p < o->concurrency; p++)
-            if (flight[p] && now >= flight[p]->deadline_ms)
-                dx_kill(flight[p]->pid);
+        kill_overdue(flight, o->concurrency);
     }
     if (j->rc != DX_OK)
         goto done;

@@ -194,6 +194,95 @@ Test(teleprompt, a_slow_early_teacher_run_does_not_end_the_bootstrap)
     dx_dataset_free(ds);
 }
 
+/* Hangs on the first example; the LM call before it has ended, so only
+ * the run's deadline can end it. */
+static double metric_hanging_on_q0(const dx_example *ex, const dx_prediction *p,
+                                   const dx_trace *t, void *ud)
+{
+    (void)p;
+    (void)t;
+    (void)ud;
+    if (strcmp(dx_example_get_str(ex, "question", ""), "q0") == 0)
+        dx_sleep(100000);
+    return 0.0;
+}
+
+/* A teacher run that hangs is killed at example_timeout_ms and counts as
+ * an error: with max_errors 1 the bootstrap stops there and says which
+ * example and why. */
+Test(teleprompt, a_hanging_teacher_run_is_killed_at_its_deadline)
+{
+    dx_module *st = student();
+    dx_dataset *ds = trainset(4);
+    dx_tp_opts o = {
+        .metric = {.kind = DX_METRIC_CUSTOM, .fn = metric_hanging_on_q0},
+        .max_bootstrapped_demos = 3,
+        .max_labeled_demos = 3,
+        .concurrency = 1,
+        .example_timeout_ms = 300,
+        .max_errors = 1,
+    };
+    dx_tp_result *r = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_bootstrap_fewshot(st, NULL, ds, &o, &r, &d), DX_ELIMIT,
+                 "%s", d.msg);
+    cr_assert(strstr(d.msg, "example 0") != NULL, "%s", d.msg);
+    cr_assert(strstr(d.msg, "passed its deadline") != NULL, "%s", d.msg);
+    dx_module_free(st);
+    dx_dataset_free(ds);
+}
+
+/* Called from a process, the bootstrap runs in it and takes only its own
+ * runs' DOWNs: the process's own monitor's DOWN is still there after. */
+typedef struct boot_in_proc {
+    dx_module *st;
+    dx_dataset *ds;
+    int rc;
+    bool down_kept;
+} boot_in_proc;
+
+static void ends_at_once(void *arg)
+{
+    (void)arg;
+}
+
+static void bootstrapping_proc(void *arg)
+{
+    boot_in_proc *b = arg;
+    dx_pid other;
+    dx_ref mon;
+    dx_spawn_opts so = {.monitor = true};
+    dx_spawn_opt(ends_at_once, NULL, &so, &other, &mon);
+    dx_tp_opts o = {
+        .metric = {.kind = DX_METRIC_CUSTOM, .fn = never_metric},
+        .max_bootstrapped_demos = 3,
+        .max_labeled_demos = 3,
+        .concurrency = 2,
+    };
+    dx_tp_result *r = NULL;
+    b->rc = dx_bootstrap_fewshot(b->st, NULL, b->ds, &o, &r, NULL);
+    dx_tp_result_free(r);
+    dx_msg *m = NULL;
+    dx_match down = {
+        .fields = DX_MATCH_TAG | DX_MATCH_REF, .tag = DX_TAG_DOWN, .ref = mon};
+    b->down_kept = dx_receive(&down, 0, &m) == DX_OK;
+    dx_msg_free(m);
+}
+
+Test(teleprompt, a_bootstrap_in_a_process_leaves_its_downs_alone)
+{
+    boot_in_proc b = {.st = student(), .ds = trainset(6)};
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(bootstrapping_proc, &b, &pid), DX_OK);
+    dx_term *why = NULL;
+    cr_assert_eq(dx_wait_exit(pid, 60000, &why), DX_OK);
+    dx_term_free(why);
+    cr_assert_eq(b.rc, DX_OK);
+    cr_assert(b.down_kept, "the process's own DOWN was taken");
+    dx_module_free(b.st);
+    dx_dataset_free(b.ds);
+}
+
 Test(teleprompt, a_crashing_metric_does_not_stop_the_optimization)
 {
     dx_module *st = student();
