@@ -261,8 +261,9 @@ int dx_http_close_idle(void)
 {
     unsigned n = dx_io_threads();
     for (unsigned i = 0; i < n; i++) {
-        int rc = dx_io_call_on(i, close_idle, NULL);
-        /* A lane that stopped (or is stopping) closes everything itself. */
+        int rc = dx_io_post_on(i, close_idle, NULL);
+        /* A lane that stopped (or is stopping) closes everything itself;
+         * posting never starts the I/O again behind a dx_io_stop. */
         if (rc != DX_OK && rc != DX_ESTATE)
             return rc;
     }

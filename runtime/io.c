@@ -444,7 +444,10 @@ int dx_io_lane(void)
     return my_lane != NULL ? (int)my_lane->index : -1;
 }
 
-int dx_io_call_on(unsigned index, void (*fn)(void *arg), void *arg)
+/* Queue fn on lane index; start_if_stopped: start the threads when they do
+ * not run (dx_io_call_on), else refuse (dx_io_post_on). */
+static int submit(unsigned index, void (*fn)(void *arg), void *arg,
+                  bool start_if_stopped)
 {
     if (fn == NULL)
         return DX_EINVAL;
@@ -473,12 +476,23 @@ int dx_io_call_on(unsigned index, void (*fn)(void *arg), void *arg)
         }
         int st = l->state;
         pthread_mutex_unlock(&l->mu);
-        int rc = st == IO_STOPPING ? DX_ESTATE : dx_io_start();
+        int rc =
+            st == IO_STOPPING || !start_if_stopped ? DX_ESTATE : dx_io_start();
         if (rc != DX_OK) {
             dx_free(w);
             return rc;
         }
     }
+}
+
+int dx_io_call_on(unsigned index, void (*fn)(void *arg), void *arg)
+{
+    return submit(index, fn, arg, true);
+}
+
+int dx_io_post_on(unsigned index, void (*fn)(void *arg), void *arg)
+{
+    return submit(index, fn, arg, false);
 }
 
 int dx_io_call(void (*fn)(void *arg), void *arg)

@@ -87,6 +87,12 @@ DX_API int dx_io_call(void (*fn)(void *arg), void *arg);
  * reaches the same thread while the I/O runs. */
 DX_API int dx_io_call_on(unsigned lane, void (*fn)(void *arg), void *arg);
 
+/* dx_io_call_on for work that only matters while the I/O runs: it never
+ * starts the threads. DX_ESTATE (fn never runs) when the lane is stopped
+ * or stopping, so a caller racing a dx_io_stop() cannot start the I/O
+ * again behind it. */
+DX_API int dx_io_post_on(unsigned lane, void (*fn)(void *arg), void *arg);
+
 /* The calling I/O thread's loop (NULL off the I/O threads). */
 DX_API struct uv_loop_s *dx_io_loop(void);
 

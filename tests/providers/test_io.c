@@ -2,7 +2,8 @@
  * test_io.c — the I/O loop bridge: work handed over with dx_io_call runs on
  * the I/O thread, once, in submission order, before dx_io_stop returns; stop
  * hooks run in reverse order and close their handles; start and stop are
- * idempotent and the loop starts again lazily after a stop; with several
+ * idempotent and the loop starts again lazily after a stop, though never
+ * for a post (dx_io_post_on); with several
  * lanes, each is a thread of its own with its own order and stop hooks.
  *
  * The bridge does not need the actor runtime, so these tests use host
@@ -128,6 +129,25 @@ Test(io, start_and_stop_are_idempotent_and_the_loop_restarts, .timeout = 20)
     cr_assert_eq(dx_io_call(record, (void *)(intptr_t)0), DX_OK);
     cr_assert_eq(dx_io_stop(), DX_OK);
     cr_assert_eq(atomic_load(&order_n), 1, "the loop came back lazily");
+}
+
+/* Posting is for work that only matters while the I/O runs (closing idle
+ * connections): it runs like a call when the loop runs, and is refused,
+ * without starting anything, when it does not. */
+Test(io, a_post_never_starts_the_loop, .timeout = 20)
+{
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    atomic_store(&order_n, 0);
+    cr_assert_eq(dx_io_post_on(0, record, (void *)(intptr_t)0), DX_ESTATE);
+    cr_assert_not(dx_io_running(), "a post started the loop");
+    cr_assert_eq(dx_io_post_on(0, NULL, NULL), DX_EINVAL);
+    cr_assert_eq(dx_io_start(), DX_OK);
+    cr_assert_eq(dx_io_post_on(0, record, (void *)(intptr_t)1), DX_OK);
+    cr_assert_eq(dx_io_stop(), DX_OK);
+    cr_assert_eq(atomic_load(&order_n), 1, "only the post made while running");
+    cr_assert_eq(order_seen[0], 1);
+    cr_assert_eq(dx_io_post_on(0, record, (void *)(intptr_t)2), DX_ESTATE);
+    cr_assert_not(dx_io_running());
 }
 
 /* ---- lanes ---- */
