@@ -144,9 +144,15 @@ static bool relay_join(relay_entry *e, dx_pid pid, dx_ref ref)
     if (!relay.on) {
         int stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         /* The relay takes no asynchronous signals: SIGINT is the
-         * application's, whose handler is what writes to cancel_fd. */
+         * application's, whose handler is what writes to cancel_fd. Faults
+         * stay deliverable. A thread inherits the mask it is made with. */
         sigset_t all, old;
         sigfillset(&all);
+        sigdelset(&all, SIGSEGV);
+        sigdelset(&all, SIGBUS);
+        sigdelset(&all, SIGFPE);
+        sigdelset(&all, SIGILL);
+        sigdelset(&all, SIGABRT);
         pthread_sigmask(SIG_SETMASK, &all, &old);
         bool started =
             stop_fd >= 0 && pthread_create(&relay.thread, NULL, relay_main,
