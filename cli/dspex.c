@@ -1135,7 +1135,10 @@ static void help_optimize(void)
          "           [--report R.html] [--checkpoint FILE] [--concurrency N]\n"
          "           [--model M]\n\n"
          "Optimize the program's demos (and, with copro / mipro, its\n"
-         "instructions) and save the result (declaration + state).");
+         "instructions) and save the result (declaration + state).\n"
+         "Ctrl-C stops the optimization (exit status 130, nothing saved);\n"
+         "with --checkpoint, the same command resumes it. A second Ctrl-C\n"
+         "ends the command at once.");
 }
 
 /* Live progress of an optimization: the optimize.* telemetry events, one
@@ -1260,7 +1263,12 @@ static int cmd_optimize_body(args *ap)
         if (rc == DX_OK)
             printf("saved %s\n", a.output);
     }
-    if (rc != DX_OK)
+    if (rc == DX_ECANCELED)
+        fprintf(stderr, "%s: optimization cancelled%s\n", prog_name,
+                a.checkpoint ? "; run the same command to resume from "
+                               "the checkpoint"
+                             : "");
+    else if (rc != DX_OK)
         fprintf(stderr, "%s: %s\n", prog_name,
                 d.msg[0] ? d.msg : dx_strerror(rc));
     dx_module_free(best);
@@ -1269,6 +1277,8 @@ static int cmd_optimize_body(args *ap)
     dx_dataset_free(train);
     dx_dataset_free(val);
     dx_module_free(m);
+    if (rc == DX_ECANCELED)
+        return 128 + SIGINT; /* what a shell reports for Ctrl-C */
     return rc == DX_OK ? 0 : 1;
 }
 

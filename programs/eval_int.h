@@ -8,6 +8,7 @@
 #include <stdio.h>
 
 #include "dspex/evaluate.h"
+#include "dspex/runtime.h"
 
 /* Progress of one evaluation. The bar (a TTY) is redrawn in place at most
  * ~10 times a second: [#####.....] done/total, running score (percent of
@@ -30,6 +31,27 @@ double dx__progress_next_s(const dx__progress *p);
 void dx__progress_finish(dx__progress *p, size_t done, size_t errors,
                          double score_sum, double now_s, bool stopped);
 void dx__progress_free(dx__progress *p);
+
+/* ---- cancellation (evaluate.c) ----
+ *
+ * dx_evaluate_cancel_all's count so far: a run notes it when it starts and
+ * stops once it has moved (an optimizer too, between evaluations). */
+uint64_t dx__cancel_generation(void);
+
+/* A loop that waits for its own processes' messages and must notice a
+ * cancellation at once (an evaluation's coordinator, the bootstrap's)
+ * starts a watch in its process: each dx_evaluate_cancel_all then sends
+ * that process a message tagged DX__TAG_CANCEL_WAKE whose ref is
+ * dx__cancel_watch_ref(watch). NULL when no wake-up can be arranged (no
+ * descriptor or thread to be had): the loop then looks at the counter
+ * every DX__CANCEL_POLL_MS. dx__cancel_watch_stop ends the watch and drops
+ * the wake-ups that came; NULL is a no-op. Process. */
+#define DX__TAG_CANCEL_WAKE 0x65766301
+#define DX__CANCEL_POLL_MS 100
+typedef struct dx__cancel_watch dx__cancel_watch;
+dx__cancel_watch *dx__cancel_watch_start(void);
+dx_ref dx__cancel_watch_ref(const dx__cancel_watch *w);
+void dx__cancel_watch_stop(dx__cancel_watch *w);
 
 /* The q-th percentile (0..100) of v[0..n) by linear interpolation between
  * closest ranks (numpy's default); sorts v in place. 0 for n == 0. */

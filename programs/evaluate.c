@@ -32,11 +32,6 @@
 
 #define DEFAULT_CONCURRENCY 16
 #define DEFAULT_EXAMPLE_TIMEOUT_MS 120000
-/* How often a coordinator looks at the cancellation counter when the
- * relay below cannot run (no descriptor or thread to be had). */
-#define CANCEL_POLL_MS 100
-/* The relay's wake-up for a coordinator (ref = the coordinator's). */
-#define TAG_CANCEL 0x65766301
 
 /* ---- cancellation ----------------------------------------------------- */
 
@@ -46,15 +41,16 @@
  * cancel_fd, an eventfd made once and never closed, so a handler never
  * writes to a descriptor being closed or reused. While evaluations run, a
  * relay thread waits on it and sends each running coordinator a wake-up
- * (TAG_CANCEL), so a coordinator sleeps until an example ends, a deadline
+ * (DX__TAG_CANCEL_WAKE), so a coordinator sleeps until an example ends, a deadline
  * passes, progress is due or it is cancelled: never on a timer of its own.
  * At one example in flight a 100 ms poll cost about one wake-up of a
  * sleeping scheduler per example, ~60 us of CPU on a 2-vCPU VM.
  *
- * The relay thread starts with the first running evaluation and is joined
- * when the last one ends. Each relay has its own stop descriptor; one
- * ending while the next starts may both wait on cancel_fd for a moment,
- * and whichever reads it wakes every registered coordinator. */
+ * The relay thread starts with the first watch (dx__cancel_watch_start,
+ * eval_int.h: a coordinator's, or the bootstrap's) and is joined when the
+ * last one ends. Each relay has its own stop descriptor; one ending while
+ * the next starts may both wait on cancel_fd for a moment, and whichever
+ * reads it wakes every registered watch. */
 
 static atomic_uint_fast64_t cancel_generation;
 static atomic_int cancel_fd = -1;
@@ -98,7 +94,7 @@ static void relay_wake_all(void)
 {
     pthread_mutex_lock(&relay.mu);
     for (relay_entry *e = relay.running; e; e = e->next) {
-        dx_msg *m = dx_msg_new(TAG_CANCEL);
+        dx_msg *m = dx_msg_new(DX__TAG_CANCEL_WAKE);
         if (m) {
             m->ref = e->ref;
             dx_send(e->pid, m); /* a dead pid: nothing to wake */
@@ -198,6 +194,48 @@ static void relay_leave(relay_entry *e)
     (void)wrote;
     pthread_join(thread, NULL);
     close(stop_fd);
+}
+
+uint64_t dx__cancel_generation(void)
+{
+    return atomic_load(&cancel_generation);
+}
+
+struct dx__cancel_watch {
+    relay_entry entry;
+};
+
+dx__cancel_watch *dx__cancel_watch_start(void)
+{
+    /* On the heap: the relay thread reads it while the process is parked,
+     * and a parked process's stack is not where it was. */
+    dx__cancel_watch *w = dx_malloc(sizeof *w);
+    if (w != NULL && !relay_join(&w->entry, dx_self(), dx_make_ref())) {
+        dx_free(w);
+        w = NULL;
+    }
+    return w;
+}
+
+dx_ref dx__cancel_watch_ref(const dx__cancel_watch *w)
+{
+    return w != NULL ? w->entry.ref : DX_NOREF;
+}
+
+void dx__cancel_watch_stop(dx__cancel_watch *w)
+{
+    if (w == NULL)
+        return;
+    relay_leave(&w->entry);
+    /* Once out of the relay no wake-up can come: drop those that came
+     * (when this is the caller's process, its mailbox is theirs). */
+    dx_match wakeup = {.fields = DX_MATCH_TAG | DX_MATCH_REF,
+                       .tag = DX__TAG_CANCEL_WAKE,
+                       .ref = w->entry.ref};
+    dx_msg *m = NULL;
+    while (dx_receive(&wakeup, 0, &m) == DX_OK && m)
+        dx_msg_free(m);
+    dx_free(w);
 }
 
 /* ---- one example ------------------------------------------------------ */
@@ -431,7 +469,7 @@ typedef struct coord_match {
 static bool is_ours(const dx_msg *m, void *ud)
 {
     const coord_match *c = ud;
-    if (m->tag == TAG_CANCEL)
+    if (m->tag == DX__TAG_CANCEL_WAKE)
         return dx_ref_eq(m->ref, c->cancel_ref);
     if (m->tag != DX_TAG_DOWN)
         return false;
@@ -446,7 +484,7 @@ static int64_t wait_ms(const in_flight *fl, const dx__progress *prog,
                        int64_t t0, bool relayed)
 {
     int64_t now = dx_now_ms();
-    int64_t wait = relayed ? DX_INFINITY : CANCEL_POLL_MS;
+    int64_t wait = relayed ? DX_INFINITY : DX__CANCEL_POLL_MS;
     const ex_slot *due = fl->oldest;
     while (due && due->kill_sent)
         due = due->newer;
@@ -469,7 +507,7 @@ static void coordinate(eval_job *j)
     size_t conc = o->concurrency;
     in_flight fl = {0};
     bool killed_all = false;
-    uint64_t gen = atomic_load(&cancel_generation);
+    uint64_t gen = dx__cancel_generation();
     dx__progress *prog = dx__progress_new(
         o->progress_out ? o->progress_out : stderr, o->progress, n,
         o->progress_interval_s > 0 ? o->progress_interval_s : 2.0);
@@ -477,14 +515,11 @@ static void coordinate(eval_job *j)
     size_t next = 0;
     double score_sum = 0;
     bool stopping = false;
-    /* On the heap: the relay thread reads it while this process is parked,
-     * and a parked process's stack is not where it was. */
-    relay_entry *me = dx_malloc(sizeof *me);
-    bool relayed = me != NULL && relay_join(me, dx_self(), dx_make_ref());
-    coord_match ours = {.fl = &fl, .cancel_ref = me ? me->ref : DX_NOREF};
+    dx__cancel_watch *watch = dx__cancel_watch_start();
+    coord_match ours = {.fl = &fl, .cancel_ref = dx__cancel_watch_ref(watch)};
 
     while (next < n || fl.n > 0) {
-        if (!stopping && atomic_load(&cancel_generation) != gen) {
+        if (!stopping && dx__cancel_generation() != gen) {
             res->cancelled = true;
             stopping = true;
         }
@@ -540,7 +575,8 @@ static void coordinate(eval_job *j)
         /* Wait for an example to end, a deadline, progress or a cancel. */
         dx_msg *m = NULL;
         dx_match match = {.pred = is_ours, .ud = &ours};
-        if (dx_receive(&match, wait_ms(&fl, prog, t0, relayed), &m) == DX_OK &&
+        if (dx_receive(&match, wait_ms(&fl, prog, t0, watch != NULL), &m) ==
+                DX_OK &&
             m) {
             ex_slot *s =
                 m->tag == DX_TAG_DOWN ? slot_of_pid(&fl, m->from) : NULL;
@@ -572,18 +608,7 @@ static void coordinate(eval_job *j)
                             (double)(dx_now_ms() - t0) / 1000.0);
     }
     res->wall_s = (double)(dx_now_ms() - t0) / 1000.0;
-    if (relayed) {
-        relay_leave(me);
-        /* Once out of the relay no wake-up can come: drop those that came
-         * (when this is the caller's process, its mailbox is theirs). */
-        dx_match wakeup = {.fields = DX_MATCH_TAG | DX_MATCH_REF,
-                           .tag = TAG_CANCEL,
-                           .ref = ours.cancel_ref};
-        dx_msg *w = NULL;
-        while (dx_receive(&wakeup, 0, &w) == DX_OK && w)
-            dx_msg_free(w);
-    }
-    dx_free(me);
+    dx__cancel_watch_stop(watch);
     dx__progress_finish(prog, res->n_done, res->n_errors, score_sum,
                         res->wall_s, res->stopped_early || res->cancelled);
     dx__progress_free(prog);

@@ -22,6 +22,7 @@
 #include "dspex/error.h"
 #include "dspex/telemetry.h"
 #include "dspex/teleprompt.h"
+#include "eval_int.h"
 #include "module_int.h"
 #include "pyjson.h"
 #include "pyrandom.h"
@@ -53,7 +54,26 @@ dx_tp_opts dx__tp_normalized(const dx_tp_opts *in)
         o.concurrency = DEFAULT_CONCURRENCY;
     if (o.example_timeout_ms <= 0)
         o.example_timeout_ms = DEFAULT_TIMEOUT_MS;
+    /* Kept when set: an optimizer run by another (MIPROv2's bootstrap)
+     * stops for the cancellations its caller would stop for. Stored + 1,
+     * so that 0 is "not set". */
+    if (o.cancel_generation == 0)
+        o.cancel_generation = dx__cancel_generation() + 1;
     return o;
+}
+
+static int cancelled(dx_diag *diag)
+{
+    return dx_diag_set(diag, DX_ECANCELED, 0, 0,
+                       "the optimizer was cancelled (dx_evaluate_cancel_all)");
+}
+
+int dx__tp_check_cancel(const dx_tp_opts *o, dx_diag *diag)
+{
+    return o->cancel_generation == 0 ||
+                   dx__cancel_generation() + 1 == o->cancel_generation
+               ? DX_OK
+               : cancelled(diag);
 }
 
 /* ---- results ------------------------------------------------------------ */
@@ -314,11 +334,15 @@ typedef struct boot_slot {
 } boot_slot;
 
 /* How long the bootstrap may wait for a DOWN: until the earliest deadline
- * of a run not killed yet (DX_INFINITY: none). It sleeps on nothing else,
- * so at low concurrency a run costs no wake-ups beyond its own. */
-static int64_t until_next_deadline(boot_slot *const *flight, size_t slots)
+ * of a run not killed yet (DX_INFINITY: none), or the next look at the
+ * cancellation counter when no wake-up can come for it (!watched). It
+ * sleeps on nothing else, so at low concurrency a run costs no wake-ups
+ * beyond its own. */
+static int64_t until_next_deadline(boot_slot *const *flight, size_t slots,
+                                   bool watched)
 {
-    int64_t now = dx_now_ms(), wait = DX_INFINITY;
+    int64_t now = dx_now_ms(),
+            wait = watched ? DX_INFINITY : DX__CANCEL_POLL_MS;
     for (size_t p = 0; p < slots; p++) {
         if (!flight[p] || flight[p]->kill_sent)
             continue;
@@ -337,11 +361,14 @@ static int64_t until_next_deadline(boot_slot *const *flight, size_t slots)
 typedef struct run_slots {
     boot_slot *const *flight;
     size_t slots;
+    dx_ref cancel_ref; /* and the cancellation's wake-up (eval_int.h) */
 } run_slots;
 
 static bool is_a_runs_down(const dx_msg *m, void *ud)
 {
     const run_slots *r = ud;
+    if (m->tag == DX__TAG_CANCEL_WAKE)
+        return dx_ref_eq(m->ref, r->cancel_ref);
     if (m->tag != DX_TAG_DOWN)
         return false;
     for (size_t p = 0; p < r->slots; p++)
@@ -577,7 +604,13 @@ static void bootstrap_run(void *arg)
     dx_usage_acc live;
     dx_usage_acc_init(&live, "live");
     bool stop = false;
+    /* A cancellation wakes the loop below while it waits for its runs. */
+    dx__cancel_watch *watch = dx__cancel_watch_start();
     while (!stop && (accept < n)) {
+        if (dx__tp_check_cancel(o, &j->diag) != DX_OK) {
+            j->rc = DX_ECANCELED;
+            break;
+        }
         /* Start runs for the next examples (window ahead of `accept`).
          * blocked: the budget or a failed start stopped it, not the
          * window or the concurrency. */
@@ -678,11 +711,14 @@ static void bootstrap_run(void *arg)
             continue;
         }
         dx_msg *m = NULL;
-        run_slots runs = {flight, o->concurrency};
+        run_slots runs = {flight, o->concurrency, dx__cancel_watch_ref(watch)};
         dx_match match = {.pred = is_a_runs_down, .ud = &runs};
-        if (dx_receive(&match, until_next_deadline(flight, o->concurrency),
-                       &m) == DX_OK &&
+        if (dx_receive(
+                &match,
+                until_next_deadline(flight, o->concurrency, watch != NULL),
+                &m) == DX_OK &&
             m) {
+            /* A cancellation's wake-up (from no pid) matches no run. */
             for (size_t p = 0; p < o->concurrency; p++) {
                 boot_slot *s = flight[p];
                 if (!s || !dx_pid_eq(s->pid, m->from))
@@ -733,14 +769,23 @@ static void bootstrap_run(void *arg)
         kill_overdue(flight, o->concurrency);
     }
     /* Runs past the stopping point are not needed, but they are let finish
-     * (their LM calls are made already): killed mid-call, a process would
-     * leave behind what it had allocated. Their deadlines still hold. */
+     * (their LM calls are made already, and their usage counts); their
+     * deadlines still hold. Cancelled, the optimizer ends them now, as a
+     * deadline would: what they hold is tied to their processes. */
+    if (j->rc == DX_ECANCELED)
+        for (size_t p = 0; p < o->concurrency; p++)
+            if (flight[p] && !flight[p]->kill_sent) {
+                dx_kill(flight[p]->pid);
+                flight[p]->kill_sent = true;
+            }
     while (in_flight > 0) {
         dx_msg *m = NULL;
-        run_slots runs = {flight, o->concurrency};
+        run_slots runs = {flight, o->concurrency, dx__cancel_watch_ref(watch)};
         dx_match match = {.pred = is_a_runs_down, .ud = &runs};
-        if (dx_receive(&match, until_next_deadline(flight, o->concurrency),
-                       &m) == DX_OK &&
+        if (dx_receive(
+                &match,
+                until_next_deadline(flight, o->concurrency, watch != NULL),
+                &m) == DX_OK &&
             m) {
             for (size_t p = 0; p < o->concurrency; p++)
                 if (flight[p] && dx_pid_eq(flight[p]->pid, m->from)) {
@@ -753,6 +798,7 @@ static void bootstrap_run(void *arg)
         }
         kill_overdue(flight, o->concurrency);
     }
+    dx__cancel_watch_stop(watch);
     if (j->rc != DX_OK)
         goto done;
 
@@ -951,9 +997,16 @@ int dx__tp_evaluate_rows(const dx_module *prog, const dx_dataset *val,
         .progress_out = o->progress_out,
     };
     dx_eval_result *r = NULL;
-    int rc = dx_evaluate(prog, val, &eo, &r, diag);
+    int rc = dx__tp_check_cancel(o, diag);
+    if (rc == DX_OK)
+        rc = dx_evaluate(prog, val, &eo, &r, diag);
     if (rc != DX_OK)
         return rc;
+    if (r->cancelled) {
+        /* What finished is no score of the candidate. */
+        dx_eval_result_free(r);
+        return cancelled(diag);
+    }
     *score = r->score;
     dx_usage_acc_merge(usage, &r->usage);
     if (rows) {
@@ -995,6 +1048,8 @@ int dx__tp_hook_eval(const dx_module *const *progs, size_t n,
     dx_tp_eval_row *r =
         dx_calloc((n * n_idx) > 0 ? n * n_idx : 1, sizeof(dx_tp_eval_row));
     int rc = idx && r ? DX_OK : DX_ENOMEM;
+    if (rc == DX_OK)
+        rc = dx__tp_check_cancel(o, diag);
     if (rc == DX_OK)
         rc = o->evaluator->fn(o->evaluator->ud, progs, n, val, idx, n_idx, o, r,
                               diag);
@@ -1215,6 +1270,8 @@ static int evaluate_together(candidate *c, size_t n, const dx_dataset *val,
                 dx_example_free(ex);
         }
     dx_eval_result *r = NULL;
+    if (rc == DX_OK)
+        rc = dx__tp_check_cancel(o, diag);
     if (rc == DX_OK) {
         dx_eval_opts eo = {
             .metric = o->metric,
@@ -1225,6 +1282,8 @@ static int evaluate_together(candidate *c, size_t n, const dx_dataset *val,
             .progress_out = o->progress_out,
         };
         rc = dx_evaluate(m, rows, &eo, &r, diag);
+        if (rc == DX_OK && r->cancelled)
+            rc = cancelled(diag); /* what finished scores no candidate */
     }
     if (rc == DX_OK) {
         /* DSPy's score: 100 * sum / n, rounded to 2 decimals, per

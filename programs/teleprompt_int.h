@@ -15,6 +15,9 @@
 
 /* opts with its zero members replaced by the defaults. */
 dx_tp_opts dx__tp_normalized(const dx_tp_opts *in);
+/* DX_ECANCELED (diag says so) once dx_evaluate_cancel_all was called since
+ * o was normalized, the optimizer's start; else DX_OK. */
+int dx__tp_check_cancel(const dx_tp_opts *o, dx_diag *diag);
 
 /* The checks every optimizer makes first (NULLs, a custom metric without
  * a function, runtime not running, examples without inputs); sets *out to

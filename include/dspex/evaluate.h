@@ -155,10 +155,11 @@ DX_API int dx_evaluate(const dx_module *m, const dx_dataset *ds,
                        const dx_eval_opts *opts, dx_eval_result **out,
                        dx_diag *diag);
 /* Cancel every evaluation running now: they stop starting examples, kill
- * those in flight and return what finished (cancelled = true). Safe from
- * any thread and from a signal handler: it bumps an atomic counter and
- * writes to an eventfd that a thread of the evaluations' waits on (the
- * first call to dx_evaluate makes the eventfd, which stays open for the
+ * those in flight and return what finished (cancelled = true). Optimizers
+ * running now (teleprompt.h) stop too, with DX_ECANCELED. Safe from any
+ * thread and from a signal handler: it bumps an atomic counter and writes
+ * to an eventfd that a thread of the evaluations' waits on (the first
+ * evaluation or optimization makes the eventfd, which stays open for the
  * life of the OS process; errno is left as it was). */
 DX_API void dx_evaluate_cancel_all(void);
 

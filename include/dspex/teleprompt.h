@@ -89,6 +89,13 @@ typedef struct dx_tp_opts {
      * dx_tp_eval_fn); dist_eval.h's dx_dist_tp_eval spreads them over the
      * nodes of a cluster. */
     struct dx_tp_evaluator *evaluator;
+    /* Not an option: leave it 0. An optimizer notes here when it starts
+     * and passes it on to the optimizers it runs itself. A
+     * dx_evaluate_cancel_all after that point stops the optimizer with
+     * DX_ECANCELED — at once while it waits for its runs or an evaluation,
+     * else before it starts the next one — instead of letting a cut-short
+     * evaluation score a candidate. */
+    uint64_t cancel_generation;
 } dx_tp_opts;
 
 /* One (candidate, example) result of a candidate evaluator. */

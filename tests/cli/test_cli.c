@@ -445,6 +445,22 @@ Test(cli, eval_concurrency_above_256_reaches_an_http_1_1_server)
                  (unsigned long long)st.max_in_flight);
 }
 
+/* Once `calls` requests of the dspex run `pid` have reached srv (whose
+ * answers hang), press Ctrl-C; stop srv and return the run's exit status. */
+static int ctrl_c_after(dx_lmserver *srv, uint64_t calls, pid_t pid)
+{
+    dx_lmserver_stats st = {0};
+    for (int i = 0; i < 60000 && st.requests < calls; i++) {
+        usleep(1000);
+        dx_lmserver_stats_get(srv, &st);
+    }
+    cr_assert_eq(st.requests, calls, "the calls reached the server");
+    kill(pid, SIGINT);
+    int rc = dspex_wait(pid);
+    dx_lmserver_stop_free(srv);
+    return rc;
+}
+
 /* Ctrl-C during an evaluation whose every call hangs: the calls in flight
  * are cancelled, the table and the rows file are still written, and the
  * exit status is 130 (128 + SIGINT, as a shell reports it), so a script
@@ -459,19 +475,29 @@ Test(cli, eval_stops_on_ctrl_c_and_exits_130)
         (const char *[]){"eval", example("capitals.json"), path, "--model",
                          "openai-compatible/x", "--base-url", url, "--api-key",
                          "k", "--out", rows, NULL});
-    dx_lmserver_stats st = {0};
-    for (int i = 0; i < 60000 && st.requests < 4; i++) {
-        usleep(1000);
-        dx_lmserver_stats_get(srv, &st);
-    }
-    cr_assert_eq(st.requests, 4, "the four calls reached the server");
-    kill(pid, SIGINT);
-    int rc = dspex_wait(pid);
-    dx_lmserver_stop_free(srv);
+    int rc = ctrl_c_after(srv, 4, pid);
     cr_expect_eq(rc, 130, "%s", err_buf);
     cr_expect(strstr(out_buf, "done      0/4, 0 errors, cancelled") != NULL,
               "%s", out_buf);
     cr_expect_eq(access(rows, F_OK), 0, "the rows file was written");
+}
+
+/* Ctrl-C during an optimization whose teacher runs all hang: it stops,
+ * says so, saves nothing and exits 130. */
+Test(cli, optimize_stops_on_ctrl_c_and_exits_130)
+{
+    char url[96], path[200], saved[240];
+    dx_lmserver *srv = server_and_questions(
+        &(dx_lmserver_opts){.latency_ms = 600000}, url, "train.jsonl", 4, path);
+    snprintf(saved, sizeof saved, "%s/optimized.json", tmpdir);
+    pid_t pid = dspex_start((const char *[]){
+        "optimize", example("capitals.json"), path, "--optimizer", "bootstrap",
+        "-o", saved, "--model", "openai-compatible/x", "--base-url", url,
+        "--api-key", "k", NULL});
+    int rc = ctrl_c_after(srv, 4, pid);
+    cr_expect_eq(rc, 130, "%s", err_buf);
+    cr_expect(strstr(err_buf, "optimization cancelled") != NULL, "%s", err_buf);
+    cr_expect_neq(access(saved, F_OK), 0, "nothing was saved");
 }
 
 /* A wrong key fails every example: the table still shows them, and the

@@ -11,11 +11,14 @@
  */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "dspex/alloc.h"
@@ -281,6 +284,129 @@ Test(teleprompt, a_bootstrap_in_a_process_leaves_its_downs_alone)
     cr_assert(b.down_kept, "the process's own DOWN was taken");
     dx_module_free(b.st);
     dx_dataset_free(b.ds);
+}
+
+/* ---- cancellation ----------------------------------------------------- */
+
+typedef struct opt_thread {
+    dx_module *st;
+    dx_dataset *train, *val;
+    int rc;
+    dx_diag d;
+} opt_thread;
+
+static void *run_bootstrap(void *arg)
+{
+    opt_thread *t = arg;
+    dx_tp_opts o = {
+        .metric = {.kind = DX_METRIC_CUSTOM, .fn = never_metric},
+        .concurrency = 2,
+    };
+    dx_tp_result *r = NULL;
+    t->rc = dx_bootstrap_fewshot(t->st, NULL, t->train, &o, &r, &t->d);
+    dx_tp_result_free(r);
+    return NULL;
+}
+
+/* Hangs on the valset's examples ("v..."), so the candidates' evaluation
+ * can only be cancelled; the teacher runs on the trainset ("q...") end. */
+static atomic_int valset_hangs;
+
+static double metric_hanging_on_valset(const dx_example *ex,
+                                       const dx_prediction *p,
+                                       const dx_trace *t, void *ud)
+{
+    (void)p;
+    (void)t;
+    (void)ud;
+    if (dx_example_get_str(ex, "question", "")[0] == 'v') {
+        atomic_fetch_add(&valset_hangs, 1);
+        dx_sleep(100000);
+    }
+    return 0.0;
+}
+
+static dx_dataset *valset(size_t n)
+{
+    dx_dataset *ds = trainset(n);
+    for (size_t i = 0; i < n; i++) {
+        char q[32];
+        snprintf(q, sizeof q, "v%zu", i);
+        dx_example_set_str(ds->items[i], "question", q);
+    }
+    return ds;
+}
+
+static void *run_random_search(void *arg)
+{
+    opt_thread *t = arg;
+    dx_tp_opts o = {
+        .metric = {.kind = DX_METRIC_CUSTOM, .fn = metric_hanging_on_valset},
+        .progress = DX_EVAL_PROGRESS_OFF,
+        .num_candidates = 2,
+        .concurrency = 2,
+    };
+    dx_tp_result *r = NULL;
+    t->rc = dx_random_search(t->st, NULL, t->train, t->val, &o, &r, &t->d);
+    dx_tp_result_free(r);
+    return NULL;
+}
+
+/* Not a performance bound: without the cancellation the runs would wait
+ * 100 s. */
+static bool joined_within(pthread_t th, int seconds)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += seconds;
+    return pthread_timedjoin_np(th, NULL, &ts) == 0;
+}
+
+static void wait_requests(uint64_t n)
+{
+    dx_lmserver_stats st = {0};
+    for (int i = 0; i < 20000 && st.requests < n; i++) {
+        usleep(1000);
+        dx_lmserver_stats_get(srv, &st);
+    }
+    cr_assert_geq(st.requests, n, "the runs reached the server");
+}
+
+/* The teacher runs hang in their LM calls: a cancellation ends them and
+ * the bootstrap says it was cancelled. */
+Test(teleprompt, a_cancellation_stops_a_bootstrap_whose_runs_hang)
+{
+    opt_thread t = {.st = student(), .train = trainset(6)};
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:100000", 2), DX_OK);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, run_bootstrap, &t), 0);
+    wait_requests(2);
+    dx_evaluate_cancel_all();
+    cr_assert(joined_within(th, 30), "the cancellation was not noticed");
+    cr_assert_eq(t.rc, DX_ECANCELED, "%s", t.d.msg);
+    cr_assert(strstr(t.d.msg, "cancelled") != NULL, "%s", t.d.msg);
+    dx_module_free(t.st);
+    dx_dataset_free(t.train);
+}
+
+/* An evaluation cut short scores no candidate: random search stops with
+ * DX_ECANCELED instead of keeping a score of the examples that finished. */
+Test(teleprompt, a_cancelled_candidate_evaluation_stops_random_search)
+{
+    opt_thread t = {.st = student(), .train = trainset(4), .val = valset(4)};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, run_random_search, &t), 0);
+    /* The teacher runs come first; then the candidates' evaluation, whose
+     * metric hangs. */
+    for (int i = 0; i < 30000 && atomic_load(&valset_hangs) < 2; i++)
+        usleep(1000);
+    cr_assert_geq(atomic_load(&valset_hangs), 2, "the evaluation started");
+    dx_evaluate_cancel_all();
+    cr_assert(joined_within(th, 30), "the cancellation was not noticed");
+    cr_assert_eq(t.rc, DX_ECANCELED, "%s", t.d.msg);
+    dx_module_free(t.st);
+    dx_dataset_free(t.train);
+    dx_dataset_free(t.val);
 }
 
 Test(teleprompt, a_crashing_metric_does_not_stop_the_optimization)
