@@ -203,7 +203,19 @@ uint64_t dx__cancel_generation(void)
 
 struct dx__cancel_watch {
     relay_entry entry;
+    dx_ptie *tie; /* ends the watch if the process is killed first */
 };
+
+/* The watching process ended without dx__cancel_watch_stop (killed: an
+ * example's deadline, when the watch is a nested evaluation's). Runs as
+ * it ends, on its scheduler thread; the relay thread never waits for a
+ * scheduler, so taking relay.mu (and joining it) here cannot deadlock. */
+static void watch_orphaned(void *obj)
+{
+    dx__cancel_watch *w = obj;
+    relay_leave(&w->entry);
+    dx_free(w);
+}
 
 dx__cancel_watch *dx__cancel_watch_start(void)
 {
@@ -214,6 +226,8 @@ dx__cancel_watch *dx__cancel_watch_start(void)
         dx_free(w);
         w = NULL;
     }
+    if (w != NULL)
+        w->tie = dx_ptie_new(w, watch_orphaned);
     return w;
 }
 
@@ -228,13 +242,16 @@ void dx__cancel_watch_stop(dx__cancel_watch *w)
         return;
     relay_leave(&w->entry);
     /* Once out of the relay no wake-up can come: drop those that came
-     * (when this is the caller's process, its mailbox is theirs). */
+     * (when this is the caller's process, its mailbox is theirs). A kill
+     * landing in these receives finds the tie still held: leaving again
+     * is harmless. */
     dx_match wakeup = {.fields = DX_MATCH_TAG | DX_MATCH_REF,
                        .tag = DX__TAG_CANCEL_WAKE,
                        .ref = w->entry.ref};
     dx_msg *m = NULL;
     while (dx_receive(&wakeup, 0, &m) == DX_OK && m)
         dx_msg_free(m);
+    dx_ptie_cut(w->tie);
     dx_free(w);
 }
 
@@ -245,8 +262,10 @@ typedef struct ex_slot {
     atomic_bool done;
     /* in: read-only for the process */
     const dx_module *module;
-    const dx_metric *metric;
-    const dx_call_opts *call;
+    /* Copies, not pointers into the job: a coordinator killed with its
+     * caller's process frees the job while its examples are being ended. */
+    dx_metric metric;
+    dx_call_opts call;
     const dx_example *example; /* the dataset's (read-only) */
     dx_example *inputs;
     int64_t deadline_ms;
@@ -286,14 +305,14 @@ static void example_proc(void *arg)
     int64_t t0 = dx_now_ms();
     /* The prediction and the trace belong to the slot from the start, so
      * a metric that crashes (or a kill) leaks neither. */
-    s->rc =
-        dx__run_program(s->module, s->inputs, s->call, s->deadline_ms, &s->pred,
-                        s->trace ? &s->trace_data : NULL, &s->diag, &s->usage);
+    s->rc = dx__run_program(s->module, s->inputs, &s->call, s->deadline_ms,
+                            &s->pred, s->trace ? &s->trace_data : NULL,
+                            &s->diag, &s->usage);
     s->latency_ms = (double)(dx_now_ms() - t0);
     if (s->rc == DX_OK) {
         /* The metric runs here too: if it crashes, this example fails and
          * nothing else does. */
-        double score = dx_metric_score(s->metric, s->example, s->pred,
+        double score = dx_metric_score(&s->metric, s->example, s->pred,
                                        s->trace ? &s->trace_data : NULL);
         if (isnan(score))
             s->rc = dx_diag_set(&s->diag, DX_EINVAL, 0, 0,
@@ -314,6 +333,10 @@ typedef struct eval_job {
     int rc;
     dx_diag diag;
     atomic_bool finished;
+    /* Coordinated in the caller's process (dx_evaluate's frame there), so
+     * if that process is killed the job and its result are freed with it;
+     * else the host thread that waits frees them. */
+    bool in_caller;
 } eval_job;
 
 static void record(eval_job *j, ex_slot *s, const dx_term *reason,
@@ -366,8 +389,8 @@ static int start_example(eval_job *j, size_t index, bool spread, ex_slot **out)
     atomic_init(&s->refs, 2);
     atomic_init(&s->done, false);
     s->module = j->module;
-    s->metric = &j->opts.metric;
-    s->call = &j->opts.call;
+    s->metric = j->opts.metric;
+    s->call = j->opts.call;
     s->example = ex;
     s->trace = j->opts.trace;
     s->index = index;
@@ -499,26 +522,65 @@ static int64_t wait_ms(const in_flight *fl, const dx__progress *prog,
     return wait == DX_INFINITY || wait >= 0 ? wait : 0;
 }
 
+/* A coordinator's state, for the case where its process is killed. */
+typedef struct coord_state {
+    in_flight fl;
+    dx__progress *prog;
+    eval_job *j;
+} coord_state;
+
+/* The coordinator's process ended inside coordinate (a kill: its caller's
+ * process stopped by a supervisor, an outer example's deadline). Runs as
+ * it ends, on its scheduler thread: it ends the examples in flight, drops
+ * its references to their slots and frees what it held, the job too when
+ * the job lived in that process's dx_evaluate. */
+static void coordinator_killed(void *obj)
+{
+    coord_state *cs = obj;
+    for (ex_slot *s = cs->fl.oldest, *newer; s; s = newer) {
+        newer = s->newer;
+        dx_kill(s->pid);
+        slot_unref(s);
+    }
+    dx__htab_free(&cs->fl.by_pid);
+    dx__progress_free(cs->prog);
+    if (cs->j->in_caller) {
+        dx_eval_result_free(cs->j->res);
+        dx_free(cs->j);
+    }
+    dx_free(cs);
+}
+
 static void coordinate(eval_job *j)
 {
     dx_eval_result *res = j->res;
     const dx_eval_opts *o = &j->opts;
     size_t n = j->ds->n;
     size_t conc = o->concurrency;
-    in_flight fl = {0};
+    /* On the heap and tied to this process: killed (its caller's process
+     * ended by a supervisor, an outer example's deadline), it ends its
+     * examples and frees what it held as it goes (coordinator_killed). */
+    coord_state *cs = dx_calloc(1, sizeof *cs);
+    if (!cs) {
+        j->rc = dx_diag_set(&j->diag, DX_ENOMEM, 0, 0, "out of memory");
+        return;
+    }
+    cs->j = j;
     bool killed_all = false;
     uint64_t gen = dx__cancel_generation();
-    dx__progress *prog = dx__progress_new(
+    dx__progress *prog = cs->prog = dx__progress_new(
         o->progress_out ? o->progress_out : stderr, o->progress, n,
         o->progress_interval_s > 0 ? o->progress_interval_s : 2.0);
     int64_t t0 = dx_now_ms();
     size_t next = 0;
     double score_sum = 0;
     bool stopping = false;
+    dx_ptie *tie = dx_ptie_new(cs, coordinator_killed);
     dx__cancel_watch *watch = dx__cancel_watch_start();
-    coord_match ours = {.fl = &fl, .cancel_ref = dx__cancel_watch_ref(watch)};
+    coord_match ours = {.fl = &cs->fl,
+                        .cancel_ref = dx__cancel_watch_ref(watch)};
 
-    while (next < n || fl.n > 0) {
+    while (next < n || cs->fl.n > 0) {
         if (!stopping && dx__cancel_generation() != gen) {
             res->cancelled = true;
             stopping = true;
@@ -528,13 +590,13 @@ static void coordinate(eval_job *j)
             stopping = true;
         }
         if (stopping && !killed_all) {
-            for (ex_slot *s = fl.oldest; s; s = s->newer)
+            for (ex_slot *s = cs->fl.oldest; s; s = s->newer)
                 dx_kill(s->pid);
             killed_all = true;
             next = n; /* start nothing more */
         }
         /* Fill free places. */
-        while (!stopping && next < n && fl.n < conc) {
+        while (!stopping && next < n && cs->fl.n < conc) {
             ex_slot *s = NULL;
             /* The first examples start spread over the schedulers, as a
              * burst; each later one takes the place of one that ended and
@@ -546,7 +608,7 @@ static void coordinate(eval_job *j)
              * behind has them taken by an idle sibling, as with any
              * spawn. */
             int rc = start_example(j, next, next < conc, &s);
-            if (rc == DX_OK && !track(&fl, s)) {
+            if (rc == DX_OK && !track(&cs->fl, s)) {
                 abandon(s);
                 rc = DX_ENOMEM;
             }
@@ -569,17 +631,17 @@ static void coordinate(eval_job *j)
             }
             next++;
         }
-        if (fl.n == 0)
+        if (cs->fl.n == 0)
             break;
 
         /* Wait for an example to end, a deadline, progress or a cancel. */
         dx_msg *m = NULL;
         dx_match match = {.pred = is_ours, .ud = &ours};
-        if (dx_receive(&match, wait_ms(&fl, prog, t0, watch != NULL), &m) ==
+        if (dx_receive(&match, wait_ms(&cs->fl, prog, t0, watch != NULL), &m) ==
                 DX_OK &&
             m) {
             ex_slot *s =
-                m->tag == DX_TAG_DOWN ? slot_of_pid(&fl, m->from) : NULL;
+                m->tag == DX_TAG_DOWN ? slot_of_pid(&cs->fl, m->from) : NULL;
             if (s) {
                 dx_term *reason = dx_msg_take_term(m);
                 bool late =
@@ -591,7 +653,7 @@ static void coordinate(eval_job *j)
                     score_sum += res->rows[s->index].score;
                     dx_usage_acc_merge(&res->usage, &res->rows[s->index].usage);
                 }
-                untrack(&fl, s);
+                untrack(&cs->fl, s);
                 slot_unref(s);
             }
             dx_msg_free(m);
@@ -599,7 +661,8 @@ static void coordinate(eval_job *j)
         /* Kill examples past their deadline (the oldest first: the only
          * ones that can be); their DOWN comes next. */
         int64_t now = dx_now_ms();
-        for (ex_slot *s = fl.oldest; s && now >= s->deadline_ms; s = s->newer)
+        for (ex_slot *s = cs->fl.oldest; s && now >= s->deadline_ms;
+             s = s->newer)
             if (!s->kill_sent) {
                 dx_kill(s->pid);
                 s->kill_sent = true;
@@ -609,10 +672,12 @@ static void coordinate(eval_job *j)
     }
     res->wall_s = (double)(dx_now_ms() - t0) / 1000.0;
     dx__cancel_watch_stop(watch);
+    dx_ptie_cut(tie);
     dx__progress_finish(prog, res->n_done, res->n_errors, score_sum,
                         res->wall_s, res->stopped_early || res->cancelled);
     dx__progress_free(prog);
-    dx__htab_free(&fl.by_pid);
+    dx__htab_free(&cs->fl.by_pid);
+    dx_free(cs);
 
     res->score = res->n_done
                      ? round(10000.0 * score_sum / (double)res->n_done) / 100.0
@@ -699,6 +764,7 @@ int dx_evaluate(const dx_module *m, const dx_dataset *ds,
     atomic_init(&j->finished, false);
 
     if (!dx_pid_is_none(dx_self())) {
+        j->in_caller = true;
         coordinate(j);
     } else {
         /* A host thread cannot receive DOWN messages: the coordinator is a

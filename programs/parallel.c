@@ -140,8 +140,15 @@ int dx_parallel_run(const dx_module *m, const dx_example *const *inputs,
         if (row->done && row->error != DX_OK && first_failed == SIZE_MAX)
             first_failed = i;
     }
+    bool cancelled = er->cancelled;
+    size_t n_done = er->n_done;
     dx_eval_result_free(er);
     *out = r;
+    if (cancelled)
+        return dx_diag_set(diag, DX_ECANCELED, 0, 0,
+                           "Parallel: cancelled (dx_evaluate_cancel_all) "
+                           "with %zu of %zu items done",
+                           n_done, n);
     if (max_errors != SIZE_MAX && r->n_errors >= max_errors)
         return dx_diag_set(diag, DX_ELIMIT, 0, 0,
                            "Parallel: %zu of %zu items failed (max_errors "

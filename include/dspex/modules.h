@@ -150,7 +150,9 @@ typedef struct dx_parallel_result {
  * passes all its keys. A crash, timeout or error costs its item only.
  * DX_OK: *out is the caller's (dx_parallel_result_free). DX_ELIMIT: at
  * least max_errors items failed (diag names the count and the first
- * failed item); *out is set too, with the items that finished. DX_EINVAL,
+ * failed item); *out is set too, with the items that finished.
+ * DX_ECANCELED: dx_evaluate_cancel_all stopped it; *out is set, with the
+ * items that finished (the others are not done). DX_EINVAL,
  * DX_ESTATE (runtime not running), DX_ENOMEM: *out is NULL. Blocks; host
  * thread or process. */
 DX_API int dx_parallel_run(const dx_module *m, const dx_example *const *inputs,

@@ -7,6 +7,7 @@
  * cancellation from another thread.
  */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -559,17 +560,23 @@ static void evaluating_proc(void *arg)
     dx_msg_free(m);
 }
 
-Test(evaluate, an_evaluation_in_a_process_leaves_its_messages_alone)
+/* evaluating_proc over 8 hanging examples, 4 in flight; returns its pid
+ * once those 4 run. */
+static dx_pid start_evaluating_proc(in_proc *ip)
 {
     atomic_store(&hanging_started, 0);
-    in_proc ip = {
-        .t = {
-            .m = dx_module_new("Hang", hanging_forward, NULL, NULL, NULL),
-            .ds = dataset(8, NULL),
-        }};
+    ip->t.m = dx_module_new("Hang", hanging_forward, NULL, NULL, NULL);
+    ip->t.ds = dataset(8, NULL);
     dx_pid pid;
-    cr_assert_eq(dx_spawn(evaluating_proc, &ip, &pid), DX_OK);
+    cr_assert_eq(dx_spawn(evaluating_proc, ip, &pid), DX_OK);
     wait_hanging_started(4);
+    return pid;
+}
+
+Test(evaluate, an_evaluation_in_a_process_leaves_its_messages_alone)
+{
+    in_proc ip = {0};
+    dx_pid pid = start_evaluating_proc(&ip);
     /* Twice: the second wake-up may still be on its way when the
      * evaluation ends, and must not be left in the mailbox. */
     dx_evaluate_cancel_all();
@@ -582,4 +589,45 @@ Test(evaluate, an_evaluation_in_a_process_leaves_its_messages_alone)
     cr_assert(ip.down_kept, "the DOWN of the process's own monitor was taken");
     cr_assert(!ip.left_over, "the evaluation left a message behind");
     assert_cancelled_with_nothing_done(&ip.t);
+}
+
+static int eval_cancel_threads(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/task");
+    for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
+        char path[300], comm[32] = "";
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (f && fgets(comm, sizeof comm, f) &&
+            strncmp(comm, "dx-eval-cancel", 14) == 0)
+            n++;
+        if (f)
+            fclose(f);
+    }
+    if (d)
+        closedir(d);
+    return n;
+}
+
+/* The process that called dx_evaluate is killed while its examples hang
+ * (a supervisor stopping it; an outer example's deadline, for a nested
+ * evaluation): its examples end with it, what the evaluation held is
+ * freed (the sanitizer builds check for leaks) and the cancellation relay
+ * stops, as no evaluation runs any more. */
+Test(evaluate, a_killed_coordinator_takes_its_examples_with_it)
+{
+    size_t before = dx_process_count();
+    in_proc ip = {0};
+    dx_pid pid = start_evaluating_proc(&ip);
+    cr_assert_eq(eval_cancel_threads(), 1, "the relay runs");
+    cr_assert_eq(dx_kill(pid), DX_OK);
+    size_t now = 0;
+    for (int i = 0; i < 30000 && (now = dx_process_count()) > before; i++)
+        host_sleep_ms(1);
+    cr_assert_eq(now, before, "%zu processes left behind", now - before);
+    cr_assert_eq(eval_cancel_threads(), 0, "the relay still runs");
+    cr_assert_null(ip.t.r);
+    dx_dataset_free(ip.t.ds);
+    dx_module_free(ip.t.m);
 }

@@ -8,6 +8,7 @@
  * KNN picks the nearest train examples and KNNFewShot demos them.
  */
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -375,6 +376,74 @@ Test(modules2, parallel_keeps_input_order_and_records_a_crash)
     for (int i = 0; i < 12; i++)
         dx_example_free(ins[i]);
     dx_module_free(m);
+}
+
+/* Items 0 and 1 end at once; the others wait far longer than the test. */
+static atomic_int waiting_items;
+
+static int quick_or_waiting(dx_ctx *ctx, const dx_module *self,
+                            const dx_example *in, dx_prediction **out)
+{
+    (void)ctx;
+    (void)self;
+    if (dx_example_get_num(in, "i", -1) >= 2) {
+        atomic_fetch_add(&waiting_items, 1);
+        dx_sleep(600000);
+    }
+    *out = dx_prediction_new();
+    return DX_OK;
+}
+
+typedef struct parallel_call {
+    dx_module *m;
+    dx_example *ins[6];
+    dx_parallel_result *r;
+    dx_diag d;
+    int rc;
+} parallel_call;
+
+static void *run_parallel(void *arg)
+{
+    parallel_call *c = arg;
+    dx_parallel_opts o = {.num_threads = 6};
+    c->rc = dx_parallel_run(c->m, (const dx_example *const *)c->ins, 6, &o,
+                            &c->r, &c->d);
+    return NULL;
+}
+
+/* dx_evaluate_cancel_all stops a Parallel run: DX_ECANCELED, with the items
+ * that finished, the others not done, and the count in the message. */
+Test(modules2, a_cancelled_parallel_run_says_so_and_keeps_what_finished)
+{
+    parallel_call c = {.m = dx_module_new("QuickOrWaiting", quick_or_waiting,
+                                          NULL, NULL, NULL)};
+    for (int i = 0; i < 6; i++) {
+        c.ins[i] = dx_example_new();
+        dx_example_set_int(c.ins[i], "i", i);
+    }
+    atomic_store(&waiting_items, 0);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, run_parallel, &c), 0);
+    for (int i = 0; i < 30000 && atomic_load(&waiting_items) < 4; i++)
+        host_sleep_ms(1);
+    cr_assert_eq(atomic_load(&waiting_items), 4);
+    dx_evaluate_cancel_all();
+    pthread_join(th, NULL);
+    cr_assert_eq(c.rc, DX_ECANCELED, "%s", c.d.msg);
+    cr_assert_not_null(c.r);
+    /* Items 0 and 1 may have finished before the cancellation or not. */
+    size_t done = 0;
+    for (int i = 0; i < 6; i++) {
+        done += c.r->items[i].done;
+        cr_assert(i < 2 || !c.r->items[i].done, "item %d", i);
+    }
+    char said[32];
+    snprintf(said, sizeof said, "%zu of 6 items done", done);
+    cr_assert(strstr(c.d.msg, said) != NULL, "%s", c.d.msg);
+    dx_parallel_result_free(c.r);
+    for (int i = 0; i < 6; i++)
+        dx_example_free(c.ins[i]);
+    dx_module_free(c.m);
 }
 
 /* ---- KNN --------------------------------------------------------------- */
