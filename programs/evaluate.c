@@ -41,8 +41,9 @@
  * cancel_fd, an eventfd made once and never closed, so a handler never
  * writes to a descriptor being closed or reused. While evaluations run, a
  * relay thread waits on it and sends each running coordinator a wake-up
- * (DX__TAG_CANCEL_WAKE), so a coordinator sleeps until an example ends, a deadline
- * passes, progress is due or it is cancelled: never on a timer of its own.
+ * (DX__TAG_CANCEL_WAKE), so a coordinator sleeps until an example ends, a
+ * deadline passes, progress is due or it is cancelled: never on a timer of
+ * its own.
  * At one example in flight a 100 ms poll cost about one wake-up of a
  * sleeping scheduler per example, ~60 us of CPU on a 2-vCPU VM.
  *
@@ -64,7 +65,7 @@ typedef struct relay_entry {
 
 static struct {
     pthread_mutex_t mu;
-    relay_entry *running; /* the coordinators to wake */
+    relay_entry *running; /* the watches to wake */
     bool on;              /* a relay thread runs for them */
     pthread_t thread;
     int stop_fd;
