@@ -107,7 +107,6 @@ static void relay_wake_all(void)
 static void *relay_main(void *arg)
 {
     int stop_fd = (int)(intptr_t)arg;
-    pthread_setname_np(pthread_self(), "dx-eval-cancel");
     struct pollfd fds[2] = {{.fd = atomic_load(&cancel_fd), .events = POLLIN},
                             {.fd = stop_fd, .events = POLLIN}};
     for (;;) {
@@ -161,6 +160,9 @@ static bool relay_join(relay_entry *e, dx_pid pid, dx_ref ref)
             pthread_mutex_unlock(&relay.mu);
             return false;
         }
+        /* Named here, not by the thread: from the moment this returns it
+         * shows under its name (tests and tools look for it). */
+        pthread_setname_np(relay.thread, "dx-eval-cancel");
         relay.stop_fd = stop_fd;
         relay.on = true;
     }
