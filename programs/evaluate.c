@@ -26,6 +26,7 @@
 #include "dspex/alloc.h"
 #include "dspex/error.h"
 #include "eval_int.h"
+#include "helper_thread.h"
 #include "htab.h"
 #include "module_int.h"
 #include "pyjson.h"
@@ -139,16 +140,11 @@ static bool relay_join(relay_entry *e, dx_pid pid, dx_ref ref)
     pthread_mutex_lock(&relay.mu);
     if (!relay.on) {
         int stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        /* The relay takes no asynchronous signals: SIGINT is the
-         * application's, whose handler is what writes to cancel_fd. Faults
-         * stay deliverable. A thread inherits the mask it is made with. */
+        /* The relay takes no asynchronous signals (helper_thread.h):
+         * SIGINT is the application's, whose handler is what writes to
+         * cancel_fd. */
         sigset_t all, old;
-        sigfillset(&all);
-        sigdelset(&all, SIGSEGV);
-        sigdelset(&all, SIGBUS);
-        sigdelset(&all, SIGFPE);
-        sigdelset(&all, SIGILL);
-        sigdelset(&all, SIGABRT);
+        dx__helper_thread_sigmask(&all);
         pthread_sigmask(SIG_SETMASK, &all, &old);
         bool started =
             stop_fd >= 0 && pthread_create(&relay.thread, NULL, relay_main,
@@ -490,17 +486,24 @@ static void abandon(ex_slot *s)
 typedef struct coord_match {
     const in_flight *fl;
     dx_ref cancel_ref;
+    /* The example whose DOWN was taken (NULL for a wake-up): the receive
+     * takes the first message this accepts, so the last one it accepted. */
+    ex_slot *ended;
 } coord_match;
 
 static bool is_ours(const dx_msg *m, void *ud)
 {
-    const coord_match *c = ud;
+    coord_match *c = ud;
+    c->ended = NULL;
     if (m->tag == DX__TAG_CANCEL_WAKE)
         return dx_ref_eq(m->ref, c->cancel_ref);
     if (m->tag != DX_TAG_DOWN)
         return false;
-    const ex_slot *s = slot_of_pid(c->fl, m->from);
-    return s != NULL && dx_ref_eq(s->mon, m->ref);
+    ex_slot *s = slot_of_pid(c->fl, m->from);
+    if (s == NULL || !dx_ref_eq(s->mon, m->ref))
+        return false;
+    c->ended = s;
+    return true;
 }
 
 /* How long to wait for news, in ms (DX_INFINITY: until a message comes):
@@ -640,11 +643,11 @@ static void coordinate(eval_job *j)
         /* Wait for an example to end, a deadline, progress or a cancel. */
         dx_msg *m = NULL;
         dx_match match = {.pred = is_ours, .ud = &ours};
+        ours.ended = NULL;
         if (dx_receive(&match, wait_ms(&cs->fl, prog, t0, watch != NULL), &m) ==
                 DX_OK &&
             m) {
-            ex_slot *s =
-                m->tag == DX_TAG_DOWN ? slot_of_pid(&cs->fl, m->from) : NULL;
+            ex_slot *s = ours.ended;
             if (s) {
                 dx_term *reason = dx_msg_take_term(m);
                 bool late =

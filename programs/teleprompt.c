@@ -377,16 +377,43 @@ static bool is_a_runs_down(const dx_msg *m, void *ud)
     return false;
 }
 
+/* Wait for one of the runs in flight to end (its DOWN), the next deadline
+ * or a cancellation's wake-up. The slot of the run that ended, or SIZE_MAX
+ * when none did. */
+static size_t await_run(boot_slot *const *flight, size_t slots,
+                        const dx__cancel_watch *watch)
+{
+    run_slots runs = {flight, slots, dx__cancel_watch_ref(watch)};
+    dx_match match = {.pred = is_a_runs_down, .ud = &runs};
+    dx_msg *m = NULL;
+    size_t ended = SIZE_MAX;
+    if (dx_receive(&match, until_next_deadline(flight, slots, watch != NULL),
+                   &m) == DX_OK &&
+        m) {
+        /* A wake-up comes from no pid and matches no run. */
+        for (size_t p = 0; p < slots && ended == SIZE_MAX; p++)
+            if (flight[p] && dx_pid_eq(flight[p]->pid, m->from))
+                ended = p;
+        dx_msg_free(m);
+    }
+    return ended;
+}
+
+static void kill_run(boot_slot *s)
+{
+    if (!s->kill_sent) {
+        dx_kill(s->pid);
+        s->kill_sent = true;
+    }
+}
+
 /* Kill the runs past their deadline, once each. */
 static void kill_overdue(boot_slot *const *flight, size_t slots)
 {
     int64_t now = dx_now_ms();
     for (size_t p = 0; p < slots; p++)
-        if (flight[p] && !flight[p]->kill_sent &&
-            now >= flight[p]->deadline_ms) {
-            dx_kill(flight[p]->pid);
-            flight[p]->kill_sent = true;
-        }
+        if (flight[p] && now >= flight[p]->deadline_ms)
+            kill_run(flight[p]);
 }
 
 static void boot_unref(void *arg)
@@ -710,61 +737,48 @@ static void bootstrap_run(void *arg)
                 break;
             continue;
         }
-        dx_msg *m = NULL;
-        run_slots runs = {flight, o->concurrency, dx__cancel_watch_ref(watch)};
-        dx_match match = {.pred = is_a_runs_down, .ud = &runs};
-        if (dx_receive(
-                &match,
-                until_next_deadline(flight, o->concurrency, watch != NULL),
-                &m) == DX_OK &&
-            m) {
-            /* A cancellation's wake-up (from no pid) matches no run. */
-            for (size_t p = 0; p < o->concurrency; p++) {
-                boot_slot *s = flight[p];
-                if (!s || !dx_pid_eq(s->pid, m->from))
-                    continue;
-                ex_result *r = &ex[s->index];
-                r->known = true;
-                dx_usage_acc_init(&r->usage, "example");
-                if (atomic_load_explicit(&s->done, memory_order_acquire)) {
-                    r->success = s->success;
-                    r->rc = s->rc;
-                    r->demos = s->demos;
-                    s->demos = NULL;
-                    r->usage = s->usage;
-                    if (r->rc != DX_OK && s->error[0])
-                        r->error = dx_strdup(s->error);
-                } else {
-                    r->rc = DX_EDOWN; /* crashed or killed at its deadline */
-                    r->error = dx_strdup("the teacher run's process died or "
-                                         "passed its deadline");
-                }
-                dx_usage_acc_merge(&live, &r->usage);
-                /* Only an outcome is checkpointed — demos, or the metric's
-                 * no. A run that failed (an LM outage, a crash, its
-                 * deadline) is run again by a resume rather than restored
-                 * as a failure. */
-                cJSON *cv = r->rc == DX_OK ? cJSON_CreateObject() : NULL;
-                if (cv) {
-                    cJSON_AddBoolToObject(cv, "ok", r->success);
-                    cJSON_AddNumberToObject(cv, "rc", r->rc);
-                    dx__tp_record(cv, &r->usage, NULL);
-                    if (r->demos)
-                        cJSON_AddItemToObject(cv, "demos",
-                                              cJSON_Duplicate(r->demos, true));
-                    char key[48];
-                    snprintf(key, sizeof key, "example/%zu", s->index);
-                    dx__tp_ckpt_put(&ck, key, cv);
-                    cJSON_Delete(cv);
-                }
-                dx__tp_emit("optimize.trial", DX_TELEMETRY_STOP, "bootstrap",
-                            (int64_t)s->index, r->success ? 100 : 0);
-                flight[p] = NULL;
-                in_flight--;
-                boot_unref(s);
-                break;
+        size_t ended = await_run(flight, o->concurrency, watch);
+        if (ended != SIZE_MAX) {
+            boot_slot *s = flight[ended];
+            ex_result *r = &ex[s->index];
+            r->known = true;
+            dx_usage_acc_init(&r->usage, "example");
+            if (atomic_load_explicit(&s->done, memory_order_acquire)) {
+                r->success = s->success;
+                r->rc = s->rc;
+                r->demos = s->demos;
+                s->demos = NULL;
+                r->usage = s->usage;
+                if (r->rc != DX_OK && s->error[0])
+                    r->error = dx_strdup(s->error);
+            } else {
+                r->rc = DX_EDOWN; /* crashed or killed at its deadline */
+                r->error = dx_strdup("the teacher run's process died or "
+                                     "passed its deadline");
             }
-            dx_msg_free(m);
+            dx_usage_acc_merge(&live, &r->usage);
+            /* Only an outcome is checkpointed — demos, or the metric's
+             * no. A run that failed (an LM outage, a crash, its
+             * deadline) is run again by a resume rather than restored
+             * as a failure. */
+            cJSON *cv = r->rc == DX_OK ? cJSON_CreateObject() : NULL;
+            if (cv) {
+                cJSON_AddBoolToObject(cv, "ok", r->success);
+                cJSON_AddNumberToObject(cv, "rc", r->rc);
+                dx__tp_record(cv, &r->usage, NULL);
+                if (r->demos)
+                    cJSON_AddItemToObject(cv, "demos",
+                                          cJSON_Duplicate(r->demos, true));
+                char key[48];
+                snprintf(key, sizeof key, "example/%zu", s->index);
+                dx__tp_ckpt_put(&ck, key, cv);
+                cJSON_Delete(cv);
+            }
+            dx__tp_emit("optimize.trial", DX_TELEMETRY_STOP, "bootstrap",
+                        (int64_t)s->index, r->success ? 100 : 0);
+            flight[ended] = NULL;
+            in_flight--;
+            boot_unref(s);
         }
         kill_overdue(flight, o->concurrency);
     }
@@ -774,27 +788,14 @@ static void bootstrap_run(void *arg)
      * deadline would: what they hold is tied to their processes. */
     if (j->rc == DX_ECANCELED)
         for (size_t p = 0; p < o->concurrency; p++)
-            if (flight[p] && !flight[p]->kill_sent) {
-                dx_kill(flight[p]->pid);
-                flight[p]->kill_sent = true;
-            }
+            if (flight[p])
+                kill_run(flight[p]);
     while (in_flight > 0) {
-        dx_msg *m = NULL;
-        run_slots runs = {flight, o->concurrency, dx__cancel_watch_ref(watch)};
-        dx_match match = {.pred = is_a_runs_down, .ud = &runs};
-        if (dx_receive(
-                &match,
-                until_next_deadline(flight, o->concurrency, watch != NULL),
-                &m) == DX_OK &&
-            m) {
-            for (size_t p = 0; p < o->concurrency; p++)
-                if (flight[p] && dx_pid_eq(flight[p]->pid, m->from)) {
-                    boot_unref(flight[p]);
-                    flight[p] = NULL;
-                    in_flight--;
-                    break;
-                }
-            dx_msg_free(m);
+        size_t ended = await_run(flight, o->concurrency, watch);
+        if (ended != SIZE_MAX) {
+            boot_unref(flight[ended]);
+            flight[ended] = NULL;
+            in_flight--;
         }
         kill_overdue(flight, o->concurrency);
     }

@@ -43,6 +43,7 @@
 
 #include "dspex/alloc.h"
 #include "dspex/error.h"
+#include "helper_thread.h"
 
 enum { IO_STOPPED = 0, IO_RUNNING, IO_STOPPING };
 
@@ -306,18 +307,10 @@ int dx_io_start(void)
     unsigned n = lanes_wanted();
     atomic_store(&g.hosted, false);
 
-    /* The I/O threads take no asynchronous signals: SIGPIPE from a peer
-     * that closed must not end the OS process (curl runs with
-     * CURLOPT_NOSIGNAL), and SIGINT/SIGTERM belong to the application's
-     * threads. Faults stay deliverable. A thread inherits the mask it is
-     * created with. */
+    /* The I/O threads take no asynchronous signals (helper_thread.h; curl
+     * runs with CURLOPT_NOSIGNAL). */
     sigset_t all, old;
-    sigfillset(&all);
-    sigdelset(&all, SIGSEGV);
-    sigdelset(&all, SIGBUS);
-    sigdelset(&all, SIGFPE);
-    sigdelset(&all, SIGILL);
-    sigdelset(&all, SIGABRT);
+    dx__helper_thread_sigmask(&all);
     unsigned started = 0;
     int rc = DX_OK;
     for (; started < n; started++) {
