@@ -407,7 +407,10 @@ void dx_eval_result_print(const dx_eval_result *r, FILE *f, size_t max_rows)
     if (!r || !f)
         return;
     char wall[32];
-    fmt_dur(wall, sizeof wall, r->wall_s);
+    if (r->wall_s >= 0 && r->wall_s < 1) /* a cached or tiny run */
+        snprintf(wall, sizeof wall, "%.0f ms", r->wall_s * 1000);
+    else
+        fmt_dur(wall, sizeof wall, r->wall_s);
     fprintf(f, "score     %.2f%%\n", r->score);
     fprintf(f, "done      %zu/%zu, %zu error%s%s%s\n", r->n_done, r->n,
             r->n_errors, r->n_errors == 1 ? "" : "s",

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "dspex/alloc.h"
@@ -256,6 +257,20 @@ void dx__cancel_watch_stop(dx__cancel_watch *w)
 
 /* ---- one example ------------------------------------------------------ */
 
+/* Latencies are kept to the microsecond: a cached or local LM answers in
+ * well under a millisecond, which whole milliseconds would show as 0. */
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static double ns_to_ms(int64_t ns)
+{
+    return (double)((ns + 500) / 1000) / 1000.0;
+}
+
 typedef struct ex_slot {
     atomic_int refs;
     atomic_bool done;
@@ -276,8 +291,9 @@ typedef struct ex_slot {
     dx_trace trace_data;
     dx_usage_acc usage; /* the run's LM usage, also when it failed */
     double score;
-    double latency_ms;
+    double latency_ms; /* the program's run, when it returned */
     /* coordinator's bookkeeping */
+    int64_t started_ns; /* when it was spawned: a failed example's latency */
     size_t index;
     dx_pid pid;
     dx_ref mon;
@@ -301,13 +317,13 @@ static void example_proc(void *arg)
 {
     ex_slot *s = arg;
     dx_set_label("dspex.evaluate.example");
-    int64_t t0 = dx_now_ms();
+    int64_t t0 = mono_ns();
     /* The prediction and the trace belong to the slot from the start, so
      * a metric that crashes (or a kill) leaks neither. */
     s->rc = dx__run_program(s->module, s->inputs, &s->call, s->deadline_ms,
                             &s->pred, s->trace ? &s->trace_data : NULL,
                             &s->diag, &s->usage);
-    s->latency_ms = (double)(dx_now_ms() - t0);
+    s->latency_ms = ns_to_ms(mono_ns() - t0);
     if (s->rc == DX_OK) {
         /* The metric runs here too: if it crashes, this example fails and
          * nothing else does. */
@@ -343,7 +359,11 @@ static void record(eval_job *j, ex_slot *s, const dx_term *reason,
 {
     dx_eval_row *row = &j->res->rows[s->index];
     row->done = true;
-    row->latency_ms = s->latency_ms;
+    /* A program that returned reports its own run; one that crashed, hung
+     * or was killed, the time from its start to its end here. */
+    row->latency_ms = atomic_load_explicit(&s->done, memory_order_acquire)
+                          ? s->latency_ms
+                          : ns_to_ms(mono_ns() - s->started_ns);
     if (atomic_load_explicit(&s->done, memory_order_acquire))
         row->usage = s->usage;
     if (atomic_load_explicit(&s->done, memory_order_acquire) &&
@@ -393,7 +413,10 @@ static int start_example(eval_job *j, size_t index, bool spread, ex_slot **out)
     s->example = ex;
     s->trace = j->opts.trace;
     s->index = index;
-    s->deadline_ms = dx_now_ms() + j->opts.example_timeout_ms;
+    s->started_ns = mono_ns();
+    /* Rounded up, so "no result within T ms" is never said sooner. */
+    s->deadline_ms =
+        (s->started_ns + 999999) / 1000000 + j->opts.example_timeout_ms;
     dx_diag d = {0};
     int rc = dx_example_has_inputs(ex) ? dx_example_inputs(ex, &s->inputs, &d)
                                        : DX_ESTATE;
@@ -510,7 +533,7 @@ static bool is_ours(const dx_msg *m, void *ud)
  * the earliest of the next deadline not yet acted on, the next progress
  * report and, without the relay, the next look at the cancel counter. */
 static int64_t wait_ms(const in_flight *fl, const dx__progress *prog,
-                       int64_t t0, bool relayed)
+                       int64_t t0_ns, bool relayed)
 {
     int64_t now = dx_now_ms();
     int64_t wait = relayed ? DX_INFINITY : DX__CANCEL_POLL_MS;
@@ -521,7 +544,8 @@ static int64_t wait_ms(const in_flight *fl, const dx__progress *prog,
         wait = due->deadline_ms - now;
     double next_s = dx__progress_next_s(prog);
     if (isfinite(next_s)) {
-        int64_t p = (int64_t)ceil(next_s * 1000.0) - (now - t0);
+        int64_t p =
+            (int64_t)ceil(next_s * 1000.0) - (mono_ns() - t0_ns) / 1000000;
         if (wait == DX_INFINITY || p < wait)
             wait = p;
     }
@@ -577,7 +601,7 @@ static void coordinate(eval_job *j)
     dx__progress *prog = cs->prog = dx__progress_new(
         o->progress_out ? o->progress_out : stderr, o->progress, n,
         o->progress_interval_s > 0 ? o->progress_interval_s : 2.0);
-    int64_t t0 = dx_now_ms();
+    int64_t t0 = mono_ns();
     size_t next = 0;
     double score_sum = 0;
     bool stopping = false;
@@ -674,9 +698,9 @@ static void coordinate(eval_job *j)
                 s->kill_sent = true;
             }
         dx__progress_update(prog, res->n_done, res->n_errors, score_sum,
-                            (double)(dx_now_ms() - t0) / 1000.0);
+                            (double)(mono_ns() - t0) / 1e9);
     }
-    res->wall_s = (double)(dx_now_ms() - t0) / 1000.0;
+    res->wall_s = (double)(mono_ns() - t0) / 1e9;
     dx__cancel_watch_stop(watch);
     dx_ptie_cut(tie);
     dx__progress_finish(prog, res->n_done, res->n_errors, score_sum,

@@ -126,6 +126,8 @@ typedef struct dx_eval_row {
     double score;
     int error;       /* DX_OK or the failure's code */
     char *error_msg; /* NULL when ok */
+    /* To the microsecond: the program's run; for an example that crashed,
+     * hung or was killed, from its start until it ended. */
     double latency_ms;
     dx_usage_acc usage; /* the example's LM usage (program run) */
     bool done;          /* false: not run (stopped early / cancelled) */

@@ -333,6 +333,8 @@ Test(eval_report, table_shows_summary_and_ok_failed_and_not_run_rows,
     cr_expect(strstr(s, "score     50.00%\n") != NULL, "%s", s);
     cr_expect(strstr(s, "done      2/3, 1 error, stopped early") != NULL, "%s",
               s);
+    /* Under a second, the wall time is shown in ms. */
+    cr_expect(strstr(s, "wall      200 ms\n") != NULL, "%s", s);
     cr_expect(strstr(s, "latency   p50 12.5 ms  p95 12.5 ms  p99 12.5 ms\n") !=
                   NULL,
               "%s", s);

@@ -104,6 +104,10 @@ Test(evaluate, scores_a_known_program_through_the_lm_server)
     cr_assert_eq(dx_evaluate(p, ds, &o, &again, &d), DX_OK);
     cr_assert_float_eq(again->score, r->score, 1e-9);
     cr_assert_eq(again->usage.cached_calls, again->usage.calls);
+    /* Cached answers take well under a millisecond; latencies are kept to
+     * the microsecond, so they still show. */
+    cr_assert_gt(again->latency_p50_ms, 0);
+    cr_assert_lt(again->latency_p50_ms, r->latency_p50_ms);
     dx_eval_result_free(again);
     dx_eval_result_free(r);
     dx_dataset_free(ds);
@@ -172,6 +176,9 @@ Test(evaluate, a_crash_and_a_hang_among_1000_cost_two_examples)
     cr_assert(strstr(r->rows[500].error_msg, "300 ms"), "%s",
               r->rows[500].error_msg);
     cr_assert_eq(r->rows[17].score, 0);
+    /* A failed example's latency is the time it ran until it failed. */
+    cr_assert_gt(r->rows[17].latency_ms, 0);
+    cr_assert_geq(r->rows[500].latency_ms, 300, "%f", r->rows[500].latency_ms);
     /* Dataset order, whatever order they finished in. */
     for (size_t i = 0; i < 1000; i++) {
         cr_assert_eq(r->rows[i].index, i);
