@@ -1091,8 +1091,13 @@ static int cmd_eval_body(args *ap)
     };
     dx_eval_result *r = NULL;
     dx_diag d = {0};
-    rc = dx_evaluate(m, ds, &eo, &r, &d);
-    if (rc == DX_OK) {
+    /* A Ctrl-C while the runtime and the LM client started asked for a
+     * cancel that no evaluation was there to see. */
+    bool skipped = sigint_seen;
+    if (skipped) {
+        fprintf(stderr, "%s: cancelled before the evaluation started\n",
+                prog_name);
+    } else if ((rc = dx_evaluate(m, ds, &eo, &r, &d)) == DX_OK) {
         dx_eval_result_print(r, stdout, 20);
         if (a.out && dx_eval_result_write_jsonl(r, a.out, &d) != DX_OK) {
             fprintf(stderr, "%s: %s\n", prog_name, d.msg);
@@ -1103,7 +1108,7 @@ static int cmd_eval_body(args *ap)
     } else {
         fprintf(stderr, "%s: %s\n", prog_name, d.msg);
     }
-    bool cancelled = r != NULL && r->cancelled;
+    bool cancelled = skipped || (r != NULL && r->cancelled);
     dx_eval_result_free(r);
     stop_lm();
     dx_dataset_free(ds);
@@ -1244,7 +1249,9 @@ static int cmd_optimize_body(args *ap)
         .mipro = {.seed = a.seed, .has_seed = a.seed != 0},
         .labeled_k = (size_t)a.max_labeled,
     };
-    rc = dx_optimize(&spec, &r, &d);
+    /* As for eval: a Ctrl-C before the optimizer records where it starts
+     * would go unseen. */
+    rc = sigint_seen ? DX_ECANCELED : dx_optimize(&spec, &r, &d);
     if (r) {
         best = r->program;
         r->program = NULL;
