@@ -17,7 +17,8 @@
 #               (default: $BUILD, else build)
 #   -o file     also append the raw RESULT lines and the SUMMARY lines to file
 #   bench[=n]   benchmarks to run, optionally with a size; default: all of
-#               noop spawn pingpong ring skynet fanout restart at issue 2's sizes
+#               noop spawn pingpong call ring skynet fanout restart at issue
+#               2's sizes (call, a server round trip, has no target there)
 # env: DX_SCHEDULERS (threads for both systems), TIMEOUT (seconds per run,
 #      default 600), ERL (default erl), ERLC (default erlc)
 set -eu
@@ -65,7 +66,7 @@ default_n() {
     esac
 }
 
-[ $# -gt 0 ] || set -- noop spawn pingpong ring skynet fanout restart
+[ $# -gt 0 ] || set -- noop spawn pingpong call ring skynet fanout restart
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/dspex-compare.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT INT TERM
@@ -152,7 +153,7 @@ function fmt(x) {
 BEGIN {
     nrow = split("noop:rss_kb:lower:- spawn:time_s:lower:<1.5 " \
         "spawn:spawn_s:lower:- spawn:bytes_per_actor:lower:<=2048 " \
-        "pingpong:rate:higher:>=2x ring:rate:higher:>=2x " \
+        "pingpong:rate:higher:>=2x call:rate:higher:- ring:rate:higher:>=2x " \
         "skynet:time_s:lower:<1 fanout:rate:higher:>=2x " \
         "restart:p50_us:lower:<20 restart:p99_us:lower:<100", row, " ")
 }

@@ -15,6 +15,7 @@
  * Scheduler threads come from DX_SCHEDULERS, else one per online CPU.
  */
 #include <dspex/runtime.h>
+#include <dspex/server.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -248,6 +249,51 @@ static int bench_pingpong(long n)
     return 0;
 }
 
+/* ---- call ---------------------------------------------------------- */
+
+/* A server's request/reply round trip: dx_call (monitor, request, reply,
+ * demonitor), against gen_server:call on the BEAM side. */
+static dx_srv_ret pong_call(void *state, dx_msg *request, dx_from from,
+                            dx_msg **reply, dx_term **stop_reason)
+{
+    (void)state;
+    (void)request;
+    (void)from;
+    (void)stop_reason;
+    *reply = dx_msg_new(TAG_PONG);
+    return *reply ? DX_SRV_REPLY : DX_SRV_STOP;
+}
+
+static int pong_init(void *arg, void **state, dx_term **stop_reason)
+{
+    (void)arg;
+    (void)stop_reason;
+    *state = NULL;
+    return DX_OK;
+}
+
+static const dx_server_ops pong_ops = {
+    .name = "bench_pong", .init = pong_init, .handle_call = pong_call};
+
+static int bench_call(long n)
+{
+    dx_pid server;
+    check(dx_server_start(&pong_ops, NULL, NULL, &server, NULL),
+          "dx_server_start");
+    double t0 = now_s();
+    for (long i = 0; i < n; i++) {
+        dx_msg *reply = NULL;
+        check(dx_call(server, dx_msg_new(TAG_PING), RECV_TIMEOUT_MS, &reply),
+              "dx_call");
+        expect_tag(reply, TAG_PONG, "call");
+        dx_msg_free(reply);
+    }
+    double secs = now_s() - t0;
+    check(dx_server_stop(server, NULL, RECV_TIMEOUT_MS), "dx_server_stop");
+    report(secs, (double)n / secs, "calls/s");
+    return 0;
+}
+
 /* ---- ring ---------------------------------------------------------- */
 
 /* Member i of the ring forwards the token to member i+1; the pid table is
@@ -425,9 +471,9 @@ static const struct {
     bench_fn fn;
 } benches[] = {
     {"noop", bench_noop},         {"spawn", bench_spawn},
-    {"pingpong", bench_pingpong}, {"ring", bench_ring},
-    {"skynet", bench_skynet},     {"fanout", bench_fanout},
-    {"restart", bench_restart},
+    {"pingpong", bench_pingpong}, {"call", bench_call},
+    {"ring", bench_ring},         {"skynet", bench_skynet},
+    {"fanout", bench_fanout},     {"restart", bench_restart},
 };
 
 static void driver(void *arg)
@@ -440,7 +486,8 @@ static void driver(void *arg)
 static int usage(void)
 {
     fprintf(stderr, "usage: runtime-bench <bench> <n>\n"
-                    "  bench: noop spawn pingpong ring skynet fanout restart\n"
+                    "  bench: noop spawn pingpong call ring skynet fanout "
+                    "restart\n"
                     "  n: a positive integer (noop ignores it)\n"
                     "  scheduler threads: env DX_SCHEDULERS (default: online "
                     "CPUs)\n");

@@ -159,7 +159,9 @@ struct dx__proc {
     /* Written by senders on any thread. */
     dx__mpsc mailbox;
     _Atomic uint32_t state;
-    _Atomic uint64_t sent;
+    _Atomic uint64_t sent; /* messages, not monitor signals */
+    /* Monitor signals delivered without waking it since its last drain. */
+    _Atomic uint32_t quiet_waiting;
 
     /* Owned by the home scheduler thread. */
     struct dx__node run_node; /* run-queue link */
@@ -176,7 +178,7 @@ struct dx__proc {
 
     dx_msg *q_first, *q_last; /* received but not yet taken, in order */
     dx_msg *held;             /* taken by dx_receive and not yet freed */
-    _Atomic uint64_t taken;   /* messages drained from the mailbox */
+    _Atomic uint64_t taken;   /* messages drained (as counted in sent) */
     _Atomic uint64_t handled; /* messages handed to the process */
     _Atomic uint64_t reductions;
     _Atomic size_t q_len;

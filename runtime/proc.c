@@ -185,7 +185,25 @@ int dx__route_remote(dx_pid to, dx_msg *m)
     return r->deliver(to, m);
 }
 
-int dx__deliver(dx_pid to, dx_msg *m)
+/* How many quiet signals may wait in a sleeping process's mailbox before
+ * one wakes it anyway: a process that is monitored and demonitored over
+ * and over but never messaged must not gather them without bound. */
+#define QUIET_BACKLOG 64
+
+/* quiet: a monitor or demonitor signal, which changes only the target's
+ * table of who watches it and puts nothing in its queue. A target waiting
+ * in a receive would wake, file it and wait again, so it is left asleep:
+ * it files the signal with the next message it wakes for, or on its way
+ * out (drain_dead), which still answers a monitor with a DOWN. Without
+ * this, every dx_call woke its server a second time for the demonitor
+ * after the reply, and an LM call led by its caller woke the LM client
+ * in the middle of the HTTP exchange, evicting the caller's stack. */
+static bool is_watch_signal(uint32_t sig)
+{
+    return sig == DX__SIG_MONITOR || sig == DX__SIG_DEMONITOR;
+}
+
+static int deliver(dx_pid to, dx_msg *m, bool quiet)
 {
     dx__proc *self = dx__self_proc();
     if (self)
@@ -205,13 +223,23 @@ int dx__deliver(dx_pid to, dx_msg *m)
         dx_msg_free(m);
         rc = DX_ENOPROC;
     } else {
-        atomic_fetch_add_explicit(&p->sent, 1, memory_order_relaxed);
+        /* Monitor signals are not messages: mailbox_len leaves them out. */
+        if (!is_watch_signal(m->dx__signal))
+            atomic_fetch_add_explicit(&p->sent, 1, memory_order_relaxed);
         dx__mpsc_push(&p->mailbox, &m->dx__node);
-        dx__wake(p);
+        if (!quiet ||
+            atomic_fetch_add_explicit(&p->quiet_waiting, 1,
+                                      memory_order_relaxed) >= QUIET_BACKLOG)
+            dx__wake(p);
     }
     if (self)
         self->in_runtime--;
     return rc;
+}
+
+int dx__deliver(dx_pid to, dx_msg *m)
+{
+    return deliver(to, m, false);
 }
 
 /* Deliver a runtime signal, ignoring a dead target (its absence is the
@@ -221,7 +249,7 @@ static void signal_to(dx_pid to, uint32_t sig, dx_pid from, dx_ref ref,
 {
     dx_msg *m = dx__signal_new(sig, from, ref, tag, term);
     if (m != NULL)
-        dx__deliver(to, m);
+        deliver(to, m, sig == DX__SIG_DEMONITOR);
 }
 
 int dx_send(dx_pid to, dx_msg *m)
@@ -426,9 +454,11 @@ void dx__drain(dx__proc *p)
 {
     struct dx__node *n;
     p->in_runtime++; /* faults from here on are the runtime's, not p's */
+    atomic_store_explicit(&p->quiet_waiting, 0, memory_order_relaxed);
     while ((n = dx__mpsc_pop(&p->mailbox)) != NULL) {
         dx_msg *m = msg_of(n);
-        DX__OWNER_INC(p->taken);
+        if (!is_watch_signal(m->dx__signal))
+            DX__OWNER_INC(p->taken);
         switch (m->dx__signal) {
         case DX__SIG_MSG:
             /* A reply nobody waits for any more (its call timed out) is
@@ -860,7 +890,7 @@ int dx_monitor(dx_pid pid, dx_ref *ref_out)
         mon_remove(&p->monitors, ref, NULL);
         return DX_ENOMEM;
     }
-    if (dx__deliver(pid, m) != DX_OK)
+    if (deliver(pid, m, true) != DX_OK)
         signal_to(p->pid, DX__SIG_DOWN, pid, ref, 0, dx__a_noproc);
     if (ref_out)
         *ref_out = ref;

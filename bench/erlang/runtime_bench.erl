@@ -1,9 +1,9 @@
 %% runtime_bench.erl — the BEAM baseline for bench/runtime_bench.c.
 %%
 %% It owns the Erlang side of the kernel comparison: the same workloads as
-%% `runtime-bench <bench> <n>` (noop, spawn, pingpong, ring, skynet, fanout,
-%% restart), doing the same work message for message, and printing the same
-%% one-line result with sys=beam:
+%% `runtime-bench <bench> <n>` (noop, spawn, pingpong, call, ring, skynet,
+%% fanout, restart), doing the same work message for message, and printing
+%% the same one-line result with sys=beam:
 %%     RESULT sys=beam bench=<bench> n=<n> time_s=.. rate=.. unit=.. [k=v ...]
 %% The driver is an ordinary process spawned by main/1; timing uses the
 %% monotonic clock inside it. Compile it (erlc) and run it with
@@ -49,7 +49,7 @@ main() ->
     usage().
 
 parse(Bench, NStr) ->
-    Benches = [noop, spawn, pingpong, ring, skynet, fanout, restart],
+    Benches = [noop, spawn, pingpong, call, ring, skynet, fanout, restart],
     case [B || B <- Benches, atom_to_list(B) =:= Bench] of
         [B] ->
             try list_to_integer(NStr) of
@@ -65,7 +65,7 @@ parse(Bench, NStr) ->
 usage() ->
     io:format(standard_error,
               "usage: runtime_bench main <bench> <n>~n"
-              "  bench: noop spawn pingpong ring skynet fanout restart~n"
+              "  bench: noop spawn pingpong call ring skynet fanout restart~n"
               "  n: a positive integer (noop ignores it)~n", []),
     halt(2).
 
@@ -160,6 +160,19 @@ bench(pingpong, N) ->
             err("pingpong: no reply with ~b round trips to go", [K]),
             1
     end;
+
+%% ---- call -------------------------------------------------------------
+
+%% gen_server:call round trips (monitor, request, reply, demonitor), the
+%% work of dx_call.
+bench(call, N) ->
+    {ok, Server} = gen_server:start(?MODULE, pong, []),
+    T0 = now_ns(),
+    ok = calls(N, Server),
+    Secs = secs(T0, now_ns()),
+    gen_server:stop(Server),
+    report(call, N, Secs, N / Secs, "calls/s", []),
+    0;
 
 %% ---- ring -------------------------------------------------------------
 
@@ -280,6 +293,12 @@ echo(Parent) ->
         stop -> ok
     end.
 
+calls(0, _Server) ->
+    ok;
+calls(K, Server) ->
+    pong = gen_server:call(Server, ping, ?RECV_TIMEOUT_MS),
+    calls(K - 1, Server).
+
 pingpong(0, _Echo) ->
     ok;
 pingpong(K, Echo) ->
@@ -395,6 +414,9 @@ init({sup, Driver}) ->
               shutdown => brutal_kill,
               type => worker},
     {ok, {Flags, [Child]}};
+%% gen_server callback of the call benchmark's server.
+init(pong) ->
+    {ok, none};
 %% gen_server callback of the supervised child.
 init({child, Driver}) ->
     Driver ! {started, self()},

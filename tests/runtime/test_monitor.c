@@ -4,7 +4,8 @@
  * demonitor with and without flush (a DOWN after demonitor never arrives);
  * a monitor racing its target's exit gets its DOWN though the runtime is
  * otherwise idle;
- * monitors do not link; refs are unique across threads.
+ * monitors do not link; a waiting target files monitor signals when it next
+ * runs (they are not messages); refs are unique across threads.
  */
 #include <stdlib.h>
 
@@ -297,6 +298,54 @@ static void counts_body(void *arg)
 Test(monitor, monitors_count_on_the_watcher, .timeout = 30)
 {
     kt_body_test(1, counts_body, NULL);
+}
+
+/* A process waiting in a receive is not woken for monitor signals: it
+ * files them with its next message, or on its way out. They are not
+ * messages (mailbox_len leaves them out), a thousand watch/unwatch pairs
+ * pile up no further than the backlog that wakes it anyway, and the one
+ * monitor left still gets exactly one DOWN with the real reason. */
+static void quiet_body(void *arg)
+{
+    bool by_kill = arg != NULL;
+    dx_pid t;
+    KT_CHECK_RC(dx_spawn(kt_wait_msg_fn, NULL, &t), DX_OK);
+    dx_proc_info info;
+    for (int i = 0; i < 10000; i++) {
+        if (dx_process_info(t, &info) == DX_OK &&
+            info.status == DX_PROC_WAITING)
+            break;
+        dx_sleep(1);
+    }
+    for (int i = 0; i < 1000; i++) {
+        dx_ref r;
+        KT_CHECK_RC(dx_monitor(t, &r), DX_OK);
+        KT_CHECK_RC(dx_demonitor(r, false), DX_OK);
+    }
+    dx_ref kept;
+    KT_CHECK_RC(dx_monitor(t, &kept), DX_OK);
+    if (KT_CHECK_RC(dx_process_info(t, &info), DX_OK))
+        KT_CHECK_EQ(info.mailbox_len, 0);
+    if (by_kill) {
+        KT_CHECK_RC(dx_exit(t, dx_atom("shutdown")), DX_OK);
+        KT_CHECK_REASON_ATOM(kt_await_down(kept, 10000), "shutdown");
+    } else {
+        KT_CHECK_RC(dx_send_tag(t, 1), DX_OK);
+        KT_CHECK_REASON_ATOM(kt_await_down(kept, 10000), "normal");
+    }
+    dx_msg *m = NULL;
+    KT_CHECK_RC(dx_receive_tag(DX_TAG_DOWN, 50, &m), DX_ETIMEDOUT);
+}
+
+Test(monitor, a_waiting_target_files_monitors_when_it_next_runs, .timeout = 30)
+{
+    kt_body_test(2, quiet_body, NULL);
+}
+
+Test(monitor, a_waiting_target_answers_monitors_it_never_filed_when_it_dies,
+     .timeout = 30)
+{
+    kt_body_test(2, quiet_body, (void *)1);
 }
 
 /* ---- references --------------------------------------------------------- */
