@@ -446,6 +446,8 @@ enum {
     OPT_METRIC,
     OPT_CONCURRENCY,
     OPT_OUT,
+    OPT_SAVE_CSV,
+    OPT_SAVE_JSON,
     OPT_INPUTS,
     OPT_MAX_ERRORS,
     OPT_OPTIMIZER,
@@ -482,6 +484,8 @@ static const struct option long_opts[] = {
     {"metric", required_argument, NULL, OPT_METRIC},
     {"concurrency", required_argument, NULL, OPT_CONCURRENCY},
     {"out", required_argument, NULL, OPT_OUT},
+    {"save-as-csv", required_argument, NULL, OPT_SAVE_CSV},
+    {"save-as-json", required_argument, NULL, OPT_SAVE_JSON},
     {"output", required_argument, NULL, 'o'},
     {"inputs", required_argument, NULL, OPT_INPUTS},
     {"max-errors", required_argument, NULL, OPT_MAX_ERRORS},
@@ -509,6 +513,7 @@ typedef struct args {
     const char *frac; /* --frac, checked with the metric */
     long concurrency;
     const char *out;
+    const char *save_csv, *save_json; /* DSPy's save_as_csv / save_as_json */
     const char *output;
     const char *inputs;
     long max_errors;
@@ -606,6 +611,12 @@ static int parse_args(int argc, char **argv, args *a, void (*help)(void))
             break;
         case OPT_OUT:
             a->out = optarg;
+            break;
+        case OPT_SAVE_CSV:
+            a->save_csv = optarg;
+            break;
+        case OPT_SAVE_JSON:
+            a->save_json = optarg;
             break;
         case 'o':
             a->output = optarg;
@@ -1032,8 +1043,14 @@ static void help_eval(void)
         "                  passage_match] [--frac F] [--concurrency N]\n"
         "                  [--inputs a,b] [--out results.jsonl] [--max-errors "
         "N]\n"
-        "                  [--model M]\n\n"
+        "                  [--save-as-csv F.csv] [--save-as-json F.json] "
+        "[--model M]\n\n"
         "Evaluate the program on the dataset and print the score and a table.\n"
+        "--out writes dspex's rows (prediction, score, error, latency, "
+        "tokens,\n"
+        "cost); --save-as-csv and --save-as-json write the files DSPy's\n"
+        "Evaluate(save_as_csv=..., save_as_json=...) does (example and\n"
+        "prediction fields, and the score under the metric's DSPy name).\n"
         "--frac F (0 < F <= 1): exact_match counts token F1 >= F as a match,\n"
         "as DSPy's answer_exact_match(frac=F) does. Exits 1 when every\n"
         "example that finished failed (the first error on stderr).\n"
@@ -1100,6 +1117,17 @@ static int cmd_eval_body(args *ap)
     } else if ((rc = dx_evaluate(m, ds, &eo, &r, &d)) == DX_OK) {
         dx_eval_result_print(r, stdout, 20);
         if (a.out && dx_eval_result_write_jsonl(r, a.out, &d) != DX_OK) {
+            fprintf(stderr, "%s: %s\n", prog_name, d.msg);
+            rc = DX_EIO;
+        }
+        if (a.save_csv && dx_eval_result_save_dspy(r, &metric, DX_EVAL_FILE_CSV,
+                                                   a.save_csv, &d) != DX_OK) {
+            fprintf(stderr, "%s: %s\n", prog_name, d.msg);
+            rc = DX_EIO;
+        }
+        if (a.save_json &&
+            dx_eval_result_save_dspy(r, &metric, DX_EVAL_FILE_JSON, a.save_json,
+                                     &d) != DX_OK) {
             fprintf(stderr, "%s: %s\n", prog_name, d.msg);
             rc = DX_EIO;
         }

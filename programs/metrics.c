@@ -1276,6 +1276,19 @@ static uint32_t utf8_next(const unsigned char *s, size_t n, size_t *len)
     return cp;
 }
 
+uint32_t dx__utf8_decode(const unsigned char *s, size_t n, size_t *len)
+{
+    return utf8_next(s, n, len);
+}
+
+bool dx__unicode_printable(uint32_t cp)
+{
+    if (cp == ' ')
+        return true;
+    /* Python's str.isprintable: not in category C (is_control) nor Z. */
+    return cp < INVALID && !is_control(cp) && !is_space(cp);
+}
+
 static void utf8_put(dx__sb *b, uint32_t cp)
 {
     char u[4];
@@ -1724,6 +1737,24 @@ double dx_metric_score(const dx_metric *m, const dx_example *example,
     }
     dx_free(ptmp);
     return best;
+}
+
+const char *dx_metric_name(const dx_metric *m)
+{
+    if (!m)
+        return "metric";
+    if (m->name && *m->name)
+        return m->name;
+    switch (m->kind) {
+    case DX_METRIC_EXACT_MATCH:
+        return "answer_exact_match";
+    case DX_METRIC_F1:
+        return "f1";
+    case DX_METRIC_PASSAGE_MATCH:
+        return "answer_passage_match";
+    default:
+        return "metric";
+    }
 }
 
 int dx_metric_from_name(const char *name, dx_metric_kind *out)

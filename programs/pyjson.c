@@ -271,14 +271,46 @@ static void put_number(dx__sb *b, const cJSON *v, bool py_str)
 
 /* ---- json.dumps ------------------------------------------------------- */
 
-void dx__pyjson_str(dx__sb *b, const char *s, size_t n)
+static void put_u4(dx__sb *b, uint32_t u)
 {
     static const char hex[] = "0123456789abcdef";
+    char t[6] = {'\\',
+                 'u',
+                 hex[(u >> 12) & 15],
+                 hex[(u >> 8) & 15],
+                 hex[(u >> 4) & 15],
+                 hex[u & 15]};
+    dx__sb_put(b, t, sizeof t);
+}
+
+/* One string literal; ascii: json.dumps' ensure_ascii (every character
+ * outside ' '..'~' as \uXXXX; an invalid UTF-8 byte as U+FFFD, which is
+ * what a Python str decoded with errors="replace" would hold). */
+static void put_str(dx__sb *b, const char *s, size_t n, bool ascii)
+{
     dx__sb_putc(b, '"');
     size_t run = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         const char *esc = NULL;
+        if (ascii && c >= 0x7F) {
+            dx__sb_put(b, s + run, i - run);
+            size_t len = 1;
+            uint32_t cp =
+                dx__utf8_decode((const unsigned char *)s + i, n - i, &len);
+            if (cp >= 0x110000)
+                cp = 0xFFFD;
+            if (cp >= 0x10000) {
+                cp -= 0x10000;
+                put_u4(b, 0xD800 | (cp >> 10));
+                put_u4(b, 0xDC00 | (cp & 0x3FF));
+            } else {
+                put_u4(b, cp);
+            }
+            i += len - 1;
+            run = i + 1;
+            continue;
+        }
         switch (c) {
         case '"':
             esc = "\\\"";
@@ -307,15 +339,18 @@ void dx__pyjson_str(dx__sb *b, const char *s, size_t n)
         }
         dx__sb_put(b, s + run, i - run);
         run = i + 1;
-        if (esc) {
+        if (esc)
             dx__sb_puts(b, esc);
-        } else {
-            char u[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-            dx__sb_put(b, u, sizeof u);
-        }
+        else
+            put_u4(b, c);
     }
     dx__sb_put(b, s + run, n - run);
     dx__sb_putc(b, '"');
+}
+
+void dx__pyjson_str(dx__sb *b, const char *s, size_t n)
+{
+    put_str(b, s, n, false);
 }
 
 static void newline(dx__sb *b, int indent, int level)
@@ -326,7 +361,7 @@ static void newline(dx__sb *b, int indent, int level)
 }
 
 static void dump(dx__sb *b, const cJSON *v, int indent, int level,
-                 const char *isep, const char *ksep)
+                 const char *isep, const char *ksep, bool ascii)
 {
     switch (v->type & 0xFF) {
     case cJSON_NULL:
@@ -342,8 +377,8 @@ static void dump(dx__sb *b, const cJSON *v, int indent, int level,
         put_number(b, v, false);
         return;
     case cJSON_String:
-        dx__pyjson_str(b, v->valuestring ? v->valuestring : "",
-                       v->valuestring ? strlen(v->valuestring) : 0);
+        put_str(b, v->valuestring ? v->valuestring : "",
+                v->valuestring ? strlen(v->valuestring) : 0, ascii);
         return;
     case cJSON_Raw:
         dx__sb_puts(b, v->valuestring ? v->valuestring : "null");
@@ -368,10 +403,10 @@ static void dump(dx__sb *b, const cJSON *v, int indent, int level,
             newline(b, indent, level + 1);
         if (obj) {
             const char *k = c->string ? c->string : "";
-            dx__pyjson_str(b, k, strlen(k));
+            put_str(b, k, strlen(k), ascii);
             dx__sb_puts(b, ksep);
         }
-        dump(b, c, indent, level + 1, isep, ksep);
+        dump(b, c, indent, level + 1, isep, ksep, ascii);
     }
     if (indent >= 0)
         newline(b, indent, level);
@@ -385,7 +420,86 @@ void dx__pyjson_dump_sep(dx__sb *b, const cJSON *v, int indent,
         dx__sb_puts(b, "null");
         return;
     }
-    dump(b, v, indent, 0, item_sep, key_sep);
+    dump(b, v, indent, 0, item_sep, key_sep, false);
+}
+
+void dx__pyjson_dump_ascii(dx__sb *b, const cJSON *v)
+{
+    if (!v) {
+        dx__sb_puts(b, "null");
+        return;
+    }
+    dump(b, v, -1, 0, ", ", ": ", true);
+}
+
+/* ---- repr() ----------------------------------------------------------- */
+
+static void repr_str(dx__sb *b, const char *s, size_t n)
+{
+    /* Python picks ' unless the text holds ' and no ". */
+    char quote = memchr(s, '\'', n) && !memchr(s, '"', n) ? '"' : '\'';
+    dx__sb_putc(b, quote);
+    for (size_t i = 0; i < n;) {
+        size_t len = 1;
+        uint32_t cp =
+            dx__utf8_decode((const unsigned char *)s + i, n - i, &len);
+        if (cp == (uint32_t)quote || cp == '\\') {
+            dx__sb_putc(b, '\\');
+            dx__sb_putc(b, (char)cp);
+        } else if (cp == '\t') {
+            dx__sb_puts(b, "\\t");
+        } else if (cp == '\n') {
+            dx__sb_puts(b, "\\n");
+        } else if (cp == '\r') {
+            dx__sb_puts(b, "\\r");
+        } else if (cp >= 0x110000) { /* not UTF-8: as a surrogateescape */
+            dx__sb_printf(b, "\\udc%02x", (unsigned)(cp - 0x110000));
+        } else if (dx__unicode_printable(cp)) {
+            dx__sb_put(b, s + i, len);
+        } else if (cp <= 0xFF) {
+            dx__sb_printf(b, "\\x%02x", (unsigned)cp);
+        } else if (cp <= 0xFFFF) {
+            dx__sb_printf(b, "\\u%04x", (unsigned)cp);
+        } else {
+            dx__sb_printf(b, "\\U%08x", (unsigned)cp);
+        }
+        i += len;
+    }
+    dx__sb_putc(b, quote);
+}
+
+void dx__pyrepr(dx__sb *b, const cJSON *v)
+{
+    if (!v) {
+        dx__sb_puts(b, "None");
+        return;
+    }
+    switch (v->type & 0xFF) {
+    case cJSON_String:
+        repr_str(b, v->valuestring ? v->valuestring : "",
+                 v->valuestring ? strlen(v->valuestring) : 0);
+        return;
+    case cJSON_Array:
+    case cJSON_Object: {
+        bool obj = (v->type & 0xFF) == cJSON_Object;
+        dx__sb_putc(b, obj ? '{' : '[');
+        for (const cJSON *c = v->child; c; c = c->next) {
+            if (c != v->child)
+                dx__sb_puts(b, ", ");
+            if (obj) {
+                const char *k = c->string ? c->string : "";
+                repr_str(b, k, strlen(k));
+                dx__sb_puts(b, ": ");
+            }
+            dx__pyrepr(b, c);
+        }
+        dx__sb_putc(b, obj ? '}' : ']');
+        return;
+    }
+    default:
+        dx__pystr(b, v); /* True/False/None and numbers read the same */
+        return;
+    }
 }
 
 void dx__pyjson_dump(dx__sb *b, const cJSON *v, int indent)

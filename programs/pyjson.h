@@ -16,6 +16,7 @@
 #include <cjson/cJSON.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* A growable string. p is NUL-terminated whenever len > 0 or after
  * dx__sb_cstr. Appends fail only on OOM; after a failure `oom` is set and
@@ -72,6 +73,25 @@ void dx__pyjson_dump_sep(dx__sb *b, const cJSON *v, int indent,
                          const char *item_sep, const char *key_sep);
 /* s[0..n) as a JSON string literal, quotes included, escaped as above. */
 void dx__pyjson_str(dx__sb *b, const char *s, size_t n);
+
+/* json.dumps(v) with Python's defaults: ", " and ": " separators, no
+ * indent, and ensure_ascii: every character outside ' '..'~' written as
+ * \uXXXX (lower-case hex; a surrogate pair beyond the BMP). What DSPy's
+ * Evaluate(save_as_json=...) writes. */
+void dx__pyjson_dump_ascii(dx__sb *b, const cJSON *v);
+
+/* Python repr() of a JSON value read by json.loads: 'text' (or "text" when
+ * it holds ' and no "), True/False/None, ints, float repr (nan, inf),
+ * [a, b] and {'k': v}. Non-printable characters (str.isprintable, from
+ * the Unicode tables in metrics.c) are escaped as \xXX, \uXXXX or
+ * \UXXXXXXXX. What Python's csv writes for a list or dict cell. */
+void dx__pyrepr(dx__sb *b, const cJSON *v);
+
+/* Unicode facts kept in metrics.c. One UTF-8 character of s[0..n) (n > 0):
+ * its code point and *len bytes; an invalid byte decodes to 0x110000 + the
+ * byte, *len 1. Python's str.isprintable for one code point. */
+uint32_t dx__utf8_decode(const unsigned char *s, size_t n, size_t *len);
+bool dx__unicode_printable(uint32_t cp);
 
 /* Python str() of a JSON value: a string as-is, true/false as True/False,
  * null as None, numbers as int or float repr; lists and objects as

@@ -76,6 +76,10 @@ typedef struct dx_metric {
      * between 0 and 1: an answer matches when the token F1 against it is at
      * least frac (score 1, else 0). 0 (unset) or 1 and above: exact match. */
     double frac;
+    /* The score's column in DSPy-style result files, which DSPy names
+     * after the metric function (dx_metric_name). NULL: the built-in's
+     * DSPy name, or "metric" for a custom one. */
+    const char *name;
 } dx_metric;
 
 /* Score with a built-in metric (or call fn). Any thread or process. */
@@ -83,6 +87,9 @@ DX_API double dx_metric_score(const dx_metric *m, const dx_example *example,
                               const dx_prediction *pred, const dx_trace *trace);
 /* "exact_match", "f1", "passage_match" → kind; DX_ENOENT otherwise. */
 DX_API int dx_metric_from_name(const char *name, dx_metric_kind *out);
+/* m->name, else "answer_exact_match", "f1", "answer_passage_match" or
+ * "metric" by kind. Static or m's own. */
+DX_API const char *dx_metric_name(const dx_metric *m);
 
 /* ---- evaluation ------------------------------------------------------- */
 
@@ -174,5 +181,31 @@ DX_API int dx_eval_result_write_jsonl(const dx_eval_result *r, const char *path,
 /* A summary and the first max_rows rows (0 = all) as a text table. */
 DX_API void dx_eval_result_print(const dx_eval_result *r, FILE *f,
                                  size_t max_rows);
+
+typedef enum dx_eval_file_format {
+    DX_EVAL_FILE_CSV,  /* as DSPy's Evaluate(save_as_csv=path) */
+    DX_EVAL_FILE_JSON, /* as DSPy's Evaluate(save_as_json=path) */
+} dx_eval_file_format;
+
+/* The rows in the file DSPy's Evaluate saves, so scripts written for it
+ * read dspex's results unchanged. One record per finished example, in
+ * dataset order: the example's fields, then the prediction's (a key in
+ * both becomes example_<key> and pred_<key>), then the score under
+ * dx_metric_name(metric). The score is what DSPy's metric returns:
+ * True/False for exact match and passage match, a float for F1 and custom
+ * metrics, and failure_score (a float) for an example that failed, whose
+ * record has no prediction fields. JSON: a list of objects as json.dump
+ * writes it (ASCII, ", " and ": "). CSV: Python's csv module (excel
+ * dialect, \r\n, quotes only where needed), cells as Python's str()
+ * (lists and dicts as their repr, None empty); its header is every key in
+ * order of first appearance, where DSPy takes the first record's keys and
+ * fails on a later record with others. Examples that did not run (stopped
+ * early or cancelled) are left out. Written whole or not at all (a
+ * temporary file renamed). DX_OK, DX_EIO (diag says the file and why),
+ * DX_ENOMEM, DX_EINVAL. */
+DX_API int dx_eval_result_save_dspy(const dx_eval_result *r,
+                                    const dx_metric *metric,
+                                    dx_eval_file_format format,
+                                    const char *path, dx_diag *diag);
 
 #endif

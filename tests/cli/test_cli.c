@@ -261,12 +261,41 @@ Test(cli, eval_scores_a_dataset_and_writes_rows)
     fclose(f);
     cr_assert_eq(lines, 50);
 
-    /* DSPy's answer_exact_match(frac=...) from the command line. */
+    /* DSPy's answer_exact_match(frac=...) from the command line, and the
+     * files DSPy's Evaluate(save_as_csv=..., save_as_json=...) writes. */
+    char csv[300], json[300];
+    snprintf(csv, sizeof csv, "%s/rows.csv", tmpdir);
+    snprintf(json, sizeof json, "%s/rows.json", tmpdir);
     rc = dspex((const char *[]){"eval", example("capitals.json"),
                                 data("capitals/dev.jsonl"), "--metric",
-                                "exact_match", "--frac", "0.8", NULL});
+                                "exact_match", "--frac", "0.8", "--save-as-csv",
+                                csv, "--save-as-json", json, NULL});
     cr_assert_eq(rc, 0, "%s", err_buf);
     cr_assert(strstr(out_buf, "score"), "%s", out_buf);
+    f = fopen(csv, "r");
+    cr_assert(f);
+    char header[200] = "";
+    cr_assert(fgets(header, sizeof header, f));
+    fclose(f);
+    cr_assert_str_eq(header, "question,example_answer,pred_answer,"
+                             "answer_exact_match\r\n");
+    f = fopen(json, "r");
+    cr_assert(f);
+    char text[65536];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    cJSON *recs = cJSON_Parse(text);
+    cr_assert_eq(cJSON_GetArraySize(recs), 50, "%s", text);
+    cr_assert(cJSON_IsBool(cJSON_GetObjectItem(cJSON_GetArrayItem(recs, 0),
+                                               "answer_exact_match")));
+    cJSON_Delete(recs);
+    /* An unwritable path: said, and the exit status is 1. */
+    rc = dspex((const char *[]){"eval", example("capitals.json"),
+                                data("capitals/dev.jsonl"), "--save-as-csv",
+                                "/nonexistent-dir/rows.csv", NULL});
+    cr_assert_eq(rc, 1);
+    cr_assert(strstr(err_buf, "/nonexistent-dir/rows.csv"), "%s", err_buf);
 }
 
 Test(cli, optimize_saves_a_program_that_loads_and_runs)

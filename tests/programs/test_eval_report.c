@@ -3,7 +3,9 @@
  * percentiles as numpy computes them, the progress bar (redrawn in place,
  * throttled) and the plain progress lines (one per interval), both captured
  * in memory with the clock driven by hand, the results as JSONL read back
- * as a dataset, and the text table with an ok, a failed and a not-run row.
+ * as a dataset, the text table with an ok, a failed and a not-run row, and
+ * the CSV and JSON files DSPy's Evaluate saves, byte for byte against
+ * Python's own (fixtures/programs/make_eval_save_golden.py).
  */
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -11,10 +13,14 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "dspex/alloc.h"
 #include "dspex/error.h"
 #include "dspex/evaluate.h"
+#include "dspex/module.h"
 #include "eval_int.h"
+#include "pyjson.h"
 
 /* ---- percentiles ------------------------------------------------------- */
 
@@ -380,5 +386,131 @@ Test(eval_report, table_shows_summary_and_ok_failed_and_not_run_rows,
     cr_expect(strstr(s, "p50") == NULL, "%s", s);
     free(s);
     cap_close(&c);
+    dx_eval_result_free(r);
+}
+
+/* ---- DSPy's save_as_csv / save_as_json ---------------------------------- */
+
+static char *fixture_text(const char *name)
+{
+    const char *dir = getenv("DX_FIXTURES");
+    cr_assert(dir, "DX_FIXTURES is not set");
+    char path[512];
+    snprintf(path, sizeof path, "%s/programs/%s", dir, name);
+    return slurp(path);
+}
+
+/* v as JSON text with its floats kept (a static buffer, until the next
+ * call). */
+static const char *py_json(const cJSON *v)
+{
+    static char text[8192];
+    dx__sb b;
+    dx__sb_init(&b);
+    dx__pyjson_dump(&b, v, -1);
+    cr_assert(dx__sb_cstr(&b) && b.len < sizeof text);
+    memcpy(text, b.p, b.len + 1);
+    dx__sb_free(&b);
+    return text;
+}
+
+/* The rows of fixtures/programs/eval_save_input.json, with the scores given
+ * (NULL: the file's). A null prediction is an example whose program
+ * crashed; done false one that never ran. */
+static dx_eval_result *saved_rows(const double *scores)
+{
+    char *text = fixture_text("eval_save_input.json");
+    /* dspex's parser keeps 1.0 and -0.0 floats, as Python's json does. */
+    dx__pyjson_init();
+    cJSON *rows = dx__json_parse(text, strlen(text), NULL, NULL);
+    cr_assert_not_null(rows);
+    dx_eval_result *r = dx_calloc(1, sizeof *r);
+    cr_assert_not_null(r);
+    r->n = (size_t)cJSON_GetArraySize(rows);
+    r->rows = dx_calloc(r->n, sizeof *r->rows);
+    cr_assert_not_null(r->rows);
+    size_t i = 0;
+    for (cJSON *row = rows->child; row; row = row->next, i++) {
+        dx_eval_row *w = &r->rows[i];
+        w->index = i;
+        w->example = ex_json(py_json(cJSON_GetObjectItem(row, "example")));
+        w->done = cJSON_IsTrue(cJSON_GetObjectItem(row, "done"));
+        w->score =
+            scores ? scores[i] : cJSON_GetObjectItem(row, "score")->valuedouble;
+        const cJSON *pred = cJSON_GetObjectItem(row, "prediction");
+        if (cJSON_IsNull(pred)) {
+            w->error = DX_EDOWN;
+            w->error_msg = dx_strdup("the example's process died: crash");
+            continue;
+        }
+        dx_example *fields = ex_json(py_json(pred));
+        w->pred = dx_prediction_new();
+        cr_assert_not_null(w->pred);
+        for (size_t k = 0; k < dx_example_len(fields); k++)
+            cr_assert_eq(dx_example_set_value(dx_prediction_fields_mut(w->pred),
+                                              dx_example_key(fields, k),
+                                              dx_example_value(fields, k)),
+                         DX_OK);
+        dx_example_free(fields);
+    }
+    cJSON_Delete(rows);
+    free(text);
+    return r;
+}
+
+static void expect_saved(const dx_eval_result *r, const dx_metric *m,
+                         dx_eval_file_format fmt, const char *golden)
+{
+    char *path = tmp_path(golden);
+    dx_diag d = {0};
+    cr_assert_eq(dx_eval_result_save_dspy(r, m, fmt, path, &d), DX_OK, "%s",
+                 d.msg);
+    char *got = slurp(path);
+    char *want = fixture_text(golden);
+    cr_expect_str_eq(got, want, "%s differs from Python's", golden);
+    free(got);
+    free(want);
+    unlink(path);
+    free(path);
+}
+
+Test(eval_report, saves_the_csv_and_json_dspy_writes_for_a_bool_metric,
+     .timeout = 10)
+{
+    dx_eval_result *r = saved_rows(NULL);
+    dx_metric em = {.kind = DX_METRIC_EXACT_MATCH};
+    expect_saved(r, &em, DX_EVAL_FILE_CSV, "eval_save_em.csv");
+    expect_saved(r, &em, DX_EVAL_FILE_JSON, "eval_save_em.json");
+    dx_eval_result_free(r);
+}
+
+Test(eval_report, saves_float_scores_under_the_metric_name, .timeout = 10)
+{
+    const double scores[] = {0.25, 1.0, 0.0, 0.0, 0.5};
+    dx_eval_result *r = saved_rows(scores);
+    dx_metric mine = {.kind = DX_METRIC_CUSTOM, .name = "my_metric"};
+    expect_saved(r, &mine, DX_EVAL_FILE_CSV, "eval_save_float.csv");
+    expect_saved(r, &mine, DX_EVAL_FILE_JSON, "eval_save_float.json");
+    dx_eval_result_free(r);
+}
+
+Test(eval_report, save_names_metrics_as_dspy_and_reports_bad_paths,
+     .timeout = 10)
+{
+    cr_expect_str_eq(dx_metric_name(&(dx_metric){.kind = DX_METRIC_F1}), "f1");
+    cr_expect_str_eq(
+        dx_metric_name(&(dx_metric){.kind = DX_METRIC_PASSAGE_MATCH}),
+        "answer_passage_match");
+    cr_expect_str_eq(dx_metric_name(&(dx_metric){.kind = DX_METRIC_CUSTOM}),
+                     "metric");
+    dx_eval_result *r = saved_rows(NULL);
+    dx_metric em = {.kind = DX_METRIC_EXACT_MATCH};
+    dx_diag d = {0};
+    cr_expect_eq(dx_eval_result_save_dspy(r, &em, DX_EVAL_FILE_CSV,
+                                          "/nonexistent-dir/x.csv", &d),
+                 DX_EIO);
+    cr_expect(strstr(d.msg, "/nonexistent-dir/x.csv") != NULL, "%s", d.msg);
+    cr_expect_eq(dx_eval_result_save_dspy(r, NULL, DX_EVAL_FILE_CSV, "x", &d),
+                 DX_EINVAL);
     dx_eval_result_free(r);
 }
