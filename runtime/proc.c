@@ -190,19 +190,20 @@ int dx__route_remote(dx_pid to, dx_msg *m)
  * and over but never messaged must not gather them without bound. */
 #define QUIET_BACKLOG 64
 
-/* quiet: a monitor or demonitor signal, which changes only the target's
- * table of who watches it and puts nothing in its queue. A target waiting
- * in a receive would wake, file it and wait again, so it is left asleep:
- * it files the signal with the next message it wakes for, or on its way
- * out (drain_dead), which still answers a monitor with a DOWN. Without
- * this, every dx_call woke its server a second time for the demonitor
- * after the reply, and an LM call led by its caller woke the LM client
- * in the middle of the HTTP exchange, evicting the caller's stack. */
+/* Monitor and demonitor: signals that change only the target's table of
+ * who watches it and put nothing in its queue. */
 static bool is_watch_signal(uint32_t sig)
 {
     return sig == DX__SIG_MONITOR || sig == DX__SIG_DEMONITOR;
 }
 
+/* quiet (for watch signals): a target waiting in a receive would wake,
+ * file the signal and wait again, so it is left asleep: it files it with
+ * the next message it wakes for, or on its way out (drain_dead), which
+ * still answers a monitor with a DOWN. Without this, every dx_call woke
+ * its server a second time for the demonitor after the reply, and an LM
+ * call led by its caller woke the LM client in the middle of the HTTP
+ * exchange, evicting the caller's stack. */
 static int deliver(dx_pid to, dx_msg *m, bool quiet)
 {
     dx__proc *self = dx__self_proc();
