@@ -15,6 +15,7 @@
  * there is one.
  */
 #include <errno.h>
+#include <math.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
@@ -450,6 +451,8 @@ enum {
     OPT_SAVE_JSON,
     OPT_INPUTS,
     OPT_MAX_ERRORS,
+    OPT_TABLE,
+    OPT_FAILURE_SCORE,
     OPT_OPTIMIZER,
     OPT_VALSET,
     OPT_REPORT,
@@ -489,6 +492,8 @@ static const struct option long_opts[] = {
     {"output", required_argument, NULL, 'o'},
     {"inputs", required_argument, NULL, OPT_INPUTS},
     {"max-errors", required_argument, NULL, OPT_MAX_ERRORS},
+    {"table", required_argument, NULL, OPT_TABLE},
+    {"failure-score", required_argument, NULL, OPT_FAILURE_SCORE},
     {"optimizer", required_argument, NULL, OPT_OPTIMIZER},
     {"valset", required_argument, NULL, OPT_VALSET},
     {"report", required_argument, NULL, OPT_REPORT},
@@ -517,6 +522,8 @@ typedef struct args {
     const char *output;
     const char *inputs;
     long max_errors;
+    long table_rows;           /* --table: rows shown (0 = all) */
+    const char *failure_score; /* --failure-score, checked when used */
     const char *optimizer;
     const char *valset;
     const char *report;
@@ -623,6 +630,12 @@ static int parse_args(int argc, char **argv, args *a, void (*help)(void))
             break;
         case OPT_INPUTS:
             a->inputs = optarg;
+            break;
+        case OPT_TABLE:
+            rc = parse_long("--table", optarg, 0, 1L << 30, &a->table_rows);
+            break;
+        case OPT_FAILURE_SCORE:
+            a->failure_score = optarg;
             break;
         case OPT_MAX_ERRORS:
             rc =
@@ -1044,13 +1057,17 @@ static void help_eval(void)
         "                  [--inputs a,b] [--out results.jsonl] [--max-errors "
         "N]\n"
         "                  [--save-as-csv F.csv] [--save-as-json F.json] "
-        "[--model M]\n\n"
+        "[--table N]\n"
+        "                  [--failure-score X] [--model M]\n\n"
         "Evaluate the program on the dataset and print the score and a table.\n"
         "--out writes dspex's rows (prediction, score, error, latency, "
         "tokens,\n"
         "cost); --save-as-csv and --save-as-json write the files DSPy's\n"
         "Evaluate(save_as_csv=..., save_as_json=...) does (example and\n"
         "prediction fields, and the score under the metric's DSPy name).\n"
+        "--table N shows the first N rows (default 20, 0 = all), as DSPy's\n"
+        "display_table=N; --failure-score X is what a failed example scores\n"
+        "(default 0), as DSPy's failure_score.\n"
         "--frac F (0 < F <= 1): exact_match counts token F1 >= F as a match,\n"
         "as DSPy's answer_exact_match(frac=F) does. Exits 1 when every\n"
         "example that finished failed (the first error on stderr).\n"
@@ -1085,6 +1102,15 @@ static int cmd_eval_body(args *ap)
     dx_metric metric;
     if ((rc = metric_of(a.metric, a.frac, &metric)) != 0)
         return rc;
+    double failure_score = 0;
+    if (a.failure_score) {
+        char *end = NULL;
+        errno = 0;
+        failure_score = strtod(a.failure_score, &end);
+        if (errno || end == a.failure_score || *end || !isfinite(failure_score))
+            return fail_usage("--failure-score wants a number, got \"%s\"",
+                              a.failure_score);
+    }
     dx_module *m = NULL;
     if ((rc = load_program(&a.c, a.pos[0], &m)) != 0)
         return rc;
@@ -1103,6 +1129,7 @@ static int cmd_eval_body(args *ap)
         .metric = metric,
         .concurrency = (size_t)a.concurrency,
         .max_errors = (size_t)a.max_errors,
+        .failure_score = failure_score,
         .call = {.adapter = adapter_of(&a.c)},
         .example_timeout_ms = a.c.timeout_ms,
     };
@@ -1115,7 +1142,7 @@ static int cmd_eval_body(args *ap)
         fprintf(stderr, "%s: cancelled before the evaluation started\n",
                 prog_name);
     } else if ((rc = dx_evaluate(m, ds, &eo, &r, &d)) == DX_OK) {
-        dx_eval_result_print(r, stdout, 20);
+        dx_eval_result_print(r, stdout, (size_t)a.table_rows);
         if (a.out && dx_eval_result_write_jsonl(r, a.out, &d) != DX_OK) {
             fprintf(stderr, "%s: %s\n", prog_name, d.msg);
             rc = DX_EIO;
@@ -1148,7 +1175,7 @@ static int cmd_eval_body(args *ap)
 
 static int cmd_eval(int argc, char **argv)
 {
-    args a = {0};
+    args a = {.table_rows = 20};
     int rc = parse_args(argc, argv, &a, help_eval);
     if (rc == 0)
         rc = cmd_eval_body(&a);

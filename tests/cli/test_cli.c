@@ -260,6 +260,19 @@ Test(cli, eval_scores_a_dataset_and_writes_rows)
         lines += c == '\n';
     fclose(f);
     cr_assert_eq(lines, 50);
+    /* The table shows 20 rows unless --table says otherwise (0: all). */
+    cr_assert(strstr(out_buf, "30 more rows"), "%s", out_buf);
+    rc = dspex((const char *[]){"eval", example("capitals.json"),
+                                data("capitals/dev.jsonl"), "--table", "3",
+                                NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    cr_assert(strstr(out_buf, "47 more rows"), "%s", out_buf);
+    rc = dspex((const char *[]){"eval", example("capitals.json"),
+                                data("capitals/dev.jsonl"), "--table", "0",
+                                NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    cr_assert(strstr(out_buf, "more row") == NULL, "%s", out_buf);
+    cr_assert(strstr(out_buf, "\n    49 "), "%s", out_buf);
 
     /* DSPy's answer_exact_match(frac=...) from the command line, and the
      * files DSPy's Evaluate(save_as_csv=..., save_as_json=...) writes. */
@@ -548,6 +561,17 @@ Test(cli, eval_exits_1_when_every_example_failed)
                   NULL,
               "%s", err_buf);
     cr_expect(strstr(err_buf, "API key") != NULL, "%s", err_buf);
+    /* DSPy's failure_score: what each failed example scores. */
+    rc = dspex((const char *[]){"eval", example("capitals.json"), path,
+                                "--model", "openai-compatible/x", "--base-url",
+                                url, "--failure-score", "0.25", NULL});
+    cr_expect_eq(rc, 1, "%s", err_buf);
+    cr_expect(strstr(out_buf, "score     25.00%") != NULL, "%s", out_buf);
+    rc = dspex((const char *[]){"eval", example("capitals.json"), path,
+                                "--failure-score", "lots", NULL});
+    cr_expect_eq(rc, 2);
+    cr_expect(strstr(err_buf, "--failure-score wants a number") != NULL, "%s",
+              err_buf);
     rc = dspex((const char *[]){"eval", example("capitals.json"), path,
                                 "--model", "openai-compatible/x", "--base-url",
                                 url, "--api-key", "k", NULL});
