@@ -78,11 +78,14 @@ static cJSON *record(const dx_eval_row *row, const dx_metric *metric)
     bool ok = d && merge_in(d, ex, pred, "example_") &&
               merge_in(d, pred, ex, "pred_");
     if (ok) {
-        /* answer_exact_match and answer_passage_match return a bool; a
-         * failed example gets failure_score, a float, whatever the metric. */
+        /* answer_exact_match and answer_passage_match return a bool, as
+         * does a yes/no metric; a failed example gets failure_score, a
+         * float, whatever the metric. */
         bool boolean =
-            row->error == DX_OK && (metric->kind == DX_METRIC_EXACT_MATCH ||
-                                    metric->kind == DX_METRIC_PASSAGE_MATCH);
+            row->error == DX_OK &&
+            (metric->kind == DX_METRIC_EXACT_MATCH ||
+             metric->kind == DX_METRIC_PASSAGE_MATCH ||
+             (metric->kind == DX_METRIC_CUSTOM && !metric->fn && metric->pass));
         cJSON *score = boolean ? cJSON_CreateBool(row->score != 0)
                                : cJSON_CreateNumber(row->score);
         if (score && !boolean)

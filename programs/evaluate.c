@@ -755,7 +755,8 @@ int dx_evaluate(const dx_module *m, const dx_dataset *ds,
     if (!m || !ds || !opts || !out)
         return dx_diag_set(diag, DX_EINVAL, 0, 0,
                            "evaluate: NULL module, dataset, options or out");
-    if (opts->metric.kind == DX_METRIC_CUSTOM && !opts->metric.fn)
+    if (opts->metric.kind == DX_METRIC_CUSTOM && !opts->metric.fn &&
+        !opts->metric.pass)
         return dx_diag_set(diag, DX_EINVAL, 0, 0,
                            "evaluate: a custom metric needs a function");
     if (!dx_runtime_running())

@@ -293,7 +293,8 @@ int dx_knn_fewshot(const dx_module *student, const dx_module *teacher, size_t k,
     if (!student || !out || !opts || !trainset)
         return dx_diag_set(diag, DX_EINVAL, 0, 0,
                            "KNNFewShot: NULL student, trainset, opts or out");
-    if (opts->metric.kind == DX_METRIC_CUSTOM && !opts->metric.fn)
+    if (opts->metric.kind == DX_METRIC_CUSTOM && !opts->metric.fn &&
+        !opts->metric.pass)
         return dx_diag_set(diag, DX_EINVAL, 0, 0,
                            "KNNFewShot: a custom metric without a function");
     knnfs *s = dx_calloc(1, sizeof *s);

@@ -1700,8 +1700,11 @@ double dx_metric_score(const dx_metric *m, const dx_example *example,
 {
     if (!m)
         return 0;
-    if (m->kind == DX_METRIC_CUSTOM)
-        return m->fn ? m->fn(example, pred, trace, m->ud) : 0;
+    if (m->kind == DX_METRIC_CUSTOM) {
+        if (m->fn)
+            return m->fn(example, pred, trace, m->ud);
+        return m->pass && m->pass(example, pred, trace, m->ud) ? 1 : 0;
+    }
     if (!example || !pred)
         return 0;
     const char *field = m->field ? m->field : "answer";

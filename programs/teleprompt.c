@@ -905,7 +905,8 @@ int dx__tp_check_opts(const dx_module *student, const dx_dataset *train,
     if (!student || !train || !opts || !out)
         return dx_diag_set(diag, DX_EINVAL, 0, 0,
                            "optimize: NULL student, trainset, options or out");
-    if (opts->metric.kind == DX_METRIC_CUSTOM && !opts->metric.fn)
+    if (opts->metric.kind == DX_METRIC_CUSTOM && !opts->metric.fn &&
+        !opts->metric.pass)
         return dx_diag_set(diag, DX_EINVAL, 0, 0,
                            "optimize: a custom metric needs a function");
     if (!dx_runtime_running())

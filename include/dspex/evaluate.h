@@ -55,6 +55,11 @@ DX_API bool dx_metric_passage_has_answer(const char *const *passages, size_t n,
 typedef double (*dx_metric_fn)(const dx_example *example,
                                const dx_prediction *pred, const dx_trace *trace,
                                void *ud);
+/* A yes/no metric, as DSPy metrics often are (they return a bool): true
+ * scores 1, false 0, and DSPy-style result files write True/False. */
+typedef bool (*dx_metric_pass_fn)(const dx_example *example,
+                                  const dx_prediction *pred,
+                                  const dx_trace *trace, void *ud);
 
 typedef enum dx_metric_kind {
     DX_METRIC_EXACT_MATCH,   /* answer_exact_match on `field` */
@@ -70,8 +75,9 @@ typedef struct dx_metric {
      * value may be a string or a list of strings (any one matching). */
     const char *field;
     const char *passages_field; /* default "context" */
-    dx_metric_fn fn;            /* DX_METRIC_CUSTOM */
-    void *ud;
+    dx_metric_fn fn;            /* DX_METRIC_CUSTOM: a score */
+    dx_metric_pass_fn pass;     /* DX_METRIC_CUSTOM without fn: yes/no */
+    void *ud;                   /* for fn or pass */
     /* DX_METRIC_EXACT_MATCH: DSPy's answer_exact_match(frac=...). Strictly
      * between 0 and 1: an answer matches when the token F1 against it is at
      * least frac (score 1, else 0). 0 (unset) or 1 and above: exact match. */
@@ -192,8 +198,9 @@ typedef enum dx_eval_file_format {
  * dataset order: the example's fields, then the prediction's (a key in
  * both becomes example_<key> and pred_<key>), then the score under
  * dx_metric_name(metric). The score is what DSPy's metric returns:
- * True/False for exact match and passage match, a float for F1 and custom
- * metrics, and failure_score (a float) for an example that failed, whose
+ * True/False for exact match, passage match and a `pass` metric, a float
+ * for F1 and an `fn` metric, and failure_score (a float) for an example
+ * that failed, whose
  * record has no prediction fields. JSON: a list of objects as json.dump
  * writes it (ASCII, ", " and ": "). CSV: Python's csv module (excel
  * dialect, \r\n, quotes only where needed), cells as Python's str()

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "dspex/alloc.h"
@@ -194,6 +195,62 @@ Test(evaluate, a_crash_and_a_hang_among_1000_cost_two_examples)
                   atomic_load(&max_running));
     cr_assert_gt(atomic_load(&max_running), 1);
     dx_eval_result_free(r);
+    dx_dataset_free(ds);
+    dx_module_free(m);
+}
+
+/* A yes/no metric: true for the even-numbered questions. */
+static bool even_question(const dx_example *ex, const dx_prediction *p,
+                          const dx_trace *t, void *ud)
+{
+    (void)p;
+    (void)t;
+    (void)ud;
+    return strtol(dx_example_get_str(ex, "question", "q1") + 1, NULL, 10) % 2 ==
+           0;
+}
+
+Test(evaluate, a_yes_no_metric_scores_one_or_zero_and_saves_as_bools)
+{
+    dx_module *m = dx_module_new("Fragile", fragile_forward, NULL, NULL, NULL);
+    dx_dataset *ds = dataset(10, NULL);
+    dx_eval_opts o = {
+        .metric = {.kind = DX_METRIC_CUSTOM,
+                   .pass = even_question,
+                   .name = "is_even"},
+        .concurrency = 4,
+        .progress = DX_EVAL_PROGRESS_OFF,
+    };
+    dx_eval_result *r = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_evaluate(m, ds, &o, &r, &d), DX_OK, "%s", d.msg);
+    cr_assert_float_eq(r->score, 50.0, 1e-9);
+    cr_assert_eq(r->rows[0].score, 1.0);
+    cr_assert_eq(r->rows[1].score, 0.0);
+    /* DSPy writes what a bool metric returns: True/False. */
+    char path[128];
+    snprintf(path, sizeof path, "/tmp/dspex_test_eval_pass_%ld.json",
+             (long)getpid());
+    cr_assert_eq(
+        dx_eval_result_save_dspy(r, &o.metric, DX_EVAL_FILE_JSON, path, &d),
+        DX_OK, "%s", d.msg);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f);
+    char text[4096];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    unlink(path);
+    text[n] = '\0';
+    cr_assert(strstr(text, "\"question\": \"q0\", \"example_answer\": "
+                           "\"q0\", \"pred_answer\": \"q0\", \"is_even\": "
+                           "true}"),
+              "%s", text);
+    cr_assert(strstr(text, "\"is_even\": false}"), "%s", text);
+    dx_eval_result_free(r);
+    /* A custom metric needs one of the two. */
+    o.metric.pass = NULL;
+    cr_assert_eq(dx_evaluate(m, ds, &o, &r, &d), DX_EINVAL);
+    cr_assert(strstr(d.msg, "custom metric"), "%s", d.msg);
     dx_dataset_free(ds);
     dx_module_free(m);
 }
