@@ -11,6 +11,7 @@
  * of one predictor and round are independent, but DSPy also runs them in
  * turn and one evaluation already fills the concurrency.
  */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,7 @@
 #include "dspex/alloc.h"
 #include "dspex/error.h"
 #include "dspex/teleprompt.h"
+#include "eval_int.h"
 #include "module_int.h"
 #include "pyjson.h"
 #include "teleprompt_int.h"
@@ -69,6 +71,177 @@ static int make_sig(bool attempts, dx_signature **out)
 
 /* ---- the prompt LM ------------------------------------------------------- */
 
+/* One proposal call run in a process of its own while the optimizer's
+ * process waits for its DOWN or a cancellation's wake-up: Ctrl-C during a
+ * proposal then stops the optimizer at once, not after the LM answers or
+ * its timeout (120 s by default). Everything the call reads is the slot's
+ * (the Predict, the inputs, the names), so a killed optimizer frees nothing
+ * it still uses; its tie kills the call. */
+/* How long past the call's own deadline the waiting side kills it. */
+#define ASK_GRACE_MS 2000
+
+typedef struct ask_slot {
+    atomic_int refs;
+    atomic_bool done;
+    dx_module *predict;
+    dx_example *inputs;
+    dx_call_opts call;
+    char *lm_name, *rollout_id; /* call's, copied */
+    int64_t deadline_ms;
+    /* out */
+    int rc;
+    dx_diag diag;
+    dx_prediction *pred;
+    dx_usage_acc usage; /* also when the call failed */
+    /* the waiting side */
+    dx_pid pid;
+} ask_slot;
+
+static void ask_unref(void *arg)
+{
+    ask_slot *s = arg;
+    if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    dx_module_free(s->predict);
+    dx_example_free(s->inputs);
+    dx_free(s->lm_name);
+    dx_free(s->rollout_id);
+    dx_prediction_free(s->pred);
+    dx_free(s);
+}
+
+/* The waiting process was killed: so is the call. */
+static void asker_killed(void *arg)
+{
+    ask_slot *s = arg;
+    dx_kill(s->pid);
+    ask_unref(s);
+}
+
+static void ask_proc(void *arg)
+{
+    ask_slot *s = arg;
+    dx_set_label("dspex.optimize.proposal");
+    s->rc = dx__run_program(s->predict, s->inputs, &s->call, s->deadline_ms,
+                            &s->pred, NULL, &s->diag, &s->usage);
+    atomic_store_explicit(&s->done, true, memory_order_release);
+}
+
+typedef struct ask_wait {
+    dx_ref mon, wake;
+} ask_wait;
+
+static bool is_ask_news(const dx_msg *m, void *ud)
+{
+    const ask_wait *w = ud;
+    return (m->tag == DX_TAG_DOWN && dx_ref_eq(m->ref, w->mon)) ||
+           (m->tag == DX__TAG_CANCEL_WAKE && dx_ref_eq(m->ref, w->wake));
+}
+
+/* In the caller's process: run the call in a process and wait for it. */
+static int ask_in_process(dx_module *p, const dx_example *in,
+                          const dx_call_opts *call, int64_t timeout,
+                          const dx_tp_opts *o, dx_prediction **out,
+                          dx_usage_acc *usage, dx_diag *diag)
+{
+    ask_slot *s = dx_calloc(1, sizeof *s);
+    if (!s) {
+        dx_module_free(p);
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    }
+    atomic_init(&s->refs, 2);
+    atomic_init(&s->done, false);
+    s->predict = p;
+    s->inputs = dx_example_copy(in);
+    s->call = *call;
+    s->lm_name = call->lm_name ? dx_strdup(call->lm_name) : NULL;
+    s->rollout_id = call->rollout_id ? dx_strdup(call->rollout_id) : NULL;
+    s->call.lm_name = s->lm_name;
+    s->call.rollout_id = s->rollout_id;
+    s->deadline_ms = dx_now_ms() + timeout;
+    dx_usage_acc_init(&s->usage, "ask");
+    dx_ref mon = DX_NOREF;
+    int rc = DX_ENOMEM;
+    if (s->inputs && (!call->lm_name || s->lm_name) &&
+        (!call->rollout_id || s->rollout_id)) {
+        dx_spawn_opts so = {.monitor = true, .arg_free = ask_unref};
+        rc = dx_spawn_opt(ask_proc, s, &so, &s->pid, &mon);
+    }
+    if (rc != DX_OK) {
+        atomic_store(&s->refs, 1);
+        ask_unref(s);
+        return dx_diag_set(diag, rc, 0, 0, "proposal: cannot start: %s",
+                           dx_strerror(rc));
+    }
+    dx_ptie *tie = dx_ptie_new(s, asker_killed);
+    dx__cancel_watch *watch = dx__cancel_watch_start();
+    ask_wait w = {mon, dx__cancel_watch_ref(watch)};
+    dx_match match = {.pred = is_ask_news, .ud = &w};
+    /* The call ends itself at its deadline; this is the backstop. */
+    int64_t hard_deadline = s->deadline_ms + ASK_GRACE_MS;
+    bool cancelled = false, killed = false, ended = false;
+    while (!ended) {
+        if (!cancelled && dx__tp_check_cancel(o, NULL) != DX_OK)
+            cancelled = true;
+        if (!killed && (cancelled || dx_now_ms() >= hard_deadline)) {
+            killed = true;
+            dx_kill(s->pid); /* its DOWN ends the wait */
+        }
+        int64_t wait = killed ? DX_INFINITY : hard_deadline - dx_now_ms();
+        if (!watch && !killed && wait > DX__CANCEL_POLL_MS)
+            wait = DX__CANCEL_POLL_MS;
+        dx_msg *m = NULL;
+        if (dx_receive(&match, wait < 0 ? 0 : wait, &m) == DX_OK && m) {
+            ended = m->tag == DX_TAG_DOWN;
+            dx_msg_free(m);
+        }
+    }
+    dx__cancel_watch_stop(watch);
+    dx_ptie_cut(tie);
+    dx_usage_acc_merge(usage, &s->usage);
+    if (cancelled) {
+        rc = dx__tp_check_cancel(o, diag);
+    } else if (!atomic_load_explicit(&s->done, memory_order_acquire)) {
+        rc = killed ? dx_diag_set(diag, DX_ETIMEDOUT, 0, 0,
+                                  "proposal: no answer within %lld ms",
+                                  (long long)timeout)
+                    : dx_diag_set(diag, DX_EDOWN, 0, 0,
+                                  "proposal: the call's process died");
+    } else {
+        rc = s->rc;
+        if (rc == DX_OK) {
+            *out = s->pred;
+            s->pred = NULL;
+        } else if (diag) {
+            *diag = s->diag;
+        }
+    }
+    ask_unref(s);
+    return rc;
+}
+
+/* ask_in_process's arguments, for dx__in_process. */
+typedef struct ask_args {
+    dx_module *predict; /* taken by ask_in_process */
+    const dx_example *in;
+    const dx_call_opts *call;
+    int64_t timeout;
+    const dx_tp_opts *o;
+    dx_prediction **out;
+    dx_usage_acc *usage;
+    dx_diag *diag;
+    int rc;
+} ask_args;
+
+static void ask_here(void *arg)
+{
+    ask_args *a = arg;
+    dx_module *p = a->predict;
+    a->predict = NULL;
+    a->rc = ask_in_process(p, a->in, a->call, a->timeout, a->o, a->out,
+                           a->usage, a->diag);
+}
+
 int dx__tp_ask(dx_signature *sig, const dx_example *in, int n,
                double temperature, const char *lm_name, const char *rollout_id,
                const dx_tp_opts *o, dx_prediction **out, dx_usage_acc *usage,
@@ -86,24 +259,22 @@ int dx__tp_ask(dx_signature *sig, const dx_example *in, int n,
     call.trace = false;
     if (rollout_id)
         call.rollout_id = rollout_id;
-    int rc;
-    if (!dx_pid_is_none(dx_self())) {
-        /* In the optimizer's process (no user code runs in a Predict, so
-         * nothing to isolate): a failed call's LM usage counts too, which
-         * dx_module_call would not report. */
-        int64_t timeout = call.timeout_ms > 0 ? call.timeout_ms : 120000;
-        dx_usage_acc u;
-        dx_usage_acc_init(&u, "ask");
-        rc = dx__run_program(p, in, &call, dx_now_ms() + timeout, out, NULL,
-                             diag, &u);
-        dx_usage_acc_merge(usage, &u);
-    } else {
-        rc = dx_module_call(p, in, &call, out, NULL, diag);
-        if (rc == DX_OK)
-            dx_usage_acc_merge(usage, dx_prediction_usage(*out));
+    /* In the optimizer's process, or one made for it from a host thread.
+     * A failed call's LM usage counts too. */
+    ask_args a = {.predict = p,
+                  .in = in,
+                  .call = &call,
+                  .timeout = call.timeout_ms > 0 ? call.timeout_ms : 120000,
+                  .o = o,
+                  .out = out,
+                  .usage = usage,
+                  .diag = diag};
+    int rc = dx__in_process(ask_here, &a);
+    if (rc != DX_OK) {
+        dx_module_free(a.predict); /* NULL once ask_in_process had it */
+        return dx_diag_set(diag, rc, 0, 0, "proposal: %s", dx_strerror(rc));
     }
-    dx_module_free(p);
-    return rc;
+    return a.rc;
 }
 
 /* ---- candidates ------------------------------------------------------------ */

@@ -4,10 +4,13 @@
  * metric that rewards some instruction words, so the test knows which
  * candidate must win; the result's signature carries the winner's
  * instruction and prefix; a checkpointed run replays without the LM; the
- * LM call budget stops new rounds.
+ * LM call budget stops new rounds; a cancellation ends a proposal that
+ * waits on the LM.
  */
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "dspex/alloc.h"
@@ -270,4 +273,47 @@ Test(copro, a_crashing_metric_costs_only_its_example)
     dx_tp_result_free(r);
     dx_module_free(st);
     dx_dataset_free(ds);
+}
+
+/* ---- cancellation ------------------------------------------------------ */
+
+typedef struct copro_thread {
+    dx_module *st;
+    dx_dataset *train;
+    int rc;
+    dx_diag d;
+} copro_thread;
+
+static void *run_copro(void *arg)
+{
+    copro_thread *t = arg;
+    dx_tp_opts o = opts();
+    dx_copro_opts c = {.breadth = 2, .depth = 1};
+    dx_tp_result *r = NULL;
+    t->rc = dx_copro(t->st, t->train, &o, &c, &r, &t->d);
+    dx_tp_result_free(r);
+    return NULL;
+}
+
+/* The proposal call hangs in the prompt LM: a cancellation ends it at
+ * once, not when the LM answers or its timeout (120 s) passes. */
+Test(copro, a_cancellation_stops_a_proposal_waiting_on_the_lm)
+{
+    copro_thread t = {.st = probe_program(), .train = trainset(4)};
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:100000", 1), DX_OK);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, run_copro, &t), 0);
+    for (int i = 0; i < 20000 && upstream_requests() < 1; i++)
+        usleep(1000);
+    cr_assert_geq(upstream_requests(), 1, "the proposal reached the server");
+    dx_evaluate_cancel_all();
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 30; /* not a performance bound: the LM would take 100 s */
+    cr_assert_eq(pthread_timedjoin_np(th, NULL, &ts), 0,
+                 "the cancellation was not noticed");
+    cr_assert_eq(t.rc, DX_ECANCELED, "%s", t.d.msg);
+    cr_assert(strstr(t.d.msg, "cancelled") != NULL, "%s", t.d.msg);
+    dx_module_free(t.st);
+    dx_dataset_free(t.train);
 }
