@@ -522,8 +522,8 @@ typedef struct args {
     const char *output;
     const char *inputs;
     long max_errors;
-    long table_rows;           /* --table: rows shown (0 = all) */
-    const char *failure_score; /* --failure-score, checked when used */
+    long table_rows;      /* --table: rows shown (0 = all) */
+    double failure_score; /* --failure-score */
     const char *optimizer;
     const char *valset;
     const char *report;
@@ -553,6 +553,18 @@ static int parse_long(const char *opt, const char *s, long lo, long hi,
                           hi, s);
     *out = v;
     return 0;
+}
+
+/* A whole, finite decimal number. */
+static bool read_number(const char *s, double *out)
+{
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v))
+        return false;
+    *out = v;
+    return true;
 }
 
 static int parse_args(int argc, char **argv, args *a, void (*help)(void))
@@ -635,7 +647,9 @@ static int parse_args(int argc, char **argv, args *a, void (*help)(void))
             rc = parse_long("--table", optarg, 0, 1L << 30, &a->table_rows);
             break;
         case OPT_FAILURE_SCORE:
-            a->failure_score = optarg;
+            if (!read_number(optarg, &a->failure_score))
+                rc = fail_usage("--failure-score wants a number, got \"%s\"",
+                                optarg);
             break;
         case OPT_MAX_ERRORS:
             rc =
@@ -1037,10 +1051,8 @@ static int metric_of(const char *name, const char *frac, dx_metric *m)
     if (k != DX_METRIC_EXACT_MATCH)
         return fail_usage("--frac goes with --metric exact_match, not %s",
                           name);
-    char *end = NULL;
-    errno = 0;
-    double v = strtod(frac, &end);
-    if (errno || end == frac || *end || !(v > 0 && v <= 1))
+    double v;
+    if (!read_number(frac, &v) || !(v > 0 && v <= 1))
         return fail_usage("--frac wants a number in (0, 1], got \"%s\"", frac);
     m->frac = v;
     return 0;
@@ -1102,15 +1114,6 @@ static int cmd_eval_body(args *ap)
     dx_metric metric;
     if ((rc = metric_of(a.metric, a.frac, &metric)) != 0)
         return rc;
-    double failure_score = 0;
-    if (a.failure_score) {
-        char *end = NULL;
-        errno = 0;
-        failure_score = strtod(a.failure_score, &end);
-        if (errno || end == a.failure_score || *end || !isfinite(failure_score))
-            return fail_usage("--failure-score wants a number, got \"%s\"",
-                              a.failure_score);
-    }
     dx_module *m = NULL;
     if ((rc = load_program(&a.c, a.pos[0], &m)) != 0)
         return rc;
@@ -1129,7 +1132,7 @@ static int cmd_eval_body(args *ap)
         .metric = metric,
         .concurrency = (size_t)a.concurrency,
         .max_errors = (size_t)a.max_errors,
-        .failure_score = failure_score,
+        .failure_score = a.failure_score,
         .call = {.adapter = adapter_of(&a.c)},
         .example_timeout_ms = a.c.timeout_ms,
     };
