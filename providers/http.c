@@ -200,6 +200,12 @@ static void curl_init(void)
     curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
+int dx_http_global_init(void)
+{
+    pthread_once(&curl_once, curl_init);
+    return curl_init_rc == CURLE_OK ? DX_OK : DX_EINIT;
+}
+
 static void resp_free_cb(void *p)
 {
     dx_http_response_free(p);
@@ -1416,8 +1422,7 @@ int dx_http_submit(const dx_http_request *req, dx_pid reply_to, int64_t tag,
         if (strncasecmp(req->headers[i], "expect:", 7) == 0)
             user_expect = true;
     }
-    pthread_once(&curl_once, curl_init);
-    if (curl_init_rc != CURLE_OK)
+    if (dx_http_global_init() != DX_OK)
         return DX_EINIT;
 
     int err = DX_ENOMEM;

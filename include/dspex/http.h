@@ -179,6 +179,15 @@ DX_API int dx_http_set_limits(const dx_http_limits *limits);
  * open); DX_ENOMEM. Any thread. */
 DX_API int dx_http_close_idle(void);
 
+/* Set up the transport's process-wide state (libcurl's global state, with
+ * its TLS library's configuration) now instead of on the first request,
+ * which would otherwise pay ~1-2 ms for it while every other first request
+ * waits. dx_lm_client_start calls it. Idempotent; DX_OK, or DX_EINIT when
+ * libcurl cannot start (every request would fail the same way). The I/O
+ * threads still start on first use, so a program that hosts the loop
+ * (dx_io_start_hosted) may do so after starting its clients. Any thread. */
+DX_API int dx_http_global_init(void);
+
 /* Transfers running on the I/O threads right now (racy by nature), and how
  * many TCP connections were opened since the loop started. Any thread. */
 DX_API size_t dx_http_in_flight(void);
