@@ -7,12 +7,14 @@
  * also owns the thread-safe reply and fault queues. What to answer is
  * decided in lmserver_wire.c.
  *
- * Loop 0 accepts; with several threads (dx_lmserver_opts.threads) it hands
- * each accepted socket to the loops in turn, which adopt it (uv_tcp_open)
- * and own the connection from then on. A connection never changes loop,
- * so everything below about one connection runs on one thread; what loops
- * share is the reply and fault queues (under mu) and the counters
- * (atomics).
+ * Every loop (dx_lmserver_opts.threads) listens on a socket of its own,
+ * all bound to the one port with SO_REUSEPORT, so the kernel shares the
+ * connections out and each loop accepts and owns its own: no socket is
+ * passed between threads (which cost a duplicate, a close, a wake-up of
+ * the other loop and libuv's set-up of the descriptor there). A connection
+ * never changes loop, so everything below about one connection runs on one
+ * thread; what loops share is the reply and fault queues (under mu) and
+ * the counters (atomics).
  *
  * Each connection owes its responses in a FIFO; only the head is ever being
  * delayed or written, so a slow or stalled answer holds back the ones
@@ -22,7 +24,7 @@
  * reset.
  */
 #include <errno.h>
-#include <fcntl.h>
+#include <netinet/in.h>
 #include <http_parser.h>
 #include <pthread.h>
 #include <signal.h>
@@ -33,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -106,18 +109,19 @@ typedef struct conn {
 
 #define NOT_DUE SIZE_MAX
 
-/* One server thread: its loop, and the sockets loop 0 accepted for it. */
+/* One server thread: its loop, its listening socket and its connections. */
 struct lmloop {
     dx_lmserver *srv;
     unsigned index;
     uv_loop_t loop;
-    uv_async_t async; /* new sockets to adopt, or stop */
+    uv_tcp_t listener;
+    bool listening;   /* listener is initialised (to close) */
+    uv_async_t async; /* stop */
     pthread_t thread;
-    bool started; /* the thread runs (to join) */
-    conn *conns;  /* this loop's thread only */
-    int *adopt;   /* sockets to adopt, under srv->mu */
-    size_t nadopt, adopt_cap;
-    bool stopping; /* under srv->mu */
+    bool started;                     /* the thread runs (to join) */
+    conn *conns;                      /* this loop's thread only */
+    bool stopping;                    /* under srv->mu */
+    atomic_uint_fast64_t st_accepted; /* read by any thread */
     /* Answers held back (latency, slow faults), earliest first: a min-heap
      * of conns on due_ns, and a timerfd set to the earliest. The loop's own
      * timers count whole milliseconds from a floored clock, which made
@@ -131,14 +135,12 @@ struct lmloop {
 };
 
 struct dx_lmserver {
-    uv_tcp_t listener; /* on loops[0] */
     int port;
     size_t max_body;
     unsigned max_conns;
     unsigned nloops;
-    unsigned next_loop; /* loop 0's thread only */
     lmloop *loops;
-    pthread_mutex_t mu; /* guards the two queues and the adopt lists */
+    pthread_mutex_t mu; /* guards the two queues and the stopping flags */
     reply_item *replies, *replies_tail;
     fault_item *faults, *faults_tail;
     atomic_uint_fast64_t st_requests, st_accepted, st_open, st_early, st_faults,
@@ -251,6 +253,9 @@ void dx_lmserver_stats_get(const dx_lmserver *srv, dx_lmserver_stats *out)
     out->connections_closed_early = atomic_load(&s->st_early);
     out->faults_applied = atomic_load(&s->st_faults);
     out->max_in_flight = atomic_load(&s->st_owed_max);
+    for (unsigned i = 0; i < DX_LMSERVER_MAX_THREADS; i++)
+        out->accepted_by_thread[i] =
+            i < s->nloops ? atomic_load(&s->loops[i].st_accepted) : 0;
 }
 
 /* ---- connection lifetime ----------------------------------------------- */
@@ -986,6 +991,7 @@ static void conn_begin(conn *c)
     lp->conns = c;
     uint64_t open = atomic_fetch_add(&srv->st_open, 1) + 1;
     atomic_fetch_add(&srv->st_accepted, 1);
+    atomic_fetch_add(&lp->st_accepted, 1);
     if (open > srv->max_conns) {
         close_conn(c, false);
         return;
@@ -996,70 +1002,17 @@ static void conn_begin(conn *c)
     set_reading(c, true);
 }
 
-/* Take socket fd on lp's thread; closes it when it cannot. */
-static void adopt_socket(lmloop *lp, int fd)
-{
-    conn *c = dx_calloc(1, sizeof *c);
-    if (c == NULL || uv_tcp_init(&lp->loop, &c->tcp) != 0) {
-        dx_free(c);
-        close(fd);
-        return;
-    }
-    if (uv_tcp_open(&c->tcp, fd) != 0) {
-        /* The handle is initialised: it must be closed, not just freed. */
-        c->tcp.data = c;
-        uv_close((uv_handle_t *)&c->tcp, free_conn_handle);
-        close(fd);
-        return;
-    }
-    c->srv = lp->srv;
-    c->lp = lp;
-    conn_begin(c);
-}
-
-/* Queue fd for loop lp (another thread's) and wake it. false: not queued
- * (no memory, or the loop stops), the caller closes fd. */
-static bool hand_over(lmloop *lp, int fd)
-{
-    dx_lmserver *srv = lp->srv;
-    bool ok = false;
-    pthread_mutex_lock(&srv->mu);
-    if (!lp->stopping) {
-        if (lp->nadopt == lp->adopt_cap) {
-            size_t cap = lp->adopt_cap ? lp->adopt_cap * 2 : 64;
-            int *a = dx_realloc(lp->adopt, cap * sizeof *a);
-            if (a != NULL) {
-                lp->adopt = a;
-                lp->adopt_cap = cap;
-            }
-        }
-        if (lp->nadopt < lp->adopt_cap) {
-            lp->adopt[lp->nadopt++] = fd;
-            ok = true;
-            if (lp->nadopt == 1)
-                uv_async_send(&lp->async);
-        }
-    }
-    pthread_mutex_unlock(&srv->mu);
-    return ok;
-}
-
 static void on_connection(uv_stream_t *server, int status)
 {
-    dx_lmserver *srv = server->data;
+    lmloop *lp = server->data;
     if (status < 0)
         return;
-    lmloop *lp = &srv->loops[srv->next_loop++ % srv->nloops];
-    lmloop *here = &srv->loops[0];
-    conn *c = lp == here ? dx_calloc(1, sizeof *c) : NULL;
-    uv_tcp_t *tmp = c == NULL ? dx_malloc(sizeof *tmp) : NULL;
-    uv_tcp_t *into = c != NULL ? &c->tcp : tmp;
-    if (into == NULL || uv_tcp_init(&here->loop, into) != 0) {
+    conn *c = dx_calloc(1, sizeof *c);
+    if (c == NULL || uv_tcp_init(&lp->loop, &c->tcp) != 0) {
         /* Take the connection off the backlog anyway, or it would spin. */
         dx_free(c);
-        dx_free(tmp);
         uv_tcp_t *drop = dx_malloc(sizeof *drop);
-        if (drop != NULL && uv_tcp_init(&here->loop, drop) == 0) {
+        if (drop != NULL && uv_tcp_init(&lp->loop, drop) == 0) {
             uv_accept(server, (uv_stream_t *)drop);
             uv_close((uv_handle_t *)drop, free_handle);
         } else {
@@ -1067,27 +1020,14 @@ static void on_connection(uv_stream_t *server, int status)
         }
         return;
     }
-    if (c != NULL) {
-        c->srv = srv;
-        c->lp = here;
-        if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
-            c->tcp.data = c;
-            uv_close((uv_handle_t *)&c->tcp, free_conn_handle);
-            return;
-        }
-        conn_begin(c);
+    c->srv = lp->srv;
+    c->lp = lp;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+        c->tcp.data = c;
+        uv_close((uv_handle_t *)&c->tcp, free_conn_handle);
         return;
     }
-    /* Another loop's: accept here, pass on a duplicate of the socket (the
-     * handle here owns the original and closes it). */
-    uv_os_fd_t fd = -1;
-    int dup_fd = -1;
-    if (uv_accept(server, (uv_stream_t *)tmp) == 0 &&
-        uv_fileno((uv_handle_t *)tmp, &fd) == 0)
-        dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    uv_close((uv_handle_t *)tmp, free_handle);
-    if (dup_fd >= 0 && !hand_over(lp, dup_fd))
-        close(dup_fd);
+    conn_begin(c);
 }
 
 static void close_if_open(uv_handle_t *h)
@@ -1096,29 +1036,18 @@ static void close_if_open(uv_handle_t *h)
         uv_close(h, NULL);
 }
 
-/* Wake-up of a loop: adopt the sockets handed over, or stop. */
+/* Wake-up of a loop: stop. */
 static void on_async(uv_async_t *a)
 {
     lmloop *lp = a->data;
     dx_lmserver *srv = lp->srv;
     pthread_mutex_lock(&srv->mu);
     bool stopping = lp->stopping;
-    size_t n = lp->nadopt;
-    int *fds = lp->adopt;
-    lp->adopt = NULL;
-    lp->nadopt = lp->adopt_cap = 0;
     pthread_mutex_unlock(&srv->mu);
-    for (size_t i = 0; i < n; i++) {
-        if (stopping)
-            close(fds[i]);
-        else
-            adopt_socket(lp, fds[i]);
-    }
-    dx_free(fds);
     if (!stopping)
         return;
-    if (lp->index == 0)
-        close_if_open((uv_handle_t *)&srv->listener);
+    if (lp->listening)
+        close_if_open((uv_handle_t *)&lp->listener);
     close_if_open((uv_handle_t *)&lp->async);
     if (lp->tfd >= 0)
         close_if_open((uv_handle_t *)&lp->tpoll);
@@ -1191,13 +1120,10 @@ static void shut_down(dx_lmserver *srv, unsigned inited)
         if (srv->loops[i].started)
             pthread_join(srv->loops[i].thread, NULL);
     /* Anything still open (none expected after a stop) is closed before
-     * the loop goes; sockets still waiting for adoption are closed. */
+     * the loop goes. */
     for (unsigned i = 0; i < inited; i++) {
         lmloop *lp = &srv->loops[i];
         drain_and_close_loop(lp);
-        for (size_t k = 0; k < lp->nadopt; k++)
-            close(lp->adopt[k]);
-        dx_free(lp->adopt);
         if (lp->tfd >= 0)
             close(lp->tfd);
         dx_free(lp->due);
@@ -1206,6 +1132,111 @@ static void shut_down(dx_lmserver *srv, unsigned inited)
     pthread_mutex_destroy(&srv->mu);
     dx_free(srv->loops);
     dx_free(srv);
+}
+
+/* addr with the given port; its length. */
+static socklen_t with_port(const struct sockaddr_storage *addr, int port,
+                           struct sockaddr_storage *out)
+{
+    *out = *addr;
+    if (out->ss_family == AF_INET6) {
+        ((struct sockaddr_in6 *)out)->sin6_port = htons((uint16_t)port);
+        return sizeof(struct sockaddr_in6);
+    }
+    ((struct sockaddr_in *)out)->sin_port = htons((uint16_t)port);
+    return sizeof(struct sockaddr_in);
+}
+
+/* A socket bound to addr:port, SO_REUSEPORT when shared. -1 on error. */
+static int bound_socket(const struct sockaddr_storage *addr, int port,
+                        bool shared)
+{
+    struct sockaddr_storage a;
+    socklen_t alen = with_port(addr, port, &a);
+    int fd = socket(a.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int one = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        (shared &&
+         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
+        bind(fd, (const struct sockaddr *)&a, alen) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* The port a socket is bound to, or -1. */
+static int port_of(int fd)
+{
+    struct sockaddr_storage b;
+    socklen_t blen = sizeof b;
+    if (getsockname(fd, (struct sockaddr *)&b, &blen) != 0)
+        return -1;
+    return b.ss_family == AF_INET6
+               ? ntohs(((struct sockaddr_in6 *)&b)->sin6_port)
+               : ntohs(((struct sockaddr_in *)&b)->sin_port);
+}
+
+/* The port the loops will share: port itself when free, or a free one the
+ * system picks for 0. Checked with a socket of our own that does not
+ * share, because sockets that share a port with SO_REUSEPORT would join a
+ * running server of the same user on it instead of failing as taken. -1
+ * when taken (or no socket). */
+static int free_port(const struct sockaddr_storage *addr, int port)
+{
+    int fd = bound_socket(addr, port, false);
+    if (fd < 0)
+        return -1;
+    int p = port_of(fd);
+    close(fd);
+    return p;
+}
+
+/* Make fd (bound) lp's listening socket; fd is the handle's, or closed. */
+static int listen_with(lmloop *lp, int fd)
+{
+    if (uv_tcp_init(&lp->loop, &lp->listener) != 0) {
+        close(fd);
+        return -1;
+    }
+    lp->listening = true;
+    lp->listener.data = lp;
+    if (uv_tcp_open(&lp->listener, fd) != 0) {
+        close(fd); /* the handle does not own it */
+        return -1;
+    }
+    return uv_listen((uv_stream_t *)&lp->listener, 1024, on_connection) == 0
+               ? 0
+               : -1;
+}
+
+/* Every loop listening on addr: one socket, or one each sharing a port. */
+static int listen_all(dx_lmserver *srv, const struct sockaddr_storage *addr,
+                      int port)
+{
+    if (srv->nloops == 1) {
+        int fd = bound_socket(addr, port, false);
+        srv->port = fd >= 0 ? port_of(fd) : -1;
+        return fd >= 0 ? listen_with(&srv->loops[0], fd) : -1;
+    }
+    /* A port the system picked can be taken between the check and the
+     * bind; pick again then. */
+    int fd = -1;
+    for (int tries = 0; fd < 0 && tries < (port == 0 ? 8 : 1); tries++) {
+        int p = free_port(addr, port);
+        fd = p > 0 ? bound_socket(addr, p, true) : -1;
+        srv->port = p;
+    }
+    if (fd < 0 || listen_with(&srv->loops[0], fd) != 0)
+        return -1;
+    for (unsigned i = 1; i < srv->nloops; i++) {
+        fd = bound_socket(addr, srv->port, true);
+        if (fd < 0 || listen_with(&srv->loops[i], fd) != 0)
+            return -1;
+    }
+    return 0;
 }
 
 int dx_lmserver_start(const dx_lmserver_opts *opts, dx_lmserver **out)
@@ -1265,25 +1296,11 @@ int dx_lmserver_start(const dx_lmserver_opts *opts, dx_lmserver **out)
         }
         lp->tpoll.data = lp;
     }
-    if (rc == 0) {
-        uv_tcp_init(&loops[0].loop, &srv->listener);
-        srv->listener.data = srv;
-        rc = uv_tcp_bind(&srv->listener, (const struct sockaddr *)&addr, 0);
-    }
     if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection);
-    struct sockaddr_storage bound;
-    int blen = sizeof bound;
-    if (rc == 0)
-        rc = uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound,
-                                &blen);
-    if (rc == 0)
-        srv->port = bound.ss_family == AF_INET6
-                        ? ntohs(((struct sockaddr_in6 *)&bound)->sin6_port)
-                        : ntohs(((struct sockaddr_in *)&bound)->sin_port);
-    /* Room for every connection (and the duplicate a hand-over holds for a
-     * moment) before the threads start: a growing table would stall them
-     * all in the middle of the first burst (dx_reserve_descriptors). */
+        rc = listen_all(srv, &addr, o.port);
+    /* Room for every connection before the threads start: a growing table
+     * would stall them all in the middle of the first burst
+     * (dx_reserve_descriptors). */
     if (rc == 0)
         (void)dx_reserve_descriptors(srv->max_conns + 64);
     for (unsigned i = 0; rc == 0 && i < nloops; i++) {

@@ -43,8 +43,9 @@ typedef struct dx_lmserver_opts {
     /* Every response is held back this long (a model's latency, for
      * benchmarks); faults' own delays add to it. 0 = none. */
     uint64_t latency_ms;
-    /* Server threads, each with a loop of its own; the first accepts and
-     * hands connections to them in turn. 0 = 1; at most
+    /* Server threads, each with a loop and a listening socket of its own
+     * on the one port (SO_REUSEPORT; the system shares connections out).
+     * 0 = 1; at most
      * DX_LMSERVER_MAX_THREADS. More than one lets a benchmark's server keep
      * up with many clients at once, as a real provider's would. */
     unsigned threads;
@@ -61,6 +62,9 @@ typedef struct dx_lmserver_stats {
     /* Most requests owed an answer at once (parsed, answer not yet fully
      * written): the concurrency clients achieved. */
     uint64_t max_in_flight;
+    /* Connections each server thread accepted (the system shares them
+     * out); entries past dx_lmserver_opts.threads are 0. */
+    uint64_t accepted_by_thread[DX_LMSERVER_MAX_THREADS];
 } dx_lmserver_stats;
 
 /* Bind, listen and start the server thread. opts may be NULL (all

@@ -1400,9 +1400,12 @@ Test(lmserver, start_reports_bad_host_and_taken_port)
     dx_lmserver_opts bad = {.host = "not-an-ip"};
     cr_assert_eq(dx_lmserver_start(&bad, &other), DX_EINVAL);
     cr_assert_null(other);
-    dx_lmserver_opts taken = {.port = port};
-    cr_assert_eq(dx_lmserver_start(&taken, &other), DX_ESYS);
-    cr_assert_null(other);
+    for (unsigned threads = 1; threads <= 3; threads += 2) {
+        dx_lmserver_opts taken = {.port = port, .threads = threads};
+        cr_assert_eq(dx_lmserver_start(&taken, &other), DX_ESYS, "threads %u",
+                     threads);
+        cr_assert_null(other);
+    }
     dx_lmserver_stop_free(NULL);
 }
 
@@ -1431,10 +1434,43 @@ Test(lmserver_threads, two_hundred_concurrent_clients_are_all_answered)
     all_clients_answered();
 }
 
+Test(lmserver_threads, every_thread_accepts_its_share_of_connections)
+{
+    /* Each thread listens on the port itself (SO_REUSEPORT): none is left
+     * idle, and a hand-over between threads is not needed. */
+    all_clients_answered();
+    dx_lmserver_stats st;
+    dx_lmserver_stats_get(srv, &st);
+    uint64_t sum = 0;
+    for (unsigned i = 0; i < 3; i++) {
+        cr_expect_gt(st.accepted_by_thread[i], 0, "thread %u accepted none", i);
+        sum += st.accepted_by_thread[i];
+    }
+    cr_assert_eq(sum, st.connections_accepted);
+    cr_assert_eq(st.accepted_by_thread[3], 0);
+}
+
+Test(lmserver_threads, a_taken_port_is_refused_not_shared)
+{
+    /* Sockets sharing a port with SO_REUSEPORT would join a running
+     * server instead of failing as taken; a second server must fail. */
+    dx_lmserver *other = NULL;
+    for (unsigned threads = 1; threads <= 3; threads += 2) {
+        dx_lmserver_opts o = {.port = port, .threads = threads};
+        cr_assert_eq(dx_lmserver_start(&o, &other), DX_ESYS, "threads %u",
+                     threads);
+        cr_assert_null(other);
+    }
+    /* The running one still answers. */
+    resp r = request("/v1/chat/completions", oai, OAI_CHAT);
+    cr_assert_eq(r.status, 200);
+    resp_free(&r);
+}
+
 Test(lmserver_threads, every_connection_keeps_its_order_and_keep_alive)
 {
-    /* Consecutive connections land on different threads; each must still
-     * answer pipelined requests in order and serve a second request. */
+    /* Connections land on different threads; each must still answer
+     * pipelined requests in order and serve a second request. */
     for (int k = 0; k < 3; k++)
         assert_pipelined_in_order(30);
     assert_keep_alive();
