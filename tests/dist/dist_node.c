@@ -38,13 +38,23 @@
  * tag 9. */
 typedef struct calc {
     dx_term *last;
+    dx_ptie *tie; /* frees the state when tag 9 crashes the server */
 } calc;
+
+static void calc_free(void *obj)
+{
+    calc *c = obj;
+    dx_term_free(c->last);
+    dx_free(c);
+}
 
 static int calc_init(void *arg, void **state, dx_term **reason)
 {
     (void)arg;
     (void)reason;
     calc *c = dx_calloc(1, sizeof(*c));
+    if (c != NULL)
+        c->tie = dx_ptie_new(c, calc_free);
     *state = c;
     return c ? DX_OK : DX_ENOMEM;
 }
@@ -81,8 +91,8 @@ static void calc_terminate(void *state, const dx_term *reason)
 {
     (void)reason;
     calc *c = state;
-    dx_term_free(c->last);
-    dx_free(c);
+    dx_ptie_cut(c->tie);
+    calc_free(c);
 }
 
 static const dx_server_ops calc_ops = {.name = "calc",
