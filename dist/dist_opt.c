@@ -8,6 +8,8 @@
  *                          | dx_tp_done
  *   worker -> coordinator  {dx_tp_results, Worker, Gen, Id,
  *                           [{Pos, Score, Err, Msg, Usage}]}
+ *   coordinator -> worker  {dx_tp_abort, Gen}   (the evaluation was
+ *                           cancelled: drop the shard under way)
  * State is the candidate's dump_state JSON as a binary, I the examples'
  * indices in the valset, Pos their positions in the evaluation, Msg a
  * binary or `none`, Usage {Calls, Cached, Unpriced, In, Out, CachedTok,
@@ -15,6 +17,13 @@
  * that ended (timed out) is never taken for the next one. The optimizer
  * hands an evaluation to the coordinator with dx_call; the coordinator
  * writes the rows into the caller's buffer and replies when all are in.
+ *
+ * Cancellation (dx_evaluate_cancel_all on the optimizer's node) reaches
+ * the coordinator through a cancel watch: it replies DX_ECANCELED at once
+ * and tells each worker holding a shard of the evaluation to drop it. A
+ * worker runs each shard in a process of its own and waits for it or for
+ * that word, so it stops the shard's evaluation (killing the examples and
+ * the LM calls under way) instead of finishing it for nobody.
  */
 #include <cjson/cJSON.h>
 #include <stdatomic.h>
@@ -23,6 +32,8 @@
 #include "dspex/dist_eval.h"
 #include "dspex/node.h"
 #include "dspex/server.h"
+#include "eval_int.h"
+#include "teleprompt_int.h"
 
 enum { S_QUEUED = 0, S_ASSIGNED, S_DONE };
 enum { TAG_JOB = 0x64787470, TAG_STOP };
@@ -43,6 +54,8 @@ typedef struct job {
     char **states;
     const size_t *idx;
     dx_tp_eval_row *rows;
+    /* The optimizer's dx_tp_opts.cancel_generation (0: never cancelled). */
+    uint64_t cancel_generation;
     int rc;
 } job;
 
@@ -71,6 +84,9 @@ typedef struct coord {
     size_t n_shards, n_done_shards;
     size_t *queue, q_head, q_len;
     bool *done; /* n_cands * n_idx */
+    /* Wakes us when dx_evaluate_cancel_all runs (NULL: look every
+     * DX__CANCEL_POLL_MS); held while an evaluation is under way. */
+    dx__cancel_watch *watch;
 } coord;
 
 static void q_push_front(coord *c, size_t id)
@@ -110,6 +126,8 @@ static void finish_job(coord *c, int rc)
     if (rc == DX_OK)
         atomic_fetch_add(&c->h->jobs, 1);
     c->cur = NULL;
+    dx__cancel_watch_stop(c->watch);
+    c->watch = NULL;
     dx_free(c->shards);
     dx_free(c->queue);
     dx_free(c->done);
@@ -140,6 +158,7 @@ static void start_job(coord *c, dx_msg *m)
                         sizeof *c->done);
     c->cur = j;
     c->from = from;
+    c->watch = dx__cancel_watch_start();
     c->gen++;
     c->deadline = dx_now_ms() + c->h->job_timeout_ms;
     if (!c->shards || !c->queue || !c->done) {
@@ -303,6 +322,23 @@ static void on_results(coord *c, const dx_term *t)
     }
 }
 
+static bool job_cancelled(const job *j)
+{
+    return j->cancel_generation != 0 &&
+           dx__cancel_generation() + 1 != j->cancel_generation;
+}
+
+/* The evaluation under way was cancelled: the workers holding its shards
+ * drop them, and the optimizer hears DX_ECANCELED now. */
+static void cancel_job(coord *c)
+{
+    for (size_t s = 0; s < c->n_shards; s++)
+        if (c->shards[s].state == S_ASSIGNED)
+            dx_send_term(c->shards[s].owner, DX_TAG_TERM,
+                         dx_tuple(2, dx_atom("dx_tp_abort"), dx_int(c->gen)));
+    finish_job(c, DX_ECANCELED);
+}
+
 static void on_down(coord *c, dx_ref ref)
 {
     for (size_t i = 0; i < c->n_workers; i++) {
@@ -323,8 +359,14 @@ static void coordinator(void *arg)
     coord c = {.h = arg};
     for (;;) {
         int64_t tmo = DX_INFINITY;
+        if (c.cur && job_cancelled(c.cur)) {
+            cancel_job(&c);
+            continue;
+        }
         if (c.cur) {
             tmo = c.deadline - dx_now_ms();
+            if (!c.watch && tmo > DX__CANCEL_POLL_MS)
+                tmo = DX__CANCEL_POLL_MS;
             if (tmo <= 0) {
                 finish_job(&c, DX_ETIMEDOUT);
                 continue;
@@ -357,7 +399,7 @@ static void coordinator(void *arg)
         serve(&c);
     }
     if (c.cur)
-        finish_job(&c, DX_ECANCELED);
+        cancel_job(&c); /* the workers drop its shards, then hear done */
     for (size_t i = 0; i < c.n_workers; i++) {
         dx_demonitor(c.workers[i].mon, true);
         dx_send_term(c.workers[i].pid, DX_TAG_TERM, dx_atom("dx_tp_done"));
@@ -402,7 +444,6 @@ static int eval(void *ud, const dx_module *const *cands, size_t n_cands,
                 const dx_dataset *val, const size_t *idx, size_t n_idx,
                 const dx_tp_opts *opts, dx_tp_eval_row *rows, dx_diag *diag)
 {
-    (void)opts;
     dx_dist_tp *h = ud;
     if (dx_self().id == 0)
         return dx_diag_set(diag, DX_ENOTPROC, 0, 0,
@@ -424,7 +465,8 @@ static int eval(void *ud, const dx_module *const *cands, size_t n_cands,
                    .val_n = val->n,
                    .states = states,
                    .idx = idx,
-                   .rows = rows};
+                   .rows = rows,
+                   .cancel_generation = opts ? opts->cancel_generation : 0};
         dx_msg *req = dx_msg_new(TAG_JOB), *reply = NULL;
         if (!req) {
             rc = DX_ENOMEM;
@@ -443,6 +485,8 @@ static int eval(void *ud, const dx_module *const *cands, size_t n_cands,
         cJSON_free(states[k]);
     dx_free(states);
     dx_free(j);
+    if (rc == DX_ECANCELED && opts)
+        return dx__tp_check_cancel(opts, diag);
     if (rc != DX_OK)
         return dx_diag_set(diag, rc, 0, 0, "distributed evaluation: %s",
                            dx_strerror(rc));
@@ -558,6 +602,135 @@ static int run_shard(const dx_term *t, const dx_module *base,
     return rc;
 }
 
+/* A shard's evaluation, shared by the worker and the process that runs it
+ * (refs: one each), so either may go first. */
+typedef struct shard_run {
+    atomic_int refs;
+    atomic_bool done;
+    dx_msg *shard; /* the dx_tp_shard message */
+    const dx_module *base;
+    const dx_dataset *val;
+    /* The worker's, copied: its frame is not ours to read (a process's
+     * stack is only valid while it runs). */
+    dx_eval_opts opts;
+    char *lm_name, *rollout_id;
+    /* out */
+    int rc;
+    dx_term *rows;
+    dx_pid pid; /* the running process, for the worker's tie */
+} shard_run;
+
+static void shard_run_unref(void *arg)
+{
+    shard_run *r = arg;
+    if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    dx_msg_free(r->shard);
+    dx_term_free(r->rows);
+    dx_free(r->lm_name);
+    dx_free(r->rollout_id);
+    dx_free(r);
+}
+
+static void shard_proc(void *arg)
+{
+    shard_run *r = arg;
+    dx_set_label("dspex.dist.shard");
+    r->rc = run_shard(r->shard->term, r->base, r->val, &r->opts, &r->rows);
+    atomic_store_explicit(&r->done, true, memory_order_release);
+}
+
+/* The worker was killed while a shard ran: so is the shard. */
+static void shard_owner_killed(void *arg)
+{
+    shard_run *r = arg;
+    dx_kill(r->pid);
+    shard_run_unref(r);
+}
+
+typedef struct shard_wait {
+    dx_ref mon;
+    int64_t gen;
+} shard_wait;
+
+/* The shard's process ended, or the coordinator dropped its evaluation. */
+static bool is_shard_news(const dx_msg *m, void *ud)
+{
+    const shard_wait *w = ud;
+    if (m->tag == DX_TAG_DOWN)
+        return dx_ref_eq(m->ref, w->mon);
+    int64_t gen;
+    return m->tag == DX_TAG_TERM &&
+           dx_is_atom(dx_term_at(m->term, 0), "dx_tp_abort") &&
+           dx_int_value(dx_term_at(m->term, 1), &gen) && gen == w->gen;
+}
+
+/* Run the shard in msg (taken) in a process of its own; *rows_out its rows.
+ * DX_ECANCELED when the coordinator dropped it first: the process's
+ * evaluation is stopped (DX__TAG_EVAL_STOP), which kills its examples and
+ * their LM calls and waits for them, so the module copy and the rest go
+ * when nothing uses them any more; killing the process would leave them
+ * to examples still ending. */
+static int run_shard_in_process(dx_msg *msg, int64_t gen, const dx_module *base,
+                                const dx_dataset *val, const dx_eval_opts *opts,
+                                dx_term **rows_out)
+{
+    *rows_out = NULL;
+    shard_run *r = dx_calloc(1, sizeof *r);
+    if (!r) {
+        dx_msg_free(msg);
+        return DX_ENOMEM;
+    }
+    *r = (shard_run){.shard = msg, .base = base, .val = val, .opts = *opts};
+    atomic_init(&r->refs, 2);
+    atomic_init(&r->done, false);
+    r->lm_name = opts->call.lm_name ? dx_strdup(opts->call.lm_name) : NULL;
+    r->rollout_id =
+        opts->call.rollout_id ? dx_strdup(opts->call.rollout_id) : NULL;
+    r->opts.call.lm_name = r->lm_name;
+    r->opts.call.rollout_id = r->rollout_id;
+    shard_wait w = {.gen = gen};
+    int rc = (!opts->call.lm_name || r->lm_name) &&
+                     (!opts->call.rollout_id || r->rollout_id)
+                 ? DX_OK
+                 : DX_ENOMEM;
+    dx_spawn_opts so = {.monitor = true, .arg_free = shard_run_unref};
+    if (rc == DX_OK)
+        rc = dx_spawn_opt(shard_proc, r, &so, &r->pid, &w.mon);
+    if (rc != DX_OK) {
+        atomic_store(&r->refs, 1);
+        shard_run_unref(r);
+        return rc;
+    }
+    dx_ptie *tie = dx_ptie_new(r, shard_owner_killed);
+    dx_match match = {.pred = is_shard_news, .ud = &w};
+    bool aborted = false;
+    for (;;) {
+        dx_msg *m = NULL;
+        if (dx_receive(&match, DX_INFINITY, &m) != DX_OK || !m)
+            continue;
+        bool down = m->tag == DX_TAG_DOWN;
+        dx_msg_free(m);
+        if (down)
+            break;
+        if (!aborted) {
+            aborted = true;
+            dx_send_tag(r->pid, DX__TAG_EVAL_STOP); /* its DOWN ends the wait */
+        }
+    }
+    dx_ptie_cut(tie);
+    if (aborted)
+        rc = DX_ECANCELED; /* what it finished goes unreported */
+    else if (!atomic_load_explicit(&r->done, memory_order_acquire))
+        rc = DX_EDOWN;
+    else if ((rc = r->rc) == DX_OK) {
+        *rows_out = r->rows;
+        r->rows = NULL;
+    }
+    shard_run_unref(r);
+    return rc;
+}
+
 int dx_dist_tp_worker(const char *coord_node, const char *name,
                       const dx_module *base, const dx_dataset *val,
                       const dx_eval_opts *opts, int64_t timeout_ms,
@@ -604,8 +777,9 @@ int dx_dist_tp_worker(const char *coord_node, const char *name,
         if (on_shard)
             on_shard((size_t)cand, dx_term_size(dx_term_at(t, 6)), ud);
         dx_term *rows = NULL;
-        int rc = run_shard(t, base, val, opts, &rows);
-        dx_msg_free(msg);
+        int rc = run_shard_in_process(msg, gen, base, val, opts, &rows);
+        if (rc == DX_ECANCELED)
+            continue; /* dropped: ask for the next evaluation's work */
         if (rc != DX_OK)
             return rc; /* our DOWN hands the shard to another worker */
         dx_send_term(coord, DX_TAG_TERM,

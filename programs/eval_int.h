@@ -53,6 +53,14 @@ dx__cancel_watch *dx__cancel_watch_start(void);
 dx_ref dx__cancel_watch_ref(const dx__cancel_watch *w);
 void dx__cancel_watch_stop(dx__cancel_watch *w);
 
+/* A message with this tag (any payload) sent to a process that is in
+ * dx_evaluate stops that evaluation as a cancellation does: examples in
+ * flight are killed and it returns what finished, cancelled = true. Only
+ * for the process dx_evaluate was called from (not a host thread's), and
+ * only where that process runs one evaluation: a stop that comes after
+ * it ended would stop the next. The distributed worker's shard process. */
+#define DX__TAG_EVAL_STOP 0x65766302
+
 /* The q-th percentile (0..100) of v[0..n) by linear interpolation between
  * closest ranks (numpy's default); sorts v in place. 0 for n == 0. */
 double dx__percentile(double *v, size_t n, double q);

@@ -509,6 +509,7 @@ static void abandon(ex_slot *s)
 typedef struct coord_match {
     const in_flight *fl;
     dx_ref cancel_ref;
+    bool stop_asked; /* a DX__TAG_EVAL_STOP came */
     /* The example whose DOWN was taken (NULL for a wake-up): the receive
      * takes the first message this accepts, so the last one it accepted. */
     ex_slot *ended;
@@ -520,6 +521,8 @@ static bool is_ours(const dx_msg *m, void *ud)
     c->ended = NULL;
     if (m->tag == DX__TAG_CANCEL_WAKE)
         return dx_ref_eq(m->ref, c->cancel_ref);
+    if (m->tag == DX__TAG_EVAL_STOP && m->kind == DX_MSG_PLAIN)
+        return c->stop_asked = true;
     if (m->tag != DX_TAG_DOWN)
         return false;
     ex_slot *s = slot_of_pid(c->fl, m->from);
@@ -611,7 +614,7 @@ static void coordinate(eval_job *j)
                         .cancel_ref = dx__cancel_watch_ref(watch)};
 
     while (next < n || cs->fl.n > 0) {
-        if (!stopping && dx__cancel_generation() != gen) {
+        if (!stopping && (dx__cancel_generation() != gen || ours.stop_asked)) {
             res->cancelled = true;
             stopping = true;
         }

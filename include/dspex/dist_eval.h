@@ -137,7 +137,13 @@ typedef void (*dx_dist_tp_shard_fn)(size_t cand, size_t n_examples, void *ud);
  * optimizer's own work); DX_EINVAL (bad arguments, or a shard that names
  * examples val does not have or a state base cannot load: the worker
  * stops, and its shard goes to another worker); DX_ENOTPROC; DX_ENOMEM.
- * Process. */
+ * Each shard runs in a process of its own, so when the optimizer is
+ * cancelled (dx_evaluate_cancel_all on its node) or the coordinator stops,
+ * the worker stops that shard's evaluation (its examples and their LM
+ * calls) at once and reports nothing for it. base, val and what opts
+ * points to (metric.ud, call.prices, ...) must not live on the calling
+ * process's stack, which that process cannot share; opts itself and its
+ * lm_name and rollout_id strings are copied. Process. */
 DX_API int dx_dist_tp_worker(const char *coord_node, const char *name,
                              const dx_module *base, const dx_dataset *val,
                              const dx_eval_opts *opts, int64_t timeout_ms,

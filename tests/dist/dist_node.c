@@ -30,6 +30,7 @@
 #include "dspex/sim.h"
 #include "dist_eval_setup.h"
 #include "dist_tp_setup.h"
+#include "dspex/lmserver.h"
 #include "dspex/runtime.h"
 #include "dspex/server.h"
 
@@ -218,7 +219,8 @@ static void worker(void *arg)
 /* Mode tpworker: evaluate candidates for the distributed-optimization
  * coordinator on argv[4] (dist_tp_setup.h's program and valset); with
  * argv[5] = "die" the node kills itself with SIGKILL as soon as it holds
- * its first shard. */
+ * its first shard; with "hang" its LM ("lm") is a local server that takes
+ * a minute to answer, so a shard only ends when it is dropped. */
 static void on_tp_shard(size_t cand, size_t n, void *ud)
 {
     (void)ud;
@@ -233,6 +235,18 @@ static void tp_worker(void *arg)
     dx_module *prog = NULL;
     dx_dataset *train = NULL, *val = NULL;
     int rc = dist_tp_setup(&prog, &train, &val);
+    dx_lmserver *slow = NULL;
+    if (rc == DX_OK && g_argc > 5 && strcmp(g_argv[5], "hang") == 0) {
+        dx_server_stop(dx_whereis("lm"), NULL, 5000);
+        rc = dx_lmserver_start(&(dx_lmserver_opts){.latency_ms = 60000}, &slow);
+        char url[64];
+        snprintf(url, sizeof url, "http://127.0.0.1:%d/v1",
+                 slow ? dx_lmserver_port(slow) : 0);
+        dx_lm_client_opts lo = {
+            .primary = {"openai-compatible/slow", url, "sk-test"}};
+        if (rc == DX_OK)
+            rc = dx_lm_client_start(&lo, &(dx_server_opts){.name = "lm"}, NULL);
+    }
     if (rc == DX_OK) {
         dx_eval_opts eo = dist_tp_eval_opts();
         size_t shards = 0;
@@ -244,6 +258,7 @@ static void tp_worker(void *arg)
     dx_dataset_free(train);
     dx_dataset_free(val);
     dx_server_stop(dx_whereis("lm"), NULL, 5000);
+    dx_lmserver_stop_free(slow);
     atomic_store(&worker_rc, rc);
 }
 

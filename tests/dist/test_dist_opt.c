@@ -108,7 +108,10 @@ TestSuite(dist_opt, .init = setup, .fini = teardown, .timeout = 120);
 
 /* ---- helpers ---- */
 
-static void spawn_workers(fx_child *ws, int n, bool kill_last)
+/* n tpworker nodes; the last one with `last_mode` ("die", "hang") when
+ * given, or every one with `all_mode`. */
+static void spawn_workers_as(fx_child *ws, int n, const char *last_mode,
+                             const char *all_mode)
 {
     const char *bin = getenv("DX_DIST_NODE_BIN");
     cr_assert_not_null(bin);
@@ -116,12 +119,16 @@ static void spawn_workers(fx_child *ws, int n, bool kill_last)
         char name[128], alive[16];
         snprintf(alive, sizeof alive, "tw%d", i);
         fx_name(name, sizeof name, alive);
-        char *argv[] = {(char *)bin, name,
-                        COOKIE,      "tpworker",
-                        self_name,   kill_last && i == n - 1 ? "die" : NULL,
-                        NULL};
+        const char *mode = all_mode ? all_mode : i == n - 1 ? last_mode : NULL;
+        char *argv[] = {(char *)bin, name,         COOKIE, "tpworker",
+                        self_name,   (char *)mode, NULL};
         cr_assert_eq(fx_spawn(&ws[i], argv), 0);
     }
+}
+
+static void spawn_workers(fx_child *ws, int n, bool kill_last)
+{
+    spawn_workers_as(ws, n, kill_last ? "die" : NULL, NULL);
 }
 
 /* Every trial record of a checkpoint file, key -> value. */
@@ -390,13 +397,16 @@ Test(dist_opt, mipro_minibatch_trials_over_2_nodes_equal_the_single_node_run)
 
 /* ---- failure paths ---- */
 
-static void no_worker_body(void)
+/* A random search through ev that must fail with want_rc. */
+static int want_rc;
+
+static void failing_search_body(void)
 {
     dx_tp_opts o = dist_tp_opts();
     o.evaluator = &ev;
     dx_diag d = {0};
     dist_rc = dx_random_search(student, NULL, train, val, &o, &res_dist, &d);
-    CHECK(dist_rc == DX_ETIMEDOUT, "want ETIMEDOUT, got %s (%s)",
+    CHECK(dist_rc == want_rc, "want %s, got %s (%s)", dx_err_name(want_rc),
           dx_err_name(dist_rc), d.msg);
     CHECK(res_dist == NULL, "no result on failure");
 }
@@ -407,8 +417,50 @@ Test(dist_opt, an_evaluation_no_worker_takes_fails_with_etimedout)
     cr_assert_eq(
         dx_dist_tp_start(&(dx_dist_tp_opts){.job_timeout_ms = 300}, &h), DX_OK);
     ev = dx_dist_tp_evaluator(h);
-    run_body(no_worker_body, 30000);
+    want_rc = DX_ETIMEDOUT;
+    run_body(failing_search_body, 30000);
     cr_assert_eq(dx_dist_tp_stop(h), DX_OK);
+}
+
+Test(dist_opt, a_cancelled_optimization_stops_at_once_and_workers_drop_shards)
+{
+    dx_dist_tp *h = NULL;
+    cr_assert_eq(dx_dist_tp_start(
+                     &(dx_dist_tp_opts){.shard_size = 4, .min_workers = 2}, &h),
+                 DX_OK);
+    ev = dx_dist_tp_evaluator(h);
+    fx_child ws[2];
+    spawn_workers_as(ws, 2, NULL, "hang");
+    atomic_store(&body_done, 0);
+    body_fail[0] = '\0';
+    want_rc = DX_ECANCELED;
+    cr_assert_eq(
+        dx_spawn(body_proc, (void *)(uintptr_t)failing_search_body, NULL),
+        DX_OK);
+    /* Each worker holds a shard whose LM answers in a minute. */
+    char line[256];
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(fx_expect(&ws[i], "TPSHARD", line, sizeof line, 20000), 0,
+                     "worker %d took no shard", i);
+    dx_evaluate_cancel_all();
+    for (int w = 0; atomic_load(&body_done) == 0 && w < 10000; w += 10)
+        fx_sleep_ms(10);
+    cr_assert_eq(atomic_load(&body_done), 1, "%s",
+                 body_fail[0] ? body_fail
+                              : "the optimizer did not stop within 10 s");
+    dx_dist_tp_stats st;
+    dx_dist_tp_get_stats(h, &st);
+    cr_expect_eq(st.jobs, 0, "no evaluation completed");
+    cr_assert_eq(dx_dist_tp_stop(h), DX_OK);
+    /* They dropped their shards (killing the evaluations and LM calls in
+     * them), so they hear the coordinator's done long before the LM's
+     * minute is up. */
+    for (int i = 0; i < 2; i++) {
+        cr_expect_eq(fx_expect(&ws[i], "WORKER-DONE", line, sizeof line, 10000),
+                     0, "worker %d still busy with its shard", i);
+        cr_expect(strstr(line, " OK") != NULL, "%s", line);
+        fx_stop(&ws[i]);
+    }
 }
 
 Test(dist_opt, the_evaluator_outside_a_process_fails_with_enotproc)

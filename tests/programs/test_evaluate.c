@@ -20,6 +20,7 @@
 
 #include "dspex/alloc.h"
 #include "dspex/evaluate.h"
+#include "eval_int.h"
 #include "dspex/lm.h"
 #include "dspex/lmserver.h"
 #include "dspex/runtime.h"
@@ -653,6 +654,33 @@ Test(evaluate, an_evaluation_in_a_process_leaves_its_messages_alone)
     cr_assert(ip.down_kept, "the DOWN of the process's own monitor was taken");
     cr_assert(!ip.left_over, "the evaluation left a message behind");
     assert_cancelled_with_nothing_done(&ip.t);
+}
+
+Test(evaluate, a_stop_message_ends_only_the_evaluation_in_that_process)
+{
+    /* DX__TAG_EVAL_STOP (eval_int.h): how a distributed worker drops a
+     * shard. Stops that evaluation like a cancellation, and no other. */
+    eval_thread other = {0};
+    pthread_t th = start_hanging_eval(&other);
+    in_proc ip = {0};
+    atomic_store(&hanging_started, 0);
+    ip.t.m = dx_module_new("Hang", hanging_forward, NULL, NULL, NULL);
+    ip.t.ds = dataset(8, NULL);
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(evaluating_proc, &ip, &pid), DX_OK);
+    wait_hanging_started(4);
+    cr_assert_eq(dx_send_tag(pid, DX__TAG_EVAL_STOP), DX_OK);
+    dx_term *why = NULL;
+    cr_assert_eq(dx_wait_exit(pid, 30000, &why), DX_OK,
+                 "the evaluating process did not end");
+    dx_term_free(why);
+    cr_assert(!ip.left_over, "the stop was left in the mailbox");
+    assert_cancelled_with_nothing_done(&ip.t);
+    /* The evaluation on the other thread runs on. */
+    cr_assert(!joined_within(th, 1), "the other evaluation stopped too");
+    dx_evaluate_cancel_all();
+    cr_assert(joined_within(th, 30));
+    assert_cancelled_with_nothing_done(&other);
 }
 
 static int eval_cancel_threads(void)
