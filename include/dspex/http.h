@@ -182,10 +182,11 @@ DX_API int dx_http_close_idle(void);
 /* Set up the transport's process-wide state (libcurl's global state, with
  * its TLS library's configuration) now instead of on the first request,
  * which would otherwise pay ~1-2 ms for it while every other first request
- * waits. dx_lm_client_start calls it. Idempotent; DX_OK, or DX_EINIT when
- * libcurl cannot start (every request would fail the same way). The I/O
- * threads still start on first use, so a program that hosts the loop
- * (dx_io_start_hosted) may do so after starting its clients. Any thread. */
+ * waits. dx_lm_client_start calls it (and ignores a failure, which every
+ * HTTP request then reports). Idempotent; DX_OK, or DX_EINIT when libcurl
+ * cannot start. The I/O threads still start on first use, so a program
+ * that hosts the loop (dx_io_start_hosted) may do so after starting its
+ * clients. Any thread. */
 DX_API int dx_http_global_init(void);
 
 /* Transfers running on the I/O threads right now (racy by nature), and how
