@@ -316,6 +316,24 @@ int dx_send_ptr(dx_pid to, int64_t tag, void *ptr, void (*ptr_free)(void *))
 /* by introspection, hence the atomic stores)                          */
 /* ------------------------------------------------------------------ */
 
+/* Empty a set as its owner ends; introspection may be reading its length
+ * (dx_process_list of a process that is exiting). */
+static void link_set_clear(dx__link_set *s)
+{
+    __atomic_store_n(&s->len, 0, __ATOMIC_RELAXED);
+    dx_free(s->pids);
+    s->pids = NULL;
+    s->cap = 0;
+}
+
+static void mon_set_clear(dx__mon_set *s)
+{
+    __atomic_store_n(&s->len, 0, __ATOMIC_RELAXED);
+    dx_free(s->items);
+    s->items = NULL;
+    s->cap = 0;
+}
+
 static bool link_has(dx__link_set *s, dx_pid pid)
 {
     for (uint32_t i = 0; i < s->len; i++)
@@ -1004,12 +1022,9 @@ void dx__proc_finish(dx__sched *s, dx__proc *p)
                   p->monitors.items[i].ref, 0, NULL);
     dx_term_free(reason);
 
-    dx_free(p->links.pids);
-    dx_free(p->monitors.items);
-    dx_free(p->monitored_by.items);
-    p->links = (dx__link_set){0};
-    p->monitors = (dx__mon_set){0};
-    p->monitored_by = (dx__mon_set){0};
+    link_set_clear(&p->links);
+    mon_set_clear(&p->monitors);
+    mon_set_clear(&p->monitored_by);
     if (last && atomic_load(&dx__rt.stopping)) {
         pthread_mutex_lock(&dx__rt.live_mu);
         pthread_cond_broadcast(&dx__rt.live_cv);
@@ -1216,7 +1231,10 @@ static void fill_info(dx__proc *p, dx_proc_info *o)
     o->monitors = __atomic_load_n(&p->monitors.len, __ATOMIC_RELAXED);
     o->trap_exit = __atomic_load_n(&p->trap_exit, __ATOMIC_RELAXED);
     dx__registry_lock();
-    o->scheduler = p->home ? p->home->index : 0;
+    /* Stealing moves a process that has not run yet to another
+     * scheduler (sched.c), hence the atomic read. */
+    struct dx__sched *home = __atomic_load_n(&p->home, __ATOMIC_RELAXED);
+    o->scheduler = home ? home->index : 0;
     copy_str(o->name, sizeof o->name, p->name);
     if (p->label) {
         copy_str(o->label, sizeof o->label, p->label);

@@ -589,7 +589,7 @@ int dx__enqueue_fresh(dx__proc *p, bool spread)
     if (s == NULL || (spread && !dx__rt.deterministic))
         s = &dx__rt.scheds[atomic_fetch_add(&dx__rt.ext_rr, 1) %
                            (uint32_t)dx__rt.nsched];
-    p->home = s;
+    __atomic_store_n(&p->home, s, __ATOMIC_RELAXED);
     if (dx__rt.deterministic && s == dx__tls_sched)
         return runq_push(&s->runq, p);
     pthread_mutex_lock(&s->fresh_mu);
@@ -653,7 +653,7 @@ static int steal(dx__sched *s)
         uint32_t take = v->fresh.len / 2;
         for (uint32_t i = 0; i < take; i++) {
             dx__proc *p = runq_pop_back(&v->fresh);
-            p->home = s;
+            __atomic_store_n(&p->home, s, __ATOMIC_RELAXED);
             runq_push_or_die(&s->runq, p);
             got++;
         }

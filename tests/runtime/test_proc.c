@@ -593,6 +593,52 @@ Test(proc, process_count_returns_to_baseline_after_exits, .timeout = 60)
     cr_expect_eq(dx_process_count(), 0);
 }
 
+/* Snapshots of processes that are ending with links and monitors: the
+ * snapshot reads the sets' lengths while the exit empties them (the
+ * ThreadSanitizer build checks they do not race). */
+static void linked_then_exit(void *arg)
+{
+    dx_pid peer = *(dx_pid *)arg;
+    dx_ref r;
+    (void)dx_link(peer);
+    (void)dx_monitor(peer, &r);
+    dx_msg *m = NULL;
+    if (dx_receive_tag(1, 10000, &m) == DX_OK)
+        dx_msg_free(m);
+}
+
+Test(proc, snapshots_of_ending_linked_processes_are_consistent, .timeout = 60)
+{
+    kt_start(2);
+    size_t base = dx_process_count();
+    enum { N = 200 };
+    static dx_pid pids[N], peer;
+    cr_assert_eq(dx_spawn(kt_wait_msg_fn, NULL, &peer), DX_OK);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(dx_spawn(linked_then_exit, &peer, &pids[i]), DX_OK);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(dx_send_tag(pids[i], 1), DX_OK);
+    /* Snapshot while they end (the peer stays). */
+    int rounds = 0;
+    while (dx_process_count() > base + 1 && rounds++ < 100000) {
+        dx_proc_info *all = NULL;
+        size_t n = 0;
+        cr_assert_eq(dx_process_list(&all, &n), DX_OK);
+        for (size_t i = 0; i < n; i++) {
+            cr_assert_leq(all[i].links, N);
+            cr_assert_leq(all[i].monitors, 1);
+        }
+        dx_free(all);
+    }
+    cr_expect_gt(rounds, 0, "no snapshot taken while they ended");
+    for (int i = 0; i < N; i++)
+        kt_host_join(pids[i]);
+    cr_assert_eq(dx_send_tag(peer, 1), DX_OK);
+    kt_host_join(peer);
+    KT_HOST_WAIT_UNTIL(dx_process_count() == base, 5000);
+    kt_stop();
+}
+
 /* Once a process's DOWN reports it dead, it is no longer counted and its
  * argument has been released. The child's arg_free holds its scheduler
  * thread until the watcher has looked (or 200 ms passed), so a runtime that
