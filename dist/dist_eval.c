@@ -5,15 +5,21 @@
  *   worker -> coordinator  {dx_eval_next, Worker}
  *   coordinator -> worker  {dx_eval_shard, Id, Start, End} | dx_eval_done
  *   worker -> coordinator  {dx_eval_results, Worker, Id, [{I, Score, Err}]}
+ *   coordinator -> worker  {dx_eval_abort, Id}   (the run ended without
+ *                          it: cancelled or out of time)
  * The coordinator monitors every worker on first contact; a DOWN puts the
- * worker's unfinished shard back at the front of the queue.
+ * worker's unfinished shard back at the front of the queue. A worker runs
+ * each shard in a process of its own (dist_task_int.h), so on the abort it
+ * stops that shard's evaluation instead of finishing it for nobody.
  */
 #include <math.h>
 #include <string.h>
 
+#include "dist_task_int.h"
 #include "dspex/dist_eval.h"
 #include "dspex/node.h"
 #include "dspex/server.h"
+#include "eval_int.h"
 
 enum { S_QUEUED = 0, S_ASSIGNED, S_DONE };
 
@@ -238,11 +244,23 @@ int dx_dist_evaluate(size_t n, const dx_dist_eval_opts *opts,
         return rc;
     }
     int64_t deadline = dx_now_ms() + timeout;
+    /* dx_evaluate_cancel_all ends the run too, with what was scored. */
+    uint64_t cancel_gen = dx__cancel_generation();
+    dx__cancel_watch *watch = dx__cancel_watch_start();
     rc = DX_OK;
     while (c.n_done_shards < c.n_shards) {
+        if (dx__cancel_generation() != cancel_gen) {
+            rc = DX_ECANCELED;
+            break;
+        }
         int64_t left = deadline - dx_now_ms();
+        int64_t wait =
+            !watch && left > DX__CANCEL_POLL_MS ? DX__CANCEL_POLL_MS : left;
         dx_msg *m;
-        if (left <= 0 || dx_receive_any(left, &m) != DX_OK) {
+        int rrc = left > 0 ? dx_receive_any(wait, &m) : DX_ETIMEDOUT;
+        if (rrc == DX_ETIMEDOUT && left > 0 && wait < left)
+            continue; /* a look at the cancellation count */
+        if (rrc != DX_OK) {
             rc = DX_ETIMEDOUT;
             break;
         }
@@ -260,6 +278,12 @@ int dx_dist_evaluate(size_t n, const dx_dist_eval_opts *opts,
         dx_msg_free(m);
         serve(&c);
     }
+    /* A run that ended unfinished drops the shards still out. */
+    for (size_t i = 0; rc != DX_OK && i < c.n_shards; i++)
+        if (c.shards[i].state == S_ASSIGNED)
+            dx_send_term(
+                c.shards[i].owner, DX_TAG_TERM,
+                dx_tuple(2, dx_atom("dx_eval_abort"), dx_int((int64_t)i)));
     /* Every worker gets "done" now, whether it is asking or still busy:
      * a busy one finds it in its mailbox when it asks next, after this
      * coordinator's name is gone. */
@@ -268,6 +292,7 @@ int dx_dist_evaluate(size_t n, const dx_dist_eval_opts *opts,
         dx_send_term(c.workers[i].pid, DX_TAG_TERM, dx_atom("dx_eval_done"));
     }
     dx_unregister(name);
+    dx__cancel_watch_stop(watch);
     /* Late "next" requests that raced with the end: answer them. */
     dx_msg *m;
     while (dx_receive_any(0, &m) == DX_OK) {
@@ -288,6 +313,82 @@ int dx_dist_evaluate(size_t n, const dx_dist_eval_opts *opts,
     dx_free(c.workers);
     *out = r;
     return rc;
+}
+
+/* One shard's evaluation in its own process (dist_task_int.h). */
+typedef struct eval_task {
+    dx__task task; /* first */
+    const dx_module *m;
+    dx_dataset sub; /* the shard's examples, borrowed */
+    int64_t start;
+    /* out */
+    dx_term *rows;
+} eval_task;
+
+static void eval_task_free(dx__task *t)
+{
+    eval_task *e = (eval_task *)t;
+    dx_term_free(e->rows);
+    dx__task_clear_opts(t);
+    dx_free(e);
+}
+
+static void eval_task_main(dx__task *t)
+{
+    eval_task *e = (eval_task *)t;
+    dx_eval_result *er = NULL;
+    dx_term *rows = dx_nil();
+    if (dx_evaluate(e->m, &e->sub, &t->opts, &er, NULL) == DX_OK && er) {
+        for (size_t i = 0; i < er->n && rows; i++) {
+            const dx_eval_row *row = &er->rows[i];
+            dx_list_append(rows,
+                           dx_tuple(3, dx_int(e->start + (int64_t)row->index),
+                                    dx_float(row->score), dx_int(row->error)));
+        }
+    }
+    dx_eval_result_free(er);
+    e->rows = rows;
+}
+
+/* The coordinator dropped shard *ud. */
+static bool is_abort(const dx_msg *m, void *ud)
+{
+    const int64_t *want = ud;
+    int64_t id;
+    return m->tag == DX_TAG_TERM &&
+           dx_is_atom(dx_term_at(m->term, 0), "dx_eval_abort") &&
+           dx_int_value(dx_term_at(m->term, 1), &id) && id == *want;
+}
+
+/* Evaluate examples [start, end) of ds in a process of its own; the rows
+ * term, or NULL when the coordinator dropped the shard (*aborted) or the
+ * process died or memory ran out. */
+static dx_term *eval_shard(const dx_module *m, const dx_dataset *ds,
+                           const dx_eval_opts *opts, int64_t id, int64_t start,
+                           int64_t end, bool *aborted)
+{
+    *aborted = false;
+    eval_task *e = dx_calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    *e = (eval_task){
+        .task = {.run = eval_task_main, .free_fn = eval_task_free},
+        .m = m,
+        .sub = {.items = ds->items + start, .n = (size_t)(end - start)},
+        .start = start};
+    if (!dx__task_set_opts(&e->task, opts)) {
+        dx_free(e);
+        return NULL;
+    }
+    int rc = dx__task_run_stoppable(&e->task, is_abort, &id);
+    *aborted = rc == DX_ECANCELED;
+    dx_term *rows = NULL;
+    if (rc == DX_OK) {
+        rows = e->rows;
+        e->rows = NULL;
+    }
+    dx__task_unref(&e->task);
+    return rows;
 }
 
 int dx_dist_eval_worker(const char *coord_node, const char *name,
@@ -335,27 +436,12 @@ int dx_dist_eval_worker(const char *coord_node, const char *name,
             continue;
         if (on_shard)
             on_shard((size_t)start, (size_t)end, ud);
-        /* The shard as a dataset of its own (borrowed examples). On the
-         * heap: dx_evaluate's example processes read it, and a process's
-         * stack is not readable by others (docs/internals/runtime.md). */
-        dx_dataset *sub = dx_malloc(sizeof(*sub));
-        if (sub == NULL)
-            return DX_ENOMEM;
-        sub->items = ds->items + start;
-        sub->n = (size_t)(end - start);
-        dx_eval_result *er = NULL;
-        dx_term *rows = dx_nil();
-        int erc = dx_evaluate(m, sub, opts, &er, NULL);
-        dx_free(sub);
-        if (erc == DX_OK && er) {
-            for (size_t i = 0; i < er->n && rows; i++) {
-                const dx_eval_row *row = &er->rows[i];
-                dx_list_append(
-                    rows, dx_tuple(3, dx_int(start + (int64_t)row->index),
-                                   dx_float(row->score), dx_int(row->error)));
-            }
-        }
-        dx_eval_result_free(er);
+        bool aborted = false;
+        dx_term *rows = eval_shard(m, ds, opts, id, start, end, &aborted);
+        if (aborted)
+            continue; /* dropped: the next ask gets "done" */
+        if (rows == NULL)
+            rows = dx_nil(); /* its examples come back unscored: requeued */
         dx_send_term(coord, DX_TAG_TERM,
                      dx_tuple(4, dx_atom("dx_eval_results"),
                               dx_pid_term(dx_self()), dx_int(id), rows));

@@ -32,6 +32,7 @@
 #include "dspex/dist_eval.h"
 #include "dspex/node.h"
 #include "dspex/server.h"
+#include "dist_task_int.h"
 #include "eval_int.h"
 #include "teleprompt_int.h"
 
@@ -602,75 +603,45 @@ static int run_shard(const dx_term *t, const dx_module *base,
     return rc;
 }
 
-/* A shard's evaluation, shared by the worker and the process that runs it
- * (refs: one each), so either may go first. */
+/* A shard's evaluation (dist_task_int.h): the shard message, the worker's
+ * program and valset, and the rows. */
 typedef struct shard_run {
-    atomic_int refs;
-    atomic_bool done;
+    dx__task task; /* first */
     dx_msg *shard; /* the dx_tp_shard message */
     const dx_module *base;
     const dx_dataset *val;
-    /* The worker's, copied: its frame is not ours to read (a process's
-     * stack is only valid while it runs). */
-    dx_eval_opts opts;
-    char *lm_name, *rollout_id;
     /* out */
     int rc;
     dx_term *rows;
-    dx_pid pid; /* the running process, for the worker's tie */
 } shard_run;
 
-static void shard_run_unref(void *arg)
+static void shard_run_free(dx__task *t)
 {
-    shard_run *r = arg;
-    if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1)
-        return;
+    shard_run *r = (shard_run *)t;
     dx_msg_free(r->shard);
     dx_term_free(r->rows);
-    dx_free(r->lm_name);
-    dx_free(r->rollout_id);
+    dx__task_clear_opts(t);
     dx_free(r);
 }
 
-static void shard_proc(void *arg)
+static void shard_run_main(dx__task *t)
 {
-    shard_run *r = arg;
-    dx_set_label("dspex.dist.shard");
-    r->rc = run_shard(r->shard->term, r->base, r->val, &r->opts, &r->rows);
-    atomic_store_explicit(&r->done, true, memory_order_release);
+    shard_run *r = (shard_run *)t;
+    r->rc = run_shard(r->shard->term, r->base, r->val, &t->opts, &r->rows);
 }
 
-/* The worker was killed while a shard ran: so is the shard. */
-static void shard_owner_killed(void *arg)
+/* The coordinator dropped this evaluation (gen). */
+static bool is_abort(const dx_msg *m, void *ud)
 {
-    shard_run *r = arg;
-    dx_kill(r->pid);
-    shard_run_unref(r);
-}
-
-typedef struct shard_wait {
-    dx_ref mon;
-    int64_t gen;
-} shard_wait;
-
-/* The shard's process ended, or the coordinator dropped its evaluation. */
-static bool is_shard_news(const dx_msg *m, void *ud)
-{
-    const shard_wait *w = ud;
-    if (m->tag == DX_TAG_DOWN)
-        return dx_ref_eq(m->ref, w->mon);
+    const int64_t *want = ud;
     int64_t gen;
     return m->tag == DX_TAG_TERM &&
            dx_is_atom(dx_term_at(m->term, 0), "dx_tp_abort") &&
-           dx_int_value(dx_term_at(m->term, 1), &gen) && gen == w->gen;
+           dx_int_value(dx_term_at(m->term, 1), &gen) && gen == *want;
 }
 
 /* Run the shard in msg (taken) in a process of its own; *rows_out its rows.
- * DX_ECANCELED when the coordinator dropped it first: the process's
- * evaluation is stopped (DX__TAG_EVAL_STOP), which kills its examples and
- * their LM calls and waits for them, so the module copy and the rest go
- * when nothing uses them any more; killing the process would leave them
- * to examples still ending. */
+ * DX_ECANCELED when the coordinator dropped it first. */
 static int run_shard_in_process(dx_msg *msg, int64_t gen, const dx_module *base,
                                 const dx_dataset *val, const dx_eval_opts *opts,
                                 dx_term **rows_out)
@@ -681,53 +652,20 @@ static int run_shard_in_process(dx_msg *msg, int64_t gen, const dx_module *base,
         dx_msg_free(msg);
         return DX_ENOMEM;
     }
-    *r = (shard_run){.shard = msg, .base = base, .val = val, .opts = *opts};
-    atomic_init(&r->refs, 2);
-    atomic_init(&r->done, false);
-    r->lm_name = opts->call.lm_name ? dx_strdup(opts->call.lm_name) : NULL;
-    r->rollout_id =
-        opts->call.rollout_id ? dx_strdup(opts->call.rollout_id) : NULL;
-    r->opts.call.lm_name = r->lm_name;
-    r->opts.call.rollout_id = r->rollout_id;
-    shard_wait w = {.gen = gen};
-    int rc = (!opts->call.lm_name || r->lm_name) &&
-                     (!opts->call.rollout_id || r->rollout_id)
-                 ? DX_OK
-                 : DX_ENOMEM;
-    dx_spawn_opts so = {.monitor = true, .arg_free = shard_run_unref};
-    if (rc == DX_OK)
-        rc = dx_spawn_opt(shard_proc, r, &so, &r->pid, &w.mon);
-    if (rc != DX_OK) {
-        atomic_store(&r->refs, 1);
-        shard_run_unref(r);
-        return rc;
+    *r = (shard_run){.task = {.run = shard_run_main, .free_fn = shard_run_free},
+                     .shard = msg,
+                     .base = base,
+                     .val = val};
+    if (!dx__task_set_opts(&r->task, opts)) {
+        shard_run_free(&r->task);
+        return DX_ENOMEM;
     }
-    dx_ptie *tie = dx_ptie_new(r, shard_owner_killed);
-    dx_match match = {.pred = is_shard_news, .ud = &w};
-    bool aborted = false;
-    for (;;) {
-        dx_msg *m = NULL;
-        if (dx_receive(&match, DX_INFINITY, &m) != DX_OK || !m)
-            continue;
-        bool down = m->tag == DX_TAG_DOWN;
-        dx_msg_free(m);
-        if (down)
-            break;
-        if (!aborted) {
-            aborted = true;
-            dx_send_tag(r->pid, DX__TAG_EVAL_STOP); /* its DOWN ends the wait */
-        }
-    }
-    dx_ptie_cut(tie);
-    if (aborted)
-        rc = DX_ECANCELED; /* what it finished goes unreported */
-    else if (!atomic_load_explicit(&r->done, memory_order_acquire))
-        rc = DX_EDOWN;
-    else if ((rc = r->rc) == DX_OK) {
+    int rc = dx__task_run_stoppable(&r->task, is_abort, &gen);
+    if (rc == DX_OK && (rc = r->rc) == DX_OK) {
         *rows_out = r->rows;
         r->rows = NULL;
     }
-    shard_run_unref(r);
+    dx__task_unref(&r->task);
     return rc;
 }
 

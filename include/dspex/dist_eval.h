@@ -47,8 +47,10 @@ typedef struct dx_dist_eval_result {
 
 /* Coordinate the evaluation of examples 0..n-1. On DX_OK *out (caller frees
  * with dx_dist_eval_result_free) has every example scored. DX_ETIMEDOUT:
- * the run did not finish in time (*out still holds what was scored);
- * DX_EEXIST: the name is taken; DX_ENOTPROC; DX_EINVAL (n == 0);
+ * the run did not finish in time; DX_ECANCELED: dx_evaluate_cancel_all ran
+ * on this node meanwhile (both: *out still holds what was scored, and the
+ * workers drop the shards they hold, stopping their evaluations and LM
+ * calls); DX_EEXIST: the name is taken; DX_ENOTPROC; DX_EINVAL (n == 0);
  * DX_ENOMEM. Process. */
 DX_API int dx_dist_evaluate(size_t n, const dx_dist_eval_opts *opts,
                             dx_dist_eval_result **out);
@@ -59,7 +61,11 @@ typedef void (*dx_dist_eval_shard_fn)(size_t start, size_t end, void *ud);
 
 /* Work for the coordinator registered as `name` (NULL = "dx_dist_eval") on
  * `coord_node` until it says done: pull a shard, dx_evaluate it with m on
- * the matching examples of ds and opts, report the scores. *shards_out
+ * the matching examples of ds and opts, report the scores. Each shard runs
+ * in a process of its own, so a coordinator that ends without it
+ * (cancelled, out of time) has it stopped at once; m, ds and what opts
+ * points to must therefore not live on the calling process's stack (opts
+ * itself and its lm_name and rollout_id are copied). *shards_out
  * (optional) counts the shards done. DX_OK when the coordinator finished;
  * DX_ETIMEDOUT when it stopped answering for timeout_ms (0 = 60,000);
  * DX_EINVAL; DX_ENOTPROC. Process. */

@@ -165,9 +165,30 @@ static void sink(void *arg)
 /* Mode worker: evaluate shards for the coordinator on argv[4] with the
  * same program and dataset as the test's single-node run (shared with
  * test_dist.c through dist_eval_setup below); with argv[5] = "die" the
- * node kills itself with SIGKILL as soon as it holds its first shard. */
+ * node kills itself with SIGKILL as soon as it holds its first shard, with
+ * "hang" its LM takes a minute to answer (maybe_hang). */
 static char **g_argv;
 static int g_argc;
+
+/* With argv[5] = "hang": replace the LM "lm" with one served by a local
+ * server that takes a minute to answer, so a shard only ends when it is
+ * dropped. *slow is that server (NULL otherwise). */
+static int maybe_hang(dx_lmserver **slow)
+{
+    *slow = NULL;
+    if (g_argc <= 5 || strcmp(g_argv[5], "hang") != 0)
+        return DX_OK;
+    dx_server_stop(dx_whereis("lm"), NULL, 5000);
+    int rc = dx_lmserver_start(&(dx_lmserver_opts){.latency_ms = 60000}, slow);
+    if (rc != DX_OK)
+        return rc;
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/v1",
+             dx_lmserver_port(*slow));
+    dx_lm_client_opts lo = {
+        .primary = {"openai-compatible/slow", url, "sk-test"}};
+    return dx_lm_client_start(&lo, &(dx_server_opts){.name = "lm"}, NULL);
+}
 
 /* SIGTERM, taken by a thread of its own (blocked everywhere else): end the
  * main process (sink or worker), or the idle wait. */
@@ -203,6 +224,9 @@ static void worker(void *arg)
     dx_module *prog = NULL;
     dx_dataset *ds = NULL;
     int rc = dist_eval_setup(&prog, &ds);
+    dx_lmserver *slow = NULL;
+    if (rc == DX_OK)
+        rc = maybe_hang(&slow);
     if (rc == DX_OK) {
         dx_eval_opts eo = dist_eval_opts();
         size_t shards = 0;
@@ -213,14 +237,13 @@ static void worker(void *arg)
     dx_module_free(prog);
     dx_dataset_free(ds);
     dx_server_stop(dx_whereis("lm"), NULL, 5000);
+    dx_lmserver_stop_free(slow);
     atomic_store(&worker_rc, rc);
 }
 
 /* Mode tpworker: evaluate candidates for the distributed-optimization
- * coordinator on argv[4] (dist_tp_setup.h's program and valset); with
- * argv[5] = "die" the node kills itself with SIGKILL as soon as it holds
- * its first shard; with "hang" its LM ("lm") is a local server that takes
- * a minute to answer, so a shard only ends when it is dropped. */
+ * coordinator on argv[4] (dist_tp_setup.h's program and valset); argv[5]
+ * "die" and "hang" as for mode worker. */
 static void on_tp_shard(size_t cand, size_t n, void *ud)
 {
     (void)ud;
@@ -236,17 +259,8 @@ static void tp_worker(void *arg)
     dx_dataset *train = NULL, *val = NULL;
     int rc = dist_tp_setup(&prog, &train, &val);
     dx_lmserver *slow = NULL;
-    if (rc == DX_OK && g_argc > 5 && strcmp(g_argv[5], "hang") == 0) {
-        dx_server_stop(dx_whereis("lm"), NULL, 5000);
-        rc = dx_lmserver_start(&(dx_lmserver_opts){.latency_ms = 60000}, &slow);
-        char url[64];
-        snprintf(url, sizeof url, "http://127.0.0.1:%d/v1",
-                 slow ? dx_lmserver_port(slow) : 0);
-        dx_lm_client_opts lo = {
-            .primary = {"openai-compatible/slow", url, "sk-test"}};
-        if (rc == DX_OK)
-            rc = dx_lm_client_start(&lo, &(dx_server_opts){.name = "lm"}, NULL);
-    }
+    if (rc == DX_OK)
+        rc = maybe_hang(&slow);
     if (rc == DX_OK) {
         dx_eval_opts eo = dist_tp_eval_opts();
         size_t shards = 0;

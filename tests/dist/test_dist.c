@@ -779,6 +779,57 @@ static void local_eval_body(void)
     CHECK(rc == DX_OK, "local evaluate: %s", dx_strerror(rc));
 }
 
+static void cancelled_coordinator_body(void)
+{
+    dx_dist_eval_opts o = {
+        .shard_size = 4, .min_workers = 2, .timeout_ms = 60000};
+    dres_rc = dx_dist_evaluate(DIST_EVAL_N, &o, &dres);
+}
+
+Test(dist, a_cancelled_distributed_evaluation_ends_at_once_on_every_node,
+     .timeout = 120)
+{
+    atomic_store(&body_done, 0);
+    body_fail[0] = '\0';
+    cr_assert_eq(dx_spawn(body_proc,
+                          (void *)(uintptr_t)cancelled_coordinator_body, NULL),
+                 DX_OK);
+    for (int w = 0; dx_whereis("dx_dist_eval").id == 0 && w < 5000; w += 5)
+        fx_sleep_ms(5);
+    cr_assert_neq(dx_whereis("dx_dist_eval").id, 0);
+    /* Two workers whose LM answers in a minute: each holds a shard. */
+    fx_child ws[2];
+    char names[2][128], line[256];
+    const char *alive[2] = {"wha", "whb"};
+    for (int i = 0; i < 2; i++) {
+        fx_name(names[i], sizeof names[i], alive[i]);
+        const char *bin = getenv("DX_DIST_NODE_BIN");
+        char *argv[] = {(char *)bin, names[i], COOKIE, "worker",
+                        self_name,   "hang",   NULL};
+        cr_assert_eq(fx_spawn(&ws[i], argv), 0);
+    }
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(fx_expect(&ws[i], "SHARD", line, sizeof line, 20000), 0,
+                     "worker %d took no shard", i);
+    dx_evaluate_cancel_all();
+    for (int w = 0; atomic_load(&body_done) == 0 && w < 10000; w += 10)
+        fx_sleep_ms(10);
+    cr_assert_eq(atomic_load(&body_done), 1,
+                 "the coordinator did not stop within 10 s");
+    cr_assert_eq(dres_rc, DX_ECANCELED, "%s", dx_strerror(dres_rc));
+    cr_assert_not_null(dres, "what was scored comes back");
+    cr_expect_eq(dres->n_done, 0);
+    dx_dist_eval_result_free(dres);
+    /* They dropped their shards and heard "done", long before the LM's
+     * minute is up. */
+    for (int i = 0; i < 2; i++) {
+        cr_expect_eq(fx_expect(&ws[i], "WORKER-DONE", line, sizeof line, 10000),
+                     0, "worker %d still busy with its shard", i);
+        cr_expect(strstr(line, " OK") != NULL, "%s", line);
+        fx_stop(&ws[i]);
+    }
+}
+
 Test(dist,
      evaluate_over_3_worker_nodes_with_one_killed_scores_each_example_once,
      .timeout = 120)
