@@ -254,12 +254,16 @@ int dx_dist_evaluate(size_t n, const dx_dist_eval_opts *opts,
             break;
         }
         int64_t left = deadline - dx_now_ms();
-        int64_t wait =
-            !watch && left > DX__CANCEL_POLL_MS ? DX__CANCEL_POLL_MS : left;
+        if (left <= 0) {
+            rc = DX_ETIMEDOUT;
+            break;
+        }
         dx_msg *m;
-        int rrc = left > 0 ? dx_receive_any(wait, &m) : DX_ETIMEDOUT;
-        if (rrc == DX_ETIMEDOUT && left > 0 && wait < left)
-            continue; /* a look at the cancellation count */
+        int rrc = dx_receive_any(
+            !watch && left > DX__CANCEL_POLL_MS ? DX__CANCEL_POLL_MS : left,
+            &m);
+        if (rrc == DX_ETIMEDOUT)
+            continue; /* the top looks at the count and the deadline */
         if (rrc != DX_OK) {
             rc = DX_ETIMEDOUT;
             break;

@@ -8,8 +8,8 @@
  *                          | dx_tp_done
  *   worker -> coordinator  {dx_tp_results, Worker, Gen, Id,
  *                           [{Pos, Score, Err, Msg, Usage}]}
- *   coordinator -> worker  {dx_tp_abort, Gen}   (the evaluation was
- *                           cancelled: drop the shard under way)
+ *   coordinator -> worker  {dx_tp_abort, Gen}   (the evaluation ended
+ *                           unfinished: drop the shard under way)
  * State is the candidate's dump_state JSON as a binary, I the examples'
  * indices in the valset, Pos their positions in the evaluation, Msg a
  * binary or `none`, Usage {Calls, Cached, Unpriced, In, Out, CachedTok,
@@ -329,15 +329,16 @@ static bool job_cancelled(const job *j)
            dx__cancel_generation() + 1 != j->cancel_generation;
 }
 
-/* The evaluation under way was cancelled: the workers holding its shards
- * drop them, and the optimizer hears DX_ECANCELED now. */
-static void cancel_job(coord *c)
+/* The evaluation under way ends unfinished (cancelled, out of time, the
+ * coordinator stopping): the workers holding its shards drop them, and the
+ * optimizer hears rc now. */
+static void abandon_job(coord *c, int rc)
 {
     for (size_t s = 0; s < c->n_shards; s++)
         if (c->shards[s].state == S_ASSIGNED)
             dx_send_term(c->shards[s].owner, DX_TAG_TERM,
                          dx_tuple(2, dx_atom("dx_tp_abort"), dx_int(c->gen)));
-    finish_job(c, DX_ECANCELED);
+    finish_job(c, rc);
 }
 
 static void on_down(coord *c, dx_ref ref)
@@ -361,7 +362,7 @@ static void coordinator(void *arg)
     for (;;) {
         int64_t tmo = DX_INFINITY;
         if (c.cur && job_cancelled(c.cur)) {
-            cancel_job(&c);
+            abandon_job(&c, DX_ECANCELED);
             continue;
         }
         if (c.cur) {
@@ -369,7 +370,7 @@ static void coordinator(void *arg)
             if (!c.watch && tmo > DX__CANCEL_POLL_MS)
                 tmo = DX__CANCEL_POLL_MS;
             if (tmo <= 0) {
-                finish_job(&c, DX_ETIMEDOUT);
+                abandon_job(&c, DX_ETIMEDOUT);
                 continue;
             }
         }
@@ -400,7 +401,7 @@ static void coordinator(void *arg)
         serve(&c);
     }
     if (c.cur)
-        cancel_job(&c); /* the workers drop its shards, then hear done */
+        abandon_job(&c, DX_ECANCELED); /* workers drop shards, hear done */
     for (size_t i = 0; i < c.n_workers; i++) {
         dx_demonitor(c.workers[i].mon, true);
         dx_send_term(c.workers[i].pid, DX_TAG_TERM, dx_atom("dx_tp_done"));
