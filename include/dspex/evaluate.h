@@ -37,9 +37,10 @@
 
 /* ---- metrics ---------------------------------------------------------- */
 
-/* DSPy's normalize_text: NFD (Latin, Greek, Cyrillic and Hangul
- * decompositions), lower-case, remove ASCII punctuation
- * (string.punctuation), remove the articles a/an/the, collapse whitespace.
+/* DSPy's normalize_text: NFD, str.lower() (final sigma included), remove
+ * ASCII punctuation (string.punctuation), remove the articles a/an/the
+ * (Python's \b), collapse whitespace (str.split), character for character
+ * as Python does it, for every script (Unicode 14, Python 3.11's).
  * *out is the caller's. */
 DX_API int dx_metric_normalize(const char *text, char **out);
 /* Normalised exact match of prediction against answer. */

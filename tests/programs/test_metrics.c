@@ -125,6 +125,70 @@ Test(metrics, normalize_lowercases_beyond_ascii_and_keeps_unicode_punctuation,
     expect_norm("𝒜bc", "𝒜bc");
 }
 
+/* NFD everywhere, not only in the Latin, Greek and Cyrillic blocks: kana
+ * with a voicing mark, Devanagari nukta letters, Arabic madda, CJK
+ * compatibility ideographs, the Angstrom and Kelvin signs (which decompose
+ * to letters that then lower-case), the Greek question mark (to ';',
+ * which is then punctuation), musical symbols beyond the BMP; and the
+ * canonical order of combining marks (ccc 220 before 230). Values from
+ * Python 3.11's normalize_text. */
+Test(metrics, normalize_decomposes_every_script_and_orders_marks, .timeout = 10)
+{
+    expect_norm("が", "か\xe3\x82\x99");
+    expect_norm("ガイド", "カ\xe3\x82\x99イト\xe3\x82\x99");
+    expect_norm("\xe0\xa5\x98", "क\xe0\xa4\xbc"); /* U+0958 */
+    expect_norm("آ", "ا\xd9\x93");
+    expect_norm("\xef\xa4\x80", "\xe8\xb1\x88"); /* U+F900 -> U+8C48 */
+    expect_norm("\xe2\x84\xab", "\xcc\x8a"); /* Å sign: "a" + ring, "a" goes */
+    expect_norm("\xe2\x84\xaa", "k");        /* Kelvin sign */
+    expect_norm("\xe2\x84\xa6", "ω");        /* Ohm sign */
+    expect_norm("\xcd\xbe", "");             /* Greek question mark */
+    expect_norm("ÅNGSTRÖM", "\xcc\x8angstro\xcc\x88m");
+    /* a + acute + dot below, in either order: dot below (220) first. */
+    expect_norm("xa\xcc\x81\xcc\xa3", "xa\xcc\xa3\xcc\x81");
+    expect_norm("xa\xcc\xa3\xcc\x81", "xa\xcc\xa3\xcc\x81");
+    expect_norm("ṩ", "s\xcc\xa3\xcc\x87");
+    expect_norm("\xf0\x9d\x85\x9e", /* U+1D15E musical half note */
+                "\xf0\x9d\x85\x97\xf0\x9d\x85\xa5");
+}
+
+/* str.lower() beyond the BMP (Deseret, Adlam), and the final sigma as
+ * Python decides it: before a letter that has no case (Arabic, kana) a
+ * sigma still ends its word; before an apostrophe and a cased letter it
+ * does not (the apostrophe is case-ignorable, and lower-casing happens
+ * before punctuation is dropped). */
+Test(metrics, normalize_lowercases_every_plane_and_finds_final_sigmas,
+     .timeout = 10)
+{
+    expect_norm("\xf0\x90\x90\x80\xf0\x90\x90\x81", /* U+10400 U+10401 */
+                "\xf0\x90\x90\xa8\xf0\x90\x90\xa9");
+    expect_norm("\xf0\x9e\xa4\x80", "\xf0\x9e\xa4\xa2"); /* U+1E900 */
+    expect_norm("ΣΑΣا", "σαςا");
+    expect_norm("ΟΔΥΣΣΕΎΣが", "οδυσσευ\xcc\x81ςか\xe3\x82\x99");
+    expect_norm("ΣΑΣ'NAIVE", "σασnaive");
+    cr_expect(dx_metric_em("σαςا", "ΣΑΣا"));
+    cr_expect(!dx_metric_em("σας'naive", "ΣΑΣ'NAIVE"));
+}
+
+/* Text written in two forms matches as it does in DSPy. */
+Test(metrics, exact_match_and_f1_see_through_composed_and_decomposed_forms,
+     .timeout = 10)
+{
+    static const char *const same[][2] = {
+        {"が", "か\xe3\x82\x99"},
+        {"\xe0\xa5\x98 \xe0\xa4\xa9", "क\xe0\xa4\xbc न\xe0\xa4\xbc"},
+        {"\xe2\x84\xabngstrom", "Ångstrom"},
+        {"a\xcc\x81\xcc\xa3", "a\xcc\xa3\xcc\x81"},
+        {"\xf0\x90\x90\xa8", "\xf0\x90\x90\x80"},
+        {"\xef\xa4\x80", "\xe8\xb1\x88"},
+    };
+    for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {
+        cr_expect(dx_metric_em(same[i][0], same[i][1]), "%zu", i);
+        cr_expect_float_eq(dx_metric_f1(same[i][0], same[i][1]), 1.0, 1e-12,
+                           "%zu", i);
+    }
+}
+
 Test(metrics, normalize_passes_invalid_utf8_through, .timeout = 10)
 {
     expect_norm("ab\xff"
@@ -185,6 +249,25 @@ Test(metrics, passage_match_finds_answer_tokens_in_order, .timeout = 10)
     cr_expect_not(dx_metric_passage_has_answer(NULL, 0, "abc"));
     /* Whole tokens only: "tow" is not in "tower". */
     cr_expect_not(dx_metric_passage_has_answer(p1, 2, "eiffel tow"));
+}
+
+/* The DPR tokenizer's classes for every plane: a format character splits
+ * a token and is skipped ("1" ZWSP "000" is not "1000"); a CJK extension H
+ * ideograph (Unicode 15) is a word character, as the regex module DSPy
+ * tokenizes with has it; a decomposed answer finds a composed passage. */
+Test(metrics, passage_match_tokenizes_like_dpr_in_every_script, .timeout = 10)
+{
+    const char *kana[] = {"the answer is か\xe3\x82\x99 here"};
+    cr_expect(dx_metric_passage_has_answer(kana, 1, "が"));
+    const char *zwsp[] = {"key 1\xe2\x80\x8b"
+                          "000 here"};
+    cr_expect_not(dx_metric_passage_has_answer(zwsp, 1, "1000"));
+    cr_expect(dx_metric_passage_has_answer(zwsp, 1, "1 000"));
+    const char *ext_h[] = {"x \xf0\xb1\x8d\x90 y"}; /* U+31350 */
+    cr_expect(dx_metric_passage_has_answer(ext_h, 1, "\xf0\xb1\x8d\x90"));
+    cr_expect_not(dx_metric_passage_has_answer(ext_h, 1, "x\xf0\xb1\x8d\x90"));
+    const char *nordic[] = {"søren kierkegaard", "s\xc3\xb6ren"};
+    cr_expect(dx_metric_passage_has_answer(nordic, 2, "so\xcc\x88ren"));
 }
 
 static dx_example *ex_json(const char *json)
