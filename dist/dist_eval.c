@@ -342,7 +342,9 @@ static void eval_task_main(dx__task *t)
     eval_task *e = (eval_task *)t;
     dx_eval_result *er = NULL;
     dx_term *rows = dx_nil();
-    if (dx_evaluate(e->m, &e->sub, &t->opts, &er, NULL) == DX_OK && er) {
+    dx__eval_keep keep = dx__task_keep(t);
+    if (dx__evaluate_kept(e->m, &e->sub, &t->opts, &keep, &er, NULL) == DX_OK &&
+        er) {
         for (size_t i = 0; i < er->n && rows; i++) {
             const dx_eval_row *row = &er->rows[i];
             dx_list_append(rows,

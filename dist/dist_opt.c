@@ -545,42 +545,67 @@ static dx_term *usage_term(const dx_usage_acc *u)
                     dx_float(u->cost_usd));
 }
 
-/* Evaluate one shard; *rows_out the rows term. DX_EINVAL when the shard
- * does not fit this worker's program or valset. */
-static int run_shard(const dx_term *t, const dx_module *base,
-                     const dx_dataset *val, const dx_eval_opts *opts,
-                     dx_term **rows_out)
+/* A shard's evaluation (dist_task_int.h): the shard message, the worker's
+ * program and valset, and the rows. The candidate program and the shard's
+ * list of examples are the task's too, so examples still ending after the
+ * task's process was killed find them (dx__task_keep). */
+typedef struct shard_run {
+    dx__task task; /* first */
+    dx_msg *shard; /* the dx_tp_shard message */
+    const dx_module *base;
+    const dx_dataset *val;
+    dx_module *prog; /* base with the shard's state loaded */
+    dx_dataset sub;  /* the shard's examples, borrowed from val */
+    /* out */
+    int rc;
+    dx_term *rows;
+} shard_run;
+
+static void shard_run_free(dx__task *t)
 {
+    shard_run *r = (shard_run *)t;
+    dx_msg_free(r->shard);
+    dx_term_free(r->rows);
+    dx_module_free(r->prog);
+    dx_free(r->sub.items);
+    dx__task_clear_opts(t);
+    dx_free(r);
+}
+
+/* Evaluate the shard in r->shard; r->rows the rows term. DX_EINVAL when
+ * the shard does not fit this worker's program or valset. */
+static int run_shard(shard_run *r)
+{
+    const dx_term *t = r->shard->term;
     size_t len = 0;
     const char *st = dx_binary_data(dx_term_at(t, 4), &len);
     const dx_term *pos = dx_term_at(t, 5), *idx = dx_term_at(t, 6);
     int64_t val_n;
     size_t n = dx_term_size(idx);
     if (!st || dx_term_size(pos) != n ||
-        !dx_int_value(dx_term_at(t, 7), &val_n) || (size_t)val_n != val->n)
+        !dx_int_value(dx_term_at(t, 7), &val_n) || (size_t)val_n != r->val->n)
         return DX_EINVAL;
     cJSON *state = cJSON_ParseWithLength(st, len);
-    dx_module *prog = dx_module_reset_copy(base);
-    dx_dataset *sub = dx_malloc(sizeof *sub);
-    dx_example **items = dx_calloc(n ? n : 1, sizeof *items);
-    int rc = state && prog && sub && items ? DX_OK : DX_ENOMEM;
-    if (rc == DX_OK && dx_module_load_state(prog, state, NULL) != DX_OK)
+    r->prog = dx_module_reset_copy(r->base);
+    r->sub.items = dx_calloc(n ? n : 1, sizeof *r->sub.items);
+    int rc = state && r->prog && r->sub.items ? DX_OK : DX_ENOMEM;
+    if (rc == DX_OK && dx_module_load_state(r->prog, state, NULL) != DX_OK)
         rc = DX_EINVAL;
+    cJSON_Delete(state);
     for (size_t i = 0; rc == DX_OK && i < n; i++) {
         int64_t k;
         if (!dx_int_value(dx_term_at(idx, i), &k) || k < 0 ||
-            (size_t)k >= val->n)
+            (size_t)k >= r->val->n)
             rc = DX_EINVAL;
         else
-            items[i] = val->items[k];
+            r->sub.items[i] = r->val->items[k];
     }
+    if (rc != DX_OK)
+        return rc;
+    r->sub.n = n;
     dx_eval_result *er = NULL;
-    if (rc == DX_OK) {
-        /* On the heap: dx_evaluate's example processes read it. */
-        sub->items = items;
-        sub->n = n;
-        rc = dx_evaluate(prog, sub, opts, &er, NULL);
-    }
+    dx__eval_keep keep = dx__task_keep(&r->task);
+    rc = dx__evaluate_kept(r->prog, &r->sub, &r->task.opts, &keep, &er, NULL);
     dx_term *rows = rc == DX_OK ? dx_nil() : NULL;
     for (size_t i = 0; rows && er && i < er->n; i++) {
         const dx_eval_row *row = &er->rows[i];
@@ -596,39 +621,14 @@ static int run_shard(const dx_term *t, const dx_module *base,
     if (rc == DX_OK && !rows)
         rc = DX_ENOMEM;
     dx_eval_result_free(er);
-    dx_free(items);
-    dx_free(sub);
-    dx_module_free(prog);
-    cJSON_Delete(state);
-    *rows_out = rows;
+    r->rows = rows;
     return rc;
-}
-
-/* A shard's evaluation (dist_task_int.h): the shard message, the worker's
- * program and valset, and the rows. */
-typedef struct shard_run {
-    dx__task task; /* first */
-    dx_msg *shard; /* the dx_tp_shard message */
-    const dx_module *base;
-    const dx_dataset *val;
-    /* out */
-    int rc;
-    dx_term *rows;
-} shard_run;
-
-static void shard_run_free(dx__task *t)
-{
-    shard_run *r = (shard_run *)t;
-    dx_msg_free(r->shard);
-    dx_term_free(r->rows);
-    dx__task_clear_opts(t);
-    dx_free(r);
 }
 
 static void shard_run_main(dx__task *t)
 {
     shard_run *r = (shard_run *)t;
-    r->rc = run_shard(r->shard->term, r->base, r->val, &t->opts, &r->rows);
+    r->rc = run_shard(r);
 }
 
 /* The coordinator dropped this evaluation (gen). */

@@ -1,9 +1,11 @@
 /*
  * dist_task.c — run a worker's shard in a process of its own and drop it
  * on the coordinator's word (dist_task_int.h). The shard's process is
- * stopped, not killed: killing it would free what its evaluation's
- * examples may still be using as they end, while the stop message ends
- * them first and the process returns normally.
+ * stopped, not killed: killing it would end its evaluation's examples
+ * only as each next yields, while the stop message ends them and waits.
+ * (Should the worker's own process be killed, the shard's is killed with
+ * it; the examples' holds on the task keep what they read until they have
+ * ended.)
  */
 #include "dist_task_int.h"
 
@@ -38,6 +40,22 @@ void dx__task_unref(dx__task *t)
     if (t != NULL &&
         atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1)
         t->free_fn(t);
+}
+
+static void task_hold(void *arg)
+{
+    dx__task *t = arg;
+    atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
+}
+
+static void task_release(void *arg)
+{
+    dx__task_unref(arg);
+}
+
+dx__eval_keep dx__task_keep(dx__task *t)
+{
+    return (dx__eval_keep){.hold = task_hold, .release = task_release, .ud = t};
 }
 
 static void task_arg_free(void *arg)

@@ -4,7 +4,8 @@
  * and the distributed optimizer's workers (dist_eval.c, dist_opt.c).
  *
  * Ownership: a task is shared by the worker and the process that runs it,
- * one reference each; whichever is done last frees it (free_fn). The
+ * one reference each, and by each example of the evaluation that process
+ * runs (dx__task_keep); whichever is done last frees it (free_fn). The
  * process reads only the task: a process's stack is not readable from
  * another, so what the shard needs is copied into it.
  */
@@ -16,6 +17,7 @@
 
 #include "dspex/evaluate.h"
 #include "dspex/runtime.h"
+#include "eval_int.h"
 
 typedef struct dx__task {
     atomic_int refs;
@@ -45,5 +47,10 @@ int dx__task_run_stoppable(dx__task *t,
                            bool (*is_abort)(const dx_msg *m, void *ud),
                            void *ud);
 void dx__task_unref(dx__task *t);
+/* A keep (eval_int.h) that holds t for each example of an evaluation run
+ * for it: if the task's process is killed mid-shard, what the task owns
+ * (the options' strings, a shard's program and examples) is freed only
+ * once the last of those examples has ended. */
+dx__eval_keep dx__task_keep(dx__task *t);
 
 #endif

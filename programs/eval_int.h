@@ -61,6 +61,26 @@ void dx__cancel_watch_stop(dx__cancel_watch *w);
  * it ended would stop the next. The distributed worker's shard process. */
 #define DX__TAG_EVAL_STOP 0x65766302
 
+/* What an evaluation's examples read beyond their own copies — the
+ * module, the dataset's examples, what the options point to — is the
+ * caller's, and must outlive them. A caller whose process may be killed
+ * mid-evaluation, freeing what it owns as it goes (a tie), cannot promise
+ * that: the coordinator dies with it and ends its examples with kills,
+ * which take effect as each example next yields, not at once. A keep
+ * lets the caller's data stay: each example holds it (hold(ud)) from
+ * before its process starts until the evaluation's record of it is freed
+ * (release(ud)), which is after that process has ended. release may run
+ * on any scheduler thread, outside any process. The distributed workers'
+ * shard tasks (dist_task_int.h) keep themselves this way. */
+typedef struct dx__eval_keep {
+    void (*hold)(void *ud);
+    void (*release)(void *ud);
+    void *ud;
+} dx__eval_keep;
+/* dx_evaluate with a keep (NULL: none, as dx_evaluate). */
+int dx__evaluate_kept(const dx_module *m, const dx_dataset *ds,
+                      const dx_eval_opts *opts, const dx__eval_keep *keep,
+                      dx_eval_result **out, dx_diag *diag);
 /* The q-th percentile (0..100) of v[0..n) by linear interpolation between
  * closest ranks (numpy's default); sorts v in place. 0 for n == 0. */
 double dx__percentile(double *v, size_t n, double q);

@@ -275,6 +275,7 @@ typedef struct ex_slot {
     atomic_int refs;
     atomic_bool done;
     /* in: read-only for the process */
+    dx__eval_keep keep; /* held for as long as the slot lives */
     const dx_module *module;
     /* Copies, not pointers into the job: a coordinator killed with its
      * caller's process frees the job while its examples are being ended. */
@@ -310,7 +311,10 @@ static void slot_unref(void *arg)
     dx_example_free(s->inputs);
     dx_prediction_free(s->pred);
     dx_trace_free(&s->trace_data);
+    dx__eval_keep keep = s->keep;
     dx_free(s);
+    if (keep.release)
+        keep.release(keep.ud);
 }
 
 static void example_proc(void *arg)
@@ -341,6 +345,7 @@ static void example_proc(void *arg)
 /* ---- the coordinator -------------------------------------------------- */
 
 typedef struct eval_job {
+    dx__eval_keep keep;
     const dx_module *module;
     const dx_dataset *ds;
     dx_eval_opts opts;
@@ -407,6 +412,10 @@ static int start_example(eval_job *j, size_t index, bool spread, ex_slot **out)
         return DX_ENOMEM;
     atomic_init(&s->refs, 2);
     atomic_init(&s->done, false);
+    if (j->keep.hold) {
+        j->keep.hold(j->keep.ud);
+        s->keep = j->keep;
+    }
     s->module = j->module;
     s->metric = j->opts.metric;
     s->call = j->opts.call;
@@ -753,6 +762,13 @@ void dx_eval_result_free(dx_eval_result *r)
 int dx_evaluate(const dx_module *m, const dx_dataset *ds,
                 const dx_eval_opts *opts, dx_eval_result **out, dx_diag *diag)
 {
+    return dx__evaluate_kept(m, ds, opts, NULL, out, diag);
+}
+
+int dx__evaluate_kept(const dx_module *m, const dx_dataset *ds,
+                      const dx_eval_opts *opts, const dx__eval_keep *keep,
+                      dx_eval_result **out, dx_diag *diag)
+{
     if (out)
         *out = NULL;
     if (!m || !ds || !opts || !out)
@@ -787,6 +803,8 @@ int dx_evaluate(const dx_module *m, const dx_dataset *ds,
             return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
         }
     }
+    if (keep && keep->hold && keep->release)
+        j->keep = *keep;
     j->module = m;
     j->ds = ds;
     j->opts = *opts;

@@ -743,3 +743,100 @@ Test(evaluate, a_killed_coordinator_takes_its_examples_with_it)
     dx_dataset_free(ip.t.ds);
     dx_module_free(ip.t.m);
 }
+
+/* ---- a keep (eval_int.h) ---------------------------------------------- */
+
+/* Stands for data the evaluating process owns and frees when it ends (a
+ * tie), as a distributed worker's shard task does: one reference for the
+ * process, one for each example holding it. */
+static struct {
+    atomic_int refs, holds, releases;
+    atomic_int releases_when_freed; /* -1 until freed */
+} kept;
+
+static void kept_reset(void)
+{
+    atomic_store(&kept.refs, 1);
+    atomic_store(&kept.holds, 0);
+    atomic_store(&kept.releases, 0);
+    atomic_store(&kept.releases_when_freed, -1);
+}
+
+static void kept_unref(void *ud)
+{
+    (void)ud;
+    if (atomic_fetch_sub(&kept.refs, 1) == 1)
+        atomic_store(&kept.releases_when_freed, atomic_load(&kept.releases));
+}
+
+static void kept_hold(void *ud)
+{
+    (void)ud;
+    atomic_fetch_add(&kept.refs, 1);
+    atomic_fetch_add(&kept.holds, 1);
+}
+
+static void kept_release(void *ud)
+{
+    atomic_fetch_add(&kept.releases, 1);
+    kept_unref(ud);
+}
+
+static void evaluating_with_keep(void *arg)
+{
+    eval_thread *t = arg;
+    dx_ptie *tie = dx_ptie_new(&kept, kept_unref);
+    dx__eval_keep keep = {
+        .hold = kept_hold, .release = kept_release, .ud = &kept};
+    dx_eval_opts o = hanging_opts;
+    o.example_timeout_ms = 2000;
+    t->rc = dx__evaluate_kept(t->m, t->ds, &o, &keep, &t->r, NULL);
+    dx_ptie_cut(tie);
+    kept_unref(&kept);
+}
+
+static int kept_released_within(int ms)
+{
+    for (int i = 0; i < ms && atomic_load(&kept.releases_when_freed) < 0; i++)
+        host_sleep_ms(1);
+    return atomic_load(&kept.releases_when_freed);
+}
+
+Test(evaluate, a_keep_outlives_the_examples_of_a_killed_evaluation)
+{
+    kept_reset();
+    atomic_store(&hanging_started, 0);
+    eval_thread t = {
+        .m = dx_module_new("Hang", hanging_forward, NULL, NULL, NULL),
+        .ds = dataset(8, NULL)};
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(evaluating_with_keep, &t, &pid), DX_OK);
+    wait_hanging_started(4);
+    cr_assert_eq(atomic_load(&kept.holds), 4, "each example holds it");
+    cr_assert_eq(dx_kill(pid), DX_OK);
+    /* Freed only by the last example's release: the process's own
+     * reference went first, at its kill. */
+    cr_assert_eq(kept_released_within(30000), 4, "freed after %d of 4 releases",
+                 kept.releases_when_freed);
+    cr_assert_eq(atomic_load(&kept.holds), atomic_load(&kept.releases));
+    cr_assert_eq(example_processes(), 0);
+    dx_dataset_free(t.ds);
+    dx_module_free(t.m);
+}
+
+Test(evaluate, a_keep_is_released_by_every_example_of_a_finished_evaluation)
+{
+    kept_reset();
+    atomic_store(&hanging_started, 0);
+    eval_thread t = {.m = dx_module_new("Echo", echo_forward, NULL, NULL, NULL),
+                     .ds = dataset(8, NULL)};
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(evaluating_with_keep, &t, &pid), DX_OK);
+    cr_assert_eq(kept_released_within(30000), 8);
+    cr_assert_eq(atomic_load(&kept.holds), 8);
+    cr_assert_eq(t.rc, DX_OK);
+    cr_assert_eq(t.r->n_done, 8);
+    dx_eval_result_free(t.r);
+    dx_dataset_free(t.ds);
+    dx_module_free(t.m);
+}
