@@ -4,8 +4,8 @@
  * otherwise), latency percentiles, the results as JSONL and as a text
  * table. The engine that produces the results is evaluate.c.
  *
- * Text widths count code points: a CJK or emoji character that a terminal
- * draws two columns wide makes its row a little longer, nothing worse.
+ * The table measures text in terminal columns (dx__display_width): a CJK
+ * character takes two, a combining mark none, so rows line up.
  */
 #include <errno.h>
 #include <math.h>
@@ -299,32 +299,39 @@ int dx_eval_result_write_jsonl(const dx_eval_result *r, const char *path,
 
 /* ---- the table --------------------------------------------------------- */
 
-#define COL_TEXT 40 /* code points of the input and of the prediction */
+#define COL_TEXT 40 /* terminal columns of the input and of the prediction */
 
-/* s[0..n) on one line (control characters as spaces), cut to at most max
- * code points with "…" as the last one; never splits a UTF-8 sequence.
- * Returns the code points written. */
+/* s on one line (control characters as spaces), cut to at most max
+ * terminal columns with "…" as the last one; never splits a UTF-8
+ * sequence, and a mark stays with its letter. Returns the columns
+ * written (a wide character that does not fit leaves one short). */
 static size_t put_clipped(dx__sb *b, const char *s, size_t max)
 {
-    size_t n = strlen(s), cps = 0, cut = n;
-    for (size_t i = 0; i < n; i++) {
-        if (((unsigned char)s[i] & 0xC0) == 0x80)
-            continue;
-        if (cps == max - 1 && cut == n)
+    const unsigned char *u = (const unsigned char *)s;
+    size_t n = strlen(s), cols = 0, cut = n, cut_cols = 0;
+    for (size_t i = 0; i < n;) {
+        size_t len;
+        uint32_t cp = dx__utf8_decode(u + i, n - i, &len);
+        size_t w = cp < 0x20 || cp == 0x7F ? 1 : (size_t)dx__display_width(cp);
+        if (cut == n && cols + w > max - 1 && w > 0) {
             cut = i; /* where "…" goes if the text is too long */
-        if (++cps > max)
+            cut_cols = cols;
+        }
+        cols += w;
+        i += len;
+        if (cols > max)
             break;
     }
-    size_t end = cps > max ? cut : n;
+    size_t end = cols > max ? cut : n;
     for (size_t i = 0; i < end; i++) {
-        unsigned char c = (unsigned char)s[i];
+        unsigned char c = u[i];
         dx__sb_putc(b, c < 0x20 || c == 0x7F ? ' ' : (char)c);
     }
-    if (cps > max) {
+    if (cols > max) {
         dx__sb_puts(b, "\xE2\x80\xA6");
-        return max;
+        return cut_cols + 1;
     }
-    return cps;
+    return cols;
 }
 
 /* The inputs: values of the designated inputs (all keys when none are

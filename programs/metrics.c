@@ -279,6 +279,15 @@ bool dx__unicode_printable(uint32_t cp)
     return cp < INVALID && !is_control(cp) && !is_space(cp);
 }
 
+int dx__display_width(uint32_t cp)
+{
+    if (cp < 0x300 || cp >= INVALID)
+        return cp >= 0x20; /* controls: none; an invalid byte: one */
+    if (in_ranges(zero_width_ranges, N_OF(zero_width_ranges), cp))
+        return 0;
+    return in_ranges(wide_ranges, N_OF(wide_ranges), cp) ? 2 : 1;
+}
+
 static void utf8_put(dx__sb *b, uint32_t cp)
 {
     char u[4];

@@ -92,6 +92,10 @@ void dx__pyrepr(dx__sb *b, const cJSON *v);
  * byte, *len 1. Python's str.isprintable for one code point. */
 uint32_t dx__utf8_decode(const unsigned char *s, size_t n, size_t *len);
 bool dx__unicode_printable(uint32_t cp);
+/* Terminal columns cp takes: 2 for East Asian wide and fullwidth
+ * characters, 0 for control characters, combining marks and format
+ * characters, else 1 (an invalid byte from dx__utf8_decode too). */
+int dx__display_width(uint32_t cp);
 
 /* Python str() of a JSON value: a string as-is, true/false as True/False,
  * null as None, numbers as int or float repr; lists and objects as

@@ -18,6 +18,8 @@ What is taken, for every code point U+0000..U+10FFFF:
   - the DPR tokenizer's word characters [\\p{L}\\p{N}\\p{M}] and the ones it
     skips [\\p{Z}\\p{C}], from the regex module DSPy tokenizes with when it
     is installed (its Unicode version is its own), else from unicodedata;
+  - how many terminal columns a character takes (East Asian Width, marks
+    and format characters), for the table of results;
   - the Cased and Case_Ignorable properties str.lower() consults for a
     capital sigma: Python does not expose them, so they are read from what
     lower() does to a sigma next to the character.
@@ -179,6 +181,16 @@ def main():
                 f"What the DPR tokenizer skips, [\\p{{Z}}\\p{{C}}], from {dpr_from}.")
     emit_ranges("control_ranges", ranges(lambda cp: cat(cp)[0] == "C"),
                 "General category C (Cc, Cf, Cs, Co, Cn).")
+    # Terminal columns, for tables of results: East Asian Wide and
+    # Fullwidth characters take two, combining marks and format characters
+    # none (as wcwidth has them; the soft hyphen is shown), nor do Hangul
+    # medial vowels and final consonants, which join the syllable before.
+    emit_ranges("wide_ranges",
+                ranges(lambda cp: unicodedata.east_asian_width(chr(cp)) in "WF"),
+                "East Asian Wide (W) and Fullwidth (F): two terminal columns.")
+    emit_ranges("zero_width_ranges",
+                ranges(lambda cp: cp != 0xAD and (cat(cp) in ("Mn", "Me", "Cf") or 0x1160 <= cp <= 0x11FF)),
+                "No terminal column: Mn, Me, Cf (not U+00AD), U+1160-U+11FF.")
     emit_ranges("case_ignorable_ranges",
                 ranges(lambda cp: not 0xD800 <= cp <= 0xDFFF and ignorable(cp)),
                 "Case_Ignorable, as str.lower() sees it around a capital sigma.")

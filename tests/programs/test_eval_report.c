@@ -474,6 +474,52 @@ static void expect_saved(const dx_eval_result *r, const dx_metric *m,
     free(path);
 }
 
+/* The input column is 40 terminal columns: a CJK character takes two, a
+ * combining mark none, so the arrows line up whatever the script. */
+Test(eval_report, table_columns_count_terminal_width, .timeout = 10)
+{
+    char longq[256] = "", want[512], cut[256] = "";
+    for (int i = 0; i < 30; i++) /* 30 x U+65E5, 60 columns */
+        memcpy(longq + 3 * i, "\xe6\x97\xa5", 3);
+    for (int i = 0; i < 19; i++) /* 38 columns, then "…" and a space */
+        memcpy(cut + 3 * i, "\xe6\x97\xa5", 3);
+    dx_eval_result *r = sample_result(longq);
+    capture c;
+    cap_open(&c);
+    dx_eval_result_print(r, c.f, 0);
+    char *s = cap_take(&c);
+    snprintf(want, sizeof want, "100.2ms  %s…  → error ETIMEDOUT", cut);
+    cr_expect(strstr(s, want) != NULL, "%s", s);
+    free(s);
+    dx_eval_result_free(r);
+
+    /* "e" + U+0301, 50 times: 50 columns, cut after 39 letters and their
+     * marks. */
+    char marks[256] = "";
+    for (int i = 0; i < 50; i++)
+        memcpy(marks + 3 * i, "e\xcc\x81", 3);
+    r = sample_result(marks);
+    dx_eval_result_print(r, c.f, 0);
+    s = cap_take(&c);
+    memcpy(cut, marks, 39 * 3);
+    cut[39 * 3] = '\0';
+    snprintf(want, sizeof want, "100.2ms  %s… → error ETIMEDOUT", cut);
+    cr_expect(strstr(s, want) != NULL, "%s", s);
+    free(s);
+    dx_eval_result_free(r);
+
+    /* Short: "東京" (4 columns) and 36 spaces. */
+    r = sample_result("\xe6\x9d\xb1\xe4\xba\xac");
+    dx_eval_result_print(r, c.f, 0);
+    s = cap_take(&c);
+    snprintf(want, sizeof want, "100.2ms  \xe6\x9d\xb1\xe4\xba\xac%36s → error",
+             "");
+    cr_expect(strstr(s, want) != NULL, "%s", s);
+    free(s);
+    dx_eval_result_free(r);
+    cap_close(&c);
+}
+
 Test(eval_report, saves_the_csv_and_json_dspy_writes_for_a_bool_metric,
      .timeout = 10)
 {
