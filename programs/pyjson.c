@@ -721,8 +721,18 @@ static char *read_string(rd *r)
                     r->i += 6;
                 }
             }
-            /* A lone surrogate has no UTF-8 form. */
-            if (cp >= 0xD800 && cp < 0xE000)
+            /* Strings are NUL-terminated here: a NUL would cut the text
+             * short without a word. User data says so (strict); an LM's
+             * answer being repaired gets U+FFFD, as a lone surrogate,
+             * which has no UTF-8 form, does. */
+            if (cp == 0 && !r->lenient) {
+                dx__sb_free(&b);
+                fail(r, esc,
+                     "a NUL character (\\u0000) in a string, which dspex "
+                     "strings cannot hold");
+                return NULL;
+            }
+            if (cp == 0 || (cp >= 0xD800 && cp < 0xE000))
                 cp = 0xFFFD;
             put_utf8(&b, (unsigned long)cp);
             break;

@@ -275,6 +275,35 @@ Test(example, jsonl_with_a_broken_line_names_the_line_and_column, .timeout = 10)
     dx_free(path);
 }
 
+/* Python reads "\u0000" into a string; a dspex string would end there and
+ * silently lose the rest, so the file is refused, saying where. An escaped
+ * backslash followed by "u0000" is plain text and loads. */
+Test(example, a_nul_character_in_a_string_is_refused_with_its_place,
+     .timeout = 10)
+{
+    char *path = temp_path("nul.jsonl");
+    write_file(path, "{\"q\": \"a\\\\u0000\", \"a\": 1}\n"
+                     "{\"q\": \"abc\\u0000def\", \"a\": 2}\n");
+    dx_dataset *ds = (dx_dataset *)1;
+    dx_diag d = {0};
+    cr_expect_eq(dx_dataset_load(path, NULL, 0, &ds, &d), DX_ESYNTAX);
+    cr_expect_null(ds);
+    cr_expect_eq(d.line, 2);
+    cr_expect_eq(d.column, 11);
+    char want[512];
+    snprintf(want, sizeof want,
+             "%s:2: a NUL character (\\u0000) in a string, which dspex "
+             "strings cannot hold at column 11",
+             path);
+    cr_expect_str_eq(d.msg, want);
+    write_file(path, "{\"q\": \"a\\\\u0000\", \"a\": 1}\n");
+    cr_assert_eq(dx_dataset_load(path, NULL, 0, &ds, &d), DX_OK, "%s", d.msg);
+    cr_expect_str_eq(dx_example_get_str(ds->items[0], "q", ""), "a\\u0000");
+    dx_dataset_free(ds);
+    unlink(path);
+    dx_free(path);
+}
+
 Test(example, jsonl_skips_blank_lines_crlf_and_bom, .timeout = 10)
 {
     const char *text = "\xEF\xBB\xBF{\"q\": \"a\", \"a\": 1}\r\n"

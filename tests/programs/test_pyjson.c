@@ -285,6 +285,11 @@ Test(pyjson, repair_reads_strict_json_and_fences, .timeout = 10)
                  "{\"answer\": \"Paris\", \"n\": 2}");
     check_repair("Here you go:\n```\n[1, 2]\n```\nDone.", false, "[1, 2]");
     check_repair("```JSON {\"a\": 1}```", true, "{\"a\": 1}");
+    /* An LM's NUL character, which no dspex string holds, reads as U+FFFD
+     * rather than cutting the answer short. */
+    check_repair("{\"answer\": \"Par\\u0000is\"}", true,
+                 "{\"answer\": \"Par\xef\xbf\xbd"
+                 "is\"}");
 }
 
 Test(pyjson, repair_ignores_prose_before_and_after, .timeout = 10)
