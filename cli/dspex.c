@@ -876,105 +876,6 @@ static size_t split_keys(const char *s, char **copy, const char **keys,
     return n;
 }
 
-/* One CSV record starting at *p (RFC 4180 quoting); fields appended to
- * arr as strings. Advances *p past the record's line end. */
-static bool csv_record(const char **p, cJSON *arr)
-{
-    const char *s = *p;
-    if (!*s)
-        return false;
-    for (;;) {
-        char *buf = dx_malloc(strlen(s) + 1);
-        size_t n = 0;
-        if (*s == '"') {
-            s++;
-            for (; *s; s++) {
-                if (*s == '"' && s[1] == '"') {
-                    buf[n++] = '"';
-                    s++;
-                } else if (*s == '"') {
-                    s++;
-                    break;
-                } else {
-                    buf[n++] = *s;
-                }
-            }
-        }
-        while (*s && *s != ',' && *s != '\n' && *s != '\r')
-            buf[n++] = *s++;
-        buf[n] = '\0';
-        cJSON_AddItemToArray(arr, cJSON_CreateString(buf));
-        dx_free(buf);
-        if (*s == ',') {
-            s++;
-            continue;
-        }
-        if (*s == '\r')
-            s++;
-        if (*s == '\n')
-            s++;
-        break;
-    }
-    *p = s;
-    return true;
-}
-
-static int load_csv(const char *path, const char *const *in, size_t nin,
-                    dx_dataset **out)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return fail_usage("%s: %s", path, strerror(errno));
-    fseek(f, 0, SEEK_END);
-    long size = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *text = dx_malloc((size_t)size + 1);
-    size_t got = fread(text, 1, (size_t)size, f);
-    fclose(f);
-    text[got] = '\0';
-    const char *p = text;
-    cJSON *header = cJSON_CreateArray();
-    if (!csv_record(&p, header)) {
-        cJSON_Delete(header);
-        dx_free(text);
-        return fail_usage("%s:1: empty CSV (a header line is required)", path);
-    }
-    dx_dataset *ds = dx_dataset_new();
-    int line = 1;
-    while (*p) {
-        line++;
-        cJSON *row = cJSON_CreateArray();
-        csv_record(&p, row);
-        if (cJSON_GetArraySize(row) == 1 &&
-            cJSON_GetArrayItem(row, 0)->valuestring[0] == '\0') {
-            cJSON_Delete(row);
-            continue; /* blank line */
-        }
-        if (cJSON_GetArraySize(row) != cJSON_GetArraySize(header)) {
-            int got_n = cJSON_GetArraySize(row),
-                want = cJSON_GetArraySize(header);
-            cJSON_Delete(row);
-            cJSON_Delete(header);
-            dx_dataset_free(ds);
-            dx_free(text);
-            return fail_usage("%s:%d: %d fields, the header has %d", path, line,
-                              got_n, want);
-        }
-        dx_example *ex = dx_example_new();
-        for (int i = 0; i < cJSON_GetArraySize(row); i++)
-            dx_example_set_str(ex, cJSON_GetArrayItem(header, i)->valuestring,
-                               cJSON_GetArrayItem(row, i)->valuestring);
-        if (nin)
-            dx_example_with_inputs(ex, in, nin);
-        dx_dataset_append(ds, ex);
-        cJSON_Delete(row);
-    }
-    cJSON_Delete(header);
-    dx_free(text);
-    *out = ds;
-    return 0;
-}
-
 /* Load a dataset and designate its inputs: --inputs, or else the first
  * predictor's input fields that the first example has (a ReAct agent's
  * `trajectory` or a RAG step's `context` are made by the program, not
@@ -983,17 +884,10 @@ static int load_data(const char *path, const char *inputs_opt,
                      const dx_module *m, dx_dataset **out)
 {
     int rc = 0;
-    size_t plen = strlen(path);
-    if (plen > 4 && strcmp(path + plen - 4, ".csv") == 0) {
-        rc = load_csv(path, NULL, 0, out);
-    } else {
-        dx_diag d = {0};
-        int r = dx_dataset_load(path, NULL, 0, out, &d);
-        if (r != DX_OK)
-            rc = fail_diag(&d, r);
-    }
-    if (rc != 0)
-        return rc;
+    dx_diag d = {0};
+    int r = dx_dataset_load(path, NULL, 0, out, &d); /* JSONL, JSON or CSV */
+    if (r != DX_OK)
+        return fail_diag(&d, r);
     const char *keys[64];
     char *copy = NULL;
     size_t nk = 0;

@@ -311,6 +311,53 @@ Test(cli, eval_scores_a_dataset_and_writes_rows)
     cr_assert(strstr(err_buf, "/nonexistent-dir/rows.csv"), "%s", err_buf);
 }
 
+/* A CSV dataset reads as the library reads one (dx_dataset_load): the
+ * same examples as the JSONL, and a malformed file is refused at its line
+ * and column rather than read some other way. */
+Test(cli, eval_reads_csv_datasets_and_says_where_one_is_malformed)
+{
+    int rc = dspex((const char *[]){"eval", example("capitals.json"),
+                                    data("capitals/dev.jsonl"), NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    const char *score = strstr(out_buf, "score     ");
+    cr_assert_not_null(score, "%s", out_buf);
+    char want[64];
+    snprintf(want, sizeof want, "%.*s", (int)strcspn(score, "\n"), score);
+
+    char csv[300];
+    snprintf(csv, sizeof csv, "%s/dev.csv", tmpdir);
+    FILE *in = fopen(data("capitals/dev.jsonl"), "r");
+    FILE *out = fopen(csv, "w");
+    cr_assert(in && out);
+    fputs("question,answer\r\n", out);
+    char line[1024];
+    while (fgets(line, sizeof line, in)) {
+        cJSON *o = cJSON_Parse(line);
+        cr_assert_not_null(o, "%s", line);
+        /* Quoted, as Python's csv writes a field with a comma. */
+        fprintf(out, "\"%s\",%s\r\n",
+                cJSON_GetObjectItem(o, "question")->valuestring,
+                cJSON_GetObjectItem(o, "answer")->valuestring);
+        cJSON_Delete(o);
+    }
+    fclose(in);
+    fclose(out);
+    rc = dspex((const char *[]){"eval", example("capitals.json"), csv, NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    cr_assert(strstr(out_buf, want), "want \"%s\" in %s", want, out_buf);
+
+    out = fopen(csv, "w");
+    cr_assert(out);
+    fputs("question,answer\n\"What is the capital of Norway?\",Oslo\n"
+          "\"What is the capital of Peru?,Lima\n",
+          out);
+    fclose(out);
+    rc = dspex((const char *[]){"eval", example("capitals.json"), csv, NULL});
+    cr_assert_eq(rc, 2, "%s", err_buf);
+    snprintf(want, sizeof want, "dev.csv:3:1: quoted field never closed");
+    cr_assert(strstr(err_buf, want), "%s", err_buf);
+}
+
 Test(cli, optimize_saves_a_program_that_loads_and_runs)
 {
     char out[300];
