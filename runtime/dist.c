@@ -16,14 +16,17 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "dist_int.h"
+#include "helper_thread.h"
 #include "dspex/log.h"
 #include "dspex/node.h"
 
@@ -601,6 +604,26 @@ typedef struct conn_arg {
 
 static void *conn_main(void *arg);
 
+/* A detached thread of this module running fn(arg), with the helper
+ * threads' signal mask (helper_thread.h): a write to a peer that died
+ * (SIGPIPE), in erl_interface's handshake or ours, fails with EPIPE
+ * instead of ending the OS process, and the application's signals go to
+ * its own threads. 0 or pthread_create's error. */
+static int start_thread(void *(*fn)(void *), void *arg)
+{
+    sigset_t all, old;
+    dx__helper_thread_sigmask(&all);
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int e = pthread_create(&t, &attr, fn, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    return e;
+}
+
 /* Start a thread for n (G.mu held). */
 static int conn_spawn(node *n, int fd)
 {
@@ -609,12 +632,7 @@ static int conn_spawn(node *n, int fd)
         return DX_ENOMEM;
     a->n = n;
     a->fd = fd;
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int e = pthread_create(&t, &attr, conn_main, a);
-    pthread_attr_destroy(&attr);
+    int e = start_thread(conn_main, a);
     if (e != 0) {
         dx_free(a);
         return DX_ESYS;
@@ -717,7 +735,9 @@ static void handle_packet(node *n, const char *buf, size_t len);
 static bool write_some(int fd, frame **cur, size_t *off)
 {
     while (*cur) {
-        ssize_t w = write(fd, (*cur)->data + *off, (*cur)->len - *off);
+        /* MSG_NOSIGNAL: a peer that died is EPIPE here, not SIGPIPE. */
+        ssize_t w =
+            send(fd, (*cur)->data + *off, (*cur)->len - *off, MSG_NOSIGNAL);
         if (w < 0)
             return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
         atomic_fetch_add_explicit(&G.bytes_out, (uint64_t)w,
@@ -1640,11 +1660,7 @@ int dx_node_start(const dx_node_opts *opts)
     atomic_store(&G.bytes_in, 0);
     atomic_store(&G.dropped, 0);
     atomic_store(&G.refused, 0);
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&t, &attr, accept_main, NULL) != 0) {
+    if (start_thread(accept_main, NULL) != 0) {
         close(G.pubfd);
         close(G.lfd);
         rc = DX_ESYS;
@@ -1653,7 +1669,6 @@ int dx_node_start(const dx_node_opts *opts)
         G.running = true;
         dx__set_router(&the_router);
     }
-    pthread_attr_destroy(&attr);
     pthread_mutex_unlock(&G.mu);
     return rc;
 }

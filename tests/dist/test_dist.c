@@ -304,6 +304,51 @@ Test(dist, monitor_of_a_remote_process_fires_noconnection_on_kill_9)
     fx_kill(&killed, SIGKILL);
 }
 
+/* A peer killed while this node is writing to it: the connection's
+ * writes fail (EPIPE) and the node goes down, but this OS process, which
+ * does not ignore SIGPIPE (the test runner does not), lives on. */
+static void flood_kill_body(void)
+{
+    CHECK(dx_node_monitor_nodes(true) == DX_OK, "monitor_nodes");
+    dx_pid sink = dx_node_name_pid(peer_name, "sink");
+    dx_send_term(sink, DX_TAG_TERM,
+                 dx_tuple(2, dx_atom("ping"), dx_pid_term(dx_self())));
+    dx_msg *m = recv_match("pong", 10000);
+    CHECK(m != NULL, "no pong");
+    dx_msg_free(m);
+    static char blob[4096];
+    memset(blob, 'x', sizeof blob);
+    bool killed_it = false, nodedown = false;
+    int64_t start = dx_now_ms(), deadline = start + 20000;
+    while (!nodedown && dx_now_ms() < deadline) {
+        for (int i = 0; i < 64; i++)
+            dx_send_term(
+                sink, DX_TAG_TERM,
+                dx_tuple(2, dx_atom("blob"), dx_binary(blob, sizeof blob)));
+        if (!killed_it && dx_now_ms() - start >= 100) {
+            kill(killed.pid, SIGKILL);
+            killed_it = true;
+        }
+        while (dx_receive_any(0, &m) == DX_OK) {
+            nodedown =
+                nodedown || dx_is_atom(dx_term_at(m->term, 0), "nodedown");
+            dx_msg_free(m);
+        }
+    }
+    CHECK(killed_it, "the peer was not killed");
+    CHECK(nodedown, "no nodedown within 20 s");
+}
+
+Test(dist, a_peer_killed_while_this_node_writes_to_it_ends_only_the_link,
+     .timeout = 60)
+{
+    for (int round = 0; round < 5; round++) {
+        spawn_dspex_node(&killed, peer_name, COOKIE, "sink");
+        run_body(flood_kill_body, 40000);
+        fx_kill(&killed, SIGKILL);
+    }
+}
+
 static void monitor_exit_body(void)
 {
     dx_pid sink = dx_node_name_pid(peer_name, "sink");
