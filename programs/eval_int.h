@@ -81,6 +81,14 @@ typedef struct dx__eval_keep {
 int dx__evaluate_kept(const dx_module *m, const dx_dataset *ds,
                       const dx_eval_opts *opts, const dx__eval_keep *keep,
                       dx_eval_result **out, dx_diag *diag);
+/* Whether a built-in metric has what it compares: the example's label
+ * field and the prediction's field (for passage match, its passages).
+ * DSPy's metrics raise on a missing attribute, and its Evaluate counts the
+ * example as an error; dx_metric_score alone scores it 0. DX_OK, or
+ * DX_EINVAL with diag saying which field is missing where. A custom
+ * metric: DX_OK. */
+int dx__metric_fields_check(const dx_metric *m, const dx_example *example,
+                            const dx_prediction *pred, dx_diag *diag);
 /* The q-th percentile (0..100) of v[0..n) by linear interpolation between
  * closest ranks (numpy's default); sorts v in place. 0 for n == 0. */
 double dx__percentile(double *v, size_t n, double q);

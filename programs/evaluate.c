@@ -328,6 +328,9 @@ static void example_proc(void *arg)
                             &s->pred, s->trace ? &s->trace_data : NULL,
                             &s->diag, &s->usage);
     s->latency_ms = ns_to_ms(mono_ns() - t0);
+    if (s->rc == DX_OK)
+        s->rc =
+            dx__metric_fields_check(&s->metric, s->example, s->pred, &s->diag);
     if (s->rc == DX_OK) {
         /* The metric runs here too: if it crashes, this example fails and
          * nothing else does. */

@@ -28,6 +28,7 @@
 #include "dspex/alloc.h"
 #include "dspex/error.h"
 #include "dspex/evaluate.h"
+#include "eval_int.h"
 #include "pyjson.h"
 
 /* Invalid UTF-8 bytes decode to INVALID + byte and encode back as the byte. */
@@ -714,6 +715,26 @@ out:
     dx_free(tmp);
     dx_free(ps);
     return score;
+}
+
+int dx__metric_fields_check(const dx_metric *m, const dx_example *example,
+                            const dx_prediction *pred, dx_diag *diag)
+{
+    if (!m || m->kind == DX_METRIC_CUSTOM)
+        return DX_OK;
+    const char *field = m->field ? m->field : "answer";
+    if (!example || !dx_example_get(example, field))
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "the example has no \"%s\" for %s to compare with",
+                           field, dx_metric_name(m));
+    const char *pf = m->kind == DX_METRIC_PASSAGE_MATCH
+                         ? (m->passages_field ? m->passages_field : "context")
+                         : field;
+    if (!pred || !dx_prediction_get(pred, pf))
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "the prediction has no \"%s\" for %s", pf,
+                           dx_metric_name(m));
+    return DX_OK;
 }
 
 double dx_metric_score(const dx_metric *m, const dx_example *example,
