@@ -56,6 +56,11 @@ static int agent_init(void *arg, void **state, dx_term **stop_reason)
     return DX_OK;
 }
 
+static void free_example(void *ex)
+{
+    dx_example_free(ex);
+}
+
 /* A call's request term is the question (a binary); the reply is {ok,
  * Answer} or {error, Why}. The agent parks in dx_module_call while the
  * program runs in a process of its own. */
@@ -76,7 +81,11 @@ static dx_srv_ret agent_call(void *state, dx_msg *req, dx_from from,
     dx_call_opts opts = {.lm_name = "lm"};
     dx_prediction *pred = NULL;
     dx_diag d = {0};
+    /* Killed while the program runs (the chaos monkey does that), the
+     * agent still frees its question. */
+    dx_ptie *tie = dx_ptie_new(in, free_example);
     int rc = dx_module_call(prog, in, &opts, &pred, NULL, &d);
+    dx_ptie_cut(tie);
     dx_example_free(in);
     *reply = dx_msg_new(TAG_ANSWER);
     if (*reply == NULL) {

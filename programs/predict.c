@@ -606,6 +606,7 @@ typedef struct call_slot {
     dx_diag diag;
     dx_prediction *pred;
     dx_trace trace;
+    dx_pid pid; /* the program's process (the caller's to know) */
 } call_slot;
 
 static void slot_unref(void *arg)
@@ -667,6 +668,17 @@ static void call_proc(void *arg)
     s->rc = dx__run_program(s->module, s->inputs, &o, s->deadline_ms, &s->pred,
                             s->opts.trace ? &s->trace : NULL, &s->diag, NULL);
     atomic_store_explicit(&s->done, true, memory_order_release);
+}
+
+/* The caller's process ended while it waited (a supervisor's kill): its
+ * reference to the slot goes with it, and so does the program's process,
+ * whose answer nobody would read (it would otherwise run on to its
+ * deadline, LM calls and all). */
+static void caller_gone(void *arg)
+{
+    call_slot *s = arg;
+    dx_kill(s->pid);
+    slot_unref(s);
 }
 
 static void describe_crash(dx_diag *diag, const dx_module *m,
@@ -731,6 +743,8 @@ int dx_module_call(const dx_module *m, const dx_example *inputs,
 
     /* Wait for the process to end, however it ends; its result is in the
      * slot when `done` is set. */
+    s->pid = pid;
+    dx_ptie *tie = in_process ? dx_ptie_new(s, caller_gone) : NULL;
     dx_term *reason = NULL;
     bool timed_out = false;
     if (in_process) {
@@ -759,6 +773,7 @@ int dx_module_call(const dx_module *m, const dx_example *inputs,
         }
     }
 
+    dx_ptie_cut(tie);
     int result;
     if (atomic_load_explicit(&s->done, memory_order_acquire)) {
         result = s->rc;

@@ -249,7 +249,9 @@ typedef struct dx_call_opts {
  * (dx_trace_free). Failures: the forward's code (DX_EPARSE, DX_ETYPE,
  * DX_EPROVIDER, DX_ENOLM, ...) with diag; DX_ETIMEDOUT (the process is
  * killed); DX_EDOWN (the program's process crashed; diag has the reason);
- * DX_ESTATE (runtime not running); DX_ENOMEM. */
+ * DX_ESTATE (runtime not running); DX_ENOMEM. A calling process killed
+ * while it waits (its supervisor stopping it) takes the program's process
+ * with it. */
 DX_API int dx_module_call(const dx_module *m, const dx_example *inputs,
                           const dx_call_opts *opts, dx_prediction **out,
                           dx_trace *trace_out, dx_diag *diag);

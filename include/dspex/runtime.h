@@ -326,8 +326,9 @@ DX_API void dx_pfree(void *ptr);
  * while the reply is awaited) is not lost when the process is killed
  * there. dx_ptie_cut ends the tie without freeing obj (the code frees or
  * hands it on itself). free_fn runs on a scheduler thread outside any
- * process: it may only free memory. NULL (nothing tied) when obj or
- * free_fn is NULL, on OOM, or off a process. Process. */
+ * process: it may free memory and signal other processes (dx_kill), but
+ * not wait or receive. NULL (nothing tied) when obj or free_fn is NULL, on
+ * OOM, or off a process. Process. */
 typedef struct dx_ptie dx_ptie;
 DX_API dx_ptie *dx_ptie_new(void *obj, void (*free_fn)(void *obj));
 /* NULL is a no-op. Process (the one that made the tie). */

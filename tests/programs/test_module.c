@@ -329,6 +329,71 @@ Test(module, a_call_past_its_timeout_is_cut_off)
     dx_module_free(p);
 }
 
+/* A forward that waits far longer than the test. */
+static atomic_int slow_started;
+
+static int slow_forward(dx_ctx *ctx, const dx_module *self,
+                        const dx_example *in, dx_prediction **out)
+{
+    (void)ctx;
+    (void)self;
+    (void)in;
+    (void)out;
+    atomic_fetch_add(&slow_started, 1);
+    dx_sleep(600000);
+    return DX_ETIMEDOUT;
+}
+
+static size_t program_processes(void)
+{
+    dx_proc_info *all = NULL;
+    size_t n = 0, found = 0;
+    cr_assert_eq(dx_process_list(&all, &n), DX_OK);
+    for (size_t i = 0; i < n; i++)
+        found += strcmp(all[i].label, "dspex.program") == 0;
+    dx_free(all);
+    return found;
+}
+
+static void free_inputs(void *ex)
+{
+    dx_example_free(ex);
+}
+
+static void calling_proc(void *arg)
+{
+    const dx_module *m = arg;
+    dx_example *in = inputs1("question", "?");
+    dx_ptie *tie = dx_ptie_new(in, free_inputs);
+    dx_prediction *pred = NULL;
+    dx_module_call(m, in, NULL, &pred, NULL, NULL);
+    dx_ptie_cut(tie);
+    dx_example_free(in);
+    dx_prediction_free(pred);
+}
+
+/* A caller killed while its program runs (an agent stopped by its
+ * supervisor) takes the program's process with it, rather than leaving it
+ * to run to its deadline with nobody to read the answer; what the call
+ * held is freed (LeakSanitizer watches the sanitizer builds). */
+Test(module, a_killed_caller_takes_its_program_with_it)
+{
+    atomic_store(&slow_started, 0);
+    dx_module *m = dx_module_new("Slow", slow_forward, NULL, NULL, NULL);
+    dx_pid caller;
+    cr_assert_eq(dx_spawn(calling_proc, m, &caller), DX_OK);
+    for (int i = 0; i < 10000 && atomic_load(&slow_started) == 0; i++)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    cr_assert_eq(atomic_load(&slow_started), 1, "the program did not start");
+    cr_assert_eq(program_processes(), 1);
+    cr_assert_eq(dx_kill(caller), DX_OK);
+    size_t left = 1;
+    for (int i = 0; i < 10000 && (left = program_processes()) > 0; i++)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    cr_assert_eq(left, 0, "the program's process outlived its caller");
+    dx_module_free(m);
+}
+
 Test(module, copies_are_deep_and_reset_copies_drop_demos)
 {
     dx_module *m = rag_program();
