@@ -584,6 +584,7 @@ typedef struct call_slot {
     cJSON *args;
     int rc;
     char *result;
+    dx_pid pid; /* the tool's process (the caller's to know) */
 } call_slot;
 
 static void slot_unref(void *arg)
@@ -695,6 +696,16 @@ static char *error_obs(const dx_tool *t, const char *fmt, ...)
     return dx__sb_take(&b);
 }
 
+/* The calling process ended while it waited (an example past its
+ * deadline, an agent stopped by its supervisor): its reference goes with
+ * it, and so does the tool's process, whose result nobody would read. */
+static void caller_gone(void *arg)
+{
+    call_slot *s = arg;
+    dx_kill(s->pid);
+    slot_unref(s);
+}
+
 /* The call itself, in a process (it monitors the tool's process). */
 typedef struct call_req {
     const dx_tool *t;
@@ -731,6 +742,8 @@ static void call_body(void *arg)
         r->rc = rc;
         return;
     }
+    s->pid = pid;
+    dx_ptie *tie = dx_ptie_new(s, caller_gone);
     dx_term *reason = NULL;
     bool timed_out = false;
     dx_msg *down = NULL;
@@ -741,6 +754,7 @@ static void call_body(void *arg)
         dx_kill(pid);
         dx_receive(&match, DX_INFINITY, &down);
     }
+    dx_ptie_cut(tie);
     if (down) {
         reason = dx_msg_take_term(down);
         dx_msg_free(down);
@@ -784,6 +798,13 @@ static void call_body(void *arg)
     r->rc = obs ? DX_OK : DX_ENOMEM;
 }
 
+static void free_req(void *arg)
+{
+    call_req *r = arg;
+    dx_free(r->obs);
+    dx_free(r);
+}
+
 int dx_tool_call(const dx_tool *t, const cJSON *args, char **observation,
                  dx_tool_status *status)
 {
@@ -801,14 +822,17 @@ int dx_tool_call(const dx_tool *t, const cJSON *args, char **observation,
         *observation = error_obs(t, "%s", d.msg);
         return *observation ? DX_OK : DX_ENOMEM;
     }
-    /* Heap: a process reads it when the caller is a host thread. */
+    /* Heap: a process reads it when the caller is a host thread. A
+     * calling process killed during the call frees it as it ends. */
     call_req *r = dx_calloc(1, sizeof *r);
     if (!r)
         return DX_ENOMEM;
     r->t = t;
     r->args = args;
     r->rc = DX_EDOWN;
+    dx_ptie *tie = dx_ptie_new(r, free_req);
     int rc = dx__in_process(call_body, r);
+    dx_ptie_cut(tie);
     if (rc == DX_OK)
         rc = r->rc;
     if (rc == DX_OK) {

@@ -11,8 +11,10 @@
 #include <stdint.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 
+#include "dspex/alloc.h"
 #include "dspex/lm.h"
 #include "dspex/lmserver.h"
 #include "dspex/runtime.h"
@@ -26,6 +28,19 @@ static void host_sleep_ms(long ms)
 {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
+}
+
+/* How many processes carry this label now (dx_process_list): the
+ * examples, programs or tools a test expects to have ended. */
+static inline size_t processes_labeled(const char *label)
+{
+    dx_proc_info *all = NULL;
+    size_t n = 0, found = 0;
+    cr_assert_eq(dx_process_list(&all, &n), DX_OK);
+    for (size_t i = 0; i < n; i++)
+        found += strcmp(all[i].label, label) == 0;
+    dx_free(all);
+    return found;
 }
 
 /* Start the client from a short-lived process (not linked to it, so the

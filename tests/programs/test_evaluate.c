@@ -750,30 +750,20 @@ static int eval_cancel_threads(void)
  * (a supervisor stopping it; an outer example's deadline, for a nested
  * evaluation): its examples end with it, what the evaluation held is
  * freed (the sanitizer builds check for leaks) and the cancellation relay
- * stops, as no evaluation runs any more. */
-/* Live example processes of any evaluation (by their label): counting
- * every process would also count the fixture's, which may still be
- * ending when a test starts. */
-static size_t example_processes(void)
-{
-    dx_proc_info *all = NULL;
-    size_t n = 0, examples = 0;
-    cr_assert_eq(dx_process_list(&all, &n), DX_OK);
-    for (size_t i = 0; i < n; i++)
-        examples += strcmp(all[i].label, "dspex.evaluate.example") == 0;
-    dx_free(all);
-    return examples;
-}
-
+ * stops, as no evaluation runs any more. Example processes are counted
+ * by their label: counting every process would also count the fixture's,
+ * which may still be ending when a test starts. */
 Test(evaluate, a_killed_coordinator_takes_its_examples_with_it)
 {
     in_proc ip = {0};
     dx_pid pid = start_evaluating_proc(&ip);
-    cr_assert_eq(example_processes(), 4);
+    cr_assert_eq(processes_labeled("dspex.evaluate.example"), 4);
     cr_assert_eq(eval_cancel_threads(), 1, "the relay runs");
     cr_assert_eq(dx_kill(pid), DX_OK);
     size_t now = 0;
-    for (int i = 0; i < 30000 && (now = example_processes()) > 0; i++)
+    for (int i = 0;
+         i < 30000 && (now = processes_labeled("dspex.evaluate.example")) > 0;
+         i++)
         host_sleep_ms(1);
     cr_assert_eq(now, 0, "%zu example processes left behind", now);
     dx_proc_info info;
@@ -863,7 +853,7 @@ Test(evaluate, a_keep_outlives_the_examples_of_a_killed_evaluation)
     cr_assert_eq(kept_released_within(30000), 4, "freed after %d of 4 releases",
                  kept.releases_when_freed);
     cr_assert_eq(atomic_load(&kept.holds), atomic_load(&kept.releases));
-    cr_assert_eq(example_processes(), 0);
+    cr_assert_eq(processes_labeled("dspex.evaluate.example"), 0);
     dx_dataset_free(t.ds);
     dx_module_free(t.m);
 }

@@ -344,17 +344,6 @@ static int slow_forward(dx_ctx *ctx, const dx_module *self,
     return DX_ETIMEDOUT;
 }
 
-static size_t program_processes(void)
-{
-    dx_proc_info *all = NULL;
-    size_t n = 0, found = 0;
-    cr_assert_eq(dx_process_list(&all, &n), DX_OK);
-    for (size_t i = 0; i < n; i++)
-        found += strcmp(all[i].label, "dspex.program") == 0;
-    dx_free(all);
-    return found;
-}
-
 static void free_inputs(void *ex)
 {
     dx_example_free(ex);
@@ -385,10 +374,11 @@ Test(module, a_killed_caller_takes_its_program_with_it)
     for (int i = 0; i < 10000 && atomic_load(&slow_started) == 0; i++)
         nanosleep(&(struct timespec){0, 1000000}, NULL);
     cr_assert_eq(atomic_load(&slow_started), 1, "the program did not start");
-    cr_assert_eq(program_processes(), 1);
+    cr_assert_eq(processes_labeled("dspex.program"), 1);
     cr_assert_eq(dx_kill(caller), DX_OK);
     size_t left = 1;
-    for (int i = 0; i < 10000 && (left = program_processes()) > 0; i++)
+    for (int i = 0;
+         i < 10000 && (left = processes_labeled("dspex.program")) > 0; i++)
         nanosleep(&(struct timespec){0, 1000000}, NULL);
     cr_assert_eq(left, 0, "the program's process outlived its caller");
     dx_module_free(m);

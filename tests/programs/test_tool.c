@@ -468,6 +468,46 @@ Test(tool, failures_inside_a_process_do_not_reach_the_caller)
     dx_tool_unref(t);
 }
 
+static void delete_json(void *j)
+{
+    cJSON_Delete(j);
+}
+
+static void call_hang_forever(void *arg)
+{
+    dx_tool *t = arg;
+    cJSON *a = cJSON_CreateObject();
+    dx_ptie *tie = dx_ptie_new(a, delete_json);
+    cJSON_AddStringToObject(a, "how", "hang");
+    char *obs = NULL;
+    dx_tool_call(t, a, &obs, NULL);
+    dx_ptie_cut(tie);
+    cJSON_Delete(a);
+    dx_free(obs);
+}
+
+/* A caller killed during a tool call (an example past its deadline, an
+ * agent stopped by its supervisor) takes the tool's process with it, and
+ * what the call held is freed (LeakSanitizer watches the sanitizer
+ * builds), rather than the tool running on to its own timeout. */
+Test(tool, a_killed_caller_takes_its_tool_call_with_it)
+{
+    dx_tool *t = bad_tool();
+    cr_assert_eq(dx_tool_set_timeout(t, 600000), DX_OK);
+    dx_pid caller;
+    cr_assert_eq(dx_spawn(call_hang_forever, t, &caller), DX_OK);
+    for (int i = 0; i < 5000 && processes_labeled("dspex.tool") == 0; i++)
+        host_sleep_ms(1);
+    cr_assert_eq(processes_labeled("dspex.tool"), 1, "the tool did not start");
+    cr_assert_eq(dx_kill(caller), DX_OK);
+    size_t left = 1;
+    for (int i = 0; i < 10000 && (left = processes_labeled("dspex.tool")) > 0;
+         i++)
+        host_sleep_ms(1);
+    cr_assert_eq(left, 0, "the tool's process outlived its caller");
+    dx_tool_unref(t);
+}
+
 Test(tool, calculator_evaluates_arithmetic_like_python)
 {
     dx_tool *t = dx_tool_calculator_new();
