@@ -47,16 +47,12 @@ struct decomp {
     uint32_t cp;
     uint32_t to[4]; /* 0-terminated when shorter */
 };
-struct ccc_range {
-    uint32_t lo, hi;
-    uint8_t ccc;
-};
-
 #include "unicode_tables.h"
 
 /* ---- character classes ------------------------------------------------- */
 
-static bool in_ranges(const struct cp_range *r, size_t n, uint32_t cp)
+/* The index of the range of r[0..n) (sorted, disjoint) holding cp, or -1. */
+static long range_index(const struct cp_range *r, size_t n, uint32_t cp)
 {
     size_t lo = 0, hi = n;
     while (lo < hi) {
@@ -66,19 +62,29 @@ static bool in_ranges(const struct cp_range *r, size_t n, uint32_t cp)
         else if (cp > r[mid].hi)
             lo = mid + 1;
         else
-            return true;
+            return (long)mid;
     }
-    return false;
+    return -1;
+}
+
+static bool in_ranges(const struct cp_range *r, size_t n, uint32_t cp)
+{
+    return range_index(r, n, cp) >= 0;
 }
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+static bool is_ascii_alnum(uint32_t cp)
+{
+    return (cp >= '0' && cp <= '9') ||
+           ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z');
+}
 
 /* Python's str.isalnum() (the \w of re, less '_'). */
 static bool is_alnum(uint32_t cp)
 {
     if (cp < 0x80)
-        return (cp >= '0' && cp <= '9') ||
-               ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z');
+        return is_ascii_alnum(cp);
     return cp < INVALID && in_ranges(alnum_ranges, N_OF(alnum_ranges), cp);
 }
 
@@ -88,8 +94,7 @@ static bool is_alnum(uint32_t cp)
 static bool is_dpr_word(uint32_t cp)
 {
     if (cp < 0x80)
-        return (cp >= '0' && cp <= '9') ||
-               ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z');
+        return is_ascii_alnum(cp);
     return cp < INVALID &&
            in_ranges(dpr_word_ranges, N_OF(dpr_word_ranges), cp);
 }
@@ -191,17 +196,8 @@ static uint8_t combining_class(uint32_t cp)
 {
     if (cp < 0x300 || cp >= INVALID)
         return 0;
-    size_t lo = 0, hi = N_OF(ccc_ranges);
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (cp < ccc_ranges[mid].lo)
-            hi = mid;
-        else if (cp > ccc_ranges[mid].hi)
-            lo = mid + 1;
-        else
-            return ccc_ranges[mid].ccc;
-    }
-    return 0;
+    long i = range_index(ccc_ranges, N_OF(ccc_ranges), cp);
+    return i >= 0 ? ccc_classes[i] : 0;
 }
 
 /* NFD's canonical ordering: each run of combining marks (class not 0) is

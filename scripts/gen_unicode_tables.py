@@ -113,8 +113,9 @@ def main():
     print()
 
     # Canonical combining classes, as runs of equal class.
-    print("/* Canonical combining class of the characters whose class is not 0. */")
-    print("static const struct ccc_range ccc_ranges[] = {")
+    print("/* Runs of characters whose canonical combining class is not 0, and")
+    print(" * each run's class (ccc_classes[i] for ccc_ranges[i]). */")
+    print("static const struct cp_range ccc_ranges[] = {")
     start, cur = None, 0
     rows = []
     for cp in range(MAX + 1):
@@ -123,7 +124,10 @@ def main():
             if cur:
                 rows.append((start, cp - 1, cur))
             start, cur = cp, c
-    print(", ".join(f"{{0x{a:X}, 0x{b:X}, {c}}}" for a, b, c in rows) + ",")
+    print(", ".join(f"{{0x{a:X}, 0x{b:X}}}" for a, b, _ in rows) + ",")
+    print("};")
+    print("static const uint8_t ccc_classes[] = {")
+    print(", ".join(str(c) for _, _, c in rows) + ",")
     print("};")
     print()
 

@@ -245,6 +245,15 @@ Test(dist, two_dspex_nodes_exchange_100000_messages_both_ways_none_lost,
     fx_stop(&c);
 }
 
+/* Ping the peer's sink and wait for its pong (NULL: none in 10 s); also
+ * a round trip, so what was sent before has reached the peer. */
+static dx_msg *ping_sink(dx_pid sink)
+{
+    dx_send_term(sink, DX_TAG_TERM,
+                 dx_tuple(2, dx_atom("ping"), dx_pid_term(dx_self())));
+    return recv_match("pong", 10000);
+}
+
 /* A DOWN for a monitor of a process on a node killed with -9. */
 static fx_child killed;
 
@@ -252,9 +261,7 @@ static void monitor_body(void)
 {
     CHECK(dx_node_monitor_nodes(true) == DX_OK, "monitor_nodes");
     dx_pid sink = dx_node_name_pid(peer_name, "sink");
-    dx_send_term(sink, DX_TAG_TERM,
-                 dx_tuple(2, dx_atom("ping"), dx_pid_term(dx_self())));
-    dx_msg *m = recv_match("pong", 10000);
+    dx_msg *m = ping_sink(sink);
     CHECK(m != NULL, "no pong");
     dx_pid remote;
     CHECK(dx_pid_value(dx_term_at(m->term, 1), &remote), "pong without pid");
@@ -270,9 +277,7 @@ static void monitor_body(void)
     dx_pid named = dx_node_name_pid(peer_name, "sink");
     CHECK(dx_monitor(named, &ref2) == DX_OK, "monitor by name");
     /* A round trip, so the monitors reached the peer before the kill. */
-    dx_send_term(sink, DX_TAG_TERM,
-                 dx_tuple(2, dx_atom("ping"), dx_pid_term(dx_self())));
-    m = recv_match("pong", 10000);
+    m = ping_sink(sink);
     CHECK(m != NULL, "no second pong");
     dx_msg_free(m);
     kill(killed.pid, SIGKILL);
@@ -311,9 +316,7 @@ static void flood_kill_body(void)
 {
     CHECK(dx_node_monitor_nodes(true) == DX_OK, "monitor_nodes");
     dx_pid sink = dx_node_name_pid(peer_name, "sink");
-    dx_send_term(sink, DX_TAG_TERM,
-                 dx_tuple(2, dx_atom("ping"), dx_pid_term(dx_self())));
-    dx_msg *m = recv_match("pong", 10000);
+    dx_msg *m = ping_sink(sink);
     CHECK(m != NULL, "no pong");
     dx_msg_free(m);
     static char blob[4096];
@@ -352,9 +355,7 @@ Test(dist, a_peer_killed_while_this_node_writes_to_it_ends_only_the_link,
 static void monitor_exit_body(void)
 {
     dx_pid sink = dx_node_name_pid(peer_name, "sink");
-    dx_send_term(sink, DX_TAG_TERM,
-                 dx_tuple(2, dx_atom("ping"), dx_pid_term(dx_self())));
-    dx_msg *m = recv_match("pong", 10000);
+    dx_msg *m = ping_sink(sink);
     CHECK(m != NULL, "no pong");
     dx_pid remote;
     dx_pid_value(dx_term_at(m->term, 1), &remote);
@@ -778,9 +779,7 @@ static void link_body(void)
     dx_msg_free(m);
     CHECK(dx_link(remote) == DX_OK, "link");
     /* Round trip so the link is in place before the kill. */
-    dx_send_term(sink, DX_TAG_TERM,
-                 dx_tuple(2, dx_atom("ping"), dx_pid_term(dx_self())));
-    m = recv_match("pong", 10000);
+    m = ping_sink(sink);
     CHECK(m != NULL, "no second pong");
     dx_msg_free(m);
     kill(killed.pid, SIGKILL);
