@@ -228,6 +228,16 @@ static void *knnfs_ref(const void *p)
     return s;
 }
 
+static void free_dataset(void *ds)
+{
+    dx_dataset_free(ds);
+}
+
+static void free_result(void *res)
+{
+    dx_tp_result_free(res);
+}
+
 static int knnfs_forward(dx_ctx *ctx, const dx_module *self,
                          const dx_example *inputs, dx_prediction **out)
 {
@@ -236,7 +246,12 @@ static int knnfs_forward(dx_ctx *ctx, const dx_module *self,
     size_t *idx = dx_calloc(k, sizeof *idx);
     if (!idx)
         return dx_ctx_fail(ctx, DX_ENOMEM, "%s: out of memory", self->path);
+    /* What this call holds across its blocking steps (an embedding call,
+     * the bootstrap, the student's LM calls) is tied to the process, so an
+     * example killed at its deadline there loses nothing. */
+    dx_ptie *tie = dx_ptie_new(idx, dx_free);
     int rc = dx_knn_query(s->knn, inputs, idx, &n);
+    dx_ptie_cut(tie);
     if (rc != DX_OK) {
         dx_free(idx);
         return dx_ctx_fail(ctx, rc, "%s: KNN: %s", self->path, dx_strerror(rc));
@@ -271,7 +286,9 @@ static int knnfs_forward(dx_ctx *ctx, const dx_module *self,
         o.example_timeout_ms = left > 0 ? left : 1;
     dx_tp_result *res = NULL;
     dx_diag d = {0};
+    tie = dx_ptie_new(near, free_dataset);
     rc = dx_bootstrap_fewshot(s->student, s->teacher, near, &o, &res, &d);
+    dx_ptie_cut(tie);
     dx_dataset_free(near);
     if (rc != DX_OK)
         return dx_ctx_fail(ctx, rc,
@@ -279,7 +296,9 @@ static int knnfs_forward(dx_ctx *ctx, const dx_module *self,
                            "examples: %s",
                            self->path, n, d.msg);
     dx_usage_acc_merge(&ctx->usage, &res->usage);
+    tie = dx_ptie_new(res, free_result);
     rc = dx_forward(ctx, res->program, inputs, out);
+    dx_ptie_cut(tie);
     dx_tp_result_free(res);
     return rc;
 }

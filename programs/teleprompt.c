@@ -306,12 +306,74 @@ void dx__tp_ckpt_put(dx__tp_ckpt *c, const char *key, const cJSON *value)
 
 /* ---- one teacher run ---------------------------------------------------- */
 
+/* What every teacher run reads besides its own example: the teacher and
+ * the options, with copies of the options' strings. Reference counted —
+ * the coordinator and each run hold one — so a coordinator killed
+ * mid-bootstrap (an optimizer stopped by its supervisor, a KNNFewShot
+ * example past its deadline) can free its own state while a run it has
+ * just killed is still reading: a kill takes effect only when the run
+ * next yields. What the options point to beyond these strings (the
+ * metric's ud, the price table) is the caller's, as for any call. */
+enum { BS_LM_NAME, BS_ROLLOUT, BS_FIELD, BS_PASSAGES, BS_METRIC_NAME, BS_N };
+
+typedef struct boot_shared {
+    atomic_int refs;
+    dx_module *teacher;
+    dx_tp_opts opts; /* its strings point into strs */
+    char *strs[BS_N];
+} boot_shared;
+
+static void boot_shared_unref(boot_shared *sh)
+{
+    if (!sh ||
+        atomic_fetch_sub_explicit(&sh->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    dx_module_free(sh->teacher);
+    for (int i = 0; i < BS_N; i++)
+        dx_free(sh->strs[i]);
+    dx_free(sh);
+}
+
+/* A copy of s in strs[i] (NULL stays NULL); false on OOM. */
+static bool own_string(boot_shared *sh, int i, const char **s)
+{
+    if (!*s)
+        return true;
+    *s = sh->strs[i] = dx_strdup(*s);
+    return *s != NULL;
+}
+
+/* Shares teacher (taken in every case) and a copy of o; NULL on OOM. */
+static boot_shared *boot_shared_new(dx_module *teacher, const dx_tp_opts *o)
+{
+    boot_shared *sh = dx_calloc(1, sizeof *sh);
+    if (!sh) {
+        dx_module_free(teacher);
+        return NULL;
+    }
+    atomic_init(&sh->refs, 1);
+    sh->teacher = teacher;
+    sh->opts = *o;
+    /* The runs write neither. */
+    sh->opts.checkpoint_path = NULL;
+    sh->opts.report_path = NULL;
+    dx_tp_opts *c = &sh->opts;
+    if (!own_string(sh, BS_LM_NAME, &c->call.lm_name) ||
+        !own_string(sh, BS_ROLLOUT, &c->call.rollout_id) ||
+        !own_string(sh, BS_FIELD, &c->metric.field) ||
+        !own_string(sh, BS_PASSAGES, &c->metric.passages_field) ||
+        !own_string(sh, BS_METRIC_NAME, &c->metric.name)) {
+        boot_shared_unref(sh);
+        return NULL;
+    }
+    return sh;
+}
+
 typedef struct boot_slot {
     atomic_int refs;
     atomic_bool done;
-    const dx_module *teacher;
-    const dx_example *example;
-    const dx_tp_opts *opts;
+    boot_shared *shared; /* one reference, the slot's */
+    dx_example *example; /* the run's own copy */
     int64_t deadline_ms;
     /* out */
     bool success;
@@ -427,6 +489,8 @@ static void boot_unref(void *arg)
     dx_example_free(s->inputs);
     dx_free(s->preds);
     dx_module_free(s->teacher_copy);
+    dx_example_free(s->example);
+    boot_shared_unref(s->shared);
     dx_free(s);
 }
 
@@ -458,10 +522,10 @@ static void boot_proc(void *arg)
 {
     boot_slot *s = arg;
     dx_set_label("dspex.bootstrap.example");
-    const dx_tp_opts *o = s->opts;
+    const dx_tp_opts *o = &s->shared->opts;
     dx_usage_acc_init(&s->usage, "example");
     /* The teacher, without the example itself among its demos. */
-    dx_module *t = s->teacher_copy = dx_module_copy(s->teacher);
+    dx_module *t = s->teacher_copy = dx_module_copy(s->shared->teacher);
     size_t np = 0;
     if (!t || dx_module_predictors(t, &s->preds, &np) != DX_OK ||
         dx_example_inputs(s->example, &s->inputs, NULL) != DX_OK) {
@@ -593,6 +657,46 @@ static bool same_structure(const dx_module *a, const dx_module *b)
     return same;
 }
 
+/* The coordinator's own state, on the heap and tied to its process. */
+typedef struct boot_coord {
+    boot_shared *shared; /* the coordinator's reference */
+    boot_slot **flight;  /* [slots]; NULL where no run is */
+    size_t slots;
+    ex_result *ex; /* [n], by trainset index */
+    size_t n;
+    dx__tp_ckpt ck;
+} boot_coord;
+
+static void boot_coord_free(boot_coord *bc)
+{
+    for (size_t i = 0; bc->ex && i < bc->n; i++) {
+        cJSON_Delete(bc->ex[i].demos);
+        dx_free(bc->ex[i].error);
+    }
+    dx_free(bc->ex);
+    dx_free(bc->flight);
+    boot_shared_unref(bc->shared);
+    dx__tp_ckpt_close(&bc->ck);
+    dx_free(bc);
+}
+
+/* The coordinator's process ended mid-bootstrap (an optimizer stopped by
+ * its supervisor, a KNNFewShot example past its deadline). Runs as it
+ * ends, outside any process: it kills the runs in flight, which would
+ * otherwise run on to their deadlines with nobody to read them, drops its
+ * references to them and frees its state. A run still reading until its
+ * kill lands holds its own references. */
+static void boot_coord_killed(void *obj)
+{
+    boot_coord *bc = obj;
+    for (size_t p = 0; bc->flight && p < bc->slots; p++)
+        if (bc->flight[p]) {
+            dx_kill(bc->flight[p]->pid);
+            boot_unref(bc->flight[p]);
+        }
+    boot_coord_free(bc);
+}
+
 static void bootstrap_run(void *arg)
 {
     boot_job *j = arg;
@@ -600,10 +704,18 @@ static void bootstrap_run(void *arg)
     const dx_dataset *train = j->train;
     size_t n = train->n;
     dx_module *teacher = NULL;
-    ex_result *ex = dx_calloc(n ? n : 1, sizeof *ex);
-    boot_slot **flight = dx_calloc(o->concurrency, sizeof *flight);
-    dx__tp_ckpt ck;
-    j->rc = dx__tp_ckpt_open(&ck, o->checkpoint_path, "bootstrap", j->student,
+    boot_coord *bc = dx_calloc(1, sizeof *bc);
+    if (!bc) {
+        j->rc = dx_diag_set(&j->diag, DX_ENOMEM, 0, 0, "out of memory");
+        return;
+    }
+    dx_ptie *tie = dx_ptie_new(bc, boot_coord_killed);
+    bc->n = n;
+    bc->slots = o->concurrency;
+    ex_result *ex = bc->ex = dx_calloc(n ? n : 1, sizeof *ex);
+    boot_slot **flight = bc->flight = dx_calloc(bc->slots, sizeof *flight);
+    dx__tp_ckpt *ck = &bc->ck;
+    j->rc = dx__tp_ckpt_open(ck, o->checkpoint_path, "bootstrap", j->student,
                              j->teacher_in, train, NULL, o, j->salt, &j->diag);
     if (j->rc != DX_OK)
         goto done;
@@ -618,9 +730,15 @@ static void bootstrap_run(void *arg)
         goto done;
     }
     if (!same_structure(j->student, teacher)) {
+        dx_module_free(teacher);
         j->rc = dx_diag_set(&j->diag, DX_EINVAL, 0, 0,
                             "bootstrap: the student and the teacher must have "
                             "the same predictors");
+        goto done;
+    }
+    bc->shared = boot_shared_new(teacher, o);
+    if (!bc->shared) {
+        j->rc = dx_diag_set(&j->diag, DX_ENOMEM, 0, 0, "out of memory");
         goto done;
     }
 
@@ -646,7 +764,7 @@ static void bootstrap_run(void *arg)
                next < accept + o->concurrency * 2) {
             char key[48];
             snprintf(key, sizeof key, "example/%zu", next);
-            cJSON *cv = dx__tp_ckpt_get(&ck, key);
+            cJSON *cv = dx__tp_ckpt_get(ck, key);
             if (cv) {
                 ex[next].known = true;
                 ex[next].from_checkpoint = true;
@@ -673,14 +791,21 @@ static void bootstrap_run(void *arg)
             }
             atomic_init(&s->refs, 2);
             atomic_init(&s->done, false);
-            s->teacher = teacher;
-            s->example = train->items[next];
-            s->opts = o;
+            s->example = dx_example_copy(train->items[next]);
+            if (!s->example) {
+                dx_free(s);
+                blocked = true;
+                break;
+            }
+            atomic_fetch_add_explicit(&bc->shared->refs, 1,
+                                      memory_order_relaxed);
+            s->shared = bc->shared;
             s->index = next;
             s->deadline_ms = dx_now_ms() + o->example_timeout_ms;
             dx_spawn_opts so = {.monitor = true, .arg_free = boot_unref};
             if (dx_spawn_opt(boot_proc, s, &so, &s->pid, &s->mon) != DX_OK) {
-                dx_free(s);
+                atomic_store(&s->refs, 1);
+                boot_unref(s);
                 blocked = true;
                 break;
             }
@@ -771,7 +896,7 @@ static void bootstrap_run(void *arg)
                                           cJSON_Duplicate(r->demos, true));
                 char key[48];
                 snprintf(key, sizeof key, "example/%zu", s->index);
-                dx__tp_ckpt_put(&ck, key, cv);
+                dx__tp_ckpt_put(ck, key, cv);
                 cJSON_Delete(cv);
             }
             dx__tp_emit("optimize.trial", DX_TELEMETRY_STOP, "bootstrap",
@@ -887,14 +1012,8 @@ static void bootstrap_run(void *arg)
         j->res->wall_s = (double)(dx_now_ms() - t0) / 1000.0;
     }
 done:
-    for (size_t i = 0; ex && i < n; i++) {
-        cJSON_Delete(ex[i].demos);
-        dx_free(ex[i].error);
-    }
-    dx_free(ex);
-    dx_free(flight);
-    dx_module_free(teacher);
-    dx__tp_ckpt_close(&ck);
+    dx_ptie_cut(tie);
+    boot_coord_free(bc);
 }
 
 int dx__tp_check_opts(const dx_module *student, const dx_dataset *train,
@@ -922,6 +1041,13 @@ int dx__tp_check_opts(const dx_module *student, const dx_dataset *train,
     return DX_OK;
 }
 
+static void boot_job_free(void *obj)
+{
+    boot_job *j = obj;
+    dx_tp_result_free(j->res);
+    dx_free(j);
+}
+
 static int bootstrap_with(const dx_module *student, const dx_module *teacher,
                           const dx_dataset *train, const dx_tp_opts *o,
                           int64_t salt, dx_tp_result **out, dx_diag *diag)
@@ -939,7 +1065,11 @@ static int bootstrap_with(const dx_module *student, const dx_module *teacher,
     j->o = *o;
     j->salt = salt;
     j->res = res;
+    /* Called from a process, the bootstrap runs in it, and a kill there
+     * (see boot_coord_killed) takes the job with it. */
+    dx_ptie *tie = dx_ptie_new(j, boot_job_free);
     int rc = dx__in_process(bootstrap_run, j);
+    dx_ptie_cut(tie);
     if (rc == DX_OK)
         rc = j->rc;
     else

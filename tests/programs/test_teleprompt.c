@@ -390,6 +390,39 @@ Test(teleprompt, a_cancellation_stops_a_bootstrap_whose_runs_hang)
     dx_dataset_free(t.train);
 }
 
+/* A process killed mid-bootstrap (an optimizer stopped by its supervisor)
+ * takes its teacher runs with it: they would otherwise wait out their LM
+ * calls (here 100 s) with nobody to read them. What the bootstrap held is
+ * freed (LeakSanitizer watches the sanitizer builds), and the caller's
+ * trainset and student, freed once the process has ended as its owner
+ * would, are no longer read by runs whose kill has not landed yet. */
+static void bootstrapping_until_killed(void *arg)
+{
+    opt_thread *t = arg;
+    run_bootstrap(t);
+}
+
+Test(teleprompt, a_killed_bootstrap_takes_its_teacher_runs_with_it)
+{
+    opt_thread t = {.st = student(), .train = trainset(6)};
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:100000", 2), DX_OK);
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(bootstrapping_until_killed, &t, &pid), DX_OK);
+    wait_requests(2);
+    cr_assert_eq(processes_labeled("dspex.bootstrap.example"), 2);
+    cr_assert_eq(dx_kill(pid), DX_OK);
+    int rc = dx_wait_exit(pid, 10000, NULL);
+    cr_assert(rc == DX_OK || rc == DX_ENOPROC, "%s", dx_strerror(rc));
+    dx_module_free(t.st);
+    dx_dataset_free(t.train);
+    size_t left = 2;
+    for (int i = 0;
+         i < 10000 && (left = processes_labeled("dspex.bootstrap.example")) > 0;
+         i++)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    cr_assert_eq(left, 0, "the teacher runs outlived their bootstrap");
+}
+
 /* An evaluation cut short scores no candidate: random search stops with
  * DX_ECANCELED instead of keeping a score of the examples that finished. */
 Test(teleprompt, a_cancelled_candidate_evaluation_stops_random_search)
