@@ -455,6 +455,18 @@ typedef struct copro_run {
     dx_diag *diag;
 } copro_run;
 
+/* Closes the checkpoint and frees the run and its result (NULL once
+ * handed on). Also the tie's callback, run outside any process when the
+ * optimizer's process ends inside dx_copro (a kill, a crash); what
+ * copro_body held in its own frame is not reached from here. */
+static void copro_run_free(void *obj)
+{
+    copro_run *r = obj;
+    dx__tp_ckpt_close(&r->ck);
+    dx_tp_result_free(r->res);
+    dx_free(r);
+}
+
 static bool spent(const copro_run *r)
 {
     return dx__tp_over_budget(&r->o, &r->res->usage);
@@ -731,44 +743,54 @@ int dx_copro(const dx_module *student, const dx_dataset *trainset,
     int rc = dx__tp_check_opts(student, trainset, opts, out, diag);
     if (rc != DX_OK)
         return rc;
-    copro_run r = {.train = trainset,
-                   .o = dx__tp_normalized(opts),
-                   .best = -1,
-                   .diag = diag};
+    dx_copro_opts c = {0};
     if (copro)
-        r.c = *copro;
-    if (!r.c.breadth)
-        r.c.breadth = DEFAULT_BREADTH;
-    if (!r.c.depth)
-        r.c.depth = DEFAULT_DEPTH;
-    if (r.c.init_temperature <= 0)
-        r.c.init_temperature = DEFAULT_TEMPERATURE;
-    if (r.c.breadth <= 1)
+        c = *copro;
+    if (!c.breadth)
+        c.breadth = DEFAULT_BREADTH;
+    if (!c.depth)
+        c.depth = DEFAULT_DEPTH;
+    if (c.init_temperature <= 0)
+        c.init_temperature = DEFAULT_TEMPERATURE;
+    if (c.breadth <= 1)
         return dx_diag_set(diag, DX_EINVAL, 0, 0,
                            "copro: breadth must be greater than 1");
-    char kind[160];
-    snprintf(kind, sizeof kind, "copro|%zu|%zu|%.17g|%s", r.c.breadth,
-             r.c.depth, r.c.init_temperature,
-             r.c.prompt_lm_name ? r.c.prompt_lm_name : "");
-    rc = dx__tp_ckpt_open(&r.ck, r.o.checkpoint_path, kind, student, NULL,
-                          trainset, NULL, &r.o, 0, diag);
-    if (rc != DX_OK)
-        return rc;
-    r.res = dx__tp_result_new();
-    if (!r.res) {
-        dx__tp_ckpt_close(&r.ck);
+    /* On the heap and tied to the calling process: an optimizer stopped
+     * mid-run (its supervisor, a caller that went away) or crashed closes
+     * its checkpoint and frees its result as it ends. */
+    copro_run *r = dx_calloc(1, sizeof *r);
+    if (!r)
         return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    dx_ptie *tie = dx_ptie_new(r, copro_run_free);
+    r->train = trainset;
+    r->o = dx__tp_normalized(opts);
+    r->c = c;
+    r->best = -1;
+    r->diag = diag;
+    char kind[160];
+    snprintf(kind, sizeof kind, "copro|%zu|%zu|%.17g|%s", c.breadth, c.depth,
+             c.init_temperature, c.prompt_lm_name ? c.prompt_lm_name : "");
+    rc = dx__tp_ckpt_open(&r->ck, r->o.checkpoint_path, kind, student, NULL,
+                          trainset, NULL, &r->o, 0, diag);
+    if (rc == DX_OK) {
+        r->res = dx__tp_result_new();
+        if (!r->res)
+            rc = dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
     }
     int64_t t0 = dx_now_ms();
-    rc = copro_body(&r, student);
-    dx__tp_ckpt_close(&r.ck);
+    if (rc == DX_OK)
+        rc = copro_body(r, student);
+    dx_ptie_cut(tie);
+    dx_tp_result *res = r->res;
+    r->res = NULL;
+    copro_run_free(r);
     if (rc != DX_OK) {
-        dx_tp_result_free(r.res);
+        dx_tp_result_free(res);
         return rc;
     }
-    r.res->wall_s = (double)(dx_now_ms() - t0) / 1000.0;
-    if (r.o.report_path)
-        dx_tp_write_report(r.res, "COPRO", r.o.report_path, NULL);
-    *out = r.res;
+    res->wall_s = (double)(dx_now_ms() - t0) / 1000.0;
+    if (opts->report_path)
+        dx_tp_write_report(res, "COPRO", opts->report_path, NULL);
+    *out = res;
     return DX_OK;
 }

@@ -522,6 +522,33 @@ typedef struct mipro_run {
     size_t *val_map;
 } mipro_run;
 
+/* Closes the checkpoint and frees the run and its result (NULL once
+ * handed on). Also the tie's callback, run outside any process when the
+ * optimizer's process ends inside dx_mipro (a kill, a crash); what
+ * mipro_body held in its own frame is not reached from here. */
+static void mipro_run_free(void *obj)
+{
+    mipro_run *r = obj;
+    dx__tp_ckpt_close(&r->ck);
+    for (size_t p = 0; r->instr && p < r->np; p++) {
+        for (size_t i = 0; r->instr[p] && i < r->n_instr[p]; i++)
+            dx_free(r->instr[p][i]);
+        dx_free(r->instr[p]);
+    }
+    dx_free(r->instr);
+    dx_free(r->n_instr);
+    dx_free(r->summary);
+    dx_free(r->prog_code);
+    for (size_t s = 0; s < r->n_sets; s++)
+        dx_module_free(r->sets[s]);
+    dx_free(r->sets);
+    dx_free(r->preds);
+    dx_module_free(r->program);
+    dx_free(r->val_map);
+    dx_tp_result_free(r->res);
+    dx_free(r);
+}
+
 static bool spent(const mipro_run *r)
 {
     return dx__tp_over_budget(&r->o, &r->res->usage);
@@ -1490,16 +1517,6 @@ int dx_mipro(const dx_module *student, const dx_dataset *trainset,
     int rc = dx__tp_check_opts(student, trainset, opts, out, diag);
     if (rc != DX_OK)
         return rc;
-    mipro_run r = {.student = student, .diag = diag};
-    /* MIPROv2's demo defaults: 4 and 4. */
-    dx_tp_opts o = *opts;
-    if (!o.max_labeled_demos && !o.labeled_none)
-        o.max_labeled_demos = 4;
-    r.o = dx__tp_normalized(&o);
-    if (mipro)
-        r.m = *mipro;
-    if (r.m.init_temperature <= 0)
-        r.m.init_temperature = 1.0;
     /* DSPy: without a valset, the last 80% of the trainset (at most
      * 1000) validates and the rest trains. */
     dx_dataset train = *trainset, val = {0};
@@ -1519,54 +1536,62 @@ int dx_mipro(const dx_module *student, const dx_dataset *trainset,
     if (train.n == 0 || val.n == 0)
         return dx_diag_set(diag, DX_EINVAL, 0, 0,
                            "mipro: empty trainset or valset");
+    /* On the heap and tied to the calling process: an optimizer stopped
+     * mid-run (its supervisor, a caller that went away) or crashed closes
+     * its checkpoint and frees its state as it ends. */
+    mipro_run *r = dx_calloc(1, sizeof *r);
+    if (!r)
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    dx_ptie *tie = dx_ptie_new(r, mipro_run_free);
+    r->student = student;
+    r->diag = diag;
+    /* MIPROv2's demo defaults: 4 and 4. */
+    dx_tp_opts o = *opts;
+    if (!o.max_labeled_demos && !o.labeled_none)
+        o.max_labeled_demos = 4;
+    r->o = dx__tp_normalized(&o);
+    if (mipro)
+        r->m = *mipro;
+    if (r->m.init_temperature <= 0)
+        r->m.init_temperature = 1.0;
     char kind[400];
     snprintf(kind, sizeof kind,
              "mipro|%d|%zu|%zu|%d|%zu|%zu|%lld|%d|%.17g|%d%d|%s|%d|%d%d",
-             (int)r.m.auto_mode, r.m.num_candidates, r.m.num_trials,
-             (int)r.m.no_minibatch, r.m.minibatch_size,
-             r.m.minibatch_full_eval_steps, (long long)r.m.seed,
-             (int)r.m.has_seed, r.m.init_temperature, (int)r.m.no_task_demos,
-             (int)r.m.no_tip, r.m.prompt_lm_name ? r.m.prompt_lm_name : "",
-             (int)r.m.zero_shot, (int)r.m.no_data_summary,
-             (int)r.m.no_program_description);
-    rc = dx__tp_ckpt_open(&r.ck, r.o.checkpoint_path, kind, student, NULL,
-                          &train, &val, &r.o, 0, diag);
-    if (rc != DX_OK)
-        return rc;
-    r.res = dx__tp_result_new();
-    r.program = dx_module_copy(student);
-    if (!r.res || !r.program ||
-        dx_module_predictors(r.program, &r.preds, &r.np) != DX_OK) {
+             (int)r->m.auto_mode, r->m.num_candidates, r->m.num_trials,
+             (int)r->m.no_minibatch, r->m.minibatch_size,
+             r->m.minibatch_full_eval_steps, (long long)r->m.seed,
+             (int)r->m.has_seed, r->m.init_temperature, (int)r->m.no_task_demos,
+             (int)r->m.no_tip, r->m.prompt_lm_name ? r->m.prompt_lm_name : "",
+             (int)r->m.zero_shot, (int)r->m.no_data_summary,
+             (int)r->m.no_program_description);
+    rc = dx__tp_ckpt_open(&r->ck, r->o.checkpoint_path, kind, student, NULL,
+                          &train, &val, &r->o, 0, diag);
+    if (rc == DX_OK)
+        r->res = dx__tp_result_new();
+    r->program = dx_module_copy(student);
+    if (rc != DX_OK) {
+        /* the checkpoint's error is in diag */
+    } else if (!r->res || !r->program ||
+               dx_module_predictors(r->program, &r->preds, &r->np) != DX_OK) {
         rc = dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
-    } else if (r.np == 0) {
+    } else if (r->np == 0) {
         rc = dx_diag_set(diag, DX_EINVAL, 0, 0,
                          "mipro: the program has no predictors");
     }
     int64_t t0 = dx_now_ms();
     if (rc == DX_OK)
-        rc = mipro_body(&r, &train, &val);
-    dx__tp_ckpt_close(&r.ck);
-    for (size_t p = 0; r.instr && p < r.np; p++) {
-        for (size_t i = 0; r.instr[p] && i < r.n_instr[p]; i++)
-            dx_free(r.instr[p][i]);
-        dx_free(r.instr[p]);
-    }
-    dx_free(r.instr);
-    dx_free(r.n_instr);
-    dx_free(r.summary);
-    dx_free(r.prog_code);
-    for (size_t s = 0; s < r.n_sets; s++)
-        dx_module_free(r.sets[s]);
-    dx_free(r.sets);
-    dx_free(r.preds);
-    dx_module_free(r.program);
+        rc = mipro_body(r, &train, &val);
+    dx_ptie_cut(tie);
+    dx_tp_result *res = r->res;
+    r->res = NULL;
+    mipro_run_free(r);
     if (rc != DX_OK) {
-        dx_tp_result_free(r.res);
+        dx_tp_result_free(res);
         return rc;
     }
-    r.res->wall_s = (double)(dx_now_ms() - t0) / 1000.0;
-    if (r.o.report_path)
-        dx_tp_write_report(r.res, "MIPROv2", r.o.report_path, NULL);
-    *out = r.res;
+    res->wall_s = (double)(dx_now_ms() - t0) / 1000.0;
+    if (o.report_path)
+        dx_tp_write_report(res, "MIPROv2", o.report_path, NULL);
+    *out = res;
     return DX_OK;
 }

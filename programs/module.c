@@ -375,11 +375,10 @@ void dx_module_free(dx_module *m)
     dx_free(m);
 }
 
-static dx_module *copy_tree(const dx_module *m, bool reset)
+/* Fills c, a new module of m's kind (attached to its parent already, so
+ * that the root reaches everything built so far), with a copy of m. */
+static bool fill_copy(dx_module *c, const dx_module *m, bool reset)
 {
-    dx_module *c = module_alloc(m->kind, m->type_name);
-    if (!c)
-        return NULL;
     c->forward = m->forward;
     c->ud_free = m->ud_free;
     c->ud_copy = m->ud_copy;
@@ -415,9 +414,29 @@ static dx_module *copy_tree(const dx_module *m, bool reset)
         }
     }
     for (size_t i = 0; ok && i < m->n_children; i++) {
-        dx_module *kid = copy_tree(m->children[i], reset);
-        ok = kid && dx_module_add(c, m->child_names[i], kid) == DX_OK;
+        const dx_module *from = m->children[i];
+        dx_module *kid = module_alloc(from->kind, from->type_name);
+        ok = kid && dx_module_add(c, m->child_names[i], kid) == DX_OK &&
+             fill_copy(kid, from, reset);
     }
+    return ok;
+}
+
+static void free_partial_copy(void *c)
+{
+    dx_module_free(c);
+}
+
+static dx_module *copy_tree(const dx_module *m, bool reset)
+{
+    dx_module *c = module_alloc(m->kind, m->type_name);
+    if (!c)
+        return NULL;
+    /* A module's ud_copy is the user's code: if it crashes, the process
+     * ends mid-copy, and the tie frees what was built so far. */
+    dx_ptie *tie = dx_ptie_new(c, free_partial_copy);
+    bool ok = fill_copy(c, m, reset);
+    dx_ptie_cut(tie);
     if (!ok) {
         dx_module_free(c);
         return NULL;

@@ -1546,6 +1546,37 @@ static bool restore_candidate(dx__tp_ckpt *ck, candidate *c,
     return ok;
 }
 
+/* Random search's state across its blocking steps. */
+typedef struct rs_state {
+    dx__tp_ckpt ck;
+    dx_tp_result *res; /* NULL once handed on */
+    candidate *cands;  /* [ncand], by seed + 3 */
+    size_t ncand;
+    /* The candidates being evaluated together: copies of entries of
+     * cands (the same programs) and the rows the evaluation gives them. */
+    candidate *todo;
+    size_t ntodo;
+} rs_state;
+
+/* Closes the checkpoint and frees the state. Also the tie's callback, run
+ * outside any process when the optimizer's process ends inside
+ * dx_random_search (a kill, a crash). */
+static void rs_state_free(void *obj)
+{
+    rs_state *st = obj;
+    for (size_t i = 0; st->todo && i < st->ntodo; i++)
+        cJSON_Delete(st->todo[i].rows);
+    dx_free(st->todo);
+    for (size_t k = 0; st->cands && k < st->ncand; k++) {
+        dx_module_free(st->cands[k].prog);
+        cJSON_Delete(st->cands[k].rows);
+    }
+    dx_free(st->cands);
+    dx__tp_ckpt_close(&st->ck);
+    dx_tp_result_free(st->res);
+    dx_free(st);
+}
+
 int dx_random_search(const dx_module *student, const dx_module *teacher,
                      const dx_dataset *trainset, const dx_dataset *valset,
                      const dx_tp_opts *opts, dx_tp_result **out, dx_diag *diag)
@@ -1555,19 +1586,26 @@ int dx_random_search(const dx_module *student, const dx_module *teacher,
         return rc;
     dx_tp_opts o = dx__tp_normalized(opts);
     const dx_dataset *val = valset ? valset : trainset;
-    dx__tp_ckpt ck;
-    rc = dx__tp_ckpt_open(&ck, o.checkpoint_path, "random_search", student,
-                          teacher, trainset, val, &o, 0, diag);
-    if (rc != DX_OK)
-        return rc;
-    size_t ncand = o.num_candidates + 3;
-    dx_tp_result *res = dx__tp_result_new();
-    candidate *cands = dx_calloc(ncand, sizeof *cands);
-    if (!res || !cands) {
-        dx__tp_ckpt_close(&ck);
-        dx_tp_result_free(res);
-        dx_free(cands);
+    /* On the heap and tied to the calling process: an optimizer stopped
+     * mid-run (its supervisor, a caller that went away) or crashed closes
+     * its checkpoint and frees its candidates as it ends. */
+    rs_state *st = dx_calloc(1, sizeof *st);
+    if (!st)
         return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    dx_ptie *tie = dx_ptie_new(st, rs_state_free);
+    dx__tp_ckpt *ck = &st->ck;
+    rc = dx__tp_ckpt_open(ck, o.checkpoint_path, "random_search", student,
+                          teacher, trainset, val, &o, 0, diag);
+    size_t ncand = st->ncand = o.num_candidates + 3;
+    dx_tp_result *res = st->res = rc == DX_OK ? dx__tp_result_new() : NULL;
+    candidate *cands = st->cands =
+        rc == DX_OK ? dx_calloc(ncand, sizeof *cands) : NULL;
+    if (rc == DX_OK && (!res || !cands))
+        rc = dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    if (rc != DX_OK) {
+        dx_ptie_cut(tie);
+        rs_state_free(st);
+        return rc;
     }
     /* Evaluated one by one only when a candidate's score can stop the
      * search (stop_at_score) or the budget must be checked between
@@ -1590,14 +1628,14 @@ int dx_random_search(const dx_module *student, const dx_module *teacher,
             break;
         dx__tp_emit("optimize.trial", DX_TELEMETRY_START, "random_search",
                     c->seed, 0);
-        if (!restore_candidate(&ck, c, student)) {
+        if (!restore_candidate(ck, c, student)) {
             rc = build_candidate(c, student, teacher, trainset, &o, diag);
             if (rc == DX_OK && one_by_one) {
                 rc = dx__tp_evaluate_idx(c->prog, val, NULL, 0, &o, &c->t.score,
                                          &c->t.usage, &c->rows, diag);
                 c->scored = rc == DX_OK;
                 if (c->scored)
-                    checkpoint_candidate(&ck, c);
+                    checkpoint_candidate(ck, c);
             }
         }
         if (rc != DX_OK)
@@ -1615,23 +1653,27 @@ int dx_random_search(const dx_module *student, const dx_module *teacher,
             first++;
         /* Candidates restored from the checkpoint keep their scores; the
          * rest (contiguous or not) are evaluated in one job. */
-        candidate *todo = dx_calloc(built ? built : 1, sizeof *todo);
+        candidate *todo = st->todo = dx_calloc(built ? built : 1, sizeof *todo);
         size_t *where = dx_calloc(built ? built : 1, sizeof *where);
-        size_t nt = 0;
         if (!todo || !where)
             rc = DX_ENOMEM;
         for (size_t k = first; rc == DX_OK && k < built; k++)
             if (!cands[k].scored) {
-                where[nt] = k;
-                todo[nt++] = cands[k];
+                where[st->ntodo] = k;
+                todo[st->ntodo++] = cands[k];
             }
-        if (rc == DX_OK && nt)
-            rc = evaluate_together(todo, nt, val, &o, diag);
-        for (size_t i = 0; rc == DX_OK && i < nt; i++) {
+        if (rc == DX_OK && st->ntodo)
+            rc = evaluate_together(todo, st->ntodo, val, &o, diag);
+        for (size_t i = 0; rc == DX_OK && i < st->ntodo; i++) {
             cands[where[i]] = todo[i];
-            checkpoint_candidate(&ck, &cands[where[i]]);
+            checkpoint_candidate(ck, &cands[where[i]]);
         }
+        if (rc != DX_OK) /* what the evaluation left in the copies */
+            for (size_t i = 0; i < st->ntodo; i++)
+                cJSON_Delete(todo[i].rows);
         dx_free(todo);
+        st->todo = NULL;
+        st->ntodo = 0;
         dx_free(where);
     }
     /* In seed order: the trial log, the events, the best. */
@@ -1654,12 +1696,9 @@ int dx_random_search(const dx_module *student, const dx_module *teacher,
                         c->seed, c->t.score);
         }
     }
-    for (size_t k = 0; k < ncand; k++) {
-        dx_module_free(cands[k].prog);
-        cJSON_Delete(cands[k].rows);
-    }
-    dx_free(cands);
-    dx__tp_ckpt_close(&ck);
+    dx_ptie_cut(tie);
+    st->res = NULL; /* the caller's, or freed below */
+    rs_state_free(st);
     if (rc != DX_OK || !res->program) {
         if (rc == DX_OK)
             rc = dx_diag_set(diag, DX_ELIMIT, 0, 0,

@@ -7,6 +7,8 @@
  * the temporary checkpoint is removed.
  */
 #include <criterion/criterion.h>
+#include <dirent.h>
+#include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -217,6 +219,28 @@ static size_t files_in_tmpdir(void)
     return (size_t)n;
 }
 
+/* Descriptors of this OS process open on a file in tmpdir (the checkpoint
+ * and its journal, deleted or not): an optimizer that crashed or was
+ * stopped must not keep its checkpoint open. */
+static size_t open_files_in_tmpdir(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    cr_assert_not_null(d);
+    size_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        char path[300], target[PATH_MAX];
+        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+        ssize_t len = readlink(path, target, sizeof target - 1);
+        if (len <= 0)
+            continue;
+        target[len] = '\0';
+        n += strncmp(target, tmpdir, strlen(tmpdir)) == 0;
+    }
+    closedir(d);
+    return n;
+}
+
 Test(optimize, gives_what_the_direct_call_gives)
 {
     dx_module *st = plain_student();
@@ -309,6 +333,8 @@ Test(optimize, a_crashed_optimizer_is_restarted_and_resumes_to_the_same_result)
     cr_assert_gt(restored, 0, "the restarted run resumed from the checkpoint");
     cr_assert_lt(restored, sup->n_trials, "it crashed mid-run");
     cr_assert_eq(files_in_tmpdir(), 0);
+    cr_assert_eq(open_files_in_tmpdir(), 0,
+                 "the crashed run's checkpoint is still open");
     dx_tp_result_free(direct);
     dx_tp_result_free(sup);
     dx_module_free(st);
@@ -339,6 +365,38 @@ Test(optimize, more_crashes_than_max_restarts_fail_with_edown)
     cr_assert_eq(dx_optimize(&spec, &r, &d), DX_EDOWN, "%s", d.msg);
     cr_assert_eq(atomic_load(&crashed), 1);
     cr_assert_eq(files_in_tmpdir(), 0);
+    cr_assert_eq(open_files_in_tmpdir(), 0,
+                 "a crashed run's checkpoint is still open");
+    dx_module_free(st);
+}
+
+/* Every optimizer closes its checkpoint when its process crashes (or is
+ * stopped) mid-run, rather than leaving the restarted run a descriptor
+ * short each time. */
+Test(optimize, a_crashed_optimizer_of_any_kind_leaves_no_file_open)
+{
+    dx_module *st = wrapped_student();
+    const dx_optimizer_kind kinds[] = {DX_OPT_BOOTSTRAP, DX_OPT_RANDOM_SEARCH,
+                                       DX_OPT_COPRO, DX_OPT_MIPRO};
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+        atomic_store(&crash_at, 1);
+        atomic_store(&crashes_left, 1000);
+        atomic_store(&crashed, 0);
+        atomic_store(&copies, 0);
+        dx_optimize_spec spec = {.kind = kinds[k],
+                                 .student = st,
+                                 .trainset = train,
+                                 .valset = dev,
+                                 .opts = opts(),
+                                 .max_restarts = 1};
+        dx_tp_result *r = NULL;
+        dx_diag d = {0};
+        cr_assert_eq(dx_optimize(&spec, &r, &d), DX_EDOWN, "kind %zu: %s", k,
+                     d.msg);
+        cr_assert_eq(atomic_load(&crashed), 2, "kind %zu", k);
+        cr_assert_eq(open_files_in_tmpdir(), 0,
+                     "kind %zu: a crashed run's checkpoint is still open", k);
+    }
     dx_module_free(st);
 }
 
