@@ -625,19 +625,23 @@ static int offer_feedback(dx_ctx *ctx, const bon *b, const dx_module *self,
         dx_example_free(in);
         return dx_ctx_fail(ctx, rc, "%s: out of memory", self->path);
     }
-    dx_module *fb = dx_predict_new(b->feedback_sig, NULL);
+    /* The feedback module and its inputs, held across its LM call. */
+    dx__held *h = dx__held_new();
+    dx_module *fb =
+        h ? h->mod[0] = dx_predict_new(b->feedback_sig, NULL) : NULL;
     if (!fb) {
         dx_example_free(in);
+        dx__held_free(h);
         return dx_ctx_fail(ctx, DX_ENOMEM, "%s: out of memory", self->path);
     }
+    h->ex[0] = in;
     /* Not a predictor of the program: kept out of the trace. */
     dx_trace *saved = ctx->trace;
     ctx->trace = NULL;
     dx_prediction *out = NULL;
     rc = dx_forward(ctx, fb, in, &out);
     ctx->trace = saved;
-    dx_module_free(fb);
-    dx_example_free(in);
+    dx__held_free(h);
     if (rc != DX_OK) {
         dx_diag_prefix(&ctx->diag, "%s: OfferFeedback", self->path);
         return rc;
@@ -678,11 +682,15 @@ static int bon_forward(dx_ctx *ctx, const dx_module *self,
     const char *name = self->type_name;
     const char *base_rollout = ctx->rollout_id;
     dx_trace *run_trace = ctx->trace;
-    dx_prediction *best = NULL;
-    dx_trace best_trace = {0};
+    /* Held across the attempts' LM calls, the reward function and the
+     * feedback call: the attempt's copy of the module (mod[0]), its
+     * prediction and trace (pred[0], trace[0]), the best so far (pred[1],
+     * trace[1]) and the advice for the next attempts (json[0]). */
+    dx__held *h = dx__held_new();
+    if (!h)
+        return dx_ctx_fail(ctx, DX_ENOMEM, "%s: out of memory", self->path);
     double best_reward = -INFINITY;
     long long fails_left = (long long)b->o.fail_count;
-    cJSON *advice = NULL;
     int last_rc = DX_OK;
     int rc = DX_OK;
     bool raised = false;
@@ -690,22 +698,21 @@ static int bon_forward(dx_ctx *ctx, const dx_module *self,
     for (size_t idx = 0; idx < b->o.n; idx++) {
         char rid[96];
         rollout_for(base_rollout, idx, rid, sizeof rid);
-        dx_module *copy = NULL;
-        rc = attempt_copy(child, advice, &copy);
+        rc = attempt_copy(child, h->json[0], &h->mod[0]);
         if (rc != DX_OK)
             dx_ctx_fail(ctx, rc, "%s: out of memory", self->path);
-        dx_trace att = {0};
-        dx_prediction *pred = NULL;
+        dx_module *copy = h->mod[0];
+        dx_trace *att = &h->trace[0];
         if (rc == DX_OK) {
             ctx->rollout_id = rid;
-            ctx->trace = &att;
-            rc = dx_forward(ctx, copy, inputs, &pred);
+            ctx->trace = att;
+            rc = dx_forward(ctx, copy, inputs, &h->pred[0]);
             ctx->rollout_id = base_rollout;
             ctx->trace = run_trace;
         }
         double reward = 0;
         if (rc == DX_OK) {
-            rc = b->o.reward(inputs, pred, b->o.reward_ud, &reward);
+            rc = b->o.reward(inputs, h->pred[0], b->o.reward_ud, &reward);
             if (rc != DX_OK)
                 dx_ctx_fail(ctx, rc, "%s: the reward function failed: %s",
                             self->path, dx_strerror(rc));
@@ -715,23 +722,25 @@ static int bon_forward(dx_ctx *ctx, const dx_module *self,
             if (reward >= b->o.threshold || idx == b->o.n - 1)
                 stop = true;
             else if (b->refine)
-                rc = offer_feedback(ctx, b, self, copy, inputs, &att, pred,
-                                    reward, &advice);
+                rc = offer_feedback(ctx, b, self, copy, inputs, att, h->pred[0],
+                                    reward, &h->json[0]);
             /* DSPy keeps the attempt before asking for feedback, so an
              * attempt whose feedback fails may still be the answer. */
             if (reward > best_reward) {
                 best_reward = reward;
-                dx_prediction_free(best);
-                dx_trace_free(&best_trace);
-                best = pred;
-                best_trace = att;
-                pred = NULL;
-                att = (dx_trace){0};
+                dx_prediction_free(h->pred[1]);
+                dx_trace_free(&h->trace[1]);
+                h->pred[1] = h->pred[0];
+                h->trace[1] = *att;
+                h->pred[0] = NULL;
+                *att = (dx_trace){0};
             }
         }
-        dx_prediction_free(pred);
-        dx_trace_free(&att);
+        dx_prediction_free(h->pred[0]);
+        h->pred[0] = NULL;
+        dx_trace_free(att);
         dx_module_free(copy);
+        h->mod[0] = NULL;
         if (rc != DX_OK) {
             last_rc = rc;
             if ((long long)idx > fails_left) {
@@ -745,18 +754,17 @@ static int bon_forward(dx_ctx *ctx, const dx_module *self,
         if (stop)
             break;
     }
-    cJSON_Delete(advice);
-    if (raised || !best) {
-        dx_prediction_free(best);
-        dx_trace_free(&best_trace);
+    if (raised || !h->pred[1]) {
+        dx__held_free(h);
         if (!raised)
             dx_diag_prefix(&ctx->diag, "%s: all %zu attempts failed; the last",
                            name, b->o.n);
         return last_rc != DX_OK ? last_rc : DX_EINVAL;
     }
     if (run_trace)
-        trace_join(run_trace, &best_trace, child->path);
-    dx_trace_free(&best_trace);
-    *out = best;
+        trace_join(run_trace, &h->trace[1], child->path);
+    *out = h->pred[1];
+    h->pred[1] = NULL;
+    dx__held_free(h);
     return DX_OK;
 }

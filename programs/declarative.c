@@ -114,16 +114,20 @@ static int pipeline_forward(dx_ctx *ctx, const dx_module *self,
                             const dx_example *in, dx_prediction **out)
 {
     const pipeline *p = dx_module_ud(self);
-    dx_example *env = dx_example_copy(in);
-    if (!env)
+    /* ex[0] the environment, ex[1] a step's inputs; pred[0] the last
+     * step's prediction, pred[1] this one's. */
+    dx__held *h = dx__held_new();
+    dx_example *env = h ? h->ex[0] = dx_example_copy(in) : NULL;
+    if (!env) {
+        dx__held_free(h);
         return dx_ctx_fail(ctx, DX_ENOMEM, "out of memory");
-    dx_prediction *last = NULL;
+    }
     int rc = DX_OK;
     for (size_t i = 0; rc == DX_OK && i < p->n_steps; i++) {
         const step *st = &p->steps[i];
         const dx_module *m = dx_module_child(self, st->module);
         const dx_signature *s = module_signature(m);
-        dx_example *step_in = dx_example_new();
+        dx_example *step_in = h->ex[1] = dx_example_new();
         if (!step_in) {
             rc = dx_ctx_fail(ctx, DX_ENOMEM, "out of memory");
             break;
@@ -143,26 +147,24 @@ static int pipeline_forward(dx_ctx *ctx, const dx_module *self,
                     rc = dx_example_set_value(step_in, name, v);
             }
         }
-        dx_prediction *pred = NULL;
         if (rc == DX_OK)
-            rc = dx_forward(ctx, m, step_in, &pred);
+            rc = dx_forward(ctx, m, step_in, &h->pred[1]);
         dx_example_free(step_in);
+        h->ex[1] = NULL;
         if (rc == DX_OK)
-            rc = env_put(env, st->module, dx_prediction_fields(pred));
+            rc = env_put(env, st->module, dx_prediction_fields(h->pred[1]));
         if (rc == DX_OK) {
-            dx_prediction_free(last);
-            last = pred;
-        } else {
-            dx_prediction_free(pred);
+            dx_prediction_free(h->pred[0]);
+            h->pred[0] = h->pred[1];
+            h->pred[1] = NULL;
         }
     }
-    dx_example_free(env);
-    if (rc != DX_OK) {
-        dx_prediction_free(last);
-        return rc;
+    if (rc == DX_OK) {
+        *out = h->pred[0];
+        h->pred[0] = NULL;
     }
-    *out = last;
-    return DX_OK;
+    dx__held_free(h);
+    return rc;
 }
 
 /* ---- parsing ------------------------------------------------------------ */

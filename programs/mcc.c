@@ -67,9 +67,12 @@ static int mcc_forward(dx_ctx *ctx, const dx_module *self,
                            "value for M when initializing "
                            "MultiChainComparison.",
                            self->path, n, c->m);
-    dx_example *in = dx_example_new();
-    if (!in)
+    dx__held *h = dx__held_new();
+    dx_example *in = h ? h->ex[0] = dx_example_new() : NULL;
+    if (!in) {
+        dx__held_free(h);
         return dx_ctx_fail(ctx, DX_ENOMEM, "%s: out of memory", self->path);
+    }
     int rc = DX_OK;
     size_t i = 0;
     const cJSON *comp;
@@ -122,7 +125,7 @@ static int mcc_forward(dx_ctx *ctx, const dx_module *self,
     }
     if (rc == DX_OK)
         rc = dx_forward(ctx, dx_module_child(self, "predict"), in, out);
-    dx_example_free(in);
+    dx__held_free(h);
     return rc;
 }
 

@@ -444,6 +444,48 @@ static dx_module *copy_tree(const dx_module *m, bool reset)
     return c;
 }
 
+/* ---- what a forward holds ------------------------------------------------ */
+
+static void held_release(dx__held *h)
+{
+    for (size_t i = 0; i < sizeof h->ex / sizeof h->ex[0]; i++)
+        dx_example_free(h->ex[i]);
+    for (size_t i = 0; i < sizeof h->pred / sizeof h->pred[0]; i++)
+        dx_prediction_free(h->pred[i]);
+    for (size_t i = 0; i < sizeof h->mod / sizeof h->mod[0]; i++)
+        dx_module_free(h->mod[i]);
+    for (size_t i = 0; i < sizeof h->json / sizeof h->json[0]; i++)
+        cJSON_Delete(h->json[i]);
+    for (size_t i = 0; i < sizeof h->trace / sizeof h->trace[0]; i++)
+        dx_trace_free(&h->trace[i]);
+    for (size_t i = 0; i < sizeof h->other / sizeof h->other[0]; i++)
+        if (h->other[i].obj)
+            h->other[i].free_fn(h->other[i].obj);
+    dx_free(h);
+}
+
+/* The tie's callback: the forward's process ended while it held these. */
+static void held_orphaned(void *obj)
+{
+    held_release(obj);
+}
+
+dx__held *dx__held_new(void)
+{
+    dx__held *h = dx_calloc(1, sizeof *h);
+    if (h)
+        h->tie = dx_ptie_new(h, held_orphaned);
+    return h;
+}
+
+void dx__held_free(dx__held *h)
+{
+    if (!h)
+        return;
+    dx_ptie_cut(h->tie);
+    held_release(h);
+}
+
 dx_module *dx_module_copy(const dx_module *m)
 {
     return m ? copy_tree(m, false) : NULL;

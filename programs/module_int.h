@@ -98,6 +98,30 @@ int dx__run_program(const dx_module *m, const dx_example *inputs,
  * error. */
 int dx__in_process(void (*fn)(void *), void *arg);
 
+/* What a module's forward holds across its blocking steps (dx_forward of
+ * a child, a tool call, a user's reward function), kept here rather than
+ * in locals: the holder is tied to the calling process, so a forward
+ * killed there — an evaluation's example past its deadline, a caller that
+ * went away — or crashed in user code frees what it held as the process
+ * ends. A forward moves a result out (its slot set to NULL) and frees the
+ * holder, which frees whatever is left in the slots. */
+typedef struct dx__held {
+    dx_example *ex[4];
+    dx_prediction *pred[4];
+    dx_module *mod[2];
+    cJSON *json[2];
+    dx_trace trace[2];
+    struct {
+        void *obj;
+        void (*free_fn)(void *obj);
+    } other[2];   /* anything else, with its free function */
+    dx_ptie *tie; /* NULL off a process (nothing to be killed) */
+} dx__held;
+/* NULL on OOM. */
+dx__held *dx__held_new(void);
+/* Ends the tie and frees what is left. NULL is a no-op. */
+void dx__held_free(dx__held *h);
+
 /* The built-in price table (created once). */
 const dx_usage_prices *dx__default_prices(void);
 

@@ -145,6 +145,12 @@ static void step_clear(step_out *s)
     *s = (step_out){0};
 }
 
+static void step_free(void *s)
+{
+    step_clear(s);
+    dx_free(s);
+}
+
 static dx_pid resolve_lm(const dx_ctx *ctx, const dx_module *p)
 {
     if (p->opts.lm_name)
@@ -167,6 +173,11 @@ static char *strip_dup(const char *s)
         r[n] = 0;
     }
     return r;
+}
+
+static void request_free(void *req)
+{
+    dx_lm_request_free(req);
 }
 
 /* The native step: the inputs as the adapter formats them for
@@ -232,8 +243,12 @@ static int native_step(dx_ctx *ctx, const dx_module *react, const react_ud *u,
     dx_lm_error err = {0};
     dx_lm_result *res = NULL;
     int64_t left = dx_ctx_remaining_ms(ctx);
+    /* Killed while it waits (its example's deadline), the process frees
+     * the request as it ends. */
+    dx_ptie *req_tie = dx_ptie_new(req, request_free);
     rc = left > 0 ? dx_lm_client_complete_opt(lm, req, &copts, left, &res, &err)
                   : DX_ETIMEDOUT;
+    dx_ptie_cut(req_tie);
     dx_lm_request_free(req);
     if (rc != DX_OK) {
         if (rc == DX_EPROVIDER)
@@ -322,14 +337,15 @@ static int call_truncating(dx_ctx *ctx, const dx_module *m, const react_ud *u,
             dx_free(text);
             rc = native_step(ctx, m, u, inputs, traj, step);
         } else {
-            dx_example *in = dx_example_copy(inputs);
+            dx__held *h = dx__held_new();
+            dx_example *in = h ? h->ex[0] = dx_example_copy(inputs) : NULL;
             rc = in ? dx_example_set_str(in, "trajectory", text) : DX_ENOMEM;
             dx_free(text);
             if (rc == DX_OK)
                 rc = dx_forward(ctx, m, in, pred);
             else
                 dx_ctx_fail(ctx, rc, "%s: out of memory", m->path);
-            dx_example_free(in);
+            dx__held_free(h);
         }
         if (rc != DX_EPROVIDER || !context_overflow(&ctx->diag))
             return rc;
@@ -375,15 +391,22 @@ static int react_forward(dx_ctx *ctx, const dx_module *self,
     if (cJSON_IsNumber(mi))
         max_iters = (int)mi->valuedouble;
 
-    cJSON *traj = cJSON_CreateObject();
-    if (!traj)
+    /* The trajectory and the step in progress, held across the LM and
+     * tool calls: json[0] and other[0]. */
+    dx__held *h = dx__held_new();
+    cJSON *traj = h ? h->json[0] = cJSON_CreateObject() : NULL;
+    step_out *st = traj ? dx_calloc(1, sizeof *st) : NULL;
+    if (!st) {
+        dx__held_free(h);
         return dx_ctx_fail(ctx, DX_ENOMEM, "%s: out of memory", self->path);
+    }
+    h->other[0].obj = st;
+    h->other[0].free_fn = step_free;
     int rc = DX_OK;
     for (int idx = 0; idx < max_iters; idx++) {
         dx_prediction *pred = NULL;
-        step_out st = {0};
-        rc =
-            call_truncating(ctx, react, u, u->native, inputs, traj, &pred, &st);
+        step_clear(st);
+        rc = call_truncating(ctx, react, u, u->native, inputs, traj, &pred, st);
         if (rc == DX_EPARSE || rc == DX_ETYPE ||
             (rc == DX_EPROVIDER && strstr(ctx->diag.msg, "context window"))) {
             /* DSPy ends the trajectory when the agent fails to select a
@@ -398,29 +421,30 @@ static int react_forward(dx_ctx *ctx, const dx_module *self,
             const char *name =
                 dx_prediction_get_str(pred, "next_tool_name", "");
             const cJSON *args = dx_prediction_get(pred, "next_tool_args");
-            st.thought =
+            st->thought =
                 dx_strdup(dx_prediction_get_str(pred, "next_thought", ""));
-            st.name = dx_strdup(name);
-            st.args = args ? cJSON_Duplicate(args, true) : cJSON_CreateObject();
+            st->name = dx_strdup(name);
+            st->args =
+                args ? cJSON_Duplicate(args, true) : cJSON_CreateObject();
             dx_prediction_free(pred);
-            if (!st.thought || !st.name || !st.args) {
-                step_clear(&st);
+            if (!st->thought || !st->name || !st->args) {
+                step_clear(st);
                 rc = dx_ctx_fail(ctx, DX_ENOMEM, "%s: out of memory",
                                  self->path);
                 break;
             }
         }
         bool ok =
-            add_entry(traj, "thought", idx, cJSON_CreateString(st.thought)) &&
-            add_entry(traj, "tool_name", idx, cJSON_CreateString(st.name)) &&
-            add_entry(traj, "tool_args", idx, cJSON_Duplicate(st.args, true));
+            add_entry(traj, "thought", idx, cJSON_CreateString(st->thought)) &&
+            add_entry(traj, "tool_name", idx, cJSON_CreateString(st->name)) &&
+            add_entry(traj, "tool_args", idx, cJSON_Duplicate(st->args, true));
         char *obs = NULL;
-        const dx_tool *tool = find_tool(u, st.name);
+        const dx_tool *tool = find_tool(u, st->name);
         if (ok && tool) {
-            if (dx_tool_call(tool, cJSON_IsObject(st.args) ? st.args : NULL,
+            if (dx_tool_call(tool, cJSON_IsObject(st->args) ? st->args : NULL,
                              &obs, NULL) != DX_OK)
                 ok = false;
-            else if (!cJSON_IsObject(st.args)) {
+            else if (!cJSON_IsObject(st->args)) {
                 dx_free(obs);
                 obs = NULL;
                 dx__sb b;
@@ -428,7 +452,7 @@ static int react_forward(dx_ctx *ctx, const dx_module *self,
                 dx__sb_printf(&b,
                               "Execution error in %s: the arguments must be a "
                               "JSON object",
-                              st.name);
+                              st->name);
                 obs = dx__sb_take(&b);
                 ok = obs != NULL;
             }
@@ -436,8 +460,8 @@ static int react_forward(dx_ctx *ctx, const dx_module *self,
         ok = ok && obs &&
              add_entry(traj, "observation", idx, cJSON_CreateString(obs));
         dx_free(obs);
-        bool finished = st.name && !strcmp(st.name, "finish");
-        step_clear(&st);
+        bool finished = st->name && !strcmp(st->name, "finish");
+        step_clear(st);
         if (!ok) {
             rc = dx_ctx_fail(ctx, DX_ENOMEM, "%s: out of memory", self->path);
             break;
@@ -446,14 +470,14 @@ static int react_forward(dx_ctx *ctx, const dx_module *self,
             break;
     }
     if (rc != DX_OK) {
-        cJSON_Delete(traj);
+        dx__held_free(h);
         return rc;
     }
 
     dx_prediction *ext = NULL;
     rc = call_truncating(ctx, extract, u, false, inputs, traj, &ext, NULL);
     if (rc != DX_OK) {
-        cJSON_Delete(traj);
+        dx__held_free(h);
         return rc;
     }
     /* DSPy's Prediction(trajectory=trajectory, **extract). */
@@ -471,7 +495,7 @@ static int react_forward(dx_ctx *ctx, const dx_module *self,
             res->model = dx_strdup(ext->model);
     }
     dx_prediction_free(ext);
-    cJSON_Delete(traj);
+    dx__held_free(h);
     if (rc != DX_OK) {
         dx_prediction_free(res);
         return dx_ctx_fail(ctx, rc, "%s: out of memory", self->path);

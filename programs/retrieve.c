@@ -16,6 +16,7 @@
 #include "dspex/http.h"
 #include "dspex/retrieve.h"
 #include "dspex/runtime.h"
+#include "module_int.h"
 #include "pyjson.h"
 
 /* ---- passages ---------------------------------------------------------- */
@@ -1025,28 +1026,32 @@ static int rag_forward(dx_ctx *ctx, const dx_module *self, const dx_example *in,
         return dx_ctx_fail(ctx, DX_EINVAL,
                            "RAG: input \"question\" is missing or not a "
                            "string");
-    dx_example *rq = dx_example_new();
+    /* ex[0] the search's inputs, then the answer's; pred[0] the
+     * passages. */
+    dx__held *h = dx__held_new();
+    dx_example *rq = h ? h->ex[0] = dx_example_new() : NULL;
     if (!rq || dx_example_set_str(rq, "query", q) != DX_OK) {
-        dx_example_free(rq);
+        dx__held_free(h);
         return dx_ctx_fail(ctx, DX_ENOMEM, "RAG: out of memory");
     }
-    dx_prediction *ps = NULL;
-    int rc = dx_forward(ctx, dx_module_child(self, "retrieve"), rq, &ps);
-    dx_example_free(rq);
-    if (rc != DX_OK)
+    int rc =
+        dx_forward(ctx, dx_module_child(self, "retrieve"), rq, &h->pred[0]);
+    if (rc != DX_OK) {
+        dx__held_free(h);
         return rc;
-    dx_example *ain = dx_example_new();
+    }
+    dx_example_free(rq);
+    dx_example *ain = h->ex[0] = dx_example_new();
     if (!ain ||
         dx_example_set_value(ain, "context",
-                             dx_prediction_get(ps, "passages")) != DX_OK ||
+                             dx_prediction_get(h->pred[0], "passages")) !=
+            DX_OK ||
         dx_example_set_str(ain, "question", q) != DX_OK) {
-        dx_example_free(ain);
-        dx_prediction_free(ps);
+        dx__held_free(h);
         return dx_ctx_fail(ctx, DX_ENOMEM, "RAG: out of memory");
     }
-    dx_prediction_free(ps);
     rc = dx_forward(ctx, dx_module_child(self, "generate_answer"), ain, out);
-    dx_example_free(ain);
+    dx__held_free(h);
     return rc;
 }
 

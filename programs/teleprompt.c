@@ -1324,11 +1324,14 @@ static int multi_forward(dx_ctx *ctx, const dx_module *self,
     if (k >= mu->n)
         return dx_ctx_fail(ctx, DX_EINVAL, "random search: bad candidate");
     const char *drop[] = {CANDIDATE_KEY};
-    dx_example *plain = dx_example_without(in, drop, 1);
-    if (!plain)
+    dx__held *h = dx__held_new();
+    dx_example *plain = h ? h->ex[0] = dx_example_without(in, drop, 1) : NULL;
+    if (!plain) {
+        dx__held_free(h);
         return dx_ctx_fail(ctx, DX_ENOMEM, "out of memory");
+    }
     int rc = dx_forward(ctx, mu->cands[k].prog, plain, out);
-    dx_example_free(plain);
+    dx__held_free(h);
     return rc;
 }
 

@@ -1195,14 +1195,19 @@ static void module_tool_free(void *arg)
 static int module_fn(const cJSON *args, char **result, void *ud)
 {
     module_tool *mt = ud;
-    dx_example *in = dx_example_new();
-    if (!in)
+    /* The inputs, held across the module's call (the tool's process may
+     * be killed there at its timeout). */
+    dx__held *h = dx__held_new();
+    dx_example *in = h ? h->ex[0] = dx_example_new() : NULL;
+    if (!in) {
+        dx__held_free(h);
         return DX_ENOMEM;
+    }
     const cJSON *a;
     cJSON_ArrayForEach(a, args)
     {
         if (dx_example_set_value(in, a->string, a) != DX_OK) {
-            dx_example_free(in);
+            dx__held_free(h);
             return DX_ENOMEM;
         }
     }
@@ -1212,7 +1217,7 @@ static int module_fn(const cJSON *args, char **result, void *ud)
     dx_prediction *pred = NULL;
     dx_diag d = {0};
     int rc = dx_module_call(mt->m, in, &o, &pred, NULL, &d);
-    dx_example_free(in);
+    dx__held_free(h);
     if (rc != DX_OK) {
         *result = dx_strdup(d.msg[0] ? d.msg : dx_strerror(rc));
         return rc;

@@ -98,7 +98,11 @@ typedef struct dx_ctx dx_ctx;
 
 /* A module's forward: read inputs, call children with dx_forward, put a
  * new prediction in *out. Return DX_OK or the code of the failure (the
- * run's diag says what; dx_ctx_fail sets it). */
+ * run's diag says what; dx_ctx_fail sets it). It runs in the program's
+ * process, which may be killed while it waits in a child's LM call (an
+ * evaluation's example past its deadline, a caller that went away): what
+ * it holds across dx_forward should be tied to the process (dx_ptie_new,
+ * runtime.h), or it leaks when that happens. */
 typedef int (*dx_forward_fn)(dx_ctx *ctx, const dx_module *self,
                              const dx_example *inputs, dx_prediction **out);
 

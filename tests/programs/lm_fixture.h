@@ -113,4 +113,44 @@ static void crash_now(void)
 #endif
 }
 
+/* ---- small helpers the suites share ------------------------------------ */
+
+static inline dx_signature *sig(const char *text)
+{
+    dx_signature *s = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_signature_parse(text, NULL, NULL, 0, &s, &d), DX_OK, "%s",
+                 d.msg);
+    return s;
+}
+
+/* A Predict of the signature text. */
+static inline dx_module *predict(const char *text)
+{
+    dx_signature *s = sig(text);
+    dx_module *p = dx_predict_new(s, NULL);
+    dx_signature_unref(s);
+    return p;
+}
+
+static inline dx_example *question(const char *q)
+{
+    dx_example *ex = dx_example_new();
+    cr_assert_eq(dx_example_set_str(ex, "question", q), DX_OK);
+    return ex;
+}
+
+/* A ReAct step for the server's script. */
+static inline void push_step(const char *thought, const char *tool,
+                             const char *args)
+{
+    char buf[1024];
+    snprintf(
+        buf, sizeof buf,
+        "[[ ## next_thought ## ]]\n%s\n\n[[ ## next_tool_name ## ]]\n%s\n\n"
+        "[[ ## next_tool_args ## ]]\n%s\n\n[[ ## completed ## ]]",
+        thought, tool, args);
+    cr_assert_eq(dx_lmserver_push_reply(srv, buf), DX_OK);
+}
+
 #endif

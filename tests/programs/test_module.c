@@ -26,15 +26,6 @@
 TestSuite(module, .init = fixture_setup, .fini = fixture_teardown,
           .timeout = 60);
 
-static dx_signature *sig(const char *text)
-{
-    dx_signature *s = NULL;
-    dx_diag d = {0};
-    cr_assert_eq(dx_signature_parse(text, NULL, NULL, 0, &s, &d), DX_OK, "%s",
-                 d.msg);
-    return s;
-}
-
 static dx_example *inputs1(const char *key, const char *value)
 {
     dx_example *ex = dx_example_new();

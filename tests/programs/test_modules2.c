@@ -22,30 +22,6 @@
 TestSuite(modules2, .init = fixture_setup, .fini = fixture_teardown,
           .timeout = 60);
 
-static dx_signature *sig(const char *text)
-{
-    dx_signature *s = NULL;
-    dx_diag d = {0};
-    cr_assert_eq(dx_signature_parse(text, NULL, NULL, 0, &s, &d), DX_OK, "%s",
-                 d.msg);
-    return s;
-}
-
-static dx_module *predict(const char *text)
-{
-    dx_signature *s = sig(text);
-    dx_module *p = dx_predict_new(s, NULL);
-    dx_signature_unref(s);
-    return p;
-}
-
-static dx_example *question(const char *q)
-{
-    dx_example *ex = dx_example_new();
-    cr_assert_eq(dx_example_set_str(ex, "question", q), DX_OK);
-    return ex;
-}
-
 static void push_answer(const char *a)
 {
     char buf[256];
@@ -540,62 +516,6 @@ Test(modules2, knn_fewshot_demos_the_nearest_examples)
     cr_assert(!strstr(demos, "spider"), "%s", demos);
     dx_prediction_free(p);
     dx_example_free(in);
-    dx_module_free(prog);
-    dx_module_free(student);
-    dx_dataset_free(ds);
-}
-
-/* A KNNFewShot call whose caller is killed while the bootstrap waits on
- * its teacher runs (an agent stopped by its supervisor, an evaluation's
- * example past its deadline) ends those runs rather than leaving them to
- * their 2-minute deadline, and frees what the call held — the nearest
- * examples, the bootstrap's state — which LeakSanitizer checks in the
- * sanitizer builds. */
-typedef struct knn_caller {
-    const dx_module *prog;
-    dx_example *in;
-} knn_caller;
-
-static void calling_knn(void *arg)
-{
-    knn_caller *c = arg;
-    dx_prediction *p = NULL;
-    dx_module_call(c->prog, c->in, NULL, &p, NULL, NULL);
-    dx_prediction_free(p);
-}
-
-Test(modules2, a_killed_knn_fewshot_call_ends_its_teacher_runs)
-{
-    dx_dataset *ds = capitals();
-    dx_module *student = predict("question -> answer");
-    dx_tp_opts o = {
-        .metric = {.kind = DX_METRIC_CUSTOM, .fn = always},
-        .max_bootstrapped_demos = 2,
-        .labeled_none = true,
-    };
-    dx_module *prog = NULL;
-    dx_diag d = {0};
-    cr_assert_eq(dx_knn_fewshot(student, NULL, 2, ds, NULL, &o, &prog, &d),
-                 DX_OK, "%s", d.msg);
-    cr_assert_eq(dx_lmserver_inject(srv, "slow:100000", 2), DX_OK);
-    knn_caller c = {prog, question("What is the capital of Italy?")};
-    dx_pid caller;
-    cr_assert_eq(dx_spawn(calling_knn, &c, &caller), DX_OK);
-    dx_lmserver_stats st = {0};
-    for (int i = 0; i < 10000 && st.requests < 2; i++) {
-        nanosleep(&(struct timespec){0, 1000000}, NULL);
-        dx_lmserver_stats_get(srv, &st);
-    }
-    cr_assert_eq(st.requests, 2, "the teacher runs did not reach the server");
-    cr_assert_eq(processes_labeled("dspex.bootstrap.example"), 2);
-    cr_assert_eq(dx_kill(caller), DX_OK);
-    size_t left = 2;
-    for (int i = 0;
-         i < 10000 && (left = processes_labeled("dspex.bootstrap.example")) > 0;
-         i++)
-        nanosleep(&(struct timespec){0, 1000000}, NULL);
-    cr_assert_eq(left, 0, "the teacher runs outlived the call");
-    dx_example_free(c.in);
     dx_module_free(prog);
     dx_module_free(student);
     dx_dataset_free(ds);

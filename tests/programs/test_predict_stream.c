@@ -63,15 +63,6 @@ static int idx(const char *field)
     return -1;
 }
 
-static dx_signature *sig(const char *text)
-{
-    dx_signature *s = NULL;
-    dx_diag d = {0};
-    cr_assert_eq(dx_signature_parse(text, NULL, NULL, 0, &s, &d), DX_OK, "%s",
-                 d.msg);
-    return s;
-}
-
 static dx_prediction *call(dx_module *m, const dx_call_opts *o)
 {
     dx_example *in = dx_example_new();

@@ -18,26 +18,6 @@
 TestSuite(react, .init = fixture_setup, .fini = fixture_teardown,
           .timeout = 60);
 
-static dx_signature *sig(const char *text)
-{
-    dx_signature *s = NULL;
-    dx_diag d = {0};
-    cr_assert_eq(dx_signature_parse(text, NULL, NULL, 0, &s, &d), DX_OK, "%s",
-                 d.msg);
-    return s;
-}
-
-static void push_step(const char *thought, const char *tool, const char *args)
-{
-    char buf[1024];
-    snprintf(
-        buf, sizeof buf,
-        "[[ ## next_thought ## ]]\n%s\n\n[[ ## next_tool_name ## ]]\n%s\n\n"
-        "[[ ## next_tool_args ## ]]\n%s\n\n[[ ## completed ## ]]",
-        thought, tool, args);
-    dx_lmserver_push_reply(srv, buf);
-}
-
 static void push_answer(const char *answer)
 {
     char buf[512];
