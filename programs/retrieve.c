@@ -741,6 +741,11 @@ static int embed_batch(const dx_lm_config *c, const char *const *texts,
     return rc;
 }
 
+static void embeddings_release(void *e)
+{
+    dx_lm_embeddings_free(e);
+}
+
 int dx_embed_texts(const dx_lm_config *c, const char *const *texts, size_t n,
                    size_t batch, int64_t timeout_ms, dx_lm_embeddings **out,
                    dx_lm_error *err)
@@ -760,6 +765,9 @@ int dx_embed_texts(const dx_lm_config *c, const char *const *texts, size_t n,
     dx_lm_embeddings *all = dx_calloc(1, sizeof *all);
     if (!all)
         return DX_ENOMEM;
+    /* Held across the requests: a process killed while it waits (a
+     * Retrieve step past its deadline) frees it as it ends. */
+    dx_ptie *tie = dx_ptie_new(all, embeddings_release);
     int rc = DX_OK;
     for (size_t at = 0; at < n && rc == DX_OK; at += batch) {
         size_t m = n - at < batch ? n - at : batch;
@@ -788,6 +796,7 @@ int dx_embed_texts(const dx_lm_config *c, const char *const *texts, size_t n,
         }
         dx_lm_embeddings_free(e);
     }
+    dx_ptie_cut(tie);
     if (rc != DX_OK) {
         dx_lm_embeddings_free(all);
         return rc;

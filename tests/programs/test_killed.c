@@ -379,3 +379,31 @@ Test(killed, knn_fewshot_in_its_teacher_runs)
     dx_module_free(student);
     dx_dataset_free(ds);
 }
+
+/* ---- Retrieve over embeddings: killed in the query's embedding call ----- */
+
+static dx_retriever *embed_r;
+
+static void build_embed_retriever(void *arg)
+{
+    (void)arg;
+    static const char *const corpus[] = {"Paris is in France",
+                                         "Madrid is in Spain"};
+    dx_embeddings_opts o = {.model = "openai-compatible/test-embed",
+                            .base_url = url,
+                            .api_key = "sk-test"};
+    atomic_store(&fixture_rc,
+                 dx_embed_retriever_new(&o, corpus, 2, &embed_r, NULL));
+}
+
+Test(killed, retrieve_in_its_embedding_call)
+{
+    fixture_run(build_embed_retriever);
+    dx_module *m = dx_retrieve_new(embed_r, 1);
+    cr_assert_not_null(m);
+    dx_retriever_unref(embed_r);
+    dx_example *in = dx_example_new();
+    cr_assert_eq(dx_example_set_str(in, "query", "Where is Paris?"), DX_OK);
+    hang_the_lm();
+    kill_mid_call(m, in, lm_called);
+}
