@@ -477,7 +477,16 @@ static bool spent(const copro_run *r)
 static int evaluate_candidate(copro_run *r, dx_module *clone, dx_module *p,
                               const cand *c, evald_list *ev)
 {
+    /* The candidate's texts and its checkpoint record, held across the
+     * evaluation (where an optimizer stopped or crashed ends). */
+    dx__held *h = dx__held_new();
+    if (!h)
+        return dx_diag_set(r->diag, DX_ENOMEM, 0, 0, "copro: out of memory");
     char *instr = clean(c->instr), *prefix = clean(c->prefix);
+    h->other[0].obj = instr;
+    h->other[0].free_fn = dx_free;
+    h->other[1].obj = prefix;
+    h->other[1].free_fn = dx_free;
     int rc = instr && prefix ? set_candidate(p, instr, prefix) : DX_ENOMEM;
     dx_tp_trial t = {.id = (int64_t)r->n_evals++};
     snprintf(t.kind, sizeof t.kind, "instruction");
@@ -485,7 +494,7 @@ static int evaluate_candidate(copro_run *r, dx_module *clone, dx_module *p,
     int64_t t0 = dx_now_ms();
     char key[48];
     snprintf(key, sizeof key, "eval/%lld", (long long)t.id);
-    cJSON *cv = rc == DX_OK ? dx__tp_ckpt_get(&r->ck, key) : NULL;
+    cJSON *cv = h->json[0] = rc == DX_OK ? dx__tp_ckpt_get(&r->ck, key) : NULL;
     const char *si = cJSON_GetStringValue(cJSON_GetObjectItem(cv, "i"));
     const char *sp = cJSON_GetStringValue(cJSON_GetObjectItem(cv, "p"));
     const cJSON *ss = cJSON_GetObjectItem(cv, "score");
@@ -511,7 +520,6 @@ static int evaluate_candidate(copro_run *r, dx_module *clone, dx_module *p,
         }
         cJSON_Delete(v);
     }
-    cJSON_Delete(cv);
     if (rc == DX_OK) {
         t.wall_s = (double)(dx_now_ms() - t0) / 1000.0;
         rc = dx__tp_add_trial(r->res, &t);
@@ -550,14 +558,13 @@ static int evaluate_candidate(copro_run *r, dx_module *clone, dx_module *p,
             }
             ev->v[ev->n++] =
                 (evald){instr, prefix, t.score, copy, r->n_entries++};
-            instr = prefix = NULL;
+            h->other[0].obj = h->other[1].obj = NULL; /* ev's now */
         }
     }
 out:
     if (rc == DX_ENOMEM)
         dx_diag_set(r->diag, rc, 0, 0, "copro: out of memory");
-    dx_free(instr);
-    dx_free(prefix);
+    dx__held_free(h);
     return rc;
 }
 
@@ -609,21 +616,60 @@ static cJSON *attempts_of(const evald_list *ev, size_t breadth)
     return a;
 }
 
+/* What copro_body holds across its rounds. */
+typedef struct body_state {
+    dx_module *module, *clone;
+    dx_named_predictor *preds, *cpreds;
+    size_t np;
+    cand_list *all, *latest; /* [np] */
+    evald_list *ev;          /* [np] */
+} body_state;
+
+static void body_state_free(void *obj)
+{
+    body_state *st = obj;
+    for (size_t p = 0; p < st->np; p++) {
+        if (st->all)
+            cand_list_free(&st->all[p]);
+        if (st->latest)
+            cand_list_free(&st->latest[p]);
+        if (st->ev)
+            evald_list_free(&st->ev[p]);
+    }
+    dx_free(st->all);
+    dx_free(st->latest);
+    dx_free(st->ev);
+    dx_free(st->preds);
+    dx_free(st->cpreds);
+    dx_module_free(st->clone);
+    dx_module_free(st->module);
+    dx_free(st);
+}
+
 static int copro_body(copro_run *r, const dx_module *student)
 {
     const dx_tp_opts *o = &r->o;
     size_t breadth = r->c.breadth;
-    dx_module *module = dx_module_copy(student);
+    /* On the heap and tied to the process: the rounds wait on proposals
+     * and evaluations, where an optimizer stopped or crashed ends. */
+    body_state *st = dx_calloc(1, sizeof *st);
+    if (!st)
+        return dx_diag_set(r->diag, DX_ENOMEM, 0, 0, "copro: out of memory");
+    dx_ptie *tie = dx_ptie_new(st, body_state_free);
+    dx_module *module = st->module = dx_module_copy(student);
     dx_module *clone = NULL;
-    dx_named_predictor *preds = NULL, *cpreds = NULL;
-    size_t np = 0, ncp = 0;
+    dx_named_predictor *cpreds = NULL;
+    size_t ncp = 0;
     cand_list *all = NULL, *latest = NULL;
     evald_list *ev = NULL;
-    int rc = module ? dx_module_predictors(module, &preds, &np) : DX_ENOMEM;
+    int rc =
+        module ? dx_module_predictors(module, &st->preds, &st->np) : DX_ENOMEM;
+    const dx_named_predictor *preds = st->preds;
+    size_t np = st->np;
     if (rc == DX_OK) {
-        all = dx_calloc(np ? np : 1, sizeof *all);
-        latest = dx_calloc(np ? np : 1, sizeof *latest);
-        ev = dx_calloc(np ? np : 1, sizeof *ev);
+        all = st->all = dx_calloc(np ? np : 1, sizeof *all);
+        latest = st->latest = dx_calloc(np ? np : 1, sizeof *latest);
+        ev = st->ev = dx_calloc(np ? np : 1, sizeof *ev);
         if (!all || !latest || !ev)
             rc = DX_ENOMEM;
     }
@@ -656,11 +702,12 @@ static int copro_body(copro_run *r, const dx_module *student)
         for (size_t i = 0; rc == DX_OK && i < all[p].n; i++)
             rc = cand_push(&latest[p], all[p].v[i].instr, all[p].v[i].prefix);
     }
-    clone = rc == DX_OK ? dx_module_copy(module) : NULL;
+    clone = st->clone = rc == DX_OK ? dx_module_copy(module) : NULL;
     if (rc == DX_OK &&
-        (!clone || dx_module_predictors(clone, &cpreds, &ncp) != DX_OK)) {
+        (!clone || dx_module_predictors(clone, &st->cpreds, &ncp) != DX_OK)) {
         rc = dx_diag_set(r->diag, DX_ENOMEM, 0, 0, "copro: out of memory");
     }
+    cpreds = st->cpreds;
     for (size_t d = 0; rc == DX_OK && d < r->c.depth && !spent(r); d++) {
         for (size_t p = 0; rc == DX_OK && p < np; p++) {
             /* With several predictors every candidate is evaluated again,
@@ -718,21 +765,8 @@ static int copro_body(copro_run *r, const dx_module *student)
         }
     }
 out:
-    for (size_t p = 0; p < np; p++) {
-        if (all)
-            cand_list_free(&all[p]);
-        if (latest)
-            cand_list_free(&latest[p]);
-        if (ev)
-            evald_list_free(&ev[p]);
-    }
-    dx_free(all);
-    dx_free(latest);
-    dx_free(ev);
-    dx_free(preds);
-    dx_free(cpreds);
-    dx_module_free(clone);
-    dx_module_free(module);
+    dx_ptie_cut(tie);
+    body_state_free(st);
     return rc;
 }
 

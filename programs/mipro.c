@@ -1124,8 +1124,11 @@ static int demo_sets(mipro_run *r, const dx_dataset *train, size_t n_sets,
                 bo.max_bootstrapped_demos = (size_t)size;
             }
             dx_tp_result *sub = NULL;
+            /* freed by the process if it ends in the bootstrap */
+            dx_ptie *tie = dx_ptie_new(copy.items, dx_free);
             rc = dx_bootstrap_fewshot(r->student, NULL, &copy, &bo, &sub,
                                       r->diag);
+            dx_ptie_cut(tie);
             if (rc == DX_OK) {
                 prog = sub->program;
                 sub->program = NULL;
@@ -1277,14 +1280,47 @@ static int keep_best(mipro_run *r, const dx_module *prog, double score,
     return DX_OK;
 }
 
+/* What search holds across its trials' evaluations. */
+typedef struct search_state {
+    size_t *nch, *params;
+    combo *combos;
+    size_t n_combos;
+    dx__tpe *tpe;
+    dx_module *cand; /* the candidate being evaluated */
+    size_t *mb;      /* its minibatch */
+} search_state;
+
+static void search_state_free(void *obj)
+{
+    search_state *ss = obj;
+    for (size_t i = 0; ss->combos && i < ss->n_combos; i++)
+        dx_free(ss->combos[i].params);
+    dx_free(ss->combos);
+    dx_free(ss->nch);
+    dx_free(ss->params);
+    dx__tpe_free(ss->tpe);
+    dx_module_free(ss->cand);
+    dx_free(ss->mb);
+    dx_free(ss);
+}
+
 static int search(mipro_run *r, const dx_dataset *val, size_t num_trials,
                   bool minibatch, size_t mb_size, size_t steps, int64_t seed)
 {
     bool demos = r->n_sets > 0 && !r->m.zero_shot;
     size_t nparams = demos ? 2 * r->np : r->np;
-    size_t *nch = dx_calloc(nparams ? nparams : 1, sizeof *nch);
-    size_t *params = dx_calloc(nparams ? nparams : 1, sizeof *params);
-    combo *combos = dx_calloc(num_trials + 1, sizeof *combos);
+    /* The search's state, on the heap and tied to the process: the trials
+     * wait on evaluations, where an optimizer stopped or crashed ends. */
+    search_state *ss = dx_calloc(1, sizeof *ss);
+    if (!ss) {
+        dx_diag_set(r->diag, DX_ENOMEM, 0, 0, "mipro: out of memory");
+        return DX_ENOMEM;
+    }
+    dx_ptie *tie = dx_ptie_new(ss, search_state_free);
+    size_t *nch = ss->nch = dx_calloc(nparams ? nparams : 1, sizeof *nch);
+    size_t *params = ss->params =
+        dx_calloc(nparams ? nparams : 1, sizeof *params);
+    combo *combos = ss->combos = dx_calloc(num_trials + 1, sizeof *combos);
     size_t n_combos = 0;
     dx__tpe *tpe = NULL;
     int rc = nch && params && combos ? DX_OK : DX_ENOMEM;
@@ -1293,7 +1329,7 @@ static int search(mipro_run *r, const dx_dataset *val, size_t num_trials,
         if (demos)
             nch[2 * p + 1] = r->n_sets;
     }
-    if (rc == DX_OK && !(tpe = dx__tpe_new(nch, nparams, seed)))
+    if (rc == DX_OK && !(tpe = ss->tpe = dx__tpe_new(nch, nparams, seed)))
         rc = DX_ENOMEM;
     /* The default program, fully evaluated: trial 1. */
     double score = 0;
@@ -1311,23 +1347,26 @@ static int search(mipro_run *r, const dx_dataset *val, size_t num_trials,
     for (size_t k = 0; rc == DX_OK && k < num_trials && !spent(r); k++) {
         size_t num = in_study + 1;
         rc = dx__tpe_suggest(tpe, params);
-        dx_module *cand = rc == DX_OK ? build(r, params, demos) : NULL;
+        dx_module *cand = ss->cand =
+            rc == DX_OK ? build(r, params, demos) : NULL;
         if (rc == DX_OK && !cand)
             rc = DX_ENOMEM;
         size_t batch = minibatch ? mb_size : val->n;
-        size_t *mb = NULL, n_mb = 0;
+        size_t n_mb = 0;
         if (rc == DX_OK && batch < val->n)
-            rc = sample_idx(&r->rng, val, batch, &mb, &n_mb);
+            rc = sample_idx(&r->rng, val, batch, &ss->mb, &n_mb);
         if (rc == DX_OK)
             rc = trial_eval(r, (int64_t)num, minibatch ? "minibatch" : "full",
-                            cand, val, mb, n_mb, params, nparams, &score);
-        dx_free(mb);
+                            cand, val, ss->mb, n_mb, params, nparams, &score);
+        dx_free(ss->mb);
+        ss->mb = NULL;
         in_study++;
         if (rc == DX_OK)
             rc = dx__tpe_add(tpe, params, score);
         if (rc == DX_OK && !minibatch)
             rc = keep_best(r, cand, score, (int64_t)num);
         dx_module_free(cand);
+        ss->cand = NULL;
         if (rc != DX_OK || !minibatch)
             continue;
         combo *c = NULL;
@@ -1342,7 +1381,7 @@ static int search(mipro_run *r, const dx_dataset *val, size_t num_trials,
                 break;
             }
             memcpy(c->params, params, nparams * sizeof *params);
-            n_combos++;
+            ss->n_combos = ++n_combos;
         }
         c->sum += score;
         c->n++;
@@ -1358,7 +1397,7 @@ static int search(mipro_run *r, const dx_dataset *val, size_t num_trials,
                 top = &combos[i];
         if (!top)
             continue;
-        dx_module *fp = build(r, top->params, demos);
+        dx_module *fp = ss->cand = build(r, top->params, demos);
         if (!fp) {
             rc = DX_ENOMEM;
             break;
@@ -1372,13 +1411,10 @@ static int search(mipro_run *r, const dx_dataset *val, size_t num_trials,
         if (rc == DX_OK)
             rc = keep_best(r, fp, score, (int64_t)num + 1);
         dx_module_free(fp);
+        ss->cand = NULL;
     }
-    for (size_t i = 0; combos && i < n_combos; i++)
-        dx_free(combos[i].params);
-    dx_free(combos);
-    dx_free(nch);
-    dx_free(params);
-    dx__tpe_free(tpe);
+    dx_ptie_cut(tie);
+    search_state_free(ss);
     if (rc == DX_ENOMEM)
         dx_diag_set(r->diag, rc, 0, 0, "mipro: out of memory");
     return rc;
@@ -1400,6 +1436,7 @@ static int mipro_body(mipro_run *r, const dx_dataset *train,
     size_t max_lab = r->o.labeled_none ? 0 : r->o.max_labeled_demos;
     bool zero_shot = m->zero_shot;
     dx_dataset val = *val_in, val_view = {0};
+    dx_ptie *view_tie = NULL;
     r->val_base = val_in;
     size_t n_instr, n_fewshot, num_trials;
     bool minibatch = !m->no_minibatch;
@@ -1420,6 +1457,9 @@ static int mipro_body(mipro_run *r, const dx_dataset *train,
         for (size_t i = 0; i < nv; i++)
             val_view.items[i] = val_in->items[r->val_map[i]];
         val = val_view;
+        /* freed by the process if it ends in the run (r->val_map is the
+         * run's, which is tied already) */
+        view_tie = dx_ptie_new(val_view.items, dx_free);
         minibatch = val.n > 50;
         n_fewshot = AUTO[a].n;
         n_instr = zero_shot ? AUTO[a].n : AUTO[a].n / 2;
@@ -1504,6 +1544,7 @@ static int mipro_body(mipro_run *r, const dx_dataset *train,
     if (rc == DX_OK && !r->res->program)
         rc = dx_diag_set(r->diag, DX_ELIMIT, 0, 0,
                          "mipro: nothing was evaluated (budget exhausted?)");
+    dx_ptie_cut(view_tie);
     dx_free(val_view.items);
     dx_free(r->val_map);
     r->val_map = NULL;

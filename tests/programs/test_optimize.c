@@ -400,6 +400,42 @@ Test(optimize, a_crashed_optimizer_of_any_kind_leaves_no_file_open)
     dx_module_free(st);
 }
 
+/* A crash anywhere in a run (here: at one of its first module copies,
+ * which each optimizer makes at different points of its loops) leaves
+ * nothing of the crashed run behind — LeakSanitizer checks what its inner
+ * loops held in the sanitizer builds — and the restarted run finishes. */
+Test(optimize, a_crash_at_any_point_of_a_run_leaves_nothing_behind)
+{
+    dx_module *st = wrapped_student();
+    const dx_optimizer_kind kinds[] = {DX_OPT_BOOTSTRAP, DX_OPT_RANDOM_SEARCH,
+                                       DX_OPT_COPRO, DX_OPT_MIPRO};
+    const int points[] = {2, 3, 5, 8, 13, 20};
+    size_t crashes = 0;
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++)
+        for (size_t i = 0; i < sizeof points / sizeof points[0]; i++) {
+            atomic_store(&crash_at, points[i]);
+            atomic_store(&crashes_left, 1);
+            atomic_store(&crashed, 0);
+            atomic_store(&copies, 0);
+            dx_optimize_spec spec = {.kind = kinds[k],
+                                     .student = st,
+                                     .trainset = train,
+                                     .valset = dev,
+                                     .opts = opts(),
+                                     .max_restarts = 1};
+            dx_tp_result *r = NULL;
+            dx_diag d = {0};
+            cr_assert_eq(dx_optimize(&spec, &r, &d), DX_OK,
+                         "kind %zu, crash at copy %d: %s", k, points[i], d.msg);
+            crashes += (size_t)atomic_load(&crashed);
+            cr_assert_eq(open_files_in_tmpdir(), 0);
+            dx_tp_result_free(r);
+        }
+    /* Most runs make enough copies to crash (the bootstrap makes fewest). */
+    cr_assert_geq(crashes, 12, "only %zu runs crashed", crashes);
+    dx_module_free(st);
+}
+
 /* From a process: the caller parks in a receive and survives the crashes. */
 static _Atomic int proc_rc = 1;
 static dx_module *proc_student;
