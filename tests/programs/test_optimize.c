@@ -370,30 +370,46 @@ Test(optimize, more_crashes_than_max_restarts_fail_with_edown)
     dx_module_free(st);
 }
 
+static const dx_optimizer_kind every_kind[] = {
+    DX_OPT_BOOTSTRAP, DX_OPT_RANDOM_SEARCH, DX_OPT_COPRO, DX_OPT_MIPRO};
+#define N_KINDS (sizeof every_kind / sizeof every_kind[0])
+
+/* dx_optimize of st (max_restarts 1) whose crashes_left copies from the
+ * crash_at-th on crash; its code, *crashes the crashes. */
+static int optimize_crashing(const dx_module *st, dx_optimizer_kind kind,
+                             int at, int crashes_left_, int *crashes,
+                             dx_diag *d)
+{
+    atomic_store(&crash_at, at);
+    atomic_store(&crashes_left, crashes_left_);
+    atomic_store(&crashed, 0);
+    atomic_store(&copies, 0);
+    dx_optimize_spec spec = {.kind = kind,
+                             .student = st,
+                             .trainset = train,
+                             .valset = dev,
+                             .opts = opts(),
+                             .max_restarts = 1};
+    dx_tp_result *r = NULL;
+    int rc = dx_optimize(&spec, &r, d);
+    dx_tp_result_free(r);
+    *crashes = atomic_load(&crashed);
+    return rc;
+}
+
 /* Every optimizer closes its checkpoint when its process crashes (or is
  * stopped) mid-run, rather than leaving the restarted run a descriptor
  * short each time. */
 Test(optimize, a_crashed_optimizer_of_any_kind_leaves_no_file_open)
 {
     dx_module *st = wrapped_student();
-    const dx_optimizer_kind kinds[] = {DX_OPT_BOOTSTRAP, DX_OPT_RANDOM_SEARCH,
-                                       DX_OPT_COPRO, DX_OPT_MIPRO};
-    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
-        atomic_store(&crash_at, 1);
-        atomic_store(&crashes_left, 1000);
-        atomic_store(&crashed, 0);
-        atomic_store(&copies, 0);
-        dx_optimize_spec spec = {.kind = kinds[k],
-                                 .student = st,
-                                 .trainset = train,
-                                 .valset = dev,
-                                 .opts = opts(),
-                                 .max_restarts = 1};
-        dx_tp_result *r = NULL;
+    for (size_t k = 0; k < N_KINDS; k++) {
+        int crashes = 0;
         dx_diag d = {0};
-        cr_assert_eq(dx_optimize(&spec, &r, &d), DX_EDOWN, "kind %zu: %s", k,
-                     d.msg);
-        cr_assert_eq(atomic_load(&crashed), 2, "kind %zu", k);
+        cr_assert_eq(
+            optimize_crashing(st, every_kind[k], 1, 1000, &crashes, &d),
+            DX_EDOWN, "kind %zu: %s", k, d.msg);
+        cr_assert_eq(crashes, 2, "kind %zu", k);
         cr_assert_eq(open_files_in_tmpdir(), 0,
                      "kind %zu: a crashed run's checkpoint is still open", k);
     }
@@ -407,32 +423,21 @@ Test(optimize, a_crashed_optimizer_of_any_kind_leaves_no_file_open)
 Test(optimize, a_crash_at_any_point_of_a_run_leaves_nothing_behind)
 {
     dx_module *st = wrapped_student();
-    const dx_optimizer_kind kinds[] = {DX_OPT_BOOTSTRAP, DX_OPT_RANDOM_SEARCH,
-                                       DX_OPT_COPRO, DX_OPT_MIPRO};
     const int points[] = {2, 3, 5, 8, 13, 20};
-    size_t crashes = 0;
-    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++)
+    int total = 0;
+    for (size_t k = 0; k < N_KINDS; k++)
         for (size_t i = 0; i < sizeof points / sizeof points[0]; i++) {
-            atomic_store(&crash_at, points[i]);
-            atomic_store(&crashes_left, 1);
-            atomic_store(&crashed, 0);
-            atomic_store(&copies, 0);
-            dx_optimize_spec spec = {.kind = kinds[k],
-                                     .student = st,
-                                     .trainset = train,
-                                     .valset = dev,
-                                     .opts = opts(),
-                                     .max_restarts = 1};
-            dx_tp_result *r = NULL;
+            int crashes = 0;
             dx_diag d = {0};
-            cr_assert_eq(dx_optimize(&spec, &r, &d), DX_OK,
-                         "kind %zu, crash at copy %d: %s", k, points[i], d.msg);
-            crashes += (size_t)atomic_load(&crashed);
+            cr_assert_eq(optimize_crashing(st, every_kind[k], points[i], 1,
+                                           &crashes, &d),
+                         DX_OK, "kind %zu, crash at copy %d: %s", k, points[i],
+                         d.msg);
+            total += crashes;
             cr_assert_eq(open_files_in_tmpdir(), 0);
-            dx_tp_result_free(r);
         }
     /* Most runs make enough copies to crash (the bootstrap makes fewest). */
-    cr_assert_geq(crashes, 12, "only %zu runs crashed", crashes);
+    cr_assert_geq(total, 12, "only %d runs crashed", total);
     dx_module_free(st);
 }
 
