@@ -189,6 +189,11 @@ static bool transfer_or_down(const dx_msg *m, void *ud)
            (m->tag == DX_TAG_DOWN && dx_ref_eq(m->ref, w->down));
 }
 
+static void stream_release(void *stream)
+{
+    dx_lm_stream_free(stream);
+}
+
 int dx_lm_call(const dx_lm_config *c, const dx_lm_request *req,
                const dx_lm_call_opts *opts, dx_lm_response **out,
                dx_lm_error *err)
@@ -242,6 +247,11 @@ int dx_lm_call(const dx_lm_config *c, const dx_lm_request *req,
         return rc;
     }
 
+    /* The stream's decoder, held across the wait: a process killed there
+     * (a program past its deadline, a client's worker stopped) frees it
+     * as it ends. */
+    dx_ptie *stream_tie =
+        k.stream ? dx_ptie_new(k.stream, stream_release) : NULL;
     dx_match mt = {
         .fields = DX_MATCH_REF | DX_MATCH_TAG, .tag = CALL_TAG, .ref = ref};
     call_watch cw = {ref, opts->abort_on_down};
@@ -288,6 +298,7 @@ int dx_lm_call(const dx_lm_config *c, const dx_lm_request *req,
         dx_msg_free(m);
         break;
     }
+    dx_ptie_cut(stream_tie);
     dx_lm_stream_free(k.stream);
     return rc;
 }

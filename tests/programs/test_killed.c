@@ -47,13 +47,14 @@ static void park(void)
 typedef struct caller {
     const dx_module *m;
     dx_example *in;
+    const dx_call_opts *opts; /* NULL: the defaults */
 } caller;
 
 static void calling(void *arg)
 {
     caller *c = arg;
     dx_prediction *p = NULL;
-    dx_module_call(c->m, c->in, NULL, &p, NULL, NULL);
+    dx_module_call(c->m, c->in, c->opts, &p, NULL, NULL);
     dx_prediction_free(p);
 }
 
@@ -87,9 +88,10 @@ static size_t wait_gone(const char *label)
 /* Calls m on in from a process, waits until ready() says the program is
  * where it should be killed, kills the caller and waits until neither the
  * program's process nor a tool's is left. Takes m and in. */
-static void kill_mid_call(dx_module *m, dx_example *in, bool (*ready)(void))
+static void kill_mid_call_opts(dx_module *m, dx_example *in,
+                               const dx_call_opts *opts, bool (*ready)(void))
 {
-    caller c = {m, in};
+    caller c = {m, in, opts};
     dx_pid pid;
     cr_assert_eq(dx_spawn(calling, &c, &pid), DX_OK);
     wait_for(ready, "the program did not get where it is killed");
@@ -104,6 +106,11 @@ static void kill_mid_call(dx_module *m, dx_example *in, bool (*ready)(void))
                  "a teacher run's process outlived its program");
     dx_example_free(in);
     dx_module_free(m);
+}
+
+static void kill_mid_call(dx_module *m, dx_example *in, bool (*ready)(void))
+{
+    kill_mid_call_opts(m, in, NULL, ready);
 }
 
 /* Hangs every request from now on: the program is killed in an LM call. */
@@ -406,4 +413,24 @@ Test(killed, retrieve_in_its_embedding_call)
     cr_assert_eq(dx_example_set_str(in, "query", "Where is Paris?"), DX_OK);
     hang_the_lm();
     kill_mid_call(m, in, lm_called);
+}
+
+/* ---- a streamed Predict: killed while its answer is awaited ------------- */
+
+static void ignore_chunk(const char *predictor, const char *field,
+                         const char *text, size_t len, void *ud)
+{
+    (void)predictor;
+    (void)field;
+    (void)text;
+    (void)len;
+    (void)ud;
+}
+
+Test(killed, streamed_predict_in_its_lm_call)
+{
+    dx_call_opts o = {.lm = DX_NOPID, .on_chunk = ignore_chunk};
+    hang_the_lm();
+    kill_mid_call_opts(predict("question -> answer"), question("Q?"), &o,
+                       lm_called);
 }
