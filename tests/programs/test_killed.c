@@ -434,3 +434,52 @@ Test(killed, streamed_predict_in_its_lm_call)
     kill_mid_call_opts(predict("question -> answer"), question("Q?"), &o,
                        lm_called);
 }
+
+/* ---- ReAct, native tool calling: killed in its LM call ------------------ */
+
+Test(killed, native_react_in_its_lm_call)
+{
+    dx_tool_param q = {.name = "query", .type = "str", .required = true};
+    dx_tool *t = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_tool_new("lookup", "Looks it up.", &q, 1, parking_tool,
+                             NULL, &t, &d),
+                 DX_OK, "%s", d.msg);
+    dx_signature *s = sig("question -> answer");
+    dx_react_opts o = {.max_iters = 3, .native_tools = true};
+    dx_module *m = NULL;
+    cr_assert_eq(dx_react_create(s, &t, 1, &o, &m, &d), DX_OK, "%s", d.msg);
+    dx_tool_unref(t);
+    dx_signature_unref(s);
+    hang_the_lm();
+    kill_mid_call(m, question("What is x?"), lm_called);
+}
+
+/* ---- a module as a tool: the kill goes down the whole chain -------------- */
+
+/* ReAct calls a tool that runs a Predict (its own process, under the tool's
+ * process), which waits on the LM: killing ReAct's caller ends the program,
+ * the tool and the tool's program. */
+Test(killed, a_module_tool_in_its_lm_call)
+{
+    dx_module *inner = predict("query -> result");
+    dx_tool *t = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_tool_from_module("lookup", "Looks it up.", inner, NULL, 0,
+                                     NULL, &t, &d),
+                 DX_OK, "%s", d.msg);
+    dx_signature *s = sig("question -> answer");
+    dx_module *m = dx_react_new(s, &t, 1, 5);
+    cr_assert_not_null(m);
+    dx_tool_unref(t);
+    dx_signature_unref(s);
+    push_step("Look it up.", "lookup", "{\"query\": \"x\"}");
+    /* The step is answered (a 1 ms delay, the first fault in the queue);
+     * the tool's own LM call waits. */
+    requests_before = upstream_requests() + 1;
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:1", 1), DX_OK);
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:600000", 100), DX_OK);
+    kill_mid_call(m, question("What is x?"), lm_called);
+    cr_assert_eq(processes_labeled("dspex.program"), 0);
+    dx_module_free(inner);
+}
