@@ -214,7 +214,9 @@ static int parking_tool(const cJSON *args, char **result_text, void *ud)
     return DX_OK;
 }
 
-static dx_module *react_with_parking_tool(void)
+/* A ReAct over one tool, "lookup", that parks; native: the provider's
+ * tool calling instead of the text fields. */
+static dx_module *react_with_parking_tool(bool native)
 {
     dx_tool_param q = {.name = "query", .type = "str", .required = true};
     dx_tool *t = NULL;
@@ -223,8 +225,9 @@ static dx_module *react_with_parking_tool(void)
                              NULL, &t, &d),
                  DX_OK, "%s", d.msg);
     dx_signature *s = sig("question -> answer");
-    dx_module *m = dx_react_new(s, &t, 1, 5);
-    cr_assert_not_null(m);
+    dx_react_opts o = {.max_iters = 5, .native_tools = native};
+    dx_module *m = NULL;
+    cr_assert_eq(dx_react_create(s, &t, 1, &o, &m, &d), DX_OK, "%s", d.msg);
     dx_tool_unref(t);
     dx_signature_unref(s);
     return m;
@@ -232,7 +235,7 @@ static dx_module *react_with_parking_tool(void)
 
 Test(killed, react_in_a_tool)
 {
-    dx_module *m = react_with_parking_tool();
+    dx_module *m = react_with_parking_tool(false);
     push_step("Look it up.", "lookup", "{\"query\": \"x\"}");
     kill_mid_call(m, question("What is x?"), some_parked);
 }
@@ -439,18 +442,7 @@ Test(killed, streamed_predict_in_its_lm_call)
 
 Test(killed, native_react_in_its_lm_call)
 {
-    dx_tool_param q = {.name = "query", .type = "str", .required = true};
-    dx_tool *t = NULL;
-    dx_diag d = {0};
-    cr_assert_eq(dx_tool_new("lookup", "Looks it up.", &q, 1, parking_tool,
-                             NULL, &t, &d),
-                 DX_OK, "%s", d.msg);
-    dx_signature *s = sig("question -> answer");
-    dx_react_opts o = {.max_iters = 3, .native_tools = true};
-    dx_module *m = NULL;
-    cr_assert_eq(dx_react_create(s, &t, 1, &o, &m, &d), DX_OK, "%s", d.msg);
-    dx_tool_unref(t);
-    dx_signature_unref(s);
+    dx_module *m = react_with_parking_tool(true);
     hang_the_lm();
     kill_mid_call(m, question("What is x?"), lm_called);
 }
