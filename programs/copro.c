@@ -453,17 +453,24 @@ typedef struct copro_run {
     size_t n_entries;
     double best;
     dx_diag *diag;
+    struct body_state *body; /* copro_body's, while it runs */
+    dx__eval_keep keep;      /* every evaluation's examples hold the run */
 } copro_run;
 
-/* Closes the checkpoint and frees the run and its result (NULL once
- * handed on). Also the tie's callback, run outside any process when the
- * optimizer's process ends inside dx_copro (a kill, a crash); what
- * copro_body held in its own frame is not reached from here. */
+static void body_state_free(void *obj);
+
+/* Closes the checkpoint and frees the run, its rounds' state and its
+ * result (NULL once handed on). Runs with the last reference to the run
+ * (dx__kept, eval_int.h): when dx_copro is done with it, or once the optimizer's
+ * process has ended inside dx_copro (a kill, a crash) and no example of
+ * its evaluations is left. */
 static void copro_run_free(void *obj)
 {
     copro_run *r = obj;
     dx__tp_ckpt_close(&r->ck);
     dx_tp_result_free(r->res);
+    if (r->body)
+        body_state_free(r->body);
     dx_free(r);
 }
 
@@ -506,8 +513,8 @@ static int evaluate_candidate(copro_run *r, dx_module *clone, dx_module *p,
         dx__tp_restore_usage(cv, &t.usage);
     } else if (rc == DX_OK) {
         cJSON *rows = NULL;
-        rc = dx__tp_evaluate_rows(clone, r->train, &r->o, &t.score, &t.usage,
-                                  &rows, r->diag);
+        rc = dx__tp_evaluate_rows(clone, r->train, &r->o, &r->keep, &t.score,
+                                  &t.usage, &rows, r->diag);
         cJSON *v = rc == DX_OK ? cJSON_CreateObject() : NULL;
         if (v) {
             cJSON_AddStringToObject(v, "i", instr);
@@ -650,12 +657,11 @@ static int copro_body(copro_run *r, const dx_module *student)
 {
     const dx_tp_opts *o = &r->o;
     size_t breadth = r->c.breadth;
-    /* On the heap and tied to the process: the rounds wait on proposals
-     * and evaluations, where an optimizer stopped or crashed ends. */
-    body_state *st = dx_calloc(1, sizeof *st);
+    /* The run's: the rounds wait on proposals and evaluations, where an
+     * optimizer stopped or crashed ends (copro_run_free). */
+    body_state *st = r->body = dx_calloc(1, sizeof *st);
     if (!st)
         return dx_diag_set(r->diag, DX_ENOMEM, 0, 0, "copro: out of memory");
-    dx_ptie *tie = dx_ptie_new(st, body_state_free);
     dx_module *module = st->module = dx_module_copy(student);
     dx_module *clone = NULL;
     dx_named_predictor *cpreds = NULL;
@@ -765,7 +771,7 @@ static int copro_body(copro_run *r, const dx_module *student)
         }
     }
 out:
-    dx_ptie_cut(tie);
+    r->body = NULL;
     body_state_free(st);
     return rc;
 }
@@ -789,13 +795,17 @@ int dx_copro(const dx_module *student, const dx_dataset *trainset,
     if (c.breadth <= 1)
         return dx_diag_set(diag, DX_EINVAL, 0, 0,
                            "copro: breadth must be greater than 1");
-    /* On the heap and tied to the calling process: an optimizer stopped
-     * mid-run (its supervisor, a caller that went away) or crashed closes
-     * its checkpoint and frees its result as it ends. */
+    /* Shared with the calling process and the examples of its evaluations
+     * (dx__kept, eval_int.h): an optimizer stopped mid-run (its supervisor, a
+     * caller that went away) or crashed closes its checkpoint and frees
+     * its state once no example reads the program under evaluation. */
     copro_run *r = dx_calloc(1, sizeof *r);
-    if (!r)
+    dx__kept *shared = r ? dx__kept_new(r, copro_run_free) : NULL;
+    if (!shared) {
+        dx_free(r);
         return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
-    dx_ptie *tie = dx_ptie_new(r, copro_run_free);
+    }
+    r->keep = dx__kept_keep(shared);
     r->train = trainset;
     r->o = dx__tp_normalized(opts);
     r->c = c;
@@ -814,10 +824,9 @@ int dx_copro(const dx_module *student, const dx_dataset *trainset,
     int64_t t0 = dx_now_ms();
     if (rc == DX_OK)
         rc = copro_body(r, student);
-    dx_ptie_cut(tie);
     dx_tp_result *res = r->res;
     r->res = NULL;
-    copro_run_free(r);
+    dx__kept_done(shared);
     if (rc != DX_OK) {
         dx_tp_result_free(res);
         return rc;

@@ -77,6 +77,19 @@ typedef struct dx__eval_keep {
     void (*release)(void *ud);
     void *ud;
 } dx__eval_keep;
+/* The common keep: an object (obj) shared by its owner's process and the
+ * examples of the evaluations it starts. The owner holds one reference
+ * through a tie, so an owner whose process is stopped or crashes drops it
+ * as it ends; each example holds one while it lives (dx__kept_keep).
+ * free_fn(obj) runs with the last reference, on any thread. The
+ * optimizers keep their state this way, Parallel its items. NULL on OOM
+ * (then obj is not taken). */
+typedef struct dx__kept dx__kept;
+dx__kept *dx__kept_new(void *obj, void (*free_fn)(void *obj));
+/* The owner is done with it: cuts the tie, drops its reference. */
+void dx__kept_done(dx__kept *k);
+/* The keep that makes each example of an evaluation hold k. */
+dx__eval_keep dx__kept_keep(dx__kept *k);
 /* dx_evaluate with a keep (NULL: none, as dx_evaluate). */
 int dx__evaluate_kept(const dx_module *m, const dx_dataset *ds,
                       const dx_eval_opts *opts, const dx__eval_keep *keep,

@@ -768,6 +768,53 @@ int dx_evaluate(const dx_module *m, const dx_dataset *ds,
     return dx__evaluate_kept(m, ds, opts, NULL, out, diag);
 }
 
+/* ---- keeps ------------------------------------------------------------- */
+
+struct dx__kept {
+    atomic_int refs;
+    void (*free_fn)(void *obj);
+    void *obj;
+    dx_ptie *tie;
+};
+
+static void kept_hold(void *ud)
+{
+    dx__kept *k = ud;
+    atomic_fetch_add_explicit(&k->refs, 1, memory_order_relaxed);
+}
+
+static void kept_release(void *ud)
+{
+    dx__kept *k = ud;
+    if (atomic_fetch_sub_explicit(&k->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    k->free_fn(k->obj);
+    dx_free(k);
+}
+
+dx__kept *dx__kept_new(void *obj, void (*free_fn)(void *obj))
+{
+    dx__kept *k = dx_calloc(1, sizeof *k);
+    if (!k)
+        return NULL;
+    atomic_init(&k->refs, 1);
+    k->free_fn = free_fn;
+    k->obj = obj;
+    k->tie = dx_ptie_new(k, kept_release);
+    return k;
+}
+
+void dx__kept_done(dx__kept *k)
+{
+    dx_ptie_cut(k->tie);
+    kept_release(k);
+}
+
+dx__eval_keep dx__kept_keep(dx__kept *k)
+{
+    return (dx__eval_keep){kept_hold, kept_release, k};
+}
+
 int dx__evaluate_kept(const dx_module *m, const dx_dataset *ds,
                       const dx_eval_opts *opts, const dx__eval_keep *keep,
                       dx_eval_result **out, dx_diag *diag)

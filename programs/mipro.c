@@ -520,12 +520,17 @@ typedef struct mipro_run {
      * of the valset the caller (and every node) holds. */
     const dx_dataset *val_base;
     size_t *val_map;
+    struct search_state *ss; /* search's, while it runs */
+    dx__eval_keep keep;      /* every evaluation's examples hold the run */
 } mipro_run;
 
-/* Closes the checkpoint and frees the run and its result (NULL once
- * handed on). Also the tie's callback, run outside any process when the
- * optimizer's process ends inside dx_mipro (a kill, a crash); what
- * mipro_body held in its own frame is not reached from here. */
+static void search_state_free(void *obj);
+
+/* Closes the checkpoint and frees the run, its search's state and its
+ * result (NULL once handed on). Runs with the last reference to the run
+ * (dx__kept, eval_int.h): when dx_mipro is done with it, or once the optimizer's
+ * process has ended inside dx_mipro (a kill, a crash) and no example of
+ * its evaluations is left. */
 static void mipro_run_free(void *obj)
 {
     mipro_run *r = obj;
@@ -545,6 +550,8 @@ static void mipro_run_free(void *obj)
     dx_free(r->preds);
     dx_module_free(r->program);
     dx_free(r->val_map);
+    if (r->ss)
+        search_state_free(r->ss);
     dx_tp_result_free(r->res);
     dx_free(r);
 }
@@ -1238,10 +1245,11 @@ static int trial_eval(mipro_run *r, int64_t num, const char *kind,
             rc = dx_diag_set(r->diag, DX_ENOMEM, 0, 0, "out of memory");
         else if (r->val_map)
             rc = dx__tp_evaluate_idx(prog, r->val_base, ev, n_ev, &r->o,
-                                     &t.score, &t.usage, &rows, r->diag);
+                                     &r->keep, &t.score, &t.usage, &rows,
+                                     r->diag);
         else
-            rc = dx__tp_evaluate_idx(prog, ds, idx, n_idx, &r->o, &t.score,
-                                     &t.usage, &rows, r->diag);
+            rc = dx__tp_evaluate_idx(prog, ds, idx, n_idx, &r->o, &r->keep,
+                                     &t.score, &t.usage, &rows, r->diag);
         dx_free(ev);
         cJSON *v = rc == DX_OK ? cJSON_CreateObject() : NULL;
         cJSON *arr = v ? cJSON_AddArrayToObject(v, "params") : NULL;
@@ -1309,14 +1317,13 @@ static int search(mipro_run *r, const dx_dataset *val, size_t num_trials,
 {
     bool demos = r->n_sets > 0 && !r->m.zero_shot;
     size_t nparams = demos ? 2 * r->np : r->np;
-    /* The search's state, on the heap and tied to the process: the trials
-     * wait on evaluations, where an optimizer stopped or crashed ends. */
-    search_state *ss = dx_calloc(1, sizeof *ss);
+    /* The run's: the trials wait on evaluations, where an optimizer
+     * stopped or crashed ends (mipro_run_free). */
+    search_state *ss = r->ss = dx_calloc(1, sizeof *ss);
     if (!ss) {
         dx_diag_set(r->diag, DX_ENOMEM, 0, 0, "mipro: out of memory");
         return DX_ENOMEM;
     }
-    dx_ptie *tie = dx_ptie_new(ss, search_state_free);
     size_t *nch = ss->nch = dx_calloc(nparams ? nparams : 1, sizeof *nch);
     size_t *params = ss->params =
         dx_calloc(nparams ? nparams : 1, sizeof *params);
@@ -1413,7 +1420,7 @@ static int search(mipro_run *r, const dx_dataset *val, size_t num_trials,
         dx_module_free(fp);
         ss->cand = NULL;
     }
-    dx_ptie_cut(tie);
+    r->ss = NULL;
     search_state_free(ss);
     if (rc == DX_ENOMEM)
         dx_diag_set(r->diag, rc, 0, 0, "mipro: out of memory");
@@ -1577,13 +1584,17 @@ int dx_mipro(const dx_module *student, const dx_dataset *trainset,
     if (train.n == 0 || val.n == 0)
         return dx_diag_set(diag, DX_EINVAL, 0, 0,
                            "mipro: empty trainset or valset");
-    /* On the heap and tied to the calling process: an optimizer stopped
-     * mid-run (its supervisor, a caller that went away) or crashed closes
-     * its checkpoint and frees its state as it ends. */
+    /* Shared with the calling process and the examples of its evaluations
+     * (dx__kept, eval_int.h): an optimizer stopped mid-run (its supervisor, a
+     * caller that went away) or crashed closes its checkpoint and frees
+     * its state once no example reads the program under evaluation. */
     mipro_run *r = dx_calloc(1, sizeof *r);
-    if (!r)
+    dx__kept *shared = r ? dx__kept_new(r, mipro_run_free) : NULL;
+    if (!shared) {
+        dx_free(r);
         return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
-    dx_ptie *tie = dx_ptie_new(r, mipro_run_free);
+    }
+    r->keep = dx__kept_keep(shared);
     r->student = student;
     r->diag = diag;
     /* MIPROv2's demo defaults: 4 and 4. */
@@ -1622,10 +1633,9 @@ int dx_mipro(const dx_module *student, const dx_dataset *trainset,
     int64_t t0 = dx_now_ms();
     if (rc == DX_OK)
         rc = mipro_body(r, &train, &val);
-    dx_ptie_cut(tie);
     dx_tp_result *res = r->res;
     r->res = NULL;
-    mipro_run_free(r);
+    dx__kept_done(shared);
     if (rc != DX_OK) {
         dx_tp_result_free(res);
         return rc;

@@ -9,37 +9,19 @@
  * max_errors items failed; Evaluate stops after more than its max_errors,
  * hence the off-by-one below.
  */
-#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 
 #include "dspex/alloc.h"
 #include "dspex/error.h"
 #include "dspex/modules.h"
-#include "dspex/runtime.h"
 #include "eval_int.h"
 
 #define DEFAULT_MAX_ERRORS 10
 
-/* The items' dataset, shared by the call and each item in flight. */
-typedef struct par_keep {
-    atomic_int refs;
-    dx_dataset *ds;
-} par_keep;
-
-static void keep_hold(void *ud)
+static void free_dataset(void *ds)
 {
-    par_keep *pk = ud;
-    atomic_fetch_add_explicit(&pk->refs, 1, memory_order_relaxed);
-}
-
-static void keep_release(void *ud)
-{
-    par_keep *pk = ud;
-    if (atomic_fetch_sub_explicit(&pk->refs, 1, memory_order_acq_rel) != 1)
-        return;
-    dx_dataset_free(pk->ds);
-    dx_free(pk);
+    dx_dataset_free(ds);
 }
 
 static double no_score(const dx_example *ex, const dx_prediction *pred,
@@ -135,21 +117,16 @@ int dx_parallel_run(const dx_module *m, const dx_example *const *inputs,
         .progress = DX_EVAL_PROGRESS_OFF,
     };
     /* The items' examples outlive a caller killed mid-run: the items hold
-     * them until each item's process has ended (a keep, eval_int.h), and
-     * the caller's share is tied to its process. */
-    par_keep *pk = dx_calloc(1, sizeof *pk);
-    if (!pk) {
+     * them until each item's process has ended (dx__kept, eval_int.h). */
+    dx__kept *kept = dx__kept_new(ds, free_dataset);
+    if (!kept) {
         dx_dataset_free(ds);
         return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
     }
-    atomic_init(&pk->refs, 1);
-    pk->ds = ds;
-    dx_ptie *tie = dx_ptie_new(pk, keep_release);
-    dx__eval_keep keep = {keep_hold, keep_release, pk};
+    dx__eval_keep keep = dx__kept_keep(kept);
     dx_eval_result *er = NULL;
     rc = dx__evaluate_kept(m, ds, &eo, &keep, &er, diag);
-    dx_ptie_cut(tie);
-    keep_release(pk);
+    dx__kept_done(kept);
     if (rc != DX_OK)
         return rc;
 

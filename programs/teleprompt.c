@@ -1115,9 +1115,12 @@ static cJSON *row_json(const dx_eval_row *row)
     return o;
 }
 
+/* ---- candidate evaluations ------------------------------------------------ */
+
 int dx__tp_evaluate_rows(const dx_module *prog, const dx_dataset *val,
-                         const dx_tp_opts *o, double *score,
-                         dx_usage_acc *usage, cJSON **rows, dx_diag *diag)
+                         const dx_tp_opts *o, const dx__eval_keep *keep,
+                         double *score, dx_usage_acc *usage, cJSON **rows,
+                         dx_diag *diag)
 {
     dx_eval_opts eo = {
         .metric = o->metric,
@@ -1131,7 +1134,7 @@ int dx__tp_evaluate_rows(const dx_module *prog, const dx_dataset *val,
     dx_eval_result *r = NULL;
     int rc = dx__tp_check_cancel(o, diag);
     if (rc == DX_OK)
-        rc = dx_evaluate(prog, val, &eo, &r, diag);
+        rc = dx__evaluate_kept(prog, val, &eo, keep, &r, diag);
     if (rc != DX_OK)
         return rc;
     if (r->cancelled) {
@@ -1216,14 +1219,15 @@ int dx__tp_hook_eval(const dx_module *const *progs, size_t n,
 
 int dx__tp_evaluate_idx(const dx_module *prog, const dx_dataset *val,
                         const size_t *idx, size_t n_idx, const dx_tp_opts *o,
-                        double *score, dx_usage_acc *usage, cJSON **rows,
-                        dx_diag *diag)
+                        const dx__eval_keep *keep, double *score,
+                        dx_usage_acc *usage, cJSON **rows, dx_diag *diag)
 {
     if (o->evaluator && o->evaluator->fn)
         return dx__tp_hook_eval(&prog, 1, val, idx, n_idx, o, score, usage,
                                 rows, diag);
     if (!idx)
-        return dx__tp_evaluate_rows(prog, val, o, score, usage, rows, diag);
+        return dx__tp_evaluate_rows(prog, val, o, keep, score, usage, rows,
+                                    diag);
     /* A view of the chosen examples (borrowed), on the heap: the example
      * processes read it while this context may be a process whose stack
      * is copied out. */
@@ -1238,17 +1242,11 @@ int dx__tp_evaluate_idx(const dx_module *prog, const dx_dataset *val,
         items[i] = val->items[idx[i]];
     view->items = items;
     view->n = n_idx;
-    int rc = dx__tp_evaluate_rows(prog, view, o, score, usage, rows, diag);
+    int rc =
+        dx__tp_evaluate_rows(prog, view, o, keep, score, usage, rows, diag);
     dx_free(items);
     dx_free(view);
     return rc;
-}
-
-int dx__tp_evaluate_on(const dx_module *prog, const dx_dataset *val,
-                       const dx_tp_opts *o, double *score, dx_usage_acc *usage,
-                       dx_diag *diag)
-{
-    return dx__tp_evaluate_rows(prog, val, o, score, usage, NULL, diag);
 }
 
 void dx__tp_record(cJSON *rec, const dx_usage_acc *u, cJSON *rows)
@@ -1367,20 +1365,37 @@ static int evaluate_with_hook(candidate *c, size_t n, const dx_dataset *val,
     return rc;
 }
 
+/* The joint job's module, its ud and its dataset, which its examples
+ * read: on the heap (the example processes read them, and a process's
+ * stack is copied out while it waits in dx_evaluate) and kept with the
+ * optimizer's state (see keep), so that they outlive every example even
+ * when the optimizer's process is killed meanwhile. */
+typedef struct joint_job {
+    multi *mu;
+    dx_module *m;
+    dx_dataset *rows;
+} joint_job;
+
+static void joint_job_clear(joint_job *jj)
+{
+    dx_dataset_free(jj->rows);
+    dx_module_free(jj->m);
+    dx_free(jj->mu);
+    *jj = (joint_job){0};
+}
+
 static int evaluate_together(candidate *c, size_t n, const dx_dataset *val,
-                             const dx_tp_opts *o, dx_diag *diag)
+                             const dx_tp_opts *o, const dx__eval_keep *keep,
+                             joint_job *jj, dx_diag *diag)
 {
     if (o->evaluator && o->evaluator->fn)
         return evaluate_with_hook(c, n, val, o, diag);
-    /* Heap, not this function's stack: the example processes read it
-     * through the module's ud, and when this function runs in a process
-     * its stack is copied out while it waits in dx_evaluate. */
-    multi *mu = dx_malloc(sizeof *mu);
+    multi *mu = jj->mu = dx_malloc(sizeof *mu);
     if (mu != NULL)
         *mu = (multi){c, n};
-    dx_module *m =
+    dx_module *m = jj->m =
         mu ? dx_module_new("Candidates", multi_forward, mu, NULL, NULL) : NULL;
-    dx_dataset *rows = dx_dataset_new();
+    dx_dataset *rows = jj->rows = dx_dataset_new();
     int rc = m && rows ? DX_OK : DX_ENOMEM;
     for (size_t k = 0; rc == DX_OK && k < n; k++)
         for (size_t i = 0; rc == DX_OK && i < val->n; i++) {
@@ -1416,7 +1431,7 @@ static int evaluate_together(candidate *c, size_t n, const dx_dataset *val,
             .progress = o->progress,
             .progress_out = o->progress_out,
         };
-        rc = dx_evaluate(m, rows, &eo, &r, diag);
+        rc = dx__evaluate_kept(m, rows, &eo, keep, &r, diag);
         if (rc == DX_OK && r->cancelled)
             rc = cancelled(diag); /* what finished scores no candidate */
     }
@@ -1440,9 +1455,7 @@ static int evaluate_together(candidate *c, size_t n, const dx_dataset *val,
         }
     }
     dx_eval_result_free(r);
-    dx_dataset_free(rows);
-    dx_module_free(m);
-    dx_free(mu);
+    joint_job_clear(jj);
     return rc;
 }
 
@@ -1559,6 +1572,8 @@ typedef struct rs_state {
      * cands (the same programs) and the rows the evaluation gives them. */
     candidate *todo;
     size_t ntodo;
+    size_t *where; /* todo[i] is cands[where[i]] */
+    joint_job joint;
 } rs_state;
 
 /* Closes the checkpoint and frees the state. Also the tie's callback, run
@@ -1567,9 +1582,11 @@ typedef struct rs_state {
 static void rs_state_free(void *obj)
 {
     rs_state *st = obj;
+    joint_job_clear(&st->joint);
     for (size_t i = 0; st->todo && i < st->ntodo; i++)
         cJSON_Delete(st->todo[i].rows);
     dx_free(st->todo);
+    dx_free(st->where);
     for (size_t k = 0; st->cands && k < st->ncand; k++) {
         dx_module_free(st->cands[k].prog);
         cJSON_Delete(st->cands[k].rows);
@@ -1589,13 +1606,17 @@ int dx_random_search(const dx_module *student, const dx_module *teacher,
         return rc;
     dx_tp_opts o = dx__tp_normalized(opts);
     const dx_dataset *val = valset ? valset : trainset;
-    /* On the heap and tied to the calling process: an optimizer stopped
-     * mid-run (its supervisor, a caller that went away) or crashed closes
-     * its checkpoint and frees its candidates as it ends. */
+    /* Shared with the calling process and the examples of its evaluations
+     * (dx__kept, eval_int.h): an optimizer stopped mid-run (its supervisor, a
+     * caller that went away) or crashed closes its checkpoint and frees its
+     * candidates once no example reads them. */
     rs_state *st = dx_calloc(1, sizeof *st);
-    if (!st)
+    dx__kept *shared = st ? dx__kept_new(st, rs_state_free) : NULL;
+    if (!shared) {
+        dx_free(st);
         return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
-    dx_ptie *tie = dx_ptie_new(st, rs_state_free);
+    }
+    dx__eval_keep keep = dx__kept_keep(shared);
     dx__tp_ckpt *ck = &st->ck;
     rc = dx__tp_ckpt_open(ck, o.checkpoint_path, "random_search", student,
                           teacher, trainset, val, &o, 0, diag);
@@ -1606,8 +1627,7 @@ int dx_random_search(const dx_module *student, const dx_module *teacher,
     if (rc == DX_OK && (!res || !cands))
         rc = dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
     if (rc != DX_OK) {
-        dx_ptie_cut(tie);
-        rs_state_free(st);
+        dx__kept_done(shared);
         return rc;
     }
     /* Evaluated one by one only when a candidate's score can stop the
@@ -1634,8 +1654,9 @@ int dx_random_search(const dx_module *student, const dx_module *teacher,
         if (!restore_candidate(ck, c, student)) {
             rc = build_candidate(c, student, teacher, trainset, &o, diag);
             if (rc == DX_OK && one_by_one) {
-                rc = dx__tp_evaluate_idx(c->prog, val, NULL, 0, &o, &c->t.score,
-                                         &c->t.usage, &c->rows, diag);
+                rc = dx__tp_evaluate_idx(c->prog, val, NULL, 0, &o, &keep,
+                                         &c->t.score, &c->t.usage, &c->rows,
+                                         diag);
                 c->scored = rc == DX_OK;
                 if (c->scored)
                     checkpoint_candidate(ck, c);
@@ -1657,7 +1678,7 @@ int dx_random_search(const dx_module *student, const dx_module *teacher,
         /* Candidates restored from the checkpoint keep their scores; the
          * rest (contiguous or not) are evaluated in one job. */
         candidate *todo = st->todo = dx_calloc(built ? built : 1, sizeof *todo);
-        size_t *where = dx_calloc(built ? built : 1, sizeof *where);
+        size_t *where = st->where = dx_calloc(built ? built : 1, sizeof *where);
         if (!todo || !where)
             rc = DX_ENOMEM;
         for (size_t k = first; rc == DX_OK && k < built; k++)
@@ -1666,18 +1687,15 @@ int dx_random_search(const dx_module *student, const dx_module *teacher,
                 todo[st->ntodo++] = cands[k];
             }
         if (rc == DX_OK && st->ntodo)
-            rc = evaluate_together(todo, st->ntodo, val, &o, diag);
-        for (size_t i = 0; rc == DX_OK && i < st->ntodo; i++) {
-            cands[where[i]] = todo[i];
-            checkpoint_candidate(ck, &cands[where[i]]);
+            rc = evaluate_together(todo, st->ntodo, val, &o, &keep, &st->joint,
+                                   diag);
+        if (rc == DX_OK) {
+            for (size_t i = 0; i < st->ntodo; i++) {
+                cands[where[i]] = todo[i];
+                checkpoint_candidate(ck, &cands[where[i]]);
+            }
+            st->ntodo = 0; /* their rows are cands' now */
         }
-        if (rc != DX_OK) /* what the evaluation left in the copies */
-            for (size_t i = 0; i < st->ntodo; i++)
-                cJSON_Delete(todo[i].rows);
-        dx_free(todo);
-        st->todo = NULL;
-        st->ntodo = 0;
-        dx_free(where);
     }
     /* In seed order: the trial log, the events, the best. */
     double best = -1;
@@ -1699,9 +1717,8 @@ int dx_random_search(const dx_module *student, const dx_module *teacher,
                         c->seed, c->t.score);
         }
     }
-    dx_ptie_cut(tie);
     st->res = NULL; /* the caller's, or freed below */
-    rs_state_free(st);
+    dx__kept_done(shared);
     if (rc != DX_OK || !res->program) {
         if (rc == DX_OK)
             rc = dx_diag_set(diag, DX_ELIMIT, 0, 0,

@@ -9,9 +9,11 @@
 
 #include <cjson/cJSON.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 
 #include "dspex/telemetry.h"
 #include "dspex/teleprompt.h"
+#include "eval_int.h"
 
 /* opts with its zero members replaced by the defaults. */
 dx_tp_opts dx__tp_normalized(const dx_tp_opts *in);
@@ -37,23 +39,21 @@ void dx__tp_emit(const char *name, dx_telemetry_kind kind,
                  const char *optimizer, int64_t trial, double score);
 
 /* dx_evaluate prog over val with o's metric, concurrency, timeout and call
- * settings; *score is the percent score, usage gets the LM usage. */
-int dx__tp_evaluate_on(const dx_module *prog, const dx_dataset *val,
-                       const dx_tp_opts *o, double *score, dx_usage_acc *usage,
-                       dx_diag *diag);
-/* The same, and *rows (when not NULL) a new JSON array of the examples'
- * results, [{"i": index, "score": s, "error": "..."}], for the trial's
- * checkpoint record. */
+ * settings: *score is the percent score, usage gets the LM usage and *rows
+ * (when not NULL) a new JSON array of the examples' results,
+ * [{"i": index, "score": s, "error": "..."}], for the trial's checkpoint
+ * record. Each example holds keep (NULL: none) while it runs. */
 int dx__tp_evaluate_rows(const dx_module *prog, const dx_dataset *val,
-                         const dx_tp_opts *o, double *score,
-                         dx_usage_acc *usage, cJSON **rows, dx_diag *diag);
+                         const dx_tp_opts *o, const dx__eval_keep *keep,
+                         double *score, dx_usage_acc *usage, cJSON **rows,
+                         dx_diag *diag);
 /* The same through opts' candidate evaluator when it has one (else
  * locally): prog scored on val->items[idx[0..n_idx)] (idx NULL: all of
  * val); rows' "i" is the position in idx. */
 int dx__tp_evaluate_idx(const dx_module *prog, const dx_dataset *val,
                         const size_t *idx, size_t n_idx, const dx_tp_opts *o,
-                        double *score, dx_usage_acc *usage, cJSON **rows,
-                        dx_diag *diag);
+                        const dx__eval_keep *keep, double *score,
+                        dx_usage_acc *usage, cJSON **rows, dx_diag *diag);
 /* n candidates through o->evaluator (which must be set): per candidate its
  * score (percent, 2 decimals), usage added to usages[k] and, when rows is
  * not NULL, rows[k] a new JSON array as dx__tp_evaluate_rows makes. */

@@ -423,6 +423,90 @@ Test(teleprompt, a_killed_bootstrap_takes_its_teacher_runs_with_it)
     cr_assert_eq(left, 0, "the teacher runs outlived their bootstrap");
 }
 
+/* A candidate program read by an example that has not yet yielded when
+ * its optimizer's process is killed: the program stays until that example
+ * has ended (AddressSanitizer would report the read of a freed program).
+ * The module spins for 300 ms without yielding, reading its own state. */
+static int spinning_forward(dx_ctx *ctx, const dx_module *self,
+                            const dx_example *in, dx_prediction **out)
+{
+    (void)ctx;
+    (void)in;
+    const volatile int *state = dx_module_ud(self);
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int seen = 0;
+    do {
+        seen += *state;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+    } while ((t.tv_sec - t0.tv_sec) * 1000 +
+                 (t.tv_nsec - t0.tv_nsec) / 1000000 <
+             300);
+    *out = dx_prediction_new();
+    dx_example_set_str(dx_prediction_fields_mut(*out), "answer",
+                       seen ? "x" : "");
+    return DX_OK;
+}
+
+static void *copy_int(const void *ud)
+{
+    int *c = dx_malloc(sizeof *c);
+    if (c)
+        *c = *(const int *)ud;
+    return c;
+}
+
+static void searching_until_killed(void *arg)
+{
+    opt_thread *t = arg;
+    dx_tp_opts o = {
+        .metric = {.kind = DX_METRIC_CUSTOM, .fn = never_metric},
+        .progress = DX_EVAL_PROGRESS_OFF,
+        .num_candidates = 1,
+        /* One example at a time: it spins on one scheduler while the
+         * optimizer's end is handled on the other. */
+        .concurrency = 1,
+    };
+    dx_tp_result *r = NULL;
+    t->rc = dx_random_search(t->st, NULL, t->train, t->val, &o, &r, &t->d);
+    dx_tp_result_free(r);
+}
+
+Test(teleprompt, a_killed_random_search_keeps_what_its_examples_still_read)
+{
+    int *state = dx_malloc(sizeof *state);
+    *state = 1;
+    opt_thread t = {
+        .st = dx_module_new("Spinner", spinning_forward, state, dx_free,
+                            copy_int),
+        .train = trainset(2),
+        .val = valset(2),
+    };
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(searching_until_killed, &t, &pid), DX_OK);
+    /* The candidates' evaluation has started: its examples spin. */
+    size_t running = 0;
+    for (int i = 0;
+         i < 20000 &&
+         (running = processes_labeled("dspex.evaluate.example")) == 0;
+         i++)
+        nanosleep(&(struct timespec){0, 500000}, NULL);
+    cr_assert_gt(running, 0, "the evaluation did not start");
+    nanosleep(&(struct timespec){0, 20000000}, NULL);
+    cr_assert_eq(dx_kill(pid), DX_OK);
+    int rc = dx_wait_exit(pid, 10000, NULL);
+    cr_assert(rc == DX_OK || rc == DX_ENOPROC, "%s", dx_strerror(rc));
+    size_t left = 1;
+    for (int i = 0;
+         i < 10000 && (left = processes_labeled("dspex.evaluate.example")) > 0;
+         i++)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    cr_assert_eq(left, 0, "the examples outlived their evaluation");
+    dx_module_free(t.st);
+    dx_dataset_free(t.train);
+    dx_dataset_free(t.val);
+}
+
 /* An evaluation cut short scores no candidate: random search stops with
  * DX_ECANCELED instead of keeping a score of the examples that finished. */
 Test(teleprompt, a_cancelled_candidate_evaluation_stops_random_search)
