@@ -1241,6 +1241,8 @@ static int trial_eval(mipro_run *r, int64_t num, const char *kind,
             for (size_t i = 0; ev && i < n_ev; i++)
                 ev[i] = r->val_map[idx ? idx[i] : i];
         }
+        /* freed by the process if it ends in the evaluation */
+        dx_ptie *ev_tie = ev ? dx_ptie_new(ev, dx_free) : NULL;
         if (r->val_map && !ev)
             rc = dx_diag_set(r->diag, DX_ENOMEM, 0, 0, "out of memory");
         else if (r->val_map)
@@ -1250,6 +1252,7 @@ static int trial_eval(mipro_run *r, int64_t num, const char *kind,
         else
             rc = dx__tp_evaluate_idx(prog, ds, idx, n_idx, &r->o, &r->keep,
                                      &t.score, &t.usage, &rows, r->diag);
+        dx_ptie_cut(ev_tie);
         dx_free(ev);
         cJSON *v = rc == DX_OK ? cJSON_CreateObject() : NULL;
         cJSON *arr = v ? cJSON_AddArrayToObject(v, "params") : NULL;

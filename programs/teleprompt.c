@@ -1228,14 +1228,19 @@ int dx__tp_evaluate_idx(const dx_module *prog, const dx_dataset *val,
     if (!idx)
         return dx__tp_evaluate_rows(prog, val, o, keep, score, usage, rows,
                                     diag);
-    /* A view of the chosen examples (borrowed), on the heap: the example
-     * processes read it while this context may be a process whose stack
-     * is copied out. */
-    dx_dataset *view = dx_malloc(sizeof *view);
-    dx_example **items = dx_calloc(n_idx ? n_idx : 1, sizeof *items);
+    /* A view of the chosen examples (borrowed), on the heap: the
+     * evaluation reads it while this context may be a process whose stack
+     * is copied out. Held (dx__held) across the evaluation: only its
+     * coordinator, in this process, reads it, so a kill may free it. */
+    dx__held *h = dx__held_new();
+    if (!h)
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    h->other[0].free_fn = h->other[1].free_fn = dx_free;
+    dx_dataset *view = h->other[0].obj = dx_malloc(sizeof *view);
+    dx_example **items = h->other[1].obj =
+        dx_calloc(n_idx ? n_idx : 1, sizeof *items);
     if (!view || !items) {
-        dx_free(view);
-        dx_free(items);
+        dx__held_free(h);
         return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
     }
     for (size_t i = 0; i < n_idx; i++)
@@ -1244,8 +1249,7 @@ int dx__tp_evaluate_idx(const dx_module *prog, const dx_dataset *val,
     view->n = n_idx;
     int rc =
         dx__tp_evaluate_rows(prog, view, o, keep, score, usage, rows, diag);
-    dx_free(items);
-    dx_free(view);
+    dx__held_free(h);
     return rc;
 }
 
