@@ -378,10 +378,11 @@ static int start_lm(const common *c)
     int rc = atomic_load(&client_rc);
     if (rc != DX_OK) {
         dx_runtime_stop();
-        if (rc == DX_ENOKEY)
-            return fail_usage("model %s: no API key (set the provider's key "
-                              "variable or --api-key)",
-                              model_or_default(c));
+        char why[256];
+        if (dx_lm_config_explain(
+                client_opts.primary.model, client_opts.primary.base_url,
+                client_opts.primary.api_key, why, sizeof why) != DX_OK)
+            return fail_usage("model %s: %s", model_or_default(c), why);
         return fail_usage("model %s: %s", model_or_default(c), dx_strerror(rc));
     }
     return 0;

@@ -44,6 +44,14 @@ static inline int ex_lm_child(dx_child_spec *spec, const char *model)
     dx_lm_client_opts o = {
         .primary = {.model = model ? model : EX_DEFAULT_MODEL},
     };
+    /* A model the client would refuse is said plainly here, rather than
+     * as the supervisor's report of a child that failed to start. */
+    char why[256];
+    int rc = dx_lm_config_explain(o.primary.model, NULL, NULL, why, sizeof why);
+    if (rc != DX_OK) {
+        fprintf(stderr, "model %s: %s\n", o.primary.model, why);
+        return rc;
+    }
     return dx_lm_client_child_spec(spec, "lm", &o, "lm");
 }
 

@@ -1020,40 +1020,138 @@ static bool model_is_path_safe(const char *m)
     return true;
 }
 
+/* Names the registered providers, comma-separated, for an error. */
+static void list_providers(char *buf, size_t n)
+{
+    const size_t n_builtin = sizeof builtins / sizeof builtins[0];
+    size_t used = 0;
+    buf[0] = '\0';
+    pthread_mutex_lock(&reg_lock);
+    for (size_t i = 0; i < n_builtin + n_registered && used < n; i++) {
+        const dx_lm_provider *p =
+            i < n_builtin ? builtins[i] : registered[i - n_builtin];
+        int w = snprintf(buf + used, n - used, "%s%s", i ? ", " : "", p->name);
+        if (w < 0)
+            break;
+        used += (size_t)w;
+    }
+    pthread_mutex_unlock(&reg_lock);
+}
+
+/* What dx_lm_config_new would build from these, checked: the provider, the
+ * base URL and key it would use, or the reason it refuses them in why
+ * (when why is not NULL). One place decides, so the sentence a user reads
+ * is always the reason the config was refused. */
+typedef struct config_parts {
+    const dx_lm_provider *provider;
+    const char *model, *url, *key;
+    bool compat;
+} config_parts;
+
+static int config_check(const char *model_string, const char *base_url,
+                        const char *api_key, config_parts *out, char *why,
+                        size_t why_len)
+{
+    char scratch[2];
+    if (!why || why_len == 0) {
+        why = scratch;
+        why_len = sizeof scratch;
+    }
+    why[0] = '\0';
+    if (!model_string || !*model_string) {
+        snprintf(why, why_len,
+                 "no model given (want PROVIDER/MODEL, e.g. "
+                 "openai/gpt-4o-mini)");
+        return DX_EINVAL;
+    }
+    const char *slash = strchr(model_string, '/');
+    if (!slash || slash == model_string || !slash[1]) {
+        char names[160];
+        list_providers(names, sizeof names);
+        snprintf(why, why_len,
+                 "\"%s\" is not PROVIDER/MODEL (e.g. openai/gpt-4o-mini; "
+                 "providers: %s)",
+                 model_string, names);
+        return DX_EINVAL;
+    }
+    const dx_lm_provider *p =
+        find_n(model_string, (size_t)(slash - model_string));
+    if (!p) {
+        char names[160];
+        list_providers(names, sizeof names);
+        snprintf(why, why_len, "unknown provider \"%.*s\" (providers: %s)",
+                 (int)(slash - model_string), model_string, names);
+        return DX_ENOENT;
+    }
+    const char *model = slash + 1;
+    /* Keys and base URLs are optional for these two. */
+    bool compat =
+        p == &dx_lm_provider_openai_compatible || p == &dx_lm_provider_sim;
+    if (!model_is_path_safe(model) || strstr(model, "..")) {
+        snprintf(why, why_len,
+                 "model name \"%s\" has characters a model name cannot have "
+                 "(letters, digits and -._:/@ only, no \"..\")",
+                 model);
+        return DX_EINVAL;
+    }
+    if (p == &dx_lm_provider_openai_compatible && (!base_url || !*base_url)) {
+        snprintf(why, why_len,
+                 "%s/ needs the server's base URL (e.g. "
+                 "http://127.0.0.1:8000/v1)",
+                 p->name);
+        return DX_EINVAL;
+    }
+    const char *url = base_url && *base_url ? base_url : p->default_base_url;
+    if (!url ||
+        (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)) {
+        snprintf(why, why_len,
+                 "base URL \"%s\" is not an http:// or https:// URL",
+                 url ? url : "");
+        return DX_EINVAL;
+    }
+    const char *key = api_key && *api_key ? api_key : NULL;
+    if (!key && !compat && p->key_env) {
+        const char *env = getenv(p->key_env);
+        key = env && *env ? env : NULL;
+    }
+    if (!key && !compat) {
+        if (p->key_env)
+            snprintf(why, why_len, "no API key for %s (set %s or pass one)",
+                     p->name, p->key_env);
+        else
+            snprintf(why, why_len, "no API key for %s", p->name);
+        return DX_ENOKEY;
+    }
+    if (key && strpbrk(key, "\r\n")) {
+        /* would split the header line; the key itself is not repeated */
+        snprintf(why, why_len, "the API key contains a line break");
+        return DX_EINVAL;
+    }
+    if (out)
+        *out = (config_parts){p, model, url, key, compat};
+    return DX_OK;
+}
+
+int dx_lm_config_explain(const char *model_string, const char *base_url,
+                         const char *api_key, char *why, size_t why_len)
+{
+    dx__json_init();
+    return config_check(model_string, base_url, api_key, NULL, why, why_len);
+}
+
 int dx_lm_config_new(const char *model_string, const char *base_url,
                      const char *api_key, dx_lm_config **out)
 {
     dx__json_init();
     if (!model_string || !out)
         return DX_EINVAL;
-    const char *slash = strchr(model_string, '/');
-    if (!slash || slash == model_string || !slash[1])
-        return DX_EINVAL;
-    const dx_lm_provider *p =
-        find_n(model_string, (size_t)(slash - model_string));
-    if (!p)
-        return DX_ENOENT;
-    const char *model = slash + 1;
-    /* Keys and base URLs are optional for these two. */
-    bool compat =
-        p == &dx_lm_provider_openai_compatible || p == &dx_lm_provider_sim;
-    if (!model_is_path_safe(model) || strstr(model, ".."))
-        return DX_EINVAL;
-    if (p == &dx_lm_provider_openai_compatible && (!base_url || !*base_url))
-        return DX_EINVAL;
-    const char *url = base_url && *base_url ? base_url : p->default_base_url;
-    if (!url ||
-        (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0))
-        return DX_EINVAL;
-    const char *key = api_key && *api_key ? api_key : NULL;
-    if (!key && !compat && p->key_env) {
-        const char *env = getenv(p->key_env);
-        key = env && *env ? env : NULL;
-    }
-    if (!key && !compat)
-        return DX_ENOKEY;
-    if (key && strpbrk(key, "\r\n"))
-        return DX_EINVAL; /* would split the header line */
+    config_parts parts;
+    int rc = config_check(model_string, base_url, api_key, &parts, NULL, 0);
+    if (rc != DX_OK)
+        return rc;
+    const dx_lm_provider *p = parts.provider;
+    bool compat = parts.compat;
+    const char *model = parts.model, *url = parts.url, *key = parts.key;
     dx_lm_config *c = dx_calloc(1, sizeof *c);
     if (!c)
         return DX_ENOMEM;

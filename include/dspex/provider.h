@@ -332,6 +332,15 @@ typedef struct dx_lm_config {
  * DX_ENOMEM. */
 DX_API int dx_lm_config_new(const char *model_string, const char *base_url,
                             const char *api_key, dx_lm_config **out);
+
+/* The same checks as dx_lm_config_new, without building anything: returns
+ * the code dx_lm_config_new would, and when it is not DX_OK writes into why
+ * (why_len bytes, NUL-terminated, may be NULL) a sentence saying what is
+ * wrong, e.g. `unknown provider "opneai" (providers: sim, openai, ...)` or
+ * `openai-compatible/ needs the server's base URL (...)`. The key itself
+ * never appears in it. For tools that report a refused model to a user. */
+DX_API int dx_lm_config_explain(const char *model_string, const char *base_url,
+                                const char *api_key, char *why, size_t why_len);
 DX_API void dx_lm_config_free(dx_lm_config *c);
 
 /* Full URL of an encoded request: base_url + path. *out: dx_free it. */

@@ -476,6 +476,17 @@ Test(cli, a_config_file_selects_the_model_and_bad_ones_are_refused)
     cr_assert_eq(rc, 2);
     cr_assert(strstr(err_buf, "\"modle\""), "%s", err_buf);
     unsetenv("DSPEX_CONFIG");
+    /* A model that cannot be used says why, not just "invalid argument". */
+    rc = dspex((const char *[]){"run", example("capitals.json"), "--model",
+                                "opneai/gpt-4o", "--input", "question=Hi",
+                                NULL});
+    cr_assert_eq(rc, 2);
+    cr_assert(strstr(err_buf, "unknown provider \"opneai\""), "%s", err_buf);
+    rc = dspex((const char *[]){"run", example("capitals.json"), "--model",
+                                "openai-compatible/x", "--input", "question=Hi",
+                                NULL});
+    cr_assert_eq(rc, 2);
+    cr_assert(strstr(err_buf, "needs the server's base URL"), "%s", err_buf);
 }
 
 Test(cli, agents_and_rag_programs_evaluate_on_the_two_hop_task)

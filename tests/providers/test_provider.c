@@ -50,6 +50,60 @@ Test(provider, bad_model_strings_are_refused, .timeout = 10)
     cr_assert_null(c);
 }
 
+/* A refused model string comes with the sentence a user reads (dspex's
+ * --model, the example agents): what is wrong, in the words of the input. */
+Test(provider, a_refused_model_string_is_explained, .timeout = 10)
+{
+    static const struct {
+        const char *model, *base_url, *key;
+        int rc;
+        const char *says;
+    } cases[] = {
+        {"gpt-4o", NULL, "k", DX_EINVAL, "\"gpt-4o\" is not PROVIDER/MODEL"},
+        {"openai/", NULL, "k", DX_EINVAL, "is not PROVIDER/MODEL"},
+        {"", NULL, "k", DX_EINVAL, "no model given"},
+        {"opneai/gpt-4o", NULL, "k", DX_ENOENT, "unknown provider \"opneai\""},
+        {"gemini/a?key=b", NULL, "k", DX_EINVAL, "model name \"a?key=b\""},
+        {"openai-compatible/x", NULL, NULL, DX_EINVAL,
+         "needs the server's base URL"},
+        {"openai/x", "ftp://h", "k", DX_EINVAL,
+         "\"ftp://h\" is not an http://"},
+        {"anthropic/m", NULL, NULL, DX_ENOKEY, "set ANTHROPIC_API_KEY"},
+        {"openai/x", NULL, "sk-secret\r\nX: y", DX_EINVAL, "line break"},
+    };
+    unsetenv("ANTHROPIC_API_KEY");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char why[256];
+        memset(why, 'x', sizeof why);
+        int rc = dx_lm_config_explain(cases[i].model, cases[i].base_url,
+                                      cases[i].key, why, sizeof why);
+        cr_assert_eq(rc, cases[i].rc, "%s: %d", cases[i].model, rc);
+        cr_assert(strstr(why, cases[i].says), "%s: %s", cases[i].model, why);
+        cr_assert_null(strstr(why, "sk-secret"), "the key is never repeated");
+        /* and it is the code dx_lm_config_new gives */
+        dx_lm_config *c = NULL;
+        cr_assert_eq(dx_lm_config_new(cases[i].model, cases[i].base_url,
+                                      cases[i].key, &c),
+                     rc);
+        cr_assert_null(c);
+    }
+    /* the unknown-provider sentence lists the providers there are */
+    char why[256];
+    dx_lm_config_explain("x/y", NULL, NULL, why, sizeof why);
+    cr_assert(strstr(why, "sim, openai, openai-compatible, anthropic, gemini"),
+              "%s", why);
+    /* a good one says nothing; a small or missing buffer is fine */
+    why[0] = 'x';
+    cr_assert_eq(dx_lm_config_explain("sim/base", NULL, NULL, why, sizeof why),
+                 DX_OK);
+    cr_assert_eq(why[0], '\0');
+    char tiny[8];
+    cr_assert_eq(dx_lm_config_explain("x/y", NULL, NULL, tiny, sizeof tiny),
+                 DX_ENOENT);
+    cr_assert_eq(strlen(tiny), sizeof tiny - 1);
+    cr_assert_eq(dx_lm_config_explain("x/y", NULL, NULL, NULL, 0), DX_ENOENT);
+}
+
 Test(provider, keys_come_from_the_argument_then_the_environment, .timeout = 10)
 {
     dx_lm_config *c = NULL;
