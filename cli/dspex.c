@@ -1575,14 +1575,14 @@ static void help_serve(void)
          "chat|json]\n\n"
          "Serve programs over HTTP (docs/serving.md): POST\n"
          "/v1/programs/NAME/predict, /v1/programs/NAME/batch,\n"
-         "/v1/chat/completions (model = NAME), GET /v1/programs, /healthz,\n"
-         "/metrics, /dashboard. NAME defaults to the file name without\n"
-         ".json. Binds 127.0.0.1:8080 unless told otherwise (--port 0: any\n"
-         "free port). $DSPEX_SERVE_TOKEN, when set, is the bearer token\n"
-         "every route but /healthz requires. SIGHUP reloads the program\n"
-         "files (they are also reloaded when they change); SIGTERM or\n"
-         "Ctrl-C stops accepting, finishes the requests in flight and exits\n"
-         "0.");
+         "/v1/chat/completions (model = NAME), GET /v1/programs,\n"
+         "/v1/models, /healthz, /metrics, /dashboard. NAME defaults to the\n"
+         "file name without .json. Binds 127.0.0.1:8080 unless told\n"
+         "otherwise (--port 0: any free port). $DSPEX_SERVE_TOKEN, when\n"
+         "set, is the bearer token every route but /healthz requires.\n"
+         "SIGHUP reloads the program files (they are also reloaded when\n"
+         "they change); SIGTERM or Ctrl-C stops accepting, finishes the\n"
+         "requests in flight and exits 0.");
 }
 
 static int cmd_serve_body(args *ap)

@@ -40,7 +40,7 @@
 #define TAG_STOP 2
 
 const char *const dx__route_names[DX__R_COUNT] = {
-    "predict", "batch",   "chat",      "programs",
+    "predict", "batch",   "chat",      "programs", "models",
     "healthz", "metrics", "dashboard", "other",
 };
 
@@ -239,7 +239,7 @@ void dx__serve_error(dx__sreq *r, int status, const char *code, const char *fmt,
     int rc = dx__buf_str(&b, "{\"error\":{\"message\":");
     if (rc == 0)
         rc = dx__buf_json_str(&b, msg);
-    if (rc == 0 && r->route == DX__R_CHAT)
+    if (rc == 0 && (r->route == DX__R_CHAT || r->route == DX__R_MODELS))
         /* OpenAI's shape, so its clients show the message */
         rc = dx__buf_fmt(&b,
                          ",\"type\":\"%s\",\"param\":null,\"code\":\"%s\","
@@ -406,6 +406,41 @@ static void list_programs(dx_serve *srv, dx__sreq *r)
     answer_json(r, 200, root);
 }
 
+/* The programs as OpenAI's model objects: clients of the chat route (SDKs,
+ * chat front ends, gateways) list /v1/models to find what they may name in
+ * "model", and some check it before their first call. */
+static cJSON *model_object(const dx_serve *srv, const char *name)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", name);
+    cJSON_AddStringToObject(o, "object", "model");
+    cJSON_AddNumberToObject(o, "created", (double)srv->started_s);
+    cJSON_AddStringToObject(o, "owned_by", "dspex");
+    return o;
+}
+
+static void list_models(dx_serve *srv, dx__sreq *r, const char *one)
+{
+    if (one != NULL) {
+        for (size_t i = 0; i < srv->nprogs; i++)
+            if (strcmp(srv->progs[i].name, one) == 0) {
+                answer_json(r, 200, model_object(srv, one));
+                return;
+            }
+        dx__serve_error(r, 404, "model_not_found",
+                        "no program named \"%s\" (GET /v1/models lists "
+                        "them)",
+                        one);
+        return;
+    }
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "object", "list");
+    cJSON *arr = cJSON_AddArrayToObject(root, "data");
+    for (size_t i = 0; arr != NULL && i < srv->nprogs; i++)
+        cJSON_AddItemToArray(arr, model_object(srv, srv->progs[i].name));
+    answer_json(r, 200, root);
+}
+
 static int hex_digit(char c)
 {
     if (c >= '0' && c <= '9')
@@ -484,6 +519,9 @@ void dx__serve_route(dx_serve *srv, dx__sreq *r, const char *method,
         r->route = DX__R_CHAT;
     else if (strcmp(path, "/v1/programs") == 0)
         r->route = DX__R_PROGRAMS;
+    else if (strcmp(path, "/v1/models") == 0 ||
+             strncmp(path, "/v1/models/", 11) == 0)
+        r->route = DX__R_MODELS;
     else if (strcmp(path, "/metrics") == 0)
         r->route = DX__R_METRICS;
     else if (strcmp(path, "/dashboard") == 0 ||
@@ -531,6 +569,13 @@ void dx__serve_route(dx_serve *srv, dx__sreq *r, const char *method,
             list_programs(srv, r);
             return;
         }
+    case DX__R_MODELS:
+        if (!get) {
+            dx__serve_error(r, 405, "method_not_allowed", "%s wants GET", path);
+            return;
+        }
+        list_models(srv, r, path[10] == '/' ? path + 11 : NULL);
+        return;
     case DX__R_METRICS:
         if (!get) {
             dx__serve_error(r, 405, "method_not_allowed", "%s wants GET", path);
@@ -1699,6 +1744,7 @@ int dx_serve_start(const dx_serve_opts *opts, dx_serve **out, dx_diag *diag)
     srv->t_start_ms = dx_now_ms();
     snprintf(srv->lm_name, sizeof srv->lm_name, "%s",
              opts->lm_name ? opts->lm_name : "lm");
+    srv->started_s = (int64_t)time(NULL);
     srv->rid_prefix = (uint32_t)((uint64_t)time(NULL) * 2654435761u ^
                                  (uint64_t)(uintptr_t)srv);
     int rc = DX_OK;

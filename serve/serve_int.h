@@ -25,6 +25,7 @@ typedef enum dx__route {
     DX__R_BATCH,
     DX__R_CHAT,
     DX__R_PROGRAMS,
+    DX__R_MODELS, /* GET /v1/models[/NAME]: the programs as OpenAI models */
     DX__R_HEALTHZ,
     DX__R_METRICS,
     DX__R_DASHBOARD,
@@ -162,6 +163,7 @@ struct dx_serve {
     /* One reload at a time (the loop's mtime check, dx_serve_reload). */
     pthread_mutex_t reload_mu;
     uint32_t rid_prefix;
+    int64_t started_s; /* Unix time of the start: the models' "created" */
 
     /* The runtime side. */
     atomic_int start_rc; /* the dispatcher's start result; 1 = not yet */

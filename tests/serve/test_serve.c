@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 
 #include "serve_fixture.h"
 
@@ -511,6 +512,53 @@ Test(serve, chat_completions_answers_the_openai_sdk_request,
                    "\"model\":\"gpt-4o\"}");
     cr_assert(strstr(out, "\"code\":\"model_not_found\"") != NULL, "%s", out);
     cr_assert(strstr(out, "\"type\":\"invalid_request_error\"") != NULL);
+}
+
+/* OpenAI clients list /v1/models to learn what "model" may name; the
+ * served programs are the models, and an unknown one is the same error the
+ * chat route gives, in OpenAI's shape. */
+Test(serve, the_programs_are_listed_as_openai_models, .init = setup_default,
+     .fini = teardown)
+{
+    hresp r = http1("GET", "/v1/models", NULL, NULL);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    cJSON *j = cJSON_Parse(r.body);
+    cr_assert_not_null(j, "%s", r.body);
+    cr_assert_str_eq(cJSON_GetObjectItem(j, "object")->valuestring, "list");
+    const cJSON *data = cJSON_GetObjectItem(j, "data");
+    cr_assert_eq(cJSON_GetArraySize(data), 2, "%s", r.body);
+    const char *want[] = {"qa", "marker"};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *m = cJSON_GetArrayItem(data, i);
+        cr_assert_str_eq(cJSON_GetObjectItem(m, "id")->valuestring, want[i]);
+        cr_assert_str_eq(cJSON_GetObjectItem(m, "object")->valuestring,
+                         "model");
+        cr_assert_str_eq(cJSON_GetObjectItem(m, "owned_by")->valuestring,
+                         "dspex");
+        double created = cJSON_GetObjectItem(m, "created")->valuedouble;
+        cr_assert(created > 1.7e9 && created <= (double)time(NULL) + 1, "%f",
+                  created);
+    }
+    cJSON_Delete(j);
+    free(r.body);
+
+    r = http1("GET", "/v1/models/marker", NULL, NULL);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    cr_assert(strstr(r.body, "\"id\":\"marker\"") != NULL, "%s", r.body);
+    cr_assert(strstr(r.body, "\"object\":\"model\"") != NULL, "%s", r.body);
+    free(r.body);
+
+    r = http1("GET", "/v1/models/gpt-4o", NULL, NULL);
+    cr_assert_eq(r.status, 404, "%s", r.body);
+    cr_assert(strstr(r.body, "\"code\":\"model_not_found\"") != NULL, "%s",
+              r.body);
+    cr_assert(strstr(r.body, "\"type\":\"invalid_request_error\"") != NULL,
+              "%s", r.body);
+    cr_assert(strstr(r.body, "gpt-4o") != NULL, "%s", r.body);
+    free(r.body);
+    expect_error("GET", "/v1/models/", NULL, NULL, 404, "model_not_found");
+    expect_error("POST", "/v1/models", NULL, "{}", 405, "method_not_allowed");
+    expect_error("GET", "/v1/modelsx", NULL, NULL, 404, "not_found");
 }
 
 Test(serve, predict_streams_output_fields_as_server_sent_events,
