@@ -1355,12 +1355,24 @@ static void do_chat(job *j)
             return;
         }
     }
+    /* A program answers once per request; n choices would be n copies of
+     * one answer (the LM client's cache), so more than one is refused
+     * rather than silently given one. */
+    const cJSON *n_choices = cJSON_GetObjectItemCaseSensitive(root, "n");
+    if (n_choices != NULL && !cJSON_IsNull(n_choices) &&
+        !(cJSON_IsNumber(n_choices) && n_choices->valuedouble == 1)) {
+        cJSON_Delete(root);
+        post_error(j, 400, "invalid_request",
+                   "\"n\" must be 1: a program gives one answer per "
+                   "request");
+        return;
+    }
     snprintf(r->program, sizeof r->program, "%s", model->valuestring);
     if ((r->prog = acquire(r->srv, r->program)) == NULL) {
         cJSON_Delete(root);
         {
             post_error(j, 404, "model_not_found",
-                       "no program named \"%s\" (GET /v1/programs lists "
+                       "no program named \"%s\" (GET /v1/models lists "
                        "them)",
                        r->program);
             return;

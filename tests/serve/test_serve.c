@@ -512,6 +512,14 @@ Test(serve, chat_completions_answers_the_openai_sdk_request,
                    "\"model\":\"gpt-4o\"}");
     cr_assert(strstr(out, "\"code\":\"model_not_found\"") != NULL, "%s", out);
     cr_assert(strstr(out, "\"type\":\"invalid_request_error\"") != NULL);
+
+    /* n other than 1 is refused rather than answered with one choice */
+    out = run_curl("{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
+                   "\"model\":\"qa\",\"n\":2}");
+    cr_assert(strstr(out, "\"n\\\" must be 1") != NULL, "%s", out);
+    out = run_curl("{\"messages\":[{\"role\":\"user\",\"content\":\"What is "
+                   "the capital of Peru?\"}],\"model\":\"qa\",\"n\":1}");
+    cr_assert(strstr(out, "\"object\":\"chat.completion\"") != NULL, "%s", out);
 }
 
 /* OpenAI clients list /v1/models to learn what "model" may name; the
