@@ -73,7 +73,10 @@ typedef enum dx_metric_kind {
 typedef struct dx_metric {
     dx_metric_kind kind;
     /* The label / output field compared (default "answer"). The example's
-     * value may be a string or a list of strings (any one matching). */
+     * value may be a string or a list of strings (any one matching). A
+     * label that is not a string (a number, a bool) is compared as its
+     * JSON text, so 42 matches the answer "42"; DSPy's built-in metrics
+     * raise for such a label, which fails every example. */
     const char *field;
     const char *passages_field; /* default "context" */
     dx_metric_fn fn;            /* DX_METRIC_CUSTOM: a score */
