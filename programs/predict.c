@@ -387,6 +387,17 @@ static int attempt(dx_ctx *ctx, const dx_module *p, dx_adapter_kind kind,
         const char *text = res->response->choices[i].text;
         rc = dx_adapter_parse(kind, s, text, strlen(text), &v[i], &ctx->diag);
         if (rc != DX_OK) {
+            /* An answer the provider cut short rarely parses; say why it
+             * was short, which the adapter cannot see (a reasoning model
+             * can spend its whole max_tokens before any answer text). */
+            dx_lm_finish fin = res->response->choices[i].finish;
+            if (fin == DX_LM_FINISH_LENGTH)
+                dx_diag_prefix(&ctx->diag,
+                               "the LM stopped at its token limit "
+                               "(finish_reason length: raise max_tokens)");
+            else if (fin == DX_LM_FINISH_CONTENT_FILTER)
+                dx_diag_prefix(&ctx->diag, "the provider's content filter "
+                                           "stopped the answer");
             dx_diag_prefix(&ctx->diag, "%s", p->path);
             for (size_t k = 0; k < i; k++)
                 dx_example_free(v[k]);

@@ -11,6 +11,7 @@
  * tests can predict it: text is "answer: <last user message>", usage counts
  * whitespace-separated words.
  */
+#include <ctype.h>
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -50,6 +51,7 @@ typedef enum fkind {
     F_MALFORMED,
     F_CTYPE,
     F_AUTH,
+    F_LENGTH,
 } fkind;
 
 typedef struct fault {
@@ -77,6 +79,7 @@ static bool parse_fault(const char *spec, fault *f)
         {"malformed_json", F_MALFORMED, 0, 0, 0, 0},
         {"wrong_content_type", F_CTYPE, 0, 0, 0, 0},
         {"auth", F_AUTH, 0, 0, 0, 0},
+        {"max_tokens", F_LENGTH, 1, 0, 0, 1000000},
     };
     const char *colon = strchr(spec, ':');
     size_t nlen = colon ? (size_t)(colon - spec) : strlen(spec);
@@ -404,6 +407,7 @@ typedef struct answer {
     cJSON *args;           /* tool arguments */
     char *args_text;       /* args printed (dx_free) */
     size_t out_tokens;
+    bool cut;            /* stopped at the token limit (the max_tokens fault) */
     char sim_error[256]; /* the sim model refused the request (a 400) */
 } answer;
 
@@ -1048,7 +1052,7 @@ static void openai_chat(dx_lmserver *srv, const cJSON *req, const convo *cv,
                         const answer *a, dx__lms_response *rs)
 {
     uint64_t id = dx__lms_next_id(srv);
-    const char *finish = a->text ? "stop" : "tool_calls";
+    const char *finish = a->cut ? "length" : a->text ? "stop" : "tool_calls";
     if (cJSON_IsTrue(get(req, "stream"))) {
         bool usage =
             cJSON_IsTrue(get(get(req, "stream_options"), "include_usage"));
@@ -1278,7 +1282,9 @@ static void anthropic_messages(dx_lmserver *srv, const cJSON *req,
                                dx__lms_response *rs)
 {
     uint64_t id = dx__lms_next_id(srv);
-    const char *stop = a->text ? "end_turn" : "tool_use";
+    const char *stop = a->cut    ? "max_tokens"
+                       : a->text ? "end_turn"
+                                 : "tool_use";
     char mid[48];
     snprintf(mid, sizeof mid, "msg_%llu", (unsigned long long)id);
     cJSON *msg = typed("message");
@@ -1349,20 +1355,27 @@ static cJSON *gemini_usage(const convo *cv, size_t out)
     return u;
 }
 
-/* One GenerateContentResponse with a single part (consumed). */
+static const char *gemini_finish(const answer *a)
+{
+    return a->cut ? "MAX_TOKENS" : "STOP";
+}
+
+/* One GenerateContentResponse with a single part (consumed); finish is set
+ * on the last one only. */
 static cJSON *gemini_response(const convo *cv, uint64_t id, cJSON *part,
-                              bool last, size_t out)
+                              const char *finish, size_t out)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON *cand = cJSON_CreateObject();
     cJSON *content = cJSON_AddObjectToObject(cand, "content");
     cJSON_AddItemToArray(cJSON_AddArrayToObject(content, "parts"), part);
     cJSON_AddStringToObject(content, "role", "model");
-    if (last)
-        cJSON_AddStringToObject(cand, "finishReason", "STOP");
+    if (finish != NULL)
+        cJSON_AddStringToObject(cand, "finishReason", finish);
     add_number(cand, "index", 0);
     cJSON_AddItemToArray(cJSON_AddArrayToObject(o, "candidates"), cand);
-    cJSON_AddItemToObject(o, "usageMetadata", gemini_usage(cv, last ? out : 0));
+    cJSON_AddItemToObject(o, "usageMetadata",
+                          gemini_usage(cv, finish != NULL ? out : 0));
     cJSON_AddStringToObject(o, "modelVersion", cv->model);
     char rid[48];
     snprintf(rid, sizeof rid, "resp_%llu", (unsigned long long)id);
@@ -1396,7 +1409,7 @@ typedef struct gstream {
 static int gemini_piece(void *ud, const char *piece)
 {
     gstream *st = ud;
-    cJSON *r = gemini_response(st->cv, st->id, text_part(piece), false, 0);
+    cJSON *r = gemini_response(st->cv, st->id, text_part(piece), NULL, 0);
     if (r == NULL)
         return DX_ENOMEM;
     cJSON_AddItemToArray(st->list, r);
@@ -1413,7 +1426,7 @@ static void gemini_generate(dx_lmserver *srv, bool stream, bool sse,
             rs, 200,
             gemini_response(cv, id,
                             a->text ? text_part(a->text) : gemini_call_part(a),
-                            true, a->out_tokens));
+                            gemini_finish(a), a->out_tokens));
         return;
     }
     gstream st = {.cv = cv, .a = a, .id = id, .list = cJSON_CreateArray()};
@@ -1422,17 +1435,17 @@ static void gemini_generate(dx_lmserver *srv, bool stream, bool sse,
         rc = pieces(a->text, gemini_piece, &st);
     if (rc == 0 && a->text == NULL)
         cJSON_AddItemToArray(
-            st.list, gemini_response(cv, id, gemini_call_part(a), false, 0));
+            st.list, gemini_response(cv, id, gemini_call_part(a), NULL, 0));
     /* The last response carries finishReason and the final usage. */
     cJSON *last = cJSON_GetArrayItem(st.list, cJSON_GetArraySize(st.list) - 1);
     if (rc == 0 && last == NULL) {
         cJSON_AddItemToArray(st.list,
-                             gemini_response(cv, id, text_part(""), false, 0));
+                             gemini_response(cv, id, text_part(""), NULL, 0));
         last = cJSON_GetArrayItem(st.list, 0);
     }
     if (rc == 0 && last != NULL) {
         cJSON *cand = cJSON_GetArrayItem(get(last, "candidates"), 0);
-        cJSON_AddStringToObject(cand, "finishReason", "STOP");
+        cJSON_AddStringToObject(cand, "finishReason", gemini_finish(a));
         cJSON_ReplaceItemInObjectCaseSensitive(last, "usageMetadata",
                                                gemini_usage(cv, a->out_tokens));
     }
@@ -1729,9 +1742,29 @@ static bool query_has(const char *query, const char *kv)
     return false;
 }
 
+/* Keep the first `words` whitespace-separated words of text (the max_tokens
+ * fault: an answer cut at the token limit, as a reasoning model's is when
+ * its thinking used the limit up). */
+static void cut_to_words(char *text, long words)
+{
+    char *p = text;
+    for (long w = 0; *p != '\0'; w++) {
+        while (*p != '\0' && isspace((unsigned char)*p))
+            p++;
+        if (*p == '\0' || w == words)
+            break;
+        while (*p != '\0' && !isspace((unsigned char)*p))
+            p++;
+    }
+    /* p is past the last kept word's trailing spaces, or on the next word */
+    while (p > text && isspace((unsigned char)p[-1]))
+        p--;
+    *p = '\0';
+}
+
 static void answer_chat(dx_lmserver *srv, const dx__lms_request *rq, prov p,
                         endpoint e, const cJSON *req, const char *gmodel,
-                        dx__lms_response *rs)
+                        long cut_words, dx__lms_response *rs)
 {
     convo cv = {.n = 1};
     const char *bad = NULL;
@@ -1763,6 +1796,11 @@ static void answer_chat(dx_lmserver *srv, const dx__lms_request *rq, prov p,
     }
     answer a = {0};
     int drc = decide(srv, &cv, &a);
+    if (drc == 0 && cut_words >= 0 && a.text != NULL) {
+        cut_to_words(a.text, cut_words);
+        a.out_tokens = count_words(a.text);
+        a.cut = true;
+    }
     if (drc == DX_EINVAL) {
         send_error(rs, p, 400, a.sim_error);
     } else if (drc != 0) {
@@ -1856,7 +1894,8 @@ void dx__lms_handle(dx_lmserver *srv, const dx__lms_request *rq,
     } else if (e == E_GEMBED) {
         gemini_embed(req, rs);
     } else {
-        answer_chat(srv, rq, p, e, req, model, rs);
+        answer_chat(srv, rq, p, e, req, model, f.kind == F_LENGTH ? f.arg : -1,
+                    rs);
     }
     dx__jfree_block(req); /* only read while answering, never kept */
     body_fault(&f, p, rs);

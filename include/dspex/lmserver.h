@@ -91,10 +91,11 @@ DX_API int dx_lmserver_push_reply(dx_lmserver *srv, const char *text);
 /* Apply fault `spec` to each of the next `count` model requests (healthz
  * excluded). Specs: rate_limit[:retry_after_s], overloaded,
  * server_error[:5xx], slow:<ms>, stall, reset_mid_body, truncated_sse,
- * malformed_json, wrong_content_type, auth. Calls queue up FIFO; a request
- * carrying an `x-dx-fault: <spec>` header uses that instead and leaves the
- * queue alone. Errors: DX_EINVAL (unknown spec or count 0), DX_ENOMEM.
- * Any thread. */
+ * malformed_json, wrong_content_type, auth, max_tokens[:words] (the answer
+ * cut after that many words, 0 by default, finished at the token limit).
+ * Calls queue up FIFO; a request carrying an `x-dx-fault: <spec>` header
+ * uses that instead and leaves the queue alone. Errors: DX_EINVAL (unknown
+ * spec or count 0), DX_ENOMEM. Any thread. */
 DX_API int dx_lmserver_inject(dx_lmserver *srv, const char *spec,
                               unsigned count);
 

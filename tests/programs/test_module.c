@@ -526,6 +526,41 @@ Test(module, both_adapters_failing_names_both_reasons)
     dx_module_free(p);
 }
 
+/* An answer the provider cut at its token limit (a reasoning model that
+ * spent max_tokens thinking) fails to parse; the error says why it was
+ * short, so the user knows to raise max_tokens. A full answer after it
+ * parses as usual. */
+Test(module, an_answer_cut_at_the_token_limit_says_so)
+{
+    dx_signature *s = sig("question -> answer");
+    dx_module *p = dx_predict_new(s, NULL);
+    dx_signature_unref(s);
+    cr_assert_eq(dx_lmserver_inject(srv, "max_tokens:1", 2), DX_OK);
+    dx_lmserver_push_reply(srv, "[[ ## answer ## ]]\nLima");
+    dx_lmserver_push_reply(srv, "{\"answer\": \"Lima\"}");
+    dx_example *in = inputs1("question", "Capital of Peru, cut short?");
+    dx_prediction *pred = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_module_call(p, in, NULL, &pred, NULL, &d), DX_EPARSE);
+    cr_assert_null(pred);
+    cr_assert(strstr(d.msg, "self: the LM stopped at its token limit "
+                            "(finish_reason length: raise max_tokens): "
+                            "ChatAdapter"),
+              "%s", d.msg);
+    cr_assert(strstr(d.msg, "token limit (finish_reason length: raise "
+                            "max_tokens): JSONAdapter"),
+              "both attempts say it: %s", d.msg);
+
+    /* not said of an answer that was not cut */
+    dx_lmserver_push_reply(srv, "no markers");
+    dx_lmserver_push_reply(srv, "no json either");
+    dx_example_set_str(in, "question", "Capital of Peru, whole?");
+    cr_assert_eq(dx_module_call(p, in, NULL, &pred, NULL, &d), DX_EPARSE);
+    cr_assert_null(strstr(d.msg, "token limit"), "%s", d.msg);
+    dx_example_free(in);
+    dx_module_free(p);
+}
+
 /* A user forward that breaks the contract is named, with its path and
  * type, and so is a step given nothing to run. */
 static int misbehave(dx_ctx *ctx, const dx_module *self, const dx_example *in,

@@ -1032,6 +1032,61 @@ Test(lmserver, rate_limit_is_429_with_retry_after_in_each_shape)
     resp_free(&r);
 }
 
+/* max_tokens[:N]: the answer stops after N words (default none), with each
+ * format's own reason for hitting the token limit. */
+Test(lmserver, max_tokens_cuts_the_answer_with_each_formats_reason)
+{
+    resp r = faulted("/v1/chat/completions", oai, OAI_CHAT, "max_tokens:3");
+    cr_assert_eq(r.status, 200);
+    cJSON *j = parse(&r);
+    cr_assert_str_eq(sget(j, "choices.0.message.content"), "answer: what is");
+    cr_assert_str_eq(sget(j, "choices.0.finish_reason"), "length");
+    cr_assert_eq(nget(j, "usage.completion_tokens"), 3);
+    cJSON_Delete(j);
+    resp_free(&r);
+
+    r = faulted("/v1/chat/completions", oai, OAI_CHAT, "max_tokens");
+    j = parse(&r);
+    cr_assert_str_eq(sget(j, "choices.0.message.content"), "");
+    cr_assert_str_eq(sget(j, "choices.0.finish_reason"), "length");
+    cJSON_Delete(j);
+    resp_free(&r);
+
+    r = faulted("/v1/chat/completions", oai,
+                "{\"model\":\"m\",\"stream\":true,\"messages\":[{\"role\":"
+                "\"user\",\"content\":\"one two three\"}]}",
+                "max_tokens:2");
+    cr_assert_eq(r.status, 200);
+    cr_assert(strstr(r.body, "\"finish_reason\":\"length\"") != NULL, "%s",
+              r.body);
+    cr_assert(strstr(r.body, "three") == NULL, "%s", r.body);
+    resp_free(&r);
+
+    r = faulted("/v1/messages", ant, ANT_CHAT, "max_tokens:1");
+    j = parse(&r);
+    cr_assert_str_eq(sget(j, "content.0.text"), "answer:");
+    cr_assert_str_eq(sget(j, "stop_reason"), "max_tokens");
+    cJSON_Delete(j);
+    resp_free(&r);
+
+    r = faulted(GEM_GEN, gem, GEM_CHAT, "max_tokens:2");
+    j = parse(&r);
+    cr_assert_str_eq(sget(j, "candidates.0.content.parts.0.text"),
+                     "answer: what");
+    cr_assert_str_eq(sget(j, "candidates.0.finishReason"), "MAX_TOKENS");
+    cJSON_Delete(j);
+    resp_free(&r);
+
+    r = faulted(GEM_STREAM, gem, GEM_CHAT, "max_tokens:2");
+    cr_assert(strstr(r.body, "\"finishReason\":\"MAX_TOKENS\"") != NULL, "%s",
+              r.body);
+    resp_free(&r);
+
+    r = faulted("/v1/chat/completions", oai, OAI_CHAT, "max_tokens:x");
+    cr_assert_eq(r.status, 400);
+    resp_free(&r);
+}
+
 Test(lmserver, overloaded_is_529_for_anthropic_and_503_otherwise)
 {
     resp r = faulted("/v1/messages", ant, ANT_CHAT, "overloaded");
