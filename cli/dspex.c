@@ -938,7 +938,8 @@ static int metric_of(const char *name, const char *frac, dx_metric *m)
         name = "exact_match";
     if (dx_metric_from_name(name, &k) != DX_OK)
         return fail_usage("unknown metric \"%s\" (exact_match, f1, "
-                          "passage_match)",
+                          "passage_match, semantic_f1, "
+                          "complete_and_grounded)",
                           name);
     *m = (dx_metric){.kind = k};
     if (!frac)
@@ -960,7 +961,8 @@ static void help_eval(void)
     puts(
         "usage: dspex eval PROGRAM.json DATA.jsonl|DATA.csv [--metric "
         "exact_match|f1|\n"
-        "                  passage_match] [--frac F] [--concurrency N]\n"
+        "                  passage_match|semantic_f1|complete_and_grounded]\n"
+        "                  [--frac F] [--concurrency N]\n"
         "                  [--inputs a,b] [--out results.jsonl] [--max-errors "
         "N]\n"
         "                  [--save-as-csv F.csv] [--save-as-json F.json] "
@@ -972,6 +974,10 @@ static void help_eval(void)
         "cost); --save-as-csv and --save-as-json write the files DSPy's\n"
         "Evaluate(save_as_csv=..., save_as_json=...) does (example and\n"
         "prediction fields, and the score under the metric's DSPy name).\n"
+        "semantic_f1 and complete_and_grounded are DSPy's SemanticF1 and\n"
+        "CompleteAndGrounded: the program's LM judges each answer (field\n"
+        "`response` against the example's, with its `question`; the\n"
+        "prediction's `context` for groundedness).\n"
         "--table N shows the first N rows (default 20, 0 = all), as DSPy's\n"
         "display_table=N; --failure-score X is what a failed example scores\n"
         "(default 0), as DSPy's failure_score.\n"

@@ -102,6 +102,28 @@ int dx__evaluate_kept(const dx_module *m, const dx_dataset *ds,
  * metric: DX_OK. */
 int dx__metric_fields_check(const dx_metric *m, const dx_example *example,
                             const dx_prediction *pred, dx_diag *diag);
+/* ---- the LM-judged metrics (judge.c) ---- */
+
+/* SemanticF1 / CompleteAndGrounded. */
+bool dx__metric_is_judged(const dx_metric *m);
+/* The score a bootstrapped demo needs when the optimizer sets no
+ * metric_threshold: the judged kinds' threshold (DSPy's 0.66 by default);
+ * 0 for the others (any score above 0 passes). */
+double dx__metric_pass_mark(const dx_metric *m);
+/* The judged kinds' dx__metric_fields_check: the example's question and
+ * label fields, the prediction's response (and retrieved context). */
+int dx__metric_judge_fields_check(const dx_metric *m, const dx_example *example,
+                                  const dx_prediction *pred, dx_diag *diag);
+/* Score with a judged kind in the calling process: the judge runs with
+ * call's LM, adapter, cache namespace and prices (call may be NULL) until
+ * deadline_ms (dx_now_ms based), and its usage is added to *usage (may be
+ * NULL) whatever the outcome. On failure: NaN, *rc the code and diag
+ * (may be NULL) the judge's reason. Process. */
+double dx__metric_judge(const dx_metric *m, const dx_example *example,
+                        const dx_prediction *pred, const dx_call_opts *call,
+                        int64_t deadline_ms, dx_usage_acc *usage, int *rc,
+                        dx_diag *diag);
+
 /* The q-th percentile (0..100) of v[0..n) by linear interpolation between
  * closest ranks (numpy's default); sorts v in place. 0 for n == 0. */
 double dx__percentile(double *v, size_t n, double q);

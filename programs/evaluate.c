@@ -292,7 +292,8 @@ typedef struct ex_slot {
     dx_trace trace_data;
     dx_usage_acc usage; /* the run's LM usage, also when it failed */
     double score;
-    double latency_ms; /* the program's run, when it returned */
+    double latency_ms;  /* the program's run, when it returned */
+    bool metric_failed; /* the program returned; its metric failed */
     /* coordinator's bookkeeping */
     int64_t started_ns; /* when it was spawned: a failed example's latency */
     size_t index;
@@ -328,10 +329,22 @@ static void example_proc(void *arg)
                             &s->pred, s->trace ? &s->trace_data : NULL,
                             &s->diag, &s->usage);
     s->latency_ms = ns_to_ms(mono_ns() - t0);
+    bool program_ok = s->rc == DX_OK;
     if (s->rc == DX_OK)
         s->rc =
             dx__metric_fields_check(&s->metric, s->example, s->pred, &s->diag);
-    if (s->rc == DX_OK) {
+    if (s->rc == DX_OK && dx__metric_is_judged(&s->metric)) {
+        /* An LM judge: its calls share the example's deadline and count in
+         * its row; its failure is the example's. */
+        int jrc = DX_OK;
+        double score =
+            dx__metric_judge(&s->metric, s->example, s->pred, &s->call,
+                             s->deadline_ms, &s->usage, &jrc, &s->diag);
+        if (jrc != DX_OK)
+            s->rc = jrc;
+        else
+            s->score = score;
+    } else if (s->rc == DX_OK) {
         /* The metric runs here too: if it crashes, this example fails and
          * nothing else does. */
         double score = dx_metric_score(&s->metric, s->example, s->pred,
@@ -342,6 +355,7 @@ static void example_proc(void *arg)
         else
             s->score = score;
     }
+    s->metric_failed = program_ok && s->rc != DX_OK;
     atomic_store_explicit(&s->done, true, memory_order_release);
 }
 
@@ -385,6 +399,12 @@ static void record(eval_job *j, ex_slot *s, const dx_term *reason,
     row->score = j->opts.failure_score;
     char text[DX_DIAG_MAX + 64];
     if (atomic_load_explicit(&s->done, memory_order_acquire)) {
+        /* Only the metric failed (a missing label, a judge that did not
+         * answer): the program's answer is kept for the row. */
+        if (s->metric_failed) {
+            row->pred = s->pred;
+            s->pred = NULL;
+        }
         row->error = s->rc;
         snprintf(text, sizeof text, "%s",
                  s->diag.msg[0] ? s->diag.msg : dx_strerror(s->rc));

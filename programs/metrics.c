@@ -21,6 +21,7 @@
  * letters, digits and marks, and every other visible character alone.
  * Invalid UTF-8 bytes pass through unchanged as symbols of their own.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,7 @@
 #include "dspex/alloc.h"
 #include "dspex/error.h"
 #include "dspex/evaluate.h"
+#include "dspex/runtime.h"
 #include "eval_int.h"
 #include "pyjson.h"
 
@@ -73,6 +75,10 @@ static bool in_ranges(const struct cp_range *r, size_t n, uint32_t cp)
 }
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+/* A judged metric called on its own (dx_metric_score) has no run deadline;
+ * it gets what a call gets by default. */
+#define DX_JUDGE_DEFAULT_TIMEOUT_MS 120000
 
 static bool is_ascii_alnum(uint32_t cp)
 {
@@ -718,6 +724,8 @@ int dx__metric_fields_check(const dx_metric *m, const dx_example *example,
 {
     if (!m || m->kind == DX_METRIC_CUSTOM)
         return DX_OK;
+    if (dx__metric_is_judged(m))
+        return dx__metric_judge_fields_check(m, example, pred, diag);
     const char *field = m->field ? m->field : "answer";
     if (!example || !dx_example_get(example, field))
         return dx_diag_set(diag, DX_EINVAL, 0, 0,
@@ -745,6 +753,15 @@ double dx_metric_score(const dx_metric *m, const dx_example *example,
     }
     if (!example || !pred)
         return 0;
+    if (dx__metric_is_judged(m)) {
+        /* The judge's LM call needs a process to wait in. */
+        if (dx_pid_is_none(dx_self()))
+            return NAN;
+        int rc;
+        return dx__metric_judge(m, example, pred, NULL,
+                                dx_now_ms() + DX_JUDGE_DEFAULT_TIMEOUT_MS, NULL,
+                                &rc, NULL);
+    }
     const char *field = m->field ? m->field : "answer";
     const cJSON *answers = dx_example_get(example, field);
     if (!answers)
@@ -793,6 +810,10 @@ const char *dx_metric_name(const dx_metric *m)
         return "f1";
     case DX_METRIC_PASSAGE_MATCH:
         return "answer_passage_match";
+    case DX_METRIC_SEMANTIC_F1:
+        return "SemanticF1";
+    case DX_METRIC_COMPLETE_AND_GROUNDED:
+        return "CompleteAndGrounded";
     default:
         return "metric";
     }
@@ -809,6 +830,10 @@ int dx_metric_from_name(const char *name, dx_metric_kind *out)
         {"f1", DX_METRIC_F1},
         {"passage_match", DX_METRIC_PASSAGE_MATCH},
         {"answer_passage_match", DX_METRIC_PASSAGE_MATCH},
+        {"semantic_f1", DX_METRIC_SEMANTIC_F1},
+        {"SemanticF1", DX_METRIC_SEMANTIC_F1},
+        {"complete_and_grounded", DX_METRIC_COMPLETE_AND_GROUNDED},
+        {"CompleteAndGrounded", DX_METRIC_COMPLETE_AND_GROUNDED},
     };
     if (!name || !out)
         return DX_EINVAL;

@@ -43,6 +43,9 @@ typedef struct outcome {
 enum {
     S_FIELD,
     S_PASSAGES,
+    S_QUESTION,
+    S_JUDGE_LM,
+    S_METRIC_NAME,
     S_LM,
     S_ROLLOUT,
     S_REPORT,
@@ -351,6 +354,9 @@ static run *run_new(const dx_optimize_spec *spec)
     dx_tp_opts *o = &r->spec.opts;
     bool ok = copy_str(r, S_FIELD, &o->metric.field) &&
               copy_str(r, S_PASSAGES, &o->metric.passages_field) &&
+              copy_str(r, S_QUESTION, &o->metric.question_field) &&
+              copy_str(r, S_JUDGE_LM, &o->metric.judge_lm_name) &&
+              copy_str(r, S_METRIC_NAME, &o->metric.name) &&
               copy_str(r, S_LM, &o->call.lm_name) &&
               copy_str(r, S_ROLLOUT, &o->call.rollout_id) &&
               copy_str(r, S_REPORT, &o->report_path) &&

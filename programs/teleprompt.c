@@ -200,6 +200,12 @@ int dx__tp_ckpt_open(dx__tp_ckpt *c, const char *path, const char *kind,
     if (o->metric.kind == DX_METRIC_EXACT_MATCH && o->metric.frac > 0 &&
         o->metric.frac < 1)
         dx__sb_printf(&b, "frac=%.17g|", o->metric.frac);
+    if (dx__metric_is_judged(&o->metric))
+        dx__sb_printf(&b, "judge=%s|%d|%.17g|%s|%s|",
+                      o->metric.question_field ? o->metric.question_field : "",
+                      (int)o->metric.decompositional, o->metric.threshold,
+                      o->metric.judge_lm_name ? o->metric.judge_lm_name : "",
+                      o->metric.passages_field ? o->metric.passages_field : "");
     cJSON *st = dx_module_dump_state(student);
     if (st)
         dx__pyjson_dump(&b, st, -1);
@@ -585,9 +591,26 @@ static void boot_proc(void *arg)
             break;
         }
         const dx_trace *tr = &s->trace;
-        double score = dx_metric_score(&o->metric, s->example, s->pred, tr);
-        bool pass =
-            o->metric_threshold > 0 ? score >= o->metric_threshold : score > 0;
+        double score;
+        if (dx__metric_is_judged(&o->metric)) {
+            dx_usage_acc judge_usage;
+            dx_usage_acc_init(&judge_usage, "judge");
+            score = dx__metric_judge(&o->metric, s->example, s->pred, &call,
+                                     s->deadline_ms, &judge_usage, &s->rc, &d);
+            dx_usage_acc_merge(&s->usage, &judge_usage);
+            if (s->rc != DX_OK) {
+                snprintf(s->error, sizeof s->error, "%s", d.msg);
+                break;
+            }
+        } else {
+            score = dx_metric_score(&o->metric, s->example, s->pred, tr);
+        }
+        /* DSPy's judged metrics pass a demo at their threshold (0.66)
+         * when given a trace; the optimizer's own threshold wins. */
+        double mark = o->metric_threshold > 0
+                          ? o->metric_threshold
+                          : dx__metric_pass_mark(&o->metric);
+        bool pass = mark > 0 ? score >= mark : score > 0;
         if (pass) {
             s->demos = cJSON_CreateObject();
             /* The last step of each predictor (DSPy picks one at random

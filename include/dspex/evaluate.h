@@ -10,8 +10,9 @@
  * program and the metric run in the example's own process.
  *
  * Metrics: DSPy's answer_exact_match (normalised exact match, list answers
- * allowed), token F1, answer_passage_match, or a C function returning a
- * float in [0, 1] (a bool is 0/1) that may look at the run's trace.
+ * allowed), token F1, answer_passage_match, the LM-judged SemanticF1 and
+ * CompleteAndGrounded, or a C function returning a float in [0, 1] (a bool
+ * is 0/1) that may look at the run's trace.
  *
  * Results: overall score (percent, as DSPy), a row per example (inputs,
  * prediction, score, error, latency, tokens, cost), latency percentiles,
@@ -68,12 +69,25 @@ typedef enum dx_metric_kind {
     DX_METRIC_PASSAGE_MATCH, /* answer_passage_match: the prediction's
                                 `passages_field` contains the answer */
     DX_METRIC_CUSTOM,
+    /* DSPy's SemanticF1: an LM judge (a ChainOfThought on DSPy's
+     * SemanticRecallPrecision signature, or with `decompositional` its
+     * DecompositionalSemanticRecallPrecision) reads the example's
+     * `question_field`, its `field` (the ground truth) and the prediction's
+     * `field` (the system response), and reports recall and precision; the
+     * score is their F1, each clamped to [0, 1]. */
+    DX_METRIC_SEMANTIC_F1,
+    /* DSPy's CompleteAndGrounded: two judge calls, AnswerCompleteness
+     * (against the example's `field`) and AnswerGroundedness (against the
+     * prediction's `passages_field`, the retrieved context); the score is
+     * the F1 of groundedness and completeness. */
+    DX_METRIC_COMPLETE_AND_GROUNDED,
 } dx_metric_kind;
 
 typedef struct dx_metric {
     dx_metric_kind kind;
-    /* The label / output field compared (default "answer"). The example's
-     * value may be a string or a list of strings (any one matching). A
+    /* The label / output field compared (default "answer"; "response" for
+     * the judged kinds, as DSPy's). The example's value may be a string or
+     * a list of strings (any one matching). A
      * label that is not a string (a number, a bool) is compared as its
      * JSON text, so 42 matches the answer "42"; DSPy's built-in metrics
      * raise for such a label, which fails every example. */
@@ -90,9 +104,25 @@ typedef struct dx_metric {
      * after the metric function (dx_metric_name). NULL: the built-in's
      * DSPy name, or "metric" for a custom one. */
     const char *name;
+    /* ---- the LM-judged kinds (SEMANTIC_F1, COMPLETE_AND_GROUNDED) ----
+     * The judge runs in the example's process after the program, on the
+     * LM client judge_lm_name (NULL: the program's LM, as DSPy's settings
+     * LM), with the evaluation's adapter, cache namespace and remaining
+     * time; its tokens and cost count in the example's row. A judge call
+     * that fails (LM error, an answer without a number) fails the example
+     * with the judge's reason, as the metric raising does in DSPy. */
+    const char *question_field; /* default "question" */
+    const char *judge_lm_name;
+    bool decompositional; /* SEMANTIC_F1: the decompositional signature */
+    /* The pass mark when an optimizer bootstraps demos with this metric
+     * and sets no metric_threshold of its own (DSPy's metric returns
+     * score >= threshold there). 0 = DSPy's 0.66. */
+    double threshold;
 } dx_metric;
 
-/* Score with a built-in metric (or call fn). Any thread or process. */
+/* Score with a built-in metric (or call fn). Any thread or process; the
+ * LM-judged kinds only in a process (they call the judge and wait), and
+ * they return NaN when the judge fails (dx_evaluate reports why). */
 DX_API double dx_metric_score(const dx_metric *m, const dx_example *example,
                               const dx_prediction *pred, const dx_trace *trace);
 /* "exact_match", "f1", "passage_match" → kind; DX_ENOENT otherwise. */
@@ -139,7 +169,9 @@ typedef struct dx_eval_opts {
 typedef struct dx_eval_row {
     size_t index;        /* in the dataset */
     dx_example *example; /* the dataset's example (copy) */
-    dx_prediction *pred; /* NULL when it failed */
+    /* NULL when the program failed; kept when it answered and only the
+     * metric failed (a missing label, a judge that did not answer). */
+    dx_prediction *pred;
     double score;
     int error;       /* DX_OK or the failure's code */
     char *error_msg; /* NULL when ok */

@@ -50,7 +50,9 @@ struct dx_tp_evaluator;
 
 typedef struct dx_tp_opts {
     /* Accepting a bootstrapped trace: metric >= metric_threshold when the
-     * threshold is > 0, else metric > 0 (DSPy: a truthy metric). */
+     * threshold is > 0, else metric > 0 (DSPy: a truthy metric) — or, for
+     * the LM-judged metrics, metric >= their own threshold (0.66), as
+     * theirs return in DSPy when given a trace. */
     dx_metric metric;
     double metric_threshold;
     size_t max_bootstrapped_demos; /* 0 = 4 */

@@ -24,7 +24,7 @@ static dx_lmserver *srv;
 static char url[128];
 static _Atomic int fixture_rc;
 
-static void host_sleep_ms(long ms)
+static inline void host_sleep_ms(long ms)
 {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
@@ -104,7 +104,7 @@ static inline uint64_t upstream_requests(void)
  * caller sees the same way: the process died. */
 static volatile uintptr_t crash_address = 64; /* never mapped */
 
-static void crash_now(void)
+static inline void crash_now(void)
 {
 #if DX_SANITIZE_THREAD
     dx_exit_self(dx_atom("crashed"));
