@@ -132,6 +132,11 @@ typedef struct prompt {
      * (-1: none recognised) and the draw choosing this choice's wording. */
     int instr_task;
     uint64_t instr_draw;
+    /* Asked to judge a response against a ground truth (DSPy's
+     * SemanticF1 / CompleteAndGrounded signatures): the word-overlap
+     * scores it answers. */
+    bool judging;
+    double recall, precision, groundedness;
 } prompt;
 
 /* Lines "N. `name` (type): desc" after "Your output fields are:". */
@@ -513,13 +518,151 @@ static void propose_instruction(const prompt *pr, char *b, size_t cap)
 }
 
 /* One field's value in the answer; *quoted: a JSON string in JSON mode. */
+/* ---- judging a response ----------------------------------------------
+ *
+ * A judge prompt (outputs recall / precision / completeness /
+ * groundedness, inputs ground_truth / system_response / retrieved_context)
+ * is answered by word overlap, the sim's stand-in for comparing key ideas:
+ * recall = the ground truth's distinct words found in the response,
+ * precision = the response's found in the ground truth, groundedness = the
+ * response's found in the retrieved context. Deterministic, whatever the
+ * profile, so an offline evaluation with a judged metric has stable,
+ * meaningful scores. */
+
+#define JUDGE_MAX_WORDS 512
+
+typedef struct word_set {
+    char *w[JUDGE_MAX_WORDS];
+    size_t n;
+    char *store; /* the lower-cased copy the words point into */
+} word_set;
+
+static int cmp_word(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Distinct lower-case words (ASCII letters and digits, and any byte of a
+ * multibyte character) of text[0..n), sorted. false on OOM. */
+static bool word_set_of(const char *text, size_t n, word_set *ws)
+{
+    ws->n = 0;
+    ws->store = dx_malloc(n + 1);
+    if (!ws->store)
+        return false;
+    char *t = ws->store;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)text[i];
+        t[i] = isalnum(c) || c >= 0x80 ? (char)tolower(c) : '\0';
+    }
+    t[n] = '\0';
+    for (size_t i = 0; i < n && ws->n < JUDGE_MAX_WORDS;) {
+        if (!t[i]) {
+            i++;
+            continue;
+        }
+        ws->w[ws->n++] = t + i;
+        i += strlen(t + i);
+    }
+    qsort(ws->w, ws->n, sizeof ws->w[0], cmp_word);
+    size_t u = 0;
+    for (size_t i = 0; i < ws->n; i++)
+        if (u == 0 || strcmp(ws->w[u - 1], ws->w[i]) != 0)
+            ws->w[u++] = ws->w[i];
+    ws->n = u;
+    return true;
+}
+
+/* Of a's words, the fraction also in b; 0 when a has none. */
+static double share_in(const word_set *a, const word_set *b)
+{
+    if (a->n == 0)
+        return 0;
+    size_t found = 0;
+    for (size_t i = 0; i < a->n; i++)
+        found += bsearch(&a->w[i], b->w, b->n, sizeof b->w[0], cmp_word) != 0;
+    return (double)found / (double)a->n;
+}
+
+typedef struct judge_inputs {
+    const char *truth, *response, *context;
+    size_t truth_n, response_n, context_n;
+} judge_inputs;
+
+static void judge_fn(const char *name, size_t nl, const char *val, size_t vl,
+                     void *ud)
+{
+    judge_inputs *j = ud;
+    if (nl == 12 && strncmp(name, "ground_truth", nl) == 0)
+        j->truth = val, j->truth_n = vl;
+    else if (nl == 15 && strncmp(name, "system_response", nl) == 0)
+        j->response = val, j->response_n = vl;
+    else if (nl == 17 && strncmp(name, "retrieved_context", nl) == 0)
+        j->context = val, j->context_n = vl;
+}
+
+/* Recognise a judge prompt in pr and the last user message; fill its
+ * scores. DX_OK (pr->judging says whether it is one) or DX_ENOMEM. */
+static int read_judge(prompt *pr, const char *user)
+{
+    bool asks = false;
+    for (size_t i = 0; i < pr->n_out; i++)
+        asks = asks || strcmp(pr->out[i].name, "recall") == 0 ||
+               strcmp(pr->out[i].name, "completeness") == 0 ||
+               strcmp(pr->out[i].name, "groundedness") == 0;
+    judge_inputs j = {0};
+    if (asks)
+        sections(user, judge_fn, &j);
+    if (!asks || !j.response)
+        return DX_OK;
+    word_set r, other;
+    if (!word_set_of(j.response, j.response_n, &r))
+        return DX_ENOMEM;
+    bool ok = true;
+    if (j.truth && (ok = word_set_of(j.truth, j.truth_n, &other))) {
+        pr->recall = share_in(&other, &r);
+        pr->precision = share_in(&r, &other);
+        dx_free(other.store);
+    }
+    if (ok && j.context && (ok = word_set_of(j.context, j.context_n, &other))) {
+        pr->groundedness = share_in(&r, &other);
+        dx_free(other.store);
+    }
+    dx_free(r.store);
+    pr->judging = ok;
+    return ok ? DX_OK : DX_ENOMEM;
+}
+
+/* A judge prompt's value for output field f, or false when f is not one
+ * of its scores. */
+static bool judge_value(const prompt *pr, const field *f, char *b, size_t cap)
+{
+    double v;
+    if (strcmp(f->name, "recall") == 0 || strcmp(f->name, "completeness") == 0)
+        v = pr->recall;
+    else if (strcmp(f->name, "precision") == 0)
+        v = pr->precision;
+    else if (strcmp(f->name, "groundedness") == 0)
+        v = pr->groundedness;
+    else
+        return false;
+    snprintf(b, cap, "%.2f", v);
+    return true;
+}
+
 static void field_value(const prompt *pr, size_t i, const dx__sim_solution *sol,
                         bool solved, bool right, int af, char *b, size_t cap,
                         bool *quoted)
 {
     const field *f = &pr->out[i];
     *quoted = true;
-    if (is_reasoning(f->name)) {
+    if (pr->judging && judge_value(pr, f, b, cap)) {
+        *quoted = false;
+    } else if (pr->judging && is_reasoning(f->name)) {
+        snprintf(b, cap,
+                 "I compare the words of the response with those of "
+                 "the ground truth and the context.");
+    } else if (is_reasoning(f->name)) {
         if (solved)
             snprintf(b, cap, "%s", right ? sol->steps : sol->wrong_steps);
         else
@@ -1013,6 +1156,10 @@ int dx_sim_complete(const dx_lm_request *req, const char *model,
         return DX_ENOMEM;
     }
     const char *inputs = in.text.p ? in.text.p : user;
+    if (read_judge(&pr, user) != DX_OK) {
+        dx_free(in.text.p);
+        return DX_ENOMEM;
+    }
 
     /* Agents. Native tool calling (the request offers tools): the tool
      * results after the last user message are the observations, and once
@@ -1087,7 +1234,8 @@ int dx_sim_complete(const dx_lm_request *req, const char *model,
     uint64_t hseed = req->has_seed ? dx__sim_mix((uint64_t)req->seed) : hall;
 
     dx__sim_solution sol;
-    bool solved = dx__sim_solve(inputs, hin, &sol);
+    /* a judge answers from the texts it compares, not as a task solver */
+    bool solved = !pr.judging && dx__sim_solve(inputs, hin, &sol);
     double p = 0;
     if (solved) {
         /* key the draw on the question alone (see the top of the file) */

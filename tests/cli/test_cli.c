@@ -311,6 +311,62 @@ Test(cli, eval_scores_a_dataset_and_writes_rows)
     cr_assert(strstr(err_buf, "/nonexistent-dir/rows.csv"), "%s", err_buf);
 }
 
+/* DSPy's SemanticF1 from the command line, judged offline by the sim
+ * model (word overlap): a program answering `response` scores what exact
+ * match gives it on the capitals task, where a right answer is the ground
+ * truth's one word and a wrong one shares none; the file says the DSPy
+ * name, and the judge's calls are counted. */
+Test(cli, eval_judges_answers_with_semantic_f1)
+{
+    char prog[300], ds[300], json[300];
+    snprintf(prog, sizeof prog, "%s/qa.json", tmpdir);
+    snprintf(ds, sizeof ds, "%s/dev.jsonl", tmpdir);
+    snprintf(json, sizeof json, "%s/rows.json", tmpdir);
+    FILE *f = fopen(prog, "w");
+    fputs("{\"program\": {\"modules\": [{\"name\": \"answer\", \"module\": "
+          "\"predict\", \"signature\": \"question -> response\"}]}}",
+          f);
+    fclose(f);
+    FILE *in = fopen(data("capitals/dev.jsonl"), "r");
+    f = fopen(ds, "w");
+    cr_assert(in && f);
+    char line[1024];
+    while (fgets(line, sizeof line, in)) {
+        char *a = strstr(line, "\"answer\"");
+        cr_assert(a);
+        fprintf(f, "%.*s\"response\"%s", (int)(a - line), line, a + 8);
+    }
+    fclose(in);
+    fclose(f);
+    int rc = dspex((const char *[]){"eval", example("capitals.json"),
+                                    data("capitals/dev.jsonl"), NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    double em = -1, judged = -1;
+    cr_assert_eq(sscanf(out_buf, "score %lf%%", &em), 1, "%s", out_buf);
+    rc = dspex((const char *[]){"eval", prog, ds, "--metric", "semantic_f1",
+                                "--save-as-json", json, NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    cr_assert_eq(sscanf(out_buf, "score %lf%%", &judged), 1, "%s", out_buf);
+    cr_assert(strstr(out_buf, "50/50, 0 errors"), "%s", out_buf);
+    cr_assert_float_eq(judged, em, 0.01);
+    cr_assert_gt(judged, 0);
+    cr_assert_lt(judged, 100);
+    /* one program call and at least one judge call per example */
+    unsigned in_tok, out_tok, calls;
+    const char *t = strstr(out_buf, "tokens");
+    cr_assert(t && sscanf(t, "tokens %u in, %u out, %u LM calls", &in_tok,
+                          &out_tok, &calls) == 3,
+              "%s", out_buf);
+    cr_assert_geq(calls, 100, "%s", out_buf);
+    f = fopen(json, "r");
+    cr_assert(f);
+    static char text[65536];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    cr_assert(strstr(text, "\"SemanticF1\": 1.0"), "%.300s", text);
+}
+
 /* A CSV dataset reads as the library reads one (dx_dataset_load): the
  * same examples as the JSONL, and a malformed file is refused at its line
  * and column rather than read some other way. */

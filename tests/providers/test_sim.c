@@ -343,6 +343,57 @@ Test(sim, json_mode_answers_parse_with_the_json_adapter, .timeout = 60)
     }
 }
 
+/* Asked to judge (DSPy's SemanticRecallPrecision and AnswerGroundedness
+ * fields), the sim answers word-overlap scores: recall is the share of the
+ * ground truth's distinct words in the response, precision the reverse,
+ * groundedness the response's share in the retrieved context; the same
+ * under every profile. */
+Test(sim, a_judge_prompt_gets_word_overlap_scores, .timeout = 30)
+{
+    dx_signature *s = NULL;
+    cr_assert_eq(dx_signature_parse("question: str, ground_truth: str, "
+                                    "system_response: str, retrieved_context: "
+                                    "str -> recall: float, precision: float, "
+                                    "groundedness: float",
+                                    NULL, NULL, 0, &s, NULL),
+                 DX_OK);
+    dx_example *in = dx_example_new();
+    dx_example_set_str(in, "question", "Where is the tower?");
+    dx_example_set_str(in, "ground_truth", "The tower is in Paris, France");
+    /* 5 distinct words, 4 of them among the ground truth's 6 and 2 in the
+     * context: recall 4/6 (answered to two decimals), precision 4/5,
+     * groundedness 2/5 */
+    dx_example_set_str(in, "system_response", "In Paris, the Tower; rain");
+    dx_example_set_str(in, "retrieved_context", "rain fell on paris");
+    const char *models[] = {"sim/base", "sim/weak"};
+    for (int m = 0; m < 2; m++) {
+        for (int k = 0; k < 2; k++) {
+            dx_adapter_kind kind = k ? DX_ADAPTER_JSON : DX_ADAPTER_CHAT;
+            dx_lm_response *r = ask(kind, s, NULL, 0, in, models[m], 1, 0);
+            dx_example *out = NULL;
+            dx_diag d = {0};
+            /* the chat format may be lost without demos: retry in JSON */
+            if (dx_adapter_parse(kind, s, r->choices[0].text,
+                                 strlen(r->choices[0].text), &out,
+                                 &d) != DX_OK) {
+                cr_assert_eq(kind, DX_ADAPTER_CHAT, "%s", d.msg);
+                dx_lm_response_free(r);
+                continue;
+            }
+            cr_assert_float_eq(dx_example_get_num(out, "recall", -1), 0.67,
+                               1e-9, "%s", r->choices[0].text);
+            cr_assert_float_eq(dx_example_get_num(out, "precision", -1), 0.8,
+                               1e-9);
+            cr_assert_float_eq(dx_example_get_num(out, "groundedness", -1), 0.4,
+                               1e-9);
+            dx_example_free(out);
+            dx_lm_response_free(r);
+        }
+    }
+    dx_example_free(in);
+    dx_signature_unref(s);
+}
+
 Test(sim, missing_format_cues_sometimes_break_the_chat_format, .timeout = 60)
 {
     int without = 0, with = 0;
