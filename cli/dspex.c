@@ -468,6 +468,7 @@ enum {
     OPT_MAX_LABELED,
     OPT_TASK,
     OPT_FRAC,
+    OPT_FIELD,
 };
 
 static const struct option long_opts[] = {
@@ -510,13 +511,15 @@ static const struct option long_opts[] = {
     {"max-labeled", required_argument, NULL, OPT_MAX_LABELED},
     {"task", required_argument, NULL, OPT_TASK},
     {"frac", required_argument, NULL, OPT_FRAC},
+    {"field", required_argument, NULL, OPT_FIELD},
     {NULL, 0, NULL, 0},
 };
 
 typedef struct args {
     common c;
     const char *metric;
-    const char *frac; /* --frac, checked with the metric */
+    const char *frac;  /* --frac, checked with the metric */
+    const char *field; /* --field: the compared field (metric.field) */
     long concurrency;
     const char *out;
     const char *save_csv, *save_json; /* DSPy's save_as_csv / save_as_json */
@@ -624,6 +627,9 @@ static int parse_args(int argc, char **argv, args *a, void (*help)(void))
             break;
         case OPT_FRAC:
             a->frac = optarg;
+            break;
+        case OPT_FIELD:
+            a->field = optarg;
             break;
         case OPT_CONCURRENCY:
             rc =
@@ -929,9 +935,11 @@ static int load_data(const char *path, const char *inputs_opt,
     return rc;
 }
 
-/* --metric NAME [--frac F]: F is DSPy's answer_exact_match(frac=F), a
- * match being token F1 >= F, so it belongs to exact_match only. */
-static int metric_of(const char *name, const char *frac, dx_metric *m)
+/* --metric NAME [--frac F] [--field NAME]: F is DSPy's
+ * answer_exact_match(frac=F), a match being token F1 >= F, so it belongs
+ * to exact_match only; the field is the label and output compared. */
+static int metric_of(const char *name, const char *frac, const char *field,
+                     dx_metric *m)
 {
     dx_metric_kind k;
     if (!name)
@@ -942,6 +950,9 @@ static int metric_of(const char *name, const char *frac, dx_metric *m)
                           "complete_and_grounded)",
                           name);
     *m = (dx_metric){.kind = k};
+    if (field && !*field)
+        return fail_usage("--field wants a field name");
+    m->field = field;
     if (!frac)
         return 0;
     if (k != DX_METRIC_EXACT_MATCH)
@@ -962,7 +973,7 @@ static void help_eval(void)
         "usage: dspex eval PROGRAM.json DATA.jsonl|DATA.csv [--metric "
         "exact_match|f1|\n"
         "                  passage_match|semantic_f1|complete_and_grounded]\n"
-        "                  [--frac F] [--concurrency N]\n"
+        "                  [--field NAME] [--frac F] [--concurrency N]\n"
         "                  [--inputs a,b] [--out results.jsonl] [--max-errors "
         "N]\n"
         "                  [--save-as-csv F.csv] [--save-as-json F.json] "
@@ -974,6 +985,9 @@ static void help_eval(void)
         "cost); --save-as-csv and --save-as-json write the files DSPy's\n"
         "Evaluate(save_as_csv=..., save_as_json=...) does (example and\n"
         "prediction fields, and the score under the metric's DSPy name).\n"
+        "--field NAME is the label the metric compares with the program's\n"
+        "output of that name (default answer; response for the judged\n"
+        "metrics).\n"
         "semantic_f1 and complete_and_grounded are DSPy's SemanticF1 and\n"
         "CompleteAndGrounded: the program's LM judges each answer (field\n"
         "`response` against the example's, with its `question`; the\n"
@@ -1001,8 +1015,11 @@ static bool all_failed(const dx_eval_result *r)
         if (r->rows[i].done && r->rows[i].error != DX_OK)
             first = r->rows[i].error_msg ? r->rows[i].error_msg
                                          : dx_strerror(r->rows[i].error);
-    fprintf(stderr, "%s: every example failed (%zu of %zu); the first: %s\n",
-            prog_name, r->n_errors, r->n_done, first ? first : "?");
+    /* A label the data names otherwise is the usual cause: say how. */
+    bool field_missing = first && strstr(first, " has no \"") != NULL;
+    fprintf(stderr, "%s: every example failed (%zu of %zu); the first: %s%s\n",
+            prog_name, r->n_errors, r->n_done, first ? first : "?",
+            field_missing ? " (--field NAME names the field to compare)" : "");
     return true;
 }
 
@@ -1013,7 +1030,7 @@ static int cmd_eval_body(args *ap)
     if (a.npos != 2)
         return fail_usage("eval wants PROGRAM.json and DATA (see --help)");
     dx_metric metric;
-    if ((rc = metric_of(a.metric, a.frac, &metric)) != 0)
+    if ((rc = metric_of(a.metric, a.frac, a.field, &metric)) != 0)
         return rc;
     dx_module *m = NULL;
     if ((rc = load_program(&a.c, a.pos[0], &m)) != 0)
@@ -1093,13 +1110,14 @@ static void help_optimize(void)
 {
     puts("usage: dspex optimize PROGRAM.json TRAIN.jsonl -o OPTIMIZED.json\n"
          "           --optimizer labeled|bootstrap|random-search|copro|mipro\n"
-         "           [--valset VAL.jsonl] [--metric NAME] [--frac F] [--seed "
-         "S]\n"
+         "           [--valset VAL.jsonl] [--metric NAME] [--field NAME]\n"
+         "           [--frac F] [--seed S]\n"
          "           [--candidates N] [--max-demos N] [--max-labeled N]\n"
          "           [--report R.html] [--checkpoint FILE] [--concurrency N]\n"
          "           [--model M]\n\n"
          "Optimize the program's demos (and, with copro / mipro, its\n"
          "instructions) and save the result (declaration + state).\n"
+         "--metric and --field are dspex eval's (see its --help).\n"
          "Ctrl-C stops the optimization (exit status 130, nothing saved);\n"
          "with --checkpoint, the same command resumes it. A second Ctrl-C\n"
          "ends the command at once.");
@@ -1160,7 +1178,7 @@ static int cmd_optimize_body(args *ap)
                           "random-search, copro, mipro)",
                           a.optimizer);
     dx_metric metric;
-    if ((rc = metric_of(a.metric, a.frac, &metric)) != 0)
+    if ((rc = metric_of(a.metric, a.frac, a.field, &metric)) != 0)
         return rc;
     dx_module *m = NULL;
     if ((rc = load_program(&a.c, a.pos[0], &m)) != 0)

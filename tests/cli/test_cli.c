@@ -311,6 +311,36 @@ Test(cli, eval_scores_a_dataset_and_writes_rows)
     cr_assert(strstr(err_buf, "/nonexistent-dir/rows.csv"), "%s", err_buf);
 }
 
+/* --field names the label compared when it is not `answer` (the
+ * classify task's `label`); without it every example fails, and the
+ * message says how to fix that. */
+Test(cli, eval_compares_the_field_it_is_told)
+{
+    char prog[300];
+    snprintf(prog, sizeof prog, "%s/classify.json", tmpdir);
+    FILE *f = fopen(prog, "w");
+    fputs("{\"program\": {\"modules\": [{\"name\": \"c\", \"module\": "
+          "\"predict\", \"signature\": \"text -> label\"}]}}",
+          f);
+    fclose(f);
+    int rc =
+        dspex((const char *[]){"eval", prog, data("classify/dev.jsonl"), NULL});
+    cr_assert_eq(rc, 1, "%s", err_buf);
+    cr_assert(strstr(err_buf, "the example has no \"answer\""), "%s", err_buf);
+    cr_assert(strstr(err_buf, "--field NAME"), "%s", err_buf);
+    rc = dspex((const char *[]){"eval", prog, data("classify/dev.jsonl"),
+                                "--field", "label", NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    double score = -1;
+    cr_assert_eq(sscanf(out_buf, "score %lf%%", &score), 1, "%s", out_buf);
+    cr_assert(strstr(out_buf, "50/50, 0 errors"), "%s", out_buf);
+    cr_assert_gt(score, 0);
+    cr_assert_eq(
+        dspex((const char *[]){"eval", prog, data("classify/dev.jsonl"),
+                               "--field", "", NULL}),
+        2);
+}
+
 /* DSPy's SemanticF1 from the command line, judged offline by the sim
  * model (word overlap): a program answering `response` scores what exact
  * match gives it on the capitals task, where a right answer is the ground
