@@ -293,7 +293,7 @@ double dx__metric_judge(const dx_metric *m, const dx_example *example,
     double score = NAN;
     if (m->kind == DX_METRIC_SEMANTIC_F1) {
         static const char *const rp[] = {"recall", "precision"};
-        double v[2];
+        double v[2] = {0, 0};
         code = ask(&jr, m->decompositional ? SIG_DECOMPOSED : SIG_SEMANTIC,
                    question, "ground_truth", truth, response, rp, v, 2);
         if (code == DX_OK)
@@ -301,7 +301,7 @@ double dx__metric_judge(const dx_metric *m, const dx_example *example,
     } else {
         static const char *const c[] = {"completeness"};
         static const char *const g[] = {"groundedness"};
-        double completeness, groundedness;
+        double completeness = 0, groundedness = 0;
         const cJSON *context = dx_prediction_get(
             pred, m->passages_field ? m->passages_field : "context");
         code = ask(&jr, SIG_COMPLETENESS, question, "ground_truth", truth,

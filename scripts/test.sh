@@ -3,6 +3,10 @@
 # installs what is missing, lints, then builds and runs every test suite in
 # three builds:
 #   gcc   gcc, debugoptimized, in build/
+#   release  gcc -O3 (buildtype release), compile only, in build-release/:
+#         gcc warns at -O3 about what -O2 does not see (a variable it thinks
+#         may be used uninitialized), and -Werror makes that a failed build
+#         for anyone building a release
 #   asan  clang with AddressSanitizer + UndefinedBehaviorSanitizer, build-asan/
 #   tsan  clang with ThreadSanitizer, build-tsan/
 #   valgrind  the gcc build's kernel suites under valgrind memcheck
@@ -15,7 +19,8 @@
 # line counts the test executables of all stages ("tests: N passed, ...").
 #
 # Knobs, for developers:
-#   DX_TEST_SETUPS  which builds to run (default "gcc asan tsan valgrind fuzz")
+#   DX_TEST_SETUPS  which builds to run (default "gcc release asan tsan
+#                   valgrind fuzz")
 #   DX_JOBS         parallel compile jobs (default 2)
 #   Extra arguments go to every `meson test` (e.g. a test name, --suite unit).
 # A build directory is configured once; later runs only rebuild (ninja reruns
@@ -26,7 +31,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 "$root/scripts/deps.sh"
 
-setups=${DX_TEST_SETUPS:-gcc asan tsan valgrind fuzz}
+setups=${DX_TEST_SETUPS:-gcc release asan tsan valgrind fuzz}
 jobs=${DX_JOBS:-2}
 summary=()
 failed=0
@@ -66,7 +71,8 @@ configure()
     if [ -f "$dir/meson-private/coredata.dat" ]; then
         wipe=(--wipe)
     fi
-    CC=$cc meson setup "${wipe[@]}" "$dir" --buildtype=debugoptimized "$@"
+    CC=$cc meson setup "${wipe[@]}" "$dir" \
+        --buildtype="${buildtype:-debugoptimized}" "$@"
 }
 
 # Count test results from meson's log of the last `meson test` in $1 and
@@ -165,6 +171,18 @@ for setup in $setups; do
     gcc)
         run_setup gcc gcc build
         ;;
+    release)
+        t0=$(date +%s)
+        echo
+        echo "==> release: gcc -O3 build in build-release/ (compile only)"
+        if ! buildtype=release configure gcc build-release; then
+            record release FAIL configure "$t0"
+        elif ! ninja -C build-release -j "$jobs"; then
+            record release FAIL build "$t0"
+        else
+            record release PASS build "$t0"
+        fi
+        ;;
     valgrind)
         # The gcc build again, each test binary under memcheck (meson's
         # `valgrind` test setup in meson.build).
@@ -224,7 +242,7 @@ for setup in $setups; do
         ;;
     *)
         echo "test.sh: unknown setup '$setup' in DX_TEST_SETUPS" \
-            "(known: gcc asan tsan valgrind fuzz)" >&2
+            "(known: gcc release asan tsan valgrind fuzz)" >&2
         record "$setup" FAIL "unknown" "$(date +%s)"
         ;;
     esac
