@@ -74,6 +74,7 @@ static int fail_diag(const dx_diag *d, int rc)
 
 typedef struct common {
     const char *model;
+    const char *judge_model; /* --judge-model: the judged metrics' LM */
     const char *base_url;
     const char *api_key;
     const char *adapter;
@@ -230,11 +231,23 @@ static int load_program(const common *c, const char *path, dx_module **out)
 
 static _Atomic int client_rc = 1;
 static dx_lm_client_opts client_opts;
-/* The LM client runs under a supervisor of its own ("dspex.lm"), which
- * restarts it under the name "lm" if it crashes, as every LM client of a
- * dspex application should; the dashboard of `dspex serve` shows it. */
-static dx_child_spec client_spec;
+/* --judge-model: a second client, registered as "judge", for the judged
+ * metrics; judge_opts.primary.model is NULL without one. */
+static dx_lm_client_opts judge_opts;
+/* The LM clients run under a supervisor of their own ("dspex.lm"), which
+ * restarts one under its name ("lm", "judge") if it crashes, as every LM
+ * client of a dspex application should; the dashboard of `dspex serve`
+ * shows it. */
+static dx_child_spec client_specs[2];
+static size_t n_client_specs;
 static dx_pid client_sup;
+
+static void free_client_specs(void)
+{
+    for (size_t i = 0; i < n_client_specs; i++)
+        dx_lm_client_child_spec_free(&client_specs[i]);
+    n_client_specs = 0;
+}
 
 static void start_client(void *arg)
 {
@@ -246,15 +259,23 @@ static void start_client(void *arg)
                               client_opts.primary.base_url,
                               client_opts.primary.api_key, &check);
     dx_lm_config_free(check);
-    if (rc == DX_OK)
-        rc = dx_lm_client_child_spec(&client_spec, "lm", &client_opts, "lm");
+    if (rc == DX_OK) {
+        rc =
+            dx_lm_client_child_spec(&client_specs[0], "lm", &client_opts, "lm");
+        n_client_specs = rc == DX_OK ? 1 : 0;
+    }
+    if (rc == DX_OK && judge_opts.primary.model) {
+        rc = dx_lm_client_child_spec(&client_specs[1], "judge", &judge_opts,
+                                     "judge");
+        n_client_specs += rc == DX_OK;
+    }
     if (rc == DX_OK) {
         dx_sup_spec sup = {.name = "dspex.lm",
                            .strategy = DX_SUP_ONE_FOR_ONE,
                            .intensity = 5,
                            .period_s = 10,
-                           .children = &client_spec,
-                           .nchildren = 1};
+                           .children = client_specs,
+                           .nchildren = n_client_specs};
         rc = dx_sup_start_link(&sup, &client_sup, NULL);
         /* This starter ends now; its exit must not take the tree along. */
         if (rc == DX_OK)
@@ -269,9 +290,9 @@ static void start_client(void *arg)
                 rc = DX_EINIT;
             }
         }
-        if (rc != DX_OK)
-            dx_lm_client_child_spec_free(&client_spec);
     }
+    if (rc != DX_OK)
+        free_client_specs();
     atomic_store(&client_rc, rc);
 }
 
@@ -302,28 +323,34 @@ static void mkdirs_for(const char *path)
 static void stop_client(void *arg)
 {
     (void)arg;
-    dx_pid lm = dx_whereis("lm");
-    if (!dx_pid_is_none(lm)) {
-        /* Keep the calls for `dspex inspect`; losing them is not an
-         * error of the command that made them. */
+    /* Keep the calls for `dspex inspect` (the program's, then the
+     * judge's); losing them is not an error of the command that made
+     * them. */
+    FILE *f = NULL;
+    const char *const names[] = {"lm", "judge"};
+    for (size_t i = 0; i < 2; i++) {
+        dx_pid lm = dx_whereis(names[i]);
         char *text = NULL;
-        if (dx_lm_client_inspect_history(lm, 0, &text) == DX_OK && text) {
-            char path[1024];
-            history_path(path, sizeof path);
-            mkdirs_for(path);
-            FILE *f = fopen(path, "w");
-            if (f) {
-                fputs(text, f);
-                fclose(f);
+        if (!dx_pid_is_none(lm) &&
+            dx_lm_client_inspect_history(lm, 0, &text) == DX_OK && text) {
+            if (!f) {
+                char path[1024];
+                history_path(path, sizeof path);
+                mkdirs_for(path);
+                f = fopen(path, "w");
             }
+            if (f)
+                fputs(text, f);
         }
         dx_free(text);
     }
-    /* Stopping the supervisor stops the client for good (stopping the
+    if (f)
+        fclose(f);
+    /* Stopping the supervisor stops the clients for good (stopping a
      * client alone would have it restarted). */
     if (!dx_pid_is_none(client_sup) &&
         dx_sup_stop(client_sup, NULL, 10000) == DX_OK)
-        dx_lm_client_child_spec_free(&client_spec);
+        free_client_specs();
     client_sup = DX_NOPID;
     atomic_store(&client_rc, 0);
 }
@@ -371,6 +398,26 @@ static int start_lm(const common *c)
                                  : NULL},
         .cache_path = c->cache,
     };
+    judge_opts = (dx_lm_client_opts){0};
+    if (c->judge_model) {
+        /* The program's base URL and key go with a judge of the same
+         * provider (another model on the same server); any other provider
+         * uses its own defaults and key variable. */
+        const char *slash = strchr(c->judge_model, '/');
+        const char *pm = client_opts.primary.model;
+        bool same = slash && strncmp(pm, c->judge_model,
+                                     (size_t)(slash - c->judge_model) + 1) == 0;
+        judge_opts.primary = (dx_lm_endpoint){
+            c->judge_model, same ? client_opts.primary.base_url : NULL,
+            same ? client_opts.primary.api_key : NULL};
+        char why[256];
+        if (dx_lm_config_explain(
+                judge_opts.primary.model, judge_opts.primary.base_url,
+                judge_opts.primary.api_key, why, sizeof why) != DX_OK) {
+            dx_runtime_stop();
+            return fail_usage("judge model %s: %s", c->judge_model, why);
+        }
+    }
     dx_pid pid;
     atomic_store(&client_rc, 1);
     dx_spawn(start_client, NULL, &pid);
@@ -469,6 +516,7 @@ enum {
     OPT_TASK,
     OPT_FRAC,
     OPT_FIELD,
+    OPT_JUDGE_MODEL,
 };
 
 static const struct option long_opts[] = {
@@ -512,6 +560,7 @@ static const struct option long_opts[] = {
     {"task", required_argument, NULL, OPT_TASK},
     {"frac", required_argument, NULL, OPT_FRAC},
     {"field", required_argument, NULL, OPT_FIELD},
+    {"judge-model", required_argument, NULL, OPT_JUDGE_MODEL},
     {NULL, 0, NULL, 0},
 };
 
@@ -583,6 +632,9 @@ static int parse_args(int argc, char **argv, args *a, void (*help)(void))
             exit(0);
         case OPT_MODEL:
             a->c.model = optarg;
+            break;
+        case OPT_JUDGE_MODEL:
+            a->c.judge_model = optarg;
             break;
         case OPT_BASE_URL:
             a->c.base_url = optarg;
@@ -939,7 +991,7 @@ static int load_data(const char *path, const char *inputs_opt,
  * answer_exact_match(frac=F), a match being token F1 >= F, so it belongs
  * to exact_match only; the field is the label and output compared. */
 static int metric_of(const char *name, const char *frac, const char *field,
-                     dx_metric *m)
+                     const char *judge_model, dx_metric *m)
 {
     dx_metric_kind k;
     if (!name)
@@ -953,6 +1005,13 @@ static int metric_of(const char *name, const char *frac, const char *field,
     if (field && !*field)
         return fail_usage("--field wants a field name");
     m->field = field;
+    if (judge_model) {
+        if (k != DX_METRIC_SEMANTIC_F1 && k != DX_METRIC_COMPLETE_AND_GROUNDED)
+            return fail_usage("--judge-model goes with --metric semantic_f1 "
+                              "or complete_and_grounded, not %s",
+                              name);
+        m->judge_lm_name = "judge"; /* the client start_lm starts */
+    }
     if (!frac)
         return 0;
     if (k != DX_METRIC_EXACT_MATCH)
@@ -973,7 +1032,8 @@ static void help_eval(void)
         "usage: dspex eval PROGRAM.json DATA.jsonl|DATA.csv [--metric "
         "exact_match|f1|\n"
         "                  passage_match|semantic_f1|complete_and_grounded]\n"
-        "                  [--field NAME] [--frac F] [--concurrency N]\n"
+        "                  [--field NAME] [--judge-model M] [--frac F]\n"
+        "                  [--concurrency N]\n"
         "                  [--inputs a,b] [--out results.jsonl] [--max-errors "
         "N]\n"
         "                  [--save-as-csv F.csv] [--save-as-json F.json] "
@@ -991,7 +1051,9 @@ static void help_eval(void)
         "semantic_f1 and complete_and_grounded are DSPy's SemanticF1 and\n"
         "CompleteAndGrounded: the program's LM judges each answer (field\n"
         "`response` against the example's, with its `question`; the\n"
-        "prediction's `context` for groundedness).\n"
+        "prediction's `context` for groundedness); --judge-model M judges\n"
+        "with another model (with --base-url and --api-key when it is of\n"
+        "the same provider as --model).\n"
         "--table N shows the first N rows (default 20, 0 = all), as DSPy's\n"
         "display_table=N; --failure-score X is what a failed example scores\n"
         "(default 0), as DSPy's failure_score.\n"
@@ -1030,7 +1092,8 @@ static int cmd_eval_body(args *ap)
     if (a.npos != 2)
         return fail_usage("eval wants PROGRAM.json and DATA (see --help)");
     dx_metric metric;
-    if ((rc = metric_of(a.metric, a.frac, a.field, &metric)) != 0)
+    if ((rc = metric_of(a.metric, a.frac, a.field, a.c.judge_model, &metric)) !=
+        0)
         return rc;
     dx_module *m = NULL;
     if ((rc = load_program(&a.c, a.pos[0], &m)) != 0)
@@ -1111,13 +1174,15 @@ static void help_optimize(void)
     puts("usage: dspex optimize PROGRAM.json TRAIN.jsonl -o OPTIMIZED.json\n"
          "           --optimizer labeled|bootstrap|random-search|copro|mipro\n"
          "           [--valset VAL.jsonl] [--metric NAME] [--field NAME]\n"
+         "           [--judge-model M]\n"
          "           [--frac F] [--seed S]\n"
          "           [--candidates N] [--max-demos N] [--max-labeled N]\n"
          "           [--report R.html] [--checkpoint FILE] [--concurrency N]\n"
          "           [--model M]\n\n"
          "Optimize the program's demos (and, with copro / mipro, its\n"
          "instructions) and save the result (declaration + state).\n"
-         "--metric and --field are dspex eval's (see its --help).\n"
+         "--metric, --field and --judge-model are dspex eval's (see its\n"
+         "--help).\n"
          "Ctrl-C stops the optimization (exit status 130, nothing saved);\n"
          "with --checkpoint, the same command resumes it. A second Ctrl-C\n"
          "ends the command at once.");
@@ -1178,7 +1243,8 @@ static int cmd_optimize_body(args *ap)
                           "random-search, copro, mipro)",
                           a.optimizer);
     dx_metric metric;
-    if ((rc = metric_of(a.metric, a.frac, a.field, &metric)) != 0)
+    if ((rc = metric_of(a.metric, a.frac, a.field, a.c.judge_model, &metric)) !=
+        0)
         return rc;
     dx_module *m = NULL;
     if ((rc = load_program(&a.c, a.pos[0], &m)) != 0)

@@ -395,6 +395,31 @@ Test(cli, eval_judges_answers_with_semantic_f1)
     fclose(f);
     text[n] = '\0';
     cr_assert(strstr(text, "\"SemanticF1\": 1.0"), "%.300s", text);
+
+    /* --judge-model: the judge's calls go to a client of their own (the
+     * sim judges alike under every profile, so the score stays) */
+    rc = dspex((const char *[]){"eval", prog, ds, "--metric", "semantic_f1",
+                                "--judge-model", "sim/strong", NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    double by_strong = -1;
+    cr_assert_eq(sscanf(out_buf, "score %lf%%", &by_strong), 1, "%s", out_buf);
+    cr_assert_float_eq(by_strong, judged, 0.01);
+    rc = dspex((const char *[]){"inspect", NULL});
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    const char *judge_call = strstr(out_buf, "sim/strong");
+    cr_assert(judge_call, "%.2000s", out_buf);
+    cr_assert(strstr(judge_call, "[[ ## system_response ## ]]"), "%.2000s",
+              judge_call);
+    cr_assert(strstr(out_buf, "sim/base"), "the program's calls too");
+    rc = dspex((const char *[]){"eval", prog, ds, "--judge-model", "sim/strong",
+                                NULL});
+    cr_assert_eq(rc, 2);
+    cr_assert(strstr(err_buf, "--judge-model goes with"), "%s", err_buf);
+    rc = dspex((const char *[]){"eval", prog, ds, "--metric", "semantic_f1",
+                                "--judge-model", "opneai/x", NULL});
+    cr_assert_eq(rc, 2);
+    cr_assert(strstr(err_buf, "judge model opneai/x: unknown provider"), "%s",
+              err_buf);
 }
 
 /* A CSV dataset reads as the library reads one (dx_dataset_load): the
