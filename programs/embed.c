@@ -32,7 +32,6 @@
 #include "dspex/error.h"
 #include "module_int.h"
 
-#define DEFAULT_CALL_TIMEOUT_MS 120000 /* dx_module_call's */
 #define TAG_CANCEL 1
 
 struct dx_embed {
@@ -551,7 +550,7 @@ static int start_call(dx_embed *e, const dx_module *m, const dx_example *in,
     c->module = m;
     c->opts = opts ? *opts : (dx_call_opts){.lm = DX_NOPID};
     if (c->opts.timeout_ms <= 0)
-        c->opts.timeout_ms = DEFAULT_CALL_TIMEOUT_MS;
+        c->opts.timeout_ms = DX__DEFAULT_CALL_TIMEOUT_MS;
     /* "Forever" as a large timeout must not overflow the deadline sums. */
     if (c->opts.timeout_ms > INT64_MAX / 4)
         c->opts.timeout_ms = INT64_MAX / 4;

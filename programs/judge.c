@@ -48,15 +48,18 @@ static const char SR_IDEAS_DESC[] =
 static const char OVERLAP_DESC[] =
     "discussion of the overlap between ground truth and system response";
 
-/* The class docstrings as DSPy reads them (inspect.cleandoc), the input
- * names and the outputs, in DSPy's order. */
+/* DSPy's class name, its docstring as DSPy reads it (inspect.cleandoc),
+ * the input names (the question, what the response is held against, the
+ * response) and the outputs, in DSPy's order. */
 static const struct {
+    const char *name;
     const char *instructions;
     const char *inputs[3];
     judge_out outputs[5];
 } judge_defs[SIG_COUNT] = {
     [SIG_SEMANTIC] =
-        {"Compare a system's response to the ground truth to compute its "
+        {"SemanticRecallPrecision",
+         "Compare a system's response to the ground truth to compute its "
          "recall and precision.\n"
          "If asked to reason, enumerate key ideas in each response, and "
          "whether they are present in the other response.",
@@ -64,7 +67,8 @@ static const struct {
          {{"recall", "float", RECALL_DESC},
           {"precision", "float", PRECISION_DESC}}},
     [SIG_DECOMPOSED] =
-        {"Compare a system's response to the ground truth to compute recall "
+        {"DecompositionalSemanticRecallPrecision",
+         "Compare a system's response to the ground truth to compute recall "
          "and precision of key ideas.\n"
          "You will first enumerate key ideas in each response, discuss their "
          "overlap, and then report recall and precision.",
@@ -75,7 +79,8 @@ static const struct {
           {"recall", "float", RECALL_DESC},
           {"precision", "float", PRECISION_DESC}}},
     [SIG_COMPLETENESS] =
-        {"Estimate the completeness of a system's responses, against the "
+        {"AnswerCompleteness",
+         "Estimate the completeness of a system's responses, against the "
          "ground truth.\n"
          "You will first enumerate key ideas in each response, discuss their "
          "overlap, and then report completeness.",
@@ -85,7 +90,8 @@ static const struct {
           {"discussion", "str", OVERLAP_DESC},
           {"completeness", "float", RECALL_DESC}}},
     [SIG_GROUNDEDNESS] =
-        {"Estimate the groundedness of a system's responses, against real "
+        {"AnswerGroundedness",
+         "Estimate the groundedness of a system's responses, against real "
          "retrieved documents written by people.\n"
          "You will first enumerate whatever non-trivial or check-worthy "
          "claims are made in the system response, and then\n"
@@ -166,17 +172,14 @@ typedef struct judge_run {
     dx_diag *diag;
 } judge_run;
 
-/* Ask the judge `which` about (question, middle, response) and read the
- * named numbers from its answer into out[]. DX_OK, or the failure with
- * diag saying which judge and why. */
+/* Ask the judge `which` about (question, against, response) — its three
+ * inputs in order — and read the named numbers from its answer into
+ * out[]. DX_OK, or the failure with diag saying which judge and why. */
 static int ask(const judge_run *jr, enum judge_sig which, const cJSON *question,
-               const char *middle_name, const cJSON *middle,
-               const cJSON *response, const char *const *numbers, double *out,
-               size_t n_numbers)
+               const cJSON *against, const cJSON *response,
+               const char *const *numbers, double *out, size_t n_numbers)
 {
-    static const char *const sig_names[SIG_COUNT] = {
-        "SemanticRecallPrecision", "DecompositionalSemanticRecallPrecision",
-        "AnswerCompleteness", "AnswerGroundedness"};
+    const char *const *in = judge_defs[which].inputs;
     if (judge_sigs[which] == NULL)
         return dx_diag_set(jr->diag, DX_ENOMEM, 0, 0, "%s: out of memory",
                            dx_metric_name(jr->metric));
@@ -189,11 +192,11 @@ static int ask(const judge_run *jr, enum judge_sig which, const cJSON *question,
     h->ex[0] = dx_example_new();
     int rc = h->mod[0] && h->ex[0] ? DX_OK : DX_ENOMEM;
     if (rc == DX_OK)
-        rc = dx_example_set_value(h->ex[0], "question", question);
+        rc = dx_example_set_value(h->ex[0], in[0], question);
     if (rc == DX_OK)
-        rc = dx_example_set_value(h->ex[0], middle_name, middle);
+        rc = dx_example_set_value(h->ex[0], in[1], against);
     if (rc == DX_OK)
-        rc = dx_example_set_value(h->ex[0], "system_response", response);
+        rc = dx_example_set_value(h->ex[0], in[2], response);
     if (rc != DX_OK) {
         dx__held_free(h);
         return dx_diag_set(jr->diag, rc, 0, 0, "%s: out of memory",
@@ -213,7 +216,7 @@ static int ask(const judge_run *jr, enum judge_sig which, const cJSON *question,
         dx_usage_acc_merge(jr->usage, &used);
     if (rc != DX_OK) {
         dx_diag_prefix(jr->diag, "%s judge (%s)", dx_metric_name(jr->metric),
-                       sig_names[which]);
+                       judge_defs[which].name);
         dx__held_free(h);
         return rc;
     }
@@ -223,7 +226,7 @@ static int ask(const judge_run *jr, enum judge_sig which, const cJSON *question,
             dx__held_free(h);
             return dx_diag_set(
                 jr->diag, DX_EPARSE, 0, 0, "%s judge (%s): no number for %s",
-                dx_metric_name(jr->metric), sig_names[which], numbers[i]);
+                dx_metric_name(jr->metric), judge_defs[which].name, numbers[i]);
         }
         out[i] = v->valuedouble;
     }
@@ -295,7 +298,7 @@ double dx__metric_judge(const dx_metric *m, const dx_example *example,
         static const char *const rp[] = {"recall", "precision"};
         double v[2] = {0, 0};
         code = ask(&jr, m->decompositional ? SIG_DECOMPOSED : SIG_SEMANTIC,
-                   question, "ground_truth", truth, response, rp, v, 2);
+                   question, truth, response, rp, v, 2);
         if (code == DX_OK)
             score = clamped_f1(v[1], v[0]);
     } else {
@@ -304,11 +307,11 @@ double dx__metric_judge(const dx_metric *m, const dx_example *example,
         double completeness = 0, groundedness = 0;
         const cJSON *context = dx_prediction_get(
             pred, m->passages_field ? m->passages_field : "context");
-        code = ask(&jr, SIG_COMPLETENESS, question, "ground_truth", truth,
-                   response, c, &completeness, 1);
+        code = ask(&jr, SIG_COMPLETENESS, question, truth, response, c,
+                   &completeness, 1);
         if (code == DX_OK)
-            code = ask(&jr, SIG_GROUNDEDNESS, question, "retrieved_context",
-                       context, response, g, &groundedness, 1);
+            code = ask(&jr, SIG_GROUNDEDNESS, question, context, response, g,
+                       &groundedness, 1);
         if (code == DX_OK)
             score = clamped_f1(groundedness, completeness);
     }

@@ -31,6 +31,7 @@
 #include "dspex/evaluate.h"
 #include "dspex/runtime.h"
 #include "eval_int.h"
+#include "module_int.h"
 #include "pyjson.h"
 
 /* Invalid UTF-8 bytes decode to INVALID + byte and encode back as the byte. */
@@ -75,10 +76,6 @@ static bool in_ranges(const struct cp_range *r, size_t n, uint32_t cp)
 }
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
-
-/* A judged metric called on its own (dx_metric_score) has no run deadline;
- * it gets what a call gets by default. */
-#define DX_JUDGE_DEFAULT_TIMEOUT_MS 120000
 
 static bool is_ascii_alnum(uint32_t cp)
 {
@@ -757,9 +754,10 @@ double dx_metric_score(const dx_metric *m, const dx_example *example,
         /* The judge's LM call needs a process to wait in. */
         if (dx_pid_is_none(dx_self()))
             return NAN;
+        /* no run deadline: what a call gets by default */
         int rc;
         return dx__metric_judge(m, example, pred, NULL,
-                                dx_now_ms() + DX_JUDGE_DEFAULT_TIMEOUT_MS, NULL,
+                                dx_now_ms() + DX__DEFAULT_CALL_TIMEOUT_MS, NULL,
                                 &rc, NULL);
     }
     const char *field = m->field ? m->field : "answer";

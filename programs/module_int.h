@@ -77,6 +77,10 @@ struct dx_ctx {
 /* Recompute the paths of m's subtree (after it moved). */
 int dx__module_repath(dx_module *m);
 
+/* A call's deadline when dx_call_opts.timeout_ms is 0 (dx_module_call,
+ * an embedded call, a judge scored on its own). */
+#define DX__DEFAULT_CALL_TIMEOUT_MS 120000
+
 /* The Predict's forward (predict.c). */
 int dx__predict_forward(dx_ctx *ctx, const dx_module *p,
                         const dx_example *inputs, dx_prediction **out);

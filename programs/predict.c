@@ -17,8 +17,6 @@
 #include "module_int.h"
 #include "pyjson.h"
 
-#define DEFAULT_CALL_TIMEOUT_MS 120000
-
 /* ---- prices ------------------------------------------------------------ */
 
 static pthread_once_t prices_once = PTHREAD_ONCE_INIT;
@@ -717,7 +715,8 @@ int dx_module_call(const dx_module *m, const dx_example *inputs,
         return dx_diag_set(diag, DX_ESTATE, 0, 0,
                            "dx_module_call: the runtime is not running");
     dx_call_opts o = opts ? *opts : (dx_call_opts){.lm = DX_NOPID};
-    int64_t timeout = o.timeout_ms > 0 ? o.timeout_ms : DEFAULT_CALL_TIMEOUT_MS;
+    int64_t timeout =
+        o.timeout_ms > 0 ? o.timeout_ms : DX__DEFAULT_CALL_TIMEOUT_MS;
 
     call_slot *s = dx_calloc(1, sizeof *s);
     if (!s)

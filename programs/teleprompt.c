@@ -593,11 +593,8 @@ static void boot_proc(void *arg)
         const dx_trace *tr = &s->trace;
         double score;
         if (dx__metric_is_judged(&o->metric)) {
-            dx_usage_acc judge_usage;
-            dx_usage_acc_init(&judge_usage, "judge");
             score = dx__metric_judge(&o->metric, s->example, s->pred, &call,
-                                     s->deadline_ms, &judge_usage, &s->rc, &d);
-            dx_usage_acc_merge(&s->usage, &judge_usage);
+                                     s->deadline_ms, &s->usage, &s->rc, &d);
             if (s->rc != DX_OK) {
                 snprintf(s->error, sizeof s->error, "%s", d.msg);
                 break;
