@@ -620,12 +620,89 @@ static bool read_number(const char *s, double *out)
     return true;
 }
 
-static int parse_args(int argc, char **argv, args *a, void (*help)(void))
+/* The options each command reads; parse_args refuses any other by name, so
+ * `dspex eval --optimizer copro` or `dspex serve --input q=x` says the
+ * option does nothing there instead of running without it. Lists end in 0;
+ * -h / --help go with every command. */
+#define PROGRAM_OPTS                                                           \
+    OPT_MODULE, OPT_SIGNATURE, OPT_INSTRUCTIONS, OPT_DEMOS, OPT_STATE
+#define LM_OPTS OPT_MODEL, OPT_BASE_URL, OPT_API_KEY, OPT_CACHE
+#define SCORING_OPTS                                                           \
+    OPT_METRIC, OPT_FIELD, OPT_FRAC, OPT_JUDGE_MODEL, OPT_INPUTS,              \
+        OPT_CONCURRENCY
+static const int prompt_takes[] = {PROGRAM_OPTS, 'i', OPT_INPUT_JSON,
+                                   OPT_ADAPTER, 0};
+static const int run_takes[] = {
+    PROGRAM_OPTS, LM_OPTS,  'i',         OPT_INPUT_JSON,
+    OPT_ADAPTER,  OPT_JSON, OPT_TIMEOUT, 0};
+static const int eval_takes[] = {
+    PROGRAM_OPTS, LM_OPTS,        SCORING_OPTS,      OPT_ADAPTER,
+    OPT_TIMEOUT,  OPT_OUT,        OPT_SAVE_CSV,      OPT_SAVE_JSON,
+    OPT_TABLE,    OPT_MAX_ERRORS, OPT_FAILURE_SCORE, 0};
+static const int optimize_takes[] = {PROGRAM_OPTS,
+                                     LM_OPTS,
+                                     SCORING_OPTS,
+                                     OPT_ADAPTER,
+                                     OPT_TIMEOUT,
+                                     OPT_OPTIMIZER,
+                                     'o',
+                                     OPT_VALSET,
+                                     OPT_REPORT,
+                                     OPT_CHECKPOINT,
+                                     's',
+                                     OPT_CANDIDATES,
+                                     OPT_MAX_DEMOS,
+                                     OPT_MAX_LABELED,
+                                     0};
+static const int lm_server_takes[] = {OPT_PORT, OPT_HOST, OPT_LATENCY,
+                                      OPT_FAULTS, 0};
+static const int demo_takes[] = {LM_OPTS, OPT_TASK, OPT_OUT, OPT_CONCURRENCY,
+                                 0};
+static const int serve_takes[] = {
+    LM_OPTS, OPT_ADAPTER, OPT_TIMEOUT, OPT_PORT, OPT_HOST, OPT_CONCURRENCY, 0};
+
+static bool command_takes(const int *takes, int ch)
+{
+    for (; *takes != 0; takes++)
+        if (*takes == ch)
+            return true;
+    return false;
+}
+
+static int parse_args(int argc, char **argv, args *a, const int *takes,
+                      void (*help)(void))
 {
     optind = 1;
-    int ch, rc = 0;
-    while (rc == 0 &&
-           (ch = getopt_long(argc, argv, "hi:o:s:", long_opts, NULL)) != -1) {
+    opterr = 0; /* our messages name the command and its --help */
+    int ch, rc = 0, long_index = -1;
+    while (rc == 0 && (ch = getopt_long(argc, argv, ":hi:o:s:", long_opts,
+                                        &long_index)) != -1) {
+        /* optind has moved past the option (and its value, when apart). */
+        const char *spelled = argv[optind - 1];
+        if (ch == ':' && command_takes(takes, optopt))
+            return fail_usage("%s wants a value (see dspex %s --help)", spelled,
+                              argv[0]);
+        if (ch == '?') {
+            char name[64];
+            if (optopt != 0)
+                snprintf(name, sizeof name, "-%c", optopt);
+            else
+                snprintf(name, sizeof name, "%s", spelled);
+            return fail_usage("unknown option %s (see dspex %s --help)", name,
+                              argv[0]);
+        }
+        int opt = ch == ':' ? optopt : ch;
+        if (opt != 'h' && !command_takes(takes, opt)) {
+            char name[64];
+            if (long_index >= 0) /* as the user spelled it: long or short */
+                snprintf(name, sizeof name, "--%s", long_opts[long_index].name);
+            else
+                snprintf(name, sizeof name, "-%c", opt);
+            return fail_usage("%s is not an option of dspex %s (see dspex %s "
+                              "--help)",
+                              name, argv[0], argv[0]);
+        }
+        long_index = -1;
         switch (ch) {
         case 'h':
             help();
@@ -760,8 +837,8 @@ static int parse_args(int argc, char **argv, args *a, void (*help)(void))
         case OPT_MAX_LABELED:
             rc = parse_long("--max-labeled", optarg, 0, 1000, &a->max_labeled);
             break;
-        default:
-            return fail_usage("unknown option (see %s --help)", argv[0]);
+        default: /* in long_opts but not handled: a bug here */
+            return fail_usage("option %s is not handled", spelled);
         }
     }
     for (int i = optind; rc == 0 && i < argc; i++) {
@@ -844,7 +921,7 @@ static int cmd_prompt_body(args *ap)
 static int cmd_prompt(int argc, char **argv)
 {
     args a = {0};
-    int rc = parse_args(argc, argv, &a, help_prompt);
+    int rc = parse_args(argc, argv, &a, prompt_takes, help_prompt);
     if (rc == 0)
         rc = cmd_prompt_body(&a);
     dx_example_free(a.c.inputs); /* --input values, whatever happened */
@@ -858,9 +935,14 @@ static void help_run(void)
     puts(
         "usage: dspex run PROGRAM.json --input k=v... [--json] [--model M]\n"
         "                 [--base-url URL] [--api-key KEY] [--adapter "
-        "chat|json]\n\n"
+        "chat|json]\n"
+        "                 [--input-json k=JSON]... [--timeout-ms MS]\n\n"
         "Run the program once and print its prediction. The model defaults to\n"
-        "$DSPEX_MODEL, else the offline simulator sim/base.");
+        "$DSPEX_MODEL, else the offline simulator sim/base. Instead of\n"
+        "PROGRAM.json, --module and --signature (with --instructions, "
+        "--demos,\n"
+        "--state) declare one, as for dspex prompt; so do they for eval and\n"
+        "optimize.");
 }
 
 static int cmd_run_body(args *ap)
@@ -913,7 +995,7 @@ static int cmd_run_body(args *ap)
 static int cmd_run(int argc, char **argv)
 {
     args a = {0};
-    int rc = parse_args(argc, argv, &a, help_run);
+    int rc = parse_args(argc, argv, &a, run_takes, help_run);
     if (rc == 0)
         rc = cmd_run_body(&a);
     dx_example_free(a.c.inputs); /* --input values, whatever happened */
@@ -1038,7 +1120,8 @@ static void help_eval(void)
         "N]\n"
         "                  [--save-as-csv F.csv] [--save-as-json F.json] "
         "[--table N]\n"
-        "                  [--failure-score X] [--model M]\n\n"
+        "                  [--failure-score X] [--timeout-ms MS] [--model "
+        "M]\n\n"
         "Evaluate the program on the dataset and print the score and a table.\n"
         "--out writes dspex's rows (prediction, score, error, latency, "
         "tokens,\n"
@@ -1056,7 +1139,8 @@ static void help_eval(void)
         "the same provider as --model).\n"
         "--table N shows the first N rows (default 20, 0 = all), as DSPy's\n"
         "display_table=N; --failure-score X is what a failed example scores\n"
-        "(default 0), as DSPy's failure_score.\n"
+        "(default 0), as DSPy's failure_score; --timeout-ms MS fails an\n"
+        "example still running after MS (default 120000).\n"
         "--frac F (0 < F <= 1): exact_match counts token F1 >= F as a match,\n"
         "as DSPy's answer_exact_match(frac=F) does. Exits 1 when every\n"
         "example that finished failed (the first error on stderr).\n"
@@ -1160,7 +1244,7 @@ static int cmd_eval_body(args *ap)
 static int cmd_eval(int argc, char **argv)
 {
     args a = {.table_rows = 20};
-    int rc = parse_args(argc, argv, &a, help_eval);
+    int rc = parse_args(argc, argv, &a, eval_takes, help_eval);
     if (rc == 0)
         rc = cmd_eval_body(&a);
     dx_example_free(a.c.inputs); /* --input values, whatever happened */
@@ -1335,7 +1419,7 @@ static int cmd_optimize_body(args *ap)
 static int cmd_optimize(int argc, char **argv)
 {
     args a = {0};
-    int rc = parse_args(argc, argv, &a, help_optimize);
+    int rc = parse_args(argc, argv, &a, optimize_takes, help_optimize);
     if (rc == 0)
         rc = cmd_optimize_body(&a);
     dx_example_free(a.c.inputs); /* --input values, whatever happened */
@@ -1398,7 +1482,7 @@ static int cmd_lm_server_body(args *ap)
 static int cmd_lm_server(int argc, char **argv)
 {
     args a = {0};
-    int rc = parse_args(argc, argv, &a, help_lm_server);
+    int rc = parse_args(argc, argv, &a, lm_server_takes, help_lm_server);
     if (rc == 0)
         rc = cmd_lm_server_body(&a);
     dx_example_free(a.c.inputs); /* --input values, whatever happened */
@@ -1648,7 +1732,7 @@ static int cmd_demo_body(args *ap)
 static int cmd_demo(int argc, char **argv)
 {
     args a = {0};
-    int rc = parse_args(argc, argv, &a, help_demo);
+    int rc = parse_args(argc, argv, &a, demo_takes, help_demo);
     if (rc == 0)
         rc = cmd_demo_body(&a);
     dx_example_free(a.c.inputs); /* --input values, whatever happened */
@@ -1755,7 +1839,7 @@ static int cmd_serve_body(args *ap)
 static int cmd_serve(int argc, char **argv)
 {
     args a = {0};
-    int rc = parse_args(argc, argv, &a, help_serve);
+    int rc = parse_args(argc, argv, &a, serve_takes, help_serve);
     if (rc == 0)
         rc = cmd_serve_body(&a);
     dx_example_free(a.c.inputs); /* --input values, whatever happened */
@@ -1785,7 +1869,10 @@ static void help_main(void)
          "~/.config/dspex/config.json: {\"model\", \"base_url\", "
          "\"api_key_env\"});\n"
          "keys from the provider's usual variable (OPENAI_API_KEY, ...) or\n"
-         "--api-key.");
+         "--api-key. Commands that call an LM (run, eval, optimize, demo,\n"
+         "serve) also take --cache FILE.db: LM answers kept in a SQLite file\n"
+         "across runs (else in memory for the one run). A command refuses\n"
+         "options it does not use.");
 }
 
 int main(int argc, char **argv)

@@ -126,6 +126,46 @@ Test(cli, help_and_unknown_commands)
     cr_assert(strstr(err_buf, "unknown command"), "%s", err_buf);
     cr_assert_eq(dspex((const char *[]){NULL}), 2);
     cr_assert_eq(dspex((const char *[]){"run", "--bogus", NULL}), 2);
+    cr_assert(strstr(err_buf, "unknown option --bogus (see dspex run --help)"),
+              "%s", err_buf);
+}
+
+/* An option the command does not use is refused by name before anything
+ * runs, long or short as it was typed; one missing its value says which. */
+Test(cli, commands_refuse_options_they_do_not_use)
+{
+    const char *prog = example("capitals.json");
+    const char *dev = data("capitals/dev.jsonl");
+    cr_assert_eq(dspex((const char *[]){"eval", prog, dev, "--optimizer",
+                                        "copro", NULL}),
+                 2);
+    cr_assert(strstr(err_buf, "--optimizer is not an option of dspex eval "
+                              "(see dspex eval --help)"),
+              "%s", err_buf);
+    cr_assert_eq(out_buf[0], '\0', "nothing ran: %s", out_buf);
+    cr_assert_eq(dspex((const char *[]){"eval", prog, dev, "-s", "3", NULL}),
+                 2);
+    cr_assert(strstr(err_buf, "-s is not an option of dspex eval"), "%s",
+              err_buf);
+    cr_assert_eq(dspex((const char *[]){"serve", prog, "--input", "q=x", NULL}),
+                 2);
+    cr_assert(strstr(err_buf, "--input is not an option of dspex serve"), "%s",
+              err_buf);
+    cr_assert_eq(
+        dspex((const char *[]){"lm-server", "--model", "sim/base", NULL}), 2);
+    cr_assert(strstr(err_buf, "--model is not an option of dspex lm-server"),
+              "%s", err_buf);
+    cr_assert_eq(dspex((const char *[]){"eval", prog, dev, "--metric", NULL}),
+                 2);
+    cr_assert(strstr(err_buf, "--metric wants a value (see dspex eval --help)"),
+              "%s", err_buf);
+    /* What each command does take still works, here --seed for optimize. */
+    char out[256];
+    snprintf(out, sizeof out, "%s/opt.json", tmpdir);
+    cr_assert_eq(dspex((const char *[]){
+                     "optimize", prog, data("capitals/train.jsonl"), "-o", out,
+                     "--optimizer", "labeled", "-s", "7", NULL}),
+                 0, "%s", err_buf);
 }
 
 Test(cli, prompt_prints_the_exact_messages_without_an_lm)
