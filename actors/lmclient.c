@@ -31,6 +31,7 @@
 #include "dspex/http.h"
 #include "dspex/lm_call.h"
 #include "dspex/lmhistory.h"
+#include "dspex/log.h"
 #include "dspex/runtime.h"
 #include "dspex/telemetry.h"
 #include "dspex/usage.h"
@@ -1595,8 +1596,17 @@ int dx_lm_client_start(const dx_lm_client_opts *opts,
         dx_usage_acc_init(&s->usage, opts->primary.model);
     if (rc == DX_OK) {
         rc = dx_lmcache_open(opts->cache_path, opts->cache_limits, &s->cache);
-        if (rc == DX_ECACHEFILE)
+        if (rc == DX_ECACHEFILE) {
+            /* The client still works, caching in memory; but whoever named
+             * the file expects answers kept across runs, so say why not. */
+            dx_log_field f[] = {
+                DX_LOG_STR("model", opts->primary.model),
+                DX_LOG_STR("reason", dx_lmcache_error(s->cache)),
+            };
+            dx_log_event(DX_LOG_WARNING, "lm_cache_in_memory_only", f,
+                         sizeof f / sizeof f[0]);
             rc = DX_OK;
+        }
     }
     if (rc != DX_OK) {
         state_free(s, true);

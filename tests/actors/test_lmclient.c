@@ -34,6 +34,7 @@
 #include "dspex/alloc.h"
 #include "dspex/lm.h"
 #include "dspex/lmhistory.h"
+#include "dspex/log.h"
 #include "dspex/lmserver.h"
 #include "dspex/runtime.h"
 #include "dspex/supervisor.h"
@@ -532,6 +533,47 @@ Test(lmclient, a_cache_file_answers_a_restarted_client)
     snprintf(shm, sizeof shm, "%s-shm", path);
     remove(wal);
     remove(shm);
+    remove(path);
+    rmdir(dir);
+}
+
+/* The logger's warnings, kept by a sink (which may not log or call the
+ * runtime: it copies). */
+static char cache_warning[512];
+
+static void warning_sink(const dx_log_record *r, void *ud)
+{
+    (void)ud;
+    if (r->level == DX_LOG_WARNING && cache_warning[0] == '\0')
+        snprintf(cache_warning, sizeof cache_warning, "%s", r->line);
+}
+
+/* A cache file that cannot be used does not stop the client: it answers and
+ * caches in memory, and a warning names the file and why. */
+Test(lmclient, an_unusable_cache_file_is_a_warning_and_memory_caching)
+{
+    char dir[] = "/tmp/dx_lmclient_XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char path[64];
+    snprintf(path, sizeof path, "%s/not-a-cache.db", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    for (int i = 0; i < 64; i++)
+        fputs("this is not a SQLite database ", f);
+    fclose(f);
+    live_only();
+    sc.opts.cache_path = path;
+    sc.body = one_call;
+    cache_warning[0] = '\0';
+    dx_log_set_sink(warning_sink, NULL);
+    run(&sc);
+    dx_log_set_sink(NULL, NULL);
+    cr_assert_eq(sc.start_rc, DX_OK);
+    cr_assert_eq(sc.calls[0].rc, DX_OK, "%s", dx_err_name(sc.calls[0].rc));
+    cr_assert(strstr(cache_warning, "lm_cache_in_memory_only"), "%s",
+              cache_warning);
+    cr_assert(strstr(cache_warning, path), "%s", cache_warning);
+    cr_assert(strstr(cache_warning, "not a database"), "%s", cache_warning);
     remove(path);
     rmdir(dir);
 }
