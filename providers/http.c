@@ -32,6 +32,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
+#include <zlib.h>
 
 #include "dspex/alloc.h"
 #include "dspex/error.h"
@@ -82,6 +83,18 @@ typedef struct xfer {
     dx__h1_target h1_target;
     int64_t h1_timeout_ms, h1_connect_timeout_ms; /* <= 0: none */
     dx__h1_xfer *h1x; /* the exchange while it runs */
+    /* The body's Content-Encoding, looked at on its first byte. A server
+     * may compress when the request had no Accept-Encoding (RFC 9110
+     * 12.5.3: the client then has no preference), and proxies in front of
+     * model servers do; gzip and deflate are inflated on the way in, so
+     * callers, chunks and max_body all see decoded bytes. */
+    enum { CODING_UNSEEN, CODING_IDENTITY, CODING_INFLATE } coding;
+    z_stream *inflater;   /* CODING_INFLATE */
+    bool inflate_raw;     /* "deflate" sent without its zlib wrapper */
+    bool inflate_fed;     /* a piece of the body went in already */
+    bool inflate_ended;   /* the compressed stream ended (Z_STREAM_END) */
+    bool coding_failed;   /* an encoding we cannot decode, or a broken one */
+    char coding_why[160]; /* what to say when coding_failed */
 } xfer;
 
 struct requester {
@@ -321,8 +334,18 @@ static void easy_pool_drain(void)
     }
 }
 
+static void inflater_free(xfer *x)
+{
+    if (x->inflater != NULL) {
+        inflateEnd(x->inflater);
+        dx_free(x->inflater);
+        x->inflater = NULL;
+    }
+}
+
 static void xfer_free(xfer *x)
 {
+    inflater_free(x);
     if (x->easy != NULL)
         easy_return(x->easy);
     dx_free(x->h1_req);
@@ -365,6 +388,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
         /* A new response begins (after 1xx): only the last one counts. */
         clear_headers(r);
         x->hdr_bytes = 0;
+        x->coding = CODING_UNSEEN;
         const char *sp = memchr(p, ' ', len);
         long st = 0;
         if (sp != NULL)
@@ -411,22 +435,22 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
     return len;
 }
 
-static size_t on_body(char *p, size_t size, size_t n, void *ud)
+/* Decoded body bytes: a chunk message for a streamed 2xx, else appended to
+ * the response. false stops the transfer (a flag or no memory says why). */
+static bool take_body(xfer *x, const char *p, size_t len)
 {
-    xfer *x = ud;
     dx_http_response *r = x->resp;
-    size_t len = size * n;
     if (x->stream && x->status >= 200 && x->status < 300) {
         if (len > x->max_body - r->streamed_bytes) {
             x->too_large = true;
-            return 0;
+            return false;
         }
         dx_http_chunk *c = dx_malloc(sizeof *c + len + 1);
         dx_msg *m = dx_msg_new(x->tag);
         if (c == NULL || m == NULL) {
             dx_free(c);
             dx_msg_free(m);
-            return 0;
+            return false;
         }
         c->len = len;
         memcpy(c->data, p, len);
@@ -437,14 +461,14 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
         if (dx_send(x->reply_to, m) != DX_OK) {
             /* Nobody will read the rest: stop the transfer now. */
             x->requester_gone = true;
-            return 0;
+            return false;
         }
         r->streamed_bytes += len;
-        return len;
+        return true;
     }
     if (len > x->max_body - r->body_len) {
         x->too_large = true;
-        return 0;
+        return false;
     }
     if (r->body_len + len + 1 > x->body_cap) {
         size_t cap = x->body_cap * 2;
@@ -454,14 +478,104 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
             cap = x->max_body + 1;
         char *b = dx_realloc(r->body, cap);
         if (b == NULL)
-            return 0;
+            return false;
         r->body = b;
         x->body_cap = cap;
     }
     memcpy(r->body + r->body_len, p, len);
     r->body_len += len;
     r->body[r->body_len] = '\0';
-    return len;
+    return true;
+}
+
+/* Decide how the body is coded from the final response's headers. false:
+ * an encoding dspex does not decode (coding_why says which). */
+static bool choose_coding(xfer *x)
+{
+    const char *ce = dx_http_response_header(x->resp, "Content-Encoding");
+    x->coding = CODING_IDENTITY;
+    if (ce == NULL || ce[0] == '\0' || strcasecmp(ce, "identity") == 0)
+        return true;
+    x->inflate_raw = false;
+    x->inflate_fed = false;
+    x->inflate_ended = false;
+    if (strcasecmp(ce, "gzip") != 0 && strcasecmp(ce, "x-gzip") != 0 &&
+        strcasecmp(ce, "deflate") != 0) {
+        snprintf(x->coding_why, sizeof x->coding_why,
+                 "the response is coded \"%.40s\" (Content-Encoding), which "
+                 "dspex does not decode",
+                 ce);
+        x->coding_failed = true;
+        return false;
+    }
+    x->inflater = dx_calloc(1, sizeof *x->inflater);
+    /* 32 + 15: a gzip or a zlib header, whichever comes, 32 KiB window. */
+    if (x->inflater == NULL || inflateInit2(x->inflater, 32 + 15) != Z_OK) {
+        dx_free(x->inflater);
+        x->inflater = NULL;
+        return false; /* out of memory */
+    }
+    x->coding = CODING_INFLATE;
+    return true;
+}
+
+/* Inflate compressed body bytes into take_body, a buffer at a time. */
+static bool inflate_body(xfer *x, const char *p, size_t len)
+{
+    z_stream *z = x->inflater;
+    unsigned char out[16384];
+    z->next_in = (unsigned char *)p;
+    z->avail_in = (uInt)len;
+    while (z->avail_in > 0) {
+        if (x->inflate_ended) {
+            /* gzip allows several members one after another; anything
+             * else after the end is not part of the body. */
+            if (z->next_in[0] != 0x1f || inflateReset(z) != Z_OK)
+                break;
+            x->inflate_ended = false;
+        }
+        z->next_out = out;
+        z->avail_out = sizeof out;
+        int rc = inflate(z, Z_NO_FLUSH);
+        if (rc == Z_DATA_ERROR && !x->inflate_fed && z->total_out == 0 &&
+            !x->inflate_raw) {
+            /* Some servers send "deflate" as a bare deflate stream, without
+             * the zlib header RFC 9110 asks for: read it that way. */
+            x->inflate_raw = true;
+            if (inflateReset2(z, -15) != Z_OK)
+                return false;
+            z->next_in = (unsigned char *)p;
+            z->avail_in = (uInt)len;
+            continue;
+        }
+        if (rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR) {
+            snprintf(x->coding_why, sizeof x->coding_why,
+                     "the compressed response does not decode (%s)",
+                     z->msg != NULL ? z->msg : "zlib error");
+            x->coding_failed = true;
+            return false;
+        }
+        size_t made = sizeof out - z->avail_out;
+        if (made > 0 && !take_body(x, (const char *)out, made))
+            return false;
+        if (rc == Z_STREAM_END)
+            x->inflate_ended = true;
+        else if (made == 0 && rc == Z_BUF_ERROR)
+            break; /* needs more input than this piece has */
+    }
+    x->inflate_fed = true;
+    return true;
+}
+
+static size_t on_body(char *p, size_t size, size_t n, void *ud)
+{
+    xfer *x = ud;
+    size_t len = size * n;
+    if (x->coding == CODING_UNSEEN && !choose_coding(x))
+        return 0;
+    bool ok = x->coding == CODING_INFLATE ? inflate_body(x, p, len)
+                                          : take_body(x, p, len);
+    return ok ? len : 0;
 }
 
 static void set_error(dx_http_response *r, int err, const char *what,
@@ -501,6 +615,10 @@ static bool map_flags(xfer *x)
     }
     if (x->headers_over) {
         set_error(r, DX_ELIMIT, "response headers over the limit", NULL);
+        return true;
+    }
+    if (x->coding_failed) {
+        set_error(r, DX_EHTTP, x->coding_why, NULL);
         return true;
     }
     if (x->requester_gone) {
@@ -671,6 +789,10 @@ static void deliver(xfer *x, CURLcode rc, int err, const char *why)
         set_error(x->resp, err, why, NULL);
     else
         map_result(x, rc);
+    if (x->resp->err == DX_OK && x->coding == CODING_INFLATE &&
+        !x->inflate_ended)
+        set_error(x->resp, DX_EHTTP,
+                  "the compressed response ended before its end", NULL);
 
     /* Before the completion goes out, so a call made on receiving it sees
      * this lane free again. */

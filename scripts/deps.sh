@@ -24,6 +24,8 @@ DX_PACKAGES=(
     libclang-rt-14-dev
     libuv1-dev
     libcurl4-openssl-dev
+    # zlib: gzip / deflate response bodies (providers/http.c)
+    zlib1g-dev
     libcjson-dev
     # malloc of the programs dspex ships (meson option `allocator`)
     libmimalloc-dev

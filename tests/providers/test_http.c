@@ -21,6 +21,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "../runtime/kernel_test_util.h"
 #include "dspex/alloc.h"
@@ -162,6 +163,94 @@ static const char *hdr_value(const char *head, const char *name, size_t *len)
     return NULL;
 }
 
+/* The events the stream routes send: "data: 0\n\n" ... up to count - 1. */
+static size_t sse_events(char *buf, size_t cap, int count)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < count && n < cap; i++)
+        n += (size_t)snprintf(buf + n, cap - n, "data: %d\n\n", i);
+    return n;
+}
+
+/* The text the /coded/ routes send compressed. */
+#define CODED_TEXT                                                             \
+    "{\"choices\":[{\"message\":{\"content\":\"answer: Oslo, Oslo, Oslo\"}}]}"
+
+/* src compressed as gzip (wbits 16 + 15), zlib (15) or raw deflate (-15)
+ * into out (cap bytes); its length. */
+static size_t squeeze(const char *src, size_t n, int wbits, char *out,
+                      size_t cap)
+{
+    z_stream z = {0};
+    if (deflateInit2(&z, 6, Z_DEFLATED, wbits, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+        return 0;
+    z.next_in = (unsigned char *)src;
+    z.avail_in = (uInt)n;
+    z.next_out = (unsigned char *)out;
+    z.avail_out = (uInt)cap;
+    int rc = deflate(&z, Z_FINISH);
+    size_t len = rc == Z_STREAM_END ? cap - z.avail_out : 0;
+    deflateEnd(&z);
+    return len;
+}
+
+/* /coded/KIND: CODED_TEXT (or what KIND says) with a Content-Encoding. */
+static void respond_coded(conn *c, const char *kind)
+{
+    static char out[1 << 17];
+    static char zeros[1 << 18];
+    const char *text = CODED_TEXT;
+    size_t n = 0;
+    const char *coding = "gzip";
+    int status = 200;
+    if (strcmp(kind, "gzip") == 0 || strcmp(kind, "cut") == 0) {
+        n = squeeze(text, strlen(text), 16 + 15, out, sizeof out);
+        if (kind[0] == 'c')
+            n -= 8; /* the trailer's length and checksum never come */
+    } else if (strcmp(kind, "error") == 0) {
+        status = 429;
+        n = squeeze(text, strlen(text), 16 + 15, out, sizeof out);
+    } else if (strcmp(kind, "deflate") == 0 || strcmp(kind, "raw") == 0) {
+        coding = "deflate";
+        n = squeeze(text, strlen(text), kind[0] == 'r' ? -15 : 15, out,
+                    sizeof out);
+    } else if (strcmp(kind, "members") == 0) {
+        /* two gzip members back to back: one body, both halves */
+        n = squeeze("first half, ", 12, 16 + 15, out, sizeof out);
+        n += squeeze("second half", 11, 16 + 15, out + n, sizeof out - n);
+    } else if (strcmp(kind, "bomb") == 0) {
+        n = squeeze(zeros, sizeof zeros, 16 + 15, out, sizeof out);
+    } else if (strcmp(kind, "br") == 0) {
+        coding = "br";
+        n = (size_t)snprintf(out, sizeof out, "%s", "\x1b\x00\x00brotli");
+    } else { /* "garbage": says gzip, is not */
+        n = (size_t)snprintf(out, sizeof out, "%s", "plain text, not gzip");
+    }
+    char extra[64];
+    snprintf(extra, sizeof extra, "Content-Encoding: %s\r\n", coding);
+    respond(c, status, extra, out, n);
+}
+
+/* /coded-stream: SSE events gzipped as one stream and sent in small
+ * chunks of the chunked encoding, cut anywhere. */
+static void respond_coded_stream(conn *c)
+{
+    char text[512], out[1024];
+    size_t t = sse_events(text, sizeof text, 20);
+    size_t n = squeeze(text, t, 16 + 15, out, sizeof out);
+    out_fmt(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+               "Content-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for (size_t at = 0; at < n; at += 7) {
+        size_t k = n - at < 7 ? n - at : 7;
+        out_fmt(c, "%zx\r\n", k);
+        out_add(c, out + at, k);
+        out_fmt(c, "\r\n");
+    }
+    out_fmt(c, "0\r\n\r\n");
+    c->busy = false;
+}
+
 /* One complete request is in c->in[0..hlen+blen): answer it. */
 static void handle(conn *c, char *head, const char *body, size_t blen)
 {
@@ -217,6 +306,10 @@ static void handle(conn *c, char *head, const char *body, size_t blen)
     } else if (strncmp(path, "/target", 7) == 0 ||
                strncmp(path, "/?", 2) == 0) {
         respond(c, 200, NULL, path, strlen(path)); /* the request-target */
+    } else if (strncmp(path, "/coded/", 7) == 0) {
+        respond_coded(c, path + 7);
+    } else if (strcmp(path, "/coded-stream") == 0) {
+        respond_coded_stream(c);
     } else if (strcmp(path, "/drop-next") == 0) {
         respond(c, 200, NULL, "ok", 2);
         c->drop_next = true;
@@ -790,37 +883,55 @@ Test(http, invalid_requests_are_refused_and_send_nothing)
 
 /* ---- streaming ---- */
 
-static void stream_body(void *arg)
+/* Submit req (stream = true) with tag; its chunk messages joined into all
+ * (cap bytes, NUL-terminated: *n of them), then its completion; NULL if it
+ * was refused or no completion came. */
+static dx_http_response *stream_of(const dx_http_request *req, int64_t tag,
+                                   char *all, size_t cap, size_t *n,
+                                   int *chunks)
 {
-    (void)arg;
-    dx_http_request req = {.url = url("/stream/20/2"), .stream = true};
-    dx_ref ref;
-    if (!KT_CHECK_RC(dx_http_submit(&req, dx_self(), 9, &ref), DX_OK))
-        return;
-    /* reassemble and check the events arrive in order */
-    char all[1024];
-    size_t n = 0;
-    int chunks = 0;
     dx_http_response *done = NULL;
-    dx_match m = {.fields = DX_MATCH_REF | DX_MATCH_TAG, .ref = ref, .tag = 9};
+    dx_ref ref;
+    *n = 0;
+    all[0] = '\0';
+    if (!KT_CHECK_RC(dx_http_submit(req, dx_self(), tag, &ref), DX_OK))
+        return NULL;
+    dx_match m = {
+        .fields = DX_MATCH_REF | DX_MATCH_TAG, .ref = ref, .tag = tag};
+    *n = 0;
+    *chunks = 0;
     while (done == NULL) {
         dx_msg *msg;
         if (!KT_CHECK_RC(dx_receive(&m, 10000, &msg), DX_OK))
-            return;
+            break;
         const dx_http_chunk *c = dx_http_msg_chunk(msg);
         if (c != NULL) {
-            chunks++;
+            (*chunks)++;
             KT_CHECK(c->data[c->len] == '\0');
-            if (n + c->len < sizeof all) {
-                memcpy(all + n, c->data, c->len);
-                n += c->len;
+            if (*n + c->len < cap) {
+                memcpy(all + *n, c->data, c->len);
+                *n += c->len;
             }
         } else {
             done = dx_msg_take_ptr(msg);
         }
         dx_msg_free(msg);
     }
-    all[n] = '\0';
+    all[*n] = '\0';
+    return done;
+}
+
+static void stream_body(void *arg)
+{
+    (void)arg;
+    dx_http_request req = {.url = url("/stream/20/2"), .stream = true};
+    /* reassemble and check the events arrive in order */
+    char all[1024];
+    size_t n = 0;
+    int chunks = 0;
+    dx_http_response *done = stream_of(&req, 9, all, sizeof all, &n, &chunks);
+    if (done == NULL)
+        return;
     KT_CHECK(chunks >= 1);
     KT_CHECK_RC(done->err, DX_OK);
     KT_CHECK_EQ(done->status, 200);
@@ -829,9 +940,7 @@ static void stream_body(void *arg)
     const char *ct = dx_http_response_header(done, "content-type");
     KT_CHECK(ct != NULL && strcmp(ct, "text/event-stream") == 0);
     char want[1024];
-    size_t w = 0;
-    for (int i = 0; i < 20; i++)
-        w += (size_t)snprintf(want + w, sizeof want - w, "data: %d\n\n", i);
+    sse_events(want, sizeof want, 20);
     KT_CHECK(strcmp(all, want) == 0);
     dx_http_response_free(done);
 
@@ -1166,6 +1275,98 @@ static void response_forms(void *arg)
 Test(http, informational_head_chunked_close_delimited_and_broken_answers)
 {
     kt_run_clean(response_forms, NULL);
+}
+
+/* A body the server compressed (Content-Encoding), asked for or not, comes
+ * out decoded: gzip, deflate with and without its zlib wrapper, gzip
+ * members back to back, an error status's body, a streamed body cut
+ * anywhere. What cannot be decoded is an error that says so, and the
+ * response limit counts decoded bytes. */
+static void coded_bodies(void *arg)
+{
+    (void)arg;
+    const char *same[] = {"gzip", "deflate", "raw", "error"};
+    for (size_t i = 0; i < sizeof same / sizeof *same; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/coded/%s", same[i]);
+        dx_http_request req = {.url = url(path)};
+        dx_http_response *r = fetch(&req);
+        if (KT_CHECK(r != NULL)) {
+            KT_CHECK_RC(r->err, DX_OK);
+            KT_CHECK_EQ(r->status, i == 3 ? 429 : 200);
+            KT_CHECK_EQ(r->body_len, strlen(CODED_TEXT));
+            KT_CHECK(r->body != NULL && strcmp(r->body, CODED_TEXT) == 0);
+            KT_CHECK(dx_http_response_header(r, "content-encoding") != NULL);
+        }
+        dx_http_response_free(r);
+    }
+
+    dx_http_request members = {.url = url("/coded/members")};
+    dx_http_response *r = fetch(&members);
+    if (KT_CHECK(r != NULL)) {
+        KT_CHECK_RC(r->err, DX_OK);
+        KT_CHECK(r->body != NULL &&
+                 strcmp(r->body, "first half, second half") == 0);
+    }
+    dx_http_response_free(r);
+
+    const struct {
+        const char *path;
+        int err;
+        const char *says;
+    } bad[] = {
+        {"/coded/br", DX_EHTTP, "\"br\" (Content-Encoding)"},
+        {"/coded/garbage", DX_EHTTP, "does not decode"},
+        {"/coded/cut", DX_EHTTP, "ended before its end"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        dx_http_request req = {.url = url(bad[i].path)};
+        r = fetch(&req);
+        if (KT_CHECK(r != NULL)) {
+            KT_CHECK_RC(r->err, bad[i].err);
+            KT_CHECK(strstr(r->message, bad[i].says) != NULL);
+        }
+        dx_http_response_free(r);
+    }
+
+    /* 256 KiB of zeros in a few hundred compressed bytes: the limit holds
+     * for what it inflates to. */
+    dx_http_request bomb = {.url = url("/coded/bomb"),
+                            .max_response_bytes = 100000};
+    r = fetch(&bomb);
+    if (KT_CHECK(r != NULL)) {
+        KT_CHECK_RC(r->err, DX_ELIMIT);
+        KT_CHECK(r->body_len <= 100000);
+    }
+    dx_http_response_free(r);
+
+    /* The connection is still good for a plain answer. */
+    dx_http_request plain = {.url = url("/big/10")};
+    r = fetch(&plain);
+    if (KT_CHECK(r != NULL)) {
+        KT_CHECK_RC(r->err, DX_OK);
+        KT_CHECK(r->body != NULL && strcmp(r->body, "xxxxxxxxxx") == 0);
+    }
+    dx_http_response_free(r);
+
+    dx_http_request st = {.url = url("/coded-stream"), .stream = true};
+    char all[1024];
+    size_t n = 0;
+    int chunks = 0;
+    dx_http_response *done = stream_of(&st, 11, all, sizeof all, &n, &chunks);
+    if (done == NULL)
+        return;
+    KT_CHECK_RC(done->err, DX_OK);
+    KT_CHECK_EQ(done->streamed_bytes, n);
+    char want[512];
+    sse_events(want, sizeof want, 20);
+    KT_CHECK(strcmp(all, want) == 0);
+    dx_http_response_free(done);
+}
+
+Test(http, compressed_bodies_are_decoded_and_bad_ones_say_why)
+{
+    kt_run_clean(coded_bodies, NULL);
 }
 
 /* A server named localhost: at 127.0.0.1, and (arg) at [::1] only, which
