@@ -1514,8 +1514,13 @@ static int cmd_inspect(int argc, char **argv)
             int rc = parse_long("--last", argv[++i], 1, 1000000, &last);
             if (rc)
                 return rc;
+        } else if (strcmp(argv[i], "--last") == 0) {
+            return fail_usage(
+                "--last wants a value (see dspex inspect --help)");
         } else {
-            return fail_usage("inspect: unknown argument \"%s\"", argv[i]);
+            return fail_usage("unknown argument \"%s\" (see dspex inspect "
+                              "--help)",
+                              argv[i]);
         }
     }
     char path[1024];

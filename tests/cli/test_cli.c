@@ -159,6 +159,8 @@ Test(cli, commands_refuse_options_they_do_not_use)
                  2);
     cr_assert(strstr(err_buf, "--metric wants a value (see dspex eval --help)"),
               "%s", err_buf);
+    cr_assert_eq(dspex((const char *[]){"inspect", "--last", NULL}), 2);
+    cr_assert(strstr(err_buf, "--last wants a value"), "%s", err_buf);
     /* What each command does take still works, here --seed for optimize. */
     char out[256];
     snprintf(out, sizeof out, "%s/opt.json", tmpdir);
