@@ -195,7 +195,11 @@ static int load_program(const common *c, const char *path, dx_module **out)
 {
     dx_diag d = {0};
     int rc;
-    if (path) {
+    if (path && (c->module_kind || c->signature || c->instructions)) {
+        return fail_usage("--module, --signature and --instructions declare "
+                          "a program in place of PROGRAM.json: give one or "
+                          "the other, not both");
+    } else if (path) {
         rc = dx_program_load(path, out, &d);
     } else if (c->module_kind && c->signature) {
         rc = dx_program_single(c->module_kind, c->signature, c->instructions,
@@ -849,6 +853,20 @@ static int parse_args(int argc, char **argv, args *a, const int *takes,
     return rc;
 }
 
+/* The program file and the data file of eval and optimize: PROGRAM.json
+ * DATA, or DATA alone when --module / --signature declare the program.
+ * false when the count is wrong. */
+static bool program_and_data(const args *a, const char **program,
+                             const char **data)
+{
+    bool declared = a->c.module_kind != NULL || a->c.signature != NULL;
+    if (a->npos != (declared ? 1 : 2))
+        return false;
+    *program = declared ? NULL : a->pos[0];
+    *data = a->pos[a->npos - 1];
+    return true;
+}
+
 static void print_json_value(FILE *f, const cJSON *v)
 {
     char *t = cJSON_PrintUnformatted(v);
@@ -1123,6 +1141,8 @@ static void help_eval(void)
         "                  [--failure-score X] [--timeout-ms MS] [--model "
         "M]\n\n"
         "Evaluate the program on the dataset and print the score and a table.\n"
+        "--module and --signature (see dspex run --help) declare the program\n"
+        "in place of PROGRAM.json; then only DATA follows.\n"
         "--out writes dspex's rows (prediction, score, error, latency, "
         "tokens,\n"
         "cost); --save-as-csv and --save-as-json write the files DSPy's\n"
@@ -1173,17 +1193,19 @@ static int cmd_eval_body(args *ap)
 {
     args a = *ap;
     int rc = 0;
-    if (a.npos != 2)
-        return fail_usage("eval wants PROGRAM.json and DATA (see --help)");
+    const char *program = NULL, *data = NULL;
+    if (!program_and_data(&a, &program, &data))
+        return fail_usage("eval wants PROGRAM.json and DATA, or DATA with "
+                          "--module and --signature (see --help)");
     dx_metric metric;
     if ((rc = metric_of(a.metric, a.frac, a.field, a.c.judge_model, &metric)) !=
         0)
         return rc;
     dx_module *m = NULL;
-    if ((rc = load_program(&a.c, a.pos[0], &m)) != 0)
+    if ((rc = load_program(&a.c, program, &m)) != 0)
         return rc;
     dx_dataset *ds = NULL;
-    if ((rc = load_data(a.pos[1], a.inputs, m, &ds)) != 0) {
+    if ((rc = load_data(data, a.inputs, m, &ds)) != 0) {
         dx_module_free(m);
         return rc;
     }
@@ -1266,7 +1288,8 @@ static void help_optimize(void)
          "Optimize the program's demos (and, with copro / mipro, its\n"
          "instructions) and save the result (declaration + state).\n"
          "--metric, --field and --judge-model are dspex eval's (see its\n"
-         "--help).\n"
+         "--help); so is declaring the program with --module and\n"
+         "--signature.\n"
          "Ctrl-C stops the optimization (exit status 130, nothing saved);\n"
          "with --checkpoint, the same command resumes it. A second Ctrl-C\n"
          "ends the command at once.");
@@ -1313,8 +1336,10 @@ static int cmd_optimize_body(args *ap)
 {
     args a = *ap;
     int rc = 0;
-    if (a.npos != 2 || !a.optimizer || !a.output)
-        return fail_usage("optimize wants PROGRAM.json TRAIN.jsonl "
+    const char *program = NULL, *data = NULL;
+    if (!program_and_data(&a, &program, &data) || !a.optimizer || !a.output)
+        return fail_usage("optimize wants PROGRAM.json TRAIN.jsonl (or "
+                          "TRAIN.jsonl with --module and --signature) "
                           "--optimizer NAME -o OUT.json (see --help)");
     const char *opts[] = {"labeled", "bootstrap", "random-search", "copro",
                           "mipro"};
@@ -1331,10 +1356,10 @@ static int cmd_optimize_body(args *ap)
         0)
         return rc;
     dx_module *m = NULL;
-    if ((rc = load_program(&a.c, a.pos[0], &m)) != 0)
+    if ((rc = load_program(&a.c, program, &m)) != 0)
         return rc;
     dx_dataset *train = NULL, *val = NULL;
-    if ((rc = load_data(a.pos[1], a.inputs, m, &train)) != 0 ||
+    if ((rc = load_data(data, a.inputs, m, &train)) != 0 ||
         (a.valset && (rc = load_data(a.valset, a.inputs, m, &val)) != 0)) {
         dx_dataset_free(train);
         dx_module_free(m);

@@ -161,6 +161,18 @@ Test(cli, commands_refuse_options_they_do_not_use)
               "%s", err_buf);
     cr_assert_eq(dspex((const char *[]){"inspect", "--last", NULL}), 2);
     cr_assert(strstr(err_buf, "--last wants a value"), "%s", err_buf);
+    /* A program is a file or --module / --signature, not both. */
+    cr_assert_eq(dspex((const char *[]){"run", prog, "--module", "predict",
+                                        "--input", "question=x", NULL}),
+                 2);
+    cr_assert(strstr(err_buf, "give one or the other, not both"), "%s",
+              err_buf);
+    /* eval takes a declared program and then DATA alone. */
+    cr_assert_eq(
+        dspex((const char *[]){"eval", "--module", "predict", "--signature",
+                               "question -> answer", dev, NULL}),
+        0, "%s", err_buf);
+    cr_assert(strstr(out_buf, "done      50/50"), "%s", out_buf);
     /* What each command does take still works, here --seed for optimize. */
     char out[256];
     snprintf(out, sizeof out, "%s/opt.json", tmpdir);
