@@ -186,15 +186,35 @@ static void corpus_path(const char *name, const char *corpus, char *out,
         snprintf(out, cap, "%.*s/%s", (int)(slash - name), name, corpus);
 }
 
-/* A BM25 retriever over a JSONL corpus file ({"text": ...} per line). */
-static int corpus_retriever(const char *name, size_t index, const char *where,
-                            const char *corpus, dx_retriever **out,
-                            dx_diag *diag)
+/* The retriever a module or tool declares: "corpus" (a JSONL file of
+ * {"text": ...} passages, searched with BM25) or "colbertv2" (the URL of a
+ * ColBERTv2 search server, with "post": true to POST), one of the two. */
+static int declared_retriever(const char *name, size_t index, const char *where,
+                              const cJSON *decl, dx_retriever **out,
+                              dx_diag *diag)
 {
+    const char *corpus = str_member(decl, "corpus");
+    const char *colbert = str_member(decl, "colbertv2");
+    if (corpus && colbert)
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "%s: program.modules[%zu]%s: \"corpus\" and "
+                           "\"colbertv2\" both given: one retriever each",
+                           name, index, where);
+    if (colbert) {
+        const cJSON *post = cJSON_GetObjectItemCaseSensitive(decl, "post");
+        dx_colbertv2_opts o = {.url = colbert, .post = cJSON_IsTrue(post)};
+        dx_diag cd = {0};
+        int rc = dx_colbertv2_retriever_new(&o, out, &cd);
+        if (rc != DX_OK)
+            return dx_diag_set(diag, rc, 0, 0, "%s: program.modules[%zu]%s: %s",
+                               name, index, where, cd.msg);
+        return DX_OK;
+    }
     if (!corpus)
         return dx_diag_set(diag, DX_EINVAL, 0, 0,
                            "%s: program.modules[%zu]%s: \"corpus\" (a JSONL "
-                           "file of {\"text\": ...} passages) is required",
+                           "file of {\"text\": ...} passages) or \"colbertv2\" "
+                           "(a ColBERTv2 server's URL) is required",
                            name, index, where);
     char path[2048];
     corpus_path(name, corpus, path, sizeof path);
@@ -234,8 +254,7 @@ static int build_tools(const char *name, size_t index, const cJSON *list,
             rc = v[k] ? DX_OK : DX_ENOMEM;
         } else if (builtin && strcmp(builtin, "search") == 0) {
             dx_retriever *r = NULL;
-            rc = corpus_retriever(name, index, where, str_member(t, "corpus"),
-                                  &r, diag);
+            rc = declared_retriever(name, index, where, t, &r, diag);
             const cJSON *kk = cJSON_GetObjectItemCaseSensitive(t, "k");
             if (rc == DX_OK)
                 rc = dx_retriever_tool(r, str_member(t, "name"),
@@ -403,8 +422,7 @@ static int build_module(const char *name, const cJSON *decl, size_t index,
         m = dx_chain_of_thought_new(s, &po);
     } else if (rag) {
         dx_retriever *r = NULL;
-        rc = corpus_retriever(name, index, "", str_member(decl, "corpus"), &r,
-                              diag);
+        rc = declared_retriever(name, index, "", decl, &r, diag);
         const cJSON *k = cJSON_GetObjectItemCaseSensitive(decl, "k");
         if (rc == DX_OK)
             m = dx_rag_new(r,

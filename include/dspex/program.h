@@ -44,9 +44,11 @@
  * program loads into it.
  *
  * More module kinds: "rag" ({"corpus": "passages.jsonl", "k": 3}: BM25
- * retrieval over a JSONL corpus, then ChainOfThought), "react"
- * ({"signature", "tools": [{"builtin": "search", "corpus": ..., "k": 3},
- * {"builtin": "calculator"}], "max_iters", "native_tools"}), and
+ * retrieval over a JSONL corpus, then ChainOfThought; or {"colbertv2":
+ * "URL", "post": false, "k": 3}: a ColBERTv2 search server, retrieve.h),
+ * "react" ({"signature", "tools": [{"builtin": "search", "corpus": ...,
+ * "k": 3} (or "colbertv2": URL), {"builtin": "calculator"}], "max_iters",
+ * "native_tools"}), and
  * "best_of_n" / "refine", which wrap one module declared in "wraps":
  *
  *   {"name": "answer", "module": "refine", "n": 3, "threshold": 1.0,

@@ -1,7 +1,8 @@
 /*
  * retrieve.h — retrieval: the retriever behaviour, a built-in BM25 index
  * over a local corpus, an embeddings retriever (the providers' embeddings
- * APIs, cosine in memory), and the modules built on them: Retrieve (query
+ * APIs, cosine in memory), a client of a ColBERTv2 search server, and the
+ * modules built on them: Retrieve (query
  * -> passages) and RAG (retrieve -> ChainOfThought "context, question ->
  * answer").
  *
@@ -167,6 +168,30 @@ DX_API int dx_embed_texts(const dx_lm_config *c, const char *const *texts,
 DX_API int dx_embed_retriever_new(const dx_embeddings_opts *opts,
                                   const char *const *passages, size_t n,
                                   dx_retriever **out, dx_diag *diag);
+
+/* ---- a ColBERTv2 server ------------------------------------------------ */
+
+typedef struct dx_colbertv2_opts {
+    /* The search endpoint, http:// or https:// (a query string of its own
+     * is kept), e.g. the DSPy tutorials'
+     * "http://20.102.90.50:2017/wiki17_abstracts". */
+    const char *url;
+    /* false: GET URL?query=Q&k=K (DSPy's default); true: POST the JSON
+     * {"query": Q, "k": K} (DSPy's post_requests=True). */
+    bool post;
+    int64_t timeout_ms; /* per search; 0 = 10,000 (DSPy's) */
+} dx_colbertv2_opts;
+
+/* A retriever ("colbertv2") that asks a ColBERTv2 search server, as DSPy's
+ * dspy.ColBERTv2 does: the answer's {"topk": [{"text", "pid", "score",
+ * ...}]} become passages (text; id = pid; score; index = pid), best first,
+ * at most k. Each search is one HTTP exchange from the searching process
+ * (process only: DX_ENOTPROC elsewhere); a transport error, a non-2xx
+ * status or an answer without "topk" is DX_EPROVIDER, diag naming the URL
+ * and what came back. Here: DX_EINVAL (no URL, not http(s), a negative
+ * timeout), DX_ENOMEM. The URL is copied. */
+DX_API int dx_colbertv2_retriever_new(const dx_colbertv2_opts *opts,
+                                      dx_retriever **out, dx_diag *diag);
 
 /* ---- modules ---------------------------------------------------------- */
 

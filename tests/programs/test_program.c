@@ -124,7 +124,23 @@ Test(program, wrong_declarations_say_which_file_and_member)
         {"{\"program\": {\"modules\": [{\"name\": \"r\", \"module\": "
          "\"rag\"}]}}",
          "p.json: program.modules[0]: \"corpus\" (a JSONL file of {\"text\": "
-         "...} passages) is required",
+         "...} passages) or \"colbertv2\" (a ColBERTv2 server's URL) is "
+         "required",
+         DX_EINVAL},
+        {"{\"program\": {\"modules\": [{\"name\": \"r\", \"module\": "
+         "\"rag\", \"corpus\": \"c.jsonl\", \"colbertv2\": "
+         "\"http://127.0.0.1:9/x\"}]}}",
+         "p.json: program.modules[0]: \"corpus\" and \"colbertv2\" both given",
+         DX_EINVAL},
+        {"{\"program\": {\"modules\": [{\"name\": \"r\", \"module\": "
+         "\"rag\", \"colbertv2\": \"wiki17_abstracts\"}]}}",
+         "p.json: program.modules[0]: colbertv2: the URL must be http:// or "
+         "https://",
+         DX_EINVAL},
+        {"{\"program\": {\"modules\": [{\"name\": \"r\", \"module\": "
+         "\"react\", \"signature\": \"question -> answer\", \"tools\": "
+         "[{\"builtin\": \"search\", \"colbertv2\": \"ftp://x\"}]}]}}",
+         "p.json: program.modules[0].tools[0]: colbertv2: the URL must be",
          DX_EINVAL},
         {"{\"program\": {\"modules\": [{\"name\": \"r\", \"module\": "
          "\"rag\", \"corpus\": \"/no/such/corpus.jsonl\"}]}}",

@@ -18,6 +18,7 @@
 #include "dspex/alloc.h"
 #include "dspex/evaluate.h"
 #include "dspex/lm.h"
+#include "dspex/program.h"
 #include "dspex/retrieve.h"
 #include "dspex/runtime.h"
 #include "dspex/sim.h"
@@ -478,6 +479,298 @@ Test(embeddings, host_threads_get_enotproc, .timeout = 10)
     dx_lm_error err;
     cr_assert_eq(dx_embed_texts(c, &t, 1, 0, 0, &e, &err), DX_ENOTPROC);
     dx_lm_config_free(c);
+}
+
+/* ---- a ColBERTv2 server ------------------------------------------------ */
+
+/* A ColBERTv2 search server of the test's own on 127.0.0.1, one request per
+ * connection: /wiki17 answers GET ?query=Q&k=K, /post answers a POST of
+ * {"query", "k"}, both with k passages about Q; /fail is a 500 and /html a
+ * page that is not JSON. It keeps the last request line and body. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/socket.h>
+
+static struct {
+    int fd, port;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    char last_line[512], last_body[512];
+} cb = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* The decoded value of name in a query string (after '?'), or "". */
+static void query_param(const char *target, const char *name, char *out,
+                        size_t cap)
+{
+    out[0] = '\0';
+    const char *q = strchr(target, '?');
+    size_t nl = strlen(name), o = 0;
+    for (const char *p = q; p && *p; p = strchr(p + 1, '&')) {
+        if (strncmp(p + 1, name, nl) != 0 || p[1 + nl] != '=')
+            continue;
+        for (const char *v = p + 2 + nl;
+             *v && *v != '&' && *v != ' ' && o + 1 < cap; v++) {
+            if (*v == '%' && v[1] && v[2]) {
+                char hex[3] = {v[1], v[2], 0};
+                out[o++] = (char)strtol(hex, NULL, 16);
+                v += 2;
+            } else {
+                out[o++] = *v == '+' ? ' ' : *v;
+            }
+        }
+        out[o] = '\0';
+        return;
+    }
+}
+
+static void cb_answer(int c, int status, const char *body)
+{
+    char head[256];
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                     status, strlen(body));
+    (void)!write(c, head, (size_t)n);
+    (void)!write(c, body, strlen(body));
+}
+
+static void *cb_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        int c = accept(cb.fd, NULL, NULL);
+        if (c < 0)
+            return NULL;
+        char req[8192];
+        size_t len = 0;
+        char *end = NULL;
+        while (len + 1 < sizeof req) {
+            ssize_t r = read(c, req + len, sizeof req - 1 - len);
+            if (r <= 0)
+                break;
+            len += (size_t)r;
+            req[len] = '\0';
+            end = strstr(req, "\r\n\r\n");
+            const char *cl = strcasestr(req, "content-length:");
+            size_t want = cl ? (size_t)strtol(cl + 15, NULL, 10) : 0;
+            if (end && len >= (size_t)(end + 4 - req) + want)
+                break;
+        }
+        req[len] = '\0';
+        if (!end) {
+            close(c);
+            continue;
+        }
+        *strstr(req, "\r\n") = '\0';
+        pthread_mutex_lock(&cb.mu);
+        snprintf(cb.last_line, sizeof cb.last_line, "%.500s", req);
+        snprintf(cb.last_body, sizeof cb.last_body, "%.500s", end + 4);
+        pthread_mutex_unlock(&cb.mu);
+        char query[256] = "", kbuf[16] = "";
+        if (strstr(req, " /wiki17")) {
+            query_param(req, "query", query, sizeof query);
+            query_param(req, "k", kbuf, sizeof kbuf);
+        } else if (strstr(req, " /post")) {
+            cJSON *b = cJSON_Parse(end + 4);
+            const cJSON *q = cJSON_GetObjectItem(b, "query");
+            const cJSON *k = cJSON_GetObjectItem(b, "k");
+            snprintf(query, sizeof query, "%s",
+                     cJSON_IsString(q) ? q->valuestring : "");
+            snprintf(kbuf, sizeof kbuf, "%d",
+                     cJSON_IsNumber(k) ? k->valueint : 0);
+            cJSON_Delete(b);
+        } else if (strstr(req, " /fail")) {
+            cb_answer(c, 500, "{\"error\": \"index not loaded\"}");
+            close(c);
+            continue;
+        } else {
+            cb_answer(c, 200, "<html>a proxy's page</html>");
+            close(c);
+            continue;
+        }
+        /* k passages about the query, best first, as the server ranks. */
+        cJSON *o = cJSON_CreateObject();
+        cJSON *topk = cJSON_AddArrayToObject(o, "topk");
+        int k = (int)strtol(kbuf, NULL, 10);
+        for (int i = 0; i < k; i++) {
+            char text[400];
+            snprintf(text, sizeof text, "Title %d | a passage on %s", i, query);
+            cJSON *d = cJSON_CreateObject();
+            cJSON_AddStringToObject(d, "text", text);
+            cJSON_AddNumberToObject(d, "pid", 1000 + i);
+            cJSON_AddNumberToObject(d, "rank", i + 1);
+            cJSON_AddNumberToObject(d, "score", 25.5 - i);
+            cJSON_AddNumberToObject(d, "prob", 0.5 / (i + 1));
+            cJSON_AddItemToArray(topk, d);
+        }
+        char *t = cJSON_PrintUnformatted(o);
+        cb_answer(c, 200, t);
+        cJSON_free(t);
+        cJSON_Delete(o);
+        close(c);
+    }
+}
+
+static void cb_start(void)
+{
+    cb.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof a;
+    cr_assert(bind(cb.fd, (struct sockaddr *)&a, sizeof a) == 0);
+    cr_assert(listen(cb.fd, 16) == 0);
+    cr_assert(getsockname(cb.fd, (struct sockaddr *)&a, &al) == 0);
+    cb.port = ntohs(a.sin_port);
+    cr_assert(pthread_create(&cb.thread, NULL, cb_main, NULL) == 0);
+}
+
+static void cb_stop(void)
+{
+    shutdown(cb.fd, SHUT_RDWR);
+    close(cb.fd);
+    pthread_join(cb.thread, NULL);
+}
+
+typedef struct colbert_result {
+    int get_rc, post_rc, fail_rc, html_rc, host_rc, bad_url_rc;
+    size_t get_n, post_n;
+    char get_text[256], get_id[32], post_text[256];
+    double get_score;
+    size_t get_index;
+    char line[512], body[512];
+    char fail_diag[DX_DIAG_MAX], html_diag[DX_DIAG_MAX], bad_diag[DX_DIAG_MAX];
+    char rag_context[512];
+    int rag_rc;
+} colbert_result;
+
+static colbert_result cr;
+
+static dx_retriever *colbert_at(const char *path, bool post)
+{
+    char u[128];
+    snprintf(u, sizeof u, "http://127.0.0.1:%d%s", cb.port, path);
+    dx_colbertv2_opts o = {.url = u, .post = post};
+    dx_retriever *r = NULL;
+    dx_diag d = {0};
+    cr.bad_url_rc = dx_colbertv2_retriever_new(&o, &r, &d);
+    return r;
+}
+
+static void colbert_proc(void *arg)
+{
+    (void)arg;
+    dx_diag d = {0};
+    dx_passages *p = NULL;
+    /* GET, with a query that needs escaping */
+    dx_retriever *r = colbert_at("/wiki17", false);
+    cr.get_rc =
+        dx_retriever_search(r, "Who wrote \"Hamlet\" & when?", 3, &p, &d);
+    if (cr.get_rc == DX_OK) {
+        cr.get_n = p->n;
+        snprintf(cr.get_text, sizeof cr.get_text, "%s", p->items[0].text);
+        snprintf(cr.get_id, sizeof cr.get_id, "%s",
+                 p->items[0].id ? p->items[0].id : "");
+        cr.get_score = p->items[0].score;
+        cr.get_index = p->items[1].index;
+        dx_passages_free(p);
+    }
+    pthread_mutex_lock(&cb.mu);
+    snprintf(cr.line, sizeof cr.line, "%s", cb.last_line);
+    pthread_mutex_unlock(&cb.mu);
+    /* as a Retrieve module: passages as the step's output */
+    dx_module *m = dx_retrieve_new(r, 2);
+    dx_example *in = dx_example_new();
+    dx_example_set_str(in, "query", "Oslo");
+    dx_prediction *pred = NULL;
+    cr.rag_rc = dx_module_call(m, in, NULL, &pred, NULL, &d);
+    if (cr.rag_rc == DX_OK) {
+        char *t = cJSON_PrintUnformatted(dx_prediction_get(pred, "passages"));
+        snprintf(cr.rag_context, sizeof cr.rag_context, "%s", t ? t : "");
+        cJSON_free(t);
+    }
+    dx_prediction_free(pred);
+    dx_example_free(in);
+    dx_module_free(m);
+    dx_retriever_unref(r);
+
+    r = colbert_at("/post", true);
+    cr.post_rc = dx_retriever_search(r, "capital of Norway", 2, &p, &d);
+    if (cr.post_rc == DX_OK) {
+        cr.post_n = p->n;
+        snprintf(cr.post_text, sizeof cr.post_text, "%s", p->items[1].text);
+        dx_passages_free(p);
+    }
+    pthread_mutex_lock(&cb.mu);
+    snprintf(cr.body, sizeof cr.body, "%s", cb.last_body);
+    pthread_mutex_unlock(&cb.mu);
+    dx_retriever_unref(r);
+
+    r = colbert_at("/fail", false);
+    cr.fail_rc = dx_retriever_search(r, "x", 2, &p, &d);
+    snprintf(cr.fail_diag, sizeof cr.fail_diag, "%s", d.msg);
+    dx_retriever_unref(r);
+    r = colbert_at("/html", false);
+    cr.html_rc = dx_retriever_search(r, "x", 2, &p, &d);
+    snprintf(cr.html_diag, sizeof cr.html_diag, "%s", d.msg);
+    dx_retriever_unref(r);
+
+    dx_colbertv2_opts bad = {.url = "ftp://example.org/index"};
+    cr.bad_url_rc = dx_colbertv2_retriever_new(&bad, &r, &d);
+    snprintf(cr.bad_diag, sizeof cr.bad_diag, "%s", d.msg);
+    atomic_store(&fixture_rc, DX_OK);
+}
+
+/* DSPy's dspy.ColBERTv2 wire, both forms; what a server says when it fails
+ * is in the error; passages come back as the server ranked them. */
+Test(colbertv2, searches_a_server_as_dspy_does, .init = fixture_setup,
+     .fini = fixture_teardown, .timeout = 60)
+{
+    cb_start();
+    fixture_run(colbert_proc);
+    cb_stop();
+    cr_assert_eq(cr.get_rc, DX_OK);
+    cr_assert_eq(cr.get_n, 3);
+    cr_assert_str_eq(cr.get_text, "Title 0 | a passage on Who wrote \"Hamlet\" "
+                                  "& when?");
+    cr_assert_str_eq(cr.get_id, "1000");
+    cr_assert_float_eq(cr.get_score, 25.5, 1e-9);
+    cr_assert_eq(cr.get_index, 1001);
+    cr_assert(strstr(cr.line, "GET /wiki17?query=Who%20wrote%20%22Hamlet%22%20"
+                              "%26%20when%3F&k=3 HTTP/1.1"),
+              "%s", cr.line);
+    cr_assert_eq(cr.rag_rc, DX_OK);
+    cr_assert_str_eq(cr.rag_context, "[\"Title 0 | a passage on Oslo\","
+                                     "\"Title 1 | a passage on Oslo\"]");
+    cr_assert_eq(cr.post_rc, DX_OK);
+    cr_assert_eq(cr.post_n, 2);
+    cr_assert_str_eq(cr.post_text, "Title 1 | a passage on capital of Norway");
+    cr_assert_str_eq(cr.body, "{\"query\":\"capital of Norway\",\"k\":2}");
+    cr_assert_eq(cr.fail_rc, DX_EPROVIDER);
+    cr_assert(strstr(cr.fail_diag, "/fail: HTTP 500: {\"error\": \"index not "
+                                   "loaded\"}"),
+              "%s", cr.fail_diag);
+    cr_assert_eq(cr.html_rc, DX_EPROVIDER);
+    cr_assert(strstr(cr.html_diag, "not {\"topk\": [...]}") &&
+                  strstr(cr.html_diag, "<html>"),
+              "%s", cr.html_diag);
+    cr_assert_eq(cr.bad_url_rc, DX_EINVAL);
+    cr_assert(strstr(cr.bad_diag, "http:// or https://"), "%s", cr.bad_diag);
+
+    /* A program file declares the same retriever for a rag module. */
+    const char *decl = "{\"program\": {\"modules\": [{\"name\": \"rag\", "
+                       "\"module\": \"rag\", \"colbertv2\": "
+                       "\"http://127.0.0.1:9/wiki17\", \"post\": true}]}}";
+    dx_module *m = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_program_parse(decl, strlen(decl), "p.json", &m, &d), DX_OK,
+                 "%s", d.msg);
+    dx_named_predictor *preds = NULL;
+    size_t np = 0;
+    dx_module_predictors(m, &preds, &np);
+    cr_assert_eq(np, 1); /* rag.generate_answer's */
+    dx_free(preds);
+    dx_module_free(m);
 }
 
 /* ---- RAG on the sim's twohop task ------------------------------------- */
