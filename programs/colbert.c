@@ -22,7 +22,6 @@
 #include "dspex/retrieve.h"
 #include "dspex/runtime.h"
 
-#define COLBERT_TAG 0x434f4c42
 #define COLBERT_DEFAULT_TIMEOUT_MS 10000 /* DSPy's requests timeout */
 
 typedef struct colbert {
@@ -98,38 +97,6 @@ static int build_request(const colbert *c, const char *query, size_t k,
     return *url ? DX_OK : DX_ENOMEM;
 }
 
-/* One exchange: the completion, or a failure code with diag saying what. */
-static int exchange(const colbert *c, const char *url, const char *body,
-                    dx_msg **out, dx_diag *diag)
-{
-    static const char *const json_headers[] = {
-        "Content-Type: application/json; charset=utf-8"};
-    dx_http_request hr = {.method = c->post ? "POST" : "GET",
-                          .url = url,
-                          .headers = c->post ? json_headers : NULL,
-                          .nheaders = c->post ? 1 : 0,
-                          .body = body,
-                          .body_len = body ? strlen(body) : 0,
-                          .timeout_ms = c->timeout_ms};
-    dx_ref ref;
-    int rc = dx_http_submit(&hr, dx_self(), COLBERT_TAG, &ref);
-    if (rc != DX_OK)
-        return dx_diag_set(diag, rc, 0, 0, "colbertv2 %s: %s", c->url,
-                           rc == DX_EINVAL ? "not a URL the transport takes"
-                                           : dx_err_name(rc));
-    dx_match mt = {
-        .fields = DX_MATCH_REF | DX_MATCH_TAG, .tag = COLBERT_TAG, .ref = ref};
-    if (dx_receive(&mt, c->timeout_ms + 5000, out) != DX_OK) {
-        /* The transport missed its own deadline: cancel, take the
-         * completion it still sends. */
-        dx_http_cancel(ref);
-        if (dx_receive(&mt, DX_INFINITY, out) != DX_OK)
-            return dx_diag_set(diag, DX_ETIMEDOUT, 0, 0,
-                               "colbertv2 %s: no answer", c->url);
-    }
-    return DX_OK;
-}
-
 /* The passages of a {"topk": [...]} answer, at most k. */
 static int read_topk(const colbert *c, const char *text, size_t len, size_t k,
                      dx_passages **out, dx_diag *diag)
@@ -203,18 +170,28 @@ static int colbert_search(void *state, const char *query, size_t k,
                            "colbertv2: searches run in a process");
     char *url = NULL, *body = NULL;
     int rc = build_request(c, query, k, &url, &body);
-    dx_msg *m = NULL;
-    if (rc == DX_OK)
-        rc = exchange(c, url, body, &m, diag);
-    else
-        dx_diag_set(diag, rc, 0, 0, "out of memory");
+    if (rc != DX_OK) {
+        dx_free(url);
+        dx_free(body);
+        return dx_diag_set(diag, rc, 0, 0, "out of memory");
+    }
+    static const char *const json_headers[] = {
+        "Content-Type: application/json; charset=utf-8"};
+    dx_http_request hr = {.method = c->post ? "POST" : "GET",
+                          .url = url,
+                          .headers = c->post ? json_headers : NULL,
+                          .nheaders = c->post ? 1 : 0,
+                          .body = body,
+                          .body_len = body ? strlen(body) : 0,
+                          .timeout_ms = c->timeout_ms};
+    dx_http_response *r = NULL;
+    rc = dx_http_fetch(&hr, &r);
     dx_free(url);
     dx_free(body);
-    if (rc != DX_OK)
-        return rc;
-    const dx_http_response *r = dx_http_msg_response(m);
-    if (!r) {
-        rc = dx_diag_set(diag, DX_EINVAL, 0, 0, "colbertv2: no response");
+    if (rc != DX_OK) {
+        rc = dx_diag_set(diag, rc, 0, 0, "colbertv2 %s: %s", c->url,
+                         rc == DX_EINVAL ? "not a URL the transport takes"
+                                         : dx_err_name(rc));
     } else if (r->err != DX_OK) {
         rc = dx_diag_set(diag, DX_EPROVIDER, 0, 0, "colbertv2 %s: %s: %s",
                          c->url, dx_err_name(r->err), r->message);
@@ -225,7 +202,7 @@ static int colbert_search(void *state, const char *query, size_t k,
     } else {
         rc = read_topk(c, r->body ? r->body : "", r->body_len, k, out, diag);
     }
-    dx_msg_free(m);
+    dx_http_response_free(r);
     return rc;
 }
 

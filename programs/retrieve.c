@@ -662,8 +662,6 @@ int dx_bm25_retriever(dx_bm25 *ix, dx_retriever **out)
 
 /* ---- embeddings -------------------------------------------------------- */
 
-#define EMBED_TAG 0x454d42
-
 /* One request for texts[0..n): encode, send, wait, decode. */
 static int embed_batch(const dx_lm_config *c, const char *const *texts,
                        size_t n, int64_t timeout_ms, dx_lm_embeddings **out,
@@ -685,39 +683,24 @@ static int embed_batch(const dx_lm_config *c, const char *const *texts,
                           .body = h.body,
                           .body_len = h.body_len,
                           .timeout_ms = timeout_ms};
-    dx_ref ref;
-    rc = dx_http_submit(&hr, dx_self(), EMBED_TAG, &ref);
+    dx_http_response *r = NULL;
+    rc = dx_http_fetch(&hr, &r);
     dx_free(url);
     dx_lm_http_free(&h);
     if (rc != DX_OK)
         return rc;
-    dx_match mt = {
-        .fields = DX_MATCH_REF | DX_MATCH_TAG, .tag = EMBED_TAG, .ref = ref};
-    dx_msg *m = NULL;
-    if (dx_receive(&mt, timeout_ms + 5000, &m) != DX_OK) {
-        /* the transport missed its deadline: cancel and take the
-         * completion it still sends */
-        dx_http_cancel(ref);
-        if (dx_receive(&mt, DX_INFINITY, &m) != DX_OK)
-            return DX_ETIMEDOUT;
-    }
-    const dx_http_response *r = dx_http_msg_response(m);
-    if (!r) {
-        dx_msg_free(m);
-        return DX_EINVAL;
-    }
     if (r->err != DX_OK) {
         dx_lm_error_set(err,
                         r->err == DX_ETIMEDOUT ? DX_LM_ERR_TIMEOUT
                                                : DX_LM_ERR_CONNECTION,
                         (int)r->status, c->provider->name, "%s: %s",
                         dx_err_name(r->err), r->message);
-        dx_msg_free(m);
+        dx_http_response_free(r);
         return DX_EPROVIDER;
     }
     dx_lm_header *hd = dx_calloc(r->nheaders ? r->nheaders : 1, sizeof *hd);
     if (!hd) {
-        dx_msg_free(m);
+        dx_http_response_free(r);
         return DX_ENOMEM;
     }
     for (size_t i = 0; i < r->nheaders; i++)
@@ -729,7 +712,7 @@ static int embed_batch(const dx_lm_config *c, const char *const *texts,
                          .body_len = r->body_len};
     rc = dx_lm_embed_decode(c, &reply, out, err);
     dx_free(hd);
-    dx_msg_free(m);
+    dx_http_response_free(r);
     if (rc == DX_OK && (*out)->n != n) {
         dx_lm_error_set(
             err, DX_LM_ERR_MALFORMED_RESPONSE, 200, c->provider->name,

@@ -1683,6 +1683,39 @@ static int call_every_lane(void (*fn)(void *), const void *arg, size_t n)
 /* The transfer is on one lane; which one is not recorded, so every lane
  * looks (a cancel is rare, a lookup cheap). With no lanes running there is
  * no transfer to cancel. */
+/* Private: matching on the ref alone would do, the tag only keeps the
+ * receive off a caller's own tags in a scan. */
+#define FETCH_TAG 0x46455443
+
+int dx_http_fetch(const dx_http_request *req, dx_http_response **out)
+{
+    if (out)
+        *out = NULL;
+    if (!req || !out || req->stream)
+        return DX_EINVAL;
+    if (dx_pid_is_none(dx_self()))
+        return DX_ENOTPROC;
+    dx_ref ref;
+    int rc = dx_http_submit(req, dx_self(), FETCH_TAG, &ref);
+    if (rc != DX_OK)
+        return rc;
+    int64_t limit =
+        req->timeout_ms > 0 ? req->timeout_ms : DX_HTTP_DEFAULT_TIMEOUT_MS;
+    dx_match mt = {
+        .fields = DX_MATCH_REF | DX_MATCH_TAG, .tag = FETCH_TAG, .ref = ref};
+    dx_msg *m = NULL;
+    if (dx_receive(&mt, limit + 5000, &m) != DX_OK) {
+        /* The transport missed its own deadline (it should not): cancel,
+         * then its completion still comes. */
+        dx_http_cancel(ref);
+        if ((rc = dx_receive(&mt, DX_INFINITY, &m)) != DX_OK)
+            return rc;
+    }
+    *out = dx_msg_take_ptr(m);
+    dx_msg_free(m);
+    return *out ? DX_OK : DX_EINVAL;
+}
+
 int dx_http_cancel(dx_ref ref)
 {
     if (ref.id == 0)

@@ -117,6 +117,15 @@ typedef struct dx_http_chunk {
 DX_API int dx_http_submit(const dx_http_request *req, dx_pid reply_to,
                           int64_t tag, dx_ref *ref_out);
 
+/* Submit req (not streamed) and wait in the calling process for its
+ * completion: DX_OK with *out the response, the caller's
+ * (dx_http_response_free), whose err says whether the exchange worked.
+ * The transport ends the exchange at req's timeout; should its completion
+ * still not have come 5 s later, the request is cancelled and the
+ * cancelled completion taken. DX_ENOTPROC off a process, DX_EINVAL (a
+ * streamed req, no out, or as dx_http_submit), DX_ENOMEM, DX_ESTATE. */
+DX_API int dx_http_fetch(const dx_http_request *req, dx_http_response **out);
+
 /* Cancel a request: if it has not completed, its transfer stops and the
  * completion carries DX_ECANCELED. A ref that already completed or never
  * existed is ignored. DX_OK when the cancel was handed to the I/O threads

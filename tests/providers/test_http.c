@@ -1369,6 +1369,38 @@ Test(http, compressed_bodies_are_decoded_and_bad_ones_say_why)
     kt_run_clean(coded_bodies, NULL);
 }
 
+/* dx_http_fetch: submit and wait in one call, from a process only. */
+static void fetch_and_wait(void *arg)
+{
+    (void)arg;
+    dx_http_request req = {.url = url("/big/12")};
+    dx_http_response *r = NULL;
+    if (KT_CHECK_RC(dx_http_fetch(&req, &r), DX_OK) && KT_CHECK(r != NULL)) {
+        KT_CHECK_RC(r->err, DX_OK);
+        KT_CHECK_EQ(r->status, 200);
+        KT_CHECK_EQ(r->body_len, 12);
+    }
+    dx_http_response_free(r);
+    dx_http_request slow = {.url = url("/hang"), .timeout_ms = 200};
+    /* The transport's own limit ends it (curl may count a first
+     * connection's wait as connecting). */
+    if (KT_CHECK_RC(dx_http_fetch(&slow, &r), DX_OK) && KT_CHECK(r != NULL))
+        KT_CHECK(r->err == DX_ETIMEDOUT || r->err == DX_ECONNECT);
+    dx_http_response_free(r);
+    dx_http_request streamed = {.url = url("/big/12"), .stream = true};
+    KT_CHECK_RC(dx_http_fetch(&streamed, &r), DX_EINVAL);
+    KT_CHECK(r == NULL);
+}
+
+Test(http, fetch_waits_for_the_completion_in_a_process)
+{
+    kt_run_clean(fetch_and_wait, NULL);
+    dx_http_request req = {.url = url("/big/12")};
+    dx_http_response *r = (dx_http_response *)0x1;
+    cr_assert_eq(dx_http_fetch(&req, &r), DX_ENOTPROC);
+    cr_assert_null(r);
+}
+
 /* A server named localhost: at 127.0.0.1, and (arg) at [::1] only, which
  * the client reaches after 127.0.0.1 refuses. */
 static void by_name(void *arg)
