@@ -122,8 +122,8 @@ static int read_topk(const colbert *c, const char *text, size_t len, size_t k,
         return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
     }
     int rc = DX_OK;
-    for (size_t i = 0; i < n && rc == DX_OK; i++) {
-        const cJSON *d = cJSON_GetArrayItem(topk, (int)i);
+    const cJSON *d = topk->child;
+    for (size_t i = 0; i < n && rc == DX_OK; i++, d = d->next) {
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(d, "text");
         if (!cJSON_IsString(t))
             t = cJSON_GetObjectItemCaseSensitive(d, "long_text");
@@ -140,7 +140,11 @@ static int read_topk(const colbert *c, const char *text, size_t len, size_t k,
         if (cJSON_IsNumber(pid)) {
             snprintf(idbuf, sizeof idbuf, "%.0f", pid->valuedouble);
             ps->id = dx_strdup(idbuf);
-            ps->index = pid->valuedouble >= 0 ? (size_t)pid->valuedouble : i;
+            /* A pid is a passage number; one past 2^53 (or negative) is
+             * not one a double holds exactly, so it is not an index. */
+            bool whole =
+                pid->valuedouble >= 0 && pid->valuedouble < 9007199254740992.0;
+            ps->index = whole ? (size_t)pid->valuedouble : i;
         } else {
             ps->id = cJSON_IsString(pid) ? dx_strdup(pid->valuestring) : NULL;
             ps->index = i;
