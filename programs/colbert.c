@@ -165,6 +165,15 @@ static int read_topk(const colbert *c, const char *text, size_t len, size_t k,
     return DX_OK;
 }
 
+/* The request's URL and body, as held across the wait (one block). */
+static void free_held(void *p)
+{
+    char **held = p;
+    dx_free(held[0]);
+    dx_free(held[1]);
+    dx_free(held);
+}
+
 static int colbert_search(void *state, const char *query, size_t k,
                           dx_passages **out, dx_diag *diag)
 {
@@ -188,10 +197,20 @@ static int colbert_search(void *state, const char *query, size_t k,
                           .body = body,
                           .body_len = body ? strlen(body) : 0,
                           .timeout_ms = c->timeout_ms};
+    /* Held while the process waits: a kill there frees them. */
+    char **held = dx_malloc(2 * sizeof *held);
+    if (!held) {
+        dx_free(url);
+        dx_free(body);
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    }
+    held[0] = url;
+    held[1] = body;
+    dx_ptie *tie = dx_ptie_new(held, free_held);
     dx_http_response *r = NULL;
     rc = dx_http_fetch(&hr, &r);
-    dx_free(url);
-    dx_free(body);
+    dx_ptie_cut(tie);
+    free_held(held);
     if (rc != DX_OK) {
         rc = dx_diag_set(diag, rc, 0, 0, "colbertv2 %s: %s", c->url,
                          rc == DX_EINVAL ? "not a URL the transport takes"

@@ -662,6 +662,21 @@ int dx_bm25_retriever(dx_bm25 *ix, dx_retriever **out)
 
 /* ---- embeddings -------------------------------------------------------- */
 
+/* What an embeddings request holds while its process waits for the
+ * answer, in one block a tie can free. */
+typedef struct held_request {
+    char *url;
+    dx_lm_http http;
+} held_request;
+
+static void held_request_release(void *p)
+{
+    held_request *hr = p;
+    dx_free(hr->url);
+    dx_lm_http_free(&hr->http);
+    dx_free(hr);
+}
+
 /* One request for texts[0..n): encode, send, wait, decode. */
 static int embed_batch(const dx_lm_config *c, const char *const *texts,
                        size_t n, int64_t timeout_ms, dx_lm_embeddings **out,
@@ -683,10 +698,19 @@ static int embed_batch(const dx_lm_config *c, const char *const *texts,
                           .body = h.body,
                           .body_len = h.body_len,
                           .timeout_ms = timeout_ms};
+    /* Held while the process waits: a kill there frees them. */
+    held_request *held = dx_malloc(sizeof *held);
+    if (!held) {
+        dx_free(url);
+        dx_lm_http_free(&h);
+        return DX_ENOMEM;
+    }
+    *held = (held_request){.url = url, .http = h};
+    dx_ptie *tie = dx_ptie_new(held, held_request_release);
     dx_http_response *r = NULL;
     rc = dx_http_fetch(&hr, &r);
-    dx_free(url);
-    dx_lm_http_free(&h);
+    dx_ptie_cut(tie);
+    held_request_release(held);
     if (rc != DX_OK)
         return rc;
     if (r->err != DX_OK) {

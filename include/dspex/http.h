@@ -122,7 +122,9 @@ DX_API int dx_http_submit(const dx_http_request *req, dx_pid reply_to,
  * (dx_http_response_free), whose err says whether the exchange worked.
  * The transport ends the exchange at req's timeout; should its completion
  * still not have come 5 s later, the request is cancelled and the
- * cancelled completion taken. DX_ENOTPROC off a process, DX_EINVAL (a
+ * cancelled completion taken. req is copied at submission; memory the
+ * caller keeps across the wait is lost if the process is killed there
+ * unless it is tied (dx_ptie_new). DX_ENOTPROC off a process, DX_EINVAL (a
  * streamed req, no out, or as dx_http_submit), DX_ENOMEM, DX_ESTATE. */
 DX_API int dx_http_fetch(const dx_http_request *req, dx_http_response **out);
 

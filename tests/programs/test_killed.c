@@ -418,6 +418,26 @@ Test(killed, retrieve_in_its_embedding_call)
     kill_mid_call(m, in, lm_called);
 }
 
+/* ---- Retrieve from a ColBERTv2 server: killed in its search ------------ */
+
+/* The search goes to the local LM server, which holds it (any path): the
+ * URL and body the search holds while it waits are freed by the kill. */
+Test(killed, retrieve_in_its_colbertv2_search)
+{
+    char u[160];
+    snprintf(u, sizeof u, "%s/wiki17", url);
+    dx_colbertv2_opts o = {.url = u, .post = true};
+    dx_retriever *r = NULL;
+    cr_assert_eq(dx_colbertv2_retriever_new(&o, &r, NULL), DX_OK);
+    dx_module *m = dx_retrieve_new(r, 2);
+    cr_assert_not_null(m);
+    dx_retriever_unref(r);
+    dx_example *in = dx_example_new();
+    cr_assert_eq(dx_example_set_str(in, "query", "Where is Paris?"), DX_OK);
+    hang_the_lm();
+    kill_mid_call(m, in, lm_called);
+}
+
 /* ---- a streamed Predict: killed while its answer is awaited ------------- */
 
 static void ignore_chunk(const char *predictor, const char *field,
