@@ -420,12 +420,14 @@ Test(killed, retrieve_in_its_embedding_call)
 
 /* ---- Retrieve from a ColBERTv2 server: killed in its search ------------ */
 
-/* The search goes to the local LM server, which holds it (any path): the
- * URL and body the search holds while it waits are freed by the kill. */
+/* The search is POSTed to the local LM server's chat route, which holds
+ * every request once told to (before it reads the body; an unknown path
+ * would be a 404 at once): the URL and body the search holds while it
+ * waits are freed by the kill. */
 Test(killed, retrieve_in_its_colbertv2_search)
 {
     char u[160];
-    snprintf(u, sizeof u, "%s/wiki17", url);
+    snprintf(u, sizeof u, "%s/chat/completions", url);
     dx_colbertv2_opts o = {.url = u, .post = true};
     dx_retriever *r = NULL;
     cr_assert_eq(dx_colbertv2_retriever_new(&o, &r, NULL), DX_OK);
