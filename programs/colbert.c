@@ -21,6 +21,7 @@
 #include "dspex/http.h"
 #include "dspex/retrieve.h"
 #include "dspex/runtime.h"
+#include "module_int.h"
 
 #define COLBERT_DEFAULT_TIMEOUT_MS 10000 /* DSPy's requests timeout */
 
@@ -63,7 +64,8 @@ static char *query_escape(const char *s)
     return out;
 }
 
-/* The request for (query, k): its URL, and for POST its JSON body. */
+/* The request for (query, k): for GET its URL with the query string, for
+ * POST its JSON body (the URL is the configured one). */
 static int build_request(const colbert *c, const char *query, size_t k,
                          char **url, char **body)
 {
@@ -82,8 +84,7 @@ static int build_request(const colbert *c, const char *query, size_t k,
             return DX_ENOMEM;
         *body = dx_strdup(t);
         cJSON_free(t);
-        *url = dx_strdup(c->url);
-        return *body && *url ? DX_OK : DX_ENOMEM;
+        return *body ? DX_OK : DX_ENOMEM;
     }
     char *q = query_escape(query);
     if (!q)
@@ -113,11 +114,8 @@ static int read_topk(const colbert *c, const char *text, size_t len, size_t k,
     size_t n = (size_t)cJSON_GetArraySize(topk);
     if (n > k)
         n = k;
-    dx_passages *p = dx_calloc(1, sizeof *p);
-    if (p && n)
-        p->items = dx_calloc(n, sizeof *p->items);
-    if (!p || (n && !p->items)) {
-        dx_free(p);
+    dx_passages *p = dx__passages_new(n);
+    if (!p) {
         cJSON_Delete(doc);
         return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
     }
@@ -191,7 +189,7 @@ static int colbert_search(void *state, const char *query, size_t k,
     static const char *const json_headers[] = {
         "Content-Type: application/json; charset=utf-8"};
     dx_http_request hr = {.method = c->post ? "POST" : "GET",
-                          .url = url,
+                          .url = url ? url : c->url,
                           .headers = c->post ? json_headers : NULL,
                           .nheaders = c->post ? 1 : 0,
                           .body = body,

@@ -77,6 +77,11 @@ struct dx_ctx {
 /* Recompute the paths of m's subtree (after it moved). */
 int dx__module_repath(dx_module *m);
 
+/* An empty result with room for n passages (n may be 0); NULL on OOM.
+ * retrieve.c; the retrievers fill items and n. */
+struct dx_passages;
+struct dx_passages *dx__passages_new(size_t n);
+
 /* A call's deadline when dx_call_opts.timeout_ms is 0 (dx_module_call,
  * an embedded call, a judge scored on its own). */
 #define DX__DEFAULT_CALL_TIMEOUT_MS 120000

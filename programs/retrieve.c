@@ -34,7 +34,7 @@ void dx_passages_free(dx_passages *p)
     dx_free(p);
 }
 
-static dx_passages *passages_new(size_t n)
+dx_passages *dx__passages_new(size_t n)
 {
     dx_passages *p = dx_calloc(1, sizeof *p);
     if (!p)
@@ -579,7 +579,7 @@ static bool score_token(const char *tok, size_t n, void *ud)
 static int make_result(const doc *docs, const scored *s, size_t m,
                        dx_passages **out)
 {
-    dx_passages *r = passages_new(m);
+    dx_passages *r = dx__passages_new(m);
     if (!r)
         return DX_ENOMEM;
     bool bad = false;
@@ -609,7 +609,7 @@ int dx_bm25_search(const dx_bm25 *ix, const char *query, size_t k,
         return DX_EINVAL;
     size_t N = ix->n_docs;
     if (N == 0)
-        return (*out = passages_new(0)) ? DX_OK : DX_ENOMEM;
+        return (*out = dx__passages_new(0)) ? DX_OK : DX_ENOMEM;
     qctx q = {.ix = ix,
               .score = dx_calloc(N, sizeof(double)),
               .hit = dx_calloc(N, sizeof(bool)),
@@ -879,7 +879,7 @@ static int embed_search_op(void *state, const char *query, size_t k,
     dx_lm_embeddings_free(q);
     qsort(s, e->n, sizeof *s, cmp_scored);
     size_t m = e->n < k ? e->n : k;
-    dx_passages *r = passages_new(m);
+    dx_passages *r = dx__passages_new(m);
     bool bad = !r;
     for (size_t i = 0; i < m && !bad; i++) {
         r->items[i] = (dx_passage){.text = dup_opt(e->text[s[i].doc], &bad),

@@ -496,9 +496,6 @@ static bool choose_coding(xfer *x)
     x->coding = CODING_IDENTITY;
     if (ce == NULL || ce[0] == '\0' || strcasecmp(ce, "identity") == 0)
         return true;
-    x->inflate_raw = false;
-    x->inflate_fed = false;
-    x->inflate_ended = false;
     if (strcasecmp(ce, "gzip") != 0 && strcasecmp(ce, "x-gzip") != 0 &&
         strcasecmp(ce, "deflate") != 0) {
         snprintf(x->coding_why, sizeof x->coding_why,
@@ -519,18 +516,22 @@ static bool choose_coding(xfer *x)
     return true;
 }
 
-/* Inflate compressed body bytes into take_body, a buffer at a time. */
+/* Inflate compressed body bytes into take_body, a buffer at a time, until
+ * this piece is used up and zlib holds no decoded bytes back (a full
+ * buffer may leave some). */
 static bool inflate_body(xfer *x, const char *p, size_t len)
 {
     z_stream *z = x->inflater;
     unsigned char out[16384];
     z->next_in = (unsigned char *)p;
     z->avail_in = (uInt)len;
-    while (z->avail_in > 0) {
+    bool full = false;
+    while (z->avail_in > 0 || full) {
         if (x->inflate_ended) {
             /* gzip allows several members one after another; anything
              * else after the end is not part of the body. */
-            if (z->next_in[0] != 0x1f || inflateReset(z) != Z_OK)
+            if (z->avail_in == 0 || z->next_in[0] != 0x1f ||
+                inflateReset(z) != Z_OK)
                 break;
             x->inflate_ended = false;
         }
@@ -558,6 +559,7 @@ static bool inflate_body(xfer *x, const char *p, size_t len)
         size_t made = sizeof out - z->avail_out;
         if (made > 0 && !take_body(x, (const char *)out, made))
             return false;
+        full = rc != Z_STREAM_END && z->avail_out == 0;
         if (rc == Z_STREAM_END)
             x->inflate_ended = true;
         else if (made == 0 && rc == Z_BUF_ERROR)

@@ -219,6 +219,12 @@ static void respond_coded(conn *c, const char *kind)
         /* two gzip members back to back: one body, both halves */
         n = squeeze("first half, ", 12, 16 + 15, out, sizeof out);
         n += squeeze("second half", 11, 16 + 15, out + n, sizeof out - n);
+    } else if (strcmp(kind, "large") == 0) {
+        /* 200 KiB that inflates past any one buffer from a single read */
+        for (size_t i = 0; i < sizeof zeros; i++)
+            zeros[i] = (char)('a' + i % 23);
+        n = squeeze(zeros, sizeof zeros, 16 + 15, out, sizeof out);
+        memset(zeros, 0, sizeof zeros);
     } else if (strcmp(kind, "bomb") == 0) {
         n = squeeze(zeros, sizeof zeros, 16 + 15, out, sizeof out);
     } else if (strcmp(kind, "br") == 0) {
@@ -1328,6 +1334,17 @@ static void coded_bodies(void *arg)
         }
         dx_http_response_free(r);
     }
+
+    /* A small compressed body that inflates to many buffers' worth. */
+    dx_http_request large = {.url = url("/coded/large")};
+    r = fetch(&large);
+    if (KT_CHECK(r != NULL)) {
+        KT_CHECK_RC(r->err, DX_OK);
+        KT_CHECK_EQ(r->body_len, (size_t)1 << 18);
+        KT_CHECK(r->body != NULL && r->body[0] == 'a' &&
+                 r->body[((size_t)1 << 18) - 1] == 'a' + ((1 << 18) - 1) % 23);
+    }
+    dx_http_response_free(r);
 
     /* 256 KiB of zeros in a few hundred compressed bytes: the limit holds
      * for what it inflates to. */
