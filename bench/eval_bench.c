@@ -33,7 +33,8 @@
  * Prints per C:
  *   RESULT sys=dspex bench=evaluate n=.. latency_ms=.. concurrency=..
  *   wall_s=.. ideal_s=.. ratio=.. cpu_us_per_example=..
- *   baseline_cpu_us_per_example=.. overhead_us=.. example_p50_ms=..
+ *   baseline_cpu_us_per_example=.. overhead_us=.. csw_per_example=..
+ *   baseline_csw_per_example=.. example_p50_ms=..
  *   example_p99_ms=.. baseline_wall_s=.. baseline_ratio=.. warm=0|1
  *   connections=<opened by the evaluation>
  *   wave_mean_ms=<a>,<b>,.. wave_max_ms=<a>,<b>,..
@@ -48,6 +49,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "dspex/adapter.h"
@@ -71,6 +73,15 @@ static double clock_s(clockid_t id)
     struct timespec ts;
     clock_gettime(id, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Context switches of the whole OS process so far (every thread's, both
+ * kinds): each is a thread that slept and was woken, or was preempted. */
+static double switches(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_nvcsw + (double)ru.ru_nivcsw;
 }
 
 /* ---- baseline: plain dx_lm_call from C processes ----------------------- */
@@ -204,7 +215,8 @@ typedef struct bench {
     long conc[8];
     int nconc;
     double wall[8], cpu[8], base_cpu[8], base_wall[8], p50[8], p99[8];
-    uint64_t conns[8]; /* connections the evaluation opened */
+    double csw[8], base_csw[8]; /* context switches in each run */
+    uint64_t conns[8];          /* connections the evaluation opened */
     char waves[8][512];
     long errors;
     bool warm; /* DX_EVAL_BENCH_WARM: connections opened before */
@@ -284,7 +296,9 @@ static void bench_main(void *arg)
         uint64_t conns0 = dx_http_connections_opened();
         double w0 = clock_s(CLOCK_MONOTONIC);
         double c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+        double s0 = switches();
         int rc = dx_evaluate(prog, ds, &o, &r, &d);
+        B.csw[k] = switches() - s0;
         B.cpu[k] = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
         B.wall[k] = clock_s(CLOCK_MONOTONIC) - w0;
         B.conns[k] = dx_http_connections_opened() - conns0;
@@ -314,7 +328,9 @@ static void bench_main(void *arg)
             close_connections();
         c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
         w0 = clock_s(CLOCK_MONOTONIC);
+        s0 = switches();
         run_baseline(N, B.conc[k]);
+        B.base_csw[k] = switches() - s0;
         B.base_cpu[k] = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
         B.base_wall[k] = clock_s(CLOCK_MONOTONIC) - w0;
     }
@@ -401,12 +417,15 @@ int main(int argc, char **argv)
         printf("RESULT sys=dspex bench=evaluate n=%ld latency_ms=%ld "
                "concurrency=%ld wall_s=%.3f ideal_s=%.3f ratio=%.4f "
                "cpu_us_per_example=%.1f baseline_cpu_us_per_example=%.1f "
-               "overhead_us=%.1f example_p50_ms=%.1f example_p99_ms=%.1f "
+               "overhead_us=%.1f csw_per_example=%.1f "
+               "baseline_csw_per_example=%.1f example_p50_ms=%.1f "
+               "example_p99_ms=%.1f "
                "baseline_wall_s=%.3f baseline_ratio=%.4f warm=%d "
                "connections=%" PRIu64 " %s floor_wall_s=%.3f "
                "floor_ratio=%.4f floor_cpu_us_per_example=%.1f %s\n",
                N, latency_ms, c, B.wall[k], ideal, B.wall[k] / ideal, cpu_us,
-               base_us, cpu_us - base_us, B.p50[k], B.p99[k], B.base_wall[k],
+               base_us, cpu_us - base_us, B.csw[k] / (double)N,
+               B.base_csw[k] / (double)N, B.p50[k], B.p99[k], B.base_wall[k],
                B.base_wall[k] / ideal, B.warm ? 1 : 0, B.conns[k], B.waves[k],
                fl[k].wall_s, fl[k].wall_s / ideal,
                fl[k].cpu_s * 1e6 / (double)N, floor_waves[k]);
