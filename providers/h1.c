@@ -13,7 +13,9 @@
  * then it is closed at once), and is the first one a new exchange takes.
  * A kept connection can still be closed by the server just as a request
  * goes out on it: when such a connection ends before any response byte,
- * the exchange is tried once more on a new connection, as curl does.
+ * the exchange is tried once more on a new connection, as curl does. One
+ * idle longer than the age limit (dx_http_limits.max_idle_age_ms) is
+ * closed when next looked at instead of reused, as curl's are.
  */
 #include "h1_int.h"
 
@@ -278,8 +280,9 @@ struct h1conn {
     bool connecting;
     bool reused;
     bool idle;
-    bool alt;   /* connected to the target's alt address */
-    int events; /* being watched */
+    bool alt;               /* connected to the target's alt address */
+    uint64_t idle_since_ns; /* when it last went idle (uv_hrtime) */
+    int events;             /* being watched */
     http_parser parser;
 };
 
@@ -297,6 +300,7 @@ struct h1host {
 typedef struct h1lane {
     h1host *hosts;
     long host_max, total_max, idle_max;
+    uint64_t idle_age_ns; /* an idle connection older is not reused */
     size_t nconns, nidle, running;
     char rbuf[64 * 1024];
 } h1lane;
@@ -330,7 +334,8 @@ static h1lane *lane(void)
     return H;
 }
 
-void dx__h1_set_limits(long host_max, long total_max, long idle_max)
+void dx__h1_set_limits(long host_max, long total_max, long idle_max,
+                       long idle_age_ms)
 {
     h1lane *l = lane();
     if (l == NULL)
@@ -338,6 +343,7 @@ void dx__h1_set_limits(long host_max, long total_max, long idle_max)
     l->host_max = host_max;
     l->total_max = total_max;
     l->idle_max = idle_max;
+    l->idle_age_ns = (uint64_t)idle_age_ms * 1000000u;
 }
 
 static h1host *host_get(const dx__h1_target *t)
@@ -412,6 +418,7 @@ static void conn_busy_to_idle(h1conn *c)
     list_add(&c->host->idle, c);
     c->idle = true;
     c->x = NULL;
+    c->idle_since_ns = uv_hrtime();
     H->nidle++;
 }
 
@@ -541,6 +548,13 @@ static bool conn_open(dx__h1_xfer *x);
 static void assign(dx__h1_xfer *x, bool fresh_only)
 {
     h1host *h = x->host;
+    /* The idle list runs from the most recently used: once one is too
+     * old to trust, so is every one after it. */
+    if (h->idle != NULL && H->idle_age_ns > 0) {
+        uint64_t now = uv_hrtime();
+        while (h->idle != NULL && now - h->idle->idle_since_ns > H->idle_age_ns)
+            conn_close(h->idle);
+    }
     if (!fresh_only && h->idle != NULL) {
         h1conn *c = h->idle;
         list_del(&h->idle, c);
@@ -651,7 +665,13 @@ static bool conn_open(dx__h1_xfer *x)
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* Probes after a minute idle, then every minute, as curl's transfers
+     * do: they keep a firewall's or NAT's memory of a kept connection
+     * fresh (the system's default waits two hours). */
+    int minute = 60;
     setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &minute, sizeof minute);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &minute, sizeof minute);
     int rc = connect(fd, (const struct sockaddr *)addr, addr_len);
     if ((rc != 0 && errno != EINPROGRESS) ||
         uv_poll_init_socket(dx_io_loop(), poll, fd) != 0) {

@@ -79,8 +79,10 @@ dx__h1_xfer *dx__h1_start(const dx__h1_target *t, char *request, size_t len,
 void dx__h1_cancel(dx__h1_xfer *x);
 
 /* This lane's share of the limits (dx_http_limits; 0 = none, and for idle
- * connections 0 = four per exchange running, curl's default). */
-void dx__h1_set_limits(long host_max, long total_max, long idle_max);
+ * connections 0 = four per exchange running, curl's default), and how long
+ * (ms) a connection may have been idle and still be reused (0 = any). */
+void dx__h1_set_limits(long host_max, long total_max, long idle_max,
+                       long idle_age_ms);
 
 /* Close the lane's idle connections (dx_http_close_idle); exchanges
  * running keep theirs. */

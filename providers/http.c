@@ -175,6 +175,7 @@ typedef struct hlane {
     requester *pend_head, *pend_tail; /* to watch, oldest (due first) first */
     uv_timer_t *watch_timer;          /* heap, as timer; due: pend_head */
     uint64_t limits_applied; /* limits_gen of the limits in force here */
+    long idle_age_s;         /* CURLOPT_MAXAGE_CONN of its transfers */
 } hlane;
 
 static hlane lanes[DX_IO_MAX_THREADS];
@@ -191,7 +192,8 @@ static void bind_lane(void)
 /* Survives restarts of the loop; shared out across the lanes in use. */
 static pthread_mutex_t limits_mu = PTHREAD_MUTEX_INITIALIZER;
 static dx_http_limits cur_limits = {DX_HTTP_DEFAULT_HOST_CONNECTIONS, 0,
-                                    DX_HTTP_DEFAULT_IDLE_CONNECTIONS};
+                                    DX_HTTP_DEFAULT_IDLE_CONNECTIONS,
+                                    DX_HTTP_DEFAULT_IDLE_AGE_MS};
 /* Bumped (under limits_mu) by every dx_http_set_limits. A lane compares it
  * with the one it applied before each transfer starts: nothing has to reach
  * the lanes when the limits change, so nothing can fail to. */
@@ -1133,9 +1135,14 @@ static void apply_limits(void)
         curl_multi_setopt(L->multi, CURLMOPT_MAXCONNECTS,
                           lane_share(lim.max_idle_connections, used, i));
     unsigned h1_used = h1_lanes(used);
+    long age_ms = lim.max_idle_age_ms > 0 ? lim.max_idle_age_ms
+                                          : DX_HTTP_DEFAULT_IDLE_AGE_MS;
+    /* curl counts whole seconds and reuses a connection idle up to one
+     * more: round down, at least one. */
+    L->idle_age_s = age_ms >= 2000 ? age_ms / 1000 : 1;
     dx__h1_set_limits(lane_share(lim.max_host_connections, h1_used, i),
                       lane_share(lim.max_total_connections, h1_used, i),
-                      lane_share(lim.max_idle_connections, h1_used, i));
+                      lane_share(lim.max_idle_connections, h1_used, i), age_ms);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1408,6 +1415,8 @@ static void start_xfer(void *arg)
         atomic_fetch_add(&n_in_flight, 1);
         return;
     }
+    /* The lane's limits, in force from this transfer on. */
+    curl_easy_setopt(x->easy, CURLOPT_MAXAGE_CONN, L->idle_age_s);
     if (curl_multi_add_handle(L->multi, x->easy) != CURLM_OK) {
         dx__htab_del(&L->by_ref, &x->h);
         finish(x, CURLE_OK, DX_ENOMEM, "could not start the transfer");
@@ -1728,7 +1737,8 @@ int dx_http_cancel(dx_ref ref)
 int dx_http_set_limits(const dx_http_limits *limits)
 {
     if (limits == NULL || limits->max_host_connections < 0 ||
-        limits->max_total_connections < 0 || limits->max_idle_connections < 0)
+        limits->max_total_connections < 0 || limits->max_idle_connections < 0 ||
+        limits->max_idle_age_ms < 0)
         return DX_EINVAL;
     pthread_mutex_lock(&limits_mu);
     cur_limits = *limits;

@@ -43,6 +43,7 @@
 /* dx_http_limits' defaults (see there). */
 #define DX_HTTP_DEFAULT_HOST_CONNECTIONS 256
 #define DX_HTTP_DEFAULT_IDLE_CONNECTIONS 256
+#define DX_HTTP_DEFAULT_IDLE_AGE_MS 118000
 /* Response header limits: more is DX_ELIMIT. */
 #define DX_HTTP_MAX_HEADERS 128
 #define DX_HTTP_MAX_HEADER_BYTES (64u * 1024u)
@@ -167,6 +168,13 @@ typedef struct dx_http_limits {
      * trials of an optimizer), and each burst would otherwise open most of
      * its connections again. */
     long max_idle_connections;
+    /* How long a connection may have been idle and still be reused, in
+     * ms; an older one is closed instead and the request opens a new one.
+     * 0 = the default, DX_HTTP_DEFAULT_IDLE_AGE_MS (curl's own, 118 s):
+     * a firewall or NAT between here and the server may have forgotten a
+     * connection idle that long without telling either end, and a request
+     * sent on it would wait, unanswered, for its whole timeout. */
+    long max_idle_age_ms;
 } dx_http_limits;
 
 /* Set the limits for transfers that start from now on (each I/O thread

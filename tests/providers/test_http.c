@@ -51,6 +51,7 @@ typedef struct conn {
     bool busy;      /* answer not yet complete */
     bool head;      /* answering HEAD: no body */
     bool drop_next; /* close at the next request, answering nothing */
+    bool silent;    /* swallow every further request, keep it open */
 } conn;
 
 static struct {
@@ -63,7 +64,8 @@ static struct {
     atomic_int requests;
     atomic_int closed_early;
     atomic_int open_conns;
-    atomic_int busy_max; /* most requests being answered at once */
+    atomic_int swallowed; /* requests a silent connection took */
+    atomic_int busy_max;  /* most requests being answered at once */
 } S;
 
 static void out_add(conn *c, const char *p, size_t n)
@@ -267,6 +269,12 @@ static void handle(conn *c, char *head, const char *body, size_t blen)
         conn_close(c);
         return;
     }
+    if (c->silent) {
+        /* As a connection a firewall or NAT has forgotten: the request
+         * goes nowhere, and nothing comes back, not even a close. */
+        atomic_fetch_add(&S.swallowed, 1);
+        return;
+    }
     c->busy = true;
     int busy = 0;
     for (int fd = 0; fd < SRV_MAX_FD; fd++)
@@ -319,6 +327,9 @@ static void handle(conn *c, char *head, const char *body, size_t blen)
     } else if (strcmp(path, "/drop-next") == 0) {
         respond(c, 200, NULL, "ok", 2);
         c->drop_next = true;
+    } else if (strcmp(path, "/then-silent") == 0) {
+        respond(c, 200, NULL, "ok", 2);
+        c->silent = true;
     } else if (strcmp(path, "/continue") == 0) {
         out_fmt(c, "HTTP/1.1 100 Continue\r\n\r\n");
         respond(c, 200, NULL, "after", 5);
@@ -1475,6 +1486,48 @@ Test(http, keep_alive_reuses_one_connection)
     cr_assert_eq(dx_http_connections_opened() - before, 1);
 }
 
+/* A connection kept idle past the age limit is not reused: here the
+ * server's side of it has gone silent (as when a firewall or NAT between
+ * the two forgot it), and a request sent on it would wait unanswered for
+ * its whole timeout. Within the limit, connections are reused. */
+static void stale_idle_connection(void *arg)
+{
+    (void)arg;
+    dx_http_limits lim = {256, 0, 256, 1000};
+    if (!KT_CHECK_RC(dx_http_set_limits(&lim), DX_OK))
+        return;
+    dx_http_request echo = {.url = url("/echo"), .timeout_ms = 5000};
+    dx_http_request silent = {.url = url("/then-silent")};
+    const dx_http_request *order[] = {&echo, &echo, &silent};
+    for (int i = 0; i < 3; i++) {
+        dx_http_response *r = fetch(order[i]);
+        if (KT_CHECK(r != NULL))
+            KT_CHECK_RC(r->err, DX_OK);
+        dx_http_response_free(r);
+    }
+    KT_CHECK_EQ(atomic_load(&S.accepted), 1);
+    /* Past the limit: curl counts whole seconds and reuses a connection
+     * idle up to one more, so 2 s and a little. */
+    dx_sleep(2300);
+    dx_http_response *r = fetch(&echo);
+    if (KT_CHECK(r != NULL)) {
+        KT_CHECK_RC(r->err, DX_OK);
+        KT_CHECK_EQ(r->status, 200);
+    }
+    dx_http_response_free(r);
+    KT_CHECK_EQ(atomic_load(&S.accepted), 2);
+    KT_CHECK_EQ(atomic_load(&S.swallowed), 0);
+    dx_http_limits dflt = {256, 0, 256, 0};
+    KT_CHECK_RC(dx_http_set_limits(&dflt), DX_OK);
+    dx_http_limits negative = {256, 0, 256, -1};
+    KT_CHECK_RC(dx_http_set_limits(&negative), DX_EINVAL);
+}
+
+Test(http, a_connection_idle_past_its_age_limit_is_not_reused)
+{
+    kt_run_clean(stale_idle_connection, NULL);
+}
+
 /* Waits (up to 5 s) until the server holds n connections. */
 static bool server_holds(int n)
 {
@@ -1658,7 +1711,7 @@ static void burst_under_limit(long max_host, int threads)
                   "%d connections under a limit of %ld with %d threads",
                   atomic_load(&S.accepted), max_host, threads);
     cr_assert_eq(atomic_load(&S.requests), BURST);
-    dx_http_limits dflt = {256, 0, 256};
+    dx_http_limits dflt = {256, 0, 256, 0};
     cr_assert_eq(dx_http_set_limits(&dflt), DX_OK);
     cr_assert_eq(dx_io_stop(), DX_OK);
     cr_assert_eq(dx_io_set_threads(0), DX_OK);
@@ -1691,7 +1744,7 @@ Test(http, limits_changed_while_the_io_runs_hold_for_later_transfers,
     cr_assert_eq(atomic_load(&S.busy_max), 1,
                  "%d requests answered at once under a limit of one",
                  atomic_load(&S.busy_max));
-    dx_http_limits dflt = {256, 0, 256};
+    dx_http_limits dflt = {256, 0, 256, 0};
     cr_assert_eq(dx_http_set_limits(&dflt), DX_OK);
     atomic_store(&S.busy_max, 0);
     burst();
