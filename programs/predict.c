@@ -14,6 +14,7 @@
 
 #include "dspex/alloc.h"
 #include "dspex/error.h"
+#include "dspex/log.h"
 #include "module_int.h"
 #include "pyjson.h"
 
@@ -297,14 +298,25 @@ static void reader_release(void *r)
     dx_adapter_stream_free(r);
 }
 
+/* How one attempt asks, and what it found out on the way. */
+typedef struct attempt_how {
+    bool stream;      /* hand the answer's fields to the run's listener */
+    bool object_mode; /* JSON mode even where the adapter would send the
+                         signature's JSON schema (the fallback below) */
+    bool schema_sent; /* out: the request carried a JSON schema */
+    dx_lm_error_kind lm_error; /* out: the LM call's error, if it failed */
+} attempt_how;
+
 /* One LM call through adapter kind: format, complete, parse every choice.
- * On success *parsed holds n_choices examples. stream: hand the answer's
- * fields to the run's listener (see dx_call_opts.on_chunk). */
+ * On success *parsed holds n_choices examples. */
 static int attempt(dx_ctx *ctx, const dx_module *p, dx_adapter_kind kind,
-                   dx_pid lm, const dx_example *in, bool stream,
+                   dx_pid lm, const dx_example *in, attempt_how *how,
                    dx_lm_result **res_out, dx_example ***parsed,
                    size_t *n_parsed)
 {
+    bool stream = how->stream;
+    how->schema_sent = false;
+    how->lm_error = DX_LM_ERR_NONE;
     const dx_signature *s = p->sig;
     *res_out = NULL;
     *parsed = NULL;
@@ -319,6 +331,9 @@ static int attempt(dx_ctx *ctx, const dx_module *p, dx_adapter_kind kind,
         dx_diag_prefix(&ctx->diag, "%s", p->path);
         return rc;
     }
+    if (how->object_mode && req->format == DX_LM_FORMAT_JSON_SCHEMA)
+        req->format = DX_LM_FORMAT_JSON_OBJECT;
+    how->schema_sent = req->format == DX_LM_FORMAT_JSON_SCHEMA;
     const dx_predict_opts *o = &p->opts;
     int n = o->n > 1 ? o->n : 1;
     if (o->has_temperature) {
@@ -363,6 +378,7 @@ static int attempt(dx_ctx *ctx, const dx_module *p, dx_adapter_kind kind,
         (void)dx_adapter_stream_finish(sm.reader);
     dx_adapter_stream_free(sm.reader);
     if (rc != DX_OK) {
+        how->lm_error = rc == DX_EPROVIDER ? err.kind : DX_LM_ERR_NONE;
         if (rc == DX_EPROVIDER)
             dx_ctx_fail(ctx, rc, "%s: LM call failed: %s: %s", p->path,
                         dx_lm_error_kind_name(err.kind), err.message);
@@ -422,13 +438,13 @@ static void free_parsed(dx_example **v, size_t n)
  * same attempt once more with its successor: an LM call has no side
  * effects. Not after a streamed call, whose text may have gone out. */
 static int attempt_again(dx_ctx *ctx, const dx_module *p, dx_adapter_kind kind,
-                         dx_pid *lm, const dx_example *in, bool stream,
+                         dx_pid *lm, const dx_example *in, attempt_how *how,
                          dx_lm_result **res_out, dx_example ***parsed,
                          size_t *n_parsed)
 {
-    int rc = attempt(ctx, p, kind, *lm, in, stream, res_out, parsed, n_parsed);
+    int rc = attempt(ctx, p, kind, *lm, in, how, res_out, parsed, n_parsed);
     if ((rc != DX_EDOWN && rc != DX_ENOPROC) || !dx_pid_is_none(ctx->lm) ||
-        stream)
+        how->stream)
         return rc;
     const char *which = NULL;
     dx_pid again = resolve_lm(ctx, p, &which);
@@ -437,7 +453,7 @@ static int attempt_again(dx_ctx *ctx, const dx_module *p, dx_adapter_kind kind,
     *lm = again;
     dx_lm_result_free(*res_out);
     *res_out = NULL;
-    return attempt(ctx, p, kind, *lm, in, stream, res_out, parsed, n_parsed);
+    return attempt(ctx, p, kind, *lm, in, how, res_out, parsed, n_parsed);
 }
 
 /* Count an LM result in the prediction's and the run's usage. */
@@ -450,6 +466,77 @@ static void count_usage(dx_ctx *ctx, dx_prediction *pred,
     const char *model = res->model_used ? res->model_used : "";
     dx_usage_acc_add(&pred->usage, ctx->prices, model, u, res->cached);
     dx_usage_acc_add(&ctx->usage, ctx->prices, model, u, res->cached);
+}
+
+/* One Predict step's LM calls so far: the last result and its answers,
+ * and the usage of every call counted in the prediction. */
+typedef struct predict_try {
+    dx_ctx *ctx;
+    const dx_module *p;
+    dx_pid lm;
+    const dx_example *in;
+    dx_prediction *pred;
+    dx_lm_result *res; /* the last call's */
+    dx_example **parsed;
+    size_t n_parsed;
+    bool cached;
+    dx_lm_usage usage;
+} predict_try;
+
+/* Take the result of one attempt: count its usage, keep it as the last. */
+static void took(predict_try *t, dx_lm_result *res)
+{
+    dx_lm_result_free(t->res);
+    t->res = res;
+    if (res == NULL)
+        return;
+    count_usage(t->ctx, t->pred, res);
+    t->cached = res->cached;
+    t->usage = res->response && res->response->has_usage ? res->response->usage
+                                                         : (dx_lm_usage){0};
+}
+
+/* One attempt through adapter kind. For the JSONAdapter: when the request
+ * carried the signature's JSON schema (structured outputs) and the
+ * provider refused it as a bad request, ask once more in plain JSON mode
+ * ({"type": "json_object"}), which is all several OpenAI-compatible
+ * servers take. DSPy gets there by knowing each model's capabilities
+ * (litellm's supports_response_schema) and sends such servers JSON mode
+ * at once; dspex knows no server's, so it learns from the refusal. An
+ * answer that does not parse is not asked again here (the ChatAdapter's
+ * fallback is the caller's). Nothing has streamed from a refused call, so
+ * the second one streams as the first would have. */
+static int try_adapter(predict_try *t, dx_adapter_kind kind, bool stream)
+{
+    dx_ctx *ctx = t->ctx;
+    attempt_how how = {.stream = stream};
+    dx_lm_result *res = NULL;
+    int rc = attempt_again(ctx, t->p, kind, &t->lm, t->in, &how, &res,
+                           &t->parsed, &t->n_parsed);
+    took(t, res);
+    bool refused = rc == DX_EPROVIDER && how.lm_error == DX_LM_ERR_BAD_REQUEST;
+    if (kind != DX_ADAPTER_JSON || !how.schema_sent || !refused ||
+        ctx->no_json_fallback)
+        return rc;
+    dx_diag first = ctx->diag;
+    dx_log_field f[] = {
+        DX_LOG_STR("predictor", t->p->path),
+        DX_LOG_STR("reason", first.msg),
+    };
+    dx_log_event(DX_LOG_WARNING, "json_schema_fallback", f,
+                 sizeof f / sizeof f[0]);
+    how = (attempt_how){.stream = stream, .object_mode = true};
+    res = NULL;
+    rc = attempt_again(ctx, t->p, kind, &t->lm, t->in, &how, &res, &t->parsed,
+                       &t->n_parsed);
+    took(t, res);
+    if (rc != DX_OK) {
+        char second[DX_DIAG_MAX];
+        memcpy(second, ctx->diag.msg, sizeof second);
+        dx_ctx_fail(ctx, rc, "%s; then, in JSON mode without the schema: %s",
+                    first.msg, second);
+    }
+    return rc;
 }
 
 int dx__predict_forward(dx_ctx *ctx, const dx_module *p,
@@ -479,33 +566,14 @@ int dx__predict_forward(dx_ctx *ctx, const dx_module *p,
     }
     dx_ptie *pred_tie = dx_ptie_new(pred, prediction_release);
     dx_ptie *filled_tie = filled ? dx_ptie_new(filled, example_release) : NULL;
-    dx_lm_result *res = NULL;
-    dx_example **parsed = NULL;
-    size_t n_parsed = 0;
-    rc = attempt_again(ctx, p, ctx->adapter, &lm, in, ctx->on_chunk != NULL,
-                       &res, &parsed, &n_parsed);
-    bool cached = res && res->cached;
-    dx_lm_usage usage = {0};
-    if (res) {
-        count_usage(ctx, pred, res);
-        if (res->response && res->response->has_usage)
-            usage = res->response->usage;
-    }
+    predict_try t = {.ctx = ctx, .p = p, .lm = lm, .in = in, .pred = pred};
+    rc = try_adapter(&t, ctx->adapter, ctx->on_chunk != NULL);
     /* DSPy's fallback: an answer the ChatAdapter cannot read is asked for
      * once more in JSON (never for LM errors: those are the client's). */
     if ((rc == DX_EPARSE || rc == DX_ETYPE) &&
         ctx->adapter == DX_ADAPTER_CHAT && !ctx->no_json_fallback) {
         dx_diag first = ctx->diag;
-        dx_lm_result_free(res);
-        res = NULL;
-        rc = attempt_again(ctx, p, DX_ADAPTER_JSON, &lm, in, false, &res,
-                           &parsed, &n_parsed);
-        if (res) {
-            count_usage(ctx, pred, res);
-            cached = res->cached;
-            if (res->response && res->response->has_usage)
-                usage = res->response->usage;
-        }
+        rc = try_adapter(&t, DX_ADAPTER_JSON, false);
         if (rc != DX_OK && (rc == DX_EPARSE || rc == DX_ETYPE)) {
             char second[DX_DIAG_MAX];
             memcpy(second, ctx->diag.msg, sizeof second);
@@ -513,6 +581,11 @@ int dx__predict_forward(dx_ctx *ctx, const dx_module *p,
                         first.msg, second);
         }
     }
+    dx_lm_result *res = t.res;
+    dx_example **parsed = t.parsed;
+    size_t n_parsed = t.n_parsed;
+    bool cached = t.cached;
+    dx_lm_usage usage = t.usage;
     /* No blocking call from here on. */
     dx_ptie_cut(filled_tie);
     dx_ptie_cut(pred_tie);

@@ -52,6 +52,7 @@ typedef enum fkind {
     F_CTYPE,
     F_AUTH,
     F_LENGTH,
+    F_NO_SCHEMA,
 } fkind;
 
 typedef struct fault {
@@ -80,6 +81,7 @@ static bool parse_fault(const char *spec, fault *f)
         {"wrong_content_type", F_CTYPE, 0, 0, 0, 0},
         {"auth", F_AUTH, 0, 0, 0, 0},
         {"max_tokens", F_LENGTH, 1, 0, 0, 1000000},
+        {"no_json_schema", F_NO_SCHEMA, 0, 0, 0, 0},
     };
     const char *colon = strchr(spec, ':');
     size_t nlen = colon ? (size_t)(colon - spec) : strlen(spec);
@@ -1884,11 +1886,21 @@ void dx__lms_handle(dx_lmserver *srv, const dx__lms_request *rq,
     const char *amsg = NULL;
     int astatus = check_auth(rq, p, &amsg);
     cJSON *req = NULL;
+    const char *rft = NULL;
     if (astatus != 0) {
         send_error(rs, p, astatus, amsg);
     } else if ((req = dx__jparse_block(rq->body, rq->body_len)) == NULL ||
                !cJSON_IsObject(req)) {
         send_error(rs, p, 400, bad_json_msg(p));
+    } else if (f.kind == F_NO_SCHEMA && p == P_OPENAI &&
+               (rft = jstr(get(req, "response_format"), "type")) != NULL &&
+               strcmp(rft, "json_schema") == 0) {
+        /* A server without structured outputs, as several
+         * OpenAI-compatible ones are: JSON mode only. */
+        send_error(rs, p, 400,
+                   "response_format: json_schema is not supported by this "
+                   "server; use {\"type\": \"json_object\"}");
+        rs->faulted = true;
     } else if (e == E_EMBED) {
         openai_embeddings(req, rs);
     } else if (e == E_GEMBED) {

@@ -216,7 +216,9 @@ typedef struct dx_call_opts {
     const char *lm_name;
     dx_adapter_kind adapter; /* default ChatAdapter */
     /* ChatAdapter answers that do not parse are retried once with the
-     * JSONAdapter (a second LM call), as DSPy; true turns that off. */
+     * JSONAdapter (a second LM call), as DSPy; and a JSONAdapter request
+     * whose JSON schema the provider refuses as a bad request is sent once
+     * more in JSON mode (json_object). true turns both off. */
     bool no_json_fallback;
     /* Whole call, including every LM call; 0 = 120,000 ms. */
     int64_t timeout_ms;
