@@ -1588,18 +1588,18 @@ static int cmd_inspect(int argc, char **argv)
 
 static void help_demo(void)
 {
-    puts(
-        "usage: dspex demo [--task capitals|arithmetic|classify|twohop]\n"
-        "                  [--model M] [--out DIR] [--concurrency N]\n\n"
-        "The main job, end to end: build a program for a bundled task, "
-        "evaluate\n"
-        "it on the dev split, optimize it (BootstrapFewShot, random search,\n"
-        "MIPROv2),\n"
-        "evaluate each on the test split, print a before/after table and save\n"
-        "the best program and the optimizer's report. Runs offline on the sim\n"
-        "model (a deterministic simulator, not a language model) unless "
-        "--model\n"
-        "or $DSPEX_MODEL names a real one.");
+    puts("usage: dspex demo [--task capitals|arithmetic|classify|twohop]\n"
+         "                  [--model M] [--base-url URL] [--api-key KEY]\n"
+         "                  [--cache FILE.db] [--out DIR] [--concurrency N]\n"
+         "\n"
+         "The main job, end to end: build a program for a bundled task,\n"
+         "evaluate it on the dev split, optimize it (BootstrapFewShot, random\n"
+         "search, MIPROv2), evaluate each on the test split, print a\n"
+         "before/after table and save the best program and the optimizer's\n"
+         "report. Runs offline on the sim model (a deterministic simulator,\n"
+         "not a language model) unless --model or $DSPEX_MODEL names a real\n"
+         "one; --base-url, --api-key and --cache are as for dspex run (see\n"
+         "dspex --help).");
 }
 
 /* The program each task starts from. */
