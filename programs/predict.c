@@ -496,6 +496,39 @@ static void took(predict_try *t, dx_lm_result *res)
                                                          : (dx_lm_usage){0};
 }
 
+/* LM clients (by pid) whose provider refused a JSON schema: their
+ * JSONAdapter requests go in JSON mode from the first try, so a server
+ * with JSON mode only costs one refused request per client, not one per
+ * call. Process-wide and lock-free: a reader may miss a pid being added
+ * (that call is refused and asks again). Bounded: past the table's size a
+ * refusal is learned anew by each call. A restarted client has a new pid
+ * and learns it again. */
+#define SCHEMA_REFUSERS 64
+static _Atomic uint64_t schema_refusers[SCHEMA_REFUSERS];
+static atomic_uint n_schema_refusers;
+
+static bool refuses_schema(dx_pid lm)
+{
+    unsigned n = atomic_load_explicit(&n_schema_refusers, memory_order_acquire);
+    for (unsigned i = 0; i < n && i < SCHEMA_REFUSERS; i++)
+        if (atomic_load_explicit(&schema_refusers[i], memory_order_relaxed) ==
+            lm.id)
+            return true;
+    return false;
+}
+
+static void note_schema_refused(dx_pid lm)
+{
+    if (refuses_schema(lm))
+        return;
+    unsigned i = atomic_load(&n_schema_refusers);
+    do {
+        if (i >= SCHEMA_REFUSERS)
+            return;
+    } while (!atomic_compare_exchange_weak(&n_schema_refusers, &i, i + 1));
+    atomic_store_explicit(&schema_refusers[i], lm.id, memory_order_relaxed);
+}
+
 /* One attempt through adapter kind. For the JSONAdapter: when the request
  * carried the signature's JSON schema (structured outputs) and the
  * provider refused it as a bad request, ask once more in plain JSON mode
@@ -505,11 +538,15 @@ static void took(predict_try *t, dx_lm_result *res)
  * at once; dspex knows no server's, so it learns from the refusal. An
  * answer that does not parse is not asked again here (the ChatAdapter's
  * fallback is the caller's). Nothing has streamed from a refused call, so
- * the second one streams as the first would have. */
+ * the second one streams as the first would have. The refusal is kept
+ * for the client (refuses_schema), whose later calls skip the schema. */
 static int try_adapter(predict_try *t, dx_adapter_kind kind, bool stream)
 {
     dx_ctx *ctx = t->ctx;
-    attempt_how how = {.stream = stream};
+    attempt_how how = {
+        .stream = stream,
+        .object_mode = kind == DX_ADAPTER_JSON && refuses_schema(t->lm),
+    };
     dx_lm_result *res = NULL;
     int rc = attempt_again(ctx, t->p, kind, &t->lm, t->in, &how, &res,
                            &t->parsed, &t->n_parsed);
@@ -525,6 +562,7 @@ static int try_adapter(predict_try *t, dx_adapter_kind kind, bool stream)
     };
     dx_log_event(DX_LOG_WARNING, "json_schema_fallback", f,
                  sizeof f / sizeof f[0]);
+    note_schema_refused(t->lm);
     how = (attempt_how){.stream = stream, .object_mode = true};
     res = NULL;
     rc = attempt_again(ctx, t->p, kind, &t->lm, t->in, &how, &res, &t->parsed,

@@ -140,45 +140,23 @@ static void warning_sink(const dx_log_record *r, void *ud)
 }
 
 /* A server without structured outputs refuses the JSONAdapter's JSON
- * schema (400): the step asks once more in JSON mode, says so in a
- * warning, and answers; with the fallbacks off the refusal is the error;
- * when JSON mode fails too, the error names both. */
+ * schema (400). With the fallbacks off, the refusal is the error. With
+ * them on, the step asks once more in JSON mode and a warning says why;
+ * when JSON mode fails too, the error names both; the client's later
+ * calls go in JSON mode from the start; a new client learns it anew. */
 Test(module, a_refused_json_schema_is_asked_again_in_json_mode)
 {
     dx_signature *s = sig("question -> answer, year: int");
     dx_module *p = dx_predict_new(s, NULL);
     dx_signature_unref(s);
-    dx_call_opts o = {.adapter = DX_ADAPTER_JSON};
-    cr_assert_eq(dx_lmserver_inject(srv, "no_json_schema", 1), DX_OK);
-    dx_lmserver_push_reply(srv, "{\"answer\": \"Paris\", \"year\": 508}");
-    uint64_t before = upstream_requests();
-    dx_example *in = inputs1("question", "Capital of France, since when?");
+    dx_example *in = inputs1("question", "Capital of Spain, since when?");
     dx_prediction *pred = NULL;
     dx_diag d = {0};
-    first_warning[0] = '\0';
-    dx_log_set_sink(warning_sink, NULL);
-    int rc = dx_module_call(p, in, &o, &pred, NULL, &d);
-    dx_log_set_sink(NULL, NULL);
-    cr_assert_eq(rc, DX_OK, "%s: %s", dx_err_name(rc), d.msg);
-    cr_assert_str_eq(dx_prediction_get_str(pred, "answer", ""), "Paris");
-    cr_assert_eq(dx_example_get_num(dx_prediction_fields(pred), "year", 0),
-                 508);
-    cr_assert_eq(upstream_requests() - before, 2, "the schema, then JSON mode");
-    dx_lmserver_stats st;
-    dx_lmserver_stats_get(srv, &st);
-    cr_assert_eq(st.faults_applied, 1);
-    cr_assert(strstr(first_warning, "json_schema_fallback"), "%s",
-              first_warning);
-    cr_assert(strstr(first_warning, "json_schema is not supported"), "%s",
-              first_warning);
-    dx_prediction_free(pred);
 
-    /* Off with the other fallback: the refusal is the call's error. */
+    dx_call_opts o = {.adapter = DX_ADAPTER_JSON, .no_json_fallback = true};
     cr_assert_eq(dx_lmserver_inject(srv, "no_json_schema", 1), DX_OK);
-    dx_example_set_str(in, "question", "Capital of Spain, since when?");
-    o.no_json_fallback = true;
-    before = upstream_requests();
-    rc = dx_module_call(p, in, &o, &pred, NULL, &d);
+    uint64_t before = upstream_requests();
+    int rc = dx_module_call(p, in, &o, &pred, NULL, &d);
     cr_assert_eq(rc, DX_EPROVIDER, "%s", dx_err_name(rc));
     cr_assert_null(pred);
     cr_assert(strstr(d.msg, "bad_request"), "%s", d.msg);
@@ -186,16 +164,57 @@ Test(module, a_refused_json_schema_is_asked_again_in_json_mode)
     cr_assert_eq(upstream_requests() - before, 1);
 
     /* JSON mode answers something that is not JSON: both reasons. */
+    o.no_json_fallback = false;
     cr_assert_eq(dx_lmserver_inject(srv, "no_json_schema", 1), DX_OK);
     dx_lmserver_push_reply(srv, "Madrid, since 1561");
-    o.no_json_fallback = false;
+    first_warning[0] = '\0';
+    dx_log_set_sink(warning_sink, NULL);
+    before = upstream_requests();
     rc = dx_module_call(p, in, &o, &pred, NULL, &d);
+    dx_log_set_sink(NULL, NULL);
     cr_assert_eq(rc, DX_EPARSE, "%s", dx_err_name(rc));
     cr_assert_null(pred);
+    cr_assert_eq(upstream_requests() - before, 2, "the schema, then JSON mode");
     cr_assert(strstr(d.msg, "json_schema is not supported"), "%s", d.msg);
     cr_assert(strstr(d.msg, "; then, in JSON mode without the schema: "), "%s",
               d.msg);
     cr_assert(strstr(d.msg, "JSONAdapter"), "%s", d.msg);
+    cr_assert(strstr(first_warning, "json_schema_fallback"), "%s",
+              first_warning);
+    cr_assert(strstr(first_warning, "json_schema is not supported"), "%s",
+              first_warning);
+
+    /* The client's next call skips the schema: one request, answered (the
+     * fault is used up by a request it does not apply to). */
+    cr_assert_eq(dx_lmserver_inject(srv, "no_json_schema", 1), DX_OK);
+    dx_lmserver_push_reply(srv, "{\"answer\": \"Madrid\", \"year\": 1561}");
+    dx_example_set_str(in, "question", "Capital of Spain, since when, again?");
+    before = upstream_requests();
+    rc = dx_module_call(p, in, &o, &pred, NULL, &d);
+    cr_assert_eq(rc, DX_OK, "%s: %s", dx_err_name(rc), d.msg);
+    cr_assert_eq(upstream_requests() - before, 1);
+    cr_assert_str_eq(dx_prediction_get_str(pred, "answer", ""), "Madrid");
+    dx_prediction_free(pred);
+    dx_lmserver_stats st;
+    dx_lmserver_stats_get(srv, &st);
+    cr_assert_eq(st.faults_applied, 2);
+
+    /* A new client asks with the schema, is refused, and answers. */
+    fixture_run(fixture_stop_client);
+    fixture_run(fixture_start_client);
+    cr_assert_eq(dx_lmserver_inject(srv, "no_json_schema", 1), DX_OK);
+    dx_lmserver_push_reply(srv, "{\"answer\": \"Paris\", \"year\": 508}");
+    dx_example_set_str(in, "question", "Capital of France, since when?");
+    before = upstream_requests();
+    rc = dx_module_call(p, in, &o, &pred, NULL, &d);
+    cr_assert_eq(rc, DX_OK, "%s: %s", dx_err_name(rc), d.msg);
+    cr_assert_str_eq(dx_prediction_get_str(pred, "answer", ""), "Paris");
+    cr_assert_eq(dx_example_get_num(dx_prediction_fields(pred), "year", 0),
+                 508);
+    cr_assert_eq(upstream_requests() - before, 2);
+    dx_lmserver_stats_get(srv, &st);
+    cr_assert_eq(st.faults_applied, 3);
+    dx_prediction_free(pred);
     dx_example_free(in);
     dx_module_free(p);
 }
