@@ -244,14 +244,19 @@ static char *dup_or_null(const char *s, bool *oom)
 /* Build an endpoint: its config (which checks the model string and URL),
  * shared from here on, and its model name and breaker. */
 static int endpoint_init(endpoint *e, const dx_lm_endpoint *src,
+                         const dx_lm_client_opts *opts,
                          const dx_breaker_config *bc)
 {
     if (!src->model)
         return DX_EINVAL;
     dx_lm_config *cfg = NULL;
     int rc = dx_lm_config_new(src->model, src->base_url, src->api_key, &cfg);
-    if (rc != DX_OK)
+    for (size_t i = 0; rc == DX_OK && i < opts->n_headers; i++)
+        rc = dx_lm_config_add_header(cfg, opts->headers[i]);
+    if (rc != DX_OK) {
+        dx_lm_config_free(cfg);
         return rc;
+    }
     e->cfg = dx_calloc(1, sizeof *e->cfg);
     if (!e->cfg) {
         dx_lm_config_free(cfg);
@@ -1548,12 +1553,24 @@ static const dx_server_ops client_ops = {
 
 /* ---- public API ---------------------------------------------------------------- */
 
+/* The user's headers: not too many, none missing. */
+static bool headers_ok(const dx_lm_client_opts *opts)
+{
+    if (opts->n_headers > DX_LM_CLIENT_MAX_HEADERS ||
+        (opts->n_headers > 0 && !opts->headers))
+        return false;
+    for (size_t i = 0; i < opts->n_headers; i++)
+        if (!opts->headers[i])
+            return false;
+    return true;
+}
+
 int dx_lm_client_start(const dx_lm_client_opts *opts,
                        const dx_server_opts *sopts, dx_pid *pid)
 {
     if (!opts || !opts->primary.model ||
         opts->n_fallbacks > DX_LM_CLIENT_MAX_FALLBACKS ||
-        (opts->n_fallbacks > 0 && !opts->fallbacks))
+        (opts->n_fallbacks > 0 && !opts->fallbacks) || !headers_ok(opts))
         return DX_EINVAL;
     /* The transport's one-time set-up, here rather than in the first
      * calls, where it held up every example of a first evaluation (eval-bench
@@ -1579,7 +1596,7 @@ int dx_lm_client_start(const dx_lm_client_opts *opts,
     for (size_t i = 0; rc == DX_OK && i <= opts->n_fallbacks; i++) {
         const dx_lm_endpoint *src =
             i == 0 ? &opts->primary : &opts->fallbacks[i - 1];
-        rc = endpoint_init(&s->eps[i], src, &bc);
+        rc = endpoint_init(&s->eps[i], src, opts, &bc);
         s->n_eps = i + 1;
     }
     if (rc == DX_OK && opts->ratelimit)
@@ -1947,9 +1964,11 @@ typedef struct held_opts {
     dx_breaker_config breaker;
     dx_lmcache_limits cache_limits;
     dx_ratelimit_config ratelimit;
+    const char *headers[DX_LM_CLIENT_MAX_HEADERS];
     char *name;
     /* Every string above, to free. */
-    char *owned[3 * (1 + DX_LM_CLIENT_MAX_FALLBACKS) + 3];
+    char *owned[3 * (1 + DX_LM_CLIENT_MAX_FALLBACKS) + 3 +
+                DX_LM_CLIENT_MAX_HEADERS];
     size_t n_owned;
     bool oom;
 } held_opts;
@@ -1999,7 +2018,7 @@ int dx_lm_client_child_spec(dx_child_spec *spec, const char *id,
     memset(spec, 0, sizeof *spec);
     if (!opts || !opts->primary.model ||
         opts->n_fallbacks > DX_LM_CLIENT_MAX_FALLBACKS ||
-        (opts->n_fallbacks > 0 && !opts->fallbacks) ||
+        (opts->n_fallbacks > 0 && !opts->fallbacks) || !headers_ok(opts) ||
         (name && strlen(name) > NAME_MAX_BYTES))
         return DX_EINVAL;
     held_opts *h = dx_calloc(1, sizeof *h);
@@ -2026,6 +2045,9 @@ int dx_lm_client_child_spec(dx_child_spec *spec, const char *id,
         h->ratelimit = *opts->ratelimit;
         h->opts.ratelimit = &h->ratelimit;
     }
+    for (size_t i = 0; i < opts->n_headers; i++)
+        h->headers[i] = hold(h, opts->headers[i]);
+    h->opts.headers = opts->n_headers > 0 ? h->headers : NULL;
     h->opts.cache_path = hold(h, opts->cache_path);
     h->opts.prices = hold(h, opts->prices);
     h->name = hold(h, name);

@@ -77,6 +77,8 @@ typedef struct common {
     const char *judge_model; /* --judge-model: the judged metrics' LM */
     const char *base_url;
     const char *api_key;
+    const char *headers[DX_LM_CLIENT_MAX_HEADERS]; /* --header, in order */
+    size_t n_headers;
     const char *adapter;
     const char *cache;
     dx_example *inputs; /* --input k=v */
@@ -401,6 +403,8 @@ static int start_lm(const common *c)
                     : cfg_key[0] ? cfg_key
                                  : NULL},
         .cache_path = c->cache,
+        .headers = c->headers,
+        .n_headers = c->n_headers,
     };
     judge_opts = (dx_lm_client_opts){0};
     if (c->judge_model) {
@@ -414,6 +418,10 @@ static int start_lm(const common *c)
         judge_opts.primary = (dx_lm_endpoint){
             c->judge_model, same ? client_opts.primary.base_url : NULL,
             same ? client_opts.primary.api_key : NULL};
+        if (same) {
+            judge_opts.headers = c->headers;
+            judge_opts.n_headers = c->n_headers;
+        }
         char why[256];
         if (dx_lm_config_explain(
                 judge_opts.primary.model, judge_opts.primary.base_url,
@@ -521,6 +529,7 @@ enum {
     OPT_FRAC,
     OPT_FIELD,
     OPT_JUDGE_MODEL,
+    OPT_HEADER,
 };
 
 static const struct option long_opts[] = {
@@ -528,6 +537,7 @@ static const struct option long_opts[] = {
     {"model", required_argument, NULL, OPT_MODEL},
     {"base-url", required_argument, NULL, OPT_BASE_URL},
     {"api-key", required_argument, NULL, OPT_API_KEY},
+    {"header", required_argument, NULL, OPT_HEADER},
     {"adapter", required_argument, NULL, OPT_ADAPTER},
     {"cache", required_argument, NULL, OPT_CACHE},
     {"input", required_argument, NULL, 'i'},
@@ -630,7 +640,7 @@ static bool read_number(const char *s, double *out)
  * -h / --help go with every command. */
 #define PROGRAM_OPTS                                                           \
     OPT_MODULE, OPT_SIGNATURE, OPT_INSTRUCTIONS, OPT_DEMOS, OPT_STATE
-#define LM_OPTS OPT_MODEL, OPT_BASE_URL, OPT_API_KEY, OPT_CACHE
+#define LM_OPTS OPT_MODEL, OPT_BASE_URL, OPT_API_KEY, OPT_CACHE, OPT_HEADER
 #define SCORING_OPTS                                                           \
     OPT_METRIC, OPT_FIELD, OPT_FRAC, OPT_JUDGE_MODEL, OPT_INPUTS,              \
         OPT_CONCURRENCY
@@ -723,6 +733,16 @@ static int parse_args(int argc, char **argv, args *a, const int *takes,
         case OPT_API_KEY:
             a->c.api_key = optarg;
             break;
+        case OPT_HEADER: {
+            char why[160];
+            if (dx_lm_header_explain(optarg, why, sizeof why) != DX_OK)
+                return fail_usage("--header: %s", why);
+            if (a->c.n_headers == DX_LM_CLIENT_MAX_HEADERS)
+                return fail_usage("--header: at most %d headers",
+                                  DX_LM_CLIENT_MAX_HEADERS);
+            a->c.headers[a->c.n_headers++] = optarg;
+            break;
+        }
         case OPT_ADAPTER:
             if (strcmp(optarg, "chat") != 0 && strcmp(optarg, "json") != 0)
                 return fail_usage("--adapter wants chat or json");
@@ -1901,8 +1921,11 @@ static void help_main(void)
          "keys from the provider's usual variable (OPENAI_API_KEY, ...) or\n"
          "--api-key. Commands that call an LM (run, eval, optimize, demo,\n"
          "serve) also take --cache FILE.db: LM answers kept in a SQLite file\n"
-         "across runs (else in memory for the one run). A command refuses\n"
-         "options it does not use.");
+         "across runs (else in memory for the one run), and --header\n"
+         "'Name: value' (repeatable): a header sent with every LM request,\n"
+         "e.g. a gateway's key, in place of dspex's own of that name (its\n"
+         "value is never shown by dspex inspect). A command refuses options\n"
+         "it does not use.");
 }
 
 int main(int argc, char **argv)

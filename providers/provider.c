@@ -1005,9 +1005,178 @@ void dx_lm_config_free(dx_lm_config *c)
             *k++ = '\0';
     }
     dx_free(c->api_key);
+    for (size_t i = 0; i < c->n_headers; i++) {
+        volatile char *h = c->headers[i]; /* may carry a key, as above */
+        while (*h)
+            *h++ = '\0';
+        dx_free(c->headers[i]);
+    }
+    dx_free(c->headers);
     dx_free(c->model);
     dx_free(c->base_url);
     dx_free(c);
+}
+
+/* ---- the user's headers --------------------------------------------------- */
+
+/* Headers the transport writes itself: one of the user's would contradict
+ * its framing or its connection handling. */
+static const char *const transport_headers[] = {
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "expect",
+    "te",
+    "upgrade",
+    "keep-alive",
+    "trailer",
+    "proxy-connection",
+};
+
+/* RFC 9110 tchar. */
+static bool is_tchar(unsigned char ch)
+{
+    return (ch >= '0' && ch <= '9') ||
+           ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z') ||
+           (ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL);
+}
+
+static size_t header_name_len(const char *line)
+{
+    const char *colon = strchr(line, ':');
+    return colon ? (size_t)(colon - line) : strlen(line);
+}
+
+static bool same_header_name(const char *a, const char *b)
+{
+    size_t n = header_name_len(a);
+    return n == header_name_len(b) && strncasecmp(a, b, n) == 0;
+}
+
+/* Say why a header is refused (into why, never NULL here): DX_EINVAL. */
+static int refuse_header(char *why, size_t why_len, const char *fmt, ...)
+    DX_PRINTF(3, 4);
+static int refuse_header(char *why, size_t why_len, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, why_len, fmt, ap);
+    va_end(ap);
+    return DX_EINVAL;
+}
+
+int dx_lm_header_explain(const char *line, char *why, size_t why_len)
+{
+    char scratch[1];
+    if (!why || why_len == 0) {
+        why = scratch;
+        why_len = sizeof scratch;
+    }
+    why[0] = '\0';
+    if (!line)
+        return refuse_header(why, why_len, "no header");
+    const char *colon = strchr(line, ':');
+    if (!colon)
+        return refuse_header(
+            why, why_len, "a header is \"Name: value\"; this one has no ':'");
+    size_t n = (size_t)(colon - line);
+    if (n == 0)
+        return refuse_header(why, why_len, "the header has no name before ':'");
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)line[i];
+        if (is_tchar(ch))
+            continue;
+        char what[24];
+        if (ch == ' ')
+            snprintf(what, sizeof what, "a space");
+        else if (ch > 0x20 && ch < 0x7F)
+            snprintf(what, sizeof what, "'%c'", ch);
+        else
+            snprintf(what, sizeof what, "the byte 0x%02X", ch);
+        /* Only what comes before it is shown: a line that is not a
+         * header may well hold a key ("Authorization Bearer sk-..."). */
+        return refuse_header(
+            why, why_len,
+            "header name \"%.*s...\": %s at %zu is not allowed "
+            "in a name",
+            (int)(i > 64 ? 64 : i), line, what, i + 1);
+    }
+    for (size_t i = 0; i < sizeof transport_headers / sizeof *transport_headers;
+         i++)
+        if (strlen(transport_headers[i]) == n &&
+            strncasecmp(line, transport_headers[i], n) == 0)
+            return refuse_header(
+                why, why_len,
+                "%.*s is written by the transport and cannot be "
+                "set",
+                (int)n, line);
+    for (const char *v = colon + 1; *v; v++)
+        if (((unsigned char)*v < 0x20 && *v != '\t') || *v == 0x7F)
+            return refuse_header(why, why_len,
+                                 "the value of %.*s has a control character "
+                                 "(a line break?)",
+                                 (int)(n > 64 ? 64 : n), line);
+    return DX_OK;
+}
+
+int dx_lm_config_add_header(dx_lm_config *c, const char *line)
+{
+    if (!c || dx_lm_header_explain(line, NULL, 0) != DX_OK)
+        return DX_EINVAL;
+    size_t n = header_name_len(line);
+    const char *v = line + n + 1, *end = v + strlen(v);
+    while (*v == ' ' || *v == '\t')
+        v++;
+    while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
+        end--;
+    size_t vl = (size_t)(end - v);
+    char *copy = dx_malloc(n + 2 + vl + 1);
+    if (!copy)
+        return DX_ENOMEM;
+    memcpy(copy, line, n);
+    memcpy(copy + n, ": ", 2);
+    memcpy(copy + n + 2, v, vl);
+    copy[n + 2 + vl] = '\0';
+    for (size_t i = 0; i < c->n_headers; i++)
+        if (same_header_name(c->headers[i], copy)) {
+            dx_free(c->headers[i]);
+            c->headers[i] = copy;
+            return DX_OK;
+        }
+    char **arr = grow(c->headers, c->n_headers, sizeof *arr);
+    if (!arr) {
+        dx_free(copy);
+        return DX_ENOMEM;
+    }
+    c->headers = arr;
+    c->headers[c->n_headers++] = copy;
+    return DX_OK;
+}
+
+/* Put the config's own headers on an encoded request: each in place of
+ * the provider's of the same name, else after them. */
+static int apply_user_headers(const dx_lm_config *c, dx_lm_http *h)
+{
+    for (size_t u = 0; u < c->n_headers; u++) {
+        size_t w = 0;
+        for (size_t i = 0; i < h->n_headers; i++) {
+            if (same_header_name(h->headers[i], c->headers[u]))
+                dx_free(h->headers[i]);
+            else
+                h->headers[w++] = h->headers[i];
+        }
+        h->n_headers = w;
+        char *copy = dx_strdup(c->headers[u]);
+        char **arr = copy ? grow(h->headers, h->n_headers, sizeof *arr) : NULL;
+        if (!arr) {
+            dx_free(copy);
+            return DX_ENOMEM;
+        }
+        h->headers = arr;
+        h->headers[h->n_headers++] = copy;
+    }
+    return DX_OK;
 }
 
 /* Gemini puts the model in the URL path; everything else only in bodies.
@@ -1330,7 +1499,10 @@ size_t dx_lm_http_render(const dx_lm_config *c, const dx_lm_http *h, char *buf,
     put(&o, "\n", 1);
     for (size_t i = 0; i < h->n_headers; i++) {
         const char *line = h->headers[i];
-        if (is_secret_header(line)) {
+        bool users = false;
+        for (size_t u = 0; c && u < c->n_headers && !users; u++)
+            users = same_header_name(line, c->headers[u]);
+        if (users || is_secret_header(line)) {
             const char *colon = strchr(line, ':');
             put(&o, line, colon ? (size_t)(colon - line) : strlen(line));
             put(&o, ": [redacted]", 12);
@@ -1378,6 +1550,8 @@ int dx_lm_encode(const dx_lm_config *c, const dx_lm_request *req,
         return dx__reject(err, DX_EINVAL, c->provider->name,
                           "request: no messages");
     int rc = c->provider->encode(c, req, out, err);
+    if (rc == DX_OK && apply_user_headers(c, out) != DX_OK)
+        rc = dx__reject(err, DX_ENOMEM, c->provider->name, "out of memory");
     if (rc != DX_OK)
         dx_lm_http_free(out);
     else

@@ -83,6 +83,7 @@
 #include "usage.h"
 
 #define DX_LM_CLIENT_MAX_FALLBACKS 8
+#define DX_LM_CLIENT_MAX_HEADERS 32
 
 /* An endpoint: a model string ("openai/gpt-4o-mini") with its base URL and
  * key (either may be NULL: the provider's defaults, see dx_lm_config_new). */
@@ -127,6 +128,13 @@ typedef struct dx_lm_client_opts {
     /* JSON price overrides (dx_usage_prices_load_json) over the built-in
      * defaults; NULL = defaults. Bad JSON fails the start (DX_EINVAL). */
     const char *prices;
+    /* The user's own headers, "Name: value", sent with every request to
+     * every endpoint (a gateway's key or route; see
+     * dx_lm_config_add_header, which each endpoint's config gets them
+     * through: a header it refuses fails the start with DX_EINVAL). At
+     * most DX_LM_CLIENT_MAX_HEADERS. */
+    const char *const *headers;
+    size_t n_headers;
 } dx_lm_client_opts;
 
 /* What a completed call gives back. Free with dx_lm_result_free. */

@@ -313,6 +313,11 @@ typedef struct dx_lm_config {
     char *base_url; /* no trailing "/", e.g. "https://api.openai.com/v1" */
     char *api_key;  /* may be NULL (openai-compatible servers) */
     bool compat;    /* openai-compatible: older field names, key optional */
+    /* The user's own headers ("Name: value"), sent with every request
+     * after the provider's and in place of any of the same name
+     * (dx_lm_config_add_header). */
+    char **headers;
+    size_t n_headers;
 } dx_lm_config;
 
 /* Parse "provider/model" and build a config:
@@ -342,6 +347,26 @@ DX_API int dx_lm_config_new(const char *model_string, const char *base_url,
 DX_API int dx_lm_config_explain(const char *model_string, const char *base_url,
                                 const char *api_key, char *why, size_t why_len);
 DX_API void dx_lm_config_free(dx_lm_config *c);
+
+/* Add a header of the user's to every request of c, as DSPy's
+ * extra_headers: a gateway's own key or route (Helicone-Auth,
+ * Ocp-Apim-Subscription-Key, OpenRouter's HTTP-Referer...), or a
+ * provider header in place of the one dspex sends (Authorization with
+ * another scheme). line is "Name: value"; the name a header token, the
+ * value without control characters (tabs aside), spaces around it
+ * dropped. A second header of the same name (any case) replaces the
+ * first. Headers the transport owns (Host, Content-Length,
+ * Transfer-Encoding, Connection, Expect, TE, Upgrade, Keep-Alive) are
+ * refused. Their values are redacted wherever dspex shows a request
+ * (dx_lm_http_render, the history, dspex inspect): they often carry keys.
+ * Copied. DX_OK; DX_EINVAL (see dx_lm_header_explain); DX_ENOMEM. Call
+ * before the config is shared: a config is read-only once in use. */
+DX_API int dx_lm_config_add_header(dx_lm_config *c, const char *line);
+
+/* Whether line is a header dx_lm_config_add_header takes: DX_OK, or
+ * DX_EINVAL with a sentence in why (why_len bytes, NUL-terminated, may be
+ * NULL) saying what is wrong. Never echoes the value. */
+DX_API int dx_lm_header_explain(const char *line, char *why, size_t why_len);
 
 /* Full URL of an encoded request: base_url + path. *out: dx_free it. */
 DX_API int dx_lm_http_url(const dx_lm_config *c, const dx_lm_http *h,

@@ -801,5 +801,24 @@ Test(cli, eval_exits_1_when_every_example_failed)
     cr_expect_eq(rc, 0, "%s", err_buf);
     cr_expect(strstr(out_buf, "done      3/3, 0 errors") != NULL, "%s",
               out_buf);
+    /* The key in a header of the user's (as a gateway would take it). */
+    rc = dspex(
+        (const char *[]){"eval", example("capitals.json"), path, "--model",
+                         "openai-compatible/x", "--base-url", url, "--header",
+                         "Authorization:  Bearer sk-in-a-header ", NULL});
+    cr_expect_eq(rc, 0, "%s", err_buf);
+    cr_expect(strstr(out_buf, "done      3/3, 0 errors") != NULL, "%s",
+              out_buf);
+    rc = dspex((const char *[]){"eval", example("capitals.json"), path,
+                                "--header", "Content-Length: 3", NULL});
+    cr_expect_eq(rc, 2);
+    cr_expect(strstr(err_buf, "--header: Content-Length is written by the "
+                              "transport") != NULL,
+              "%s", err_buf);
+    rc = dspex((const char *[]){"eval", example("capitals.json"), path,
+                                "--header", "X-Route gpu", NULL});
+    cr_expect_eq(rc, 2);
+    cr_expect(strstr(err_buf, "--header: a header is \"Name: value\"") != NULL,
+              "%s", err_buf);
     dx_lmserver_stop_free(srv);
 }

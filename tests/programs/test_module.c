@@ -219,6 +219,77 @@ Test(module, a_refused_json_schema_is_asked_again_in_json_mode)
     dx_module_free(p);
 }
 
+/* A client's own headers go with every request: here the key, in a
+ * header of the user's, for a server that wants one; a client without
+ * it is refused; a header the transport owns fails the start. */
+static const char *const *client_headers;
+static size_t n_client_headers;
+static dx_pid header_client;
+
+static void start_header_client(void *arg)
+{
+    (void)arg;
+    dx_lm_client_opts o = {
+        .primary = {"openai-compatible/test-model", url, NULL},
+        .headers = client_headers,
+        .n_headers = n_client_headers,
+    };
+    atomic_store(&fixture_rc, dx_lm_client_start(&o, NULL, &header_client));
+}
+
+static void stop_header_client(void *arg)
+{
+    (void)arg;
+    atomic_store(&fixture_rc, dx_server_stop(header_client, NULL, 5000));
+}
+
+Test(module, a_clients_own_headers_go_with_every_request)
+{
+    dx_signature *s = sig("question -> answer");
+    dx_module *p = dx_predict_new(s, NULL);
+    dx_signature_unref(s);
+    dx_example *in = inputs1("question", "Capital of Chile?");
+    dx_prediction *pred = NULL;
+    dx_diag d = {0};
+
+    const char *const with_key[] = {"X-Gateway-Route: eu",
+                                    "Authorization: Bearer sk-in-a-header"};
+    client_headers = with_key;
+    n_client_headers = 2;
+    fixture_run(start_header_client);
+    dx_lmserver_push_reply(srv, "[[ ## answer ## ]]\nSantiago\n\n"
+                                "[[ ## completed ## ]]");
+    dx_call_opts o = {.lm = header_client};
+    int rc = dx_module_call(p, in, &o, &pred, NULL, &d);
+    cr_assert_eq(rc, DX_OK, "%s: %s", dx_err_name(rc), d.msg);
+    cr_assert_str_eq(dx_prediction_get_str(pred, "answer", ""), "Santiago");
+    dx_prediction_free(pred);
+    fixture_run(stop_header_client);
+
+    client_headers = NULL;
+    n_client_headers = 0;
+    fixture_run(start_header_client);
+    o.lm = header_client;
+    dx_example_set_str(in, "question", "Capital of Chile, no key?");
+    rc = dx_module_call(p, in, &o, &pred, NULL, &d);
+    cr_assert_eq(rc, DX_EPROVIDER, "%s", dx_err_name(rc));
+    cr_assert(strstr(d.msg, "auth"), "%s", d.msg);
+    fixture_run(stop_header_client);
+
+    const char *const framing[] = {"Transfer-Encoding: chunked"};
+    client_headers = framing;
+    n_client_headers = 1;
+    atomic_store(&fixture_rc, 1);
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(start_header_client, NULL, &pid), DX_OK);
+    for (int i = 0; i < 1000 && atomic_load(&fixture_rc) == 1; i++)
+        host_sleep_ms(5);
+    cr_assert_eq(atomic_load(&fixture_rc), DX_EINVAL, "%s",
+                 dx_err_name(atomic_load(&fixture_rc)));
+    dx_example_free(in);
+    dx_module_free(p);
+}
+
 Test(module, n_completions_are_all_kept)
 {
     dx_predict_opts po = {.n = 2};

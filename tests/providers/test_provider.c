@@ -8,6 +8,7 @@
 #include <criterion/criterion.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "dspex/alloc.h"
 #include "dspex/error.h"
@@ -361,6 +362,75 @@ Test(provider, rendering_for_logs_redacts_keys, .timeout = 10)
         dx_lm_request_free(r);
         dx_lm_config_free(c);
     }
+}
+
+/* The user's headers: sent after the provider's, in place of one of the
+ * same name; a second of a name replaces the first; redacted in logs;
+ * malformed or transport-owned ones refused with a reason. */
+Test(provider, the_users_headers_go_with_requests_and_are_redacted,
+     .timeout = 10)
+{
+    dx_lm_config *c = NULL;
+    cr_assert_eq(dx_lm_config_new("openai/m", NULL, "sk-config-key", &c),
+                 DX_OK);
+    cr_assert_eq(dx_lm_config_add_header(c, "Helicone-Auth: Bearer hk-1"),
+                 DX_OK);
+    cr_assert_eq(dx_lm_config_add_header(c, "helicone-auth:\tBearer hk-2  "),
+                 DX_OK);
+    cr_assert_eq(dx_lm_config_add_header(c, "authorization: Token gw-7"),
+                 DX_OK);
+    cr_assert_eq(c->n_headers, 2, "the second Helicone-Auth replaced");
+    dx_lm_request *r = dx_lm_request_new(NULL);
+    dx_lm_request_add_message(r, DX_LM_USER, "hi");
+    dx_lm_http h;
+    dx_lm_error err;
+    cr_assert_eq(dx_lm_encode(c, r, &h, &err), DX_OK);
+    int helicone = 0, auth = 0;
+    for (size_t k = 0; k < h.n_headers; k++) {
+        helicone += strncasecmp(h.headers[k], "helicone-auth:", 14) == 0;
+        auth += strncasecmp(h.headers[k], "authorization:", 14) == 0;
+        cr_assert_null(strstr(h.headers[k], "sk-config-key"),
+                       "the provider's Authorization is replaced: %s",
+                       h.headers[k]);
+    }
+    cr_assert_eq(helicone, 1);
+    cr_assert_eq(auth, 1);
+    bool sent = false, replaced = false;
+    for (size_t k = 0; k < h.n_headers; k++) {
+        sent = sent || strcmp(h.headers[k], "helicone-auth: Bearer hk-2") == 0;
+        replaced =
+            replaced || strcmp(h.headers[k], "authorization: Token gw-7") == 0;
+    }
+    cr_assert(sent && replaced, "value trimmed, last one kept");
+    char buf[4096];
+    dx_lm_http_render(c, &h, buf, sizeof buf);
+    cr_assert_null(strstr(buf, "hk-2"), "%s", buf);
+    cr_assert_null(strstr(buf, "gw-7"), "%s", buf);
+    cr_assert(strstr(buf, "helicone-auth: [redacted]"), "%s", buf);
+    dx_lm_http_free(&h);
+    dx_lm_request_free(r);
+
+    char why[160];
+    const char *bad[][2] = {
+        {"Host: evil.example", "written by the transport"},
+        {"content-length: 1", "written by the transport"},
+        {"X-Split: a\r\nX-Injected: b", "control character"},
+        {"No Colon Here", "has no ':'"},
+        {": value", "no name"},
+        {"Bad Name: v", "a space at 4"},
+        {"Bad(Name): v", "'(' at 4"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cr_assert_eq(dx_lm_header_explain(bad[i][0], why, sizeof why),
+                     DX_EINVAL, "%s", bad[i][0]);
+        cr_assert(strstr(why, bad[i][1]), "%s: %s", bad[i][0], why);
+        cr_assert_eq(dx_lm_config_add_header(c, bad[i][0]), DX_EINVAL);
+    }
+    cr_assert_null(strstr(why, "v"), "the value is never echoed: %s", why);
+    cr_assert_eq(dx_lm_header_explain("X-Empty:", why, sizeof why), DX_OK);
+    cr_assert_eq(c->n_headers, 2, "nothing refused was added");
+    cr_assert_eq(dx_lm_config_add_header(NULL, "A: b"), DX_EINVAL);
+    dx_lm_config_free(c);
 }
 
 /* ---- a response as JSON and back ---- */
