@@ -232,6 +232,26 @@ static int declared_retriever(const char *name, size_t index, const char *where,
     return dx_bm25_retriever(ix, out);
 }
 
+/* Most passages a declared search or rag module asks for. */
+#define MAX_TOP_K 1000
+
+/* A whole-number member in [lo, hi]: DX_OK with *out (dflt when absent),
+ * or an error naming the member and what it takes. where: "" or the
+ * place inside the module (".tools[2]"). */
+static int whole_member(const char *name, size_t index, const char *where,
+                        const cJSON *decl, const char *key, int64_t lo,
+                        int64_t hi, int64_t dflt, int64_t *out, dx_diag *diag)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(decl, key);
+    *out = dflt;
+    if (!v || dx__json_whole(v, (double)lo, (double)hi, out))
+        return DX_OK;
+    return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                       "%s: program.modules[%zu]%s: \"%s\" must be a whole "
+                       "number from %lld to %lld",
+                       name, index, where, key, (long long)lo, (long long)hi);
+}
+
 /* The tools of a react module: [{"builtin": "search", "corpus": ...,
  * "k": 3, "name": "search"}, {"builtin": "calculator"}]. */
 static int build_tools(const char *name, size_t index, const cJSON *list,
@@ -254,13 +274,13 @@ static int build_tools(const char *name, size_t index, const cJSON *list,
             rc = v[k] ? DX_OK : DX_ENOMEM;
         } else if (builtin && strcmp(builtin, "search") == 0) {
             dx_retriever *r = NULL;
-            rc = declared_retriever(name, index, where, t, &r, diag);
-            const cJSON *kk = cJSON_GetObjectItemCaseSensitive(t, "k");
+            int64_t top = 3;
+            rc = whole_member(name, index, where, t, "k", 1, MAX_TOP_K, 3, &top,
+                              diag);
             if (rc == DX_OK)
-                rc = dx_retriever_tool(r, str_member(t, "name"),
-                                       cJSON_IsNumber(kk) && kk->valuedouble > 0
-                                           ? (size_t)kk->valuedouble
-                                           : 3,
+                rc = declared_retriever(name, index, where, t, &r, diag);
+            if (rc == DX_OK)
+                rc = dx_retriever_tool(r, str_member(t, "name"), (size_t)top,
                                        &v[k], diag);
             dx_retriever_unref(r);
         } else {
@@ -409,11 +429,18 @@ static int build_module(const char *name, const cJSON *decl, size_t index,
         po.has_temperature = true;
         po.temperature = v->valuedouble;
     }
-    if ((v = cJSON_GetObjectItemCaseSensitive(cfg, "max_tokens")) &&
-        cJSON_IsNumber(v))
-        po.max_tokens = (int64_t)v->valuedouble;
-    if ((v = cJSON_GetObjectItemCaseSensitive(cfg, "n")) && cJSON_IsNumber(v))
-        po.n = (int)v->valuedouble;
+    int64_t max_tokens = 0, n = 0;
+    rc = whole_member(name, index, ".config", cfg, "max_tokens", 1, 1000000000,
+                      0, &max_tokens, diag);
+    if (rc == DX_OK)
+        rc =
+            whole_member(name, index, ".config", cfg, "n", 1, 128, 0, &n, diag);
+    if (rc != DX_OK) {
+        dx_signature_unref(s);
+        return rc;
+    }
+    po.max_tokens = max_tokens;
+    po.n = (int)n;
     po.lm_name = str_member(cfg, "lm");
     dx_module *m = NULL;
     if (strcmp(kind, "predict") == 0) {
@@ -422,14 +449,13 @@ static int build_module(const char *name, const cJSON *decl, size_t index,
         m = dx_chain_of_thought_new(s, &po);
     } else if (rag) {
         dx_retriever *r = NULL;
-        rc = declared_retriever(name, index, "", decl, &r, diag);
-        const cJSON *k = cJSON_GetObjectItemCaseSensitive(decl, "k");
+        int64_t top = 3;
+        rc = whole_member(name, index, "", decl, "k", 1, MAX_TOP_K, 3, &top,
+                          diag);
         if (rc == DX_OK)
-            m = dx_rag_new(r,
-                           cJSON_IsNumber(k) && k->valuedouble > 0
-                               ? (size_t)k->valuedouble
-                               : 3,
-                           &po);
+            rc = declared_retriever(name, index, "", decl, &r, diag);
+        if (rc == DX_OK)
+            m = dx_rag_new(r, (size_t)top, &po);
         dx_retriever_unref(r);
         if (rc != DX_OK) {
             dx_signature_unref(s);
@@ -438,14 +464,16 @@ static int build_module(const char *name, const cJSON *decl, size_t index,
     } else if (strcmp(kind, "react") == 0) {
         dx_tool **tools = NULL;
         size_t nt = 0;
-        rc = build_tools(name, index,
-                         cJSON_GetObjectItemCaseSensitive(decl, "tools"),
-                         &tools, &nt, diag);
+        int64_t max_iters = 0;
+        rc = whole_member(name, index, "", decl, "max_iters", 1, 1000, 0,
+                          &max_iters, diag);
+        if (rc == DX_OK)
+            rc = build_tools(name, index,
+                             cJSON_GetObjectItemCaseSensitive(decl, "tools"),
+                             &tools, &nt, diag);
         if (rc == DX_OK) {
-            const cJSON *mi =
-                cJSON_GetObjectItemCaseSensitive(decl, "max_iters");
             dx_react_opts ro = {
-                .max_iters = cJSON_IsNumber(mi) ? (int)mi->valuedouble : 0,
+                .max_iters = (int)max_iters,
                 .native_tools = cJSON_IsTrue(
                     cJSON_GetObjectItemCaseSensitive(decl, "native_tools")),
                 .predict = &po,

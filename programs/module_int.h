@@ -134,4 +134,20 @@ void dx__held_free(dx__held *h);
 /* The built-in price table (created once). */
 const dx_usage_prices *dx__default_prices(void);
 
+/* v as a whole number in [lo, hi] (both within +-2^53): false for anything
+ * else — not a number, a fraction, NaN, an infinity (dspex's JSON reads
+ * Python's Infinity and NaN), out of range — so that a count read from a
+ * user's file is never converted out of range, which C leaves undefined. */
+static inline bool dx__json_whole(const cJSON *v, double lo, double hi,
+                                  int64_t *out)
+{
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= lo && v->valuedouble <= hi))
+        return false;
+    int64_t w = (int64_t)v->valuedouble; /* in range: defined */
+    if ((double)w != v->valuedouble)
+        return false;
+    *out = w;
+    return true;
+}
+
 #endif

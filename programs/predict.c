@@ -483,10 +483,17 @@ typedef struct predict_try {
     dx_lm_usage usage;
 } predict_try;
 
+/* Free the last result before the next call: a process killed while it
+ * waits frees nothing it does not hold in a tie. Its usage is counted. */
+static void drop_last(predict_try *t)
+{
+    dx_lm_result_free(t->res);
+    t->res = NULL;
+}
+
 /* Take the result of one attempt: count its usage, keep it as the last. */
 static void took(predict_try *t, dx_lm_result *res)
 {
-    dx_lm_result_free(t->res);
     t->res = res;
     if (res == NULL)
         return;
@@ -548,6 +555,7 @@ static int try_adapter(predict_try *t, dx_adapter_kind kind, bool stream)
         .object_mode = kind == DX_ADAPTER_JSON && refuses_schema(t->lm),
     };
     dx_lm_result *res = NULL;
+    drop_last(t);
     int rc = attempt_again(ctx, t->p, kind, &t->lm, t->in, &how, &res,
                            &t->parsed, &t->n_parsed);
     took(t, res);
@@ -565,6 +573,7 @@ static int try_adapter(predict_try *t, dx_adapter_kind kind, bool stream)
     note_schema_refused(t->lm);
     how = (attempt_how){.stream = stream, .object_mode = true};
     res = NULL;
+    drop_last(t);
     rc = attempt_again(ctx, t->p, kind, &t->lm, t->in, &how, &res, &t->parsed,
                        &t->n_parsed);
     took(t, res);

@@ -388,8 +388,14 @@ static int react_forward(dx_ctx *ctx, const dx_module *self,
                            self->path);
     int max_iters = u->max_iters;
     const cJSON *mi = dx_example_get(inputs, "max_iters");
-    if (cJSON_IsNumber(mi))
-        max_iters = (int)mi->valuedouble;
+    int64_t asked = 0;
+    if (mi != NULL && !dx__json_whole(mi, 0, 1000, &asked))
+        return dx_ctx_fail(ctx, DX_EINVAL,
+                           "%s: max_iters must be a whole number from 0 to "
+                           "1000",
+                           self->path);
+    if (mi != NULL)
+        max_iters = (int)asked;
 
     /* The trajectory and the step in progress, held across the LM and
      * tool calls: json[0] and other[0]. */

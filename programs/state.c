@@ -209,8 +209,9 @@ static int load_lm(pending *pd, const char *path, const cJSON *lm,
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(lm, "max_tokens");
     if (!cJSON_IsNumber(mt))
         mt = cJSON_GetObjectItemCaseSensitive(lm, "max_completion_tokens");
-    if (cJSON_IsNumber(mt) && mt->valuedouble > 0)
-        pd->max_tokens = (int64_t)mt->valuedouble;
+    int64_t max_tokens = 0;
+    if (dx__json_whole(mt, 1, 9007199254740992.0, &max_tokens))
+        pd->max_tokens = max_tokens;
     return DX_OK;
 }
 

@@ -1302,8 +1302,9 @@ void dx__tp_restore_usage(const cJSON *rec, dx_usage_acc *u)
 #define GET(f)                                                                 \
     do {                                                                       \
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(uj, #f);             \
-        if (cJSON_IsNumber(v))                                                 \
-            u->f = (int64_t)v->valuedouble;                                    \
+        int64_t w;                                                             \
+        if (dx__json_whole(v, 0, 9007199254740992.0, &w))                      \
+            u->f = w;                                                          \
     } while (0)
     GET(calls);
     GET(cached_calls);

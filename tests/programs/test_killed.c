@@ -460,6 +460,31 @@ Test(killed, streamed_predict_in_its_lm_call)
                        lm_called);
 }
 
+/* ---- Predict: killed in the JSONAdapter fallback's call ------------------ */
+
+/* The ChatAdapter's answer does not parse, so the step asks again through
+ * the JSONAdapter, and is killed while that call waits: the first call's
+ * result must not be held untied across it. */
+Test(killed, predict_in_its_json_fallback_call)
+{
+    cr_assert_eq(dx_lmserver_push_reply(srv, "no markers here"), DX_OK);
+    requests_before = upstream_requests() + 1;
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:1", 1), DX_OK);
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:600000", 100), DX_OK);
+    kill_mid_call(predict("question -> answer"), question("Q?"), lm_called);
+}
+
+/* ... and in JSON mode, after the provider refused the JSON schema. */
+Test(killed, predict_in_its_json_mode_call)
+{
+    dx_call_opts o = {.lm = DX_NOPID, .adapter = DX_ADAPTER_JSON};
+    requests_before = upstream_requests() + 1;
+    cr_assert_eq(dx_lmserver_inject(srv, "no_json_schema", 1), DX_OK);
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:600000", 100), DX_OK);
+    kill_mid_call_opts(predict("question -> answer"), question("Q?"), &o,
+                       lm_called);
+}
+
 /* ---- ReAct, native tool calling: killed in its LM call ------------------ */
 
 Test(killed, native_react_in_its_lm_call)

@@ -153,6 +153,37 @@ Test(program, wrong_declarations_say_which_file_and_member)
          "\"predict\", \"signature\": \"q -> a\"}]}, \"self\": {\"demos\": "
          "3}}",
          "p.json", DX_ESYNTAX},
+        /* Counts that are not whole numbers in range (dspex's JSON reads
+         * Python's Infinity and NaN). */
+        {"{\"program\": {\"modules\": [{\"name\": \"agent\", \"module\": "
+         "\"react\", \"signature\": \"question -> answer\", "
+         "\"max_iters\": -Infinity}]}}",
+         "p.json: program.modules[0]: \"max_iters\" must be a whole number "
+         "from 1 to 1000",
+         DX_EINVAL},
+        {"{\"program\": {\"modules\": [{\"name\": \"r\", \"module\": "
+         "\"rag\", \"corpus\": \"c.jsonl\", \"k\": 2.5}]}}",
+         "p.json: program.modules[0]: \"k\" must be a whole number from 1 to "
+         "1000",
+         DX_EINVAL},
+        {"{\"program\": {\"modules\": [{\"name\": \"r\", \"module\": "
+         "\"react\", \"signature\": \"question -> answer\", \"tools\": "
+         "[{\"builtin\": \"search\", \"corpus\": \"c.jsonl\", \"k\": "
+         "1e300}]}]}}",
+         "p.json: program.modules[0].tools[0]: \"k\" must be a whole number",
+         DX_EINVAL},
+        {"{\"program\": {\"modules\": [{\"name\": \"a\", \"module\": "
+         "\"predict\", \"signature\": \"q -> a\", \"config\": {\"n\": "
+         "NaN}}]}}",
+         "p.json: program.modules[0].config: \"n\" must be a whole number "
+         "from 1 to 128",
+         DX_EINVAL},
+        {"{\"program\": {\"modules\": [{\"name\": \"a\", \"module\": "
+         "\"predict\", \"signature\": \"q -> a\", \"config\": "
+         "{\"max_tokens\": -1}}]}}",
+         "p.json: program.modules[0].config: \"max_tokens\" must be a whole "
+         "number",
+         DX_EINVAL},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         dx_module *m = (dx_module *)0x1;
