@@ -545,8 +545,9 @@ static void note_schema_refused(dx_pid lm)
  * at once; dspex knows no server's, so it learns from the refusal. An
  * answer that does not parse is not asked again here (the ChatAdapter's
  * fallback is the caller's). Nothing has streamed from a refused call, so
- * the second one streams as the first would have. The refusal is kept
- * for the client (refuses_schema), whose later calls skip the schema. */
+ * the second one streams as the first would have. When the server takes
+ * the request in JSON mode, the refusal is kept for the client
+ * (refuses_schema), whose later calls skip the schema. */
 static int try_adapter(predict_try *t, dx_adapter_kind kind, bool stream)
 {
     dx_ctx *ctx = t->ctx;
@@ -570,13 +571,18 @@ static int try_adapter(predict_try *t, dx_adapter_kind kind, bool stream)
     };
     dx_log_event(DX_LOG_WARNING, "json_schema_fallback", f,
                  sizeof f / sizeof f[0]);
-    note_schema_refused(t->lm);
     how = (attempt_how){.stream = stream, .object_mode = true};
     res = NULL;
     drop_last(t);
     rc = attempt_again(ctx, t->p, kind, &t->lm, t->in, &how, &res, &t->parsed,
                        &t->n_parsed);
     took(t, res);
+    /* Remembered only when the server took the request without the schema:
+     * a bad request for another reason (a prompt too long) would be
+     * refused again, and must not cost the client its structured outputs
+     * for good. */
+    if (!(rc == DX_EPROVIDER && how.lm_error == DX_LM_ERR_BAD_REQUEST))
+        note_schema_refused(t->lm);
     if (rc != DX_OK) {
         char second[DX_DIAG_MAX];
         memcpy(second, ctx->diag.msg, sizeof second);

@@ -53,6 +53,7 @@ typedef enum fkind {
     F_AUTH,
     F_LENGTH,
     F_NO_SCHEMA,
+    F_BAD_REQUEST,
 } fkind;
 
 typedef struct fault {
@@ -82,6 +83,7 @@ static bool parse_fault(const char *spec, fault *f)
         {"auth", F_AUTH, 0, 0, 0, 0},
         {"max_tokens", F_LENGTH, 1, 0, 0, 1000000},
         {"no_json_schema", F_NO_SCHEMA, 0, 0, 0, 0},
+        {"bad_request", F_BAD_REQUEST, 0, 0, 0, 0},
     };
     const char *colon = strchr(spec, ':');
     size_t nlen = colon ? (size_t)(colon - spec) : strlen(spec);
@@ -444,7 +446,10 @@ static void sim_settings(convo *cv, const cJSON *temperature, const cJSON *seed)
         cv->sim->has_temperature = true;
         cv->sim->temperature = temperature->valuedouble;
     }
-    if (cJSON_IsNumber(seed)) {
+    /* A seed past 2^53 (1e300, or an overflow's infinity) is not one a
+     * double holds exactly, and converting it would be undefined. */
+    if (cJSON_IsNumber(seed) && seed->valuedouble >= -9007199254740992.0 &&
+        seed->valuedouble <= 9007199254740992.0) {
         cv->sim->has_seed = true;
         cv->sim->seed = (int64_t)seed->valuedouble;
     }
@@ -1606,6 +1611,9 @@ static bool status_fault(dx_lmserver *srv, const fault *f, prov p,
                  "(injected %ld).",
                  f->arg);
         send_error(rs, p, (int)f->arg, msg);
+        break;
+    case F_BAD_REQUEST:
+        send_error(rs, p, 400, "The request was refused (injected 400).");
         break;
     case F_AUTH:
         send_error(rs, p, 401,

@@ -93,6 +93,7 @@ DX_API int dx_lmserver_push_reply(dx_lmserver *srv, const char *text);
  * server_error[:5xx], slow:<ms>, stall, reset_mid_body, truncated_sse,
  * malformed_json, wrong_content_type, auth, max_tokens[:words] (the answer
  * cut after that many words, 0 by default, finished at the token limit),
+ * bad_request (400),
  * no_json_schema (an OpenAI request asking for a json_schema
  * response_format gets 400, as from a server with JSON mode only; any
  * other request is answered as usual and uses the fault up).

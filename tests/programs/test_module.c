@@ -199,7 +199,9 @@ Test(module, a_refused_json_schema_is_asked_again_in_json_mode)
     dx_lmserver_stats_get(srv, &st);
     cr_assert_eq(st.faults_applied, 2);
 
-    /* A new client asks with the schema, is refused, and answers. */
+    /* A new client asks with the schema, is refused, and answers. Then a
+     * refusal that JSON mode gets too (a bad request for another reason)
+     * is not taken for the schema's: the next call sends it again. */
     fixture_run(fixture_stop_client);
     fixture_run(fixture_start_client);
     cr_assert_eq(dx_lmserver_inject(srv, "no_json_schema", 1), DX_OK);
@@ -214,6 +216,21 @@ Test(module, a_refused_json_schema_is_asked_again_in_json_mode)
     cr_assert_eq(upstream_requests() - before, 2);
     dx_lmserver_stats_get(srv, &st);
     cr_assert_eq(st.faults_applied, 3);
+    dx_prediction_free(pred);
+    fixture_run(fixture_stop_client);
+    fixture_run(fixture_start_client);
+    cr_assert_eq(dx_lmserver_inject(srv, "no_json_schema", 1), DX_OK);
+    cr_assert_eq(dx_lmserver_inject(srv, "bad_request", 1), DX_OK);
+    dx_example_set_str(in, "question", "Capital of Peru, since when?");
+    rc = dx_module_call(p, in, &o, &pred, NULL, &d);
+    cr_assert_eq(rc, DX_EPROVIDER, "%s", dx_err_name(rc));
+    cr_assert(strstr(d.msg, "injected 400"), "%s", d.msg);
+    cr_assert_eq(dx_lmserver_inject(srv, "no_json_schema", 1), DX_OK);
+    dx_lmserver_push_reply(srv, "{\"answer\": \"Lima\", \"year\": 1535}");
+    before = upstream_requests();
+    rc = dx_module_call(p, in, &o, &pred, NULL, &d);
+    cr_assert_eq(rc, DX_OK, "%s: %s", dx_err_name(rc), d.msg);
+    cr_assert_eq(upstream_requests() - before, 2, "the schema was sent again");
     dx_prediction_free(pred);
     dx_example_free(in);
     dx_module_free(p);

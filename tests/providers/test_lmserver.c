@@ -519,6 +519,24 @@ Test(lmserver, openai_n_gives_that_many_choices)
     resp_free(&r);
 }
 
+/* A seed too large for an integer (1e300, or 1e999, which reads as an
+ * infinity) is not converted (undefined in C; UBSan would stop here): the
+ * sim model answers as without one. */
+Test(lmserver, a_seed_past_two_to_the_53_is_ignored)
+{
+    const char *seeds[] = {"1e300", "-1e999", "12"};
+    for (size_t i = 0; i < 3; i++) {
+        char body[256];
+        snprintf(body, sizeof body,
+                 "{\"model\":\"sim/base\",\"seed\":%s,\"messages\":"
+                 "[{\"role\":\"user\",\"content\":\"a b\"}]}",
+                 seeds[i]);
+        resp r = request("/v1/chat/completions", oai, body);
+        cr_assert_eq(r.status, 200, "seed %s: %ld", seeds[i], r.status);
+        resp_free(&r);
+    }
+}
+
 Test(lmserver, openai_embeddings_are_deterministic_unit_vectors)
 {
     resp r =
