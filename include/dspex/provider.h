@@ -356,9 +356,9 @@ DX_API void dx_lm_config_free(dx_lm_config *c);
  * value without control characters (tabs aside), spaces around it
  * dropped. A second header of the same name (any case) replaces the
  * first. Headers the transport owns (Host, Content-Length,
- * Transfer-Encoding, Connection, Expect, TE, Upgrade, Keep-Alive) are
- * refused. Their values are redacted wherever dspex shows a request
- * (dx_lm_http_render, the history, dspex inspect): they often carry keys.
+ * Transfer-Encoding, Connection, Expect, TE, Upgrade, Keep-Alive, Trailer,
+ * Proxy-Connection) are refused. Their values are redacted wherever dspex
+ * shows a request (dx_lm_http_render): they often carry keys.
  * Copied. DX_OK; DX_EINVAL (see dx_lm_header_explain); DX_ENOMEM. Call
  * before the config is shared: a config is read-only once in use. */
 DX_API int dx_lm_config_add_header(dx_lm_config *c, const char *line);
