@@ -530,6 +530,7 @@ enum {
     OPT_FIELD,
     OPT_JUDGE_MODEL,
     OPT_HEADER,
+    OPT_RESUME,
 };
 
 static const struct option long_opts[] = {
@@ -575,6 +576,7 @@ static const struct option long_opts[] = {
     {"frac", required_argument, NULL, OPT_FRAC},
     {"field", required_argument, NULL, OPT_FIELD},
     {"judge-model", required_argument, NULL, OPT_JUDGE_MODEL},
+    {"resume", no_argument, NULL, OPT_RESUME},
     {NULL, 0, NULL, 0},
 };
 
@@ -585,6 +587,7 @@ typedef struct args {
     const char *field; /* --field: the compared field (metric.field) */
     long concurrency;
     const char *out;
+    bool resume; /* eval --resume: keep --out's finished rows */
     const char *save_csv, *save_json; /* DSPy's save_as_csv / save_as_json */
     const char *output;
     const char *inputs;
@@ -649,10 +652,19 @@ static const int prompt_takes[] = {PROGRAM_OPTS, 'i', OPT_INPUT_JSON,
 static const int run_takes[] = {
     PROGRAM_OPTS, LM_OPTS,  'i',         OPT_INPUT_JSON,
     OPT_ADAPTER,  OPT_JSON, OPT_TIMEOUT, 0};
-static const int eval_takes[] = {
-    PROGRAM_OPTS, LM_OPTS,        SCORING_OPTS,      OPT_ADAPTER,
-    OPT_TIMEOUT,  OPT_OUT,        OPT_SAVE_CSV,      OPT_SAVE_JSON,
-    OPT_TABLE,    OPT_MAX_ERRORS, OPT_FAILURE_SCORE, 0};
+static const int eval_takes[] = {PROGRAM_OPTS,
+                                 LM_OPTS,
+                                 SCORING_OPTS,
+                                 OPT_ADAPTER,
+                                 OPT_TIMEOUT,
+                                 OPT_OUT,
+                                 OPT_SAVE_CSV,
+                                 OPT_SAVE_JSON,
+                                 OPT_TABLE,
+                                 OPT_MAX_ERRORS,
+                                 OPT_FAILURE_SCORE,
+                                 OPT_RESUME,
+                                 0};
 static const int optimize_takes[] = {PROGRAM_OPTS,
                                      LM_OPTS,
                                      SCORING_OPTS,
@@ -790,6 +802,9 @@ static int parse_args(int argc, char **argv, args *a, const int *takes,
             break;
         case OPT_OUT:
             a->out = optarg;
+            break;
+        case OPT_RESUME:
+            a->resume = true;
             break;
         case OPT_SAVE_CSV:
             a->save_csv = optarg;
@@ -1158,14 +1173,18 @@ static void help_eval(void)
         "N]\n"
         "                  [--save-as-csv F.csv] [--save-as-json F.json] "
         "[--table N]\n"
-        "                  [--failure-score X] [--timeout-ms MS] [--model "
-        "M]\n\n"
+        "                  [--failure-score X] [--timeout-ms MS] [--resume]\n"
+        "                  [--model M]\n\n"
         "Evaluate the program on the dataset and print the score and a table.\n"
         "--module and --signature (see dspex run --help) declare the program\n"
         "in place of PROGRAM.json; then only DATA follows.\n"
         "--out writes dspex's rows (prediction, score, error, latency, "
         "tokens,\n"
-        "cost); --save-as-csv and --save-as-json write the files DSPy's\n"
+        "cost), each as its example finishes, then the whole file in dataset\n"
+        "order at the end. --resume (with --out) reads the rows an earlier\n"
+        "run left there (finished, cancelled or killed) and runs only the\n"
+        "examples without a row or whose row is an error.\n"
+        "--save-as-csv and --save-as-json write the files DSPy's\n"
         "Evaluate(save_as_csv=..., save_as_json=...) does (example and\n"
         "prediction fields, and the score under the metric's DSPy name).\n"
         "--field NAME is the label the metric compares with the program's\n"
@@ -1209,6 +1228,36 @@ static bool all_failed(const dx_eval_result *r)
     return true;
 }
 
+/* --resume: the rows an earlier run of this command left in path (a
+ * finished, cancelled or killed run's). *out stays NULL when there is no
+ * file yet. 0, or the exit status, with the file left as it is. */
+static int read_earlier_rows(const char *path, const dx_dataset *ds,
+                             dx_eval_result **out)
+{
+    size_t cut = 0;
+    dx_diag d = {0};
+    int rc = dx_eval_result_read_jsonl(path, ds, out, &cut, &d);
+    if (rc == DX_ENOENT) {
+        fprintf(stderr, "%s: %s does not exist yet: evaluating every example\n",
+                prog_name, path);
+        return 0;
+    }
+    if (rc != DX_OK) {
+        fprintf(stderr, "%s: --resume: %s; the file is left as it is\n",
+                prog_name, d.msg);
+        return rc == DX_ENOMEM ? 1 : EXIT_USAGE;
+    }
+    const dx_eval_result *r = *out;
+    size_t ok = r->n_done - r->n_errors;
+    fprintf(stderr,
+            "%s: resuming from %s: %zu of %zu examples finished without an "
+            "error; running the other %zu%s\n",
+            prog_name, path, ok, r->n, r->n - ok,
+            cut ? " (its last line was cut short; that example runs again)"
+                : "");
+    return 0;
+}
+
 static int cmd_eval_body(args *ap)
 {
     args a = *ap;
@@ -1221,6 +1270,9 @@ static int cmd_eval_body(args *ap)
     if ((rc = metric_of(a.metric, a.frac, a.field, a.c.judge_model, &metric)) !=
         0)
         return rc;
+    if (a.resume && !a.out)
+        return fail_usage("--resume wants --out FILE: the rows file of the "
+                          "earlier run, which this one completes");
     dx_module *m = NULL;
     if ((rc = load_program(&a.c, program, &m)) != 0)
         return rc;
@@ -1229,12 +1281,31 @@ static int cmd_eval_body(args *ap)
         dx_module_free(m);
         return rc;
     }
+    dx_eval_result *earlier = NULL;
+    if (a.resume && (rc = read_earlier_rows(a.out, ds, &earlier)) != 0) {
+        dx_dataset_free(ds);
+        dx_module_free(m);
+        return rc;
+    }
     if ((rc = start_lm(&a.c)) != 0) {
+        dx_eval_result_free(earlier);
         dx_dataset_free(ds);
         dx_module_free(m);
         return rc;
     }
     room_for_calls(a.concurrency);
+    /* Rows go to --out as examples finish, so a run that is killed leaves
+     * them for --resume; the finished run rewrites it in dataset order. */
+    dx_eval_journal *journal = NULL;
+    dx_diag jd = {0};
+    if (a.out && dx_eval_journal_open(a.out, earlier, &journal, &jd) != DX_OK) {
+        fprintf(stderr, "%s: %s\n", prog_name, jd.msg);
+        dx_eval_result_free(earlier);
+        stop_lm();
+        dx_dataset_free(ds);
+        dx_module_free(m);
+        return 1;
+    }
     dx_eval_opts eo = {
         .metric = metric,
         .concurrency = (size_t)a.concurrency,
@@ -1242,6 +1313,9 @@ static int cmd_eval_body(args *ap)
         .failure_score = a.failure_score,
         .call = {.adapter = adapter_of(&a.c)},
         .example_timeout_ms = a.c.timeout_ms,
+        .on_row = journal ? dx_eval_journal_row : NULL,
+        .on_row_ud = journal,
+        .resume = earlier,
     };
     dx_eval_result *r = NULL;
     dx_diag d = {0};
@@ -1253,8 +1327,13 @@ static int cmd_eval_body(args *ap)
                 prog_name);
     } else if ((rc = dx_evaluate(m, ds, &eo, &r, &d)) == DX_OK) {
         dx_eval_result_print(r, stdout, (size_t)a.table_rows);
+        /* A row the journal could not write is in the whole file now. */
+        bool journal_ok = dx_eval_journal_close(journal, &jd) == DX_OK;
+        journal = NULL;
         if (a.out && dx_eval_result_write_jsonl(r, a.out, &d) != DX_OK) {
             fprintf(stderr, "%s: %s\n", prog_name, d.msg);
+            if (!journal_ok)
+                fprintf(stderr, "%s: %s\n", prog_name, jd.msg);
             rc = DX_EIO;
         }
         if (a.save_csv && dx_eval_result_save_dspy(r, &metric, DX_EVAL_FILE_CSV,
@@ -1274,7 +1353,10 @@ static int cmd_eval_body(args *ap)
         fprintf(stderr, "%s: %s\n", prog_name, d.msg);
     }
     bool cancelled = skipped || (r != NULL && r->cancelled);
+    if (journal && dx_eval_journal_close(journal, &jd) != DX_OK)
+        fprintf(stderr, "%s: %s\n", prog_name, jd.msg);
     dx_eval_result_free(r);
+    dx_eval_result_free(earlier);
     stop_lm();
     dx_dataset_free(ds);
     dx_module_free(m);

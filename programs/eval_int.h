@@ -1,6 +1,6 @@
 /*
- * eval_int.h — what evaluate.c shares with eval_report.c: progress display
- * and percentiles. Not installed.
+ * eval_int.h — what evaluate.c, eval_report.c and eval_journal.c share:
+ * progress display, percentiles, a row's JSONL line. Not installed.
  */
 #ifndef DSPEX_EVAL_INT_H
 #define DSPEX_EVAL_INT_H
@@ -27,6 +27,9 @@ void dx__progress_update(dx__progress *p, size_t done, size_t errors,
  * something: the bar's elapsed time and ETA, the next line. INFINITY when
  * nothing is shown. The evaluation loop sleeps no longer than this. */
 double dx__progress_next_s(const dx__progress *p);
+/* n of the done examples were taken from an earlier run: the ETA counts
+ * the pace of the others. NULL is a no-op. */
+void dx__progress_resumed(dx__progress *p, size_t n);
 /* Final line (always printed unless OFF); ends the bar's line. */
 void dx__progress_finish(dx__progress *p, size_t done, size_t errors,
                          double score_sum, double now_s, bool stopped);
@@ -123,6 +126,18 @@ double dx__metric_judge(const dx_metric *m, const dx_example *example,
                         const dx_prediction *pred, const dx_call_opts *call,
                         int64_t deadline_ms, dx_usage_acc *usage, int *rc,
                         dx_diag *diag);
+
+/* A result over ds with every row not done (index, a copy of its
+ * example, usage named "example"); NULL when out of memory. */
+dx_eval_result *dx__eval_result_new(const dx_dataset *ds);
+
+/* r's latency percentiles, over its rows done without an error. */
+void dx__eval_result_latencies(dx_eval_result *r);
+
+/* Append row's JSONL line (dx_eval_result_write_jsonl's, with its
+ * newline) to b. */
+struct dx__sb;
+void dx__eval_row_jsonl(struct dx__sb *b, const dx_eval_row *row);
 
 /* The q-th percentile (0..100) of v[0..n) by linear interpolation between
  * closest ranks (numpy's default); sorts v in place. 0 for n == 0. */

@@ -27,6 +27,7 @@ struct dx__progress {
     FILE *out;
     dx_eval_progress_mode mode; /* BAR, LINES or OFF once made */
     size_t total;
+    size_t resumed; /* done before this run: not in its pace */
     double interval_s;
     double last_s; /* when the bar was drawn / the last line printed */
     bool drawn;    /* the bar has been drawn at least once */
@@ -78,14 +79,15 @@ static double pct(double score_sum, size_t done)
 
 /* The ETA: time per finished example times those left; "?" before the
  * first one finishes. */
-static void fmt_eta(char *buf, size_t cap, size_t done, size_t total,
-                    double now_s)
+static void fmt_eta(char *buf, size_t cap, size_t done, size_t resumed,
+                    size_t total, double now_s)
 {
-    if (done == 0 || done > total) {
+    if (done <= resumed || done > total) {
         snprintf(buf, cap, "?");
         return;
     }
-    fmt_dur(buf, cap, now_s / (double)done * (double)(total - done));
+    fmt_dur(buf, cap,
+            now_s / (double)(done - resumed) * (double)(total - done));
 }
 
 static int digits(size_t v)
@@ -108,7 +110,7 @@ static void draw_bar(dx__progress *p, size_t done, size_t errors,
     bar[BAR_WIDTH] = '\0';
     char el[32], eta[32];
     fmt_dur(el, sizeof el, now_s);
-    fmt_eta(eta, sizeof eta, done, p->total, now_s);
+    fmt_eta(eta, sizeof eta, done, p->resumed, p->total, now_s);
     /* \r returns to the line's start, ESC[K clears what a longer earlier
      * drawing left behind. */
     fprintf(p->out, "\rEvaluating [%s] %*zu/%zu  score %.2f%%  errors %zu  %s",
@@ -131,7 +133,7 @@ static void print_line(dx__progress *p, size_t done, size_t errors,
 {
     char el[32], eta[32];
     fmt_dur(el, sizeof el, now_s);
-    fmt_eta(eta, sizeof eta, done, p->total, now_s);
+    fmt_eta(eta, sizeof eta, done, p->resumed, p->total, now_s);
     fprintf(p->out,
             "evaluate: %zu/%zu done, score %.2f%%, %zu error%s, %s elapsed",
             done, p->total, pct(score_sum, done), errors,
@@ -159,6 +161,12 @@ void dx__progress_update(dx__progress *p, size_t done, size_t errors,
         if (now_s - p->last_s >= p->interval_s)
             print_line(p, done, errors, score_sum, now_s, false, false);
     }
+}
+
+void dx__progress_resumed(dx__progress *p, size_t n)
+{
+    if (p)
+        p->resumed = n;
 }
 
 double dx__progress_next_s(const dx__progress *p)
@@ -237,7 +245,7 @@ static const char *row_error(const dx_eval_row *row)
                                                : dx_strerror(row->error);
 }
 
-static void put_row(dx__sb *b, const dx_eval_row *row)
+void dx__eval_row_jsonl(dx__sb *b, const dx_eval_row *row)
 {
     dx__sb_printf(b, "{\"index\":%zu,\"example\":", row->index);
     if (row->example)
@@ -258,7 +266,7 @@ static void put_row(dx__sb *b, const dx_eval_row *row)
     } else {
         dx__sb_puts(b, "null");
     }
-    dx__sb_puts(b, ",\"latency_ms\":");
+    dx__sb_printf(b, ",\"error_code\":%d,\"latency_ms\":", row->error);
     put_num(b, row->latency_ms);
     /* "cached": every LM call of the example came from the response cache
      * (so its tokens and cost are 0 by design, not missing). */
@@ -268,11 +276,12 @@ static void put_row(dx__sb *b, const dx_eval_row *row)
                   (long long)row->usage.input_tokens,
                   (long long)row->usage.output_tokens);
     put_num(b, row->usage.cost_usd);
-    dx__sb_printf(b, ",\"cached\":%s}\n",
-                  row->usage.calls > 0 &&
-                          row->usage.cached_calls == row->usage.calls
-                      ? "true"
-                      : "false");
+    dx__sb_printf(
+        b, ",\"cached\":%s,\"lm_calls\":%lld,\"cached_calls\":%lld}\n",
+        row->usage.calls > 0 && row->usage.cached_calls == row->usage.calls
+            ? "true"
+            : "false",
+        (long long)row->usage.calls, (long long)row->usage.cached_calls);
 }
 
 /* Rows that never ran (stopped early, cancelled) are not results and are
@@ -287,7 +296,7 @@ int dx_eval_result_write_jsonl(const dx_eval_result *r, const char *path,
     dx__sb_init(&b);
     for (size_t i = 0; i < r->n; i++)
         if (r->rows[i].done)
-            put_row(&b, &r->rows[i]);
+            dx__eval_row_jsonl(&b, &r->rows[i]);
     if (b.oom) {
         dx__sb_free(&b);
         return dx_diag_set(diag, DX_ENOMEM, 0, 0, "%s: out of memory", path);
@@ -419,8 +428,12 @@ void dx_eval_result_print(const dx_eval_result *r, FILE *f, size_t max_rows)
     else
         fmt_dur(wall, sizeof wall, r->wall_s);
     fprintf(f, "score     %.2f%%\n", r->score);
-    fprintf(f, "done      %zu/%zu, %zu error%s%s%s\n", r->n_done, r->n,
-            r->n_errors, r->n_errors == 1 ? "" : "s",
+    char resumed[64] = "";
+    if (r->n_resumed > 0)
+        snprintf(resumed, sizeof resumed, ", %zu resumed from earlier",
+                 r->n_resumed);
+    fprintf(f, "done      %zu/%zu, %zu error%s%s%s%s\n", r->n_done, r->n,
+            r->n_errors, r->n_errors == 1 ? "" : "s", resumed,
             r->stopped_early ? ", stopped early (max_errors)" : "",
             r->cancelled ? ", cancelled" : "");
     fprintf(f, "wall      %s\n", wall);

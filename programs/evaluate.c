@@ -637,8 +637,12 @@ static void coordinate(eval_job *j)
         o->progress_out ? o->progress_out : stderr, o->progress, n,
         o->progress_interval_s > 0 ? o->progress_interval_s : 2.0);
     int64_t t0 = mono_ns();
-    size_t next = 0;
+    size_t next = 0, started = 0;
     double score_sum = 0;
+    for (size_t i = 0; i < n; i++)
+        if (res->rows[i].resumed)
+            score_sum += res->rows[i].score;
+    dx__progress_resumed(prog, res->n_resumed);
     bool stopping = false;
     dx_ptie *tie = dx_ptie_new(cs, coordinator_killed);
     dx__cancel_watch *watch = dx__cancel_watch_start();
@@ -662,6 +666,10 @@ static void coordinate(eval_job *j)
         }
         /* Fill free places. */
         while (!stopping && next < n && cs->fl.n < conc) {
+            if (res->rows[next].resumed) {
+                next++;
+                continue;
+            }
             ex_slot *s = NULL;
             /* The first examples start spread over the schedulers, as a
              * burst; each later one takes the place of one that ended and
@@ -672,7 +680,7 @@ static void coordinate(eval_job *j)
              * 296 -> 240 at 16, 155 -> 139 at 256. A scheduler falling
              * behind has them taken by an idle sibling, as with any
              * spawn. */
-            int rc = start_example(j, next, next < conc, &s);
+            int rc = start_example(j, next, started++ < conc, &s);
             if (rc == DX_OK && !track(&cs->fl, s)) {
                 abandon(s);
                 rc = DX_ENOMEM;
@@ -691,6 +699,8 @@ static void coordinate(eval_job *j)
                 res->n_errors++;
                 res->n_done++;
                 score_sum += row->score;
+                if (o->on_row)
+                    o->on_row(row, o->on_row_ud);
                 next++;
                 continue;
             }
@@ -713,10 +723,13 @@ static void coordinate(eval_job *j)
                     !atomic_load(&s->done) && dx_now_ms() >= s->deadline_ms;
                 record(j, s, reason, late, stopping);
                 dx_term_free(reason);
-                if (res->rows[s->index].done) {
+                const dx_eval_row *row = &res->rows[s->index];
+                if (row->done) {
                     res->n_done++;
-                    score_sum += res->rows[s->index].score;
-                    dx_usage_acc_merge(&res->usage, &res->rows[s->index].usage);
+                    score_sum += row->score;
+                    dx_usage_acc_merge(&res->usage, &row->usage);
+                    if (o->on_row)
+                        o->on_row(row, o->on_row_ud);
                 }
                 untrack(&cs->fl, s);
                 slot_unref(s);
@@ -747,17 +760,7 @@ static void coordinate(eval_job *j)
     res->score = res->n_done
                      ? round(10000.0 * score_sum / (double)res->n_done) / 100.0
                      : 0.0;
-    double *lat = dx_calloc(n ? n : 1, sizeof *lat);
-    size_t k = 0;
-    for (size_t i = 0; lat && i < n; i++)
-        if (res->rows[i].done && res->rows[i].error == DX_OK)
-            lat[k++] = res->rows[i].latency_ms;
-    if (lat) {
-        res->latency_p50_ms = dx__percentile(lat, k, 50);
-        res->latency_p95_ms = dx__percentile(lat, k, 95);
-        res->latency_p99_ms = dx__percentile(lat, k, 99);
-    }
-    dx_free(lat);
+    dx__eval_result_latencies(res);
     j->rc = DX_OK;
 }
 
@@ -780,6 +783,44 @@ void dx_eval_result_free(dx_eval_result *r)
     }
     dx_free(r->rows);
     dx_free(r);
+}
+
+dx_eval_result *dx__eval_result_new(const dx_dataset *ds)
+{
+    dx_eval_result *res = dx_calloc(1, sizeof *res);
+    if (!res)
+        return NULL;
+    res->rows = dx_calloc(ds->n ? ds->n : 1, sizeof *res->rows);
+    if (!res->rows) {
+        dx_free(res);
+        return NULL;
+    }
+    res->n = ds->n;
+    dx_usage_acc_init(&res->usage, "evaluate");
+    for (size_t i = 0; i < ds->n; i++) {
+        res->rows[i].index = i;
+        dx_usage_acc_init(&res->rows[i].usage, "example");
+        if (!(res->rows[i].example = dx_example_copy(ds->items[i]))) {
+            dx_eval_result_free(res);
+            return NULL;
+        }
+    }
+    return res;
+}
+
+void dx__eval_result_latencies(dx_eval_result *r)
+{
+    double *lat = dx_calloc(r->n ? r->n : 1, sizeof *lat);
+    if (!lat)
+        return; /* out of memory: the percentiles stay 0 */
+    size_t k = 0;
+    for (size_t i = 0; i < r->n; i++)
+        if (r->rows[i].done && r->rows[i].error == DX_OK)
+            lat[k++] = r->rows[i].latency_ms;
+    r->latency_p50_ms = dx__percentile(lat, k, 50);
+    r->latency_p95_ms = dx__percentile(lat, k, 95);
+    r->latency_p99_ms = dx__percentile(lat, k, 99);
+    dx_free(lat);
 }
 
 int dx_evaluate(const dx_module *m, const dx_dataset *ds,
@@ -835,6 +876,41 @@ dx__eval_keep dx__kept_keep(dx__kept *k)
     return (dx__eval_keep){kept_hold, kept_release, k};
 }
 
+/* Copy the rows of an earlier run that finished without an error into
+ * res (resumed), after checking they are of this dataset. */
+static int take_resumed(dx_eval_result *res, const dx_dataset *ds,
+                        const dx_eval_result *prior, dx_diag *diag)
+{
+    if (!prior)
+        return DX_OK;
+    if (prior->n != ds->n || (prior->n > 0 && !prior->rows))
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "evaluate: the rows to resume are of %zu "
+                           "examples, the dataset has %zu",
+                           prior->n, ds->n);
+    for (size_t i = 0; i < ds->n; i++) {
+        const dx_eval_row *was = &prior->rows[i];
+        if (!was->done || was->error != DX_OK)
+            continue;
+        if (was->example && !dx_example_equal(was->example, ds->items[i]))
+            return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                               "evaluate: the row to resume of example %zu "
+                               "has another example than the dataset's",
+                               i);
+        dx_eval_row *row = &res->rows[i];
+        if (was->pred && !(row->pred = dx_prediction_copy(was->pred)))
+            return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+        row->score = was->score;
+        row->latency_ms = was->latency_ms;
+        row->usage = was->usage;
+        row->done = row->resumed = true;
+        res->n_done++;
+        res->n_resumed++;
+        dx_usage_acc_merge(&res->usage, &row->usage);
+    }
+    return DX_OK;
+}
+
 int dx__evaluate_kept(const dx_module *m, const dx_dataset *ds,
                       const dx_eval_opts *opts, const dx__eval_keep *keep,
                       dx_eval_result **out, dx_diag *diag)
@@ -853,25 +929,17 @@ int dx__evaluate_kept(const dx_module *m, const dx_dataset *ds,
                            "evaluate: the runtime is not running");
     dx__pyjson_init();
     eval_job *j = dx_calloc(1, sizeof *j);
-    dx_eval_result *res = dx_calloc(1, sizeof *res);
-    if (res)
-        res->rows = dx_calloc(ds->n ? ds->n : 1, sizeof *res->rows);
-    if (!j || !res || !res->rows) {
+    dx_eval_result *res = dx__eval_result_new(ds);
+    if (!j || !res) {
         dx_free(j);
         dx_eval_result_free(res);
         return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
     }
-    res->n = ds->n;
-    dx_usage_acc_init(&res->usage, "evaluate");
-    for (size_t i = 0; i < ds->n; i++) {
-        res->rows[i].index = i;
-        res->rows[i].example = dx_example_copy(ds->items[i]);
-        dx_usage_acc_init(&res->rows[i].usage, "example");
-        if (!res->rows[i].example) {
-            dx_free(j);
-            dx_eval_result_free(res);
-            return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
-        }
+    int rc = take_resumed(res, ds, opts->resume, diag);
+    if (rc != DX_OK) {
+        dx_free(j);
+        dx_eval_result_free(res);
+        return rc;
     }
     if (keep && keep->hold && keep->release)
         j->keep = *keep;
@@ -892,7 +960,7 @@ int dx__evaluate_kept(const dx_module *m, const dx_dataset *ds,
         /* A host thread cannot receive DOWN messages: the coordinator is a
          * process of its own, and this thread waits for it. */
         dx_pid pid;
-        int rc = dx_spawn(coordinator_proc, j, &pid);
+        rc = dx_spawn(coordinator_proc, j, &pid);
         if (rc != DX_OK) {
             dx_free(j);
             dx_eval_result_free(res);
@@ -911,7 +979,7 @@ int dx__evaluate_kept(const dx_module *m, const dx_dataset *ds,
                                "evaluate: the coordinator process died");
         }
     }
-    int rc = j->rc;
+    rc = j->rc;
     if (rc != DX_OK) {
         if (diag)
             *diag = j->diag;

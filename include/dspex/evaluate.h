@@ -22,6 +22,11 @@
  * Cancellation: dx_evaluate_cancel_all (any thread, or a SIGINT handler)
  * stops starting new examples, kills those in flight and returns
  * what finished (cancelled = true).
+ *
+ * Nothing finished is lost to a kill: dx_eval_opts.on_row sees each row as
+ * its example ends (a journal writes it to a file), and dx_eval_opts.resume
+ * takes an earlier run's rows (dx_eval_result_read_jsonl) so only the rest
+ * run.
  */
 #ifndef DSPEX_EVALUATE_H
 #define DSPEX_EVALUATE_H
@@ -140,6 +145,9 @@ typedef enum dx_eval_progress_mode {
     DX_EVAL_PROGRESS_LINES,
 } dx_eval_progress_mode;
 
+typedef struct dx_eval_row dx_eval_row;
+struct dx_eval_result;
+
 typedef struct dx_eval_opts {
     dx_metric metric;
     /* Examples in flight at once; 0 = 16. Each example is a process, so
@@ -164,9 +172,25 @@ typedef struct dx_eval_opts {
     FILE *progress_out; /* default stderr */
     /* Seconds between plain progress lines (0 = 2 s). */
     double progress_interval_s;
+    /* Called as each example that ran ends, in the order they end, with
+     * its row (done, its prediction or error, usage), before the next
+     * example starts in its place: a journal (dx_eval_journal_row) writes
+     * it out, so a run that is killed keeps what finished. It runs in the
+     * evaluation's coordinator process and must not block for long, nor
+     * keep the row. Not called for rows taken from `resume`. */
+    void (*on_row)(const dx_eval_row *row, void *ud);
+    void *on_row_ud;
+    /* The rows of an earlier run of this evaluation (read back with
+     * dx_eval_result_read_jsonl, or an earlier dx_eval_result): a row
+     * that finished without an error is taken as it is (copied, resumed
+     * = true) and its example does not run again; a failed row, and an
+     * example it has no row for, runs. Its n must be the dataset's and
+     * each taken row's example equal the dataset's at that index, else
+     * DX_EINVAL. NULL: every example runs. The caller's; read only. */
+    const struct dx_eval_result *resume;
 } dx_eval_opts;
 
-typedef struct dx_eval_row {
+struct dx_eval_row {
     size_t index;        /* in the dataset */
     dx_example *example; /* the dataset's example (copy) */
     /* NULL when the program failed; kept when it answered and only the
@@ -180,7 +204,8 @@ typedef struct dx_eval_row {
     double latency_ms;
     dx_usage_acc usage; /* the example's LM usage (program run) */
     bool done;          /* false: not run (stopped early / cancelled) */
-} dx_eval_row;
+    bool resumed;       /* taken from dx_eval_opts.resume, not run */
+};
 
 typedef struct dx_eval_result {
     double score;  /* percent: 100 * sum(scores) / n_done, 2 decimals */
@@ -194,6 +219,7 @@ typedef struct dx_eval_result {
     double latency_p50_ms, latency_p95_ms, latency_p99_ms;
     dx_usage_acc usage; /* all examples */
     dx_eval_row *rows;  /* n rows, dataset order */
+    size_t n_resumed;   /* rows taken from dx_eval_opts.resume (in n_done) */
 } dx_eval_result;
 
 typedef struct dx_eval dx_eval;
@@ -215,11 +241,49 @@ DX_API int dx_evaluate(const dx_module *m, const dx_dataset *ds,
 DX_API void dx_evaluate_cancel_all(void);
 
 DX_API void dx_eval_result_free(dx_eval_result *r);
-/* One JSON object per row: {"index", "example", "prediction", "score",
- * "error", "latency_ms", "input_tokens", "output_tokens", "cost_usd",
- * "cached"}. DX_OK, DX_EIO (diag), DX_ENOMEM. */
+/* One JSON object per finished row, in dataset order: {"index",
+ * "example", "prediction", "score", "error", "error_code" (dx_err, 0 when
+ * ok), "latency_ms", "input_tokens", "output_tokens", "cost_usd",
+ * "cached" (every LM call came from the response cache), "lm_calls",
+ * "cached_calls"}. Written whole or not at all (a temporary file renamed).
+ * DX_OK, DX_EIO (diag), DX_ENOMEM. */
 DX_API int dx_eval_result_write_jsonl(const dx_eval_result *r, const char *path,
                                       dx_diag *diag);
+/* Read a file of rows (dx_eval_result_write_jsonl's, or a journal's, in
+ * any order) back as a result over ds: n = ds->n, a row done for each
+ * line, the rest not done; the scores, counts and usage summed over the
+ * rows read (wall time and percentiles 0). A line's "index" must be in
+ * the dataset and its "example" equal the dataset's there (else the file
+ * is of another dataset); a later line for the same index replaces an
+ * earlier one. A last line without its newline (a write cut short) is
+ * skipped and counted in *n_cut (may be NULL). A missing file is DX_ENOENT;
+ * a malformed line DX_ESYNTAX with diag naming the file, line and what.
+ * A failed row's error code is its "error_code" (DX_EINVAL in a file
+ * without one). *out is the caller's. */
+DX_API int dx_eval_result_read_jsonl(const char *path, const dx_dataset *ds,
+                                     dx_eval_result **out, size_t *n_cut,
+                                     dx_diag *diag);
+
+/* A journal: rows appended to a file as examples finish, so an evaluation
+ * that is killed (OOM, a lost session, a reboot) leaves every finished
+ * row behind, and dx_eval_result_read_jsonl + dx_eval_opts.resume run
+ * only the rest. Use it as dx_eval_opts.on_row; afterwards write the
+ * whole result over the same path (dx_eval_result_write_jsonl), which puts
+ * the rows in dataset order. Each row is one write(2) of a whole line. */
+typedef struct dx_eval_journal dx_eval_journal;
+/* Start path (created or replaced) with the finished rows of `kept` (may
+ * be NULL: empty), written whole first (a temporary file renamed), then
+ * open it for appending. DX_OK with *out the caller's; DX_EIO (diag
+ * names the file and why), DX_ENOMEM. */
+DX_API int dx_eval_journal_open(const char *path,
+                                const struct dx_eval_result *kept,
+                                dx_eval_journal **out, dx_diag *diag);
+/* An on_row function: append row to the journal `ud`. A failed write is
+ * kept for dx_eval_journal_close to report; later rows still try. */
+DX_API void dx_eval_journal_row(const dx_eval_row *row, void *ud);
+/* Close; DX_OK, or DX_EIO (diag) when a row could not be written. NULL is
+ * a no-op. */
+DX_API int dx_eval_journal_close(dx_eval_journal *j, dx_diag *diag);
 /* A summary and the first max_rows rows (0 = all) as a text table. */
 DX_API void dx_eval_result_print(const dx_eval_result *r, FILE *f,
                                  size_t max_rows);

@@ -747,6 +747,127 @@ Test(cli, eval_stops_on_ctrl_c_and_exits_130)
     cr_expect_eq(access(rows, F_OK), 0, "the rows file was written");
 }
 
+static size_t lines_in(const char *path, char *text, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "%s", path);
+    size_t n = fread(text, 1, cap - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    size_t lines = 0;
+    for (size_t i = 0; i < n; i++)
+        lines += text[i] == '\n';
+    return lines;
+}
+
+/* An evaluation killed outright (the OOM killer, a lost session) leaves
+ * the rows of the examples that finished in --out, each a whole line;
+ * --resume runs only the others (a fresh server sees just their calls)
+ * and writes the whole file in dataset order. */
+Test(cli, a_killed_eval_leaves_its_rows_and_resume_runs_only_the_rest)
+{
+    char url[96], path[200], rows[240], text[8192];
+    dx_lmserver *srv =
+        server_and_questions(&(dx_lmserver_opts){0}, url, "six.jsonl", 6, path);
+    /* One call per example (JSON adapter), one example at a time: three
+     * are answered, the fourth hangs. */
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:1", 3), DX_OK);
+    cr_assert_eq(dx_lmserver_inject(srv, "stall", 100), DX_OK);
+    snprintf(rows, sizeof rows, "%s/killed.jsonl", tmpdir);
+    const char *args[] = {"eval",
+                          example("capitals.json"),
+                          path,
+                          "--model",
+                          "openai-compatible/x",
+                          "--base-url",
+                          url,
+                          "--api-key",
+                          "k",
+                          "--adapter",
+                          "json",
+                          "--concurrency",
+                          "1",
+                          "--out",
+                          rows,
+                          NULL,
+                          NULL};
+    pid_t pid = dspex_start(args);
+    dx_lmserver_stats st = {0};
+    for (int i = 0; i < 60000 && st.requests < 4; i++) {
+        usleep(1000);
+        dx_lmserver_stats_get(srv, &st);
+    }
+    cr_assert_eq(st.requests, 4, "the fourth example's call arrived");
+    kill(pid, SIGKILL);
+    cr_expect_eq(dspex_wait(pid), 128 + SIGKILL);
+    dx_lmserver_stop_free(srv);
+    cr_assert_eq(lines_in(rows, text, sizeof text), 3, "%s", text);
+    /* A row cut short as it was written. */
+    FILE *f = fopen(rows, "a");
+    fputs("{\"index\":3,\"exam", f);
+    fclose(f);
+
+    srv =
+        server_and_questions(&(dx_lmserver_opts){0}, url, "six.jsonl", 6, path);
+    args[15] = "--resume";
+    int rc = dspex(args);
+    dx_lmserver_stats_get(srv, &st);
+    dx_lmserver_stop_free(srv);
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    cr_expect_eq(st.requests, 3, "only the three without a row ran");
+    cr_expect(strstr(out_buf, "done      6/6, 0 errors, 3 resumed") != NULL,
+              "%s", out_buf);
+    cr_expect(strstr(err_buf, "3 of 6 examples finished without an error; "
+                              "running the other 3 (its last line was cut "
+                              "short") != NULL,
+              "%s", err_buf);
+    cr_assert_eq(lines_in(rows, text, sizeof text), 6, "%s", text);
+    const char *at = text;
+    for (int i = 0; i < 6; i++) {
+        char want[32];
+        snprintf(want, sizeof want, "{\"index\":%d,", i);
+        cr_expect(strncmp(at, want, strlen(want)) == 0, "line %d: %.40s", i,
+                  at);
+        at = strchr(at, '\n') + 1;
+    }
+}
+
+/* --resume wants --out; a file that is not this dataset's rows is refused
+ * before any call, and left as it was. */
+Test(cli, eval_resume_refuses_rows_of_another_dataset_and_keeps_them)
+{
+    char url[96], path[200], rows[240], text[512];
+    dx_lmserver *srv =
+        server_and_questions(&(dx_lmserver_opts){0}, url, "two.jsonl", 2, path);
+    int rc =
+        dspex((const char *[]){"eval", example("capitals.json"), path,
+                               "--model", "openai-compatible/x", "--base-url",
+                               url, "--api-key", "k", "--resume", NULL});
+    cr_expect_eq(rc, 2);
+    cr_expect(strstr(err_buf, "--resume wants --out") != NULL, "%s", err_buf);
+
+    snprintf(rows, sizeof rows, "%s/other.jsonl", tmpdir);
+    const char *other = "{\"index\":1,\"example\":{\"question\":\"Elsewhere?\","
+                        "\"answer\":\"x\"},\"score\":1}\n";
+    FILE *f = fopen(rows, "w");
+    fputs(other, f);
+    fclose(f);
+    rc = dspex((const char *[]){"eval", example("capitals.json"), path,
+                                "--model", "openai-compatible/x", "--base-url",
+                                url, "--api-key", "k", "--out", rows,
+                                "--resume", NULL});
+    dx_lmserver_stats st;
+    dx_lmserver_stats_get(srv, &st);
+    dx_lmserver_stop_free(srv);
+    cr_expect_eq(rc, 2, "%s", err_buf);
+    cr_expect(strstr(err_buf, "other.jsonl:1: the row of example 1 has "
+                              "another example") != NULL,
+              "%s", err_buf);
+    cr_expect_eq(st.requests, 0);
+    lines_in(rows, text, sizeof text);
+    cr_expect_str_eq(text, other, "the file is left as it was");
+}
+
 /* Ctrl-C during an optimization whose teacher runs all hang: it stops,
  * says so, saves nothing and exits 130. */
 Test(cli, optimize_stops_on_ctrl_c_and_exits_130)

@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -271,8 +273,9 @@ Test(eval_report, jsonl_has_one_object_per_finished_row, .timeout = 10)
     const char *first =
         "{\"index\":0,\"example\":{\"question\":\"2+2?\",\"answer\":\"4\"},"
         "\"prediction\":{\"reasoning\":\"two and two\",\"answer\":\"4\"},"
-        "\"score\":1.0,\"error\":null,\"latency_ms\":12.5,\"input_tokens\":10,"
-        "\"output_tokens\":2,\"cost_usd\":0.0001,\"cached\":false}\n";
+        "\"score\":1.0,\"error\":null,\"error_code\":0,\"latency_ms\":12.5,"
+        "\"input_tokens\":10,\"output_tokens\":2,\"cost_usd\":0.0001,"
+        "\"cached\":false,\"lm_calls\":1,\"cached_calls\":0}\n";
     cr_expect(strncmp(text, first, strlen(first)) == 0, "got %s", text);
     free(text);
 
@@ -321,6 +324,258 @@ Test(eval_report, jsonl_marks_all_cached_rows_and_names_unwritable_paths,
                  DX_EIO);
     cr_expect(strstr(d.msg, "/nonexistent-dir/x.jsonl") != NULL, "%s", d.msg);
     cr_expect_eq(dx_eval_result_write_jsonl(NULL, "x", &d), DX_EINVAL);
+    dx_eval_result_free(r);
+}
+
+/* ---- rows read back and journals --------------------------------------- */
+
+/* The dataset sample_result's rows are of. */
+static dx_dataset *sample_dataset(void)
+{
+    dx_dataset *ds = dx_dataset_new();
+    cr_assert_not_null(ds);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(
+            dx_dataset_append(
+                ds, ex_json("{\"question\": \"2+2?\", \"answer\": \"4\"}")),
+            DX_OK);
+    return ds;
+}
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* What dx_eval_result_write_jsonl wrote comes back row for row: the
+ * prediction, score, error and its code, latency and usage; the row that
+ * never ran stays not done; the sums are the rows'. */
+Test(eval_report, rows_written_as_jsonl_read_back_as_a_result, .timeout = 10)
+{
+    dx_eval_result *r = sample_result(NULL);
+    r->rows[0].usage.calls = 3;
+    r->rows[0].usage.cached_calls = 1;
+    char *path = tmp_path("readback");
+    dx_diag d = {0};
+    cr_assert_eq(dx_eval_result_write_jsonl(r, path, &d), DX_OK, "%s", d.msg);
+    dx_dataset *ds = sample_dataset();
+    dx_eval_result *back = NULL;
+    size_t cut = 9;
+    cr_assert_eq(dx_eval_result_read_jsonl(path, ds, &back, &cut, &d), DX_OK,
+                 "%s", d.msg);
+    cr_expect_eq(cut, 0);
+    cr_assert_eq(back->n, 3);
+    cr_expect_eq(back->n_done, 2);
+    cr_expect_eq(back->n_errors, 1);
+    cr_expect_float_eq(back->score, 50.0, 1e-9);
+    const dx_eval_row *ok = &back->rows[0];
+    cr_assert(ok->done);
+    cr_expect_eq(ok->error, DX_OK);
+    cr_expect_null(ok->error_msg);
+    cr_expect_float_eq(ok->score, 1.0, 0);
+    cr_expect_float_eq(ok->latency_ms, 12.5, 0);
+    cr_assert_not_null(ok->pred);
+    cr_expect_str_eq(dx_prediction_get_str(ok->pred, "reasoning", ""),
+                     "two and two");
+    cr_expect_str_eq(dx_prediction_get_str(ok->pred, "answer", ""), "4");
+    cr_expect_eq(ok->usage.input_tokens, 10);
+    cr_expect_eq(ok->usage.output_tokens, 2);
+    cr_expect_eq(ok->usage.calls, 3);
+    cr_expect_eq(ok->usage.cached_calls, 1);
+    cr_expect_float_eq(ok->usage.cost_usd, 0.0001, 1e-12);
+    const dx_eval_row *bad = &back->rows[1];
+    cr_assert(bad->done);
+    cr_expect_eq(bad->error, DX_ETIMEDOUT);
+    cr_expect_str_eq(bad->error_msg, "example took longer than 100 ms");
+    cr_expect_null(bad->pred);
+    cr_expect(!back->rows[2].done, "the row that never ran");
+    cr_expect_eq(back->usage.calls, 3);
+    cr_expect_float_eq(back->latency_p50_ms, 12.5, 0);
+    /* Written again, the file is the same: one format throughout. */
+    char *again = tmp_path("readback2");
+    cr_assert_eq(dx_eval_result_write_jsonl(back, again, &d), DX_OK);
+    char *a = slurp(path), *b = slurp(again);
+    cr_expect_str_eq(b, a);
+    free(a);
+    free(b);
+    unlink(again);
+    free(again);
+    dx_eval_result_free(back);
+    dx_dataset_free(ds);
+    unlink(path);
+    free(path);
+    dx_eval_result_free(r);
+}
+
+/* A journal's lines in completion order, one written twice, and a last
+ * line cut short by a kill: the later line wins, the cut one is counted
+ * and its example has no row. */
+Test(eval_report, a_journal_cut_short_reads_back_its_whole_rows, .timeout = 10)
+{
+    char *path = tmp_path("cut");
+    write_text(path,
+               "{\"index\":2,\"example\":{\"question\":\"2+2?\",\"answer\":"
+               "\"4\"},\"prediction\":null,\"score\":0.0,\"error\":\"boom\","
+               "\"error_code\":-9}\n"
+               "\n"
+               "{\"index\":2,\"example\":{\"answer\":\"4\",\"question\":"
+               "\"2+2?\"},\"prediction\":{\"answer\":\"4\"},\"score\":1}\n"
+               "{\"index\":0,\"example\":{\"question\":\"2+2?\",\"answer\":"
+               "\"4\"},\"prediction\":null,\"score\":0.0,\"error\":\"an older "
+               "file\",\"cached\":true}\n"
+               "{\"index\":1,\"example\":{\"question\":\"2+");
+    dx_dataset *ds = sample_dataset();
+    dx_eval_result *r = NULL;
+    size_t cut = 0;
+    dx_diag d = {0};
+    cr_assert_eq(dx_eval_result_read_jsonl(path, ds, &r, &cut, &d), DX_OK, "%s",
+                 d.msg);
+    cr_expect_eq(cut, 1);
+    cr_expect_eq(r->n_done, 2);
+    cr_expect(!r->rows[1].done, "the cut line's example has no row");
+    cr_expect_eq(r->rows[2].error, DX_OK, "the later line replaced the error");
+    cr_expect_float_eq(r->rows[2].score, 1.0, 0);
+    cr_expect_str_eq(dx_prediction_get_str(r->rows[2].pred, "answer", ""), "4");
+    /* Without error_code (an older file) a failure is still one. */
+    cr_expect_eq(r->rows[0].error, DX_EINVAL);
+    cr_expect_eq(r->rows[0].usage.calls, 1, "\"cached\" without the counts");
+    cr_expect_eq(r->rows[0].usage.cached_calls, 1);
+    dx_eval_result_free(r);
+    dx_dataset_free(ds);
+    unlink(path);
+    free(path);
+}
+
+/* Each refusal names the file and line and leaves *out NULL. */
+static void expect_refused(const char *text, int code, const char *says)
+{
+    char *path = tmp_path("bad");
+    write_text(path, text);
+    dx_dataset *ds = sample_dataset();
+    dx_eval_result *r = (dx_eval_result *)1;
+    dx_diag d = {0};
+    cr_expect_eq(dx_eval_result_read_jsonl(path, ds, &r, NULL, &d), code,
+                 "%s: %s", text, d.msg);
+    cr_expect_null(r);
+    cr_expect(strstr(d.msg, path) != NULL, "%s", d.msg);
+    cr_expect(strstr(d.msg, says) != NULL, "wanted \"%s\" in: %s", says, d.msg);
+    dx_eval_result_free(r);
+    dx_dataset_free(ds);
+    unlink(path);
+    free(path);
+}
+
+Test(eval_report, a_file_not_of_these_rows_is_refused_with_where_and_why,
+     .timeout = 10)
+{
+    const char *row0 = "{\"index\":0,\"example\":{\"question\":\"2+2?\","
+                       "\"answer\":\"4\"},\"score\":1}\n";
+    char text[512];
+    /* A malformed line before the last: not a journal's cut line. */
+    snprintf(text, sizeof text, "%s{\"index\": 1,\n%s", row0, row0);
+    expect_refused(text, DX_ESYNTAX, ":2:");
+    expect_refused("[1, 2]\n", DX_ESYNTAX, ":1: a row is a JSON object");
+    expect_refused("{\"example\":{}}\n", DX_ESYNTAX, "\"index\"");
+    expect_refused("{\"index\":1.5,\"example\":{}}\n", DX_ESYNTAX, "\"index\"");
+    expect_refused("{\"index\":3,\"example\":{\"question\":\"2+2?\","
+                   "\"answer\":\"4\"},\"score\":1}\n",
+                   DX_EINVAL, "the dataset has 3 examples");
+    expect_refused("{\"index\":1,\"example\":{\"question\":\"3+3?\","
+                   "\"answer\":\"6\"},\"score\":1}\n",
+                   DX_EINVAL, "another example");
+    expect_refused("{\"index\":1,\"example\":{\"question\":\"2+2?\"},"
+                   "\"score\":1}\n",
+                   DX_EINVAL, "another example");
+    expect_refused("{\"index\":1,\"example\":{\"question\":\"2+2?\","
+                   "\"answer\":\"4\"}}\n",
+                   DX_ESYNTAX, "\"score\" is missing");
+    expect_refused("{\"index\":1,\"example\":{\"question\":\"2+2?\","
+                   "\"answer\":\"4\"},\"score\":1,\"input_tokens\":-1}\n",
+                   DX_ESYNTAX, "\"input_tokens\"");
+    expect_refused("{\"index\":1,\"example\":{\"question\":\"2+2?\","
+                   "\"answer\":\"4\"},\"score\":1,\"prediction\":\"4\"}\n",
+                   DX_ESYNTAX, "\"prediction\"");
+
+    dx_dataset *ds = sample_dataset();
+    dx_eval_result *r = NULL;
+    dx_diag d = {0};
+    cr_expect_eq(
+        dx_eval_result_read_jsonl("/nonexistent-dir/r.jsonl", ds, &r, NULL, &d),
+        DX_ENOENT);
+    cr_expect(strstr(d.msg, "/nonexistent-dir/r.jsonl") != NULL, "%s", d.msg);
+    cr_expect_eq(dx_eval_result_read_jsonl(NULL, ds, &r, NULL, &d), DX_EINVAL);
+    dx_dataset_free(ds);
+}
+
+/* The journal starts with the rows kept (a resumed run's), appends each
+ * row as a whole line, and reads back as the rows it was given. */
+Test(eval_report, a_journal_appends_whole_rows_after_the_kept_ones,
+     .timeout = 10)
+{
+    dx_eval_result *r = sample_result(NULL);
+    char *path = tmp_path("journal");
+    write_text(path, "an earlier file the journal replaces\n");
+    dx_eval_result kept = *r;
+    dx_eval_row kept_rows[3] = {r->rows[0], {0}, {0}};
+    kept.rows = kept_rows;
+    dx_eval_journal *j = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_eval_journal_open(path, &kept, &j, &d), DX_OK, "%s", d.msg);
+    char *text = slurp(path);
+    cr_expect_eq(strchr(text, '\n') - text + 1, (long)strlen(text),
+                 "one line: the kept row: %s", text);
+    free(text);
+    dx_eval_journal_row(&r->rows[1], j);
+    dx_eval_journal_row(&r->rows[2], j); /* not done: not a row */
+    cr_assert_eq(dx_eval_journal_close(j, &d), DX_OK, "%s", d.msg);
+
+    dx_dataset *ds = sample_dataset();
+    dx_eval_result *back = NULL;
+    cr_assert_eq(dx_eval_result_read_jsonl(path, ds, &back, NULL, &d), DX_OK,
+                 "%s", d.msg);
+    cr_expect_eq(back->n_done, 2);
+    cr_expect_eq(back->rows[0].error, DX_OK);
+    cr_expect_eq(back->rows[1].error, DX_ETIMEDOUT);
+    dx_eval_result_free(back);
+    dx_dataset_free(ds);
+
+    d = (dx_diag){0};
+    cr_expect_eq(dx_eval_journal_open("/nonexistent-dir/j.jsonl", NULL, &j, &d),
+                 DX_EIO);
+    cr_expect(strstr(d.msg, "/nonexistent-dir/j.jsonl") != NULL, "%s", d.msg);
+    cr_expect_eq(dx_eval_journal_close(NULL, &d), DX_OK);
+    unlink(path);
+    free(path);
+    dx_eval_result_free(r);
+}
+
+/* A row the journal cannot write (a full disk, a file size limit) is
+ * reported at close, with how many were lost. */
+Test(eval_report, a_journal_reports_rows_it_could_not_write, .timeout = 10)
+{
+    dx_eval_result *r = sample_result(NULL);
+    dx_eval_journal *j = NULL;
+    dx_diag d = {0};
+    char *path = tmp_path("full");
+    cr_assert_eq(dx_eval_journal_open(path, NULL, &j, &d), DX_OK, "%s", d.msg);
+    /* This test's own process: past the limit a write fails with EFBIG. */
+    struct rlimit was, tiny;
+    cr_assert_eq(getrlimit(RLIMIT_FSIZE, &was), 0);
+    tiny = was;
+    tiny.rlim_cur = 16;
+    signal(SIGXFSZ, SIG_IGN);
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &tiny), 0);
+    dx_eval_journal_row(&r->rows[0], j);
+    dx_eval_journal_row(&r->rows[1], j);
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &was), 0);
+    cr_expect_eq(dx_eval_journal_close(j, &d), DX_EIO);
+    cr_expect(strstr(d.msg, "rows not written") != NULL, "%s", d.msg);
+    cr_expect(strstr(d.msg, path) != NULL, "%s", d.msg);
+    unlink(path);
+    free(path);
     dx_eval_result_free(r);
 }
 

@@ -471,6 +471,107 @@ Test(evaluate, examples_without_inputs_are_errors_that_say_so)
     dx_module_free(m);
 }
 
+/* ---- rows as they finish, and resuming --------------------------------- */
+
+static atomic_int programs_run;
+
+/* Echoes the question; q5 always fails. Counts its runs. */
+static int counted_echo_forward(dx_ctx *ctx, const dx_module *self,
+                                const dx_example *in, dx_prediction **out)
+{
+    atomic_fetch_add(&programs_run, 1);
+    if (strcmp(dx_example_get_str(in, "question", ""), "q5") == 0)
+        return dx_ctx_fail(ctx, DX_EPARSE, "q5 never parses");
+    return echo_forward(ctx, self, in, out);
+}
+
+typedef struct rows_seen {
+    size_t calls;
+    bool twice, not_done, resumed;
+    bool seen[32];
+} rows_seen;
+
+/* on_row: the coordinator calls it, one row at a time. */
+static void note_row(const dx_eval_row *row, void *ud)
+{
+    rows_seen *rs = ud;
+    rs->calls++;
+    rs->not_done |= !row->done;
+    rs->resumed |= row->resumed;
+    if (row->index < 32) {
+        rs->twice |= rs->seen[row->index];
+        rs->seen[row->index] = true;
+    }
+}
+
+/* Every example that ran is handed to on_row once, as it ends. A resumed
+ * run takes the rows that finished without an error, runs the failed one
+ * and those that never ran, and scores the whole dataset. */
+Test(evaluate, rows_go_to_on_row_as_they_end_and_a_resume_runs_only_the_rest)
+{
+    dx_module *m =
+        dx_module_new("Echo", counted_echo_forward, NULL, NULL, NULL);
+    dx_dataset *ds = dataset(20, NULL);
+    rows_seen seen = {0};
+    dx_eval_opts o = {
+        .metric = {.kind = DX_METRIC_EXACT_MATCH},
+        .concurrency = 4,
+        .progress = DX_EVAL_PROGRESS_OFF,
+        .on_row = note_row,
+        .on_row_ud = &seen,
+    };
+    atomic_store(&programs_run, 0);
+    dx_eval_result *first = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_evaluate(m, ds, &o, &first, &d), DX_OK, "%s", d.msg);
+    cr_assert_eq(first->n_errors, 1);
+    cr_expect_eq(seen.calls, 20);
+    cr_expect(!seen.twice && !seen.not_done && !seen.resumed);
+    cr_expect_eq(first->n_resumed, 0);
+    /* As if the run had been killed after its first ten examples. */
+    for (size_t i = 10; i < 20; i++) {
+        dx_prediction_free(first->rows[i].pred);
+        first->rows[i].pred = NULL;
+        first->rows[i].done = false;
+    }
+
+    memset(&seen, 0, sizeof seen);
+    atomic_store(&programs_run, 0);
+    o.resume = first;
+    dx_eval_result *r = NULL;
+    cr_assert_eq(dx_evaluate(m, ds, &o, &r, &d), DX_OK, "%s", d.msg);
+    cr_expect_eq(atomic_load(&programs_run), 11, "q5 and q10..q19 ran");
+    cr_expect_eq(seen.calls, 11);
+    cr_expect(!seen.resumed, "resumed rows are not handed over");
+    cr_expect(!seen.seen[0] && seen.seen[5] && seen.seen[19]);
+    cr_expect_eq(r->n_done, 20);
+    cr_expect_eq(r->n_resumed, 9);
+    cr_expect_eq(r->n_errors, 1);
+    cr_expect_float_eq(r->score, 95.0, 1e-9);
+    cr_expect(r->rows[0].resumed && !r->rows[5].resumed);
+    cr_expect_str_eq(dx_prediction_get_str(r->rows[0].pred, "answer", ""),
+                     "q0");
+    cr_expect_eq(r->rows[5].error, DX_EPARSE);
+    cr_expect_str_eq(dx_prediction_get_str(r->rows[19].pred, "answer", ""),
+                     "q19");
+    dx_eval_result_free(r);
+
+    /* Rows of another dataset are refused before anything runs. */
+    atomic_store(&programs_run, 0);
+    dx_dataset *shorter = dataset(19, NULL);
+    cr_expect_eq(dx_evaluate(m, shorter, &o, &r, &d), DX_EINVAL);
+    cr_expect(strstr(d.msg, "20 examples, the dataset has 19"), "%s", d.msg);
+    dx_dataset_free(shorter);
+    cr_assert_eq(
+        dx_example_set_str(first->rows[3].example, "question", "other"), DX_OK);
+    cr_expect_eq(dx_evaluate(m, ds, &o, &r, &d), DX_EINVAL);
+    cr_expect(strstr(d.msg, "example 3"), "%s", d.msg);
+    cr_expect_eq(atomic_load(&programs_run), 0);
+    dx_eval_result_free(first);
+    dx_dataset_free(ds);
+    dx_module_free(m);
+}
+
 /* ---- cancellation ------------------------------------------------------- */
 
 static int slow_forward(dx_ctx *ctx, const dx_module *self,
