@@ -536,18 +536,24 @@ static void note_schema_refused(dx_pid lm)
     atomic_store_explicit(&schema_refusers[i], lm.id, memory_order_relaxed);
 }
 
-/* One attempt through adapter kind. For the JSONAdapter: when the request
- * carried the signature's JSON schema (structured outputs) and the
- * provider refused it as a bad request, ask once more in plain JSON mode
- * ({"type": "json_object"}), which is all several OpenAI-compatible
- * servers take. DSPy gets there by knowing each model's capabilities
- * (litellm's supports_response_schema) and sends such servers JSON mode
- * at once; dspex knows no server's, so it learns from the refusal. An
- * answer that does not parse is not asked again here (the ChatAdapter's
- * fallback is the caller's). Nothing has streamed from a refused call, so
- * the second one streams as the first would have. When the server takes
- * the request in JSON mode, the refusal is kept for the client
- * (refuses_schema), whose later calls skip the schema. */
+/* One attempt through adapter kind. For the JSONAdapter, when the request
+ * carried the signature's JSON schema (structured outputs), the step is
+ * asked once more in plain JSON mode ({"type": "json_object"}) when
+ *  - the provider refused the schema as a bad request: several
+ *    OpenAI-compatible servers take JSON mode only. DSPy gets there by
+ *    knowing each model's capabilities (litellm's
+ *    supports_response_schema) and sends such servers JSON mode at once;
+ *    dspex knows no server's, so it learns from the refusal: when the
+ *    server then takes the request in JSON mode, the refusal is kept for
+ *    the client (refuses_schema), whose later calls skip the schema.
+ *    Nothing has streamed from a refused call, so the second one streams
+ *    as the first would have;
+ *  - the answer did not parse into the outputs (a server that takes the
+ *    schema but does not enforce it, a model that answers around it), as
+ *    DSPy's JSONAdapter does for any failure but an LM error. Fields of
+ *    the first answer may have streamed already, so the second does not
+ *    stream (as the ChatAdapter's fallback).
+ * Other LM errors are the client's to retry, not this. */
 static int try_adapter(predict_try *t, dx_adapter_kind kind, bool stream)
 {
     dx_ctx *ctx = t->ctx;
@@ -561,8 +567,9 @@ static int try_adapter(predict_try *t, dx_adapter_kind kind, bool stream)
                            &t->parsed, &t->n_parsed);
     took(t, res);
     bool refused = rc == DX_EPROVIDER && how.lm_error == DX_LM_ERR_BAD_REQUEST;
-    if (kind != DX_ADAPTER_JSON || !how.schema_sent || !refused ||
-        ctx->no_json_fallback)
+    bool unreadable = rc == DX_EPARSE || rc == DX_ETYPE;
+    if (kind != DX_ADAPTER_JSON || !how.schema_sent ||
+        !(refused || unreadable) || ctx->no_json_fallback)
         return rc;
     dx_diag first = ctx->diag;
     dx_log_field f[] = {
@@ -571,7 +578,7 @@ static int try_adapter(predict_try *t, dx_adapter_kind kind, bool stream)
     };
     dx_log_event(DX_LOG_WARNING, "json_schema_fallback", f,
                  sizeof f / sizeof f[0]);
-    how = (attempt_how){.stream = stream, .object_mode = true};
+    how = (attempt_how){.stream = stream && refused, .object_mode = true};
     res = NULL;
     drop_last(t);
     rc = attempt_again(ctx, t->p, kind, &t->lm, t->in, &how, &res, &t->parsed,
@@ -580,8 +587,10 @@ static int try_adapter(predict_try *t, dx_adapter_kind kind, bool stream)
     /* Remembered only when the server took the request without the schema:
      * a bad request for another reason (a prompt too long) would be
      * refused again, and must not cost the client its structured outputs
-     * for good. */
-    if (!(rc == DX_EPROVIDER && how.lm_error == DX_LM_ERR_BAD_REQUEST))
+     * for good; an answer that did not parse says nothing about what the
+     * server takes. */
+    if (refused &&
+        !(rc == DX_EPROVIDER && how.lm_error == DX_LM_ERR_BAD_REQUEST))
         note_schema_refused(t->lm);
     if (rc != DX_OK) {
         char second[DX_DIAG_MAX];

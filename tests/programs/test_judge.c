@@ -110,8 +110,10 @@ Test(judge, semantic_f1_scores_the_f1_of_the_judges_recall_and_precision)
     push_judge("[[ ## recall ## ]]\n0.5\n\n[[ ## precision ## ]]\n1.0");
     /* out of range: clamped to recall 1, precision 0 → F1 0 */
     push_judge("[[ ## recall ## ]]\n2.5\n\n[[ ## precision ## ]]\n-1");
-    /* no numbers, to the ChatAdapter and to its JSON fallback */
+    /* no numbers, to the ChatAdapter and to its JSON fallback (with the
+     * schema, then in JSON mode) */
     push_judge("[[ ## recall ## ]]\nmost of it\n\n[[ ## precision ## ]]\nall");
+    cr_assert_eq(dx_lmserver_push_reply(srv, "{\"recall\": \"most\"}"), DX_OK);
     cr_assert_eq(dx_lmserver_push_reply(srv, "{\"recall\": \"most\"}"), DX_OK);
     dx_eval_result *r =
         evaluate_with((dx_metric){.kind = DX_METRIC_SEMANTIC_F1}, ds);
@@ -137,8 +139,9 @@ Test(judge, semantic_f1_scores_the_f1_of_the_judges_recall_and_precision)
     /* the judge's calls are the rows' usage (the program made none) */
     cr_assert_eq(r->rows[0].usage.calls, 1);
     cr_assert_gt(r->rows[0].usage.input_tokens, 0);
-    cr_assert_eq(r->rows[2].usage.calls, 2, "ChatAdapter + JSON fallback");
-    cr_assert_eq(r->usage.calls, 4);
+    cr_assert_eq(r->rows[2].usage.calls, 3,
+                 "ChatAdapter + JSON fallback, with the schema and without");
+    cr_assert_eq(r->usage.calls, 5);
 
     /* DSPy's SemanticRecallPrecision, field for field, under a
      * ChainOfThought, with the example's question and ground truth and

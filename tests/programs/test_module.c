@@ -236,6 +236,92 @@ Test(module, a_refused_json_schema_is_asked_again_in_json_mode)
     dx_module_free(p);
 }
 
+/* A server may take the JSON schema and not hold its model to it: an
+ * answer sent with the schema that does not parse is asked for once more
+ * in JSON mode, as DSPy's JSONAdapter does, with a warning; when that
+ * fails too the error names both answers. The server is not taken for one
+ * without structured outputs: the next call sends the schema again. A
+ * ChatAdapter answer that does not parse can so cost three calls: chat,
+ * the JSONAdapter with the schema, then JSON mode. */
+Test(module, an_answer_that_ignores_the_schema_is_asked_again_in_json_mode)
+{
+    fixture_run(fixture_stop_client);
+    fixture_run(fixture_start_client); /* no schema refusal remembered */
+    dx_signature *s = sig("question -> answer, year: int");
+    dx_module *p = dx_predict_new(s, NULL);
+    dx_signature_unref(s);
+    dx_example *in = inputs1("question", "Capital of Spain, since when?");
+    dx_prediction *pred = NULL;
+    dx_diag d = {0};
+    dx_call_opts o = {.adapter = DX_ADAPTER_JSON};
+
+    dx_lmserver_push_reply(srv, "Madrid, since 1561");
+    dx_lmserver_push_reply(srv, "{\"answer\": \"Madrid\", \"year\": 1561}");
+    first_warning[0] = '\0';
+    dx_log_set_sink(warning_sink, NULL);
+    uint64_t before = upstream_requests();
+    int rc = dx_module_call(p, in, &o, &pred, NULL, &d);
+    dx_log_set_sink(NULL, NULL);
+    cr_assert_eq(rc, DX_OK, "%s: %s", dx_err_name(rc), d.msg);
+    cr_assert_eq(upstream_requests() - before, 2, "the schema, then JSON mode");
+    cr_assert_eq(dx_example_get_num(dx_prediction_fields(pred), "year", 0),
+                 1561);
+    cr_assert_eq(dx_prediction_usage(pred)->calls, 2);
+    cr_assert(strstr(first_warning, "json_schema_fallback"), "%s",
+              first_warning);
+    dx_prediction_free(pred);
+
+    /* Both answers unreadable: the error names both; two calls, no more. */
+    dx_lmserver_push_reply(srv, "Madrid, since 1561");
+    dx_lmserver_push_reply(srv,
+                           "{\"answer\": \"Madrid\", \"year\": \"long ago\"}");
+    dx_example_set_str(in, "question", "Spain's capital, since when?");
+    before = upstream_requests();
+    rc = dx_module_call(p, in, &o, &pred, NULL, &d);
+    cr_assert(rc == DX_EPARSE || rc == DX_ETYPE, "%s", dx_err_name(rc));
+    cr_assert_null(pred);
+    cr_assert_eq(upstream_requests() - before, 2);
+    cr_assert(strstr(d.msg, "; then, in JSON mode without the schema: "), "%s",
+              d.msg);
+    cr_assert(strstr(d.msg, "year"), "%s", d.msg);
+
+    /* Off with the other fallbacks. */
+    dx_lmserver_push_reply(srv, "Madrid, since 1561");
+    dx_example_set_str(in, "question", "Since when is Madrid the capital?");
+    o.no_json_fallback = true;
+    before = upstream_requests();
+    rc = dx_module_call(p, in, &o, &pred, NULL, &d);
+    cr_assert_eq(rc, DX_EPARSE, "%s", dx_err_name(rc));
+    cr_assert_eq(upstream_requests() - before, 1);
+
+    /* ChatAdapter, then the JSONAdapter with the schema, then JSON mode. */
+    dx_lmserver_push_reply(srv, "Madrid, since 1561");
+    dx_lmserver_push_reply(srv, "Madrid, since 1561");
+    dx_lmserver_push_reply(srv, "{\"answer\": \"Madrid\", \"year\": 1561}");
+    dx_example_set_str(in, "question", "Madrid: capital since when?");
+    o = (dx_call_opts){0};
+    before = upstream_requests();
+    rc = dx_module_call(p, in, &o, &pred, NULL, &d);
+    cr_assert_eq(rc, DX_OK, "%s: %s", dx_err_name(rc), d.msg);
+    cr_assert_eq(upstream_requests() - before, 3);
+    dx_prediction_free(pred);
+
+    /* None of that was taken for a refusal: the schema still goes with
+     * each call (the server refuses it here, so a schema request shows as
+     * two). */
+    o = (dx_call_opts){.adapter = DX_ADAPTER_JSON};
+    cr_assert_eq(dx_lmserver_inject(srv, "no_json_schema", 1), DX_OK);
+    dx_lmserver_push_reply(srv, "{\"answer\": \"Madrid\", \"year\": 1561}");
+    dx_example_set_str(in, "question", "Capital of Spain, and since when?");
+    before = upstream_requests();
+    rc = dx_module_call(p, in, &o, &pred, NULL, &d);
+    cr_assert_eq(rc, DX_OK, "%s: %s", dx_err_name(rc), d.msg);
+    cr_assert_eq(upstream_requests() - before, 2, "the schema was sent");
+    dx_prediction_free(pred);
+    dx_example_free(in);
+    dx_module_free(p);
+}
+
 /* A client's own headers go with every request: here the key, in a
  * header of the user's, for a server that wants one; a client without
  * it is refused; a header the transport owns fails the start. */
@@ -690,17 +776,23 @@ Test(module, both_adapters_failing_names_both_reasons)
     dx_signature_unref(s);
     dx_lmserver_push_reply(srv, "no markers");
     dx_lmserver_push_reply(srv, "no json either");
+    dx_lmserver_push_reply(srv, "nor in JSON mode");
     dx_example *in = inputs1("question", "Capital of Peru?");
     dx_prediction *pred = NULL;
     dx_diag d = {0};
+    uint64_t before = upstream_requests();
     cr_assert_eq(dx_module_call(p, in, NULL, &pred, NULL, &d), DX_EPARSE);
     cr_assert_null(pred);
+    cr_assert_eq(upstream_requests() - before, 3,
+                 "chat, the schema, JSON mode");
     cr_assert(strstr(d.msg, "ChatAdapter"), "%s", d.msg);
     cr_assert(strstr(d.msg, "; then, with the JSONAdapter fallback: "), "%s",
               d.msg);
     cr_assert(strstr(d.msg, "JSONAdapter: the LM response is not a JSON "
                             "object"),
               "%s", d.msg);
+    cr_assert(strstr(d.msg, "; then, in JSON mode without the schema: "), "%s",
+              d.msg);
     dx_example_free(in);
     dx_module_free(p);
 }
@@ -714,8 +806,9 @@ Test(module, an_answer_cut_at_the_token_limit_says_so)
     dx_signature *s = sig("question -> answer");
     dx_module *p = dx_predict_new(s, NULL);
     dx_signature_unref(s);
-    cr_assert_eq(dx_lmserver_inject(srv, "max_tokens:1", 2), DX_OK);
+    cr_assert_eq(dx_lmserver_inject(srv, "max_tokens:1", 3), DX_OK);
     dx_lmserver_push_reply(srv, "[[ ## answer ## ]]\nLima");
+    dx_lmserver_push_reply(srv, "{\"answer\": \"Lima\"}");
     dx_lmserver_push_reply(srv, "{\"answer\": \"Lima\"}");
     dx_example *in = inputs1("question", "Capital of Peru, cut short?");
     dx_prediction *pred = NULL;
@@ -733,6 +826,7 @@ Test(module, an_answer_cut_at_the_token_limit_says_so)
     /* not said of an answer that was not cut */
     dx_lmserver_push_reply(srv, "no markers");
     dx_lmserver_push_reply(srv, "no json either");
+    dx_lmserver_push_reply(srv, "nor in JSON mode");
     dx_example_set_str(in, "question", "Capital of Peru, whole?");
     cr_assert_eq(dx_module_call(p, in, NULL, &pred, NULL, &d), DX_EPARSE);
     cr_assert_null(strstr(d.msg, "token limit"), "%s", d.msg);
