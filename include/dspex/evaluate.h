@@ -269,7 +269,9 @@ DX_API int dx_eval_result_read_jsonl(const char *path, const dx_dataset *ds,
  * row behind, and dx_eval_result_read_jsonl + dx_eval_opts.resume run
  * only the rest. Use it as dx_eval_opts.on_row; afterwards write the
  * whole result over the same path (dx_eval_result_write_jsonl), which puts
- * the rows in dataset order. Each row is one write(2) of a whole line. */
+ * the rows in dataset order. Each row is one write(2) of a whole line.
+ * One evaluation at a time per journal (its coordinator is the only
+ * writer). */
 typedef struct dx_eval_journal dx_eval_journal;
 /* Start path (created or replaced) with the finished rows of `kept` (may
  * be NULL: empty), written whole first (a temporary file renamed), then
