@@ -114,10 +114,46 @@ static int add_input(common *c, const char *kv, bool as_json)
 }
 
 /* The config file: $DSPEX_CONFIG, else ~/.config/dspex/config.json —
- * {"model": "...", "base_url": "...", "api_key_env": "VAR"}. Read once;
- * a file that is missing is no error, one that is malformed is. */
+ * {"model": "...", "base_url": "...", "api_key_env": "VAR",
+ *  "headers": {"Name": "value", ...}}. Read once; a file that is missing
+ * is no error, one that is malformed is. base_url and headers belong to
+ * the config's endpoint: --model or --base-url naming another leaves them
+ * out, so a gateway's key never goes to another server. */
 static char cfg_model[256], cfg_base_url[512], cfg_key[512];
+static char cfg_header_text[DX_LM_CLIENT_MAX_HEADERS][1024];
+static const char *cfg_headers[DX_LM_CLIENT_MAX_HEADERS];
+static size_t cfg_n_headers;
 static bool cfg_loaded;
+
+/* The config's "headers" object into cfg_headers, each checked as
+ * --header checks it. 0, or the exit status. */
+static int config_headers(const char *path, const cJSON *headers)
+{
+    if (!cJSON_IsObject(headers))
+        return fail_usage("%s: \"headers\": expected an object of "
+                          "\"Name\": \"value\" strings",
+                          path);
+    for (const cJSON *h = headers->child; h; h = h->next) {
+        if (!cJSON_IsString(h))
+            return fail_usage("%s: \"headers\": \"%s\": expected a string",
+                              path, h->string);
+        if (cfg_n_headers == DX_LM_CLIENT_MAX_HEADERS)
+            return fail_usage("%s: \"headers\": at most %d", path,
+                              DX_LM_CLIENT_MAX_HEADERS);
+        char *line = cfg_header_text[cfg_n_headers];
+        int len = snprintf(line, sizeof cfg_header_text[0], "%s: %s", h->string,
+                           h->valuestring);
+        char why[160];
+        if (len < 0 || (size_t)len >= sizeof cfg_header_text[0])
+            return fail_usage("%s: \"headers\": \"%s\": longer than %zu "
+                              "bytes",
+                              path, h->string, sizeof cfg_header_text[0] - 1);
+        if (dx_lm_header_explain(line, why, sizeof why) != DX_OK)
+            return fail_usage("%s: \"headers\": %s", path, why);
+        cfg_headers[cfg_n_headers++] = line;
+    }
+    return 0;
+}
 
 static int load_config(void)
 {
@@ -153,10 +189,14 @@ static int load_config(void)
         bool ok = false;
         for (size_t i = 0; i < 3; i++)
             ok = ok || strcmp(it->string, known[i]) == 0;
-        if (!ok || !cJSON_IsString(it)) {
-            int rc = fail_usage("%s: \"%s\": expected one of model, "
-                                "base_url, api_key_env, each a string",
-                                path, it->string);
+        int rc = 0;
+        if (strcmp(it->string, "headers") == 0)
+            rc = config_headers(path, it);
+        else if (!ok || !cJSON_IsString(it))
+            rc = fail_usage("%s: \"%s\": expected one of model, base_url, "
+                            "api_key_env (each a string) or headers",
+                            path, it->string);
+        if (rc != 0) {
             cJSON_Delete(doc);
             return rc;
         }
@@ -392,6 +432,19 @@ static int start_lm(const common *c)
     struct sigaction sa = {0};
     sa.sa_handler = on_sigint;
     sigaction(SIGINT, &sa, NULL);
+    /* The config's headers go with its endpoint, first, so a --header of
+     * the same name replaces one. */
+    static const char *headers[DX_LM_CLIENT_MAX_HEADERS];
+    size_t n_headers = 0;
+    if (!c->model && !c->base_url)
+        for (size_t i = 0; i < cfg_n_headers; i++)
+            headers[n_headers++] = cfg_headers[i];
+    if (n_headers + c->n_headers > DX_LM_CLIENT_MAX_HEADERS)
+        return fail_usage("at most %d headers, the config file's and "
+                          "--header's together",
+                          DX_LM_CLIENT_MAX_HEADERS);
+    for (size_t i = 0; i < c->n_headers; i++)
+        headers[n_headers++] = c->headers[i];
     if (dx_runtime_start(NULL) != DX_OK)
         return fail_usage("cannot start the runtime");
     client_opts = (dx_lm_client_opts){
@@ -403,8 +456,8 @@ static int start_lm(const common *c)
                     : cfg_key[0] ? cfg_key
                                  : NULL},
         .cache_path = c->cache,
-        .headers = c->headers,
-        .n_headers = c->n_headers,
+        .headers = headers,
+        .n_headers = n_headers,
     };
     judge_opts = (dx_lm_client_opts){0};
     if (c->judge_model) {
@@ -419,8 +472,8 @@ static int start_lm(const common *c)
             c->judge_model, same ? client_opts.primary.base_url : NULL,
             same ? client_opts.primary.api_key : NULL};
         if (same) {
-            judge_opts.headers = c->headers;
-            judge_opts.n_headers = c->n_headers;
+            judge_opts.headers = headers;
+            judge_opts.n_headers = n_headers;
         }
         char why[256];
         if (dx_lm_config_explain(

@@ -868,6 +868,58 @@ Test(cli, eval_resume_refuses_rows_of_another_dataset_and_keeps_them)
     cr_expect_str_eq(text, other, "the file is left as it was");
 }
 
+/* The config file's headers go with its endpoint (here the key, in the
+ * header a gateway would take it in); --base-url naming another endpoint
+ * leaves them out; a header the transport owns is refused naming the
+ * file. */
+Test(cli, a_config_files_headers_go_to_its_endpoint_only)
+{
+    char url[96], path[200], cfg[300], text[600];
+    dx_lmserver *srv =
+        server_and_questions(&(dx_lmserver_opts){0}, url, "cfg.jsonl", 2, path);
+    unsetenv("OPENAI_API_KEY");
+    snprintf(cfg, sizeof cfg, "%s/config.json", tmpdir);
+    setenv("DSPEX_CONFIG", cfg, 1);
+    snprintf(text, sizeof text,
+             "{\"model\": \"openai-compatible/x\", \"base_url\": \"%s\", "
+             "\"headers\": {\"Authorization\": \"Bearer from-config\", "
+             "\"X-Route\": \"gpu\"}}",
+             url);
+    FILE *f = fopen(cfg, "w");
+    fputs(text, f);
+    fclose(f);
+    int rc =
+        dspex((const char *[]){"eval", example("capitals.json"), path, NULL});
+    cr_expect_eq(rc, 0, "%s", err_buf);
+    cr_expect(strstr(out_buf, "done      2/2, 0 errors") != NULL, "%s",
+              out_buf);
+    /* The same server named on the command line is another endpoint to
+     * the config: its key does not go there. */
+    rc = dspex((const char *[]){"eval", example("capitals.json"), path,
+                                "--model", "openai-compatible/x", "--base-url",
+                                url, NULL});
+    cr_expect_eq(rc, 1, "%s", out_buf);
+    cr_expect(strstr(err_buf, "API key") != NULL, "%s", err_buf);
+
+    f = fopen(cfg, "w");
+    fputs("{\"headers\": {\"Content-Length\": \"3\"}}", f);
+    fclose(f);
+    rc = dspex((const char *[]){"eval", example("capitals.json"), path, NULL});
+    cr_expect_eq(rc, 2);
+    cr_expect(strstr(err_buf, "config.json: \"headers\": Content-Length is "
+                              "written by the transport") != NULL,
+              "%s", err_buf);
+    f = fopen(cfg, "w");
+    fputs("{\"headers\": {\"X-Route\": 7}}", f);
+    fclose(f);
+    rc = dspex((const char *[]){"eval", example("capitals.json"), path, NULL});
+    cr_expect_eq(rc, 2);
+    cr_expect(strstr(err_buf, "\"X-Route\": expected a string") != NULL, "%s",
+              err_buf);
+    unsetenv("DSPEX_CONFIG");
+    dx_lmserver_stop_free(srv);
+}
+
 /* Ctrl-C during an optimization whose teacher runs all hang: it stops,
  * says so, saves nothing and exits 130. */
 Test(cli, optimize_stops_on_ctrl_c_and_exits_130)
