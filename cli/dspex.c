@@ -1233,10 +1233,11 @@ static void help_eval(void)
         "in place of PROGRAM.json; then only DATA follows.\n"
         "--out writes dspex's rows (prediction, score, error, latency, "
         "tokens,\n"
-        "cost), each as its example finishes, then the whole file in dataset\n"
-        "order at the end. --resume (with --out) reads the rows an earlier\n"
-        "run left there (finished, cancelled or killed) and runs only the\n"
-        "examples without a row or whose row is an error.\n"
+        "cost) in dataset order when the evaluation ends; while it runs,\n"
+        "each row goes to FILE.partial as its example finishes. --resume\n"
+        "(with --out) reads the rows an earlier run left (FILE.partial of a\n"
+        "killed run, else FILE) and runs only the examples without a row or\n"
+        "whose row is an error.\n"
         "--save-as-csv and --save-as-json write the files DSPy's\n"
         "Evaluate(save_as_csv=..., save_as_json=...) does (example and\n"
         "prediction fields, and the score under the metric's DSPy name).\n"
@@ -1281,18 +1282,26 @@ static bool all_failed(const dx_eval_result *r)
     return true;
 }
 
-/* --resume: the rows an earlier run of this command left in path (a
- * finished, cancelled or killed run's). *out stays NULL when there is no
- * file yet. 0, or the exit status, with the file left as it is. */
-static int read_earlier_rows(const char *path, const dx_dataset *ds,
-                             dx_eval_result **out)
+/* --resume: the rows an earlier run of this command left: in
+ * OUT.partial when it did not finish (killed, or its last write failed),
+ * else in OUT (a finished or cancelled run's). *out stays NULL when there
+ * is neither. 0, or the exit status, with the files left as they are. */
+static int read_earlier_rows(const char *out_path, const char *partial,
+                             const dx_dataset *ds, dx_eval_result **out)
 {
     size_t cut = 0;
     dx_diag d = {0};
+    const char *path = partial;
     int rc = dx_eval_result_read_jsonl(path, ds, out, &cut, &d);
     if (rc == DX_ENOENT) {
-        fprintf(stderr, "%s: %s does not exist yet: evaluating every example\n",
-                prog_name, path);
+        path = out_path;
+        rc = dx_eval_result_read_jsonl(path, ds, out, &cut, &d);
+    }
+    if (rc == DX_ENOENT) {
+        fprintf(stderr,
+                "%s: neither %s nor %s exists yet: evaluating every "
+                "example\n",
+                prog_name, out_path, partial);
         return 0;
     }
     if (rc != DX_OK) {
@@ -1334,8 +1343,20 @@ static int cmd_eval_body(args *ap)
         dx_module_free(m);
         return rc;
     }
+    /* Rows go to OUT.partial as examples finish, so a run that is killed
+     * leaves them for --resume; the run's end writes OUT whole, in dataset
+     * order, and removes it. OUT itself is replaced only then, as before
+     * there was a journal. */
+    char partial[4096] = "";
+    if (a.out && (size_t)snprintf(partial, sizeof partial, "%s.partial",
+                                  a.out) >= sizeof partial) {
+        dx_dataset_free(ds);
+        dx_module_free(m);
+        return fail_usage("--out: the path is too long");
+    }
     dx_eval_result *earlier = NULL;
-    if (a.resume && (rc = read_earlier_rows(a.out, ds, &earlier)) != 0) {
+    if (a.resume &&
+        (rc = read_earlier_rows(a.out, partial, ds, &earlier)) != 0) {
         dx_dataset_free(ds);
         dx_module_free(m);
         return rc;
@@ -1347,11 +1368,10 @@ static int cmd_eval_body(args *ap)
         return rc;
     }
     room_for_calls(a.concurrency);
-    /* Rows go to --out as examples finish, so a run that is killed leaves
-     * them for --resume; the finished run rewrites it in dataset order. */
     dx_eval_journal *journal = NULL;
     dx_diag jd = {0};
-    if (a.out && dx_eval_journal_open(a.out, earlier, &journal, &jd) != DX_OK) {
+    if (a.out &&
+        dx_eval_journal_open(partial, earlier, &journal, &jd) != DX_OK) {
         fprintf(stderr, "%s: %s\n", prog_name, jd.msg);
         dx_eval_result_free(earlier);
         stop_lm();
@@ -1387,7 +1407,12 @@ static int cmd_eval_body(args *ap)
             fprintf(stderr, "%s: %s\n", prog_name, d.msg);
             if (!journal_ok)
                 fprintf(stderr, "%s: %s\n", prog_name, jd.msg);
+            else
+                fprintf(stderr, "%s: the rows are in %s; --resume reads them\n",
+                        prog_name, partial);
             rc = DX_EIO;
+        } else if (a.out) {
+            unlink(partial);
         }
         if (a.save_csv && dx_eval_result_save_dspy(r, &metric, DX_EVAL_FILE_CSV,
                                                    a.save_csv, &d) != DX_OK) {
@@ -1408,6 +1433,8 @@ static int cmd_eval_body(args *ap)
     bool cancelled = skipped || (r != NULL && r->cancelled);
     if (journal && dx_eval_journal_close(journal, &jd) != DX_OK)
         fprintf(stderr, "%s: %s\n", prog_name, jd.msg);
+    if (journal && skipped && !earlier)
+        unlink(partial); /* nothing ran: no rows to keep */
     dx_eval_result_free(r);
     dx_eval_result_free(earlier);
     stop_lm();

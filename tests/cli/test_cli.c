@@ -761,12 +761,13 @@ static size_t lines_in(const char *path, char *text, size_t cap)
 }
 
 /* An evaluation killed outright (the OOM killer, a lost session) leaves
- * the rows of the examples that finished in --out, each a whole line;
- * --resume runs only the others (a fresh server sees just their calls)
- * and writes the whole file in dataset order. */
+ * the rows of the examples that finished in OUT.partial, each a whole
+ * line, and OUT as it was; --resume runs only the others (a fresh server
+ * sees just their calls), writes OUT whole in dataset order and removes
+ * the partial file. */
 Test(cli, a_killed_eval_leaves_its_rows_and_resume_runs_only_the_rest)
 {
-    char url[96], path[200], rows[240], text[8192];
+    char url[96], path[200], rows[240], partial[260], text[8192];
     dx_lmserver *srv =
         server_and_questions(&(dx_lmserver_opts){0}, url, "six.jsonl", 6, path);
     /* One call per example (JSON adapter), one example at a time: three
@@ -774,6 +775,10 @@ Test(cli, a_killed_eval_leaves_its_rows_and_resume_runs_only_the_rest)
     cr_assert_eq(dx_lmserver_inject(srv, "slow:1", 3), DX_OK);
     cr_assert_eq(dx_lmserver_inject(srv, "stall", 100), DX_OK);
     snprintf(rows, sizeof rows, "%s/killed.jsonl", tmpdir);
+    snprintf(partial, sizeof partial, "%s.partial", rows);
+    FILE *f = fopen(rows, "w");
+    fputs("an earlier run's results\n", f);
+    fclose(f);
     const char *args[] = {"eval",
                           example("capitals.json"),
                           path,
@@ -801,9 +806,11 @@ Test(cli, a_killed_eval_leaves_its_rows_and_resume_runs_only_the_rest)
     kill(pid, SIGKILL);
     cr_expect_eq(dspex_wait(pid), 128 + SIGKILL);
     dx_lmserver_stop_free(srv);
-    cr_assert_eq(lines_in(rows, text, sizeof text), 3, "%s", text);
+    cr_assert_eq(lines_in(partial, text, sizeof text), 3, "%s", text);
+    lines_in(rows, text, sizeof text);
+    cr_expect_str_eq(text, "an earlier run's results\n");
     /* A row cut short as it was written. */
-    FILE *f = fopen(rows, "a");
+    f = fopen(partial, "a");
     fputs("{\"index\":3,\"exam", f);
     fclose(f);
 
@@ -817,10 +824,11 @@ Test(cli, a_killed_eval_leaves_its_rows_and_resume_runs_only_the_rest)
     cr_expect_eq(st.requests, 3, "only the three without a row ran");
     cr_expect(strstr(out_buf, "done      6/6, 0 errors, 3 resumed") != NULL,
               "%s", out_buf);
-    cr_expect(strstr(err_buf, "3 of 6 examples finished without an error; "
-                              "running the other 3 (its last line was cut "
-                              "short") != NULL,
+    cr_expect(strstr(err_buf, "killed.jsonl.partial: 3 of 6 examples finished "
+                              "without an error; running the other 3 (its "
+                              "last line was cut short") != NULL,
               "%s", err_buf);
+    cr_expect_neq(access(partial, F_OK), 0, "the partial file is removed");
     cr_assert_eq(lines_in(rows, text, sizeof text), 6, "%s", text);
     const char *at = text;
     for (int i = 0; i < 6; i++) {
