@@ -24,6 +24,11 @@
  * baseline is the transport's, between the baseline and the evaluation
  * Evaluate's. DX_EVAL_BENCH_FLOOR=0 leaves it out (its fields are then 0).
  *
+ * DX_EVAL_BENCH_CALLGRIND=eval or =baseline, under valgrind --tool=callgrind
+ * --instr-atstart=no, counts only that phase's instructions (every
+ * thread's), so two runs compare an evaluated example's path with a plain
+ * call's function by function (docs/benchmarks.md).
+ *
  * DX_EVAL_BENCH_WARM=1 first makes max(C) plain calls at once, so the
  * evaluations start with their connections open (a service that has been
  * running), and so does each baseline. By default each evaluation opens
@@ -51,6 +56,16 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#if __has_include(<valgrind/callgrind.h>)
+#include <valgrind/callgrind.h>
+#else
+#define CALLGRIND_START_INSTRUMENTATION                                        \
+    do {                                                                       \
+    } while (0)
+#define CALLGRIND_STOP_INSTRUMENTATION                                         \
+    do {                                                                       \
+    } while (0)
+#endif
 
 #include "dspex/adapter.h"
 #include "dspex/alloc.h"
@@ -225,6 +240,13 @@ typedef struct bench {
 
 static bench B;
 
+/* DX_EVAL_BENCH_CALLGRIND names the phase callgrind counts (none: all). */
+static bool counting(const char *phase)
+{
+    const char *which = getenv("DX_EVAL_BENCH_CALLGRIND");
+    return which != NULL && strcmp(which, phase) == 0;
+}
+
 static void bench_main(void *arg)
 {
     (void)arg;
@@ -297,7 +319,11 @@ static void bench_main(void *arg)
         double w0 = clock_s(CLOCK_MONOTONIC);
         double c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
         double s0 = switches();
+        if (counting("eval"))
+            CALLGRIND_START_INSTRUMENTATION;
         int rc = dx_evaluate(prog, ds, &o, &r, &d);
+        if (counting("eval"))
+            CALLGRIND_STOP_INSTRUMENTATION;
         B.csw[k] = switches() - s0;
         B.cpu[k] = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
         B.wall[k] = clock_s(CLOCK_MONOTONIC) - w0;
@@ -329,7 +355,11 @@ static void bench_main(void *arg)
         c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
         w0 = clock_s(CLOCK_MONOTONIC);
         s0 = switches();
+        if (counting("baseline"))
+            CALLGRIND_START_INSTRUMENTATION;
         run_baseline(N, B.conc[k]);
+        if (counting("baseline"))
+            CALLGRIND_STOP_INSTRUMENTATION;
         B.base_csw[k] = switches() - s0;
         B.base_cpu[k] = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
         B.base_wall[k] = clock_s(CLOCK_MONOTONIC) - w0;
