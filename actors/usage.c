@@ -37,15 +37,19 @@ struct dx_usage_prices {
 
 static atomic_uint_fast64_t next_table_id = 1;
 
-/* The last model looked up on this thread and what it found (row index +
- * 1, 0 = unknown): every answered call looks its model up once or twice,
- * nearly always the same one, and an unknown name costs a lookup per '-'
- * in it. Valid while its table (id) has not changed (gen). */
-static _Thread_local struct {
+/* The last two models looked up on this thread and what they found (row
+ * index + 1, 0 = unknown): every answered call looks its model up once
+ * in the LM client and once in its caller, under two spellings
+ * ("openai-compatible/x" and "x") on the same thread at low load, and an
+ * unknown name costs a lookup per '-' in it. An entry is valid while its
+ * table (id) has not changed (gen). */
+typedef struct found {
     uint64_t id, gen;
     size_t row;
     char model[DX_USAGE_MODEL_MAX + 64];
-} last_find;
+} found;
+static _Thread_local found last_found[2];
+static _Thread_local unsigned last_found_next; /* the entry to replace */
 
 /* USD per 1M tokens from the providers' public price lists when this was
  * written; deployments override them with dx_usage_prices_load_json. */
@@ -280,16 +284,20 @@ const dx_usage_price *dx_usage_prices_find(const dx_usage_prices *p,
     if (!p || !model)
         return NULL;
     size_t len = strlen(model);
-    if (last_find.id == p->id && last_find.gen == p->gen &&
-        len < sizeof last_find.model &&
-        memcmp(last_find.model, model, len + 1) == 0)
-        return last_find.row ? &p->rows[last_find.row - 1].price : NULL;
+    for (unsigned i = 0; i < 2; i++) {
+        const found *f = &last_found[i];
+        if (f->id == p->id && f->gen == p->gen && len < sizeof f->model &&
+            memcmp(f->model, model, len + 1) == 0)
+            return f->row ? &p->rows[f->row - 1].price : NULL;
+    }
     const row *r = find_model(p, model);
-    if (len < sizeof last_find.model) {
-        last_find.id = p->id;
-        last_find.gen = p->gen;
-        last_find.row = r ? (size_t)(r - p->rows) + 1 : 0;
-        memcpy(last_find.model, model, len + 1);
+    found *f = &last_found[last_found_next];
+    if (len < sizeof f->model) {
+        f->id = p->id;
+        f->gen = p->gen;
+        f->row = r ? (size_t)(r - p->rows) + 1 : 0;
+        memcpy(f->model, model, len + 1);
+        last_found_next ^= 1;
     }
     return r ? &r->price : NULL;
 }

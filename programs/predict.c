@@ -464,8 +464,12 @@ static void count_usage(dx_ctx *ctx, dx_prediction *pred,
                                ? &res->response->usage
                                : NULL;
     const char *model = res->model_used ? res->model_used : "";
-    dx_usage_acc_add(&pred->usage, ctx->prices, model, u, res->cached);
-    dx_usage_acc_add(&ctx->usage, ctx->prices, model, u, res->cached);
+    /* Priced once, counted in both. */
+    dx_usage_acc one;
+    dx_usage_acc_init(&one, NULL);
+    dx_usage_acc_add(&one, ctx->prices, model, u, res->cached);
+    dx_usage_acc_merge(&pred->usage, &one);
+    dx_usage_acc_merge(&ctx->usage, &one);
 }
 
 /* One Predict step's LM calls so far: the last result and its answers,
