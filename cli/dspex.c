@@ -1237,7 +1237,8 @@ static void help_eval(void)
         "each row goes to FILE.partial as its example finishes. --resume\n"
         "(with --out) reads the rows an earlier run left (FILE.partial of a\n"
         "killed run, else FILE) and runs only the examples without a row or\n"
-        "whose row is an error.\n"
+        "whose row is an error; without --resume, a FILE.partial left\n"
+        "there stops the command (exit 2) rather than be started over.\n"
         "--save-as-csv and --save-as-json write the files DSPy's\n"
         "Evaluate(save_as_csv=..., save_as_json=...) does (example and\n"
         "prediction fields, and the score under the metric's DSPy name).\n"
@@ -1353,6 +1354,16 @@ static int cmd_eval_body(args *ap)
         dx_dataset_free(ds);
         dx_module_free(m);
         return fail_usage("--out: the path is too long");
+    }
+    /* A partial file is what a killed run left: hours of LM calls, maybe.
+     * Only --resume (which continues it) or the user removes it. */
+    if (a.out && !a.resume && access(partial, F_OK) == 0) {
+        dx_dataset_free(ds);
+        dx_module_free(m);
+        return fail_usage("%s holds the rows of a run that did not finish: "
+                          "add --resume to continue it, or remove the file "
+                          "to start over",
+                          partial);
     }
     dx_eval_result *earlier = NULL;
     if (a.resume &&

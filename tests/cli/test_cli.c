@@ -816,8 +816,14 @@ Test(cli, a_killed_eval_leaves_its_rows_and_resume_runs_only_the_rest)
 
     srv =
         server_and_questions(&(dx_lmserver_opts){0}, url, "six.jsonl", 6, path);
-    args[15] = "--resume";
+    /* Not started over by a run without --resume: its rows would be lost. */
     int rc = dspex(args);
+    cr_expect_eq(rc, 2);
+    cr_expect(strstr(err_buf, "killed.jsonl.partial holds the rows of a run "
+                              "that did not finish: add --resume") != NULL,
+              "%s", err_buf);
+    args[15] = "--resume";
+    rc = dspex(args);
     dx_lmserver_stats_get(srv, &st);
     dx_lmserver_stop_free(srv);
     cr_assert_eq(rc, 0, "%s", err_buf);
