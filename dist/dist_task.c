@@ -15,6 +15,11 @@
 bool dx__task_set_opts(dx__task *t, const dx_eval_opts *opts)
 {
     t->opts = opts ? *opts : (dx_eval_opts){.concurrency = 0};
+    /* A shard is a sub-dataset: rows handed over or resumed by the whole
+     * dataset's index do not fit it, and the coordinator gathers them. */
+    t->opts.on_row = NULL;
+    t->opts.on_row_ud = NULL;
+    t->opts.resume = NULL;
     const dx_call_opts *call = &t->opts.call;
     t->lm_name = call->lm_name ? dx_strdup(call->lm_name) : NULL;
     t->rollout_id = call->rollout_id ? dx_strdup(call->rollout_id) : NULL;

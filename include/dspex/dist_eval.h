@@ -66,9 +66,10 @@ typedef void (*dx_dist_eval_shard_fn)(size_t start, size_t end, void *ud);
  * (cancelled, out of time) has it stopped at once; m, ds and what opts
  * points to must therefore not live on the calling process's stack (opts
  * itself and its lm_name and rollout_id are copied). *shards_out
- * (optional) counts the shards done. DX_OK when the coordinator finished;
- * DX_ETIMEDOUT when it stopped answering for timeout_ms (0 = 60,000);
- * DX_EINVAL; DX_ENOTPROC. Process. */
+ * (optional) counts the shards done. opts' on_row and resume are not
+ * used: a shard's rows are not the dataset's. DX_OK when the coordinator
+ * finished; DX_ETIMEDOUT when it stopped answering for timeout_ms
+ * (0 = 60,000); DX_EINVAL; DX_ENOTPROC. Process. */
 DX_API int dx_dist_eval_worker(const char *coord_node, const char *name,
                                const dx_module *m, const dx_dataset *ds,
                                const dx_eval_opts *opts, int64_t timeout_ms,
