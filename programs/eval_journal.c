@@ -47,6 +47,11 @@ static bool same_example(const cJSON *obj, const dx_example *ex)
     return seen == n;
 }
 
+static int no_memory(dx_diag *diag, const char *path)
+{
+    return dx_diag_set(diag, DX_ENOMEM, 0, 0, "%s: out of memory", path);
+}
+
 static int bad_line(dx_diag *diag, line_at at, int code, const char *what,
                     const char *name)
 {
@@ -165,18 +170,24 @@ static int take_line(dx_eval_result *r, const cJSON *obj, const dx_dataset *ds,
     if (cJSON_IsObject(pred)) {
         row->pred = dx_prediction_new();
         if (!row->pred)
-            return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+            return no_memory(diag, at.path);
         dx_example *fields = dx_prediction_fields_mut(row->pred);
-        for (const cJSON *it = pred->child; it; it = it->next)
-            if (it->string &&
-                dx_example_set_value(fields, it->string, it) != DX_OK)
-                return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+        for (const cJSON *it = pred->child; it; it = it->next) {
+            /* A field without a name (a hand-edited file) is no field. */
+            int rc = it->string ? dx_example_set_value(fields, it->string, it)
+                                : DX_EINVAL;
+            if (rc == DX_ENOMEM)
+                return no_memory(diag, at.path);
+            if (rc != DX_OK)
+                return bad_line(diag, at, DX_ESYNTAX,
+                                "\" has a field without a name", "prediction");
+        }
     }
     if (cJSON_IsString(error)) {
         row->error = code < 0 ? (int)code : DX_EINVAL;
         row->error_msg = dx_strdup(error->valuestring);
         if (!row->error_msg)
-            return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+            return no_memory(diag, at.path);
     }
     row->score = score;
     row->latency_ms = latency;
@@ -278,7 +289,7 @@ int dx_eval_result_read_jsonl(const char *path, const dx_dataset *ds,
     dx_eval_result *r = dx__eval_result_new(ds);
     if (!r) {
         dx__sb_free(&text);
-        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+        return no_memory(diag, path);
     }
     rc = read_lines(r, path, text.p ? text.p : "", text.len, ds, n_cut, diag);
     dx__sb_free(&text);
@@ -328,7 +339,7 @@ int dx_eval_journal_open(const char *path, const dx_eval_result *kept,
         j->path = dx_strdup(path);
     if (!j || !j->path) {
         dx_free(j);
-        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+        return no_memory(diag, path);
     }
     j->fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
     if (j->fd < 0) {

@@ -498,6 +498,9 @@ Test(eval_report, a_file_not_of_these_rows_is_refused_with_where_and_why,
     expect_refused("{\"index\":1,\"example\":{\"question\":\"2+2?\","
                    "\"answer\":\"4\"},\"score\":1,\"prediction\":\"4\"}\n",
                    DX_ESYNTAX, "\"prediction\"");
+    expect_refused("{\"index\":1,\"example\":{\"question\":\"2+2?\","
+                   "\"answer\":\"4\"},\"score\":1,\"prediction\":{\"\":1}}\n",
+                   DX_ESYNTAX, ":1: \"prediction\" has a field without a name");
 
     dx_dataset *ds = sample_dataset();
     dx_eval_result *r = NULL;
