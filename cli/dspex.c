@@ -1442,10 +1442,12 @@ static int cmd_eval_body(args *ap)
         fprintf(stderr, "%s: %s\n", prog_name, d.msg);
     }
     bool cancelled = skipped || (r != NULL && r->cancelled);
-    if (journal && dx_eval_journal_close(journal, &jd) != DX_OK)
-        fprintf(stderr, "%s: %s\n", prog_name, jd.msg);
-    if (journal && skipped && !earlier)
-        unlink(partial); /* nothing ran: no rows to keep */
+    if (journal) { /* not closed above: the evaluation did not finish */
+        if (dx_eval_journal_close(journal, &jd) != DX_OK)
+            fprintf(stderr, "%s: %s\n", prog_name, jd.msg);
+        if (skipped && !earlier)
+            unlink(partial); /* nothing ran: no rows to keep */
+    }
     dx_eval_result_free(r);
     dx_eval_result_free(earlier);
     stop_lm();

@@ -319,19 +319,9 @@ int dx_eval_journal_open(const char *path, const dx_eval_result *kept,
     if (!path || !out)
         return dx_diag_set(diag, DX_EINVAL, 0, 0,
                            "evaluate: NULL journal path or out");
-    dx__pyjson_init();
-    dx__sb b;
-    dx__sb_init(&b);
-    for (size_t i = 0; kept && i < kept->n; i++)
-        if (kept->rows[i].done)
-            dx__eval_row_jsonl(&b, &kept->rows[i]);
-    if (b.oom) {
-        dx__sb_free(&b);
-        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "%s: out of memory", path);
-    }
     /* Whole first: a kill now leaves the earlier file as it was. */
-    int rc = dx__write_file_atomic(path, b.p ? b.p : "", b.len, diag);
-    dx__sb_free(&b);
+    int rc = kept ? dx_eval_result_write_jsonl(kept, path, diag)
+                  : dx__write_file_atomic(path, "", 0, diag);
     if (rc != DX_OK)
         return rc;
     dx_eval_journal *j = dx_calloc(1, sizeof *j);
