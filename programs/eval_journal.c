@@ -21,6 +21,7 @@
 #include "dspex/alloc.h"
 #include "dspex/error.h"
 #include "eval_int.h"
+#include "module_int.h"
 #include "pyjson.h"
 
 /* ---- reading rows back ----------------------------------------------- */
@@ -78,15 +79,15 @@ static bool number_of(const cJSON *obj, const char *name, double dflt,
     return true;
 }
 
-/* A count member (a whole number >= 0); absent is 0. */
-static bool count_of(const cJSON *obj, const char *name, int64_t *out)
+#define MAX_WHOLE 9007199254740992.0 /* 2^53: every whole double below */
+
+/* A whole-number member in [lo, hi]; absent is 0. */
+static bool whole_of(const cJSON *obj, const char *name, double lo, double hi,
+                     int64_t *out)
 {
-    double v;
-    if (!number_of(obj, name, 0, &v) || !(v >= 0 && v <= 9007199254740992.0) ||
-        v != floor(v))
-        return false;
-    *out = (int64_t)v;
-    return true;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+    *out = 0;
+    return !v || dx__json_whole(v, lo, hi, out);
 }
 
 static void row_clear(dx_eval_row *row)
@@ -108,18 +109,18 @@ static int take_line(dx_eval_result *r, const cJSON *obj, const dx_dataset *ds,
 {
     if (!cJSON_IsObject(obj))
         return bad_line(diag, at, DX_ESYNTAX, "a row is a JSON object", NULL);
-    const cJSON *index = cJSON_GetObjectItemCaseSensitive(obj, "index");
-    if (!cJSON_IsNumber(index) || index->valuedouble < 0 ||
-        index->valuedouble != floor(index->valuedouble))
+    int64_t index;
+    if (!cJSON_GetObjectItemCaseSensitive(obj, "index") ||
+        !whole_of(obj, "index", 0, MAX_WHOLE, &index))
         return bad_line(diag, at, DX_ESYNTAX,
                         "\" is missing or not a whole number >= 0", "index");
-    if (index->valuedouble >= (double)ds->n)
+    if ((uint64_t)index >= ds->n)
         return dx_diag_set(diag, DX_EINVAL, (int)at.line, 0,
-                           "%s:%zu: the row of example %.0f, but the dataset "
+                           "%s:%zu: the row of example %lld, but the dataset "
                            "has %zu examples (a results file of another "
                            "dataset?)",
-                           at.path, at.line, index->valuedouble, ds->n);
-    size_t i = (size_t)index->valuedouble;
+                           at.path, at.line, (long long)index, ds->n);
+    size_t i = (size_t)index;
     const cJSON *example = cJSON_GetObjectItemCaseSensitive(obj, "example");
     if (!cJSON_IsObject(example))
         return bad_line(diag, at, DX_ESYNTAX, "\" is missing or not an object",
@@ -138,8 +139,8 @@ static int take_line(dx_eval_result *r, const cJSON *obj, const dx_dataset *ds,
     if (error && !cJSON_IsNull(error) && !cJSON_IsString(error))
         return bad_line(diag, at, DX_ESYNTAX, "\" is not a string or null",
                         "error");
-    double score, latency, cost, code;
-    int64_t in_tok, out_tok, calls, cached_calls;
+    double score, latency, cost;
+    int64_t code, in_tok, out_tok, calls, cached_calls;
     const cJSON *score_item = cJSON_GetObjectItemCaseSensitive(obj, "score");
     if (!score_item || !number_of(obj, "score", 0, &score))
         return bad_line(diag, at, DX_ESYNTAX, "\" is missing or not a number",
@@ -149,7 +150,7 @@ static int take_line(dx_eval_result *r, const cJSON *obj, const dx_dataset *ds,
                         "latency_ms");
     if (!number_of(obj, "cost_usd", 0, &cost))
         return bad_line(diag, at, DX_ESYNTAX, "\" is not a number", "cost_usd");
-    if (!number_of(obj, "error_code", 0, &code) || !(code > -1000 && code <= 0))
+    if (!whole_of(obj, "error_code", -999, 0, &code))
         return bad_line(diag, at, DX_ESYNTAX,
                         "\" is not a dspex error code (0 or below)",
                         "error_code");
@@ -157,7 +158,7 @@ static int take_line(dx_eval_result *r, const cJSON *obj, const dx_dataset *ds,
                             "cached_calls"};
     int64_t *count_out[] = {&in_tok, &out_tok, &calls, &cached_calls};
     for (size_t k = 0; k < 4; k++)
-        if (!count_of(obj, counts[k], count_out[k]))
+        if (!whole_of(obj, counts[k], 0, MAX_WHOLE, count_out[k]))
             return bad_line(diag, at, DX_ESYNTAX,
                             "\" is not a whole number >= 0", counts[k]);
     const cJSON *cached = cJSON_GetObjectItemCaseSensitive(obj, "cached");
