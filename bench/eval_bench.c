@@ -45,10 +45,17 @@
  *   wave_mean_ms=<a>,<b>,.. wave_max_ms=<a>,<b>,..
  *   floor_wall_s=.. floor_ratio=.. floor_cpu_us_per_example=..
  *   floor_wave_mean_ms=.. floor_wave_max_ms=..
+ *   threads_us=sched:..,io:..,server:..,other:.. baseline_threads_us=..
+ *   faults_per_example=.. baseline_faults_per_example=..
  * where wave k is examples k*C .. (k+1)*C-1 in dataset order (the ones
  * that start k-th on their slot): its mean and slowest latency show
- * whether the gap is a start-up cost or paid in every wave.
+ * whether the gap is a start-up cost or paid in every wave; threads_us
+ * splits the CPU per example by thread group (schedulers, I/O lanes, the
+ * server, the rest), so the overhead shows whose it is; faults are minor
+ * page faults per example (memory touched for the first time, or again
+ * after the allocator gave it back).
  */
+#include <dirent.h>
 #include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -97,6 +104,72 @@ static double switches(void)
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     return (double)ru.ru_nvcsw + (double)ru.ru_nivcsw;
+}
+
+/* Minor page faults of the whole OS process so far: pages the kernel had
+ * to map on first touch (fresh memory, or memory the allocator gave back). */
+static double page_faults(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_minflt;
+}
+
+/* CPU time of the OS process's threads so far, by group: the schedulers
+ * (dx-sched-*), the I/O lanes (dx-io*), the local LM server (dx-lmserver*)
+ * and the rest (main, timers, ...). From /proc/self/task/<tid>/schedstat,
+ * whose first field is the thread's time on a CPU in ns. A thread that
+ * ended between two reads drops out of the difference, so the groups are
+ * read around phases whose threads all live through them. */
+enum { GRP_SCHED, GRP_IO, GRP_SERVER, GRP_OTHER, GRP_N };
+static const char *const grp_name[GRP_N] = {"sched", "io", "server", "other"};
+
+static void thread_cpu(double out[GRP_N])
+{
+    for (int g = 0; g < GRP_N; g++)
+        out[g] = 0;
+    DIR *d = opendir("/proc/self/task");
+    if (d == NULL)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[64], comm[32] = "";
+        unsigned long long on_cpu_ns = 0;
+        snprintf(path, sizeof path, "/proc/self/task/%.16s/comm", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (f != NULL) {
+            if (fgets(comm, sizeof comm, f) == NULL)
+                comm[0] = '\0';
+            fclose(f);
+        }
+        snprintf(path, sizeof path, "/proc/self/task/%.16s/schedstat",
+                 e->d_name);
+        f = fopen(path, "r");
+        if (f != NULL) {
+            if (fscanf(f, "%llu", &on_cpu_ns) != 1)
+                on_cpu_ns = 0;
+            fclose(f);
+        }
+        int g = strncmp(comm, "dx-sched", 8) == 0       ? GRP_SCHED
+                : strncmp(comm, "dx-io", 5) == 0        ? GRP_IO
+                : strncmp(comm, "dx-lmserver", 11) == 0 ? GRP_SERVER
+                                                        : GRP_OTHER;
+        out[g] += (double)on_cpu_ns / 1e3;
+    }
+    closedir(d);
+}
+
+/* "sched:12.3,io:4.5,server:6.7,other:0.1": us per example, b minus a. */
+static void thread_field(const double a[GRP_N], const double b[GRP_N],
+                         char *out, size_t cap)
+{
+    size_t len = 0;
+    out[0] = '\0';
+    for (int g = 0; g < GRP_N && len < cap; g++)
+        len += (size_t)snprintf(out + len, cap - len, "%s%s:%.1f", g ? "," : "",
+                                grp_name[g], (b[g] - a[g]) / (double)N);
 }
 
 /* ---- baseline: plain dx_lm_call from C processes ----------------------- */
@@ -231,7 +304,9 @@ typedef struct bench {
     int nconc;
     double wall[8], cpu[8], base_cpu[8], base_wall[8], p50[8], p99[8];
     double csw[8], base_csw[8]; /* context switches in each run */
-    uint64_t conns[8];          /* connections the evaluation opened */
+    double flt[8], base_flt[8]; /* minor page faults in each run */
+    char threads[8][96], base_threads[8][96]; /* CPU by thread group */
+    uint64_t conns[8]; /* connections the evaluation opened */
     char waves[8][512];
     long errors;
     bool warm; /* DX_EVAL_BENCH_WARM: connections opened before */
@@ -318,13 +393,18 @@ static void bench_main(void *arg)
         uint64_t conns0 = dx_http_connections_opened();
         double w0 = clock_s(CLOCK_MONOTONIC);
         double c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
-        double s0 = switches();
+        double s0 = switches(), f0 = page_faults();
+        double t0[GRP_N], t1[GRP_N];
+        thread_cpu(t0);
         if (counting("eval"))
             CALLGRIND_START_INSTRUMENTATION;
         int rc = dx_evaluate(prog, ds, &o, &r, &d);
         if (counting("eval"))
             CALLGRIND_STOP_INSTRUMENTATION;
+        thread_cpu(t1);
+        thread_field(t0, t1, B.threads[k], sizeof B.threads[k]);
         B.csw[k] = switches() - s0;
+        B.flt[k] = page_faults() - f0;
         B.cpu[k] = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
         B.wall[k] = clock_s(CLOCK_MONOTONIC) - w0;
         B.conns[k] = dx_http_connections_opened() - conns0;
@@ -355,12 +435,17 @@ static void bench_main(void *arg)
         c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
         w0 = clock_s(CLOCK_MONOTONIC);
         s0 = switches();
+        f0 = page_faults();
+        thread_cpu(t0);
         if (counting("baseline"))
             CALLGRIND_START_INSTRUMENTATION;
         run_baseline(N, B.conc[k]);
         if (counting("baseline"))
             CALLGRIND_STOP_INSTRUMENTATION;
+        thread_cpu(t1);
+        thread_field(t0, t1, B.base_threads[k], sizeof B.base_threads[k]);
         B.base_csw[k] = switches() - s0;
+        B.base_flt[k] = page_faults() - f0;
         B.base_cpu[k] = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
         B.base_wall[k] = clock_s(CLOCK_MONOTONIC) - w0;
     }
@@ -452,13 +537,17 @@ int main(int argc, char **argv)
                "example_p99_ms=%.1f "
                "baseline_wall_s=%.3f baseline_ratio=%.4f warm=%d "
                "connections=%" PRIu64 " %s floor_wall_s=%.3f "
-               "floor_ratio=%.4f floor_cpu_us_per_example=%.1f %s\n",
+               "floor_ratio=%.4f floor_cpu_us_per_example=%.1f %s "
+               "threads_us=%s baseline_threads_us=%s "
+               "faults_per_example=%.1f baseline_faults_per_example=%.1f\n",
                N, latency_ms, c, B.wall[k], ideal, B.wall[k] / ideal, cpu_us,
                base_us, cpu_us - base_us, B.csw[k] / (double)N,
                B.base_csw[k] / (double)N, B.p50[k], B.p99[k], B.base_wall[k],
                B.base_wall[k] / ideal, B.warm ? 1 : 0, B.conns[k], B.waves[k],
                fl[k].wall_s, fl[k].wall_s / ideal,
-               fl[k].cpu_s * 1e6 / (double)N, floor_waves[k]);
+               fl[k].cpu_s * 1e6 / (double)N, floor_waves[k], B.threads[k],
+               B.base_threads[k], B.flt[k] / (double)N,
+               B.base_flt[k] / (double)N);
     }
     return B.errors || BJ.errors ? 1 : 0;
 }
