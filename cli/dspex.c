@@ -1239,6 +1239,8 @@ static void help_eval(void)
         "killed run, else FILE) and runs only the examples without a row or\n"
         "whose row is an error; without --resume, a FILE.partial left\n"
         "there stops the command (exit 2) rather than be started over.\n"
+        "Each row names its run (\"run_key\": the program, metric and\n"
+        "model); --resume refuses rows of another run (exit 2).\n"
         "--save-as-csv and --save-as-json write the files DSPy's\n"
         "Evaluate(save_as_csv=..., save_as_json=...) does (example and\n"
         "prediction fields, and the score under the metric's DSPy name).\n"
@@ -1285,10 +1287,13 @@ static bool all_failed(const dx_eval_result *r)
 
 /* --resume: the rows an earlier run of this command left: in
  * OUT.partial when it did not finish (killed, or its last write failed),
- * else in OUT (a finished or cancelled run's). *out stays NULL when there
- * is neither. 0, or the exit status, with the files left as they are. */
+ * else in OUT (a finished or cancelled run's); *path_out says which, and
+ * *cut_out whether its last line was cut short. *out stays NULL when
+ * there is neither. 0, or the exit status, with the files left as they
+ * are. */
 static int read_earlier_rows(const char *out_path, const char *partial,
-                             const dx_dataset *ds, dx_eval_result **out)
+                             const dx_dataset *ds, dx_eval_result **out,
+                             const char **path_out, size_t *cut_out)
 {
     size_t cut = 0;
     dx_diag d = {0};
@@ -1310,7 +1315,14 @@ static int read_earlier_rows(const char *out_path, const char *partial,
                 prog_name, d.msg);
         return rc == DX_ENOMEM ? 1 : EXIT_USAGE;
     }
-    const dx_eval_result *r = *out;
+    *path_out = path;
+    *cut_out = cut;
+    return 0;
+}
+
+/* What --resume takes from the rows read (read_earlier_rows). */
+static void say_resuming(const dx_eval_result *r, const char *path, size_t cut)
+{
     size_t ok = r->n_done - r->n_errors;
     fprintf(stderr,
             "%s: resuming from %s: %zu of %zu examples finished without an "
@@ -1318,7 +1330,6 @@ static int read_earlier_rows(const char *out_path, const char *partial,
             prog_name, path, ok, r->n, r->n - ok,
             cut ? " (its last line was cut short; that example runs again)"
                 : "");
-    return 0;
 }
 
 static int cmd_eval_body(args *ap)
@@ -1365,9 +1376,20 @@ static int cmd_eval_body(args *ap)
                           "to start over",
                           partial);
     }
+    dx_eval_opts eo = {
+        .metric = metric,
+        .concurrency = (size_t)a.concurrency,
+        .max_errors = (size_t)a.max_errors,
+        .failure_score = a.failure_score,
+        .call = {.adapter = adapter_of(&a.c)},
+        .example_timeout_ms = a.c.timeout_ms,
+    };
     dx_eval_result *earlier = NULL;
+    const char *earlier_path = NULL;
+    size_t earlier_cut = 0;
     if (a.resume &&
-        (rc = read_earlier_rows(a.out, partial, ds, &earlier)) != 0) {
+        (rc = read_earlier_rows(a.out, partial, ds, &earlier, &earlier_path,
+                                &earlier_cut)) != 0) {
         dx_dataset_free(ds);
         dx_module_free(m);
         return rc;
@@ -1378,6 +1400,34 @@ static int cmd_eval_body(args *ap)
         dx_module_free(m);
         return rc;
     }
+    /* The rows name the program, metric and model they came from (the
+     * model as the client resolved it: flag, config file or default), so
+     * a --resume after any of them changed is refused instead of mixing
+     * another program's answers into this one's score. Not the endpoint:
+     * the same model served again on another port is the same run. */
+    char run_key[DX_EVAL_RUN_KEY_LEN] = "";
+    char lm_text[1024];
+    snprintf(lm_text, sizeof lm_text, "model=%s judge=%s",
+             client_opts.primary.model ? client_opts.primary.model : "",
+             a.c.judge_model ? a.c.judge_model : "");
+    if (a.out && dx_eval_run_key(m, &eo, lm_text, run_key) == DX_OK)
+        eo.run_key = run_key;
+    if (earlier && eo.run_key && earlier->run_key &&
+        strcmp(earlier->run_key, eo.run_key) != 0) {
+        fprintf(stderr,
+                "%s: --resume: the rows in %s are of another program, metric "
+                "or model (run key %s; this command's is %s); the file is "
+                "left as it is: run the command that wrote it, or remove "
+                "the file to start over\n",
+                prog_name, earlier_path, earlier->run_key, eo.run_key);
+        dx_eval_result_free(earlier);
+        stop_lm();
+        dx_dataset_free(ds);
+        dx_module_free(m);
+        return EXIT_USAGE;
+    }
+    if (earlier)
+        say_resuming(earlier, earlier_path, earlier_cut);
     room_for_calls(a.concurrency);
     dx_eval_journal *journal = NULL;
     dx_diag jd = {0};
@@ -1390,17 +1440,9 @@ static int cmd_eval_body(args *ap)
         dx_module_free(m);
         return 1;
     }
-    dx_eval_opts eo = {
-        .metric = metric,
-        .concurrency = (size_t)a.concurrency,
-        .max_errors = (size_t)a.max_errors,
-        .failure_score = a.failure_score,
-        .call = {.adapter = adapter_of(&a.c)},
-        .example_timeout_ms = a.c.timeout_ms,
-        .on_row = journal ? dx_eval_journal_row : NULL,
-        .on_row_ud = journal,
-        .resume = earlier,
-    };
+    eo.on_row = journal ? dx_eval_journal_row : NULL;
+    eo.on_row_ud = journal;
+    eo.resume = earlier;
     dx_eval_result *r = NULL;
     dx_diag d = {0};
     /* A Ctrl-C while the runtime and the LM client started asked for a

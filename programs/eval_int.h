@@ -131,6 +131,10 @@ double dx__metric_judge(const dx_metric *m, const dx_example *example,
  * example, usage named "example"); NULL when out of memory. */
 dx_eval_result *dx__eval_result_new(const dx_dataset *ds);
 
+/* Make key (copied; NULL: none) r's run_key and every row's. DX_OK or
+ * DX_ENOMEM (r then has none). */
+int dx__eval_result_set_key(dx_eval_result *r, const char *key);
+
 /* r's latency percentiles, over its rows done without an error. */
 void dx__eval_result_latencies(dx_eval_result *r);
 

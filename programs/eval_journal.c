@@ -4,7 +4,9 @@
  * example ends, so a run killed by the OOM killer, a lost SSH session or
  * a reboot keeps everything that finished; dx_eval_result_read_jsonl
  * turns such a file (or a finished run's) back into rows that
- * dx_eval_opts.resume takes instead of running those examples again.
+ * dx_eval_opts.resume takes instead of running those examples again; and
+ * dx_eval_run_key, the fingerprint that keeps rows of one program, metric
+ * and model from being resumed into another's run.
  *
  * The row lines are eval_report.c's (dx__eval_row_jsonl), so the journal,
  * the finished file and a resumed run's file are one format. A journal is
@@ -16,7 +18,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <openssl/evp.h>
 
 #include "dspex/alloc.h"
 #include "dspex/error.h"
@@ -161,6 +166,22 @@ static int take_line(dx_eval_result *r, const cJSON *obj, const dx_dataset *ds,
         if (!whole_of(obj, counts[k], 0, MAX_WHOLE, count_out[k]))
             return bad_line(diag, at, DX_ESYNTAX,
                             "\" is not a whole number >= 0", counts[k]);
+    const cJSON *key = cJSON_GetObjectItemCaseSensitive(obj, "run_key");
+    if (key && !cJSON_IsNull(key) && !cJSON_IsString(key))
+        return bad_line(diag, at, DX_ESYNTAX, "\" is not a string or null",
+                        "run_key");
+    if (cJSON_IsString(key)) {
+        /* One file, one run: rows of another program, metric or model
+         * in it are a mix-up that resuming would score as this run's. */
+        if (r->run_key && strcmp(r->run_key, key->valuestring) != 0)
+            return dx_diag_set(diag, DX_EINVAL, (int)at.line, 0,
+                               "%s:%zu: a row of another run (run key %s; "
+                               "the rows above have %s): rows of two "
+                               "programs, metrics or models in one file",
+                               at.path, at.line, key->valuestring, r->run_key);
+        if (!r->run_key && !(r->run_key = dx_strdup(key->valuestring)))
+            return no_memory(diag, at.path);
+    }
     const cJSON *cached = cJSON_GetObjectItemCaseSensitive(obj, "cached");
     if (!cJSON_GetObjectItemCaseSensitive(obj, "lm_calls") &&
         cJSON_IsTrue(cached))
@@ -299,18 +320,47 @@ int dx_eval_result_read_jsonl(const char *path, const dx_dataset *ds,
         return rc;
     }
     sum_up(r);
+    for (size_t i = 0; i < r->n; i++)
+        r->rows[i].run_key = r->run_key;
     *out = r;
     return DX_OK;
 }
 
 /* ---- the journal ------------------------------------------------------ */
 
+/* How often a journal's rows are flushed to the disk while they come: a
+ * machine that loses power loses at most this much of the run, and an
+ * fdatasync (milliseconds on a disk) is paid at most once per period, not
+ * per row. */
+#define SYNC_PERIOD_NS 1000000000LL
+
 struct dx_eval_journal {
     int fd;
     char *path;
     int failed_errno; /* the first failed write's; 0 = none */
     size_t rows_lost;
+    int sync_errno;    /* the first failed flush's; 0 = none */
+    int64_t synced_ns; /* when the rows were last flushed (monotonic) */
+    bool unsynced;     /* rows written since */
 };
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Flush the rows written so far to the disk. A file system that cannot
+ * (EINVAL: a pipe or special file) has nothing to flush. */
+static void journal_sync(dx_eval_journal *j)
+{
+    j->unsynced = false;
+    j->synced_ns = mono_ns();
+    if (fdatasync(j->fd) != 0 && errno != EINVAL && errno != EROFS &&
+        j->sync_errno == 0)
+        j->sync_errno = errno;
+}
 
 int dx_eval_journal_open(const char *path, const dx_eval_result *kept,
                          dx_eval_journal **out, dx_diag *diag)
@@ -339,6 +389,7 @@ int dx_eval_journal_open(const char *path, const dx_eval_result *kept,
         dx_free(j);
         return dx_diag_set(diag, DX_EIO, 0, 0, "%s: %s", path, strerror(e));
     }
+    j->synced_ns = mono_ns();
     *out = j;
     return DX_OK;
 }
@@ -372,7 +423,11 @@ void dx_eval_journal_row(const dx_eval_row *row, void *ud)
         j->rows_lost++;
         if (j->failed_errno == 0)
             j->failed_errno = e;
+        return;
     }
+    j->unsynced = true;
+    if (mono_ns() - j->synced_ns >= SYNC_PERIOD_NS)
+        journal_sync(j);
 }
 
 int dx_eval_journal_close(dx_eval_journal *j, dx_diag *diag)
@@ -380,15 +435,81 @@ int dx_eval_journal_close(dx_eval_journal *j, dx_diag *diag)
     if (!j)
         return DX_OK;
     int rc = DX_OK;
+    if (j->unsynced)
+        journal_sync(j);
     int close_errno = close(j->fd) != 0 ? errno : 0;
     if (j->failed_errno != 0)
         rc = dx_diag_set(diag, DX_EIO, 0, 0, "%s: %zu row%s not written: %s",
                          j->path, j->rows_lost, j->rows_lost == 1 ? "" : "s",
                          strerror(j->failed_errno));
+    else if (j->sync_errno != 0)
+        rc = dx_diag_set(diag, DX_EIO, 0, 0,
+                         "%s: the rows may not be on the disk: %s", j->path,
+                         strerror(j->sync_errno));
     else if (close_errno != 0 && close_errno != EINTR)
         rc = dx_diag_set(diag, DX_EIO, 0, 0, "%s: %s", j->path,
                          strerror(close_errno));
     dx_free(j->path);
     dx_free(j);
     return rc;
+}
+
+/* ---- run keys ---------------------------------------------------------- */
+
+/* A string with its length first, so that no two sets of strings run
+ * together into the same text ("ab","c" and "a","bc"). */
+static void put_part(dx__sb *b, const char *name, const char *s)
+{
+    const char *v = s ? s : "";
+    dx__sb_printf(b, "|%s=%zu:%s", name, strlen(v), v);
+}
+
+int dx_eval_run_key(const dx_module *m, const dx_eval_opts *opts,
+                    const char *extra, char out[DX_EVAL_RUN_KEY_LEN])
+{
+    if (!m || !opts || !out)
+        return DX_EINVAL;
+    out[0] = '\0';
+    cJSON *state = dx_module_dump_state(m);
+    if (!state)
+        return DX_ENOMEM;
+    dx__pyjson_init();
+    dx__sb b;
+    dx__sb_init(&b);
+    dx__pyjson_dump(&b, state, -1);
+    cJSON_Delete(state);
+    /* Unset settings are spelled as their defaults, so a metric given
+     * "answer" and one left at the default are the same run. */
+    const dx_metric *mt = &opts->metric;
+    bool judged = mt->kind == DX_METRIC_SEMANTIC_F1 ||
+                  mt->kind == DX_METRIC_COMPLETE_AND_GROUNDED;
+    dx__sb_printf(&b, "|metric=%d|frac=%.17g|decompositional=%d", (int)mt->kind,
+                  mt->frac > 0 && mt->frac < 1 ? mt->frac : 1.0,
+                  mt->decompositional ? 1 : 0);
+    put_part(&b, "field",
+             mt->field ? mt->field
+             : judged  ? "response"
+                       : "answer");
+    put_part(&b, "passages",
+             mt->passages_field ? mt->passages_field : "context");
+    put_part(&b, "question",
+             mt->question_field ? mt->question_field : "question");
+    put_part(&b, "judge", mt->judge_lm_name);
+    put_part(&b, "name", mt->name);
+    dx__sb_printf(&b, "|adapter=%d|no_json_fallback=%d|failure_score=%.17g",
+                  (int)opts->call.adapter, opts->call.no_json_fallback ? 1 : 0,
+                  opts->failure_score);
+    put_part(&b, "lm_name", opts->call.lm_name);
+    put_part(&b, "rollout_id", opts->call.rollout_id);
+    put_part(&b, "extra", extra);
+    const char *text = dx__sb_cstr(&b);
+    unsigned char md[32];
+    unsigned int md_len = 0;
+    bool ok = text && EVP_Digest(text, b.len, md, &md_len, EVP_sha256(), NULL);
+    dx__sb_free(&b);
+    if (!ok)
+        return DX_ENOMEM;
+    for (int i = 0; i < 8; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+    return DX_OK;
 }

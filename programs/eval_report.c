@@ -277,11 +277,16 @@ void dx__eval_row_jsonl(dx__sb *b, const dx_eval_row *row)
                   (long long)row->usage.output_tokens);
     put_num(b, row->usage.cost_usd);
     dx__sb_printf(
-        b, ",\"cached\":%s,\"lm_calls\":%lld,\"cached_calls\":%lld}\n",
+        b, ",\"cached\":%s,\"lm_calls\":%lld,\"cached_calls\":%lld",
         row->usage.calls > 0 && row->usage.cached_calls == row->usage.calls
             ? "true"
             : "false",
         (long long)row->usage.calls, (long long)row->usage.cached_calls);
+    if (row->run_key) {
+        dx__sb_puts(b, ",\"run_key\":");
+        dx__pyjson_str(b, row->run_key, strlen(row->run_key));
+    }
+    dx__sb_puts(b, "}\n");
 }
 
 /* Rows that never ran (stopped early, cancelled) are not results and are

@@ -782,7 +782,19 @@ void dx_eval_result_free(dx_eval_result *r)
         dx_free(r->rows[i].error_msg);
     }
     dx_free(r->rows);
+    dx_free(r->run_key);
     dx_free(r);
+}
+
+int dx__eval_result_set_key(dx_eval_result *r, const char *key)
+{
+    dx_free(r->run_key);
+    r->run_key = NULL;
+    if (key && !(r->run_key = dx_strdup(key)))
+        return DX_ENOMEM;
+    for (size_t i = 0; i < r->n; i++)
+        r->rows[i].run_key = r->run_key;
+    return DX_OK;
 }
 
 dx_eval_result *dx__eval_result_new(const dx_dataset *ds)
@@ -883,6 +895,16 @@ static int take_resumed(dx_eval_result *res, const dx_dataset *ds,
 {
     if (!prior)
         return DX_OK;
+    /* Rows of another program, metric or model would score this one with
+     * answers it never gave. Without a key on either side there is
+     * nothing to compare. */
+    if (prior->run_key && res->run_key &&
+        strcmp(prior->run_key, res->run_key) != 0)
+        return dx_diag_set(diag, DX_EINVAL, 0, 0,
+                           "evaluate: the rows to resume are of another run "
+                           "(run key %s; this run's is %s): another program, "
+                           "metric or model",
+                           prior->run_key, res->run_key);
     if (prior->n != ds->n || (prior->n > 0 && !prior->rows))
         return dx_diag_set(diag, DX_EINVAL, 0, 0,
                            "evaluate: the rows to resume are of %zu "
@@ -935,7 +957,13 @@ int dx__evaluate_kept(const dx_module *m, const dx_dataset *ds,
         dx_eval_result_free(res);
         return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
     }
-    int rc = take_resumed(res, ds, opts->resume, diag);
+    int rc = dx__eval_result_set_key(res, opts->run_key);
+    if (rc != DX_OK) {
+        dx_free(j);
+        dx_eval_result_free(res);
+        return dx_diag_set(diag, DX_ENOMEM, 0, 0, "out of memory");
+    }
+    rc = take_resumed(res, ds, opts->resume, diag);
     if (rc != DX_OK) {
         dx_free(j);
         dx_eval_result_free(res);

@@ -188,6 +188,13 @@ typedef struct dx_eval_opts {
      * each taken row's example equal the dataset's at that index, else
      * DX_EINVAL. NULL: every example runs. The caller's; read only. */
     const struct dx_eval_result *resume;
+    /* What this run's rows depend on besides their example: a fingerprint
+     * of the program, the metric and the LM (dx_eval_run_key makes one).
+     * Copied into the result and written in every row ("run_key"), and a
+     * `resume` whose rows carry another key is refused (DX_EINVAL): rows
+     * of another program, metric or model would otherwise be mixed in
+     * silently. NULL: no key; rows without one are resumed unchecked. */
+    const char *run_key;
 } dx_eval_opts;
 
 struct dx_eval_row {
@@ -202,9 +209,10 @@ struct dx_eval_row {
     /* To the microsecond: the program's run; for an example that crashed,
      * hung or was killed, from its start until it ended. */
     double latency_ms;
-    dx_usage_acc usage; /* the example's LM usage (program run) */
-    bool done;          /* false: not run (stopped early / cancelled) */
-    bool resumed;       /* taken from dx_eval_opts.resume, not run */
+    dx_usage_acc usage;  /* the example's LM usage (program run) */
+    bool done;           /* false: not run (stopped early / cancelled) */
+    bool resumed;        /* taken from dx_eval_opts.resume, not run */
+    const char *run_key; /* the result's run_key (borrowed), or NULL */
 };
 
 typedef struct dx_eval_result {
@@ -220,6 +228,9 @@ typedef struct dx_eval_result {
     dx_usage_acc usage; /* all examples */
     dx_eval_row *rows;  /* n rows, dataset order */
     size_t n_resumed;   /* rows taken from dx_eval_opts.resume (in n_done) */
+    /* dx_eval_opts.run_key, or the key of the rows read back (NULL: none).
+     * The result's; freed with it. */
+    char *run_key;
 } dx_eval_result;
 
 typedef struct dx_eval dx_eval;
@@ -245,7 +256,7 @@ DX_API void dx_eval_result_free(dx_eval_result *r);
  * "example", "prediction", "score", "error", "error_code" (dx_err, 0 when
  * ok), "latency_ms", "input_tokens", "output_tokens", "cost_usd",
  * "cached" (every LM call came from the response cache), "lm_calls",
- * "cached_calls"}. Written whole or not at all (a temporary file renamed).
+ * "cached_calls"}, and "run_key" when the run had one. Written whole or not at all (a temporary file renamed).
  * DX_OK, DX_EIO (diag), DX_ENOMEM. */
 DX_API int dx_eval_result_write_jsonl(const dx_eval_result *r, const char *path,
                                       dx_diag *diag);
@@ -259,7 +270,10 @@ DX_API int dx_eval_result_write_jsonl(const dx_eval_result *r, const char *path,
  * skipped and counted in *n_cut (may be NULL). A missing file is DX_ENOENT;
  * a malformed line DX_ESYNTAX with diag naming the file, line and what.
  * A failed row's error code is its "error_code" (DX_EINVAL in a file
- * without one). *out is the caller's. */
+ * without one). Rows that carry a "run_key" must all carry the same one
+ * (else DX_EINVAL: rows of two runs in one file), which becomes the
+ * result's run_key; rows without one are taken too. *out is the
+ * caller's. */
 DX_API int dx_eval_result_read_jsonl(const char *path, const dx_dataset *ds,
                                      dx_eval_result **out, size_t *n_cut,
                                      dx_diag *diag);
@@ -269,7 +283,11 @@ DX_API int dx_eval_result_read_jsonl(const char *path, const dx_dataset *ds,
  * row behind, and dx_eval_result_read_jsonl + dx_eval_opts.resume run
  * only the rest. Use it as dx_eval_opts.on_row; afterwards write the
  * whole result over the same path (dx_eval_result_write_jsonl), which puts
- * the rows in dataset order. Each row is one write(2) of a whole line.
+ * the rows in dataset order. Each row is one write(2) of a whole line; the
+ * file is flushed to its disk (fdatasync) at most once a second while rows
+ * come and at close, so a machine that loses power loses at most the last
+ * second's rows (those examples run again on resume), and a run that is
+ * only killed loses none.
  * One evaluation at a time per journal (its coordinator is the only
  * writer). */
 typedef struct dx_eval_journal dx_eval_journal;
@@ -286,6 +304,17 @@ DX_API void dx_eval_journal_row(const dx_eval_row *row, void *ud);
 /* Close; DX_OK, or DX_EIO (diag) when a row could not be written. NULL is
  * a no-op. */
 DX_API int dx_eval_journal_close(dx_eval_journal *j, dx_diag *diag);
+/* A run key for dx_eval_opts.run_key: 16 hex digits of a SHA-256 over
+ * what decides an example's row besides the example: m's state (DSPy's
+ * dump_state: instructions, demos, signature, lm), the metric's kind and
+ * settings (field, frac, passages and question fields, judge, name; a
+ * custom metric is known only by its name: give it one), the adapter,
+ * the cache namespace (rollout_id), the failure score, and `extra` (may
+ * be NULL), which names what the options cannot: the model and endpoint
+ * of the LM client, say. DX_OK, DX_EINVAL (NULL m or opts), DX_ENOMEM. */
+#define DX_EVAL_RUN_KEY_LEN 17 /* 16 hex digits and the NUL */
+DX_API int dx_eval_run_key(const dx_module *m, const dx_eval_opts *opts,
+                           const char *extra, char out[DX_EVAL_RUN_KEY_LEN]);
 /* A summary and the first max_rows rows (0 = all) as a text table. */
 DX_API void dx_eval_result_print(const dx_eval_result *r, FILE *f,
                                  size_t max_rows);

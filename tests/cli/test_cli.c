@@ -882,6 +882,59 @@ Test(cli, eval_resume_refuses_rows_of_another_dataset_and_keeps_them)
     cr_expect_str_eq(text, other, "the file is left as it was");
 }
 
+/* The rows name the program, metric and model they came from: --resume
+ * with another model is refused before any call and the rows are kept;
+ * the same command resumes them (nothing left to run), even against the
+ * model served again on another port. */
+Test(cli, eval_resume_refuses_rows_of_another_model_and_keeps_them)
+{
+    char url[96], path[200], rows[240], before[4096], after[4096];
+    dx_lmserver *srv = server_and_questions(&(dx_lmserver_opts){0}, url,
+                                            "keyed.jsonl", 2, path);
+    snprintf(rows, sizeof rows, "%s/keyed_rows.jsonl", tmpdir);
+    const char *args[] = {"eval",
+                          example("capitals.json"),
+                          path,
+                          "--model",
+                          "openai-compatible/x",
+                          "--base-url",
+                          url,
+                          "--api-key",
+                          "k",
+                          "--out",
+                          rows,
+                          NULL,
+                          NULL};
+    int rc = dspex(args);
+    dx_lmserver_stop_free(srv);
+    cr_assert_eq(rc, 0, "%s", err_buf);
+    cr_assert_eq(lines_in(rows, before, sizeof before), 2, "%s", before);
+    cr_expect(strstr(before, ",\"run_key\":\"") != NULL, "%s", before);
+
+    srv = server_and_questions(&(dx_lmserver_opts){0}, url, "keyed.jsonl", 2,
+                               path);
+    args[4] = "openai-compatible/y";
+    args[11] = "--resume";
+    rc = dspex(args);
+    dx_lmserver_stats st;
+    dx_lmserver_stats_get(srv, &st);
+    cr_expect_eq(rc, 2, "%s", err_buf);
+    cr_expect(strstr(err_buf, "keyed_rows.jsonl are of another program, "
+                              "metric or model (run key ") != NULL,
+              "%s", err_buf);
+    cr_expect_eq(st.requests, 0);
+    lines_in(rows, after, sizeof after);
+    cr_expect_str_eq(after, before, "the rows are left as they were");
+
+    args[4] = "openai-compatible/x";
+    rc = dspex(args);
+    dx_lmserver_stats_get(srv, &st);
+    dx_lmserver_stop_free(srv);
+    cr_expect_eq(rc, 0, "%s", err_buf);
+    cr_expect_eq(st.requests, 0, "every row was taken");
+    cr_expect(strstr(out_buf, "2 resumed") != NULL, "%s", out_buf);
+}
+
 /* The config file's headers go with its endpoint (here the key, in the
  * header a gateway would take it in); --base-url naming another endpoint
  * leaves them out; a header the transport owns is refused naming the

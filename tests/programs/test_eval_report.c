@@ -501,6 +501,20 @@ Test(eval_report, a_file_not_of_these_rows_is_refused_with_where_and_why,
     expect_refused("{\"index\":1,\"example\":{\"question\":\"2+2?\","
                    "\"answer\":\"4\"},\"score\":1,\"prediction\":{\"\":1}}\n",
                    DX_ESYNTAX, ":1: \"prediction\" has a field without a name");
+    expect_refused("{\"index\":1,\"example\":{\"question\":\"2+2?\","
+                   "\"answer\":\"4\"},\"score\":1,\"run_key\":7}\n",
+                   DX_ESYNTAX, ":1: \"run_key\" is not a string");
+    /* Rows of two runs in one file: resuming would mix them. */
+    snprintf(text, sizeof text,
+             "{\"index\":0,\"example\":{\"question\":\"2+2?\","
+             "\"answer\":\"4\"},\"score\":1,\"run_key\":\"aa\"}\n"
+             "{\"index\":1,\"example\":{\"question\":\"2+2?\","
+             "\"answer\":\"4\"},\"score\":1}\n"
+             "{\"index\":2,\"example\":{\"question\":\"2+2?\","
+             "\"answer\":\"4\"},\"score\":1,\"run_key\":\"bb\"}\n");
+    expect_refused(text, DX_EINVAL,
+                   ":3: a row of another run (run key bb; the rows above "
+                   "have aa)");
 
     dx_dataset *ds = sample_dataset();
     dx_eval_result *r = NULL;
@@ -511,6 +525,53 @@ Test(eval_report, a_file_not_of_these_rows_is_refused_with_where_and_why,
     cr_expect(strstr(d.msg, "/nonexistent-dir/r.jsonl") != NULL, "%s", d.msg);
     cr_expect_eq(dx_eval_result_read_jsonl(NULL, ds, &r, NULL, &d), DX_EINVAL);
     dx_dataset_free(ds);
+}
+
+/* A run's key goes into each row it writes (the finished file and the
+ * journal) and comes back as the result's; rows without one (an older
+ * file) read back with the key of those that have it. */
+Test(eval_report, a_run_key_is_written_in_each_row_and_read_back, .timeout = 10)
+{
+    dx_eval_result *r = sample_result(NULL);
+    r->run_key = dx_strdup("0123456789abcdef");
+    cr_assert_not_null(r->run_key);
+    for (size_t i = 0; i < r->n; i++)
+        r->rows[i].run_key = r->run_key;
+    char *path = tmp_path("keyed");
+    dx_diag d = {0};
+    cr_assert_eq(dx_eval_result_write_jsonl(r, path, &d), DX_OK, "%s", d.msg);
+    char *text = slurp(path);
+    cr_expect(strstr(text, ",\"run_key\":\"0123456789abcdef\"}\n") != NULL,
+              "%s", text);
+    free(text);
+    /* A row of an older file, without a key, at the end. */
+    FILE *f = fopen(path, "ab");
+    cr_assert_not_null(f);
+    fputs("{\"index\":2,\"example\":{\"question\":\"2+2?\","
+          "\"answer\":\"4\"},\"score\":1}\n",
+          f);
+    fclose(f);
+    dx_dataset *ds = sample_dataset();
+    dx_eval_result *back = NULL;
+    cr_assert_eq(dx_eval_result_read_jsonl(path, ds, &back, NULL, &d), DX_OK,
+                 "%s", d.msg);
+    cr_assert_str_eq(back->run_key, "0123456789abcdef");
+    cr_expect_eq(back->rows[2].run_key, back->run_key);
+    cr_expect_eq(back->n_done, 3);
+    dx_eval_result_free(back);
+
+    /* A file without keys reads back without one. */
+    write_text(path, "{\"index\":0,\"example\":{\"question\":\"2+2?\","
+                     "\"answer\":\"4\"},\"score\":1}\n");
+    cr_assert_eq(dx_eval_result_read_jsonl(path, ds, &back, NULL, &d), DX_OK,
+                 "%s", d.msg);
+    cr_expect_null(back->run_key);
+    cr_expect_null(back->rows[0].run_key);
+    dx_eval_result_free(back);
+    dx_dataset_free(ds);
+    unlink(path);
+    free(path);
+    dx_eval_result_free(r);
 }
 
 /* The journal starts with the rows kept (a resumed run's), appends each

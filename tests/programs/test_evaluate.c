@@ -572,6 +572,123 @@ Test(evaluate, rows_go_to_on_row_as_they_end_and_a_resume_runs_only_the_rest)
     dx_module_free(m);
 }
 
+static dx_module *predict_with(const char *instructions)
+{
+    dx_signature *s = NULL;
+    cr_assert_eq(dx_signature_parse("question -> answer", instructions, NULL, 0,
+                                    &s, NULL),
+                 DX_OK);
+    dx_module *p = dx_predict_new(s, NULL);
+    dx_signature_unref(s);
+    cr_assert_not_null(p);
+    return p;
+}
+
+/* A run key names what a row depends on besides its example: the same
+ * program, metric and LM give the same key (a default spelled out too),
+ * any of them changed another. */
+Test(evaluate, a_run_key_changes_with_the_program_metric_or_model)
+{
+    dx_module *p = predict_with("Answer briefly.");
+    dx_module *same = predict_with("Answer briefly.");
+    dx_module *other = predict_with("Answer at length.");
+    dx_eval_opts o = {.metric = {.kind = DX_METRIC_EXACT_MATCH}};
+    char k[DX_EVAL_RUN_KEY_LEN], k2[DX_EVAL_RUN_KEY_LEN];
+    cr_assert_eq(dx_eval_run_key(p, &o, "model=a", k), DX_OK);
+    cr_expect_eq(strlen(k), 16);
+    cr_expect_eq(strspn(k, "0123456789abcdef"), 16, "%s", k);
+    cr_assert_eq(dx_eval_run_key(same, &o, "model=a", k2), DX_OK);
+    cr_expect_str_eq(k, k2, "the same program, metric and model");
+    dx_eval_opts spelled = o;
+    spelled.metric.field = "answer";
+    cr_assert_eq(dx_eval_run_key(p, &spelled, "model=a", k2), DX_OK);
+    cr_expect_str_eq(k, k2, "the default field spelled out");
+
+    cr_assert_eq(dx_eval_run_key(other, &o, "model=a", k2), DX_OK);
+    cr_expect_str_neq(k, k2, "other instructions");
+    cr_assert_eq(dx_eval_run_key(p, &o, "model=b", k2), DX_OK);
+    cr_expect_str_neq(k, k2, "another model");
+    dx_eval_opts changed = o;
+    changed.metric.kind = DX_METRIC_F1;
+    cr_assert_eq(dx_eval_run_key(p, &changed, "model=a", k2), DX_OK);
+    cr_expect_str_neq(k, k2, "another metric");
+    changed = o;
+    changed.metric.field = "label";
+    cr_assert_eq(dx_eval_run_key(p, &changed, "model=a", k2), DX_OK);
+    cr_expect_str_neq(k, k2, "another field");
+    changed = o;
+    changed.call.adapter = DX_ADAPTER_JSON;
+    cr_assert_eq(dx_eval_run_key(p, &changed, "model=a", k2), DX_OK);
+    cr_expect_str_neq(k, k2, "another adapter");
+    changed = o;
+    changed.failure_score = 0.5;
+    cr_assert_eq(dx_eval_run_key(p, &changed, "model=a", k2), DX_OK);
+    cr_expect_str_neq(k, k2, "another failure score");
+    /* Parts cannot run into each other. */
+    changed = o;
+    changed.call.rollout_id = "ab";
+    cr_assert_eq(dx_eval_run_key(p, &changed, "c", k), DX_OK);
+    changed.call.rollout_id = "a";
+    cr_assert_eq(dx_eval_run_key(p, &changed, "bc", k2), DX_OK);
+    cr_expect_str_neq(k, k2);
+    cr_expect_eq(dx_eval_run_key(NULL, &o, NULL, k), DX_EINVAL);
+    dx_module_free(p);
+    dx_module_free(same);
+    dx_module_free(other);
+}
+
+/* A run with a key writes it into its rows and result; a resume whose rows
+ * carry another key is refused before anything runs, one with the same
+ * key or with none (rows of an older file) is taken. */
+Test(evaluate, rows_of_another_run_key_are_not_resumed)
+{
+    dx_module *m =
+        dx_module_new("Echo", counted_echo_forward, NULL, NULL, NULL);
+    dx_dataset *ds = dataset(6, NULL);
+    dx_eval_opts o = {
+        .metric = {.kind = DX_METRIC_EXACT_MATCH},
+        .concurrency = 2,
+        .progress = DX_EVAL_PROGRESS_OFF,
+        .run_key = "00aa00aa00aa00aa",
+    };
+    dx_eval_result *first = NULL, *r = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_evaluate(m, ds, &o, &first, &d), DX_OK, "%s", d.msg);
+    cr_assert_str_eq(first->run_key, "00aa00aa00aa00aa");
+    cr_expect_eq(first->rows[2].run_key, first->run_key);
+    cr_expect_neq((const void *)first->run_key, (const void *)o.run_key,
+                  "the result has its own copy");
+
+    atomic_store(&programs_run, 0);
+    o.resume = first;
+    o.run_key = "11bb11bb11bb11bb";
+    cr_expect_eq(dx_evaluate(m, ds, &o, &r, &d), DX_EINVAL);
+    cr_expect(strstr(d.msg, "another run (run key 00aa00aa00aa00aa; this "
+                            "run's is 11bb11bb11bb11bb)") != NULL,
+              "%s", d.msg);
+    cr_expect_null(r);
+    cr_expect_eq(atomic_load(&programs_run), 0);
+
+    o.run_key = "00aa00aa00aa00aa";
+    cr_assert_eq(dx_evaluate(m, ds, &o, &r, &d), DX_OK, "%s", d.msg);
+    cr_expect_eq(r->n_resumed, first->n_done - first->n_errors);
+    cr_expect_eq(r->rows[0].run_key, r->run_key, "resumed rows are this run's");
+    dx_eval_result_free(r);
+
+    /* Rows without a key (an older file) are taken unchecked. */
+    dx_free(first->run_key);
+    first->run_key = NULL;
+    for (size_t i = 0; i < first->n; i++)
+        first->rows[i].run_key = NULL;
+    o.run_key = "22cc22cc22cc22cc";
+    cr_assert_eq(dx_evaluate(m, ds, &o, &r, &d), DX_OK, "%s", d.msg);
+    cr_expect_gt(r->n_resumed, 0);
+    dx_eval_result_free(r);
+    dx_eval_result_free(first);
+    dx_dataset_free(ds);
+    dx_module_free(m);
+}
+
 /* ---- cancellation ------------------------------------------------------- */
 
 static int slow_forward(dx_ctx *ctx, const dx_module *self,
