@@ -8,7 +8,9 @@
  *   coordinator -> worker  {dx_eval_abort, Id}   (the run ended without
  *                          it: cancelled or out of time)
  * The coordinator monitors every worker on first contact; a DOWN puts the
- * worker's unfinished shard back at the front of the queue. A worker runs
+ * worker's unfinished shard back at the front of the queue. A resumed run
+ * cuts its shards over the examples an earlier run did not score, so a
+ * shard never holds one that is done. A worker runs
  * each shard in a process of its own (dist_task_int.h), so on the abort it
  * stops that shard's evaluation instead of finishing it for nobody.
  */
@@ -43,7 +45,47 @@ typedef struct coord {
     worker *workers;
     size_t n_workers, cap_workers, seen_workers;
     bool started;
+    void (*on_result)(size_t index, double score, int error, void *ud);
+    void *on_result_ud;
 } coord;
+
+/* Cut the examples not yet done into shards of at most ss consecutive
+ * ones (a shard never spans a done example, so none runs twice); fill
+ * out when not NULL. How many. */
+static size_t cut_shards(const bool *done, size_t n, size_t ss, shard *out)
+{
+    size_t count = 0;
+    for (size_t i = 0; i < n;) {
+        if (done[i]) {
+            i++;
+            continue;
+        }
+        size_t end = i;
+        while (end < n && !done[end] && end - i < ss)
+            end++;
+        if (out)
+            out[count] = (shard){.start = i, .end = end, .state = S_QUEUED};
+        count++;
+        i = end;
+    }
+    return count;
+}
+
+/* Take what an earlier run scored without an error into r. */
+static void take_resumed(dx_dist_eval_result *r,
+                         const dx_dist_eval_result *prior)
+{
+    for (size_t i = 0; i < r->n; i++) {
+        if (!prior->done || !prior->done[i] ||
+            (prior->errors && prior->errors[i] != DX_OK))
+            continue;
+        r->done[i] = true;
+        r->scores[i] = prior->scores ? prior->scores[i] : 0;
+        r->errors[i] = DX_OK;
+        r->n_done++;
+        r->n_resumed++;
+    }
+}
 
 static void q_push_front(coord *c, size_t id)
 {
@@ -127,6 +169,8 @@ static void on_results(coord *c, dx_dist_eval_result *r, const dx_term *t)
         r->n_done++;
         if (err != DX_OK)
             r->n_errors++;
+        if (c->on_result)
+            c->on_result((size_t)idx, score, (int)err, c->on_result_ud);
     }
     if (s->state == S_DONE)
         return;
@@ -212,29 +256,38 @@ int dx_dist_evaluate(size_t n, const dx_dist_eval_opts *opts,
     int64_t timeout = o.timeout_ms > 0 ? o.timeout_ms : 600000;
     const char *name = o.name ? o.name : "dx_dist_eval";
 
+    if (o.resume && o.resume->n != n)
+        return DX_EINVAL;
+
     dx_dist_eval_result *r = dx_calloc(1, sizeof(*r));
-    coord c = {0};
-    c.n_shards = (n + ss - 1) / ss;
+    coord c = {.on_result = o.on_result, .on_result_ud = o.on_result_ud};
     if (r) {
         r->scores = dx_calloc(n, sizeof(double));
         r->errors = dx_calloc(n, sizeof(int));
         r->done = dx_calloc(n, sizeof(bool));
     }
-    c.shards = dx_calloc(c.n_shards, sizeof(shard));
-    c.queue = dx_calloc(c.n_shards, sizeof(size_t));
-    if (!r || !r->scores || !r->errors || !r->done || !c.shards || !c.queue) {
+    if (!r || !r->scores || !r->errors || !r->done) {
+        dx_dist_eval_result_free(r);
+        return DX_ENOMEM;
+    }
+    r->n = n;
+    if (o.resume)
+        take_resumed(r, o.resume);
+    c.n_shards = cut_shards(r->done, n, ss, NULL);
+    /* One slot at least: an evaluation with nothing left to run cuts no
+     * shard and finishes at once. */
+    c.shards = dx_calloc(c.n_shards ? c.n_shards : 1, sizeof(shard));
+    c.queue = dx_calloc(c.n_shards ? c.n_shards : 1, sizeof(size_t));
+    if (!c.shards || !c.queue) {
         dx_dist_eval_result_free(r);
         dx_free(c.shards);
         dx_free(c.queue);
         return DX_ENOMEM;
     }
-    r->n = n;
+    cut_shards(r->done, n, ss, c.shards);
     r->shards = c.n_shards;
-    for (size_t i = 0; i < c.n_shards; i++) {
-        c.shards[i].start = i * ss;
-        c.shards[i].end = i * ss + ss < n ? i * ss + ss : n;
+    for (size_t i = 0; i < c.n_shards; i++)
         c.queue[i] = i;
-    }
     c.q_len = c.n_shards;
     int rc = dx_register(name, dx_self());
     if (rc != DX_OK) {

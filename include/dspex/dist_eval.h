@@ -24,6 +24,8 @@
 #include "runtime.h"
 #include "teleprompt.h"
 
+struct dx_dist_eval_result;
+
 typedef struct dx_dist_eval_opts {
     size_t shard_size;  /* examples per shard; 0 = 8 */
     size_t min_workers; /* hand out nothing before this many asked; 0 = 1 */
@@ -31,6 +33,19 @@ typedef struct dx_dist_eval_opts {
     /* Name the coordinator registers while it runs; NULL = "dx_dist_eval".
      * Workers address {name, coordinator node}. */
     const char *name;
+    /* Called in the coordinator once per example as its score is recorded
+     * (in the order shards come back), so a caller can keep each one as it
+     * arrives (a file, a database) and a coordinator that is killed loses
+     * none it was told of. Must not block for long. Not called for
+     * examples taken from `resume`. */
+    void (*on_result)(size_t index, double score, int error, void *ud);
+    void *on_result_ud;
+    /* What an earlier run scored (its result, DX_ETIMEDOUT or DX_ECANCELED
+     * included, or one the caller filled from what on_result kept): each
+     * example done without an error is taken as it is and not handed out
+     * again; shards are cut over the others only. Its n must be this
+     * run's (else DX_EINVAL). NULL: every example runs. Read only. */
+    const struct dx_dist_eval_result *resume;
 } dx_dist_eval_opts;
 
 typedef struct dx_dist_eval_result {
@@ -43,6 +58,7 @@ typedef struct dx_dist_eval_result {
     bool *done;      /* n entries */
     size_t shards, requeued; /* shards cut; shards handed out again */
     size_t workers;          /* distinct workers that took part */
+    size_t n_resumed;        /* taken from opts.resume (in n_done) */
 } dx_dist_eval_result;
 
 /* Coordinate the evaluation of examples 0..n-1. On DX_OK *out (caller frees
@@ -50,8 +66,9 @@ typedef struct dx_dist_eval_result {
  * the run did not finish in time; DX_ECANCELED: dx_evaluate_cancel_all ran
  * on this node meanwhile (both: *out still holds what was scored, and the
  * workers drop the shards they hold, stopping their evaluations and LM
- * calls); DX_EEXIST: the name is taken; DX_ENOTPROC; DX_EINVAL (n == 0);
- * DX_ENOMEM. Process. */
+ * calls; give it as opts.resume to run only the rest); DX_EEXIST: the
+ * name is taken; DX_ENOTPROC; DX_EINVAL (n == 0, or a resume of another
+ * n); DX_ENOMEM. Process. */
 DX_API int dx_dist_evaluate(size_t n, const dx_dist_eval_opts *opts,
                             dx_dist_eval_result **out);
 DX_API void dx_dist_eval_result_free(dx_dist_eval_result *r);

@@ -874,6 +874,122 @@ Test(dist, a_cancelled_distributed_evaluation_ends_at_once_on_every_node,
     }
 }
 
+/* An earlier run that scored examples 0..19, 5 with an error. */
+static dx_dist_eval_result *earlier_run(void)
+{
+    dx_dist_eval_result *r = dx_calloc(1, sizeof *r);
+    cr_assert_not_null(r);
+    r->n = DIST_EVAL_N;
+    r->scores = dx_calloc(DIST_EVAL_N, sizeof *r->scores);
+    r->errors = dx_calloc(DIST_EVAL_N, sizeof *r->errors);
+    r->done = dx_calloc(DIST_EVAL_N, sizeof *r->done);
+    cr_assert(r->scores && r->errors && r->done);
+    for (size_t i = 0; i < 20; i++) {
+        r->done[i] = true;
+        r->scores[i] = 0.5; /* no exact match scores that: not run again */
+    }
+    r->errors[5] = DX_ETIMEDOUT;
+    r->scores[5] = 0;
+    return r;
+}
+
+static dx_dist_eval_result *resume_from;
+static int results_seen[DIST_EVAL_N];
+
+static void note_result(size_t index, double score, int error, void *ud)
+{
+    (void)score;
+    (void)error;
+    (void)ud;
+    if (index < DIST_EVAL_N)
+        results_seen[index]++;
+}
+
+static void resumed_coordinator_body(void)
+{
+    dx_dist_eval_opts o = {.shard_size = 4,
+                           .min_workers = 1,
+                           .timeout_ms = 60000,
+                           .on_result = note_result,
+                           .resume = resume_from};
+    dres_rc = dx_dist_evaluate(DIST_EVAL_N, &o, &dres);
+}
+
+/* A resumed run hands out only the examples the earlier one did not score
+ * (its failed one included), in shards that hold no scored example; each
+ * new score reaches on_result once as it arrives. */
+Test(dist, a_resumed_distributed_evaluation_runs_only_what_was_not_scored,
+     .timeout = 120)
+{
+    resume_from = earlier_run();
+    memset(results_seen, 0, sizeof results_seen);
+    atomic_store(&body_done, 0);
+    body_fail[0] = '\0';
+    cr_assert_eq(
+        dx_spawn(body_proc, (void *)(uintptr_t)resumed_coordinator_body, NULL),
+        DX_OK);
+    for (int w = 0; dx_whereis("dx_dist_eval").id == 0 && w < 5000; w += 5)
+        fx_sleep_ms(5);
+    cr_assert_neq(dx_whereis("dx_dist_eval").id, 0);
+    fx_child wk;
+    char name[128], line[256];
+    fx_name(name, sizeof name, "wres");
+    const char *bin = getenv("DX_DIST_NODE_BIN");
+    char *argv[] = {(char *)bin, name, COOKIE, "worker", self_name, NULL};
+    cr_assert_eq(fx_spawn(&wk, argv), 0);
+    /* The first shard is the failed example alone. */
+    cr_expect_eq(fx_expect(&wk, "SHARD", line, sizeof line, 20000), 0);
+    cr_expect_str_eq(line, "SHARD 5 6", "%s", line);
+    for (int w = 0; atomic_load(&body_done) == 0 && w < 90000; w += 10)
+        fx_sleep_ms(10);
+    cr_assert_eq(atomic_load(&body_done), 1, "coordinator did not finish");
+    cr_assert_eq(dres_rc, DX_OK, "%s", dx_strerror(dres_rc));
+    cr_expect_eq(dres->n_done, DIST_EVAL_N);
+    cr_expect_eq(dres->n_resumed, 19);
+    cr_expect_eq(dres->shards, 6, "{5} and 20..39 in fours");
+    for (size_t i = 0; i < DIST_EVAL_N; i++) {
+        bool resumed = i < 20 && i != 5;
+        cr_expect(dres->done[i], "example %zu", i);
+        cr_expect_eq(results_seen[i], resumed ? 0 : 1, "example %zu", i);
+        if (resumed)
+            cr_expect_float_eq(dres->scores[i], 0.5, 1e-12, "example %zu", i);
+        else
+            cr_expect(dres->scores[i] == 0 || dres->scores[i] == 1,
+                      "example %zu scored %g", i, dres->scores[i]);
+    }
+    cr_expect_eq(fx_expect(&wk, "WORKER-DONE", line, sizeof line, 20000), 0);
+    cr_expect(strstr(line, "WORKER-DONE 6 OK") != NULL, "%s", line);
+    dx_dist_eval_result_free(dres);
+    dres = NULL;
+    fx_stop(&wk);
+
+    /* Nothing left to run: done at once, no shard cut. */
+    atomic_store(&body_done, 0);
+    dx_dist_eval_result *all = earlier_run();
+    for (size_t i = 0; i < DIST_EVAL_N; i++)
+        all->done[i] = true;
+    all->errors[5] = DX_OK;
+    dx_dist_eval_result_free(resume_from);
+    resume_from = all;
+    memset(results_seen, 0, sizeof results_seen);
+    run_body(resumed_coordinator_body, 10000);
+    cr_assert_eq(dres_rc, DX_OK, "%s", dx_strerror(dres_rc));
+    cr_expect_eq(dres->n_done, DIST_EVAL_N);
+    cr_expect_eq(dres->shards, 0);
+    cr_expect_eq(dres->n_resumed, DIST_EVAL_N);
+    dx_dist_eval_result_free(dres);
+    dres = NULL;
+
+    /* A resume of another dataset's size is refused. */
+    resume_from->n = DIST_EVAL_N - 1;
+    run_body(resumed_coordinator_body, 10000);
+    cr_expect_eq(dres_rc, DX_EINVAL);
+    cr_expect_null(dres);
+    resume_from->n = DIST_EVAL_N;
+    dx_dist_eval_result_free(resume_from);
+    resume_from = NULL;
+}
+
 Test(dist,
      evaluate_over_3_worker_nodes_with_one_killed_scores_each_example_once,
      .timeout = 120)
