@@ -243,7 +243,7 @@ static char *dup_or_null(const char *s, bool *oom)
 
 /* Build an endpoint: its config (which checks the model string and URL),
  * shared from here on, and its model name and breaker. */
-static int endpoint_init(endpoint *e, const dx_lm_endpoint *src,
+static int endpoint_init(endpoint *e, size_t index, const dx_lm_endpoint *src,
                          const dx_lm_client_opts *opts,
                          const dx_breaker_config *bc)
 {
@@ -253,6 +253,10 @@ static int endpoint_init(endpoint *e, const dx_lm_endpoint *src,
     int rc = dx_lm_config_new(src->model, src->base_url, src->api_key, &cfg);
     for (size_t i = 0; rc == DX_OK && i < opts->n_headers; i++)
         rc = dx_lm_config_add_header(cfg, opts->headers[i]);
+    /* This endpoint's own last: the same name replaces the client's. */
+    for (size_t i = 0; rc == DX_OK && i < opts->n_endpoint_headers; i++)
+        if (opts->endpoint_headers[i].endpoint == index)
+            rc = dx_lm_config_add_header(cfg, opts->endpoint_headers[i].header);
     if (rc != DX_OK) {
         dx_lm_config_free(cfg);
         return rc;
@@ -1553,14 +1557,21 @@ static const dx_server_ops client_ops = {
 
 /* ---- public API ---------------------------------------------------------------- */
 
-/* The user's headers: not too many, none missing. */
+/* The user's headers: not too many, none missing, each endpoint's for an
+ * endpoint there is. */
 static bool headers_ok(const dx_lm_client_opts *opts)
 {
     if (opts->n_headers > DX_LM_CLIENT_MAX_HEADERS ||
-        (opts->n_headers > 0 && !opts->headers))
+        (opts->n_headers > 0 && !opts->headers) ||
+        opts->n_endpoint_headers > DX_LM_CLIENT_MAX_HEADERS ||
+        (opts->n_endpoint_headers > 0 && !opts->endpoint_headers))
         return false;
     for (size_t i = 0; i < opts->n_headers; i++)
         if (!opts->headers[i])
+            return false;
+    for (size_t i = 0; i < opts->n_endpoint_headers; i++)
+        if (!opts->endpoint_headers[i].header ||
+            opts->endpoint_headers[i].endpoint > opts->n_fallbacks)
             return false;
     return true;
 }
@@ -1596,7 +1607,7 @@ int dx_lm_client_start(const dx_lm_client_opts *opts,
     for (size_t i = 0; rc == DX_OK && i <= opts->n_fallbacks; i++) {
         const dx_lm_endpoint *src =
             i == 0 ? &opts->primary : &opts->fallbacks[i - 1];
-        rc = endpoint_init(&s->eps[i], src, opts, &bc);
+        rc = endpoint_init(&s->eps[i], i, src, opts, &bc);
         s->n_eps = i + 1;
     }
     if (rc == DX_OK && opts->ratelimit)
@@ -1965,10 +1976,11 @@ typedef struct held_opts {
     dx_lmcache_limits cache_limits;
     dx_ratelimit_config ratelimit;
     const char *headers[DX_LM_CLIENT_MAX_HEADERS];
+    dx_lm_endpoint_header endpoint_headers[DX_LM_CLIENT_MAX_HEADERS];
     char *name;
     /* Every string above, to free. */
     char *owned[3 * (1 + DX_LM_CLIENT_MAX_FALLBACKS) + 3 +
-                DX_LM_CLIENT_MAX_HEADERS];
+                2 * DX_LM_CLIENT_MAX_HEADERS];
     size_t n_owned;
     bool oom;
 } held_opts;
@@ -2048,6 +2060,12 @@ int dx_lm_client_child_spec(dx_child_spec *spec, const char *id,
     for (size_t i = 0; i < opts->n_headers; i++)
         h->headers[i] = hold(h, opts->headers[i]);
     h->opts.headers = opts->n_headers > 0 ? h->headers : NULL;
+    for (size_t i = 0; i < opts->n_endpoint_headers; i++)
+        h->endpoint_headers[i] =
+            (dx_lm_endpoint_header){opts->endpoint_headers[i].endpoint,
+                                    hold(h, opts->endpoint_headers[i].header)};
+    h->opts.endpoint_headers =
+        opts->n_endpoint_headers > 0 ? h->endpoint_headers : NULL;
     h->opts.cache_path = hold(h, opts->cache_path);
     h->opts.prices = hold(h, opts->prices);
     h->name = hold(h, name);

@@ -93,6 +93,14 @@ typedef struct dx_lm_endpoint {
     const char *api_key;
 } dx_lm_endpoint;
 
+/* A header for one endpoint only (dx_lm_client_opts.endpoint_headers): a
+ * fallback provider's own key or beta flag, a primary gateway's route,
+ * that the other endpoints must not be sent. */
+typedef struct dx_lm_endpoint_header {
+    size_t endpoint;    /* 0: the primary; k: fallbacks[k - 1] */
+    const char *header; /* "Name: value", as dx_lm_config_add_header */
+} dx_lm_endpoint_header;
+
 /* Options of a client. Everything is copied by dx_lm_client_start. */
 typedef struct dx_lm_client_opts {
     dx_lm_endpoint primary;
@@ -135,6 +143,12 @@ typedef struct dx_lm_client_opts {
      * most DX_LM_CLIENT_MAX_HEADERS. */
     const char *const *headers;
     size_t n_headers;
+    /* Headers for one endpoint each, sent to it after `headers` (so one of
+     * the same name replaces the client's for that endpoint). An endpoint
+     * number past the fallbacks, or a header the config refuses, fails the
+     * start with DX_EINVAL. At most DX_LM_CLIENT_MAX_HEADERS in all. */
+    const dx_lm_endpoint_header *endpoint_headers;
+    size_t n_endpoint_headers;
 } dx_lm_client_opts;
 
 /* What a completed call gives back. Free with dx_lm_result_free. */

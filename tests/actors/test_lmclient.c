@@ -258,6 +258,67 @@ Test(lmclient, falls_back_when_the_primary_cannot_be_reached)
     cr_assert_eq(upstream_requests(), 1);
 }
 
+/* One call to a dead primary with a keyless fallback, the endpoint
+ * headers given. */
+static void dead_primary_then_keyless(const dx_lm_endpoint *keyless,
+                                      const dx_lm_endpoint_header *own)
+{
+    memset(&sc, 0, sizeof sc);
+    sc.opts.primary =
+        (dx_lm_endpoint){"openai-compatible/dead-model", dead_url, "sk-test"};
+    sc.opts.fallbacks = keyless;
+    sc.opts.n_fallbacks = 1;
+    sc.opts.retry = &quick;
+    sc.opts.endpoint_headers = own;
+    sc.opts.n_endpoint_headers = 1;
+    sc.body = one_call;
+    run(&sc);
+}
+
+/* An endpoint's own headers go to it alone: the primary's key header does
+ * not reach the fallback (which then refuses the call for want of a key),
+ * the fallback's does; an endpoint number past the fallbacks fails the
+ * start. */
+Test(lmclient, an_endpoints_own_headers_go_to_it_alone)
+{
+    dx_lm_endpoint keyless = {"openai-compatible/backup-model", live_url, NULL};
+    dx_lm_endpoint_header for_primary[] = {
+        {0, "Authorization: Bearer for-the-primary"}};
+    dead_primary_then_keyless(&keyless, for_primary);
+    cr_assert_neq(sc.calls[0].rc, DX_OK,
+                  "the primary's key reached the fallback");
+    cr_expect_eq(sc.calls[0].err.kind, DX_LM_ERR_AUTH, "%s: %s",
+                 dx_lm_error_kind_name(sc.calls[0].err.kind),
+                 sc.calls[0].err.message);
+
+    dx_lm_endpoint_header for_backup[] = {
+        {1, "Authorization: Bearer for-the-backup"}};
+    dead_primary_then_keyless(&keyless, for_backup);
+    cr_assert_eq(sc.calls[0].rc, DX_OK, "%s: %s %d %s",
+                 dx_err_name(sc.calls[0].rc),
+                 dx_lm_error_kind_name(sc.calls[0].err.kind),
+                 sc.calls[0].err.status, sc.calls[0].err.message);
+    cr_expect_str_eq(sc.calls[0].model, "openai-compatible/backup-model");
+
+    /* No third endpoint to send it to. */
+    dx_lm_endpoint_header nowhere[] = {{2, "X-Route: eu"}};
+    dx_lm_client_opts bad = {.primary = sc.opts.primary,
+                             .fallbacks = &keyless,
+                             .n_fallbacks = 1,
+                             .endpoint_headers = nowhere,
+                             .n_endpoint_headers = 1};
+    dx_pid pid;
+    cr_expect_eq(dx_lm_client_start(&bad, NULL, &pid), DX_EINVAL);
+    dx_child_spec spec;
+    cr_expect_eq(dx_lm_client_child_spec(&spec, "lm", &bad, NULL), DX_EINVAL);
+    bad.endpoint_headers = (dx_lm_endpoint_header[]){{1, NULL}};
+    cr_expect_eq(dx_lm_client_start(&bad, NULL, &pid), DX_EINVAL);
+    /* A child spec takes them (its own copy, freed with it). */
+    bad.endpoint_headers = for_backup;
+    cr_expect_eq(dx_lm_client_child_spec(&spec, "lm", &bad, NULL), DX_OK);
+    dx_lm_client_child_spec_free(&spec);
+}
+
 Test(lmclient, falls_back_when_the_primary_answers_503_to_every_attempt)
 {
     dx_lmserver *second = NULL;
@@ -446,13 +507,15 @@ static void impatient(scenario *s, dx_pid client)
     dx_lmserver_stats st;
     dx_lmserver_stats_get(srv, &st);
     closed_early_before = st.connections_closed_early;
-    complete_into(client, "Take your time", 100, &s->calls[0]);
+    /* A second: long enough for the request to reach the server first
+     * even under valgrind, far short of the answer's 5 s. */
+    complete_into(client, "Take your time", 1000, &s->calls[0]);
 }
 
 Test(lmclient, a_caller_that_times_out_gets_etimedout)
 {
     live_only();
-    cr_assert_eq(dx_lmserver_inject(srv, "slow:2000", 1), DX_OK);
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:5000", 1), DX_OK);
     sc.body = impatient;
     run(&sc);
     cr_assert_eq(sc.calls[0].rc, DX_ETIMEDOUT, "%s",
@@ -463,7 +526,7 @@ Test(lmclient, a_caller_that_times_out_gets_etimedout)
     cr_assert_eq(sc.stats.in_flight, 0);
     cr_assert_eq(sc.stats.failures, 1);
     bool closed = false;
-    for (int i = 0; i < 200 && !closed; i++) {
+    for (int i = 0; i < 300 && !closed; i++) {
         dx_lmserver_stats st;
         dx_lmserver_stats_get(srv, &st);
         closed = st.connections_closed_early > closed_early_before;
