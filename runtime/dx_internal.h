@@ -462,6 +462,12 @@ int dx__fault_thread_init(dx__sched *s);
 void dx__fault_thread_fini(dx__sched *s);
 dx_term *dx__fault_reason(dx__sched *s, dx__proc *p);
 
+/* ---- blocking threads (blocking.c) ---- */
+
+/* Let the blocking threads finish the calls they run, then join them
+ * (dx_runtime_stop, once no process is left). The pool can start again. */
+void dx__blocking_stop(void);
+
 /* Frequently used atoms, interned at start. */
 extern dx_term *dx__a_normal, *dx__a_kill, *dx__a_killed, *dx__a_shutdown,
     *dx__a_noproc, *dx__a_bad_call;

@@ -1362,6 +1362,9 @@ int dx_runtime_stop(void)
         pthread_cond_timedwait(&dx__rt.live_cv, &dx__rt.live_mu, &ts);
     }
     pthread_mutex_unlock(&dx__rt.live_mu);
+    /* Every process is gone: the blocking threads finish the calls they
+     * run (for nobody now) and end. */
+    dx__blocking_stop();
 
     atomic_store(&dx__rt.quit, 1);
     for (int i = 0; i < dx__rt.nsched; i++)

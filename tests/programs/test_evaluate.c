@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "dspex/alloc.h"
+#include "dspex/blocking.h"
 #include "dspex/evaluate.h"
 #include "eval_int.h"
 #include "dspex/lm.h"
@@ -1091,4 +1092,56 @@ Test(evaluate, a_keep_is_released_by_every_example_of_a_finished_evaluation)
     dx_eval_result_free(t.r);
     dx_dataset_free(t.ds);
     dx_module_free(t.m);
+}
+
+/* A program that calls a blocking library function (here nanosleep) through
+ * dx_run_blocking: its example is stopped at its deadline like any other,
+ * while the call finishes on its own thread, and the rest of the
+ * evaluation does not wait for it. */
+static void *nap_3_s(void *arg)
+{
+    (void)arg;
+    struct timespec ts = {3, 0};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+    return NULL;
+}
+
+static int blocking_forward(dx_ctx *ctx, const dx_module *self,
+                            const dx_example *in, dx_prediction **out)
+{
+    (void)self;
+    (void)ctx;
+    const char *q = dx_example_get_str(in, "question", "");
+    if (strcmp(q, "q3") == 0) {
+        void *unused = NULL;
+        dx_run_blocking(nap_3_s, NULL, NULL, NULL, DX_INFINITY, &unused);
+    }
+    *out = dx_prediction_new();
+    dx_example_set_str(dx_prediction_fields_mut(*out), "answer", q);
+    return DX_OK;
+}
+
+Test(evaluate, an_example_in_a_blocking_call_is_stopped_at_its_deadline)
+{
+    dx_module *m =
+        dx_module_new("Blocking", blocking_forward, NULL, NULL, NULL);
+    dx_dataset *ds = dataset(40, NULL);
+    dx_eval_opts o = {
+        .metric = {.kind = DX_METRIC_EXACT_MATCH},
+        .concurrency = 4,
+        .example_timeout_ms = 200,
+        .progress = DX_EVAL_PROGRESS_OFF,
+    };
+    dx_eval_result *r = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_evaluate(m, ds, &o, &r, &d), DX_OK, "%s", d.msg);
+    cr_expect_eq(r->n_done, 40);
+    cr_expect_eq(r->n_errors, 1);
+    cr_expect_eq(r->rows[3].error, DX_ETIMEDOUT, "%s",
+                 dx_err_name(r->rows[3].error));
+    cr_expect_lt(r->wall_s, 2.5, "the evaluation waited for the call");
+    dx_eval_result_free(r);
+    dx_dataset_free(ds);
+    dx_module_free(m);
 }
