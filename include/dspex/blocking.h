@@ -18,10 +18,16 @@
  * running: a function that never returns keeps dx_runtime_stop waiting, as
  * an endless loop in a process does.
  *
+ * A blocking thread is not a process: a fault inside fn (a NULL pointer)
+ * is not isolated and ends the OS process, as a fault inside the C
+ * library does.
+ *
  * Ownership: arg is the runtime's from the call on; arg_free(arg) (if not
  * NULL) runs on the blocking thread once fn returns, whether or not
  * anyone still waits. The result is the caller's on DX_OK; otherwise
- * result_free(result) (if not NULL) runs once fn returns.
+ * result_free(result) (if not NULL) runs once fn returns. A call whose
+ * caller stopped waiting before a thread took it does not run at all
+ * (only arg_free does).
  */
 #ifndef DSPEX_BLOCKING_H
 #define DSPEX_BLOCKING_H
