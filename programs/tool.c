@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "dspex/alloc.h"
+#include "dspex/blocking.h"
 #include "dspex/error.h"
 #include "dspex/runtime.h"
 #include "dspex/server.h"
@@ -34,6 +35,7 @@ struct dx_tool {
     void (*ud_free)(void *);
     int64_t timeout_ms;
     size_t max_result;
+    bool blocking; /* fn runs on a blocking thread (dx_tool_set_blocking) */
 };
 
 /* ---- schemas ------------------------------------------------------------ */
@@ -347,6 +349,14 @@ int dx_tool_set_timeout(dx_tool *t, int64_t ms)
     return DX_OK;
 }
 
+int dx_tool_set_blocking(dx_tool *t, bool blocking)
+{
+    if (!t)
+        return DX_EINVAL;
+    t->blocking = blocking;
+    return DX_OK;
+}
+
 int dx_tool_set_max_result(dx_tool *t, size_t bytes)
 {
     if (!t || bytes == 0)
@@ -576,7 +586,8 @@ int dx_tool_validate(const dx_tool *t, const cJSON *args, dx_diag *diag)
 /* ---- calling ---------------------------------------------------------------- */
 
 /* What the caller and the tool's process share; two references, the
- * process's dropped by arg_free however it ends. */
+ * process's dropped by arg_free however it ends, and a third for a
+ * blocking tool's call while it runs on its blocking thread. */
 typedef struct call_slot {
     atomic_int refs;
     atomic_bool done;
@@ -598,12 +609,59 @@ static void slot_unref(void *arg)
     dx_free(s);
 }
 
+/* What a tool's fn gave back on a blocking thread. */
+typedef struct blocking_outcome {
+    int rc;
+    char *text;
+} blocking_outcome;
+
+static void blocking_outcome_free(void *p)
+{
+    blocking_outcome *o = p;
+    if (o)
+        dx_free(o->text);
+    dx_free(o);
+}
+
+/* fn on a blocking thread; the slot is kept alive by the call's own
+ * reference, also after the tool's process was killed at its timeout. */
+static void *tool_on_blocking_thread(void *arg)
+{
+    call_slot *s = arg;
+    char *r = NULL;
+    int rc = s->tool->fn(s->args, &r, s->tool->ud);
+    blocking_outcome *o = dx_malloc(sizeof *o);
+    if (!o) {
+        dx_free(r);
+        return NULL;
+    }
+    *o = (blocking_outcome){rc, r};
+    return o;
+}
+
 static void tool_proc(void *arg)
 {
     call_slot *s = arg;
     dx_set_label("dspex.tool");
     char *r = NULL;
-    int rc = s->tool->fn(s->args, &r, s->tool->ud);
+    int rc;
+    if (s->tool->blocking) {
+        atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+        void *out = NULL;
+        rc = dx_run_blocking(tool_on_blocking_thread, s, slot_unref,
+                             blocking_outcome_free, DX_INFINITY, &out);
+        blocking_outcome *o = out;
+        if (rc == DX_OK && !o)
+            rc = DX_ENOMEM;
+        if (o) {
+            rc = o->rc;
+            r = o->text;
+            o->text = NULL;
+            blocking_outcome_free(o);
+        }
+    } else {
+        rc = s->tool->fn(s->args, &r, s->tool->ud);
+    }
     s->result = r;
     s->rc = rc;
     atomic_store_explicit(&s->done, true, memory_order_release);

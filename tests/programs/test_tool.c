@@ -7,6 +7,7 @@
  */
 #include <criterion/criterion.h>
 #include <string.h>
+#include <time.h>
 
 #include "dspex/alloc.h"
 #include "dspex/module.h"
@@ -370,6 +371,52 @@ static char *call_how(dx_tool *t, const char *how, dx_tool_status *st)
     cr_assert_eq(dx_tool_call(t, a, &obs, st), DX_OK, "%s", how);
     cJSON_Delete(a);
     return obs;
+}
+
+/* A tool whose code blocks its thread for "ms" milliseconds (nanosleep, as
+ * a synchronous client library would), then answers "slept". */
+static int napping_fn(const cJSON *args, char **result_text, void *ud)
+{
+    (void)ud;
+    const cJSON *ms = cJSON_GetObjectItemCaseSensitive(args, "ms");
+    long n = cJSON_IsNumber(ms) ? (long)ms->valuedouble : 0;
+    struct timespec ts = {n / 1000, (n % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+    *result_text = dx_strdup("slept");
+    return *result_text ? 0 : DX_ENOMEM;
+}
+
+/* Marked blocking, such a tool answers as any other, and its timeout
+ * stops a call that blocks too long (the code finishes on its own
+ * thread). */
+Test(tool, a_blocking_tools_timeout_stops_a_call_that_blocks)
+{
+    dx_tool_param p[] = {{.name = "ms", .type = "int", .required = true}};
+    dx_tool *t = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_tool_new("nap", NULL, p, 1, napping_fn, NULL, &t, &d),
+                 DX_OK, "%s", d.msg);
+    cr_assert_eq(dx_tool_set_blocking(t, true), DX_OK);
+    cr_assert_eq(dx_tool_set_timeout(t, 200), DX_OK);
+    cJSON *a = cJSON_CreateObject();
+    cJSON_AddNumberToObject(a, "ms", 20);
+    char *obs = NULL;
+    dx_tool_status st;
+    cr_assert_eq(dx_tool_call(t, a, &obs, &st), DX_OK);
+    cr_expect_eq(st, DX_TOOL_OK);
+    cr_expect_str_eq(obs, "slept");
+    dx_free(obs);
+
+    cJSON_ReplaceItemInObject(a, "ms", cJSON_CreateNumber(3000));
+    int64_t t0 = dx_now_ms();
+    cr_assert_eq(dx_tool_call(t, a, &obs, &st), DX_OK);
+    cr_expect_eq(st, DX_TOOL_TIMEOUT, "%s", obs);
+    cr_expect_lt(dx_now_ms() - t0, 2500, "the call waited for the code");
+    dx_free(obs);
+    cJSON_Delete(a);
+    cr_expect_eq(dx_tool_set_blocking(NULL, true), DX_EINVAL);
+    dx_tool_unref(t);
 }
 
 Test(tool, crash_hang_error_and_garbage_become_observations)
