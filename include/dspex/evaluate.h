@@ -256,8 +256,9 @@ DX_API void dx_eval_result_free(dx_eval_result *r);
  * "example", "prediction", "score", "error", "error_code" (dx_err, 0 when
  * ok), "latency_ms", "input_tokens", "output_tokens", "cost_usd",
  * "cached" (every LM call came from the response cache), "lm_calls",
- * "cached_calls"}, and "run_key" when the run had one. Written whole or not at all (a temporary file renamed).
- * DX_OK, DX_EIO (diag), DX_ENOMEM. */
+ * "cached_calls"}, and "run_key" when the run had one. Written whole or
+ * not at all (a temporary file renamed). DX_OK, DX_EIO (diag), DX_ENOMEM.
+ */
 DX_API int dx_eval_result_write_jsonl(const dx_eval_result *r, const char *path,
                                       dx_diag *diag);
 /* Read a file of rows (dx_eval_result_write_jsonl's, or a journal's, in
