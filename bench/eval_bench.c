@@ -22,7 +22,17 @@
  * stopped, against the same server. Its wall time is what the server, the
  * kernel and the machine leave for any client; the gap between it and the
  * baseline is the transport's, between the baseline and the evaluation
- * Evaluate's. DX_EVAL_BENCH_FLOOR=0 leaves it out (its fields are then 0).
+ * Evaluate's. The floor runs twice: with connections it opens (floor_)
+ * and with connections opened before its clock starts (floor_warm_).
+ *
+ * Then the machine's floor (null_server.h): the same bare client against
+ * a server that only reads each request and answers it with canned bytes
+ * after the latency, as many threads as the local LM server, again with
+ * connections opened by the run (machine_) and before it (machine_warm_).
+ * Neither dspex nor the local LM server is in it: what it leaves of the
+ * ideal is the kernel's and the machine's, a bound no client or server on
+ * these cores can beat. DX_EVAL_BENCH_FLOOR=0 leaves out both floors
+ * (their fields are then 0).
  *
  * DX_EVAL_BENCH_CALLGRIND=eval or =baseline, under valgrind --tool=callgrind
  * --instr-atstart=no, counts only that phase's instructions (every
@@ -44,7 +54,8 @@
  *   connections=<opened by the evaluation>
  *   wave_mean_ms=<a>,<b>,.. wave_max_ms=<a>,<b>,..
  *   floor_wall_s=.. floor_ratio=.. floor_cpu_us_per_example=..
- *   floor_wave_mean_ms=.. floor_wave_max_ms=..
+ *   floor_wave_mean_ms=.. floor_wave_max_ms=.. floor_warm_ratio=..
+ *   machine_ratio=.. machine_warm_ratio=.. machine_cpu_us_per_example=..
  *   threads_us=sched:..,io:..,server:..,other:.. baseline_threads_us=..
  *   faults_per_example=.. baseline_faults_per_example=..
  * where wave k is examples k*C .. (k+1)*C-1 in dataset order (the ones
@@ -84,6 +95,7 @@
 #include "bench_server.h"
 #include "dspex/provider.h"
 #include "floor_client.h"
+#include "null_server.h"
 #include "dspex/runtime.h"
 
 static char url[128];
@@ -463,6 +475,35 @@ static void bench_main(void *arg)
     dx_server_stop(client, NULL, 5000);
 }
 
+static void floor_failed(const char *who, const floor_result *r)
+{
+    fprintf(stderr, "%s: %ld of %ld requests failed\n", who,
+            r->failed ? r->failed : N, N);
+    B.errors++;
+}
+
+/* The machine's floor: the bare client against the null server (as many
+ * threads as the local LM server), with connections opened by the run
+ * and opened before it. */
+static void machine_floor(long conc, floor_result *fresh, floor_result *warm)
+{
+    null_server *ns = null_server_start(bench_server_threads(), latency_ms);
+    if (ns == NULL) {
+        floor_failed("null server", &(floor_result){0});
+        return;
+    }
+    fresh->latency_ms = warm->latency_ms = NULL;
+    if (floor_run(null_server_port(ns), FLOOR, (size_t)N, N, conc, false,
+                  fresh) != 0 ||
+        fresh->failed > 0)
+        floor_failed("floor client, null server", fresh);
+    if (floor_run(null_server_port(ns), FLOOR, (size_t)N, N, conc, true,
+                  warm) != 0 ||
+        warm->failed > 0)
+        floor_failed("floor client, null server, preconnected", warm);
+    null_server_stop(ns);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 4) {
@@ -500,7 +541,8 @@ int main(int argc, char **argv)
     /* The floor: the same requests from the bare client, the runtime gone,
      * against the same server (whose connections from the runs above are
      * closed by now, so it opens its own as a first run does). */
-    floor_result fl[8] = {{0}};
+    floor_result fl[8] = {{0}}, fl_warm[8] = {{0}};
+    floor_result mach[8] = {{0}}, mach_warm[8] = {{0}};
     char floor_waves[8][512] = {""};
     double *floor_lat = dx_calloc((size_t)N, sizeof *floor_lat);
     const char *floor_env = getenv("DX_EVAL_BENCH_FLOOR");
@@ -510,14 +552,17 @@ int main(int argc, char **argv)
          k++) {
         fl[k].latency_ms = floor_lat;
         if (floor_run(dx_lmserver_port(srv), FLOOR, (size_t)N, N, B.conc[k],
-                      &fl[k]) != 0 ||
-            fl[k].failed > 0) {
-            fprintf(stderr, "floor client: %ld of %ld requests failed\n",
-                    fl[k].failed, N);
-            B.errors++;
-        }
+                      false, &fl[k]) != 0 ||
+            fl[k].failed > 0)
+            floor_failed("floor client", &fl[k]);
         wave_fields(floor_lat, (size_t)N, B.conc[k], "floor_", floor_waves[k],
                     sizeof floor_waves[k]);
+        fl_warm[k].latency_ms = NULL;
+        if (floor_run(dx_lmserver_port(srv), FLOOR, (size_t)N, N, B.conc[k],
+                      true, &fl_warm[k]) != 0 ||
+            fl_warm[k].failed > 0)
+            floor_failed("floor client, preconnected", &fl_warm[k]);
+        machine_floor(B.conc[k], &mach[k], &mach_warm[k]);
     }
     dx_free(floor_lat);
     for (long i = 0; floor_bytes != NULL && i < N; i++)
@@ -542,6 +587,8 @@ int main(int argc, char **argv)
                "baseline_wall_s=%.3f baseline_ratio=%.4f warm=%d "
                "connections=%" PRIu64 " %s floor_wall_s=%.3f "
                "floor_ratio=%.4f floor_cpu_us_per_example=%.1f %s "
+               "floor_warm_ratio=%.4f machine_ratio=%.4f "
+               "machine_warm_ratio=%.4f machine_cpu_us_per_example=%.1f "
                "threads_us=%s baseline_threads_us=%s "
                "faults_per_example=%.1f baseline_faults_per_example=%.1f\n",
                N, latency_ms, c, B.wall[k], ideal, B.wall[k] / ideal, cpu_us,
@@ -549,8 +596,10 @@ int main(int argc, char **argv)
                B.base_csw[k] / (double)N, B.p50[k], B.p99[k], B.base_wall[k],
                B.base_wall[k] / ideal, B.warm ? 1 : 0, B.conns[k], B.waves[k],
                fl[k].wall_s, fl[k].wall_s / ideal,
-               fl[k].cpu_s * 1e6 / (double)N, floor_waves[k], B.threads[k],
-               B.base_threads[k], B.flt[k] / (double)N,
+               fl[k].cpu_s * 1e6 / (double)N, floor_waves[k],
+               fl_warm[k].wall_s / ideal, mach[k].wall_s / ideal,
+               mach_warm[k].wall_s / ideal, mach[k].cpu_s * 1e6 / (double)N,
+               B.threads[k], B.base_threads[k], B.flt[k] / (double)N,
                B.base_flt[k] / (double)N);
     }
     return B.errors || BJ.errors ? 1 : 0;

@@ -194,8 +194,41 @@ static void conn_event(floor_run_state *st, fconn *c, uint32_t events)
     }
 }
 
+/* Open every connection with nothing to send and wait until each
+ * handshake is done; false if one fails or none of them moves for 10 s. */
+static bool preconnect_all(floor_run_state *st, fconn *conns, long conc)
+{
+    for (long i = 0; i < conc; i++)
+        if (!conn_open(st, &conns[i]))
+            return false;
+    struct epoll_event evs[256];
+    for (long up = 0; up < conc;) {
+        int k = epoll_wait(st->ep, evs, 256, 10000);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return false;
+        for (int i = 0; i < k; i++) {
+            fconn *c = evs[i].data.ptr;
+            int err = 0;
+            socklen_t len = sizeof err;
+            getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+            if (err != 0 || (evs[i].events & (EPOLLERR | EPOLLHUP)))
+                return false;
+            if (c->connected)
+                continue;
+            struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+            if (epoll_ctl(st->ep, EPOLL_CTL_MOD, c->fd, &ev) != 0)
+                return false;
+            c->connected = true;
+            up++;
+        }
+    }
+    return true;
+}
+
 int floor_run(int port, const floor_request *reqs, size_t nreqs, long n,
-              long conc, floor_result *out)
+              long conc, bool preconnect, floor_result *out)
 {
     double *latency_ms = out->latency_ms;
     memset(out, 0, sizeof *out);
@@ -210,20 +243,27 @@ int floor_run(int port, const floor_request *reqs, size_t nreqs, long n,
         close(st.ep);
         return -1;
     }
-    double w0 = now_s(CLOCK_MONOTONIC), c0 = now_s(CLOCK_PROCESS_CPUTIME_ID);
     for (long i = 0; i < conc; i++)
         conns[i].fd = -1;
-    for (long i = 0; i < conc; i++) {
+    bool ok = !preconnect || preconnect_all(&st, conns, conc);
+    double w0 = now_s(CLOCK_MONOTONIC), c0 = now_s(CLOCK_PROCESS_CPUTIME_ID);
+    for (long i = 0; ok && i < conc; i++) {
         fconn *c = &conns[i];
         conn_take(&st, c);
-        if (c->req != NULL && !conn_open(&st, c)) {
+        if (c->req == NULL)
+            continue;
+        if (preconnect ? !conn_write(&st, c) : !conn_open(&st, c)) {
+            if (preconnect) {
+                conn_fail(&st, c);
+                continue;
+            }
             out->failed++;
             st.done++;
             c->req = NULL;
         }
     }
     struct epoll_event evs[256];
-    while (st.done < n) {
+    while (ok && st.done < n) {
         int k = epoll_wait(st.ep, evs, 256, 10000);
         if (k < 0 && errno == EINTR)
             continue;
@@ -242,5 +282,5 @@ int floor_run(int port, const floor_request *reqs, size_t nreqs, long n,
     }
     free(conns);
     close(st.ep);
-    return 0;
+    return ok ? 0 : -1;
 }

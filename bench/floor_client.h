@@ -12,6 +12,7 @@
 #ifndef DSPEX_BENCH_FLOOR_CLIENT_H
 #define DSPEX_BENCH_FLOOR_CLIENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 typedef struct floor_request {
@@ -20,7 +21,8 @@ typedef struct floor_request {
 } floor_request;
 
 typedef struct floor_result {
-    double wall_s; /* first connect to last answer */
+    double wall_s; /* first connect (preconnected: first request) to last
+                      answer */
     double cpu_s;  /* the whole OS process's, the server threads included */
     long answered; /* answers with status 200 */
     long failed;   /* anything else: connect or I/O errors, other statuses */
@@ -30,8 +32,11 @@ typedef struct floor_result {
 
 /* Send n requests (reqs[i % nreqs]) to 127.0.0.1:port over conc
  * connections opened at the start, each sending its next request when its
- * answer is complete. Returns 0, or -1 when the epoll set cannot be made. */
+ * answer is complete. With preconnect, the connections are opened and
+ * their handshakes done before the clock starts, as for a service whose
+ * connections are already open. Returns 0, or -1 when the epoll set cannot
+ * be made or a preconnection fails. */
 int floor_run(int port, const floor_request *reqs, size_t nreqs, long n,
-              long conc, floor_result *out);
+              long conc, bool preconnect, floor_result *out);
 
 #endif
