@@ -148,7 +148,7 @@ setup_args=()
 # builds cover those. descriptors measures the kernel's descriptor table,
 # which valgrind has already grown to the limit with descriptors of its own.
 valgrind_suites=(alloc htab term proc mailbox links monitor registry timer server
-    sched shutdown log app)
+    sched shutdown log app blocking)
 # ... and the fuzz corpus replays (fuzz_<target>, listed in fuzz/meson.build;
 # one of a layer this build lacks matches no test and is left out by meson).
 mapfile -t fuzz_tests < <(sed -n \

@@ -7,6 +7,7 @@
  * started does not run; off a process nothing runs; dx_runtime_stop waits
  * for the calls still running.
  */
+#include <stdbool.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -141,7 +142,11 @@ static void killed_body(void *arg)
     dx_pid p;
     dx_ref ref;
     KT_CHECK_RC(dx_spawn_monitor(waits_for_ever, NULL, &p, &ref), DX_OK);
-    dx_sleep(30);
+    /* Killed once the call runs (a slow start, as under valgrind, would
+     * otherwise make it a call abandoned before it started). */
+    for (int i = 0; i < 5000 && atomic_load(&calls_run) == 0; i++)
+        dx_sleep(1);
+    KT_CHECK_EQ(atomic_load(&calls_run), 1);
     int64_t t0 = dx_now_ms();
     dx_kill(p);
     dx_term *reason = kt_await_down(ref, 5000);
@@ -202,25 +207,51 @@ Test(blocking, calls_beyond_the_threads_wait_their_turn_and_all_run,
     kt_body_test(2, many_body, NULL);
 }
 
-static void long_caller(void *arg)
+static atomic_bool gate_open;
+
+/* Holds its thread until the test opens the gate (at most 30 s), so the
+ * pool stays full however slowly its threads start. */
+static void *gated_call(void *arg)
 {
-    call_and_count((long)(intptr_t)arg, 1000);
+    const nap *n = arg;
+    atomic_fetch_add(&calls_run, 1);
+    for (int i = 0; i < 30000 && !atomic_load(&gate_open); i++)
+        nanosleep(&(struct timespec){0, 1000000L}, NULL);
+    long *id = dx_malloc(sizeof *id);
+    if (id)
+        *id = n->id;
+    return id;
 }
 
-/* Queued behind long calls on a full pool, then abandoned: never runs. */
+static void gated_caller(void *arg)
+{
+    long id = (long)(intptr_t)arg;
+    void *result = NULL;
+    int rc = dx_run_blocking(gated_call, nap_new(0, id), count_arg_free,
+                             count_result_free, 60000, &result);
+    if (rc == DX_OK && result && *(long *)result == id)
+        atomic_fetch_add(&many_ok, 1);
+    dx_free(result);
+    atomic_fetch_add(&many_done, 1);
+}
+
+/* Queued behind held calls on a full pool, then abandoned: never runs. */
 static void abandoned_body(void *arg)
 {
     (void)arg;
-    /* Fill every thread with a call that outlasts the one below. */
+    atomic_store(&gate_open, false);
+    /* Fill every thread with a call held until the one below is gone. */
     for (int i = 0; i < DX_BLOCKING_MAX_THREADS; i++)
-        KT_CHECK_RC(dx_spawn(long_caller, (void *)(intptr_t)i, NULL), DX_OK);
+        KT_CHECK_RC(dx_spawn(gated_caller, (void *)(intptr_t)i, NULL), DX_OK);
     for (int i = 0;
-         i < 5000 && atomic_load(&calls_run) < DX_BLOCKING_MAX_THREADS; i++)
+         i < 20000 && atomic_load(&calls_run) < DX_BLOCKING_MAX_THREADS; i++)
         dx_sleep(1);
+    KT_CHECK_EQ(atomic_load(&calls_run), DX_BLOCKING_MAX_THREADS);
     void *result = NULL;
     KT_CHECK_RC(dx_run_blocking(blocking_nap, nap_new(10, -1), count_arg_free,
                                 count_result_free, 1, &result),
                 DX_ETIMEDOUT);
+    atomic_store(&gate_open, true);
     for (int i = 0;
          i < 3000 && atomic_load(&many_done) < DX_BLOCKING_MAX_THREADS; i++)
         dx_sleep(10);
