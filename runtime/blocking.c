@@ -13,15 +13,22 @@
  * result itself. A caller that loses that race knows the message is sent
  * or on its way, and takes it. A call abandoned before a thread took it
  * does not run.
+ *
+ * Each thread guards the functions it runs (fault.c): a fault in one jumps
+ * back here, and the caller, if it still waits, gets the fault's reason
+ * instead of a result and ends with it, as it would have had the function
+ * faulted in the process itself. The thread goes on with the next call.
  */
 #include "dspex/blocking.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "dspex/alloc.h"
 #include "dspex/error.h"
+#include "dspex/log.h"
 #include "dspex/runtime.h"
 #include "dx_internal.h"
 
@@ -71,12 +78,34 @@ static void caller_gone(void *obj)
     call_unref(c);
 }
 
-static void run_call(call *c)
+/* fn(arg) under the thread's guard: false when it faulted (nothing is
+ * kept across the jump but what g holds). */
+static bool run_guarded(dx__fault_guard *g, const call *c, void **result)
+{
+    if (sigsetjmp(g->jmp, 1) != 0)
+        return false;
+    g->armed = 1;
+    *result = c->fn(c->arg);
+    g->armed = 0;
+    return true;
+}
+
+static void run_call(dx__fault_guard *g, call *c)
 {
     void *result = NULL;
+    dx_term *fault = NULL;
     bool ran = atomic_load(&c->state) == WAITING;
-    if (ran)
-        result = c->fn(c->arg);
+    if (ran && !run_guarded(g, c, &result)) {
+        fault = dx__fault_guard_reason(g);
+        char what[96] = "fault";
+        if (fault)
+            dx_term_format(fault, what, sizeof what);
+        dx_logf(DX_LOG_ERROR,
+                "dx_run_blocking: the function at %p faulted (%s); its "
+                "caller ends with that reason, the thread goes on",
+                (void *)(uintptr_t)c->fn, what);
+        result = NULL;
+    }
     if (c->arg_free && c->arg)
         c->arg_free(c->arg);
     int expect = WAITING;
@@ -85,9 +114,12 @@ static void run_call(call *c)
         c->done = NULL;
         m->ptr = result;
         m->ptr_free = c->result_free;
+        m->term = fault;       /* a fault: the caller ends with it */
         dx_send(c->waiter, m); /* freed by the runtime if it is gone */
-    } else if (ran && c->result_free && result) {
-        c->result_free(result);
+    } else {
+        if (ran && c->result_free && result)
+            c->result_free(result);
+        dx_term_free(fault);
     }
     call_unref(c);
 }
@@ -96,6 +128,8 @@ static void *blocking_thread(void *unused)
 {
     (void)unused;
     pthread_setname_np(pthread_self(), "dx-blocking");
+    dx__fault_guard guard;
+    dx__fault_guard_init(&guard);
     pthread_mutex_lock(&pool.mu);
     for (;;) {
         while (!pool.head && !pool.stopping) {
@@ -110,10 +144,11 @@ static void *blocking_thread(void *unused)
         if (!pool.head)
             pool.tail = NULL;
         pthread_mutex_unlock(&pool.mu);
-        run_call(c);
+        run_call(&guard, c);
         pthread_mutex_lock(&pool.mu);
     }
     pthread_mutex_unlock(&pool.mu);
+    dx__fault_guard_fini(&guard);
     return NULL;
 }
 
@@ -132,8 +167,19 @@ static int enqueue(call *c)
     for (const call *q = pool.head; q && queued <= pool.idle; q = q->next)
         queued++;
     if (queued > pool.idle && pool.n_threads < DX_BLOCKING_MAX_THREADS) {
+        /* Guard pages as deep as a process stack's, so that a runaway
+         * recursion in fn faults in them (and is told an overflow) rather
+         * than reach past one page into another mapping. */
+        pthread_attr_t attr;
+        bool attr_ok = pthread_attr_init(&attr) == 0;
+        if (attr_ok)
+            pthread_attr_setguardsize(&attr, 64 * 1024);
         pthread_t t;
-        if (pthread_create(&t, NULL, blocking_thread, NULL) == 0)
+        int made =
+            pthread_create(&t, attr_ok ? &attr : NULL, blocking_thread, NULL);
+        if (attr_ok)
+            pthread_attr_destroy(&attr);
+        if (made == 0)
             pool.threads[pool.n_threads++] = t;
         else if (pool.n_threads == 0) {
             pthread_mutex_unlock(&pool.mu);
@@ -211,6 +257,12 @@ int dx_run_blocking(dx_blocking_fn fn, void *arg, void (*arg_free)(void *arg),
     call_unref(c);
     if (rc != DX_OK)
         return rc;
+    if (m->term) { /* fn faulted: so does its caller */
+        dx_term *reason = m->term;
+        m->term = NULL;
+        dx_msg_free(m);
+        dx_exit_self(reason);
+    }
     *result_out = m->ptr;
     m->ptr = NULL; /* the caller's now */
     dx_msg_free(m);

@@ -462,6 +462,28 @@ int dx__fault_thread_init(dx__sched *s);
 void dx__fault_thread_fini(dx__sched *s);
 dx_term *dx__fault_reason(dx__sched *s, dx__proc *p);
 
+/* A thread that is no scheduler but runs a process's code (a blocking
+ * thread) guards it with one of these, owned by the thread: while armed,
+ * a fault outside the C library jumps to jmp with sig and addr set. */
+typedef struct dx__fault_guard {
+    sigjmp_buf jmp;
+    volatile sig_atomic_t armed;
+    volatile sig_atomic_t sig;
+    void *volatile addr;
+    void *altstack;
+    char *stack_lo;     /* the thread's stack, for telling an overflow */
+    size_t guard_bytes; /* its guard pages, just below stack_lo */
+} dx__fault_guard;
+
+/* Sets up g for the calling thread (its alternate signal stack, the bounds
+ * of its stack) and makes it the thread's; without fault isolation, or
+ * when the alternate stack cannot be made, the thread stays unguarded
+ * (arming g is then harmless). */
+void dx__fault_guard_init(dx__fault_guard *g);
+void dx__fault_guard_fini(dx__fault_guard *g);
+/* {segv, Address}, stack_overflow, ... as for a process's own fault. */
+dx_term *dx__fault_guard_reason(const dx__fault_guard *g);
+
 /* ---- blocking threads (blocking.c) ---- */
 
 /* Let the blocking threads finish the calls they run, then join them

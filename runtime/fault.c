@@ -11,8 +11,13 @@
  * previous handler is restored and the signal re-delivered, which normally
  * ends the OS process with a core dump. docs/internals/runtime.md lists the
  * cases.
+ *
+ * A blocking thread (blocking.c) is guarded the same way while it runs a
+ * process's function: a fault in it jumps back to the thread's loop, which
+ * ends the calling process with the reason a fault in its own code gives.
  */
 #include <link.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -81,9 +86,18 @@ static void give_up(int sig)
      * disposition (default: terminate with a core dump). */
 }
 
+_Thread_local dx__fault_guard *dx__tls_fault_guard;
+
 static void on_fault(int sig, siginfo_t *si, void *uc)
 {
     dx__sched *s = dx__tls_sched;
+    dx__fault_guard *g = s ? NULL : dx__tls_fault_guard;
+    if (g != NULL && g->armed && !pc_in_libc(fault_pc(uc))) {
+        g->armed = 0;
+        g->sig = sig;
+        g->addr = si->si_addr;
+        siglongjmp(g->jmp, 1);
+    }
     dx__proc *p = s ? s->current : NULL;
     if (p == NULL || p->in_runtime > 0 || pc_in_libc(fault_pc(uc))) {
         give_up(sig);
@@ -117,39 +131,79 @@ void dx__fault_uninstall(void)
         sigaction(fault_signals[i], &previous[i], NULL);
 }
 
-int dx__fault_thread_init(dx__sched *s)
+#define ALTSTACK_BYTES (64 * 1024)
+
+/* The calling thread's alternate signal stack: a fault handler needs one
+ * to run after a stack overflow. NULL when it cannot be made. */
+static void *altstack_new(void)
 {
-    s->altstack_size = 64 * 1024;
-    void *m = mmap(NULL, s->altstack_size, PROT_READ | PROT_WRITE,
+    void *m = mmap(NULL, ALTSTACK_BYTES, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED)
-        return DX_ESYS;
-    stack_t ss = {.ss_sp = m, .ss_size = s->altstack_size, .ss_flags = 0};
+        return NULL;
+    stack_t ss = {.ss_sp = m, .ss_size = ALTSTACK_BYTES, .ss_flags = 0};
     if (sigaltstack(&ss, NULL) != 0) {
-        munmap(m, s->altstack_size);
-        return DX_ESYS;
+        munmap(m, ALTSTACK_BYTES);
+        return NULL;
     }
-    s->altstack = m;
-    return DX_OK;
+    return m;
+}
+
+static void altstack_free(void *m)
+{
+    if (m == NULL)
+        return;
+    stack_t ss = {.ss_flags = SS_DISABLE};
+    sigaltstack(&ss, NULL);
+    munmap(m, ALTSTACK_BYTES);
+}
+
+int dx__fault_thread_init(dx__sched *s)
+{
+    s->altstack = altstack_new();
+    s->altstack_size = ALTSTACK_BYTES;
+    return s->altstack ? DX_OK : DX_ESYS;
 }
 
 void dx__fault_thread_fini(dx__sched *s)
 {
-    if (s->altstack == NULL)
-        return;
-    stack_t ss = {.ss_flags = SS_DISABLE};
-    sigaltstack(&ss, NULL);
-    munmap(s->altstack, s->altstack_size);
+    altstack_free(s->altstack);
     s->altstack = NULL;
 }
 
-dx_term *dx__fault_reason(dx__sched *s, dx__proc *p)
+void dx__fault_guard_init(dx__fault_guard *g)
 {
-    void *addr = s->fault_addr;
+    *g = (dx__fault_guard){0};
+    if (!dx__rt.fault_isolation)
+        return;
+    g->altstack = altstack_new();
+    pthread_attr_t attr;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+        void *lo = NULL;
+        size_t size = 0, guard = 0;
+        pthread_attr_getstack(&attr, &lo, &size);
+        pthread_attr_getguardsize(&attr, &guard);
+        g->stack_lo = lo;
+        g->guard_bytes = guard;
+        pthread_attr_destroy(&attr);
+    }
+    dx__tls_fault_guard = g->altstack ? g : NULL;
+}
+
+void dx__fault_guard_fini(dx__fault_guard *g)
+{
+    dx__tls_fault_guard = NULL;
+    altstack_free(g->altstack);
+    g->altstack = NULL;
+}
+
+/* The exit reason of a fault with signal sig at addr. */
+static dx_term *reason_of(int sig, void *addr, bool stack_overflow)
+{
     dx_term *where = dx_int((int64_t)(uintptr_t)addr);
-    switch (s->fault_sig) {
+    switch (sig) {
     case SIGSEGV:
-        if (dx__is_guard_hit(s, p, addr)) {
+        if (stack_overflow) {
             dx_term_free(where);
             return dx_atom("stack_overflow");
         }
@@ -164,4 +218,18 @@ dx_term *dx__fault_reason(dx__sched *s, dx__proc *p)
         dx_term_free(where);
         return dx_atom("fault");
     }
+}
+
+dx_term *dx__fault_reason(dx__sched *s, dx__proc *p)
+{
+    void *addr = s->fault_addr;
+    return reason_of(s->fault_sig, addr, dx__is_guard_hit(s, p, addr));
+}
+
+dx_term *dx__fault_guard_reason(const dx__fault_guard *g)
+{
+    /* The thread's guard pages lie just below its stack. */
+    char *a = g->addr, *lo = g->stack_lo;
+    bool overflow = lo != NULL && a < lo && a >= lo - g->guard_bytes;
+    return reason_of(g->sig, g->addr, overflow);
 }

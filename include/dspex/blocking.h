@@ -18,9 +18,15 @@
  * running: a function that never returns keeps dx_runtime_stop waiting, as
  * an endless loop in a process does.
  *
- * A blocking thread is not a process: a fault inside fn (a NULL pointer)
- * is not isolated and ends the OS process, as a fault inside the C
- * library does.
+ * A fault inside fn (a NULL or wild pointer, a stack overflow, SIGBUS,
+ * SIGFPE, SIGILL) ends the calling process with the reason it would have
+ * had the fault been in its own code ({segv, Address}, stack_overflow, ...;
+ * dx_run_blocking does not return); a caller that already stopped waiting
+ * is left alone. The fault is logged, arg_free still runs, and the thread
+ * serves the next call; what fn had allocated and any lock it held stay as
+ * they were. As in a process, a fault inside the C library (or with fault
+ * isolation off: dx_runtime_opts, ThreadSanitizer builds) is not isolated
+ * and ends the OS process.
  *
  * Ownership: arg is the runtime's from the call on; arg_free(arg) (if not
  * NULL) runs on the blocking thread once fn returns, whether or not

@@ -159,9 +159,10 @@ DX_API int dx_tool_set_max_result(dx_tool *t, size_t bytes);
 /* The tool's fn blocks its thread (a synchronous HTTP client, a database,
  * sleep): run it on a blocking thread (blocking.h) so that the timeout
  * stops the call and the scheduler goes on meanwhile; a call stopped so
- * finishes on its own thread and its result is dropped. Such an fn must
- * not make runtime calls that wait (dx_sleep, LM calls). Set before
- * sharing the tool. DX_EINVAL for a NULL t. */
+ * finishes on its own thread and its result is dropped; a fault in it
+ * ends the call as DX_TOOL_CRASHED, as in the tool's own process. Such an
+ * fn must not make runtime calls that wait (dx_sleep, LM calls). Set
+ * before sharing the tool. DX_EINVAL for a NULL t. */
 DX_API int dx_tool_set_blocking(dx_tool *t, bool blocking);
 
 DX_API const char *dx_tool_name(const dx_tool *t);

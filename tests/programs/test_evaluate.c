@@ -1145,3 +1145,55 @@ Test(evaluate, an_example_in_a_blocking_call_is_stopped_at_its_deadline)
     dx_dataset_free(ds);
     dx_module_free(m);
 }
+
+/* A program whose blocking call faults: that example is recorded as
+ * crashed with the fault, and no other example is touched. */
+static void *fault_on_blocking_thread(void *arg)
+{
+    (void)arg;
+    *(volatile int *)crash_address = 1;
+    return NULL;
+}
+
+static int faulting_blocking_forward(dx_ctx *ctx, const dx_module *self,
+                                     const dx_example *in, dx_prediction **out)
+{
+    (void)self;
+    (void)ctx;
+    const char *q = dx_example_get_str(in, "question", "");
+    if (strcmp(q, "q5") == 0) {
+        void *unused = NULL;
+        dx_run_blocking(fault_on_blocking_thread, NULL, NULL, NULL, DX_INFINITY,
+                        &unused);
+    }
+    *out = dx_prediction_new();
+    dx_example_set_str(dx_prediction_fields_mut(*out), "answer", q);
+    return DX_OK;
+}
+
+Test(evaluate, an_example_whose_blocking_call_faults_fails_alone)
+{
+    if (DX_SANITIZE_THREAD)
+        cr_skip_test("fault isolation is off under ThreadSanitizer");
+    dx_module *m = dx_module_new("FaultingBlocking", faulting_blocking_forward,
+                                 NULL, NULL, NULL);
+    dx_dataset *ds = dataset(20, NULL);
+    dx_eval_opts o = {
+        .metric = {.kind = DX_METRIC_EXACT_MATCH},
+        .concurrency = 4,
+        .progress = DX_EVAL_PROGRESS_OFF,
+    };
+    dx_eval_result *r = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_evaluate(m, ds, &o, &r, &d), DX_OK, "%s", d.msg);
+    cr_expect_eq(r->n_done, 20);
+    cr_expect_eq(r->n_errors, 1);
+    cr_expect_eq(r->rows[5].error, DX_EDOWN, "%s",
+                 dx_err_name(r->rows[5].error));
+    cr_expect(r->rows[5].error_msg && strstr(r->rows[5].error_msg, "segv"),
+              "%s", r->rows[5].error_msg ? r->rows[5].error_msg : "(none)");
+    cr_expect_float_eq(r->score, 95.0, 1e-9);
+    dx_eval_result_free(r);
+    dx_dataset_free(ds);
+    dx_module_free(m);
+}

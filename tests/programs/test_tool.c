@@ -419,6 +419,28 @@ Test(tool, a_blocking_tools_timeout_stops_a_call_that_blocks)
     dx_tool_unref(t);
 }
 
+/* Marked blocking, a tool whose code faults ends as crashed with the
+ * fault's reason, as it would in its own process, and the next call is
+ * served. (No fault isolation under ThreadSanitizer.) */
+Test(tool, a_blocking_tool_that_faults_comes_back_crashed)
+{
+    if (DX_SANITIZE_THREAD)
+        cr_skip_test("fault isolation is off under ThreadSanitizer");
+    dx_tool *t = bad_tool();
+    cr_assert_eq(dx_tool_set_blocking(t, true), DX_OK);
+    dx_tool_status st;
+    char *obs = call_how(t, "crash", &st);
+    cr_assert_eq(st, DX_TOOL_CRASHED, "%s", obs);
+    cr_assert_str_eq(obs, "Execution error in flaky: the tool's process "
+                          "died: {segv,64}");
+    dx_free(obs);
+    obs = call_how(t, "fine", &st);
+    cr_assert_eq(st, DX_TOOL_OK, "%s", obs);
+    cr_assert_str_eq(obs, "fine");
+    dx_free(obs);
+    dx_tool_unref(t);
+}
+
 Test(tool, crash_hang_error_and_garbage_become_observations)
 {
     dx_tool *t = bad_tool();

@@ -5,14 +5,18 @@
  * and the call's argument and result are freed when it returns; calls
  * beyond the threads wait their turn; a call whose caller left before it
  * started does not run; off a process nothing runs; dx_runtime_stop waits
- * for the calls still running.
+ * for the calls still running; a fault in a call (a NULL write, runaway
+ * recursion) ends its caller with the fault's reason, or nobody when the
+ * caller gave up, and the thread goes on.
  */
 #include <stdbool.h>
 #include <stdlib.h>
 #include <time.h>
 
 #include "dspex/blocking.h"
+#include "dx_config.h"
 #include "kernel_test_util.h"
+#include "kt_faults.h"
 
 static atomic_int arg_frees, result_frees, calls_run, ticks;
 
@@ -309,4 +313,133 @@ Test(blocking, stop_waits_for_the_calls_still_running, .timeout = 30)
     cr_expect_eq(atomic_load(&result_frees), 1);
     reset_counts();
     kt_body_test(1, leaves_the_scheduler_body, NULL);
+}
+
+/* ---- faults in a blocking call --------------------------------------------- */
+
+/* Fault isolation is off under ThreadSanitizer (test_crash.c says why),
+ * and valgrind does not follow a jump out of a handler on an alternate
+ * stack (the crash suite is left out of its run for the same reason); the
+ * other builds run these. */
+#define SKIP_FAULTS_UNDER_TSAN_OR_VALGRIND()                                   \
+    do {                                                                       \
+        if (DX_SANITIZE_THREAD)                                                \
+            cr_skip_test("fault isolation is off under ThreadSanitizer");      \
+        if (KT_RUNNING_ON_VALGRIND)                                            \
+            cr_skip_test("valgrind does not follow the fault's jump");         \
+    } while (0)
+
+/* Sleeps n->ms, then writes through NULL. */
+static void *faulting_call(void *arg)
+{
+    const nap *n = arg;
+    atomic_fetch_add(&calls_run, 1);
+    struct timespec ts = {n->ms / 1000, (n->ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+    kt_write_null();
+    return NULL;
+}
+
+static void *recursing_call(void *arg)
+{
+    (void)arg;
+    atomic_fetch_add(&calls_run, 1);
+    int reached = kt_recurse(0); /* never returns */
+    long *depth = dx_malloc(sizeof *depth);
+    if (depth)
+        *depth = reached;
+    return depth;
+}
+
+static void calls_faulting(void *arg)
+{
+    void *result = NULL;
+    dx_run_blocking(arg == NULL ? faulting_call : recursing_call, nap_new(0, 0),
+                    count_arg_free, count_result_free, 10000, &result);
+    KT_CHECK(!"the caller of a faulting call went on");
+}
+
+/* The caller ends with the reason want_tag (a tagged tuple) or want_atom;
+ * the thread, its arg freed, serves the next call. */
+static void fault_ends_caller(void *kind, const char *want_tag,
+                              const char *want_atom)
+{
+    dx_pid p;
+    dx_ref ref;
+    KT_CHECK_RC(dx_spawn_monitor(calls_faulting, kind, &p, &ref), DX_OK);
+    dx_term *reason = kt_await_down(ref, 10000);
+    bool ok = want_tag ? kt_is_tagged_tuple(reason, want_tag)
+                       : dx_is_atom(reason, want_atom);
+    if (!ok) {
+        char got[128], note[200];
+        kt_fmtbuf(note, sizeof note, "the caller's reason: %s, want %s",
+                  kt_fmt(reason, got, sizeof got),
+                  want_tag ? want_tag : want_atom);
+        kt_note(__FILE__, __LINE__, note);
+    }
+    dx_term_free(reason);
+    KT_CHECK_EQ(atomic_load(&calls_run), 1);
+    KT_CHECK_EQ(atomic_load(&arg_frees), 1);
+    KT_CHECK_EQ(atomic_load(&result_frees), 0);
+    void *result = NULL;
+    KT_CHECK_RC(dx_run_blocking(blocking_nap, nap_new(5, 7), count_arg_free,
+                                count_result_free, 10000, &result),
+                DX_OK);
+    KT_CHECK(result != NULL && *(long *)result == 7);
+    dx_free(result);
+}
+
+static void segv_body(void *arg)
+{
+    (void)arg;
+    fault_ends_caller(NULL, "segv", NULL);
+}
+
+Test(blocking, a_fault_in_the_call_ends_its_caller_with_the_faults_reason,
+     .timeout = 30)
+{
+    SKIP_FAULTS_UNDER_TSAN_OR_VALGRIND();
+    reset_counts();
+    kt_body_test(2, segv_body, NULL);
+}
+
+static void overflow_body(void *arg)
+{
+    (void)arg;
+    fault_ends_caller((void *)1, NULL, "stack_overflow");
+}
+
+Test(blocking, a_runaway_recursion_in_the_call_ends_its_caller_with_overflow,
+     .timeout = 60)
+{
+    SKIP_FAULTS_UNDER_TSAN_OR_VALGRIND();
+    reset_counts();
+    kt_body_test(2, overflow_body, NULL);
+}
+
+/* A caller that stopped waiting is not touched by the fault. */
+static void gave_up_body(void *arg)
+{
+    (void)arg;
+    void *result = NULL;
+    KT_CHECK_RC(dx_run_blocking(faulting_call, nap_new(150, 0), count_arg_free,
+                                count_result_free, 20, &result),
+                DX_ETIMEDOUT);
+    for (int i = 0; i < 500 && atomic_load(&arg_frees) == 0; i++)
+        dx_sleep(10);
+    KT_CHECK_EQ(atomic_load(&arg_frees), 1);
+    KT_CHECK_RC(dx_run_blocking(blocking_nap, nap_new(5, 9), count_arg_free,
+                                count_result_free, 10000, &result),
+                DX_OK);
+    KT_CHECK(result != NULL && *(long *)result == 9);
+    dx_free(result);
+}
+
+Test(blocking, a_fault_after_its_caller_gave_up_leaves_the_caller_alone,
+     .timeout = 30)
+{
+    SKIP_FAULTS_UNDER_TSAN_OR_VALGRIND();
+    reset_counts();
+    kt_body_test(2, gave_up_body, NULL);
 }

@@ -12,14 +12,7 @@
 
 #include "dx_config.h"
 #include "kernel_test_util.h"
-
-/* The NULL write must reach the CPU, not UBSan's null check (which would
- * stop the whole test program). */
-#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 8)
-#define KT_NO_UBSAN __attribute__((no_sanitize("undefined")))
-#else
-#define KT_NO_UBSAN
-#endif
+#include "kt_faults.h"
 
 /* ThreadSanitizer builds run without fault isolation (TSan cannot follow
  * the jump out of the signal handler; docs/internals/runtime.md), so the
@@ -32,25 +25,8 @@
 
 enum crash_kind { CRASH_EXIT, CRASH_ASSERT, CRASH_SEGV, CRASH_OVERFLOW };
 
-static int *volatile null_ptr;
 static volatile int kt_zero;
-static volatile int keep_recursing = 1;
 static int assert_line;
-
-KT_NO_UBSAN static void write_null(void)
-{
-    *null_ptr = 1;
-}
-
-static int recurse(int depth)
-{
-    volatile char pad[512];
-    pad[0] = (char)depth;
-    pad[511] = pad[0];
-    if (!keep_recursing)
-        return pad[511];
-    return recurse(depth + 1) + pad[511];
-}
 
 static void crash_fn(void *arg)
 {
@@ -62,10 +38,10 @@ static void crash_fn(void *arg)
         DX_ASSERT(kt_zero == 1);
         break;
     case CRASH_SEGV:
-        write_null();
+        kt_write_null();
         break;
     case CRASH_OVERFLOW:
-        recurse(0);
+        kt_recurse(0);
         break;
     }
     /* Reaching this means the crash did not happen. */
@@ -547,7 +523,7 @@ Test(crash, dx_assert_on_a_host_thread_aborts, .timeout = 30, .signal = SIGABRT)
 static void segv_fn(void *arg)
 {
     (void)arg;
-    write_null();
+    kt_write_null();
 }
 
 Test(crash, without_fault_isolation_a_fault_kills_the_program, .timeout = 30,

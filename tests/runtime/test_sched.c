@@ -9,16 +9,7 @@
 #include <unistd.h>
 
 #include "kernel_test_util.h"
-
-#if defined(__has_include)
-#if __has_include(<valgrind/valgrind.h>)
-#include <valgrind/valgrind.h>
-#define KT_RUNNING_ON_VALGRIND RUNNING_ON_VALGRIND
-#endif
-#endif
-#ifndef KT_RUNNING_ON_VALGRIND
-#define KT_RUNNING_ON_VALGRIND 0
-#endif
+#include "kt_faults.h"
 
 /* ---- lifecycle ---------------------------------------------------------- */
 
