@@ -480,6 +480,10 @@ typedef struct dx__fault_guard {
  * when the alternate stack cannot be made, the thread stays unguarded
  * (arming g is then harmless). */
 void dx__fault_guard_init(dx__fault_guard *g);
+/* The calling thread's guard, or NULL (runtime code that a guarded
+ * function calls disarms it while it runs, as in_runtime does for a
+ * process). */
+extern _Thread_local dx__fault_guard *dx__tls_fault_guard;
 void dx__fault_guard_fini(dx__fault_guard *g);
 /* {segv, Address}, stack_overflow, ... as for a process's own fault. */
 dx_term *dx__fault_guard_reason(const dx__fault_guard *g);

@@ -207,8 +207,14 @@ static bool is_watch_signal(uint32_t sig)
 static int deliver(dx_pid to, dx_msg *m, bool quiet)
 {
     dx__proc *self = dx__self_proc();
+    /* A fault from here on is the runtime's, not the sender's code: not
+     * isolated, for a process or for a blocking thread's guarded call. */
+    dx__fault_guard *guard = self ? NULL : dx__tls_fault_guard;
+    bool guard_was_armed = guard && guard->armed;
     if (self)
         self->in_runtime++;
+    else if (guard_was_armed)
+        guard->armed = 0;
     dx__msg_unhold(m);
     int rc = DX_OK;
     if (dx__pid_node(to) != 0) {
@@ -217,6 +223,8 @@ static int deliver(dx_pid to, dx_msg *m, bool quiet)
         rc = dx__route_remote(to, m);
         if (self)
             self->in_runtime--;
+        else if (guard_was_armed)
+            guard->armed = 1;
         return rc;
     }
     dx__proc *p = dx__lookup(to);
@@ -235,6 +243,8 @@ static int deliver(dx_pid to, dx_msg *m, bool quiet)
     }
     if (self)
         self->in_runtime--;
+    else if (guard_was_armed)
+        guard->armed = 1;
     return rc;
 }
 
