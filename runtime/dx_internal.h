@@ -257,8 +257,7 @@ typedef struct dx__sched {
     dx__proc *stack_owner; /* whose frames are live on the shared stack */
     unsigned valgrind_stack;
 #endif
-    void *altstack;
-    size_t altstack_size;
+    void *altstack; /* fault.c's, ALTSTACK_BYTES long */
     sigjmp_buf fault_jmp;
     volatile sig_atomic_t fault_sig;
     void *volatile fault_addr;

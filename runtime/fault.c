@@ -161,7 +161,6 @@ static void altstack_free(void *m)
 int dx__fault_thread_init(dx__sched *s)
 {
     s->altstack = altstack_new();
-    s->altstack_size = ALTSTACK_BYTES;
     return s->altstack ? DX_OK : DX_ESYS;
 }
 
