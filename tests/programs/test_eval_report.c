@@ -12,7 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <errno.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -638,6 +642,110 @@ Test(eval_report, a_journal_reports_rows_it_could_not_write, .timeout = 10)
     cr_expect_eq(dx_eval_journal_close(j, &d), DX_EIO);
     cr_expect(strstr(d.msg, "rows not written") != NULL, "%s", d.msg);
     cr_expect(strstr(d.msg, path) != NULL, "%s", d.msg);
+    unlink(path);
+    free(path);
+    dx_eval_result_free(r);
+}
+
+/* The journal's flushes, seen through this test program's own fdatasync:
+ * the program's definition is the one the journal (linked in statically)
+ * and any shared library calls. It counts the calls on the file named by
+ * sync_watch_path and answers them with sync_fail_errno (0: the real
+ * call). Every other descriptor gets the real call. */
+static const char *sync_watch_path;
+static int sync_fail_errno;
+static int sync_calls;
+
+static bool is_watched(int fd)
+{
+    struct stat a, b;
+    return sync_watch_path != NULL && fstat(fd, &a) == 0 &&
+           stat(sync_watch_path, &b) == 0 && a.st_dev == b.st_dev &&
+           a.st_ino == b.st_ino;
+}
+
+int fdatasync(int fd)
+{
+    if (is_watched(fd)) {
+        sync_calls++;
+        if (sync_fail_errno != 0) {
+            errno = sync_fail_errno;
+            return -1;
+        }
+    }
+    return (int)syscall(SYS_fdatasync, fd);
+}
+
+/* Rows are flushed to the disk at close, and while they come at most
+ * once a second: a burst of rows costs no flush per row. */
+Test(eval_report, a_journal_flushes_at_close_and_at_most_once_a_second,
+     .timeout = 10)
+{
+    dx_eval_result *r = sample_result(NULL);
+    char *path = tmp_path("sync");
+    dx_eval_journal *j = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_eval_journal_open(path, NULL, &j, &d), DX_OK, "%s", d.msg);
+    sync_watch_path = path;
+    for (int i = 0; i < 50; i++)
+        dx_eval_journal_row(&r->rows[i % 2], j);
+    cr_expect_eq(sync_calls, 0, "a burst of 50 rows within a second: %d",
+                 sync_calls);
+    struct timespec nap = {1, 100000000}; /* past the period */
+    nanosleep(&nap, NULL);
+    dx_eval_journal_row(&r->rows[0], j);
+    cr_expect_eq(sync_calls, 1, "a row after a second flushes: %d", sync_calls);
+    dx_eval_journal_row(&r->rows[1], j);
+    cr_expect_eq(sync_calls, 1, "the next one does not: %d", sync_calls);
+    cr_assert_eq(dx_eval_journal_close(j, &d), DX_OK, "%s", d.msg);
+    cr_expect_eq(sync_calls, 2, "the rows since are flushed at close: %d",
+                 sync_calls);
+    char *text = slurp(path);
+    size_t lines = 0;
+    for (const char *c = text; *c; c++)
+        lines += *c == '\n';
+    cr_expect_eq(lines, 52u, "every row is in the file: %zu", lines);
+    free(text);
+    sync_watch_path = NULL;
+    unlink(path);
+    free(path);
+    dx_eval_result_free(r);
+}
+
+/* A flush that fails (the disk reported an error) is the close's error:
+ * the rows were written but may not survive a power loss. A file that
+ * cannot be flushed at all (EINVAL: a pipe, a special file) is not. */
+Test(eval_report, a_journal_whose_flush_fails_says_its_rows_may_be_lost,
+     .timeout = 10)
+{
+    dx_eval_result *r = sample_result(NULL);
+    char *path = tmp_path("syncfail");
+    dx_eval_journal *j = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_eval_journal_open(path, NULL, &j, &d), DX_OK, "%s", d.msg);
+    sync_watch_path = path;
+    sync_fail_errno = EIO;
+    dx_eval_journal_row(&r->rows[0], j);
+    cr_expect_eq(dx_eval_journal_close(j, &d), DX_EIO);
+    cr_expect_eq(sync_calls, 1);
+    cr_expect(strstr(d.msg, "may not be on the disk") != NULL, "%s", d.msg);
+    cr_expect(strstr(d.msg, path) != NULL, "%s", d.msg);
+    cr_expect(strstr(d.msg, strerror(EIO)) != NULL, "%s", d.msg);
+    char *text = slurp(path);
+    cr_expect(strstr(text, "\"index\":0") != NULL, "the row was written: %s",
+              text);
+    free(text);
+
+    sync_watch_path = NULL;
+    cr_assert_eq(dx_eval_journal_open(path, NULL, &j, &d), DX_OK, "%s", d.msg);
+    sync_watch_path = path;
+    sync_fail_errno = EINVAL;
+    d = (dx_diag){0};
+    dx_eval_journal_row(&r->rows[0], j);
+    cr_expect_eq(dx_eval_journal_close(j, &d), DX_OK, "%s", d.msg);
+    cr_expect_eq(sync_calls, 2);
+    sync_watch_path = NULL;
+    sync_fail_errno = 0;
     unlink(path);
     free(path);
     dx_eval_result_free(r);
