@@ -41,10 +41,28 @@
 /* The request, on the submitting thread                                */
 /* ------------------------------------------------------------------ */
 
-static bool env_set(const char *name)
+extern char **environ;
+
+/* Whether the environment hands requests to curl: DX_HTTP_CURL, or a
+ * proxy curl would use (http_proxy, all_proxy, ALL_PROXY), set and not
+ * empty. Read per request, as curl reads it per transfer, so a proxy set
+ * while the program runs is honoured; in one pass over the environment
+ * rather than four getenv calls (~1 k instructions a request). */
+static bool env_wants_curl(void)
 {
-    const char *v = getenv(name);
-    return v != NULL && v[0] != '\0';
+    static const char *const names[] = {
+        "DX_HTTP_CURL=", "http_proxy=", "all_proxy=", "ALL_PROXY="};
+    for (char **e = environ; e != NULL && *e != NULL; e++) {
+        char c = (*e)[0];
+        if (c != 'D' && c != 'h' && c != 'a' && c != 'A')
+            continue;
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+            size_t n = strlen(names[i]);
+            if (strncmp(*e, names[i], n) == 0 && (*e)[n] != '\0')
+                return true;
+        }
+    }
+    return false;
 }
 
 /* Fill t from "host[:port]": an IP literal (IPv6 in brackets), or
@@ -142,8 +160,7 @@ bool dx__h1_prepare(const dx_http_request *req, const char *method,
     const char *url = req->url;
     if (strncasecmp(url, "http://", 7) != 0)
         return false;
-    if (env_set("DX_HTTP_CURL") || env_set("http_proxy") ||
-        env_set("all_proxy") || env_set("ALL_PROXY"))
+    if (env_wants_curl())
         return false;
     const char *auth = url + 7;
     size_t alen = strcspn(auth, "/?#");
