@@ -143,12 +143,14 @@ run_setup()
 
 test_args=("$@")
 setup_args=()
-# The suites valgrind's memcheck runs over: the kernel's. The crash suite
-# faults on purpose and the supervisor suites are long; the sanitizer
-# builds cover those. descriptors measures the kernel's descriptor table,
-# which valgrind has already grown to the limit with descriptors of its own.
+# The suites valgrind's memcheck runs over: the kernel's, the LM client's
+# (flights, leads, retries against a live local server) and the evaluation
+# report's (rows, journals). The crash suite faults on purpose and the
+# supervisor suites are long; the sanitizer builds cover those. descriptors
+# measures the kernel's descriptor table, which valgrind has already grown
+# to the limit with descriptors of its own.
 valgrind_suites=(alloc htab term proc mailbox links monitor registry timer server
-    sched shutdown log app blocking)
+    sched shutdown log app blocking lmclient eval_report)
 # ... and the fuzz corpus replays (fuzz_<target>, listed in fuzz/meson.build;
 # one of a layer this build lacks matches no test and is left out by meson).
 mapfile -t fuzz_tests < <(sed -n \
