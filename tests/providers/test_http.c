@@ -1531,7 +1531,6 @@ Test(http, a_connection_idle_past_its_age_limit_is_not_reused)
     kt_run_clean(stale_idle_connection, NULL);
 }
 
-/* Waits (up to 5 s) until the server holds n connections. */
 /* A proxy in the environment (curl's variables) takes requests to IP
  * addresses too, read per request as curl reads it per transfer; an empty
  * one is no proxy. The test server stands in for the proxy: it answers the
@@ -1580,9 +1579,16 @@ static void through_the_proxy(void *arg)
 
 Test(http, a_proxy_in_the_environment_carries_requests_to_ip_addresses)
 {
+    /* Whatever the machine's environment says about proxies is this
+     * test's process's only (each test runs in its own). */
+    const char *others[] = {"http_proxy", "all_proxy", "ALL_PROXY", "no_proxy",
+                            "NO_PROXY"};
+    for (size_t i = 0; i < sizeof others / sizeof others[0]; i++)
+        unsetenv(others[i]);
     kt_run_clean(through_the_proxy, NULL);
 }
 
+/* Waits (up to 5 s) until the server holds n connections. */
 static bool server_holds(int n)
 {
     for (int i = 0; i < 500 && atomic_load(&S.open_conns) != n; i++)
