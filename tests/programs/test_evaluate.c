@@ -1107,19 +1107,27 @@ static void *nap_3_s(void *arg)
     return NULL;
 }
 
+/* Answers each question with itself, after running fn on a blocking
+ * thread for the one named `which`. */
+static int echo_after_blocking(const dx_example *in, const char *which,
+                               dx_blocking_fn fn, dx_prediction **out)
+{
+    const char *q = dx_example_get_str(in, "question", "");
+    if (strcmp(q, which) == 0) {
+        void *unused = NULL;
+        dx_run_blocking(fn, NULL, NULL, NULL, DX_INFINITY, &unused);
+    }
+    *out = dx_prediction_new();
+    dx_example_set_str(dx_prediction_fields_mut(*out), "answer", q);
+    return DX_OK;
+}
+
 static int blocking_forward(dx_ctx *ctx, const dx_module *self,
                             const dx_example *in, dx_prediction **out)
 {
     (void)self;
     (void)ctx;
-    const char *q = dx_example_get_str(in, "question", "");
-    if (strcmp(q, "q3") == 0) {
-        void *unused = NULL;
-        dx_run_blocking(nap_3_s, NULL, NULL, NULL, DX_INFINITY, &unused);
-    }
-    *out = dx_prediction_new();
-    dx_example_set_str(dx_prediction_fields_mut(*out), "answer", q);
-    return DX_OK;
+    return echo_after_blocking(in, "q3", nap_3_s, out);
 }
 
 Test(evaluate, an_example_in_a_blocking_call_is_stopped_at_its_deadline)
@@ -1160,15 +1168,7 @@ static int faulting_blocking_forward(dx_ctx *ctx, const dx_module *self,
 {
     (void)self;
     (void)ctx;
-    const char *q = dx_example_get_str(in, "question", "");
-    if (strcmp(q, "q5") == 0) {
-        void *unused = NULL;
-        dx_run_blocking(fault_on_blocking_thread, NULL, NULL, NULL, DX_INFINITY,
-                        &unused);
-    }
-    *out = dx_prediction_new();
-    dx_example_set_str(dx_prediction_fields_mut(*out), "answer", q);
-    return DX_OK;
+    return echo_after_blocking(in, "q5", fault_on_blocking_thread, out);
 }
 
 Test(evaluate, an_example_whose_blocking_call_faults_fails_alone)
