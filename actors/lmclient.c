@@ -21,6 +21,7 @@
  */
 #include "dspex/lm.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -48,8 +49,9 @@ enum {
     TAG_WDELTA,              /* worker → server: ptr = wdelta */
     TAG_SDELTA,              /* server → streaming caller: ptr = text */
     TAG_LEAD,                /* reply: ptr = lead (run the flight yourself) */
-    TAG_LED,   /* leader → server, cast or call: ptr = outcome */
-    TAG_SWEEP, /* timer → server: look for leads nobody took */
+    TAG_LED,    /* leader → server, cast or call: ptr = outcome */
+    TAG_SWEEP,  /* timer → server: look for leads nobody took */
+    TAG_DIRECT, /* direct caller → server: ptr = direct_report */
 };
 
 #define DEFAULT_HISTORY 100
@@ -173,6 +175,32 @@ static void outcome_free(void *p)
     dx_free(o);
 }
 
+/* What a direct caller reports (see "calls the client has nothing to add
+ * to"): the outcome and what the history needs of the call. */
+typedef struct direct_report {
+    outcome o;          /* rc, attempts, err, response (the server's copy) */
+    dx_lm_request *req; /* a copy, for the history */
+    int64_t t0_us, t1_us;
+    dx_ref tel; /* ties the caller's telemetry start to the stop */
+    dx_pid client;
+    /* The caller's reference to the published record while the call is
+     * under way (counted in its `active`); NULL after. */
+    struct direct_pub *pub;
+} direct_report;
+
+static void direct_call_over(direct_report *r);
+
+static void direct_report_free(void *p)
+{
+    direct_report *r = p;
+    if (r) {
+        direct_call_over(r);
+        dx_lm_response_free(r->o.response);
+        dx_lm_request_free(r->req);
+    }
+    dx_free(r);
+}
+
 /* ---- endpoints ------------------------------------------------------------ */
 
 /* An endpoint's config, built once and shared by all who call it (its
@@ -201,10 +229,15 @@ typedef struct endpoint {
     char *model; /* for results, history, usage and telemetry */
     shared_cfg *cfg;
     dx_breaker *breaker;
+    /* The primary's, when callers may call it directly: its breaker opens
+     * and closes that path. */
+    struct direct_pub *pub;
     /* The user's breaker callback, called after the telemetry event. */
     dx_breaker_event_fn user_fn;
     void *user_ud;
 } endpoint;
+
+static void pub_set_open(struct direct_pub *p, bool open);
 
 /* Every state change of an endpoint's breaker is an "lm.breaker" event, so
  * a dashboard sees outages without polling the client. Runs in the server
@@ -219,6 +252,8 @@ static void breaker_changed(dx_breaker *b, const dx_breaker_event *ev, void *ud)
     t.failure_rate = ev->failure_rate;
     t.calls = ev->calls;
     (void)dx_telemetry_emit(&t); /* observers missing an event is not fatal */
+    if (e->pub)
+        pub_set_open(e->pub, ev->to == DX_BREAKER_CLOSED);
     if (e->user_fn)
         e->user_fn(b, ev, e->user_ud);
 }
@@ -278,6 +313,132 @@ static int endpoint_init(endpoint *e, size_t index, const dx_lm_endpoint *src,
     mine.on_event = breaker_changed;
     mine.ud = e;
     return dx_breaker_new(&mine, &e->breaker);
+}
+
+/* ---- calls the client has nothing to add to --------------------------------
+ *
+ * A plain call (not a stream) that bypasses the cache, to a client with one
+ * endpoint, no rate limit and that endpoint's breaker closed, needs nothing
+ * from the server before it starts: there is no cache to read, no flight to
+ * join, no admission and no endpoint to choose. The caller makes such a
+ * call at once ("direct") and reports it afterwards (TAG_DIRECT, a cast);
+ * the server records the report in the breaker, the history, the usage,
+ * the telemetry and the stats as it would a led flight's outcome. That
+ * spares the call the request to the server and the lead back, the two
+ * trips before the upstream call that woke the server's scheduler twice per
+ * call (eval-bench: docs/benchmarks.md).
+ *
+ * The server publishes what a direct caller needs (a direct_pub) in a
+ * table keyed by its pid while it runs; its `open` flag follows the
+ * breaker, so after a trip calls go through the server again, which
+ * refuses them or lets one probe. A published record is shared like a
+ * config: the table's reference is the server's, each caller takes its
+ * own for the length of its call. */
+
+typedef struct direct_pub {
+    dx__hnode by_pid; /* key: the server's pid */
+    bool published;
+    atomic_int refs;
+    atomic_bool open;           /* the breaker is closed */
+    atomic_uint_fast64_t calls; /* numbers the calls, for their seeds */
+    atomic_size_t active;       /* direct calls under way */
+    shared_cfg *cfg;            /* a reference */
+    char *model;
+    dx_retry_policy policy;
+    int64_t attempt_timeout_ms;
+    uint64_t seed;
+} direct_pub;
+
+/* Every published record, by server pid. Read by each direct caller for
+ * the length of a lookup, written at a client's start and stop. */
+static pthread_mutex_t pubs_lock = PTHREAD_MUTEX_INITIALIZER;
+static dx__htab pubs;
+
+/* Direct calls are allowed (the breaker closed) or not. */
+static void pub_set_open(direct_pub *p, bool open)
+{
+    atomic_store(&p->open, open);
+}
+
+static void pub_unref(direct_pub *p)
+{
+    if (p && atomic_fetch_sub(&p->refs, 1) == 1) {
+        cfg_unref(p->cfg);
+        dx_free(p->model);
+        dx_free(p);
+    }
+}
+
+/* A new record for endpoint e of a client with these retry settings;
+ * NULL on OOM (callers then always go through the server). */
+static direct_pub *pub_new(const endpoint *e, const dx_retry_policy *policy,
+                           int64_t attempt_timeout_ms, uint64_t seed)
+{
+    direct_pub *p = dx_calloc(1, sizeof *p);
+    char *model = p ? dx_strdup(e->model) : NULL;
+    if (!model) {
+        dx_free(p);
+        return NULL;
+    }
+    atomic_init(&p->refs, 1);
+    atomic_init(&p->open, true);
+    atomic_init(&p->calls, 0);
+    atomic_init(&p->active, 0);
+    p->cfg = cfg_ref(e->cfg);
+    p->model = model;
+    p->policy = *policy;
+    p->attempt_timeout_ms = attempt_timeout_ms;
+    p->seed = seed;
+    return p;
+}
+
+/* List p under server; false when the table cannot grow (the client then
+ * takes every call itself). */
+static bool pub_publish(direct_pub *p, dx_pid server)
+{
+    p->by_pid.key = server.id;
+    pthread_mutex_lock(&pubs_lock);
+    p->published = dx__htab_put(&pubs, &p->by_pid);
+    pthread_mutex_unlock(&pubs_lock);
+    return p->published;
+}
+
+/* Take p out of the table (if it is there) and drop the server's
+ * reference. */
+static void pub_withdraw(direct_pub *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&pubs_lock);
+    if (p->published) {
+        dx__htab_del(&pubs, &p->by_pid);
+        p->published = false;
+        /* Freed when the last client stops, so nothing outlives them. */
+        if (pubs.n == 0)
+            dx__htab_free(&pubs);
+    }
+    pthread_mutex_unlock(&pubs_lock);
+    pub_unref(p);
+}
+
+/* The open record of client, referenced, or NULL: not published (another
+ * node's process, a client that is not direct-capable or has stopped) or
+ * its breaker is not closed. */
+static direct_pub *pub_find(dx_pid client)
+{
+    direct_pub *found = NULL;
+    pthread_mutex_lock(&pubs_lock);
+    for (dx__hnode *n = dx__htab_find(&pubs, client.id); n;
+         n = dx__htab_find_next(n)) {
+        direct_pub *p = DX__HTAB_ENTRY(n, direct_pub, by_pid);
+        if (atomic_load(&p->open)) {
+            atomic_fetch_add(&p->refs, 1);
+            found = p;
+        }
+        break;
+    }
+    pthread_mutex_unlock(&pubs_lock);
+    return found;
 }
 
 /* ---- server state --------------------------------------------------------- */
@@ -344,6 +505,7 @@ typedef struct state {
     dx_lmhistory *hist;
     dx_usage_prices *prices;
     dx_usage_acc usage;
+    direct_pub *pub; /* NULL: every call goes through the server */
 } state;
 
 /* A killed server runs no terminate, so its state would leak and its
@@ -395,6 +557,7 @@ static void state_free(state *s, bool owner)
         dx_cancel_timer(s->timer);
     if (s->sweep_armed)
         dx_cancel_timer(s->sweep_timer);
+    pub_withdraw(s->pub);
     for (size_t i = 0; i < s->n_eps; i++)
         endpoint_clear(&s->eps[i]);
     dx_lmcache_close(s->cache);
@@ -610,6 +773,7 @@ static void tel_start(const char *model, dx_ref ref)
 typedef struct ending {
     const dx_lm_request *req;
     int64_t t0_us;
+    int64_t t1_us; /* when it ended; 0: now */
     dx_ref tel;
     const char *model;
     const dx_lm_response *resp; /* NULL unless rc is DX_OK */
@@ -625,7 +789,7 @@ typedef struct ending {
  * recorded as a timeout or a cancellation naming the dspex code. */
 static void note(state *s, const ending *d)
 {
-    int64_t dur_us = mono_us() - d->t0_us;
+    int64_t dur_us = (d->t1_us ? d->t1_us : mono_us()) - d->t0_us;
     dx_lm_error e;
     dx_lm_error_clear(&e);
     if (d->rc != DX_OK) {
@@ -848,6 +1012,9 @@ static int srv_init(void *arg, void **st, dx_term **stop_reason)
     handoff *h = arg;
     h->taken = true;
     *st = h->st;
+    /* Unpublished, the record is only unused: calls go through here. */
+    if (h->st->pub)
+        (void)pub_publish(h->st->pub, dx_self());
     janitor_box *b = dx_calloc(1, sizeof *b);
     if (b) {
         atomic_init(&b->st, h->st);
@@ -1291,6 +1458,7 @@ static size_t count_queued(const state *s)
 
 static flight *flight_by_id(state *s, uint64_t id);
 static void on_done(state *s, outcome *o);
+static void on_direct(state *s, const direct_report *r);
 
 static dx_srv_ret srv_call(void *st, dx_msg *request, dx_from from,
                            dx_msg **reply, dx_term **stop_reason)
@@ -1317,11 +1485,20 @@ static dx_srv_ret srv_call(void *st, dx_msg *request, dx_from from,
         pump(s);
         return DX_SRV_NOREPLY;
     }
+    if (request->tag == TAG_DIRECT) {
+        /* A direct caller's failure, reported as a call (see direct_call). */
+        if (request->ptr && s->pub)
+            on_direct(s, request->ptr);
+        *reply = error_msg(DX_OK, NULL);
+        return DX_SRV_REPLY;
+    }
     if (request->tag == TAG_STATS) {
         answer *a = dx_calloc(1, sizeof *a);
         if (a) {
             a->stats = s->stats;
             a->stats.queued = count_queued(s);
+            if (s->pub)
+                a->stats.in_flight += atomic_load(&s->pub->active);
             for (size_t i = 0; i < s->n_eps; i++)
                 a->stats.breakers[i] = dx_breaker_get_state(s->eps[i].breaker);
         }
@@ -1425,6 +1602,35 @@ static void on_done(state *s, outcome *o)
     fail_flight(s, f, o->rc, &o->err);
 }
 
+/* A direct caller's report: the call is over; record it as on_done
+ * records a led flight that nobody joined. */
+static void on_direct(state *s, const direct_report *r)
+{
+    s->stats.requests++;
+    s->stats.workers++;
+    s->stats.direct++;
+    if (r->o.rc != DX_OK)
+        s->stats.failures++;
+    endpoint *e = &s->eps[0];
+    int64_t now = dx_now_ms();
+    if (r->o.rc == DX_OK)
+        dx_breaker_record(e->breaker, false, now);
+    else if (r->o.rc == DX_EPROVIDER)
+        dx_breaker_record_error(e->breaker, &r->o.err, now);
+    else
+        dx_breaker_record_ignored(e->breaker);
+    ending d = {.req = r->req,
+                .t0_us = r->t0_us,
+                .t1_us = r->t1_us,
+                .tel = r->tel,
+                .model = e->model,
+                .resp = r->o.rc == DX_OK ? r->o.response : NULL,
+                .attempts = r->o.attempts,
+                .rc = r->o.rc,
+                .err = &r->o.err};
+    note(s, &d);
+}
+
 static dx_srv_ret srv_info(void *st, dx_msg *msg, dx_term **stop_reason)
 {
     (void)stop_reason;
@@ -1450,6 +1656,11 @@ static dx_srv_ret srv_info(void *st, dx_msg *msg, dx_term **stop_reason)
     }
     if (msg->tag == TAG_SWEEP) {
         sweep(s);
+        return DX_SRV_NOREPLY;
+    }
+    if (msg->tag == TAG_DIRECT) {
+        if (msg->ptr && s->pub)
+            on_direct(s, msg->ptr);
         return DX_SRV_NOREPLY;
     }
     if (msg->tag == TAG_WDELTA) {
@@ -1642,6 +1853,13 @@ int dx_lm_client_start(const dx_lm_client_opts *opts,
     }
     s->attempt_timeout_ms = opts->attempt_timeout_ms;
     s->seed = opts->seed;
+    /* Only a call with nothing to choose may skip the server: one
+     * endpoint, no limiter (the breaker is watched per call). */
+    if (s->n_eps == 1 && !s->rl) {
+        s->pub =
+            pub_new(&s->eps[0], &s->policy, s->attempt_timeout_ms, s->seed);
+        s->eps[0].pub = s->pub;
+    }
     handoff *h = dx_calloc(1, sizeof *h);
     if (!h) {
         state_free(s, true);
@@ -1794,6 +2012,120 @@ static int lead_call(dx_pid client, const lead *l, const dx_lm_request *req,
     return rc;
 }
 
+/* The call r reports is no longer under way: give back the caller's
+ * reference to the record. */
+static void direct_call_over(direct_report *r)
+{
+    if (r->pub) {
+        atomic_fetch_sub(&r->pub->active, 1);
+        pub_unref(r->pub);
+        r->pub = NULL;
+    }
+}
+
+/* A direct caller killed during its call (a tie's free function, on a
+ * scheduler thread outside any process): the client still hears of the
+ * call, as it hears of a leader's death by its monitor. */
+static void direct_abandoned(void *p)
+{
+    direct_report *r = p;
+    direct_call_over(r);
+    dx_lm_response_free(r->o.response);
+    r->o.response = NULL;
+    r->o.rc = DX_EDOWN;
+    r->t1_us = mono_us();
+    dx_send_ptr(r->client, TAG_DIRECT, r, direct_report_free);
+}
+
+/* Make a call the client has nothing to add to (see "calls the client has
+ * nothing to add to") here, at once, watching the client as a leader does,
+ * then report it. p is the caller's reference, given. */
+static int direct_call(dx_pid client, direct_pub *p, const dx_lm_request *req,
+                       int64_t deadline_ms, dx_lm_result **out,
+                       dx_lm_error *err)
+{
+    direct_report *r = dx_calloc(1, sizeof *r);
+    dx_lm_request *copy = r ? req_copy(req) : NULL;
+    if (!copy) {
+        dx_free(r);
+        pub_unref(p);
+        return DX_ENOMEM;
+    }
+    atomic_fetch_add(&p->active, 1);
+    r->pub = p;
+    r->req = copy;
+    r->client = client;
+    r->tel = dx_make_ref();
+    r->t0_us = mono_us();
+    dx_lm_error_clear(&r->o.err);
+    tel_start(p->model, r->tel);
+    /* Killed during the call, this process still reports it (and frees
+     * nothing the report needs); as in lead_call, the tie holds until the
+     * demonitor has flushed the mailbox, where a kill takes effect. */
+    dx_ptie *tie = dx_ptie_new(r, direct_abandoned);
+    dx_ref mon;
+    bool watching = dx_monitor(client, &mon) == DX_OK;
+    dx_lm_call_opts co = {.abort_on_down = watching ? mon : DX_NOREF};
+    /* Numbered apart from the server's flights (the top bit set), so no
+     * two calls share a retry jitter. */
+    uint64_t n = atomic_fetch_add(&p->calls, 1) | 1ull << 63;
+    call_upstream(p->cfg->cfg, req, &p->policy, p->attempt_timeout_ms,
+                  p->seed + n * 0x9e3779b97f4a7c15ull, deadline_ms, co, &r->o);
+    if (watching)
+        dx_demonitor(mon, true);
+    dx_ptie_cut(tie);
+    r->t1_us = mono_us();
+    int rc = r->o.rc;
+    if (rc == DX_OK) {
+        /* The caller gets the answer itself; the client a copy for its
+         * history (without memory for one, the call is recorded without its
+         * text). */
+        dx_lm_result *res = dx_calloc(1, sizeof *res);
+        char *model = res ? dx_strdup(p->model) : NULL;
+        dx_lm_response *copy_for_client =
+            model ? resp_copy(r->o.response) : NULL;
+        if (model) {
+            res->response = r->o.response;
+            res->model_used = model;
+            res->attempts = r->o.attempts;
+            *out = res;
+            r->o.response = copy_for_client;
+        } else {
+            dx_free(res);
+            rc = DX_ENOMEM; /* the client still records the answer */
+        }
+    } else if (err) {
+        *err = r->o.err;
+    }
+    direct_call_over(r); /* p is not to be used after this */
+    if (rc == DX_EDOWN) {
+        /* The client is gone: nobody to report to. */
+        direct_report_free(r);
+        return rc;
+    }
+    if (rc != DX_EPROVIDER) {
+        dx_send_ptr(client, TAG_DIRECT, r, direct_report_free);
+        return rc;
+    }
+    /* A provider's error may open the breaker: wait until the client has
+     * recorded it, so this caller's next call already sees the breaker as
+     * it is (refused at once when it opened). Failures are rare; answers
+     * need no such wait, for they never open a breaker. */
+    dx_msg *m = dx_msg_new(TAG_DIRECT);
+    if (!m) {
+        direct_report_free(r);
+        return rc;
+    }
+    m->ptr = r;
+    m->ptr_free = direct_report_free;
+    int64_t left = deadline_ms > 0 ? deadline_ms - dx_now_ms() : 5000;
+    dx_msg *ack = NULL;
+    /* Not waited for (no time left, the client busy): still recorded. */
+    if (dx_call(client, m, left > 0 ? left : 0, &ack) == DX_OK)
+        dx_msg_free(ack);
+    return rc;
+}
+
 int dx_lm_client_complete_opt(dx_pid client, const dx_lm_request *req,
                               const dx_lm_client_call_opts *copts,
                               int64_t timeout_ms, dx_lm_result **out,
@@ -1802,6 +2134,15 @@ int dx_lm_client_complete_opt(dx_pid client, const dx_lm_request *req,
     /* One deadline for both sides: the client's for the flight, this
      * caller's if it leads it. */
     int64_t deadline_ms = deadline_of(timeout_ms);
+    if (copts && copts->cache_mode == DX_LMCACHE_BYPASS && req && out) {
+        direct_pub *p = pub_find(client);
+        if (p) {
+            if (err)
+                dx_lm_error_clear(err);
+            *out = NULL;
+            return direct_call(client, p, req, deadline_ms, out, err);
+        }
+    }
     dx_msg *m = NULL;
     int rc = complete_msg(req, copts, deadline_ms, out, err, &m);
     if (rc != DX_OK)

@@ -63,7 +63,20 @@
  * tokens of upstream answers, cache_hit, retries = attempts - 1, error
  * kind) sharing its ref with the START emitted when the request began (a
  * cache hit emits both at once). Events are emitted from the server
- * process.
+ * process, but for direct calls' STARTs.
+ *
+ * Direct calls: a plain call (not a stream) with cache mode BYPASS, to a
+ * client with one endpoint, no rate limit and that endpoint's breaker
+ * closed, has nothing to ask the client: no cache, no flight to join, no
+ * admission, no endpoint to choose. dx_lm_client_complete_opt makes it in
+ * the caller at once, with the client's retry policy and attempt timeout,
+ * watching the client as a leader does, and reports it afterwards; the
+ * client notes it in its history, usage, stats (`direct`) and breaker and
+ * emits its STOP or EXCEPTION, whose START the caller emitted. The report
+ * of an answer is not waited for; that of a provider's error is, so the
+ * caller's next call already meets the breaker it may have opened. A
+ * direct caller killed mid-call is noted as cancelled. Such calls are
+ * counted in in_flight while under way and in requests once reported.
  */
 #ifndef DSPEX_LM_H
 #define DSPEX_LM_H
@@ -268,6 +281,11 @@ typedef struct dx_lm_client_stats {
      * replaced by a worker (once per request, never after streamed text
      * went out; a leader only when others joined its flight) */
     uint64_t worker_respawns;
+    /* of the upstream calls, those made by the caller without asking the
+     * client first (a plain call bypassing the cache, to a client with one
+     * endpoint, no rate limit and its breaker closed); counted in requests
+     * and workers when the caller reports them, after the call */
+    uint64_t direct;
     size_t in_flight; /* distinct requests being worked on or queued */
     size_t queued;    /* of those, waiting for the limiter */
     /* Breaker state per endpoint, primary first (CLOSED past the last). */

@@ -741,40 +741,66 @@ Test(lmclient, waits_out_retry_after_before_retrying)
 
 static dx_lm_client_stats mid_stats[2];
 
-static void breaker_cycle(scenario *s, dx_pid client)
+/* Two failing calls, one refused, the probe after open_ms; the stats after
+ * the refusal and after the probe. copts: the calls' options (NULL: none). */
+static void breaker_cycle_with(scenario *s, dx_pid client,
+                               const dx_lm_client_call_opts *copts)
 {
-    complete_into(client, "fail one", 10000, &s->calls[0]);
-    complete_into(client, "fail two", 10000, &s->calls[1]);
-    complete_into(client, "refused", 10000, &s->calls[2]);
-    dx_lm_client_stats_get(client, &mid_stats[0]);
-    dx_sleep(350); /* open_ms: the next call is the half-open probe */
-    complete_into(client, "probe", 10000, &s->calls[3]);
-    dx_lm_client_stats_get(client, &mid_stats[1]);
+    static const char *const questions[] = {"fail one", "fail two", "refused",
+                                            "probe"};
+    for (int i = 0; i < 4; i++) {
+        if (i == 3)
+            dx_sleep(350); /* open_ms: the next call is the half-open probe */
+        complete_opt_into(client, questions[i], copts, 10000, &s->calls[i]);
+        if (i >= 2)
+            dx_lm_client_stats_get(client, &mid_stats[i - 2]);
+    }
 }
 
-Test(lmclient, a_breaker_opens_refuses_probes_and_closes)
+static void breaker_cycle(scenario *s, dx_pid client)
 {
-    dx_breaker_config bc;
-    dx_breaker_config_default(&bc);
-    bc.window = 2;
-    bc.min_calls = 2;
-    bc.failure_threshold = 0.5;
-    bc.open_ms = 300;
-    bc.half_open_calls = 1;
+    breaker_cycle_with(s, client, NULL);
+}
+
+/* sc with a breaker (in *bc) that two failures in a window of two open for
+ * 300 ms and one good probe closes, one attempt per call, and the server's
+ * next two answers failing. */
+static void quick_breaker(dx_breaker_config *bc)
+{
+    dx_breaker_config_default(bc);
+    bc->window = 2;
+    bc->min_calls = 2;
+    bc->failure_threshold = 0.5;
+    bc->open_ms = 300;
+    bc->half_open_calls = 1;
     static const dx_retry_policy once = {.max_attempts = 1};
     live_only();
     sc.opts.retry = &once;
-    sc.opts.breaker = &bc;
+    sc.opts.breaker = bc;
     cr_assert_eq(dx_lmserver_inject(srv, "server_error", 2), DX_OK);
-    sc.body = breaker_cycle;
-    run(&sc);
+}
+
+/* What breaker_cycle_with saw: two failures, a refusal with the breaker
+ * open, and a probe that closed it. */
+static void assert_the_breaker_cycled(void)
+{
     cr_assert_eq(sc.calls[0].rc, DX_EPROVIDER);
     cr_assert_eq(sc.calls[1].rc, DX_EPROVIDER);
     cr_assert_eq(sc.calls[2].rc, DX_EOPEN, "%s", dx_err_name(sc.calls[2].rc));
     cr_assert_eq(mid_stats[0].breakers[0], DX_BREAKER_OPEN);
     cr_assert_eq(mid_stats[0].workers, 2);
+    cr_assert_eq(mid_stats[0].failures, 3);
     cr_assert_eq(sc.calls[3].rc, DX_OK, "%s", dx_err_name(sc.calls[3].rc));
     cr_assert_eq(mid_stats[1].breakers[0], DX_BREAKER_CLOSED);
+}
+
+Test(lmclient, a_breaker_opens_refuses_probes_and_closes)
+{
+    dx_breaker_config bc;
+    quick_breaker(&bc);
+    sc.body = breaker_cycle;
+    run(&sc);
+    assert_the_breaker_cycled();
     /* The refused call never reached the server. */
     cr_assert_eq(upstream_requests(), 3);
 }
@@ -794,11 +820,10 @@ static void user_breaker_fn(dx_breaker *b, const dx_breaker_event *ev, void *ud)
 
 static _Atomic int user_ud_hits;
 
-static void watched_breaker_cycle(scenario *s, dx_pid client)
+/* Collect the telemetry events this scenario process was sent (up to 8),
+ * each waited for up to 200 ms. */
+static void drain_events(scenario *s)
 {
-    if (dx_telemetry_subscribe(dx_self(), "lm.breaker") != DX_OK)
-        return;
-    breaker_cycle(s, client);
     dx_msg *m = NULL;
     while (s->n_events < 8 &&
            dx_receive_tag(DX_TELEMETRY_TAG, 200, &m) == DX_OK) {
@@ -808,22 +833,20 @@ static void watched_breaker_cycle(scenario *s, dx_pid client)
     }
 }
 
+static void watched_breaker_cycle(scenario *s, dx_pid client)
+{
+    if (dx_telemetry_subscribe(dx_self(), "lm.breaker") != DX_OK)
+        return;
+    breaker_cycle(s, client);
+    drain_events(s);
+}
+
 Test(lmclient, breaker_state_changes_are_telemetry_events)
 {
     dx_breaker_config bc;
-    dx_breaker_config_default(&bc);
-    bc.window = 2;
-    bc.min_calls = 2;
-    bc.failure_threshold = 0.5;
-    bc.open_ms = 300;
-    bc.half_open_calls = 1;
+    quick_breaker(&bc);
     bc.on_event = user_breaker_fn;
     bc.ud = &user_ud_hits;
-    static const dx_retry_policy once = {.max_attempts = 1};
-    live_only();
-    sc.opts.retry = &once;
-    sc.opts.breaker = &bc;
-    cr_assert_eq(dx_lmserver_inject(srv, "server_error", 2), DX_OK);
     sc.body = watched_breaker_cycle;
     run(&sc);
     cr_assert_eq(sc.calls[2].rc, DX_EOPEN, "%s", dx_err_name(sc.calls[2].rc));
@@ -1039,6 +1062,30 @@ static bool server_got(uint64_t base, uint64_t n)
     return false;
 }
 
+/* Wait (bounded) until the server has seen n connections close before it
+ * answered: upstream calls cancelled. */
+static void wait_closed_early(uint64_t n)
+{
+    for (int i = 0; i < 500 && kill_closed < n; i++) {
+        dx_lmserver_stats st;
+        dx_lmserver_stats_get(srv, &st);
+        kill_closed = st.connections_closed_early;
+        if (kill_closed < n)
+            dx_sleep(10);
+    }
+}
+
+/* Run a scenario whose main starts and kills its own client. */
+static void run_killing(void (*main_fn)(void *))
+{
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(main_fn, &sc, &pid), DX_OK);
+    int rc = dx_wait_exit(pid, 60000, NULL);
+    cr_assert(rc == DX_OK || rc == DX_ENOPROC);
+    cr_assert(atomic_load(&sc.done));
+    cr_assert_eq(sc.start_rc, DX_OK);
+}
+
 static void kill_main(void *arg)
 {
     scenario *s = arg;
@@ -1059,15 +1106,8 @@ static void kill_main(void *arg)
         }
         for (int i = 0; i < 3000 && atomic_load(&kill_done) < KILL_CALLERS; i++)
             dx_sleep(10);
-        /* The dead client's running calls are cancelled too: the server
-         * sees their connections close before it answered. */
-        for (int i = 0; i < 500 && kill_closed < 2; i++) {
-            dx_lmserver_stats st;
-            dx_lmserver_stats_get(srv, &st);
-            kill_closed = st.connections_closed_early;
-            if (kill_closed < 2)
-                dx_sleep(10);
-        }
+        /* The dead client's running calls are cancelled too. */
+        wait_closed_early(2);
     }
     atomic_store(&s->done, 1);
 }
@@ -1079,12 +1119,7 @@ Test(lmclient, killing_the_client_answers_every_caller_with_edown)
     live_only();
     sc.opts.ratelimit = &rl;
     cr_assert_eq(dx_lmserver_inject(srv, "slow:2000", KILL_CALLERS), DX_OK);
-    dx_pid pid;
-    cr_assert_eq(dx_spawn(kill_main, &sc, &pid), DX_OK);
-    int rc = dx_wait_exit(pid, 60000, NULL);
-    cr_assert(rc == DX_OK || rc == DX_ENOPROC);
-    cr_assert(atomic_load(&sc.done));
-    cr_assert_eq(sc.start_rc, DX_OK);
+    run_killing(kill_main);
     cr_assert_eq(kill_rc, DX_OK, "%s", dx_err_name(kill_rc));
     cr_assert_eq(atomic_load(&kill_done), KILL_CALLERS);
     for (int i = 0; i < KILL_CALLERS; i++) {
@@ -1277,13 +1312,7 @@ static void watched_calls(scenario *s, dx_pid client)
     if (dx_telemetry_subscribe(dx_self(), "lm.") != DX_OK)
         return;
     two_calls(s, client);
-    dx_msg *m = NULL;
-    while (s->n_events < 8 &&
-           dx_receive_tag(DX_TELEMETRY_TAG, 200, &m) == DX_OK) {
-        if (m->ptr)
-            s->events[s->n_events++] = *(dx_telemetry_event *)m->ptr;
-        dx_msg_free(m);
-    }
+    drain_events(s);
 }
 
 Test(lmclient, telemetry_sees_start_and_stop_and_a_cache_hit)
@@ -1318,13 +1347,7 @@ static void watched_failure(scenario *s, dx_pid client)
     if (dx_telemetry_subscribe(dx_self(), "lm.call") != DX_OK)
         return;
     one_call(s, client);
-    dx_msg *m = NULL;
-    while (s->n_events < 8 &&
-           dx_receive_tag(DX_TELEMETRY_TAG, 200, &m) == DX_OK) {
-        if (m->ptr)
-            s->events[s->n_events++] = *(dx_telemetry_event *)m->ptr;
-        dx_msg_free(m);
-    }
+    drain_events(s);
 }
 
 Test(lmclient, telemetry_reports_a_failed_call_as_an_exception)
@@ -1829,4 +1852,261 @@ Test(lmclient_lost_lead, a_flight_whose_lead_was_lost_goes_to_a_worker,
     cr_assert_eq(sc.stats.workers, 2);
     cr_assert_eq(sc.stats.in_flight, 0);
     cr_assert_eq(upstream_requests(), 1);
+}
+
+/* ---- calls made directly by their callers -------------------------------------
+ *
+ * A plain call bypassing the cache, to a client with one endpoint and no
+ * rate limit whose breaker is closed, is made by its caller without asking
+ * the client first and reported to it afterwards. The client must know of
+ * such calls all the same: history, usage, telemetry, stats and breaker. */
+
+static const dx_lm_client_call_opts bypass = {.cache_mode = DX_LMCACHE_BYPASS};
+
+static void two_direct_calls(scenario *s, dx_pid client)
+{
+    if (dx_telemetry_subscribe(dx_self(), "lm.call") != DX_OK)
+        return;
+    complete_opt_into(client, "What is 2+2?", &bypass, 10000, &s->calls[0]);
+    complete_opt_into(client, "Name a colour", &bypass, 10000, &s->calls[1]);
+    copy_history(client, 0, s->history, sizeof s->history, &s->history_rc);
+    s->usage_rc = dx_lm_client_usage(client, &s->usage);
+    drain_events(s);
+}
+
+/* The stop (or exception) paired with start event i, or NULL. */
+static const dx_telemetry_event *end_of(const scenario *s, int i)
+{
+    for (int k = 0; k < s->n_events; k++)
+        if (s->events[k].kind != DX_TELEMETRY_START &&
+            dx_ref_eq(s->events[k].ref, s->events[i].ref))
+            return &s->events[k];
+    return NULL;
+}
+
+Test(lmclient, a_call_bypassing_the_cache_is_made_by_its_caller_and_recorded)
+{
+    live_only();
+    sc.opts.prices = "{\"live-model\": {\"input\": 1000000, \"output\": 0}}";
+    sc.body = two_direct_calls;
+    run(&sc);
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(sc.calls[i].rc, DX_OK, "call %d: %s", i,
+                     dx_err_name(sc.calls[i].rc));
+        cr_assert_not(sc.calls[i].cached);
+        cr_assert_eq(sc.calls[i].attempts, 1);
+        cr_assert_str_eq(sc.calls[i].model, "openai-compatible/live-model");
+    }
+    cr_assert_str_eq(sc.calls[1].text, "answer: Name a colour");
+    cr_assert_eq(upstream_requests(), 2);
+    /* Made by the callers, counted by the client all the same. */
+    cr_assert_eq(sc.stats.direct, 2);
+    cr_assert_eq(sc.stats.requests, 2);
+    cr_assert_eq(sc.stats.workers, 2);
+    cr_assert_eq(sc.stats.failures, 0);
+    cr_assert_eq(sc.stats.in_flight, 0);
+    cr_assert_eq(sc.history_rc, DX_OK);
+    const char *a = strstr(sc.history, "answer: What is 2+2?");
+    const char *b = strstr(sc.history, "answer: Name a colour");
+    cr_assert(a && b && a < b, "%s", sc.history);
+    cr_assert_eq(sc.usage_rc, DX_OK);
+    cr_assert_eq(sc.usage.calls, 2);
+    cr_assert_eq(sc.usage.cached_calls, 0);
+    int64_t in = sc.calls[0].input_tokens + sc.calls[1].input_tokens;
+    cr_assert_gt(sc.calls[0].input_tokens, 0);
+    cr_assert_eq(sc.usage.input_tokens, in);
+    cr_assert_eq(sc.usage.output_tokens,
+                 sc.calls[0].output_tokens + sc.calls[1].output_tokens);
+    cr_assert_float_eq(sc.usage.cost_usd, (double)in, 1e-6);
+    /* A start from the caller, a stop from the client, paired by ref (the
+     * second start may come before the first stop). */
+    cr_assert_eq(sc.n_events, 4, "%d events", sc.n_events);
+    int starts = 0;
+    int64_t stop_in = 0;
+    for (int i = 0; i < 4; i++) {
+        if (sc.events[i].kind != DX_TELEMETRY_START)
+            continue;
+        starts++;
+        cr_assert_str_eq(sc.events[i].model, "openai-compatible/live-model");
+        const dx_telemetry_event *end = end_of(&sc, i);
+        cr_assert_not_null(end, "start %d has no stop", i);
+        cr_assert_eq(end->kind, DX_TELEMETRY_STOP);
+        cr_assert_not(end->cache_hit);
+        cr_assert_gt(end->duration_us, 0);
+        stop_in += end->input_tokens;
+    }
+    cr_assert_eq(starts, 2);
+    cr_assert_eq(stop_in, in);
+}
+
+/* Each of three clients takes two cache-bypassing calls and one using the
+ * cache. */
+static void bypass_twice_then_use(scenario *s, dx_pid client)
+{
+    complete_opt_into(client, "one", &bypass, 10000, &s->calls[0]);
+    complete_opt_into(client, "two", &bypass, 10000, &s->calls[1]);
+    complete_into(client, "three", 10000, &s->calls[2]);
+}
+
+Test(lmclient, only_a_client_with_nothing_to_choose_lets_callers_call_directly)
+{
+    static scenario plain, with_fallback, limited;
+    static const dx_lm_endpoint second = {"openai-compatible/second-model",
+                                          NULL, "sk-test"};
+    static dx_lm_endpoint fb;
+    fb = second;
+    fb.base_url = live_url;
+    static dx_ratelimit_config rl = {.max_concurrency = 4, .max_waiters = 4};
+    scenario *all[] = {&plain, &with_fallback, &limited};
+    for (int i = 0; i < 3; i++) {
+        all[i]->opts.primary = (dx_lm_endpoint){"openai-compatible/live-model",
+                                                live_url, "sk-test"};
+        all[i]->opts.retry = &quick;
+        all[i]->body = bypass_twice_then_use;
+    }
+    with_fallback.opts.fallbacks = &fb;
+    with_fallback.opts.n_fallbacks = 1;
+    limited.opts.ratelimit = &rl;
+    for (int i = 0; i < 3; i++) {
+        run(all[i]);
+        for (int k = 0; k < 3; k++)
+            cr_assert_eq(all[i]->calls[k].rc, DX_OK, "client %d call %d: %s", i,
+                         k, dx_err_name(all[i]->calls[k].rc));
+        cr_assert_eq(all[i]->stats.requests, 3, "client %d", i);
+        cr_assert_eq(all[i]->stats.workers, 3, "client %d", i);
+    }
+    /* The cache-using call asks the client; so does every call when there
+     * is a fallback to choose or a limit to take. */
+    cr_assert_eq(plain.stats.direct, 2);
+    cr_assert_eq(with_fallback.stats.direct, 0);
+    cr_assert_eq(limited.stats.direct, 0);
+    cr_assert_eq(upstream_requests(), 9);
+}
+
+static void direct_breaker_cycle(scenario *s, dx_pid client)
+{
+    breaker_cycle_with(s, client, &bypass);
+    complete_opt_into(client, "after", &bypass, 10000, &s->calls[4]);
+}
+
+Test(lmclient, a_direct_callers_failures_open_the_breaker_before_its_next_call)
+{
+    dx_breaker_config bc;
+    quick_breaker(&bc);
+    sc.body = direct_breaker_cycle;
+    run(&sc);
+    /* The second failure opened the breaker before its caller returned,
+     * so the third call was refused, not made. */
+    assert_the_breaker_cycled();
+    cr_assert_eq(mid_stats[0].direct, 2);
+    /* The probe went through the client, which closed the breaker on its
+     * answer; the call after it is direct again. */
+    cr_assert_eq(mid_stats[1].direct, 2);
+    cr_assert_eq(sc.calls[4].rc, DX_OK, "%s", dx_err_name(sc.calls[4].rc));
+    cr_assert_eq(sc.stats.direct, 3);
+    cr_assert_eq(upstream_requests(), 4);
+}
+
+/* A direct caller killed mid-call: the client still hears of the call. */
+static dx_pid victim_client;
+static seen victim_seen;
+
+static void direct_victim(void *arg)
+{
+    (void)arg;
+    complete_opt_into(victim_client, "slow question", &bypass, 10000,
+                      &victim_seen);
+}
+
+static bool one_in_flight(const dx_lm_client_stats *st)
+{
+    return st->in_flight == 1;
+}
+
+static bool one_direct_reported(const dx_lm_client_stats *st)
+{
+    return st->direct == 1 && st->in_flight == 0;
+}
+
+static void kill_a_direct_caller(scenario *s, dx_pid client)
+{
+    if (dx_telemetry_subscribe(dx_self(), "lm.call") != DX_OK)
+        return;
+    victim_client = client;
+    uint64_t before = upstream_requests();
+    dx_pid victim;
+    if (dx_spawn(direct_victim, NULL, &victim) != DX_OK ||
+        !wait_stats(client, one_in_flight) || !server_got(before, 1))
+        return;
+    dx_kill(victim);
+    if (!wait_stats(client, one_direct_reported))
+        return;
+    copy_history(client, 0, s->history, sizeof s->history, &s->history_rc);
+    drain_events(s);
+}
+
+Test(lmclient, a_direct_caller_killed_mid_call_is_recorded_as_cancelled)
+{
+    live_only();
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:1000", 1), DX_OK);
+    sc.body = kill_a_direct_caller;
+    run(&sc);
+    cr_assert_eq(sc.stats.direct, 1);
+    cr_assert_eq(sc.stats.failures, 1);
+    cr_assert_eq(sc.stats.in_flight, 0);
+    cr_assert_eq(sc.history_rc, DX_OK, "%s", dx_err_name(sc.history_rc));
+    cr_assert(strstr(sc.history, "slow question"), "%s", sc.history);
+    cr_assert(strstr(sc.history, "Error: cancelled"), "%s", sc.history);
+    cr_assert_eq(sc.n_events, 2, "%d events", sc.n_events);
+    cr_assert_eq(sc.events[0].kind, DX_TELEMETRY_START);
+    cr_assert_eq(sc.events[1].kind, DX_TELEMETRY_EXCEPTION);
+    cr_assert(dx_ref_eq(sc.events[0].ref, sc.events[1].ref));
+    cr_assert_eq(sc.events[1].error_kind, DX_LM_ERR_CANCELLED);
+}
+
+/* The client killed while a direct call runs: the caller cancels it and
+ * gets DX_EDOWN, as a caller waiting on the client would. */
+static int64_t dying_killed_at, dying_returned_at;
+static _Atomic int dying_done;
+
+static void direct_caller_of_a_dying_client(void *arg)
+{
+    (void)arg;
+    complete_opt_into(victim_client, "slow question", &bypass, 30000,
+                      &victim_seen);
+    dying_returned_at = dx_now_ms();
+    atomic_store(&dying_done, 1);
+}
+
+static void dying_client_main(void *arg)
+{
+    scenario *s = arg;
+    dx_lmserver_stats before;
+    dx_lmserver_stats_get(srv, &before);
+    s->start_rc = dx_lm_client_start(&s->opts, NULL, &victim_client);
+    if (s->start_rc == DX_OK &&
+        dx_spawn(direct_caller_of_a_dying_client, NULL, NULL) == DX_OK &&
+        wait_stats(victim_client, one_in_flight) &&
+        server_got(before.requests, 1)) {
+        dying_killed_at = dx_now_ms();
+        dx_kill(victim_client);
+        for (int i = 0; i < 3000 && !atomic_load(&dying_done); i++)
+            dx_sleep(10);
+        wait_closed_early(1);
+    }
+    atomic_store(&s->done, 1);
+}
+
+Test(lmclient, a_direct_call_is_cancelled_when_its_client_dies)
+{
+    live_only();
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:5000", 1), DX_OK);
+    run_killing(dying_client_main);
+    cr_assert(atomic_load(&dying_done), "the caller never returned");
+    cr_assert_eq(victim_seen.rc, DX_EDOWN, "%s", dx_err_name(victim_seen.rc));
+    /* Answered by the kill, not by the slow upstream. */
+    cr_assert_lt(dying_returned_at - dying_killed_at, 4000,
+                 "returned %lld ms after the kill",
+                 (long long)(dying_returned_at - dying_killed_at));
+    cr_assert_geq(kill_closed, 1, "the upstream call still open");
 }
