@@ -2134,7 +2134,10 @@ int dx_lm_client_complete_opt(dx_pid client, const dx_lm_request *req,
     /* One deadline for both sides: the client's for the flight, this
      * caller's if it leads it. */
     int64_t deadline_ms = deadline_of(timeout_ms);
-    if (copts && copts->cache_mode == DX_LMCACHE_BYPASS && req && out) {
+    /* Off a process (a host thread) the call is refused below, as a call
+     * to the client would be, and not recorded. */
+    if (copts && copts->cache_mode == DX_LMCACHE_BYPASS && req && out &&
+        !dx_pid_is_none(dx_self())) {
         direct_pub *p = pub_find(client);
         if (p) {
             if (err)

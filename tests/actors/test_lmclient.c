@@ -2110,3 +2110,44 @@ Test(lmclient, a_direct_call_is_cancelled_when_its_client_dies)
                  (long long)(dying_returned_at - dying_killed_at));
     cr_assert_geq(kill_closed, 1, "the upstream call still open");
 }
+
+/* A host thread is not a process: its call is refused, as a call to the
+ * client would be, and the client records nothing. */
+static _Atomic int host_turn; /* 1: the client is up; 2: the host called */
+static dx_pid host_client;
+
+static void wait_for_the_host(scenario *s, dx_pid client)
+{
+    (void)s;
+    host_client = client;
+    atomic_store(&host_turn, 1);
+    for (int i = 0; i < 1000 && atomic_load(&host_turn) != 2; i++)
+        dx_sleep(10);
+}
+
+Test(lmclient, a_call_from_a_host_thread_is_refused_and_not_recorded)
+{
+    live_only();
+    sc.body = wait_for_the_host;
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(scenario_main, &sc, &pid), DX_OK);
+    while (atomic_load(&host_turn) != 1)
+        usleep(1000);
+    dx_lm_request *req = dx_lm_request_new(NULL);
+    cr_assert_eq(dx_lm_request_add_message(req, DX_LM_USER, "from the host"),
+                 DX_OK);
+    dx_lm_result *res = NULL;
+    dx_lm_error err;
+    int rc =
+        dx_lm_client_complete_opt(host_client, req, &bypass, 1000, &res, &err);
+    dx_lm_request_free(req);
+    atomic_store(&host_turn, 2);
+    int wrc = dx_wait_exit(pid, 60000, NULL);
+    cr_assert(wrc == DX_OK || wrc == DX_ENOPROC, "%s", dx_err_name(wrc));
+    cr_assert(atomic_load(&sc.done));
+    cr_assert_eq(rc, DX_ENOTPROC, "%s", dx_err_name(rc));
+    cr_assert_null(res);
+    cr_assert_eq(sc.stats.requests, 0);
+    cr_assert_eq(sc.stats.failures, 0);
+    cr_assert_eq(upstream_requests(), 0);
+}
