@@ -501,25 +501,12 @@ typedef struct state {
     bool sweep_armed;
     int64_t sweep_due;
     dx_ref sweep_timer;
-    struct janitor_box *box; /* NULL if no janitor could start */
+    dx_ptie *tie; /* frees the state if the server ends without terminate */
     dx_lmhistory *hist;
     dx_usage_prices *prices;
     dx_usage_acc usage;
     direct_pub *pub; /* NULL: every call goes through the server */
 } state;
-
-/* A killed server runs no terminate, so its state would leak and its
- * workers run on: a janitor process monitors the server and, when it is
- * gone without having freed the state, frees it and ends the workers. The
- * server's exit happens before the DOWN, so the two never touch the state
- * at once. */
-typedef struct janitor_box {
-    _Atomic(struct state *) st; /* NULL once terminate freed it */
-    dx_pid server;
-} janitor_box;
-
-static void janitor_main(void *arg);
-static void box_free(void *p);
 
 static void flight_free(flight *f)
 {
@@ -564,6 +551,13 @@ static void state_free(state *s, bool owner)
     dx_lmhistory_free(s->hist);
     dx_usage_prices_free(s->prices);
     dx_free(s);
+}
+
+/* The tie's free function: the server ended without terminate. Runs on a
+ * scheduler thread outside any process, as the server's process ends. */
+static void state_orphaned(void *st)
+{
+    state_free(st, false);
 }
 
 /* ---- the worker ------------------------------------------------------------ */
@@ -1015,17 +1009,11 @@ static int srv_init(void *arg, void **st, dx_term **stop_reason)
     /* Unpublished, the record is only unused: calls go through here. */
     if (h->st->pub)
         (void)pub_publish(h->st->pub, dx_self());
-    janitor_box *b = dx_calloc(1, sizeof *b);
-    if (b) {
-        atomic_init(&b->st, h->st);
-        b->server = dx_self();
-        dx_spawn_opts so = {.label = "dx_lm_client:janitor",
-                            .arg_free = box_free};
-        if (dx_spawn_opt(janitor_main, b, &so, NULL, NULL) == DX_OK)
-            h->st->box = b;
-        else
-            dx_free(b); /* without a janitor a kill leaks the state */
-    }
+    /* A killed server (dx_kill, a crash, dx_runtime_stop) runs no
+     * terminate: the tie frees the state and ends the workers as the
+     * process ends, before anyone hears of its death. Without memory for
+     * the tie such an end leaks the state. */
+    h->st->tie = dx_ptie_new(h->st, state_orphaned);
     return DX_OK;
 }
 
@@ -1731,30 +1719,8 @@ static void srv_terminate(void *st, const dx_term *reason)
 {
     (void)reason;
     state *s = st;
-    if (s->box)
-        atomic_store(&s->box->st, NULL);
+    dx_ptie_cut(s->tie);
     state_free(s, true);
-}
-
-static void janitor_main(void *arg)
-{
-    janitor_box *b = arg;
-    dx_ref mon;
-    if (dx_monitor(b->server, &mon) != DX_OK)
-        return;
-    dx_msg *m = NULL;
-    while (dx_receive_tag(DX_TAG_DOWN, DX_INFINITY, &m) == DX_OK) {
-        bool ours = dx_ref_eq(m->ref, mon);
-        dx_msg_free(m);
-        if (ours)
-            break;
-    }
-    state_free(atomic_exchange(&b->st, NULL), false);
-}
-
-static void box_free(void *p)
-{
-    dx_free(p);
 }
 
 static const dx_server_ops client_ops = {

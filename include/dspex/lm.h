@@ -27,9 +27,9 @@
  * the primary model's key, whichever endpoint answered) and replied to
  * every caller. Stopping the client kills its workers, cancelling their
  * transfers (leaders cancel theirs); callers still waiting get DX_EDOWN. Killing it (dx_kill, a
- * crash) does the same: each client has a small janitor process that, when
- * the server dies without terminating, frees its state and ends its
- * workers.
+ * crash, dx_runtime_stop) does the same: the client's state is tied to
+ * its process (dx_ptie), so when the server ends without terminating, its
+ * state is freed and its workers ended as the process ends.
  *
  * Identical requests (same cache key) that arrive while one is in flight
  * wait on the same upstream call: one call, every caller gets a copy of

@@ -2151,3 +2151,55 @@ Test(lmclient, a_call_from_a_host_thread_is_refused_and_not_recorded)
     cr_assert_eq(sc.stats.failures, 0);
     cr_assert_eq(upstream_requests(), 0);
 }
+
+/* A client still running when the runtime stops, with a direct call and a
+ * led flight under way, is freed with everything else (the suite's ASan and
+ * valgrind runs report its state otherwise), and after a restart a new
+ * client calls directly and through itself as usual. */
+static dx_pid busy_client;
+static seen busy_calls[2];
+static scenario after_restart;
+
+static void busy_direct(void *arg)
+{
+    (void)arg;
+    complete_opt_into(busy_client, "slow direct", &bypass, 30000,
+                      &busy_calls[0]);
+}
+
+static void busy_led(void *arg)
+{
+    (void)arg;
+    complete_into(busy_client, "slow led", 30000, &busy_calls[1]);
+}
+
+static void leave_a_busy_client(void *arg)
+{
+    scenario *s = arg;
+    dx_lmserver_stats before;
+    dx_lmserver_stats_get(srv, &before);
+    s->start_rc = dx_lm_client_start(&s->opts, NULL, &busy_client);
+    if (s->start_rc == DX_OK && dx_spawn(busy_direct, NULL, NULL) == DX_OK &&
+        dx_spawn(busy_led, NULL, NULL) == DX_OK)
+        s->calls[0].rc = server_got(before.requests, 2) ? DX_OK : DX_ESTATE;
+    atomic_store(&s->done, 1);
+}
+
+Test(lmclient, a_client_running_when_the_runtime_stops_is_freed_with_it)
+{
+    live_only();
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:2000", 2), DX_OK);
+    run_killing(leave_a_busy_client);
+    cr_assert_eq(sc.calls[0].rc, DX_OK, "both calls reached the server");
+    cr_assert_eq(dx_runtime_stop(), DX_OK);
+    dx_telemetry_reset();
+    cr_assert_eq(dx_runtime_start(&(dx_runtime_opts){.schedulers = 2}), DX_OK);
+    after_restart.opts = sc.opts;
+    after_restart.body = bypass_twice_then_use;
+    run(&after_restart);
+    for (int k = 0; k < 3; k++)
+        cr_assert_eq(after_restart.calls[k].rc, DX_OK, "call %d: %s", k,
+                     dx_err_name(after_restart.calls[k].rc));
+    cr_assert_eq(after_restart.stats.direct, 2);
+    cr_assert_eq(after_restart.stats.requests, 3);
+}
