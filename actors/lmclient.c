@@ -325,8 +325,9 @@ static int endpoint_init(endpoint *e, size_t index, const dx_lm_endpoint *src,
  * the server records the report in the breaker, the history, the usage,
  * the telemetry and the stats as it would a led flight's outcome. That
  * spares the call the request to the server and the lead back, the two
- * trips before the upstream call that woke the server's scheduler twice per
- * call (eval-bench: docs/benchmarks.md).
+ * trips through the server before the upstream call (eval-bench at 1 in
+ * flight: about half of the evaluated example's CPU beyond a plain call;
+ * docs/benchmarks.md).
  *
  * The server publishes what a direct caller needs (a direct_pub) in a
  * table keyed by its pid while it runs; its `open` flag follows the
