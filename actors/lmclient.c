@@ -184,17 +184,15 @@ typedef struct direct_report {
     dx_ref tel; /* ties the caller's telemetry start to the stop */
     dx_pid client;
     /* The caller's reference to the published record while the call is
-     * under way (counted in its `active`); NULL after. */
+     * under way (counted in its `active`); given back by direct_call_over
+     * before the report is sent or freed. */
     struct direct_pub *pub;
 } direct_report;
-
-static void direct_call_over(direct_report *r);
 
 static void direct_report_free(void *p)
 {
     direct_report *r = p;
     if (r) {
-        direct_call_over(r);
         dx_lm_response_free(r->o.response);
         dx_lm_request_free(r->req);
     }
@@ -427,19 +425,16 @@ static void pub_withdraw(direct_pub *p)
  * its breaker is not closed. */
 static direct_pub *pub_find(dx_pid client)
 {
-    direct_pub *found = NULL;
     pthread_mutex_lock(&pubs_lock);
-    for (dx__hnode *n = dx__htab_find(&pubs, client.id); n;
-         n = dx__htab_find_next(n)) {
-        direct_pub *p = DX__HTAB_ENTRY(n, direct_pub, by_pid);
-        if (atomic_load(&p->open)) {
-            atomic_fetch_add(&p->refs, 1);
-            found = p;
-        }
-        break;
-    }
+    /* A pid is published once at most: the first node is the only one. */
+    direct_pub *p =
+        DX__HTAB_ENTRY(dx__htab_find(&pubs, client.id), direct_pub, by_pid);
+    if (p && atomic_load(&p->open))
+        atomic_fetch_add(&p->refs, 1);
+    else
+        p = NULL;
     pthread_mutex_unlock(&pubs_lock);
-    return found;
+    return p;
 }
 
 /* ---- server state --------------------------------------------------------- */
