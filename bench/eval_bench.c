@@ -45,10 +45,19 @@
  * them, as a first run does (dx_http_close_idle before it), and so does
  * each baseline.
  *
+ * DX_EVAL_BENCH_ROUNDS=R (default 1) runs R rounds per C, each an
+ * evaluation of the n examples and then their baseline, so the two sides
+ * alternate and a slow minute of the machine falls on both. CPU, switches,
+ * faults and threads are then per example over all rounds; wall_s and
+ * baseline_wall_s are the rounds' medians; overhead_rounds_us lists each
+ * round's overhead and overhead_median_us is their median (at 1 in flight
+ * the figure to quote: one round's overhead can move by tens of us).
+ *
  * Prints per C:
  *   RESULT sys=dspex bench=evaluate n=.. latency_ms=.. concurrency=..
- *   wall_s=.. ideal_s=.. ratio=.. cpu_us_per_example=..
- *   baseline_cpu_us_per_example=.. overhead_us=.. csw_per_example=..
+ *   rounds=.. wall_s=.. ideal_s=.. ratio=.. cpu_us_per_example=..
+ *   baseline_cpu_us_per_example=.. overhead_us=.. overhead_median_us=..
+ *   overhead_rounds_us=<a>,<b>,.. csw_per_example=..
  *   baseline_csw_per_example=.. example_p50_ms=..
  *   example_p99_ms=.. baseline_wall_s=.. baseline_ratio=.. warm=0|1
  *   connections=<opened by the evaluation>
@@ -101,6 +110,8 @@
 static char url[128];
 static long N;
 static long latency_ms;
+
+#define MAX_ROUNDS 64
 
 static double clock_s(clockid_t id)
 {
@@ -173,15 +184,31 @@ static void thread_cpu(double out[GRP_N])
     closedir(d);
 }
 
-/* "sched:12.3,io:4.5,server:6.7,other:0.1": us per example, b minus a. */
-static void thread_field(const double a[GRP_N], const double b[GRP_N],
-                         char *out, size_t cap)
+/* "sched:12.3,io:4.5,server:6.7,other:0.1": us per example, of us summed
+ * over examples. */
+static void thread_field(const double us[GRP_N], double examples, char *out,
+                         size_t cap)
 {
     size_t len = 0;
     out[0] = '\0';
     for (int g = 0; g < GRP_N && len < cap; g++)
         len += (size_t)snprintf(out + len, cap - len, "%s%s:%.1f", g ? "," : "",
-                                grp_name[g], (b[g] - a[g]) / (double)N);
+                                grp_name[g], us[g] / examples);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The median of v[0..n-1] (n > 0), v left as it was. */
+static double median(const double *v, int n)
+{
+    double s[MAX_ROUNDS];
+    memcpy(s, v, (size_t)n * sizeof *s);
+    qsort(s, (size_t)n, sizeof *s, cmp_double);
+    return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
 }
 
 /* ---- baseline: plain dx_lm_call from C processes ----------------------- */
@@ -318,10 +345,14 @@ static void close_connections(void)
 typedef struct bench {
     long conc[8];
     int nconc;
-    double wall[8], cpu[8], base_cpu[8], base_wall[8], p50[8], p99[8];
-    double csw[8], base_csw[8]; /* context switches in each run */
-    double flt[8], base_flt[8]; /* minor page faults in each run */
-    char threads[8][96], base_threads[8][96]; /* CPU by thread group */
+    int rounds; /* DX_EVAL_BENCH_ROUNDS: (evaluation, baseline) pairs per C */
+    /* Per C: sums over its rounds, and each round's walls and overhead. */
+    double cpu[8], base_cpu[8], p50[8], p99[8];
+    double walls[8][MAX_ROUNDS], base_walls[8][MAX_ROUNDS];
+    double round_overhead_us[8][MAX_ROUNDS];
+    double csw[8], base_csw[8];                       /* context switches */
+    double flt[8], base_flt[8];                       /* minor page faults */
+    double threads[8][GRP_N], base_threads[8][GRP_N]; /* CPU by thread group */
     uint64_t conns[8]; /* connections the evaluation opened */
     char waves[8][512];
     long errors;
@@ -336,6 +367,90 @@ static bool counting(const char *phase)
 {
     const char *which = getenv("DX_EVAL_BENCH_CALLGRIND");
     return which != NULL && strcmp(which, phase) == 0;
+}
+
+/* One round at concurrency B.conc[k]: the evaluation, then the baseline,
+ * each measured on its own and added to the run's sums. Rounds alternate
+ * the two, so a stretch of the machine running slower (this VM's CPU per
+ * example drifts by tens of us from one minute to the next) falls on both
+ * sides of a round instead of on one side of the comparison. */
+static void run_round(dx_pid client, dx_module *prog, dx_dataset *ds, int k,
+                      int rd)
+{
+    dx_eval_opts o = {
+        .metric = {.kind = DX_METRIC_EXACT_MATCH},
+        .concurrency = (size_t)B.conc[k],
+        .progress = DX_EVAL_PROGRESS_OFF,
+        .call = {.lm = client,
+                 .adapter = DX_ADAPTER_JSON,
+                 .cache_mode = DX_LMCACHE_BYPASS},
+    };
+    dx_eval_result *r = NULL;
+    dx_diag d = {0};
+    if (!B.warm && (k > 0 || rd > 0))
+        close_connections(); /* the last baseline's */
+    uint64_t conns0 = dx_http_connections_opened();
+    double w0 = clock_s(CLOCK_MONOTONIC);
+    double c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+    double s0 = switches(), f0 = page_faults();
+    double t0[GRP_N], t1[GRP_N];
+    thread_cpu(t0);
+    if (counting("eval"))
+        CALLGRIND_START_INSTRUMENTATION;
+    int rc = dx_evaluate(prog, ds, &o, &r, &d);
+    if (counting("eval"))
+        CALLGRIND_STOP_INSTRUMENTATION;
+    thread_cpu(t1);
+    for (int g = 0; g < GRP_N; g++)
+        B.threads[k][g] += t1[g] - t0[g];
+    B.csw[k] += switches() - s0;
+    B.flt[k] += page_faults() - f0;
+    double cpu = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
+    B.cpu[k] += cpu;
+    B.walls[k][rd] = clock_s(CLOCK_MONOTONIC) - w0;
+    B.conns[k] = dx_http_connections_opened() - conns0;
+    double *lat = rc == DX_OK ? dx_calloc(r->n + 1, sizeof *lat) : NULL;
+    if (lat != NULL) {
+        for (size_t i = 0; i < r->n; i++)
+            lat[i] = r->rows[i].latency_ms;
+        wave_fields(lat, r->n, B.conc[k], "", B.waves[k], sizeof B.waves[k]);
+        dx_free(lat);
+    }
+    if (rc == DX_OK) {
+        B.p50[k] = r->latency_p50_ms;
+        B.p99[k] = r->latency_p99_ms;
+    }
+    if (rc != DX_OK || r->n_errors) {
+        if (B.errors++ == 0)
+            snprintf(B.first_error, sizeof B.first_error, "%s",
+                     rc != DX_OK ? d.msg : r->rows[0].error_msg);
+    }
+    dx_eval_result_free(r);
+
+    /* Baseline with the same concurrency, on connections of its own
+     * when the evaluation opened its own: opening them is part of the
+     * HTTP exchange, whose CPU the baseline is there to measure. */
+    if (!B.warm)
+        close_connections();
+    c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+    w0 = clock_s(CLOCK_MONOTONIC);
+    s0 = switches();
+    f0 = page_faults();
+    thread_cpu(t0);
+    if (counting("baseline"))
+        CALLGRIND_START_INSTRUMENTATION;
+    run_baseline(N, B.conc[k]);
+    if (counting("baseline"))
+        CALLGRIND_STOP_INSTRUMENTATION;
+    thread_cpu(t1);
+    for (int g = 0; g < GRP_N; g++)
+        B.base_threads[k][g] += t1[g] - t0[g];
+    B.base_csw[k] += switches() - s0;
+    B.base_flt[k] += page_faults() - f0;
+    double base_cpu = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
+    B.base_cpu[k] += base_cpu;
+    B.base_walls[k][rd] = clock_s(CLOCK_MONOTONIC) - w0;
+    B.round_overhead_us[k][rd] = (cpu - base_cpu) * 1e6 / (double)N;
 }
 
 static void bench_main(void *arg)
@@ -393,78 +508,9 @@ static void bench_main(void *arg)
             most = B.conc[k] > most ? B.conc[k] : most;
         run_baseline(most, most);
     }
-    for (int k = 0; k < B.nconc; k++) {
-        dx_eval_opts o = {
-            .metric = {.kind = DX_METRIC_EXACT_MATCH},
-            .concurrency = (size_t)B.conc[k],
-            .progress = DX_EVAL_PROGRESS_OFF,
-            .call = {.lm = client,
-                     .adapter = DX_ADAPTER_JSON,
-                     .cache_mode = DX_LMCACHE_BYPASS},
-        };
-        dx_eval_result *r = NULL;
-        dx_diag d = {0};
-        if (!B.warm && k > 0)
-            close_connections(); /* the last baseline's */
-        uint64_t conns0 = dx_http_connections_opened();
-        double w0 = clock_s(CLOCK_MONOTONIC);
-        double c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
-        double s0 = switches(), f0 = page_faults();
-        double t0[GRP_N], t1[GRP_N];
-        thread_cpu(t0);
-        if (counting("eval"))
-            CALLGRIND_START_INSTRUMENTATION;
-        int rc = dx_evaluate(prog, ds, &o, &r, &d);
-        if (counting("eval"))
-            CALLGRIND_STOP_INSTRUMENTATION;
-        thread_cpu(t1);
-        thread_field(t0, t1, B.threads[k], sizeof B.threads[k]);
-        B.csw[k] = switches() - s0;
-        B.flt[k] = page_faults() - f0;
-        B.cpu[k] = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
-        B.wall[k] = clock_s(CLOCK_MONOTONIC) - w0;
-        B.conns[k] = dx_http_connections_opened() - conns0;
-        double *lat = rc == DX_OK ? dx_calloc(r->n + 1, sizeof *lat) : NULL;
-        if (lat != NULL) {
-            for (size_t i = 0; i < r->n; i++)
-                lat[i] = r->rows[i].latency_ms;
-            wave_fields(lat, r->n, B.conc[k], "", B.waves[k],
-                        sizeof B.waves[k]);
-            dx_free(lat);
-        }
-        if (rc == DX_OK) {
-            B.p50[k] = r->latency_p50_ms;
-            B.p99[k] = r->latency_p99_ms;
-        }
-        if (rc != DX_OK || r->n_errors) {
-            if (B.errors++ == 0)
-                snprintf(B.first_error, sizeof B.first_error, "%s",
-                         rc != DX_OK ? d.msg : r->rows[0].error_msg);
-        }
-        dx_eval_result_free(r);
-
-        /* Baseline with the same concurrency, on connections of its own
-         * when the evaluation opened its own: opening them is part of the
-         * HTTP exchange, whose CPU the baseline is there to measure. */
-        if (!B.warm)
-            close_connections();
-        c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
-        w0 = clock_s(CLOCK_MONOTONIC);
-        s0 = switches();
-        f0 = page_faults();
-        thread_cpu(t0);
-        if (counting("baseline"))
-            CALLGRIND_START_INSTRUMENTATION;
-        run_baseline(N, B.conc[k]);
-        if (counting("baseline"))
-            CALLGRIND_STOP_INSTRUMENTATION;
-        thread_cpu(t1);
-        thread_field(t0, t1, B.base_threads[k], sizeof B.base_threads[k]);
-        B.base_csw[k] = switches() - s0;
-        B.base_flt[k] = page_faults() - f0;
-        B.base_cpu[k] = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
-        B.base_wall[k] = clock_s(CLOCK_MONOTONIC) - w0;
-    }
+    for (int k = 0; k < B.nconc; k++)
+        for (int rd = 0; rd < B.rounds; rd++)
+            run_round(client, prog, ds, k, rd);
     for (long i = 0; BJ.reqs != NULL && i < N; i++)
         dx_lm_request_free(BJ.reqs[i]);
     dx_free(BJ.reqs);
@@ -515,6 +561,12 @@ int main(int argc, char **argv)
     latency_ms = strtol(argv[2], NULL, 10);
     B.warm = getenv("DX_EVAL_BENCH_WARM") != NULL &&
              strcmp(getenv("DX_EVAL_BENCH_WARM"), "0") != 0;
+    const char *rounds_env = getenv("DX_EVAL_BENCH_ROUNDS");
+    B.rounds = rounds_env != NULL ? (int)strtol(rounds_env, NULL, 10) : 1;
+    if (B.rounds < 1 || B.rounds > MAX_ROUNDS) {
+        fprintf(stderr, "DX_EVAL_BENCH_ROUNDS: 1 to %d\n", MAX_ROUNDS);
+        return 2;
+    }
     for (int i = 3; i < argc && B.nconc < 8; i++)
         B.conc[B.nconc++] = strtol(argv[i], NULL, 10);
     if (N <= 0 || latency_ms < 0 || B.nconc == 0) {
@@ -576,12 +628,23 @@ int main(int argc, char **argv)
     for (int k = 0; k < B.nconc; k++) {
         long c = B.conc[k];
         double ideal = (double)((N + c - 1) / c) * (double)latency_ms / 1000.0;
-        double cpu_us = B.cpu[k] * 1e6 / (double)N;
-        double base_us = B.base_cpu[k] * 1e6 / (double)N;
+        double examples = (double)N * B.rounds;
+        double cpu_us = B.cpu[k] * 1e6 / examples;
+        double base_us = B.base_cpu[k] * 1e6 / examples;
+        double wall = median(B.walls[k], B.rounds);
+        double base_wall = median(B.base_walls[k], B.rounds);
+        char threads[96], base_threads[96], rounds[MAX_ROUNDS * 12] = "";
+        thread_field(B.threads[k], examples, threads, sizeof threads);
+        thread_field(B.base_threads[k], examples, base_threads,
+                     sizeof base_threads);
+        for (int rd = 0, len = 0; rd < B.rounds; rd++)
+            len += snprintf(rounds + len, sizeof rounds - (size_t)len, "%s%.1f",
+                            rd ? "," : "", B.round_overhead_us[k][rd]);
         printf("RESULT sys=dspex bench=evaluate n=%ld latency_ms=%ld "
-               "concurrency=%ld wall_s=%.3f ideal_s=%.3f ratio=%.4f "
+               "concurrency=%ld rounds=%d wall_s=%.3f ideal_s=%.3f ratio=%.4f "
                "cpu_us_per_example=%.1f baseline_cpu_us_per_example=%.1f "
-               "overhead_us=%.1f csw_per_example=%.1f "
+               "overhead_us=%.1f overhead_median_us=%.1f "
+               "overhead_rounds_us=%s csw_per_example=%.1f "
                "baseline_csw_per_example=%.1f example_p50_ms=%.1f "
                "example_p99_ms=%.1f "
                "baseline_wall_s=%.3f baseline_ratio=%.4f warm=%d "
@@ -591,16 +654,17 @@ int main(int argc, char **argv)
                "machine_warm_ratio=%.4f machine_cpu_us_per_example=%.1f "
                "threads_us=%s baseline_threads_us=%s "
                "faults_per_example=%.1f baseline_faults_per_example=%.1f\n",
-               N, latency_ms, c, B.wall[k], ideal, B.wall[k] / ideal, cpu_us,
-               base_us, cpu_us - base_us, B.csw[k] / (double)N,
-               B.base_csw[k] / (double)N, B.p50[k], B.p99[k], B.base_wall[k],
-               B.base_wall[k] / ideal, B.warm ? 1 : 0, B.conns[k], B.waves[k],
-               fl[k].wall_s, fl[k].wall_s / ideal,
+               N, latency_ms, c, B.rounds, wall, ideal, wall / ideal, cpu_us,
+               base_us, cpu_us - base_us,
+               median(B.round_overhead_us[k], B.rounds), rounds,
+               B.csw[k] / examples, B.base_csw[k] / examples, B.p50[k],
+               B.p99[k], base_wall, base_wall / ideal, B.warm ? 1 : 0,
+               B.conns[k], B.waves[k], fl[k].wall_s, fl[k].wall_s / ideal,
                fl[k].cpu_s * 1e6 / (double)N, floor_waves[k],
                fl_warm[k].wall_s / ideal, mach[k].wall_s / ideal,
                mach_warm[k].wall_s / ideal, mach[k].cpu_s * 1e6 / (double)N,
-               B.threads[k], B.base_threads[k], B.flt[k] / (double)N,
-               B.base_flt[k] / (double)N);
+               threads, base_threads, B.flt[k] / examples,
+               B.base_flt[k] / examples);
     }
     return B.errors || BJ.errors ? 1 : 0;
 }
