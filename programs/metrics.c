@@ -355,55 +355,59 @@ static bool is_article(const uint32_t *w, size_t n)
     return n == 3 && w[0] == 't' && w[1] == 'h' && w[2] == 'e';
 }
 
-/* How normalize_ascii treats each byte: dropped (punctuation), a space,
- * part of a word (lower-cased), or kept on its own (other controls). */
-enum { A_DROP, A_SPACE, A_WORD, A_OTHER };
-
-static inline unsigned char ascii_class(unsigned char c)
-{
-    /* is_alnum and is_space below 0x80, spelled out so they inline. */
-    if ((c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z'))
-        return A_WORD;
-    if (c == ' ' || (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x1F))
-        return A_SPACE;
-    return is_ascii_punct(c) ? A_DROP : A_OTHER;
-}
+/* How normalize_ascii treats each byte: part of a word (W, lower-cased),
+ * dropped (P: ASCII punctuation), a space (S: what str.split() splits at),
+ * kept on its own (O: other controls, DEL), or not ASCII (N: the text takes
+ * the general path). One load per byte instead of a chain of range tests:
+ * on a long passage this loop is most of a metric's cost. */
+static const char ascii_class[257] =
+    "OOOOOOOOOSSSSSOO" /* 0x00: \t \n \v \f \r are spaces */
+    "OOOOOOOOOOOOSSSS" /* 0x10: so are 0x1C-0x1F */
+    "SPPPPPPPPPPPPPPP" /* 0x20: space ! " # $ % & ' ( ) * + , - . / */
+    "WWWWWWWWWWPPPPPP" /* 0x30: 0-9 : ; < = > ? */
+    "PWWWWWWWWWWWWWWW" /* 0x40: @ A-O */
+    "WWWWWWWWWWWPPPPP" /* 0x50: P-Z [ \ ] ^ _ */
+    "PWWWWWWWWWWWWWWW" /* 0x60: ` a-o */
+    "WWWWWWWWWWWPPPPO" /* 0x70: p-z { | } ~ DEL */
+    "NNNNNNNNNNNNNNNN"
+    "NNNNNNNNNNNNNNNN"
+    "NNNNNNNNNNNNNNNN"
+    "NNNNNNNNNNNNNNNN"
+    "NNNNNNNNNNNNNNNN"
+    "NNNNNNNNNNNNNNNN"
+    "NNNNNNNNNNNNNNNN"
+    "NNNNNNNNNNNNNNNN";
 
 /* normalize_text of ASCII text, the common case: NFD changes nothing and
  * lower-casing is a byte, so the steps below run in one pass over the
  * bytes into a buffer no longer than the text. Punctuation is dropped
  * before words are cut (so "a.b" is the word "ab"); a finished word that
  * is an article is taken back out, leaving a space; runs of spaces become
- * one, none at either end. */
+ * one, none at either end. NOT_ASCII at the first byte that is not
+ * ASCII (nothing is kept): that text takes the general path. */
+enum { NOT_ASCII = 1 }; /* beside DX_OK and the (negative) DX_E* codes */
+
 static int normalize_ascii(const char *text, size_t n, char **out)
 {
     char *b = dx_malloc(n + 1);
     if (!b)
         return DX_ENOMEM;
-    size_t w = 0;    /* written */
-    size_t mark = 0; /* w before the current word and its space */
-    size_t word = 0; /* where the current word's letters start */
-    bool in_word = false;
+    const unsigned char *s = (const unsigned char *)text;
+    size_t w = 0; /* written */
     bool pending_space = false;
-    for (size_t i = 0; i <= n; i++) {
-        unsigned char c = i < n ? (unsigned char)text[i] : ' ';
-        unsigned char k = ascii_class(c);
-        if (k == A_DROP)
-            continue;
-        if (k == A_WORD) {
-            if (!in_word) {
-                mark = w;
-                if (pending_space)
-                    b[w++] = ' ';
-                pending_space = false;
-                word = w;
-                in_word = true;
-            }
-            b[w++] = (char)(c >= 'A' && c <= 'Z' ? c + 0x20 : c);
-            continue;
-        }
-        if (in_word) {
-            in_word = false;
+    for (size_t i = 0; i < n;) {
+        char k = ascii_class[s[i]];
+        if (k == 'W') {
+            size_t mark = w; /* w before the word and its space */
+            if (pending_space)
+                b[w++] = ' ';
+            pending_space = false;
+            size_t word = w;
+            /* Letters lower-cased; digits have the 0x20 bit already.
+             * Punctuation inside the word is dropped, not a cut. */
+            for (; i < n && ((k = ascii_class[s[i]]) == 'W' || k == 'P'); i++)
+                if (k == 'W')
+                    b[w++] = (char)(s[i] | 0x20);
             size_t len = w - word;
             if ((len == 1 && b[word] == 'a') ||
                 (len == 2 && b[word] == 'a' && b[word + 1] == 'n') ||
@@ -411,16 +415,22 @@ static int normalize_ascii(const char *text, size_t n, char **out)
                 w = mark;
                 pending_space = w > 0;
             }
-        }
-        if (k == A_SPACE) {
-            pending_space = w > 0;
             continue;
         }
-        /* A character outside words: kept as it is. */
-        if (pending_space)
-            b[w++] = ' ';
-        pending_space = false;
-        b[w++] = (char)c;
+        if (k == 'N') {
+            dx_free(b);
+            return NOT_ASCII;
+        }
+        if (k == 'S') {
+            pending_space = w > 0;
+        } else if (k == 'O') {
+            /* A character outside words: kept as it is. */
+            if (pending_space)
+                b[w++] = ' ';
+            pending_space = false;
+            b[w++] = (char)s[i];
+        }
+        i++;
     }
     b[w] = '\0';
     *out = b;
@@ -435,11 +445,9 @@ int dx_metric_normalize(const char *text, char **out)
     if (!text)
         text = "";
     size_t n = strlen(text);
-    bool ascii = true;
-    for (size_t i = 0; i < n && ascii; i++)
-        ascii = (unsigned char)text[i] < 0x80;
-    if (ascii)
-        return normalize_ascii(text, n, out);
+    int rc = normalize_ascii(text, n, out);
+    if (rc != NOT_ASCII)
+        return rc;
     if (n > (SIZE_MAX / sizeof(uint32_t) - 1) / 4)
         return DX_ENOMEM;
     /* NFD at most quadruples the code points of this range. */

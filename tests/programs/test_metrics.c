@@ -70,8 +70,9 @@ Test(metrics, normalize_ascii_controls_and_every_split_whitespace,
  * punctuation, controls and spaces. */
 Test(metrics, normalize_ascii_path_agrees_with_the_unicode_path, .timeout = 30)
 {
-    static const char alphabet[] = "aAnNtThHeE xyz019 .,!_-'\"\t\n\r\v\f"
-                                   "\x01\x1c\x1f\x7f";
+    static const char alphabet[] = "aAnNtThHeE xyzZ09 .,!_-'\"\t\n\r\v\f"
+                                   "#$%&()*+/:;<=>?@[\\]^`{|}~"
+                                   "\x01\x08\x0e\x1b\x1c\x1f\x7f";
     unsigned state = 12345;
     char text[40], wide[44];
     for (int round = 0; round < 20000; round++) {
