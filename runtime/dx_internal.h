@@ -175,6 +175,8 @@ struct dx__proc {
     uint8_t tmo_fired;
     int budget;
     int in_runtime; /* >0 while runtime code runs on this process's stack */
+    /* Times switched in; a stop request (fault.c) names the run it saw. */
+    _Atomic uint32_t runs;
 
     dx_msg *q_first, *q_last; /* received but not yet taken, in order */
     dx_msg *held;             /* taken by dx_receive and not yet freed */
@@ -259,8 +261,13 @@ typedef struct dx__sched {
 #endif
     void *altstack; /* fault.c's, ALTSTACK_BYTES long */
     sigjmp_buf fault_jmp;
-    volatile sig_atomic_t fault_sig;
+    volatile sig_atomic_t fault_sig; /* DX__FAULT_STOPPED: stopped, see below */
     void *volatile fault_addr;
+    /* Set by the stopper thread (fault.c) before it signals this thread:
+     * the pid id of a killed process to stop where it runs (0: none), and
+     * whether the kill was the runtime's shutdown. */
+    _Atomic uint64_t stop_pid;
+    _Atomic int stop_shutdown;
     void *san_fiber;
 
     /* Pushed to by any thread that wakes one of our processes. */
@@ -460,6 +467,19 @@ void dx__fault_uninstall(void);
 int dx__fault_thread_init(dx__sched *s);
 void dx__fault_thread_fini(dx__sched *s);
 dx_term *dx__fault_reason(dx__sched *s, dx__proc *p);
+
+/* Stopping a killed process that runs on without calling the runtime (an
+ * endless pure-C loop), fault.c. With fault isolation on, the stopper
+ * thread starts with the schedulers and stops after them. A kill (dx_kill,
+ * or the shutdown of dx_runtime_stop) delivered to a running process is
+ * watched: if that process is still in the same run STOP_GRACE later, its
+ * scheduler thread is signalled, and the process ends where it stands (as
+ * a fault in its code would) with reason `killed` or `shutdown`. */
+#define DX__FAULT_STOPPED (-1)
+int dx__stopper_start(void);
+void dx__stopper_stop(void);
+/* p is running and was just sent an untrappable exit signal. Any thread. */
+void dx__stopper_watch(dx__proc *p, bool shutdown);
 
 /* A thread that is no scheduler but runs a process's code (a blocking
  * thread) guards it with one of these, owned by the thread: while armed,

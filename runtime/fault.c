@@ -15,6 +15,16 @@
  * A blocking thread (blocking.c) is guarded the same way while it runs a
  * process's function: a fault in it jumps back to the thread's loop, which
  * ends the calling process with the reason a fault in its own code gives.
+ *
+ * The same jump stops a killed process that never calls the runtime again
+ * (an endless pure-C loop), which would otherwise hold its scheduler
+ * thread for good. The stopper thread watches each kill delivered to a
+ * running process; if the process is still in that run after STOP_GRACE,
+ * it signals the scheduler thread with SIGURG, and the handler jumps out
+ * when the process is at a point that can be abandoned: on its own stack,
+ * outside runtime code, and outside the libraries that keep global state
+ * behind locks (the C library, the allocator, the loader, ...). Anywhere
+ * else it returns, and the stopper tries again STOP_RETRY later.
  */
 #include <link.h>
 #include <pthread.h>
@@ -61,12 +71,71 @@ static int pc_in_libc(uintptr_t pc)
     return 0;
 }
 
+/* Executable ranges of libraries a process must not be abandoned in: their
+ * state is shared by every thread and guarded by their own locks (an
+ * allocator's heap, the loader's lists, OpenSSL's and SQLite's mutexes). A
+ * process stopped there could leave a lock held or a list half-linked. */
+#define MAX_UNSTOPPABLE 48
+static uintptr_t unstoppable_lo[MAX_UNSTOPPABLE],
+    unstoppable_hi[MAX_UNSTOPPABLE];
+static int n_unstoppable;
+
+static const char *const unstoppable_libs[] = {
+    "/libc.so",    "/ld-linux",    "/libmimalloc", "/libstdc++", "/libgcc_s",
+    "/libasan",    "/libubsan",    "/libtsan",     "/libcrypto", "/libssl",
+    "/libsqlite3", "/libcurl",     "/libuv",       "/libnghttp", "/libz.so",
+    "/libei",      "/libvalgrind", "vgpreload",
+};
+
+static int find_unstoppable(struct dl_phdr_info *info, size_t size, void *ud)
+{
+    (void)size;
+    (void)ud;
+    const char *name = info->dlpi_name;
+    bool listed = false;
+    for (size_t k = 0; name != NULL &&
+                       k < sizeof unstoppable_libs / sizeof unstoppable_libs[0];
+         k++)
+        listed = listed || strstr(name, unstoppable_libs[k]) != NULL;
+    for (int i = 0; listed && i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_X) &&
+            n_unstoppable < MAX_UNSTOPPABLE) {
+            unstoppable_lo[n_unstoppable] = info->dlpi_addr + ph->p_vaddr;
+            unstoppable_hi[n_unstoppable] =
+                unstoppable_lo[n_unstoppable] + ph->p_memsz;
+            n_unstoppable++;
+        }
+    }
+    return 0; /* every library */
+}
+
+static bool pc_stoppable(uintptr_t pc)
+{
+    for (int i = 0; i < n_unstoppable; i++)
+        if (pc >= unstoppable_lo[i] && pc < unstoppable_hi[i])
+            return false;
+    return pc != 0;
+}
+
 static uintptr_t fault_pc(void *uc)
 {
 #if defined(__x86_64__)
     return (uintptr_t)((ucontext_t *)uc)->uc_mcontext.gregs[REG_RIP];
 #elif defined(__aarch64__)
     return (uintptr_t)((ucontext_t *)uc)->uc_mcontext.pc;
+#else
+    (void)uc;
+    return 0;
+#endif
+}
+
+static uintptr_t interrupted_sp(void *uc)
+{
+#if defined(__x86_64__)
+    return (uintptr_t)((ucontext_t *)uc)->uc_mcontext.gregs[REG_RSP];
+#elif defined(__aarch64__)
+    return (uintptr_t)((ucontext_t *)uc)->uc_mcontext.sp;
 #else
     (void)uc;
     return 0;
@@ -108,10 +177,15 @@ static void on_fault(int sig, siginfo_t *si, void *uc)
     siglongjmp(s->fault_jmp, 1);
 }
 
+static struct sigaction previous_urg;
+static void on_stop(int sig, siginfo_t *si, void *uc);
+
 int dx__fault_install(void)
 {
     nranges = 0;
     dl_iterate_phdr(find_libc, NULL);
+    n_unstoppable = 0;
+    dl_iterate_phdr(find_unstoppable, NULL);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = on_fault;
@@ -122,6 +196,14 @@ int dx__fault_install(void)
     for (size_t i = 0; i < NSIG_FAULT; i++)
         if (sigaction(fault_signals[i], &sa, &previous[i]) != 0)
             return DX_ESYS;
+    /* SIGURG, which nothing sends unasked (the kernel only for a socket's
+     * out-of-band data, to an owner set with F_SETOWN); a handler installed
+     * before ours still gets every SIGURG that is not a stop request.
+     * RESTART: a system call the signal lands in goes on. */
+    sa.sa_sigaction = on_stop;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER | SA_RESTART;
+    if (sigaction(SIGURG, &sa, &previous_urg) != 0)
+        return DX_ESYS;
     return DX_OK;
 }
 
@@ -129,6 +211,214 @@ void dx__fault_uninstall(void)
 {
     for (size_t i = 0; i < NSIG_FAULT; i++)
         sigaction(fault_signals[i], &previous[i], NULL);
+    sigaction(SIGURG, &previous_urg, NULL);
+}
+
+/* ---- stopping a killed process that never calls the runtime ----------- */
+
+/* Whether sp lies on the stack p's own code runs on: not the scheduler
+ * loop's, which may be between switches with p still current. */
+static bool on_proc_stack(dx__sched *s, dx__proc *p, uintptr_t sp)
+{
+#if DX_COPY_STACK
+    (void)p;
+    return sp >= (uintptr_t)s->stack_lo && sp < (uintptr_t)s->stack_hi;
+#else
+    (void)s;
+    uintptr_t lo = (uintptr_t)p->stack_lo;
+    return lo != 0 && sp >= lo && sp < lo + p->stack_size;
+#endif
+}
+
+static void pass_on_urg(int sig, siginfo_t *si, void *uc)
+{
+    if (previous_urg.sa_flags & SA_SIGINFO) {
+        if (previous_urg.sa_sigaction != NULL)
+            previous_urg.sa_sigaction(sig, si, uc);
+    } else if (previous_urg.sa_handler != SIG_DFL &&
+               previous_urg.sa_handler != SIG_IGN &&
+               previous_urg.sa_handler != NULL) {
+        previous_urg.sa_handler(sig);
+    }
+}
+
+static void on_stop(int sig, siginfo_t *si, void *uc)
+{
+    dx__sched *s = dx__tls_sched;
+    uint64_t want = s ? atomic_load(&s->stop_pid) : 0;
+    if (want == 0) {
+        pass_on_urg(sig, si, uc);
+        return;
+    }
+    dx__proc *p = s->current;
+    if (p == NULL || p->pid.id != want) {
+        /* Gone from this thread since: nothing to stop. */
+        atomic_compare_exchange_strong(&s->stop_pid, &want, 0);
+        return;
+    }
+    if (p->in_runtime > 0 || !pc_stoppable(fault_pc(uc)) ||
+        !on_proc_stack(s, p, interrupted_sp(uc)))
+        return; /* not a point to abandon it at: the stopper tries again */
+    atomic_store(&s->stop_pid, 0);
+    s->fault_sig = DX__FAULT_STOPPED;
+    s->fault_addr = NULL;
+    siglongjmp(s->fault_jmp, 1);
+}
+
+/* How long a killed process may run on before it is stopped where it is:
+ * one that calls the runtime at all has acted on the kill long before. */
+#define STOP_GRACE_NS (50 * 1000000LL)
+/* Between tries while it stands where it cannot be stopped. */
+#define STOP_RETRY_NS (2 * 1000000LL)
+
+typedef struct stop_watch {
+    dx_pid pid;
+    uint32_t run; /* the process's `runs` when the kill came */
+    bool shutdown;
+    int64_t due_ns;
+} stop_watch;
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* on CLOCK_MONOTONIC */
+    pthread_t thread;
+    bool started, quit;
+    stop_watch *w;
+    size_t n, cap;
+} stopper = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* Under stopper.mu. A kill repeated in the same run (dx_runtime_stop sends
+ * one every 50 ms) is watched once. Losing a watch to OOM leaves the
+ * process as it was before the stopper existed. */
+static void watch_add(const stop_watch *w)
+{
+    for (size_t i = 0; i < stopper.n; i++)
+        if (stopper.w[i].pid.id == w->pid.id && stopper.w[i].run == w->run)
+            return;
+    if (stopper.n == stopper.cap) {
+        size_t cap = stopper.cap ? stopper.cap * 2 : 8;
+        stop_watch *nw = dx_realloc(stopper.w, cap * sizeof *nw);
+        if (nw == NULL)
+            return;
+        stopper.w = nw;
+        stopper.cap = cap;
+    }
+    stopper.w[stopper.n++] = *w;
+}
+
+void dx__stopper_watch(dx__proc *p, bool shutdown)
+{
+    pthread_mutex_lock(&stopper.mu);
+    if (stopper.started && !stopper.quit) {
+        stop_watch w = {.pid = p->pid,
+                        .run = atomic_load(&p->runs),
+                        .shutdown = shutdown,
+                        .due_ns = dx__now_ns() + STOP_GRACE_NS};
+        watch_add(&w);
+        pthread_cond_signal(&stopper.cv);
+    }
+    pthread_mutex_unlock(&stopper.mu);
+}
+
+/* Signal the thread running w's process if it is still in the watched
+ * run; true if it was (so it is watched again). Not under stopper.mu. */
+static bool stop_try(const stop_watch *w)
+{
+    int entered;
+    if (dx__ext_enter(&entered) != DX_OK)
+        return false;
+    bool again = false;
+    dx__proc *p = dx__lookup(w->pid);
+    if (p != NULL && atomic_load(&p->state) == DX__RUNNING &&
+        atomic_load(&p->runs) == w->run) {
+        dx__sched *s = p->home;
+        atomic_store(&s->stop_shutdown, w->shutdown ? 1 : 0);
+        atomic_store(&s->stop_pid, w->pid.id);
+        again = pthread_kill(s->thread, SIGURG) == 0;
+    }
+    dx__ext_leave(entered);
+    return again;
+}
+
+static void *stopper_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&stopper.mu);
+    while (!stopper.quit) {
+        int64_t now = dx__now_ns(), next = INT64_MAX;
+        stop_watch due[16];
+        size_t ndue = 0;
+        for (size_t i = 0; i < stopper.n;) {
+            if (stopper.w[i].due_ns <= now && ndue < 16) {
+                due[ndue++] = stopper.w[i];
+                stopper.w[i] = stopper.w[--stopper.n];
+            } else {
+                if (stopper.w[i].due_ns < next)
+                    next = stopper.w[i].due_ns;
+                i++;
+            }
+        }
+        if (ndue > 0) {
+            pthread_mutex_unlock(&stopper.mu);
+            bool again[16];
+            for (size_t k = 0; k < ndue; k++)
+                again[k] = stop_try(&due[k]);
+            pthread_mutex_lock(&stopper.mu);
+            for (size_t k = 0; k < ndue; k++) {
+                if (!again[k])
+                    continue;
+                due[k].due_ns = dx__now_ns() + STOP_RETRY_NS;
+                watch_add(&due[k]);
+            }
+            continue;
+        }
+        if (next == INT64_MAX) {
+            pthread_cond_wait(&stopper.cv, &stopper.mu);
+        } else {
+            struct timespec ts = {.tv_sec = next / 1000000000,
+                                  .tv_nsec = next % 1000000000};
+            pthread_cond_timedwait(&stopper.cv, &stopper.mu, &ts);
+        }
+    }
+    pthread_mutex_unlock(&stopper.mu);
+    return NULL;
+}
+
+int dx__stopper_start(void)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&stopper.cv, &ca);
+    pthread_condattr_destroy(&ca);
+    stopper.quit = false;
+    stopper.n = 0;
+    if (pthread_create(&stopper.thread, NULL, stopper_main, NULL) != 0) {
+        pthread_cond_destroy(&stopper.cv);
+        return DX_ESYS;
+    }
+    pthread_mutex_lock(&stopper.mu);
+    stopper.started = true;
+    pthread_mutex_unlock(&stopper.mu);
+    return DX_OK;
+}
+
+void dx__stopper_stop(void)
+{
+    pthread_mutex_lock(&stopper.mu);
+    if (!stopper.started) {
+        pthread_mutex_unlock(&stopper.mu);
+        return;
+    }
+    stopper.quit = true;
+    stopper.started = false;
+    pthread_cond_signal(&stopper.cv);
+    pthread_mutex_unlock(&stopper.mu);
+    pthread_join(stopper.thread, NULL);
+    pthread_cond_destroy(&stopper.cv);
+    dx_free(stopper.w);
+    stopper.w = NULL;
+    stopper.n = stopper.cap = 0;
 }
 
 #define ALTSTACK_BYTES (64 * 1024)
@@ -221,6 +511,8 @@ static dx_term *reason_of(int sig, void *addr, bool stack_overflow)
 
 dx_term *dx__fault_reason(dx__sched *s, dx__proc *p)
 {
+    if (s->fault_sig == DX__FAULT_STOPPED)
+        return dx_atom(atomic_load(&s->stop_shutdown) ? "shutdown" : "killed");
     void *addr = s->fault_addr;
     return reason_of(s->fault_sig, addr, dx__is_guard_hit(s, p, addr));
 }

@@ -235,7 +235,16 @@ static int deliver(dx_pid to, dx_msg *m, bool quiet)
         /* Monitor signals are not messages: mailbox_len leaves them out. */
         if (!is_watch_signal(m->dx__signal))
             atomic_fetch_add_explicit(&p->sent, 1, memory_order_relaxed);
+        /* Read before the push: from then on m is the target's. */
+        bool kill = m->dx__signal == DX__SIG_EXIT && (m->tag & DX__EXIT_KILL);
+        bool shutdown = kill && m->term == dx__a_shutdown;
         dx__mpsc_push(&p->mailbox, &m->dx__node);
+        /* A kill to a process that is running (not waiting, where the wake
+         * below lets it act) may meet code that never calls the runtime
+         * again; the stopper sees to that. */
+        if (kill && p != self && dx__rt.fault_isolation &&
+            atomic_load(&p->state) == DX__RUNNING)
+            dx__stopper_watch(p, shutdown);
         if (!quiet ||
             atomic_fetch_add_explicit(&p->quiet_waiting, 1,
                                       memory_order_relaxed) >= QUIET_BACKLOG)

@@ -912,6 +912,9 @@ void dx__switch_out(dx__proc *p, int reason)
 {
     dx__sched *s = p->home;
     p->yield_reason = (uint8_t)reason;
+    /* The switch is runtime code on p's stack: p cannot be stopped in it
+     * (fault.c), nor in the scheduler's code that runs until p is back. */
+    p->in_runtime++;
 #if DX_SANITIZE_ADDRESS && !DX_COPY_STACK
     void *fake = NULL;
     /* Exiting processes never come back: tell ASan to drop the fiber. */
@@ -924,6 +927,7 @@ void dx__switch_out(dx__proc *p, int reason)
 #if DX_SANITIZE_ADDRESS && !DX_COPY_STACK
     __sanitizer_finish_switch_fiber(fake, NULL, NULL);
 #endif
+    p->in_runtime--;
 }
 
 void dx__tick(dx__proc *p)
@@ -964,6 +968,7 @@ static void run_proc(dx__sched *s, dx__proc *p)
     }
 #endif
     s->current = p;
+    atomic_fetch_add_explicit(&p->runs, 1, memory_order_relaxed);
     switch_to_proc(s, p);
     s->current = NULL;
 #if DX_COPY_STACK
@@ -1280,6 +1285,12 @@ int dx_runtime_start(const dx_runtime_opts *opts)
         return rc;
     }
     atomic_store(&dx__rt.running, 1);
+    /* Without its handler a stop request could not be acted on. */
+    if (dx__rt.fault_isolation && dx__stopper_start() != DX_OK) {
+        atomic_store(&dx__rt.running, 0);
+        free_runtime(0);
+        return DX_ESYS;
+    }
     int started = 0;
     for (; started < dx__rt.nsched; started++) {
         if (pthread_create(&dx__rt.scheds[started].thread, NULL, sched_thread,
@@ -1292,6 +1303,7 @@ int dx_runtime_start(const dx_runtime_opts *opts)
             dx__sched_notify(&dx__rt.scheds[i]);
             pthread_join(dx__rt.scheds[i].thread, NULL);
         }
+        dx__stopper_stop();
         atomic_store(&dx__rt.running, 0);
         free_runtime(started);
         return DX_ESYS;
@@ -1376,6 +1388,7 @@ int dx_runtime_stop(void)
             usleep(1000);
         }
     }
+    dx__stopper_stop();
     pthread_mutex_lock(&dx__rt.ext_mu);
     atomic_store(&dx__rt.running, 0);
     pthread_mutex_unlock(&dx__rt.ext_mu);

@@ -69,9 +69,10 @@ DX_API int dx_runtime_start(const dx_runtime_opts *opts);
 /* Stop the runtime: every process receives an untrappable exit signal with
  * reason `shutdown` and ends at its next runtime call; the schedulers are
  * joined and all memory is freed. Blocks until done. A process that never
- * makes another runtime call (an endless pure-C loop) cannot be stopped;
- * see docs/internals/runtime.md. DX_ESTATE if not running. Host thread,
- * never from a process. */
+ * makes another runtime call (an endless pure-C loop) is stopped where it
+ * runs about 50 ms later, with fault isolation on (the default); without
+ * it, it cannot be stopped. See docs/internals/runtime.md. DX_ESTATE if not
+ * running. Host thread, never from a process. */
 DX_API int dx_runtime_stop(void);
 
 /* Make room in the process's descriptor table for `count` descriptors now
@@ -254,7 +255,11 @@ DX_API DX_NORETURN void dx_exit_self(dx_term *reason);
  * As in Erlang: reason `kill` ends the target untrappably with reason
  * `killed`; `normal` is ignored unless the target traps exits; any other
  * reason ends the target, or becomes a DX_TAG_EXIT message if it traps
- * exits. DX_ENOPROC if pid is dead. Any thread. */
+ * exits. A target acts on the signal at its next runtime call; one killed
+ * while it runs code that makes none (an endless pure-C loop) is stopped
+ * where it stands about 50 ms later, as a fault in its code would be (fault
+ * isolation on; docs/internals/runtime.md). DX_ENOPROC if pid is dead. Any
+ * thread. */
 DX_API int dx_exit(dx_pid pid, dx_term *reason);
 /* dx_exit(pid, kill). */
 DX_API int dx_kill(dx_pid pid);

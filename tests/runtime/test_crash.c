@@ -511,6 +511,86 @@ Test(crash, faults_in_some_processes_leave_10000_others_running, .timeout = 120)
     kt_assert_clean();
 }
 
+/* ---- a killed process that never calls the runtime again ---------------- */
+
+/* An endless pure-C loop: no runtime call, so no point where the process
+ * would act on a kill by itself. */
+static atomic_int spinning;
+static volatile unsigned long spin_turns;
+
+static void spin_forever(void *arg)
+{
+    (void)arg;
+    atomic_store(&spinning, 1);
+    for (;;)
+        spin_turns++;
+}
+
+static _Atomic(dx_pid *) spinner_seen;
+static dx_pid spinner_pid;
+static _Atomic(dx_term *) spinner_down;
+
+/* Spawns the spinner with a monitor and waits for its DOWN. If the two
+ * share a scheduler, the watcher only runs again once the spinner is
+ * stopped. */
+static void spinner_watcher(void *arg)
+{
+    (void)arg;
+    dx_spawn_opts o = {.monitor = true, .spread = true};
+    dx_ref r;
+    if (!KT_CHECK_RC(dx_spawn_opt(spin_forever, NULL, &o, &spinner_pid, &r),
+                     DX_OK))
+        return;
+    atomic_store(&spinner_seen, &spinner_pid);
+    atomic_store(&spinner_down, kt_await_down(r, KT_WAIT_MS));
+}
+
+Test(crash, a_killed_process_that_never_calls_the_runtime_is_stopped,
+     .timeout = 60)
+{
+    SKIP_FAULTS_UNDER_TSAN();
+    atomic_store(&spinning, 0);
+    atomic_store(&spinner_seen, NULL);
+    atomic_store(&spinner_down, NULL);
+    kt_start(2);
+    dx_pid watcher;
+    cr_assert_eq(dx_spawn(spinner_watcher, NULL, &watcher), DX_OK);
+    KT_HOST_WAIT_UNTIL(atomic_load(&spinning) &&
+                           atomic_load(&spinner_seen) != NULL,
+                       KT_WAIT_MS);
+    cr_assert(atomic_load(&spinning), "the spinner never ran");
+    cr_assert_eq(dx_kill(spinner_pid), DX_OK);
+    KT_HOST_WAIT_UNTIL(atomic_load(&spinner_down) != NULL, KT_WAIT_MS);
+    dx_term *down = atomic_load(&spinner_down);
+    char buf[128];
+    cr_assert(down != NULL, "no DOWN: the spinner was not stopped");
+    cr_expect(dx_is_atom(down, "killed"), "reason %s",
+              kt_fmt(down, buf, sizeof buf));
+    dx_term_free(down);
+    cr_expect(!dx_is_alive(spinner_pid));
+    /* Its scheduler is free again: processes run on both. */
+    for (int i = 0; i < 8; i++) {
+        dx_term *reason = kt_run_reason(crash_fn, (void *)(intptr_t)CRASH_EXIT);
+        cr_expect(kt_is_tagged_tuple(reason, "custom"));
+        dx_term_free(reason);
+    }
+    kt_host_join(watcher);
+    kt_assert_clean();
+    kt_stop();
+}
+
+Test(crash, the_runtime_stops_with_a_process_in_an_endless_loop, .timeout = 60)
+{
+    SKIP_FAULTS_UNDER_TSAN();
+    atomic_store(&spinning, 0);
+    kt_start(2);
+    dx_pid p;
+    cr_assert_eq(dx_spawn(spin_forever, NULL, &p), DX_OK);
+    KT_HOST_WAIT_UNTIL(atomic_load(&spinning), KT_WAIT_MS);
+    cr_assert(atomic_load(&spinning), "the spinner never ran");
+    kt_stop(); /* returns: the spinner is stopped with `shutdown` */
+}
+
 /* ---- host-thread behaviour ---------------------------------------------- */
 
 Test(crash, dx_assert_on_a_host_thread_aborts, .timeout = 30, .signal = SIGABRT)
