@@ -39,83 +39,78 @@ static const int fault_signals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL};
 #define NSIG_FAULT (sizeof fault_signals / sizeof fault_signals[0])
 static struct sigaction previous[NSIG_FAULT];
 
-/* Executable ranges of the C library: a fault there (in malloc, say) means
- * its state may be corrupt, so it is never survivable. */
-#define MAX_RANGES 8
-static uintptr_t libc_lo[MAX_RANGES], libc_hi[MAX_RANGES];
-static int nranges;
+/* Executable ranges of some loaded libraries, found by name. */
+#define MAX_RANGES 48
+typedef struct code_ranges {
+    const char *const *names; /* substrings of the libraries' paths */
+    size_t n_names;
+    uintptr_t lo[MAX_RANGES], hi[MAX_RANGES];
+    int n;
+} code_ranges;
 
-static int find_libc(struct dl_phdr_info *info, size_t size, void *ud)
+static int add_named_library(struct dl_phdr_info *info, size_t size, void *ud)
 {
     (void)size;
-    (void)ud;
-    const char *name = info->dlpi_name;
-    if (name == NULL || strstr(name, "/libc.so") == NULL)
-        return 0;
-    for (int i = 0; i < info->dlpi_phnum && nranges < MAX_RANGES; i++) {
-        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_X)) {
-            libc_lo[nranges] = info->dlpi_addr + ph->p_vaddr;
-            libc_hi[nranges] = libc_lo[nranges] + ph->p_memsz;
-            nranges++;
-        }
-    }
-    return 1;
-}
-
-static int pc_in_libc(uintptr_t pc)
-{
-    for (int i = 0; i < nranges; i++)
-        if (pc >= libc_lo[i] && pc < libc_hi[i])
-            return 1;
-    return 0;
-}
-
-/* Executable ranges of libraries a process must not be abandoned in: their
- * state is shared by every thread and guarded by their own locks (an
- * allocator's heap, the loader's lists, OpenSSL's and SQLite's mutexes). A
- * process stopped there could leave a lock held or a list half-linked. */
-#define MAX_UNSTOPPABLE 48
-static uintptr_t unstoppable_lo[MAX_UNSTOPPABLE],
-    unstoppable_hi[MAX_UNSTOPPABLE];
-static int n_unstoppable;
-
-static const char *const unstoppable_libs[] = {
-    "/libc.so",    "/ld-linux",    "/libmimalloc", "/libstdc++", "/libgcc_s",
-    "/libasan",    "/libubsan",    "/libtsan",     "/libcrypto", "/libssl",
-    "/libsqlite3", "/libcurl",     "/libuv",       "/libnghttp", "/libz.so",
-    "/libei",      "/libvalgrind", "vgpreload",
-};
-
-static int find_unstoppable(struct dl_phdr_info *info, size_t size, void *ud)
-{
-    (void)size;
-    (void)ud;
+    code_ranges *r = ud;
     const char *name = info->dlpi_name;
     bool listed = false;
-    for (size_t k = 0; name != NULL &&
-                       k < sizeof unstoppable_libs / sizeof unstoppable_libs[0];
-         k++)
-        listed = listed || strstr(name, unstoppable_libs[k]) != NULL;
-    for (int i = 0; listed && i < info->dlpi_phnum; i++) {
+    for (size_t k = 0; name != NULL && !listed && k < r->n_names; k++)
+        listed = strstr(name, r->names[k]) != NULL;
+    for (int i = 0; listed && i < info->dlpi_phnum && r->n < MAX_RANGES; i++) {
         const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_X) &&
-            n_unstoppable < MAX_UNSTOPPABLE) {
-            unstoppable_lo[n_unstoppable] = info->dlpi_addr + ph->p_vaddr;
-            unstoppable_hi[n_unstoppable] =
-                unstoppable_lo[n_unstoppable] + ph->p_memsz;
-            n_unstoppable++;
+        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_X)) {
+            r->lo[r->n] = info->dlpi_addr + ph->p_vaddr;
+            r->hi[r->n] = r->lo[r->n] + ph->p_memsz;
+            r->n++;
         }
     }
     return 0; /* every library */
 }
 
+static void find_ranges(code_ranges *r)
+{
+    r->n = 0;
+    dl_iterate_phdr(add_named_library, r);
+}
+
+static bool in_ranges(const code_ranges *r, uintptr_t pc)
+{
+    for (int i = 0; i < r->n; i++)
+        if (pc >= r->lo[i] && pc < r->hi[i])
+            return true;
+    return false;
+}
+
+/* The C library: a fault there (in malloc, say) means its state may be
+ * corrupt, so it is never survivable. */
+static const char *const libc_names[] = {"/libc.so"};
+static code_ranges libc_code = {libc_names, 1, {0}, {0}, 0};
+
+/* Libraries a process must not be abandoned in: their state is shared by
+ * every thread and guarded by their own locks (an allocator's heap, the
+ * loader's lists, OpenSSL's and SQLite's mutexes). A process stopped there
+ * could leave a lock held or a list half-linked. */
+static const char *const unstoppable_names[] = {
+    "/libc.so",    "/ld-linux",    "/libmimalloc", "/libstdc++", "/libgcc_s",
+    "/libasan",    "/libubsan",    "/libtsan",     "/libcrypto", "/libssl",
+    "/libsqlite3", "/libcurl",     "/libuv",       "/libnghttp", "/libz.so",
+    "/libei",      "/libvalgrind", "vgpreload",
+};
+static code_ranges unstoppable_code = {unstoppable_names,
+                                       sizeof unstoppable_names /
+                                           sizeof unstoppable_names[0],
+                                       {0},
+                                       {0},
+                                       0};
+
+static bool pc_in_libc(uintptr_t pc)
+{
+    return in_ranges(&libc_code, pc);
+}
+
 static bool pc_stoppable(uintptr_t pc)
 {
-    for (int i = 0; i < n_unstoppable; i++)
-        if (pc >= unstoppable_lo[i] && pc < unstoppable_hi[i])
-            return false;
-    return pc != 0;
+    return pc != 0 && !in_ranges(&unstoppable_code, pc);
 }
 
 static uintptr_t fault_pc(void *uc)
@@ -182,10 +177,8 @@ static void on_stop(int sig, siginfo_t *si, void *uc);
 
 int dx__fault_install(void)
 {
-    nranges = 0;
-    dl_iterate_phdr(find_libc, NULL);
-    n_unstoppable = 0;
-    dl_iterate_phdr(find_unstoppable, NULL);
+    find_ranges(&libc_code);
+    find_ranges(&unstoppable_code);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = on_fault;
