@@ -34,6 +34,9 @@
 
 #define DEFAULT_CONCURRENCY 16
 #define DEFAULT_EXAMPLE_TIMEOUT_MS 120000
+/* How long after an example's deadline the runtime kills it if the
+ * coordinator has not (start_example). */
+#define BACKSTOP_AFTER_DEADLINE_MS 100
 
 /* ---- cancellation ----------------------------------------------------- */
 
@@ -457,8 +460,19 @@ static int start_example(eval_job *j, size_t index, bool spread, ex_slot **out)
         slot_unref(s);
         return rc;
     }
+    /* The coordinator kills an example at its deadline. The runtime kills
+     * it a little later in any case: if the example holds the scheduler it
+     * shares with the coordinator (an endless loop, a sleep() in program
+     * code), the coordinator cannot run to do it. Either way its DOWN
+     * comes past the deadline and is recorded as a timeout. */
     dx_spawn_opts so = {
-        .monitor = true, .arg_free = slot_unref, .spread = spread};
+        .monitor = true,
+        .arg_free = slot_unref,
+        .spread = spread,
+        .kill_after_ms =
+            j->opts.example_timeout_ms < INT64_MAX - BACKSTOP_AFTER_DEADLINE_MS
+                ? j->opts.example_timeout_ms + BACKSTOP_AFTER_DEADLINE_MS
+                : 0};
     rc = dx_spawn_opt(example_proc, s, &so, &s->pid, &s->mon);
     if (rc != DX_OK) {
         atomic_store(&s->refs, 1);

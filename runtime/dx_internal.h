@@ -95,7 +95,7 @@ enum {
 
 struct dx__sched;
 
-enum { DX__TIMER_RECV = 1, DX__TIMER_SEND };
+enum { DX__TIMER_RECV = 1, DX__TIMER_SEND, DX__TIMER_KILL };
 
 typedef struct dx__timer {
     int64_t deadline_ns;
@@ -124,6 +124,10 @@ void dx__timers_shutdown(void);
 int64_t dx__timers_settle(struct dx__sched *s);
 /* Earliest deadline in s's heap (locked read), INT64_MAX if none. */
 int64_t dx__timers_peek(struct dx__sched *s);
+/* With h->mu held: the earliest deadline (INT64_MAX if none), and the
+ * earliest timer taken out if it is due by now (NULL if not). */
+int64_t dx__timer_peek_locked(const dx__timer_heap *h);
+dx__timer *dx__timer_pop_due_locked(dx__timer_heap *h, int64_t now);
 
 /* ---- processes ---- */
 
@@ -188,6 +192,10 @@ struct dx__proc {
 
     dx__timer tmo;    /* receive timeout (lazily re-filed, see proc.c) */
     int64_t tmo_want; /* deadline the current receive wants, 0 = none */
+    /* dx_spawn_opts.kill_after_ms, in the stopper's heap (stopper.c) while
+     * has_kill_deadline; only the process's own exit clears the flag. */
+    dx__timer kill_at;
+    bool has_kill_deadline;
 
 #if DX_COPY_STACK
     char *stack_save;
@@ -462,24 +470,38 @@ int dx__spec_copy_init(dx__spec_copy *c, const dx_sup_spec *spec);
 void dx__spec_copy_fini(dx__spec_copy *c);
 
 /* Faults (fault.c). */
+/* Where the C library and the libraries that keep state behind locks of
+ * their own (the allocator, the loader, OpenSSL, SQLite, curl, ...) were
+ * loaded: found at every runtime start, before anything asks. */
+void dx__library_ranges_init(void);
+bool dx__pc_in_locking_library(uintptr_t pc);
 int dx__fault_install(void);
 void dx__fault_uninstall(void);
 int dx__fault_thread_init(dx__sched *s);
 void dx__fault_thread_fini(dx__sched *s);
 dx_term *dx__fault_reason(dx__sched *s, dx__proc *p);
 
-/* Stopping a killed process that runs on without calling the runtime (an
- * endless pure-C loop), fault.c. With fault isolation on, the stopper
- * thread starts with the schedulers and stops after them. A kill (dx_kill,
- * or the shutdown of dx_runtime_stop) delivered to a running process is
- * watched: if that process is still in the same run STOP_GRACE later, its
- * scheduler thread is signalled, and the process ends where it stands (as
- * a fault in its code would) with reason `killed` or `shutdown`. */
+/* The stopper thread (stopper.c; the signal handler is in fault.c). It
+ * starts before the schedulers and stops after them. With fault isolation
+ * on, a kill (dx_kill, or the shutdown of dx_runtime_stop) delivered to a
+ * running process is watched: if that process is still in the same run
+ * STOP_GRACE later, its scheduler thread is signalled, and the process
+ * ends where it stands (as a fault in its code would) with reason
+ * `killed` or `shutdown`. */
 #define DX__FAULT_STOPPED (-1)
 int dx__stopper_start(void);
 void dx__stopper_stop(void);
 /* p is running and was just sent an untrappable exit signal. Any thread. */
 void dx__stopper_watch(dx__proc *p, bool shutdown);
+/* sleep(), usleep() and nanosleep() called from a process's own code park
+ * the process, as dx_sleep does (sleep.c). Resolves the C library's
+ * versions, which every other caller gets; at runtime start. */
+void dx__sleep_init(void);
+/* Kill deadlines, kept by the stopper thread so that a held scheduler
+ * cannot delay them. File: at spawn, p published, ms > 0 (out of memory,
+ * p is killed at once). Cancel: as p ends, on its scheduler. */
+void dx__kill_deadline_file(dx__proc *p, int64_t ms);
+void dx__kill_deadline_cancel(dx__proc *p);
 
 /* A thread that is no scheduler but runs a process's code (a blocking
  * thread) guards it with one of these, owned by the thread: while armed,

@@ -17,15 +17,16 @@
  * ends the calling process with the reason a fault in its own code gives.
  *
  * The same jump stops a killed process that never calls the runtime again
- * (an endless pure-C loop), which would otherwise hold its scheduler
- * thread for good. The stopper thread watches each kill delivered to a
- * running process; if the process is still in that run after STOP_GRACE,
- * it signals the scheduler thread with SIGURG, and the handler jumps out
- * when the process is at a point that can be abandoned: on its own stack,
- * outside runtime code, and outside the libraries that keep global state
- * behind locks (the C library, the allocator, the loader, ...). Anywhere
- * else it returns, and the stopper tries again STOP_RETRY later.
+ * (an endless pure-C loop, a sleep()), which would otherwise hold its
+ * scheduler thread for good. The stopper thread (stopper.c) signals the
+ * scheduler thread with SIGURG, and the handler here jumps out when the
+ * process is at a point that can be abandoned: on its own stack, outside
+ * runtime code, and outside the libraries that keep global state behind
+ * locks (the C library, the allocator, the loader, ...) except the C
+ * library's plain waits (sleep, nanosleep, pause). Anywhere else it
+ * returns, and the stopper tries again a little later.
  */
+#include <dlfcn.h>
 #include <link.h>
 #include <pthread.h>
 #include <string.h>
@@ -103,6 +104,57 @@ static code_ranges unstoppable_code = {unstoppable_names,
                                        {0},
                                        0};
 
+/* C library functions that only wait and hold none of the library's
+ * locks: a process stopped in one leaves nothing half-done. A sleep() in
+ * process code (the usual way to make a test example hang) spends its
+ * time in the system call inside one of these, where the stopper's signal
+ * lands. Found by symbol in the C library itself, not through the global
+ * scope, where a sanitizer's wrapper of the same name would be found. */
+static const char *const libc_wait_names[] = {
+    "sleep", "usleep", "nanosleep", "clock_nanosleep", "pause", "sigsuspend",
+};
+#define N_LIBC_WAITS (sizeof libc_wait_names / sizeof libc_wait_names[0])
+static uintptr_t libc_wait_lo[N_LIBC_WAITS], libc_wait_hi[N_LIBC_WAITS];
+
+static void find_libc_waits(void)
+{
+    void *libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    if (libc == NULL)
+        return;
+    for (size_t i = 0; i < N_LIBC_WAITS; i++) {
+        void *fn = dlsym(libc, libc_wait_names[i]);
+        Dl_info info;
+        const ElfW(Sym) *sym = NULL;
+        if (fn != NULL &&
+            dladdr1(fn, &info, (void **)&sym, RTLD_DL_SYMENT) != 0 &&
+            sym != NULL && sym->st_size > 0) {
+            libc_wait_lo[i] = (uintptr_t)fn;
+            libc_wait_hi[i] = (uintptr_t)fn + sym->st_size;
+        }
+    }
+    dlclose(libc);
+}
+
+static bool pc_in_libc_wait(uintptr_t pc)
+{
+    for (size_t i = 0; i < N_LIBC_WAITS; i++)
+        if (pc >= libc_wait_lo[i] && pc < libc_wait_hi[i])
+            return true;
+    return false;
+}
+
+void dx__library_ranges_init(void)
+{
+    find_ranges(&libc_code);
+    find_ranges(&unstoppable_code);
+    find_libc_waits();
+}
+
+bool dx__pc_in_locking_library(uintptr_t pc)
+{
+    return in_ranges(&unstoppable_code, pc);
+}
+
 static bool pc_in_libc(uintptr_t pc)
 {
     return in_ranges(&libc_code, pc);
@@ -110,7 +162,8 @@ static bool pc_in_libc(uintptr_t pc)
 
 static bool pc_stoppable(uintptr_t pc)
 {
-    return pc != 0 && !in_ranges(&unstoppable_code, pc);
+    return pc != 0 &&
+           (!in_ranges(&unstoppable_code, pc) || pc_in_libc_wait(pc));
 }
 
 static uintptr_t fault_pc(void *uc)
@@ -177,8 +230,6 @@ static void on_stop(int sig, siginfo_t *si, void *uc);
 
 int dx__fault_install(void)
 {
-    find_ranges(&libc_code);
-    find_ranges(&unstoppable_code);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = on_fault;
@@ -256,162 +307,6 @@ static void on_stop(int sig, siginfo_t *si, void *uc)
     s->fault_sig = DX__FAULT_STOPPED;
     s->fault_addr = NULL;
     siglongjmp(s->fault_jmp, 1);
-}
-
-/* How long a killed process may run on before it is stopped where it is:
- * one that calls the runtime at all has acted on the kill long before. */
-#define STOP_GRACE_NS (50 * 1000000LL)
-/* Between tries while it stands where it cannot be stopped. */
-#define STOP_RETRY_NS (2 * 1000000LL)
-
-typedef struct stop_watch {
-    dx_pid pid;
-    uint32_t run; /* the process's `runs` when the kill came */
-    bool shutdown;
-    int64_t due_ns;
-} stop_watch;
-
-static struct {
-    pthread_mutex_t mu;
-    pthread_cond_t cv; /* on CLOCK_MONOTONIC */
-    pthread_t thread;
-    bool started, quit;
-    stop_watch *w;
-    size_t n, cap;
-} stopper = {.mu = PTHREAD_MUTEX_INITIALIZER};
-
-/* Under stopper.mu. A kill repeated in the same run (dx_runtime_stop sends
- * one every 50 ms) is watched once. Losing a watch to OOM leaves the
- * process as it was before the stopper existed. */
-static void watch_add(const stop_watch *w)
-{
-    for (size_t i = 0; i < stopper.n; i++)
-        if (stopper.w[i].pid.id == w->pid.id && stopper.w[i].run == w->run)
-            return;
-    if (stopper.n == stopper.cap) {
-        size_t cap = stopper.cap ? stopper.cap * 2 : 8;
-        stop_watch *nw = dx_realloc(stopper.w, cap * sizeof *nw);
-        if (nw == NULL)
-            return;
-        stopper.w = nw;
-        stopper.cap = cap;
-    }
-    stopper.w[stopper.n++] = *w;
-}
-
-void dx__stopper_watch(dx__proc *p, bool shutdown)
-{
-    pthread_mutex_lock(&stopper.mu);
-    if (stopper.started && !stopper.quit) {
-        stop_watch w = {.pid = p->pid,
-                        .run = atomic_load(&p->runs),
-                        .shutdown = shutdown,
-                        .due_ns = dx__now_ns() + STOP_GRACE_NS};
-        watch_add(&w);
-        pthread_cond_signal(&stopper.cv);
-    }
-    pthread_mutex_unlock(&stopper.mu);
-}
-
-/* Signal the thread running w's process if it is still in the watched
- * run; true if it was (so it is watched again). Not under stopper.mu. */
-static bool stop_try(const stop_watch *w)
-{
-    int entered;
-    if (dx__ext_enter(&entered) != DX_OK)
-        return false;
-    bool again = false;
-    dx__proc *p = dx__lookup(w->pid);
-    if (p != NULL && atomic_load(&p->state) == DX__RUNNING &&
-        atomic_load(&p->runs) == w->run) {
-        dx__sched *s = p->home;
-        atomic_store(&s->stop_shutdown, w->shutdown ? 1 : 0);
-        atomic_store(&s->stop_pid, w->pid.id);
-        again = pthread_kill(s->thread, SIGURG) == 0;
-    }
-    dx__ext_leave(entered);
-    return again;
-}
-
-static void *stopper_main(void *arg)
-{
-    (void)arg;
-    pthread_mutex_lock(&stopper.mu);
-    while (!stopper.quit) {
-        int64_t now = dx__now_ns(), next = INT64_MAX;
-        stop_watch due[16];
-        size_t ndue = 0;
-        for (size_t i = 0; i < stopper.n;) {
-            if (stopper.w[i].due_ns <= now && ndue < 16) {
-                due[ndue++] = stopper.w[i];
-                stopper.w[i] = stopper.w[--stopper.n];
-            } else {
-                if (stopper.w[i].due_ns < next)
-                    next = stopper.w[i].due_ns;
-                i++;
-            }
-        }
-        if (ndue > 0) {
-            pthread_mutex_unlock(&stopper.mu);
-            bool again[16];
-            for (size_t k = 0; k < ndue; k++)
-                again[k] = stop_try(&due[k]);
-            pthread_mutex_lock(&stopper.mu);
-            for (size_t k = 0; k < ndue; k++) {
-                if (!again[k])
-                    continue;
-                due[k].due_ns = dx__now_ns() + STOP_RETRY_NS;
-                watch_add(&due[k]);
-            }
-            continue;
-        }
-        if (next == INT64_MAX) {
-            pthread_cond_wait(&stopper.cv, &stopper.mu);
-        } else {
-            struct timespec ts = {.tv_sec = next / 1000000000,
-                                  .tv_nsec = next % 1000000000};
-            pthread_cond_timedwait(&stopper.cv, &stopper.mu, &ts);
-        }
-    }
-    pthread_mutex_unlock(&stopper.mu);
-    return NULL;
-}
-
-int dx__stopper_start(void)
-{
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&stopper.cv, &ca);
-    pthread_condattr_destroy(&ca);
-    stopper.quit = false;
-    stopper.n = 0;
-    if (pthread_create(&stopper.thread, NULL, stopper_main, NULL) != 0) {
-        pthread_cond_destroy(&stopper.cv);
-        return DX_ESYS;
-    }
-    pthread_mutex_lock(&stopper.mu);
-    stopper.started = true;
-    pthread_mutex_unlock(&stopper.mu);
-    return DX_OK;
-}
-
-void dx__stopper_stop(void)
-{
-    pthread_mutex_lock(&stopper.mu);
-    if (!stopper.started) {
-        pthread_mutex_unlock(&stopper.mu);
-        return;
-    }
-    stopper.quit = true;
-    stopper.started = false;
-    pthread_cond_signal(&stopper.cv);
-    pthread_mutex_unlock(&stopper.mu);
-    pthread_join(stopper.thread, NULL);
-    pthread_cond_destroy(&stopper.cv);
-    dx_free(stopper.w);
-    stopper.w = NULL;
-    stopper.n = stopper.cap = 0;
 }
 
 #define ALTSTACK_BYTES (64 * 1024)

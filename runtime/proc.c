@@ -759,8 +759,9 @@ int dx__spawn(dx_proc_fn fn, void *arg, const dx_spawn_opts *opts, bool hidden,
         *pid_out = p->pid;
     if (mon_out)
         *mon_out = mref;
-    dx_pid pid = p->pid;
-    (void)pid;
+    /* Before it can run, and published: the stopper kills by pid. */
+    if (opts->kill_after_ms > 0)
+        dx__kill_deadline_file(p, opts->kill_after_ms);
     rc = dx__enqueue_fresh(p, opts->spread);
     dx__ext_leave(entered);
     if (rc != DX_OK) {
@@ -1024,6 +1025,7 @@ void dx__proc_finish(dx__sched *s, dx__proc *p)
     dx__pid_release(p);
     if (p->tmo.heap_idx != NO_IDX)
         dx__timer_remove(&s->timers, &p->tmo);
+    dx__kill_deadline_cancel(p);
     drain_dead(p, false);
 
     dx_term *reason = p->exit_reason ? p->exit_reason : dx__a_normal;

@@ -1277,6 +1277,8 @@ int dx_runtime_start(const dx_runtime_opts *opts)
             rc = stack_init(s);
     }
     pthread_condattr_destroy(&ca);
+    dx__library_ranges_init();
+    dx__sleep_init();
     if (rc == DX_OK && dx__rt.fault_isolation)
         rc = dx__fault_install();
     if (rc != DX_OK) {
@@ -1285,8 +1287,8 @@ int dx_runtime_start(const dx_runtime_opts *opts)
         return rc;
     }
     atomic_store(&dx__rt.running, 1);
-    /* Without its handler a stop request could not be acted on. */
-    if (dx__rt.fault_isolation && dx__stopper_start() != DX_OK) {
+    /* It keeps kill deadlines, and stops killed processes that run on. */
+    if (dx__stopper_start() != DX_OK) {
         atomic_store(&dx__rt.running, 0);
         free_runtime(0);
         return DX_ESYS;

@@ -223,9 +223,23 @@ int64_t dx__timers_peek(dx__sched *s)
 {
     dx__timer_heap *h = &s->timers;
     pthread_mutex_lock(&h->mu);
-    int64_t next = h->len ? h->items[0]->deadline_ns : INT64_MAX;
+    int64_t next = dx__timer_peek_locked(h);
     pthread_mutex_unlock(&h->mu);
     return next;
+}
+
+int64_t dx__timer_peek_locked(const dx__timer_heap *h)
+{
+    return h->len ? h->items[0]->deadline_ns : INT64_MAX;
+}
+
+dx__timer *dx__timer_pop_due_locked(dx__timer_heap *h, int64_t now)
+{
+    if (h->len == 0 || h->items[0]->deadline_ns > now)
+        return NULL;
+    dx__timer *t = h->items[0];
+    heap_remove_at(h, 0);
+    return t;
 }
 
 int dx_send_after(int64_t ms, dx_pid to, dx_msg *m, dx_ref *tref)

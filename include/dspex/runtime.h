@@ -4,7 +4,8 @@
  *
  * A process is a lightweight thread of straight-line C code with a mailbox.
  * Blocking calls (dx_receive, dx_sleep, dx_call) park the process, never the
- * scheduler thread. Each scheduler thread has its own run queue; idle
+ * scheduler thread; so do sleep(), usleep() and nanosleep() called from
+ * process code, which dspex defines (elsewhere they are the C library's). Each scheduler thread has its own run queue; idle
  * schedulers steal processes that have not started yet. A process is
  * preempted at its next runtime call once it has used its budget.
  *
@@ -204,7 +205,11 @@ DX_API int dx_receive(const dx_match *match, int64_t timeout_ms, dx_msg **out);
 DX_API int dx_receive_any(int64_t timeout_ms, dx_msg **out);
 DX_API int dx_receive_tag(int64_t tag, int64_t timeout_ms, dx_msg **out);
 
-/* Park for ms milliseconds; messages stay in the mailbox. Process. */
+/* Park for ms milliseconds; messages stay in the mailbox. Process.
+ * sleep(), usleep() and nanosleep() called from a process's own code do
+ * the same (rounded up to whole milliseconds; not cut short by signals);
+ * called from a library that keeps locks of its own (SQLite), from
+ * runtime code or from any other thread, they are the C library's. */
 DX_API int dx_sleep(int64_t ms);
 /* Let other runnable processes run. Process. */
 DX_API int dx_yield(void);
@@ -229,6 +234,16 @@ typedef struct dx_spawn_opts {
      * queueing behind the spawner until an idle scheduler steals them. A
      * process that mostly talks to its spawner is better left local. */
     bool spread;
+    /* > 0: the process is killed (reason `killed`) if it is still alive
+     * this many milliseconds after the spawn. The deadline is kept by a
+     * thread of the runtime's own, not by a scheduler, so it holds even
+     * when the process, or the one that would have enforced a deadline of
+     * its own, shares a scheduler held by code that never calls the
+     * runtime (an endless pure-C loop, a sleep() in process code); such a
+     * process is then stopped where it runs (see dx_exit). For a process
+     * whose deadline must not depend on anything else running: an
+     * evaluation's examples have one. */
+    int64_t kill_after_ms;
 } dx_spawn_opts;
 
 /* Spawn a process running fn(arg); returning from fn exits with reason

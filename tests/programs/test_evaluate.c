@@ -25,6 +25,7 @@
 #include "dspex/lm.h"
 #include "dspex/lmserver.h"
 #include "dspex/runtime.h"
+#include "dx_config.h"
 #include "lm_fixture.h"
 
 TestSuite(evaluate, .init = fixture_setup, .fini = fixture_teardown,
@@ -1196,4 +1197,92 @@ Test(evaluate, an_example_whose_blocking_call_faults_fails_alone)
     dx_eval_result_free(r);
     dx_dataset_free(ds);
     dx_module_free(m);
+}
+
+/* ---- examples that hold their scheduler --------------------------------- */
+
+/* Run on a runtime of one scheduler, without the LM fixture: the
+ * coordinator then shares its scheduler with every example, and an example
+ * that never calls the runtime again keeps it from running at all. */
+TestSuite(evaluate_held, .timeout = 120);
+
+static volatile unsigned long held_turns;
+static atomic_int loop_on_q3; /* else q3 sleeps in sleep() */
+
+static int hold_scheduler_forward(dx_ctx *ctx, const dx_module *self,
+                                  const dx_example *in, dx_prediction **out)
+{
+    (void)self;
+    (void)ctx;
+    const char *q = dx_example_get_str(in, "question", "");
+    if (strcmp(q, "q3") == 0 && atomic_load(&loop_on_q3))
+        for (;;)
+            held_turns++; /* an endless pure-C loop */
+    if (strcmp(q, "q3") == 0 || strcmp(q, "q7") == 0)
+        for (;;)
+            sleep(1); /* a sleep in program code, forever */
+    *out = dx_prediction_new();
+    dx_example_set_str(dx_prediction_fields_mut(*out), "answer", q);
+    return DX_OK;
+}
+
+/* Evaluates 20 examples, conc in flight, on one scheduler; the rows listed
+ * in hung (ending with SIZE_MAX) must time out and every other score 1. */
+static void expect_only_hung_rows_fail(size_t conc, const size_t *hung)
+{
+    if (DX_SANITIZE_THREAD)
+        cr_skip_test("fault isolation is off under ThreadSanitizer");
+    cr_assert_eq(dx_runtime_start(&(dx_runtime_opts){.schedulers = 1}), DX_OK);
+    dx_module *m = dx_module_new("HoldScheduler", hold_scheduler_forward, NULL,
+                                 NULL, NULL);
+    dx_dataset *ds = dataset(20, NULL);
+    dx_eval_opts o = {
+        .metric = {.kind = DX_METRIC_EXACT_MATCH},
+        .concurrency = conc,
+        .example_timeout_ms = 300,
+        .progress = DX_EVAL_PROGRESS_OFF,
+    };
+    dx_eval_result *r = NULL;
+    dx_diag d = {0};
+    cr_assert_eq(dx_evaluate(m, ds, &o, &r, &d), DX_OK, "%s", d.msg);
+    cr_assert_eq(r->n_done, 20);
+    size_t n_hung = 0;
+    for (size_t i = 0; i < 20; i++) {
+        bool is_hung = false;
+        for (const size_t *h = hung; *h != SIZE_MAX; h++)
+            is_hung = is_hung || *h == i;
+        n_hung += is_hung;
+        if (is_hung) {
+            cr_expect_eq(r->rows[i].error, DX_ETIMEDOUT, "row %zu: %s", i,
+                         dx_err_name(r->rows[i].error));
+            cr_expect_eq(r->rows[i].score, 0.0);
+        } else {
+            cr_expect_eq(r->rows[i].error, DX_OK, "row %zu: %s %s", i,
+                         dx_err_name(r->rows[i].error),
+                         r->rows[i].error_msg ? r->rows[i].error_msg : "");
+            cr_expect_eq(r->rows[i].score, 1.0, "row %zu", i);
+        }
+    }
+    cr_expect_eq(r->n_errors, n_hung);
+    dx_eval_result_free(r);
+    dx_dataset_free(ds);
+    dx_module_free(m);
+    cr_assert_eq(dx_runtime_stop(), DX_OK);
+}
+
+/* One in flight: the example in the loop holds the coordinator's scheduler
+ * until the runtime's deadline for it stops it; the coordinator then
+ * records the timeout and goes on. */
+Test(evaluate_held, an_endless_loop_in_an_example_times_out_alone)
+{
+    atomic_store(&loop_on_q3, 1);
+    expect_only_hung_rows_fail(1, (const size_t[]){3, 7, SIZE_MAX});
+}
+
+/* sleep() in program code parks only its example, so the examples in flight
+ * beside it on the same scheduler finish in time. */
+Test(evaluate_held, examples_asleep_in_sleep_time_out_alone)
+{
+    atomic_store(&loop_on_q3, 0);
+    expect_only_hung_rows_fail(8, (const size_t[]){3, 7, SIZE_MAX});
 }

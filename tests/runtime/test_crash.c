@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "dx_config.h"
@@ -589,6 +590,76 @@ Test(crash, the_runtime_stops_with_a_process_in_an_endless_loop, .timeout = 60)
     KT_HOST_WAIT_UNTIL(atomic_load(&spinning), KT_WAIT_MS);
     cr_assert(atomic_load(&spinning), "the spinner never ran");
     kt_stop(); /* returns: the spinner is stopped with `shutdown` */
+}
+
+/* A process that sleeps in the C library, forever. (sleep(), usleep() and
+ * nanosleep() called here would park the process instead: dspex defines
+ * them. clock_nanosleep is the C library's own.) */
+static void sleep_forever(void *arg)
+{
+    (void)arg;
+    atomic_store(&spinning, 1);
+    struct timespec second = {1, 0};
+    for (;;)
+        clock_nanosleep(CLOCK_MONOTONIC, 0, &second, NULL);
+}
+
+typedef struct held_case {
+    dx_proc_fn fn;
+    dx_term *reason; /* the DOWN's, or NULL if none came */
+    atomic_int done;
+} held_case;
+
+/* Spawns c->fn with a kill deadline and waits for its DOWN. On one
+ * scheduler the two share it, so this process cannot run again, let alone
+ * kill anything, until the other is stopped: only a deadline no scheduler
+ * keeps can end it. */
+static void held_watcher(void *arg)
+{
+    held_case *c = arg;
+    dx_spawn_opts o = {.monitor = true, .kill_after_ms = 100};
+    dx_pid pid;
+    dx_ref ref;
+    if (KT_CHECK_RC(dx_spawn_opt(c->fn, NULL, &o, &pid, &ref), DX_OK))
+        c->reason = kt_await_down(ref, KT_WAIT_MS);
+    atomic_store(&c->done, 1);
+}
+
+static void expect_held_scheduler_freed(dx_proc_fn fn)
+{
+    SKIP_FAULTS_UNDER_TSAN();
+    atomic_store(&spinning, 0);
+    held_case c = {.fn = fn};
+    kt_start(1);
+    dx_pid watcher;
+    cr_assert_eq(dx_spawn(held_watcher, &c, &watcher), DX_OK);
+    KT_HOST_WAIT_UNTIL(atomic_load(&c.done), KT_WAIT_MS);
+    cr_assert(atomic_load(&c.done), "the watcher never ran again");
+    cr_assert(atomic_load(&spinning), "the process never ran");
+    char buf[128];
+    cr_assert(c.reason != NULL, "no DOWN");
+    cr_expect(dx_is_atom(c.reason, "killed"), "reason %s",
+              kt_fmt(c.reason, buf, sizeof buf));
+    dx_term_free(c.reason);
+    /* The scheduler is free again. */
+    dx_term *reason = kt_run_reason(crash_fn, (void *)(intptr_t)CRASH_EXIT);
+    cr_expect(kt_is_tagged_tuple(reason, "custom"));
+    dx_term_free(reason);
+    kt_host_join(watcher);
+    kt_assert_clean();
+    kt_stop();
+}
+
+Test(crash, a_kill_deadline_ends_a_loop_that_holds_the_only_scheduler,
+     .timeout = 60)
+{
+    expect_held_scheduler_freed(spin_forever);
+}
+
+Test(crash, a_kill_deadline_ends_a_process_sleeping_in_the_c_library,
+     .timeout = 60)
+{
+    expect_held_scheduler_freed(sleep_forever);
 }
 
 /* ---- host-thread behaviour ---------------------------------------------- */

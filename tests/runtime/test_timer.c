@@ -7,6 +7,10 @@
  * wanted does not wake its scheduler.
  */
 #include <dirent.h>
+#include <errno.h>
+#include <unistd.h>
+
+#include "dx_config.h"
 
 #include "kernel_test_util.h"
 
@@ -320,5 +324,189 @@ Test(timer, a_timeout_no_receive_wants_does_not_wake_the_scheduler,
     cr_expect_eq(after - before, 0, "the scheduler woke %ld times for nothing",
                  after - before);
     cr_assert_eq(dx_send_tag(pid, 6), DX_OK);
+    kt_stop();
+}
+
+/* ---- kill deadlines (dx_spawn_opts.kill_after_ms) ------------------------ */
+
+static void wait_for_anything(void *arg)
+{
+    (void)arg;
+    dx_match any = {0};
+    dx_msg *m = NULL;
+    if (dx_receive(&any, DX_INFINITY, &m) == DX_OK)
+        dx_msg_free(m);
+    dx_exit_self(dx_atom("got_a_message"));
+}
+
+static void kill_deadline_body(void *arg)
+{
+    (void)arg;
+    int64_t t0 = dx_now_ms();
+    dx_spawn_opts o = {.monitor = true, .kill_after_ms = 150};
+    dx_pid pid;
+    dx_ref ref;
+    if (!KT_CHECK_RC(dx_spawn_opt(wait_for_anything, NULL, &o, &pid, &ref),
+                     DX_OK))
+        return;
+    dx_term *reason = kt_await_down(ref, KT_WAIT_MS);
+    int64_t took = dx_now_ms() - t0;
+    KT_CHECK(reason != NULL && dx_is_atom(reason, "killed"));
+    KT_CHECK(took >= 150); /* never before its deadline */
+    dx_term_free(reason);
+}
+
+Test(timer, a_process_still_alive_at_its_kill_deadline_is_killed, .timeout = 30)
+{
+    kt_body_test(2, kill_deadline_body, NULL);
+}
+
+static void end_at_once(void *arg)
+{
+    (void)arg;
+}
+
+static void wait_300_ms(void *arg)
+{
+    (void)arg;
+    dx_msg *m = NULL;
+    dx_receive_tag(1, 300, &m); /* nobody sends it */
+    dx_msg_free(m);
+}
+
+/* Processes that end before their deadline take it with them. Their
+ * control blocks are reused at once on one scheduler, so a deadline left
+ * behind would kill whichever process took the block. */
+static void ended_deadlines_body(void *arg)
+{
+    (void)arg;
+    enum { N = 200 };
+    dx_spawn_opts quick = {.monitor = true, .kill_after_ms = 100};
+    for (int i = 0; i < N; i++) {
+        dx_ref ref;
+        if (!KT_CHECK_RC(dx_spawn_opt(end_at_once, NULL, &quick, NULL, &ref),
+                         DX_OK))
+            return;
+        dx_term *reason = kt_await_down(ref, KT_WAIT_MS);
+        KT_CHECK(reason != NULL && dx_is_atom(reason, "normal"));
+        dx_term_free(reason);
+    }
+    dx_spawn_opts plain = {.monitor = true};
+    dx_ref refs[N];
+    for (int i = 0; i < N; i++)
+        if (!KT_CHECK_RC(
+                dx_spawn_opt(wait_300_ms, NULL, &plain, NULL, &refs[i]), DX_OK))
+            return;
+    int killed = 0;
+    for (int i = 0; i < N; i++) {
+        dx_term *reason = kt_await_down(refs[i], KT_WAIT_MS);
+        killed += reason == NULL || !dx_is_atom(reason, "normal");
+        dx_term_free(reason);
+    }
+    KT_CHECK_EQ(killed, 0);
+}
+
+Test(timer, a_process_that_ends_before_its_kill_deadline_takes_it_along,
+     .timeout = 30)
+{
+    kt_body_test(1, ended_deadlines_body, NULL);
+}
+
+/* ---- sleep(), usleep() and nanosleep() in process code ------------------- */
+
+static atomic_int other_ran;
+
+static void mark_ran(void *arg)
+{
+    (void)arg;
+    atomic_store(&other_ran, 1);
+}
+
+/* Spawns a process on this (only) scheduler, sleeps with `how`, and checks
+ * that the other ran meanwhile and that the sleep lasted. */
+static void sleep_and_check(int how)
+{
+    atomic_store(&other_ran, 0);
+    if (!KT_CHECK_RC(dx_spawn(mark_ran, NULL, NULL), DX_OK))
+        return;
+    int64_t t0 = dx_now_ms();
+    switch (how) {
+    case 0:
+        KT_CHECK_EQ(usleep(100 * 1000), 0);
+        break;
+    case 1: {
+        struct timespec req = {0, 100 * 1000000}, rem = {5, 5};
+        KT_CHECK_EQ(nanosleep(&req, &rem), 0);
+        KT_CHECK(rem.tv_sec == 0 && rem.tv_nsec == 0);
+        break;
+    }
+    default:
+        KT_CHECK_EQ(sleep(1), 0);
+        break;
+    }
+    int64_t took = dx_now_ms() - t0;
+    KT_CHECK(atomic_load(&other_ran)); /* the scheduler was not held */
+    KT_CHECK(took >= (how == 2 ? 1000 : 100));
+}
+
+static void sleeps_park_body(void *arg)
+{
+    (void)arg;
+    for (int how = 0; how < 3; how++)
+        sleep_and_check(how);
+    struct timespec bad = {0, 1000000000};
+    errno = 0;
+    KT_CHECK_EQ(nanosleep(&bad, NULL), -1);
+    KT_CHECK_EQ(errno, EINVAL);
+}
+
+Test(timer, sleep_usleep_and_nanosleep_in_a_process_park_only_the_process,
+     .timeout = 30)
+{
+    if (DX_SANITIZE_THREAD)
+        cr_skip_test("ThreadSanitizer's own sleep() comes first");
+    kt_body_test(1, sleeps_park_body, NULL);
+}
+
+static void sleep_an_hour(void *arg)
+{
+    (void)arg;
+    sleep(3600);
+    dx_exit_self(dx_atom("slept"));
+}
+
+static void killed_sleeper_body(void *arg)
+{
+    (void)arg;
+    dx_pid pid;
+    dx_ref ref;
+    dx_spawn_opts o = {.monitor = true};
+    if (!KT_CHECK_RC(dx_spawn_opt(sleep_an_hour, NULL, &o, &pid, &ref), DX_OK))
+        return;
+    dx_sleep(50); /* it is asleep by now */
+    KT_CHECK_RC(dx_kill(pid), DX_OK);
+    dx_term *reason = kt_await_down(ref, 5000);
+    KT_CHECK(reason != NULL && dx_is_atom(reason, "killed"));
+    dx_term_free(reason);
+}
+
+/* Its scheduler is free, and the kill is acted on at once, with or without
+ * fault isolation. */
+Test(timer, a_process_in_sleep_is_killed_at_once, .timeout = 30)
+{
+    if (DX_SANITIZE_THREAD)
+        cr_skip_test("ThreadSanitizer's own sleep() comes first");
+    kt_body_test(1, killed_sleeper_body, NULL);
+}
+
+/* Elsewhere they are the C library's: a host thread sleeps as before. */
+Test(timer, sleep_on_a_host_thread_is_the_c_librarys, .timeout = 30)
+{
+    kt_start(1);
+    int64_t t0 = dx_now_ms();
+    cr_expect_eq(usleep(50 * 1000), 0);
+    struct timespec req = {0, 50 * 1000000};
+    cr_expect_eq(nanosleep(&req, NULL), 0);
+    cr_expect_geq(dx_now_ms() - t0, 100);
     kt_stop();
 }
