@@ -52,6 +52,8 @@
  * baseline_wall_s are the rounds' medians; overhead_rounds_us lists each
  * round's overhead and overhead_median_us is their median (at 1 in flight
  * the figure to quote: one round's overhead can move by tens of us).
+ * connections, the wave fields and example_p50_ms/p99 are the last
+ * round's.
  *
  * Prints per C:
  *   RESULT sys=dspex bench=evaluate n=.. latency_ms=.. concurrency=..
