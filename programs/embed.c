@@ -304,7 +304,16 @@ static void watcher_main(void *arg)
 
     call_ref(c); /* the worker's, dropped by its arg_free */
     dx_pid w;
-    dx_spawn_opts so = {.link = true, .arg_free = call_unref_v};
+    int64_t kill_at = c->deadline_ms + DX_EMBED_DEADLINE_GRACE_MS;
+    /* The runtime kills the worker a little after kill_at in any case, for
+     * when this process cannot run to do it: the program holds the
+     * scheduler the two share in code that never calls the runtime. */
+    int64_t runtime_kill_after =
+        kill_at - dx_now_ms() + DX__RUNTIME_KILL_AFTER_MS;
+    dx_spawn_opts so = {.link = true,
+                        .arg_free = call_unref_v,
+                        .kill_after_ms =
+                            runtime_kill_after > 0 ? runtime_kill_after : 1};
     int rc = dx_spawn_opt(worker_main, c, &so, &w, NULL);
     if (rc != DX_OK) {
         call_unref(c);
@@ -318,7 +327,6 @@ static void watcher_main(void *arg)
      * first and then waits for that exit, so the worker never outlives
      * this decision and its result fields are quiet afterwards. */
     int why = ENDED;
-    int64_t kill_at = c->deadline_ms + DX_EMBED_DEADLINE_GRACE_MS;
     dx_term *reason = NULL;
     for (;;) {
         int64_t left = DX_INFINITY;
@@ -340,6 +348,11 @@ static void watcher_main(void *arg)
         if (msg->tag == DX_TAG_EXIT && dx_pid_eq(msg->from, w)) {
             reason = dx_msg_take_term(msg);
             dx_msg_free(msg);
+            /* Killed past kill_at by the runtime, not by this process: a
+             * timeout all the same. */
+            if (why == ENDED && dx_is_atom(reason, "killed") &&
+                dx_now_ms() >= kill_at)
+                why = TIMED_OUT;
             break;
         }
         if (msg->tag == TAG_CANCEL && why == ENDED) {

@@ -34,9 +34,6 @@
 
 #define DEFAULT_CONCURRENCY 16
 #define DEFAULT_EXAMPLE_TIMEOUT_MS 120000
-/* How long after an example's deadline the runtime kills it if the
- * coordinator has not (start_example). */
-#define BACKSTOP_AFTER_DEADLINE_MS 100
 
 /* ---- cancellation ----------------------------------------------------- */
 
@@ -470,8 +467,8 @@ static int start_example(eval_job *j, size_t index, bool spread, ex_slot **out)
         .arg_free = slot_unref,
         .spread = spread,
         .kill_after_ms =
-            j->opts.example_timeout_ms < INT64_MAX - BACKSTOP_AFTER_DEADLINE_MS
-                ? j->opts.example_timeout_ms + BACKSTOP_AFTER_DEADLINE_MS
+            j->opts.example_timeout_ms < INT64_MAX - DX__RUNTIME_KILL_AFTER_MS
+                ? j->opts.example_timeout_ms + DX__RUNTIME_KILL_AFTER_MS
                 : 0};
     rc = dx_spawn_opt(example_proc, s, &so, &s->pid, &s->mon);
     if (rc != DX_OK) {

@@ -85,6 +85,11 @@ struct dx_passages *dx__passages_new(size_t n);
 /* A call's deadline when dx_call_opts.timeout_ms is 0 (dx_module_call,
  * an embedded call, a judge scored on its own). */
 #define DX__DEFAULT_CALL_TIMEOUT_MS 120000
+/* A process that waits for one it spawned (a module call's, a tool's, an
+ * example's) kills it at its timeout; the runtime kills it this much later
+ * in any case (dx_spawn_opts.kill_after_ms), for when the waiter cannot
+ * run: it shares a scheduler held by code that never calls the runtime. */
+#define DX__RUNTIME_KILL_AFTER_MS 100
 
 /* The Predict's forward (predict.c). */
 int dx__predict_forward(dx_ctx *ctx, const dx_module *p,

@@ -792,7 +792,16 @@ static void call_body(void *arg)
     }
     dx_ref mon = DX_NOREF;
     dx_pid pid = {0};
-    dx_spawn_opts so = {.monitor = true, .arg_free = slot_unref};
+    /* The runtime kills the tool's process a little after its timeout
+     * even if this process cannot run to do it: it shares a scheduler the
+     * tool holds in code that never calls the runtime (an endless loop). */
+    int64_t started_ms = dx_now_ms();
+    dx_spawn_opts so = {
+        .monitor = true,
+        .arg_free = slot_unref,
+        .kill_after_ms = t->timeout_ms < INT64_MAX - DX__RUNTIME_KILL_AFTER_MS
+                             ? t->timeout_ms + DX__RUNTIME_KILL_AFTER_MS
+                             : 0};
     int rc = dx_spawn_opt(tool_proc, s, &so, &pid, &mon);
     if (rc != DX_OK) {
         atomic_store(&s->refs, 1);
@@ -817,6 +826,11 @@ static void call_body(void *arg)
         reason = dx_msg_take_term(down);
         dx_msg_free(down);
     }
+    /* Killed past its timeout by the runtime, not by us: a timeout all the
+     * same. */
+    if (!timed_out && dx_is_atom(reason, "killed") &&
+        dx_now_ms() - started_ms >= t->timeout_ms)
+        timed_out = true;
 
     char *obs = NULL;
     if (atomic_load_explicit(&s->done, memory_order_acquire)) {

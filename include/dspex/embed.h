@@ -112,7 +112,9 @@ typedef void (*dx_embed_cb)(dx_embed_call *call, int rc, dx_prediction *pred,
  * is not kept). m is borrowed: it must stay alive and unchanged until the
  * callback has run. The deadline is opts->timeout_ms (0: dx_module_call's
  * default); past it (plus DX_EMBED_DEADLINE_GRACE_MS) the program's process
- * is killed and the callback gets DX_ETIMEDOUT.
+ * is killed and the callback gets DX_ETIMEDOUT, even when the program
+ * holds its scheduler in code that never calls the runtime (the runtime's
+ * own deadline for that process then stops it 100 ms later).
  *
  * On DX_OK cb(.., ud) will run exactly once, and *out (optional) is a
  * reference to the call the caller releases with dx_embed_call_release

@@ -254,7 +254,9 @@ typedef struct dx_call_opts {
  * *trace_out (when not NULL and opts->trace) receives the run's trace
  * (dx_trace_free). Failures: the forward's code (DX_EPARSE, DX_ETYPE,
  * DX_EPROVIDER, DX_ENOLM, ...) with diag; DX_ETIMEDOUT (the process is
- * killed); DX_EDOWN (the program's process crashed; diag has the reason);
+ * killed; by the runtime itself if the program holds the caller's
+ * scheduler in code that never calls the runtime, such as an endless
+ * loop); DX_EDOWN (the program's process crashed; diag has the reason);
  * DX_ESTATE (runtime not running); DX_ENOMEM. A calling process killed
  * while it waits (its supervisor stopping it) takes the program's process
  * with it. */

@@ -20,6 +20,7 @@
 #include "dspex/io.h"
 #include "dspex/lm.h"
 #include "dspex/program.h"
+#include "dx_config.h"
 #include "lm_fixture.h"
 
 #define MAX_CALLS 256
@@ -29,6 +30,8 @@
 __attribute__((unused)) static void (*const unused_fixture[])(void) = {
     fixture_setup, fixture_teardown};
 
+static volatile unsigned long spin_turns;
+
 static int echo_forward(dx_ctx *ctx, const dx_module *self,
                         const dx_example *in, dx_prediction **out)
 {
@@ -37,6 +40,9 @@ static int echo_forward(dx_ctx *ctx, const dx_module *self,
     int64_t ms = (int64_t)dx_example_get_num(in, "sleep_ms", 0);
     if (ms > 0)
         dx_sleep(ms);
+    if (ms < 0)
+        for (;;)
+            spin_turns++; /* an endless loop that never calls the runtime */
     if (dx_example_has(in, "crash"))
         crash_now();
     *out = dx_prediction_new();
@@ -138,14 +144,19 @@ static void on_done(dx_embed_call *call, int rc, dx_prediction *pred,
         uv_stop(r->loop);
 }
 
-static dx_embed *embed_new(size_t max_calls)
+static dx_embed *embed_new_on(int schedulers, size_t max_calls)
 {
     dx_embed *e = NULL;
-    dx_runtime_opts ro = {.schedulers = 2};
+    dx_runtime_opts ro = {.schedulers = schedulers};
     dx_embed_opts o = {.runtime = &ro, .max_calls = max_calls};
     cr_assert_eq(dx_embed_start(&o, &e), DX_OK);
     cr_assert(dx_runtime_running());
     return e;
+}
+
+static dx_embed *embed_new(size_t max_calls)
+{
+    return embed_new_on(2, max_calls);
 }
 
 static int call(dx_embed *e, const dx_module *m, record *r, int i, int sleep_ms,
@@ -268,6 +279,34 @@ Test(embed, deadline_passed_ends_the_call_with_etimedout)
     cr_expect(strstr(r->slot[0].diag, "no result within 100 ms") != NULL, "%s",
               r->slot[0].diag);
     cr_expect_eq(atomic_load(&r->slot[0].calls), 1);
+    cr_assert_eq(dx_embed_shutdown(e, 0, NULL), DX_OK);
+    dx_module_free(m);
+    dx_free(r);
+}
+
+/* On one scheduler the call's watcher shares it with the program, so a
+ * program in an endless loop keeps the watcher from running to enforce the
+ * deadline: the runtime's own deadline for the program's process stops
+ * it, and the call still ends with DX_ETIMEDOUT. */
+Test(embed, a_program_looping_on_the_watchers_scheduler_ends_with_etimedout)
+{
+    if (DX_SANITIZE_THREAD)
+        cr_skip_test("fault isolation is off under ThreadSanitizer");
+    dx_embed *e = embed_new_on(1, 0);
+    dx_module *m = echo_module();
+    record *r = record_new();
+    dx_embed_call *c = NULL;
+    cr_assert_eq(call(e, m, r, 0, -1, false, 100, &c), DX_OK);
+    cr_assert_eq(dx_embed_call_wait(c, 20000), DX_OK);
+    dx_embed_call_release(c);
+    cr_expect_eq(atomic_load(&r->slot[0].rc), DX_ETIMEDOUT, "%s",
+                 dx_err_name(atomic_load(&r->slot[0].rc)));
+    cr_expect(strstr(r->slot[0].diag, "no result within 100 ms") != NULL, "%s",
+              r->slot[0].diag);
+    cr_assert_eq(call(e, m, r, 1, 0, false, 0, &c), DX_OK);
+    cr_assert_eq(dx_embed_call_wait(c, 20000), DX_OK);
+    dx_embed_call_release(c);
+    cr_expect_eq(atomic_load(&r->slot[1].rc), DX_OK, "%s", r->slot[1].diag);
     cr_assert_eq(dx_embed_shutdown(e, 0, NULL), DX_OK);
     dx_module_free(m);
     dx_free(r);

@@ -1286,3 +1286,43 @@ Test(evaluate_held, examples_asleep_in_sleep_time_out_alone)
     atomic_store(&loop_on_q3, 0);
     expect_only_hung_rows_fail(8, (const size_t[]){3, 7, SIZE_MAX});
 }
+
+typedef struct held_call {
+    int rc;
+    atomic_int done;
+} held_call;
+
+static void call_looping_module(void *arg)
+{
+    held_call *c = arg;
+    atomic_store(&loop_on_q3, 1);
+    dx_module *m = dx_module_new("HoldScheduler", hold_scheduler_forward, NULL,
+                                 NULL, NULL);
+    dx_example *in = dx_example_new();
+    dx_example_set_str(in, "question", "q3");
+    dx_call_opts o = {.lm = DX_NOPID, .timeout_ms = 200};
+    dx_prediction *out = NULL;
+    dx_diag d = {0};
+    c->rc = dx_module_call(m, in, &o, &out, NULL, &d);
+    dx_prediction_free(out);
+    dx_example_free(in);
+    dx_module_free(m);
+    atomic_store(&c->done, 1);
+}
+
+/* A module call made from a process whose scheduler the program then holds
+ * in an endless loop: the runtime's deadline for the call's process stops
+ * it, and the call returns DX_ETIMEDOUT. */
+Test(evaluate_held, a_module_call_whose_program_loops_times_out)
+{
+    if (DX_SANITIZE_THREAD)
+        cr_skip_test("fault isolation is off under ThreadSanitizer");
+    cr_assert_eq(dx_runtime_start(&(dx_runtime_opts){.schedulers = 1}), DX_OK);
+    held_call c = {.rc = -1};
+    cr_assert_eq(dx_spawn(call_looping_module, &c, NULL), DX_OK);
+    for (int i = 0; i < 2000 && !atomic_load(&c.done); i++)
+        usleep(5000);
+    cr_assert(atomic_load(&c.done), "the call never returned");
+    cr_expect_eq(c.rc, DX_ETIMEDOUT, "%s", dx_err_name(c.rc));
+    cr_assert_eq(dx_runtime_stop(), DX_OK);
+}

@@ -312,6 +312,8 @@ Test(tool, a_refused_declaration_frees_the_owned_data_and_says_why)
 }
 
 /* Tools that misbehave, chosen by the "how" argument. */
+static volatile unsigned long loop_turns;
+
 static int bad_fn(const cJSON *args, char **result, void *ud)
 {
     (void)ud;
@@ -321,6 +323,9 @@ static int bad_fn(const cJSON *args, char **result, void *ud)
         crash_now();
     if (!strcmp(how, "hang"))
         dx_sleep(60000);
+    if (!strcmp(how, "loop"))
+        for (;;)
+            loop_turns++; /* never calls the runtime again */
     if (!strcmp(how, "error")) {
         *result = dx_strdup("the index is gone");
         return DX_EIO;
@@ -892,4 +897,28 @@ Test(tool, an_actor_is_a_tool_and_its_absence_an_observation)
     cJSON_Delete(a);
     dx_tool_unref(tp);
     dx_tool_unref(t);
+}
+
+/* On a runtime of one scheduler (no LM fixture), the process that waits
+ * for the tool shares its scheduler with the tool's, so a tool in an
+ * endless loop keeps it from running to enforce the timeout: the runtime's
+ * own deadline for the tool's process stops it, and the call comes back
+ * timed out. */
+TestSuite(tool_held, .timeout = 60);
+
+Test(tool_held, a_tool_in_an_endless_loop_on_the_callers_scheduler_times_out)
+{
+    if (DX_SANITIZE_THREAD)
+        cr_skip_test("fault isolation is off under ThreadSanitizer");
+    cr_assert_eq(dx_runtime_start(&(dx_runtime_opts){.schedulers = 1}), DX_OK);
+    dx_tool *t = bad_tool();
+    dx_tool_status st;
+    char *obs = call_how(t, "loop", &st);
+    cr_expect_eq(st, DX_TOOL_TIMEOUT, "%s", obs);
+    dx_free(obs);
+    obs = call_how(t, "fine", &st);
+    cr_expect_eq(st, DX_TOOL_OK, "%s", obs);
+    dx_free(obs);
+    dx_tool_unref(t);
+    cr_assert_eq(dx_runtime_stop(), DX_OK);
 }
