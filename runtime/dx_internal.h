@@ -495,7 +495,8 @@ void dx__stopper_stop(void);
 void dx__stopper_watch(dx__proc *p, bool shutdown);
 /* sleep(), usleep() and nanosleep() called from a process's own code park
  * the process, as dx_sleep does (sleep.c). Resolves the C library's
- * versions, which every other caller gets; at runtime start. */
+ * versions, which every other caller gets: at load time, and again at
+ * runtime start if that found nothing. */
 void dx__sleep_init(void);
 /* Kill deadlines, kept by the stopper thread so that a held scheduler
  * cannot delay them. File: at spawn, p published, ms > 0 (out of memory,

@@ -9,7 +9,7 @@
  * test example made to hang). So dspex defines these three functions:
  * called from a process's own code they park the process, as dx_sleep
  * does, and the scheduler runs the others meanwhile. Called from anywhere
- * else they are the C library's, found with RTLD_NEXT at runtime start:
+ * else they are the C library's, found with RTLD_NEXT at load time:
  *
  * - a thread that is no scheduler (the host's threads, blocking threads);
  * - runtime code acting for the process (in_runtime);
@@ -41,6 +41,15 @@ static _Atomic(nanosleep_fn) libc_nanosleep;
 /* The longest sleep handed to dx_sleep: about 35 years, far from the
  * nanosecond clock's overflow. */
 #define LONGEST_SLEEP_MS ((int64_t)1 << 40)
+
+/* At load time as well as at runtime start, so that a program sleeping
+ * before it starts the runtime gets the C library's functions too, and no
+ * sleep ever has to look them up (dlsym is not async-signal-safe; sleep
+ * is). */
+__attribute__((constructor)) static void resolve_at_load(void)
+{
+    dx__sleep_init();
+}
 
 void dx__sleep_init(void)
 {
