@@ -308,12 +308,10 @@ static void watcher_main(void *arg)
     /* The runtime kills the worker a little after kill_at in any case, for
      * when this process cannot run to do it: the program holds the
      * scheduler the two share in code that never calls the runtime. */
-    int64_t runtime_kill_after =
-        kill_at - dx_now_ms() + DX__RUNTIME_KILL_AFTER_MS;
     dx_spawn_opts so = {.link = true,
                         .arg_free = call_unref_v,
                         .kill_after_ms =
-                            runtime_kill_after > 0 ? runtime_kill_after : 1};
+                            dx__runtime_kill_after(kill_at - dx_now_ms())};
     int rc = dx_spawn_opt(worker_main, c, &so, &w, NULL);
     if (rc != DX_OK) {
         call_unref(c);

@@ -462,14 +462,11 @@ static int start_example(eval_job *j, size_t index, bool spread, ex_slot **out)
      * shares with the coordinator (an endless loop, a sleep() in program
      * code), the coordinator cannot run to do it. Either way its DOWN
      * comes past the deadline and is recorded as a timeout. */
-    dx_spawn_opts so = {
-        .monitor = true,
-        .arg_free = slot_unref,
-        .spread = spread,
-        .kill_after_ms =
-            j->opts.example_timeout_ms < INT64_MAX - DX__RUNTIME_KILL_AFTER_MS
-                ? j->opts.example_timeout_ms + DX__RUNTIME_KILL_AFTER_MS
-                : 0};
+    dx_spawn_opts so = {.monitor = true,
+                        .arg_free = slot_unref,
+                        .spread = spread,
+                        .kill_after_ms =
+                            dx__runtime_kill_after(j->opts.example_timeout_ms)};
     rc = dx_spawn_opt(example_proc, s, &so, &s->pid, &s->mon);
     if (rc != DX_OK) {
         atomic_store(&s->refs, 1);

@@ -91,6 +91,16 @@ struct dx_passages *dx__passages_new(size_t n);
  * run: it shares a scheduler held by code that never calls the runtime. */
 #define DX__RUNTIME_KILL_AFTER_MS 100
 
+/* dx_spawn_opts.kill_after_ms for a process its spawner kills after
+ * wait_ms: DX__RUNTIME_KILL_AFTER_MS later, or none (0) past the clock. */
+static inline int64_t dx__runtime_kill_after(int64_t wait_ms)
+{
+    if (wait_ms >= INT64_MAX - DX__RUNTIME_KILL_AFTER_MS)
+        return 0;
+    return wait_ms > 0 ? wait_ms + DX__RUNTIME_KILL_AFTER_MS
+                       : DX__RUNTIME_KILL_AFTER_MS;
+}
+
 /* The Predict's forward (predict.c). */
 int dx__predict_forward(dx_ctx *ctx, const dx_module *p,
                         const dx_example *inputs, dx_prediction **out);

@@ -885,9 +885,7 @@ int dx_module_call(const dx_module *m, const dx_example *inputs,
     dx_spawn_opts so = {
         .monitor = in_process,
         .arg_free = slot_unref,
-        .kill_after_ms = wait_ms < INT64_MAX - DX__RUNTIME_KILL_AFTER_MS
-                             ? wait_ms + DX__RUNTIME_KILL_AFTER_MS
-                             : 0,
+        .kill_after_ms = dx__runtime_kill_after(wait_ms),
     };
     int rc = dx_spawn_opt(call_proc, s, &so, &pid, in_process ? &mon : NULL);
     if (rc != DX_OK) {

@@ -822,7 +822,13 @@ static void bootstrap_run(void *arg)
             s->shared = bc->shared;
             s->index = next;
             s->deadline_ms = dx_now_ms() + o->example_timeout_ms;
-            dx_spawn_opts so = {.monitor = true, .arg_free = boot_unref};
+            /* Killed at its deadline by this process, or by the runtime
+             * a little later if the teacher holds the scheduler they
+             * share in code that never calls the runtime. */
+            dx_spawn_opts so = {
+                .monitor = true,
+                .arg_free = boot_unref,
+                .kill_after_ms = dx__runtime_kill_after(o->example_timeout_ms)};
             if (dx_spawn_opt(boot_proc, s, &so, &s->pid, &s->mon) != DX_OK) {
                 atomic_store(&s->refs, 1);
                 boot_unref(s);

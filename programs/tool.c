@@ -796,12 +796,9 @@ static void call_body(void *arg)
      * even if this process cannot run to do it: it shares a scheduler the
      * tool holds in code that never calls the runtime (an endless loop). */
     int64_t started_ms = dx_now_ms();
-    dx_spawn_opts so = {
-        .monitor = true,
-        .arg_free = slot_unref,
-        .kill_after_ms = t->timeout_ms < INT64_MAX - DX__RUNTIME_KILL_AFTER_MS
-                             ? t->timeout_ms + DX__RUNTIME_KILL_AFTER_MS
-                             : 0};
+    dx_spawn_opts so = {.monitor = true,
+                        .arg_free = slot_unref,
+                        .kill_after_ms = dx__runtime_kill_after(t->timeout_ms)};
     int rc = dx_spawn_opt(tool_proc, s, &so, &pid, &mon);
     if (rc != DX_OK) {
         atomic_store(&s->refs, 1);
