@@ -74,12 +74,24 @@ static void fixture_run(dx_proc_fn fn)
                  dx_err_name(atomic_load(&fixture_rc)));
 }
 
-static void fixture_setup(void)
+static void fixture_setup_on(int schedulers)
 {
     cr_assert_eq(dx_lmserver_start(NULL, &srv), DX_OK);
     snprintf(url, sizeof url, "http://127.0.0.1:%d/v1", dx_lmserver_port(srv));
-    cr_assert_eq(dx_runtime_start(&(dx_runtime_opts){.schedulers = 2}), DX_OK);
+    cr_assert_eq(dx_runtime_start(&(dx_runtime_opts){.schedulers = schedulers}),
+                 DX_OK);
     fixture_run(fixture_start_client);
+}
+
+static void fixture_setup(void)
+{
+    fixture_setup_on(2);
+}
+
+/* For suites where every process must share one scheduler. */
+__attribute__((unused)) static void fixture_setup_one_scheduler(void)
+{
+    fixture_setup_on(1);
 }
 
 static void fixture_teardown(void)

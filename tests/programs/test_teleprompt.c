@@ -24,6 +24,7 @@
 #include "dspex/alloc.h"
 #include "dspex/telemetry.h"
 #include "dspex/teleprompt.h"
+#include "dx_config.h"
 #include "lm_fixture.h"
 
 TestSuite(teleprompt, .init = fixture_setup, .fini = fixture_teardown,
@@ -210,16 +211,15 @@ static double metric_hanging_on_q0(const dx_example *ex, const dx_prediction *p,
     return 0.0;
 }
 
-/* A teacher run that hangs is killed at example_timeout_ms and counts as
- * an error: with max_errors 1 the bootstrap stops there and says which
- * example and why. The timeout leaves the LM call before the hang room to
- * finish on a slow build (valgrind). */
-Test(teleprompt, a_hanging_teacher_run_is_killed_at_its_deadline)
+/* Bootstraps 4 examples, one run at a time, with a metric that never
+ * returns on the first: the run must be ended at its deadline, and with
+ * max_errors 1 the bootstrap stops there and says which example and why. */
+static void expect_run_on_q0_ended_at_its_deadline(dx_metric_fn metric)
 {
     dx_module *st = student();
     dx_dataset *ds = trainset(4);
     dx_tp_opts o = {
-        .metric = {.kind = DX_METRIC_CUSTOM, .fn = metric_hanging_on_q0},
+        .metric = {.kind = DX_METRIC_CUSTOM, .fn = metric},
         .max_bootstrapped_demos = 3,
         .max_labeled_demos = 3,
         .concurrency = 1,
@@ -234,6 +234,44 @@ Test(teleprompt, a_hanging_teacher_run_is_killed_at_its_deadline)
     cr_assert(strstr(d.msg, "passed its deadline") != NULL, "%s", d.msg);
     dx_module_free(st);
     dx_dataset_free(ds);
+}
+
+/* A teacher run that hangs is killed at example_timeout_ms and counts as
+ * an error: with max_errors 1 the bootstrap stops there and says which
+ * example and why. The timeout leaves the LM call before the hang room to
+ * finish on a slow build (valgrind). */
+Test(teleprompt, a_hanging_teacher_run_is_killed_at_its_deadline)
+{
+    expect_run_on_q0_ended_at_its_deadline(metric_hanging_on_q0);
+}
+
+/* Loops on the first example, in code that never calls the runtime. */
+static volatile unsigned long metric_turns;
+
+static double metric_looping_on_q0(const dx_example *ex, const dx_prediction *p,
+                                   const dx_trace *t, void *ud)
+{
+    (void)p;
+    (void)t;
+    (void)ud;
+    if (strcmp(dx_example_get_str(ex, "question", ""), "q0") == 0)
+        for (;;)
+            metric_turns++;
+    return 0.0;
+}
+
+/* On one scheduler the bootstrap's coordinator shares it with the teacher
+ * run, so a run looping in its metric keeps the coordinator from running
+ * to kill it: the runtime's deadline for the run stops it, and the run
+ * counts as past its deadline as before. */
+TestSuite(teleprompt_held, .init = fixture_setup_one_scheduler,
+          .fini = fixture_teardown, .timeout = 60);
+
+Test(teleprompt_held, a_teacher_run_looping_on_the_coordinators_scheduler_ends)
+{
+    if (DX_SANITIZE_THREAD)
+        cr_skip_test("fault isolation is off under ThreadSanitizer");
+    expect_run_on_q0_ended_at_its_deadline(metric_looping_on_q0);
 }
 
 /* Called from a process, the bootstrap runs in it and takes only its own
