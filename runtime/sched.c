@@ -1286,13 +1286,13 @@ int dx_runtime_start(const dx_runtime_opts *opts)
         free_runtime(0);
         return rc;
     }
-    atomic_store(&dx__rt.running, 1);
-    /* It keeps kill deadlines, and stops killed processes that run on. */
+    /* It keeps kill deadlines, and stops killed processes that run on;
+     * running before any spawn can file a deadline with it. */
     if (dx__stopper_start() != DX_OK) {
-        atomic_store(&dx__rt.running, 0);
         free_runtime(0);
         return DX_ESYS;
     }
+    atomic_store(&dx__rt.running, 1);
     int started = 0;
     for (; started < dx__rt.nsched; started++) {
         if (pthread_create(&dx__rt.scheds[started].thread, NULL, sched_thread,
