@@ -348,8 +348,7 @@ static void watcher_main(void *arg)
             dx_msg_free(msg);
             /* Killed past kill_at by the runtime, not by this process: a
              * timeout all the same. */
-            if (why == ENDED && dx_is_atom(reason, "killed") &&
-                dx_now_ms() >= kill_at)
+            if (why == ENDED && dx__killed_past(reason, kill_at, 0))
                 why = TIMED_OUT;
             break;
         }

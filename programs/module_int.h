@@ -101,6 +101,16 @@ static inline int64_t dx__runtime_kill_after(int64_t wait_ms)
                        : DX__RUNTIME_KILL_AFTER_MS;
 }
 
+/* Whether a spawned process the waiter did not kill itself ended `killed`
+ * wait_ms or more after since_ms, when the waiter would have killed it:
+ * the runtime's deadline did it, and the waiter reports a timeout. (A
+ * difference, not a sum: wait_ms may be near INT64_MAX.) */
+static inline bool dx__killed_past(const dx_term *reason, int64_t since_ms,
+                                   int64_t wait_ms)
+{
+    return dx_is_atom(reason, "killed") && dx_now_ms() - since_ms >= wait_ms;
+}
+
 /* The Predict's forward (predict.c). */
 int dx__predict_forward(dx_ctx *ctx, const dx_module *p,
                         const dx_example *inputs, dx_prediction **out);

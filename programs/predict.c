@@ -930,8 +930,7 @@ int dx_module_call(const dx_module *m, const dx_example *inputs,
     dx_ptie_cut(tie);
     /* Killed past the wait by the runtime, not by us: a timeout all the
      * same. */
-    if (!timed_out && dx_is_atom(reason, "killed") &&
-        dx_now_ms() - started_ms >= wait_ms)
+    if (!timed_out && dx__killed_past(reason, started_ms, wait_ms))
         timed_out = true;
     int result;
     if (atomic_load_explicit(&s->done, memory_order_acquire)) {

@@ -825,8 +825,7 @@ static void call_body(void *arg)
     }
     /* Killed past its timeout by the runtime, not by us: a timeout all the
      * same. */
-    if (!timed_out && dx_is_atom(reason, "killed") &&
-        dx_now_ms() - started_ms >= t->timeout_ms)
+    if (!timed_out && dx__killed_past(reason, started_ms, t->timeout_ms))
         timed_out = true;
 
     char *obs = NULL;

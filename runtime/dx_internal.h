@@ -193,7 +193,7 @@ struct dx__proc {
     dx__timer tmo;    /* receive timeout (lazily re-filed, see proc.c) */
     int64_t tmo_want; /* deadline the current receive wants, 0 = none */
     /* dx_spawn_opts.kill_after_ms, in the stopper's heap (stopper.c) while
-     * has_kill_deadline; only the process's own exit clears the flag. */
+     * has_kill_deadline; set at spawn, cleared as the process ends. */
     dx__timer kill_at;
     bool has_kill_deadline;
 

@@ -114,33 +114,27 @@ static const char *const libc_wait_names[] = {
     "sleep", "usleep", "nanosleep", "clock_nanosleep", "pause", "sigsuspend",
 };
 #define N_LIBC_WAITS (sizeof libc_wait_names / sizeof libc_wait_names[0])
-static uintptr_t libc_wait_lo[N_LIBC_WAITS], libc_wait_hi[N_LIBC_WAITS];
+static code_ranges libc_wait_code; /* one range per function found */
 
 static void find_libc_waits(void)
 {
+    libc_wait_code.n = 0;
     void *libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
     if (libc == NULL)
         return;
-    for (size_t i = 0; i < N_LIBC_WAITS; i++) {
+    for (size_t i = 0; i < N_LIBC_WAITS && libc_wait_code.n < MAX_RANGES; i++) {
         void *fn = dlsym(libc, libc_wait_names[i]);
         Dl_info info;
         const ElfW(Sym) *sym = NULL;
         if (fn != NULL &&
             dladdr1(fn, &info, (void **)&sym, RTLD_DL_SYMENT) != 0 &&
             sym != NULL && sym->st_size > 0) {
-            libc_wait_lo[i] = (uintptr_t)fn;
-            libc_wait_hi[i] = (uintptr_t)fn + sym->st_size;
+            libc_wait_code.lo[libc_wait_code.n] = (uintptr_t)fn;
+            libc_wait_code.hi[libc_wait_code.n] = (uintptr_t)fn + sym->st_size;
+            libc_wait_code.n++;
         }
     }
     dlclose(libc);
-}
-
-static bool pc_in_libc_wait(uintptr_t pc)
-{
-    for (size_t i = 0; i < N_LIBC_WAITS; i++)
-        if (pc >= libc_wait_lo[i] && pc < libc_wait_hi[i])
-            return true;
-    return false;
 }
 
 void dx__library_ranges_init(void)
@@ -162,8 +156,8 @@ static bool pc_in_libc(uintptr_t pc)
 
 static bool pc_stoppable(uintptr_t pc)
 {
-    return pc != 0 &&
-           (!in_ranges(&unstoppable_code, pc) || pc_in_libc_wait(pc));
+    return pc != 0 && (!in_ranges(&unstoppable_code, pc) ||
+                       in_ranges(&libc_wait_code, pc));
 }
 
 static uintptr_t fault_pc(void *uc)
