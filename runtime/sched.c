@@ -434,6 +434,15 @@ static void proc_cache_free(dx__sched *s)
 /* Host-thread bracket and quiescent-state reclamation                 */
 /* ------------------------------------------------------------------ */
 
+/* Schedulers a host thread woke while inside the bracket, woken as it
+ * leaves (see dx__ext_leave). */
+enum { EXT_WAKES_MAX = 4 };
+static _Thread_local struct {
+    bool inside;
+    int n;
+    dx__sched *sched[EXT_WAKES_MAX];
+} ext_wakes;
+
 int dx__ext_enter(int *entered)
 {
     *entered = 0;
@@ -447,15 +456,30 @@ int dx__ext_enter(int *entered)
         return DX_ESTATE;
     }
     atomic_store(&dx__rt.ext_seen, atomic_load(&dx__rt.epoch));
+    ext_wakes.inside = true;
+    ext_wakes.n = 0;
     *entered = 1;
     return DX_OK;
 }
 
+/* The thread is past every block it looked at before it wakes anyone.
+ * Woken inside the bracket, a scheduler often took the CPU from this
+ * thread at once (the kernel favours the woken thread), ran the process
+ * it was woken for to its exit, and went idle while ext_seen still held
+ * the block back: it then woke again LIMBO_RETRY_NS later only to free it,
+ * about one extra wake-up in three evaluated examples at 1 in flight
+ * (docs/benchmarks.md). The wake-ups still come before the bracket's
+ * mutex is let go, which is what keeps the schedulers from being torn
+ * down under them. */
 void dx__ext_leave(int entered)
 {
     if (!entered)
         return;
     atomic_store(&dx__rt.ext_seen, OFFLINE);
+    ext_wakes.inside = false;
+    for (int i = 0; i < ext_wakes.n; i++)
+        dx__sched_notify(ext_wakes.sched[i]);
+    ext_wakes.n = 0;
     pthread_mutex_unlock(&dx__rt.ext_mu);
 }
 
@@ -538,6 +562,17 @@ static void park(_Atomic int *word, int64_t deadline_ns)
 
 void dx__sched_notify(dx__sched *s)
 {
+    if (ext_wakes.inside) {
+        /* A host thread inside the bracket: wake s as it leaves, unless
+         * there are too many to keep. */
+        for (int i = 0; i < ext_wakes.n; i++)
+            if (ext_wakes.sched[i] == s)
+                return;
+        if (ext_wakes.n < EXT_WAKES_MAX) {
+            ext_wakes.sched[ext_wakes.n++] = s;
+            return;
+        }
+    }
     /* The first waker clears the flag and pays for the system call; the
      * others see 0 and go on. */
     if (atomic_load(&s->sleeping) && atomic_exchange(&s->sleeping, 0) == 1)

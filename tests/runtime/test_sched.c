@@ -2,10 +2,17 @@
  * test_sched.c — the runtime and its schedulers: start/stop states, the
  * number of scheduler threads (opts, DX_SCHEDULERS, CPUs), dx_run, process
  * stacks surviving parks, preemption at runtime calls, idle schedulers
- * stealing work, many schedulers at once, and deterministic mode replaying
- * an interleaving from its seed.
+ * stealing work, many schedulers at once, deterministic mode replaying
+ * an interleaving from its seed, and what a host thread's wake-up costs a
+ * scheduler.
  */
+#include <dirent.h>
+#include <sched.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "kernel_test_util.h"
@@ -598,4 +605,112 @@ Test(sched, deterministic_mode_replays_the_same_order_from_a_seed,
     /* And the same seed again, after other runs in between. */
     run_deterministic(12345, c);
     cr_expect_arr_eq(a, c, sizeof a);
+}
+
+/* ---- wake-ups from host threads ----------------------------------------- */
+
+/* The voluntary context switches of the first thread named `comm`: the
+ * times it went to sleep. -1 if there is none. */
+static long thread_sleeps(const char *comm)
+{
+    DIR *d = opendir("/proc/self/task");
+    long sleeps = -1;
+    struct dirent *e;
+    while (d && sleeps < 0 && (e = readdir(d)) != NULL) {
+        char path[96], line[128];
+        snprintf(path, sizeof path, "/proc/self/task/%.16s/status", e->d_name);
+        FILE *f = e->d_name[0] == '.' ? NULL : fopen(path, "r");
+        bool ours = false;
+        while (f && fgets(line, sizeof line, f)) {
+            if (strncmp(line, "Name:", 5) == 0)
+                ours = strncmp(line + 5 + strspn(line + 5, " \t"), comm,
+                               strlen(comm)) == 0;
+            if (ours && strncmp(line, "voluntary_ctxt_switches:", 24) == 0)
+                sleeps = strtol(line + 24, NULL, 10);
+        }
+        if (f)
+            fclose(f);
+    }
+    if (d)
+        closedir(d);
+    return sleeps;
+}
+
+/* Pin the thread named comm (and the caller) to the first CPU the caller
+ * may run on. */
+static bool pin_to_one_cpu(const char *comm)
+{
+    cpu_set_t allowed, one;
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0)
+        return false;
+    int cpu = 0;
+    while (cpu < CPU_SETSIZE && !CPU_ISSET(cpu, &allowed))
+        cpu++;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    DIR *d = opendir("/proc/self/task");
+    bool pinned = false;
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL) {
+        char path[96], name[32] = "";
+        snprintf(path, sizeof path, "/proc/self/task/%.16s/comm", e->d_name);
+        FILE *f = e->d_name[0] == '.' ? NULL : fopen(path, "r");
+        if (f && fgets(name, sizeof name, f) &&
+            strncmp(name, comm, strlen(comm)) == 0)
+            pinned = sched_setaffinity((pid_t)strtol(e->d_name, NULL, 10),
+                                       sizeof one, &one) == 0;
+        if (f)
+            fclose(f);
+    }
+    if (d)
+        closedir(d);
+    return pinned && sched_setaffinity(0, sizeof one, &one) == 0;
+}
+
+static void exit_on_message(void *arg)
+{
+    (void)arg;
+    dx_msg *m = NULL;
+    if (dx_receive_any(DX_INFINITY, &m) == DX_OK)
+        dx_msg_free(m);
+}
+
+/* A host thread that wakes a scheduler (here: a message to a process
+ * that then exits) does so only once it has let go of every process
+ * block: the woken scheduler, which often takes the CPU from the sender
+ * at once, must be able to free the exited process before it sleeps
+ * again, not wake once more later just to free it. So each message costs
+ * the scheduler one sleep. Both threads share one CPU, where the woken
+ * thread preempting its waker is the rule. */
+Test(sched, a_host_threads_message_costs_the_scheduler_one_sleep, .timeout = 60)
+{
+    if (KT_RUNNING_ON_VALGRIND)
+        cr_skip_test("valgrind runs one thread at a time");
+    enum { MESSAGES = 40 };
+    kt_start(1);
+    /* The scheduler names its thread as it starts. */
+    bool pinned = false;
+    for (int t = 0; t < 500 && !pinned; t++)
+        if (!(pinned = pin_to_one_cpu("dx-sched")))
+            usleep(2000);
+    cr_assert(pinned, "could not pin the threads");
+    /* And the woken scheduler always comes first (each test runs in a
+     * process of its own, so the lower priority ends with it). */
+    cr_assert_eq(setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19), 0);
+    long extra = 0;
+    for (int i = 0; i < MESSAGES; i++) {
+        dx_pid pid;
+        cr_assert_eq(dx_spawn(exit_on_message, NULL, &pid), DX_OK);
+        usleep(20000); /* it runs, waits, and its scheduler sleeps */
+        long before = thread_sleeps("dx-sched");
+        cr_assert_eq(dx_send_tag(pid, 1), DX_OK);
+        usleep(20000); /* it exits; the scheduler sleeps again */
+        long after = thread_sleeps("dx-sched");
+        cr_assert(before >= 0 && after >= 0);
+        extra += after - before - 1;
+    }
+    kt_stop();
+    cr_expect_leq(extra, MESSAGES / 10,
+                  "%ld sleeps beyond one per message, in %d messages", extra,
+                  MESSAGES);
 }
