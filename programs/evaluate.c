@@ -50,10 +50,14 @@
  * sleeping scheduler per example, ~60 us of CPU on a 2-vCPU VM.
  *
  * The relay thread starts with the first watch (dx__cancel_watch_start,
- * eval_int.h: a coordinator's, or the bootstrap's) and is joined when the
- * last one ends. Each relay has its own stop descriptor; one ending while
- * the next starts may both wait on cancel_fd for a moment, and whichever
- * reads it wakes every registered watch. */
+ * eval_int.h: a coordinator's, or the bootstrap's) and ends by itself
+ * RELAY_LINGER_MS or a little more after the last one ended, so
+ * evaluations that follow one another (an optimizer's, a service's) share
+ * one. Starting it and joining it at the end was 300-800 us of a
+ * scheduler thread's time per evaluation (eval-bench at 1 in flight,
+ * docs/benchmarks.md), the join a blocking wait for another thread. It is
+ * detached: it decides to end under relay.mu, where a watch starting
+ * meanwhile sees it gone and starts a new one. */
 
 static atomic_uint_fast64_t cancel_generation;
 static atomic_int cancel_fd = -1;
@@ -65,13 +69,23 @@ typedef struct relay_entry {
     dx_ref ref;
 } relay_entry;
 
+/* How long the relay thread waits for a new watch after the last one
+ * ended, before it ends. */
+#define RELAY_LINGER_MS 1000
+
 static struct {
     pthread_mutex_t mu;
-    relay_entry *running; /* the watches to wake */
-    bool on;              /* a relay thread runs for them */
-    pthread_t thread;
-    int stop_fd;
-} relay = {.mu = PTHREAD_MUTEX_INITIALIZER, .stop_fd = -1};
+    relay_entry *running;  /* the watches to wake */
+    bool on;               /* a relay thread runs for them */
+    int64_t idle_since_ms; /* when the last watch ended (monotonic) */
+} relay = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static int64_t relay_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 void dx_evaluate_cancel_all(void)
 {
@@ -108,24 +122,26 @@ static void relay_wake_all(void)
 
 static void *relay_main(void *arg)
 {
-    int stop_fd = (int)(intptr_t)arg;
-    struct pollfd fds[2] = {{.fd = atomic_load(&cancel_fd), .events = POLLIN},
-                            {.fd = stop_fd, .events = POLLIN}};
+    (void)arg;
+    struct pollfd fd = {.fd = atomic_load(&cancel_fd), .events = POLLIN};
     for (;;) {
-        if (poll(fds, 2, -1) < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
-        }
+        /* Woken at least twice per linger, to see whether it is over. */
+        int ready = poll(&fd, 1, RELAY_LINGER_MS / 2);
         uint64_t count;
-        /* Another relay may have read it first (EAGAIN): it woke them. */
-        if ((fds[0].revents & POLLIN) &&
-            read(fds[0].fd, &count, sizeof count) == (ssize_t)sizeof count)
+        if (ready > 0 && (fd.revents & POLLIN) &&
+            read(fd.fd, &count, sizeof count) == (ssize_t)sizeof count)
             relay_wake_all();
-        if (fds[1].revents != 0)
-            break;
+        else if (ready < 0 && errno != EINTR)
+            (void)poll(NULL, 0, RELAY_LINGER_MS / 2); /* not a busy loop */
+        pthread_mutex_lock(&relay.mu);
+        bool over = relay.running == NULL &&
+                    relay_now_ms() - relay.idle_since_ms >= RELAY_LINGER_MS;
+        if (over)
+            relay.on = false; /* the next watch starts another */
+        pthread_mutex_unlock(&relay.mu);
+        if (over)
+            return NULL;
     }
-    return NULL;
 }
 
 /* Register a coordinator (pid, ref) with the relay, starting it if need
@@ -140,27 +156,30 @@ static bool relay_join(relay_entry *e, dx_pid pid, dx_ref ref)
         return false;
     pthread_mutex_lock(&relay.mu);
     if (!relay.on) {
-        int stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         /* The relay takes no asynchronous signals (helper_thread.h):
          * SIGINT is the application's, whose handler is what writes to
          * cancel_fd. */
         sigset_t all, old;
         dx__helper_thread_sigmask(&all);
         pthread_sigmask(SIG_SETMASK, &all, &old);
-        bool started =
-            stop_fd >= 0 && pthread_create(&relay.thread, NULL, relay_main,
-                                           (void *)(intptr_t)stop_fd) == 0;
+        pthread_attr_t attr;
+        pthread_t thread;
+        bool started = pthread_attr_init(&attr) == 0;
+        if (started) {
+            started = pthread_attr_setdetachstate(
+                          &attr, PTHREAD_CREATE_DETACHED) == 0 &&
+                      pthread_create(&thread, &attr, relay_main, NULL) == 0;
+            pthread_attr_destroy(&attr);
+        }
         pthread_sigmask(SIG_SETMASK, &old, NULL);
         if (!started) {
-            if (stop_fd >= 0)
-                close(stop_fd);
             pthread_mutex_unlock(&relay.mu);
             return false;
         }
         /* Named here, not by the thread: from the moment this returns it
-         * shows under its name (tests and tools look for it). */
-        pthread_setname_np(relay.thread, "dx-eval-cancel");
-        relay.stop_fd = stop_fd;
+         * shows under its name (tests and tools look for it). It cannot
+         * have ended yet: it ends only under relay.mu, with no watch. */
+        pthread_setname_np(thread, "dx-eval-cancel");
         relay.on = true;
     }
     e->next = relay.running;
@@ -169,8 +188,7 @@ static bool relay_join(relay_entry *e, dx_pid pid, dx_ref ref)
     return true;
 }
 
-/* Unregister; the last one out stops the relay and joins it (the calling
- * scheduler thread waits for a thread that only has to return). */
+/* Unregister; after the last one out the relay lingers, then ends. */
 static void relay_leave(relay_entry *e)
 {
     pthread_mutex_lock(&relay.mu);
@@ -179,21 +197,9 @@ static void relay_leave(relay_entry *e)
             *p = e->next;
             break;
         }
-    bool last = relay.running == NULL && relay.on;
-    pthread_t thread = relay.thread;
-    int stop_fd = relay.stop_fd;
-    if (last) {
-        relay.on = false;
-        relay.stop_fd = -1;
-    }
+    if (relay.running == NULL)
+        relay.idle_since_ms = relay_now_ms();
     pthread_mutex_unlock(&relay.mu);
-    if (!last)
-        return;
-    uint64_t one = 1;
-    ssize_t wrote = write(stop_fd, &one, sizeof one);
-    (void)wrote;
-    pthread_join(thread, NULL);
-    close(stop_fd);
 }
 
 uint64_t dx__cancel_generation(void)

@@ -947,23 +947,34 @@ Test(evaluate, a_stop_message_ends_only_the_evaluation_in_that_process)
     assert_cancelled_with_nothing_done(&other);
 }
 
-static int eval_cancel_threads(void)
+/* The cancellation relay's threads: how many run, and the id of one of
+ * them in *id (0 when none runs). */
+static int eval_cancel_scan(long *id)
 {
     int n = 0;
+    *id = 0;
     DIR *d = opendir("/proc/self/task");
     for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
         char path[300], comm[32] = "";
         snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
         FILE *f = fopen(path, "r");
         if (f && fgets(comm, sizeof comm, f) &&
-            strncmp(comm, "dx-eval-cancel", 14) == 0)
+            strncmp(comm, "dx-eval-cancel", 14) == 0) {
             n++;
+            *id = strtol(e->d_name, NULL, 10);
+        }
         if (f)
             fclose(f);
     }
     if (d)
         closedir(d);
     return n;
+}
+
+static int eval_cancel_threads(void)
+{
+    long id;
+    return eval_cancel_scan(&id);
 }
 
 /* The process that called dx_evaluate is killed while its examples hang
@@ -996,6 +1007,44 @@ Test(evaluate, a_killed_coordinator_takes_its_examples_with_it)
     cr_assert_null(ip.t.r);
     dx_dataset_free(ip.t.ds);
     dx_module_free(ip.t.m);
+}
+
+/* The id of the cancellation relay's thread, or 0 when none runs. */
+static long eval_cancel_thread_id(void)
+{
+    long id;
+    (void)eval_cancel_scan(&id);
+    return id;
+}
+
+/* Evaluations that follow one another (an optimizer's) share one
+ * cancellation relay: it outlives the last for a moment instead of being
+ * started and joined by every one, and then ends by itself. */
+Test(evaluate, evaluations_that_follow_one_another_share_one_relay_thread)
+{
+    dx_module *m = dx_module_new("Echo", echo_forward, NULL, NULL, NULL);
+    dx_dataset *ds = dataset(10, NULL);
+    dx_eval_opts o = {.metric = {.kind = DX_METRIC_EXACT_MATCH},
+                      .progress = DX_EVAL_PROGRESS_OFF};
+    long relay = 0;
+    for (int run = 0; run < 3; run++) {
+        dx_eval_result *r = NULL;
+        cr_assert_eq(dx_evaluate(m, ds, &o, &r, NULL), DX_OK);
+        cr_assert_float_eq(r->score, 100.0, 1e-9);
+        dx_eval_result_free(r);
+        long now = eval_cancel_thread_id();
+        cr_assert_neq(now, 0, "run %d: no relay after it", run);
+        if (run > 0)
+            cr_assert_eq(now, relay, "run %d started a relay of its own", run);
+        relay = now;
+    }
+    /* It ends about a second after the last evaluation. */
+    int relays = 1;
+    for (int i = 0; i < 10000 && (relays = eval_cancel_threads()) > 0; i++)
+        host_sleep_ms(1);
+    cr_assert_eq(relays, 0, "the relay still runs");
+    dx_dataset_free(ds);
+    dx_module_free(m);
 }
 
 /* ---- a keep (eval_int.h) ---------------------------------------------- */
