@@ -140,24 +140,32 @@ static double page_faults(void)
     return (double)ru.ru_minflt;
 }
 
-/* CPU time of the OS process's threads so far, by group: the schedulers
- * (dx-sched-*), the I/O lanes (dx-io*), the local LM server (dx-lmserver*)
- * and the rest (main, timers, ...). From /proc/self/task/<tid>/schedstat,
- * whose first field is the thread's time on a CPU in ns. A thread that
- * ended between two reads drops out of the difference, so the groups are
- * read around phases whose threads all live through them. */
+/* CPU time of the OS process's threads so far, thread by thread, with
+ * each thread's group: the schedulers (dx-sched-*), the I/O lanes
+ * (dx-io*), the local LM server (dx-lmserver*) and the rest (main,
+ * timers, ...). From /proc/self/task/<tid>/schedstat, whose first field is
+ * the thread's time on a CPU in ns. */
 enum { GRP_SCHED, GRP_IO, GRP_SERVER, GRP_OTHER, GRP_N };
 static const char *const grp_name[GRP_N] = {"sched", "io", "server", "other"};
 
-static void thread_cpu(double out[GRP_N])
+enum { MAX_THREADS = 256 };
+typedef struct thread_reading {
+    int n;
+    struct {
+        long tid;
+        int grp;
+        double us;
+    } t[MAX_THREADS];
+} thread_reading;
+
+static void thread_read(thread_reading *r)
 {
-    for (int g = 0; g < GRP_N; g++)
-        out[g] = 0;
+    r->n = 0;
     DIR *d = opendir("/proc/self/task");
     if (d == NULL)
         return;
     struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
+    while ((e = readdir(d)) != NULL && r->n < MAX_THREADS) {
         if (e->d_name[0] == '.')
             continue;
         char path[64], comm[32] = "";
@@ -181,9 +189,31 @@ static void thread_cpu(double out[GRP_N])
                 : strncmp(comm, "dx-io", 5) == 0        ? GRP_IO
                 : strncmp(comm, "dx-lmserver", 11) == 0 ? GRP_SERVER
                                                         : GRP_OTHER;
-        out[g] += (double)on_cpu_ns / 1e3;
+        r->t[r->n].tid = strtol(e->d_name, NULL, 10);
+        r->t[r->n].grp = g;
+        r->t[r->n].us = (double)on_cpu_ns / 1e3;
+        r->n++;
     }
     closedir(d);
+}
+
+/* Add to out[] the CPU each thread spent between readings a and b, by
+ * group. A thread that started in between counts from zero; one that
+ * ended in between is left out, its CPU after a no longer readable (it
+ * was subtracted whole before, which showed a helper thread that outlives
+ * an evaluation as negative CPU of the baseline after it). */
+static void thread_diff(const thread_reading *a, const thread_reading *b,
+                        double out[GRP_N])
+{
+    for (int i = 0; i < b->n; i++) {
+        double before = 0;
+        for (int k = 0; k < a->n; k++)
+            if (a->t[k].tid == b->t[i].tid) {
+                before = a->t[k].us;
+                break;
+            }
+        out[b->t[i].grp] += b->t[i].us - before;
+    }
 }
 
 /* "sched:12.3,io:4.5,server:6.7,other:0.1": us per example, of us summed
@@ -395,16 +425,15 @@ static void run_round(dx_pid client, dx_module *prog, dx_dataset *ds, int k,
     double w0 = clock_s(CLOCK_MONOTONIC);
     double c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
     double s0 = switches(), f0 = page_faults();
-    double t0[GRP_N], t1[GRP_N];
-    thread_cpu(t0);
+    static thread_reading t0, t1; /* large: not on a process's stack */
+    thread_read(&t0);
     if (counting("eval"))
         CALLGRIND_START_INSTRUMENTATION;
     int rc = dx_evaluate(prog, ds, &o, &r, &d);
     if (counting("eval"))
         CALLGRIND_STOP_INSTRUMENTATION;
-    thread_cpu(t1);
-    for (int g = 0; g < GRP_N; g++)
-        B.threads[k][g] += t1[g] - t0[g];
+    thread_read(&t1);
+    thread_diff(&t0, &t1, B.threads[k]);
     B.csw[k] += switches() - s0;
     B.flt[k] += page_faults() - f0;
     double cpu = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
@@ -438,15 +467,14 @@ static void run_round(dx_pid client, dx_module *prog, dx_dataset *ds, int k,
     w0 = clock_s(CLOCK_MONOTONIC);
     s0 = switches();
     f0 = page_faults();
-    thread_cpu(t0);
+    thread_read(&t0);
     if (counting("baseline"))
         CALLGRIND_START_INSTRUMENTATION;
     run_baseline(N, B.conc[k]);
     if (counting("baseline"))
         CALLGRIND_STOP_INSTRUMENTATION;
-    thread_cpu(t1);
-    for (int g = 0; g < GRP_N; g++)
-        B.base_threads[k][g] += t1[g] - t0[g];
+    thread_read(&t1);
+    thread_diff(&t0, &t1, B.base_threads[k]);
     B.base_csw[k] += switches() - s0;
     B.base_flt[k] += page_faults() - f0;
     double base_cpu = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
