@@ -80,13 +80,6 @@ static struct {
     int64_t idle_since_ms; /* when the last watch ended (monotonic) */
 } relay = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
-static int64_t relay_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 void dx_evaluate_cancel_all(void)
 {
     int saved = errno; /* a signal handler must leave errno as it was */
@@ -147,7 +140,7 @@ static void *relay_main(void *arg)
             (void)poll(NULL, 0, RELAY_LINGER_MS / 2); /* not a busy loop */
         pthread_mutex_lock(&relay.mu);
         int64_t idle_ms =
-            relay.running == NULL ? relay_now_ms() - relay.idle_since_ms : -1;
+            relay.running == NULL ? dx_now_ms() - relay.idle_since_ms : -1;
         bool over = idle_ms >= RELAY_LINGER_MS;
         if (over)
             relay.on = false; /* the next watch starts another */
@@ -214,7 +207,7 @@ static void relay_leave(relay_entry *e)
         }
     bool last = relay.running == NULL && relay.on;
     if (last)
-        relay.idle_since_ms = relay_now_ms();
+        relay.idle_since_ms = dx_now_ms();
     pthread_mutex_unlock(&relay.mu);
     if (last && relay_poke_fd >= 0) {
         uint64_t one = 1;

@@ -1,7 +1,8 @@
 /*
  * kernel_test_util.h — helpers shared by the actor-kernel suites: start and
  * stop the runtime, run a test body as a dspex process and wait for it from
- * the host thread, and record checks made inside processes.
+ * the host thread, record checks made inside processes, and count how often
+ * a runtime thread has gone to sleep.
  *
  * A failing Criterion assertion unwinds the test with longjmp, which must
  * never happen on a process stack; code running in a process therefore uses
@@ -17,6 +18,7 @@
 #define DSPEX_TESTS_KERNEL_TEST_UTIL_H
 
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -344,6 +346,37 @@ static inline void kt_park_fn(void *arg)
 static inline void kt_exit_with_fn(void *arg)
 {
     dx_exit_self(dx_atom((const char *)arg));
+}
+
+/* How many times the thread named name has gone to sleep so far (its
+ * voluntary context switches), or -1 if there is no such thread. */
+static inline long kt_thread_sleeps(const char *name)
+{
+    DIR *d = opendir("/proc/self/task");
+    if (d == NULL)
+        return -1;
+    long found = -1;
+    struct dirent *e;
+    while (found < 0 && (e = readdir(d)) != NULL) {
+        char path[300], comm[32] = "", line[128];
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (f == NULL)
+            continue;
+        bool ours = fgets(comm, sizeof comm, f) != NULL &&
+                    strncmp(comm, name, strlen(name)) == 0 &&
+                    comm[strlen(name)] == '\n';
+        fclose(f);
+        snprintf(path, sizeof path, "/proc/self/task/%s/status", e->d_name);
+        if (!ours || (f = fopen(path, "r")) == NULL)
+            continue;
+        while (fgets(line, sizeof line, f) != NULL)
+            if (sscanf(line, "voluntary_ctxt_switches: %ld", &found) == 1)
+                break;
+        fclose(f);
+    }
+    closedir(d);
+    return found;
 }
 
 #endif

@@ -609,33 +609,6 @@ Test(sched, deterministic_mode_replays_the_same_order_from_a_seed,
 
 /* ---- wake-ups from host threads ----------------------------------------- */
 
-/* The voluntary context switches of the first thread named `comm`: the
- * times it went to sleep. -1 if there is none. */
-static long thread_sleeps(const char *comm)
-{
-    DIR *d = opendir("/proc/self/task");
-    long sleeps = -1;
-    struct dirent *e;
-    while (d && sleeps < 0 && (e = readdir(d)) != NULL) {
-        char path[96], line[128];
-        snprintf(path, sizeof path, "/proc/self/task/%.16s/status", e->d_name);
-        FILE *f = e->d_name[0] == '.' ? NULL : fopen(path, "r");
-        bool ours = false;
-        while (f && fgets(line, sizeof line, f)) {
-            if (strncmp(line, "Name:", 5) == 0)
-                ours = strncmp(line + 5 + strspn(line + 5, " \t"), comm,
-                               strlen(comm)) == 0;
-            if (ours && strncmp(line, "voluntary_ctxt_switches:", 24) == 0)
-                sleeps = strtol(line + 24, NULL, 10);
-        }
-        if (f)
-            fclose(f);
-    }
-    if (d)
-        closedir(d);
-    return sleeps;
-}
-
 /* Pin the thread named comm (and the caller) to the first CPU the caller
  * may run on. */
 static bool pin_to_one_cpu(const char *comm)
@@ -702,10 +675,10 @@ Test(sched, a_host_threads_message_costs_the_scheduler_one_sleep, .timeout = 60)
         dx_pid pid;
         cr_assert_eq(dx_spawn(exit_on_message, NULL, &pid), DX_OK);
         usleep(20000); /* it runs, waits, and its scheduler sleeps */
-        long before = thread_sleeps("dx-sched");
+        long before = kt_thread_sleeps("dx-sched-0");
         cr_assert_eq(dx_send_tag(pid, 1), DX_OK);
         usleep(20000); /* it exits; the scheduler sleeps again */
-        long after = thread_sleeps("dx-sched");
+        long after = kt_thread_sleeps("dx-sched-0");
         cr_assert(before >= 0 && after >= 0);
         extra += after - before - 1;
     }

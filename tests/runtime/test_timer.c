@@ -255,37 +255,6 @@ Test(timer, send_after_refuses_nothing_negative_times_and_no_runtime,
     cr_expect_eq(dx_send_after(10, a, dx_msg_new(5), &tref), DX_ESTATE);
 }
 
-/* How many times the thread named name has gone to sleep so far (its
- * voluntary context switches), or -1 if there is no such thread. */
-static long sleeps_of(const char *name)
-{
-    DIR *d = opendir("/proc/self/task");
-    if (d == NULL)
-        return -1;
-    long found = -1;
-    struct dirent *e;
-    while (found < 0 && (e = readdir(d)) != NULL) {
-        char path[300], comm[32] = "", line[128];
-        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
-        FILE *f = fopen(path, "r");
-        if (f == NULL)
-            continue;
-        bool ours = fgets(comm, sizeof comm, f) != NULL &&
-                    strncmp(comm, name, strlen(name)) == 0 &&
-                    comm[strlen(name)] == '\n';
-        fclose(f);
-        snprintf(path, sizeof path, "/proc/self/task/%s/status", e->d_name);
-        if (!ours || (f = fopen(path, "r")) == NULL)
-            continue;
-        while (fgets(line, sizeof line, f) != NULL)
-            if (sscanf(line, "voluntary_ctxt_switches: %ld", &found) == 1)
-                break;
-        fclose(f);
-    }
-    closedir(d);
-    return found;
-}
-
 static atomic_int received_early;
 
 /* Five receives with a 300 ms timeout, each answered 2 ms into its wait,
@@ -317,10 +286,10 @@ Test(timer, a_timeout_no_receive_wants_does_not_wake_the_scheduler,
     KT_HOST_WAIT_UNTIL(atomic_load(&received_early), 10000);
     struct timespec settle = {0, 50 * 1000000}, past = {0, 500 * 1000000};
     nanosleep(&settle, NULL); /* the scheduler is asleep by then */
-    long before = sleeps_of("dx-sched-0");
+    long before = kt_thread_sleeps("dx-sched-0");
     cr_assert_geq(before, 0, "no thread named dx-sched-0");
     nanosleep(&past, NULL); /* past the 300 ms deadlines */
-    long after = sleeps_of("dx-sched-0");
+    long after = kt_thread_sleeps("dx-sched-0");
     cr_expect_eq(after - before, 0, "the scheduler woke %ld times for nothing",
                  after - before);
     cr_assert_eq(dx_send_tag(pid, 6), DX_OK);
