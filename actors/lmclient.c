@@ -179,7 +179,7 @@ static void outcome_free(void *p)
  * to"): the outcome and what the history needs of the call. */
 typedef struct direct_report {
     outcome o;          /* rc, attempts, err, response (the server's copy) */
-    dx_lm_request *req; /* a copy, for the history */
+    dx_lm_request *req; /* a copy of the messages alone, for the history */
     int64_t t0_us, t1_us;
     dx_ref tel; /* ties the caller's telemetry start to the stop */
     dx_pid client;
@@ -771,6 +771,11 @@ typedef struct ending {
     int attempts;
     int rc;
     const dx_lm_error *err;
+    /* Set when the recorder is done with req and resp (a direct caller's
+     * report): the history takes them instead of copying them (resp is
+     * then *take_resp). */
+    dx_lm_request *take_req;
+    dx_lm_response **take_resp;
 } ending;
 
 /* Record a finished request in the history, the usage totals (answered
@@ -792,8 +797,12 @@ static void note(state *s, const ending *d)
                      dx_err_name(d->rc));
         }
     }
-    const dx_lm_usage *u =
-        d->resp && d->resp->has_usage ? &d->resp->usage : NULL;
+    dx_lm_usage usage = {0};
+    const dx_lm_usage *u = NULL;
+    if (d->resp && d->resp->has_usage) {
+        usage = d->resp->usage; /* read before the history takes resp */
+        u = &usage;
+    }
     dx_lmhistory_record rec = {
         .timestamp_ms = wall_ms(),
         .model = d->model,
@@ -807,7 +816,10 @@ static void note(state *s, const ending *d)
     if (u)
         rec.usage = *u;
     /* A history that cannot grow just misses this entry. */
-    (void)dx_lmhistory_add(s->hist, &rec);
+    if (d->take_req || d->take_resp)
+        (void)dx_lmhistory_add_taking(s->hist, &rec, d->take_req, d->take_resp);
+    else
+        (void)dx_lmhistory_add(s->hist, &rec);
     if (d->rc == DX_OK)
         dx_usage_acc_add(&s->usage, s->prices, d->model, u, d->cached);
     dx_telemetry_event ev = {0};
@@ -1442,7 +1454,7 @@ static size_t count_queued(const state *s)
 
 static flight *flight_by_id(state *s, uint64_t id);
 static void on_done(state *s, outcome *o);
-static void on_direct(state *s, const direct_report *r);
+static void on_direct(state *s, direct_report *r);
 
 static dx_srv_ret srv_call(void *st, dx_msg *request, dx_from from,
                            dx_msg **reply, dx_term **stop_reason)
@@ -1588,7 +1600,7 @@ static void on_done(state *s, outcome *o)
 
 /* A direct caller's report: the call is over; record it as on_done
  * records a led flight that nobody joined. */
-static void on_direct(state *s, const direct_report *r)
+static void on_direct(state *s, direct_report *r)
 {
     s->stats.requests++;
     s->stats.workers++;
@@ -1611,7 +1623,11 @@ static void on_direct(state *s, const direct_report *r)
                 .resp = r->o.rc == DX_OK ? r->o.response : NULL,
                 .attempts = r->o.attempts,
                 .rc = r->o.rc,
-                .err = &r->o.err};
+                .err = &r->o.err,
+                /* The report's copies are the history's: the report is
+                 * freed after this. */
+                .take_req = r->req,
+                .take_resp = r->o.rc == DX_OK ? &r->o.response : NULL};
     note(s, &d);
 }
 
@@ -2007,7 +2023,11 @@ static int direct_call(dx_pid client, direct_pub *p, const dx_lm_request *req,
                        dx_lm_error *err)
 {
     direct_report *r = dx_calloc(1, sizeof *r);
-    dx_lm_request *copy = r ? req_copy(req) : NULL;
+    /* The history keeps only the messages: copied alone, not the schema,
+     * tools and stop words the report has no use for. */
+    dx_lm_request messages_only = {.messages = req->messages,
+                                   .n_messages = req->n_messages};
+    dx_lm_request *copy = r ? req_copy(&messages_only) : NULL;
     if (!copy) {
         dx_free(r);
         pub_unref(p);

@@ -143,23 +143,43 @@ void dx_lmhistory_free(dx_lmhistory *h)
     dx_free(h);
 }
 
-int dx_lmhistory_add(dx_lmhistory *h, const dx_lmhistory_record *rec)
+/* Whether every message has its content: a taken array is kept as it is,
+ * and an entry's messages never have a NULL content. */
+static bool contents_set(const dx_lm_message *m, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (m[i].content == NULL)
+            return false;
+    return true;
+}
+
+/* _add and _add_taking: the entry copies rec's request and response, or
+ * (taking) takes take_req's messages and *take_resp. */
+static int add_entry(dx_lmhistory *h, const dx_lmhistory_record *rec,
+                     bool taking, dx_lm_request *take_req,
+                     dx_lm_response **take_resp)
 {
     if (h == NULL || rec == NULL)
         return DX_EINVAL;
-    /* Build the whole entry first so OOM leaves the ring untouched. */
+    /* Build the whole entry first so OOM leaves the ring untouched, and
+     * take nothing until it is built. */
     dx_lmhistory_entry e = {0};
     bool ok = true;
     e.timestamp_ms = rec->timestamp_ms;
     e.model = dup_opt(rec->model ? rec->model : "", &ok);
-    if (rec->request != NULL && rec->request->n_messages > 0) {
-        e.messages = copy_messages(rec->request->messages,
-                                   rec->request->n_messages, &ok);
+    const dx_lm_request *req = taking ? take_req : rec->request;
+    bool take_messages =
+        taking && req != NULL && contents_set(req->messages, req->n_messages);
+    if (req != NULL && req->n_messages > 0 && !take_messages) {
+        e.messages = copy_messages(req->messages, req->n_messages, &ok);
         if (e.messages != NULL)
-            e.n_messages = rec->request->n_messages;
+            e.n_messages = req->n_messages;
     }
-    if (rec->response != NULL) {
-        if (dx_lm_response_copy(rec->response, &e.response) != DX_OK)
+    bool take_response = taking && take_resp != NULL;
+    const dx_lm_response *resp =
+        taking ? (take_resp ? *take_resp : NULL) : rec->response;
+    if (resp != NULL && !take_response) {
+        if (dx_lm_response_copy(resp, &e.response) != DX_OK)
             ok = false;
     }
     e.usage = rec->usage;
@@ -176,6 +196,16 @@ int dx_lmhistory_add(dx_lmhistory *h, const dx_lmhistory_record *rec)
         entry_clear(&e);
         return DX_ENOMEM;
     }
+    if (take_messages && req->n_messages > 0) {
+        e.messages = take_req->messages;
+        e.n_messages = take_req->n_messages;
+        take_req->messages = NULL;
+        take_req->n_messages = 0;
+    }
+    if (take_response) {
+        e.response = *take_resp;
+        *take_resp = NULL;
+    }
     if (h->len == h->cap) {
         entry_clear(&h->ring[h->head]);
         h->ring[h->head] = e;
@@ -185,6 +215,17 @@ int dx_lmhistory_add(dx_lmhistory *h, const dx_lmhistory_record *rec)
         h->len++;
     }
     return DX_OK;
+}
+
+int dx_lmhistory_add(dx_lmhistory *h, const dx_lmhistory_record *rec)
+{
+    return add_entry(h, rec, false, NULL, NULL);
+}
+
+int dx_lmhistory_add_taking(dx_lmhistory *h, const dx_lmhistory_record *rec,
+                            dx_lm_request *request, dx_lm_response **response)
+{
+    return add_entry(h, rec, true, request, response);
 }
 
 size_t dx_lmhistory_len(const dx_lmhistory *h)

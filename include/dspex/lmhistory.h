@@ -66,6 +66,18 @@ DX_API void dx_lmhistory_free(dx_lmhistory *h);
  * the history is unchanged. */
 DX_API int dx_lmhistory_add(dx_lmhistory *h, const dx_lmhistory_record *rec);
 
+/* As _add, for an owner done with the call's request and response: the
+ * entry takes request's messages and *response instead of copying them
+ * (rec->request and rec->response are not read; a NULL request, or a
+ * NULL response or *response, records none). On DX_OK request keeps no
+ * messages (n_messages 0) and *response is NULL, and the caller frees
+ * what is left as usual; on an error nothing was taken. Messages with a
+ * NULL content are copied, not taken. */
+DX_API int dx_lmhistory_add_taking(dx_lmhistory *h,
+                                   const dx_lmhistory_record *rec,
+                                   dx_lm_request *request,
+                                   dx_lm_response **response);
+
 /* Number of entries held (at most the capacity). */
 DX_API size_t dx_lmhistory_len(const dx_lmhistory *h);
 

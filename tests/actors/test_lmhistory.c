@@ -399,3 +399,56 @@ Test(lmhistory, add_fails_cleanly_at_every_allocation, .timeout = 20)
     dx_lm_response_free(resp);
     dx_lmhistory_free(h);
 }
+
+/* An owner done with its request and response (the LM client recording a
+ * caller's report) hands them over: the entry holds the very messages and
+ * response, the caller is left with an empty request to free; when the
+ * entry cannot be built nothing is taken and the ring is unchanged. */
+Test(lmhistory, add_taking_keeps_the_given_messages_and_response, .timeout = 20)
+{
+    dx_lmhistory *h = three_calls();
+    dx_lm_request *req = chat("taken");
+    dx_lm_response *resp =
+        response("{\"id\":\"t\",\"choices\":[{\"text\":\"yes\",\"finish\":"
+                 "\"stop\"}],\"usage\":{\"input_tokens\":5,\"output_tokens\":"
+                 "1,\"total_tokens\":6,\"cached_tokens\":0}}");
+    dx_lm_message *messages = req->messages;
+    const char *question = req->messages[1].content;
+    dx_lm_response *given = resp;
+    dx_lmhistory_record rec = {
+        .timestamp_ms = T0, .model = "m", .attempts = 1, .usage = resp->usage};
+
+    const dx_allocator failing = {f_malloc, f_realloc, f_free, NULL};
+    calls = 0;
+    fail_at = 1; /* the model's copy */
+    dx_set_allocator(&failing);
+    int rc = dx_lmhistory_add_taking(h, &rec, req, &resp);
+    dx_set_allocator(NULL);
+    cr_assert_eq(rc, DX_ENOMEM);
+    cr_assert_eq(dx_lmhistory_len(h), 3);
+    cr_assert_eq(req->messages, messages);
+    cr_assert_eq(req->n_messages, 2);
+    cr_assert_eq(resp, given);
+
+    cr_assert_eq(dx_lmhistory_add_taking(h, &rec, req, &resp), DX_OK);
+    cr_assert_eq(dx_lmhistory_len(h), 4);
+    cr_assert_null(resp);
+    cr_assert_null(req->messages);
+    cr_assert_eq(req->n_messages, 0);
+    const dx_lmhistory_entry *e = dx_lmhistory_get(h, 3);
+    cr_assert_eq(e->messages, messages);
+    cr_assert_eq(e->messages[1].content, question);
+    cr_assert_eq(e->n_messages, 2);
+    cr_assert_eq(e->response, given);
+    cr_assert_str_eq(e->response->choices[0].text, "yes");
+    cr_assert_eq(e->usage.input_tokens, 5);
+    cr_assert_not(e->failed);
+    dx_lm_request_free(req); /* what is left of it */
+
+    /* Nothing to take: an entry without messages or response. */
+    cr_assert_eq(dx_lmhistory_add_taking(h, &rec, NULL, NULL), DX_OK);
+    e = dx_lmhistory_get(h, dx_lmhistory_len(h) - 1);
+    cr_assert_eq(e->n_messages, 0);
+    cr_assert_null(e->response);
+    dx_lmhistory_free(h);
+}
