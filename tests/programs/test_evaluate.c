@@ -1009,14 +1009,6 @@ Test(evaluate, a_killed_coordinator_takes_its_examples_with_it)
     dx_module_free(ip.t.m);
 }
 
-/* The id of the cancellation relay's thread, or 0 when none runs. */
-static long eval_cancel_thread_id(void)
-{
-    long id;
-    (void)eval_cancel_scan(&id);
-    return id;
-}
-
 /* Evaluations that follow one another (an optimizer's) share one
  * cancellation relay: it outlives the last for a moment instead of being
  * started and joined by every one, and then ends by itself. */
@@ -1032,7 +1024,8 @@ Test(evaluate, evaluations_that_follow_one_another_share_one_relay_thread)
         cr_assert_eq(dx_evaluate(m, ds, &o, &r, NULL), DX_OK);
         cr_assert_float_eq(r->score, 100.0, 1e-9);
         dx_eval_result_free(r);
-        long now = eval_cancel_thread_id();
+        long now;
+        (void)eval_cancel_scan(&now);
         cr_assert_neq(now, 0, "run %d: no relay after it", run);
         if (run > 0)
             cr_assert_eq(now, relay, "run %d started a relay of its own", run);
