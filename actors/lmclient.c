@@ -181,7 +181,11 @@ typedef struct direct_report {
     outcome o;          /* rc, attempts, err, response (the server's copy) */
     dx_lm_request *req; /* a copy of the messages alone, for the history */
     int64_t t0_us, t1_us;
-    dx_ref tel; /* ties the caller's telemetry start to the stop */
+    int64_t ended_ms; /* wall clock at the end, the history's timestamp */
+    dx_ref tel;       /* ties the caller's telemetry start to the stop */
+    /* The caller emitted the stop (or exception) event itself: the report
+     * may be handled long after the call (it is sent lazily). */
+    bool tel_stopped;
     dx_pid client;
     /* The caller's reference to the published record while the call is
      * under way (counted in its `active`); given back by direct_call_over
@@ -776,27 +780,57 @@ typedef struct ending {
      * then *take_resp). */
     dx_lm_request *take_req;
     dx_lm_response **take_resp;
+    int64_t ended_ms; /* the history's timestamp; 0: now */
+    bool tel_stopped; /* the telemetry event is already emitted */
 } ending;
 
+/* The error a finished request is recorded with: the provider's, or for a
+ * failure the provider did not type (an open breaker, the limiter, a dead
+ * worker) a timeout or a cancellation naming the dspex code. */
+static void ending_error(int rc, const dx_lm_error *err, dx_lm_error *e)
+{
+    dx_lm_error_clear(e);
+    if (rc == DX_OK)
+        return;
+    if (err && err->kind != DX_LM_ERR_NONE) {
+        *e = *err;
+        return;
+    }
+    e->kind = rc == DX_ETIMEDOUT ? DX_LM_ERR_TIMEOUT : DX_LM_ERR_CANCELLED;
+    snprintf(e->message, sizeof e->message, "dspex: %s", dx_err_name(rc));
+}
+
+/* The "lm.call" stop event of an answered request, or its exception event
+ * (error kind e->kind). */
+static void tel_stop(const char *model, dx_ref ref, int64_t dur_us,
+                     const dx_lm_usage *u, bool cached, int attempts,
+                     const dx_lm_error *e)
+{
+    dx_telemetry_event ev = {0};
+    dx_telemetry_event_set(&ev,
+                           e->kind == DX_LM_ERR_NONE ? DX_TELEMETRY_STOP
+                                                     : DX_TELEMETRY_EXCEPTION,
+                           "lm.call", model);
+    ev.duration_us = dur_us;
+    if (u && !cached) {
+        ev.input_tokens = u->input_tokens;
+        ev.output_tokens = u->output_tokens;
+    }
+    ev.cache_hit = cached;
+    ev.retries = attempts > 1 ? attempts - 1 : 0;
+    ev.error_kind = e->kind;
+    ev.ref = ref;
+    (void)dx_telemetry_emit(&ev);
+}
+
 /* Record a finished request in the history, the usage totals (answered
- * calls only: a failure's spend is unknown) and telemetry. A failure the
- * provider did not type (an open breaker, the limiter, a dead worker) is
- * recorded as a timeout or a cancellation naming the dspex code. */
+ * calls only: a failure's spend is unknown) and telemetry (ending_error
+ * says what a failure is recorded as). */
 static void note(state *s, const ending *d)
 {
     int64_t dur_us = (d->t1_us ? d->t1_us : mono_us()) - d->t0_us;
     dx_lm_error e;
-    dx_lm_error_clear(&e);
-    if (d->rc != DX_OK) {
-        if (d->err && d->err->kind != DX_LM_ERR_NONE) {
-            e = *d->err;
-        } else {
-            e.kind =
-                d->rc == DX_ETIMEDOUT ? DX_LM_ERR_TIMEOUT : DX_LM_ERR_CANCELLED;
-            snprintf(e.message, sizeof e.message, "dspex: %s",
-                     dx_err_name(d->rc));
-        }
-    }
+    ending_error(d->rc, d->err, &e);
     dx_lm_usage usage = {0};
     const dx_lm_usage *u = NULL;
     if (d->resp && d->resp->has_usage) {
@@ -804,7 +838,7 @@ static void note(state *s, const ending *d)
         u = &usage;
     }
     dx_lmhistory_record rec = {
-        .timestamp_ms = wall_ms(),
+        .timestamp_ms = d->ended_ms ? d->ended_ms : wall_ms(),
         .model = d->model,
         .request = d->req,
         .response = d->resp,
@@ -822,20 +856,8 @@ static void note(state *s, const ending *d)
         (void)dx_lmhistory_add(s->hist, &rec);
     if (d->rc == DX_OK)
         dx_usage_acc_add(&s->usage, s->prices, d->model, u, d->cached);
-    dx_telemetry_event ev = {0};
-    dx_telemetry_event_set(
-        &ev, d->rc == DX_OK ? DX_TELEMETRY_STOP : DX_TELEMETRY_EXCEPTION,
-        "lm.call", d->model);
-    ev.duration_us = dur_us;
-    if (u && !d->cached) {
-        ev.input_tokens = u->input_tokens;
-        ev.output_tokens = u->output_tokens;
-    }
-    ev.cache_hit = d->cached;
-    ev.retries = d->attempts > 1 ? d->attempts - 1 : 0;
-    ev.error_kind = e.kind;
-    ev.ref = d->tel;
-    (void)dx_telemetry_emit(&ev);
+    if (!d->tel_stopped)
+        tel_stop(d->model, d->tel, dur_us, u, d->cached, d->attempts, &e);
 }
 
 static void note_flight(state *s, const flight *f, const char *model,
@@ -1627,7 +1649,9 @@ static void on_direct(state *s, direct_report *r)
                 /* The report's copies are the history's: the report is
                  * freed after this. */
                 .take_req = r->req,
-                .take_resp = r->o.rc == DX_OK ? &r->o.response : NULL};
+                .take_resp = r->o.rc == DX_OK ? &r->o.response : NULL,
+                .ended_ms = r->ended_ms,
+                .tel_stopped = r->tel_stopped};
     note(s, &d);
 }
 
@@ -2058,6 +2082,11 @@ static int direct_call(dx_pid client, direct_pub *p, const dx_lm_request *req,
     dx_ptie_cut(tie);
     r->t1_us = mono_us();
     int rc = r->o.rc;
+    /* Read before the answer goes to the caller, for the stop event. */
+    dx_lm_usage usage = {0};
+    bool has_usage = rc == DX_OK && r->o.response && r->o.response->has_usage;
+    if (has_usage)
+        usage = r->o.response->usage;
     if (rc == DX_OK) {
         /* The caller gets the answer itself; the client a copy for its
          * history (without memory for one, the call is recorded without its
@@ -2079,20 +2108,22 @@ static int direct_call(dx_pid client, direct_pub *p, const dx_lm_request *req,
     } else if (err) {
         *err = r->o.err;
     }
-    direct_call_over(r); /* p is not to be used after this */
     if (rc == DX_EDOWN) {
         /* The client is gone: nobody to report to. */
+        direct_call_over(r);
         direct_report_free(r);
         return rc;
     }
-    if (rc != DX_EPROVIDER) {
-        dx_send_ptr(client, TAG_DIRECT, r, direct_report_free);
-        return rc;
-    }
-    /* A provider's error may open the breaker: wait until the client has
-     * recorded it, so this caller's next call already sees the breaker as
-     * it is (refused at once when it opened). Failures are rare; answers
-     * need no such wait, for they never open a breaker. */
+    /* The call's telemetry ends here, when it ends, not when the client
+     * gets round to the report; so does the history's timestamp. */
+    r->ended_ms = wall_ms();
+    dx_lm_error e;
+    ending_error(r->o.rc, &r->o.err, &e);
+    tel_stop(p->model, r->tel, r->t1_us - r->t0_us, has_usage ? &usage : NULL,
+             false, r->o.attempts, &e);
+    r->tel_stopped = true;
+    direct_call_over(r); /* p is not to be used after this */
+    /* Without memory for the message the call goes unrecorded. */
     dx_msg *m = dx_msg_new(TAG_DIRECT);
     if (!m) {
         direct_report_free(r);
@@ -2100,6 +2131,20 @@ static int direct_call(dx_pid client, direct_pub *p, const dx_lm_request *req,
     }
     m->ptr = r;
     m->ptr_free = direct_report_free;
+    if (rc != DX_EPROVIDER) {
+        /* Nobody waits on the report, and an answer never changes what a
+         * direct caller may do next (it cannot open the breaker): the
+         * client is not woken for it, but handles it before any later
+         * message, a caller's request for the history, the usage or the
+         * stats included, or with 64 of them (dx_send_lazy). At 1 call in
+         * flight that spares the client a run per call. */
+        dx_send_lazy(client, m);
+        return rc;
+    }
+    /* A provider's error may open the breaker: wait until the client has
+     * recorded it, so this caller's next call already sees the breaker as
+     * it is (refused at once when it opened). Failures are rare; answers
+     * need no such wait, for they never open a breaker. */
     int64_t left = deadline_ms > 0 ? deadline_ms - dx_now_ms() : 5000;
     dx_msg *ack = NULL;
     /* Not waited for (no time left, the client busy): still recorded. */

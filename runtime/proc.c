@@ -185,9 +185,10 @@ int dx__route_remote(dx_pid to, dx_msg *m)
     return r->deliver(to, m);
 }
 
-/* How many quiet signals may wait in a sleeping process's mailbox before
- * one wakes it anyway: a process that is monitored and demonitored over
- * and over but never messaged must not gather them without bound. */
+/* How many quiet signals and lazy messages (dx_send_lazy) may wait in a
+ * sleeping process's mailbox before one wakes it anyway: a process that is
+ * monitored and demonitored over and over but never messaged, or sent
+ * only lazy messages, must not gather them without bound. */
 #define QUIET_BACKLOG 64
 
 /* Monitor and demonitor: signals that change only the target's table of
@@ -272,7 +273,7 @@ static void signal_to(dx_pid to, uint32_t sig, dx_pid from, dx_ref ref,
         deliver(to, m, sig == DX__SIG_DEMONITOR);
 }
 
-int dx_send(dx_pid to, dx_msg *m)
+static int send_msg(dx_pid to, dx_msg *m, bool lazy)
 {
     if (m == NULL)
         return DX_EINVAL;
@@ -285,7 +286,7 @@ int dx_send(dx_pid to, dx_msg *m)
     m->kind = DX_MSG_PLAIN;
     m->from = self ? self->pid : DX_NOPID;
     if (self != NULL) {
-        int rc = dx__deliver(to, m);
+        int rc = deliver(to, m, lazy);
         dx__tick(self);
         return rc;
     }
@@ -295,9 +296,22 @@ int dx_send(dx_pid to, dx_msg *m)
         dx_msg_free(m);
         return rc;
     }
-    rc = dx__deliver(to, m);
+    rc = deliver(to, m, lazy);
     dx__ext_leave(entered);
     return rc;
+}
+
+int dx_send(dx_pid to, dx_msg *m)
+{
+    return send_msg(to, m, false);
+}
+
+/* The quiet delivery of watch signals, for messages: the target files it
+ * with whatever wakes it next, and the backlog bound (QUIET_BACKLOG) wakes
+ * it when nothing else does. */
+int dx_send_lazy(dx_pid to, dx_msg *m)
+{
+    return send_msg(to, m, true);
 }
 
 int dx_send_tag(dx_pid to, int64_t tag)

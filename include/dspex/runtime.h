@@ -171,6 +171,15 @@ DX_API void *dx_msg_take_ptr(dx_msg *m);
  * DX_ENOPROC if pid is not alive (sending to a dead pid is not an error in
  * Erlang; here it is reported and the message freed). Any thread. */
 DX_API int dx_send(dx_pid to, dx_msg *m);
+/* Send m as dx_send does, without waking pid: the message waits in pid's
+ * mailbox, in its place among the others, until pid wakes for anything
+ * else (a message sent with dx_send, a timeout, a signal) or until more than
+ * 64 sent this way wait, when the next one wakes it. For bookkeeping that
+ * nobody waits on: a call to pid made afterwards still finds it handled
+ * first, for it comes first in the mailbox; a process that only ever gets
+ * lazy messages handles them some 64 at a time. To another node's pid it
+ * is dx_send. Takes ownership of m in every case. Any thread. */
+DX_API int dx_send_lazy(dx_pid to, dx_msg *m);
 /* Shorthands that build and send a message. Ownership of term/ptr passes to
  * the runtime in every case. Any thread. */
 DX_API int dx_send_tag(dx_pid to, int64_t tag);

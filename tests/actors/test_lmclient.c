@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "dspex/alloc.h"
@@ -150,6 +151,7 @@ typedef struct scenario {
     int usage_rc;
     dx_telemetry_event events[8];
     int n_events;
+    int64_t t_before_ms, t_after_ms; /* wall clock around one call */
     void (*body)(struct scenario *sc, dx_pid client);
     _Atomic int done;
 } scenario;
@@ -1918,8 +1920,7 @@ Test(lmclient, a_call_bypassing_the_cache_is_made_by_its_caller_and_recorded)
     cr_assert_eq(sc.usage.output_tokens,
                  sc.calls[0].output_tokens + sc.calls[1].output_tokens);
     cr_assert_float_eq(sc.usage.cost_usd, (double)in, 1e-6);
-    /* A start from the caller, a stop from the client, paired by ref (the
-     * second start may come before the first stop). */
+    /* A start and a stop from the caller, paired by ref. */
     cr_assert_eq(sc.n_events, 4, "%d events", sc.n_events);
     int starts = 0;
     int64_t stop_in = 0;
@@ -1946,6 +1947,64 @@ static void bypass_twice_then_use(scenario *s, dx_pid client)
     complete_opt_into(client, "one", &bypass, 10000, &s->calls[0]);
     complete_opt_into(client, "two", &bypass, 10000, &s->calls[1]);
     complete_into(client, "three", 10000, &s->calls[2]);
+}
+
+static int64_t wall_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* One direct call, its telemetry taken as soon as it returns, its history
+ * read a while later. */
+static void direct_call_then_wait(scenario *s, dx_pid client)
+{
+    if (dx_telemetry_subscribe(dx_self(), "lm.call") != DX_OK)
+        return;
+    s->t_before_ms = wall_now_ms();
+    complete_opt_into(client, "What is 2+2?", &bypass, 10000, &s->calls[0]);
+    s->t_after_ms = wall_now_ms();
+    dx_msg *m = NULL;
+    while (s->n_events < 8 &&
+           dx_receive_tag(DX_TELEMETRY_TAG, 0, &m) == DX_OK) {
+        if (m->ptr)
+            s->events[s->n_events++] = *(dx_telemetry_event *)m->ptr;
+        dx_msg_free(m);
+    }
+    dx_sleep(300);
+    copy_history(client, 0, s->history, sizeof s->history, &s->history_rc);
+}
+
+/* The client handles a direct call's report whenever it next runs: the
+ * call's stop event and its history timestamp are the call's own, not the
+ * time the report was handled. */
+Test(lmclient, a_direct_calls_stop_event_and_timestamp_are_taken_when_it_ends)
+{
+    live_only();
+    sc.body = direct_call_then_wait;
+    run(&sc);
+    cr_assert_eq(sc.calls[0].rc, DX_OK, "%s", dx_err_name(sc.calls[0].rc));
+    /* Both events were in the caller's mailbox when the call returned. */
+    cr_assert_eq(sc.n_events, 2, "%d events", sc.n_events);
+    cr_assert_eq(sc.events[0].kind, DX_TELEMETRY_START);
+    cr_assert_eq(sc.events[1].kind, DX_TELEMETRY_STOP);
+    cr_assert(dx_ref_eq(sc.events[0].ref, sc.events[1].ref));
+    cr_assert_gt(sc.events[1].input_tokens, 0);
+    cr_assert_eq(sc.history_rc, DX_OK);
+    struct tm tm = {0};
+    int ms = -1;
+    const char *stamp = strchr(sc.history, '[');
+    cr_assert(stamp && sscanf(stamp, "[%d-%d-%dT%d:%d:%d.%dZ]", &tm.tm_year,
+                              &tm.tm_mon, &tm.tm_mday, &tm.tm_hour, &tm.tm_min,
+                              &tm.tm_sec, &ms) == 7,
+              "%s", sc.history);
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    int64_t at_ms = (int64_t)timegm(&tm) * 1000 + ms;
+    cr_assert(at_ms >= sc.t_before_ms && at_ms <= sc.t_after_ms,
+              "recorded at %lld, the call ran %lld..%lld", (long long)at_ms,
+              (long long)sc.t_before_ms, (long long)sc.t_after_ms);
 }
 
 Test(lmclient, only_a_client_with_nothing_to_choose_lets_callers_call_directly)

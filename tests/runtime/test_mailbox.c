@@ -1,7 +1,8 @@
 /*
  * test_mailbox.c — messages and mailboxes: send (to pids, names, dead pids,
  * from host threads), payload ownership, selective receive by tag, sender,
- * ref and predicate, receive timeouts, sleep and yield, the calls that only
+ * ref and predicate, receive timeouts, sleep and yield, lazy sends (no
+ * wake-up until something else wakes the receiver), the calls that only
  * processes may make, and 1,000,000 messages between scheduler threads with
  * none lost, duplicated or reordered per sender.
  */
@@ -553,6 +554,95 @@ Test(mailbox, host_threads_can_send_concurrently_without_loss, .timeout = 120)
     cr_expect_eq(atomic_load(&send_failures), 0);
     cr_expect_eq(atomic_load(&bad_order), 0);
     cr_expect_eq(atomic_load(&received_total), (long)HOST_THREADS * PER_HOST);
+}
+
+/* ---- lazy sends ---------------------------------------------------------- */
+
+/* A lazy message does not wake a waiting receiver: it is handled, in its
+ * place, when something else wakes it, or when more than the backlog (64)
+ * wait. */
+enum { LAZY_STOP = 99, LAZY_MAX = 256 };
+static _Atomic int lazy_n;
+static int64_t lazy_seen[LAZY_MAX];
+
+static void lazy_receiver(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        dx_msg *m = NULL;
+        if (dx_receive_any(DX_INFINITY, &m) != DX_OK)
+            return;
+        int64_t tag = m->tag;
+        dx_msg_free(m);
+        int i = atomic_load(&lazy_n);
+        if (i < LAZY_MAX)
+            lazy_seen[i] = tag;
+        atomic_store(&lazy_n, i + 1);
+        if (tag == LAZY_STOP)
+            return;
+    }
+}
+
+static bool waits(dx_pid pid)
+{
+    dx_proc_info info;
+    return dx_process_info(pid, &info) == DX_OK &&
+           info.status == DX_PROC_WAITING;
+}
+
+static void lazy_body(void *arg)
+{
+    (void)arg;
+    dx_pid r;
+    KT_CHECK_RC(dx_spawn(lazy_receiver, NULL, &r), DX_OK);
+    for (int i = 0; i < 5000 && !waits(r); i++)
+        dx_sleep(1);
+    for (int64_t tag = 1; tag <= 3; tag++)
+        KT_CHECK_RC(dx_send_lazy(r, dx_msg_new(tag)), DX_OK);
+    /* Nothing woke it: the three wait in its mailbox. */
+    dx_sleep(100);
+    KT_CHECK_EQ(atomic_load(&lazy_n), 0);
+    dx_proc_info info;
+    if (KT_CHECK_RC(dx_process_info(r, &info), DX_OK))
+        KT_CHECK_EQ(info.mailbox_len, 3);
+    /* A plain send wakes it; the lazy ones come first. */
+    KT_CHECK_RC(dx_send_tag(r, 4), DX_OK);
+    for (int i = 0; i < 5000 && atomic_load(&lazy_n) < 4; i++)
+        dx_sleep(1);
+    if (KT_CHECK_EQ(atomic_load(&lazy_n), 4))
+        for (int i = 0; i < 4; i++)
+            KT_CHECK_EQ(lazy_seen[i], i + 1);
+    for (int i = 0; i < 5000 && !waits(r); i++)
+        dx_sleep(1);
+    /* Lazy messages alone: the backlog wakes it, with no plain send. */
+    for (int i = 0; i < 100; i++)
+        KT_CHECK_RC(dx_send_lazy(r, dx_msg_new(5)), DX_OK);
+    for (int i = 0; i < 5000 && atomic_load(&lazy_n) < 4 + 65; i++)
+        dx_sleep(1);
+    KT_CHECK(atomic_load(&lazy_n) >= 4 + 65);
+    dx_ref mon;
+    KT_CHECK_RC(dx_monitor(r, &mon), DX_OK);
+    KT_CHECK_RC(dx_send_tag(r, LAZY_STOP), DX_OK);
+    KT_CHECK_REASON_ATOM(kt_await_down(mon, 5000), "normal");
+    KT_CHECK_EQ(atomic_load(&lazy_n), 4 + 100 + 1);
+    for (int i = 4; i < 104; i++)
+        KT_CHECK_EQ(lazy_seen[i], 5);
+    /* To a dead pid: refused and freed, as dx_send. */
+    atomic_store(&ptr_frees, 0);
+    KT_CHECK_RC(dx_send_lazy(r, dx_msg_new(6)), DX_ENOPROC);
+    dx_msg *m = dx_msg_new(7);
+    if (m) {
+        m->ptr = dx_malloc(8);
+        m->ptr_free = count_ptr_free;
+    }
+    KT_CHECK_RC(dx_send_lazy(r, m), DX_ENOPROC);
+    KT_CHECK_EQ(atomic_load(&ptr_frees), 1);
+}
+
+Test(mailbox, a_lazy_message_waits_for_the_next_wake_up_in_its_place,
+     .timeout = 30)
+{
+    kt_body_test(2, lazy_body, NULL);
 }
 
 /* Undelivered messages are freed with their process. */
