@@ -20,6 +20,7 @@
 
 #include "dspex/alloc.h"
 #include "dspex/error.h"
+#include "example_int.h"
 #include "pyjson.h"
 
 /* Slots of dx_signature_cached used here. */
@@ -1422,9 +1423,11 @@ static int complete_outputs(dx_adapter_kind kind, const dx_signature *s,
     dx_example *ex = dx_example_new();
     if (!ex)
         return DX_ENOMEM;
+    /* The values were built for this example: it takes them. */
     for (size_t i = 0; i < n; i++) {
-        int rc =
-            dx_example_set_value(ex, dx_signature_output(s, i)->name, found[i]);
+        cJSON *v = found[i];
+        found[i] = NULL;
+        int rc = dx__example_set_taking(ex, dx_signature_output(s, i)->name, v);
         if (rc != DX_OK) {
             dx_example_free(ex);
             return rc;
@@ -1544,16 +1547,22 @@ static int parse_json(const dx_signature *s, const char *text, size_t len,
                            shown, text, len > 300 ? "..." : "");
     }
     int rc = DX_OK;
-    const cJSON *m;
-    cJSON_ArrayForEach(m, obj)
-    {
+    cJSON *next;
+    for (cJSON *m = obj->child; m; m = next) {
+        next = m->next;
         if (!m->string)
             continue;
         int idx = output_index(s, m->string, strlen(m->string));
         if (idx < 0 || found[idx])
             continue;
-        rc = parse_json_value(dx_signature_output(s, (size_t)idx), m,
-                              &found[idx], diag);
+        const dx_field *f = dx_signature_output(s, (size_t)idx);
+        if (f->type->kind == DX_TYPE_STR && cJSON_IsString(m)) {
+            /* Kept as it is (str of a str): taken out of the object
+             * rather than copied. */
+            found[idx] = cJSON_DetachItemViaPointer(obj, m);
+            continue;
+        }
+        rc = parse_json_value(f, m, &found[idx], diag);
         if (rc != DX_OK) {
             if (rc == DX_ETYPE)
                 dx_diag_prefix(diag, "JSONAdapter");

@@ -17,6 +17,7 @@
 
 #include "dspex/alloc.h"
 #include "dspex/error.h"
+#include "example_int.h"
 #include "pyjson.h"
 
 typedef struct entry {
@@ -318,17 +319,29 @@ int dx_example_set_json(dx_example *ex, const char *key, const char *json,
     return put(ex, key, v);
 }
 
+int dx__example_set_taking(dx_example *ex, const char *key, cJSON *value)
+{
+    if (!key_ok(ex, key) || !value) {
+        cJSON_Delete(value);
+        return DX_EINVAL;
+    }
+    if (value->string) {
+        /* A member's name: the entry's key is the name that counts. */
+        if (!(value->type & cJSON_StringIsConst))
+            dx_free(value->string);
+        value->string = NULL;
+        value->type &= ~cJSON_StringIsConst;
+    }
+    return put(ex, key, value);
+}
+
 int dx_example_set_value(dx_example *ex, const char *key, const cJSON *value)
 {
     if (!key_ok(ex, key) || !value)
         return DX_EINVAL;
     dx__pyjson_init();
     cJSON *v = cJSON_Duplicate(value, true);
-    if (v && v->string) {
-        dx_free(v->string);
-        v->string = NULL;
-    }
-    return put(ex, key, v);
+    return v ? dx__example_set_taking(ex, key, v) : DX_ENOMEM;
 }
 
 const cJSON *dx_example_get(const dx_example *ex, const char *key)
