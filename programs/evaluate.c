@@ -27,6 +27,7 @@
 #include "dspex/alloc.h"
 #include "dspex/error.h"
 #include "eval_int.h"
+#include "example_int.h"
 #include "helper_thread.h"
 #include "htab.h"
 #include "module_int.h"
@@ -468,9 +469,12 @@ static int start_example(eval_job *j, size_t index, bool spread, ex_slot **out)
     /* Rounded up, so "no result within T ms" is never said sooner. */
     s->deadline_ms =
         (s->started_ns + 999999) / 1000000 + j->opts.example_timeout_ms;
-    dx_diag d = {0};
-    int rc = dx_example_has_inputs(ex) ? dx_example_inputs(ex, &s->inputs, &d)
-                                       : DX_ESTATE;
+    /* The program reads the dataset's own values through a view of the
+     * inputs (the dataset outlives the run, as s->example shows): no copy
+     * to make and free per example. */
+    int rc = DX_ESTATE;
+    if (dx_example_has_inputs(ex))
+        rc = (s->inputs = dx__example_inputs_view(ex)) ? DX_OK : DX_ENOMEM;
     if (rc != DX_OK) {
         atomic_store(&s->refs, 1);
         slot_unref(s);

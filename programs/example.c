@@ -31,7 +31,14 @@ struct dx_example {
     char **inputs;
     size_t n_inputs;
     bool has_inputs;
+    /* A view (dx__example_inputs_view): e lives in the same block and its
+     * keys and values, like inputs, are another example's. Read-only. */
+    bool borrowed;
 };
+
+/* A view's entries follow it in one block. */
+_Static_assert(sizeof(dx_example) % _Alignof(entry) == 0,
+               "entries after an example must be aligned");
 
 /* Dataset files larger than this are refused rather than read whole. */
 #define DATASET_MAX ((size_t)1 << 30)
@@ -55,6 +62,10 @@ void dx_example_free(dx_example *ex)
 {
     if (!ex)
         return;
+    if (ex->borrowed) {
+        dx_free(ex); /* the entries are in the block; nothing else is its */
+        return;
+    }
     for (size_t i = 0; i < ex->n; i++) {
         dx_free(ex->e[i].key);
         cJSON_Delete(ex->e[i].val);
@@ -255,7 +266,7 @@ int dx_example_to_json(const dx_example *ex, char **out)
 
 static bool key_ok(const dx_example *ex, const char *key)
 {
-    return ex && key && key[0];
+    return ex && !ex->borrowed && key && key[0];
 }
 
 int dx_example_set_str(dx_example *ex, const char *key, const char *value)
@@ -376,7 +387,7 @@ bool dx_example_has(const dx_example *ex, const char *key)
 
 int dx_example_remove(dx_example *ex, const char *key)
 {
-    if (!ex || !key)
+    if (!ex || ex->borrowed || !key)
         return DX_EINVAL;
     for (size_t i = 0; i < ex->n_inputs; i++) {
         if (strcmp(ex->inputs[i], key) == 0) {
@@ -475,7 +486,7 @@ bool dx_example_equal(const dx_example *a, const dx_example *b)
 
 int dx_example_with_inputs(dx_example *ex, const char *const *keys, size_t n)
 {
-    if (!ex || (n && !keys))
+    if (!ex || ex->borrowed || (n && !keys))
         return DX_EINVAL;
     for (size_t i = 0; i < n; i++)
         if (!keys[i] || !keys[i][0])
@@ -522,6 +533,30 @@ int dx_example_inputs(const dx_example *ex, dx_example **out, dx_diag *diag)
                            "dx_example_with_inputs()");
     *out = filtered(ex, keep_input, NULL);
     return *out ? DX_OK : DX_ENOMEM;
+}
+
+dx_example *dx__example_inputs_view(const dx_example *ex)
+{
+    if (!ex || !ex->has_inputs)
+        return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < ex->n; i++)
+        k += dx_example_is_input(ex, ex->e[i].key);
+    /* One block: the example, then its entries (pointer-aligned, as the
+     * example's size is a multiple of its pointers' alignment). */
+    dx_example *v = dx_calloc(1, sizeof *v + k * sizeof(entry));
+    if (!v)
+        return NULL;
+    v->e = (entry *)(v + 1);
+    for (size_t i = 0; i < ex->n; i++)
+        if (dx_example_is_input(ex, ex->e[i].key))
+            v->e[v->n++] = ex->e[i];
+    v->cap = v->n;
+    v->inputs = ex->inputs;
+    v->n_inputs = ex->n_inputs;
+    v->has_inputs = true;
+    v->borrowed = true;
+    return v;
 }
 
 int dx_example_labels(const dx_example *ex, dx_example **out)

@@ -1,7 +1,8 @@
 /*
  * test_example.c — examples and datasets: ordered keys, values in and out,
  * inputs/labels/without/copy/equality as DSPy's Example behaves, JSON text
- * in and out, and datasets from JSONL, a JSON array or CSV with errors that
+ * in and out, the read-only view of an example's inputs Evaluate runs on,
+ * and datasets from JSONL, a JSON array or CSV with errors that
  * name the file, line and column, plus saving and reading back.
  */
 #include <criterion/criterion.h>
@@ -13,6 +14,7 @@
 #include "dspex/alloc.h"
 #include "dspex/error.h"
 #include "dspex/example.h"
+#include "example_int.h"
 
 static dx_example *from_json(const char *text)
 {
@@ -155,6 +157,43 @@ Test(example, inputs_and_labels_split_the_keys, .timeout = 10)
     const char *none[] = {NULL};
     cr_expect_eq(dx_example_with_inputs(ex, none, 1), DX_EINVAL);
     cr_expect(dx_example_is_input(ex, "context"));
+    dx_example_free(ex);
+}
+
+/* Evaluate's view of an example's inputs: what dx_example_inputs gives,
+ * reading the example's own values, read-only, freed without them. */
+Test(example, an_inputs_view_reads_the_examples_own_inputs, .timeout = 10)
+{
+    dx_example *ex = from_json("{\"context\": [1, 2], \"question\": \"q\", "
+                               "\"answer\": \"a\"}");
+    cr_expect_null(dx__example_inputs_view(ex)); /* no designation */
+    const char *keys[] = {"question", "context"};
+    cr_assert_eq(dx_example_with_inputs(ex, keys, 2), DX_OK);
+    dx_example *v = dx__example_inputs_view(ex);
+    cr_assert_not_null(v);
+    expect_json(v, "{\"context\":[1,2],\"question\":\"q\"}");
+    cr_expect_eq(dx_example_get(v, "question"), dx_example_get(ex, "question"));
+    cr_expect_eq(dx_example_get(v, "context"), dx_example_get(ex, "context"));
+    cr_expect_null(dx_example_get(v, "answer"));
+    cr_expect(dx_example_has_inputs(v));
+    cr_expect(dx_example_is_input(v, "context"));
+    /* Read-only: nothing changes it, or the example under it. */
+    cr_expect_eq(dx_example_set_str(v, "question", "x"), DX_EINVAL);
+    cr_expect_eq(dx_example_set_str(v, "new", "x"), DX_EINVAL);
+    cr_expect_eq(dx_example_remove(v, "question"), DX_EINVAL);
+    cr_expect_eq(dx_example_with_inputs(v, keys, 1), DX_EINVAL);
+    expect_json(v, "{\"context\":[1,2],\"question\":\"q\"}");
+    /* A copy of the view is an example of its own. */
+    dx_example *c = dx_example_copy(v);
+    cr_assert_not_null(c);
+    cr_expect_neq(dx_example_get(c, "question"),
+                  dx_example_get(ex, "question"));
+    cr_expect(dx_example_is_input(c, "question"));
+    cr_expect_eq(dx_example_set_str(c, "question", "changed"), DX_OK);
+    dx_example_free(v);
+    dx_example_free(c);
+    /* Freeing the view left the example whole. */
+    expect_json(ex, "{\"context\":[1,2],\"question\":\"q\",\"answer\":\"a\"}");
     dx_example_free(ex);
 }
 
