@@ -9,6 +9,7 @@
 #include "dspex/telemetry.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "dspex/alloc.h"
@@ -23,7 +24,9 @@ typedef struct sub {
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static sub subs[DX_TELEMETRY_MAX_SUBSCRIBERS];
-static int n_subs;
+/* Written under the lock; read without it by dx_telemetry_emit, so an
+ * event nobody subscribed to costs no lock (every LM call emits two). */
+static _Atomic int n_subs;
 
 static void copy_str(char *dst, size_t cap, const char *src)
 {
@@ -123,6 +126,8 @@ int dx_telemetry_emit(const dx_telemetry_event *e)
         return DX_EINVAL;
     if (!dx_runtime_running())
         return DX_ESTATE;
+    if (atomic_load_explicit(&n_subs, memory_order_acquire) == 0)
+        return DX_OK;
     dx_pid to[DX_TELEMETRY_MAX_SUBSCRIBERS];
     int n = 0;
     pthread_mutex_lock(&lock);
