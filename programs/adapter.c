@@ -1334,15 +1334,16 @@ int dx_adapter_parse_value(const dx_field *f, const char *text, size_t len,
     return parse_text_value(f, text, len, out, diag);
 }
 
-/* parse_value for a value already JSON (JSONAdapter). */
-static int parse_json_value(const dx_field *f, const cJSON *v, cJSON **out,
-                            dx_diag *diag)
+/* parse_value for a value already JSON (JSONAdapter): member v of the
+ * parsed object obj, which the result may take v out of. */
+static int parse_json_value(const dx_field *f, cJSON *obj, cJSON *v,
+                            cJSON **out, dx_diag *diag)
 {
     const dx_type *t = f->type;
     if (t->kind == DX_TYPE_STR) {
-        /* str(value) */
+        /* str(value); a str is kept as it is, taken rather than copied */
         if (cJSON_IsString(v)) {
-            *out = cJSON_Duplicate(v, true);
+            *out = cJSON_DetachItemViaPointer(obj, v);
         } else {
             dx__sb b;
             dx__sb_init(&b);
@@ -1548,6 +1549,7 @@ static int parse_json(const dx_signature *s, const char *text, size_t len,
     }
     int rc = DX_OK;
     cJSON *next;
+    /* Not cJSON_ArrayForEach: a member may be taken out of obj. */
     for (cJSON *m = obj->child; m; m = next) {
         next = m->next;
         if (!m->string)
@@ -1555,14 +1557,8 @@ static int parse_json(const dx_signature *s, const char *text, size_t len,
         int idx = output_index(s, m->string, strlen(m->string));
         if (idx < 0 || found[idx])
             continue;
-        const dx_field *f = dx_signature_output(s, (size_t)idx);
-        if (f->type->kind == DX_TYPE_STR && cJSON_IsString(m)) {
-            /* Kept as it is (str of a str): taken out of the object
-             * rather than copied. */
-            found[idx] = cJSON_DetachItemViaPointer(obj, m);
-            continue;
-        }
-        rc = parse_json_value(f, m, &found[idx], diag);
+        rc = parse_json_value(dx_signature_output(s, (size_t)idx), obj, m,
+                              &found[idx], diag);
         if (rc != DX_OK) {
             if (rc == DX_ETYPE)
                 dx_diag_prefix(diag, "JSONAdapter");

@@ -539,12 +539,10 @@ dx_example *dx__example_inputs_view(const dx_example *ex)
 {
     if (!ex || !ex->has_inputs)
         return NULL;
-    size_t k = 0;
-    for (size_t i = 0; i < ex->n; i++)
-        k += dx_example_is_input(ex, ex->e[i].key);
-    /* One block: the example, then its entries (pointer-aligned, as the
-     * example's size is a multiple of its pointers' alignment). */
-    dx_example *v = dx_calloc(1, sizeof *v + k * sizeof(entry));
+    /* One block: the example, then room for all of ex's entries, so the
+     * inputs are found in one pass (pointer-aligned, as the example's size
+     * is a multiple of its pointers' alignment). */
+    dx_example *v = dx_calloc(1, sizeof *v + ex->n * sizeof(entry));
     if (!v)
         return NULL;
     v->e = (entry *)(v + 1);
