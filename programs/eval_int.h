@@ -127,9 +127,17 @@ double dx__metric_judge(const dx_metric *m, const dx_example *example,
                         int64_t deadline_ms, dx_usage_acc *usage, int *rc,
                         dx_diag *diag);
 
-/* A result over ds with every row not done (index, a copy of its
- * example, usage named "example"); NULL when out of memory. */
-dx_eval_result *dx__eval_result_new(const dx_dataset *ds);
+/* A result over ds with every row not done (index, usage named
+ * "example"); NULL when out of memory. With copy_examples each row also
+ * gets a copy of its example now; without, the caller gives each row its
+ * copy later (dx__eval_row_take_example), as Evaluate does when the row is
+ * recorded, so a large dataset is not copied before its first example
+ * starts. */
+dx_eval_result *dx__eval_result_new(const dx_dataset *ds, bool copy_examples);
+/* Give row i of r a copy of ds's example i unless it has one. DX_OK or
+ * DX_ENOMEM (the row then has none). */
+int dx__eval_row_take_example(dx_eval_result *r, const dx_dataset *ds,
+                              size_t i);
 
 /* Make key (copied; NULL: none) r's run_key and every row's. DX_OK or
  * DX_ENOMEM (r then has none). */

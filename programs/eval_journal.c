@@ -308,7 +308,7 @@ int dx_eval_result_read_jsonl(const char *path, const dx_dataset *ds,
         dx__sb_free(&text);
         return rc;
     }
-    dx_eval_result *r = dx__eval_result_new(ds);
+    dx_eval_result *r = dx__eval_result_new(ds, true);
     if (!r) {
         dx__sb_free(&text);
         return no_memory(diag, path);

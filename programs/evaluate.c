@@ -400,6 +400,8 @@ static void record(eval_job *j, ex_slot *s, const dx_term *reason,
                    bool killed_for_time, bool killed_for_stop)
 {
     dx_eval_row *row = &j->res->rows[s->index];
+    /* Out of memory here, the end of the run tries again. */
+    (void)dx__eval_row_take_example(j->res, j->ds, s->index);
     row->done = true;
     /* A program that returned reports its own run; one that crashed, hung
      * or was killed, the time from its start to its end here. */
@@ -720,6 +722,7 @@ static void coordinate(eval_job *j)
                 /* An example that cannot even start (no input
                  * designation, no memory) is a failed example. */
                 dx_eval_row *row = &res->rows[next];
+                (void)dx__eval_row_take_example(res, j->ds, next);
                 row->done = true;
                 row->score = o->failure_score;
                 row->error = rc;
@@ -788,6 +791,10 @@ static void coordinate(eval_job *j)
     dx__htab_free(&cs->fl.by_pid);
     dx_free(cs);
 
+    /* Rows not recorded (resumed, never started) get their copies now,
+     * and any a lack of memory left without one get another try. */
+    for (size_t i = 0; i < n; i++)
+        (void)dx__eval_row_take_example(res, j->ds, i);
     res->score = res->n_done
                      ? round(10000.0 * score_sum / (double)res->n_done) / 100.0
                      : 0.0;
@@ -828,7 +835,16 @@ int dx__eval_result_set_key(dx_eval_result *r, const char *key)
     return DX_OK;
 }
 
-dx_eval_result *dx__eval_result_new(const dx_dataset *ds)
+int dx__eval_row_take_example(dx_eval_result *r, const dx_dataset *ds, size_t i)
+{
+    dx_eval_row *row = &r->rows[i];
+    if (row->example == NULL &&
+        (row->example = dx_example_copy(ds->items[i])) == NULL)
+        return DX_ENOMEM;
+    return DX_OK;
+}
+
+dx_eval_result *dx__eval_result_new(const dx_dataset *ds, bool copy_examples)
 {
     dx_eval_result *res = dx_calloc(1, sizeof *res);
     if (!res)
@@ -843,7 +859,7 @@ dx_eval_result *dx__eval_result_new(const dx_dataset *ds)
     for (size_t i = 0; i < ds->n; i++) {
         res->rows[i].index = i;
         dx_usage_acc_init(&res->rows[i].usage, "example");
-        if (!(res->rows[i].example = dx_example_copy(ds->items[i]))) {
+        if (copy_examples && dx__eval_row_take_example(res, ds, i) != DX_OK) {
             dx_eval_result_free(res);
             return NULL;
         }
@@ -982,7 +998,10 @@ int dx__evaluate_kept(const dx_module *m, const dx_dataset *ds,
                            "evaluate: the runtime is not running");
     dx__pyjson_init();
     eval_job *j = dx_calloc(1, sizeof *j);
-    dx_eval_result *res = dx__eval_result_new(ds);
+    /* Each row's copy of its example is taken as the row is recorded:
+     * copying every example here would hold the first one back by the
+     * whole dataset's copy (~0.5 ms a thousand examples). */
+    dx_eval_result *res = dx__eval_result_new(ds, false);
     if (!j || !res) {
         dx_free(j);
         dx_eval_result_free(res);

@@ -369,6 +369,13 @@ Test(evaluate, stops_early_past_max_errors)
     }
     cr_assert_gt(failed, 5);
     cr_assert(!r->rows[199].done, "never started");
+    /* Every row holds a copy of its example, also those never started. */
+    for (size_t i = 0; i < r->n; i++) {
+        cr_assert_not_null(r->rows[i].example, "row %zu", i);
+        cr_assert(dx_example_equal(r->rows[i].example, ds->items[i]), "row %zu",
+                  i);
+        cr_assert_neq(r->rows[i].example, ds->items[i]);
+    }
     dx_eval_result_free(r);
     dx_dataset_free(ds);
     dx_module_free(m);
@@ -489,7 +496,7 @@ static int counted_echo_forward(dx_ctx *ctx, const dx_module *self,
 
 typedef struct rows_seen {
     size_t calls;
-    bool twice, not_done, resumed;
+    bool twice, not_done, resumed, wrong_example;
     bool seen[32];
 } rows_seen;
 
@@ -500,6 +507,12 @@ static void note_row(const dx_eval_row *row, void *ud)
     rs->calls++;
     rs->not_done |= !row->done;
     rs->resumed |= row->resumed;
+    /* The row already holds its own copy of its example ("q<index>"). */
+    char q[16];
+    snprintf(q, sizeof q, "q%zu", row->index);
+    rs->wrong_example |=
+        row->example == NULL ||
+        strcmp(dx_example_get_str(row->example, "question", ""), q) != 0;
     if (row->index < 32) {
         rs->twice |= rs->seen[row->index];
         rs->seen[row->index] = true;
@@ -529,6 +542,7 @@ Test(evaluate, rows_go_to_on_row_as_they_end_and_a_resume_runs_only_the_rest)
     cr_assert_eq(first->n_errors, 1);
     cr_expect_eq(seen.calls, 20);
     cr_expect(!seen.twice && !seen.not_done && !seen.resumed);
+    cr_expect(!seen.wrong_example);
     cr_expect_eq(first->n_resumed, 0);
     /* As if the run had been killed after its first ten examples. */
     for (size_t i = 10; i < 20; i++) {
@@ -545,6 +559,12 @@ Test(evaluate, rows_go_to_on_row_as_they_end_and_a_resume_runs_only_the_rest)
     cr_expect_eq(atomic_load(&programs_run), 11, "q5 and q10..q19 ran");
     cr_expect_eq(seen.calls, 11);
     cr_expect(!seen.resumed, "resumed rows are not handed over");
+    cr_expect(!seen.wrong_example);
+    /* Resumed rows hold copies of their examples too. */
+    for (size_t i = 0; i < 20; i++)
+        cr_expect(r->rows[i].example &&
+                      dx_example_equal(r->rows[i].example, ds->items[i]),
+                  "row %zu", i);
     cr_expect(!seen.seen[0] && seen.seen[5] && seen.seen[19]);
     cr_expect_eq(r->n_done, 20);
     cr_expect_eq(r->n_resumed, 9);
