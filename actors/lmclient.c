@@ -755,8 +755,13 @@ static int64_t wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void tel_start(const char *model, dx_ref ref)
+/* The telemetry helpers build their events only when someone subscribed,
+ * and never in their callers' frames (DX_NOINLINE): an event is ~200
+ * bytes, and direct_call waits on its LM call. */
+static DX_NOINLINE void tel_start(const char *model, dx_ref ref)
 {
+    if (dx_telemetry_count() == 0)
+        return;
     dx_telemetry_event e = {0};
     dx_telemetry_event_set(&e, DX_TELEMETRY_START, "lm.call", model);
     e.ref = ref;
@@ -787,6 +792,16 @@ typedef struct ending {
 /* The error a finished request is recorded with: the provider's, or for a
  * failure the provider did not type (an open breaker, the limiter, a dead
  * worker) a timeout or a cancellation naming the dspex code. */
+/* The kind a finished request is recorded with (ending_error's). */
+static dx_lm_error_kind ending_kind(int rc, const dx_lm_error *err)
+{
+    if (rc == DX_OK)
+        return DX_LM_ERR_NONE;
+    if (err && err->kind != DX_LM_ERR_NONE)
+        return err->kind;
+    return rc == DX_ETIMEDOUT ? DX_LM_ERR_TIMEOUT : DX_LM_ERR_CANCELLED;
+}
+
 static void ending_error(int rc, const dx_lm_error *err, dx_lm_error *e)
 {
     dx_lm_error_clear(e);
@@ -796,20 +811,22 @@ static void ending_error(int rc, const dx_lm_error *err, dx_lm_error *e)
         *e = *err;
         return;
     }
-    e->kind = rc == DX_ETIMEDOUT ? DX_LM_ERR_TIMEOUT : DX_LM_ERR_CANCELLED;
+    e->kind = ending_kind(rc, err);
     snprintf(e->message, sizeof e->message, "dspex: %s", dx_err_name(rc));
 }
 
 /* The "lm.call" stop event of an answered request, or its exception event
- * (error kind e->kind). */
-static void tel_stop(const char *model, dx_ref ref, int64_t dur_us,
-                     const dx_lm_usage *u, bool cached, int attempts,
-                     const dx_lm_error *e)
+ * (of error kind kind). */
+static DX_NOINLINE void tel_stop(const char *model, dx_ref ref, int64_t dur_us,
+                                 const dx_lm_usage *u, bool cached,
+                                 int attempts, dx_lm_error_kind kind)
 {
+    if (dx_telemetry_count() == 0)
+        return;
     dx_telemetry_event ev = {0};
     dx_telemetry_event_set(&ev,
-                           e->kind == DX_LM_ERR_NONE ? DX_TELEMETRY_STOP
-                                                     : DX_TELEMETRY_EXCEPTION,
+                           kind == DX_LM_ERR_NONE ? DX_TELEMETRY_STOP
+                                                  : DX_TELEMETRY_EXCEPTION,
                            "lm.call", model);
     ev.duration_us = dur_us;
     if (u && !cached) {
@@ -818,7 +835,7 @@ static void tel_stop(const char *model, dx_ref ref, int64_t dur_us,
     }
     ev.cache_hit = cached;
     ev.retries = attempts > 1 ? attempts - 1 : 0;
-    ev.error_kind = e->kind;
+    ev.error_kind = kind;
     ev.ref = ref;
     (void)dx_telemetry_emit(&ev);
 }
@@ -857,7 +874,7 @@ static void note(state *s, const ending *d)
     if (d->rc == DX_OK)
         dx_usage_acc_add(&s->usage, s->prices, d->model, u, d->cached);
     if (!d->tel_stopped)
-        tel_stop(d->model, d->tel, dur_us, u, d->cached, d->attempts, &e);
+        tel_stop(d->model, d->tel, dur_us, u, d->cached, d->attempts, e.kind);
 }
 
 static void note_flight(state *s, const flight *f, const char *model,
@@ -2042,28 +2059,44 @@ static void direct_abandoned(void *p)
 /* Make a call the client has nothing to add to (see "calls the client has
  * nothing to add to") here, at once, watching the client as a leader does,
  * then report it. p is the caller's reference, given. */
-static int direct_call(dx_pid client, direct_pub *p, const dx_lm_request *req,
-                       int64_t deadline_ms, dx_lm_result **out,
-                       dx_lm_error *err)
+/* A direct call's report, with its copy of the request's messages (the
+ * history keeps only those: not the schema, tools and stop words); NULL
+ * when out of memory. Not inlined: the request it copies from is a
+ * struct that direct_call's frame would carry through the call's wait. */
+static DX_NOINLINE direct_report *
+direct_report_new(direct_pub *p, const dx_lm_request *req, dx_pid client)
 {
     direct_report *r = dx_calloc(1, sizeof *r);
-    /* The history keeps only the messages: copied alone, not the schema,
-     * tools and stop words the report has no use for. */
     dx_lm_request messages_only = {.messages = req->messages,
                                    .n_messages = req->n_messages};
     dx_lm_request *copy = r ? req_copy(&messages_only) : NULL;
     if (!copy) {
         dx_free(r);
+        return NULL;
+    }
+    r->pub = p;
+    r->req = copy;
+    r->client = client;
+    dx_lm_error_clear(&r->o.err);
+    return r;
+}
+
+static int direct_call_end(dx_pid client, direct_pub *p, direct_report *r,
+                           int rc, const dx_lm_usage *usage,
+                           int64_t deadline_ms);
+
+static int direct_call(dx_pid client, direct_pub *p, const dx_lm_request *req,
+                       int64_t deadline_ms, dx_lm_result **out,
+                       dx_lm_error *err)
+{
+    direct_report *r = direct_report_new(p, req, client);
+    if (!r) {
         pub_unref(p);
         return DX_ENOMEM;
     }
     atomic_fetch_add(&p->active, 1);
-    r->pub = p;
-    r->req = copy;
-    r->client = client;
     r->tel = dx_make_ref();
     r->t0_us = mono_us();
-    dx_lm_error_clear(&r->o.err);
     tel_start(p->model, r->tel);
     /* Killed during the call, this process still reports it (and frees
      * nothing the report needs); as in lead_call, the tie holds until the
@@ -2114,13 +2147,21 @@ static int direct_call(dx_pid client, direct_pub *p, const dx_lm_request *req,
         direct_report_free(r);
         return rc;
     }
+    return direct_call_end(client, p, r, rc, has_usage ? &usage : NULL,
+                           deadline_ms);
+}
+
+/* The end of a direct call that the client is there to hear of: its
+ * telemetry, then the report. */
+static int direct_call_end(dx_pid client, direct_pub *p, direct_report *r,
+                           int rc, const dx_lm_usage *usage,
+                           int64_t deadline_ms)
+{
     /* The call's telemetry ends here, when it ends, not when the client
      * gets round to the report; so does the history's timestamp. */
     r->ended_ms = wall_ms();
-    dx_lm_error e;
-    ending_error(r->o.rc, &r->o.err, &e);
-    tel_stop(p->model, r->tel, r->t1_us - r->t0_us, has_usage ? &usage : NULL,
-             false, r->o.attempts, &e);
+    tel_stop(p->model, r->tel, r->t1_us - r->t0_us, usage, false, r->o.attempts,
+             ending_kind(r->o.rc, &r->o.err));
     r->tel_stopped = true;
     direct_call_over(r); /* p is not to be used after this */
     /* Without memory for the message the call goes unrecorded. */

@@ -643,7 +643,7 @@ static int offer_feedback(dx_ctx *ctx, const bon *b, const dx_module *self,
     ctx->trace = saved;
     dx__held_free(h);
     if (rc != DX_OK) {
-        dx_diag_prefix(&ctx->diag, "%s: OfferFeedback", self->path);
+        dx_diag_prefix(ctx->diag, "%s: OfferFeedback", self->path);
         return rc;
     }
     const cJSON *a = dx_prediction_get(out, "advice");
@@ -757,7 +757,7 @@ static int bon_forward(dx_ctx *ctx, const dx_module *self,
     if (raised || !h->pred[1]) {
         dx__held_free(h);
         if (!raised)
-            dx_diag_prefix(&ctx->diag, "%s: all %zu attempts failed; the last",
+            dx_diag_prefix(ctx->diag, "%s: all %zu attempts failed; the last",
                            name, b->o.n);
         return last_rc != DX_OK ? last_rc : DX_EINVAL;
     }

@@ -273,12 +273,13 @@ static void worker_main(void *arg)
     o.lm_name = c->lm_name;
     o.rollout_id = c->rollout_id;
     dx_prediction *pred = NULL;
-    dx_diag d = {0};
+    /* The run's diagnostic goes straight into the call, read only once
+     * done is set: not into this process's frame, which is copied out and
+     * back in around each LM call. */
     int rc = dx__run_program(c->module, c->inputs, &o, c->deadline_ms, &pred,
-                             NULL, &d, NULL);
+                             NULL, &c->w_diag, NULL);
     c->w_rc = rc;
     c->w_pred = pred;
-    c->w_diag = d;
     atomic_store_explicit(&c->done, true, memory_order_release);
 }
 

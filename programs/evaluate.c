@@ -396,8 +396,11 @@ typedef struct eval_job {
     bool in_caller;
 } eval_job;
 
-static void record(eval_job *j, ex_slot *s, const dx_term *reason,
-                   bool killed_for_time, bool killed_for_stop)
+/* Fill the row of an example that ended. Not inlined: its message
+ * buffers (~800 bytes) would sit in coordinate's frame, which is copied
+ * out and back in around each wait for the next example to end. */
+static DX_NOINLINE void record(eval_job *j, ex_slot *s, const dx_term *reason,
+                               bool killed_for_time, bool killed_for_stop)
 {
     dx_eval_row *row = &j->res->rows[s->index];
     /* Out of memory here, the end of the run tries again. */

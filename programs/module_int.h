@@ -71,7 +71,10 @@ struct dx_ctx {
     void *chunk_ud;
     dx_trace *trace; /* NULL: not traced */
     dx_usage_acc usage;
-    dx_diag diag;
+    /* The run's diagnostic: the caller's of dx__run_program, not a copy in
+     * the context, which sits in the frame of every process that waits on
+     * an LM call (copied out and back in with it: DX_NOINLINE). */
+    dx_diag *diag;
 };
 
 /* Recompute the paths of m's subtree (after it moved). */
@@ -117,8 +120,9 @@ int dx__predict_forward(dx_ctx *ctx, const dx_module *p,
 
 /* Run m on inputs in the calling process with o's settings (o->timeout_ms
  * is ignored: deadline_ms is absolute, dx_now_ms based). On DX_OK *out is
- * the caller's and carries the run's usage; otherwise diag (may be NULL)
- * gets the run's diagnostic. trace may be NULL. usage (may be NULL)
+ * the caller's and carries the run's usage, and diag (may be NULL) is
+ * cleared; otherwise diag gets the run's diagnostic (it holds it during
+ * the run, too). trace may be NULL. usage (may be NULL)
  * receives the run's LM usage whatever the outcome: a failed run's calls
  * were made and cost too. Process. */
 int dx__run_program(const dx_module *m, const dx_example *inputs,

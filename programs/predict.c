@@ -44,14 +44,14 @@ int dx_ctx_fail(dx_ctx *ctx, int code, const char *fmt, ...)
         return code;
     va_list ap;
     va_start(ap, fmt);
-    dx_diag_vset(&ctx->diag, code, 0, 0, fmt, ap);
+    dx_diag_vset(ctx->diag, code, 0, 0, fmt, ap);
     va_end(ap);
     return code;
 }
 
 const dx_diag *dx_ctx_diag(const dx_ctx *ctx)
 {
-    return ctx ? &ctx->diag : NULL;
+    return ctx ? ctx->diag : NULL;
 }
 
 const dx_usage_acc *dx_ctx_usage(const dx_ctx *ctx)
@@ -146,7 +146,7 @@ int dx_forward(dx_ctx *ctx, const dx_module *m, const dx_example *inputs,
         return dx_ctx_fail(ctx, DX_EINVAL,
                            "%s (%s): forward returned no prediction", m->path,
                            m->type_name);
-    if (rc != DX_OK && ctx->diag.code == 0)
+    if (rc != DX_OK && ctx->diag->code == 0)
         dx_ctx_fail(ctx, rc, "%s (%s): forward failed: %s", m->path,
                     m->type_name, dx_strerror(rc));
     return rc;
@@ -281,9 +281,20 @@ static void send_whole_fields(dx_ctx *ctx, const dx_module *p,
 /* Objects a Predict holds across its blocking LM call are tied to the
  * calling process (dx_ptie_new), so a program process killed while it
  * waits frees them as it ends. */
-static void request_release(void *r)
+/* What attempt() holds across its LM call: the request and the call's
+ * error, on the heap. The error is ~700 bytes that a failure fills in;
+ * on the stack they would be copied out and back in with the frames of
+ * every example that waits on an LM call (DX_NOINLINE, export.h). */
+typedef struct call_hold {
+    dx_lm_request *req;
+    dx_lm_error err;
+} call_hold;
+
+static void call_hold_free(void *arg)
 {
-    dx_lm_request_free(r);
+    call_hold *h = arg;
+    dx_lm_request_free(h->req);
+    dx_free(h);
 }
 static void prediction_release(void *p)
 {
@@ -321,14 +332,19 @@ static int attempt(dx_ctx *ctx, const dx_module *p, dx_adapter_kind kind,
     *res_out = NULL;
     *parsed = NULL;
     *n_parsed = 0;
-    dx_lm_request *req = dx_lm_request_new(NULL);
-    if (!req)
+    call_hold *hold = dx_malloc(sizeof *hold);
+    dx_lm_request *req = hold ? dx_lm_request_new(NULL) : NULL;
+    if (!req) {
+        dx_free(hold);
         return dx_ctx_fail(ctx, DX_ENOMEM, "%s: out of memory", p->path);
+    }
+    hold->req = req;
+    dx_lm_error_clear(&hold->err);
     int rc = dx_adapter_format(kind, s, (const dx_example *const *)p->demos,
-                               p->n_demos, in, req, &ctx->diag);
+                               p->n_demos, in, req, ctx->diag);
     if (rc != DX_OK) {
-        dx_lm_request_free(req);
-        dx_diag_prefix(&ctx->diag, "%s", p->path);
+        call_hold_free(hold);
+        dx_diag_prefix(ctx->diag, "%s", p->path);
         return rc;
     }
     if (how->object_mode && req->format == DX_LM_FORMAT_JSON_SCHEMA)
@@ -353,7 +369,7 @@ static int attempt(dx_ctx *ctx, const dx_module *p, dx_adapter_kind kind,
         .ns = ctx->rollout_id,
         .cache_mode = ctx->cache_mode,
     };
-    dx_lm_error err = {0};
+    dx_lm_error *err = &hold->err;
     dx_lm_result *res = NULL;
     int64_t left = dx_ctx_remaining_ms(ctx);
     streamer sm = {.ctx = ctx, .p = p};
@@ -361,34 +377,33 @@ static int attempt(dx_ctx *ctx, const dx_module *p, dx_adapter_kind kind,
     bool incremental =
         stream &&
         dx_adapter_stream_new(kind, s, field_chunk, &sm, &sm.reader) == DX_OK;
-    dx_ptie *req_tie = dx_ptie_new(req, request_release);
+    dx_ptie *hold_tie = dx_ptie_new(hold, call_hold_free);
     dx_ptie *reader_tie =
         incremental ? dx_ptie_new(sm.reader, reader_release) : NULL;
     if (left <= 0)
         rc = DX_ETIMEDOUT;
     else if (incremental)
         rc = dx_lm_client_complete_stream(lm, req, &copts, left, lm_text, &sm,
-                                          &res, &err);
+                                          &res, err);
     else
-        rc = dx_lm_client_complete_opt(lm, req, &copts, left, &res, &err);
+        rc = dx_lm_client_complete_opt(lm, req, &copts, left, &res, err);
     dx_ptie_cut(reader_tie);
-    dx_ptie_cut(req_tie);
-    dx_lm_request_free(req);
+    dx_ptie_cut(hold_tie);
     if (incremental && rc == DX_OK)
         (void)dx_adapter_stream_finish(sm.reader);
     dx_adapter_stream_free(sm.reader);
     if (rc != DX_OK) {
-        how->lm_error = rc == DX_EPROVIDER ? err.kind : DX_LM_ERR_NONE;
+        how->lm_error = rc == DX_EPROVIDER ? err->kind : DX_LM_ERR_NONE;
         if (rc == DX_EPROVIDER)
             dx_ctx_fail(ctx, rc, "%s: LM call failed: %s: %s", p->path,
-                        dx_lm_error_kind_name(err.kind), err.message);
+                        dx_lm_error_kind_name(err->kind), err->message);
         else
             dx_ctx_fail(ctx, rc, "%s: LM call failed: %s", p->path,
                         dx_strerror(rc));
-        dx_lm_error_clear(&err);
+        call_hold_free(hold);
         return rc;
     }
-    dx_lm_error_clear(&err);
+    call_hold_free(hold);
     *res_out = res;
     size_t nc = res->response ? res->response->n_choices : 0;
     if (nc == 0)
@@ -399,20 +414,20 @@ static int attempt(dx_ctx *ctx, const dx_module *p, dx_adapter_kind kind,
         return dx_ctx_fail(ctx, DX_ENOMEM, "%s: out of memory", p->path);
     for (size_t i = 0; i < nc; i++) {
         const char *text = res->response->choices[i].text;
-        rc = dx_adapter_parse(kind, s, text, strlen(text), &v[i], &ctx->diag);
+        rc = dx_adapter_parse(kind, s, text, strlen(text), &v[i], ctx->diag);
         if (rc != DX_OK) {
             /* An answer the provider cut short rarely parses; say why it
              * was short, which the adapter cannot see (a reasoning model
              * can spend its whole max_tokens before any answer text). */
             dx_lm_finish fin = res->response->choices[i].finish;
             if (fin == DX_LM_FINISH_LENGTH)
-                dx_diag_prefix(&ctx->diag,
+                dx_diag_prefix(ctx->diag,
                                "the LM stopped at its token limit "
                                "(finish_reason length: raise max_tokens)");
             else if (fin == DX_LM_FINISH_CONTENT_FILTER)
-                dx_diag_prefix(&ctx->diag, "the provider's content filter "
-                                           "stopped the answer");
-            dx_diag_prefix(&ctx->diag, "%s", p->path);
+                dx_diag_prefix(ctx->diag, "the provider's content filter "
+                                          "stopped the answer");
+            dx_diag_prefix(ctx->diag, "%s", p->path);
             for (size_t k = 0; k < i; k++)
                 dx_example_free(v[k]);
             dx_free(v);
@@ -540,6 +555,10 @@ static void note_schema_refused(dx_pid lm)
     atomic_store_explicit(&schema_refusers[i], lm.id, memory_order_relaxed);
 }
 
+static DX_NOINLINE int retry_without_schema(predict_try *t,
+                                            dx_adapter_kind kind, bool stream,
+                                            bool refused);
+
 /* One attempt through adapter kind. For the JSONAdapter, when the request
  * carried the signature's JSON schema (structured outputs), the step is
  * asked once more in plain JSON mode ({"type": "json_object"}) when
@@ -575,18 +594,29 @@ static int try_adapter(predict_try *t, dx_adapter_kind kind, bool stream)
     if (kind != DX_ADAPTER_JSON || !how.schema_sent ||
         !(refused || unreadable) || ctx->no_json_fallback)
         return rc;
-    dx_diag first = ctx->diag;
+    return retry_without_schema(t, kind, stream, refused);
+}
+
+/* try_adapter's second attempt, in JSON mode without the schema. Its own
+ * frame (DX_NOINLINE): the two diagnostics it keeps are ~1 KB that every
+ * first attempt's wait would otherwise carry. */
+static DX_NOINLINE int retry_without_schema(predict_try *t,
+                                            dx_adapter_kind kind, bool stream,
+                                            bool refused)
+{
+    dx_ctx *ctx = t->ctx;
+    dx_diag first = *ctx->diag;
     dx_log_field f[] = {
         DX_LOG_STR("predictor", t->p->path),
         DX_LOG_STR("reason", first.msg),
     };
     dx_log_event(DX_LOG_WARNING, "json_schema_fallback", f,
                  sizeof f / sizeof f[0]);
-    how = (attempt_how){.stream = stream && refused, .object_mode = true};
-    res = NULL;
+    attempt_how how = {.stream = stream && refused, .object_mode = true};
+    dx_lm_result *res = NULL;
     drop_last(t);
-    rc = attempt_again(ctx, t->p, kind, &t->lm, t->in, &how, &res, &t->parsed,
-                       &t->n_parsed);
+    int rc = attempt_again(ctx, t->p, kind, &t->lm, t->in, &how, &res,
+                           &t->parsed, &t->n_parsed);
     took(t, res);
     /* Remembered only when the server took the request without the schema:
      * a bad request for another reason (a prompt too long) would be
@@ -598,8 +628,24 @@ static int try_adapter(predict_try *t, dx_adapter_kind kind, bool stream)
         note_schema_refused(t->lm);
     if (rc != DX_OK) {
         char second[DX_DIAG_MAX];
-        memcpy(second, ctx->diag.msg, sizeof second);
+        memcpy(second, ctx->diag->msg, sizeof second);
         dx_ctx_fail(ctx, rc, "%s; then, in JSON mode without the schema: %s",
+                    first.msg, second);
+    }
+    return rc;
+}
+
+/* The ChatAdapter's answer did not parse: the same call once more through
+ * the JSONAdapter. Its own frame, as retry_without_schema's. */
+static DX_NOINLINE int fall_back_to_json(predict_try *t)
+{
+    dx_ctx *ctx = t->ctx;
+    dx_diag first = *ctx->diag;
+    int rc = try_adapter(t, DX_ADAPTER_JSON, false);
+    if (rc != DX_OK && (rc == DX_EPARSE || rc == DX_ETYPE)) {
+        char second[DX_DIAG_MAX];
+        memcpy(second, ctx->diag->msg, sizeof second);
+        dx_ctx_fail(ctx, rc, "%s; then, with the JSONAdapter fallback: %s",
                     first.msg, second);
     }
     return rc;
@@ -637,16 +683,8 @@ int dx__predict_forward(dx_ctx *ctx, const dx_module *p,
     /* DSPy's fallback: an answer the ChatAdapter cannot read is asked for
      * once more in JSON (never for LM errors: those are the client's). */
     if ((rc == DX_EPARSE || rc == DX_ETYPE) &&
-        ctx->adapter == DX_ADAPTER_CHAT && !ctx->no_json_fallback) {
-        dx_diag first = ctx->diag;
-        rc = try_adapter(&t, DX_ADAPTER_JSON, false);
-        if (rc != DX_OK && (rc == DX_EPARSE || rc == DX_ETYPE)) {
-            char second[DX_DIAG_MAX];
-            memcpy(second, ctx->diag.msg, sizeof second);
-            dx_ctx_fail(ctx, rc, "%s; then, with the JSONAdapter fallback: %s",
-                        first.msg, second);
-        }
-    }
+        ctx->adapter == DX_ADAPTER_CHAT && !ctx->no_json_fallback)
+        rc = fall_back_to_json(&t);
     dx_lm_result *res = t.res;
     dx_example **parsed = t.parsed;
     size_t n_parsed = t.n_parsed;
@@ -770,11 +808,26 @@ static void slot_unref(void *arg)
     dx_free(s);
 }
 
+/* dx__run_program for a caller without a diag: one of its own, in this
+ * frame and not the run's. */
+static DX_NOINLINE int
+run_program_own_diag(const dx_module *m, const dx_example *inputs,
+                     const dx_call_opts *o, int64_t deadline_ms,
+                     dx_prediction **out, dx_trace *trace, dx_usage_acc *usage)
+{
+    dx_diag d = {0};
+    return dx__run_program(m, inputs, o, deadline_ms, out, trace, &d, usage);
+}
+
 int dx__run_program(const dx_module *m, const dx_example *inputs,
                     const dx_call_opts *o, int64_t deadline_ms,
                     dx_prediction **out, dx_trace *trace, dx_diag *diag,
                     dx_usage_acc *usage)
 {
+    if (!diag)
+        return run_program_own_diag(m, inputs, o, deadline_ms, out, trace,
+                                    usage);
+    dx_diag_clear(diag);
     dx_ctx ctx = {
         .lm = o->lm,
         .lm_name = o->lm_name,
@@ -787,6 +840,7 @@ int dx__run_program(const dx_module *m, const dx_example *inputs,
         .on_chunk = o->on_chunk,
         .chunk_ud = o->chunk_ud,
         .trace = trace,
+        .diag = diag,
     };
     dx_usage_acc_init(&ctx.usage, "run");
     dx_prediction *pred = NULL;
@@ -794,14 +848,15 @@ int dx__run_program(const dx_module *m, const dx_example *inputs,
     if (usage)
         *usage = ctx.usage;
     if (rc == DX_OK) {
-        /* The call's prediction reports every LM call of the run. */
+        /* The call's prediction reports every LM call of the run; a
+         * failure it got past (a fallback's first try) is not its
+         * diagnostic. */
         pred->usage = ctx.usage;
         *out = pred;
+        dx_diag_clear(diag);
     } else {
         dx_prediction_free(pred);
         *out = NULL;
-        if (diag)
-            *diag = ctx.diag;
     }
     return rc;
 }

@@ -190,7 +190,7 @@ static int native_step(dx_ctx *ctx, const dx_module *react, const react_ud *u,
     if (!req)
         return dx_ctx_fail(ctx, DX_ENOMEM, "%s: out of memory", react->path);
     int rc = dx_adapter_format(ctx->adapter, u->native_sig, NULL, 0, inputs,
-                               req, &ctx->diag);
+                               req, ctx->diag);
     /* A JSON response format would forbid the tool calls. */
     req->format = DX_LM_FORMAT_TEXT;
     const cJSON *c = traj->child;
@@ -221,7 +221,7 @@ static int native_step(dx_ctx *ctx, const dx_module *react, const react_ud *u,
         rc = dx_tool_add_to_request(u->tools[i], req);
     if (rc != DX_OK) {
         dx_lm_request_free(req);
-        if (ctx->diag.code == 0)
+        if (ctx->diag->code == 0)
             dx_ctx_fail(ctx, rc, "%s: building the request: %s", react->path,
                         dx_strerror(rc));
         return rc;
@@ -347,7 +347,7 @@ static int call_truncating(dx_ctx *ctx, const dx_module *m, const react_ud *u,
                 dx_ctx_fail(ctx, rc, "%s: out of memory", m->path);
             dx__held_free(h);
         }
-        if (rc != DX_EPROVIDER || !context_overflow(&ctx->diag))
+        if (rc != DX_EPROVIDER || !context_overflow(ctx->diag))
             return rc;
         if (!truncate_trajectory(traj))
             return dx_ctx_fail(ctx, DX_EPROVIDER,
@@ -355,8 +355,8 @@ static int call_truncating(dx_ctx *ctx, const dx_module *m, const react_ud *u,
                                "exceeded the context window, but the "
                                "trajectory cannot be truncated because it "
                                "only has one tool call. (%s)",
-                               m->path, ctx->diag.msg);
-        dx_diag_clear(&ctx->diag);
+                               m->path, ctx->diag->msg);
+        dx_diag_clear(ctx->diag);
     }
     return dx_ctx_fail(ctx, DX_EPROVIDER,
                        "%s: The context window was exceeded even after 3 "
@@ -414,10 +414,10 @@ static int react_forward(dx_ctx *ctx, const dx_module *self,
         step_clear(st);
         rc = call_truncating(ctx, react, u, u->native, inputs, traj, &pred, st);
         if (rc == DX_EPARSE || rc == DX_ETYPE ||
-            (rc == DX_EPROVIDER && strstr(ctx->diag.msg, "context window"))) {
+            (rc == DX_EPROVIDER && strstr(ctx->diag->msg, "context window"))) {
             /* DSPy ends the trajectory when the agent fails to select a
              * valid tool or the context cannot shrink; extract answers. */
-            dx_diag_clear(&ctx->diag);
+            dx_diag_clear(ctx->diag);
             rc = DX_OK;
             break;
         }

@@ -68,8 +68,9 @@ static void on_delta(dx_lm_stream *s, const dx_lm_delta *d, void *ud)
 
 /* A chunk of a 2xx stream: headers come only with the completion, so the
  * stream starts with the one fact a chunk proves (a 2xx event stream) and
- * the content type is checked when the completion arrives. */
-static void feed_chunk(call *k, const dx_http_chunk *ch)
+ * the content type is checked when the completion arrives. Not inlined,
+ * as finish. */
+static DX_NOINLINE void feed_chunk(call *k, const dx_http_chunk *ch)
 {
     if (k->rc != DX_OK)
         return;
@@ -84,7 +85,11 @@ static void feed_chunk(call *k, const dx_http_chunk *ch)
     k->rc = dx_lm_stream_feed(k->stream, ch->data, ch->len, k->err);
 }
 
-static int finish(call *k, const dx_http_response *r, dx_lm_response **out)
+/* The completion: the answer decoded into *out, or the error in k->err.
+ * Not inlined: its locals would sit in dx_lm_call's frame through the
+ * wait (see submit). */
+static DX_NOINLINE int finish(call *k, const dx_http_response *r,
+                              dx_lm_response **out)
 {
     const char *provider = k->c->provider->name;
     if (r->err != DX_OK) {
@@ -140,10 +145,11 @@ static int finish(call *k, const dx_http_response *r, dx_lm_response **out)
 
 /* The simulator answers at once, in this thread: no process, no I/O. A
  * streamed request still gets its deltas (one text delta per choice, then
- * the finish and the usage), so streaming callers work unchanged. */
-static int sim_call(const dx_lm_config *c, const dx_lm_request *req,
-                    const dx_lm_call_opts *opts, dx_lm_response **out,
-                    dx_lm_error *err)
+ * the finish and the usage), so streaming callers work unchanged. Not
+ * inlined: its deltas would sit in dx_lm_call's frame (see submit). */
+static DX_NOINLINE int sim_call(const dx_lm_config *c, const dx_lm_request *req,
+                                const dx_lm_call_opts *opts,
+                                dx_lm_response **out, dx_lm_error *err)
 {
     int rc = dx_sim_complete(req, c->model, out, err);
     if (rc != DX_OK || !req->stream || !opts->on_delta)
@@ -194,6 +200,53 @@ static void stream_release(void *stream)
     dx_lm_stream_free(stream);
 }
 
+/* Encode req and hand it to the transport: *ref names the transfer, and
+ * k->stream is the decoder of a streamed call. In a frame of its own
+ * (DX_NOINLINE): the encoded request and the transport's description of
+ * it are over by the time dx_lm_call waits, and need not be copied out
+ * and back in with its frames. */
+static DX_NOINLINE int submit(const dx_lm_config *c, const dx_lm_request *req,
+                              const dx_lm_call_opts *opts, int64_t timeout,
+                              call *k, dx_ref *ref)
+{
+    dx_lm_http h;
+    int rc = dx_lm_encode(c, req, &h, k->err);
+    if (rc != DX_OK)
+        return rc;
+    char *url = NULL;
+    if ((rc = dx_lm_http_url(c, &h, &url)) != DX_OK) {
+        dx_lm_http_free(&h);
+        return rc;
+    }
+    dx_http_request hr = {
+        .method = h.method,
+        .url = url,
+        .headers = (const char *const *)h.headers,
+        .nheaders = h.n_headers,
+        .body = h.body,
+        .body_len = h.body_len,
+        .timeout_ms = timeout,
+        .connect_timeout_ms =
+            opts->connect_timeout_ms ? opts->connect_timeout_ms : 5000,
+        .stream = h.stream,
+        .max_response_bytes = opts->max_response_bytes,
+    };
+    if (h.stream && (rc = dx_lm_stream_new(c, on_delta, (void *)opts,
+                                           &k->stream)) != DX_OK) {
+        dx_free(url);
+        dx_lm_http_free(&h);
+        return rc;
+    }
+    rc = dx_http_submit(&hr, dx_self(), CALL_TAG, ref); /* copies hr */
+    dx_free(url);
+    dx_lm_http_free(&h);
+    if (rc != DX_OK) {
+        dx_lm_stream_free(k->stream);
+        k->stream = NULL;
+    }
+    return rc;
+}
+
 int dx_lm_call(const dx_lm_config *c, const dx_lm_request *req,
                const dx_lm_call_opts *opts, dx_lm_response **out,
                dx_lm_error *err)
@@ -208,44 +261,12 @@ int dx_lm_call(const dx_lm_config *c, const dx_lm_request *req,
     if (dx_pid_is_none(dx_self()))
         return DX_ENOTPROC;
 
-    dx_lm_http h;
-    int rc = dx_lm_encode(c, req, &h, err);
+    int64_t timeout = opts->timeout_ms ? opts->timeout_ms : 600000;
+    call k = {.c = c, .o = opts, .err = err};
+    dx_ref ref;
+    int rc = submit(c, req, opts, timeout, &k, &ref);
     if (rc != DX_OK)
         return rc;
-    char *url = NULL;
-    if ((rc = dx_lm_http_url(c, &h, &url)) != DX_OK) {
-        dx_lm_http_free(&h);
-        return rc;
-    }
-    int64_t timeout = opts->timeout_ms ? opts->timeout_ms : 600000;
-    dx_http_request hr = {
-        .method = h.method,
-        .url = url,
-        .headers = (const char *const *)h.headers,
-        .nheaders = h.n_headers,
-        .body = h.body,
-        .body_len = h.body_len,
-        .timeout_ms = timeout,
-        .connect_timeout_ms =
-            opts->connect_timeout_ms ? opts->connect_timeout_ms : 5000,
-        .stream = h.stream,
-        .max_response_bytes = opts->max_response_bytes,
-    };
-    call k = {.c = c, .o = opts, .err = err};
-    if (h.stream && (rc = dx_lm_stream_new(c, on_delta, (void *)opts,
-                                           &k.stream)) != DX_OK) {
-        dx_free(url);
-        dx_lm_http_free(&h);
-        return rc;
-    }
-    dx_ref ref;
-    rc = dx_http_submit(&hr, dx_self(), CALL_TAG, &ref); /* copies hr */
-    dx_free(url);
-    dx_lm_http_free(&h);
-    if (rc != DX_OK) {
-        dx_lm_stream_free(k.stream);
-        return rc;
-    }
 
     /* The stream's decoder, held across the wait: a process killed there
      * (a program past its deadline, a client's worker stopped) frees it

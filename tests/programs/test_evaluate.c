@@ -519,6 +519,87 @@ static void note_row(const dx_eval_row *row, void *ud)
     }
 }
 
+typedef struct eval_run {
+    const dx_module *m;
+    const dx_dataset *ds;
+    dx_eval_opts o;
+    dx_eval_result *r;
+    int rc;
+} eval_run;
+
+static void *evaluate_thread(void *arg)
+{
+    eval_run *er = arg;
+    er->rc = dx_evaluate(er->m, er->ds, &er->o, &er->r, NULL);
+    return NULL;
+}
+
+/* The examples in flight, and the most memory one of them holds. */
+static size_t examples_waiting(size_t *max_bytes)
+{
+    dx_proc_info *ps = NULL;
+    size_t n = 0, waiting = 0;
+    cr_assert_eq(dx_process_list(&ps, &n), DX_OK);
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(ps[i].label, "dspex.evaluate.example") != 0 ||
+            ps[i].status != DX_PROC_WAITING)
+            continue;
+        waiting++;
+        if (ps[i].memory_bytes > *max_bytes)
+            *max_bytes = ps[i].memory_bytes;
+    }
+    dx_free(ps);
+    return waiting;
+}
+
+/* An example waiting on its LM call is a process whose frames were copied
+ * off the scheduler's stack: what it holds then is what 1,000 in flight
+ * cost. Its path to the call (the program, Predict, the adapter, the LM
+ * client, the transport) keeps rare paths' buffers (error messages,
+ * fallbacks' diagnostics, telemetry events) out of the frames it waits
+ * in, so each holds a few kilobytes (it took over 6 KB before). */
+Test(evaluate, an_example_waiting_on_its_lm_call_holds_a_few_kilobytes)
+{
+#if !DX_STACK_COPY
+    cr_skip("processes have stacks of their own in this build");
+#endif
+    dx_signature *s = NULL;
+    cr_assert_eq(
+        dx_signature_parse("question -> answer", NULL, NULL, 0, &s, NULL),
+        DX_OK);
+    dx_module *p = dx_predict_new(s, NULL);
+    dx_signature_unref(s);
+    dx_dataset *ds = dataset(32, NULL);
+    dx_lmserver_inject(srv, "slow:600", 32);
+    eval_run er = {
+        .m = p,
+        .ds = ds,
+        .o = {.metric = {.kind = DX_METRIC_EXACT_MATCH},
+              .concurrency = 32,
+              .progress = DX_EVAL_PROGRESS_OFF,
+              .call = {.adapter = DX_ADAPTER_JSON}},
+    };
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, evaluate_thread, &er), 0);
+    size_t max_bytes = 0, waiting = 0;
+    for (int i = 0; i < 400 && waiting < 32; i++) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+        max_bytes = 0;
+        waiting = examples_waiting(&max_bytes);
+    }
+    cr_expect_eq(waiting, 32, "all 32 wait on their LM calls");
+    cr_expect_lt(max_bytes, 4096, "an example waiting holds %zu bytes",
+                 max_bytes);
+    pthread_join(th, NULL);
+    cr_assert_eq(er.rc, DX_OK);
+    cr_expect_eq(er.r->n_done, 32);
+    cr_expect_eq(er.r->n_errors, 0, "%s", er.r->rows[0].error_msg);
+    dx_eval_result_free(er.r);
+    dx_dataset_free(ds);
+    dx_module_free(p);
+}
+
 /* Every example that ran is handed to on_row once, as it ends. A resumed
  * run takes the rows that finished without an error, runs the failed one
  * and those that never ran, and scores the whole dataset. */
