@@ -94,7 +94,8 @@ DX_API int dx_telemetry_unsubscribe(dx_pid subscriber, const char *prefix);
  * DX_ENOMEM (some subscribers may then have missed the event). */
 DX_API int dx_telemetry_emit(const dx_telemetry_event *e);
 
-/* Number of subscriptions held (dead ones not yet dropped included). */
+/* Number of subscriptions held (dead ones not yet dropped included); a
+ * lock-free read, so an emitter can skip building an event nobody gets. */
 DX_API int dx_telemetry_count(void);
 
 /* Drop every subscription. Pids are only unique within one run of the
