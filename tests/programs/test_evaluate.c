@@ -561,7 +561,7 @@ static size_t examples_waiting(size_t *max_bytes)
 Test(evaluate, an_example_waiting_on_its_lm_call_holds_a_few_kilobytes)
 {
 #if !DX_STACK_COPY
-    cr_skip("processes have stacks of their own in this build");
+    cr_skip_test("processes have stacks of their own in this build");
 #endif
     dx_signature *s = NULL;
     cr_assert_eq(
