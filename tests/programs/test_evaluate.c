@@ -570,7 +570,8 @@ Test(evaluate, an_example_waiting_on_its_lm_call_holds_a_few_kilobytes)
     dx_module *p = dx_predict_new(s, NULL);
     dx_signature_unref(s);
     dx_dataset *ds = dataset(32, NULL);
-    dx_lmserver_inject(srv, "slow:600", 32);
+    /* Held long enough that all 32 wait at once even on a loaded machine. */
+    dx_lmserver_inject(srv, "slow:1500", 32);
     eval_run er = {
         .m = p,
         .ds = ds,
@@ -582,7 +583,7 @@ Test(evaluate, an_example_waiting_on_its_lm_call_holds_a_few_kilobytes)
     pthread_t th;
     cr_assert_eq(pthread_create(&th, NULL, evaluate_thread, &er), 0);
     size_t max_bytes = 0, waiting = 0;
-    for (int i = 0; i < 400 && waiting < 32; i++) {
+    for (int i = 0; i < 1000 && waiting < 32; i++) {
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
         max_bytes = 0;
