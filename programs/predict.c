@@ -281,6 +281,7 @@ static void send_whole_fields(dx_ctx *ctx, const dx_module *p,
 /* Objects a Predict holds across its blocking LM call are tied to the
  * calling process (dx_ptie_new), so a program process killed while it
  * waits frees them as it ends. */
+
 /* What attempt() holds across its LM call: the request and the call's
  * error, on the heap. The error is ~700 bytes that a failure fills in;
  * on the stack they would be copied out and back in with the frames of
@@ -296,6 +297,7 @@ static void call_hold_free(void *arg)
     dx_lm_request_free(h->req);
     dx_free(h);
 }
+
 static void prediction_release(void *p)
 {
     dx_prediction_free(p);

@@ -519,6 +519,18 @@ static void note_row(const dx_eval_row *row, void *ud)
     }
 }
 
+static dx_module *predict_with(const char *instructions)
+{
+    dx_signature *s = NULL;
+    cr_assert_eq(dx_signature_parse("question -> answer", instructions, NULL, 0,
+                                    &s, NULL),
+                 DX_OK);
+    dx_module *p = dx_predict_new(s, NULL);
+    dx_signature_unref(s);
+    cr_assert_not_null(p);
+    return p;
+}
+
 typedef struct eval_run {
     const dx_module *m;
     const dx_dataset *ds;
@@ -563,12 +575,7 @@ Test(evaluate, an_example_waiting_on_its_lm_call_holds_a_few_kilobytes)
 #if !DX_STACK_COPY
     cr_skip_test("processes have stacks of their own in this build");
 #endif
-    dx_signature *s = NULL;
-    cr_assert_eq(
-        dx_signature_parse("question -> answer", NULL, NULL, 0, &s, NULL),
-        DX_OK);
-    dx_module *p = dx_predict_new(s, NULL);
-    dx_signature_unref(s);
+    dx_module *p = predict_with(NULL);
     dx_dataset *ds = dataset(32, NULL);
     /* Held long enough that all 32 wait at once even on a loaded machine. */
     dx_lmserver_inject(srv, "slow:1500", 32);
@@ -674,18 +681,6 @@ Test(evaluate, rows_go_to_on_row_as_they_end_and_a_resume_runs_only_the_rest)
     dx_eval_result_free(first);
     dx_dataset_free(ds);
     dx_module_free(m);
-}
-
-static dx_module *predict_with(const char *instructions)
-{
-    dx_signature *s = NULL;
-    cr_assert_eq(dx_signature_parse("question -> answer", instructions, NULL, 0,
-                                    &s, NULL),
-                 DX_OK);
-    dx_module *p = dx_predict_new(s, NULL);
-    dx_signature_unref(s);
-    cr_assert_not_null(p);
-    return p;
 }
 
 /* A run key names what a row depends on besides its example: the same
