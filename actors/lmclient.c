@@ -179,7 +179,12 @@ static void outcome_free(void *p)
  * to"): the outcome and what the history needs of the call. */
 typedef struct direct_report {
     outcome o;          /* rc, attempts, err, response (the server's copy) */
-    dx_lm_request *req; /* a copy of the messages alone, for the history */
+    dx_lm_request *req; /* the messages alone, for the history: a copy, or
+                           a giving caller's own (dx_lm_client_complete_giving) */
+    /* A giving caller's request as the call sends it: its fields, with
+     * the messages req now holds. Here, not in direct_call's frame, which
+     * a waiting caller keeps. */
+    dx_lm_request sent;
     int64_t t0_us, t1_us;
     int64_t ended_ms; /* wall clock at the end, the history's timestamp */
     dx_ref tel;       /* ties the caller's telemetry start to the stop */
@@ -2081,19 +2086,50 @@ direct_report_new(direct_pub *p, const dx_lm_request *req, dx_pid client)
     return r;
 }
 
+/* The report of a giving caller's call: it takes the messages from req at
+ * once (so a caller killed mid-call is still reported with them) and sends
+ * the request through r->sent. NULL when out of memory (req untouched). */
+static DX_NOINLINE direct_report *
+direct_report_giving(direct_pub *p, dx_lm_request *req, dx_pid client)
+{
+    direct_report *r = dx_calloc(1, sizeof *r);
+    dx_lm_request *mine = r ? dx_lm_request_new(NULL) : NULL;
+    if (!mine) {
+        dx_free(r);
+        return NULL;
+    }
+    mine->messages = req->messages;
+    mine->n_messages = req->n_messages;
+    req->messages = NULL;
+    req->n_messages = 0;
+    r->sent = *req;
+    r->sent.messages = mine->messages;
+    r->sent.n_messages = mine->n_messages;
+    r->pub = p;
+    r->req = mine;
+    r->client = client;
+    dx_lm_error_clear(&r->o.err);
+    return r;
+}
+
 static int direct_call_end(dx_pid client, direct_pub *p, direct_report *r,
                            int rc, const dx_lm_usage *usage,
                            int64_t deadline_ms);
 
+/* giving: req itself, when the caller gives it
+ * (dx_lm_client_complete_giving); else NULL. */
 static int direct_call(dx_pid client, direct_pub *p, const dx_lm_request *req,
-                       int64_t deadline_ms, dx_lm_result **out,
-                       dx_lm_error *err)
+                       dx_lm_request *giving, int64_t deadline_ms,
+                       dx_lm_result **out, dx_lm_error *err)
 {
-    direct_report *r = direct_report_new(p, req, client);
+    direct_report *r = giving ? direct_report_giving(p, giving, client)
+                              : direct_report_new(p, req, client);
     if (!r) {
         pub_unref(p);
         return DX_ENOMEM;
     }
+    if (giving)
+        req = &r->sent;
     atomic_fetch_add(&p->active, 1);
     r->tel = dx_make_ref();
     r->t0_us = mono_us();
@@ -2123,11 +2159,13 @@ static int direct_call(dx_pid client, direct_pub *p, const dx_lm_request *req,
     if (rc == DX_OK) {
         /* The caller gets the answer itself; the client a copy for its
          * history (without memory for one, the call is recorded without its
-         * text). */
+         * text), or a share of it when the caller only reads it. */
         dx_lm_result *res = dx_calloc(1, sizeof *res);
         char *model = res ? dx_strdup(p->model) : NULL;
         dx_lm_response *copy_for_client =
-            model ? resp_copy(r->o.response) : NULL;
+            !model   ? NULL
+            : giving ? dx_lm_response_share(r->o.response)
+                     : resp_copy(r->o.response);
         if (model) {
             res->response = r->o.response;
             res->model_used = model;
@@ -2194,10 +2232,30 @@ static int direct_call_end(dx_pid client, direct_pub *p, direct_report *r,
     return rc;
 }
 
+static int complete(dx_pid client, const dx_lm_request *req,
+                    dx_lm_request *giving, const dx_lm_client_call_opts *copts,
+                    int64_t timeout_ms, dx_lm_result **out, dx_lm_error *err);
+
 int dx_lm_client_complete_opt(dx_pid client, const dx_lm_request *req,
                               const dx_lm_client_call_opts *copts,
                               int64_t timeout_ms, dx_lm_result **out,
                               dx_lm_error *err)
+{
+    return complete(client, req, NULL, copts, timeout_ms, out, err);
+}
+
+int dx_lm_client_complete_giving(dx_pid client, dx_lm_request *req,
+                                 const dx_lm_client_call_opts *copts,
+                                 int64_t timeout_ms, dx_lm_result **out,
+                                 dx_lm_error *err)
+{
+    return complete(client, req, req, copts, timeout_ms, out, err);
+}
+
+/* giving: req itself, when its caller gives it (else NULL). */
+static int complete(dx_pid client, const dx_lm_request *req,
+                    dx_lm_request *giving, const dx_lm_client_call_opts *copts,
+                    int64_t timeout_ms, dx_lm_result **out, dx_lm_error *err)
 {
     /* One deadline for both sides: the client's for the flight, this
      * caller's if it leads it. */
@@ -2211,7 +2269,7 @@ int dx_lm_client_complete_opt(dx_pid client, const dx_lm_request *req,
             if (err)
                 dx_lm_error_clear(err);
             *out = NULL;
-            return direct_call(client, p, req, deadline_ms, out, err);
+            return direct_call(client, p, req, giving, deadline_ms, out, err);
         }
     }
     dx_msg *m = NULL;

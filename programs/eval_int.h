@@ -154,5 +154,8 @@ void dx__eval_row_jsonl(struct dx__sb *b, const dx_eval_row *row);
 /* The q-th percentile (0..100) of v[0..n) by linear interpolation between
  * closest ranks (numpy's default); sorts v in place. 0 for n == 0. */
 double dx__percentile(double *v, size_t n, double q);
+/* The nq percentiles qs[] of v[0..n) into out[], with one sort of v. */
+void dx__percentiles(double *v, size_t n, const double *qs, double *out,
+                     size_t nq);
 
 #endif

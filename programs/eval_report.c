@@ -197,11 +197,9 @@ static int dblcmp(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-double dx__percentile(double *v, size_t n, double q)
+/* Percentile q of v[0..n), sorted and not empty. */
+static double percentile_of_sorted(const double *v, size_t n, double q)
 {
-    if (!v || n == 0)
-        return 0;
-    qsort(v, n, sizeof *v, dblcmp);
     if (!(q > 0))
         q = 0;
     if (q > 100)
@@ -210,6 +208,22 @@ double dx__percentile(double *v, size_t n, double q)
     size_t lo = (size_t)pos;
     size_t hi = lo + 1 < n ? lo + 1 : lo;
     return v[lo] + (v[hi] - v[lo]) * (pos - (double)lo);
+}
+
+void dx__percentiles(double *v, size_t n, const double *qs, double *out,
+                     size_t nq)
+{
+    if (v && n > 0)
+        qsort(v, n, sizeof *v, dblcmp);
+    for (size_t i = 0; i < nq; i++)
+        out[i] = v && n > 0 ? percentile_of_sorted(v, n, qs[i]) : 0;
+}
+
+double dx__percentile(double *v, size_t n, double q)
+{
+    double out;
+    dx__percentiles(v, n, &q, &out, 1);
+    return out;
 }
 
 /* ---- JSONL ------------------------------------------------------------- */

@@ -879,9 +879,12 @@ void dx__eval_result_latencies(dx_eval_result *r)
     for (size_t i = 0; i < r->n; i++)
         if (r->rows[i].done && r->rows[i].error == DX_OK)
             lat[k++] = r->rows[i].latency_ms;
-    r->latency_p50_ms = dx__percentile(lat, k, 50);
-    r->latency_p95_ms = dx__percentile(lat, k, 95);
-    r->latency_p99_ms = dx__percentile(lat, k, 99);
+    static const double qs[3] = {50, 95, 99};
+    double p[3];
+    dx__percentiles(lat, k, qs, p, 3);
+    r->latency_p50_ms = p[0];
+    r->latency_p95_ms = p[1];
+    r->latency_p99_ms = p[2];
     dx_free(lat);
 }
 

@@ -387,8 +387,8 @@ static int attempt(dx_ctx *ctx, const dx_module *p, dx_adapter_kind kind,
     else if (incremental)
         rc = dx_lm_client_complete_stream(lm, req, &copts, left, lm_text, &sm,
                                           &res, err);
-    else
-        rc = dx_lm_client_complete_opt(lm, req, &copts, left, &res, err);
+    else /* req is freed right after; the answer is only read */
+        rc = dx_lm_client_complete_giving(lm, req, &copts, left, &res, err);
     dx_ptie_cut(reader_tie);
     dx_ptie_cut(hold_tie);
     if (incremental && rc == DX_OK)

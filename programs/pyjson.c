@@ -643,6 +643,16 @@ static void put_utf8(dx__sb *b, unsigned long cp)
     dx__sb_put(b, u, n);
 }
 
+/* The bytes a string's scan stops at: either quote, the backslash and the
+ * control characters; every other byte is copied as it is. */
+static const bool string_stop[256] = {
+    [0x00] = 1, [0x01] = 1, [0x02] = 1, [0x03] = 1, [0x04] = 1, [0x05] = 1,
+    [0x06] = 1, [0x07] = 1, [0x08] = 1, [0x09] = 1, [0x0A] = 1, [0x0B] = 1,
+    [0x0C] = 1, [0x0D] = 1, [0x0E] = 1, [0x0F] = 1, [0x10] = 1, [0x11] = 1,
+    [0x12] = 1, [0x13] = 1, [0x14] = 1, [0x15] = 1, [0x16] = 1, [0x17] = 1,
+    [0x18] = 1, [0x19] = 1, [0x1A] = 1, [0x1B] = 1, [0x1C] = 1, [0x1D] = 1,
+    [0x1E] = 1, [0x1F] = 1, ['"'] = 1,  ['\''] = 1, ['\\'] = 1};
+
 /* A quoted string at r->i (quote is '"' or, lenient, '\''); the decoded
  * text is returned dx_malloc'd. A NUL from \u0000 ends the C string early:
  * cJSON strings are NUL-terminated. */
@@ -654,6 +664,9 @@ static char *read_string(rd *r)
     dx__sb_init(&b);
     size_t run = r->i;
     for (;;) {
+        /* Most of a string is plain text: one table look per byte. */
+        while (r->i < r->n && !string_stop[(unsigned char)r->s[r->i]])
+            r->i++;
         if (r->i >= r->n) {
             dx__sb_free(&b);
             fail(r, start, "unterminated string");
@@ -749,9 +762,19 @@ static char *read_string(rd *r)
         }
         run = r->i;
     }
-    dx__sb_put(&b, r->s + run, r->i - run);
+    char *out;
+    if (b.p == NULL && !b.oom) {
+        /* No escape: the text is the run itself, copied once. */
+        size_t len = r->i - run;
+        if ((out = dx_malloc(len + 1)) != NULL) {
+            memcpy(out, r->s + run, len);
+            out[len] = '\0';
+        }
+    } else {
+        dx__sb_put(&b, r->s + run, r->i - run);
+        out = dx__sb_take(&b);
+    }
     r->i++;
-    char *out = dx__sb_take(&b);
     if (!out)
         nomem(r);
     return out;

@@ -246,8 +246,10 @@ static int native_step(dx_ctx *ctx, const dx_module *react, const react_ud *u,
     /* Killed while it waits (its example's deadline), the process frees
      * the request as it ends. */
     dx_ptie *req_tie = dx_ptie_new(req, request_free);
-    rc = left > 0 ? dx_lm_client_complete_opt(lm, req, &copts, left, &res, &err)
-                  : DX_ETIMEDOUT;
+    /* req is freed right after; the answer is only read. */
+    rc = left > 0
+             ? dx_lm_client_complete_giving(lm, req, &copts, left, &res, &err)
+             : DX_ETIMEDOUT;
     dx_ptie_cut(req_tie);
     dx_lm_request_free(req);
     if (rc != DX_OK) {

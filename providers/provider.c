@@ -603,10 +603,25 @@ char *dx__system_text(const dx_lm_request *r, bool *oom)
 
 /* ---- responses --------------------------------------------------------- */
 
+dx_lm_response *dx_lm_response_share(dx_lm_response *r)
+{
+    if (r)
+        __atomic_fetch_add(&r->extra_holders, 1, __ATOMIC_RELAXED);
+    return r;
+}
+
 void dx_lm_response_free(dx_lm_response *r)
 {
     if (!r)
         return;
+    /* A shared response: drop this holder's share. The release orders this
+     * holder's reads before the last holder's free (which acquires). */
+    unsigned others = __atomic_load_n(&r->extra_holders, __ATOMIC_ACQUIRE);
+    while (others > 0)
+        if (__atomic_compare_exchange_n(&r->extra_holders, &others, others - 1,
+                                        false, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+            return;
     for (size_t i = 0; i < r->n_choices; i++) {
         dx_free(r->choices[i].text);
         dx_free(r->choices[i].finish_raw);

@@ -217,6 +217,19 @@ DX_API int dx_lm_client_complete_opt(dx_pid client, const dx_lm_request *req,
                                      int64_t timeout_ms, dx_lm_result **out,
                                      dx_lm_error *err);
 
+/* dx_lm_client_complete_opt for a caller done with req once the call
+ * returns, which only reads the answer (Predict and ReAct are such
+ * callers). On a call the client has nothing to add to (the cache
+ * bypassed) its history keeps req's messages instead of a copy of them,
+ * and shares the answer in *out instead of copying it. So req may come
+ * back without its messages (n_messages 0): free it as usual; and the
+ * answer is read-only: read it and free it (dx_lm_result_free), do not
+ * change it. Same results otherwise. Process. */
+DX_API int dx_lm_client_complete_giving(dx_pid client, dx_lm_request *req,
+                                        const dx_lm_client_call_opts *copts,
+                                        int64_t timeout_ms, dx_lm_result **out,
+                                        dx_lm_error *err);
+
 /* ---- streaming ------------------------------------------------------------
  *
  * A caller may ask for the answer's text as it arrives. The callback runs

@@ -178,9 +178,18 @@ typedef struct dx_lm_response {
     bool has_usage;
     dx_lm_usage usage;
     double latency_ms; /* filled by the caller (the codec cannot know) */
+    /* dspex's own count of the holders beyond the first
+     * (dx_lm_response_share); 0 in a response you build. Never set it. */
+    unsigned extra_holders;
 } dx_lm_response;
 
+/* Frees r, or, when it is shared, drops one holder's share (the last
+ * holder's free frees it). NULL is a no-op. Any thread. */
 DX_API void dx_lm_response_free(dx_lm_response *r);
+/* One more holder of r, instead of a copy: every holder frees it with
+ * dx_lm_response_free. A shared response is read-only to all of its
+ * holders, on any threads. Returns r (NULL for NULL). Any thread. */
+DX_API dx_lm_response *dx_lm_response_share(dx_lm_response *r);
 /* Deep copy of src (every string, choice and tool call; latency too).
  * DX_OK with *out the caller's (dx_lm_response_free), DX_ENOMEM (*out
  * NULL, nothing left allocated), DX_EINVAL for NULL arguments. */

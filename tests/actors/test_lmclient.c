@@ -87,12 +87,18 @@ typedef struct seen {
     bool cached;
     int attempts;
     int64_t input_tokens, output_tokens;
+    size_t messages_left; /* in the request after a giving call */
 } seen;
 
 static void request_free(void *req)
 {
     dx_lm_request_free(req);
 }
+
+/* Cache bypassed; &giving as copts: the same through
+ * dx_lm_client_complete_giving. */
+static const dx_lm_client_call_opts bypass = {.cache_mode = DX_LMCACHE_BYPASS};
+static const dx_lm_client_call_opts giving = {.cache_mode = DX_LMCACHE_BYPASS};
 
 static void complete_opt_into(dx_pid client, const char *question,
                               const dx_lm_client_call_opts *copts,
@@ -107,11 +113,17 @@ static void complete_opt_into(dx_pid client, const char *question,
     dx_lm_result *res = NULL;
     /* Some tests kill the calling process mid-call. */
     dx_ptie *tie = dx_ptie_new(req, request_free);
-    out->rc =
-        copts ? dx_lm_client_complete_opt(client, req, copts, timeout_ms, &res,
-                                          &out->err)
-              : dx_lm_client_complete(client, req, timeout_ms, &res, &out->err);
+    if (copts == &giving)
+        out->rc = dx_lm_client_complete_giving(client, req, &bypass, timeout_ms,
+                                               &res, &out->err);
+    else if (copts)
+        out->rc = dx_lm_client_complete_opt(client, req, copts, timeout_ms,
+                                            &res, &out->err);
+    else
+        out->rc =
+            dx_lm_client_complete(client, req, timeout_ms, &res, &out->err);
     dx_ptie_cut(tie);
+    out->messages_left = req->n_messages;
     dx_lm_request_free(req);
     if (out->rc == DX_OK) {
         if (res->response->has_usage) {
@@ -1863,8 +1875,6 @@ Test(lmclient_lost_lead, a_flight_whose_lead_was_lost_goes_to_a_worker,
  * the client first and reported to it afterwards. The client must know of
  * such calls all the same: history, usage, telemetry, stats and breaker. */
 
-static const dx_lm_client_call_opts bypass = {.cache_mode = DX_LMCACHE_BYPASS};
-
 static void two_direct_calls(scenario *s, dx_pid client)
 {
     if (dx_telemetry_subscribe(dx_self(), "lm.call") != DX_OK)
@@ -2070,11 +2080,10 @@ Test(lmclient, a_direct_callers_failures_open_the_breaker_before_its_next_call)
 static dx_pid victim_client;
 static seen victim_seen;
 
+/* arg: the victim's call options (&bypass or &giving). */
 static void direct_victim(void *arg)
 {
-    (void)arg;
-    complete_opt_into(victim_client, "slow question", &bypass, 10000,
-                      &victim_seen);
+    complete_opt_into(victim_client, "slow question", arg, 10000, &victim_seen);
 }
 
 static bool one_in_flight(const dx_lm_client_stats *st)
@@ -2087,21 +2096,41 @@ static bool one_direct_reported(const dx_lm_client_stats *st)
     return st->direct == 1 && st->in_flight == 0;
 }
 
-static void kill_a_direct_caller(scenario *s, dx_pid client)
+/* A direct caller with copts, killed once its call reached the server;
+ * the history read once the client has the report. */
+static void kill_a_caller_mid_call(scenario *s, dx_pid client,
+                                   const dx_lm_client_call_opts *copts)
 {
-    if (dx_telemetry_subscribe(dx_self(), "lm.call") != DX_OK)
-        return;
     victim_client = client;
     uint64_t before = upstream_requests();
     dx_pid victim;
-    if (dx_spawn(direct_victim, NULL, &victim) != DX_OK ||
+    if (dx_spawn(direct_victim, (void *)copts, &victim) != DX_OK ||
         !wait_stats(client, one_in_flight) || !server_got(before, 1))
         return;
     dx_kill(victim);
     if (!wait_stats(client, one_direct_reported))
         return;
     copy_history(client, 0, s->history, sizeof s->history, &s->history_rc);
+}
+
+static void kill_a_direct_caller(scenario *s, dx_pid client)
+{
+    if (dx_telemetry_subscribe(dx_self(), "lm.call") != DX_OK)
+        return;
+    kill_a_caller_mid_call(s, client, &bypass);
     drain_events(s);
+}
+
+/* The killed caller's call, in the stats and the history with its
+ * question and its end. */
+static void assert_recorded_as_cancelled(void)
+{
+    cr_assert_eq(sc.stats.direct, 1);
+    cr_assert_eq(sc.stats.failures, 1);
+    cr_assert_eq(sc.stats.in_flight, 0);
+    cr_assert_eq(sc.history_rc, DX_OK, "%s", dx_err_name(sc.history_rc));
+    cr_assert(strstr(sc.history, "slow question"), "%s", sc.history);
+    cr_assert(strstr(sc.history, "Error: cancelled"), "%s", sc.history);
 }
 
 Test(lmclient, a_direct_caller_killed_mid_call_is_recorded_as_cancelled)
@@ -2110,17 +2139,62 @@ Test(lmclient, a_direct_caller_killed_mid_call_is_recorded_as_cancelled)
     cr_assert_eq(dx_lmserver_inject(srv, "slow:1000", 1), DX_OK);
     sc.body = kill_a_direct_caller;
     run(&sc);
-    cr_assert_eq(sc.stats.direct, 1);
-    cr_assert_eq(sc.stats.failures, 1);
-    cr_assert_eq(sc.stats.in_flight, 0);
-    cr_assert_eq(sc.history_rc, DX_OK, "%s", dx_err_name(sc.history_rc));
-    cr_assert(strstr(sc.history, "slow question"), "%s", sc.history);
-    cr_assert(strstr(sc.history, "Error: cancelled"), "%s", sc.history);
+    assert_recorded_as_cancelled();
     cr_assert_eq(sc.n_events, 2, "%d events", sc.n_events);
     cr_assert_eq(sc.events[0].kind, DX_TELEMETRY_START);
     cr_assert_eq(sc.events[1].kind, DX_TELEMETRY_EXCEPTION);
     cr_assert(dx_ref_eq(sc.events[0].ref, sc.events[1].ref));
     cr_assert_eq(sc.events[1].error_kind, DX_LM_ERR_CANCELLED);
+}
+
+/* A giving caller's request comes back without its messages: the history
+ * holds them, and a share of the answer the caller freed long before the
+ * history is read. */
+static void two_giving_calls(scenario *s, dx_pid client)
+{
+    complete_opt_into(client, "What is 2+2?", &giving, 10000, &s->calls[0]);
+    complete_opt_into(client, "Name a colour", &giving, 10000, &s->calls[1]);
+    copy_history(client, 0, s->history, sizeof s->history, &s->history_rc);
+}
+
+Test(lmclient, a_giving_caller_leaves_its_messages_and_answer_to_the_history)
+{
+    live_only();
+    sc.body = two_giving_calls;
+    run(&sc);
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(sc.calls[i].rc, DX_OK, "call %d: %s", i,
+                     dx_err_name(sc.calls[i].rc));
+        cr_assert_eq(sc.calls[i].messages_left, 0, "call %d", i);
+        cr_assert_eq(sc.calls[i].attempts, 1);
+    }
+    cr_assert_str_eq(sc.calls[0].text, "answer: What is 2+2?");
+    cr_assert_str_eq(sc.calls[1].text, "answer: Name a colour");
+    cr_assert_eq(sc.stats.direct, 2);
+    cr_assert_eq(sc.history_rc, DX_OK);
+    /* Each question (the user message) and its answer, in order. */
+    const char *q1 = strstr(sc.history, "What is 2+2?");
+    const char *a1 = strstr(sc.history, "answer: What is 2+2?");
+    const char *q2 = strstr(sc.history, "Name a colour");
+    const char *a2 = strstr(sc.history, "answer: Name a colour");
+    cr_assert(q1 && a1 && q2 && a2, "%s", sc.history);
+    cr_assert(q1 < a1 && a1 < q2 && q2 < a2, "%s", sc.history);
+}
+
+/* Killed mid-call, a giving caller is still recorded with its question:
+ * the report took the messages when the call began. */
+static void kill_a_giving_caller(scenario *s, dx_pid client)
+{
+    kill_a_caller_mid_call(s, client, &giving);
+}
+
+Test(lmclient, a_giving_caller_killed_mid_call_is_recorded_with_its_question)
+{
+    live_only();
+    cr_assert_eq(dx_lmserver_inject(srv, "slow:1000", 1), DX_OK);
+    sc.body = kill_a_giving_caller;
+    run(&sc);
+    assert_recorded_as_cancelled();
 }
 
 /* The client killed while a direct call runs: the caller cancels it and

@@ -50,6 +50,20 @@ Test(eval_report, percentile_interpolates_between_closest_ranks, .timeout = 10)
     double one = 7;
     cr_expect_float_eq(dx__percentile(&one, 1, 99), 7.0, 0);
     cr_expect_float_eq(dx__percentile(NULL, 0, 50), 0.0, 0);
+
+    /* Several at once from one sort: the same values, in the order asked. */
+    for (int i = 0; i < 100; i++)
+        w[i] = 100 - i;
+    const double qs[] = {99, 50, 95, 0};
+    double got[4] = {-1, -1, -1, -1};
+    dx__percentiles(w, 100, qs, got, 4);
+    cr_expect_float_eq(got[0], 99.01, 1e-9);
+    cr_expect_float_eq(got[1], 50.5, 1e-9);
+    cr_expect_float_eq(got[2], 95.05, 1e-9);
+    cr_expect_float_eq(got[3], 1.0, 1e-9);
+    dx__percentiles(NULL, 0, qs, got, 2);
+    cr_expect_float_eq(got[0], 0.0, 0);
+    cr_expect_float_eq(got[1], 0.0, 0);
 }
 
 /* ---- progress ---------------------------------------------------------- */

@@ -1,11 +1,13 @@
 /*
  * test_provider.c — the common LM model: model-string parsing and keys,
  * the registry, request builders, status and retry-after mapping, redacted
- * rendering, a response's JSON form there and back, a request's deep copy,
- * and allocation failure in decoding and copying (every failing allocation
+ * rendering, a response's JSON form there and back, a shared response's
+ * holders, a request's deep copy, and allocation failure in decoding and copying (every failing allocation
  * is reported as DX_ENOMEM and leaks nothing).
  */
 #include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -564,6 +566,59 @@ Test(provider, response_json_that_is_not_a_response_is_refused, .timeout = 10)
         cr_assert_null(back, "%s", bad[i]);
     }
     cr_assert_eq(dx_lm_response_from_json("{}", 2, NULL), DX_EINVAL);
+}
+
+/* A shared response is freed by its last holder, whichever that is, and
+ * stays whole for the others until then (run under ASan/valgrind/TSan). */
+typedef struct holder {
+    dx_lm_response *r;
+    char seen[16];
+} holder;
+
+static void *read_then_free(void *arg)
+{
+    holder *h = arg;
+    snprintf(h->seen, sizeof h->seen, "%s", h->r->choices[0].text);
+    dx_lm_response_free(h->r);
+    return NULL;
+}
+
+Test(provider, a_shared_response_is_freed_by_its_last_holder, .timeout = 10)
+{
+    const char *j = "{\"id\":\"r1\",\"choices\":[{\"text\":\"shared\","
+                    "\"finish\":\"stop\"}]}";
+    dx_lm_response *r = NULL;
+    cr_assert_eq(dx_lm_response_from_json(j, strlen(j), &r), DX_OK);
+    cr_assert_eq(dx_lm_response_share(r), r);
+    cr_assert_null(dx_lm_response_share(NULL));
+    dx_lm_response_free(r); /* one holder gone: the other still reads it */
+    cr_assert_str_eq(r->choices[0].text, "shared");
+    cr_assert_str_eq(r->id, "r1");
+    dx_lm_response_free(r); /* the last: freed (a leak check would see) */
+
+    /* Four holders on four threads, freeing in whatever order they end. */
+    cr_assert_eq(dx_lm_response_from_json(j, strlen(j), &r), DX_OK);
+    holder hs[4];
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) {
+        hs[i].r = i ? dx_lm_response_share(r) : r;
+        hs[i].seen[0] = '\0';
+    }
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(pthread_create(&t[i], NULL, read_then_free, &hs[i]), 0);
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        cr_assert_str_eq(hs[i].seen, "shared");
+    }
+    /* A copy of a shared response is a response of its own. */
+    cr_assert_eq(dx_lm_response_from_json(j, strlen(j), &r), DX_OK);
+    dx_lm_response *copy = NULL;
+    cr_assert_eq(dx_lm_response_copy(dx_lm_response_share(r), &copy), DX_OK);
+    cr_assert_eq(copy->extra_holders, 0);
+    dx_lm_response_free(r);
+    dx_lm_response_free(r);
+    cr_assert_str_eq(copy->choices[0].text, "shared");
+    dx_lm_response_free(copy);
 }
 
 /* ---- allocation failure ---- */
