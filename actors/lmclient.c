@@ -23,6 +23,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -2068,10 +2069,25 @@ static void direct_abandoned(void *p)
  * history keeps only those: not the schema, tools and stop words); NULL
  * when out of memory. Not inlined: the request it copies from is a
  * struct that direct_call's frame would carry through the call's wait. */
+/* A zeroed report but for its error's text buffers (~700 bytes), which
+ * dx_lm_error_clear empties field by field: an answered call never writes
+ * them. */
+static direct_report *report_alloc(void)
+{
+    direct_report *r = dx_malloc(sizeof *r);
+    if (r) {
+        memset(r, 0, offsetof(direct_report, o.err));
+        dx_lm_error_clear(&r->o.err);
+        memset(&r->o.response, 0,
+               sizeof *r - offsetof(direct_report, o.response));
+    }
+    return r;
+}
+
 static DX_NOINLINE direct_report *
 direct_report_new(direct_pub *p, const dx_lm_request *req, dx_pid client)
 {
-    direct_report *r = dx_calloc(1, sizeof *r);
+    direct_report *r = report_alloc();
     dx_lm_request messages_only = {.messages = req->messages,
                                    .n_messages = req->n_messages};
     dx_lm_request *copy = r ? req_copy(&messages_only) : NULL;
@@ -2082,7 +2098,6 @@ direct_report_new(direct_pub *p, const dx_lm_request *req, dx_pid client)
     r->pub = p;
     r->req = copy;
     r->client = client;
-    dx_lm_error_clear(&r->o.err);
     return r;
 }
 
@@ -2092,7 +2107,7 @@ direct_report_new(direct_pub *p, const dx_lm_request *req, dx_pid client)
 static DX_NOINLINE direct_report *
 direct_report_giving(direct_pub *p, dx_lm_request *req, dx_pid client)
 {
-    direct_report *r = dx_calloc(1, sizeof *r);
+    direct_report *r = report_alloc();
     dx_lm_request *mine = r ? dx_lm_request_new(NULL) : NULL;
     if (!mine) {
         dx_free(r);
@@ -2108,7 +2123,6 @@ direct_report_giving(direct_pub *p, dx_lm_request *req, dx_pid client)
     r->pub = p;
     r->req = mine;
     r->client = client;
-    dx_lm_error_clear(&r->o.err);
     return r;
 }
 

@@ -17,6 +17,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -451,11 +452,25 @@ static DX_NOINLINE void record(eval_job *j, ex_slot *s, const dx_term *reason,
     j->res->n_errors++;
 }
 
+/* A zeroed slot but for its diag's message buffer, which only a failure
+ * writes: not zeroing it spares each example half a kilobyte of writes to
+ * memory that is cold at 1 in flight. */
+static ex_slot *slot_new(void)
+{
+    ex_slot *s = dx_malloc(sizeof *s);
+    if (s) {
+        memset(s, 0, offsetof(ex_slot, diag));
+        dx_diag_clear(&s->diag);
+        memset(&s->pred, 0, sizeof *s - offsetof(ex_slot, pred));
+    }
+    return s;
+}
+
 /* spread: start on the schedulers in turn (dx_spawn_opts.spread). */
 static int start_example(eval_job *j, size_t index, bool spread, ex_slot **out)
 {
     const dx_example *ex = j->ds->items[index];
-    ex_slot *s = dx_calloc(1, sizeof *s);
+    ex_slot *s = slot_new();
     if (!s)
         return DX_ENOMEM;
     atomic_init(&s->refs, 2);

@@ -665,8 +665,11 @@ static char *read_string(rd *r)
     size_t run = r->i;
     for (;;) {
         /* Most of a string is plain text: one table look per byte. */
-        while (r->i < r->n && !string_stop[(unsigned char)r->s[r->i]])
-            r->i++;
+        const unsigned char *text = (const unsigned char *)r->s;
+        size_t i = r->i;
+        while (i < r->n && !string_stop[text[i]])
+            i++;
+        r->i = i;
         if (r->i >= r->n) {
             dx__sb_free(&b);
             fail(r, start, "unterminated string");
