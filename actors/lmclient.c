@@ -2062,13 +2062,6 @@ static void direct_abandoned(void *p)
     dx_send_ptr(r->client, TAG_DIRECT, r, direct_report_free);
 }
 
-/* Make a call the client has nothing to add to (see "calls the client has
- * nothing to add to") here, at once, watching the client as a leader does,
- * then report it. p is the caller's reference, given. */
-/* A direct call's report, with its copy of the request's messages (the
- * history keeps only those: not the schema, tools and stop words); NULL
- * when out of memory. Not inlined: the request it copies from is a
- * struct that direct_call's frame would carry through the call's wait. */
 /* A zeroed report but for its error's text buffers (~700 bytes), which
  * dx_lm_error_clear empties field by field: an answered call never writes
  * them. */
@@ -2084,6 +2077,10 @@ static direct_report *report_alloc(void)
     return r;
 }
 
+/* A direct call's report, with its copy of the request's messages (the
+ * history keeps only those: not the schema, tools and stop words); NULL
+ * when out of memory. Not inlined: the request it copies from is a
+ * struct that direct_call's frame would carry through the call's wait. */
 static DX_NOINLINE direct_report *
 direct_report_new(direct_pub *p, const dx_lm_request *req, dx_pid client)
 {
@@ -2130,8 +2127,10 @@ static int direct_call_end(dx_pid client, direct_pub *p, direct_report *r,
                            int rc, const dx_lm_usage *usage,
                            int64_t deadline_ms);
 
-/* giving: req itself, when the caller gives it
- * (dx_lm_client_complete_giving); else NULL. */
+/* Make a call the client has nothing to add to (see "calls the client has
+ * nothing to add to") here, at once, watching the client as a leader does,
+ * then report it. p is the caller's reference, given; giving is req itself
+ * when the caller gives it (dx_lm_client_complete_giving), else NULL. */
 static int direct_call(dx_pid client, direct_pub *p, const dx_lm_request *req,
                        dx_lm_request *giving, int64_t deadline_ms,
                        dx_lm_result **out, dx_lm_error *err)

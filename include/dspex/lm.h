@@ -76,7 +76,10 @@
  * of an answer is not waited for; that of a provider's error is, so the
  * caller's next call already meets the breaker it may have opened. A
  * direct caller killed mid-call is noted as cancelled. Such calls are
- * counted in in_flight while under way and in requests once reported.
+ * counted in in_flight while under way and in requests once reported. A
+ * caller done with its request once the call returns
+ * (dx_lm_client_complete_giving) leaves the request's messages to the
+ * history and shares the answer with it; other callers' are copied.
  */
 #ifndef DSPEX_LM_H
 #define DSPEX_LM_H
