@@ -2062,17 +2062,18 @@ static void direct_abandoned(void *p)
     dx_send_ptr(r->client, TAG_DIRECT, r, direct_report_free);
 }
 
-/* A zeroed report but for its error's text buffers (~700 bytes), which
- * dx_lm_error_clear empties field by field: an answered call never writes
- * them. */
+/* A report zeroed but for its error's message buffer (512 bytes), which
+ * only a failure writes (an empty string until then); then cleared as
+ * dx_lm_error_clear does. */
 static direct_report *report_alloc(void)
 {
     direct_report *r = dx_malloc(sizeof *r);
     if (r) {
-        memset(r, 0, offsetof(direct_report, o.err));
+        size_t skip = offsetof(direct_report, o.err.message),
+               after = skip + sizeof r->o.err.message;
+        memset(r, 0, skip);
+        memset((char *)r + after, 0, sizeof *r - after);
         dx_lm_error_clear(&r->o.err);
-        memset(&r->o.response, 0,
-               sizeof *r - offsetof(direct_report, o.response));
     }
     return r;
 }
