@@ -75,16 +75,27 @@ class Symbols:
         sys.exit(f"footprint.py: no function {name!r} in the binary")
 
     def name(self, addr):
+        return self.span(addr)[2]
+
+    def span(self, addr):
+        """(start, end, name) of what holds addr; outside every function,
+        the gap between its neighbours."""
         i = bisect.bisect_right(self.starts, addr) - 1
         if i >= 0 and addr < self.syms[i][0] + max(self.syms[i][1], 1):
-            return self.syms[i][2]
-        return "shared libraries" if addr >= self.end else "(no symbol)"
+            a, n, name = self.syms[i]
+            return a, a + max(n, 1), name
+        lo = self.syms[i][0] + max(self.syms[i][1], 1) if i >= 0 else 0
+        if addr >= self.end:
+            return self.end, 1 << 64, "shared libraries"
+        return lo, self.starts[i + 1], "(no symbol)"
 
 
-def read_windows(stream, window_at, mark_at):
-    """Yield (marked, code lines, {data line: first toucher's address})."""
-    code, data = set(), {}
+def read_windows(stream, window_at, mark_at, syms):
+    """Yield (marked, code lines, {data line: first toucher's address},
+    the binary's functions in the order the window first ran them)."""
+    code, data, ran = set(), {}, {}  # ran: a dict for its insertion order
     marked, pc, started = False, 0, False
+    lo, hi = 0, 0  # the function pc is in
     for raw in stream:
         # lackey: "I  addr,size", " L addr,size", " S ...", " M ..."
         if len(raw) < 4 or raw[0] == "=":
@@ -97,14 +108,47 @@ def read_windows(stream, window_at, mark_at):
         if kind == "I":
             if addr == window_at:
                 if started:
-                    yield marked, code, data
-                code, data, marked, started = set(), {}, False, True
+                    yield marked, code, data, ran
+                code, data, ran = set(), {}, {}
+                marked, started, hi = False, True, 0
             if addr == mark_at:
                 marked = True
+            if not lo <= addr < hi:
+                lo, hi, fn = syms.span(addr)
+                if fn not in ("shared libraries", "(no symbol)"):
+                    ran.setdefault(fn)
             pc = addr
             code.add(addr >> LINE)
         elif kind in ("L", "S", "M"):
             data.setdefault(addr >> LINE, pc)
+
+
+def write_order(path, ran_in, how):
+    """Write the functions run in at least half of either kind's windows as
+    a section-ordering file (one ".text.<function>" per line, what
+    -ffunction-sections names them): the marked windows' functions first,
+    then those only plain windows run, each kind's in the order a typical
+    window first runs them. Linked in this order, the path one LM call
+    takes sits on a few dozen contiguous pages instead of being spread
+    over the whole binary."""
+    order = {}
+    for marked in (True, False):
+        windows = ran_in[marked]
+        windows = windows[EDGE:-EDGE] if len(windows) > 2 * EDGE else []
+        at = collections.defaultdict(list)
+        for ran in windows:
+            for i, fn in enumerate(ran):
+                at[fn].append(i)
+        steady = [fn for fn, pos in at.items() if len(pos) * 2 >= len(windows)]
+        steady.sort(key=lambda fn: median(at[fn]))
+        for fn in steady:
+            order.setdefault(fn)
+    with open(path, "w") as f:
+        f.write("# Functions on the path of one LM call, hottest first: the\n"
+                "# order the linker lays them out in (meson.build, hot_layout).\n"
+                "# Written by bench/footprint.py " + how + "\n")
+        for fn in order:
+            f.write(f".text.{fn}\n")
 
 
 def median(values):
@@ -124,6 +168,9 @@ def main():
                          "for a PIE, 0 otherwise)")
     ap.add_argument("--top", type=int, default=40,
                     help="functions to list (default 40)")
+    ap.add_argument("--order", metavar="PATH",
+                    help="also write the functions both kinds run, hottest "
+                         "path first, as a linker section-ordering file")
     args = ap.parse_args()
     base = args.base
     if base is None:
@@ -133,9 +180,12 @@ def main():
     mark_at = syms.address(args.mark)
 
     kinds = {True: [], False: []}
-    for marked, code, data in read_windows(sys.stdin, window_at, mark_at):
+    ran_in = {True: [], False: []}
+    for marked, code, data, ran in read_windows(sys.stdin, window_at,
+                                                mark_at, syms):
         toucher = collections.Counter(syms.name(pc) for pc in data.values())
         kinds[marked].append((code, set(data), toucher))
+        ran_in[marked].append(list(ran))
     steady = {}
     for marked, windows in kinds.items():
         windows = windows[EDGE:-EDGE] if len(windows) > 2 * EDGE else []
@@ -158,6 +208,8 @@ def main():
               f" steady_code_lines={len(steady[marked])}")
     if not kinds[True] or not kinds[False]:
         return
+    if args.order:
+        write_order(args.order, ran_in, " ".join(sys.argv[1:]))
     only = steady[True] - steady[False]
     by_fn = collections.Counter(syms.name(ln << LINE) for ln in only)
     print(f"\ncode lines only marked windows run: {len(only)}"
