@@ -404,8 +404,7 @@ static DX_NOINLINE void record(eval_job *j, ex_slot *s, const dx_term *reason,
                                bool killed_for_time, bool killed_for_stop)
 {
     dx_eval_row *row = &j->res->rows[s->index];
-    /* Out of memory here, the end of the run tries again. */
-    (void)dx__eval_row_take_example(j->res, j->ds, s->index);
+    /* Its copy of its example is taken when the run ends (coordinate). */
     row->done = true;
     /* A program that returned reports its own run; one that crashed, hung
      * or was killed, the time from its start to its end here. */
@@ -645,6 +644,7 @@ typedef struct coord_state {
     in_flight fl;
     dx__progress *prog;
     eval_job *j;
+    dx_eval_row *lent; /* holds the dataset's example during on_row */
 } coord_state;
 
 /* The coordinator's process ended inside coordinate (a kill: its caller's
@@ -662,11 +662,35 @@ static void coordinator_killed(void *obj)
     }
     dx__htab_free(&cs->fl.by_pid);
     dx__progress_free(cs->prog);
+    if (cs->lent)
+        cs->lent->example = NULL; /* the dataset's, not the result's */
     if (cs->j->in_caller) {
         dx_eval_result_free(cs->j->res);
         dx_free(cs->j);
     }
     dx_free(cs);
+}
+
+/* Hand row i to on_row. A row gets its own copy of its example when the
+ * run ends, all rows in one pass, rather than one at a time as each example
+ * ends: at 1 in flight each copy would come after 100 ms of idle, its ten
+ * allocations on four cold pages (docs/benchmarks.md). Until then on_row
+ * sees the dataset's example in the row, which it must not keep anyway;
+ * cs->lent tells coordinator_killed that the row does not own it. */
+static void hand_row(coord_state *cs, size_t i)
+{
+    eval_job *j = cs->j;
+    dx_eval_row *row = &j->res->rows[i];
+    bool lend = row->example == NULL;
+    if (lend) {
+        row->example = j->ds->items[i];
+        cs->lent = row;
+    }
+    j->opts.on_row(row, j->opts.on_row_ud);
+    if (lend) {
+        row->example = NULL;
+        cs->lent = NULL;
+    }
 }
 
 static void coordinate(eval_job *j)
@@ -742,7 +766,6 @@ static void coordinate(eval_job *j)
                 /* An example that cannot even start (no input
                  * designation, no memory) is a failed example. */
                 dx_eval_row *row = &res->rows[next];
-                (void)dx__eval_row_take_example(res, j->ds, next);
                 row->done = true;
                 row->score = o->failure_score;
                 row->error = rc;
@@ -754,7 +777,7 @@ static void coordinate(eval_job *j)
                 res->n_done++;
                 score_sum += row->score;
                 if (o->on_row)
-                    o->on_row(row, o->on_row_ud);
+                    hand_row(cs, next);
                 next++;
                 continue;
             }
@@ -783,7 +806,7 @@ static void coordinate(eval_job *j)
                     score_sum += row->score;
                     dx_usage_acc_merge(&res->usage, &row->usage);
                     if (o->on_row)
-                        o->on_row(row, o->on_row_ud);
+                        hand_row(cs, s->index);
                 }
                 untrack(&cs->fl, s);
                 slot_unref(s);
@@ -811,8 +834,8 @@ static void coordinate(eval_job *j)
     dx__htab_free(&cs->fl.by_pid);
     dx_free(cs);
 
-    /* Rows not recorded (resumed, never started) get their copies now,
-     * and any a lack of memory left without one get another try. */
+    /* Every row gets its copy of its example now (see hand_row), in one
+     * warm pass; out of memory, a row is left without one. */
     for (size_t i = 0; i < n; i++)
         (void)dx__eval_row_take_example(res, j->ds, i);
     res->score = res->n_done
@@ -1021,9 +1044,9 @@ int dx__evaluate_kept(const dx_module *m, const dx_dataset *ds,
                            "evaluate: the runtime is not running");
     dx__pyjson_init();
     eval_job *j = dx_calloc(1, sizeof *j);
-    /* Each row's copy of its example is taken as the row is recorded:
-     * copying every example here would hold the first one back by the
-     * whole dataset's copy (~0.5 ms a thousand examples). */
+    /* Each row's copy of its example is taken when the run ends (see
+     * hand_row): copying every example here would hold the first one back
+     * by the whole dataset's copy (~0.5 ms a thousand examples). */
     dx_eval_result *res = dx__eval_result_new(ds, false);
     if (!j || !res) {
         dx_free(j);

@@ -177,7 +177,9 @@ typedef struct dx_eval_opts {
      * example starts in its place: a journal (dx_eval_journal_row) writes
      * it out, so a run that is killed keeps what finished. It runs in the
      * evaluation's coordinator process and must not block for long, nor
-     * keep the row. Not called for rows taken from `resume`. */
+     * keep the row. The row's example is then the dataset's own (the row
+     * gets its copy when the run ends). Not called for rows taken from
+     * `resume`. */
     void (*on_row)(const dx_eval_row *row, void *ud);
     void *on_row_ud;
     /* The rows of an earlier run of this evaluation (read back with

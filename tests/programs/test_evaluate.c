@@ -507,7 +507,8 @@ static void note_row(const dx_eval_row *row, void *ud)
     rs->calls++;
     rs->not_done |= !row->done;
     rs->resumed |= row->resumed;
-    /* The row already holds its own copy of its example ("q<index>"). */
+    /* The row holds its example ("q<index>"), the dataset's until the run
+     * ends. */
     char q[16];
     snprintf(q, sizeof q, "q%zu", row->index);
     rs->wrong_example |=
@@ -1104,6 +1105,61 @@ Test(evaluate, a_killed_coordinator_takes_its_examples_with_it)
     cr_assert_null(ip.t.r);
     dx_dataset_free(ip.t.ds);
     dx_module_free(ip.t.m);
+}
+
+/* on_row sees the dataset's own example in the row (the row's copy is made
+ * when the run ends). If the process that evaluates is killed inside
+ * on_row, what the evaluation frees must not include that example: the
+ * dataset stays whole (the sanitizer and valgrind builds would also report
+ * the double free when it is freed). */
+#define TAG_NEVER_SENT 4343
+static atomic_int in_on_row;
+
+static void on_row_waits(const dx_eval_row *row, void *ud)
+{
+    (void)ud;
+    (void)row;
+    atomic_store(&in_on_row, 1);
+    dx_msg *m = NULL;
+    (void)dx_receive_tag(TAG_NEVER_SENT, 60000, &m); /* killed in here */
+    dx_msg_free(m);
+}
+
+static void evaluating_with_on_row(void *arg)
+{
+    eval_thread *t = arg;
+    dx_eval_opts o = {
+        .metric = {.kind = DX_METRIC_EXACT_MATCH},
+        .concurrency = 1,
+        .progress = DX_EVAL_PROGRESS_OFF,
+        .on_row = on_row_waits,
+    };
+    t->rc = dx_evaluate(t->m, t->ds, &o, &t->r, NULL);
+}
+
+Test(evaluate, a_coordinator_killed_inside_on_row_leaves_the_dataset_whole)
+{
+    eval_thread t = {
+        .m = dx_module_new("Echo", counted_echo_forward, NULL, NULL, NULL),
+        .ds = dataset(3, NULL),
+    };
+    atomic_store(&in_on_row, 0);
+    dx_pid pid;
+    cr_assert_eq(dx_spawn(evaluating_with_on_row, &t, &pid), DX_OK);
+    for (int i = 0; i < 30000 && !atomic_load(&in_on_row); i++)
+        host_sleep_ms(1);
+    cr_assert(atomic_load(&in_on_row), "on_row was not called");
+    cr_assert_eq(dx_kill(pid), DX_OK);
+    cr_assert(ended_within(pid, 30000));
+    cr_expect_null(t.r);
+    for (size_t i = 0; i < 3; i++) {
+        char q[16];
+        snprintf(q, sizeof q, "q%zu", i);
+        cr_expect_str_eq(dx_example_get_str(t.ds->items[i], "question", ""), q);
+        cr_expect_str_eq(dx_example_get_str(t.ds->items[i], "answer", ""), q);
+    }
+    dx_dataset_free(t.ds);
+    dx_module_free(t.m);
 }
 
 /* Evaluations that follow one another (an optimizer's) share one
