@@ -29,6 +29,13 @@ windows), then the code lines only marked windows run, by function
 data lines per window by the function that first touched them. The first
 and last three windows of each kind are left out (start-up, shutdown).
 
+With --order PATH it also writes the functions run in at least half of
+either kind's windows, in the order a window first runs them, as the
+linker section-ordering file the build links with (build-aux/
+hot-sections.txt, meson option hot_layout). Write it again when the path
+of an LM call changes: a function missing from it still links, only away
+from the rest.
+
 Every thread's accesses count (lackey does not tell threads apart): the
 server's and the I/O lane's are in both kinds, so the difference between
 the kinds is what the marked work adds. Valgrind loads a position-

@@ -674,7 +674,7 @@ static void coordinator_killed(void *obj)
 /* Hand row i to on_row. A row gets its own copy of its example when the
  * run ends, all rows in one pass, rather than one at a time as each example
  * ends: at 1 in flight each copy would come after 100 ms of idle, its ten
- * allocations on four cold pages (docs/benchmarks.md). Until then on_row
+ * allocations and ~30 cache lines cold (docs/benchmarks.md). Until then on_row
  * sees the dataset's example in the row, which it must not keep anyway;
  * cs->lent tells coordinator_killed that the row does not own it. */
 static void hand_row(coord_state *cs, size_t i)
