@@ -680,17 +680,12 @@ static void coordinator_killed(void *obj)
 static void hand_row(coord_state *cs, size_t i)
 {
     eval_job *j = cs->j;
-    dx_eval_row *row = &j->res->rows[i];
-    bool lend = row->example == NULL;
-    if (lend) {
-        row->example = j->ds->items[i];
-        cs->lent = row;
-    }
+    dx_eval_row *row = &j->res->rows[i]; /* no example of its own yet */
+    row->example = j->ds->items[i];
+    cs->lent = row;
     j->opts.on_row(row, j->opts.on_row_ud);
-    if (lend) {
-        row->example = NULL;
-        cs->lent = NULL;
-    }
+    row->example = NULL;
+    cs->lent = NULL;
 }
 
 static void coordinate(eval_job *j)
